@@ -1,0 +1,54 @@
+// The boundary between the NBD protocol layer and whatever stores the data.
+// src/nbd validates every request (range, flags, negotiated features) before
+// calling a Backend, so an Export may assume offset + length <= sizeBytes and
+// that the export is writable when a write arrives.
+
+/** An error a backend raises to choose the NBD error the client sees. */
+export class BackendError extends Error {
+  constructor(
+    readonly errno: "EIO" | "ENOSPC" | "EPERM" | "EINVAL" | "ESHUTDOWN" | "EOVERFLOW" | "ENOTSUP",
+    message: string,
+  ) {
+    super(message);
+    this.name = "BackendError";
+  }
+}
+
+/** One run of base:allocation status (NBD spec, "base:allocation" context). */
+export interface AllocationExtent {
+  lengthBytes: number;
+  /** true: reads as zeroes and holds no data (NBD_STATE_HOLE | NBD_STATE_ZERO). */
+  hole: boolean;
+}
+
+export interface Export {
+  readonly name: string;
+  readonly description: string;
+  readonly sizeBytes: number;
+  readonly readOnly: boolean;
+  /** Preferred and minimum I/O sizes, for NBD_INFO_BLOCK_SIZE. */
+  readonly blockBytesMin: number;
+  readonly blockBytesPreferred: number;
+
+  /** Synchronous where the data is local: returns the bytes (a fresh buffer the caller owns). */
+  read(offsetBytes: number, lengthBytes: number): Buffer | Promise<Buffer>;
+  /** Resolves only when the data is durable. `data` are views the backend must not keep after it resolves. */
+  write(offsetBytes: number, data: readonly Buffer[], lengthBytes: number, fua: boolean): Promise<void>;
+  /** Resolves when every write acknowledged before it is durable. */
+  flush(): Promise<void>;
+  /** Deallocate; later reads return zeroes. */
+  trim(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void>;
+  /** Zero the range; with noHole the range stays allocated. */
+  writeZeroes(offsetBytes: number, lengthBytes: number, fua: boolean, noHole: boolean): Promise<void>;
+  /** Allocation status from offsetBytes, covering at least one byte and at most lengthBytes. */
+  blockStatus(offsetBytes: number, lengthBytes: number): AllocationExtent[];
+}
+
+/** What the NBD server asks of the daemon: the exports that exist right now. */
+export interface ExportRegistry {
+  list(): readonly { name: string; description: string }[];
+  /** Opens an export for one connection; undefined when no such export exists. */
+  open(name: string): Export | undefined;
+  /** The export served to a client that asks for the empty name, if any. */
+  defaultName(): string | undefined;
+}
