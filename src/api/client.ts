@@ -1,0 +1,226 @@
+// The typed client of the control API (docs/formats/control-api.md), used by
+// the CLI, plugins and tests. Every failure becomes an Error whose message a
+// user can act on: ApiError carries the daemon's own message; a daemon that
+// cannot be reached becomes DaemonUnreachableError.
+//
+// Layering exception (DESIGN.md section 7): like server.ts, this file imports
+// node:http itself; it is the HTTP side of the API layer.
+
+import { request as httpRequest, type IncomingMessage } from "node:http";
+import { defaultApiPort } from "../constants.js";
+import { ApiError, type CreateVolumeRequest, type NodeStatus, type VolumeInfo } from "./types.js";
+import { apiClientTimeoutMs, apiResponseBytesMax } from "./limits.js";
+
+export const defaultApiAddress = `127.0.0.1:${defaultApiPort}`;
+
+/** The daemon did not answer at all: refused, unresolvable, reset or timed out. */
+export class DaemonUnreachableError extends Error {
+  constructor(
+    readonly address: string,
+    /** errno code (ECONNREFUSED, ENOTFOUND, ...) or "ETIMEDOUT" for our own timeout. */
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "DaemonUnreachableError";
+  }
+}
+
+export interface ApiAddress {
+  host: string;
+  port: number;
+  /** "host:port", IPv6 in brackets; what messages show. */
+  display: string;
+}
+
+/** Parses ADDR[:PORT] ("127.0.0.1", "node1:9001", "[::1]:9001", "http://h:p"); throws an Error saying what is wrong. */
+export function parseApiAddress(text: string): ApiAddress {
+  let rest = text.trim();
+  if (rest.startsWith("http://")) rest = rest.slice("http://".length).replace(/\/+$/, "");
+  let host: string;
+  let portText: string | undefined;
+  const bracketed = /^\[([0-9A-Fa-f:.]+)\](?::(.*))?$/.exec(rest);
+  if (bracketed) {
+    host = bracketed[1] ?? "";
+    portText = bracketed[2];
+  } else if ((rest.match(/:/g) ?? []).length > 1) {
+    host = rest; // a bare IPv6 address, no port
+  } else {
+    const colon = rest.indexOf(":");
+    host = colon < 0 ? rest : rest.slice(0, colon);
+    portText = colon < 0 ? undefined : rest.slice(colon + 1);
+  }
+  if (host === "" || /[\s/@?#]/.test(host)) {
+    throw new Error(`"${text}" is not a daemon address; use HOST or HOST:PORT, e.g. 127.0.0.1:${defaultApiPort}`);
+  }
+  let port = defaultApiPort;
+  if (portText !== undefined) {
+    port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
+    if (!(port >= 1 && port <= 65535)) throw new Error(`"${text}" has no valid port; use HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:${defaultApiPort}`);
+  }
+  return { host, port, display: `${host.includes(":") ? `[${host}]` : host}:${port}` };
+}
+
+export interface ApiClientOptions {
+  /** Time allowed for a whole request and answer. */
+  timeoutMs?: number;
+}
+
+interface RawAnswer {
+  status: number;
+  statusMessage: string;
+  contentType: string;
+  body: Buffer;
+}
+
+const connectCodes = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "EADDRNOTAVAIL"]);
+
+export class ApiClient {
+  readonly address: ApiAddress;
+  private readonly timeoutMs: number;
+
+  constructor(address: string = defaultApiAddress, options: ApiClientOptions = {}) {
+    this.address = parseApiAddress(address);
+    this.timeoutMs = options.timeoutMs ?? apiClientTimeoutMs;
+  }
+
+  async status(): Promise<NodeStatus> {
+    return (await this.json("GET", "/v1/status")) as NodeStatus;
+  }
+
+  async listVolumes(): Promise<VolumeInfo[]> {
+    const body = (await this.json("GET", "/v1/volumes")) as { volumes?: unknown };
+    if (!Array.isArray(body.volumes)) throw this.badAnswer("GET /v1/volumes", "it has no volumes array");
+    return body.volumes as VolumeInfo[];
+  }
+
+  async inspectVolume(name: string): Promise<VolumeInfo> {
+    return (await this.json("GET", volumePath(name))) as VolumeInfo;
+  }
+
+  async createVolume(request: CreateVolumeRequest): Promise<VolumeInfo> {
+    return (await this.json("POST", "/v1/volumes", request)) as VolumeInfo;
+  }
+
+  async deleteVolume(name: string): Promise<void> {
+    await this.call("DELETE", volumePath(name));
+  }
+
+  /** Prometheus text exposition. */
+  async metrics(): Promise<string> {
+    return (await this.call("GET", "/metrics")).body.toString("utf8");
+  }
+
+  private async json(method: string, path: string, body?: unknown): Promise<unknown> {
+    const answer = await this.call(method, path, body);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(answer.body.toString("utf8"));
+    } catch {
+      throw this.badAnswer(`${method} ${path}`, "it is not JSON");
+    }
+    if (typeof parsed !== "object" || parsed === null) throw this.badAnswer(`${method} ${path}`, "it is not a JSON object");
+    return parsed;
+  }
+
+  /** One request; resolves with a 2xx answer, rejects with ApiError or DaemonUnreachableError. */
+  private async call(method: string, path: string, body?: unknown): Promise<RawAnswer> {
+    const answer = await this.exchange(method, path, body === undefined ? undefined : Buffer.from(JSON.stringify(body), "utf8"));
+    if (answer.status >= 200 && answer.status < 300) return answer;
+    throw this.errorFrom(answer);
+  }
+
+  private errorFrom(answer: RawAnswer): ApiError {
+    try {
+      const parsed = JSON.parse(answer.body.toString("utf8")) as { error?: { code?: unknown; message?: unknown } };
+      const code = parsed.error?.code;
+      const message = parsed.error?.message;
+      if (typeof code === "string" && typeof message === "string") return new ApiError(answer.status, code, message);
+    } catch {
+      // not an API error body: fall through to a generic message
+    }
+    return new ApiError(
+      answer.status,
+      `http_${answer.status}`,
+      `the daemon at ${this.address.display} answered ${answer.status} ${answer.statusMessage}; is that a pxd daemon?`,
+    );
+  }
+
+  private badAnswer(what: string, why: string): ApiError {
+    return new ApiError(502, "bad_answer", `the answer of ${this.address.display} to ${what} is not what pxd sends (${why}); is that a pxd daemon of the same version?`);
+  }
+
+  private exchange(method: string, path: string, body: Buffer | undefined): Promise<RawAnswer> {
+    const { host, port, display } = this.address;
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const finish = (err: Error | null, answer?: RawAnswer): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (err) reject(err);
+        else resolve(answer as RawAnswer);
+      };
+      const headers: Record<string, string | number> = { Accept: "application/json" };
+      if (body) {
+        headers["Content-Type"] = "application/json";
+        headers["Content-Length"] = body.length;
+      }
+      // agent: false gives each call its own connection, closed after the answer, so a CLI process exits at once.
+      const req = httpRequest({ host, port, method, path, headers, agent: false });
+      const timer = setTimeout(() => {
+        const seconds = (this.timeoutMs / 1000).toFixed(1).replace(/\.0$/, "");
+        finish(new DaemonUnreachableError(display, "ETIMEDOUT", `the pxd daemon at ${display} did not answer ${method} ${path} within ${seconds}s; check that it is running and look at its log`));
+        req.destroy();
+      }, this.timeoutMs);
+      req.on("error", (err: NodeJS.ErrnoException) => finish(this.transportError(err)));
+      req.on("response", (response) => readAnswer(response, display, finish));
+      req.end(body);
+    });
+  }
+
+  private transportError(err: NodeJS.ErrnoException): Error {
+    const display = this.address.display;
+    const code = err.code ?? "EIO";
+    if (connectCodes.has(code)) {
+      return new DaemonUnreachableError(
+        display,
+        code,
+        `cannot reach the pxd daemon at ${display} (${code}); start it with "pxd daemon" or "npm start", or point --host / PXD_HOST at a running one`,
+      );
+    }
+    return new DaemonUnreachableError(display, code, `the connection to the pxd daemon at ${display} failed before it answered (${code}: ${err.message}); check its log`);
+  }
+}
+
+function readAnswer(response: IncomingMessage, display: string, finish: (err: Error | null, answer?: RawAnswer) => void): void {
+  const chunks: Buffer[] = [];
+  let bytes = 0;
+  response.on("data", (chunk: Buffer) => {
+    bytes += chunk.length;
+    if (bytes > apiResponseBytesMax) {
+      finish(new Error(`the answer of the pxd daemon at ${display} is larger than ${apiResponseBytesMax} bytes; refusing to read it`));
+      response.destroy();
+      return;
+    }
+    chunks.push(chunk);
+  });
+  const brokeOff = (why: string, code: string): void =>
+    finish(new DaemonUnreachableError(display, code, `the pxd daemon at ${display} broke off its answer (${why}); check its log`));
+  response.on("error", (err: NodeJS.ErrnoException) => brokeOff(err.message, err.code ?? "EIO"));
+  response.on("close", () => {
+    if (!response.complete) brokeOff("connection closed mid-answer", "ECONNRESET");
+  });
+  response.on("end", () =>
+    finish(null, {
+      status: response.statusCode ?? 0,
+      statusMessage: response.statusMessage ?? "",
+      contentType: String(response.headers["content-type"] ?? ""),
+      body: Buffer.concat(chunks),
+    }),
+  );
+}
+
+function volumePath(name: string): string {
+  return `/v1/volumes/${encodeURIComponent(name)}`;
+}

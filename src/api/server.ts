@@ -1,0 +1,249 @@
+// The control API server (HTTP/JSON, docs/formats/control-api.md). It parses
+// and validates requests, then calls the Controller the daemon implements;
+// it holds no state of its own.
+//
+// Layering exception (DESIGN.md section 7): src/os is otherwise the only
+// place that imports node:net-level modules; the API server imports
+// node:http itself because the HTTP protocol is what this file is about.
+
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { apiBodyBytesMax } from "../constants.js";
+import { ApiError, type ApiErrorBody, type Controller } from "./types.js";
+import { checkVolumeName, parseCreateVolumeRequest } from "./validate.js";
+import {
+  apiCloseGraceMs,
+  apiHeadersTimeoutMs,
+  apiKeepAliveTimeoutMs,
+  apiRequestTimeoutMs,
+  apiRequestsPerSocketMax,
+} from "./limits.js";
+
+export interface ApiServerOptions {
+  /** Address to bind, e.g. "127.0.0.1" or "::1". */
+  host: string;
+  /** TCP port; 0 picks a free one (tests). */
+  port: number;
+  controller: Controller;
+  /** One line per event worth an operator's eye: unexpected errors (500s). */
+  log: (line: string) => void;
+}
+
+export interface ApiServer {
+  /** "host:port" as bound, e.g. "127.0.0.1:9001" or "[::1]:9001"; usable as --host. */
+  address: string;
+  port: number;
+  /** Stops accepting, closes idle keep-alive sockets, waits for requests in flight (cut after a grace period). */
+  close(): Promise<void>;
+}
+
+interface Reply {
+  status: number;
+  /** A JSON body; absent for 204. */
+  json?: unknown;
+  /** A text body (used by /metrics) with its content type. */
+  text?: { body: string; contentType: string };
+}
+
+type Handler = (request: IncomingMessage, params: string[]) => Promise<Reply>;
+
+interface Route {
+  pattern: RegExp;
+  methods: Record<string, Handler>;
+}
+
+export const prometheusContentType = "text/plain; version=0.0.4; charset=utf-8";
+
+function routes(controller: Controller): Route[] {
+  const volumeParam = (params: string[]): string => {
+    const name = params[0] ?? "";
+    checkVolumeName(name);
+    return name;
+  };
+  return [
+    { pattern: /^\/v1\/status$/, methods: { GET: async () => ({ status: 200, json: await controller.status() }) } },
+    {
+      pattern: /^\/v1\/volumes$/,
+      methods: {
+        GET: async () => ({ status: 200, json: { volumes: await controller.listVolumes() } }),
+        POST: async (request) => {
+          const create = parseCreateVolumeRequest(await readJsonBody(request));
+          return { status: 201, json: await controller.createVolume(create) };
+        },
+      },
+    },
+    {
+      pattern: /^\/v1\/volumes\/([^/]*)$/,
+      methods: {
+        GET: async (_request, params) => ({ status: 200, json: await controller.inspectVolume(volumeParam(params)) }),
+        DELETE: async (_request, params) => {
+          await controller.deleteVolume(volumeParam(params));
+          return { status: 204 };
+        },
+      },
+    },
+    {
+      pattern: /^\/metrics$/,
+      methods: { GET: async () => ({ status: 200, text: { body: controller.metrics(), contentType: prometheusContentType } }) },
+    },
+  ];
+}
+
+export function startApiServer(options: ApiServerOptions): Promise<ApiServer> {
+  const table = routes(options.controller);
+  let closing: Promise<void> | null = null;
+  const server = createServer(
+    {
+      headersTimeout: apiHeadersTimeoutMs,
+      requestTimeout: apiRequestTimeoutMs,
+      keepAliveTimeout: apiKeepAliveTimeoutMs,
+    },
+    (request, response) => {
+      if (closing !== null) response.setHeader("Connection", "close");
+      void serve(table, request, response, options.log);
+    },
+  );
+  server.maxRequestsPerSocket = apiRequestsPerSocketMax;
+
+  const close = (): Promise<void> => {
+    closing ??= new Promise<void>((resolve, reject) => {
+      const cut = setTimeout(() => server.closeAllConnections(), apiCloseGraceMs);
+      server.close((err) => {
+        clearTimeout(cut);
+        if (err) reject(err);
+        else resolve();
+      });
+      server.closeIdleConnections();
+    });
+    return closing;
+  };
+
+  return new Promise((resolve, reject) => {
+    const onListenError = (err: NodeJS.ErrnoException): void => {
+      const where = `${formatHost(options.host)}:${options.port}`;
+      const hint = err.code === "EADDRINUSE" ? "; another pxd daemon may be running there (stop it with \"pxd down\") or pick another --api-port" : "";
+      reject(new Error(`cannot serve the control API on ${where} (${err.code ?? err.message})${hint}`));
+    };
+    server.once("error", onListenError);
+    server.listen(options.port, options.host, () => {
+      server.off("error", onListenError);
+      server.on("error", (err) => options.log(`api server error: ${err.message}`));
+      const bound = server.address() as AddressInfo;
+      resolve({ address: `${formatHost(bound.address)}:${bound.port}`, port: bound.port, close });
+    });
+  });
+}
+
+async function serve(table: Route[], request: IncomingMessage, response: ServerResponse, log: (line: string) => void): Promise<void> {
+  let reply: Reply;
+  try {
+    reply = await dispatch(table, request);
+  } catch (err) {
+    reply = errorReply(err, request, log);
+  }
+  send(response, reply);
+}
+
+async function dispatch(table: Route[], request: IncomingMessage): Promise<Reply> {
+  const path = requestPath(request.url ?? "");
+  for (const route of table) {
+    const match = route.pattern.exec(path);
+    if (!match) continue;
+    const method = request.method ?? "";
+    const handler = route.methods[method];
+    if (!handler) {
+      const allowed = Object.keys(route.methods).join(", ");
+      throw new ApiError(405, "method_not_allowed", `${method} is not allowed on ${path}; use ${allowed}`);
+    }
+    const params = match.slice(1).map((p) => decodePathPart(p ?? ""));
+    return handler(request, params);
+  }
+  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME and /metrics`);
+}
+
+function requestPath(url: string): string {
+  // Origin-form ("/v1/status?x=1") is what clients send; the query is ignored.
+  const q = url.indexOf("?");
+  return q < 0 ? url : url.slice(0, q);
+}
+
+function decodePathPart(part: string): string {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    throw new ApiError(400, "invalid", `the path segment ${JSON.stringify(part)} is not valid percent-encoding`);
+  }
+}
+
+function errorReply(err: unknown, request: IncomingMessage, log: (line: string) => void): Reply {
+  if (err instanceof ApiError) {
+    const body: ApiErrorBody = { error: { code: err.code, message: err.message } };
+    return { status: err.status, json: body };
+  }
+  const message = err instanceof Error ? err.message : String(err);
+  log(`api: ${request.method} ${request.url} failed: ${err instanceof Error && err.stack ? err.stack : message}`);
+  const body: ApiErrorBody = { error: { code: "internal", message } };
+  return { status: 500, json: body };
+}
+
+function send(response: ServerResponse, reply: Reply): void {
+  if (response.headersSent || response.destroyed) return;
+  if (reply.text) {
+    const body = Buffer.from(reply.text.body, "utf8");
+    response.writeHead(reply.status, { "Content-Type": reply.text.contentType, "Content-Length": body.length });
+    response.end(body);
+    return;
+  }
+  if (reply.json === undefined) {
+    response.writeHead(reply.status);
+    response.end();
+    return;
+  }
+  const body = Buffer.from(JSON.stringify(reply.json) + "\n", "utf8");
+  const headers: Record<string, string | number> = { "Content-Type": "application/json; charset=utf-8", "Content-Length": body.length };
+  // A body we refused to read is still on the wire; close rather than parse it as the next request.
+  if (reply.status === 413) headers["Connection"] = "close";
+  response.writeHead(reply.status, headers);
+  response.end(body);
+}
+
+/** Reads a JSON body of at most apiBodyBytesMax bytes, refusing more before buffering it. */
+function readJsonBody(request: IncomingMessage): Promise<unknown> {
+  const declared = request.headers["content-length"];
+  if (declared !== undefined && Number(declared) > apiBodyBytesMax) return Promise.reject(tooLarge(`${declared} bytes`));
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    const onData = (chunk: Buffer): void => {
+      bytes += chunk.length;
+      if (bytes > apiBodyBytesMax) {
+        request.off("data", onData);
+        request.off("end", onEnd);
+        chunks.length = 0;
+        reject(tooLarge(`more than ${apiBodyBytesMax} bytes`));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = (): void => {
+      const text = Buffer.concat(chunks).toString("utf8");
+      if (text.trim() === "") return reject(new ApiError(400, "invalid", "the request has no body; send a JSON object"));
+      try {
+        resolve(JSON.parse(text) as unknown);
+      } catch (err) {
+        reject(new ApiError(400, "invalid", `the body is not valid JSON (${(err as Error).message})`));
+      }
+    };
+    request.on("data", onData);
+    request.on("end", onEnd);
+    request.on("error", reject);
+  });
+}
+
+function tooLarge(what: string): ApiError {
+  return new ApiError(413, "too_large", `the request body is ${what}; the API accepts at most ${apiBodyBytesMax} bytes`);
+}
+
+function formatHost(host: string): string {
+  return host.includes(":") ? `[${host}]` : host;
+}

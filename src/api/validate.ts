@@ -1,0 +1,61 @@
+// Validation of what crosses the API boundary: volume names and request
+// bodies. Pure functions, shared by the server (which answers 400 with the
+// message) and the CLI (which checks before it dials).
+
+import { volumeBytesMax } from "../constants.js";
+import { ApiError, type CreateVolumeRequest } from "./types.js";
+import { volumeNameCharsMax } from "./limits.js";
+
+/** A volume name is also an NBD export name and a file name in the data dir. */
+export const volumeNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+/** Returns a message saying what is wrong with the name, or null when it is valid. */
+export function volumeNameProblem(name: string): string | null {
+  if (volumeNamePattern.test(name)) return null;
+  const shown = JSON.stringify(name.length > 80 ? name.slice(0, 80) + "…" : name);
+  const why = name.length > volumeNameCharsMax ? `is longer than ${volumeNameCharsMax} characters` : "is not a valid volume name";
+  return `volume name ${shown} ${why}; names are 1-${volumeNameCharsMax} characters of letters, digits, ".", "_" and "-", starting with a letter or digit (^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$)`;
+}
+
+export function checkVolumeName(name: string): void {
+  const problem = volumeNameProblem(name);
+  if (problem !== null) throw new ApiError(400, "invalid_name", problem);
+}
+
+const createFields = ["name", "sizeBytes", "repl"];
+
+/** Checks a parsed JSON body field by field; throws ApiError(400) naming the first wrong field. */
+export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw invalid(`the body must be a JSON object like {"name":"demo","sizeBytes":1073741824,"repl":1}, not ${describe(body)}`);
+  }
+  const record = body as Record<string, unknown>;
+  for (const key of Object.keys(record)) {
+    if (!createFields.includes(key)) throw invalid(`unknown field "${key}"; the fields are ${createFields.join(", ")}`);
+  }
+  const { name, sizeBytes, repl } = record;
+  if (typeof name !== "string") throw invalid(`field "name" must be a string, not ${describe(name)}`);
+  checkVolumeName(name);
+  if (typeof sizeBytes !== "number" || !Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
+    throw invalid(`field "sizeBytes" must be a positive integer number of bytes, not ${describe(sizeBytes)}`);
+  }
+  if (sizeBytes > volumeBytesMax) throw invalid(`field "sizeBytes" is ${sizeBytes}, larger than the volume limit ${volumeBytesMax} (64 TiB)`);
+  if (repl === undefined) return { name, sizeBytes };
+  if (typeof repl !== "number" || !Number.isSafeInteger(repl) || repl < 1) {
+    throw invalid(`field "repl" must be a positive integer (replica count), not ${describe(repl)}`);
+  }
+  return { name, sizeBytes, repl };
+}
+
+function invalid(message: string): ApiError {
+  return new ApiError(400, "invalid", message);
+}
+
+function describe(value: unknown): string {
+  if (value === undefined) return "missing";
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  if (typeof value === "string") return `the string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + "…" : value)}`;
+  if (typeof value === "number") return `${value}`;
+  return `a ${typeof value}`;
+}

@@ -1,0 +1,89 @@
+// A small in-memory Controller for the API and CLI tests: volumes in a Map,
+// errors thrown the way the daemon's controller throws them.
+
+import { ApiError, type Controller, type CreateVolumeRequest, type NodeStatus, type VolumeInfo } from "../../src/api/types.js";
+
+export class FakeController implements Controller {
+  readonly volumes = new Map<string, VolumeInfo>();
+  private nextId = 1;
+  /** Set to make the next call of any method throw this (then cleared). */
+  failNext: unknown = null;
+  /** Calls seen, "method name" strings, for asserting what reached the controller. */
+  readonly calls: string[] = [];
+
+  status(): Promise<NodeStatus> {
+    this.seen("status");
+    return Promise.resolve({
+      nodeId: "n1",
+      version: "0.1.0-test",
+      dataDir: "/tmp/pxd-test/node1",
+      listen: "127.0.0.1",
+      nbdPort: 10809,
+      apiPort: 9001,
+      peerPort: 9002,
+      uptimeSec: 3725,
+      health: "online",
+      capacity: { totalBytes: 10 * 1024 ** 3, usedBytes: 1024 ** 3, freeBytes: 9 * 1024 ** 3 },
+      volumeCount: this.volumes.size,
+      store: { logBytes: 4096, segments: 1 },
+    });
+  }
+
+  listVolumes(): Promise<VolumeInfo[]> {
+    this.seen("listVolumes");
+    return Promise.resolve([...this.volumes.values()]);
+  }
+
+  inspectVolume(name: string): Promise<VolumeInfo> {
+    this.seen(`inspectVolume ${name}`);
+    const v = this.volumes.get(name);
+    if (!v) return Promise.reject(new ApiError(404, "not_found", `no volume named "${name}"; list them with "pxd volume list"`));
+    return Promise.resolve(v);
+  }
+
+  createVolume(request: CreateVolumeRequest): Promise<VolumeInfo> {
+    this.seen(`createVolume ${request.name} ${request.sizeBytes} ${request.repl ?? "-"}`);
+    if (this.volumes.has(request.name)) {
+      return Promise.reject(
+        new ApiError(409, "exists", `volume "${request.name}" already exists; pick another name or delete it with "pxd volume delete ${request.name}"`),
+      );
+    }
+    if ((request.repl ?? 1) > 1) {
+      return Promise.reject(new ApiError(400, "invalid", `volume "${request.name}" needs ${request.repl} replicas but only 1 node is up; add a node or use --repl 1`));
+    }
+    const v: VolumeInfo = {
+      id: this.nextId++,
+      name: request.name,
+      sizeBytes: request.sizeBytes,
+      repl: request.repl ?? 1,
+      createdAt: "2026-01-01T00:00:00.000Z",
+      state: "online",
+      allocatedBytes: 0,
+      nbdUri: `nbd://127.0.0.1:10809/${request.name}`,
+      connections: 0,
+      replicas: [{ node: "n1", state: "in-sync" }],
+    };
+    this.volumes.set(v.name, v);
+    return Promise.resolve(v);
+  }
+
+  deleteVolume(name: string): Promise<void> {
+    this.seen(`deleteVolume ${name}`);
+    if (!this.volumes.delete(name)) return Promise.reject(new ApiError(404, "not_found", `no volume named "${name}"`));
+    return Promise.resolve();
+  }
+
+  metrics(): string {
+    this.seen("metrics");
+    return `# HELP pxd_volumes Volumes on this node.\n# TYPE pxd_volumes gauge\npxd_volumes ${this.volumes.size}\n`;
+  }
+
+  private seen(call: string): void {
+    this.calls.push(call);
+    const failure = this.failNext;
+    if (failure !== null) {
+      this.failNext = null;
+      throw failure;
+    }
+  }
+}

@@ -1,0 +1,349 @@
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { Agent, createServer, request, type IncomingHttpHeaders, type Server } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
+import { startApiServer, type ApiServer } from "../../src/api/server.js";
+import { ApiClient, DaemonUnreachableError, parseApiAddress } from "../../src/api/client.js";
+import { ApiError } from "../../src/api/types.js";
+import { apiBodyBytesMax } from "../../src/constants.js";
+import { apiResponseBytesMax } from "../../src/api/limits.js";
+import { FakeController } from "./api-fake-controller.js";
+
+interface Raw {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: string;
+}
+
+interface Ctx {
+  controller: FakeController;
+  server: ApiServer;
+  client: ApiClient;
+  logs: string[];
+}
+
+const ctx = {} as Ctx;
+
+test.before.each(async () => {
+  ctx.controller = new FakeController();
+  ctx.logs = [];
+  ctx.server = await startApiServer({ host: "127.0.0.1", port: 0, controller: ctx.controller, log: (l) => ctx.logs.push(l) });
+  ctx.client = new ApiClient(ctx.server.address, { timeoutMs: 5000 });
+});
+
+test.after.each(async () => {
+  await ctx.server.close();
+});
+
+function raw(method: string, path: string, body?: string | Buffer, headers: Record<string, string | number> = {}): Promise<Raw> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: "127.0.0.1", port: ctx.server.port, method, path, headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString("utf8") }));
+      res.on("error", reject);
+    });
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
+function errorOf(r: Raw): { code: string; message: string } {
+  assert.match(String(r.headers["content-type"]), /^application\/json/);
+  const parsed = JSON.parse(r.body) as { error: { code: string; message: string } };
+  assert.type(parsed.error.code, "string");
+  assert.type(parsed.error.message, "string");
+  return parsed.error;
+}
+
+async function rejects<T>(p: Promise<unknown>, kind: new (...a: never[]) => T): Promise<T> {
+  try {
+    await p;
+  } catch (err) {
+    assert.instance(err, kind);
+    return err as T;
+  }
+  throw new Error("expected a rejection");
+}
+
+test("the client drives every route: create, list, inspect, delete, status, metrics", async () => {
+  const created = await ctx.client.createVolume({ name: "demo", sizeBytes: 1024 ** 3, repl: 1 });
+  assert.is(created.name, "demo");
+  assert.is(created.sizeBytes, 1024 ** 3);
+  await ctx.client.createVolume({ name: "db.v2_x-1", sizeBytes: 4096 });
+  assert.equal((await ctx.client.listVolumes()).map((v) => v.name), ["demo", "db.v2_x-1"]);
+  assert.is((await ctx.client.inspectVolume("db.v2_x-1")).repl, 1);
+  const status = await ctx.client.status();
+  assert.is(status.nodeId, "n1");
+  assert.is(status.volumeCount, 2);
+  assert.match(await ctx.client.metrics(), /^pxd_volumes 2$/m);
+  await ctx.client.deleteVolume("demo");
+  assert.equal((await ctx.client.listVolumes()).map((v) => v.name), ["db.v2_x-1"]);
+  assert.equal(ctx.controller.calls.slice(0, 2), ["createVolume demo 1073741824 1", "createVolume db.v2_x-1 4096 -"]);
+});
+
+test("raw routes answer with the documented status codes and content types", async () => {
+  const created = await raw("POST", "/v1/volumes", JSON.stringify({ name: "a", sizeBytes: 512 }));
+  assert.is(created.status, 201);
+  assert.match(String(created.headers["content-type"]), /^application\/json/);
+  assert.is((JSON.parse(created.body) as { name: string }).name, "a");
+  const list = await raw("GET", "/v1/volumes?verbose=1");
+  assert.is(list.status, 200);
+  assert.is((JSON.parse(list.body) as { volumes: unknown[] }).volumes.length, 1);
+  const del = await raw("DELETE", "/v1/volumes/a");
+  assert.is(del.status, 204);
+  assert.is(del.body, "");
+  const metrics = await raw("GET", "/metrics");
+  assert.is(metrics.status, 200);
+  assert.is(metrics.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+  assert.match(metrics.body, /# TYPE pxd_volumes gauge/);
+});
+
+test("unknown paths are 404 and wrong methods 405, both with the error body", async () => {
+  const missing = await raw("GET", "/v2/status");
+  assert.is(missing.status, 404);
+  assert.is(errorOf(missing).code, "not_found");
+  assert.match(errorOf(missing).message, /\/v1\/volumes/);
+  assert.is((await raw("GET", "/v1/volumes/a/b")).status, 404);
+  const wrong = await raw("PUT", "/v1/volumes");
+  assert.is(wrong.status, 405);
+  assert.is(errorOf(wrong).code, "method_not_allowed");
+  assert.match(errorOf(wrong).message, /GET, POST/);
+  assert.is((await raw("POST", "/v1/status", "{}")).status, 405);
+  assert.is((await raw("DELETE", "/metrics")).status, 405);
+  assert.is(ctx.controller.calls.length, 0);
+});
+
+test("a Content-Length over the limit is refused with 413 before the body is sent", async () => {
+  const answer = await new Promise<Raw>((resolve, reject) => {
+    const req = request({
+      host: "127.0.0.1",
+      port: ctx.server.port,
+      method: "POST",
+      path: "/v1/volumes",
+      headers: { "Content-Type": "application/json", "Content-Length": apiBodyBytesMax + 1 },
+      agent: false,
+    });
+    req.on("response", (res) => {
+      let body = "";
+      res.on("data", (c: Buffer) => (body += c.toString()));
+      res.on("end", () => {
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body });
+        req.destroy();
+      });
+    });
+    req.on("error", reject);
+    req.flushHeaders(); // headers only: the server must answer without waiting for the body
+  });
+  assert.is(answer.status, 413);
+  assert.is(answer.headers["connection"], "close");
+  assert.is(errorOf(answer).code, "too_large");
+  assert.match(errorOf(answer).message, new RegExp(`at most ${apiBodyBytesMax} bytes`));
+  assert.is(ctx.controller.calls.length, 0);
+});
+
+test("a chunked body without Content-Length is cut off at the limit with 413", async () => {
+  const answer = await new Promise<Raw>((resolve, reject) => {
+    const req = request({ host: "127.0.0.1", port: ctx.server.port, method: "POST", path: "/v1/volumes", agent: false });
+    const chunk = Buffer.alloc(64 * 1024, 0x20);
+    let sent = 0;
+    let answered = false;
+    req.on("response", (res) => {
+      answered = true;
+      let body = "";
+      res.on("data", (c: Buffer) => (body += c.toString()));
+      res.on("end", () => {
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body });
+        req.destroy();
+      });
+    });
+    req.on("error", (err) => (answered ? undefined : reject(err)));
+    const pump = (): void => {
+      // Keep sending until the server answers; it must not wait for the end of an unbounded body.
+      while (!answered && sent <= 4 * apiBodyBytesMax) {
+        sent += chunk.length;
+        if (!req.write(chunk)) return void req.once("drain", pump);
+      }
+      if (!answered) reject(new Error(`server read ${sent} bytes without answering`));
+    };
+    pump();
+  });
+  assert.is(answer.headers["transfer-encoding"], undefined); // the answer itself has a length
+  assert.is(answer.status, 413);
+  assert.is(errorOf(answer).code, "too_large");
+  assert.is(ctx.controller.calls.length, 0);
+});
+
+test("a body just under the limit is read (and then judged on its JSON)", async () => {
+  const padded = JSON.stringify({ name: "big", sizeBytes: 4096 }).padEnd(apiBodyBytesMax, " ");
+  const r = await raw("POST", "/v1/volumes", padded);
+  assert.is(r.status, 201);
+});
+
+test("malformed and wrongly-typed bodies are 400 with a message naming the field", async () => {
+  const cases: [string, RegExp][] = [
+    ["{not json", /not valid JSON/],
+    ["", /no body/],
+    ["[1,2]", /must be a JSON object/],
+    ['"demo"', /must be a JSON object/],
+    ['{"sizeBytes":4096}', /field "name" must be a string, not missing/],
+    ['{"name":7,"sizeBytes":4096}', /field "name" must be a string, not 7/],
+    ['{"name":"a","sizeBytes":"1G"}', /field "sizeBytes" must be a positive integer.*the string "1G"/],
+    ['{"name":"a","sizeBytes":-1}', /field "sizeBytes"/],
+    ['{"name":"a","sizeBytes":1.5}', /field "sizeBytes"/],
+    ['{"name":"a","sizeBytes":1e300}', /field "sizeBytes"/],
+    ['{"name":"a","sizeBytes":4096,"repl":0}', /field "repl" must be a positive integer/],
+    ['{"name":"a","sizeBytes":4096,"repl":"3"}', /field "repl"/],
+    ['{"name":"a","size":4096}', /unknown field "size"/],
+  ];
+  for (const [body, message] of cases) {
+    const r = await raw("POST", "/v1/volumes", body, { "Content-Type": "application/json" });
+    assert.is(r.status, 400, body);
+    assert.match(errorOf(r).message, message, body);
+  }
+  assert.is(ctx.controller.calls.length, 0);
+});
+
+test("bad volume names are 400 and the message gives the rule", async () => {
+  const long = "a".repeat(64);
+  for (const name of ["-lead", ".hidden", "has space", "ümlaut", long, "a/b"]) {
+    const r = await raw("POST", "/v1/volumes", JSON.stringify({ name, sizeBytes: 4096 }));
+    assert.is(r.status, 400, name);
+    assert.is(errorOf(r).code, "invalid_name");
+    assert.match(errorOf(r).message, /\^\[A-Za-z0-9\]\[A-Za-z0-9\._-\]\{0,62\}\$/);
+  }
+  assert.match(errorOf(await raw("POST", "/v1/volumes", JSON.stringify({ name: long, sizeBytes: 1 }))).message, /longer than 63/);
+  const viaPath = await raw("GET", "/v1/volumes/%2Dlead");
+  assert.is(viaPath.status, 400);
+  assert.is((await raw("DELETE", "/v1/volumes/" + encodeURIComponent("a b"))).status, 400);
+  assert.is((await raw("GET", "/v1/volumes/%E0%A4%A")).status, 400);
+  assert.is(ctx.controller.calls.length, 0);
+  const ok = "a".repeat(63);
+  assert.is((await raw("POST", "/v1/volumes", JSON.stringify({ name: ok, sizeBytes: 4096 }))).status, 201);
+});
+
+test("ApiError from the controller keeps its status, code and message; the client rethrows it", async () => {
+  await ctx.client.createVolume({ name: "db", sizeBytes: 4096 });
+  const exists = await rejects(ctx.client.createVolume({ name: "db", sizeBytes: 4096 }), ApiError);
+  assert.is(exists.status, 409);
+  assert.is(exists.code, "exists");
+  assert.is(exists.message, 'volume "db" already exists; pick another name or delete it with "pxd volume delete db"');
+  const missing = await rejects(ctx.client.inspectVolume("nope"), ApiError);
+  assert.is(missing.status, 404);
+  assert.is(missing.code, "not_found");
+  ctx.controller.failNext = new ApiError(503, "no_quorum", "the meta group has no leader; wait or add nodes");
+  const raw503 = await raw("GET", "/v1/volumes");
+  assert.is(raw503.status, 503);
+  assert.equal(errorOf(raw503), { code: "no_quorum", message: "the meta group has no leader; wait or add nodes" });
+  assert.is(ctx.logs.length, 0); // expected errors are the caller's business, not the log's
+});
+
+test("any other error is a 500 carrying its message, and is logged", async () => {
+  ctx.controller.failNext = new Error("disk on fire");
+  const r = await raw("GET", "/v1/status");
+  assert.is(r.status, 500);
+  assert.equal(errorOf(r), { code: "internal", message: "disk on fire" });
+  assert.is(ctx.logs.length, 1);
+  assert.match(ctx.logs[0] ?? "", /GET \/v1\/status failed: .*disk on fire/);
+  ctx.controller.failNext = new TypeError("metrics broke");
+  const viaClient = await rejects(ctx.client.metrics(), ApiError);
+  assert.is(viaClient.status, 500);
+  assert.is(viaClient.message, "metrics broke");
+  // the server keeps serving
+  assert.is((await ctx.client.status()).nodeId, "n1");
+});
+
+test("close() stops accepting and does not wait for an idle keep-alive socket", async () => {
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  try {
+    const socket = await new Promise<Socket>((resolve, reject) => {
+      const req = request({ host: "127.0.0.1", port: ctx.server.port, path: "/v1/status", agent }, (res) => {
+        res.resume();
+        res.on("end", () => resolve(req.socket as Socket));
+      });
+      req.on("error", reject);
+      req.end();
+    });
+    await new Promise((r) => setImmediate(r));
+    assert.is(socket.destroyed, false, "the agent kept the connection open");
+    // The agent unrefs its idle socket, so a ref'd timer keeps the test alive while the server closes it.
+    let guard: NodeJS.Timeout | undefined;
+    const socketClosed = new Promise<void>((resolve, reject) => {
+      guard = setTimeout(() => reject(new Error("the server left the keep-alive socket open")), 3000);
+      socket.once("close", () => resolve());
+    }).finally(() => clearTimeout(guard));
+    const started = Date.now();
+    await ctx.server.close();
+    await socketClosed;
+    assert.ok(Date.now() - started < 1000, `close took ${Date.now() - started} ms`);
+    const refused = await rejects(ctx.client.status(), DaemonUnreachableError);
+    assert.is(refused.code, "ECONNREFUSED");
+    await ctx.server.close(); // a second close is harmless
+  } finally {
+    agent.destroy();
+  }
+});
+
+test("a refused connection says how to start the daemon", async () => {
+  const port = await freePort();
+  const err = await rejects(new ApiClient(`127.0.0.1:${port}`).status(), DaemonUnreachableError);
+  assert.is(
+    err.message,
+    `cannot reach the pxd daemon at 127.0.0.1:${port} (ECONNREFUSED); start it with "pxd daemon" or "npm start", or point --host / PXD_HOST at a running one`,
+  );
+});
+
+test("the client times out on a daemon that never answers, and refuses oversized or foreign answers", async () => {
+  const sockets = new Set<Socket>();
+  let mode: "silent" | "html" | "huge" = "silent";
+  const other: Server = createServer((req, res) => {
+    if (mode === "silent") return;
+    if (mode === "html") {
+      res.writeHead(404, { "Content-Type": "text/html" });
+      return void res.end("<h1>nope</h1>");
+    }
+    res.writeHead(200, { "Content-Type": "application/json" });
+    res.end(Buffer.alloc(apiResponseBytesMax + 1, 0x20));
+  });
+  other.on("connection", (s) => sockets.add(s));
+  await new Promise<void>((r) => other.listen(0, "127.0.0.1", r));
+  try {
+    const port = (other.address() as AddressInfo).port;
+    const client = new ApiClient(`127.0.0.1:${port}`, { timeoutMs: 200 });
+    const timedOut = await rejects(client.status(), DaemonUnreachableError);
+    assert.is(timedOut.code, "ETIMEDOUT");
+    assert.match(timedOut.message, /did not answer GET \/v1\/status within 0.2s/);
+    mode = "html";
+    const foreign = await rejects(client.listVolumes(), ApiError);
+    assert.is(foreign.status, 404);
+    assert.match(foreign.message, /answered 404 Not Found; is that a pxd daemon\?/);
+    mode = "huge";
+    const big = await rejects(new ApiClient(`127.0.0.1:${port}`).listVolumes(), Error);
+    assert.match(big.message, /larger than 16777216 bytes/);
+  } finally {
+    for (const s of sockets) s.destroy();
+    await new Promise((r) => other.close(r));
+  }
+});
+
+test("daemon addresses parse as HOST[:PORT] with IPv6 in brackets", () => {
+  assert.equal(parseApiAddress("127.0.0.1"), { host: "127.0.0.1", port: 9001, display: "127.0.0.1:9001" });
+  assert.equal(parseApiAddress("node1:9101"), { host: "node1", port: 9101, display: "node1:9101" });
+  assert.equal(parseApiAddress("[::1]:9101"), { host: "::1", port: 9101, display: "[::1]:9101" });
+  assert.equal(parseApiAddress("::1"), { host: "::1", port: 9001, display: "[::1]:9001" });
+  assert.equal(parseApiAddress("http://10.0.0.1:80/"), { host: "10.0.0.1", port: 80, display: "10.0.0.1:80" });
+  assert.throws(() => parseApiAddress("host:0"), /valid port/);
+  assert.throws(() => parseApiAddress("host:http"), /valid port/);
+  assert.throws(() => parseApiAddress(":9001"), /not a daemon address/);
+  assert.throws(() => parseApiAddress("a b:1"), /not a daemon address/);
+});
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+test.run();
