@@ -1,0 +1,42 @@
+// pxd daemon: parses the daemon's options and hands them to src/daemon.
+//
+// Layering exception (DESIGN.md section 7): the CLI talks to a daemon only
+// through the API client, except here, where it *is* the daemon process. The
+// import is dynamic so that every other command loads none of the daemon.
+
+import type { Command } from "commander";
+import { defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
+import { intArg } from "./args.js";
+
+/** The contract with src/daemon/main.ts. */
+export interface DaemonOptions {
+  dataDir: string;
+  listen: string;
+  nbdPort: number;
+  apiPort: number;
+  peerPort: number;
+}
+
+type RunDaemon = (options: DaemonOptions) => Promise<void>;
+
+export function registerDaemon(program: Command): void {
+  const port = intArg(1, 65535);
+  program
+    .command("daemon")
+    .description("run a pxd node in the foreground (pxd up starts one in the background)")
+    .requiredOption("--data-dir <dir>", "directory for this node's store")
+    .option("--listen <host>", "address to bind the NBD, API and peer ports", "127.0.0.1")
+    .option("--nbd-port <port>", "NBD port", port, defaultNbdPort)
+    .option("--api-port <port>", "control API port", port, defaultApiPort)
+    .option("--peer-port <port>", "peer (Raft) port", port, defaultPeerPort)
+    .action(async (options: DaemonOptions) => {
+      const { runDaemon }: { runDaemon: RunDaemon } = await import("../daemon/main.js");
+      await runDaemon({
+        dataDir: options.dataDir,
+        listen: options.listen,
+        nbdPort: options.nbdPort,
+        apiPort: options.apiPort,
+        peerPort: options.peerPort,
+      });
+    });
+}

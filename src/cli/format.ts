@@ -1,0 +1,80 @@
+// Text rendering for the CLI: pure functions from API types to lines.
+
+import { formatSize } from "../base/sizes.js";
+import type { NodeStatus, VolumeInfo } from "../api/types.js";
+
+/** Left-aligned columns separated by two spaces; the last column is not padded. */
+export function table(header: string[], rows: string[][]): string {
+  const all = [header, ...rows];
+  const widths = header.map((_, c) => Math.max(...all.map((r) => (r[c] ?? "").length)));
+  return all
+    .map((r) => r.map((cell, c) => (c === r.length - 1 ? cell : cell.padEnd(widths[c] ?? 0))).join("  ").trimEnd())
+    .join("\n");
+}
+
+export function volumeTable(volumes: VolumeInfo[]): string {
+  const header = ["NAME", "SIZE", "REPL", "STATE", "ALLOCATED", "CONNECTIONS", "NBD-URI"];
+  const rows = volumes.map((v) => [
+    v.name,
+    formatSize(v.sizeBytes),
+    String(v.repl),
+    v.state,
+    formatSize(v.allocatedBytes),
+    String(v.connections),
+    v.nbdUri,
+  ]);
+  return table(header, rows);
+}
+
+/** "key  value" lines with the keys aligned. */
+export function fields(pairs: [string, string][]): string {
+  const width = Math.max(...pairs.map(([k]) => k.length));
+  return pairs.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join("\n");
+}
+
+export function volumeDetails(v: VolumeInfo): string {
+  const replicas = v.replicas.map((r) => `${r.node} ${r.state}`).join(", ");
+  return fields([
+    ["name", v.name],
+    ["id", String(v.id)],
+    ["size", `${formatSize(v.sizeBytes)} (${v.sizeBytes} bytes)`],
+    ["replicas", `${v.repl}${replicas ? ` (${replicas})` : ""}`],
+    ["state", v.state],
+    ["allocated", formatSize(v.allocatedBytes)],
+    ["connections", String(v.connections)],
+    ["nbd uri", v.nbdUri],
+    ["created", v.createdAt],
+  ]);
+}
+
+export function statusDetails(s: NodeStatus): string {
+  const store = Object.entries(s.store)
+    .map(([k, n]) => `${k}=${n}`)
+    .join(" ");
+  return fields([
+    ["node", `${s.nodeId} (pxd ${s.version})`],
+    ["health", s.health],
+    ["listen", `${s.listen}  api ${s.apiPort}  nbd ${s.nbdPort}  peer ${s.peerPort}`],
+    ["data dir", s.dataDir],
+    ["uptime", formatDuration(s.uptimeSec)],
+    ["capacity", `${formatSize(s.capacity.usedBytes)} used of ${formatSize(s.capacity.totalBytes)}, ${formatSize(s.capacity.freeBytes)} free`],
+    ["volumes", String(s.volumeCount)],
+    ["store", store || "-"],
+  ]);
+}
+
+export function formatDuration(totalSec: number): string {
+  const sec = Math.max(0, Math.floor(totalSec));
+  const d = Math.floor(sec / 86400);
+  const h = Math.floor((sec % 86400) / 3600);
+  const m = Math.floor((sec % 3600) / 60);
+  const s = sec % 60;
+  if (d > 0) return `${d}d ${h}h ${m}m`;
+  if (h > 0) return `${h}h ${m}m ${s}s`;
+  if (m > 0) return `${m}m ${s}s`;
+  return `${s}s`;
+}
+
+export function json(value: unknown): string {
+  return JSON.stringify(value, null, 2);
+}

@@ -1,0 +1,58 @@
+// The pxd command line. runCli() builds the commander program, runs one
+// command and returns the exit code: 0 ok, 1 the daemon or the machine said
+// no, 2 the command line is wrong. It never lets a user error become a stack
+// trace; set PXD_DEBUG=1 to see stacks of unexpected errors.
+
+import { Command, CommanderError } from "commander";
+import { ApiError } from "../api/types.js";
+import { DaemonUnreachableError } from "../api/client.js";
+import { defaultApiAddress } from "../api/client.js";
+import { CliError, UsageError, exitFailed, exitOk, exitUsage } from "./errors.js";
+import { registerStatus, registerVolume } from "./volume.js";
+import { registerDaemon } from "./daemon.js";
+import { registerLocalNode } from "./local-node.js";
+
+export const cliVersion = "0.1.0";
+
+export function buildProgram(): Command {
+  const program = new Command("pxd")
+    .description("pxd: distributed block storage exported over NBD")
+    .version(cliVersion)
+    .option("--host <addr>", `daemon control API as ADDR[:PORT] (env PXD_HOST, default ${defaultApiAddress})`)
+    .exitOverride()
+    .showSuggestionAfterError(true);
+  registerStatus(program);
+  registerVolume(program);
+  registerLocalNode(program);
+  registerDaemon(program);
+  return program;
+}
+
+/** argv as process.argv gives it (node, script, args...). */
+export async function runCli(argv: string[]): Promise<number> {
+  try {
+    await buildProgram().parseAsync(argv);
+    return exitOk;
+  } catch (err) {
+    return report(err);
+  }
+}
+
+function report(err: unknown): number {
+  if (err instanceof CommanderError) {
+    // commander has already printed its one line (or the help); it only needs a code.
+    return err.exitCode === 0 ? exitOk : exitUsage;
+  }
+  if (err instanceof UsageError) {
+    console.error(`error: ${err.message}`);
+    return exitUsage;
+  }
+  if (err instanceof ApiError || err instanceof DaemonUnreachableError || err instanceof CliError) {
+    console.error(`error: ${err.message}`);
+    return exitFailed;
+  }
+  const e = err instanceof Error ? err : new Error(String(err));
+  console.error(`error: ${e.message}`);
+  if (process.env["PXD_DEBUG"]) console.error(e.stack);
+  return exitFailed;
+}

@@ -1,0 +1,70 @@
+// pxd status, pxd volume create|list|inspect|delete: thin wrappers over ApiClient.
+
+import type { Command } from "commander";
+import { formatSize } from "../base/sizes.js";
+import { checkName, clientFor, intArg, sizeArg } from "./args.js";
+import { json, statusDetails, volumeDetails, volumeTable } from "./format.js";
+
+interface JsonFlag {
+  json?: boolean;
+}
+
+export function registerStatus(program: Command): void {
+  program
+    .command("status")
+    .description("show the node's health, addresses, capacity and store counters")
+    .option("--json", "print the API's JSON")
+    .action(async (options: JsonFlag, command: Command) => {
+      const status = await clientFor(command).status();
+      console.log(options.json ? json(status) : statusDetails(status));
+    });
+}
+
+export function registerVolume(program: Command): void {
+  const volume = program.command("volume").description("create, list, inspect and delete volumes");
+
+  volume
+    .command("create")
+    .description("create a volume, exported over NBD under its name")
+    .argument("<name>", "volume name: letters, digits, '.', '_', '-'; at most 63")
+    .requiredOption("-s, --size <size>", "size with K/M/G/T suffix (powers of 1024), e.g. 10G", sizeArg)
+    .option("-r, --repl <n>", "number of replicas", intArg(1, 9), 1)
+    .option("--json", "print the API's JSON")
+    .action(async (name: string, options: { size: number; repl: number } & JsonFlag, command: Command) => {
+      const v = await clientFor(command).createVolume({ name: checkName(name), sizeBytes: options.size, repl: options.repl });
+      if (options.json) return console.log(json(v));
+      console.log(`volume "${v.name}" created: ${formatSize(v.sizeBytes)}, ${v.repl} ${v.repl === 1 ? "replica" : "replicas"}, exported at ${v.nbdUri}`);
+    });
+
+  volume
+    .command("list")
+    .alias("ls")
+    .description("list volumes")
+    .option("--json", "print the API's JSON: { volumes: [...] }")
+    .action(async (options: JsonFlag, command: Command) => {
+      const volumes = await clientFor(command).listVolumes();
+      if (options.json) return console.log(json({ volumes }));
+      if (volumes.length === 0) return console.log('no volumes; create one with "pxd volume create NAME --size 1G"');
+      console.log(volumeTable(volumes));
+    });
+
+  volume
+    .command("inspect")
+    .description("show one volume")
+    .argument("<name>", "volume name")
+    .option("--json", "print the API's JSON")
+    .action(async (name: string, options: JsonFlag, command: Command) => {
+      const v = await clientFor(command).inspectVolume(checkName(name));
+      console.log(options.json ? json(v) : volumeDetails(v));
+    });
+
+  volume
+    .command("delete")
+    .alias("rm")
+    .description("delete a volume and its data")
+    .argument("<name>", "volume name")
+    .action(async (name: string, _options: unknown, command: Command) => {
+      await clientFor(command).deleteVolume(checkName(name));
+      console.log(`volume "${name}" deleted`);
+    });
+}
