@@ -7,6 +7,7 @@
 import type { Command } from "commander";
 import { defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
 import { intArg } from "./args.js";
+import { CliError } from "./errors.js";
 
 /** The contract with src/daemon/main.ts. */
 export interface DaemonOptions {
@@ -30,7 +31,15 @@ export function registerDaemon(program: Command): void {
     .option("--api-port <port>", "control API port", port, defaultApiPort)
     .option("--peer-port <port>", "peer (Raft) port", port, defaultPeerPort)
     .action(async (options: DaemonOptions) => {
-      const { runDaemon }: { runDaemon: RunDaemon } = await import("../daemon/main.js");
+      let daemon: { runDaemon: RunDaemon };
+      try {
+        daemon = await import("../daemon/main.js");
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        if (e.code !== "ERR_MODULE_NOT_FOUND" || !e.message.includes("daemon/main.js")) throw err;
+        throw new CliError(`this build of pxd has no daemon (${e.message.replace(/^Cannot find module /, "").split(" imported")[0]} is missing); rebuild with "npm run build"`);
+      }
+      const { runDaemon } = daemon;
       await runDaemon({
         dataDir: options.dataDir,
         listen: options.listen,
