@@ -18,13 +18,55 @@ export const checkpointLogBytes = 256 * 1024 * 1024;
 /** Segments whose live ratio is below this are compacted by GC. */
 export const gcLiveRatioMax = 0.5;
 /** Freed segment files kept for reuse instead of being unlinked. */
-export const freeSegmentsMax = 4;
+export const freeSegmentsMax = 2;
 /** Volume size limit. */
 export const volumeBytesMax = 64 * 1024 ** 4;
 
 // ---- nbd (src/nbd) ----
+/** Open NBD connections per daemon; one more is closed right after accept. */
+export const nbdConnectionsMax = 256;
+/** From accept until the client enters transmission; then the connection is closed. */
+export const nbdHandshakeTimeoutMs = 10_000;
+/** Options one client may send before it must enter transmission. */
+export const nbdHandshakeOptionsMax = 256;
+/** Largest option data we read into memory (name 4096 + queries); larger gets NBD_REP_ERR_TOO_BIG. */
+export const nbdOptionBytesMax = 64 * 1024;
+/** An oversized option up to this length is read and discarded; a longer one closes the connection. */
+export const nbdOptionDiscardBytesMax = 1024 * 1024;
+/** NBD strings (export names, queries, messages): the spec's hard limit ("Conventions"). */
+export const nbdStringBytesMax = 4096;
+/** Metadata context queries in one LIST/SET_META_CONTEXT option. */
+export const nbdMetaQueriesMax = 16;
+/** Maximum payload advertised in NBD_INFO_BLOCK_SIZE: largest READ or WRITE (2^25, the spec's default). */
+export const nbdPayloadBytesMax = 32 * 1024 * 1024;
+/** An oversized WRITE payload up to this length is discarded to stay in sync; longer closes the connection. */
+export const nbdWriteDiscardBytesMax = 64 * 1024 * 1024;
+/** Requests one connection may have in flight; past it the server stops reading that socket. */
+export const nbdRequestsInFlightMax = 128;
+/** Payload bytes one connection may hold (write data, read data, queued replies) before it stops reading. */
+export const nbdConnectionBytesInFlightMax = 128 * 1024 * 1024;
+/** Extents in one NBD_REPLY_TYPE_BLOCK_STATUS chunk (the spec says at most 2^20). */
+export const nbdBlockStatusExtentsMax = 64 * 1024;
+/** After shutdown() starts, connections still open after this are destroyed. */
+export const nbdShutdownGraceMs = 10_000;
 
 // ---- raft (src/raft) ----
+/** A follower campaigns after a randomized timeout in [electionTicks, 2 * electionTicks). */
+export const raftElectionTicks = 10;
+/** A leader sends heartbeats every this many ticks; must be well below raftElectionTicks. */
+export const raftHeartbeatTicks = 1;
+/** Entry bytes in one AppendEntries message (at least one entry is always sent). */
+export const raftAppendBytesMax = 1024 * 1024;
+/** AppendEntries messages in flight to one follower in replicate state. */
+export const raftInflightMsgsMax = 256;
+/** Entry bytes in flight to one follower (0 = no byte limit beyond the message count). */
+export const raftInflightBytesMax = 64 * 1024 * 1024;
+/** Bytes of proposed but uncommitted entries a leader accepts before it drops proposals. */
+export const raftUncommittedBytesMax = 256 * 1024 * 1024;
+/** ReadIndex requests a leader holds while it waits for a quorum or its first commit. */
+export const raftReadIndexPendingMax = 4096;
+/** Committed entry bytes handed to the application in one Ready. */
+export const raftCommittedBytesMax = 64 * 1024 * 1024;
 
 // ---- daemon / api ----
 export const defaultNbdPort = 10809;

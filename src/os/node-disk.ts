@@ -1,0 +1,95 @@
+// The store's Disk over node:fs: one directory, synchronous reads on the event
+// loop (DESIGN §9), asynchronous pwritev and fdatasync on the threadpool.
+
+import * as fs from "node:fs";
+import { join } from "node:path";
+import type { Defer, Disk, DiskFile } from "../store/disk.js";
+
+class NodeFile implements DiskFile {
+  private fd: number;
+
+  constructor(
+    readonly name: string,
+    path: string,
+    create: boolean,
+  ) {
+    this.fd = fs.openSync(path, create ? "w+" : "r+");
+  }
+
+  sizeBytes(): number {
+    return fs.fstatSync(this.fd).size;
+  }
+
+  readSync(into: Uint8Array, intoOffset: number, length: number, position: number): number {
+    let done = 0;
+    while (done < length) {
+      const n = fs.readSync(this.fd, into, intoOffset + done, length - done, position + done);
+      if (n === 0) break;
+      done += n;
+    }
+    return done;
+  }
+
+  write(buffers: readonly Uint8Array[], position: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      // libuv loops over IOV_MAX-sized pieces and short writes itself.
+      fs.writev(this.fd, buffers as Uint8Array[], position, (err, written) => {
+        if (err) return reject(err);
+        let want = 0;
+        for (const b of buffers) want += b.length;
+        if (written !== want) return reject(new Error(`short write: ${written} of ${want} bytes`));
+        resolve();
+      });
+    });
+  }
+
+  datasync(): Promise<void> {
+    return new Promise((resolve, reject) => fs.fdatasync(this.fd, (err) => (err ? reject(err) : resolve())));
+  }
+
+  close(): void {
+    if (this.fd >= 0) fs.closeSync(this.fd);
+    this.fd = -1;
+  }
+}
+
+export class NodeDisk implements Disk {
+  constructor(readonly dir: string) {
+    fs.mkdirSync(dir, { recursive: true });
+  }
+
+  list(): string[] {
+    return fs.readdirSync(this.dir);
+  }
+
+  exists(name: string): boolean {
+    return fs.existsSync(join(this.dir, name));
+  }
+
+  open(name: string, create: boolean): DiskFile {
+    return new NodeFile(name, join(this.dir, name), create);
+  }
+
+  rename(from: string, to: string): void {
+    fs.renameSync(join(this.dir, from), join(this.dir, to));
+  }
+
+  remove(name: string): void {
+    fs.rmSync(join(this.dir, name), { force: true });
+  }
+
+  syncDir(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      fs.open(this.dir, "r", (err, fd) => {
+        if (err) return reject(err);
+        fs.fsync(fd, (syncErr) => {
+          fs.close(fd, () => (syncErr ? reject(syncErr) : resolve()));
+        });
+      });
+    });
+  }
+}
+
+export const deferImmediate: Defer = (fn) => {
+  setImmediate(fn);
+};

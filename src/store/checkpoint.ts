@@ -1,0 +1,125 @@
+// Checkpoint file (docs/formats/checkpoint.md): every group's block map and
+// Raft position as of a log position, so recovery replays only the log after it.
+// Written tmp -> fdatasync -> rename -> fsync dir; a trailing CRC32C covers it all.
+
+import { assert } from "../base/assert.js";
+import { crc32c, crc32cOf } from "../base/crc32c.js";
+import { chunkSectors } from "./block-map.js";
+import type { Disk } from "./disk.js";
+import { writeFileDurably } from "./disk.js";
+import { CorruptionError } from "./errors.js";
+import type { LogPosition } from "./log.js";
+import { checkpointName } from "./segment-names.js";
+
+const checkpointMagic = 0x4b445850; // "PXDK"
+const checkpointVersion = 1;
+const fileHeaderBytes = 40;
+const groupHeaderBytes = 48;
+const chunkBytes = chunkSectors * 8;
+
+// Block-map chunks are written as the host's Float64Array bytes: little-endian hosts only.
+assert(new Uint8Array(new Float64Array([1]).buffer)[7] === 0x3f, "pxd's checkpoint format needs a little-endian host");
+
+export interface GroupCheckpoint {
+  groupId: number;
+  sizeBytes: number;
+  lastTerm: number;
+  lastIndex: number;
+  chunks: Map<number, Float64Array>;
+}
+
+export interface Checkpoint {
+  end: LogPosition;
+  groups: GroupCheckpoint[];
+}
+
+function u64(b: Buffer, at: number, v: number): void {
+  b.writeUInt32LE(v % 0x100000000, at);
+  b.writeUInt32LE(Math.floor(v / 0x100000000), at + 4);
+}
+
+function readU64(b: Buffer, at: number): number {
+  return b.readUInt32LE(at + 4) * 0x100000000 + b.readUInt32LE(at);
+}
+
+export function encodeCheckpoint(c: Checkpoint): Uint8Array[] {
+  const head = Buffer.alloc(fileHeaderBytes);
+  head.writeUInt32LE(checkpointMagic, 0);
+  head.writeUInt32LE(checkpointVersion, 4);
+  u64(head, 8, c.end.commitSeq);
+  u64(head, 16, c.end.segmentId);
+  u64(head, 24, c.end.position);
+  head.writeUInt32LE(c.groups.length, 32);
+  const parts: Uint8Array[] = [head];
+  for (const g of c.groups) {
+    const gh = Buffer.alloc(groupHeaderBytes);
+    u64(gh, 0, g.groupId);
+    u64(gh, 8, g.sizeBytes);
+    u64(gh, 16, g.lastTerm);
+    u64(gh, 24, g.lastIndex);
+    gh.writeUInt32LE(g.chunks.size, 32);
+    parts.push(gh);
+    for (const [index, chunk] of g.chunks) {
+      const ch = Buffer.alloc(8);
+      ch.writeUInt32LE(index, 0);
+      parts.push(ch, new Uint8Array(chunk.buffer, chunk.byteOffset, chunkBytes));
+    }
+  }
+  const crc = Buffer.alloc(4);
+  crc.writeUInt32LE(crc32cOf(parts), 0);
+  parts.push(crc);
+  return parts;
+}
+
+export function decodeCheckpoint(b: Buffer): Checkpoint {
+  const bad = (why: string): never => {
+    throw new CorruptionError(0, 0, `checkpoint file is damaged (${why}); restore the data dir from a replica or backup`);
+  };
+  if (b.length < fileHeaderBytes + 4) bad("too short");
+  if (crc32c(b.subarray(0, b.length - 4)) !== b.readUInt32LE(b.length - 4)) bad("checksum mismatch");
+  if (b.readUInt32LE(0) !== checkpointMagic || b.readUInt32LE(4) !== checkpointVersion) bad("bad magic or version");
+  const end = { commitSeq: readU64(b, 8), segmentId: readU64(b, 16), position: readU64(b, 24) };
+  const groupCount = b.readUInt32LE(32);
+  let at = fileHeaderBytes;
+  const groups: GroupCheckpoint[] = [];
+  for (let i = 0; i < groupCount; i++) {
+    if (at + groupHeaderBytes > b.length - 4) bad("group header past the end");
+    const g: GroupCheckpoint = {
+      groupId: readU64(b, at),
+      sizeBytes: readU64(b, at + 8),
+      lastTerm: readU64(b, at + 16),
+      lastIndex: readU64(b, at + 24),
+      chunks: new Map(),
+    };
+    const chunkCount = b.readUInt32LE(at + 32);
+    at += groupHeaderBytes;
+    if (at + chunkCount * (8 + chunkBytes) > b.length - 4) bad("chunks past the end");
+    for (let c = 0; c < chunkCount; c++) {
+      const index = b.readUInt32LE(at);
+      const chunk = new Float64Array(chunkSectors);
+      new Uint8Array(chunk.buffer).set(b.subarray(at + 8, at + 8 + chunkBytes));
+      g.chunks.set(index, chunk);
+      at += 8 + chunkBytes;
+    }
+    groups.push(g);
+  }
+  if (at !== b.length - 4) bad("trailing bytes");
+  return { end, groups };
+}
+
+export async function writeCheckpoint(disk: Disk, c: Checkpoint): Promise<void> {
+  await writeFileDurably(disk, checkpointName, encodeCheckpoint(c));
+}
+
+export function readCheckpoint(disk: Disk): Checkpoint | undefined {
+  if (!disk.exists(checkpointName)) return undefined;
+  const file = disk.open(checkpointName, false);
+  try {
+    const size = file.sizeBytes();
+    const b = Buffer.alloc(size);
+    if (file.readSync(b, 0, size, 0) !== size) throw new CorruptionError(0, 0, "checkpoint file could not be read whole");
+    return decodeCheckpoint(b);
+  } finally {
+    file.close();
+  }
+}

@@ -1,0 +1,301 @@
+// The segment log: fixed-size segment files, appended by group commit.
+//
+// Records queue up while the previous commit's fdatasync runs; the next commit
+// writes all of them with one pwritev and one fdatasync, then reports each
+// record durable in log order (DESIGN §2, §3). A commit never spans two
+// segments: when the next record does not fit, the commit ends with a Seal
+// record and the log moves to the next segment only after the Seal is durable.
+// So only the newest segment can hold a torn tail (src/store/recovery.ts).
+
+import { assert } from "../base/assert.js";
+import { commitBytesMax, commitRecordsMax, recordHeaderBytes, segmentBytes } from "../constants.js";
+import type { Defer, Disk, DiskFile } from "./disk.js";
+import { StoreError } from "./errors.js";
+import { encodeHeader, payloadBytesOf, RecordKind } from "./record.js";
+import { segmentName } from "./segment-names.js";
+
+export interface AppendRequest {
+  kind: RecordKind.Write | RecordKind.Trim | RecordKind.Relocate;
+  groupId: number;
+  termOrSource: number;
+  index: number;
+  offsetBytes: number;
+  lengthBytes: number;
+  payload: readonly Uint8Array[];
+  /** Called once the record is durable, in log order, with the log address of its payload; or with an error. */
+  done(address: number, error?: Error): void;
+}
+
+/** Where the log ends after the last durable commit. */
+export interface LogPosition {
+  segmentId: number;
+  position: number;
+  commitSeq: number;
+}
+
+const zeroChunkBytes = 4 * 1024 * 1024;
+
+export class SegmentLog {
+  readonly segments = new Map<number, DiskFile>();
+  private readonly queue: AppendRequest[] = [];
+  private queueHead = 0;
+  private committing = false;
+  private scheduled = false;
+  /** Records appended and records finished (durable or failed), for whenIdle. */
+  private appendedTotal = 0;
+  private finishedTotal = 0;
+  private idleWaiters: { target: number; resolve: () => void }[] = [];
+  private failure: Error | undefined;
+  private spare: Promise<void> | undefined;
+  private freeNames: string[];
+  private freeSerial = 0;
+  private head: DiskFile;
+  /** Durable end of the log; also what a checkpoint records. */
+  durable: LogPosition;
+  bytesAppended = 0;
+  commits = 0;
+  recordsCommitted = 0;
+  /** Called after every commit, synchronously, once its records are reported durable. */
+  onCommitted: (sealed: boolean) => void = () => {};
+
+  constructor(
+    private readonly disk: Disk,
+    private readonly defer: Defer,
+    segments: Map<number, DiskFile>,
+    end: LogPosition,
+    freeNames: string[],
+  ) {
+    for (const [id, f] of segments) this.segments.set(id, f);
+    // Until rollover() runs, head may be a placeholder: start() opens the real one.
+    this.head = this.segments.get(end.segmentId) ?? (undefined as unknown as DiskFile);
+    this.durable = { ...end };
+    this.freeNames = freeNames;
+    for (const n of freeNames) this.freeSerial = Math.max(this.freeSerial, Number(n.slice(5)) + 1);
+  }
+
+  get headSegmentId(): number {
+    return this.durable.segmentId;
+  }
+
+  append(request: AppendRequest): void {
+    if (this.failure) {
+      request.done(0, this.failure);
+      return;
+    }
+    this.appendedTotal++;
+    const done = request.done;
+    request.done = (address, error) => {
+      this.finishedTotal++;
+      done(address, error);
+    };
+    this.queue.push(request);
+    this.kick();
+  }
+
+  /**
+   * Resolves once every record appended before this call is durable (or
+   * failed). Under a steady load it does not wait for the queue to drain, only
+   * for the records that were there when it was called.
+   */
+  whenIdle(): Promise<void> {
+    const target = this.appendedTotal;
+    if (this.finishedTotal >= target) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push({ target, resolve }));
+  }
+
+  private wakeIdleWaiters(): void {
+    if (this.idleWaiters.length === 0) return;
+    const still: { target: number; resolve: () => void }[] = [];
+    for (const w of this.idleWaiters) {
+      if (this.finishedTotal >= w.target) w.resolve();
+      else still.push(w);
+    }
+    this.idleWaiters = still;
+  }
+
+  readSync(address: number, into: Uint8Array, intoOffset: number, length: number): void {
+    const id = Math.floor(address / segmentBytes);
+    const file = this.segments.get(id);
+    assert(file !== undefined, `segment ${id} holds mapped data`);
+    const n = file.readSync(into, intoOffset, length, address - id * segmentBytes);
+    if (n !== length) throw new StoreError("EIO", `short read from segment ${id}: ${n} of ${length} bytes`);
+  }
+
+  /** Deletes a segment that holds no live data; its file is kept for reuse when the pool has room. */
+  async releaseSegment(id: number, keepForReuse: boolean): Promise<void> {
+    assert(id < this.durable.segmentId, "only sealed segments are released");
+    const file = this.segments.get(id);
+    assert(file !== undefined, "released segment exists");
+    file.close();
+    this.segments.delete(id);
+    if (keepForReuse) {
+      const name = `free-${this.freeSerial++}`;
+      this.disk.rename(segmentName(id), name);
+      this.freeNames.push(name);
+    } else {
+      this.disk.remove(segmentName(id));
+    }
+    await this.disk.syncDir();
+  }
+
+  get freeSegmentCount(): number {
+    return this.freeNames.length;
+  }
+
+  close(): void {
+    for (const f of this.segments.values()) f.close();
+    this.segments.clear();
+  }
+
+  private kick(): void {
+    if (this.committing || this.scheduled) return;
+    this.scheduled = true;
+    // Deferred past this turn's I/O callbacks so every request that arrived in
+    // the same turn joins the commit.
+    this.defer(() => {
+      this.scheduled = false;
+      void this.commitLoop();
+    });
+  }
+
+  private async commitLoop(): Promise<void> {
+    if (this.committing) return;
+    this.committing = true;
+    try {
+      while (this.queueHead < this.queue.length && !this.failure) await this.commitOnce();
+    } finally {
+      this.committing = false;
+      this.queue.length = 0;
+      this.queueHead = 0;
+      this.wakeIdleWaiters();
+    }
+  }
+
+  private async commitOnce(): Promise<void> {
+    const batch = this.takeBatch();
+    const file = this.head;
+    assert(file !== undefined && this.segments.get(this.headSegmentId) === file, "commits go to the open head segment");
+    const seq = this.durable.commitSeq + 1;
+    const buffers: Uint8Array[] = [];
+    const addresses: number[] = [];
+    let position = this.durable.position;
+    const count = batch.records.length + (batch.seal ? 1 : 0);
+    batch.records.forEach((r, i) => {
+      const header = encodeHeader({ ...r, batchPos: i, batchCount: count, segmentId: this.headSegmentId, commitSeq: seq }, r.payload);
+      buffers.push(header, ...r.payload);
+      addresses.push(this.headSegmentId * segmentBytes + position + recordHeaderBytes);
+      position += recordHeaderBytes + payloadBytesOf(r.kind, r.lengthBytes);
+    });
+    if (batch.seal) {
+      const seal = { kind: RecordKind.Seal, groupId: 0, termOrSource: 0, index: 0, offsetBytes: 0, lengthBytes: 0 };
+      buffers.push(encodeHeader({ ...seal, batchPos: count - 1, batchCount: count, segmentId: this.headSegmentId, commitSeq: seq }, []));
+      position += recordHeaderBytes;
+    }
+    try {
+      await file.write(buffers, this.durable.position);
+      await file.datasync();
+    } catch (e) {
+      // After a failed fdatasync the page cache may have dropped the data: the
+      // log cannot know what is on disk, so it stops taking writes (fsyncgate).
+      this.fail(new StoreError("EIO", `log write failed, the store stopped taking writes: ${(e as Error).message}`), batch.records);
+      return;
+    }
+    this.bytesAppended += position - this.durable.position;
+    // After a Seal the log continues at the start of the next segment, even
+    // before its file is ready: a checkpoint taken in between must not point
+    // past the Seal into the sealed segment.
+    this.durable = batch.seal
+      ? { segmentId: this.headSegmentId + 1, position: 0, commitSeq: seq }
+      : { segmentId: this.headSegmentId, position, commitSeq: seq };
+    this.commits++;
+    this.recordsCommitted += batch.records.length;
+    batch.records.forEach((r, i) => r.done(addresses[i]!));
+    this.wakeIdleWaiters();
+    if (batch.seal) await this.rollover();
+    this.onCommitted(batch.seal);
+  }
+
+  /** Takes the records of the next commit; seal is true when the segment is full. */
+  private takeBatch(): { records: AppendRequest[]; seal: boolean } {
+    const records: AppendRequest[] = [];
+    let position = this.durable.position;
+    let bytes = 0;
+    while (this.queueHead < this.queue.length && records.length < commitRecordsMax - 1) {
+      const r = this.queue[this.queueHead]!;
+      const size = recordHeaderBytes + payloadBytesOf(r.kind, r.lengthBytes);
+      if (position + size > segmentBytes - recordHeaderBytes) return { records, seal: true };
+      if (records.length > 0 && bytes + size > commitBytesMax) break;
+      records.push(r);
+      this.queue[this.queueHead++] = undefined as unknown as AppendRequest; // let payloads be collected
+      position += size;
+      bytes += size;
+    }
+    return { records, seal: false };
+  }
+
+  private fail(error: Error, inFlight: AppendRequest[]): void {
+    this.failure = error;
+    for (const r of inFlight) r.done(0, error);
+    for (let i = this.queueHead; i < this.queue.length; i++) this.queue[i]!.done(0, error);
+    this.queueHead = this.queue.length;
+  }
+
+  /** Opens the head segment's file, creating it when the log moved past a Seal. */
+  async rollover(): Promise<void> {
+    const id = this.durable.segmentId;
+    assert(this.durable.position === 0 || this.segments.has(id), "the head segment exists unless it is new");
+    const existing = this.segments.get(id);
+    if (existing !== undefined) {
+      this.head = existing;
+      return;
+    }
+    try {
+      this.head = await this.openNewSegment(id);
+    } catch (e) {
+      this.fail(new StoreError("ENOSPC", `cannot start log segment ${id}: ${(e as Error).message}; free disk space, then restart the daemon`), []);
+      return;
+    }
+    this.segments.set(id, this.head);
+    this.prepareSpare();
+  }
+
+  /** Waits for background work on files (the spare segment) before the files are closed. */
+  async quiesce(): Promise<void> {
+    await this.spare?.catch(() => {});
+  }
+
+  /** A new segment from the free pool (renamed, old records carry old segment ids) or freshly zero-filled. */
+  async openNewSegment(id: number): Promise<DiskFile> {
+    if (this.freeNames.length === 0) {
+      this.prepareSpare();
+      await this.spare;
+    }
+    const free = this.freeNames.pop();
+    assert(free !== undefined, "a spare segment file is ready");
+    this.disk.rename(free, segmentName(id));
+    // The rename must be durable before acknowledged records land in the file.
+    await this.disk.syncDir();
+    return this.disk.open(segmentName(id), false);
+  }
+
+  /** Zero-fills a spare segment file in the background, so rollover rarely waits (DESIGN §9: preallocated files). */
+  prepareSpare(): void {
+    if (this.spare !== undefined || this.freeNames.length > 0) return;
+    const name = `free-${this.freeSerial++}`;
+    this.spare = (async () => {
+      const file = this.disk.open(name, true);
+      try {
+        const zeros = new Uint8Array(zeroChunkBytes);
+        for (let at = 0; at < segmentBytes; at += zeroChunkBytes) await file.write([zeros], at);
+        await file.datasync();
+      } finally {
+        file.close();
+      }
+      await this.disk.syncDir();
+      this.freeNames.push(name);
+    })().finally(() => {
+      this.spare = undefined;
+    });
+    this.spare.catch(() => {}); // a failure surfaces in openNewSegment
+  }
+}

@@ -1,0 +1,137 @@
+// Recovery: replay the log from the checkpoint's position.
+//
+// A record that fails its checks is either a torn write (the newest commit
+// never completed, so nothing in it was acknowledged) or corruption (a record
+// that was durable and acknowledged is damaged). The difference is whether a
+// LATER commit is found valid after it: commits are written one at a time, each
+// only after the previous one's fdatasync, so a valid record of a later commit
+// proves the damaged one had been durable. Then the store refuses to open
+// (CorruptionError) instead of dropping acknowledged data. Otherwise the tail
+// is torn: the log ends there and the torn bytes are zeroed.
+
+import { recordHeaderBytes, recordPayloadBytesMax, segmentBytes } from "../constants.js";
+import type { DiskFile } from "./disk.js";
+import { CorruptionError } from "./errors.js";
+import type { LogPosition } from "./log.js";
+import { decodeHeader, headerCrcMatches, payloadBytesOf, recordMagic, RecordKind, type RecordHeader } from "./record.js";
+
+export interface ScanResult {
+  end: LogPosition;
+  /** A torn tail that was found: [position, endPosition) in segment segmentId must be zeroed before new appends. */
+  torn?: { segmentId: number; position: number; endPosition: number };
+  recordsReplayed: number;
+}
+
+/** Called for each valid record in log order with the log address of its payload. */
+export type ReplayRecord = (header: RecordHeader, payloadAddress: number) => void;
+
+/** Reads and checks whole records; the payload view is valid until the next call. */
+export class SegmentReader {
+  private readonly headerBuf = Buffer.alloc(recordHeaderBytes);
+  private readonly payloadBuf = Buffer.alloc(recordPayloadBytesMax);
+
+  /** The record at `position` if it is whole and its checksum matches. */
+  recordAt(file: DiskFile, segmentId: number, position: number): { header: RecordHeader; payload: Buffer } | undefined {
+    if (position + recordHeaderBytes > segmentBytes) return undefined;
+    if (file.readSync(this.headerBuf, 0, recordHeaderBytes, position) !== recordHeaderBytes) return undefined;
+    const h = decodeHeader(this.headerBuf, segmentId, position);
+    if (h === undefined) return undefined;
+    const n = payloadBytesOf(h.kind, h.lengthBytes);
+    const payload = this.payloadBuf.subarray(0, n);
+    if (n > 0 && file.readSync(payload, 0, n, position + recordHeaderBytes) !== n) return undefined;
+    return headerCrcMatches(this.headerBuf, payload, h.crc) ? { header: h, payload } : undefined;
+  }
+
+  /** Where the record at `position` ends by its header alone (its own position when the header is not ours). */
+  claimedEnd(file: DiskFile, segmentId: number, position: number): number {
+    if (position + recordHeaderBytes > segmentBytes) return position;
+    if (file.readSync(this.headerBuf, 0, recordHeaderBytes, position) !== recordHeaderBytes) return position;
+    const h = decodeHeader(this.headerBuf, segmentId, position);
+    return h === undefined ? position : position + recordHeaderBytes + payloadBytesOf(h.kind, h.lengthBytes);
+  }
+}
+
+export function scanLog(segments: ReadonlyMap<number, DiskFile>, start: LogPosition, replay: ReplayRecord): ScanResult {
+  const reader = new SegmentReader();
+  const ids = [...segments.keys()].filter((id) => id >= start.segmentId).sort((a, b) => a - b);
+  let seq = start.commitSeq;
+  let batchComplete = true;
+  let replayed = 0;
+  for (let k = 0; k < ids.length; k++) {
+    const id = ids[k]!;
+    if (id !== start.segmentId + k) throw new CorruptionError(start.segmentId + k, 0, "segment file is missing from the log");
+    const file = segments.get(id)!;
+    let position = id === start.segmentId ? start.position : 0;
+    for (;;) {
+      const h = reader.recordAt(file, id, position)?.header;
+      const expectedSeq = batchComplete ? seq + 1 : seq;
+      if (h === undefined || h.commitSeq !== expectedSeq) {
+        return tornOrCorrupt(reader, segments, ids.slice(k), position, expectedSeq, seq, replayed);
+      }
+      seq = h.commitSeq;
+      batchComplete = h.batchPos === h.batchCount - 1;
+      const size = recordHeaderBytes + payloadBytesOf(h.kind, h.lengthBytes);
+      if (h.kind === RecordKind.Seal) break;
+      replay(h, id * segmentBytes + position + recordHeaderBytes);
+      replayed++;
+      position += size;
+    }
+  }
+  // The last segment ended with a Seal: the log continues in a segment not yet created.
+  const last = ids.length > 0 ? ids[ids.length - 1]! : start.segmentId - 1;
+  return { end: { segmentId: last + 1, position: 0, commitSeq: seq }, recordsReplayed: replayed };
+}
+
+function tornOrCorrupt(
+  reader: SegmentReader,
+  segments: ReadonlyMap<number, DiskFile>,
+  idsFromHere: number[],
+  position: number,
+  expectedSeq: number,
+  seq: number,
+  replayed: number,
+): ScanResult {
+  const id = idsFromHere[0]!;
+  let tornEnd = reader.claimedEnd(segments.get(id)!, id, position);
+  for (const [k, laterId] of idsFromHere.entries()) {
+    const from = k === 0 ? position : 0;
+    for (const found of validRecordsAfter(reader, segments.get(laterId)!, laterId, from, k === 0)) {
+      if (found.commitSeq > expectedSeq || k > 0) {
+        throw new CorruptionError(id, position, `a damaged record is followed by commit ${found.commitSeq} in segment ${laterId}; acknowledged data would be lost, so the store will not open`);
+      }
+      tornEnd = Math.max(tornEnd, found.end);
+    }
+  }
+  return {
+    end: { segmentId: id, position, commitSeq: seq },
+    torn: { segmentId: id, position, endPosition: tornEnd },
+    recordsReplayed: replayed,
+  };
+}
+
+/** Every valid record that starts after `from` (searching for the record magic). */
+function* validRecordsAfter(
+  reader: SegmentReader,
+  file: DiskFile,
+  segmentId: number,
+  from: number,
+  skipFrom: boolean,
+): Generator<{ commitSeq: number; end: number }> {
+  const windowBytes = 8 * 1024 * 1024;
+  const window = Buffer.alloc(windowBytes);
+  const magic = Buffer.alloc(4);
+  magic.writeUInt32LE(recordMagic, 0);
+  for (let base = from; base < segmentBytes; base += windowBytes - 4) {
+    const n = file.readSync(window, 0, Math.min(windowBytes, segmentBytes - base), base);
+    let at = window.indexOf(magic, 0);
+    while (at >= 0 && at < n) {
+      const p = base + at;
+      if (p > from || !skipFrom) {
+        const h = reader.recordAt(file, segmentId, p)?.header;
+        if (h !== undefined) yield { commitSeq: h.commitSeq, end: p + recordHeaderBytes + payloadBytesOf(h.kind, h.lengthBytes) };
+      }
+      at = window.indexOf(magic, at + 1);
+    }
+    if (n < windowBytes) break;
+  }
+}

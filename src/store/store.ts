@@ -1,0 +1,583 @@
+// The node-local store: one segment log for every volume replica on the node,
+// a block map per group, checkpoints, recovery and garbage collection
+// (DESIGN §3, docs/formats/segment-log.md, docs/formats/checkpoint.md).
+//
+// A group is a volume's Raft group; in single-node mode every volume is one
+// group whose records carry term 1 and consecutive indexes, so replication can
+// later write real Raft entries into the same log.
+
+import { assert } from "../base/assert.js";
+import {
+  freeSegmentsMax,
+  gcLiveRatioMax,
+  recordPayloadBytesMax,
+  checkpointLogBytes,
+  sectorBytes,
+  segmentBytes,
+  volumeBytesMax,
+} from "../constants.js";
+import { BlockMap } from "./block-map.js";
+import { readCheckpoint, writeCheckpoint, type Checkpoint } from "./checkpoint.js";
+import type { Defer, Disk, DiskFile } from "./disk.js";
+import { StoreError } from "./errors.js";
+import { SegmentLog, type LogPosition } from "./log.js";
+import { RecordKind, type RecordHeader } from "./record.js";
+import { scanLog, SegmentReader } from "./recovery.js";
+import { checkpointName, isFreeName, parseSegmentName, segmentName } from "./segment-names.js";
+
+export interface StoreOptions {
+  disk: Disk;
+  defer: Defer;
+  log?: (line: string) => void;
+}
+
+export interface GroupSpec {
+  groupId: number;
+  sizeBytes: number;
+}
+
+export interface StoreExtent {
+  lengthBytes: number;
+  hole: boolean;
+}
+
+interface Group {
+  readonly id: number;
+  readonly sizeBytes: number;
+  readonly map: BlockMap;
+  term: number;
+  /** Index given to the next appended entry. */
+  nextIndex: number;
+  /** Index of the last applied entry. */
+  appliedIndex: number;
+  /** Unaligned writes read, merge and write one at a time per group. */
+  rmwTail: Promise<void>;
+  dropped: boolean;
+}
+
+/** Bytes per Trim record: trims larger than this are split. */
+const trimRecordBytesMax = 1024 * 1024 * 1024;
+/** Extents per block-status answer; clients ask again for the rest. */
+const statusExtentsMax = 2048;
+const zeroes = Buffer.alloc(1024 * 1024);
+
+export class Store {
+  private readonly groups = new Map<number, Group>();
+  private readonly liveBytes = new Map<number, number>();
+  private checkpointEnd: LogPosition;
+  private bytesAtCheckpoint = 0;
+  private checkpointing: Promise<void> | undefined;
+  private maintaining: Promise<void> | undefined;
+  private closed = false;
+  private readonly reader = new SegmentReader();
+  readonly counters = { checkpoints: 0, gcSegments: 0, gcBytesMoved: 0, tornBytesZeroed: 0, recordsReplayed: 0 };
+  private readonly log: (line: string) => void;
+
+  private constructor(
+    private readonly disk: Disk,
+    private readonly segmentLog: SegmentLog,
+    checkpointEnd: LogPosition,
+    log: (line: string) => void,
+  ) {
+    this.checkpointEnd = checkpointEnd;
+    this.log = log;
+    segmentLog.onCommitted = (sealed) => {
+      if (sealed || this.segmentLog.bytesAppended - this.bytesAtCheckpoint >= checkpointLogBytes) this.maintain();
+    };
+  }
+
+  /** Opens (recovering) the store in `disk`; `specs` are the groups the catalog says exist. */
+  static async open(options: StoreOptions, specs: readonly GroupSpec[]): Promise<Store> {
+    const { disk } = options;
+    const log = options.log ?? (() => {});
+    if (disk.exists(`${checkpointName}.tmp`)) disk.remove(`${checkpointName}.tmp`);
+    const segments = new Map<number, DiskFile>();
+    const freeNames: string[] = [];
+    for (const name of disk.list()) {
+      const id = parseSegmentName(name);
+      if (id !== undefined) segments.set(id, disk.open(name, false));
+      else if (isFreeName(name)) freeNames.push(name);
+    }
+    const checkpoint: Checkpoint = readCheckpoint(disk) ?? { end: { segmentId: 1, position: 0, commitSeq: 0 }, groups: [] };
+    const groups = restoreGroups(specs, checkpoint);
+    const scan = scanLog(segments, checkpoint.end, (h, address) => applyRecord(groups, h, address));
+    if (scan.torn) {
+      const { segmentId, position, endPosition } = scan.torn;
+      if (endPosition > position) {
+        // Zero what the torn commit left, so a later scan cannot mistake it for data.
+        const file = segments.get(segmentId)!;
+        await file.write([new Uint8Array(endPosition - position)], position);
+        await file.datasync();
+      }
+      log(`store: torn tail in segment ${segmentId} at byte ${position} (an unacknowledged commit); truncated`);
+    }
+    // Segment files past the end of the log hold nothing acknowledged (a commit
+    // never spans segments, so a torn tail is always in the last one).
+    for (const [id, f] of segments) {
+      if (id <= scan.end.segmentId) continue;
+      f.close();
+      segments.delete(id);
+      disk.remove(segmentName(id));
+    }
+    const segmentLog = new SegmentLog(disk, options.defer, segments, scan.end, freeNames);
+    await disk.syncDir();
+    await segmentLog.rollover();
+    segmentLog.prepareSpare();
+    const store = new Store(disk, segmentLog, checkpoint.end, log);
+    store.counters.recordsReplayed = scan.recordsReplayed;
+    store.counters.tornBytesZeroed = scan.torn ? scan.torn.endPosition - scan.torn.position : 0;
+    for (const g of groups.values()) store.groups.set(g.id, g);
+    store.recountLive();
+    await store.releaseEmptySegments();
+    return store;
+  }
+
+  // ---- groups (volumes) ----
+
+  addGroup(spec: GroupSpec): void {
+    assert(!this.groups.has(spec.groupId), "group ids are not reused");
+    this.groups.set(spec.groupId, newGroup(spec));
+  }
+
+  /** Forgets a group; its data becomes garbage for GC. The catalog must already have dropped it. */
+  dropGroup(groupId: number): void {
+    const g = this.groups.get(groupId);
+    if (g === undefined) return;
+    g.dropped = true;
+    this.groups.delete(groupId);
+    g.map.runs(0, g.map.sectorCount, (_s, n, address) => {
+      if (address !== 0) this.addLive(address, -n * sectorBytes);
+    });
+  }
+
+  hasGroup(groupId: number): boolean {
+    return this.groups.has(groupId);
+  }
+
+  allocatedBytes(groupId: number): number {
+    return this.group(groupId).map.allocatedSectors * sectorBytes;
+  }
+
+  // ---- data path ----
+
+  read(groupId: number, offsetBytes: number, lengthBytes: number): Buffer {
+    const g = this.group(groupId);
+    checkRange(g, offsetBytes, lengthBytes);
+    const out = Buffer.allocUnsafe(lengthBytes);
+    const end = offsetBytes + lengthBytes;
+    const first = Math.floor(offsetBytes / sectorBytes);
+    const last = Math.ceil(end / sectorBytes);
+    g.map.runs(first, last - first, (sector, count, address) => {
+      const from = Math.max(offsetBytes, sector * sectorBytes);
+      const to = Math.min(end, (sector + count) * sectorBytes);
+      if (address === 0) out.fill(0, from - offsetBytes, to - offsetBytes);
+      else this.segmentLog.readSync(address + (from - sector * sectorBytes), out, from - offsetBytes, to - from);
+    });
+    return out;
+  }
+
+  /** Resolves when the data is durable and visible to reads. `data` must not change until then. */
+  write(groupId: number, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
+    const g = this.group(groupId);
+    checkRange(g, offsetBytes, lengthBytes);
+    assert(totalBytes(data) === lengthBytes, "write payload matches its length");
+    if (lengthBytes === 0) return Promise.resolve();
+    if (offsetBytes % sectorBytes === 0 && lengthBytes % sectorBytes === 0) return this.appendData(g, offsetBytes, data, lengthBytes);
+    return this.readModifyWrite(g, offsetBytes, data, lengthBytes);
+  }
+
+  /** Deallocates the whole sectors inside the range (NBD TRIM is advisory at the edges). */
+  trim(groupId: number, offsetBytes: number, lengthBytes: number): Promise<void> {
+    const g = this.group(groupId);
+    checkRange(g, offsetBytes, lengthBytes);
+    const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
+    const to = Math.floor((offsetBytes + lengthBytes) / sectorBytes) * sectorBytes;
+    return this.appendTrim(g, from, to);
+  }
+
+  /** Zeroes the range: holes for whole sectors (unless noHole), written zeroes at unaligned edges. */
+  writeZeroes(groupId: number, offsetBytes: number, lengthBytes: number, noHole: boolean): Promise<void> {
+    const g = this.group(groupId);
+    checkRange(g, offsetBytes, lengthBytes);
+    const end = offsetBytes + lengthBytes;
+    const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
+    const to = Math.floor(end / sectorBytes) * sectorBytes;
+    if (noHole || to <= from) return this.write(groupId, offsetBytes, zeroList(lengthBytes), lengthBytes);
+    const parts = [this.appendTrim(g, from, to)];
+    if (offsetBytes < from) parts.push(this.write(groupId, offsetBytes, zeroList(from - offsetBytes), from - offsetBytes));
+    if (to < end) parts.push(this.write(groupId, to, zeroList(end - to), end - to));
+    return Promise.all(parts).then(() => {});
+  }
+
+  /** Resolves when every write submitted before it is durable (acknowledged writes already are). */
+  flush(): Promise<void> {
+    return this.segmentLog.whenIdle();
+  }
+
+  /** Allocation runs from offsetBytes: data or hole, at most statusExtentsMax of them. */
+  blockStatus(groupId: number, offsetBytes: number, lengthBytes: number): StoreExtent[] {
+    const g = this.group(groupId);
+    checkRange(g, offsetBytes, lengthBytes);
+    const out: StoreExtent[] = [];
+    const end = offsetBytes + lengthBytes;
+    const first = Math.floor(offsetBytes / sectorBytes);
+    const last = Math.ceil(end / sectorBytes);
+    g.map.runs(first, last - first, (sector, count, address) => {
+      if (out.length > statusExtentsMax) return;
+      const from = Math.max(offsetBytes, sector * sectorBytes);
+      const to = Math.min(end, (sector + count) * sectorBytes);
+      const hole = address === 0;
+      const prev = out[out.length - 1];
+      if (prev !== undefined && prev.hole === hole) prev.lengthBytes += to - from;
+      else out.push({ lengthBytes: to - from, hole });
+    });
+    if (out.length > statusExtentsMax) out.length = statusExtentsMax;
+    return out;
+  }
+
+  // ---- maintenance ----
+
+  /** Writes a checkpoint of every block map as of the durable end of the log. */
+  checkpoint(): Promise<void> {
+    if (this.checkpointing) return this.checkpointing;
+    const end = { ...this.segmentLog.durable };
+    const bytesAt = this.segmentLog.bytesAppended;
+    const groups = [...this.groups.values()].map((g) => ({
+      groupId: g.id,
+      sizeBytes: g.sizeBytes,
+      lastTerm: g.term,
+      lastIndex: g.appliedIndex,
+      chunks: new Map([...g.map.chunks].map(([i, c]) => [i, c.slice()] as const)),
+    }));
+    this.checkpointing = writeCheckpoint(this.disk, { end, groups })
+      .then(() => {
+        this.checkpointEnd = end;
+        this.bytesAtCheckpoint = bytesAt;
+        this.counters.checkpoints++;
+      })
+      .finally(() => {
+        this.checkpointing = undefined;
+      });
+    return this.checkpointing;
+  }
+
+  /** Starts background checkpoint + GC work unless it is already running. */
+  maintain(): void {
+    if (this.maintaining || this.closed) return;
+    this.maintaining = this.maintainLoop()
+      .catch((e: Error) => this.log(`store: maintenance stopped: ${e.message}`))
+      .finally(() => {
+        this.maintaining = undefined;
+      });
+  }
+
+  /** Waits for background maintenance to finish (tests and shutdown). */
+  async settle(): Promise<void> {
+    while (this.maintaining) await this.maintaining;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.settle();
+    await this.segmentLog.whenIdle();
+    await this.checkpointing;
+    await this.checkpoint();
+    await this.segmentLog.quiesce();
+    this.segmentLog.close();
+  }
+
+  /**
+   * Closes the files without a final checkpoint, leaving the directory as a
+   * crash right after the last commit would: recovery must replay the log.
+   */
+  async closeWithoutCheckpoint(): Promise<void> {
+    this.closed = true;
+    await this.settle();
+    await this.segmentLog.whenIdle();
+    await this.checkpointing;
+    await this.segmentLog.quiesce();
+    this.segmentLog.close();
+  }
+
+  stats(): Record<string, number> {
+    const live = [...this.liveBytes.values()].reduce((a, b) => a + b, 0);
+    const segmentsCount = this.segmentLog.segments.size;
+    return {
+      logBytesAppended: this.segmentLog.bytesAppended,
+      commits: this.segmentLog.commits,
+      recordsCommitted: this.segmentLog.recordsCommitted,
+      segments: segmentsCount,
+      freeSegments: this.segmentLog.freeSegmentCount,
+      diskBytes: (segmentsCount + this.segmentLog.freeSegmentCount) * segmentBytes,
+      liveBytes: live,
+      ...this.counters,
+    };
+  }
+
+  // ---- internals ----
+
+  private group(groupId: number): Group {
+    const g = this.groups.get(groupId);
+    if (g === undefined) throw new StoreError("ENOENT", `volume group ${groupId} is not in this store`);
+    return g;
+  }
+
+  private appendData(g: Group, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
+    if (lengthBytes <= recordPayloadBytesMax) return this.appendRecord(g, RecordKind.Write, offsetBytes, lengthBytes, data, 0);
+    const parts: Promise<void>[] = [];
+    for (let at = 0; at < lengthBytes; at += recordPayloadBytesMax) {
+      const n = Math.min(recordPayloadBytesMax, lengthBytes - at);
+      parts.push(this.appendRecord(g, RecordKind.Write, offsetBytes + at, n, sliceBuffers(data, at, n), 0));
+    }
+    return Promise.all(parts).then(() => {});
+  }
+
+  private appendTrim(g: Group, from: number, to: number): Promise<void> {
+    const parts: Promise<void>[] = [];
+    for (let at = from; at < to; at += trimRecordBytesMax) {
+      parts.push(this.appendRecord(g, RecordKind.Trim, at, Math.min(trimRecordBytesMax, to - at), [], 0));
+    }
+    return Promise.all(parts).then(() => {});
+  }
+
+  private appendRecord(
+    g: Group,
+    kind: RecordKind.Write | RecordKind.Trim | RecordKind.Relocate,
+    offsetBytes: number,
+    lengthBytes: number,
+    payload: readonly Uint8Array[],
+    source: number,
+  ): Promise<void> {
+    const index = kind === RecordKind.Relocate ? 0 : g.nextIndex++;
+    return new Promise((resolve, reject) => {
+      this.segmentLog.append({
+        kind,
+        groupId: g.id,
+        termOrSource: kind === RecordKind.Relocate ? source : g.term,
+        index,
+        offsetBytes,
+        lengthBytes,
+        payload,
+        done: (address, error) => {
+          if (error) return reject(error);
+          if (!g.dropped) this.apply(g, kind, offsetBytes, lengthBytes, source, index, address);
+          resolve();
+        },
+      });
+    });
+  }
+
+  private apply(g: Group, kind: RecordKind, offsetBytes: number, lengthBytes: number, source: number, index: number, address: number): void {
+    const moved = applyToGroup(g, kind, offsetBytes, lengthBytes, source, index, address, (a, n) => this.addLive(a, -n * sectorBytes));
+    if (moved > 0) this.addLive(address, moved * sectorBytes);
+  }
+
+  private readModifyWrite(g: Group, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
+    const op = g.rmwTail.then(() => {
+      const from = Math.floor(offsetBytes / sectorBytes) * sectorBytes;
+      const to = Math.min(g.sizeBytes, Math.ceil((offsetBytes + lengthBytes) / sectorBytes) * sectorBytes);
+      const merged = this.read(g.id, from, to - from);
+      let at = offsetBytes - from;
+      for (const d of data) {
+        merged.set(d, at);
+        at += d.length;
+      }
+      return this.appendData(g, from, [merged], merged.length);
+    });
+    g.rmwTail = op.catch(() => {});
+    return op;
+  }
+
+  private addLive(address: number, bytes: number): void {
+    const id = Math.floor(address / segmentBytes);
+    this.liveBytes.set(id, (this.liveBytes.get(id) ?? 0) + bytes);
+  }
+
+  private recountLive(): void {
+    this.liveBytes.clear();
+    for (const g of this.groups.values()) {
+      g.map.runs(0, g.map.sectorCount, (_s, n, address) => {
+        if (address !== 0) this.addLive(address, n * sectorBytes);
+      });
+    }
+  }
+
+  private async maintainLoop(): Promise<void> {
+    while (!this.closed) {
+      const appendedSince = this.segmentLog.bytesAppended - this.bytesAtCheckpoint;
+      const candidates = this.gcCandidates(Infinity);
+      const eligible = this.gcCandidates(this.checkpointEnd.segmentId);
+      if (appendedSince >= checkpointLogBytes || (eligible.length === 0 && candidates.length > 0 && appendedSince > 0)) {
+        await this.checkpoint();
+      }
+      const victim = this.gcCandidates(this.checkpointEnd.segmentId)[0];
+      if (victim === undefined) return;
+      await this.collectSegment(victim);
+    }
+  }
+
+  /** Sealed segments below `belowId` whose live ratio is under the GC threshold, emptiest first. */
+  private gcCandidates(belowId: number): number[] {
+    const head = this.segmentLog.headSegmentId;
+    const ids: number[] = [];
+    for (const id of this.segmentLog.segments.keys()) {
+      if (id < head && id < belowId && (this.liveBytes.get(id) ?? 0) < gcLiveRatioMax * segmentBytes) ids.push(id);
+    }
+    return ids.sort((a, b) => (this.liveBytes.get(a) ?? 0) - (this.liveBytes.get(b) ?? 0));
+  }
+
+  /** Copies a segment's live data to the head of the log, then frees the segment. */
+  private async collectSegment(id: number): Promise<void> {
+    const file = this.segmentLog.segments.get(id);
+    assert(file !== undefined, "GC victim is open");
+    const moves: Promise<void>[] = [];
+    let position = 0;
+    for (;;) {
+      const record = this.reader.recordAt(file, id, position);
+      if (record === undefined) throw new StoreError("EIO", `GC found a damaged record in segment ${id} at byte ${position}; the segment is kept`);
+      const { header, payload } = record;
+      if (header.kind === RecordKind.Seal) break;
+      const payloadAddress = id * segmentBytes + position + 64;
+      position += 64 + payload.length;
+      const g = this.groups.get(header.groupId);
+      if (g === undefined || (header.kind !== RecordKind.Write && header.kind !== RecordKind.Relocate)) continue;
+      const first = header.offsetBytes / sectorBytes;
+      g.map.runs(first, header.lengthBytes / sectorBytes, (sector, count, address) => {
+        if (address !== payloadAddress + (sector - first) * sectorBytes) return;
+        const at = (sector - first) * sectorBytes;
+        const copy = Buffer.from(payload.subarray(at, at + count * sectorBytes));
+        this.counters.gcBytesMoved += copy.length;
+        moves.push(this.appendRecord(g, RecordKind.Relocate, sector * sectorBytes, copy.length, [copy], address));
+      });
+    }
+    await Promise.all(moves);
+    if ((this.liveBytes.get(id) ?? 0) !== 0) {
+      this.log(`store: segment ${id} still holds ${this.liveBytes.get(id)} live bytes after GC; kept`);
+      return;
+    }
+    this.liveBytes.delete(id);
+    await this.segmentLog.releaseSegment(id, this.segmentLog.freeSegmentCount < freeSegmentsMax);
+    this.counters.gcSegments++;
+  }
+
+  private async releaseEmptySegments(): Promise<void> {
+    for (const id of [...this.segmentLog.segments.keys()]) {
+      if (id < this.checkpointEnd.segmentId && id < this.segmentLog.headSegmentId && (this.liveBytes.get(id) ?? 0) === 0) {
+        await this.segmentLog.releaseSegment(id, this.segmentLog.freeSegmentCount < freeSegmentsMax);
+      }
+    }
+  }
+}
+
+function newGroup(spec: GroupSpec): Group {
+  if (!Number.isSafeInteger(spec.sizeBytes) || spec.sizeBytes <= 0 || spec.sizeBytes % sectorBytes !== 0 || spec.sizeBytes > volumeBytesMax) {
+    throw new StoreError("EINVAL", `volume size ${spec.sizeBytes} must be a positive multiple of ${sectorBytes} bytes up to ${volumeBytesMax}`);
+  }
+  return {
+    id: spec.groupId,
+    sizeBytes: spec.sizeBytes,
+    map: new BlockMap(spec.sizeBytes / sectorBytes),
+    term: 1,
+    nextIndex: 1,
+    appliedIndex: 0,
+    rmwTail: Promise.resolve(),
+    dropped: false,
+  };
+}
+
+function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map<number, Group> {
+  const groups = new Map<number, Group>();
+  for (const spec of specs) groups.set(spec.groupId, newGroup(spec));
+  for (const saved of checkpoint.groups) {
+    const g = groups.get(saved.groupId);
+    if (g === undefined) continue; // deleted from the catalog since
+    g.term = saved.lastTerm;
+    g.appliedIndex = saved.lastIndex;
+    g.nextIndex = saved.lastIndex + 1;
+    for (const [index, chunk] of saved.chunks) {
+      if (index * 4096 >= g.map.sectorCount) continue; // volume shrank (not offered yet)
+      g.map.chunks.set(index, chunk);
+      for (let i = 0; i < chunk.length; i++) if (chunk[i] !== 0) g.map.allocatedSectors++;
+    }
+  }
+  return groups;
+}
+
+/** Replays one record into its group (recovery path; the live counts are recomputed after). */
+function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: number): void {
+  const g = groups.get(h.groupId);
+  if (g === undefined) return;
+  if (h.offsetBytes + h.lengthBytes > g.sizeBytes) return;
+  applyToGroup(g, h.kind, h.offsetBytes, h.lengthBytes, h.termOrSource, h.index, address, () => {});
+  if (h.kind !== RecordKind.Relocate) {
+    g.term = Math.max(g.term, h.termOrSource);
+    g.nextIndex = Math.max(g.nextIndex, h.index + 1);
+  }
+}
+
+/** Applies a record to a group's map; returns how many sectors a Relocate moved. */
+function applyToGroup(
+  g: Group,
+  kind: RecordKind,
+  offsetBytes: number,
+  lengthBytes: number,
+  source: number,
+  index: number,
+  address: number,
+  freed: (address: number, sectors: number) => void,
+): number {
+  const sector = offsetBytes / sectorBytes;
+  const count = lengthBytes / sectorBytes;
+  if (kind !== RecordKind.Relocate) g.appliedIndex = Math.max(g.appliedIndex, index);
+  switch (kind) {
+    case RecordKind.Write:
+      g.map.set(sector, count, address, freed);
+      return count;
+    case RecordKind.Trim:
+      g.map.clear(sector, count, freed);
+      return 0;
+    case RecordKind.Relocate:
+      return g.map.relocate(sector, count, source, address, freed);
+    default:
+      return 0;
+  }
+}
+
+function checkRange(g: Group, offsetBytes: number, lengthBytes: number): void {
+  if (!Number.isSafeInteger(offsetBytes) || !Number.isSafeInteger(lengthBytes) || offsetBytes < 0 || lengthBytes < 0 || offsetBytes + lengthBytes > g.sizeBytes) {
+    throw new StoreError("EINVAL", `range [${offsetBytes}, +${lengthBytes}) is outside the volume (${g.sizeBytes} bytes)`);
+  }
+}
+
+function totalBytes(data: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const d of data) n += d.length;
+  return n;
+}
+
+/** Views of bytes [at, at + length) of a list of buffers, without copying. */
+export function sliceBuffers(data: readonly Uint8Array[], at: number, length: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let skip = at;
+  let want = length;
+  for (const d of data) {
+    if (want === 0) break;
+    if (skip >= d.length) {
+      skip -= d.length;
+      continue;
+    }
+    const take = Math.min(d.length - skip, want);
+    out.push(d.subarray(skip, skip + take));
+    want -= take;
+    skip = 0;
+  }
+  assert(want === 0, "slice lies inside the buffers");
+  return out;
+}
+
+function zeroList(lengthBytes: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (let at = 0; at < lengthBytes; at += zeroes.length) out.push(zeroes.subarray(0, Math.min(zeroes.length, lengthBytes - at)));
+  return out;
+}
