@@ -38,10 +38,21 @@ export interface Export {
   flush(): Promise<void>;
   /** Deallocate; later reads return zeroes. */
   trim(offsetBytes: number, lengthBytes: number, fua: boolean): Promise<void>;
-  /** Zero the range; with noHole the range stays allocated. */
-  writeZeroes(offsetBytes: number, lengthBytes: number, fua: boolean, noHole: boolean): Promise<void>;
+  /**
+   * Zero the range; with noHole the range stays allocated. With fastZero the
+   * client asked to fail fast (BackendError "ENOTSUP", export unchanged) unless
+   * zeroing is cheaper than writing zeroes (NBD_CMD_FLAG_FAST_ZERO).
+   */
+  writeZeroes(offsetBytes: number, lengthBytes: number, fua: boolean, noHole: boolean, fastZero: boolean): Promise<void>;
   /** Allocation status from offsetBytes, covering at least one byte and at most lengthBytes. */
   blockStatus(offsetBytes: number, lengthBytes: number): AllocationExtent[];
+  /** Optional NBD_CMD_CACHE: prefetch the range. Without it CACHE succeeds and does nothing. */
+  cache?(offsetBytes: number, lengthBytes: number): Promise<void>;
+  /**
+   * Optional: called once when the connection that opened this Export is done
+   * with it (after its last request settled), or right after an NBD_OPT_INFO.
+   */
+  close?(): void;
 }
 
 /** What the NBD server asks of the daemon: the exports that exist right now. */

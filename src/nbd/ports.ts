@@ -1,0 +1,108 @@
+// What src/nbd needs from the outside world, as small interfaces. src/os
+// implements them with node:net and real timers; tests may fake them. Keeping
+// these out of the protocol code is what keeps src/nbd pure (DESIGN.md section 7).
+
+import {
+  nbdBlockStatusExtentsMax,
+  nbdConnectionBytesInFlightMax,
+  nbdConnectionsMax,
+  nbdHandshakeOptionsMax,
+  nbdHandshakeTimeoutMs,
+  nbdMetaQueriesMax,
+  nbdOptionBytesMax,
+  nbdOptionDiscardBytesMax,
+  nbdPayloadBytesMax,
+  nbdRequestsInFlightMax,
+  nbdShutdownGraceMs,
+  nbdStringBytesMax,
+  nbdWriteDiscardBytesMax,
+} from "../constants.js";
+import { assert } from "../base/assert.js";
+
+/** One accepted stream connection (TCP or Unix). */
+export interface NbdSocket {
+  /** A name for log lines, e.g. "127.0.0.1:53210". */
+  readonly peer: string;
+  /** Queue the buffers in order, ideally as one writev; the socket keeps references, never copies. */
+  write(chunks: readonly Buffer[]): void;
+  /** Bytes written but not yet taken by the kernel. */
+  queuedBytes(): number;
+  /** Stop and restart delivering data (backpressure). */
+  pause(): void;
+  resume(): void;
+  /** Send what is queued, then close. */
+  end(): void;
+  /** Close now, dropping what is queued. */
+  destroy(): void;
+}
+
+/** What the socket adapter calls back into; returned by NbdServer.accept(). */
+export interface NbdSocketEvents {
+  data(chunk: Buffer): void;
+  /** The kernel took everything queued (after a write that filled the buffer). */
+  drain(): void;
+  /** The socket is closed, for whatever reason; called once. */
+  closed(): void;
+}
+
+export interface NbdTimers {
+  /** Runs fn once after ms; returns a function that cancels it. */
+  setTimeout(fn: () => void, ms: number): () => void;
+  /** Runs fn later in this event-loop turn, after pending I/O callbacks (setImmediate): used to batch replies. */
+  defer(fn: () => void): void;
+}
+
+export interface NbdLog {
+  info(message: string): void;
+  warn(message: string): void;
+  error(message: string): void;
+}
+
+/** Every NBD limit; defaults from src/constants.ts, overridable per server (tests use short timeouts). */
+export interface NbdLimits {
+  connectionsMax: number;
+  handshakeTimeoutMs: number;
+  handshakeOptionsMax: number;
+  optionBytesMax: number;
+  optionDiscardBytesMax: number;
+  stringBytesMax: number;
+  metaQueriesMax: number;
+  payloadBytesMax: number;
+  writeDiscardBytesMax: number;
+  requestsInFlightMax: number;
+  connectionBytesInFlightMax: number;
+  blockStatusExtentsMax: number;
+  shutdownGraceMs: number;
+}
+
+export const defaultNbdLimits: Readonly<NbdLimits> = {
+  connectionsMax: nbdConnectionsMax,
+  handshakeTimeoutMs: nbdHandshakeTimeoutMs,
+  handshakeOptionsMax: nbdHandshakeOptionsMax,
+  optionBytesMax: nbdOptionBytesMax,
+  optionDiscardBytesMax: nbdOptionDiscardBytesMax,
+  stringBytesMax: nbdStringBytesMax,
+  metaQueriesMax: nbdMetaQueriesMax,
+  payloadBytesMax: nbdPayloadBytesMax,
+  writeDiscardBytesMax: nbdWriteDiscardBytesMax,
+  requestsInFlightMax: nbdRequestsInFlightMax,
+  connectionBytesInFlightMax: nbdConnectionBytesInFlightMax,
+  blockStatusExtentsMax: nbdBlockStatusExtentsMax,
+  shutdownGraceMs: nbdShutdownGraceMs,
+};
+
+/** Merges overrides over the defaults and checks that the limits agree with each other and the spec. */
+export function resolveNbdLimits(overrides: Partial<NbdLimits> = {}): NbdLimits {
+  const l: NbdLimits = { ...defaultNbdLimits, ...overrides };
+  for (const [k, v] of Object.entries(l)) assert(Number.isSafeInteger(v) && v > 0, `NBD limit ${k} = ${v} must be a positive integer`);
+  // Spec "Size constraints": max payload fits u32 and is at least 2^20 (we advertise it for every export).
+  assert(l.payloadBytesMax >= 1 << 20 && l.payloadBytesMax <= 0xffffffff, "NBD max payload is in [2^20, 2^32)");
+  assert(l.writeDiscardBytesMax >= l.payloadBytesMax, "an oversized write up to the discard limit can be skipped");
+  // Spec "Conventions": strings are at most 4096 bytes.
+  assert(l.stringBytesMax <= 4096, "NBD strings are at most 4096 bytes");
+  assert(l.optionBytesMax >= 2 * l.stringBytesMax + 16, "an option holds an export name and a query");
+  assert(l.optionDiscardBytesMax >= l.optionBytesMax, "an oversized option can be discarded");
+  assert(l.connectionBytesInFlightMax >= l.payloadBytesMax, "one largest request fits in flight");
+  assert(l.blockStatusExtentsMax <= 1 << 20, "spec: at most 2^20 extents in one block status chunk");
+  return l;
+}

@@ -1,0 +1,227 @@
+// Owns NBD connections: the cap, the handshake timeout, the switch from
+// handshake to transmission, reply batching and orderly shutdown. Sockets,
+// timers and the log come in through ports.ts, so this file stays pure.
+
+import type { ExportRegistry } from "./backend.js";
+import { ErrorReporter } from "./errors.js";
+import { Handshake, type HandshakeStep } from "./handshake.js";
+import { resolveNbdLimits, type NbdLimits, type NbdLog, type NbdSocket, type NbdSocketEvents, type NbdTimers } from "./ports.js";
+import { Transmission } from "./transmission.js";
+
+export interface NbdServerOptions {
+  registry: ExportRegistry;
+  log: NbdLog;
+  timers: NbdTimers;
+  limits?: Partial<NbdLimits>;
+}
+
+export class NbdServer {
+  readonly limits: NbdLimits;
+  private readonly connections = new Set<Connection>();
+  private stopping = false;
+  private drained: (() => void) | undefined;
+
+  constructor(readonly options: NbdServerOptions) {
+    this.limits = resolveNbdLimits(options.limits);
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  get shuttingDown(): boolean {
+    return this.stopping;
+  }
+
+  /** Takes a freshly accepted socket; undefined when it was refused (and destroyed). */
+  accept(socket: NbdSocket): NbdSocketEvents | undefined {
+    if (this.stopping) {
+      socket.destroy();
+      return undefined;
+    }
+    if (this.connections.size >= this.limits.connectionsMax) {
+      this.options.log.warn(`nbd ${socket.peer}: refused, ${this.connections.size} connections open (limit ${this.limits.connectionsMax})`);
+      socket.destroy();
+      return undefined;
+    }
+    const c = new Connection(this, socket);
+    this.connections.add(c);
+    c.start();
+    return c.events;
+  }
+
+  /**
+   * Stops serving: handshakes are cut, new requests get ESHUTDOWN, in-flight
+   * ones are answered, then each connection closes. Whatever is still open
+   * after the grace period is destroyed. Stop accepting in the listener first.
+   */
+  shutdown(): Promise<void> {
+    this.stopping = true;
+    const done = new Promise<void>((resolve) => {
+      this.drained = resolve;
+    });
+    const cancelGrace = this.options.timers.setTimeout(() => {
+      for (const c of this.connections) c.destroy("shutdown grace period over");
+    }, this.limits.shutdownGraceMs);
+    for (const c of [...this.connections]) c.beginShutdown();
+    this.checkDrained();
+    return done.then(cancelGrace);
+  }
+
+  /** Called by a Connection once its socket is closed. */
+  forget(c: Connection): void {
+    this.connections.delete(c);
+    this.checkDrained();
+  }
+
+  private checkDrained(): void {
+    if (this.stopping && this.connections.size === 0 && this.drained !== undefined) {
+      const resolve = this.drained;
+      this.drained = undefined;
+      resolve();
+    }
+  }
+}
+
+class Connection {
+  readonly events: NbdSocketEvents;
+  private readonly errors: ErrorReporter;
+  private handshake: Handshake | undefined;
+  private transmission: Transmission | undefined;
+  private out: Buffer[] = [];
+  private outBytes = 0;
+  /** True while handling a socket event: replies queue up and go out in one write at its end. */
+  private inTurn = false;
+  private flushScheduled = false;
+  private readonly flushLater = (): void => {
+    this.flushScheduled = false;
+    this.flush();
+  };
+  private cancelHandshakeTimer: (() => void) | undefined;
+  private ending = false;
+  private closed = false;
+
+  constructor(
+    private readonly server: NbdServer,
+    private readonly socket: NbdSocket,
+  ) {
+    this.errors = new ErrorReporter(server.options.log, socket.peer);
+    this.events = {
+      data: (chunk) => this.turn(() => this.onData(chunk)),
+      drain: () => this.turn(() => this.transmission?.pump()),
+      closed: () => this.onClosed(),
+    };
+  }
+
+  start(): void {
+    const limits = this.server.limits;
+    this.handshake = new Handshake({
+      registry: this.server.options.registry,
+      limits,
+      send: (b) => this.send(b),
+    });
+    this.cancelHandshakeTimer = this.server.options.timers.setTimeout(
+      () => this.destroy(`no transmission after ${limits.handshakeTimeoutMs} ms, closing`),
+      limits.handshakeTimeoutMs,
+    );
+    this.turn(() => this.send(this.handshake?.greeting() ?? Buffer.alloc(0)));
+  }
+
+  beginShutdown(): void {
+    // Spec "Termination of the session during option haggling": a server being shut down may end the session.
+    if (this.transmission === undefined) return this.destroy("server shutting down during handshake");
+    this.turn(() => this.transmission?.onShutdown());
+  }
+
+  destroy(reason: string): void {
+    if (this.closed) return;
+    this.server.options.log.info(`nbd ${this.socket.peer}: ${reason}`);
+    this.ending = true;
+    this.out = [];
+    this.outBytes = 0;
+    this.socket.destroy();
+  }
+
+  /** Runs a socket event; every reply it queued leaves in one write when it returns. */
+  private turn(fn: () => void): void {
+    if (this.closed) return;
+    this.inTurn = true;
+    try {
+      fn();
+    } catch (err) {
+      // A bug must cost this connection only, never the daemon or other clients.
+      this.server.options.log.error(`nbd ${this.socket.peer}: internal error, closing: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+      this.destroy("internal error");
+    } finally {
+      this.inTurn = false;
+      this.flush();
+    }
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.ending) return;
+    if (this.transmission !== undefined) return this.transmission.feed(chunk);
+    const hs = this.handshake;
+    if (hs !== undefined) this.afterHandshakeStep(hs.feed(chunk, 0), chunk);
+  }
+
+  private afterHandshakeStep(step: HandshakeStep, chunk: Buffer): void {
+    if (step.kind === "more") return;
+    this.cancelHandshakeTimer?.();
+    this.handshake = undefined;
+    if (step.kind === "close") {
+      if (step.graceful) return this.finish(true, step.reason);
+      return this.destroy(step.reason);
+    }
+    this.transmission = new Transmission(step.negotiated, {
+      limits: this.server.limits,
+      errors: this.errors,
+      send: (b) => this.send(b),
+      queuedBytes: () => this.outBytes + this.socket.queuedBytes(),
+      pauseInput: () => this.socket.pause(),
+      resumeInput: () => this.socket.resume(),
+      shuttingDown: () => this.server.shuttingDown,
+      finish: (graceful, reason) => this.finish(graceful, reason),
+    });
+    if (step.restAt < chunk.length) this.transmission.feed(chunk.subarray(step.restAt));
+  }
+
+  /** Queues reply bytes; outside a socket event they are flushed once per event-loop turn (DESIGN.md section 9). */
+  private send(b: Buffer): void {
+    if (this.ending || this.closed) return;
+    this.out.push(b);
+    this.outBytes += b.length;
+    if (!this.inTurn && !this.flushScheduled) {
+      this.flushScheduled = true;
+      this.server.options.timers.defer(this.flushLater);
+    }
+  }
+
+  private flush(): void {
+    if (this.out.length === 0 || this.closed) return;
+    const out = this.out;
+    this.out = [];
+    this.outBytes = 0;
+    this.socket.write(out);
+  }
+
+  private finish(graceful: boolean, reason: string): void {
+    if (!graceful) return this.destroy(reason);
+    if (this.ending) return;
+    this.server.options.log.info(`nbd ${this.socket.peer}: ${reason}`);
+    this.ending = true;
+    this.flush();
+    this.socket.end();
+  }
+
+  private onClosed(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.cancelHandshakeTimer?.();
+    this.out = [];
+    this.outBytes = 0;
+    this.transmission?.onConnectionClosed();
+    this.errors.summarize();
+    this.server.forget(this);
+  }
+}

@@ -1,0 +1,123 @@
+// Binds the pure NBD server (src/nbd) to node:net: a TCP listener and,
+// optionally, a Unix-socket listener in the data dir (DESIGN.md section 1),
+// plus real timers. This is the only NBD file that touches the OS.
+
+import { lstatSync, unlinkSync } from "node:fs";
+import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import type { ExportRegistry } from "../nbd/backend.js";
+import type { NbdLimits, NbdLog, NbdSocket, NbdTimers } from "../nbd/ports.js";
+import { NbdServer } from "../nbd/server.js";
+
+/** TCP keepalive probe delay: finds clients that vanished without a FIN. */
+const keepAliveDelayMs = 30_000;
+
+export const nodeTimers: NbdTimers = {
+  setTimeout(fn, ms) {
+    const t = setTimeout(fn, ms);
+    return () => clearTimeout(t);
+  },
+  defer(fn) {
+    setImmediate(fn);
+  },
+};
+
+export interface ListenNbdOptions {
+  host: string;
+  port: number;
+  /** Also listen on this Unix socket path; a stale socket file there is replaced. */
+  unixPath?: string;
+  registry: ExportRegistry;
+  log: NbdLog;
+  limits?: Partial<NbdLimits>;
+}
+
+export interface NbdListener {
+  /** The bound TCP address (port resolved when 0 was asked for). */
+  readonly address: { host: string; port: number };
+  readonly unixPath: string | undefined;
+  readonly server: NbdServer;
+  /** Stops accepting, lets connections finish (NbdServer.shutdown), and resolves when all are closed. */
+  close(): Promise<void>;
+}
+
+export async function listenNbd(opts: ListenNbdOptions): Promise<NbdListener> {
+  const server = new NbdServer({ registry: opts.registry, log: opts.log, timers: nodeTimers, limits: opts.limits });
+  const onSocket = (s: Socket): void => attach(server, s);
+  const tcp = createServer({ noDelay: true }, onSocket);
+  await listen(tcp, () => tcp.listen(opts.port, opts.host));
+  const addr = tcp.address() as AddressInfo;
+  let unix: Server | undefined;
+  if (opts.unixPath !== undefined) {
+    const path = opts.unixPath;
+    removeStaleSocket(path);
+    unix = createServer(onSocket);
+    await listen(unix, () => unix?.listen(path)).catch(async (err: unknown) => {
+      await closeServer(tcp);
+      throw err;
+    });
+  }
+  opts.log.info(`nbd: listening on ${addr.address}:${addr.port}${opts.unixPath ? ` and ${opts.unixPath}` : ""}`);
+  return {
+    address: { host: addr.address, port: addr.port },
+    unixPath: opts.unixPath,
+    server,
+    async close() {
+      const stopped = Promise.all([closeServer(tcp), unix ? closeServer(unix) : Promise.resolve()]);
+      await server.shutdown();
+      await stopped;
+    },
+  };
+}
+
+function listen(s: Server, start: () => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    s.once("error", reject);
+    s.once("listening", () => {
+      s.off("error", reject);
+      resolve();
+    });
+    start();
+  });
+}
+
+/** Stops accepting; resolves once existing connections are gone (server.shutdown closes them). */
+function closeServer(s: Server): Promise<void> {
+  return new Promise((resolve) => s.close(() => resolve()));
+}
+
+function removeStaleSocket(path: string): void {
+  try {
+    if (lstatSync(path).isSocket()) unlinkSync(path);
+  } catch {
+    // Nothing there: nothing to remove.
+  }
+}
+
+function attach(server: NbdServer, s: Socket): void {
+  const peer = s.remoteAddress !== undefined ? `${s.remoteAddress}:${s.remotePort}` : `unix#${s.localAddress ?? ""}`;
+  s.on("error", () => {
+    // 'close' always follows; the server learns of it there.
+  });
+  const sock: NbdSocket = {
+    peer,
+    write(chunks) {
+      if (!s.writable) return;
+      // Corked writes leave as one writev: many replies, one syscall (DESIGN.md section 9).
+      s.cork();
+      for (const c of chunks) s.write(c);
+      s.uncork();
+    },
+    queuedBytes: () => s.writableLength,
+    pause: () => s.pause(),
+    resume: () => s.resume(),
+    end: () => s.end(),
+    destroy: () => s.destroy(),
+  };
+  const events = server.accept(sock);
+  if (events === undefined) return;
+  s.setNoDelay(true);
+  s.setKeepAlive(true, keepAliveDelayMs);
+  s.on("data", events.data);
+  s.on("drain", events.drain);
+  s.on("close", events.closed);
+}
