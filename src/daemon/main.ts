@@ -1,0 +1,40 @@
+// `pxd daemon`: runs one node in the foreground until SIGTERM or SIGINT.
+
+import { mkdirSync } from "node:fs";
+import { Daemon, type DaemonOptions, type Logger } from "./daemon.js";
+
+function stamp(): string {
+  return new Date().toISOString();
+}
+
+const log: Logger = {
+  info: (m) => console.log(`${stamp()} info ${m}`),
+  warn: (m) => console.log(`${stamp()} warn ${m}`),
+  error: (m) => console.error(`${stamp()} error ${m}`),
+};
+
+export async function runDaemon(options: DaemonOptions): Promise<void> {
+  mkdirSync(options.dataDir, { recursive: true });
+  let daemon: Daemon;
+  try {
+    daemon = await Daemon.start(options, log);
+  } catch (e) {
+    log.error(`pxd daemon could not start: ${(e as Error).message}`);
+    process.exitCode = 1;
+    return;
+  }
+  log.info(`serving NBD on ${options.listen}:${daemon.nbdPort}, control API on ${options.listen}:${options.apiPort}, data in ${options.dataDir}`);
+  await new Promise<void>((resolve) => {
+    const onSignal = (signal: string): void => {
+      log.info(`${signal}: shutting down (stop accepting, finish in-flight requests, flush, checkpoint)`);
+      process.off("SIGTERM", onTerm);
+      process.off("SIGINT", onInt);
+      void daemon.stop().then(resolve);
+    };
+    const onTerm = (): void => onSignal("SIGTERM");
+    const onInt = (): void => onSignal("SIGINT");
+    process.on("SIGTERM", onTerm);
+    process.on("SIGINT", onInt);
+  });
+  log.info("stopped");
+}
