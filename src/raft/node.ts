@@ -1,0 +1,235 @@
+// RaftNode: the core's public face (etcd's RawNode). Inputs are tick, step,
+// propose, proposeConfChange, readIndex, transferLeadership; the output is a
+// Ready, which the caller handles in this order and then acknowledges with
+// advance():
+//
+//   1. persist: write `snapshot` (if any), `entries` (replacing any stored
+//      suffix from the first entry's index on) and `hardState` (if any) to
+//      stable storage; if `mustSync`, fdatasync before step 2;
+//   2. send `messages` (they may depend on the state persisted in step 1: a
+//      vote, an append acknowledgment; that is why they wait for it);
+//   3. apply `snapshot` to the state machine (if any), then `committedEntries`
+//      in order; answer `readStates` once the applied index reaches each one's index;
+//   4. call advance().
+//
+// Between ready() and advance() the caller may keep calling tick/step/propose
+// (their effects come out in the next Ready), but not ready() again. A leader
+// counts its own log toward commit only after advance() confirmed it is on
+// disk, so nothing is ever committed (or acknowledged to a client) before a
+// quorum has persisted it, even in a single-node group.
+
+import { assert } from "../base/assert.js";
+import type { ConfChange } from "./confchange.js";
+import { Raft } from "./raft.js";
+import type { RaftConfig } from "./raft.js";
+import type { Entry, HardState, Message, NodeId, ReadState, Snapshot, SoftState } from "./types.js";
+import { entryBytes, StateRole } from "./types.js";
+
+export interface Ready {
+  /** Set when the leader or this node's role changed; needs no persistence. */
+  softState: SoftState | null;
+  /** Set when term, vote or commit changed: persist it. */
+  hardState: HardState | null;
+  /** Entries to append to stable storage before sending messages. */
+  entries: Entry[];
+  /** A snapshot from the leader to persist and apply (the log before it is gone). */
+  snapshot: Snapshot | null;
+  /** Entries to apply, in order; all are committed and (after step 1) persisted locally. */
+  committedEntries: Entry[];
+  /** Messages to send after step 1. */
+  messages: Message[];
+  /** Confirmed ReadIndex requests. */
+  readStates: ReadState[];
+  /** Whether step 1 must fdatasync (term, vote or entries changed); a commit-only change need not. */
+  mustSync: boolean;
+}
+
+export interface Status {
+  id: NodeId;
+  term: number;
+  vote: NodeId;
+  commit: number;
+  applied: number;
+  lastIndex: number;
+  lead: NodeId;
+  role: StateRole;
+}
+
+const noMessages: Message[] = [];
+const noEntries: Entry[] = [];
+const noReads: ReadState[] = [];
+Object.freeze(noMessages);
+Object.freeze(noEntries);
+Object.freeze(noReads);
+
+export class RaftNode {
+  readonly raft: Raft;
+  // What the caller already has (persisted hard state, last soft state), compared field by field so hasReady() allocates nothing.
+  private hsTerm: number;
+  private hsVote: NodeId;
+  private hsCommit: number;
+  private ssLead: NodeId;
+  private ssRole: StateRole;
+  private outstanding = false;
+  // What the outstanding Ready handed out, for advance().
+  private readyLastIndex = 0;
+  private readyLastTerm = 0;
+  private readySnapshotIndex = 0;
+  private readyApplied = 0;
+
+  constructor(cfg: RaftConfig) {
+    this.raft = new Raft(cfg);
+    const hs = cfg.storage.initialState().hardState;
+    this.hsTerm = hs.term;
+    this.hsVote = hs.vote;
+    this.hsCommit = hs.commit;
+    this.ssLead = this.raft.lead;
+    this.ssRole = this.raft.role;
+  }
+
+  tick(): void {
+    this.raft.tick();
+  }
+
+  step(m: Message): void {
+    this.raft.step(m);
+  }
+
+  campaign(): void {
+    this.raft.campaign();
+  }
+
+  /** Returns the new entry's index, or 0 if dropped (not the leader, transferring, or over uncommittedBytesMax). */
+  propose(data: Uint8Array): number {
+    return this.raft.propose(data);
+  }
+
+  proposeConfChange(change: ConfChange): { index: number } | { refused: string } {
+    return this.raft.proposeConfChange(change);
+  }
+
+  readIndex(context: Uint8Array): boolean {
+    return this.raft.readIndex(context);
+  }
+
+  transferLeadership(to: NodeId): boolean {
+    return this.raft.transferLeadership(to);
+  }
+
+  reportUnreachable(id: NodeId): void {
+    this.raft.reportUnreachable(id);
+  }
+
+  reportSnapshot(id: NodeId, ok: boolean): void {
+    this.raft.reportSnapshot(id, ok);
+  }
+
+  status(): Status {
+    const r = this.raft;
+    return {
+      id: r.id,
+      term: r.term,
+      vote: r.vote,
+      commit: r.log.committed,
+      applied: r.log.applied,
+      lastIndex: r.log.lastIndex(),
+      lead: r.lead,
+      role: r.role,
+    };
+  }
+
+  /** Cheap: whether ready() would return anything. */
+  hasReady(): boolean {
+    const r = this.raft;
+    if (this.outstanding) return false;
+    return (
+      r.bcastPending ||
+      r.msgs.length > 0 ||
+      r.readStates.length > 0 ||
+      r.log.hasUnstable() ||
+      r.log.hasNextCommittedEntries() ||
+      r.term !== this.hsTerm ||
+      r.vote !== this.hsVote ||
+      r.log.committed !== this.hsCommit ||
+      r.lead !== this.ssLead ||
+      r.role !== this.ssRole
+    );
+  }
+
+  ready(): Ready {
+    assert(!this.outstanding, "ready() called again before advance()");
+    const r = this.raft;
+    r.flush();
+    const log = r.log;
+    const termOrVoteChanged = r.term !== this.hsTerm || r.vote !== this.hsVote;
+    let hardState: HardState | null = null;
+    if (termOrVoteChanged || log.committed !== this.hsCommit) {
+      hardState = { term: r.term, vote: r.vote, commit: log.committed };
+      this.hsTerm = r.term;
+      this.hsVote = r.vote;
+      this.hsCommit = log.committed;
+    }
+    let softState: SoftState | null = null;
+    if (r.lead !== this.ssLead || r.role !== this.ssRole) {
+      softState = { lead: r.lead, role: r.role };
+      this.ssLead = r.lead;
+      this.ssRole = r.role;
+    }
+    const entries = log.unstable.length > 0 ? log.unstable.slice() : noEntries;
+    const tail = entries[entries.length - 1];
+    this.readyLastIndex = tail === undefined ? 0 : tail.index;
+    this.readyLastTerm = tail === undefined ? 0 : tail.term;
+    const snapshot = log.unstableSnapshot;
+    this.readySnapshotIndex = snapshot === null ? 0 : snapshot.meta.index;
+    const committedEntries = log.hasNextCommittedEntries() ? log.nextCommittedEntries(r.cfg.committedBytesMax) : noEntries;
+    const lastApplied = committedEntries[committedEntries.length - 1];
+    this.readyApplied = lastApplied === undefined ? 0 : lastApplied.index;
+    if (lastApplied !== undefined) {
+      log.applying = lastApplied.index;
+      if (r.role === StateRole.leader) {
+        let bytes = 0;
+        for (const e of committedEntries) bytes += e.data.byteLength;
+        r.releaseUncommitted(bytes);
+      }
+    }
+    const messages = r.msgs.length > 0 ? r.msgs : noMessages;
+    if (messages !== noMessages) r.msgs = [];
+    const readStates = r.readStates.length > 0 ? r.readStates : noReads;
+    if (readStates !== noReads) r.readStates = [];
+    this.outstanding = true;
+    return {
+      softState,
+      hardState,
+      entries,
+      snapshot,
+      committedEntries,
+      messages,
+      readStates,
+      mustSync: termOrVoteChanged || entries.length > 0 || snapshot !== null,
+    };
+  }
+
+  /** The caller handled the last Ready (persisted, sent, applied). */
+  advance(): void {
+    assert(this.outstanding, "advance() without a Ready");
+    this.outstanding = false;
+    const log = this.raft.log;
+    if (this.readySnapshotIndex > 0) {
+      log.stableSnapshotTo(this.readySnapshotIndex);
+      log.appliedTo(this.readySnapshotIndex);
+    }
+    if (this.readyLastIndex > 0) log.stableTo(this.readyLastIndex, this.readyLastTerm);
+    if (this.readyApplied > 0) log.appliedTo(this.readyApplied);
+    this.readySnapshotIndex = 0;
+    this.readyLastIndex = 0;
+    this.readyApplied = 0;
+    this.raft.onPersisted();
+  }
+}
+
+/** Bytes of entries, as the core counts them against its limits. */
+export function entriesBytes(entries: readonly Entry[]): number {
+  let n = 0;
+  for (const e of entries) n += entryBytes(e);
+  return n;
+}
