@@ -146,6 +146,11 @@ export class RawClient {
   /** Full handshake to transmission with NBD_OPT_GO; returns the size and transmission flags. */
   async go(name: string, o: { structured?: boolean; meta?: boolean } = {}): Promise<{ sizeBytes: number; flags: number }> {
     await this.greet();
+    return this.negotiate(name, o);
+  }
+
+  /** The option part of go(), for a client that already greeted. */
+  async negotiate(name: string, o: { structured?: boolean; meta?: boolean } = {}): Promise<{ sizeBytes: number; flags: number }> {
     if (o.structured || o.meta) {
       const r = await this.option(OPT.STRUCTURED_REPLY);
       if (r[0]?.type !== REP.ACK) throw new Error("structured replies refused");
@@ -193,12 +198,17 @@ export class RawClient {
     return { structured: true, errno, cookie: r.readBigUInt64BE(4), flags: r.readUInt16BE(0), type, payload };
   }
 
-  /** Simple-reply READ of len bytes at offset; throws on error. */
+  /** READ of len bytes at offset (simple or structured, whichever was negotiated); throws on error. */
   async readAt(offset: number, len: number, cookie = 1n): Promise<Buffer> {
     this.sendRequest(CMD.READ, 0, cookie, offset, len);
-    const r = await this.readReply(len);
-    if (r.errno !== 0) throw new Error(`READ failed with errno ${r.errno}`);
-    return r.payload;
+    const out = Buffer.alloc(len);
+    for (;;) {
+      const r = await this.readReply(len);
+      if (r.errno !== 0) throw new Error(`READ failed with errno ${r.errno}`);
+      if (!r.structured) return r.payload;
+      if (r.type === 1) r.payload.copy(out, Number(r.payload.readBigUInt64BE(0)) - offset, 8);
+      if (r.flags & 1) return out;
+    }
   }
 
   async writeAt(offset: number, data: Buffer, cookie = 2n): Promise<number> {
