@@ -1,0 +1,103 @@
+// A real pxd daemon process for tests: `node dist/bin/pxd.js daemon` on free
+// ports with its own data dir, driven through the real API client.
+
+import { spawn, type ChildProcess } from "node:child_process";
+import { createServer } from "node:net";
+import { fileURLToPath } from "node:url";
+import { ApiClient } from "../../src/api/client.js";
+import { tempDir } from "./tmp.js";
+
+export const pxdEntry = fileURLToPath(new URL("../../bin/pxd.js", import.meta.url));
+
+export async function freePort(host = "127.0.0.1"): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, host, () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export class DaemonProcess {
+  child: ChildProcess | undefined;
+  output = "";
+  readonly api: ApiClient;
+  private exited: Promise<number | null> = Promise.resolve(null);
+
+  constructor(
+    readonly dataDir: string,
+    readonly host: string,
+    readonly nbdPort: number,
+    readonly apiPort: number,
+    private readonly removeDir: () => void,
+  ) {
+    this.api = new ApiClient(`${host}:${apiPort}`);
+  }
+
+  uri(volume: string): string {
+    return `nbd://${this.host}:${this.nbdPort}/${volume}`;
+  }
+
+  async start(): Promise<void> {
+    const child = spawn(
+      process.execPath,
+      [pxdEntry, "daemon", "--data-dir", this.dataDir, "--listen", this.host, "--nbd-port", String(this.nbdPort), "--api-port", String(this.apiPort), "--peer-port", String(this.apiPort + 1)],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    this.child = child;
+    const collect = (d: Buffer): void => {
+      this.output += d.toString();
+      if (process.env["PXD_TEST_LOG"]) process.stderr.write(d);
+    };
+    child.stdout!.on("data", collect);
+    child.stderr!.on("data", collect);
+    this.exited = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
+    const deadline = Date.now() + 15000;
+    for (;;) {
+      try {
+        await this.api.status();
+        return;
+      } catch {
+        if (child.exitCode !== null) throw new Error(`daemon exited with ${child.exitCode}:\n${this.output}`);
+        if (Date.now() > deadline) throw new Error(`daemon did not answer within 15 s:\n${this.output}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  }
+
+  /** SIGTERM and wait: the orderly shutdown. Returns the exit code. */
+  async stop(): Promise<number | null> {
+    if (!this.child || this.child.exitCode !== null) return this.child?.exitCode ?? null;
+    this.child.kill("SIGTERM");
+    return this.exited;
+  }
+
+  /** SIGKILL and wait: a crash. */
+  async kill(): Promise<void> {
+    if (!this.child || this.child.exitCode !== null) return;
+    this.child.kill("SIGKILL");
+    await this.exited;
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.start();
+  }
+
+  /** Stops the process (SIGKILL if it hangs) and removes the data dir. */
+  async dispose(): Promise<void> {
+    const stopped = this.stop();
+    const timeout = new Promise((r) => setTimeout(r, 10000, "timeout"));
+    if ((await Promise.race([stopped, timeout])) === "timeout") await this.kill();
+    this.removeDir();
+  }
+}
+
+export async function startDaemon(host = "127.0.0.1"): Promise<DaemonProcess> {
+  const t = tempDir("daemon");
+  const d = new DaemonProcess(t.dir, host, await freePort(host), await freePort(host), t.remove);
+  await d.start();
+  return d;
+}
