@@ -127,6 +127,8 @@ export class Cluster {
   private cut = new Set<string>();
   record = false;
   dropFilter: ((m: Message) => boolean) | null = null;
+  /** Rewrites a message in flight (e.g. strips some entries); null delivers it as is. */
+  rewrite: ((m: Message) => Message) | null = null;
 
   constructor(
     voters: NodeId[],
@@ -204,8 +206,9 @@ export class Cluster {
       if (to === undefined || to.down) continue;
       if (this.cut.has(`${x.from}>${x.to}`)) continue;
       if (this.dropFilter !== null && this.dropFilter(x)) continue;
-      if (this.record) this.transcript.push(describe(x));
-      to.node.step(x);
+      const y = this.rewrite === null ? x : this.rewrite(x);
+      if (this.record) this.transcript.push(describe(y));
+      to.node.step(y);
       n++;
     }
     return n;
