@@ -204,6 +204,7 @@ export class RawClient {
     const out = Buffer.alloc(len);
     for (;;) {
       const r = await this.readReply(len);
+      if (r.cookie !== cookie) throw new Error(`reply for cookie ${r.cookie}, expected ${cookie}`);
       if (r.errno !== 0) throw new Error(`READ failed with errno ${r.errno}`);
       if (!r.structured) return r.payload;
       if (r.type === 1) r.payload.copy(out, Number(r.payload.readBigUInt64BE(0)) - offset, 8);
@@ -213,7 +214,9 @@ export class RawClient {
 
   async writeAt(offset: number, data: Buffer, cookie = 2n): Promise<number> {
     this.sendRequest(CMD.WRITE, 0, cookie, offset, data.length, data);
-    return (await this.readReply()).errno;
+    const r = await this.readReply();
+    if (r.cookie !== cookie) throw new Error(`reply for cookie ${r.cookie}, expected ${cookie}`);
+    return r.errno;
   }
 }
 
