@@ -87,7 +87,7 @@ test("fio's nbd engine writes with crc32c verification and reads it all back", a
   const out = await runOk("fio", [
     "--name=verify", "--ioengine=nbd", `--uri=${daemon.uri("vol")}`,
     "--rw=randwrite", "--bs=4k", "--size=32M", "--iodepth=16",
-    "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output-format=json",
+    "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--output-format=json",
   ], { timeoutMs: 300000 });
   const r = JSON.parse(out.slice(out.indexOf("{"))) as { jobs: { error: number; write: { io_bytes: number }; read: { io_bytes: number } }[] };
   const job = r.jobs[0]!;
