@@ -115,16 +115,13 @@ class Connection {
 
   start(): void {
     const limits = this.server.limits;
-    this.handshake = new Handshake({
-      registry: this.server.options.registry,
-      limits,
-      send: (b) => this.send(b),
-    });
+    const hs = new Handshake({ registry: this.server.options.registry, limits, send: (b) => this.send(b) });
+    this.handshake = hs;
     this.cancelHandshakeTimer = this.server.options.timers.setTimeout(
       () => this.destroy(`no transmission after ${limits.handshakeTimeoutMs} ms, closing`),
       limits.handshakeTimeoutMs,
     );
-    this.turn(() => this.send(this.handshake?.greeting() ?? Buffer.alloc(0)));
+    this.turn(() => this.send(hs.greeting()));
   }
 
   beginShutdown(): void {

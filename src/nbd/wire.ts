@@ -237,12 +237,6 @@ function writeStructuredHeader(b: Buffer, flags: number, type: number, cookie: C
   b.writeUInt32BE(payloadBytes, 16);
 }
 
-export function encodeStructuredNone(cookie: Cookie): Buffer {
-  const b = Buffer.allocUnsafe(STRUCTURED_HEADER_BYTES);
-  writeStructuredHeader(b, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, cookie, 0);
-  return b;
-}
-
 /** The header and offset of an OFFSET_DATA chunk; the data itself follows as its own buffer (no copy). */
 export function encodeOffsetDataHeader(cookie: Cookie, offsetBytes: number, dataBytes: number, done: boolean): Buffer {
   const b = Buffer.allocUnsafe(STRUCTURED_HEADER_BYTES + 8);

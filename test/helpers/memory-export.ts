@@ -31,6 +31,7 @@ export class MemoryExport implements Export {
   opens = 0;
   closes = 0;
   writes = 0;
+  reads = 0;
 
   constructor(private readonly o: MemoryExportOptions) {
     this.name = o.name;
@@ -42,6 +43,7 @@ export class MemoryExport implements Export {
 
   read(offsetBytes: number, lengthBytes: number): Buffer | Promise<Buffer> {
     this.check("read", offsetBytes, lengthBytes);
+    this.reads++;
     const out = Buffer.alloc(lengthBytes);
     this.forPages(offsetBytes, lengthBytes, (page, pageAt, outAt, n) => {
       const p = this.pages.get(page);
