@@ -8,7 +8,7 @@
 // So only the newest segment can hold a torn tail (src/store/recovery.ts).
 
 import { assert } from "../base/assert.js";
-import { commitBytesMax, commitRecordsMax, recordHeaderBytes, segmentBytes } from "../constants.js";
+import { commitBytesMax, commitRecordsMax, commitsInFlightMax, recordHeaderBytes, segmentBytes } from "../constants.js";
 import type { Defer, Disk, DiskFile } from "./disk.js";
 import { StoreError } from "./errors.js";
 import { encodeHeader, payloadBytesOf, RecordKind } from "./record.js";
@@ -26,6 +26,22 @@ export interface AppendRequest {
   done(address: number, error?: Error): void;
 }
 
+interface Commit {
+  seq: number;
+  segmentId: number;
+  /** Byte range [position, end) of the commit in its segment. */
+  position: number;
+  end: number;
+  /** Encoded headers and payloads; dropped once written. */
+  buffers: Uint8Array[];
+  records: AppendRequest[];
+  addresses: number[];
+  seal: boolean;
+  durable: boolean;
+}
+
+const sealRecord = { kind: RecordKind.Seal, groupId: 0, termOrSource: 0, index: 0, offsetBytes: 0, lengthBytes: 0 };
+
 /** Where the log ends after the last durable commit. */
 export interface LogPosition {
   segmentId: number;
@@ -39,8 +55,16 @@ export class SegmentLog {
   readonly segments = new Map<number, DiskFile>();
   private readonly queue: AppendRequest[] = [];
   private queueHead = 0;
-  private committing = false;
   private scheduled = false;
+  /** Commits written or being written and not yet acknowledged, in log order. */
+  private readonly inFlight: Commit[] = [];
+  private writing = false;
+  /** A commit ended with a Seal: nothing more is appended until the next segment is open. */
+  private sealing = false;
+  /** Where the next commit goes, and its sequence (ahead of `durable` while commits are in flight). */
+  private headSegmentIdForAppend: number;
+  private appendPosition: number;
+  private appendSeq: number;
   /** Records appended and records finished (durable or failed), for whenIdle. */
   private appendedTotal = 0;
   private finishedTotal = 0;
@@ -69,6 +93,9 @@ export class SegmentLog {
     // Until rollover() runs, head may be a placeholder: start() opens the real one.
     this.head = this.segments.get(end.segmentId) ?? (undefined as unknown as DiskFile);
     this.durable = { ...end };
+    this.headSegmentIdForAppend = end.segmentId;
+    this.appendPosition = end.position;
+    this.appendSeq = end.commitSeq;
     this.freeNames = freeNames;
     for (const n of freeNames) this.freeSerial = Math.max(this.freeSerial, Number(n.slice(5)) + 1);
   }
@@ -123,7 +150,7 @@ export class SegmentLog {
 
   /** Deletes a segment that holds no live data; its file is kept for reuse when the pool has room. */
   async releaseSegment(id: number, keepForReuse: boolean): Promise<void> {
-    assert(id < this.durable.segmentId, "only sealed segments are released");
+    assert(id < this.durable.segmentId && id < this.headSegmentIdForAppend, "only sealed segments are released");
     const file = this.segments.get(id);
     assert(file !== undefined, "released segment exists");
     file.close();
@@ -148,77 +175,93 @@ export class SegmentLog {
   }
 
   private kick(): void {
-    if (this.committing || this.scheduled) return;
+    if (this.scheduled) return;
     this.scheduled = true;
     // Deferred past this turn's I/O callbacks so every request that arrived in
     // the same turn joins the commit.
     this.defer(() => {
       this.scheduled = false;
-      void this.commitLoop();
+      this.startCommit();
     });
   }
 
-  private async commitLoop(): Promise<void> {
-    if (this.committing) return;
-    this.committing = true;
-    try {
-      while (this.queueHead < this.queue.length && !this.failure) await this.commitOnce();
-    } finally {
-      this.committing = false;
-      this.queue.length = 0;
-      this.queueHead = 0;
-      this.wakeIdleWaiters();
-    }
+  /**
+   * Starts the next commit when the pipeline has room: one pwritev at a time,
+   * up to commitsInFlightMax fdatasyncs overlapping. An fdatasync that starts
+   * after a commit's pwritev completed covers that commit and every commit
+   * written before it, so commits are acknowledged in log order as soon as any
+   * later fdatasync returns. Recovery relies on the window: a commit is written
+   * only once commit (seq - window) is durable (docs/formats/segment-log.md).
+   */
+  private startCommit(): void {
+    if (this.writing || this.sealing || this.failure) return;
+    if (this.queueHead >= this.queue.length || this.inFlight.length >= commitsInFlightMax) return;
+    const commit = this.buildCommit();
+    this.inFlight.push(commit);
+    this.writing = true;
+    const file = this.head;
+    file
+      .write(commit.buffers, commit.position)
+      .then(() => {
+        this.writing = false;
+        commit.buffers = [];
+        if (!commit.seal) this.startCommit();
+        return file.datasync();
+      })
+      .then(
+        () => this.commitDurable(commit.seq),
+        (e: Error) => this.fail(new StoreError("EIO", `log write failed, the store stopped taking writes: ${e.message}`)),
+      );
   }
 
-  private async commitOnce(): Promise<void> {
+  /** Takes queued records into a commit, assigns their addresses and encodes them. */
+  private buildCommit(): Commit {
     const batch = this.takeBatch();
-    const file = this.head;
-    assert(file !== undefined && this.segments.get(this.headSegmentId) === file, "commits go to the open head segment");
-    const seq = this.durable.commitSeq + 1;
+    const seq = ++this.appendSeq;
+    const segmentId = this.headSegmentIdForAppend;
     const buffers: Uint8Array[] = [];
     const addresses: number[] = [];
-    let position = this.durable.position;
+    const start = this.appendPosition;
+    let position = start;
     const count = batch.records.length + (batch.seal ? 1 : 0);
+    const fields = { batchCount: count, segmentId, commitSeq: seq };
     batch.records.forEach((r, i) => {
-      const header = encodeHeader({ ...r, batchPos: i, batchCount: count, segmentId: this.headSegmentId, commitSeq: seq }, r.payload);
-      buffers.push(header, ...r.payload);
-      addresses.push(this.headSegmentId * segmentBytes + position + recordHeaderBytes);
+      buffers.push(encodeHeader(r, { ...fields, batchPos: i }, r.payload), ...r.payload);
+      addresses.push(segmentId * segmentBytes + position + recordHeaderBytes);
       position += recordHeaderBytes + payloadBytesOf(r.kind, r.lengthBytes);
     });
     if (batch.seal) {
-      const seal = { kind: RecordKind.Seal, groupId: 0, termOrSource: 0, index: 0, offsetBytes: 0, lengthBytes: 0 };
-      buffers.push(encodeHeader({ ...seal, batchPos: count - 1, batchCount: count, segmentId: this.headSegmentId, commitSeq: seq }, []));
+      buffers.push(encodeHeader(sealRecord, { ...fields, batchPos: count - 1 }, []));
       position += recordHeaderBytes;
+      this.sealing = true;
     }
-    try {
-      await file.write(buffers, this.durable.position);
-      await file.datasync();
-    } catch (e) {
-      // After a failed fdatasync the page cache may have dropped the data: the
-      // log cannot know what is on disk, so it stops taking writes (fsyncgate).
-      this.fail(new StoreError("EIO", `log write failed, the store stopped taking writes: ${(e as Error).message}`), batch.records);
-      return;
+    this.appendPosition = position;
+    return { seq, segmentId, position: start, end: position, buffers, records: batch.records, addresses, seal: batch.seal, durable: false };
+  }
+
+  private commitDurable(seq: number): void {
+    for (const c of this.inFlight) if (c.seq <= seq) c.durable = true;
+    while (this.inFlight[0]?.durable) {
+      const c = this.inFlight.shift()!;
+      this.bytesAppended += c.end - c.position;
+      // After a Seal the log continues at the start of the next segment, even
+      // before its file is ready: a checkpoint taken in between must not point
+      // past the Seal into the sealed segment.
+      this.durable = c.seal ? { segmentId: c.segmentId + 1, position: 0, commitSeq: c.seq } : { segmentId: c.segmentId, position: c.end, commitSeq: c.seq };
+      this.commits++;
+      this.recordsCommitted += c.records.length;
+      c.records.forEach((r, i) => r.done(c.addresses[i]!));
+      this.wakeIdleWaiters();
+      if (c.seal) void this.rollover().then(() => this.onCommitted(true));
+      else this.onCommitted(false);
     }
-    this.bytesAppended += position - this.durable.position;
-    // After a Seal the log continues at the start of the next segment, even
-    // before its file is ready: a checkpoint taken in between must not point
-    // past the Seal into the sealed segment.
-    this.durable = batch.seal
-      ? { segmentId: this.headSegmentId + 1, position: 0, commitSeq: seq }
-      : { segmentId: this.headSegmentId, position, commitSeq: seq };
-    this.commits++;
-    this.recordsCommitted += batch.records.length;
-    batch.records.forEach((r, i) => r.done(addresses[i]!));
-    this.wakeIdleWaiters();
-    if (batch.seal) await this.rollover();
-    this.onCommitted(batch.seal);
+    this.startCommit();
   }
 
   /** Takes the records of the next commit; seal is true when the segment is full. */
   private takeBatch(): { records: AppendRequest[]; seal: boolean } {
     const records: AppendRequest[] = [];
-    let position = this.durable.position;
+    let position = this.appendPosition;
     let bytes = 0;
     while (this.queueHead < this.queue.length && records.length < commitRecordsMax - 1) {
       const r = this.queue[this.queueHead]!;
@@ -230,33 +273,45 @@ export class SegmentLog {
       position += size;
       bytes += size;
     }
+    if (this.queueHead === this.queue.length) {
+      this.queue.length = 0;
+      this.queueHead = 0;
+    }
     return { records, seal: false };
   }
 
-  private fail(error: Error, inFlight: AppendRequest[]): void {
+  private fail(error: Error): void {
+    if (this.failure) return;
+    // After a failed fdatasync the page cache may have dropped the data: the
+    // log cannot know what is on disk, so it stops taking writes (fsyncgate).
     this.failure = error;
-    for (const r of inFlight) r.done(0, error);
+    for (const c of this.inFlight.splice(0)) for (const r of c.records) r.done(0, error);
     for (let i = this.queueHead; i < this.queue.length; i++) this.queue[i]!.done(0, error);
-    this.queueHead = this.queue.length;
+    this.queue.length = 0;
+    this.queueHead = 0;
+    this.wakeIdleWaiters();
   }
 
-  /** Opens the head segment's file, creating it when the log moved past a Seal. */
+  /** Opens the head segment's file, creating it when the log moved past a Seal; then appends resume. */
   async rollover(): Promise<void> {
     const id = this.durable.segmentId;
-    assert(this.durable.position === 0 || this.segments.has(id), "the head segment exists unless it is new");
     const existing = this.segments.get(id);
     if (existing !== undefined) {
       this.head = existing;
-      return;
+    } else {
+      try {
+        this.head = await this.openNewSegment(id);
+      } catch (e) {
+        this.fail(new StoreError("ENOSPC", `cannot start log segment ${id}: ${(e as Error).message}; free disk space, then restart the daemon`));
+        return;
+      }
+      this.segments.set(id, this.head);
+      this.prepareSpare();
     }
-    try {
-      this.head = await this.openNewSegment(id);
-    } catch (e) {
-      this.fail(new StoreError("ENOSPC", `cannot start log segment ${id}: ${(e as Error).message}; free disk space, then restart the daemon`), []);
-      return;
-    }
-    this.segments.set(id, this.head);
-    this.prepareSpare();
+    this.headSegmentIdForAppend = id;
+    this.appendPosition = this.durable.position;
+    this.sealing = false;
+    this.startCommit();
   }
 
   /** Waits for background work on files (the spare segment) before the files are closed. */

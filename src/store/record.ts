@@ -4,7 +4,7 @@
 
 import { assert } from "../base/assert.js";
 import { crc32c, crc32cOf } from "../base/crc32c.js";
-import { recordHeaderBytes, recordPayloadBytesMax, segmentBytes } from "../constants.js";
+import { commitsInFlightMax, recordHeaderBytes, recordPayloadBytesMax, segmentBytes } from "../constants.js";
 
 export const recordMagic = 0x52445850; // "PXDR"
 export const recordVersion = 1;
@@ -24,6 +24,8 @@ export interface RecordHeader {
   kind: RecordKind;
   batchPos: number;
   batchCount: number;
+  /** Commits the writer allowed in flight at once; recovery's torn/corrupt rule depends on it. */
+  commitWindow: number;
   segmentId: number;
   commitSeq: number;
   groupId: number;
@@ -53,22 +55,39 @@ export function payloadBytesOf(kind: RecordKind, lengthBytes: number): number {
   return kind === RecordKind.Write || kind === RecordKind.Relocate ? lengthBytes : 0;
 }
 
+/** What a record says about itself; the log adds where and in which commit it lands. */
+export interface RecordFields {
+  kind: RecordKind;
+  groupId: number;
+  termOrSource: number;
+  index: number;
+  offsetBytes: number;
+  lengthBytes: number;
+}
+
+export interface CommitFields {
+  batchPos: number;
+  batchCount: number;
+  segmentId: number;
+  commitSeq: number;
+}
+
 /** Encodes a header and computes its CRC over the header and `payload`. */
-export function encodeHeader(h: Omit<RecordHeader, "crc">, payload: readonly Uint8Array[]): Buffer {
+export function encodeHeader(r: RecordFields, c: CommitFields, payload: readonly Uint8Array[]): Buffer {
   const b = Buffer.allocUnsafe(recordHeaderBytes);
   b.writeUInt32LE(recordMagic, 0);
-  b[4] = h.kind;
+  b[4] = r.kind;
   b[5] = recordVersion;
-  b.writeUInt16LE(h.batchPos, 6);
-  b.writeUInt16LE(h.batchCount, 8);
-  b.writeUInt16LE(0, 10);
-  b.writeUInt32LE(h.segmentId, 12);
-  writeU64(b, 16, h.commitSeq);
-  writeU64(b, 24, h.groupId);
-  writeU64(b, 32, h.termOrSource);
-  writeU64(b, 40, h.index);
-  writeU64(b, 48, h.offsetBytes);
-  b.writeUInt32LE(h.lengthBytes, 56);
+  b.writeUInt16LE(c.batchPos, 6);
+  b.writeUInt16LE(c.batchCount, 8);
+  b.writeUInt16LE(commitsInFlightMax, 10);
+  b.writeUInt32LE(c.segmentId, 12);
+  writeU64(b, 16, c.commitSeq);
+  writeU64(b, 24, r.groupId);
+  writeU64(b, 32, r.termOrSource);
+  writeU64(b, 40, r.index);
+  writeU64(b, 48, r.offsetBytes);
+  b.writeUInt32LE(r.lengthBytes, 56);
   const crc = crc32cOf(payload, crc32c(b.subarray(0, 60)));
   b.writeUInt32LE(crc, 60);
   return b;
@@ -90,6 +109,7 @@ export function decodeHeader(b: Uint8Array, segmentId: number, position: number)
     kind,
     batchPos: dv.getUint16(6, true),
     batchCount: dv.getUint16(8, true),
+    commitWindow: dv.getUint16(10, true),
     segmentId,
     commitSeq: readU64(b, 16),
     groupId: readU64(b, 24),
@@ -102,7 +122,7 @@ export function decodeHeader(b: Uint8Array, segmentId: number, position: number)
   const payload = payloadBytesOf(kind, h.lengthBytes);
   if (payload > recordPayloadBytesMax) return undefined;
   if (position + recordHeaderBytes + payload > segmentBytes) return undefined;
-  if (h.batchCount === 0 || h.batchPos >= h.batchCount) return undefined;
+  if (h.batchCount === 0 || h.batchPos >= h.batchCount || h.commitWindow === 0) return undefined;
   if (h.offsetBytes > u64Max) return undefined;
   return h;
 }

@@ -1,11 +1,12 @@
 // Recovery: replay the log from the checkpoint's position.
 //
-// A record that fails its checks is either a torn write (the newest commit
-// never completed, so nothing in it was acknowledged) or corruption (a record
-// that was durable and acknowledged is damaged). The difference is whether a
-// LATER commit is found valid after it: commits are written one at a time, each
-// only after the previous one's fdatasync, so a valid record of a later commit
-// proves the damaged one had been durable. Then the store refuses to open
+// A record that fails its checks is either a torn write (its commit never
+// completed, so nothing in it was acknowledged) or corruption (a record that
+// was durable and acknowledged is damaged). The difference is whether a
+// commit far enough ahead is found valid after it: the log writes commit s
+// only once commit s - window is durable (window = commitsInFlightMax, stored
+// in each header), so a valid record of commit >= damaged + window proves the
+// damaged one had been durable. Then the store refuses to open
 // (CorruptionError) instead of dropping acknowledged data. Otherwise the tail
 // is torn: the log ends there and the torn bytes are zeroed.
 
@@ -96,7 +97,11 @@ function tornOrCorrupt(
   for (const [k, laterId] of idsFromHere.entries()) {
     const from = k === 0 ? position : 0;
     for (const found of validRecordsAfter(reader, segments.get(laterId)!, laterId, from, k === 0)) {
-      if (found.commitSeq > expectedSeq || k > 0) {
+      // The writer starts commit s only once commit s - window is durable, so a
+      // valid record of commit >= expected + window proves the damaged one had
+      // been acknowledged. A later segment is used only after the previous one
+      // was durable in full.
+      if (found.commitSeq >= expectedSeq + found.commitWindow || k > 0) {
         throw new CorruptionError(id, position, `a damaged record is followed by commit ${found.commitSeq} in segment ${laterId}; acknowledged data would be lost, so the store will not open`);
       }
       tornEnd = Math.max(tornEnd, found.end);
@@ -116,7 +121,7 @@ function* validRecordsAfter(
   segmentId: number,
   from: number,
   skipFrom: boolean,
-): Generator<{ commitSeq: number; end: number }> {
+): Generator<{ commitSeq: number; commitWindow: number; end: number }> {
   const windowBytes = 8 * 1024 * 1024;
   const window = Buffer.alloc(windowBytes);
   const magic = Buffer.alloc(4);
@@ -128,7 +133,7 @@ function* validRecordsAfter(
       const p = base + at;
       if (p > from || !skipFrom) {
         const h = reader.recordAt(file, segmentId, p)?.header;
-        if (h !== undefined) yield { commitSeq: h.commitSeq, end: p + recordHeaderBytes + payloadBytesOf(h.kind, h.lengthBytes) };
+        if (h !== undefined) yield { commitSeq: h.commitSeq, commitWindow: h.commitWindow, end: p + recordHeaderBytes + payloadBytesOf(h.kind, h.lengthBytes) };
       }
       at = window.indexOf(magic, at + 1);
     }

@@ -7,7 +7,7 @@ import * as assert from "uvu/assert";
 import { openSync, readSync, writeSync, closeSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { Prng } from "../../src/base/prng.js";
-import { freeSegmentsMax, segmentBytes } from "../../src/constants.js";
+import { commitsInFlightMax, freeSegmentsMax, segmentBytes } from "../../src/constants.js";
 import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
 import { CorruptionError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
@@ -225,6 +225,25 @@ test("a flipped byte in the middle of the log is refused, not dropped", async ()
   flipByte(seg, positions[4]! + 64 + 10); // repaired: it opens again with all data
   store = await open(t.dir);
   for (let i = 0; i < 10; i++) assert.ok(store.read(group.groupId, i * 4096, 4096).equals(Buffer.alloc(4096, i + 1)));
+  await store.close();
+  t.remove();
+});
+
+test("a damaged record inside the last commit window reads as a torn tail: earlier commits stay", async () => {
+  // The log writes commit s only once commit s - commitsInFlightMax is durable,
+  // so damage in one of the last commitsInFlightMax commits cannot be told from
+  // a crash mid-commit; everything before it must survive.
+  const t = tempDir("store");
+  let store = await open(t.dir);
+  for (let i = 0; i < 10; i++) await store.write(group.groupId, i * 4096, [Buffer.alloc(4096, i + 1)], 4096);
+  await store.closeWithoutCheckpoint();
+  const seg = join(t.dir, segmentName(1));
+  const positions = recordPositions(seg);
+  const damaged = 10 - commitsInFlightMax + 1; // 1-based commit number, within the window of the last commit
+  flipByte(seg, positions[damaged - 1]! + 64 + 10);
+  store = await open(t.dir);
+  for (let i = 0; i < damaged - 1; i++) assert.ok(store.read(group.groupId, i * 4096, 4096).equals(Buffer.alloc(4096, i + 1)), `commit ${i + 1}`);
+  assert.ok(store.read(group.groupId, (damaged - 1) * 4096, 4096).equals(Buffer.alloc(4096)), "the damaged commit is gone");
   await store.close();
   t.remove();
 });
