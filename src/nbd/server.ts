@@ -107,27 +107,27 @@ class Connection {
   ) {
     this.errors = new ErrorReporter(server.options.log, socket.peer);
     this.events = {
-      data: (chunk) => this.turn(() => this.onData(chunk)),
-      drain: () => this.turn(() => this.transmission?.pump()),
+      data: (chunk) => this.turn(this.onData, chunk),
+      drain: () => this.turn(this.onDrain, undefined),
       closed: () => this.onClosed(),
     };
   }
 
   start(): void {
     const limits = this.server.limits;
-    const hs = new Handshake({ registry: this.server.options.registry, limits, send: (b) => this.send(b) });
+    const hs = new Handshake({ registry: this.server.options.registry, limits, send: this.send });
     this.handshake = hs;
     this.cancelHandshakeTimer = this.server.options.timers.setTimeout(
       () => this.destroy(`no transmission after ${limits.handshakeTimeoutMs} ms, closing`),
       limits.handshakeTimeoutMs,
     );
-    this.turn(() => this.send(hs.greeting()));
+    this.turn(this.send, hs.greeting());
   }
 
   beginShutdown(): void {
     // Spec "Termination of the session during option haggling": a server being shut down may end the session.
     if (this.transmission === undefined) return this.destroy("server shutting down during handshake");
-    this.turn(() => this.transmission?.onShutdown());
+    this.turn(this.onShutdown, undefined);
   }
 
   destroy(reason: string): void {
@@ -140,11 +140,11 @@ class Connection {
   }
 
   /** Runs a socket event; every reply it queued leaves in one write when it returns. */
-  private turn(fn: () => void): void {
+  private turn<T>(fn: (arg: T) => void, arg: T): void {
     if (this.closed) return;
     this.inTurn = true;
     try {
-      fn();
+      fn(arg);
     } catch (err) {
       // A bug must cost this connection only, never the daemon or other clients.
       this.server.options.log.error(`nbd ${this.socket.peer}: internal error, closing: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
@@ -155,12 +155,17 @@ class Connection {
     }
   }
 
-  private onData(chunk: Buffer): void {
+  // Arrow fields, made once per connection, so a socket event allocates no closure.
+  private readonly onData = (chunk: Buffer): void => {
     if (this.ending) return;
     if (this.transmission !== undefined) return this.transmission.feed(chunk);
     const hs = this.handshake;
     if (hs !== undefined) this.afterHandshakeStep(hs.feed(chunk, 0), chunk);
-  }
+  };
+
+  private readonly onDrain = (): void => this.transmission?.pump();
+
+  private readonly onShutdown = (): void => this.transmission?.onShutdown();
 
   private afterHandshakeStep(step: HandshakeStep, chunk: Buffer): void {
     if (step.kind === "more") return;
@@ -173,7 +178,7 @@ class Connection {
     this.transmission = new Transmission(step.negotiated, {
       limits: this.server.limits,
       errors: this.errors,
-      send: (b) => this.send(b),
+      send: this.send,
       queuedBytes: () => this.outBytes + this.socket.queuedBytes(),
       pauseInput: () => this.socket.pause(),
       resumeInput: () => this.socket.resume(),
@@ -184,7 +189,7 @@ class Connection {
   }
 
   /** Queues reply bytes; outside a socket event they are flushed once per event-loop turn (DESIGN.md section 9). */
-  private send(b: Buffer): void {
+  private readonly send = (b: Buffer): void => {
     if (this.ending || this.closed) return;
     this.out.push(b);
     this.outBytes += b.length;
@@ -192,7 +197,7 @@ class Connection {
       this.flushScheduled = true;
       this.server.options.timers.defer(this.flushLater);
     }
-  }
+  };
 
   private flush(): void {
     if (this.out.length === 0 || this.closed) return;
