@@ -29,10 +29,14 @@ function blockData(block: number, seq: number): Buffer {
   return b;
 }
 
-/** Writes until the connection dies; returns how many writes were acknowledged. */
-async function writeLoad(client: RawClient, state: BlockState[], firstSeq: number): Promise<number> {
+/**
+ * Writes until the connection dies; returns how many writes were acknowledged
+ * and how many were refused with ESHUTDOWN (allowed only once `stopping()`).
+ */
+async function writeLoad(client: RawClient, state: BlockState[], firstSeq: number, stopping = (): boolean => false): Promise<{ acked: number; refused: number; unanswered: number }> {
   let seq = firstSeq;
   let acked = 0;
+  let refused = 0;
   const byCookie = new Map<bigint, number>();
   let block = 0;
   const send = (): void => {
@@ -49,18 +53,23 @@ async function writeLoad(client: RawClient, state: BlockState[], firstSeq: numbe
       const r = await client.readReply(0);
       const b = byCookie.get(r.cookie);
       assert.ok(b !== undefined, "reply for a request we sent");
-      assert.is(r.errno, 0, "writes succeed until the crash");
       byCookie.delete(r.cookie);
       const s = state[b]!;
+      if (r.errno === 108 && stopping()) {
+        refused++; // ESHUTDOWN: the daemon is stopping and did not take it
+        s.inFlight = 0;
+        continue;
+      }
+      assert.is(r.errno, 0, "writes succeed until the daemon goes away");
       s.acked = Number(r.cookie);
       s.inFlight = 0;
       acked++;
-      send();
+      if (!stopping()) send();
     }
   } catch (e) {
-    if (!client.closed) throw e; // only the crash may end the load
+    if (!client.closed) throw e; // only the daemon going away may end the load
   }
-  return acked;
+  return { acked, refused, unanswered: byCookie.size };
 }
 
 async function verify(daemon: DaemonProcess, state: BlockState[]): Promise<{ inFlightLanded: number }> {
@@ -97,13 +106,36 @@ test("every acknowledged write survives SIGKILL in the middle of a write load, t
       const load = writeLoad(client, state, seq);
       await new Promise((r) => setTimeout(r, 700 + round * 300));
       await daemon.kill();
-      const acked = await load;
+      const { acked } = await load;
       seq += 1_000_000;
       assert.ok(acked > 500, `the load ran before the kill (${acked} writes acknowledged)`);
       await daemon.start();
       const r = await verify(daemon, state);
       console.log(`round ${round}: ${acked} writes acknowledged before SIGKILL, all present; ${r.inFlightLanded} in-flight writes also landed`);
     }
+  } finally {
+    await daemon.dispose();
+  }
+});
+
+test("SIGTERM during a write load answers every request, exits 0, and keeps every acknowledged write", async () => {
+  const daemon = await startDaemon();
+  try {
+    await daemon.api.createVolume({ name: "vol", sizeBytes: 64 * 1024 * 1024 });
+    const state: BlockState[] = Array.from({ length: blocks }, () => ({ acked: 0, inFlight: 0 }));
+    const client = await RawClient.connect(daemon.nbdPort);
+    await client.go("vol");
+    let stopping = false;
+    const load = writeLoad(client, state, 0, () => stopping);
+    await new Promise((r) => setTimeout(r, 700));
+    stopping = true;
+    const code = await daemon.stop();
+    const r = await load;
+    assert.is(code, 0, `orderly shutdown exits 0:\n${daemon.output.slice(-2000)}`);
+    assert.is(r.unanswered, 0, `every request in flight got a reply before the connection closed (${r.acked} acknowledged, ${r.refused} refused with ESHUTDOWN)`);
+    await daemon.start();
+    await verify(daemon, state);
+    assert.match(daemon.output, /0 log records replayed/, "a clean shutdown checkpoints: nothing to replay");
   } finally {
     await daemon.dispose();
   }

@@ -40,7 +40,9 @@ export class DaemonProcess {
     return `nbd://${this.host}:${this.nbdPort}/${volume}`;
   }
 
+  /** Starts the process; `output` then holds what this run printed. */
   async start(): Promise<void> {
+    this.output = "";
     const child = spawn(
       process.execPath,
       [pxdEntry, "daemon", "--data-dir", this.dataDir, "--listen", this.host, "--nbd-port", String(this.nbdPort), "--api-port", String(this.apiPort), "--peer-port", String(this.apiPort + 1)],
