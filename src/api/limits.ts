@@ -6,6 +6,8 @@
 export const apiHeadersTimeoutMs = 10_000;
 /** The server drops a connection whose whole request (headers and body) takes longer than this. */
 export const apiRequestTimeoutMs = 30_000;
+/** How often Node checks the two timeouts above (its default, 30 s, would let a slow client overstay). */
+export const apiConnectionsCheckMs = 1_000;
 /** An idle keep-alive connection is closed by the server after this. */
 export const apiKeepAliveTimeoutMs = 5_000;
 /** Requests served on one keep-alive connection before the server closes it. */

@@ -13,6 +13,7 @@ import { ApiError, type ApiErrorBody, type Controller } from "./types.js";
 import { checkVolumeName, parseCreateVolumeRequest } from "./validate.js";
 import {
   apiCloseGraceMs,
+  apiConnectionsCheckMs,
   apiHeadersTimeoutMs,
   apiKeepAliveTimeoutMs,
   apiRequestTimeoutMs,
@@ -97,11 +98,9 @@ export function startApiServer(options: ApiServerOptions): Promise<ApiServer> {
       headersTimeout: apiHeadersTimeoutMs,
       requestTimeout: apiRequestTimeoutMs,
       keepAliveTimeout: apiKeepAliveTimeoutMs,
+      connectionsCheckingInterval: apiConnectionsCheckMs,
     },
-    (request, response) => {
-      if (closing !== null) response.setHeader("Connection", "close");
-      void serve(table, request, response, options.log);
-    },
+    (request, response) => void serve(table, request, response, options.log, () => closing !== null),
   );
   server.maxRequestsPerSocket = apiRequestsPerSocketMax;
 
@@ -134,13 +133,21 @@ export function startApiServer(options: ApiServerOptions): Promise<ApiServer> {
   });
 }
 
-async function serve(table: Route[], request: IncomingMessage, response: ServerResponse, log: (line: string) => void): Promise<void> {
+async function serve(
+  table: Route[],
+  request: IncomingMessage,
+  response: ServerResponse,
+  log: (line: string) => void,
+  closing: () => boolean,
+): Promise<void> {
   let reply: Reply;
   try {
     reply = await dispatch(table, request);
   } catch (err) {
     reply = errorReply(err, request, log);
   }
+  // Once close() has begun, no connection is kept for another request.
+  if (closing()) response.setHeader("Connection", "close");
   send(response, reply);
 }
 

@@ -284,6 +284,30 @@ test("close() stops accepting and does not wait for an idle keep-alive socket", 
   }
 });
 
+test("close() lets a request in flight finish, answered with Connection: close", async () => {
+  let release: () => void = () => {};
+  const gate = new Promise<void>((r) => (release = r));
+  let entered: () => void = () => {};
+  const handlerEntered = new Promise<void>((r) => (entered = r));
+  const slow = ctx.controller.listVolumes.bind(ctx.controller);
+  ctx.controller.listVolumes = async () => {
+    entered();
+    await gate;
+    return slow();
+  };
+  const inFlight = raw("GET", "/v1/volumes", undefined, { Connection: "keep-alive" });
+  await handlerEntered;
+  let closed = false;
+  const closing = ctx.server.close().then(() => (closed = true));
+  await new Promise((r) => setTimeout(r, 50));
+  assert.not.ok(closed, "close() waits for the request in flight");
+  release();
+  const answer = await inFlight;
+  assert.is(answer.status, 200);
+  assert.is(answer.headers["connection"], "close");
+  await closing;
+});
+
 test("a refused connection says how to start the daemon", async () => {
   const port = await freePort();
   const err = await rejects(new ApiClient(`127.0.0.1:${port}`).status(), DaemonUnreachableError);
