@@ -146,9 +146,11 @@ export class Raft {
         this.becomeFollower(m.term, noNode);
       }
     } else if (m.term < this.term) {
-      if ((this.cfg.checkQuorum || this.cfg.preVote) && (m.type === MessageType.heartbeat || m.type === MessageType.app)) {
-        // A stale leader learns our term from this and steps down, instead of being
-        // ignored forever while its followers' pre-votes fail against it.
+      if (m.type === MessageType.heartbeat || m.type === MessageType.app) {
+        // §5.1: a stale leader learns our term from this and steps down. Answering
+        // always (not only with PreVote/CheckQuorum as etcd does) matters when peers
+        // differ in those settings: a node whose term ran ahead would otherwise stay
+        // cut off while its votes are ignored by leased peers.
         this.send(newMessage(MessageType.appResp, this.id, m.from, this.term));
       } else if (m.type === MessageType.preVote) {
         const r = newMessage(MessageType.preVoteResp, this.id, m.from, this.term);

@@ -109,6 +109,32 @@ test("a deposed leader never answers a read: its ReadIndex gets no quorum and is
   assert.is(c.node(1).raft.role, StateRole.follower);
 });
 
+test("a deposed leader on the minority side gets no read confirmed from the followers it still reaches", () => {
+  const c = new Cluster([1, 2, 3, 4, 5]);
+  c.campaign(1);
+  c.propose(1, "v1");
+  for (const a of [1, 2]) for (const b of [3, 4, 5]) {
+    c.cutLink(a, b);
+    c.cutLink(b, a);
+  }
+  c.campaign(3);
+  c.propose(3, "v2");
+  assert.is(c.node(3).raft.role, StateRole.leader);
+  assert.is(c.node(1).raft.role, StateRole.leader, "1 has not noticed");
+  assert.ok(c.node(1).readIndex(enc("minority-read")));
+  const reads: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    c.tick(1);
+    const r = c.node(1).ready();
+    reads.push(...r.readStates.map((x) => x.index));
+    for (const m of r.messages) if (m.to === 2) c.node(2).step(m);
+    persist(r, c.get(1).storage);
+    c.node(1).advance();
+    for (const m of drain(c.node(2))) if (m.to === 1) c.node(1).step(m);
+  }
+  assert.equal(reads, [], "leader + one follower of five is no quorum");
+});
+
 test("a leader that has not persisted its own entry does not count itself toward commit", () => {
   const s = storageWith([1, 2, 3]);
   const n = newNode(1, [1, 2, 3], {}, s);

@@ -1,0 +1,542 @@
+// Seeded deterministic simulation of a Raft group (TigerBeetle's VOPR in
+// spirit). One seed drives everything: N cores plus spare nodes, a network
+// that drops, delays, duplicates and reorders messages, partitions (two-way
+// and one-way) that come and heal, crashes that lose all unpersisted state,
+// membership changes, leadership transfers, compaction and snapshots, client
+// writes and linearizable reads. Every message goes through msgpackr, which
+// proves the core's messages are plain data.
+//
+// Invariants, checked after every step:
+//   - election safety: at most one leader per term;
+//   - log matching on the committed prefix: every node applies, at each index,
+//     the same entry (term and data) as every other node, so state machines
+//     apply the same sequence (their hashes agree index by index);
+//   - leader completeness: a new leader holds every entry known committed;
+//   - durability: a node's commit index never passes its own log, and what any
+//     node ever saw committed is never overwritten;
+//   - reads: a ReadIndex answer is at least the highest commit index anyone knew
+//     when the read was issued (linearizable).
+// Liveness: after the fault phase the network heals, every node restarts, and
+// within a bounded number of ticks a leader must commit a new entry on every member.
+
+import { Packr } from "msgpackr";
+import { Prng } from "../../src/base/prng.js";
+import { ConfChangeType, decodeConfChange } from "../../src/raft/confchange.js";
+import { RaftNode } from "../../src/raft/node.js";
+import type { Ready } from "../../src/raft/node.js";
+import { MemoryStorage } from "../../src/raft/storage.js";
+import type { ConfState, Entry, Message, NodeId } from "../../src/raft/types.js";
+import { EntryType, MessageType, StateRole } from "../../src/raft/types.js";
+
+export interface SimOptions {
+  seed: number;
+  /** Voters at start (3 or 5). Two more spare nodes can join through membership changes. */
+  nodes: number;
+  /** Ticks with faults, then the liveness phase. */
+  faultTicks: number;
+  livenessTicks: number;
+  log?: (line: string) => void;
+}
+
+export interface SimResult {
+  seed: number;
+  ticks: number;
+  commits: number;
+  elections: number;
+  reads: number;
+  crashes: number;
+  confChanges: number;
+  snapshots: number;
+  transfers: number;
+  messages: number;
+}
+
+export class SimFailure extends Error {
+  override name = "SimFailure";
+}
+
+interface StateMachine {
+  applied: number;
+  hash: number;
+  conf: ConfState;
+}
+
+interface SimNode {
+  id: NodeId;
+  storage: MemoryStorage;
+  node: RaftNode | null; // null while crashed
+  incarnation: number;
+  sm: StateMachine;
+  downUntil: number;
+}
+
+interface InFlight {
+  at: number;
+  bytes: Uint8Array;
+  from: NodeId;
+  to: NodeId;
+  fromIncarnation: number;
+  isSnap: boolean;
+}
+
+interface PendingRead {
+  node: NodeId;
+  incarnation: number;
+  minIndex: number;
+}
+
+const packr = new Packr({ useRecords: false });
+
+export function runSim(opts: SimOptions): SimResult {
+  return new Sim(opts).run();
+}
+
+class Sim {
+  private readonly rng: Prng;
+  private readonly nodes = new Map<NodeId, SimNode>();
+  private readonly ids: NodeId[] = [];
+  private net: InFlight[] = [];
+  private now = 0;
+  private faults = true;
+  private readonly cut = new Set<string>();
+  private dropP: number;
+  private dupP: number;
+  private delayMax: number;
+  // Global truth.
+  private readonly leaderOfTerm = new Map<number, NodeId>();
+  private readonly committedTerm: number[] = [0];
+  private readonly committedData: string[] = [""];
+  private readonly hashAt: number[] = [0];
+  private maxCommit = 0;
+  private readonly reads = new Map<string, PendingRead>();
+  private seq = 0;
+  private readonly result: SimResult;
+
+  constructor(private readonly opts: SimOptions) {
+    this.rng = new Prng(opts.seed);
+    this.dropP = 0.02 + this.rng.int(8) / 100;
+    this.dupP = this.rng.int(5) / 100;
+    this.delayMax = 1 + this.rng.int(4);
+    this.result = { seed: opts.seed, ticks: 0, commits: 0, elections: 0, reads: 0, crashes: 0, confChanges: 0, snapshots: 0, transfers: 0, messages: 0 };
+    const voters = Array.from({ length: opts.nodes }, (_, i) => i + 1);
+    for (let id = 1; id <= opts.nodes + 2; id++) {
+      const conf = id <= opts.nodes ? { voters, learners: [] } : { voters: [], learners: [] };
+      const storage = new MemoryStorage(conf);
+      const n: SimNode = { id, storage, node: null, incarnation: 0, sm: { applied: 0, hash: 0, conf }, downUntil: 0 };
+      this.nodes.set(id, n);
+      this.ids.push(id);
+      this.start(n);
+    }
+  }
+
+  run(): SimResult {
+    const total = this.opts.faultTicks + this.opts.livenessTicks;
+    let finalIndex = 0;
+    let finalTerm = 0;
+    let done = false;
+    for (this.now = 1; this.now <= total && !done; this.now++) {
+      if (this.now === this.opts.faultTicks + 1) this.stopFaults();
+      if (this.faults) this.injectFaults();
+      this.clientRequests();
+      this.tickAll();
+      this.deliver();
+      if (!this.faults) {
+        const lead = this.stableLeader();
+        if (lead !== null) {
+          const r = lead.node as RaftNode;
+          if (finalIndex === 0 || r.raft.term !== finalTerm) {
+            const idx = r.propose(this.data(`final-${this.now}`));
+            if (idx > 0) {
+              finalIndex = idx;
+              finalTerm = r.raft.term;
+            }
+          }
+          if (finalIndex > 0 && this.committedTerm[finalIndex] === finalTerm) {
+            const members = [...r.raft.tracker.members];
+            done = members.every((id) => this.node(id).sm.applied >= finalIndex);
+          }
+        }
+      }
+    }
+    this.result.ticks = this.now - 1;
+    if (!done) this.fail(`liveness: no leader committed a new entry on every member within ${this.opts.livenessTicks} ticks after the faults stopped (final ${finalIndex}/${finalTerm})\n${this.describe()}`);
+    return this.result;
+  }
+
+  // ---- nodes ----
+
+  private node(id: NodeId): SimNode {
+    const n = this.nodes.get(id);
+    if (n === undefined) throw new SimFailure(`no node ${id}`);
+    return n;
+  }
+
+  private start(n: SimNode): void {
+    const snap = n.storage.snapshot();
+    n.incarnation++;
+    if (snap.meta.index > 0) {
+      const s = decodeState(snap.data);
+      n.sm = { applied: snap.meta.index, hash: s.hash, conf: snap.meta.conf };
+    } else {
+      n.sm = { applied: 0, hash: 0, conf: snap.meta.conf };
+    }
+    n.node = new RaftNode({
+      id: n.id,
+      storage: n.storage,
+      applied: n.sm.applied,
+      electionTicks: 10,
+      heartbeatTicks: 1 + this.rng.int(2),
+      random: new Prng(this.rng.nextU32()),
+      preVote: this.rng.chance(0.7),
+      checkQuorum: this.rng.chance(0.7),
+      appendBytesMax: 4096,
+      inflightMsgsMax: 4,
+      inflightBytesMax: 16384,
+      uncommittedBytesMax: 1 << 20,
+      readIndexPendingMax: 64,
+      committedBytesMax: 8192,
+    });
+  }
+
+  private crash(n: SimNode): void {
+    if (n.node === null) return;
+    this.trace(`crash ${n.id}`);
+    n.node = null;
+    n.downUntil = this.now + 5 + this.rng.int(40);
+    this.result.crashes++;
+  }
+
+  // ---- faults and client load ----
+
+  private injectFaults(): void {
+    const rng = this.rng;
+    if (rng.chance(0.004)) {
+      const up = this.ids.filter((id) => this.node(id).node !== null);
+      const victim = up[rng.int(up.length)];
+      if (victim !== undefined) this.crash(this.node(victim));
+    }
+    for (const n of this.nodes.values()) {
+      if (n.node === null && this.now >= n.downUntil) {
+        this.trace(`restart ${n.id}`);
+        this.start(n);
+      }
+    }
+    if (rng.chance(0.01)) this.partition();
+    if (this.cut.size > 0 && rng.chance(0.02)) {
+      this.trace("heal");
+      this.cut.clear();
+    }
+    const lead = this.anyLeader();
+    if (lead !== null) {
+      if (rng.chance(0.01)) this.changeMembership(lead);
+      if (rng.chance(0.004)) {
+        const to = lead.raft.tracker.voters[rng.int(lead.raft.tracker.voters.length)];
+        if (to !== undefined && lead.transferLeadership(to)) {
+          this.trace(`transfer ${lead.raft.id} -> ${to}`);
+          this.result.transfers++;
+        }
+      }
+    }
+    if (rng.chance(0.02)) this.compact(this.node(this.ids[rng.int(this.ids.length)] as NodeId));
+  }
+
+  private partition(): void {
+    const rng = this.rng;
+    if (rng.chance(0.3)) {
+      const a = this.ids[rng.int(this.ids.length)] as NodeId;
+      const b = this.ids[rng.int(this.ids.length)] as NodeId;
+      if (a !== b) {
+        this.cut.add(`${a}>${b}`);
+        this.trace(`cut ${a}>${b} (one way)`);
+      }
+      return;
+    }
+    const side = new Set(this.ids.filter(() => rng.chance(0.4)));
+    for (const a of this.ids) for (const b of this.ids) if (side.has(a) !== side.has(b)) this.cut.add(`${a}>${b}`);
+    this.trace(`partition {${[...side].join(",")}} | rest`);
+  }
+
+  private changeMembership(lead: RaftNode): void {
+    const conf = lead.raft.currentConf();
+    const rng = this.rng;
+    const outsiders = this.ids.filter((id) => !conf.voters.includes(id) && !conf.learners.includes(id));
+    const choices: { type: ConfChangeType; nodeId: NodeId }[] = [];
+    for (const id of outsiders) choices.push({ type: ConfChangeType.addLearner, nodeId: id });
+    for (const id of conf.learners) {
+      if (conf.voters.length < 5) choices.push({ type: ConfChangeType.addVoter, nodeId: id });
+      choices.push({ type: ConfChangeType.removeNode, nodeId: id });
+    }
+    if (conf.voters.length > 3) for (const id of conf.voters) choices.push({ type: ConfChangeType.removeNode, nodeId: id });
+    const change = choices[rng.int(choices.length)];
+    if (change === undefined) return;
+    const r = lead.proposeConfChange(change);
+    if ("index" in r) {
+      this.trace(`conf ${["", "addVoter", "addLearner", "remove"][change.type]} ${change.nodeId} at ${r.index}`);
+      this.result.confChanges++;
+    }
+  }
+
+  private compact(n: SimNode): void {
+    if (n.node === null) return;
+    const at = n.sm.applied;
+    if (at <= n.storage.firstIndex() || at > n.storage.lastIndex()) return;
+    n.storage.createSnapshot(at, n.sm.conf, encodeState(at, n.sm.hash));
+    n.storage.compact(at);
+    this.trace(`compact ${n.id} at ${at}`);
+  }
+
+  private stopFaults(): void {
+    this.trace("faults stop");
+    this.faults = false;
+    this.cut.clear();
+    this.dropP = 0;
+    this.dupP = 0;
+    this.delayMax = 1;
+    for (const n of this.nodes.values()) if (n.node === null) this.start(n);
+  }
+
+  private clientRequests(): void {
+    // Clients reach any node that believes it leads, including a deposed leader that has not noticed yet.
+    const leaders = this.ids.map((id) => this.node(id).node).filter((n): n is RaftNode => n !== null && n.raft.role === StateRole.leader);
+    const lead = leaders[this.rng.int(leaders.length)];
+    if (lead === undefined) return;
+    const rng = this.rng;
+    if (this.faults && rng.chance(0.5)) {
+      const count = 1 + rng.int(3);
+      for (let i = 0; i < count; i++) lead.propose(this.data(`w${++this.seq}:${"x".repeat(rng.int(3) === 0 ? rng.int(3000) : rng.int(20))}`));
+    }
+    if (rng.chance(0.1)) {
+      const key = `r${++this.seq}`;
+      if (lead.readIndex(new TextEncoder().encode(key))) {
+        this.reads.set(key, { node: lead.raft.id, incarnation: this.node(lead.raft.id).incarnation, minIndex: this.maxCommit });
+      }
+    }
+  }
+
+  private data(s: string): Uint8Array {
+    return new TextEncoder().encode(s);
+  }
+
+  // ---- time and network ----
+
+  private tickAll(): void {
+    for (const id of this.ids) {
+      const n = this.node(id);
+      if (n.node === null) continue;
+      n.node.tick();
+      this.check();
+      this.handleReady(n);
+    }
+  }
+
+  private deliver(): void {
+    const due: InFlight[] = [];
+    const later: InFlight[] = [];
+    for (const f of this.net) (f.at <= this.now ? due : later).push(f);
+    this.net = later;
+    // Reorder: deliver the due messages in a random order.
+    for (let i = due.length - 1; i > 0; i--) {
+      const j = this.rng.int(i + 1);
+      const t = due[i] as InFlight;
+      due[i] = due[j] as InFlight;
+      due[j] = t;
+    }
+    for (const f of due) {
+      const to = this.node(f.to);
+      const sender = this.node(f.from);
+      if (to.node === null) {
+        if (f.isSnap) this.reportSnapshot(sender, f, false);
+        continue;
+      }
+      const m = packr.unpack(f.bytes) as Message;
+      if (m.snapshot !== null && !(m.snapshot.data instanceof Uint8Array)) throw new SimFailure("snapshot data did not survive encoding");
+      to.node.step(m);
+      this.result.messages++;
+      if (f.isSnap) this.reportSnapshot(sender, f, true);
+      this.check();
+      this.handleReady(to);
+    }
+    for (const id of this.ids) this.handleReady(this.node(id));
+  }
+
+  private reportSnapshot(sender: SimNode, f: InFlight, ok: boolean): void {
+    if (sender.node !== null && sender.incarnation === f.fromIncarnation) {
+      sender.node.reportSnapshot(f.to, ok);
+      this.handleReady(sender);
+    }
+  }
+
+  private send(from: SimNode, m: Message): void {
+    const isSnap = m.type === MessageType.snap;
+    const blocked = this.cut.has(`${m.from}>${m.to}`);
+    if (blocked || this.rng.chance(this.dropP)) {
+      if (isSnap && from.node !== null) from.node.reportSnapshot(m.to, false);
+      return;
+    }
+    const bytes = packr.pack(m);
+    const copies = this.rng.chance(this.dupP) ? 2 : 1;
+    for (let k = 0; k < copies; k++) {
+      this.net.push({ at: this.now + this.rng.int(this.delayMax + 1), bytes, from: m.from, to: m.to, fromIncarnation: from.incarnation, isSnap });
+    }
+  }
+
+  // ---- the Ready loop, in the documented order ----
+
+  private handleReady(n: SimNode): void {
+    const node = n.node;
+    if (node === null || !node.hasReady()) return;
+    const r = node.ready();
+    this.persist(n, r);
+    if (this.faults && this.rng.chance(0.002)) {
+      // Crash after the fsync, before anything was sent or applied: the persisted state must stand on its own.
+      this.crash(n);
+      return;
+    }
+    for (const m of r.messages) this.send(n, m);
+    if (r.snapshot !== null) this.applySnapshot(n, r);
+    for (const e of r.committedEntries) this.apply(n, e);
+    for (const rs of r.readStates) this.answerRead(n, rs.index, new TextDecoder().decode(rs.context));
+    node.advance();
+    this.check();
+    if (node.hasReady()) this.handleReady(n);
+  }
+
+  private persist(n: SimNode, r: Ready): void {
+    if (r.snapshot !== null) n.storage.applySnapshot(r.snapshot);
+    n.storage.append(r.entries);
+    if (r.hardState !== null) {
+      const hs = r.hardState;
+      if (hs.commit > n.storage.lastIndex()) this.fail(`node ${n.id} persisted commit ${hs.commit} past its log ${n.storage.lastIndex()}`);
+      n.storage.setHardState(hs);
+    }
+  }
+
+  private applySnapshot(n: SimNode, r: Ready): void {
+    const snap = r.snapshot;
+    if (snap === null) return;
+    const s = decodeState(snap.data);
+    const want = this.hashAt[snap.meta.index];
+    if (want !== undefined && want !== s.hash) this.fail(`node ${n.id} installed a snapshot at ${snap.meta.index} with a state that differs from the committed one`);
+    n.sm = { applied: snap.meta.index, hash: s.hash, conf: snap.meta.conf };
+    this.result.snapshots++;
+  }
+
+  private apply(n: SimNode, e: Entry): void {
+    if (e.index !== n.sm.applied + 1) this.fail(`node ${n.id} applied ${e.index} after ${n.sm.applied}`);
+    const text = new TextDecoder().decode(e.data);
+    const knownTerm = this.committedTerm[e.index];
+    if (knownTerm === undefined) {
+      if (e.index !== this.committedTerm.length) this.fail(`gap in the committed log at ${e.index}`);
+      this.committedTerm.push(e.term);
+      this.committedData.push(text);
+      this.result.commits++;
+    } else if (knownTerm !== e.term || this.committedData[e.index] !== text) {
+      this.fail(`node ${n.id} applied ${e.index}/${e.term} "${text.slice(0, 20)}" but ${e.index}/${knownTerm} "${(this.committedData[e.index] ?? "").slice(0, 20)}" was committed`);
+    }
+    n.sm.hash = mix(n.sm.hash, e.term, text);
+    n.sm.applied = e.index;
+    if (e.type === EntryType.confChange) n.sm.conf = decodeConfChange(e.data).conf;
+    const h = this.hashAt[e.index];
+    if (h === undefined) this.hashAt[e.index] = n.sm.hash;
+    else if (h !== n.sm.hash) this.fail(`node ${n.id} state after ${e.index} differs from the others'`);
+  }
+
+  private answerRead(n: SimNode, index: number, key: string): void {
+    const req = this.reads.get(key);
+    if (req === undefined) return; // a retried context answered twice
+    this.reads.delete(key);
+    if (req.node !== n.id || req.incarnation !== n.incarnation) this.fail(`read ${key} answered by the wrong node`);
+    if (index < req.minIndex) this.fail(`read ${key} at index ${index} misses commit ${req.minIndex} known when it was issued (stale read)`);
+    if (n.node?.raft.role !== StateRole.leader) this.fail(`read ${key} answered by a non-leader`);
+    this.result.reads++;
+  }
+
+  // ---- invariants ----
+
+  private check(): void {
+    for (const id of this.ids) {
+      const n = this.node(id);
+      const r = n.node?.raft;
+      if (r === undefined) continue;
+      if (r.log.committed > this.maxCommit) this.maxCommit = r.log.committed;
+      if (r.role !== StateRole.leader) continue;
+      const other = this.leaderOfTerm.get(r.term);
+      if (other === undefined) {
+        this.leaderOfTerm.set(r.term, id);
+        this.result.elections++;
+        this.trace(`leader ${id} term ${r.term}`);
+        this.checkLeaderCompleteness(n);
+      } else if (other !== id) {
+        this.fail(`two leaders in term ${r.term}: ${other} and ${id}`);
+      }
+    }
+  }
+
+  private checkLeaderCompleteness(n: SimNode): void {
+    const log = (n.node as RaftNode).raft.log;
+    const first = log.firstIndex();
+    const upTo = this.committedTerm.length - 1;
+    if (log.lastIndex() < upTo) this.fail(`leader ${n.id} lacks committed entries: last ${log.lastIndex()} < ${upTo}`);
+    for (let i = Math.max(first, 1); i <= upTo; i++) {
+      if (log.term(i) !== this.committedTerm[i]) this.fail(`leader ${n.id} has ${i}/${log.term(i)} but ${i}/${this.committedTerm[i]} was committed`);
+    }
+  }
+
+  // ---- helpers ----
+
+  private anyLeader(): RaftNode | null {
+    let best: RaftNode | null = null;
+    for (const id of this.ids) {
+      const node = this.node(id).node;
+      if (node !== null && node.raft.role === StateRole.leader && (best === null || node.raft.term > best.raft.term)) best = node;
+    }
+    return best;
+  }
+
+  private stableLeader(): SimNode | null {
+    const lead = this.anyLeader();
+    if (lead === null || !lead.raft.committedOwnTerm()) return null;
+    return this.node(lead.raft.id);
+  }
+
+  private describe(): string {
+    const lines: string[] = [];
+    for (const n of this.nodes.values()) {
+      const r = n.node?.raft;
+      if (r === undefined) {
+        lines.push(`  node ${n.id}: down`);
+        continue;
+      }
+      const conf = r.currentConf();
+      let line = `  node ${n.id}: role ${r.role} term ${r.term} lead ${r.lead} commit ${r.log.committed} applied ${n.sm.applied} ` +
+        `last ${r.log.lastIndex()} first ${r.log.firstIndex()} voters [${conf.voters}] learners [${conf.learners}]`;
+      if (r.role === StateRole.leader) {
+        for (const [id, pr] of r.tracker.progress) line += `\n    ${id}: ${["probe", "replicate", "snapshot"][pr.state]} match ${pr.match} next ${pr.next} paused ${pr.isPaused()} active ${pr.recentActive}`;
+      }
+      lines.push(line);
+    }
+    return lines.join("\n");
+  }
+
+  private trace(line: string): void {
+    this.opts.log?.(`[${this.now}] ${line}`);
+  }
+
+  private fail(what: string): never {
+    throw new SimFailure(`seed ${this.opts.seed} (nodes ${this.opts.nodes}) failed at tick ${this.now}: ${what}`);
+  }
+}
+
+function mix(h: number, term: number, text: string): number {
+  let x = (h ^ Math.imul(term, 0x9e3779b1)) >>> 0;
+  for (let i = 0; i < text.length; i++) x = Math.imul(x ^ text.charCodeAt(i), 16777619) >>> 0;
+  return x;
+}
+
+function encodeState(index: number, hash: number): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify({ index, hash }));
+}
+
+function decodeState(data: Uint8Array): { index: number; hash: number } {
+  return JSON.parse(new TextDecoder().decode(data)) as { index: number; hash: number };
+}
