@@ -14,7 +14,7 @@ import { fileURLToPath } from "node:url";
 import { Option, type Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import { defaultNbdPort } from "../constants.js";
-import { ApiClient, DaemonUnreachableError, parseApiAddress } from "../api/client.js";
+import { ApiClient, DaemonUnreachableError, defaultApiAddress, parseApiAddress } from "../api/client.js";
 import { ApiError, type NodeStatus, type VolumeInfo } from "../api/types.js";
 import { apiAddress, checkName, intArg, sizeArg } from "./args.js";
 import { CliError } from "./errors.js";
@@ -75,7 +75,7 @@ async function up(address: string, dataDir: string, volumeName: string, sizeByte
     status = await waitForDaemon(client, paths, pid, exited);
   }
   const volume = await ensureVolume(client, volumeName, sizeBytes);
-  console.log(instructions(status, volume, paths));
+  console.log(instructions(status, volume, paths, dataDir, address));
 }
 
 async function statusOrNull(client: ApiClient): Promise<NodeStatus | null> {
@@ -140,7 +140,7 @@ async function ensureVolume(client: ApiClient, name: string, sizeBytes: number):
   return client.createVolume({ name, sizeBytes, repl: 1 });
 }
 
-function instructions(status: NodeStatus, volume: VolumeInfo, paths: NodePaths): string {
+function instructions(status: NodeStatus, volume: VolumeInfo, paths: NodePaths, dataDir: string, address: string): string {
   const uri = volume.nbdUri;
   let host = status.listen;
   let port = status.nbdPort || defaultNbdPort;
@@ -151,7 +151,9 @@ function instructions(status: NodeStatus, volume: VolumeInfo, paths: NodePaths):
   } catch {
     // keep the status' address
   }
-  const where = existsSync(paths.pid) ? `data in ${paths.dir}, log ${paths.log}` : `data in ${status.dataDir} (not started by pxd up)`;
+  const ours = existsSync(paths.pid);
+  const where = ours ? `data in ${paths.dir}, log ${paths.log}` : `data in ${status.dataDir} (not started by pxd up)`;
+  const stop = ours ? `stop it with: pxd down${dataDir === ".pxd" ? "" : ` --data-dir ${dataDir}`}` : "it was not started by pxd up; stop it where it was started";
   const commands: [string, string][] = [
     [`nbdinfo ${uri}`, ""],
     [`nbdfuse /tmp/${volume.name}-mnt/disk ${uri} &`, "# then losetup / mkfs.ext4 / mount"],
@@ -162,7 +164,8 @@ function instructions(status: NodeStatus, volume: VolumeInfo, paths: NodePaths):
     `pxd is running: 1 node, ${where}`,
     `volume "${volume.name}" (${formatSize(volume.sizeBytes)}) is exported at ${uri}`,
     ...commands.map(([c, note]) => `  ${note ? `${c.padEnd(width)}   ${note}` : c}`),
-    `stop it with: pxd down`,
+    ...(address === defaultApiAddress ? [] : [`other pxd commands need --host ${address} (or PXD_HOST=${address})`]),
+    stop,
   ].join("\n");
 }
 

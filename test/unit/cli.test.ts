@@ -176,7 +176,8 @@ test("pxd up against a running daemon creates the volume once and prints how to 
   assert.match(lines[3] ?? "", /^ {2}nbdfuse \/tmp\/demo-mnt\/disk nbd:\/\/127\.0\.0\.1:10809\/demo & +# then losetup/);
   assert.match(lines[4] ?? "", /^ {2}nbd-client 127\.0\.0\.1 10809 \/dev\/nbd0 -N demo +# with the kernel nbd module$/);
   assert.is(lines[3]?.indexOf("#"), lines[4]?.indexOf("#"));
-  assert.is(lines[5], "stop it with: pxd down");
+  assert.is(lines[5], `other pxd commands need --host ${ctx.server.address} (or PXD_HOST=${ctx.server.address})`);
+  assert.is(lines[6], "it was not started by pxd up; stop it where it was started");
   assert.is(ctx.controller.volumes.get("demo")?.sizeBytes, 2 * 1024 ** 3);
   assert.not.ok(existsSync(join(dataDir, "node1", "daemon.pid")), "no daemon was started");
 
