@@ -2,7 +2,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createServer } from "node:http";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -237,6 +237,25 @@ test("pxd down stops the daemon from the pid file with SIGTERM, then SIGKILL whe
   writeFileSync(pidFile, "garbage");
   assertOneLineError(await pxd(["down", "--data-dir", ctx.tmp]), 1, /does not hold a process id/);
   assert.is(readFileSync(pidFile, "utf8"), "garbage");
+});
+
+test("bin/pxd works through a symlink, as npm install -g links it, and --help exits 0", async () => {
+  const link = join(ctx.tmp, "pxd");
+  symlinkSync(pxdBin, link);
+  const r = await new Promise<Run>((resolve, reject) => {
+    const child = spawn(link, ["--host", ctx.server.address, "volume", "list", "--json"], { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
+  });
+  assert.is(r.code, 0, r.stderr);
+  assert.equal(JSON.parse(r.stdout), { volumes: [] });
+  const help = await pxd(["volume", "--help"]);
+  assert.is(help.code, 0);
+  assert.match(help.stdout, /create \[options\] <name>/);
 });
 
 async function freePort(): Promise<number> {
