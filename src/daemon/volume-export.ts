@@ -18,7 +18,8 @@ function toBackendError(e: unknown): never {
 export class VolumeExport implements Export {
   readonly description: string;
   readonly readOnly = false;
-  readonly blockBytesMin = 512;
+  /** The store merges partial sectors itself (read-modify-write), so any byte range is fine. */
+  readonly blockBytesMin = 1;
   readonly blockBytesPreferred = 4096;
   private closed = false;
 

@@ -30,7 +30,7 @@ test("nbdinfo sees the size and the exact flags pxd advertises", async () => {
     assert.is(exp[flag], true, flag);
   }
   assert.is(exp["is_read_only"], false);
-  assert.is(exp["block_size_minimum"], 512);
+  assert.is(exp["block_size_minimum"], 1);
   assert.is(exp["block_size_preferred"], 4096);
   assert.equal(info["protocol"], "newstyle-fixed");
   assert.ok(JSON.stringify(exp["contexts"]).includes("base:allocation"));
