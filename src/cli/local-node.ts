@@ -46,8 +46,9 @@ export function registerLocalNode(program: Command): void {
     .option("--data-dir <dir>", "where the node keeps its data, log and pid file", ".pxd")
     .addOption(new Option("-s, --size <size>", "size of the volume to create").argParser(sizeArg).default(1024 ** 3, "1G"))
     .option("--volume <name>", "name of the volume to create", "demo")
-    .action(async (options: { dataDir: string; size: number; volume: string }, command: Command) => {
-      await up(apiAddress(command), options.dataDir, checkName(options.volume), options.size);
+    .option("--nbd-port <port>", "NBD port of the node it starts", intArg(1, 65535), defaultNbdPort)
+    .action(async (options: { dataDir: string; size: number; volume: string; nbdPort: number }, command: Command) => {
+      await up(apiAddress(command), options.dataDir, checkName(options.volume), options.size, options.nbdPort);
     });
 
   program
@@ -60,7 +61,7 @@ export function registerLocalNode(program: Command): void {
     });
 }
 
-async function up(address: string, dataDir: string, volumeName: string, sizeBytes: number): Promise<void> {
+async function up(address: string, dataDir: string, volumeName: string, sizeBytes: number, nbdPort: number): Promise<void> {
   const paths = nodePaths(dataDir);
   const client = new ApiClient(address, { timeoutMs: 2000 });
   let status = await statusOrNull(client);
@@ -71,7 +72,7 @@ async function up(address: string, dataDir: string, volumeName: string, sizeByte
     }
     let pid = runningDaemonPid(paths.pid);
     let exited: (() => string | null) | null = null;
-    if (pid === null) [pid, exited] = startDaemon(paths, host === "localhost" ? "127.0.0.1" : host, parseApiAddress(address).port);
+    if (pid === null) [pid, exited] = startDaemon(paths, host === "localhost" ? "127.0.0.1" : host, parseApiAddress(address).port, nbdPort);
     status = await waitForDaemon(client, paths, pid, exited);
   }
   const volume = await ensureVolume(client, volumeName, sizeBytes);
@@ -88,11 +89,11 @@ async function statusOrNull(client: ApiClient): Promise<NodeStatus | null> {
 }
 
 /** Starts `pxd daemon` detached, output to the log, pid to the pid file; returns the pid and a probe for early exit. */
-function startDaemon(paths: NodePaths, listen: string, apiPort: number): [number, () => string | null] {
+function startDaemon(paths: NodePaths, listen: string, apiPort: number, nbdPort: number): [number, () => string | null] {
   mkdirSync(paths.dir, { recursive: true });
   // dist/src/cli/local-node.js -> dist/bin/pxd.js: the same build that is running now.
   const entry = fileURLToPath(new URL("../../bin/pxd.js", import.meta.url));
-  const args = ["--enable-source-maps", entry, "daemon", "--data-dir", resolve(paths.dir), "--listen", listen, "--api-port", String(apiPort)];
+  const args = ["--enable-source-maps", entry, "daemon", "--data-dir", resolve(paths.dir), "--listen", listen, "--api-port", String(apiPort), "--nbd-port", String(nbdPort)];
   const logFd = openSync(paths.log, "a");
   let child;
   try {
@@ -153,7 +154,10 @@ function instructions(status: NodeStatus, volume: VolumeInfo, paths: NodePaths, 
   }
   const ours = existsSync(paths.pid);
   const where = ours ? `data in ${paths.dir}, log ${paths.log}` : `data in ${status.dataDir} (not started by pxd up)`;
-  const stop = ours ? `stop it with: pxd down${dataDir === ".pxd" ? "" : ` --data-dir ${dataDir}`}` : "it was not started by pxd up; stop it where it was started";
+  // From a checkout pxd is not on PATH: name the way that works there too.
+  const inRepo = process.env["npm_lifecycle_event"] === "start";
+  const down = `pxd down${dataDir === ".pxd" ? "" : ` --data-dir ${dataDir}`}`;
+  const stop = ours ? `stop it with: ${inRepo && dataDir === ".pxd" ? "npm run stop (or ./bin/pxd down)" : down}` : "it was not started by pxd up; stop it where it was started";
   const commands: [string, string][] = [
     [`nbdinfo ${uri}`, ""],
     [`nbdfuse /tmp/${volume.name}-mnt/disk ${uri} &`, "# then losetup / mkfs.ext4 / mount"],
