@@ -9,14 +9,8 @@ import { defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js
 import { intArg } from "./args.js";
 import { CliError } from "./errors.js";
 
-/** The contract with src/daemon/main.ts. */
-export interface DaemonOptions {
-  dataDir: string;
-  listen: string;
-  nbdPort: number;
-  apiPort: number;
-  peerPort: number;
-}
+// The contract with src/daemon/main.ts; a type-only import, erased at run time.
+import type { DaemonOptions } from "../daemon/daemon.js";
 
 type RunDaemon = (options: DaemonOptions) => Promise<void>;
 
