@@ -82,6 +82,48 @@ export const defaultPeerPort = 9002;
 /** Largest JSON body the control API accepts. */
 export const apiBodyBytesMax = 1024 * 1024;
 
+// ---- replication (src/replication) ----
+/** Body bytes of one peer frame once authenticated: a 32 MiB volume write plus Raft framing, with room. */
+export const peerFrameBytesMax = 64 * 1024 * 1024;
+/** Body bytes of one peer frame before authentication (hello, proof, refusal): no large buffer for strangers. */
+export const peerHandshakeFrameBytesMax = 256;
+/** From connect (or accept) until both sides are authenticated; then the connection is closed and logged. */
+export const peerHandshakeTimeoutMs = 5_000;
+/** Unauthenticated inbound connections at once; one more is closed right after accept. */
+export const peerHandshakesMax = 64;
+/** Shortest cluster secret accepted: HMAC-SHA256 keys below 128 bits invite offline guessing. */
+export const peerSecretBytesMin = 16;
+/** UTF-8 bytes of a cluster id (it travels in the hello, length as one byte). */
+export const peerClusterIdBytesMax = 64;
+/** Encoded bytes queued for one peer and not yet handed to its socket; past it send() returns false. */
+export const peerQueueBytesMax = 128 * 1024 * 1024;
+/** Frames queued for one peer (bounds per-frame overhead of many tiny messages). */
+export const peerQueueFramesMax = 65_536;
+/** Bytes handed to one socket but not yet taken by the kernel; above it frames stay in the peer queue. */
+export const peerSocketBytesHighWater = 4 * 1024 * 1024;
+/** First reconnect delay after a lost or failed connection; doubles per failure (with jitter). */
+export const peerReconnectDelayMsMin = 50;
+/** Cap of the reconnect backoff. */
+export const peerReconnectDelayMsMax = 2_000;
+/** A ping goes out on a connection that sent nothing for this long (keeps the idle check honest). */
+export const peerKeepaliveMs = 1_000;
+/** A connection that received nothing for this long is dead (half-open after a partition) and is closed. */
+export const peerIdleTimeoutMs = 10_000;
+
+/** The replication limits agree with each other and with the layers they carry (called at start and by tests). */
+export function checkReplicationConstants(): void {
+  assert(peerFrameBytesMax <= 0xffffffff, "a frame length fits the u32 length field");
+  assert(peerFrameBytesMax >= nbdPayloadBytesMax + 1024 * 1024, "the largest volume write fits one frame with Raft framing");
+  assert(peerFrameBytesMax >= raftAppendBytesMax + 1024 * 1024, "the largest AppendEntries batch fits one frame");
+  assert(peerHandshakeFrameBytesMax >= 48 + peerClusterIdBytesMax, "a hello with the longest cluster id fits a handshake frame");
+  assert(peerHandshakeFrameBytesMax < peerFrameBytesMax, "strangers get the small bound");
+  assert(peerQueueBytesMax >= peerFrameBytesMax + 5, "one largest frame fits a peer queue");
+  assert(peerQueueFramesMax >= raftInflightMsgsMax, "a full Raft inflight window fits a peer queue");
+  assert(peerReconnectDelayMsMin > 0 && peerReconnectDelayMsMin <= peerReconnectDelayMsMax, "backoff range is ordered");
+  assert(peerIdleTimeoutMs >= 3 * peerKeepaliveMs, "an idle peer misses several pings before it is called dead");
+  assert(peerHandshakeTimeoutMs <= peerIdleTimeoutMs, "a handshake never outlives the idle bound");
+}
+
 export function checkConstants(): void {
   assert(segmentBytes % sectorBytes === 0, "segments hold whole sectors");
   assert(recordPayloadBytesMax + 2 * recordHeaderBytes < segmentBytes, "a record fits a segment with its seal");
