@@ -630,10 +630,17 @@ export class Raft {
       return;
     }
     const wasPaused = pr.isPaused();
-    if (!pr.maybeUpdate(m.index)) return;
+    // A probe answered at exactly the match we knew (e.g. the probe that follows a
+    // snapshot) moves nothing, but it proves where the logs agree: replicate from there.
+    const probeConfirmed = pr.state === ProgressState.probe && m.index === pr.match;
+    if (!pr.maybeUpdate(m.index) && !probeConfirmed) return;
     if (pr.state === ProgressState.probe) pr.becomeReplicate();
     else if (pr.state === ProgressState.snapshot) {
-      if (pr.match + 1 >= this.log.firstIndex()) pr.becomeProbe(); // the snapshot is in: back to normal replication
+      if (pr.match + 1 >= this.log.firstIndex()) {
+        // The snapshot is in: back to normal replication (through probe, which accounts for the pending snapshot).
+        pr.becomeProbe();
+        pr.becomeReplicate();
+      }
     } else pr.inflights.freeLE(m.index);
 
     if (this.maybeCommit()) this.bcastAppend();
@@ -673,8 +680,10 @@ export class Raft {
       this.readsBeforeCommit = [];
       for (const ctx of waiting) this.startRead(ctx);
     }
-    // Thesis §4.2.2: a leader that is not part of the committed configuration steps down.
+    // Thesis §4.2.2: a leader that is not part of the committed configuration steps down,
+    // after telling the others the commit (as leader: a follower sends no appends).
     if (!this.tracker.isVoter(this.id) && this.lastConfPoint().index <= this.log.committed) {
+      this.bcastAppend();
       this.becomeFollower(this.term, noNode);
     }
   }
@@ -726,6 +735,7 @@ export class Raft {
   }
 
   private bcastAppend(): void {
+    if (this.role !== StateRole.leader) return; // stepped down while handling this input (removed itself)
     for (const id of this.tracker.members) if (id !== this.id) this.sendAppend(id, true);
   }
 
@@ -781,6 +791,10 @@ export class Raft {
   // ---- helpers ----
 
   private send(m: Message): void {
+    // Only a leader speaks for its term: an append, heartbeat or snapshot from anyone else
+    // would make its receiver take a follower for the leader.
+    assert(this.role === StateRole.leader || (m.type !== MessageType.app && m.type !== MessageType.heartbeat && m.type !== MessageType.snap),
+      `node ${this.id} (${this.role}) would send a leader's message of type ${m.type}`);
     this.msgs.push(m);
   }
 

@@ -268,6 +268,37 @@ test("snapshot status: a failed snapshot sends the follower back to probe; it ge
   assert.is(c.get(3).storage.firstIndex(), applied + 1, "snapshot installed on retry");
 });
 
+test("a follower that installed a snapshot is replicated to at once, without waiting for a heartbeat", () => {
+  // Found by the snapshot_catchup transcript: the leader left it in probe, paused, after the probe that
+  // follows the snapshot was answered at its match, so a new proposal did not reach it until the next heartbeat.
+  const c = new Cluster([1, 2, 3]);
+  c.campaign(1);
+  c.isolate(3);
+  for (let i = 0; i < 3; i++) c.propose(1, `w${i}`);
+  const ls = c.get(1).storage;
+  const applied = c.node(1).raft.log.applied;
+  ls.createSnapshot(applied, { voters: [1, 2, 3], learners: [] }, enc("s"));
+  ls.compact(applied);
+  c.heal();
+  c.tickAll(2);
+  assert.is(c.get(3).storage.firstIndex(), applied + 1, "snapshot installed");
+  assert.is(c.node(1).raft.progressOf(3).state, ProgressState.replicate);
+  const index = c.propose(1, "after"); // no tick: only the append itself can carry it
+  assert.is(c.get(3).storage.lastIndex(), index);
+});
+
+test("a leader that removes itself sends the commit as leader and no append after it stepped down", () => {
+  // Found by the remove_node transcript: the commit broadcast went out after the step-down, an append
+  // from a follower (its receiver would take it for the leader). send() now asserts only leaders append.
+  const c = new Cluster([1, 2, 3]);
+  c.campaign(1);
+  const r = c.node(1).proposeConfChange({ type: ConfChangeType.removeNode, nodeId: 1 });
+  assert.ok("index" in r);
+  c.stabilize();
+  assert.is(c.node(1).raft.role, StateRole.follower);
+  for (const id of [2, 3]) assert.ok(c.node(id).raft.log.committed >= r.index, `node ${id} learned the removal committed`);
+});
+
 test("crash and restart: term and vote survive, so a node never votes twice in one term", () => {
   const c = new Cluster([1, 2, 3]);
   c.isolate(1);
