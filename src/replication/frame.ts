@@ -23,6 +23,11 @@ export const FrameType = {
   message: 0x10,
   /** Empty keepalive: proves the connection is alive when there is nothing else to send. */
   ping: 0x11,
+  /**
+   * First frame of a sender's messages on a connection: u64 BE count of messages it
+   * wrote to this peer on earlier connections. Lets the receiver keep order across a switch-over.
+   */
+  start: 0x12,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
@@ -48,6 +53,26 @@ export function encodeFrame(type: FrameType, body: Uint8Array = new Uint8Array(0
   b.writeUInt8(type, 4);
   b.set(body, frameHeaderBytes);
   return b;
+}
+
+export const startBodyBytes = 8;
+
+export function encodeStart(count: number): Buffer {
+  assert(Number.isSafeInteger(count) && count >= 0, `message count ${count} is a safe integer`);
+  const b = Buffer.allocUnsafe(frameHeaderBytes + startBodyBytes);
+  b.writeUInt32BE(startBodyBytes, 0);
+  b.writeUInt8(FrameType.start, 4);
+  b.writeUInt32BE(Math.floor(count / 2 ** 32), 5);
+  b.writeUInt32BE(count >>> 0, 9);
+  return b;
+}
+
+/** The count of a start frame's body, or undefined when malformed. */
+export function decodeStart(body: Uint8Array): number | undefined {
+  if (body.length !== startBodyBytes) return undefined;
+  const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  const n = b.readUInt32BE(0) * 2 ** 32 + b.readUInt32BE(4);
+  return Number.isSafeInteger(n) ? n : undefined;
 }
 
 // ---- message bodies ----

@@ -1,0 +1,151 @@
+// Binds the pure peer transport (src/replication) to the OS: a TCP listener on
+// the peer port, outgoing connections from the node's own address (so an
+// nftables rule on an address pair cuts exactly that link, DESIGN.md
+// section 1), node:crypto for the handshake, and real timers.
+
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { createConnection, createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import type { NodeId } from "../raft/types.js";
+import type { PeerAddress, PeerCrypto, PeerLimits, PeerLog, PeerNetwork, PeerSocket, PeerSocketEvents, PeerTimers } from "../replication/ports.js";
+import { PeerTransport } from "../replication/transport.js";
+
+/** TCP keepalive probe delay: a backstop under the transport's own idle check. */
+const keepAliveDelayMs = 30_000;
+
+export const nodePeerCrypto: PeerCrypto = {
+  randomBytes: (n) => randomBytes(n),
+  hmacSha256: (key, data) => createHmac("sha256", key).update(data).digest(),
+  timingSafeEqual: (a, b) => a.length === b.length && timingSafeEqual(a, b),
+};
+
+export const nodePeerTimers: PeerTimers = {
+  setTimeout(fn, ms) {
+    const t = setTimeout(fn, ms);
+    return () => clearTimeout(t);
+  },
+  defer(fn) {
+    setImmediate(fn);
+  },
+  now: () => performance.now(),
+  random: () => Math.random(),
+};
+
+/** Dials from `localAddress` when given (a node bound to 127.0.0.12 also dials from it). */
+export function nodePeerNetwork(localAddress?: string): PeerNetwork {
+  return {
+    dial(host, port, events) {
+      const s = createConnection({ host, port, localAddress, noDelay: true, keepAlive: true, keepAliveInitialDelay: keepAliveDelayMs });
+      s.once("connect", () => events.connected());
+      return wrapSocket(s, `${host}:${port}`, events);
+    },
+  };
+}
+
+/** The PeerSocket over a net.Socket, with every event forwarded. */
+export function wrapSocket(s: Socket, remote: string, events: PeerSocketEvents): PeerSocket {
+  let closeError: string | undefined;
+  s.on("error", (e: NodeJS.ErrnoException) => {
+    closeError = e.code ?? e.message; // 'close' always follows
+  });
+  s.on("data", (chunk: Buffer) => events.data(chunk));
+  s.on("end", () => events.ended());
+  s.on("drain", () => events.drain());
+  s.on("close", () => events.closed(closeError));
+  return {
+    remote,
+    write(chunks) {
+      if (!s.writable) return;
+      // Corked writes leave as one writev: many frames, one syscall (DESIGN.md section 9).
+      s.cork();
+      for (const c of chunks) s.write(c);
+      s.uncork();
+    },
+    queuedBytes: () => s.writableLength,
+    pause: () => s.pause(),
+    resume: () => s.resume(),
+    end: () => s.end(),
+    destroy: () => s.destroy(),
+  };
+}
+
+export interface StartPeerTransportOptions {
+  nodeId: NodeId;
+  clusterId: string;
+  secret: Uint8Array;
+  /** Listen address; also the source address of outgoing connections unless it is a wildcard. */
+  host: string;
+  /** 0 picks a free port (tests). */
+  port: number;
+  peers?: PeerAddress[];
+  log: PeerLog;
+  limits?: Partial<PeerLimits>;
+}
+
+export interface PeerListener {
+  readonly transport: PeerTransport;
+  /** The bound address (port resolved when 0 was asked for). */
+  readonly address: { host: string; port: number };
+  /** Stops listening and closes the transport; resolves when every socket and the listener are closed. */
+  close(): Promise<void>;
+}
+
+export async function startPeerTransport(opts: StartPeerTransportOptions): Promise<PeerListener> {
+  const wildcard = opts.host === "0.0.0.0" || opts.host === "::";
+  const transport = new PeerTransport({
+    nodeId: opts.nodeId,
+    clusterId: opts.clusterId,
+    secret: opts.secret,
+    network: nodePeerNetwork(wildcard ? undefined : opts.host),
+    timers: nodePeerTimers,
+    crypto: nodePeerCrypto,
+    log: opts.log,
+    limits: opts.limits,
+  });
+  const server = createServer({ noDelay: true }, (s) => accept(transport, s));
+  try {
+    await listen(server, opts.host, opts.port);
+  } catch (e) {
+    await transport.close();
+    throw e;
+  }
+  const addr = server.address() as AddressInfo;
+  opts.log.info(`peer: node ${opts.nodeId} listening on ${addr.address}:${addr.port}`);
+  if (opts.peers !== undefined) transport.setPeers(opts.peers);
+  return {
+    transport,
+    address: { host: addr.address, port: addr.port },
+    async close() {
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      await transport.close();
+      await stopped;
+    },
+  };
+}
+
+function listen(s: Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    s.once("error", reject);
+    s.listen(port, host, () => {
+      s.off("error", reject);
+      resolve();
+    });
+  });
+}
+
+function accept(transport: PeerTransport, s: Socket): void {
+  const remote = `${s.remoteAddress ?? "?"}:${s.remotePort ?? 0}`;
+  let events: PeerSocketEvents | undefined;
+  // The transport answers accept() synchronously; events bound after it cannot be missed (none fire before the next tick).
+  const forward: PeerSocketEvents = {
+    connected: () => {},
+    data: (c) => events?.data(c),
+    ended: () => events?.ended(),
+    drain: () => events?.drain(),
+    closed: (e) => events?.closed(e),
+  };
+  const sock = wrapSocket(s, remote, forward);
+  events = transport.accept(sock);
+  if (events === undefined) return;
+  s.setNoDelay(true);
+  s.setKeepAlive(true, keepAliveDelayMs);
+}
