@@ -165,8 +165,9 @@ export class SegmentLog {
     await this.disk.syncDir();
   }
 
+  /** Free segment files, counting one being zero-filled. */
   get freeSegmentCount(): number {
-    return this.freeNames.length;
+    return this.freeNames.length + (this.spare !== undefined ? 1 : 0);
   }
 
   close(): void {

@@ -1,6 +1,6 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { crc32c, crc32cOf } from "../../src/base/crc32c.js";
+import { crc32c, crc32cJs, crc32cOf, crc32cImplementation } from "../../src/base/crc32c.js";
 import { parseSize, formatSize } from "../../src/base/sizes.js";
 import { Prng } from "../../src/base/prng.js";
 import { checkConstants } from "../../src/constants.js";
@@ -10,6 +10,17 @@ test("crc32c matches the standard check value and chains over buffers", () => {
   const whole = Buffer.from("hello, block storage world");
   assert.is(crc32cOf([whole.subarray(0, 5), whole.subarray(5, 13), whole.subarray(13)]), crc32c(whole));
   assert.is(crc32c(Buffer.alloc(0)), 0);
+});
+
+test("the native crc32c is in use here and agrees with the portable one", () => {
+  assert.is(crc32cImplementation, "native");
+  const prng = new Prng(7);
+  for (const n of [0, 1, 7, 8, 9, 63, 64, 4096, 65537]) {
+    const b = Buffer.alloc(n);
+    prng.fill(b);
+    assert.is(crc32c(b), crc32cJs(b), `length ${n}`);
+    assert.is(crc32c(b, 0x12345678), crc32cJs(b, 0x12345678), `length ${n}, chained`);
+  }
 });
 
 test("sizes parse with K/M/G/T suffixes and reject junk", () => {
