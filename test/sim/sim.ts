@@ -15,7 +15,18 @@
 //   - durability: a node's commit index never passes its own log, and what any
 //     node ever saw committed is never overwritten;
 //   - reads: a ReadIndex answer is at least the highest commit index anyone knew
-//     when the read was issued (linearizable).
+//     when the read was issued (linearizable);
+//   - commit safety, checked whenever a node's commit index moves: the entry at
+//     its commit point is durable (in storage) on a quorum, and no node that
+//     lacks it could win an election (its log is at least as up-to-date as a
+//     quorum of voters'). Raft's leader-completeness argument says this always
+//     holds; a leader that commits an older term's entry by counting (Figure 8)
+//     or a follower that commits past what it knows matches breaks it at once,
+//     long before a later leader actually overwrites the entry.
+// Half the seeds run a "churn" profile that makes the Figure 8 situation common:
+// one entry per append, new leaders crashed or cut off right after persisting
+// their first entries, leaders that replicate to one follower and then crash,
+// and forced campaigns.
 // Liveness: after the fault phase the network heals, every node restarts, and
 // within a bounded number of ticks a leader must commit a new entry on every member.
 
@@ -68,6 +79,17 @@ interface SimNode {
   incarnation: number;
   sm: StateMachine;
   downUntil: number;
+  /** The commit index whose entry the commit-safety check last looked at. */
+  commitChecked: number;
+  /** Churn: what to do to this node after its next Ready is persisted. */
+  pendingFault: "none" | "crash" | "oneThenCrash";
+}
+
+/** A node's log as the commit-safety check sees it: in memory while up, its storage while down. */
+interface LogView {
+  snapIndex: number;
+  lastIndex: number;
+  term(i: number): number; // -1 if unknown
 }
 
 interface InFlight {
@@ -111,18 +133,26 @@ class Sim {
   private readonly reads = new Map<string, PendingRead>();
   private seq = 0;
   private readonly result: SimResult;
+  /** The configuration of the highest committed config entry (or the bootstrap one). */
+  private committedConf: ConfState;
+  /** The churn profile (see the header); fixed per seed. */
+  private readonly churn: boolean;
+  private readonly appendBytesMax: number;
 
   constructor(private readonly opts: SimOptions) {
     this.rng = new Prng(opts.seed);
     this.dropP = 0.02 + this.rng.int(8) / 100;
     this.dupP = this.rng.int(5) / 100;
     this.delayMax = 1 + this.rng.int(4);
+    this.churn = this.rng.chance(0.5);
+    this.appendBytesMax = this.churn ? [1, 64, 256][this.rng.int(3)] as number : 4096;
     this.result = { seed: opts.seed, ticks: 0, commits: 0, elections: 0, reads: 0, crashes: 0, confChanges: 0, snapshots: 0, transfers: 0, messages: 0 };
     const voters = Array.from({ length: opts.nodes }, (_, i) => i + 1);
+    this.committedConf = { voters, learners: [] };
     for (let id = 1; id <= opts.nodes + 2; id++) {
       const conf = id <= opts.nodes ? { voters, learners: [] } : { voters: [], learners: [] };
       const storage = new MemoryStorage(conf);
-      const n: SimNode = { id, storage, node: null, incarnation: 0, sm: { applied: 0, hash: 0, conf }, downUntil: 0 };
+      const n: SimNode = { id, storage, node: null, incarnation: 0, sm: { applied: 0, hash: 0, conf }, downUntil: 0, commitChecked: 0, pendingFault: "none" };
       this.nodes.set(id, n);
       this.ids.push(id);
       this.start(n);
@@ -174,6 +204,8 @@ class Sim {
   private start(n: SimNode): void {
     const snap = n.storage.snapshot();
     n.incarnation++;
+    n.commitChecked = 0;
+    n.pendingFault = "none";
     if (snap.meta.index > 0) {
       const s = decodeState(snap.data);
       n.sm = { applied: snap.meta.index, hash: s.hash, conf: snap.meta.conf };
@@ -189,7 +221,7 @@ class Sim {
       random: new Prng(this.rng.nextU32()),
       preVote: this.rng.chance(0.7),
       checkQuorum: this.rng.chance(0.7),
-      appendBytesMax: 4096,
+      appendBytesMax: this.appendBytesMax,
       inflightMsgsMax: 4,
       inflightBytesMax: 16384,
       uncommittedBytesMax: 1 << 20,
@@ -202,7 +234,7 @@ class Sim {
     if (n.node === null) return;
     this.trace(`crash ${n.id}`);
     n.node = null;
-    n.downUntil = this.now + 5 + this.rng.int(40);
+    n.downUntil = this.now + 5 + this.rng.int(this.churn ? 15 : 40);
     this.result.crashes++;
   }
 
@@ -238,6 +270,24 @@ class Sim {
       }
     }
     if (rng.chance(0.02)) this.compact(this.node(this.ids[rng.int(this.ids.length)] as NodeId));
+    if (this.churn && rng.chance(0.03)) this.forceCampaign();
+  }
+
+  /** Churn: a follower campaigns now, half the time the one with the most up-to-date log (it wins most often). */
+  private forceCampaign(): void {
+    const up = this.ids.map((id) => this.node(id)).filter((n) => n.node !== null && n.node.raft.role !== StateRole.leader);
+    let pick = up[this.rng.int(up.length)];
+    if (this.rng.chance(0.5)) {
+      for (const n of up) {
+        const a = (n.node as RaftNode).raft.log;
+        const b = (pick?.node as RaftNode | undefined)?.raft.log;
+        if (b === undefined || a.lastTerm() > b.lastTerm() || (a.lastTerm() === b.lastTerm() && a.lastIndex() > b.lastIndex())) pick = n;
+      }
+    }
+    if (pick === undefined || pick.node === null) return;
+    this.trace(`campaign ${pick.id}`);
+    pick.node.campaign();
+    this.handleReady(pick);
   }
 
   private partition(): void {
@@ -387,8 +437,23 @@ class Sim {
     if (node === null || !node.hasReady()) return;
     const r = node.ready();
     this.persist(n, r);
-    if (this.faults && this.rng.chance(0.002)) {
+    const fault = this.faults ? n.pendingFault : "none";
+    if (this.faults && r.entries.length > 0 && node.raft.role === StateRole.leader && this.churn && fault === "none" && this.rng.chance(0.03)) {
+      n.pendingFault = "oneThenCrash"; // a leader that replicates its new entries to one follower only, then crashes
+    }
+    if ((this.faults && this.rng.chance(0.002)) || fault === "crash") {
       // Crash after the fsync, before anything was sent or applied: the persisted state must stand on its own.
+      this.crash(n);
+      return;
+    }
+    if (n.pendingFault === "oneThenCrash" && this.faults) {
+      const peers = [...new Set(r.messages.map((m) => m.to))];
+      const only = peers[this.rng.int(peers.length)];
+      this.trace(`leader ${n.id} replicates to ${only ?? "nobody"} only, then crashes`);
+      for (const m of r.messages) {
+        if (m.to === only) this.send(n, m);
+        else if (m.type === MessageType.snap) node.reportSnapshot(m.to, false);
+      }
       this.crash(n);
       return;
     }
@@ -430,6 +495,7 @@ class Sim {
       this.committedTerm.push(e.term);
       this.committedData.push(text);
       this.result.commits++;
+      if (e.type === EntryType.confChange) this.committedConf = decodeConfChange(e.data).conf;
     } else if (knownTerm !== e.term || this.committedData[e.index] !== text) {
       this.fail(`node ${n.id} applied ${e.index}/${e.term} "${text.slice(0, 20)}" but ${e.index}/${knownTerm} "${(this.committedData[e.index] ?? "").slice(0, 20)}" was committed`);
     }
@@ -459,6 +525,10 @@ class Sim {
       const r = n.node?.raft;
       if (r === undefined) continue;
       if (r.log.committed > this.maxCommit) this.maxCommit = r.log.committed;
+      if (r.log.committed > n.commitChecked) {
+        n.commitChecked = r.log.committed;
+        this.checkCommitSafety(n, r.log.committed);
+      }
       if (r.role !== StateRole.leader) continue;
       const other = this.leaderOfTerm.get(r.term);
       if (other === undefined) {
@@ -466,6 +536,10 @@ class Sim {
         this.result.elections++;
         this.trace(`leader ${id} term ${r.term}`);
         this.checkLeaderCompleteness(n);
+        if (this.churn && this.faults && n.pendingFault === "none" && this.rng.chance(0.3)) {
+          // A new leader persists its no-op (an entry of its term at an index others fill differently) and is lost.
+          n.pendingFault = this.rng.chance(0.5) ? "crash" : "oneThenCrash";
+        }
       } else if (other !== id) {
         this.fail(`two leaders in term ${r.term}: ${other} and ${id}`);
       }
@@ -480,6 +554,57 @@ class Sim {
     for (let i = Math.max(first, 1); i <= upTo; i++) {
       if (log.term(i) !== this.committedTerm[i]) this.fail(`leader ${n.id} has ${i}/${log.term(i)} but ${i}/${this.committedTerm[i]} was committed`);
     }
+  }
+
+  /**
+   * The entry at node n's commit point must be safe: durable on a quorum, and present in
+   * every node that could still win an election (Raft's leader completeness, §5.4).
+   */
+  private checkCommitSafety(n: SimNode, c: number): void {
+    const self = this.viewOf(n);
+    if (c <= self.snapIndex) return;
+    const t = self.term(c);
+    if (t < 0) this.fail(`node ${n.id} committed ${c}, which is not in its log`);
+    const contains = (v: LogView): boolean => c <= v.snapIndex || v.term(c) === t;
+    const durable = (id: NodeId): boolean => contains(this.storageView(this.node(id)));
+    // The quorum that decided the commit is one of the committed configuration or of one in
+    // force somewhere (the deciding leader's: a removal counts before it commits).
+    const cc = this.committedConf.voters;
+    const confs = [cc];
+    for (const id of this.ids) {
+      const r = this.node(id).node?.raft;
+      if (r !== undefined) confs.push(r.currentConf().voters);
+    }
+    if (!confs.some((voters) => isQuorumOf(voters, durable))) {
+      this.fail(`node ${n.id} committed ${c}/${t}, which is durable on no quorum of [${confs.join("] [")}]\n${this.describe()}`);
+    }
+    for (const cand of cc) {
+      const cv = this.viewOf(this.node(cand));
+      if (contains(cv)) continue;
+      const cLast = cv.term(cv.lastIndex);
+      const grant = (id: NodeId): boolean => {
+        if (id === cand) return true;
+        const v = this.viewOf(this.node(id));
+        const vLast = v.term(v.lastIndex);
+        return cLast > vLast || (cLast === vLast && cv.lastIndex >= v.lastIndex); // §5.4.1
+      };
+      if (isQuorumOf(cc, grant)) {
+        this.fail(`node ${n.id} committed ${c}/${t}, but node ${cand} lacks it and could be elected by a quorum of [${cc}] (Figure 8)\n${this.describe()}`);
+      }
+    }
+  }
+
+  private viewOf(n: SimNode): LogView {
+    const r = n.node?.raft;
+    if (r === undefined) return this.storageView(n);
+    const log = r.log;
+    return { snapIndex: log.firstIndex() - 1, lastIndex: log.lastIndex(), term: (i) => log.termOrNone(i) };
+  }
+
+  private storageView(n: SimNode): LogView {
+    const s = n.storage;
+    const term = (i: number): number => (i >= s.firstIndex() - 1 && i <= s.lastIndex() ? s.term(i) : -1);
+    return { snapIndex: s.firstIndex() - 1, lastIndex: s.lastIndex(), term };
   }
 
   // ---- helpers ----
@@ -525,6 +650,12 @@ class Sim {
   private fail(what: string): never {
     throw new SimFailure(`seed ${this.opts.seed} (nodes ${this.opts.nodes}) failed at tick ${this.now}: ${what}`);
   }
+}
+
+function isQuorumOf(voters: readonly NodeId[], has: (id: NodeId) => boolean): boolean {
+  let k = 0;
+  for (const id of voters) if (has(id)) k++;
+  return k >= Math.floor(voters.length / 2) + 1;
 }
 
 function mix(h: number, term: number, text: string): number {
