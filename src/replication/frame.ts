@@ -24,8 +24,8 @@ export const FrameType = {
   /** Empty keepalive: proves the connection is alive when there is nothing else to send. */
   ping: 0x11,
   /**
-   * First frame of a sender's messages on a connection: u64 BE count of messages it
-   * wrote to this peer on earlier connections. Lets the receiver keep order across a switch-over.
+   * First frame of a sender's messages on a connection: its 8-byte epoch and the u64 BE count
+   * of messages it wrote to this peer on earlier connections. Keeps order across a switch-over.
    */
   start: 0x12,
 } as const;
@@ -55,24 +55,35 @@ export function encodeFrame(type: FrameType, body: Uint8Array = new Uint8Array(0
   return b;
 }
 
-export const startBodyBytes = 8;
+export const startEpochBytes = 8;
+export const startBodyBytes = startEpochBytes + 8;
 
-export function encodeStart(count: number): Buffer {
+export interface Start {
+  /** Random per transport instance, hex: a restarted sender counts from 0 again. */
+  epoch: string;
+  /** Messages the sender wrote to this peer on earlier connections in this epoch. */
+  count: number;
+}
+
+export function encodeStart(epoch: Uint8Array, count: number): Buffer {
+  assert(epoch.length === startEpochBytes, "epoch is 8 bytes");
   assert(Number.isSafeInteger(count) && count >= 0, `message count ${count} is a safe integer`);
   const b = Buffer.allocUnsafe(frameHeaderBytes + startBodyBytes);
   b.writeUInt32BE(startBodyBytes, 0);
   b.writeUInt8(FrameType.start, 4);
-  b.writeUInt32BE(Math.floor(count / 2 ** 32), 5);
-  b.writeUInt32BE(count >>> 0, 9);
+  b.set(epoch, 5);
+  b.writeUInt32BE(Math.floor(count / 2 ** 32), 5 + startEpochBytes);
+  b.writeUInt32BE(count >>> 0, 9 + startEpochBytes);
   return b;
 }
 
-/** The count of a start frame's body, or undefined when malformed. */
-export function decodeStart(body: Uint8Array): number | undefined {
+/** A start frame's body, or undefined when malformed. */
+export function decodeStart(body: Uint8Array): Start | undefined {
   if (body.length !== startBodyBytes) return undefined;
   const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
-  const n = b.readUInt32BE(0) * 2 ** 32 + b.readUInt32BE(4);
-  return Number.isSafeInteger(n) ? n : undefined;
+  const count = b.readUInt32BE(startEpochBytes) * 2 ** 32 + b.readUInt32BE(startEpochBytes + 4);
+  if (!Number.isSafeInteger(count)) return undefined;
+  return { epoch: b.subarray(0, startEpochBytes).toString("hex"), count };
 }
 
 // ---- message bodies ----

@@ -41,8 +41,9 @@ export class PeerConnection implements PeerSocketEvents, FrameSink {
   peerId: NodeId | undefined;
   /** Order of authentication on this node: the tie-break between duplicates with the same dialer. */
   authSeq = 0;
-  /** The peer's start frame: messages it wrote to us on earlier connections. */
+  /** The peer's start frame: messages it wrote to us on earlier connections of its epoch. */
   startCount: number | undefined;
+  startEpoch: string | undefined;
   /** Our start frame went out: later flushes send messages only. */
   startSent = false;
   /** Set once every message the peer sent before this connection was delivered (or can no longer come). */
@@ -136,12 +137,14 @@ export class PeerConnection implements PeerSocketEvents, FrameSink {
   }
 
   takeHeld(): unknown[] {
-    const out = this.held.splice(0);
-    if (this.paused) {
-      this.paused = false;
-      this.socket?.resume();
-    }
-    return out;
+    return this.held.splice(0);
+  }
+
+  /** After the held messages were delivered: a socket may deliver data from inside resume(). */
+  resumeReading(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.socket?.resume();
   }
 
   // ---- PeerSocketEvents ----
@@ -196,9 +199,10 @@ export class PeerConnection implements PeerSocketEvents, FrameSink {
   }
 
   private startFrame(body: Uint8Array): void {
-    const n = decodeStart(body);
-    if (n === undefined || this.startCount !== undefined) return this.destroy(n === undefined ? "malformed start frame" : "a second start frame");
-    this.startCount = n;
+    const start = decodeStart(body);
+    if (start === undefined || this.startCount !== undefined) return this.destroy(start === undefined ? "malformed start frame" : "a second start frame");
+    this.startCount = start.count;
+    this.startEpoch = start.epoch;
     this.owner.started(this);
   }
 

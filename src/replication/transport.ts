@@ -13,7 +13,7 @@
 import { assert } from "../base/assert.js";
 import type { NodeId } from "../raft/types.js";
 import { checkCredentials, Role, type HandshakeConfig } from "./auth.js";
-import { encodeFrameHeader, encodeMessage, encodeStart, frameHeaderBytes, FrameType } from "./frame.js";
+import { encodeFrameHeader, encodeMessage, encodeStart, frameHeaderBytes, FrameType, startEpochBytes } from "./frame.js";
 import { PeerConnection, type ConnectionOwner } from "./peer-connection.js";
 import { resolvePeerLimits, type PeerAddress, type PeerCrypto, type PeerLimits, type PeerLog, type PeerNetwork, type PeerSocket, type PeerSocketEvents, type PeerTimers } from "./ports.js";
 
@@ -80,6 +80,8 @@ class Peer {
   sentMessages = 0;
   /** Messages from this peer delivered to the handler (aligned with the sender's count by start frames). */
   receivedMessages = 0;
+  /** The sender epoch receivedMessages counts in. */
+  receivedEpoch: string | undefined;
   readonly stats: PeerStats;
 
   constructor(
@@ -132,6 +134,8 @@ export class PeerTransport implements ConnectionOwner {
   private handshakesRefused = 0;
   private cancelTick: (() => void) | undefined;
   private closing = false;
+  /** Tells our peers that our message counts start over (a restart), see the start frame. */
+  private readonly epoch: Uint8Array;
   private allClosed: (() => void) | undefined;
 
   constructor(private readonly opts: PeerTransportOptions) {
@@ -141,6 +145,7 @@ export class PeerTransport implements ConnectionOwner {
     this.timers = opts.timers;
     this.log = opts.log;
     this.nodeId = opts.nodeId;
+    this.epoch = opts.crypto.randomBytes(startEpochBytes);
     this.armTick();
   }
 
@@ -262,8 +267,13 @@ export class PeerTransport implements ConnectionOwner {
   started(c: PeerConnection): void {
     const peer = this.peerOf(c);
     if (peer === undefined) return;
+    // A restarted peer counts from 0 again; its old connections are dead and order nothing.
+    if (c.startEpoch !== peer.receivedEpoch) {
+      peer.receivedEpoch = c.startEpoch;
+      peer.receivedMessages = 0;
+    }
     // Alone, the connection carries everything still to come: align our count with the sender's (losses are past).
-    if (peer.conns.length === 1) peer.receivedMessages = c.startCount ?? 0;
+    if (peer.conns.length === 1 && peer.dialing === undefined) peer.receivedMessages = c.startCount ?? 0;
     this.catchUp(peer, c);
   }
 
@@ -347,14 +357,20 @@ export class PeerTransport implements ConnectionOwner {
   private catchUp(peer: Peer, c: PeerConnection): boolean {
     if (c.caughtUp) return true;
     if (c.startCount === undefined) return false;
-    if (c.startCount > peer.receivedMessages && peer.conns.some((x) => x !== c)) return false;
+    // Our own dial, still in its handshake here, may already carry the peer's earlier messages:
+    // the peer authenticates a connection we dialed before we do.
+    const sameEpoch = (x: PeerConnection): boolean => x !== c && (x.startEpoch === undefined || x.startEpoch === c.startEpoch);
+    const others = peer.dialing !== undefined || peer.conns.some(sameEpoch);
+    const current = c.startEpoch === peer.receivedEpoch;
+    if (current && c.startCount > peer.receivedMessages && others) return false;
     c.caughtUp = true;
     for (const m of c.takeHeld()) this.deliver(peer, m);
+    c.resumeReading();
     return true;
   }
 
   private releaseHeld(peer: Peer): void {
-    if (peer.conns.length < 2 && peer.conns[0]?.caughtUp !== false) return; // the common case: nothing held
+    if (peer.conns.length === 1 && peer.conns[0]?.caughtUp === true) return; // the common case: nothing held
     let progress = true;
     while (progress) {
       progress = false;
@@ -418,7 +434,7 @@ export class PeerTransport implements ConnectionOwner {
     if (!c.startSent) {
       // Before our first message on this connection: how many went out on earlier ones.
       c.startSent = true;
-      chunks.unshift(encodeStart(peer.sentMessages));
+      chunks.unshift(encodeStart(this.epoch, peer.sentMessages));
     }
     peer.sentMessages += frames;
     // When the loop stopped at the high-water mark the socket is over its own mark too, so 'drain' follows.
@@ -470,6 +486,7 @@ export class PeerTransport implements ConnectionOwner {
 
   private dialFailed(peer: Peer, c: PeerConnection, error: string | undefined): void {
     peer.dialing = undefined;
+    this.releaseHeld(peer);
     if (peer.conns.length === 0 && !peer.unreachable) {
       if (!c.failed) this.log.info(`peer ${c.who}: unreachable: ${error ?? "closed during handshake"}; retrying every ${this.limits.reconnectDelayMsMax} ms at most`);
       peer.unreachable = true;

@@ -134,7 +134,7 @@ export class RawPeer {
   sendStart(): void {
     if (this.startSent) return;
     this.startSent = true;
-    this.write(encodeStart(0));
+    this.write(encodeStart(Buffer.alloc(8, 0x5a), 0));
   }
 
   messages(): unknown[] {
