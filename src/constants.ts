@@ -79,6 +79,11 @@ export const raftCommittedBytesMax = 64 * 1024 * 1024;
 export const defaultNbdPort = 10809;
 export const defaultApiPort = 9001;
 export const defaultPeerPort = 9002;
+/** Read buffers from this size up to readPoolBufferBytesMax are recycled (smaller ones come from Node's own pool). */
+export const readPoolBufferBytesMin = 64 * 1024;
+export const readPoolBufferBytesMax = 32 * 1024 * 1024;
+/** Bytes of idle read buffers kept for reuse. */
+export const readPoolBytesMax = 64 * 1024 * 1024;
 /** Largest JSON body the control API accepts. */
 export const apiBodyBytesMax = 1024 * 1024;
 

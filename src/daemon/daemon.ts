@@ -6,7 +6,8 @@ import { join } from "node:path";
 import { ApiError, type Controller, type CreateVolumeRequest, type NodeStatus, type VolumeInfo } from "../api/types.js";
 import { startApiServer, type ApiServer } from "../api/server.js";
 import { formatSize } from "../base/sizes.js";
-import { checkConstants, sectorBytes, volumeBytesMax } from "../constants.js";
+import { BufferPool } from "../base/buffer-pool.js";
+import { checkConstants, readPoolBufferBytesMax, readPoolBufferBytesMin, readPoolBytesMax, sectorBytes, volumeBytesMax } from "../constants.js";
 import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
@@ -32,6 +33,8 @@ const version = "0.1.0";
 
 export class Daemon implements Controller {
   private readonly connections = new Map<string, number>();
+  /** Large read buffers, recycled once the NBD server has written them (DESIGN §9). */
+  private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
   private nbd: NbdListener | undefined;
   private api: ApiServer | undefined;
   private readonly startedAt = process.hrtime.bigint();
@@ -108,7 +111,7 @@ export class Daemon implements Controller {
         const v = this.catalog.get(name);
         if (v === undefined) return undefined;
         this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
-        return new VolumeExport(v, this.store, () => {
+        return new VolumeExport(v, this.store, this.readBuffers, () => {
           this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
         });
       },

@@ -1,6 +1,7 @@
 // A volume as an NBD export: the NBD layer validated the request, the store
 // does the work, and errors become the NBD errno the client sees.
 
+import type { BufferPool } from "../base/buffer-pool.js";
 import { BackendError, type AllocationExtent, type Export } from "../nbd/backend.js";
 import { StoreError } from "../store/errors.js";
 import type { Store } from "../store/store.js";
@@ -26,6 +27,7 @@ export class VolumeExport implements Export {
   constructor(
     private readonly volume: VolumeRecord,
     private readonly store: Store,
+    private readonly readBuffers: BufferPool,
     private readonly onClose: () => void,
   ) {
     this.description = `pxd volume ${volume.name} (repl ${volume.repl})`;
@@ -40,11 +42,17 @@ export class VolumeExport implements Export {
   }
 
   read(offsetBytes: number, lengthBytes: number): Buffer {
+    const out = this.readBuffers.take(lengthBytes);
     try {
-      return this.store.read(this.volume.id, offsetBytes, lengthBytes);
+      return this.store.read(this.volume.id, offsetBytes, lengthBytes, out);
     } catch (e) {
+      this.readBuffers.give(out);
       return toBackendError(e);
     }
+  }
+
+  release(buffer: Buffer): void {
+    this.readBuffers.give(buffer);
   }
 
   write(offsetBytes: number, data: readonly Buffer[], lengthBytes: number): Promise<void> {

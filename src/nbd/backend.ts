@@ -30,8 +30,10 @@ export interface Export {
   readonly blockBytesMin: number;
   readonly blockBytesPreferred: number;
 
-  /** Synchronous where the data is local: returns the bytes (a fresh buffer the caller owns). */
+  /** Synchronous where the data is local: returns the bytes (a buffer the caller owns until it calls release). */
   read(offsetBytes: number, lengthBytes: number): Buffer | Promise<Buffer>;
+  /** Optional: the server is done with a buffer read() returned (it reached the socket or the connection died). */
+  release?(buffer: Buffer): void;
   /** Resolves only when the data is durable. `data` are views the backend must not keep after it resolves. */
   write(offsetBytes: number, data: readonly Buffer[], lengthBytes: number, fua: boolean): Promise<void>;
   /** Resolves when every write acknowledged before it is durable. */

@@ -23,8 +23,12 @@ import { assert } from "../base/assert.js";
 export interface NbdSocket {
   /** A name for log lines, e.g. "127.0.0.1:53210". */
   readonly peer: string;
-  /** Queue the buffers in order, ideally as one writev; the socket keeps references, never copies. */
-  write(chunks: readonly Buffer[]): void;
+  /**
+   * Queue the buffers in order, ideally as one writev; the socket keeps
+   * references, never copies. `written` runs once the socket is done with them
+   * (sent, or dropped because the connection closed).
+   */
+  write(chunks: readonly Buffer[], written?: () => void): void;
   /** Bytes written but not yet taken by the kernel. */
   queuedBytes(): number;
   /** Stop and restart delivering data (backpressure). */

@@ -89,6 +89,8 @@ class Connection {
   private handshake: Handshake | undefined;
   private transmission: Transmission | undefined;
   private out: Buffer[] = [];
+  /** Callbacks for buffers in `out` whose owner wants them back once written. */
+  private outWritten: (() => void)[] = [];
   private outBytes = 0;
   /** True while handling a socket event: replies queue up and go out in one write at its end. */
   private inTurn = false;
@@ -189,8 +191,12 @@ class Connection {
   }
 
   /** Queues reply bytes; outside a socket event they are flushed once per event-loop turn (DESIGN.md section 9). */
-  private readonly send = (b: Buffer): void => {
-    if (this.ending || this.closed) return;
+  private readonly send = (b: Buffer, written?: () => void): void => {
+    if (this.ending || this.closed) {
+      written?.();
+      return;
+    }
+    if (written) this.outWritten.push(written);
     this.out.push(b);
     this.outBytes += b.length;
     if (!this.inTurn && !this.flushScheduled) {
@@ -202,9 +208,11 @@ class Connection {
   private flush(): void {
     if (this.out.length === 0 || this.closed) return;
     const out = this.out;
+    const written = this.outWritten;
     this.out = [];
+    this.outWritten = [];
     this.outBytes = 0;
-    this.socket.write(out);
+    this.socket.write(out, written.length === 0 ? undefined : () => written.forEach((w) => w()));
   }
 
   private finish(graceful: boolean, reason: string): void {
@@ -220,6 +228,8 @@ class Connection {
     if (this.closed) return;
     this.closed = true;
     this.cancelHandshakeTimer?.();
+    for (const w of this.outWritten) w();
+    this.outWritten = [];
     this.out = [];
     this.outBytes = 0;
     this.transmission?.onConnectionClosed();

@@ -14,8 +14,8 @@ import * as w from "./wire.js";
 export interface TransmissionHost {
   readonly limits: NbdLimits;
   readonly errors: ErrorReporter;
-  /** Queue one buffer of a reply; a reply's buffers are queued back to back. */
-  send(b: Buffer): void;
+  /** Queue one buffer of a reply; a reply's buffers are queued back to back. `written` runs once the socket is done with it. */
+  send(b: Buffer, written?: () => void): void;
   /** Reply bytes queued and not yet taken by the kernel. */
   queuedBytes(): number;
   pauseInput(): void;
@@ -341,7 +341,8 @@ export class Transmission {
     } else {
       this.host.send(w.encodeSimpleReply(0, h.cookie));
     }
-    this.host.send(data);
+    const exp = this.n.exp;
+    this.host.send(data, exp.release ? () => exp.release!(data) : undefined);
     this.settle(h.lengthBytes);
   }
 

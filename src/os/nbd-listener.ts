@@ -100,11 +100,15 @@ function attach(server: NbdServer, s: Socket): void {
   });
   const sock: NbdSocket = {
     peer,
-    write(chunks) {
-      if (!s.writable) return;
+    write(chunks, written) {
+      if (!s.writable) {
+        written?.();
+        return;
+      }
       // Corked writes leave as one writev: many replies, one syscall (DESIGN.md section 9).
       s.cork();
-      for (const c of chunks) s.write(c);
+      const last = chunks.length - 1;
+      chunks.forEach((c, i) => (i === last && written ? s.write(c, () => written()) : s.write(c)));
       s.uncork();
     },
     queuedBytes: () => s.writableLength,

@@ -160,10 +160,11 @@ export class Store {
 
   // ---- data path ----
 
-  read(groupId: number, offsetBytes: number, lengthBytes: number): Buffer {
+  /** Reads into `out` (a fresh buffer when not given) and returns it. */
+  read(groupId: number, offsetBytes: number, lengthBytes: number, out: Buffer = Buffer.allocUnsafe(lengthBytes)): Buffer {
     const g = this.group(groupId);
     checkRange(g, offsetBytes, lengthBytes);
-    const out = Buffer.allocUnsafe(lengthBytes);
+    assert(out.length === lengthBytes, "read buffer matches the length");
     const end = offsetBytes + lengthBytes;
     const first = Math.floor(offsetBytes / sectorBytes);
     const last = Math.ceil(end / sectorBytes);

@@ -3,6 +3,7 @@ import * as assert from "uvu/assert";
 import { crc32c, crc32cJs, crc32cOf, crc32cImplementation } from "../../src/base/crc32c.js";
 import { parseSize, formatSize } from "../../src/base/sizes.js";
 import { Prng } from "../../src/base/prng.js";
+import { BufferPool } from "../../src/base/buffer-pool.js";
 import { checkConstants } from "../../src/constants.js";
 
 test("crc32c matches the standard check value and chains over buffers", () => {
@@ -43,6 +44,32 @@ test("prng replays from a seed", () => {
 
 test("constants agree with each other", () => {
   checkConstants();
+});
+
+test("buffer pool recycles large buffers by size class and stays within its bound", () => {
+  const pool = new BufferPool(64 * 1024, 1024 * 1024, 2 * 1024 * 1024);
+  const a = pool.take(1000 * 1000);
+  assert.is(a.length, 1000 * 1000);
+  assert.is(a.buffer.byteLength, 1024 * 1024);
+  pool.give(a);
+  const b = pool.take(600 * 1024);
+  assert.is(b.buffer, a.buffer, "the same memory comes back");
+  assert.is(pool.reused, 1);
+  const small = pool.take(100);
+  assert.is(small.length, 100);
+  pool.give(small); // not from the pool: ignored
+  const c = pool.take(1024 * 1024);
+  const d = pool.take(1024 * 1024);
+  const e = pool.take(1024 * 1024);
+  pool.give(b);
+  pool.give(c);
+  pool.give(d); // over the 2 MiB bound: dropped
+  pool.give(e);
+  const f = pool.take(1024 * 1024);
+  const g = pool.take(1024 * 1024);
+  const h = pool.take(1024 * 1024);
+  assert.is(pool.reused, 3, "only two buffers were kept");
+  assert.ok(f.buffer !== g.buffer && g.buffer !== h.buffer);
 });
 
 test.run();

@@ -1,0 +1,52 @@
+// Recycled buffers for large reads. A fresh 1 MiB Buffer costs page faults on
+// first touch; reusing one does not (DESIGN §9: 1 MiB reads went from 0.68x to
+// 1.05x nbdkit with a free list). Sizes are rounded up to a power of two; the
+// caller gets a view of exactly the length it asked for.
+
+import { assert } from "./assert.js";
+
+export class BufferPool {
+  private readonly free = new Map<number, ArrayBuffer[]>();
+  private pooledBytes = 0;
+  taken = 0;
+  reused = 0;
+
+  constructor(
+    readonly bytesMin: number,
+    readonly bytesMax: number,
+    readonly pooledBytesMax: number,
+  ) {
+    assert(bytesMin > 0 && bytesMin <= bytesMax, "pool size classes are ordered");
+  }
+
+  /** A buffer of `length` bytes (uninitialized): pooled when the size is in range. */
+  take(length: number): Buffer {
+    if (length < this.bytesMin || length > this.bytesMax) return Buffer.allocUnsafe(length);
+    const size = sizeClass(length);
+    const list = this.free.get(size);
+    const ab = list?.pop();
+    this.taken++;
+    if (ab !== undefined) {
+      this.reused++;
+      this.pooledBytes -= size;
+      return Buffer.from(ab, 0, length);
+    }
+    return Buffer.from(new ArrayBuffer(size), 0, length);
+  }
+
+  /** Gives back a buffer from take(); the caller must not touch it afterwards. */
+  give(buf: Buffer): void {
+    const ab = buf.buffer;
+    if (!(ab instanceof ArrayBuffer) || buf.byteOffset !== 0 || ab.byteLength !== sizeClass(ab.byteLength)) return;
+    if (ab.byteLength < this.bytesMin || ab.byteLength > sizeClass(this.bytesMax)) return;
+    if (this.pooledBytes + ab.byteLength > this.pooledBytesMax) return;
+    let list = this.free.get(ab.byteLength);
+    if (list === undefined) this.free.set(ab.byteLength, (list = []));
+    list.push(ab);
+    this.pooledBytes += ab.byteLength;
+  }
+}
+
+function sizeClass(n: number): number {
+  return 2 ** Math.ceil(Math.log2(n));
+}
