@@ -27,7 +27,7 @@ function main(): void {
   const started = Date.now();
   let runs = 0;
   let failures = 0;
-  const total: Omit<SimResult, "seed"> = { ticks: 0, commits: 0, elections: 0, reads: 0, crashes: 0, confChanges: 0, snapshots: 0, transfers: 0, messages: 0 };
+  const total: Omit<SimResult, "seed"> = { ticks: 0, commits: 0, elections: 0, reads: 0, crashes: 0, confChanges: 0, snapshots: 0, transfers: 0, messages: 0, snapshotTransfersOk: 0, snapshotTransfersFailed: 0 };
   for (let s = seed; s < seed + count; s++) {
     for (const nodes of sizes) {
       runs++;
@@ -44,7 +44,8 @@ function main(): void {
   const secs = (Date.now() - started) / 1000;
   console.log(`sim: ${runs} runs (seeds ${seed}..${seed + count - 1}, nodes ${sizes.join(",")}), ${failures} failed, ${secs.toFixed(1)}s; ` +
     `${total.commits} commits, ${total.elections} elections, ${total.reads} reads, ${total.crashes} crashes, ` +
-    `${total.confChanges} conf changes, ${total.transfers} transfers, ${total.snapshots} snapshots, ${total.messages} messages`);
+    `${total.confChanges} conf changes, ${total.transfers} transfers, ${total.snapshots} snapshots ` +
+    `(${total.snapshotTransfersOk} chunked transfers done, ${total.snapshotTransfersFailed} failed), ${total.messages} messages`);
   process.exitCode = failures === 0 ? 0 : 1;
 }
 

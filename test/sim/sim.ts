@@ -2,8 +2,9 @@
 // spirit). One seed drives everything: N cores plus spare nodes, a network
 // that drops, delays, duplicates and reorders messages, partitions (two-way
 // and one-way) that come and heal, crashes that lose all unpersisted state,
-// membership changes, leadership transfers, compaction and snapshots, client
-// writes and linearizable reads. Every message goes through msgpackr, which
+// membership changes, leadership transfers, compaction and snapshots (streamed
+// in chunks by the simulated transport, which reports each transfer's outcome
+// to the leader's core), client writes and linearizable reads. Every message goes through msgpackr, which
 // proves the core's messages are plain data.
 //
 // Invariants, checked after every step:
@@ -60,6 +61,9 @@ export interface SimResult {
   snapshots: number;
   transfers: number;
   messages: number;
+  /** Snapshot transfers the transport completed / gave up on (reported to the leader's core). */
+  snapshotTransfersOk: number;
+  snapshotTransfersFailed: number;
 }
 
 export class SimFailure extends Error {
@@ -83,6 +87,10 @@ interface SimNode {
   commitChecked: number;
   /** Churn: what to do to this node after its next Ready is persisted. */
   pendingFault: "none" | "crash" | "oneThenCrash";
+  /** Transport state (lost on a crash): snapshot transfers sent and being received, by transfer id. */
+  sending: Map<number, Transfer>;
+  receiving: Map<number, Assembly>;
+  received: Set<number>;
 }
 
 /** A node's log as the commit-safety check sees it: in memory while up, its storage while down. */
@@ -92,13 +100,38 @@ interface LogView {
   term(i: number): number; // -1 if unknown
 }
 
+/**
+ * What travels on the simulated network: a whole message, one chunk of a snapshot
+ * transfer, or the receiver transport's acknowledgment that a transfer completed.
+ */
 interface InFlight {
   at: number;
+  kind: "msg" | "chunk" | "chunkAck";
+  /** msg: the packed Message; chunk: a packed Chunk; chunkAck: empty. */
   bytes: Uint8Array;
   from: NodeId;
   to: NodeId;
   fromIncarnation: number;
-  isSnap: boolean;
+  transfer: number;
+}
+
+/** Chunk 0 carries the snap message with empty data; chunks 1..total-1 carry the data in order. */
+interface Chunk {
+  seq: number;
+  total: number;
+  payload: Uint8Array;
+}
+
+/** The receiving transport's reassembly of one snapshot transfer. */
+interface Assembly {
+  chunks: (Uint8Array | undefined)[];
+  got: number;
+}
+
+/** The sending transport's record of a transfer the core is waiting on. */
+interface Transfer {
+  to: NodeId;
+  deadline: number;
 }
 
 interface PendingRead {
@@ -138,6 +171,9 @@ class Sim {
   /** The churn profile (see the header); fixed per seed. */
   private readonly churn: boolean;
   private readonly appendBytesMax: number;
+  /** The transport streams snapshot data in chunks of this many bytes. */
+  private readonly chunkBytes: number;
+  private transferSeq = 0;
 
   constructor(private readonly opts: SimOptions) {
     this.rng = new Prng(opts.seed);
@@ -146,13 +182,15 @@ class Sim {
     this.delayMax = 1 + this.rng.int(4);
     this.churn = this.rng.chance(0.5);
     this.appendBytesMax = this.churn ? [1, 64, 256][this.rng.int(3)] as number : 4096;
-    this.result = { seed: opts.seed, ticks: 0, commits: 0, elections: 0, reads: 0, crashes: 0, confChanges: 0, snapshots: 0, transfers: 0, messages: 0 };
+    this.chunkBytes = [4, 8, 16][this.rng.int(3)] as number;
+    this.result = { seed: opts.seed, ticks: 0, commits: 0, elections: 0, reads: 0, crashes: 0, confChanges: 0, snapshots: 0, transfers: 0, messages: 0, snapshotTransfersOk: 0, snapshotTransfersFailed: 0 };
     const voters = Array.from({ length: opts.nodes }, (_, i) => i + 1);
     this.committedConf = { voters, learners: [] };
     for (let id = 1; id <= opts.nodes + 2; id++) {
       const conf = id <= opts.nodes ? { voters, learners: [] } : { voters: [], learners: [] };
       const storage = new MemoryStorage(conf);
-      const n: SimNode = { id, storage, node: null, incarnation: 0, sm: { applied: 0, hash: 0, conf }, downUntil: 0, commitChecked: 0, pendingFault: "none" };
+      const n: SimNode = { id, storage, node: null, incarnation: 0, sm: { applied: 0, hash: 0, conf }, downUntil: 0, commitChecked: 0, pendingFault: "none",
+        sending: new Map(), receiving: new Map(), received: new Set() };
       this.nodes.set(id, n);
       this.ids.push(id);
       this.start(n);
@@ -167,8 +205,10 @@ class Sim {
     for (this.now = 1; this.now <= total && !done; this.now++) {
       if (this.now === this.opts.faultTicks + 1) this.stopFaults();
       if (this.faults) this.injectFaults();
+      else this.decommissionRemoved();
       this.clientRequests();
       this.tickAll();
+      this.expireTransfers();
       this.deliver();
       if (!this.faults) {
         const lead = this.stableLeader();
@@ -206,6 +246,9 @@ class Sim {
     n.incarnation++;
     n.commitChecked = 0;
     n.pendingFault = "none";
+    n.sending = new Map();
+    n.receiving = new Map();
+    n.received = new Set();
     if (snap.meta.index > 0) {
       const s = decodeState(snap.data);
       n.sm = { applied: snap.meta.index, hash: s.hash, conf: snap.meta.conf };
@@ -343,6 +386,32 @@ class Sim {
     this.dupP = 0;
     this.delayMax = 1;
     for (const n of this.nodes.values()) if (n.node === null) this.start(n);
+    this.decommissionRemoved();
+  }
+
+  /**
+   * After the faults, nodes outside the group are shut down, as pxd's driver shuts down a
+   * replica once its removal commits. A removed node may never learn of its removal (the
+   * leader stops sending to it), and one without PreVote would keep raising terms and
+   * deposing leaders: that is Raft's known removed-server problem, not a liveness bug.
+   */
+  private decommissionRemoved(): void {
+    const keep = new Set([...this.committedConf.voters, ...this.committedConf.learners]);
+    // A member in anyone else's configuration in force (an addition not yet committed) stays.
+    for (const id of this.ids) {
+      const r = this.node(id).node?.raft;
+      if (r === undefined) continue;
+      const conf = r.currentConf();
+      for (const m of [...conf.voters, ...conf.learners]) if (m !== id) keep.add(m);
+    }
+    for (const id of this.ids) {
+      const n = this.node(id);
+      if (n.node !== null && !keep.has(id)) {
+        this.trace(`decommission ${id}`);
+        n.node = null;
+        n.downUntil = Number.MAX_SAFE_INTEGER;
+      }
+    }
   }
 
   private clientRequests(): void {
@@ -393,40 +462,107 @@ class Sim {
     }
     for (const f of due) {
       const to = this.node(f.to);
-      const sender = this.node(f.from);
-      if (to.node === null) {
-        if (f.isSnap) this.reportSnapshot(sender, f, false);
-        continue;
-      }
-      const m = packr.unpack(f.bytes) as Message;
-      if (m.snapshot !== null && !(m.snapshot.data instanceof Uint8Array)) throw new SimFailure("snapshot data did not survive encoding");
-      to.node.step(m);
-      this.result.messages++;
-      if (f.isSnap) this.reportSnapshot(sender, f, true);
-      this.check();
-      this.handleReady(to);
+      if (to.node === null) continue; // lost; a sender waiting on a snapshot transfer times out
+      if (f.kind === "chunk") this.receiveChunk(to, f);
+      else if (f.kind === "chunkAck") this.transferDone(to, f.transfer, true);
+      else this.stepInto(to, packr.unpack(f.bytes) as Message);
     }
     for (const id of this.ids) this.handleReady(this.node(id));
   }
 
-  private reportSnapshot(sender: SimNode, f: InFlight, ok: boolean): void {
-    if (sender.node !== null && sender.incarnation === f.fromIncarnation) {
-      sender.node.reportSnapshot(f.to, ok);
-      this.handleReady(sender);
-    }
+  private stepInto(to: SimNode, m: Message): void {
+    (to.node as RaftNode).step(m);
+    this.result.messages++;
+    this.check();
+    this.handleReady(to);
   }
 
   private send(from: SimNode, m: Message): void {
-    const isSnap = m.type === MessageType.snap;
-    const blocked = this.cut.has(`${m.from}>${m.to}`);
-    if (blocked || this.rng.chance(this.dropP)) {
-      if (isSnap && from.node !== null) from.node.reportSnapshot(m.to, false);
+    if (m.type === MessageType.snap) {
+      this.sendSnapshot(from, m);
       return;
     }
-    const bytes = packr.pack(m);
+    this.transmit(from, m.to, "msg", packr.pack(m), 0);
+  }
+
+  /** Puts one packet on the network: maybe cut or dropped, maybe duplicated, delayed a random time. */
+  private transmit(from: SimNode, to: NodeId, kind: InFlight["kind"], bytes: Uint8Array, transfer: number): void {
+    if (this.cut.has(`${from.id}>${to}`) || this.rng.chance(this.dropP)) return;
     const copies = this.rng.chance(this.dupP) ? 2 : 1;
     for (let k = 0; k < copies; k++) {
-      this.net.push({ at: this.now + this.rng.int(this.delayMax + 1), bytes, from: m.from, to: m.to, fromIncarnation: from.incarnation, isSnap });
+      this.net.push({ at: this.now + this.rng.int(this.delayMax + 1), kind, bytes, from: from.id, to, fromIncarnation: from.incarnation, transfer });
+    }
+  }
+
+  // ---- snapshot transfers, as a real transport does them ----
+  //
+  // The core hands out one snap message; the transport streams it as chunks, any of
+  // which may be lost, delayed, duplicated or reordered. The receiver reassembles
+  // them, steps the whole message into its core and acknowledges; the sender reports
+  // reportSnapshot(to, true) on the acknowledgment, or reportSnapshot(to, false) when
+  // the transfer did not finish in time (it may have: the acknowledgment can be lost).
+
+  private sendSnapshot(from: SimNode, m: Message): void {
+    const snap = m.snapshot;
+    if (snap === null) throw new SimFailure("a snap message without a snapshot");
+    const id = ++this.transferSeq;
+    from.sending.set(id, { to: m.to, deadline: this.now + 8 + 3 * this.delayMax });
+    const header = packr.pack({ ...m, snapshot: { meta: snap.meta, data: new Uint8Array(0) } });
+    const parts: Uint8Array[] = [header];
+    for (let at = 0; at < snap.data.byteLength; at += this.chunkBytes) parts.push(snap.data.subarray(at, at + this.chunkBytes));
+    parts.forEach((payload, seq) => {
+      const chunk: Chunk = { seq, total: parts.length, payload };
+      this.transmit(from, m.to, "chunk", packr.pack(chunk), id);
+    });
+  }
+
+  private receiveChunk(to: SimNode, f: InFlight): void {
+    if (to.received.has(f.transfer)) return; // a duplicate of a finished transfer
+    const c = packr.unpack(f.bytes) as Chunk;
+    if (!(c.payload instanceof Uint8Array)) throw new SimFailure("chunk data did not survive encoding");
+    let a = to.receiving.get(f.transfer);
+    if (a === undefined) {
+      a = { chunks: new Array<Uint8Array | undefined>(c.total).fill(undefined), got: 0 };
+      to.receiving.set(f.transfer, a);
+    }
+    if (a.chunks[c.seq] !== undefined) return;
+    a.chunks[c.seq] = c.payload;
+    a.got++;
+    if (a.got < c.total) return;
+    to.receiving.delete(f.transfer);
+    to.received.add(f.transfer);
+    const m = packr.unpack(a.chunks[0] as Uint8Array) as Message;
+    const snap = m.snapshot;
+    if (snap === null) throw new SimFailure("chunk 0 of a transfer is not a snap message");
+    const data = new Uint8Array(a.chunks.slice(1).reduce((k, p) => k + (p as Uint8Array).byteLength, 0));
+    let at = 0;
+    for (const p of a.chunks.slice(1)) {
+      data.set(p as Uint8Array, at);
+      at += (p as Uint8Array).byteLength;
+    }
+    m.snapshot = { meta: snap.meta, data };
+    this.stepInto(to, m);
+    // Acknowledge to the sender's transport (the core's own answer, an appResp, travels separately).
+    if (to.node !== null) this.transmit(to, f.from, "chunkAck", new Uint8Array(0), f.transfer);
+  }
+
+  /** The sending transport learns a transfer's outcome; only the incarnation that started it reports it. */
+  private transferDone(sender: SimNode, transfer: number, ok: boolean): void {
+    const t = sender.sending.get(transfer);
+    if (t === undefined || sender.node === null) return; // already reported, or started by an earlier incarnation
+    sender.sending.delete(transfer);
+    if (ok) this.result.snapshotTransfersOk++;
+    else this.result.snapshotTransfersFailed++;
+    this.trace(`snapshot transfer ${transfer} to ${t.to} ${ok ? "done" : "failed"}`);
+    sender.node.reportSnapshot(t.to, ok);
+    this.handleReady(sender);
+  }
+
+  /** Once a tick: transfers that did not finish in time are reported failed. */
+  private expireTransfers(): void {
+    for (const id of this.ids) {
+      const n = this.node(id);
+      for (const [transfer, t] of n.sending) if (this.now >= t.deadline) this.transferDone(n, transfer, false);
     }
   }
 
@@ -450,10 +586,7 @@ class Sim {
       const peers = [...new Set(r.messages.map((m) => m.to))];
       const only = peers[this.rng.int(peers.length)];
       this.trace(`leader ${n.id} replicates to ${only ?? "nobody"} only, then crashes`);
-      for (const m of r.messages) {
-        if (m.to === only) this.send(n, m);
-        else if (m.type === MessageType.snap) node.reportSnapshot(m.to, false);
-      }
+      for (const m of r.messages) if (m.to === only) this.send(n, m);
       this.crash(n);
       return;
     }
