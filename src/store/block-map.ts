@@ -106,6 +106,35 @@ export class BlockMap {
     if (runCount > 0) visit(runSector, runCount, runAddress);
   }
 
+  /**
+   * Calls `visit` for maximal runs of sectors whose addresses lie in
+   * [addressLo, addressHi) and are consecutive: what GC must move out of a
+   * segment. Walks only allocated chunks.
+   */
+  runsInto(addressLo: number, addressHi: number, visit: (sector: number, count: number, address: number) => void): void {
+    for (const [ci, chunk] of [...this.chunks].sort((a, b) => a[0] - b[0])) {
+      let runSector = -1;
+      let runAddress = 0;
+      let runCount = 0;
+      for (let i = 0; i < chunkSectors; i++) {
+        const a = chunk[i]!;
+        const inside = a >= addressLo && a < addressHi;
+        if (inside && runCount > 0 && a === runAddress + runCount * sectorBytes) {
+          runCount++;
+          continue;
+        }
+        if (runCount > 0) visit(runSector, runCount, runAddress);
+        runCount = 0;
+        if (inside) {
+          runSector = ci * chunkSectors + i;
+          runAddress = a;
+          runCount = 1;
+        }
+      }
+      if (runCount > 0) visit(runSector, runCount, runAddress);
+    }
+  }
+
   private update(sector: number, count: number, address: number, freed: FreedRun): void {
     assert(Number.isSafeInteger(sector) && count >= 0 && sector + count <= this.sectorCount, "update inside the volume");
     let freedStart = 0;

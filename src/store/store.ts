@@ -10,6 +10,7 @@ import { assert } from "../base/assert.js";
 import {
   freeSegmentsMax,
   gcLiveRatioMax,
+  recordHeaderBytes,
   recordPayloadBytesMax,
   checkpointLogBytes,
   sectorBytes,
@@ -428,28 +429,27 @@ export class Store {
     return ids.sort((a, b) => (this.liveBytes.get(a) ?? 0) - (this.liveBytes.get(b) ?? 0));
   }
 
-  /** Copies a segment's live data to the head of the log, then frees the segment. */
+  /**
+   * Copies a segment's live data to the head of the log, then frees the
+   * segment. Live data is found from the block maps (whatever kind of record
+   * holds it); the segment's records are read once first so that damaged data
+   * is never laundered under a fresh checksum.
+   */
   private async collectSegment(id: number): Promise<void> {
-    const file = this.segmentLog.segments.get(id);
-    assert(file !== undefined, "GC victim is open");
+    this.verifySegment(id);
+    const lo = id * segmentBytes;
     const moves: Promise<void>[] = [];
-    let position = 0;
-    for (;;) {
-      const record = this.reader.recordAt(file, id, position);
-      if (record === undefined) throw new StoreError("EIO", `GC found a damaged record in segment ${id} at byte ${position}; the segment is kept`);
-      const { header, payload } = record;
-      if (header.kind === RecordKind.Seal) break;
-      const payloadAddress = id * segmentBytes + position + 64;
-      position += 64 + payload.length;
-      const g = this.groups.get(header.groupId);
-      if (g === undefined || (header.kind !== RecordKind.Write && header.kind !== RecordKind.Relocate)) continue;
-      const first = header.offsetBytes / sectorBytes;
-      g.map.runs(first, header.lengthBytes / sectorBytes, (sector, count, address) => {
-        if (address !== payloadAddress + (sector - first) * sectorBytes) return;
-        const at = (sector - first) * sectorBytes;
-        const copy = Buffer.from(payload.subarray(at, at + count * sectorBytes));
-        this.counters.gcBytesMoved += copy.length;
-        moves.push(this.appendRecord(g, RecordKind.Relocate, sector * sectorBytes, copy.length, [copy], address));
+    for (const g of this.groups.values()) {
+      g.map.runsInto(lo, lo + segmentBytes, (sector, count, address) => {
+        for (let done = 0; done < count; ) {
+          const n = Math.min(count - done, recordPayloadBytesMax / sectorBytes);
+          const copy = Buffer.allocUnsafe(n * sectorBytes);
+          const from = address + done * sectorBytes;
+          this.segmentLog.readSync(from, copy, 0, copy.length);
+          this.counters.gcBytesMoved += copy.length;
+          moves.push(this.appendRecord(g, RecordKind.Relocate, (sector + done) * sectorBytes, copy.length, [copy], from));
+          done += n;
+        }
       });
     }
     await Promise.all(moves);
@@ -460,6 +460,18 @@ export class Store {
     this.liveBytes.delete(id);
     await this.segmentLog.releaseSegment(id, this.segmentLog.freeSegmentCount < freeSegmentsMax);
     this.counters.gcSegments++;
+  }
+
+  /** Reads every record of a sealed segment, checking its CRC; throws at the first damaged one. */
+  private verifySegment(id: number): void {
+    const file = this.segmentLog.segments.get(id);
+    assert(file !== undefined, "GC victim is open");
+    for (let position = 0; ; ) {
+      const record = this.reader.recordAt(file, id, position);
+      if (record === undefined) throw new StoreError("EIO", `GC found a damaged record in segment ${id} at byte ${position}; the segment is kept`);
+      if (record.header.kind === RecordKind.Seal) return;
+      position += recordHeaderBytes + record.payload.length;
+    }
   }
 
   private async releaseEmptySegments(): Promise<void> {
