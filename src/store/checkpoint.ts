@@ -9,10 +9,11 @@ import type { Disk } from "./disk.js";
 import { writeFileDurably } from "./disk.js";
 import { CorruptionError } from "./errors.js";
 import type { LogPosition } from "./log.js";
+import type { RaftHardState, RaftIndexEntry } from "./raft-index.js";
 import { checkpointName } from "./segment-names.js";
 
 const checkpointMagic = 0x4b445850; // "PXDK"
-const checkpointVersion = 1;
+const checkpointVersion = 2;
 const fileHeaderBytes = 40;
 const groupHeaderBytes = 48;
 const chunkBytes = chunkSectors * 8;
@@ -26,6 +27,12 @@ export interface GroupCheckpoint {
   lastTerm: number;
   lastIndex: number;
   chunks: Map<number, Float64Array>;
+  raft: {
+    snapshotIndex: number;
+    snapshotTerm: number;
+    hardState: RaftHardState;
+    entries: readonly RaftIndexEntry[];
+  };
 }
 
 export interface Checkpoint {
@@ -64,6 +71,7 @@ export function encodeCheckpoint(c: Checkpoint): Uint8Array[] {
       ch.writeUInt32LE(index, 0);
       parts.push(ch, new Uint8Array(chunk.buffer, chunk.byteOffset, chunkBytes));
     }
+    parts.push(encodeRaft(g.raft));
   }
   const crc = Buffer.alloc(4);
   crc.writeUInt32LE(crc32cOf(parts), 0);
@@ -90,6 +98,7 @@ export function decodeCheckpoint(b: Buffer): Checkpoint {
       lastTerm: readU64(b, at + 16),
       lastIndex: readU64(b, at + 24),
       chunks: new Map(),
+      raft: { snapshotIndex: 0, snapshotTerm: 0, hardState: { term: 0, vote: 0, commit: 0 }, entries: [] },
     };
     const chunkCount = b.readUInt32LE(at + 32);
     at += groupHeaderBytes;
@@ -101,10 +110,51 @@ export function decodeCheckpoint(b: Buffer): Checkpoint {
       g.chunks.set(index, chunk);
       at += 8 + chunkBytes;
     }
+    at = decodeRaft(b, at, g, bad);
     groups.push(g);
   }
   if (at !== b.length - 4) bad("trailing bytes");
   return { end, groups };
+}
+
+const raftHeaderBytes = 48;
+const raftEntryBytes = 24;
+
+/** A group's Raft index: snapshot index and term, hard state, then per entry term, address, length, type. */
+function encodeRaft(r: GroupCheckpoint["raft"]): Buffer {
+  const b = Buffer.alloc(raftHeaderBytes + r.entries.length * raftEntryBytes);
+  u64(b, 0, r.snapshotIndex);
+  u64(b, 8, r.snapshotTerm);
+  u64(b, 16, r.hardState.term);
+  u64(b, 24, r.hardState.vote);
+  u64(b, 32, r.hardState.commit);
+  b.writeUInt32LE(r.entries.length, 40);
+  r.entries.forEach((e, i) => {
+    const at = raftHeaderBytes + i * raftEntryBytes;
+    u64(b, at, e.term);
+    u64(b, at + 8, e.address);
+    b.writeUInt32LE(e.lengthBytes, at + 16);
+    b.writeUInt32LE(e.type, at + 20);
+  });
+  return b;
+}
+
+function decodeRaft(b: Buffer, at: number, g: GroupCheckpoint, bad: (why: string) => never): number {
+  if (at + raftHeaderBytes > b.length - 4) bad("raft section past the end");
+  const count = b.readUInt32LE(at + 40);
+  if (at + raftHeaderBytes + count * raftEntryBytes > b.length - 4) bad("raft entries past the end");
+  const entries: RaftIndexEntry[] = [];
+  for (let i = 0; i < count; i++) {
+    const e = at + raftHeaderBytes + i * raftEntryBytes;
+    entries.push({ term: readU64(b, e), address: readU64(b, e + 8), lengthBytes: b.readUInt32LE(e + 16), type: b.readUInt32LE(e + 20) });
+  }
+  g.raft = {
+    snapshotIndex: readU64(b, at),
+    snapshotTerm: readU64(b, at + 8),
+    hardState: { term: readU64(b, at + 16), vote: readU64(b, at + 24), commit: readU64(b, at + 32) },
+    entries,
+  };
+  return at + raftHeaderBytes + count * raftEntryBytes;
 }
 
 export async function writeCheckpoint(disk: Disk, c: Checkpoint): Promise<void> {

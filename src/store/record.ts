@@ -18,6 +18,10 @@ export const enum RecordKind {
   Relocate = 3,
   /** Last record of a segment: the log continues in the next segment. */
   Seal = 4,
+  /** A Raft entry of a replicated group: term and index; the offset field holds the entry type; payload = entry data. */
+  RaftEntry = 5,
+  /** A Raft group's hard state: term in the term field, commit in the index field, vote in the offset field. */
+  HardState = 6,
 }
 
 export interface RecordHeader {
@@ -52,7 +56,7 @@ function readU64(b: Uint8Array, at: number): number {
 }
 
 export function payloadBytesOf(kind: RecordKind, lengthBytes: number): number {
-  return kind === RecordKind.Write || kind === RecordKind.Relocate ? lengthBytes : 0;
+  return kind === RecordKind.Write || kind === RecordKind.Relocate || kind === RecordKind.RaftEntry ? lengthBytes : 0;
 }
 
 /** What a record says about itself; the log adds where and in which commit it lands. */
@@ -103,7 +107,7 @@ export function decodeHeader(b: Uint8Array, segmentId: number, position: number)
   const dv = new DataView(b.buffer, b.byteOffset, recordHeaderBytes);
   if (dv.getUint32(0, true) !== recordMagic || b[5] !== recordVersion) return undefined;
   const kind = b[4]!;
-  if (kind < RecordKind.Write || kind > RecordKind.Seal) return undefined;
+  if (kind < RecordKind.Write || kind > RecordKind.HardState) return undefined;
   if (dv.getUint32(12, true) !== segmentId) return undefined;
   const h: RecordHeader = {
     kind,

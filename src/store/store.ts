@@ -24,6 +24,7 @@ import { StoreError } from "./errors.js";
 import { SegmentLog, type LogPosition } from "./log.js";
 import { RecordKind, type RecordHeader } from "./record.js";
 import { scanLog, SegmentReader } from "./recovery.js";
+import { RaftIndex, type RaftHardState, type RaftIndexEntry } from "./raft-index.js";
 import { checkpointName, isFreeName, parseSegmentName, segmentName } from "./segment-names.js";
 
 export interface StoreOptions {
@@ -54,6 +55,23 @@ interface Group {
   /** Unaligned writes read, merge and write one at a time per group. */
   rmwTail: Promise<void>;
   dropped: boolean;
+  /** The group's Raft log (replicated groups; empty for local ones). */
+  raft: RaftIndex;
+}
+
+/** A Raft entry to persist: its data becomes the record payload, so applied writes can point into it. */
+export interface RaftEntryInput {
+  index: number;
+  term: number;
+  type: number;
+  data: readonly Uint8Array[];
+}
+
+export interface RaftEntryOutput {
+  index: number;
+  term: number;
+  type: number;
+  data: Buffer;
 }
 
 /** Bytes per Trim record: trims larger than this are split. */
@@ -65,6 +83,8 @@ const zeroes = Buffer.alloc(1024 * 1024);
 export class Store {
   private readonly groups = new Map<number, Group>();
   private readonly liveBytes = new Map<number, number>();
+  /** Uncompacted Raft entries per segment. */
+  private readonly pinned = new Map<number, number>();
   private checkpointEnd: LogPosition;
   private bytesAtCheckpoint = 0;
   private checkpointing: Promise<void> | undefined;
@@ -146,6 +166,7 @@ export class Store {
     if (g === undefined) return;
     g.dropped = true;
     this.groups.delete(groupId);
+    for (const e of g.raft.all()) this.unpin(e);
     g.map.runs(0, g.map.sectorCount, (_s, n, address) => {
       if (address !== 0) this.addLive(address, -n * sectorBytes);
     });
@@ -237,6 +258,108 @@ export class Store {
     return out;
   }
 
+  // ---- Raft log of replicated groups (docs/replication-plan.md) ----
+
+  /**
+   * Persists Raft entries and, after them, the hard state; resolves when all
+   * are durable. Every group's appends of one turn share one group commit. An
+   * entry at or below the last index replaces the log from there (a
+   * follower's conflicting suffix).
+   */
+  appendRaftEntries(groupId: number, entries: readonly RaftEntryInput[], hardState?: RaftHardState): Promise<void> {
+    const g = this.group(groupId);
+    for (let i = 1; i < entries.length; i++) assert(entries[i]!.index === entries[i - 1]!.index + 1, "entries are consecutive");
+    const parts = entries.map((e) => {
+      const length = totalBytes(e.data);
+      assert(length <= recordPayloadBytesMax, "a Raft entry fits one record");
+      return this.appendRaw(g, { kind: RecordKind.RaftEntry, termOrSource: e.term, index: e.index, offsetBytes: e.type, lengthBytes: length, payload: e.data }, (address) => {
+        g.raft.append(e.index, { term: e.term, type: e.type, address, lengthBytes: length }, (dropped) => this.unpin(dropped));
+        this.pin(address, 1);
+      });
+    });
+    if (hardState !== undefined) {
+      const hs = { ...hardState };
+      parts.push(
+        this.appendRaw(g, { kind: RecordKind.HardState, termOrSource: hs.term, index: hs.commit, offsetBytes: hs.vote, lengthBytes: 0, payload: [] }, () => {
+          g.raft.hardState = hs;
+        }),
+      );
+    }
+    return Promise.all(parts).then(() => {});
+  }
+
+  /** Entries [lo, hi) with their data read from the log, stopping before maxBytes (but at least one). */
+  raftEntries(groupId: number, lo: number, hi: number, maxBytes: number): RaftEntryOutput[] {
+    const r = this.group(groupId).raft;
+    if (lo < r.firstIndex || hi > r.lastIndex + 1) throw new StoreError("EINVAL", `entries [${lo}, ${hi}) are outside the log [${r.firstIndex}, ${r.lastIndex}]`);
+    const out: RaftEntryOutput[] = [];
+    let bytes = 0;
+    for (let i = lo; i < hi; i++) {
+      const e = r.get(i)!;
+      if (out.length > 0 && bytes + e.lengthBytes > maxBytes) break;
+      const data = Buffer.allocUnsafe(e.lengthBytes);
+      if (e.lengthBytes > 0) this.segmentLog.readSync(e.address, data, 0, e.lengthBytes);
+      out.push({ index: i, term: e.term, type: e.type, data });
+      bytes += e.lengthBytes;
+    }
+    return out;
+  }
+
+  /** The group's Raft log bounds and hard state, as recovered or as last persisted. */
+  raftState(groupId: number): { firstIndex: number; lastIndex: number; snapshotIndex: number; snapshotTerm: number; hardState: RaftHardState; appliedIndex: number } {
+    const g = this.group(groupId);
+    const r = g.raft;
+    return { firstIndex: r.firstIndex, lastIndex: r.lastIndex, snapshotIndex: r.snapshotIndex, snapshotTerm: r.snapshotTerm, hardState: { ...r.hardState }, appliedIndex: g.appliedIndex };
+  }
+
+  /** The term of entry `index`, or undefined when it is compacted or past the end. */
+  raftTerm(groupId: number, index: number): number | undefined {
+    return this.group(groupId).raft.term(index);
+  }
+
+  /**
+   * Applies a committed write: the volume range now reads from the entry's
+   * data, `dataOffsetBytes` into it. The data is not copied (DESIGN §3).
+   */
+  applyEntryWrite(groupId: number, index: number, offsetBytes: number, lengthBytes: number, dataOffsetBytes: number): void {
+    const g = this.group(groupId);
+    checkRange(g, offsetBytes, lengthBytes);
+    const e = g.raft.get(index);
+    assert(e !== undefined && dataOffsetBytes + lengthBytes <= e.lengthBytes, `entry ${index} holds the applied range`);
+    assert(offsetBytes % sectorBytes === 0 && lengthBytes % sectorBytes === 0, "applied writes are whole sectors");
+    const address = e.address + dataOffsetBytes;
+    g.map.set(offsetBytes / sectorBytes, lengthBytes / sectorBytes, address, (a, n) => this.addLive(a, -n * sectorBytes));
+    this.addLive(address, lengthBytes);
+    g.appliedIndex = Math.max(g.appliedIndex, index);
+  }
+
+  /** Applies a committed trim or zeroing of whole sectors. */
+  applyEntryTrim(groupId: number, index: number, offsetBytes: number, lengthBytes: number): void {
+    const g = this.group(groupId);
+    checkRange(g, offsetBytes, lengthBytes);
+    const from = Math.ceil(offsetBytes / sectorBytes);
+    const to = Math.floor((offsetBytes + lengthBytes) / sectorBytes);
+    if (to > from) g.map.clear(from, to - from, (a, n) => this.addLive(a, -n * sectorBytes));
+    g.appliedIndex = Math.max(g.appliedIndex, index);
+  }
+
+  /** Records that entries up to `index` are applied (entries with no effect on the volume). */
+  markApplied(groupId: number, index: number): void {
+    const g = this.group(groupId);
+    g.appliedIndex = Math.max(g.appliedIndex, index);
+  }
+
+  /**
+   * Forgets Raft entries up to `index` (at most the applied index). Their
+   * segments stop being pinned; data the block maps still point at stays live.
+   */
+  compactRaftLog(groupId: number, index: number): void {
+    const g = this.group(groupId);
+    assert(index <= g.appliedIndex, "only applied entries are compacted");
+    g.raft.compact(index, (dropped) => this.unpin(dropped));
+    this.maintain(); // segments it unpinned may now be collected
+  }
+
   // ---- maintenance ----
 
   /** Writes a checkpoint of every block map as of the durable end of the log. */
@@ -250,6 +373,7 @@ export class Store {
       lastTerm: g.term,
       lastIndex: g.appliedIndex,
       chunks: new Map([...g.map.chunks].map(([i, c]) => [i, c.slice()] as const)),
+      raft: { snapshotIndex: g.raft.snapshotIndex, snapshotTerm: g.raft.snapshotTerm, hardState: { ...g.raft.hardState }, entries: [...g.raft.all()] },
     }));
     this.checkpointing = writeCheckpoint(this.disk, { end, groups })
       .then(() => {
@@ -370,6 +494,37 @@ export class Store {
     });
   }
 
+  /** Appends one record of a group and runs `durable` with its payload address, in log order. */
+  private appendRaw(
+    g: Group,
+    r: { kind: RecordKind.RaftEntry | RecordKind.HardState; termOrSource: number; index: number; offsetBytes: number; lengthBytes: number; payload: readonly Uint8Array[] },
+    durable: (address: number) => void,
+  ): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.segmentLog.append({
+        ...r,
+        groupId: g.id,
+        done: (address, error) => {
+          if (error) return reject(error);
+          if (!g.dropped) durable(address);
+          resolve();
+        },
+      });
+    });
+  }
+
+  /** Segments holding uncompacted Raft entries are never collected. */
+  private pin(address: number, delta: number): void {
+    const id = Math.floor(address / segmentBytes);
+    const n = (this.pinned.get(id) ?? 0) + delta;
+    if (n === 0) this.pinned.delete(id);
+    else this.pinned.set(id, n);
+  }
+
+  private unpin(e: RaftIndexEntry): void {
+    this.pin(e.address, -1);
+  }
+
   private apply(g: Group, kind: RecordKind, offsetBytes: number, lengthBytes: number, source: number, index: number, address: number): void {
     const moved = applyToGroup(g, kind, offsetBytes, lengthBytes, source, index, address, (a, n) => this.addLive(a, -n * sectorBytes));
     if (moved > 0) this.addLive(address, moved * sectorBytes);
@@ -398,7 +553,9 @@ export class Store {
 
   private recountLive(): void {
     this.liveBytes.clear();
+    this.pinned.clear();
     for (const g of this.groups.values()) {
+      for (const e of g.raft.all()) this.pin(e.address, 1);
       g.map.runs(0, g.map.sectorCount, (_s, n, address) => {
         if (address !== 0) this.addLive(address, n * sectorBytes);
       });
@@ -424,7 +581,8 @@ export class Store {
     const head = this.segmentLog.headSegmentId;
     const ids: number[] = [];
     for (const id of this.segmentLog.segments.keys()) {
-      if (id < head && id < belowId && (this.liveBytes.get(id) ?? 0) < gcLiveRatioMax * segmentBytes) ids.push(id);
+      if (id >= head || id >= belowId || this.pinned.has(id)) continue;
+      if ((this.liveBytes.get(id) ?? 0) < gcLiveRatioMax * segmentBytes) ids.push(id);
     }
     return ids.sort((a, b) => (this.liveBytes.get(a) ?? 0) - (this.liveBytes.get(b) ?? 0));
   }
@@ -476,7 +634,7 @@ export class Store {
 
   private async releaseEmptySegments(): Promise<void> {
     for (const id of [...this.segmentLog.segments.keys()]) {
-      if (id < this.checkpointEnd.segmentId && id < this.segmentLog.headSegmentId && (this.liveBytes.get(id) ?? 0) === 0) {
+      if (id < this.checkpointEnd.segmentId && id < this.segmentLog.headSegmentId && (this.liveBytes.get(id) ?? 0) === 0 && !this.pinned.has(id)) {
         await this.segmentLog.releaseSegment(id, this.segmentLog.freeSegmentCount < freeSegmentsMax);
       }
     }
@@ -496,6 +654,7 @@ function newGroup(spec: GroupSpec): Group {
     appliedIndex: 0,
     rmwTail: Promise.resolve(),
     dropped: false,
+    raft: new RaftIndex(),
   };
 }
 
@@ -508,6 +667,7 @@ function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map
     g.term = saved.lastTerm;
     g.appliedIndex = saved.lastIndex;
     g.nextIndex = saved.lastIndex + 1;
+    g.raft = RaftIndex.restore(saved.raft.snapshotIndex, saved.raft.snapshotTerm, saved.raft.hardState, [...saved.raft.entries]);
     for (const [index, chunk] of saved.chunks) {
       if (index * 4096 >= g.map.sectorCount) continue; // volume shrank (not offered yet)
       g.map.chunks.set(index, chunk);
@@ -521,6 +681,14 @@ function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map
 function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: number): void {
   const g = groups.get(h.groupId);
   if (g === undefined) return;
+  if (h.kind === RecordKind.RaftEntry) {
+    if (h.index > g.raft.snapshotIndex) g.raft.append(h.index, { term: h.termOrSource, type: h.offsetBytes, address, lengthBytes: h.lengthBytes }, () => {});
+    return;
+  }
+  if (h.kind === RecordKind.HardState) {
+    g.raft.hardState = { term: h.termOrSource, vote: h.offsetBytes, commit: h.index };
+    return;
+  }
   if (h.offsetBytes + h.lengthBytes > g.sizeBytes) return;
   applyToGroup(g, h.kind, h.offsetBytes, h.lengthBytes, h.termOrSource, h.index, address, () => {});
   if (h.kind !== RecordKind.Relocate) {

@@ -1,0 +1,123 @@
+// Raft entries of replicated groups in the store: persisted with the hard
+// state in the shared group commit, read back for followers, truncated on
+// conflict, recovered after a crash, applied without copying, and kept from
+// GC until compacted.
+
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { Prng } from "../../src/base/prng.js";
+import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
+import { Store, type RaftEntryInput } from "../../src/store/store.js";
+import { tempDir } from "../helpers/tmp.js";
+
+const MiB = 1024 * 1024;
+const a = { groupId: 1, sizeBytes: 16 * MiB };
+const b = { groupId: 2, sizeBytes: 16 * MiB };
+
+function open(dir: string, specs = [a, b]): Promise<Store> {
+  return Store.open({ disk: new NodeDisk(dir), defer: deferImmediate }, specs);
+}
+
+function entry(index: number, term: number, fill: number, length = 4096): RaftEntryInput {
+  return { index, term, type: 0, data: [Buffer.alloc(length, fill)] };
+}
+
+test("entries of two groups and their hard states persist in one commit and read back", async () => {
+  const t = tempDir("raft");
+  const store = await open(t.dir);
+  const commitsBefore = store.stats().commits!;
+  await Promise.all([
+    store.appendRaftEntries(a.groupId, [entry(1, 1, 0xa1), entry(2, 1, 0xa2)], { term: 1, vote: 3, commit: 1 }),
+    store.appendRaftEntries(b.groupId, [entry(1, 2, 0xb1)], { term: 2, vote: 0, commit: 0 }),
+  ]);
+  assert.is(store.stats().commits! - commitsBefore, 1, "one fdatasync for both groups");
+  const got = store.raftEntries(a.groupId, 1, 3, 1 << 30);
+  assert.equal(got.map((e) => [e.index, e.term, e.data[0], e.data.length]), [
+    [1, 1, 0xa1, 4096],
+    [2, 1, 0xa2, 4096],
+  ]);
+  assert.equal(store.raftState(a.groupId).hardState, { term: 1, vote: 3, commit: 1 });
+  assert.equal(store.raftState(b.groupId), { firstIndex: 1, lastIndex: 1, snapshotIndex: 0, snapshotTerm: 0, hardState: { term: 2, vote: 0, commit: 0 }, appliedIndex: 0 });
+  assert.is(store.raftEntries(a.groupId, 1, 3, 100).length, 1, "maxBytes stops after the first entry");
+  assert.throws(() => store.raftEntries(a.groupId, 2, 4, 1 << 30), /outside the log/);
+  await store.close();
+  t.remove();
+});
+
+test("a conflicting suffix is replaced, in memory and after a crash", async () => {
+  const t = tempDir("raft");
+  let store = await open(t.dir);
+  await store.appendRaftEntries(a.groupId, [1, 2, 3, 4, 5].map((i) => entry(i, 1, i)));
+  await store.appendRaftEntries(a.groupId, [entry(4, 2, 0x44), entry(5, 2, 0x55), entry(6, 2, 0x66)], { term: 2, vote: 1, commit: 3 });
+  const expect = [
+    [1, 1, 1],
+    [2, 1, 2],
+    [3, 1, 3],
+    [4, 2, 0x44],
+    [5, 2, 0x55],
+    [6, 2, 0x66],
+  ];
+  const view = (s: Store): number[][] => s.raftEntries(a.groupId, 1, 7, 1 << 30).map((e) => [e.index, e.term, e.data[0]!]);
+  assert.equal(view(store), expect);
+  await store.closeWithoutCheckpoint();
+  store = await open(t.dir);
+  assert.equal(view(store), expect, "replay applies the truncation in log order");
+  assert.equal(store.raftState(a.groupId).hardState, { term: 2, vote: 1, commit: 3 });
+  await store.close();
+  store = await open(t.dir);
+  assert.equal(view(store), expect, "and so does a checkpoint");
+  await store.close();
+  t.remove();
+});
+
+test("applying a committed write points the volume at the entry's data without copying", async () => {
+  const t = tempDir("raft");
+  let store = await open(t.dir);
+  const data = Buffer.alloc(8192 + 24);
+  new Prng(5).fill(data);
+  await store.appendRaftEntries(a.groupId, [{ index: 1, term: 1, type: 0, data: [data] }], { term: 1, vote: 1, commit: 1 });
+  const before = store.stats().logBytesAppended!;
+  store.applyEntryWrite(a.groupId, 1, 4096, 8192, 0);
+  assert.is(store.stats().logBytesAppended, before, "applying writes nothing");
+  assert.ok(store.read(a.groupId, 4096, 8192).equals(data.subarray(0, 8192)));
+  assert.is(store.raftState(a.groupId).appliedIndex, 1);
+  await store.appendRaftEntries(a.groupId, [entry(2, 1, 0)]);
+  store.applyEntryTrim(a.groupId, 2, 4096, 4096);
+  assert.ok(store.read(a.groupId, 4096, 4096).equals(Buffer.alloc(4096)));
+  assert.equal(store.blockStatus(a.groupId, 0, 16384).map((e) => e.hole), [true, false, true]);
+  await store.close();
+  store = await open(t.dir);
+  assert.ok(store.read(a.groupId, 8192, 4096).equals(data.subarray(4096, 8192)), "applied state comes back from the checkpoint");
+  assert.is(store.raftState(a.groupId).appliedIndex, 2);
+  await store.close();
+  t.remove();
+});
+
+test("segments holding uncompacted entries are never collected; after compaction they are, and applied data survives", async () => {
+  const t = tempDir("raft");
+  const store = await open(t.dir);
+  const entries = 200; // 1 MiB each: about three segments
+  for (let i = 1; i <= entries; i += 10) {
+    const batch: RaftEntryInput[] = [];
+    for (let j = i; j < i + 10; j++) batch.push(entry(j, 1, j % 251, MiB));
+    await store.appendRaftEntries(a.groupId, batch, { term: 1, vote: 1, commit: i + 9 });
+    for (const e of batch) store.applyEntryWrite(a.groupId, e.index, 0, MiB, 0); // all over the same MiB: only the last one is live
+  }
+  await store.checkpoint();
+  store.maintain();
+  await store.settle();
+  assert.is(store.stats().gcSegments, 0, "pinned segments stay");
+  assert.ok(store.stats().segments! >= 3);
+  store.compactRaftLog(a.groupId, entries);
+  await store.settle();
+  assert.ok(store.stats().gcSegments! >= 2, `compacted segments are collected (${store.stats().gcSegments})`);
+  assert.ok(store.read(a.groupId, 0, MiB).equals(Buffer.alloc(MiB, entries % 251)));
+  assert.is(store.raftState(a.groupId).firstIndex, entries + 1);
+  await store.closeWithoutCheckpoint();
+  const again = await open(t.dir);
+  assert.ok(again.read(a.groupId, 0, MiB).equals(Buffer.alloc(MiB, entries % 251)), "and after a crash");
+  await again.close();
+  t.remove();
+});
+
+test.run();
