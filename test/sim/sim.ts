@@ -168,6 +168,8 @@ class Sim {
   private readonly result: SimResult;
   /** The configuration of the highest committed config entry (or the bootstrap one). */
   private committedConf: ConfState;
+  /** Every voter set a leader had in force, with the leader's term: one of them decided each commit. */
+  private readonly leaderConfs: { term: number; voters: NodeId[] }[] = [];
   /** The churn profile (see the header); fixed per seed. */
   private readonly churn: boolean;
   private readonly appendBytesMax: number;
@@ -653,6 +655,11 @@ class Sim {
   // ---- invariants ----
 
   private check(): void {
+    // First the leaders' configurations: a commit may have come from one just put in force.
+    for (const id of this.ids) {
+      const r = this.node(id).node?.raft;
+      if (r !== undefined && r.role === StateRole.leader) this.noteLeaderConf(r.term, r.currentConf().voters);
+    }
     for (const id of this.ids) {
       const n = this.node(id);
       const r = n.node?.raft;
@@ -700,14 +707,11 @@ class Sim {
     if (t < 0) this.fail(`node ${n.id} committed ${c}, which is not in its log`);
     const contains = (v: LogView): boolean => c <= v.snapIndex || v.term(c) === t;
     const durable = (id: NodeId): boolean => contains(this.storageView(this.node(id)));
-    // The quorum that decided the commit is one of the committed configuration or of one in
-    // force somewhere (the deciding leader's: a removal counts before it commits).
+    // The quorum that decided the commit is one of a configuration some leader of term >= t had
+    // in force (a removal counts before it commits; that leader may be down by now).
     const cc = this.committedConf.voters;
     const confs = [cc];
-    for (const id of this.ids) {
-      const r = this.node(id).node?.raft;
-      if (r !== undefined) confs.push(r.currentConf().voters);
-    }
+    for (const lc of this.leaderConfs) if (lc.term >= t) confs.push(lc.voters);
     if (!confs.some((voters) => isQuorumOf(voters, durable))) {
       this.fail(`node ${n.id} committed ${c}/${t}, which is durable on no quorum of [${confs.join("] [")}]\n${this.describe()}`);
     }
@@ -725,6 +729,15 @@ class Sim {
         this.fail(`node ${n.id} committed ${c}/${t}, but node ${cand} lacks it and could be elected by a quorum of [${cc}] (Figure 8)\n${this.describe()}`);
       }
     }
+  }
+
+  private noteLeaderConf(term: number, voters: NodeId[]): void {
+    for (let k = this.leaderConfs.length - 1; k >= 0; k--) {
+      const lc = this.leaderConfs[k] as { term: number; voters: NodeId[] };
+      if (lc.term < term) break;
+      if (lc.term === term && lc.voters.join() === voters.join()) return;
+    }
+    this.leaderConfs.push({ term, voters: [...voters] });
   }
 
   private viewOf(n: SimNode): LogView {
