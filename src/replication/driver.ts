@@ -1,0 +1,307 @@
+// The multi-raft driver: runs every Raft group on this node (DESIGN §4).
+//
+// Each turn it takes a Ready from every group that has one, hands all their
+// entries and hard states to the store at once (one group commit, one
+// fdatasync for every group), and when that is durable sends the messages,
+// applies committed entries (a write maps the volume range to the entry's
+// data in the log: no copy), answers proposals and reads, then advances.
+//
+// Pure: the store, the peer transport and the clock come in from the daemon.
+
+import { assert } from "../base/assert.js";
+import {
+  raftAppendBytesMax,
+  raftCommittedBytesMax,
+  raftElectionTicks,
+  raftHeartbeatTicks,
+  raftInflightBytesMax,
+  raftInflightMsgsMax,
+  raftReadIndexPendingMax,
+  raftUncommittedBytesMax,
+} from "../constants.js";
+import { RaftNode } from "../raft/node.js";
+import type { Ready } from "../raft/node.js";
+import { EntryType, StateRole, type Entry, type Message, type NodeId } from "../raft/types.js";
+import type { Store } from "../store/store.js";
+import { StoreRaftStorage } from "./raft-storage.js";
+import { decodeOp, encodeTrim, encodeWrite, VolumeOpKind } from "./volume-op.js";
+
+/** What travels between drivers: a Raft message of one group. */
+export interface RaftEnvelope {
+  kind: "raft";
+  group: number;
+  message: Message;
+}
+
+export interface DriverOptions {
+  nodeId: NodeId;
+  store: Store;
+  /** Sends to a peer; false when it cannot (the core is told the peer is unreachable). */
+  send(to: NodeId, envelope: RaftEnvelope): boolean;
+  defer(fn: () => void): void;
+  random: { int(n: number): number };
+  log(line: string): void;
+}
+
+/** A proposal or read reached a node that is not the group's leader. */
+export class NotLeaderError extends Error {
+  constructor(
+    readonly groupId: number,
+    readonly leader: NodeId,
+  ) {
+    super(`this node does not lead group ${groupId}${leader ? `; node ${leader} does` : "; no leader is known yet"}`);
+    this.name = "NotLeaderError";
+  }
+}
+
+/** A proposal was overwritten by a new leader's log: it will never apply. The client may retry. */
+export class ProposalDroppedError extends Error {
+  override name = "ProposalDroppedError";
+}
+
+interface Waiter {
+  term: number;
+  resolve(): void;
+  reject(e: Error): void;
+}
+
+class Group {
+  readonly proposals = new Map<number, Waiter>();
+  /** Reads waiting for a ReadIndex round, and rounds waiting for the apply to reach their index. */
+  pendingReads: Waiter[] = [];
+  readonly readRounds = new Map<string, Waiter[]>();
+  readonly readsAwaitingApply: { index: number; waiters: Waiter[] }[] = [];
+  readyInFlight = false;
+  applied: number;
+  lead: NodeId = 0;
+  role: StateRole = StateRole.follower;
+
+  constructor(
+    readonly id: number,
+    readonly node: RaftNode,
+    applied: number,
+  ) {
+    this.applied = applied;
+  }
+}
+
+export class MultiRaft {
+  private readonly groups = new Map<number, Group>();
+  private scheduled = false;
+  private readSeq = 0;
+  private closed = false;
+
+  constructor(private readonly o: DriverOptions) {}
+
+  /** Starts (or restarts from the store) the replica of group `groupId` whose voters are `voters`. */
+  addGroup(groupId: number, voters: NodeId[]): void {
+    assert(!this.groups.has(groupId), `group ${groupId} runs once`);
+    assert(voters.includes(this.o.nodeId), "this node is a voter of the group");
+    const storage = new StoreRaftStorage(this.o.store, groupId, { voters: [...voters].sort((a, b) => a - b), learners: [] });
+    const applied = this.o.store.raftState(groupId).appliedIndex;
+    const node = new RaftNode({
+      id: this.o.nodeId,
+      storage,
+      applied,
+      electionTicks: raftElectionTicks,
+      heartbeatTicks: raftHeartbeatTicks,
+      random: this.o.random,
+      preVote: true,
+      checkQuorum: true,
+      appendBytesMax: raftAppendBytesMax,
+      inflightMsgsMax: raftInflightMsgsMax,
+      inflightBytesMax: raftInflightBytesMax,
+      uncommittedBytesMax: raftUncommittedBytesMax,
+      readIndexPendingMax: raftReadIndexPendingMax,
+      committedBytesMax: raftCommittedBytesMax,
+    });
+    this.groups.set(groupId, new Group(groupId, node, applied));
+    this.schedule();
+  }
+
+  removeGroup(groupId: number): void {
+    const g = this.groups.get(groupId);
+    if (!g) return;
+    this.groups.delete(groupId);
+    this.failAll(g, new ProposalDroppedError(`group ${groupId} was removed from this node`));
+  }
+
+  /** The current leader of a group as this node knows it (0: none known). */
+  leader(groupId: number): NodeId {
+    return this.groups.get(groupId)?.lead ?? 0;
+  }
+
+  status(groupId: number): ReturnType<RaftNode["status"]> | undefined {
+    return this.groups.get(groupId)?.node.status();
+  }
+
+  /** Advances every group's logical clock; the daemon calls it on an interval. */
+  tick(): void {
+    for (const g of this.groups.values()) g.node.tick();
+    this.schedule();
+  }
+
+  /** A message from a peer. */
+  receive(from: NodeId, envelope: RaftEnvelope): void {
+    const g = this.groups.get(envelope.group);
+    if (g === undefined || envelope.message.to !== this.o.nodeId || envelope.message.from !== from) return;
+    g.node.step(envelope.message);
+    this.schedule();
+  }
+
+  /** Replicates a write; resolves once it is committed and applied here (it is then durable on a quorum). */
+  write(groupId: number, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
+    return this.propose(groupId, encodeWrite(offsetBytes, data, lengthBytes));
+  }
+
+  trim(groupId: number, offsetBytes: number, lengthBytes: number): Promise<void> {
+    return this.propose(groupId, encodeTrim(offsetBytes, lengthBytes));
+  }
+
+  /**
+   * Resolves when this node may serve a linearizable read of the group: it is
+   * the leader, a quorum confirmed it after the read arrived (ReadIndex), and
+   * it has applied up to the index that round returned.
+   */
+  readBarrier(groupId: number): Promise<void> {
+    const g = this.mustLead(groupId);
+    return new Promise((resolve, reject) => {
+      g.pendingReads.push({ term: 0, resolve, reject });
+      this.schedule();
+    });
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const g of this.groups.values()) this.failAll(g, new ProposalDroppedError("the node is shutting down"));
+  }
+
+  // ---- internals ----
+
+  private propose(groupId: number, data: Uint8Array): Promise<void> {
+    const g = this.mustLead(groupId);
+    const index = g.node.propose(data);
+    if (index === 0) return Promise.reject(new NotLeaderError(groupId, g.node.status().lead));
+    const term = g.node.status().term;
+    this.schedule();
+    return new Promise((resolve, reject) => g.proposals.set(index, { term, resolve, reject }));
+  }
+
+  private mustLead(groupId: number): Group {
+    const g = this.groups.get(groupId);
+    if (g === undefined) throw new NotLeaderError(groupId, 0);
+    if (g.node.status().role !== StateRole.leader) throw new NotLeaderError(groupId, g.node.status().lead);
+    return g;
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.closed) return;
+    this.scheduled = true;
+    this.o.defer(() => {
+      this.scheduled = false;
+      this.processReadies();
+    });
+  }
+
+  /** One pass over every group: their persists join one group commit in the store. */
+  private processReadies(): void {
+    for (const g of this.groups.values()) {
+      this.startReadRound(g);
+      if (g.readyInFlight || !g.node.hasReady()) continue;
+      const rd = g.node.ready();
+      g.readyInFlight = true;
+      this.persist(g, rd).then(
+        () => this.afterPersist(g, rd),
+        (e: Error) => {
+          // The store stopped taking writes (fsync failed): nothing this group does is safe any more.
+          this.o.log(`replication: group ${g.id} cannot persist its log, stopping it: ${e.message}`);
+          this.removeGroup(g.id);
+        },
+      );
+    }
+  }
+
+  private persist(g: Group, rd: Ready): Promise<void> {
+    assert(rd.snapshot === null, "snapshots are not sent yet (docs/replication-plan.md)");
+    if (rd.entries.length === 0 && rd.hardState === null) return Promise.resolve();
+    const entries = rd.entries.map((e) => ({ index: e.index, term: e.term, type: e.type, data: [e.data] }));
+    return this.o.store.appendRaftEntries(g.id, entries, rd.hardState ?? undefined);
+  }
+
+  private afterPersist(g: Group, rd: Ready): void {
+    if (!this.groups.has(g.id)) return;
+    if (rd.softState) {
+      g.lead = rd.softState.lead;
+      g.role = rd.softState.role;
+      if (g.role !== StateRole.leader) this.failReads(g, new NotLeaderError(g.id, g.lead));
+    }
+    for (const m of rd.messages) {
+      if (!this.o.send(m.to, { kind: "raft", group: g.id, message: m })) g.node.reportUnreachable(m.to);
+    }
+    for (const e of rd.committedEntries) this.apply(g, e);
+    for (const rs of rd.readStates) {
+      const waiters = g.readRounds.get(Buffer.from(rs.context).toString("hex"));
+      if (waiters === undefined) continue;
+      g.readRounds.delete(Buffer.from(rs.context).toString("hex"));
+      g.readsAwaitingApply.push({ index: rs.index, waiters });
+    }
+    this.releaseReads(g);
+    g.node.advance();
+    g.readyInFlight = false;
+    this.schedule();
+  }
+
+  private apply(g: Group, e: Entry): void {
+    const op = e.type === EntryType.normal ? decodeOp(e.data) : undefined;
+    if (op?.kind === VolumeOpKind.Write) this.o.store.applyEntryWrite(g.id, e.index, op.offsetBytes, op.lengthBytes, 0);
+    else if (op?.kind === VolumeOpKind.Trim) this.o.store.applyEntryTrim(g.id, e.index, op.offsetBytes, op.lengthBytes);
+    else this.o.store.markApplied(g.id, e.index);
+    g.applied = e.index;
+    const w = g.proposals.get(e.index);
+    if (w === undefined) return;
+    g.proposals.delete(e.index);
+    // The entry at this index is ours only if it still has the term we proposed it in.
+    if (w.term === e.term) w.resolve();
+    else w.reject(new ProposalDroppedError(`entry ${e.index} of group ${g.id} was replaced by a newer leader's log; retry the request`));
+  }
+
+  /** Starts one ReadIndex round for every read that arrived since the last one. */
+  private startReadRound(g: Group): void {
+    if (g.pendingReads.length === 0) return;
+    const waiters = g.pendingReads;
+    g.pendingReads = [];
+    const context = Buffer.alloc(8);
+    context.writeUInt32LE(this.readSeq++ >>> 0, 0);
+    context.writeUInt32LE(g.id >>> 0, 4);
+    if (!g.node.readIndex(context)) {
+      for (const w of waiters) w.reject(new NotLeaderError(g.id, g.node.status().lead));
+      return;
+    }
+    g.readRounds.set(context.toString("hex"), waiters);
+  }
+
+  private releaseReads(g: Group): void {
+    for (let i = 0; i < g.readsAwaitingApply.length; ) {
+      const r = g.readsAwaitingApply[i]!;
+      if (r.index <= g.applied) {
+        for (const w of r.waiters) w.resolve();
+        g.readsAwaitingApply.splice(i, 1);
+      } else i++;
+    }
+  }
+
+  private failReads(g: Group, e: Error): void {
+    for (const w of g.pendingReads) w.reject(e);
+    g.pendingReads = [];
+    for (const ws of g.readRounds.values()) for (const w of ws) w.reject(e);
+    g.readRounds.clear();
+    for (const r of g.readsAwaitingApply) for (const w of r.waiters) w.reject(e);
+    g.readsAwaitingApply.length = 0;
+  }
+
+  private failAll(g: Group, e: Error): void {
+    for (const w of g.proposals.values()) w.reject(e);
+    g.proposals.clear();
+    this.failReads(g, e);
+  }
+}
