@@ -10,6 +10,7 @@ import { Prng } from "../../src/base/prng.js";
 import { startPeerTransport, type PeerListener } from "../../src/os/peer-listener.js";
 import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
 import { MultiRaft, NotLeaderError, type RaftEnvelope } from "../../src/replication/driver.js";
+import { VolumeIo, type ForwardReply, type ForwardRequest } from "../../src/replication/volume-io.js";
 import { StateRole } from "../../src/raft/types.js";
 import { Store } from "../../src/store/store.js";
 import { tempDir } from "../helpers/tmp.js";
@@ -27,6 +28,7 @@ interface Replica {
   store?: Store;
   peer?: PeerListener;
   driver?: MultiRaft;
+  io?: VolumeIo;
   timer?: NodeJS.Timeout;
 }
 
@@ -46,7 +48,25 @@ async function startReplica(r: Replica, all: Replica[]): Promise<void> {
     log: (l) => console.error(`node ${r.id}: ${l}`),
   });
   const driver = r.driver;
-  r.peer.transport.onMessage((from, m) => driver.receive(from, m as RaftEnvelope));
+  const peer = r.peer;
+  const io = new VolumeIo({
+    nodeId: r.id,
+    driver,
+    store: r.store,
+    send: (to, m) => peer.transport.send(to, m),
+    after: (ms, fn) => {
+      const t = setTimeout(fn, ms);
+      return () => clearTimeout(t);
+    },
+    now: () => performance.now(),
+    deadlineMs: 5000,
+  });
+  r.io = io;
+  peer.transport.onMessage((from, m) => {
+    const kind = (m as { kind: string }).kind;
+    if (kind === "raft") driver.receive(from, m as RaftEnvelope);
+    else io.receive(from, m as ForwardRequest | ForwardReply);
+  });
   driver.addGroup(group, all.map((x) => x.id));
   r.timer = setInterval(() => driver.tick(), tickMs);
 }
@@ -145,6 +165,48 @@ test("writes through the leader reach every replica; a crashed leader is replace
     await waitFor("the restarted node to catch up", () => sameOnAll(all, model), 15000);
     const st = first.driver!.status(group)!;
     assert.ok(st.applied >= 300, `the restarted node applied the whole log (${st.applied})`);
+  } finally {
+    for (const r of all) await crash(r);
+    for (const d of dirs) d.remove();
+  }
+});
+
+test("any node serves the volume: reads and writes on a follower are forwarded, across a leader crash", async () => {
+  const dirs = [tempDir("f1"), tempDir("f2"), tempDir("f3")];
+  const all: Replica[] = [11, 12, 13].map((n, i) => ({ id: i + 1, host: `127.0.0.${n}`, dir: dirs[i]!.dir, port: 0 }));
+  try {
+    for (const r of all) await startReplica(r, all);
+    connect(all);
+    const leader = await waitFor("a leader", () => leaderOf(all));
+    const followers = all.filter((r) => r !== leader);
+    const f = followers[0]!;
+    const data = Buffer.alloc(64 * 1024);
+    new Prng(3).fill(data);
+    await f.io!.write(group, 1024 * 1024, [data.subarray(0, 1000), data.subarray(1000)], data.length);
+    assert.ok((await f.io!.read(group, 1024 * 1024, data.length)).equals(data), "a follower reads its own forwarded write");
+    const odd = Buffer.from("unaligned bytes in the middle of a sector");
+    await f.io!.write(group, 1024 * 1024 + 100, [odd], odd.length);
+    const expect = Buffer.from(data);
+    odd.copy(expect, 100);
+    assert.ok((await followers[1]!.io!.read(group, 1024 * 1024, data.length)).equals(expect), "the other follower sees it too");
+    await f.io!.writeZeroes(group, 1024 * 1024 + 4096, 8192, false);
+    expect.fill(0, 4096, 4096 + 8192);
+    assert.ok((await leader.io!.read(group, 1024 * 1024, data.length)).equals(expect));
+    const status = await f.io!.blockStatus(group, 0, 4 * 1024 * 1024);
+    assert.ok(status.some((e) => !e.hole) && status.some((e) => e.hole));
+
+    // The leader dies while a follower keeps writing through the cluster.
+    const survivor = followers[1]!;
+    const writes: Promise<void>[] = [];
+    const model = new Map<number, Buffer>();
+    for (let i = 0; i < 60; i++) {
+      const b = Buffer.alloc(4096, i + 1);
+      model.set(8 * 1024 * 1024 + i * 4096, b);
+      writes.push(survivor.io!.write(group, 8 * 1024 * 1024 + i * 4096, [b], 4096));
+      if (i === 20) await crash(leader);
+    }
+    await Promise.all(writes);
+    for (const [off, b] of model) assert.ok((await survivor.io!.read(group, off, 4096)).equals(b), `block at ${off}`);
   } finally {
     for (const r of all) await crash(r);
     for (const d of dirs) d.remove();

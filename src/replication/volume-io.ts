@@ -1,0 +1,235 @@
+// Volume I/O on a replicated group, from any node (DESIGN §2, issue 4 item 4).
+//
+// On the group's leader a request runs here: writes are proposed and
+// acknowledged once committed and applied; reads wait for a ReadIndex round
+// (a deposed leader never answers). On any other node the request is
+// forwarded to the leader over the peer transport, and retried against a new
+// leader when leadership moves, until a deadline; only then does the client
+// see an error.
+
+import { assert } from "../base/assert.js";
+import { recordPayloadBytesMax, sectorBytes } from "../constants.js";
+import type { NodeId } from "../raft/types.js";
+import type { Store, StoreExtent } from "../store/store.js";
+import { MultiRaft, NotLeaderError, ProposalDroppedError } from "./driver.js";
+import { volumeOpTrailerBytes } from "./volume-op.js";
+
+export type IoOp = "read" | "write" | "trim" | "zero" | "zero-nohole" | "status";
+
+export interface ForwardRequest {
+  kind: "fwd";
+  id: number;
+  group: number;
+  op: IoOp;
+  offsetBytes: number;
+  lengthBytes: number;
+  data: Uint8Array | null;
+}
+
+export interface ForwardReply {
+  kind: "fwd-re";
+  id: number;
+  /** null on success; else why, and the leader if the answering node knows it. */
+  error: { code: "not-leader" | "retry" | "io"; message: string; leader: NodeId } | null;
+  data: Uint8Array | null;
+  extents: StoreExtent[] | null;
+}
+
+export interface VolumeIoOptions {
+  nodeId: NodeId;
+  driver: MultiRaft;
+  store: Store;
+  send(to: NodeId, message: ForwardRequest | ForwardReply): boolean;
+  /** Runs fn after ms; the daemon passes setTimeout. Returns a cancel function. */
+  after(ms: number, fn: () => void): () => void;
+  /** Monotonic milliseconds, for deadlines. */
+  now(): number;
+  /** How long a request may wait for a leader before it fails. */
+  deadlineMs: number;
+}
+
+/** The request could not be served before the deadline: no leader, or the leader kept changing. */
+export class UnavailableError extends Error {
+  override name = "UnavailableError";
+}
+
+/** Data per proposal: whole sectors, leaving room for the trailer in one store record. */
+const proposalBytesMax = recordPayloadBytesMax - sectorBytes;
+assert(proposalBytesMax + volumeOpTrailerBytes <= recordPayloadBytesMax && proposalBytesMax % sectorBytes === 0, "a proposal fits one record");
+const zeroes = new Uint8Array(proposalBytesMax);
+const retryDelayMs = 50;
+/**
+ * How long one forwarded attempt waits before trying again (the leader may be
+ * dead). Retrying an unacknowledged write is safe: the client issues no write
+ * that depends on it before it is acknowledged, and a stale copy can only sit
+ * earlier in the log than the retry.
+ */
+const forwardAttemptMs = 2000;
+
+export class VolumeIo {
+  private nextId = 1;
+  private readonly waiting = new Map<number, { resolve(r: ForwardReply): void }>();
+  private readonly rmwTails = new Map<number, Promise<void>>();
+
+  constructor(private readonly o: VolumeIoOptions) {}
+
+  read(group: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    return this.route(group, "read", offsetBytes, lengthBytes, null).then((r) => Buffer.from(r.data!.buffer, r.data!.byteOffset, r.data!.byteLength));
+  }
+
+  write(group: number, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
+    const joined = data.length === 1 ? data[0]! : Buffer.concat(data as Uint8Array[], lengthBytes);
+    return this.route(group, "write", offsetBytes, lengthBytes, joined).then(() => {});
+  }
+
+  trim(group: number, offsetBytes: number, lengthBytes: number): Promise<void> {
+    return this.route(group, "trim", offsetBytes, lengthBytes, null).then(() => {});
+  }
+
+  writeZeroes(group: number, offsetBytes: number, lengthBytes: number, noHole: boolean): Promise<void> {
+    return this.route(group, noHole ? "zero-nohole" : "zero", offsetBytes, lengthBytes, null).then(() => {});
+  }
+
+  blockStatus(group: number, offsetBytes: number, lengthBytes: number): Promise<StoreExtent[]> {
+    return this.route(group, "status", offsetBytes, lengthBytes, null).then((r) => r.extents!);
+  }
+
+  /** A forwarded request or reply from a peer. */
+  receive(from: NodeId, m: ForwardRequest | ForwardReply): void {
+    if (m.kind === "fwd-re") {
+      this.waiting.get(m.id)?.resolve(m);
+      this.waiting.delete(m.id);
+      return;
+    }
+    void this.serveLocal(m.group, m.op, m.offsetBytes, m.lengthBytes, m.data).then((r) => this.o.send(from, { ...r, id: m.id }));
+  }
+
+  // ---- routing ----
+
+  /** Serves locally when this node leads, else forwards; retries across leader changes until the deadline. */
+  private async route(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null): Promise<ForwardReply> {
+    const deadline = this.now() + this.o.deadlineMs;
+    let last = "no leader is known";
+    for (;;) {
+      const leader = this.o.driver.leader(group);
+      let r: ForwardReply | undefined;
+      if (leader === this.o.nodeId) r = await this.serveLocal(group, op, offsetBytes, lengthBytes, data);
+      else if (leader !== 0) {
+        r = await this.forward(leader, group, op, offsetBytes, lengthBytes, data, Math.min(deadline, this.now() + forwardAttemptMs));
+        if (r === undefined) last = `the leader, node ${leader}, did not answer`;
+      }
+      if (r !== undefined && r.error === null) return r;
+      if (r?.error?.code === "io") throw new Error(r.error.message);
+      if (r?.error) last = r.error.message;
+      if (this.now() + retryDelayMs > deadline) throw new UnavailableError(`volume group ${group}: ${last}; gave up after ${this.o.deadlineMs} ms`);
+      await new Promise<void>((resolve) => this.o.after(retryDelayMs, resolve));
+    }
+  }
+
+  private forward(to: NodeId, group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null, deadline: number): Promise<ForwardReply | undefined> {
+    const id = this.nextId++;
+    return new Promise((resolve) => {
+      const cancel = this.o.after(Math.max(1, deadline - this.now()), () => {
+        this.waiting.delete(id);
+        resolve(undefined);
+      });
+      this.waiting.set(id, {
+        resolve: (r) => {
+          cancel();
+          resolve(r);
+        },
+      });
+      if (!this.o.send(to, { kind: "fwd", id, group, op, offsetBytes, lengthBytes, data })) {
+        this.waiting.delete(id);
+        cancel();
+        resolve(undefined);
+      }
+    });
+  }
+
+  private now(): number {
+    return this.o.now();
+  }
+
+  // ---- serving on the leader ----
+
+  private async serveLocal(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null): Promise<ForwardReply> {
+    const ok = (d: Uint8Array | null = null, extents: StoreExtent[] | null = null): ForwardReply => ({ kind: "fwd-re", id: 0, error: null, data: d, extents });
+    try {
+      switch (op) {
+        case "read":
+          await this.o.driver.readBarrier(group);
+          return ok(this.o.store.read(group, offsetBytes, lengthBytes));
+        case "status":
+          await this.o.driver.readBarrier(group);
+          return ok(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));
+        case "write":
+          assert(data !== null && data.length === lengthBytes, "a write carries its data");
+          await this.writeLocal(group, offsetBytes, data);
+          return ok();
+        case "trim":
+          await this.trimLocal(group, offsetBytes, lengthBytes);
+          return ok();
+        case "zero":
+        case "zero-nohole":
+          await this.zeroLocal(group, offsetBytes, lengthBytes, op === "zero-nohole");
+          return ok();
+      }
+    } catch (e) {
+      const err = e as Error;
+      const code = e instanceof NotLeaderError ? "not-leader" : e instanceof ProposalDroppedError ? "retry" : "io";
+      return { kind: "fwd-re", id: 0, error: { code, message: err.message, leader: e instanceof NotLeaderError ? e.leader : 0 }, data: null, extents: null };
+    }
+  }
+
+  private async writeLocal(group: number, offsetBytes: number, data: Uint8Array): Promise<void> {
+    const end = offsetBytes + data.length;
+    if (offsetBytes % sectorBytes !== 0 || end % sectorBytes !== 0) return this.readModifyWrite(group, offsetBytes, data);
+    const parts: Promise<void>[] = [];
+    for (let at = 0; at < data.length; at += proposalBytesMax) {
+      const n = Math.min(proposalBytesMax, data.length - at);
+      parts.push(this.o.driver.write(group, offsetBytes + at, [data.subarray(at, at + n)], n));
+    }
+    await Promise.all(parts);
+  }
+
+  /** Partial sectors: read, merge, write whole sectors; one at a time per volume so neighbours do not undo each other. */
+  private readModifyWrite(group: number, offsetBytes: number, data: Uint8Array): Promise<void> {
+    const op = (this.rmwTails.get(group) ?? Promise.resolve()).then(async () => {
+      const from = Math.floor(offsetBytes / sectorBytes) * sectorBytes;
+      const to = Math.ceil((offsetBytes + data.length) / sectorBytes) * sectorBytes;
+      await this.o.driver.readBarrier(group);
+      const merged = this.o.store.read(group, from, to - from);
+      merged.set(data, offsetBytes - from);
+      await this.writeLocal(group, from, merged);
+    });
+    this.rmwTails.set(group, op.catch(() => {}));
+    return op;
+  }
+
+  private async trimLocal(group: number, offsetBytes: number, lengthBytes: number): Promise<void> {
+    const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
+    const to = Math.floor((offsetBytes + lengthBytes) / sectorBytes) * sectorBytes;
+    if (to > from) await this.o.driver.trim(group, from, to - from);
+  }
+
+  private async zeroLocal(group: number, offsetBytes: number, lengthBytes: number, noHole: boolean): Promise<void> {
+    const end = offsetBytes + lengthBytes;
+    const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
+    const to = Math.floor(end / sectorBytes) * sectorBytes;
+    if (to <= from) return this.readModifyWrite(group, offsetBytes, new Uint8Array(lengthBytes));
+    const parts: Promise<void>[] = [];
+    if (noHole) {
+      // Zeroes written as data (the range stays allocated), a bounded chunk at a time.
+      for (let at = from; at < to; at += proposalBytesMax) {
+        const n = Math.min(proposalBytesMax, to - at);
+        parts.push(this.o.driver.write(group, at, [zeroes.subarray(0, n)], n));
+      }
+    } else {
+      parts.push(this.o.driver.trim(group, from, to - from));
+    }
+    if (offsetBytes < from) parts.push(this.readModifyWrite(group, offsetBytes, new Uint8Array(from - offsetBytes)));
+    if (to < end) parts.push(this.readModifyWrite(group, to, new Uint8Array(end - to)));
+    await Promise.all(parts);
+  }
+}
