@@ -129,6 +129,47 @@ export function checkReplicationConstants(): void {
   assert(peerHandshakeTimeoutMs <= peerIdleTimeoutMs, "a handshake never outlives the idle bound");
 }
 
+// ---- cluster (src/cluster) ----
+/** Voters of the meta group, the Raft group whose state machine is the catalog. */
+export const metaVotersMax = 5;
+/** Nodes the catalog holds; addNode past it is refused. */
+export const catalogNodesMax = 1024;
+/** Volumes the catalog holds; createVolume past it is refused. */
+export const catalogVolumesMax = 65_536;
+/** Replicas of one volume: the voters of its Raft group. */
+export const volumeReplicasMax = 5;
+/** Characters of a volume or node name (^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$, as the control API checks). */
+export const catalogNameCharsMax = 63;
+/** Characters of a node address (a host name or an IP literal; DNS names are at most 253). */
+export const nodeAddressCharsMax = 253;
+/** Labels (zone, rack, ...) on one node. */
+export const nodeLabelsMax = 16;
+/** Characters of one label key or value. */
+export const nodeLabelCharsMax = 63;
+/** Capacity, free or used bytes one node may report (4 PiB; keeps sums of a few nodes exact in a double). */
+export const nodeBytesMax = 2 ** 52;
+/** Characters of a string setting. */
+export const catalogSettingCharsMax = 256;
+/** Bytes of one encoded catalog command: version byte and msgpack body. Checked before decoding. */
+export const catalogCommandBytesMax = 64 * 1024;
+/** Bytes of one encoded catalog snapshot. Checked before decoding. */
+export const catalogSnapshotBytesMax = 64 * 1024 * 1024;
+/** Names listed in one error message before it says "and N more". */
+export const catalogErrorNamesMax = 5;
+
+/** The cluster limits agree with each other and with the layers they carry (called at start and by tests). */
+export function checkClusterConstants(): void {
+  assert(metaVotersMax >= 1 && metaVotersMax % 2 === 1, "the meta group has an odd number of voters");
+  assert(volumeReplicasMax >= 1 && volumeReplicasMax <= catalogNodesMax, "a full replica set fits the node limit");
+  assert(catalogCommandBytesMax >= 1 + nodeLabelsMax * 2 * (nodeLabelCharsMax * 4 + 8) + 4 * 1024, "the largest addNode fits a command");
+  assert(catalogCommandBytesMax <= raftAppendBytesMax, "a command fits one AppendEntries batch");
+  assert(
+    catalogSnapshotBytesMax >= catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + volumeReplicasMax * 9),
+    "a full catalog fits a snapshot",
+  );
+  assert(volumeBytesMax <= Number.MAX_SAFE_INTEGER && nodeBytesMax <= Number.MAX_SAFE_INTEGER, "byte counts are exact doubles");
+}
+
 export function checkConstants(): void {
   assert(segmentBytes % sectorBytes === 0, "segments hold whole sectors");
   assert(recordPayloadBytesMax + 2 * recordHeaderBytes < segmentBytes, "a record fits a segment with its seal");

@@ -1,0 +1,358 @@
+// The cluster catalog: the state machine of the meta Raft group. Every node
+// applies the same committed commands in the same order and must reach the
+// same state, so applyCommand is pure: no I/O, no clock, no randomness; time
+// and ids arrive inside the commands. A command that is invalid or refused
+// leaves the catalog unchanged and yields an error result; only the applied
+// index moves (docs/formats/catalog-commands.md).
+//
+// applyCommand validates first and mutates last: each handler checks
+// everything it needs, then makes all its changes, so no refusal can leave a
+// half-applied command behind.
+
+import { catalogNodesMax, catalogVolumesMax } from "../constants.js";
+import {
+  catalogSettings,
+  decodeCommand,
+  validateCommand,
+  type AddNode,
+  type CatalogCommand,
+  type CreateVolume,
+  type DeleteVolume,
+  type DrainNode,
+  type NodeHealth,
+  type NodeLabels,
+  type RemoveNode,
+  type ResizeVolume,
+  type SetReplicas,
+  type SetSetting,
+  type SettingValue,
+  type UpdateNode,
+} from "./commands.js";
+import { formatSize } from "../base/sizes.js";
+import { listNames, place, roomBytes, type PlacementNode } from "./placement.js";
+
+export interface CatalogNode {
+  id: number;
+  name: string;
+  address: string;
+  nbdPort: number;
+  apiPort: number;
+  peerPort: number;
+  capacityBytes: number;
+  /** As the node last reported it (updateNode); capacityBytes until then. */
+  freeBytes: number;
+  usedBytes: number;
+  labels: NodeLabels;
+  health: NodeHealth;
+  draining: boolean;
+  addedAt: number;
+  updatedAt: number;
+}
+
+export interface CatalogVolume {
+  /** Also the volume's Raft group id; never reused. */
+  id: number;
+  name: string;
+  sizeBytes: number;
+  /** Desired replica count. */
+  repl: number;
+  /** Nodes holding its replicas (the members of its Raft group), in placement order. */
+  nodes: number[];
+  /** Replicas must sit in distinct zones. */
+  zones: boolean;
+  createdAt: number;
+}
+
+export interface CatalogState {
+  /** Raft index of the last command applied (refused ones included). */
+  appliedIndex: number;
+  /** The id the next volume gets; only grows. */
+  nextVolumeId: number;
+  nodes: Map<number, CatalogNode>;
+  volumes: Map<string, CatalogVolume>;
+  /** Settings that differ from their defaults (catalogSettings). */
+  settings: Map<string, SettingValue>;
+}
+
+export function newCatalogState(): CatalogState {
+  return { appliedIndex: 0, nextVolumeId: 1, nodes: new Map(), volumes: new Map(), settings: new Map() };
+}
+
+export type CatalogErrorCode =
+  /** The command is malformed (bad field, unknown kind or setting). */
+  | "invalid"
+  /** The node or volume it names does not exist. */
+  | "not_found"
+  /** The node or volume it would create exists. */
+  | "exists"
+  /** The catalog's state forbids it now (replicas on a node, shrinking, a stale expect). */
+  | "conflict"
+  /** No replica set satisfies the request. */
+  | "placement"
+  /** A catalog limit (nodes, volumes) is reached. */
+  | "limit"
+  /** The index is not after the applied index: a replay, ignored. */
+  | "stale";
+
+export type ApplyResult =
+  | { ok: true; index: number; changed: boolean; node?: CatalogNode; volume?: CatalogVolume }
+  | { ok: false; index: number; code: CatalogErrorCode; error: string };
+
+type Outcome = { ok: true; changed: boolean; node?: CatalogNode; volume?: CatalogVolume } | { ok: false; code: CatalogErrorCode; error: string };
+
+/**
+ * Applies one committed command at Raft index `index`. Deterministic, never
+ * throws for any command; `command` may be anything (it is validated).
+ */
+export function applyCommand(state: CatalogState, command: unknown, index: number): ApplyResult {
+  if (!Number.isSafeInteger(index) || index <= state.appliedIndex) {
+    return { ok: false, index, code: "stale", error: `entry ${index} is not after the applied index ${state.appliedIndex}; ignored` };
+  }
+  state.appliedIndex = index;
+  const v = validateCommand(command);
+  const outcome: Outcome = v.ok ? dispatch(state, v.command) : { ok: false, code: "invalid", error: v.error };
+  return { ...outcome, index };
+}
+
+/** Decodes a log entry's data and applies it; a malformed entry is refused like an invalid command. */
+export function applyEntry(state: CatalogState, data: Uint8Array, index: number): ApplyResult {
+  if (!Number.isSafeInteger(index) || index <= state.appliedIndex) return applyCommand(state, undefined, index);
+  const d = decodeCommand(data);
+  if (!d.ok) {
+    state.appliedIndex = index;
+    return { ok: false, index, code: "invalid", error: d.error };
+  }
+  return applyCommand(state, d.command, index);
+}
+
+function dispatch(state: CatalogState, c: CatalogCommand): Outcome {
+  switch (c.kind) {
+    case "addNode":
+      return addNode(state, c);
+    case "updateNode":
+      return updateNode(state, c);
+    case "removeNode":
+      return removeNode(state, c);
+    case "drainNode":
+      return drainNode(state, c);
+    case "createVolume":
+      return createVolume(state, c);
+    case "deleteVolume":
+      return deleteVolume(state, c);
+    case "resizeVolume":
+      return resizeVolume(state, c);
+    case "setReplicas":
+      return setReplicas(state, c);
+    case "setSetting":
+      return setSetting(state, c);
+  }
+}
+
+const fail = (code: CatalogErrorCode, error: string): Outcome => ({ ok: false, code, error });
+
+function nodeNotFound(id: number): Outcome {
+  return fail("not_found", `node ${id} is not in the cluster; pxd node list shows the nodes`);
+}
+
+function volumeNotFound(name: string): Outcome {
+  return fail("not_found", `volume ${JSON.stringify(name)} does not exist; pxd volume list shows the volumes`);
+}
+
+function addNode(state: CatalogState, c: AddNode): Outcome {
+  const same = state.nodes.get(c.id);
+  if (same !== undefined) {
+    // A join retried after its reply was lost: the same identity is not an error.
+    const retry = same.name === c.name && same.address === c.address && same.nbdPort === c.nbdPort && same.apiPort === c.apiPort && same.peerPort === c.peerPort;
+    if (retry) return { ok: true, changed: false, node: copyNode(same) };
+    return fail("exists", `node ${c.id} is already in the cluster as ${same.name} at ${same.address}:${same.peerPort}; remove it first or use another id`);
+  }
+  for (const n of state.nodes.values()) {
+    if (n.name === c.name) return fail("exists", `node name ${JSON.stringify(c.name)} is taken by node ${n.id}; pick another name`);
+    if (n.address === c.address && n.peerPort === c.peerPort) {
+      return fail("exists", `node ${n.id} (${n.name}) already listens at ${c.address}:${c.peerPort}; give the new node its own address or peer port`);
+    }
+  }
+  if (state.nodes.size >= catalogNodesMax) return fail("limit", `the cluster has ${state.nodes.size} nodes, the most it holds; remove a node first`);
+  const node: CatalogNode = {
+    id: c.id,
+    name: c.name,
+    address: c.address,
+    nbdPort: c.nbdPort,
+    apiPort: c.apiPort,
+    peerPort: c.peerPort,
+    capacityBytes: c.capacityBytes,
+    freeBytes: c.capacityBytes,
+    usedBytes: 0,
+    labels: { ...c.labels },
+    health: "up",
+    draining: false,
+    addedAt: c.at,
+    updatedAt: c.at,
+  };
+  state.nodes = insertSorted(state.nodes, node.id, node);
+  return { ok: true, changed: true, node: copyNode(node) };
+}
+
+function updateNode(state: CatalogState, c: UpdateNode): Outcome {
+  const n = state.nodes.get(c.id);
+  if (n === undefined) return nodeNotFound(c.id);
+  if (c.freeBytes !== undefined) n.freeBytes = c.freeBytes;
+  if (c.usedBytes !== undefined) n.usedBytes = c.usedBytes;
+  if (c.capacityBytes !== undefined) n.capacityBytes = c.capacityBytes;
+  if (c.health !== undefined) n.health = c.health;
+  if (c.labels !== undefined) n.labels = { ...c.labels };
+  n.updatedAt = c.at;
+  return { ok: true, changed: true, node: copyNode(n) };
+}
+
+function removeNode(state: CatalogState, c: RemoveNode): Outcome {
+  const n = state.nodes.get(c.id);
+  if (n === undefined) return nodeNotFound(c.id);
+  const holding = [...state.volumes.values()].filter((v) => v.nodes.includes(c.id));
+  if (holding.length > 0 && c.force !== true) {
+    const names = listNames(holding.map((v) => v.name));
+    const what = holding.length === 1 ? "1 volume" : `${holding.length} volumes`;
+    return fail("conflict", `node ${c.id} (${n.name}) still holds replicas of ${what} (${names}); drain it and wait for re-replication, or use --force`);
+  }
+  for (const v of holding) v.nodes = v.nodes.filter((id) => id !== c.id);
+  state.nodes.delete(c.id);
+  return { ok: true, changed: true, node: copyNode(n) };
+}
+
+function drainNode(state: CatalogState, c: DrainNode): Outcome {
+  const n = state.nodes.get(c.id);
+  if (n === undefined) return nodeNotFound(c.id);
+  const draining = c.draining ?? true;
+  const changed = n.draining !== draining;
+  n.draining = draining;
+  return { ok: true, changed, node: copyNode(n) };
+}
+
+/** What placement sees: each node with the bytes already promised to the volumes it holds. */
+export function placementNodes(state: CatalogState): PlacementNode[] {
+  const promised = promisedBytes(state);
+  return [...state.nodes.values()].map((n) => {
+    const p: PlacementNode = {
+      id: n.id,
+      name: n.name,
+      up: n.health === "up",
+      draining: n.draining,
+      capacityBytes: n.capacityBytes,
+      promisedBytes: promised.get(n.id) ?? 0,
+    };
+    if (n.labels["zone"] !== undefined) p.zone = n.labels["zone"];
+    if (n.labels["rack"] !== undefined) p.rack = n.labels["rack"];
+    return p;
+  });
+}
+
+/** Per node id, the sum of the sizes of the volumes with a replica on it. */
+export function promisedBytes(state: CatalogState): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const v of state.volumes.values()) for (const id of v.nodes) out.set(id, (out.get(id) ?? 0) + v.sizeBytes);
+  return out;
+}
+
+export function settingValue(state: CatalogState, key: keyof typeof catalogSettings & string): SettingValue {
+  return state.settings.get(key) ?? catalogSettings[key]?.defaultValue ?? 0;
+}
+
+function overcommitPercent(state: CatalogState): number {
+  const v = settingValue(state, "overcommitPercent");
+  return typeof v === "number" ? v : 100;
+}
+
+function createVolume(state: CatalogState, c: CreateVolume): Outcome {
+  const existing = state.volumes.get(c.name);
+  if (existing !== undefined) {
+    return fail("exists", `volume ${JSON.stringify(c.name)} already exists (id ${existing.id}, ${formatSize(existing.sizeBytes)}); delete it first or pick another name`);
+  }
+  if (state.volumes.size >= catalogVolumesMax) return fail("limit", `the cluster has ${state.volumes.size} volumes, the most it holds; delete a volume first`);
+  if (!Number.isSafeInteger(state.nextVolumeId + 1)) return fail("limit", "volume ids are exhausted");
+  const request = { volume: c.name, sizeBytes: c.sizeBytes, repl: c.repl, overcommitPercent: overcommitPercent(state) };
+  const placed = place(placementNodes(state), { ...request, ...(c.nodes ? { nodes: c.nodes } : {}), ...(c.zones ? { zones: true } : {}) });
+  if ("error" in placed) return fail("placement", placed.error);
+  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, createdAt: c.at };
+  state.nextVolumeId++;
+  state.volumes.set(volume.name, volume);
+  return { ok: true, changed: true, volume: copyVolume(volume) };
+}
+
+function deleteVolume(state: CatalogState, c: DeleteVolume): Outcome {
+  const v = state.volumes.get(c.name);
+  if (v === undefined) return volumeNotFound(c.name);
+  state.volumes.delete(c.name);
+  return { ok: true, changed: true, volume: copyVolume(v) };
+}
+
+function resizeVolume(state: CatalogState, c: ResizeVolume): Outcome {
+  const v = state.volumes.get(c.name);
+  if (v === undefined) return volumeNotFound(c.name);
+  const name = JSON.stringify(c.name);
+  if (c.sizeBytes < v.sizeBytes) {
+    return fail("conflict", `volume ${name} is ${formatSize(v.sizeBytes)} and can only grow (asked for ${formatSize(c.sizeBytes)}); create a new volume and copy the data to shrink`);
+  }
+  if (c.sizeBytes === v.sizeBytes) return { ok: true, changed: false, volume: copyVolume(v) };
+  const growth = c.sizeBytes - v.sizeBytes;
+  const percent = overcommitPercent(state);
+  for (const p of placementNodes(state)) {
+    if (!v.nodes.includes(p.id)) continue;
+    const room = roomBytes(p, percent);
+    if (room < growth) {
+      return fail("placement", `cannot grow volume ${name} to ${formatSize(c.sizeBytes)}: its replica on node ${p.id} (${p.name}) has ${formatSize(Math.max(0, room))} unpromised and needs ${formatSize(growth)} more; add capacity, move the replica or raise the setting overcommitPercent`);
+    }
+  }
+  v.sizeBytes = c.sizeBytes;
+  return { ok: true, changed: true, volume: copyVolume(v) };
+}
+
+function setReplicas(state: CatalogState, c: SetReplicas): Outcome {
+  const v = state.volumes.get(c.name);
+  if (v === undefined) return volumeNotFound(c.name);
+  const name = JSON.stringify(c.name);
+  if (c.expect !== undefined && !sameIds(c.expect, v.nodes)) {
+    return fail("conflict", `volume ${name} has replicas on [${v.nodes.join(", ")}], not [${c.expect.join(", ")}] as expected; read the volume again and retry`);
+  }
+  for (const [i, id] of c.nodes.entries()) {
+    if (c.nodes.indexOf(id) !== i) return fail("invalid", `volume ${name}: node ${id} is named twice in the replica set; name each node once`);
+    if (!state.nodes.has(id)) return fail("not_found", `volume ${name}: node ${id} is not in the cluster; pxd node list shows the nodes`);
+  }
+  const changed = !sameIds(c.nodes, v.nodes) || (c.repl !== undefined && c.repl !== v.repl);
+  v.nodes = [...c.nodes];
+  if (c.repl !== undefined) v.repl = c.repl;
+  return { ok: true, changed, volume: copyVolume(v) };
+}
+
+function setSetting(state: CatalogState, c: SetSetting): Outcome {
+  const before = state.settings.get(c.key);
+  if (c.value === null) state.settings.delete(c.key);
+  else state.settings = insertSorted(state.settings, c.key, c.value);
+  return { ok: true, changed: before !== c.value && !(before === undefined && c.value === null) };
+}
+
+function sameIds(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((id, i) => id === b[i]);
+}
+
+/** Keeps a map in key order, so iteration (and placement's input) never depends on insertion history. */
+function insertSorted<K extends number | string, V>(map: Map<K, V>, key: K, value: V): Map<K, V> {
+  if (map.has(key)) {
+    map.set(key, value);
+    return map;
+  }
+  const last = [...map.keys()].at(-1);
+  if (last === undefined || last < key) {
+    map.set(key, value);
+    return map;
+  }
+  const entries = [...map.entries(), [key, value] as [K, V]].sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
+  return new Map(entries);
+}
+
+export function copyNode(n: CatalogNode): CatalogNode {
+  return { ...n, labels: { ...n.labels } };
+}
+
+export function copyVolume(v: CatalogVolume): CatalogVolume {
+  return { ...v, nodes: [...v.nodes] };
+}

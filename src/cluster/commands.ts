@@ -1,0 +1,433 @@
+// Catalog commands: the entries of the meta group's Raft log
+// (docs/formats/catalog-commands.md). A command is a plain object; on the log
+// it is one version byte followed by its msgpack body. Everything read from
+// the log is untrusted until validateCommand has checked every field: type,
+// range, length and pattern, and refused unknown fields and kinds. The result
+// is a normalized copy with a fixed key order and sorted labels, so the bytes
+// encodeCommand writes depend only on the command's meaning.
+
+import { Packr } from "msgpackr";
+import {
+  catalogCommandBytesMax,
+  catalogNameCharsMax,
+  catalogSettingCharsMax,
+  nodeAddressCharsMax,
+  nodeBytesMax,
+  nodeLabelCharsMax,
+  nodeLabelsMax,
+  volumeBytesMax,
+  volumeReplicasMax,
+} from "../constants.js";
+
+/** The first byte of every encoded command; a decoder refuses any other. */
+export const catalogCommandVersion = 1;
+
+export const nodeHealths = ["up", "down"] as const;
+export type NodeHealth = (typeof nodeHealths)[number];
+
+/** Labels of a node: zone and rack are what placement reads; others are kept for people. */
+export type NodeLabels = Record<string, string>;
+
+export type SettingValue = number | string | boolean;
+
+export interface AddNode {
+  kind: "addNode";
+  id: number;
+  name: string;
+  address: string;
+  nbdPort: number;
+  apiPort: number;
+  peerPort: number;
+  capacityBytes: number;
+  labels: NodeLabels;
+  /** Milliseconds since the epoch, from the proposer's clock. */
+  at: number;
+}
+
+export interface UpdateNode {
+  kind: "updateNode";
+  id: number;
+  at: number;
+  freeBytes?: number;
+  usedBytes?: number;
+  capacityBytes?: number;
+  health?: NodeHealth;
+  labels?: NodeLabels;
+}
+
+export interface RemoveNode {
+  kind: "removeNode";
+  id: number;
+  /** Remove even while the node holds replicas; they are dropped from their replica sets. */
+  force?: boolean;
+}
+
+export interface DrainNode {
+  kind: "drainNode";
+  id: number;
+  /** false undoes a drain; absent means true. */
+  draining?: boolean;
+}
+
+export interface CreateVolume {
+  kind: "createVolume";
+  name: string;
+  sizeBytes: number;
+  repl: number;
+  /** Explicit replica set (node ids); its length must equal repl. */
+  nodes?: number[];
+  /** Replicas must sit in distinct zones (otherwise distinct zones are only preferred). */
+  zones?: boolean;
+  at: number;
+}
+
+export interface DeleteVolume {
+  kind: "deleteVolume";
+  name: string;
+}
+
+export interface ResizeVolume {
+  kind: "resizeVolume";
+  name: string;
+  sizeBytes: number;
+}
+
+export interface SetReplicas {
+  kind: "setReplicas";
+  name: string;
+  nodes: number[];
+  /** New desired replica count (ha-update); absent keeps it. */
+  repl?: number;
+  /** Applies only if the replica set is still exactly this (compare-and-set for re-replication). */
+  expect?: number[];
+}
+
+export interface SetSetting {
+  kind: "setSetting";
+  key: string;
+  /** null returns the setting to its default. */
+  value: SettingValue | null;
+}
+
+export type CatalogCommand =
+  | AddNode
+  | UpdateNode
+  | RemoveNode
+  | DrainNode
+  | CreateVolume
+  | DeleteVolume
+  | ResizeVolume
+  | SetReplicas
+  | SetSetting;
+
+export type CommandKind = CatalogCommand["kind"];
+
+/** Volume and node names: also NBD export names and file names (the control API's rule). */
+export const catalogNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+/** A host name, IPv4 or IPv6 literal (brackets and a zone suffix allowed). */
+const addressPattern = /^[A-Za-z0-9.:%[\]-]+$/;
+const labelKeyPattern = /^[a-z0-9][a-z0-9._/-]*$/;
+const labelValuePattern = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+interface SettingSpec {
+  doc: string;
+  defaultValue: SettingValue;
+  check(value: unknown): string | null;
+}
+
+const intSetting = (min: number, max: number) => (v: unknown): string | null =>
+  typeof v === "number" && Number.isSafeInteger(v) && v >= min && v <= max ? null : `must be an integer in [${min}, ${max}], not ${describe(v)}`;
+
+/** Every setting the catalog knows; setSetting refuses other keys. */
+export const catalogSettings: Readonly<Record<string, SettingSpec>> = Object.freeze({
+  overcommitPercent: {
+    doc: "bytes a node may have promised to volumes, as a percentage of its capacity (100 = no thin overcommit)",
+    defaultValue: 100,
+    check: intSetting(100, 10_000),
+  },
+  defaultRepl: {
+    doc: "replica count of a volume created without --repl",
+    defaultValue: 1,
+    check: intSetting(1, volumeReplicasMax),
+  },
+  clusterName: {
+    doc: "a name for people (pxd status prints it)",
+    defaultValue: "pxd",
+    check: (v) =>
+      typeof v === "string" && catalogNamePattern.test(v) ? null : `must be 1-${catalogNameCharsMax} letters, digits, ".", "_" or "-", not ${describe(v)}`,
+  },
+});
+
+// ---- validation ----
+
+/** Thrown inside the validators only; validateCommand turns it into an error result. */
+class Invalid extends Error {}
+
+type Obj = Record<string, unknown>;
+
+const hasOwn = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.call(o, k);
+
+function get(o: Obj, key: string): unknown {
+  return hasOwn(o, key) ? o[key] : undefined;
+}
+
+function isPlainObject(v: unknown): v is Obj {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) return false;
+  const proto = Object.getPrototypeOf(v) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
+/** A short, safe description of any value for an error message (never throws, never long). */
+export function describe(v: unknown): string {
+  if (v === undefined) return "missing";
+  if (v === null) return "null";
+  if (typeof v === "string") return `the string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + "…" : v)}`;
+  if (typeof v === "number") return String(v);
+  if (typeof v === "bigint") return `the 64-bit integer ${String(v).slice(0, 24)}`;
+  if (typeof v === "boolean") return String(v);
+  if (Array.isArray(v)) return `an array of ${v.length}`;
+  if (v instanceof Uint8Array) return `${v.length} bytes of binary`;
+  if (isPlainObject(v)) return "an object";
+  return `a ${typeof v === "object" ? (Object.prototype.toString.call(v).slice(8, -1) || "value") : typeof v}`;
+}
+
+/** A string as a quoted literal, anything else as describe() says it. */
+function shown(v: unknown): string {
+  return typeof v === "string" ? JSON.stringify(v.length > 40 ? v.slice(0, 40) + "…" : v) : describe(v);
+}
+
+function int(o: Obj, kind: string, key: string, min: number, max: number, unit = ""): number {
+  const v = get(o, key);
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min || v > max) {
+    throw new Invalid(`${kind}: field "${key}" must be an integer${unit} in [${min}, ${max}], not ${describe(v)}`);
+  }
+  return v;
+}
+
+function optInt(o: Obj, kind: string, key: string, min: number, max: number, unit = ""): number | undefined {
+  return get(o, key) === undefined ? undefined : int(o, kind, key, min, max, unit);
+}
+
+function bool(o: Obj, kind: string, key: string): boolean | undefined {
+  const v = get(o, key);
+  if (v === undefined) return undefined;
+  if (typeof v !== "boolean") throw new Invalid(`${kind}: field "${key}" must be true or false, not ${describe(v)}`);
+  return v;
+}
+
+function str(o: Obj, kind: string, key: string, pattern: RegExp, charsMax: number, rule: string): string {
+  const v = get(o, key);
+  if (typeof v !== "string" || v.length === 0 || v.length > charsMax || !pattern.test(v)) {
+    throw new Invalid(`${kind}: field "${key}" must be ${rule} (1-${charsMax} characters), not ${describe(v)}`);
+  }
+  return v;
+}
+
+const nameRule = `letters, digits, ".", "_" and "-", starting with a letter or digit`;
+
+function name(o: Obj, kind: string, key = "name"): string {
+  return str(o, kind, key, catalogNamePattern, catalogNameCharsMax, nameRule);
+}
+
+function nodeId(o: Obj, kind: string, key = "id"): number {
+  return int(o, kind, key, 1, Number.MAX_SAFE_INTEGER);
+}
+
+function at(o: Obj, kind: string): number {
+  return int(o, kind, "at", 0, Number.MAX_SAFE_INTEGER, " (milliseconds since the epoch)");
+}
+
+function nodeIds(o: Obj, kind: string, key: string, optional: boolean): number[] | undefined {
+  const v = get(o, key);
+  if (v === undefined && optional) return undefined;
+  if (!Array.isArray(v) || v.length < 1 || v.length > volumeReplicasMax) {
+    throw new Invalid(`${kind}: field "${key}" must be a list of 1-${volumeReplicasMax} node ids, not ${describe(v)}`);
+  }
+  return v.map((id, i) => {
+    if (typeof id !== "number" || !Number.isSafeInteger(id) || id < 1) {
+      throw new Invalid(`${kind}: field "${key}"[${i}] must be a node id (a positive integer), not ${describe(id)}`);
+    }
+    return id;
+  });
+}
+
+function labels(o: Obj, kind: string, key: string, optional: boolean): NodeLabels | undefined {
+  const v = get(o, key);
+  if (v === undefined && optional) return undefined;
+  if (!isPlainObject(v)) throw new Invalid(`${kind}: field "${key}" must be an object of label strings, not ${describe(v)}`);
+  const keys = Object.keys(v);
+  if (keys.length > nodeLabelsMax) throw new Invalid(`${kind}: field "${key}" has ${keys.length} labels; the most is ${nodeLabelsMax}`);
+  const out: NodeLabels = {};
+  for (const k of keys.sort()) {
+    if (k.length > nodeLabelCharsMax || !labelKeyPattern.test(k)) {
+      throw new Invalid(`${kind}: label key ${shown(k)} must be 1-${nodeLabelCharsMax} lower-case letters, digits, ".", "_", "/" or "-"`);
+    }
+    const value = v[k];
+    if (typeof value !== "string" || value.length === 0 || value.length > nodeLabelCharsMax || !labelValuePattern.test(value)) {
+      throw new Invalid(`${kind}: label "${k}" must be 1-${nodeLabelCharsMax} ${nameRule}, not ${describe(value)}`);
+    }
+    out[k] = value;
+  }
+  return out;
+}
+
+function health(o: Obj, kind: string): NodeHealth | undefined {
+  const v = get(o, "health");
+  if (v === undefined) return undefined;
+  const found = nodeHealths.find((h) => h === v);
+  if (found === undefined) throw new Invalid(`${kind}: field "health" must be one of ${nodeHealths.join(", ")}, not ${describe(v)}`);
+  return found;
+}
+
+/** Copies the defined fields in the given order, so equal commands encode to equal bytes. */
+function pick<T>(fields: Record<string, unknown>): T {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(fields)) if (v !== undefined) out[k] = v;
+  return out as T;
+}
+
+const port = (o: Obj, kind: string, key: string): number => int(o, kind, key, 1, 65_535);
+const bytes = (o: Obj, kind: string, key: string): number => int(o, kind, key, 0, nodeBytesMax, " of bytes");
+const optBytes = (o: Obj, kind: string, key: string): number | undefined => optInt(o, kind, key, 0, nodeBytesMax, " of bytes");
+
+const fieldsOf: Record<CommandKind, readonly string[]> = {
+  addNode: ["kind", "id", "name", "address", "nbdPort", "apiPort", "peerPort", "capacityBytes", "labels", "at"],
+  updateNode: ["kind", "id", "at", "freeBytes", "usedBytes", "capacityBytes", "health", "labels"],
+  removeNode: ["kind", "id", "force"],
+  drainNode: ["kind", "id", "draining"],
+  createVolume: ["kind", "name", "sizeBytes", "repl", "nodes", "zones", "at"],
+  deleteVolume: ["kind", "name"],
+  resizeVolume: ["kind", "name", "sizeBytes"],
+  setReplicas: ["kind", "name", "nodes", "repl", "expect"],
+  setSetting: ["kind", "key", "value"],
+};
+
+export const commandKinds = Object.keys(fieldsOf) as CommandKind[];
+
+const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
+  addNode: (o, k) =>
+    pick<AddNode>({
+      kind: k,
+      id: nodeId(o, k),
+      name: name(o, k),
+      address: str(o, k, "address", addressPattern, nodeAddressCharsMax, "a host name or IP address"),
+      nbdPort: port(o, k, "nbdPort"),
+      apiPort: port(o, k, "apiPort"),
+      peerPort: port(o, k, "peerPort"),
+      capacityBytes: bytes(o, k, "capacityBytes"),
+      labels: labels(o, k, "labels", false),
+      at: at(o, k),
+    }),
+  updateNode: (o, k) => {
+    const c = pick<UpdateNode>({
+      kind: k,
+      id: nodeId(o, k),
+      at: at(o, k),
+      freeBytes: optBytes(o, k, "freeBytes"),
+      usedBytes: optBytes(o, k, "usedBytes"),
+      capacityBytes: optBytes(o, k, "capacityBytes"),
+      health: health(o, k),
+      labels: labels(o, k, "labels", true),
+    });
+    return c;
+  },
+  removeNode: (o, k) => pick<RemoveNode>({ kind: k, id: nodeId(o, k), force: bool(o, k, "force") }),
+  drainNode: (o, k) => pick<DrainNode>({ kind: k, id: nodeId(o, k), draining: bool(o, k, "draining") }),
+  createVolume: (o, k) =>
+    pick<CreateVolume>({
+      kind: k,
+      name: name(o, k),
+      sizeBytes: int(o, k, "sizeBytes", 1, volumeBytesMax, " of bytes"),
+      repl: int(o, k, "repl", 1, volumeReplicasMax),
+      nodes: nodeIds(o, k, "nodes", true),
+      zones: bool(o, k, "zones"),
+      at: at(o, k),
+    }),
+  deleteVolume: (o, k) => pick<DeleteVolume>({ kind: k, name: name(o, k) }),
+  resizeVolume: (o, k) => pick<ResizeVolume>({ kind: k, name: name(o, k), sizeBytes: int(o, k, "sizeBytes", 1, volumeBytesMax, " of bytes") }),
+  setReplicas: (o, k) =>
+    pick<SetReplicas>({
+      kind: k,
+      name: name(o, k),
+      nodes: nodeIds(o, k, "nodes", false),
+      repl: optInt(o, k, "repl", 1, volumeReplicasMax),
+      expect: nodeIds(o, k, "expect", true),
+    }),
+  setSetting: (o, k) => {
+    const key = get(o, "key");
+    const spec = typeof key === "string" && hasOwn(catalogSettings, key) ? catalogSettings[key] : undefined;
+    if (spec === undefined || typeof key !== "string") {
+      throw new Invalid(`${k}: unknown setting ${shown(key)}; the settings are ${Object.keys(catalogSettings).join(", ")}`);
+    }
+    const value = get(o, "value");
+    if (value !== null) {
+      const problem = spec.check(value);
+      if (problem !== null) throw new Invalid(`${k}: setting "${key}" ${problem}`);
+    }
+    return { kind: "setSetting", key, value: value as SettingValue | null };
+  },
+};
+
+export type Validated = { ok: true; command: CatalogCommand } | { ok: false; error: string };
+
+/** Checks anything that claims to be a command; never throws for any input. */
+export function validateCommand(input: unknown): Validated {
+  if (!isPlainObject(input)) return { ok: false, error: `a catalog command must be an object, not ${describe(input)}` };
+  const kind = get(input, "kind");
+  if (typeof kind !== "string" || !hasOwn(fieldsOf, kind)) {
+    return { ok: false, error: `unknown catalog command kind ${shown(kind)}; the kinds are ${commandKinds.join(", ")}` };
+  }
+  const k = kind as CommandKind;
+  const allowed = fieldsOf[k];
+  for (const key of Object.keys(input)) {
+    if (!allowed.includes(key)) {
+      return { ok: false, error: `${k}: unknown field ${shown(key)}; the fields are ${allowed.slice(1).join(", ")}` };
+    }
+  }
+  try {
+    return { ok: true, command: validators[k](input, k) };
+  } catch (e) {
+    if (e instanceof Invalid) return { ok: false, error: e.message };
+    throw e;
+  }
+}
+
+// ---- encoding ----
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+export class CatalogCommandError extends Error {
+  override name = "CatalogCommandError";
+}
+
+/** Version byte + msgpack of the normalized command. Throws CatalogCommandError for an invalid one. */
+export function encodeCommand(command: CatalogCommand): Uint8Array {
+  const v = validateCommand(command);
+  if (!v.ok) throw new CatalogCommandError(v.error);
+  const body = packr.pack(v.command);
+  const out = new Uint8Array(1 + body.length);
+  out[0] = catalogCommandVersion;
+  out.set(body, 1);
+  if (out.length > catalogCommandBytesMax) throw new CatalogCommandError(`command of ${out.length} bytes is over the ${catalogCommandBytesMax}-byte limit`);
+  return out;
+}
+
+/** Decodes and validates bytes from the log; never throws. */
+export function decodeCommand(bytes: Uint8Array): Validated {
+  if (!(bytes instanceof Uint8Array)) return { ok: false, error: `a catalog command is bytes, not ${describe(bytes)}` };
+  if (bytes.length === 0) return { ok: false, error: "empty catalog command" };
+  if (bytes.length > catalogCommandBytesMax) {
+    return { ok: false, error: `catalog command of ${bytes.length} bytes is over the ${catalogCommandBytesMax}-byte limit` };
+  }
+  if (bytes[0] !== catalogCommandVersion) {
+    return { ok: false, error: `catalog command version ${bytes[0]} is not ${catalogCommandVersion}; is this node running an older pxd than the one that proposed it?` };
+  }
+  let decoded: unknown;
+  try {
+    decoded = packr.unpack(bytes.subarray(1));
+  } catch (e) {
+    const why = e instanceof Error ? e.message.slice(0, 80) : "undecodable";
+    return { ok: false, error: `catalog command is not valid msgpack (${why})` };
+  }
+  return validateCommand(decoded);
+}

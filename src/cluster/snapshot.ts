@@ -1,0 +1,221 @@
+// Snapshots of the catalog, for the meta group's log compaction and for a
+// follower too far behind (docs/formats/catalog-commands.md, "Snapshot").
+//
+//   u8 version | u32 BE CRC32C of the body | body (msgpack)
+//
+// The body lists nodes by id, volumes by id and settings by key, each object
+// with a fixed key order, so equal states encode to equal bytes: the
+// determinism tests compare snapshots of two replicas byte for byte. Decoding
+// trusts nothing: every field is checked with the same bounds as the commands
+// that made it, then the cross-record invariants (checkCatalogInvariants).
+
+import { Packr } from "msgpackr";
+import { crc32c } from "../base/crc32c.js";
+import { catalogNodesMax, catalogSnapshotBytesMax, catalogVolumesMax, volumeReplicasMax } from "../constants.js";
+import { describe, validateCommand, type SettingValue } from "./commands.js";
+import type { CatalogNode, CatalogState, CatalogVolume } from "./catalog.js";
+
+export const catalogSnapshotVersion = 1;
+const headerBytes = 5;
+
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+export class CatalogSnapshotError extends Error {
+  override name = "CatalogSnapshotError";
+}
+
+export function encodeCatalogSnapshot(state: CatalogState): Uint8Array {
+  const body = packr.pack({
+    appliedIndex: state.appliedIndex,
+    nextVolumeId: state.nextVolumeId,
+    nodes: [...state.nodes.values()].sort((a, b) => a.id - b.id).map(nodeRecord),
+    volumes: [...state.volumes.values()].sort((a, b) => a.id - b.id).map(volumeRecord),
+    settings: [...state.settings.entries()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)),
+  });
+  const out = new Uint8Array(headerBytes + body.length);
+  out[0] = catalogSnapshotVersion;
+  new DataView(out.buffer, out.byteOffset, out.byteLength).setUint32(1, crc32c(body) >>> 0);
+  out.set(body, headerBytes);
+  return out;
+}
+
+/** The state a snapshot holds; throws CatalogSnapshotError, saying what is wrong, for anything else. */
+export function decodeCatalogSnapshot(bytes: Uint8Array): CatalogState {
+  if (bytes.length < headerBytes) throw new CatalogSnapshotError(`catalog snapshot of ${bytes.length} bytes is shorter than its ${headerBytes}-byte header`);
+  if (bytes.length > catalogSnapshotBytesMax) throw new CatalogSnapshotError(`catalog snapshot of ${bytes.length} bytes is over the ${catalogSnapshotBytesMax}-byte limit`);
+  if (bytes[0] !== catalogSnapshotVersion) throw new CatalogSnapshotError(`catalog snapshot version ${bytes[0]} is not ${catalogSnapshotVersion}`);
+  const body = bytes.subarray(headerBytes);
+  const crc = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint32(1);
+  if ((crc32c(body) >>> 0) !== crc) throw new CatalogSnapshotError("catalog snapshot checksum mismatch: the snapshot is damaged");
+  let raw: unknown;
+  try {
+    raw = packr.unpack(body);
+  } catch (e) {
+    throw new CatalogSnapshotError(`catalog snapshot body is not valid msgpack (${e instanceof Error ? e.message.slice(0, 80) : "undecodable"})`);
+  }
+  const state = stateOf(raw);
+  const problem = checkCatalogInvariants(state);
+  if (problem !== null) throw new CatalogSnapshotError(`catalog snapshot is inconsistent: ${problem}`);
+  return state;
+}
+
+/** What must hold between the records of any catalog; null when it does. */
+export function checkCatalogInvariants(state: CatalogState): string | null {
+  if (state.nodes.size > catalogNodesMax) return `${state.nodes.size} nodes, over the limit ${catalogNodesMax}`;
+  if (state.volumes.size > catalogVolumesMax) return `${state.volumes.size} volumes, over the limit ${catalogVolumesMax}`;
+  const names = new Set<string>();
+  const endpoints = new Set<string>();
+  for (const [id, n] of state.nodes) {
+    if (id !== n.id) return `node ${n.id} is filed under ${id}`;
+    if (names.has(n.name)) return `node name ${JSON.stringify(n.name)} is used twice`;
+    names.add(n.name);
+    const endpoint = `${n.address}:${n.peerPort}`;
+    if (endpoints.has(endpoint)) return `two nodes listen at ${endpoint}`;
+    endpoints.add(endpoint);
+  }
+  const ids = new Set<number>();
+  for (const [name, v] of state.volumes) {
+    if (name !== v.name) return `volume ${JSON.stringify(v.name)} is filed under ${JSON.stringify(name)}`;
+    if (ids.has(v.id)) return `volume id ${v.id} is used twice`;
+    ids.add(v.id);
+    if (v.id >= state.nextVolumeId) return `volume ${JSON.stringify(v.name)} has id ${v.id}, not below the next id ${state.nextVolumeId}`;
+    if (v.nodes.length > volumeReplicasMax) return `volume ${JSON.stringify(v.name)} has ${v.nodes.length} replicas`;
+    if (new Set(v.nodes).size !== v.nodes.length) return `volume ${JSON.stringify(v.name)} names a node twice`;
+    const unknown = v.nodes.find((id) => !state.nodes.has(id));
+    if (unknown !== undefined) return `volume ${JSON.stringify(v.name)} has a replica on node ${unknown}, which is not in the catalog`;
+  }
+  for (const [key, value] of state.settings) {
+    const check = validateCommand({ kind: "setSetting", key, value });
+    if (!check.ok) return check.error;
+  }
+  return null;
+}
+
+function nodeRecord(n: CatalogNode): CatalogNode {
+  const labels: Record<string, string> = {};
+  for (const k of Object.keys(n.labels).sort()) labels[k] = n.labels[k] ?? "";
+  return {
+    id: n.id,
+    name: n.name,
+    address: n.address,
+    nbdPort: n.nbdPort,
+    apiPort: n.apiPort,
+    peerPort: n.peerPort,
+    capacityBytes: n.capacityBytes,
+    freeBytes: n.freeBytes,
+    usedBytes: n.usedBytes,
+    labels,
+    health: n.health,
+    draining: n.draining,
+    addedAt: n.addedAt,
+    updatedAt: n.updatedAt,
+  };
+}
+
+function volumeRecord(v: CatalogVolume): CatalogVolume {
+  return { id: v.id, name: v.name, sizeBytes: v.sizeBytes, repl: v.repl, nodes: [...v.nodes], zones: v.zones, createdAt: v.createdAt };
+}
+
+type Obj = Record<string, unknown>;
+
+function obj(v: unknown, what: string): Obj {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new CatalogSnapshotError(`${what} must be an object, not ${describe(v)}`);
+  return v as Obj;
+}
+
+function list(v: unknown, what: string, max: number): unknown[] {
+  if (!Array.isArray(v) || v.length > max) throw new CatalogSnapshotError(`${what} must be a list of at most ${max}, not ${describe(v)}`);
+  return v;
+}
+
+function exactKeys(o: Obj, keys: readonly string[], what: string): void {
+  const got = Object.keys(o);
+  if (got.length !== keys.length || !keys.every((k) => Object.prototype.hasOwnProperty.call(o, k))) {
+    throw new CatalogSnapshotError(`${what} has fields ${got.slice(0, 20).join(", ")}; expected ${keys.join(", ")}`);
+  }
+}
+
+function count(v: unknown, min: number, what: string): number {
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < min) throw new CatalogSnapshotError(`${what} must be an integer >= ${min}, not ${describe(v)}`);
+  return v;
+}
+
+/** Checks a node's fields with the bounds of the commands that set them. */
+function nodeOf(raw: unknown, i: number): CatalogNode {
+  const what = `node record ${i}`;
+  const o = obj(raw, what);
+  exactKeys(o, Object.keys(nodeRecord(exampleNode)), what);
+  const add = validateCommand({ kind: "addNode", id: o["id"], name: o["name"], address: o["address"], nbdPort: o["nbdPort"], apiPort: o["apiPort"], peerPort: o["peerPort"], capacityBytes: o["capacityBytes"], labels: o["labels"], at: o["addedAt"] });
+  if (!add.ok || add.command.kind !== "addNode") throw new CatalogSnapshotError(`${what}: ${add.ok ? "not a node" : add.error}`);
+  const upd = validateCommand({ kind: "updateNode", id: o["id"], at: o["updatedAt"], freeBytes: o["freeBytes"], usedBytes: o["usedBytes"], health: o["health"] });
+  if (!upd.ok || upd.command.kind !== "updateNode") throw new CatalogSnapshotError(`${what}: ${upd.ok ? "not a node" : upd.error}`);
+  if (typeof o["draining"] !== "boolean") throw new CatalogSnapshotError(`${what}: draining must be true or false, not ${describe(o["draining"])}`);
+  const a = add.command;
+  const u = upd.command;
+  if (u.freeBytes === undefined || u.usedBytes === undefined || u.health === undefined) {
+    throw new CatalogSnapshotError(`${what}: freeBytes, usedBytes and health must be present`);
+  }
+  return nodeRecord({
+    ...a,
+    freeBytes: u.freeBytes,
+    usedBytes: u.usedBytes,
+    health: u.health,
+    draining: o["draining"],
+    addedAt: a.at,
+    updatedAt: u.at,
+  });
+}
+
+function volumeOf(raw: unknown, i: number): CatalogVolume {
+  const what = `volume record ${i}`;
+  const o = obj(raw, what);
+  exactKeys(o, Object.keys(volumeRecord(exampleVolume)), what);
+  const c = validateCommand({ kind: "createVolume", name: o["name"], sizeBytes: o["sizeBytes"], repl: o["repl"], at: o["createdAt"] });
+  if (!c.ok || c.command.kind !== "createVolume") throw new CatalogSnapshotError(`${what}: ${c.ok ? "not a volume" : c.error}`);
+  const id = count(o["id"], 1, `${what}: id`);
+  const nodes = list(o["nodes"], `${what}: nodes`, volumeReplicasMax).map((n, j) => count(n, 1, `${what}: nodes[${j}]`));
+  if (typeof o["zones"] !== "boolean") throw new CatalogSnapshotError(`${what}: zones must be true or false, not ${describe(o["zones"])}`);
+  return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], createdAt: c.command.at };
+}
+
+function stateOf(raw: unknown): CatalogState {
+  const o = obj(raw, "catalog snapshot body");
+  exactKeys(o, ["appliedIndex", "nextVolumeId", "nodes", "volumes", "settings"], "catalog snapshot body");
+  const state: CatalogState = {
+    appliedIndex: count(o["appliedIndex"], 0, "appliedIndex"),
+    nextVolumeId: count(o["nextVolumeId"], 1, "nextVolumeId"),
+    nodes: new Map(),
+    volumes: new Map(),
+    settings: new Map(),
+  };
+  let lastId = 0;
+  for (const [i, raw] of list(o["nodes"], "nodes", catalogNodesMax).entries()) {
+    const n = nodeOf(raw, i);
+    if (n.id <= lastId) throw new CatalogSnapshotError(`node records are not in increasing id order at ${n.id}`);
+    lastId = n.id;
+    state.nodes.set(n.id, n);
+  }
+  lastId = 0;
+  for (const [i, raw] of list(o["volumes"], "volumes", catalogVolumesMax).entries()) {
+    const v = volumeOf(raw, i);
+    if (v.id <= lastId) throw new CatalogSnapshotError(`volume records are not in increasing id order at ${v.id}`);
+    if (state.volumes.has(v.name)) throw new CatalogSnapshotError(`volume name ${JSON.stringify(v.name)} appears twice`);
+    lastId = v.id;
+    state.volumes.set(v.name, v);
+  }
+  let lastKey = "";
+  for (const [i, raw] of list(o["settings"], "settings", 1024).entries()) {
+    const pair = list(raw, `settings[${i}]`, 2);
+    const [key, value] = pair;
+    if (pair.length !== 2 || typeof key !== "string" || key <= lastKey || value === null || value === undefined) throw new CatalogSnapshotError(`settings[${i}] must be a [key, value] pair in key order`);
+    lastKey = key;
+    state.settings.set(key, value as SettingValue);
+  }
+  return state;
+}
+
+const exampleNode: CatalogNode = {
+  id: 1, name: "", address: "", nbdPort: 0, apiPort: 0, peerPort: 0, capacityBytes: 0, freeBytes: 0, usedBytes: 0,
+  labels: {}, health: "up", draining: false, addedAt: 0, updatedAt: 0,
+};
+const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, createdAt: 0 };
