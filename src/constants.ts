@@ -148,8 +148,6 @@ export const nodeLabelsMax = 16;
 export const nodeLabelCharsMax = 63;
 /** Capacity, free or used bytes one node may report (4 PiB; keeps sums of a few nodes exact in a double). */
 export const nodeBytesMax = 2 ** 52;
-/** Characters of a string setting. */
-export const catalogSettingCharsMax = 256;
 /** Bytes of one encoded catalog command: version byte and msgpack body. Checked before decoding. */
 export const catalogCommandBytesMax = 64 * 1024;
 /** Bytes of one encoded catalog snapshot. Checked before decoding. */

@@ -10,7 +10,6 @@ import { Packr } from "msgpackr";
 import {
   catalogCommandBytesMax,
   catalogNameCharsMax,
-  catalogSettingCharsMax,
   nodeAddressCharsMax,
   nodeBytesMax,
   nodeLabelCharsMax,
@@ -188,7 +187,8 @@ export function describe(v: unknown): string {
   if (Array.isArray(v)) return `an array of ${v.length}`;
   if (v instanceof Uint8Array) return `${v.length} bytes of binary`;
   if (isPlainObject(v)) return "an object";
-  return `a ${typeof v === "object" ? (Object.prototype.toString.call(v).slice(8, -1) || "value") : typeof v}`;
+  if (typeof v === "object") return `a value of type ${Object.prototype.toString.call(v).slice(8, -1)}`;
+  return `a ${typeof v}`;
 }
 
 /** A string as a quoted literal, anything else as describe() says it. */

@@ -74,7 +74,7 @@ function placeAutomatic(nodes: readonly PlacementNode[], r: PlacementRequest): P
   }
   const active = up.filter((n) => !n.draining);
   if (active.length < r.repl) {
-    const draining = listIds(up.filter((n) => n.draining).map((n) => n.id));
+    const draining = listIds(up.filter((n) => n.draining).map((n) => n.id).sort((a, b) => a - b));
     const fix = active.length === 0 ? "undrain a node or add one" : `undrain a node, add one or use --repl ${active.length}`;
     return { error: `volume ${v} needs ${replicas(r.repl)} but only ${active.length} of the ${up.length} nodes that are up ${active.length === 1 ? "is" : "are"} not draining (draining: ${draining}); ${fix}` };
   }

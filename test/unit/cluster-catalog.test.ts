@@ -1,0 +1,501 @@
+// The catalog state machine (src/cluster/catalog.ts, commands.ts,
+// snapshot.ts): each command's effect, each refusal with its message, hostile
+// input from the log, determinism across replicas byte for byte, and snapshots.
+
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { Packr } from "msgpackr";
+import { crc32c } from "../../src/base/crc32c.js";
+import { Prng } from "../../src/base/prng.js";
+import {
+  applyCommand,
+  applyEntry,
+  catalogCommandVersion,
+  CatalogCommandError,
+  CatalogSnapshotError,
+  checkCatalogInvariants,
+  decodeCatalogSnapshot,
+  decodeCommand,
+  encodeCatalogSnapshot,
+  encodeCommand,
+  newCatalogState,
+  promisedBytes,
+  settingValue,
+  validateCommand,
+  type ApplyResult,
+  type CatalogCommand,
+  type CatalogState,
+} from "../../src/cluster/index.js";
+import { catalogCommandBytesMax, catalogNodesMax, checkClusterConstants, volumeBytesMax } from "../../src/constants.js";
+
+const GiB = 1024 ** 3;
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+function addNodeCmd(id: number, labels: Record<string, string> = {}, capacityBytes = 100 * GiB): CatalogCommand {
+  return { kind: "addNode", id, name: `n${id}`, address: `127.0.0.${10 + id}`, nbdPort: 10809, apiPort: 9001, peerPort: 9002, capacityBytes, labels, at: 1_700_000_000_000 + id };
+}
+
+/** Applies at the next index. */
+function apply(s: CatalogState, c: unknown): ApplyResult {
+  return applyCommand(s, c, s.appliedIndex + 1);
+}
+
+function must(s: CatalogState, c: unknown): ApplyResult & { ok: true } {
+  const r = apply(s, c);
+  if (!r.ok) throw new Error(`expected success, got ${r.code}: ${r.error}`);
+  return r;
+}
+
+function refused(s: CatalogState, c: unknown, code: string, message?: string | RegExp): string {
+  const before = contents(s);
+  const r = apply(s, c);
+  if (r.ok) throw new Error(`expected a refusal for ${JSON.stringify(c)?.slice(0, 200)}`);
+  assert.is(r.code, code, r.error);
+  if (typeof message === "string") assert.is(r.error, message);
+  else if (message) assert.match(r.error, message);
+  assert.equal(contents(s), before, "a refused command leaves the catalog unchanged");
+  return r.error;
+}
+
+/** The catalog's contents, without the applied index. */
+function contents(s: CatalogState): Uint8Array {
+  return encodeCatalogSnapshot({ ...s, appliedIndex: 0 });
+}
+
+function cluster(n: number, labels: (id: number) => Record<string, string> = () => ({})): CatalogState {
+  const s = newCatalogState();
+  for (let id = 1; id <= n; id++) must(s, addNodeCmd(id, labels(id)));
+  return s;
+}
+
+test("limits agree", () => {
+  checkClusterConstants();
+});
+
+// ---- nodes ----
+
+test("addNode adds an up, undrained node with its labels; free space starts at capacity", () => {
+  const s = newCatalogState();
+  const r = must(s, addNodeCmd(1, { zone: "a", rack: "r1" }));
+  assert.is(r.index, 1);
+  assert.is(r.changed, true);
+  const n = s.nodes.get(1)!;
+  assert.equal(n, {
+    id: 1, name: "n1", address: "127.0.0.11", nbdPort: 10809, apiPort: 9001, peerPort: 9002, capacityBytes: 100 * GiB,
+    freeBytes: 100 * GiB, usedBytes: 0, labels: { rack: "r1", zone: "a" }, health: "up", draining: false,
+    addedAt: 1_700_000_000_001, updatedAt: 1_700_000_000_001,
+  });
+  r.node!.labels["zone"] = "changed";
+  assert.is(n.labels["zone"], "a", "the result is a copy");
+  assert.is(s.appliedIndex, 1);
+});
+
+test("addNode retried with the same identity succeeds without change; a clash is refused", () => {
+  const s = cluster(2);
+  const again = must(s, addNodeCmd(1));
+  assert.is(again.changed, false);
+  refused(s, { ...addNodeCmd(1), name: "other" }, "exists", "node 1 is already in the cluster as n1 at 127.0.0.11:9002; remove it first or use another id");
+  refused(s, { ...addNodeCmd(3), name: "n2" }, "exists", 'node name "n2" is taken by node 2; pick another name');
+  refused(s, { ...addNodeCmd(3), address: "127.0.0.12" }, "exists", "node 2 (n2) already listens at 127.0.0.12:9002; give the new node its own address or peer port");
+  must(s, { ...addNodeCmd(3), address: "127.0.0.12", peerPort: 9003 });
+});
+
+test("addNode past the node limit is refused", () => {
+  const s = newCatalogState();
+  for (let id = 1; id <= catalogNodesMax; id++) must(s, { ...addNodeCmd(id), address: `10.0.${id >> 8}.${id & 255}` });
+  refused(s, { ...addNodeCmd(catalogNodesMax + 1), address: "10.9.9.9" }, "limit", `the cluster has ${catalogNodesMax} nodes, the most it holds; remove a node first`);
+});
+
+test("updateNode records what the node reports; down nodes get no new replicas", () => {
+  const s = cluster(3);
+  const r = must(s, { kind: "updateNode", id: 2, at: 5000, freeBytes: 40 * GiB, usedBytes: 60 * GiB, health: "down", labels: { zone: "b" } });
+  assert.equal(r.node!.labels, { zone: "b" });
+  const n = s.nodes.get(2)!;
+  assert.equal([n.freeBytes, n.usedBytes, n.health, n.updatedAt, n.capacityBytes], [40 * GiB, 60 * GiB, "down", 5000, 100 * GiB]);
+  refused(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 3, at: 1 }, "placement", 'volume "db" needs 3 replicas but only 2 nodes are up; add a node or use --repl 2');
+  must(s, { kind: "updateNode", id: 2, at: 6000, health: "up", capacityBytes: 50 * GiB });
+  // Node 2 is now the only one labelled with a zone, so zone spreading puts it second despite less space.
+  assert.equal(must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 3, at: 1 }).volume!.nodes, [1, 2, 3]);
+  refused(s, { kind: "updateNode", id: 9, at: 1 }, "not_found", "node 9 is not in the cluster; pxd node list shows the nodes");
+});
+
+test("drainNode keeps new replicas off the node; draining false undoes it", () => {
+  const s = cluster(3);
+  assert.is(must(s, { kind: "drainNode", id: 1 }).changed, true);
+  assert.is(must(s, { kind: "drainNode", id: 1 }).changed, false);
+  assert.equal(must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 1 }).volume!.nodes, [2, 3]);
+  refused(s, { kind: "createVolume", name: "b", sizeBytes: GiB, repl: 3, at: 1 }, "placement", /only 2 of the 3 nodes that are up are not draining \(draining: 1\)/);
+  must(s, { kind: "drainNode", id: 1, draining: false });
+  assert.equal(must(s, { kind: "createVolume", name: "b", sizeBytes: GiB, repl: 1, at: 1 }).volume!.nodes, [1]);
+  refused(s, { kind: "drainNode", id: 7 }, "not_found");
+});
+
+test("removeNode is refused while the node holds replicas, unless forced; force drops it from replica sets", () => {
+  const s = cluster(3);
+  must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 3, at: 1 });
+  must(s, { kind: "createVolume", name: "logs", sizeBytes: GiB, repl: 2, nodes: [2, 3], at: 1 });
+  refused(s, { kind: "removeNode", id: 2 }, "conflict", "node 2 (n2) still holds replicas of 2 volumes (db, logs); drain it and wait for re-replication, or use --force");
+  must(s, { kind: "setReplicas", name: "db", nodes: [1, 3] });
+  refused(s, { kind: "removeNode", id: 2 }, "conflict", "node 2 (n2) still holds replicas of 1 volume (logs); drain it and wait for re-replication, or use --force");
+  must(s, { kind: "removeNode", id: 2, force: true });
+  assert.is(s.nodes.has(2), false);
+  assert.equal(s.volumes.get("logs")!.nodes, [3]);
+  refused(s, { kind: "removeNode", id: 2 }, "not_found", "node 2 is not in the cluster; pxd node list shows the nodes");
+  assert.is(checkCatalogInvariants(s), null);
+});
+
+// ---- volumes ----
+
+test("createVolume assigns increasing ids that are never reused, and places replicas", () => {
+  const s = cluster(3);
+  const a = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 42 }).volume!;
+  assert.equal(a, { id: 1, name: "a", sizeBytes: GiB, repl: 2, nodes: [1, 2], zones: false, createdAt: 42 });
+  must(s, { kind: "deleteVolume", name: "a" });
+  const b = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 43 }).volume!;
+  assert.is(b.id, 2, "a deleted volume's id (its Raft group) is not reused");
+  assert.equal(b.nodes, [1, 2], "the delete freed the promises: all tie, lower ids first");
+  assert.is(s.nextVolumeId, 3);
+});
+
+test("createVolume: duplicates and impossible placements are refused in the house style", () => {
+  const s = cluster(2);
+  must(s, { kind: "createVolume", name: "db", sizeBytes: 10 * GiB, repl: 1, at: 1 });
+  refused(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 1, at: 1 }, "exists", 'volume "db" already exists (id 1, 10.0 GiB); delete it first or pick another name');
+  refused(s, { kind: "createVolume", name: "web", sizeBytes: GiB, repl: 3, at: 1 }, "placement", 'volume "web" needs 3 replicas but only 2 nodes are up; add a node or use --repl 2');
+  refused(s, { kind: "createVolume", name: "web", sizeBytes: GiB, repl: 2, nodes: [1, 5], at: 1 }, "placement", 'volume "web": node 5 in --nodes is not in the cluster; pxd node list shows the nodes');
+  refused(s, { kind: "createVolume", name: "web", sizeBytes: GiB, repl: 2, nodes: [1, 1], at: 1 }, "placement", 'volume "web": node 1 is named twice in --nodes; name each node once');
+  assert.is(s.nextVolumeId, 2, "a refused create takes no id");
+});
+
+test("createVolume counts promised bytes, so creates in a row spread over nodes", () => {
+  const s = cluster(4);
+  const placed = ["a", "b", "c", "d"].map((name) => must(s, { kind: "createVolume", name, sizeBytes: 10 * GiB, repl: 2, at: 1 }).volume!.nodes);
+  assert.equal(placed, [[1, 2], [3, 4], [1, 2], [3, 4]]);
+  assert.equal([...promisedBytes(s)].sort((x, y) => x[0] - y[0]), [[1, 20 * GiB], [2, 20 * GiB], [3, 20 * GiB], [4, 20 * GiB]]);
+});
+
+test("createVolume honours zones (required and preferred) and explicit nodes", () => {
+  const s = cluster(4, (id) => ({ zone: id <= 2 ? "a" : "b" }));
+  assert.equal(must(s, { kind: "createVolume", name: "p", sizeBytes: GiB, repl: 2, at: 1 }).volume!.nodes, [1, 3]);
+  const z = must(s, { kind: "createVolume", name: "z", sizeBytes: GiB, repl: 2, zones: true, at: 1 }).volume!;
+  assert.equal([z.nodes, z.zones], [[2, 4], true]);
+  refused(s, { kind: "createVolume", name: "x", sizeBytes: GiB, repl: 3, zones: true, at: 1 }, "placement", /span only 2 zones \(a, b\)/);
+  assert.equal(must(s, { kind: "createVolume", name: "e", sizeBytes: GiB, repl: 2, nodes: [4, 2], at: 1 }).volume!.nodes, [4, 2]);
+});
+
+test("the overcommitPercent setting decides how far promises may pass capacity", () => {
+  const s = cluster(1);
+  must(s, { kind: "createVolume", name: "a", sizeBytes: 100 * GiB, repl: 1, at: 1 });
+  refused(s, { kind: "createVolume", name: "b", sizeBytes: GiB, repl: 1, at: 1 }, "placement", /no node has 1.00 GiB unpromised/);
+  must(s, { kind: "setSetting", key: "overcommitPercent", value: 200 });
+  assert.is(settingValue(s, "overcommitPercent"), 200);
+  must(s, { kind: "createVolume", name: "b", sizeBytes: 100 * GiB, repl: 1, at: 1 });
+  refused(s, { kind: "createVolume", name: "c", sizeBytes: 1, repl: 1, at: 1 }, "placement");
+});
+
+test("deleteVolume removes it and frees its promised bytes; an unknown name says where to look", () => {
+  const s = cluster(1);
+  must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 1, at: 1 });
+  assert.equal(must(s, { kind: "deleteVolume", name: "db" }).volume!.name, "db");
+  assert.is(promisedBytes(s).get(1), undefined);
+  refused(s, { kind: "deleteVolume", name: "db" }, "not_found", 'volume "db" does not exist; pxd volume list shows the volumes');
+});
+
+test("resizeVolume grows only, and only where the replicas have room", () => {
+  const s = cluster(2);
+  must(s, { kind: "createVolume", name: "db", sizeBytes: 10 * GiB, repl: 2, at: 1 });
+  assert.is(must(s, { kind: "resizeVolume", name: "db", sizeBytes: 20 * GiB }).volume!.sizeBytes, 20 * GiB);
+  assert.is(must(s, { kind: "resizeVolume", name: "db", sizeBytes: 20 * GiB }).changed, false);
+  refused(s, { kind: "resizeVolume", name: "db", sizeBytes: 5 * GiB }, "conflict", 'volume "db" is 20.0 GiB and can only grow (asked for 5.00 GiB); create a new volume and copy the data to shrink');
+  refused(
+    s,
+    { kind: "resizeVolume", name: "db", sizeBytes: 200 * GiB },
+    "placement",
+    'cannot grow volume "db" to 200 GiB: its replica on node 1 (n1) has 80.0 GiB unpromised and needs 180 GiB more; add capacity, move the replica or raise the setting overcommitPercent',
+  );
+  assert.is(must(s, { kind: "resizeVolume", name: "db", sizeBytes: 100 * GiB }).volume!.sizeBytes, 100 * GiB);
+  refused(s, { kind: "resizeVolume", name: "nope", sizeBytes: GiB }, "not_found");
+});
+
+test("setReplicas replaces the replica set, checks the nodes, and honours expect as compare-and-set", () => {
+  const s = cluster(4);
+  must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 2, at: 1 });
+  const r = must(s, { kind: "setReplicas", name: "db", nodes: [1, 2, 4], expect: [1, 2] });
+  assert.equal([r.volume!.nodes, r.volume!.repl, r.changed], [[1, 2, 4], 2, true]);
+  refused(s, { kind: "setReplicas", name: "db", nodes: [1, 4], expect: [1, 2] }, "conflict", 'volume "db" has replicas on [1, 2, 4], not [1, 2] as expected; read the volume again and retry');
+  refused(s, { kind: "setReplicas", name: "db", nodes: [1, 9] }, "not_found", 'volume "db": node 9 is not in the cluster; pxd node list shows the nodes');
+  refused(s, { kind: "setReplicas", name: "db", nodes: [1, 1] }, "invalid", 'volume "db": node 1 is named twice in the replica set; name each node once');
+  assert.equal(must(s, { kind: "setReplicas", name: "db", nodes: [4, 1, 3], repl: 3 }).volume!.repl, 3);
+  assert.is(must(s, { kind: "setReplicas", name: "db", nodes: [4, 1, 3] }).changed, false);
+  refused(s, { kind: "setReplicas", name: "x", nodes: [1] }, "not_found");
+});
+
+test("setSetting validates key and value; null returns to the default", () => {
+  const s = newCatalogState();
+  assert.is(settingValue(s, "defaultRepl"), 1);
+  must(s, { kind: "setSetting", key: "defaultRepl", value: 3 });
+  must(s, { kind: "setSetting", key: "clusterName", value: "prod-1" });
+  assert.equal([settingValue(s, "defaultRepl"), settingValue(s, "clusterName")], [3, "prod-1"]);
+  assert.is(must(s, { kind: "setSetting", key: "defaultRepl", value: 3 }).changed, false);
+  must(s, { kind: "setSetting", key: "defaultRepl", value: null });
+  assert.is(settingValue(s, "defaultRepl"), 1);
+  refused(s, { kind: "setSetting", key: "replicas", value: 3 }, "invalid", 'setSetting: unknown setting "replicas"; the settings are overcommitPercent, defaultRepl, clusterName');
+  refused(s, { kind: "setSetting", key: "defaultRepl", value: 9 }, "invalid", 'setSetting: setting "defaultRepl" must be an integer in [1, 5], not 9');
+  refused(s, { kind: "setSetting", key: "overcommitPercent", value: "200" }, "invalid", /must be an integer in \[100, 10000\], not the string "200"/);
+  refused(s, { kind: "setSetting", key: "toString", value: 1 }, "invalid", /unknown setting "toString"/);
+});
+
+// ---- hostile input ----
+
+const hostile: unknown[] = [
+  undefined, null, 0, "addNode", [], [{ kind: "addNode" }], new Uint8Array(4), new Date(0), new Map([["kind", "deleteVolume"]]), 10n,
+  {}, { kind: "nope" }, { kind: "__proto__" }, { kind: "toString" }, { kind: 1 }, { kind: null },
+  { kind: "deleteVolume" }, { kind: "deleteVolume", name: "" }, { kind: "deleteVolume", name: "x".repeat(64) },
+  { kind: "deleteVolume", name: "x".repeat(1_000_000) }, { kind: "deleteVolume", name: "../etc" }, { kind: "deleteVolume", name: "a b" },
+  { kind: "deleteVolume", name: "db", extra: 1 }, { kind: "deleteVolume", name: ["db"] }, { kind: "deleteVolume", name: { toString: () => "db" } },
+  { kind: "createVolume", name: "db", sizeBytes: -1, repl: 1, at: 0 }, { kind: "createVolume", name: "db", sizeBytes: NaN, repl: 1, at: 0 },
+  { kind: "createVolume", name: "db", sizeBytes: Infinity, repl: 1, at: 0 }, { kind: "createVolume", name: "db", sizeBytes: 1.5, repl: 1, at: 0 },
+  { kind: "createVolume", name: "db", sizeBytes: volumeBytesMax + 1, repl: 1, at: 0 }, { kind: "createVolume", name: "db", sizeBytes: "1G", repl: 1, at: 0 },
+  { kind: "createVolume", name: "db", sizeBytes: 2n ** 70n, repl: 1, at: 0 }, { kind: "createVolume", name: "db", sizeBytes: 1, repl: 0, at: 0 },
+  { kind: "createVolume", name: "db", sizeBytes: 1, repl: 6, at: 0 }, { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: -1 },
+  { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1 }, { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: 0, nodes: [] },
+  { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: 0, nodes: [1, 2, 3, 4, 5, 6] }, { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: 0, nodes: [0] },
+  { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: 0, nodes: ["1"] }, { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: 0, nodes: new Array(1e6).fill(1) },
+  { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: 0, zones: "yes" },
+  { kind: "addNode", id: 1, name: "n", address: "h", nbdPort: 0, apiPort: 1, peerPort: 1, capacityBytes: 1, labels: {}, at: 0 },
+  { kind: "addNode", id: 1, name: "n", address: "h", nbdPort: 1, apiPort: 1, peerPort: 65536, capacityBytes: 1, labels: {}, at: 0 },
+  { kind: "addNode", id: 1, name: "n", address: "h; rm -rf /", nbdPort: 1, apiPort: 1, peerPort: 1, capacityBytes: 1, labels: {}, at: 0 },
+  { kind: "addNode", id: 1, name: "n", address: "h".repeat(254), nbdPort: 1, apiPort: 1, peerPort: 1, capacityBytes: 1, labels: {}, at: 0 },
+  { kind: "addNode", id: 1, name: "n", address: "h", nbdPort: 1, apiPort: 1, peerPort: 1, capacityBytes: 2 ** 60, labels: {}, at: 0 },
+  { kind: "addNode", id: 1, name: "n", address: "h", nbdPort: 1, apiPort: 1, peerPort: 1, capacityBytes: 1, labels: [], at: 0 },
+  { kind: "addNode", id: 1, name: "n", address: "h", nbdPort: 1, apiPort: 1, peerPort: 1, capacityBytes: 1, labels: { zone: 1 }, at: 0 },
+  { kind: "addNode", id: 1, name: "n", address: "h", nbdPort: 1, apiPort: 1, peerPort: 1, capacityBytes: 1, labels: { Zone: "a" }, at: 0 },
+  { kind: "addNode", id: 1, name: "n", address: "h", nbdPort: 1, apiPort: 1, peerPort: 1, capacityBytes: 1, labels: { zone: "a".repeat(64) }, at: 0 },
+  { kind: "addNode", id: 1, name: "n", address: "h", nbdPort: 1, apiPort: 1, peerPort: 1, capacityBytes: 1, labels: Object.fromEntries([...Array(17).keys()].map((i) => [`k${i}`, "v"])), at: 0 },
+  { kind: "addNode", id: 0, name: "n", address: "h", nbdPort: 1, apiPort: 1, peerPort: 1, capacityBytes: 1, labels: {}, at: 0 },
+  { kind: "addNode", id: 2 ** 53, name: "n", address: "h", nbdPort: 1, apiPort: 1, peerPort: 1, capacityBytes: 1, labels: {}, at: 0 },
+  { kind: "updateNode", id: 1, at: 0, health: "sick" }, { kind: "updateNode", id: 1, at: 0, freeBytes: -5 }, { kind: "updateNode", id: 1 },
+  { kind: "removeNode", id: 1, force: "yes" }, { kind: "drainNode", id: "1" }, { kind: "resizeVolume", name: "db", sizeBytes: 0 },
+  { kind: "setReplicas", name: "db", nodes: 3 }, { kind: "setReplicas", name: "db", nodes: [1], expect: [] }, { kind: "setReplicas", name: "db", nodes: [1], repl: 0 },
+  { kind: "setSetting", key: "overcommitPercent" }, { kind: "setSetting", key: "clusterName", value: "x".repeat(100_000) }, { kind: "setSetting", key: "__proto__", value: 1 },
+  JSON.parse('{"kind":"deleteVolume","__proto__":{"name":"db"}}'), Object.assign(Object.create({ name: "db" }), { kind: "deleteVolume" }),
+];
+
+test("hostile commands are refused as invalid, the catalog unchanged, and nothing throws", () => {
+  const s = cluster(3);
+  must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 3, at: 1 });
+  for (const [i, c] of hostile.entries()) {
+    const error = refused(s, c, "invalid");
+    assert.ok(error.length < 400, `message ${i} stays short: ${error.slice(0, 100)}…`);
+  }
+  assert.is(s.appliedIndex, 4 + hostile.length, "refused commands still advance the applied index");
+});
+
+test("field errors name the field, the rule and what was given", () => {
+  const s = cluster(1);
+  refused(s, { kind: "createVolume", name: "db", sizeBytes: -1, repl: 1, at: 0 }, "invalid", `createVolume: field "sizeBytes" must be an integer of bytes in [1, ${volumeBytesMax}], not -1`);
+  refused(s, { kind: "createVolume", name: "db", sizeBytes: NaN, repl: 1, at: 0 }, "invalid", /field "sizeBytes" must be .* not NaN/);
+  refused(s, { kind: "deleteVolume", name: "x".repeat(1000) }, "invalid", /field "name" must be .* \(1-63 characters\), not the string "x{40}…"$/);
+  refused(s, { kind: "deleteVolume", name: "db", force: true }, "invalid", 'deleteVolume: unknown field "force"; the fields are name');
+  refused(s, { kind: "drop" }, "invalid", /^unknown catalog command kind "drop"; the kinds are addNode, updateNode/);
+  refused(s, { kind: "createVolume", name: "db", sizeBytes: 2n ** 70n, repl: 1, at: 0 }, "invalid", /not the 64-bit integer 1180591620717411303424/);
+});
+
+test("a replayed or out-of-order index is ignored without touching the catalog", () => {
+  const s = cluster(1);
+  const before = encodeCatalogSnapshot(s);
+  const r = applyCommand(s, { kind: "deleteVolume", name: "x" }, 1);
+  assert.equal([r.ok, r.ok ? "" : r.code], [false, "stale"]);
+  assert.is(applyCommand(s, addNodeCmd(5), NaN).ok, false);
+  assert.equal(encodeCatalogSnapshot(s), before);
+  assert.is(applyEntry(s, encodeCommand(addNodeCmd(5)), 1).ok, false);
+  assert.equal(encodeCatalogSnapshot(s), before);
+});
+
+// ---- encoding ----
+
+test("commands round-trip through encodeCommand/decodeCommand, normalized", () => {
+  const c: CatalogCommand = { at: 7, labels: { zone: "a", rack: "r" }, capacityBytes: 5, peerPort: 3, apiPort: 2, nbdPort: 1, address: "::1", name: "x", id: 9, kind: "addNode" };
+  const bytes = encodeCommand(c);
+  assert.is(bytes[0], catalogCommandVersion);
+  const d = decodeCommand(bytes);
+  assert.ok(d.ok);
+  if (d.ok) assert.equal(Object.keys(d.command), ["kind", "id", "name", "address", "nbdPort", "apiPort", "peerPort", "capacityBytes", "labels", "at"]);
+  if (d.ok && d.command.kind === "addNode") assert.equal(Object.keys(d.command.labels), ["rack", "zone"]);
+  const same = encodeCommand({ ...addNodeCmd(9), ...c, labels: { rack: "r", zone: "a" } });
+  assert.equal(same, bytes, "equal meaning, equal bytes");
+  const withUndefined = encodeCommand({ kind: "createVolume", name: "v", sizeBytes: 1, repl: 1, at: 0, nodes: undefined, zones: undefined } as CatalogCommand);
+  assert.equal(withUndefined, encodeCommand({ kind: "createVolume", name: "v", sizeBytes: 1, repl: 1, at: 0 }));
+});
+
+test("encodeCommand throws for an invalid command; decodeCommand never throws", () => {
+  assert.throws(() => encodeCommand({ kind: "deleteVolume", name: "" }), (e: Error) => e instanceof CatalogCommandError && /field "name"/.test(e.message));
+  const body = packr.pack({ kind: "deleteVolume", name: "db" });
+  const cases: [Uint8Array, RegExp][] = [
+    [new Uint8Array(0), /empty/],
+    [Uint8Array.of(2, ...body), /version 2 is not 1/],
+    [new Uint8Array(catalogCommandBytesMax + 1).fill(1), /over the 65536-byte limit/],
+    [Uint8Array.of(1, 0xc1), /must be an object, not a value of type/],
+    [Uint8Array.of(1, 0x92, 1), /not valid msgpack/],
+    [Uint8Array.of(1, ...body, 0), /not valid msgpack/],
+    [Uint8Array.of(1, 0xdd, 0xff, 0xff, 0xff, 0xff), /not valid msgpack/],
+    [Uint8Array.of(1, 0xc6, 0x7f, 0xff, 0xff, 0xff), /not valid msgpack/],
+    [Uint8Array.of(1, ...new Array(10000).fill(0x91), 1), /.+/],
+    [Uint8Array.of(1, 0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff), /must be an object, not the 64-bit integer/],
+  ];
+  for (const [bytes, re] of cases) {
+    const d = decodeCommand(bytes);
+    assert.is(d.ok, false);
+    if (!d.ok) assert.match(d.error, re);
+  }
+  assert.ok(decodeCommand(Uint8Array.of(1, ...body)).ok);
+});
+
+test("random bytes in the log never crash the applier", () => {
+  const rng = new Prng(99);
+  const s = cluster(2);
+  const before = contents({ ...s, nextVolumeId: 1 });
+  const valid = encodeCommand({ kind: "createVolume", name: "db", sizeBytes: GiB, repl: 2, at: 1 });
+  for (let i = 0; i < 3000; i++) {
+    let bytes: Uint8Array;
+    if (rng.chance(0.5)) {
+      bytes = new Uint8Array(1 + rng.int(64));
+      rng.fill(bytes);
+      bytes[0] = 1;
+    } else {
+      bytes = Uint8Array.from(valid);
+      for (let k = 0; k < 1 + rng.int(3); k++) bytes[1 + rng.int(bytes.length - 1)] = rng.int(256);
+    }
+    const r = applyEntry(s, bytes, s.appliedIndex + 1);
+    // A mutation that still decodes to a valid create is fine; undo it.
+    if (r.ok) must(s, { kind: "deleteVolume", name: r.volume?.name ?? "" });
+  }
+  assert.equal(contents({ ...s, nextVolumeId: 1 }), before);
+  assert.is(checkCatalogInvariants(s), null);
+});
+
+// ---- determinism and snapshots ----
+
+/** A random command: mostly plausible (small id and name pools, so they interact), some hostile. */
+function randomCommand(rng: Prng): unknown {
+  const id = 1 + rng.int(7);
+  const name = ["db", "logs", "web", "cache", "q"][rng.int(5)]!;
+  const size = (1 + rng.int(40)) * GiB;
+  const zones = ["a", "b", "c"];
+  const labels = (): Record<string, string> => (rng.chance(0.7) ? { zone: zones[rng.int(3)]!, rack: `r${rng.int(3)}` } : {});
+  const ids = (): number[] => Array.from({ length: 1 + rng.int(3) }, () => 1 + rng.int(8));
+  switch (rng.int(13)) {
+    case 0:
+    case 1:
+      return { ...addNodeCmd(id, labels(), (1 + rng.int(20)) * 10 * GiB), at: rng.int(1e9) };
+    case 2:
+      return { kind: "updateNode", id, at: rng.int(1e9), health: rng.chance(0.3) ? "down" : "up", freeBytes: rng.int(1e12), ...(rng.chance(0.2) ? { labels: labels() } : {}) };
+    case 3:
+      return { kind: "removeNode", id, force: rng.chance(0.3) };
+    case 4:
+      return { kind: "drainNode", id, draining: rng.chance(0.6) };
+    case 5:
+    case 6:
+      return { kind: "createVolume", name, sizeBytes: size, repl: 1 + rng.int(3), at: rng.int(1e9), ...(rng.chance(0.2) ? { zones: true } : {}), ...(rng.chance(0.15) ? { nodes: ids() } : {}) };
+    case 7:
+      return { kind: "deleteVolume", name };
+    case 8:
+      return { kind: "resizeVolume", name, sizeBytes: size };
+    case 9:
+      return { kind: "setReplicas", name, nodes: ids(), ...(rng.chance(0.3) ? { repl: 1 + rng.int(3) } : {}) };
+    case 10:
+      return { kind: "setSetting", key: ["overcommitPercent", "defaultRepl", "clusterName", "bogus"][rng.int(4)], value: rng.chance(0.2) ? null : [100 + rng.int(300), 1 + rng.int(5), "c1"][rng.int(3)] };
+    default:
+      return hostile[rng.int(hostile.length)];
+  }
+}
+
+/** Whether a command survives msgpack unchanged (some hostile values, like undefined or a Map, do not). */
+function encodable(c: unknown): Uint8Array | undefined {
+  const v = validateCommand(c);
+  return v.ok ? encodeCommand(v.command) : undefined;
+}
+
+test("determinism: two replicas applying the same random sequence agree on every result and every snapshot byte", () => {
+  for (let seed = 1; seed <= 30; seed++) {
+    const rng = new Prng(seed);
+    const a = newCatalogState();
+    const b = newCatalogState();
+    let oks = 0;
+    for (let i = 1; i <= 400; i++) {
+      const c = randomCommand(rng);
+      const ra = applyCommand(a, c, i);
+      // Replica b reads the log's bytes when the command has an encoding, the object otherwise.
+      const bytes = encodable(c);
+      const rb = bytes ? applyEntry(b, bytes, i) : applyCommand(b, c, i);
+      assert.equal(rb, ra, `seed ${seed}, entry ${i}`);
+      if (ra.ok) oks++;
+    }
+    assert.equal(encodeCatalogSnapshot(a), encodeCatalogSnapshot(b), `seed ${seed}`);
+    assert.is(checkCatalogInvariants(a), null, `seed ${seed}`);
+    assert.ok(oks > 50, `seed ${seed}: the sequence does something (${oks} applied)`);
+  }
+});
+
+test("snapshots round-trip after a long random sequence, and a restored replica continues identically", () => {
+  const rng = new Prng(7);
+  const live = newCatalogState();
+  let restored: CatalogState | undefined;
+  for (let i = 1; i <= 5000; i++) {
+    const c = randomCommand(rng);
+    const r = applyCommand(live, c, i);
+    if (restored) assert.equal(applyCommand(restored, c, i), r, `entry ${i} after the restore`);
+    if (i === 2500) {
+      const snap = encodeCatalogSnapshot(live);
+      restored = decodeCatalogSnapshot(snap);
+      assert.equal(encodeCatalogSnapshot(restored), snap, "re-encoding a decoded snapshot gives the same bytes");
+      assert.is(restored.appliedIndex, 2500);
+    }
+  }
+  assert.ok(live.volumes.size > 0 && live.nodes.size > 0, "the catalog is not empty at the end");
+  assert.equal(encodeCatalogSnapshot(restored!), encodeCatalogSnapshot(live));
+  const again = decodeCatalogSnapshot(encodeCatalogSnapshot(live));
+  assert.equal(again, live);
+});
+
+test("damaged and inconsistent snapshots are refused with the reason", () => {
+  const s = cluster(2);
+  must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 2, at: 1 });
+  must(s, { kind: "setSetting", key: "defaultRepl", value: 2 });
+  const good = encodeCatalogSnapshot(s);
+  const refusedWith = (bytes: Uint8Array, re: RegExp): void => {
+    assert.throws(() => decodeCatalogSnapshot(bytes), (e: Error) => e instanceof CatalogSnapshotError && re.test(e.message));
+  };
+  refusedWith(good.subarray(0, 3), /shorter than its 5-byte header/);
+  refusedWith(Uint8Array.of(9, ...good.subarray(1)), /version 9 is not 1/);
+  const flipped = Uint8Array.from(good);
+  flipped[good.length - 3]! ^= 0x40;
+  refusedWith(flipped, /checksum mismatch/);
+  const reseal = (body: unknown): Uint8Array => {
+    const bytes = encodeCatalogSnapshot(newCatalogState());
+    const packed = packr.pack(body);
+    const out = new Uint8Array(5 + packed.length);
+    out.set(bytes.subarray(0, 1));
+    out.set(packed, 5);
+    return withCrc(out); // the real checksum, so only the content is wrong
+  };
+  const body = packr.unpack(good.subarray(5)) as Record<string, any>;
+  refusedWith(reseal({ ...body, extra: 1 }), /expected appliedIndex, nextVolumeId, nodes, volumes, settings/);
+  refusedWith(reseal({ ...body, nextVolumeId: 1 }), /has id 1, not below the next id 1/);
+  refusedWith(reseal({ ...body, volumes: [{ ...body.volumes[0], nodes: [1, 3] }] }), /replica on node 3, which is not in the catalog/);
+  refusedWith(reseal({ ...body, nodes: [{ ...body.nodes[0], name: "" }, body.nodes[1]] }), /node record 0: addNode: field "name"/);
+  refusedWith(reseal({ ...body, nodes: [body.nodes[1], body.nodes[0]] }), /not in increasing id order/);
+  refusedWith(reseal({ ...body, settings: [["defaultRepl", 99]] }), /setting "defaultRepl" must be an integer/);
+  refusedWith(reseal({ ...body, settings: [["bogus", 1]] }), /unknown setting "bogus"/);
+  refusedWith(reseal({ ...body, nodes: [{ ...body.nodes[0], health: "sick" }, body.nodes[1]] }), /field "health"/);
+  refusedWith(reseal({ ...body, volumes: [{ ...body.volumes[0], zones: 1 }] }), /zones must be true or false/);
+  refusedWith(reseal([]), /body must be an object/);
+  assert.equal(decodeCatalogSnapshot(reseal(body)), s, "the resealed original decodes");
+});
+
+function withCrc(out: Uint8Array): Uint8Array {
+  new DataView(out.buffer, out.byteOffset, out.byteLength).setUint32(1, crc32c(out.subarray(5)) >>> 0);
+  return out;
+}
+
+test.run();
