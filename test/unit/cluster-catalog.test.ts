@@ -4,6 +4,9 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Packr } from "msgpackr";
 import { crc32c } from "../../src/base/crc32c.js";
 import { Prng } from "../../src/base/prng.js";
@@ -70,6 +73,20 @@ function cluster(n: number, labels: (id: number) => Record<string, string> = () 
 
 test("limits agree", () => {
   checkClusterConstants();
+});
+
+test("src/cluster imports only src/base, src/constants, msgpackr and itself (it runs in the simulator)", () => {
+  const dir = fileURLToPath(new URL("../../../src/cluster/", import.meta.url));
+  const files = readdirSync(dir).filter((f) => f.endsWith(".ts"));
+  assert.ok(files.length >= 5, `found the sources in ${dir}`);
+  for (const f of files) {
+    const text = readFileSync(join(dir, f), "utf8");
+    for (const m of text.matchAll(/^(?:import|export)[^;]*?from "([^"]+)"/gms)) {
+      const spec = m[1]!;
+      assert.ok(/^(\.\/[a-z-]+\.js|\.\.\/base\/[a-z0-9-]+\.js|\.\.\/constants\.js|msgpackr)$/.test(spec), `${f} imports ${spec}`);
+    }
+    assert.not.match(text, /Date\.now|Math\.random|setTimeout|setInterval|process\./, `${f} uses no clock, randomness or process state`);
+  }
 });
 
 // ---- nodes ----
