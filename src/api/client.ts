@@ -8,7 +8,7 @@
 
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { defaultApiPort } from "../constants.js";
-import { ApiError, type CreateVolumeRequest, type NodeStatus, type VolumeInfo } from "./types.js";
+import { ApiError, type CreateVolumeRequest, type NodeStatus, type VolumeInfo, type JoinRequest, type JoinResponse, type NodeInfo } from "./types.js";
 import { apiClientTimeoutMs, apiResponseBytesMax } from "./limits.js";
 
 export const defaultApiAddress = `127.0.0.1:${defaultApiPort}`;
@@ -104,6 +104,16 @@ export class ApiClient {
 
   async deleteVolume(name: string): Promise<void> {
     await this.call("DELETE", volumePath(name));
+  }
+
+  async listNodes(): Promise<NodeInfo[]> {
+    const body = (await this.json("GET", "/v1/nodes")) as { nodes?: unknown };
+    if (!Array.isArray(body.nodes)) throw this.badAnswer("GET /v1/nodes", "it has no nodes array");
+    return body.nodes as NodeInfo[];
+  }
+
+  async join(request: JoinRequest): Promise<JoinResponse> {
+    return (await this.json("POST", "/v1/cluster/join", request)) as JoinResponse;
   }
 
   /** Prometheus text exposition. */

@@ -10,7 +10,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { apiBodyBytesMax } from "../constants.js";
 import { ApiError, type ApiErrorBody, type Controller } from "./types.js";
-import { checkVolumeName, parseCreateVolumeRequest } from "./validate.js";
+import { checkVolumeName, parseCreateVolumeRequest, parseJoinRequest } from "./validate.js";
 import {
   apiCloseGraceMs,
   apiConnectionsCheckMs,
@@ -82,6 +82,11 @@ function routes(controller: Controller): Route[] {
           return { status: 204 };
         },
       },
+    },
+    { pattern: /^\/v1\/nodes$/, methods: { GET: async () => ({ status: 200, json: { nodes: await controller.listNodes() } }) } },
+    {
+      pattern: /^\/v1\/cluster\/join$/,
+      methods: { POST: async (request) => ({ status: 200, json: await controller.join(parseJoinRequest(await readJsonBody(request))) }) },
     },
     {
       pattern: /^\/metrics$/,

@@ -8,6 +8,47 @@ export interface CapacityInfo {
   freeBytes: number;
 }
 
+export interface NodeInfo {
+  /** The node's Raft id in the cluster. */
+  id: number;
+  name: string;
+  address: string;
+  nbdPort: number;
+  apiPort: number;
+  peerPort: number;
+  /** up: this node hears from it (or it is this node); down: no live peer connection. */
+  health: "up" | "down";
+  capacityBytes: number;
+  freeBytes: number;
+  usedBytes: number;
+  labels: Record<string, string>;
+  draining: boolean;
+  /** A voter of the meta group (the catalog's Raft group). */
+  metaVoter: boolean;
+  metaLeader: boolean;
+}
+
+/** A new node asks a member to be let in (POST /v1/cluster/join). */
+export interface JoinRequest {
+  id: number;
+  name: string;
+  address: string;
+  nbdPort: number;
+  apiPort: number;
+  peerPort: number;
+  capacityBytes: number;
+  labels: Record<string, string>;
+  /** Hex HMAC-SHA256 of the other fields with the cluster secret: only holders of the secret may join. */
+  proof: string;
+}
+
+export interface JoinResponse {
+  clusterId: string;
+  /** The meta group's initial voters: the joining node starts its meta replica from them. */
+  metaVoters: number[];
+  peers: { id: number; host: string; port: number }[];
+}
+
 export interface NodeStatus {
   nodeId: string;
   version: string;
@@ -22,13 +63,22 @@ export interface NodeStatus {
   volumeCount: number;
   /** Store counters: log bytes, segments, GC and checkpoint progress. */
   store: Record<string, number>;
+  clusterId: string;
+  /** Every node of the cluster, this one included. */
+  nodes: NodeInfo[];
+  /** Sum over the nodes that are up. */
+  pool: CapacityInfo;
 }
 
 export type VolumeState = "online" | "damaged";
 
 export interface ReplicaInfo {
   node: string;
-  state: "in-sync" | "catching-up" | "down";
+  nodeId: number;
+  state: "in-sync" | "catching-up" | "down" | "unknown";
+  /** For a replica catching up: entries it holds of the leader's log, e.g. "1200/1500". */
+  progress?: string;
+  leader: boolean;
 }
 
 export interface VolumeInfo {
@@ -78,4 +128,7 @@ export interface Controller {
   deleteVolume(name: string): Promise<void>;
   /** Prometheus text exposition for GET /metrics. */
   metrics(): string;
+  listNodes(): Promise<NodeInfo[]>;
+  /** Admits a node (forwarded to the meta leader); throws ApiError(403) for a bad proof. */
+  join(request: JoinRequest): Promise<JoinResponse>;
 }

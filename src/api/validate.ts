@@ -3,7 +3,7 @@
 // message) and the CLI (which checks before it dials).
 
 import { volumeBytesMax } from "../constants.js";
-import { ApiError, type CreateVolumeRequest } from "./types.js";
+import { ApiError, type CreateVolumeRequest, type JoinRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
 
 /** A volume name is also an NBD export name and a file name in the data dir. */
@@ -58,4 +58,41 @@ function describe(value: unknown): string {
   if (typeof value === "string") return `the string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + "…" : value)}`;
   if (typeof value === "number") return `${value}`;
   return `a ${typeof value}`;
+}
+
+const joinFields = ["id", "name", "address", "nbdPort", "apiPort", "peerPort", "capacityBytes", "labels", "proof"];
+
+/** A join request's shape; the catalog checks names, bounds and uniqueness when it applies addNode. */
+export function parseJoinRequest(body: unknown): JoinRequest {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) throw invalid(`the body must be a JSON object, not ${describe(body)}`);
+  const r = body as Record<string, unknown>;
+  for (const key of Object.keys(r)) if (!joinFields.includes(key)) throw invalid(`unknown field "${key}"; the fields are ${joinFields.join(", ")}`);
+  const int = (k: string, max: number): number => {
+    const v = r[k];
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0 || v > max) throw invalid(`field "${k}" must be an integer from 0 to ${max}, not ${describe(v)}`);
+    return v;
+  };
+  const str = (k: string, max: number): string => {
+    const v = r[k];
+    if (typeof v !== "string" || v.length === 0 || v.length > max) throw invalid(`field "${k}" must be a string of 1-${max} characters, not ${describe(v)}`);
+    return v;
+  };
+  const labels = r["labels"];
+  if (typeof labels !== "object" || labels === null || Array.isArray(labels) || Object.keys(labels).length > 16) {
+    throw invalid(`field "labels" must be an object of at most 16 string labels, not ${describe(labels)}`);
+  }
+  for (const [k, v] of Object.entries(labels)) {
+    if (typeof v !== "string" || k.length > 63 || v.length > 63) throw invalid(`label "${k.slice(0, 63)}" must be a string of at most 63 characters`);
+  }
+  return {
+    id: int("id", 2 ** 31),
+    name: str("name", 63),
+    address: str("address", 253),
+    nbdPort: int("nbdPort", 65535),
+    apiPort: int("apiPort", 65535),
+    peerPort: int("peerPort", 65535),
+    capacityBytes: int("capacityBytes", 2 ** 52),
+    labels: labels as Record<string, string>,
+    proof: str("proof", 128),
+  };
 }

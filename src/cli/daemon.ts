@@ -24,7 +24,11 @@ export function registerDaemon(program: Command): void {
     .option("--nbd-port <port>", "NBD port", port, defaultNbdPort)
     .option("--api-port <port>", "control API port", port, defaultApiPort)
     .option("--peer-port <port>", "peer (Raft) port", port, defaultPeerPort)
-    .action(async (options: DaemonOptions) => {
+    .option("--join <addr>", "join the cluster of the node whose control API is at ADDR[:PORT] (first start only)")
+    .option("--cluster-secret <secret>", "the cluster's shared secret (or PXD_CLUSTER_SECRET); a new cluster makes one in DIR/cluster.secret")
+    .option("--name <name>", "this node's name in the cluster (default node-ID)")
+    .option("--zone <zone>", "this node's zone label, for spreading replicas")
+    .action(async (options: DaemonOptions & { clusterSecret?: string }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
         daemon = await import("../daemon/main.js");
@@ -40,6 +44,10 @@ export function registerDaemon(program: Command): void {
         nbdPort: options.nbdPort,
         apiPort: options.apiPort,
         peerPort: options.peerPort,
+        ...(options.join !== undefined ? { join: options.join } : {}),
+        ...(options.clusterSecret !== undefined ? { secret: options.clusterSecret } : {}),
+        ...(options.name !== undefined ? { name: options.name } : {}),
+        ...(options.zone !== undefined ? { zone: options.zone } : {}),
       });
     });
 }

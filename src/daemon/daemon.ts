@@ -1,19 +1,43 @@
-// The composition root of one pxd node: catalog, store, NBD listener and
-// control API, wired together, and their orderly shutdown.
+// The composition root of one pxd node: node state, store, multi-raft driver,
+// peer transport, meta group (the catalog), volume I/O, NBD and control API,
+// wired together, and their orderly shutdown (docs/architecture.md).
+//
+// Every node runs the meta group's state machine (src/cluster) by replaying
+// its log; a node hosts the Raft groups of the volumes placed on it, and any
+// node serves any volume over NBD (VolumeIo forwards to the leader).
 
-import { statfsSync } from "node:fs";
+import { createHmac, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, statfsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ApiError, type Controller, type CreateVolumeRequest, type NodeStatus, type VolumeInfo } from "../api/types.js";
+import { ApiClient, DaemonUnreachableError } from "../api/client.js";
 import { startApiServer, type ApiServer } from "../api/server.js";
-import { formatSize } from "../base/sizes.js";
+import {
+  ApiError,
+  type Controller,
+  type CreateVolumeRequest,
+  type JoinRequest,
+  type JoinResponse,
+  type NodeInfo,
+  type NodeStatus,
+  type ReplicaInfo,
+  type VolumeInfo,
+} from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
-import { checkConstants, readPoolBufferBytesMax, readPoolBufferBytesMin, readPoolBytesMax, sectorBytes, volumeBytesMax } from "../constants.js";
+import { Prng } from "../base/prng.js";
+import { formatSize } from "../base/sizes.js";
+import { applyEntry, encodeCommand, newCatalogState, type ApplyResult, type CatalogCommand, type CatalogState, type CatalogVolume } from "../cluster/index.js";
+import { checkConstants, metaVotersMax, readPoolBufferBytesMax, readPoolBufferBytesMin, readPoolBytesMax } from "../constants.js";
 import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
+import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
+import { ConfChangeType } from "../raft/confchange.js";
+import { EntryType, type Entry } from "../raft/types.js";
+import { MultiRaft, type RaftEnvelope } from "../replication/driver.js";
+import { VolumeIo, type ForwardReply, type ForwardRequest } from "../replication/volume-io.js";
 import { Store } from "../store/store.js";
-import { Catalog, type VolumeRecord } from "./catalog.js";
-import { VolumeExport } from "./volume-export.js";
+import { NodeState, type HostedGroup } from "./node-state.js";
+import { ReplicatedVolumeExport } from "./volume-export.js";
 
 export interface DaemonOptions {
   dataDir: string;
@@ -21,6 +45,12 @@ export interface DaemonOptions {
   nbdPort: number;
   apiPort: number;
   peerPort: number;
+  /** API address (HOST[:PORT]) of a member of the cluster to join; absent: bootstrap a new cluster (or restart). */
+  join?: string;
+  /** The cluster secret; else PXD_CLUSTER_SECRET, else DIR/cluster.secret (made when bootstrapping). */
+  secret?: string;
+  name?: string;
+  zone?: string;
 }
 
 export interface Logger {
@@ -29,66 +59,126 @@ export interface Logger {
   error(message: string): void;
 }
 
-const version = "0.1.0";
+const version = "0.2.0";
+/** The meta group's Raft group id; volume ids start at 1. */
+export const metaGroupId = 0;
+const tickMs = 100;
+const forwardDeadlineMs = 15000;
+const selfRegisterEveryMs = 300;
+const joinAttemptsMax = 60;
+const registerWaitMs = 10000;
 
 export class Daemon implements Controller {
+  private readonly catalog: CatalogState = newCatalogState();
+  private readonly metaResults = new Map<number, ApplyResult>();
   private readonly connections = new Map<string, number>();
-  /** Large read buffers, recycled once the NBD server has written them (DESIGN §9). */
   private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
+  private readonly startedAt = process.hrtime.bigint();
+  private driver!: MultiRaft;
+  private io!: VolumeIo;
+  private peer: PeerListener | undefined;
   private nbd: NbdListener | undefined;
   private api: ApiServer | undefined;
-  private readonly startedAt = process.hrtime.bigint();
+  private timers: NodeJS.Timeout[] = [];
   private stopping: Promise<void> | undefined;
 
   private constructor(
     readonly options: DaemonOptions,
-    private readonly catalog: Catalog,
+    private readonly state: NodeState,
     private readonly store: Store,
+    private readonly secret: Buffer,
     private readonly log: Logger,
   ) {}
 
   static async start(options: DaemonOptions, log: Logger): Promise<Daemon> {
     checkConstants();
-    const catalog = await Catalog.open(join(options.dataDir, "catalog"));
-    let store: Store;
+    mkdirSync(options.dataDir, { recursive: true });
+    const state = await NodeState.open(join(options.dataDir, "node"));
+    let store: Store | undefined;
     try {
-      const specs = catalog.list().map((v) => ({ groupId: v.id, sizeBytes: v.sizeBytes }));
+      const secret = clusterSecret(options, state.clusterId === "" && options.join === undefined);
+      if (state.clusterId === "") await enterCluster(options, state, secret, log);
+      const specs = [{ groupId: metaGroupId, sizeBytes: 0 }, ...[...state.hosted.values()].map((g) => ({ groupId: g.id, sizeBytes: g.sizeBytes }))];
       store = await Store.open({ disk: new NodeDisk(join(options.dataDir, "store")), defer: deferImmediate, log: (l) => log.info(l) }, specs);
+      const d = new Daemon(options, state, store, secret, log);
+      await d.wire();
+      return d;
     } catch (e) {
-      await catalog.close();
+      await store?.close().catch(() => {});
+      await state.close();
       throw e;
     }
-    const d = new Daemon(options, catalog, store, log);
-    try {
-      d.nbd = await listenNbd({
-        host: options.listen,
-        port: options.nbdPort,
-        unixPath: join(options.dataDir, "nbd.sock"),
-        registry: d.registry(),
-        log,
-      });
-      d.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: d, log: (l) => log.info(l) });
-    } catch (e) {
-      await d.stop();
-      throw e;
-    }
-    const s = store.stats();
-    log.info(`pxd ${version} node ${catalog.nodeId} up: ${catalog.list().length} volumes, ${s.recordsReplayed} log records replayed`);
-    return d;
+  }
+
+  get nodeId(): number {
+    return this.state.nodeId;
   }
 
   get nbdPort(): number {
     return this.nbd?.address.port ?? this.options.nbdPort;
   }
 
+  private async wire(): Promise<void> {
+    const { options, state, log } = this;
+    this.peer = await startPeerTransport({
+      nodeId: state.nodeId,
+      clusterId: state.clusterId,
+      secret: this.secret,
+      host: options.listen,
+      port: options.peerPort,
+      peers: state.peers,
+      log,
+    });
+    const prng = new Prng(state.nodeId ^ Number(process.hrtime.bigint() & 0xffffffffn));
+    const transport = this.peer.transport;
+    this.driver = new MultiRaft({
+      nodeId: state.nodeId,
+      store: this.store,
+      send: (to, env) => transport.send(to, env),
+      defer: deferImmediate,
+      random: { int: (n) => prng.int(n) },
+      log: (l) => log.warn(l),
+      applyEntry: (group, entry) => group === metaGroupId && (this.applyMeta(entry), true),
+    });
+    this.io = new VolumeIo({
+      nodeId: state.nodeId,
+      driver: this.driver,
+      store: this.store,
+      send: (to, m) => transport.send(to, m),
+      after: (ms, fn) => {
+        const t = setTimeout(fn, ms);
+        return () => clearTimeout(t);
+      },
+      now: () => performance.now(),
+      deadlineMs: forwardDeadlineMs,
+    });
+    transport.onMessage((from, m) => {
+      const kind = (m as { kind?: unknown }).kind;
+      if (kind === "raft") this.driver.receive(from, m as RaftEnvelope);
+      else if (kind === "fwd" || kind === "fwd-re") this.io.receive(from, m as ForwardRequest | ForwardReply);
+    });
+    this.driver.addGroup(metaGroupId, state.metaVoters, { replayAll: true });
+    for (const g of state.hosted.values()) this.driver.addGroup(g.id, g.voters);
+    this.timers.push(setInterval(() => this.driver.tick(), tickMs));
+    this.timers.push(setInterval(() => this.registerSelf(), selfRegisterEveryMs));
+    this.timers.push(setInterval(() => this.promoteLearners(), selfRegisterEveryMs));
+    await this.untilRegistered();
+    this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log });
+    this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, log: (l) => log.info(l) });
+    log.info(`pxd ${version} node ${state.nodeId} of cluster ${state.clusterId}: ${state.hosted.size} volume replicas here, ${this.store.stats().recordsReplayed} log records replayed`);
+  }
+
   /** Orderly shutdown: stop accepting, finish in-flight requests, flush, checkpoint, close. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
+      for (const t of this.timers) clearInterval(t);
       const steps: [string, () => Promise<void>][] = [
         ["nbd", async () => this.nbd?.close()],
         ["api", async () => this.api?.close()],
+        ["raft", async () => this.driver?.close()],
+        ["peers", async () => this.peer?.close()],
         ["store", () => this.store.close()],
-        ["catalog", () => this.catalog.close()],
+        ["node state", () => this.state.close()],
       ];
       for (const [what, step] of steps) {
         try {
@@ -101,17 +191,133 @@ export class Daemon implements Controller {
     return this.stopping;
   }
 
+  // ---- the meta group ----
+
+  /** Applies a committed meta entry to the catalog, then acts on what changed for this node. */
+  private applyMeta(entry: Entry): void {
+    this.store.markApplied(metaGroupId, entry.index);
+    if (entry.type !== EntryType.normal || entry.data.length === 0) return; // config changes are the core's; empty: a leader's no-op
+    const result = applyEntry(this.catalog, entry.data, entry.index);
+    this.metaResults.set(entry.index, result);
+    if (this.metaResults.size > 1024) this.metaResults.delete(this.metaResults.keys().next().value!);
+    if (!result.ok) return;
+    if (result.node) this.refreshPeers();
+    const v = result.volume;
+    if (v === undefined) return;
+    const live = this.catalog.volumes.get(v.name);
+    if (live !== undefined && live.id === v.id && live.nodes.includes(this.nodeId)) this.hostGroup(live);
+    if (live === undefined && this.state.hosted.has(v.id)) this.unhostGroup(v.id);
+  }
+
+  /** Starts this node's replica of a volume: the node state records it durably before the group persists anything. */
+  private hostGroup(v: CatalogVolume): void {
+    if (this.driver.hasGroup(v.id) || this.store.hasGroup(v.id)) return;
+    const g: HostedGroup = { id: v.id, sizeBytes: v.sizeBytes, voters: [...v.nodes] };
+    this.store.addGroup({ groupId: v.id, sizeBytes: v.sizeBytes });
+    this.state.host(g).then(
+      () => {
+        if (this.store.hasGroup(v.id) && !this.driver.hasGroup(v.id)) this.driver.addGroup(v.id, g.voters);
+        this.log.info(`volume ${v.name} (group ${v.id}): replica started here, ${formatSize(v.sizeBytes)}, replicas on nodes ${g.voters.join(", ")}`);
+      },
+      (e: Error) => this.log.error(`volume ${v.name}: cannot record its replica: ${e.message}`),
+    );
+  }
+
+  private unhostGroup(id: number): void {
+    this.driver.removeGroup(id);
+    this.store.dropGroup(id);
+    this.state.unhost(id).catch((e: Error) => this.log.error(`group ${id}: cannot forget it: ${e.message}`));
+    this.log.info(`group ${id}: replica removed from this node`);
+  }
+
+  private refreshPeers(): void {
+    const peers = [...this.catalog.nodes.values()].map((n) => ({ id: n.id, host: n.address, port: n.peerPort }));
+    this.peer?.transport.setPeers(peers);
+    this.state.setPeers(peers).catch((e: Error) => this.log.error(`cannot record peers: ${e.message}`));
+  }
+
+  /**
+   * Waits (bounded) until the catalog lists this node, so the API does not
+   * answer volume requests with a catalog that does not know its own node yet.
+   */
+  private async untilRegistered(): Promise<void> {
+    for (let waited = 0; !this.catalog.nodes.has(this.nodeId); waited += 50) {
+      if (waited >= registerWaitMs) {
+        this.log.warn(`the catalog does not list this node after ${registerWaitMs} ms (no quorum for the catalog's group?); serving anyway`);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** Until this node is in the catalog, its meta leader proposes it (the bootstrap node registers itself). */
+  private registerSelf(): void {
+    if (this.catalog.nodes.has(this.nodeId) || this.driver.leader(metaGroupId) !== this.nodeId) return;
+    const self = this.selfDescription();
+    this.driver.proposeData(metaGroupId, encodeCommand({ kind: "addNode", ...self, at: Date.now() })).catch(() => {});
+  }
+
+  /** On the meta leader: a learner that has caught up becomes a voter while there are fewer than metaVotersMax. */
+  private promoting = false;
+  private promoteLearners(): void {
+    if (this.promoting || this.driver.leader(metaGroupId) !== this.nodeId) return;
+    if (this.driver.voters(metaGroupId).length >= metaVotersMax) return;
+    const last = this.driver.status(metaGroupId)?.lastIndex ?? 0;
+    const ready = this.driver.progress(metaGroupId)?.find((p) => this.driver.learners(metaGroupId).includes(p.node) && p.active && p.match >= last);
+    if (ready === undefined) return;
+    this.promoting = true;
+    this.driver
+      .proposeConfChange(metaGroupId, { type: ConfChangeType.addVoter, nodeId: ready.node })
+      .then(() => this.log.info(`node ${ready.node} is now a voter of the catalog's group`))
+      .catch(() => {})
+      .finally(() => (this.promoting = false));
+  }
+
+  private selfDescription(): Omit<JoinRequest, "proof"> {
+    const fsStat = statfsSync(this.options.dataDir);
+    return {
+      id: this.nodeId,
+      name: this.options.name ?? `node-${this.nodeId}`,
+      address: this.options.listen,
+      nbdPort: this.nbdPort,
+      apiPort: this.api?.port ?? this.options.apiPort,
+      peerPort: this.options.peerPort,
+      capacityBytes: Math.min(2 ** 52, fsStat.blocks * fsStat.bsize),
+      labels: this.options.zone ? { zone: this.options.zone } : {},
+    };
+  }
+
+  /** Proposes a catalog command on the meta leader (this node) and returns how it applied. */
+  private async metaCommand(command: CatalogCommand): Promise<ApplyResult> {
+    const index = await this.driver.proposeData(metaGroupId, encodeCommand(command));
+    const result = this.metaResults.get(index);
+    if (result === undefined) throw new ApiError(500, "internal", `catalog entry ${index} applied without a result`);
+    this.metaResults.delete(index);
+    return result;
+  }
+
+  /** The meta leader's API client, or undefined when this node leads; 503 when no leader is known. */
+  private metaLeaderApi(): ApiClient | undefined {
+    const leader = this.driver.leader(metaGroupId);
+    if (leader === this.nodeId) return undefined;
+    const n = this.catalog.nodes.get(leader);
+    if (leader === 0 || n === undefined) {
+      throw new ApiError(503, "unavailable", "the cluster's catalog has no leader right now (is a majority of its nodes down?); retry in a few seconds");
+    }
+    return new ApiClient(`${n.address.includes(":") ? `[${n.address}]` : n.address}:${n.apiPort}`, { timeoutMs: 20000 });
+  }
+
   // ---- NBD exports ----
 
   private registry(): ExportRegistry {
     return {
-      list: () => this.catalog.list().map((v) => ({ name: v.name, description: `pxd volume ${v.name}` })),
-      defaultName: () => (this.catalog.list().length === 1 ? this.catalog.list()[0]!.name : undefined),
+      list: () => [...this.catalog.volumes.values()].map((v) => ({ name: v.name, description: `pxd volume ${v.name}` })),
+      defaultName: () => (this.catalog.volumes.size === 1 ? [...this.catalog.volumes.keys()][0] : undefined),
       open: (name) => {
-        const v = this.catalog.get(name);
+        const v = this.catalog.volumes.get(name);
         if (v === undefined) return undefined;
         this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
-        return new VolumeExport(v, this.store, this.readBuffers, () => {
+        return new ReplicatedVolumeExport(v, this.io, this.readBuffers, () => {
           this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
         });
       },
@@ -122,11 +328,11 @@ export class Daemon implements Controller {
 
   async status(): Promise<NodeStatus> {
     const fsStat = statfsSync(this.options.dataDir);
-    const total = fsStat.blocks * fsStat.bsize;
-    const free = fsStat.bavail * fsStat.bsize;
     const stats = this.store.stats();
+    const nodes = await this.listNodes();
+    const up = nodes.filter((n) => n.health === "up");
     return {
-      nodeId: this.catalog.nodeId,
+      nodeId: String(this.nodeId),
       version,
       dataDir: this.options.dataDir,
       listen: this.options.listen,
@@ -134,15 +340,43 @@ export class Daemon implements Controller {
       apiPort: this.api?.port ?? this.options.apiPort,
       peerPort: this.options.peerPort,
       uptimeSec: Math.floor(Number(process.hrtime.bigint() - this.startedAt) / 1e9),
-      health: "online",
-      capacity: { totalBytes: total, freeBytes: free, usedBytes: stats.diskBytes ?? 0 },
-      volumeCount: this.catalog.list().length,
+      health: up.length === nodes.length ? "online" : "degraded",
+      capacity: { totalBytes: fsStat.blocks * fsStat.bsize, freeBytes: fsStat.bavail * fsStat.bsize, usedBytes: stats.diskBytes ?? 0 },
+      volumeCount: this.catalog.volumes.size,
       store: stats,
+      clusterId: this.state.clusterId,
+      nodes,
+      pool: {
+        totalBytes: up.reduce((a, n) => a + n.capacityBytes, 0),
+        usedBytes: up.reduce((a, n) => a + n.usedBytes, 0),
+        freeBytes: up.reduce((a, n) => a + n.freeBytes, 0),
+      },
     };
   }
 
+  async listNodes(): Promise<NodeInfo[]> {
+    const metaLeader = this.driver.leader(metaGroupId);
+    const voters = new Set(this.driver.voters(metaGroupId));
+    return [...this.catalog.nodes.values()].map((n) => ({
+      id: n.id,
+      name: n.name,
+      address: n.address,
+      nbdPort: n.nbdPort,
+      apiPort: n.apiPort,
+      peerPort: n.peerPort,
+      health: n.id === this.nodeId || this.peer?.transport.isConnected(n.id) ? "up" : "down",
+      capacityBytes: n.capacityBytes,
+      freeBytes: n.freeBytes,
+      usedBytes: n.usedBytes,
+      labels: { ...n.labels },
+      draining: n.draining,
+      metaVoter: voters.has(n.id),
+      metaLeader: n.id === metaLeader,
+    }));
+  }
+
   async listVolumes(): Promise<VolumeInfo[]> {
-    return this.catalog.list().map((v) => this.info(v));
+    return [...this.catalog.volumes.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((v) => this.info(v));
   }
 
   async inspectVolume(name: string): Promise<VolumeInfo> {
@@ -150,32 +384,51 @@ export class Daemon implements Controller {
   }
 
   async createVolume(request: CreateVolumeRequest): Promise<VolumeInfo> {
-    const repl = request.repl ?? 1;
-    if (this.catalog.get(request.name)) {
-      throw new ApiError(409, "exists", `volume "${request.name}" already exists; pick another name or delete it with "pxd volume delete ${request.name}"`);
-    }
-    if (repl !== 1) {
-      throw new ApiError(400, "invalid", `volume "${request.name}" needs ${repl} replicas but this cluster has 1 node; use --repl 1 (replication across nodes is not built yet)`);
-    }
-    const size = request.sizeBytes;
-    if (!Number.isSafeInteger(size) || size < 1024 * 1024 || size % sectorBytes !== 0 || size > volumeBytesMax) {
-      throw new ApiError(400, "invalid", `volume size ${size} must be a multiple of ${sectorBytes} bytes between 1 MiB and ${formatSize(volumeBytesMax)}; e.g. --size 10G`);
-    }
-    const v = await this.catalog.create(request.name, size, repl);
-    this.store.addGroup({ groupId: v.id, sizeBytes: v.sizeBytes });
-    this.log.info(`volume ${v.name} created: ${formatSize(v.sizeBytes)}, id ${v.id}`);
+    const leaderApi = this.metaLeaderApi();
+    if (leaderApi) return leaderApi.createVolume(request);
+    const result = await this.metaCommand({ kind: "createVolume", name: request.name, sizeBytes: request.sizeBytes, repl: request.repl ?? 1, at: Date.now() });
+    if (!result.ok) throw catalogError(result);
+    const v = this.catalog.volumes.get(request.name)!;
+    this.log.info(`volume ${v.name} created: ${formatSize(v.sizeBytes)}, id ${v.id}, replicas on nodes ${v.nodes.join(", ")}`);
     return this.info(v);
   }
 
   async deleteVolume(name: string): Promise<void> {
-    const v = this.mustGet(name);
+    this.mustGet(name);
     const open = this.connections.get(name) ?? 0;
     if (open > 0) {
-      throw new ApiError(409, "busy", `volume "${name}" has ${open} NBD connection(s); disconnect the clients (nbd-client -d, or stop nbdfuse/qemu) and try again`);
+      throw new ApiError(409, "busy", `volume "${name}" has ${open} NBD connection(s) on this node; disconnect the clients (nbd-client -d, or stop nbdfuse/qemu) and try again`);
     }
-    await this.catalog.remove(name);
-    this.store.dropGroup(v.id);
+    const leaderApi = this.metaLeaderApi();
+    if (leaderApi) return leaderApi.deleteVolume(name);
+    const result = await this.metaCommand({ kind: "deleteVolume", name });
+    if (!result.ok) throw catalogError(result);
     this.log.info(`volume ${name} deleted`);
+  }
+
+  async join(request: JoinRequest): Promise<JoinResponse> {
+    const { proof, ...fields } = request;
+    const expected = joinProof(this.secret, fields);
+    const given = Buffer.from(typeof proof === "string" ? proof : "", "hex");
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+      this.log.warn(`join refused for node ${request.id} at ${request.address}: wrong cluster secret`);
+      throw new ApiError(403, "forbidden", "the join request does not prove the cluster secret; start the node with the cluster's --cluster-secret");
+    }
+    const leaderApi = this.metaLeaderApi();
+    if (leaderApi) return leaderApi.join(request);
+    const added = await this.metaCommand({ kind: "addNode", ...fields, at: Date.now() });
+    if (!added.ok) throw catalogError(added);
+    // A learner first: as a voter before it runs, it would be needed for the
+    // quorum that commits its own admission. promoteLearners() makes it a voter
+    // once it has caught up.
+    const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
+    if (!members.includes(request.id)) await this.driver.proposeConfChange(metaGroupId, { type: ConfChangeType.addLearner, nodeId: request.id });
+    this.log.info(`node ${request.id} (${request.name} at ${request.address}) joined`);
+    return {
+      clusterId: this.state.clusterId,
+      metaVoters: this.state.metaVoters,
+      peers: [...this.catalog.nodes.values()].map((n) => ({ id: n.id, host: n.address, port: n.peerPort })),
+    };
   }
 
   metrics(): string {
@@ -184,33 +437,112 @@ export class Daemon implements Controller {
       const name = `pxd_store_${k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}`;
       lines.push(`# TYPE ${name} gauge`, `${name} ${v}`);
     }
-    lines.push("# TYPE pxd_volumes gauge", `pxd_volumes ${this.catalog.list().length}`);
-    for (const v of this.catalog.list()) {
-      lines.push(`pxd_volume_allocated_bytes{volume="${v.name}"} ${this.store.allocatedBytes(v.id)}`);
+    lines.push("# TYPE pxd_volumes gauge", `pxd_volumes ${this.catalog.volumes.size}`);
+    for (const v of this.catalog.volumes.values()) {
+      if (this.store.hasGroup(v.id)) lines.push(`pxd_volume_allocated_bytes{volume="${v.name}"} ${this.store.allocatedBytes(v.id)}`);
       lines.push(`pxd_volume_connections{volume="${v.name}"} ${this.connections.get(v.name) ?? 0}`);
     }
     return lines.join("\n") + "\n";
   }
 
-  private mustGet(name: string): VolumeRecord {
-    const v = this.catalog.get(name);
+  private mustGet(name: string): CatalogVolume {
+    const v = this.catalog.volumes.get(name);
     if (v === undefined) throw new ApiError(404, "not_found", `no volume named "${name}"; see "pxd volume list"`);
     return v;
   }
 
-  private info(v: VolumeRecord): VolumeInfo {
+  private info(v: CatalogVolume): VolumeInfo {
     const host = this.options.listen.includes(":") ? `[${this.options.listen}]` : this.options.listen;
+    const leader = this.driver.leader(v.id);
     return {
       id: v.id,
       name: v.name,
       sizeBytes: v.sizeBytes,
       repl: v.repl,
-      createdAt: v.createdAt,
+      createdAt: new Date(v.createdAt).toISOString(),
       state: "online",
-      allocatedBytes: this.store.allocatedBytes(v.id),
+      allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : 0,
       nbdUri: `nbd://${host}:${this.nbdPort}/${v.name}`,
       connections: this.connections.get(v.name) ?? 0,
-      replicas: [{ node: this.catalog.nodeId, state: "in-sync" }],
+      replicas: this.replicas(v, leader),
     };
   }
+
+  private replicas(v: CatalogVolume, leader: number): ReplicaInfo[] {
+    const progress = this.driver.progress(v.id);
+    const last = this.driver.status(v.id)?.lastIndex ?? 0;
+    return v.nodes.map((id) => {
+      const name = this.catalog.nodes.get(id)?.name ?? `node-${id}`;
+      const p = progress?.find((x) => x.node === id);
+      const connected = id === this.nodeId || this.peer?.transport.isConnected(id) === true;
+      let state: ReplicaInfo["state"] = connected ? "unknown" : "down";
+      let detail: string | undefined;
+      if (p !== undefined) {
+        state = !p.active ? "down" : p.match >= last ? "in-sync" : "catching-up";
+        if (state === "catching-up") detail = `${p.match}/${last}`;
+      }
+      return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), leader: id === leader };
+    });
+  }
+}
+
+function catalogError(r: Extract<ApplyResult, { ok: false }>): ApiError {
+  const status = r.code === "not_found" ? 404 : r.code === "exists" || r.code === "conflict" || r.code === "limit" ? 409 : 400;
+  return new ApiError(status, r.code, r.error);
+}
+
+/** The cluster secret: flag, environment, or the file a bootstrapping node writes. */
+function clusterSecret(options: DaemonOptions, bootstrapping: boolean): Buffer {
+  const given = options.secret ?? process.env["PXD_CLUSTER_SECRET"];
+  const file = join(options.dataDir, "cluster.secret");
+  if (given !== undefined && given !== "") {
+    if (Buffer.byteLength(given) < 16) throw new Error("the cluster secret must be at least 16 bytes; pick a longer --cluster-secret");
+    return Buffer.from(given);
+  }
+  if (existsSync(file)) return Buffer.from(readFileSync(file, "utf8").trim());
+  if (!bootstrapping) throw new Error(`no cluster secret: pass --cluster-secret (or PXD_CLUSTER_SECRET) with the secret of the cluster to join`);
+  const made = randomBytes(24).toString("hex");
+  writeFileSync(file, made + "\n", { mode: 0o600 });
+  return Buffer.from(made);
+}
+
+export function joinProof(secret: Buffer, fields: Omit<JoinRequest, "proof">): Buffer {
+  const canonical = JSON.stringify([fields.id, fields.name, fields.address, fields.nbdPort, fields.apiPort, fields.peerPort, fields.capacityBytes, fields.labels]);
+  return createHmac("sha256", secret).update("pxd-join\0").update(canonical).digest();
+}
+
+/** A new node: bootstrap a cluster of one, or ask a member to let it in. */
+async function enterCluster(options: DaemonOptions, state: NodeState, secret: Buffer, log: Logger): Promise<void> {
+  if (options.join === undefined) {
+    await state.setCluster(randomUUID(), [state.nodeId]);
+    log.info(`bootstrapped a new cluster ${state.clusterId} with node ${state.nodeId}; the cluster secret is in ${join(options.dataDir, "cluster.secret")}`);
+    return;
+  }
+  const fsStat = statfsSync(options.dataDir);
+  const fields: Omit<JoinRequest, "proof"> = {
+    id: state.nodeId,
+    name: options.name ?? `node-${state.nodeId}`,
+    address: options.listen,
+    nbdPort: options.nbdPort,
+    apiPort: options.apiPort,
+    peerPort: options.peerPort,
+    capacityBytes: Math.min(2 ** 52, fsStat.blocks * fsStat.bsize),
+    labels: options.zone ? { zone: options.zone } : {},
+  };
+  const client = new ApiClient(options.join, { timeoutMs: 30000 });
+  const request = { ...fields, proof: joinProof(secret, fields).toString("hex") };
+  let resp: JoinResponse | undefined;
+  for (let attempt = 1; resp === undefined; attempt++) {
+    try {
+      resp = await client.join(request);
+    } catch (e) {
+      // The member may be starting, or electing its catalog's leader: wait a little, a bounded number of times.
+      const retryable = (e instanceof ApiError && e.status === 503) || e instanceof DaemonUnreachableError;
+      if (!retryable || attempt >= joinAttemptsMax) throw e;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+  await state.setPeers(resp.peers);
+  await state.setCluster(resp.clusterId, resp.metaVoters);
+  log.info(`joined cluster ${resp.clusterId} through ${options.join} as node ${state.nodeId}`);
 }

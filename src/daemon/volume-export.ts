@@ -1,32 +1,32 @@
-// A volume as an NBD export: the NBD layer validated the request, the store
-// does the work, and errors become the NBD errno the client sees.
+// A volume as an NBD export: the NBD layer validated the request; VolumeIo
+// serves it on the volume's Raft leader (here or forwarded); errors become the
+// NBD errno the client sees.
 
 import type { BufferPool } from "../base/buffer-pool.js";
+import type { CatalogVolume } from "../cluster/catalog.js";
 import { BackendError, type AllocationExtent, type Export } from "../nbd/backend.js";
+import { UnavailableError, type VolumeIo } from "../replication/volume-io.js";
 import { StoreError } from "../store/errors.js";
-import type { Store } from "../store/store.js";
-import type { VolumeRecord } from "./catalog.js";
 
-/** Store errors as NBD errors (src/nbd/errors.ts maps BackendError to the wire). A deleted volume reads as shut down. */
+/** Errors as NBD errors (src/nbd/errors.ts maps BackendError to the wire). */
 function asBackendError(e: unknown): unknown {
-  return e instanceof StoreError ? new BackendError(e.code === "ENOENT" ? "ESHUTDOWN" : e.code, e.message) : e;
+  if (e instanceof StoreError) return new BackendError(e.code === "ENOENT" ? "ESHUTDOWN" : e.code, e.message);
+  // No leader within the deadline: the data is not reachable now, an I/O error for the client.
+  if (e instanceof UnavailableError) return new BackendError("EIO", e.message);
+  return e;
 }
 
-function toBackendError(e: unknown): never {
-  throw asBackendError(e);
-}
-
-export class VolumeExport implements Export {
+export class ReplicatedVolumeExport implements Export {
   readonly description: string;
   readonly readOnly = false;
-  /** The store merges partial sectors itself (read-modify-write), so any byte range is fine. */
+  /** Partial sectors are merged on the leader (read-modify-write), so any byte range is fine. */
   readonly blockBytesMin = 1;
   readonly blockBytesPreferred = 4096;
   private closed = false;
 
   constructor(
-    private readonly volume: VolumeRecord,
-    private readonly store: Store,
+    private readonly volume: CatalogVolume,
+    private readonly io: VolumeIo,
     private readonly readBuffers: BufferPool,
     private readonly onClose: () => void,
   ) {
@@ -41,13 +41,46 @@ export class VolumeExport implements Export {
     return this.volume.sizeBytes;
   }
 
-  read(offsetBytes: number, lengthBytes: number): Buffer {
-    const out = this.readBuffers.take(lengthBytes);
+  read(offsetBytes: number, lengthBytes: number): Buffer | Promise<Buffer> {
+    const into = this.readBuffers.take(lengthBytes);
+    let r: Buffer | Promise<Buffer>;
     try {
-      return this.store.read(this.volume.id, offsetBytes, lengthBytes, out);
+      r = this.io.read(this.volume.id, offsetBytes, lengthBytes, into);
     } catch (e) {
-      this.readBuffers.give(out);
-      return toBackendError(e);
+      this.readBuffers.give(into);
+      return rethrow(e);
+    }
+    if (r === into) return r; // served here, synchronously, into a pooled buffer
+    this.readBuffers.give(into);
+    return (r as Promise<Buffer>).catch(rethrow);
+  }
+
+  write(offsetBytes: number, data: readonly Buffer[], lengthBytes: number): Promise<void> {
+    // A write is acknowledged once committed (fsynced on a quorum): FUA needs nothing more.
+    return guard(() => this.io.write(this.volume.id, offsetBytes, data, lengthBytes));
+  }
+
+  /** Every acknowledged write is already durable on a quorum (DESIGN §2). */
+  flush(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  trim(offsetBytes: number, lengthBytes: number): Promise<void> {
+    return guard(() => this.io.trim(this.volume.id, offsetBytes, lengthBytes));
+  }
+
+  writeZeroes(offsetBytes: number, lengthBytes: number, _fua: boolean, noHole: boolean, fastZero: boolean): Promise<void> {
+    // Zeroing whole sectors is a hole in the map: fast. With NO_HOLE the zeroes are written like data, which is not.
+    if (fastZero && noHole) return Promise.reject(new BackendError("ENOTSUP", "zeroing without holes writes data; not fast"));
+    return guard(() => this.io.writeZeroes(this.volume.id, offsetBytes, lengthBytes, noHole));
+  }
+
+  blockStatus(offsetBytes: number, lengthBytes: number): AllocationExtent[] | Promise<AllocationExtent[]> {
+    try {
+      const r = this.io.blockStatus(this.volume.id, offsetBytes, lengthBytes);
+      return Array.isArray(r) ? r : r.catch(rethrow);
+    } catch (e) {
+      return rethrow(e);
     }
   }
 
@@ -55,44 +88,22 @@ export class VolumeExport implements Export {
     this.readBuffers.give(buffer);
   }
 
-  write(offsetBytes: number, data: readonly Buffer[], lengthBytes: number): Promise<void> {
-    // Every write is durable before it is acknowledged, so FUA needs nothing more.
-    return this.guard(() => this.store.write(this.volume.id, offsetBytes, data, lengthBytes));
-  }
-
-  flush(): Promise<void> {
-    return this.guard(() => this.store.flush());
-  }
-
-  trim(offsetBytes: number, lengthBytes: number): Promise<void> {
-    return this.guard(() => this.store.trim(this.volume.id, offsetBytes, lengthBytes));
-  }
-
-  writeZeroes(offsetBytes: number, lengthBytes: number, _fua: boolean, noHole: boolean, fastZero: boolean): Promise<void> {
-    // Zeroing whole sectors is a hole in the map: fast. With NO_HOLE the zeroes are written like data, which is not.
-    if (fastZero && noHole) return Promise.reject(new BackendError("ENOTSUP", "zeroing without holes writes data; not fast"));
-    return this.guard(() => this.store.writeZeroes(this.volume.id, offsetBytes, lengthBytes, noHole));
-  }
-
-  blockStatus(offsetBytes: number, lengthBytes: number): AllocationExtent[] {
-    try {
-      return this.store.blockStatus(this.volume.id, offsetBytes, lengthBytes);
-    } catch (e) {
-      return toBackendError(e);
-    }
-  }
-
   close(): void {
     if (this.closed) return;
     this.closed = true;
     this.onClose();
   }
+}
 
-  private guard(op: () => Promise<void>): Promise<void> {
-    try {
-      return op().catch(toBackendError);
-    } catch (e) {
-      return Promise.reject(asBackendError(e));
-    }
+function rethrow(e: unknown): never {
+  throw asBackendError(e);
+}
+
+/** Runs an operation that may throw synchronously (the store checks ranges up front) or reject. */
+function guard(op: () => Promise<void>): Promise<void> {
+  try {
+    return op().catch(rethrow);
+  } catch (e) {
+    return Promise.reject(asBackendError(e));
   }
 }

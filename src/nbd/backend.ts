@@ -47,7 +47,7 @@ export interface Export {
    */
   writeZeroes(offsetBytes: number, lengthBytes: number, fua: boolean, noHole: boolean, fastZero: boolean): Promise<void>;
   /** Allocation status from offsetBytes, covering at least one byte and at most lengthBytes. */
-  blockStatus(offsetBytes: number, lengthBytes: number): AllocationExtent[];
+  blockStatus(offsetBytes: number, lengthBytes: number): AllocationExtent[] | Promise<AllocationExtent[]>;
   /** Optional NBD_CMD_CACHE: prefetch the range. Without it CACHE succeeds and does nothing. */
   cache?(offsetBytes: number, lengthBytes: number): Promise<void>;
   /**

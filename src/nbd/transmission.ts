@@ -5,7 +5,7 @@
 // payload sits in one chunk, a list of views when it does not).
 
 import { assert } from "../base/assert.js";
-import type { Export } from "./backend.js";
+import type { AllocationExtent, Export } from "./backend.js";
 import type { ErrorReporter, NbdFailure } from "./errors.js";
 import type { Negotiated } from "./handshake.js";
 import type { NbdLimits } from "./ports.js";
@@ -389,12 +389,20 @@ export class Transmission {
    * u32), merge equal neighbours, and number one with REQ_ONE.
    */
   private doBlockStatus(h: w.RequestHeader): void {
-    let extents;
+    let r: AllocationExtent[] | Promise<AllocationExtent[]>;
     try {
-      extents = this.n.exp.blockStatus(h.offsetBytes, h.lengthBytes);
+      r = this.n.exp.blockStatus(h.offsetBytes, h.lengthBytes);
     } catch (err) {
       return this.failed(h, 0, err, "BLOCK_STATUS");
     }
+    if (Array.isArray(r)) return this.blockStatusDone(h, r);
+    r.then(
+      (extents) => this.blockStatusDone(h, extents),
+      (err: unknown) => this.failed(h, 0, err, "BLOCK_STATUS"),
+    );
+  }
+
+  private blockStatusDone(h: w.RequestHeader, extents: readonly AllocationExtent[]): void {
     const max = (h.flags & w.NBD_CMD_FLAG_REQ_ONE) !== 0 ? 1 : this.host.limits.blockStatusExtentsMax;
     const lengths: number[] = [];
     const flags: number[] = [];

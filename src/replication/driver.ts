@@ -19,6 +19,7 @@ import {
   raftReadIndexPendingMax,
   raftUncommittedBytesMax,
 } from "../constants.js";
+import type { ConfChange } from "../raft/confchange.js";
 import { RaftNode } from "../raft/node.js";
 import type { Ready } from "../raft/node.js";
 import { EntryType, StateRole, type Entry, type Message, type NodeId } from "../raft/types.js";
@@ -41,6 +42,20 @@ export interface DriverOptions {
   defer(fn: () => void): void;
   random: { int(n: number): number };
   log(line: string): void;
+  /**
+   * Applies a committed entry of a group that does not hold volume data (the
+   * meta group); returns false to let the driver apply it as a volume op.
+   */
+  applyEntry?(groupId: number, entry: Entry): boolean;
+}
+
+/** A member of a group as its leader sees it. */
+export interface ReplicaProgress {
+  node: NodeId;
+  /** Highest index known to be on that node. */
+  match: number;
+  /** Whether the leader heard from it within the last election timeout. */
+  active: boolean;
 }
 
 /** A proposal or read reached a node that is not the group's leader. */
@@ -87,18 +102,24 @@ class Group {
 
 export class MultiRaft {
   private readonly groups = new Map<number, Group>();
+  private readonly storages = new Map<number, StoreRaftStorage>();
   private scheduled = false;
   private readSeq = 0;
   private closed = false;
 
   constructor(private readonly o: DriverOptions) {}
 
-  /** Starts (or restarts from the store) the replica of group `groupId` whose voters are `voters`. */
-  addGroup(groupId: number, voters: NodeId[]): void {
+  /**
+   * Starts (or restarts from the store) this node's replica of a group whose
+   * initial configuration is `voters` (later changes come from the log).
+   * `replayAll` re-applies every committed entry from the start: for state
+   * machines that keep no state of their own on disk (the meta group).
+   */
+  addGroup(groupId: number, voters: NodeId[], opts: { replayAll?: boolean } = {}): void {
     assert(!this.groups.has(groupId), `group ${groupId} runs once`);
-    assert(voters.includes(this.o.nodeId), "this node is a voter of the group");
     const storage = new StoreRaftStorage(this.o.store, groupId, { voters: [...voters].sort((a, b) => a - b), learners: [] });
-    const applied = this.o.store.raftState(groupId).appliedIndex;
+    this.storages.set(groupId, storage);
+    const applied = opts.replayAll ? 0 : this.o.store.raftState(groupId).appliedIndex;
     const node = new RaftNode({
       id: this.o.nodeId,
       storage,
@@ -116,13 +137,51 @@ export class MultiRaft {
       committedBytesMax: raftCommittedBytesMax,
     });
     this.groups.set(groupId, new Group(groupId, node, applied));
+    // The only voter need not wait out an election timeout: nobody can compete.
+    if (voters.length === 1 && voters[0] === this.o.nodeId && node.status().lastIndex === 0) node.campaign();
     this.schedule();
+  }
+
+  hasGroup(groupId: number): boolean {
+    return this.groups.has(groupId);
+  }
+
+  /** The group's voters as this node's core knows them (its configuration). */
+  voters(groupId: number): NodeId[] {
+    return [...(this.groups.get(groupId)?.node.raft.tracker.voters ?? [])];
+  }
+
+  learners(groupId: number): NodeId[] {
+    return [...(this.groups.get(groupId)?.node.raft.tracker.learners ?? [])];
+  }
+
+  /** On the leader: every member's replication progress; undefined elsewhere. */
+  progress(groupId: number): ReplicaProgress[] | undefined {
+    const g = this.groups.get(groupId);
+    if (g === undefined || g.node.status().role !== StateRole.leader) return undefined;
+    return [...g.node.raft.tracker.progress].map(([node, pr]) => ({ node, match: pr.match, active: node === this.o.nodeId || pr.recentActive }));
+  }
+
+  /** Proposes opaque data (a meta-group command); resolves with its index once applied here. */
+  proposeData(groupId: number, data: Uint8Array): Promise<number> {
+    return this.proposeAt(groupId, data);
+  }
+
+  /** Adds or removes a member, one change at a time; resolves once the change is applied here. */
+  proposeConfChange(groupId: number, change: ConfChange): Promise<void> {
+    const g = this.mustLead(groupId);
+    const r = g.node.proposeConfChange(change);
+    if ("refused" in r) return Promise.reject(new ProposalDroppedError(`group ${groupId}: ${r.refused}`));
+    const term = g.node.status().term;
+    this.schedule();
+    return new Promise((resolve, reject) => g.proposals.set(r.index, { term, resolve: () => resolve(), reject }));
   }
 
   removeGroup(groupId: number): void {
     const g = this.groups.get(groupId);
     if (!g) return;
     this.groups.delete(groupId);
+    this.storages.delete(groupId);
     this.failAll(g, new ProposalDroppedError(`group ${groupId} was removed from this node`));
   }
 
@@ -164,7 +223,12 @@ export class MultiRaft {
    * it has applied up to the index that round returned.
    */
   readBarrier(groupId: number): Promise<void> {
-    const g = this.mustLead(groupId);
+    let g: Group;
+    try {
+      g = this.mustLead(groupId);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     return new Promise((resolve, reject) => {
       g.pendingReads.push({ term: 0, resolve, reject });
       this.schedule();
@@ -179,12 +243,21 @@ export class MultiRaft {
   // ---- internals ----
 
   private propose(groupId: number, data: Uint8Array): Promise<void> {
-    const g = this.mustLead(groupId);
+    return this.proposeAt(groupId, data).then(() => {});
+  }
+
+  private proposeAt(groupId: number, data: Uint8Array): Promise<number> {
+    let g: Group;
+    try {
+      g = this.mustLead(groupId);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     const index = g.node.propose(data);
     if (index === 0) return Promise.reject(new NotLeaderError(groupId, g.node.status().lead));
     const term = g.node.status().term;
     this.schedule();
-    return new Promise((resolve, reject) => g.proposals.set(index, { term, resolve, reject }));
+    return new Promise((resolve, reject) => g.proposals.set(index, { term, resolve: () => resolve(index), reject }));
   }
 
   private mustLead(groupId: number): Group {
@@ -210,8 +283,14 @@ export class MultiRaft {
       if (g.readyInFlight || !g.node.hasReady()) continue;
       const rd = g.node.ready();
       g.readyInFlight = true;
+      // Committed entries already on disk (all before this Ready's new ones)
+      // are applied now, while the new entries' fdatasync runs: a write is
+      // acknowledged one fsync after it is proposed, not two.
+      const firstNew = rd.entries[0]?.index ?? Infinity;
+      const early = rd.committedEntries.length > 0 && rd.committedEntries[rd.committedEntries.length - 1]!.index < firstNew;
+      if (early) this.applyCommitted(g, rd);
       this.persist(g, rd).then(
-        () => this.afterPersist(g, rd),
+        () => this.afterPersist(g, rd, !early),
         (e: Error) => {
           // The store stopped taking writes (fsync failed): nothing this group does is safe any more.
           this.o.log(`replication: group ${g.id} cannot persist its log, stopping it: ${e.message}`);
@@ -223,12 +302,22 @@ export class MultiRaft {
 
   private persist(g: Group, rd: Ready): Promise<void> {
     assert(rd.snapshot === null, "snapshots are not sent yet (docs/replication-plan.md)");
-    if (rd.entries.length === 0 && rd.hardState === null) return Promise.resolve();
+    // Only the commit index moved: it may lag on disk (a restarted node learns
+    // it again from the leader, and never below what it applied), so it is not
+    // written on its own; it rides along with the next entries or vote.
+    if (!rd.mustSync) return Promise.resolve();
+    const storage = this.storages.get(g.id)!;
+    for (const e of rd.entries) storage.remember(e);
     const entries = rd.entries.map((e) => ({ index: e.index, term: e.term, type: e.type, data: [e.data] }));
     return this.o.store.appendRaftEntries(g.id, entries, rd.hardState ?? undefined);
   }
 
-  private afterPersist(g: Group, rd: Ready): void {
+  private applyCommitted(g: Group, rd: Ready): void {
+    for (const e of rd.committedEntries) this.apply(g, e);
+    this.releaseReads(g);
+  }
+
+  private afterPersist(g: Group, rd: Ready, applyNow: boolean): void {
     if (!this.groups.has(g.id)) return;
     if (rd.softState) {
       g.lead = rd.softState.lead;
@@ -238,7 +327,7 @@ export class MultiRaft {
     for (const m of rd.messages) {
       if (!this.o.send(m.to, { kind: "raft", group: g.id, message: m })) g.node.reportUnreachable(m.to);
     }
-    for (const e of rd.committedEntries) this.apply(g, e);
+    if (applyNow) for (const e of rd.committedEntries) this.apply(g, e);
     for (const rs of rd.readStates) {
       const waiters = g.readRounds.get(Buffer.from(rs.context).toString("hex"));
       if (waiters === undefined) continue;
@@ -252,7 +341,8 @@ export class MultiRaft {
   }
 
   private apply(g: Group, e: Entry): void {
-    const op = e.type === EntryType.normal ? decodeOp(e.data) : undefined;
+    const handled = this.o.applyEntry?.(g.id, e) ?? false;
+    const op = !handled && e.type === EntryType.normal ? decodeOp(e.data) : undefined;
     if (op?.kind === VolumeOpKind.Write) this.o.store.applyEntryWrite(g.id, e.index, op.offsetBytes, op.lengthBytes, 0);
     else if (op?.kind === VolumeOpKind.Trim) this.o.store.applyEntryTrim(g.id, e.index, op.offsetBytes, op.lengthBytes);
     else this.o.store.markApplied(g.id, e.index);

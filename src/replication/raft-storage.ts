@@ -5,7 +5,14 @@ import { CompactedError, UnavailableError, type Storage, type InitialState } fro
 import type { ConfState, Entry, EntryType, Snapshot } from "../raft/types.js";
 import type { Store } from "../store/store.js";
 
+/** Bytes of recently persisted entries kept in memory, so applying and replicating them does not read them back. */
+const recentBytesMax = 64 * 1024 * 1024;
+
 export class StoreRaftStorage implements Storage {
+  /** Recently persisted entries by index, oldest first; a cache, checked against the store's terms. */
+  private readonly recent = new Map<number, Entry>();
+  private recentBytes = 0;
+
   constructor(
     private readonly store: Store,
     private readonly groupId: number,
@@ -15,7 +22,24 @@ export class StoreRaftStorage implements Storage {
 
   initialState(): InitialState {
     const s = this.store.raftState(this.groupId);
-    return { hardState: s.hardState, confState: { voters: [...this.conf.voters], learners: [...this.conf.learners] } };
+    // Commit-only hard states are not written (the driver's persist()), but whatever was applied was committed.
+    const hardState = { ...s.hardState, commit: Math.min(s.lastIndex, Math.max(s.hardState.commit, s.appliedIndex)) };
+    return { hardState, confState: { voters: [...this.conf.voters], learners: [...this.conf.learners] } };
+  }
+
+  /** Keeps an entry being persisted; a later entry at the same index (a new leader's) replaces it. */
+  remember(e: Entry): void {
+    for (let i = e.index; this.recent.has(i); i++) this.forget(i);
+    this.recent.set(e.index, e);
+    this.recentBytes += e.data.byteLength;
+    while (this.recentBytes > recentBytesMax) this.forget(this.recent.keys().next().value!);
+  }
+
+  private forget(index: number): void {
+    const e = this.recent.get(index);
+    if (e === undefined) return;
+    this.recent.delete(index);
+    this.recentBytes -= e.data.byteLength;
   }
 
   entries(lo: number, hi: number, maxBytes: number): Entry[] {
@@ -23,7 +47,20 @@ export class StoreRaftStorage implements Storage {
     if (lo <= s.snapshotIndex) throw new CompactedError(`entry ${lo} of group ${this.groupId} is compacted (at ${s.snapshotIndex})`);
     if (hi > s.lastIndex + 1) throw new UnavailableError(`entry ${hi - 1} of group ${this.groupId} is past the last index ${s.lastIndex}`);
     if (lo >= hi) return [];
-    return this.store.raftEntries(this.groupId, lo, hi, maxBytes).map((e) => ({ term: e.term, index: e.index, type: e.type as EntryType, data: e.data }));
+    const out: Entry[] = [];
+    let bytes = 0;
+    for (let i = lo; i < hi; i++) {
+      const cached = this.recent.get(i);
+      // The cache is right only if the store still has that entry (same term): a conflicting suffix may have replaced it.
+      if (cached === undefined || this.store.raftTerm(this.groupId, i) !== cached.term) {
+        if (out.length > 0) return out; // the core asks again for the rest
+        return this.store.raftEntries(this.groupId, lo, hi, maxBytes).map((e) => ({ term: e.term, index: e.index, type: e.type as EntryType, data: e.data }));
+      }
+      if (out.length > 0 && bytes + cached.data.byteLength > maxBytes) break;
+      out.push(cached);
+      bytes += cached.data.byteLength;
+    }
+    return out;
   }
 
   term(i: number): number {

@@ -73,24 +73,39 @@ export class VolumeIo {
 
   constructor(private readonly o: VolumeIoOptions) {}
 
-  read(group: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  /**
+   * A group whose only replica is on this node needs no consensus: its I/O
+   * goes straight to the store (local Write records, applied once durable),
+   * with the store's own group commit pipeline. Nothing else can lead it.
+   */
+  private sole(group: number): boolean {
+    const voters = this.o.driver.voters(group);
+    return voters.length === 1 && voters[0] === this.o.nodeId && this.o.driver.learners(group).length === 0;
+  }
+
+  read(group: number, offsetBytes: number, lengthBytes: number, into?: Buffer): Promise<Buffer> | Buffer {
+    if (this.sole(group)) return this.o.store.read(group, offsetBytes, lengthBytes, into);
     return this.route(group, "read", offsetBytes, lengthBytes, null).then((r) => Buffer.from(r.data!.buffer, r.data!.byteOffset, r.data!.byteLength));
   }
 
   write(group: number, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
+    if (this.sole(group)) return this.o.store.write(group, offsetBytes, data, lengthBytes);
     const joined = data.length === 1 ? data[0]! : Buffer.concat(data as Uint8Array[], lengthBytes);
     return this.route(group, "write", offsetBytes, lengthBytes, joined).then(() => {});
   }
 
   trim(group: number, offsetBytes: number, lengthBytes: number): Promise<void> {
+    if (this.sole(group)) return this.o.store.trim(group, offsetBytes, lengthBytes);
     return this.route(group, "trim", offsetBytes, lengthBytes, null).then(() => {});
   }
 
   writeZeroes(group: number, offsetBytes: number, lengthBytes: number, noHole: boolean): Promise<void> {
+    if (this.sole(group)) return this.o.store.writeZeroes(group, offsetBytes, lengthBytes, noHole);
     return this.route(group, noHole ? "zero-nohole" : "zero", offsetBytes, lengthBytes, null).then(() => {});
   }
 
-  blockStatus(group: number, offsetBytes: number, lengthBytes: number): Promise<StoreExtent[]> {
+  blockStatus(group: number, offsetBytes: number, lengthBytes: number): Promise<StoreExtent[]> | StoreExtent[] {
+    if (this.sole(group)) return this.o.store.blockStatus(group, offsetBytes, lengthBytes);
     return this.route(group, "status", offsetBytes, lengthBytes, null).then((r) => r.extents!);
   }
 
@@ -156,6 +171,7 @@ export class VolumeIo {
   private async serveLocal(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null): Promise<ForwardReply> {
     const ok = (d: Uint8Array | null = null, extents: StoreExtent[] | null = null): ForwardReply => ({ kind: "fwd-re", id: 0, error: null, data: d, extents });
     try {
+      if (this.sole(group)) return await this.serveSole(group, op, offsetBytes, lengthBytes, data);
       switch (op) {
         case "read":
           await this.o.driver.readBarrier(group);
@@ -180,6 +196,16 @@ export class VolumeIo {
       const code = e instanceof NotLeaderError ? "not-leader" : e instanceof ProposalDroppedError ? "retry" : "io";
       return { kind: "fwd-re", id: 0, error: { code, message: err.message, leader: e instanceof NotLeaderError ? e.leader : 0 }, data: null, extents: null };
     }
+  }
+
+  private async serveSole(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null): Promise<ForwardReply> {
+    const reply = (d: Uint8Array | null, extents: StoreExtent[] | null): ForwardReply => ({ kind: "fwd-re", id: 0, error: null, data: d, extents });
+    if (op === "read") return reply(this.o.store.read(group, offsetBytes, lengthBytes), null);
+    if (op === "status") return reply(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));
+    if (op === "write") await this.o.store.write(group, offsetBytes, [data!], lengthBytes);
+    else if (op === "trim") await this.o.store.trim(group, offsetBytes, lengthBytes);
+    else await this.o.store.writeZeroes(group, offsetBytes, lengthBytes, op === "zero-nohole");
+    return reply(null, null);
   }
 
   private async writeLocal(group: number, offsetBytes: number, data: Uint8Array): Promise<void> {

@@ -48,8 +48,6 @@ interface Group {
   readonly sizeBytes: number;
   readonly map: BlockMap;
   term: number;
-  /** Index given to the next appended entry. */
-  nextIndex: number;
   /** Index of the last applied entry. */
   appliedIndex: number;
   /** Unaligned writes read, merge and write one at a time per group. */
@@ -475,7 +473,8 @@ export class Store {
     payload: readonly Uint8Array[],
     source: number,
   ): Promise<void> {
-    const index = kind === RecordKind.Relocate ? 0 : g.nextIndex++;
+    // Local records (a volume with its only replica here) are not Raft entries: index 0.
+    const index = 0;
     return new Promise((resolve, reject) => {
       this.segmentLog.append({
         kind,
@@ -642,15 +641,15 @@ export class Store {
 }
 
 function newGroup(spec: GroupSpec): Group {
-  if (!Number.isSafeInteger(spec.sizeBytes) || spec.sizeBytes <= 0 || spec.sizeBytes % sectorBytes !== 0 || spec.sizeBytes > volumeBytesMax) {
-    throw new StoreError("EINVAL", `volume size ${spec.sizeBytes} must be a positive multiple of ${sectorBytes} bytes up to ${volumeBytesMax}`);
+  // Size 0: a group that holds only a Raft log (the meta group).
+  if (!Number.isSafeInteger(spec.sizeBytes) || spec.sizeBytes < 0 || spec.sizeBytes % sectorBytes !== 0 || spec.sizeBytes > volumeBytesMax) {
+    throw new StoreError("EINVAL", `volume size ${spec.sizeBytes} must be a multiple of ${sectorBytes} bytes up to ${volumeBytesMax}`);
   }
   return {
     id: spec.groupId,
     sizeBytes: spec.sizeBytes,
     map: new BlockMap(spec.sizeBytes / sectorBytes),
     term: 1,
-    nextIndex: 1,
     appliedIndex: 0,
     rmwTail: Promise.resolve(),
     dropped: false,
@@ -666,7 +665,6 @@ function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map
     if (g === undefined) continue; // deleted from the catalog since
     g.term = saved.lastTerm;
     g.appliedIndex = saved.lastIndex;
-    g.nextIndex = saved.lastIndex + 1;
     g.raft = RaftIndex.restore(saved.raft.snapshotIndex, saved.raft.snapshotTerm, saved.raft.hardState, [...saved.raft.entries]);
     for (const [index, chunk] of saved.chunks) {
       if (index * 4096 >= g.map.sectorCount) continue; // volume shrank (not offered yet)
@@ -693,7 +691,6 @@ function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: numbe
   applyToGroup(g, h.kind, h.offsetBytes, h.lengthBytes, h.termOrSource, h.index, address, () => {});
   if (h.kind !== RecordKind.Relocate) {
     g.term = Math.max(g.term, h.termOrSource);
-    g.nextIndex = Math.max(g.nextIndex, h.index + 1);
   }
 }
 
@@ -710,7 +707,6 @@ function applyToGroup(
 ): number {
   const sector = offsetBytes / sectorBytes;
   const count = lengthBytes / sectorBytes;
-  if (kind !== RecordKind.Relocate) g.appliedIndex = Math.max(g.appliedIndex, index);
   switch (kind) {
     case RecordKind.Write:
       g.map.set(sector, count, address, freed);

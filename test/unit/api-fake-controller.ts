@@ -1,7 +1,7 @@
 // A small in-memory Controller for the API and CLI tests: volumes in a Map,
 // errors thrown the way the daemon's controller throws them.
 
-import { ApiError, type Controller, type CreateVolumeRequest, type NodeStatus, type VolumeInfo } from "../../src/api/types.js";
+import { ApiError, type Controller, type CreateVolumeRequest, type JoinRequest, type JoinResponse, type NodeInfo, type NodeStatus, type VolumeInfo } from "../../src/api/types.js";
 
 export class FakeController implements Controller {
   readonly volumes = new Map<string, VolumeInfo>();
@@ -26,7 +26,38 @@ export class FakeController implements Controller {
       capacity: { totalBytes: 10 * 1024 ** 3, usedBytes: 1024 ** 3, freeBytes: 9 * 1024 ** 3 },
       volumeCount: this.volumes.size,
       store: { logBytes: 4096, segments: 1 },
+      clusterId: "c0ffee",
+      nodes: [this.node],
+      pool: { totalBytes: 10 * 1024 ** 3, usedBytes: 1024 ** 3, freeBytes: 9 * 1024 ** 3 },
     });
+  }
+
+  readonly node: NodeInfo = {
+    id: 7,
+    name: "n1",
+    address: "127.0.0.1",
+    nbdPort: 10809,
+    apiPort: 9001,
+    peerPort: 9002,
+    health: "up",
+    capacityBytes: 10 * 1024 ** 3,
+    freeBytes: 9 * 1024 ** 3,
+    usedBytes: 1024 ** 3,
+    labels: {},
+    draining: false,
+    metaVoter: true,
+    metaLeader: true,
+  };
+
+  listNodes(): Promise<NodeInfo[]> {
+    this.seen("listNodes");
+    return Promise.resolve([this.node]);
+  }
+
+  join(request: JoinRequest): Promise<JoinResponse> {
+    this.seen(`join ${request.id}`);
+    if (request.proof !== "good") return Promise.reject(new ApiError(403, "forbidden", "the join request does not prove the cluster secret"));
+    return Promise.resolve({ clusterId: "c0ffee", metaVoters: [7], peers: [{ id: 7, host: "127.0.0.1", port: 9002 }] });
   }
 
   listVolumes(): Promise<VolumeInfo[]> {
@@ -61,7 +92,7 @@ export class FakeController implements Controller {
       allocatedBytes: 0,
       nbdUri: `nbd://127.0.0.1:10809/${request.name}`,
       connections: 0,
-      replicas: [{ node: "n1", state: "in-sync" }],
+      replicas: [{ node: "n1", nodeId: 7, state: "in-sync", leader: true }],
     };
     this.volumes.set(v.name, v);
     return Promise.resolve(v);
