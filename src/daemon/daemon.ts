@@ -442,6 +442,16 @@ export class Daemon implements Controller {
       if (this.store.hasGroup(v.id)) lines.push(`pxd_volume_allocated_bytes{volume="${v.name}"} ${this.store.allocatedBytes(v.id)}`);
       lines.push(`pxd_volume_connections{volume="${v.name}"} ${this.connections.get(v.name) ?? 0}`);
     }
+    const peers = this.peer?.transport.stats();
+    if (peers) {
+      lines.push("# TYPE pxd_peer_bytes_sent counter", "# TYPE pxd_peer_bytes_received counter", "# TYPE pxd_peer_connected gauge");
+      for (const p of peers.peers) {
+        lines.push(`pxd_peer_bytes_sent{peer="${p.id}"} ${p.bytesSent}`);
+        lines.push(`pxd_peer_bytes_received{peer="${p.id}"} ${p.bytesReceived}`);
+        lines.push(`pxd_peer_connected{peer="${p.id}"} ${p.connected ? 1 : 0}`);
+      }
+      lines.push(`pxd_peer_auth_failures ${peers.authFailures}`);
+    }
     return lines.join("\n") + "\n";
   }
 

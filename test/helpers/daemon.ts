@@ -24,6 +24,9 @@ export class DaemonProcess {
   child: ChildProcess | undefined;
   output = "";
   readonly api: ApiClient;
+  /** More `pxd daemon` arguments (--join, --cluster-secret, --name ...). */
+  extraArgs: string[] = [];
+  peerPort: number;
   private exited: Promise<number | null> = Promise.resolve(null);
 
   constructor(
@@ -32,8 +35,10 @@ export class DaemonProcess {
     readonly nbdPort: number,
     readonly apiPort: number,
     private readonly removeDir: () => void,
+    peerPort = apiPort + 1,
   ) {
     this.api = new ApiClient(`${host}:${apiPort}`);
+    this.peerPort = peerPort;
   }
 
   uri(volume: string): string {
@@ -45,7 +50,7 @@ export class DaemonProcess {
     this.output = "";
     const child = spawn(
       process.execPath,
-      [pxdEntry, "daemon", "--data-dir", this.dataDir, "--listen", this.host, "--nbd-port", String(this.nbdPort), "--api-port", String(this.apiPort), "--peer-port", String(this.apiPort + 1)],
+      [pxdEntry, "daemon", "--data-dir", this.dataDir, "--listen", this.host, "--nbd-port", String(this.nbdPort), "--api-port", String(this.apiPort), "--peer-port", String(this.peerPort), ...this.extraArgs],
       { stdio: ["ignore", "pipe", "pipe"] },
     );
     this.child = child;
@@ -74,6 +79,19 @@ export class DaemonProcess {
     if (!this.child || this.child.exitCode !== null) return this.child?.exitCode ?? null;
     this.child.kill("SIGTERM");
     return this.exited;
+  }
+
+  get pid(): number | undefined {
+    return this.child?.exitCode === null ? this.child.pid : undefined;
+  }
+
+  /** SIGSTOP / SIGCONT: a process that stops answering without dying. */
+  pause(): void {
+    this.child?.kill("SIGSTOP");
+  }
+
+  resume(): void {
+    this.child?.kill("SIGCONT");
   }
 
   /** SIGKILL and wait: a crash. */

@@ -1,0 +1,51 @@
+// A real three-node cluster (daemon processes on 127.0.0.11-13): a volume with
+// three replicas is written through one node's NBD export and read through
+// another's; the leader is killed and the survivors keep serving; it comes
+// back and catches up.
+
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { startCluster, type Cluster } from "../helpers/cluster.js";
+import { runOk } from "../helpers/run.js";
+
+let c: Cluster;
+
+test.before(async () => {
+  c = await startCluster(3);
+});
+
+test.after(async () => {
+  await c.dispose();
+});
+
+test("a repl-3 volume is written on one node and read on the others, through a leader crash", async () => {
+  const v = await c.nodes[1]!.api.createVolume({ name: "r3", sizeBytes: 64 * 1024 * 1024, repl: 3 });
+  assert.is(v.replicas.length, 3);
+  assert.is(new Set(v.replicas.map((r) => r.nodeId)).size, 3, "three distinct nodes");
+  await runOk("qemu-io", ["-f", "raw", c.nodes[0]!.uri("r3"), "-c", "write -P 0x61 0 2M", "-c", "write -P 0x62 5000 3000"]);
+  for (const n of c.nodes) {
+    const out = await runOk("qemu-io", ["-f", "raw", n.uri("r3"), "-c", "read -P 0x61 0 4096", "-c", "read -P 0x62 5000 3000", "-c", "read -P 0x61 1M 1M"]);
+    assert.not.match(out, /fail/i, `read through ${n.host}`);
+  }
+  const leader = await c.leaderOf("r3");
+  await c.nodes[leader]!.kill();
+  const survivor = c.nodes[(leader + 1) % 3]!;
+  await runOk("qemu-io", ["-f", "raw", survivor.uri("r3"), "-c", "write -P 0x63 4M 1M"]);
+  const out = await runOk("qemu-io", ["-f", "raw", c.nodes[(leader + 2) % 3]!.uri("r3"), "-c", "read -P 0x63 4M 1M", "-c", "read -P 0x61 0 4096"]);
+  assert.not.match(out, /fail/i);
+  await c.nodes[leader]!.start();
+  await c.healthy();
+  const back = await runOk("qemu-io", ["-f", "raw", c.nodes[leader]!.uri("r3"), "-c", "read -P 0x63 4M 1M", "-c", "read -P 0x62 5000 3000"]);
+  assert.not.match(back, /fail/i, "the restarted node serves what it missed");
+});
+
+test("creating a volume with more replicas than nodes says what to do", async () => {
+  try {
+    await c.nodes[0]!.api.createVolume({ name: "r4", sizeBytes: 1024 * 1024, repl: 4 });
+    assert.unreachable();
+  } catch (e) {
+    assert.match((e as Error).message, /needs 4 replicas but only 3 nodes/);
+  }
+});
+
+test.run();
