@@ -19,8 +19,30 @@ export interface Cluster {
   dispose(): Promise<void>;
 }
 
-export function nodeHost(i: number): string {
-  return `127.0.0.${11 + i}`;
+/**
+ * Node i's address in a cluster whose first node is 127.0.0.<base + 1>. Each
+ * startCluster takes the first free base of 10, 20, 30 ... (probing the API
+ * port), so two clusters started at once on this machine do not collide; use
+ * `c.nodes[i].host`, not a fixed address.
+ */
+export function nodeHost(i: number, base = 10): string {
+  return `127.0.0.${base + 1 + i}`;
+}
+
+async function freeBase(size: number): Promise<number> {
+  const { createServer } = await import("node:net");
+  const free = (host: string): Promise<boolean> =>
+    new Promise((resolve) => {
+      const srv = createServer();
+      srv.once("error", () => resolve(false));
+      srv.listen(9001, host, () => srv.close(() => resolve(true)));
+    });
+  for (let base = 10; base <= 240; base += 10) {
+    let ok = true;
+    for (let i = 0; i < size && ok; i++) ok = await free(nodeHost(i, base));
+    if (ok) return base;
+  }
+  throw new Error("no free 127.0.0.x address range for a test cluster");
 }
 
 export async function waitUntil<T>(what: string, f: () => Promise<T | undefined | false>, timeoutMs = 20000): Promise<T> {
@@ -42,10 +64,11 @@ export async function startCluster(size = 3): Promise<Cluster> {
   const t = tempDir("cluster");
   const secret = randomBytes(16).toString("hex");
   const nodes: DaemonProcess[] = [];
+  const base = await freeBase(size);
   for (let i = 0; i < size; i++) {
-    const d = new DaemonProcess(join(t.dir, `node${i + 1}`), nodeHost(i), 10809, 9001, () => {}, 9002);
+    const d = new DaemonProcess(join(t.dir, `node${i + 1}`), nodeHost(i, base), 10809, 9001, () => {}, 9002);
     d.extraArgs = ["--cluster-secret", secret, "--name", `node${i + 1}`];
-    if (i > 0) d.extraArgs.push("--join", `${nodeHost(0)}:9001`);
+    if (i > 0) d.extraArgs.push("--join", `${nodeHost(0, base)}:9001`);
     nodes.push(d);
   }
   const cluster: Cluster = {
