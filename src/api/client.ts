@@ -64,6 +64,8 @@ export function parseApiAddress(text: string): ApiAddress {
 export interface ApiClientOptions {
   /** Time allowed for a whole request and answer. */
   timeoutMs?: number;
+  /** Tried once when nothing listens at the address (the CLI's default: a local `pxd up` cluster). */
+  fallbackAddress?: string;
 }
 
 interface RawAnswer {
@@ -76,12 +78,14 @@ interface RawAnswer {
 const connectCodes = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "EADDRNOTAVAIL"]);
 
 export class ApiClient {
-  readonly address: ApiAddress;
+  address: ApiAddress;
   private readonly timeoutMs: number;
+  private fallback: ApiAddress | undefined;
 
   constructor(address: string = defaultApiAddress, options: ApiClientOptions = {}) {
     this.address = parseApiAddress(address);
     this.timeoutMs = options.timeoutMs ?? apiClientTimeoutMs;
+    this.fallback = options.fallbackAddress === undefined ? undefined : parseApiAddress(options.fallbackAddress);
   }
 
   async status(): Promise<NodeStatus> {
@@ -135,7 +139,16 @@ export class ApiClient {
 
   /** One request; resolves with a 2xx answer, rejects with ApiError or DaemonUnreachableError. */
   private async call(method: string, path: string, body?: unknown): Promise<RawAnswer> {
-    const answer = await this.exchange(method, path, body === undefined ? undefined : Buffer.from(JSON.stringify(body), "utf8"));
+    const bytes = body === undefined ? undefined : Buffer.from(JSON.stringify(body), "utf8");
+    let answer: RawAnswer;
+    try {
+      answer = await this.exchange(method, path, bytes);
+    } catch (e) {
+      if (!(e instanceof DaemonUnreachableError) || e.code !== "ECONNREFUSED" || this.fallback === undefined) throw e;
+      this.address = this.fallback;
+      this.fallback = undefined;
+      answer = await this.exchange(method, path, bytes);
+    }
     if (answer.status >= 200 && answer.status < 300) return answer;
     throw this.errorFrom(answer);
   }

@@ -43,6 +43,10 @@ export function apiAddress(command: Command): string {
   }
 }
 
+/** Where `pxd up` puts the first node of its local cluster; the CLI tries it when nothing answers at the default. */
+export const localClusterApiAddress = "127.0.0.11:9001";
+
 export function clientFor(command: Command): ApiClient {
-  return new ApiClient(apiAddress(command));
+  const explicit = command.optsWithGlobals<{ host?: string }>().host !== undefined || !!process.env["PXD_HOST"];
+  return new ApiClient(apiAddress(command), explicit ? {} : { fallbackAddress: localClusterApiAddress });
 }

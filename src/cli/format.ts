@@ -1,7 +1,7 @@
 // Text rendering for the CLI: pure functions from API types to lines.
 
 import { formatSize } from "../base/sizes.js";
-import type { NodeStatus, VolumeInfo } from "../api/types.js";
+import type { NodeInfo, NodeStatus, VolumeInfo } from "../api/types.js";
 
 /** Left-aligned columns separated by two spaces; the last column is not padded. */
 export function table(header: string[], rows: string[][]): string {
@@ -33,7 +33,9 @@ export function fields(pairs: [string, string][]): string {
 }
 
 export function volumeDetails(v: VolumeInfo): string {
-  const replicas = v.replicas.map((r) => `${r.node} ${r.state}`).join(", ");
+  const replicas = v.replicas
+    .map((r) => `${r.node} ${r.state}${r.progress ? ` ${r.progress}` : ""}${r.leader ? " (leader)" : ""}`)
+    .join(", ");
   return fields([
     ["name", v.name],
     ["id", String(v.id)],
@@ -60,7 +62,26 @@ export function statusDetails(s: NodeStatus): string {
     ["capacity", `${formatSize(s.capacity.usedBytes)} used of ${formatSize(s.capacity.totalBytes)}, ${formatSize(s.capacity.freeBytes)} free`],
     ["volumes", String(s.volumeCount)],
     ["store", store || "-"],
-  ]);
+    ["cluster", `${s.clusterId}: ${s.nodes.filter((n) => n.health === "up").length} of ${s.nodes.length} nodes up`],
+    ["pool", `${formatSize(s.pool.freeBytes)} free of ${formatSize(s.pool.totalBytes)} on the nodes that are up`],
+  ]) + "\n\n" + nodeTable(s.nodes);
+}
+
+export function nodeTable(nodes: NodeInfo[]): string {
+  const header = ["ID", "NAME", "ADDRESS", "HEALTH", "CAPACITY", "FREE", "CATALOG", "LABELS"];
+  const rows = [...nodes]
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+    .map((n) => [
+      String(n.id),
+      n.name,
+      `${n.address}:${n.apiPort}`,
+      n.health + (n.draining ? " (draining)" : ""),
+      formatSize(n.capacityBytes),
+      formatSize(n.freeBytes),
+      n.metaLeader ? "leader" : n.metaVoter ? "voter" : "learner",
+      Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(",") || "-",
+    ]);
+  return table(header, rows);
 }
 
 export function formatDuration(totalSec: number): string {

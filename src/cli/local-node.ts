@@ -1,6 +1,7 @@
-// pxd up / pxd down: start and stop a local daemon in the background, the
-// newcomer's way in (npm start runs "pxd up"). Single node for now; a later
-// version starts three nodes on 127.0.0.11-13.
+// pxd up / pxd down: start and stop a local cluster in the background, the
+// newcomer's way in (npm start runs "pxd up"): three nodes on 127.0.0.11-13
+// with the standard ports, a shared secret in DIR/cluster.secret, and a
+// replicated volume.
 //
 // Layering exception (DESIGN.md section 7): this is the one CLI file that
 // touches node:fs and node:child_process, because starting a detached
@@ -8,15 +9,16 @@
 // the daemon goes through ApiClient.
 
 import { spawn } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Option, type Command } from "commander";
 import { formatSize } from "../base/sizes.js";
-import { defaultNbdPort } from "../constants.js";
-import { ApiClient, DaemonUnreachableError, defaultApiAddress, parseApiAddress } from "../api/client.js";
+import { defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
+import { ApiClient, DaemonUnreachableError, defaultApiAddress } from "../api/client.js";
 import { ApiError, type NodeStatus, type VolumeInfo } from "../api/types.js";
-import { apiAddress, checkName, intArg, sizeArg } from "./args.js";
+import { checkName, intArg, localClusterApiAddress, sizeArg } from "./args.js";
 import { CliError } from "./errors.js";
 
 /** How long pxd up waits for a freshly started daemon to answer /v1/status. */
@@ -34,49 +36,110 @@ interface NodePaths {
   pid: string;
 }
 
-function nodePaths(dataDir: string): NodePaths {
-  const dir = join(dataDir, "node1");
+function nodePaths(dataDir: string, index: number): NodePaths {
+  const dir = join(dataDir, `node${index + 1}`);
   return { dir, log: join(dir, "daemon.log"), pid: join(dir, "daemon.pid") };
 }
 
+/** Every nodeN directory pxd up made under dataDir. */
+function allNodePaths(dataDir: string): NodePaths[] {
+  let names: string[] = [];
+  try {
+    names = readdirSync(dataDir).filter((n) => /^node\d+$/.test(n));
+  } catch {
+    return [];
+  }
+  return names.map((n) => Number(n.slice(4)) - 1).sort((a, b) => a - b).map((i) => nodePaths(dataDir, i));
+}
+
+interface UpOptions {
+  dataDir: string;
+  size: number;
+  volume: string;
+  nodes: number;
+  repl: number | undefined;
+  address: string;
+  apiPort: number;
+  nbdPort: number;
+  peerPort: number;
+}
+
 export function registerLocalNode(program: Command): void {
+  const port = intArg(1, 65535);
   program
     .command("up")
-    .description("start a local pxd node in the background if none answers, and create a volume to try")
-    .option("--data-dir <dir>", "where the node keeps its data, log and pid file", ".pxd")
+    .description("start a local pxd cluster in the background (3 nodes on 127.0.0.11-13 by default) and create a volume to try")
+    .option("--data-dir <dir>", "where the nodes keep their data, logs and pid files", ".pxd")
     .addOption(new Option("-s, --size <size>", "size of the volume to create").argParser(sizeArg).default(1024 ** 3, "1G"))
     .option("--volume <name>", "name of the volume to create", "demo")
-    .option("--nbd-port <port>", "NBD port of the node it starts", intArg(1, 65535), defaultNbdPort)
-    .action(async (options: { dataDir: string; size: number; volume: string; nbdPort: number }, command: Command) => {
-      await up(apiAddress(command), options.dataDir, checkName(options.volume), options.size, options.nbdPort);
+    .option("--nodes <n>", "how many nodes to start", intArg(1, 9), 3)
+    .option("--repl <n>", "replicas of the volume (default: 3, or the node count if smaller)", intArg(1, 5))
+    .option("--address <ip>", "the first node's address; the others take the next ones", "127.0.0.11")
+    .option("--api-port <port>", "control API port of every node", port, defaultApiPort)
+    .option("--nbd-port <port>", "NBD port of every node", port, defaultNbdPort)
+    .option("--peer-port <port>", "peer port of every node", port, defaultPeerPort)
+    .action(async (o: UpOptions) => {
+      await up({ ...o, volume: checkName(o.volume) });
     });
 
   program
     .command("down")
-    .description("stop the daemon started by pxd up (SIGTERM, then SIGKILL after --timeout)")
+    .description("stop the nodes started by pxd up (SIGTERM, then SIGKILL after --timeout)")
     .option("--data-dir <dir>", "the --data-dir given to pxd up", ".pxd")
     .option("--timeout <seconds>", "wait this long after SIGTERM before SIGKILL", intArg(1, 3600), downTimeoutSecDefault)
     .action(async (options: { dataDir: string; timeout: number }) => {
-      await down(nodePaths(options.dataDir), options.timeout * 1000);
+      const nodes = allNodePaths(options.dataDir);
+      if (nodes.length === 0) console.log(`pxd is not running from here (nothing in ${options.dataDir}); nothing to stop`);
+      for (const paths of nodes) await down(paths, options.timeout * 1000);
     });
 }
 
-async function up(address: string, dataDir: string, volumeName: string, sizeBytes: number, nbdPort: number): Promise<void> {
-  const paths = nodePaths(dataDir);
-  const client = new ApiClient(address, { timeoutMs: 2000 });
-  let status = await statusOrNull(client);
-  if (status === null) {
-    const host = parseApiAddress(address).host;
-    if (!isLoopback(host)) {
-      throw new CliError(`no pxd daemon answers at ${address}, and pxd up starts daemons only on this machine; start one there with "pxd daemon" or use a 127.x.x.x --host`);
-    }
+function nodeAddress(first: string, index: number): string {
+  const parts = first.split(".").map(Number);
+  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255) || parts[3]! + index > 254) {
+    throw new CliError(`--address ${first} is not an IPv4 address with room for the next ones; use e.g. 127.0.0.11`);
+  }
+  return [parts[0], parts[1], parts[2], parts[3]! + index].join(".");
+}
+
+async function up(o: UpOptions): Promise<void> {
+  if (!isLoopback(o.address)) throw new CliError(`pxd up starts nodes only on this machine's loopback addresses (127.x.x.x), not ${o.address}; start remote nodes with "pxd daemon"`);
+  mkdirSync(o.dataDir, { recursive: true });
+  const secretFile = join(o.dataDir, "cluster.secret");
+  if (!existsSync(secretFile)) writeFileSync(secretFile, randomBytes(24).toString("hex") + "\n", { mode: 0o600 });
+  const secret = readFileSync(secretFile, "utf8").trim();
+  const first = `${nodeAddress(o.address, 0)}:${o.apiPort}`;
+  const firstClient = new ApiClient(first, { timeoutMs: 5000 });
+  for (let i = 0; i < o.nodes; i++) {
+    const host = nodeAddress(o.address, i);
+    const client = i === 0 ? firstClient : new ApiClient(`${host}:${o.apiPort}`, { timeoutMs: 5000 });
+    if ((await statusOrNull(client)) !== null) continue;
+    const paths = nodePaths(o.dataDir, i);
     let pid = runningDaemonPid(paths.pid);
     let exited: (() => string | null) | null = null;
-    if (pid === null) [pid, exited] = startDaemon(paths, host === "localhost" ? "127.0.0.1" : host, parseApiAddress(address).port, nbdPort);
-    status = await waitForDaemon(client, paths, pid, exited);
+    if (pid === null) {
+      const args = ["--data-dir", resolve(paths.dir), "--listen", host, "--api-port", String(o.apiPort), "--nbd-port", String(o.nbdPort), "--peer-port", String(o.peerPort), "--name", `node${i + 1}`];
+      if (i > 0) args.push("--join", first);
+      [pid, exited] = startDaemon(paths, args, secret);
+    }
+    await waitForDaemon(client, paths, pid, exited);
   }
-  const volume = await ensureVolume(client, volumeName, sizeBytes);
-  console.log(instructions(status, volume, paths, dataDir, address));
+  const status = await waitForCluster(firstClient, o.nodes);
+  const volume = await ensureVolume(firstClient, o.volume, o.size, o.repl ?? Math.min(3, o.nodes));
+  console.log(instructions(status, volume, o));
+}
+
+/** Waits until the first node sees every node up (bounded); returns its status. */
+async function waitForCluster(client: ApiClient, nodes: number): Promise<NodeStatus> {
+  const deadline = Date.now() + upStartTimeoutMs;
+  for (;;) {
+    const status = await client.status();
+    if (status.nodes.length >= nodes && status.nodes.every((n) => n.health === "up")) return status;
+    if (Date.now() > deadline) {
+      throw new CliError(`only ${status.nodes.filter((n) => n.health === "up").length} of ${nodes} nodes are up after ${upStartTimeoutMs / 1000}s; see the logs in the node directories`);
+    }
+    await sleep(upPollMs);
+  }
 }
 
 async function statusOrNull(client: ApiClient): Promise<NodeStatus | null> {
@@ -88,17 +151,18 @@ async function statusOrNull(client: ApiClient): Promise<NodeStatus | null> {
   }
 }
 
-/** Starts `pxd daemon` detached, output to the log, pid to the pid file; returns the pid and a probe for early exit. */
-function startDaemon(paths: NodePaths, listen: string, apiPort: number, nbdPort: number): [number, () => string | null] {
+/** Starts `pxd daemon ARGS` detached, output to the log, pid to the pid file; returns the pid and a probe for early exit. */
+function startDaemon(paths: NodePaths, daemonArgs: string[], secret: string): [number, () => string | null] {
   mkdirSync(paths.dir, { recursive: true });
   // dist/src/cli/local-node.js -> dist/bin/pxd.js: the same build that is running now.
   const entry = fileURLToPath(new URL("../../bin/pxd.js", import.meta.url));
-  const args = ["--enable-source-maps", entry, "daemon", "--data-dir", resolve(paths.dir), "--listen", listen, "--api-port", String(apiPort), "--nbd-port", String(nbdPort)];
+  const args = ["--enable-source-maps", entry, "daemon", ...daemonArgs];
   const logFd = openSync(paths.log, "a");
   let child;
   try {
     writeFileSync(logFd, `--- ${new Date().toISOString()} pxd up: ${process.execPath} ${args.join(" ")}\n`);
-    child = spawn(process.execPath, args, { detached: true, stdio: ["ignore", logFd, logFd] });
+    // The secret goes in the environment, not on the command line that ps shows.
+    child = spawn(process.execPath, args, { detached: true, stdio: ["ignore", logFd, logFd], env: { ...process.env, PXD_CLUSTER_SECRET: secret } });
   } finally {
     closeSync(logFd);
   }
@@ -130,7 +194,7 @@ async function waitForDaemon(client: ApiClient, paths: NodePaths, pid: number, e
   }
 }
 
-async function ensureVolume(client: ApiClient, name: string, sizeBytes: number): Promise<VolumeInfo> {
+async function ensureVolume(client: ApiClient, name: string, sizeBytes: number, repl: number): Promise<VolumeInfo> {
   try {
     const existing = await client.inspectVolume(name);
     if (existing.sizeBytes !== sizeBytes) console.log(`volume "${name}" already exists with ${formatSize(existing.sizeBytes)}; leaving it as it is`);
@@ -138,26 +202,21 @@ async function ensureVolume(client: ApiClient, name: string, sizeBytes: number):
   } catch (err) {
     if (!(err instanceof ApiError && err.status === 404)) throw err;
   }
-  return client.createVolume({ name, sizeBytes, repl: 1 });
+  return client.createVolume({ name, sizeBytes, repl });
 }
 
-function instructions(status: NodeStatus, volume: VolumeInfo, paths: NodePaths, dataDir: string, address: string): string {
+function instructions(status: NodeStatus, volume: VolumeInfo, o: UpOptions): string {
   const uri = volume.nbdUri;
-  let host = status.listen;
-  let port = status.nbdPort || defaultNbdPort;
-  try {
-    const parsed = new URL(uri);
-    host = parsed.hostname.replace(/^\[|\]$/g, "") || host;
-    port = parsed.port ? Number(parsed.port) : port;
-  } catch {
-    // keep the status' address
-  }
-  const ours = existsSync(paths.pid);
-  const where = ours ? `data in ${paths.dir}, log ${paths.log}` : `data in ${status.dataDir} (not started by pxd up)`;
-  // From a checkout pxd is not on PATH: name the way that works there too.
+  const url = new URL(uri);
+  const host = url.hostname;
+  const port = url.port ? Number(url.port) : defaultNbdPort;
+  const up = status.nodes.filter((n) => n.health === "up");
+  const addresses = up.map((n) => n.address).join(", ");
   const inRepo = process.env["npm_lifecycle_event"] === "start";
-  const down = `pxd down${dataDir === ".pxd" ? "" : ` --data-dir ${dataDir}`}`;
-  const stop = ours ? `stop it with: ${inRepo && dataDir === ".pxd" ? "npm run stop (or ./bin/pxd down)" : down}` : "it was not started by pxd up; stop it where it was started";
+  const pxd = inRepo ? "./bin/pxd" : "pxd";
+  const api = `${nodeAddress(o.address, 0)}:${o.apiPort}`;
+  const hostHint = api === localClusterApiAddress || api === defaultApiAddress ? "" : ` --host ${api}`;
+  const dirHint = o.dataDir === ".pxd" ? "" : ` --data-dir ${o.dataDir}`;
   const commands: [string, string][] = [
     [`nbdinfo ${uri}`, ""],
     [`nbdfuse /tmp/${volume.name}-mnt/disk ${uri} &`, "# then losetup / mkfs.ext4 / mount"],
@@ -165,11 +224,11 @@ function instructions(status: NodeStatus, volume: VolumeInfo, paths: NodePaths, 
   ];
   const width = Math.max(...commands.map(([c]) => c.length));
   return [
-    `pxd is running: 1 node, ${where}`,
-    `volume "${volume.name}" (${formatSize(volume.sizeBytes)}) is exported at ${uri}`,
+    `pxd is running: ${up.length} node${up.length === 1 ? "" : "s"} (${addresses}), data and logs in ${o.dataDir}/node*`,
+    `volume "${volume.name}" (${formatSize(volume.sizeBytes)}, ${volume.repl} replica${volume.repl === 1 ? "" : "s"}) is exported at ${uri} (and on every node)`,
     ...commands.map(([c, note]) => `  ${note ? `${c.padEnd(width)}   ${note}` : c}`),
-    ...(address === defaultApiAddress ? [] : [`other pxd commands need --host ${address} (or PXD_HOST=${address})`]),
-    stop,
+    `see it with: ${pxd}${hostHint} status, ${pxd}${hostHint} volume inspect ${volume.name}`,
+    `stop it with: ${inRepo && o.dataDir === ".pxd" ? "npm run stop (or ./bin/pxd down)" : `${pxd} down${dirHint}`}`,
   ].join("\n");
 }
 

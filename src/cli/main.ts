@@ -8,7 +8,7 @@ import { ApiError } from "../api/types.js";
 import { DaemonUnreachableError } from "../api/client.js";
 import { defaultApiAddress } from "../api/client.js";
 import { CliError, UsageError, exitFailed, exitOk, exitUsage } from "./errors.js";
-import { registerStatus, registerVolume } from "./volume.js";
+import { registerNode, registerStatus, registerVolume } from "./volume.js";
 import { registerDaemon } from "./daemon.js";
 import { registerLocalNode } from "./local-node.js";
 
@@ -23,6 +23,7 @@ export function buildProgram(): Command {
     .showSuggestionAfterError(true);
   registerStatus(program);
   registerVolume(program);
+  registerNode(program);
   registerLocalNode(program);
   registerDaemon(program);
   return program;

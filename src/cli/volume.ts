@@ -3,10 +3,23 @@
 import type { Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import { checkName, clientFor, intArg, sizeArg } from "./args.js";
-import { json, statusDetails, volumeDetails, volumeTable } from "./format.js";
+import { json, nodeTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
 
 interface JsonFlag {
   json?: boolean;
+}
+
+export function registerNode(program: Command): void {
+  const node = program.command("node").description("the cluster's nodes");
+  node
+    .command("list")
+    .alias("ls")
+    .description("list the nodes: health, capacity, role in the catalog's group")
+    .option("--json", "print the API's JSON")
+    .action(async (options: { json?: boolean }, command: Command) => {
+      const nodes = await clientFor(command).listNodes();
+      console.log(options.json ? json({ nodes }) : nodeTable(nodes));
+    });
 }
 
 export function registerStatus(program: Command): void {

@@ -151,6 +151,7 @@ export class Daemon implements Controller {
       },
       now: () => performance.now(),
       deadlineMs: forwardDeadlineMs,
+      replicasOf: (group) => [...this.catalog.volumes.values()].find((v) => v.id === group)?.nodes ?? [],
     });
     transport.onMessage((from, m) => {
       const kind = (m as { kind?: unknown }).kind;
@@ -379,8 +380,19 @@ export class Daemon implements Controller {
     return [...this.catalog.volumes.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((v) => this.info(v));
   }
 
+  /** Replica states come from the volume's leader, which tracks every replica's progress; asked when it is another node. */
   async inspectVolume(name: string): Promise<VolumeInfo> {
-    return this.info(this.mustGet(name));
+    const v = this.mustGet(name);
+    const mine = this.info(v);
+    const leader = this.driver.leader(v.id);
+    const n = this.catalog.nodes.get(leader);
+    if (leader === this.nodeId || n === undefined || !this.driver.hasGroup(v.id)) return mine;
+    try {
+      const remote = await new ApiClient(`${n.address.includes(":") ? `[${n.address}]` : n.address}:${n.apiPort}`, { timeoutMs: 2000 }).inspectVolume(name);
+      return { ...mine, replicas: remote.replicas, allocatedBytes: remote.allocatedBytes };
+    } catch {
+      return mine; // the leader did not answer: what this node knows
+    }
   }
 
   async createVolume(request: CreateVolumeRequest): Promise<VolumeInfo> {

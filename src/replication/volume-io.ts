@@ -44,6 +44,8 @@ export interface VolumeIoOptions {
   after(ms: number, fn: () => void): () => void;
   /** Monotonic milliseconds, for deadlines. */
   now(): number;
+  /** The nodes holding a group's replicas (from the catalog), for groups this node does not host. */
+  replicasOf(group: number): NodeId[];
   /** How long a request may wait for a leader before it fails. */
   deadlineMs: number;
 }
@@ -125,8 +127,10 @@ export class VolumeIo {
   private async route(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null): Promise<ForwardReply> {
     const deadline = this.now() + this.o.deadlineMs;
     let last = "no leader is known";
-    for (;;) {
-      const leader = this.o.driver.leader(group);
+    let hint: NodeId = 0;
+    for (let attempt = 0; ; attempt++) {
+      const leader = this.target(group, hint, attempt);
+      hint = 0;
       let r: ForwardReply | undefined;
       if (leader === this.o.nodeId) r = await this.serveLocal(group, op, offsetBytes, lengthBytes, data);
       else if (leader !== 0) {
@@ -135,10 +139,28 @@ export class VolumeIo {
       }
       if (r !== undefined && r.error === null) return r;
       if (r?.error?.code === "io") throw new Error(r.error.message);
-      if (r?.error) last = r.error.message;
+      if (r?.error) {
+        last = r.error.message;
+        hint = r.error.leader;
+        // Told who leads: go there at once, but never loop faster than the retry delay for long.
+        if (hint !== 0 && hint !== leader && attempt % 4 !== 3 && this.now() < deadline) continue;
+      }
       if (this.now() + retryDelayMs > deadline) throw new UnavailableError(`volume group ${group}: ${last}; gave up after ${this.o.deadlineMs} ms`);
       await new Promise<void>((resolve) => this.o.after(retryDelayMs, resolve));
     }
+  }
+
+  /**
+   * Where to send a request: the leader a reply just named, else the leader
+   * this node knows (it hosts a replica), else one of the replica nodes in
+   * turn (it knows the leader and answers with it).
+   */
+  private target(group: number, hint: NodeId, attempt: number): NodeId {
+    if (hint !== 0) return hint;
+    const known = this.o.driver.leader(group);
+    if (known !== 0 || this.o.driver.hasGroup(group)) return known;
+    const replicas = this.o.replicasOf(group);
+    return replicas.length === 0 ? 0 : replicas[attempt % replicas.length]!;
   }
 
   private forward(to: NodeId, group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null, deadline: number): Promise<ForwardReply | undefined> {

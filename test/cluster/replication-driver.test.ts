@@ -60,6 +60,7 @@ async function startReplica(r: Replica, all: Replica[]): Promise<void> {
     },
     now: () => performance.now(),
     deadlineMs: 5000,
+    replicasOf: () => all.map((x) => x.id),
   });
   r.io = io;
   peer.transport.onMessage((from, m) => {

@@ -1,25 +1,31 @@
-// The newcomer's path: `pxd up` starts a real daemon in the background,
-// creates the volume and prints how to use it; the printed URI works with a
-// real NBD client; the CLI verbs work against it; `pxd down` stops it.
+// The newcomer's path: `pxd up` starts a real three-node cluster in the
+// background, creates a replicated volume and prints how to use it; the
+// printed URI works with a real NBD client; the CLI verbs work against it;
+// `pxd down` stops every node.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { freePort, pxdEntry } from "../helpers/daemon.js";
+import { pxdEntry } from "../helpers/daemon.js";
+import { freeBase, nodeHost } from "../helpers/cluster.js";
 import { run, runOk } from "../helpers/run.js";
 import { tempDir } from "../helpers/tmp.js";
 
 test("pxd up, the volume verbs, an NBD client on the printed URI, pxd down", async () => {
   const t = tempDir("up");
-  const apiPort = await freePort();
-  const nbdPort = await freePort();
-  const host = ["--host", `127.0.0.1:${apiPort}`];
+  const base = await freeBase(3);
+  const first = nodeHost(0, base);
+  const nbdPort = 10809;
+  const host = ["--host", `${first}:9001`];
+  const upArgs = ["up", "--address", first];
   const dataDir = join(t.dir, ".pxd");
   const pxd = (...args: string[]): Promise<string> => runOk(process.execPath, [pxdEntry, ...host, ...args]);
   try {
-    const out = await pxd("up", "--data-dir", dataDir, "--size", "64M", "--nbd-port", String(nbdPort));
-    const uri = `nbd://127.0.0.1:${nbdPort}/demo`;
+    const out = await pxd(...upArgs, "--data-dir", dataDir, "--size", "64M");
+    const uri = `nbd://${first}:${nbdPort}/demo`;
+    assert.match(out, /^pxd is running: 3 nodes/m);
+    assert.match(out, /3 replicas/);
     assert.ok(out.includes(uri), out);
     assert.match(out, /nbdinfo|nbdfuse/);
     assert.ok(existsSync(join(dataDir, "node1", "daemon.pid")));
@@ -42,9 +48,13 @@ test("pxd up, the volume verbs, an NBD client on the printed URI, pxd down", asy
     assert.match(gone.stderr, /no volume named "db"/);
 
     // A second `up` finds the running node and its volume.
-    assert.ok((await pxd("up", "--data-dir", dataDir, "--size", "64M", "--nbd-port", String(nbdPort))).includes(uri));
+    const nodes = JSON.parse(await pxd("node", "list", "--json")) as { nodes: { health: string }[] };
+    assert.equal(nodes.nodes.map((n) => n.health), ["up", "up", "up"]);
+    const other = await runOk("qemu-io", ["-f", "raw", `nbd://${nodeHost(2, base)}:${nbdPort}/demo`, "-c", "read -P 0 0 4096"]);
+    assert.not.match(other, /fail/i, "every node exports the volume");
+    assert.ok((await pxd(...upArgs, "--data-dir", dataDir, "--size", "64M")).includes(uri));
     await pxd("down", "--data-dir", dataDir);
-    assert.not.ok(existsSync(join(dataDir, "node1", "daemon.pid")));
+    for (const n of [1, 2, 3]) assert.not.ok(existsSync(join(dataDir, `node${n}`, "daemon.pid")));
     const after = await run("nbdinfo", [uri]);
     assert.is.not(after.code, 0, "nothing answers after pxd down");
   } finally {

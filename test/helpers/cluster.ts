@@ -29,7 +29,7 @@ export function nodeHost(i: number, base = 10): string {
   return `127.0.0.${base + 1 + i}`;
 }
 
-async function freeBase(size: number): Promise<number> {
+export async function freeBase(size: number): Promise<number> {
   const { createServer } = await import("node:net");
   const free = (host: string): Promise<boolean> =>
     new Promise((resolve) => {

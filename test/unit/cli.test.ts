@@ -89,7 +89,7 @@ test("volume create, list, inspect and delete print what happened", async () => 
   const inspect = await pxd([...host(), "volume", "inspect", "db"]);
   assert.is(inspect.code, 0, inspect.stderr);
   assert.match(inspect.stdout, /^size\s+512 MiB \(536870912 bytes\)$/m);
-  assert.match(inspect.stdout, /^replicas\s+1 \(n1 in-sync\)$/m);
+  assert.match(inspect.stdout, /^replicas\s+1 \(n1 in-sync \(leader\)\)$/m);
 
   const del = await pxd([...host(), "volume", "delete", "demo"]);
   assert.is(del.code, 0, del.stderr);
@@ -165,27 +165,29 @@ test("PXD_HOST picks the daemon, and --host wins over it", async () => {
   assert.equal(ctx.controller.calls, ["status", "listVolumes"]);
 });
 
-test("pxd up against a running daemon creates the volume once and prints how to use it", async () => {
+test("pxd up against a running node creates the volume once and prints how to use it", async () => {
   const dataDir = join(ctx.tmp, "d");
-  const first = await pxd([...host(), "up", "--data-dir", dataDir, "--size", "2G"]);
+  const [address, port] = ctx.server.address.split(":");
+  const up = (...more: string[]) => pxd(["up", "--nodes", "1", "--address", address!, "--api-port", port!, "--data-dir", dataDir, ...more]);
+  const first = await up("--size", "2G");
   assert.is(first.code, 0, first.stderr);
   const lines = first.stdout.trimEnd().split("\n");
-  assert.match(lines[0] ?? "", /^pxd is running: 1 node, data in \/tmp\/pxd-test\/node1 \(not started by pxd up\)$/);
-  assert.is(lines[1], 'volume "demo" (2.00 GiB) is exported at nbd://127.0.0.1:10809/demo');
+  assert.is(lines[0], `pxd is running: 1 node (127.0.0.1), data and logs in ${dataDir}/node*`);
+  assert.is(lines[1], 'volume "demo" (2.00 GiB, 1 replica) is exported at nbd://127.0.0.1:10809/demo (and on every node)');
   assert.is(lines[2], "  nbdinfo nbd://127.0.0.1:10809/demo");
   assert.match(lines[3] ?? "", /^ {2}nbdfuse \/tmp\/demo-mnt\/disk nbd:\/\/127\.0\.0\.1:10809\/demo & +# then losetup/);
   assert.match(lines[4] ?? "", /^ {2}nbd-client 127\.0\.0\.1 10809 \/dev\/nbd0 -N demo +# with the kernel nbd module$/);
   assert.is(lines[3]?.indexOf("#"), lines[4]?.indexOf("#"));
-  assert.is(lines[5], `other pxd commands need --host ${ctx.server.address} (or PXD_HOST=${ctx.server.address})`);
-  assert.is(lines[6], "it was not started by pxd up; stop it where it was started");
+  assert.is(lines[5], `see it with: pxd --host ${ctx.server.address} status, pxd --host ${ctx.server.address} volume inspect demo`);
+  assert.is(lines[6], `stop it with: pxd down --data-dir ${dataDir}`);
   assert.is(ctx.controller.volumes.get("demo")?.sizeBytes, 2 * 1024 ** 3);
-  assert.not.ok(existsSync(join(dataDir, "node1", "daemon.pid")), "no daemon was started");
+  assert.not.ok(existsSync(join(dataDir, "node1", "daemon.pid")), "no daemon was started: one answered");
 
-  const again = await pxd([...host(), "up", "--data-dir", dataDir, "--volume", "demo"]);
+  const again = await up("--volume", "demo");
   assert.is(again.code, 0, again.stderr);
   assert.match(again.stdout, /^volume "demo" already exists with 2\.00 GiB; leaving it as it is$/m);
   assert.is(ctx.controller.calls.filter((c) => c.startsWith("createVolume")).length, 1);
-  assertOneLineError(await pxd([...host(), "up", "--data-dir", dataDir, "--volume", "no good"]), 2, /not a valid volume name/);
+  assertOneLineError(await up("--volume", "no good"), 2, /not a valid volume name/);
 });
 
 function fakeDaemon(ignoreTerm: boolean): ChildProcess {
