@@ -431,3 +431,52 @@ export class NbdTarget implements Target {
     if (this.client) this.fail(this.client, "closed", "closed by the test");
   }
 }
+
+// ---- running the checker against a test cluster ----
+
+export interface ClusterNode {
+  host: string;
+  nbdPort: number;
+  output: string;
+}
+
+export interface Checked {
+  history: History;
+  load: Load;
+  targets: NbdTarget[];
+  volume: string;
+}
+
+/** Starts a checked load on `volume` with one NBD client per node in `via`; waits for `warmup` acknowledged writes. */
+export async function startChecked(volume: string, via: ClusterNode[], o: { blocks?: number; depth?: number; seed?: number; warmup?: number; readShare?: number } = {}): Promise<Checked> {
+  const history = new History(o.blocks ?? 512);
+  const targets = via.map((n) => new NbdTarget(n.host, n.nbdPort, volume));
+  const seed = o.seed ?? (Date.now() & 0xffff) + 1;
+  const load = new Load(history, targets, { depth: o.depth ?? 6, seed, readShare: o.readShare ?? 0.5 });
+  console.log(`checker on ${volume}: ${history.blockCount} blocks, clients via ${via.map((n) => n.host).join(", ")}, seed ${seed}`);
+  await load.progress(o.warmup ?? 100, 30000, "warm-up");
+  return { history, load, targets, volume };
+}
+
+/**
+ * Stops the load, reads every block through `verifyVia` (a healthy node) and
+ * throws with the violations, if any. Returns the load's summary line.
+ */
+export async function finishChecked(ch: Checked, verifyVia: ClusterNode, logsOf: ClusterNode[] = []): Promise<string> {
+  await ch.load.stop();
+  for (const t of ch.targets) t.close();
+  const v = new NbdTarget(verifyVia.host, verifyVia.nbdPort, ch.volume);
+  try {
+    await verifyAll(ch.history, v, 60000);
+  } finally {
+    v.close();
+  }
+  const summary = ch.load.summary();
+  console.log(`checker on ${ch.volume}: ${summary}`);
+  const vs = ch.history.violations;
+  if (vs.length > 0) {
+    const logs = logsOf.map((n) => `--- ${n.host} (last 3000 chars) ---\n${n.output.slice(-3000)}`).join("\n");
+    throw new Error(`${vs.length} linearizability violations on ${ch.volume} (${summary}):\n${vs.slice(0, 20).join("\n")}\n${logs}`);
+  }
+  return summary;
+}
