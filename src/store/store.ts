@@ -83,6 +83,9 @@ export class Store {
   private readonly liveBytes = new Map<number, number>();
   /** Uncompacted Raft entries per segment. */
   private readonly pinned = new Map<number, number>();
+  /** Segments the last durable checkpoint's Raft indexes point into; GC waits for a newer checkpoint. */
+  private checkpointPinned = new Set<number>();
+  private compactedSinceCheckpoint = false;
   private checkpointEnd: LogPosition;
   private bytesAtCheckpoint = 0;
   private checkpointing: Promise<void> | undefined;
@@ -143,6 +146,7 @@ export class Store {
     await segmentLog.rollover();
     segmentLog.prepareSpare();
     const store = new Store(disk, segmentLog, checkpoint.end, log);
+    store.checkpointPinned = checkpointPins(checkpoint.groups);
     store.counters.recordsReplayed = scan.recordsReplayed;
     store.counters.tornBytesZeroed = scan.torn ? scan.torn.endPosition - scan.torn.position : 0;
     for (const g of groups.values()) store.groups.set(g.id, g);
@@ -355,7 +359,8 @@ export class Store {
     const g = this.group(groupId);
     assert(index <= g.appliedIndex, "only applied entries are compacted");
     g.raft.compact(index, (dropped) => this.unpin(dropped));
-    this.maintain(); // segments it unpinned may now be collected
+    this.compactedSinceCheckpoint = true;
+    this.maintain(); // segments it unpinned may now be collected, after a checkpoint
   }
 
   // ---- maintenance ----
@@ -373,8 +378,11 @@ export class Store {
       chunks: new Map([...g.map.chunks].map(([i, c]) => [i, c.slice()] as const)),
       raft: { snapshotIndex: g.raft.snapshotIndex, snapshotTerm: g.raft.snapshotTerm, hardState: { ...g.raft.hardState }, entries: [...g.raft.all()] },
     }));
+    const pinned = checkpointPins(groups);
+    this.compactedSinceCheckpoint = false;
     this.checkpointing = writeCheckpoint(this.disk, { end, groups })
       .then(() => {
+        this.checkpointPinned = pinned;
         this.checkpointEnd = end;
         this.bytesAtCheckpoint = bytesAt;
         this.counters.checkpoints++;
@@ -564,23 +572,27 @@ export class Store {
   private async maintainLoop(): Promise<void> {
     while (!this.closed) {
       const appendedSince = this.segmentLog.bytesAppended - this.bytesAtCheckpoint;
-      const candidates = this.gcCandidates(Infinity);
-      const eligible = this.gcCandidates(this.checkpointEnd.segmentId);
-      if (appendedSince >= checkpointLogBytes || (eligible.length === 0 && candidates.length > 0 && appendedSince > 0)) {
+      // Candidates a newer checkpoint would make collectable: written after it, or pinned only by its Raft index.
+      const candidates = this.gcCandidates(Infinity, false);
+      const eligible = this.gcCandidates(this.checkpointEnd.segmentId, true);
+      const stale = appendedSince > 0 || this.compactedSinceCheckpoint;
+      if (appendedSince >= checkpointLogBytes || (eligible.length === 0 && candidates.length > 0 && stale)) {
         await this.checkpoint();
       }
-      const victim = this.gcCandidates(this.checkpointEnd.segmentId)[0];
+      const victim = this.gcCandidates(this.checkpointEnd.segmentId, true)[0];
       if (victim === undefined) return;
       await this.collectSegment(victim);
     }
   }
 
   /** Sealed segments below `belowId` whose live ratio is under the GC threshold, emptiest first. */
-  private gcCandidates(belowId: number): number[] {
+  private gcCandidates(belowId: number, honourCheckpointPins: boolean): number[] {
     const head = this.segmentLog.headSegmentId;
     const ids: number[] = [];
     for (const id of this.segmentLog.segments.keys()) {
       if (id >= head || id >= belowId || this.pinned.has(id)) continue;
+      // The last checkpoint's Raft index still points here: recovery from it would read this segment.
+      if (honourCheckpointPins && this.checkpointPinned.has(id)) continue;
       if ((this.liveBytes.get(id) ?? 0) < gcLiveRatioMax * segmentBytes) ids.push(id);
     }
     return ids.sort((a, b) => (this.liveBytes.get(a) ?? 0) - (this.liveBytes.get(b) ?? 0));
@@ -633,11 +645,18 @@ export class Store {
 
   private async releaseEmptySegments(): Promise<void> {
     for (const id of [...this.segmentLog.segments.keys()]) {
-      if (id < this.checkpointEnd.segmentId && id < this.segmentLog.headSegmentId && (this.liveBytes.get(id) ?? 0) === 0 && !this.pinned.has(id)) {
+      if (id < this.checkpointEnd.segmentId && id < this.segmentLog.headSegmentId && (this.liveBytes.get(id) ?? 0) === 0 && !this.pinned.has(id) && !this.checkpointPinned.has(id)) {
         await this.segmentLog.releaseSegment(id, this.segmentLog.freeSegmentCount < freeSegmentsMax);
       }
     }
   }
+}
+
+/** Segments that Raft entries saved in a checkpoint point into. */
+function checkpointPins(groups: readonly { raft: { entries: readonly RaftIndexEntry[] } }[]): Set<number> {
+  const ids = new Set<number>();
+  for (const g of groups) for (const e of g.raft.entries) ids.add(Math.floor(e.address / segmentBytes));
+  return ids;
 }
 
 function newGroup(spec: GroupSpec): Group {
