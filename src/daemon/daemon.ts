@@ -33,7 +33,7 @@ import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType } from "../raft/confchange.js";
 import { EntryType, type Entry } from "../raft/types.js";
-import { MultiRaft, type RaftEnvelope } from "../replication/driver.js";
+import { MultiRaft, type CompactEnvelope, type RaftEnvelope } from "../replication/driver.js";
 import { VolumeIo, type ForwardReply, type ForwardRequest } from "../replication/volume-io.js";
 import { Store } from "../store/store.js";
 import { NodeState, type HostedGroup } from "./node-state.js";
@@ -156,6 +156,7 @@ export class Daemon implements Controller {
     transport.onMessage((from, m) => {
       const kind = (m as { kind?: unknown }).kind;
       if (kind === "raft") this.driver.receive(from, m as RaftEnvelope);
+      else if (kind === "compact") this.driver.receiveCompact(from, m as CompactEnvelope);
       else if (kind === "fwd" || kind === "fwd-re") this.io.receive(from, m as ForwardRequest | ForwardReply);
     });
     this.driver.addGroup(metaGroupId, state.metaVoters, { replayAll: true });

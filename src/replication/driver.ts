@@ -34,11 +34,22 @@ export interface RaftEnvelope {
   message: Message;
 }
 
+/**
+ * From a group's leader to its members: every member holds the log up to
+ * `index`, so each may forget its entries up to there (and its applied index).
+ * Without snapshots (not built), nobody compacts past what every member has.
+ */
+export interface CompactEnvelope {
+  kind: "compact";
+  group: number;
+  index: number;
+}
+
 export interface DriverOptions {
   nodeId: NodeId;
   store: Store;
   /** Sends to a peer; false when it cannot (the core is told the peer is unreachable). */
-  send(to: NodeId, envelope: RaftEnvelope): boolean;
+  send(to: NodeId, envelope: RaftEnvelope | CompactEnvelope): boolean;
   defer(fn: () => void): void;
   random: { int(n: number): number };
   log(line: string): void;
@@ -57,6 +68,14 @@ export interface ReplicaProgress {
   /** Whether the leader heard from it within the last election timeout. */
   active: boolean;
 }
+
+/**
+ * Ticks between compaction rounds, and applied entries every log keeps behind
+ * the compaction point (none needed: the point is already the slowest member's
+ * match, so no member ever needs an entry below it).
+ */
+const compactEveryTicks = 20;
+const compactKeepEntries = 0;
 
 /** A proposal or read reached a node that is not the group's leader. */
 export class NotLeaderError extends Error {
@@ -88,6 +107,8 @@ class Group {
   readonly readsAwaitingApply: { index: number; waiters: Waiter[] }[] = [];
   readyInFlight = false;
   applied: number;
+  /** The state machine is rebuilt from the whole log at start (the meta group): never compact it. */
+  keepLog = false;
   lead: NodeId = 0;
   role: StateRole = StateRole.follower;
 
@@ -105,6 +126,7 @@ export class MultiRaft {
   private readonly storages = new Map<number, StoreRaftStorage>();
   private scheduled = false;
   private readSeq = 0;
+  private ticks = 0;
   private closed = false;
 
   constructor(private readonly o: DriverOptions) {}
@@ -136,7 +158,9 @@ export class MultiRaft {
       readIndexPendingMax: raftReadIndexPendingMax,
       committedBytesMax: raftCommittedBytesMax,
     });
-    this.groups.set(groupId, new Group(groupId, node, applied));
+    const group = new Group(groupId, node, applied);
+    group.keepLog = opts.replayAll === true;
+    this.groups.set(groupId, group);
     // The only voter need not wait out an election timeout: nobody can compete.
     if (voters.length === 1 && voters[0] === this.o.nodeId && node.status().lastIndex === 0) node.campaign();
     this.schedule();
@@ -197,7 +221,39 @@ export class MultiRaft {
   /** Advances every group's logical clock; the daemon calls it on an interval. */
   tick(): void {
     for (const g of this.groups.values()) g.node.tick();
+    if (++this.ticks % compactEveryTicks === 0) this.compactLogs();
     this.schedule();
+  }
+
+  /** A leader's word that every member holds the log up to an index. */
+  receiveCompact(from: NodeId, m: CompactEnvelope): void {
+    const g = this.groups.get(m.group);
+    if (g === undefined || g.node.status().lead !== from) return;
+    this.compact(g, m.index);
+  }
+
+  /**
+   * On each group this node leads: the index every member's log reaches
+   * (their match), told to the members and used here. A member that is down
+   * holds it back, so when it returns it catches up from the log alone
+   * (only what it missed, never a full copy).
+   */
+  private compactLogs(): void {
+    for (const g of this.groups.values()) {
+      const progress = this.progress(g.id);
+      if (progress === undefined) continue;
+      const safe = Math.min(...progress.map((p) => p.match));
+      if (safe <= this.o.store.raftState(g.id).snapshotIndex) continue;
+      for (const p of progress) if (p.node !== this.o.nodeId) this.o.send(p.node, { kind: "compact", group: g.id, index: safe });
+      this.compact(g, safe);
+    }
+  }
+
+  private compact(g: Group, index: number): void {
+    if (g.keepLog) return;
+    const st = this.o.store.raftState(g.id);
+    const upTo = Math.min(index, st.appliedIndex, g.applied) - compactKeepEntries;
+    if (upTo > st.snapshotIndex) this.o.store.compactRaftLog(g.id, upTo);
   }
 
   /** A message from a peer. */
