@@ -18,6 +18,8 @@ export interface NodeInfo {
   peerPort: number;
   /** up: this node hears from it (or it is this node); down: no live peer connection. */
   health: "up" | "down";
+  /** What the catalog says (the meta leader's failure detector): placement uses only nodes that are up here. */
+  catalogHealth: "up" | "down";
   capacityBytes: number;
   freeBytes: number;
   usedBytes: number;

@@ -67,6 +67,9 @@ const forwardDeadlineMs = 15000;
 const selfRegisterEveryMs = 300;
 const joinAttemptsMax = 60;
 const registerWaitMs = 10000;
+const healthCheckEveryMs = 1000;
+/** A node the meta leader has had no peer connection to for this long is marked down in the catalog (placement avoids it). */
+const nodeDownAfterMs = 5000;
 
 export class Daemon implements Controller {
   private readonly catalog: CatalogState = newCatalogState();
@@ -164,6 +167,7 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => this.driver.tick(), tickMs));
     this.timers.push(setInterval(() => this.registerSelf(), selfRegisterEveryMs));
     this.timers.push(setInterval(() => this.promoteLearners(), selfRegisterEveryMs));
+    this.timers.push(setInterval(() => this.detectFailures(), healthCheckEveryMs));
     await this.untilRegistered();
     this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log });
     this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, log: (l) => log.info(l) });
@@ -275,6 +279,38 @@ export class Daemon implements Controller {
       .finally(() => (this.promoting = false));
   }
 
+  /** Since when the meta leader has had no connection to each node. */
+  private readonly unreachableSince = new Map<number, number>();
+  private healthProposal = false;
+
+  /**
+   * The failure detector: on the meta leader, a node unreachable for
+   * nodeDownAfterMs is marked down in the catalog, and up again when it is
+   * back, so placement never puts new replicas on a dead node.
+   */
+  private detectFailures(): void {
+    if (this.healthProposal || this.driver.leader(metaGroupId) !== this.nodeId) {
+      this.unreachableSince.clear();
+      return;
+    }
+    const now = Date.now();
+    for (const n of this.catalog.nodes.values()) {
+      const connected = n.id === this.nodeId || this.peer?.transport.isConnected(n.id) === true;
+      if (connected) this.unreachableSince.delete(n.id);
+      else if (!this.unreachableSince.has(n.id)) this.unreachableSince.set(n.id, now);
+      const down = !connected && now - (this.unreachableSince.get(n.id) ?? now) >= nodeDownAfterMs;
+      const health = down ? "down" : connected ? "up" : n.health;
+      if (health === n.health) continue;
+      this.healthProposal = true;
+      this.log.warn(`node ${n.id} (${n.name}) is ${health === "down" ? `unreachable for ${nodeDownAfterMs / 1000} s: marking it down` : "reachable again: marking it up"}`);
+      this.driver
+        .proposeData(metaGroupId, encodeCommand({ kind: "updateNode", id: n.id, health, at: now }))
+        .catch(() => {})
+        .finally(() => (this.healthProposal = false));
+      return; // one change at a time
+    }
+  }
+
   private selfDescription(): Omit<JoinRequest, "proof"> {
     const fsStat = statfsSync(this.options.dataDir);
     return {
@@ -366,7 +402,8 @@ export class Daemon implements Controller {
       nbdPort: n.nbdPort,
       apiPort: n.apiPort,
       peerPort: n.peerPort,
-      health: n.id === this.nodeId || this.peer?.transport.isConnected(n.id) ? "up" : "down",
+      health: n.id === this.nodeId || this.peer?.transport.isConnected(n.id) === true ? "up" : "down",
+      catalogHealth: n.health,
       capacityBytes: n.capacityBytes,
       freeBytes: n.freeBytes,
       usedBytes: n.usedBytes,

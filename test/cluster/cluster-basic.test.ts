@@ -72,4 +72,23 @@ test("creating a volume with more replicas than nodes says what to do", async ()
   }
 });
 
+test("a dead node is marked down and gets no new replicas; back, it is up again", async () => {
+  const victim = c.nodes[2]!;
+  await victim.kill();
+  await waitUntil("the catalog to mark the dead node down", async () => {
+    const nodes = await c.nodes[0]!.api.listNodes();
+    return nodes.filter((n) => n.catalogHealth === "down").length === 1;
+  });
+  const refused = await c.nodes[0]!.api.createVolume({ name: "r3b", sizeBytes: 1024 * 1024, repl: 3 }).then(
+    () => "created",
+    (e: Error) => e.message,
+  );
+  assert.match(refused, /needs 3 replicas but only 2 nodes are up/);
+  const v = await c.nodes[1]!.api.createVolume({ name: "r2", sizeBytes: 1024 * 1024, repl: 2 });
+  assert.not.ok(v.replicas.some((r) => r.node === "node3"), "no replica on the dead node");
+  await victim.start();
+  await c.healthy();
+  await waitUntil("the catalog to mark it up again", async () => (await c.nodes[0]!.api.listNodes()).every((n) => n.catalogHealth === "up"));
+});
+
 test.run();

@@ -40,6 +40,7 @@ export class FakeController implements Controller {
     apiPort: 9001,
     peerPort: 9002,
     health: "up",
+    catalogHealth: "up",
     capacityBytes: 10 * 1024 ** 3,
     freeBytes: 9 * 1024 ** 3,
     usedBytes: 1024 ** 3,
