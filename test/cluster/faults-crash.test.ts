@@ -10,7 +10,7 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { startCluster, waitUntil, type Cluster } from "../helpers/cluster.js";
-import { finishChecked, NbdTarget, startChecked } from "../helpers/checker.js";
+import { abortRunning, finishChecked, NbdTarget, startChecked } from "../helpers/checker.js";
 
 const MiB = 1024 * 1024;
 let c: Cluster;
@@ -18,6 +18,8 @@ let c: Cluster;
 test.before(async () => {
   c = await startCluster(3);
 });
+
+test.after.each(abortRunning);
 
 test.after(async () => {
   await c.dispose();

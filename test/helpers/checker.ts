@@ -454,8 +454,10 @@ export async function startChecked(volume: string, via: ClusterNode[], o: { bloc
   const seed = o.seed ?? (Date.now() & 0xffff) + 1;
   const load = new Load(history, targets, { depth: o.depth ?? 6, seed, readShare: o.readShare ?? 0.5 });
   console.log(`checker on ${volume}: ${history.blockCount} blocks, clients via ${via.map((n) => n.host).join(", ")}, seed ${seed}`);
+  const ch = { history, load, targets, volume };
+  running.add(ch);
   await load.progress(o.warmup ?? 100, 30000, "warm-up");
-  return { history, load, targets, volume };
+  return ch;
 }
 
 /**
@@ -463,6 +465,7 @@ export async function startChecked(volume: string, via: ClusterNode[], o: { bloc
  * throws with the violations, if any. Returns the load's summary line.
  */
 export async function finishChecked(ch: Checked, verifyVia: ClusterNode, logsOf: ClusterNode[] = []): Promise<string> {
+  running.delete(ch);
   await ch.load.stop();
   for (const t of ch.targets) t.close();
   const v = new NbdTarget(verifyVia.host, verifyVia.nbdPort, ch.volume);
@@ -479,4 +482,19 @@ export async function finishChecked(ch: Checked, verifyVia: ClusterNode, logsOf:
     throw new Error(`${vs.length} linearizability violations on ${ch.volume} (${summary}):\n${vs.slice(0, 20).join("\n")}\n${logs}`);
   }
   return summary;
+}
+
+const running = new Set<Checked>();
+
+/** For `test.after.each`: stops every load a failed test left running (no checking), so the file can exit. */
+export async function abortRunning(): Promise<void> {
+  for (const ch of [...running]) await abortChecked(ch);
+}
+
+/** Stops the load without checking, closing the connections so nothing waits for a reply. */
+export async function abortChecked(ch: Checked): Promise<void> {
+  running.delete(ch);
+  const stopped = ch.load.stop();
+  for (const t of ch.targets) t.close();
+  await Promise.race([stopped, new Promise((r) => setTimeout(r, 40000))]);
 }
