@@ -87,4 +87,43 @@ test("a node that reaches only one peer (leader and a follower cut apart): the c
   await finishChecked(ch, c.nodes[cut]!, c.nodes);
 });
 
+test("the leader's outgoing links cut (it hears its peers, they do not hear it): a new leader serves, nothing stale; heal", async () => {
+  const leader = await volume("oneway");
+  const [a, b] = others(leader) as [number, number];
+  const ch = await startChecked("oneway", c.nodes);
+  try {
+    await net.cutOneWay(c.nodes[leader]!.host, c.nodes[a]!.host);
+    await net.cutOneWay(c.nodes[leader]!.host, c.nodes[b]!.host);
+    const next = await leaderAmong("oneway", [a, b], leader);
+    console.log(`partition ${net.describe()}: node ${next + 1} leads`);
+    await ch.load.progress(200, 40000, "progress with the old leader's outgoing links cut");
+  } finally {
+    await net.heal();
+  }
+  await c.healthy();
+  await ch.load.progress(200, 40000, "progress after the partition healed");
+  await finishChecked(ch, c.nodes[leader]!, c.nodes);
+});
+
+test("the leader isolated for longer than the forwarding deadline: its clients get errors, not stale data; heal", async () => {
+  const leader = await volume("long");
+  const [a, b] = others(leader) as [number, number];
+  const ch = await startChecked("long", c.nodes);
+  try {
+    await net.isolate(c.nodes[leader]!.host, [c.nodes[a]!.host, c.nodes[b]!.host]);
+    const t0 = Date.now();
+    await leaderAmong("long", [a, b], leader);
+    // The isolated node's clients wait for its 15 s forwarding deadline; the
+    // errors they then get leave those writes' outcomes unknown.
+    await waitUntil("errors from the isolated node", async () => ch.history.counts.writesErrno + ch.history.counts.readsErrno > 0, 30000);
+    console.log(`first error from the isolated node ${Date.now() - t0} ms into the partition; ${ch.load.summary()}`);
+    await ch.load.progress(100, 30000, "progress through the majority");
+  } finally {
+    await net.heal();
+  }
+  await c.healthy();
+  await ch.load.progress(200, 40000, "progress after the partition healed");
+  await finishChecked(ch, c.nodes[leader]!, c.nodes);
+});
+
 test.run();
