@@ -16,7 +16,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { ApiClient } from "../../src/api/client.js";
 import { defaultApiPort, defaultNbdPort, defaultPeerPort, peerSecretBytesMin } from "../../src/constants.js";
-import { nodeHost, waitUntil } from "../helpers/cluster.js";
+import { freeBase, nodeHost, waitUntil } from "../helpers/cluster.js";
 import { freePort } from "../helpers/daemon.js";
 import { tempDir } from "../helpers/tmp.js";
 
@@ -454,10 +454,12 @@ function stageRuntime(into: string): string {
 }
 
 /**
- * Where the compose services run here: 127.0.0.11-13 like the cluster tests,
- * or PXD_DOCKER_TEST_HOSTS=a,b,c while another cluster holds those.
+ * Where the compose services run here: 127.0.0.11-13 like the cluster tests
+ * (or the next free 127.0.0.x1-x3 while another cluster holds those), or
+ * PXD_DOCKER_TEST_HOSTS=a,b,c.
  */
-const testHosts = process.env["PXD_DOCKER_TEST_HOSTS"]?.split(",") ?? [nodeHost(0), nodeHost(1), nodeHost(2)];
+const base = process.env["PXD_DOCKER_TEST_HOSTS"] === undefined ? await freeBase(3) : 0;
+const testHosts = process.env["PXD_DOCKER_TEST_HOSTS"]?.split(",") ?? [0, 1, 2].map((i) => nodeHost(i, base));
 
 const tmp = tempDir("docker");
 const app = stageRuntime(join(tmp.dir, "image"));
@@ -524,7 +526,7 @@ test(`the compose command lines start a 3-node cluster (container addresses -> $
   for (const host of hostOf.values()) {
     for (const port of [defaultNbdPort, defaultApiPort, defaultPeerPort]) {
       if (!(await canListen(host, port))) {
-        throw new Error(`${host}:${port} is taken: this test runs the compose command lines on ${testHosts.join(", ")} with the standard ports, like the cluster tests and \`pxd up\`; run it when no other cluster is up (or set PXD_DOCKER_TEST_HOSTS to three other loopback addresses, e.g. 127.0.0.61,127.0.0.62,127.0.0.63)`);
+        throw new Error(`${host}:${port} is taken: this test runs the compose command lines on ${testHosts.join(", ")} with the standard ports; another cluster took them since they were picked (or set PXD_DOCKER_TEST_HOSTS to three free loopback addresses, e.g. 127.0.0.61,127.0.0.62,127.0.0.63)`);
       }
     }
   }
