@@ -7,15 +7,8 @@
 //
 //   node dist/bench/raft-bench.js [--seconds S]
 
+import { raftConfig } from "../src/replication/driver.js";
 import { Prng } from "../src/base/prng.js";
-import {
-  raftAppendBytesMax,
-  raftCommittedBytesMax,
-  raftInflightBytesMax,
-  raftInflightMsgsMax,
-  raftReadIndexPendingMax,
-  raftUncommittedBytesMax,
-} from "../src/constants.js";
 import { RaftNode } from "../src/raft/node.js";
 import { MemoryStorage } from "../src/raft/storage.js";
 import type { Message } from "../src/raft/types.js";
@@ -32,21 +25,7 @@ class Group {
   constructor(seed: number) {
     this.replicas = [1, 2, 3].map((id) => {
       const storage = new MemoryStorage({ voters: [1, 2, 3], learners: [] });
-      const node = new RaftNode({
-        id,
-        storage,
-        electionTicks: 10,
-        heartbeatTicks: 1,
-        random: new Prng(seed * 3 + id),
-        preVote: true,
-        checkQuorum: true,
-        appendBytesMax: raftAppendBytesMax,
-        inflightMsgsMax: raftInflightMsgsMax,
-        inflightBytesMax: raftInflightBytesMax,
-        uncommittedBytesMax: raftUncommittedBytesMax,
-        readIndexPendingMax: raftReadIndexPendingMax,
-        committedBytesMax: raftCommittedBytesMax,
-      });
+      const node = new RaftNode(raftConfig(id, storage, new Prng(seed * 3 + id)));
       return { node, storage, applied: 0 };
     });
   }

@@ -30,6 +30,7 @@ import { checkConstants, metaVotersMax, readPoolBufferBytesMax, readPoolBufferBy
 import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
+import { nodeTimers } from "../os/timers.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType } from "../raft/confchange.js";
 import { EntryType, type Entry } from "../raft/types.js";
@@ -148,10 +149,7 @@ export class Daemon implements Controller {
       driver: this.driver,
       store: this.store,
       send: (to, m) => transport.send(to, m),
-      after: (ms, fn) => {
-        const t = setTimeout(fn, ms);
-        return () => clearTimeout(t);
-      },
+      after: (ms, fn) => nodeTimers.setTimeout(fn, ms),
       now: () => performance.now(),
       deadlineMs: forwardDeadlineMs,
       replicasOf: (group) => [...this.catalog.volumes.values()].find((v) => v.id === group)?.nodes ?? [],

@@ -7,19 +7,12 @@ import { createServer, type AddressInfo, type Server, type Socket } from "node:n
 import type { ExportRegistry } from "../nbd/backend.js";
 import type { NbdLimits, NbdLog, NbdSocket, NbdTimers } from "../nbd/ports.js";
 import { NbdServer } from "../nbd/server.js";
+import { nodeTimers } from "./timers.js";
 
 /** TCP keepalive probe delay: finds clients that vanished without a FIN. */
 const keepAliveDelayMs = 30_000;
 
-export const nodeTimers: NbdTimers = {
-  setTimeout(fn, ms) {
-    const t = setTimeout(fn, ms);
-    return () => clearTimeout(t);
-  },
-  defer(fn) {
-    setImmediate(fn);
-  },
-};
+export const nodeNbdTimers: NbdTimers = nodeTimers;
 
 export interface ListenNbdOptions {
   host: string;
@@ -41,7 +34,7 @@ export interface NbdListener {
 }
 
 export async function listenNbd(opts: ListenNbdOptions): Promise<NbdListener> {
-  const server = new NbdServer({ registry: opts.registry, log: opts.log, timers: nodeTimers, limits: opts.limits });
+  const server = new NbdServer({ registry: opts.registry, log: opts.log, timers: nodeNbdTimers, limits: opts.limits });
   const onSocket = (s: Socket): void => attach(server, s);
   const tcp = createServer({ noDelay: true }, onSocket);
   await listen(tcp, () => tcp.listen(opts.port, opts.host));

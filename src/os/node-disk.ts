@@ -4,6 +4,7 @@
 import * as fs from "node:fs";
 import { join } from "node:path";
 import type { Defer, Disk, DiskFile } from "../store/disk.js";
+import { nodeTimers } from "./timers.js";
 
 class NodeFile implements DiskFile {
   private fd: number;
@@ -90,6 +91,4 @@ export class NodeDisk implements Disk {
   }
 }
 
-export const deferImmediate: Defer = (fn) => {
-  setImmediate(fn);
-};
+export const deferImmediate: Defer = nodeTimers.defer;

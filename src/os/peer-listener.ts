@@ -8,6 +8,7 @@ import { createConnection, createServer, type AddressInfo, type Server, type Soc
 import type { NodeId } from "../raft/types.js";
 import type { PeerAddress, PeerCrypto, PeerLimits, PeerLog, PeerNetwork, PeerSocket, PeerSocketEvents, PeerTimers } from "../replication/ports.js";
 import { PeerTransport } from "../replication/transport.js";
+import { nodeTimers } from "./timers.js";
 
 /** TCP keepalive probe delay: a backstop under the transport's own idle check. */
 const keepAliveDelayMs = 30_000;
@@ -19,13 +20,7 @@ export const nodePeerCrypto: PeerCrypto = {
 };
 
 export const nodePeerTimers: PeerTimers = {
-  setTimeout(fn, ms) {
-    const t = setTimeout(fn, ms);
-    return () => clearTimeout(t);
-  },
-  defer(fn) {
-    setImmediate(fn);
-  },
+  ...nodeTimers,
   now: () => performance.now(),
   random: () => Math.random(),
 };

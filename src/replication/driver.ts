@@ -21,6 +21,8 @@ import {
 } from "../constants.js";
 import type { ConfChange } from "../raft/confchange.js";
 import { RaftNode } from "../raft/node.js";
+import type { RaftConfig } from "../raft/raft.js";
+import type { Storage } from "../raft/storage.js";
 import type { Ready } from "../raft/node.js";
 import { EntryType, StateRole, type Entry, type Message, type NodeId } from "../raft/types.js";
 import type { Store } from "../store/store.js";
@@ -76,6 +78,26 @@ export interface ReplicaProgress {
  */
 const compactEveryTicks = 20;
 const compactKeepEntries = 0;
+
+/** The configuration every pxd Raft group runs with (PreVote and CheckQuorum on; limits from src/constants.ts). */
+export function raftConfig(id: NodeId, storage: Storage, random: { int(n: number): number }, applied = 0): RaftConfig {
+  return {
+    id,
+    storage,
+    applied,
+    electionTicks: raftElectionTicks,
+    heartbeatTicks: raftHeartbeatTicks,
+    random,
+    preVote: true,
+    checkQuorum: true,
+    appendBytesMax: raftAppendBytesMax,
+    inflightMsgsMax: raftInflightMsgsMax,
+    inflightBytesMax: raftInflightBytesMax,
+    uncommittedBytesMax: raftUncommittedBytesMax,
+    readIndexPendingMax: raftReadIndexPendingMax,
+    committedBytesMax: raftCommittedBytesMax,
+  };
+}
 
 /** A proposal or read reached a node that is not the group's leader. */
 export class NotLeaderError extends Error {
@@ -142,22 +164,7 @@ export class MultiRaft {
     const storage = new StoreRaftStorage(this.o.store, groupId, { voters: [...voters].sort((a, b) => a - b), learners: [] });
     this.storages.set(groupId, storage);
     const applied = opts.replayAll ? 0 : this.o.store.raftState(groupId).appliedIndex;
-    const node = new RaftNode({
-      id: this.o.nodeId,
-      storage,
-      applied,
-      electionTicks: raftElectionTicks,
-      heartbeatTicks: raftHeartbeatTicks,
-      random: this.o.random,
-      preVote: true,
-      checkQuorum: true,
-      appendBytesMax: raftAppendBytesMax,
-      inflightMsgsMax: raftInflightMsgsMax,
-      inflightBytesMax: raftInflightBytesMax,
-      uncommittedBytesMax: raftUncommittedBytesMax,
-      readIndexPendingMax: raftReadIndexPendingMax,
-      committedBytesMax: raftCommittedBytesMax,
-    });
+    const node = new RaftNode(raftConfig(this.o.nodeId, storage, this.o.random, applied));
     const group = new Group(groupId, node, applied);
     group.keepLog = opts.replayAll === true;
     this.groups.set(groupId, group);

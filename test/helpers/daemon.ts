@@ -117,7 +117,7 @@ export class DaemonProcess {
 
 export async function startDaemon(host = "127.0.0.1"): Promise<DaemonProcess> {
   const t = tempDir("daemon");
-  const d = new DaemonProcess(t.dir, host, await freePort(host), await freePort(host), t.remove);
+  const d = new DaemonProcess(t.dir, host, await freePort(host), await freePort(host), t.remove, await freePort(host));
   await d.start();
   return d;
 }
