@@ -104,7 +104,15 @@ test("stale reads from a lagging replica are caught", async () => {
 test("an acknowledged write that is lost is caught", async () => {
   const { h, load } = await runAgainst(new Fake("lossy", { loseEvery: 50 }), 300, 0.2);
   assert.ok(h.violations.length > 0, load.summary());
-  assert.ok(h.violations.some((v) => v.includes("final read")), "the final pass catches it too");
+});
+
+test("the final pass catches an acknowledged write that is not there", async () => {
+  const h = new History(2);
+  const w = h.invokeWrite(1);
+  h.completeWrite(1, w, "ok");
+  const found = await verifyAll(h, new Fake("empty"));
+  assert.is(found, 1);
+  assert.match(h.violations[0]!, /block 1: final read.*STALE/);
 });
 
 test("a failed write that comes back after a newer acknowledged write is caught", async () => {
