@@ -205,7 +205,7 @@ export class Daemon implements Controller {
     this.metaResults.set(entry.index, result);
     if (this.metaResults.size > 1024) this.metaResults.delete(this.metaResults.keys().next().value!);
     if (!result.ok) return;
-    if (result.node) this.refreshPeers();
+    if (result.node) this.refreshPeers(this.catalog.nodes.has(result.node.id) ? undefined : result.node.id);
     const v = result.volume;
     if (v === undefined) return;
     const live = this.catalog.volumes.get(v.name);
@@ -234,8 +234,18 @@ export class Daemon implements Controller {
     this.log.info(`group ${id}: replica removed from this node`);
   }
 
-  private refreshPeers(): void {
-    const peers = [...this.catalog.nodes.values()].map((n) => ({ id: n.id, host: n.address, port: n.peerPort }));
+  /**
+   * The peer set grows with the catalog and shrinks only when a node is
+   * removed. At start the catalog is replayed from the meta log only up to
+   * the commit index this node had on disk, which may predate nodes that
+   * joined later; dropping those from the peer set would refuse the very
+   * node that leads the catalog and could teach it the rest.
+   */
+  private refreshPeers(removed?: number): void {
+    const byId = new Map(this.state.peers.map((p) => [p.id, p]));
+    if (removed !== undefined) byId.delete(removed);
+    for (const n of this.catalog.nodes.values()) byId.set(n.id, { id: n.id, host: n.address, port: n.peerPort });
+    const peers = [...byId.values()];
     this.peer?.transport.setPeers(peers);
     this.state.setPeers(peers).catch((e: Error) => this.log.error(`cannot record peers: ${e.message}`));
   }
