@@ -1,22 +1,27 @@
 // pxd against nbdkit's file plugin, both over NBD with fio's nbd engine, in
-// one run on one machine, reported as ratios (DESIGN.md §8). Targets are
-// alternated round by round so that noise from the machine falls on both.
-// Then two pxd-only checks: daemon memory after 1 GiB of random 4k writes, and
-// store disk use after rewriting 256 MiB ten times.
+// one run on one machine, reported as ratios (DESIGN.md §8): a single-node pxd
+// with a repl-1 volume, and a 3-node pxd cluster on loopback (startCluster(3))
+// with a repl-3 volume, reached through its Raft leader and once through a
+// follower (which forwards to the leader). Targets are alternated round by
+// round so that noise from the machine falls on all of them. Then two
+// pxd-only checks: daemon memory after 1 GiB of random 4k writes, and store
+// disk use after rewriting 256 MiB ten times.
 //
-//   npm run bench -- [--runtime 8] [--rounds 2] [--only REGEX] [--skip-extra] [--json FILE]
+//   npm run bench -- [--runtime 8] [--rounds 2] [--only REGEX] [--skip-extra]
+//                    [--cluster | --skip-cluster] [--json FILE]
 //
 // Progress goes to stderr, the tables (markdown) to stdout. See docs/bench.md.
 
 import { closeSync, fsyncSync, mkdtempSync, openSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
-import { cpus, release, tmpdir, totalmem } from "node:os";
+import { cpus, loadavg, release, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { startDaemon, type DaemonProcess } from "../test/helpers/daemon.js";
+import { startCluster, type Cluster } from "../test/helpers/cluster.js";
+import type { DaemonProcess } from "../test/helpers/daemon.js";
 import { fioVersion, runFio, type FioResult, type FioSpec } from "./lib/fio.js";
 import { Nbdkit, nbdkitVersion } from "./lib/nbdkit.js";
 import { cleanupAll, cpuSeconds, installSignalHandlers, interrupted, log, onCleanup, procStatusKiB } from "./lib/proc.js";
-import { dirUsage, storeSnapshot, waitForStoreSettle, type DirUsage, type Settled } from "./lib/pxd.js";
+import { dirUsage, startBenchDaemon, storeSnapshot, waitForStoreSettle, type DirUsage, type Settled } from "./lib/pxd.js";
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
@@ -27,7 +32,16 @@ interface Options {
   rounds: number;
   only: RegExp | undefined;
   skipExtra: boolean;
+  /** all: every job, the repl-3 cluster on its jobs; only: just the cluster's jobs (and no extra checks); skip: no cluster. */
+  cluster: "all" | "only" | "skip";
   jsonFile: string | undefined;
+}
+
+/** How a job compares repl 3 with repl 1 (the issue's targets). */
+interface ClusterCompare {
+  /** value: IOPS or MiB/s ratio repl3/repl1 must be at least `bound`; latency: mean clat ratio at most `bound`. */
+  kind: "value" | "latency";
+  bound: number | undefined;
 }
 
 interface BenchJob {
@@ -38,18 +52,21 @@ interface BenchJob {
   /** Minimum pxd/nbdkit ratio from the issue; none for latency-bound jobs. */
   target: number | undefined;
   showLatency: boolean;
+  /** Also run against the repl-3 cluster, compared with repl 1 like this. */
+  cluster?: ClusterCompare;
 }
 
 const jobs: BenchJob[] = [
-  { name: "4k-randread-qd32", spec: { rw: "randread", bs: "4k", iodepth: 32 }, metric: "iops", target: 0.8, showLatency: false },
+  { name: "4k-randread-qd32", spec: { rw: "randread", bs: "4k", iodepth: 32 }, metric: "iops", target: 0.8, showLatency: false, cluster: { kind: "value", bound: undefined } },
   { name: "4k-randread-qd1", spec: { rw: "randread", bs: "4k", iodepth: 1 }, metric: "iops", target: undefined, showLatency: true },
-  { name: "4k-randwrite-qd32", spec: { rw: "randwrite", bs: "4k", iodepth: 32 }, metric: "iops", target: 0.5, showLatency: false },
-  { name: "4k-randwrite-qd1", spec: { rw: "randwrite", bs: "4k", iodepth: 1 }, metric: "iops", target: undefined, showLatency: true },
+  { name: "4k-randwrite-qd32", spec: { rw: "randwrite", bs: "4k", iodepth: 32 }, metric: "iops", target: 0.5, showLatency: false, cluster: { kind: "value", bound: 0.5 } },
+  { name: "4k-randwrite-qd1", spec: { rw: "randwrite", bs: "4k", iodepth: 1 }, metric: "iops", target: undefined, showLatency: true, cluster: { kind: "latency", bound: 3 } },
   { name: "1m-seqread-qd8", spec: { rw: "read", bs: "1M", iodepth: 8 }, metric: "bw", target: 0.8, showLatency: false },
-  { name: "1m-seqwrite-qd8", spec: { rw: "write", bs: "1M", iodepth: 8 }, metric: "bw", target: 0.5, showLatency: false },
+  { name: "1m-seqwrite-qd8", spec: { rw: "write", bs: "1M", iodepth: 8 }, metric: "bw", target: 0.5, showLatency: false, cluster: { kind: "value", bound: undefined } },
 ];
 
-type TargetName = "pxd" | "nbdkit";
+/** pxd: one daemon, repl-1 volume; repl3: the cluster's repl-3 volume through its leader; repl3-follower: through a follower. */
+type TargetName = "pxd" | "nbdkit" | "repl3" | "repl3-follower";
 
 interface Run extends FioResult {
   /** Server CPU (user + system, all threads) during the fio run, percent of one core. */
@@ -59,16 +76,36 @@ interface Run extends FioResult {
   recordsCommitted?: number;
   /** pxd only: bytes the store appended to its log during the run (client writes + GC moves + headers). */
   logBytes?: number;
+  /** Cluster only: the node fio was pointed at (and the leader then). */
+  node?: string;
+}
+
+interface Median {
+  value: number;
+  clatMeanUs: number;
+  clatP99Us: number;
+  serverCpuPct: number;
 }
 
 interface JobResult {
   name: string;
   metric: "iops" | "bw";
   target: number | undefined;
-  runs: Record<TargetName, Run[]>;
-  median: Record<TargetName, { value: number; clatMeanUs: number; clatP99Us: number; serverCpuPct: number }>;
+  runs: Partial<Record<TargetName, Run[]>>;
+  median: Partial<Record<TargetName, Median>>;
   ratio: number;
   met: boolean | undefined;
+  /** Present when the job ran against the repl-3 cluster. */
+  repl3?: {
+    compare: ClusterCompare;
+    /** IOPS or MiB/s, repl 3 (leader) / repl 1. */
+    ratio: number;
+    /** Mean completion latency, repl 3 (leader) / repl 1. */
+    latencyRatio: number;
+    met: boolean | undefined;
+    /** IOPS or MiB/s through a follower / through the leader (one run each way is not paired: leader is the median). */
+    followerRatio: number | undefined;
+  };
 }
 
 function parseOptions(): Options {
@@ -78,12 +115,14 @@ function parseOptions(): Options {
       rounds: { type: "string", default: "2" },
       only: { type: "string" },
       "skip-extra": { type: "boolean", default: false },
+      cluster: { type: "boolean", default: false },
+      "skip-cluster": { type: "boolean", default: false },
       json: { type: "string" },
       help: { type: "boolean", default: false },
     },
   });
   if (values.help) {
-    process.stdout.write("usage: npm run bench -- [--runtime SEC] [--rounds N] [--only REGEX] [--skip-extra] [--json FILE]\n");
+    process.stdout.write("usage: npm run bench -- [--runtime SEC] [--rounds N] [--only REGEX] [--skip-extra] [--cluster | --skip-cluster] [--json FILE]\n");
     process.exit(0);
   }
   const positive = (name: string, v: string): number => {
@@ -91,11 +130,14 @@ function parseOptions(): Options {
     if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} wants a whole number of at least 1, not "${v}"`);
     return n;
   };
+  if (values.cluster && values["skip-cluster"]) throw new Error("--cluster runs only the cluster's jobs, --skip-cluster none of them: pick one");
+  const cluster = values.cluster ? "only" : values["skip-cluster"] ? "skip" : "all";
   return {
     runtimeSec: positive("runtime", values.runtime),
     rounds: positive("rounds", values.rounds),
     only: values.only === undefined ? undefined : new RegExp(values.only, "i"),
-    skipExtra: values["skip-extra"],
+    skipExtra: values["skip-extra"] || cluster === "only",
+    cluster,
     jsonFile: values.json,
   };
 }
@@ -134,63 +176,131 @@ function table(header: string[], rows: string[][]): string {
 interface Target {
   name: TargetName;
   uri: string;
-  pid: number;
+  /** The server's processes (a cluster's three daemons): their CPU is summed. */
+  pids: number[];
+  /** Untimed, before each run: the cluster targets find the volume's current leader (or a follower). */
+  prepare?(): Promise<void>;
   /** Untimed, after each run: lets background work end so it does not bill the next run. */
   quiesce(): Promise<void>;
-  /** pxd only: the store's commit counters. */
+  /** pxd only: the store's commit counters (for the cluster, the leader's). */
   commitCounters?: () => Promise<{ commits: number; recordsCommitted: number; logBytes: number }>;
+  /** Cluster only: which node fio talks to, for the log and the tables. */
+  node?: () => string;
+}
+
+function cpuOf(pids: number[]): number {
+  return pids.reduce((a, pid) => a + cpuSeconds(pid), 0);
 }
 
 async function timedRun(job: BenchJob, target: Target, runtimeSec: number): Promise<Run> {
+  await target.prepare?.();
   const spec: FioSpec = { name: job.name, ...job.spec, size: "1G", runtimeSec };
   const c0 = await target.commitCounters?.();
-  const cpu0 = cpuSeconds(target.pid);
+  const cpu0 = cpuOf(target.pids);
   const t0 = Date.now();
   const r = await runFio(spec, target.uri, (runtimeSec + 120) * 1000);
-  const serverCpuPct = ((cpuSeconds(target.pid) - cpu0) / ((Date.now() - t0) / 1000)) * 100;
+  const serverCpuPct = ((cpuOf(target.pids) - cpu0) / ((Date.now() - t0) / 1000)) * 100;
   const c1 = await target.commitCounters?.();
   await target.quiesce();
-  if (c0 === undefined || c1 === undefined) return { ...r, serverCpuPct };
+  const node = target.node === undefined ? {} : { node: target.node() };
+  if (c0 === undefined || c1 === undefined) return { ...r, serverCpuPct, ...node };
   const counted = { commits: c1.commits - c0.commits, recordsCommitted: c1.recordsCommitted - c0.recordsCommitted, logBytes: c1.logBytes - c0.logBytes };
-  return { ...r, serverCpuPct, ...counted };
+  return { ...r, serverCpuPct, ...counted, ...node };
 }
 
-async function runJob(job: BenchJob, targets: [Target, Target], opts: Options): Promise<JobResult> {
-  const runs: Record<TargetName, Run[]> = { pxd: [], nbdkit: [] };
+/**
+ * Runs `job` opts.rounds times on each of `rotating` (the order rotates each
+ * round: A B C, B C A, ...), then once on each of `once` (the follower).
+ */
+async function runJob(job: BenchJob, rotating: Target[], once: Target[], opts: Options): Promise<JobResult> {
+  const runs: Partial<Record<TargetName, Run[]>> = {};
+  const record = (t: Target, r: Run, label: string): void => {
+    (runs[t.name] ??= []).push(r);
+    const lat = job.showLatency || t.name.startsWith("repl3") ? `, clat mean ${fmtNum(r.clatMeanUs)} µs p99 ${fmtNum(r.clatP99Us)} µs` : "";
+    const commits = r.commits === undefined ? "" : `, ${commitsText(r, opts.runtimeSec)}`;
+    const at = r.node === undefined ? "" : ` on ${r.node}`;
+    log(`${job.name} ${label} ${t.name}${at}: ${fmtMetric(job.metric, metricOf(job, r))}${lat}, server CPU ${fmtNum(r.serverCpuPct)}%${commits}`);
+  };
   for (let round = 0; round < opts.rounds; round++) {
-    // A B, B A, A B, ...: neither target always goes first.
-    const order = round % 2 === 0 ? targets : ([targets[1], targets[0]] as const);
-    for (const t of order) {
-      const r = await timedRun(job, t, opts.runtimeSec);
-      runs[t.name].push(r);
-      const lat = job.showLatency ? `, clat mean ${fmtNum(r.clatMeanUs)} µs p99 ${fmtNum(r.clatP99Us)} µs` : "";
-      const commits = r.commits === undefined ? "" : `, ${commitsText(r, opts.runtimeSec)}`;
-      log(`${job.name} round ${round + 1}/${opts.rounds} ${t.name}: ${fmtMetric(job.metric, metricOf(job, r))}${lat}, server CPU ${fmtNum(r.serverCpuPct)}%${commits}`);
-    }
+    // Rotated each round, so that no target always goes first.
+    const order = rotating.map((_, i) => rotating[(i + round) % rotating.length]!);
+    for (const t of order) record(t, await timedRun(job, t, opts.runtimeSec), `round ${round + 1}/${opts.rounds}`);
   }
-  const med = (rs: Run[]): JobResult["median"]["pxd"] => ({
+  for (const t of once) record(t, await timedRun(job, t, opts.runtimeSec), "once");
+  const med = (rs: Run[]): Median => ({
     value: median(rs.map((r) => metricOf(job, r))),
     clatMeanUs: median(rs.map((r) => r.clatMeanUs)),
     clatP99Us: median(rs.map((r) => r.clatP99Us)),
     serverCpuPct: median(rs.map((r) => r.serverCpuPct)),
   });
-  const median_ = { pxd: med(runs.pxd), nbdkit: med(runs.nbdkit) };
-  const ratio = median_.pxd.value / median_.nbdkit.value;
-  return { name: job.name, metric: job.metric, target: job.target, runs, median: median_, ratio, met: job.target === undefined ? undefined : ratio >= job.target };
+  const median_: Partial<Record<TargetName, Median>> = {};
+  for (const [name, rs] of Object.entries(runs) as [TargetName, Run[]][]) median_[name] = med(rs);
+  const pxd = median_.pxd!;
+  const ratio = pxd.value / median_.nbdkit!.value;
+  const result: JobResult = { name: job.name, metric: job.metric, target: job.target, runs, median: median_, ratio, met: job.target === undefined ? undefined : ratio >= job.target };
+  const r3 = median_.repl3;
+  if (job.cluster !== undefined && r3 !== undefined) {
+    const c = job.cluster;
+    const ratio3 = r3.value / pxd.value;
+    const latencyRatio = r3.clatMeanUs / pxd.clatMeanUs;
+    const met = c.bound === undefined ? undefined : c.kind === "value" ? ratio3 >= c.bound : latencyRatio <= c.bound;
+    const f = median_["repl3-follower"];
+    result.repl3 = { compare: c, ratio: ratio3, latencyRatio, met, followerRatio: f === undefined ? undefined : f.value / r3.value };
+  }
+  return result;
 }
 
 async function prefill(t: Target): Promise<void> {
+  await t.prepare?.();
   const r = await runFio({ name: "prefill", rw: "write", bs: "1M", iodepth: 8, size: "1G" }, t.uri, 15 * 60 * 1000);
   if (r.ioBytes !== volumeBytes) throw new Error(`prefill of ${t.name} wrote ${r.ioBytes} bytes, not ${volumeBytes}`);
   await t.quiesce();
-  log(`prefilled ${t.name}: 1 GiB at ${fmtNum(r.bytesPerSec / MiB)} MiB/s`);
+  log(`prefilled ${t.name}${t.node ? ` through ${t.node()}` : ""}: 1 GiB at ${fmtNum(r.bytesPerSec / MiB)} MiB/s`);
 }
 
-async function compare(selected: BenchJob[], opts: Options): Promise<JobResult[]> {
+/** The repl-3 volume on a 3-node cluster: through its leader, and through a follower. */
+async function clusterTargets(c: Cluster, name: string): Promise<{ leader: Target; follower: Target }> {
+  await c.nodes[0]!.api.createVolume({ name, sizeBytes: volumeBytes, repl: 3 });
+  const pids = c.nodes.map((n) => n.pid!);
+  const label = (i: number): string => `node${i + 1}`;
+  let leader = await c.leaderOf(name);
+  log(`repl-3 volume ${name}: leader ${label(leader)}; nodes ${c.nodes.map((n, i) => `${label(i)} ${n.host}`).join(", ")}`);
+  const findLeader = async (): Promise<number> => {
+    const now = await c.leaderOf(name);
+    if (now !== leader) log(`repl-3 volume ${name}: the leader moved from ${label(leader)} to ${label(now)}`);
+    leader = now;
+    return now;
+  };
+  const counters = async (): Promise<{ commits: number; recordsCommitted: number; logBytes: number }> => {
+    const s = await storeSnapshot(c.nodes[leader]!);
+    return { commits: s.commits, recordsCommitted: s.recordsCommitted, logBytes: s.logBytesAppended };
+  };
+  const quiesce = async (): Promise<void> => {
+    const settled = await Promise.all(c.nodes.map((n) => waitForStoreSettle(n, 1000, 20000)));
+    if (settled.some((s) => !s.settled)) log("a cluster node's store is still busy after 20 s; going on");
+  };
+  const lt: Target = {
+    name: "repl3", uri: "", pids, quiesce, commitCounters: counters, node: () => label(leader),
+    async prepare() {
+      lt.uri = c.nodes[await findLeader()]!.uri(name);
+    },
+  };
+  let followerAt = -1;
+  const ft: Target = {
+    name: "repl3-follower", uri: "", pids, quiesce, commitCounters: counters, node: () => `${label(followerAt)} -> ${label(leader)}`,
+    async prepare() {
+      followerAt = ((await findLeader()) + 1) % c.nodes.length;
+      ft.uri = c.nodes[followerAt]!.uri(name);
+    },
+  };
+  return { leader: lt, follower: ft };
+}
+
+async function compare(selected: BenchJob[], opts: Options): Promise<{ results: JobResult[]; clusterHosts: string[] }> {
   const dir = mkdtempSync(join(tmpdir(), "pxd-bench-"));
   const releaseDir = onCleanup("nbdkit temp dir", () => rmSync(dir, { recursive: true, force: true }));
   log("starting pxd daemon and nbdkit");
-  const daemon = await startDaemon();
+  const daemon = await startBenchDaemon();
   const releaseDaemon = onCleanup("pxd daemon", () => daemon.dispose());
   try {
     if (statSync(daemon.dataDir).dev !== statSync(dir).dev) log(`WARNING: ${daemon.dataDir} and ${dir} are on different filesystems`);
@@ -202,20 +312,40 @@ async function compare(selected: BenchJob[], opts: Options): Promise<JobResult[]
     const releaseKit = onCleanup("nbdkit", () => kit.stop());
     try {
       const pxd: Target = {
-        name: "pxd", uri: daemon.uri("bench"), pid: daemon.child!.pid!,
+        name: "pxd", uri: daemon.uri("bench"), pids: [daemon.child!.pid!],
         quiesce: () => settleQuietly(daemon),
         commitCounters: async () => {
           const s = await storeSnapshot(daemon);
           return { commits: s.commits, recordsCommitted: s.recordsCommitted, logBytes: s.logBytesAppended };
         },
       };
-      const nbdkit: Target = { name: "nbdkit", uri: kit.uri(), pid: kit.pid, quiesce: async () => fsyncFile(file) };
+      const nbdkit: Target = { name: "nbdkit", uri: kit.uri(), pids: [kit.pid], quiesce: async () => fsyncFile(file) };
       log(`pxd ${pxd.uri} (data dir ${daemon.dataDir}), nbdkit ${nbdkit.uri} (file ${file})`);
       await prefill(pxd);
       await prefill(nbdkit);
-      const results: JobResult[] = [];
-      for (const job of selected) results.push(await runJob(job, [pxd, nbdkit], opts));
-      return results;
+      const withCluster = opts.cluster !== "skip" && selected.some((j) => j.cluster !== undefined);
+      if (!withCluster) {
+        const results: JobResult[] = [];
+        for (const job of selected) results.push(await runJob(job, [pxd, nbdkit], [], opts));
+        return { results, clusterHosts: [] };
+      }
+      log("starting a 3-node pxd cluster on loopback (127.0.0.11-13, or the next free 127.0.0.x1-x3)");
+      const c = await startCluster(3);
+      log(`cluster up on ${c.nodes.map((n) => n.host).join(", ")}`);
+      const releaseCluster = onCleanup("pxd cluster", () => c.dispose());
+      try {
+        if (statSync(c.dir).dev !== statSync(dir).dev) log(`WARNING: ${c.dir} and ${dir} are on different filesystems`);
+        const { leader, follower } = await clusterTargets(c, "bench3");
+        await prefill(leader);
+        const results: JobResult[] = [];
+        for (const job of selected) {
+          const onCluster = job.cluster !== undefined;
+          results.push(await runJob(job, onCluster ? [pxd, leader, nbdkit] : [pxd, nbdkit], onCluster ? [follower] : [], opts));
+        }
+        return { results, clusterHosts: c.nodes.map((n) => n.host) };
+      } finally {
+        await releaseCluster();
+      }
     } finally {
       await releaseKit();
     }
@@ -249,29 +379,74 @@ function commitsText(r: Run, runtimeSec: number): string {
   return perCommit + amplification;
 }
 
+const dash = "—";
+
+function cellOf(r: JobResult, t: TargetName): string {
+  const m = r.median[t];
+  if (m === undefined) return dash;
+  const showLatency = jobs.find((j) => j.name === r.name)?.showLatency === true;
+  const lat = r.metric === "iops" && showLatency ? `, ${fmtNum(m.clatMeanUs)} µs mean` : "";
+  return fmtMetric(r.metric, m.value) + lat;
+}
+
+const metText = (met: boolean | undefined): string => (met === undefined ? dash : met ? "yes" : "**no**");
+
+/** The main table: repl 1 against nbdkit, and (when the cluster ran) repl 3 against repl 1, with the targets. */
 function comparisonTable(results: JobResult[]): string {
-  const cell = (r: JobResult, t: TargetName): string => {
-    const m = r.median[t];
-    const lat = r.metric === "iops" && jobs.find((j) => j.name === r.name)?.showLatency ? `, ${fmtNum(m.clatMeanUs)} µs mean` : "";
-    return fmtMetric(r.metric, m.value) + lat;
-  };
-  const rows = results.map((r) => [
-    r.name, cell(r, "pxd"), cell(r, "nbdkit"), fmtNum(r.ratio, 2),
-    r.target === undefined ? "—" : `≥ ${fmtNum(r.target, 1)}`,
-    r.met === undefined ? "—" : r.met ? "yes" : "**no**",
-  ]);
-  return table(["job", "pxd", "nbdkit", "pxd/nbdkit", "target", "met?"], rows);
+  const clustered = results.some((r) => r.repl3 !== undefined);
+  const rows = results.map((r) => {
+    const base = [r.name, cellOf(r, "pxd"), ...(clustered ? [cellOf(r, "repl3")] : []), cellOf(r, "nbdkit"), fmtNum(r.ratio, 2), r.target === undefined ? dash : `≥ ${fmtNum(r.target, 1)}`, metText(r.met)];
+    if (!clustered) return base;
+    const x = r.repl3;
+    if (x === undefined) return [...base, dash, dash, dash];
+    const ratio = x.compare.kind === "latency" ? `${fmtNum(x.ratio, 2)}; latency ${fmtNum(x.latencyRatio, 2)}×` : fmtNum(x.ratio, 2);
+    const bound = x.compare.bound === undefined ? dash : x.compare.kind === "latency" ? `latency ≤ ${fmtNum(x.compare.bound)}×` : `≥ ${fmtNum(x.compare.bound, 1)}`;
+    return [...base, ratio, bound, metText(x.met)];
+  });
+  const header = clustered
+    ? ["job", "pxd repl 1", "pxd repl 3", "nbdkit", "repl1/nbdkit", "target", "met?", "repl3/repl1", "target", "met?"]
+    : ["job", "pxd", "nbdkit", "pxd/nbdkit", "target", "met?"];
+  return table(header, rows);
+}
+
+function roundsOf(r: JobResult, t: TargetName): string {
+  return (r.runs[t] ?? []).map((x) => fmtNum(metricOf(r, x))).join(" / ");
+}
+
+function latOf(r: JobResult, t: TargetName): string {
+  const m = r.median[t];
+  return m === undefined ? dash : `${fmtNum(m.clatMeanUs)} / ${fmtNum(m.clatP99Us)}`;
+}
+
+function cpuText(r: JobResult, t: TargetName): string {
+  const m = r.median[t];
+  return m === undefined ? dash : `${fmtNum(m.serverCpuPct)}%`;
 }
 
 function detailTable(results: JobResult[], runtimeSec: number): string {
-  const rounds = (r: JobResult, t: TargetName): string => r.runs[t].map((x) => fmtNum(metricOf(r, x))).join(" / ");
-  const lat = (r: JobResult, t: TargetName): string => `${fmtNum(r.median[t].clatMeanUs)} / ${fmtNum(r.median[t].clatP99Us)}`;
   const rows = results.map((r) => [
-    r.name, rounds(r, "pxd"), rounds(r, "nbdkit"), lat(r, "pxd"), lat(r, "nbdkit"),
-    `${fmtNum(r.median.pxd.serverCpuPct)}%`, `${fmtNum(r.median.nbdkit.serverCpuPct)}%`,
-    r.runs.pxd.map((x) => commitsText(x, runtimeSec)).join(" / "),
+    r.name, roundsOf(r, "pxd"), roundsOf(r, "nbdkit"), latOf(r, "pxd"), latOf(r, "nbdkit"), cpuText(r, "pxd"), cpuText(r, "nbdkit"),
+    (r.runs.pxd ?? []).map((x) => commitsText(x, runtimeSec)).join(" / "),
   ]);
   return table(["job", "pxd rounds", "nbdkit rounds", "pxd clat µs mean / p99", "nbdkit clat µs mean / p99", "pxd CPU", "nbdkit CPU", "pxd group commits (per round)"], rows);
+}
+
+/** Repl 3 in detail: through the leader (rounds) and once through a follower, which forwards every request to the leader. */
+function clusterTable(results: JobResult[], runtimeSec: number): string {
+  const rows = results.filter((r) => r.repl3 !== undefined).map((r) => {
+    const f = r.runs["repl3-follower"]?.[0];
+    return [
+      r.name, roundsOf(r, "repl3"), latOf(r, "repl3"), cpuText(r, "repl3"),
+      (r.runs.repl3 ?? []).map((x) => commitsText(x, runtimeSec)).join(" / "),
+      f === undefined ? dash : fmtMetric(r.metric, metricOf(r, f)), f === undefined ? dash : `${fmtNum(f.clatMeanUs)} / ${fmtNum(f.clatP99Us)}`,
+      r.repl3?.followerRatio === undefined ? dash : fmtNum(r.repl3.followerRatio, 2),
+      [...new Set([...(r.runs.repl3 ?? []), ...(f ? [f] : [])].map((x) => x.node ?? "?"))].join("; "),
+    ];
+  });
+  return table(
+    ["job", "leader rounds", "leader clat µs mean / p99", "cluster CPU (3 daemons)", "leader's group commits (per round)", "via follower (1 run)", "follower clat µs mean / p99", "follower/leader", "fio on (follower -> leader)"],
+    rows,
+  );
 }
 
 // ---- pxd alone: memory and disk ----
@@ -288,7 +463,7 @@ interface MemoryResult {
 
 async function withFreshDaemon<T>(what: string, fn: (d: DaemonProcess) => Promise<T>): Promise<T> {
   log(`starting a fresh pxd daemon for the ${what} check`);
-  const daemon = await startDaemon();
+  const daemon = await startBenchDaemon();
   const release = onCleanup(`pxd daemon (${what})`, () => daemon.dispose());
   try {
     return await fn(daemon);
@@ -366,7 +541,7 @@ function diskTable(d: DiskResult): string {
 async function main(): Promise<void> {
   const opts = parseOptions();
   installSignalHandlers();
-  const selected = jobs.filter((j) => opts.only === undefined || opts.only.test(j.name));
+  const selected = jobs.filter((j) => (opts.only === undefined || opts.only.test(j.name)) && (opts.cluster !== "only" || j.cluster !== undefined));
   if (opts.only !== undefined && selected.length === 0) {
     throw new Error(`--only ${opts.only.source} matches no job; jobs are ${jobs.map((j) => j.name).join(", ")}`);
   }
@@ -380,21 +555,40 @@ async function main(): Promise<void> {
     nbdkit: await nbdkitVersion(),
     fio: await fioVersion(),
     command: `npm run bench -- ${process.argv.slice(2).join(" ")}`.trim(),
+    /** 1, 5 and 15 minute load averages (as `uptime` prints them), at the start and at the end of the comparison. */
+    loadStart: loadavg(),
+    loadEnd: [] as number[],
   };
   log(`${env.nbdkit}, ${env.fio}, node ${env.node}, ${env.cpus} cores (${env.cpuModel})`);
   const out: Record<string, unknown> = { env, options: { ...opts, only: opts.only?.source } };
 
-  const results = await compare(selected, opts);
+  const { results, clusterHosts } = await compare(selected, opts);
+  const clustered = results.some((r) => r.repl3 !== undefined);
+  env.loadEnd = loadavg();
+  const load = (l: number[]): string => l.map((x) => fmtNum(x, 2)).join(", ");
   out["jobs"] = results;
+  out["clusterHosts"] = clusterHosts;
   process.stdout.write(
-    `## pxd vs nbdkit over NBD (fio nbd engine, median of ${opts.rounds} round${opts.rounds === 1 ? "" : "s"} of ${opts.runtimeSec} s)\n\n` +
-      `${env.date}, ${env.cpus} cores (${env.cpuModel}), Linux ${env.kernel}, node ${env.node}, ${env.nbdkit}, ${env.fio}\n\n` +
+    `## pxd ${clustered ? "repl 1 and repl 3 " : ""}vs nbdkit over NBD (fio nbd engine, median of ${opts.rounds} round${opts.rounds === 1 ? "" : "s"} of ${opts.runtimeSec} s)\n\n` +
+      `${env.date}, ${env.cpus} cores (${env.cpuModel}), Linux ${env.kernel}, node ${env.node}, ${env.nbdkit}, ${env.fio}; ` +
+      `load average ${load(env.loadStart)} at the start, ${load(env.loadEnd)} at the end of this table\n\n` +
       comparisonTable(results) +
       "\npxd makes every acknowledged write durable (one fdatasync per group commit); nbdkit's file plugin\n" +
-      "acknowledges writes once they are in the page cache (fio sends no flush). Both hold the same 1 GiB of data (prefilled).\n\n" +
-      "Per round, latency (median of rounds), server CPU (percent of one core, median of rounds) and pxd's group commits\n" +
+      "acknowledges writes once they are in the page cache (fio sends no flush). All hold the same 1 GiB of data (prefilled).\n" +
+      (clustered
+        ? `pxd repl 1 is one daemon; pxd repl 3 is a 3-node cluster on ${clusterHosts.join(", ")} (same machine, same disk), fio on the\n` +
+          "volume's Raft leader: a write is acknowledged once fsynced on 2 of 3 nodes. repl3/repl1 is IOPS or MiB/s; for\n" +
+          "4k-randwrite-qd1 the target is on mean latency (repl 3 / repl 1).\n"
+        : "") +
+      "\nPer round, latency (median of rounds), server CPU (percent of one core, median of rounds) and pxd's group commits\n" +
       "(one fdatasync each; records per commit is how many writes share one sync):\n\n" +
-      detailTable(results, opts.runtimeSec) + "\n",
+      detailTable(results, opts.runtimeSec) + "\n" +
+      (clustered
+        ? "### pxd repl 3 (3-node cluster on loopback): through the leader, and once through a follower\n\n" +
+          "A follower forwards every request to the leader over the peer transport; follower/leader compares that one run\n" +
+          "with the leader's median. CPU is the three daemons together, percent of one core.\n\n" +
+          clusterTable(results, opts.runtimeSec) + "\n"
+        : ""),
   );
 
   if (!opts.skipExtra) {

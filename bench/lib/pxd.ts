@@ -2,8 +2,10 @@
 // memory does it hold.
 
 import { lstatSync, readdirSync } from "node:fs";
+import { createServer, type AddressInfo } from "node:net";
 import { join } from "node:path";
-import type { DaemonProcess } from "../../test/helpers/daemon.js";
+import { DaemonProcess } from "../../test/helpers/daemon.js";
+import { tempDir } from "../../test/helpers/tmp.js";
 import { captureOk, cpuSeconds, sleep } from "./proc.js";
 
 /** The store counters that move while writes land or GC and checkpoints run. */
@@ -84,4 +86,30 @@ export async function dirUsage(dir: string): Promise<DirUsage> {
     duApparentBytes: Number(du.split(/\s/)[0]),
     perFile,
   };
+}
+
+/**
+ * A fresh pxd daemon on 127.0.0.1 with three distinct free ports (NBD, API,
+ * peer). startDaemon() from test/helpers takes the peer port as API port + 1,
+ * which the kernel has often just handed out as the NBD port (EADDRINUSE at
+ * start); here all three are held open together while they are picked.
+ */
+export async function startBenchDaemon(host = "127.0.0.1"): Promise<DaemonProcess> {
+  const servers = [createServer(), createServer(), createServer()];
+  const ports = await Promise.all(
+    servers.map((s) => new Promise<number>((resolve, reject) => {
+      s.once("error", reject);
+      s.listen(0, host, () => resolve((s.address() as AddressInfo).port));
+    })),
+  );
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  const t = tempDir("daemon");
+  const d = new DaemonProcess(t.dir, host, ports[0]!, ports[1]!, t.remove, ports[2]!);
+  try {
+    await d.start();
+  } catch (e) {
+    t.remove();
+    throw e;
+  }
+  return d;
 }
