@@ -3,4 +3,6 @@
 
 import { runCli } from "../src/cli/main.js";
 
-process.exitCode = await runCli(process.argv);
+const code = await runCli(process.argv);
+// A command may already have set a failure code (the daemon does when it cannot start).
+if (!process.exitCode) process.exitCode = code;

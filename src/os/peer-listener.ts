@@ -4,7 +4,7 @@
 // section 1), node:crypto for the handshake, and real timers.
 
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import { createConnection, createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { createConnection, createServer, type AddressInfo, type Server, type Socket, isIP } from "node:net";
 import type { NodeId } from "../raft/types.js";
 import type { PeerAddress, PeerCrypto, PeerLimits, PeerLog, PeerNetwork, PeerSocket, PeerSocketEvents, PeerTimers } from "../replication/ports.js";
 import { PeerTransport } from "../replication/transport.js";
@@ -29,7 +29,9 @@ export const nodePeerTimers: PeerTimers = {
 export function nodePeerNetwork(localAddress?: string): PeerNetwork {
   return {
     dial(host, port, events) {
-      const s = createConnection({ host, port, localAddress, noDelay: true, keepAlive: true, keepAliveInitialDelay: keepAliveDelayMs });
+      // Only an IP literal can be a source address (a --listen host name cannot).
+      const from = localAddress !== undefined && isIP(localAddress) !== 0 ? localAddress : undefined;
+      const s = createConnection({ host, port, localAddress: from, noDelay: true, keepAlive: true, keepAliveInitialDelay: keepAliveDelayMs });
       s.once("connect", () => events.connected());
       return wrapSocket(s, `${host}:${port}`, events);
     },

@@ -24,7 +24,7 @@ import { RaftNode } from "../raft/node.js";
 import type { RaftConfig } from "../raft/raft.js";
 import type { Storage } from "../raft/storage.js";
 import type { Ready } from "../raft/node.js";
-import { EntryType, StateRole, type Entry, type Message, type NodeId } from "../raft/types.js";
+import { EntryType, MessageType, StateRole, type Entry, type Message, type NodeId } from "../raft/types.js";
 import type { Store } from "../store/store.js";
 import { StoreRaftStorage } from "./raft-storage.js";
 import { decodeOp, encodeTrim, encodeWrite, VolumeOpKind } from "./volume-op.js";
@@ -352,6 +352,11 @@ export class MultiRaft {
       const firstNew = rd.entries[0]?.index ?? Infinity;
       const early = rd.committedEntries.length > 0 && rd.committedEntries[rd.committedEntries.length - 1]!.index < firstNew;
       if (early) this.applyCommitted(g, rd);
+      // A leader's appends and heartbeats go out now, while its own fdatasync
+      // runs (Raft thesis 10.2.1): it counts itself toward a commit only after
+      // advance(), so nothing commits before a quorum has it on disk. Votes and
+      // acknowledgements wait for the persist they promise.
+      rd.messages = this.sendEarly(g, rd.messages);
       this.persist(g, rd).then(
         () => this.afterPersist(g, rd, !early),
         (e: Error) => {
@@ -373,6 +378,18 @@ export class MultiRaft {
     for (const e of rd.entries) storage.remember(e);
     const entries = rd.entries.map((e) => ({ index: e.index, term: e.term, type: e.type, data: [e.data] }));
     return this.o.store.appendRaftEntries(g.id, entries, rd.hardState ?? undefined);
+  }
+
+  /** Sends the leader's appends, heartbeats, snapshots and transfer orders; returns the messages left for after persist. */
+  private sendEarly(g: Group, messages: Message[]): Message[] {
+    if (messages.length === 0 || g.node.status().role !== StateRole.leader) return messages;
+    const later: Message[] = [];
+    for (const m of messages) {
+      if (m.type === MessageType.app || m.type === MessageType.heartbeat || m.type === MessageType.snap || m.type === MessageType.timeoutNow) {
+        if (!this.o.send(m.to, { kind: "raft", group: g.id, message: m })) g.node.reportUnreachable(m.to);
+      } else later.push(m);
+    }
+    return later;
   }
 
   private applyCommitted(g: Group, rd: Ready): void {
