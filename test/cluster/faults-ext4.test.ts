@@ -6,45 +6,18 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { readFile, writeFile, open } from "node:fs/promises";
 import { join } from "node:path";
 import { startCluster, type Cluster } from "../helpers/cluster.js";
-import type { DaemonProcess } from "../helpers/daemon.js";
 import { run, runOk } from "../helpers/run.js";
+import { attach, detach, type Attached } from "../helpers/nbdfuse.js";
 import { tempDir } from "../helpers/tmp.js";
 
 const MiB = 1024 * 1024;
 const sha = (b: Buffer): string => createHash("sha256").update(b).digest("hex");
 
-interface Attached {
-  loop: string;
-  fuse: ChildProcess;
-  fuseDir: string;
-}
-
-async function attach(daemon: DaemonProcess, volume: string, work: string): Promise<Attached> {
-  const fuseDir = join(work, "fuse");
-  mkdirSync(fuseDir, { recursive: true });
-  const pidFile = join(work, "nbdfuse.pid");
-  await run("rm", ["-f", pidFile]);
-  const fuse = spawn("nbdfuse", ["-P", pidFile, join(fuseDir, "disk"), daemon.uri(volume)], { stdio: "inherit" });
-  const deadline = Date.now() + 10000;
-  while (!existsSync(pidFile) || !existsSync(join(fuseDir, "disk"))) {
-    if (Date.now() > deadline || fuse.exitCode !== null) throw new Error("nbdfuse did not come up");
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  const loop = (await runOk("losetup", ["-f", "--show", join(fuseDir, "disk")])).trim();
-  return { loop, fuse, fuseDir };
-}
-
-async function detach(a: Attached): Promise<void> {
-  await runOk("losetup", ["-d", a.loop]);
-  await runOk("fusermount3", ["-u", a.fuseDir]);
-  if (a.fuse.exitCode === null) await new Promise((r) => a.fuse.once("exit", r));
-}
 
 let c: Cluster;
 
@@ -66,7 +39,7 @@ test("ext4 on a surviving node's export stays consistent through a SIGKILL of th
   let a: Attached | undefined;
   let mounted = false;
   try {
-    a = await attach(survivor, "fs", t.dir);
+    a = await attach(survivor.uri("fs"), t.dir);
     await runOk("mkfs.ext4", ["-q", "-F", a.loop]);
     await runOk("mount", [a.loop, mnt]);
     mounted = true;
@@ -110,7 +83,7 @@ test("ext4 on a surviving node's export stays consistent through a SIGKILL of th
     await c.nodes[leader]!.start();
     await c.healthy();
     // Mount again through the node that was killed: same files, same bytes.
-    a = await attach(c.nodes[leader]!, "fs", t.dir);
+    a = await attach(c.nodes[leader]!.uri("fs"), t.dir);
     const fsck2 = await run("e2fsck", ["-fn", a.loop]);
     assert.is(fsck2.code, 0, `e2fsck -fn is clean through the restarted node:\n${fsck2.stdout}${fsck2.stderr}`);
     await runOk("mount", ["-o", "ro", a.loop, mnt]);

@@ -4,41 +4,16 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { spawn, type ChildProcess } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { startDaemon, type DaemonProcess } from "../helpers/daemon.js";
+import { startDaemon } from "../helpers/daemon.js";
+import { attach, detach, type Attached } from "../helpers/nbdfuse.js";
 import { run, runOk } from "../helpers/run.js";
 import { tempDir } from "../helpers/tmp.js";
 
 const MiB = 1024 * 1024;
 
-interface Attached {
-  loop: string;
-  fuse: ChildProcess;
-  fuseDir: string;
-}
-
-async function attach(daemon: DaemonProcess, work: string): Promise<Attached> {
-  const fuseDir = join(work, "fuse");
-  mkdirSync(fuseDir, { recursive: true });
-  const pidFile = join(work, "nbdfuse.pid");
-  const fuse = spawn("nbdfuse", ["-P", pidFile, join(fuseDir, "disk"), daemon.uri("fs")], { stdio: "inherit" });
-  const deadline = Date.now() + 10000;
-  while (!existsSync(pidFile) || !existsSync(join(fuseDir, "disk"))) {
-    if (Date.now() > deadline || fuse.exitCode !== null) throw new Error("nbdfuse did not come up");
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  const loop = (await runOk("losetup", ["-f", "--show", join(fuseDir, "disk")])).trim();
-  return { loop, fuse, fuseDir };
-}
-
-async function detach(a: Attached): Promise<void> {
-  await runOk("losetup", ["-d", a.loop]);
-  await runOk("fusermount3", ["-u", a.fuseDir]);
-  if (a.fuse.exitCode === null) await new Promise((r) => a.fuse.once("exit", r));
-}
 
 const sha = (b: Buffer): string => createHash("sha256").update(b).digest("hex");
 
@@ -50,7 +25,7 @@ test("ext4 on a pxd volume keeps its files across a daemon restart and passes e2
   let a: Attached | undefined;
   try {
     await daemon.api.createVolume({ name: "fs", sizeBytes: 256 * MiB });
-    a = await attach(daemon, t.dir);
+    a = await attach(daemon.uri("fs"), t.dir);
     await runOk("mkfs.ext4", ["-q", "-F", a.loop]);
     await runOk("mount", [a.loop, mnt]);
     const sums = new Map<string, string>();
@@ -68,7 +43,7 @@ test("ext4 on a pxd volume keeps its files across a daemon restart and passes e2
 
     await daemon.restart();
 
-    a = await attach(daemon, t.dir);
+    a = await attach(daemon.uri("fs"), t.dir);
     const fsck = await run("e2fsck", ["-fn", a.loop]);
     assert.is(fsck.code, 0, `e2fsck -fn is clean:\n${fsck.stdout}${fsck.stderr}`);
     await runOk("mount", [a.loop, mnt]);
