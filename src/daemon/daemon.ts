@@ -68,6 +68,8 @@ const forwardDeadlineMs = 15000;
 const selfRegisterEveryMs = 300;
 const joinAttemptsMax = 60;
 const registerWaitMs = 10000;
+/** How long an API write waits for the catalog's group to elect a leader before answering 503. */
+const metaLeaderWaitMs = 5000;
 const healthCheckEveryMs = 1000;
 /** A node the meta leader has had no peer connection to for this long is marked down in the catalog (placement avoids it). */
 const nodeDownAfterMs = 5000;
@@ -342,8 +344,15 @@ export class Daemon implements Controller {
     return result;
   }
 
-  /** The meta leader's API client, or undefined when this node leads; 503 when no leader is known. */
-  private metaLeaderApi(): ApiClient | undefined {
+  /**
+   * The meta leader's API client, or undefined when this node leads. During an
+   * election there is briefly no leader: wait for one (bounded) before
+   * answering 503.
+   */
+  private async metaLeaderApi(): Promise<ApiClient | undefined> {
+    for (let waited = 0; this.driver.leader(metaGroupId) === 0 && waited < metaLeaderWaitMs; waited += 50) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
     const leader = this.driver.leader(metaGroupId);
     if (leader === this.nodeId) return undefined;
     const n = this.catalog.nodes.get(leader);
@@ -442,7 +451,7 @@ export class Daemon implements Controller {
   }
 
   async createVolume(request: CreateVolumeRequest): Promise<VolumeInfo> {
-    const leaderApi = this.metaLeaderApi();
+    const leaderApi = await this.metaLeaderApi();
     if (leaderApi) return leaderApi.createVolume(request);
     const result = await this.metaCommand({ kind: "createVolume", name: request.name, sizeBytes: request.sizeBytes, repl: request.repl ?? 1, at: Date.now() });
     if (!result.ok) throw catalogError(result);
@@ -457,7 +466,7 @@ export class Daemon implements Controller {
     if (open > 0) {
       throw new ApiError(409, "busy", `volume "${name}" has ${open} NBD connection(s) on this node; disconnect the clients (nbd-client -d, or stop nbdfuse/qemu) and try again`);
     }
-    const leaderApi = this.metaLeaderApi();
+    const leaderApi = await this.metaLeaderApi();
     if (leaderApi) return leaderApi.deleteVolume(name);
     const result = await this.metaCommand({ kind: "deleteVolume", name });
     if (!result.ok) throw catalogError(result);
@@ -472,7 +481,7 @@ export class Daemon implements Controller {
       this.log.warn(`join refused for node ${request.id} at ${request.address}: wrong cluster secret`);
       throw new ApiError(403, "forbidden", "the join request does not prove the cluster secret; start the node with the cluster's --cluster-secret");
     }
-    const leaderApi = this.metaLeaderApi();
+    const leaderApi = await this.metaLeaderApi();
     if (leaderApi) return leaderApi.join(request);
     const added = await this.metaCommand({ kind: "addNode", ...fields, at: Date.now() });
     if (!added.ok) throw catalogError(added);
