@@ -211,7 +211,10 @@ function instructions(status: NodeStatus, volume: VolumeInfo, o: UpOptions): str
   const host = url.hostname;
   const port = url.port ? Number(url.port) : defaultNbdPort;
   const up = status.nodes.filter((n) => n.health === "up");
-  const addresses = up.map((n) => n.address).join(", ");
+  const addresses = up
+    .map((n) => n.address)
+    .sort((a, b) => a.localeCompare(b, "en", { numeric: true }))
+    .join(", ");
   const inRepo = process.env["npm_lifecycle_event"] === "start";
   const pxd = inRepo ? "./bin/pxd" : "pxd";
   const api = `${nodeAddress(o.address, 0)}:${o.apiPort}`;
