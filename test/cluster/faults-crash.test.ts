@@ -26,33 +26,18 @@ test.after(async () => {
   await c.dispose();
 });
 
-/** Index of the volume's leader as the nodes in `among` report it, other than `not`. */
-async function leaderAmong(volume: string, among: number[], not = -1, timeoutMs = 30000): Promise<number> {
-  return waitUntil(`a leader for ${volume} among nodes ${among.join(",")}${not >= 0 ? ` other than ${not}` : ""}`, async () => {
-    for (const i of among) {
-      const info = await c.nodes[i]!.api.inspectVolume(volume).catch(() => undefined);
-      const l = info?.replicas.find((r) => r.leader);
-      const at = l ? Number(/^node(\d+)$/.exec(l.node)?.[1] ?? "0") - 1 : -1;
-      if (at >= 0 && at !== not && among.includes(at)) return at;
-    }
-    return undefined;
-  }, timeoutMs);
-}
-
 async function volume(name: string): Promise<number> {
   await c.nodes[0]!.api.createVolume({ name, sizeBytes: 64 * MiB, repl: 3 });
   return c.leaderOf(name);
 }
 
-const others = (i: number): number[] => [0, 1, 2].filter((x) => x !== i);
-
 test("SIGKILL of the leader: the survivors elect a leader and keep serving, nothing acknowledged is lost", async () => {
   const leader = await volume("kl");
-  const ch = await startChecked("kl", others(leader).map((i) => c.nodes[i]!));
+  const ch = await startChecked("kl", c.others(leader).map((i) => c.nodes[i]!));
   await c.nodes[leader]!.kill();
   const t0 = Date.now();
   await ch.load.progress(200, 30000, "progress through the survivors after the leader's SIGKILL");
-  console.log(`200 writes acknowledged ${Date.now() - t0} ms after the kill; new leader node ${(await leaderAmong("kl", others(leader))) + 1}`);
+  console.log(`200 writes acknowledged ${Date.now() - t0} ms after the kill; new leader node ${(await c.leaderAmong("kl", c.others(leader))) + 1}`);
   await c.nodes[leader]!.start();
   await c.healthy();
   await ch.load.progress(100, 30000, "progress after the old leader came back");
@@ -61,8 +46,8 @@ test("SIGKILL of the leader: the survivors elect a leader and keep serving, noth
 
 test("SIGKILL of a follower: the leader keeps committing with the other, nothing acknowledged is lost", async () => {
   const leader = await volume("kf");
-  const follower = others(leader)[0]!;
-  const ch = await startChecked("kf", others(follower).map((i) => c.nodes[i]!));
+  const follower = c.others(leader)[0]!;
+  const ch = await startChecked("kf", c.others(follower).map((i) => c.nodes[i]!));
   await c.nodes[follower]!.kill();
   await ch.load.progress(200, 30000, "progress after a follower's SIGKILL");
   await c.nodes[follower]!.start();
@@ -75,11 +60,11 @@ test("SIGSTOP of the leader past the election timeout, then SIGCONT: no stale re
   const leader = await volume("st");
   // A client on the stopped leader as well: its queued requests and the ones it
   // sends right after SIGCONT hit a node that still believes it leads.
-  const ch = await startChecked("st", [c.nodes[leader]!, ...others(leader).map((i) => c.nodes[i]!)]);
+  const ch = await startChecked("st", [c.nodes[leader]!, ...c.others(leader).map((i) => c.nodes[i]!)]);
   c.nodes[leader]!.pause();
   try {
     const t0 = Date.now();
-    const next = await leaderAmong("st", others(leader), leader);
+    const next = await c.leaderAmong("st", c.others(leader), leader);
     console.log(`node ${next + 1} leads ${Date.now() - t0} ms after SIGSTOP of node ${leader + 1}`);
     await ch.load.progress(200, 30000, "progress through the others while the leader is stopped");
     const stoppedMs = Date.now() - t0;

@@ -29,20 +29,6 @@ test.after(async () => {
   await c?.dispose();
 });
 
-const others = (i: number): number[] => [0, 1, 2].filter((x) => x !== i);
-
-async function leaderAmong(volume: string, among: number[], not = -1, timeoutMs = 30000): Promise<number> {
-  return waitUntil(`a leader for ${volume} among nodes ${among.join(",")}${not >= 0 ? ` other than ${not}` : ""}`, async () => {
-    for (const i of among) {
-      const info = await c.nodes[i]!.api.inspectVolume(volume).catch(() => undefined);
-      const l = info?.replicas.find((r) => r.leader);
-      const at = l ? Number(/^node(\d+)$/.exec(l.node)?.[1] ?? "0") - 1 : -1;
-      if (at >= 0 && at !== not && among.includes(at)) return at;
-    }
-    return undefined;
-  }, timeoutMs);
-}
-
 async function volume(name: string): Promise<number> {
   await c.nodes[0]!.api.createVolume({ name, sizeBytes: 64 * MiB, repl: 3 });
   return c.leaderOf(name);
@@ -50,12 +36,12 @@ async function volume(name: string): Promise<number> {
 
 test("the leader isolated from both peers: the majority elects a leader and serves; the old one serves nothing stale; heal", async () => {
   const leader = await volume("iso");
-  const [a, b] = others(leader) as [number, number];
+  const [a, b] = c.others(leader) as [number, number];
   const ch = await startChecked("iso", [c.nodes[leader]!, c.nodes[a]!, c.nodes[b]!]);
   try {
     await net.isolate(c.nodes[leader]!.host, [c.nodes[a]!.host, c.nodes[b]!.host]);
     const t0 = Date.now();
-    const next = await leaderAmong("iso", [a, b], leader);
+    const next = await c.leaderAmong("iso", [a, b], leader);
     console.log(`partition ${net.describe()}: node ${next + 1} leads after ${Date.now() - t0} ms`);
     await ch.load.progress(200, 30000, "progress through the majority while the leader is isolated");
     // The isolated node's client keeps asking during the partition (EIO or a
@@ -70,13 +56,13 @@ test("the leader isolated from both peers: the majority elects a leader and serv
 
 test("a node that reaches only one peer (leader and a follower cut apart): the cluster keeps serving; heal", async () => {
   const leader = await volume("part");
-  const [cut, bridge] = others(leader) as [number, number];
+  const [cut, bridge] = c.others(leader) as [number, number];
   const ch = await startChecked("part", c.nodes);
   try {
     await net.cut(c.nodes[leader]!.host, c.nodes[cut]!.host);
     console.log(`partition ${net.describe()}: node ${bridge + 1} reaches both`);
     await ch.load.progress(200, 40000, "progress with the leader and a follower cut apart");
-    const l = await leaderAmong("part", [0, 1, 2]);
+    const l = await c.leaderAmong("part", [0, 1, 2]);
     console.log(`leader during the partial partition: node ${l + 1}`);
     await ch.load.progress(100, 40000, "more progress with the partial partition");
   } finally {
@@ -89,12 +75,12 @@ test("a node that reaches only one peer (leader and a follower cut apart): the c
 
 test("the leader's outgoing links cut (it hears its peers, they do not hear it): a new leader serves, nothing stale; heal", async () => {
   const leader = await volume("oneway");
-  const [a, b] = others(leader) as [number, number];
+  const [a, b] = c.others(leader) as [number, number];
   const ch = await startChecked("oneway", c.nodes);
   try {
     await net.cutOneWay(c.nodes[leader]!.host, c.nodes[a]!.host);
     await net.cutOneWay(c.nodes[leader]!.host, c.nodes[b]!.host);
-    const next = await leaderAmong("oneway", [a, b], leader);
+    const next = await c.leaderAmong("oneway", [a, b], leader);
     console.log(`partition ${net.describe()}: node ${next + 1} leads`);
     await ch.load.progress(200, 40000, "progress with the old leader's outgoing links cut");
   } finally {
@@ -107,12 +93,12 @@ test("the leader's outgoing links cut (it hears its peers, they do not hear it):
 
 test("the leader isolated for longer than the forwarding deadline: its clients get errors, not stale data; heal", async () => {
   const leader = await volume("long");
-  const [a, b] = others(leader) as [number, number];
+  const [a, b] = c.others(leader) as [number, number];
   const ch = await startChecked("long", c.nodes);
   try {
     await net.isolate(c.nodes[leader]!.host, [c.nodes[a]!.host, c.nodes[b]!.host]);
     const t0 = Date.now();
-    await leaderAmong("long", [a, b], leader);
+    await c.leaderAmong("long", [a, b], leader);
     // The isolated node's clients wait for its 15 s forwarding deadline; the
     // errors they then get leave those writes' outcomes unknown.
     await waitUntil("errors from the isolated node", async () => ch.history.counts.writesErrno + ch.history.counts.readsErrno > 0, 30000);

@@ -4,7 +4,6 @@
 
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
-import type { VolumeInfo } from "../../src/api/types.js";
 import { DaemonProcess } from "./daemon.js";
 import { tempDir } from "./tmp.js";
 
@@ -14,6 +13,10 @@ export interface Cluster {
   dir: string;
   /** The index in `nodes` of the volume's current Raft leader, as a node hosting it reports. */
   leaderOf(volume: string, timeoutMs?: number): Promise<number>;
+  /** The volume's leader as the nodes at indexes `among` report it, when it is one of them and not `not`. */
+  leaderAmong(volume: string, among: number[], not?: number, timeoutMs?: number): Promise<number>;
+  /** Indexes of every node but i. */
+  others(i: number): number[];
   /** Waits until every node answers and sees all nodes up. */
   healthy(timeoutMs?: number): Promise<void>;
   dispose(): Promise<void>;
@@ -75,23 +78,24 @@ export async function startCluster(size = 3): Promise<Cluster> {
     nodes,
     secret,
     dir: t.dir,
-    async leaderOf(volume, timeoutMs = 20000) {
-      return waitUntil(`a leader for ${volume}`, async () => {
-        for (const n of nodes) {
-          if (n.pid === undefined) continue;
-          let info: VolumeInfo;
-          try {
-            info = await n.api.inspectVolume(volume);
-          } catch {
-            continue;
-          }
-          const leader = info.replicas.find((r) => r.leader);
-          const at = leader ? nodes.findIndex((x) => x.pid !== undefined && x.host === addressOf(info, leader.nodeId, nodes)) : -1;
-          if (at >= 0) return at;
+    leaderOf(volume, timeoutMs = 20000) {
+      return cluster.leaderAmong(volume, nodes.map((_, i) => i), -1, timeoutMs);
+    },
+    leaderAmong(volume, among, not = -1, timeoutMs = 30000) {
+      const what = `a leader for ${volume} among nodes ${among.join(",")}${not >= 0 ? ` other than ${not}` : ""}`;
+      return waitUntil(what, async () => {
+        for (const i of among) {
+          if (nodes[i]?.pid === undefined) continue;
+          const info = await nodes[i]!.api.inspectVolume(volume).catch(() => undefined);
+          const l = info?.replicas.find((r) => r.leader);
+          // Test clusters name their nodes node1, node2 ... in index order.
+          const at = l ? Number(/^node(\d+)$/.exec(l.node)?.[1] ?? "0") - 1 : -1;
+          if (at >= 0 && at !== not && among.includes(at)) return at;
         }
         return undefined;
       }, timeoutMs);
     },
+    others: (i) => nodes.map((_, x) => x).filter((x) => x !== i),
     async healthy(timeoutMs = 30000) {
       await waitUntil("every node up, every node a catalog voter", async () => {
         for (const n of nodes) {
@@ -115,11 +119,4 @@ export async function startCluster(size = 3): Promise<Cluster> {
     throw e;
   }
   return cluster;
-}
-
-/** Maps a node id from the API to its address (node names are node1, node2 ... in index order). */
-function addressOf(info: VolumeInfo, nodeId: number, nodes: DaemonProcess[]): string | undefined {
-  const r = info.replicas.find((x) => x.nodeId === nodeId);
-  const i = r ? Number(/^node(\d+)$/.exec(r.node)?.[1] ?? "0") - 1 : -1;
-  return i >= 0 ? nodes[i]?.host : undefined;
 }
