@@ -170,7 +170,7 @@ async function dispatch(table: Route[], request: IncomingMessage): Promise<Reply
     const params = match.slice(1).map((p) => decodePathPart(p ?? ""));
     return handler(request, params);
   }
-  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME and /metrics`);
+  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/nodes, /v1/cluster/join and /metrics`);
 }
 
 function requestPath(url: string): string {

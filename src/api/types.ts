@@ -66,6 +66,8 @@ export interface NodeStatus {
   /** Store counters: log bytes, segments, GC and checkpoint progress. */
   store: Record<string, number>;
   clusterId: string;
+  /** This node's view of the catalog's Raft group (the meta group): its leader's node id (0: none known), commit and applied index. */
+  catalog: { leader: number; commitIndex: number; appliedIndex: number };
   /** Every node of the cluster, this one included. */
   nodes: NodeInfo[];
   /** Sum over the nodes that are up. */

@@ -70,6 +70,13 @@ const joinAttemptsMax = 60;
 const registerWaitMs = 10000;
 /** How long an API write waits for the catalog's group to elect a leader before answering 503. */
 const metaLeaderWaitMs = 5000;
+/**
+ * An NBD client naming a volume this node's catalog does not know waits at
+ * most this long for the catalog to catch up with the meta leader (a node
+ * just restarted, or a volume just created through another node). Below the
+ * NBD handshake timeout, so the client gets an answer, not a closed socket.
+ */
+const catalogCatchUpMs = 6000;
 const healthCheckEveryMs = 1000;
 /** A node the meta leader has had no peer connection to for this long is marked down in the catalog (placement avoids it). */
 const nodeDownAfterMs = 5000;
@@ -78,6 +85,8 @@ export class Daemon implements Controller {
   private readonly catalog: CatalogState = newCatalogState();
   private readonly metaResults = new Map<number, ApplyResult>();
   private readonly connections = new Map<string, number>();
+  /** The last meta entry applied to the catalog. */
+  private catalogIndex = 0;
   private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
   private readonly startedAt = process.hrtime.bigint();
   private driver!: MultiRaft;
@@ -202,6 +211,7 @@ export class Daemon implements Controller {
   /** Applies a committed meta entry to the catalog, then acts on what changed for this node. */
   private applyMeta(entry: Entry): void {
     this.store.markApplied(metaGroupId, entry.index);
+    this.catalogIndex = entry.index;
     if (entry.type !== EntryType.normal || entry.data.length === 0) return; // config changes are the core's; empty: a leader's no-op
     const result = applyEntry(this.catalog, entry.data, entry.index);
     this.metaResults.set(entry.index, result);
@@ -349,7 +359,7 @@ export class Daemon implements Controller {
    * election there is briefly no leader: wait for one (bounded) before
    * answering 503.
    */
-  private async metaLeaderApi(): Promise<ApiClient | undefined> {
+  private async metaLeaderApi(timeoutMs = 20000): Promise<ApiClient | undefined> {
     for (let waited = 0; this.driver.leader(metaGroupId) === 0 && waited < metaLeaderWaitMs; waited += 50) {
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -359,15 +369,39 @@ export class Daemon implements Controller {
     if (leader === 0 || n === undefined) {
       throw new ApiError(503, "unavailable", "the cluster's catalog has no leader right now (is a majority of its nodes down?); retry in a few seconds");
     }
-    return new ApiClient(`${n.address.includes(":") ? `[${n.address}]` : n.address}:${n.apiPort}`, { timeoutMs: 20000 });
+    return new ApiClient(`${n.address.includes(":") ? `[${n.address}]` : n.address}:${n.apiPort}`, { timeoutMs });
+  }
+
+  /**
+   * Brings this node's catalog up to the meta leader's commit index as it is
+   * now, so a lookup after it sees every volume created before it began. A
+   * follower applies committed entries only once the leader tells it the
+   * commit index, and a restarted node replays only up to the commit index it
+   * had on disk. Bounded by catalogCatchUpMs; never rejects (a node cut off
+   * from the leader answers from what it has).
+   */
+  private async catalogCatchUp(): Promise<void> {
+    const deadline = Date.now() + catalogCatchUpMs;
+    try {
+      const api = await this.metaLeaderApi(1000);
+      const target = api === undefined ? (this.driver.status(metaGroupId)?.commit ?? 0) : (await api.status()).catalog.commitIndex;
+      while (this.catalogIndex < target && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    } catch (e) {
+      this.log.info(`catalog catch-up for an NBD lookup failed, answering from this node's copy: ${(e as Error).message}`);
+    }
   }
 
   // ---- NBD exports ----
 
   private registry(): ExportRegistry {
+    const defaultName = (): string | undefined => (this.catalog.volumes.size === 1 ? [...this.catalog.volumes.keys()][0] : undefined);
     return {
       list: () => [...this.catalog.volumes.values()].map((v) => ({ name: v.name, description: `pxd volume ${v.name}` })),
-      defaultName: () => (this.catalog.volumes.size === 1 ? [...this.catalog.volumes.keys()][0] : undefined),
+      defaultName,
+      catchUp: (name) => {
+        const known = name !== undefined && (name === "" ? defaultName() !== undefined : this.catalog.volumes.has(name));
+        return known ? undefined : this.catalogCatchUp();
+      },
       open: (name) => {
         const v = this.catalog.volumes.get(name);
         if (v === undefined) return undefined;
@@ -400,6 +434,7 @@ export class Daemon implements Controller {
       volumeCount: this.catalog.volumes.size,
       store: stats,
       clusterId: this.state.clusterId,
+      catalog: { leader: this.driver.leader(metaGroupId), commitIndex: this.driver.status(metaGroupId)?.commit ?? 0, appliedIndex: this.catalogIndex },
       nodes,
       pool: {
         totalBytes: up.reduce((a, n) => a + n.capacityBytes, 0),

@@ -64,4 +64,14 @@ export interface ExportRegistry {
   open(name: string): Export | undefined;
   /** The export served to a client that asks for the empty name, if any. */
   defaultName(): string | undefined;
+  /**
+   * Optional: a registry whose view may lag (a cluster node's copy of the
+   * catalog, just restarted or behind a volume created elsewhere) returns a
+   * promise that settles once it has caught up, when it cannot answer for
+   * `name` (undefined: NBD_OPT_LIST) right now; undefined when it can. The
+   * handshake asks at most once per connection and answers after the promise
+   * settles, so an unknown name costs one bounded wait, not a wrong "no such
+   * export".
+   */
+  catchUp?(name: string | undefined): Promise<void> | undefined;
 }

@@ -23,7 +23,13 @@ export type HandshakeStep =
   /** End the session; `graceful` sends queued replies first (after ABORT). */
   | { kind: "close"; reason: string; graceful: boolean }
   /** Enter transmission; bytes of `chunk` from `restAt` on are transmission-phase bytes. */
-  | { kind: "go"; negotiated: Negotiated; restAt: number };
+  | { kind: "go"; negotiated: Negotiated; restAt: number }
+  /**
+   * The registry is catching up: hold the bytes of `chunk` from `restAt` on,
+   * read nothing more, and once `until` settles call resume() and go on
+   * feeding the held bytes.
+   */
+  | { kind: "wait"; until: Promise<void>; restAt: number };
 
 export interface HandshakeHost {
   readonly registry: ExportRegistry;
@@ -73,6 +79,10 @@ export class Handshake {
   private structured = false;
   /** The last NBD_OPT_SET_META_CONTEXT: which export it named and whether base:allocation was selected. */
   private meta = { exportName: "", allocation: false };
+  /** The registry was asked to catch up (once per connection). */
+  private caughtUp = false;
+  /** The option data that waits for the registry to catch up. */
+  private held: Buffer | undefined;
 
   constructor(private readonly host: HandshakeHost) {}
 
@@ -89,11 +99,19 @@ export class Handshake {
       const step = this.consume(chunk, pos);
       pos = step.pos;
       if (step.result.kind !== "more") {
-        return step.result.kind === "go" ? { ...step.result, restAt: pos } : step.result;
+        return step.result.kind === "go" || step.result.kind === "wait" ? { ...step.result, restAt: pos } : step.result;
       }
       assert(pos > before, "handshake makes progress");
     }
     return { kind: "more" };
+  }
+
+  /** After a "wait" settled: answers the held option from what the registry knows now. */
+  resume(): HandshakeStep {
+    const data = this.held;
+    assert(data !== undefined, "resume follows a wait");
+    this.held = undefined;
+    return this.dispatchOption(data);
   }
 
   private consume(chunk: Buffer, pos: number): { pos: number; result: HandshakeStep } {
@@ -189,6 +207,8 @@ export class Handshake {
   }
 
   private dispatchOption(data: Buffer): HandshakeStep {
+    const wait = this.catchUpFor(data);
+    if (wait !== undefined) return wait;
     switch (this.option) {
       case w.NBD_OPT_EXPORT_NAME:
         return this.optExportName(data);
@@ -212,6 +232,40 @@ export class Handshake {
       default:
         return this.answer({ type: w.NBD_REP_ERR_UNSUP, message: `option ${this.option} is not supported` });
     }
+  }
+
+  /**
+   * Before an option that lists exports or names one the registry does not
+   * know, lets the registry catch up once (ExportRegistry.catchUp). Malformed
+   * data is answered at once by the option's own parser.
+   */
+  private catchUpFor(data: Buffer): HandshakeStep | undefined {
+    const registry = this.host.registry;
+    if (this.caughtUp || registry.catchUp === undefined) return undefined;
+    let name: string | undefined;
+    switch (this.option) {
+      case w.NBD_OPT_LIST:
+        name = undefined;
+        break;
+      case w.NBD_OPT_EXPORT_NAME:
+        if (data.length > this.host.limits.stringBytesMax) return undefined;
+        name = data.toString("utf8");
+        break;
+      case w.NBD_OPT_INFO:
+      case w.NBD_OPT_GO: {
+        const req = parseInfoRequest(data, this.host.limits.stringBytesMax);
+        if ("type" in req) return undefined;
+        name = req.name;
+        break;
+      }
+      default:
+        return undefined;
+    }
+    const until = registry.catchUp(name);
+    if (until === undefined) return undefined;
+    this.caughtUp = true;
+    this.held = data;
+    return { kind: "wait", until, restAt: 0 };
   }
 
   /** Spec "NBD_OPT_EXPORT_NAME": no error reply exists, so any failure terminates the session. */

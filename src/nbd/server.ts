@@ -87,6 +87,8 @@ class Connection {
   readonly events: NbdSocketEvents;
   private readonly errors: ErrorReporter;
   private handshake: Handshake | undefined;
+  /** While the registry catches up: bytes that arrived after the held option, fed once it settles. */
+  private heldInput: Buffer[] | undefined;
   private transmission: Transmission | undefined;
   private out: Buffer[] = [];
   /** Callbacks for buffers in `out` whose owner wants them back once written. */
@@ -161,8 +163,27 @@ class Connection {
   private readonly onData = (chunk: Buffer): void => {
     if (this.ending) return;
     if (this.transmission !== undefined) return this.transmission.feed(chunk);
+    if (this.heldInput !== undefined) {
+      this.heldInput.push(chunk); // a paused socket may still hand over what it had read
+      return;
+    }
     const hs = this.handshake;
     if (hs !== undefined) this.afterHandshakeStep(hs.feed(chunk, 0), chunk);
+  };
+
+  private readonly onCaughtUp = (): void => {
+    const hs = this.handshake;
+    const held = this.heldInput;
+    this.heldInput = undefined;
+    if (this.ending || hs === undefined || held === undefined) return;
+    this.socket.resume();
+    const rest = held.length === 1 ? held[0]! : Buffer.concat(held);
+    const step = hs.resume();
+    if (step.kind === "more") {
+      if (rest.length > 0) this.afterHandshakeStep(hs.feed(rest, 0), rest);
+      return;
+    }
+    this.afterHandshakeStep(step.kind === "go" || step.kind === "wait" ? { ...step, restAt: 0 } : step, rest);
   };
 
   private readonly onDrain = (): void => this.transmission?.pump();
@@ -171,6 +192,13 @@ class Connection {
 
   private afterHandshakeStep(step: HandshakeStep, chunk: Buffer): void {
     if (step.kind === "more") return;
+    if (step.kind === "wait") {
+      this.socket.pause();
+      this.heldInput = [chunk.subarray(step.restAt)];
+      const settled = (): void => this.turn(this.onCaughtUp, undefined);
+      step.until.then(settled, settled);
+      return;
+    }
     this.cancelHandshakeTimer?.();
     this.handshake = undefined;
     if (step.kind === "close") {

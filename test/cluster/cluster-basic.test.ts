@@ -47,6 +47,11 @@ test("rewriting a replicated volume keeps each node's disk bounded: logs are com
   const written = 12 * 32 * 1024 * 1024;
   // 64 MiB segments: the live 32 MiB plus the head, a checkpoint's lag and up to two spare files.
   const bound = 6 * 64 * 1024 * 1024;
+  // A write is acknowledged once a quorum has it: the third node may still be receiving the tail.
+  await waitUntil("every node to take the whole write load", async () => {
+    for (const n of c.nodes) if ((await n.api.status()).store.logBytesAppended! < written) return false;
+    return true;
+  }, 60000);
   await waitUntil("every node's store to shrink after compaction and GC", async () => {
     for (const n of c.nodes) {
       const st = (await n.api.status()).store;
@@ -54,11 +59,7 @@ test("rewriting a replicated volume keeps each node's disk bounded: logs are com
     }
     return true;
   }, 60000);
-  for (const n of c.nodes) {
-    const st = (await n.api.status()).store;
-    assert.ok(st.logBytesAppended! >= written, `node ${n.host} took the whole write load (${st.logBytesAppended})`);
-    assert.ok(st.gcSegments! > 0, `node ${n.host} collected segments`);
-  }
+  for (const n of c.nodes) assert.ok((await n.api.status()).store.gcSegments! > 0, `node ${n.host} collected segments`);
   const out = await runOk("qemu-io", ["-f", "raw", c.nodes[2]!.uri("churn"), "-c", `read -P ${0x30 + 11} 0 32M`]);
   assert.not.match(out, /fail/i, "the last rewrite is what every read sees");
 });
@@ -87,6 +88,10 @@ test("a dead node is marked down and gets no new replicas; back, it is up again"
   const v = await c.nodes[1]!.api.createVolume({ name: "r2", sizeBytes: 1024 * 1024, repl: 2 });
   assert.not.ok(v.replicas.some((r) => r.node === "node3"), "no replica on the dead node");
   await victim.start();
+  // Right after its restart the node's catalog predates r2; naming r2 over NBD
+  // must wait for the catalog to catch up, not answer "no export".
+  const fresh = await runOk("qemu-io", ["-f", "raw", victim.uri("r2"), "-c", "write -P 0x44 0 4096", "-c", "read -P 0x44 0 4096"]);
+  assert.not.match(fresh, /fail/i, "the restarted node serves a volume created while it was down");
   await c.healthy();
   await waitUntil("the catalog to mark it up again", async () => (await c.nodes[0]!.api.listNodes()).every((n) => n.catalogHealth === "up"));
 });

@@ -187,6 +187,31 @@ export class MemoryRegistry implements ExportRegistry {
     return this.defaultExport;
   }
 
+  /**
+   * A registry that lags, like a cluster node's catalog: exports added with
+   * addLater() appear only when a handshake asks it to catch up, after
+   * `catchUpMs` (or never, with Infinity).
+   */
+  readonly later: MemoryExportOptions[] = [];
+  catchUpMs = 0;
+  catchUps = 0;
+
+  addLater(o: MemoryExportOptions): void {
+    this.later.push(o);
+  }
+
+  catchUp(name: string | undefined): Promise<void> | undefined {
+    if (this.later.length === 0 || (name !== undefined && this.exports.has(name))) return undefined;
+    this.catchUps++;
+    if (this.catchUpMs === Infinity) return new Promise(() => {});
+    return new Promise((resolve) =>
+      setTimeout(() => {
+        for (const o of this.later.splice(0)) this.exports.set(o.name, new MemoryExport(o));
+        resolve();
+      }, this.catchUpMs),
+    );
+  }
+
   get(name: string): MemoryExport {
     const e = this.exports.get(name);
     if (!e) throw new Error(`no memory export ${name}`);
