@@ -116,7 +116,23 @@ export const peerKeepaliveMs = 1_000;
 export const peerIdleTimeoutMs = 10_000;
 
 /** The replication limits agree with each other and with the layers they carry (called at start and by tests). */
+/** Volume data in one snapshot chunk (a full copy for a replica behind the compaction point). */
+export const snapshotChunkBytes = 1024 * 1024;
+/** Extents in one snapshot chunk: each is at least a sector, so a full chunk never needs more. */
+export const snapshotChunkExtentsMax = snapshotChunkBytes / sectorBytes;
+/** Snapshot chunks a leader has sent to one follower and not yet seen acknowledged. */
+export const snapshotWindowChunks = 4;
+/**
+ * Raft log a leader keeps for a replica that is down, past what every live
+ * replica has: while the missed log is below this, the replica catches up
+ * from the log (only what it missed); beyond it the log is compacted and the
+ * replica gets a full copy when it returns. `pxd daemon --log-retain`.
+ */
+export const raftLogRetainBytes = 256 * 1024 * 1024;
+
 export function checkReplicationConstants(): void {
+  assert(peerFrameBytesMax >= snapshotChunkBytes + snapshotChunkExtentsMax * 2 * 9 + 1024, "a full snapshot chunk fits one frame");
+  assert(snapshotChunkBytes % sectorBytes === 0 && snapshotWindowChunks >= 1, "snapshot chunks hold whole sectors");
   assert(peerFrameBytesMax <= 0xffffffff, "a frame length fits the u32 length field");
   assert(peerFrameBytesMax >= nbdPayloadBytesMax + 1024 * 1024, "the largest volume write fits one frame with Raft framing");
   assert(peerFrameBytesMax >= raftAppendBytesMax + 1024 * 1024, "the largest AppendEntries batch fits one frame");

@@ -17,6 +17,15 @@ export function sizeArg(text: string): number {
   return bytes;
 }
 
+/** A byte count with an optional K/M/G/T suffix; zero allowed. */
+export function byteCountArg(text: string): number {
+  try {
+    return parseSize(text);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
 export function intArg(min: number, max: number): (text: string) => number {
   return (text) => {
     const n = /^\d+$/.test(text.trim()) ? Number(text.trim()) : NaN;

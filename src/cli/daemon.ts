@@ -6,7 +6,7 @@
 
 import type { Command } from "commander";
 import { defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
-import { intArg } from "./args.js";
+import { intArg, byteCountArg } from "./args.js";
 import { CliError } from "./errors.js";
 
 // The contract with src/daemon/main.ts; a type-only import, erased at run time.
@@ -28,7 +28,12 @@ export function registerDaemon(program: Command): void {
     .option("--cluster-secret <secret>", "the cluster's shared secret (or PXD_CLUSTER_SECRET); a new cluster makes one in DIR/cluster.secret")
     .option("--name <name>", "this node's name in the cluster (default node-ID)")
     .option("--zone <zone>", "this node's zone label, for spreading replicas")
-    .action(async (options: DaemonOptions & { clusterSecret?: string }) => {
+    .option(
+      "--log-retain <size>",
+      "Raft log a volume's leader keeps for a replica that is down (default 256M); a replica away longer gets a full copy when it returns",
+      byteCountArg,
+    )
+    .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
         daemon = await import("../daemon/main.js");
@@ -48,6 +53,7 @@ export function registerDaemon(program: Command): void {
         ...(options.clusterSecret !== undefined ? { secret: options.clusterSecret } : {}),
         ...(options.name !== undefined ? { name: options.name } : {}),
         ...(options.zone !== undefined ? { zone: options.zone } : {}),
+        ...(options.logRetain !== undefined ? { logRetainBytes: options.logRetain } : {}),
       });
     });
 }

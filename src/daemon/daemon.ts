@@ -26,7 +26,7 @@ import { BufferPool } from "../base/buffer-pool.js";
 import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
 import { applyEntry, encodeCommand, newCatalogState, type ApplyResult, type CatalogCommand, type CatalogState, type CatalogVolume } from "../cluster/index.js";
-import { checkConstants, metaVotersMax, readPoolBufferBytesMax, readPoolBufferBytesMin, readPoolBytesMax } from "../constants.js";
+import { checkClusterConstants, checkConstants, checkReplicationConstants, metaVotersMax, readPoolBufferBytesMax, readPoolBufferBytesMin, readPoolBytesMax } from "../constants.js";
 import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
@@ -35,6 +35,7 @@ import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType } from "../raft/confchange.js";
 import { EntryType, type Entry } from "../raft/types.js";
 import { MultiRaft, type CompactEnvelope, type RaftEnvelope } from "../replication/driver.js";
+import type { SnapAckEnvelope, SnapChunkEnvelope } from "../replication/snapshot.js";
 import { VolumeIo, type ForwardReply, type ForwardRequest } from "../replication/volume-io.js";
 import { Store } from "../store/store.js";
 import { NodeState, type HostedGroup } from "./node-state.js";
@@ -52,6 +53,8 @@ export interface DaemonOptions {
   secret?: string;
   name?: string;
   zone?: string;
+  /** Raft log kept for a replica that is down before it will need a full copy (default raftLogRetainBytes). */
+  logRetainBytes?: number;
 }
 
 export interface Logger {
@@ -107,6 +110,8 @@ export class Daemon implements Controller {
 
   static async start(options: DaemonOptions, log: Logger): Promise<Daemon> {
     checkConstants();
+    checkReplicationConstants();
+    checkClusterConstants();
     mkdirSync(options.dataDir, { recursive: true });
     const state = await NodeState.open(join(options.dataDir, "node"));
     let store: Store | undefined;
@@ -154,6 +159,8 @@ export class Daemon implements Controller {
       random: { int: (n) => prng.int(n) },
       log: (l) => log.warn(l),
       applyEntry: (group, entry) => group === metaGroupId && (this.applyMeta(entry), true),
+      volumeBytes: (group) => this.state.hosted.get(group)?.sizeBytes ?? 0,
+      ...(options.logRetainBytes !== undefined ? { logRetainBytes: options.logRetainBytes } : {}),
     });
     this.io = new VolumeIo({
       nodeId: state.nodeId,
@@ -169,6 +176,8 @@ export class Daemon implements Controller {
       const kind = (m as { kind?: unknown }).kind;
       if (kind === "raft") this.driver.receive(from, m as RaftEnvelope);
       else if (kind === "compact") this.driver.receiveCompact(from, m as CompactEnvelope);
+      else if (kind === "snap-chunk") this.driver.receiveSnapChunk(from, m as SnapChunkEnvelope);
+      else if (kind === "snap-ack") this.driver.receiveSnapAck(from, m as SnapAckEnvelope);
       else if (kind === "fwd" || kind === "fwd-re") this.io.receive(from, m as ForwardRequest | ForwardReply);
     });
     this.driver.addGroup(metaGroupId, state.metaVoters, { replayAll: true });
@@ -538,6 +547,10 @@ export class Daemon implements Controller {
     for (const [k, v] of Object.entries(this.store.stats())) {
       const name = `pxd_store_${k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}`;
       lines.push(`# TYPE ${name} gauge`, `${name} ${v}`);
+    }
+    for (const [k, v] of Object.entries(this.driver.snapshotSender.counters)) {
+      const name = `pxd_raft_${k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}`;
+      lines.push(`# TYPE ${name} counter`, `${name} ${v}`);
     }
     lines.push("# TYPE pxd_volumes gauge", `pxd_volumes ${this.catalog.volumes.size}`);
     for (const v of this.catalog.volumes.values()) {

@@ -10,6 +10,7 @@
 
 import { assert } from "../base/assert.js";
 import {
+  raftLogRetainBytes,
   raftAppendBytesMax,
   raftCommittedBytesMax,
   raftElectionTicks,
@@ -27,6 +28,8 @@ import type { Ready } from "../raft/node.js";
 import { EntryType, MessageType, StateRole, type Entry, type Message, type NodeId } from "../raft/types.js";
 import type { Store } from "../store/store.js";
 import { StoreRaftStorage } from "./raft-storage.js";
+import { SnapshotReceiver, SnapshotSender, type SnapAckEnvelope, type SnapChunkEnvelope } from "./snapshot.js";
+import { ProgressState } from "../raft/progress.js";
 import { decodeOp, encodeTrim, encodeWrite, VolumeOpKind } from "./volume-op.js";
 
 /** What travels between drivers: a Raft message of one group. */
@@ -37,9 +40,9 @@ export interface RaftEnvelope {
 }
 
 /**
- * From a group's leader to its members: every member holds the log up to
- * `index`, so each may forget its entries up to there (and its applied index).
- * Without snapshots (not built), nobody compacts past what every member has.
+ * From a group's leader to its members: the leader compacted its log up to
+ * `index`, so each may forget its entries up to there (at most its applied
+ * index). A member the leader left behind gets a snapshot (src/replication/snapshot.ts).
  */
 export interface CompactEnvelope {
   kind: "compact";
@@ -51,7 +54,11 @@ export interface DriverOptions {
   nodeId: NodeId;
   store: Store;
   /** Sends to a peer; false when it cannot (the core is told the peer is unreachable). */
-  send(to: NodeId, envelope: RaftEnvelope | CompactEnvelope): boolean;
+  send(to: NodeId, envelope: RaftEnvelope | CompactEnvelope | SnapChunkEnvelope | SnapAckEnvelope): boolean;
+  /** Raft log kept for a member that is down (default raftLogRetainBytes); past it the member will need a snapshot. */
+  logRetainBytes?: number;
+  /** A volume group's size in bytes (what a snapshot copies). */
+  volumeBytes?(groupId: number): number;
   defer(fn: () => void): void;
   random: { int(n: number): number };
   log(line: string): void;
@@ -73,8 +80,8 @@ export interface ReplicaProgress {
 
 /**
  * Ticks between compaction rounds, and applied entries every log keeps behind
- * the compaction point (none needed: the point is already the slowest member's
- * match, so no member ever needs an entry below it).
+ * the compaction point (none needed: the point is at most the match of every
+ * member the leader still keeps the log for).
  */
 const compactEveryTicks = 20;
 const compactKeepEntries = 0;
@@ -150,8 +157,30 @@ export class MultiRaft {
   private readSeq = 0;
   private ticks = 0;
   private closed = false;
+  readonly snapshotSender: SnapshotSender;
+  private readonly snapshotReceiver: SnapshotReceiver;
 
-  constructor(private readonly o: DriverOptions) {}
+  constructor(private readonly o: DriverOptions) {
+    const ports = {
+      store: o.store,
+      send: (to: NodeId, env: RaftEnvelope | SnapChunkEnvelope | SnapAckEnvelope) => o.send(to, env),
+      reportSnapshot: (group: number, to: NodeId, ok: boolean) => {
+        this.groups.get(group)?.node.reportSnapshot(to, ok);
+        this.schedule();
+      },
+      stillSending: (group: number, to: NodeId) => {
+        const g = this.groups.get(group);
+        return g !== undefined && g.node.status().role === StateRole.leader && g.node.raft.tracker.progress.get(to)?.state === ProgressState.snapshot;
+      },
+      log: (line: string) => o.log(line),
+    };
+    this.snapshotSender = new SnapshotSender(ports);
+    this.snapshotReceiver = new SnapshotReceiver(ports, (group) => {
+      const g = this.groups.get(group);
+      if (g === undefined || g.keepLog || o.volumeBytes === undefined) return undefined;
+      return { leader: g.node.status().lead, sizeBytes: o.volumeBytes(group) };
+    });
+  }
 
   /**
    * Starts (or restarts from the store) this node's replica of a group whose
@@ -213,6 +242,7 @@ export class MultiRaft {
     if (!g) return;
     this.groups.delete(groupId);
     this.storages.delete(groupId);
+    this.snapshotReceiver.forget(groupId);
     this.failAll(g, new ProposalDroppedError(`group ${groupId} was removed from this node`));
   }
 
@@ -228,6 +258,7 @@ export class MultiRaft {
   /** Advances every group's logical clock; the daemon calls it on an interval. */
   tick(): void {
     for (const g of this.groups.values()) g.node.tick();
+    this.snapshotSender.tick();
     if (++this.ticks % compactEveryTicks === 0) this.compactLogs();
     this.schedule();
   }
@@ -240,17 +271,24 @@ export class MultiRaft {
   }
 
   /**
-   * On each group this node leads: the index every member's log reaches
-   * (their match), told to the members and used here. A member that is down
-   * holds it back, so when it returns it catches up from the log alone
-   * (only what it missed, never a full copy).
+   * On each group this node leads: compacts up to what every live member's
+   * log reaches (their match), tells the members, and does it here. A member
+   * that is down holds the point back while the log it misses is under
+   * logRetainBytes, so a short absence costs only what it missed; past that
+   * the log is compacted without it, and when it returns it gets a full copy
+   * (a snapshot). A snapshot being sent holds the point at its index: the
+   * follower needs every entry after it.
    */
   private compactLogs(): void {
+    const retain = this.o.logRetainBytes ?? raftLogRetainBytes;
     for (const g of this.groups.values()) {
       const progress = this.progress(g.id);
       if (progress === undefined) continue;
-      const safe = Math.min(...progress.map((p) => p.match));
-      if (safe <= this.o.store.raftState(g.id).snapshotIndex) continue;
+      let safe = this.snapshotSender.holdIndex(g.id);
+      for (const p of progress) {
+        if (p.active || g.keepLog || this.o.store.raftLogBytesFrom(g.id, p.match + 1) <= retain) safe = Math.min(safe, p.match);
+      }
+      if (safe === Infinity || safe <= this.o.store.raftState(g.id).snapshotIndex) continue;
       for (const p of progress) if (p.node !== this.o.nodeId) this.o.send(p.node, { kind: "compact", group: g.id, index: safe });
       this.compact(g, safe);
     }
@@ -267,8 +305,21 @@ export class MultiRaft {
   receive(from: NodeId, envelope: RaftEnvelope): void {
     const g = this.groups.get(envelope.group);
     if (g === undefined || envelope.message.to !== this.o.nodeId || envelope.message.from !== from) return;
+    // A snapshot is taken only once all of its data is durable here (its staging group).
+    if (envelope.message.type === MessageType.snap && !this.snapshotReceiver.ready(g.id, from, envelope.message)) {
+      this.o.log(`snapshot: group ${g.id}: install message from node ${from} before its data; ignored (the leader will send it again)`);
+      return;
+    }
     g.node.step(envelope.message);
     this.schedule();
+  }
+
+  receiveSnapChunk(from: NodeId, c: SnapChunkEnvelope): void {
+    this.snapshotReceiver.onChunk(from, c);
+  }
+
+  receiveSnapAck(from: NodeId, a: SnapAckEnvelope): void {
+    this.snapshotSender.onAck(from, a);
   }
 
   /** Replicates a write; resolves once it is committed and applied here (it is then durable on a quorum). */
@@ -369,15 +420,23 @@ export class MultiRaft {
   }
 
   private persist(g: Group, rd: Ready): Promise<void> {
-    assert(rd.snapshot === null, "snapshots are not sent yet (docs/replication-plan.md)");
     // Only the commit index moved: it may lag on disk (a restarted node learns
     // it again from the leader, and never below what it applied), so it is not
     // written on its own; it rides along with the next entries or vote.
     if (!rd.mustSync) return Promise.resolve();
     const storage = this.storages.get(g.id)!;
+    // The snapshot's install record goes first: entries of this Ready follow it in the log.
+    if (rd.snapshot !== null) storage.forgetAll();
+    const installed = rd.snapshot === null ? undefined : this.o.store.installSnapshot(g.id, rd.snapshot.meta.index, rd.snapshot.meta.term);
     for (const e of rd.entries) storage.remember(e);
     const entries = rd.entries.map((e) => ({ index: e.index, term: e.term, type: e.type, data: [e.data] }));
-    return this.o.store.appendRaftEntries(g.id, entries, rd.hardState ?? undefined);
+    const appended = this.o.store.appendRaftEntries(g.id, entries, rd.hardState ?? undefined);
+    if (installed === undefined) return appended;
+    return Promise.all([installed, appended]).then(() => {
+      g.applied = rd.snapshot!.meta.index;
+      this.snapshotReceiver.installed(g.id);
+      this.o.log(`snapshot: group ${g.id}: installed a full copy at index ${g.applied}`);
+    });
   }
 
   /** Sends the leader's appends, heartbeats, snapshots and transfer orders; returns the messages left for after persist. */
@@ -385,7 +444,11 @@ export class MultiRaft {
     if (messages.length === 0 || g.node.status().role !== StateRole.leader) return messages;
     const later: Message[] = [];
     for (const m of messages) {
-      if (m.type === MessageType.app || m.type === MessageType.heartbeat || m.type === MessageType.snap || m.type === MessageType.timeoutNow) {
+      if (m.type === MessageType.snap) {
+        // The volume's data goes first, in chunks; the message follows the last one.
+        if (g.keepLog || this.o.volumeBytes === undefined) g.node.reportSnapshot(m.to, false);
+        else this.snapshotSender.start(g.id, this.o.volumeBytes(g.id), m);
+      } else if (m.type === MessageType.app || m.type === MessageType.heartbeat || m.type === MessageType.timeoutNow) {
         if (!this.o.send(m.to, { kind: "raft", group: g.id, message: m })) g.node.reportUnreachable(m.to);
       } else later.push(m);
     }

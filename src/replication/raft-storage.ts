@@ -35,6 +35,12 @@ export class StoreRaftStorage implements Storage {
     while (this.recentBytes > recentBytesMax) this.forget(this.recent.keys().next().value!);
   }
 
+  /** A snapshot replaced the log: nothing cached is in it any more. */
+  forgetAll(): void {
+    this.recent.clear();
+    this.recentBytes = 0;
+  }
+
   private forget(index: number): void {
     const e = this.recent.get(index);
     if (e === undefined) return;

@@ -15,7 +15,7 @@ import { encodeHeader, payloadBytesOf, RecordKind } from "./record.js";
 import { segmentName } from "./segment-names.js";
 
 export interface AppendRequest {
-  kind: RecordKind.Write | RecordKind.Trim | RecordKind.Relocate | RecordKind.RaftEntry | RecordKind.HardState;
+  kind: RecordKind.Write | RecordKind.Trim | RecordKind.Relocate | RecordKind.RaftEntry | RecordKind.HardState | RecordKind.SnapshotInstall;
   groupId: number;
   termOrSource: number;
   index: number;

@@ -22,6 +22,12 @@ export const enum RecordKind {
   RaftEntry = 5,
   /** A Raft group's hard state: term in the term field, commit in the index field, vote in the offset field. */
   HardState = 6,
+  /**
+   * A Raft snapshot is installed: the group's block map becomes its staging
+   * group's (stagingGroupId), its Raft log restarts after (index, term in the
+   * term field). No payload.
+   */
+  SnapshotInstall = 7,
 }
 
 export interface RecordHeader {
@@ -107,7 +113,7 @@ export function decodeHeader(b: Uint8Array, segmentId: number, position: number)
   const dv = new DataView(b.buffer, b.byteOffset, recordHeaderBytes);
   if (dv.getUint32(0, true) !== recordMagic || b[5] !== recordVersion) return undefined;
   const kind = b[4]!;
-  if (kind < RecordKind.Write || kind > RecordKind.HardState) return undefined;
+  if (kind < RecordKind.Write || kind > RecordKind.SnapshotInstall) return undefined;
   if (dv.getUint32(12, true) !== segmentId) return undefined;
   const h: RecordHeader = {
     kind,

@@ -46,7 +46,7 @@ export interface StoreExtent {
 interface Group {
   readonly id: number;
   readonly sizeBytes: number;
-  readonly map: BlockMap;
+  map: BlockMap;
   term: number;
   /** Index of the last applied entry. */
   appliedIndex: number;
@@ -92,7 +92,7 @@ export class Store {
   private maintaining: Promise<void> | undefined;
   private closed = false;
   private readonly reader = new SegmentReader();
-  readonly counters = { checkpoints: 0, gcSegments: 0, gcBytesMoved: 0, tornBytesZeroed: 0, recordsReplayed: 0 };
+  readonly counters = { checkpoints: 0, gcSegments: 0, gcBytesMoved: 0, tornBytesZeroed: 0, recordsReplayed: 0, snapshotsInstalled: 0 };
   private readonly log: (line: string) => void;
 
   private constructor(
@@ -149,7 +149,11 @@ export class Store {
     store.checkpointPinned = checkpointPins(checkpoint.groups);
     store.counters.recordsReplayed = scan.recordsReplayed;
     store.counters.tornBytesZeroed = scan.torn ? scan.torn.endPosition - scan.torn.position : 0;
-    for (const g of groups.values()) store.groups.set(g.id, g);
+    for (const g of groups.values()) {
+      // A snapshot that was still arriving when the node stopped is dropped; its sender starts over.
+      if (isStagingId(g.id)) log(`store: dropped the unfinished snapshot of group ${baseOfStaging(g.id)}`);
+      else store.groups.set(g.id, g);
+    }
     store.recountLive();
     await store.releaseEmptySegments();
     return store;
@@ -361,6 +365,65 @@ export class Store {
     g.raft.compact(index, (dropped) => this.unpin(dropped));
     this.compactedSinceCheckpoint = true;
     this.maintain(); // segments it unpinned may now be collected, after a checkpoint
+  }
+
+  // ---- Raft snapshots (full copies for a replica behind the compaction point) ----
+
+  /**
+   * Starts receiving a snapshot of `groupId` into an empty staging group of
+   * the same size (any earlier unfinished one is dropped); returns its id.
+   * Writes to it are ordinary local writes. The group itself stays as it was,
+   * a consistent if lagging replica, until installSnapshot swaps them.
+   */
+  beginStaging(groupId: number): number {
+    const g = this.group(groupId);
+    const id = stagingIdOf(groupId);
+    this.dropGroup(id);
+    this.groups.set(id, newGroup({ groupId: id, sizeBytes: g.sizeBytes }));
+    return id;
+  }
+
+  dropStaging(groupId: number): void {
+    this.dropGroup(stagingIdOf(groupId));
+  }
+
+  /**
+   * Makes the staging group the group's state, and restarts its Raft log after
+   * (index, term), in one record: recovery sees either the old group or the
+   * new one, never a mix. Resolves once durable.
+   */
+  installSnapshot(groupId: number, index: number, term: number): Promise<void> {
+    const g = this.group(groupId);
+    const staging = this.group(stagingIdOf(groupId));
+    return new Promise((resolve, reject) => {
+      this.segmentLog.append({
+        kind: RecordKind.SnapshotInstall,
+        groupId,
+        termOrSource: term,
+        index,
+        offsetBytes: 0,
+        lengthBytes: 0,
+        payload: [],
+        done: (_address, error) => {
+          if (error) return reject(error);
+          if (!g.dropped && !staging.dropped) {
+            this.groups.delete(staging.id);
+            installStaged(g, staging, index, term, (a, n) => this.addLive(a, -n * sectorBytes), (e) => this.unpin(e));
+            this.compactedSinceCheckpoint = true;
+            this.counters.snapshotsInstalled++;
+          }
+          resolve();
+        },
+      });
+    });
+  }
+
+  /** Bytes of the Raft entries from `fromIndex` (clamped to the log) to the last one. */
+  raftLogBytesFrom(groupId: number, fromIndex: number): number {
+    const r = this.group(groupId).raft;
+    let bytes = 0;
+    for (let i = Math.max(fromIndex, r.firstIndex); i <= r.lastIndex; i++) bytes += r.get(i)!.lengthBytes;
+    return bytes;
   }
 
   // ---- maintenance ----
@@ -680,7 +743,7 @@ function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map
   const groups = new Map<number, Group>();
   for (const spec of specs) groups.set(spec.groupId, newGroup(spec));
   for (const saved of checkpoint.groups) {
-    const g = groups.get(saved.groupId);
+    const g = groups.get(saved.groupId) ?? stagingFor(groups, saved.groupId);
     if (g === undefined) continue; // deleted from the catalog since
     g.term = saved.lastTerm;
     g.appliedIndex = saved.lastIndex;
@@ -696,8 +759,16 @@ function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map
 
 /** Replays one record into its group (recovery path; the live counts are recomputed after). */
 function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: number): void {
-  const g = groups.get(h.groupId);
+  const g = groups.get(h.groupId) ?? stagingFor(groups, h.groupId);
   if (g === undefined) return;
+  if (h.kind === RecordKind.SnapshotInstall) {
+    const staging = groups.get(stagingIdOf(g.id));
+    // Installing needs every record of the staging group, which precedes this one in the log.
+    if (staging === undefined) throw new StoreError("EIO", `snapshot install of group ${g.id} without its staged data; the log is damaged`);
+    groups.delete(staging.id);
+    installStaged(g, staging, h.index, h.termOrSource, () => {}, () => {});
+    return;
+  }
   if (h.kind === RecordKind.RaftEntry) {
     if (h.index > g.raft.snapshotIndex) g.raft.append(h.index, { term: h.termOrSource, type: h.offsetBytes, address, lengthBytes: h.lengthBytes }, () => {});
     return;
@@ -738,6 +809,54 @@ function applyToGroup(
     default:
       return 0;
   }
+}
+
+/**
+ * A staging group's id: the group's id plus 2^40, far above any volume id
+ * (volume ids are below 2^32), so it never collides and never reaches Raft.
+ */
+const stagingBase = 2 ** 40;
+
+function stagingIdOf(groupId: number): number {
+  assert(groupId < stagingBase, "a staging group has no staging group");
+  return groupId + stagingBase;
+}
+
+function isStagingId(id: number): boolean {
+  return id >= stagingBase;
+}
+
+function baseOfStaging(id: number): number {
+  return id - stagingBase;
+}
+
+/** Recovery: the staging group of an existing group, made on its first record. */
+function stagingFor(groups: Map<number, Group>, id: number): Group | undefined {
+  if (!isStagingId(id)) return undefined;
+  const base = groups.get(baseOfStaging(id));
+  if (base === undefined) return undefined;
+  const g = newGroup({ groupId: id, sizeBytes: base.sizeBytes });
+  groups.set(id, g);
+  return g;
+}
+
+/** The install step itself, live or in recovery: the staged map replaces the group's, the Raft log restarts after the snapshot. */
+function installStaged(
+  g: Group,
+  staging: Group,
+  index: number,
+  term: number,
+  freed: (address: number, sectors: number) => void,
+  unpin: (e: RaftIndexEntry) => void,
+): void {
+  g.map.runs(0, g.map.sectorCount, (_s, n, address) => {
+    if (address !== 0) freed(address, n);
+  });
+  g.map = staging.map;
+  for (const e of g.raft.all()) unpin(e);
+  const hs = g.raft.hardState;
+  g.raft = RaftIndex.restore(index, term, { term: Math.max(hs.term, term), vote: hs.vote, commit: Math.max(hs.commit, index) }, []);
+  g.appliedIndex = index;
 }
 
 function checkRange(g: Group, offsetBytes: number, lengthBytes: number): void {

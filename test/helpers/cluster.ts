@@ -63,14 +63,15 @@ export async function waitUntil<T>(what: string, f: () => Promise<T | undefined 
   }
 }
 
-export async function startCluster(size = 3): Promise<Cluster> {
+/** `daemonArgs`: more `pxd daemon` arguments for every node (e.g. --log-retain). */
+export async function startCluster(size = 3, daemonArgs: string[] = []): Promise<Cluster> {
   const t = tempDir("cluster");
   const secret = randomBytes(16).toString("hex");
   const nodes: DaemonProcess[] = [];
   const base = await freeBase(size);
   for (let i = 0; i < size; i++) {
     const d = new DaemonProcess(join(t.dir, `node${i + 1}`), nodeHost(i, base), 10809, 9001, () => {}, 9002);
-    d.extraArgs = ["--cluster-secret", secret, "--name", `node${i + 1}`];
+    d.extraArgs = ["--cluster-secret", secret, "--name", `node${i + 1}`, ...daemonArgs];
     if (i > 0) d.extraArgs.push("--join", `${nodeHost(0, base)}:9001`);
     nodes.push(d);
   }

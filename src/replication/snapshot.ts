@@ -1,0 +1,294 @@
+// Raft snapshots of volume groups, streamed as a full copy (DESIGN §4,
+// docs/formats/peer-protocol.md "Snapshots").
+//
+// A leader whose log no longer reaches back to a follower's next entry (it was
+// compacted while the follower was down) gets a `snap` message from its core.
+// The driver does not send that message at once: the SnapshotSender first
+// streams every allocated extent of the volume in chunks, a few in flight,
+// each acknowledged once durable on the follower; then it sends the core's
+// message. The SnapshotReceiver writes the chunks into a staging group (the
+// follower's own group stays a consistent, lagging replica meanwhile) and lets
+// the core take the `snap` message only once every chunk of that snapshot is
+// on disk; the driver's persist then swaps the staging group in with one
+// record (Store.installSnapshot).
+//
+// The copy is fuzzy: chunks are read from the live volume while writes go on,
+// so a chunk may already hold writes after the snapshot's index. That is
+// safe because the follower then replays every entry after the index, and
+// writes and trims are idempotent physical redo: a block ends up with the
+// last write to it, whichever state the chunk caught. The leader keeps those
+// entries (it does not compact its log past a snapshot being sent).
+
+import { raftAppendBytesMax, sectorBytes, snapshotChunkBytes, snapshotChunkExtentsMax, snapshotWindowChunks } from "../constants.js";
+import type { Message, NodeId } from "../raft/types.js";
+import type { Store } from "../store/store.js";
+
+/** Leader -> follower: allocated extents [offset, length] pairs (bytes) and their data, in order. */
+export interface SnapChunkEnvelope {
+  kind: "snap-chunk";
+  group: number;
+  /** The snapshot's index and term (what the core's snap message will carry). */
+  index: number;
+  term: number;
+  seq: number;
+  extents: number[];
+  data: Uint8Array;
+  last: boolean;
+}
+
+/** Follower -> leader: chunks up to `seq` are durable (ok), or the stream is refused. */
+export interface SnapAckEnvelope {
+  kind: "snap-ack";
+  group: number;
+  index: number;
+  seq: number;
+  ok: boolean;
+}
+
+export interface SnapshotPorts {
+  store: Store;
+  send(to: NodeId, envelope: SnapChunkEnvelope | SnapAckEnvelope | { kind: "raft"; group: number; message: Message }): boolean;
+  /** The core gives up on (ok = false) or is told about the snapshot to `to`. */
+  reportSnapshot(group: number, to: NodeId, ok: boolean): void;
+  /** Whether this node still leads the group and the core still has `to` in snapshot state. */
+  stillSending(group: number, to: NodeId): boolean;
+  log(line: string): void;
+}
+
+/** Ticks a stream waits for an acknowledgement (or, after the last chunk, for the follower to install) before it gives up. */
+const streamStallTicks = 100;
+/** Bytes of the volume one blockStatus call scans while a chunk is gathered. */
+const scanBytes = 64 * 1024 * 1024;
+
+interface OutStream {
+  group: number;
+  to: NodeId;
+  index: number;
+  term: number;
+  /** The core's snap message, sent after the last chunk is acknowledged. */
+  message: Message;
+  cursor: number;
+  sizeBytes: number;
+  nextSeq: number;
+  /** Chunks below this are acknowledged. */
+  acked: number;
+  lastSeq: number;
+  finalSent: boolean;
+  idleTicks: number;
+}
+
+export class SnapshotSender {
+  private readonly streams = new Map<string, OutStream>();
+  readonly counters = { snapshotsStarted: 0, snapshotsSent: 0, snapshotsFailed: 0, snapshotBytesSent: 0 };
+
+  constructor(private readonly p: SnapshotPorts) {}
+
+  /** The core wants a snapshot sent: stream the volume, then `message`. */
+  start(group: number, sizeBytes: number, message: Message): void {
+    const snap = message.snapshot;
+    if (snap === null) return;
+    const key = `${group}/${message.to}`;
+    this.streams.delete(key);
+    const s: OutStream = {
+      group,
+      to: message.to,
+      index: snap.meta.index,
+      term: snap.meta.term,
+      message,
+      cursor: 0,
+      sizeBytes,
+      nextSeq: 0,
+      acked: 0,
+      lastSeq: -1,
+      finalSent: false,
+      idleTicks: 0,
+    };
+    this.streams.set(key, s);
+    this.counters.snapshotsStarted++;
+    this.p.log(`snapshot: group ${group}: sending a full copy at index ${s.index} to node ${s.to}`);
+    this.pump(s);
+  }
+
+  /** The lowest snapshot index being sent in the group: its log must keep every entry after it. */
+  holdIndex(group: number): number {
+    let min = Infinity;
+    for (const s of this.streams.values()) if (s.group === group) min = Math.min(min, s.index);
+    return min;
+  }
+
+  onAck(from: NodeId, a: SnapAckEnvelope): void {
+    const s = this.streams.get(`${a.group}/${from}`);
+    if (s === undefined || s.index !== a.index || !Number.isSafeInteger(a.seq)) return;
+    if (!a.ok) return this.abort(s, "the follower refused a chunk");
+    if (a.seq < s.acked || a.seq >= s.nextSeq) return;
+    s.acked = a.seq + 1;
+    s.idleTicks = 0;
+    if (s.acked - 1 === s.lastSeq) {
+      // Every chunk is durable there: now the core's message, which installs it.
+      s.finalSent = true;
+      if (!this.p.send(s.to, { kind: "raft", group: s.group, message: s.message })) this.abort(s, "the peer is unreachable");
+      return;
+    }
+    this.pump(s);
+  }
+
+  tick(): void {
+    for (const s of [...this.streams.values()]) {
+      if (!this.p.stillSending(s.group, s.to)) {
+        // Installed (the core moved on), or this node no longer leads.
+        if (s.finalSent) this.counters.snapshotsSent++;
+        this.streams.delete(`${s.group}/${s.to}`);
+        continue;
+      }
+      if (++s.idleTicks > streamStallTicks) this.abort(s, s.finalSent ? "the follower did not install it" : "no acknowledgement");
+    }
+  }
+
+  private abort(s: OutStream, why: string): void {
+    this.streams.delete(`${s.group}/${s.to}`);
+    this.counters.snapshotsFailed++;
+    this.p.log(`snapshot: group ${s.group} to node ${s.to} at index ${s.index} given up (${why}); the leader will try again`);
+    this.p.reportSnapshot(s.group, s.to, false);
+  }
+
+  /** Sends chunks while the window has room. */
+  private pump(s: OutStream): void {
+    while (s.lastSeq < 0 && s.nextSeq - s.acked < snapshotWindowChunks) {
+      const chunk = this.nextChunk(s);
+      if (!this.p.send(s.to, chunk)) return this.abort(s, "the peer is unreachable");
+      this.counters.snapshotBytesSent += chunk.data.length;
+      if (chunk.last) s.lastSeq = chunk.seq;
+    }
+  }
+
+  /** The allocated extents from the cursor on, up to a chunk's worth of data; reads them from the live volume. */
+  private nextChunk(s: OutStream): SnapChunkEnvelope {
+    const store = this.p.store;
+    const extents: number[] = [];
+    const parts: Buffer[] = [];
+    let bytes = 0;
+    while (s.cursor < s.sizeBytes && bytes < snapshotChunkBytes && extents.length < 2 * snapshotChunkExtentsMax) {
+      const runs = store.blockStatus(s.group, s.cursor, Math.min(scanBytes, s.sizeBytes - s.cursor));
+      for (const r of runs) {
+        if (r.hole) {
+          s.cursor += r.lengthBytes;
+          continue;
+        }
+        const take = Math.min(r.lengthBytes, snapshotChunkBytes - bytes);
+        parts.push(store.read(s.group, s.cursor, take));
+        extents.push(s.cursor, take);
+        bytes += take;
+        s.cursor += take;
+        if (bytes === snapshotChunkBytes || extents.length >= 2 * snapshotChunkExtentsMax) break;
+      }
+    }
+    return {
+      kind: "snap-chunk",
+      group: s.group,
+      index: s.index,
+      term: s.term,
+      seq: s.nextSeq++,
+      extents,
+      data: parts.length === 1 ? parts[0]! : Buffer.concat(parts),
+      last: s.cursor >= s.sizeBytes,
+    };
+  }
+}
+
+interface InStream {
+  from: NodeId;
+  index: number;
+  term: number;
+  stagingId: number;
+  nextSeq: number;
+  /** Every chunk including the last is durable in the staging group. */
+  complete: boolean;
+  failed: boolean;
+}
+
+export class SnapshotReceiver {
+  private readonly streams = new Map<number, InStream>();
+
+  constructor(
+    private readonly p: SnapshotPorts,
+    /** The group's leader as this node's core knows it (0: none), and the volume size; undefined if not hosted here. */
+    private readonly groupInfo: (group: number) => { leader: NodeId; sizeBytes: number } | undefined,
+  ) {}
+
+  onChunk(from: NodeId, c: SnapChunkEnvelope): void {
+    const info = this.groupInfo(c.group);
+    if (info === undefined) return;
+    const refuse = (why: string): void => {
+      this.p.log(`snapshot: group ${c.group}: chunk ${c.seq} from node ${from} refused: ${why}`);
+      const s = this.streams.get(c.group);
+      if (s !== undefined && s.from === from) s.failed = true;
+      this.p.send(from, { kind: "snap-ack", group: c.group, index: c.index, seq: c.seq, ok: false });
+    };
+    const bad = checkChunk(c, info.sizeBytes);
+    if (bad !== undefined) return refuse(bad);
+    if (from !== info.leader) return refuse(`node ${from} is not the leader this node follows (${info.leader || "none"})`);
+    let s = this.streams.get(c.group);
+    if (c.seq === 0) {
+      s = { from, index: c.index, term: c.term, stagingId: this.p.store.beginStaging(c.group), nextSeq: 0, complete: false, failed: false };
+      this.streams.set(c.group, s);
+    }
+    if (s === undefined || s.failed || s.from !== from || s.index !== c.index || s.term !== c.term || s.nextSeq !== c.seq) {
+      return refuse("out of order");
+    }
+    s.nextSeq++;
+    const writes: Promise<void>[] = [];
+    let at = 0;
+    for (let i = 0; i < c.extents.length; i += 2) {
+      const offset = c.extents[i]!;
+      const length = c.extents[i + 1]!;
+      writes.push(this.p.store.write(s.stagingId, offset, [c.data.subarray(at, at + length)], length));
+      at += length;
+    }
+    const stream = s;
+    Promise.all(writes).then(
+      () => {
+        if (this.streams.get(c.group) !== stream || stream.failed) return;
+        if (c.last) stream.complete = true;
+        this.p.send(from, { kind: "snap-ack", group: c.group, index: c.index, seq: c.seq, ok: true });
+      },
+      (e: Error) => refuse(`cannot store it: ${e.message}`),
+    );
+  }
+
+  /** Whether the core may take this snap message: every chunk of exactly this snapshot is durable here. */
+  ready(group: number, from: NodeId, m: Message): boolean {
+    const s = this.streams.get(group);
+    const meta = m.snapshot?.meta;
+    return s !== undefined && s.complete && !s.failed && s.from === from && meta !== undefined && meta.index === s.index && meta.term === s.term;
+  }
+
+  /** The install record is durable: the staging group is now the group. */
+  installed(group: number): void {
+    this.streams.delete(group);
+  }
+
+  /** The group left this node. */
+  forget(group: number): void {
+    if (this.streams.delete(group)) this.p.store.dropStaging(group);
+  }
+}
+
+/** Bounds and shape of a chunk from the network, before anything is allocated or written. */
+function checkChunk(c: SnapChunkEnvelope, sizeBytes: number): string | undefined {
+  const isIndex = (n: unknown): n is number => typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
+  if (!isIndex(c.index) || !isIndex(c.term) || !isIndex(c.seq) || typeof c.last !== "boolean") return "malformed header";
+  if (!(c.data instanceof Uint8Array) || c.data.length > Math.max(snapshotChunkBytes, raftAppendBytesMax)) return "data missing or too large";
+  if (!Array.isArray(c.extents) || c.extents.length % 2 !== 0 || c.extents.length > 2 * snapshotChunkExtentsMax) return "malformed extents";
+  let total = 0;
+  let end = 0;
+  for (let i = 0; i < c.extents.length; i += 2) {
+    const offset = c.extents[i];
+    const length = c.extents[i + 1];
+    if (!isIndex(offset) || !isIndex(length) || length === 0 || offset % sectorBytes !== 0 || length % sectorBytes !== 0) return "extent not in whole sectors";
+    if (offset < end || offset + length > sizeBytes) return "extents out of order or past the volume";
+    end = offset + length;
+    total += length;
+  }
+  if (total !== c.data.length) return "extents do not match the data";
+  return undefined;
+}

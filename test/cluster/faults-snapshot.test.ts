@@ -1,0 +1,106 @@
+// Full-copy snapshots: a follower that was down while more than the leader's
+// log retention (--log-retain) was written comes back behind the compaction
+// point. The leader streams it the volume (a Raft snapshot), it installs the
+// copy atomically, and replication goes on from there. The proof is offline:
+// after an orderly stop, each node's store is opened here and the replicas
+// must hold the same bytes and the same holes.
+
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { createHash, randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
+import { Store } from "../../src/store/store.js";
+import { startCluster, waitUntil, type Cluster } from "../helpers/cluster.js";
+import { NbdTarget } from "../helpers/checker.js";
+import type { DaemonProcess } from "../helpers/daemon.js";
+import { runOk } from "../helpers/run.js";
+
+const MiB = 1024 * 1024;
+let c: Cluster;
+
+test.before(async () => {
+  c = await startCluster(3, ["--log-retain", "2M"]);
+});
+
+test.after(async () => {
+  await c.dispose();
+});
+
+async function fill(node: DaemonProcess, volume: string, firstMiB: number, mib: number): Promise<void> {
+  const t = new NbdTarget(node.host, node.nbdPort, volume, MiB, 60000);
+  try {
+    for (let i = firstMiB; i < firstMiB + mib; i += 4) {
+      await Promise.all([0, 1, 2, 3].filter((k) => i + k < firstMiB + mib).map((k) => t.write(i + k, randomBytes(MiB))));
+    }
+  } finally {
+    t.close();
+  }
+}
+
+async function metric(node: DaemonProcess, name: string): Promise<number> {
+  const m = new RegExp(`^${name} (\\d+)$`, "m").exec(await node.api.metrics());
+  return Number(m?.[1] ?? 0);
+}
+
+/** The replica as its store on disk holds it: a hash of the bytes, the allocated bytes and the applied index. */
+async function replicaImage(dataDir: string, groupId: number, sizeBytes: number): Promise<{ hash: string; allocated: number; applied: number }> {
+  const store = await Store.open({ disk: new NodeDisk(join(dataDir, "store")), defer: deferImmediate }, [{ groupId: 0, sizeBytes: 0 }, { groupId, sizeBytes }]);
+  try {
+    const h = createHash("sha256");
+    for (let at = 0; at < sizeBytes; at += MiB) h.update(store.read(groupId, at, MiB));
+    return { hash: h.digest("hex"), allocated: store.allocatedBytes(groupId), applied: store.raftState(groupId).appliedIndex };
+  } finally {
+    await store.close();
+  }
+}
+
+test("a follower behind the compaction point gets a full copy, installs it, and ends with the same bytes and holes", async () => {
+  const name = "snap";
+  const sizeBytes = 64 * MiB;
+  const v = await c.nodes[0]!.api.createVolume({ name, sizeBytes, repl: 3 });
+  const leader = await c.leaderOf(name);
+  const fi = (leader + 1) % 3;
+  const follower = c.nodes[fi]!;
+  const fid = v.replicas.find((r) => r.node === `node${fi + 1}`)!.nodeId;
+  const inSync = async (): Promise<boolean> => (await c.nodes[leader]!.api.inspectVolume(name)).replicas.every((r) => r.state === "in-sync");
+
+  await fill(c.nodes[leader]!, name, 0, 8);
+  await waitUntil("every replica in sync", inSync, 30000);
+  await follower.kill();
+  await waitUntil("the leader sees the follower down", async () => (await c.nodes[leader]!.api.inspectVolume(name)).replicas.find((r) => r.nodeId === fid)?.state === "down", 20000);
+
+  // Far more than --log-retain 2M while it is away, and a hole punched in what it had.
+  await fill(c.nodes[leader]!, name, 16, 24);
+  await runOk("qemu-io", ["-f", "raw", c.nodes[leader]!.uri(name), "-c", "discard 2M 2M"]);
+  // Compaction runs every 2 s; give it two rounds to leave the follower behind.
+  await new Promise((r) => setTimeout(r, 4500));
+  const sentBefore = await metric(c.nodes[leader]!, "pxd_raft_snapshot_bytes_sent");
+
+  await follower.start();
+  await waitUntil("the follower back in sync", inSync, 60000);
+  const started = await metric(c.nodes[leader]!, "pxd_raft_snapshots_started");
+  const bytes = (await metric(c.nodes[leader]!, "pxd_raft_snapshot_bytes_sent")) - sentBefore;
+  const installed = await metric(follower, "pxd_store_snapshots_installed");
+  console.log(`follower node ${fi + 1}: ${started} snapshot(s) started, ${(bytes / MiB).toFixed(1)} MiB of volume data sent, ${installed} installed`);
+  assert.ok(started >= 1 && installed >= 1, "the follower came back through a snapshot, not the log");
+  assert.ok(bytes >= 28 * MiB, `the copy holds the whole volume's data (${bytes} bytes)`);
+
+  // Replication goes on after the snapshot.
+  await fill(c.nodes[leader]!, name, 48, 2);
+  await waitUntil("in sync after more writes", inSync, 30000);
+  await new Promise((r) => setTimeout(r, 1000)); // followers learn the last commit index from a heartbeat
+
+  for (const n of c.nodes) assert.is(await n.stop(), 0, `orderly stop of ${n.host}`);
+  const images = [];
+  for (const n of c.nodes) images.push(await replicaImage(n.dataDir, v.id, sizeBytes));
+  console.log(images.map((im, i) => `node${i + 1}: applied ${im.applied}, ${(im.allocated / MiB).toFixed(1)} MiB allocated, ${im.hash.slice(0, 12)}`).join("; "));
+  for (const im of images.slice(1)) {
+    assert.is(im.applied, images[0]!.applied, "every replica applied the same log");
+    assert.is(im.hash, images[0]!.hash, "every replica holds the same bytes");
+    assert.is(im.allocated, images[0]!.allocated, "and the same holes");
+  }
+  assert.is(images[0]!.allocated, (8 - 2 + 24 + 2) * MiB, "the discarded range is a hole everywhere");
+});
+
+test.run();
