@@ -20,12 +20,12 @@ import {
   raftReadIndexPendingMax,
   raftUncommittedBytesMax,
 } from "../constants.js";
-import type { ConfChange } from "../raft/confchange.js";
+import { decodeConfChange, type ConfChange } from "../raft/confchange.js";
 import { RaftNode } from "../raft/node.js";
 import type { RaftConfig } from "../raft/raft.js";
 import type { Storage } from "../raft/storage.js";
 import type { Ready } from "../raft/node.js";
-import { EntryType, MessageType, StateRole, type Entry, type Message, type NodeId } from "../raft/types.js";
+import { EntryType, MessageType, StateRole, type ConfState, type Entry, type Message, type NodeId } from "../raft/types.js";
 import type { Store } from "../store/store.js";
 import { StoreRaftStorage } from "./raft-storage.js";
 import { SnapshotReceiver, SnapshotSender, type SnapAckEnvelope, type SnapChunkEnvelope } from "./snapshot.js";
@@ -136,6 +136,12 @@ class Group {
   readonly readsAwaitingApply: { index: number; waiters: Waiter[] }[] = [];
   readyInFlight = false;
   applied: number;
+  /**
+   * Configurations applied since the compaction point, oldest first (a config
+   * entry's data holds the whole resulting configuration): compaction records
+   * the one in force at the point it compacts to.
+   */
+  confPoints: { index: number; conf: ConfState }[] = [];
   /** The state machine is rebuilt from the whole log at start (the meta group): never compact it. */
   keepLog = false;
   lead: NodeId = 0;
@@ -196,6 +202,10 @@ export class MultiRaft {
     const node = new RaftNode(raftConfig(this.o.nodeId, storage, this.o.random, applied));
     const group = new Group(groupId, node, applied);
     group.keepLog = opts.replayAll === true;
+    // Configurations applied before the restart, after the compaction point: compaction still needs them.
+    for (const e of this.o.store.raftEntriesOfType(groupId, EntryType.confChange, 0, applied + 1)) {
+      group.confPoints.push({ index: e.index, conf: decodeConfChange(e.data).conf });
+    }
     this.groups.set(groupId, group);
     // The only voter need not wait out an election timeout: nobody can compete.
     if (voters.length === 1 && voters[0] === this.o.nodeId && node.status().lastIndex === 0) node.campaign();
@@ -298,7 +308,13 @@ export class MultiRaft {
     if (g.keepLog) return;
     const st = this.o.store.raftState(g.id);
     const upTo = Math.min(index, st.appliedIndex, g.applied) - compactKeepEntries;
-    if (upTo > st.snapshotIndex) this.o.store.compactRaftLog(g.id, upTo);
+    if (upTo <= st.snapshotIndex) return;
+    // The configuration in force at upTo: the last applied one at or before it (none: unchanged).
+    let k = -1;
+    while (k + 1 < g.confPoints.length && g.confPoints[k + 1]!.index <= upTo) k++;
+    const conf = k >= 0 ? g.confPoints[k]!.conf : undefined;
+    if (k > 0) g.confPoints.splice(0, k);
+    this.o.store.compactRaftLog(g.id, upTo, conf);
   }
 
   /** A message from a peer. */
@@ -427,7 +443,8 @@ export class MultiRaft {
     const storage = this.storages.get(g.id)!;
     // The snapshot's install record goes first: entries of this Ready follow it in the log.
     if (rd.snapshot !== null) storage.forgetAll();
-    const installed = rd.snapshot === null ? undefined : this.o.store.installSnapshot(g.id, rd.snapshot.meta.index, rd.snapshot.meta.term);
+    const installed = rd.snapshot === null ? undefined : this.o.store.installSnapshot(g.id, rd.snapshot.meta.index, rd.snapshot.meta.term, rd.snapshot.meta.conf);
+    if (rd.snapshot !== null) g.confPoints = [{ index: rd.snapshot.meta.index, conf: rd.snapshot.meta.conf }];
     for (const e of rd.entries) storage.remember(e);
     const entries = rd.entries.map((e) => ({ index: e.index, term: e.term, type: e.type, data: [e.data] }));
     const appended = this.o.store.appendRaftEntries(g.id, entries, rd.hardState ?? undefined);
@@ -489,6 +506,7 @@ export class MultiRaft {
     if (op?.kind === VolumeOpKind.Write) this.o.store.applyEntryWrite(g.id, e.index, op.offsetBytes, op.lengthBytes, 0);
     else if (op?.kind === VolumeOpKind.Trim) this.o.store.applyEntryTrim(g.id, e.index, op.offsetBytes, op.lengthBytes);
     else this.o.store.markApplied(g.id, e.index);
+    if (e.type === EntryType.confChange) g.confPoints.push({ index: e.index, conf: decodeConfChange(e.data).conf });
     g.applied = e.index;
     const w = g.proposals.get(e.index);
     if (w === undefined) return;

@@ -16,15 +16,21 @@ export class StoreRaftStorage implements Storage {
   constructor(
     private readonly store: Store,
     private readonly groupId: number,
-    /** The group's configuration at its snapshot point (the bootstrap voters until snapshots exist). */
-    private readonly conf: ConfState,
+    /** The group's initial configuration: its configuration at the snapshot point until the store records one. */
+    private readonly initialConf: ConfState,
   ) {}
+
+  /** The configuration at the compaction point: recorded by the store with a compaction or an installed snapshot, else the initial one. */
+  private conf(): ConfState {
+    return this.store.raftSnapshotConf(this.groupId) ?? this.initialConf;
+  }
 
   initialState(): InitialState {
     const s = this.store.raftState(this.groupId);
     // Commit-only hard states are not written (the driver's persist()), but whatever was applied was committed.
     const hardState = { ...s.hardState, commit: Math.min(s.lastIndex, Math.max(s.hardState.commit, s.appliedIndex)) };
-    return { hardState, confState: { voters: [...this.conf.voters], learners: [...this.conf.learners] } };
+    const conf = this.conf();
+    return { hardState, confState: { voters: [...conf.voters], learners: [...conf.learners] } };
   }
 
   /** Keeps an entry being persisted; a later entry at the same index (a new leader's) replaces it. */
@@ -87,6 +93,7 @@ export class StoreRaftStorage implements Storage {
 
   snapshot(): Snapshot {
     const s = this.store.raftState(this.groupId);
-    return { meta: { index: s.snapshotIndex, term: s.snapshotTerm, conf: { voters: [...this.conf.voters], learners: [...this.conf.learners] } }, data: new Uint8Array(0) };
+    const conf = this.conf();
+    return { meta: { index: s.snapshotIndex, term: s.snapshotTerm, conf: { voters: [...conf.voters], learners: [...conf.learners] } }, data: new Uint8Array(0) };
   }
 }

@@ -9,11 +9,13 @@ import type { Disk } from "./disk.js";
 import { writeFileDurably } from "./disk.js";
 import { CorruptionError } from "./errors.js";
 import type { LogPosition } from "./log.js";
-import type { RaftHardState, RaftIndexEntry } from "./raft-index.js";
+import { decodeRaftConf, encodeRaftConf, type RaftConf, type RaftHardState, type RaftIndexEntry } from "./raft-index.js";
 import { checkpointName } from "./segment-names.js";
 
 const checkpointMagic = 0x4b445850; // "PXDK"
-const checkpointVersion = 2;
+/** 3: each group's Raft section ends with its configuration at the snapshot point. 2 (without it) is still read. */
+const checkpointVersion = 3;
+const checkpointVersionsRead = [2, 3];
 const fileHeaderBytes = 40;
 const groupHeaderBytes = 48;
 const chunkBytes = chunkSectors * 8;
@@ -32,6 +34,8 @@ export interface GroupCheckpoint {
     snapshotTerm: number;
     hardState: RaftHardState;
     entries: readonly RaftIndexEntry[];
+    /** The configuration at snapshotIndex, when one was recorded. */
+    conf?: RaftConf | undefined;
   };
 }
 
@@ -85,7 +89,8 @@ export function decodeCheckpoint(b: Buffer): Checkpoint {
   };
   if (b.length < fileHeaderBytes + 4) bad("too short");
   if (crc32c(b.subarray(0, b.length - 4)) !== b.readUInt32LE(b.length - 4)) bad("checksum mismatch");
-  if (b.readUInt32LE(0) !== checkpointMagic || b.readUInt32LE(4) !== checkpointVersion) bad("bad magic or version");
+  const version = b.readUInt32LE(4);
+  if (b.readUInt32LE(0) !== checkpointMagic || !checkpointVersionsRead.includes(version)) bad("bad magic or version");
   const end = { commitSeq: readU64(b, 8), segmentId: readU64(b, 16), position: readU64(b, 24) };
   const groupCount = b.readUInt32LE(32);
   let at = fileHeaderBytes;
@@ -110,7 +115,7 @@ export function decodeCheckpoint(b: Buffer): Checkpoint {
       g.chunks.set(index, chunk);
       at += 8 + chunkBytes;
     }
-    at = decodeRaft(b, at, g, bad);
+    at = decodeRaft(b, at, g, bad, version);
     groups.push(g);
   }
   if (at !== b.length - 4) bad("trailing bytes");
@@ -120,9 +125,15 @@ export function decodeCheckpoint(b: Buffer): Checkpoint {
 const raftHeaderBytes = 48;
 const raftEntryBytes = 24;
 
-/** A group's Raft index: snapshot index and term, hard state, then per entry term, address, length, type. */
+/**
+ * A group's Raft index: snapshot index and term, hard state, then per entry
+ * term, address, length, type; then its configuration at the snapshot point
+ * (u32 0xffffffff: none recorded, else encodeRaftConf).
+ */
 function encodeRaft(r: GroupCheckpoint["raft"]): Buffer {
-  const b = Buffer.alloc(raftHeaderBytes + r.entries.length * raftEntryBytes);
+  const conf = r.conf === undefined ? Buffer.from([0xff, 0xff, 0xff, 0xff]) : encodeRaftConf(r.conf);
+  const b = Buffer.alloc(raftHeaderBytes + r.entries.length * raftEntryBytes + conf.length);
+  conf.copy(b, raftHeaderBytes + r.entries.length * raftEntryBytes);
   u64(b, 0, r.snapshotIndex);
   u64(b, 8, r.snapshotTerm);
   u64(b, 16, r.hardState.term);
@@ -139,7 +150,7 @@ function encodeRaft(r: GroupCheckpoint["raft"]): Buffer {
   return b;
 }
 
-function decodeRaft(b: Buffer, at: number, g: GroupCheckpoint, bad: (why: string) => never): number {
+function decodeRaft(b: Buffer, at: number, g: GroupCheckpoint, bad: (why: string) => never, version: number): number {
   if (at + raftHeaderBytes > b.length - 4) bad("raft section past the end");
   const count = b.readUInt32LE(at + 40);
   if (at + raftHeaderBytes + count * raftEntryBytes > b.length - 4) bad("raft entries past the end");
@@ -154,7 +165,18 @@ function decodeRaft(b: Buffer, at: number, g: GroupCheckpoint, bad: (why: string
     hardState: { term: readU64(b, at + 16), vote: readU64(b, at + 24), commit: readU64(b, at + 32) },
     entries,
   };
-  return at + raftHeaderBytes + count * raftEntryBytes;
+  let end = at + raftHeaderBytes + count * raftEntryBytes;
+  if (version >= 3) {
+    if (end + 4 > b.length - 4) bad("raft configuration past the end");
+    if (b.readUInt32LE(end) === 0xffffffff) end += 4;
+    else {
+      const c = decodeRaftConf(b.subarray(0, b.length - 4), end);
+      if (c === undefined) bad("raft configuration past the end");
+      g.raft.conf = c.conf;
+      end = c.end;
+    }
+  }
+  return end;
 }
 
 export async function writeCheckpoint(disk: Disk, c: Checkpoint): Promise<void> {

@@ -13,6 +13,12 @@ export interface RaftIndexEntry {
   lengthBytes: number;
 }
 
+/** A Raft configuration as the store keeps it (the same shape as the core's ConfState). */
+export interface RaftConf {
+  voters: number[];
+  learners: number[];
+}
+
 export interface RaftHardState {
   term: number;
   vote: number;
@@ -23,6 +29,8 @@ export class RaftIndex {
   /** Index and term of the last compacted entry (0, 0 for a fresh group). */
   snapshotIndex = 0;
   snapshotTerm = 0;
+  /** The configuration in force at snapshotIndex, once one was recorded (a compaction or an installed snapshot). */
+  snapshotConf: RaftConf | undefined = undefined;
   hardState: RaftHardState = { term: 0, vote: 0, commit: 0 };
   /** entries[i] is entry snapshotIndex + 1 + i. */
   private entries: RaftIndexEntry[] = [];
@@ -57,9 +65,10 @@ export class RaftIndex {
     this.entries.push(entry);
   }
 
-  /** Forgets entries up to and including `index` (they are applied and, where needed, checkpointed). */
-  compact(index: number, dropped: (e: RaftIndexEntry) => void): void {
+  /** Forgets entries up to and including `index` (they are applied and, where needed, checkpointed); `conf` is the configuration in force there. */
+  compact(index: number, dropped: (e: RaftIndexEntry) => void, conf?: RaftConf): void {
     if (index <= this.snapshotIndex) return;
+    if (conf !== undefined) this.snapshotConf = { voters: [...conf.voters], learners: [...conf.learners] };
     assert(index <= this.lastIndex, "compaction stays inside the log");
     const term = this.term(index)!;
     const n = index - this.snapshotIndex;
@@ -74,12 +83,39 @@ export class RaftIndex {
   }
 
   /** Restores a checkpointed index. */
-  static restore(snapshotIndex: number, snapshotTerm: number, hardState: RaftHardState, entries: RaftIndexEntry[]): RaftIndex {
+  static restore(snapshotIndex: number, snapshotTerm: number, hardState: RaftHardState, entries: RaftIndexEntry[], conf?: RaftConf): RaftIndex {
     const r = new RaftIndex();
+    r.snapshotConf = conf;
     r.snapshotIndex = snapshotIndex;
     r.snapshotTerm = snapshotTerm;
     r.hardState = hardState;
     r.entries = entries;
     return r;
   }
+}
+
+/** A configuration as bytes: u32 voter count, u32 learner count, then u64 ids (checkpoints, SnapshotInstall records). */
+export function encodeRaftConf(c: RaftConf): Buffer {
+  const b = Buffer.alloc(8 + 8 * (c.voters.length + c.learners.length));
+  b.writeUInt32LE(c.voters.length, 0);
+  b.writeUInt32LE(c.learners.length, 4);
+  [...c.voters, ...c.learners].forEach((id, i) => {
+    assert(Number.isSafeInteger(id) && id >= 0, "node ids are safe integers");
+    b.writeUInt32LE(id % 0x100000000, 8 + 8 * i);
+    b.writeUInt32LE(Math.floor(id / 0x100000000), 12 + 8 * i);
+  });
+  return b;
+}
+
+/** Decodes encodeRaftConf's bytes at `at`; undefined when they do not fit `b`. */
+export function decodeRaftConf(b: Uint8Array, at: number): { conf: RaftConf; end: number } | undefined {
+  if (at + 8 > b.length) return undefined;
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const nv = dv.getUint32(at, true);
+  const nl = dv.getUint32(at + 4, true);
+  const end = at + 8 + 8 * (nv + nl);
+  if (nv > 1024 || nl > 1024 || end > b.length) return undefined;
+  const ids: number[] = [];
+  for (let i = 0; i < nv + nl; i++) ids.push(dv.getUint32(at + 8 + 8 * i + 4, true) * 0x100000000 + dv.getUint32(at + 8 + 8 * i, true));
+  return { conf: { voters: ids.slice(0, nv), learners: ids.slice(nv) }, end };
 }

@@ -24,8 +24,8 @@ export const enum RecordKind {
   HardState = 6,
   /**
    * A Raft snapshot is installed: the group's block map becomes its staging
-   * group's (stagingGroupId), its Raft log restarts after (index, term in the
-   * term field). No payload.
+   * group's, its Raft log restarts after (index, term in the term field).
+   * Payload: the configuration at the index (encodeRaftConf).
    */
   SnapshotInstall = 7,
 }
@@ -62,7 +62,7 @@ function readU64(b: Uint8Array, at: number): number {
 }
 
 export function payloadBytesOf(kind: RecordKind, lengthBytes: number): number {
-  return kind === RecordKind.Write || kind === RecordKind.Relocate || kind === RecordKind.RaftEntry ? lengthBytes : 0;
+  return kind === RecordKind.Write || kind === RecordKind.Relocate || kind === RecordKind.RaftEntry || kind === RecordKind.SnapshotInstall ? lengthBytes : 0;
 }
 
 /** What a record says about itself; the log adds where and in which commit it lands. */

@@ -23,8 +23,8 @@ export interface ScanResult {
   recordsReplayed: number;
 }
 
-/** Called for each valid record in log order with the log address of its payload. */
-export type ReplayRecord = (header: RecordHeader, payloadAddress: number) => void;
+/** Called for each valid record in log order with the log address of its payload and a view of it (valid during the call). */
+export type ReplayRecord = (header: RecordHeader, payloadAddress: number, payload: Buffer) => void;
 
 /** Reads and checks whole records; the payload view is valid until the next call. */
 export class SegmentReader {
@@ -64,7 +64,8 @@ export function scanLog(segments: ReadonlyMap<number, DiskFile>, start: LogPosit
     const file = segments.get(id)!;
     let position = id === start.segmentId ? start.position : 0;
     for (;;) {
-      const h = reader.recordAt(file, id, position)?.header;
+      const record = reader.recordAt(file, id, position);
+      const h = record?.header;
       const expectedSeq = batchComplete ? seq + 1 : seq;
       if (h === undefined || h.commitSeq !== expectedSeq) {
         return tornOrCorrupt(reader, segments, ids.slice(k), position, expectedSeq, seq, replayed);
@@ -73,7 +74,7 @@ export function scanLog(segments: ReadonlyMap<number, DiskFile>, start: LogPosit
       batchComplete = h.batchPos === h.batchCount - 1;
       const size = recordHeaderBytes + payloadBytesOf(h.kind, h.lengthBytes);
       if (h.kind === RecordKind.Seal) break;
-      replay(h, id * segmentBytes + position + recordHeaderBytes);
+      replay(h, id * segmentBytes + position + recordHeaderBytes, record!.payload);
       replayed++;
       position += size;
     }

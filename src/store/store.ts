@@ -24,7 +24,7 @@ import { StoreError } from "./errors.js";
 import { SegmentLog, type LogPosition } from "./log.js";
 import { RecordKind, type RecordHeader } from "./record.js";
 import { scanLog, SegmentReader } from "./recovery.js";
-import { RaftIndex, type RaftHardState, type RaftIndexEntry } from "./raft-index.js";
+import { RaftIndex, decodeRaftConf, encodeRaftConf, type RaftConf, type RaftHardState, type RaftIndexEntry } from "./raft-index.js";
 import { checkpointName, isFreeName, parseSegmentName, segmentName } from "./segment-names.js";
 
 export interface StoreOptions {
@@ -122,7 +122,7 @@ export class Store {
     }
     const checkpoint: Checkpoint = readCheckpoint(disk) ?? { end: { segmentId: 1, position: 0, commitSeq: 0 }, groups: [] };
     const groups = restoreGroups(specs, checkpoint);
-    const scan = scanLog(segments, checkpoint.end, (h, address) => applyRecord(groups, h, address));
+    const scan = scanLog(segments, checkpoint.end, (h, address, payload) => applyRecord(groups, h, address, payload));
     if (scan.torn) {
       const { segmentId, position, endPosition } = scan.torn;
       if (endPosition > position) {
@@ -311,11 +311,31 @@ export class Store {
     return out;
   }
 
+  /** The entries of one type in [lo, hi) with their data (a restart finds its configuration entries without reading the rest). */
+  raftEntriesOfType(groupId: number, type: number, lo: number, hi: number): RaftEntryOutput[] {
+    const r = this.group(groupId).raft;
+    const out: RaftEntryOutput[] = [];
+    for (let i = Math.max(lo, r.firstIndex); i < Math.min(hi, r.lastIndex + 1); i++) {
+      const e = r.get(i)!;
+      if (e.type !== type) continue;
+      const data = Buffer.allocUnsafe(e.lengthBytes);
+      if (e.lengthBytes > 0) this.segmentLog.readSync(e.address, data, 0, e.lengthBytes);
+      out.push({ index: i, term: e.term, type: e.type, data });
+    }
+    return out;
+  }
+
   /** The group's Raft log bounds and hard state, as recovered or as last persisted. */
   raftState(groupId: number): { firstIndex: number; lastIndex: number; snapshotIndex: number; snapshotTerm: number; hardState: RaftHardState; appliedIndex: number } {
     const g = this.group(groupId);
     const r = g.raft;
     return { firstIndex: r.firstIndex, lastIndex: r.lastIndex, snapshotIndex: r.snapshotIndex, snapshotTerm: r.snapshotTerm, hardState: { ...r.hardState }, appliedIndex: g.appliedIndex };
+  }
+
+  /** The configuration in force at the group's compaction point, if one was recorded (else: the group's initial one). */
+  raftSnapshotConf(groupId: number): RaftConf | undefined {
+    const c = this.group(groupId).raft.snapshotConf;
+    return c === undefined ? undefined : { voters: [...c.voters], learners: [...c.learners] };
   }
 
   /** The term of entry `index`, or undefined when it is compacted or past the end. */
@@ -359,10 +379,10 @@ export class Store {
    * Forgets Raft entries up to `index` (at most the applied index). Their
    * segments stop being pinned; data the block maps still point at stays live.
    */
-  compactRaftLog(groupId: number, index: number): void {
+  compactRaftLog(groupId: number, index: number, conf?: RaftConf): void {
     const g = this.group(groupId);
     assert(index <= g.appliedIndex, "only applied entries are compacted");
-    g.raft.compact(index, (dropped) => this.unpin(dropped));
+    g.raft.compact(index, (dropped) => this.unpin(dropped), conf);
     this.compactedSinceCheckpoint = true;
     this.maintain(); // segments it unpinned may now be collected, after a checkpoint
   }
@@ -392,9 +412,10 @@ export class Store {
    * (index, term), in one record: recovery sees either the old group or the
    * new one, never a mix. Resolves once durable.
    */
-  installSnapshot(groupId: number, index: number, term: number): Promise<void> {
+  installSnapshot(groupId: number, index: number, term: number, conf: RaftConf): Promise<void> {
     const g = this.group(groupId);
     const staging = this.group(stagingIdOf(groupId));
+    const payload = encodeRaftConf(conf);
     return new Promise((resolve, reject) => {
       this.segmentLog.append({
         kind: RecordKind.SnapshotInstall,
@@ -402,13 +423,13 @@ export class Store {
         termOrSource: term,
         index,
         offsetBytes: 0,
-        lengthBytes: 0,
-        payload: [],
+        lengthBytes: payload.length,
+        payload: [payload],
         done: (_address, error) => {
           if (error) return reject(error);
           if (!g.dropped && !staging.dropped) {
             this.groups.delete(staging.id);
-            installStaged(g, staging, index, term, (a, n) => this.addLive(a, -n * sectorBytes), (e) => this.unpin(e));
+            installStaged(g, staging, index, term, conf, (a, n) => this.addLive(a, -n * sectorBytes), (e) => this.unpin(e));
             this.compactedSinceCheckpoint = true;
             this.counters.snapshotsInstalled++;
           }
@@ -439,7 +460,7 @@ export class Store {
       lastTerm: g.term,
       lastIndex: g.appliedIndex,
       chunks: new Map([...g.map.chunks].map(([i, c]) => [i, c.slice()] as const)),
-      raft: { snapshotIndex: g.raft.snapshotIndex, snapshotTerm: g.raft.snapshotTerm, hardState: { ...g.raft.hardState }, entries: [...g.raft.all()] },
+      raft: { snapshotIndex: g.raft.snapshotIndex, snapshotTerm: g.raft.snapshotTerm, hardState: { ...g.raft.hardState }, entries: [...g.raft.all()], conf: g.raft.snapshotConf },
     }));
     const pinned = checkpointPins(groups);
     this.compactedSinceCheckpoint = false;
@@ -747,7 +768,7 @@ function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map
     if (g === undefined) continue; // deleted from the catalog since
     g.term = saved.lastTerm;
     g.appliedIndex = saved.lastIndex;
-    g.raft = RaftIndex.restore(saved.raft.snapshotIndex, saved.raft.snapshotTerm, saved.raft.hardState, [...saved.raft.entries]);
+    g.raft = RaftIndex.restore(saved.raft.snapshotIndex, saved.raft.snapshotTerm, saved.raft.hardState, [...saved.raft.entries], saved.raft.conf);
     for (const [index, chunk] of saved.chunks) {
       if (index * 4096 >= g.map.sectorCount) continue; // volume shrank (not offered yet)
       g.map.chunks.set(index, chunk);
@@ -758,15 +779,16 @@ function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map
 }
 
 /** Replays one record into its group (recovery path; the live counts are recomputed after). */
-function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: number): void {
+function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: number, payload: Buffer): void {
   const g = groups.get(h.groupId) ?? stagingFor(groups, h.groupId);
   if (g === undefined) return;
   if (h.kind === RecordKind.SnapshotInstall) {
     const staging = groups.get(stagingIdOf(g.id));
     // Installing needs every record of the staging group, which precedes this one in the log.
-    if (staging === undefined) throw new StoreError("EIO", `snapshot install of group ${g.id} without its staged data; the log is damaged`);
+    const conf = decodeRaftConf(payload, 0);
+    if (staging === undefined || conf === undefined) throw new StoreError("EIO", `snapshot install of group ${g.id} without its staged data or configuration; the log is damaged`);
     groups.delete(staging.id);
-    installStaged(g, staging, h.index, h.termOrSource, () => {}, () => {});
+    installStaged(g, staging, h.index, h.termOrSource, conf.conf, () => {}, () => {});
     return;
   }
   if (h.kind === RecordKind.RaftEntry) {
@@ -846,6 +868,7 @@ function installStaged(
   staging: Group,
   index: number,
   term: number,
+  conf: RaftConf,
   freed: (address: number, sectors: number) => void,
   unpin: (e: RaftIndexEntry) => void,
 ): void {
@@ -855,7 +878,7 @@ function installStaged(
   g.map = staging.map;
   for (const e of g.raft.all()) unpin(e);
   const hs = g.raft.hardState;
-  g.raft = RaftIndex.restore(index, term, { term: Math.max(hs.term, term), vote: hs.vote, commit: Math.max(hs.commit, index) }, []);
+  g.raft = RaftIndex.restore(index, term, { term: Math.max(hs.term, term), vote: hs.vote, commit: Math.max(hs.commit, index) }, [], conf);
   g.appliedIndex = index;
 }
 

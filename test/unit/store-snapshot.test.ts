@@ -10,6 +10,7 @@ import { Store, type RaftEntryInput } from "../../src/store/store.js";
 import { tempDir } from "../helpers/tmp.js";
 
 const MiB = 1024 * 1024;
+const conf = { voters: [1, 2, 5], learners: [7] };
 const a = { groupId: 1, sizeBytes: 8 * MiB };
 
 function open(dir: string): Promise<Store> {
@@ -56,6 +57,7 @@ function assertNew(store: Store, what: string): void {
   const st = store.raftState(a.groupId);
   assert.equal([st.snapshotIndex, st.snapshotTerm, st.firstIndex, st.lastIndex, st.appliedIndex], [10, 3, 11, 10, 10], `${what}: log restarts after the snapshot`);
   assert.ok(st.hardState.commit >= 10, what);
+  assert.equal(store.raftSnapshotConf(a.groupId), conf, `${what}: the snapshot's configuration is kept with the log`);
 }
 
 test("staged data is invisible until the install; then the group is exactly the snapshot and its log restarts", async () => {
@@ -64,7 +66,7 @@ test("staged data is invisible until the install; then the group is exactly the 
   await oldState(store);
   await stage(store);
   assertOld(store, "before install");
-  await store.installSnapshot(a.groupId, 10, 3);
+  await store.installSnapshot(a.groupId, 10, 3, conf);
   assertNew(store, "after install");
   assert.is(store.stats().snapshotsInstalled, 1);
   // The log goes on after the snapshot.
@@ -88,7 +90,7 @@ test("a crash before the install drops the staged data: the old group and log ar
     assert.is(store.raftState(a.groupId).hardState.commit, 4);
     // A new snapshot can start over.
     await stage(store);
-    await store.installSnapshot(a.groupId, 10, 3);
+    await store.installSnapshot(a.groupId, 10, 3, conf);
     assertNew(store, "second attempt");
     await store.close();
     t.remove();
@@ -102,7 +104,7 @@ test("a crash after the install replays it: with or without a checkpoint, before
     await oldState(store);
     await stage(store);
     if (checkpointAt === "after-staging") await store.checkpoint();
-    await store.installSnapshot(a.groupId, 10, 3);
+    await store.installSnapshot(a.groupId, 10, 3, conf);
     if (checkpointAt === "after-install") await store.checkpoint();
     await store.appendRaftEntries(a.groupId, [entry(11, 3, 0x11)], { term: 3, vote: 2, commit: 10 });
     await store.closeWithoutCheckpoint();
@@ -123,9 +125,30 @@ test("GC after an install reclaims the old state and keeps the snapshot's data",
   const store = await open(t.dir);
   await oldState(store);
   await stage(store);
-  await store.installSnapshot(a.groupId, 10, 3);
+  await store.installSnapshot(a.groupId, 10, 3, conf);
   const live = store.stats().liveBytes;
   assert.is(live, 4096 + 65536, "only the installed data is live: the old map and the staging group's own entry are not counted twice");
+  await store.close();
+  t.remove();
+});
+
+test("the configuration at the compaction point survives a checkpoint and a restart, with its index", async () => {
+  const t = tempDir("snap");
+  let store = await open(t.dir);
+  await oldState(store);
+  assert.is(store.raftSnapshotConf(a.groupId), undefined, "nothing recorded: the group's initial configuration applies");
+  store.compactRaftLog(a.groupId, 2, { voters: [1, 2, 3], learners: [] });
+  await store.checkpoint();
+  store.compactRaftLog(a.groupId, 3, { voters: [1, 2, 3], learners: [9] });
+  await store.closeWithoutCheckpoint();
+  store = await open(t.dir);
+  // Recovery starts from the checkpoint: the compaction to 3 was not saved, and neither is its configuration.
+  assert.equal([store.raftState(a.groupId).snapshotIndex, store.raftSnapshotConf(a.groupId)], [2, { voters: [1, 2, 3], learners: [] }]);
+  reapply(store);
+  store.compactRaftLog(a.groupId, 3, { voters: [1, 2, 3], learners: [9] });
+  await store.close();
+  store = await open(t.dir);
+  assert.equal([store.raftState(a.groupId).snapshotIndex, store.raftSnapshotConf(a.groupId)], [3, { voters: [1, 2, 3], learners: [9] }]);
   await store.close();
   t.remove();
 });
