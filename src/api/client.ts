@@ -8,7 +8,7 @@
 
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { defaultApiPort } from "../constants.js";
-import { ApiError, type CreateVolumeRequest, type NodeStatus, type VolumeInfo, type JoinRequest, type JoinResponse, type NodeInfo } from "./types.js";
+import { ApiError, type CreateVolumeRequest, type UpdateVolumeRequest, type NodeStatus, type VolumeInfo, type JoinRequest, type JoinResponse, type NodeInfo } from "./types.js";
 import { apiClientTimeoutMs, apiResponseBytesMax } from "./limits.js";
 
 export const defaultApiAddress = `127.0.0.1:${defaultApiPort}`;
@@ -108,6 +108,10 @@ export class ApiClient {
 
   async deleteVolume(name: string): Promise<void> {
     await this.call("DELETE", volumePath(name));
+  }
+
+  async updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo> {
+    return (await this.json("PATCH", volumePath(name), request)) as VolumeInfo;
   }
 
   async listNodes(): Promise<NodeInfo[]> {

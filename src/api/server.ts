@@ -10,7 +10,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { apiBodyBytesMax } from "../constants.js";
 import { ApiError, type ApiErrorBody, type Controller } from "./types.js";
-import { checkVolumeName, parseCreateVolumeRequest, parseJoinRequest } from "./validate.js";
+import { checkVolumeName, parseCreateVolumeRequest, parseJoinRequest, parseUpdateVolumeRequest } from "./validate.js";
 import {
   apiCloseGraceMs,
   apiConnectionsCheckMs,
@@ -80,6 +80,10 @@ function routes(controller: Controller): Route[] {
         DELETE: async (_request, params) => {
           await controller.deleteVolume(volumeParam(params));
           return { status: 204 };
+        },
+        PATCH: async (request, params) => {
+          const name = volumeParam(params);
+          return { status: 200, json: await controller.updateVolume(name, parseUpdateVolumeRequest(await readJsonBody(request))) };
         },
       },
     },

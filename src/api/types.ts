@@ -99,6 +99,11 @@ export interface VolumeInfo {
   replicas: ReplicaInfo[];
 }
 
+/** PATCH /v1/volumes/NAME: what to change (ha-update). */
+export interface UpdateVolumeRequest {
+  repl: number;
+}
+
 export interface CreateVolumeRequest {
   name: string;
   sizeBytes: number;
@@ -130,6 +135,8 @@ export interface Controller {
   /** Throws ApiError(409, "exists") or ApiError(400, "invalid") with a message saying what to do. */
   createVolume(request: CreateVolumeRequest): Promise<VolumeInfo>;
   deleteVolume(name: string): Promise<void>;
+  /** Changes the replica count; the volume's leader then adds or removes replicas in the background. */
+  updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo>;
   /** Prometheus text exposition for GET /metrics. */
   metrics(): string;
   listNodes(): Promise<NodeInfo[]>;

@@ -2,8 +2,8 @@
 // bodies. Pure functions, shared by the server (which answers 400 with the
 // message) and the CLI (which checks before it dials).
 
-import { volumeBytesMax } from "../constants.js";
-import { ApiError, type CreateVolumeRequest, type JoinRequest } from "./types.js";
+import { volumeBytesMax, volumeReplicasMax } from "../constants.js";
+import { ApiError, type CreateVolumeRequest, type JoinRequest, type UpdateVolumeRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
 
 /** A volume name is also an NBD export name and a file name in the data dir. */
@@ -45,6 +45,20 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
     throw invalid(`field "repl" must be a positive integer (replica count), not ${describe(repl)}`);
   }
   return { name, sizeBytes, repl };
+}
+
+/** PATCH /v1/volumes/NAME: {"repl": N}. */
+export function parseUpdateVolumeRequest(body: unknown): UpdateVolumeRequest {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw invalid(`the body must be a JSON object like {"repl":3}, not ${describe(body)}`);
+  }
+  const record = body as Record<string, unknown>;
+  for (const key of Object.keys(record)) if (key !== "repl") throw invalid(`unknown field "${key}"; the only field is repl`);
+  const { repl } = record;
+  if (typeof repl !== "number" || !Number.isSafeInteger(repl) || repl < 1 || repl > volumeReplicasMax) {
+    throw invalid(`field "repl" must be a replica count from 1 to ${volumeReplicasMax}, not ${describe(repl)}`);
+  }
+  return { repl };
 }
 
 function invalid(message: string): ApiError {

@@ -1,4 +1,4 @@
-// pxd status, pxd volume create|list|inspect|delete: thin wrappers over ApiClient.
+// pxd status, pxd volume create|list|inspect|ha-update|delete: thin wrappers over ApiClient.
 
 import type { Command } from "commander";
 import { formatSize } from "../base/sizes.js";
@@ -34,7 +34,7 @@ export function registerStatus(program: Command): void {
 }
 
 export function registerVolume(program: Command): void {
-  const volume = program.command("volume").description("create, list, inspect and delete volumes");
+  const volume = program.command("volume").description("create, list, inspect, ha-update and delete volumes");
 
   volume
     .command("create")
@@ -69,6 +69,21 @@ export function registerVolume(program: Command): void {
     .action(async (name: string, options: JsonFlag, command: Command) => {
       const v = await clientFor(command).inspectVolume(checkName(name));
       console.log(options.json ? json(v) : volumeDetails(v));
+    });
+
+  volume
+    .command("ha-update")
+    .description("change the number of replicas; the volume's leader adds (with a full copy) or removes them in the background")
+    .argument("<name>", "volume name")
+    .requiredOption("-r, --repl <n>", "the new number of replicas", intArg(1, 9))
+    .option("--json", "print the API's JSON")
+    .action(async (name: string, options: { repl: number } & JsonFlag, command: Command) => {
+      const v = await clientFor(command).updateVolume(checkName(name), { repl: options.repl });
+      if (options.json) return console.log(json(v));
+      console.log(
+        `volume "${v.name}": ${v.repl} ${v.repl === 1 ? "replica" : "replicas"} wanted on ${v.replicas.map((r) => r.node).join(", ")}; ` +
+          `"pxd volume inspect ${v.name}" shows them catching up and in sync`,
+      );
     });
 
   volume

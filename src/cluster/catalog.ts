@@ -246,6 +246,38 @@ export function placementNodes(state: CatalogState): PlacementNode[] {
   });
 }
 
+/**
+ * The replica set for `volume` with `repl` replicas (ha-update): more replicas
+ * are placed like a new volume's among the nodes it is not on; fewer drop
+ * nodes that are down first, then draining ones, then the fullest. The
+ * result goes into a setReplicas command with the current set as `expect`.
+ */
+export function replicaSetFor(state: CatalogState, volume: string, repl: number): { nodes: number[] } | { error: string } {
+  const v = state.volumes.get(volume);
+  if (v === undefined) return { error: `volume ${JSON.stringify(volume)} does not exist; pxd volume list shows the volumes` };
+  if (repl === v.nodes.length) return { nodes: [...v.nodes] };
+  const all = placementNodes(state);
+  if (repl > v.nodes.length) {
+    const placed = place(
+      all.filter((n) => !v.nodes.includes(n.id)),
+      { volume, sizeBytes: v.sizeBytes, repl: repl - v.nodes.length, overcommitPercent: overcommitPercent(state) },
+    );
+    if ("error" in placed) return { error: `cannot add ${repl - v.nodes.length} replica(s) to volume ${JSON.stringify(volume)}: ${placed.error}` };
+    return { nodes: [...v.nodes, ...placed.nodes] };
+  }
+  const byId = new Map(all.map((n) => [n.id, n]));
+  const dropFirst = [...v.nodes].sort((a, b) => {
+    const na = byId.get(a);
+    const nb = byId.get(b);
+    const rank = (n: PlacementNode | undefined): number => (n === undefined || !n.up ? 0 : n.draining ? 1 : 2);
+    if (rank(na) !== rank(nb)) return rank(na) - rank(nb);
+    const free = (n: PlacementNode | undefined): number => (n === undefined ? 0 : n.capacityBytes - n.promisedBytes);
+    return free(na) - free(nb) || b - a;
+  });
+  const drop = new Set(dropFirst.slice(0, v.nodes.length - repl));
+  return { nodes: v.nodes.filter((id) => !drop.has(id)) };
+}
+
 /** Per node id, the sum of the sizes of the volumes with a replica on it. */
 export function promisedBytes(state: CatalogState): Map<number, number> {
   const out = new Map<number, number>();

@@ -20,19 +20,20 @@ import {
   type NodeInfo,
   type NodeStatus,
   type ReplicaInfo,
+  type UpdateVolumeRequest,
   type VolumeInfo,
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
-import { applyEntry, encodeCommand, newCatalogState, type ApplyResult, type CatalogCommand, type CatalogState, type CatalogVolume } from "../cluster/index.js";
+import { applyEntry, decodeCommand, encodeCommand, newCatalogState, replicaSetFor, type ApplyResult, type CatalogCommand, type CatalogState, type CatalogVolume } from "../cluster/index.js";
 import { checkClusterConstants, checkConstants, checkReplicationConstants, metaVotersMax, readPoolBufferBytesMax, readPoolBufferBytesMin, readPoolBytesMax } from "../constants.js";
 import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { nodeTimers } from "../os/timers.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
-import { ConfChangeType } from "../raft/confchange.js";
+import { ConfChangeType, type ConfChange } from "../raft/confchange.js";
 import { EntryType, type Entry } from "../raft/types.js";
 import { MultiRaft, type CompactEnvelope, type RaftEnvelope } from "../replication/driver.js";
 import type { SnapAckEnvelope, SnapChunkEnvelope } from "../replication/snapshot.js";
@@ -81,6 +82,12 @@ const metaLeaderWaitMs = 5000;
  */
 const catalogCatchUpMs = 6000;
 const healthCheckEveryMs = 1000;
+/** How often each node converges the groups it leads to the catalog's replica sets. */
+const reconcileEveryMs = 500;
+/** A replica the catalog no longer lists is dropped after this long (its leader removes it from the group meanwhile). */
+const replicaDropGraceMs = 10000;
+/** A learner is promoted to voter once its log is within this many entries of the leader's commit index. */
+const learnerCaughtUpEntries = 64;
 /** A node the meta leader has had no peer connection to for this long is marked down in the catalog (placement avoids it). */
 const nodeDownAfterMs = 5000;
 
@@ -90,6 +97,10 @@ export class Daemon implements Controller {
   private readonly connections = new Map<string, number>();
   /** The last meta entry applied to the catalog. */
   private catalogIndex = 0;
+  /** Groups with a configuration change in flight (one at a time per group). */
+  private readonly reconciling = new Set<number>();
+  /** Hosted groups the catalog no longer lists this node for, since when (ms). */
+  private readonly excludedSince = new Map<number, number>();
   private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
   private readonly startedAt = process.hrtime.bigint();
   private driver!: MultiRaft;
@@ -186,6 +197,7 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => this.registerSelf(), selfRegisterEveryMs));
     this.timers.push(setInterval(() => this.promoteLearners(), selfRegisterEveryMs));
     this.timers.push(setInterval(() => this.detectFailures(), healthCheckEveryMs));
+    this.timers.push(setInterval(() => this.reconcileReplicas(), reconcileEveryMs));
     await this.untilRegistered();
     this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log });
     this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, log: (l) => log.info(l) });
@@ -230,19 +242,24 @@ export class Daemon implements Controller {
     const v = result.volume;
     if (v === undefined) return;
     const live = this.catalog.volumes.get(v.name);
-    if (live !== undefined && live.id === v.id && live.nodes.includes(this.nodeId)) this.hostGroup(live);
+    // A replica added to an existing volume (setReplicas) starts with no configuration: the
+    // group's leader makes it a learner and sends it a snapshot; it must not campaign before.
+    const added = decodeCommand(entry.data);
+    const joining = added.ok && added.command.kind === "setReplicas";
+    if (live !== undefined && live.id === v.id && live.nodes.includes(this.nodeId)) this.hostGroup(live, joining);
     if (live === undefined && this.state.hosted.has(v.id)) this.unhostGroup(v.id);
   }
 
   /** Starts this node's replica of a volume: the node state records it durably before the group persists anything. */
-  private hostGroup(v: CatalogVolume): void {
+  private hostGroup(v: CatalogVolume, joining = false): void {
     if (this.driver.hasGroup(v.id) || this.store.hasGroup(v.id)) return;
-    const g: HostedGroup = { id: v.id, sizeBytes: v.sizeBytes, voters: [...v.nodes] };
+    const g: HostedGroup = { id: v.id, sizeBytes: v.sizeBytes, voters: joining ? [] : [...v.nodes] };
     this.store.addGroup({ groupId: v.id, sizeBytes: v.sizeBytes });
     this.state.host(g).then(
       () => {
         if (this.store.hasGroup(v.id) && !this.driver.hasGroup(v.id)) this.driver.addGroup(v.id, g.voters);
-        this.log.info(`volume ${v.name} (group ${v.id}): replica started here, ${formatSize(v.sizeBytes)}, replicas on nodes ${g.voters.join(", ")}`);
+        const members = joining ? "joining: its leader adds it and sends it a copy" : `replicas on nodes ${g.voters.join(", ")}`;
+        this.log.info(`volume ${v.name} (group ${v.id}): replica started here, ${formatSize(v.sizeBytes)}, ${members}`);
       },
       (e: Error) => this.log.error(`volume ${v.name}: cannot record its replica: ${e.message}`),
     );
@@ -398,6 +415,89 @@ export class Daemon implements Controller {
     } catch (e) {
       this.log.info(`catalog catch-up for an NBD lookup failed, answering from this node's copy: ${(e as Error).message}`);
     }
+  }
+
+  // ---- replica changes (ha-update) ----
+
+  /**
+   * The catalog says which nodes hold each volume; the leader of the volume's
+   * group converges the group's configuration to that, one change at a time:
+   * a node missing from the group joins as a learner (it gets a snapshot), a
+   * learner that has caught up becomes a voter, a member the catalog no longer
+   * lists is removed. A node dropped from a volume hands leadership on and,
+   * after a grace period, drops its replica.
+   */
+  private reconcileReplicas(): void {
+    const now = Date.now();
+    for (const v of this.catalog.volumes.values()) {
+      if (!this.driver.hasGroup(v.id)) continue;
+      if (!v.nodes.includes(this.nodeId)) {
+        this.leaveGroup(v, now);
+        continue;
+      }
+      this.excludedSince.delete(v.id);
+      if (this.driver.leader(v.id) !== this.nodeId || this.reconciling.has(v.id)) continue;
+      const change = this.nextConfChange(v);
+      if (change === undefined) continue;
+      this.reconciling.add(v.id);
+      if (change.type === ConfChangeType.addLearner && this.io.soleReplica(v.id)) {
+        // Its writes went straight to the store: only a snapshot carries them to the new replica.
+        this.driver.compactToApplied(v.id);
+      }
+      const what = `${change.type === ConfChangeType.addLearner ? "add learner" : change.type === ConfChangeType.addVoter ? "promote learner" : "remove node"} ${change.nodeId}`;
+      this.driver
+        .proposeConfChange(v.id, change)
+        .then(
+          () => this.log.info(`volume ${v.name} (group ${v.id}): ${what} done; voters ${this.driver.voters(v.id).join(", ")}, learners ${this.driver.learners(v.id).join(", ") || "none"}`),
+          (e: Error) => this.log.info(`volume ${v.name} (group ${v.id}): ${what} not done yet: ${e.message}`),
+        )
+        .finally(() => this.reconciling.delete(v.id));
+    }
+  }
+
+  private nextConfChange(v: CatalogVolume): ConfChange | undefined {
+    const voters = this.driver.voters(v.id);
+    const learners = this.driver.learners(v.id);
+    const commit = this.driver.status(v.id)?.commit ?? 0;
+    const progress = this.driver.progress(v.id) ?? [];
+    const ready = learners.find((l) => {
+      const p = progress.find((x) => x.node === l);
+      return v.nodes.includes(l) && p !== undefined && p.active && p.match + learnerCaughtUpEntries >= commit;
+    });
+    if (ready !== undefined) return { type: ConfChangeType.addVoter, nodeId: ready };
+    const missing = v.nodes.find((n) => !voters.includes(n) && !learners.includes(n));
+    if (missing !== undefined) return { type: ConfChangeType.addLearner, nodeId: missing };
+    const extra = [...voters, ...learners].find((n) => !v.nodes.includes(n) && n !== this.nodeId);
+    if (extra !== undefined) return { type: ConfChangeType.removeNode, nodeId: extra };
+    return undefined;
+  }
+
+  /** This node is no longer one of the volume's replicas: hand leadership to a listed voter, then drop the replica after the grace period. */
+  private leaveGroup(v: CatalogVolume, now: number): void {
+    const since = this.excludedSince.get(v.id) ?? now;
+    this.excludedSince.set(v.id, since);
+    if (this.driver.leader(v.id) === this.nodeId) {
+      const to = this.driver.voters(v.id).find((n) => n !== this.nodeId && v.nodes.includes(n));
+      if (to !== undefined) this.driver.transferLeadership(v.id, to);
+      return;
+    }
+    if (now - since < replicaDropGraceMs) return;
+    this.excludedSince.delete(v.id);
+    this.log.info(`volume ${v.name} (group ${v.id}): this node is no longer one of its replicas (now on nodes ${v.nodes.join(", ")}); dropping the replica here`);
+    this.unhostGroup(v.id);
+  }
+
+  async updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo> {
+    const was = [...this.mustGet(name).nodes];
+    const leaderApi = await this.metaLeaderApi();
+    if (leaderApi) return leaderApi.updateVolume(name, request);
+    const set = replicaSetFor(this.catalog, name, request.repl);
+    if ("error" in set) throw new ApiError(409, "placement", set.error);
+    const result = await this.metaCommand({ kind: "setReplicas", name, nodes: set.nodes, repl: request.repl, expect: was });
+    if (!result.ok) throw catalogError(result);
+    const now = this.catalog.volumes.get(name)!;
+    this.log.info(`volume ${name}: ${request.repl} replicas wanted, on nodes ${now.nodes.join(", ")} (were ${was.join(", ")})`);
+    return this.info(now);
   }
 
   // ---- NBD exports ----
@@ -596,6 +696,7 @@ export class Daemon implements Controller {
   private replicas(v: CatalogVolume, leader: number): ReplicaInfo[] {
     const progress = this.driver.progress(v.id);
     const last = this.driver.status(v.id)?.lastIndex ?? 0;
+    const learners = this.driver.learners(v.id);
     return v.nodes.map((id) => {
       const name = this.catalog.nodes.get(id)?.name ?? `node-${id}`;
       const p = progress?.find((x) => x.node === id);
@@ -603,8 +704,13 @@ export class Daemon implements Controller {
       let state: ReplicaInfo["state"] = connected ? "unknown" : "down";
       let detail: string | undefined;
       if (p !== undefined) {
-        state = !p.active ? "down" : p.match >= last ? "in-sync" : "catching-up";
-        if (state === "catching-up") detail = `${p.match}/${last}`;
+        // A learner (being added by ha-update) is not yet a copy the volume can count on.
+        state = !p.active ? "down" : p.match >= last && !learners.includes(id) ? "in-sync" : "catching-up";
+        if (state === "catching-up") detail = learners.includes(id) ? `${p.match}/${last}, learner` : `${p.match}/${last}`;
+      } else if (progress !== undefined && connected) {
+        // Listed by the catalog, not yet in the group: the leader is adding it (ha-update).
+        state = "catching-up";
+        detail = `0/${last}`;
       }
       return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), leader: id === leader };
     });

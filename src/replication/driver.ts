@@ -256,6 +256,25 @@ export class MultiRaft {
     this.failAll(g, new ProposalDroppedError(`group ${groupId} was removed from this node`));
   }
 
+  /**
+   * Compacts the leader's log up to its applied index now, so a member added
+   * next gets a snapshot: for a group whose only replica wrote straight to the
+   * store (no Raft entries), the log holds none of the volume's data.
+   */
+  compactToApplied(groupId: number): void {
+    const g = this.groups.get(groupId);
+    if (g !== undefined) this.compact(g, g.applied);
+  }
+
+  /** Asks the group's leader (this node) to hand leadership to `to` (TimeoutNow once it has caught up). */
+  transferLeadership(groupId: number, to: NodeId): boolean {
+    const g = this.groups.get(groupId);
+    if (g === undefined) return false;
+    const ok = g.node.transferLeadership(to);
+    this.schedule();
+    return ok;
+  }
+
   /** The current leader of a group as this node knows it (0: none known). */
   leader(groupId: number): NodeId {
     return this.groups.get(groupId)?.lead ?? 0;

@@ -106,7 +106,17 @@ export class SnapshotSender {
     this.streams.set(key, s);
     this.counters.snapshotsStarted++;
     this.p.log(`snapshot: group ${group}: sending a full copy at index ${s.index} to node ${s.to}`);
-    this.pump(s);
+    // Writes that reached the store without a Raft entry (a volume that had a
+    // single replica until now) must be in the copy: read only once every
+    // write submitted so far is durable and mapped.
+    this.p.store.flush().then(
+      () => {
+        if (this.streams.get(key) === s) this.pump(s);
+      },
+      () => {
+        if (this.streams.get(key) === s) this.abort(s, "the store failed");
+      },
+    );
   }
 
   /** The lowest snapshot index being sent in the group: its log must keep every entry after it. */

@@ -80,6 +80,10 @@ export class VolumeIo {
    * goes straight to the store (local Write records, applied once durable),
    * with the store's own group commit pipeline. Nothing else can lead it.
    */
+  soleReplica(group: number): boolean {
+    return this.sole(group);
+  }
+
   private sole(group: number): boolean {
     const voters = this.o.driver.voters(group);
     return voters.length === 1 && voters[0] === this.o.nodeId && this.o.driver.learners(group).length === 0;

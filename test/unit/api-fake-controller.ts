@@ -106,6 +106,14 @@ export class FakeController implements Controller {
     return Promise.resolve();
   }
 
+  updateVolume(name: string, request: { repl: number }): Promise<VolumeInfo> {
+    this.seen(`updateVolume ${name} ${request.repl}`);
+    const v = this.volumes.get(name);
+    if (v === undefined) return Promise.reject(new ApiError(404, "not_found", `no volume named "${name}"`));
+    v.repl = request.repl;
+    return Promise.resolve(v);
+  }
+
   metrics(): string {
     this.seen("metrics");
     return `# HELP pxd_volumes Volumes on this node.\n# TYPE pxd_volumes gauge\npxd_volumes ${this.volumes.size}\n`;

@@ -90,6 +90,13 @@ test("raw routes answer with the documented status codes and content types", asy
   const list = await raw("GET", "/v1/volumes?verbose=1");
   assert.is(list.status, 200);
   assert.is((JSON.parse(list.body) as { volumes: unknown[] }).volumes.length, 1);
+  const patched = await raw("PATCH", "/v1/volumes/a", JSON.stringify({ repl: 3 }));
+  assert.is(patched.status, 200);
+  assert.is((JSON.parse(patched.body) as { repl: number }).repl, 3);
+  const badPatch = await raw("PATCH", "/v1/volumes/a", JSON.stringify({ repl: 3, size: 1 }));
+  assert.is(badPatch.status, 400);
+  assert.match((JSON.parse(badPatch.body) as { error: { message: string } }).error.message, /unknown field "size"; the only field is repl/);
+  assert.match((await raw("PATCH", "/v1/volumes/a", JSON.stringify({ repl: 9 }))).body, /replica count from 1 to 5, not 9/);
   const del = await raw("DELETE", "/v1/volumes/a");
   assert.is(del.status, 204);
   assert.is(del.body, "");

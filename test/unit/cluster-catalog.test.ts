@@ -23,6 +23,7 @@ import {
   encodeCommand,
   newCatalogState,
   promisedBytes,
+  replicaSetFor,
   settingValue,
   validateCommand,
   type ApplyResult,
@@ -245,6 +246,22 @@ test("setReplicas replaces the replica set, checks the nodes, and honours expect
   assert.equal(must(s, { kind: "setReplicas", name: "db", nodes: [4, 1, 3], repl: 3 }).volume!.repl, 3);
   assert.is(must(s, { kind: "setReplicas", name: "db", nodes: [4, 1, 3] }).changed, false);
   refused(s, { kind: "setReplicas", name: "x", nodes: [1] }, "not_found");
+});
+
+test("replicaSetFor (ha-update): more replicas go to the emptiest other nodes; fewer drop down, then draining, then the fullest nodes", () => {
+  const s = cluster(4);
+  must(s, { kind: "createVolume", name: "big", sizeBytes: 50 * GiB, repl: 1, nodes: [3], at: 1 });
+  must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 1, nodes: [1], at: 2 });
+  assert.equal(replicaSetFor(s, "db", 1), { nodes: [1] }, "same count: same set");
+  assert.equal(replicaSetFor(s, "db", 3), { nodes: [1, 2, 4] }, "node 3 holds the most: last choice");
+  const grown = replicaSetFor(s, "db", 5);
+  assert.ok("error" in grown && /cannot add 4 replica\(s\) to volume "db"/.test(grown.error), JSON.stringify(grown));
+  must(s, { kind: "setReplicas", name: "db", nodes: [1, 2, 3, 4], repl: 4 });
+  assert.equal(replicaSetFor(s, "db", 3), { nodes: [1, 2, 4] }, "the fullest node goes first");
+  must(s, { kind: "updateNode", id: 2, health: "down", at: 3 });
+  must(s, { kind: "drainNode", id: 4 });
+  assert.equal(replicaSetFor(s, "db", 2), { nodes: [1, 3] }, "a down node, then a draining one, before any healthy node");
+  assert.ok("error" in replicaSetFor(s, "nope", 2));
 });
 
 test("setSetting validates key and value; null returns to the default", () => {
