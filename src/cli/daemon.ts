@@ -33,7 +33,12 @@ export function registerDaemon(program: Command): void {
       "Raft log a volume's leader keeps for a replica that is down (default 256M); a replica away longer gets a full copy when it returns",
       byteCountArg,
     )
-    .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number }) => {
+    .option(
+      "--replace-down-after <seconds>",
+      "when this node leads the catalog: move replicas off a node that has been down this long (default 600; 0: never)",
+      intArg(0, 365 * 24 * 3600),
+    )
+    .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number; replaceDownAfter?: number }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
         daemon = await import("../daemon/main.js");
@@ -54,6 +59,7 @@ export function registerDaemon(program: Command): void {
         ...(options.name !== undefined ? { name: options.name } : {}),
         ...(options.zone !== undefined ? { zone: options.zone } : {}),
         ...(options.logRetain !== undefined ? { logRetainBytes: options.logRetain } : {}),
+        ...(options.replaceDownAfter !== undefined ? { replaceDownAfterMs: options.replaceDownAfter * 1000 } : {}),
       });
     });
 }

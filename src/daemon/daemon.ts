@@ -56,6 +56,8 @@ export interface DaemonOptions {
   zone?: string;
   /** Raft log kept for a replica that is down before it will need a full copy (default raftLogRetainBytes). */
   logRetainBytes?: number;
+  /** When this node leads the catalog: replicas on a node marked down this long are replaced on another node (0: never; default 600 s). */
+  replaceDownAfterMs?: number;
 }
 
 export interface Logger {
@@ -82,6 +84,7 @@ const metaLeaderWaitMs = 5000;
  */
 const catalogCatchUpMs = 6000;
 const healthCheckEveryMs = 1000;
+const replaceDownAfterMsDefault = 600_000;
 /** How often each node converges the groups it leads to the catalog's replica sets. */
 const reconcileEveryMs = 500;
 /** A replica the catalog no longer lists is dropped after this long (its leader removes it from the group meanwhile). */
@@ -97,6 +100,8 @@ export class Daemon implements Controller {
   private readonly connections = new Map<string, number>();
   /** The last meta entry applied to the catalog. */
   private catalogIndex = 0;
+  /** Volumes whose replica on a down node had nowhere to go (logged once per dead node). */
+  private readonly unplaceable = new Map<number, number>();
   /** Groups with a configuration change in flight (one at a time per group). */
   private readonly reconciling = new Set<number>();
   /** Hosted groups the catalog no longer lists this node for, since when (ms). */
@@ -352,6 +357,38 @@ export class Daemon implements Controller {
       this.driver
         .proposeData(metaGroupId, encodeCommand({ kind: "updateNode", id: n.id, health, at: now }))
         .catch(() => {})
+        .finally(() => (this.healthProposal = false));
+      return; // one change at a time
+    }
+    this.replaceDownReplicas(now);
+  }
+
+  /**
+   * Re-replication, on the meta leader: a replica on a node that has been
+   * down for replaceDownAfterMs moves to another node (setReplicas with
+   * `expect`, one volume at a time); the volume's leader then adds the new
+   * node (a snapshot fills it) and removes the dead one, as for ha-update.
+   */
+  private replaceDownReplicas(now: number): void {
+    const after = this.options.replaceDownAfterMs ?? replaceDownAfterMsDefault;
+    if (after <= 0) return;
+    for (const v of this.catalog.volumes.values()) {
+      const dead = v.nodes.find((id) => {
+        const n = this.catalog.nodes.get(id);
+        return n !== undefined && n.health === "down" && now - n.updatedAt >= after;
+      });
+      if (dead === undefined) continue;
+      const set = replicaSetFor(this.catalog, v.name, v.nodes.length + 1);
+      if ("error" in set) {
+        if (this.unplaceable.get(v.id) !== dead) this.log.warn(`volume ${v.name}: its replica on down node ${dead} cannot be replaced: ${set.error}`);
+        this.unplaceable.set(v.id, dead);
+        continue;
+      }
+      const nodes = set.nodes.filter((id) => id !== dead);
+      this.healthProposal = true;
+      this.log.warn(`volume ${v.name}: node ${dead} has been down for ${Math.round((now - this.catalog.nodes.get(dead)!.updatedAt) / 1000)} s; moving its replica to node ${nodes[nodes.length - 1]}`);
+      this.metaCommand({ kind: "setReplicas", name: v.name, nodes, expect: [...v.nodes] })
+        .then((r) => r.ok || this.log.info(`volume ${v.name}: replica move not applied: ${r.error}`), () => {})
         .finally(() => (this.healthProposal = false));
       return; // one change at a time
     }
