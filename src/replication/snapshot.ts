@@ -248,11 +248,15 @@ export class SnapshotReceiver {
     s.nextSeq++;
     const writes: Promise<void>[] = [];
     let at = 0;
-    for (let i = 0; i < c.extents.length; i += 2) {
-      const offset = c.extents[i]!;
-      const length = c.extents[i + 1]!;
-      writes.push(this.p.store.write(s.stagingId, offset, [c.data.subarray(at, at + length)], length));
-      at += length;
+    try {
+      for (let i = 0; i < c.extents.length; i += 2) {
+        const offset = c.extents[i]!;
+        const length = c.extents[i + 1]!;
+        writes.push(this.p.store.write(s.stagingId, offset, [c.data.subarray(at, at + length)], length));
+        at += length;
+      }
+    } catch (e) {
+      return refuse(`cannot store it: ${(e as Error).message}`);
     }
     const stream = s;
     Promise.all(writes).then(
