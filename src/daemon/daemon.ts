@@ -189,6 +189,7 @@ export class Daemon implements Controller {
       else if (kind === "compact") this.driver.receiveCompact(from, m as CompactEnvelope);
       else if (kind === "snap-chunk") this.driver.receiveSnapChunk(from, m as SnapChunkEnvelope);
       else if (kind === "snap-ack") this.driver.receiveSnapAck(from, m as SnapAckEnvelope);
+      else if (kind === "beats") this.driver.receiveBeats(from, m);
       else if (kind === "fwd" || kind === "fwd-re") this.io.receive(from, m as ForwardRequest | ForwardReply);
     });
     this.driver.addGroup(metaGroupId, state.metaVoters, { replayAll: true });
