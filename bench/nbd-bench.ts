@@ -20,7 +20,7 @@ import { startCluster, type Cluster } from "../test/helpers/cluster.js";
 import type { DaemonProcess } from "../test/helpers/daemon.js";
 import { fioVersion, runFio, type FioResult, type FioSpec } from "./lib/fio.js";
 import { Nbdkit, nbdkitVersion } from "./lib/nbdkit.js";
-import { cleanupAll, cpuSeconds, installSignalHandlers, interrupted, log, onCleanup, procStatusKiB } from "./lib/proc.js";
+import { cpuSeconds, log, onCleanup, positiveOption, procStatusKiB, runBench } from "./lib/proc.js";
 import { dirUsage, startBenchDaemon, storeSnapshot, waitForStoreSettle, type DirUsage, type Settled } from "./lib/pxd.js";
 
 const MiB = 1024 * 1024;
@@ -131,16 +131,11 @@ function parseOptions(): Options {
     process.stdout.write("usage: npm run bench -- [--runtime SEC] [--rounds N] [--only REGEX] [--skip-extra] [--cluster | --skip-cluster] [--json FILE]\n");
     process.exit(0);
   }
-  const positive = (name: string, v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} wants a whole number of at least 1, not "${v}"`);
-    return n;
-  };
   if (values.cluster && values["skip-cluster"]) throw new Error("--cluster runs only the cluster's jobs, --skip-cluster none of them: pick one");
   const cluster = values.cluster ? "only" : values["skip-cluster"] ? "skip" : "all";
   return {
-    runtimeSec: positive("runtime", values.runtime),
-    rounds: positive("rounds", values.rounds),
+    runtimeSec: positiveOption("runtime", values.runtime),
+    rounds: positiveOption("rounds", values.rounds),
     only: values.only === undefined ? undefined : new RegExp(values.only, "i"),
     skipExtra: values["skip-extra"] || cluster === "only",
     cluster,
@@ -546,7 +541,6 @@ function diskTable(d: DiskResult): string {
 
 async function main(): Promise<void> {
   const opts = parseOptions();
-  installSignalHandlers();
   const selected = jobs.filter((j) => (opts.only === undefined || opts.only.test(j.name)) && (opts.cluster !== "only" || j.cluster !== undefined));
   if (opts.only !== undefined && selected.length === 0) {
     throw new Error(`--only ${opts.only.source} matches no job; jobs are ${jobs.map((j) => j.name).join(", ")}`);
@@ -614,11 +608,4 @@ async function main(): Promise<void> {
   }
 }
 
-main()
-  .then(() => cleanupAll())
-  .catch(async (e: unknown) => {
-    if (interrupted()) return; // the signal handler cleans up and exits
-    log(`failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
-    await cleanupAll();
-    process.exitCode = 1;
-  });
+runBench(main);

@@ -114,6 +114,14 @@ export const peerReconnectDelayMsMax = 2_000;
 export const peerKeepaliveMs = 1_000;
 /** A connection that received nothing for this long is dead (half-open after a partition) and is closed. */
 export const peerIdleTimeoutMs = 10_000;
+/**
+ * Heartbeats and heartbeat responses in one coalesced envelope to a peer
+ * (docs/formats/peer-protocol.md, "Coalesced heartbeats"): a sender with more
+ * starts another envelope; a receiver drops a longer one before reading it.
+ */
+export const peerBeatsMax = 4096;
+/** Bytes of the ReadIndex context a heartbeat item may carry (the driver's are 8). */
+export const peerBeatContextBytesMax = 64;
 
 /** The replication limits agree with each other and with the layers they carry (called at start and by tests). */
 /** Volume data in one snapshot chunk (a full copy for a replica behind the compaction point). */
@@ -143,6 +151,8 @@ export function checkReplicationConstants(): void {
   assert(peerReconnectDelayMsMin > 0 && peerReconnectDelayMsMin <= peerReconnectDelayMsMax, "backoff range is ordered");
   assert(peerIdleTimeoutMs >= 3 * peerKeepaliveMs, "an idle peer misses several pings before it is called dead");
   assert(peerHandshakeTimeoutMs <= peerIdleTimeoutMs, "a handshake never outlives the idle bound");
+  // An item is a 5-element msgpack array: 1 byte, four numbers of at most 9, a bin header of 2, the context.
+  assert(peerBeatsMax >= 1 && peerBeatsMax * (1 + 4 * 9 + 2 + peerBeatContextBytesMax) + 64 <= peerFrameBytesMax, "a full beats envelope fits one frame");
 }
 
 // ---- cluster (src/cluster) ----

@@ -50,6 +50,29 @@ export function interrupted(): boolean {
   return signalled;
 }
 
+/**
+ * Runs a bench's main: cleans up once it ends or fails (then exit code 1),
+ * and on SIGINT/SIGTERM/SIGHUP.
+ */
+export function runBench(main: () => Promise<void>): void {
+  installSignalHandlers();
+  main()
+    .then(() => cleanupAll())
+    .catch(async (e: unknown) => {
+      if (interrupted()) return; // the signal handler cleans up and exits
+      log(`failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+      await cleanupAll();
+      process.exitCode = 1;
+    });
+}
+
+/** A command-line option that must be a whole number of at least 1. */
+export function positiveOption(name: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${name} wants a whole number of at least 1, not "${v}"`);
+  return n;
+}
+
 /** SIGINT/SIGTERM: clean up and exit; a second signal exits at once. */
 export function installSignalHandlers(): void {
   for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {

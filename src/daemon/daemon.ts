@@ -194,6 +194,7 @@ export class Daemon implements Controller {
       else if (kind === "compact") this.driver.receiveCompact(from, m as CompactEnvelope);
       else if (kind === "snap-chunk") this.driver.receiveSnapChunk(from, m as SnapChunkEnvelope);
       else if (kind === "snap-ack") this.driver.receiveSnapAck(from, m as SnapAckEnvelope);
+      else if (kind === "beats") this.driver.receiveBeats(from, m);
       else if (kind === "fwd" || kind === "fwd-re") this.io.receive(from, m as ForwardRequest | ForwardReply);
     });
     this.driver.addGroup(metaGroupId, state.metaVoters, { replayAll: true });
@@ -697,9 +698,12 @@ export class Daemon implements Controller {
     const peers = this.peer?.transport.stats();
     if (peers) {
       lines.push("# TYPE pxd_peer_bytes_sent counter", "# TYPE pxd_peer_bytes_received counter", "# TYPE pxd_peer_connected gauge");
+      lines.push("# TYPE pxd_peer_frames_sent counter", "# TYPE pxd_peer_frames_received counter");
       for (const p of peers.peers) {
         lines.push(`pxd_peer_bytes_sent{peer="${p.id}"} ${p.bytesSent}`);
         lines.push(`pxd_peer_bytes_received{peer="${p.id}"} ${p.bytesReceived}`);
+        lines.push(`pxd_peer_frames_sent{peer="${p.id}"} ${p.framesSent}`);
+        lines.push(`pxd_peer_frames_received{peer="${p.id}"} ${p.framesReceived}`);
         lines.push(`pxd_peer_connected{peer="${p.id}"} ${p.connected ? 1 : 0}`);
       }
       lines.push(`pxd_peer_auth_failures ${peers.authFailures}`);

@@ -6,6 +6,10 @@
 // applies committed entries (a write maps the volume range to the entry's
 // data in the log: no copy), answers proposals and reads, then advances.
 //
+// Heartbeats and their responses of every group go to each node as one
+// envelope per turn (beats.ts): all groups tick together, so they fall due
+// together.
+//
 // Pure: the store, the peer transport and the clock come in from the daemon.
 
 import { assert } from "../base/assert.js";
@@ -27,6 +31,7 @@ import type { Storage } from "../raft/storage.js";
 import type { Ready } from "../raft/node.js";
 import { EntryType, MessageType, StateRole, type ConfState, type Entry, type Message, type NodeId } from "../raft/types.js";
 import type { Store } from "../store/store.js";
+import { BeatsOutbox, isBeat, parseBeats, type BeatsEnvelope } from "./beats.js";
 import { StoreRaftStorage } from "./raft-storage.js";
 import { SnapshotReceiver, SnapshotSender, type SnapAckEnvelope, type SnapChunkEnvelope } from "./snapshot.js";
 import { ProgressState } from "../raft/progress.js";
@@ -54,7 +59,7 @@ export interface DriverOptions {
   nodeId: NodeId;
   store: Store;
   /** Sends to a peer; false when it cannot (the core is told the peer is unreachable). */
-  send(to: NodeId, envelope: RaftEnvelope | CompactEnvelope | SnapChunkEnvelope | SnapAckEnvelope): boolean;
+  send(to: NodeId, envelope: RaftEnvelope | CompactEnvelope | SnapChunkEnvelope | SnapAckEnvelope | BeatsEnvelope): boolean;
   /** Raft log kept for a member that is down (default raftLogRetainBytes); past it the member will need a snapshot. */
   logRetainBytes?: number;
   /** A volume group's size in bytes (what a snapshot copies). */
@@ -165,6 +170,13 @@ export class MultiRaft {
   private closed = false;
   readonly snapshotSender: SnapshotSender;
   private readonly snapshotReceiver: SnapshotReceiver;
+  private readonly beats = new BeatsOutbox({
+    send: (to, envelope) => this.o.send(to, envelope),
+    unreachable: (to, groups) => {
+      for (const id of groups) this.groups.get(id)?.node.reportUnreachable(to);
+    },
+  });
+  private beatsFlushQueued = false;
 
   constructor(private readonly o: DriverOptions) {
     const ports = {
@@ -357,6 +369,18 @@ export class MultiRaft {
     this.snapshotSender.onAck(from, a);
   }
 
+  /** Heartbeats and responses of many groups from a peer: checked whole before any is stepped. */
+  receiveBeats(from: NodeId, envelope: unknown): void {
+    const beats = parseBeats(envelope, from, this.o.nodeId);
+    if (typeof beats === "string") {
+      this.o.log(`replication: dropped a heartbeat envelope from node ${from}: ${beats}`);
+      return;
+    }
+    // A group this node does not host (any more) ignores its item, as receive() does.
+    for (const b of beats) this.groups.get(b.group)?.node.step(b.message);
+    this.schedule();
+  }
+
   /** Replicates a write; resolves once it is committed and applied here (it is then durable on a quorum). */
   write(groupId: number, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
     return this.propose(groupId, encodeWrite(offsetBytes, data, lengthBytes));
@@ -485,10 +509,31 @@ export class MultiRaft {
         if (g.keepLog || this.o.volumeBytes === undefined) g.node.reportSnapshot(m.to, false);
         else this.snapshotSender.start(g.id, this.o.volumeBytes(g.id), m);
       } else if (m.type === MessageType.app || m.type === MessageType.heartbeat || m.type === MessageType.timeoutNow) {
-        if (!this.o.send(m.to, { kind: "raft", group: g.id, message: m })) g.node.reportUnreachable(m.to);
+        this.sendMessage(g, m);
       } else later.push(m);
     }
     return later;
+  }
+
+  /** Sends a message of a group: heartbeats and responses join this turn's envelope to their node, the rest go alone. */
+  private sendMessage(g: Group, m: Message): void {
+    if (!isBeat(m)) {
+      if (!this.o.send(m.to, { kind: "raft", group: g.id, message: m })) g.node.reportUnreachable(m.to);
+      return;
+    }
+    this.beats.add(g.id, m);
+    if (this.beatsFlushQueued) return;
+    this.beatsFlushQueued = true;
+    // A microtask runs once the code that made them has returned: the pass
+    // over every group's Ready (sendEarly), or the persist callbacks of one
+    // group commit, which resolve together (afterPersist). So one envelope
+    // spans every group, no message leaves before the point it would have
+    // left alone, and none is written to the socket a turn later (the
+    // transport writes once per event-loop turn anyway).
+    queueMicrotask(() => {
+      this.beatsFlushQueued = false;
+      this.beats.flush();
+    });
   }
 
   private applyCommitted(g: Group, rd: Ready): void {
@@ -503,9 +548,7 @@ export class MultiRaft {
       g.role = rd.softState.role;
       if (g.role !== StateRole.leader) this.failReads(g, new NotLeaderError(g.id, g.lead));
     }
-    for (const m of rd.messages) {
-      if (!this.o.send(m.to, { kind: "raft", group: g.id, message: m })) g.node.reportUnreachable(m.to);
-    }
+    for (const m of rd.messages) this.sendMessage(g, m);
     if (applyNow) for (const e of rd.committedEntries) this.apply(g, e);
     for (const rs of rd.readStates) {
       const waiters = g.readRounds.get(Buffer.from(rs.context).toString("hex"));

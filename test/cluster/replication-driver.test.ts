@@ -66,6 +66,7 @@ async function startReplica(r: Replica, all: Replica[]): Promise<void> {
   peer.transport.onMessage((from, m) => {
     const kind = (m as { kind: string }).kind;
     if (kind === "raft") driver.receive(from, m as RaftEnvelope);
+    else if (kind === "beats") driver.receiveBeats(from, m);
     else io.receive(from, m as ForwardRequest | ForwardReply);
   });
   driver.addGroup(group, all.map((x) => x.id));
