@@ -108,6 +108,10 @@ export interface CreateVolumeRequest {
   name: string;
   sizeBytes: number;
   repl?: number;
+  /** Put the replicas on exactly these nodes (names or ids); repl defaults to how many. */
+  nodes?: string[];
+  /** Replicas must sit in distinct zones (without it distinct zones are only preferred). */
+  zones?: boolean;
 }
 
 /** Error body of every non-2xx answer: { error: { code, message } }. */

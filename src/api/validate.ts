@@ -22,7 +22,7 @@ export function checkVolumeName(name: string): void {
   if (problem !== null) throw new ApiError(400, "invalid_name", problem);
 }
 
-const createFields = ["name", "sizeBytes", "repl"];
+const createFields = ["name", "sizeBytes", "repl", "nodes", "zones"];
 
 /** Checks a parsed JSON body field by field; throws ApiError(400) naming the first wrong field. */
 export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
@@ -33,18 +33,30 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
   for (const key of Object.keys(record)) {
     if (!createFields.includes(key)) throw invalid(`unknown field "${key}"; the fields are ${createFields.join(", ")}`);
   }
-  const { name, sizeBytes, repl } = record;
+  const { name, sizeBytes, repl, nodes, zones } = record;
   if (typeof name !== "string") throw invalid(`field "name" must be a string, not ${describe(name)}`);
   checkVolumeName(name);
   if (typeof sizeBytes !== "number" || !Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
     throw invalid(`field "sizeBytes" must be a positive integer number of bytes, not ${describe(sizeBytes)}`);
   }
   if (sizeBytes > volumeBytesMax) throw invalid(`field "sizeBytes" is ${sizeBytes}, larger than the volume limit ${volumeBytesMax} (64 TiB)`);
-  if (repl === undefined) return { name, sizeBytes };
-  if (typeof repl !== "number" || !Number.isSafeInteger(repl) || repl < 1) {
-    throw invalid(`field "repl" must be a positive integer (replica count), not ${describe(repl)}`);
+  const out: CreateVolumeRequest = { name, sizeBytes };
+  if (repl !== undefined) {
+    if (typeof repl !== "number" || !Number.isSafeInteger(repl) || repl < 1) {
+      throw invalid(`field "repl" must be a positive integer (replica count), not ${describe(repl)}`);
+    }
+    out.repl = repl;
   }
-  return { name, sizeBytes, repl };
+  if (nodes !== undefined) {
+    const ok = Array.isArray(nodes) && nodes.length >= 1 && nodes.length <= volumeReplicasMax && nodes.every((n) => typeof n === "string" && n.length >= 1 && n.length <= 63);
+    if (!ok) throw invalid(`field "nodes" must be a list of 1 to ${volumeReplicasMax} node names or ids (strings of at most 63 characters), not ${describe(nodes)}`);
+    out.nodes = [...(nodes as string[])];
+  }
+  if (zones !== undefined) {
+    if (typeof zones !== "boolean") throw invalid(`field "zones" must be true or false, not ${describe(zones)}`);
+    out.zones = zones;
+  }
+  return out;
 }
 
 /** PATCH /v1/volumes/NAME: {"repl": N}. */

@@ -41,10 +41,19 @@ export function registerVolume(program: Command): void {
     .description("create a volume, exported over NBD under its name")
     .argument("<name>", "volume name: letters, digits, '.', '_', '-'; at most 63")
     .requiredOption("-s, --size <size>", "size with K/M/G/T suffix (powers of 1024), e.g. 10G", sizeArg)
-    .option("-r, --repl <n>", "number of replicas", intArg(1, 9), 1)
+    .option("-r, --repl <n>", "number of replicas (default 1, or as many as --nodes names)", intArg(1, 9))
+    .option("--nodes <list>", "put the replicas on exactly these nodes: names or ids, comma-separated (pxd node list)")
+    .option("--zones", "require the replicas to sit in distinct zones (pxd daemon --zone); without it distinct zones are only preferred")
     .option("--json", "print the API's JSON")
-    .action(async (name: string, options: { size: number; repl: number } & JsonFlag, command: Command) => {
-      const v = await clientFor(command).createVolume({ name: checkName(name), sizeBytes: options.size, repl: options.repl });
+    .action(async (name: string, options: { size: number; repl?: number; nodes?: string; zones?: boolean } & JsonFlag, command: Command) => {
+      const nodes = options.nodes?.split(",").map((s) => s.trim()).filter((s) => s !== "");
+      const v = await clientFor(command).createVolume({
+        name: checkName(name),
+        sizeBytes: options.size,
+        ...(options.repl !== undefined ? { repl: options.repl } : {}),
+        ...(nodes !== undefined ? { nodes } : {}),
+        ...(options.zones ? { zones: true } : {}),
+      });
       if (options.json) return console.log(json(v));
       console.log(`volume "${v.name}" created: ${formatSize(v.sizeBytes)}, ${v.repl} ${v.repl === 1 ? "replica" : "replicas"}, exported at ${v.nbdUri}`);
     });

@@ -26,7 +26,7 @@ import {
 import { BufferPool } from "../base/buffer-pool.js";
 import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
-import { applyEntry, decodeCommand, encodeCommand, newCatalogState, replicaSetFor, type ApplyResult, type CatalogCommand, type CatalogState, type CatalogVolume } from "../cluster/index.js";
+import { applyEntry, decodeCommand, encodeCommand, newCatalogState, replicaSetFor, settingValue, type ApplyResult, type CatalogCommand, type CatalogState, type CatalogVolume } from "../cluster/index.js";
 import { checkClusterConstants, checkConstants, checkReplicationConstants, metaVotersMax, readPoolBufferBytesMax, readPoolBufferBytesMin, readPoolBytesMax } from "../constants.js";
 import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
@@ -635,7 +635,16 @@ export class Daemon implements Controller {
   async createVolume(request: CreateVolumeRequest): Promise<VolumeInfo> {
     const leaderApi = await this.metaLeaderApi();
     if (leaderApi) return leaderApi.createVolume(request);
-    const result = await this.metaCommand({ kind: "createVolume", name: request.name, sizeBytes: request.sizeBytes, repl: request.repl ?? 1, at: Date.now() });
+    const nodes = request.nodes?.map((ref) => this.nodeByRef(ref));
+    const result = await this.metaCommand({
+      kind: "createVolume",
+      name: request.name,
+      sizeBytes: request.sizeBytes,
+      repl: request.repl ?? nodes?.length ?? Number(settingValue(this.catalog, "defaultRepl")),
+      ...(nodes !== undefined ? { nodes } : {}),
+      ...(request.zones === true ? { zones: true } : {}),
+      at: Date.now(),
+    });
     if (!result.ok) throw catalogError(result);
     const v = this.catalog.volumes.get(request.name)!;
     this.log.info(`volume ${v.name} created: ${formatSize(v.sizeBytes)}, id ${v.id}, replicas on nodes ${v.nodes.join(", ")}`);
@@ -709,6 +718,12 @@ export class Daemon implements Controller {
       lines.push(`pxd_peer_auth_failures ${peers.authFailures}`);
     }
     return lines.join("\n") + "\n";
+  }
+
+  /** A node named by its name or its id (as pxd node list shows them). */
+  private nodeByRef(ref: string): number {
+    for (const n of this.catalog.nodes.values()) if (n.name === ref || String(n.id) === ref) return n.id;
+    throw new ApiError(404, "not_found", `no node named or numbered ${JSON.stringify(ref)}; pxd node list shows the nodes`);
   }
 
   private mustGet(name: string): CatalogVolume {

@@ -6,7 +6,8 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { startCluster, waitUntil, type Cluster } from "../helpers/cluster.js";
-import { runOk } from "../helpers/run.js";
+import { run, runOk } from "../helpers/run.js";
+import { fileURLToPath } from "node:url";
 
 let c: Cluster;
 
@@ -62,6 +63,21 @@ test("rewriting a replicated volume keeps each node's disk bounded: logs are com
   for (const n of c.nodes) assert.ok((await n.api.status()).store.gcSegments! > 0, `node ${n.host} collected segments`);
   const out = await runOk("qemu-io", ["-f", "raw", c.nodes[2]!.uri("churn"), "-c", `read -P ${0x30 + 11} 0 32M`]);
   assert.not.match(out, /fail/i, "the last rewrite is what every read sees");
+});
+
+test("--nodes puts the replicas on the named nodes; --zones without zone labels says what to do", async () => {
+  const pxd = fileURLToPath(new URL("../../bin/pxd.js", import.meta.url));
+  const cli = (...args: string[]) => run(process.execPath, [pxd, "--host", `${c.nodes[0]!.host}:9001`, ...args]);
+  const made = await cli("volume", "create", "pinned", "--size", "1M", "--nodes", "node3,node2", "--json");
+  assert.is(made.code, 0, made.stderr);
+  const v = JSON.parse(made.stdout) as { repl: number; replicas: { node: string }[] };
+  assert.equal([v.repl, v.replicas.map((r) => r.node)], [2, ["node3", "node2"]]);
+  const unknown = await cli("volume", "create", "pinned2", "--size", "1M", "--nodes", "node9");
+  assert.is(unknown.code, 1);
+  assert.match(unknown.stderr, /no node named or numbered "node9"; pxd node list shows the nodes/);
+  const zones = await cli("volume", "create", "spread", "--size", "1M", "--repl", "2", "--zones");
+  assert.is(zones.code, 1);
+  assert.match(zones.stderr, /in distinct zones but no node that can take it has a zone label; label nodes with a zone or drop --zones/);
 });
 
 test("creating a volume with more replicas than nodes says what to do", async () => {

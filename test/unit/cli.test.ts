@@ -75,7 +75,7 @@ test("volume create, list, inspect and delete print what happened", async () => 
   assert.is(created.stdout, 'volume "demo" created: 1.00 GiB, 1 replica, exported at nbd://127.0.0.1:10809/demo\n');
   assert.is(ctx.controller.volumes.get("demo")?.sizeBytes, 1024 ** 3);
   assert.is((await pxd([...host(), "volume", "create", "db", "--size", "512M", "--repl", "1"])).code, 0);
-  assert.equal(ctx.controller.calls, ["createVolume demo 1073741824 1", "createVolume db 536870912 1"]);
+  assert.equal(ctx.controller.calls, ["createVolume demo 1073741824 -", "createVolume db 536870912 1"]);
 
   const list = await pxd([...host(), "volume", "list"]);
   assert.is(list.code, 0, list.stderr);
