@@ -311,6 +311,10 @@ export class MultiRaft {
       return;
     }
     g.node.step(envelope.message);
+    if (envelope.message.type === MessageType.snap) {
+      // Taken: the core holds it for the next persist, which installs the staging group as it is then.
+      this.snapshotReceiver.stepped(g.id, g.node.raft.log.unstableSnapshot?.meta.index === envelope.message.snapshot?.meta.index);
+    }
     this.schedule();
   }
 

@@ -204,6 +204,8 @@ interface InStream {
   /** Every chunk including the last is durable in the staging group. */
   complete: boolean;
   failed: boolean;
+  /** The core took its snap message: its next persist installs this staging group, so nothing may restart it. */
+  installing: boolean;
 }
 
 export class SnapshotReceiver {
@@ -228,8 +230,9 @@ export class SnapshotReceiver {
     if (bad !== undefined) return refuse(bad);
     if (from !== info.leader) return refuse(`node ${from} is not the leader this node follows (${info.leader || "none"})`);
     let s = this.streams.get(c.group);
+    if (s?.installing) return refuse("a snapshot is being installed");
     if (c.seq === 0) {
-      s = { from, index: c.index, term: c.term, stagingId: this.p.store.beginStaging(c.group), nextSeq: 0, complete: false, failed: false };
+      s = { from, index: c.index, term: c.term, stagingId: this.p.store.beginStaging(c.group), nextSeq: 0, complete: false, failed: false, installing: false };
       this.streams.set(c.group, s);
     }
     if (s === undefined || s.failed || s.from !== from || s.index !== c.index || s.term !== c.term || s.nextSeq !== c.seq) {
@@ -260,6 +263,18 @@ export class SnapshotReceiver {
     const s = this.streams.get(group);
     const meta = m.snapshot?.meta;
     return s !== undefined && s.complete && !s.failed && s.from === from && meta !== undefined && meta.index === s.index && meta.term === s.term;
+  }
+
+  /**
+   * The driver stepped a snap message that ready() allowed. If the core took
+   * it, the staging group is what its next persist installs; if not (it was
+   * stale, or the core already has that state), the copy is of no use.
+   */
+  stepped(group: number, taken: boolean): void {
+    const s = this.streams.get(group);
+    if (s === undefined || s.installing) return;
+    if (taken) s.installing = true;
+    else this.forget(group);
   }
 
   /** The install record is durable: the staging group is now the group. */
