@@ -469,6 +469,7 @@ export class MultiRaft {
     if (rd.softState) {
       g.lead = rd.softState.lead;
       g.role = rd.softState.role;
+      this.snapshotReceiver.leaderIs(g.id, g.lead);
       if (g.role !== StateRole.leader) this.failReads(g, new NotLeaderError(g.id, g.lead));
     }
     for (const m of rd.messages) {

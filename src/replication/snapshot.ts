@@ -277,6 +277,16 @@ export class SnapshotReceiver {
     else this.forget(group);
   }
 
+  /**
+   * The core follows `leader` now. A stream from another node will not go on
+   * (a new leader starts its own at chunk 0, or has the log the follower
+   * needs), so its staging group is dropped rather than kept until a restart.
+   */
+  leaderIs(group: number, leader: NodeId): void {
+    const s = this.streams.get(group);
+    if (s !== undefined && leader !== 0 && s.from !== leader && !s.installing) this.forget(group);
+  }
+
   /** The install record is durable: the staging group is now the group. */
   installed(group: number): void {
     this.streams.delete(group);

@@ -1,7 +1,7 @@
 // The follower's side of a snapshot stream (src/replication/snapshot.ts) over
 // a real store: once the core took a snap message, its staging group is what
 // the next persist installs, so no chunk may restart it; a copy the core did
-// not take is dropped.
+// not take is dropped, and so is an unfinished one when another node leads.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -66,6 +66,19 @@ test("a complete copy the core did not take is dropped with its staging group", 
   receiver.stepped(group, false);
   assert.not.ok(store.hasGroup(stagingId), "the staging group is gone");
   assert.not.ok(receiver.ready(group, leader, snapMessage()));
+  await done();
+});
+
+test("an unfinished copy is dropped when the core follows another leader, kept while no leader is known", async () => {
+  const { store, receiver, acks, done } = await setup();
+  receiver.onChunk(leader, { ...chunk(0xaa), last: false });
+  await waitFor("the chunk durable", () => acks.length === 1);
+  receiver.leaderIs(group, 0);
+  assert.ok(store.hasGroup(stagingId), "an election without a winner yet leaves it");
+  receiver.leaderIs(group, leader);
+  assert.ok(store.hasGroup(stagingId));
+  receiver.leaderIs(group, leader + 1);
+  assert.not.ok(store.hasGroup(stagingId), "the staging group is gone");
   await done();
 });
 
