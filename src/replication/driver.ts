@@ -178,7 +178,7 @@ export class MultiRaft {
     this.snapshotReceiver = new SnapshotReceiver(ports, (group) => {
       const g = this.groups.get(group);
       if (g === undefined || g.keepLog || o.volumeBytes === undefined) return undefined;
-      return { leader: g.node.status().lead, sizeBytes: o.volumeBytes(group) };
+      return { leader: g.node.status().lead, sizeBytes: o.volumeBytes(group), applied: g.applied };
     });
   }
 

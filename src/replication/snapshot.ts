@@ -213,8 +213,8 @@ export class SnapshotReceiver {
 
   constructor(
     private readonly p: SnapshotPorts,
-    /** The group's leader as this node's core knows it (0: none), and the volume size; undefined if not hosted here. */
-    private readonly groupInfo: (group: number) => { leader: NodeId; sizeBytes: number } | undefined,
+    /** The group's leader as this node's core knows it (0: none), the volume size and the applied index; undefined if not hosted here. */
+    private readonly groupInfo: (group: number) => { leader: NodeId; sizeBytes: number; applied: number } | undefined,
   ) {}
 
   onChunk(from: NodeId, c: SnapChunkEnvelope): void {
@@ -231,6 +231,8 @@ export class SnapshotReceiver {
     if (from !== info.leader) return refuse(`node ${from} is not the leader this node follows (${info.leader || "none"})`);
     let s = this.streams.get(c.group);
     if (s?.installing) return refuse("a snapshot is being installed");
+    // The core never installs a snapshot at or below its commit: such a copy would only linger.
+    if (c.seq === 0 && c.index <= info.applied) return refuse(`this node already applied up to index ${info.applied}`);
     if (c.seq === 0) {
       s = { from, index: c.index, term: c.term, stagingId: this.p.store.beginStaging(c.group), nextSeq: 0, complete: false, failed: false, installing: false };
       this.streams.set(c.group, s);

@@ -1,7 +1,8 @@
 // The follower's side of a snapshot stream (src/replication/snapshot.ts) over
 // a real store: once the core took a snap message, its staging group is what
 // the next persist installs, so no chunk may restart it; a copy the core did
-// not take is dropped, and so is an unfinished one when another node leads.
+// not take is dropped, and so is an unfinished one when another node leads;
+// a copy at or below the applied index is refused.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -17,7 +18,7 @@ const sizeBytes = 4 * 1024 * 1024;
 const stagingId = group + 2 ** 40;
 const leader = 2;
 
-async function setup(): Promise<{ store: Store; receiver: SnapshotReceiver; acks: SnapAckEnvelope[]; done(): Promise<void> }> {
+async function setup(applied = 0): Promise<{ store: Store; receiver: SnapshotReceiver; acks: SnapAckEnvelope[]; done(): Promise<void> }> {
   const t = tempDir("snaprecv");
   const store = await Store.open({ disk: new NodeDisk(t.dir), defer: deferImmediate }, [{ groupId: group, sizeBytes }]);
   const acks: SnapAckEnvelope[] = [];
@@ -28,7 +29,7 @@ async function setup(): Promise<{ store: Store; receiver: SnapshotReceiver; acks
     stillSending: () => true,
     log: () => {},
   };
-  const receiver = new SnapshotReceiver(ports, () => ({ leader, sizeBytes }));
+  const receiver = new SnapshotReceiver(ports, () => ({ leader, sizeBytes, applied }));
   return { store, receiver, acks, done: async () => (await store.close(), t.remove()) };
 }
 
@@ -79,6 +80,15 @@ test("an unfinished copy is dropped when the core follows another leader, kept w
   assert.ok(store.hasGroup(stagingId));
   receiver.leaderIs(group, leader + 1);
   assert.not.ok(store.hasGroup(stagingId), "the staging group is gone");
+  await done();
+});
+
+test("a copy at or below the applied index is refused before anything is staged", async () => {
+  const { store, receiver, acks, done } = await setup(10);
+  receiver.onChunk(leader, chunk(0xaa));
+  assert.is(acks.length, 1);
+  assert.is(acks[0]!.ok, false);
+  assert.not.ok(store.hasGroup(stagingId));
   await done();
 });
 
