@@ -465,9 +465,15 @@ test("a duplicated or reordered chunk is refused; the leader starts the stream o
       if (from === f.id && isAck(env) && !env.ok) refusals++;
       if (to !== f.id || !isChunk(env)) return "pass";
       const leader = c.all[from - 1]!;
-      if (env.seq === 0) (stream++, (first = env));
+      if (env.seq === 0) {
+        stream++;
+        first = env;
+      }
       if (stream === 1 && env.seq === 2) queueMicrotask(() => c.net.inject(leader, to, env));
-      if (stream === 2 && env.seq === 3) return (held = env), "drop";
+      if (stream === 2 && env.seq === 3) {
+        held = env;
+        return "drop";
+      }
       if (stream === 2 && env.seq === 4) queueMicrotask(() => c.net.inject(leader, to, held!));
       if (stream === 3 && env.seq === 1) queueMicrotask(() => c.net.inject(leader, to, first!));
       return "pass";
@@ -539,7 +545,6 @@ test("the leader dies mid-stream and the new leader still has the log: the follo
   });
 });
 
-
 test("chunk 0 replayed right behind the snap message, and again after the install: the follower installs the copy it checked and keeps no other", async () => {
   await scenario("replay", 9, async (c) => {
     const { follower: f } = await leaveFollowerBehind(c, 2, 8);
@@ -547,7 +552,10 @@ test("chunk 0 replayed right behind the snap message, and again after the instal
     let sender: Replica | undefined;
     let replayed = false;
     c.net.rule = (from, to, env) => {
-      if (to === f.id && isChunk(env) && env.seq === 0) (first = env), (sender = c.all[from - 1]!);
+      if (to === f.id && isChunk(env) && env.seq === 0) {
+        first = env;
+        sender = c.all[from - 1]!;
+      }
       if (!replayed && to === f.id && isSnapMessage(env) && first !== undefined) {
         replayed = true;
         queueMicrotask(() => c.net.inject(sender!, to, first!));
