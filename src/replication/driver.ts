@@ -196,7 +196,7 @@ export class MultiRaft {
     this.snapshotReceiver = new SnapshotReceiver(ports, (group) => {
       const g = this.groups.get(group);
       if (g === undefined || g.keepLog || o.volumeBytes === undefined) return undefined;
-      return { leader: g.node.status().lead, sizeBytes: o.volumeBytes(group) };
+      return { leader: g.node.status().lead, sizeBytes: o.volumeBytes(group), applied: g.applied };
     });
   }
 
@@ -358,6 +358,10 @@ export class MultiRaft {
       return;
     }
     g.node.step(envelope.message);
+    if (envelope.message.type === MessageType.snap) {
+      // Taken: the core holds it for the next persist, which installs the staging group as it is then.
+      this.snapshotReceiver.stepped(g.id, g.node.raft.log.unstableSnapshot?.meta.index === envelope.message.snapshot?.meta.index);
+    }
     this.schedule();
   }
 
@@ -546,6 +550,7 @@ export class MultiRaft {
     if (rd.softState) {
       g.lead = rd.softState.lead;
       g.role = rd.softState.role;
+      this.snapshotReceiver.leaderIs(g.id, g.lead);
       if (g.role !== StateRole.leader) this.failReads(g, new NotLeaderError(g.id, g.lead));
     }
     for (const m of rd.messages) this.sendMessage(g, m);

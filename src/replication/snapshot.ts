@@ -214,6 +214,8 @@ interface InStream {
   /** Every chunk including the last is durable in the staging group. */
   complete: boolean;
   failed: boolean;
+  /** The core took its snap message: its next persist installs this staging group, so nothing may restart it. */
+  installing: boolean;
 }
 
 export class SnapshotReceiver {
@@ -221,8 +223,8 @@ export class SnapshotReceiver {
 
   constructor(
     private readonly p: SnapshotPorts,
-    /** The group's leader as this node's core knows it (0: none), and the volume size; undefined if not hosted here. */
-    private readonly groupInfo: (group: number) => { leader: NodeId; sizeBytes: number } | undefined,
+    /** The group's leader as this node's core knows it (0: none), the volume size and the applied index; undefined if not hosted here. */
+    private readonly groupInfo: (group: number) => { leader: NodeId; sizeBytes: number; applied: number } | undefined,
   ) {}
 
   onChunk(from: NodeId, c: SnapChunkEnvelope): void {
@@ -238,8 +240,11 @@ export class SnapshotReceiver {
     if (bad !== undefined) return refuse(bad);
     if (from !== info.leader) return refuse(`node ${from} is not the leader this node follows (${info.leader || "none"})`);
     let s = this.streams.get(c.group);
+    if (s?.installing) return refuse("a snapshot is being installed");
+    // The core never installs a snapshot at or below its commit: such a copy would only linger.
+    if (c.seq === 0 && c.index <= info.applied) return refuse(`this node already applied up to index ${info.applied}`);
     if (c.seq === 0) {
-      s = { from, index: c.index, term: c.term, stagingId: this.p.store.beginStaging(c.group), nextSeq: 0, complete: false, failed: false };
+      s = { from, index: c.index, term: c.term, stagingId: this.p.store.beginStaging(c.group), nextSeq: 0, complete: false, failed: false, installing: false };
       this.streams.set(c.group, s);
     }
     if (s === undefined || s.failed || s.from !== from || s.index !== c.index || s.term !== c.term || s.nextSeq !== c.seq) {
@@ -274,6 +279,28 @@ export class SnapshotReceiver {
     const s = this.streams.get(group);
     const meta = m.snapshot?.meta;
     return s !== undefined && s.complete && !s.failed && s.from === from && meta !== undefined && meta.index === s.index && meta.term === s.term;
+  }
+
+  /**
+   * The driver stepped a snap message that ready() allowed. If the core took
+   * it, the staging group is what its next persist installs; if not (it was
+   * stale, or the core already has that state), the copy is of no use.
+   */
+  stepped(group: number, taken: boolean): void {
+    const s = this.streams.get(group);
+    if (s === undefined || s.installing) return;
+    if (taken) s.installing = true;
+    else this.forget(group);
+  }
+
+  /**
+   * The core follows `leader` now. A stream from another node will not go on
+   * (a new leader starts its own at chunk 0, or has the log the follower
+   * needs), so its staging group is dropped rather than kept until a restart.
+   */
+  leaderIs(group: number, leader: NodeId): void {
+    const s = this.streams.get(group);
+    if (s !== undefined && leader !== 0 && s.from !== leader && !s.installing) this.forget(group);
   }
 
   /** The install record is durable: the staging group is now the group. */

@@ -399,7 +399,13 @@ export class Store {
     const g = this.group(groupId);
     const id = stagingIdOf(groupId);
     this.dropGroup(id);
-    this.groups.set(id, newGroup({ groupId: id, sizeBytes: g.sizeBytes }));
+    const staging = newGroup({ groupId: id, sizeBytes: g.sizeBytes });
+    this.groups.set(id, staging);
+    // The log says the staging group starts empty: an earlier attempt's
+    // records (before a restart, or in a checkpoint) would otherwise replay
+    // into this one, and recovery would install its blocks where this copy
+    // has holes. A failed log fails the chunk writes queued behind it too.
+    this.appendTrim(staging, 0, g.sizeBytes).catch(() => {});
     return id;
   }
 

@@ -7,30 +7,19 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Prng } from "../../src/base/prng.js";
-import { startPeerTransport, type PeerListener } from "../../src/os/peer-listener.js";
+import { startPeerTransport } from "../../src/os/peer-listener.js";
 import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
 import { MultiRaft, NotLeaderError, type RaftEnvelope } from "../../src/replication/driver.js";
 import { VolumeIo, type ForwardReply, type ForwardRequest } from "../../src/replication/volume-io.js";
 import { StateRole } from "../../src/raft/types.js";
 import { Store } from "../../src/store/store.js";
+import { crashReplica, waitFor, type Replica } from "../helpers/replica.js";
 import { tempDir } from "../helpers/tmp.js";
 
 const group = 7;
 const volume = { groupId: group, sizeBytes: 16 * 1024 * 1024 };
 const secret = Buffer.from("test-cluster-secret-0123456789");
 const tickMs = 20;
-
-interface Replica {
-  id: number;
-  host: string;
-  dir: string;
-  port: number;
-  store?: Store;
-  peer?: PeerListener;
-  driver?: MultiRaft;
-  io?: VolumeIo;
-  timer?: NodeJS.Timeout;
-}
 
 const silent = { info: () => {}, warn: () => {}, error: (m: string) => console.error(m) };
 
@@ -77,26 +66,7 @@ function connect(all: Replica[]): void {
   for (const r of all) r.peer?.transport.setPeers(all.filter((x) => x.peer).map((x) => ({ id: x.id, host: x.host, port: x.port })));
 }
 
-/** A crash: no checkpoint, nothing flushed beyond what the log made durable. */
-async function crash(r: Replica): Promise<void> {
-  clearInterval(r.timer);
-  r.driver?.close();
-  await r.peer?.close();
-  await r.store?.closeWithoutCheckpoint();
-  r.driver = undefined;
-  r.peer = undefined;
-  r.store = undefined;
-}
-
-async function waitFor<T>(what: string, f: () => T | undefined, timeoutMs = 10000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = f();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((res) => setTimeout(res, 10));
-  }
-}
+const crash = crashReplica;
 
 function leaderOf(all: Replica[]): Replica | undefined {
   return all.find((r) => r.driver?.status(group)?.role === StateRole.leader);

@@ -120,6 +120,31 @@ test("a crash after the install replays it: with or without a checkpoint, before
   }
 });
 
+test("a snapshot started over: recovery installs only the last attempt, not blocks an abandoned one staged", async () => {
+  for (const between of ["nothing", "a crash", "a checkpoint"]) {
+    const t = tempDir("snap");
+    let store = await open(t.dir);
+    await oldState(store);
+    // The abandoned attempt staged a block the final snapshot has as a hole.
+    const abandoned = store.beginStaging(a.groupId);
+    await store.write(abandoned, 1536 * 1024, [Buffer.alloc(4096, 0xee)], 4096);
+    if (between === "a crash") {
+      await store.closeWithoutCheckpoint();
+      store = await open(t.dir);
+      reapply(store);
+    }
+    if (between === "a checkpoint") await store.checkpoint();
+    await stage(store);
+    await store.installSnapshot(a.groupId, 10, 3);
+    assertNew(store, `after install (${between} between the attempts)`);
+    await store.closeWithoutCheckpoint();
+    store = await open(t.dir);
+    assertNew(store, `after recovery (${between} between the attempts)`);
+    await store.close();
+    t.remove();
+  }
+});
+
 test("GC after an install reclaims the old state and keeps the snapshot's data", async () => {
   const t = tempDir("snap");
   const store = await open(t.dir);
