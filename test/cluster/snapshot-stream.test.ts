@@ -19,6 +19,7 @@ import { startPeerTransport } from "../../src/os/peer-listener.js";
 import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
 import { MultiRaft, NotLeaderError, type CompactEnvelope, type RaftEnvelope } from "../../src/replication/driver.js";
 import type { SnapAckEnvelope, SnapChunkEnvelope } from "../../src/replication/snapshot.js";
+import type { BeatsEnvelope } from "../../src/replication/beats.js";
 import { MessageType, StateRole } from "../../src/raft/types.js";
 import { Store } from "../../src/store/store.js";
 import { crashReplica, waitFor as waitForMs, type Replica } from "../helpers/replica.js";
@@ -38,7 +39,7 @@ const logRetainBytes = 64 * 1024;
 /** Deadline of a wait that normally takes well under a second; the machine may be loaded. */
 const waitMs = 30_000;
 
-type Envelope = RaftEnvelope | CompactEnvelope | SnapChunkEnvelope | SnapAckEnvelope;
+type Envelope = RaftEnvelope | CompactEnvelope | SnapChunkEnvelope | SnapAckEnvelope | BeatsEnvelope;
 /** Deliver it, lose it (the sender believes it went out), or deliver it that many ms later. */
 type Verdict = "pass" | "drop" | number;
 type Rule = (from: number, to: number, env: Envelope) => Verdict;
@@ -152,6 +153,7 @@ class TestCluster {
       else if (env.kind === "compact") driver.receiveCompact(from, env);
       else if (env.kind === "snap-chunk") driver.receiveSnapChunk(from, env);
       else if (env.kind === "snap-ack") driver.receiveSnapAck(from, env);
+      else if (env.kind === "beats") driver.receiveBeats(from, env);
     });
     driver.addGroup(group, this.all.map((x) => x.id));
     r.timer = setInterval(() => driver.tick(), tickMs);

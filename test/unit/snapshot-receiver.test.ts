@@ -53,7 +53,7 @@ test("a snapshot the core took is not restarted by a chunk 0 before it is instal
   receiver.onChunk(leader, chunk(0xbb)); // a replayed or new chunk 0
   assert.is(acks.length, 2);
   assert.is(acks[1]!.ok, false, "refused while the install is pending");
-  await store.installSnapshot(group, 10, 2);
+  await store.installSnapshot(group, 10, 2, { voters: [1, 2, 3], learners: [] });
   receiver.installed(group);
   assert.ok(store.read(group, 0, 4096).every((x) => x === 0xaa), "the copy the core took is the one installed");
   await done();

@@ -135,7 +135,7 @@ test("a snapshot started over: recovery installs only the last attempt, not bloc
     }
     if (between === "a checkpoint") await store.checkpoint();
     await stage(store);
-    await store.installSnapshot(a.groupId, 10, 3);
+    await store.installSnapshot(a.groupId, 10, 3, conf);
     assertNew(store, `after install (${between} between the attempts)`);
     await store.closeWithoutCheckpoint();
     store = await open(t.dir);
