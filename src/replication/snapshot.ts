@@ -89,6 +89,12 @@ export class SnapshotSender {
     if (snap === null) return;
     const key = `${group}/${message.to}`;
     this.streams.delete(key);
+    if (sizeBytes <= 0) {
+      // Not a volume this node knows the size of: a copy of nothing would install an empty volume there.
+      this.p.log(`snapshot: group ${group}: no volume size known here; not sending a copy to node ${message.to}`);
+      this.p.reportSnapshot(group, message.to, false);
+      return;
+    }
     const s: OutStream = {
       group,
       to: message.to,
@@ -129,6 +135,11 @@ export class SnapshotSender {
   onAck(from: NodeId, a: SnapAckEnvelope): void {
     const s = this.streams.get(`${a.group}/${from}`);
     if (s === undefined || s.index !== a.index || !Number.isSafeInteger(a.seq)) return;
+    // The group left this node or this node no longer leads it: reading it for the next chunk would fail.
+    if (!this.p.stillSending(s.group, s.to)) {
+      this.streams.delete(`${s.group}/${s.to}`);
+      return;
+    }
     if (!a.ok) return this.abort(s, "the follower refused a chunk");
     if (a.seq < s.acked || a.seq >= s.nextSeq) return;
     s.acked = a.seq + 1;
@@ -212,6 +223,8 @@ interface InStream {
   stagingId: number;
   nextSeq: number;
   /** Every chunk including the last is durable in the staging group. */
+  /** The chunk marked last has arrived (its writes may still be in flight). */
+  ended: boolean;
   complete: boolean;
   failed: boolean;
   /** The core took its snap message: its next persist installs this staging group, so nothing may restart it. */
@@ -244,13 +257,15 @@ export class SnapshotReceiver {
     // The core never installs a snapshot at or below its commit: such a copy would only linger.
     if (c.seq === 0 && c.index <= info.applied) return refuse(`this node already applied up to index ${info.applied}`);
     if (c.seq === 0) {
-      s = { from, index: c.index, term: c.term, stagingId: this.p.store.beginStaging(c.group), nextSeq: 0, complete: false, failed: false, installing: false };
+      s = { from, index: c.index, term: c.term, stagingId: this.p.store.beginStaging(c.group), nextSeq: 0, ended: false, complete: false, failed: false, installing: false };
       this.streams.set(c.group, s);
     }
     if (s === undefined || s.failed || s.from !== from || s.index !== c.index || s.term !== c.term || s.nextSeq !== c.seq) {
       return refuse("out of order");
     }
+    if (s.ended) return refuse("a chunk after the last one");
     s.nextSeq++;
+    if (c.last) s.ended = true;
     const writes: Promise<void>[] = [];
     let at = 0;
     try {

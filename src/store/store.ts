@@ -433,7 +433,9 @@ export class Store {
         payload: [payload],
         done: (_address, error) => {
           if (error) return reject(error);
-          if (!g.dropped && !staging.dropped) {
+          // The staging group is gone while its group is not: the copy the core took is not what would be installed.
+          if (!g.dropped && staging.dropped) return reject(new StoreError("EIO", `snapshot of group ${groupId} at index ${index}: its staged data was dropped before the install`));
+          if (!g.dropped) {
             this.groups.delete(staging.id);
             installStaged(g, staging, index, term, conf, (a, n) => this.addLive(a, -n * sectorBytes), (e) => this.unpin(e));
             this.compactedSinceCheckpoint = true;
