@@ -3,8 +3,7 @@
 // up: SIGKILL of the leader, SIGKILL of a follower, SIGSTOP of the leader for
 // longer than the election timeout (a client on it too: after SIGCONT it must
 // not serve stale reads or acknowledge writes it cannot commit),.
-// (SIGKILL of all three after a FLUSH is in faults-restart-all.pending.ts: it
-// shows a pxd bug.) Every read must return the last
+// (SIGKILL of all three after a FLUSH is in faults-restart-all.test.ts.) Every read must return the last
 // acknowledged write of its block or a concurrent one; every acknowledged
 // write must be there at the end.
 

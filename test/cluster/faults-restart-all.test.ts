@@ -1,11 +1,9 @@
-// PENDING (a pxd bug, not run by CI): SIGKILL of all three nodes right after
-// an NBD FLUSH with the checker's load running, then all three started at
-// once. Everything acknowledged (so everything before the FLUSH) must read
-// back. Intermittently (about 1 run in 3) one restarted node never sees the
-// cluster healthy again: it knows only the peers it learned when it joined
-// and refuses the third node's peer handshake ("handshake failed: unexpected
-// node id ...") forever, so its status lists two nodes. Five rounds here make
-// it show up reliably. Rename to faults-restart-all.test.ts once fixed.
+// SIGKILL of all three nodes right after an NBD FLUSH with the checker's load
+// running, then all three started at once. Everything acknowledged (so
+// everything before the FLUSH) must read back. Five rounds: it once showed a
+// bug about 1 run in 3 (a restarted node knew only the peers it learned when
+// it joined and refused the third node's handshake forever); the peer set
+// now shrinks only when a node is removed (Daemon.refreshPeers).
 
 import { test } from "uvu";
 import { startCluster, type Cluster } from "../helpers/cluster.js";
