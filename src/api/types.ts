@@ -97,6 +97,8 @@ export interface VolumeInfo {
   nbdUri: string;
   connections: number;
   replicas: ReplicaInfo[];
+  /** The volume's Raft log on the node that answered (its leader when reachable): entries first..last are kept; below first they are compacted. */
+  log?: { firstIndex: number; lastIndex: number };
 }
 
 /** PATCH /v1/volumes/NAME: what to change (ha-update). */

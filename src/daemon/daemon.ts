@@ -626,7 +626,7 @@ export class Daemon implements Controller {
     if (leader === this.nodeId || n === undefined || !this.driver.hasGroup(v.id)) return mine;
     try {
       const remote = await new ApiClient(`${n.address.includes(":") ? `[${n.address}]` : n.address}:${n.apiPort}`, { timeoutMs: 2000 }).inspectVolume(name);
-      return { ...mine, replicas: remote.replicas, allocatedBytes: remote.allocatedBytes };
+      return { ...mine, replicas: remote.replicas, allocatedBytes: remote.allocatedBytes, ...(remote.log ? { log: remote.log } : {}) };
     } catch {
       return mine; // the leader did not answer: what this node knows
     }
@@ -746,6 +746,7 @@ export class Daemon implements Controller {
       nbdUri: `nbd://${host}:${this.nbdPort}/${v.name}`,
       connections: this.connections.get(v.name) ?? 0,
       replicas: this.replicas(v, leader),
+      ...(this.store.hasGroup(v.id) ? { log: (({ firstIndex, lastIndex }) => ({ firstIndex, lastIndex }))(this.store.raftState(v.id)) } : {}),
     };
   }
 
