@@ -252,17 +252,21 @@ export function placementNodes(state: CatalogState): PlacementNode[] {
  * nodes that are down first, then draining ones, then the fullest. The
  * result goes into a setReplicas command with the current set as `expect`.
  */
-export function replicaSetFor(state: CatalogState, volume: string, repl: number): { nodes: number[] } | { error: string } {
+export function replicaSetFor(state: CatalogState, volume: string, repl: number, leaving: readonly number[] = []): { nodes: number[] } | { error: string } {
   const v = state.volumes.get(volume);
   if (v === undefined) return { error: `volume ${JSON.stringify(volume)} does not exist; pxd volume list shows the volumes` };
   if (repl === v.nodes.length) return { nodes: [...v.nodes] };
   const all = placementNodes(state);
   if (repl > v.nodes.length) {
-    const placed = place(
-      all.filter((n) => !v.nodes.includes(n.id)),
-      { volume, sizeBytes: v.sizeBytes, repl: repl - v.nodes.length, overcommitPercent: overcommitPercent(state) },
-    );
-    if ("error" in placed) return { error: `cannot add ${repl - v.nodes.length} replica(s) to volume ${JSON.stringify(volume)}: ${placed.error}` };
+    // New replicas go to zones the volume is not in yet: required for a volume created with --zones, preferred otherwise.
+    // `leaving`: replicas about to go (a dead node being replaced); their zones count as free.
+    const usedZones = new Set(all.filter((n) => v.nodes.includes(n.id) && !leaving.includes(n.id)).map((n) => n.zone ?? ""));
+    const others = all.filter((n) => !v.nodes.includes(n.id));
+    const request = { volume, sizeBytes: v.sizeBytes, repl: repl - v.nodes.length, overcommitPercent: overcommitPercent(state) };
+    const fresh = others.filter((n) => n.zone !== undefined && !usedZones.has(n.zone));
+    let placed = place(fresh, { ...request, ...(v.zones ? { zones: true } : {}) });
+    if ("error" in placed && !v.zones) placed = place(others, request);
+    if ("error" in placed) return { error: `cannot add ${repl - v.nodes.length} replica(s) to volume ${JSON.stringify(volume)}${v.zones ? " in zones it is not in yet" : ""}: ${placed.error}` };
     return { nodes: [...v.nodes, ...placed.nodes] };
   }
   const byId = new Map(all.map((n) => [n.id, n]));

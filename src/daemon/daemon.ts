@@ -379,7 +379,7 @@ export class Daemon implements Controller {
         return n !== undefined && n.health === "down" && now - n.updatedAt >= after;
       });
       if (dead === undefined) continue;
-      const set = replicaSetFor(this.catalog, v.name, v.nodes.length + 1);
+      const set = replicaSetFor(this.catalog, v.name, v.nodes.length + 1, [dead]);
       if ("error" in set) {
         if (this.unplaceable.get(v.id) !== dead) this.log.warn(`volume ${v.name}: its replica on down node ${dead} cannot be replaced: ${set.error}`);
         this.unplaceable.set(v.id, dead);

@@ -264,6 +264,23 @@ test("replicaSetFor (ha-update): more replicas go to the emptiest other nodes; f
   assert.ok("error" in replicaSetFor(s, "nope", 2));
 });
 
+test("replicaSetFor adds replicas in zones the volume is not in: required with --zones, preferred without", () => {
+  const zone = (id: number): Record<string, string> => ({ zone: id <= 2 ? "a" : id <= 4 ? "b" : "c" });
+  const s = cluster(5, zone);
+  must(s, { kind: "createVolume", name: "z", sizeBytes: GiB, repl: 2, nodes: [1, 3], zones: true, at: 1 });
+  assert.equal(replicaSetFor(s, "z", 3), { nodes: [1, 3, 5] }, "zone c is the only one left");
+  const four = replicaSetFor(s, "z", 4);
+  assert.ok("error" in four && /in zones it is not in yet/.test(four.error), JSON.stringify(four));
+  must(s, { kind: "createVolume", name: "p", sizeBytes: GiB, repl: 2, nodes: [1, 2], at: 2 });
+  const grown = replicaSetFor(s, "p", 4);
+  assert.ok(!("error" in grown) && grown.nodes.slice(2).every((id) => id >= 3), `zones b and c before a third replica in zone a: ${JSON.stringify(grown)}`);
+  assert.ok(!("error" in replicaSetFor(s, "p", 5)), "without --zones a zone may hold two replicas when nothing else is left");
+  // Replacing a dead replica: its zone is free again.
+  must(s, { kind: "createVolume", name: "r", sizeBytes: GiB, repl: 3, nodes: [1, 3, 5], zones: true, at: 3 });
+  const replaced = replicaSetFor(s, "r", 4, [3]);
+  assert.equal(replaced, { nodes: [1, 3, 5, 4] }, "node 3's replacement may sit in zone b, node 3's own");
+});
+
 test("setSetting validates key and value; null returns to the default", () => {
   const s = newCatalogState();
   assert.is(settingValue(s, "defaultRepl"), 1);
