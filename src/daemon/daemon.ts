@@ -526,9 +526,9 @@ export class Daemon implements Controller {
   }
 
   async updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo> {
-    const was = [...this.mustGet(name).nodes];
     const leaderApi = await this.metaLeaderApi();
     if (leaderApi) return leaderApi.updateVolume(name, request);
+    const was = [...this.mustGet(name).nodes];
     const set = replicaSetFor(this.catalog, name, request.repl);
     if ("error" in set) throw new ApiError(409, "placement", set.error);
     const result = await this.metaCommand({ kind: "setReplicas", name, nodes: set.nodes, repl: request.repl, expect: was });
@@ -619,7 +619,7 @@ export class Daemon implements Controller {
 
   /** Replica states come from the volume's leader, which tracks every replica's progress; asked when it is another node. */
   async inspectVolume(name: string): Promise<VolumeInfo> {
-    const v = this.mustGet(name);
+    const v = await this.knownVolume(name);
     const mine = this.info(v);
     const leader = this.driver.leader(v.id);
     const n = this.catalog.nodes.get(leader);
@@ -652,7 +652,7 @@ export class Daemon implements Controller {
   }
 
   async deleteVolume(name: string): Promise<void> {
-    this.mustGet(name);
+    await this.knownVolume(name);
     const open = this.connections.get(name) ?? 0;
     if (open > 0) {
       throw new ApiError(409, "busy", `volume "${name}" has ${open} NBD connection(s) on this node; disconnect the clients (nbd-client -d, or stop nbdfuse/qemu) and try again`);
@@ -724,6 +724,12 @@ export class Daemon implements Controller {
   private nodeByRef(ref: string): number {
     for (const n of this.catalog.nodes.values()) if (n.name === ref || String(n.id) === ref) return n.id;
     throw new ApiError(404, "not_found", `no node named or numbered ${JSON.stringify(ref)}; pxd node list shows the nodes`);
+  }
+
+  /** The volume, after catching this node's catalog up with the leader if it does not know the name (a volume just created elsewhere). */
+  private async knownVolume(name: string): Promise<CatalogVolume> {
+    if (!this.catalog.volumes.has(name)) await this.catalogCatchUp();
+    return this.mustGet(name);
   }
 
   private mustGet(name: string): CatalogVolume {

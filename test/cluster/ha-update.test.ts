@@ -94,8 +94,10 @@ test("writes going on while a single replica becomes three are all on the new re
 test("ha-update says what is wrong: too many replicas, unknown volume, bad count", async () => {
   await c.nodes[0]!.api.createVolume({ name: "ha2", sizeBytes: 1024 * 1024, repl: 1 });
   const err = (p: Promise<unknown>): Promise<string> => p.then(() => "ok", (e: Error) => e.message);
-  assert.match(await err(c.nodes[1]!.api.updateVolume("ha2", { repl: 4 })), /cannot add 3 replica\(s\) to volume "ha2"/);
-  assert.match(await err(c.nodes[1]!.api.updateVolume("nope", { repl: 2 })), /no volume named "nope"/);
+  const four = await err(c.nodes[1]!.api.updateVolume("ha2", { repl: 4 }));
+  assert.match(four, /cannot add 3 replica\(s\) to volume "ha2"/, four);
+  const nope = await err(c.nodes[1]!.api.updateVolume("nope", { repl: 2 }));
+  assert.match(nope, /no volume named "nope"/, nope);
   assert.match(await err(c.nodes[1]!.api.updateVolume("ha2", { repl: 0 })), /replica count from 1 to 5/);
 });
 
