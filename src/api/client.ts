@@ -58,7 +58,12 @@ export function parseApiAddress(text: string): ApiAddress {
     port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
     if (!(port >= 1 && port <= 65535)) throw new Error(`"${text}" has no valid port; use HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:${defaultApiPort}`);
   }
-  return { host, port, display: `${host.includes(":") ? `[${host}]` : host}:${port}` };
+  return { host, port, display: hostPort(host, port) };
+}
+
+/** "host:port" for an address and a port, an IPv6 literal in brackets. */
+export function hostPort(host: string, port: number): string {
+  return `${host.includes(":") ? `[${host}]` : host}:${port}`;
 }
 
 export interface ApiClientOptions {

@@ -9,6 +9,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { apiBodyBytesMax } from "../constants.js";
+import { hostPort } from "./client.js";
 import { ApiError, type ApiErrorBody, type Controller } from "./types.js";
 import { checkVolumeName, parseCreateVolumeRequest, parseJoinRequest, parseUpdateVolumeRequest } from "./validate.js";
 import {
@@ -128,7 +129,7 @@ export function startApiServer(options: ApiServerOptions): Promise<ApiServer> {
 
   return new Promise((resolve, reject) => {
     const onListenError = (err: NodeJS.ErrnoException): void => {
-      const where = `${formatHost(options.host)}:${options.port}`;
+      const where = hostPort(options.host, options.port);
       const hint = err.code === "EADDRINUSE" ? "; another pxd daemon may be running there (stop it with \"pxd down\") or pick another --api-port" : "";
       reject(new Error(`cannot serve the control API on ${where} (${err.code ?? err.message})${hint}`));
     };
@@ -137,7 +138,7 @@ export function startApiServer(options: ApiServerOptions): Promise<ApiServer> {
       server.off("error", onListenError);
       server.on("error", (err) => options.log(`api server error: ${err.message}`));
       const bound = server.address() as AddressInfo;
-      resolve({ address: `${formatHost(bound.address)}:${bound.port}`, port: bound.port, close });
+      resolve({ address: hostPort(bound.address, bound.port), port: bound.port, close });
     });
   });
 }
@@ -260,6 +261,3 @@ function tooLarge(what: string): ApiError {
   return new ApiError(413, "too_large", `the request body is ${what}; the API accepts at most ${apiBodyBytesMax} bytes`);
 }
 
-function formatHost(host: string): string {
-  return host.includes(":") ? `[${host}]` : host;
-}

@@ -2,7 +2,7 @@
 // bodies. Pure functions, shared by the server (which answers 400 with the
 // message) and the CLI (which checks before it dials).
 
-import { volumeBytesMax, volumeReplicasMax } from "../constants.js";
+import { catalogNameCharsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
 import { ApiError, type CreateVolumeRequest, type JoinRequest, type UpdateVolumeRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
 
@@ -26,13 +26,7 @@ const createFields = ["name", "sizeBytes", "repl", "nodes", "zones"];
 
 /** Checks a parsed JSON body field by field; throws ApiError(400) naming the first wrong field. */
 export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
-  if (typeof body !== "object" || body === null || Array.isArray(body)) {
-    throw invalid(`the body must be a JSON object like {"name":"demo","sizeBytes":1073741824,"repl":1}, not ${describe(body)}`);
-  }
-  const record = body as Record<string, unknown>;
-  for (const key of Object.keys(record)) {
-    if (!createFields.includes(key)) throw invalid(`unknown field "${key}"; the fields are ${createFields.join(", ")}`);
-  }
+  const record = objectWithFields(body, createFields, ` like {"name":"demo","sizeBytes":1073741824,"repl":1}`);
   const { name, sizeBytes, repl, nodes, zones } = record;
   if (typeof name !== "string") throw invalid(`field "name" must be a string, not ${describe(name)}`);
   checkVolumeName(name);
@@ -48,8 +42,8 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
     out.repl = repl;
   }
   if (nodes !== undefined) {
-    const ok = Array.isArray(nodes) && nodes.length >= 1 && nodes.length <= volumeReplicasMax && nodes.every((n) => typeof n === "string" && n.length >= 1 && n.length <= 63);
-    if (!ok) throw invalid(`field "nodes" must be a list of 1 to ${volumeReplicasMax} node names or ids (strings of at most 63 characters), not ${describe(nodes)}`);
+    const ok = Array.isArray(nodes) && nodes.length >= 1 && nodes.length <= volumeReplicasMax && nodes.every((n) => typeof n === "string" && n.length >= 1 && n.length <= catalogNameCharsMax);
+    if (!ok) throw invalid(`field "nodes" must be a list of 1 to ${volumeReplicasMax} node names or ids (strings of at most ${catalogNameCharsMax} characters), not ${describe(nodes)}`);
     out.nodes = [...(nodes as string[])];
   }
   if (zones !== undefined) {
@@ -61,16 +55,22 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
 
 /** PATCH /v1/volumes/NAME: {"repl": N}. */
 export function parseUpdateVolumeRequest(body: unknown): UpdateVolumeRequest {
-  if (typeof body !== "object" || body === null || Array.isArray(body)) {
-    throw invalid(`the body must be a JSON object like {"repl":3}, not ${describe(body)}`);
-  }
-  const record = body as Record<string, unknown>;
-  for (const key of Object.keys(record)) if (key !== "repl") throw invalid(`unknown field "${key}"; the only field is repl`);
-  const { repl } = record;
+  const { repl } = objectWithFields(body, ["repl"], ` like {"repl":3}`);
   if (typeof repl !== "number" || !Number.isSafeInteger(repl) || repl < 1 || repl > volumeReplicasMax) {
     throw invalid(`field "repl" must be a replica count from 1 to ${volumeReplicasMax}, not ${describe(repl)}`);
   }
   return { repl };
+}
+
+/** A JSON object body with none but the given fields; throws ApiError(400) naming the first other one. */
+function objectWithFields(body: unknown, fields: readonly string[], example = ""): Record<string, unknown> {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) throw invalid(`the body must be a JSON object${example}, not ${describe(body)}`);
+  const record = body as Record<string, unknown>;
+  for (const key of Object.keys(record)) {
+    if (fields.includes(key)) continue;
+    throw invalid(`unknown field "${key}"; ${fields.length === 1 ? `the only field is ${fields[0]}` : `the fields are ${fields.join(", ")}`}`);
+  }
+  return record;
 }
 
 function invalid(message: string): ApiError {
@@ -90,9 +90,7 @@ const joinFields = ["id", "name", "address", "nbdPort", "apiPort", "peerPort", "
 
 /** A join request's shape; the catalog checks names, bounds and uniqueness when it applies addNode. */
 export function parseJoinRequest(body: unknown): JoinRequest {
-  if (typeof body !== "object" || body === null || Array.isArray(body)) throw invalid(`the body must be a JSON object, not ${describe(body)}`);
-  const r = body as Record<string, unknown>;
-  for (const key of Object.keys(r)) if (!joinFields.includes(key)) throw invalid(`unknown field "${key}"; the fields are ${joinFields.join(", ")}`);
+  const r = objectWithFields(body, joinFields);
   const int = (k: string, max: number): number => {
     const v = r[k];
     if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0 || v > max) throw invalid(`field "${k}" must be an integer from 0 to ${max}, not ${describe(v)}`);

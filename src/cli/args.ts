@@ -7,12 +7,7 @@ import { volumeNameProblem } from "../api/validate.js";
 import { UsageError } from "./errors.js";
 
 export function sizeArg(text: string): number {
-  let bytes: number;
-  try {
-    bytes = parseSize(text);
-  } catch (err) {
-    throw new InvalidArgumentError((err as Error).message);
-  }
+  const bytes = byteCountArg(text);
   if (bytes <= 0) throw new InvalidArgumentError(`a volume needs a size above zero; use e.g. 1G`);
   return bytes;
 }

@@ -95,7 +95,8 @@ export type CatalogErrorCode =
   | "stale";
 
 export type ApplyResult =
-  | { ok: true; index: number; changed: boolean; node?: CatalogNode; volume?: CatalogVolume }
+  /** `kind`: the command that applied (what changed may depend on it: a replica set's new node joins, not bootstraps). */
+  | { ok: true; index: number; kind: CatalogCommand["kind"]; changed: boolean; node?: CatalogNode; volume?: CatalogVolume }
   | { ok: false; index: number; code: CatalogErrorCode; error: string };
 
 type Outcome = { ok: true; changed: boolean; node?: CatalogNode; volume?: CatalogVolume } | { ok: false; code: CatalogErrorCode; error: string };
@@ -110,8 +111,9 @@ export function applyCommand(state: CatalogState, command: unknown, index: numbe
   }
   state.appliedIndex = index;
   const v = validateCommand(command);
-  const outcome: Outcome = v.ok ? dispatch(state, v.command) : { ok: false, code: "invalid", error: v.error };
-  return { ...outcome, index };
+  if (!v.ok) return { ok: false, index, code: "invalid", error: v.error };
+  const outcome = dispatch(state, v.command);
+  return outcome.ok ? { ...outcome, index, kind: v.command.kind } : { ...outcome, index };
 }
 
 /** Decodes a log entry's data and applies it; a malformed entry is refused like an invalid command. */

@@ -9,7 +9,7 @@
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, statfsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ApiClient, DaemonUnreachableError } from "../api/client.js";
+import { ApiClient, DaemonUnreachableError, hostPort } from "../api/client.js";
 import { startApiServer, type ApiServer } from "../api/server.js";
 import {
   ApiError,
@@ -26,7 +26,7 @@ import {
 import { BufferPool } from "../base/buffer-pool.js";
 import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
-import { applyEntry, decodeCommand, encodeCommand, newCatalogState, replicaSetFor, settingValue, type ApplyResult, type CatalogCommand, type CatalogState, type CatalogVolume } from "../cluster/index.js";
+import { applyEntry, encodeCommand, newCatalogState, replicaSetFor, settingValue, type ApplyResult, type CatalogNode, type CatalogCommand, type CatalogState, type CatalogVolume } from "../cluster/index.js";
 import { checkClusterConstants, checkConstants, checkReplicationConstants, metaVotersMax, readPoolBufferBytesMax, readPoolBufferBytesMin, readPoolBytesMax } from "../constants.js";
 import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
@@ -98,8 +98,6 @@ export class Daemon implements Controller {
   private readonly catalog: CatalogState = newCatalogState();
   private readonly metaResults = new Map<number, ApplyResult>();
   private readonly connections = new Map<string, number>();
-  /** The last meta entry applied to the catalog. */
-  private catalogIndex = 0;
   /** Volumes whose replica on a down node had nowhere to go (logged once per dead node). */
   private readonly unplaceable = new Map<number, number>();
   /** Groups with a configuration change in flight (one at a time per group). */
@@ -238,7 +236,6 @@ export class Daemon implements Controller {
   /** Applies a committed meta entry to the catalog, then acts on what changed for this node. */
   private applyMeta(entry: Entry): void {
     this.store.markApplied(metaGroupId, entry.index);
-    this.catalogIndex = entry.index;
     if (entry.type !== EntryType.normal || entry.data.length === 0) return; // config changes are the core's; empty: a leader's no-op
     const result = applyEntry(this.catalog, entry.data, entry.index);
     this.metaResults.set(entry.index, result);
@@ -250,9 +247,7 @@ export class Daemon implements Controller {
     const live = this.catalog.volumes.get(v.name);
     // A replica added to an existing volume (setReplicas) starts with no configuration: the
     // group's leader makes it a learner and sends it a snapshot; it must not campaign before.
-    const added = decodeCommand(entry.data);
-    const joining = added.ok && added.command.kind === "setReplicas";
-    if (live !== undefined && live.id === v.id && live.nodes.includes(this.nodeId)) this.hostGroup(live, joining);
+    if (live !== undefined && live.id === v.id && live.nodes.includes(this.nodeId)) this.hostGroup(live, result.kind === "setReplicas");
     if (live === undefined && this.state.hosted.has(v.id)) this.unhostGroup(v.id);
   }
 
@@ -433,7 +428,7 @@ export class Daemon implements Controller {
     if (leader === 0 || n === undefined) {
       throw new ApiError(503, "unavailable", "the cluster's catalog has no leader right now (is a majority of its nodes down?); retry in a few seconds");
     }
-    return new ApiClient(`${n.address.includes(":") ? `[${n.address}]` : n.address}:${n.apiPort}`, { timeoutMs });
+    return nodeApi(n, timeoutMs);
   }
 
   /**
@@ -444,12 +439,17 @@ export class Daemon implements Controller {
    * had on disk. Bounded by catalogCatchUpMs; never rejects (a node cut off
    * from the leader answers from what it has).
    */
+  /** The last meta entry applied to the catalog. */
+  private catalogIndex(): number {
+    return this.store.raftState(metaGroupId).appliedIndex;
+  }
+
   private async catalogCatchUp(): Promise<void> {
     const deadline = Date.now() + catalogCatchUpMs;
     try {
       const api = await this.metaLeaderApi(1000);
       const target = api === undefined ? (this.driver.status(metaGroupId)?.commit ?? 0) : (await api.status()).catalog.commitIndex;
-      while (this.catalogIndex < target && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      while (this.catalogIndex() < target && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     } catch (e) {
       this.log.info(`catalog catch-up for an NBD lookup failed, answering from this node's copy: ${(e as Error).message}`);
     }
@@ -581,7 +581,7 @@ export class Daemon implements Controller {
       volumeCount: this.catalog.volumes.size,
       store: stats,
       clusterId: this.state.clusterId,
-      catalog: { leader: this.driver.leader(metaGroupId), commitIndex: this.driver.status(metaGroupId)?.commit ?? 0, appliedIndex: this.catalogIndex },
+      catalog: { leader: this.driver.leader(metaGroupId), commitIndex: this.driver.status(metaGroupId)?.commit ?? 0, appliedIndex: this.catalogIndex() },
       nodes,
       pool: {
         totalBytes: up.reduce((a, n) => a + n.capacityBytes, 0),
@@ -625,7 +625,7 @@ export class Daemon implements Controller {
     const n = this.catalog.nodes.get(leader);
     if (leader === this.nodeId || n === undefined || !this.driver.hasGroup(v.id)) return mine;
     try {
-      const remote = await new ApiClient(`${n.address.includes(":") ? `[${n.address}]` : n.address}:${n.apiPort}`, { timeoutMs: 2000 }).inspectVolume(name);
+      const remote = await nodeApi(n, 2000).inspectVolume(name);
       return { ...mine, replicas: remote.replicas, allocatedBytes: remote.allocatedBytes, ...(remote.log ? { log: remote.log } : {}) };
     } catch {
       return mine; // the leader did not answer: what this node knows
@@ -691,14 +691,14 @@ export class Daemon implements Controller {
 
   metrics(): string {
     const lines: string[] = [];
-    for (const [k, v] of Object.entries(this.store.stats())) {
-      const name = `pxd_store_${k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}`;
-      lines.push(`# TYPE ${name} gauge`, `${name} ${v}`);
-    }
-    for (const [k, v] of Object.entries(this.driver.snapshotSender.counters)) {
-      const name = `pxd_raft_${k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}`;
-      lines.push(`# TYPE ${name} counter`, `${name} ${v}`);
-    }
+    const exportAll = (prefix: string, type: string, values: Record<string, number>): void => {
+      for (const [k, v] of Object.entries(values)) {
+        const name = `${prefix}${k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}`;
+        lines.push(`# TYPE ${name} ${type}`, `${name} ${v}`);
+      }
+    };
+    exportAll("pxd_store_", "gauge", this.store.stats());
+    exportAll("pxd_raft_", "counter", this.driver.snapshotSender.counters);
     lines.push("# TYPE pxd_volumes gauge", `pxd_volumes ${this.catalog.volumes.size}`);
     for (const v of this.catalog.volumes.values()) {
       if (this.store.hasGroup(v.id)) lines.push(`pxd_volume_allocated_bytes{volume="${v.name}"} ${this.store.allocatedBytes(v.id)}`);
@@ -739,7 +739,6 @@ export class Daemon implements Controller {
   }
 
   private info(v: CatalogVolume): VolumeInfo {
-    const host = this.options.listen.includes(":") ? `[${this.options.listen}]` : this.options.listen;
     const leader = this.driver.leader(v.id);
     return {
       id: v.id,
@@ -749,7 +748,7 @@ export class Daemon implements Controller {
       createdAt: new Date(v.createdAt).toISOString(),
       state: "online",
       allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : 0,
-      nbdUri: `nbd://${host}:${this.nbdPort}/${v.name}`,
+      nbdUri: `nbd://${hostPort(this.options.listen, this.nbdPort)}/${v.name}`,
       connections: this.connections.get(v.name) ?? 0,
       replicas: this.replicas(v, leader),
       ...(this.store.hasGroup(v.id) ? { log: (({ firstIndex, lastIndex }) => ({ firstIndex, lastIndex }))(this.store.raftState(v.id)) } : {}),
@@ -778,6 +777,11 @@ export class Daemon implements Controller {
       return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), leader: id === leader };
     });
   }
+}
+
+/** The control API of another node of the cluster. */
+function nodeApi(n: CatalogNode, timeoutMs: number): ApiClient {
+  return new ApiClient(hostPort(n.address, n.apiPort), { timeoutMs });
 }
 
 function catalogError(r: Extract<ApplyResult, { ok: false }>): ApiError {
