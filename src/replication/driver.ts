@@ -352,15 +352,16 @@ export class MultiRaft {
   receive(from: NodeId, envelope: RaftEnvelope): void {
     const g = this.groups.get(envelope.group);
     if (g === undefined || envelope.message.to !== this.o.nodeId || envelope.message.from !== from) return;
-    // A snapshot is taken only once all of its data is durable here (its staging group).
-    if (envelope.message.type === MessageType.snap && !this.snapshotReceiver.ready(g.id, from, envelope.message)) {
+    const m = envelope.message;
+    if (m.type !== MessageType.snap) g.node.step(m);
+    else if (!this.snapshotReceiver.ready(g.id, from, m)) {
+      // A snapshot is taken only once all of its data is durable here (its staging group).
       this.o.log(`snapshot: group ${g.id}: install message from node ${from} before its data; ignored (the leader will send it again)`);
       return;
-    }
-    g.node.step(envelope.message);
-    if (envelope.message.type === MessageType.snap) {
+    } else {
+      g.node.step(m);
       // Taken: the core holds it for the next persist, which installs the staging group as it is then.
-      this.snapshotReceiver.stepped(g.id, g.node.raft.log.unstableSnapshot?.meta.index === envelope.message.snapshot?.meta.index);
+      this.snapshotReceiver.stepped(g.id, g.node.raft.log.unstableSnapshot?.meta.index === m.snapshot?.meta.index);
     }
     this.schedule();
   }
@@ -489,17 +490,21 @@ export class MultiRaft {
     if (!rd.mustSync) return Promise.resolve();
     const storage = this.storages.get(g.id)!;
     // The snapshot's install record goes first: entries of this Ready follow it in the log.
-    if (rd.snapshot !== null) storage.forgetAll();
-    const installed = rd.snapshot === null ? undefined : this.o.store.installSnapshot(g.id, rd.snapshot.meta.index, rd.snapshot.meta.term, rd.snapshot.meta.conf);
-    if (rd.snapshot !== null) g.confPoints = [{ index: rd.snapshot.meta.index, conf: rd.snapshot.meta.conf }];
+    const meta = rd.snapshot?.meta;
+    let installed: Promise<void> | undefined;
+    if (meta !== undefined) {
+      storage.forgetAll();
+      installed = this.o.store.installSnapshot(g.id, meta.index, meta.term, meta.conf);
+      g.confPoints = [{ index: meta.index, conf: meta.conf }];
+    }
     for (const e of rd.entries) storage.remember(e);
     const entries = rd.entries.map((e) => ({ index: e.index, term: e.term, type: e.type, data: [e.data] }));
     const appended = this.o.store.appendRaftEntries(g.id, entries, rd.hardState ?? undefined);
-    if (installed === undefined) return appended;
+    if (meta === undefined) return appended;
     return Promise.all([installed, appended]).then(() => {
-      g.applied = rd.snapshot!.meta.index;
+      g.applied = meta.index;
       this.snapshotReceiver.installed(g.id);
-      this.o.log(`snapshot: group ${g.id}: installed a full copy at index ${g.applied}`);
+      this.o.log(`snapshot: group ${g.id}: installed a full copy at index ${meta.index}`);
     });
   }
 

@@ -77,6 +77,11 @@ interface OutStream {
   idleTicks: number;
 }
 
+/** A leader streams at most one snapshot per group and follower. */
+function streamKey(group: number, to: NodeId): string {
+  return `${group}/${to}`;
+}
+
 export class SnapshotSender {
   private readonly streams = new Map<string, OutStream>();
   readonly counters = { snapshotsStarted: 0, snapshotsSent: 0, snapshotsFailed: 0, snapshotBytesSent: 0 };
@@ -87,7 +92,7 @@ export class SnapshotSender {
   start(group: number, sizeBytes: number, message: Message): void {
     const snap = message.snapshot;
     if (snap === null) return;
-    const key = `${group}/${message.to}`;
+    const key = streamKey(group, message.to);
     this.streams.delete(key);
     if (sizeBytes <= 0) {
       // Not a volume this node knows the size of: a copy of nothing would install an empty volume there.
@@ -133,11 +138,11 @@ export class SnapshotSender {
   }
 
   onAck(from: NodeId, a: SnapAckEnvelope): void {
-    const s = this.streams.get(`${a.group}/${from}`);
+    const s = this.streams.get(streamKey(a.group, from));
     if (s === undefined || s.index !== a.index || !Number.isSafeInteger(a.seq)) return;
     // The group left this node or this node no longer leads it: reading it for the next chunk would fail.
     if (!this.p.stillSending(s.group, s.to)) {
-      this.streams.delete(`${s.group}/${s.to}`);
+      this.streams.delete(streamKey(s.group, s.to));
       return;
     }
     if (!a.ok) return this.abort(s, "the follower refused a chunk");
@@ -158,7 +163,7 @@ export class SnapshotSender {
       if (!this.p.stillSending(s.group, s.to)) {
         // Installed (the core moved on), or this node no longer leads.
         if (s.finalSent) this.counters.snapshotsSent++;
-        this.streams.delete(`${s.group}/${s.to}`);
+        this.streams.delete(streamKey(s.group, s.to));
         continue;
       }
       if (++s.idleTicks > streamStallTicks) this.abort(s, s.finalSent ? "the follower did not install it" : "no acknowledgement");
@@ -166,7 +171,7 @@ export class SnapshotSender {
   }
 
   private abort(s: OutStream, why: string): void {
-    this.streams.delete(`${s.group}/${s.to}`);
+    this.streams.delete(streamKey(s.group, s.to));
     this.counters.snapshotsFailed++;
     this.p.log(`snapshot: group ${s.group} to node ${s.to} at index ${s.index} given up (${why}); the leader will try again`);
     this.p.reportSnapshot(s.group, s.to, false);
@@ -222,9 +227,9 @@ interface InStream {
   term: number;
   stagingId: number;
   nextSeq: number;
-  /** Every chunk including the last is durable in the staging group. */
   /** The chunk marked last has arrived (its writes may still be in flight). */
   ended: boolean;
+  /** Every chunk including the last is durable in the staging group. */
   complete: boolean;
   failed: boolean;
   /** The core took its snap message: its next persist installs this staging group, so nothing may restart it. */

@@ -303,9 +303,7 @@ export class Store {
     for (let i = lo; i < hi; i++) {
       const e = r.get(i)!;
       if (out.length > 0 && bytes + e.lengthBytes > maxBytes) break;
-      const data = Buffer.allocUnsafe(e.lengthBytes);
-      if (e.lengthBytes > 0) this.segmentLog.readSync(e.address, data, 0, e.lengthBytes);
-      out.push({ index: i, term: e.term, type: e.type, data });
+      out.push(this.readRaftEntry(i, e));
       bytes += e.lengthBytes;
     }
     return out;
@@ -317,12 +315,15 @@ export class Store {
     const out: RaftEntryOutput[] = [];
     for (let i = Math.max(lo, r.firstIndex); i < Math.min(hi, r.lastIndex + 1); i++) {
       const e = r.get(i)!;
-      if (e.type !== type) continue;
-      const data = Buffer.allocUnsafe(e.lengthBytes);
-      if (e.lengthBytes > 0) this.segmentLog.readSync(e.address, data, 0, e.lengthBytes);
-      out.push({ index: i, term: e.term, type: e.type, data });
+      if (e.type === type) out.push(this.readRaftEntry(i, e));
     }
     return out;
+  }
+
+  private readRaftEntry(index: number, e: RaftIndexEntry): RaftEntryOutput {
+    const data = Buffer.allocUnsafe(e.lengthBytes);
+    if (e.lengthBytes > 0) this.segmentLog.readSync(e.address, data, 0, e.lengthBytes);
+    return { index, term: e.term, type: e.type, data };
   }
 
   /** The group's Raft log bounds and hard state, as recovered or as last persisted. */
