@@ -46,5 +46,5 @@ EXPOSE 10809 9001 9002
 # 0.0.0.0 set PXD_HOST (ADDR[:PORT], also what the pxd CLI uses) to reach it.
 HEALTHCHECK --interval=5s --timeout=5s --start-period=60s --retries=3 \
   CMD ["node", "-e", "const a=process.env.PXD_HOST||'127.0.0.1:9001';fetch('http://'+(a.includes(':')?a:a+':9001')+'/v1/status',{signal:AbortSignal.timeout(4000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
-ENTRYPOINT ["node", "dist/bin/pxd.js"]
+ENTRYPOINT ["node", "--initial-old-space-size=64", "dist/bin/pxd.js"]
 CMD ["daemon", "--data-dir", "/data", "--listen", "0.0.0.0"]

@@ -8,6 +8,7 @@
 // process, its log and its pid file is the whole job. Everything it says to
 // the daemon goes through ApiClient.
 
+import { daemonNodeFlags } from "../os/node-flags.js";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -156,7 +157,7 @@ function startDaemon(paths: NodePaths, daemonArgs: string[], secret: string): [n
   mkdirSync(paths.dir, { recursive: true });
   // dist/src/cli/local-node.js -> dist/bin/pxd.js: the same build that is running now.
   const entry = fileURLToPath(new URL("../../bin/pxd.js", import.meta.url));
-  const args = ["--enable-source-maps", entry, "daemon", ...daemonArgs];
+  const args = ["--enable-source-maps", ...daemonNodeFlags, entry, "daemon", ...daemonArgs];
   const logFd = openSync(paths.log, "a");
   let child;
   try {

@@ -69,6 +69,8 @@ export class RaftLog {
 
   /** The term of i, or -1 if it is compacted or past the end (never a valid term). */
   termOrNone(i: number): number {
+    // Bounds first: a follower asks this of every entry past its log (findConflict), and an exception per append costs.
+    if (i > this.lastIndex() || i < this.firstIndex() - 1) return -1;
     try {
       return this.term(i);
     } catch (err) {

@@ -84,11 +84,11 @@ export class StoreRaftStorage implements Storage {
   }
 
   firstIndex(): number {
-    return this.store.raftState(this.groupId).firstIndex;
+    return this.store.raftFirstIndex(this.groupId);
   }
 
   lastIndex(): number {
-    return this.store.raftState(this.groupId).lastIndex;
+    return this.store.raftLastIndex(this.groupId);
   }
 
   snapshot(): Snapshot {

@@ -110,11 +110,6 @@ export class SegmentLog {
       return;
     }
     this.appendedTotal++;
-    const done = request.done;
-    request.done = (address, error) => {
-      this.finishedTotal++;
-      done(address, error);
-    };
     this.queue.push(request);
     this.kick();
   }
@@ -225,14 +220,18 @@ export class SegmentLog {
     const start = this.appendPosition;
     let position = start;
     const count = batch.records.length + (batch.seal ? 1 : 0);
-    const fields = { batchCount: count, segmentId, commitSeq: seq };
-    batch.records.forEach((r, i) => {
-      buffers.push(encodeHeader(r, { ...fields, batchPos: i }, r.payload), ...r.payload);
+    const fields = { batchPos: 0, batchCount: count, segmentId, commitSeq: seq };
+    for (let i = 0; i < batch.records.length; i++) {
+      const r = batch.records[i]!;
+      fields.batchPos = i;
+      buffers.push(encodeHeader(r, fields, r.payload));
+      for (const p of r.payload) buffers.push(p);
       addresses.push(segmentId * segmentBytes + position + recordHeaderBytes);
       position += recordHeaderBytes + payloadBytesOf(r.kind, r.lengthBytes);
-    });
+    }
     if (batch.seal) {
-      buffers.push(encodeHeader(sealRecord, { ...fields, batchPos: count - 1 }, []));
+      fields.batchPos = count - 1;
+      buffers.push(encodeHeader(sealRecord, fields, []));
       position += recordHeaderBytes;
       this.sealing = true;
     }
@@ -251,7 +250,8 @@ export class SegmentLog {
       this.durable = c.seal ? { segmentId: c.segmentId + 1, position: 0, commitSeq: c.seq } : { segmentId: c.segmentId, position: c.end, commitSeq: c.seq };
       this.commits++;
       this.recordsCommitted += c.records.length;
-      c.records.forEach((r, i) => r.done(c.addresses[i]!));
+      this.finishedTotal += c.records.length;
+      for (let i = 0; i < c.records.length; i++) c.records[i]!.done(c.addresses[i]!);
       this.wakeIdleWaiters();
       if (c.seal) void this.rollover().then(() => this.onCommitted(true));
       else this.onCommitted(false);
@@ -286,7 +286,11 @@ export class SegmentLog {
     // After a failed fdatasync the page cache may have dropped the data: the
     // log cannot know what is on disk, so it stops taking writes (fsyncgate).
     this.failure = error;
-    for (const c of this.inFlight.splice(0)) for (const r of c.records) r.done(0, error);
+    for (const c of this.inFlight.splice(0)) {
+      this.finishedTotal += c.records.length;
+      for (const r of c.records) r.done(0, error);
+    }
+    this.finishedTotal += this.queue.length - this.queueHead;
     for (let i = this.queueHead; i < this.queue.length; i++) this.queue[i]!.done(0, error);
     this.queue.length = 0;
     this.queueHead = 0;

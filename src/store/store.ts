@@ -10,6 +10,7 @@ import { assert } from "../base/assert.js";
 import {
   freeSegmentsMax,
   gcLiveRatioMax,
+  gcSpaceAmpMax,
   recordHeaderBytes,
   recordPayloadBytesMax,
   checkpointLogBytes,
@@ -275,23 +276,48 @@ export class Store {
   appendRaftEntries(groupId: number, entries: readonly RaftEntryInput[], hardState?: RaftHardState): Promise<void> {
     const g = this.group(groupId);
     for (let i = 1; i < entries.length; i++) assert(entries[i]!.index === entries[i - 1]!.index + 1, "entries are consecutive");
-    const parts = entries.map((e) => {
-      const length = totalBytes(e.data);
-      assert(length <= recordPayloadBytesMax, "a Raft entry fits one record");
-      return this.appendRaw(g, { kind: RecordKind.RaftEntry, termOrSource: e.term, index: e.index, offsetBytes: e.type, lengthBytes: length, payload: e.data }, (address) => {
-        g.raft.append(e.index, { term: e.term, type: e.type, address, lengthBytes: length }, (dropped) => this.unpin(dropped));
-        this.pin(address, 1);
-      });
+    // One promise for the call (the replicated write path): the log reports
+    // records durable in order, so the last report settles it.
+    return new Promise((resolve, reject) => {
+      const count = entries.length + (hardState === undefined ? 0 : 1);
+      let reported = 0;
+      const report = (error: Error | undefined): void => {
+        if (error !== undefined) reject(error);
+        else if (++reported === count) resolve();
+      };
+      if (count === 0) return resolve();
+      for (const e of entries) {
+        const length = totalBytes(e.data);
+        assert(length <= recordPayloadBytesMax, "a Raft entry fits one record");
+        const r = { kind: RecordKind.RaftEntry, groupId: g.id, termOrSource: e.term, index: e.index, offsetBytes: e.type, lengthBytes: length, payload: e.data } as const;
+        this.segmentLog.append({
+          ...r,
+          done: (address, error) => {
+            if (error === undefined && !g.dropped) {
+              g.raft.append(e.index, { term: e.term, type: e.type, address, lengthBytes: length }, this.unpin);
+              this.pin(address, 1);
+            }
+            report(error);
+          },
+        });
+      }
+      if (hardState !== undefined) {
+        const hs = { ...hardState };
+        this.segmentLog.append({
+          kind: RecordKind.HardState,
+          groupId: g.id,
+          termOrSource: hs.term,
+          index: hs.commit,
+          offsetBytes: hs.vote,
+          lengthBytes: 0,
+          payload: [],
+          done: (_address, error) => {
+            if (error === undefined && !g.dropped) g.raft.hardState = hs;
+            report(error);
+          },
+        });
+      }
     });
-    if (hardState !== undefined) {
-      const hs = { ...hardState };
-      parts.push(
-        this.appendRaw(g, { kind: RecordKind.HardState, termOrSource: hs.term, index: hs.commit, offsetBytes: hs.vote, lengthBytes: 0, payload: [] }, () => {
-          g.raft.hardState = hs;
-        }),
-      );
-    }
-    return Promise.all(parts).then(() => {});
   }
 
   /** Entries [lo, hi) with their data read from the log, stopping before maxBytes (but at least one). */
@@ -339,6 +365,15 @@ export class Store {
     return c === undefined ? undefined : { voters: [...c.voters], learners: [...c.learners] };
   }
 
+  /** The group's Raft log bounds without a copy of its state (the Raft core asks them often). */
+  raftFirstIndex(groupId: number): number {
+    return this.group(groupId).raft.firstIndex;
+  }
+
+  raftLastIndex(groupId: number): number {
+    return this.group(groupId).raft.lastIndex;
+  }
+
   /** The term of entry `index`, or undefined when it is compacted or past the end. */
   raftTerm(groupId: number, index: number): number | undefined {
     return this.group(groupId).raft.term(index);
@@ -355,7 +390,7 @@ export class Store {
     assert(e !== undefined && dataOffsetBytes + lengthBytes <= e.lengthBytes, `entry ${index} holds the applied range`);
     assert(offsetBytes % sectorBytes === 0 && lengthBytes % sectorBytes === 0, "applied writes are whole sectors");
     const address = e.address + dataOffsetBytes;
-    g.map.set(offsetBytes / sectorBytes, lengthBytes / sectorBytes, address, (a, n) => this.addLive(a, -n * sectorBytes));
+    g.map.set(offsetBytes / sectorBytes, lengthBytes / sectorBytes, address, this.freed);
     this.addLive(address, lengthBytes);
     g.appliedIndex = Math.max(g.appliedIndex, index);
   }
@@ -366,7 +401,7 @@ export class Store {
     checkRange(g, offsetBytes, lengthBytes);
     const from = Math.ceil(offsetBytes / sectorBytes);
     const to = Math.floor((offsetBytes + lengthBytes) / sectorBytes);
-    if (to > from) g.map.clear(from, to - from, (a, n) => this.addLive(a, -n * sectorBytes));
+    if (to > from) g.map.clear(from, to - from, this.freed);
     g.appliedIndex = Math.max(g.appliedIndex, index);
   }
 
@@ -383,7 +418,7 @@ export class Store {
   compactRaftLog(groupId: number, index: number, conf?: RaftConf): void {
     const g = this.group(groupId);
     assert(index <= g.appliedIndex, "only applied entries are compacted");
-    g.raft.compact(index, (dropped) => this.unpin(dropped), conf);
+    g.raft.compact(index, this.unpin, conf);
     this.compactedSinceCheckpoint = true;
     this.maintain(); // segments it unpinned may now be collected, after a checkpoint
   }
@@ -438,7 +473,7 @@ export class Store {
           if (!g.dropped && staging.dropped) return reject(new StoreError("EIO", `snapshot of group ${groupId} at index ${index}: its staged data was dropped before the install`));
           if (!g.dropped) {
             this.groups.delete(staging.id);
-            installStaged(g, staging, index, term, conf, (a, n) => this.addLive(a, -n * sectorBytes), (e) => this.unpin(e));
+            installStaged(g, staging, index, term, conf, this.freed, this.unpin);
             this.compactedSinceCheckpoint = true;
             this.counters.snapshotsInstalled++;
           }
@@ -594,25 +629,6 @@ export class Store {
     });
   }
 
-  /** Appends one record of a group and runs `durable` with its payload address, in log order. */
-  private appendRaw(
-    g: Group,
-    r: { kind: RecordKind.RaftEntry | RecordKind.HardState; termOrSource: number; index: number; offsetBytes: number; lengthBytes: number; payload: readonly Uint8Array[] },
-    durable: (address: number) => void,
-  ): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.segmentLog.append({
-        ...r,
-        groupId: g.id,
-        done: (address, error) => {
-          if (error) return reject(error);
-          if (!g.dropped) durable(address);
-          resolve();
-        },
-      });
-    });
-  }
-
   /** Segments holding uncompacted Raft entries are never collected. */
   private pin(address: number, delta: number): void {
     const id = Math.floor(address / segmentBytes);
@@ -621,12 +637,14 @@ export class Store {
     else this.pinned.set(id, n);
   }
 
-  private unpin(e: RaftIndexEntry): void {
-    this.pin(e.address, -1);
-  }
+  /** Unpins a dropped Raft index entry's segment (a field: passed on every append, made once). */
+  private readonly unpin = (e: RaftIndexEntry): void => this.pin(e.address, -1);
+
+  /** Counts sectors a block map stopped pointing at as dead (a field, as unpin). */
+  private readonly freed = (address: number, sectors: number): void => this.addLive(address, -sectors * sectorBytes);
 
   private apply(g: Group, kind: RecordKind, offsetBytes: number, lengthBytes: number, source: number, index: number, address: number): void {
-    const moved = applyToGroup(g, kind, offsetBytes, lengthBytes, source, index, address, (a, n) => this.addLive(a, -n * sectorBytes));
+    const moved = applyToGroup(g, kind, offsetBytes, lengthBytes, source, index, address, this.freed);
     if (moved > 0) this.addLive(address, moved * sectorBytes);
   }
 
@@ -678,15 +696,23 @@ export class Store {
     }
   }
 
-  /** Sealed segments below `belowId` whose live ratio is under the GC threshold, emptiest first. */
+  /**
+   * Sealed segments below `belowId` worth collecting, emptiest first: those
+   * with no live data, and while the segments hold more than gcSpaceAmpMax
+   * times the live data, those whose live ratio is under gcLiveRatioMax.
+   */
   private gcCandidates(belowId: number, honourCheckpointPins: boolean): number[] {
     const head = this.segmentLog.headSegmentId;
+    let liveTotal = 0;
+    for (const bytes of this.liveBytes.values()) liveTotal += bytes;
+    const amplified = this.segmentLog.segments.size * segmentBytes > gcSpaceAmpMax * liveTotal + segmentBytes;
+    const liveMax = amplified ? gcLiveRatioMax * segmentBytes : 1;
     const ids: number[] = [];
     for (const id of this.segmentLog.segments.keys()) {
       if (id >= head || id >= belowId || this.pinned.has(id)) continue;
       // The last checkpoint's Raft index still points here: recovery from it would read this segment.
       if (honourCheckpointPins && this.checkpointPinned.has(id)) continue;
-      if ((this.liveBytes.get(id) ?? 0) < gcLiveRatioMax * segmentBytes) ids.push(id);
+      if ((this.liveBytes.get(id) ?? 0) < liveMax) ids.push(id);
     }
     return ids.sort((a, b) => (this.liveBytes.get(a) ?? 0) - (this.liveBytes.get(b) ?? 0));
   }
@@ -698,7 +724,8 @@ export class Store {
    * is never laundered under a fresh checksum.
    */
   private async collectSegment(id: number): Promise<void> {
-    this.verifySegment(id);
+    // With nothing live there is nothing to copy, so nothing to check first.
+    if ((this.liveBytes.get(id) ?? 0) > 0) this.verifySegment(id);
     const lo = id * segmentBytes;
     const moves: Promise<void>[] = [];
     for (const g of this.groups.values()) {

@@ -2,6 +2,7 @@
 // ports with its own data dir, driven through the real API client.
 
 import { spawn, type ChildProcess } from "node:child_process";
+import { daemonNodeFlags } from "../../src/os/node-flags.js";
 import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { ApiClient } from "../../src/api/client.js";
@@ -50,7 +51,7 @@ export class DaemonProcess {
     this.output = "";
     const child = spawn(
       process.execPath,
-      [pxdEntry, "daemon", "--data-dir", this.dataDir, "--listen", this.host, "--nbd-port", String(this.nbdPort), "--api-port", String(this.apiPort), "--peer-port", String(this.peerPort), ...this.extraArgs],
+      [...daemonNodeFlags, pxdEntry, "daemon", "--data-dir", this.dataDir, "--listen", this.host, "--nbd-port", String(this.nbdPort), "--api-port", String(this.apiPort), "--peer-port", String(this.peerPort), ...this.extraArgs],
       { stdio: ["ignore", "pipe", "pipe"] },
     );
     this.child = child;

@@ -7,6 +7,7 @@
 // their container addresses replaced by 127.0.0.11-13 and /data by temp dirs.
 // They must start, join, see each other and replicate a volume.
 
+import { daemonNodeFlags } from "../../src/os/node-flags.js";
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { createServer } from "node:net";
@@ -277,8 +278,8 @@ test("Dockerfile: two stages on node:20-bookworm-slim, build with npm ci + npm r
   assert.not.match(runtimeRuns, /npm run build/);
 });
 
-test("Dockerfile: the default command is `node dist/bin/pxd.js daemon --data-dir /data --listen 0.0.0.0`", () => {
-  assert.equal([...entrypoint, ...cmd], ["node", "dist/bin/pxd.js", "daemon", "--data-dir", "/data", "--listen", "0.0.0.0"]);
+test("Dockerfile: the default command is `node FLAGS dist/bin/pxd.js daemon --data-dir /data --listen 0.0.0.0`, FLAGS the daemon's Node.js flags", () => {
+  assert.equal([...entrypoint, ...cmd], ["node", ...daemonNodeFlags, "dist/bin/pxd.js", "daemon", "--data-dir", "/data", "--listen", "0.0.0.0"]);
   assert.is(only(runtime, "WORKDIR"), "/app");
 });
 
@@ -502,7 +503,8 @@ test.after(async () => {
 });
 
 test("the runtime files run: `pxd daemon --help` knows every option the image and the compose file pass", () => {
-  const [node, entry] = entrypoint;
+  const [node, ...rest] = entrypoint;
+  const entry = rest[rest.length - 1];
   assert.is(node, "node");
   const help = spawnSync(process.execPath, [entry!, "daemon", "--help"], { cwd: app, env: imageEnv({}), encoding: "utf8" });
   assert.is(help.status, 0, help.stderr);
@@ -545,7 +547,7 @@ test(`the compose command lines start a 3-node cluster (container addresses -> $
     healthEnv.set(s.name, env);
     const args = s.command.map((a) => (a === "/data" ? join(tmp.dir, s.name) : local(a)));
     const childEnv = imageEnv(env);
-    const child = spawn(process.execPath, [entrypoint[1]!, ...args], { cwd: app, env: childEnv, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [...entrypoint.slice(1), ...args], { cwd: app, env: childEnv, stdio: ["ignore", "pipe", "pipe"] });
     children.push(child);
     logs.set(s.name, "");
     const collect = (d: Buffer): void => void logs.set(s.name, logs.get(s.name) + d.toString());
