@@ -100,7 +100,7 @@ export class RaftLog {
     const lastNew = index + entries.length;
     const conflict = this.findConflict(entries);
     if (conflict !== 0) {
-      assert(conflict > this.committed, `entry ${conflict} conflicts with committed ${this.committed}`);
+      assert(conflict > this.committed, () => `entry ${conflict} conflicts with committed ${this.committed}`);
       const first = entries[0];
       assert(first !== undefined, "a conflict implies entries");
       this.append(entries.slice(conflict - first.index));
@@ -134,8 +134,8 @@ export class RaftLog {
     if (entries.length === 0) return this.lastIndex();
     const first = entries[0];
     assert(first !== undefined, "append has a first entry");
-    assert(first.index - 1 >= this.committed, `append at ${first.index} would overwrite committed ${this.committed}`);
-    assert(first.index <= this.lastIndex() + 1, `append at ${first.index} leaves a gap after ${this.lastIndex()}`);
+    assert(first.index - 1 >= this.committed, () => `append at ${first.index} would overwrite committed ${this.committed}`);
+    assert(first.index <= this.lastIndex() + 1, () => `append at ${first.index} leaves a gap after ${this.lastIndex()}`);
     const off = this.unstableOffset;
     if (first.index === off + this.unstable.length) {
       for (const e of entries) this.unstable.push(e);
@@ -155,7 +155,7 @@ export class RaftLog {
     if (lo >= hi) return [];
     const first = this.firstIndex();
     if (lo < first) throw new CompactedError(`entry ${lo} is compacted (first index ${first})`);
-    assert(hi <= this.lastIndex() + 1, `slice [${lo}, ${hi}) past the last index ${this.lastIndex()}`);
+    assert(hi <= this.lastIndex() + 1, () => `slice [${lo}, ${hi}) past the last index ${this.lastIndex()}`);
     const off = this.unstableOffset;
     let out: Entry[] = [];
     let bytes = 0;
@@ -177,7 +177,7 @@ export class RaftLog {
 
   commitTo(index: number): void {
     if (index <= this.committed) return;
-    assert(index <= this.lastIndex(), `commit ${index} is past the last index ${this.lastIndex()}`);
+    assert(index <= this.lastIndex(), () => `commit ${index} is past the last index ${this.lastIndex()}`);
     this.committed = index;
   }
 
@@ -207,7 +207,7 @@ export class RaftLog {
   }
 
   appliedTo(index: number): void {
-    assert(index <= this.committed, `applied ${index} is past committed ${this.committed}`);
+    assert(index <= this.committed, () => `applied ${index} is past committed ${this.committed}`);
     if (index > this.applied) this.applied = index;
     if (index > this.applying) this.applying = index;
   }

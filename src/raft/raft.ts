@@ -104,7 +104,7 @@ export class Raft {
         `hard state commit ${hs.commit} is outside the stored log [${this.log.committed}, ${this.log.lastIndex()}]`);
       this.log.committed = hs.commit;
     }
-    assert(this.log.applied <= this.log.committed, `applied ${this.log.applied} is past commit ${this.log.committed}`);
+    assert(this.log.applied <= this.log.committed, () => `applied ${this.log.applied} is past commit ${this.log.committed}`);
     this.term = hs.term;
     this.vote = hs.vote;
     this.confPoints = [{ index: storage.firstIndex() - 1, conf: cloneConfState(init.confState) }];
@@ -126,7 +126,7 @@ export class Raft {
   }
 
   step(m: Message): void {
-    assert(m.to === this.id, `message for ${m.to} stepped into ${this.id}`);
+    assert(m.to === this.id, () => `message for ${m.to} stepped into ${this.id}`);
     assert(m.from !== this.id && m.from !== noNode, "messages come from another node");
     if (m.term > this.term) {
       if (m.type === MessageType.vote || m.type === MessageType.preVote) {
@@ -800,7 +800,7 @@ export class Raft {
 
   progressOf(id: NodeId): Progress {
     const pr = this.tracker.progress.get(id);
-    assert(pr !== undefined, `no progress for node ${id}`);
+    assert(pr !== undefined, () => `no progress for node ${id}`);
     return pr;
   }
 

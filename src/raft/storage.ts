@@ -135,7 +135,7 @@ export class MemoryStorage implements Storage {
   /** Records that the application's state at index i is `data` (the log before it may then be compacted). */
   createSnapshot(i: number, conf: ConfState, data: Uint8Array): Snapshot {
     if (i <= this.snap.meta.index) throw new SnapshotOutOfDateError(`snapshot ${i} is not newer than ${this.snap.meta.index}`);
-    assert(i <= this.lastIndex(), `snapshot index ${i} is past the last index ${this.lastIndex()}`);
+    assert(i <= this.lastIndex(), () => `snapshot index ${i} is past the last index ${this.lastIndex()}`);
     this.snap = { meta: { index: i, term: this.term(i), conf: cloneConfState(conf) }, data };
     return this.snap;
   }
@@ -144,7 +144,7 @@ export class MemoryStorage implements Storage {
   compact(compactIndex: number): void {
     const offset = this.offset();
     if (compactIndex <= offset) throw new CompactedError(`already compacted to ${offset}`);
-    assert(compactIndex <= this.lastIndex(), `compact ${compactIndex} is past the last index ${this.lastIndex()}`);
+    assert(compactIndex <= this.lastIndex(), () => `compact ${compactIndex} is past the last index ${this.lastIndex()}`);
     const e = this.ents[compactIndex - offset];
     assert(e !== undefined, "compact target exists");
     const rest = this.ents.slice(compactIndex - offset + 1);
@@ -161,7 +161,7 @@ export class MemoryStorage implements Storage {
     if (last < first) return; // all compacted already
     const skip = first > head.index ? first - head.index : 0;
     const start = head.index + skip;
-    assert(start <= this.lastIndex() + 1, `append at ${start} leaves a gap after ${this.lastIndex()}`);
+    assert(start <= this.lastIndex() + 1, () => `append at ${start} leaves a gap after ${this.lastIndex()}`);
     this.ents.length = start - this.offset(); // truncate the conflicting suffix
     for (let k = skip; k < entries.length; k++) {
       const e = entries[k];

@@ -39,7 +39,7 @@ export function frameTypeName(type: number): string {
 }
 
 export function encodeFrameHeader(type: FrameType, bodyBytes: number): Buffer {
-  assert(Number.isSafeInteger(bodyBytes) && bodyBytes >= 0 && bodyBytes <= 0xffffffff, `frame body of ${bodyBytes} bytes fits u32`);
+  assert(Number.isSafeInteger(bodyBytes) && bodyBytes >= 0 && bodyBytes <= 0xffffffff, () => `frame body of ${bodyBytes} bytes fits u32`);
   const h = Buffer.allocUnsafe(frameHeaderBytes);
   h.writeUInt32BE(bodyBytes, 0);
   h.writeUInt8(type, 4);

@@ -138,7 +138,7 @@ export class SegmentLog {
   readSync(address: number, into: Uint8Array, intoOffset: number, length: number): void {
     const id = Math.floor(address / segmentBytes);
     const file = this.segments.get(id);
-    assert(file !== undefined, `segment ${id} holds mapped data`);
+    assert(file !== undefined, () => `segment ${id} holds mapped data`);
     const n = file.readSync(into, intoOffset, length, address - id * segmentBytes);
     if (n !== length) throw new StoreError("EIO", `short read from segment ${id}: ${n} of ${length} bytes`);
   }

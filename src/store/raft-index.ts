@@ -59,8 +59,8 @@ export class RaftIndex {
    * are reported so their space can be counted as garbage.
    */
   append(index: number, entry: RaftIndexEntry, dropped: (e: RaftIndexEntry) => void): void {
-    assert(index > this.snapshotIndex, `entry ${index} is above the compaction point ${this.snapshotIndex}`);
-    assert(index <= this.lastIndex + 1, `entry ${index} follows the log's last entry ${this.lastIndex}`);
+    assert(index > this.snapshotIndex, () => `entry ${index} is above the compaction point ${this.snapshotIndex}`);
+    assert(index <= this.lastIndex + 1, () => `entry ${index} follows the log's last entry ${this.lastIndex}`);
     while (this.lastIndex >= index) dropped(this.entries.pop()!);
     this.entries.push(entry);
   }

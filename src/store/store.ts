@@ -387,7 +387,7 @@ export class Store {
     const g = this.group(groupId);
     checkRange(g, offsetBytes, lengthBytes);
     const e = g.raft.get(index);
-    assert(e !== undefined && dataOffsetBytes + lengthBytes <= e.lengthBytes, `entry ${index} holds the applied range`);
+    assert(e !== undefined && dataOffsetBytes + lengthBytes <= e.lengthBytes, () => `entry ${index} holds the applied range`);
     assert(offsetBytes % sectorBytes === 0 && lengthBytes % sectorBytes === 0, "applied writes are whole sectors");
     const address = e.address + dataOffsetBytes;
     g.map.set(offsetBytes / sectorBytes, lengthBytes / sectorBytes, address, this.freed);
@@ -724,11 +724,13 @@ export class Store {
    * is never laundered under a fresh checksum.
    */
   private async collectSegment(id: number): Promise<void> {
-    // With nothing live there is nothing to copy, so nothing to check first.
-    if ((this.liveBytes.get(id) ?? 0) > 0) this.verifySegment(id);
+    // With nothing live no block map points here: nothing to check, find or copy
+    // (finding walks every block map: 14% of a 1 MiB sequential write's CPU).
+    const live = (this.liveBytes.get(id) ?? 0) > 0;
+    if (live) this.verifySegment(id);
     const lo = id * segmentBytes;
     const moves: Promise<void>[] = [];
-    for (const g of this.groups.values()) {
+    for (const g of live ? this.groups.values() : []) {
       g.map.runsInto(lo, lo + segmentBytes, (sector, count, address) => {
         for (let done = 0; done < count; ) {
           const n = Math.min(count - done, recordPayloadBytesMax / sectorBytes);
