@@ -3,9 +3,10 @@
 // with a repl-1 volume, and a 3-node pxd cluster on loopback (startCluster(3))
 // with a repl-3 volume, reached through its Raft leader and once through a
 // follower (which forwards to the leader). Targets are alternated round by
-// round so that noise from the machine falls on all of them. Then two
-// pxd-only checks: daemon memory after 1 GiB of random 4k writes, and store
-// disk use after rewriting 256 MiB ten times.
+// round so that noise from the machine falls on all of them. Then the disk's
+// durable ceiling (fio alone: 1 MiB overwrites with an fdatasync every 4) and
+// two pxd-only checks: daemon memory after 1 GiB of random 4k writes, and
+// store disk use after rewriting 256 MiB ten times.
 //
 //   npm run bench -- [--runtime 8] [--rounds 2] [--only REGEX] [--skip-extra]
 //                    [--cluster | --skip-cluster] [--json FILE]
@@ -18,9 +19,10 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { startCluster, type Cluster } from "../test/helpers/cluster.js";
 import type { DaemonProcess } from "../test/helpers/daemon.js";
-import { fioVersion, runFio, type FioResult, type FioSpec } from "./lib/fio.js";
+import { fioVersion, runFio, runFioDurableFile, type FioResult, type FioSpec } from "./lib/fio.js";
 import { Nbdkit, nbdkitVersion } from "./lib/nbdkit.js";
 import { cpuSeconds, log, onCleanup, positiveOption, procStatusKiB, runBench } from "./lib/proc.js";
+import { freeSegmentsMax } from "../src/constants.js";
 import { dirUsage, startBenchDaemon, storeSnapshot, waitForStoreSettle, type DirUsage, type Settled } from "./lib/pxd.js";
 
 const MiB = 1024 * 1024;
@@ -514,6 +516,38 @@ function diskCheck(): Promise<DiskResult> {
   });
 }
 
+/** fdatasync every this many 1 MiB writes: about what a pxd group commit of the 1m-seqwrite-qd8 job holds (2.5 records). */
+const ceilingSyncEvery = 4;
+
+/** The disk's durable 1 MiB write rate without pxd: what a durable server could reach at best here. */
+async function ceilingCheck(runtimeSec: number): Promise<FioResult> {
+  const dir = mkdtempSync(join(tmpdir(), "pxd-ceiling-"));
+  const remove = onCleanup("ceiling file", () => rmSync(dir, { recursive: true, force: true }));
+  try {
+    log(`ceiling: fio overwriting a 1 GiB file with 1 MiB writes, fdatasync every ${ceilingSyncEvery}`);
+    const r = await runFioDurableFile(dir, ceilingSyncEvery, runtimeSec);
+    log(`ceiling: ${fmtNum(r.bytesPerSec / MiB)} MiB/s`);
+    return r;
+  } finally {
+    await remove();
+  }
+}
+
+function ceilingText(c: FioResult, results: JobResult[]): string {
+  // The job's metric is bandwidth: its medians are MiB/s.
+  const seq = results.find((r) => r.name === "1m-seqwrite-qd8");
+  const rate = (t: TargetName): number | undefined => {
+    const v = seq?.median[t]?.value;
+    return v === undefined ? undefined : v * MiB;
+  };
+  const pxd = rate("pxd");
+  const nbdkit = rate("nbdkit");
+  const parts = [`fio alone, 1 MiB overwrites of a pre-written 1 GiB file on the same filesystem (psync, one job), fdatasync every ${ceilingSyncEvery} writes, ${fmtNum(c.runtimeMs / 1000)} s: **${fmtNum(c.bytesPerSec / MiB)} MiB/s**`];
+  if (nbdkit !== undefined) parts.push(`${fmtNum(c.bytesPerSec / nbdkit, 2)} of nbdkit's 1m-seqwrite-qd8 (which syncs nothing)`);
+  if (pxd !== undefined) parts.push(`pxd repl 1 reached ${fmtNum(pxd / c.bytesPerSec, 2)} of it`);
+  return parts.join("; ") + ".\n";
+}
+
 function memoryTable(m: MemoryResult): string {
   const mib = (kib: number): string => `${fmtNum(kib / 1024, 1)} MiB`;
   return table(["pxd daemon (fresh, one 1 GiB volume)", "value"], [
@@ -592,6 +626,10 @@ async function main(): Promise<void> {
   );
 
   if (!opts.skipExtra) {
+    // A failure here (no fio, no room for 1 GiB in the temp dir) is reported; the other checks still run.
+    const ceiling = await ceilingCheck(opts.runtimeSec).catch((e: Error) => e);
+    out["ceiling"] = ceiling instanceof Error ? { error: ceiling.message } : { syncEvery: ceilingSyncEvery, ...ceiling };
+    process.stdout.write(`## The disk's durable write ceiling\n\n${ceiling instanceof Error ? `not measured: ${ceiling.message}\n` : ceilingText(ceiling, results)}\n`);
     const memory = await memoryCheck();
     out["memory"] = memory;
     process.stdout.write(`## Memory\n\n${memoryTable(memory)}\n`);
@@ -599,7 +637,7 @@ async function main(): Promise<void> {
     out["disk"] = disk;
     process.stdout.write(
       `## Disk space\n\n${diskTable(disk)}\n` +
-        "Segments are 64 MiB files; up to 2 freed segments are kept for reuse.\n\n",
+        `Segments are 64 MiB files; up to ${freeSegmentsMax} freed segments are kept for reuse.\n\n`,
     );
   }
   if (opts.jsonFile !== undefined) {

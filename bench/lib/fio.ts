@@ -46,15 +46,32 @@ export function fioArgs(spec: FioSpec, uri: string): string[] {
   return args;
 }
 
-export async function runFio(spec: FioSpec, uri: string, timeoutMs: number): Promise<FioResult> {
-  const out = await captureOk("fio", fioArgs(spec, uri), timeoutMs);
+export function runFio(spec: FioSpec, uri: string, timeoutMs: number): Promise<FioResult> {
+  return runFioArgs(spec, uri, fioArgs(spec, uri), timeoutMs);
+}
+
+/**
+ * The disk's own durable write rate, no NBD and no pxd: fio overwrites a
+ * pre-written file on `dir`'s filesystem with 1 MiB writes (psync, one job)
+ * and an fdatasync after every `syncEvery` writes.
+ */
+export async function runFioDurableFile(dir: string, syncEvery: number, runtimeSec: number): Promise<FioResult> {
+  const file = `${dir}/ceiling.img`;
+  await captureOk("fio", ["--name=ceiling-fill", `--filename=${file}`, "--rw=write", "--bs=1M", "--size=1G", "--ioengine=psync", "--end_fsync=1", "--output-format=json"], 10 * 60 * 1000);
+  const spec: FioSpec = { name: "ceiling", rw: "write", bs: "1M", iodepth: 1, size: "1G", runtimeSec };
+  const args = [`--name=${spec.name}`, `--filename=${file}`, "--rw=write", "--bs=1M", "--size=1G", "--ioengine=psync", `--fdatasync=${syncEvery}`, "--time_based", `--runtime=${runtimeSec}`, "--output-format=json"];
+  return runFioArgs(spec, file, args, (runtimeSec + 120) * 1000);
+}
+
+async function runFioArgs(spec: FioSpec, where: string, args: string[], timeoutMs: number): Promise<FioResult> {
+  const out = await captureOk("fio", args, timeoutMs);
   const start = out.indexOf("{");
   if (start < 0) throw new Error(`fio ${spec.name} printed no JSON:\n${out}`);
   const job = (JSON.parse(out.slice(start)) as FioJson).jobs[0];
   if (job === undefined) throw new Error(`fio ${spec.name} reported no job`);
-  if (job.error !== 0) throw new Error(`fio ${spec.name} against ${uri} failed with error ${job.error}`);
+  if (job.error !== 0) throw new Error(`fio ${spec.name} against ${where} failed with error ${job.error}`);
   const dir = spec.rw.endsWith("read") ? job.read : job.write;
-  if (dir.io_bytes === 0) throw new Error(`fio ${spec.name} against ${uri} moved no data`);
+  if (dir.io_bytes === 0) throw new Error(`fio ${spec.name} against ${where} moved no data`);
   return {
     iops: dir.iops,
     bytesPerSec: dir.bw_bytes,

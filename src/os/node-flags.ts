@@ -13,7 +13,19 @@
 
 export const daemonNodeFlags: readonly string[] = ["--initial-old-space-size=64"];
 
-/** The flags this process was started without (empty when all are in force). */
-export function missingDaemonNodeFlags(): string[] {
-  return daemonNodeFlags.filter((f) => !process.execArgv.includes(f));
+/**
+ * The flags this process was started without (empty when all are in force).
+ * V8 takes `_` for `-` in a flag's name, and a larger size serves as well.
+ */
+export function missingDaemonNodeFlags(execArgv: readonly string[] = process.execArgv): string[] {
+  const given = new Map<string, string>();
+  for (const a of execArgv) {
+    const eq = a.indexOf("=");
+    if (a.startsWith("--") && eq > 0) given.set(a.slice(0, eq).replaceAll("_", "-"), a.slice(eq + 1));
+  }
+  return daemonNodeFlags.filter((f) => {
+    const eq = f.indexOf("=");
+    const value = given.get(f.slice(0, eq));
+    return value === undefined || !(Number(value) >= Number(f.slice(eq + 1)));
+  });
 }

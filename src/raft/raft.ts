@@ -794,7 +794,7 @@ export class Raft {
     // Only a leader speaks for its term: an append, heartbeat or snapshot from anyone else
     // would make its receiver take a follower for the leader.
     assert(this.role === StateRole.leader || (m.type !== MessageType.app && m.type !== MessageType.heartbeat && m.type !== MessageType.snap),
-      `node ${this.id} (${this.role}) would send a leader's message of type ${m.type}`);
+      () => `node ${this.id} (${this.role}) would send a leader's message of type ${m.type}`);
     this.msgs.push(m);
   }
 

@@ -39,7 +39,7 @@ export function isBeat(m: Message): boolean {
 export function beatItem(group: number, m: Message): BeatItem {
   assert(isBeat(m), () => `message type ${m.type} of group ${group} is not a heartbeat`);
   assert(m.logTerm === 0 && m.index === 0 && m.entries.length === 0 && !m.reject && m.rejectHint === 0 && m.snapshot === null,
-    `a heartbeat of group ${group} carries only term, commit and context`);
+    () => `a heartbeat of group ${group} carries only term, commit and context`);
   assert(m.type === MessageType.heartbeat || m.commit === 0, () => `a heartbeat response of group ${group} carries no commit`);
   assert(m.context === null || m.context.length <= peerBeatContextBytesMax, () => `a heartbeat context of group ${group} fits peerBeatContextBytesMax`);
   return [group, m.type as BeatType, m.term, m.commit, m.context];

@@ -97,6 +97,17 @@ export class VolumeIo {
   write(group: number, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
     if (this.sole(group)) return this.o.store.write(group, offsetBytes, data, lengthBytes);
     const joined = data.length === 1 ? data[0]! : Buffer.concat(data as Uint8Array[], lengthBytes);
+    // On the leader, a write of whole sectors that fits one proposal goes
+    // straight to the driver: route(), serveLocal() and writeLocal() cost a
+    // promise hop each on every write. Leadership lost meanwhile falls back to
+    // route(), which finds the new leader (retrying an unacknowledged write is
+    // safe, see forwardAttemptMs).
+    if (this.o.driver.leader(group) === this.o.nodeId && offsetBytes % sectorBytes === 0 && lengthBytes % sectorBytes === 0 && lengthBytes <= proposalBytesMax) {
+      return this.o.driver.write(group, offsetBytes, [joined], lengthBytes).catch((e: unknown) => {
+        if (!(e instanceof NotLeaderError || e instanceof ProposalDroppedError)) throw e;
+        return this.route(group, "write", offsetBytes, lengthBytes, joined).then(() => {});
+      });
+    }
     return this.route(group, "write", offsetBytes, lengthBytes, joined).then(() => {});
   }
 

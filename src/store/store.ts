@@ -692,7 +692,8 @@ export class Store {
       }
       const victim = this.gcCandidates(this.checkpointEnd.segmentId, true)[0];
       if (victim === undefined) return;
-      await this.collectSegment(victim);
+      // A segment GC could not empty would be chosen again at once: stop until the next round.
+      if (!(await this.collectSegment(victim))) return;
     }
   }
 
@@ -703,9 +704,18 @@ export class Store {
    */
   private gcCandidates(belowId: number, honourCheckpointPins: boolean): number[] {
     const head = this.segmentLog.headSegmentId;
-    let liveTotal = 0;
-    for (const bytes of this.liveBytes.values()) liveTotal += bytes;
-    const amplified = this.segmentLog.segments.size * segmentBytes > gcSpaceAmpMax * liveTotal + segmentBytes;
+    // Amplification that copying could reduce: among sealed segments that
+    // hold live data and are not pinned (Raft entries not yet compacted stay
+    // whatever GC does; a wholly dead segment is freed without copying).
+    let holding = 0;
+    let live = 0;
+    for (const id of this.segmentLog.segments.keys()) {
+      const bytes = this.liveBytes.get(id) ?? 0;
+      if (id >= head || this.pinned.has(id) || bytes === 0) continue;
+      holding++;
+      live += bytes;
+    }
+    const amplified = holding * segmentBytes > gcSpaceAmpMax * live + segmentBytes;
     const liveMax = amplified ? gcLiveRatioMax * segmentBytes : 1;
     const ids: number[] = [];
     for (const id of this.segmentLog.segments.keys()) {
@@ -723,7 +733,8 @@ export class Store {
    * holds it); the segment's records are read once first so that damaged data
    * is never laundered under a fresh checksum.
    */
-  private async collectSegment(id: number): Promise<void> {
+  /** Returns whether the segment was freed. */
+  private async collectSegment(id: number): Promise<boolean> {
     // With nothing live no block map points here: nothing to check, find or copy
     // (finding walks every block map: 14% of a 1 MiB sequential write's CPU).
     const live = (this.liveBytes.get(id) ?? 0) > 0;
@@ -746,11 +757,12 @@ export class Store {
     await Promise.all(moves);
     if ((this.liveBytes.get(id) ?? 0) !== 0) {
       this.log(`store: segment ${id} still holds ${this.liveBytes.get(id)} live bytes after GC; kept`);
-      return;
+      return false;
     }
     this.liveBytes.delete(id);
     await this.segmentLog.releaseSegment(id, this.segmentLog.freeSegmentCount < freeSegmentsMax);
     this.counters.gcSegments++;
+    return true;
   }
 
   /** Reads every record of a sealed segment, checking its CRC; throws at the first damaged one. */

@@ -248,6 +248,48 @@ test("a damaged record inside the last commit window reads as a torn tail: earli
   t.remove();
 });
 
+test("GC copies no live data while the segments hold under 1.5x of it, and frees wholly dead segments", async () => {
+  const t = tempDir("store");
+  const spec = { groupId: 11, sizeBytes: 512 * MiB };
+  let store = await open(t.dir, [spec]);
+  const model = new Model(spec.sizeBytes);
+  const prng = new Prng(5);
+  const writeRange = async (from: number, to: number): Promise<void> => {
+    const ps: Promise<void>[] = [];
+    for (let at = from; at < to; at += MiB) {
+      const data = random(prng, MiB);
+      model.write(at, data);
+      ps.push(store.write(spec.groupId, at, [data], MiB));
+    }
+    await Promise.all(ps);
+  };
+  // Eight segments of live data, then 36 of every 64 MiB of the first four
+  // overwritten: those four are 44% live (GC candidates by the live ratio),
+  // but the segments hold about 1.25x the live data: nothing is worth copying.
+  const overwrite = async (): Promise<void> => {
+    for (let s = 0; s < 4; s++) await writeRange(s * 64 * MiB, s * 64 * MiB + 36 * MiB);
+  };
+  await writeRange(0, spec.sizeBytes);
+  await overwrite();
+  await store.settle();
+  let stats = store.stats();
+  assert.is(stats.gcBytesMoved, 0, `no live data copied: ${JSON.stringify(stats)}`);
+  // The same ranges again: the segments holding the first overwrite die
+  // wholly and are freed, still without copying anything.
+  await overwrite();
+  await store.settle();
+  stats = store.stats();
+  assert.is(stats.gcBytesMoved, 0, `still no live data copied: ${JSON.stringify(stats)}`);
+  assert.ok(stats.gcSegments! >= 1, `dead segments freed: ${JSON.stringify(stats)}`);
+  assert.ok(stats.diskBytes! <= 1.5 * spec.sizeBytes + (2 + freeSegmentsMax) * segmentBytes, `disk bounded: ${JSON.stringify(stats)}`);
+  assertMatches(store, model, spec.groupId);
+  await store.closeWithoutCheckpoint();
+  store = await open(t.dir, [spec]);
+  assertMatches(store, model, spec.groupId);
+  await store.close();
+  t.remove();
+});
+
 test("GC reclaims overwritten segments and keeps every live byte", async () => {
   const t = tempDir("store");
   const spec = { groupId: 9, sizeBytes: 48 * MiB };
