@@ -98,13 +98,20 @@ export async function startCluster(size = 3, daemonArgs: string[] = []): Promise
     },
     others: (i) => nodes.map((_, x) => x).filter((x) => x !== i),
     async healthy(timeoutMs = 30000) {
+      let stuck: (typeof nodes)[number] | undefined;
       await waitUntil("every node up, every node a catalog voter", async () => {
         for (const n of nodes) {
+          stuck = n;
           const s = await n.api.status();
           if (s.nodes.length !== size || s.nodes.some((x) => x.health !== "up" || !x.metaVoter)) return false;
         }
+        stuck = undefined;
         return true;
-      }, timeoutMs);
+      }, timeoutMs).catch((e: Error) => {
+        // What the node that held things up printed last: a CI failure leaves nothing else behind.
+        const tail = stuck === undefined ? "" : stuck.output.split("\n").slice(-40).join("\n");
+        throw new Error(stuck === undefined ? e.message : `${e.message}\nlast lines of ${stuck.host}'s log:\n${tail}`);
+      });
     },
     async dispose() {
       for (const n of nodes) n.resume();
