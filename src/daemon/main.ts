@@ -29,6 +29,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     log.warn(`node runs without ${missing.join(" ")}: replicated writes are about a quarter slower (frequent full GCs); start the daemon with "pxd daemon" (bin/pxd passes it) or "node ${missing.join(" ")} dist/bin/pxd.js daemon"`);
   }
   log.info(`serving NBD on ${options.listen}:${daemon.nbdPort}, control API on ${options.listen}:${options.apiPort}, data in ${options.dataDir}`);
+  const watchdog = watchEventLoop();
   await new Promise<void>((resolve) => {
     const onSignal = (signal: string): void => {
       log.info(`${signal}: shutting down (stop accepting, finish in-flight requests, flush, checkpoint)`);
@@ -41,5 +42,22 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     process.on("SIGTERM", onTerm);
     process.on("SIGINT", onInt);
   });
+  clearInterval(watchdog);
   log.info("stopped");
+}
+
+/** Everything the daemon serves waits while its event loop is blocked: say so when it was, for long. */
+const watchdogTickMs = 500;
+const watchdogReportMs = 1000;
+
+function watchEventLoop(): NodeJS.Timeout {
+  let last = performance.now();
+  const t = setInterval(() => {
+    const now = performance.now();
+    const late = now - last - watchdogTickMs;
+    last = now;
+    if (late >= watchdogReportMs) log.warn(`the event loop was blocked for ${Math.round(late)} ms: requests, Raft messages and heartbeats waited that long`);
+  }, watchdogTickMs);
+  t.unref();
+  return t;
 }

@@ -95,6 +95,14 @@ export class Progress {
   recentActive = false;
   /** In probe state: an append is out and we wait for its answer before sending another. */
   probeSent = false;
+  /**
+   * A heartbeat response may nudge flow control (unpause a probe, free an
+   * inflight slot, send an append) once per periodic heartbeat. ReadIndex
+   * rounds send heartbeats as often as reads arrive: nudging on each of those
+   * sent a lagging follower a full append batch per read round, read from disk
+   * on the event loop (a leader stalled for 20 s after a partition healed).
+   */
+  heartbeatNudge = true;
   readonly inflights: Inflights;
 
   constructor(next: number, inflightMsgsMax: number, inflightBytesMax: number) {

@@ -371,6 +371,7 @@ export class Raft {
     }
     if (this.heartbeatElapsed >= this.cfg.heartbeatTicks) {
       this.heartbeatElapsed = 0;
+      for (const pr of this.tracker.progress.values()) pr.heartbeatNudge = true;
       const last = this.readQueue[this.readQueue.length - 1];
       this.bcastHeartbeat(last === undefined ? null : last.context);
     }
@@ -655,9 +656,12 @@ export class Raft {
 
   private handleHeartbeatResponse(m: Message, pr: Progress): void {
     pr.recentActive = true;
-    pr.probeSent = false;
-    if (pr.state === ProgressState.replicate && pr.inflights.full()) pr.inflights.freeFirstOne();
-    if (pr.match < this.log.lastIndex()) this.sendAppend(m.from, true);
+    if (pr.heartbeatNudge) {
+      pr.heartbeatNudge = false;
+      pr.probeSent = false;
+      if (pr.state === ProgressState.replicate && pr.inflights.full()) pr.inflights.freeFirstOne();
+      if (pr.match < this.log.lastIndex()) this.sendAppend(m.from, true);
+    }
     if (m.context !== null && this.tracker.isVoter(m.from)) this.ackRead(m.from, m.context);
   }
 

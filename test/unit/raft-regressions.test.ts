@@ -235,6 +235,35 @@ test("flow control: in replicate state at most inflightMsgsMax appends are unack
   assert.ok(more.length >= 1, "acks reopen the window");
 });
 
+test("flow control: heartbeat responses of ReadIndex rounds nudge a full window once per heartbeat interval, not once each", () => {
+  const s = storageWith([1, 2]);
+  const n = newNode(1, [1, 2], { inflightMsgsMax: 3 }, s);
+  n.campaign();
+  n.step(msg(MessageType.voteResp, 2, 1, 1));
+  drain(n);
+  n.step(msg(MessageType.appResp, 2, 1, 1, { index: 1 }));
+  drain(n);
+  for (let i = 0; i < 10; i++) {
+    n.propose(enc(`p${i}`));
+    drain(n);
+  }
+  assert.ok(n.raft.progressOf(2).inflights.full(), "the follower's window is full");
+  // Many read rounds, each answered by a heartbeat response with its context, all before the next heartbeat tick.
+  const appsAfter = (responses: number): number => {
+    let apps = 0;
+    for (let i = 0; i < responses; i++) {
+      n.step(msg(MessageType.heartbeatResp, 2, 1, 1, { context: enc(`read${i}`) }));
+      apps += drain(n).filter((m) => m.type === MessageType.app).length;
+    }
+    return apps;
+  };
+  assert.is(appsAfter(20), 1, "one append for twenty responses in one interval");
+  // The next periodic heartbeat allows one more.
+  for (let t = 0; t < n.raft.cfg.heartbeatTicks; t++) n.tick();
+  drain(n);
+  assert.is(appsAfter(20), 1, "and one per interval after that");
+});
+
 test("an append carries at most appendBytesMax of entries (but always one)", () => {
   const c = new Cluster([1, 2], { appendBytesMax: 1000 });
   c.campaign(1);
