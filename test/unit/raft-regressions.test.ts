@@ -8,6 +8,7 @@ import { ProgressState } from "../../src/raft/progress.js";
 import type { Message } from "../../src/raft/types.js";
 import { MessageType, StateRole } from "../../src/raft/types.js";
 import { Cluster, drain, msg, newNode, persist, storageWith } from "./raft-helpers.js";
+import type { RaftNode } from "../../src/raft/node.js";
 
 const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
 
@@ -215,15 +216,20 @@ test("leadership transfer to an unreachable follower is abandoned after an elect
   assert.ok(c.node(1).propose(enc("ok")) > 0);
 });
 
-test("flow control: in replicate state at most inflightMsgsMax appends are unacknowledged", () => {
-  const s = storageWith([1, 2]);
-  const n = newNode(1, [1, 2], { inflightMsgsMax: 3 }, s);
+/** Node 1 leads 1 and 2, with 2 in replicate state and a window of 3 appends. */
+function replicatingLeader(): RaftNode {
+  const n = newNode(1, [1, 2], { inflightMsgsMax: 3 }, storageWith([1, 2]));
   n.campaign();
   n.step(msg(MessageType.voteResp, 2, 1, 1));
   drain(n);
   n.step(msg(MessageType.appResp, 2, 1, 1, { index: 1 }));
   assert.is(n.raft.progressOf(2).state, ProgressState.replicate);
   drain(n);
+  return n;
+}
+
+test("flow control: in replicate state at most inflightMsgsMax appends are unacknowledged", () => {
+  const n = replicatingLeader();
   let apps = 0;
   for (let i = 0; i < 10; i++) {
     n.propose(enc(`p${i}`));
@@ -236,13 +242,7 @@ test("flow control: in replicate state at most inflightMsgsMax appends are unack
 });
 
 test("flow control: heartbeat responses of ReadIndex rounds nudge a full window once per heartbeat interval, not once each", () => {
-  const s = storageWith([1, 2]);
-  const n = newNode(1, [1, 2], { inflightMsgsMax: 3 }, s);
-  n.campaign();
-  n.step(msg(MessageType.voteResp, 2, 1, 1));
-  drain(n);
-  n.step(msg(MessageType.appResp, 2, 1, 1, { index: 1 }));
-  drain(n);
+  const n = replicatingLeader();
   for (let i = 0; i < 10; i++) {
     n.propose(enc(`p${i}`));
     drain(n);
