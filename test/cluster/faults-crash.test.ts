@@ -9,21 +9,13 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { startCluster, waitUntil, type Cluster } from "../helpers/cluster.js";
-import { abortRunning, finishChecked, startChecked } from "../helpers/checker.js";
+import { waitUntil, type Cluster } from "../helpers/cluster.js";
+import { checkedClusterHooks, finishChecked, startChecked } from "../helpers/checker.js";
 
 const MiB = 1024 * 1024;
 let c: Cluster;
 
-test.before(async () => {
-  c = await startCluster(3);
-});
-
-test.after.each(abortRunning);
-
-test.after(async () => {
-  await c.dispose();
-});
+checkedClusterHooks(test, 3, (x) => (c = x));
 
 async function volume(name: string): Promise<number> {
   await c.nodes[0]!.api.createVolume({ name, sizeBytes: 64 * MiB, repl: 3 });

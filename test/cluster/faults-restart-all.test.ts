@@ -6,21 +6,13 @@
 // now shrinks only when a node is removed (Daemon.refreshPeers).
 
 import { test } from "uvu";
-import { startCluster, type Cluster } from "../helpers/cluster.js";
-import { abortRunning, finishChecked, NbdTarget, startChecked } from "../helpers/checker.js";
+import type { Cluster } from "../helpers/cluster.js";
+import { checkedClusterHooks, finishChecked, NbdTarget, startChecked } from "../helpers/checker.js";
 
 const MiB = 1024 * 1024;
 let c: Cluster;
 
-test.before(async () => {
-  c = await startCluster(3);
-});
-
-test.after.each(abortRunning);
-
-test.after(async () => {
-  await c.dispose();
-});
+checkedClusterHooks(test, 3, (x) => (c = x));
 
 async function volume(name: string): Promise<number> {
   await c.nodes[0]!.api.createVolume({ name, sizeBytes: 64 * MiB, repl: 3 });

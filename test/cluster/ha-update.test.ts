@@ -6,22 +6,14 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { fileURLToPath } from "node:url";
-import { startCluster, waitUntil, type Cluster } from "../helpers/cluster.js";
+import { waitUntil, type Cluster } from "../helpers/cluster.js";
 import { runOk } from "../helpers/run.js";
-import { abortRunning, finishChecked, startChecked } from "../helpers/checker.js";
+import { checkedClusterHooks, finishChecked, startChecked } from "../helpers/checker.js";
 
 const pxd = fileURLToPath(new URL("../../bin/pxd.js", import.meta.url));
 let c: Cluster;
 
-test.before(async () => {
-  c = await startCluster(3);
-});
-
-test.after.each(abortRunning);
-
-test.after(async () => {
-  await c.dispose();
-});
+checkedClusterHooks(test, 3, (x) => (c = x));
 
 function cli(at: number, ...args: string[]): Promise<string> {
   return runOk(process.execPath, [pxd, "--host", `${c.nodes[at]!.host}:9001`, ...args]);

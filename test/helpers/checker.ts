@@ -28,6 +28,8 @@
 // number of `Target`s (NBD connections in the fault tests, in-memory fakes in
 // the unit test).
 
+import type { Test } from "uvu";
+import { startCluster, type Cluster } from "./cluster.js";
 import { CMD, RawClient } from "./nbd-raw-client.js";
 
 export const checkerBlockBytes = 4096;
@@ -489,6 +491,23 @@ const running = new Set<Checked>();
 /** For `test.after.each`: stops every load a failed test left running (no checking), so the file can exit. */
 export async function abortRunning(): Promise<void> {
   for (const ch of [...running]) await abortChecked(ch);
+}
+
+/**
+ * The hooks of a test file that runs the checker on one cluster: the cluster
+ * starts before the tests (handed to `use`), a load a failed test left running
+ * stops after each test, and the cluster is disposed after all of them.
+ */
+export function checkedClusterHooks(suite: Test, size: number, use: (c: Cluster) => void): void {
+  let c: Cluster | undefined;
+  suite.before(async () => {
+    c = await startCluster(size);
+    use(c);
+  });
+  suite.after.each(abortRunning);
+  suite.after(async () => {
+    await c?.dispose();
+  });
 }
 
 /** Stops the load without checking, closing the connections so nothing waits for a reply. */
