@@ -289,9 +289,14 @@ export class Store {
       for (const e of entries) {
         const length = totalBytes(e.data);
         assert(length <= recordPayloadBytesMax, "a Raft entry fits one record");
-        const r = { kind: RecordKind.RaftEntry, groupId: g.id, termOrSource: e.term, index: e.index, offsetBytes: e.type, lengthBytes: length, payload: e.data } as const;
         this.segmentLog.append({
-          ...r,
+          kind: RecordKind.RaftEntry,
+          groupId: g.id,
+          termOrSource: e.term,
+          index: e.index,
+          offsetBytes: e.type,
+          lengthBytes: length,
+          payload: e.data,
           done: (address, error) => {
             if (error === undefined && !g.dropped) {
               g.raft.append(e.index, { term: e.term, type: e.type, address, lengthBytes: length }, this.unpin);
@@ -348,16 +353,12 @@ export class Store {
         spanEnd = eEnd;
         payload += e.lengthBytes;
       }
-      if (j === i + 1) {
-        out.push(this.readRaftEntry(i, first));
-      } else {
-        const span = Buffer.allocUnsafe(spanEnd - first.address);
-        this.segmentLog.readSync(first.address, span, 0, span.length);
-        for (let k = i; k < j; k++) {
-          const e = r.get(k)!;
-          const at = e.address - first.address;
-          out.push({ index: k, term: e.term, type: e.type, data: span.subarray(at, at + e.lengthBytes) });
-        }
+      const span = Buffer.allocUnsafe(spanEnd - first.address);
+      if (span.length > 0) this.segmentLog.readSync(first.address, span, 0, span.length);
+      for (let k = i; k < j; k++) {
+        const e = r.get(k)!;
+        const at = e.address - first.address;
+        out.push({ index: k, term: e.term, type: e.type, data: span.subarray(at, at + e.lengthBytes) });
       }
       i = j;
     }
