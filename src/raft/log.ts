@@ -5,8 +5,9 @@
 //   snapshot/first-1 < ... stable (storage) ... < unstableOffset <= ... unstable ... <= lastIndex
 //   applied <= applying <= committed <= lastIndex
 //
-// `applying` is what the last Ready handed to the application; `applied`
-// what advance() confirmed.
+// `applying` is what the application was handed (by a Ready or by
+// takeCommitted); `applied` what it confirmed. Committed entries are handed
+// out only once they are on disk here (committedOnDisk).
 
 import { assert } from "../base/assert.js";
 import type { Storage } from "./storage.js";
@@ -181,14 +182,25 @@ export class RaftLog {
     this.committed = index;
   }
 
-  /** A follower's commit from the leader: never past what it knows matches (the last new entry). */
+  /**
+   * Committed entries are handed to the application only once they are on disk
+   * here (below the unstable tail), so the caller may apply them at once, even
+   * while a later Ready's entries are being persisted. A leader's commits are
+   * always on disk (it counts itself only after its persist); a follower's may
+   * run ahead of its disk when the leader's commit covers entries it is still
+   * writing, and those wait for that persist.
+   */
+  private committedOnDisk(): number {
+    return Math.min(this.committed, this.unstableOffset - 1);
+  }
+
   hasNextCommittedEntries(): boolean {
-    return this.unstableSnapshot === null && this.committed > this.applying;
+    return this.unstableSnapshot === null && this.committedOnDisk() > this.applying;
   }
 
   nextCommittedEntries(maxBytes: number): Entry[] {
     if (!this.hasNextCommittedEntries()) return [];
-    return this.slice(Math.max(this.applying + 1, this.firstIndex()), this.committed + 1, maxBytes);
+    return this.slice(Math.max(this.applying + 1, this.firstIndex()), this.committedOnDisk() + 1, maxBytes);
   }
 
   /** Called by advance(): everything up to (index, term) is on disk. */

@@ -12,8 +12,11 @@
 //      in order; answer `readStates` once the applied index reaches each one's index;
 //   4. call advance().
 //
-// Between ready() and advance() the caller may keep calling tick/step/propose
-// (their effects come out in the next Ready), but not ready() again. A leader
+// `committedEntries` are already on disk here (the core hands out no others),
+// so the caller may apply them at once, before step 1 completes. Between
+// ready() and advance() the caller may keep calling tick/step/propose (their
+// effects come out in the next Ready) and takeCommitted() (commits learned
+// meanwhile, applied at once), but not ready() again. A leader
 // counts its own log toward commit only after advance() confirmed it is on
 // disk, so nothing is ever committed (or acknowledged to a client) before a
 // quorum has persisted it, even in a single-node group.
@@ -34,7 +37,7 @@ export interface Ready {
   entries: Entry[];
   /** A snapshot from the leader to persist and apply (the log before it is gone). */
   snapshot: Snapshot | null;
-  /** Entries to apply, in order; all are committed and (after step 1) persisted locally. */
+  /** Entries to apply, in order; all are committed and already persisted here, so they may be applied before step 1. */
   committedEntries: Entry[];
   /** Messages to send after step 1. */
   messages: Message[];
@@ -181,17 +184,9 @@ export class RaftNode {
     this.readyLastTerm = tail === undefined ? 0 : tail.term;
     const snapshot = log.unstableSnapshot;
     this.readySnapshotIndex = snapshot === null ? 0 : snapshot.meta.index;
-    const committedEntries = log.hasNextCommittedEntries() ? log.nextCommittedEntries(r.cfg.committedBytesMax) : noEntries;
+    const committedEntries = this.handOutCommitted();
     const lastApplied = committedEntries[committedEntries.length - 1];
     this.readyApplied = lastApplied === undefined ? 0 : lastApplied.index;
-    if (lastApplied !== undefined) {
-      log.applying = lastApplied.index;
-      if (r.role === StateRole.leader) {
-        let bytes = 0;
-        for (const e of committedEntries) bytes += e.data.byteLength;
-        r.releaseUncommitted(bytes);
-      }
-    }
     const messages = r.msgs.length > 0 ? r.msgs : noMessages;
     if (messages !== noMessages) r.msgs = [];
     const readStates = r.readStates.length > 0 ? r.readStates : noReads;
@@ -207,6 +202,39 @@ export class RaftNode {
       readStates,
       mustSync: termOrVoteChanged || entries.length > 0 || snapshot !== null,
     };
+  }
+
+  /**
+   * While the caller holds a Ready (its persist is running): committed entries
+   * that are on disk here and were not handed out yet, for the caller to apply
+   * now, after the Ready's own committedEntries; they count as applied at once.
+   * A leader learns most commits from acknowledgements that arrive while its
+   * next batch is being persisted; without this they would wait for that
+   * fdatasync as well (etcd raft's asynchronous storage writes allow the same).
+   */
+  takeCommitted(): Entry[] {
+    if (!this.outstanding || !this.raft.log.hasNextCommittedEntries()) return noEntries;
+    const entries = this.handOutCommitted();
+    const last = entries[entries.length - 1];
+    if (last !== undefined) this.raft.log.appliedTo(last.index);
+    return entries;
+  }
+
+  /** The next committed entries on disk, marked as handed out; a leader stops counting them as uncommitted. */
+  private handOutCommitted(): Entry[] {
+    const r = this.raft;
+    const log = r.log;
+    if (!log.hasNextCommittedEntries()) return noEntries;
+    const entries = log.nextCommittedEntries(r.cfg.committedBytesMax);
+    const last = entries[entries.length - 1];
+    if (last === undefined) return noEntries;
+    log.applying = last.index;
+    if (r.role === StateRole.leader) {
+      let bytes = 0;
+      for (const e of entries) bytes += e.data.byteLength;
+      r.releaseUncommitted(bytes);
+    }
+    return entries;
   }
 
   /** The caller handled the last Ready (persisted, sent, applied). */

@@ -458,22 +458,27 @@ export class MultiRaft {
   private processReadies(): void {
     for (const g of this.groups.values()) {
       this.startReadRound(g);
-      if (g.readyInFlight || !g.node.hasReady()) continue;
+      // A persist is running: commits learned since (a leader's from the
+      // acknowledgements of its previous batch) are applied now, not after
+      // that fdatasync as well.
+      if (g.readyInFlight) {
+        this.applyCommitted(g, g.node.takeCommitted());
+        continue;
+      }
+      if (!g.node.hasReady()) continue;
       const rd = g.node.ready();
       g.readyInFlight = true;
-      // Committed entries already on disk (all before this Ready's new ones)
-      // are applied now, while the new entries' fdatasync runs: a write is
-      // acknowledged one fsync after it is proposed, not two.
-      const firstNew = rd.entries[0]?.index ?? Infinity;
-      const early = rd.committedEntries.length > 0 && rd.committedEntries[rd.committedEntries.length - 1]!.index < firstNew;
-      if (early) this.applyCommitted(g, rd);
+      // Committed entries are already on disk here (the core hands out no
+      // others): applied now, while the new entries' fdatasync runs, so a
+      // write is acknowledged one fsync after it is proposed, not two.
+      this.applyCommitted(g, rd.committedEntries);
       // A leader's appends and heartbeats go out now, while its own fdatasync
       // runs (Raft thesis 10.2.1): it counts itself toward a commit only after
       // advance(), so nothing commits before a quorum has it on disk. Votes and
       // acknowledgements wait for the persist they promise.
       rd.messages = this.sendEarly(g, rd.messages);
       this.persist(g, rd).then(
-        () => this.afterPersist(g, rd, !early),
+        () => this.afterPersist(g, rd),
         (e: Error) => {
           // The store stopped taking writes (fsync failed): nothing this group does is safe any more.
           this.o.log(`replication: group ${g.id} cannot persist its log, stopping it: ${e.message}`);
@@ -545,12 +550,13 @@ export class MultiRaft {
     });
   }
 
-  private applyCommitted(g: Group, rd: Ready): void {
-    for (const e of rd.committedEntries) this.apply(g, e);
+  private applyCommitted(g: Group, entries: readonly Entry[]): void {
+    if (entries.length === 0) return;
+    for (const e of entries) this.apply(g, e);
     this.releaseReads(g);
   }
 
-  private afterPersist(g: Group, rd: Ready, applyNow: boolean): void {
+  private afterPersist(g: Group, rd: Ready): void {
     if (!this.groups.has(g.id)) return;
     if (rd.softState) {
       g.lead = rd.softState.lead;
@@ -559,7 +565,6 @@ export class MultiRaft {
       if (g.role !== StateRole.leader) this.failReads(g, new NotLeaderError(g.id, g.lead));
     }
     for (const m of rd.messages) this.sendMessage(g, m);
-    if (applyNow) for (const e of rd.committedEntries) this.apply(g, e);
     for (const rs of rd.readStates) {
       const waiters = g.readRounds.get(Buffer.from(rs.context).toString("hex"));
       if (waiters === undefined) continue;

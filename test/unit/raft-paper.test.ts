@@ -256,14 +256,44 @@ test("§5.3 committing an entry commits all preceding entries, including those o
   assert.equal(r.committedEntries.map((e) => [e.index, e.term]), [[1, 1], [2, 2], [3, 3]]);
 });
 
-test("§5.3 a follower applies an entry once it learns from the leader's commit index that it is committed", () => {
+test("§5.3 a follower applies an entry once it learns from the leader's commit index that it is committed, and once it is on its disk", () => {
   const s = storageWith([1, 2, 3]);
   const n = newNode(1, [1, 2, 3], {}, s);
   n.step(msg(MessageType.app, 2, 1, 1, { index: 0, logTerm: 0, entries: [entry(1, 1, "a"), entry(2, 1, "b")], commit: 1 }));
   assert.is(n.raft.log.committed, 1);
-  const r = n.ready();
-  assert.equal(r.committedEntries.map((e) => e.index), [1]);
+  let r = n.ready();
   assert.equal(r.entries.map((e) => e.index), [1, 2]);
+  assert.equal(r.committedEntries, [], "entry 1 is committed but not yet on this node's disk");
+  assert.equal(n.takeCommitted(), [], "nor while its persist runs");
+  persist(r, s);
+  n.advance();
+  r = n.ready();
+  assert.equal(r.committedEntries.map((e) => e.index), [1]);
+  n.advance();
+});
+
+test("§5.3 a leader applies what an acknowledgement commits while its next batch is being persisted (takeCommitted)", () => {
+  const s = storageWith([1, 2, 3]);
+  const n = newNode(1, [1, 2, 3], {}, s);
+  n.campaign();
+  n.step(msg(MessageType.voteResp, 2, 1, 1));
+  persistNode(n, s);
+  const first = n.propose(enc("a"));
+  persistNode(n, s);
+  const second = n.propose(enc("b"));
+  const held = n.ready(); // the second batch is being persisted
+  assert.equal(held.entries.map((e) => e.index), [second]);
+  n.step(msg(MessageType.appResp, 2, 1, 1, { index: second }));
+  assert.is(n.raft.log.committed, first, "the leader counts its own log only up to what it persisted");
+  assert.equal(n.takeCommitted().map((e) => e.index), [1, first], "committed and on disk: applied without waiting for the held persist");
+  assert.equal(n.takeCommitted(), [], "handed out once");
+  assert.is(n.status().applied, first);
+  persist(held, s);
+  n.advance();
+  assert.is(n.raft.log.committed, second, "the held batch commits once persisted");
+  const r = n.ready();
+  assert.equal(r.committedEntries.map((e) => e.index), [second], "the next Ready starts after what takeCommitted handed out");
+  n.advance();
 });
 
 test("§5.3 a follower rejects an append whose previous entry (index, term) it does not hold", () => {
