@@ -15,7 +15,7 @@ import { nodeTimers } from "./timers.js";
  * single-replica volume"). Larger commits (1 MiB writes) go to the threadpool,
  * where the copy overlaps the event loop's work.
  */
-const syncWriteBytesMax = 256 * 1024;
+export const syncWriteBytesMax = 256 * 1024;
 
 class NodeFile implements DiskFile {
   private fd: number;
