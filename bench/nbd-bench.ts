@@ -8,7 +8,7 @@
 // two pxd-only checks: daemon memory after 1 GiB of random 4k writes, and
 // store disk use after rewriting 256 MiB ten times.
 //
-//   npm run bench -- [--runtime 8] [--rounds 2] [--only REGEX] [--skip-extra]
+//   npm run bench -- [--runtime 8] [--rounds 3] [--only REGEX] [--skip-extra]
 //                    [--cluster | --skip-cluster] [--json FILE]
 //
 // Progress goes to stderr, the tables (markdown) to stdout. See docs/bench.md.
@@ -120,7 +120,7 @@ function parseOptions(): Options {
   const { values } = parseArgs({
     options: {
       runtime: { type: "string", default: "8" },
-      rounds: { type: "string", default: "2" },
+      rounds: { type: "string", default: "3" },
       only: { type: "string" },
       "skip-extra": { type: "boolean", default: false },
       cluster: { type: "boolean", default: false },
