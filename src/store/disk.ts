@@ -1,6 +1,8 @@
 // The store's only view of storage: a directory of files. src/os/node-disk.ts
-// implements it over node:fs; src/store/memory-disk.ts implements it in memory
-// with crash and tear injection for tests and simulation.
+// implements it over node:fs, the only implementation: the store's tests run
+// on real files and inject crashes by killing the daemon or truncating and
+// flipping bytes in them (an in-memory disk with tear injection was planned
+// and not built).
 //
 // Contract:
 // - readSync may be called on the event loop (DESIGN §9: synchronous reads of
