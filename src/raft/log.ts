@@ -185,10 +185,11 @@ export class RaftLog {
   /**
    * Committed entries are handed to the application only once they are on disk
    * here (below the unstable tail), so the caller may apply them at once, even
-   * while a later Ready's entries are being persisted. A leader's commits are
-   * always on disk (it counts itself only after its persist); a follower's may
-   * run ahead of its disk when the leader's commit covers entries it is still
-   * writing, and those wait for that persist.
+   * while a later Ready's entries are being persisted. The commit index can
+   * run ahead of this node's disk: a follower's when the leader's commit covers
+   * entries it is still writing, a leader's when followers acknowledge its
+   * appends (sent before its own persist ends) before that persist ends; those
+   * entries wait for it.
    */
   private committedOnDisk(): number {
     return Math.min(this.committed, this.unstableOffset - 1);

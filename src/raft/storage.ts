@@ -74,7 +74,12 @@ export class MemoryStorage implements Storage {
   }
 
   initialState(): InitialState {
-    return { hardState: { ...this.hardState }, confState: cloneConfState(this.snap.meta.conf) };
+    // Committed entries may be applied, and then compacted, before the hard
+    // state that records their commit is persisted (RaftNode.takeCommitted):
+    // the snapshot point is committed too. The store's storage does the same
+    // with its applied index (src/replication/raft-storage.ts).
+    const hardState = { ...this.hardState, commit: Math.max(this.hardState.commit, this.snap.meta.index) };
+    return { hardState, confState: cloneConfState(this.snap.meta.conf) };
   }
 
   setHardState(hs: HardState): void {

@@ -97,6 +97,10 @@ interface SimNode {
    * takeCommitted() applies what they commit, as the driver does.
    */
   held: { r: Ready; leader: boolean } | undefined;
+  /** This incarnation sends a leader's appends and heartbeats when it takes a Ready, before persisting it, as the driver does (sendEarly). */
+  sendEarly: boolean;
+  /** How likely a held Ready's persist is still running at each chance to finish it: 0.3, or 0.7 for a slow disk (acknowledgements then often arrive first). */
+  holdChance: number;
 }
 
 /** A node's log as the commit-safety check sees it: in memory while up, its storage while down. */
@@ -198,7 +202,7 @@ class Sim {
       const conf = id <= opts.nodes ? { voters, learners: [] } : { voters: [], learners: [] };
       const storage = new MemoryStorage(conf);
       const n: SimNode = { id, storage, node: null, incarnation: 0, sm: { applied: 0, hash: 0, conf }, downUntil: 0, commitChecked: 0, pendingFault: "none",
-        sending: new Map(), receiving: new Map(), received: new Set(), held: undefined };
+        sending: new Map(), receiving: new Map(), received: new Set(), held: undefined, sendEarly: false, holdChance: 0.3 };
       this.nodes.set(id, n);
       this.ids.push(id);
       this.start(n);
@@ -258,6 +262,8 @@ class Sim {
     n.receiving = new Map();
     n.received = new Set();
     n.held = undefined;
+    n.sendEarly = this.rng.chance(0.5);
+    n.holdChance = this.rng.chance(0.5) ? 0.3 : 0.7;
     if (snap.meta.index > 0) {
       const s = decodeState(snap.data);
       n.sm = { applied: snap.meta.index, hash: s.hash, conf: snap.meta.conf };
@@ -586,17 +592,33 @@ class Sim {
         const r = node.ready();
         // Committed entries are on disk already: applied before the persist, as the driver does.
         for (const e of r.committedEntries) this.apply(n, e);
-        n.held = { r, leader: node.raft.role === StateRole.leader };
+        const leader = node.raft.role === StateRole.leader;
+        if (leader && n.sendEarly) r.messages = this.sendEarly(n, r.messages);
+        n.held = { r, leader };
       } else {
         for (const e of node.takeCommitted()) this.apply(n, e);
       }
       this.check();
       // Sometimes the persist is still running when the next messages or tick arrive.
-      if (this.rng.chance(0.3)) return;
+      if (this.rng.chance(n.holdChance)) return;
       const held = n.held;
       n.held = undefined;
       if (!this.processReady(n, node, held.r, held.leader)) return;
     }
+  }
+
+  /**
+   * A leader's appends, heartbeats and transfer orders leave before its persist
+   * (it counts itself toward a commit only after advance()), so followers can
+   * commit its entries before they are on its own disk; returns the rest.
+   */
+  private sendEarly(n: SimNode, messages: Message[]): Message[] {
+    const later: Message[] = [];
+    for (const m of messages) {
+      if (m.type === MessageType.app || m.type === MessageType.heartbeat || m.type === MessageType.timeoutNow) this.send(n, m);
+      else later.push(m);
+    }
+    return later;
   }
 
   /** Persists, sends and advances a held Ready; false if the node crashed on the way. */

@@ -7,7 +7,7 @@ import { ConfChangeType } from "../../src/raft/confchange.js";
 import { ProgressState } from "../../src/raft/progress.js";
 import type { Message } from "../../src/raft/types.js";
 import { MessageType, StateRole } from "../../src/raft/types.js";
-import { Cluster, drain, msg, newNode, persist, storageWith } from "./raft-helpers.js";
+import { Cluster, drain, entry, msg, newNode, persist, storageWith } from "./raft-helpers.js";
 import type { RaftNode } from "../../src/raft/node.js";
 
 const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
@@ -362,6 +362,27 @@ test("a follower never lets a leader's commit index run past the entries it know
   // Leader says commit=3 but sends only up to index 1 (prev=0): commit must stop at 1.
   n.step(msg(MessageType.app, 1, 2, 2, { index: 0, logTerm: 0, entries: [{ index: 1, term: 1, type: 0, data: new Uint8Array() }], commit: 3 }));
   assert.is(n.raft.log.committed, 1);
+});
+
+test("a node that applied and compacted entries whose commit it had not yet persisted restarts (the snapshot point counts as committed)", () => {
+  // Committed entries are applied when handed out, before the Ready carrying
+  // the new commit index is persisted; a compaction at the applied index and a
+  // crash then leave a stored commit below the snapshot.
+  const s = storageWith([1, 2, 3]);
+  let n = newNode(2, [1, 2, 3], {}, s);
+  n.step(msg(MessageType.app, 1, 2, 1, { index: 0, logTerm: 0, entries: [entry(1, 1, "a"), entry(2, 1, "b"), entry(3, 1, "c")], commit: 0 }));
+  let r = n.ready();
+  persist(r, s);
+  n.advance();
+  n.step(msg(MessageType.heartbeat, 1, 2, 1, { commit: 3 }));
+  r = n.ready(); // held: its hard state (commit 3) is never persisted
+  assert.equal(r.committedEntries.map((e) => e.index), [1, 2, 3]);
+  s.createSnapshot(3, { voters: [1, 2, 3], learners: [] }, new Uint8Array(0));
+  s.compact(3);
+  assert.is(s.hardStateNow().commit, 0);
+  n = newNode(2, [1, 2, 3], { applied: 3 }, s); // the crash and restart
+  assert.is(n.status().commit, 3);
+  assert.is(n.status().applied, 3);
 });
 
 test.run();
