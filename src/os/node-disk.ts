@@ -17,6 +17,10 @@ import { nodeTimers } from "./timers.js";
  */
 export const syncWriteBytesMax = 256 * 1024;
 
+function shortWrite(written: number, want: number): Error | undefined {
+  return written === want ? undefined : new Error(`short write: ${written} of ${want} bytes`);
+}
+
 class NodeFile implements DiskFile {
   private fd: number;
 
@@ -45,12 +49,11 @@ class NodeFile implements DiskFile {
   write(buffers: readonly Uint8Array[], position: number): Promise<void> {
     let want = 0;
     for (const b of buffers) want += b.length;
-    const check = (written: number): Error | undefined => (written === want ? undefined : new Error(`short write: ${written} of ${want} bytes`));
     // libuv loops over IOV_MAX-sized pieces and short writes itself, in both forms.
     if (want <= syncWriteBytesMax) {
       let err: Error | undefined;
       try {
-        err = check(fs.writevSync(this.fd, buffers as Uint8Array[], position));
+        err = shortWrite(fs.writevSync(this.fd, buffers as Uint8Array[], position), want);
       } catch (e) {
         err = e as Error;
       }
@@ -58,7 +61,7 @@ class NodeFile implements DiskFile {
     }
     return new Promise((resolve, reject) => {
       fs.writev(this.fd, buffers as Uint8Array[], position, (e, written) => {
-        const err = e ?? check(written);
+        const err = e ?? shortWrite(written, want);
         if (err) reject(err);
         else resolve();
       });

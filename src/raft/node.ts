@@ -213,7 +213,7 @@ export class RaftNode {
    * fdatasync as well (etcd raft's asynchronous storage writes allow the same).
    */
   takeCommitted(): Entry[] {
-    if (!this.outstanding || !this.raft.log.hasNextCommittedEntries()) return noEntries;
+    if (!this.outstanding) return noEntries;
     const entries = this.handOutCommitted();
     const last = entries[entries.length - 1];
     if (last !== undefined) this.raft.log.appliedTo(last.index);

@@ -158,3 +158,14 @@ export function isResponse(type: MessageType): boolean {
     type === MessageType.heartbeatResp
   );
 }
+
+/**
+ * A leader's messages that may leave before the Ready carrying them is
+ * persisted (Raft thesis 10.2.1): appends, heartbeats and transfer orders.
+ * The leader counts itself toward a commit only after advance(), so nothing
+ * commits before a quorum has it on disk. Votes and acknowledgements wait for
+ * the persist they promise; snapshots are sent by the caller's own path.
+ */
+export function mayPrecedePersist(type: MessageType): boolean {
+  return type === MessageType.app || type === MessageType.heartbeat || type === MessageType.timeoutNow;
+}

@@ -29,7 +29,7 @@ import { RaftNode } from "../raft/node.js";
 import type { RaftConfig } from "../raft/raft.js";
 import type { Storage } from "../raft/storage.js";
 import type { Ready } from "../raft/node.js";
-import { EntryType, MessageType, StateRole, type ConfState, type Entry, type Message, type NodeId } from "../raft/types.js";
+import { EntryType, MessageType, mayPrecedePersist, StateRole, type ConfState, type Entry, type Message, type NodeId } from "../raft/types.js";
 import type { Store } from "../store/store.js";
 import { BeatsOutbox, isBeat, parseBeats, type BeatsEnvelope } from "./beats.js";
 import { StoreRaftStorage } from "./raft-storage.js";
@@ -522,7 +522,7 @@ export class MultiRaft {
         // The volume's data goes first, in chunks; the message follows the last one.
         if (g.keepLog || this.o.volumeBytes === undefined) g.node.reportSnapshot(m.to, false);
         else this.snapshotSender.start(g.id, this.o.volumeBytes(g.id), m);
-      } else if (m.type === MessageType.app || m.type === MessageType.heartbeat || m.type === MessageType.timeoutNow) {
+      } else if (mayPrecedePersist(m.type)) {
         this.sendMessage(g, m);
       } else later.push(m);
     }

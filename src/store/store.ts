@@ -761,9 +761,9 @@ export class Store {
    * Copies a segment's live data to the head of the log, then frees the
    * segment. Live data is found from the block maps (whatever kind of record
    * holds it); the segment's records are read once first so that damaged data
-   * is never laundered under a fresh checksum.
+   * is never laundered under a fresh checksum. Returns whether the segment
+   * was freed.
    */
-  /** Returns whether the segment was freed. */
   private async collectSegment(id: number): Promise<boolean> {
     // With nothing live no block map points here: nothing to check, find or copy
     // (finding walks every block map: 14% of a 1 MiB sequential write's CPU).

@@ -38,7 +38,7 @@ import { RaftNode } from "../../src/raft/node.js";
 import type { Ready } from "../../src/raft/node.js";
 import { MemoryStorage } from "../../src/raft/storage.js";
 import type { ConfState, Entry, Message, NodeId } from "../../src/raft/types.js";
-import { EntryType, MessageType, StateRole } from "../../src/raft/types.js";
+import { EntryType, mayPrecedePersist, MessageType, StateRole } from "../../src/raft/types.js";
 
 export interface SimOptions {
   seed: number;
@@ -615,7 +615,7 @@ class Sim {
   private sendEarly(n: SimNode, messages: Message[]): Message[] {
     const later: Message[] = [];
     for (const m of messages) {
-      if (m.type === MessageType.app || m.type === MessageType.heartbeat || m.type === MessageType.timeoutNow) this.send(n, m);
+      if (mayPrecedePersist(m.type)) this.send(n, m);
       else later.push(m);
     }
     return later;
