@@ -554,6 +554,18 @@ export class MultiRaft {
     if (entries.length === 0) return;
     for (const e of entries) this.apply(g, e);
     this.releaseReads(g);
+    this.storages.get(g.id)?.releaseThrough(this.cachedEntriesDoneThrough(g));
+  }
+
+  /** The last index no one here needs from memory: applied, and on a leader held by every follower it streams entries to. */
+  private cachedEntriesDoneThrough(g: Group): number {
+    let upTo = g.applied;
+    const raft = g.node.raft;
+    if (raft.role !== StateRole.leader) return upTo;
+    for (const [id, pr] of raft.tracker.progress) {
+      if (id !== this.o.nodeId && pr.state === ProgressState.replicate) upTo = Math.min(upTo, pr.match);
+    }
+    return upTo;
   }
 
   private afterPersist(g: Group, rd: Ready): void {

@@ -5,7 +5,13 @@ import { CompactedError, UnavailableError, type Storage, type InitialState } fro
 import type { ConfState, Entry, EntryType, Snapshot } from "../raft/types.js";
 import type { Store } from "../store/store.js";
 
-/** Bytes of recently persisted entries kept in memory, so applying and replicating them does not read them back. */
+/**
+ * Bound on the bytes of persisted entries kept in memory (applying and
+ * replicating them then needs no read back). The driver releases entries as
+ * soon as they are applied here and held by every follower the leader streams
+ * to, so the cache holds a few milliseconds of writes; the bound only matters
+ * when a follower stops acknowledging without being noticed yet.
+ */
 const recentBytesMax = 64 * 1024 * 1024;
 
 export class StoreRaftStorage implements Storage {
@@ -46,6 +52,18 @@ export class StoreRaftStorage implements Storage {
     this.recent.set(e.index, e);
     this.recentBytes += e.data.byteLength;
     while (this.recentBytes > recentBytesMax) this.forget(this.lowest++);
+  }
+
+  /**
+   * Entries up to `index` will not be asked for again except by a follower
+   * that fell behind (read back from the log then): they leave the cache.
+   * Kept until the byte bound pushed them out (seconds), every entry outlived
+   * V8's young generation and waited for a full collection: a repl-3 node
+   * under 4k random writes held 270-315 MiB resident, against 205-230 MiB
+   * when entries leave once applied.
+   */
+  releaseThrough(index: number): void {
+    while (this.recent.size > 0 && this.lowest <= index) this.forget(this.lowest++);
   }
 
   /** A snapshot replaced the log: nothing cached is in it any more. */

@@ -8,6 +8,7 @@ import * as assert from "uvu/assert";
 import { Prng } from "../../src/base/prng.js";
 import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
 import { Store, type RaftEntryInput } from "../../src/store/store.js";
+import { StoreRaftStorage } from "../../src/replication/raft-storage.js";
 import { tempDir } from "../helpers/tmp.js";
 
 const MiB = 1024 * 1024;
@@ -89,6 +90,33 @@ test("applying a committed write points the volume at the entry's data without c
   store = await open(t.dir);
   assert.ok(store.read(a.groupId, 8192, 4096).equals(data.subarray(4096, 8192)), "applied state comes back from the checkpoint");
   assert.is(store.raftState(a.groupId).appliedIndex, 2);
+  await store.close();
+  t.remove();
+});
+
+test("the Raft storage serves persisted entries from memory until released, then the same entries from the log", async () => {
+  const t = tempDir("raft");
+  const store = await open(t.dir);
+  const storage = new StoreRaftStorage(store, a.groupId, { voters: [1], learners: [] });
+  const entries = [1, 2, 3, 4].map((i) => ({ index: i, term: 1, type: 0 as const, data: Buffer.alloc(4096, i) }));
+  for (const e of entries) storage.remember(e);
+  await store.appendRaftEntries(a.groupId, entries.map((e) => ({ ...e, data: [e.data] })), { term: 1, vote: 1, commit: 4 });
+  const served = (): { same: boolean; index: number; fill: number }[] =>
+    storage.entries(1, 5, 1 << 30).map((e, k) => ({ same: e === entries[k], index: e.index, fill: e.data[4095]! }));
+  assert.equal(served().map((x) => x.same), [true, true, true, true], "all four from memory");
+  storage.releaseThrough(2);
+  assert.equal(served(), [
+    { same: false, index: 1, fill: 1 },
+    { same: false, index: 2, fill: 2 },
+    { same: false, index: 3, fill: 3 },
+    { same: false, index: 4, fill: 4 },
+  ], "a miss at the front reads the whole range back");
+  assert.equal(storage.entries(3, 5, 1 << 30).map((e, k) => e === entries[k + 2]), [true, true], "3 and 4 are still in memory");
+  storage.releaseThrough(10);
+  assert.is(storage.entries(4, 5, 1 << 30)[0] === entries[3], false, "released past the end: nothing left in memory");
+  storage.remember({ index: 5, term: 1, type: 0, data: Buffer.alloc(4096, 5) });
+  await store.appendRaftEntries(a.groupId, [entry(5, 1, 5)]);
+  assert.equal(storage.entries(4, 6, 1 << 30).map((e) => [e.index, e.data[0]]), [[4, 4], [5, 5]], "a new entry after a full release is cached and served");
   await store.close();
   t.remove();
 });
