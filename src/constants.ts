@@ -144,6 +144,12 @@ export const snapshotChunkExtentsMax = snapshotChunkBytes / sectorBytes;
 /** Snapshot chunks a leader has sent to one follower and not yet seen acknowledged. */
 export const snapshotWindowChunks = 4;
 /**
+ * Volume bytes one chunk of a delta snapshot may list as unchanged (`keep`):
+ * the follower reads them from its own copy and writes them into the staging
+ * group, so this bounds the memory a chunk costs it.
+ */
+export const snapshotChunkKeepBytes = 8 * 1024 * 1024;
+/**
  * Raft log a leader keeps for a replica that is down, past what every live
  * replica has: while the missed log is below this, the replica catches up
  * from the log (only what it missed); beyond it the log is compacted and the
@@ -152,7 +158,8 @@ export const snapshotWindowChunks = 4;
 export const raftLogRetainBytes = 256 * 1024 * 1024;
 
 export function checkReplicationConstants(): void {
-  assert(peerFrameBytesMax >= snapshotChunkBytes + snapshotChunkExtentsMax * 2 * 9 + 1024, "a full snapshot chunk fits one frame");
+  assert(peerFrameBytesMax >= snapshotChunkBytes + 2 * snapshotChunkExtentsMax * 2 * 9 + 1024, "a full snapshot chunk (data and kept extents) fits one frame");
+  assert(snapshotChunkKeepBytes % sectorBytes === 0 && snapshotChunkKeepBytes >= snapshotChunkBytes, "kept extents are whole sectors");
   assert(snapshotChunkBytes % sectorBytes === 0 && snapshotWindowChunks >= 1, "snapshot chunks hold whole sectors");
   assert(peerFrameBytesMax <= 0xffffffff, "a frame length fits the u32 length field");
   assert(peerFrameBytesMax >= nbdPayloadBytesMax + 1024 * 1024, "the largest volume write fits one frame with Raft framing");

@@ -29,13 +29,14 @@ import { RaftNode } from "../raft/node.js";
 import type { RaftConfig } from "../raft/raft.js";
 import type { Storage } from "../raft/storage.js";
 import type { Ready } from "../raft/node.js";
-import { EntryType, MessageType, mayPrecedePersist, StateRole, type ConfState, type Entry, type Message, type NodeId } from "../raft/types.js";
+import { EntryType, MessageType, mayPrecedePersist, newMessage, StateRole, type ConfState, type Entry, type Message, type NodeId } from "../raft/types.js";
 import type { Store } from "../store/store.js";
 import { BeatsOutbox, isBeat, parseBeats, type BeatsEnvelope } from "./beats.js";
 import { StoreRaftStorage } from "./raft-storage.js";
 import { SnapshotReceiver, SnapshotSender, type SnapAckEnvelope, type SnapChunkEnvelope } from "./snapshot.js";
 import { ProgressState } from "../raft/progress.js";
-import { decodeOp, encodeTrim, encodeWrite, VolumeOpKind } from "./volume-op.js";
+import { decodeOp, decodeTrailer, encodeTrim, encodeWrite, volumeOpTrailerBytes, VolumeOpKind } from "./volume-op.js";
+import { ChangeMap } from "./changes.js";
 
 /** What travels between drivers: a Raft message of one group. */
 export interface RaftEnvelope {
@@ -90,6 +91,8 @@ export interface ReplicaProgress {
  */
 const compactEveryTicks = 20;
 const compactKeepEntries = 0;
+/** Log entries a change map reads per event-loop turn when it begins (16-byte reads; 65,536 of them took 128 ms). */
+const changeScanEntriesPerTurn = 2048;
 
 /** The configuration every pxd Raft group runs with (PreVote and CheckQuorum on; limits from src/constants.ts). */
 export function raftConfig(id: NodeId, storage: Storage, random: { int(n: number): number }, applied = 0): RaftConfig {
@@ -151,6 +154,12 @@ class Group {
   keepLog = false;
   lead: NodeId = 0;
   role: StateRole = StateRole.follower;
+  /**
+   * On a leader while a member is away or behind: the volume ranges written
+   * or trimmed since a compaction point the member holds, so the snapshot it
+   * may need later carries only those (compactLogs, SnapshotSender).
+   */
+  changes: ChangeMap | undefined = undefined;
 
   constructor(
     readonly id: number,
@@ -177,6 +186,9 @@ export class MultiRaft {
     },
   });
   private beatsFlushQueued = false;
+  /** Change maps still reading the ranges of entries applied before they began, oldest first. */
+  private readonly changeScans: { g: Group; changes: ChangeMap; next: number; end: number }[] = [];
+  private changeScanQueued = false;
 
   constructor(private readonly o: DriverOptions) {
     const ports = {
@@ -190,6 +202,7 @@ export class MultiRaft {
         const g = this.groups.get(group);
         return g !== undefined && g.node.status().role === StateRole.leader && g.node.raft.tracker.progress.get(to)?.state === ProgressState.snapshot;
       },
+      catchUp: (group: number, leader: NodeId, index: number, term: number) => this.catchUp(group, leader, index, term),
       log: (line: string) => o.log(line),
     };
     this.snapshotSender = new SnapshotSender(ports);
@@ -242,6 +255,24 @@ export class MultiRaft {
     const g = this.groups.get(groupId);
     if (g === undefined || g.node.status().role !== StateRole.leader) return undefined;
     return [...g.node.raft.tracker.progress].map(([node, pr]) => ({ node, match: pr.match, active: node === this.o.nodeId || pr.recentActive }));
+  }
+
+  /**
+   * A delta snapshot's base is past what this follower applied: if its entry
+   * there has the leader's term there, its log up to it is the leader's
+   * (Log Matching) and committed (the base is below the snapshot's index), so
+   * the core may commit that far, as on a heartbeat; resolves once applied.
+   */
+  private catchUp(groupId: number, leader: NodeId, index: number, term: number): Promise<void> | undefined {
+    const g = this.groups.get(groupId);
+    if (g === undefined || term === 0 || this.o.store.raftTerm(groupId, index) !== term || g.node.status().lead !== leader) return undefined;
+    if (g.applied >= index) return Promise.resolve();
+    this.o.log(`snapshot: group ${groupId}: applying this node's own log from index ${g.applied + 1} to ${index} (the leader's entry there) before copying what did not change`);
+    const heartbeat = newMessage(MessageType.heartbeat, leader, this.o.nodeId, g.node.raft.term);
+    heartbeat.commit = index;
+    g.node.step(heartbeat);
+    this.schedule();
+    return new Promise((resolve, reject) => g.readsAwaitingApply.push({ index, waiters: [{ term: 0, resolve, reject }] }));
   }
 
   /** Proposes opaque data (a meta-group command); resolves with its index once applied here. */
@@ -316,23 +347,103 @@ export class MultiRaft {
    * log reaches (their match), tells the members, and does it here. A member
    * that is down holds the point back while the log it misses is under
    * logRetainBytes, so a short absence costs only what it missed; past that
-   * the log is compacted without it, and when it returns it gets a full copy
-   * (a snapshot). A snapshot being sent holds the point at its index: the
-   * follower needs every entry after it.
+   * the log is compacted without it, and when it returns it gets a snapshot:
+   * what changed while it was away (a change map kept meanwhile), or a full
+   * copy. A snapshot being sent holds the point at its index: the follower
+   * needs every entry after it.
    */
   private compactLogs(): void {
     const retain = this.o.logRetainBytes ?? raftLogRetainBytes;
     for (const g of this.groups.values()) {
       const progress = this.progress(g.id);
-      if (progress === undefined) continue;
-      let safe = this.snapshotSender.holdIndex(g.id);
+      if (progress === undefined) {
+        g.changes = undefined;
+        continue;
+      }
+      const held = this.snapshotSender.holdIndex(g.id);
+      const snapshotIndex = this.o.store.raftState(g.id).snapshotIndex;
+      let safe = held;
+      // Members this round leaves behind (down, and missing more than the
+      // retained log), and members already behind the compaction point (or
+      // not heard from since this node was elected: their match is unknown).
+      let leavingAt = Infinity;
+      let pastPoint = false;
       for (const p of progress) {
         if (p.active || g.keepLog || this.o.store.raftLogBytesFrom(g.id, p.match + 1) <= retain) safe = Math.min(safe, p.match);
+        else leavingAt = Math.min(leavingAt, p.match);
+        if (p.match < snapshotIndex) pastPoint = true;
       }
-      if (safe === Infinity || safe <= this.o.store.raftState(g.id).snapshotIndex) continue;
+      const behind = leavingAt !== Infinity || pastPoint;
+      // While there is one, keep what changes after a point its log reaches,
+      // so a snapshot it needs later carries only that: the match of the one
+      // leaving now, else the compaction point (a member behind it held it, or
+      // led when it went down). In a log never compacted, after entry 1 (index
+      // 0 would take in data written before the group existed, when a
+      // single-replica volume gained replicas). A map from an older point is
+      // replaced when no one else needs it: the newer point marks less.
+      const base = Math.max(pastPoint ? snapshotIndex : Math.min(leavingAt, g.applied), 1);
+      const stale = g.changes !== undefined && g.changes.base < base && !pastPoint && held === Infinity;
+      if (behind && (g.changes === undefined || stale) && !g.keepLog && g.applied >= base) this.startChanges(g, base);
+      if (!behind && held === Infinity) g.changes = undefined;
+      // A change map being filled reads entries after its base from the log: they stay until it is done.
+      if (g.changes !== undefined && !g.changes.complete) safe = Math.min(safe, g.changes.base);
+      if (safe === Infinity || safe <= snapshotIndex) continue;
       for (const p of progress) if (p.node !== this.o.nodeId) this.o.send(p.node, { kind: "compact", group: g.id, index: safe });
       this.compact(g, safe);
     }
+  }
+
+  /**
+   * A change map from `base` on. apply() marks the entries applied from now
+   * on; the ones after `base` applied already are still in the log (base is
+   * at or above the compaction point), and are read for their ranges a slice
+   * per turn, so a long retained log does not stall the event loop.
+   */
+  private startChanges(g: Group, base: number): void {
+    assert(base >= this.o.store.raftState(g.id).snapshotIndex, "the entries after a change map's base are in the log");
+    const changes = new ChangeMap(base, this.o.store.raftTerm(g.id, base) ?? 0);
+    g.changes = changes;
+    this.changeScans.push({ g, changes, next: base + 1, end: g.applied });
+    this.o.log(`snapshot: group ${g.id}: a member is behind; tracking what changes after index ${base}`);
+    this.queueChangeScan();
+  }
+
+  private queueChangeScan(): void {
+    if (this.changeScanQueued || this.changeScans.length === 0 || this.closed) return;
+    this.changeScanQueued = true;
+    this.o.defer(() => {
+      this.changeScanQueued = false;
+      this.scanChanges();
+    });
+  }
+
+  private scanChanges(): void {
+    let budget = changeScanEntriesPerTurn;
+    while (budget > 0 && this.changeScans.length > 0) {
+      const s = this.changeScans[0]!;
+      // Dropped meanwhile (leadership lost, a snapshot installed here, the group gone).
+      if (s.g.changes !== s.changes || !this.groups.has(s.g.id)) {
+        this.changeScans.shift();
+        continue;
+      }
+      for (; s.next <= s.end && budget > 0; s.next++, budget--) {
+        if (s.next < this.o.store.raftFirstIndex(s.g.id)) {
+          // Compacted under it (this node follows another leader now): no map.
+          s.g.changes = undefined;
+          break;
+        }
+        const e = this.o.store.raftEntryTail(s.g.id, s.next, volumeOpTrailerBytes);
+        const op = e?.type === EntryType.normal ? decodeTrailer(e.tail) : undefined;
+        if (op !== undefined) s.changes.mark(op.offsetBytes, op.lengthBytes);
+      }
+      if (s.g.changes !== s.changes) continue;
+      if (s.next > s.end) {
+        s.changes.complete = true;
+        this.changeScans.shift();
+        this.o.log(`snapshot: group ${s.g.id}: what changed since index ${s.changes.base} is known (${s.changes.changedBlocks} blocks of 4 KiB so far)`);
+      }
+    }
+    this.queueChangeScan();
   }
 
   private compact(g: Group, index: number): void {
@@ -498,6 +609,8 @@ export class MultiRaft {
     const meta = rd.snapshot?.meta;
     let installed: Promise<void> | undefined;
     if (meta !== undefined) {
+      // The volume is replaced wholesale, unmarked: a change map kept from an earlier term as leader no longer says what changed.
+      g.changes = undefined;
       storage.forgetAll();
       installed = this.o.store.installSnapshot(g.id, meta.index, meta.term, meta.conf);
       g.confPoints = [{ index: meta.index, conf: meta.conf }];
@@ -509,7 +622,7 @@ export class MultiRaft {
     return Promise.all([installed, appended]).then(() => {
       g.applied = meta.index;
       this.snapshotReceiver.installed(g.id);
-      this.o.log(`snapshot: group ${g.id}: installed a full copy at index ${meta.index}`);
+      this.o.log(`snapshot: group ${g.id}: installed the copy at index ${meta.index}`);
     });
   }
 
@@ -521,7 +634,11 @@ export class MultiRaft {
       if (m.type === MessageType.snap) {
         // The volume's data goes first, in chunks; the message follows the last one.
         if (g.keepLog || this.o.volumeBytes === undefined) g.node.reportSnapshot(m.to, false);
-        else this.snapshotSender.start(g.id, this.o.volumeBytes(g.id), m);
+        else {
+          // A delta for a member that was away (it refuses one whose base it has not applied); a new replica, a learner, holds nothing.
+          const changes = g.changes?.complete && !g.node.raft.tracker.isLearner(m.to) ? g.changes : undefined;
+          this.snapshotSender.start(g.id, this.o.volumeBytes(g.id), m, changes);
+        }
       } else if (mayPrecedePersist(m.type)) {
         this.sendMessage(g, m);
       } else later.push(m);
@@ -595,6 +712,7 @@ export class MultiRaft {
     if (op?.kind === VolumeOpKind.Write) this.o.store.applyEntryWrite(g.id, e.index, op.offsetBytes, op.lengthBytes, 0);
     else if (op?.kind === VolumeOpKind.Trim) this.o.store.applyEntryTrim(g.id, e.index, op.offsetBytes, op.lengthBytes);
     else this.o.store.markApplied(g.id, e.index);
+    if (op !== undefined && g.changes !== undefined && e.index > g.changes.base) g.changes.mark(op.offsetBytes, op.lengthBytes);
     if (e.type === EntryType.confChange) g.confPoints.push({ index: e.index, conf: decodeConfChange(e.data).conf });
     g.applied = e.index;
     const w = g.proposals.get(e.index);

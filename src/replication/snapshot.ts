@@ -1,5 +1,6 @@
-// Raft snapshots of volume groups, streamed as a full copy (DESIGN §4,
-// docs/formats/peer-protocol.md "Snapshots").
+// Raft snapshots of volume groups, streamed as a full copy or as the changes
+// since the follower's state (DESIGN §4, docs/formats/peer-protocol.md
+// "Snapshots").
 //
 // A leader whose log no longer reaches back to a follower's next entry (it was
 // compacted while the follower was down) gets a `snap` message from its core.
@@ -12,6 +13,16 @@
 // on disk; the driver's persist then swaps the staging group in with one
 // record (Store.installSnapshot).
 //
+// A delta: when the leader kept a ChangeMap from index `base` on (it left the
+// follower behind at that index, src/replication/changes.ts), a chunk
+// carries data only for the extents that changed since `base`, and lists the
+// other allocated extents as `keep`: the follower copies those from its own
+// group into the staging group. That is right only if the follower applied at
+// least `base` (then its blocks outside the changes are the leader's), so it
+// refuses a delta otherwise, and the leader's next try is a full copy. The
+// follower's group only moves forward while the stream runs (the leader sends
+// it no entries), and a block it copies is one no entry after `base` touched.
+//
 // The copy is fuzzy: chunks are read from the live volume while writes go on,
 // so a chunk may already hold writes after the snapshot's index. That is
 // safe because the follower then replays every entry after the index, and
@@ -19,9 +30,10 @@
 // last write to it, whichever state the chunk caught. The leader keeps those
 // entries (it does not compact its log past a snapshot being sent).
 
-import { raftAppendBytesMax, sectorBytes, snapshotChunkBytes, snapshotChunkExtentsMax, snapshotWindowChunks } from "../constants.js";
+import { raftAppendBytesMax, sectorBytes, snapshotChunkBytes, snapshotChunkExtentsMax, snapshotChunkKeepBytes, snapshotWindowChunks } from "../constants.js";
 import type { Message, NodeId } from "../raft/types.js";
 import type { Store } from "../store/store.js";
+import type { ChangeMap } from "./changes.js";
 
 /** Leader -> follower: allocated extents [offset, length] pairs (bytes) and their data, in order. */
 export interface SnapChunkEnvelope {
@@ -31,8 +43,14 @@ export interface SnapChunkEnvelope {
   index: number;
   term: number;
   seq: number;
+  /** 0: a full copy. Else a delta: `keep` extents hold what the follower has once it applied `base`. */
+  base: number;
+  /** The term of entry `base` on the leader (0 in a full copy). */
+  baseTerm: number;
   extents: number[];
   data: Uint8Array;
+  /** Allocated extents [offset, length] pairs (bytes) unchanged since `base`: the follower copies its own. */
+  keep: number[];
   last: boolean;
 }
 
@@ -52,6 +70,12 @@ export interface SnapshotPorts {
   reportSnapshot(group: number, to: NodeId, ok: boolean): void;
   /** Whether this node still leads the group and the core still has `to` in snapshot state. */
   stillSending(group: number, to: NodeId): boolean;
+  /**
+   * Follower: its entry `index` has the leader's term there, so its log up to
+   * it is the leader's, committed: apply it that far. Resolves once applied;
+   * undefined when the entry is not here with that term.
+   */
+  catchUp?(group: number, leader: NodeId, index: number, term: number): Promise<void> | undefined;
   log(line: string): void;
 }
 
@@ -67,6 +91,8 @@ interface OutStream {
   term: number;
   /** The core's snap message, sent after the last chunk is acknowledged. */
   message: Message;
+  /** A delta: what changed since changes.base. */
+  changes: ChangeMap | undefined;
   cursor: number;
   sizeBytes: number;
   nextSeq: number;
@@ -84,16 +110,19 @@ function streamKey(group: number, to: NodeId): string {
 
 export class SnapshotSender {
   private readonly streams = new Map<string, OutStream>();
-  readonly counters = { snapshotsStarted: 0, snapshotsSent: 0, snapshotsFailed: 0, snapshotBytesSent: 0 };
+  /** Followers whose last stream was a delta that failed: their next one is a full copy. */
+  private readonly fullNext = new Set<string>();
+  readonly counters = { snapshotsStarted: 0, snapshotsSent: 0, snapshotsFailed: 0, snapshotBytesSent: 0, snapshotDeltas: 0, snapshotBytesKept: 0 };
 
   constructor(private readonly p: SnapshotPorts) {}
 
-  /** The core wants a snapshot sent: stream the volume, then `message`. */
-  start(group: number, sizeBytes: number, message: Message): void {
+  /** The core wants a snapshot sent: stream the volume (or what changed since `changes.base`), then `message`. */
+  start(group: number, sizeBytes: number, message: Message, changes?: ChangeMap): void {
     const snap = message.snapshot;
     if (snap === null) return;
     const key = streamKey(group, message.to);
     this.streams.delete(key);
+    const delta = changes !== undefined && changes.base < snap.meta.index && !this.fullNext.has(key) ? changes : undefined;
     if (sizeBytes <= 0) {
       // Not a volume this node knows the size of: a copy of nothing would install an empty volume there.
       this.p.log(`snapshot: group ${group}: no volume size known here; not sending a copy to node ${message.to}`);
@@ -106,6 +135,7 @@ export class SnapshotSender {
       index: snap.meta.index,
       term: snap.meta.term,
       message,
+      changes: delta,
       cursor: 0,
       sizeBytes,
       nextSeq: 0,
@@ -116,7 +146,9 @@ export class SnapshotSender {
     };
     this.streams.set(key, s);
     this.counters.snapshotsStarted++;
-    this.p.log(`snapshot: group ${group}: sending a full copy at index ${s.index} to node ${s.to}`);
+    if (delta !== undefined) this.counters.snapshotDeltas++;
+    const what = delta === undefined ? "a full copy" : `what changed since index ${delta.base} (${delta.changedBlocks} blocks of 4 KiB)`;
+    this.p.log(`snapshot: group ${group}: sending ${what} at index ${s.index} to node ${s.to}`);
     // Writes that reached the store without a Raft entry (a volume that had a
     // single replica until now) must be in the copy: read only once every
     // write submitted so far is durable and mapped.
@@ -162,7 +194,10 @@ export class SnapshotSender {
     for (const s of [...this.streams.values()]) {
       if (!this.p.stillSending(s.group, s.to)) {
         // Installed (the core moved on), or this node no longer leads.
-        if (s.finalSent) this.counters.snapshotsSent++;
+        if (s.finalSent) {
+          this.counters.snapshotsSent++;
+          this.fullNext.delete(streamKey(s.group, s.to));
+        }
         this.streams.delete(streamKey(s.group, s.to));
         continue;
       }
@@ -172,6 +207,8 @@ export class SnapshotSender {
 
   private abort(s: OutStream, why: string): void {
     this.streams.delete(streamKey(s.group, s.to));
+    // Refused (the follower applied less than the base) or lost: a full copy next time is always right.
+    if (s.changes !== undefined) this.fullNext.add(streamKey(s.group, s.to));
     this.counters.snapshotsFailed++;
     this.p.log(`snapshot: group ${s.group} to node ${s.to} at index ${s.index} given up (${why}); the leader will try again`);
     this.p.reportSnapshot(s.group, s.to, false);
@@ -187,35 +224,60 @@ export class SnapshotSender {
     }
   }
 
-  /** The allocated extents from the cursor on, up to a chunk's worth of data; reads them from the live volume. */
+  /**
+   * The allocated extents from the cursor on, up to a chunk's worth of data;
+   * reads them from the live volume. In a delta, extents that did not change
+   * since the base go in `keep` (up to snapshotChunkKeepBytes) instead.
+   */
   private nextChunk(s: OutStream): SnapChunkEnvelope {
     const store = this.p.store;
     const extents: number[] = [];
+    const keep: number[] = [];
     const parts: Buffer[] = [];
     let bytes = 0;
-    while (s.cursor < s.sizeBytes && bytes < snapshotChunkBytes && extents.length < 2 * snapshotChunkExtentsMax) {
+    let keepBytes = 0;
+    const full = (): boolean =>
+      bytes >= snapshotChunkBytes || keepBytes >= snapshotChunkKeepBytes || extents.length >= 2 * snapshotChunkExtentsMax || keep.length >= 2 * snapshotChunkExtentsMax;
+    scan: while (s.cursor < s.sizeBytes && !full()) {
       const runs = store.blockStatus(s.group, s.cursor, Math.min(scanBytes, s.sizeBytes - s.cursor));
       for (const r of runs) {
         if (r.hole) {
           s.cursor += r.lengthBytes;
           continue;
         }
-        const take = Math.min(r.lengthBytes, snapshotChunkBytes - bytes);
-        parts.push(store.read(s.group, s.cursor, take));
-        extents.push(s.cursor, take);
-        bytes += take;
-        s.cursor += take;
-        if (bytes === snapshotChunkBytes || extents.length >= 2 * snapshotChunkExtentsMax) break;
+        const runEnd = s.cursor + r.lengthBytes;
+        while (s.cursor < runEnd) {
+          if (full()) break scan;
+          const piece = s.changes?.runAt(s.cursor, runEnd - s.cursor) ?? { changed: true, lengthBytes: runEnd - s.cursor };
+          if (piece.changed) {
+            const take = Math.min(piece.lengthBytes, snapshotChunkBytes - bytes);
+            parts.push(store.read(s.group, s.cursor, take));
+            extents.push(s.cursor, take);
+            bytes += take;
+            s.cursor += take;
+          } else {
+            const take = Math.min(piece.lengthBytes, snapshotChunkKeepBytes - keepBytes);
+            // Neighbouring runs (other log records) join one kept extent.
+            if (keep.length > 0 && keep[keep.length - 2]! + keep[keep.length - 1]! === s.cursor) keep[keep.length - 1] = keep[keep.length - 1]! + take;
+            else keep.push(s.cursor, take);
+            keepBytes += take;
+            s.cursor += take;
+          }
+        }
       }
     }
+    this.counters.snapshotBytesKept += keepBytes;
     return {
       kind: "snap-chunk",
       group: s.group,
       index: s.index,
       term: s.term,
       seq: s.nextSeq++,
+      base: s.changes?.base ?? 0,
+      baseTerm: s.changes?.baseTerm ?? 0,
       extents,
       data: parts.length === 1 ? parts[0]! : Buffer.concat(parts),
+      keep,
       last: s.cursor >= s.sizeBytes,
     };
   }
@@ -225,6 +287,10 @@ interface InStream {
   from: NodeId;
   index: number;
   term: number;
+  /** The delta's base (0: a full copy). */
+  base: number;
+  /** Kept extents are copied once this node applied the base. */
+  baseApplied: Promise<void>;
   stagingId: number;
   nextSeq: number;
   /** The chunk marked last has arrived (its writes may still be in flight). */
@@ -262,10 +328,14 @@ export class SnapshotReceiver {
     // The core never installs a snapshot at or below its commit: such a copy would only linger.
     if (c.seq === 0 && c.index <= info.applied) return refuse(`this node already applied up to index ${info.applied}`);
     if (c.seq === 0) {
-      s = { from, index: c.index, term: c.term, stagingId: this.p.store.beginStaging(c.group), nextSeq: 0, ended: false, complete: false, failed: false, installing: false };
+      // A delta holds only what changed after its base: this node's own blocks are right for the rest only once it applied the base.
+      // If it has not (it learned the commit index too late before it went down), its log up to the base may still be the leader's.
+      const baseApplied = c.base <= info.applied ? Promise.resolve() : this.p.catchUp?.(c.group, from, c.base, c.baseTerm);
+      if (baseApplied === undefined) return refuse(`a copy of the changes since index ${c.base}, but this node applied only up to ${info.applied} and does not hold the leader's entry ${c.base}; it needs a full copy`);
+      s = { from, index: c.index, term: c.term, base: c.base, baseApplied, stagingId: this.p.store.beginStaging(c.group), nextSeq: 0, ended: false, complete: false, failed: false, installing: false };
       this.streams.set(c.group, s);
     }
-    if (s === undefined || s.failed || s.from !== from || s.index !== c.index || s.term !== c.term || s.nextSeq !== c.seq) {
+    if (s === undefined || s.failed || s.from !== from || s.index !== c.index || s.term !== c.term || s.base !== c.base || s.nextSeq !== c.seq) {
       return refuse("out of order");
     }
     if (s.ended) return refuse("a chunk after the last one");
@@ -279,6 +349,13 @@ export class SnapshotReceiver {
         const length = c.extents[i + 1]!;
         writes.push(this.p.store.write(s.stagingId, offset, [c.data.subarray(at, at + length)], length));
         at += length;
+      }
+      // Unchanged since the base: this node's own data, once its group is at or past the base (no entry after it touched these).
+      const stagingId = s.stagingId;
+      for (let i = 0; i < c.keep.length; i += 2) {
+        const offset = c.keep[i]!;
+        const length = c.keep[i + 1]!;
+        writes.push(s.baseApplied.then(() => this.p.store.write(stagingId, offset, [this.p.store.read(c.group, offset, length)], length)));
       }
     } catch (e) {
       return refuse(`cannot store it: ${(e as Error).message}`);
@@ -339,17 +416,43 @@ function checkChunk(c: SnapChunkEnvelope, sizeBytes: number): string | undefined
   const isIndex = (n: unknown): n is number => typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
   if (!isIndex(c.index) || !isIndex(c.term) || !isIndex(c.seq) || typeof c.last !== "boolean") return "malformed header";
   if (!(c.data instanceof Uint8Array) || c.data.length > Math.max(snapshotChunkBytes, raftAppendBytesMax)) return "data missing or too large";
-  if (!Array.isArray(c.extents) || c.extents.length % 2 !== 0 || c.extents.length > 2 * snapshotChunkExtentsMax) return "malformed extents";
+  if (!isIndex(c.base) || !isIndex(c.baseTerm)) return "malformed base";
+  const data = checkExtents(c.extents, sizeBytes);
+  if (typeof data === "string") return data;
+  if (data !== c.data.length) return "extents do not match the data";
+  const kept = checkExtents(c.keep, sizeBytes);
+  if (typeof kept === "string") return `keep: ${kept}`;
+  if (kept > 0 && c.base === 0) return "kept extents in a full copy";
+  if (kept > snapshotChunkKeepBytes) return "too many kept bytes";
+  if (overlap(c.extents, c.keep)) return "kept extents overlap the data";
+  return undefined;
+}
+
+/** Whether two ascending lists of [offset, length] pairs share a byte. */
+function overlap(a: readonly number[], b: readonly number[]): boolean {
+  let i = 0;
+  let j = 0;
+  while (i < a.length && j < b.length) {
+    if (a[i]! + a[i + 1]! <= b[j]!) i += 2;
+    else if (b[j]! + b[j + 1]! <= a[i]!) j += 2;
+    else return true;
+  }
+  return false;
+}
+
+/** Flat [offset, length, ...] pairs in whole sectors, ascending, inside the volume: their total bytes, or what is wrong. */
+function checkExtents(extents: unknown, sizeBytes: number): number | string {
+  const isIndex = (n: unknown): n is number => typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
+  if (!Array.isArray(extents) || extents.length % 2 !== 0 || extents.length > 2 * snapshotChunkExtentsMax) return "malformed extents";
   let total = 0;
   let end = 0;
-  for (let i = 0; i < c.extents.length; i += 2) {
-    const offset = c.extents[i];
-    const length = c.extents[i + 1];
+  for (let i = 0; i < extents.length; i += 2) {
+    const offset: unknown = extents[i];
+    const length: unknown = extents[i + 1];
     if (!isIndex(offset) || !isIndex(length) || length === 0 || offset % sectorBytes !== 0 || length % sectorBytes !== 0) return "extent not in whole sectors";
     if (offset < end || offset + length > sizeBytes) return "extents out of order or past the volume";
     end = offset + length;
     total += length;
   }
-  if (total !== c.data.length) return "extents do not match the data";
-  return undefined;
+  return total;
 }

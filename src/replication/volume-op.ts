@@ -54,11 +54,20 @@ function writeTrailer(b: Buffer, at: number, op: VolumeOp): void {
 export function decodeOp(data: Uint8Array): VolumeOp | undefined {
   if (data.length < volumeOpTrailerBytes) return undefined;
   const at = data.length - volumeOpTrailerBytes;
-  const dv = new DataView(data.buffer, data.byteOffset + at, volumeOpTrailerBytes);
+  const op = readTrailer(data, at);
+  return op?.kind === VolumeOpKind.Write && op.lengthBytes !== at ? undefined : op;
+}
+
+/** The operation named by an entry's last 16 bytes, read without its data; undefined when they are not a trailer. */
+export function decodeTrailer(trailer: Uint8Array): VolumeOp | undefined {
+  return trailer.length === volumeOpTrailerBytes ? readTrailer(trailer, 0) : undefined;
+}
+
+function readTrailer(b: Uint8Array, at: number): VolumeOp | undefined {
+  const dv = new DataView(b.buffer, b.byteOffset + at, volumeOpTrailerBytes);
   const kind = dv.getUint8(0);
   if (dv.getUint8(1) !== opVersion || (kind !== VolumeOpKind.Write && kind !== VolumeOpKind.Trim)) return undefined;
   const lengthBytes = dv.getUint32(4, true);
   const offsetBytes = dv.getUint32(12, true) * 0x100000000 + dv.getUint32(8, true);
-  if (kind === VolumeOpKind.Write && lengthBytes !== at) return undefined;
   return { kind, offsetBytes, lengthBytes };
 }

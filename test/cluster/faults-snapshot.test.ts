@@ -1,9 +1,11 @@
-// Full-copy snapshots: a follower that was down while more than the leader's
-// log retention (--log-retain) was written comes back behind the compaction
-// point. The leader streams it the volume (a Raft snapshot), it installs the
-// copy atomically, and replication goes on from there. The proof is offline:
-// after an orderly stop, each node's store is opened here and the replicas
-// must hold the same bytes and the same holes.
+// Snapshots: a follower that was down while more than the leader's log
+// retention (--log-retain) was written comes back behind the compaction
+// point. The leader streams it what changed since it left (a Raft snapshot
+// as a delta: the rest the follower copies from its own replica), it installs
+// the copy atomically, and replication goes on from there. The bytes sent are
+// what it missed, not the volume. The proof is offline: after an orderly
+// stop, each node's store is opened here and the replicas must hold the same
+// bytes and the same holes.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -55,7 +57,7 @@ async function replicaImage(dataDir: string, groupId: number, sizeBytes: number)
   }
 }
 
-test("a follower behind the compaction point gets a full copy, installs it, and ends with the same bytes and holes", async () => {
+test("a follower behind the compaction point gets what changed while it was away, installs it, and ends with the same bytes and holes", async () => {
   const name = "snap";
   const sizeBytes = 64 * MiB;
   const v = await c.nodes[0]!.api.createVolume({ name, sizeBytes, repl: 3 });
@@ -71,21 +73,31 @@ test("a follower behind the compaction point gets a full copy, installs it, and 
   await follower.kill();
   await waitUntil("the leader sees the follower down", async () => (await c.nodes[leader]!.api.inspectVolume(name)).replicas.find((r) => r.nodeId === fid)?.state === "down", 20000);
 
-  // Far more than --log-retain 2M while it is away, and a hole punched in what it had.
+  // Far more than --log-retain 2M while it is away, a MiB of what it had rewritten, and a hole punched in what it had.
   await fill(c.nodes[leader]!, name, 16, 24);
+  await fill(c.nodes[leader]!, name, 5, 1);
   await runOk("qemu-io", ["-f", "raw", c.nodes[leader]!.uri(name), "-c", "discard 2M 2M"]);
   // Past --log-retain the leader compacts without the follower (every 2 s): its log no longer reaches back to what the follower has.
   await waitUntil("the leader's log compacted past the follower", async () => (await c.nodes[leader]!.api.inspectVolume(name)).log!.firstIndex > heldAt + 1, 20000);
   const sentBefore = await metric(c.nodes[leader]!, "pxd_raft_snapshot_bytes_sent");
+  const keptBefore = await metric(c.nodes[leader]!, "pxd_raft_snapshot_bytes_kept");
 
   await follower.start();
   await waitUntil("the follower back in sync", inSync, 60000);
   const started = await metric(c.nodes[leader]!, "pxd_raft_snapshots_started");
   const bytes = (await metric(c.nodes[leader]!, "pxd_raft_snapshot_bytes_sent")) - sentBefore;
+  const kept = (await metric(c.nodes[leader]!, "pxd_raft_snapshot_bytes_kept")) - keptBefore;
+  const deltas = await metric(c.nodes[leader]!, "pxd_raft_snapshot_deltas");
   const installed = await metric(follower, "pxd_store_snapshots_installed");
-  console.log(`follower node ${fi + 1}: ${started} snapshot(s) started, ${(bytes / MiB).toFixed(1)} MiB of volume data sent, ${installed} installed`);
+  console.log(
+    `follower node ${fi + 1}: ${started} snapshot(s) started (${deltas} deltas), ${(bytes / MiB).toFixed(2)} MiB of volume data sent, ${(kept / MiB).toFixed(2)} MiB kept from its own copy, ${installed} installed`,
+  );
   assert.ok(started >= 1 && installed >= 1, "the follower came back through a snapshot, not the log");
-  assert.ok(bytes >= 28 * MiB, `the copy holds the whole volume's data (${bytes} bytes)`);
+  assert.ok(deltas >= 1, "the leader sent what changed, not a full copy");
+  if (started === 1) {
+    assert.is(bytes, 25 * MiB, "sent: the 24 MiB written while it was away and the rewritten MiB, not the 30 MiB the volume holds");
+    assert.is(kept, 5 * MiB, "kept: what it held, less the rewritten MiB and the discarded 2 MiB");
+  } else assert.ok(bytes >= 25 * MiB, `a stream was given up and sent again (${started} streams, ${bytes} bytes)`);
 
   // Replication goes on after the snapshot.
   await fill(c.nodes[leader]!, name, 48, 2);
