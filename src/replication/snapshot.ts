@@ -13,15 +13,18 @@
 // on disk; the driver's persist then swaps the staging group in with one
 // record (Store.installSnapshot).
 //
-// A delta: when the leader kept a ChangeMap from index `base` on (it left the
-// follower behind at that index, src/replication/changes.ts), a chunk
-// carries data only for the extents that changed since `base`, and lists the
-// other allocated extents as `keep`: the follower copies those from its own
-// group into the staging group. That is right only if the follower applied at
-// least `base` (then its blocks outside the changes are the leader's), so it
-// refuses a delta otherwise, and the leader's next try is a full copy. The
-// follower's group only moves forward while the stream runs (the leader sends
-// it no entries), and a block it copies is one no entry after `base` touched.
+// A delta: when the leader kept a ChangeMap from index `base` on (the match
+// of the member it left behind, or its compaction point after an election;
+// src/replication/changes.ts), a chunk carries data only for the extents that
+// changed since `base`, and lists the other allocated extents as `keep`: the
+// follower copies those from its own group into the staging group. That is
+// right only once the follower applied at least `base` (then its blocks
+// outside the changes are the leader's). A follower behind it whose entry
+// `base` has the leader's term (`baseTerm`) first applies its own log that
+// far (the driver's catchUp port); any other refuses the delta, and the
+// leader's next try is a full copy. The follower's group only moves forward
+// while the stream runs (the leader sends it no entries), and a block it
+// copies is one no entry after `base` touched.
 //
 // The copy is fuzzy: chunks are read from the live volume while writes go on,
 // so a chunk may already hold writes after the snapshot's index. That is
