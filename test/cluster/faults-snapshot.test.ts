@@ -1,5 +1,5 @@
-// Snapshots: a follower that was down while more than the leader's log
-// retention (--log-retain) was written comes back behind the compaction
+// Snapshots: a follower, or the leader, that was down while more than the
+// log retention (--log-retain) was written comes back behind the compaction
 // point. The leader streams it what changed since it left (a Raft snapshot
 // as a delta: the rest the follower copies from its own replica), it installs
 // the copy atomically, and replication goes on from there. The bytes sent are
@@ -57,42 +57,52 @@ async function replicaImage(dataDir: string, groupId: number, sizeBytes: number)
   }
 }
 
-test("a follower behind the compaction point gets what changed while it was away, installs it, and ends with the same bytes and holes", async () => {
-  const name = "snap";
+/**
+ * The scenario both tests run on volume `name` (64 MiB, repl 3): 8 MiB written
+ * and compacted on every node, then node `away` is SIGKILLed. Through the
+ * leader of the other two, 24 MiB more are written (far past --log-retain
+ * 2M), 1 MiB of what `away` held is rewritten and 2 MiB of it discarded,
+ * until that leader's log is compacted past `away`'s. Then `away` returns:
+ * it must come back through a delta (exactly the 25 MiB that changed sent,
+ * 5 MiB kept), keep replicating, and, after an orderly stop, the three stores
+ * must hold the same bytes and holes.
+ */
+async function awayAndBack(name: string, pick: (leader: number) => number): Promise<void> {
   const sizeBytes = 64 * MiB;
   const v = await c.nodes[0]!.api.createVolume({ name, sizeBytes, repl: 3 });
-  const leader = await c.leaderOf(name);
-  const fi = (leader + 1) % 3;
-  const follower = c.nodes[fi]!;
-  const fid = v.replicas.find((r) => r.node === `node${fi + 1}`)!.nodeId;
-  const inSync = async (): Promise<boolean> => (await c.nodes[leader]!.api.inspectVolume(name)).replicas.every((r) => r.state === "in-sync");
+  const first = await c.leaderOf(name);
+  const ai = pick(first);
+  const away = c.nodes[ai]!;
+  const aid = v.replicas.find((r) => r.node === `node${ai + 1}`)!.nodeId;
+  const inSync = async (at: number): Promise<boolean> => (await c.nodes[at]!.api.inspectVolume(name)).replicas.every((r) => r.state === "in-sync");
 
-  await fill(c.nodes[leader]!, name, 0, 8);
-  await waitUntil("every replica in sync", inSync, 30000);
-  const heldAt = (await c.nodes[leader]!.api.inspectVolume(name)).log!.lastIndex;
-  await follower.kill();
-  await waitUntil("the leader sees the follower down", async () => (await c.nodes[leader]!.api.inspectVolume(name)).replicas.find((r) => r.nodeId === fid)?.state === "down", 20000);
+  await fill(c.nodes[first]!, name, 0, 8);
+  await waitUntil("every replica in sync", () => inSync(first), 30000);
+  const heldAt = (await c.nodes[first]!.api.inspectVolume(name)).log!.lastIndex;
+  // Compaction runs every 2 s up to what all three hold: let it pass the first writes once.
+  await waitUntil("the first writes compacted", async () => (await c.nodes[first]!.api.inspectVolume(name)).log!.firstIndex > heldAt, 20000);
+  await away.kill();
+  const leader = ai === first ? await c.leaderAmong(name, c.others(ai)) : first;
+  await waitUntil("the leader sees the member down", async () => (await c.nodes[leader]!.api.inspectVolume(name)).replicas.find((r) => r.nodeId === aid)?.state === "down", 20000);
+  const counters = async (): Promise<number[]> =>
+    Promise.all(["pxd_raft_snapshots_started", "pxd_raft_snapshot_deltas", "pxd_raft_snapshot_bytes_sent", "pxd_raft_snapshot_bytes_kept"].map((m) => metric(c.nodes[leader]!, m)));
+  const before = await counters();
 
   // Far more than --log-retain 2M while it is away, a MiB of what it had rewritten, and a hole punched in what it had.
   await fill(c.nodes[leader]!, name, 16, 24);
   await fill(c.nodes[leader]!, name, 5, 1);
   await runOk("qemu-io", ["-f", "raw", c.nodes[leader]!.uri(name), "-c", "discard 2M 2M"]);
-  // Past --log-retain the leader compacts without the follower (every 2 s): its log no longer reaches back to what the follower has.
-  await waitUntil("the leader's log compacted past the follower", async () => (await c.nodes[leader]!.api.inspectVolume(name)).log!.firstIndex > heldAt + 1, 20000);
-  const sentBefore = await metric(c.nodes[leader]!, "pxd_raft_snapshot_bytes_sent");
-  const keptBefore = await metric(c.nodes[leader]!, "pxd_raft_snapshot_bytes_kept");
+  // Past --log-retain the leader compacts without it (every 2 s): its log no longer reaches back to what the member has.
+  await waitUntil("the leader's log compacted past the member", async () => (await c.nodes[leader]!.api.inspectVolume(name)).log!.firstIndex > heldAt + 1, 20000);
 
-  await follower.start();
-  await waitUntil("the follower back in sync", inSync, 60000);
-  const started = await metric(c.nodes[leader]!, "pxd_raft_snapshots_started");
-  const bytes = (await metric(c.nodes[leader]!, "pxd_raft_snapshot_bytes_sent")) - sentBefore;
-  const kept = (await metric(c.nodes[leader]!, "pxd_raft_snapshot_bytes_kept")) - keptBefore;
-  const deltas = await metric(c.nodes[leader]!, "pxd_raft_snapshot_deltas");
-  const installed = await metric(follower, "pxd_store_snapshots_installed");
+  await away.start();
+  await waitUntil("the member back in sync", () => inSync(leader), 60000);
+  const [started, deltas, bytes, kept] = (await counters()).map((x, i) => x - before[i]!) as [number, number, number, number];
+  const installed = await metric(away, "pxd_store_snapshots_installed");
   console.log(
-    `follower node ${fi + 1}: ${started} snapshot(s) started (${deltas} deltas), ${(bytes / MiB).toFixed(2)} MiB of volume data sent, ${(kept / MiB).toFixed(2)} MiB kept from its own copy, ${installed} installed`,
+    `${name}: node ${ai + 1} back from node ${leader + 1}: ${started} snapshot(s) started (${deltas} deltas), ${(bytes / MiB).toFixed(2)} MiB of volume data sent, ${(kept / MiB).toFixed(2)} MiB kept from its own copy, ${installed} installed`,
   );
-  assert.ok(started >= 1 && installed >= 1, "the follower came back through a snapshot, not the log");
+  assert.ok(started >= 1 && installed >= 1, "it came back through a snapshot, not the log");
   assert.ok(deltas >= 1, "the leader sent what changed, not a full copy");
   if (started === 1) {
     assert.is(bytes, 25 * MiB, "sent: the 24 MiB written while it was away and the rewritten MiB, not the 30 MiB the volume holds");
@@ -101,7 +111,7 @@ test("a follower behind the compaction point gets what changed while it was away
 
   // Replication goes on after the snapshot.
   await fill(c.nodes[leader]!, name, 48, 2);
-  await waitUntil("in sync after more writes", inSync, 30000);
+  await waitUntil("in sync after more writes", () => inSync(leader), 30000);
   await new Promise((r) => setTimeout(r, 1000)); // followers learn the last commit index from a heartbeat
 
   for (const n of c.nodes) assert.is(await n.stop(), 0, `orderly stop of ${n.host}`);
@@ -114,6 +124,17 @@ test("a follower behind the compaction point gets what changed while it was away
     assert.is(im.allocated, images[0]!.allocated, "and the same holes");
   }
   assert.is(images[0]!.allocated, (8 - 2 + 24 + 2) * MiB, "the discarded range is a hole everywhere");
+  for (const n of c.nodes) await n.start();
+  await c.healthy();
+}
+
+test("a follower behind the compaction point gets what changed while it was away, installs it, and ends with the same bytes and holes", async () => {
+  await awayAndBack("snap", (leader) => (leader + 1) % 3);
+});
+
+test("the leader is killed and comes back behind the compaction point: the new leader, which never saw it leave, sends what changed", async () => {
+  // It restarts having applied only what its last checkpoint and persisted commit index say: it applies its own log up to the delta's base first.
+  await awayAndBack("snapleader", (leader) => leader);
 });
 
 test.run();
