@@ -414,9 +414,13 @@ export class SnapshotReceiver {
   }
 }
 
+/** A non-negative safe integer (an index, term, offset or length from the network). */
+function isIndex(n: unknown): n is number {
+  return typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
+}
+
 /** Bounds and shape of a chunk from the network, before anything is allocated or written. */
 function checkChunk(c: SnapChunkEnvelope, sizeBytes: number): string | undefined {
-  const isIndex = (n: unknown): n is number => typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
   if (!isIndex(c.index) || !isIndex(c.term) || !isIndex(c.seq) || typeof c.last !== "boolean") return "malformed header";
   if (!(c.data instanceof Uint8Array) || c.data.length > Math.max(snapshotChunkBytes, raftAppendBytesMax)) return "data missing or too large";
   if (!isIndex(c.base) || !isIndex(c.baseTerm)) return "malformed base";
@@ -445,7 +449,6 @@ function overlap(a: readonly number[], b: readonly number[]): boolean {
 
 /** Flat [offset, length, ...] pairs in whole sectors, ascending, inside the volume: their total bytes, or what is wrong. */
 function checkExtents(extents: unknown, sizeBytes: number): number | string {
-  const isIndex = (n: unknown): n is number => typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
   if (!Array.isArray(extents) || extents.length % 2 !== 0 || extents.length > 2 * snapshotChunkExtentsMax) return "malformed extents";
   let total = 0;
   let end = 0;
