@@ -79,8 +79,10 @@ async function awayAndBack(name: string, pick: (leader: number) => number): Prom
   await fill(c.nodes[first]!, name, 0, 8);
   await waitUntil("every replica in sync", () => inSync(first), 30000);
   const heldAt = (await c.nodes[first]!.api.inspectVolume(name)).log!.lastIndex;
-  // Compaction runs every 2 s up to what all three hold: let it pass the first writes once.
-  await waitUntil("the first writes compacted", async () => (await c.nodes[first]!.api.inspectVolume(name)).log!.firstIndex > heldAt, 20000);
+  // Compaction runs every 2 s up to what all three hold: let it pass the first writes once, on every node.
+  // A new leader's change map starts at its own compaction point: one that had not compacted yet would rightly send everything.
+  const compacted = async (at: number): Promise<boolean> => (await c.nodes[at]!.api.inspectVolume(name)).log!.firstIndex > heldAt;
+  await waitUntil("the first writes compacted on every node", async () => (await Promise.all([0, 1, 2].map(compacted))).every(Boolean), 20000);
   await away.kill();
   const leader = ai === first ? await c.leaderAmong(name, c.others(ai)) : first;
   await waitUntil("the leader sees the member down", async () => (await c.nodes[leader]!.api.inspectVolume(name)).replicas.find((r) => r.nodeId === aid)?.state === "down", 20000);
