@@ -21,7 +21,7 @@ import { startCluster, type Cluster } from "../test/helpers/cluster.js";
 import type { DaemonProcess } from "../test/helpers/daemon.js";
 import { fioVersion, runFio, runFioDurableFile, type FioResult, type FioSpec } from "./lib/fio.js";
 import { Nbdkit, nbdkitVersion } from "./lib/nbdkit.js";
-import { cpuSeconds, log, onCleanup, positiveOption, procStatusKiB, runBench } from "./lib/proc.js";
+import { cpuSeconds, log, machineJiffies, onCleanup, pinToCpus, positiveOption, procStatusKiB, runBench, threadSchedNs } from "./lib/proc.js";
 import { freeSegmentsMax } from "../src/constants.js";
 import { dirUsage, startBenchDaemon, storeSnapshot, waitForStoreSettle, type DirUsage, type Settled } from "./lib/pxd.js";
 
@@ -37,6 +37,8 @@ interface Options {
   /** all: every job, the repl-3 cluster on its jobs; only: just the cluster's jobs (and no extra checks); skip: no cluster. */
   cluster: "all" | "only" | "skip";
   jsonFile: string | undefined;
+  /** taskset CPU list the bench and everything it starts are confined to; all CPUs when absent. */
+  cpus: string | undefined;
 }
 
 /** How a job compares repl 3 with repl 1 (the issue's targets). */
@@ -79,6 +81,15 @@ type TargetName = "pxd" | "nbdkit" | "repl3" | "repl3-follower";
 interface Run extends FioResult {
   /** Server CPU (user + system, all threads) during the fio run, percent of one core. */
   serverCpuPct: number;
+  /**
+   * The servers' main threads (each pxd daemon's event loop) during the run,
+   * percent of wall time summed over the servers: on a CPU, and runnable but
+   * waiting for one (the scheduler's run queue).
+   */
+  mainRunPct: number;
+  mainWaitPct: number;
+  /** The whole machine during the run: percent of all its cores busy (not idle, not in iowait). */
+  machineBusyPct: number;
   /** pxd only: group commits (one fdatasync each) during the run, and records they carried. */
   commits?: number;
   recordsCommitted?: number;
@@ -93,6 +104,9 @@ interface Median {
   clatMeanUs: number;
   clatP99Us: number;
   serverCpuPct: number;
+  mainRunPct: number;
+  mainWaitPct: number;
+  machineBusyPct: number;
 }
 
 interface JobResult {
@@ -126,11 +140,12 @@ function parseOptions(): Options {
       cluster: { type: "boolean", default: false },
       "skip-cluster": { type: "boolean", default: false },
       json: { type: "string" },
+      cpus: { type: "string" },
       help: { type: "boolean", default: false },
     },
   });
   if (values.help) {
-    process.stdout.write("usage: npm run bench -- [--runtime SEC] [--rounds N] [--only REGEX] [--skip-extra] [--cluster | --skip-cluster] [--json FILE]\n");
+    process.stdout.write("usage: npm run bench -- [--runtime SEC] [--rounds N] [--only REGEX] [--skip-extra] [--cluster | --skip-cluster] [--cpus LIST] [--json FILE]\n");
     process.exit(0);
   }
   if (values.cluster && values["skip-cluster"]) throw new Error("--cluster runs only the cluster's jobs, --skip-cluster none of them: pick one");
@@ -142,6 +157,7 @@ function parseOptions(): Options {
     skipExtra: values["skip-extra"] || cluster === "only",
     cluster,
     jsonFile: values.json,
+    cpus: values.cpus,
   };
 }
 
@@ -195,20 +211,36 @@ function cpuOf(pids: number[]): number {
   return pids.reduce((a, pid) => a + cpuSeconds(pid), 0);
 }
 
+/** The servers' main threads together (for pxd, the event loops): nanoseconds running and waiting for a CPU. */
+function mainSchedNs(pids: number[]): { runNs: number; waitNs: number } {
+  const all = pids.map((pid) => threadSchedNs(pid));
+  return { runNs: all.reduce((a, x) => a + x.runNs, 0), waitNs: all.reduce((a, x) => a + x.waitNs, 0) };
+}
+
 async function timedRun(job: BenchJob, target: Target, runtimeSec: number): Promise<Run> {
   await target.prepare?.();
   const spec: FioSpec = { name: job.name, ...job.spec, size: "1G", runtimeSec };
   const c0 = await target.commitCounters?.();
   const cpu0 = cpuOf(target.pids);
+  const sched0 = mainSchedNs(target.pids);
+  const machine0 = machineJiffies();
   const t0 = Date.now();
   const r = await runFio(spec, target.uri, (runtimeSec + 120) * 1000);
-  const serverCpuPct = ((cpuOf(target.pids) - cpu0) / ((Date.now() - t0) / 1000)) * 100;
+  const wallMs = Date.now() - t0;
+  const serverCpuPct = ((cpuOf(target.pids) - cpu0) / (wallMs / 1000)) * 100;
+  const sched1 = mainSchedNs(target.pids);
+  const machine1 = machineJiffies();
+  const sched = {
+    mainRunPct: ((sched1.runNs - sched0.runNs) / (wallMs * 1e6)) * 100,
+    mainWaitPct: ((sched1.waitNs - sched0.waitNs) / (wallMs * 1e6)) * 100,
+    machineBusyPct: (1 - (machine1.idle - machine0.idle) / (machine1.total - machine0.total)) * 100,
+  };
   const c1 = await target.commitCounters?.();
   await target.quiesce();
   const node = target.node === undefined ? {} : { node: target.node() };
-  if (c0 === undefined || c1 === undefined) return { ...r, serverCpuPct, ...node };
+  if (c0 === undefined || c1 === undefined) return { ...r, serverCpuPct, ...sched, ...node };
   const counted = { commits: c1.commits - c0.commits, recordsCommitted: c1.recordsCommitted - c0.recordsCommitted, logBytes: c1.logBytes - c0.logBytes };
-  return { ...r, serverCpuPct, ...counted, ...node };
+  return { ...r, serverCpuPct, ...sched, ...counted, ...node };
 }
 
 /**
@@ -222,7 +254,8 @@ async function runJob(job: BenchJob, rotating: Target[], once: Target[], opts: O
     const lat = job.showLatency || t.name.startsWith("repl3") ? `, clat mean ${fmtNum(r.clatMeanUs)} µs p99 ${fmtNum(r.clatP99Us)} µs` : "";
     const commits = r.commits === undefined ? "" : `, ${commitsText(r, opts.runtimeSec)}`;
     const at = r.node === undefined ? "" : ` on ${r.node}`;
-    log(`${job.name} ${label} ${t.name}${at}: ${fmtMetric(job.metric, metricOf(job, r))}${lat}, server CPU ${fmtNum(r.serverCpuPct)}%${commits}`);
+    const loops = t.name === "nbdkit" ? "" : `, event loop${t.pids.length > 1 ? "s" : ""} ${fmtNum(r.mainRunPct)}% running ${fmtNum(r.mainWaitPct)}% waiting for a CPU`;
+    log(`${job.name} ${label} ${t.name}${at}: ${fmtMetric(job.metric, metricOf(job, r))}${lat}, server CPU ${fmtNum(r.serverCpuPct)}%${loops}, machine ${fmtNum(r.machineBusyPct)}% busy${commits}`);
   };
   for (let round = 0; round < opts.rounds; round++) {
     // Rotated each round, so that no target always goes first.
@@ -235,6 +268,9 @@ async function runJob(job: BenchJob, rotating: Target[], once: Target[], opts: O
     clatMeanUs: median(rs.map((r) => r.clatMeanUs)),
     clatP99Us: median(rs.map((r) => r.clatP99Us)),
     serverCpuPct: median(rs.map((r) => r.serverCpuPct)),
+    mainRunPct: median(rs.map((r) => r.mainRunPct)),
+    mainWaitPct: median(rs.map((r) => r.mainWaitPct)),
+    machineBusyPct: median(rs.map((r) => r.machineBusyPct)),
   });
   const median_: Partial<Record<TargetName, Median>> = {};
   for (const [name, rs] of Object.entries(runs) as [TargetName, Run[]][]) median_[name] = med(rs);
@@ -426,12 +462,18 @@ function cpuText(r: JobResult, t: TargetName): string {
   return m === undefined ? dash : `${fmtNum(m.serverCpuPct)}%`;
 }
 
+/** Main threads running / waiting for a CPU (percent of wall time, medians), and the machine's busy share. */
+function schedText(r: JobResult, t: TargetName): string {
+  const m = r.median[t];
+  return m === undefined ? dash : `${fmtNum(m.mainRunPct)}% / ${fmtNum(m.mainWaitPct)}%; ${fmtNum(m.machineBusyPct)}%`;
+}
+
 function detailTable(results: JobResult[], runtimeSec: number): string {
   const rows = results.map((r) => [
-    r.name, roundsOf(r, "pxd"), roundsOf(r, "nbdkit"), latOf(r, "pxd"), latOf(r, "nbdkit"), cpuText(r, "pxd"), cpuText(r, "nbdkit"),
+    r.name, roundsOf(r, "pxd"), roundsOf(r, "nbdkit"), latOf(r, "pxd"), latOf(r, "nbdkit"), cpuText(r, "pxd"), cpuText(r, "nbdkit"), schedText(r, "pxd"),
     (r.runs.pxd ?? []).map((x) => commitsText(x, runtimeSec)).join(" / "),
   ]);
-  return table(["job", "pxd rounds", "nbdkit rounds", "pxd clat µs mean / p99", "nbdkit clat µs mean / p99", "pxd CPU", "nbdkit CPU", "pxd group commits (per round)"], rows);
+  return table(["job", "pxd rounds", "nbdkit rounds", "pxd clat µs mean / p99", "nbdkit clat µs mean / p99", "pxd CPU", "nbdkit CPU", "pxd event loop running / waiting for a CPU; machine busy", "pxd group commits (per round)"], rows);
 }
 
 /** Repl 3 in detail: through the leader (rounds) and once through a follower, which forwards every request to the leader. */
@@ -439,7 +481,7 @@ function clusterTable(results: JobResult[], runtimeSec: number): string {
   const rows = results.filter((r) => r.repl3 !== undefined).map((r) => {
     const f = r.runs["repl3-follower"]?.[0];
     return [
-      r.name, roundsOf(r, "repl3"), latOf(r, "repl3"), cpuText(r, "repl3"),
+      r.name, roundsOf(r, "repl3"), latOf(r, "repl3"), cpuText(r, "repl3"), schedText(r, "repl3"),
       (r.runs.repl3 ?? []).map((x) => commitsText(x, runtimeSec)).join(" / "),
       f === undefined ? dash : fmtMetric(r.metric, metricOf(r, f)), f === undefined ? dash : `${fmtNum(f.clatMeanUs)} / ${fmtNum(f.clatP99Us)}`,
       r.repl3?.followerRatio === undefined ? dash : fmtNum(r.repl3.followerRatio, 2),
@@ -447,7 +489,7 @@ function clusterTable(results: JobResult[], runtimeSec: number): string {
     ];
   });
   return table(
-    ["job", "leader rounds", "leader clat µs mean / p99", "cluster CPU (3 daemons)", "leader's group commits (per round)", "via follower (1 run)", "follower clat µs mean / p99", "follower/leader", "fio on (follower -> leader)"],
+    ["job", "leader rounds", "leader clat µs mean / p99", "cluster CPU (3 daemons)", "3 event loops running / waiting for a CPU; machine busy", "leader's group commits (per round)", "via follower (1 run)", "follower clat µs mean / p99", "follower/leader", "fio on (follower -> leader)"],
     rows,
   );
 }
@@ -575,6 +617,8 @@ function diskTable(d: DiskResult): string {
 
 async function main(): Promise<void> {
   const opts = parseOptions();
+  // Before anything is started: the daemons, nbdkit and fio inherit it.
+  if (opts.cpus !== undefined) pinToCpus(opts.cpus);
   const selected = jobs.filter((j) => (opts.only === undefined || opts.only.test(j.name)) && (opts.cluster !== "only" || j.cluster !== undefined));
   if (opts.only !== undefined && selected.length === 0) {
     throw new Error(`--only ${opts.only.source} matches no job; jobs are ${jobs.map((j) => j.name).join(", ")}`);
@@ -593,7 +637,8 @@ async function main(): Promise<void> {
     loadStart: loadavg(),
     loadEnd: [] as number[],
   };
-  log(`${env.nbdkit}, ${env.fio}, node ${env.node}, ${env.cpus} cores (${env.cpuModel})`);
+  const pinned = opts.cpus === undefined ? "" : `, everything pinned to CPU ${opts.cpus} (taskset)`;
+  log(`${env.nbdkit}, ${env.fio}, node ${env.node}, ${env.cpus} cores (${env.cpuModel})${pinned}`);
   const out: Record<string, unknown> = { env, options: { ...opts, only: opts.only?.source } };
 
   const { results, clusterHosts } = await compare(selected, opts);
@@ -604,7 +649,7 @@ async function main(): Promise<void> {
   out["clusterHosts"] = clusterHosts;
   process.stdout.write(
     `## pxd ${clustered ? "repl 1 and repl 3 " : ""}vs nbdkit over NBD (fio nbd engine, median of ${opts.rounds} round${opts.rounds === 1 ? "" : "s"} of ${opts.runtimeSec} s)\n\n` +
-      `${env.date}, ${env.cpus} cores (${env.cpuModel}), Linux ${env.kernel}, node ${env.node}, ${env.nbdkit}, ${env.fio}; ` +
+      `${env.date}, ${env.cpus} cores (${env.cpuModel})${pinned}, Linux ${env.kernel}, node ${env.node}, ${env.nbdkit}, ${env.fio}; ` +
       `load average ${load(env.loadStart)} at the start, ${load(env.loadEnd)} at the end of this table\n\n` +
       comparisonTable(results) +
       "\npxd makes every acknowledged write durable (one fdatasync per group commit); nbdkit's file plugin\n" +
@@ -614,13 +659,16 @@ async function main(): Promise<void> {
           "volume's Raft leader: a write is acknowledged once fsynced on 2 of 3 nodes. repl3/repl1 is IOPS or MiB/s; for\n" +
           "4k-randwrite-qd1 the target is on mean latency (repl 3 / repl 1).\n"
         : "") +
-      "\nPer round, latency (median of rounds), server CPU (percent of one core, median of rounds) and pxd's group commits\n" +
+      "\nPer round, latency (median of rounds), server CPU (percent of one core, median of rounds), how much of the run\n" +
+      "pxd's event loop spent on a CPU and how much runnable but waiting for one (the scheduler's run queue; percent of\n" +
+      `wall time), how busy the whole machine was (percent of its ${env.cpus} cores), and pxd's group commits\n` +
       "(one fdatasync each; records per commit is how many writes share one sync):\n\n" +
       detailTable(results, opts.runtimeSec) + "\n" +
       (clustered
         ? "### pxd repl 3 (3-node cluster on loopback): through the leader, and once through a follower\n\n" +
           "A follower forwards every request to the leader over the peer transport; follower/leader compares that one run\n" +
-          "with the leader's median. CPU is the three daemons together, percent of one core.\n\n" +
+          "with the leader's median. CPU is the three daemons together, percent of one core; the event loops' running and\n" +
+          "waiting times are summed over the three daemons, percent of wall time.\n\n" +
           clusterTable(results, opts.runtimeSec) + "\n"
         : ""),
   );

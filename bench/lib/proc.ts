@@ -1,7 +1,7 @@
 // Child processes for the benchmark: every child is tracked so that a failure
 // or Ctrl-C kills it, and cleanups run in reverse order exactly once.
 
-import { spawn, type ChildProcess } from "node:child_process";
+import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { connect } from "node:net";
 
@@ -163,4 +163,35 @@ export function cpuSeconds(pid: number): number {
   // Fields after the ")" that closes comm: state is field 3, utime 14, stime 15.
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return (Number(fields[11]) + Number(fields[12])) / clockTicksPerSec;
+}
+
+/**
+ * A thread's scheduler accounting (/proc/PID/task/TID/schedstat): nanoseconds
+ * on a CPU, and nanoseconds runnable but waiting for one. A process's main
+ * thread (TID = PID) is Node's event loop.
+ */
+export function threadSchedNs(pid: number, tid = pid): { runNs: number; waitNs: number } {
+  const [run, wait] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").trim().split(" ");
+  return { runNs: Number(run), waitNs: Number(wait) };
+}
+
+/** Jiffies of the whole machine so far (/proc/stat): all of them, and those no CPU was busy (idle and iowait). */
+export function machineJiffies(): { total: number; idle: number } {
+  const cpu = readFileSync("/proc/stat", "utf8").split("\n", 1)[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  return { total: cpu.reduce((a, b) => a + b, 0), idle: cpu[3]! + cpu[4]! };
+}
+
+/**
+ * Confines this process's threads to `cpuList` (taskset's syntax: "0", "0,1",
+ * "0-3"). Processes started afterwards inherit it, so a bench pinned before it
+ * starts anything runs its daemons, nbdkit and fio on those CPUs only.
+ */
+export function pinToCpus(cpuList: string): void {
+  if (!/^\d+([-,]\d+)*$/.test(cpuList)) throw new Error(`--cpus ${cpuList}: give CPU numbers as taskset takes them, e.g. 0 or 0,1 or 0-3`);
+  try {
+    execFileSync("taskset", ["--all-tasks", "--pid", "--cpu-list", cpuList, String(process.pid)], { stdio: ["ignore", "ignore", "pipe"] });
+  } catch (e) {
+    const stderr = (e as { stderr?: Buffer }).stderr?.toString().trim();
+    throw new Error(`cannot pin the bench to CPUs ${cpuList} with taskset (util-linux): ${stderr || (e as Error).message}`);
+  }
 }
