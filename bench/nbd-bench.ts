@@ -21,7 +21,7 @@ import { startCluster, type Cluster } from "../test/helpers/cluster.js";
 import type { DaemonProcess } from "../test/helpers/daemon.js";
 import { fioVersion, runFio, runFioDurableFile, type FioResult, type FioSpec } from "./lib/fio.js";
 import { Nbdkit, nbdkitVersion } from "./lib/nbdkit.js";
-import { cpuSeconds, log, machineJiffies, onCleanup, pinToCpus, positiveOption, procStatusKiB, runBench, threadSchedNs } from "./lib/proc.js";
+import { cpuSeconds, log, machineJiffies, mainThreadSchedNs, onCleanup, pinToCpus, positiveOption, procStatusKiB, runBench } from "./lib/proc.js";
 import { freeSegmentsMax } from "../src/constants.js";
 import { dirUsage, startBenchDaemon, storeSnapshot, waitForStoreSettle, type DirUsage, type Settled } from "./lib/pxd.js";
 
@@ -207,40 +207,50 @@ interface Target {
   node?: () => string;
 }
 
-function cpuOf(pids: number[]): number {
-  return pids.reduce((a, pid) => a + cpuSeconds(pid), 0);
+/** What the servers (all threads, and their main threads alone) and the whole machine have used so far. */
+interface UsageSample {
+  cpuSec: number;
+  mainRunNs: number;
+  mainWaitNs: number;
+  machine: { total: number; idle: number };
 }
 
-/** The servers' main threads together (for pxd, the event loops): nanoseconds running and waiting for a CPU. */
-function mainSchedNs(pids: number[]): { runNs: number; waitNs: number } {
-  const all = pids.map((pid) => threadSchedNs(pid));
-  return { runNs: all.reduce((a, x) => a + x.runNs, 0), waitNs: all.reduce((a, x) => a + x.waitNs, 0) };
+function sampleUsage(pids: number[]): UsageSample {
+  const u: UsageSample = { cpuSec: 0, mainRunNs: 0, mainWaitNs: 0, machine: machineJiffies() };
+  for (const pid of pids) {
+    const main = mainThreadSchedNs(pid);
+    u.cpuSec += cpuSeconds(pid);
+    u.mainRunNs += main.runNs;
+    u.mainWaitNs += main.waitNs;
+  }
+  return u;
+}
+
+/** The usage between two samples taken `wallMs` apart, as the percentages a Run reports. */
+function usageBetween(a: UsageSample, b: UsageSample, wallMs: number): Pick<Run, "serverCpuPct" | "mainRunPct" | "mainWaitPct" | "machineBusyPct"> {
+  const wallNs = wallMs * 1e6;
+  return {
+    serverCpuPct: ((b.cpuSec - a.cpuSec) / (wallMs / 1000)) * 100,
+    mainRunPct: ((b.mainRunNs - a.mainRunNs) / wallNs) * 100,
+    mainWaitPct: ((b.mainWaitNs - a.mainWaitNs) / wallNs) * 100,
+    machineBusyPct: (1 - (b.machine.idle - a.machine.idle) / (b.machine.total - a.machine.total)) * 100,
+  };
 }
 
 async function timedRun(job: BenchJob, target: Target, runtimeSec: number): Promise<Run> {
   await target.prepare?.();
   const spec: FioSpec = { name: job.name, ...job.spec, size: "1G", runtimeSec };
   const c0 = await target.commitCounters?.();
-  const cpu0 = cpuOf(target.pids);
-  const sched0 = mainSchedNs(target.pids);
-  const machine0 = machineJiffies();
+  const u0 = sampleUsage(target.pids);
   const t0 = Date.now();
   const r = await runFio(spec, target.uri, (runtimeSec + 120) * 1000);
-  const wallMs = Date.now() - t0;
-  const serverCpuPct = ((cpuOf(target.pids) - cpu0) / (wallMs / 1000)) * 100;
-  const sched1 = mainSchedNs(target.pids);
-  const machine1 = machineJiffies();
-  const sched = {
-    mainRunPct: ((sched1.runNs - sched0.runNs) / (wallMs * 1e6)) * 100,
-    mainWaitPct: ((sched1.waitNs - sched0.waitNs) / (wallMs * 1e6)) * 100,
-    machineBusyPct: (1 - (machine1.idle - machine0.idle) / (machine1.total - machine0.total)) * 100,
-  };
+  const usage = usageBetween(u0, sampleUsage(target.pids), Date.now() - t0);
   const c1 = await target.commitCounters?.();
   await target.quiesce();
   const node = target.node === undefined ? {} : { node: target.node() };
-  if (c0 === undefined || c1 === undefined) return { ...r, serverCpuPct, ...sched, ...node };
+  if (c0 === undefined || c1 === undefined) return { ...r, ...usage, ...node };
   const counted = { commits: c1.commits - c0.commits, recordsCommitted: c1.recordsCommitted - c0.recordsCommitted, logBytes: c1.logBytes - c0.logBytes };
-  return { ...r, serverCpuPct, ...sched, ...counted, ...node };
+  return { ...r, ...usage, ...counted, ...node };
 }
 
 /**
@@ -263,15 +273,18 @@ async function runJob(job: BenchJob, rotating: Target[], once: Target[], opts: O
     for (const t of order) record(t, await timedRun(job, t, opts.runtimeSec), `round ${round + 1}/${opts.rounds}`);
   }
   for (const t of once) record(t, await timedRun(job, t, opts.runtimeSec), "once");
-  const med = (rs: Run[]): Median => ({
-    value: median(rs.map((r) => metricOf(job, r))),
-    clatMeanUs: median(rs.map((r) => r.clatMeanUs)),
-    clatP99Us: median(rs.map((r) => r.clatP99Us)),
-    serverCpuPct: median(rs.map((r) => r.serverCpuPct)),
-    mainRunPct: median(rs.map((r) => r.mainRunPct)),
-    mainWaitPct: median(rs.map((r) => r.mainWaitPct)),
-    machineBusyPct: median(rs.map((r) => r.machineBusyPct)),
-  });
+  const med = (rs: Run[]): Median => {
+    const of = (k: Exclude<keyof Median, "value">): number => median(rs.map((r) => r[k]));
+    return {
+      value: median(rs.map((r) => metricOf(job, r))),
+      clatMeanUs: of("clatMeanUs"),
+      clatP99Us: of("clatP99Us"),
+      serverCpuPct: of("serverCpuPct"),
+      mainRunPct: of("mainRunPct"),
+      mainWaitPct: of("mainWaitPct"),
+      machineBusyPct: of("machineBusyPct"),
+    };
+  };
   const median_: Partial<Record<TargetName, Median>> = {};
   for (const [name, rs] of Object.entries(runs) as [TargetName, Run[]][]) median_[name] = med(rs);
   const pxd = median_.pxd!;

@@ -166,12 +166,12 @@ export function cpuSeconds(pid: number): number {
 }
 
 /**
- * A thread's scheduler accounting (/proc/PID/task/TID/schedstat): nanoseconds
- * on a CPU, and nanoseconds runnable but waiting for one. A process's main
- * thread (TID = PID) is Node's event loop.
+ * The scheduler's accounting of a process's main thread (for Node, the event
+ * loop; /proc/PID/task/PID/schedstat): nanoseconds on a CPU, and nanoseconds
+ * runnable but waiting for one.
  */
-export function threadSchedNs(pid: number, tid = pid): { runNs: number; waitNs: number } {
-  const [run, wait] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").trim().split(" ");
+export function mainThreadSchedNs(pid: number): { runNs: number; waitNs: number } {
+  const [run, wait] = readFileSync(`/proc/${pid}/task/${pid}/schedstat`, "utf8").trim().split(" ");
   return { runNs: Number(run), waitNs: Number(wait) };
 }
 
