@@ -5,8 +5,16 @@ import { assert } from "./base/assert.js";
 
 // ---- store (src/store) ----
 export const sectorBytes = 512;
+/**
+ * Volume data is checksummed per block of this size (CRC32C, kept in the block
+ * map): every read checks the blocks it touches. 4 KiB is the block size of
+ * the filesystems on top and what NBD clients are told to prefer, so a 4 KiB
+ * read checks exactly what it reads, with one pass over its bytes.
+ */
+export const checksumBlockBytes = 4096;
 export const segmentBytes = 64 * 1024 * 1024;
-export const recordHeaderBytes = 64;
+/** Header bytes of the records this code writes (version 2; version 1 records had 64). */
+export const recordHeaderBytes = 72;
 /** Largest payload one record carries; larger writes are split. */
 export const recordPayloadBytesMax = 4 * 1024 * 1024;
 /** Records in one group commit (one writev + one fdatasync). */
@@ -157,7 +165,32 @@ export const snapshotChunkKeepBytes = 8 * 1024 * 1024;
  */
 export const raftLogRetainBytes = 256 * 1024 * 1024;
 
+/** Bytes the scrub reads and checks in one step on the event loop (about half a millisecond of CRC32C at 4 GB/s). */
+export const scrubStepBytes = 1024 * 1024;
+/** The scrub's average read rate unless `pxd daemon --scrub-bandwidth` says otherwise. */
+export const scrubBandwidthBytesPerSecDefault = 32 * 1024 * 1024;
+/**
+ * A node scrubs everything it holds this long after its last full pass
+ * (`pxd daemon --scrub-interval`; 0 turns the schedule off). Weekly, as
+ * Ceph's deep scrub: at the default rate a pass over 1 TiB takes 9 hours.
+ */
+export const scrubIntervalMsDefault = 7 * 24 * 3600 * 1000;
+
+/** Bytes of damaged blocks one repair request asks a replica for (src/replication/repair.ts). */
+export const repairFetchBytesMax = 1024 * 1024;
+/**
+ * Rounds over the other replicas a repair makes before it gives up on a
+ * block: a replica behind or ahead on a write to it holds other bytes, and
+ * catches up within a round or two.
+ */
+export const repairRoundsMax = 5;
+export const repairRoundDelayMs = 200;
+/** How long a repair waits for one replica's answer before it asks the next. */
+export const repairAnswerTimeoutMs = 2_000;
+
 export function checkReplicationConstants(): void {
+  assert(scrubStepBytes % checksumBlockBytes === 0, "a scrub step is whole blocks");
+  assert(repairFetchBytesMax % checksumBlockBytes === 0 && repairFetchBytesMax + 1024 <= peerFrameBytesMax, "a repair answer is whole blocks and fits one frame");
   assert(peerFrameBytesMax >= snapshotChunkBytes + 2 * snapshotChunkExtentsMax * 2 * 9 + 1024, "a full snapshot chunk (data and kept extents) fits one frame");
   assert(snapshotChunkKeepBytes % sectorBytes === 0 && snapshotChunkKeepBytes >= snapshotChunkBytes, "kept extents are whole sectors");
   assert(snapshotChunkBytes % sectorBytes === 0 && snapshotWindowChunks >= 1, "snapshot chunks hold whole sectors");
@@ -216,6 +249,7 @@ export function checkClusterConstants(): void {
 
 export function checkConstants(): void {
   assert(segmentBytes % sectorBytes === 0, "segments hold whole sectors");
+  assert(checksumBlockBytes % sectorBytes === 0 && recordPayloadBytesMax % checksumBlockBytes === 0, "checksum blocks are whole sectors and records hold whole blocks");
   assert(recordPayloadBytesMax + 2 * recordHeaderBytes < segmentBytes, "a record fits a segment with its seal");
   assert(commitBytesMax >= recordPayloadBytesMax + recordHeaderBytes, "a commit holds the largest record");
   assert(commitRecordsMax < 65536, "batch position fits u16");

@@ -8,7 +8,18 @@
 
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { defaultApiPort } from "../constants.js";
-import { ApiError, type CreateVolumeRequest, type UpdateVolumeRequest, type NodeStatus, type VolumeInfo, type JoinRequest, type JoinResponse, type NodeInfo } from "./types.js";
+import {
+  ApiError,
+  type CreateVolumeRequest,
+  type UpdateVolumeRequest,
+  type NodeStatus,
+  type VolumeInfo,
+  type JoinRequest,
+  type JoinResponse,
+  type NodeInfo,
+  type ScrubRequest,
+  type ScrubResponse,
+} from "./types.js";
 import { apiClientTimeoutMs, apiResponseBytesMax } from "./limits.js";
 
 export const defaultApiAddress = `127.0.0.1:${defaultApiPort}`;
@@ -127,6 +138,16 @@ export class ApiClient {
 
   async join(request: JoinRequest): Promise<JoinResponse> {
     return (await this.json("POST", "/v1/cluster/join", request)) as JoinResponse;
+  }
+
+  /** Scrubs and waits until it is done (give the client a timeout as long as the scrub may take). */
+  async scrub(request: ScrubRequest): Promise<ScrubResponse> {
+    return (await this.json("POST", "/v1/scrub", request)) as ScrubResponse;
+  }
+
+  /** The last scrub report of each volume on the answering node. */
+  async scrubStatus(): Promise<ScrubResponse> {
+    return (await this.json("GET", "/v1/scrub")) as ScrubResponse;
   }
 
   /** Prometheus text exposition. */

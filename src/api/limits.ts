@@ -18,5 +18,7 @@ export const apiCloseGraceMs = 2_000;
 export const apiResponseBytesMax = 16 * 1024 * 1024;
 /** Default time the client waits for a whole answer. */
 export const apiClientTimeoutMs = 15_000;
+/** `pxd scrub` waits for the scrub itself (a pass over 1 TiB at 32 MiB/s takes 9 hours). */
+export const apiScrubTimeoutMs = 24 * 3600 * 1000;
 /** Longest volume name (the name regex below allows 63 characters). */
 export const volumeNameCharsMax = 63;

@@ -11,7 +11,7 @@ import type { AddressInfo } from "node:net";
 import { apiBodyBytesMax } from "../constants.js";
 import { hostPort } from "./client.js";
 import { ApiError, type ApiErrorBody, type Controller } from "./types.js";
-import { checkVolumeName, parseCreateVolumeRequest, parseJoinRequest, parseUpdateVolumeRequest } from "./validate.js";
+import { checkVolumeName, parseCreateVolumeRequest, parseJoinRequest, parseScrubRequest, parseUpdateVolumeRequest } from "./validate.js";
 import {
   apiCloseGraceMs,
   apiConnectionsCheckMs,
@@ -92,6 +92,13 @@ function routes(controller: Controller): Route[] {
     {
       pattern: /^\/v1\/cluster\/join$/,
       methods: { POST: async (request) => ({ status: 200, json: await controller.join(parseJoinRequest(await readJsonBody(request))) }) },
+    },
+    {
+      pattern: /^\/v1\/scrub$/,
+      methods: {
+        GET: async () => ({ status: 200, json: await controller.scrubStatus() }),
+        POST: async (request) => ({ status: 200, json: await controller.scrub(parseScrubRequest(await readJsonBody(request))) }),
+      },
     },
     {
       pattern: /^\/metrics$/,
@@ -175,7 +182,7 @@ async function dispatch(table: Route[], request: IncomingMessage): Promise<Reply
     const params = match.slice(1).map((p) => decodePathPart(p ?? ""));
     return handler(request, params);
   }
-  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/nodes, /v1/cluster/join and /metrics`);
+  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/nodes, /v1/cluster/join, /v1/scrub and /metrics`);
 }
 
 function requestPath(url: string): string {

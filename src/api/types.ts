@@ -72,6 +72,66 @@ export interface NodeStatus {
   nodes: NodeInfo[];
   /** Sum over the nodes that are up. */
   pool: CapacityInfo;
+  /** Block checksums on this node: damage found by reads and the scrub, and what was repaired. */
+  integrity: IntegrityStatus;
+}
+
+export interface IntegrityStatus {
+  /** Reads, GC copies and scrub steps that found blocks failing their checksum. */
+  checksumErrors: number;
+  /** Damaged blocks rewritten from another replica's good copy. */
+  blocksRepaired: number;
+  /** Damaged blocks no replica had a good copy of (reads of them fail with EIO). */
+  blocksUnrepaired: number;
+  scrub: {
+    /** 0: no scheduled scrub (pxd daemon --scrub-interval 0). */
+    intervalSec: number;
+    bandwidthBytesPerSec: number;
+    /** When the last scheduled pass over everything here finished, and when the next is due (ISO 8601). */
+    lastPassAt: string;
+    nextPassAt: string | null;
+    running: boolean;
+    bytesScrubbed: number;
+    blocksDamaged: number;
+    blocksRepaired: number;
+    blocksUnrepaired: number;
+  };
+}
+
+/** One volume's scrub on one node. */
+export interface ScrubVolumeReport {
+  volume: string;
+  startedAt: string;
+  /** Absent while it runs. */
+  finishedAt?: string;
+  /** Cut short: the replica left the node, or the node stopped. */
+  interrupted: boolean;
+  bytesScrubbed: number;
+  blocksDamaged: number;
+  blocksRepaired: number;
+  blocksUnrepaired: number;
+}
+
+export interface ScrubNodeReport {
+  nodeId: number;
+  node: string;
+  volumes: ScrubVolumeReport[];
+  /** The node could not be asked (down, or it failed): why. */
+  error?: string;
+}
+
+/** POST /v1/scrub: read and check data now, repairing what fails. */
+export interface ScrubRequest {
+  /** Only this volume, on every node that holds a replica of it; absent: every volume on every node. */
+  volume?: string;
+  /** Read at most this many bytes a second on each node (default: the node's --scrub-bandwidth). */
+  bandwidthBytesPerSec?: number;
+  /** On the answering node only (what the node a request reached sends the others). */
+  local?: boolean;
+}
+
+export interface ScrubResponse {
+  nodes: ScrubNodeReport[];
 }
 
 export type VolumeState = "online" | "damaged";
@@ -99,6 +159,8 @@ export interface VolumeInfo {
   replicas: ReplicaInfo[];
   /** The volume's Raft log on the node that answered (its leader when reachable): entries first..last are kept; below first they are compacted. */
   log?: { firstIndex: number; lastIndex: number };
+  /** The last scrub of each replica, as its node reports it (inspect only; a node that did not answer is left out). */
+  scrub?: (ScrubVolumeReport & { node: string })[];
 }
 
 /** PATCH /v1/volumes/NAME: what to change (ha-update). */
@@ -148,4 +210,8 @@ export interface Controller {
   listNodes(): Promise<NodeInfo[]>;
   /** Admits a node (forwarded to the meta leader); throws ApiError(403) for a bad proof. */
   join(request: JoinRequest): Promise<JoinResponse>;
+  /** Scrubs now and waits for it: on every node concerned, or (local) on this one. */
+  scrub(request: ScrubRequest): Promise<ScrubResponse>;
+  /** The last scrub report of each volume on this node (GET /v1/scrub). */
+  scrubStatus(): Promise<ScrubResponse>;
 }

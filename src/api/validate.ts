@@ -3,7 +3,7 @@
 // message) and the CLI (which checks before it dials).
 
 import { catalogNameCharsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
-import { ApiError, type CreateVolumeRequest, type JoinRequest, type UpdateVolumeRequest } from "./types.js";
+import { ApiError, type CreateVolumeRequest, type JoinRequest, type ScrubRequest, type UpdateVolumeRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
 
 /** A volume name is also an NBD export name and a file name in the data dir. */
@@ -119,4 +119,29 @@ export function parseJoinRequest(body: unknown): JoinRequest {
     labels: labels as Record<string, string>,
     proof: str("proof", 128),
   };
+}
+
+/** Slowest and fastest scrub rates a request may ask for (1 MiB/s to 16 GiB/s). */
+const scrubBandwidthMin = 1024 * 1024;
+const scrubBandwidthMax = 16 * 1024 ** 3;
+
+/** POST /v1/scrub: {"volume"?: NAME, "bandwidthBytesPerSec"?: N, "local"?: true}. */
+export function parseScrubRequest(body: unknown): ScrubRequest {
+  const { volume, bandwidthBytesPerSec, local } = objectWithFields(body, ["volume", "bandwidthBytesPerSec", "local"], ` like {"volume":"db"} or {}`);
+  const out: ScrubRequest = {};
+  if (volume !== undefined) {
+    if (typeof volume !== "string") throw invalid(`field "volume" must be a volume name, not ${describe(volume)}`);
+    checkVolumeName(volume);
+    out.volume = volume;
+  }
+  if (bandwidthBytesPerSec !== undefined) {
+    const ok = typeof bandwidthBytesPerSec === "number" && Number.isSafeInteger(bandwidthBytesPerSec) && bandwidthBytesPerSec >= scrubBandwidthMin && bandwidthBytesPerSec <= scrubBandwidthMax;
+    if (!ok) throw invalid(`field "bandwidthBytesPerSec" must be a whole number of bytes a second from ${scrubBandwidthMin} (1 MiB) to ${scrubBandwidthMax} (16 GiB), not ${describe(bandwidthBytesPerSec)}`);
+    out.bandwidthBytesPerSec = bandwidthBytesPerSec;
+  }
+  if (local !== undefined) {
+    if (typeof local !== "boolean") throw invalid(`field "local" must be true or false, not ${describe(local)}`);
+    out.local = local;
+  }
+  return out;
 }

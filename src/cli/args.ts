@@ -21,6 +21,24 @@ export function byteCountArg(text: string): number {
   }
 }
 
+const durationUnitsMs: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** A duration as a whole number with a unit: 30s, 15m, 24h, 7d (0 alone is zero); in milliseconds. */
+export function durationArg(text: string): number {
+  const t = text.trim();
+  if (t === "0") return 0;
+  const m = /^(\d{1,6})([smhd])$/.exec(t);
+  if (m === null) throw new InvalidArgumentError(`"${text}" is not a duration; use a whole number with s, m, h or d, e.g. 7d or 24h (0: never)`);
+  return Number(m[1]) * durationUnitsMs[m[2]!]!;
+}
+
+/** A rate in bytes a second, at least 1 MiB: 32M, 1G. */
+export function bandwidthArg(text: string): number {
+  const bytes = byteCountArg(text);
+  if (bytes < 1024 * 1024) throw new InvalidArgumentError(`"${text}" is below 1M a second; a scrub that slow would take days`);
+  return bytes;
+}
+
 export function intArg(min: number, max: number): (text: string) => number {
   return (text) => {
     const n = /^\d+$/.test(text.trim()) ? Number(text.trim()) : NaN;
@@ -50,7 +68,8 @@ export function apiAddress(command: Command): string {
 /** Where `pxd up` puts the first node of its local cluster; the CLI tries it when nothing answers at the default. */
 export const localClusterApiAddress = "127.0.0.11:9001";
 
-export function clientFor(command: Command): ApiClient {
+/** `timeoutMs`: how long to wait for an answer (commands that wait for work, like pxd scrub, give a long one). */
+export function clientFor(command: Command, timeoutMs?: number): ApiClient {
   const explicit = command.optsWithGlobals<{ host?: string }>().host !== undefined || !!process.env["PXD_HOST"];
-  return new ApiClient(apiAddress(command), explicit ? {} : { fallbackAddress: localClusterApiAddress });
+  return new ApiClient(apiAddress(command), { ...(explicit ? {} : { fallbackAddress: localClusterApiAddress }), ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
 }

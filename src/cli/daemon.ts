@@ -6,7 +6,7 @@
 
 import type { Command } from "commander";
 import { defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
-import { intArg, byteCountArg } from "./args.js";
+import { intArg, byteCountArg, durationArg } from "./args.js";
 import { CliError } from "./errors.js";
 
 // The contract with src/daemon/main.ts; a type-only import, erased at run time.
@@ -38,7 +38,9 @@ export function registerDaemon(program: Command): void {
       "when this node leads the catalog: move replicas off a node that has been down this long (default 600; 0: never)",
       intArg(0, 365 * 24 * 3600),
     )
-    .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number; replaceDownAfter?: number }) => {
+    .option("--scrub-interval <duration>", "scrub everything on this node this long after the last scrub finished, e.g. 7d, 24h, 30m (default 7d; 0: never)", durationArg)
+    .option("--scrub-bandwidth <size>", "bytes a second the scrub reads at most, e.g. 32M (default 32M)", byteCountArg)
+    .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
         daemon = await import("../daemon/main.js");
@@ -60,6 +62,8 @@ export function registerDaemon(program: Command): void {
         ...(options.zone !== undefined ? { zone: options.zone } : {}),
         ...(options.logRetain !== undefined ? { logRetainBytes: options.logRetain } : {}),
         ...(options.replaceDownAfter !== undefined ? { replaceDownAfterMs: options.replaceDownAfter * 1000 } : {}),
+        ...(options.scrubInterval !== undefined ? { scrubIntervalMs: options.scrubInterval } : {}),
+        ...(options.scrubBandwidth !== undefined ? { scrubBandwidthBytesPerSec: options.scrubBandwidth } : {}),
       });
     });
 }

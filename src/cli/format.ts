@@ -1,7 +1,7 @@
 // Text rendering for the CLI: pure functions from API types to lines.
 
 import { formatSize } from "../base/sizes.js";
-import type { NodeInfo, NodeStatus, VolumeInfo } from "../api/types.js";
+import type { NodeInfo, NodeStatus, ScrubResponse, VolumeInfo } from "../api/types.js";
 
 /** Left-aligned columns separated by two spaces; the last column is not padded. */
 export function table(header: string[], rows: string[][]): string {
@@ -46,7 +46,33 @@ export function volumeDetails(v: VolumeInfo): string {
     ["connections", String(v.connections)],
     ["nbd uri", v.nbdUri],
     ["created", v.createdAt],
+    ["scrubbed", scrubSummary(v.scrub)],
   ]);
+}
+
+/** Each replica's last scrub, on one line: "node1 2026-12-06T04:00:00Z 0 damaged, node2 never". */
+function scrubSummary(reports: VolumeInfo["scrub"]): string {
+  if (reports === undefined || reports.length === 0) return "not yet (pxd scrub NAME runs one now)";
+  return reports
+    .map((r) => {
+      const when = r.finishedAt ?? `running since ${r.startedAt}`;
+      const damage = r.blocksDamaged === 0 ? "no damage" : `${r.blocksDamaged} damaged, ${r.blocksRepaired} repaired${r.blocksUnrepaired > 0 ? `, ${r.blocksUnrepaired} NOT REPAIRABLE` : ""}`;
+      return `${r.node} ${when} ${damage}`;
+    })
+    .join("; ");
+}
+
+export function scrubTable(r: ScrubResponse): string {
+  const header = ["NODE", "VOLUME", "CHECKED", "DAMAGED", "REPAIRED", "UNREPAIRED", "FINISHED"];
+  const rows: string[][] = [];
+  for (const n of r.nodes) {
+    if (n.error !== undefined) rows.push([n.node, "-", "-", "-", "-", "-", `error: ${n.error}`]);
+    for (const v of n.volumes) {
+      rows.push([n.node, v.volume, formatSize(v.bytesScrubbed), String(v.blocksDamaged), String(v.blocksRepaired), String(v.blocksUnrepaired), v.finishedAt ?? (v.interrupted ? "interrupted" : "running")]);
+    }
+  }
+  if (rows.length === 0) return "nothing to scrub: no volume has a replica on the nodes asked";
+  return table(header, rows);
 }
 
 export function statusDetails(s: NodeStatus): string {
@@ -64,7 +90,20 @@ export function statusDetails(s: NodeStatus): string {
     ["store", store || "-"],
     ["cluster", `${s.clusterId}: ${s.nodes.filter((n) => n.health === "up").length} of ${s.nodes.length} nodes up`],
     ["pool", `${formatSize(s.pool.freeBytes)} free of ${formatSize(s.pool.totalBytes)} on the nodes that are up`],
+    ["checksums", integritySummary(s.integrity)],
+    ["scrub", scrubSchedule(s.integrity.scrub)],
   ]) + "\n\n" + nodeTable(s.nodes);
+}
+
+function integritySummary(i: NodeStatus["integrity"]): string {
+  if (i.checksumErrors === 0) return "no damage found";
+  return `${i.checksumErrors} check(s) found damage; ${i.blocksRepaired} block(s) repaired from replicas${i.blocksUnrepaired > 0 ? `, ${i.blocksUnrepaired} NOT REPAIRABLE (reads of them fail)` : ""}`;
+}
+
+function scrubSchedule(s: NodeStatus["integrity"]["scrub"]): string {
+  const every = s.intervalSec === 0 ? "off" : `every ${formatDuration(s.intervalSec)} at ${formatSize(s.bandwidthBytesPerSec)}/s`;
+  const next = s.nextPassAt === null ? "" : `, next ${s.nextPassAt}`;
+  return `${every}; last ${s.lastPassAt}${next}${s.running ? " (running)" : ""}; ${formatSize(s.bytesScrubbed)} checked since start, ${s.blocksDamaged} damaged block(s) found`;
 }
 
 export function nodeTable(nodes: NodeInfo[]): string {

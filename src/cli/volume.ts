@@ -2,8 +2,10 @@
 
 import type { Command } from "commander";
 import { formatSize } from "../base/sizes.js";
-import { checkName, clientFor, intArg, sizeArg } from "./args.js";
-import { json, nodeTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
+import { apiScrubTimeoutMs } from "../api/limits.js";
+import { bandwidthArg, checkName, clientFor, intArg, sizeArg } from "./args.js";
+import { CliError } from "./errors.js";
+import { json, nodeTable, scrubTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
 
 interface JsonFlag {
   json?: boolean;
@@ -19,6 +21,23 @@ export function registerNode(program: Command): void {
     .action(async (options: { json?: boolean }, command: Command) => {
       const nodes = await clientFor(command).listNodes();
       console.log(options.json ? json({ nodes }) : nodeTable(nodes));
+    });
+}
+
+export function registerScrub(program: Command): void {
+  program
+    .command("scrub")
+    .description("read and check data now against its checksums, repairing damaged blocks from other replicas; waits until done")
+    .argument("[volume]", "only this volume (its replica on every node that holds one); default: every volume on every node")
+    .option("--bandwidth <size>", "bytes a second each node reads at most, e.g. 256M (default: each node's --scrub-bandwidth)", bandwidthArg)
+    .option("--json", "print the API's JSON")
+    .action(async (volume: string | undefined, options: { bandwidth?: number } & JsonFlag, command: Command) => {
+      const r = await clientFor(command, apiScrubTimeoutMs).scrub({ ...(volume !== undefined ? { volume: checkName(volume) } : {}), ...(options.bandwidth !== undefined ? { bandwidthBytesPerSec: options.bandwidth } : {}) });
+      console.log(options.json ? json(r) : scrubTable(r));
+      const unrepaired = r.nodes.reduce((a, n) => a + n.volumes.reduce((b, v) => b + v.blocksUnrepaired, 0), 0);
+      const failed = r.nodes.filter((n) => n.error !== undefined);
+      if (unrepaired > 0) throw new CliError(`${unrepaired} damaged block(s) could not be repaired; reads of them fail with EIO (the daemons' logs name the volumes and offsets)`);
+      if (failed.length > 0) throw new CliError(`not scrubbed on ${failed.map((n) => n.node).join(", ")}: ${failed[0]!.error}`);
     });
 }
 

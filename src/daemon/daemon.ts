@@ -20,6 +20,10 @@ import {
   type NodeInfo,
   type NodeStatus,
   type ReplicaInfo,
+  type ScrubNodeReport,
+  type ScrubRequest,
+  type ScrubResponse,
+  type ScrubVolumeReport,
   type UpdateVolumeRequest,
   type VolumeInfo,
 } from "../api/types.js";
@@ -27,7 +31,17 @@ import { BufferPool } from "../base/buffer-pool.js";
 import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
 import { applyEntry, encodeCommand, newCatalogState, replicaSetFor, settingValue, type ApplyResult, type CatalogNode, type CatalogCommand, type CatalogState, type CatalogVolume } from "../cluster/index.js";
-import { checkClusterConstants, checkConstants, checkReplicationConstants, metaVotersMax, readPoolBufferBytesMax, readPoolBufferBytesMin, readPoolBytesMax } from "../constants.js";
+import {
+  checkClusterConstants,
+  checkConstants,
+  checkReplicationConstants,
+  metaVotersMax,
+  readPoolBufferBytesMax,
+  readPoolBufferBytesMin,
+  readPoolBytesMax,
+  scrubBandwidthBytesPerSecDefault,
+  scrubIntervalMsDefault,
+} from "../constants.js";
 import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
@@ -36,8 +50,11 @@ import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType, type ConfChange } from "../raft/confchange.js";
 import { EntryType, type Entry } from "../raft/types.js";
 import { MultiRaft, type CompactEnvelope, type RaftEnvelope } from "../replication/driver.js";
+import { Repairer, type RepairDataEnvelope, type RepairGetEnvelope } from "../replication/repair.js";
+import { Scrubber, type ScrubReport } from "../replication/scrub.js";
 import type { SnapAckEnvelope, SnapChunkEnvelope } from "../replication/snapshot.js";
 import { VolumeIo, type ForwardReply, type ForwardRequest } from "../replication/volume-io.js";
+import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
 import { NodeState, type HostedGroup } from "./node-state.js";
 import { ReplicatedVolumeExport } from "./volume-export.js";
@@ -58,6 +75,10 @@ export interface DaemonOptions {
   logRetainBytes?: number;
   /** When this node leads the catalog: replicas on a node marked down this long are replaced on another node (0: never; default 600 s). */
   replaceDownAfterMs?: number;
+  /** A scrub of everything here runs this long after the last one finished (0: never; default scrubIntervalMsDefault). */
+  scrubIntervalMs?: number;
+  /** The scrub's average read rate (default scrubBandwidthBytesPerSecDefault). */
+  scrubBandwidthBytesPerSec?: number;
 }
 
 export interface Logger {
@@ -93,6 +114,10 @@ const replicaDropGraceMs = 10000;
 const learnerCaughtUpEntries = 64;
 /** A node the meta leader has had no peer connection to for this long is marked down in the catalog (placement avoids it). */
 const nodeDownAfterMs = 5000;
+/** How often the daemon looks whether a scheduled scrub is due. */
+const scrubCheckEveryMs = 60_000;
+/** How long the node a scrub request reached waits for each other node's scrub (a pass over 1 TiB at 32 MiB/s takes 9 hours). */
+const scrubCallTimeoutMs = 24 * 3600 * 1000;
 
 export class Daemon implements Controller {
   private readonly catalog: CatalogState = newCatalogState();
@@ -108,6 +133,9 @@ export class Daemon implements Controller {
   private readonly startedAt = process.hrtime.bigint();
   private driver!: MultiRaft;
   private io!: VolumeIo;
+  private repairer!: Repairer;
+  private scrubber!: Scrubber;
+  private scheduledScrub: Promise<unknown> | undefined;
   private peer: PeerListener | undefined;
   private nbd: NbdListener | undefined;
   private api: ApiServer | undefined;
@@ -120,6 +148,8 @@ export class Daemon implements Controller {
     private readonly store: Store,
     private readonly secret: Buffer,
     private readonly log: Logger,
+    /** Where the store reports damage found in the background (GC); set once the repairer exists. */
+    private readonly damage: { report(e: ChecksumError): void },
   ) {}
 
   static async start(options: DaemonOptions, log: Logger): Promise<Daemon> {
@@ -133,8 +163,9 @@ export class Daemon implements Controller {
       const secret = clusterSecret(options, state.clusterId === "" && options.join === undefined);
       if (state.clusterId === "") await enterCluster(options, state, secret, log);
       const specs = [{ groupId: metaGroupId, sizeBytes: 0 }, ...[...state.hosted.values()].map((g) => ({ groupId: g.id, sizeBytes: g.sizeBytes }))];
-      store = await Store.open({ disk: new NodeDisk(join(options.dataDir, "store")), defer: deferImmediate, log: (l) => log.info(l) }, specs);
-      const d = new Daemon(options, state, store, secret, log);
+      const damage = { report: (_e: ChecksumError): void => {} };
+      store = await Store.open({ disk: new NodeDisk(join(options.dataDir, "store")), defer: deferImmediate, log: (l) => log.info(l), onDamage: (e) => damage.report(e) }, specs);
+      const d = new Daemon(options, state, store, secret, log, damage);
       await d.wire();
       return d;
     } catch (e) {
@@ -165,6 +196,26 @@ export class Daemon implements Controller {
     });
     const prng = new Prng(state.nodeId ^ Number(process.hrtime.bigint() & 0xffffffffn));
     const transport = this.peer.transport;
+    this.repairer = new Repairer({
+      nodeId: state.nodeId,
+      store: this.store,
+      send: (to, m) => transport.send(to, m),
+      replicasOf: (group) => this.volumeById(group)?.nodes ?? [],
+      nameOf: (group) => this.volumeById(group)?.name ?? `(group ${group})`,
+      after: (ms, fn) => nodeTimers.setTimeout(fn, ms),
+      now: () => performance.now(),
+      log: (l) => log.warn(l),
+    });
+    this.damage.report = (e) => void this.repairer.repair(e);
+    this.scrubber = new Scrubber({
+      store: this.store,
+      repairer: this.repairer,
+      nameOf: (group) => this.volumeById(group)?.name ?? `(group ${group})`,
+      sleep: (ms) => new Promise((resolve) => (ms <= 0 ? setImmediate(resolve) : setTimeout(resolve, ms))),
+      now: () => performance.now(),
+      clock: () => Date.now(),
+      log: (l) => log.warn(l),
+    });
     this.driver = new MultiRaft({
       nodeId: state.nodeId,
       store: this.store,
@@ -174,17 +225,19 @@ export class Daemon implements Controller {
       log: (l) => log.warn(l),
       applyEntry: (group, entry) => group === metaGroupId && (this.applyMeta(entry), true),
       volumeBytes: (group) => this.state.hosted.get(group)?.sizeBytes ?? 0,
+      damaged: (e) => void this.repairer.repair(e),
       ...(options.logRetainBytes !== undefined ? { logRetainBytes: options.logRetainBytes } : {}),
     });
     this.io = new VolumeIo({
       nodeId: state.nodeId,
       driver: this.driver,
       store: this.store,
+      repairer: this.repairer,
       send: (to, m) => transport.send(to, m),
       after: (ms, fn) => nodeTimers.setTimeout(fn, ms),
       now: () => performance.now(),
       deadlineMs: forwardDeadlineMs,
-      replicasOf: (group) => [...this.catalog.volumes.values()].find((v) => v.id === group)?.nodes ?? [],
+      replicasOf: (group) => this.volumeById(group)?.nodes ?? [],
     });
     transport.onMessage((from, m) => {
       const kind = (m as { kind?: unknown }).kind;
@@ -194,6 +247,7 @@ export class Daemon implements Controller {
       else if (kind === "snap-ack") this.driver.receiveSnapAck(from, m as SnapAckEnvelope);
       else if (kind === "beats") this.driver.receiveBeats(from, m);
       else if (kind === "fwd" || kind === "fwd-re") this.io.receive(from, m as ForwardRequest | ForwardReply);
+      else if (kind === "repair-get" || kind === "repair-data") this.repairer.receive(from, m as RepairGetEnvelope | RepairDataEnvelope);
     });
     this.driver.addGroup(metaGroupId, state.metaVoters, { replayAll: true });
     for (const g of state.hosted.values()) this.driver.addGroup(g.id, g.voters);
@@ -202,6 +256,7 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => this.promoteLearners(), selfRegisterEveryMs));
     this.timers.push(setInterval(() => this.detectFailures(), healthCheckEveryMs));
     this.timers.push(setInterval(() => this.reconcileReplicas(), reconcileEveryMs));
+    this.timers.push(setInterval(() => this.scrubIfDue(), scrubCheckEveryMs));
     await this.untilRegistered();
     this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log });
     this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, log: (l) => log.info(l) });
@@ -212,6 +267,7 @@ export class Daemon implements Controller {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       for (const t of this.timers) clearInterval(t);
+      this.scrubber?.stop();
       const steps: [string, () => Promise<void>][] = [
         ["nbd", async () => this.nbd?.close()],
         ["api", async () => this.api?.close()],
@@ -588,6 +644,7 @@ export class Daemon implements Controller {
         usedBytes: up.reduce((a, n) => a + n.usedBytes, 0),
         freeBytes: up.reduce((a, n) => a + n.freeBytes, 0),
       },
+      integrity: this.integrity(),
     };
   }
 
@@ -620,12 +677,17 @@ export class Daemon implements Controller {
   /** Replica states come from the volume's leader, which tracks every replica's progress; asked when it is another node. */
   async inspectVolume(name: string): Promise<VolumeInfo> {
     const v = await this.knownVolume(name);
+    const [info, scrub] = await Promise.all([this.replicaStates(v), this.replicaScrubs(v)]);
+    return { ...info, scrub };
+  }
+
+  private async replicaStates(v: CatalogVolume): Promise<VolumeInfo> {
     const mine = this.info(v);
     const leader = this.driver.leader(v.id);
     const n = this.catalog.nodes.get(leader);
     if (leader === this.nodeId || n === undefined || !this.driver.hasGroup(v.id)) return mine;
     try {
-      const remote = await nodeApi(n, 2000).inspectVolume(name);
+      const remote = await nodeApi(n, 2000).inspectVolume(v.name);
       return { ...mine, replicas: remote.replicas, allocatedBytes: remote.allocatedBytes, ...(remote.log ? { log: remote.log } : {}) };
     } catch {
       return mine; // the leader did not answer: what this node knows
@@ -699,6 +761,8 @@ export class Daemon implements Controller {
     };
     exportAll("pxd_store_", "gauge", this.store.stats());
     exportAll("pxd_raft_", "counter", this.driver.snapshotSender.counters);
+    exportAll("pxd_repair_", "counter", this.repairer.counters);
+    exportAll("pxd_", "counter", this.scrubber.counters);
     lines.push("# TYPE pxd_volumes gauge", `pxd_volumes ${this.catalog.volumes.size}`);
     for (const v of this.catalog.volumes.values()) {
       if (this.store.hasGroup(v.id)) lines.push(`pxd_volume_allocated_bytes{volume="${v.name}"} ${this.store.allocatedBytes(v.id)}`);
@@ -718,6 +782,114 @@ export class Daemon implements Controller {
       lines.push(`pxd_peer_auth_failures ${peers.authFailures}`);
     }
     return lines.join("\n") + "\n";
+  }
+
+  // ---- scrub (src/replication/scrub.ts) ----
+
+  private get scrubIntervalMs(): number {
+    return this.options.scrubIntervalMs ?? scrubIntervalMsDefault;
+  }
+
+  private get scrubBandwidth(): number {
+    return this.options.scrubBandwidthBytesPerSec ?? scrubBandwidthBytesPerSecDefault;
+  }
+
+  /** The volume groups this node holds a replica of, by id. */
+  private hostedVolumes(): number[] {
+    return [...this.state.hosted.keys()].filter((id) => this.store.hasGroup(id)).sort((a, b) => a - b);
+  }
+
+  /** The scheduled scrub: everything here, once the interval since the last pass has passed. */
+  private scrubIfDue(): void {
+    const interval = this.scrubIntervalMs;
+    if (interval <= 0 || this.scheduledScrub !== undefined || Date.now() - this.state.scrubbedAt < interval) return;
+    this.log.info(`scrub: the scheduled pass over this node's ${this.hostedVolumes().length} volume replica(s) begins (at most ${formatSize(this.scrubBandwidth)}/s)`);
+    this.scheduledScrub = this.scrubber
+      .scrub(this.hostedVolumes(), this.scrubBandwidth)
+      .then(async (reports) => {
+        if (reports.some((r) => r.interrupted)) return;
+        await this.state.setScrubbedAt(Date.now());
+        const bytes = reports.reduce((a, r) => a + r.bytesScrubbed, 0);
+        const damaged = reports.reduce((a, r) => a + r.blocksDamaged, 0);
+        this.log.info(`scrub: the scheduled pass is done: ${formatSize(bytes)} checked, ${damaged} damaged block(s) found`);
+      })
+      .catch((e: Error) => this.log.error(`scrub: the scheduled pass failed: ${e.message}`))
+      .finally(() => (this.scheduledScrub = undefined));
+  }
+
+  async scrub(request: ScrubRequest): Promise<ScrubResponse> {
+    const v = request.volume === undefined ? undefined : await this.knownVolume(request.volume);
+    if (request.local === true) {
+      const groups = v === undefined ? this.hostedVolumes() : this.store.hasGroup(v.id) ? [v.id] : [];
+      const reports = await this.scrubber.scrub(groups, request.bandwidthBytesPerSec ?? this.scrubBandwidth);
+      return { nodes: [this.scrubNodeReport(reports)] };
+    }
+    const targets = v === undefined ? [...this.catalog.nodes.keys()] : v.nodes;
+    const nodes = await Promise.all(
+      targets.map(async (id): Promise<ScrubNodeReport> => {
+        const n = this.catalog.nodes.get(id);
+        const name = n?.name ?? `node-${id}`;
+        try {
+          const r = id === this.nodeId ? await this.scrub({ ...request, local: true }) : n === undefined ? undefined : await nodeApi(n, scrubCallTimeoutMs).scrub({ ...request, local: true });
+          return r?.nodes[0] ?? { nodeId: id, node: name, volumes: [], error: "the node is not in the catalog" };
+        } catch (e) {
+          return { nodeId: id, node: name, volumes: [], error: (e as Error).message };
+        }
+      }),
+    );
+    return { nodes };
+  }
+
+  async scrubStatus(): Promise<ScrubResponse> {
+    return { nodes: [this.scrubNodeReport(this.scrubber.status())] };
+  }
+
+  private scrubNodeReport(reports: ScrubReport[]): ScrubNodeReport {
+    return { nodeId: this.nodeId, node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, volumes: reports.map(scrubVolumeReport) };
+  }
+
+  /** Each replica's last scrub, from its node (a node that does not answer within a second is left out). */
+  private async replicaScrubs(v: CatalogVolume): Promise<NonNullable<VolumeInfo["scrub"]>> {
+    const out = await Promise.all(
+      v.nodes.map(async (id) => {
+        const n = this.catalog.nodes.get(id);
+        if (n === undefined) return [];
+        try {
+          const status = id === this.nodeId ? await this.scrubStatus() : await nodeApi(n, 1000).scrubStatus();
+          return (status.nodes[0]?.volumes ?? []).filter((r) => r.volume === v.name).map((r) => ({ node: n.name, ...r }));
+        } catch {
+          return [];
+        }
+      }),
+    );
+    return out.flat();
+  }
+
+  private integrity(): NodeStatus["integrity"] {
+    const c = this.scrubber.counters;
+    const interval = this.scrubIntervalMs;
+    return {
+      checksumErrors: this.store.counters.checksumErrors,
+      blocksRepaired: this.repairer.counters.blocksRepaired,
+      blocksUnrepaired: this.repairer.counters.blocksUnrepaired,
+      scrub: {
+        intervalSec: Math.round(interval / 1000),
+        bandwidthBytesPerSec: this.scrubBandwidth,
+        lastPassAt: new Date(this.state.scrubbedAt).toISOString(),
+        nextPassAt: interval > 0 ? new Date(this.state.scrubbedAt + interval).toISOString() : null,
+        running: this.scrubber.status().some((r) => r.finishedAt === undefined),
+        bytesScrubbed: c.scrubBytes,
+        blocksDamaged: c.scrubBlocksDamaged,
+        blocksRepaired: c.scrubBlocksRepaired,
+        blocksUnrepaired: c.scrubBlocksUnrepaired,
+      },
+    };
+  }
+
+  /** The catalog's volume whose Raft group is `id`. */
+  private volumeById(id: number): CatalogVolume | undefined {
+    for (const v of this.catalog.volumes.values()) if (v.id === id) return v;
+    return undefined;
   }
 
   /** A node named by its name or its id (as pxd node list shows them). */
@@ -777,6 +949,19 @@ export class Daemon implements Controller {
       return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), leader: id === leader };
     });
   }
+}
+
+function scrubVolumeReport(r: ScrubReport): ScrubVolumeReport {
+  return {
+    volume: r.volume,
+    startedAt: new Date(r.startedAt).toISOString(),
+    ...(r.finishedAt !== undefined ? { finishedAt: new Date(r.finishedAt).toISOString() } : {}),
+    interrupted: r.interrupted,
+    bytesScrubbed: r.bytesScrubbed,
+    blocksDamaged: r.blocksDamaged,
+    blocksRepaired: r.blocksRepaired,
+    blocksUnrepaired: r.blocksUnrepaired,
+  };
 }
 
 /** The control API of another node of the cluster. */

@@ -6,6 +6,7 @@
 //   cluster:voters     the meta group's initial voters (JSON array)
 //   peers              last known peer addresses (JSON [{id, host, port}])
 //   group:<id>         a volume group hosted here (JSON {id, sizeBytes, voters})
+//   scrub:last         when the last scheduled scrub of everything here finished (ms since the epoch; first start: then)
 // Every write is synced: a group the node reported as hosted survives a crash.
 
 import { randomInt } from "node:crypto";
@@ -29,6 +30,7 @@ export class NodeState {
   clusterId = "";
   metaVoters: number[] = [];
   peers: PeerEntry[] = [];
+  scrubbedAt = 0;
 
   private constructor(private readonly db: ClassicLevel<string, string>) {}
 
@@ -49,6 +51,8 @@ export class NodeState {
     s.clusterId = (await db.get("cluster:id")) ?? "";
     s.metaVoters = JSON.parse((await db.get("cluster:voters")) ?? "[]") as number[];
     s.peers = JSON.parse((await db.get("peers")) ?? "[]") as PeerEntry[];
+    s.scrubbedAt = Number((await db.get("scrub:last")) ?? "0");
+    if (!(s.scrubbedAt > 0)) await s.setScrubbedAt(Date.now()); // the schedule counts from the first start
     for await (const [, value] of db.iterator({ gte: "group:", lt: "group;" })) {
       const g = JSON.parse(value) as HostedGroup;
       s.hosted.set(g.id, g);
@@ -71,6 +75,11 @@ export class NodeState {
   async setPeers(peers: PeerEntry[]): Promise<void> {
     this.peers = peers.map((p) => ({ ...p }));
     await this.db.put("peers", JSON.stringify(this.peers), { sync: true });
+  }
+
+  async setScrubbedAt(ms: number): Promise<void> {
+    this.scrubbedAt = ms;
+    await this.db.put("scrub:last", String(ms), { sync: true });
   }
 
   async host(g: HostedGroup): Promise<void> {

@@ -30,6 +30,7 @@ import type { RaftConfig } from "../raft/raft.js";
 import type { Storage } from "../raft/storage.js";
 import type { Ready } from "../raft/node.js";
 import { EntryType, MessageType, mayPrecedePersist, newMessage, StateRole, type ConfState, type Entry, type Message, type NodeId } from "../raft/types.js";
+import type { ChecksumError } from "../store/errors.js";
 import type { Store } from "../store/store.js";
 import { BeatsOutbox, isBeat, parseBeats, type BeatsEnvelope } from "./beats.js";
 import { StoreRaftStorage } from "./raft-storage.js";
@@ -73,6 +74,8 @@ export interface DriverOptions {
    * meta group); returns false to let the driver apply it as a volume op.
    */
   applyEntry?(groupId: number, entry: Entry): boolean;
+  /** Blocks of this node's copy of a volume failed their checksum where the driver read them (a snapshot stream): repair them. */
+  damaged?(e: ChecksumError): void;
 }
 
 /** A member of a group as its leader sees it. */
@@ -203,6 +206,7 @@ export class MultiRaft {
         return g !== undefined && g.node.status().role === StateRole.leader && g.node.raft.tracker.progress.get(to)?.state === ProgressState.snapshot;
       },
       catchUp: (group: number, leader: NodeId, index: number, term: number) => this.catchUp(group, leader, index, term),
+      damaged: (e: ChecksumError) => o.damaged?.(e),
       log: (line: string) => o.log(line),
     };
     this.snapshotSender = new SnapshotSender(ports);
@@ -709,7 +713,7 @@ export class MultiRaft {
   private apply(g: Group, e: Entry): void {
     const handled = this.o.applyEntry?.(g.id, e) ?? false;
     const op = !handled && e.type === EntryType.normal ? decodeOp(e.data) : undefined;
-    if (op?.kind === VolumeOpKind.Write) this.o.store.applyEntryWrite(g.id, e.index, op.offsetBytes, op.lengthBytes, 0);
+    if (op?.kind === VolumeOpKind.Write) this.o.store.applyEntryWrite(g.id, e.index, op.offsetBytes, op.lengthBytes, e.data.subarray(0, op.lengthBytes));
     else if (op?.kind === VolumeOpKind.Trim) this.o.store.applyEntryTrim(g.id, e.index, op.offsetBytes, op.lengthBytes);
     else this.o.store.markApplied(g.id, e.index);
     if (op !== undefined && g.changes !== undefined && e.index > g.changes.base) g.changes.mark(op.offsetBytes, op.lengthBytes);

@@ -35,6 +35,7 @@
 
 import { raftAppendBytesMax, sectorBytes, snapshotChunkBytes, snapshotChunkExtentsMax, snapshotChunkKeepBytes, snapshotWindowChunks } from "../constants.js";
 import type { Message, NodeId } from "../raft/types.js";
+import { ChecksumError } from "../store/errors.js";
 import type { Store } from "../store/store.js";
 import type { ChangeMap } from "./changes.js";
 
@@ -79,6 +80,8 @@ export interface SnapshotPorts {
    * undefined when the entry is not here with that term.
    */
   catchUp?(group: number, leader: NodeId, index: number, term: number): Promise<void> | undefined;
+  /** Blocks of this node's copy failed their checksum while being read for a snapshot: repair them (the stream is given up meanwhile). */
+  damaged?(e: ChecksumError): void;
   log(line: string): void;
 }
 
@@ -220,7 +223,15 @@ export class SnapshotSender {
   /** Sends chunks while the window has room. */
   private pump(s: OutStream): void {
     while (s.lastSeq < 0 && s.nextSeq - s.acked < snapshotWindowChunks) {
-      const chunk = this.nextChunk(s);
+      let chunk: SnapChunkEnvelope;
+      try {
+        chunk = this.nextChunk(s);
+      } catch (e) {
+        if (!(e instanceof ChecksumError)) throw e;
+        // Damaged data must not travel: mend this copy first; the core asks for the snapshot again.
+        this.p.damaged?.(e);
+        return this.abort(s, `this node's copy is damaged (${e.message}); repairing it`);
+      }
       if (!this.p.send(s.to, chunk)) return this.abort(s, "the peer is unreachable");
       this.counters.snapshotBytesSent += chunk.data.length;
       if (chunk.last) s.lastSeq = chunk.seq;
@@ -370,7 +381,10 @@ export class SnapshotReceiver {
         if (c.last) stream.complete = true;
         this.p.send(from, { kind: "snap-ack", group: c.group, index: c.index, seq: c.seq, ok: true });
       },
-      (e: Error) => refuse(`cannot store it: ${e.message}`),
+      (e: Error) => {
+        if (e instanceof ChecksumError) this.p.damaged?.(e);
+        refuse(`cannot store it: ${e.message}`);
+      },
     );
   }
 

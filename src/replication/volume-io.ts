@@ -12,6 +12,7 @@ import { recordPayloadBytesMax, sectorBytes } from "../constants.js";
 import type { NodeId } from "../raft/types.js";
 import type { Store, StoreExtent } from "../store/store.js";
 import { MultiRaft, NotLeaderError, ProposalDroppedError } from "./driver.js";
+import type { Repairer } from "./repair.js";
 import { volumeOpTrailerBytes } from "./volume-op.js";
 
 export type IoOp = "read" | "write" | "trim" | "zero" | "zero-nohole" | "status";
@@ -39,6 +40,8 @@ export interface VolumeIoOptions {
   nodeId: NodeId;
   driver: MultiRaft;
   store: Store;
+  /** Reads checked against the blocks' checksums, damaged blocks repaired from another replica. */
+  repairer: Repairer;
   send(to: NodeId, message: ForwardRequest | ForwardReply): boolean;
   /** Runs fn after ms; the daemon passes setTimeout. Returns a cancel function. */
   after(ms: number, fn: () => void): () => void;
@@ -90,7 +93,7 @@ export class VolumeIo {
   }
 
   read(group: number, offsetBytes: number, lengthBytes: number, into?: Buffer): Promise<Buffer> | Buffer {
-    if (this.sole(group)) return this.o.store.read(group, offsetBytes, lengthBytes, into);
+    if (this.sole(group)) return this.o.repairer.read(group, offsetBytes, lengthBytes, into);
     return this.route(group, "read", offsetBytes, lengthBytes, null).then((r) => Buffer.from(r.data!.buffer, r.data!.byteOffset, r.data!.byteLength));
   }
 
@@ -212,7 +215,7 @@ export class VolumeIo {
       switch (op) {
         case "read":
           await this.o.driver.readBarrier(group);
-          return ok(this.o.store.read(group, offsetBytes, lengthBytes));
+          return ok(await this.o.repairer.read(group, offsetBytes, lengthBytes));
         case "status":
           await this.o.driver.readBarrier(group);
           return ok(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));
@@ -237,7 +240,7 @@ export class VolumeIo {
 
   private async serveSole(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null): Promise<ForwardReply> {
     const reply = (d: Uint8Array | null, extents: StoreExtent[] | null): ForwardReply => ({ kind: "fwd-re", id: 0, error: null, data: d, extents });
-    if (op === "read") return reply(this.o.store.read(group, offsetBytes, lengthBytes), null);
+    if (op === "read") return reply(await this.o.repairer.read(group, offsetBytes, lengthBytes), null);
     if (op === "status") return reply(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));
     if (op === "write") await this.o.store.write(group, offsetBytes, [data!], lengthBytes);
     else if (op === "trim") await this.o.store.trim(group, offsetBytes, lengthBytes);
@@ -262,7 +265,7 @@ export class VolumeIo {
       const from = Math.floor(offsetBytes / sectorBytes) * sectorBytes;
       const to = Math.ceil((offsetBytes + data.length) / sectorBytes) * sectorBytes;
       await this.o.driver.readBarrier(group);
-      const merged = this.o.store.read(group, from, to - from);
+      const merged = await this.o.repairer.read(group, from, to - from);
       merged.set(data, offsetBytes - from);
       await this.writeLocal(group, from, merged);
     });

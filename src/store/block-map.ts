@@ -1,5 +1,8 @@
 // A volume's block map: for each 512-byte sector, the log address of its data,
-// or 0 for a hole (never written or trimmed; reads as zeroes).
+// or 0 for a hole (never written or trimmed; reads as zeroes); and for each
+// 4 KiB block (checksumBlockBytes) that holds data, the CRC32C of its content
+// as a read returns it (holes as zeroes). The store keeps the checksums right
+// (src/store/store.ts, mapRange); this class only holds them.
 //
 // Sectors are grouped in chunks of `chunkSectors`, each a Float64Array that is
 // allocated on first write: memory is 8 bytes per sector of a chunk that was
@@ -11,21 +14,66 @@
 // It is never 0, because segment ids start at 1.
 
 import { assert } from "../base/assert.js";
-import { sectorBytes } from "../constants.js";
+import { checksumBlockBytes, sectorBytes } from "../constants.js";
 
 export const chunkSectors = 4096;
 const chunkShift = 12;
 assert(1 << chunkShift === chunkSectors, "chunkShift matches chunkSectors");
+/** Sectors per checksum block. */
+export const blockSectors = checksumBlockBytes / sectorBytes;
+/** Checksum blocks per chunk: a block never straddles two chunks. */
+export const chunkBlocks = chunkSectors / blockSectors;
+assert(Number.isInteger(chunkBlocks) && Number.isInteger(blockSectors), "chunks hold whole checksum blocks");
 
 /** Called for each run of sectors that stops pointing at [address, address + count * 512). */
 export type FreedRun = (address: number, sectorCount: number) => void;
 
 export class BlockMap {
   readonly chunks = new Map<number, Float64Array>();
+  /** Per chunk of `chunks`, the checksum of each of its blocks (meaningful for blocks that hold data). */
+  readonly crcs = new Map<number, Uint32Array>();
   /** Sectors that hold data (not holes). */
   allocatedSectors = 0;
 
   constructor(readonly sectorCount: number) {}
+
+  get blockCount(): number {
+    return Math.ceil(this.sectorCount / blockSectors);
+  }
+
+  /** The checksum of a block that holds data. */
+  blockCrc(block: number): number {
+    const c = this.crcs.get(Math.floor(block / chunkBlocks));
+    return c === undefined ? 0 : c[block % chunkBlocks]!;
+  }
+
+  setBlockCrc(block: number, crc: number): void {
+    const c = this.crcs.get(Math.floor(block / chunkBlocks));
+    assert(c !== undefined, "a checksum is kept only for a block that holds data");
+    c[block % chunkBlocks] = crc;
+  }
+
+  /** Whether any sector of the block holds data. */
+  blockAllocated(block: number): boolean {
+    const chunk = this.chunks.get(Math.floor(block / chunkBlocks));
+    if (chunk === undefined) return false;
+    const first = (block % chunkBlocks) * blockSectors;
+    for (let i = 0; i < blockSectors; i++) if (chunk[first + i] !== 0) return true;
+    return false;
+  }
+
+  /** Sectors in the block (fewer than blockSectors only for the last block of a volume whose size is not a multiple of it). */
+  blockSectorCount(block: number): number {
+    return Math.min(blockSectors, this.sectorCount - block * blockSectors);
+  }
+
+  /** Installs a chunk restored from a checkpoint. */
+  restoreChunk(index: number, chunk: Float64Array, crcs: Uint32Array): void {
+    assert(crcs.length === chunkBlocks && chunk.length === chunkSectors, "a restored chunk is whole");
+    this.chunks.set(index, chunk);
+    this.crcs.set(index, crcs);
+    for (let i = 0; i < chunk.length; i++) if (chunk[i] !== 0) this.allocatedSectors++;
+  }
 
   get(sector: number): number {
     const chunk = this.chunks.get(sector >>> chunkShift);
@@ -153,6 +201,7 @@ export class BlockMap {
         }
         chunk = new Float64Array(chunkSectors);
         this.chunks.set(ci, chunk);
+        this.crcs.set(ci, new Uint32Array(chunkBlocks));
       }
       for (; s < chunkEnd; s++) {
         const i = s & (chunkSectors - 1);
@@ -172,7 +221,10 @@ export class BlockMap {
           a += sectorBytes;
         }
       }
-      if (address === 0 && isEmpty(chunk)) this.chunks.delete(ci);
+      if (address === 0 && isEmpty(chunk)) {
+        this.chunks.delete(ci);
+        this.crcs.delete(ci);
+      }
     }
     if (freedCount > 0) freed(freedStart, freedCount);
   }

@@ -4,7 +4,7 @@
 
 import { assert } from "../base/assert.js";
 import { crc32c, crc32cOf } from "../base/crc32c.js";
-import { chunkSectors } from "./block-map.js";
+import { chunkBlocks, chunkSectors } from "./block-map.js";
 import type { Disk } from "./disk.js";
 import { writeFileDurably } from "./disk.js";
 import { CorruptionError } from "./errors.js";
@@ -13,12 +13,18 @@ import { decodeRaftConf, encodeRaftConf, type RaftConf, type RaftHardState, type
 import { checkpointName } from "./segment-names.js";
 
 const checkpointMagic = 0x4b445850; // "PXDK"
-/** 3: each group's Raft section ends with its configuration at the snapshot point. 2 (without it) is still read. */
-const checkpointVersion = 3;
-const checkpointVersionsRead = [2, 3];
+/**
+ * 4: each chunk carries its blocks' checksums after its sector addresses.
+ * 3 (each group's Raft section ends with its configuration at the snapshot
+ * point) and 2 (without it) are still read; their blocks have no checksums,
+ * which the store computes when it opens.
+ */
+const checkpointVersion = 4;
+const checkpointVersionsRead = [2, 3, 4];
 const fileHeaderBytes = 40;
 const groupHeaderBytes = 48;
 const chunkBytes = chunkSectors * 8;
+const chunkCrcBytes = chunkBlocks * 4;
 
 // Block-map chunks are written as the host's Float64Array bytes: little-endian hosts only.
 assert(new Uint8Array(new Float64Array([1]).buffer)[7] === 0x3f, "pxd's checkpoint format needs a little-endian host");
@@ -29,6 +35,8 @@ export interface GroupCheckpoint {
   lastTerm: number;
   lastIndex: number;
   chunks: Map<number, Float64Array>;
+  /** Each chunk's block checksums; absent in a checkpoint older than version 4. */
+  crcs: Map<number, Uint32Array> | undefined;
   raft: {
     snapshotIndex: number;
     snapshotTerm: number;
@@ -73,7 +81,9 @@ export function encodeCheckpoint(c: Checkpoint): Uint8Array[] {
     for (const [index, chunk] of g.chunks) {
       const ch = Buffer.alloc(8);
       ch.writeUInt32LE(index, 0);
-      parts.push(ch, new Uint8Array(chunk.buffer, chunk.byteOffset, chunkBytes));
+      const crcs = g.crcs?.get(index);
+      assert(crcs !== undefined && crcs.length === chunkBlocks, "every chunk has its block checksums");
+      parts.push(ch, new Uint8Array(chunk.buffer, chunk.byteOffset, chunkBytes), new Uint8Array(crcs.buffer, crcs.byteOffset, chunkCrcBytes));
     }
     parts.push(encodeRaft(g.raft));
   }
@@ -103,17 +113,24 @@ export function decodeCheckpoint(b: Buffer): Checkpoint {
       lastTerm: readU64(b, at + 16),
       lastIndex: readU64(b, at + 24),
       chunks: new Map(),
+      crcs: version >= 4 ? new Map() : undefined,
       raft: { snapshotIndex: 0, snapshotTerm: 0, hardState: { term: 0, vote: 0, commit: 0 }, entries: [] },
     };
     const chunkCount = b.readUInt32LE(at + 32);
     at += groupHeaderBytes;
-    if (at + chunkCount * (8 + chunkBytes) > b.length - 4) bad("chunks past the end");
+    const perChunk = 8 + chunkBytes + (g.crcs !== undefined ? chunkCrcBytes : 0);
+    if (at + chunkCount * perChunk > b.length - 4) bad("chunks past the end");
     for (let c = 0; c < chunkCount; c++) {
       const index = b.readUInt32LE(at);
       const chunk = new Float64Array(chunkSectors);
       new Uint8Array(chunk.buffer).set(b.subarray(at + 8, at + 8 + chunkBytes));
       g.chunks.set(index, chunk);
-      at += 8 + chunkBytes;
+      if (g.crcs !== undefined) {
+        const crcs = new Uint32Array(chunkBlocks);
+        new Uint8Array(crcs.buffer).set(b.subarray(at + 8 + chunkBytes, at + 8 + chunkBytes + chunkCrcBytes));
+        g.crcs.set(index, crcs);
+      }
+      at += perChunk;
     }
     at = decodeRaft(b, at, g, bad, version);
     groups.push(g);

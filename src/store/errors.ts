@@ -14,6 +14,28 @@ export class StoreError extends Error {
 }
 
 /**
+ * Volume data read back does not match its block checksums: this node's copy
+ * of those blocks is damaged (bit rot, a bad disk, a stray write). `blocks`
+ * are block numbers (byte offset / checksumBlockBytes), `addresses` the log
+ * address of each one's first sector, for the log line an operator reads.
+ */
+export class ChecksumError extends StoreError {
+  constructor(
+    readonly groupId: number,
+    readonly blocks: readonly number[],
+    readonly addresses: readonly number[],
+    blockBytes: number,
+    segmentBytes: number,
+  ) {
+    const first = blocks[0] ?? 0;
+    const at = addresses[0] ?? 0;
+    const where = at === 0 ? "" : ` (log segment ${Math.floor(at / segmentBytes)}, byte ${at % segmentBytes})`;
+    super("EIO", `volume group ${groupId}: ${blocks.length} block(s) of ${blockBytes} bytes fail their checksum, the first at volume byte ${first * blockBytes}${where}`);
+    this.name = "ChecksumError";
+  }
+}
+
+/**
  * The log holds a record that fails its checksum with valid, later-committed
  * records after it: acknowledged data is damaged. The store refuses to open
  * rather than drop it silently.

@@ -22,6 +22,8 @@ export interface AppendRequest {
   offsetBytes: number;
   lengthBytes: number;
   payload: readonly Uint8Array[];
+  /** CRC32C of the payload when the caller has it already (folded from block checksums); else the log computes it. */
+  payloadCrc?: number;
   /** Called once the record is durable, in log order, with the log address of its payload; or with an error. */
   done(address: number, error?: Error): void;
 }
@@ -224,7 +226,7 @@ export class SegmentLog {
     for (let i = 0; i < batch.records.length; i++) {
       const r = batch.records[i]!;
       fields.batchPos = i;
-      buffers.push(encodeHeader(r, fields, r.payload));
+      buffers.push(encodeHeader(r, fields, r.payload, r.payloadCrc));
       for (const p of r.payload) buffers.push(p);
       addresses.push(segmentId * segmentBytes + position + recordHeaderBytes);
       position += recordHeaderBytes + payloadBytesOf(r.kind, r.lengthBytes);

@@ -1,13 +1,19 @@
 // Record codec of the segment log (docs/formats/segment-log.md). Every field is
-// little-endian. A record is a 64-byte header followed by its payload; the
-// CRC32C at the end of the header covers header bytes [0, 60) and the payload.
+// little-endian. A record is a header followed by its payload. Version 2 (what
+// this code writes) has a 72-byte header carrying two checksums: one of the
+// payload and one of the header itself, so a record whose payload is damaged
+// still tells which group and Raft entry it belonged to. Version 1 (64 bytes,
+// one CRC32C over header and payload) is still read.
 
 import { assert } from "../base/assert.js";
 import { crc32c, crc32cOf } from "../base/crc32c.js";
 import { commitsInFlightMax, recordHeaderBytes, recordPayloadBytesMax, segmentBytes } from "../constants.js";
 
 export const recordMagic = 0x52445850; // "PXDR"
-export const recordVersion = 1;
+/** The version this code writes. */
+export const recordVersion = 2;
+/** Header bytes of a version 1 record (one CRC over header and payload at byte 60). */
+export const recordHeaderBytesV1 = 64;
 
 export const enum RecordKind {
   /** Volume data: payload lands at [offset, offset + length). */
@@ -44,7 +50,11 @@ export interface RecordHeader {
   index: number;
   offsetBytes: number;
   lengthBytes: number;
+  /** Version 2: CRC32C of the payload. Version 1: CRC32C of header bytes [0, 60) then the payload. */
   crc: number;
+  version: number;
+  /** Bytes of this record's header: the payload starts this far after the record. */
+  headerBytes: number;
 }
 
 const u64Max = Number.MAX_SAFE_INTEGER;
@@ -82,8 +92,12 @@ export interface CommitFields {
   commitSeq: number;
 }
 
-/** Encodes a header and computes its CRC over the header and `payload`. */
-export function encodeHeader(r: RecordFields, c: CommitFields, payload: readonly Uint8Array[]): Buffer {
+/**
+ * Encodes a version 2 header. `payloadCrc` is the CRC32C of the payload when
+ * the caller already has it (folded from its blocks' checksums); else it is
+ * computed here.
+ */
+export function encodeHeader(r: RecordFields, c: CommitFields, payload: readonly Uint8Array[], payloadCrc?: number): Buffer {
   const b = Buffer.allocUnsafe(recordHeaderBytes);
   b.writeUInt32LE(recordMagic, 0);
   b[4] = r.kind;
@@ -98,20 +112,27 @@ export function encodeHeader(r: RecordFields, c: CommitFields, payload: readonly
   writeU64(b, 40, r.index);
   writeU64(b, 48, r.offsetBytes);
   b.writeUInt32LE(r.lengthBytes, 56);
-  const crc = crc32cOf(payload, crc32c(b.subarray(0, 60)));
-  b.writeUInt32LE(crc, 60);
+  b.writeUInt32LE(payloadCrc ?? crc32cOf(payload), 60);
+  b.writeUInt32LE(0, 64);
+  b.writeUInt32LE(crc32c(b.subarray(0, 68)), 68);
   return b;
 }
 
 /**
- * Decodes a header, or returns undefined when it cannot be one of ours in this
- * segment (bad magic, version, segment id, or lengths out of bounds). The CRC
- * is checked separately, once the payload has been read.
+ * Decodes a header from `b` (the bytes at `position`, as many as the segment
+ * has up to recordHeaderBytes), or returns undefined when it cannot be one of
+ * ours in this segment: bad magic, version, segment id, lengths out of
+ * bounds, or (version 2) a header checksum that does not match. The payload
+ * is checked separately (payloadMatches), once it has been read.
  */
 export function decodeHeader(b: Uint8Array, segmentId: number, position: number): RecordHeader | undefined {
-  assert(b.length >= recordHeaderBytes, "header buffer holds a whole header");
-  const dv = new DataView(b.buffer, b.byteOffset, recordHeaderBytes);
-  if (dv.getUint32(0, true) !== recordMagic || b[5] !== recordVersion) return undefined;
+  if (b.length < recordHeaderBytesV1) return undefined;
+  const dv = new DataView(b.buffer, b.byteOffset, b.length);
+  const version = b[5]!;
+  if (dv.getUint32(0, true) !== recordMagic || (version !== 1 && version !== recordVersion)) return undefined;
+  const headerBytes = version === 1 ? recordHeaderBytesV1 : recordHeaderBytes;
+  if (b.length < headerBytes) return undefined;
+  if (version !== 1 && dv.getUint32(68, true) !== crc32c(b.subarray(0, 68))) return undefined;
   const kind = b[4]!;
   if (kind < RecordKind.Write || kind > RecordKind.SnapshotInstall) return undefined;
   if (dv.getUint32(12, true) !== segmentId) return undefined;
@@ -128,15 +149,19 @@ export function decodeHeader(b: Uint8Array, segmentId: number, position: number)
     offsetBytes: readU64(b, 48),
     lengthBytes: dv.getUint32(56, true),
     crc: dv.getUint32(60, true),
+    version,
+    headerBytes,
   };
   const payload = payloadBytesOf(kind, h.lengthBytes);
   if (payload > recordPayloadBytesMax) return undefined;
-  if (position + recordHeaderBytes + payload > segmentBytes) return undefined;
+  if (position + headerBytes + payload > segmentBytes) return undefined;
   if (h.batchCount === 0 || h.batchPos >= h.batchCount || h.commitWindow === 0) return undefined;
   if (h.offsetBytes > u64Max) return undefined;
   return h;
 }
 
-export function headerCrcMatches(header: Uint8Array, payload: Uint8Array, expected: number): boolean {
-  return crc32c(payload, crc32c(header.subarray(0, 60))) === expected;
+/** Whether a decoded record's payload is what its header's checksum says. */
+export function payloadMatches(h: RecordHeader, header: Uint8Array, payload: Uint8Array): boolean {
+  if (h.version === 1) return crc32c(payload, crc32c(header.subarray(0, 60))) === h.crc;
+  return crc32c(payload) === h.crc;
 }

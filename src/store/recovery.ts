@@ -14,7 +14,7 @@ import { recordHeaderBytes, recordPayloadBytesMax, segmentBytes } from "../const
 import type { DiskFile } from "./disk.js";
 import { CorruptionError } from "./errors.js";
 import type { LogPosition } from "./log.js";
-import { decodeHeader, headerCrcMatches, payloadBytesOf, recordMagic, RecordKind, type RecordHeader } from "./record.js";
+import { decodeHeader, payloadBytesOf, payloadMatches, recordHeaderBytesV1, recordMagic, RecordKind, type RecordHeader } from "./record.js";
 
 export interface ScanResult {
   end: LogPosition;
@@ -31,25 +31,34 @@ export class SegmentReader {
   private readonly headerBuf = Buffer.alloc(recordHeaderBytes);
   private readonly payloadBuf = Buffer.alloc(recordPayloadBytesMax);
 
-  /** The record at `position` if it is whole and its checksum matches. */
+  /** The header at `position` if it decodes (a version 2 header also matches its own checksum). */
+  headerAt(file: DiskFile, segmentId: number, position: number): RecordHeader | undefined {
+    const n = Math.min(recordHeaderBytes, segmentBytes - position);
+    if (n < recordHeaderBytesV1) return undefined;
+    const got = file.readSync(this.headerBuf, 0, n, position);
+    return decodeHeader(this.headerBuf.subarray(0, got), segmentId, position);
+  }
+
+  /** The record at `position` if it is whole and its checksums match. */
   recordAt(file: DiskFile, segmentId: number, position: number): { header: RecordHeader; payload: Buffer } | undefined {
-    if (position + recordHeaderBytes > segmentBytes) return undefined;
-    if (file.readSync(this.headerBuf, 0, recordHeaderBytes, position) !== recordHeaderBytes) return undefined;
-    const h = decodeHeader(this.headerBuf, segmentId, position);
+    const h = this.headerAt(file, segmentId, position);
     if (h === undefined) return undefined;
     const n = payloadBytesOf(h.kind, h.lengthBytes);
     const payload = this.payloadBuf.subarray(0, n);
-    if (n > 0 && file.readSync(payload, 0, n, position + recordHeaderBytes) !== n) return undefined;
-    return headerCrcMatches(this.headerBuf, payload, h.crc) ? { header: h, payload } : undefined;
+    if (n > 0 && file.readSync(payload, 0, n, position + h.headerBytes) !== n) return undefined;
+    return payloadMatches(h, this.headerBuf, payload) ? { header: h, payload } : undefined;
   }
 
   /** Where the record at `position` ends by its header alone (its own position when the header is not ours). */
   claimedEnd(file: DiskFile, segmentId: number, position: number): number {
-    if (position + recordHeaderBytes > segmentBytes) return position;
-    if (file.readSync(this.headerBuf, 0, recordHeaderBytes, position) !== recordHeaderBytes) return position;
-    const h = decodeHeader(this.headerBuf, segmentId, position);
-    return h === undefined ? position : position + recordHeaderBytes + payloadBytesOf(h.kind, h.lengthBytes);
+    const h = this.headerAt(file, segmentId, position);
+    return h === undefined ? position : position + recordBytes(h);
   }
+}
+
+/** Header and payload bytes of a record. */
+export function recordBytes(h: RecordHeader): number {
+  return h.headerBytes + payloadBytesOf(h.kind, h.lengthBytes);
 }
 
 export function scanLog(segments: ReadonlyMap<number, DiskFile>, start: LogPosition, replay: ReplayRecord): ScanResult {
@@ -72,9 +81,9 @@ export function scanLog(segments: ReadonlyMap<number, DiskFile>, start: LogPosit
       }
       seq = h.commitSeq;
       batchComplete = h.batchPos === h.batchCount - 1;
-      const size = recordHeaderBytes + payloadBytesOf(h.kind, h.lengthBytes);
+      const size = recordBytes(h);
       if (h.kind === RecordKind.Seal) break;
-      replay(h, id * segmentBytes + position + recordHeaderBytes, record!.payload);
+      replay(h, id * segmentBytes + position + h.headerBytes, record!.payload);
       replayed++;
       position += size;
     }
@@ -134,7 +143,7 @@ function* validRecordsAfter(
       const p = base + at;
       if (p > from || !skipFrom) {
         const h = reader.recordAt(file, segmentId, p)?.header;
-        if (h !== undefined) yield { commitSeq: h.commitSeq, commitWindow: h.commitWindow, end: p + recordHeaderBytes + payloadBytesOf(h.kind, h.lengthBytes) };
+        if (h !== undefined) yield { commitSeq: h.commitSeq, commitWindow: h.commitWindow, end: p + recordBytes(h) };
       }
       at = window.indexOf(magic, at + 1);
     }

@@ -7,7 +7,9 @@
 // later write real Raft entries into the same log.
 
 import { assert } from "../base/assert.js";
+import { crc32c } from "../base/crc32c.js";
 import {
+  checksumBlockBytes,
   freeSegmentsMax,
   gcLiveRatioMax,
   gcSpaceAmpMax,
@@ -18,13 +20,14 @@ import {
   segmentBytes,
   volumeBytesMax,
 } from "../constants.js";
-import { BlockMap } from "./block-map.js";
+import { BlockMap, blockSectors, chunkBlocks, chunkSectors, type FreedRun } from "./block-map.js";
 import { readCheckpoint, writeCheckpoint, type Checkpoint } from "./checkpoint.js";
+import { appendBlockCrc, blockCrcsOf, foldBlockCrcs } from "./checksums.js";
 import type { Defer, Disk, DiskFile } from "./disk.js";
-import { StoreError } from "./errors.js";
+import { ChecksumError, StoreError } from "./errors.js";
 import { SegmentLog, type LogPosition } from "./log.js";
 import { RecordKind, type RecordHeader } from "./record.js";
-import { scanLog, SegmentReader } from "./recovery.js";
+import { scanLog } from "./recovery.js";
 import { RaftIndex, decodeRaftConf, encodeRaftConf, type RaftConf, type RaftHardState, type RaftIndexEntry } from "./raft-index.js";
 import { checkpointName, isFreeName, parseSegmentName, segmentName } from "./segment-names.js";
 
@@ -32,6 +35,12 @@ export interface StoreOptions {
   disk: Disk;
   defer: Defer;
   log?: (line: string) => void;
+  /**
+   * Background work (GC) found blocks of a group whose data fails its
+   * checksum; the caller repairs them from a replica where there is one.
+   * Reads throw a ChecksumError instead.
+   */
+  onDamage?: (e: ChecksumError) => void;
 }
 
 export interface GroupSpec {
@@ -56,6 +65,19 @@ interface Group {
   dropped: boolean;
   /** The group's Raft log (replicated groups; empty for local ones). */
   raft: RaftIndex;
+  /** Restored from a checkpoint older than block checksums: they are computed once recovery has replayed the log. */
+  crcsPending: boolean;
+}
+
+/** Reads `length` bytes of the log at `address` into `into` at `at` (live: the segment log; in recovery: the files). */
+type ReadAt = (address: number, into: Uint8Array, at: number, length: number) => void;
+
+/** What mapping data into a block map needs besides the map. */
+interface MapContext {
+  readAt: ReadAt;
+  freed: FreedRun;
+  /** A block the range covered only in part was already damaged: its checksum was made to fail. */
+  poisoned(g: Group, block: number): void;
 }
 
 /** A Raft entry to persist: its data becomes the record payload, so applied writes can point into it. */
@@ -92,18 +114,41 @@ export class Store {
   private checkpointing: Promise<void> | undefined;
   private maintaining: Promise<void> | undefined;
   private closed = false;
-  private readonly reader = new SegmentReader();
-  readonly counters = { checkpoints: 0, gcSegments: 0, gcBytesMoved: 0, tornBytesZeroed: 0, recordsReplayed: 0, snapshotsInstalled: 0 };
+  readonly counters = {
+    checkpoints: 0,
+    gcSegments: 0,
+    gcBytesMoved: 0,
+    tornBytesZeroed: 0,
+    recordsReplayed: 0,
+    snapshotsInstalled: 0,
+    /** Reads (and GC copies) that found blocks failing their checksum. */
+    checksumErrors: 0,
+    /** Blocks rewritten from a good copy (repairBlocks). */
+    blocksRepaired: 0,
+    blocksPoisoned: 0,
+  };
   private readonly log: (line: string) => void;
+  private readonly onDamage: (e: ChecksumError) => void;
+  private readonly mapCtx: MapContext;
 
   private constructor(
     private readonly disk: Disk,
     private readonly segmentLog: SegmentLog,
     checkpointEnd: LogPosition,
     log: (line: string) => void,
+    onDamage: (e: ChecksumError) => void,
   ) {
     this.checkpointEnd = checkpointEnd;
     this.log = log;
+    this.onDamage = onDamage;
+    this.mapCtx = {
+      readAt: (address, into, at, length) => this.segmentLog.readSync(address, into, at, length),
+      freed: this.freed,
+      poisoned: (g, block) => {
+        this.counters.blocksPoisoned++;
+        this.log(`store: group ${g.id}: block ${block} (volume byte ${block * checksumBlockBytes}) failed its checksum before a write covering part of it; it stays damaged until repaired or rewritten whole`);
+      },
+    };
     segmentLog.onCommitted = (sealed) => {
       if (sealed || this.segmentLog.bytesAppended - this.bytesAtCheckpoint >= checkpointLogBytes) this.maintain();
     };
@@ -123,7 +168,17 @@ export class Store {
     }
     const checkpoint: Checkpoint = readCheckpoint(disk) ?? { end: { segmentId: 1, position: 0, commitSeq: 0 }, groups: [] };
     const groups = restoreGroups(specs, checkpoint);
-    const scan = scanLog(segments, checkpoint.end, (h, address, payload) => applyRecord(groups, h, address, payload));
+    let poisoned = 0;
+    const ctx: MapContext = {
+      readAt: fileReader(segments),
+      freed: () => {},
+      poisoned: (g, block) => {
+        poisoned++;
+        log(`store: recovery: group ${g.id}: block ${block} failed its checksum before a write covering part of it; it stays damaged`);
+      },
+    };
+    const scan = scanLog(segments, checkpoint.end, (h, address, payload) => applyRecord(groups, h, address, payload, ctx));
+    for (const g of groups.values()) if (g.crcsPending) computeAllCrcs(g, ctx.readAt, log);
     if (scan.torn) {
       const { segmentId, position, endPosition } = scan.torn;
       if (endPosition > position) {
@@ -146,7 +201,8 @@ export class Store {
     await disk.syncDir();
     await segmentLog.rollover();
     segmentLog.prepareSpare();
-    const store = new Store(disk, segmentLog, checkpoint.end, log);
+    const store = new Store(disk, segmentLog, checkpoint.end, log, options.onDamage ?? (() => {}));
+    store.counters.blocksPoisoned = poisoned;
     store.checkpointPinned = checkpointPins(checkpoint.groups);
     store.counters.recordsReplayed = scan.recordsReplayed;
     store.counters.tornBytesZeroed = scan.torn ? scan.torn.endPosition - scan.torn.position : 0;
@@ -183,27 +239,126 @@ export class Store {
     return this.groups.has(groupId);
   }
 
+  sizeOf(groupId: number): number {
+    return this.group(groupId).sizeBytes;
+  }
+
   allocatedBytes(groupId: number): number {
     return this.group(groupId).map.allocatedSectors * sectorBytes;
   }
 
   // ---- data path ----
 
-  /** Reads into `out` (a fresh buffer when not given) and returns it. */
+  /**
+   * Reads into `out` (a fresh buffer when not given) and returns it. Every
+   * block the range touches is read whole and checked against its checksum;
+   * a block that fails throws ChecksumError (nothing unchecked reaches a
+   * client). A range of whole blocks is read straight into `out`.
+   */
   read(groupId: number, offsetBytes: number, lengthBytes: number, out: Buffer = Buffer.allocUnsafe(lengthBytes)): Buffer {
     const g = this.group(groupId);
     checkRange(g, offsetBytes, lengthBytes);
     assert(out.length === lengthBytes, "read buffer matches the length");
+    if (lengthBytes === 0) return out;
     const end = offsetBytes + lengthBytes;
-    const first = Math.floor(offsetBytes / sectorBytes);
-    const last = Math.ceil(end / sectorBytes);
-    g.map.runs(first, last - first, (sector, count, address) => {
-      const from = Math.max(offsetBytes, sector * sectorBytes);
-      const to = Math.min(end, (sector + count) * sectorBytes);
-      if (address === 0) out.fill(0, from - offsetBytes, to - offsetBytes);
-      else this.segmentLog.readSync(address + (from - sector * sectorBytes), out, from - offsetBytes, to - from);
-    });
+    const from = Math.floor(offsetBytes / checksumBlockBytes) * checksumBlockBytes;
+    const to = Math.min(g.sizeBytes, Math.ceil(end / checksumBlockBytes) * checksumBlockBytes);
+    if (from === offsetBytes && to === end) {
+      this.readBlocks(g, from, out, 0, lengthBytes);
+      return out;
+    }
+    const whole = Buffer.allocUnsafe(to - from);
+    this.readBlocks(g, from, whole, 0, whole.length);
+    whole.copy(out, 0, offsetBytes - from, end - from);
     return out;
+  }
+
+  /** Reads whole blocks [fromBytes, fromBytes + lengthBytes) into out at `at`, checked; throws ChecksumError for damaged ones. */
+  private readBlocks(g: Group, fromBytes: number, out: Uint8Array, at: number, lengthBytes: number): void {
+    readContent(g.map, fromBytes / sectorBytes, lengthBytes / sectorBytes, out, at, this.mapCtx.readAt);
+    const firstBlock = fromBytes / checksumBlockBytes;
+    const bad = damagedBlocks(g.map, firstBlock, Math.ceil(lengthBytes / checksumBlockBytes), out, at);
+    if (bad.length === 0) return;
+    this.counters.checksumErrors++;
+    throw new ChecksumError(g.id, bad, bad.map((b) => g.map.get(b * blockSectors)), checksumBlockBytes, segmentBytes);
+  }
+
+  // ---- damaged blocks (src/replication/repair.ts) ----
+
+  /**
+   * Blocks [firstBlock, firstBlock + count) for another replica's repair: the
+   * blocks that pass their checksum as they are here, the damaged ones as
+   * zeroes (listed in `damaged`), so no unchecked byte leaves the node.
+   */
+  readForRepair(groupId: number, firstBlock: number, count: number): { data: Buffer; damaged: number[] } {
+    const g = this.group(groupId);
+    const [from, length] = blockRange(g, firstBlock, count);
+    const data = Buffer.allocUnsafe(length);
+    readContent(g.map, from / sectorBytes, length / sectorBytes, data, 0, this.mapCtx.readAt);
+    const damaged = damagedBlocks(g.map, firstBlock, count, data, 0);
+    for (const b of damaged) data.fill(0, (b - firstBlock) * checksumBlockBytes, (b - firstBlock) * checksumBlockBytes + g.map.blockSectorCount(b) * sectorBytes);
+    return { data, damaged };
+  }
+
+  /** Whether any sector of [fromBytes, fromBytes + lengthBytes) holds data (a scrub skips holes). */
+  holdsData(groupId: number, fromBytes: number, lengthBytes: number): boolean {
+    const g = this.group(groupId);
+    checkRange(g, fromBytes, lengthBytes);
+    let found = false;
+    const first = Math.floor(fromBytes / sectorBytes);
+    g.map.runs(first, Math.ceil((fromBytes + lengthBytes) / sectorBytes) - first, (_s, _n, address) => {
+      found ||= address !== 0;
+    });
+    return found;
+  }
+
+  /** Checks blocks [firstBlock, firstBlock + count) against their checksums: the damage found, or undefined. */
+  verify(groupId: number, firstBlock: number, count: number): ChecksumError | undefined {
+    const g = this.group(groupId);
+    const bad = this.checkBlocks(groupId, firstBlock, count);
+    if (bad.length === 0) return undefined;
+    this.counters.checksumErrors++;
+    return new ChecksumError(g.id, bad, bad.map((b) => g.map.get(b * blockSectors)), checksumBlockBytes, segmentBytes);
+  }
+
+  /** The blocks among [firstBlock, firstBlock + count) that fail their checksum here now. */
+  checkBlocks(groupId: number, firstBlock: number, count: number): number[] {
+    const g = this.group(groupId);
+    const [from, length] = blockRange(g, firstBlock, count);
+    const data = Buffer.allocUnsafe(length);
+    readContent(g.map, from / sectorBytes, length / sectorBytes, data, 0, this.mapCtx.readAt);
+    return damagedBlocks(g.map, firstBlock, count, data, 0);
+  }
+
+  /**
+   * Rewrites damaged blocks from a good copy: `data` holds blocks
+   * [firstBlock, firstBlock + count) as another replica has them. A block
+   * that fails its checksum here and whose bytes in `data` match it is
+   * written anew, as Relocate records from where its sectors are now: they
+   * apply only where the map still points there, so a write that lands
+   * meanwhile is never undone (at run time or in replay). Resolves, once
+   * durable, with the blocks rewritten.
+   */
+  async repairBlocks(groupId: number, firstBlock: number, count: number, data: Uint8Array): Promise<number[]> {
+    const g = this.group(groupId);
+    const [, length] = blockRange(g, firstBlock, count);
+    assert(data.length === length, "repair data holds the blocks whole");
+    const writes: Promise<void>[] = [];
+    const repaired: number[] = [];
+    for (const b of this.checkBlocks(groupId, firstBlock, count)) {
+      const at = (b - firstBlock) * checksumBlockBytes;
+      const good = data.subarray(at, at + g.map.blockSectorCount(b) * sectorBytes);
+      if (crc32c(good) !== g.map.blockCrc(b)) continue;
+      repaired.push(b);
+      g.map.runs(b * blockSectors, g.map.blockSectorCount(b), (sector, n, address) => {
+        if (address === 0) return; // a hole reads as zeroes, which is what the checksum covered
+        const piece = good.subarray((sector - b * blockSectors) * sectorBytes, (sector - b * blockSectors + n) * sectorBytes);
+        writes.push(this.appendRecord(g, RecordKind.Relocate, sector * sectorBytes, piece.length, [Buffer.from(piece)], address));
+      });
+    }
+    await Promise.all(writes);
+    this.counters.blocksRepaired += repaired.length;
+    return repaired;
   }
 
   /** Resolves when the data is durable and visible to reads. `data` must not change until then. */
@@ -422,15 +577,16 @@ export class Store {
    * Applies a committed write: the volume range now reads from the entry's
    * data, `dataOffsetBytes` into it. The data is not copied (DESIGN §3).
    */
-  applyEntryWrite(groupId: number, index: number, offsetBytes: number, lengthBytes: number, dataOffsetBytes: number): void {
+  applyEntryWrite(groupId: number, index: number, offsetBytes: number, lengthBytes: number, data: Uint8Array): void {
     const g = this.group(groupId);
     checkRange(g, offsetBytes, lengthBytes);
     const e = g.raft.get(index);
-    assert(e !== undefined && dataOffsetBytes + lengthBytes <= e.lengthBytes, () => `entry ${index} holds the applied range`);
+    assert(e !== undefined && lengthBytes <= e.lengthBytes && data.length === lengthBytes, () => `entry ${index} holds the applied range`);
     assert(offsetBytes % sectorBytes === 0 && lengthBytes % sectorBytes === 0, "applied writes are whole sectors");
-    const address = e.address + dataOffsetBytes;
-    g.map.set(offsetBytes / sectorBytes, lengthBytes / sectorBytes, address, this.freed);
-    this.addLive(address, lengthBytes);
+    const sector = offsetBytes / sectorBytes;
+    const count = lengthBytes / sectorBytes;
+    mapRange(g, sector, count, e.address, wholeBlockCrcs(g.map, sector, count, [data]), this.mapCtx);
+    this.addLive(e.address, lengthBytes);
     g.appliedIndex = Math.max(g.appliedIndex, index);
   }
 
@@ -440,7 +596,7 @@ export class Store {
     checkRange(g, offsetBytes, lengthBytes);
     const from = Math.ceil(offsetBytes / sectorBytes);
     const to = Math.floor((offsetBytes + lengthBytes) / sectorBytes);
-    if (to > from) g.map.clear(from, to - from, this.freed);
+    if (to > from) mapRange(g, from, to - from, 0, undefined, this.mapCtx);
     g.appliedIndex = Math.max(g.appliedIndex, index);
   }
 
@@ -543,6 +699,7 @@ export class Store {
       lastTerm: g.term,
       lastIndex: g.appliedIndex,
       chunks: new Map([...g.map.chunks].map(([i, c]) => [i, c.slice()] as const)),
+      crcs: new Map([...g.map.crcs].map(([i, c]) => [i, c.slice()] as const)),
       raft: { snapshotIndex: g.raft.snapshotIndex, snapshotTerm: g.raft.snapshotTerm, hardState: { ...g.raft.hardState }, entries: [...g.raft.all()], conf: g.raft.snapshotConf },
     }));
     const pinned = checkpointPins(groups);
@@ -623,13 +780,28 @@ export class Store {
   }
 
   private appendData(g: Group, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
-    if (lengthBytes <= recordPayloadBytesMax) return this.appendRecord(g, RecordKind.Write, offsetBytes, lengthBytes, data, 0);
+    if (lengthBytes <= recordPayloadBytesMax) return this.appendWrite(g, offsetBytes, data, lengthBytes);
     const parts: Promise<void>[] = [];
     for (let at = 0; at < lengthBytes; at += recordPayloadBytesMax) {
       const n = Math.min(recordPayloadBytesMax, lengthBytes - at);
-      parts.push(this.appendRecord(g, RecordKind.Write, offsetBytes + at, n, sliceBuffers(data, at, n), 0));
+      parts.push(this.appendWrite(g, offsetBytes + at, sliceBuffers(data, at, n), n));
     }
     return Promise.all(parts).then(() => {});
+  }
+
+  /**
+   * One Write record. The checksums of the blocks it covers whole are taken
+   * here, from the buffers being written; when it is whole blocks they also
+   * give the record's payload checksum, so the data is read once.
+   */
+  private appendWrite(g: Group, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
+    const sector = offsetBytes / sectorBytes;
+    const count = lengthBytes / sectorBytes;
+    const crcs = wholeBlockCrcs(g.map, sector, count, data);
+    const [first, end] = wholeBlocks(g.map, sector, count);
+    const exact = end > first && first * blockSectors === sector && Math.min(end * blockSectors, g.map.sectorCount) === sector + count;
+    const payloadCrc = exact ? foldBlockCrcs(crcs, 0, crcs.length, g.map.blockSectorCount(end - 1) * sectorBytes) : undefined;
+    return this.appendRecord(g, RecordKind.Write, offsetBytes, lengthBytes, data, 0, crcs, payloadCrc);
   }
 
   private appendTrim(g: Group, from: number, to: number): Promise<void> {
@@ -647,6 +819,8 @@ export class Store {
     lengthBytes: number,
     payload: readonly Uint8Array[],
     source: number,
+    crcs?: Uint32Array,
+    payloadCrc?: number,
   ): Promise<void> {
     // Local records (a volume with its only replica here) are not Raft entries: index 0.
     const index = 0;
@@ -659,9 +833,10 @@ export class Store {
         offsetBytes,
         lengthBytes,
         payload,
+        ...(payloadCrc !== undefined ? { payloadCrc } : {}),
         done: (address, error) => {
           if (error) return reject(error);
-          if (!g.dropped) this.apply(g, kind, offsetBytes, lengthBytes, source, index, address);
+          if (!g.dropped) this.apply(g, kind, offsetBytes, lengthBytes, source, address, crcs);
           resolve();
         },
       });
@@ -682,8 +857,8 @@ export class Store {
   /** Counts sectors a block map stopped pointing at as dead (a field, as unpin). */
   private readonly freed = (address: number, sectors: number): void => this.addLive(address, -sectors * sectorBytes);
 
-  private apply(g: Group, kind: RecordKind, offsetBytes: number, lengthBytes: number, source: number, index: number, address: number): void {
-    const moved = applyToGroup(g, kind, offsetBytes, lengthBytes, source, index, address, this.freed);
+  private apply(g: Group, kind: RecordKind, offsetBytes: number, lengthBytes: number, source: number, address: number, crcs: Uint32Array | undefined): void {
+    const moved = applyToGroup(g, kind, offsetBytes, lengthBytes, source, address, crcs, this.mapCtx);
     if (moved > 0) this.addLive(address, moved * sectorBytes);
   }
 
@@ -769,31 +944,46 @@ export class Store {
   /**
    * Copies a segment's live data to the head of the log, then frees the
    * segment. Live data is found from the block maps (whatever kind of record
-   * holds it); the segment's records are read once first so that damaged data
-   * is never laundered under a fresh checksum. Returns whether the segment
-   * was freed.
+   * holds it). Each piece is read with the blocks around it and checked
+   * against their checksums first, so damaged data is never copied; a
+   * segment holding damaged live data is kept (onDamage reports it, a repair
+   * moves the good data out). Returns whether the segment was freed.
    */
   private async collectSegment(id: number): Promise<boolean> {
     // With nothing live no block map points here: nothing to check, find or copy
     // (finding walks every block map: 14% of a 1 MiB sequential write's CPU).
     const live = (this.liveBytes.get(id) ?? 0) > 0;
-    if (live) this.verifySegment(id);
     const lo = id * segmentBytes;
     const moves: Promise<void>[] = [];
+    let damaged: ChecksumError | undefined;
     for (const g of live ? this.groups.values() : []) {
-      g.map.runsInto(lo, lo + segmentBytes, (sector, count, address) => {
+      const runs: number[] = [];
+      g.map.runsInto(lo, lo + segmentBytes, (sector, count, address) => runs.push(sector, count, address));
+      for (let r = 0; r < runs.length && damaged === undefined; r += 3) {
+        const [sector, count, address] = [runs[r]!, runs[r + 1]!, runs[r + 2]!];
         for (let done = 0; done < count; ) {
           const n = Math.min(count - done, recordPayloadBytesMax / sectorBytes);
-          const copy = Buffer.allocUnsafe(n * sectorBytes);
-          const from = address + done * sectorBytes;
-          this.segmentLog.readSync(from, copy, 0, copy.length);
+          let copy: Buffer;
+          try {
+            copy = this.read(g.id, (sector + done) * sectorBytes, n * sectorBytes);
+          } catch (e) {
+            if (!(e instanceof ChecksumError)) throw e;
+            damaged = e;
+            break;
+          }
           this.counters.gcBytesMoved += copy.length;
-          moves.push(this.appendRecord(g, RecordKind.Relocate, (sector + done) * sectorBytes, copy.length, [copy], from));
+          moves.push(this.appendRecord(g, RecordKind.Relocate, (sector + done) * sectorBytes, copy.length, [copy], address + done * sectorBytes));
           done += n;
         }
-      });
+      }
+      if (damaged !== undefined) break;
     }
     await Promise.all(moves);
+    if (damaged !== undefined) {
+      this.log(`store: GC keeps segment ${id}: ${damaged.message}`);
+      this.onDamage(damaged);
+      return false;
+    }
     if ((this.liveBytes.get(id) ?? 0) !== 0) {
       this.log(`store: segment ${id} still holds ${this.liveBytes.get(id)} live bytes after GC; kept`);
       return false;
@@ -802,18 +992,6 @@ export class Store {
     await this.segmentLog.releaseSegment(id, this.segmentLog.freeSegmentCount < freeSegmentsMax);
     this.counters.gcSegments++;
     return true;
-  }
-
-  /** Reads every record of a sealed segment, checking its CRC; throws at the first damaged one. */
-  private verifySegment(id: number): void {
-    const file = this.segmentLog.segments.get(id);
-    assert(file !== undefined, "GC victim is open");
-    for (let position = 0; ; ) {
-      const record = this.reader.recordAt(file, id, position);
-      if (record === undefined) throw new StoreError("EIO", `GC found a damaged record in segment ${id} at byte ${position}; the segment is kept`);
-      if (record.header.kind === RecordKind.Seal) return;
-      position += recordHeaderBytes + record.payload.length;
-    }
   }
 
   private async releaseEmptySegments(): Promise<void> {
@@ -832,7 +1010,7 @@ function checkpointPins(groups: readonly { raft: { entries: readonly RaftIndexEn
   return ids;
 }
 
-function newGroup(spec: GroupSpec): Group {
+function newGroup(spec: GroupSpec, crcsPending = false): Group {
   // Size 0: a group that holds only a Raft log (the meta group).
   if (!Number.isSafeInteger(spec.sizeBytes) || spec.sizeBytes < 0 || spec.sizeBytes % sectorBytes !== 0 || spec.sizeBytes > volumeBytesMax) {
     throw new StoreError("EINVAL", `volume size ${spec.sizeBytes} must be a multiple of ${sectorBytes} bytes up to ${volumeBytesMax}`);
@@ -846,6 +1024,7 @@ function newGroup(spec: GroupSpec): Group {
     rmwTail: Promise.resolve(),
     dropped: false,
     raft: new RaftIndex(),
+    crcsPending,
   };
 }
 
@@ -858,17 +1037,42 @@ function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map
     g.term = saved.lastTerm;
     g.appliedIndex = saved.lastIndex;
     g.raft = RaftIndex.restore(saved.raft.snapshotIndex, saved.raft.snapshotTerm, saved.raft.hardState, [...saved.raft.entries], saved.raft.conf);
+    g.crcsPending = saved.crcs === undefined;
     for (const [index, chunk] of saved.chunks) {
-      if (index * 4096 >= g.map.sectorCount) continue; // volume shrank (not offered yet)
-      g.map.chunks.set(index, chunk);
-      for (let i = 0; i < chunk.length; i++) if (chunk[i] !== 0) g.map.allocatedSectors++;
+      if (index * chunkSectors >= g.map.sectorCount) continue; // volume shrank (not offered yet)
+      g.map.restoreChunk(index, chunk, saved.crcs?.get(index) ?? new Uint32Array(chunkBlocks));
     }
   }
   return groups;
 }
 
+/** A checkpoint from before block checksums: every block that holds data is read once and checksummed. */
+function computeAllCrcs(g: Group, readAt: ReadAt, log: (line: string) => void): void {
+  let blocks = 0;
+  for (const ci of g.map.chunks.keys()) {
+    for (let b = ci * chunkBlocks; b < Math.min((ci + 1) * chunkBlocks, g.map.blockCount); b++) {
+      if (!g.map.blockAllocated(b)) continue;
+      g.map.setBlockCrc(b, crc32c(blockContent(g.map, b, readAt)));
+      blocks++;
+    }
+  }
+  g.crcsPending = false;
+  log(`store: group ${g.id}: block checksums computed for ${blocks} blocks (a checkpoint written before they existed)`);
+}
+
+/** A ReadAt over segment files being recovered (the segment log is not open yet). */
+function fileReader(segments: ReadonlyMap<number, DiskFile>): ReadAt {
+  return (address, into, at, length) => {
+    const id = Math.floor(address / segmentBytes);
+    const file = segments.get(id);
+    assert(file !== undefined, () => `segment ${id} holds mapped data`);
+    const n = file.readSync(into, at, length, address - id * segmentBytes);
+    if (n !== length) throw new StoreError("EIO", `short read from segment ${id}: ${n} of ${length} bytes`);
+  };
+}
+
 /** Replays one record into its group (recovery path; the live counts are recomputed after). */
-function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: number, payload: Buffer): void {
+function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: number, payload: Buffer, ctx: MapContext): void {
   const g = groups.get(h.groupId) ?? stagingFor(groups, h.groupId);
   if (g === undefined) return;
   if (h.kind === RecordKind.SnapshotInstall) {
@@ -889,37 +1093,141 @@ function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: numbe
     return;
   }
   if (h.offsetBytes + h.lengthBytes > g.sizeBytes) return;
-  applyToGroup(g, h.kind, h.offsetBytes, h.lengthBytes, h.termOrSource, h.index, address, () => {});
+  const crcs = h.kind === RecordKind.Write && !g.crcsPending ? wholeBlockCrcs(g.map, h.offsetBytes / sectorBytes, h.lengthBytes / sectorBytes, [payload]) : undefined;
+  applyToGroup(g, h.kind, h.offsetBytes, h.lengthBytes, h.termOrSource, address, crcs, ctx);
   if (h.kind !== RecordKind.Relocate) {
     g.term = Math.max(g.term, h.termOrSource);
   }
 }
 
-/** Applies a record to a group's map; returns how many sectors a Relocate moved. */
+/** Applies a record to a group's map; returns how many sectors a Relocate moved. A Relocate keeps the blocks' checksums: it copies their bytes. */
 function applyToGroup(
   g: Group,
   kind: RecordKind,
   offsetBytes: number,
   lengthBytes: number,
   source: number,
-  index: number,
   address: number,
-  freed: (address: number, sectors: number) => void,
+  crcs: Uint32Array | undefined,
+  ctx: MapContext,
 ): number {
   const sector = offsetBytes / sectorBytes;
   const count = lengthBytes / sectorBytes;
   switch (kind) {
     case RecordKind.Write:
-      g.map.set(sector, count, address, freed);
+      mapRange(g, sector, count, address, crcs, ctx);
       return count;
     case RecordKind.Trim:
-      g.map.clear(sector, count, freed);
+      mapRange(g, sector, count, 0, undefined, ctx);
       return 0;
     case RecordKind.Relocate:
-      return g.map.relocate(sector, count, source, address, freed);
+      return g.map.relocate(sector, count, source, address, ctx.freed);
     default:
       return 0;
   }
+}
+
+/** The blocks [first, end) that sectors [sector, sector + count) cover whole (the volume's short last block included). */
+function wholeBlocks(map: BlockMap, sector: number, count: number): [number, number] {
+  const first = Math.ceil(sector / blockSectors);
+  const end = sector + count === map.sectorCount ? map.blockCount : Math.floor((sector + count) / blockSectors);
+  return [first, Math.max(first, end)];
+}
+
+/** The checksums of the blocks that sectors [sector, sector + count) cover whole, from `data`: the bytes of those sectors. */
+function wholeBlockCrcs(map: BlockMap, sector: number, count: number, data: readonly Uint8Array[]): Uint32Array {
+  const [first, end] = wholeBlocks(map, sector, count);
+  if (end === first) return new Uint32Array(0);
+  return blockCrcsOf(data, (first * blockSectors - sector) * sectorBytes, end - first, map.blockSectorCount(end - 1) * sectorBytes);
+}
+
+/**
+ * Points sectors [sector, sector + count) at consecutive sectors from
+ * `address` (0: makes them holes) and keeps the block checksums true to the
+ * blocks' content. `whole` holds the checksums of the blocks the range
+ * covers whole (wholeBlockCrcs). A block it covers only in part keeps its
+ * other sectors: its content is read before (checked against its checksum)
+ * and after, and its checksum recomputed. If the old content did not match,
+ * the new checksum is inverted, so reads of the block fail instead of
+ * returning bytes nothing vouches for.
+ */
+function mapRange(g: Group, sector: number, count: number, address: number, whole: Uint32Array | undefined, ctx: MapContext): void {
+  const map = g.map;
+  if (count === 0) return;
+  const [first, end] = wholeBlocks(map, sector, count);
+  const edges: { block: number; ok: boolean }[] = [];
+  if (!g.crcsPending) {
+    const lo = Math.floor(sector / blockSectors);
+    const hi = Math.ceil((sector + count) / blockSectors) - 1;
+    for (const b of lo === hi ? [lo] : [lo, hi]) {
+      if (b >= first && b < end) continue;
+      edges.push({ block: b, ok: !map.blockAllocated(b) || crc32c(blockContent(map, b, ctx.readAt)) === map.blockCrc(b) });
+    }
+  }
+  if (address === 0) map.clear(sector, count, ctx.freed);
+  else map.set(sector, count, address, ctx.freed);
+  if (g.crcsPending) return;
+  if (address !== 0) {
+    assert(whole !== undefined && whole.length === end - first, "a write brings the checksums of the blocks it covers whole");
+    for (let b = first; b < end; b++) map.setBlockCrc(b, whole[b - first]!);
+  }
+  for (const { block, ok } of edges) {
+    if (!map.blockAllocated(block)) continue;
+    const crc = crc32c(blockContent(map, block, ctx.readAt));
+    map.setBlockCrc(block, ok ? crc : ~crc >>> 0);
+    if (!ok) ctx.poisoned(g, block);
+  }
+}
+
+/** A block's content as a read returns it (holes as zeroes), from wherever its sectors are. */
+function blockContent(map: BlockMap, block: number, readAt: ReadAt): Buffer {
+  const n = map.blockSectorCount(block);
+  const out = Buffer.allocUnsafe(n * sectorBytes);
+  readContent(map, block * blockSectors, n, out, 0, readAt);
+  return out;
+}
+
+/** Sectors [sector, sector + count) as they read (holes as zeroes) into out at `at`, unchecked. */
+function readContent(map: BlockMap, sector: number, count: number, out: Uint8Array, at: number, readAt: ReadAt): void {
+  map.runs(sector, count, (s, n, address) => {
+    const into = at + (s - sector) * sectorBytes;
+    if (address === 0) out.fill(0, into, into + n * sectorBytes);
+    else readAt(address, out, into, n * sectorBytes);
+  });
+}
+
+/**
+ * The blocks among [firstBlock, firstBlock + blockCount) that hold data and
+ * whose bytes in `buf` (from `at`) do not match their checksum. A run of
+ * blocks holding data costs one pass over its bytes: its expected checksum is
+ * folded from the blocks' own; only a run that fails is checked block by block.
+ */
+function damagedBlocks(map: BlockMap, firstBlock: number, blockCount: number, buf: Uint8Array, at: number): number[] {
+  const bad: number[] = [];
+  const endBlock = firstBlock + blockCount;
+  for (let b = firstBlock; b < endBlock; ) {
+    if (!map.blockAllocated(b)) {
+      b++;
+      continue;
+    }
+    let expected = map.blockCrc(b);
+    let bytes = map.blockSectorCount(b) * sectorBytes;
+    let e = b + 1;
+    for (; e < endBlock && map.blockAllocated(e); e++) {
+      const n = map.blockSectorCount(e) * sectorBytes;
+      expected = appendBlockCrc(expected, map.blockCrc(e), n);
+      bytes += n;
+    }
+    const from = at + (b - firstBlock) * checksumBlockBytes;
+    if (crc32c(buf.subarray(from, from + bytes)) !== expected) {
+      for (let k = b; k < e; k++) {
+        const p = at + (k - firstBlock) * checksumBlockBytes;
+        if (crc32c(buf.subarray(p, p + map.blockSectorCount(k) * sectorBytes)) !== map.blockCrc(k)) bad.push(k);
+      }
+    }
+    b = e;
+  }
+  return bad;
 }
 
 /**
@@ -1007,4 +1315,11 @@ function zeroList(lengthBytes: number): Uint8Array[] {
   const out: Uint8Array[] = [];
   for (let at = 0; at < lengthBytes; at += zeroes.length) out.push(zeroes.subarray(0, Math.min(zeroes.length, lengthBytes - at)));
   return out;
+}
+
+/** The byte range [from, from + length) of blocks [firstBlock, firstBlock + count) of a group (the last may be short). */
+function blockRange(g: Group, firstBlock: number, count: number): [number, number] {
+  assert(Number.isSafeInteger(firstBlock) && Number.isSafeInteger(count) && firstBlock >= 0 && count >= 1 && firstBlock + count <= g.map.blockCount, "block range inside the volume");
+  const from = firstBlock * checksumBlockBytes;
+  return [from, Math.min(g.sizeBytes, (firstBlock + count) * checksumBlockBytes) - from];
 }

@@ -10,6 +10,7 @@ import { Prng } from "../../src/base/prng.js";
 import { startPeerTransport } from "../../src/os/peer-listener.js";
 import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
 import { MultiRaft, NotLeaderError, type RaftEnvelope } from "../../src/replication/driver.js";
+import { Repairer, type RepairDataEnvelope, type RepairGetEnvelope } from "../../src/replication/repair.js";
 import { VolumeIo, type ForwardReply, type ForwardRequest } from "../../src/replication/volume-io.js";
 import { StateRole } from "../../src/raft/types.js";
 import { Store } from "../../src/store/store.js";
@@ -38,15 +39,27 @@ async function startReplica(r: Replica, all: Replica[]): Promise<void> {
   });
   const driver = r.driver;
   const peer = r.peer;
+  const after = (ms: number, fn: () => void): (() => void) => {
+    const t = setTimeout(fn, ms);
+    return () => clearTimeout(t);
+  };
+  const repairer = new Repairer({
+    nodeId: r.id,
+    store: r.store,
+    send: (to, m) => peer.transport.send(to, m),
+    replicasOf: () => all.map((x) => x.id),
+    nameOf: () => "v",
+    after,
+    now: () => performance.now(),
+    log: (l) => console.error(`node ${r.id}: ${l}`),
+  });
   const io = new VolumeIo({
     nodeId: r.id,
     driver,
     store: r.store,
+    repairer,
     send: (to, m) => peer.transport.send(to, m),
-    after: (ms, fn) => {
-      const t = setTimeout(fn, ms);
-      return () => clearTimeout(t);
-    },
+    after,
     now: () => performance.now(),
     deadlineMs: 5000,
     replicasOf: () => all.map((x) => x.id),
@@ -56,6 +69,7 @@ async function startReplica(r: Replica, all: Replica[]): Promise<void> {
     const kind = (m as { kind: string }).kind;
     if (kind === "raft") driver.receive(from, m as RaftEnvelope);
     else if (kind === "beats") driver.receiveBeats(from, m);
+    else if (kind === "repair-get" || kind === "repair-data") repairer.receive(from, m as RepairGetEnvelope | RepairDataEnvelope);
     else io.receive(from, m as ForwardRequest | ForwardReply);
   });
   driver.addGroup(group, all.map((x) => x.id));

@@ -1,7 +1,18 @@
 // A small in-memory Controller for the API and CLI tests: volumes in a Map,
 // errors thrown the way the daemon's controller throws them.
 
-import { ApiError, type Controller, type CreateVolumeRequest, type JoinRequest, type JoinResponse, type NodeInfo, type NodeStatus, type VolumeInfo } from "../../src/api/types.js";
+import {
+  ApiError,
+  type Controller,
+  type CreateVolumeRequest,
+  type JoinRequest,
+  type JoinResponse,
+  type NodeInfo,
+  type NodeStatus,
+  type ScrubRequest,
+  type ScrubResponse,
+  type VolumeInfo,
+} from "../../src/api/types.js";
 
 export class FakeController implements Controller {
   readonly volumes = new Map<string, VolumeInfo>();
@@ -30,6 +41,22 @@ export class FakeController implements Controller {
       catalog: { leader: 1, commitIndex: 1, appliedIndex: 1 },
       nodes: [this.node],
       pool: { totalBytes: 10 * 1024 ** 3, usedBytes: 1024 ** 3, freeBytes: 9 * 1024 ** 3 },
+      integrity: {
+        checksumErrors: 0,
+        blocksRepaired: 0,
+        blocksUnrepaired: 0,
+        scrub: {
+          intervalSec: 604800,
+          bandwidthBytesPerSec: 32 * 1024 ** 2,
+          lastPassAt: "2026-01-01T00:00:00.000Z",
+          nextPassAt: "2026-01-08T00:00:00.000Z",
+          running: false,
+          bytesScrubbed: 0,
+          blocksDamaged: 0,
+          blocksRepaired: 0,
+          blocksUnrepaired: 0,
+        },
+      },
     });
   }
 
@@ -112,6 +139,27 @@ export class FakeController implements Controller {
     if (v === undefined) return Promise.reject(new ApiError(404, "not_found", `no volume named "${name}"`));
     v.repl = request.repl;
     return Promise.resolve(v);
+  }
+
+  scrub(request: ScrubRequest): Promise<ScrubResponse> {
+    this.seen(`scrub ${request.volume ?? "-"}`);
+    const volumes = [...this.volumes.values()].filter((v) => request.volume === undefined || v.name === request.volume);
+    const report = (name: string): ScrubResponse["nodes"][number]["volumes"][number] => ({
+      volume: name,
+      startedAt: "2026-01-01T00:00:00.000Z",
+      finishedAt: "2026-01-01T00:00:01.000Z",
+      interrupted: false,
+      bytesScrubbed: 4096,
+      blocksDamaged: 0,
+      blocksRepaired: 0,
+      blocksUnrepaired: 0,
+    });
+    return Promise.resolve({ nodes: [{ nodeId: 7, node: "n1", volumes: volumes.map((v) => report(v.name)) }] });
+  }
+
+  scrubStatus(): Promise<ScrubResponse> {
+    this.seen("scrubStatus");
+    return Promise.resolve({ nodes: [{ nodeId: 7, node: "n1", volumes: [] }] });
   }
 
   metrics(): string {

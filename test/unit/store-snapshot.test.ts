@@ -24,9 +24,9 @@ function entry(index: number, term: number, fill: number): RaftEntryInput {
 /** Old state: entries 1..3 (term 1) applied as writes of 4 KiB at 0, 4K, 8K; block 12K written too. */
 async function oldState(store: Store): Promise<void> {
   await store.appendRaftEntries(a.groupId, [entry(1, 1, 0x01), entry(2, 1, 0x02), entry(3, 1, 0x03)], { term: 1, vote: 2, commit: 3 });
-  for (const i of [1, 2, 3]) store.applyEntryWrite(a.groupId, i, (i - 1) * 4096, 4096, 0);
+  for (const i of [1, 2, 3]) applyWrite(store, i, (i - 1) * 4096, 4096);
   await store.appendRaftEntries(a.groupId, [entry(4, 1, 0x04)], { term: 1, vote: 2, commit: 4 });
-  store.applyEntryWrite(a.groupId, 4, 12288, 4096, 0);
+  applyWrite(store, 4, 12288, 4096);
 }
 
 /** The snapshot: 0x5a at [4K, 8K) and 0x6b at [1M, 1M + 64K); everything else a hole. */
@@ -40,7 +40,7 @@ async function stage(store: Store): Promise<void> {
 function reapply(store: Store): void {
   const st = store.raftState(a.groupId);
   const at = [0, 0, 4096, 8192, 12288];
-  for (let i = st.appliedIndex + 1; i <= st.hardState.commit; i++) store.applyEntryWrite(a.groupId, i, at[i]!, 4096, 0);
+  for (let i = st.appliedIndex + 1; i <= st.hardState.commit; i++) applyWrite(store, i, at[i]!, 4096);
 }
 
 function assertOld(store: Store, what: string): void {
@@ -110,7 +110,7 @@ test("a crash after the install replays it: with or without a checkpoint, before
     await store.closeWithoutCheckpoint();
     store = await open(t.dir);
     assert.is(store.raftState(a.groupId).lastIndex, 11, `checkpoint ${checkpointAt}: entries after the snapshot recovered`);
-    store.applyEntryWrite(a.groupId, 11, 0, 4096, 0);
+    applyWrite(store, 11, 0, 4096);
     const head = store.read(a.groupId, 0, 8192);
     assert.ok(head.subarray(0, 4096).every((x) => x === 0x11) && head.subarray(4096).every((x) => x === 0x5a), `checkpoint ${checkpointAt}`);
     assert.ok(store.read(a.groupId, MiB, 65536).every((x) => x === 0x6b), `checkpoint ${checkpointAt}`);
@@ -179,3 +179,9 @@ test("the configuration at the compaction point survives a checkpoint and a rest
 });
 
 test.run();
+
+/** Applies entry `index` as a write of its first `length` bytes at `offset`, its data read back from the log (as the driver does after a restart). */
+function applyWrite(store: Store, index: number, offset: number, length: number): void {
+  const [e] = store.raftEntries(a.groupId, index, index + 1, Number.MAX_SAFE_INTEGER);
+  store.applyEntryWrite(a.groupId, index, offset, length, e!.data.subarray(0, length));
+}

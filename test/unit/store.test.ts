@@ -7,7 +7,7 @@ import * as assert from "uvu/assert";
 import { openSync, readSync, writeSync, closeSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { Prng } from "../../src/base/prng.js";
-import { commitsInFlightMax, freeSegmentsMax, segmentBytes } from "../../src/constants.js";
+import { commitsInFlightMax, freeSegmentsMax, recordHeaderBytes, segmentBytes } from "../../src/constants.js";
 import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
 import { CorruptionError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
@@ -154,15 +154,15 @@ test("checkpoint + replay of the log tail equals the state before", async () => 
 /** Position just past the last valid record of the head segment: found by parsing record lengths. */
 function recordPositions(file: string): number[] {
   const fd = openSync(file, "r");
-  const header = Buffer.alloc(64);
+  const header = Buffer.alloc(recordHeaderBytes);
   const positions: number[] = [];
   let at = 0;
   for (;;) {
-    readSync(fd, header, 0, 64, at);
+    readSync(fd, header, 0, recordHeaderBytes, at);
     if (header.readUInt32LE(0) !== 0x52445850) break;
     positions.push(at);
     const kind = header[4]!;
-    at += 64 + (kind === 1 || kind === 3 ? header.readUInt32LE(56) : 0);
+    at += recordHeaderBytes + (kind === 1 || kind === 3 ? header.readUInt32LE(56) : 0);
   }
   closeSync(fd);
   return positions;
@@ -193,9 +193,9 @@ test("recovery truncates a torn tail and keeps every earlier commit", async () =
   const seg = join(t.dir, segmentName(1));
   const positions = recordPositions(seg);
   assert.is(positions.length, 21);
-  flipByte(seg, positions[20]! + 64 + 3000);
+  flipByte(seg, positions[20]! + recordHeaderBytes + 3000);
   store = await open(t.dir);
-  assert.is(store.stats().tornBytesZeroed, 64 + 4096);
+  assert.is(store.stats().tornBytesZeroed, recordHeaderBytes + 4096);
   assertMatches(store, model); // block 0 holds its first write again; the torn one was never acknowledged
   const again = Buffer.alloc(4096, 0x77);
   model.write(8192, again);
@@ -214,7 +214,7 @@ test("a flipped byte in the middle of the log is refused, not dropped", async ()
   await store.closeWithoutCheckpoint();
   const seg = join(t.dir, segmentName(1));
   const positions = recordPositions(seg);
-  flipByte(seg, positions[4]! + 64 + 10); // payload of commit 5 of 10
+  flipByte(seg, positions[4]! + recordHeaderBytes + 10); // payload of commit 5 of 10
   try {
     await open(t.dir);
     assert.unreachable("open must refuse a log with a damaged acknowledged record");
@@ -222,7 +222,7 @@ test("a flipped byte in the middle of the log is refused, not dropped", async ()
     assert.instance(e, CorruptionError);
     assert.match((e as Error).message, /segment 1 at byte \d+/);
   }
-  flipByte(seg, positions[4]! + 64 + 10); // repaired: it opens again with all data
+  flipByte(seg, positions[4]! + recordHeaderBytes + 10); // repaired: it opens again with all data
   store = await open(t.dir);
   for (let i = 0; i < 10; i++) assert.ok(store.read(group.groupId, i * 4096, 4096).equals(Buffer.alloc(4096, i + 1)));
   await store.close();
@@ -240,7 +240,7 @@ test("a damaged record inside the last commit window reads as a torn tail: earli
   const seg = join(t.dir, segmentName(1));
   const positions = recordPositions(seg);
   const damaged = 10 - commitsInFlightMax + 1; // 1-based commit number, within the window of the last commit
-  flipByte(seg, positions[damaged - 1]! + 64 + 10);
+  flipByte(seg, positions[damaged - 1]! + recordHeaderBytes + 10);
   store = await open(t.dir);
   for (let i = 0; i < damaged - 1; i++) assert.ok(store.read(group.groupId, i * 4096, 4096).equals(Buffer.alloc(4096, i + 1)), `commit ${i + 1}`);
   assert.ok(store.read(group.groupId, (damaged - 1) * 4096, 4096).equals(Buffer.alloc(4096)), "the damaged commit is gone");
