@@ -12,7 +12,7 @@ import { RaftLog } from "./log.js";
 import { Progress, ProgressState, ProgressTracker } from "./progress.js";
 import { isQuorum, voteResult, VoteResult } from "./quorum.js";
 import type { Storage } from "./storage.js";
-import { SnapshotUnavailableError } from "./storage.js";
+import { CompactedError, SnapshotUnavailableError } from "./storage.js";
 import type { ConfState, Entry, Message, NodeId, ReadState, Snapshot } from "./types.js";
 import {
   campaignTransferContext,
@@ -41,6 +41,14 @@ export interface RaftConfig {
   uncommittedBytesMax: number;
   readIndexPendingMax: number;
   committedBytesMax: number;
+  /**
+   * This node lost log entries it may have acknowledged (its storage found
+   * them damaged and cut the log): until its log reaches this index again it
+   * neither votes nor campaigns, so a candidate missing a committed entry
+   * cannot win with its vote. It still replicates, and counts toward commits
+   * of what it really holds. 0 or absent: nothing is owed.
+   */
+  votesWithheldUntil?: number;
 }
 
 interface ReadRequest {
@@ -75,6 +83,8 @@ export class Raft {
   uncommittedBytes = 0;
   /** Leader: entries were appended and followers have not been sent them yet (batched until ready()). */
   bcastPending = false;
+  /** RaftConfig.votesWithheldUntil, cleared once the log reaches it. */
+  private votesWithheldUntil: number;
   /** Leader: ReadIndex requests waiting for quorum confirmation, oldest first. */
   private readQueue: ReadRequest[] = [];
   private readByKey = new Map<string, ReadRequest>();
@@ -94,6 +104,7 @@ export class Raft {
     assert(cfg.appendBytesMax > 0 && cfg.inflightMsgsMax > 0 && cfg.committedBytesMax > 0, "raft limits are positive");
     this.id = cfg.id;
     this.cfg = cfg;
+    this.votesWithheldUntil = cfg.votesWithheldUntil ?? 0;
     const storage = cfg.storage;
     const init = storage.initialState();
     this.log = new RaftLog(storage, cfg.applied ?? 0);
@@ -341,7 +352,13 @@ export class Raft {
   }
 
   private promotable(): boolean {
-    return this.tracker.isVoter(this.id) && this.log.unstableSnapshot === null;
+    return this.tracker.isVoter(this.id) && this.log.unstableSnapshot === null && !this.withholdingVotes();
+  }
+
+  /** Whether this node still owes log entries it lost (votesWithheldUntil); true until its log is back there. */
+  withholdingVotes(): boolean {
+    if (this.votesWithheldUntil > 0 && this.log.lastIndex() >= this.votesWithheldUntil) this.votesWithheldUntil = 0;
+    return this.votesWithheldUntil > 0;
   }
 
   // ---- time ----
@@ -428,8 +445,8 @@ export class Raft {
     const pre = m.type === MessageType.preVote;
     // §5.2: at most one vote per term, first come first served; a pre-vote for a later term binds nothing.
     const canVote = this.vote === m.from || (this.vote === noNode && this.lead === noNode) || (pre && m.term > this.term);
-    // §5.4.1: only for a candidate whose log is at least as up-to-date as ours.
-    if (canVote && this.log.isUpToDate(m.index, m.logTerm)) {
+    // §5.4.1: only for a candidate whose log is at least as up-to-date as ours (and ours is all we acknowledged).
+    if (canVote && this.log.isUpToDate(m.index, m.logTerm) && !this.withholdingVotes()) {
       const r = newMessage(pre ? MessageType.preVoteResp : MessageType.voteResp, this.id, m.from, m.term);
       this.send(r);
       if (!pre) {
@@ -701,7 +718,14 @@ export class Raft {
     if (prevIndex < log.firstIndex() - 1) return this.sendSnapshot(to, pr);
     const prevTerm = log.term(prevIndex);
     const last = log.lastIndex();
-    const entries = pr.next <= last ? log.slice(pr.next, last + 1, this.cfg.appendBytesMax) : [];
+    let entries: Entry[];
+    try {
+      entries = pr.next <= last ? log.slice(pr.next, last + 1, this.cfg.appendBytesMax) : [];
+    } catch (err) {
+      // The storage compacted past entries it could not read (etcd raft does the same): a snapshot instead.
+      if (err instanceof CompactedError) return this.sendSnapshot(to, pr);
+      throw err;
+    }
     if (entries.length === 0 && !sendIfEmpty) return false;
     const m = newMessage(MessageType.app, this.id, to, this.term);
     m.index = prevIndex;

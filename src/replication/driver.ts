@@ -98,8 +98,9 @@ const compactKeepEntries = 0;
 const changeScanEntriesPerTurn = 2048;
 
 /** The configuration every pxd Raft group runs with (PreVote and CheckQuorum on; limits from src/constants.ts). */
-export function raftConfig(id: NodeId, storage: Storage, random: { int(n: number): number }, applied = 0): RaftConfig {
+export function raftConfig(id: NodeId, storage: Storage, random: { int(n: number): number }, applied = 0, votesWithheldUntil = 0): RaftConfig {
   return {
+    votesWithheldUntil,
     id,
     storage,
     applied,
@@ -115,6 +116,13 @@ export function raftConfig(id: NodeId, storage: Storage, random: { int(n: number
     readIndexPendingMax: raftReadIndexPendingMax,
     committedBytesMax: raftCommittedBytesMax,
   };
+}
+
+/** The configuration in force at `index`: the last applied one at or before it (undefined: none since the compaction point). */
+function confAt(points: readonly { index: number; conf: ConfState }[], index: number): ConfState | undefined {
+  let conf: ConfState | undefined;
+  for (const p of points) if (p.index <= index) conf = p.conf;
+  return conf;
 }
 
 /** A proposal or read reached a node that is not the group's leader. */
@@ -225,16 +233,28 @@ export class MultiRaft {
    */
   addGroup(groupId: number, voters: NodeId[], opts: { replayAll?: boolean } = {}): void {
     assert(!this.groups.has(groupId), `group ${groupId} runs once`);
-    const storage = new StoreRaftStorage(this.o.store, groupId, { voters: [...voters].sort((a, b) => a - b), learners: [] });
+    const initialConf = { voters: [...voters].sort((a, b) => a - b), learners: [] };
+    const storage = new StoreRaftStorage(this.o.store, groupId, initialConf, (index) => this.compactPastDamage(groupId, index));
     this.storages.set(groupId, storage);
-    const applied = opts.replayAll ? 0 : this.o.store.raftState(groupId).appliedIndex;
-    const node = new RaftNode(raftConfig(this.o.nodeId, storage, this.o.random, applied));
+    const st = this.o.store.raftState(groupId);
+    const applied = opts.replayAll ? 0 : st.appliedIndex;
+    // Configurations applied before the restart, after the compaction point: compaction still needs them.
+    const confPoints: Group["confPoints"] = [];
+    for (const e of this.o.store.raftEntriesOfType(groupId, EntryType.confChange, 0, applied + 1)) {
+      confPoints.push({ index: e.index, conf: decodeConfChange(e.data).conf });
+    }
+    // Entries applied here whose records are damaged: nothing needs them but a follower, which gets a snapshot instead.
+    const damaged = st.damagedApplied.at(-1);
+    if (damaged !== undefined) {
+      assert(!opts.replayAll, () => `group ${groupId}: entry ${damaged} of a log replayed from the start is damaged; this node cannot rebuild its state from it`);
+      this.o.store.compactRaftLog(groupId, st.appliedIndex, confAt(confPoints, st.appliedIndex));
+      this.o.log(`replication: group ${groupId}: compacted the Raft log to ${st.appliedIndex}, past damaged entries ${st.damagedApplied.join(", ")}`);
+    }
+    if (st.recoverUntil > 0) this.o.log(`replication: group ${groupId}: this node lost Raft entries it may have acknowledged; it withholds its vote until its log reaches index ${st.recoverUntil} again`);
+    const node = new RaftNode(raftConfig(this.o.nodeId, storage, this.o.random, applied, st.recoverUntil));
     const group = new Group(groupId, node, applied);
     group.keepLog = opts.replayAll === true;
-    // Configurations applied before the restart, after the compaction point: compaction still needs them.
-    for (const e of this.o.store.raftEntriesOfType(groupId, EntryType.confChange, 0, applied + 1)) {
-      group.confPoints.push({ index: e.index, conf: decodeConfChange(e.data).conf });
-    }
+    group.confPoints = confPoints;
     this.groups.set(groupId, group);
     // The only voter need not wait out an election timeout: nobody can compete.
     if (voters.length === 1 && voters[0] === this.o.nodeId && node.status().lastIndex === 0) node.campaign();
@@ -450,15 +470,29 @@ export class MultiRaft {
     this.queueChangeScan();
   }
 
+  /**
+   * The log holds entry `index`, applied here, whose record is damaged: the
+   * log is compacted past it (to the applied index), so a follower that
+   * needs it gets a snapshot. False when the entry is not applied here yet:
+   * its data is gone, and the node must not go on (a restart cuts the log
+   * there and recovers from the leader).
+   */
+  private compactPastDamage(groupId: number, index: number): boolean {
+    const g = this.groups.get(groupId);
+    if (g === undefined || g.keepLog || index > g.applied) return false;
+    this.o.log(`replication: group ${groupId}: Raft entry ${index} is damaged in this node's log; compacting the log to ${g.applied} (a follower that needs it gets a snapshot)`);
+    this.compact(g, g.applied);
+    return true;
+  }
+
   private compact(g: Group, index: number): void {
     if (g.keepLog) return;
     const st = this.o.store.raftState(g.id);
     const upTo = Math.min(index, st.appliedIndex, g.applied) - compactKeepEntries;
     if (upTo <= st.snapshotIndex) return;
-    // The configuration in force at upTo: the last applied one at or before it (none: unchanged).
+    const conf = confAt(g.confPoints, upTo);
     let k = -1;
     while (k + 1 < g.confPoints.length && g.confPoints[k + 1]!.index <= upTo) k++;
-    const conf = k >= 0 ? g.confPoints[k]!.conf : undefined;
     if (k > 0) g.confPoints.splice(0, k);
     this.o.store.compactRaftLog(g.id, upTo, conf);
   }

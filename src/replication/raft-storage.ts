@@ -3,6 +3,7 @@
 
 import { CompactedError, UnavailableError, type Storage, type InitialState } from "../raft/storage.js";
 import type { ConfState, Entry, EntryType, Snapshot } from "../raft/types.js";
+import { DamagedEntryError } from "../store/errors.js";
 import type { Store } from "../store/store.js";
 
 /**
@@ -30,6 +31,8 @@ export class StoreRaftStorage implements Storage {
     private readonly groupId: number,
     /** The group's initial configuration: its configuration at the snapshot point until the store records one. */
     private readonly initialConf: ConfState,
+    /** An entry read back is damaged: compact the log past it if it is applied here (true), else false. */
+    private readonly compactPastDamage: (index: number) => boolean = () => false,
   ) {}
 
   /** The configuration at the compaction point: recorded by the store with a compaction or an installed snapshot, else the initial one. */
@@ -91,13 +94,23 @@ export class StoreRaftStorage implements Storage {
       // The cache is right only if the store still has that entry (same term): a conflicting suffix may have replaced it.
       if (cached === undefined || this.store.raftTerm(this.groupId, i) !== cached.term) {
         if (out.length > 0) return out; // the core asks again for the rest
-        return this.store.raftEntries(this.groupId, lo, hi, maxBytes).map((e) => ({ term: e.term, index: e.index, type: e.type as EntryType, data: e.data }));
+        return this.readBack(lo, hi, maxBytes);
       }
       if (out.length > 0 && bytes + cached.data.byteLength > maxBytes) break;
       out.push(cached);
       bytes += cached.data.byteLength;
     }
     return out;
+  }
+
+  /** Entries read from the log. A damaged one the node applied is compacted past: the core then sends a snapshot. */
+  private readBack(lo: number, hi: number, maxBytes: number): Entry[] {
+    try {
+      return this.store.raftEntries(this.groupId, lo, hi, maxBytes).map((e) => ({ term: e.term, index: e.index, type: e.type as EntryType, data: e.data }));
+    } catch (e) {
+      if (e instanceof DamagedEntryError && this.compactPastDamage(e.index)) throw new CompactedError(`${e.message}; compacted past it`);
+      throw e;
+    }
   }
 
   term(i: number): number {

@@ -44,6 +44,8 @@ export interface GroupCheckpoint {
     entries: readonly RaftIndexEntry[];
     /** The configuration at snapshotIndex, when one was recorded. */
     conf?: RaftConf | undefined;
+    /** RaftIndex.recoverUntil (version 4; 0 before). */
+    recoverUntil?: number;
   };
 }
 
@@ -145,12 +147,15 @@ const raftEntryBytes = 24;
 /**
  * A group's Raft index: snapshot index and term, hard state, then per entry
  * term, address, length, type; then its configuration at the snapshot point
- * (u32 0xffffffff: none recorded, else encodeRaftConf).
+ * (u32 0xffffffff: none recorded, else encodeRaftConf); then (version 4) u64
+ * recoverUntil.
  */
 function encodeRaft(r: GroupCheckpoint["raft"]): Buffer {
   const conf = r.conf === undefined ? Buffer.from([0xff, 0xff, 0xff, 0xff]) : encodeRaftConf(r.conf);
-  const b = Buffer.alloc(raftHeaderBytes + r.entries.length * raftEntryBytes + conf.length);
-  conf.copy(b, raftHeaderBytes + r.entries.length * raftEntryBytes);
+  const confAt = raftHeaderBytes + r.entries.length * raftEntryBytes;
+  const b = Buffer.alloc(confAt + conf.length + 8);
+  conf.copy(b, confAt);
+  u64(b, confAt + conf.length, r.recoverUntil ?? 0);
   u64(b, 0, r.snapshotIndex);
   u64(b, 8, r.snapshotTerm);
   u64(b, 16, r.hardState.term);
@@ -192,6 +197,11 @@ function decodeRaft(b: Buffer, at: number, g: GroupCheckpoint, bad: (why: string
       g.raft.conf = c.conf;
       end = c.end;
     }
+  }
+  if (version >= 4) {
+    if (end + 8 > b.length - 4) bad("raft recovery index past the end");
+    g.raft.recoverUntil = readU64(b, end);
+    end += 8;
   }
   return end;
 }

@@ -35,6 +35,17 @@ export class ChecksumError extends StoreError {
   }
 }
 
+/** A Raft entry's record fails its checksums: this node lost that entry's data. */
+export class DamagedEntryError extends StoreError {
+  constructor(
+    readonly groupId: number,
+    readonly index: number,
+  ) {
+    super("EIO", `Raft entry ${index} of group ${groupId} is damaged in this node's log`);
+    this.name = "DamagedEntryError";
+  }
+}
+
 /**
  * The log holds a record that fails its checksum with valid, later-committed
  * records after it: acknowledged data is damaged. The store refuses to open

@@ -32,6 +32,15 @@ export class RaftIndex {
   /** The configuration in force at snapshotIndex, once one was recorded (a compaction or an installed snapshot). */
   snapshotConf: RaftConf | undefined = undefined;
   hardState: RaftHardState = { term: 0, vote: 0, commit: 0 };
+  /**
+   * Recovery cut this log at a damaged entry: this node may have acknowledged
+   * entries up to this index that it no longer holds, so it must not vote or
+   * campaign until its log reaches it again (0: no such debt). Cleared once
+   * the log is back there; saved in checkpoints until then.
+   */
+  recoverUntil = 0;
+  /** Entries this node applied whose records recovery found damaged: the driver compacts the log past them before the group starts. */
+  damagedApplied: number[] = [];
   /** entries[i] is entry snapshotIndex + 1 + i. */
   private entries: RaftIndexEntry[] = [];
 
@@ -63,6 +72,17 @@ export class RaftIndex {
     assert(index <= this.lastIndex + 1, () => `entry ${index} follows the log's last entry ${this.lastIndex}`);
     while (this.lastIndex >= index) dropped(this.entries.pop()!);
     this.entries.push(entry);
+  }
+
+  /** Drops entry `index` and every one after it (recovery cuts the log at a damaged entry). */
+  truncateFrom(index: number, dropped: (e: RaftIndexEntry) => void): void {
+    assert(index > this.snapshotIndex, () => `entry ${index} is above the compaction point ${this.snapshotIndex}`);
+    while (this.lastIndex >= index) dropped(this.entries.pop()!);
+  }
+
+  /** The log reached the index recovery cut it back from: nothing is owed any more. */
+  settleRecovery(): void {
+    if (this.recoverUntil > 0 && this.lastIndex >= this.recoverUntil) this.recoverUntil = 0;
   }
 
   /** Forgets entries up to and including `index` (they are applied and, where needed, checkpointed); `conf` is the configuration in force there. */

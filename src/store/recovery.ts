@@ -6,9 +6,15 @@
 // commit far enough ahead is found valid after it: the log writes commit s
 // only once commit s - window is durable (window = commitsInFlightMax, stored
 // in each header), so a valid record of commit >= damaged + window proves the
-// damaged one had been durable. Then the store refuses to open
-// (CorruptionError) instead of dropping acknowledged data. Otherwise the tail
-// is torn: the log ends there and the torn bytes are zeroed.
+// damaged one had been durable. Otherwise the tail is torn: the log ends
+// there and the torn bytes are zeroed.
+//
+// Corruption with the record's header intact (a version 2 header matches its
+// own checksum; only the payload does not) says which group, kind and Raft
+// entry lost its data: the record is reported (`damaged`) and the scan goes
+// on after it, so only that volume is affected (Store.open decides how). A
+// damaged header says nothing trustworthy, not even where the next record
+// starts: the store refuses to open (CorruptionError) rather than guess.
 
 import { recordHeaderBytes, recordPayloadBytesMax, segmentBytes } from "../constants.js";
 import type { DiskFile } from "./disk.js";
@@ -25,6 +31,9 @@ export interface ScanResult {
 
 /** Called for each valid record in log order with the log address of its payload and a view of it (valid during the call). */
 export type ReplayRecord = (header: RecordHeader, payloadAddress: number, payload: Buffer) => void;
+
+/** Called, in log order with the valid ones, for an acknowledged record whose header is intact and whose payload is damaged. */
+export type ReplayDamaged = (header: RecordHeader, payloadAddress: number) => void;
 
 /** Reads and checks whole records; the payload view is valid until the next call. */
 export class SegmentReader {
@@ -61,7 +70,7 @@ export function recordBytes(h: RecordHeader): number {
   return h.headerBytes + payloadBytesOf(h.kind, h.lengthBytes);
 }
 
-export function scanLog(segments: ReadonlyMap<number, DiskFile>, start: LogPosition, replay: ReplayRecord): ScanResult {
+export function scanLog(segments: ReadonlyMap<number, DiskFile>, start: LogPosition, replay: ReplayRecord, damaged: ReplayDamaged): ScanResult {
   const reader = new SegmentReader();
   const ids = [...segments.keys()].filter((id) => id >= start.segmentId).sort((a, b) => a - b);
   let seq = start.commitSeq;
@@ -77,7 +86,14 @@ export function scanLog(segments: ReadonlyMap<number, DiskFile>, start: LogPosit
       const h = record?.header;
       const expectedSeq = batchComplete ? seq + 1 : seq;
       if (h === undefined || h.commitSeq !== expectedSeq) {
-        return tornOrCorrupt(reader, segments, ids.slice(k), position, expectedSeq, seq, replayed);
+        const bad = tornOrCorrupt(reader, segments, ids.slice(k), position, expectedSeq, seq, replayed);
+        if (!("header" in bad)) return bad;
+        // Acknowledged, its payload damaged, its header intact: report it and go on after it.
+        damaged(bad.header, id * segmentBytes + position + bad.header.headerBytes);
+        seq = bad.header.commitSeq;
+        batchComplete = bad.header.batchPos === bad.header.batchCount - 1;
+        position += recordBytes(bad.header);
+        continue;
       }
       seq = h.commitSeq;
       batchComplete = h.batchPos === h.batchCount - 1;
@@ -101,9 +117,10 @@ function tornOrCorrupt(
   expectedSeq: number,
   seq: number,
   replayed: number,
-): ScanResult {
+): ScanResult | { header: RecordHeader } {
   const id = idsFromHere[0]!;
-  let tornEnd = reader.claimedEnd(segments.get(id)!, id, position);
+  const file = segments.get(id)!;
+  let tornEnd = reader.claimedEnd(file, id, position);
   for (const [k, laterId] of idsFromHere.entries()) {
     const from = k === 0 ? position : 0;
     for (const found of validRecordsAfter(reader, segments.get(laterId)!, laterId, from, k === 0)) {
@@ -112,7 +129,13 @@ function tornOrCorrupt(
       // been acknowledged. A later segment is used only after the previous one
       // was durable in full.
       if (found.commitSeq >= expectedSeq + found.commitWindow || k > 0) {
-        throw new CorruptionError(id, position, `a damaged record is followed by commit ${found.commitSeq} in segment ${laterId}; acknowledged data would be lost, so the store will not open`);
+        const h = reader.headerAt(file, id, position);
+        if (h !== undefined && h.version >= 2 && h.commitSeq === expectedSeq && h.kind !== RecordKind.Seal) return { header: h };
+        throw new CorruptionError(
+          id,
+          position,
+          `a record whose header is damaged is followed by commit ${found.commitSeq} in segment ${laterId}: it was acknowledged, and nothing says which volume it belonged to, so the store will not open; restore this node's data dir from a backup, or remove it and let the other replicas refill this node`,
+        );
       }
       tornEnd = Math.max(tornEnd, found.end);
     }

@@ -24,9 +24,9 @@ import { BlockMap, blockSectors, chunkBlocks, chunkSectors, type FreedRun } from
 import { readCheckpoint, writeCheckpoint, type Checkpoint } from "./checkpoint.js";
 import { appendBlockCrc, blockCrcsOf, foldBlockCrcs } from "./checksums.js";
 import type { Defer, Disk, DiskFile } from "./disk.js";
-import { ChecksumError, StoreError } from "./errors.js";
+import { ChecksumError, DamagedEntryError, StoreError } from "./errors.js";
 import { SegmentLog, type LogPosition } from "./log.js";
-import { RecordKind, type RecordHeader } from "./record.js";
+import { decodeHeader, payloadBytesOf, payloadMatches, recordHeaderBytesV1, RecordKind, type RecordHeader } from "./record.js";
 import { scanLog } from "./recovery.js";
 import { RaftIndex, decodeRaftConf, encodeRaftConf, type RaftConf, type RaftHardState, type RaftIndexEntry } from "./raft-index.js";
 import { checkpointName, isFreeName, parseSegmentName, segmentName } from "./segment-names.js";
@@ -126,6 +126,8 @@ export class Store {
     /** Blocks rewritten from a good copy (repairBlocks). */
     blocksRepaired: 0,
     blocksPoisoned: 0,
+    /** Acknowledged records recovery found damaged (payload; the header intact) and worked around. */
+    damagedRecords: 0,
   };
   private readonly log: (line: string) => void;
   private readonly onDamage: (e: ChecksumError) => void;
@@ -177,8 +179,19 @@ export class Store {
         log(`store: recovery: group ${g.id}: block ${block} failed its checksum before a write covering part of it; it stays damaged`);
       },
     };
-    const scan = scanLog(segments, checkpoint.end, (h, address, payload) => applyRecord(groups, h, address, payload, ctx));
-    for (const g of groups.values()) if (g.crcsPending) computeAllCrcs(g, ctx.readAt, log);
+    const damage = new RecoveryDamage();
+    for (const g of groups.values()) checkRestoredEntries(g, ctx.readAt, damage);
+    const scan = scanLog(
+      segments,
+      checkpoint.end,
+      (h, address, payload) => applyRecord(groups, h, address, payload, ctx, damage),
+      (h, address) => applyDamaged(groups, h, address, ctx, damage),
+    );
+    for (const g of groups.values()) {
+      if (g.crcsPending) computeAllCrcs(g, ctx.readAt, log);
+      damage.settle(g, ctx.readAt);
+    }
+    for (const line of damage.lines) log(`store: recovery: ${line}`);
     if (scan.torn) {
       const { segmentId, position, endPosition } = scan.torn;
       if (endPosition > position) {
@@ -202,7 +215,8 @@ export class Store {
     await segmentLog.rollover();
     segmentLog.prepareSpare();
     const store = new Store(disk, segmentLog, checkpoint.end, log, options.onDamage ?? (() => {}));
-    store.counters.blocksPoisoned = poisoned;
+    store.counters.blocksPoisoned = poisoned + damage.blocksPoisoned;
+    store.counters.damagedRecords = damage.records;
     store.checkpointPinned = checkpointPins(checkpoint.groups);
     store.counters.recordsReplayed = scan.recordsReplayed;
     store.counters.tornBytesZeroed = scan.torn ? scan.torn.endPosition - scan.torn.position : 0;
@@ -455,6 +469,7 @@ export class Store {
           done: (address, error) => {
             if (error === undefined && !g.dropped) {
               g.raft.append(e.index, { term: e.term, type: e.type, address, lengthBytes: length }, this.unpin);
+              g.raft.settleRecovery();
               this.pin(address, 1);
             }
             report(error);
@@ -480,7 +495,11 @@ export class Store {
     });
   }
 
-  /** Entries [lo, hi) with their data read from the log, stopping before maxBytes (but at least one). */
+  /**
+   * Entries [lo, hi) with their data read from the log, stopping before
+   * maxBytes (but at least one). Each record is checked against its
+   * checksums; a damaged one throws DamagedEntryError.
+   */
   raftEntries(groupId: number, lo: number, hi: number, maxBytes: number): RaftEntryOutput[] {
     const r = this.group(groupId).raft;
     if (lo < r.firstIndex || hi > r.lastIndex + 1) throw new StoreError("EINVAL", `entries [${lo}, ${hi}) are outside the log [${r.firstIndex}, ${r.lastIndex}]`);
@@ -508,12 +527,16 @@ export class Store {
         spanEnd = eEnd;
         payload += e.lengthBytes;
       }
-      const span = Buffer.allocUnsafe(spanEnd - first.address);
-      if (span.length > 0) this.segmentLog.readSync(first.address, span, 0, span.length);
+      // From the first entry's header on: every entry's header is in the span to check it against.
+      const spanStart = Math.max(segment * segmentBytes, first.address - recordHeaderBytes);
+      const span = Buffer.allocUnsafe(spanEnd - spanStart);
+      this.segmentLog.readSync(spanStart, span, 0, span.length);
       for (let k = i; k < j; k++) {
         const e = r.get(k)!;
-        const at = e.address - first.address;
-        out.push({ index: k, term: e.term, type: e.type, data: span.subarray(at, at + e.lengthBytes) });
+        const at = e.address - spanStart;
+        const data = span.subarray(at, at + e.lengthBytes);
+        if (!this.entryIntact(span, at, e.address, data)) throw new DamagedEntryError(groupId, k);
+        out.push({ index: k, term: e.term, type: e.type, data });
       }
       i = j;
     }
@@ -526,7 +549,7 @@ export class Store {
     const out: RaftEntryOutput[] = [];
     for (let i = Math.max(lo, r.firstIndex); i < Math.min(hi, r.lastIndex + 1); i++) {
       const e = r.get(i)!;
-      if (e.type === type) out.push(this.readRaftEntry(i, e));
+      if (e.type === type) out.push(this.readRaftEntry(groupId, i, e));
     }
     return out;
   }
@@ -540,17 +563,49 @@ export class Store {
     return { type: e.type, tail };
   }
 
-  private readRaftEntry(index: number, e: RaftIndexEntry): RaftEntryOutput {
+  private readRaftEntry(groupId: number, index: number, e: RaftIndexEntry): RaftEntryOutput {
     const data = Buffer.allocUnsafe(e.lengthBytes);
     if (e.lengthBytes > 0) this.segmentLog.readSync(e.address, data, 0, e.lengthBytes);
+    if (!recordIntact(this.mapCtx.readAt, e.address, data)) throw new DamagedEntryError(groupId, index);
     return { index, term: e.term, type: e.type, data };
   }
 
+  /** Whether an entry's record matches its checksums; its version 2 header is usually in `span` right before its data. */
+  private entryIntact(span: Buffer, at: number, address: number, data: Uint8Array): boolean {
+    if (at >= recordHeaderBytes) {
+      const segment = Math.floor(address / segmentBytes);
+      const head = span.subarray(at - recordHeaderBytes, at);
+      const h = decodeHeader(head, segment, address - recordHeaderBytes - segment * segmentBytes);
+      if (h !== undefined && h.headerBytes === recordHeaderBytes && payloadBytesOf(h.kind, h.lengthBytes) === data.length) return payloadMatches(h, head, data);
+    }
+    return recordIntact(this.mapCtx.readAt, address, data);
+  }
+
   /** The group's Raft log bounds and hard state, as recovered or as last persisted. */
-  raftState(groupId: number): { firstIndex: number; lastIndex: number; snapshotIndex: number; snapshotTerm: number; hardState: RaftHardState; appliedIndex: number } {
+  raftState(groupId: number): {
+    firstIndex: number;
+    lastIndex: number;
+    snapshotIndex: number;
+    snapshotTerm: number;
+    hardState: RaftHardState;
+    appliedIndex: number;
+    /** Recovery cut the log: no vote until it reaches this index again (0: nothing owed). */
+    recoverUntil: number;
+    /** Applied entries whose records are damaged (the driver compacts past them before the group starts). */
+    damagedApplied: number[];
+  } {
     const g = this.group(groupId);
     const r = g.raft;
-    return { firstIndex: r.firstIndex, lastIndex: r.lastIndex, snapshotIndex: r.snapshotIndex, snapshotTerm: r.snapshotTerm, hardState: { ...r.hardState }, appliedIndex: g.appliedIndex };
+    return {
+      firstIndex: r.firstIndex,
+      lastIndex: r.lastIndex,
+      snapshotIndex: r.snapshotIndex,
+      snapshotTerm: r.snapshotTerm,
+      hardState: { ...r.hardState },
+      appliedIndex: g.appliedIndex,
+      recoverUntil: r.recoverUntil,
+      damagedApplied: [...r.damagedApplied],
+    };
   }
 
   /** The configuration in force at the group's compaction point, if one was recorded (else: the group's initial one). */
@@ -614,6 +669,7 @@ export class Store {
     const g = this.group(groupId);
     assert(index <= g.appliedIndex, "only applied entries are compacted");
     g.raft.compact(index, this.unpin, conf);
+    g.raft.damagedApplied = g.raft.damagedApplied.filter((i) => i > index);
     this.compactedSinceCheckpoint = true;
     this.maintain(); // segments it unpinned may now be collected, after a checkpoint
   }
@@ -700,7 +756,14 @@ export class Store {
       lastIndex: g.appliedIndex,
       chunks: new Map([...g.map.chunks].map(([i, c]) => [i, c.slice()] as const)),
       crcs: new Map([...g.map.crcs].map(([i, c]) => [i, c.slice()] as const)),
-      raft: { snapshotIndex: g.raft.snapshotIndex, snapshotTerm: g.raft.snapshotTerm, hardState: { ...g.raft.hardState }, entries: [...g.raft.all()], conf: g.raft.snapshotConf },
+      raft: {
+        snapshotIndex: g.raft.snapshotIndex,
+        snapshotTerm: g.raft.snapshotTerm,
+        hardState: { ...g.raft.hardState },
+        entries: [...g.raft.all()],
+        conf: g.raft.snapshotConf,
+        recoverUntil: g.raft.recoverUntil,
+      },
     }));
     const pinned = checkpointPins(groups);
     this.compactedSinceCheckpoint = false;
@@ -1037,6 +1100,7 @@ function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map
     g.term = saved.lastTerm;
     g.appliedIndex = saved.lastIndex;
     g.raft = RaftIndex.restore(saved.raft.snapshotIndex, saved.raft.snapshotTerm, saved.raft.hardState, [...saved.raft.entries], saved.raft.conf);
+    g.raft.recoverUntil = saved.raft.recoverUntil ?? 0;
     g.crcsPending = saved.crcs === undefined;
     for (const [index, chunk] of saved.chunks) {
       if (index * chunkSectors >= g.map.sectorCount) continue; // volume shrank (not offered yet)
@@ -1044,6 +1108,148 @@ function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map
     }
   }
   return groups;
+}
+
+/**
+ * What recovery learned of damaged records (a payload that fails its checksum
+ * under an intact header, in the log after the checkpoint or among the Raft
+ * entries the checkpoint lists), and how each group works around it:
+ *
+ * - a Raft entry, or a snapshot install (or the copy it installs): the
+ *   group's Raft log is cut before it, and this node may have acknowledged
+ *   entries up to the highest index recovery saw, so it withholds its vote
+ *   until its log reaches that index again (RaftIndex.recoverUntil); the
+ *   leader resends what was cut;
+ * - a local write (a volume with its only replica here): the write is mapped,
+ *   but the blocks it touches keep checksums that cannot match, so reads of
+ *   them fail with EIO instead of returning unchecked bytes;
+ * - a GC or repair copy (Relocate): it is mapped as usual; the blocks keep
+ *   their checksums, so a read finds any damaged one and repairs it.
+ */
+class RecoveryDamage {
+  private readonly seenIndex = new Map<number, number>();
+  private readonly cut = new Set<number>();
+  readonly stagingDamaged = new Set<number>();
+  /** Blocks poisoned per group, re-poisoned if the group's checksums are computed afresh (a checkpoint from before them). */
+  private readonly poisonedBlocks = new Map<number, number[]>();
+  readonly lines: string[] = [];
+  records = 0;
+  blocksPoisoned = 0;
+
+  /** The highest Raft index recovery saw for a group: what it may have acknowledged. */
+  see(group: number, index: number): void {
+    this.seenIndex.set(group, Math.max(this.seenIndex.get(group) ?? 0, index));
+  }
+
+  isCut(group: number): boolean {
+    return this.cut.has(group);
+  }
+
+  /** Cuts the group's Raft log before `index` (entries from there on are gone). */
+  cutAt(g: Group, index: number, why: string): void {
+    this.see(g.id, g.raft.lastIndex);
+    if (index <= g.raft.lastIndex) g.raft.truncateFrom(index, () => {});
+    this.cut.add(g.id);
+    this.records++;
+    this.lines.push(`group ${g.id}: ${why}; its Raft log now ends at index ${g.raft.lastIndex}`);
+  }
+
+  poison(g: Group, blocks: number[]): void {
+    this.poisonedBlocks.set(g.id, [...(this.poisonedBlocks.get(g.id) ?? []), ...blocks]);
+    this.blocksPoisoned += blocks.length;
+  }
+
+  /** After the scan: a cut group owes its vote until its log is back where it was. */
+  settle(g: Group, readAt: ReadAt): void {
+    for (const b of this.poisonedBlocks.get(g.id) ?? []) if (g.map.blockAllocated(b)) g.map.setBlockCrc(b, ~crc32c(blockContent(g.map, b, readAt)) >>> 0);
+    if (!this.cut.has(g.id)) return;
+    const until = this.seenIndex.get(g.id) ?? 0;
+    if (until > g.raft.lastIndex) g.raft.recoverUntil = Math.max(g.raft.recoverUntil, until);
+    this.lines.push(`group ${g.id}: this node withholds its vote until its Raft log holds index ${g.raft.recoverUntil} again (its leader resends what was cut)`);
+  }
+}
+
+/** A record the scan found damaged: see RecoveryDamage for what each kind means. */
+function applyDamaged(groups: Map<number, Group>, h: RecordHeader, address: number, ctx: MapContext, damage: RecoveryDamage): void {
+  const where = `log segment ${Math.floor(address / segmentBytes)} byte ${(address % segmentBytes) - h.headerBytes}`;
+  const g = groups.get(h.groupId) ?? stagingFor(groups, h.groupId);
+  if (g === undefined) {
+    damage.lines.push(`a damaged record of group ${h.groupId}, which is not on this node any more, at ${where}: nothing lost`);
+    return;
+  }
+  switch (h.kind) {
+    case RecordKind.RaftEntry:
+      damage.see(g.id, h.index);
+      if (h.index > g.raft.snapshotIndex) damage.cutAt(g, Math.min(h.index, g.raft.lastIndex + 1), `Raft entry ${h.index} is damaged (${where})`);
+      return;
+    case RecordKind.SnapshotInstall:
+      damage.see(g.id, h.index);
+      groups.delete(stagingIdOf(g.id));
+      damage.cutAt(g, g.raft.lastIndex + 1, `the install of a copy at Raft index ${h.index} is damaged (${where}); not installed`);
+      return;
+    case RecordKind.Write: {
+      damage.records++;
+      if (isStagingId(g.id)) {
+        damage.stagingDamaged.add(g.id);
+        return;
+      }
+      if (h.offsetBytes + h.lengthBytes > g.sizeBytes) return;
+      const sector = h.offsetBytes / sectorBytes;
+      const count = h.lengthBytes / sectorBytes;
+      g.map.set(sector, count, address, ctx.freed);
+      const blocks: number[] = [];
+      for (let b = Math.floor(sector / blockSectors); b < Math.ceil((sector + count) / blockSectors); b++) blocks.push(b);
+      damage.poison(g, blocks);
+      damage.lines.push(`group ${g.id}: a write of ${h.lengthBytes} bytes at volume offset ${h.offsetBytes} is damaged (${where}); reads of its ${blocks.length} block(s) fail with EIO until they are rewritten`);
+      return;
+    }
+    case RecordKind.Relocate:
+      damage.records++;
+      if (h.offsetBytes + h.lengthBytes <= g.sizeBytes) applyToGroup(g, h.kind, h.offsetBytes, h.lengthBytes, h.termOrSource, address, undefined, ctx);
+      damage.lines.push(`group ${g.id}: a copy made by GC or a repair is damaged (${where}); the blocks keep their checksums, so a read repairs them from another replica or fails with EIO`);
+      return;
+    default:
+      return;
+  }
+}
+
+/**
+ * The Raft entries a checkpoint lists are not in the log the scan reads:
+ * each one's record is checked here. A damaged one cuts the log before it if
+ * it was not applied yet (as a damaged entry in the scan would); one this
+ * node applied already is remembered (RaftIndex.damagedApplied), and the
+ * driver compacts the log past it before the group starts.
+ */
+function checkRestoredEntries(g: Group, readAt: ReadAt, damage: RecoveryDamage): void {
+  for (let i = g.raft.firstIndex; i <= g.raft.lastIndex; i++) {
+    const e = g.raft.get(i)!;
+    const payload = Buffer.allocUnsafe(e.lengthBytes);
+    if (e.lengthBytes > 0) readAt(e.address, payload, 0, e.lengthBytes);
+    if (recordIntact(readAt, e.address, payload)) continue;
+    const where = `log segment ${Math.floor(e.address / segmentBytes)}`;
+    if (i > g.appliedIndex) {
+      damage.cutAt(g, i, `Raft entry ${i} is damaged (${where})`);
+      return;
+    }
+    g.raft.damagedApplied.push(i);
+    damage.records++;
+    damage.lines.push(`group ${g.id}: Raft entry ${i}, applied already, is damaged (${where}); the log will be compacted past it`);
+  }
+}
+
+/** Whether the record whose payload is at `address` (its bytes: `payload`) matches its checksums. */
+function recordIntact(readAt: ReadAt, address: number, payload: Uint8Array): boolean {
+  const segment = Math.floor(address / segmentBytes);
+  const base = segment * segmentBytes;
+  const head = Buffer.allocUnsafe(recordHeaderBytes);
+  for (const size of [recordHeaderBytes, recordHeaderBytesV1]) {
+    if (address - size < base) continue;
+    readAt(address - size, head, 0, size);
+    const h = decodeHeader(head.subarray(0, size), segment, address - size - base);
+    if (h === undefined || h.headerBytes !== size || payloadBytesOf(h.kind, h.lengthBytes) !== payload.length) continue;
+    return payloadMatches(h, head, payload);
+  }
+  return false;
 }
 
 /** A checkpoint from before block checksums: every block that holds data is read once and checksummed. */
@@ -1072,11 +1278,18 @@ function fileReader(segments: ReadonlyMap<number, DiskFile>): ReadAt {
 }
 
 /** Replays one record into its group (recovery path; the live counts are recomputed after). */
-function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: number, payload: Buffer, ctx: MapContext): void {
+function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: number, payload: Buffer, ctx: MapContext, damage: RecoveryDamage): void {
   const g = groups.get(h.groupId) ?? stagingFor(groups, h.groupId);
   if (g === undefined) return;
   if (h.kind === RecordKind.SnapshotInstall) {
+    damage.see(g.id, h.index);
     const staging = groups.get(stagingIdOf(g.id));
+    if (staging !== undefined && damage.stagingDamaged.has(staging.id)) {
+      // Part of the copy was damaged on disk: the group stays as it was, and its leader sends a copy again.
+      groups.delete(staging.id);
+      damage.cutAt(g, g.raft.lastIndex + 1, `the copy installed at Raft index ${h.index} had damaged data; not installed`);
+      return;
+    }
     // Installing needs every record of the staging group, which precedes this one in the log.
     const conf = decodeRaftConf(payload, 0);
     if (staging === undefined || conf === undefined) throw new StoreError("EIO", `snapshot install of group ${g.id} without its staged data or configuration; the log is damaged`);
@@ -1085,7 +1298,11 @@ function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: numbe
     return;
   }
   if (h.kind === RecordKind.RaftEntry) {
-    if (h.index > g.raft.snapshotIndex) g.raft.append(h.index, { term: h.termOrSource, type: h.offsetBytes, address, lengthBytes: h.lengthBytes }, () => {});
+    damage.see(g.id, h.index);
+    if (h.index <= g.raft.snapshotIndex) return;
+    // Past a cut (a damaged entry before it): dropped with the rest of the lost suffix; the leader resends them.
+    if (h.index > g.raft.lastIndex + 1 && damage.isCut(g.id)) return;
+    g.raft.append(h.index, { term: h.termOrSource, type: h.offsetBytes, address, lengthBytes: h.lengthBytes }, () => {});
     return;
   }
   if (h.kind === RecordKind.HardState) {
@@ -1275,7 +1492,10 @@ function installStaged(
   g.map = staging.map;
   for (const e of g.raft.all()) unpin(e);
   const hs = g.raft.hardState;
+  const owed = g.raft.recoverUntil;
   g.raft = RaftIndex.restore(index, term, { term: Math.max(hs.term, term), vote: hs.vote, commit: Math.max(hs.commit, index) }, [], conf);
+  g.raft.recoverUntil = owed;
+  g.raft.settleRecovery();
   g.appliedIndex = index;
 }
 

@@ -7,8 +7,9 @@ import { ConfChangeType } from "../../src/raft/confchange.js";
 import { ProgressState } from "../../src/raft/progress.js";
 import type { Message } from "../../src/raft/types.js";
 import { MessageType, StateRole } from "../../src/raft/types.js";
-import { Cluster, drain, entry, msg, newNode, persist, storageWith } from "./raft-helpers.js";
-import type { RaftNode } from "../../src/raft/node.js";
+import { Cluster, config, drain, entry, msg, newNode, persist, storageWith, text } from "./raft-helpers.js";
+import { RaftNode } from "../../src/raft/node.js";
+import { CompactedError, MemoryStorage } from "../../src/raft/storage.js";
 
 const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
 
@@ -383,6 +384,67 @@ test("a node that applied and compacted entries whose commit it had not yet pers
   n = newNode(2, [1, 2, 3], { applied: 3 }, s); // the crash and restart
   assert.is(n.status().commit, 3);
   assert.is(n.status().applied, 3);
+});
+
+test("a node whose storage lost entries it acknowledged withholds its vote until its log is back, so a candidate missing a committed entry cannot win", () => {
+  const c = new Cluster([1, 2, 3]);
+  c.campaign(1);
+  c.isolate(3);
+  const committed = c.propose(1, "acknowledged by 1 and 2 only");
+  assert.is(c.node(1).status().commit, committed, "committed on the quorum {1, 2}");
+  const owed = c.get(2).storage.lastIndex();
+  // Node 2's disk damaged the entry: recovery cut its log before it and told the core what it owes.
+  c.crash(2);
+  const m2 = c.get(2);
+  const cut = new MemoryStorage({ voters: [1, 2, 3], learners: [] });
+  cut.append(m2.storage.entries(1, committed, Number.MAX_SAFE_INTEGER));
+  cut.setHardState({ ...m2.storage.hardStateNow(), commit: committed - 1 });
+  m2.storage = cut;
+  m2.node = new RaftNode(config(2, cut, { votesWithheldUntil: owed }));
+  m2.down = false;
+  // Node 1 is gone; node 3 never saw the committed entry. With node 2's vote it would win and lose the entry.
+  c.crash(1);
+  c.heal();
+  c.isolate(1);
+  c.campaign(3);
+  c.tickAll(30);
+  assert.equal(c.leaders(), [], "node 3 cannot win: node 2 withholds its vote, and does not campaign itself");
+  assert.is(c.node(2).raft.withholdingVotes(), true);
+  // Node 1 returns and leads again; node 2 gets the entry back and votes again.
+  c.restart(1);
+  c.heal();
+  c.tickAll(200); // two voters with logs that differ may split a few elections first
+  const leader = c.leaders()[0];
+  assert.ok(leader === 1 || leader === 2, `the leader holds the committed entry (leader ${leader})`);
+  assert.ok(c.get(2).storage.lastIndex() >= owed, "node 2 holds the entries it owed again");
+  assert.is(c.node(2).raft.withholdingVotes(), false);
+  assert.equal(text(c.get(2).storage.entries(committed, committed + 1, 1 << 20)[0]!), "acknowledged by 1 and 2 only");
+});
+
+test("a leader whose storage cannot read an entry a follower needs compacts past it and sends a snapshot instead", () => {
+  const c = new Cluster([1, 2, 3]);
+  c.campaign(1);
+  c.isolate(3);
+  for (let i = 0; i < 5; i++) c.propose(1, `w${i}`);
+  const ls = c.get(1).storage;
+  const applied = c.node(1).raft.log.applied;
+  // Entry 3 is damaged on the leader's disk: reading it, the storage compacts past it (it was applied) and says so.
+  const entries = ls.entries.bind(ls);
+  let compacted = false;
+  ls.entries = (lo: number, hi: number, maxBytes: number) => {
+    if (lo <= 3 && hi > 3 && !compacted) {
+      compacted = true;
+      ls.createSnapshot(applied, { voters: [1, 2, 3], learners: [] }, enc("s"));
+      ls.compact(applied);
+      throw new CompactedError("entry 3 is damaged; compacted past it");
+    }
+    return entries(lo, hi, maxBytes);
+  };
+  c.heal();
+  c.tickAll(5);
+  assert.ok(compacted, "the leader read entry 3 for the follower");
+  assert.is(c.get(3).storage.firstIndex(), applied + 1, "the follower got the snapshot instead");
+  assert.is(c.node(3).status().commit, c.node(1).status().commit);
 });
 
 test.run();

@@ -248,8 +248,8 @@ test("a checkpoint written before block checksums (version 3) is read, and the c
 
 /**
  * Rewrites a version 4 checkpoint as version 3 (docs/formats/checkpoint.md):
- * the same file without each chunk's block checksums, the trailing CRC32C
- * recomputed. Written here from the format document, not with the store's code.
+ * the same file without each chunk's block checksums and each Raft section's
+ * recoverUntil, the trailing CRC32C recomputed. Written here from the format document, not with the store's code.
  */
 function downgradeCheckpoint(file: string): void {
   const b = readFileSync(file);
@@ -270,7 +270,7 @@ function downgradeCheckpoint(file: string): void {
     let end = at + 48 + entries * 24;
     end += b.readUInt32LE(end) === 0xffffffff ? 4 : 8 + 8 * (b.readUInt32LE(end) + b.readUInt32LE(end + 4));
     parts.push(b.subarray(at, end));
-    at = end;
+    at = end + 8; // recoverUntil, new in version 4
   }
   assert.is(at, b.length - 4, "walked the whole checkpoint");
   const body = Buffer.concat(parts);

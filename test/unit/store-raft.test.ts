@@ -7,6 +7,10 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { Prng } from "../../src/base/prng.js";
 import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
+import { closeSync, openSync, readFileSync, writeSync } from "node:fs";
+import { join } from "node:path";
+import { ChecksumError, DamagedEntryError } from "../../src/store/errors.js";
+import { segmentName } from "../../src/store/segment-names.js";
 import { Store, type RaftEntryInput } from "../../src/store/store.js";
 import { StoreRaftStorage } from "../../src/replication/raft-storage.js";
 import { tempDir } from "../helpers/tmp.js";
@@ -38,7 +42,7 @@ test("entries of two groups and their hard states persist in one commit and read
     [2, 1, 0xa2, 4096],
   ]);
   assert.equal(store.raftState(a.groupId).hardState, { term: 1, vote: 3, commit: 1 });
-  assert.equal(store.raftState(b.groupId), { firstIndex: 1, lastIndex: 1, snapshotIndex: 0, snapshotTerm: 0, hardState: { term: 2, vote: 0, commit: 0 }, appliedIndex: 0 });
+  assert.equal(store.raftState(b.groupId), { firstIndex: 1, lastIndex: 1, snapshotIndex: 0, snapshotTerm: 0, hardState: { term: 2, vote: 0, commit: 0 }, appliedIndex: 0, recoverUntil: 0, damagedApplied: [] });
   assert.is(store.raftEntries(a.groupId, 1, 3, 100).length, 1, "maxBytes stops after the first entry");
   assert.throws(() => store.raftEntries(a.groupId, 2, 4, 1 << 30), /outside the log/);
   await store.close();
@@ -151,6 +155,69 @@ test("segments holding uncompacted entries are never collected; after compaction
   assert.is(back.length, st.lastIndex - st.firstIndex + 1);
   for (const e of back) assert.is(e.data[0], e.index % 251, `entry ${e.index}`);
   await again.close();
+  t.remove();
+});
+
+/** Flips a bit in the first copy of `needle` in the store's first segment. */
+function damage(dir: string, needle: Buffer): void {
+  const file = join(dir, segmentName(1));
+  const bytes = readFileSync(file);
+  const at = bytes.indexOf(needle);
+  assert.ok(at >= 0, "the entry's data is in segment 1");
+  const fd = openSync(file, "r+");
+  writeSync(fd, Buffer.from([bytes[at + 99]! ^ 1]), 0, 1, at + 99);
+  closeSync(fd);
+}
+
+test("a damaged entry in the log after the checkpoint: the log is cut before it, and the node owes its vote until the log is back", async () => {
+  const t = tempDir("raft");
+  let store = await open(t.dir);
+  await store.appendRaftEntries(a.groupId, [1, 2, 3, 4, 5, 6].map((i) => entry(i, 1, 0x10 + i)), { term: 1, vote: 2, commit: 3 });
+  // Later commits (of another group): they prove the damaged one was acknowledged, not torn.
+  for (let i = 1; i <= 4; i++) await store.appendRaftEntries(b.groupId, [entry(i, 1, 0x50 + i)]);
+  await store.closeWithoutCheckpoint();
+  damage(t.dir, Buffer.alloc(4096, 0x14));
+  store = await open(t.dir);
+  let st = store.raftState(a.groupId);
+  assert.equal([st.lastIndex, st.recoverUntil, st.hardState.commit], [3, 6, 3], "cut before entry 4; entries up to 6 may have been acknowledged");
+  assert.is(store.stats().damagedRecords, 1);
+  // A checkpoint while the debt is open keeps it.
+  await store.close();
+  store = await open(t.dir);
+  assert.equal([store.raftState(a.groupId).lastIndex, store.raftState(a.groupId).recoverUntil], [3, 6]);
+  // The leader resends 4..6: the debt is paid.
+  await store.appendRaftEntries(a.groupId, [4, 5].map((i) => entry(i, 2, 0x20 + i)), { term: 2, vote: 2, commit: 3 });
+  assert.is(store.raftState(a.groupId).recoverUntil, 6);
+  await store.appendRaftEntries(a.groupId, [entry(6, 2, 0x26)]);
+  st = store.raftState(a.groupId);
+  assert.equal([st.lastIndex, st.recoverUntil], [6, 0]);
+  await store.close();
+  store = await open(t.dir);
+  assert.equal(store.raftEntries(a.groupId, 4, 7, 1 << 30).map((e) => e.data[0]), [0x24, 0x25, 0x26]);
+  assert.is(store.raftState(a.groupId).recoverUntil, 0);
+  await store.close();
+  t.remove();
+});
+
+test("damaged entries the checkpoint lists: one not applied cuts the log, one applied is reported for compaction; reading one back throws", async () => {
+  const t = tempDir("raft");
+  let store = await open(t.dir);
+  await store.appendRaftEntries(a.groupId, [1, 2, 3, 4, 5, 6].map((i) => entry(i, 1, 0x30 + i)), { term: 1, vote: 2, commit: 3 });
+  for (const i of [1, 2, 3]) applyWrite(store, i, (i - 1) * 4096, 4096);
+  await store.close(); // the checkpoint lists entries 1..6, applied up to 3
+  damage(t.dir, Buffer.alloc(4096, 0x32));
+  damage(t.dir, Buffer.alloc(4096, 0x35));
+  store = await open(t.dir);
+  const st = store.raftState(a.groupId);
+  assert.equal([st.lastIndex, st.recoverUntil, st.damagedApplied], [4, 6, [2]]);
+  assert.throws(() => store.raftEntries(a.groupId, 1, 4, 1 << 30), (e: Error) => e instanceof DamagedEntryError && e.index === 2);
+  // What the driver does before it starts the group: compact past the damage.
+  store.compactRaftLog(a.groupId, 3);
+  assert.equal(store.raftState(a.groupId).damagedApplied, []);
+  // The log is the data: the applied entry's bytes are the volume's, and a read finds them damaged (a replica repairs them).
+  assert.throws(() => store.read(a.groupId, 4096, 4096), (e: Error) => e instanceof ChecksumError);
+  assert.ok(store.read(a.groupId, 0, 4096).equals(Buffer.alloc(4096, 0x31)));
+  await store.close();
   t.remove();
 });
 

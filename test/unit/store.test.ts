@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { Prng } from "../../src/base/prng.js";
 import { commitsInFlightMax, freeSegmentsMax, recordHeaderBytes, segmentBytes } from "../../src/constants.js";
 import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
-import { CorruptionError } from "../../src/store/errors.js";
+import { ChecksumError, CorruptionError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
 import { segmentName } from "../../src/store/segment-names.js";
 import { tempDir } from "../helpers/tmp.js";
@@ -207,22 +207,46 @@ test("recovery truncates a torn tail and keeps every earlier commit", async () =
   t.remove();
 });
 
-test("a flipped byte in the middle of the log is refused, not dropped", async () => {
+test("a flipped byte in a payload in the middle of the log: the store opens, the damaged write fails with EIO, the rest reads back", async () => {
   const t = tempDir("store");
   let store = await open(t.dir);
   for (let i = 0; i < 10; i++) await store.write(group.groupId, i * 4096, [Buffer.alloc(4096, i + 1)], 4096);
   await store.closeWithoutCheckpoint();
   const seg = join(t.dir, segmentName(1));
   const positions = recordPositions(seg);
-  flipByte(seg, positions[4]! + recordHeaderBytes + 10); // payload of commit 5 of 10
+  flipByte(seg, positions[4]! + recordHeaderBytes + 10); // payload of commit 5 of 10: acknowledged, commits after it
+  store = await open(t.dir);
+  assert.is(store.stats().damagedRecords, 1);
+  for (let i = 0; i < 10; i++) {
+    if (i === 4) assert.throws(() => store.read(group.groupId, i * 4096, 4096), (e: Error) => e instanceof ChecksumError);
+    else assert.ok(store.read(group.groupId, i * 4096, 4096).equals(Buffer.alloc(4096, i + 1)), `block ${i}`);
+  }
+  // A checkpoint keeps the block damaged; rewritten, it reads again.
+  await store.close();
+  store = await open(t.dir);
+  assert.throws(() => store.read(group.groupId, 4 * 4096, 4096), (e: Error) => e instanceof ChecksumError);
+  await store.write(group.groupId, 4 * 4096, [Buffer.alloc(4096, 0x44)], 4096);
+  assert.ok(store.read(group.groupId, 4 * 4096, 4096).equals(Buffer.alloc(4096, 0x44)));
+  await store.close();
+  t.remove();
+});
+
+test("a flipped byte in a record header in the middle of the log is refused: nothing says whose data it was", async () => {
+  const t = tempDir("store");
+  let store = await open(t.dir);
+  for (let i = 0; i < 10; i++) await store.write(group.groupId, i * 4096, [Buffer.alloc(4096, i + 1)], 4096);
+  await store.closeWithoutCheckpoint();
+  const seg = join(t.dir, segmentName(1));
+  const positions = recordPositions(seg);
+  flipByte(seg, positions[4]! + 30); // the group id field of commit 5 of 10
   try {
     await open(t.dir);
-    assert.unreachable("open must refuse a log with a damaged acknowledged record");
+    assert.unreachable("open must refuse a log with a damaged acknowledged record header");
   } catch (e) {
     assert.instance(e, CorruptionError);
-    assert.match((e as Error).message, /segment 1 at byte \d+/);
+    assert.match((e as Error).message, /segment 1 at byte \d+: a record whose header is damaged/);
   }
-  flipByte(seg, positions[4]! + recordHeaderBytes + 10); // repaired: it opens again with all data
+  flipByte(seg, positions[4]! + 30); // repaired: it opens again with all data
   store = await open(t.dir);
   for (let i = 0; i < 10; i++) assert.ok(store.read(group.groupId, i * 4096, 4096).equals(Buffer.alloc(4096, i + 1)));
   await store.close();
