@@ -2,6 +2,7 @@
 // bodies. Pure functions, shared by the server (which answers 400 with the
 // message) and the CLI (which checks before it dials).
 
+import { volumeSizeSectorProblem } from "../cluster/rules.js";
 import { catalogNameCharsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
 import { ApiError, type CreateVolumeRequest, type JoinRequest, type UpdateVolumeRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
@@ -34,13 +35,10 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
     throw invalid(`field "sizeBytes" must be a positive integer number of bytes, not ${describe(sizeBytes)}`);
   }
   if (sizeBytes > volumeBytesMax) throw invalid(`field "sizeBytes" is ${sizeBytes}, larger than the volume limit ${volumeBytesMax} (64 TiB)`);
+  const sectors = volumeSizeSectorProblem(sizeBytes);
+  if (sectors !== null) throw invalid(`field "sizeBytes" ${sectors}`);
   const out: CreateVolumeRequest = { name, sizeBytes };
-  if (repl !== undefined) {
-    if (typeof repl !== "number" || !Number.isSafeInteger(repl) || repl < 1) {
-      throw invalid(`field "repl" must be a positive integer (replica count), not ${describe(repl)}`);
-    }
-    out.repl = repl;
-  }
+  if (repl !== undefined) out.repl = replField(repl);
   if (nodes !== undefined) {
     const ok = Array.isArray(nodes) && nodes.length >= 1 && nodes.length <= volumeReplicasMax && nodes.every((n) => typeof n === "string" && n.length >= 1 && n.length <= catalogNameCharsMax);
     if (!ok) throw invalid(`field "nodes" must be a list of 1 to ${volumeReplicasMax} node names or ids (strings of at most ${catalogNameCharsMax} characters), not ${describe(nodes)}`);
@@ -56,10 +54,14 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
 /** PATCH /v1/volumes/NAME: {"repl": N}. */
 export function parseUpdateVolumeRequest(body: unknown): UpdateVolumeRequest {
   const { repl } = objectWithFields(body, ["repl"], ` like {"repl":3}`);
+  return { repl: replField(repl) };
+}
+
+function replField(repl: unknown): number {
   if (typeof repl !== "number" || !Number.isSafeInteger(repl) || repl < 1 || repl > volumeReplicasMax) {
-    throw invalid(`field "repl" must be a replica count from 1 to ${volumeReplicasMax}, not ${describe(repl)}`);
+    throw invalid(`field "repl" must be a replica count from 1 to ${volumeReplicasMax} (the most a volume has), not ${describe(repl)}`);
   }
-  return { repl };
+  return repl;
 }
 
 /** A JSON object body with none but the given fields; throws ApiError(400) naming the first other one. */

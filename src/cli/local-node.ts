@@ -19,7 +19,7 @@ import { formatSize } from "../base/sizes.js";
 import { defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
 import { ApiClient, DaemonUnreachableError, defaultApiAddress } from "../api/client.js";
 import { ApiError, type NodeStatus, type VolumeInfo } from "../api/types.js";
-import { checkName, intArg, localClusterApiAddress, sizeArg } from "./args.js";
+import { checkName, intArg, localClusterApiAddress, replArg, sizeArg } from "./args.js";
 import { CliError } from "./errors.js";
 
 /** How long pxd up waits for a freshly started daemon to answer /v1/status. */
@@ -74,7 +74,7 @@ export function registerLocalNode(program: Command): void {
     .addOption(new Option("-s, --size <size>", "size of the volume to create").argParser(sizeArg).default(1024 ** 3, "1G"))
     .option("--volume <name>", "name of the volume to create", "demo")
     .option("--nodes <n>", "how many nodes to start", intArg(1, 9), 3)
-    .option("--repl <n>", "replicas of the volume (default: 3, or the node count if smaller)", intArg(1, 5))
+    .option("--repl <n>", "replicas of the volume (default: 3, or the node count if smaller)", replArg)
     .option("--address <ip>", "the first node's address; the others take the next ones", "127.0.0.11")
     .option("--api-port <port>", "control API port of every node", port, defaultApiPort)
     .option("--nbd-port <port>", "NBD port of every node", port, defaultNbdPort)

@@ -2,7 +2,7 @@
 
 import type { Command } from "commander";
 import { formatSize } from "../base/sizes.js";
-import { checkName, clientFor, intArg, sizeArg } from "./args.js";
+import { checkName, clientFor, replArg, sizeArg } from "./args.js";
 import { json, nodeTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
 
 interface JsonFlag {
@@ -41,7 +41,7 @@ export function registerVolume(program: Command): void {
     .description("create a volume, exported over NBD under its name")
     .argument("<name>", "volume name: letters, digits, '.', '_', '-'; at most 63")
     .requiredOption("-s, --size <size>", "size with K/M/G/T suffix (powers of 1024), e.g. 10G", sizeArg)
-    .option("-r, --repl <n>", "number of replicas (default 1, or as many as --nodes names)", intArg(1, 9))
+    .option("-r, --repl <n>", "number of replicas (default 1, or as many as --nodes names)", replArg)
     .option("--nodes <list>", "put the replicas on exactly these nodes: names or ids, comma-separated (pxd node list)")
     .option("--zones", "require the replicas to sit in distinct zones (pxd daemon --zone); without it distinct zones are only preferred")
     .option("--json", "print the API's JSON")
@@ -84,7 +84,7 @@ export function registerVolume(program: Command): void {
     .command("ha-update")
     .description("change the number of replicas; the volume's leader adds (with a full copy) or removes them in the background")
     .argument("<name>", "volume name")
-    .requiredOption("-r, --repl <n>", "the new number of replicas", intArg(1, 9))
+    .requiredOption("-r, --repl <n>", "the new number of replicas", replArg)
     .option("--json", "print the API's JSON")
     .action(async (name: string, options: { repl: number } & JsonFlag, command: Command) => {
       const v = await clientFor(command).updateVolume(checkName(name), { repl: options.repl });

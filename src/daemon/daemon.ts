@@ -26,8 +26,30 @@ import {
 import { BufferPool } from "../base/buffer-pool.js";
 import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
-import { applyEntry, encodeCommand, newCatalogState, replicaSetFor, settingValue, type ApplyResult, type CatalogNode, type CatalogCommand, type CatalogState, type CatalogVolume } from "../cluster/index.js";
-import { checkClusterConstants, checkConstants, checkReplicationConstants, metaVotersMax, readPoolBufferBytesMax, readPoolBufferBytesMin, readPoolBytesMax } from "../constants.js";
+import {
+  applyEntry,
+  CatalogCommandError,
+  encodeCommand,
+  newCatalogState,
+  replicaSetFor,
+  settingValue,
+  validateCommand,
+  type ApplyResult,
+  type CatalogNode,
+  type CatalogCommand,
+  type CatalogState,
+  type CatalogVolume,
+} from "../cluster/index.js";
+import {
+  checkClusterConstants,
+  checkConstants,
+  checkReplicationConstants,
+  metaVotersMax,
+  nodeBytesMax,
+  readPoolBufferBytesMax,
+  readPoolBufferBytesMin,
+  readPoolBytesMax,
+} from "../constants.js";
 import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
@@ -35,7 +57,7 @@ import { nodeTimers } from "../os/timers.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType, type ConfChange } from "../raft/confchange.js";
 import { EntryType, type Entry } from "../raft/types.js";
-import { MultiRaft, type CompactEnvelope, type RaftEnvelope } from "../replication/driver.js";
+import { MultiRaft, NotLeaderError, ProposalDroppedError, type CompactEnvelope, type RaftEnvelope } from "../replication/driver.js";
 import type { SnapAckEnvelope, SnapChunkEnvelope } from "../replication/snapshot.js";
 import { VolumeIo, type ForwardReply, type ForwardRequest } from "../replication/volume-io.js";
 import { Store } from "../store/store.js";
@@ -130,6 +152,9 @@ export class Daemon implements Controller {
     const state = await NodeState.open(join(options.dataDir, "node"));
     let store: Store | undefined;
     try {
+      // The node proposes this description itself (addNode) from a timer: refuse it here, where it can say which option to fix.
+      const self = validateCommand({ kind: "addNode", ...describeSelf(options, state.nodeId), at: 0 });
+      if (!self.ok) throw new Error(`this node's description is not one the catalog accepts (${self.error}); fix --name, --zone or --listen`);
       const secret = clusterSecret(options, state.clusterId === "" && options.join === undefined);
       if (state.clusterId === "") await enterCluster(options, state, secret, log);
       const specs = [{ groupId: metaGroupId, sizeBytes: 0 }, ...[...state.hosted.values()].map((g) => ({ groupId: g.id, sizeBytes: g.sizeBytes }))];
@@ -306,7 +331,7 @@ export class Daemon implements Controller {
   /** Until this node is in the catalog, its meta leader proposes it (the bootstrap node registers itself). */
   private registerSelf(): void {
     if (this.catalog.nodes.has(this.nodeId) || this.driver.leader(metaGroupId) !== this.nodeId) return;
-    const self = this.selfDescription();
+    const self = describeSelf(this.options, this.nodeId, { nbdPort: this.nbdPort, apiPort: this.api?.port ?? this.options.apiPort });
     this.driver.proposeData(metaGroupId, encodeCommand({ kind: "addNode", ...self, at: Date.now() })).catch(() => {});
   }
 
@@ -390,23 +415,31 @@ export class Daemon implements Controller {
     }
   }
 
-  private selfDescription(): Omit<JoinRequest, "proof"> {
-    const fsStat = statfsSync(this.options.dataDir);
-    return {
-      id: this.nodeId,
-      name: this.options.name ?? `node-${this.nodeId}`,
-      address: this.options.listen,
-      nbdPort: this.nbdPort,
-      apiPort: this.api?.port ?? this.options.apiPort,
-      peerPort: this.options.peerPort,
-      capacityBytes: Math.min(2 ** 52, fsStat.blocks * fsStat.bsize),
-      labels: this.options.zone ? { zone: this.options.zone } : {},
-    };
+  /**
+   * Proposes a catalog command on the meta leader (this node) and returns how
+   * it applied. A command the catalog would refuse as invalid is refused here,
+   * before it reaches the log: 400 with the catalog's sentence.
+   */
+  private async metaCommand(command: CatalogCommand): Promise<ApplyResult> {
+    let data: Uint8Array;
+    try {
+      data = encodeCommand(command);
+    } catch (e) {
+      if (e instanceof CatalogCommandError) throw new ApiError(400, "invalid", e.message);
+      throw e;
+    }
+    return this.proposeMeta(data);
   }
 
-  /** Proposes a catalog command on the meta leader (this node) and returns how it applied. */
-  private async metaCommand(command: CatalogCommand): Promise<ApplyResult> {
-    const index = await this.driver.proposeData(metaGroupId, encodeCommand(command));
+  /** Proposes an encoded catalog entry; a leadership lost or a catalog group stopped meanwhile is a 503 that says to retry. */
+  private async proposeMeta(data: Uint8Array): Promise<ApplyResult> {
+    let index: number;
+    try {
+      index = await this.driver.proposeData(metaGroupId, data);
+    } catch (e) {
+      if (!(e instanceof NotLeaderError || e instanceof ProposalDroppedError)) throw e;
+      throw new ApiError(503, "unavailable", `the catalog did not take the change (${e.message}); retry in a few seconds, and see "pxd status" if it keeps failing`);
+    }
     const result = this.metaResults.get(index);
     if (result === undefined) throw new ApiError(500, "internal", `catalog entry ${index} applied without a result`);
     this.metaResults.delete(index);
@@ -789,6 +822,21 @@ function catalogError(r: Extract<ApplyResult, { ok: false }>): ApiError {
   return new ApiError(status, r.code, r.error);
 }
 
+/** This node as the catalog lists it (addNode), with the ports it bound when they are known. */
+function describeSelf(options: DaemonOptions, nodeId: number, bound?: { nbdPort: number; apiPort: number }): Omit<JoinRequest, "proof"> {
+  const fsStat = statfsSync(options.dataDir);
+  return {
+    id: nodeId,
+    name: options.name ?? `node-${nodeId}`,
+    address: options.listen,
+    nbdPort: bound?.nbdPort ?? options.nbdPort,
+    apiPort: bound?.apiPort ?? options.apiPort,
+    peerPort: options.peerPort,
+    capacityBytes: Math.min(nodeBytesMax, fsStat.blocks * fsStat.bsize),
+    labels: options.zone ? { zone: options.zone } : {},
+  };
+}
+
 /** The cluster secret: flag, environment, or the file a bootstrapping node writes. */
 function clusterSecret(options: DaemonOptions, bootstrapping: boolean): Buffer {
   const given = options.secret ?? process.env["PXD_CLUSTER_SECRET"];
@@ -816,17 +864,7 @@ async function enterCluster(options: DaemonOptions, state: NodeState, secret: Bu
     log.info(`bootstrapped a new cluster ${state.clusterId} with node ${state.nodeId}; the cluster secret is in ${join(options.dataDir, "cluster.secret")}`);
     return;
   }
-  const fsStat = statfsSync(options.dataDir);
-  const fields: Omit<JoinRequest, "proof"> = {
-    id: state.nodeId,
-    name: options.name ?? `node-${state.nodeId}`,
-    address: options.listen,
-    nbdPort: options.nbdPort,
-    apiPort: options.apiPort,
-    peerPort: options.peerPort,
-    capacityBytes: Math.min(2 ** 52, fsStat.blocks * fsStat.bsize),
-    labels: options.zone ? { zone: options.zone } : {},
-  };
+  const fields = describeSelf(options, state.nodeId);
   const client = new ApiClient(options.join, { timeoutMs: 30000 });
   const request = { ...fields, proof: joinProof(secret, fields).toString("hex") };
   let resp: JoinResponse | undefined;

@@ -96,7 +96,7 @@ test("raw routes answer with the documented status codes and content types", asy
   const badPatch = await raw("PATCH", "/v1/volumes/a", JSON.stringify({ repl: 3, size: 1 }));
   assert.is(badPatch.status, 400);
   assert.match((JSON.parse(badPatch.body) as { error: { message: string } }).error.message, /unknown field "size"; the only field is repl/);
-  assert.match((await raw("PATCH", "/v1/volumes/a", JSON.stringify({ repl: 9 }))).body, /replica count from 1 to 5, not 9/);
+  assert.match((await raw("PATCH", "/v1/volumes/a", JSON.stringify({ repl: 9 }))).body, /replica count from 1 to 5 \(the most a volume has\), not 9/);
   const del = await raw("DELETE", "/v1/volumes/a");
   assert.is(del.status, 204);
   assert.is(del.body, "");
@@ -199,7 +199,17 @@ test("malformed and wrongly-typed bodies are 400 with a message naming the field
     ['{"name":"a","sizeBytes":-1}', /field "sizeBytes"/],
     ['{"name":"a","sizeBytes":1.5}', /field "sizeBytes"/],
     ['{"name":"a","sizeBytes":1e300}', /field "sizeBytes"/],
-    ['{"name":"a","sizeBytes":4096,"repl":0}', /field "repl" must be a positive integer/],
+    ['{"name":"a","sizeBytes":0}', /field "sizeBytes" must be a positive integer number of bytes, not 0/],
+    ['{"name":"a","sizeBytes":1}', /^field "sizeBytes" must be a multiple of 512 bytes \(the sector size\), not 1; 512 would do$/],
+    ['{"name":"a","sizeBytes":511}', /must be a multiple of 512 bytes/],
+    ['{"name":"a","sizeBytes":513}', /not 513; 512 or 1024 would do/],
+    ['{"name":"a","sizeBytes":107374182}', /not 107374182; 107374080 or 107374592 would do/],
+    ['{"name":"a","sizeBytes":70368744178176}', /larger than the volume limit 70368744177664/],
+    ['{"name":"a","sizeBytes":4096,"repl":0}', /field "repl" must be a replica count from 1 to 5 \(the most a volume has\), not 0/],
+    ['{"name":"a","sizeBytes":4096,"repl":100}', /field "repl" must be a replica count from 1 to 5 \(the most a volume has\), not 100/],
+    ['{"name":"a","sizeBytes":4096,"repl":1.5}', /field "repl"/],
+    ['{"name":"a","sizeBytes":4096,"nodes":"n1"}', /field "nodes" must be a list/],
+    ['{"name":"a","sizeBytes":4096,"zones":"yes"}', /field "zones" must be true or false/],
     ['{"name":"a","sizeBytes":4096,"repl":"3"}', /field "repl"/],
     ['{"name":"a","size":4096}', /unknown field "size"/],
   ];
@@ -219,7 +229,7 @@ test("bad volume names are 400 and the message gives the rule", async () => {
     assert.is(errorOf(r).code, "invalid_name");
     assert.match(errorOf(r).message, /\^\[A-Za-z0-9\]\[A-Za-z0-9\._-\]\{0,62\}\$/);
   }
-  assert.match(errorOf(await raw("POST", "/v1/volumes", JSON.stringify({ name: long, sizeBytes: 1 }))).message, /longer than 63/);
+  assert.match(errorOf(await raw("POST", "/v1/volumes", JSON.stringify({ name: long, sizeBytes: 512 }))).message, /longer than 63/);
   const viaPath = await raw("GET", "/v1/volumes/%2Dlead");
   assert.is(viaPath.status, 400);
   assert.is((await raw("DELETE", "/v1/volumes/" + encodeURIComponent("a b"))).status, 400);

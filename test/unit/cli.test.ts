@@ -137,6 +137,15 @@ test("bad sizes, names, replica counts and commands are usage errors (exit 2) th
   assertOneLineError(await pxd([...host(), "volume", "create", "a b", "--size", "1G"]), 2, /"a b" is not a valid volume name.*\^\[A-Za-z0-9\]/);
   assertOneLineError(await pxd([...host(), "volume", "inspect", "x".repeat(64)]), 2, /longer than 63 characters/);
   assertOneLineError(await pxd([...host(), "volume", "create", "v", "--size", "1G", "--repl", "0"]), 2, /--repl/);
+  assertOneLineError(await pxd([...host(), "volume", "create", "v", "--size", "1G", "--repl", "100"]), 2, /"100" is not a whole number from 1 to 5: a volume has at most 5 replicas/);
+  assertOneLineError(await pxd([...host(), "volume", "ha-update", "v", "--repl", "6"]), 2, /from 1 to 5: a volume has at most 5 replicas/);
+  assertOneLineError(
+    await pxd([...host(), "volume", "create", "typo", "--size", "0.1G"]),
+    2,
+    /"0\.1G" is 107374182 bytes; a volume size must be a multiple of 512 bytes \(the sector size\), not 107374182; 107374080 or 107374592 would do, or a whole number of K, M or G/,
+  );
+  assertOneLineError(await pxd([...host(), "volume", "create", "v", "--size", "1000"]), 2, /not 1000; 512 or 1024 would do/);
+  assertOneLineError(await pxd([...host(), "volume", "create", "v", "--size", "65T"]), 2, /larger than the volume limit of 64.0 TiB/);
   assertOneLineError(await pxd([...host(), "volume", "frobnicate"]), 2, /unknown command 'frobnicate'/);
   assertOneLineError(await pxd(["--host", "127.0.0.1:99999", "status"]), 2, /no valid port.*\(from --host\)/);
   assert.equal(ctx.controller.calls, []);
