@@ -8,7 +8,18 @@
 
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { defaultApiPort } from "../constants.js";
-import { ApiError, type CreateVolumeRequest, type UpdateVolumeRequest, type NodeStatus, type VolumeInfo, type JoinRequest, type JoinResponse, type NodeInfo } from "./types.js";
+import {
+  ApiError,
+  type CreateVolumeRequest,
+  type DebugProposeRequest,
+  type DebugProposeResponse,
+  type JoinRequest,
+  type JoinResponse,
+  type NodeInfo,
+  type NodeStatus,
+  type UpdateVolumeRequest,
+  type VolumeInfo,
+} from "./types.js";
 import { apiClientTimeoutMs, apiResponseBytesMax } from "./limits.js";
 
 export const defaultApiAddress = `127.0.0.1:${defaultApiPort}`;
@@ -127,6 +138,11 @@ export class ApiClient {
 
   async join(request: JoinRequest): Promise<JoinResponse> {
     return (await this.json("POST", "/v1/cluster/join", request)) as JoinResponse;
+  }
+
+  /** The fault-injection hook of a daemon started with --unsafe-debug-api. */
+  async debugCatalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse> {
+    return (await this.json("POST", "/v1/debug/catalog-propose", request)) as DebugProposeResponse;
   }
 
   /** Prometheus text exposition. */

@@ -10,8 +10,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { apiBodyBytesMax } from "../constants.js";
 import { hostPort } from "./client.js";
-import { ApiError, type ApiErrorBody, type Controller } from "./types.js";
-import { checkVolumeName, parseCreateVolumeRequest, parseJoinRequest, parseUpdateVolumeRequest } from "./validate.js";
+import { ApiError, type ApiErrorBody, type Controller, type DebugController } from "./types.js";
+import { checkVolumeName, parseCreateVolumeRequest, parseDebugProposeRequest, parseJoinRequest, parseUpdateVolumeRequest } from "./validate.js";
 import {
   apiCloseGraceMs,
   apiConnectionsCheckMs,
@@ -27,6 +27,8 @@ export interface ApiServerOptions {
   /** TCP port; 0 picks a free one (tests). */
   port: number;
   controller: Controller;
+  /** Fault-injection hooks (`pxd daemon --unsafe-debug-api`); without them their routes do not exist (404). */
+  debug?: DebugController;
   /** One line per event worth an operator's eye: unexpected errors (500s). */
   log: (line: string) => void;
 }
@@ -56,7 +58,7 @@ interface Route {
 
 export const prometheusContentType = "text/plain; version=0.0.4; charset=utf-8";
 
-function routes(controller: Controller): Route[] {
+function routes(controller: Controller, debug: DebugController | undefined): Route[] {
   const volumeParam = (params: string[]): string => {
     const name = params[0] ?? "";
     checkVolumeName(name);
@@ -97,11 +99,19 @@ function routes(controller: Controller): Route[] {
       pattern: /^\/metrics$/,
       methods: { GET: async () => ({ status: 200, text: { body: controller.metrics(), contentType: prometheusContentType } }) },
     },
+    ...(debug === undefined
+      ? []
+      : [
+          {
+            pattern: /^\/v1\/debug\/catalog-propose$/,
+            methods: { POST: async (request: IncomingMessage) => ({ status: 200, json: await debug.catalogPropose(parseDebugProposeRequest(await readJsonBody(request))) }) },
+          },
+        ]),
   ];
 }
 
 export function startApiServer(options: ApiServerOptions): Promise<ApiServer> {
-  const table = routes(options.controller);
+  const table = routes(options.controller, options.debug);
   let closing: Promise<void> | null = null;
   const server = createServer(
     {

@@ -66,12 +66,51 @@ export interface NodeStatus {
   /** Store counters: log bytes, segments, GC and checkpoint progress. */
   store: Record<string, number>;
   clusterId: string;
-  /** This node's view of the catalog's Raft group (the meta group): its leader's node id (0: none known), commit and applied index. */
-  catalog: { leader: number; commitIndex: number; appliedIndex: number };
+  /**
+   * This node's view of the catalog's Raft group (the meta group): its
+   * leader's node id (0: none known), commit and applied index, and the latest
+   * committed entries the catalog refused (part of the catalog's state: the
+   * same on every node that applied as far).
+   */
+  catalog: { leader: number; commitIndex: number; appliedIndex: number; refusals: CatalogRefusalInfo[] };
   /** Every node of the cluster, this one included. */
   nodes: NodeInfo[];
   /** Sum over the nodes that are up. */
   pool: CapacityInfo;
+}
+
+/** A committed catalog entry that applied as a refusal. */
+export interface CatalogRefusalInfo {
+  /** The entry's index in the catalog's log. */
+  index: number;
+  /** The command kind it claimed, or "unknown". */
+  kind: string;
+  /** invalid, not_found, exists, conflict, placement or limit. */
+  code: string;
+  error: string;
+}
+
+/**
+ * POST /v1/debug/catalog-propose (only with `pxd daemon --unsafe-debug-api`):
+ * exactly one field. `command`: any JSON value, committed as the version
+ * byte and its msgpack, unvalidated; `hex`: the entry's bytes as they are.
+ */
+export interface DebugProposeRequest {
+  command?: unknown;
+  hex?: string;
+}
+
+/** How the entry applied on the catalog's leader. */
+export interface DebugProposeResponse {
+  index: number;
+  ok: boolean;
+  code?: string;
+  error?: string;
+}
+
+/** The fault-injection hooks the API serves when the daemon runs with --unsafe-debug-api. */
+export interface DebugController {
+  catalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse>;
 }
 
 export type VolumeState = "online" | "damaged";

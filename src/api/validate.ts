@@ -4,7 +4,7 @@
 
 import { volumeSizeSectorProblem } from "../cluster/rules.js";
 import { catalogNameCharsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
-import { ApiError, type CreateVolumeRequest, type JoinRequest, type UpdateVolumeRequest } from "./types.js";
+import { ApiError, type CreateVolumeRequest, type DebugProposeRequest, type JoinRequest, type UpdateVolumeRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
 
 /** A volume name is also an NBD export name and a file name in the data dir. */
@@ -121,4 +121,16 @@ export function parseJoinRequest(body: unknown): JoinRequest {
     labels: labels as Record<string, string>,
     proof: str("proof", 128),
   };
+}
+
+/** The fault-injection hook's body: exactly one of `command` (any JSON) and `hex` (the entry's bytes, not empty). */
+export function parseDebugProposeRequest(body: unknown): DebugProposeRequest {
+  const r = objectWithFields(body, ["command", "hex"], ` like {"command":{"kind":"deleteVolume","name":"x"}} or {"hex":"01c1"}`);
+  const { command, hex } = r;
+  if ((command === undefined) === (hex === undefined)) throw invalid(`send exactly one of the fields "command" and "hex"`);
+  if (hex === undefined) return { command };
+  if (typeof hex !== "string" || hex.length === 0 || hex.length % 2 !== 0 || !/^[0-9a-fA-F]+$/.test(hex)) {
+    throw invalid(`field "hex" must be the entry's bytes as an even number of hex digits (not none: an empty entry is the leader's no-op), not ${describe(hex)}`);
+  }
+  return { hex };
 }

@@ -38,6 +38,7 @@ export function registerDaemon(program: Command): void {
       "when this node leads the catalog: move replicas off a node that has been down this long (default 600; 0: never)",
       intArg(0, 365 * 24 * 3600),
     )
+    .option("--unsafe-debug-api", "fault injection for tests: serve POST /v1/debug/catalog-propose, which commits catalog entries without validation; never on a cluster that holds data")
     .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number; replaceDownAfter?: number }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
@@ -60,6 +61,7 @@ export function registerDaemon(program: Command): void {
         ...(options.zone !== undefined ? { zone: options.zone } : {}),
         ...(options.logRetain !== undefined ? { logRetainBytes: options.logRetain } : {}),
         ...(options.replaceDownAfter !== undefined ? { replaceDownAfterMs: options.replaceDownAfter * 1000 } : {}),
+        ...(options.unsafeDebugApi === true ? { unsafeDebugApi: true } : {}),
       });
     });
 }

@@ -26,10 +26,10 @@ export function volumeTable(volumes: VolumeInfo[]): string {
   return table(header, rows);
 }
 
-/** "key  value" lines with the keys aligned. */
+/** "key  value" lines with the keys aligned; a value of several lines keeps them aligned under the first. */
 export function fields(pairs: [string, string][]): string {
   const width = Math.max(...pairs.map(([k]) => k.length));
-  return pairs.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join("\n");
+  return pairs.map(([k, v]) => `${k.padEnd(width)}  ${v.split("\n").join(`\n${" ".repeat(width + 2)}`)}`).join("\n");
 }
 
 export function volumeDetails(v: VolumeInfo): string {
@@ -64,6 +64,8 @@ export function statusDetails(s: NodeStatus): string {
     ["store", store || "-"],
     ["cluster", `${s.clusterId}: ${s.nodes.filter((n) => n.health === "up").length} of ${s.nodes.length} nodes up`],
     ["pool", `${formatSize(s.pool.freeBytes)} free of ${formatSize(s.pool.totalBytes)} on the nodes that are up`],
+    ["catalog", `entry ${s.catalog.appliedIndex} applied of ${s.catalog.commitIndex} committed, leader ${s.catalog.leader === 0 ? "unknown" : `node ${s.catalog.leader}`}`],
+    ...(s.catalog.refusals.length === 0 ? [] : [["refused", s.catalog.refusals.map((r) => `entry ${r.index} ${r.kind} (${r.code}): ${r.error}`).join("\n")] as [string, string]]),
   ]) + "\n\n" + nodeTable(s.nodes);
 }
 

@@ -15,6 +15,9 @@ import {
   ApiError,
   type Controller,
   type CreateVolumeRequest,
+  type DebugController,
+  type DebugProposeRequest,
+  type DebugProposeResponse,
   type JoinRequest,
   type JoinResponse,
   type NodeInfo,
@@ -30,6 +33,7 @@ import {
   applyEntry,
   CatalogCommandError,
   encodeCommand,
+  encodeCommandUnchecked,
   newCatalogState,
   replicaSetFor,
   settingValue,
@@ -80,6 +84,8 @@ export interface DaemonOptions {
   logRetainBytes?: number;
   /** When this node leads the catalog: replicas on a node marked down this long are replaced on another node (0: never; default 600 s). */
   replaceDownAfterMs?: number;
+  /** Fault injection for tests: serve POST /v1/debug/catalog-propose, which commits catalog entries without validation. */
+  unsafeDebugApi?: boolean;
 }
 
 export interface Logger {
@@ -229,7 +235,9 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => this.reconcileReplicas(), reconcileEveryMs));
     await this.untilRegistered();
     this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log });
-    this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, log: (l) => log.info(l) });
+    const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
+    if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
+    this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, ...(debug ? { debug } : {}), log: (l) => log.info(l) });
     log.info(`pxd ${version} node ${state.nodeId} of cluster ${state.clusterId}: ${state.hosted.size} volume replicas here, ${this.store.stats().recordsReplayed} log records replayed`);
   }
 
@@ -614,7 +622,12 @@ export class Daemon implements Controller {
       volumeCount: this.catalog.volumes.size,
       store: stats,
       clusterId: this.state.clusterId,
-      catalog: { leader: this.driver.leader(metaGroupId), commitIndex: this.driver.status(metaGroupId)?.commit ?? 0, appliedIndex: this.catalogIndex() },
+      catalog: {
+        leader: this.driver.leader(metaGroupId),
+        commitIndex: this.driver.status(metaGroupId)?.commit ?? 0,
+        appliedIndex: this.catalogIndex(),
+        refusals: this.catalog.refusals.map((r) => ({ ...r })),
+      },
       nodes,
       pool: {
         totalBytes: up.reduce((a, n) => a + n.capacityBytes, 0),
@@ -695,6 +708,16 @@ export class Daemon implements Controller {
     const result = await this.metaCommand({ kind: "deleteVolume", name });
     if (!result.ok) throw catalogError(result);
     this.log.info(`volume ${name} deleted`);
+  }
+
+  /** The fault-injection hook: an entry committed as given, unvalidated, on the catalog's leader. */
+  private async debugCatalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse> {
+    const leaderApi = await this.metaLeaderApi();
+    if (leaderApi) return leaderApi.debugCatalogPropose(request);
+    const data = request.hex !== undefined ? Buffer.from(request.hex, "hex") : encodeCommandUnchecked(request.command);
+    const r = await this.proposeMeta(data);
+    this.log.warn(`unsafe debug API: catalog entry ${r.index} committed without validation; ${r.ok ? "it applied" : `refused (${r.code}): ${r.error}`}`);
+    return r.ok ? { index: r.index, ok: true } : { index: r.index, ok: false, code: r.code, error: r.error };
   }
 
   async join(request: JoinRequest): Promise<JoinResponse> {

@@ -6,6 +6,8 @@ import { ApiError, type Controller, type CreateVolumeRequest, type JoinRequest, 
 export class FakeController implements Controller {
   readonly volumes = new Map<string, VolumeInfo>();
   private nextId = 1;
+  /** What status() reports as the catalog's refused entries. */
+  refusals: NodeStatus["catalog"]["refusals"] = [];
   /** Set to make the next call of any method throw this (then cleared). */
   failNext: unknown = null;
   /** Calls seen, "method name" strings, for asserting what reached the controller. */
@@ -27,7 +29,7 @@ export class FakeController implements Controller {
       volumeCount: this.volumes.size,
       store: { logBytes: 4096, segments: 1 },
       clusterId: "c0ffee",
-      catalog: { leader: 1, commitIndex: 1, appliedIndex: 1 },
+      catalog: { leader: 1, commitIndex: 1, appliedIndex: 1, refusals: this.refusals },
       nodes: [this.node],
       pool: { totalBytes: 10 * 1024 ** 3, usedBytes: 1024 ** 3, freeBytes: 9 * 1024 ** 3 },
     });
