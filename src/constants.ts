@@ -99,6 +99,13 @@ export const readPoolBufferBytesMax = 32 * 1024 * 1024;
 export const readPoolBytesMax = 64 * 1024 * 1024;
 /** Largest JSON body the control API accepts. */
 export const apiBodyBytesMax = 1024 * 1024;
+/**
+ * A node is degraded while its data dir's filesystem has less free than the
+ * larger of these: room for the next log segment and its preallocated spare,
+ * and the share at which filesystems themselves start to slow down.
+ */
+export const diskFreeBytesMin = 2 * segmentBytes;
+export const diskFreePercentMin = 5;
 
 // ---- replication (src/replication) ----
 /** Body bytes of one peer frame once authenticated: a 32 MiB volume write plus Raft framing, with room. */

@@ -60,7 +60,10 @@ export interface NodeStatus {
   apiPort: number;
   peerPort: number;
   uptimeSec: number;
+  /** degraded when `reasons` says why. */
   health: "online" | "degraded";
+  /** One sentence per problem, each saying what to do: a node down, the store stopped, a Raft group stopped here, the disk nearly full. */
+  reasons: string[];
   capacity: CapacityInfo;
   volumeCount: number;
   /** Store counters: log bytes, segments, GC and checkpoint progress. */

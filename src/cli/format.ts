@@ -55,7 +55,7 @@ export function statusDetails(s: NodeStatus): string {
     .join(" ");
   return fields([
     ["node", `${s.nodeId} (pxd ${s.version})`],
-    ["health", s.health],
+    ["health", [s.health, ...s.reasons.map((r) => `- ${r}`)].join("\n")],
     ["listen", `${s.listen}  api ${s.apiPort}  nbd ${s.nbdPort}  peer ${s.peerPort}`],
     ["data dir", s.dataDir],
     ["uptime", formatDuration(s.uptimeSec)],

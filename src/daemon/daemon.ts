@@ -65,6 +65,7 @@ import { MultiRaft, NotLeaderError, ProposalDroppedError, type CompactEnvelope, 
 import type { SnapAckEnvelope, SnapChunkEnvelope } from "../replication/snapshot.js";
 import { VolumeIo, type ForwardReply, type ForwardRequest } from "../replication/volume-io.js";
 import { Store } from "../store/store.js";
+import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState, type HostedGroup } from "./node-state.js";
 import { ReplicatedVolumeExport } from "./volume-export.js";
 
@@ -608,6 +609,8 @@ export class Daemon implements Controller {
     const stats = this.store.stats();
     const nodes = await this.listNodes();
     const up = nodes.filter((n) => n.health === "up");
+    const disk = { totalBytes: fsStat.blocks * fsStat.bsize, freeBytes: fsStat.bavail * fsStat.bsize };
+    const reasons = healthReasons({ ...this.stoppedGroups(), nodesDown: nodes.filter((n) => n.health !== "up").map((n) => n.name), storeFailure: this.store.failure?.message, disk });
     return {
       nodeId: String(this.nodeId),
       version,
@@ -617,8 +620,9 @@ export class Daemon implements Controller {
       apiPort: this.api?.port ?? this.options.apiPort,
       peerPort: this.options.peerPort,
       uptimeSec: Math.floor(Number(process.hrtime.bigint() - this.startedAt) / 1e9),
-      health: up.length === nodes.length ? "online" : "degraded",
-      capacity: { totalBytes: fsStat.blocks * fsStat.bsize, freeBytes: fsStat.bavail * fsStat.bsize, usedBytes: stats.diskBytes ?? 0 },
+      health: reasons.length === 0 ? "online" : "degraded",
+      reasons,
+      capacity: { ...disk, usedBytes: stats.diskBytes ?? 0 },
       volumeCount: this.catalog.volumes.size,
       store: stats,
       clusterId: this.state.clusterId,
@@ -634,6 +638,16 @@ export class Daemon implements Controller {
         usedBytes: up.reduce((a, n) => a + n.usedBytes, 0),
         freeBytes: up.reduce((a, n) => a + n.freeBytes, 0),
       },
+    };
+  }
+
+  /** Groups the driver stopped here (their log could not be persisted), the catalog's apart from the volumes'. */
+  private stoppedGroups(): Pick<HealthFacts, "catalogStopped" | "volumesStopped"> {
+    const byId = new Map([...this.catalog.volumes.values()].map((v) => [v.id, v.name]));
+    const stopped = [...this.driver.stoppedGroups()];
+    return {
+      catalogStopped: stopped.find(([id]) => id === metaGroupId)?.[1],
+      volumesStopped: stopped.filter(([id]) => id !== metaGroupId).map(([id, why]) => ({ name: byId.get(id) ?? `group ${id}`, why })),
     };
   }
 

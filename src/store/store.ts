@@ -183,6 +183,11 @@ export class Store {
     return this.groups.has(groupId);
   }
 
+  /** Why the store stopped taking writes (a failed log write or fsync, no space for a segment), or undefined. */
+  get failure(): Error | undefined {
+    return this.segmentLog.failed;
+  }
+
   allocatedBytes(groupId: number): number {
     return this.group(groupId).map.allocatedSectors * sectorBytes;
   }

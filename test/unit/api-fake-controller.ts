@@ -6,6 +6,8 @@ import { ApiError, type Controller, type CreateVolumeRequest, type JoinRequest, 
 export class FakeController implements Controller {
   readonly volumes = new Map<string, VolumeInfo>();
   private nextId = 1;
+  /** What status() reports as the reasons the node is degraded. */
+  reasons: string[] = [];
   /** What status() reports as the catalog's refused entries. */
   refusals: NodeStatus["catalog"]["refusals"] = [];
   /** Set to make the next call of any method throw this (then cleared). */
@@ -24,7 +26,8 @@ export class FakeController implements Controller {
       apiPort: 9001,
       peerPort: 9002,
       uptimeSec: 3725,
-      health: "online",
+      health: this.reasons.length === 0 ? "online" : "degraded",
+      reasons: this.reasons,
       capacity: { totalBytes: 10 * 1024 ** 3, usedBytes: 1024 ** 3, freeBytes: 9 * 1024 ** 3 },
       volumeCount: this.volumes.size,
       store: { logBytes: 4096, segments: 1 },

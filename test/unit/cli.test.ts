@@ -114,6 +114,28 @@ test("--json prints the API's own JSON shapes", async () => {
   assert.match(text.stdout, /^node\s+n1 \(pxd 0\.1\.0-test\)$/m);
   assert.match(text.stdout, /^uptime\s+1h 2m 5s$/m);
   assert.match(text.stdout, /^capacity\s+1\.00 GiB used of 10\.0 GiB, 9\.00 GiB free$/m);
+  assert.match(text.stdout, /^health\s+online$/m);
+  assert.not.match(text.stdout, /^refused/m);
+});
+
+test("pxd status prints why a node is degraded and the catalog's refused entries", async () => {
+  ctx.controller.reasons = ["the store stopped taking writes (ENOSPC); free space", "node node3 is down: start it again"];
+  ctx.controller.refusals = [
+    { index: 7, kind: "createVolume", code: "invalid", error: 'createVolume: field "sizeBytes" must be a multiple of 512 bytes (the sector size), not 1; 512 would do' },
+    { index: 9, kind: "unknown", code: "invalid", error: "catalog command is not valid msgpack" },
+  ];
+  const text = await pxd([...host(), "status"]);
+  assert.is(text.code, 0, text.stderr);
+  const lines = text.stdout.split("\n");
+  const at = lines.findIndex((l) => l.startsWith("health"));
+  const indent = " ".repeat(lines[at]!.indexOf("degraded"));
+  assert.equal(lines.slice(at, at + 3), [
+    `health${indent.slice(6)}degraded`,
+    `${indent}- the store stopped taking writes (ENOSPC); free space`,
+    `${indent}- node node3 is down: start it again`,
+  ]);
+  assert.match(text.stdout, /^refused\s+entry 7 createVolume \(invalid\): createVolume: field "sizeBytes" must be a multiple of 512/m);
+  assert.match(text.stdout, /^\s+entry 9 unknown \(invalid\): catalog command is not valid msgpack$/m);
 });
 
 test("errors from the daemon are one line on stderr with exit code 1", async () => {
