@@ -11,10 +11,12 @@ import { defaultApiPort } from "../constants.js";
 import {
   ApiError,
   type CreateVolumeRequest,
+  type DeleteVolumeOptions,
   type DebugProposeRequest,
   type DebugProposeResponse,
   type JoinRequest,
   type JoinResponse,
+  type NodeConnections,
   type NodeInfo,
   type NodeStatus,
   type UpdateVolumeRequest,
@@ -122,8 +124,18 @@ export class ApiClient {
     return (await this.json("POST", "/v1/volumes", request)) as VolumeInfo;
   }
 
-  async deleteVolume(name: string): Promise<void> {
-    await this.call("DELETE", volumePath(name));
+  async deleteVolume(name: string, options: DeleteVolumeOptions = {}): Promise<void> {
+    await this.call("DELETE", volumePath(name) + (options.force === true ? "?force=true" : ""));
+  }
+
+  /** The answering node's NBD connections to the volume (a delete asks each node). */
+  async volumeConnections(name: string): Promise<NodeConnections> {
+    return (await this.json("GET", `${volumePath(name)}/connections`)) as NodeConnections;
+  }
+
+  /** Closes the answering node's NBD connections to the volume (a forced delete). */
+  async disconnectVolume(name: string): Promise<NodeConnections> {
+    return (await this.json("POST", `${volumePath(name)}/disconnect`)) as NodeConnections;
   }
 
   async updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo> {

@@ -11,7 +11,7 @@ import type { AddressInfo } from "node:net";
 import { apiBodyBytesMax } from "../constants.js";
 import { hostPort } from "./client.js";
 import { ApiError, type ApiErrorBody, type Controller, type DebugController } from "./types.js";
-import { checkVolumeName, parseCreateVolumeRequest, parseDebugProposeRequest, parseJoinRequest, parseUpdateVolumeRequest } from "./validate.js";
+import { checkVolumeName, parseCreateVolumeRequest, parseDebugProposeRequest, parseForceQuery, parseJoinRequest, parseUpdateVolumeRequest } from "./validate.js";
 import {
   apiCloseGraceMs,
   apiConnectionsCheckMs,
@@ -80,8 +80,9 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
       pattern: /^\/v1\/volumes\/([^/]*)$/,
       methods: {
         GET: async (_request, params) => ({ status: 200, json: await controller.inspectVolume(volumeParam(params)) }),
-        DELETE: async (_request, params) => {
-          await controller.deleteVolume(volumeParam(params));
+        DELETE: async (request, params) => {
+          const name = volumeParam(params);
+          await controller.deleteVolume(name, { force: parseForceQuery(requestQuery(request.url ?? "")) });
           return { status: 204 };
         },
         PATCH: async (request, params) => {
@@ -89,6 +90,14 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
           return { status: 200, json: await controller.updateVolume(name, parseUpdateVolumeRequest(await readJsonBody(request))) };
         },
       },
+    },
+    {
+      pattern: /^\/v1\/volumes\/([^/]*)\/connections$/,
+      methods: { GET: async (_request, params) => ({ status: 200, json: await controller.volumeConnections(volumeParam(params)) }) },
+    },
+    {
+      pattern: /^\/v1\/volumes\/([^/]*)\/disconnect$/,
+      methods: { POST: async (_request, params) => ({ status: 200, json: await controller.disconnectVolume(volumeParam(params)) }) },
     },
     { pattern: /^\/v1\/nodes$/, methods: { GET: async () => ({ status: 200, json: { nodes: await controller.listNodes() } }) } },
     {
@@ -185,13 +194,18 @@ async function dispatch(table: Route[], request: IncomingMessage): Promise<Reply
     const params = match.slice(1).map((p) => decodePathPart(p ?? ""));
     return handler(request, params);
   }
-  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/nodes, /v1/cluster/join and /metrics`);
+  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/volumes/NAME/connections, /v1/volumes/NAME/disconnect, /v1/nodes, /v1/cluster/join and /metrics`);
 }
 
 function requestPath(url: string): string {
-  // Origin-form ("/v1/status?x=1") is what clients send; the query is ignored.
+  // Origin-form ("/v1/status?x=1") is what clients send; routes read their query parameters with requestQuery, others ignore it.
   const q = url.indexOf("?");
   return q < 0 ? url : url.slice(0, q);
+}
+
+function requestQuery(url: string): string {
+  const q = url.indexOf("?");
+  return q < 0 ? "" : url.slice(q + 1);
 }
 
 function decodePathPart(part: string): string {

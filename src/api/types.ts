@@ -158,6 +158,23 @@ export interface CreateVolumeRequest {
   zones?: boolean;
 }
 
+/** DELETE /v1/volumes/NAME?force=true: disconnect every NBD client of the volume on every node first. */
+export interface DeleteVolumeOptions {
+  force?: boolean;
+}
+
+/**
+ * GET /v1/volumes/NAME/connections and POST /v1/volumes/NAME/disconnect: about
+ * the answering node only, never forwarded (the node handling a delete asks
+ * each node). `connections`: NBD connections open to the volume on this node;
+ * after a disconnect, how many it closed.
+ */
+export interface NodeConnections {
+  nodeId: number;
+  node: string;
+  connections: number;
+}
+
 /** Error body of every non-2xx answer: { error: { code, message } }. */
 export interface ApiErrorBody {
   error: { code: string; message: string };
@@ -182,7 +199,12 @@ export interface Controller {
   inspectVolume(name: string): Promise<VolumeInfo>;
   /** Throws ApiError(409, "exists") or ApiError(400, "invalid") with a message saying what to do. */
   createVolume(request: CreateVolumeRequest): Promise<VolumeInfo>;
-  deleteVolume(name: string): Promise<void>;
+  /** Refused (409 busy) while any node serves the volume or does not answer, unless forced; forced, every node disconnects its clients first. */
+  deleteVolume(name: string, options?: DeleteVolumeOptions): Promise<void>;
+  /** This node's NBD connections to the volume (0 for a name it does not know). */
+  volumeConnections(name: string): Promise<NodeConnections>;
+  /** Closes this node's NBD connections to the volume and keeps new ones out while its delete runs. */
+  disconnectVolume(name: string): Promise<NodeConnections>;
   /** Changes the replica count; the volume's leader then adds or removes replicas in the background. */
   updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo>;
   /** Prometheus text exposition for GET /metrics. */

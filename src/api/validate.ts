@@ -134,3 +134,13 @@ export function parseDebugProposeRequest(body: unknown): DebugProposeRequest {
   }
   return { hex };
 }
+
+/** The `force` query parameter of DELETE /v1/volumes/NAME: absent, empty, true or 1 (yes), false or 0 (no). */
+export function parseForceQuery(query: string): boolean {
+  const values = new URLSearchParams(query).getAll("force");
+  if (values.length === 0) return false;
+  const v = values.length === 1 ? values[0]! : undefined;
+  if (v === "" || v === "true" || v === "1") return true;
+  if (v === "false" || v === "0") return false;
+  throw invalid(`query parameter "force" must be true or false (once), not ${values.map((x) => JSON.stringify(x.slice(0, 40))).join(", ")}`);
+}

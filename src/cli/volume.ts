@@ -98,10 +98,11 @@ export function registerVolume(program: Command): void {
   volume
     .command("delete")
     .alias("rm")
-    .description("delete a volume and its data")
+    .description("delete a volume and its data; refused while a node serves it to an NBD client, unless --force")
     .argument("<name>", "volume name")
-    .action(async (name: string, _options: unknown, command: Command) => {
-      await clientFor(command).deleteVolume(checkName(name));
-      console.log(`volume "${name}" deleted`);
+    .option("--force", "delete even while NBD clients use it: every node disconnects them first")
+    .action(async (name: string, options: { force?: boolean }, command: Command) => {
+      await clientFor(command).deleteVolume(checkName(name), { force: options.force === true });
+      console.log(`volume "${name}" deleted${options.force === true ? " (its NBD clients were disconnected)" : ""}`);
     });
 }

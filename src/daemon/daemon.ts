@@ -15,11 +15,13 @@ import {
   ApiError,
   type Controller,
   type CreateVolumeRequest,
+  type DeleteVolumeOptions,
   type DebugController,
   type DebugProposeRequest,
   type DebugProposeResponse,
   type JoinRequest,
   type JoinResponse,
+  type NodeConnections,
   type NodeInfo,
   type NodeStatus,
   type ReplicaInfo,
@@ -34,6 +36,7 @@ import {
   CatalogCommandError,
   encodeCommand,
   encodeCommandUnchecked,
+  listNames,
   newCatalogState,
   replicaSetFor,
   settingValue,
@@ -122,11 +125,21 @@ const replicaDropGraceMs = 10000;
 const learnerCaughtUpEntries = 64;
 /** A node the meta leader has had no peer connection to for this long is marked down in the catalog (placement avoids it). */
 const nodeDownAfterMs = 5000;
+/** A delete asks every node for its NBD connections to the volume; one that has not answered within this is named in the refusal. */
+const deleteAskTimeoutMs = 2000;
+/**
+ * After a forced delete disconnected a volume's clients on this node, new
+ * connections to it are refused until the catalog drops it, or this long
+ * (a delete that never committed).
+ */
+const deleteFenceMs = 30_000;
 
 export class Daemon implements Controller {
   private readonly catalog: CatalogState = newCatalogState();
   private readonly metaResults = new Map<number, ApplyResult>();
   private readonly connections = new Map<string, number>();
+  /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
+  private readonly fenced = new Map<string, number>();
   /** Volumes whose replica on a down node had nowhere to go (logged once per dead node). */
   private readonly unplaceable = new Map<number, number>();
   /** Groups with a configuration change in flight (one at a time per group). */
@@ -282,6 +295,7 @@ export class Daemon implements Controller {
     // A replica added to an existing volume (setReplicas) starts with no configuration: the
     // group's leader makes it a learner and sends it a snapshot; it must not campaign before.
     if (live !== undefined && live.id === v.id && live.nodes.includes(this.nodeId)) this.hostGroup(live, result.kind === "setReplicas");
+    if (live === undefined) this.fenced.delete(v.name);
     if (live === undefined && this.state.hosted.has(v.id)) this.unhostGroup(v.id);
   }
 
@@ -593,7 +607,7 @@ export class Daemon implements Controller {
       },
       open: (name) => {
         const v = this.catalog.volumes.get(name);
-        if (v === undefined) return undefined;
+        if (v === undefined || (this.fenced.get(name) ?? 0) > Date.now()) return undefined;
         this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
         return new ReplicatedVolumeExport(v, this.io, this.readBuffers, () => {
           this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
@@ -711,17 +725,62 @@ export class Daemon implements Controller {
     return this.info(v);
   }
 
-  async deleteVolume(name: string): Promise<void> {
+  /**
+   * On the catalog's leader: asks every node whether it serves the volume and
+   * refuses while any does or does not answer; forced, has every node
+   * disconnect its clients first. Then the catalog drops the volume.
+   */
+  async deleteVolume(name: string, options: DeleteVolumeOptions = {}): Promise<void> {
     await this.knownVolume(name);
-    const open = this.connections.get(name) ?? 0;
-    if (open > 0) {
-      throw new ApiError(409, "busy", `volume "${name}" has ${open} NBD connection(s) on this node; disconnect the clients (nbd-client -d, or stop nbdfuse/qemu) and try again`);
-    }
     const leaderApi = await this.metaLeaderApi();
-    if (leaderApi) return leaderApi.deleteVolume(name);
+    if (leaderApi) return leaderApi.deleteVolume(name, options);
+    const force = options.force === true;
+    const answers = await this.askEveryNode(
+      (api) => (force ? api.disconnectVolume(name) : api.volumeConnections(name)),
+      () => (force ? this.disconnectHere(name) : this.connectionsHere(name)),
+    );
+    const busy = busyProblem(name, answers, force);
+    if (busy !== undefined) throw new ApiError(409, "busy", busy);
     const result = await this.metaCommand({ kind: "deleteVolume", name });
     if (!result.ok) throw catalogError(result);
-    this.log.info(`volume ${name} deleted`);
+    const closed = answers.reduce((n, a) => n + (a.connections ?? 0), 0);
+    const silent = answers.filter((a) => a.connections === undefined).map((a) => a.node);
+    this.log.info(`volume ${name} deleted${force ? `; --force closed ${closed} NBD connection(s)${silent.length > 0 ? `, and ${listNames(silent)} did not answer` : ""}` : ""}`);
+  }
+
+  async volumeConnections(name: string): Promise<NodeConnections> {
+    return this.connectionsHere(name);
+  }
+
+  async disconnectVolume(name: string): Promise<NodeConnections> {
+    await this.knownVolume(name).catch(() => undefined); // a name this node does not know has no connections and needs no fence
+    return this.disconnectHere(name);
+  }
+
+  private connectionsHere(name: string): NodeConnections {
+    return { nodeId: this.nodeId, node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, connections: this.connections.get(name) ?? 0 };
+  }
+
+  /** Closes this node's NBD connections to the volume; a volume the catalog knows is fenced so no client reopens it before the delete applies. */
+  private disconnectHere(name: string): NodeConnections {
+    if (this.catalog.volumes.has(name)) this.fenced.set(name, Date.now() + deleteFenceMs);
+    const closed = this.nbd?.server.closeExport(name, `volume ${name} is being deleted (--force): disconnected`) ?? 0;
+    return { ...this.connectionsHere(name), connections: closed };
+  }
+
+  /** Asks every node of the catalog (this one without the network); a node that does not answer in time has `connections` undefined and `error` set. */
+  private askEveryNode(remote: (api: ApiClient) => Promise<NodeConnections>, local: () => NodeConnections): Promise<{ node: string; connections?: number; error?: string }[]> {
+    return Promise.all(
+      [...this.catalog.nodes.values()].map(async (n) => {
+        if (n.id === this.nodeId) return { node: n.name, connections: local().connections };
+        try {
+          return { node: n.name, connections: (await remote(nodeApi(n, deleteAskTimeoutMs))).connections };
+        } catch (e) {
+          const why = e instanceof DaemonUnreachableError ? e.code : e instanceof ApiError ? `${e.status} ${e.code}` : (e as Error).message;
+          return { node: n.name, error: why };
+        }
+      }),
+    );
   }
 
   /** The fault-injection hook: an entry committed as given, unvalidated, on the catalog's leader. */
@@ -852,6 +911,19 @@ export class Daemon implements Controller {
 /** The control API of another node of the cluster. */
 function nodeApi(n: CatalogNode, timeoutMs: number): ApiClient {
   return new ApiClient(hostPort(n.address, n.apiPort), { timeoutMs });
+}
+
+/** Why a volume may not be deleted now, or undefined: a node serves it (unless forced) or did not answer (unless forced). */
+export function busyProblem(name: string, answers: readonly { node: string; connections?: number; error?: string }[], force: boolean): string | undefined {
+  if (force) return undefined;
+  const serving = answers.filter((a) => (a.connections ?? 0) > 0).map((a) => `${a.node} (${a.connections})`);
+  const silent = answers.filter((a) => a.connections === undefined).map((a) => `${a.node} (${a.error ?? "no answer"})`);
+  if (serving.length === 0 && silent.length === 0) return undefined;
+  const what = [
+    ...(serving.length > 0 ? [`NBD clients are connected to it on ${listNames(serving)}`] : []),
+    ...(silent.length > 0 ? [`${listNames(silent)} did not answer, so it may be served there`] : []),
+  ].join("; ");
+  return `volume "${name}" is in use: ${what}; disconnect the clients (nbd-client -d, or stop nbdfuse/qemu) and try again, or delete it with --force, which disconnects them`;
 }
 
 function catalogError(r: Extract<ApplyResult, { ok: false }>): ApiError {

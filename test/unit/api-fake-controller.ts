@@ -1,7 +1,18 @@
 // A small in-memory Controller for the API and CLI tests: volumes in a Map,
 // errors thrown the way the daemon's controller throws them.
 
-import { ApiError, type Controller, type CreateVolumeRequest, type JoinRequest, type JoinResponse, type NodeInfo, type NodeStatus, type VolumeInfo } from "../../src/api/types.js";
+import {
+  ApiError,
+  type Controller,
+  type CreateVolumeRequest,
+  type DeleteVolumeOptions,
+  type JoinRequest,
+  type JoinResponse,
+  type NodeConnections,
+  type NodeInfo,
+  type NodeStatus,
+  type VolumeInfo,
+} from "../../src/api/types.js";
 
 export class FakeController implements Controller {
   readonly volumes = new Map<string, VolumeInfo>();
@@ -105,10 +116,20 @@ export class FakeController implements Controller {
     return Promise.resolve(v);
   }
 
-  deleteVolume(name: string): Promise<void> {
-    this.seen(`deleteVolume ${name}`);
+  deleteVolume(name: string, options: DeleteVolumeOptions = {}): Promise<void> {
+    this.seen(`deleteVolume ${name}${options.force === true ? " force" : ""}`);
     if (!this.volumes.delete(name)) return Promise.reject(new ApiError(404, "not_found", `no volume named "${name}"`));
     return Promise.resolve();
+  }
+
+  volumeConnections(name: string): Promise<NodeConnections> {
+    this.seen(`volumeConnections ${name}`);
+    return Promise.resolve({ nodeId: 7, node: "n1", connections: this.volumes.get(name)?.connections ?? 0 });
+  }
+
+  disconnectVolume(name: string): Promise<NodeConnections> {
+    this.seen(`disconnectVolume ${name}`);
+    return Promise.resolve({ nodeId: 7, node: "n1", connections: 0 });
   }
 
   updateVolume(name: string, request: { repl: number }): Promise<VolumeInfo> {

@@ -106,6 +106,46 @@ test("raw routes answer with the documented status codes and content types", asy
   assert.match(metrics.body, /# TYPE pxd_volumes gauge/);
 });
 
+test("delete takes ?force (true, 1 or empty; false or 0); anything else is a 400; connections and disconnect ask this node only", async () => {
+  for (const name of ["a", "b", "c", "d", "e"]) await ctx.client.createVolume({ name, sizeBytes: 4096 });
+  assert.is((await raw("DELETE", "/v1/volumes/a?force=true")).status, 204);
+  assert.is((await raw("DELETE", "/v1/volumes/b?force")).status, 204);
+  assert.is((await raw("DELETE", "/v1/volumes/c?force=0&verbose=1")).status, 204);
+  await ctx.client.deleteVolume("d", { force: true });
+  const bad = await raw("DELETE", "/v1/volumes/e?force=maybe");
+  assert.equal([bad.status, errorOf(bad).message], [400, 'query parameter "force" must be true or false (once), not "maybe"']);
+  assert.is((await raw("DELETE", "/v1/volumes/e?force=1&force=0")).status, 400);
+  assert.equal(await ctx.client.volumeConnections("e"), { nodeId: 7, node: "n1", connections: 0 });
+  assert.equal(await ctx.client.disconnectVolume("e"), { nodeId: 7, node: "n1", connections: 0 });
+  assert.is((await raw("GET", "/v1/volumes/-x/connections")).status, 400);
+  assert.is((await raw("GET", "/v1/volumes/e/disconnect")).status, 405);
+  assert.equal(ctx.controller.calls.slice(5), ["deleteVolume a force", "deleteVolume b force", "deleteVolume c", "deleteVolume d force", "volumeConnections e", "disconnectVolume e"]);
+});
+
+test("the debug hook exists only when the daemon serves it; its body is one of command and hex", async () => {
+  assert.is((await raw("POST", "/v1/debug/catalog-propose", JSON.stringify({ hex: "01c1" }))).status, 404);
+  const seen: unknown[] = [];
+  const debug = await startApiServer({
+    host: "127.0.0.1",
+    port: 0,
+    controller: ctx.controller,
+    debug: { catalogPropose: (r) => (seen.push(r), Promise.resolve({ index: 5, ok: false, code: "invalid", error: "no" })) },
+    log: () => {},
+  });
+  try {
+    const client = new ApiClient(debug.address);
+    assert.equal(await client.debugCatalogPropose({ command: { kind: "drop" } }), { index: 5, ok: false, code: "invalid", error: "no" });
+    assert.equal(await client.debugCatalogPropose({ hex: "01C1" }), { index: 5, ok: false, code: "invalid", error: "no" });
+    for (const body of [{}, { command: 1, hex: "01" }, { hex: "" }, { hex: "0" }, { hex: "zz" }, { hex: 1 }, { command: 1, extra: 2 }]) {
+      const e = await rejects(client.debugCatalogPropose(body as never), ApiError);
+      assert.is(e.status, 400, JSON.stringify(body));
+    }
+    assert.equal(seen, [{ command: { kind: "drop" } }, { hex: "01C1" }]);
+  } finally {
+    await debug.close();
+  }
+});
+
 test("unknown paths are 404 and wrong methods 405, both with the error body", async () => {
   const missing = await raw("GET", "/v2/status");
   assert.is(missing.status, 404);

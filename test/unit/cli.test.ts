@@ -95,7 +95,9 @@ test("volume create, list, inspect and delete print what happened", async () => 
   assert.is(del.code, 0, del.stderr);
   assert.is(del.stdout, 'volume "demo" deleted\n');
   assert.equal([...ctx.controller.volumes.keys()], ["db"]);
-  await pxd([...host(), "volume", "rm", "db"]);
+  const forced = await pxd([...host(), "volume", "rm", "db", "--force"]);
+  assert.is(forced.stdout, 'volume "db" deleted (its NBD clients were disconnected)\n');
+  assert.is(ctx.controller.calls.at(-1), "deleteVolume db force");
   const empty = await pxd([...host(), "volume", "ls"]);
   assert.is(empty.stdout, 'no volumes; create one with "pxd volume create NAME --size 1G"\n');
 });
