@@ -99,6 +99,10 @@ export const readPoolBufferBytesMax = 32 * 1024 * 1024;
 export const readPoolBytesMax = 64 * 1024 * 1024;
 /** Largest JSON body the control API accepts. */
 export const apiBodyBytesMax = 1024 * 1024;
+/** Characters of one client-supplied string (a name, an address, a path) shown in a log line. */
+export const logFieldCharsMax = 256;
+/** Characters of one log line; the rest is cut with a note. */
+export const logLineCharsMax = 16 * 1024;
 /**
  * A node is degraded while its data dir's filesystem has less free than the
  * larger of these: room for the next log segment and its preallocated spare,

@@ -8,7 +8,8 @@
 
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { apiBodyBytesMax } from "../constants.js";
+import { printable } from "../base/printable.js";
+import { apiBodyBytesMax, logFieldCharsMax } from "../constants.js";
 import { hostPort } from "./client.js";
 import { ApiError, type ApiErrorBody, type Controller, type DebugController } from "./types.js";
 import { checkVolumeName, parseCreateVolumeRequest, parseDebugProposeRequest, parseForceQuery, parseJoinRequest, parseUpdateVolumeRequest } from "./validate.js";
@@ -222,7 +223,7 @@ function errorReply(err: unknown, request: IncomingMessage, log: (line: string) 
     return { status: err.status, json: body };
   }
   const message = err instanceof Error ? err.message : String(err);
-  log(`api: ${request.method} ${request.url} failed: ${err instanceof Error && err.stack ? err.stack : message}`);
+  log(`api: ${request.method} ${printable(request.url ?? "", logFieldCharsMax)} failed: ${err instanceof Error && err.stack ? err.stack : message}`);
   const body: ApiErrorBody = { error: { code: "internal", message } };
   return { status: 500, json: body };
 }

@@ -29,6 +29,7 @@ import {
   type VolumeInfo,
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
+import { printable } from "../base/printable.js";
 import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
 import {
@@ -51,6 +52,7 @@ import {
   checkClusterConstants,
   checkConstants,
   checkReplicationConstants,
+  logFieldCharsMax,
   metaVotersMax,
   nodeBytesMax,
   readPoolBufferBytesMax,
@@ -797,9 +799,15 @@ export class Daemon implements Controller {
     const { proof, ...fields } = request;
     const expected = joinProof(this.secret, fields);
     const given = Buffer.from(typeof proof === "string" ? proof : "", "hex");
+    const who = `node ${request.id} ("${printable(request.name, logFieldCharsMax)}" at ${printable(request.address, logFieldCharsMax)})`;
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-      this.log.warn(`join refused for node ${request.id} at ${request.address}: wrong cluster secret`);
+      this.log.warn(`join refused for ${who}: wrong cluster secret`);
       throw new ApiError(403, "forbidden", "the join request does not prove the cluster secret; start the node with the cluster's --cluster-secret");
+    }
+    const valid = validateCommand({ kind: "addNode", ...fields, at: 0 });
+    if (!valid.ok) {
+      this.log.warn(`join refused for ${who}: ${valid.error}`);
+      throw new ApiError(400, "invalid", `the join request is not one the catalog accepts: ${valid.error}; fix the joining node's --name, --zone or --listen`);
     }
     const leaderApi = await this.metaLeaderApi();
     if (leaderApi) return leaderApi.join(request);
@@ -810,7 +818,7 @@ export class Daemon implements Controller {
     // once it has caught up.
     const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
     if (!members.includes(request.id)) await this.driver.proposeConfChange(metaGroupId, { type: ConfChangeType.addLearner, nodeId: request.id });
-    this.log.info(`node ${request.id} (${request.name} at ${request.address}) joined`);
+    this.log.info(`${who} joined`);
     return {
       clusterId: this.state.clusterId,
       metaVoters: this.state.metaVoters,

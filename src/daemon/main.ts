@@ -3,15 +3,24 @@
 import { mkdirSync } from "node:fs";
 import { Daemon, type DaemonOptions, type Logger } from "./daemon.js";
 import { missingDaemonNodeFlags } from "../os/node-flags.js";
+import { printable } from "../base/printable.js";
+import { logLineCharsMax } from "../constants.js";
 
 function stamp(): string {
   return new Date().toISOString();
 }
 
+/**
+ * One event, one line: a message may carry what a client sent (a join's
+ * fields, an NBD export name, an HTTP path), so every control character is
+ * escaped here, whatever the caller did (a stack trace's newlines too).
+ */
+const line = (level: string, m: string): string => `${stamp()} ${level} ${printable(m, logLineCharsMax)}`;
+
 const log: Logger = {
-  info: (m) => console.log(`${stamp()} info ${m}`),
-  warn: (m) => console.log(`${stamp()} warn ${m}`),
-  error: (m) => console.error(`${stamp()} error ${m}`),
+  info: (m) => console.log(line("info", m)),
+  warn: (m) => console.log(line("warn", m)),
+  error: (m) => console.error(line("error", m)),
 };
 
 export async function runDaemon(options: DaemonOptions): Promise<void> {
