@@ -99,6 +99,8 @@ export const readPoolBufferBytesMax = 32 * 1024 * 1024;
 export const readPoolBytesMax = 64 * 1024 * 1024;
 /** Largest JSON body the control API accepts. */
 export const apiBodyBytesMax = 1024 * 1024;
+/** Directory levels under the data dir that start-up makes private (it holds two: node/ and store/). */
+export const privateTreeDepthMax = 8;
 /** Characters of one client-supplied string (a name, an address, a path) shown in a log line. */
 export const logFieldCharsMax = 256;
 /** Characters of one log line; the rest is cut with a note. */

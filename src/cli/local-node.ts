@@ -9,6 +9,7 @@
 // the daemon goes through ApiClient.
 
 import { daemonNodeFlags } from "../os/node-flags.js";
+import { privateDirMode, privateFileMode } from "../os/private-files.js";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -105,7 +106,7 @@ function nodeAddress(first: string, index: number): string {
 
 async function up(o: UpOptions): Promise<void> {
   if (!isLoopback(o.address)) throw new CliError(`pxd up starts nodes only on this machine's loopback addresses (127.x.x.x), not ${o.address}; start remote nodes with "pxd daemon"`);
-  mkdirSync(o.dataDir, { recursive: true });
+  mkdirSync(o.dataDir, { recursive: true, mode: privateDirMode });
   const secretFile = join(o.dataDir, "cluster.secret");
   if (!existsSync(secretFile)) writeFileSync(secretFile, randomBytes(24).toString("hex") + "\n", { mode: 0o600 });
   const secret = readFileSync(secretFile, "utf8").trim();
@@ -154,11 +155,12 @@ async function statusOrNull(client: ApiClient): Promise<NodeStatus | null> {
 
 /** Starts `pxd daemon ARGS` detached, output to the log, pid to the pid file; returns the pid and a probe for early exit. */
 function startDaemon(paths: NodePaths, daemonArgs: string[], secret: string): [number, () => string | null] {
-  mkdirSync(paths.dir, { recursive: true });
+  // The daemon makes its data dir private at start; its log and pid file are created so from the first byte.
+  mkdirSync(paths.dir, { recursive: true, mode: privateDirMode });
   // dist/src/cli/local-node.js -> dist/bin/pxd.js: the same build that is running now.
   const entry = fileURLToPath(new URL("../../bin/pxd.js", import.meta.url));
   const args = ["--enable-source-maps", ...daemonNodeFlags, entry, "daemon", ...daemonArgs];
-  const logFd = openSync(paths.log, "a");
+  const logFd = openSync(paths.log, "a", privateFileMode);
   let child;
   try {
     writeFileSync(logFd, `--- ${new Date().toISOString()} pxd up: ${process.execPath} ${args.join(" ")}\n`);
@@ -172,7 +174,7 @@ function startDaemon(paths: NodePaths, daemonArgs: string[], secret: string): [n
   child.on("error", (err) => (exit = err.message));
   child.on("exit", (code, signal) => (exit = signal ? `killed by ${signal}` : `exit code ${code}`));
   child.unref();
-  writeFileSync(paths.pid, `${child.pid}\n`);
+  writeFileSync(paths.pid, `${child.pid}\n`, { mode: privateFileMode });
   return [child.pid, () => exit];
 }
 

@@ -3,6 +3,7 @@
 import { mkdirSync } from "node:fs";
 import { Daemon, type DaemonOptions, type Logger } from "./daemon.js";
 import { missingDaemonNodeFlags } from "../os/node-flags.js";
+import { makePrivate } from "../os/private-files.js";
 import { printable } from "../base/printable.js";
 import { logLineCharsMax } from "../constants.js";
 
@@ -24,9 +25,15 @@ const log: Logger = {
 };
 
 export async function runDaemon(options: DaemonOptions): Promise<void> {
-  mkdirSync(options.dataDir, { recursive: true });
+  // Volume data, the node's state and the cluster secret are the daemon user's
+  // alone: files 0600 and directories 0700 from the first one created (the
+  // NBD Unix socket too: only that user, or root, can connect to it).
+  process.umask(0o077);
   let daemon: Daemon;
   try {
+    mkdirSync(options.dataDir, { recursive: true });
+    const tightened = makePrivate(options.dataDir);
+    if (tightened > 0) log.info(`made ${tightened} files and directories under ${options.dataDir} private to this user (0600/0700)`);
     daemon = await Daemon.start(options, log);
   } catch (e) {
     log.error(`pxd daemon could not start: ${(e as Error).message}`);
