@@ -922,7 +922,7 @@ function nodeApi(n: CatalogNode, timeoutMs: number): ApiClient {
 }
 
 /** Why a volume may not be deleted now, or undefined: a node serves it (unless forced) or did not answer (unless forced). */
-export function busyProblem(name: string, answers: readonly { node: string; connections?: number; error?: string }[], force: boolean): string | undefined {
+function busyProblem(name: string, answers: readonly { node: string; connections?: number; error?: string }[], force: boolean): string | undefined {
   if (force) return undefined;
   const serving = answers.filter((a) => (a.connections ?? 0) > 0).map((a) => `${a.node} (${a.connections})`);
   const silent = answers.filter((a) => a.connections === undefined).map((a) => `${a.node} (${a.error ?? "no answer"})`);
