@@ -1,6 +1,8 @@
 // Text rendering for the CLI: pure functions from API types to lines.
 
+import { printable } from "../base/printable.js";
 import { formatSize } from "../base/sizes.js";
+import { logLineCharsMax } from "../constants.js";
 import type { NodeInfo, NodeStatus, VolumeInfo } from "../api/types.js";
 
 /** Left-aligned columns separated by two spaces; the last column is not padded. */
@@ -55,7 +57,7 @@ export function statusDetails(s: NodeStatus): string {
     .join(" ");
   return fields([
     ["node", `${s.nodeId} (pxd ${s.version})`],
-    ["health", [s.health, ...s.reasons.map((r) => `- ${r}`)].join("\n")],
+    ["health", [s.health, ...s.reasons.map((r) => `- ${printable(r, logLineCharsMax)}`)].join("\n")],
     ["listen", `${s.listen}  api ${s.apiPort}  nbd ${s.nbdPort}  peer ${s.peerPort}`],
     ["data dir", s.dataDir],
     ["uptime", formatDuration(s.uptimeSec)],
@@ -65,7 +67,7 @@ export function statusDetails(s: NodeStatus): string {
     ["cluster", `${s.clusterId}: ${s.nodes.filter((n) => n.health === "up").length} of ${s.nodes.length} nodes up`],
     ["pool", `${formatSize(s.pool.freeBytes)} free of ${formatSize(s.pool.totalBytes)} on the nodes that are up`],
     ["catalog", `entry ${s.catalog.appliedIndex} applied of ${s.catalog.commitIndex} committed, leader ${s.catalog.leader === 0 ? "unknown" : `node ${s.catalog.leader}`}`],
-    ...(s.catalog.refusals.length === 0 ? [] : [["refused", s.catalog.refusals.map((r) => `entry ${r.index} ${r.kind} (${r.code}): ${r.error}`).join("\n")] as [string, string]]),
+    ...(s.catalog.refusals.length === 0 ? [] : [["refused", s.catalog.refusals.map((r) => printable(`entry ${r.index} ${r.kind} (${r.code}): ${r.error}`, logLineCharsMax)).join("\n")] as [string, string]]),
   ]) + "\n\n" + nodeTable(s.nodes);
 }
 

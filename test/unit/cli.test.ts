@@ -125,6 +125,7 @@ test("pxd status prints why a node is degraded and the catalog's refused entries
   ctx.controller.refusals = [
     { index: 7, kind: "createVolume", code: "invalid", error: 'createVolume: field "sizeBytes" must be a multiple of 512 bytes (the sector size), not 1; 512 would do' },
     { index: 9, kind: "unknown", code: "invalid", error: "catalog command is not valid msgpack" },
+    { index: 11, kind: "unknown", code: "invalid", error: 'unknown catalog command kind "\u001b[2J\u202e"' },
   ];
   const text = await pxd([...host(), "status"]);
   assert.is(text.code, 0, text.stderr);
@@ -138,6 +139,7 @@ test("pxd status prints why a node is degraded and the catalog's refused entries
   ]);
   assert.match(text.stdout, /^refused\s+entry 7 createVolume \(invalid\): createVolume: field "sizeBytes" must be a multiple of 512/m);
   assert.match(text.stdout, /^\s+entry 9 unknown \(invalid\): catalog command is not valid msgpack$/m);
+  assert.match(text.stdout, /^\s+entry 11 unknown \(invalid\): unknown catalog command kind "\\x1b\[2J\\u\{202e\}"$/m, "what a log entry carries reaches the terminal escaped");
 });
 
 test("errors from the daemon are one line on stderr with exit code 1", async () => {
