@@ -107,6 +107,19 @@ export const readPoolBufferBytesMax = 32 * 1024 * 1024;
 export const readPoolBytesMax = 64 * 1024 * 1024;
 /** Largest JSON body the control API accepts. */
 export const apiBodyBytesMax = 1024 * 1024;
+/** Directory levels under the data dir that start-up makes private (it holds two: node/ and store/). */
+export const privateTreeDepthMax = 8;
+/** Characters of one client-supplied string (a name, an address, a path) shown in a log line. */
+export const logFieldCharsMax = 256;
+/** Characters of one log line; the rest is cut with a note. */
+export const logLineCharsMax = 16 * 1024;
+/**
+ * A node is degraded while its data dir's filesystem has less free than the
+ * larger of these: room for the next log segment and its preallocated spare,
+ * and the share at which filesystems themselves start to slow down.
+ */
+export const diskFreeBytesMin = 2 * segmentBytes;
+export const diskFreePercentMin = 5;
 
 // ---- replication (src/replication) ----
 /** Body bytes of one peer frame once authenticated: a 32 MiB volume write plus Raft framing, with room. */
@@ -233,6 +246,12 @@ export const catalogCommandBytesMax = 64 * 1024;
 export const catalogSnapshotBytesMax = 64 * 1024 * 1024;
 /** Names listed in one error message before it says "and N more". */
 export const catalogErrorNamesMax = 5;
+/** Refused catalog entries the catalog remembers (the latest), so every node shows the same in pxd status. */
+export const catalogRefusalsMax = 16;
+/** Characters of a remembered refusal's sentence. */
+export const catalogRefusalCharsMax = 1024;
+/** Latest time (ms since the epoch) a command may carry: the largest a JavaScript Date holds (ECMA-262 "Time Values"). */
+export const catalogTimeMsMax = 8.64e15;
 
 /** The cluster limits agree with each other and with the layers they carry (called at start and by tests). */
 export function checkClusterConstants(): void {
@@ -241,10 +260,13 @@ export function checkClusterConstants(): void {
   assert(catalogCommandBytesMax >= 1 + nodeLabelsMax * 2 * (nodeLabelCharsMax * 4 + 8) + 4 * 1024, "the largest addNode fits a command");
   assert(catalogCommandBytesMax <= raftAppendBytesMax, "a command fits one AppendEntries batch");
   assert(
-    catalogSnapshotBytesMax >= catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + volumeReplicasMax * 9),
+    catalogSnapshotBytesMax >=
+      catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + volumeReplicasMax * 9) + catalogRefusalsMax * (catalogRefusalCharsMax * 4 + 64),
     "a full catalog fits a snapshot",
   );
   assert(volumeBytesMax <= Number.MAX_SAFE_INTEGER && nodeBytesMax <= Number.MAX_SAFE_INTEGER, "byte counts are exact doubles");
+  assert(volumeBytesMax % sectorBytes === 0, "the largest volume is whole sectors");
+  assert(Number.isSafeInteger(catalogTimeMsMax) && !Number.isNaN(new Date(catalogTimeMsMax).getTime()), "the latest command time is a valid Date");
 }
 
 export function checkConstants(): void {

@@ -11,14 +11,18 @@ import { defaultApiPort } from "../constants.js";
 import {
   ApiError,
   type CreateVolumeRequest,
-  type UpdateVolumeRequest,
-  type NodeStatus,
-  type VolumeInfo,
+  type DeleteVolumeOptions,
+  type DebugProposeRequest,
+  type DebugProposeResponse,
   type JoinRequest,
   type JoinResponse,
+  type NodeConnections,
   type NodeInfo,
+  type NodeStatus,
   type ScrubRequest,
   type ScrubResponse,
+  type UpdateVolumeRequest,
+  type VolumeInfo,
 } from "./types.js";
 import { apiClientTimeoutMs, apiResponseBytesMax } from "./limits.js";
 
@@ -122,8 +126,18 @@ export class ApiClient {
     return (await this.json("POST", "/v1/volumes", request)) as VolumeInfo;
   }
 
-  async deleteVolume(name: string): Promise<void> {
-    await this.call("DELETE", volumePath(name));
+  async deleteVolume(name: string, options: DeleteVolumeOptions = {}): Promise<void> {
+    await this.call("DELETE", volumePath(name) + (options.force === true ? "?force=true" : ""));
+  }
+
+  /** The answering node's NBD connections to the volume (a delete asks each node). */
+  async volumeConnections(name: string): Promise<NodeConnections> {
+    return (await this.json("GET", `${volumePath(name)}/connections`)) as NodeConnections;
+  }
+
+  /** Closes the answering node's NBD connections to the volume (a forced delete). */
+  async disconnectVolume(name: string): Promise<NodeConnections> {
+    return (await this.json("POST", `${volumePath(name)}/disconnect`)) as NodeConnections;
   }
 
   async updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo> {
@@ -148,6 +162,11 @@ export class ApiClient {
   /** The last scrub report of each volume on the answering node. */
   async scrubStatus(): Promise<ScrubResponse> {
     return (await this.json("GET", "/v1/scrub")) as ScrubResponse;
+  }
+
+  /** The fault-injection hook of a daemon started with --unsafe-debug-api. */
+  async debugCatalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse> {
+    return (await this.json("POST", "/v1/debug/catalog-propose", request)) as DebugProposeResponse;
   }
 
   /** Prometheus text exposition. */

@@ -8,10 +8,11 @@
 
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { apiBodyBytesMax } from "../constants.js";
+import { printable } from "../base/printable.js";
+import { apiBodyBytesMax, logFieldCharsMax } from "../constants.js";
 import { hostPort } from "./client.js";
-import { ApiError, type ApiErrorBody, type Controller } from "./types.js";
-import { checkVolumeName, parseCreateVolumeRequest, parseJoinRequest, parseScrubRequest, parseUpdateVolumeRequest } from "./validate.js";
+import { ApiError, type ApiErrorBody, type Controller, type DebugController } from "./types.js";
+import { checkVolumeName, parseCreateVolumeRequest, parseDebugProposeRequest, parseForceQuery, parseJoinRequest, parseScrubRequest, parseUpdateVolumeRequest } from "./validate.js";
 import {
   apiCloseGraceMs,
   apiConnectionsCheckMs,
@@ -27,6 +28,8 @@ export interface ApiServerOptions {
   /** TCP port; 0 picks a free one (tests). */
   port: number;
   controller: Controller;
+  /** Fault-injection hooks (`pxd daemon --unsafe-debug-api`); without them their routes do not exist (404). */
+  debug?: DebugController;
   /** One line per event worth an operator's eye: unexpected errors (500s). */
   log: (line: string) => void;
 }
@@ -56,7 +59,7 @@ interface Route {
 
 export const prometheusContentType = "text/plain; version=0.0.4; charset=utf-8";
 
-function routes(controller: Controller): Route[] {
+function routes(controller: Controller, debug: DebugController | undefined): Route[] {
   const volumeParam = (params: string[]): string => {
     const name = params[0] ?? "";
     checkVolumeName(name);
@@ -78,8 +81,9 @@ function routes(controller: Controller): Route[] {
       pattern: /^\/v1\/volumes\/([^/]*)$/,
       methods: {
         GET: async (_request, params) => ({ status: 200, json: await controller.inspectVolume(volumeParam(params)) }),
-        DELETE: async (_request, params) => {
-          await controller.deleteVolume(volumeParam(params));
+        DELETE: async (request, params) => {
+          const name = volumeParam(params);
+          await controller.deleteVolume(name, { force: parseForceQuery(requestQuery(request.url ?? "")) });
           return { status: 204 };
         },
         PATCH: async (request, params) => {
@@ -87,6 +91,14 @@ function routes(controller: Controller): Route[] {
           return { status: 200, json: await controller.updateVolume(name, parseUpdateVolumeRequest(await readJsonBody(request))) };
         },
       },
+    },
+    {
+      pattern: /^\/v1\/volumes\/([^/]*)\/connections$/,
+      methods: { GET: async (_request, params) => ({ status: 200, json: await controller.volumeConnections(volumeParam(params)) }) },
+    },
+    {
+      pattern: /^\/v1\/volumes\/([^/]*)\/disconnect$/,
+      methods: { POST: async (_request, params) => ({ status: 200, json: await controller.disconnectVolume(volumeParam(params)) }) },
     },
     { pattern: /^\/v1\/nodes$/, methods: { GET: async () => ({ status: 200, json: { nodes: await controller.listNodes() } }) } },
     {
@@ -104,11 +116,19 @@ function routes(controller: Controller): Route[] {
       pattern: /^\/metrics$/,
       methods: { GET: async () => ({ status: 200, text: { body: controller.metrics(), contentType: prometheusContentType } }) },
     },
+    ...(debug === undefined
+      ? []
+      : [
+          {
+            pattern: /^\/v1\/debug\/catalog-propose$/,
+            methods: { POST: async (request: IncomingMessage) => ({ status: 200, json: await debug.catalogPropose(parseDebugProposeRequest(await readJsonBody(request))) }) },
+          },
+        ]),
   ];
 }
 
 export function startApiServer(options: ApiServerOptions): Promise<ApiServer> {
-  const table = routes(options.controller);
+  const table = routes(options.controller, options.debug);
   let closing: Promise<void> | null = null;
   const server = createServer(
     {
@@ -182,13 +202,18 @@ async function dispatch(table: Route[], request: IncomingMessage): Promise<Reply
     const params = match.slice(1).map((p) => decodePathPart(p ?? ""));
     return handler(request, params);
   }
-  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/nodes, /v1/cluster/join, /v1/scrub and /metrics`);
+  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/volumes/NAME/connections, /v1/volumes/NAME/disconnect, /v1/nodes, /v1/cluster/join, /v1/scrub and /metrics`);
 }
 
 function requestPath(url: string): string {
-  // Origin-form ("/v1/status?x=1") is what clients send; the query is ignored.
+  // Origin-form ("/v1/status?x=1") is what clients send; routes read their query parameters with requestQuery, others ignore it.
   const q = url.indexOf("?");
   return q < 0 ? url : url.slice(0, q);
+}
+
+function requestQuery(url: string): string {
+  const q = url.indexOf("?");
+  return q < 0 ? "" : url.slice(q + 1);
 }
 
 function decodePathPart(part: string): string {
@@ -205,7 +230,7 @@ function errorReply(err: unknown, request: IncomingMessage, log: (line: string) 
     return { status: err.status, json: body };
   }
   const message = err instanceof Error ? err.message : String(err);
-  log(`api: ${request.method} ${request.url} failed: ${err instanceof Error && err.stack ? err.stack : message}`);
+  log(`api: ${request.method} ${printable(request.url ?? "", logFieldCharsMax)} failed: ${err instanceof Error && err.stack ? err.stack : message}`);
   const body: ApiErrorBody = { error: { code: "internal", message } };
   return { status: 500, json: body };
 }

@@ -60,14 +60,22 @@ export interface NodeStatus {
   apiPort: number;
   peerPort: number;
   uptimeSec: number;
+  /** degraded when `reasons` says why. */
   health: "online" | "degraded";
+  /** One sentence per problem, each saying what to do: a node down, the store stopped, a Raft group stopped here, the disk nearly full. */
+  reasons: string[];
   capacity: CapacityInfo;
   volumeCount: number;
   /** Store counters: log bytes, segments, GC and checkpoint progress. */
   store: Record<string, number>;
   clusterId: string;
-  /** This node's view of the catalog's Raft group (the meta group): its leader's node id (0: none known), commit and applied index. */
-  catalog: { leader: number; commitIndex: number; appliedIndex: number };
+  /**
+   * This node's view of the catalog's Raft group (the meta group): its
+   * leader's node id (0: none known), commit and applied index, and the latest
+   * committed entries the catalog refused (part of the catalog's state: the
+   * same on every node that applied as far).
+   */
+  catalog: { leader: number; commitIndex: number; appliedIndex: number; refusals: CatalogRefusalInfo[] };
   /** Every node of the cluster, this one included. */
   nodes: NodeInfo[];
   /** Sum over the nodes that are up. */
@@ -134,6 +142,40 @@ export interface ScrubResponse {
   nodes: ScrubNodeReport[];
 }
 
+/** A committed catalog entry that applied as a refusal. */
+export interface CatalogRefusalInfo {
+  /** The entry's index in the catalog's log. */
+  index: number;
+  /** The command kind it claimed, or "unknown". */
+  kind: string;
+  /** invalid, not_found, exists, conflict, placement or limit. */
+  code: string;
+  error: string;
+}
+
+/**
+ * POST /v1/debug/catalog-propose (only with `pxd daemon --unsafe-debug-api`):
+ * exactly one field. `command`: any JSON value, committed as the version
+ * byte and its msgpack, unvalidated; `hex`: the entry's bytes as they are.
+ */
+export interface DebugProposeRequest {
+  command?: unknown;
+  hex?: string;
+}
+
+/** How the entry applied on the catalog's leader. */
+export interface DebugProposeResponse {
+  index: number;
+  ok: boolean;
+  code?: string;
+  error?: string;
+}
+
+/** The fault-injection hooks the API serves when the daemon runs with --unsafe-debug-api. */
+export interface DebugController {
+  catalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse>;
+}
+
 export type VolumeState = "online" | "damaged";
 
 export interface ReplicaInfo {
@@ -178,6 +220,23 @@ export interface CreateVolumeRequest {
   zones?: boolean;
 }
 
+/** DELETE /v1/volumes/NAME?force=true: disconnect every NBD client of the volume on every node first. */
+export interface DeleteVolumeOptions {
+  force?: boolean;
+}
+
+/**
+ * GET /v1/volumes/NAME/connections and POST /v1/volumes/NAME/disconnect: about
+ * the answering node only, never forwarded (the node handling a delete asks
+ * each node). `connections`: NBD connections open to the volume on this node;
+ * after a disconnect, how many it closed.
+ */
+export interface NodeConnections {
+  nodeId: number;
+  node: string;
+  connections: number;
+}
+
 /** Error body of every non-2xx answer: { error: { code, message } }. */
 export interface ApiErrorBody {
   error: { code: string; message: string };
@@ -202,7 +261,12 @@ export interface Controller {
   inspectVolume(name: string): Promise<VolumeInfo>;
   /** Throws ApiError(409, "exists") or ApiError(400, "invalid") with a message saying what to do. */
   createVolume(request: CreateVolumeRequest): Promise<VolumeInfo>;
-  deleteVolume(name: string): Promise<void>;
+  /** Refused (409 busy) while any node serves the volume or does not answer, unless forced; forced, every node disconnects its clients first. */
+  deleteVolume(name: string, options?: DeleteVolumeOptions): Promise<void>;
+  /** This node's NBD connections to the volume (0 for a name it does not know). */
+  volumeConnections(name: string): Promise<NodeConnections>;
+  /** Closes this node's NBD connections to the volume and keeps new ones out while its delete runs. */
+  disconnectVolume(name: string): Promise<NodeConnections>;
   /** Changes the replica count; the volume's leader then adds or removes replicas in the background. */
   updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo>;
   /** Prometheus text exposition for GET /metrics. */

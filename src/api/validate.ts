@@ -2,8 +2,9 @@
 // bodies. Pure functions, shared by the server (which answers 400 with the
 // message) and the CLI (which checks before it dials).
 
+import { volumeSizeSectorProblem } from "../cluster/rules.js";
 import { catalogNameCharsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
-import { ApiError, type CreateVolumeRequest, type JoinRequest, type ScrubRequest, type UpdateVolumeRequest } from "./types.js";
+import { ApiError, type CreateVolumeRequest, type DebugProposeRequest, type JoinRequest, type ScrubRequest, type UpdateVolumeRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
 
 /** A volume name is also an NBD export name and a file name in the data dir. */
@@ -34,13 +35,10 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
     throw invalid(`field "sizeBytes" must be a positive integer number of bytes, not ${describe(sizeBytes)}`);
   }
   if (sizeBytes > volumeBytesMax) throw invalid(`field "sizeBytes" is ${sizeBytes}, larger than the volume limit ${volumeBytesMax} (64 TiB)`);
+  const sectors = volumeSizeSectorProblem(sizeBytes);
+  if (sectors !== null) throw invalid(`field "sizeBytes" ${sectors}`);
   const out: CreateVolumeRequest = { name, sizeBytes };
-  if (repl !== undefined) {
-    if (typeof repl !== "number" || !Number.isSafeInteger(repl) || repl < 1) {
-      throw invalid(`field "repl" must be a positive integer (replica count), not ${describe(repl)}`);
-    }
-    out.repl = repl;
-  }
+  if (repl !== undefined) out.repl = replField(repl);
   if (nodes !== undefined) {
     const ok = Array.isArray(nodes) && nodes.length >= 1 && nodes.length <= volumeReplicasMax && nodes.every((n) => typeof n === "string" && n.length >= 1 && n.length <= catalogNameCharsMax);
     if (!ok) throw invalid(`field "nodes" must be a list of 1 to ${volumeReplicasMax} node names or ids (strings of at most ${catalogNameCharsMax} characters), not ${describe(nodes)}`);
@@ -56,10 +54,14 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
 /** PATCH /v1/volumes/NAME: {"repl": N}. */
 export function parseUpdateVolumeRequest(body: unknown): UpdateVolumeRequest {
   const { repl } = objectWithFields(body, ["repl"], ` like {"repl":3}`);
+  return { repl: replField(repl) };
+}
+
+function replField(repl: unknown): number {
   if (typeof repl !== "number" || !Number.isSafeInteger(repl) || repl < 1 || repl > volumeReplicasMax) {
-    throw invalid(`field "repl" must be a replica count from 1 to ${volumeReplicasMax}, not ${describe(repl)}`);
+    throw invalid(`field "repl" must be a replica count from 1 to ${volumeReplicasMax} (the most a volume has), not ${describe(repl)}`);
   }
-  return { repl };
+  return repl;
 }
 
 /** A JSON object body with none but the given fields; throws ApiError(400) naming the first other one. */
@@ -144,4 +146,26 @@ export function parseScrubRequest(body: unknown): ScrubRequest {
     out.local = local;
   }
   return out;
+}
+
+/** The fault-injection hook's body: exactly one of `command` (any JSON) and `hex` (the entry's bytes, not empty). */
+export function parseDebugProposeRequest(body: unknown): DebugProposeRequest {
+  const r = objectWithFields(body, ["command", "hex"], ` like {"command":{"kind":"deleteVolume","name":"x"}} or {"hex":"01c1"}`);
+  const { command, hex } = r;
+  if ((command === undefined) === (hex === undefined)) throw invalid(`send exactly one of the fields "command" and "hex"`);
+  if (hex === undefined) return { command };
+  if (typeof hex !== "string" || hex.length === 0 || hex.length % 2 !== 0 || !/^[0-9a-fA-F]+$/.test(hex)) {
+    throw invalid(`field "hex" must be the entry's bytes as an even number of hex digits (not none: an empty entry is the leader's no-op), not ${describe(hex)}`);
+  }
+  return { hex };
+}
+
+/** The `force` query parameter of DELETE /v1/volumes/NAME: absent, empty, true or 1 (yes), false or 0 (no). */
+export function parseForceQuery(query: string): boolean {
+  const values = new URLSearchParams(query).getAll("force");
+  if (values.length === 0) return false;
+  const v = values.length === 1 ? values[0]! : undefined;
+  if (v === "" || v === "true" || v === "1") return true;
+  if (v === "false" || v === "0") return false;
+  throw invalid(`query parameter "force" must be true or false (once), not ${values.map((x) => JSON.stringify(x.slice(0, 40))).join(", ")}`);
 }

@@ -4,13 +4,22 @@ import { InvalidArgumentError, type Command } from "commander";
 import { parseSize } from "../base/sizes.js";
 import { ApiClient, defaultApiAddress, parseApiAddress } from "../api/client.js";
 import { volumeNameProblem } from "../api/validate.js";
+import { volumeSizeSectorProblem } from "../cluster/rules.js";
+import { volumeBytesMax, volumeReplicasMax } from "../constants.js";
+import { formatSize } from "../base/sizes.js";
 import { UsageError } from "./errors.js";
 
+/** A volume size: above zero, at most volumeBytesMax, whole 512-byte sectors (what the catalog accepts). */
 export function sizeArg(text: string): number {
   const bytes = byteCountArg(text);
   if (bytes <= 0) throw new InvalidArgumentError(`a volume needs a size above zero; use e.g. 1G`);
+  if (bytes > volumeBytesMax) throw new InvalidArgumentError(`"${text}" is ${formatSize(bytes)}, larger than the volume limit of ${formatSize(volumeBytesMax)}`);
+  const sectors = volumeSizeSectorProblem(bytes);
+  if (sectors !== null) throw new InvalidArgumentError(`"${text}" is ${bytes} bytes; a volume size ${sectors}, or a whole number of K, M or G`);
   return bytes;
 }
+
+
 
 /** A byte count with an optional K/M/G/T suffix; zero allowed. */
 export function byteCountArg(text: string): number {
@@ -39,13 +48,17 @@ export function bandwidthArg(text: string): number {
   return bytes;
 }
 
-export function intArg(min: number, max: number): (text: string) => number {
+/** `rule`: why the range is what it is, said after it. */
+export function intArg(min: number, max: number, rule?: string): (text: string) => number {
   return (text) => {
     const n = /^\d+$/.test(text.trim()) ? Number(text.trim()) : NaN;
-    if (!(n >= min && n <= max)) throw new InvalidArgumentError(`"${text}" is not a whole number from ${min} to ${max}`);
+    if (!(n >= min && n <= max)) throw new InvalidArgumentError(`"${text}" is not a whole number from ${min} to ${max}${rule === undefined ? "" : `: ${rule}`}`);
     return n;
   };
 }
+
+/** A replica count, as the catalog allows it. */
+export const replArg = intArg(1, volumeReplicasMax, `a volume has at most ${volumeReplicasMax} replicas`);
 
 export function checkName(name: string): string {
   const problem = volumeNameProblem(name);

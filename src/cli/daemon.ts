@@ -40,6 +40,7 @@ export function registerDaemon(program: Command): void {
     )
     .option("--scrub-interval <duration>", "scrub everything on this node this long after the last scrub finished, e.g. 7d, 24h, 30m (default 7d; 0: never)", durationArg)
     .option("--scrub-bandwidth <size>", "bytes a second the scrub reads at most, e.g. 32M (default 32M)", byteCountArg)
+    .option("--unsafe-debug-api", "fault injection for tests: serve POST /v1/debug/catalog-propose, which commits catalog entries without validation; never on a cluster that holds data")
     .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
@@ -64,6 +65,7 @@ export function registerDaemon(program: Command): void {
         ...(options.replaceDownAfter !== undefined ? { replaceDownAfterMs: options.replaceDownAfter * 1000 } : {}),
         ...(options.scrubInterval !== undefined ? { scrubIntervalMs: options.scrubInterval } : {}),
         ...(options.scrubBandwidth !== undefined ? { scrubBandwidthBytesPerSec: options.scrubBandwidth } : {}),
+        ...(options.unsafeDebugApi === true ? { unsafeDebugApi: true } : {}),
       });
     });
 }

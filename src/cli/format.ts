@@ -1,6 +1,8 @@
 // Text rendering for the CLI: pure functions from API types to lines.
 
+import { printable } from "../base/printable.js";
 import { formatSize } from "../base/sizes.js";
+import { logLineCharsMax } from "../constants.js";
 import type { NodeInfo, NodeStatus, ScrubResponse, VolumeInfo } from "../api/types.js";
 
 /** Left-aligned columns separated by two spaces; the last column is not padded. */
@@ -26,10 +28,10 @@ export function volumeTable(volumes: VolumeInfo[]): string {
   return table(header, rows);
 }
 
-/** "key  value" lines with the keys aligned. */
+/** "key  value" lines with the keys aligned; a value of several lines keeps them aligned under the first. */
 export function fields(pairs: [string, string][]): string {
   const width = Math.max(...pairs.map(([k]) => k.length));
-  return pairs.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join("\n");
+  return pairs.map(([k, v]) => `${k.padEnd(width)}  ${v.split("\n").join(`\n${" ".repeat(width + 2)}`)}`).join("\n");
 }
 
 export function volumeDetails(v: VolumeInfo): string {
@@ -81,7 +83,7 @@ export function statusDetails(s: NodeStatus): string {
     .join(" ");
   return fields([
     ["node", `${s.nodeId} (pxd ${s.version})`],
-    ["health", s.health],
+    ["health", [s.health, ...s.reasons.map((r) => `- ${printable(r, logLineCharsMax)}`)].join("\n")],
     ["listen", `${s.listen}  api ${s.apiPort}  nbd ${s.nbdPort}  peer ${s.peerPort}`],
     ["data dir", s.dataDir],
     ["uptime", formatDuration(s.uptimeSec)],
@@ -92,6 +94,8 @@ export function statusDetails(s: NodeStatus): string {
     ["pool", `${formatSize(s.pool.freeBytes)} free of ${formatSize(s.pool.totalBytes)} on the nodes that are up`],
     ["checksums", integritySummary(s.integrity)],
     ["scrub", scrubSchedule(s.integrity.scrub)],
+    ["catalog", `entry ${s.catalog.appliedIndex} applied of ${s.catalog.commitIndex} committed, leader ${s.catalog.leader === 0 ? "unknown" : `node ${s.catalog.leader}`}`],
+    ...(s.catalog.refusals.length === 0 ? [] : [["refused", s.catalog.refusals.map((r) => printable(`entry ${r.index} ${r.kind} (${r.code}): ${r.error}`, logLineCharsMax)).join("\n")] as [string, string]]),
   ]) + "\n\n" + nodeTable(s.nodes);
 }
 

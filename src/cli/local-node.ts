@@ -9,6 +9,7 @@
 // the daemon goes through ApiClient.
 
 import { daemonNodeFlags } from "../os/node-flags.js";
+import { privateDirMode, privateFileMode } from "../os/private-files.js";
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -19,7 +20,7 @@ import { formatSize } from "../base/sizes.js";
 import { defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
 import { ApiClient, DaemonUnreachableError, defaultApiAddress } from "../api/client.js";
 import { ApiError, type NodeStatus, type VolumeInfo } from "../api/types.js";
-import { checkName, intArg, localClusterApiAddress, sizeArg } from "./args.js";
+import { checkName, intArg, localClusterApiAddress, replArg, sizeArg } from "./args.js";
 import { CliError } from "./errors.js";
 
 /** How long pxd up waits for a freshly started daemon to answer /v1/status. */
@@ -74,7 +75,7 @@ export function registerLocalNode(program: Command): void {
     .addOption(new Option("-s, --size <size>", "size of the volume to create").argParser(sizeArg).default(1024 ** 3, "1G"))
     .option("--volume <name>", "name of the volume to create", "demo")
     .option("--nodes <n>", "how many nodes to start", intArg(1, 9), 3)
-    .option("--repl <n>", "replicas of the volume (default: 3, or the node count if smaller)", intArg(1, 5))
+    .option("--repl <n>", "replicas of the volume (default: 3, or the node count if smaller)", replArg)
     .option("--address <ip>", "the first node's address; the others take the next ones", "127.0.0.11")
     .option("--api-port <port>", "control API port of every node", port, defaultApiPort)
     .option("--nbd-port <port>", "NBD port of every node", port, defaultNbdPort)
@@ -105,7 +106,7 @@ function nodeAddress(first: string, index: number): string {
 
 async function up(o: UpOptions): Promise<void> {
   if (!isLoopback(o.address)) throw new CliError(`pxd up starts nodes only on this machine's loopback addresses (127.x.x.x), not ${o.address}; start remote nodes with "pxd daemon"`);
-  mkdirSync(o.dataDir, { recursive: true });
+  mkdirSync(o.dataDir, { recursive: true, mode: privateDirMode });
   const secretFile = join(o.dataDir, "cluster.secret");
   if (!existsSync(secretFile)) writeFileSync(secretFile, randomBytes(24).toString("hex") + "\n", { mode: 0o600 });
   const secret = readFileSync(secretFile, "utf8").trim();
@@ -154,11 +155,12 @@ async function statusOrNull(client: ApiClient): Promise<NodeStatus | null> {
 
 /** Starts `pxd daemon ARGS` detached, output to the log, pid to the pid file; returns the pid and a probe for early exit. */
 function startDaemon(paths: NodePaths, daemonArgs: string[], secret: string): [number, () => string | null] {
-  mkdirSync(paths.dir, { recursive: true });
+  // The daemon makes its data dir private at start; its log and pid file are created so from the first byte.
+  mkdirSync(paths.dir, { recursive: true, mode: privateDirMode });
   // dist/src/cli/local-node.js -> dist/bin/pxd.js: the same build that is running now.
   const entry = fileURLToPath(new URL("../../bin/pxd.js", import.meta.url));
   const args = ["--enable-source-maps", ...daemonNodeFlags, entry, "daemon", ...daemonArgs];
-  const logFd = openSync(paths.log, "a");
+  const logFd = openSync(paths.log, "a", privateFileMode);
   let child;
   try {
     writeFileSync(logFd, `--- ${new Date().toISOString()} pxd up: ${process.execPath} ${args.join(" ")}\n`);
@@ -172,7 +174,7 @@ function startDaemon(paths: NodePaths, daemonArgs: string[], secret: string): [n
   child.on("error", (err) => (exit = err.message));
   child.on("exit", (code, signal) => (exit = signal ? `killed by ${signal}` : `exit code ${code}`));
   child.unref();
-  writeFileSync(paths.pid, `${child.pid}\n`);
+  writeFileSync(paths.pid, `${child.pid}\n`, { mode: privateFileMode });
   return [child.pid, () => exit];
 }
 

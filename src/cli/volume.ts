@@ -3,7 +3,7 @@
 import type { Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import { apiScrubTimeoutMs } from "../api/limits.js";
-import { bandwidthArg, checkName, clientFor, intArg, sizeArg } from "./args.js";
+import { bandwidthArg, checkName, clientFor, replArg, sizeArg } from "./args.js";
 import { CliError } from "./errors.js";
 import { json, nodeTable, scrubTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
 
@@ -60,7 +60,7 @@ export function registerVolume(program: Command): void {
     .description("create a volume, exported over NBD under its name")
     .argument("<name>", "volume name: letters, digits, '.', '_', '-'; at most 63")
     .requiredOption("-s, --size <size>", "size with K/M/G/T suffix (powers of 1024), e.g. 10G", sizeArg)
-    .option("-r, --repl <n>", "number of replicas (default 1, or as many as --nodes names)", intArg(1, 9))
+    .option("-r, --repl <n>", "number of replicas (default 1, or as many as --nodes names)", replArg)
     .option("--nodes <list>", "put the replicas on exactly these nodes: names or ids, comma-separated (pxd node list)")
     .option("--zones", "require the replicas to sit in distinct zones (pxd daemon --zone); without it distinct zones are only preferred")
     .option("--json", "print the API's JSON")
@@ -103,7 +103,7 @@ export function registerVolume(program: Command): void {
     .command("ha-update")
     .description("change the number of replicas; the volume's leader adds (with a full copy) or removes them in the background")
     .argument("<name>", "volume name")
-    .requiredOption("-r, --repl <n>", "the new number of replicas", intArg(1, 9))
+    .requiredOption("-r, --repl <n>", "the new number of replicas", replArg)
     .option("--json", "print the API's JSON")
     .action(async (name: string, options: { repl: number } & JsonFlag, command: Command) => {
       const v = await clientFor(command).updateVolume(checkName(name), { repl: options.repl });
@@ -117,10 +117,11 @@ export function registerVolume(program: Command): void {
   volume
     .command("delete")
     .alias("rm")
-    .description("delete a volume and its data")
+    .description("delete a volume and its data; refused while a node serves it to an NBD client, unless --force")
     .argument("<name>", "volume name")
-    .action(async (name: string, _options: unknown, command: Command) => {
-      await clientFor(command).deleteVolume(checkName(name));
-      console.log(`volume "${name}" deleted`);
+    .option("--force", "delete even while NBD clients use it: every node disconnects them first")
+    .action(async (name: string, options: { force?: boolean }, command: Command) => {
+      await clientFor(command).deleteVolume(checkName(name), { force: options.force === true });
+      console.log(`volume "${name}" deleted${options.force === true ? " (its NBD clients were disconnected)" : ""}`);
     });
 }

@@ -7,15 +7,18 @@
 //
 // applyCommand validates first and mutates last: each handler checks
 // everything it needs, then makes all its changes, so no refusal can leave a
-// half-applied command behind.
+// half-applied command behind. A refusal is itself part of the state: the
+// latest are remembered (`refusals`), the same on every node.
 
-import { catalogNodesMax, catalogVolumesMax } from "../constants.js";
+import { catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogVolumesMax, sectorBytes, volumeBytesMax } from "../constants.js";
 import {
   catalogSettings,
-  decodeCommand,
+  commandKindOf,
+  decodeEntry,
   validateCommand,
   type AddNode,
   type CatalogCommand,
+  type CommandKind,
   type CreateVolume,
   type DeleteVolume,
   type DrainNode,
@@ -30,6 +33,7 @@ import {
 } from "./commands.js";
 import { formatSize } from "../base/sizes.js";
 import { listNames, place, roomBytes, type PlacementNode } from "./placement.js";
+import { volumeSizeSectorProblem } from "./rules.js";
 
 export interface CatalogNode {
   id: number;
@@ -72,10 +76,23 @@ export interface CatalogState {
   volumes: Map<string, CatalogVolume>;
   /** Settings that differ from their defaults (catalogSettings). */
   settings: Map<string, SettingValue>;
+  /** The latest refused entries, oldest first, at most catalogRefusalsMax. */
+  refusals: CatalogRefusal[];
+}
+
+/** A committed entry the catalog refused: what pxd status shows, the same on every node. */
+export interface CatalogRefusal {
+  /** Raft index of the entry in the meta group's log. */
+  index: number;
+  /** The command kind it claimed, or "unknown" (not an object, an unknown kind, undecodable bytes). */
+  kind: CommandKind | "unknown";
+  code: RefusalCode;
+  /** The sentence, at most catalogRefusalCharsMax characters. */
+  error: string;
 }
 
 export function newCatalogState(): CatalogState {
-  return { appliedIndex: 0, nextVolumeId: 1, nodes: new Map(), volumes: new Map(), settings: new Map() };
+  return { appliedIndex: 0, nextVolumeId: 1, nodes: new Map(), volumes: new Map(), settings: new Map(), refusals: [] };
 }
 
 export type CatalogErrorCode =
@@ -94,12 +111,17 @@ export type CatalogErrorCode =
   /** The index is not after the applied index: a replay, ignored. */
   | "stale";
 
+/** The codes of an entry that applied as a refusal (a stale one did not apply at all). */
+export const refusalCodes = ["invalid", "not_found", "exists", "conflict", "placement", "limit"] as const;
+export type RefusalCode = (typeof refusalCodes)[number];
+
 export type ApplyResult =
   /** `kind`: the command that applied (what changed may depend on it: a replica set's new node joins, not bootstraps). */
   | { ok: true; index: number; kind: CatalogCommand["kind"]; changed: boolean; node?: CatalogNode; volume?: CatalogVolume }
   | { ok: false; index: number; code: CatalogErrorCode; error: string };
 
-type Outcome = { ok: true; changed: boolean; node?: CatalogNode; volume?: CatalogVolume } | { ok: false; code: CatalogErrorCode; error: string };
+type Refused = { ok: false; code: RefusalCode; error: string };
+type Outcome = { ok: true; changed: boolean; node?: CatalogNode; volume?: CatalogVolume } | Refused;
 
 /**
  * Applies one committed command at Raft index `index`. Deterministic, never
@@ -111,20 +133,46 @@ export function applyCommand(state: CatalogState, command: unknown, index: numbe
   }
   state.appliedIndex = index;
   const v = validateCommand(command);
-  if (!v.ok) return { ok: false, index, code: "invalid", error: v.error };
+  if (!v.ok) return refuse(state, index, commandKindOf(command), unalignedCreate(state, command) ?? fail("invalid", v.error));
   const outcome = dispatch(state, v.command);
-  return outcome.ok ? { ...outcome, index, kind: v.command.kind } : { ...outcome, index };
+  return outcome.ok ? { ...outcome, index, kind: v.command.kind } : refuse(state, index, v.command.kind, outcome);
 }
 
 /** Decodes a log entry's data and applies it; a malformed entry is refused like an invalid command. */
 export function applyEntry(state: CatalogState, data: Uint8Array, index: number): ApplyResult {
   if (!Number.isSafeInteger(index) || index <= state.appliedIndex) return applyCommand(state, undefined, index);
-  const d = decodeCommand(data);
+  const d = decodeEntry(data);
   if (!d.ok) {
     state.appliedIndex = index;
-    return { ok: false, index, code: "invalid", error: d.error };
+    return refuse(state, index, undefined, fail("invalid", d.error));
   }
-  return applyCommand(state, d.command, index);
+  return applyCommand(state, d.value, index);
+}
+
+/** Remembers a refusal (the latest catalogRefusalsMax) and returns it as the entry's result. */
+function refuse(state: CatalogState, index: number, kind: CommandKind | undefined, r: Refused): ApplyResult {
+  state.refusals.push({ index, kind: kind ?? "unknown", code: r.code, error: r.error.slice(0, catalogRefusalCharsMax) });
+  if (state.refusals.length > catalogRefusalsMax) state.refusals.shift();
+  return { ok: false, index, code: r.code, error: r.error };
+}
+
+/**
+ * A createVolume whose only fault is a size that is not whole sectors. Older
+ * pxd committed such commands (and then crashed on every node holding a
+ * replica); replayed from an existing log it is refused, but it still takes
+ * the volume id it took then, when it would have been placed, so every later
+ * volume keeps the id that names its Raft group and its data on disk.
+ */
+function unalignedCreate(state: CatalogState, command: unknown): Refused | undefined {
+  if (commandKindOf(command) !== "createVolume") return undefined;
+  const size = (command as { sizeBytes?: unknown }).sizeBytes;
+  if (typeof size !== "number" || !Number.isSafeInteger(size) || size < 1 || size > volumeBytesMax || size % sectorBytes === 0) return undefined;
+  const aligned = validateCommand({ ...(command as object), sizeBytes: size - (size % sectorBytes) + sectorBytes });
+  if (!aligned.ok || aligned.command.kind !== "createVolume") return undefined;
+  const placed = placeVolume(state, { ...aligned.command, sizeBytes: size });
+  if (!placed.ok) return placed;
+  const id = state.nextVolumeId++;
+  return fail("invalid", `createVolume: field "sizeBytes" ${volumeSizeSectorProblem(size)}; volume ${JSON.stringify(aligned.command.name)} was not created and id ${id} stays unused`);
 }
 
 function dispatch(state: CatalogState, c: CatalogCommand): Outcome {
@@ -150,7 +198,7 @@ function dispatch(state: CatalogState, c: CatalogCommand): Outcome {
   }
 }
 
-const fail = (code: CatalogErrorCode, error: string): Outcome => ({ ok: false, code, error });
+const fail = (code: RefusalCode, error: string): Refused => ({ ok: false, code, error });
 
 function nodeNotFound(id: number): Outcome {
   return fail("not_found", `node ${id} is not in the cluster; pxd node list shows the nodes`);
@@ -300,7 +348,8 @@ function overcommitPercent(state: CatalogState): number {
   return typeof v === "number" ? v : 100;
 }
 
-function createVolume(state: CatalogState, c: CreateVolume): Outcome {
+/** Everything a create checks before it takes an id: the name is free, a limit is not reached, a replica set exists. */
+function placeVolume(state: CatalogState, c: CreateVolume): { ok: true; nodes: number[] } | Refused {
   const existing = state.volumes.get(c.name);
   if (existing !== undefined) {
     return fail("exists", `volume ${JSON.stringify(c.name)} already exists (id ${existing.id}, ${formatSize(existing.sizeBytes)}); delete it first or pick another name`);
@@ -309,7 +358,12 @@ function createVolume(state: CatalogState, c: CreateVolume): Outcome {
   if (!Number.isSafeInteger(state.nextVolumeId + 1)) return fail("limit", "volume ids are exhausted");
   const request = { volume: c.name, sizeBytes: c.sizeBytes, repl: c.repl, overcommitPercent: overcommitPercent(state) };
   const placed = place(placementNodes(state), { ...request, ...(c.nodes ? { nodes: c.nodes } : {}), ...(c.zones ? { zones: true } : {}) });
-  if ("error" in placed) return fail("placement", placed.error);
+  return "error" in placed ? fail("placement", placed.error) : { ok: true, nodes: placed.nodes };
+}
+
+function createVolume(state: CatalogState, c: CreateVolume): Outcome {
+  const placed = placeVolume(state, c);
+  if (!placed.ok) return placed;
   const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, createdAt: c.at };
   state.nextVolumeId++;
   state.volumes.set(volume.name, volume);

@@ -10,6 +10,7 @@ import { Packr } from "msgpackr";
 import {
   catalogCommandBytesMax,
   catalogNameCharsMax,
+  catalogTimeMsMax,
   nodeAddressCharsMax,
   nodeBytesMax,
   nodeLabelCharsMax,
@@ -17,6 +18,7 @@ import {
   volumeBytesMax,
   volumeReplicasMax,
 } from "../constants.js";
+import { volumeSizeSectorProblem } from "./rules.js";
 
 /** The first byte of every encoded command; a decoder refuses any other. */
 export const catalogCommandVersion = 1;
@@ -233,8 +235,17 @@ function nodeId(o: Obj, kind: string, key = "id"): number {
   return int(o, kind, key, 1, Number.MAX_SAFE_INTEGER);
 }
 
+/** Bounded by the largest time a Date holds: the API turns `createdAt` into an ISO string, which throws past it. */
 function at(o: Obj, kind: string): number {
-  return int(o, kind, "at", 0, Number.MAX_SAFE_INTEGER, " (milliseconds since the epoch)");
+  return int(o, kind, "at", 0, catalogTimeMsMax, " (milliseconds since the epoch)");
+}
+
+/** Whole sectors: the store refuses any other size, so a volume of another size would stop every node that holds it. */
+function volumeSize(o: Obj, kind: string): number {
+  const v = int(o, kind, "sizeBytes", 1, volumeBytesMax, " of bytes");
+  const problem = volumeSizeSectorProblem(v);
+  if (problem !== null) throw new Invalid(`${kind}: field "sizeBytes" ${problem}`);
+  return v;
 }
 
 function nodeIds(o: Obj, kind: string, key: string, optional: boolean): number[] | undefined {
@@ -337,14 +348,14 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
     pick<CreateVolume>({
       kind: k,
       name: name(o, k),
-      sizeBytes: int(o, k, "sizeBytes", 1, volumeBytesMax, " of bytes"),
+      sizeBytes: volumeSize(o, k),
       repl: int(o, k, "repl", 1, volumeReplicasMax),
       nodes: nodeIds(o, k, "nodes", true),
       zones: bool(o, k, "zones"),
       at: at(o, k),
     }),
   deleteVolume: (o, k) => pick<DeleteVolume>({ kind: k, name: name(o, k) }),
-  resizeVolume: (o, k) => pick<ResizeVolume>({ kind: k, name: name(o, k), sizeBytes: int(o, k, "sizeBytes", 1, volumeBytesMax, " of bytes") }),
+  resizeVolume: (o, k) => pick<ResizeVolume>({ kind: k, name: name(o, k), sizeBytes: volumeSize(o, k) }),
   setReplicas: (o, k) =>
     pick<SetReplicas>({
       kind: k,
@@ -370,14 +381,20 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
 
 export type Validated = { ok: true; command: CatalogCommand } | { ok: false; error: string };
 
+/** The kind an object claims, when it is a known one (what a refusal of it is filed under). */
+export function commandKindOf(input: unknown): CommandKind | undefined {
+  if (!isPlainObject(input)) return undefined;
+  const kind = get(input, "kind");
+  return typeof kind === "string" && hasOwn(fieldsOf, kind) ? (kind as CommandKind) : undefined;
+}
+
 /** Checks anything that claims to be a command; never throws for any input. */
 export function validateCommand(input: unknown): Validated {
   if (!isPlainObject(input)) return { ok: false, error: `a catalog command must be an object, not ${describe(input)}` };
-  const kind = get(input, "kind");
-  if (typeof kind !== "string" || !hasOwn(fieldsOf, kind)) {
-    return { ok: false, error: `unknown catalog command kind ${shown(kind)}; the kinds are ${commandKinds.join(", ")}` };
+  const k = commandKindOf(input);
+  if (k === undefined) {
+    return { ok: false, error: `unknown catalog command kind ${shown(get(input, "kind"))}; the kinds are ${commandKinds.join(", ")}` };
   }
-  const k = kind as CommandKind;
   const allowed = fieldsOf[k];
   for (const key of Object.keys(input)) {
     if (!allowed.includes(key)) {
@@ -404,16 +421,28 @@ export class CatalogCommandError extends Error {
 export function encodeCommand(command: CatalogCommand): Uint8Array {
   const v = validateCommand(command);
   if (!v.ok) throw new CatalogCommandError(v.error);
-  const body = packr.pack(v.command);
-  const out = new Uint8Array(1 + body.length);
-  out[0] = catalogCommandVersion;
-  out.set(body, 1);
+  const out = encodeCommandUnchecked(v.command);
   if (out.length > catalogCommandBytesMax) throw new CatalogCommandError(`command of ${out.length} bytes is over the ${catalogCommandBytesMax}-byte limit`);
   return out;
 }
 
-/** Decodes and validates bytes from the log; never throws. */
-export function decodeCommand(bytes: Uint8Array): Validated {
+/**
+ * Version byte + msgpack of any value, without validation. Only for the
+ * daemon's fault-injection hook (`pxd daemon --unsafe-debug-api`), which
+ * commits invalid entries to show that every node refuses them alike.
+ */
+export function encodeCommandUnchecked(value: unknown): Uint8Array {
+  const body = packr.pack(value);
+  const out = new Uint8Array(1 + body.length);
+  out[0] = catalogCommandVersion;
+  out.set(body, 1);
+  return out;
+}
+
+export type DecodedEntry = { ok: true; value: unknown } | { ok: false; error: string };
+
+/** The value a log entry holds (length, version byte and msgpack checked), not yet validated; never throws. */
+export function decodeEntry(bytes: Uint8Array): DecodedEntry {
   if (!(bytes instanceof Uint8Array)) return { ok: false, error: `a catalog command is bytes, not ${describe(bytes)}` };
   if (bytes.length === 0) return { ok: false, error: "empty catalog command" };
   if (bytes.length > catalogCommandBytesMax) {
@@ -422,12 +451,16 @@ export function decodeCommand(bytes: Uint8Array): Validated {
   if (bytes[0] !== catalogCommandVersion) {
     return { ok: false, error: `catalog command version ${bytes[0]} is not ${catalogCommandVersion}; is this node running an older pxd than the one that proposed it?` };
   }
-  let decoded: unknown;
   try {
-    decoded = packr.unpack(bytes.subarray(1));
+    return { ok: true, value: packr.unpack(bytes.subarray(1)) as unknown };
   } catch (e) {
     const why = e instanceof Error ? e.message.slice(0, 80) : "undecodable";
     return { ok: false, error: `catalog command is not valid msgpack (${why})` };
   }
-  return validateCommand(decoded);
+}
+
+/** Decodes and validates bytes from the log; never throws. */
+export function decodeCommand(bytes: Uint8Array): Validated {
+  const d = decodeEntry(bytes);
+  return d.ok ? validateCommand(d.value) : d;
 }

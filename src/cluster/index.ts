@@ -5,3 +5,4 @@ export * from "./commands.js";
 export * from "./catalog.js";
 export * from "./placement.js";
 export * from "./snapshot.js";
+export * from "./rules.js";

@@ -3,7 +3,8 @@
 //
 //   u8 version | u32 BE CRC32C of the body | body (msgpack)
 //
-// The body lists nodes by id, volumes by id and settings by key, each object
+// The body lists nodes by id, volumes by id, settings by key and the latest
+// refusals by index, each object
 // with a fixed key order, so equal states encode to equal bytes: the
 // determinism tests compare snapshots of two replicas byte for byte. Decoding
 // trusts nothing: every field is checked with the same bounds as the commands
@@ -11,11 +12,12 @@
 
 import { Packr } from "msgpackr";
 import { crc32c } from "../base/crc32c.js";
-import { catalogNodesMax, catalogSnapshotBytesMax, catalogVolumesMax, volumeReplicasMax } from "../constants.js";
-import { describe, validateCommand, type SettingValue } from "./commands.js";
-import type { CatalogNode, CatalogState, CatalogVolume } from "./catalog.js";
+import { catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogSnapshotBytesMax, catalogVolumesMax, volumeReplicasMax } from "../constants.js";
+import { commandKinds, describe, validateCommand, type SettingValue } from "./commands.js";
+import { refusalCodes, type CatalogNode, type CatalogRefusal, type CatalogState, type CatalogVolume } from "./catalog.js";
 
-export const catalogSnapshotVersion = 1;
+/** 2: the body holds the latest refusals. */
+export const catalogSnapshotVersion = 2;
 const headerBytes = 5;
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -31,6 +33,7 @@ export function encodeCatalogSnapshot(state: CatalogState): Uint8Array {
     nodes: [...state.nodes.values()].sort((a, b) => a.id - b.id).map(nodeRecord),
     volumes: [...state.volumes.values()].sort((a, b) => a.id - b.id).map(volumeRecord),
     settings: [...state.settings.entries()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)),
+    refusals: state.refusals.map(refusalRecord),
   });
   const out = new Uint8Array(headerBytes + body.length);
   out[0] = catalogSnapshotVersion;
@@ -88,7 +91,17 @@ export function checkCatalogInvariants(state: CatalogState): string | null {
     const check = validateCommand({ kind: "setSetting", key, value });
     if (!check.ok) return check.error;
   }
+  if (state.refusals.length > catalogRefusalsMax) return `${state.refusals.length} refusals remembered, over the limit ${catalogRefusalsMax}`;
+  let last = 0;
+  for (const r of state.refusals) {
+    if (r.index <= last || r.index > state.appliedIndex) return `refusal of entry ${r.index} is out of order or after the applied index ${state.appliedIndex}`;
+    last = r.index;
+  }
   return null;
+}
+
+function refusalRecord(r: CatalogRefusal): CatalogRefusal {
+  return { index: r.index, kind: r.kind, code: r.code, error: r.error };
 }
 
 function nodeRecord(n: CatalogNode): CatalogNode {
@@ -178,15 +191,28 @@ function volumeOf(raw: unknown, i: number): CatalogVolume {
   return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], createdAt: c.command.at };
 }
 
+function refusalOf(raw: unknown, i: number): CatalogRefusal {
+  const what = `refusal record ${i}`;
+  const o = obj(raw, what);
+  exactKeys(o, Object.keys(refusalRecord(exampleRefusal)), what);
+  const kind = ["unknown", ...commandKinds].find((k) => k === o["kind"]);
+  const code = refusalCodes.find((c) => c === o["code"]);
+  const error = o["error"];
+  if (kind === undefined || code === undefined) throw new CatalogSnapshotError(`${what}: unknown kind ${describe(o["kind"])} or code ${describe(o["code"])}`);
+  if (typeof error !== "string" || error.length > catalogRefusalCharsMax) throw new CatalogSnapshotError(`${what}: error must be a string of at most ${catalogRefusalCharsMax} characters`);
+  return { index: count(o["index"], 1, `${what}: index`), kind: kind as CatalogRefusal["kind"], code, error };
+}
+
 function stateOf(raw: unknown): CatalogState {
   const o = obj(raw, "catalog snapshot body");
-  exactKeys(o, ["appliedIndex", "nextVolumeId", "nodes", "volumes", "settings"], "catalog snapshot body");
+  exactKeys(o, ["appliedIndex", "nextVolumeId", "nodes", "volumes", "settings", "refusals"], "catalog snapshot body");
   const state: CatalogState = {
     appliedIndex: count(o["appliedIndex"], 0, "appliedIndex"),
     nextVolumeId: count(o["nextVolumeId"], 1, "nextVolumeId"),
     nodes: new Map(),
     volumes: new Map(),
     settings: new Map(),
+    refusals: list(o["refusals"], "refusals", catalogRefusalsMax).map(refusalOf),
   };
   let lastId = 0;
   for (const [i, raw] of list(o["nodes"], "nodes", catalogNodesMax).entries()) {
@@ -219,3 +245,4 @@ const exampleNode: CatalogNode = {
   labels: {}, health: "up", draining: false, addedAt: 0, updatedAt: 0,
 };
 const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, createdAt: 0 };
+const exampleRefusal: CatalogRefusal = { index: 1, kind: "unknown", code: "invalid", error: "" };

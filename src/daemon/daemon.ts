@@ -15,8 +15,13 @@ import {
   ApiError,
   type Controller,
   type CreateVolumeRequest,
+  type DeleteVolumeOptions,
+  type DebugController,
+  type DebugProposeRequest,
+  type DebugProposeResponse,
   type JoinRequest,
   type JoinResponse,
+  type NodeConnections,
   type NodeInfo,
   type NodeStatus,
   type ReplicaInfo,
@@ -28,14 +33,32 @@ import {
   type VolumeInfo,
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
+import { printable } from "../base/printable.js";
 import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
-import { applyEntry, encodeCommand, newCatalogState, replicaSetFor, settingValue, type ApplyResult, type CatalogNode, type CatalogCommand, type CatalogState, type CatalogVolume } from "../cluster/index.js";
+import {
+  applyEntry,
+  CatalogCommandError,
+  encodeCommand,
+  encodeCommandUnchecked,
+  listNames,
+  newCatalogState,
+  replicaSetFor,
+  settingValue,
+  validateCommand,
+  type ApplyResult,
+  type CatalogNode,
+  type CatalogCommand,
+  type CatalogState,
+  type CatalogVolume,
+} from "../cluster/index.js";
 import {
   checkClusterConstants,
   checkConstants,
   checkReplicationConstants,
+  logFieldCharsMax,
   metaVotersMax,
+  nodeBytesMax,
   readPoolBufferBytesMax,
   readPoolBufferBytesMin,
   readPoolBytesMax,
@@ -49,13 +72,14 @@ import { nodeTimers } from "../os/timers.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType, type ConfChange } from "../raft/confchange.js";
 import { EntryType, type Entry } from "../raft/types.js";
-import { MultiRaft, type CompactEnvelope, type RaftEnvelope } from "../replication/driver.js";
+import { MultiRaft, NotLeaderError, ProposalDroppedError, type CompactEnvelope, type RaftEnvelope } from "../replication/driver.js";
 import { Repairer, type RepairDataEnvelope, type RepairGetEnvelope } from "../replication/repair.js";
 import { Scrubber, type ScrubReport } from "../replication/scrub.js";
 import type { SnapAckEnvelope, SnapChunkEnvelope } from "../replication/snapshot.js";
 import { VolumeIo, type ForwardReply, type ForwardRequest } from "../replication/volume-io.js";
 import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
+import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState, type HostedGroup } from "./node-state.js";
 import { ReplicatedVolumeExport } from "./volume-export.js";
 
@@ -79,6 +103,8 @@ export interface DaemonOptions {
   scrubIntervalMs?: number;
   /** The scrub's average read rate (default scrubBandwidthBytesPerSecDefault). */
   scrubBandwidthBytesPerSec?: number;
+  /** Fault injection for tests: serve POST /v1/debug/catalog-propose, which commits catalog entries without validation. */
+  unsafeDebugApi?: boolean;
 }
 
 export interface Logger {
@@ -118,11 +144,21 @@ const nodeDownAfterMs = 5000;
 const scrubCheckEveryMs = 60_000;
 /** How long the node a scrub request reached waits for each other node's scrub (a pass over 1 TiB at 32 MiB/s takes 9 hours). */
 const scrubCallTimeoutMs = 24 * 3600 * 1000;
+/** A delete asks every node for its NBD connections to the volume; one that has not answered within this is named in the refusal. */
+const deleteAskTimeoutMs = 2000;
+/**
+ * After a forced delete disconnected a volume's clients on this node, new
+ * connections to it are refused until the catalog drops it, or this long
+ * (a delete that never committed).
+ */
+const deleteFenceMs = 30_000;
 
 export class Daemon implements Controller {
   private readonly catalog: CatalogState = newCatalogState();
   private readonly metaResults = new Map<number, ApplyResult>();
   private readonly connections = new Map<string, number>();
+  /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
+  private readonly fenced = new Map<string, number>();
   /** Volumes whose replica on a down node had nowhere to go (logged once per dead node). */
   private readonly unplaceable = new Map<number, number>();
   /** Groups with a configuration change in flight (one at a time per group). */
@@ -160,6 +196,9 @@ export class Daemon implements Controller {
     const state = await NodeState.open(join(options.dataDir, "node"));
     let store: Store | undefined;
     try {
+      // The node proposes this description itself (addNode) from a timer: refuse it here, where it can say which option to fix.
+      const self = validateCommand({ kind: "addNode", ...describeSelf(options, state.nodeId), at: 0 });
+      if (!self.ok) throw new Error(`this node's description is not one the catalog accepts (${self.error}); fix --name, --zone or --listen`);
       const secret = clusterSecret(options, state.clusterId === "" && options.join === undefined);
       if (state.clusterId === "") await enterCluster(options, state, secret, log);
       const specs = [{ groupId: metaGroupId, sizeBytes: 0 }, ...[...state.hosted.values()].map((g) => ({ groupId: g.id, sizeBytes: g.sizeBytes }))];
@@ -259,7 +298,9 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => this.scrubIfDue(), scrubCheckEveryMs));
     await this.untilRegistered();
     this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log });
-    this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, log: (l) => log.info(l) });
+    const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
+    if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
+    this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, ...(debug ? { debug } : {}), log: (l) => log.info(l) });
     log.info(`pxd ${version} node ${state.nodeId} of cluster ${state.clusterId}: ${state.hosted.size} volume replicas here, ${this.store.stats().recordsReplayed} log records replayed`);
   }
 
@@ -304,6 +345,7 @@ export class Daemon implements Controller {
     // A replica added to an existing volume (setReplicas) starts with no configuration: the
     // group's leader makes it a learner and sends it a snapshot; it must not campaign before.
     if (live !== undefined && live.id === v.id && live.nodes.includes(this.nodeId)) this.hostGroup(live, result.kind === "setReplicas");
+    if (live === undefined) this.fenced.delete(v.name);
     if (live === undefined && this.state.hosted.has(v.id)) this.unhostGroup(v.id);
   }
 
@@ -362,7 +404,7 @@ export class Daemon implements Controller {
   /** Until this node is in the catalog, its meta leader proposes it (the bootstrap node registers itself). */
   private registerSelf(): void {
     if (this.catalog.nodes.has(this.nodeId) || this.driver.leader(metaGroupId) !== this.nodeId) return;
-    const self = this.selfDescription();
+    const self = describeSelf(this.options, this.nodeId, { nbdPort: this.nbdPort, apiPort: this.api?.port ?? this.options.apiPort });
     this.driver.proposeData(metaGroupId, encodeCommand({ kind: "addNode", ...self, at: Date.now() })).catch(() => {});
   }
 
@@ -446,23 +488,31 @@ export class Daemon implements Controller {
     }
   }
 
-  private selfDescription(): Omit<JoinRequest, "proof"> {
-    const fsStat = statfsSync(this.options.dataDir);
-    return {
-      id: this.nodeId,
-      name: this.options.name ?? `node-${this.nodeId}`,
-      address: this.options.listen,
-      nbdPort: this.nbdPort,
-      apiPort: this.api?.port ?? this.options.apiPort,
-      peerPort: this.options.peerPort,
-      capacityBytes: Math.min(2 ** 52, fsStat.blocks * fsStat.bsize),
-      labels: this.options.zone ? { zone: this.options.zone } : {},
-    };
+  /**
+   * Proposes a catalog command on the meta leader (this node) and returns how
+   * it applied. A command the catalog would refuse as invalid is refused here,
+   * before it reaches the log: 400 with the catalog's sentence.
+   */
+  private async metaCommand(command: CatalogCommand): Promise<ApplyResult> {
+    let data: Uint8Array;
+    try {
+      data = encodeCommand(command);
+    } catch (e) {
+      if (e instanceof CatalogCommandError) throw new ApiError(400, "invalid", e.message);
+      throw e;
+    }
+    return this.proposeMeta(data);
   }
 
-  /** Proposes a catalog command on the meta leader (this node) and returns how it applied. */
-  private async metaCommand(command: CatalogCommand): Promise<ApplyResult> {
-    const index = await this.driver.proposeData(metaGroupId, encodeCommand(command));
+  /** Proposes an encoded catalog entry; a leadership lost or a catalog group stopped meanwhile is a 503 that says to retry. */
+  private async proposeMeta(data: Uint8Array): Promise<ApplyResult> {
+    let index: number;
+    try {
+      index = await this.driver.proposeData(metaGroupId, data);
+    } catch (e) {
+      if (!(e instanceof NotLeaderError || e instanceof ProposalDroppedError)) throw e;
+      throw new ApiError(503, "unavailable", `the catalog did not take the change (${e.message}); retry in a few seconds, and see "pxd status" if it keeps failing`);
+    }
     const result = this.metaResults.get(index);
     if (result === undefined) throw new ApiError(500, "internal", `catalog entry ${index} applied without a result`);
     this.metaResults.delete(index);
@@ -607,7 +657,7 @@ export class Daemon implements Controller {
       },
       open: (name) => {
         const v = this.catalog.volumes.get(name);
-        if (v === undefined) return undefined;
+        if (v === undefined || (this.fenced.get(name) ?? 0) > Date.now()) return undefined;
         this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
         return new ReplicatedVolumeExport(v, this.io, this.readBuffers, () => {
           this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
@@ -623,6 +673,14 @@ export class Daemon implements Controller {
     const stats = this.store.stats();
     const nodes = await this.listNodes();
     const up = nodes.filter((n) => n.health === "up");
+    const disk = { totalBytes: fsStat.blocks * fsStat.bsize, freeBytes: fsStat.bavail * fsStat.bsize };
+    const reasons = healthReasons({
+      ...this.stoppedGroups(),
+      ...this.damagedGroups(),
+      nodesDown: nodes.filter((n) => n.health !== "up").map((n) => n.name),
+      storeFailure: this.store.failure?.message,
+      disk,
+    });
     return {
       nodeId: String(this.nodeId),
       version,
@@ -632,12 +690,18 @@ export class Daemon implements Controller {
       apiPort: this.api?.port ?? this.options.apiPort,
       peerPort: this.options.peerPort,
       uptimeSec: Math.floor(Number(process.hrtime.bigint() - this.startedAt) / 1e9),
-      health: up.length === nodes.length ? "online" : "degraded",
-      capacity: { totalBytes: fsStat.blocks * fsStat.bsize, freeBytes: fsStat.bavail * fsStat.bsize, usedBytes: stats.diskBytes ?? 0 },
+      health: reasons.length === 0 ? "online" : "degraded",
+      reasons,
+      capacity: { ...disk, usedBytes: stats.diskBytes ?? 0 },
       volumeCount: this.catalog.volumes.size,
       store: stats,
       clusterId: this.state.clusterId,
-      catalog: { leader: this.driver.leader(metaGroupId), commitIndex: this.driver.status(metaGroupId)?.commit ?? 0, appliedIndex: this.catalogIndex() },
+      catalog: {
+        leader: this.driver.leader(metaGroupId),
+        commitIndex: this.driver.status(metaGroupId)?.commit ?? 0,
+        appliedIndex: this.catalogIndex(),
+        refusals: this.catalog.refusals.map((r) => ({ ...r })),
+      },
       nodes,
       pool: {
         totalBytes: up.reduce((a, n) => a + n.capacityBytes, 0),
@@ -645,6 +709,24 @@ export class Daemon implements Controller {
         freeBytes: up.reduce((a, n) => a + n.freeBytes, 0),
       },
       integrity: this.integrity(),
+    };
+  }
+
+  /** Groups the driver stopped here (their log could not be persisted), the catalog's apart from the volumes'. */
+  private damagedGroups(): Pick<HealthFacts, "volumesDamaged" | "volumesRecovering"> {
+    const name = (id: number): string => (id === metaGroupId ? "the catalog" : (this.volumeById(id)?.name ?? `group ${id}`));
+    return {
+      volumesDamaged: [...this.repairer.unrepaired()].map(([id, blocks]) => ({ name: name(id), blocks })),
+      volumesRecovering: this.driver.withholdingVotes().map(name),
+    };
+  }
+
+  private stoppedGroups(): Pick<HealthFacts, "catalogStopped" | "volumesStopped"> {
+    const byId = new Map([...this.catalog.volumes.values()].map((v) => [v.id, v.name]));
+    const stopped = [...this.driver.stoppedGroups()];
+    return {
+      catalogStopped: stopped.find(([id]) => id === metaGroupId)?.[1],
+      volumesStopped: stopped.filter(([id]) => id !== metaGroupId).map(([id, why]) => ({ name: byId.get(id) ?? `group ${id}`, why })),
     };
   }
 
@@ -713,26 +795,87 @@ export class Daemon implements Controller {
     return this.info(v);
   }
 
-  async deleteVolume(name: string): Promise<void> {
+  /**
+   * On the catalog's leader: asks every node whether it serves the volume and
+   * refuses while any does or does not answer; forced, has every node
+   * disconnect its clients first. Then the catalog drops the volume.
+   */
+  async deleteVolume(name: string, options: DeleteVolumeOptions = {}): Promise<void> {
     await this.knownVolume(name);
-    const open = this.connections.get(name) ?? 0;
-    if (open > 0) {
-      throw new ApiError(409, "busy", `volume "${name}" has ${open} NBD connection(s) on this node; disconnect the clients (nbd-client -d, or stop nbdfuse/qemu) and try again`);
-    }
     const leaderApi = await this.metaLeaderApi();
-    if (leaderApi) return leaderApi.deleteVolume(name);
+    if (leaderApi) return leaderApi.deleteVolume(name, options);
+    const force = options.force === true;
+    const answers = await this.askEveryNode(
+      (api) => (force ? api.disconnectVolume(name) : api.volumeConnections(name)),
+      () => (force ? this.disconnectHere(name) : this.connectionsHere(name)),
+    );
+    const busy = busyProblem(name, answers, force);
+    if (busy !== undefined) throw new ApiError(409, "busy", busy);
     const result = await this.metaCommand({ kind: "deleteVolume", name });
     if (!result.ok) throw catalogError(result);
-    this.log.info(`volume ${name} deleted`);
+    const closed = answers.reduce((n, a) => n + (a.connections ?? 0), 0);
+    const silent = answers.filter((a) => a.connections === undefined).map((a) => a.node);
+    this.log.info(`volume ${name} deleted${force ? `; --force closed ${closed} NBD connection(s)${silent.length > 0 ? `, and ${listNames(silent)} did not answer` : ""}` : ""}`);
+  }
+
+  async volumeConnections(name: string): Promise<NodeConnections> {
+    return this.connectionsHere(name);
+  }
+
+  async disconnectVolume(name: string): Promise<NodeConnections> {
+    await this.knownVolume(name).catch(() => undefined); // a name this node does not know has no connections and needs no fence
+    return this.disconnectHere(name);
+  }
+
+  private connectionsHere(name: string): NodeConnections {
+    return { nodeId: this.nodeId, node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, connections: this.connections.get(name) ?? 0 };
+  }
+
+  /** Closes this node's NBD connections to the volume; a volume the catalog knows is fenced so no client reopens it before the delete applies. */
+  private disconnectHere(name: string): NodeConnections {
+    if (this.catalog.volumes.has(name)) this.fenced.set(name, Date.now() + deleteFenceMs);
+    const closed = this.nbd?.server.closeExport(name, `volume ${name} is being deleted (--force): disconnected`) ?? 0;
+    return { ...this.connectionsHere(name), connections: closed };
+  }
+
+  /** Asks every node of the catalog (this one without the network); a node that does not answer in time has `connections` undefined and `error` set. */
+  private askEveryNode(remote: (api: ApiClient) => Promise<NodeConnections>, local: () => NodeConnections): Promise<{ node: string; connections?: number; error?: string }[]> {
+    return Promise.all(
+      [...this.catalog.nodes.values()].map(async (n) => {
+        if (n.id === this.nodeId) return { node: n.name, connections: local().connections };
+        try {
+          return { node: n.name, connections: (await remote(nodeApi(n, deleteAskTimeoutMs))).connections };
+        } catch (e) {
+          const why = e instanceof DaemonUnreachableError ? e.code : e instanceof ApiError ? `${e.status} ${e.code}` : (e as Error).message;
+          return { node: n.name, error: why };
+        }
+      }),
+    );
+  }
+
+  /** The fault-injection hook: an entry committed as given, unvalidated, on the catalog's leader. */
+  private async debugCatalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse> {
+    const leaderApi = await this.metaLeaderApi();
+    if (leaderApi) return leaderApi.debugCatalogPropose(request);
+    const data = request.hex !== undefined ? Buffer.from(request.hex, "hex") : encodeCommandUnchecked(request.command);
+    const r = await this.proposeMeta(data);
+    this.log.warn(`unsafe debug API: catalog entry ${r.index} committed without validation; ${r.ok ? "it applied" : `refused (${r.code}): ${r.error}`}`);
+    return r.ok ? { index: r.index, ok: true } : { index: r.index, ok: false, code: r.code, error: r.error };
   }
 
   async join(request: JoinRequest): Promise<JoinResponse> {
     const { proof, ...fields } = request;
     const expected = joinProof(this.secret, fields);
     const given = Buffer.from(typeof proof === "string" ? proof : "", "hex");
+    const who = `node ${request.id} ("${printable(request.name, logFieldCharsMax)}" at ${printable(request.address, logFieldCharsMax)})`;
     if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-      this.log.warn(`join refused for node ${request.id} at ${request.address}: wrong cluster secret`);
+      this.log.warn(`join refused for ${who}: wrong cluster secret`);
       throw new ApiError(403, "forbidden", "the join request does not prove the cluster secret; start the node with the cluster's --cluster-secret");
+    }
+    const valid = validateCommand({ kind: "addNode", ...fields, at: 0 });
+    if (!valid.ok) {
+      this.log.warn(`join refused for ${who}: ${valid.error}`);
+      throw new ApiError(400, "invalid", `the join request is not one the catalog accepts: ${valid.error}; fix the joining node's --name, --zone or --listen`);
     }
     const leaderApi = await this.metaLeaderApi();
     if (leaderApi) return leaderApi.join(request);
@@ -743,7 +886,7 @@ export class Daemon implements Controller {
     // once it has caught up.
     const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
     if (!members.includes(request.id)) await this.driver.proposeConfChange(metaGroupId, { type: ConfChangeType.addLearner, nodeId: request.id });
-    this.log.info(`node ${request.id} (${request.name} at ${request.address}) joined`);
+    this.log.info(`${who} joined`);
     return {
       clusterId: this.state.clusterId,
       metaVoters: this.state.metaVoters,
@@ -918,7 +1061,7 @@ export class Daemon implements Controller {
       sizeBytes: v.sizeBytes,
       repl: v.repl,
       createdAt: new Date(v.createdAt).toISOString(),
-      state: "online",
+      state: this.repairer.unrepaired().has(v.id) ? "damaged" : "online",
       allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : 0,
       nbdUri: `nbd://${hostPort(this.options.listen, this.nbdPort)}/${v.name}`,
       connections: this.connections.get(v.name) ?? 0,
@@ -969,9 +1112,37 @@ function nodeApi(n: CatalogNode, timeoutMs: number): ApiClient {
   return new ApiClient(hostPort(n.address, n.apiPort), { timeoutMs });
 }
 
+/** Why a volume may not be deleted now, or undefined: a node serves it (unless forced) or did not answer (unless forced). */
+function busyProblem(name: string, answers: readonly { node: string; connections?: number; error?: string }[], force: boolean): string | undefined {
+  if (force) return undefined;
+  const serving = answers.filter((a) => (a.connections ?? 0) > 0).map((a) => `${a.node} (${a.connections})`);
+  const silent = answers.filter((a) => a.connections === undefined).map((a) => `${a.node} (${a.error ?? "no answer"})`);
+  if (serving.length === 0 && silent.length === 0) return undefined;
+  const what = [
+    ...(serving.length > 0 ? [`NBD clients are connected to it on ${listNames(serving)}`] : []),
+    ...(silent.length > 0 ? [`${listNames(silent)} did not answer, so it may be served there`] : []),
+  ].join("; ");
+  return `volume "${name}" is in use: ${what}; disconnect the clients (nbd-client -d, or stop nbdfuse/qemu) and try again, or delete it with --force, which disconnects them`;
+}
+
 function catalogError(r: Extract<ApplyResult, { ok: false }>): ApiError {
   const status = r.code === "not_found" ? 404 : r.code === "exists" || r.code === "conflict" || r.code === "limit" ? 409 : 400;
   return new ApiError(status, r.code, r.error);
+}
+
+/** This node as the catalog lists it (addNode), with the ports it bound when they are known. */
+function describeSelf(options: DaemonOptions, nodeId: number, bound?: { nbdPort: number; apiPort: number }): Omit<JoinRequest, "proof"> {
+  const fsStat = statfsSync(options.dataDir);
+  return {
+    id: nodeId,
+    name: options.name ?? `node-${nodeId}`,
+    address: options.listen,
+    nbdPort: bound?.nbdPort ?? options.nbdPort,
+    apiPort: bound?.apiPort ?? options.apiPort,
+    peerPort: options.peerPort,
+    capacityBytes: Math.min(nodeBytesMax, fsStat.blocks * fsStat.bsize),
+    labels: options.zone ? { zone: options.zone } : {},
+  };
 }
 
 /** The cluster secret: flag, environment, or the file a bootstrapping node writes. */
@@ -1001,17 +1172,7 @@ async function enterCluster(options: DaemonOptions, state: NodeState, secret: Bu
     log.info(`bootstrapped a new cluster ${state.clusterId} with node ${state.nodeId}; the cluster secret is in ${join(options.dataDir, "cluster.secret")}`);
     return;
   }
-  const fsStat = statfsSync(options.dataDir);
-  const fields: Omit<JoinRequest, "proof"> = {
-    id: state.nodeId,
-    name: options.name ?? `node-${state.nodeId}`,
-    address: options.listen,
-    nbdPort: options.nbdPort,
-    apiPort: options.apiPort,
-    peerPort: options.peerPort,
-    capacityBytes: Math.min(2 ** 52, fsStat.blocks * fsStat.bsize),
-    labels: options.zone ? { zone: options.zone } : {},
-  };
+  const fields = describeSelf(options, state.nodeId);
   const client = new ApiClient(options.join, { timeoutMs: 30000 });
   const request = { ...fields, proof: joinProof(secret, fields).toString("hex") };
   let resp: JoinResponse | undefined;

@@ -3,21 +3,37 @@
 import { mkdirSync } from "node:fs";
 import { Daemon, type DaemonOptions, type Logger } from "./daemon.js";
 import { missingDaemonNodeFlags } from "../os/node-flags.js";
+import { makePrivate } from "../os/private-files.js";
+import { printable } from "../base/printable.js";
+import { logLineCharsMax } from "../constants.js";
 
 function stamp(): string {
   return new Date().toISOString();
 }
 
+/**
+ * One event, one line: a message may carry what a client sent (a join's
+ * fields, an NBD export name, an HTTP path), so every control character is
+ * escaped here, whatever the caller did (a stack trace's newlines too).
+ */
+const line = (level: string, m: string): string => `${stamp()} ${level} ${printable(m, logLineCharsMax)}`;
+
 const log: Logger = {
-  info: (m) => console.log(`${stamp()} info ${m}`),
-  warn: (m) => console.log(`${stamp()} warn ${m}`),
-  error: (m) => console.error(`${stamp()} error ${m}`),
+  info: (m) => console.log(line("info", m)),
+  warn: (m) => console.log(line("warn", m)),
+  error: (m) => console.error(line("error", m)),
 };
 
 export async function runDaemon(options: DaemonOptions): Promise<void> {
-  mkdirSync(options.dataDir, { recursive: true });
+  // Volume data, the node's state and the cluster secret are the daemon user's
+  // alone: files 0600 and directories 0700 from the first one created (the
+  // NBD Unix socket too: only that user, or root, can connect to it).
+  process.umask(0o077);
   let daemon: Daemon;
   try {
+    mkdirSync(options.dataDir, { recursive: true });
+    const tightened = makePrivate(options.dataDir);
+    if (tightened > 0) log.info(`made ${tightened} files and directories under ${options.dataDir} private to this user (0600/0700)`);
     daemon = await Daemon.start(options, log);
   } catch (e) {
     log.error(`pxd daemon could not start: ${(e as Error).message}`);

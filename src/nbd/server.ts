@@ -68,6 +68,21 @@ export class NbdServer {
     return done.then(cancelGrace);
   }
 
+  /**
+   * Ends every connection that serves the export `name` (a forced volume
+   * delete); returns how many. A connection still in its handshake serves no
+   * export yet: the registry keeps it from opening one that is going away.
+   */
+  closeExport(name: string, reason: string): number {
+    let closed = 0;
+    for (const c of this.connections) {
+      if (c.exportName !== name) continue;
+      c.destroy(reason);
+      closed++;
+    }
+    return closed;
+  }
+
   /** Called by a Connection once its socket is closed. */
   forget(c: Connection): void {
     this.connections.delete(c);
@@ -85,6 +100,8 @@ export class NbdServer {
 
 class Connection {
   readonly events: NbdSocketEvents;
+  /** The export it serves, once in transmission. */
+  exportName: string | undefined;
   private readonly errors: ErrorReporter;
   private handshake: Handshake | undefined;
   /** While the registry catches up: bytes that arrived after the held option, fed once it settles. */
@@ -205,6 +222,7 @@ class Connection {
       if (step.graceful) return this.finish(true, step.reason);
       return this.destroy(step.reason);
     }
+    this.exportName = step.negotiated.exp.name;
     this.transmission = new Transmission(step.negotiated, {
       limits: this.server.limits,
       errors: this.errors,

@@ -197,6 +197,8 @@ export class MultiRaft {
     },
   });
   private beatsFlushQueued = false;
+  /** At most one entry per group this node ran. */
+  private readonly stopped = new Map<number, string>();
   /** Change maps still reading the ranges of entries applied before they began, oldest first. */
   private readonly changeScans: { g: Group; changes: ChangeMap; next: number; end: number }[] = [];
   private changeScanQueued = false;
@@ -263,6 +265,11 @@ export class MultiRaft {
 
   hasGroup(groupId: number): boolean {
     return this.groups.has(groupId);
+  }
+
+  /** Groups stopped here because their log could not be persisted, with why (the node's health reports them). */
+  stoppedGroups(): ReadonlyMap<number, string> {
+    return this.stopped;
   }
 
   /** The group's voters as this node's core knows them (its configuration). */
@@ -340,6 +347,11 @@ export class MultiRaft {
     const ok = g.node.transferLeadership(to);
     this.schedule();
     return ok;
+  }
+
+  /** Groups whose core withholds its vote: recovery cut their log, and they have not got back what they may have acknowledged. */
+  withholdingVotes(): number[] {
+    return [...this.groups.values()].filter((g) => g.node.raft.withholdingVotes()).map((g) => g.id);
   }
 
   /** The current leader of a group as this node knows it (0: none known). */
@@ -632,6 +644,7 @@ export class MultiRaft {
           // The store stopped taking writes (fsync failed): nothing this group does is safe any more.
           this.o.log(`replication: group ${g.id} cannot persist its log, stopping it: ${e.message}`);
           this.removeGroup(g.id);
+          this.stopped.set(g.id, e.message);
         },
       );
     }

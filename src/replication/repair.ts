@@ -72,6 +72,8 @@ export class Repairer {
   /** One repair at a time per group: a second one finds the blocks the first mended already good. */
   private readonly tails = new Map<number, Promise<unknown>>();
   private readonly loggedAt = new Map<string, number>();
+  /** Blocks known damaged with no good copy anywhere, per group (bounded like the log's rate limit). */
+  private readonly lost = new Map<number, Set<number>>();
 
   constructor(private readonly p: RepairPorts) {}
 
@@ -146,12 +148,27 @@ export class Repairer {
       }
     }
     const repaired = damaged - left.length;
+    this.remember(group, blocks, left);
     this.counters.blocksRepaired += repaired;
     this.counters.blocksUnrepaired += left.length;
     const name = this.p.nameOf(group);
     if (repaired > 0) this.p.log(`repair: volume ${name}: ${repaired} damaged block(s) of ${checksumBlockBytes} bytes rewritten from another replica (${cause.message})`);
     if (left.length > 0) this.logUnrepaired(group, name, left, peers.length, cause);
     return { damaged, repaired, unrepaired: left.length };
+  }
+
+  /** Per group, how many of its blocks are known damaged here with no good copy anywhere (reads of them fail). */
+  unrepaired(): Map<number, number> {
+    return new Map([...this.lost].map(([g, s]) => [g, s.size]));
+  }
+
+  /** After a repair of `tried`: those in `left` have no good copy; the others are good now. */
+  private remember(group: number, tried: readonly number[], left: readonly number[]): void {
+    const set = this.lost.get(group) ?? new Set<number>();
+    for (const b of tried) set.delete(b);
+    for (const b of left) if (set.size < damageLogEntriesMax) set.add(b);
+    if (set.size === 0) this.lost.delete(group);
+    else this.lost.set(group, set);
   }
 
   /** The blocks of `blocks` that still fail here (a write may have replaced some meanwhile). */

@@ -106,6 +106,11 @@ export class SegmentLog {
     return this.durable.segmentId;
   }
 
+  /** Why the log stopped taking writes, or undefined while it takes them. */
+  get failed(): Error | undefined {
+    return this.failure;
+  }
+
   append(request: AppendRequest): void {
     if (this.failure) {
       request.done(0, this.failure);

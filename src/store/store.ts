@@ -257,6 +257,11 @@ export class Store {
     return this.group(groupId).sizeBytes;
   }
 
+  /** Why the store stopped taking writes (a failed log write or fsync, no space for a segment), or undefined. */
+  get failure(): Error | undefined {
+    return this.segmentLog.failed;
+  }
+
   allocatedBytes(groupId: number): number {
     return this.group(groupId).map.allocatedSectors * sectorBytes;
   }

@@ -121,6 +121,10 @@ test("damaged blocks: repaired from a good replica on read and by scrub; EIO on 
     }
     read1.close();
     assert.match(n1.output, /DATA DAMAGED: volume r1: 1 block\(s\) of 4096 bytes fail their checksum and cannot be repaired \(it has no other replica\); the first at volume offset 8192, log segment \d+ byte \d+/);
+    const health = await n1.api.status();
+    assert.is(health.health, "degraded");
+    assert.ok(health.reasons.some((r) => r.startsWith("1 block(s) of r1 failed their checksum here and no replica had a good copy")), health.reasons.join("\n"));
+    assert.is((await n1.api.inspectVolume("r1")).state, "damaged");
 
     // The scrub repairs the followers' damaged copies; a second one finds nothing.
     const first = await scrub(c, "r3");

@@ -5,8 +5,10 @@ import {
   ApiError,
   type Controller,
   type CreateVolumeRequest,
+  type DeleteVolumeOptions,
   type JoinRequest,
   type JoinResponse,
+  type NodeConnections,
   type NodeInfo,
   type NodeStatus,
   type ScrubRequest,
@@ -17,6 +19,10 @@ import {
 export class FakeController implements Controller {
   readonly volumes = new Map<string, VolumeInfo>();
   private nextId = 1;
+  /** What status() reports as the reasons the node is degraded. */
+  reasons: string[] = [];
+  /** What status() reports as the catalog's refused entries. */
+  refusals: NodeStatus["catalog"]["refusals"] = [];
   /** Set to make the next call of any method throw this (then cleared). */
   failNext: unknown = null;
   /** Calls seen, "method name" strings, for asserting what reached the controller. */
@@ -33,12 +39,13 @@ export class FakeController implements Controller {
       apiPort: 9001,
       peerPort: 9002,
       uptimeSec: 3725,
-      health: "online",
+      health: this.reasons.length === 0 ? "online" : "degraded",
+      reasons: this.reasons,
       capacity: { totalBytes: 10 * 1024 ** 3, usedBytes: 1024 ** 3, freeBytes: 9 * 1024 ** 3 },
       volumeCount: this.volumes.size,
       store: { logBytes: 4096, segments: 1 },
       clusterId: "c0ffee",
-      catalog: { leader: 1, commitIndex: 1, appliedIndex: 1 },
+      catalog: { leader: 1, commitIndex: 1, appliedIndex: 1, refusals: this.refusals },
       nodes: [this.node],
       pool: { totalBytes: 10 * 1024 ** 3, usedBytes: 1024 ** 3, freeBytes: 9 * 1024 ** 3 },
       integrity: {
@@ -127,10 +134,20 @@ export class FakeController implements Controller {
     return Promise.resolve(v);
   }
 
-  deleteVolume(name: string): Promise<void> {
-    this.seen(`deleteVolume ${name}`);
+  deleteVolume(name: string, options: DeleteVolumeOptions = {}): Promise<void> {
+    this.seen(`deleteVolume ${name}${options.force === true ? " force" : ""}`);
     if (!this.volumes.delete(name)) return Promise.reject(new ApiError(404, "not_found", `no volume named "${name}"`));
     return Promise.resolve();
+  }
+
+  volumeConnections(name: string): Promise<NodeConnections> {
+    this.seen(`volumeConnections ${name}`);
+    return Promise.resolve({ nodeId: 7, node: "n1", connections: this.volumes.get(name)?.connections ?? 0 });
+  }
+
+  disconnectVolume(name: string): Promise<NodeConnections> {
+    this.seen(`disconnectVolume ${name}`);
+    return Promise.resolve({ nodeId: 7, node: "n1", connections: 0 });
   }
 
   updateVolume(name: string, request: { repl: number }): Promise<VolumeInfo> {

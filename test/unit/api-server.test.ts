@@ -96,7 +96,7 @@ test("raw routes answer with the documented status codes and content types", asy
   const badPatch = await raw("PATCH", "/v1/volumes/a", JSON.stringify({ repl: 3, size: 1 }));
   assert.is(badPatch.status, 400);
   assert.match((JSON.parse(badPatch.body) as { error: { message: string } }).error.message, /unknown field "size"; the only field is repl/);
-  assert.match((await raw("PATCH", "/v1/volumes/a", JSON.stringify({ repl: 9 }))).body, /replica count from 1 to 5, not 9/);
+  assert.match((await raw("PATCH", "/v1/volumes/a", JSON.stringify({ repl: 9 }))).body, /replica count from 1 to 5 \(the most a volume has\), not 9/);
   const del = await raw("DELETE", "/v1/volumes/a");
   assert.is(del.status, 204);
   assert.is(del.body, "");
@@ -104,6 +104,46 @@ test("raw routes answer with the documented status codes and content types", asy
   assert.is(metrics.status, 200);
   assert.is(metrics.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
   assert.match(metrics.body, /# TYPE pxd_volumes gauge/);
+});
+
+test("delete takes ?force (true, 1 or empty; false or 0); anything else is a 400; connections and disconnect ask this node only", async () => {
+  for (const name of ["a", "b", "c", "d", "e"]) await ctx.client.createVolume({ name, sizeBytes: 4096 });
+  assert.is((await raw("DELETE", "/v1/volumes/a?force=true")).status, 204);
+  assert.is((await raw("DELETE", "/v1/volumes/b?force")).status, 204);
+  assert.is((await raw("DELETE", "/v1/volumes/c?force=0&verbose=1")).status, 204);
+  await ctx.client.deleteVolume("d", { force: true });
+  const bad = await raw("DELETE", "/v1/volumes/e?force=maybe");
+  assert.equal([bad.status, errorOf(bad).message], [400, 'query parameter "force" must be true or false (once), not "maybe"']);
+  assert.is((await raw("DELETE", "/v1/volumes/e?force=1&force=0")).status, 400);
+  assert.equal(await ctx.client.volumeConnections("e"), { nodeId: 7, node: "n1", connections: 0 });
+  assert.equal(await ctx.client.disconnectVolume("e"), { nodeId: 7, node: "n1", connections: 0 });
+  assert.is((await raw("GET", "/v1/volumes/-x/connections")).status, 400);
+  assert.is((await raw("GET", "/v1/volumes/e/disconnect")).status, 405);
+  assert.equal(ctx.controller.calls.slice(5), ["deleteVolume a force", "deleteVolume b force", "deleteVolume c", "deleteVolume d force", "volumeConnections e", "disconnectVolume e"]);
+});
+
+test("the debug hook exists only when the daemon serves it; its body is one of command and hex", async () => {
+  assert.is((await raw("POST", "/v1/debug/catalog-propose", JSON.stringify({ hex: "01c1" }))).status, 404);
+  const seen: unknown[] = [];
+  const debug = await startApiServer({
+    host: "127.0.0.1",
+    port: 0,
+    controller: ctx.controller,
+    debug: { catalogPropose: (r) => (seen.push(r), Promise.resolve({ index: 5, ok: false, code: "invalid", error: "no" })) },
+    log: () => {},
+  });
+  try {
+    const client = new ApiClient(debug.address);
+    assert.equal(await client.debugCatalogPropose({ command: { kind: "drop" } }), { index: 5, ok: false, code: "invalid", error: "no" });
+    assert.equal(await client.debugCatalogPropose({ hex: "01C1" }), { index: 5, ok: false, code: "invalid", error: "no" });
+    for (const body of [{}, { command: 1, hex: "01" }, { hex: "" }, { hex: "0" }, { hex: "zz" }, { hex: 1 }, { command: 1, extra: 2 }]) {
+      const e = await rejects(client.debugCatalogPropose(body as never), ApiError);
+      assert.is(e.status, 400, JSON.stringify(body));
+    }
+    assert.equal(seen, [{ command: { kind: "drop" } }, { hex: "01C1" }]);
+  } finally {
+    await debug.close();
+  }
 });
 
 test("unknown paths are 404 and wrong methods 405, both with the error body", async () => {
@@ -199,7 +239,17 @@ test("malformed and wrongly-typed bodies are 400 with a message naming the field
     ['{"name":"a","sizeBytes":-1}', /field "sizeBytes"/],
     ['{"name":"a","sizeBytes":1.5}', /field "sizeBytes"/],
     ['{"name":"a","sizeBytes":1e300}', /field "sizeBytes"/],
-    ['{"name":"a","sizeBytes":4096,"repl":0}', /field "repl" must be a positive integer/],
+    ['{"name":"a","sizeBytes":0}', /field "sizeBytes" must be a positive integer number of bytes, not 0/],
+    ['{"name":"a","sizeBytes":1}', /^field "sizeBytes" must be a multiple of 512 bytes \(the sector size\), not 1; 512 would do$/],
+    ['{"name":"a","sizeBytes":511}', /must be a multiple of 512 bytes/],
+    ['{"name":"a","sizeBytes":513}', /not 513; 512 or 1024 would do/],
+    ['{"name":"a","sizeBytes":107374182}', /not 107374182; 107374080 or 107374592 would do/],
+    ['{"name":"a","sizeBytes":70368744178176}', /larger than the volume limit 70368744177664/],
+    ['{"name":"a","sizeBytes":4096,"repl":0}', /field "repl" must be a replica count from 1 to 5 \(the most a volume has\), not 0/],
+    ['{"name":"a","sizeBytes":4096,"repl":100}', /field "repl" must be a replica count from 1 to 5 \(the most a volume has\), not 100/],
+    ['{"name":"a","sizeBytes":4096,"repl":1.5}', /field "repl"/],
+    ['{"name":"a","sizeBytes":4096,"nodes":"n1"}', /field "nodes" must be a list/],
+    ['{"name":"a","sizeBytes":4096,"zones":"yes"}', /field "zones" must be true or false/],
     ['{"name":"a","sizeBytes":4096,"repl":"3"}', /field "repl"/],
     ['{"name":"a","size":4096}', /unknown field "size"/],
   ];
@@ -219,7 +269,7 @@ test("bad volume names are 400 and the message gives the rule", async () => {
     assert.is(errorOf(r).code, "invalid_name");
     assert.match(errorOf(r).message, /\^\[A-Za-z0-9\]\[A-Za-z0-9\._-\]\{0,62\}\$/);
   }
-  assert.match(errorOf(await raw("POST", "/v1/volumes", JSON.stringify({ name: long, sizeBytes: 1 }))).message, /longer than 63/);
+  assert.match(errorOf(await raw("POST", "/v1/volumes", JSON.stringify({ name: long, sizeBytes: 512 }))).message, /longer than 63/);
   const viaPath = await raw("GET", "/v1/volumes/%2Dlead");
   assert.is(viaPath.status, 400);
   assert.is((await raw("DELETE", "/v1/volumes/" + encodeURIComponent("a b"))).status, 400);

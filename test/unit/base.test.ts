@@ -4,6 +4,7 @@ import { crc32c, crc32cJs, crc32cOf, crc32cImplementation } from "../../src/base
 import { parseSize, formatSize } from "../../src/base/sizes.js";
 import { Prng } from "../../src/base/prng.js";
 import { BufferPool } from "../../src/base/buffer-pool.js";
+import { printable } from "../../src/base/printable.js";
 import { checkConstants } from "../../src/constants.js";
 
 test("crc32c matches the standard check value and chains over buffers", () => {
@@ -33,6 +34,17 @@ test("sizes parse with K/M/G/T suffixes and reject junk", () => {
   assert.throws(() => parseSize("ten gigs"), /not a size/);
   assert.throws(() => parseSize("-1G"), /not a size/);
   assert.is(formatSize(1024 ** 3), "1.00 GiB");
+});
+
+test("printable escapes every control and invisible character, caps the length, and is idempotent", () => {
+  assert.is(printable("\x1b[31m\nforged", 100), "\\x1b[31m\\x0aforged");
+  assert.is(printable("tab\there\r\0\x7f\x85", 100), "tab\\x09here\\x0d\\x00\\x7f\\x85");
+  assert.is(printable("a\u202eb\u200bc\u2028d\ud800e", 100), "a\\u{202e}b\\u{200b}c\\u{2028}d\\u{d800}e");
+  assert.is(printable("plain ümlaut 日本 🙂 C:\\path", 100), "plain ümlaut 日本 🙂 C:\\path");
+  assert.is(printable("x".repeat(300), 256), `${"x".repeat(256)}… (44 more characters)`);
+  const once = printable("\x1b]0;title\x07\u{e000}", 100);
+  assert.is(printable(once, 100), once);
+  assert.not.match(once, /[\x00-\x1f\x7f-\x9f]/);
 });
 
 test("prng replays from a seed", () => {

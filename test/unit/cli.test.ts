@@ -95,7 +95,9 @@ test("volume create, list, inspect and delete print what happened", async () => 
   assert.is(del.code, 0, del.stderr);
   assert.is(del.stdout, 'volume "demo" deleted\n');
   assert.equal([...ctx.controller.volumes.keys()], ["db"]);
-  await pxd([...host(), "volume", "rm", "db"]);
+  const forced = await pxd([...host(), "volume", "rm", "db", "--force"]);
+  assert.is(forced.stdout, 'volume "db" deleted (its NBD clients were disconnected)\n');
+  assert.is(ctx.controller.calls.at(-1), "deleteVolume db force");
   const empty = await pxd([...host(), "volume", "ls"]);
   assert.is(empty.stdout, 'no volumes; create one with "pxd volume create NAME --size 1G"\n');
 });
@@ -114,6 +116,30 @@ test("--json prints the API's own JSON shapes", async () => {
   assert.match(text.stdout, /^node\s+n1 \(pxd 0\.1\.0-test\)$/m);
   assert.match(text.stdout, /^uptime\s+1h 2m 5s$/m);
   assert.match(text.stdout, /^capacity\s+1\.00 GiB used of 10\.0 GiB, 9\.00 GiB free$/m);
+  assert.match(text.stdout, /^health\s+online$/m);
+  assert.not.match(text.stdout, /^refused/m);
+});
+
+test("pxd status prints why a node is degraded and the catalog's refused entries", async () => {
+  ctx.controller.reasons = ["the store stopped taking writes (ENOSPC); free space", "node node3 is down: start it again"];
+  ctx.controller.refusals = [
+    { index: 7, kind: "createVolume", code: "invalid", error: 'createVolume: field "sizeBytes" must be a multiple of 512 bytes (the sector size), not 1; 512 would do' },
+    { index: 9, kind: "unknown", code: "invalid", error: "catalog command is not valid msgpack" },
+    { index: 11, kind: "unknown", code: "invalid", error: 'unknown catalog command kind "\u001b[2J\u202e"' },
+  ];
+  const text = await pxd([...host(), "status"]);
+  assert.is(text.code, 0, text.stderr);
+  const lines = text.stdout.split("\n");
+  const at = lines.findIndex((l) => l.startsWith("health"));
+  const indent = " ".repeat(lines[at]!.indexOf("degraded"));
+  assert.equal(lines.slice(at, at + 3), [
+    `health${indent.slice(6)}degraded`,
+    `${indent}- the store stopped taking writes (ENOSPC); free space`,
+    `${indent}- node node3 is down: start it again`,
+  ]);
+  assert.match(text.stdout, /^refused\s+entry 7 createVolume \(invalid\): createVolume: field "sizeBytes" must be a multiple of 512/m);
+  assert.match(text.stdout, /^\s+entry 9 unknown \(invalid\): catalog command is not valid msgpack$/m);
+  assert.match(text.stdout, /^\s+entry 11 unknown \(invalid\): unknown catalog command kind "\\x1b\[2J\\u\{202e\}"$/m, "what a log entry carries reaches the terminal escaped");
 });
 
 test("errors from the daemon are one line on stderr with exit code 1", async () => {
@@ -137,6 +163,15 @@ test("bad sizes, names, replica counts and commands are usage errors (exit 2) th
   assertOneLineError(await pxd([...host(), "volume", "create", "a b", "--size", "1G"]), 2, /"a b" is not a valid volume name.*\^\[A-Za-z0-9\]/);
   assertOneLineError(await pxd([...host(), "volume", "inspect", "x".repeat(64)]), 2, /longer than 63 characters/);
   assertOneLineError(await pxd([...host(), "volume", "create", "v", "--size", "1G", "--repl", "0"]), 2, /--repl/);
+  assertOneLineError(await pxd([...host(), "volume", "create", "v", "--size", "1G", "--repl", "100"]), 2, /"100" is not a whole number from 1 to 5: a volume has at most 5 replicas/);
+  assertOneLineError(await pxd([...host(), "volume", "ha-update", "v", "--repl", "6"]), 2, /from 1 to 5: a volume has at most 5 replicas/);
+  assertOneLineError(
+    await pxd([...host(), "volume", "create", "typo", "--size", "0.1G"]),
+    2,
+    /"0\.1G" is 107374182 bytes; a volume size must be a multiple of 512 bytes \(the sector size\), not 107374182; 107374080 or 107374592 would do, or a whole number of K, M or G/,
+  );
+  assertOneLineError(await pxd([...host(), "volume", "create", "v", "--size", "1000"]), 2, /not 1000; 512 or 1024 would do/);
+  assertOneLineError(await pxd([...host(), "volume", "create", "v", "--size", "65T"]), 2, /larger than the volume limit of 64.0 TiB/);
   assertOneLineError(await pxd([...host(), "volume", "frobnicate"]), 2, /unknown command 'frobnicate'/);
   assertOneLineError(await pxd(["--host", "127.0.0.1:99999", "status"]), 2, /no valid port.*\(from --host\)/);
   assert.equal(ctx.controller.calls, []);

@@ -19,8 +19,10 @@ import {
   checkCatalogInvariants,
   decodeCatalogSnapshot,
   decodeCommand,
+  decodeEntry,
   encodeCatalogSnapshot,
   encodeCommand,
+  encodeCommandUnchecked,
   newCatalogState,
   promisedBytes,
   replicaSetFor,
@@ -30,7 +32,7 @@ import {
   type CatalogCommand,
   type CatalogState,
 } from "../../src/cluster/index.js";
-import { catalogCommandBytesMax, catalogNodesMax, checkClusterConstants, volumeBytesMax } from "../../src/constants.js";
+import { catalogCommandBytesMax, catalogNodesMax, catalogRefusalsMax, catalogTimeMsMax, checkClusterConstants, volumeBytesMax } from "../../src/constants.js";
 
 const GiB = 1024 ** 3;
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -61,9 +63,9 @@ function refused(s: CatalogState, c: unknown, code: string, message?: string | R
   return r.error;
 }
 
-/** The catalog's contents, without the applied index. */
+/** The catalog's contents, without the applied index and the remembered refusals. */
 function contents(s: CatalogState): Uint8Array {
-  return encodeCatalogSnapshot({ ...s, appliedIndex: 0 });
+  return encodeCatalogSnapshot({ ...s, appliedIndex: 0, refusals: [] });
 }
 
 function cluster(n: number, labels: (id: number) => Record<string, string> = () => ({})): CatalogState {
@@ -208,7 +210,7 @@ test("the overcommitPercent setting decides how far promises may pass capacity",
   must(s, { kind: "setSetting", key: "overcommitPercent", value: 200 });
   assert.is(settingValue(s, "overcommitPercent"), 200);
   must(s, { kind: "createVolume", name: "b", sizeBytes: 100 * GiB, repl: 1, at: 1 });
-  refused(s, { kind: "createVolume", name: "c", sizeBytes: 1, repl: 1, at: 1 }, "placement");
+  refused(s, { kind: "createVolume", name: "c", sizeBytes: 512, repl: 1, at: 1 }, "placement");
 });
 
 test("deleteVolume removes it and frees its promised bytes; an unknown name says where to look", () => {
@@ -307,12 +309,12 @@ const hostile: unknown[] = [
   { kind: "createVolume", name: "db", sizeBytes: -1, repl: 1, at: 0 }, { kind: "createVolume", name: "db", sizeBytes: NaN, repl: 1, at: 0 },
   { kind: "createVolume", name: "db", sizeBytes: Infinity, repl: 1, at: 0 }, { kind: "createVolume", name: "db", sizeBytes: 1.5, repl: 1, at: 0 },
   { kind: "createVolume", name: "db", sizeBytes: volumeBytesMax + 1, repl: 1, at: 0 }, { kind: "createVolume", name: "db", sizeBytes: "1G", repl: 1, at: 0 },
-  { kind: "createVolume", name: "db", sizeBytes: 2n ** 70n, repl: 1, at: 0 }, { kind: "createVolume", name: "db", sizeBytes: 1, repl: 0, at: 0 },
-  { kind: "createVolume", name: "db", sizeBytes: 1, repl: 6, at: 0 }, { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: -1 },
-  { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1 }, { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: 0, nodes: [] },
-  { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: 0, nodes: [1, 2, 3, 4, 5, 6] }, { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: 0, nodes: [0] },
-  { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: 0, nodes: ["1"] }, { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: 0, nodes: new Array(1e6).fill(1) },
-  { kind: "createVolume", name: "db", sizeBytes: 1, repl: 1, at: 0, zones: "yes" },
+  { kind: "createVolume", name: "db", sizeBytes: 2n ** 70n, repl: 1, at: 0 }, { kind: "createVolume", name: "db", sizeBytes: 512, repl: 0, at: 0 },
+  { kind: "createVolume", name: "db", sizeBytes: 512, repl: 6, at: 0 }, { kind: "createVolume", name: "db", sizeBytes: 512, repl: 1, at: -1 },
+  { kind: "createVolume", name: "db", sizeBytes: 512, repl: 1 }, { kind: "createVolume", name: "db", sizeBytes: 512, repl: 1, at: 0, nodes: [] },
+  { kind: "createVolume", name: "db", sizeBytes: 512, repl: 1, at: 0, nodes: [1, 2, 3, 4, 5, 6] }, { kind: "createVolume", name: "db", sizeBytes: 512, repl: 1, at: 0, nodes: [0] },
+  { kind: "createVolume", name: "db", sizeBytes: 512, repl: 1, at: 0, nodes: ["1"] }, { kind: "createVolume", name: "db", sizeBytes: 512, repl: 1, at: 0, nodes: new Array(1e6).fill(1) },
+  { kind: "createVolume", name: "db", sizeBytes: 512, repl: 1, at: 0, zones: "yes" },
   { kind: "addNode", id: 1, name: "n", address: "h", nbdPort: 0, apiPort: 1, peerPort: 1, capacityBytes: 1, labels: {}, at: 0 },
   { kind: "addNode", id: 1, name: "n", address: "h", nbdPort: 1, apiPort: 1, peerPort: 65536, capacityBytes: 1, labels: {}, at: 0 },
   { kind: "addNode", id: 1, name: "n", address: "h; rm -rf /", nbdPort: 1, apiPort: 1, peerPort: 1, capacityBytes: 1, labels: {}, at: 0 },
@@ -352,6 +354,70 @@ test("field errors name the field, the rule and what was given", () => {
   refused(s, { kind: "createVolume", name: "db", sizeBytes: 2n ** 70n, repl: 1, at: 0 }, "invalid", /not the 64-bit integer 1180591620717411303424/);
 });
 
+test("a volume size that is not whole sectors is refused when proposed and when applied; the store never sees it", () => {
+  for (const size of [1, 511, 513, 1024 ** 3 + 1, volumeBytesMax - 1]) {
+    assert.throws(() => encodeCommand({ kind: "createVolume", name: "db", sizeBytes: size, repl: 1, at: 0 }), /must be a multiple of 512 bytes \(the sector size\)/);
+    assert.throws(() => encodeCommand({ kind: "resizeVolume", name: "db", sizeBytes: size }), /must be a multiple of 512 bytes/);
+  }
+  const s = cluster(1);
+  must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 1, at: 0 });
+  refused(s, { kind: "resizeVolume", name: "db", sizeBytes: GiB + 1 }, "invalid", `resizeVolume: field "sizeBytes" must be a multiple of 512 bytes (the sector size), not ${GiB + 1}; ${GiB} or ${GiB + 512} would do`);
+  refused(s, { kind: "createVolume", name: "db", sizeBytes: 0, repl: 1, at: 0 }, "invalid", /field "sizeBytes" must be an integer of bytes in \[1, /);
+  assert.ok(encodeCommand({ kind: "createVolume", name: "db", sizeBytes: 512, repl: 1, at: 0 }), "one sector is a volume");
+});
+
+test("an unaligned create from an existing log is refused but keeps the id it took, so later volumes keep theirs", () => {
+  // What older pxd committed: the size rule was not checked, and such a create took an id when it was placed.
+  const s = cluster(2);
+  assert.is(must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 1, at: 0 }).volume!.id, 1);
+  const r = apply(s, { kind: "createVolume", name: "s1b", sizeBytes: 1, repl: 2, at: 0 });
+  assert.equal([r.ok, r.ok ? "" : r.code, r.ok ? "" : r.error], [false, "invalid", 'createVolume: field "sizeBytes" must be a multiple of 512 bytes (the sector size), not 1; 512 would do; volume "s1b" was not created and id 2 stays unused']);
+  assert.not.ok(s.volumes.has("s1b"), "the volume never existed");
+  // One that would not have been placed took no id then, and takes none now.
+  refused(s, { kind: "createVolume", name: "big", sizeBytes: 513, repl: 3, at: 0 }, "placement", /needs 3 replicas but only 2 nodes/);
+  refused(s, { kind: "createVolume", name: "a", sizeBytes: 513, repl: 1, at: 0 }, "exists");
+  assert.is(must(s, { kind: "createVolume", name: "b", sizeBytes: GiB, repl: 1, at: 0 }).volume!.id, 3);
+  refused(s, { kind: "deleteVolume", name: "s1b" }, "not_found");
+  assert.is(checkCatalogInvariants(s), null);
+});
+
+test("refusals are remembered in the catalog, the latest catalogRefusalsMax, the same from objects and from log bytes", () => {
+  const a = cluster(1);
+  const b = cluster(1);
+  const entries: Uint8Array[] = [
+    Uint8Array.of(1, 0xc1),
+    encodeCommandUnchecked({ kind: "createVolume", name: "x", sizeBytes: 511, repl: 1, at: 0 }),
+    encodeCommandUnchecked({ kind: "drop" }),
+    encodeCommand({ kind: "deleteVolume", name: "nothing" }),
+  ];
+  for (let i = 0; i < catalogRefusalsMax + 3; i++) entries.push(encodeCommandUnchecked({ kind: "createVolume", name: `v${i}`, sizeBytes: 512, repl: 9, at: 0 }));
+  for (const e of entries) {
+    const ra = applyEntry(a, e, a.appliedIndex + 1);
+    const d = decodeEntry(e);
+    const rb = d.ok ? applyCommand(b, d.value, b.appliedIndex + 1) : applyEntry(b, e, b.appliedIndex + 1);
+    assert.equal(rb, ra);
+  }
+  assert.is(a.refusals.length, catalogRefusalsMax);
+  assert.equal(a.refusals, b.refusals);
+  assert.equal(encodeCatalogSnapshot(a), encodeCatalogSnapshot(b));
+  const last = a.refusals.at(-1)!;
+  assert.equal(last, { index: a.appliedIndex, kind: "createVolume", code: "invalid", error: 'createVolume: field "repl" must be an integer in [1, 5], not 9' });
+  const early = cluster(1);
+  for (const e of entries.slice(0, 4)) applyEntry(early, e, early.appliedIndex + 1);
+  assert.equal(early.refusals.map((r) => [r.kind, r.code]), [["unknown", "invalid"], ["createVolume", "invalid"], ["unknown", "invalid"], ["deleteVolume", "not_found"]]);
+  assert.equal(decodeCatalogSnapshot(encodeCatalogSnapshot(early)).refusals, early.refusals, "refusals survive a snapshot");
+  const stale = applyCommand(early, { kind: "drop" }, 1);
+  assert.is(stale.ok ? "" : stale.code, "stale");
+  assert.is(early.refusals.length, 4, "a replay is not a refusal");
+});
+
+test("a command time past what a Date holds is refused: the API turns createdAt into an ISO string", () => {
+  const s = cluster(1);
+  refused(s, { kind: "createVolume", name: "late", sizeBytes: GiB, repl: 1, at: catalogTimeMsMax + 1 }, "invalid", /field "at" must be an integer \(milliseconds since the epoch\) in \[0, 8640000000000000\]/);
+  const v = must(s, { kind: "createVolume", name: "last", sizeBytes: GiB, repl: 1, at: catalogTimeMsMax }).volume!;
+  assert.is(new Date(v.createdAt).toISOString(), "+275760-09-13T00:00:00.000Z");
+});
+
 test("a replayed or out-of-order index is ignored without touching the catalog", () => {
   const s = cluster(1);
   const before = encodeCatalogSnapshot(s);
@@ -375,8 +441,8 @@ test("commands round-trip through encodeCommand/decodeCommand, normalized", () =
   if (d.ok && d.command.kind === "addNode") assert.equal(Object.keys(d.command.labels), ["rack", "zone"]);
   const same = encodeCommand({ ...addNodeCmd(9), ...c, labels: { rack: "r", zone: "a" } });
   assert.equal(same, bytes, "equal meaning, equal bytes");
-  const withUndefined = encodeCommand({ kind: "createVolume", name: "v", sizeBytes: 1, repl: 1, at: 0, nodes: undefined, zones: undefined } as CatalogCommand);
-  assert.equal(withUndefined, encodeCommand({ kind: "createVolume", name: "v", sizeBytes: 1, repl: 1, at: 0 }));
+  const withUndefined = encodeCommand({ kind: "createVolume", name: "v", sizeBytes: 512, repl: 1, at: 0, nodes: undefined, zones: undefined } as CatalogCommand);
+  assert.equal(withUndefined, encodeCommand({ kind: "createVolume", name: "v", sizeBytes: 512, repl: 1, at: 0 }));
 });
 
 test("encodeCommand throws for an invalid command; decodeCommand never throws", () => {
@@ -518,7 +584,7 @@ test("damaged and inconsistent snapshots are refused with the reason", () => {
     assert.throws(() => decodeCatalogSnapshot(bytes), (e: Error) => e instanceof CatalogSnapshotError && re.test(e.message));
   };
   refusedWith(good.subarray(0, 3), /shorter than its 5-byte header/);
-  refusedWith(Uint8Array.of(9, ...good.subarray(1)), /version 9 is not 1/);
+  refusedWith(Uint8Array.of(9, ...good.subarray(1)), /version 9 is not 2/);
   const flipped = Uint8Array.from(good);
   flipped[good.length - 3]! ^= 0x40;
   refusedWith(flipped, /checksum mismatch/);
@@ -531,7 +597,7 @@ test("damaged and inconsistent snapshots are refused with the reason", () => {
     return withCrc(out); // the real checksum, so only the content is wrong
   };
   const body = packr.unpack(good.subarray(5)) as Record<string, any>;
-  refusedWith(reseal({ ...body, extra: 1 }), /expected appliedIndex, nextVolumeId, nodes, volumes, settings/);
+  refusedWith(reseal({ ...body, extra: 1 }), /expected appliedIndex, nextVolumeId, nodes, volumes, settings, refusals/);
   refusedWith(reseal({ ...body, nextVolumeId: 1 }), /has id 1, not below the next id 1/);
   refusedWith(reseal({ ...body, volumes: [{ ...body.volumes[0], nodes: [1, 3] }] }), /replica on node 3, which is not in the catalog/);
   refusedWith(reseal({ ...body, nodes: [{ ...body.nodes[0], name: "" }, body.nodes[1]] }), /node record 0: addNode: field "name"/);
@@ -541,6 +607,12 @@ test("damaged and inconsistent snapshots are refused with the reason", () => {
   refusedWith(reseal({ ...body, nodes: [{ ...body.nodes[0], health: "sick" }, body.nodes[1]] }), /field "health"/);
   refusedWith(reseal({ ...body, volumes: [{ ...body.volumes[0], zones: 1 }] }), /zones must be true or false/);
   refusedWith(reseal([]), /body must be an object/);
+  const refusal = { index: 2, kind: "createVolume", code: "invalid", error: "x" };
+  refusedWith(reseal({ ...body, refusals: [{ ...refusal, kind: "drop" }] }), /refusal record 0: unknown kind/);
+  refusedWith(reseal({ ...body, refusals: [{ ...refusal, code: "stale" }] }), /refusal record 0: unknown kind .* or code/);
+  refusedWith(reseal({ ...body, refusals: [refusal, refusal] }), /refusal of entry 2 is out of order/);
+  refusedWith(reseal({ ...body, refusals: [{ ...refusal, index: 99 }] }), /after the applied index/);
+  refusedWith(reseal({ ...body, refusals: Array(17).fill(refusal) }), /refusals must be a list of at most 16/);
   assert.equal(decodeCatalogSnapshot(reseal(body)), s, "the resealed original decodes");
 });
 

@@ -1,0 +1,18 @@
+// Field rules of the catalog that the control API and the CLI also check
+// before anything is proposed, so a person hears the rule at once and in the
+// same words; the catalog's validator (commands.ts) keeps them for every
+// entry it applies. Imports only the limits: the CLI loads this.
+
+import { sectorBytes } from "../constants.js";
+
+/**
+ * Why a volume size is not whole sectors, or null when it is. The store maps
+ * a volume in 512-byte sectors and refuses any other size, so a size that is
+ * not a multiple would stop every node that holds a replica.
+ */
+export function volumeSizeSectorProblem(sizeBytes: number): string | null {
+  if (sizeBytes % sectorBytes === 0) return null;
+  const down = sizeBytes - (sizeBytes % sectorBytes);
+  const nearest = down <= 0 ? `${down + sectorBytes}` : `${down} or ${down + sectorBytes}`;
+  return `must be a multiple of ${sectorBytes} bytes (the sector size), not ${sizeBytes}; ${nearest} would do`;
+}
