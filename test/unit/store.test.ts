@@ -207,15 +207,20 @@ test("recovery truncates a torn tail and keeps every earlier commit", async () =
   t.remove();
 });
 
-test("a flipped byte in a payload in the middle of the log: the store opens, the damaged write fails with EIO, the rest reads back", async () => {
-  const t = tempDir("store");
-  let store = await open(t.dir);
+/** Ten writes of one block each, one commit each, then a crash: the segment and where each record starts. */
+async function tenCommitsThenCrash(dir: string): Promise<{ seg: string; positions: number[] }> {
+  const store = await open(dir);
   for (let i = 0; i < 10; i++) await store.write(group.groupId, i * 4096, [Buffer.alloc(4096, i + 1)], 4096);
   await store.closeWithoutCheckpoint();
-  const seg = join(t.dir, segmentName(1));
-  const positions = recordPositions(seg);
+  const seg = join(dir, segmentName(1));
+  return { seg, positions: recordPositions(seg) };
+}
+
+test("a flipped byte in a payload in the middle of the log: the store opens, the damaged write fails with EIO, the rest reads back", async () => {
+  const t = tempDir("store");
+  const { seg, positions } = await tenCommitsThenCrash(t.dir);
   flipByte(seg, positions[4]! + recordHeaderBytes + 10); // payload of commit 5 of 10: acknowledged, commits after it
-  store = await open(t.dir);
+  let store = await open(t.dir);
   assert.is(store.stats().damagedRecords, 1);
   for (let i = 0; i < 10; i++) {
     if (i === 4) assert.throws(() => store.read(group.groupId, i * 4096, 4096), (e: Error) => e instanceof ChecksumError);
@@ -233,11 +238,7 @@ test("a flipped byte in a payload in the middle of the log: the store opens, the
 
 test("a flipped byte in a record header in the middle of the log is refused: nothing says whose data it was", async () => {
   const t = tempDir("store");
-  let store = await open(t.dir);
-  for (let i = 0; i < 10; i++) await store.write(group.groupId, i * 4096, [Buffer.alloc(4096, i + 1)], 4096);
-  await store.closeWithoutCheckpoint();
-  const seg = join(t.dir, segmentName(1));
-  const positions = recordPositions(seg);
+  const { seg, positions } = await tenCommitsThenCrash(t.dir);
   flipByte(seg, positions[4]! + 30); // the group id field of commit 5 of 10
   try {
     await open(t.dir);
@@ -247,7 +248,7 @@ test("a flipped byte in a record header in the middle of the log is refused: not
     assert.match((e as Error).message, /segment 1 at byte \d+: a record whose header is damaged/);
   }
   flipByte(seg, positions[4]! + 30); // repaired: it opens again with all data
-  store = await open(t.dir);
+  const store = await open(t.dir);
   for (let i = 0; i < 10; i++) assert.ok(store.read(group.groupId, i * 4096, 4096).equals(Buffer.alloc(4096, i + 1)));
   await store.close();
   t.remove();
