@@ -376,8 +376,11 @@ export class Store {
       });
     }
     await Promise.all(writes);
-    this.counters.blocksRepaired += repaired.length;
-    return repaired;
+    if (g.dropped) return [];
+    // A write (or GC's copy) may have moved a block meanwhile, so its Relocate did not apply: only what reads good now counts.
+    const good = repaired.filter((b) => g.map.blockAllocated(b) && this.checkBlocks(groupId, b, 1).length === 0);
+    this.counters.blocksRepaired += good.length;
+    return good;
   }
 
   /** Resolves when the data is durable and visible to reads. `data` must not change until then. */
@@ -1013,9 +1016,10 @@ export class Store {
    * Copies a segment's live data to the head of the log, then frees the
    * segment. Live data is found from the block maps (whatever kind of record
    * holds it). Each piece is read with the blocks around it and checked
-   * against their checksums first, so damaged data is never copied; a
-   * segment holding damaged live data is kept (onDamage reports it, a repair
-   * moves the good data out). Returns whether the segment was freed.
+   * against their checksums; a damaged block is reported (onDamage: a replica
+   * may repair it) and copied as it is: the map keeps its checksum, so the
+   * copy fails on read exactly as the original did, and GC never stalls on
+   * damage nobody can repair. Returns whether the segment was freed.
    */
   private async collectSegment(id: number): Promise<boolean> {
     // With nothing live no block map points here: nothing to check, find or copy
@@ -1023,35 +1027,25 @@ export class Store {
     const live = (this.liveBytes.get(id) ?? 0) > 0;
     const lo = id * segmentBytes;
     const moves: Promise<void>[] = [];
-    let damaged: ChecksumError | undefined;
     for (const g of live ? this.groups.values() : []) {
-      const runs: number[] = [];
-      g.map.runsInto(lo, lo + segmentBytes, (sector, count, address) => runs.push(sector, count, address));
-      for (let r = 0; r < runs.length && damaged === undefined; r += 3) {
-        const [sector, count, address] = [runs[r]!, runs[r + 1]!, runs[r + 2]!];
+      const bad: number[] = [];
+      g.map.runsInto(lo, lo + segmentBytes, (sector, count, address) => {
         for (let done = 0; done < count; ) {
           const n = Math.min(count - done, recordPayloadBytesMax / sectorBytes);
-          let copy: Buffer;
-          try {
-            copy = this.read(g.id, (sector + done) * sectorBytes, n * sectorBytes);
-          } catch (e) {
-            if (!(e instanceof ChecksumError)) throw e;
-            damaged = e;
-            break;
-          }
+          const copy = this.checkedSectors(g, sector + done, n, bad);
           this.counters.gcBytesMoved += copy.length;
           moves.push(this.appendRecord(g, RecordKind.Relocate, (sector + done) * sectorBytes, copy.length, [copy], address + done * sectorBytes));
           done += n;
         }
-      }
-      if (damaged !== undefined) break;
+      });
+      if (bad.length === 0) continue;
+      const blocks = [...new Set(bad)].sort((x, y) => x - y);
+      const damage = new ChecksumError(g.id, blocks, blocks.map((b) => g.map.get(b * blockSectors)), checksumBlockBytes, segmentBytes);
+      this.counters.checksumErrors++;
+      this.log(`store: GC found damage while moving segment ${id}: ${damage.message}; moved as it is (it still fails its checksum)`);
+      this.onDamage(damage);
     }
     await Promise.all(moves);
-    if (damaged !== undefined) {
-      this.log(`store: GC keeps segment ${id}: ${damaged.message}`);
-      this.onDamage(damaged);
-      return false;
-    }
     if ((this.liveBytes.get(id) ?? 0) !== 0) {
       this.log(`store: segment ${id} still holds ${this.liveBytes.get(id)} live bytes after GC; kept`);
       return false;
@@ -1060,6 +1054,17 @@ export class Store {
     await this.segmentLog.releaseSegment(id, this.segmentLog.freeSegmentCount < freeSegmentsMax);
     this.counters.gcSegments++;
     return true;
+  }
+
+  /** Sectors [sector, sector + count) as they are, their blocks checked: damaged blocks are added to `bad`. */
+  private checkedSectors(g: Group, sector: number, count: number, bad: number[]): Buffer {
+    const first = Math.floor(sector / blockSectors);
+    const end = Math.ceil((sector + count) / blockSectors);
+    const from = first * blockSectors;
+    const blocks = Buffer.allocUnsafe((Math.min(end * blockSectors, g.map.sectorCount) - from) * sectorBytes);
+    readContent(g.map, from, blocks.length / sectorBytes, blocks, 0, this.mapCtx.readAt);
+    bad.push(...damagedBlocks(g.map, first, end - first, blocks, 0));
+    return blocks.subarray((sector - from) * sectorBytes, (sector - from + count) * sectorBytes);
   }
 
   private async releaseEmptySegments(): Promise<void> {
