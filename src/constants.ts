@@ -97,8 +97,22 @@ export const readPoolBufferBytesMin = 64 * 1024;
 export const readPoolBufferBytesMax = 32 * 1024 * 1024;
 /** Bytes of idle read buffers kept for reuse. */
 export const readPoolBytesMax = 64 * 1024 * 1024;
-/** Largest JSON body the control API accepts. */
-export const apiBodyBytesMax = 1024 * 1024;
+/**
+ * Largest JSON body the control API accepts. The largest legitimate body is a
+ * join request: with every string at its longest and every character one
+ * JSON writes as \uXXXX, 14,840 bytes (test/unit/api-server.test.ts); a
+ * volume create is at most 2.3 KiB. 64 KiB leaves room.
+ */
+export const apiBodyBytesMax = 64 * 1024;
+/**
+ * Nesting of arrays and objects in a control API body, counted in one pass
+ * over the bytes before JSON.parse sees them. Legitimate bodies nest 2 deep
+ * (a join request's labels). JSON.parse took 136 to 258 ms for a 1 MiB body
+ * of nested brackets and 5 to 10 ms for 64 KiB, on the event loop every NBD
+ * client shares; the scan takes microseconds (node
+ * dist/bench/hostile-clients.js parse).
+ */
+export const apiBodyDepthMax = 32;
 
 // ---- replication (src/replication) ----
 /** Body bytes of one peer frame once authenticated: a 32 MiB volume write plus Raft framing, with room. */
@@ -215,6 +229,7 @@ export function checkClusterConstants(): void {
 }
 
 export function checkConstants(): void {
+  assert(apiBodyDepthMax >= 2, "a join request's labels nest two deep");
   assert(segmentBytes % sectorBytes === 0, "segments hold whole sectors");
   assert(recordPayloadBytesMax + 2 * recordHeaderBytes < segmentBytes, "a record fits a segment with its seal");
   assert(commitBytesMax >= recordPayloadBytesMax + recordHeaderBytes, "a commit holds the largest record");
