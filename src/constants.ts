@@ -63,8 +63,50 @@ export const nbdPayloadBytesMax = 32 * 1024 * 1024;
 export const nbdWriteDiscardBytesMax = 64 * 1024 * 1024;
 /** Requests one connection may have in flight; past it the server stops reading that socket. */
 export const nbdRequestsInFlightMax = 128;
-/** Payload bytes one connection may hold (write data, read data, queued replies) before it stops reading. */
-export const nbdConnectionBytesInFlightMax = 128 * 1024 * 1024;
+/**
+ * Bytes one connection may hold: write payloads received (or announced) and
+ * not yet answered, READ lengths from admission until answered, and reply
+ * bytes not yet taken by the kernel. A request that would reach it waits, and
+ * the socket is not read meanwhile. At 128 MiB two clients that never read
+ * would take the whole node budget; at 64 MiB one takes at most a third of
+ * what is shared above the floors, and still holds 63 requests of 1 MiB or
+ * one of the largest payload.
+ */
+export const nbdConnectionBytesInFlightMax = 64 * 1024 * 1024;
+/**
+ * Bytes every connection may hold whatever the node holds: a client holding
+ * little never waits on the node budget, so a fresh client gets its small
+ * requests served while others hog memory. 256 KiB holds 4 KiB reads at
+ * queue depth 32 with their reply reservations (32 x 5 KiB). Every
+ * connection's floor together (256 x 256 KiB = 64 MiB) is set aside from
+ * nbdNodeBytesInFlightMax.
+ */
+export const nbdConnectionBytesInFlightFloor = 256 * 1024;
+/**
+ * Bytes all NBD connections of the node may hold together (the same bytes as
+ * nbdConnectionBytesInFlightMax counts). A request above its connection's
+ * floor waits while it does not fit under this bound minus every
+ * connection's floor; waiting connections are not read and are let go, the
+ * one holding least first, as bytes drain. Without it 24 clients that never
+ * read their replies held 3135 MiB of RSS; with 256 MiB the daemon stays at
+ * 229 MiB (node dist/bench/hostile-clients.js memory).
+ */
+export const nbdNodeBytesInFlightMax = 256 * 1024 * 1024;
+/**
+ * Bytes a request holds besides its data until it is answered: its reply
+ * header, Node's cost for each queued reply buffer (two for a READ), and an
+ * error message of a few hundred bytes. Longer error messages are counted
+ * once queued.
+ */
+export const nbdReplyBytesReserved = 1024;
+/**
+ * What Node holds for one queued reply buffer beyond its bytes (Buffer and
+ * write-queue entry): 243 to 245 B of RSS per 16-byte reply measured on Node 20
+ * (node dist/bench/hostile-clients.js buffers). Counted with every queued
+ * buffer, so a client that sends small requests and never reads the replies
+ * is bounded in real memory, not only in payload bytes.
+ */
+export const nbdQueuedBufferOverheadBytes = 256;
 /** Extents in one NBD_REPLY_TYPE_BLOCK_STATUS chunk (the spec says at most 2^20). */
 export const nbdBlockStatusExtentsMax = 64 * 1024;
 /** After shutdown() starts, connections still open after this are destroyed. */

@@ -1,8 +1,11 @@
 // Owns NBD connections: the cap, the handshake timeout, the switch from
-// handshake to transmission, reply batching and orderly shutdown. Sockets,
-// timers and the log come in through ports.ts, so this file stays pure.
+// handshake to transmission, what each connection holds against the node
+// budget, reply batching and orderly shutdown. Sockets, timers and the log come in through ports.ts, so this
+// file stays pure.
 
+import { nbdQueuedBufferOverheadBytes } from "../constants.js";
 import type { ExportRegistry } from "./backend.js";
+import { NodeBudget, type BudgetHolder } from "./budget.js";
 import { ErrorReporter } from "./errors.js";
 import { Handshake, type HandshakeStep } from "./handshake.js";
 import { resolveNbdLimits, type NbdLimits, type NbdLog, type NbdSocket, type NbdSocketEvents, type NbdTimers } from "./ports.js";
@@ -15,18 +18,39 @@ export interface NbdServerOptions {
   limits?: Partial<NbdLimits>;
 }
 
+/** What /metrics shows of the NBD server. */
+export interface NbdStats {
+  connections: number;
+  /** Bytes every connection holds (NodeBudget), now and at most since start. */
+  heldBytes: number;
+  heldBytesPeak: number;
+  /** Connections whose next request waits for room in the node budget. */
+  waitingConnections: number;
+}
+
 export class NbdServer {
   readonly limits: NbdLimits;
+  readonly budget: NodeBudget;
   private readonly connections = new Set<Connection>();
   private stopping = false;
   private drained: (() => void) | undefined;
 
   constructor(readonly options: NbdServerOptions) {
     this.limits = resolveNbdLimits(options.limits);
+    this.budget = new NodeBudget(this.limits);
   }
 
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  stats(): NbdStats {
+    return {
+      connections: this.connections.size,
+      heldBytes: this.budget.heldBytes,
+      heldBytesPeak: this.budget.heldBytesPeak,
+      waitingConnections: this.budget.waitingCount,
+    };
   }
 
   get shuttingDown(): boolean {
@@ -83,7 +107,7 @@ export class NbdServer {
   }
 }
 
-class Connection {
+class Connection implements BudgetHolder {
   readonly events: NbdSocketEvents;
   private readonly errors: ErrorReporter;
   private handshake: Handshake | undefined;
@@ -93,7 +117,11 @@ class Connection {
   private out: Buffer[] = [];
   /** Callbacks for buffers in `out` whose owner wants them back once written. */
   private outWritten: (() => void)[] = [];
+  /** What this connection holds against the node budget: requests in flight, replies in `out`, replies the socket has not written yet. */
+  private reservedBytes = 0;
   private outBytes = 0;
+  private socketBytes = 0;
+  private wakeScheduled = false;
   /** True while handling a socket event: replies queue up and go out in one write at its end. */
   private inTurn = false;
   private flushScheduled = false;
@@ -117,6 +145,22 @@ class Connection {
     };
   }
 
+  get heldBytes(): number {
+    return this.reservedBytes + this.outBytes + this.socketBytes;
+  }
+
+  /** The node budget granted room to the request this connection holds back: retry it once this event is done. */
+  wake(): void {
+    if (this.wakeScheduled) return;
+    this.wakeScheduled = true;
+    this.server.options.timers.defer(this.woken);
+  }
+
+  private readonly woken = (): void => {
+    this.wakeScheduled = false;
+    this.turn(this.onDrain, undefined);
+  };
+
   start(): void {
     const limits = this.server.limits;
     const hs = new Handshake({ registry: this.server.options.registry, limits, send: this.send });
@@ -139,6 +183,7 @@ class Connection {
     this.server.options.log.info(`nbd ${this.socket.peer}: ${reason}`);
     this.ending = true;
     this.out = [];
+    this.server.budget.add(-this.outBytes);
     this.outBytes = 0;
     this.socket.destroy();
   }
@@ -209,7 +254,12 @@ class Connection {
       limits: this.server.limits,
       errors: this.errors,
       send: this.send,
-      queuedBytes: () => this.outBytes + this.socket.queuedBytes(),
+      admit: (bytes) => this.server.budget.admit(this, bytes),
+      hold: (deltaBytes) => {
+        this.reservedBytes += deltaBytes;
+        this.server.budget.add(deltaBytes);
+        if (deltaBytes > 0) this.server.budget.notePeak();
+      },
       pauseInput: () => this.socket.pause(),
       resumeInput: () => this.socket.resume(),
       shuttingDown: () => this.server.shuttingDown,
@@ -226,7 +276,9 @@ class Connection {
     }
     if (written) this.outWritten.push(written);
     this.out.push(b);
-    this.outBytes += b.length;
+    const cost = b.length + nbdQueuedBufferOverheadBytes;
+    this.outBytes += cost;
+    this.server.budget.add(cost);
     if (!this.inTurn && !this.flushScheduled) {
       this.flushScheduled = true;
       this.server.options.timers.defer(this.flushLater);
@@ -237,10 +289,22 @@ class Connection {
     if (this.out.length === 0 || this.closed) return;
     const out = this.out;
     const written = this.outWritten;
+    const bytes = this.outBytes;
     this.out = [];
     this.outWritten = [];
     this.outBytes = 0;
-    this.socket.write(out, written.length === 0 ? undefined : () => written.forEach((w) => w()));
+    this.socketBytes += bytes;
+    this.server.budget.notePeak();
+    this.socket.write(out, () => this.written(bytes, written));
+  }
+
+  /** The socket is done with a batch of replies: its bytes no longer count, and a request that waited for them may start. */
+  private written(bytes: number, callbacks: readonly (() => void)[]): void {
+    for (const w of callbacks) w();
+    if (this.closed) return; // onClosed gave back everything the socket held
+    this.socketBytes -= bytes;
+    this.server.budget.add(-bytes);
+    if (this.transmission?.waiting === true) this.turn(this.onDrain, undefined);
   }
 
   private finish(graceful: boolean, reason: string): void {
@@ -259,7 +323,10 @@ class Connection {
     for (const w of this.outWritten) w();
     this.outWritten = [];
     this.out = [];
+    this.server.budget.forget(this);
+    this.server.budget.add(-(this.outBytes + this.socketBytes));
     this.outBytes = 0;
+    this.socketBytes = 0;
     this.transmission?.onConnectionClosed();
     this.errors.summarize();
     this.server.forget(this);

@@ -95,16 +95,16 @@ function attach(server: NbdServer, s: Socket): void {
     peer,
     write(chunks, written) {
       if (!s.writable) {
-        written?.();
+        written();
         return;
       }
       // Corked writes leave as one writev: many replies, one syscall (DESIGN.md section 9).
       s.cork();
       const last = chunks.length - 1;
-      chunks.forEach((c, i) => (i === last && written ? s.write(c, () => written()) : s.write(c)));
+      // Node calls a write's callback once the kernel took it, or with an error when the socket is destroyed first.
+      chunks.forEach((c, i) => (i === last ? s.write(c, () => written()) : s.write(c)));
       s.uncork();
     },
-    queuedBytes: () => s.writableLength,
     pause: () => s.pause(),
     resume: () => s.resume(),
     end: () => s.end(),
