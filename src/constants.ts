@@ -43,7 +43,7 @@ export const freeSegmentsMax = 4;
 export const volumeBytesMax = 64 * 1024 ** 4;
 
 // ---- nbd (src/nbd) ----
-/** Open NBD connections per daemon; one more is closed right after accept. */
+/** Open NBD connections per daemon; one more is closed right after accept, unless an idle one can be closed instead (nbdIdleTimeoutMs). */
 export const nbdConnectionsMax = 256;
 /** From accept until the client enters transmission; then the connection is closed. */
 export const nbdHandshakeTimeoutMs = 10_000;
@@ -107,6 +107,24 @@ export const nbdReplyBytesReserved = 1024;
  * is bounded in real memory, not only in payload bytes.
  */
 export const nbdQueuedBufferOverheadBytes = 256;
+/**
+ * A connection in transmission with no request in flight and none received
+ * for this long is idle. An idle connection is closed only when a new client
+ * needs its slot (nbdConnectionsMax or nbdConnectionsPerAddressMax reached),
+ * the longest idle first: a kernel client or qemu over an idle filesystem
+ * sends nothing for hours and must not lose its device for it, but a crowd of
+ * idle connections must not lock others out. A minute is longer than any
+ * pause inside a working client's I/O.
+ */
+export const nbdIdleTimeoutMs = 60_000;
+/**
+ * Connections from one client IP address (Unix-socket clients are exempt:
+ * reaching the socket needs access to the data directory). One over it is
+ * closed right after accept, unless an idle connection from that address can
+ * be closed instead. A quarter of nbdConnectionsMax: one host cannot take
+ * more, and 64 is 16 devices with 4 connections each.
+ */
+export const nbdConnectionsPerAddressMax = 64;
 /** Extents in one NBD_REPLY_TYPE_BLOCK_STATUS chunk (the spec says at most 2^20). */
 export const nbdBlockStatusExtentsMax = 64 * 1024;
 /** After shutdown() starts, connections still open after this are destroyed. */
@@ -272,6 +290,7 @@ export function checkClusterConstants(): void {
 
 export function checkConstants(): void {
   assert(apiBodyDepthMax >= 2, "a join request's labels nest two deep");
+  assert(nbdConnectionsPerAddressMax * 4 <= nbdConnectionsMax, "one client address takes at most a quarter of the NBD slots");
   assert(segmentBytes % sectorBytes === 0, "segments hold whole sectors");
   assert(recordPayloadBytesMax + 2 * recordHeaderBytes < segmentBytes, "a record fits a segment with its seal");
   assert(commitBytesMax >= recordPayloadBytesMax + recordHeaderBytes, "a commit holds the largest record");

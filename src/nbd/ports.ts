@@ -7,8 +7,10 @@ import {
   nbdConnectionBytesInFlightFloor,
   nbdConnectionBytesInFlightMax,
   nbdConnectionsMax,
+  nbdConnectionsPerAddressMax,
   nbdHandshakeOptionsMax,
   nbdHandshakeTimeoutMs,
+  nbdIdleTimeoutMs,
   nbdMetaQueriesMax,
   nbdNodeBytesInFlightMax,
   nbdOptionBytesMax,
@@ -27,6 +29,8 @@ import { assert } from "../base/assert.js";
 export interface NbdSocket {
   /** A name for log lines, e.g. "127.0.0.1:53210". */
   readonly peer: string;
+  /** The client's IP address, which nbdConnectionsPerAddressMax counts; undefined for a Unix-socket client (exempt). */
+  readonly clientAddress: string | undefined;
   /**
    * Queue the buffers in order, ideally as one writev; the socket keeps
    * references, never copies. `written` runs once the socket is done with them
@@ -56,6 +60,8 @@ export interface NbdTimers {
   setTimeout(fn: () => void, ms: number): () => void;
   /** Runs fn later in this event-loop turn, after pending I/O callbacks (setImmediate): used to batch replies. */
   defer(fn: () => void): void;
+  /** Milliseconds on a monotonic clock (idle times). */
+  now(): number;
 }
 
 export interface NbdLog {
@@ -67,6 +73,8 @@ export interface NbdLog {
 /** Every NBD limit; defaults from src/constants.ts, overridable per server (tests use short timeouts). */
 export interface NbdLimits {
   connectionsMax: number;
+  connectionsPerAddressMax: number;
+  idleTimeoutMs: number;
   handshakeTimeoutMs: number;
   handshakeOptionsMax: number;
   optionBytesMax: number;
@@ -85,6 +93,8 @@ export interface NbdLimits {
 
 export const defaultNbdLimits: Readonly<NbdLimits> = {
   connectionsMax: nbdConnectionsMax,
+  connectionsPerAddressMax: nbdConnectionsPerAddressMax,
+  idleTimeoutMs: nbdIdleTimeoutMs,
   handshakeTimeoutMs: nbdHandshakeTimeoutMs,
   handshakeOptionsMax: nbdHandshakeOptionsMax,
   optionBytesMax: nbdOptionBytesMax,

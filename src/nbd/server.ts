@@ -1,6 +1,7 @@
-// Owns NBD connections: the cap, the handshake timeout, the switch from
-// handshake to transmission, what each connection holds against the node
-// budget, reply batching and orderly shutdown. Sockets, timers and the log come in through ports.ts, so this
+// Owns NBD connections: the caps (node, per client address, idle eviction),
+// the handshake timeout, the switch from handshake to transmission, what each
+// connection holds against the node budget, reply batching and orderly
+// shutdown. Sockets, timers and the log come in through ports.ts, so this
 // file stays pure.
 
 import { nbdQueuedBufferOverheadBytes } from "../constants.js";
@@ -26,12 +27,20 @@ export interface NbdStats {
   heldBytesPeak: number;
   /** Connections whose next request waits for room in the node budget. */
   waitingConnections: number;
+  /** Idle connections closed to make room for a new client, since start. */
+  idleEvictions: number;
+  /** New connections refused at a connection cap, since start. */
+  refusedConnections: number;
 }
 
 export class NbdServer {
   readonly limits: NbdLimits;
   readonly budget: NodeBudget;
   private readonly connections = new Set<Connection>();
+  /** Open connections by client IP address; Unix-socket clients are not counted. */
+  private readonly byAddress = new Map<string, Set<Connection>>();
+  private idleEvictions = 0;
+  private refusedConnections = 0;
   private stopping = false;
   private drained: (() => void) | undefined;
 
@@ -50,6 +59,8 @@ export class NbdServer {
       heldBytes: this.budget.heldBytes,
       heldBytesPeak: this.budget.heldBytesPeak,
       waitingConnections: this.budget.waitingCount,
+      idleEvictions: this.idleEvictions,
+      refusedConnections: this.refusedConnections,
     };
   }
 
@@ -63,15 +74,52 @@ export class NbdServer {
       socket.destroy();
       return undefined;
     }
-    if (this.connections.size >= this.limits.connectionsMax) {
-      this.options.log.warn(`nbd ${socket.peer}: refused, ${this.connections.size} connections open (limit ${this.limits.connectionsMax})`);
+    const full = this.makeRoom(socket);
+    if (full !== undefined) {
+      this.refusedConnections++;
+      this.options.log.warn(`nbd ${socket.peer}: refused, ${full} and none idle for ${this.limits.idleTimeoutMs} ms`);
       socket.destroy();
       return undefined;
     }
     const c = new Connection(this, socket);
     this.connections.add(c);
+    const address = socket.clientAddress;
+    if (address !== undefined) {
+      const mine = this.byAddress.get(address) ?? new Set<Connection>();
+      this.byAddress.set(address, mine.add(c));
+    }
     c.start();
     return c.events;
+  }
+
+  /**
+   * At a cap (the client's address, then the node), closes the connection
+   * idle longest past nbdIdleTimeoutMs among those the cap counts, so the new
+   * client gets its slot; returns why it is refused when none is idle.
+   */
+  private makeRoom(socket: NbdSocket): string | undefined {
+    const address = socket.clientAddress;
+    const mine = address === undefined ? undefined : this.byAddress.get(address);
+    const perAddress = this.limits.connectionsPerAddressMax;
+    if (mine !== undefined && mine.size >= perAddress) {
+      const why = `${mine.size} connections from ${address} (limit ${perAddress})`;
+      if (!this.evictIdle(mine, why, socket.peer)) return why;
+    }
+    if (this.connections.size >= this.limits.connectionsMax) {
+      const why = `${this.connections.size} connections open (limit ${this.limits.connectionsMax})`;
+      if (!this.evictIdle(this.connections, why, socket.peer)) return why;
+    }
+    return undefined;
+  }
+
+  private evictIdle(among: ReadonlySet<Connection>, why: string, newcomer: string): boolean {
+    const now = this.options.timers.now();
+    const victim = longestIdle(among, now - this.limits.idleTimeoutMs);
+    if (victim === undefined) return false;
+    this.idleEvictions++;
+    victim.connection.evict(`idle for ${Math.round(now - victim.sinceMs)} ms; closed to make room for ${newcomer}: ${why}`);
+    this.forget(victim.connection);
+    return true;
   }
 
   /**
@@ -92,9 +140,12 @@ export class NbdServer {
     return done.then(cancelGrace);
   }
 
-  /** Called by a Connection once its socket is closed. */
+  /** Called by a Connection once its socket is closed, or at once when it is evicted (its slot is free). */
   forget(c: Connection): void {
-    this.connections.delete(c);
+    if (!this.connections.delete(c)) return;
+    const address = c.clientAddress;
+    const mine = address === undefined ? undefined : this.byAddress.get(address);
+    if (mine !== undefined && mine.delete(c) && mine.size === 0) this.byAddress.delete(address!);
     this.checkDrained();
   }
 
@@ -105,6 +156,17 @@ export class NbdServer {
       resolve();
     }
   }
+}
+
+/** The connection idle since longest, if any has been since `idleBeforeMs` or earlier; ties go to the older connection. */
+function longestIdle(among: ReadonlySet<Connection>, idleBeforeMs: number): { connection: Connection; sinceMs: number } | undefined {
+  let best: { connection: Connection; sinceMs: number } | undefined;
+  for (const connection of among) {
+    const sinceMs = connection.idleSinceMs();
+    if (sinceMs === undefined || sinceMs > idleBeforeMs) continue;
+    if (best === undefined || sinceMs < best.sinceMs) best = { connection, sinceMs };
+  }
+  return best;
 }
 
 class Connection implements BudgetHolder {
@@ -149,6 +211,15 @@ class Connection implements BudgetHolder {
     return this.reservedBytes + this.outBytes + this.socketBytes;
   }
 
+  get clientAddress(): string | undefined {
+    return this.socket.clientAddress;
+  }
+
+  /** Since when this connection has been idle in transmission (no request in flight, waiting or received); undefined if it is not. */
+  idleSinceMs(): number | undefined {
+    return this.ending || this.closed ? undefined : this.transmission?.idleSinceMs();
+  }
+
   /** The node budget granted room to the request this connection holds back: retry it once this event is done. */
   wake(): void {
     if (this.wakeScheduled) return;
@@ -181,6 +252,16 @@ class Connection implements BudgetHolder {
   destroy(reason: string): void {
     if (this.closed) return;
     this.server.options.log.info(`nbd ${this.socket.peer}: ${reason}`);
+    this.drop();
+  }
+
+  /** Closed to make room for another client: worth a warning, since the client may not expect it. */
+  evict(reason: string): void {
+    this.server.options.log.warn(`nbd ${this.socket.peer}: ${reason}`);
+    this.drop();
+  }
+
+  private drop(): void {
     this.ending = true;
     this.out = [];
     this.server.budget.add(-this.outBytes);
@@ -260,6 +341,7 @@ class Connection implements BudgetHolder {
         this.server.budget.add(deltaBytes);
         if (deltaBytes > 0) this.server.budget.notePeak();
       },
+      now: () => this.server.options.timers.now(),
       pauseInput: () => this.socket.pause(),
       resumeInput: () => this.socket.resume(),
       shuttingDown: () => this.server.shuttingDown,

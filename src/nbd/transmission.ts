@@ -25,6 +25,8 @@ export interface TransmissionHost {
   admit(bytes: number): boolean;
   /** The bytes held for requests in flight changed by delta. */
   hold(deltaBytes: number): void;
+  /** Milliseconds on a monotonic clock. */
+  now(): number;
   pauseInput(): void;
   resumeInput(): void;
   shuttingDown(): boolean;
@@ -132,6 +134,8 @@ export class Transmission {
   private inputPaused = false;
   /** A request that waits for room (TransmissionHost.admit); nothing after it is parsed meanwhile. */
   private parked: w.RequestHeader | undefined;
+  /** When the last request arrived or the last one in flight was answered (the idle clock). */
+  private lastRequestMs: number;
   /** The WRITE whose payload is being received. */
   private writeHeader: w.RequestHeader | undefined;
   private writeSlices: Buffer[] = [];
@@ -147,7 +151,9 @@ export class Transmission {
   constructor(
     private readonly n: Negotiated,
     private readonly host: TransmissionHost,
-  ) {}
+  ) {
+    this.lastRequestMs = host.now();
+  }
 
   get inFlight(): number {
     return this.requestsInFlight;
@@ -156,6 +162,11 @@ export class Transmission {
   /** A request waits for room. */
   get waiting(): boolean {
     return this.parked !== undefined;
+  }
+
+  /** Since when no request has been in flight, waiting, or received; undefined while one is. */
+  idleSinceMs(): number | undefined {
+    return this.requestsInFlight === 0 && this.parked === undefined ? this.lastRequestMs : undefined;
   }
 
   feed(chunk: Buffer): void {
@@ -279,6 +290,7 @@ export class Transmission {
 
   private onHeader(h: w.RequestHeader | undefined): void {
     if (h === undefined) return this.stop(false, "request with a bad magic");
+    this.lastRequestMs = this.host.now();
     if (h.command === w.NBD_CMD_DISC) {
       // Spec "NBD_CMD_DISC": no reply; answer what is outstanding, then close. Later bytes are ignored.
       this.discReceived = true;
@@ -471,6 +483,7 @@ export class Transmission {
     this.bytesInFlight -= bytes;
     assert(this.requestsInFlight >= 0 && this.bytesInFlight >= 0, "in-flight accounting balances");
     this.host.hold(-bytes);
+    if (this.requestsInFlight === 0) this.lastRequestMs = this.host.now();
     if (this.inputPaused) this.pump();
     this.maybeFinish();
     this.maybeCloseExport();

@@ -12,7 +12,7 @@ import { nodeTimers } from "./timers.js";
 /** TCP keepalive probe delay: finds clients that vanished without a FIN. */
 const keepAliveDelayMs = 30_000;
 
-export const nodeNbdTimers: NbdTimers = nodeTimers;
+export const nodeNbdTimers: NbdTimers = { ...nodeTimers, now: () => performance.now() };
 
 export interface ListenNbdOptions {
   host: string;
@@ -93,6 +93,8 @@ function attach(server: NbdServer, s: Socket): void {
   });
   const sock: NbdSocket = {
     peer,
+    // A Unix-socket client has no remote address; it is exempt from the per-address cap.
+    clientAddress: s.remoteAddress,
     write(chunks, written) {
       if (!s.writable) {
         written();

@@ -1,4 +1,5 @@
-// The NBD server's bounds on memory (docs/formats/nbd.md, "Memory"), driven through its declared boundary
+// The NBD server's bounds on memory and connections (docs/formats/nbd.md,
+// "Memory" and "Connections"), driven through its declared boundary
 // (src/nbd/ports.ts) with fake sockets and a fake clock, so that what the
 // kernel has taken, what time it is and who is paused are exact. The same
 // rules against a real daemon are in test/e2e/daemon-limits.test.ts.
@@ -196,6 +197,62 @@ test("a client that never reads the replies to small requests is bounded by what
   s.reading = true;
   await settle(h);
   assert.is((s.receivedBytes().length - handshake) / 16, n, "every request is answered once the client reads");
+});
+
+test("at a cap, the connection idle longest past the idle timeout makes room; busy, handshaking and recent ones never do", async () => {
+  const h = harness({ connectionsMax: 5, connectionsPerAddressMax: 2, idleTimeoutMs: 1000 });
+  const a1 = await connect(h, "10.0.0.1");
+  const a2 = await connect(h, "10.0.0.1");
+  const a3 = await connect(h, "10.0.0.1");
+  assert.ok(a3.destroyed && a3.events === undefined, "the address is at its cap and nothing is idle long enough");
+  assert.ok(h.logs.some((l) => l.startsWith("warn: ") && l.includes("refused, 2 connections from 10.0.0.1 (limit 2)")));
+  h.timers.nowMs = 600;
+  send(a1, request(CMD.WRITE, 1, 0, 4096), Buffer.alloc(100)); // a write whose payload is still arriving: busy
+  h.timers.nowMs = 1500;
+  const a4 = await connect(h, "10.0.0.1");
+  assert.ok(a2.destroyed && !a1.destroyed && !a4.destroyed, "the idle one of the address made room, not the busy one");
+  assert.ok(h.logs.some((l) => l.startsWith("warn: ") && l.includes("idle for 1500 ms; closed to make room")));
+
+  const u1 = await connect(h, undefined, { go: false }); // still in the handshake
+  h.timers.nowMs = 1700;
+  const u2 = await connect(h, undefined);
+  h.timers.nowMs = 1800;
+  const u3 = await connect(h, undefined);
+  assert.ok(!u2.destroyed && !u3.destroyed, "Unix-socket clients are not held to the per-address cap");
+  assert.is(h.server.connectionCount, 5);
+  const b1 = await connect(h, "10.0.0.2");
+  assert.ok(b1.destroyed, "the node is full and nothing has been idle for 1000 ms");
+
+  h.timers.nowMs = 2600;
+  const b2 = await connect(h, "10.0.0.2");
+  assert.ok(a4.destroyed && !b2.destroyed, "a4 (idle since 1500) was the only one idle long enough");
+  h.timers.nowMs = 3000;
+  const c1 = await connect(h, "10.0.0.3");
+  assert.ok(u2.destroyed && !u3.destroyed && !c1.destroyed, "u2 (since 1700) had been idle longer than u3 (since 1800)");
+  assert.ok(!u1.destroyed && !a1.destroyed, "a handshake and a busy connection are never evicted");
+  assert.equal([h.server.stats().idleEvictions, h.server.stats().refusedConnections], [3, 2]);
+});
+
+test("a request waiting for room is not idle, and is answered once room comes", async () => {
+  const h = harness({ connectionsMax: 8, connectionsPerAddressMax: 8, idleTimeoutMs: 1000, payloadBytesMax: MiB, connectionBytesInFlightFloor: 64 * KiB, connectionBytesInFlightMax: 4 * MiB, nodeBytesInFlightMax: 8 * MiB });
+  const hogs: FakeSocket[] = [];
+  for (let i = 0; i < 3; i++) {
+    const s = await connect(h, "10.0.0.1", { reading: false });
+    send(s, ...Array.from({ length: 4 }, (_, k) => request(CMD.READ, k, k * MiB, MiB)));
+    hogs.push(s);
+  }
+  const waiter = await connect(h, "10.0.0.1");
+  send(waiter, request(CMD.READ, 9, 0, 2 * KiB), request(CMD.READ, 10, 0, MiB));
+  await settle(h);
+  assert.is(h.server.stats().waitingConnections, 2, "the third hog and the client after it wait for room");
+  h.timers.nowMs = 5000;
+  for (let i = 0; i < 4; i++) assert.not.ok((await connect(h, "10.0.0.1")).destroyed);
+  const late = await connect(h, "10.0.0.1");
+  assert.ok(late.destroyed, "no connection with a request held back counts as idle");
+  const before = waiter.receivedBytes().length;
+  hogs[1]!.destroy();
+  await settle(h);
+  assert.is(waiter.receivedBytes().length - before, 16 + MiB, "the waiting READ was served once the hog's bytes were gone");
 });
 
 test.run();
