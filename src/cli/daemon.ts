@@ -5,7 +5,7 @@
 // import is dynamic so that every other command loads none of the daemon.
 
 import type { Command } from "commander";
-import { defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
+import { defaultApiPort, defaultNbdPort, defaultPeerPort, nbdIdleTimeoutMs } from "../constants.js";
 import { intArg, byteCountArg } from "./args.js";
 import { CliError } from "./errors.js";
 
@@ -38,7 +38,12 @@ export function registerDaemon(program: Command): void {
       "when this node leads the catalog: move replicas off a node that has been down this long (default 600; 0: never)",
       intArg(0, 365 * 24 * 3600),
     )
-    .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number; replaceDownAfter?: number }) => {
+    .option(
+      "--nbd-idle-timeout <seconds>",
+      `an NBD connection that sent nothing for this long may be closed when a new client needs its slot (default ${nbdIdleTimeoutMs / 1000})`,
+      intArg(1, 365 * 24 * 3600),
+    )
+    .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number; replaceDownAfter?: number; nbdIdleTimeout?: number }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
         daemon = await import("../daemon/main.js");
@@ -60,6 +65,7 @@ export function registerDaemon(program: Command): void {
         ...(options.zone !== undefined ? { zone: options.zone } : {}),
         ...(options.logRetain !== undefined ? { logRetainBytes: options.logRetain } : {}),
         ...(options.replaceDownAfter !== undefined ? { replaceDownAfterMs: options.replaceDownAfter * 1000 } : {}),
+        ...(options.nbdIdleTimeout !== undefined ? { nbdIdleTimeoutMs: options.nbdIdleTimeout * 1000 } : {}),
       });
     });
 }

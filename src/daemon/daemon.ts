@@ -58,6 +58,8 @@ export interface DaemonOptions {
   logRetainBytes?: number;
   /** When this node leads the catalog: replicas on a node marked down this long are replaced on another node (0: never; default 600 s). */
   replaceDownAfterMs?: number;
+  /** An NBD connection idle this long may be closed when a new client needs its slot (default nbdIdleTimeoutMs). */
+  nbdIdleTimeoutMs?: number;
 }
 
 export interface Logger {
@@ -203,7 +205,8 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => this.detectFailures(), healthCheckEveryMs));
     this.timers.push(setInterval(() => this.reconcileReplicas(), reconcileEveryMs));
     await this.untilRegistered();
-    this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log });
+    const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
+    this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
     this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, log: (l) => log.info(l) });
     log.info(`pxd ${version} node ${state.nodeId} of cluster ${state.clusterId}: ${state.hosted.size} volume replicas here, ${this.store.stats().recordsReplayed} log records replayed`);
   }
@@ -698,6 +701,11 @@ export class Daemon implements Controller {
       }
     };
     exportAll("pxd_store_", "gauge", this.store.stats());
+    if (this.nbd) {
+      const { idleEvictions, refusedConnections, ...gauges } = this.nbd.server.stats();
+      exportAll("pxd_nbd_", "gauge", gauges);
+      exportAll("pxd_nbd_", "counter", { idleEvictions, refusedConnections });
+    }
     exportAll("pxd_raft_", "counter", this.driver.snapshotSender.counters);
     lines.push("# TYPE pxd_volumes gauge", `pxd_volumes ${this.catalog.volumes.size}`);
     for (const v of this.catalog.volumes.values()) {
