@@ -51,7 +51,7 @@ export const freeSegmentsMax = 4;
 export const volumeBytesMax = 64 * 1024 ** 4;
 
 // ---- nbd (src/nbd) ----
-/** Open NBD connections per daemon; one more is closed right after accept. */
+/** Open NBD connections per daemon; one more is closed right after accept, unless an idle one can be closed instead (nbdIdleTimeoutMs). */
 export const nbdConnectionsMax = 256;
 /** From accept until the client enters transmission; then the connection is closed. */
 export const nbdHandshakeTimeoutMs = 10_000;
@@ -71,8 +71,68 @@ export const nbdPayloadBytesMax = 32 * 1024 * 1024;
 export const nbdWriteDiscardBytesMax = 64 * 1024 * 1024;
 /** Requests one connection may have in flight; past it the server stops reading that socket. */
 export const nbdRequestsInFlightMax = 128;
-/** Payload bytes one connection may hold (write data, read data, queued replies) before it stops reading. */
-export const nbdConnectionBytesInFlightMax = 128 * 1024 * 1024;
+/**
+ * Bytes one connection may hold: write payloads received (or announced) and
+ * not yet answered, READ lengths from admission until answered, and reply
+ * bytes not yet taken by the kernel. A request that would reach it waits, and
+ * the socket is not read meanwhile. At 128 MiB two clients that never read
+ * would take the whole node budget; at 64 MiB one takes at most a third of
+ * what is shared above the floors, and still holds 63 requests of 1 MiB or
+ * one of the largest payload.
+ */
+export const nbdConnectionBytesInFlightMax = 64 * 1024 * 1024;
+/**
+ * Bytes every connection may hold whatever the node holds: a client holding
+ * little never waits on the node budget, so a fresh client gets its small
+ * requests served while others hog memory. 256 KiB holds 4 KiB reads at
+ * queue depth 32 with their reply reservations (32 x 5 KiB). Every
+ * connection's floor together (256 x 256 KiB = 64 MiB) is set aside from
+ * nbdNodeBytesInFlightMax.
+ */
+export const nbdConnectionBytesInFlightFloor = 256 * 1024;
+/**
+ * Bytes all NBD connections of the node may hold together (the same bytes as
+ * nbdConnectionBytesInFlightMax counts). A request above its connection's
+ * floor waits while it does not fit under this bound minus every
+ * connection's floor; waiting connections are not read and are let go, the
+ * one holding least first, as bytes drain. Without it 24 clients that never
+ * read their replies held 3135 MiB of RSS; with 256 MiB the daemon stays at
+ * 229 MiB (node dist/bench/hostile-clients.js memory).
+ */
+export const nbdNodeBytesInFlightMax = 256 * 1024 * 1024;
+/**
+ * Bytes a request holds besides its data until it is answered: its reply
+ * header, Node's cost for each queued reply buffer (two for a READ), and an
+ * error message of a few hundred bytes. Longer error messages are counted
+ * once queued.
+ */
+export const nbdReplyBytesReserved = 1024;
+/**
+ * What Node holds for one queued reply buffer beyond its bytes (Buffer and
+ * write-queue entry): 243 to 245 B of RSS per 16-byte reply measured on Node 20
+ * (node dist/bench/hostile-clients.js buffers). Counted with every queued
+ * buffer, so a client that sends small requests and never reads the replies
+ * is bounded in real memory, not only in payload bytes.
+ */
+export const nbdQueuedBufferOverheadBytes = 256;
+/**
+ * A connection in transmission with no request in flight and none received
+ * for this long is idle. An idle connection is closed only when a new client
+ * needs its slot (nbdConnectionsMax or nbdConnectionsPerAddressMax reached),
+ * the longest idle first: a kernel client or qemu over an idle filesystem
+ * sends nothing for hours and must not lose its device for it, but a crowd of
+ * idle connections must not lock others out. A minute is longer than any
+ * pause inside a working client's I/O.
+ */
+export const nbdIdleTimeoutMs = 60_000;
+/**
+ * Connections from one client IP address (Unix-socket clients are exempt:
+ * reaching the socket needs access to the data directory). One over it is
+ * closed right after accept, unless an idle connection from that address can
+ * be closed instead. A quarter of nbdConnectionsMax: one host cannot take
+ * more, and 64 is 16 devices with 4 connections each.
+ */
+export const nbdConnectionsPerAddressMax = 64;
 /** Extents in one NBD_REPLY_TYPE_BLOCK_STATUS chunk (the spec says at most 2^20). */
 export const nbdBlockStatusExtentsMax = 64 * 1024;
 /** After shutdown() starts, connections still open after this are destroyed. */
@@ -105,8 +165,22 @@ export const readPoolBufferBytesMin = 64 * 1024;
 export const readPoolBufferBytesMax = 32 * 1024 * 1024;
 /** Bytes of idle read buffers kept for reuse. */
 export const readPoolBytesMax = 64 * 1024 * 1024;
-/** Largest JSON body the control API accepts. */
-export const apiBodyBytesMax = 1024 * 1024;
+/**
+ * Largest JSON body the control API accepts. The largest legitimate body is a
+ * join request: with every string at its longest and every character one
+ * JSON writes as \uXXXX, 14,840 bytes (test/unit/api-server.test.ts); a
+ * volume create is at most 2.3 KiB. 64 KiB leaves room.
+ */
+export const apiBodyBytesMax = 64 * 1024;
+/**
+ * Nesting of arrays and objects in a control API body, counted in one pass
+ * over the bytes before JSON.parse sees them. Legitimate bodies nest 2 deep
+ * (a join request's labels). JSON.parse took 136 to 258 ms for a 1 MiB body
+ * of nested brackets and 5 to 10 ms for 64 KiB, on the event loop every NBD
+ * client shares; the scan takes microseconds (node
+ * dist/bench/hostile-clients.js parse).
+ */
+export const apiBodyDepthMax = 32;
 /** Directory levels under the data dir that start-up makes private (it holds two: node/ and store/). */
 export const privateTreeDepthMax = 8;
 /** Characters of one client-supplied string (a name, an address, a path) shown in a log line. */
@@ -270,6 +344,8 @@ export function checkClusterConstants(): void {
 }
 
 export function checkConstants(): void {
+  assert(apiBodyDepthMax >= 2, "a join request's labels nest two deep");
+  assert(nbdConnectionsPerAddressMax * 4 <= nbdConnectionsMax, "one client address takes at most a quarter of the NBD slots");
   assert(segmentBytes % sectorBytes === 0, "segments hold whole sectors");
   assert(checksumBlockBytes % sectorBytes === 0 && recordPayloadBytesMax % checksumBlockBytes === 0, "checksum blocks are whole sectors and records hold whole blocks");
   assert(recordPayloadBytesMax + 2 * recordHeaderBytes < segmentBytes, "a record fits a segment with its seal");

@@ -9,10 +9,19 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { printable } from "../base/printable.js";
-import { apiBodyBytesMax, logFieldCharsMax } from "../constants.js";
+import { apiBodyBytesMax, apiBodyDepthMax, logFieldCharsMax } from "../constants.js";
 import { hostPort } from "./client.js";
 import { ApiError, type ApiErrorBody, type Controller, type DebugController } from "./types.js";
-import { checkVolumeName, parseCreateVolumeRequest, parseDebugProposeRequest, parseForceQuery, parseJoinRequest, parseScrubRequest, parseUpdateVolumeRequest } from "./validate.js";
+import {
+  checkVolumeName,
+  jsonNestsDeeper,
+  parseCreateVolumeRequest,
+  parseDebugProposeRequest,
+  parseForceQuery,
+  parseJoinRequest,
+  parseScrubRequest,
+  parseUpdateVolumeRequest,
+} from "./validate.js";
 import {
   apiCloseGraceMs,
   apiConnectionsCheckMs,
@@ -256,7 +265,7 @@ function send(response: ServerResponse, reply: Reply): void {
   response.end(body);
 }
 
-/** Reads a JSON body of at most apiBodyBytesMax bytes, refusing more before buffering it. */
+/** Reads a JSON body of at most apiBodyBytesMax bytes (refusing more before buffering it) and apiBodyDepthMax levels of nesting. */
 function readJsonBody(request: IncomingMessage): Promise<unknown> {
   const declared = request.headers["content-length"];
   if (declared !== undefined && Number(declared) > apiBodyBytesMax) return Promise.reject(tooLarge(`${declared} bytes`));
@@ -275,8 +284,12 @@ function readJsonBody(request: IncomingMessage): Promise<unknown> {
       chunks.push(chunk);
     };
     const onEnd = (): void => {
-      const text = Buffer.concat(chunks).toString("utf8");
+      const body = Buffer.concat(chunks);
+      const text = body.toString("utf8");
       if (text.trim() === "") return reject(new ApiError(400, "invalid", "the request has no body; send a JSON object"));
+      if (jsonNestsDeeper(body, apiBodyDepthMax)) {
+        return reject(new ApiError(400, "invalid", `the body nests arrays and objects more than ${apiBodyDepthMax} deep; API bodies are JSON objects nested at most 2 deep`));
+      }
       try {
         resolve(JSON.parse(text) as unknown);
       } catch (err) {

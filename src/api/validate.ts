@@ -23,6 +23,30 @@ export function checkVolumeName(name: string): void {
   if (problem !== null) throw new ApiError(400, "invalid_name", problem);
 }
 
+/**
+ * Whether a JSON text nests arrays and objects deeper than depthMax, in one
+ * pass over its bytes (brackets inside strings do not count; a backslash
+ * escapes the next byte). Run before JSON.parse: V8 takes about 0.2 s to
+ * parse 1 MiB of nested brackets, on the event loop every NBD client shares.
+ * Malformed text is left for JSON.parse to refuse.
+ */
+export function jsonNestsDeeper(body: Uint8Array, depthMax: number): boolean {
+  let depth = 0;
+  let inString = false;
+  let escaped = false;
+  for (const c of body) {
+    if (inString) {
+      if (escaped) escaped = false;
+      else if (c === 0x5c) escaped = true; // a backslash
+      else if (c === 0x22) inString = false; // a quote
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > depthMax) return true; // [ or {
+    } else if (c === 0x5d || c === 0x7d) depth--; // ] or }
+  }
+  return false;
+}
+
 const createFields = ["name", "sizeBytes", "repl", "nodes", "zones"];
 
 /** Checks a parsed JSON body field by field; throws ApiError(400) naming the first wrong field. */

@@ -5,7 +5,7 @@
 // import is dynamic so that every other command loads none of the daemon.
 
 import type { Command } from "commander";
-import { defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
+import { defaultApiPort, defaultNbdPort, defaultPeerPort, nbdIdleTimeoutMs } from "../constants.js";
 import { intArg, byteCountArg, durationArg } from "./args.js";
 import { CliError } from "./errors.js";
 
@@ -41,7 +41,12 @@ export function registerDaemon(program: Command): void {
     .option("--scrub-interval <duration>", "scrub everything on this node this long after the last scrub finished, e.g. 7d, 24h, 30m (default 7d; 0: never)", durationArg)
     .option("--scrub-bandwidth <size>", "bytes a second the scrub reads at most, e.g. 32M (default 32M)", byteCountArg)
     .option("--unsafe-debug-api", "fault injection for tests: serve POST /v1/debug/catalog-propose, which commits catalog entries without validation; never on a cluster that holds data")
-    .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number }) => {
+    .option(
+      "--nbd-idle-timeout <seconds>",
+      `an NBD connection that sent nothing for this long may be closed when a new client needs its slot (default ${nbdIdleTimeoutMs / 1000})`,
+      intArg(1, 365 * 24 * 3600),
+    )
+    .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number; nbdIdleTimeout?: number }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
         daemon = await import("../daemon/main.js");
@@ -66,6 +71,7 @@ export function registerDaemon(program: Command): void {
         ...(options.scrubInterval !== undefined ? { scrubIntervalMs: options.scrubInterval } : {}),
         ...(options.scrubBandwidth !== undefined ? { scrubBandwidthBytesPerSec: options.scrubBandwidth } : {}),
         ...(options.unsafeDebugApi === true ? { unsafeDebugApi: true } : {}),
+        ...(options.nbdIdleTimeout !== undefined ? { nbdIdleTimeoutMs: options.nbdIdleTimeout * 1000 } : {}),
       });
     });
 }

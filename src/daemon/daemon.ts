@@ -105,6 +105,8 @@ export interface DaemonOptions {
   scrubBandwidthBytesPerSec?: number;
   /** Fault injection for tests: serve POST /v1/debug/catalog-propose, which commits catalog entries without validation. */
   unsafeDebugApi?: boolean;
+  /** An NBD connection idle this long may be closed when a new client needs its slot (default nbdIdleTimeoutMs). */
+  nbdIdleTimeoutMs?: number;
 }
 
 export interface Logger {
@@ -297,7 +299,8 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => this.reconcileReplicas(), reconcileEveryMs));
     this.timers.push(setInterval(() => this.scrubIfDue(), scrubCheckEveryMs));
     await this.untilRegistered();
-    this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log });
+    const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
+    this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
     const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
     if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
     this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, ...(debug ? { debug } : {}), log: (l) => log.info(l) });
@@ -903,6 +906,11 @@ export class Daemon implements Controller {
       }
     };
     exportAll("pxd_store_", "gauge", this.store.stats());
+    if (this.nbd) {
+      const { idleEvictions, refusedConnections, ...gauges } = this.nbd.server.stats();
+      exportAll("pxd_nbd_", "gauge", gauges);
+      exportAll("pxd_nbd_", "counter", { idleEvictions, refusedConnections });
+    }
     exportAll("pxd_raft_", "counter", this.driver.snapshotSender.counters);
     exportAll("pxd_repair_", "counter", this.repairer.counters);
     exportAll("pxd_", "counter", this.scrubber.counters);

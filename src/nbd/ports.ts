@@ -4,14 +4,20 @@
 
 import {
   nbdBlockStatusExtentsMax,
+  nbdConnectionBytesInFlightFloor,
   nbdConnectionBytesInFlightMax,
   nbdConnectionsMax,
+  nbdConnectionsPerAddressMax,
   nbdHandshakeOptionsMax,
   nbdHandshakeTimeoutMs,
+  nbdIdleTimeoutMs,
   nbdMetaQueriesMax,
+  nbdNodeBytesInFlightMax,
   nbdOptionBytesMax,
   nbdOptionDiscardBytesMax,
   nbdPayloadBytesMax,
+  nbdQueuedBufferOverheadBytes,
+  nbdReplyBytesReserved,
   nbdRequestsInFlightMax,
   nbdShutdownGraceMs,
   nbdStringBytesMax,
@@ -23,14 +29,14 @@ import { assert } from "../base/assert.js";
 export interface NbdSocket {
   /** A name for log lines, e.g. "127.0.0.1:53210". */
   readonly peer: string;
+  /** The client's IP address, which nbdConnectionsPerAddressMax counts; undefined for a Unix-socket client (exempt). */
+  readonly clientAddress: string | undefined;
   /**
    * Queue the buffers in order, ideally as one writev; the socket keeps
    * references, never copies. `written` runs once the socket is done with them
-   * (sent, or dropped because the connection closed).
+   * (taken by the kernel, or dropped because the connection closed).
    */
-  write(chunks: readonly Buffer[], written?: () => void): void;
-  /** Bytes written but not yet taken by the kernel. */
-  queuedBytes(): number;
+  write(chunks: readonly Buffer[], written: () => void): void;
   /** Stop and restart delivering data (backpressure). */
   pause(): void;
   resume(): void;
@@ -54,6 +60,8 @@ export interface NbdTimers {
   setTimeout(fn: () => void, ms: number): () => void;
   /** Runs fn later in this event-loop turn, after pending I/O callbacks (setImmediate): used to batch replies. */
   defer(fn: () => void): void;
+  /** Milliseconds on a monotonic clock (idle times). */
+  now(): number;
 }
 
 export interface NbdLog {
@@ -65,6 +73,8 @@ export interface NbdLog {
 /** Every NBD limit; defaults from src/constants.ts, overridable per server (tests use short timeouts). */
 export interface NbdLimits {
   connectionsMax: number;
+  connectionsPerAddressMax: number;
+  idleTimeoutMs: number;
   handshakeTimeoutMs: number;
   handshakeOptionsMax: number;
   optionBytesMax: number;
@@ -75,12 +85,16 @@ export interface NbdLimits {
   writeDiscardBytesMax: number;
   requestsInFlightMax: number;
   connectionBytesInFlightMax: number;
+  connectionBytesInFlightFloor: number;
+  nodeBytesInFlightMax: number;
   blockStatusExtentsMax: number;
   shutdownGraceMs: number;
 }
 
 export const defaultNbdLimits: Readonly<NbdLimits> = {
   connectionsMax: nbdConnectionsMax,
+  connectionsPerAddressMax: nbdConnectionsPerAddressMax,
+  idleTimeoutMs: nbdIdleTimeoutMs,
   handshakeTimeoutMs: nbdHandshakeTimeoutMs,
   handshakeOptionsMax: nbdHandshakeOptionsMax,
   optionBytesMax: nbdOptionBytesMax,
@@ -91,6 +105,8 @@ export const defaultNbdLimits: Readonly<NbdLimits> = {
   writeDiscardBytesMax: nbdWriteDiscardBytesMax,
   requestsInFlightMax: nbdRequestsInFlightMax,
   connectionBytesInFlightMax: nbdConnectionBytesInFlightMax,
+  connectionBytesInFlightFloor: nbdConnectionBytesInFlightFloor,
+  nodeBytesInFlightMax: nbdNodeBytesInFlightMax,
   blockStatusExtentsMax: nbdBlockStatusExtentsMax,
   shutdownGraceMs: nbdShutdownGraceMs,
 };
@@ -106,7 +122,19 @@ export function resolveNbdLimits(overrides: Partial<NbdLimits> = {}): NbdLimits 
   assert(l.stringBytesMax <= 4096, "NBD strings are at most 4096 bytes");
   assert(l.optionBytesMax >= 2 * l.stringBytesMax + 16, "an option holds an export name and a query");
   assert(l.optionDiscardBytesMax >= l.optionBytesMax, "an oversized option can be discarded");
-  assert(l.connectionBytesInFlightMax >= l.payloadBytesMax, "one largest request fits in flight");
+  assert(l.connectionBytesInFlightMax > l.payloadBytesMax + nbdReplyBytesReserved, "one largest request fits a connection");
+  assert(l.connectionBytesInFlightFloor <= l.connectionBytesInFlightMax, "the floor is within a connection's bound");
+  assert(l.connectionBytesInFlightFloor > nbdReplyBytesReserved + nbdQueuedBufferOverheadBytes + 4096, "a 4 KiB read fits the floor");
+  assert(l.connectionsMax * l.connectionBytesInFlightFloor <= l.nodeBytesInFlightMax / 4, "every connection's floor together takes at most a quarter of the node budget");
+  assert(sharedBytesMax(l) > l.connectionBytesInFlightMax, "one connection can reach its own bound while every other holds its floor");
   assert(l.blockStatusExtentsMax <= 1 << 20, "spec: at most 2^20 extents in one block status chunk");
   return l;
+}
+
+/**
+ * What connections may hold above their floors together: the node budget
+ * minus every connection's floor, so that floors are always there to take.
+ */
+export function sharedBytesMax(l: NbdLimits): number {
+  return l.nodeBytesInFlightMax - l.connectionsMax * l.connectionBytesInFlightFloor;
 }

@@ -1,8 +1,12 @@
-// Owns NBD connections: the cap, the handshake timeout, the switch from
-// handshake to transmission, reply batching and orderly shutdown. Sockets,
-// timers and the log come in through ports.ts, so this file stays pure.
+// Owns NBD connections: the caps (node, per client address, idle eviction),
+// the handshake timeout, the switch from handshake to transmission, what each
+// connection holds against the node budget, reply batching and orderly
+// shutdown. Sockets, timers and the log come in through ports.ts, so this
+// file stays pure.
 
+import { nbdQueuedBufferOverheadBytes } from "../constants.js";
 import type { ExportRegistry } from "./backend.js";
+import { NodeBudget, type BudgetHolder } from "./budget.js";
 import { ErrorReporter } from "./errors.js";
 import { Handshake, type HandshakeStep } from "./handshake.js";
 import { resolveNbdLimits, type NbdLimits, type NbdLog, type NbdSocket, type NbdSocketEvents, type NbdTimers } from "./ports.js";
@@ -15,18 +19,49 @@ export interface NbdServerOptions {
   limits?: Partial<NbdLimits>;
 }
 
+/** What /metrics shows of the NBD server. */
+export interface NbdStats {
+  connections: number;
+  /** Bytes every connection holds (NodeBudget), now and at most since start. */
+  heldBytes: number;
+  heldBytesPeak: number;
+  /** Connections whose next request waits for room in the node budget. */
+  waitingConnections: number;
+  /** Idle connections closed to make room for a new client, since start. */
+  idleEvictions: number;
+  /** New connections refused at a connection cap, since start. */
+  refusedConnections: number;
+}
+
 export class NbdServer {
   readonly limits: NbdLimits;
+  readonly budget: NodeBudget;
   private readonly connections = new Set<Connection>();
+  /** Open connections by client IP address; Unix-socket clients are not counted. */
+  private readonly byAddress = new Map<string, Set<Connection>>();
+  private idleEvictions = 0;
+  private refusedConnections = 0;
   private stopping = false;
   private drained: (() => void) | undefined;
 
   constructor(readonly options: NbdServerOptions) {
     this.limits = resolveNbdLimits(options.limits);
+    this.budget = new NodeBudget(this.limits);
   }
 
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  stats(): NbdStats {
+    return {
+      connections: this.connections.size,
+      heldBytes: this.budget.heldBytes,
+      heldBytesPeak: this.budget.heldBytesPeak,
+      waitingConnections: this.budget.waitingCount,
+      idleEvictions: this.idleEvictions,
+      refusedConnections: this.refusedConnections,
+    };
   }
 
   get shuttingDown(): boolean {
@@ -39,15 +74,52 @@ export class NbdServer {
       socket.destroy();
       return undefined;
     }
-    if (this.connections.size >= this.limits.connectionsMax) {
-      this.options.log.warn(`nbd ${socket.peer}: refused, ${this.connections.size} connections open (limit ${this.limits.connectionsMax})`);
+    const full = this.makeRoom(socket);
+    if (full !== undefined) {
+      this.refusedConnections++;
+      this.options.log.warn(`nbd ${socket.peer}: refused, ${full} and none idle for ${this.limits.idleTimeoutMs} ms`);
       socket.destroy();
       return undefined;
     }
     const c = new Connection(this, socket);
     this.connections.add(c);
+    const address = socket.clientAddress;
+    if (address !== undefined) {
+      const mine = this.byAddress.get(address) ?? new Set<Connection>();
+      this.byAddress.set(address, mine.add(c));
+    }
     c.start();
     return c.events;
+  }
+
+  /**
+   * At a cap (the client's address, then the node), closes the connection
+   * idle longest past nbdIdleTimeoutMs among those the cap counts, so the new
+   * client gets its slot; returns why it is refused when none is idle.
+   */
+  private makeRoom(socket: NbdSocket): string | undefined {
+    const address = socket.clientAddress;
+    const mine = address === undefined ? undefined : this.byAddress.get(address);
+    const perAddress = this.limits.connectionsPerAddressMax;
+    if (mine !== undefined && mine.size >= perAddress) {
+      const why = `${mine.size} connections from ${address} (limit ${perAddress})`;
+      if (!this.evictIdle(mine, why, socket.peer)) return why;
+    }
+    if (this.connections.size >= this.limits.connectionsMax) {
+      const why = `${this.connections.size} connections open (limit ${this.limits.connectionsMax})`;
+      if (!this.evictIdle(this.connections, why, socket.peer)) return why;
+    }
+    return undefined;
+  }
+
+  private evictIdle(among: ReadonlySet<Connection>, why: string, newcomer: string): boolean {
+    const now = this.options.timers.now();
+    const victim = longestIdle(among, now - this.limits.idleTimeoutMs);
+    if (victim === undefined) return false;
+    this.idleEvictions++;
+    victim.connection.evict(`idle for ${Math.round(now - victim.sinceMs)} ms; closed to make room for ${newcomer}: ${why}`);
+    this.forget(victim.connection);
+    return true;
   }
 
   /**
@@ -83,9 +155,12 @@ export class NbdServer {
     return closed;
   }
 
-  /** Called by a Connection once its socket is closed. */
+  /** Called by a Connection once its socket is closed, or at once when it is evicted (its slot is free). */
   forget(c: Connection): void {
-    this.connections.delete(c);
+    if (!this.connections.delete(c)) return;
+    const address = c.clientAddress;
+    const mine = address === undefined ? undefined : this.byAddress.get(address);
+    if (mine !== undefined && mine.delete(c) && mine.size === 0) this.byAddress.delete(address!);
     this.checkDrained();
   }
 
@@ -98,7 +173,18 @@ export class NbdServer {
   }
 }
 
-class Connection {
+/** The connection idle since longest, if any has been since `idleBeforeMs` or earlier; ties go to the older connection. */
+function longestIdle(among: ReadonlySet<Connection>, idleBeforeMs: number): { connection: Connection; sinceMs: number } | undefined {
+  let best: { connection: Connection; sinceMs: number } | undefined;
+  for (const connection of among) {
+    const sinceMs = connection.idleSinceMs();
+    if (sinceMs === undefined || sinceMs > idleBeforeMs) continue;
+    if (best === undefined || sinceMs < best.sinceMs) best = { connection, sinceMs };
+  }
+  return best;
+}
+
+class Connection implements BudgetHolder {
   readonly events: NbdSocketEvents;
   /** The export it serves, once in transmission. */
   exportName: string | undefined;
@@ -110,7 +196,11 @@ class Connection {
   private out: Buffer[] = [];
   /** Callbacks for buffers in `out` whose owner wants them back once written. */
   private outWritten: (() => void)[] = [];
+  /** What this connection holds against the node budget: requests in flight, replies in `out`, replies the socket has not written yet. */
+  private reservedBytes = 0;
   private outBytes = 0;
+  private socketBytes = 0;
+  private wakeScheduled = false;
   /** True while handling a socket event: replies queue up and go out in one write at its end. */
   private inTurn = false;
   private flushScheduled = false;
@@ -134,6 +224,31 @@ class Connection {
     };
   }
 
+  get heldBytes(): number {
+    return this.reservedBytes + this.outBytes + this.socketBytes;
+  }
+
+  get clientAddress(): string | undefined {
+    return this.socket.clientAddress;
+  }
+
+  /** Since when this connection has been idle in transmission (no request in flight, waiting or received); undefined if it is not. */
+  idleSinceMs(): number | undefined {
+    return this.ending || this.closed ? undefined : this.transmission?.idleSinceMs();
+  }
+
+  /** The node budget granted room to the request this connection holds back: retry it once this event is done. */
+  wake(): void {
+    if (this.wakeScheduled) return;
+    this.wakeScheduled = true;
+    this.server.options.timers.defer(this.woken);
+  }
+
+  private readonly woken = (): void => {
+    this.wakeScheduled = false;
+    this.turn(this.onDrain, undefined);
+  };
+
   start(): void {
     const limits = this.server.limits;
     const hs = new Handshake({ registry: this.server.options.registry, limits, send: this.send });
@@ -154,8 +269,19 @@ class Connection {
   destroy(reason: string): void {
     if (this.closed) return;
     this.server.options.log.info(`nbd ${this.socket.peer}: ${reason}`);
+    this.drop();
+  }
+
+  /** Closed to make room for another client: worth a warning, since the client may not expect it. */
+  evict(reason: string): void {
+    this.server.options.log.warn(`nbd ${this.socket.peer}: ${reason}`);
+    this.drop();
+  }
+
+  private drop(): void {
     this.ending = true;
     this.out = [];
+    this.server.budget.add(-this.outBytes);
     this.outBytes = 0;
     this.socket.destroy();
   }
@@ -227,7 +353,13 @@ class Connection {
       limits: this.server.limits,
       errors: this.errors,
       send: this.send,
-      queuedBytes: () => this.outBytes + this.socket.queuedBytes(),
+      admit: (bytes) => this.server.budget.admit(this, bytes),
+      hold: (deltaBytes) => {
+        this.reservedBytes += deltaBytes;
+        this.server.budget.add(deltaBytes);
+        if (deltaBytes > 0) this.server.budget.notePeak();
+      },
+      now: () => this.server.options.timers.now(),
       pauseInput: () => this.socket.pause(),
       resumeInput: () => this.socket.resume(),
       shuttingDown: () => this.server.shuttingDown,
@@ -244,7 +376,9 @@ class Connection {
     }
     if (written) this.outWritten.push(written);
     this.out.push(b);
-    this.outBytes += b.length;
+    const cost = b.length + nbdQueuedBufferOverheadBytes;
+    this.outBytes += cost;
+    this.server.budget.add(cost);
     if (!this.inTurn && !this.flushScheduled) {
       this.flushScheduled = true;
       this.server.options.timers.defer(this.flushLater);
@@ -255,10 +389,22 @@ class Connection {
     if (this.out.length === 0 || this.closed) return;
     const out = this.out;
     const written = this.outWritten;
+    const bytes = this.outBytes;
     this.out = [];
     this.outWritten = [];
     this.outBytes = 0;
-    this.socket.write(out, written.length === 0 ? undefined : () => written.forEach((w) => w()));
+    this.socketBytes += bytes;
+    this.server.budget.notePeak();
+    this.socket.write(out, () => this.written(bytes, written));
+  }
+
+  /** The socket is done with a batch of replies: its bytes no longer count, and a request that waited for them may start. */
+  private written(bytes: number, callbacks: readonly (() => void)[]): void {
+    for (const w of callbacks) w();
+    if (this.closed) return; // onClosed gave back everything the socket held
+    this.socketBytes -= bytes;
+    this.server.budget.add(-bytes);
+    if (this.transmission?.waiting === true) this.turn(this.onDrain, undefined);
   }
 
   private finish(graceful: boolean, reason: string): void {
@@ -277,7 +423,10 @@ class Connection {
     for (const w of this.outWritten) w();
     this.outWritten = [];
     this.out = [];
+    this.server.budget.forget(this);
+    this.server.budget.add(-(this.outBytes + this.socketBytes));
     this.outBytes = 0;
+    this.socketBytes = 0;
     this.transmission?.onConnectionClosed();
     this.errors.summarize();
     this.server.forget(this);

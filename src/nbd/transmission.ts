@@ -5,6 +5,7 @@
 // payload sits in one chunk, a list of views when it does not).
 
 import { assert } from "../base/assert.js";
+import { nbdReplyBytesReserved } from "../constants.js";
 import type { AllocationExtent, Export } from "./backend.js";
 import type { ErrorReporter, NbdFailure } from "./errors.js";
 import type { Negotiated } from "./handshake.js";
@@ -16,8 +17,16 @@ export interface TransmissionHost {
   readonly errors: ErrorReporter;
   /** Queue one buffer of a reply; a reply's buffers are queued back to back. `written` runs once the socket is done with it. */
   send(b: Buffer, written?: () => void): void;
-  /** Reply bytes queued and not yet taken by the kernel. */
-  queuedBytes(): number;
+  /**
+   * May a request that holds `bytes` until it is answered start now (the
+   * connection's and the node's byte bounds)? When not, the host calls pump()
+   * once it may.
+   */
+  admit(bytes: number): boolean;
+  /** The bytes held for requests in flight changed by delta. */
+  hold(deltaBytes: number): void;
+  /** Milliseconds on a monotonic clock. */
+  now(): number;
   pauseInput(): void;
   resumeInput(): void;
   shuttingDown(): boolean;
@@ -49,6 +58,16 @@ function allowedFlags(command: number, n: Negotiated): number {
 
 function failure(errno: number, message: string): NbdFailure {
   return { errno, message };
+}
+
+/**
+ * What a request holds from admission until its reply is queued: its data
+ * (a WRITE's payload, a READ's reply data; the read buffer is allocated after
+ * this is reserved) and room for its reply.
+ */
+function reservedBytes(h: w.RequestHeader): number {
+  const data = h.command === w.NBD_CMD_READ || h.command === w.NBD_CMD_WRITE ? h.lengthBytes : 0;
+  return data + nbdReplyBytesReserved;
 }
 
 /**
@@ -113,6 +132,10 @@ export class Transmission {
   private queueAt = 0;
   private pumping = false;
   private inputPaused = false;
+  /** A request that waits for room (TransmissionHost.admit); nothing after it is parsed meanwhile. */
+  private parked: w.RequestHeader | undefined;
+  /** When the last request arrived or the last one in flight was answered (the idle clock). */
+  private lastRequestMs: number;
   /** The WRITE whose payload is being received. */
   private writeHeader: w.RequestHeader | undefined;
   private writeSlices: Buffer[] = [];
@@ -128,10 +151,22 @@ export class Transmission {
   constructor(
     private readonly n: Negotiated,
     private readonly host: TransmissionHost,
-  ) {}
+  ) {
+    this.lastRequestMs = host.now();
+  }
 
   get inFlight(): number {
     return this.requestsInFlight;
+  }
+
+  /** A request waits for room. */
+  get waiting(): boolean {
+    return this.parked !== undefined;
+  }
+
+  /** Since when no request has been in flight, waiting, or received; undefined while one is. */
+  idleSinceMs(): number | undefined {
+    return this.requestsInFlight === 0 && this.parked === undefined ? this.lastRequestMs : undefined;
   }
 
   feed(chunk: Buffer): void {
@@ -153,6 +188,7 @@ export class Transmission {
 
   /** Server shutdown began: refuse new requests, close once in-flight ones are answered. */
   onShutdown(): void {
+    this.pump(); // a request waiting for room is answered ESHUTDOWN
     this.maybeFinish();
   }
 
@@ -160,23 +196,24 @@ export class Transmission {
   onConnectionClosed(): void {
     this.connectionClosed = true;
     this.phase = "stopped";
+    this.parked = undefined;
     this.queue.length = 0;
     this.maybeCloseExport();
   }
 
   private parseQueued(): void {
+    const parked = this.parked;
+    if (parked !== undefined) {
+      this.parked = undefined;
+      this.onHeader(parked);
+      if (this.parked !== undefined) return;
+    }
     while (this.queue.length > 0) {
       const chunk = this.queue[0];
       assert(chunk !== undefined, "queue is non-empty");
       while (this.queueAt < chunk.length && this.phase !== "stopped") {
-        if (this.phase === "header" && this.headerFilled === 0 && !this.mayStartRequest()) {
-          if (!this.inputPaused) {
-            this.inputPaused = true;
-            this.host.pauseInput();
-          }
-          return;
-        }
         this.queueAt = this.step(chunk, this.queueAt);
+        if (this.parked !== undefined) return this.pauseInput();
       }
       this.queue.shift();
       this.queueAt = 0;
@@ -187,10 +224,16 @@ export class Transmission {
     }
   }
 
-  /** Backpressure: stop reading while too many requests or bytes are in flight or queued for the client. */
-  private mayStartRequest(): boolean {
-    const l = this.host.limits;
-    return this.requestsInFlight < l.requestsInFlightMax && this.bytesInFlight + this.host.queuedBytes() < l.connectionBytesInFlightMax;
+  /** Backpressure: the socket is not read while a request waits for room. */
+  private pauseInput(): void {
+    if (this.inputPaused) return;
+    this.inputPaused = true;
+    this.host.pauseInput();
+  }
+
+  /** A request starts only while the connection has a request slot and the host has room for its bytes. */
+  private mayStart(bytes: number): boolean {
+    return this.requestsInFlight < this.host.limits.requestsInFlightMax && this.host.admit(bytes);
   }
 
   private step(chunk: Buffer, at: number): number {
@@ -247,6 +290,7 @@ export class Transmission {
 
   private onHeader(h: w.RequestHeader | undefined): void {
     if (h === undefined) return this.stop(false, "request with a bad magic");
+    this.lastRequestMs = this.host.now();
     if (h.command === w.NBD_CMD_DISC) {
       // Spec "NBD_CMD_DISC": no reply; answer what is outstanding, then close. Later bytes are ignored.
       this.discReceived = true;
@@ -255,13 +299,19 @@ export class Transmission {
       return;
     }
     const bad = validateRequest(h, this.n, this.host.limits, this.host.shuttingDown());
+    // A refused request holds nothing but its reply, which the host counts once queued.
+    if (!this.mayStart(bad === undefined ? reservedBytes(h) : nbdReplyBytesReserved)) {
+      this.parked = h;
+      return;
+    }
     if (bad !== undefined) {
       this.refuse(h, bad);
       return this.maybeFinish();
     }
     this.requestsInFlight++;
+    this.bytesInFlight += reservedBytes(h);
+    this.host.hold(reservedBytes(h));
     if (h.command === w.NBD_CMD_WRITE) {
-      this.bytesInFlight += h.lengthBytes;
       this.writeHeader = h;
       this.payloadLeft = h.lengthBytes;
       this.phase = "payload";
@@ -296,17 +346,17 @@ export class Transmission {
       case w.NBD_CMD_READ:
         return this.doRead(h);
       case w.NBD_CMD_FLUSH:
-        return this.run(h, 0, () => exp.flush());
+        return this.run(h, () => exp.flush());
       case w.NBD_CMD_TRIM:
-        return this.run(h, 0, () => exp.trim(h.offsetBytes, h.lengthBytes, fua));
+        return this.run(h, () => exp.trim(h.offsetBytes, h.lengthBytes, fua));
       case w.NBD_CMD_WRITE_ZEROES: {
         const noHole = (h.flags & w.NBD_CMD_FLAG_NO_HOLE) !== 0;
         const fast = (h.flags & w.NBD_CMD_FLAG_FAST_ZERO) !== 0;
-        return this.run(h, 0, () => exp.writeZeroes(h.offsetBytes, h.lengthBytes, fua, noHole, fast));
+        return this.run(h, () => exp.writeZeroes(h.offsetBytes, h.lengthBytes, fua, noHole, fast));
       }
       case w.NBD_CMD_CACHE:
         // Spec "NBD_CMD_CACHE": success without caching is allowed.
-        return this.run(h, 0, () => exp.cache?.(h.offsetBytes, h.lengthBytes));
+        return this.run(h, () => exp.cache?.(h.offsetBytes, h.lengthBytes));
       case w.NBD_CMD_BLOCK_STATUS:
         return this.doBlockStatus(h);
       default:
@@ -316,23 +366,22 @@ export class Transmission {
 
   /** Export.read may return the bytes synchronously: then no Promise is made at all. */
   private doRead(h: w.RequestHeader): void {
-    this.bytesInFlight += h.lengthBytes;
     let r: Buffer | Promise<Buffer>;
     try {
       r = this.n.exp.read(h.offsetBytes, h.lengthBytes);
     } catch (err) {
-      return this.failed(h, h.lengthBytes, err, "READ");
+      return this.failed(h, err, "READ");
     }
     if (r instanceof Uint8Array) return this.readDone(h, r);
     r.then(
       (b) => this.readDone(h, b),
-      (err: unknown) => this.failed(h, h.lengthBytes, err, "READ"),
+      (err: unknown) => this.failed(h, err, "READ"),
     );
   }
 
   private readDone(h: w.RequestHeader, data: Buffer): void {
     if (data.length !== h.lengthBytes) {
-      return this.failed(h, h.lengthBytes, new Error(`Export.read returned ${data.length} bytes for ${h.lengthBytes}`), "READ");
+      return this.failed(h, new Error(`Export.read returned ${data.length} bytes for ${h.lengthBytes}`), "READ");
     }
     // The Export gave us this buffer: it goes to the socket as is, after a small header.
     if (this.n.structured) {
@@ -343,38 +392,38 @@ export class Transmission {
     }
     const exp = this.n.exp;
     this.host.send(data, exp.release ? () => exp.release!(data) : undefined);
-    this.settle(h.lengthBytes);
+    this.settle(h);
   }
 
   private doWrite(h: w.RequestHeader, slices: Buffer[]): void {
     const fua = (h.flags & w.NBD_CMD_FLAG_FUA) !== 0;
-    this.run(h, h.lengthBytes, () => this.n.exp.write(h.offsetBytes, slices, h.lengthBytes, fua));
+    this.run(h, () => this.n.exp.write(h.offsetBytes, slices, h.lengthBytes, fua));
   }
 
   /** Runs an operation without a reply payload; a synchronous throw is answered like a rejection. */
-  private run(h: w.RequestHeader, bytes: number, op: () => Promise<void> | undefined): void {
+  private run(h: w.RequestHeader, op: () => Promise<void> | undefined): void {
     let p: Promise<void> | undefined;
     try {
       p = op();
     } catch (err) {
-      return this.failed(h, bytes, err, w.commandName(h.command));
+      return this.failed(h, err, w.commandName(h.command));
     }
-    if (p === undefined) return this.succeeded(h, bytes);
+    if (p === undefined) return this.succeeded(h);
     p.then(
-      () => this.succeeded(h, bytes),
-      (err: unknown) => this.failed(h, bytes, err, w.commandName(h.command)),
+      () => this.succeeded(h),
+      (err: unknown) => this.failed(h, err, w.commandName(h.command)),
     );
   }
 
   /** Spec "Structured reply chunk message": non-READ success MAY use a simple reply; it is 4 bytes shorter. */
-  private succeeded(h: w.RequestHeader, bytes: number): void {
+  private succeeded(h: w.RequestHeader): void {
     this.host.send(w.encodeSimpleReply(0, h.cookie));
-    this.settle(bytes);
+    this.settle(h);
   }
 
-  private failed(h: w.RequestHeader, bytes: number, err: unknown, what: string): void {
+  private failed(h: w.RequestHeader, err: unknown, what: string): void {
     this.replyError(h, this.host.errors.toFailure(err, what));
-    this.settle(bytes);
+    this.settle(h);
   }
 
   /** Structured replies carry errors with a message (the spec's preference); else a simple reply. */
@@ -393,12 +442,12 @@ export class Transmission {
     try {
       r = this.n.exp.blockStatus(h.offsetBytes, h.lengthBytes);
     } catch (err) {
-      return this.failed(h, 0, err, "BLOCK_STATUS");
+      return this.failed(h, err, "BLOCK_STATUS");
     }
     if (Array.isArray(r)) return this.blockStatusDone(h, r);
     r.then(
       (extents) => this.blockStatusDone(h, extents),
-      (err: unknown) => this.failed(h, 0, err, "BLOCK_STATUS"),
+      (err: unknown) => this.failed(h, err, "BLOCK_STATUS"),
     );
   }
 
@@ -410,7 +459,7 @@ export class Transmission {
     for (const e of extents) {
       if (covered >= h.lengthBytes) break;
       if (!Number.isSafeInteger(e.lengthBytes) || e.lengthBytes <= 0) {
-        return this.failed(h, 0, new Error(`Export.blockStatus returned an extent of ${e.lengthBytes} bytes`), "BLOCK_STATUS");
+        return this.failed(h, new Error(`Export.blockStatus returned an extent of ${e.lengthBytes} bytes`), "BLOCK_STATUS");
       }
       const len = Math.min(e.lengthBytes, h.lengthBytes - covered);
       const f = e.hole ? w.NBD_STATE_HOLE | w.NBD_STATE_ZERO : 0;
@@ -422,15 +471,19 @@ export class Transmission {
       } else break;
       covered += len;
     }
-    if (lengths.length === 0) return this.failed(h, 0, new Error("Export.blockStatus returned no extents"), "BLOCK_STATUS");
+    if (lengths.length === 0) return this.failed(h, new Error("Export.blockStatus returned no extents"), "BLOCK_STATUS");
     this.host.send(w.encodeBlockStatus(h.cookie, w.BASE_ALLOCATION_ID, lengths, flags));
-    this.settle(0);
+    this.settle(h);
   }
 
-  private settle(bytes: number): void {
+  /** The reply is queued: the request's reservation ends (the host counts the queued reply itself). */
+  private settle(h: w.RequestHeader): void {
+    const bytes = reservedBytes(h);
     this.requestsInFlight--;
     this.bytesInFlight -= bytes;
     assert(this.requestsInFlight >= 0 && this.bytesInFlight >= 0, "in-flight accounting balances");
+    this.host.hold(-bytes);
+    if (this.requestsInFlight === 0) this.lastRequestMs = this.host.now();
     if (this.inputPaused) this.pump();
     this.maybeFinish();
     this.maybeCloseExport();
@@ -440,7 +493,7 @@ export class Transmission {
   private maybeFinish(): void {
     if (this.requestsInFlight !== 0 || this.connectionClosed) return;
     if (this.discReceived) this.stop(true, "client sent NBD_CMD_DISC");
-    else if (this.host.shuttingDown() && this.phase === "header" && this.headerFilled === 0) this.stop(true, "server shutting down");
+    else if (this.host.shuttingDown() && this.phase === "header" && this.headerFilled === 0 && this.parked === undefined) this.stop(true, "server shutting down");
   }
 
   private maybeCloseExport(): void {

@@ -12,7 +12,7 @@ import { nodeTimers } from "./timers.js";
 /** TCP keepalive probe delay: finds clients that vanished without a FIN. */
 const keepAliveDelayMs = 30_000;
 
-export const nodeNbdTimers: NbdTimers = nodeTimers;
+export const nodeNbdTimers: NbdTimers = { ...nodeTimers, now: () => performance.now() };
 
 export interface ListenNbdOptions {
   host: string;
@@ -93,18 +93,20 @@ function attach(server: NbdServer, s: Socket): void {
   });
   const sock: NbdSocket = {
     peer,
+    // A Unix-socket client has no remote address; it is exempt from the per-address cap.
+    clientAddress: s.remoteAddress,
     write(chunks, written) {
       if (!s.writable) {
-        written?.();
+        written();
         return;
       }
       // Corked writes leave as one writev: many replies, one syscall (DESIGN.md section 9).
       s.cork();
       const last = chunks.length - 1;
-      chunks.forEach((c, i) => (i === last && written ? s.write(c, () => written()) : s.write(c)));
+      // Node calls a write's callback once the kernel took it, or with an error when the socket is destroyed first.
+      chunks.forEach((c, i) => (i === last ? s.write(c, () => written()) : s.write(c)));
       s.uncork();
     },
-    queuedBytes: () => s.writableLength,
     pause: () => s.pause(),
     resume: () => s.resume(),
     end: () => s.end(),

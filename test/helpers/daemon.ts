@@ -116,9 +116,10 @@ export class DaemonProcess {
   }
 }
 
-export async function startDaemon(host = "127.0.0.1"): Promise<DaemonProcess> {
+export async function startDaemon(host = "127.0.0.1", extraArgs: string[] = []): Promise<DaemonProcess> {
   const t = tempDir("daemon");
   const d = new DaemonProcess(t.dir, host, await freePort(host), await freePort(host), t.remove, await freePort(host));
+  d.extraArgs = extraArgs;
   await d.start();
   return d;
 }

@@ -56,9 +56,10 @@ export class RawClient {
     socket.on("error", () => {});
   }
 
-  static connect(port: number, host = "127.0.0.1"): Promise<RawClient> {
+  /** `localAddress` picks the client's address (any of 127.0.0.0/8 on Linux), for per-address limits. */
+  static connect(port: number, host = "127.0.0.1", localAddress?: string): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const s = connect({ port, host, noDelay: true });
+      const s = connect({ port, host, noDelay: true, ...(localAddress !== undefined ? { localAddress } : {}) });
       s.once("connect", () => resolve(new RawClient(s)));
       s.once("error", reject);
     });

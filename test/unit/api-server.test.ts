@@ -5,7 +5,8 @@ import type { AddressInfo, Socket } from "node:net";
 import { startApiServer, type ApiServer } from "../../src/api/server.js";
 import { ApiClient, DaemonUnreachableError, parseApiAddress } from "../../src/api/client.js";
 import { ApiError } from "../../src/api/types.js";
-import { apiBodyBytesMax } from "../../src/constants.js";
+import { apiBodyBytesMax, apiBodyDepthMax } from "../../src/constants.js";
+import { jsonNestsDeeper, parseJoinRequest } from "../../src/api/validate.js";
 import { apiResponseBytesMax } from "../../src/api/limits.js";
 import { FakeController } from "./api-fake-controller.js";
 
@@ -206,8 +207,9 @@ test("a chunked body without Content-Length is cut off at the limit with 413", a
     });
     req.on("error", (err) => (answered ? undefined : reject(err)));
     const pump = (): void => {
-      // Keep sending until the server answers; it must not wait for the end of an unbounded body.
-      while (!answered && sent <= 4 * apiBodyBytesMax) {
+      // Keep sending until the server answers; it must not wait for the end of an unbounded body
+      // (what loopback's socket buffers take before the answer arrives is far below 16 MiB).
+      while (!answered && sent <= 16 * 1024 * 1024) {
         sent += chunk.length;
         if (!req.write(chunk)) return void req.once("drain", pump);
       }
@@ -225,6 +227,31 @@ test("a body just under the limit is read (and then judged on its JSON)", async 
   const padded = JSON.stringify({ name: "big", sizeBytes: 4096 }).padEnd(apiBodyBytesMax, " ");
   const r = await raw("POST", "/v1/volumes", padded);
   assert.is(r.status, 201);
+});
+
+test("nesting deeper than apiBodyDepthMax is a 400 found before JSON.parse, brackets in strings aside", async () => {
+  const nested = (depth: number): string => "[".repeat(depth) + "]".repeat(depth);
+  for (const body of [nested(apiBodyDepthMax + 1), `{"name":${nested(apiBodyBytesMax / 2 - 8)}}`, `{"a":{"b":${nested(apiBodyDepthMax)}}}`]) {
+    const r = await raw("POST", "/v1/volumes", body, { "Content-Type": "application/json" });
+    assert.is(r.status, 400);
+    assert.match(errorOf(r).message, `nests arrays and objects more than ${apiBodyDepthMax} deep`);
+  }
+  const inStrings = JSON.stringify({ name: `v${"[".repeat(40)}\\"{{{`, sizeBytes: 4096 });
+  assert.not.ok(jsonNestsDeeper(Buffer.from(inStrings), 2), "brackets inside strings and escaped quotes do not count");
+  assert.match(errorOf(await raw("POST", "/v1/volumes", inStrings)).message, /volume name/, "so the body reaches validation");
+  assert.ok(jsonNestsDeeper(Buffer.from(nested(3)), 2));
+  assert.not.ok(jsonNestsDeeper(Buffer.from(nested(2)), 2));
+  assert.is(ctx.controller.calls.length, 0);
+});
+
+test("the largest legitimate body, a join request with every field at its longest, fits apiBodyBytesMax", () => {
+  const worst = (n: number): string => "\u0001".repeat(n); // JSON.stringify writes a control character as 6 bytes
+  const labels = Object.fromEntries(Array.from({ length: 16 }, (_, i) => [worst(61) + String(i).padStart(2, "0"), worst(63)]));
+  const join = { id: 2 ** 31, name: worst(63), address: worst(253), nbdPort: 65535, apiPort: 65535, peerPort: 65535, capacityBytes: 2 ** 52, labels, proof: worst(128) };
+  parseJoinRequest(join);
+  const bytes = Buffer.byteLength(JSON.stringify(join));
+  assert.ok(bytes < apiBodyBytesMax / 4, `${bytes} bytes`);
+  assert.not.ok(jsonNestsDeeper(Buffer.from(JSON.stringify(join)), apiBodyDepthMax));
 });
 
 test("malformed and wrongly-typed bodies are 400 with a message naming the field", async () => {

@@ -344,7 +344,7 @@ test("in-flight cap: a client pipelining past it is throttled, not refused", asy
 });
 
 test("queued reply bytes: a client that stops reading stops being read from", async () => {
-  const s = await startNbdTarget({ exports: [{ name: "big", sizeBytes: 64 * MiB }], limits: { connectionBytesInFlightMax: 32 * MiB } });
+  const s = await startNbdTarget({ exports: [{ name: "big", sizeBytes: 64 * MiB }], limits: { connectionBytesInFlightMax: 32 * MiB, payloadBytesMax: 16 * MiB } });
   try {
     const exp = s.registry.get("big");
     const c = await RawClient.connect(s.port);
@@ -353,8 +353,8 @@ test("queued reply bytes: a client that stops reading stops being read from", as
     const n = 200;
     for (let i = 0; i < n; i++) c.sendRequest(CMD.READ, 0, BigInt(i), (i % 64) * MiB, MiB);
     await new Promise((r) => setTimeout(r, 400));
-    // 32 MiB of replies queued, plus what the kernel buffers on loopback, then the server stops reading.
-    assert.ok(exp.reads >= 32 && exp.reads < 100, `reads while the client was not reading: ${exp.reads}`);
+    // Up to 32 MiB of replies held (a batch the kernel took only part of counts whole), then the server stops reading.
+    assert.ok(exp.reads >= 16 && exp.reads < 100, `reads while the client was not reading: ${exp.reads}`);
     c.socket.resume();
     for (let i = 0; i < n; i++) assert.is((await c.readReply(MiB)).errno, 0);
     assert.is(exp.reads, n);
