@@ -75,9 +75,19 @@ type ReadAt = (address: number, into: Uint8Array, at: number, length: number) =>
 /** What mapping data into a block map needs besides the map. */
 interface MapContext {
   readAt: ReadAt;
+  /** Whether the segment holding `address` still exists (see blockContent). */
+  readable(address: number): boolean;
   freed: FreedRun;
   /** A block the range covered only in part was already damaged: its checksum was made to fail. */
   poisoned(g: Group, block: number): void;
+  /**
+   * Recovery: the group's blocks whose checksum could not be computed after a
+   * write covering them in part, because other sectors of theirs were in a
+   * segment GC freed (see blockContent); it computes them once it has
+   * replayed the rest of the log. Undefined at run time, when no map points
+   * into a freed segment.
+   */
+  staleBlocks(g: Group): Set<number> | undefined;
 }
 
 /** A Raft entry to persist: its data becomes the record payload, so applied writes can point into it. */
@@ -145,11 +155,15 @@ export class Store {
     this.onDamage = onDamage;
     this.mapCtx = {
       readAt: (address, into, at, length) => this.segmentLog.readSync(address, into, at, length),
+      readable: (address) => this.segmentLog.segments.has(Math.floor(address / segmentBytes)),
       freed: this.freed,
       poisoned: (g, block) => {
         this.counters.blocksPoisoned++;
         this.log(`store: group ${g.id}: block ${block} (volume byte ${block * checksumBlockBytes}) failed its checksum before a write covering part of it; it stays damaged until repaired or rewritten whole`);
       },
+      // Only a map restored from a checkpoint points into freed segments, and recovery replayed
+      // every record that moves such sectors before the driver applies an entry again.
+      staleBlocks: () => undefined,
     };
     segmentLog.onCommitted = (sealed) => {
       if (sealed || this.segmentLog.bytesAppended - this.bytesAtCheckpoint >= checkpointLogBytes) this.maintain();
@@ -171,12 +185,19 @@ export class Store {
     const checkpoint: Checkpoint = readCheckpoint(disk) ?? { end: { segmentId: 1, position: 0, commitSeq: 0 }, groups: [] };
     const groups = restoreGroups(specs, checkpoint);
     let poisoned = 0;
+    const stale = new Map<Group, Set<number>>();
     const ctx: MapContext = {
       readAt: fileReader(segments),
+      readable: (address) => segments.has(Math.floor(address / segmentBytes)),
       freed: () => {},
       poisoned: (g, block) => {
         poisoned++;
         log(`store: recovery: group ${g.id}: block ${block} failed its checksum before a write covering part of it; it stays damaged`);
+      },
+      staleBlocks: (g) => {
+        let blocks = stale.get(g);
+        if (blocks === undefined) stale.set(g, (blocks = new Set()));
+        return blocks;
       },
     };
     const damage = new RecoveryDamage();
@@ -187,9 +208,10 @@ export class Store {
       (h, address, payload) => applyRecord(groups, h, address, payload, ctx, damage),
       (h, address) => applyDamaged(groups, h, address, ctx, damage),
     );
+    for (const [g, blocks] of stale) settleStaleCrcs(g, blocks, ctx);
     for (const g of groups.values()) {
-      if (g.crcsPending) computeAllCrcs(g, ctx.readAt, log);
-      damage.settle(g, ctx.readAt);
+      if (g.crcsPending) computeAllCrcs(g, ctx, log);
+      damage.settle(g, ctx);
     }
     for (const line of damage.lines) log(`store: recovery: ${line}`);
     if (scan.torn) {
@@ -1170,8 +1192,11 @@ class RecoveryDamage {
   }
 
   /** After the scan: a cut group owes its vote until its log is back where it was. */
-  settle(g: Group, readAt: ReadAt): void {
-    for (const b of this.poisonedBlocks.get(g.id) ?? []) if (g.map.blockAllocated(b)) g.map.setBlockCrc(b, ~crc32c(blockContent(g.map, b, readAt)) >>> 0);
+  settle(g: Group, ctx: MapContext): void {
+    for (const b of this.poisonedBlocks.get(g.id) ?? []) {
+      const content = blockContent(g.map, b, ctx);
+      if (content !== undefined) g.map.setBlockCrc(b, ~crc32c(content) >>> 0);
+    }
     if (!this.cut.has(g.id)) return;
     const until = this.seenIndex.get(g.id) ?? 0;
     if (until > g.raft.lastIndex) g.raft.recoverUntil = Math.max(g.raft.recoverUntil, until);
@@ -1262,13 +1287,30 @@ function recordIntact(readAt: ReadAt, address: number, payload: Uint8Array): boo
   return false;
 }
 
+/**
+ * After replay: blocks a partial write left with sectors in a freed segment
+ * (their checksum could not be computed then) have had those sectors moved by
+ * the Relocate records after it; their checksum is computed from their
+ * content now. Still unreadable: overwritten by a Raft entry the driver
+ * applies again, which sets it.
+ */
+function settleStaleCrcs(g: Group, blocks: ReadonlySet<number>, ctx: MapContext): void {
+  for (const b of blocks) {
+    if (!g.map.blockAllocated(b)) continue;
+    const content = blockContent(g.map, b, ctx);
+    if (content !== undefined) g.map.setBlockCrc(b, crc32c(content));
+  }
+}
+
 /** A checkpoint from before block checksums: every block that holds data is read once and checksummed. */
-function computeAllCrcs(g: Group, readAt: ReadAt, log: (line: string) => void): void {
+function computeAllCrcs(g: Group, ctx: MapContext, log: (line: string) => void): void {
   let blocks = 0;
   for (const ci of g.map.chunks.keys()) {
     for (let b = ci * chunkBlocks; b < Math.min((ci + 1) * chunkBlocks, g.map.blockCount); b++) {
       if (!g.map.blockAllocated(b)) continue;
-      g.map.setBlockCrc(b, crc32c(blockContent(g.map, b, readAt)));
+      const content = blockContent(g.map, b, ctx);
+      if (content === undefined) continue; // overwritten by a Raft entry the driver applies again: it sets the checksum
+      g.map.setBlockCrc(b, crc32c(content));
       blocks++;
     }
   }
@@ -1382,35 +1424,64 @@ function mapRange(g: Group, sector: number, count: number, address: number, whol
   const map = g.map;
   if (count === 0) return;
   const [first, end] = wholeBlocks(map, sector, count);
-  const edges: { block: number; ok: boolean }[] = [];
+  // The blocks at the ends that the range covers only in part (none for a write of whole blocks: no allocation then).
+  let edges: { block: number; ok: boolean }[] | undefined;
+  const stale = ctx.staleBlocks(g);
+  const edge = (b: number): void => {
+    if (b >= first && b < end) return;
+    // Unreadable or stale old bytes (see blockContent) cannot be checked: they were good when written.
+    const old = map.blockAllocated(b) && stale?.has(b) !== true ? blockContent(map, b, ctx) : undefined;
+    (edges ??= []).push({ block: b, ok: old === undefined || crc32c(old) === map.blockCrc(b) });
+  };
   if (!g.crcsPending) {
     const lo = Math.floor(sector / blockSectors);
     const hi = Math.ceil((sector + count) / blockSectors) - 1;
-    for (const b of lo === hi ? [lo] : [lo, hi]) {
-      if (b >= first && b < end) continue;
-      edges.push({ block: b, ok: !map.blockAllocated(b) || crc32c(blockContent(map, b, ctx.readAt)) === map.blockCrc(b) });
-    }
+    edge(lo);
+    if (hi !== lo) edge(hi);
   }
   if (address === 0) map.clear(sector, count, ctx.freed);
   else map.set(sector, count, address, ctx.freed);
   if (g.crcsPending) return;
   if (address !== 0) {
     assert(whole !== undefined && whole.length === end - first, "a write brings the checksums of the blocks it covers whole");
-    for (let b = first; b < end; b++) map.setBlockCrc(b, whole[b - first]!);
+    for (let b = first; b < end; b++) {
+      map.setBlockCrc(b, whole[b - first]!);
+      stale?.delete(b);
+    }
   }
-  for (const { block, ok } of edges) {
+  for (const { block, ok } of edges ?? []) {
     if (!map.blockAllocated(block)) continue;
-    const crc = crc32c(blockContent(map, block, ctx.readAt));
+    const content = blockContent(map, block, ctx);
+    if (content === undefined) {
+      stale?.add(block);
+      continue;
+    }
+    stale?.delete(block);
+    const crc = crc32c(content);
     map.setBlockCrc(block, ok ? crc : ~crc >>> 0);
     if (!ok) ctx.poisoned(g, block);
   }
 }
 
-/** A block's content as a read returns it (holes as zeroes), from wherever its sectors are. */
-function blockContent(map: BlockMap, block: number, readAt: ReadAt): Buffer {
+/**
+ * A block's content as a read returns it (holes as zeroes), from wherever its
+ * sectors are; undefined when one of them points into a segment GC freed.
+ * That happens only in the map of a checkpoint older than the freeing (GC
+ * does not wait for a new checkpoint): the sectors were overwritten after the
+ * checkpoint, by a record replay maps again or a Raft entry the driver applies
+ * again, and nothing reads them before. A partial write over such a block
+ * cannot check the old bytes (they are gone, and were dead), and takes the
+ * block as it was then: good.
+ */
+function blockContent(map: BlockMap, block: number, ctx: Pick<MapContext, "readAt" | "readable">): Buffer | undefined {
   const n = map.blockSectorCount(block);
+  let readable = true;
+  map.runs(block * blockSectors, n, (_s, count, address) => {
+    readable &&= address === 0 || (ctx.readable(address) && ctx.readable(address + (count - 1) * sectorBytes));
+  });
+  if (!readable) return undefined;
   const out = Buffer.allocUnsafe(n * sectorBytes);
-  readContent(map, block * blockSectors, n, out, 0, readAt);
+  readContent(map, block * blockSectors, n, out, 0, ctx.readAt);
   return out;
 }
 
