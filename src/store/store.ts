@@ -20,13 +20,14 @@ import {
   segmentBytes,
   volumeBytesMax,
 } from "../constants.js";
-import { BlockMap, blockSectors, chunkBlocks, chunkSectors, type FreedRun } from "./block-map.js";
+import { BlockMap, blockSectors, chunkBlocks, chunkSectors } from "./block-map.js";
 import { readCheckpoint, writeCheckpoint, type Checkpoint } from "./checkpoint.js";
-import { appendBlockCrc, blockCrcsOf, foldBlockCrcs } from "./checksums.js";
+import { foldBlockCrcs } from "./checksums.js";
 import type { Defer, Disk, DiskFile } from "./disk.js";
 import { ChecksumError, DamagedEntryError, StoreError } from "./errors.js";
 import { SegmentLog, type LogPosition } from "./log.js";
 import { decodeHeader, payloadBytesOf, payloadMatches, recordHeaderBytesV1, RecordKind, type RecordHeader } from "./record.js";
+import { blockContent, damagedBlocks, mapRange, readContent, wholeBlockCrcs, wholeBlocks, type MapContext, type MappedGroup, type ReadAt } from "./map-data.js";
 import { scanLog } from "./recovery.js";
 import { RaftIndex, decodeRaftConf, encodeRaftConf, type RaftConf, type RaftHardState, type RaftIndexEntry } from "./raft-index.js";
 import { checkpointName, isFreeName, parseSegmentName, segmentName } from "./segment-names.js";
@@ -53,7 +54,7 @@ export interface StoreExtent {
   hole: boolean;
 }
 
-interface Group {
+interface Group extends MappedGroup {
   readonly id: number;
   readonly sizeBytes: number;
   map: BlockMap;
@@ -65,29 +66,6 @@ interface Group {
   dropped: boolean;
   /** The group's Raft log (replicated groups; empty for local ones). */
   raft: RaftIndex;
-  /** Restored from a checkpoint older than block checksums: they are computed once recovery has replayed the log. */
-  crcsPending: boolean;
-}
-
-/** Reads `length` bytes of the log at `address` into `into` at `at` (live: the segment log; in recovery: the files). */
-type ReadAt = (address: number, into: Uint8Array, at: number, length: number) => void;
-
-/** What mapping data into a block map needs besides the map. */
-interface MapContext {
-  readAt: ReadAt;
-  /** Whether the segment holding `address` still exists (see blockContent). */
-  readable(address: number): boolean;
-  freed: FreedRun;
-  /** A block the range covered only in part was already damaged: its checksum was made to fail. */
-  poisoned(g: Group, block: number): void;
-  /**
-   * Recovery: the group's blocks whose checksum could not be computed after a
-   * write covering them in part, because other sectors of theirs were in a
-   * segment GC freed (see blockContent); it computes them once it has
-   * replayed the rest of the log. Undefined at run time, when no map points
-   * into a freed segment.
-   */
-  staleBlocks(g: Group): Set<number> | undefined;
 }
 
 /** A Raft entry to persist: its data becomes the record payload, so applied writes can point into it. */
@@ -185,7 +163,7 @@ export class Store {
     const checkpoint: Checkpoint = readCheckpoint(disk) ?? { end: { segmentId: 1, position: 0, commitSeq: 0 }, groups: [] };
     const groups = restoreGroups(specs, checkpoint);
     let poisoned = 0;
-    const stale = new Map<Group, Set<number>>();
+    const stale = new Map<number, Set<number>>();
     const ctx: MapContext = {
       readAt: fileReader(segments),
       readable: (address) => segments.has(Math.floor(address / segmentBytes)),
@@ -195,8 +173,8 @@ export class Store {
         log(`store: recovery: group ${g.id}: block ${block} failed its checksum before a write covering part of it; it stays damaged`);
       },
       staleBlocks: (g) => {
-        let blocks = stale.get(g);
-        if (blocks === undefined) stale.set(g, (blocks = new Set()));
+        let blocks = stale.get(g.id);
+        if (blocks === undefined) stale.set(g.id, (blocks = new Set()));
         return blocks;
       },
     };
@@ -208,7 +186,10 @@ export class Store {
       (h, address, payload) => applyRecord(groups, h, address, payload, ctx, damage),
       (h, address) => applyDamaged(groups, h, address, ctx, damage),
     );
-    for (const [g, blocks] of stale) settleStaleCrcs(g, blocks, ctx);
+    for (const [id, blocks] of stale) {
+      const g = groups.get(id);
+      if (g !== undefined) settleStaleCrcs(g, blocks, ctx);
+    }
     for (const g of groups.values()) {
       if (g.crcsPending) computeAllCrcs(g, ctx, log);
       damage.settle(g, ctx);
@@ -1394,138 +1375,6 @@ function applyToGroup(
     default:
       return 0;
   }
-}
-
-/** The blocks [first, end) that sectors [sector, sector + count) cover whole (the volume's short last block included). */
-function wholeBlocks(map: BlockMap, sector: number, count: number): [number, number] {
-  const first = Math.ceil(sector / blockSectors);
-  const end = sector + count === map.sectorCount ? map.blockCount : Math.floor((sector + count) / blockSectors);
-  return [first, Math.max(first, end)];
-}
-
-/** The checksums of the blocks that sectors [sector, sector + count) cover whole, from `data`: the bytes of those sectors. */
-function wholeBlockCrcs(map: BlockMap, sector: number, count: number, data: readonly Uint8Array[]): Uint32Array {
-  const [first, end] = wholeBlocks(map, sector, count);
-  if (end === first) return new Uint32Array(0);
-  return blockCrcsOf(data, (first * blockSectors - sector) * sectorBytes, end - first, map.blockSectorCount(end - 1) * sectorBytes);
-}
-
-/**
- * Points sectors [sector, sector + count) at consecutive sectors from
- * `address` (0: makes them holes) and keeps the block checksums true to the
- * blocks' content. `whole` holds the checksums of the blocks the range
- * covers whole (wholeBlockCrcs). A block it covers only in part keeps its
- * other sectors: its content is read before (checked against its checksum)
- * and after, and its checksum recomputed. If the old content did not match,
- * the new checksum is inverted, so reads of the block fail instead of
- * returning bytes nothing vouches for.
- */
-function mapRange(g: Group, sector: number, count: number, address: number, whole: Uint32Array | undefined, ctx: MapContext): void {
-  const map = g.map;
-  if (count === 0) return;
-  const [first, end] = wholeBlocks(map, sector, count);
-  // The blocks at the ends that the range covers only in part (none for a write of whole blocks: no allocation then).
-  let edges: { block: number; ok: boolean }[] | undefined;
-  const stale = ctx.staleBlocks(g);
-  const edge = (b: number): void => {
-    if (b >= first && b < end) return;
-    // Unreadable or stale old bytes (see blockContent) cannot be checked: they were good when written.
-    const old = map.blockAllocated(b) && stale?.has(b) !== true ? blockContent(map, b, ctx) : undefined;
-    (edges ??= []).push({ block: b, ok: old === undefined || crc32c(old) === map.blockCrc(b) });
-  };
-  if (!g.crcsPending) {
-    const lo = Math.floor(sector / blockSectors);
-    const hi = Math.ceil((sector + count) / blockSectors) - 1;
-    edge(lo);
-    if (hi !== lo) edge(hi);
-  }
-  if (address === 0) map.clear(sector, count, ctx.freed);
-  else map.set(sector, count, address, ctx.freed);
-  if (g.crcsPending) return;
-  if (address !== 0) {
-    assert(whole !== undefined && whole.length === end - first, "a write brings the checksums of the blocks it covers whole");
-    for (let b = first; b < end; b++) {
-      map.setBlockCrc(b, whole[b - first]!);
-      stale?.delete(b);
-    }
-  }
-  for (const { block, ok } of edges ?? []) {
-    if (!map.blockAllocated(block)) continue;
-    const content = blockContent(map, block, ctx);
-    if (content === undefined) {
-      stale?.add(block);
-      continue;
-    }
-    stale?.delete(block);
-    const crc = crc32c(content);
-    map.setBlockCrc(block, ok ? crc : ~crc >>> 0);
-    if (!ok) ctx.poisoned(g, block);
-  }
-}
-
-/**
- * A block's content as a read returns it (holes as zeroes), from wherever its
- * sectors are; undefined when one of them points into a segment GC freed.
- * That happens only in the map of a checkpoint older than the freeing (GC
- * does not wait for a new checkpoint): the sectors were overwritten after the
- * checkpoint, by a record replay maps again or a Raft entry the driver applies
- * again, and nothing reads them before. A partial write over such a block
- * cannot check the old bytes (they are gone, and were dead), and takes the
- * block as it was then: good.
- */
-function blockContent(map: BlockMap, block: number, ctx: Pick<MapContext, "readAt" | "readable">): Buffer | undefined {
-  const n = map.blockSectorCount(block);
-  let readable = true;
-  map.runs(block * blockSectors, n, (_s, count, address) => {
-    readable &&= address === 0 || (ctx.readable(address) && ctx.readable(address + (count - 1) * sectorBytes));
-  });
-  if (!readable) return undefined;
-  const out = Buffer.allocUnsafe(n * sectorBytes);
-  readContent(map, block * blockSectors, n, out, 0, ctx.readAt);
-  return out;
-}
-
-/** Sectors [sector, sector + count) as they read (holes as zeroes) into out at `at`, unchecked. */
-function readContent(map: BlockMap, sector: number, count: number, out: Uint8Array, at: number, readAt: ReadAt): void {
-  map.runs(sector, count, (s, n, address) => {
-    const into = at + (s - sector) * sectorBytes;
-    if (address === 0) out.fill(0, into, into + n * sectorBytes);
-    else readAt(address, out, into, n * sectorBytes);
-  });
-}
-
-/**
- * The blocks among [firstBlock, firstBlock + blockCount) that hold data and
- * whose bytes in `buf` (from `at`) do not match their checksum. A run of
- * blocks holding data costs one pass over its bytes: its expected checksum is
- * folded from the blocks' own; only a run that fails is checked block by block.
- */
-function damagedBlocks(map: BlockMap, firstBlock: number, blockCount: number, buf: Uint8Array, at: number): number[] {
-  const bad: number[] = [];
-  const endBlock = firstBlock + blockCount;
-  for (let b = firstBlock; b < endBlock; ) {
-    if (!map.blockAllocated(b)) {
-      b++;
-      continue;
-    }
-    let expected = map.blockCrc(b);
-    let bytes = map.blockSectorCount(b) * sectorBytes;
-    let e = b + 1;
-    for (; e < endBlock && map.blockAllocated(e); e++) {
-      const n = map.blockSectorCount(e) * sectorBytes;
-      expected = appendBlockCrc(expected, map.blockCrc(e), n);
-      bytes += n;
-    }
-    const from = at + (b - firstBlock) * checksumBlockBytes;
-    if (crc32c(buf.subarray(from, from + bytes)) !== expected) {
-      for (let k = b; k < e; k++) {
-        const p = at + (k - firstBlock) * checksumBlockBytes;
-        if (crc32c(buf.subarray(p, p + map.blockSectorCount(k) * sectorBytes)) !== map.blockCrc(k)) bad.push(k);
-      }
-    }
-    b = e;
-  }
-  return bad;
 }
 
 /**
