@@ -160,8 +160,15 @@ export const raftCommittedBytesMax = 64 * 1024 * 1024;
 export const defaultNbdPort = 10809;
 export const defaultApiPort = 9001;
 export const defaultPeerPort = 9002;
-/** Read buffers from this size up to readPoolBufferBytesMax are recycled (smaller ones come from Node's own pool). */
-export const readPoolBufferBytesMin = 64 * 1024;
+/**
+ * Read buffers from this size up to readPoolBufferBytesMax are recycled;
+ * smaller ones come from Node's own pool, which takes only requests under
+ * 4 KiB. Recycling 4 KiB ones too (a fresh ArrayBuffer per 4 KiB read was 4%
+ * of a daemon's CPU under 4k random reads) paid for most of what checking
+ * each read's checksum costs: 8.3-9.0 µs of daemon CPU per read before
+ * checksums, 8.7-9.3 with both (docs/bench.md, "Block checksums").
+ */
+export const readPoolBufferBytesMin = 4 * 1024;
 export const readPoolBufferBytesMax = 32 * 1024 * 1024;
 /** Bytes of idle read buffers kept for reuse. */
 export const readPoolBytesMax = 64 * 1024 * 1024;
