@@ -36,7 +36,7 @@ import { BeatsOutbox, isBeat, parseBeats, type BeatsEnvelope } from "./beats.js"
 import { StoreRaftStorage } from "./raft-storage.js";
 import { SnapshotReceiver, SnapshotSender, type SnapAckEnvelope, type SnapChunkEnvelope } from "./snapshot.js";
 import { ProgressState } from "../raft/progress.js";
-import { decodeOp, decodeTrailer, encodeTrim, encodeWrite, volumeOpTrailerBytes, VolumeOpKind } from "./volume-op.js";
+import { decodeOp, decodeTrailer, encodeTrim, encodeWrite, entryPayloadCrc, volumeOpTrailerBytes, VolumeOpKind } from "./volume-op.js";
 import { ChangeMap } from "./changes.js";
 
 /** What travels between drivers: a Raft message of one group. */
@@ -667,7 +667,11 @@ export class MultiRaft {
       g.confPoints = [{ index: meta.index, conf: meta.conf }];
     }
     for (const e of rd.entries) storage.remember(e);
-    const entries = rd.entries.map((e) => ({ index: e.index, term: e.term, type: e.type, data: [e.data] }));
+    // A volume write carries its blocks' checksums: its record's checksum folds from them (volume-op.ts).
+    const entries = rd.entries.map((e) => {
+      const payloadCrc = !g.keepLog && e.type === EntryType.normal ? entryPayloadCrc(e.data) : undefined;
+      return { index: e.index, term: e.term, type: e.type, data: [e.data], ...(payloadCrc !== undefined ? { payloadCrc } : {}) };
+    });
     const appended = this.o.store.appendRaftEntries(g.id, entries, rd.hardState ?? undefined);
     if (meta === undefined) return appended;
     return Promise.all([installed, appended]).then(() => {
@@ -760,7 +764,7 @@ export class MultiRaft {
   private apply(g: Group, e: Entry): void {
     const handled = this.o.applyEntry?.(g.id, e) ?? false;
     const op = !handled && e.type === EntryType.normal ? decodeOp(e.data) : undefined;
-    if (op?.kind === VolumeOpKind.Write) this.o.store.applyEntryWrite(g.id, e.index, op.offsetBytes, op.lengthBytes, e.data.subarray(0, op.lengthBytes));
+    if (op?.kind === VolumeOpKind.Write) this.o.store.applyEntryWrite(g.id, e.index, op.offsetBytes, op.lengthBytes, e.data.subarray(0, op.lengthBytes), op.crcs);
     else if (op?.kind === VolumeOpKind.Trim) this.o.store.applyEntryTrim(g.id, e.index, op.offsetBytes, op.lengthBytes);
     else this.o.store.markApplied(g.id, e.index);
     if (op !== undefined && g.changes !== undefined && e.index > g.changes.base) g.changes.mark(op.offsetBytes, op.lengthBytes);

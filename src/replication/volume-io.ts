@@ -8,12 +8,12 @@
 // see an error.
 
 import { assert } from "../base/assert.js";
-import { recordPayloadBytesMax, sectorBytes } from "../constants.js";
+import { checksumBlockBytes, recordPayloadBytesMax, sectorBytes } from "../constants.js";
 import type { NodeId } from "../raft/types.js";
 import type { Store, StoreExtent } from "../store/store.js";
 import { MultiRaft, NotLeaderError, ProposalDroppedError } from "./driver.js";
 import type { Repairer } from "./repair.js";
-import { volumeOpTrailerBytes } from "./volume-op.js";
+import { volumeOpOverheadBytes } from "./volume-op.js";
 
 export type IoOp = "read" | "write" | "trim" | "zero" | "zero-nohole" | "status";
 
@@ -58,9 +58,9 @@ export class UnavailableError extends Error {
   override name = "UnavailableError";
 }
 
-/** Data per proposal: whole sectors, leaving room for the trailer in one store record. */
-const proposalBytesMax = recordPayloadBytesMax - sectorBytes;
-assert(proposalBytesMax + volumeOpTrailerBytes <= recordPayloadBytesMax && proposalBytesMax % sectorBytes === 0, "a proposal fits one record");
+/** Data per proposal: whole sectors, leaving room for the block checksums and the trailer in one store record. */
+const proposalBytesMax = recordPayloadBytesMax - 2 * checksumBlockBytes;
+assert(proposalBytesMax + volumeOpOverheadBytes(proposalBytesMax) <= recordPayloadBytesMax && proposalBytesMax % sectorBytes === 0, "a proposal fits one record");
 const zeroes = new Uint8Array(proposalBytesMax);
 const retryDelayMs = 50;
 /**

@@ -74,6 +74,8 @@ export interface RaftEntryInput {
   term: number;
   type: number;
   data: readonly Uint8Array[];
+  /** The CRC32C of the data when the caller has it already (folded from the checksums a volume write carries). */
+  payloadCrc?: number;
 }
 
 export interface RaftEntryOutput {
@@ -477,6 +479,7 @@ export class Store {
           offsetBytes: e.type,
           lengthBytes: length,
           payload: e.data,
+          ...(e.payloadCrc !== undefined ? { payloadCrc: e.payloadCrc } : {}),
           done: (address, error) => {
             if (error === undefined && !g.dropped) {
               g.raft.append(e.index, { term: e.term, type: e.type, address, lengthBytes: length }, this.unpin);
@@ -643,7 +646,7 @@ export class Store {
    * Applies a committed write: the volume range now reads from the entry's
    * data, `dataOffsetBytes` into it. The data is not copied (DESIGN §3).
    */
-  applyEntryWrite(groupId: number, index: number, offsetBytes: number, lengthBytes: number, data: Uint8Array): void {
+  applyEntryWrite(groupId: number, index: number, offsetBytes: number, lengthBytes: number, data: Uint8Array, crcs?: Uint32Array): void {
     const g = this.group(groupId);
     checkRange(g, offsetBytes, lengthBytes);
     const e = g.raft.get(index);
@@ -651,7 +654,7 @@ export class Store {
     assert(offsetBytes % sectorBytes === 0 && lengthBytes % sectorBytes === 0, "applied writes are whole sectors");
     const sector = offsetBytes / sectorBytes;
     const count = lengthBytes / sectorBytes;
-    mapRange(g, sector, count, e.address, wholeBlockCrcs(g.map, sector, count, [data]), this.mapCtx);
+    mapRange(g, sector, count, e.address, entryBlockCrcs(g.map, sector, count, data, crcs), this.mapCtx);
     this.addLive(e.address, lengthBytes);
     g.appliedIndex = Math.max(g.appliedIndex, index);
   }
@@ -1464,6 +1467,25 @@ export function sliceBuffers(data: readonly Uint8Array[], at: number, length: nu
 function zeroList(lengthBytes: number): Uint8Array[] {
   const out: Uint8Array[] = [];
   for (let at = 0; at < lengthBytes; at += zeroes.length) out.push(zeroes.subarray(0, Math.min(zeroes.length, lengthBytes - at)));
+  return out;
+}
+
+/**
+ * The checksums of the blocks an applied write covers whole: those the entry
+ * carries (blocks [ceil(offset / 4 KiB), floor(end / 4 KiB)), from its leader),
+ * and any other the map counts as whole (the short last block of a volume) or
+ * all of them for an entry without any, hashed from the data.
+ */
+function entryBlockCrcs(map: BlockMap, sector: number, count: number, data: Uint8Array, carried: Uint32Array | undefined): Uint32Array {
+  const [first, end] = wholeBlocks(map, sector, count);
+  if (carried === undefined) return wholeBlockCrcs(map, sector, count, [data]);
+  if (carried.length === end - first) return carried;
+  // The entry covers the volume's short last block, which it carries no checksum for: hash that one.
+  assert(carried.length === end - first - 1 && sector + count === map.sectorCount, "an entry carries the checksums of the whole blocks it covers");
+  const out = new Uint32Array(end - first);
+  out.set(carried);
+  const last = end - 1;
+  out[end - first - 1] = crc32c(data.subarray((last * blockSectors - sector) * sectorBytes));
   return out;
 }
 
