@@ -39,7 +39,7 @@ export interface VolumeOp {
   offsetBytes: number;
   lengthBytes: number;
   /** A version 2 write: the checksums of blocks [ceil(offset / 4 KiB), floor(end / 4 KiB)), in order. */
-  crcs?: Uint32Array;
+  crcs: Uint32Array | undefined;
 }
 
 /** The 4 KiB blocks [first, end) a write at [offset, offset + length) covers whole. */
@@ -63,13 +63,13 @@ export function encodeWrite(offsetBytes: number, data: readonly Uint8Array[], le
     const crcs = blockCrcsOf([out.subarray(0, lengthBytes)], first * checksumBlockBytes - offsetBytes, count, checksumBlockBytes);
     for (let i = 0; i < count; i++) out.writeUInt32LE(crcs[i]!, lengthBytes + 4 * i);
   }
-  writeTrailer(out, lengthBytes + 4 * count, { kind: VolumeOpKind.Write, offsetBytes, lengthBytes }, count);
+  writeTrailer(out, lengthBytes + 4 * count, { kind: VolumeOpKind.Write, offsetBytes, lengthBytes, crcs: undefined }, count);
   return out;
 }
 
 export function encodeTrim(offsetBytes: number, lengthBytes: number): Uint8Array {
   const out = Buffer.allocUnsafe(volumeOpTrailerBytes);
-  writeTrailer(out, 0, { kind: VolumeOpKind.Trim, offsetBytes, lengthBytes }, 0);
+  writeTrailer(out, 0, { kind: VolumeOpKind.Trim, offsetBytes, lengthBytes, crcs: undefined }, 0);
   return out;
 }
 
@@ -82,22 +82,40 @@ function writeTrailer(b: Buffer, at: number, op: VolumeOp, crcCount: number): vo
   b.writeUInt32LE(Math.floor(op.offsetBytes / 0x100000000), at + 12);
 }
 
-/** The operation an entry carries; undefined for empty (no-op) entries or data that is not a volume op. */
+/**
+ * The operation an entry carries; undefined for empty (no-op) entries or data
+ * that is not a volume op. Every replica decodes every entry twice (for its
+ * record's checksum and to apply it): byte reads, one object, and the
+ * checksums as a view of the entry where it lies 4-byte aligned.
+ */
 export function decodeOp(data: Uint8Array): VolumeOp | undefined {
   if (data.length < volumeOpTrailerBytes) return undefined;
   const at = data.length - volumeOpTrailerBytes;
-  const t = readTrailer(data, at);
-  if (t === undefined) return undefined;
-  const { op, crcCount } = t;
-  if (op.kind !== VolumeOpKind.Write) return crcCount === 0 ? op : undefined;
-  if (op.lengthBytes + 4 * crcCount !== at) return undefined;
-  if (t.version === 1) return op;
-  const [first, end] = coveredBlocks(op.offsetBytes, op.lengthBytes);
-  if (crcCount !== end - first) return undefined;
-  const dv = new DataView(data.buffer, data.byteOffset + op.lengthBytes, 4 * crcCount);
-  const crcs = new Uint32Array(crcCount);
-  for (let i = 0; i < crcCount; i++) crcs[i] = dv.getUint32(4 * i, true);
-  return { ...op, crcs };
+  const kind = data[at]!;
+  const version = data[at + 1]!;
+  if ((version !== 1 && version !== opVersion) || (kind !== VolumeOpKind.Write && kind !== VolumeOpKind.Trim)) return undefined;
+  const crcCount = version === 1 ? 0 : data[at + 2]! | (data[at + 3]! << 8);
+  const lengthBytes = u32(data, at + 4);
+  const offsetBytes = u32(data, at + 12) * 0x100000000 + u32(data, at + 8);
+  if (kind !== VolumeOpKind.Write) return crcCount === 0 ? { kind, offsetBytes, lengthBytes, crcs: undefined } : undefined;
+  if (lengthBytes + 4 * crcCount !== at) return undefined;
+  if (version === 1) return { kind, offsetBytes, lengthBytes, crcs: undefined };
+  const first = Math.ceil(offsetBytes / checksumBlockBytes);
+  if (crcCount !== Math.max(0, Math.floor((offsetBytes + lengthBytes) / checksumBlockBytes) - first)) return undefined;
+  return { kind, offsetBytes, lengthBytes, crcs: crcsAt(data, lengthBytes, crcCount) };
+}
+
+function u32(b: Uint8Array, at: number): number {
+  return (b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0;
+}
+
+/** `count` little-endian u32 at `at` (pxd runs on little-endian hosts only: src/store/checkpoint.ts). */
+function crcsAt(data: Uint8Array, at: number, count: number): Uint32Array {
+  const offset = data.byteOffset + at;
+  if (offset % 4 === 0) return new Uint32Array(data.buffer, offset, count);
+  const out = new Uint32Array(count);
+  for (let i = 0; i < count; i++) out[i] = u32(data, at + 4 * i);
+  return out;
 }
 
 /**
@@ -115,16 +133,9 @@ export function entryPayloadCrc(data: Uint8Array): number | undefined {
 
 /** The operation named by an entry's last 16 bytes, read without its data; undefined when they are not a trailer. */
 export function decodeTrailer(trailer: Uint8Array): VolumeOp | undefined {
-  return trailer.length === volumeOpTrailerBytes ? readTrailer(trailer, 0)?.op : undefined;
-}
-
-function readTrailer(b: Uint8Array, at: number): { op: VolumeOp; version: number; crcCount: number } | undefined {
-  const dv = new DataView(b.buffer, b.byteOffset + at, volumeOpTrailerBytes);
-  const kind = dv.getUint8(0);
-  const version = dv.getUint8(1);
+  if (trailer.length !== volumeOpTrailerBytes) return undefined;
+  const kind = trailer[0]!;
+  const version = trailer[1]!;
   if ((version !== 1 && version !== opVersion) || (kind !== VolumeOpKind.Write && kind !== VolumeOpKind.Trim)) return undefined;
-  const crcCount = version === 1 ? 0 : dv.getUint16(2, true);
-  const lengthBytes = dv.getUint32(4, true);
-  const offsetBytes = dv.getUint32(12, true) * 0x100000000 + dv.getUint32(8, true);
-  return { op: { kind, offsetBytes, lengthBytes }, version, crcCount };
+  return { kind, offsetBytes: u32(trailer, 12) * 0x100000000 + u32(trailer, 8), lengthBytes: u32(trailer, 4), crcs: undefined };
 }

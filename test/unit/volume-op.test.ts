@@ -27,7 +27,7 @@ test("a write of whole blocks carries each block's checksum, and its whole check
   assert.equal([op?.offsetBytes, op?.lengthBytes], [8192, 3 * 4096]);
   assert.equal([...(op?.crcs ?? [])], [0, 1, 2].map((k) => crc32c(data.subarray(k * 4096, (k + 1) * 4096))));
   assert.is(entryPayloadCrc(e), crc32c(e), "the record's checksum without a pass over the data");
-  assert.equal(decodeTrailer(e.subarray(e.length - 16)), { kind: VolumeOpKind.Write, offsetBytes: 8192, lengthBytes: 3 * 4096 });
+  assert.equal(decodeTrailer(e.subarray(e.length - 16)), { kind: VolumeOpKind.Write, offsetBytes: 8192, lengthBytes: 3 * 4096, crcs: undefined });
 });
 
 test("a write not made of whole blocks carries the checksums of the blocks it covers whole, and its record is hashed", () => {
@@ -41,7 +41,7 @@ test("a write not made of whole blocks carries the checksums of the blocks it co
 });
 
 test("trims, version 1 writes, and data that is not a volume op", () => {
-  assert.equal(decodeOp(encodeTrim(4096, 8192)), { kind: VolumeOpKind.Trim, offsetBytes: 4096, lengthBytes: 8192 });
+  assert.equal(decodeOp(encodeTrim(4096, 8192)), { kind: VolumeOpKind.Trim, offsetBytes: 4096, lengthBytes: 8192, crcs: undefined });
   // A version 1 write, as an older leader proposed it: data, then u8 op, u8 version, u16 0, u32 length, u64 offset.
   const v1 = Buffer.alloc(4096 + 16, 7);
   v1.writeUInt8(1, 4096);
@@ -50,7 +50,7 @@ test("trims, version 1 writes, and data that is not a volume op", () => {
   v1.writeUInt32LE(4096, 4100);
   v1.writeUInt32LE(4096, 4104);
   v1.writeUInt32LE(0, 4108);
-  assert.equal(decodeOp(v1), { kind: VolumeOpKind.Write, offsetBytes: 4096, lengthBytes: 4096 });
+  assert.equal(decodeOp(v1), { kind: VolumeOpKind.Write, offsetBytes: 4096, lengthBytes: 4096, crcs: undefined });
   assert.is(entryPayloadCrc(v1), undefined);
   // A version 2 trailer whose checksum count does not fit the write is not a volume op.
   const bad = Buffer.from(encodeWrite(0, [random(4096)], 4096));
