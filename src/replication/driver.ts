@@ -670,7 +670,7 @@ export class MultiRaft {
     // A volume write carries its blocks' checksums: its record's checksum folds from them (volume-op.ts).
     const entries = rd.entries.map((e) => {
       const payloadCrc = !g.keepLog && e.type === EntryType.normal ? entryPayloadCrc(e.data) : undefined;
-      return { index: e.index, term: e.term, type: e.type, data: [e.data], ...(payloadCrc !== undefined ? { payloadCrc } : {}) };
+      return { index: e.index, term: e.term, type: e.type, data: [e.data], payloadCrc };
     });
     const appended = this.o.store.appendRaftEntries(g.id, entries, rd.hardState ?? undefined);
     if (meta === undefined) return appended;

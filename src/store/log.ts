@@ -22,8 +22,8 @@ export interface AppendRequest {
   offsetBytes: number;
   lengthBytes: number;
   payload: readonly Uint8Array[];
-  /** CRC32C of the payload when the caller has it already (folded from block checksums); else the log computes it. */
-  payloadCrc?: number;
+  /** CRC32C of the payload when the caller has it already (folded from block checksums); else the log computes it. Always set (undefined or not), so every request has one shape. */
+  payloadCrc: number | undefined;
   /** Called once the record is durable, in log order, with the log address of its payload; or with an error. */
   done(address: number, error?: Error): void;
 }

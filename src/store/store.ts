@@ -479,7 +479,7 @@ export class Store {
           offsetBytes: e.type,
           lengthBytes: length,
           payload: e.data,
-          ...(e.payloadCrc !== undefined ? { payloadCrc: e.payloadCrc } : {}),
+          payloadCrc: e.payloadCrc,
           done: (address, error) => {
             if (error === undefined && !g.dropped) {
               g.raft.append(e.index, { term: e.term, type: e.type, address, lengthBytes: length }, this.unpin);
@@ -500,6 +500,7 @@ export class Store {
           offsetBytes: hs.vote,
           lengthBytes: 0,
           payload: [],
+          payloadCrc: undefined,
           done: (_address, error) => {
             if (error === undefined && !g.dropped) g.raft.hardState = hs;
             report(error);
@@ -732,6 +733,7 @@ export class Store {
         offsetBytes: 0,
         lengthBytes: payload.length,
         payload: [payload],
+        payloadCrc: undefined,
         done: (_address, error) => {
           if (error) return reject(error);
           // The staging group is gone while its group is not: the copy the core took is not what would be installed.
@@ -910,7 +912,7 @@ export class Store {
         offsetBytes,
         lengthBytes,
         payload,
-        ...(payloadCrc !== undefined ? { payloadCrc } : {}),
+        payloadCrc,
         done: (address, error) => {
           if (error) return reject(error);
           if (!g.dropped) this.apply(g, kind, offsetBytes, lengthBytes, source, address, crcs);
