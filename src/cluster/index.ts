@@ -6,3 +6,4 @@ export * from "./catalog.js";
 export * from "./placement.js";
 export * from "./snapshot.js";
 export * from "./rules.js";
+export * from "./control.js";

@@ -51,6 +51,14 @@ import {
   type CatalogCommand,
   type CatalogState,
   type CatalogVolume,
+  admitNode,
+  Durations,
+  healthChange,
+  leaveDecision,
+  metaLearnerToPromote,
+  nextConfChange,
+  replicaReplacements,
+  type GroupView,
 } from "../cluster/index.js";
 import {
   checkClusterConstants,
@@ -68,7 +76,7 @@ import {
 import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
-import { nodeTimers } from "../os/timers.js";
+import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType, type ConfChange } from "../raft/confchange.js";
 import { EntryType, type Entry } from "../raft/types.js";
@@ -165,8 +173,8 @@ export class Daemon implements Controller {
   private readonly unplaceable = new Map<number, number>();
   /** Groups with a configuration change in flight (one at a time per group). */
   private readonly reconciling = new Set<number>();
-  /** Hosted groups the catalog no longer lists this node for, since when (ms). */
-  private readonly excludedSince = new Map<number, number>();
+  /** Hosted groups the catalog no longer lists this node for, and for how long (monotonic). */
+  private readonly excluded = new Durations<number>();
   private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
   private readonly startedAt = process.hrtime.bigint();
   private driver!: MultiRaft;
@@ -415,49 +423,59 @@ export class Daemon implements Controller {
   private promoting = false;
   private promoteLearners(): void {
     if (this.promoting || this.driver.leader(metaGroupId) !== this.nodeId) return;
-    if (this.driver.voters(metaGroupId).length >= metaVotersMax) return;
-    const last = this.driver.status(metaGroupId)?.lastIndex ?? 0;
-    const ready = this.driver.progress(metaGroupId)?.find((p) => this.driver.learners(metaGroupId).includes(p.node) && p.active && p.match >= last);
+    const ready = metaLearnerToPromote(this.groupView(metaGroupId), this.driver.status(metaGroupId)?.lastIndex ?? 0, metaVotersMax);
     if (ready === undefined) return;
     this.promoting = true;
     this.driver
-      .proposeConfChange(metaGroupId, { type: ConfChangeType.addVoter, nodeId: ready.node })
-      .then(() => this.log.info(`node ${ready.node} is now a voter of the catalog's group`))
+      .proposeConfChange(metaGroupId, { type: ConfChangeType.addVoter, nodeId: ready })
+      .then(() => this.log.info(`node ${ready} is now a voter of the catalog's group`))
       .catch(() => {})
       .finally(() => (this.promoting = false));
   }
 
-  /** Since when the meta leader has had no connection to each node. */
-  private readonly unreachableSince = new Map<number, number>();
+  /** A group as this node, its leader, sees it (members, commit, progress). */
+  private groupView(groupId: number): GroupView {
+    return {
+      voters: this.driver.voters(groupId),
+      learners: this.driver.learners(groupId),
+      commit: this.driver.status(groupId)?.commit ?? 0,
+      progress: this.driver.progress(groupId) ?? [],
+    };
+  }
+
+  /** On the meta leader: how long it has had no connection to each node, on its monotonic clock. */
+  private readonly unreachable = new Durations<number>();
+  /** On the meta leader: how long it has seen each node marked down in the catalog, on its monotonic clock. */
+  private readonly markedDown = new Durations<number>();
   private healthProposal = false;
 
   /**
-   * The failure detector: on the meta leader, a node unreachable for
-   * nodeDownAfterMs is marked down in the catalog, and up again when it is
-   * back, so placement never puts new replicas on a dead node.
+   * On the meta leader: the failure detector (healthChange) and, when it has
+   * nothing to change, re-replication (replicaReplacements); one catalog
+   * change at a time.
    */
   private detectFailures(): void {
     if (this.healthProposal || this.driver.leader(metaGroupId) !== this.nodeId) {
-      this.unreachableSince.clear();
+      this.unreachable.clear();
+      this.markedDown.clear();
       return;
     }
-    const now = Date.now();
-    for (const n of this.catalog.nodes.values()) {
-      const connected = n.id === this.nodeId || this.peer?.transport.isConnected(n.id) === true;
-      if (connected) this.unreachableSince.delete(n.id);
-      else if (!this.unreachableSince.has(n.id)) this.unreachableSince.set(n.id, now);
-      const down = !connected && now - (this.unreachableSince.get(n.id) ?? now) >= nodeDownAfterMs;
-      const health = down ? "down" : connected ? "up" : n.health;
-      if (health === n.health) continue;
+    const now = monotonicMs();
+    const nodes = [...this.catalog.nodes.values()];
+    const unreachableMs = this.unreachable.observe(nodes.filter((n) => n.id !== this.nodeId && this.peer?.transport.isConnected(n.id) !== true).map((n) => n.id), now);
+    const downMs = this.markedDown.observe(nodes.filter((n) => n.health === "down").map((n) => n.id), now);
+    const change = healthChange(this.catalog, this.nodeId, unreachableMs, nodeDownAfterMs, Date.now());
+    if (change !== undefined) {
+      const n = this.catalog.nodes.get(change.id)!;
+      this.log.warn(`node ${n.id} (${n.name}) is ${change.health === "down" ? `unreachable for ${nodeDownAfterMs / 1000} s: marking it down` : "reachable again: marking it up"}`);
       this.healthProposal = true;
-      this.log.warn(`node ${n.id} (${n.name}) is ${health === "down" ? `unreachable for ${nodeDownAfterMs / 1000} s: marking it down` : "reachable again: marking it up"}`);
       this.driver
-        .proposeData(metaGroupId, encodeCommand({ kind: "updateNode", id: n.id, health, at: now }))
+        .proposeData(metaGroupId, encodeCommand(change))
         .catch(() => {})
         .finally(() => (this.healthProposal = false));
-      return; // one change at a time
+      return;
     }
-    this.replaceDownReplicas(now);
+    this.replaceDownReplicas(downMs);
   }
 
   /**
@@ -466,28 +484,19 @@ export class Daemon implements Controller {
    * `expect`, one volume at a time); the volume's leader then adds the new
    * node (a snapshot fills it) and removes the dead one, as for ha-update.
    */
-  private replaceDownReplicas(now: number): void {
-    const after = this.options.replaceDownAfterMs ?? replaceDownAfterMsDefault;
-    if (after <= 0) return;
-    for (const v of this.catalog.volumes.values()) {
-      const dead = v.nodes.find((id) => {
-        const n = this.catalog.nodes.get(id);
-        return n !== undefined && n.health === "down" && now - n.updatedAt >= after;
-      });
-      if (dead === undefined) continue;
-      const set = replicaSetFor(this.catalog, v.name, v.nodes.length + 1, [dead]);
-      if ("error" in set) {
-        if (this.unplaceable.get(v.id) !== dead) this.log.warn(`volume ${v.name}: its replica on down node ${dead} cannot be replaced: ${set.error}`);
-        this.unplaceable.set(v.id, dead);
+  private replaceDownReplicas(downMs: ReadonlyMap<number, number>): void {
+    for (const d of replicaReplacements(this.catalog, downMs, this.options.replaceDownAfterMs ?? replaceDownAfterMsDefault)) {
+      if (d.kind === "unplaceable") {
+        if (this.unplaceable.get(d.volume.id) !== d.dead) this.log.warn(`volume ${d.volume.name}: its replica on down node ${d.dead} cannot be replaced: ${d.error}`);
+        this.unplaceable.set(d.volume.id, d.dead);
         continue;
       }
-      const nodes = set.nodes.filter((id) => id !== dead);
+      const v = d.volume;
       this.healthProposal = true;
-      this.log.warn(`volume ${v.name}: node ${dead} has been down for ${Math.round((now - this.catalog.nodes.get(dead)!.updatedAt) / 1000)} s; moving its replica to node ${nodes[nodes.length - 1]}`);
-      this.metaCommand({ kind: "setReplicas", name: v.name, nodes, expect: [...v.nodes] })
+      this.log.warn(`volume ${v.name}: node ${d.dead} has been down for ${Math.round((downMs.get(d.dead) ?? 0) / 1000)} s; moving its replica to node ${d.command.nodes[d.command.nodes.length - 1]}`);
+      this.metaCommand(d.command)
         .then((r) => r.ok || this.log.info(`volume ${v.name}: replica move not applied: ${r.error}`), () => {})
         .finally(() => (this.healthProposal = false));
-      return; // one change at a time
     }
   }
 
@@ -575,16 +584,17 @@ export class Daemon implements Controller {
    * after a grace period, drops its replica.
    */
   private reconcileReplicas(): void {
-    const now = Date.now();
+    const now = monotonicMs();
+    const excluded = this.excluded.observe([...this.catalog.volumes.values()].filter((v) => this.driver.hasGroup(v.id) && !v.nodes.includes(this.nodeId)).map((v) => v.id), now);
     for (const v of this.catalog.volumes.values()) {
       if (!this.driver.hasGroup(v.id)) continue;
-      if (!v.nodes.includes(this.nodeId)) {
-        this.leaveGroup(v, now);
+      const excludedMs = excluded.get(v.id);
+      if (excludedMs !== undefined) {
+        this.leaveGroup(v, excludedMs);
         continue;
       }
-      this.excludedSince.delete(v.id);
       if (this.driver.leader(v.id) !== this.nodeId || this.reconciling.has(v.id)) continue;
-      const change = this.nextConfChange(v);
+      const change = nextConfChange(this.nodeId, v.nodes, this.groupView(v.id), learnerCaughtUpEntries);
       if (change === undefined) continue;
       this.reconciling.add(v.id);
       if (change.type === ConfChangeType.addLearner && this.io.soleReplica(v.id)) {
@@ -602,34 +612,11 @@ export class Daemon implements Controller {
     }
   }
 
-  private nextConfChange(v: CatalogVolume): ConfChange | undefined {
-    const voters = this.driver.voters(v.id);
-    const learners = this.driver.learners(v.id);
-    const commit = this.driver.status(v.id)?.commit ?? 0;
-    const progress = this.driver.progress(v.id) ?? [];
-    const ready = learners.find((l) => {
-      const p = progress.find((x) => x.node === l);
-      return v.nodes.includes(l) && p !== undefined && p.active && p.match + learnerCaughtUpEntries >= commit;
-    });
-    if (ready !== undefined) return { type: ConfChangeType.addVoter, nodeId: ready };
-    const missing = v.nodes.find((n) => !voters.includes(n) && !learners.includes(n));
-    if (missing !== undefined) return { type: ConfChangeType.addLearner, nodeId: missing };
-    const extra = [...voters, ...learners].find((n) => !v.nodes.includes(n) && n !== this.nodeId);
-    if (extra !== undefined) return { type: ConfChangeType.removeNode, nodeId: extra };
-    return undefined;
-  }
-
   /** This node is no longer one of the volume's replicas: hand leadership to a listed voter, then drop the replica after the grace period. */
-  private leaveGroup(v: CatalogVolume, now: number): void {
-    const since = this.excludedSince.get(v.id) ?? now;
-    this.excludedSince.set(v.id, since);
-    if (this.driver.leader(v.id) === this.nodeId) {
-      const to = this.driver.voters(v.id).find((n) => n !== this.nodeId && v.nodes.includes(n));
-      if (to !== undefined) this.driver.transferLeadership(v.id, to);
-      return;
-    }
-    if (now - since < replicaDropGraceMs) return;
-    this.excludedSince.delete(v.id);
+  private leaveGroup(v: CatalogVolume, excludedMs: number): void {
+    const d = leaveDecision(this.nodeId, v.nodes, this.driver.leader(v.id), this.driver.voters(v.id), excludedMs, replicaDropGraceMs);
+    if (d.kind === "transfer") this.driver.transferLeadership(v.id, d.to);
+    if (d.kind !== "drop") return;
     this.log.info(`volume ${v.name} (group ${v.id}): this node is no longer one of its replicas (now on nodes ${v.nodes.join(", ")}); dropping the replica here`);
     this.unhostGroup(v.id);
   }
@@ -875,18 +862,15 @@ export class Daemon implements Controller {
       this.log.warn(`join refused for ${who}: wrong cluster secret`);
       throw new ApiError(403, "forbidden", "the join request does not prove the cluster secret; start the node with the cluster's --cluster-secret");
     }
-    const valid = validateCommand({ kind: "addNode", ...fields, at: 0 });
-    if (!valid.ok) {
-      this.log.warn(`join refused for ${who}: ${valid.error}`);
-      throw new ApiError(400, "invalid", `the join request is not one the catalog accepts: ${valid.error}; fix the joining node's --name, --zone or --listen`);
+    const admit = admitNode(fields, Date.now());
+    if ("error" in admit) {
+      this.log.warn(`join refused for ${who}: ${admit.error}`);
+      throw new ApiError(400, "invalid", `the join request is not one the catalog accepts: ${admit.error}; fix the joining node's --name, --zone or --listen`);
     }
     const leaderApi = await this.metaLeaderApi();
     if (leaderApi) return leaderApi.join(request);
-    const added = await this.metaCommand({ kind: "addNode", ...fields, at: Date.now() });
+    const added = await this.metaCommand(admit.command);
     if (!added.ok) throw catalogError(added);
-    // A learner first: as a voter before it runs, it would be needed for the
-    // quorum that commits its own admission. promoteLearners() makes it a voter
-    // once it has caught up.
     const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
     if (!members.includes(request.id)) await this.driver.proposeConfChange(metaGroupId, { type: ConfChangeType.addLearner, nodeId: request.id });
     this.log.info(`${who} joined`);

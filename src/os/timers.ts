@@ -17,3 +17,8 @@ export const nodeTimers: Timers = {
     setImmediate(fn);
   },
 };
+
+/** Milliseconds on this process's monotonic clock: for durations on one node, never for comparing with another node's times. */
+export function monotonicMs(): number {
+  return performance.now();
+}

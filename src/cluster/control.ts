@@ -1,0 +1,183 @@
+// The cluster's control loops as pure decisions: failure detection,
+// re-replication, replica reconcile, promotion of the catalog's learners and
+// admission of a joining node. Each takes the catalog, what the deciding
+// node observes (connections, its groups' members and progress) and how long
+// it has observed something, and returns at most one command or change; the
+// daemon runs them on a timer and carries the decision out. One change at a
+// time, everywhere: the next decision sees the catalog after the last one.
+//
+// Durations are measured on the deciding node's own monotonic clock
+// (`Durations`), never as one node's wall clock minus a time another node
+// wrote: a clock that jumps, or two nodes whose clocks disagree, cannot move
+// a replica early. A node that becomes the catalog's leader starts its
+// durations from zero, so a leader change delays a decision, never hastens it.
+
+import { assert } from "../base/assert.js";
+import { ConfChangeType, type ConfChange } from "../raft/index.js";
+import { replicaSetFor, type CatalogState, type CatalogVolume } from "./catalog.js";
+import { validateCommand, type CatalogCommand } from "./commands.js";
+
+type NodeId = number;
+
+/**
+ * How long each key has been in some condition, on one node's monotonic
+ * clock: `observe` with the keys in the condition now; a key that leaves it
+ * starts from zero when it enters again.
+ */
+export class Durations<K> {
+  private readonly since = new Map<K, number>();
+
+  /** Records which keys are in the condition at monotonic time `nowMs`; returns how long each has been. */
+  observe(inCondition: Iterable<K>, nowMs: number): Map<K, number> {
+    const now = new Set(inCondition);
+    for (const k of this.since.keys()) if (!now.has(k)) this.since.delete(k);
+    const out = new Map<K, number>();
+    for (const k of now) {
+      const s = this.since.get(k) ?? nowMs;
+      this.since.set(k, s);
+      assert(nowMs >= s, "a monotonic clock does not go back");
+      out.set(k, nowMs - s);
+    }
+    return out;
+  }
+
+  clear(): void {
+    this.since.clear();
+  }
+}
+
+/**
+ * Failure detection, on the catalog's leader: a node it has had no peer
+ * connection to for `downAfterMs` is marked down (placement then avoids it),
+ * a marked-down node it reaches again is marked up. `unreachableMs`: each
+ * node the leader cannot reach and for how long; absent means reachable.
+ * `atMs` is only recorded (the catalog shows when a node last changed).
+ */
+export function healthChange(
+  catalog: CatalogState,
+  self: NodeId,
+  unreachableMs: ReadonlyMap<NodeId, number>,
+  downAfterMs: number,
+  atMs: number,
+): Extract<CatalogCommand, { kind: "updateNode" }> | undefined {
+  for (const n of catalog.nodes.values()) {
+    const forMs = n.id === self ? undefined : unreachableMs.get(n.id);
+    const health = forMs === undefined ? "up" : forMs >= downAfterMs ? "down" : n.health;
+    if (health !== n.health) return { kind: "updateNode", id: n.id, health, at: atMs };
+  }
+  return undefined;
+}
+
+export type ReplacementDecision =
+  | { kind: "move"; volume: CatalogVolume; dead: NodeId; command: Extract<CatalogCommand, { kind: "setReplicas" }> }
+  | { kind: "unplaceable"; volume: CatalogVolume; dead: NodeId; error: string };
+
+/**
+ * Re-replication, on the catalog's leader: a volume's replica on a node that
+ * has been marked down for `replaceAfterMs` (`downMs`: each node the catalog
+ * says is down, and how long this leader has seen it so) moves to another
+ * node chosen by placement, guarded by `expect` so that it applies only to
+ * the replica set it was decided on. The first volume that needs it, in
+ * catalog order; a volume whose replica has nowhere to go is reported and
+ * the next one is tried.
+ */
+export function replicaReplacements(
+  catalog: CatalogState,
+  downMs: ReadonlyMap<NodeId, number>,
+  replaceAfterMs: number,
+): ReplacementDecision[] {
+  const out: ReplacementDecision[] = [];
+  if (replaceAfterMs <= 0) return out;
+  for (const v of catalog.volumes.values()) {
+    const dead = v.nodes.find((id) => (downMs.get(id) ?? -1) >= replaceAfterMs && catalog.nodes.get(id)?.health === "down");
+    if (dead === undefined) continue;
+    const set = replicaSetFor(catalog, v.name, v.nodes.length + 1, [dead]);
+    if ("error" in set) {
+      out.push({ kind: "unplaceable", volume: v, dead, error: set.error });
+      continue;
+    }
+    const nodes = set.nodes.filter((id) => id !== dead);
+    out.push({ kind: "move", volume: v, dead, command: { kind: "setReplicas", name: v.name, nodes, expect: [...v.nodes] } });
+    return out;
+  }
+  return out;
+}
+
+/** A member's replication progress as its group's leader sees it. */
+export interface MemberProgress {
+  node: NodeId;
+  match: number;
+  active: boolean;
+}
+
+/** A group as its leader sees it: members, commit index and each member's progress. */
+export interface GroupView {
+  voters: readonly NodeId[];
+  learners: readonly NodeId[];
+  commit: number;
+  progress: readonly MemberProgress[];
+}
+
+/**
+ * Replica reconcile, on the leader of a volume's group: the next change that
+ * brings the group's members to the catalog's replica set `wanted`. A
+ * learner the catalog lists whose log is within `caughtUpEntries` of the
+ * commit index becomes a voter; then a listed node that is not a member
+ * joins as a learner (a snapshot fills it); then a member the catalog no
+ * longer lists is removed (never the leader itself: it hands leadership on
+ * first, `leaveDecision`).
+ */
+export function nextConfChange(self: NodeId, wanted: readonly NodeId[], g: GroupView, caughtUpEntries: number): ConfChange | undefined {
+  const ready = g.learners.find((l) => {
+    const p = g.progress.find((x) => x.node === l);
+    return wanted.includes(l) && p !== undefined && p.active && p.match + caughtUpEntries >= g.commit;
+  });
+  if (ready !== undefined) return { type: ConfChangeType.addVoter, nodeId: ready };
+  const missing = wanted.find((n) => !g.voters.includes(n) && !g.learners.includes(n));
+  if (missing !== undefined) return { type: ConfChangeType.addLearner, nodeId: missing };
+  const extra = [...g.voters, ...g.learners].find((n) => !wanted.includes(n) && n !== self);
+  if (extra !== undefined) return { type: ConfChangeType.removeNode, nodeId: extra };
+  return undefined;
+}
+
+export type LeaveDecision = { kind: "transfer"; to: NodeId } | { kind: "drop" } | { kind: "wait" };
+
+/**
+ * A node the catalog no longer lists for a volume it hosts: while it leads
+ * the group it hands leadership to a listed voter (whose reconcile then
+ * removes it); once it has been excluded for `graceMs` without leading, it
+ * drops its replica.
+ */
+export function leaveDecision(self: NodeId, wanted: readonly NodeId[], leader: NodeId, voters: readonly NodeId[], excludedMs: number, graceMs: number): LeaveDecision {
+  if (leader === self) {
+    const to = voters.find((n) => n !== self && wanted.includes(n));
+    return to === undefined ? { kind: "wait" } : { kind: "transfer", to };
+  }
+  return excludedMs >= graceMs ? { kind: "drop" } : { kind: "wait" };
+}
+
+/**
+ * On the catalog's leader: a learner of the meta group whose log holds every
+ * entry (`lastIndex`) and which is connected becomes a voter, while the group
+ * has fewer than `votersMax` voters.
+ */
+export function metaLearnerToPromote(g: GroupView, lastIndex: number, votersMax: number): NodeId | undefined {
+  if (g.voters.length >= votersMax) return undefined;
+  return g.progress.find((p) => g.learners.includes(p.node) && p.active && p.match >= lastIndex)?.node;
+}
+
+export type JoinFields = Omit<Extract<CatalogCommand, { kind: "addNode" }>, "kind" | "at">;
+
+/**
+ * Admission of a node that proved the cluster secret: the catalog command
+ * that records it, or the catalog's sentence for why the request is invalid
+ * (refused before anything is proposed). Once it applied, the node joins the
+ * meta group as a learner (as a voter before it runs, it would be needed for
+ * the quorum that commits its own admission); `metaLearnerToPromote` makes
+ * it a voter once it has caught up.
+ */
+export function admitNode(fields: JoinFields, atMs: number): { error: string } | { command: Extract<CatalogCommand, { kind: "addNode" }> } {
+  const command = { kind: "addNode" as const, ...fields, at: atMs };
+  const valid = validateCommand(command);
+  return valid.ok ? { command } : { error: valid.error };
+}
