@@ -7,7 +7,10 @@
 // only once commit s - window is durable (window = commitsInFlightMax, stored
 // in each header), so a valid record of commit >= damaged + window proves the
 // damaged one had been durable. Otherwise the tail is torn: the log ends
-// there and the torn bytes are zeroed.
+// there and the torn bytes are zeroed. A commit is acknowledged as a whole,
+// so it is replayed only once its last record is found: a tail torn inside a
+// commit of several records drops every record of it, and the log resumes
+// where that commit began.
 //
 // Corruption with the record's header intact (a version 2 header matches its
 // own checksum; only the payload does not) says which group, kind and Raft
@@ -76,6 +79,11 @@ export function scanLog(segments: ReadonlyMap<number, DiskFile>, start: LogPosit
   let seq = start.commitSeq;
   let batchComplete = true;
   let replayed = 0;
+  // A commit's records are replayed only once its last record is found whole:
+  // a commit is acknowledged as a whole, so a tail torn inside one drops all
+  // of it, and the log goes on from where that commit began (with the commit
+  // sequence before it, which the next recovery expects there).
+  const batch = new CommitBatch();
   for (let k = 0; k < ids.length; k++) {
     const id = ids[k]!;
     if (id !== start.segmentId + k) throw new CorruptionError(start.segmentId + k, 0, "segment file is missing from the log");
@@ -87,26 +95,85 @@ export function scanLog(segments: ReadonlyMap<number, DiskFile>, start: LogPosit
       const expectedSeq = batchComplete ? seq + 1 : seq;
       if (h === undefined || h.commitSeq !== expectedSeq) {
         const bad = tornOrCorrupt(reader, segments, ids.slice(k), position, expectedSeq, seq, replayed);
-        if (!("header" in bad)) return bad;
+        if (!("header" in bad)) {
+          if (batch.isEmpty()) return bad;
+          // Torn inside a commit: none of it was acknowledged.
+          const from = batch.startPosition;
+          return {
+            end: { segmentId: id, position: from, commitSeq: batch.seqBefore },
+            torn: { segmentId: id, position: from, endPosition: Math.max(bad.torn?.endPosition ?? position, position) },
+            recordsReplayed: replayed,
+          };
+        }
         // Acknowledged, its payload damaged, its header intact: report it and go on after it.
-        damaged(bad.header, id * segmentBytes + position + bad.header.headerBytes);
+        if (batchComplete) batch.begin(position, seq);
+        batch.addDamaged(bad.header, id * segmentBytes + position + bad.header.headerBytes);
         seq = bad.header.commitSeq;
         batchComplete = bad.header.batchPos === bad.header.batchCount - 1;
+        if (batchComplete) replayed += batch.flush(replay, damaged);
         position += recordBytes(bad.header);
         continue;
       }
+      if (batchComplete) batch.begin(position, seq);
       seq = h.commitSeq;
       batchComplete = h.batchPos === h.batchCount - 1;
       const size = recordBytes(h);
-      if (h.kind === RecordKind.Seal) break;
-      replay(h, id * segmentBytes + position + h.headerBytes, record!.payload);
-      replayed++;
+      if (h.kind === RecordKind.Seal) {
+        replayed += batch.flush(replay, damaged);
+        break;
+      }
+      batch.add(h, id * segmentBytes + position + h.headerBytes, record!.payload, batchComplete);
+      if (batchComplete) replayed += batch.flush(replay, damaged);
       position += size;
     }
   }
   // The last segment ended with a Seal: the log continues in a segment not yet created.
   const last = ids.length > 0 ? ids[ids.length - 1]! : start.segmentId - 1;
   return { end: { segmentId: last + 1, position: 0, commitSeq: seq }, recordsReplayed: replayed };
+}
+
+/**
+ * The records of the commit being read, held until its last record is found.
+ * A commit of one record (most of them) is replayed from the reader's buffer
+ * without a copy; the records of a larger one are copied, since the reader's
+ * payload view is reused.
+ */
+class CommitBatch {
+  private items: { header: RecordHeader; address: number; payload: Buffer | undefined }[] = [];
+  startPosition = 0;
+  seqBefore = 0;
+
+  isEmpty(): boolean {
+    return this.items.length === 0;
+  }
+
+  begin(position: number, seqBefore: number): void {
+    this.items = [];
+    this.startPosition = position;
+    this.seqBefore = seqBefore;
+  }
+
+  add(header: RecordHeader, address: number, payload: Buffer, last: boolean): void {
+    this.items.push({ header, address, payload: last && this.items.length === 0 ? payload : Buffer.from(payload) });
+  }
+
+  addDamaged(header: RecordHeader, address: number): void {
+    this.items.push({ header, address, payload: undefined });
+  }
+
+  /** Replays the commit's records in log order; returns how many were valid. */
+  flush(replay: ReplayRecord, damaged: ReplayDamaged): number {
+    let n = 0;
+    for (const r of this.items) {
+      if (r.payload === undefined) damaged(r.header, r.address);
+      else {
+        replay(r.header, r.address, r.payload);
+        n++;
+      }
+    }
+    this.items = [];
+    return n;
+  }
 }
 
 function tornOrCorrupt(

@@ -207,6 +207,37 @@ test("recovery truncates a torn tail and keeps every earlier commit", async () =
   t.remove();
 });
 
+test("a tail torn inside a commit of several records drops the whole commit, and the log goes on where it began", async () => {
+  const t = tempDir("store");
+  const model = new Model(group.sizeBytes);
+  let store = await open(t.dir);
+  const first = Buffer.alloc(4096, 1);
+  model.write(0, first);
+  await store.write(group.groupId, 0, [first], 4096);
+  // Three writes in one turn share one commit: records 1-3 of the segment.
+  await Promise.all([0x21, 0x22, 0x23].map((b, i) => store.write(group.groupId, (i + 1) * 4096, [Buffer.alloc(4096, b)], 4096)));
+  await store.closeWithoutCheckpoint();
+  // The crash tore the commit after its first record: that record is whole, the other two are not.
+  const seg = join(t.dir, segmentName(1));
+  const positions = recordPositions(seg);
+  assert.is(positions.length, 4);
+  flipByte(seg, positions[2]! + recordHeaderBytes + 100);
+  flipByte(seg, positions[3]! + recordHeaderBytes + 100);
+  store = await open(t.dir);
+  assertMatches(store, model); // none of the torn commit: not even its whole first record
+  // The next commits start where the torn one did; a later crash must find them in sequence.
+  for (let i = 0; i < commitsInFlightMax + 2; i++) {
+    const data = Buffer.alloc(4096, 0x40 + i);
+    model.write((8 + i) * 4096, data);
+    await store.write(group.groupId, (8 + i) * 4096, [data], 4096);
+  }
+  await store.closeWithoutCheckpoint();
+  store = await open(t.dir);
+  assertMatches(store, model);
+  await store.close();
+  t.remove();
+});
+
 /** Ten writes of one block each, one commit each, then a crash: the segment and where each record starts. */
 async function tenCommitsThenCrash(dir: string): Promise<{ seg: string; positions: number[] }> {
   const store = await open(dir);
