@@ -1,5 +1,5 @@
 // Raft core benchmark: 3 in-process cores per group over an in-memory
-// network and MemoryStorage, driven the way the multi-raft driver will drive
+// network and MemoryStorage, driven the way the multi-raft driver drives
 // them (every group's Ready collected, "persisted", messages delivered,
 // committed entries applied, advance). Reports proposals committed per second
 // and CPU per proposal with batching, for 1 and 1000 groups, and the cost of

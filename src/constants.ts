@@ -36,8 +36,9 @@ export const gcLiveRatioMax = 0.5;
  * GC moves live data only while the sealed segments take more than this many
  * times the live data; a segment with no live data left is freed whenever a
  * checkpoint allows. Under a steady overwrite, a half-dead segment is soon a
- * dead one: moving its live half early was work thrown away (the 1 MiB
- * sequential write bench moved 0.96 GB for 6.2 GB written).
+ * dead one: moving its live half early is work thrown away (with the live
+ * ratio alone as the rule, the 1 MiB sequential write bench moves 0.96 GB
+ * for 6.2 GB written).
  */
 export const gcSpaceAmpMax = 1.5;
 /**
@@ -163,10 +164,9 @@ export const defaultPeerPort = 9002;
 /**
  * Read buffers from this size up to readPoolBufferBytesMax are recycled;
  * smaller ones come from Node's own pool, which takes only requests under
- * 4 KiB. Recycling 4 KiB ones too (a fresh ArrayBuffer per 4 KiB read was 4%
- * of a daemon's CPU under 4k random reads) paid for most of what checking
- * each read's checksum costs: 8.3-9.0 µs of daemon CPU per read before
- * checksums, 8.7-9.3 with both (docs/bench.md, "Block checksums").
+ * 4 KiB. 4 KiB ones are recycled too: a fresh ArrayBuffer per 4 KiB read
+ * costs a daemon under 4k random reads about as much CPU as checking each
+ * read's checksum (docs/bench.md, "Block checksums").
  */
 export const readPoolBufferBytesMin = 4 * 1024;
 export const readPoolBufferBytesMax = 32 * 1024 * 1024;

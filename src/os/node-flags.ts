@@ -4,12 +4,12 @@
 //
 // --initial-old-space-size=64: V8 starts a daemon with a small old generation,
 // and the Buffers of the write path (external memory, counted against the
-// same limit) then set off a full mark-compact GC about twelve times a second
-// on a repl-3 leader under 4k writes; every one also drops the optimized code
-// of short-lived closures, which are compiled again. With 64 MiB the leader
-// ran 19 instead of 80 in the same 8 s, and the repl-3 4k QD32 write rate went
-// from 5.8k to 7.7-8.2k IOPS, for about 40 MB more resident memory per daemon
-// (32 MiB changed nothing; docs/bench.md). The flag is refused in NODE_OPTIONS.
+// same limit) then set off a full mark-compact GC about ten times a second on
+// a repl-3 leader under 4k writes; every one also drops the optimized code of
+// short-lived closures, which are compiled again. With 64 MiB a leader runs
+// about a quarter as many, for some more resident memory per daemon; 32 MiB
+// is not enough (docs/bench.md, "Tails: checkpoints and GC"). The flag is
+// refused in NODE_OPTIONS.
 
 export const daemonNodeFlags: readonly string[] = ["--initial-old-space-size=64"];
 

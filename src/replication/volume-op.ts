@@ -1,7 +1,7 @@
 // A volume operation as the data of a Raft entry. The block data comes first
 // and the trailer after it, so a committed write's data sits at offset 0 of
 // the entry's payload in the segment log and the block map can point straight
-// at it (docs/replication-plan.md, "the log is the data").
+// at it (docs/formats/volume-op.md: the log is the data).
 //
 // A write (version 2) carries, between its data and the trailer, the CRC32C
 // of each 4 KiB block of the volume it covers whole (u32 each,

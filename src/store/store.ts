@@ -447,7 +447,7 @@ export class Store {
     return out;
   }
 
-  // ---- Raft log of replicated groups (docs/replication-plan.md) ----
+  // ---- Raft log of replicated groups (docs/architecture.md, "The write path of a replicated volume") ----
 
   /**
    * Persists Raft entries and, after them, the hard state; resolves when all

@@ -1,8 +1,9 @@
 // Issue 13, item 1: the catalog never crashes a node. Invalid commands are
 // committed to the meta group's log of a real three-node cluster past the
 // API's checks (the fault-injection hook `pxd daemon --unsafe-debug-api`),
-// among them the volume of 1 byte that used to stop every node holding a
-// replica, for good. Every node applies each one as the same refusal, keeps
+// among them a volume of 1 byte, which no store can hold: applied unchecked,
+// it would stop every node holding a replica, at every restart too (the log
+// replays it). Every node applies each one as the same refusal, keeps
 // serving, shows the refusals in its status, and after all three restart
 // (replaying the log from its first entry) comes back and serves the data
 // written before.

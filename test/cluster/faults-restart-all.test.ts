@@ -1,9 +1,10 @@
 // SIGKILL of all three nodes right after an NBD FLUSH with the checker's load
 // running, then all three started at once. Everything acknowledged (so
-// everything before the FLUSH) must read back. Five rounds: it once showed a
-// bug about 1 run in 3 (a restarted node knew only the peers it learned when
-// it joined and refused the third node's handshake forever); the peer set
-// now shrinks only when a node is removed (Daemon.refreshPeers).
+// everything before the FLUSH) must read back. Five rounds, because the start
+// order varies: a restarted node must accept every node the catalog lists,
+// not only the peers it knew when it joined, or it refuses a node's
+// handshake forever in some orders (the peer set shrinks only when a node is
+// removed, Daemon.refreshPeers).
 
 import { test } from "uvu";
 import type { Cluster } from "../helpers/cluster.js";

@@ -299,8 +299,8 @@ test("snapshot status: a failed snapshot sends the follower back to probe; it ge
 });
 
 test("a follower that installed a snapshot is replicated to at once, without waiting for a heartbeat", () => {
-  // Found by the snapshot_catchup transcript: the leader left it in probe, paused, after the probe that
-  // follows the snapshot was answered at its match, so a new proposal did not reach it until the next heartbeat.
+  // The snapshot_catchup transcript shows the step: the probe that follows the snapshot is answered at its
+  // match, and the leader must move the follower to replicate then, or a new proposal waits for the next heartbeat.
   const c = new Cluster([1, 2, 3]);
   c.campaign(1);
   c.isolate(3);
@@ -318,8 +318,8 @@ test("a follower that installed a snapshot is replicated to at once, without wai
 });
 
 test("a leader that removes itself sends the commit as leader and no append after it stepped down", () => {
-  // Found by the remove_node transcript: the commit broadcast went out after the step-down, an append
-  // from a follower (its receiver would take it for the leader). send() now asserts only leaders append.
+  // The remove_node transcript shows the step: the commit broadcast must go out before the step-down, since
+  // an append from a follower would be taken for the leader's by its receiver. send() asserts only leaders append.
   const c = new Cluster([1, 2, 3]);
   c.campaign(1);
   const r = c.node(1).proposeConfChange({ type: ConfChangeType.removeNode, nodeId: 1 });
