@@ -80,11 +80,11 @@ import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType, type ConfChange } from "../raft/confchange.js";
 import { EntryType, type Entry } from "../raft/types.js";
-import { MultiRaft, NotLeaderError, ProposalDroppedError, type CompactEnvelope, type RaftEnvelope } from "../replication/driver.js";
-import { Repairer, type RepairDataEnvelope, type RepairGetEnvelope } from "../replication/repair.js";
+import { MultiRaft, NotLeaderError, ProposalDroppedError } from "../replication/driver.js";
+import { Repairer } from "../replication/repair.js";
 import { Scrubber, type ScrubReport } from "../replication/scrub.js";
-import type { SnapAckEnvelope, SnapChunkEnvelope } from "../replication/snapshot.js";
-import { VolumeIo, type ForwardReply, type ForwardRequest } from "../replication/volume-io.js";
+import { VolumeIo } from "../replication/volume-io.js";
+import { dispatchPeerMessage } from "../replication/dispatch.js";
 import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
 import { healthReasons, type HealthFacts } from "./health.js";
@@ -285,19 +285,12 @@ export class Daemon implements Controller {
       send: (to, m) => transport.send(to, m),
       after: (ms, fn) => nodeTimers.setTimeout(fn, ms),
       now: () => performance.now(),
+      random: { int: (n) => prng.int(n) },
       deadlineMs: forwardDeadlineMs,
       replicasOf: (group) => this.volumeById(group)?.nodes ?? [],
     });
-    transport.onMessage((from, m) => {
-      const kind = (m as { kind?: unknown }).kind;
-      if (kind === "raft") this.driver.receive(from, m as RaftEnvelope);
-      else if (kind === "compact") this.driver.receiveCompact(from, m as CompactEnvelope);
-      else if (kind === "snap-chunk") this.driver.receiveSnapChunk(from, m as SnapChunkEnvelope);
-      else if (kind === "snap-ack") this.driver.receiveSnapAck(from, m as SnapAckEnvelope);
-      else if (kind === "beats") this.driver.receiveBeats(from, m);
-      else if (kind === "fwd" || kind === "fwd-re") this.io.receive(from, m as ForwardRequest | ForwardReply);
-      else if (kind === "repair-get" || kind === "repair-data") this.repairer.receive(from, m as RepairGetEnvelope | RepairDataEnvelope);
-    });
+    const parts = { driver: this.driver, io: this.io, repairer: this.repairer };
+    transport.onMessage((from, m) => dispatchPeerMessage(parts, from, m));
     this.driver.addGroup(metaGroupId, state.metaVoters, { replayAll: true });
     for (const g of state.hosted.values()) this.driver.addGroup(g.id, g.voters);
     this.timers.push(setInterval(() => this.driver.tick(), tickMs));

@@ -47,6 +47,8 @@ export interface VolumeIoOptions {
   after(ms: number, fn: () => void): () => void;
   /** Monotonic milliseconds, for deadlines. */
   now(): number;
+  /** Uniform integers in [0, n): where this process's request ids start. */
+  random: { int(n: number): number };
   /** The nodes holding a group's replicas (from the catalog), for groups this node does not host. */
   replicasOf(group: number): NodeId[];
   /** How long a request may wait for a leader before it fails. */
@@ -71,12 +73,21 @@ const retryDelayMs = 50;
  */
 const forwardAttemptMs = 2000;
 
+/**
+ * Forwarded request ids start at a random multiple of this in every process,
+ * so a reply that was meant for a request of an earlier run of this node (it
+ * was in flight when the node restarted) never matches a request of this one.
+ */
+const requestIdSpan = 2 ** 21;
+
 export class VolumeIo {
-  private nextId = 1;
-  private readonly waiting = new Map<number, { resolve(r: ForwardReply): void }>();
+  private nextId: number;
+  private readonly waiting = new Map<number, { from: NodeId; resolve(r: ForwardReply): void }>();
   private readonly rmwTails = new Map<number, Promise<void>>();
 
-  constructor(private readonly o: VolumeIoOptions) {}
+  constructor(private readonly o: VolumeIoOptions) {
+    this.nextId = o.random.int(2 ** 31) * requestIdSpan + 1;
+  }
 
   /**
    * A group whose only replica is on this node needs no consensus: its I/O
@@ -132,8 +143,11 @@ export class VolumeIo {
   /** A forwarded request or reply from a peer. */
   receive(from: NodeId, m: ForwardRequest | ForwardReply): void {
     if (m.kind === "fwd-re") {
-      this.waiting.get(m.id)?.resolve(m);
+      // Only the node the request went to answers it; anything else is stale or stray.
+      const w = this.waiting.get(m.id);
+      if (w === undefined || w.from !== from) return;
       this.waiting.delete(m.id);
+      w.resolve(m);
       return;
     }
     void this.serveLocal(m.group, m.op, m.offsetBytes, m.lengthBytes, m.data).then((r) => this.o.send(from, { ...r, id: m.id }));
@@ -189,6 +203,7 @@ export class VolumeIo {
         resolve(undefined);
       });
       this.waiting.set(id, {
+        from: to,
         resolve: (r) => {
           cancel();
           resolve(r);

@@ -61,6 +61,7 @@ async function startReplica(r: Replica, all: Replica[]): Promise<void> {
     send: (to, m) => peer.transport.send(to, m),
     after,
     now: () => performance.now(),
+      random: { int: (n) => Math.floor(Math.random() * n) },
     deadlineMs: 5000,
     replicasOf: () => all.map((x) => x.id),
   });

@@ -1,0 +1,507 @@
+// Seeded simulation of whole replica nodes: on each, the real store (over the
+// simulated disk of test/sim/disk.ts), the Raft driver with its snapshots and
+// delta catch-up, volume I/O with forwarding to the leader, and block repair,
+// wired as the daemon wires them (dispatchPeerMessage) but in one process,
+// over a simulated network, on one simulated clock. One seed drives the
+// workload, every fault and the order of every event, so a failure replays.
+//
+// Faults: a node crashes (its disk loses what was not synced and tears the
+// last writes; its timers and in-flight work vanish) and restarts later;
+// partitions between two nodes, both ways or one way; messages lost,
+// duplicated, reordered and delayed (each goes through msgpackr, so only
+// plain data crosses); a slow disk; a disk that fails writes with EIO; bits
+// flipped in one replica's log; a node's monotonic clock jumping ahead. A
+// store error that reaches the top of a node's event loop ends that process
+// (fail-stop), which restarts later from its disk.
+//
+// Checker, per 512-byte sector of the volume (every sector names the write
+// that put it there):
+//   - a read returns a write issued before the read ended, and never one
+//     that a write acknowledged before the read began had wholly followed
+//     (no stale reads; unacknowledged writes count as concurrent forever);
+//   - no acknowledged write is lost: after the faults heal, what every
+//     sector holds is not wholly followed by an acknowledged write;
+//   - the replicas converge: once healed and quiet, every node's copy of the
+//     volume is the same, byte for byte.
+// Not here yet: the catalog, its control loops and membership changes (the
+// daemon runs those), ENOSPC and a checkpoint's Raft pins under GC.
+
+import { Packr } from "msgpackr";
+import { AssertionError } from "../../src/base/assert.js";
+import { Prng } from "../../src/base/prng.js";
+import { dispatchPeerMessage } from "../../src/replication/dispatch.js";
+import { MultiRaft } from "../../src/replication/driver.js";
+import { StateRole } from "../../src/raft/types.js";
+import { Repairer } from "../../src/replication/repair.js";
+import { VolumeIo } from "../../src/replication/volume-io.js";
+import { decodeOp, VolumeOpKind } from "../../src/replication/volume-op.js";
+import { StoreError } from "../../src/store/errors.js";
+import { Store } from "../../src/store/store.js";
+import { healthyDisk, SimClock, SimDisk } from "./disk.js";
+
+const sectorBytes = 512;
+const KiB = 1024;
+const groupId = 1;
+const volumeBytes = 512 * KiB;
+const tickMs = 100;
+const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+export interface ClusterSimOptions {
+  seed: number;
+  nodes?: number;
+  ops?: number;
+  log?: (line: string) => void;
+  /** Bits flipped in one replica's log (default true). */
+  flips?: boolean;
+  /** With log: at every crash and boot, say where this write is (which Raft entry holds it on each node, and whether the node's volume shows it). */
+  traceWrite?: number;
+}
+
+export interface ClusterSimResult {
+  seed: number;
+  writes: number;
+  acked: number;
+  reads: number;
+  readsChecked: number;
+  crashes: number;
+  partitions: number;
+  flips: number;
+  messages: number;
+  dropped: number;
+  /** Processes ended by a store error at the top of their event loop (then restarted). */
+  failStops: number;
+  simMs: number;
+}
+
+export class ClusterSimFailure extends Error {
+  constructor(
+    readonly seed: number,
+    message: string,
+  ) {
+    super(`cluster sim seed ${seed}: ${message}`);
+    this.name = "ClusterSimFailure";
+  }
+}
+
+interface Write {
+  version: number;
+  issued: number;
+  /** When the client got its acknowledgement; Infinity while it has none (it may or may not have happened). */
+  acked: number;
+  first: number;
+  count: number;
+}
+
+interface SimNode {
+  id: number;
+  disk: SimDisk;
+  /** Bumped by a crash: timers and callbacks of the crashed process do nothing. */
+  gen: number;
+  up: boolean;
+  booting: boolean;
+  skewMs: number;
+  store: Store | undefined;
+  driver: MultiRaft | undefined;
+  io: VolumeIo | undefined;
+  repairer: Repairer | undefined;
+}
+
+function fillSector(out: Uint8Array, at: number, v: number, s: number): void {
+  const dv = new DataView(out.buffer, out.byteOffset + at, sectorBytes);
+  dv.setUint32(0, v, true);
+  dv.setUint32(4, s, true);
+  out.fill(((v * 31 + s * 7) & 0xff) | 1, at + 8, at + sectorBytes);
+}
+
+/** The write a sector read back names: 0 for zeros, undefined for bytes no write put there. */
+function versionOf(buf: Uint8Array, at: number, s: number): number | undefined {
+  let zero = true;
+  for (let i = at; i < at + sectorBytes && zero; i++) zero = buf[i] === 0;
+  if (zero) return 0;
+  const dv = new DataView(buf.buffer, buf.byteOffset + at, sectorBytes);
+  const v = dv.getUint32(0, true);
+  if (dv.getUint32(4, true) !== s) return undefined;
+  const b = ((v * 31 + s * 7) & 0xff) | 1;
+  for (let i = at + 8; i < at + sectorBytes; i++) if (buf[i] !== b) return undefined;
+  return v;
+}
+
+export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimResult> {
+  const prng = new Prng(o.seed * 7 + 3);
+  const clock = new SimClock();
+  const log = o.log ?? (() => {});
+  const n = o.nodes ?? 3;
+  const ops = o.ops ?? 500;
+  const ids = Array.from({ length: n }, (_, i) => i + 1);
+  const r: ClusterSimResult = { seed: o.seed, writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, failStops: 0, simMs: 0 };
+  const fail = (m: string): never => {
+    throw new ClusterSimFailure(o.seed, m);
+  };
+  const nodes = new Map<number, SimNode>();
+  /** The one node whose disk rots. */
+  const rotten = 1 + prng.int(n);
+  for (const id of ids) {
+    nodes.set(id, { id, disk: new SimDisk(prng, clock, { ...healthyDisk }), gen: 0, up: false, booting: false, skewMs: 0, store: undefined, driver: undefined, io: undefined, repairer: undefined });
+  }
+
+  // ---- the network ----
+  const blocked = new Set<string>(); // "from>to"
+  let loss = 0;
+  let dup = 0;
+  let delayMax = 5;
+  const send = (from: SimNode, gen: number, to: number, m: unknown): boolean => {
+    if (from.gen !== gen || !from.up) return false;
+    const dest = nodes.get(to);
+    if (dest === undefined || !dest.up || blocked.has(`${from.id}>${to}`)) return false;
+    r.messages++;
+    const bytes = packr.pack(m);
+    if (prng.chance(loss)) {
+      r.dropped++;
+      return true;
+    }
+    const copies = prng.chance(dup) ? 2 : 1;
+    for (let c = 0; c < copies; c++) {
+      clock.schedule(() => {
+        if (!dest.up || dest.driver === undefined || blocked.has(`${from.id}>${to}`)) {
+          r.dropped++;
+          return;
+        }
+        guard(dest, dest.gen, () => dispatchPeerMessage({ driver: dest.driver!, io: dest.io!, repairer: dest.repairer! }, from.id, packr.unpack(bytes)));
+      }, 1 + prng.int(delayMax));
+    }
+    return true;
+  };
+
+  /**
+   * Runs a callback of one process. A store error that reaches the top of the
+   * event loop ends the process, as it ends the daemon (fail-stop): the node
+   * crashes and restarts later, and recovery works from what is on its disk.
+   * Anything else is a bug in the code under test and ends the run.
+   */
+  const guard = (node: SimNode, gen: number, fn: () => void): void => {
+    if (node.gen !== gen) return;
+    try {
+      fn();
+    } catch (e) {
+      if (!(e instanceof StoreError) || node.gen !== gen) throw e;
+      log(`node ${node.id} dies: ${e.message}`);
+      r.failStops++;
+      crash(node);
+    }
+  };
+
+  /** A timer of one process: it does nothing once that process crashed. */
+  const after = (node: SimNode, gen: number, ms: number, fn: () => void): (() => void) => {
+    let cancelled = false;
+    clock.schedule(() => {
+      if (!cancelled) guard(node, gen, fn);
+    }, ms);
+    return () => {
+      cancelled = true;
+    };
+  };
+
+  const boot = async (node: SimNode): Promise<void> => {
+    const gen = ++node.gen;
+    node.booting = true;
+    let store: Store | undefined;
+    let error: unknown;
+    Store.open({ disk: node.disk, defer: (fn) => after(node, gen, 0, fn), log: (l) => log(`node ${node.id}: ${l}`) }, [{ groupId, sizeBytes: volumeBytes }]).then(
+      (s) => (store = s),
+      (e) => (error = e ?? new Error("rejected")),
+    );
+    await clock.runUntil(() => store !== undefined || error !== undefined || node.gen !== gen);
+    if (node.gen !== gen) return; // crashed again while opening
+    node.booting = false;
+    if (error instanceof AssertionError) throw error;
+    if (error !== undefined) fail(`node ${node.id}'s store did not open: ${(error as Error).stack ?? String(error)}`);
+    if (store === undefined) fail(`node ${node.id}'s store never finished opening`);
+    const s = store!;
+    const now = (): number => clock.now + node.skewMs;
+    const repairer = new Repairer({
+      nodeId: node.id,
+      store: s,
+      send: (to, m) => send(node, gen, to, m),
+      replicasOf: () => ids,
+      nameOf: () => "v",
+      after: (ms, fn) => after(node, gen, ms, fn),
+      now,
+      log: (l) => log(`node ${node.id}: ${l}`),
+    });
+    const driver = new MultiRaft({
+      nodeId: node.id,
+      store: s,
+      send: (to, env) => send(node, gen, to, env),
+      defer: (fn) => void after(node, gen, 0, fn),
+      random: { int: (k) => prng.int(k) },
+      log: (l) => log(`node ${node.id}: ${l}`),
+      volumeBytes: () => volumeBytes,
+      damaged: (e) => void repairer.repair(e),
+    });
+    const io = new VolumeIo({
+      nodeId: node.id,
+      driver,
+      store: s,
+      repairer,
+      send: (to, m) => send(node, gen, to, m),
+      after: (ms, fn) => after(node, gen, ms, fn),
+      now,
+      random: { int: (k) => prng.int(k) },
+      deadlineMs: 5000,
+      replicasOf: () => ids,
+    });
+    driver.addGroup(groupId, ids);
+    Object.assign(node, { store: s, driver, io, repairer, up: true });
+    const tick = (): void => {
+      driver.tick();
+      after(node, gen, tickMs, tick);
+    };
+    after(node, gen, prng.int(tickMs), tick);
+    log(`node ${node.id} up (incarnation ${gen}) at ${clock.now} ms (Raft ${JSON.stringify(driver.status(groupId))})${where(node)}`);
+  };
+
+  const where = (node: SimNode): string => {
+    const v = o.traceWrite;
+    const st = node.store;
+    if (v === undefined || st === undefined) return "";
+    const rs = st.raftState(groupId);
+    const found: number[] = [];
+    for (let i = rs.firstIndex; i <= rs.lastIndex; i++) {
+      const e = st.raftEntries(groupId, i, i + 1, 1 << 30)[0];
+      const op = e === undefined ? undefined : decodeOp(e.data);
+      const w = writes.get(v);
+      if (e === undefined || op === undefined || w === undefined || op.kind !== VolumeOpKind.Write) continue;
+      const at = w.first * sectorBytes - op.offsetBytes;
+      if (at >= 0 && at + 8 <= op.lengthBytes && new DataView(e.data.buffer, e.data.byteOffset + at).getUint32(0, true) === v) found.push(i);
+    }
+    const w = writes.get(v);
+    let shows = "?";
+    if (w !== undefined) {
+      try {
+        shows = String(versionOf(st.read(groupId, w.first * sectorBytes, sectorBytes), 0, w.first));
+      } catch (e) {
+        shows = (e as Error).name;
+      }
+    }
+    return ` [write ${v}: in entries ${found.join(",") || "none"} of [${rs.firstIndex}, ${rs.lastIndex}], applied ${rs.appliedIndex}, hard state ${JSON.stringify(rs.hardState)}, its first sector shows write ${shows}]`;
+  };
+
+  const crash = (node: SimNode): void => {
+    log(`node ${node.id} before the crash:${where(node)}`);
+    log(`node ${node.id} crashes at ${clock.now} ms (Raft ${JSON.stringify(node.driver?.status(groupId))})`);
+    node.gen++;
+    node.up = false;
+    node.booting = false;
+    node.disk.crash();
+    node.disk.faults = { ...healthyDisk };
+    Object.assign(node, { store: undefined, driver: undefined, io: undefined, repairer: undefined });
+    r.crashes++;
+  };
+
+  // ---- the model ----
+  const writes = new Map<number, Write>();
+  const bySector: number[][] = Array.from({ length: volumeBytes / sectorBytes }, () => []);
+  let version = 0;
+  /** Client requests not answered yet, with the incarnation of the node they went to (a crash drops its own). */
+  const open = new Set<{ node: SimNode; gen: number; what: string; at: number }>();
+  const outstanding = (): number => [...open].filter((q) => q.node.gen === q.gen).length;
+  const begin = (node: SimNode, what: string): { node: SimNode; gen: number; what: string; at: number } => {
+    const q = { node, gen: node.gen, what, at: clock.now };
+    open.add(q);
+    return q;
+  };
+
+  const stale = (v: number, s: number, before: number): boolean => {
+    // Some write to s acknowledged before `before` wholly followed v (v was acknowledged before it was issued).
+    const vAck = v === 0 ? -1 : writes.get(v)!.acked;
+    return bySector[s]!.some((w) => {
+      const x = writes.get(w)!;
+      return x.acked < before && vAck < x.issued;
+    });
+  };
+
+  const checkRead = (buf: Uint8Array, first: number, started: number, ended: number, what: string): void => {
+    for (let i = 0; i < buf.length / sectorBytes; i++) {
+      const s = first + i;
+      const v = versionOf(buf, i * sectorBytes, s);
+      if (v === undefined) fail(`${what}: sector ${s} holds bytes no write put there`);
+      if (v! !== 0) {
+        const w = writes.get(v!);
+        if (w === undefined || w.issued > ended || !bySector[s]!.includes(v!)) fail(`${what}: sector ${s} holds write ${v}, which was never issued there before the read ended`);
+      }
+      if (stale(v!, s, started)) {
+        const history = bySector[s]!.map((x) => `${x} issued ${writes.get(x)!.issued} acked ${writes.get(x)!.acked}`).join("; ");
+        fail(`${what}: sector ${s} holds write ${v}, but a write acknowledged before the read began had wholly followed it (stale read); writes there: ${history}`);
+      }
+    }
+  };
+
+  const upNodes = (): SimNode[] => [...nodes.values()].filter((x) => x.up);
+
+  const clientWrite = (node: SimNode): void => {
+    const count = 1 + prng.int(32);
+    const first = prng.int(volumeBytes / sectorBytes - count + 1);
+    const v = ++version;
+    const data = Buffer.allocUnsafe(count * sectorBytes);
+    for (let i = 0; i < count; i++) fillSector(data, i * sectorBytes, v, first + i);
+    const w: Write = { version: v, issued: clock.now, acked: Infinity, first, count };
+    writes.set(v, w);
+    for (let i = 0; i < count; i++) bySector[first + i]!.push(v);
+    r.writes++;
+    const q = begin(node, `write ${v} of [${first}, +${count})`);
+    node.io!.write(groupId, first * sectorBytes, [data], count * sectorBytes).then(
+      () => {
+        open.delete(q);
+        log(`write ${v} acknowledged through node ${node.id} at ${clock.now} ms; Raft: ${[...nodes.values()].map((x) => `${x.id} ${JSON.stringify(x.driver?.status(groupId))}`).join(" ")}`);
+        w.acked = clock.now;
+        r.acked++;
+      },
+      (e: Error) => {
+        open.delete(q);
+        if (e instanceof AssertionError) throw e;
+      },
+    );
+  };
+
+  const clientRead = (node: SimNode): void => {
+    const count = 1 + prng.int(64);
+    const first = prng.int(volumeBytes / sectorBytes - count + 1);
+    const started = clock.now;
+    r.reads++;
+    const q = begin(node, `read of [${first}, +${count})`);
+    let result: Promise<Buffer> | Buffer;
+    try {
+      result = node.io!.read(groupId, first * sectorBytes, count * sectorBytes);
+    } catch (e) {
+      open.delete(q);
+      if (e instanceof AssertionError) throw e;
+      return;
+    }
+    Promise.resolve(result).then(
+      (buf) => {
+        open.delete(q);
+        checkRead(buf, first, started, clock.now, `read of [${first}, +${count}) through node ${node.id} from ${started} to ${clock.now} ms`);
+        r.readsChecked++;
+      },
+      (e: Error) => {
+        open.delete(q);
+        if (e instanceof AssertionError) throw e;
+      },
+    );
+  };
+
+  const runFor = async (ms: number): Promise<void> => {
+    const until = clock.now + ms;
+    while (clock.now < until) if (!(await clock.step())) break;
+  };
+
+  for (const node of nodes.values()) await boot(node);
+
+  // ---- the run: client I/O with faults ----
+  for (let op = 0; op < ops; op++) {
+    const up = upNodes().filter((x) => x.io !== undefined);
+    const dice = prng.int(1000);
+    if (dice < 450 && up.length > 0 && outstanding() < 32) clientWrite(up[prng.int(up.length)]!);
+    else if (dice < 850 && up.length > 0 && outstanding() < 32) clientRead(up[prng.int(up.length)]!);
+    else if (dice < 870) {
+      const victim = up[prng.int(up.length)];
+      if (victim !== undefined && up.length > 1) crash(victim);
+    } else if (dice < 900) {
+      const down = [...nodes.values()].filter((x) => !x.up && !x.booting);
+      const back = down[prng.int(down.length)];
+      if (back !== undefined) await boot(back);
+    } else if (dice < 920) {
+      const a = ids[prng.int(n)]!;
+      const b = ids[prng.int(n)]!;
+      if (a !== b) {
+        blocked.add(`${a}>${b}`);
+        if (prng.chance(0.5)) blocked.add(`${b}>${a}`);
+        r.partitions++;
+        log(`partition ${a} -> ${b}${blocked.has(`${b}>${a}`) ? " both ways" : ""} at ${clock.now} ms`);
+      }
+    } else if (dice < 945) {
+      blocked.clear();
+      log(`partitions healed at ${clock.now} ms`);
+    } else if (dice < 960) {
+      loss = [0, 0.01, 0.05][prng.int(3)]!;
+      dup = [0, 0.01, 0.05][prng.int(3)]!;
+      delayMax = [5, 20, 100][prng.int(3)]!;
+    } else if (dice < 970) {
+      const x = up[prng.int(up.length)];
+      if (x !== undefined) x.disk.faults = prng.chance(0.5) ? { ...healthyDisk, latency: [1, 150] } : { ...healthyDisk, writeEio: 0.02 };
+    } else if (dice < 975) {
+      // Bit rot, always on the same replica (one bad disk): the others keep good copies.
+      const x = nodes.get(rotten);
+      const seg = x?.disk.list().filter((f) => f.startsWith("seg-"))[0];
+      if (o.flips !== false && x?.up && seg !== undefined && x.disk.flipSomewhere(seg)) {
+        r.flips++;
+        log(`bit flipped on node ${x.id} in ${seg} at ${clock.now} ms`);
+      }
+    } else if (dice < 980) {
+      const x = up[prng.int(up.length)];
+      if (x !== undefined) x.skewMs += 1000 + prng.int(60_000);
+    }
+    // A node whose store stopped after a disk error is restarted, as its supervisor would.
+    for (const x of upNodes()) {
+      if (x.store?.failure !== undefined && prng.chance(0.3)) {
+        crash(x);
+        await boot(x);
+      }
+    }
+    await runFor(prng.int(40));
+  }
+
+  // ---- heal, converge, check ----
+  blocked.clear();
+  loss = 0;
+  dup = 0;
+  delayMax = 5;
+  for (const x of nodes.values()) {
+    if (x.up) x.disk.faults = { ...healthyDisk };
+    else if (!x.booting) await boot(x);
+  }
+  const quiet = (): boolean => {
+    if (outstanding() > 0) return false;
+    const st = [...nodes.values()].map((x) => x.driver?.status(groupId));
+    if (st.some((s) => s === undefined)) return false;
+    const leaders = st.filter((s) => s!.role === StateRole.leader);
+    if (leaders.length !== 1) return false;
+    const commit = leaders[0]!.commit;
+    return st.every((s) => s!.applied === commit && s!.commit === commit && s!.lastIndex === leaders[0]!.lastIndex);
+  };
+  // A last write through the leader commits an entry of its term, so every replica applies everything before it.
+  for (let round = 0; round < 600 && !quiet(); round++) {
+    for (const x of nodes.values()) if (!x.up && !x.booting) await boot(x); // a fail-stop while healing
+    if (round % 50 === 10 && outstanding() === 0) {
+      const up = upNodes();
+      clientWrite(up[prng.int(up.length)]!);
+    }
+    await runFor(tickMs);
+  }
+  if (!quiet()) {
+    const st = [...nodes.values()].map((x) => `node ${x.id}: ${JSON.stringify(x.driver?.status(groupId))}`);
+    fail(`the replicas did not converge within 60 s of simulated time after the faults healed (${outstanding()} client requests open: ${[...open].filter((q) => q.node.gen === q.gen).map((q) => `${q.what} through node ${q.node.id} since ${q.at} ms`).join(", ")}): ${st.join("; ")}`);
+  }
+  const copies = new Map<number, Buffer>();
+  for (const x of nodes.values()) {
+    // A damaged block is repaired from the other replicas: let the clock run while it is.
+    let copy: Buffer | undefined;
+    let error: unknown;
+    Promise.resolve(x.repairer!.read(groupId, 0, volumeBytes)).then((b) => (copy = b), (e) => (error = e ?? new Error("rejected")));
+    await clock.runUntil(() => copy !== undefined || error !== undefined);
+    if (copy === undefined) return fail(`node ${x.id}'s copy could not be read after healing: ${error === undefined ? "the read never finished" : ((error as Error).stack ?? String(error))}`);
+    copies.set(x.id, copy);
+  }
+  const reference = copies.get(1)!;
+  for (const [id, copy] of copies) {
+    if (copy.equals(reference)) continue;
+    let i = 0;
+    while (copy[i] === reference[i]) i++;
+    const s = Math.floor(i / sectorBytes);
+    const holds = [...copies].map(([k, c]) => `node ${k} write ${versionOf(c, s * sectorBytes, s)}`).join(", ");
+    fail(`the replicas diverged after healing: node ${id}'s copy differs from node 1's at byte ${i} (sector ${s}: ${holds})`);
+  }
+  checkRead(reference, 0, clock.now, clock.now, "the replicas' copy after healing (an acknowledged write lost?)");
+  r.simMs = clock.now;
+  return r;
+}
