@@ -34,6 +34,7 @@ import {
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
+import { failStop, isBug } from "../base/fail-stop.js";
 import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
 import {
@@ -77,6 +78,8 @@ import { Repairer, type RepairDataEnvelope, type RepairGetEnvelope } from "../re
 import { Scrubber, type ScrubReport } from "../replication/scrub.js";
 import type { SnapAckEnvelope, SnapChunkEnvelope } from "../replication/snapshot.js";
 import { VolumeIo, type ForwardReply, type ForwardRequest } from "../replication/volume-io.js";
+import { peerMessageProblem } from "../replication/peer-messages.js";
+import { PeerMessageError } from "../replication/transport.js";
 import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
 import { healthReasons, type HealthFacts } from "./health.js";
@@ -281,6 +284,8 @@ export class Daemon implements Controller {
       replicasOf: (group) => this.volumeById(group)?.nodes ?? [],
     });
     transport.onMessage((from, m) => {
+      const malformed = peerMessageProblem(m);
+      if (malformed !== undefined) throw new PeerMessageError(malformed);
       const kind = (m as { kind?: unknown }).kind;
       if (kind === "raft") this.driver.receive(from, m as RaftEnvelope);
       else if (kind === "compact") this.driver.receiveCompact(from, m as CompactEnvelope);
@@ -324,6 +329,7 @@ export class Daemon implements Controller {
         try {
           await step();
         } catch (e) {
+          if (isBug(e)) failStop(e, `shutdown: closing ${what}`);
           this.log.error(`shutdown: closing ${what} failed: ${(e as Error).message}`);
         }
       }
@@ -964,7 +970,10 @@ export class Daemon implements Controller {
         const damaged = reports.reduce((a, r) => a + r.blocksDamaged, 0);
         this.log.info(`scrub: the scheduled pass is done: ${formatSize(bytes)} checked, ${damaged} damaged block(s) found`);
       })
-      .catch((e: Error) => this.log.error(`scrub: the scheduled pass failed: ${e.message}`))
+      .catch((e: Error) => {
+        if (isBug(e)) failStop(e, "scrub: the scheduled pass");
+        this.log.error(`scrub: the scheduled pass failed: ${e.message}`);
+      })
       .finally(() => (this.scheduledScrub = undefined));
   }
 
