@@ -33,6 +33,7 @@
 // last write to it, whichever state the chunk caught. The leader keeps those
 // entries (it does not compact its log past a snapshot being sent).
 
+import { failStop, isBug } from "../base/fail-stop.js";
 import { raftAppendBytesMax, sectorBytes, snapshotChunkBytes, snapshotChunkExtentsMax, snapshotChunkKeepBytes, snapshotWindowChunks } from "../constants.js";
 import type { Message, NodeId } from "../raft/types.js";
 import { ChecksumError } from "../store/errors.js";
@@ -372,6 +373,8 @@ export class SnapshotReceiver {
         writes.push(s.baseApplied.then(() => this.p.store.write(stagingId, offset, [this.p.store.read(c.group, offset, length)], length)));
       }
     } catch (e) {
+      // The store refused (stopped: no room, a failed disk): the leader gives up and tries again later.
+      if (isBug(e)) failStop(e, `snapshot: storing chunk ${c.seq} of group ${c.group}`);
       return refuse(`cannot store it: ${(e as Error).message}`);
     }
     const stream = s;
@@ -382,6 +385,8 @@ export class SnapshotReceiver {
         this.p.send(from, { kind: "snap-ack", group: c.group, index: c.index, seq: c.seq, ok: true });
       },
       (e: Error) => {
+        // A store that stopped, damage in the kept data, or the group's own catch-up cut short (leadership moved).
+        if (isBug(e)) failStop(e, `snapshot: storing chunk ${c.seq} of group ${c.group}`);
         if (e instanceof ChecksumError) this.p.damaged?.(e);
         refuse(`cannot store it: ${e.message}`);
       },
