@@ -159,8 +159,9 @@ export class VolumeIo {
   private async route(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null): Promise<ForwardReply> {
     const deadline = this.now() + this.o.deadlineMs;
     let last = "no leader is known";
-    /** Why a replica could not serve it, if one said: the client's error at the deadline. */
+    /** Why a replica could not take a change, if one said (its store stopped: no room): the client's error at the deadline. A read finds no leader: EIO. */
     let cause: ErrorKind | undefined;
+    const changes = op !== "read" && op !== "status";
     let hint: NodeId = 0;
     for (let attempt = 0; ; attempt++) {
       // The connection was opened on a volume this node's catalog knew; now it knows none: deleted.
@@ -177,7 +178,7 @@ export class VolumeIo {
       if (r?.error?.code === "io") throw new VolumeIoError(isErrorKind(r.error.kind) ? r.error.kind : "EIO", r.error.message);
       if (r?.error) {
         last = r.error.message;
-        if (isErrorKind(r.error.kind)) cause = r.error.kind;
+        if (changes && isErrorKind(r.error.kind)) cause = r.error.kind;
         hint = r.error.leader;
         // Told who leads: go there at once, but never loop faster than the retry delay for long.
         if (hint !== 0 && hint !== leader && attempt % 4 !== 3 && this.now() < deadline) continue;
@@ -190,14 +191,19 @@ export class VolumeIo {
   /**
    * Where to send a request: the leader a reply just named, else the leader
    * this node knows (it hosts a replica), else one of the replica nodes in
-   * turn (it knows the leader and answers with it).
+   * turn (it knows the leader and answers with it, or says why its replica
+   * stopped). A node with a replica of its own learns the leader from its
+   * group; while it knows none, it asks another replica every fourth attempt
+   * (0: wait and try again).
    */
   private target(group: number, hint: NodeId, attempt: number): NodeId {
     if (hint !== 0) return hint;
     const known = this.o.driver.leader(group);
-    if (known !== 0 || this.o.driver.hasGroup(group)) return known;
-    const replicas = this.o.replicasOf(group);
-    return replicas.length === 0 ? 0 : replicas[attempt % replicas.length]!;
+    if (known !== 0) return known;
+    const others = this.o.replicasOf(group).filter((n) => n !== this.o.nodeId);
+    if (others.length === 0) return 0;
+    if (!this.o.driver.hasGroup(group)) return others[attempt % others.length]!;
+    return attempt % 4 === 3 ? others[Math.floor(attempt / 4) % others.length]! : 0;
   }
 
   private forward(to: NodeId, group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null, deadline: number): Promise<ForwardReply | undefined> {
