@@ -36,7 +36,7 @@
 import { failStop, isBug } from "../base/fail-stop.js";
 import { raftAppendBytesMax, sectorBytes, snapshotChunkBytes, snapshotChunkExtentsMax, snapshotChunkKeepBytes, snapshotWindowChunks } from "../constants.js";
 import type { Message, NodeId } from "../raft/types.js";
-import { ChecksumError } from "../store/errors.js";
+import { ChecksumError, StoreError } from "../store/errors.js";
 import type { Store } from "../store/store.js";
 import type { ChangeMap } from "./changes.js";
 
@@ -228,10 +228,14 @@ export class SnapshotSender {
       try {
         chunk = this.nextChunk(s);
       } catch (e) {
-        if (!(e instanceof ChecksumError)) throw e;
-        // Damaged data must not travel: mend this copy first; the core asks for the snapshot again.
-        this.p.damaged?.(e);
-        return this.abort(s, `this node's copy is damaged (${e.message}); repairing it`);
+        if (e instanceof ChecksumError) {
+          // Damaged data must not travel: mend this copy first; the core asks for the snapshot again.
+          this.p.damaged?.(e);
+          return this.abort(s, `this node's copy is damaged (${e.message}); repairing it`);
+        }
+        // The disk failed a read (or the group left the store): no copy from here now. Anything else is a bug.
+        if (e instanceof StoreError) return this.abort(s, `this node cannot read its copy (${e.message})`);
+        throw e;
       }
       if (!this.p.send(s.to, chunk)) return this.abort(s, "the peer is unreachable");
       this.counters.snapshotBytesSent += chunk.data.length;
