@@ -9,6 +9,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { printable } from "../base/printable.js";
+import { failStop, isBug } from "../base/fail-stop.js";
 import { apiBodyBytesMax, apiBodyDepthMax, logFieldCharsMax } from "../constants.js";
 import { hostPort } from "./client.js";
 import { ApiError, type ApiErrorBody, type Controller, type DebugController } from "./types.js";
@@ -238,6 +239,8 @@ function errorReply(err: unknown, request: IncomingMessage, log: (line: string) 
     const body: ApiErrorBody = { error: { code: err.code, message: err.message } };
     return { status: err.status, json: body };
   }
+  // A failure nothing classified (a peer or a disk that failed) is a 500; a bug stops the process.
+  if (isBug(err)) failStop(err, `api: ${request.method} ${printable(request.url ?? "", logFieldCharsMax)}`);
   const message = err instanceof Error ? err.message : String(err);
   log(`api: ${request.method} ${printable(request.url ?? "", logFieldCharsMax)} failed: ${err instanceof Error && err.stack ? err.stack : message}`);
   const body: ApiErrorBody = { error: { code: "internal", message } };

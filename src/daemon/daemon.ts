@@ -34,6 +34,7 @@ import {
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
+import { failStop, isBug } from "../base/fail-stop.js";
 import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
 import {
@@ -325,6 +326,7 @@ export class Daemon implements Controller {
         try {
           await step();
         } catch (e) {
+          if (isBug(e)) failStop(e, `shutdown: closing ${what}`);
           this.log.error(`shutdown: closing ${what} failed: ${(e as Error).message}`);
         }
       }
@@ -941,7 +943,10 @@ export class Daemon implements Controller {
         const damaged = reports.reduce((a, r) => a + r.blocksDamaged, 0);
         this.log.info(`scrub: the scheduled pass is done: ${formatSize(bytes)} checked, ${damaged} damaged block(s) found`);
       })
-      .catch((e: Error) => this.log.error(`scrub: the scheduled pass failed: ${e.message}`))
+      .catch((e: Error) => {
+        if (isBug(e)) failStop(e, "scrub: the scheduled pass");
+        this.log.error(`scrub: the scheduled pass failed: ${e.message}`);
+      })
       .finally(() => (this.scheduledScrub = undefined));
   }
 

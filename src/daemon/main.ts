@@ -5,6 +5,8 @@ import { Daemon, type DaemonOptions, type Logger } from "./daemon.js";
 import { missingDaemonNodeFlags } from "../os/node-flags.js";
 import { makePrivate } from "../os/private-files.js";
 import { printable } from "../base/printable.js";
+import { failStop, isBug } from "../base/fail-stop.js";
+import { installProcessFailStop } from "./fail-stop.js";
 import { logLineCharsMax } from "../constants.js";
 
 function stamp(): string {
@@ -25,6 +27,8 @@ const log: Logger = {
 };
 
 export async function runDaemon(options: DaemonOptions): Promise<void> {
+  // From here on, a bug anywhere ends the process with one line saying what failed.
+  installProcessFailStop(log.error);
   // Volume data, the node's state and the cluster secret are the daemon user's
   // alone: files 0600 and directories 0700 from the first one created (the
   // NBD Unix socket too: only that user, or root, can connect to it).
@@ -36,6 +40,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     if (tightened > 0) log.info(`made ${tightened} files and directories under ${options.dataDir} private to this user (0600/0700)`);
     daemon = await Daemon.start(options, log);
   } catch (e) {
+    if (isBug(e)) failStop(e, "starting the daemon");
     log.error(`pxd daemon could not start: ${(e as Error).message}`);
     process.exitCode = 1;
     return;

@@ -1,19 +1,21 @@
 // A volume as an NBD export: the NBD layer validated the request; VolumeIo
-// serves it on the volume's Raft leader (here or forwarded); errors become the
-// NBD errno the client sees.
+// serves it on the volume's Raft leader (here or forwarded); errors keep their
+// kind, which becomes the NBD errno the client sees.
 
 import type { BufferPool } from "../base/buffer-pool.js";
 import type { CatalogVolume } from "../cluster/catalog.js";
 import { BackendError, type AllocationExtent, type Export } from "../nbd/backend.js";
-import { UnavailableError, type VolumeIo } from "../replication/volume-io.js";
-import { StoreError } from "../store/errors.js";
+import { errorKindOf } from "../replication/errors.js";
+import type { VolumeIo } from "../replication/volume-io.js";
 
-/** Errors as NBD errors (src/nbd/errors.ts maps BackendError to the wire). */
+/**
+ * Expected failures, here or on the node that served the request, keep their
+ * kind (src/nbd/errors.ts maps it to the errno); anything else is passed on
+ * as it is, and the NBD layer stops the process on it.
+ */
 function asBackendError(e: unknown): unknown {
-  if (e instanceof StoreError) return new BackendError(e.code === "ENOENT" ? "ESHUTDOWN" : e.code, e.message);
-  // No leader within the deadline: the data is not reachable now, an I/O error for the client.
-  if (e instanceof UnavailableError) return new BackendError("EIO", e.message);
-  return e;
+  const kind = errorKindOf(e);
+  return kind === undefined ? e : new BackendError(kind, (e as Error).message);
 }
 
 export class ReplicatedVolumeExport implements Export {

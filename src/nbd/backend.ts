@@ -3,10 +3,16 @@
 // calling a Backend, so an Export may assume offset + length <= sizeBytes and
 // that the export is writable when a write arrives.
 
-/** An error a backend raises to choose the NBD error the client sees. */
+import type { ErrorKind } from "../base/error-kind.js";
+
+/**
+ * The one failure a backend may raise: its kind chooses the NBD error the
+ * client sees (src/nbd/errors.ts). Anything else a backend throws is a bug
+ * and ends the process (src/base/fail-stop.ts).
+ */
 export class BackendError extends Error {
   constructor(
-    readonly errno: "EIO" | "ENOSPC" | "EPERM" | "EINVAL" | "ESHUTDOWN" | "EOVERFLOW" | "ENOTSUP",
+    readonly kind: ErrorKind,
     message: string,
   ) {
     super(message);

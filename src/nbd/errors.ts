@@ -1,22 +1,32 @@
 // The one place that turns what a backend threw into the NBD error the client
-// sees (STYLE.md: nbdkit's nbd_errno). A BackendError chooses its errno; any
-// other exception is a bug or an unforeseen failure: the client gets EIO, the
-// connection keeps serving, and the log gets one line per connection (not one
-// per request, so a failing disk cannot flood the log).
+// sees (STYLE.md: nbdkit's nbd_errno; NBD spec "Error values"). A
+// BackendError's kind chooses the errno, whichever node the error came from
+// (src/base/error-kind.ts). Anything else an Export throws is a bug in pxd:
+// the process stops (src/base/fail-stop.ts) rather than answer EIO and serve
+// on with whatever state the throw left behind.
 
+import type { ErrorKind } from "../base/error-kind.js";
+import { failStop } from "../base/fail-stop.js";
 import { BackendError } from "./backend.js";
 import { NBD_EINVAL, NBD_EIO, NBD_ENOSPC, NBD_ENOTSUP, NBD_EOVERFLOW, NBD_EPERM, NBD_ESHUTDOWN } from "./wire.js";
-import type { NbdLog } from "./ports.js";
 
-const errnoByName: Readonly<Record<BackendError["errno"], number>> = {
-  EIO: NBD_EIO,
+const nbdErrnoByKind: Readonly<Record<ErrorKind, number>> = {
   ENOSPC: NBD_ENOSPC,
-  EPERM: NBD_EPERM,
+  // Spec: "NBD_EPERM if it receives a write or trim request on a read-only export".
+  EROFS: NBD_EPERM,
+  EIO: NBD_EIO,
   EINVAL: NBD_EINVAL,
+  // The export is gone (deleted under the connection): the client should stop using it, as at a shutdown.
+  ENOENT: NBD_ESHUTDOWN,
   ESHUTDOWN: NBD_ESHUTDOWN,
-  EOVERFLOW: NBD_EOVERFLOW,
   ENOTSUP: NBD_ENOTSUP,
+  EOVERFLOW: NBD_EOVERFLOW,
 };
+
+/** The NBD errno for an error kind. */
+export function nbdErrnoOf(kind: ErrorKind): number {
+  return nbdErrnoByKind[kind] ?? NBD_EIO;
+}
 
 /** An NBD error with a message for NBD_REPLY_TYPE_ERROR. */
 export interface NbdFailure {
@@ -24,39 +34,8 @@ export interface NbdFailure {
   message: string;
 }
 
-/** Maps a thrown value to an NBD error; `unexpected` is true for anything that is not a BackendError. */
-export function nbdErrnoOf(err: unknown): NbdFailure & { unexpected: boolean } {
-  if (err instanceof BackendError) {
-    return { errno: errnoByName[err.errno] ?? NBD_EIO, message: err.message, unexpected: false };
-  }
-  return { errno: NBD_EIO, message: "internal error", unexpected: true };
-}
-
-/** Per-connection error translation with log-once for unexpected exceptions. */
-export class ErrorReporter {
-  private unexpectedCount = 0;
-
-  constructor(
-    private readonly log: NbdLog,
-    private readonly peer: string,
-  ) {}
-
-  toFailure(err: unknown, what: string): NbdFailure {
-    const f = nbdErrnoOf(err);
-    if (f.unexpected) {
-      this.unexpectedCount++;
-      if (this.unexpectedCount === 1) {
-        const detail = err instanceof Error ? (err.stack ?? err.message) : String(err);
-        this.log.error(`nbd ${this.peer}: ${what} failed unexpectedly, answering EIO (further ones on this connection are counted, not logged): ${detail}`);
-      }
-    }
-    return f;
-  }
-
-  /** Called when the connection closes: reports what log-once suppressed. */
-  summarize(): void {
-    if (this.unexpectedCount > 1) {
-      this.log.error(`nbd ${this.peer}: ${this.unexpectedCount} unexpected backend failures on this connection in total`);
-    }
-  }
+/** The NBD error for what an Export threw; anything but a BackendError ends the process (`where` names the request). */
+export function nbdFailureOf(err: unknown, where: string): NbdFailure {
+  if (err instanceof BackendError) return { errno: nbdErrnoOf(err.kind), message: err.message };
+  return failStop(err, where);
 }

@@ -7,7 +7,7 @@
 import { nbdQueuedBufferOverheadBytes } from "../constants.js";
 import type { ExportRegistry } from "./backend.js";
 import { NodeBudget, type BudgetHolder } from "./budget.js";
-import { ErrorReporter } from "./errors.js";
+import { failStop } from "../base/fail-stop.js";
 import { Handshake, type HandshakeStep } from "./handshake.js";
 import { resolveNbdLimits, type NbdLimits, type NbdLog, type NbdSocket, type NbdSocketEvents, type NbdTimers } from "./ports.js";
 import { Transmission } from "./transmission.js";
@@ -188,7 +188,6 @@ class Connection implements BudgetHolder {
   readonly events: NbdSocketEvents;
   /** The export it serves, once in transmission. */
   exportName: string | undefined;
-  private readonly errors: ErrorReporter;
   private handshake: Handshake | undefined;
   /** While the registry catches up: bytes that arrived after the held option, fed once it settles. */
   private heldInput: Buffer[] | undefined;
@@ -216,7 +215,6 @@ class Connection implements BudgetHolder {
     private readonly server: NbdServer,
     private readonly socket: NbdSocket,
   ) {
-    this.errors = new ErrorReporter(server.options.log, socket.peer);
     this.events = {
       data: (chunk) => this.turn(this.onData, chunk),
       drain: () => this.turn(this.onDrain, undefined),
@@ -293,9 +291,9 @@ class Connection implements BudgetHolder {
     try {
       fn(arg);
     } catch (err) {
-      // A bug must cost this connection only, never the daemon or other clients.
-      this.server.options.log.error(`nbd ${this.socket.peer}: internal error, closing: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
-      this.destroy("internal error");
+      // A client's bad input is answered without throwing (validate, then
+      // dispatch): what reaches here is a bug, and the process stops.
+      failStop(err, `nbd ${this.socket.peer}: handling a socket event`);
     } finally {
       this.inTurn = false;
       this.flush();
@@ -351,7 +349,7 @@ class Connection implements BudgetHolder {
     this.exportName = step.negotiated.exp.name;
     this.transmission = new Transmission(step.negotiated, {
       limits: this.server.limits,
-      errors: this.errors,
+      peer: this.socket.peer,
       send: this.send,
       admit: (bytes) => this.server.budget.admit(this, bytes),
       hold: (deltaBytes) => {
@@ -428,7 +426,6 @@ class Connection implements BudgetHolder {
     this.outBytes = 0;
     this.socketBytes = 0;
     this.transmission?.onConnectionClosed();
-    this.errors.summarize();
     this.server.forget(this);
   }
 }

@@ -4,17 +4,18 @@
 // reach the Export as subarray views of the socket's chunks (one view when the
 // payload sits in one chunk, a list of views when it does not).
 
-import { assert } from "../base/assert.js";
+import { AssertionError, assert } from "../base/assert.js";
 import { nbdReplyBytesReserved } from "../constants.js";
 import type { AllocationExtent, Export } from "./backend.js";
-import type { ErrorReporter, NbdFailure } from "./errors.js";
+import { nbdFailureOf, type NbdFailure } from "./errors.js";
 import type { Negotiated } from "./handshake.js";
 import type { NbdLimits } from "./ports.js";
 import * as w from "./wire.js";
 
 export interface TransmissionHost {
   readonly limits: NbdLimits;
-  readonly errors: ErrorReporter;
+  /** The client, for the fail-stop line of a backend that broke its contract. */
+  readonly peer: string;
   /** Queue one buffer of a reply; a reply's buffers are queued back to back. `written` runs once the socket is done with it. */
   send(b: Buffer, written?: () => void): void;
   /**
@@ -381,7 +382,7 @@ export class Transmission {
 
   private readDone(h: w.RequestHeader, data: Buffer): void {
     if (data.length !== h.lengthBytes) {
-      return this.failed(h, new Error(`Export.read returned ${data.length} bytes for ${h.lengthBytes}`), "READ");
+      return this.failed(h, new AssertionError(`Export.read returned ${data.length} bytes for ${h.lengthBytes}`), "READ");
     }
     // The Export gave us this buffer: it goes to the socket as is, after a small header.
     if (this.n.structured) {
@@ -421,8 +422,9 @@ export class Transmission {
     this.settle(h);
   }
 
+  /** A BackendError is answered with its errno; anything else an Export throws is a bug and ends the process. */
   private failed(h: w.RequestHeader, err: unknown, what: string): void {
-    this.replyError(h, this.host.errors.toFailure(err, what));
+    this.replyError(h, nbdFailureOf(err, `nbd ${this.host.peer}: ${what} of ${h.lengthBytes} bytes at ${h.offsetBytes}`));
     this.settle(h);
   }
 
@@ -459,7 +461,7 @@ export class Transmission {
     for (const e of extents) {
       if (covered >= h.lengthBytes) break;
       if (!Number.isSafeInteger(e.lengthBytes) || e.lengthBytes <= 0) {
-        return this.failed(h, new Error(`Export.blockStatus returned an extent of ${e.lengthBytes} bytes`), "BLOCK_STATUS");
+        return this.failed(h, new AssertionError(`Export.blockStatus returned an extent of ${e.lengthBytes} bytes`), "BLOCK_STATUS");
       }
       const len = Math.min(e.lengthBytes, h.lengthBytes - covered);
       const f = e.hole ? w.NBD_STATE_HOLE | w.NBD_STATE_ZERO : 0;
@@ -471,7 +473,7 @@ export class Transmission {
       } else break;
       covered += len;
     }
-    if (lengths.length === 0) return this.failed(h, new Error("Export.blockStatus returned no extents"), "BLOCK_STATUS");
+    if (lengths.length === 0) return this.failed(h, new AssertionError("Export.blockStatus returned no extents"), "BLOCK_STATUS");
     this.host.send(w.encodeBlockStatus(h.cookie, w.BASE_ALLOCATION_ID, lengths, flags));
     this.settle(h);
   }

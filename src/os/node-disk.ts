@@ -5,6 +5,7 @@
 import * as fs from "node:fs";
 import { join } from "node:path";
 import type { Defer, Disk, DiskFile } from "../store/disk.js";
+import { StoreError } from "../store/errors.js";
 import { nodeTimers } from "./timers.js";
 
 /**
@@ -39,7 +40,15 @@ class NodeFile implements DiskFile {
   readSync(into: Uint8Array, intoOffset: number, length: number, position: number): number {
     let done = 0;
     while (done < length) {
-      const n = fs.readSync(this.fd, into, intoOffset + done, length - done, position + done);
+      let n: number;
+      try {
+        n = fs.readSync(this.fd, into, intoOffset + done, length - done, position + done);
+      } catch (e) {
+        // The disk failed the read (EIO from a bad sector): an I/O error of the request, not a bug.
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === undefined || code.startsWith("ERR_")) throw e;
+        throw new StoreError("EIO", `reading ${length - done} bytes of ${this.name} at ${position + done} failed: ${(e as Error).message}`);
+      }
       if (n === 0) break;
       done += n;
     }

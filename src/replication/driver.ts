@@ -13,6 +13,8 @@
 // Pure: the store, the peer transport and the clock come in from the daemon.
 
 import { assert } from "../base/assert.js";
+import type { ErrorKind } from "../base/error-kind.js";
+import { failStop } from "../base/fail-stop.js";
 import {
   raftLogRetainBytes,
   raftAppendBytesMax,
@@ -30,7 +32,7 @@ import type { RaftConfig } from "../raft/raft.js";
 import type { Storage } from "../raft/storage.js";
 import type { Ready } from "../raft/node.js";
 import { EntryType, MessageType, mayPrecedePersist, newMessage, StateRole, type ConfState, type Entry, type Message, type NodeId } from "../raft/types.js";
-import type { ChecksumError } from "../store/errors.js";
+import { StoreError, type ChecksumError } from "../store/errors.js";
 import type { Store } from "../store/store.js";
 import { BeatsOutbox, isBeat, parseBeats, type BeatsEnvelope } from "./beats.js";
 import { StoreRaftStorage } from "./raft-storage.js";
@@ -139,6 +141,21 @@ export class NotLeaderError extends Error {
 /** A proposal was overwritten by a new leader's log: it will never apply. The client may retry. */
 export class ProposalDroppedError extends Error {
   override name = "ProposalDroppedError";
+}
+
+/**
+ * The group stopped on this node because its log could not be persisted (the
+ * store stopped: no room for a segment, a failed write or fdatasync). Another
+ * replica may still take the request; `kind` is why this one could not.
+ */
+export class GroupStoppedError extends ProposalDroppedError {
+  override name = "GroupStoppedError";
+  constructor(
+    readonly kind: ErrorKind,
+    message: string,
+  ) {
+    super(message);
+  }
 }
 
 interface Waiter {
@@ -321,13 +338,13 @@ export class MultiRaft {
     return new Promise((resolve, reject) => g.proposals.set(r.index, { term, resolve: () => resolve(), reject }));
   }
 
-  removeGroup(groupId: number): void {
+  removeGroup(groupId: number, why: ProposalDroppedError = new ProposalDroppedError(`group ${groupId} was removed from this node`)): void {
     const g = this.groups.get(groupId);
     if (!g) return;
     this.groups.delete(groupId);
     this.storages.delete(groupId);
     this.snapshotReceiver.forget(groupId);
-    this.failAll(g, new ProposalDroppedError(`group ${groupId} was removed from this node`));
+    this.failAll(g, why);
   }
 
   /**
@@ -640,10 +657,12 @@ export class MultiRaft {
       rd.messages = this.sendEarly(g, rd.messages);
       this.persist(g, rd).then(
         () => this.afterPersist(g, rd),
-        (e: Error) => {
-          // The store stopped taking writes (fsync failed): nothing this group does is safe any more.
+        (e: unknown) => {
+          // The store stopped taking writes (no room, a failed write or fdatasync):
+          // nothing this group does is safe any more. Anything else is a bug.
+          if (!(e instanceof StoreError)) failStop(e, `replication: group ${g.id}: persisting its Ready`);
           this.o.log(`replication: group ${g.id} cannot persist its log, stopping it: ${e.message}`);
-          this.removeGroup(g.id);
+          this.removeGroup(g.id, new GroupStoppedError(e.code, `group ${g.id} stopped on node ${this.o.nodeId}: ${e.message}`));
           this.stopped.set(g.id, e.message);
         },
       );

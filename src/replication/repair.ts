@@ -15,9 +15,10 @@
 // per block, naming the volume, the offset and the log segment.
 
 import { assert } from "../base/assert.js";
+import { failStop } from "../base/fail-stop.js";
 import { checksumBlockBytes, repairFetchBytesMax, repairRoundsMax, repairRoundDelayMs, repairAnswerTimeoutMs, segmentBytes } from "../constants.js";
 import type { NodeId } from "../raft/types.js";
-import { ChecksumError } from "../store/errors.js";
+import { ChecksumError, StoreError } from "../store/errors.js";
 import type { Store } from "../store/store.js";
 
 /** Requester -> replica: blocks [firstBlock, firstBlock + count) of `group`, as that replica holds them. */
@@ -190,7 +191,15 @@ export class Repairer {
         continue;
       }
       this.counters.repairBytesFetched += answer.data.length;
-      const mended = new Set(await this.p.store.repairBlocks(group, first, count, answer.data));
+      let mended: Set<number>;
+      try {
+        mended = new Set(await this.p.store.repairBlocks(group, first, count, answer.data));
+      } catch (e) {
+        // The store stopped taking writes (no room, a failed disk): the good copy cannot be written here.
+        if (!(e instanceof StoreError)) failStop(e, `repair: writing blocks of group ${group}`);
+        left.push(...want);
+        continue;
+      }
       for (const b of want) if (!mended.has(b) && this.p.store.checkBlocks(group, b, 1).length > 0) left.push(b);
     }
     return left;

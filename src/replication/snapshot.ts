@@ -33,9 +33,10 @@
 // last write to it, whichever state the chunk caught. The leader keeps those
 // entries (it does not compact its log past a snapshot being sent).
 
+import { failStop, isBug } from "../base/fail-stop.js";
 import { raftAppendBytesMax, sectorBytes, snapshotChunkBytes, snapshotChunkExtentsMax, snapshotChunkKeepBytes, snapshotWindowChunks } from "../constants.js";
 import type { Message, NodeId } from "../raft/types.js";
-import { ChecksumError } from "../store/errors.js";
+import { ChecksumError, StoreError } from "../store/errors.js";
 import type { Store } from "../store/store.js";
 import type { ChangeMap } from "./changes.js";
 
@@ -227,10 +228,14 @@ export class SnapshotSender {
       try {
         chunk = this.nextChunk(s);
       } catch (e) {
-        if (!(e instanceof ChecksumError)) throw e;
-        // Damaged data must not travel: mend this copy first; the core asks for the snapshot again.
-        this.p.damaged?.(e);
-        return this.abort(s, `this node's copy is damaged (${e.message}); repairing it`);
+        if (e instanceof ChecksumError) {
+          // Damaged data must not travel: mend this copy first; the core asks for the snapshot again.
+          this.p.damaged?.(e);
+          return this.abort(s, `this node's copy is damaged (${e.message}); repairing it`);
+        }
+        // The disk failed a read (or the group left the store): no copy from here now. Anything else is a bug.
+        if (e instanceof StoreError) return this.abort(s, `this node cannot read its copy (${e.message})`);
+        throw e;
       }
       if (!this.p.send(s.to, chunk)) return this.abort(s, "the peer is unreachable");
       this.counters.snapshotBytesSent += chunk.data.length;
@@ -372,6 +377,8 @@ export class SnapshotReceiver {
         writes.push(s.baseApplied.then(() => this.p.store.write(stagingId, offset, [this.p.store.read(c.group, offset, length)], length)));
       }
     } catch (e) {
+      // The store refused (stopped: no room, a failed disk): the leader gives up and tries again later.
+      if (isBug(e)) failStop(e, `snapshot: storing chunk ${c.seq} of group ${c.group}`);
       return refuse(`cannot store it: ${(e as Error).message}`);
     }
     const stream = s;
@@ -382,6 +389,8 @@ export class SnapshotReceiver {
         this.p.send(from, { kind: "snap-ack", group: c.group, index: c.index, seq: c.seq, ok: true });
       },
       (e: Error) => {
+        // A store that stopped, damage in the kept data, or the group's own catch-up cut short (leadership moved).
+        if (isBug(e)) failStop(e, `snapshot: storing chunk ${c.seq} of group ${c.group}`);
         if (e instanceof ChecksumError) this.p.damaged?.(e);
         refuse(`cannot store it: ${e.message}`);
       },

@@ -11,6 +11,7 @@
 // docs/formats/peer-protocol.md is the wire format.
 
 import { assert } from "../base/assert.js";
+import { failStop } from "../base/fail-stop.js";
 import type { NodeId } from "../raft/types.js";
 import { checkCredentials, Role, type HandshakeConfig } from "./auth.js";
 import { encodeFrameHeader, encodeMessage, encodeStart, frameHeaderBytes, FrameType, startEpochBytes } from "./frame.js";
@@ -29,7 +30,18 @@ export interface PeerTransportOptions {
   limits?: Partial<PeerLimits>;
 }
 
+/**
+ * Takes each message a peer sent. A message that is not what pxd sends (a
+ * field of the wrong type, out of bounds) throws PeerMessageError: the
+ * transport closes the connection it came on, with one log line. Anything
+ * else a handler throws is a bug, and the process stops.
+ */
 export type PeerMessageHandler = (from: NodeId, message: unknown) => void;
+
+/** A peer's message is malformed: a bad frame, whose connection is closed. */
+export class PeerMessageError extends Error {
+  override name = "PeerMessageError";
+}
 
 /** Counters of one peer, for /metrics. */
 export interface PeerStats {
@@ -282,7 +294,7 @@ export class PeerTransport implements ConnectionOwner {
     if (peer === undefined) return;
     peer.stats.framesReceived++;
     if (!c.caughtUp) return c.hold(message);
-    this.deliver(peer, message);
+    if (!this.deliver(peer, c, message)) return;
     this.releaseHeld(peer);
   }
 
@@ -364,7 +376,7 @@ export class PeerTransport implements ConnectionOwner {
     const current = c.startEpoch === peer.receivedEpoch;
     if (current && c.startCount > peer.receivedMessages && others) return false;
     c.caughtUp = true;
-    for (const m of c.takeHeld()) this.deliver(peer, m);
+    for (const m of c.takeHeld()) if (!this.deliver(peer, c, m)) return true;
     c.resumeReading();
     return true;
   }
@@ -378,12 +390,16 @@ export class PeerTransport implements ConnectionOwner {
     }
   }
 
-  private deliver(peer: Peer, message: unknown): void {
+  /** Hands a message to the handler; false when it was malformed and its connection is closed. */
+  private deliver(peer: Peer, c: PeerConnection, message: unknown): boolean {
     peer.receivedMessages++;
     try {
       this.handler(peer.address.id, message);
+      return true;
     } catch (e) {
-      this.log.error(`peer node ${peer.address.id}: message handler threw: ${(e as Error).stack ?? String(e)}`);
+      if (!(e instanceof PeerMessageError)) failStop(e, `peer node ${peer.address.id}: handling its message`);
+      c.destroy(`malformed message from node ${peer.address.id}: ${e.message}`);
+      return false;
     }
   }
 

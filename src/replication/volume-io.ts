@@ -5,13 +5,17 @@
 // (a deposed leader never answers). On any other node the request is
 // forwarded to the leader over the peer transport, and retried against a new
 // leader when leadership moves, until a deadline; only then does the client
-// see an error.
+// see an error. A failure keeps its kind (src/base/error-kind.ts) on the way
+// back: a leader's ENOSPC is the forwarding node's client's ENOSPC.
 
 import { assert } from "../base/assert.js";
+import { isErrorKind, type ErrorKind } from "../base/error-kind.js";
+import { failStop } from "../base/fail-stop.js";
 import { checksumBlockBytes, recordPayloadBytesMax, sectorBytes } from "../constants.js";
 import type { NodeId } from "../raft/types.js";
 import type { Store, StoreExtent } from "../store/store.js";
-import { MultiRaft, NotLeaderError, ProposalDroppedError } from "./driver.js";
+import { GroupStoppedError, MultiRaft, NotLeaderError, ProposalDroppedError } from "./driver.js";
+import { errorKindOf, VolumeIoError } from "./errors.js";
 import type { Repairer } from "./repair.js";
 import { volumeOpOverheadBytes } from "./volume-op.js";
 
@@ -31,9 +35,24 @@ export interface ForwardReply {
   kind: "fwd-re";
   id: number;
   /** null on success; else why, and the leader if the answering node knows it. */
-  error: { code: "not-leader" | "retry" | "io"; message: string; leader: NodeId } | null;
+  error: ForwardError | null;
   data: Uint8Array | null;
   extents: StoreExtent[] | null;
+}
+
+/**
+ * A failed forwarded request. `code` says what the forwarding node does next:
+ * ask the leader named (not-leader), ask again (retry), or give the client
+ * the error (io). `kind` is what went wrong: with io, the client's error
+ * (a reply without one, from an older node, is EIO); with not-leader or
+ * retry, why this node could not serve it (its replica stopped for lack of
+ * space), the client's error should no other replica serve it in time.
+ */
+export interface ForwardError {
+  code: "not-leader" | "retry" | "io";
+  kind?: ErrorKind;
+  message: string;
+  leader: NodeId;
 }
 
 export interface VolumeIoOptions {
@@ -53,11 +72,6 @@ export interface VolumeIoOptions {
   replicasOf(group: number): NodeId[];
   /** How long a request may wait for a leader before it fails. */
   deadlineMs: number;
-}
-
-/** The request could not be served before the deadline: no leader, or the leader kept changing. */
-export class UnavailableError extends Error {
-  override name = "UnavailableError";
 }
 
 /** Data per proposal: whole sectors, leaving room for the block checksums and the trailer in one store record. */
@@ -159,8 +173,13 @@ export class VolumeIo {
   private async route(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null): Promise<ForwardReply> {
     const deadline = this.now() + this.o.deadlineMs;
     let last = "no leader is known";
+    /** Why a replica could not take a change, if one said (its store stopped: no room): the client's error at the deadline. A read finds no leader: EIO. */
+    let cause: ErrorKind | undefined;
+    const changes = op !== "read" && op !== "status";
     let hint: NodeId = 0;
     for (let attempt = 0; ; attempt++) {
+      // The connection was opened on a volume this node's catalog knew; now it knows none: deleted.
+      if (!this.o.driver.hasGroup(group) && this.o.replicasOf(group).length === 0) throw new VolumeIoError("ENOENT", `volume group ${group} no longer exists: the volume was deleted`);
       const leader = this.target(group, hint, attempt);
       hint = 0;
       let r: ForwardReply | undefined;
@@ -170,14 +189,15 @@ export class VolumeIo {
         if (r === undefined) last = `the leader, node ${leader}, did not answer`;
       }
       if (r !== undefined && r.error === null) return r;
-      if (r?.error?.code === "io") throw new Error(r.error.message);
+      if (r?.error?.code === "io") throw new VolumeIoError(isErrorKind(r.error.kind) ? r.error.kind : "EIO", r.error.message);
       if (r?.error) {
         last = r.error.message;
+        if (changes && isErrorKind(r.error.kind)) cause = r.error.kind;
         hint = r.error.leader;
         // Told who leads: go there at once, but never loop faster than the retry delay for long.
         if (hint !== 0 && hint !== leader && attempt % 4 !== 3 && this.now() < deadline) continue;
       }
-      if (this.now() + retryDelayMs > deadline) throw new UnavailableError(`volume group ${group}: ${last}; gave up after ${this.o.deadlineMs} ms`);
+      if (this.now() + retryDelayMs > deadline) throw new VolumeIoError(cause ?? "EIO", `volume group ${group}: ${last}; gave up after ${this.o.deadlineMs} ms`);
       await new Promise<void>((resolve) => this.o.after(retryDelayMs, resolve));
     }
   }
@@ -185,14 +205,19 @@ export class VolumeIo {
   /**
    * Where to send a request: the leader a reply just named, else the leader
    * this node knows (it hosts a replica), else one of the replica nodes in
-   * turn (it knows the leader and answers with it).
+   * turn (it knows the leader and answers with it, or says why its replica
+   * stopped). A node with a replica of its own learns the leader from its
+   * group; while it knows none, it asks another replica every fourth attempt
+   * (0: wait and try again).
    */
   private target(group: number, hint: NodeId, attempt: number): NodeId {
     if (hint !== 0) return hint;
     const known = this.o.driver.leader(group);
-    if (known !== 0 || this.o.driver.hasGroup(group)) return known;
-    const replicas = this.o.replicasOf(group);
-    return replicas.length === 0 ? 0 : replicas[attempt % replicas.length]!;
+    if (known !== 0) return known;
+    const others = this.o.replicasOf(group).filter((n) => n !== this.o.nodeId);
+    if (others.length === 0) return 0;
+    if (!this.o.driver.hasGroup(group)) return others[attempt % others.length]!;
+    return attempt % 4 === 3 ? others[Math.floor(attempt / 4) % others.length]! : 0;
   }
 
   private forward(to: NodeId, group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null, deadline: number): Promise<ForwardReply | undefined> {
@@ -247,10 +272,24 @@ export class VolumeIo {
           return ok();
       }
     } catch (e) {
-      const err = e as Error;
-      const code = e instanceof NotLeaderError ? "not-leader" : e instanceof ProposalDroppedError ? "retry" : "io";
-      return { kind: "fwd-re", id: 0, error: { code, message: err.message, leader: e instanceof NotLeaderError ? e.leader : 0 }, data: null, extents: null };
+      return { kind: "fwd-re", id: 0, error: this.failure(group, e), data: null, extents: null };
     }
+  }
+
+  /** What a failure of a request served here tells the requester; anything that is no expected failure ends the process. */
+  private failure(group: number, e: unknown): ForwardError {
+    if (e instanceof NotLeaderError) return withKind({ code: "not-leader", message: e.message, leader: e.leader }, this.stoppedKind(group));
+    if (e instanceof GroupStoppedError) return { code: "retry", kind: e.kind, message: e.message, leader: 0 };
+    if (e instanceof ProposalDroppedError) return { code: "retry", message: e.message, leader: 0 };
+    const kind = errorKindOf(e);
+    if (kind === undefined) return failStop(e, `volume I/O: serving a request of group ${group}`);
+    return { code: "io", kind, message: (e as Error).message, leader: 0 };
+  }
+
+  /** The group stopped here (its log could not be persisted): why, as the store failed. */
+  private stoppedKind(group: number): ErrorKind | undefined {
+    if (!this.o.driver.stoppedGroups().has(group)) return undefined;
+    return errorKindOf(this.o.store.failure) ?? "EIO";
   }
 
   private async serveSole(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null): Promise<ForwardReply> {
@@ -313,4 +352,8 @@ export class VolumeIo {
     if (to < end) parts.push(this.readModifyWrite(group, to, new Uint8Array(end - to)));
     await Promise.all(parts);
   }
+}
+
+function withKind(e: ForwardError, kind: ErrorKind | undefined): ForwardError {
+  return kind === undefined ? e : { ...e, kind };
 }

@@ -11,6 +11,9 @@
 //   is durable only after a later datasync() resolves.
 // - rename/remove/create change the directory; they are durable only after
 //   syncDir() resolves.
+// - A failure of the disk is thrown (or rejected) as an Error whose `code`, if
+//   any, is the errno name ("ENOSPC", "EIO"); readSync throws a StoreError
+//   "EIO". The store tells a full disk from a failing one by it.
 
 export interface DiskFile {
   readonly name: string;

@@ -8,6 +8,7 @@
 // So only the newest segment can hold a torn tail (src/store/recovery.ts).
 
 import { assert } from "../base/assert.js";
+import { failStop, isBug } from "../base/fail-stop.js";
 import { commitBytesMax, commitRecordsMax, commitsInFlightMax, recordHeaderBytes, segmentBytes } from "../constants.js";
 import type { Defer, Disk, DiskFile } from "./disk.js";
 import { StoreError } from "./errors.js";
@@ -213,7 +214,10 @@ export class SegmentLog {
       })
       .then(
         () => this.commitDurable(commit.seq),
-        (e: Error) => this.fail(new StoreError("EIO", `log write failed, the store stopped taking writes: ${e.message}`)),
+        (e: Error) => {
+          if (isBug(e)) failStop(e, "store: a log commit");
+          this.fail(new StoreError("EIO", `log write failed, the store stopped taking writes: ${e.message}`));
+        },
       );
   }
 
@@ -314,7 +318,8 @@ export class SegmentLog {
       try {
         this.head = await this.openNewSegment(id);
       } catch (e) {
-        this.fail(new StoreError("ENOSPC", `cannot start log segment ${id}: ${(e as Error).message}; free disk space, then restart the daemon`));
+        if (isBug(e)) failStop(e, `store: starting log segment ${id}`);
+        this.fail(segmentFailure(id, e as Error));
         return;
       }
       this.segments.set(id, this.head);
@@ -365,4 +370,17 @@ export class SegmentLog {
     });
     this.spare.catch(() => {}); // a failure surfaces in openNewSegment
   }
+}
+
+/**
+ * The store's failure when a new log segment cannot be made: out of room
+ * (NBD spec "Error values": EDQUOT and EFBIG count as ENOSPC too), or else a
+ * failing disk.
+ */
+function segmentFailure(id: number, e: Error): StoreError {
+  const code = (e as { code?: unknown }).code;
+  if (code === "ENOSPC" || code === "EDQUOT" || code === "EFBIG") {
+    return new StoreError("ENOSPC", `cannot start log segment ${id}: ${e.message}; free disk space, then restart the daemon`);
+  }
+  return new StoreError("EIO", `cannot start log segment ${id}: ${e.message}; check the disk, then restart the daemon`);
 }

@@ -7,6 +7,7 @@
 // later write real Raft entries into the same log.
 
 import { assert } from "../base/assert.js";
+import { failStop, isBug } from "../base/fail-stop.js";
 import { crc32c } from "../base/crc32c.js";
 import {
   checksumBlockBytes,
@@ -800,7 +801,11 @@ export class Store {
   maintain(): void {
     if (this.maintaining || this.closed) return;
     this.maintaining = this.maintainLoop()
-      .catch((e: Error) => this.log(`store: maintenance stopped: ${e.message}`))
+      .catch((e: Error) => {
+        // A disk that fails a checkpoint or a GC copy stops maintenance (the node's health says so); a bug stops the process.
+        if (isBug(e)) failStop(e, "store: maintenance (checkpoint, GC)");
+        this.log(`store: maintenance stopped: ${e.message}`);
+      })
       .finally(() => {
         this.maintaining = undefined;
       });

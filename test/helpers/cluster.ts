@@ -63,12 +63,22 @@ export async function waitUntil<T>(what: string, f: () => Promise<T | undefined 
   }
 }
 
+export interface ClusterOptions {
+  /**
+   * Runs before node i first starts, with its data dir (not created yet), e.g.
+   * to mount a small filesystem there; what it returns runs in dispose() once
+   * every node has stopped, before the directories are removed.
+   */
+  prepare?: (i: number, dataDir: string) => Promise<(() => Promise<void>) | void>;
+}
+
 /** `daemonArgs`: more `pxd daemon` arguments for every node (e.g. --log-retain). */
-export async function startCluster(size = 3, daemonArgs: string[] = []): Promise<Cluster> {
+export async function startCluster(size = 3, daemonArgs: string[] = [], options: ClusterOptions = {}): Promise<Cluster> {
   const t = tempDir("cluster");
   const secret = randomBytes(16).toString("hex");
   const nodes: DaemonProcess[] = [];
   const base = await freeBase(size);
+  const cleanups: (() => Promise<void>)[] = [];
   for (let i = 0; i < size; i++) {
     const d = new DaemonProcess(join(t.dir, `node${i + 1}`), nodeHost(i, base), 10809, 9001, () => {}, 9002);
     d.extraArgs = ["--cluster-secret", secret, "--name", `node${i + 1}`, ...daemonArgs];
@@ -116,10 +126,15 @@ export async function startCluster(size = 3, daemonArgs: string[] = []): Promise
     async dispose() {
       for (const n of nodes) n.resume();
       for (const n of nodes) await n.dispose().catch(() => {});
+      for (const cleanup of cleanups) await cleanup().catch(() => {});
       t.remove();
     },
   };
   try {
+    for (const [i, n] of nodes.entries()) {
+      const cleanup = await options.prepare?.(i, n.dataDir);
+      if (cleanup) cleanups.push(cleanup);
+    }
     for (const n of nodes) await n.start();
     await cluster.healthy();
   } catch (e) {

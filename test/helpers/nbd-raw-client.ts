@@ -182,8 +182,8 @@ export class RawClient {
   }
 
   /** Reads one reply message (simple, or one structured chunk); `readBytes` is the data length of a simple READ reply. */
-  async readReply(readBytes = 0): Promise<Reply> {
-    const m = (await this.read(4)).readUInt32BE(0);
+  async readReply(readBytes = 0, timeoutMs = 3000): Promise<Reply> {
+    const m = (await this.read(4, timeoutMs)).readUInt32BE(0);
     if (m === 0x67446698) {
       const r = await this.read(12);
       const errno = r.readUInt32BE(0);

@@ -322,14 +322,14 @@ test("ApiError from the controller keeps its status, code and message; the clien
   assert.is(ctx.logs.length, 0); // expected errors are the caller's business, not the log's
 });
 
-test("any other error is a 500 carrying its message, and is logged", async () => {
+test("any other failure is a 500 carrying its message, and is logged", async () => {
   ctx.controller.failNext = new Error("disk on fire");
   const r = await raw("GET", "/v1/status");
   assert.is(r.status, 500);
   assert.equal(errorOf(r), { code: "internal", message: "disk on fire" });
   assert.is(ctx.logs.length, 1);
   assert.match(ctx.logs[0] ?? "", /GET \/v1\/status failed: .*disk on fire/);
-  ctx.controller.failNext = new TypeError("metrics broke");
+  ctx.controller.failNext = new Error("metrics broke");
   const viaClient = await rejects(ctx.client.metrics(), ApiError);
   assert.is(viaClient.status, 500);
   assert.is(viaClient.message, "metrics broke");

@@ -9,7 +9,10 @@ import { parseInfoRequest, parseMetaRequest, transmissionFlagsFor, type Negotiat
 import { validateRequest } from "../../src/nbd/transmission.js";
 import { defaultNbdLimits, resolveNbdLimits } from "../../src/nbd/ports.js";
 import { BackendError } from "../../src/nbd/backend.js";
-import { nbdErrnoOf } from "../../src/nbd/errors.js";
+import { nbdErrnoOf, nbdFailureOf } from "../../src/nbd/errors.js";
+import { errorKinds } from "../../src/base/error-kind.js";
+import { installFailStop } from "../../src/base/fail-stop.js";
+import { AssertionError } from "../../src/base/assert.js";
 import { MemoryExport } from "../helpers/memory-export.js";
 import { infoData, metaData } from "../helpers/nbd-raw-client.js";
 
@@ -178,12 +181,20 @@ test("validation: read-only EPERM, alignment EINVAL, shutdown ESHUTDOWN", () => 
   assert.is(errnoOf(req(w.NBD_CMD_READ, 0, 512), neg(), true), w.NBD_ESHUTDOWN);
 });
 
-test("errors: BackendError chooses the errno, anything else is EIO and unexpected", () => {
-  assert.equal(nbdErrnoOf(new BackendError("ENOSPC", "full")), { errno: 28, message: "full", unexpected: false });
-  assert.is(nbdErrnoOf(new BackendError("ENOTSUP", "slow")).errno, 95);
-  assert.is(nbdErrnoOf(new BackendError("ESHUTDOWN", "bye")).errno, 108);
-  assert.equal(nbdErrnoOf(new TypeError("bug")), { errno: 5, message: "internal error", unexpected: true });
-  assert.is(nbdErrnoOf("a string").errno, 5);
+test("errors: every error kind has the spec's errno; a BackendError keeps its message; anything else stops the process", () => {
+  // NBD spec "Error values", written out here rather than taken from wire.ts.
+  const spec = { ENOSPC: 28, EROFS: 1, EIO: 5, EINVAL: 22, ENOENT: 108, ESHUTDOWN: 108, ENOTSUP: 95, EOVERFLOW: 75 } as const;
+  for (const kind of errorKinds) assert.is(nbdErrnoOf(kind), spec[kind], kind);
+  assert.equal(nbdFailureOf(new BackendError("ENOSPC", "full"), "test"), { errno: 28, message: "full" });
+  const stopped: string[] = [];
+  const previous = installFailStop((err, where) => stopped.push(`${where}: ${(err as Error).message}`));
+  try {
+    assert.throws(() => nbdFailureOf(new TypeError("bug"), "nbd client: READ"), /bug/);
+    assert.throws(() => nbdFailureOf(new AssertionError("broken"), "nbd client: WRITE"), /broken/);
+  } finally {
+    installFailStop(previous);
+  }
+  assert.equal(stopped, ["nbd client: READ: bug", "nbd client: WRITE: broken"]);
 });
 
 test("limits: defaults agree; inconsistent overrides are refused", () => {
