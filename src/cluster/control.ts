@@ -13,7 +13,6 @@
 // durations from zero, so a leader change delays a decision, never hastens it.
 
 import { assert } from "../base/assert.js";
-import { ConfChangeType, type ConfChange } from "../raft/index.js";
 import { replicaSetFor, type CatalogState, type CatalogVolume } from "./catalog.js";
 import { validateCommand, type CatalogCommand } from "./commands.js";
 
@@ -103,6 +102,12 @@ export function replicaReplacements(
   return out;
 }
 
+/** A change of a group's members, which the daemon proposes as a Raft configuration change. */
+export interface MemberChange {
+  kind: "addLearner" | "promote" | "remove";
+  node: NodeId;
+}
+
 /** A member's replication progress as its group's leader sees it. */
 export interface MemberProgress {
   node: NodeId;
@@ -127,16 +132,16 @@ export interface GroupView {
  * longer lists is removed (never the leader itself: it hands leadership on
  * first, `leaveDecision`).
  */
-export function nextConfChange(self: NodeId, wanted: readonly NodeId[], g: GroupView, caughtUpEntries: number): ConfChange | undefined {
+export function nextMemberChange(self: NodeId, wanted: readonly NodeId[], g: GroupView, caughtUpEntries: number): MemberChange | undefined {
   const ready = g.learners.find((l) => {
     const p = g.progress.find((x) => x.node === l);
     return wanted.includes(l) && p !== undefined && p.active && p.match + caughtUpEntries >= g.commit;
   });
-  if (ready !== undefined) return { type: ConfChangeType.addVoter, nodeId: ready };
+  if (ready !== undefined) return { kind: "promote", node: ready };
   const missing = wanted.find((n) => !g.voters.includes(n) && !g.learners.includes(n));
-  if (missing !== undefined) return { type: ConfChangeType.addLearner, nodeId: missing };
+  if (missing !== undefined) return { kind: "addLearner", node: missing };
   const extra = [...g.voters, ...g.learners].find((n) => !wanted.includes(n) && n !== self);
-  if (extra !== undefined) return { type: ConfChangeType.removeNode, nodeId: extra };
+  if (extra !== undefined) return { kind: "remove", node: extra };
   return undefined;
 }
 

@@ -57,7 +57,8 @@ import {
   healthChange,
   leaveDecision,
   metaLearnerToPromote,
-  nextConfChange,
+  nextMemberChange,
+  type MemberChange,
   replicaReplacements,
   type GroupView,
 } from "../cluster/index.js";
@@ -589,7 +590,8 @@ export class Daemon implements Controller {
         continue;
       }
       if (this.driver.leader(v.id) !== this.nodeId || this.reconciling.has(v.id)) continue;
-      const change = nextConfChange(this.nodeId, v.nodes, this.groupView(v.id), learnerCaughtUpEntries);
+      const next = nextMemberChange(this.nodeId, v.nodes, this.groupView(v.id), learnerCaughtUpEntries);
+      const change = next === undefined ? undefined : confChangeOf(next);
       if (change === undefined) continue;
       this.reconciling.add(v.id);
       if (change.type === ConfChangeType.addLearner && this.io.soleReplica(v.id)) {
@@ -1148,6 +1150,12 @@ function clusterSecret(options: DaemonOptions, bootstrapping: boolean): Buffer {
   const made = randomBytes(24).toString("hex");
   writeFileSync(file, made + "\n", { mode: 0o600 });
   return Buffer.from(made);
+}
+
+/** The Raft configuration change that makes a member change. */
+function confChangeOf(c: MemberChange): ConfChange {
+  const type = c.kind === "addLearner" ? ConfChangeType.addLearner : c.kind === "promote" ? ConfChangeType.addVoter : ConfChangeType.removeNode;
+  return { type, nodeId: c.node };
 }
 
 export function joinProof(secret: Buffer, fields: Omit<JoinRequest, "proof">): Buffer {

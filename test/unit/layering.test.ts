@@ -22,7 +22,7 @@ const mayImport: Record<string, readonly string[]> = {
   store: ["base", "constants"],
   nbd: ["base", "constants"],
   replication: ["base", "constants", "raft", "store"],
-  cluster: ["base", "constants", "raft", "store"],
+  cluster: ["base", "constants"],
   api: ["base", "constants", "cluster"],
   os: ["base", "constants", "raft", "store", "nbd", "replication"],
   daemon: ["base", "constants", "raft", "store", "nbd", "replication", "cluster", "api", "os"],
