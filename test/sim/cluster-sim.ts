@@ -37,6 +37,7 @@ import { VolumeIo } from "../../src/replication/volume-io.js";
 import { decodeOp, VolumeOpKind } from "../../src/replication/volume-op.js";
 import { StoreError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
+import { commitsInFlightMax } from "../../src/constants.js";
 import { healthyDisk, SimClock, SimDisk } from "./disk.js";
 
 const sectorBytes = 512;
@@ -433,7 +434,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       // Bit rot, always on the same replica (one bad disk): the others keep good copies.
       const x = nodes.get(rotten);
       const seg = x?.disk.list().filter((f) => f.startsWith("seg-"))[0];
-      if (o.flips !== false && x?.up && seg !== undefined && x.disk.flipSomewhere(seg)) {
+      if (o.flips !== false && x?.up && seg !== undefined && x.disk.flipSomewhere(seg, commitsInFlightMax + 1)) {
         r.flips++;
         log(`bit flipped on node ${x.id} in ${seg} at ${clock.now} ms`);
       }

@@ -110,6 +110,8 @@ class Inode {
   durable = new Map<number, Uint8Array>();
   durableSize = 0;
   pending: PendingWrite[] = [];
+  /** After each good sync, how far the writes it made durable reached (the log's commit ends, for a segment). */
+  syncEnds: number[] = [];
 
   get visibleSize(): number {
     let n = this.durableSize;
@@ -162,10 +164,13 @@ class Inode {
   }
 
   sync(): void {
+    let end = 0;
     for (const w of this.pending) {
       Inode.apply(this.durable, w.position, w.data);
       this.durableSize = Math.max(this.durableSize, w.position + w.data.length);
+      end = Math.max(end, w.position + w.data.length);
     }
+    if (this.pending.length > 0) this.syncEnds.push(end);
     this.pending = [];
   }
 
@@ -283,11 +288,17 @@ export class SimDisk implements Disk {
     this.names = new Map(this.durableNames);
   }
 
-  /** Flips a random bit among the durable bytes a file holds (not its zero-filled tail); false when it holds none. */
-  flipSomewhere(name: string): boolean {
+  /**
+   * Flips a random bit among the durable bytes a file holds (not its
+   * zero-filled tail), below where the sync `syncsAfter` syncs ago reached:
+   * for a log segment, in a commit with at least that many durable commits
+   * after it. False when there is no such byte.
+   */
+  flipSomewhere(name: string, syncsAfter = 0): boolean {
     const inode = this.names.get(name);
     if (inode === undefined) return false;
-    const pages = [...inode.durable.keys()];
+    const limit = syncsAfter === 0 ? Infinity : (inode.syncEnds[inode.syncEnds.length - 1 - syncsAfter] ?? 0);
+    const pages = [...inode.durable.keys()].filter((p) => (p + 1) * pageBytes <= limit);
     if (pages.length === 0) return false;
     const position = pages[this.prng.int(pages.length)]! * pageBytes + this.prng.int(pageBytes);
     return this.flip(name, position, this.prng.int(8));
