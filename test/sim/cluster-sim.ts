@@ -12,7 +12,9 @@
 // plain data crosses); a slow disk; a disk that fails writes with EIO; bits
 // flipped in one replica's log; a node's monotonic clock jumping ahead. A
 // store error that reaches the top of a node's event loop ends that process
-// (fail-stop), which restarts later from its disk.
+// (fail-stop), which restarts later from its disk. A node whose store
+// refuses to open after bit rot hit a record header stays down (an operator
+// rebuilds its data dir); the others must still converge.
 //
 // Checker, per 512-byte sector of the volume (every sector names the write
 // that put it there):
@@ -35,7 +37,7 @@ import { StateRole } from "../../src/raft/types.js";
 import { Repairer } from "../../src/replication/repair.js";
 import { VolumeIo } from "../../src/replication/volume-io.js";
 import { decodeOp, VolumeOpKind } from "../../src/replication/volume-op.js";
-import { StoreError } from "../../src/store/errors.js";
+import { CorruptionError, StoreError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
 import { commitsInFlightMax } from "../../src/constants.js";
 import { healthyDisk, SimClock, SimDisk } from "./disk.js";
@@ -69,6 +71,8 @@ export interface ClusterSimResult {
   flips: number;
   messages: number;
   dropped: number;
+  /** Nodes whose store refused to open after bit rot hit a record header (left down). */
+  retired: number;
   /** Processes ended by a store error at the top of their event loop (then restarted). */
   failStops: number;
   simMs: number;
@@ -100,6 +104,9 @@ interface SimNode {
   gen: number;
   up: boolean;
   booting: boolean;
+  /** Its store refused to open after bit rot hit a record header: it stays down, as an operator would leave it until its data dir is rebuilt. */
+  retired: boolean;
+  flipped: boolean;
   skewMs: number;
   store: Store | undefined;
   driver: MultiRaft | undefined;
@@ -134,7 +141,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   const n = o.nodes ?? 3;
   const ops = o.ops ?? 500;
   const ids = Array.from({ length: n }, (_, i) => i + 1);
-  const r: ClusterSimResult = { seed: o.seed, writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, failStops: 0, simMs: 0 };
+  const r: ClusterSimResult = { seed: o.seed, writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, retired: 0, failStops: 0, simMs: 0 };
   const fail = (m: string): never => {
     throw new ClusterSimFailure(o.seed, m);
   };
@@ -142,7 +149,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   /** The one node whose disk rots. */
   const rotten = 1 + prng.int(n);
   for (const id of ids) {
-    nodes.set(id, { id, disk: new SimDisk(prng, clock, { ...healthyDisk }), gen: 0, up: false, booting: false, skewMs: 0, store: undefined, driver: undefined, io: undefined, repairer: undefined });
+    nodes.set(id, { id, disk: new SimDisk(prng, clock, { ...healthyDisk }), gen: 0, up: false, booting: false, retired: false, flipped: false, skewMs: 0, store: undefined, driver: undefined, io: undefined, repairer: undefined });
   }
 
   // ---- the network ----
@@ -215,6 +222,12 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     if (node.gen !== gen) return; // crashed again while opening
     node.booting = false;
     if (error instanceof AssertionError) throw error;
+    if (error instanceof CorruptionError && node.flipped) {
+      log(`node ${node.id} stays down: its store refuses to open after bit rot (${error.message})`);
+      node.retired = true;
+      r.retired++;
+      return;
+    }
     if (error !== undefined) fail(`node ${node.id}'s store did not open: ${(error as Error).stack ?? String(error)}`);
     if (store === undefined) fail(`node ${node.id}'s store never finished opening`);
     const s = store!;
@@ -404,11 +417,11 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     const dice = prng.int(1000);
     if (dice < 450 && up.length > 0 && outstanding() < 32) clientWrite(up[prng.int(up.length)]!);
     else if (dice < 850 && up.length > 0 && outstanding() < 32) clientRead(up[prng.int(up.length)]!);
-    else if (dice < 870) {
+    else if (dice < 860) {
       const victim = up[prng.int(up.length)];
       if (victim !== undefined && up.length > 1) crash(victim);
     } else if (dice < 900) {
-      const down = [...nodes.values()].filter((x) => !x.up && !x.booting);
+      const down = [...nodes.values()].filter((x) => !x.up && !x.booting && !x.retired);
       const back = down[prng.int(down.length)];
       if (back !== undefined) await boot(back);
     } else if (dice < 920) {
@@ -436,6 +449,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       const seg = x?.disk.list().filter((f) => f.startsWith("seg-"))[0];
       if (o.flips !== false && x?.up && seg !== undefined && x.disk.flipSomewhere(seg, commitsInFlightMax + 1)) {
         r.flips++;
+        x.flipped = true;
         log(`bit flipped on node ${x.id} in ${seg} at ${clock.now} ms`);
       }
     } else if (dice < 980) {
@@ -459,11 +473,11 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   delayMax = 5;
   for (const x of nodes.values()) {
     if (x.up) x.disk.faults = { ...healthyDisk };
-    else if (!x.booting) await boot(x);
+    else if (!x.booting && !x.retired) await boot(x);
   }
   const quiet = (): boolean => {
     if (outstanding() > 0) return false;
-    const st = [...nodes.values()].map((x) => x.driver?.status(groupId));
+    const st = [...nodes.values()].filter((x) => !x.retired).map((x) => x.driver?.status(groupId));
     if (st.some((s) => s === undefined)) return false;
     const leaders = st.filter((s) => s!.role === StateRole.leader);
     if (leaders.length !== 1) return false;
@@ -472,7 +486,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   };
   // A last write through the leader commits an entry of its term, so every replica applies everything before it.
   for (let round = 0; round < 600 && !quiet(); round++) {
-    for (const x of nodes.values()) if (!x.up && !x.booting) await boot(x); // a fail-stop while healing
+    for (const x of nodes.values()) if (!x.up && !x.booting && !x.retired) await boot(x); // a fail-stop while healing
     if (round % 50 === 10 && outstanding() === 0) {
       const up = upNodes();
       clientWrite(up[prng.int(up.length)]!);
@@ -485,6 +499,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   }
   const copies = new Map<number, Buffer>();
   for (const x of nodes.values()) {
+    if (x.retired) continue;
     // A damaged block is repaired from the other replicas: let the clock run while it is.
     let copy: Buffer | undefined;
     let error: unknown;
@@ -493,14 +508,14 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     if (copy === undefined) return fail(`node ${x.id}'s copy could not be read after healing: ${error === undefined ? "the read never finished" : ((error as Error).stack ?? String(error))}`);
     copies.set(x.id, copy);
   }
-  const reference = copies.get(1)!;
+  const reference = [...copies.values()][0]!;
   for (const [id, copy] of copies) {
     if (copy.equals(reference)) continue;
     let i = 0;
     while (copy[i] === reference[i]) i++;
     const s = Math.floor(i / sectorBytes);
     const holds = [...copies].map(([k, c]) => `node ${k} write ${versionOf(c, s * sectorBytes, s)}`).join(", ");
-    fail(`the replicas diverged after healing: node ${id}'s copy differs from node 1's at byte ${i} (sector ${s}: ${holds})`);
+    fail(`the replicas diverged after healing: node ${id}'s copy differs from node ${[...copies.keys()][0]}'s at byte ${i} (sector ${s}: ${holds})`);
   }
   checkRead(reference, 0, clock.now, clock.now, "the replicas' copy after healing (an acknowledged write lost?)");
   r.simMs = clock.now;
