@@ -25,6 +25,7 @@ async function main(): Promise<void> {
   let failures = 0;
   const total: Omit<ClusterSimResult, "seed"> = { writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, retired: 0, failStops: 0, simMs: 0 };
   for (let s = seed; s < seed + count && !(firstFailure && failures > 0); s++) {
+    if (count >= 1000 && s > seed && (s - seed) % 500 === 0) console.log(`... ${s - seed} seeds run, ${failures} failed, ${((Date.now() - started) / 1000).toFixed(0)}s`);
     try {
       const trace = arg("--trace-write");
       const r = await runClusterSim({ seed: s, nodes, log: verbose ? (l) => console.log(l) : undefined, ...(trace !== undefined ? { traceWrite: Number(trace) } : {}), flips: !process.argv.includes("--no-flips") });
