@@ -653,6 +653,38 @@ test("§8 (thesis §6.4) a ReadIndex is answered only after a quorum confirms th
   assert.ok(rs.some((x) => new TextDecoder().decode(x.context) === "r2" && x.index === leader.raft.log.committed));
 });
 
+test("§8 (thesis §6.4) a read is confirmed only by answers to a heartbeat round sent after it arrived: an answer to an older round confirms only the older reads", () => {
+  const s = storageWith([1, 2, 3]);
+  const n = newNode(1, [1, 2, 3], {}, s);
+  electLeader(n, [1, 2, 3]);
+  persistNode(n, s);
+  n.step(msg(MessageType.appResp, 2, 1, 1, { index: 1 }));
+  assert.ok(n.raft.committedOwnTerm());
+  persistNode(n, s);
+  const round = (ctx: string): Message[] => {
+    assert.ok(n.readIndex(enc(ctx)));
+    const hb = persistNode(n, s).filter((m) => m.type === MessageType.heartbeat);
+    assert.equal(hb.map((m) => new TextDecoder().decode(m.context ?? new Uint8Array(0))), [ctx, ctx]);
+    return hb;
+  };
+  const confirmed = (): string[] => {
+    const r = n.ready();
+    n.advance();
+    return r.readStates.map((x) => new TextDecoder().decode(x.context));
+  };
+  const older = round("r1");
+  round("r2");
+  // Node 2 answers the first round. That proves node 1 led when r1 arrived, not
+  // when r2 did: a newer leader may have committed a write in between, which r2
+  // must see, so r2 waits for answers to its own round.
+  n.step(msg(MessageType.heartbeatResp, 2, 1, 1, { context: older[0]?.context ?? null }));
+  assert.equal(confirmed(), ["r1"]);
+  n.step(msg(MessageType.heartbeatResp, 3, 1, 1, { context: older[1]?.context ?? null }));
+  assert.equal(confirmed(), [], "more answers to the old round confirm nothing newer");
+  n.step(msg(MessageType.heartbeatResp, 3, 1, 1, { context: enc("r2") }));
+  assert.equal(confirmed(), ["r2"]);
+});
+
 test("§8 (thesis §6.4) a new leader answers no read until it has committed an entry of its term", () => {
   const s = storageWith([1, 2, 3]);
   const n = newNode(1, [1, 2, 3], {}, s);
