@@ -457,6 +457,32 @@ test("Figure 2: term and vote are persisted (Ready.hardState, mustSync) before t
   n.advance();
 });
 
+test("Figure 2: a vote granted in a term the node already knew is persisted (Ready.hardState, mustSync) before the vote response is sent", () => {
+  const s = storageWith([1, 2, 3], [1, 1]);
+  let n = newNode(1, [1, 2, 3], {}, s);
+  // Candidate 2's log is behind ours: refused, but its term is ours now.
+  n.step(msg(MessageType.vote, 2, 1, 4, { index: 1, logTerm: 1 }));
+  let r = n.ready();
+  assert.equal(r.hardState, { term: 4, vote: 0, commit: 0 });
+  assert.ok(r.messages[0]?.reject);
+  persist(r, s);
+  n.advance();
+  // Candidate 3 asks in that same term: only the vote changes, and it must reach the disk first.
+  n.step(msg(MessageType.vote, 3, 1, 4, { index: 2, logTerm: 1 }));
+  r = n.ready();
+  assert.equal(r.hardState, { term: 4, vote: 3, commit: 0 }, "the vote is in the hard state to persist");
+  assert.ok(r.mustSync, "and synced before the response leaves");
+  assert.equal(r.messages.map((m) => [m.to, m.type, m.reject]), [[3, MessageType.voteResp, false]]);
+  persist(r, s);
+  n.advance();
+  // A crash after the response left: the restarted node remembers its vote and
+  // grants no other in term 4, even to a candidate whose log is up to date.
+  n = newNode(1, [1, 2, 3], {}, s);
+  n.step(msg(MessageType.vote, 2, 1, 4, { index: 2, logTerm: 1 }));
+  r = n.ready();
+  assert.equal(r.messages.map((m) => [m.to, m.type, m.reject]), [[2, MessageType.voteResp, true]], "§5.2: one vote per term");
+});
+
 test("Figure 2: a follower's append acknowledgment comes out in the Ready that persists the entries", () => {
   const n = newNode(1, [1, 2, 3]);
   n.step(msg(MessageType.app, 2, 1, 1, { entries: [entry(1, 1, "a")] }));
