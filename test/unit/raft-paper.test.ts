@@ -650,6 +650,25 @@ test("§7 a follower behind the leader's compaction point gets a snapshot and re
   assert.is(c.node(1).raft.progressOf(3).state, 1, "replicate state");
 });
 
+test("§7 a follower ignores a snapshot that is not past its commit index: what it committed is never rolled back", () => {
+  // The follower committed and applied 1..8, then compacted its log to a snapshot at 5.
+  const s = storageWith([1, 2, 3], [1, 1, 1, 1, 1, 1, 1, 1]);
+  s.setHardState({ term: 1, vote: 0, commit: 8 });
+  s.createSnapshot(5, { voters: [1, 2, 3], learners: [] }, enc("state@5"));
+  s.compact(5);
+  const n = newNode(2, [1, 2, 3], { applied: 8 }, s);
+  // An older snapshot of the leader's arrives late (a retried transfer), below what the follower
+  // committed and below its own compaction point, so its log cannot show the entry at 3.
+  const old = { meta: { index: 3, term: 1, conf: { voters: [1, 2, 3], learners: [] } }, data: enc("state@3") };
+  n.step(msg(MessageType.snap, 1, 2, 1, { snapshot: old }));
+  const r = n.ready();
+  assert.is(r.snapshot, null, "nothing to install");
+  assert.is(n.status().commit, 8);
+  assert.is(n.status().lastIndex, 8, "the entries after the follower's own snapshot stay");
+  assert.equal(r.messages.map((m) => [m.type, m.index, m.reject]), [[MessageType.appResp, 8, false]], "the leader learns where the follower is");
+  n.advance();
+});
+
 // ---- §8 client interaction: reads ----
 
 test("§8 (thesis §6.4) a ReadIndex is answered only after a quorum confirms the leadership, at the commit index", () => {
