@@ -25,6 +25,7 @@ import { assert } from "../base/assert.js";
 import type { ConfChange } from "./confchange.js";
 import { Raft } from "./raft.js";
 import type { RaftConfig } from "./raft.js";
+import type { MemberProgress } from "./progress.js";
 import type { Entry, HardState, Message, NodeId, ReadState, Snapshot, SoftState } from "./types.js";
 import { entryBytes, StateRole } from "./types.js";
 
@@ -47,6 +48,7 @@ export interface Ready {
   mustSync: boolean;
 }
 
+/** What a node is now. Cheap (one object; the configuration's arrays are shared and frozen), so callers may ask per request. */
 export interface Status {
   id: NodeId;
   term: number;
@@ -56,6 +58,13 @@ export interface Status {
   lastIndex: number;
   lead: NodeId;
   role: StateRole;
+  /** The configuration in force (the last config entry in the log, committed or not), sorted. */
+  voters: readonly NodeId[];
+  learners: readonly NodeId[];
+  /** This node owes log entries it lost (RaftConfig.votesWithheldUntil): it neither votes nor campaigns yet. */
+  votesWithheld: boolean;
+  /** A snapshot from the leader taken and not yet persisted (the next Ready carries it): its index, or 0. */
+  pendingSnapshotIndex: number;
 }
 
 const noMessages: Message[] = [];
@@ -66,7 +75,9 @@ Object.freeze(noEntries);
 Object.freeze(noReads);
 
 export class RaftNode {
-  readonly raft: Raft;
+  // The protocol state. Not part of the API: callers ask through the methods
+  // below; the core's own tests and simulator look inside with inspectCore().
+  private readonly raft: Raft;
   // What the caller already has (persisted hard state, last soft state), compared field by field so hasReady() allocates nothing.
   private hsTerm: number;
   private hsVote: NodeId;
@@ -138,7 +149,28 @@ export class RaftNode {
       lastIndex: r.log.lastIndex(),
       lead: r.lead,
       role: r.role,
+      voters: r.tracker.voters,
+      learners: r.tracker.learners,
+      votesWithheld: r.withholdingVotes(),
+      pendingSnapshotIndex: r.pendingSnapshotIndex(),
     };
+  }
+
+  /** On the leader: every member's replication progress (itself included), voters then learners; undefined elsewhere. Allocates per member. */
+  progress(): MemberProgress[] | undefined {
+    return this.raft.memberProgress();
+  }
+
+  /**
+   * The leader's snapshot base shows its entry at `index` has `term` and is
+   * committed: commit up to `index` if this node follows `leader` and holds
+   * that entry with that term (Log Matching: its log up to there is then the
+   * leader's). Returns whether the commit index now covers `index`; the
+   * entries come out in a later Ready's committedEntries. See
+   * Raft.commitFromLeaderBase.
+   */
+  commitFromLeaderBase(leader: NodeId, index: number, term: number): boolean {
+    return this.raft.commitFromLeaderBase(leader, index, term);
   }
 
   /** Cheap: whether ready() would return anything. */
@@ -253,6 +285,16 @@ export class RaftNode {
     this.readyApplied = 0;
     this.raft.onPersisted();
   }
+}
+
+/**
+ * The protocol state under a node, for the core's own tests, transcripts and
+ * simulator, which check invariants inside it. Not exported by index.ts;
+ * code outside src/raft and test/ must not use it (test/unit/raft-boundary.test.ts).
+ */
+export function inspectCore(node: RaftNode): Raft {
+  // Element access reaches a TypeScript-private field: this one accessor is the way in.
+  return node["raft"];
 }
 
 /** Bytes of entries, as the core counts them against its limits. */

@@ -34,7 +34,8 @@
 import { Packr } from "msgpackr";
 import { Prng } from "../../src/base/prng.js";
 import { ConfChangeType, decodeConfChange } from "../../src/raft/confchange.js";
-import { RaftNode } from "../../src/raft/node.js";
+import { inspectCore, RaftNode } from "../../src/raft/node.js";
+import type { Raft } from "../../src/raft/raft.js";
 import type { Ready } from "../../src/raft/node.js";
 import { MemoryStorage } from "../../src/raft/storage.js";
 import type { ConfState, Entry, Message, NodeId } from "../../src/raft/types.js";
@@ -226,15 +227,15 @@ class Sim {
         const lead = this.stableLeader();
         if (lead !== null) {
           const r = lead.node as RaftNode;
-          if (finalIndex === 0 || r.raft.term !== finalTerm) {
+          if (finalIndex === 0 || r.status().term !== finalTerm) {
             const idx = r.propose(this.data(`final-${this.now}`));
             if (idx > 0) {
               finalIndex = idx;
-              finalTerm = r.raft.term;
+              finalTerm = r.status().term;
             }
           }
           if (finalIndex > 0 && this.committedTerm[finalIndex] === finalTerm) {
-            const members = [...r.raft.tracker.members];
+            const members = [...r.status().voters, ...r.status().learners];
             done = members.every((id) => this.node(id).sm.applied >= finalIndex);
           }
         }
@@ -320,9 +321,10 @@ class Sim {
     if (lead !== null) {
       if (rng.chance(0.01)) this.changeMembership(lead);
       if (rng.chance(0.004)) {
-        const to = lead.raft.tracker.voters[rng.int(lead.raft.tracker.voters.length)];
+        const voters = lead.status().voters;
+        const to = voters[rng.int(voters.length)];
         if (to !== undefined && lead.transferLeadership(to)) {
-          this.trace(`transfer ${lead.raft.id} -> ${to}`);
+          this.trace(`transfer ${lead.status().id} -> ${to}`);
           this.result.transfers++;
         }
       }
@@ -333,12 +335,12 @@ class Sim {
 
   /** Churn: a follower campaigns now, half the time the one with the most up-to-date log (it wins most often). */
   private forceCampaign(): void {
-    const up = this.ids.map((id) => this.node(id)).filter((n) => n.node !== null && n.node.raft.role !== StateRole.leader);
+    const up = this.ids.map((id) => this.node(id)).filter((n) => n.node !== null && n.node.status().role !== StateRole.leader);
     let pick = up[this.rng.int(up.length)];
     if (this.rng.chance(0.5)) {
       for (const n of up) {
-        const a = (n.node as RaftNode).raft.log;
-        const b = (pick?.node as RaftNode | undefined)?.raft.log;
+        const a = inspectCore(n.node as RaftNode).log;
+        const b = pick?.node == null ? undefined : inspectCore(pick.node).log;
         if (b === undefined || a.lastTerm() > b.lastTerm() || (a.lastTerm() === b.lastTerm() && a.lastIndex() > b.lastIndex())) pick = n;
       }
     }
@@ -365,7 +367,7 @@ class Sim {
   }
 
   private changeMembership(lead: RaftNode): void {
-    const conf = lead.raft.currentConf();
+    const conf = inspectCore(lead).currentConf();
     const rng = this.rng;
     const outsiders = this.ids.filter((id) => !conf.voters.includes(id) && !conf.learners.includes(id));
     const choices: { type: ConfChangeType; nodeId: NodeId }[] = [];
@@ -414,7 +416,7 @@ class Sim {
     const keep = new Set([...this.committedConf.voters, ...this.committedConf.learners]);
     // A member in anyone else's configuration in force (an addition not yet committed) stays.
     for (const id of this.ids) {
-      const r = this.node(id).node?.raft;
+      const r = coreOf(this.node(id));
       if (r === undefined) continue;
       const conf = r.currentConf();
       for (const m of [...conf.voters, ...conf.learners]) if (m !== id) keep.add(m);
@@ -431,7 +433,7 @@ class Sim {
 
   private clientRequests(): void {
     // Clients reach any node that believes it leads, including a deposed leader that has not noticed yet.
-    const leaders = this.ids.map((id) => this.node(id).node).filter((n): n is RaftNode => n !== null && n.raft.role === StateRole.leader);
+    const leaders = this.ids.map((id) => this.node(id).node).filter((n): n is RaftNode => n !== null && n.status().role === StateRole.leader);
     const lead = leaders[this.rng.int(leaders.length)];
     if (lead === undefined) return;
     const rng = this.rng;
@@ -442,7 +444,7 @@ class Sim {
     if (rng.chance(0.1)) {
       const key = `r${++this.seq}`;
       if (lead.readIndex(new TextEncoder().encode(key))) {
-        this.reads.set(key, { node: lead.raft.id, incarnation: this.node(lead.raft.id).incarnation, minIndex: this.maxCommit });
+        this.reads.set(key, { node: lead.status().id, incarnation: this.node(lead.status().id).incarnation, minIndex: this.maxCommit });
       }
     }
   }
@@ -592,7 +594,7 @@ class Sim {
         const r = node.ready();
         // Committed entries are on disk already: applied before the persist, as the driver does.
         for (const e of r.committedEntries) this.apply(n, e);
-        const leader = node.raft.role === StateRole.leader;
+        const leader = node.status().role === StateRole.leader;
         if (leader && n.sendEarly) r.messages = this.sendEarly(n, r.messages);
         n.held = { r, leader };
       } else {
@@ -625,7 +627,7 @@ class Sim {
   private processReady(n: SimNode, node: RaftNode, r: Ready, ledWhenTaken: boolean): boolean {
     this.persist(n, r);
     const fault = this.faults ? n.pendingFault : "none";
-    if (this.faults && r.entries.length > 0 && node.raft.role === StateRole.leader && this.churn && fault === "none" && this.rng.chance(0.03)) {
+    if (this.faults && r.entries.length > 0 && node.status().role === StateRole.leader && this.churn && fault === "none" && this.rng.chance(0.03)) {
       n.pendingFault = "oneThenCrash"; // a leader that replicates its new entries to one follower only, then crashes
     }
     if ((this.faults && this.rng.chance(0.002)) || fault === "crash") {
@@ -707,12 +709,12 @@ class Sim {
   private check(): void {
     // First the leaders' configurations: a commit may have come from one just put in force.
     for (const id of this.ids) {
-      const r = this.node(id).node?.raft;
+      const r = coreOf(this.node(id));
       if (r !== undefined && r.role === StateRole.leader) this.noteLeaderConf(r.term, r.currentConf().voters);
     }
     for (const id of this.ids) {
       const n = this.node(id);
-      const r = n.node?.raft;
+      const r = coreOf(n);
       if (r === undefined) continue;
       if (r.log.committed > this.maxCommit) this.maxCommit = r.log.committed;
       if (r.log.committed > n.commitChecked) {
@@ -737,7 +739,7 @@ class Sim {
   }
 
   private checkLeaderCompleteness(n: SimNode): void {
-    const log = (n.node as RaftNode).raft.log;
+    const log = inspectCore(n.node as RaftNode).log;
     const first = log.firstIndex();
     const upTo = this.committedTerm.length - 1;
     if (log.lastIndex() < upTo) this.fail(`leader ${n.id} lacks committed entries: last ${log.lastIndex()} < ${upTo}`);
@@ -791,7 +793,7 @@ class Sim {
   }
 
   private viewOf(n: SimNode): LogView {
-    const r = n.node?.raft;
+    const r = coreOf(n);
     if (r === undefined) return this.storageView(n);
     const log = r.log;
     return { snapIndex: log.firstIndex() - 1, lastIndex: log.lastIndex(), term: (i) => log.termOrNone(i) };
@@ -809,21 +811,21 @@ class Sim {
     let best: RaftNode | null = null;
     for (const id of this.ids) {
       const node = this.node(id).node;
-      if (node !== null && node.raft.role === StateRole.leader && (best === null || node.raft.term > best.raft.term)) best = node;
+      if (node !== null && node.status().role === StateRole.leader && (best === null || node.status().term > best.status().term)) best = node;
     }
     return best;
   }
 
   private stableLeader(): SimNode | null {
     const lead = this.anyLeader();
-    if (lead === null || !lead.raft.committedOwnTerm()) return null;
-    return this.node(lead.raft.id);
+    if (lead === null || !inspectCore(lead).committedOwnTerm()) return null;
+    return this.node(lead.status().id);
   }
 
   private describe(): string {
     const lines: string[] = [];
     for (const n of this.nodes.values()) {
-      const r = n.node?.raft;
+      const r = coreOf(n);
       if (r === undefined) {
         lines.push(`  node ${n.id}: down`);
         continue;
@@ -846,6 +848,11 @@ class Sim {
   private fail(what: string): never {
     throw new SimFailure(`seed ${this.opts.seed} (nodes ${this.opts.nodes}) failed at tick ${this.now}: ${what}`);
   }
+}
+
+/** The protocol state of a node that is up, for the invariant checks. */
+function coreOf(n: SimNode): Raft | undefined {
+  return n.node === null ? undefined : inspectCore(n.node);
 }
 
 function isQuorumOf(voters: readonly NodeId[], has: (id: NodeId) => boolean): boolean {
