@@ -32,7 +32,7 @@ import { entryBytes, StateRole } from "./types.js";
 export interface Ready {
   /** Set when the leader or this node's role changed; needs no persistence. */
   softState: SoftState | null;
-  /** Set when term, vote or commit changed: persist it. */
+  /** Set when term, vote or commit changed: persist it. Its commit covers only entries on disk before this Ready (see commitToPersist). */
   hardState: HardState | null;
   /** Entries to append to stable storage before sending messages. */
   entries: Entry[];
@@ -197,12 +197,13 @@ export class RaftNode {
     r.flush();
     const log = r.log;
     const termOrVoteChanged = r.term !== this.hsTerm || r.vote !== this.hsVote;
+    const commit = this.commitToPersist();
     let hardState: HardState | null = null;
-    if (termOrVoteChanged || log.committed !== this.hsCommit) {
-      hardState = { term: r.term, vote: r.vote, commit: log.committed };
+    if (termOrVoteChanged || commit !== this.hsCommit) {
+      hardState = { term: r.term, vote: r.vote, commit };
       this.hsTerm = r.term;
       this.hsVote = r.vote;
-      this.hsCommit = log.committed;
+      this.hsCommit = commit;
     }
     let softState: SoftState | null = null;
     if (r.lead !== this.ssLead || r.role !== this.ssRole) {
@@ -234,6 +235,24 @@ export class RaftNode {
       readStates,
       mustSync: termOrVoteChanged || entries.length > 0 || snapshot !== null,
     };
+  }
+
+  /**
+   * The commit index a Ready's hard state carries: at most the last entry that
+   * was on disk, and agreed with this log, before the Ready's own writes. Step
+   * 1 writes entries and hard state, and a crash may leave either without the
+   * other; a commit index over entries of the same Ready would then, after a
+   * restart, cover entries the node does not hold, or a stale suffix the Ready
+   * was replacing (applied as committed). While a snapshot waits to be
+   * persisted, the log on disk may disagree anywhere above the last commit
+   * persisted, so that one stays. The rest follows in the next Ready (a
+   * commit-only hard state, no sync): the commit index is volatile in Raft,
+   * learned again from the leader.
+   */
+  private commitToPersist(): number {
+    const r = this.raft;
+    if (r.log.unstableSnapshot !== null) return this.hsCommit;
+    return Math.max(this.hsCommit, Math.min(r.log.committed, r.stableLastIndex()));
   }
 
   /**

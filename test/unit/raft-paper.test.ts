@@ -510,6 +510,32 @@ test("Figure 2: a vote granted in a term the node already knew is persisted (Rea
   assert.equal(r.messages.map((m) => [m.to, m.type, m.reject]), [[2, MessageType.voteResp, true]], "§5.2: one vote per term");
 });
 
+test("Figure 2: a hard state persists a commit index only over entries on disk before its Ready, so a crash between its writes, in either order, never commits what the node does not hold", () => {
+  // The follower holds a stale suffix 3..5 of term 1; the leader of term 2 replaces it from 3 on and says 3 is committed.
+  const s = storageWith([1, 2, 3], [1, 1, 1, 1, 1]);
+  s.setHardState({ term: 1, vote: 0, commit: 2 });
+  let n = newNode(2, [1, 2, 3], { applied: 2 }, s);
+  n.step(msg(MessageType.app, 1, 2, 2, { index: 2, logTerm: 1, entries: [entry(3, 2, "new")], commit: 3 }));
+  assert.is(n.status().commit, 3);
+  let r = n.ready();
+  assert.equal(r.entries.map((e) => `${e.index}/${e.term}`), ["3/2"]);
+  assert.equal(r.hardState, { term: 2, vote: 0, commit: 2 }, "its commit stays on what is already on disk (index 3 there is still the stale entry)");
+  // The hard state reaches the disk, the entries do not, and the node crashes.
+  if (r.hardState !== null) s.setHardState(r.hardState);
+  n = newNode(2, [1, 2, 3], { applied: 2 }, s);
+  assert.is(n.status().commit, 2, "restarted: the stale entry at 3 is not committed");
+  assert.is(n.hasReady(), false, "and nothing is applied");
+  // Without the crash, the commit follows in the next Ready, once the entry is on disk (no sync needed).
+  n.step(msg(MessageType.app, 1, 2, 2, { index: 2, logTerm: 1, entries: [entry(3, 2, "new")], commit: 3 }));
+  r = n.ready();
+  persist(r, s);
+  n.advance();
+  r = n.ready();
+  assert.equal(r.hardState, { term: 2, vote: 0, commit: 3 });
+  assert.not.ok(r.mustSync);
+  assert.equal(r.committedEntries.map((e) => `${e.index}/${e.term}`), ["3/2"]);
+});
+
 test("Figure 2: a follower's append acknowledgment comes out in the Ready that persists the entries", () => {
   const n = newNode(1, [1, 2, 3]);
   n.step(msg(MessageType.app, 2, 1, 1, { entries: [entry(1, 1, "a")] }));
