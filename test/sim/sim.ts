@@ -994,7 +994,8 @@ class Sim {
       }
       const conf = r.currentConf();
       let line = `  node ${n.id}: role ${r.role} term ${r.term} lead ${r.lead} commit ${r.log.committed} applied ${n.sm.applied} ` +
-        `last ${r.log.lastIndex()} first ${r.log.firstIndex()} voters [${conf.voters}] learners [${conf.learners}]`;
+        `last ${r.log.lastIndex()} first ${r.log.firstIndex()} voters [${conf.voters}] learners [${conf.learners}]` +
+        `${r.cfg.preVote ? " prevote" : ""}${r.cfg.checkQuorum ? " checkquorum" : ""}${this.paused(n) ? ` paused until ${n.pausedUntil}` : ""}`;
       if (r.role === StateRole.leader) {
         for (const [id, pr] of r.tracker.progress) line += `\n    ${id}: ${["probe", "replicate", "snapshot"][pr.state]} match ${pr.match} next ${pr.next} paused ${pr.isPaused()} active ${pr.recentActive}`;
       }
