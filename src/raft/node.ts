@@ -5,7 +5,9 @@
 //
 //   1. persist: write `snapshot` (if any), `entries` (replacing any stored
 //      suffix from the first entry's index on) and `hardState` (if any) to
-//      stable storage; if `mustSync`, fdatasync before step 2;
+//      stable storage, in any order (the hard state's commit index covers
+//      only entries on disk before this Ready, so a crash between the writes
+//      is safe); if `mustSync`, fdatasync before step 2;
 //   2. send `messages` (they may depend on the state persisted in step 1: a
 //      vote, an append acknowledgment; that is why they wait for it);
 //   3. apply `snapshot` to the state machine (if any), then `committedEntries`
