@@ -187,7 +187,7 @@ export class RaftNode {
       r.log.hasNextCommittedEntries() ||
       r.term !== this.hsTerm ||
       r.vote !== this.hsVote ||
-      r.log.committed !== this.hsCommit ||
+      (r.log.committed !== this.hsCommit && this.commitToPersist() !== this.hsCommit) ||
       r.lead !== this.ssLead ||
       r.role !== this.ssRole
     );
