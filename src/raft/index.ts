@@ -2,7 +2,6 @@
 
 export { RaftNode, entriesBytes } from "./node.js";
 export type { Ready, Status } from "./node.js";
-export { Raft } from "./raft.js";
 export type { RaftConfig } from "./raft.js";
 export {
   MemoryStorage,
@@ -21,7 +20,8 @@ export {
   confStatesEqual,
 } from "./confchange.js";
 export type { ConfChange, ConfChangeEntry } from "./confchange.js";
-export { ProgressState } from "./progress.js";
+export { ProgressState, progressStateNames } from "./progress.js";
+export type { MemberProgress } from "./progress.js";
 export {
   EntryType,
   MessageType,

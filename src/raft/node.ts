@@ -5,7 +5,9 @@
 //
 //   1. persist: write `snapshot` (if any), `entries` (replacing any stored
 //      suffix from the first entry's index on) and `hardState` (if any) to
-//      stable storage; if `mustSync`, fdatasync before step 2;
+//      stable storage, in any order (the hard state's commit index covers
+//      only entries on disk before this Ready, so a crash between the writes
+//      is safe); if `mustSync`, fdatasync before step 2;
 //   2. send `messages` (they may depend on the state persisted in step 1: a
 //      vote, an append acknowledgment; that is why they wait for it);
 //   3. apply `snapshot` to the state machine (if any), then `committedEntries`
@@ -25,13 +27,14 @@ import { assert } from "../base/assert.js";
 import type { ConfChange } from "./confchange.js";
 import { Raft } from "./raft.js";
 import type { RaftConfig } from "./raft.js";
+import type { MemberProgress } from "./progress.js";
 import type { Entry, HardState, Message, NodeId, ReadState, Snapshot, SoftState } from "./types.js";
 import { entryBytes, StateRole } from "./types.js";
 
 export interface Ready {
   /** Set when the leader or this node's role changed; needs no persistence. */
   softState: SoftState | null;
-  /** Set when term, vote or commit changed: persist it. */
+  /** Set when term, vote or commit changed: persist it. Its commit covers only entries on disk before this Ready (see commitToPersist). */
   hardState: HardState | null;
   /** Entries to append to stable storage before sending messages. */
   entries: Entry[];
@@ -47,6 +50,7 @@ export interface Ready {
   mustSync: boolean;
 }
 
+/** What a node is now. Cheap (one object; the configuration's arrays are shared and frozen), so callers may ask per request. */
 export interface Status {
   id: NodeId;
   term: number;
@@ -56,6 +60,13 @@ export interface Status {
   lastIndex: number;
   lead: NodeId;
   role: StateRole;
+  /** The configuration in force (the last config entry in the log, committed or not), sorted. */
+  voters: readonly NodeId[];
+  learners: readonly NodeId[];
+  /** This node owes log entries it lost (RaftConfig.votesWithheldUntil): it neither votes nor campaigns yet. */
+  votesWithheld: boolean;
+  /** A snapshot from the leader taken and not yet persisted (the next Ready carries it): its index, or 0. */
+  pendingSnapshotIndex: number;
 }
 
 const noMessages: Message[] = [];
@@ -66,7 +77,9 @@ Object.freeze(noEntries);
 Object.freeze(noReads);
 
 export class RaftNode {
-  readonly raft: Raft;
+  // The protocol state. Not part of the API: callers ask through the methods
+  // below; the core's own tests and simulator look inside with inspectCore().
+  private readonly raft: Raft;
   // What the caller already has (persisted hard state, last soft state), compared field by field so hasReady() allocates nothing.
   private hsTerm: number;
   private hsVote: NodeId;
@@ -138,7 +151,28 @@ export class RaftNode {
       lastIndex: r.log.lastIndex(),
       lead: r.lead,
       role: r.role,
+      voters: r.tracker.voters,
+      learners: r.tracker.learners,
+      votesWithheld: r.withholdingVotes(),
+      pendingSnapshotIndex: r.pendingSnapshotIndex(),
     };
+  }
+
+  /** On the leader: every member's replication progress (itself included), voters then learners; undefined elsewhere. Allocates per member. */
+  progress(): MemberProgress[] | undefined {
+    return this.raft.memberProgress();
+  }
+
+  /**
+   * The leader's snapshot base shows its entry at `index` has `term` and is
+   * committed: commit up to `index` if this node follows `leader` and holds
+   * that entry with that term (Log Matching: its log up to there is then the
+   * leader's). Returns whether the commit index now covers `index`; the
+   * entries come out in a later Ready's committedEntries. See
+   * Raft.commitFromLeaderBase.
+   */
+  commitFromLeaderBase(leader: NodeId, index: number, term: number): boolean {
+    return this.raft.commitFromLeaderBase(leader, index, term);
   }
 
   /** Cheap: whether ready() would return anything. */
@@ -153,7 +187,7 @@ export class RaftNode {
       r.log.hasNextCommittedEntries() ||
       r.term !== this.hsTerm ||
       r.vote !== this.hsVote ||
-      r.log.committed !== this.hsCommit ||
+      (r.log.committed !== this.hsCommit && this.commitToPersist() !== this.hsCommit) ||
       r.lead !== this.ssLead ||
       r.role !== this.ssRole
     );
@@ -165,12 +199,13 @@ export class RaftNode {
     r.flush();
     const log = r.log;
     const termOrVoteChanged = r.term !== this.hsTerm || r.vote !== this.hsVote;
+    const commit = this.commitToPersist();
     let hardState: HardState | null = null;
-    if (termOrVoteChanged || log.committed !== this.hsCommit) {
-      hardState = { term: r.term, vote: r.vote, commit: log.committed };
+    if (termOrVoteChanged || commit !== this.hsCommit) {
+      hardState = { term: r.term, vote: r.vote, commit };
       this.hsTerm = r.term;
       this.hsVote = r.vote;
-      this.hsCommit = log.committed;
+      this.hsCommit = commit;
     }
     let softState: SoftState | null = null;
     if (r.lead !== this.ssLead || r.role !== this.ssRole) {
@@ -202,6 +237,24 @@ export class RaftNode {
       readStates,
       mustSync: termOrVoteChanged || entries.length > 0 || snapshot !== null,
     };
+  }
+
+  /**
+   * The commit index a Ready's hard state carries: at most the last entry that
+   * was on disk, and agreed with this log, before the Ready's own writes. Step
+   * 1 writes entries and hard state, and a crash may leave either without the
+   * other; a commit index over entries of the same Ready would then, after a
+   * restart, cover entries the node does not hold, or a stale suffix the Ready
+   * was replacing (applied as committed). While a snapshot waits to be
+   * persisted, the log on disk may disagree anywhere above the last commit
+   * persisted, so that one stays. The rest follows in the next Ready (a
+   * commit-only hard state, no sync): the commit index is volatile in Raft,
+   * learned again from the leader.
+   */
+  private commitToPersist(): number {
+    const r = this.raft;
+    if (r.log.unstableSnapshot !== null) return this.hsCommit;
+    return Math.max(this.hsCommit, Math.min(r.log.committed, r.stableLastIndex()));
   }
 
   /**
@@ -253,6 +306,16 @@ export class RaftNode {
     this.readyApplied = 0;
     this.raft.onPersisted();
   }
+}
+
+/**
+ * The protocol state under a node, for the core's own tests, transcripts and
+ * simulator, which check invariants inside it. Not exported by index.ts;
+ * code outside src/raft and test/ must not use it (test/unit/raft-boundary.test.ts).
+ */
+export function inspectCore(node: RaftNode): Raft {
+  // Element access reaches a TypeScript-private field: this one accessor is the way in.
+  return node["raft"];
 }
 
 /** Bytes of entries, as the core counts them against its limits. */

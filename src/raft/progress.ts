@@ -178,12 +178,34 @@ export class Progress {
   }
 }
 
+/** A member's replication as its leader sees it: plain data, a copy of the leader's Progress. */
+export interface MemberProgress {
+  id: NodeId;
+  /** A learner receives the log but counts for neither commit nor elections. */
+  learner: boolean;
+  /** The highest index known to be in the member's log. */
+  match: number;
+  /** The next index the leader sends it. */
+  next: number;
+  state: ProgressState;
+  /** Heard from within the leader's current CheckQuorum round (an election timeout); the leader itself always is. */
+  recentActive: boolean;
+  /** In snapshot state: the index of the snapshot being sent; otherwise 0. */
+  pendingSnapshot: number;
+  /** The leader sends it nothing now (a probe unanswered, a full window, a snapshot in flight). */
+  paused: boolean;
+  /** Appends sent and not yet acknowledged. */
+  inflightMsgs: number;
+}
+
 /** The configuration in force and, on the leader, the progress of every member. */
 export class ProgressTracker {
-  voters: NodeId[] = [];
-  learners: NodeId[] = [];
+  // Replaced (never changed in place) when a configuration takes effect, and
+  // frozen: RaftNode.status() hands them out without a copy.
+  voters: readonly NodeId[] = Object.freeze([]);
+  learners: readonly NodeId[] = Object.freeze([]);
   /** Every member (voters and learners), in a stable order for deterministic sends. */
-  members: NodeId[] = [];
+  members: readonly NodeId[] = Object.freeze([]);
   readonly progress = new Map<NodeId, Progress>();
   readonly votes = new Map<NodeId, boolean>();
   private readonly scratch: number[] = [];
@@ -208,9 +230,9 @@ export class ProgressTracker {
 
   /** Takes `conf` into force; members that are new start probing at `nextIndex`. */
   setConf(conf: ConfState, nextIndex: number): void {
-    this.voters = [...conf.voters].sort((a, b) => a - b);
-    this.learners = [...conf.learners].sort((a, b) => a - b);
-    this.members = [...this.voters, ...this.learners];
+    this.voters = Object.freeze([...conf.voters].sort((a, b) => a - b));
+    this.learners = Object.freeze([...conf.learners].sort((a, b) => a - b));
+    this.members = Object.freeze([...this.voters, ...this.learners]);
     for (const id of [...this.progress.keys()]) {
       if (!this.members.includes(id)) this.progress.delete(id);
     }

@@ -10,6 +10,7 @@ import { applyConfChange, cloneConfState, decodeConfChange, encodeConfChange } f
 import type { ConfChange } from "./confchange.js";
 import { RaftLog } from "./log.js";
 import { Progress, ProgressState, ProgressTracker } from "./progress.js";
+import type { MemberProgress } from "./progress.js";
 import { isQuorum, voteResult, VoteResult } from "./quorum.js";
 import type { Storage } from "./storage.js";
 import { CompactedError, SnapshotUnavailableError } from "./storage.js";
@@ -264,6 +265,56 @@ export class Raft {
     pr.becomeProbe();
     // Wait for the follower's next heartbeat response before probing again.
     pr.probeSent = true;
+  }
+
+  /**
+   * The caller learned out of band that the leader's entry at `index` has
+   * `term` and is committed: the base of a delta snapshot the leader streams
+   * (at or below the snapshot's index, which the leader had applied). Commits
+   * up to `index` if this node follows `leader` and its own entry at `index`
+   * has `term`; returns whether it did (or had already).
+   *
+   * Why that is safe, by Log Matching (§5.3): two logs that hold an entry with
+   * the same index and term are identical up to it, so this node's log up to
+   * `index` is the leader's, all of it committed; and a committed entry stays
+   * committed (Leader Completeness, §5.4). It is what a heartbeat carrying
+   * commit = `index` would let a follower whose match is `index` do, without a
+   * message the leader never sent. An entry this node lacks (past its last
+   * index, or compacted) or holds with another term commits nothing: there its
+   * log is not known to be the leader's, and the leader's appends will decide.
+   */
+  commitFromLeaderBase(leader: NodeId, index: number, term: number): boolean {
+    if (this.role !== StateRole.follower || leader === noNode || this.lead !== leader) return false;
+    if (!this.log.matchTerm(index, term)) return false;
+    assert(index <= this.log.lastIndex(), "a matching entry is in the log");
+    this.log.commitTo(index);
+    return true;
+  }
+
+  /** Leader: every member's replication progress, in member order (voters, then learners); undefined elsewhere. */
+  memberProgress(): MemberProgress[] | undefined {
+    if (this.role !== StateRole.leader) return undefined;
+    const out: MemberProgress[] = [];
+    for (const id of this.tracker.members) {
+      const pr = this.progressOf(id);
+      out.push({
+        id,
+        learner: this.tracker.isLearner(id),
+        match: pr.match,
+        next: pr.next,
+        state: pr.state,
+        recentActive: id === this.id || pr.recentActive,
+        pendingSnapshot: pr.pendingSnapshot,
+        paused: pr.isPaused(),
+        inflightMsgs: pr.inflights.count,
+      });
+    }
+    return out;
+  }
+
+  /** The index of a snapshot from the leader that this node took and has not yet persisted (a Ready carries it), or 0. */
+  pendingSnapshotIndex(): number {
+    return this.log.unstableSnapshot === null ? 0 : this.log.unstableSnapshot.meta.index;
   }
 
   /** RaftNode calls this from advance(): entries up to the stable last index are on our disk. */

@@ -31,7 +31,7 @@ import { RaftNode } from "../raft/node.js";
 import type { RaftConfig } from "../raft/raft.js";
 import type { Storage } from "../raft/storage.js";
 import type { Ready } from "../raft/node.js";
-import { EntryType, MessageType, mayPrecedePersist, newMessage, StateRole, type ConfState, type Entry, type Message, type NodeId } from "../raft/types.js";
+import { EntryType, MessageType, mayPrecedePersist, StateRole, type ConfState, type Entry, type Message, type NodeId } from "../raft/types.js";
 import { StoreError, type ChecksumError } from "../store/errors.js";
 import type { Store } from "../store/store.js";
 import { BeatsOutbox, isBeat, parseBeats, type BeatsEnvelope } from "./beats.js";
@@ -230,7 +230,7 @@ export class MultiRaft {
       },
       stillSending: (group: number, to: NodeId) => {
         const g = this.groups.get(group);
-        return g !== undefined && g.node.status().role === StateRole.leader && g.node.raft.tracker.progress.get(to)?.state === ProgressState.snapshot;
+        return g?.node.progress()?.find((p) => p.id === to)?.state === ProgressState.snapshot;
       },
       catchUp: (group: number, leader: NodeId, index: number, term: number) => this.catchUp(group, leader, index, term),
       damaged: (e: ChecksumError) => o.damaged?.(e),
@@ -291,34 +291,30 @@ export class MultiRaft {
 
   /** The group's voters as this node's core knows them (its configuration). */
   voters(groupId: number): NodeId[] {
-    return [...(this.groups.get(groupId)?.node.raft.tracker.voters ?? [])];
+    return [...(this.groups.get(groupId)?.node.status().voters ?? [])];
   }
 
   learners(groupId: number): NodeId[] {
-    return [...(this.groups.get(groupId)?.node.raft.tracker.learners ?? [])];
+    return [...(this.groups.get(groupId)?.node.status().learners ?? [])];
   }
 
   /** On the leader: every member's replication progress; undefined elsewhere. */
   progress(groupId: number): ReplicaProgress[] | undefined {
-    const g = this.groups.get(groupId);
-    if (g === undefined || g.node.status().role !== StateRole.leader) return undefined;
-    return [...g.node.raft.tracker.progress].map(([node, pr]) => ({ node, match: pr.match, active: node === this.o.nodeId || pr.recentActive }));
+    return this.groups.get(groupId)?.node.progress()?.map((p) => ({ node: p.id, match: p.match, active: p.recentActive }));
   }
 
   /**
-   * A delta snapshot's base is past what this follower applied: if its entry
-   * there has the leader's term there, its log up to it is the leader's
-   * (Log Matching) and committed (the base is below the snapshot's index), so
-   * the core may commit that far, as on a heartbeat; resolves once applied.
+   * A delta snapshot's base (`index`, `term`: the leader's entry there, which
+   * it committed) is past what this follower applied: the core commits up to
+   * it if this node follows `leader` and holds that entry with that term
+   * (RaftNode.commitFromLeaderBase: by Log Matching its log up to there is the
+   * leader's); resolves once applied, undefined if the core refused.
    */
   private catchUp(groupId: number, leader: NodeId, index: number, term: number): Promise<void> | undefined {
     const g = this.groups.get(groupId);
-    if (g === undefined || term === 0 || this.o.store.raftTerm(groupId, index) !== term || g.node.status().lead !== leader) return undefined;
+    if (g === undefined || !g.node.commitFromLeaderBase(leader, index, term)) return undefined;
     if (g.applied >= index) return Promise.resolve();
     this.o.log(`snapshot: group ${groupId}: applying this node's own log from index ${g.applied + 1} to ${index} (the leader's entry there) before copying what did not change`);
-    const heartbeat = newMessage(MessageType.heartbeat, leader, this.o.nodeId, g.node.raft.term);
-    heartbeat.commit = index;
-    g.node.step(heartbeat);
     this.schedule();
     return new Promise((resolve, reject) => g.readsAwaitingApply.push({ index, waiters: [{ term: 0, resolve, reject }] }));
   }
@@ -368,7 +364,7 @@ export class MultiRaft {
 
   /** Groups whose core withholds its vote: recovery cut their log, and they have not got back what they may have acknowledged. */
   withholdingVotes(): number[] {
-    return [...this.groups.values()].filter((g) => g.node.raft.withholdingVotes()).map((g) => g.id);
+    return [...this.groups.values()].filter((g) => g.node.status().votesWithheld).map((g) => g.id);
   }
 
   /** The current leader of a group as this node knows it (0: none known). */
@@ -539,7 +535,7 @@ export class MultiRaft {
     } else {
       g.node.step(m);
       // Taken: the core holds it for the next persist, which installs the staging group as it is then.
-      this.snapshotReceiver.stepped(g.id, g.node.raft.log.unstableSnapshot?.meta.index === m.snapshot?.meta.index);
+      this.snapshotReceiver.stepped(g.id, g.node.status().pendingSnapshotIndex === m.snapshot?.meta.index);
     }
     this.schedule();
   }
@@ -710,7 +706,7 @@ export class MultiRaft {
         if (g.keepLog || this.o.volumeBytes === undefined) g.node.reportSnapshot(m.to, false);
         else {
           // A delta for a member that was away (it refuses one whose base it has not applied); a new replica, a learner, holds nothing.
-          const changes = g.changes?.complete && !g.node.raft.tracker.isLearner(m.to) ? g.changes : undefined;
+          const changes = g.changes?.complete && !g.node.status().learners.includes(m.to) ? g.changes : undefined;
           this.snapshotSender.start(g.id, this.o.volumeBytes(g.id), m, changes);
         }
       } else if (mayPrecedePersist(m.type)) {
@@ -751,10 +747,10 @@ export class MultiRaft {
   /** The last index no one here needs from memory: applied, and on a leader held by every follower it streams entries to. */
   private cachedEntriesDoneThrough(g: Group): number {
     let upTo = g.applied;
-    const raft = g.node.raft;
-    if (raft.role !== StateRole.leader) return upTo;
-    for (const [id, pr] of raft.tracker.progress) {
-      if (id !== this.o.nodeId && pr.state === ProgressState.replicate) upTo = Math.min(upTo, pr.match);
+    const progress = g.node.progress();
+    if (progress === undefined) return upTo;
+    for (const p of progress) {
+      if (p.id !== this.o.nodeId && p.state === ProgressState.replicate) upTo = Math.min(upTo, p.match);
     }
     return upTo;
   }

@@ -27,7 +27,8 @@ function main(): void {
   const started = Date.now();
   let runs = 0;
   let failures = 0;
-  const total: Omit<SimResult, "seed"> = { ticks: 0, commits: 0, elections: 0, reads: 0, crashes: 0, confChanges: 0, snapshots: 0, transfers: 0, messages: 0, snapshotTransfersOk: 0, snapshotTransfersFailed: 0 };
+  const total: Omit<SimResult, "seed"> = { ticks: 0, commits: 0, elections: 0, reads: 0, crashes: 0, confChanges: 0, snapshots: 0, transfers: 0, messages: 0, snapshotTransfersOk: 0, snapshotTransfersFailed: 0,
+    unsyncedLost: 0, tornPersists: 0, pauses: 0, registerOps: 0 };
   for (let s = seed; s < seed + count; s++) {
     for (const nodes of sizes) {
       runs++;
@@ -45,7 +46,9 @@ function main(): void {
   console.log(`sim: ${runs} runs (seeds ${seed}..${seed + count - 1}, nodes ${sizes.join(",")}), ${failures} failed, ${secs.toFixed(1)}s; ` +
     `${total.commits} commits, ${total.elections} elections, ${total.reads} reads, ${total.crashes} crashes, ` +
     `${total.confChanges} conf changes, ${total.transfers} transfers, ${total.snapshots} snapshots ` +
-    `(${total.snapshotTransfersOk} chunked transfers done, ${total.snapshotTransfersFailed} failed), ${total.messages} messages`);
+    `(${total.snapshotTransfersOk} chunked transfers done, ${total.snapshotTransfersFailed} failed), ${total.messages} messages; ` +
+    `${total.tornPersists} crashes mid-persist, ${total.unsyncedLost} unsynced hard states lost, ${total.pauses} pauses; ` +
+    `${total.registerOps} register operations checked linearizable`);
   process.exitCode = failures === 0 ? 0 : 1;
 }
 

@@ -7,6 +7,24 @@
 // to the leader's core), client writes and linearizable reads. Every message goes through msgpackr, which
 // proves the core's messages are plain data.
 //
+// Disk and process faults:
+//   - a crash loses every write not yet synced: a Ready whose mustSync was
+//     false (a commit-only hard state) was written but not fdatasynced, so a
+//     crash drops it and every such write before the last sync;
+//   - a crash in the middle of a Ready's persist: its entries (and snapshot)
+//     reached the disk but not its hard state, or the hard state but not the
+//     entries (a storage that writes them to different places, in any order);
+//   - a paused process (SIGSTOP, a long GC, a stalled VM): a node stops
+//     ticking, stepping and handling Readies for up to four election timeouts,
+//     and resumes with its state as it was, its messages queued meanwhile.
+//
+// Clients: writes and ReadIndex reads of a few registers go through whichever
+// node believes it leads. A write completes when its node applies its entry
+// (with the term it was proposed in; another term there means it failed); a
+// read completes once its node has applied up to the read's index, with the
+// register's value there. At the end the history of invocations and
+// completions the clients saw must be linearizable (linearizability.ts).
+//
 // Invariants, checked after every step:
 //   - election safety: at most one leader per term;
 //   - log matching on the committed prefix: every node applies, at each index,
@@ -28,17 +46,21 @@
 // one entry per append, new leaders crashed or cut off right after persisting
 // their first entries, leaders that replicate to one follower and then crash,
 // and forced campaigns.
+//   - monotony: within one incarnation a node's commit index never goes back,
+//     and a snapshot it installs is past what its state machine applied.
 // Liveness: after the fault phase the network heals, every node restarts, and
 // within a bounded number of ticks a leader must commit a new entry on every member.
 
 import { Packr } from "msgpackr";
 import { Prng } from "../../src/base/prng.js";
 import { ConfChangeType, decodeConfChange } from "../../src/raft/confchange.js";
-import { RaftNode } from "../../src/raft/node.js";
+import { inspectCore, RaftNode } from "../../src/raft/node.js";
+import type { Raft, RaftConfig } from "../../src/raft/raft.js";
 import type { Ready } from "../../src/raft/node.js";
 import { MemoryStorage } from "../../src/raft/storage.js";
-import type { ConfState, Entry, Message, NodeId } from "../../src/raft/types.js";
+import type { ConfState, Entry, HardState, Message, NodeId } from "../../src/raft/types.js";
 import { EntryType, mayPrecedePersist, MessageType, StateRole } from "../../src/raft/types.js";
+import { checkRegisters, RegisterHistory } from "./linearizability.js";
 
 export interface SimOptions {
   seed: number;
@@ -64,6 +86,12 @@ export interface SimResult {
   /** Snapshot transfers the transport completed / gave up on (reported to the leader's core). */
   snapshotTransfersOk: number;
   snapshotTransfersFailed: number;
+  /** Crashes that dropped a written, unsynced hard state; crashes in the middle of a Ready's persist. */
+  unsyncedLost: number;
+  tornPersists: number;
+  pauses: number;
+  /** Client operations on the registers in the history checked for linearizability. */
+  registerOps: number;
 }
 
 export class SimFailure extends Error {
@@ -74,6 +102,8 @@ interface StateMachine {
   applied: number;
   hash: number;
   conf: ConfState;
+  /** The registers clients write and read: the value of the last write applied to each. */
+  regs: string[];
 }
 
 interface SimNode {
@@ -101,6 +131,16 @@ interface SimNode {
   sendEarly: boolean;
   /** How likely a held Ready's persist is still running at each chance to finish it: 0.3, or 0.7 for a slow disk (acknowledgements then often arrive first). */
   holdChance: number;
+  /** The hard state as of the last fdatasync: what a crash leaves of the hard state. */
+  syncedHardState: HardState;
+  /** A paused process does nothing before this tick (0: running). */
+  pausedUntil: number;
+  /** The highest commit index this incarnation had. */
+  commitSeen: number;
+  /** Client writes this incarnation proposed, by log index, until it applies that index. */
+  proposals: Map<number, { term: number; op: number }>;
+  /** Confirmed client reads waiting for the apply to reach their index. */
+  readsAwaitingApply: { index: number; op: number; key: number }[];
 }
 
 /** A node's log as the commit-safety check sees it: in memory while up, its storage while down. */
@@ -148,7 +188,14 @@ interface PendingRead {
   node: NodeId;
   incarnation: number;
   minIndex: number;
+  /** The register it reads and its operation in the client history. */
+  key: number;
+  op: number;
 }
+
+/** Registers the clients use; few, so that reads often meet the writes they must see. */
+const registerCount = 3;
+
 
 const packr = new Packr({ useRecords: false });
 
@@ -186,6 +233,8 @@ class Sim {
   /** The transport streams snapshot data in chunks of this many bytes. */
   private readonly chunkBytes: number;
   private transferSeq = 0;
+  /** What the clients saw of their register operations. */
+  private readonly history = new RegisterHistory();
 
   constructor(private readonly opts: SimOptions) {
     this.rng = new Prng(opts.seed);
@@ -195,14 +244,16 @@ class Sim {
     this.churn = this.rng.chance(0.5);
     this.appendBytesMax = this.churn ? [1, 64, 256][this.rng.int(3)] as number : 4096;
     this.chunkBytes = [4, 8, 16][this.rng.int(3)] as number;
-    this.result = { seed: opts.seed, ticks: 0, commits: 0, elections: 0, reads: 0, crashes: 0, confChanges: 0, snapshots: 0, transfers: 0, messages: 0, snapshotTransfersOk: 0, snapshotTransfersFailed: 0 };
+    this.result = { seed: opts.seed, ticks: 0, commits: 0, elections: 0, reads: 0, crashes: 0, confChanges: 0, snapshots: 0, transfers: 0, messages: 0, snapshotTransfersOk: 0, snapshotTransfersFailed: 0,
+      unsyncedLost: 0, tornPersists: 0, pauses: 0, registerOps: 0 };
     const voters = Array.from({ length: opts.nodes }, (_, i) => i + 1);
     this.committedConf = { voters, learners: [] };
     for (let id = 1; id <= opts.nodes + 2; id++) {
       const conf = id <= opts.nodes ? { voters, learners: [] } : { voters: [], learners: [] };
       const storage = new MemoryStorage(conf);
-      const n: SimNode = { id, storage, node: null, incarnation: 0, sm: { applied: 0, hash: 0, conf }, downUntil: 0, commitChecked: 0, pendingFault: "none",
-        sending: new Map(), receiving: new Map(), received: new Set(), held: undefined, sendEarly: false, holdChance: 0.3 };
+      const n: SimNode = { id, storage, node: null, incarnation: 0, sm: { applied: 0, hash: 0, conf, regs: emptyRegs() }, downUntil: 0, commitChecked: 0, pendingFault: "none",
+        sending: new Map(), receiving: new Map(), received: new Set(), held: undefined, sendEarly: false, holdChance: 0.3,
+        syncedHardState: storage.hardStateNow(), pausedUntil: 0, commitSeen: 0, proposals: new Map(), readsAwaitingApply: [] };
       this.nodes.set(id, n);
       this.ids.push(id);
       this.start(n);
@@ -226,15 +277,15 @@ class Sim {
         const lead = this.stableLeader();
         if (lead !== null) {
           const r = lead.node as RaftNode;
-          if (finalIndex === 0 || r.raft.term !== finalTerm) {
+          if (finalIndex === 0 || r.status().term !== finalTerm) {
             const idx = r.propose(this.data(`final-${this.now}`));
             if (idx > 0) {
               finalIndex = idx;
-              finalTerm = r.raft.term;
+              finalTerm = r.status().term;
             }
           }
           if (finalIndex > 0 && this.committedTerm[finalIndex] === finalTerm) {
-            const members = [...r.raft.tracker.members];
+            const members = [...r.status().voters, ...r.status().learners];
             done = members.every((id) => this.node(id).sm.applied >= finalIndex);
           }
         }
@@ -242,6 +293,9 @@ class Sim {
     }
     this.result.ticks = this.now - 1;
     if (!done) this.fail(`liveness: no leader committed a new entry on every member within ${this.opts.livenessTicks} ticks after the faults stopped (final ${finalIndex}/${finalTerm})\n${this.describe()}`);
+    const lin = checkRegisters(this.history.ops(), "");
+    if (!lin.ok) this.fail(`linearizability: the register history clients saw is not linearizable: ${lin.why}`);
+    this.result.registerOps = lin.ok ? lin.ops : 0;
     return this.result;
   }
 
@@ -264,13 +318,18 @@ class Sim {
     n.held = undefined;
     n.sendEarly = this.rng.chance(0.5);
     n.holdChance = this.rng.chance(0.5) ? 0.3 : 0.7;
+    n.pausedUntil = 0;
+    n.commitSeen = 0;
+    n.proposals = new Map();
+    n.readsAwaitingApply = [];
+    n.syncedHardState = n.storage.hardStateNow();
     if (snap.meta.index > 0) {
       const s = decodeState(snap.data);
-      n.sm = { applied: snap.meta.index, hash: s.hash, conf: snap.meta.conf };
+      n.sm = { applied: snap.meta.index, hash: s.hash, conf: snap.meta.conf, regs: [...s.regs] };
     } else {
-      n.sm = { applied: 0, hash: 0, conf: snap.meta.conf };
+      n.sm = { applied: 0, hash: 0, conf: snap.meta.conf, regs: emptyRegs() };
     }
-    n.node = new RaftNode({
+    const cfg: RaftConfig = {
       id: n.id,
       storage: n.storage,
       applied: n.sm.applied,
@@ -285,15 +344,45 @@ class Sim {
       uncommittedBytesMax: 1 << 20,
       readIndexPendingMax: 64,
       committedBytesMax: 8192,
-    });
+    };
+    try {
+      n.node = new RaftNode(cfg);
+    } catch (err) {
+      this.fail(`node ${n.id} cannot restart from what it persisted: ${(err as Error).message}\n${this.describe()}`);
+    }
   }
 
+  /**
+   * The process dies: everything in memory is gone, and of the disk only what
+   * was synced stays (a commit-only hard state written since the last
+   * fdatasync is lost). Client operations in flight there stay open: their
+   * outcome is unknown to the client.
+   */
   private crash(n: SimNode): void {
     if (n.node === null) return;
     this.trace(`crash ${n.id}`);
     n.node = null;
     n.downUntil = this.now + 5 + this.rng.int(this.churn ? 15 : 40);
     this.result.crashes++;
+    const written = n.storage.hardStateNow();
+    const synced = n.syncedHardState;
+    if (written.term !== synced.term || written.vote !== synced.vote || written.commit !== synced.commit) {
+      this.trace(`crash ${n.id} loses its unsynced hard state (commit ${written.commit} -> ${synced.commit})`);
+      n.storage.setHardState(synced);
+      this.result.unsyncedLost++;
+    }
+  }
+
+  private paused(n: SimNode): boolean {
+    return n.node !== null && this.now < n.pausedUntil;
+  }
+
+  /** The process stops (SIGSTOP, a long GC pause) for up to four election timeouts; it resumes with its state as it was. */
+  private pause(n: SimNode): void {
+    if (n.node === null || this.paused(n)) return;
+    n.pausedUntil = this.now + 5 + this.rng.int(40);
+    this.trace(`pause ${n.id} until ${n.pausedUntil}`);
+    this.result.pauses++;
   }
 
   // ---- faults and client load ----
@@ -311,6 +400,7 @@ class Sim {
         this.start(n);
       }
     }
+    if (rng.chance(0.003)) this.pause(this.node(this.ids[rng.int(this.ids.length)] as NodeId));
     if (rng.chance(0.01)) this.partition();
     if (this.cut.size > 0 && rng.chance(0.02)) {
       this.trace("heal");
@@ -320,9 +410,10 @@ class Sim {
     if (lead !== null) {
       if (rng.chance(0.01)) this.changeMembership(lead);
       if (rng.chance(0.004)) {
-        const to = lead.raft.tracker.voters[rng.int(lead.raft.tracker.voters.length)];
+        const voters = lead.status().voters;
+        const to = voters[rng.int(voters.length)];
         if (to !== undefined && lead.transferLeadership(to)) {
-          this.trace(`transfer ${lead.raft.id} -> ${to}`);
+          this.trace(`transfer ${lead.status().id} -> ${to}`);
           this.result.transfers++;
         }
       }
@@ -333,12 +424,12 @@ class Sim {
 
   /** Churn: a follower campaigns now, half the time the one with the most up-to-date log (it wins most often). */
   private forceCampaign(): void {
-    const up = this.ids.map((id) => this.node(id)).filter((n) => n.node !== null && n.node.raft.role !== StateRole.leader);
+    const up = this.ids.map((id) => this.node(id)).filter((n) => n.node !== null && !this.paused(n) && n.node.status().role !== StateRole.leader);
     let pick = up[this.rng.int(up.length)];
     if (this.rng.chance(0.5)) {
       for (const n of up) {
-        const a = (n.node as RaftNode).raft.log;
-        const b = (pick?.node as RaftNode | undefined)?.raft.log;
+        const a = inspectCore(n.node as RaftNode).log;
+        const b = pick?.node == null ? undefined : inspectCore(pick.node).log;
         if (b === undefined || a.lastTerm() > b.lastTerm() || (a.lastTerm() === b.lastTerm() && a.lastIndex() > b.lastIndex())) pick = n;
       }
     }
@@ -365,7 +456,7 @@ class Sim {
   }
 
   private changeMembership(lead: RaftNode): void {
-    const conf = lead.raft.currentConf();
+    const conf = inspectCore(lead).currentConf();
     const rng = this.rng;
     const outsiders = this.ids.filter((id) => !conf.voters.includes(id) && !conf.learners.includes(id));
     const choices: { type: ConfChangeType; nodeId: NodeId }[] = [];
@@ -385,10 +476,10 @@ class Sim {
   }
 
   private compact(n: SimNode): void {
-    if (n.node === null) return;
+    if (n.node === null || this.paused(n)) return;
     const at = n.sm.applied;
     if (at <= n.storage.firstIndex() || at > n.storage.lastIndex()) return;
-    n.storage.createSnapshot(at, n.sm.conf, encodeState(at, n.sm.hash));
+    n.storage.createSnapshot(at, n.sm.conf, encodeState(at, n.sm.hash, n.sm.regs));
     n.storage.compact(at);
     this.trace(`compact ${n.id} at ${at}`);
   }
@@ -400,6 +491,7 @@ class Sim {
     this.dropP = 0;
     this.dupP = 0;
     this.delayMax = 1;
+    for (const n of this.nodes.values()) n.pausedUntil = 0;
     for (const n of this.nodes.values()) if (n.node === null) this.start(n);
     this.decommissionRemoved();
   }
@@ -414,7 +506,7 @@ class Sim {
     const keep = new Set([...this.committedConf.voters, ...this.committedConf.learners]);
     // A member in anyone else's configuration in force (an addition not yet committed) stays.
     for (const id of this.ids) {
-      const r = this.node(id).node?.raft;
+      const r = coreOf(this.node(id));
       if (r === undefined) continue;
       const conf = r.currentConf();
       for (const m of [...conf.voters, ...conf.learners]) if (m !== id) keep.add(m);
@@ -430,20 +522,31 @@ class Sim {
   }
 
   private clientRequests(): void {
-    // Clients reach any node that believes it leads, including a deposed leader that has not noticed yet.
-    const leaders = this.ids.map((id) => this.node(id).node).filter((n): n is RaftNode => n !== null && n.raft.role === StateRole.leader);
-    const lead = leaders[this.rng.int(leaders.length)];
-    if (lead === undefined) return;
+    // Clients reach any node that believes it leads, including a deposed leader
+    // that has not noticed yet (but not a paused one: it answers nothing).
+    const leaders = this.ids.map((id) => this.node(id)).filter((n) => n.node !== null && !this.paused(n) && n.node.status().role === StateRole.leader);
+    const sn = leaders[this.rng.int(leaders.length)];
+    if (sn === undefined || sn.node === null) return;
+    const lead = sn.node;
     const rng = this.rng;
     if (this.faults && rng.chance(0.5)) {
       const count = 1 + rng.int(3);
-      for (let i = 0; i < count; i++) lead.propose(this.data(`w${++this.seq}:${"x".repeat(rng.int(3) === 0 ? rng.int(3000) : rng.int(20))}`));
+      for (let i = 0; i < count; i++) {
+        const key = rng.int(registerCount);
+        const value = `w${++this.seq}`;
+        const index = lead.propose(this.data(encodeWrite(key, value, "x".repeat(rng.int(3) === 0 ? rng.int(3000) : rng.int(20)))));
+        if (index === 0) continue;
+        const term = lead.status().term;
+        sn.proposals.set(index, { term, op: this.history.invoke("write", key, value, `node ${sn.id} at ${index}/${term}`) });
+      }
     }
     if (rng.chance(0.1)) {
-      const key = `r${++this.seq}`;
-      if (lead.readIndex(new TextEncoder().encode(key))) {
-        this.reads.set(key, { node: lead.raft.id, incarnation: this.node(lead.raft.id).incarnation, minIndex: this.maxCommit });
-      }
+      const ctx = `r${++this.seq}`;
+      const key = rng.int(registerCount);
+      const op = this.history.invoke("read", key, "", `node ${sn.id} read ${ctx}`);
+      if (lead.readIndex(new TextEncoder().encode(ctx))) {
+        this.reads.set(ctx, { node: sn.id, incarnation: sn.incarnation, minIndex: this.maxCommit, key, op });
+      } else this.history.fail(op);
     }
   }
 
@@ -456,7 +559,7 @@ class Sim {
   private tickAll(): void {
     for (const id of this.ids) {
       const n = this.node(id);
-      if (n.node === null) continue;
+      if (n.node === null || this.paused(n)) continue;
       n.node.tick();
       this.check();
       this.handleReady(n);
@@ -478,6 +581,10 @@ class Sim {
     for (const f of due) {
       const to = this.node(f.to);
       if (to.node === null) continue; // lost; a sender waiting on a snapshot transfer times out
+      if (this.paused(to)) {
+        this.net.push({ ...f, at: to.pausedUntil }); // queued for it (a socket buffer) until it resumes
+        continue;
+      }
       if (f.kind === "chunk") this.receiveChunk(to, f);
       else if (f.kind === "chunkAck") this.transferDone(to, f.transfer, true);
       else this.stepInto(to, packr.unpack(f.bytes) as Message);
@@ -577,6 +684,7 @@ class Sim {
   private expireTransfers(): void {
     for (const id of this.ids) {
       const n = this.node(id);
+      if (this.paused(n)) continue; // its timers fire when it resumes
       for (const [transfer, t] of n.sending) if (this.now >= t.deadline) this.transferDone(n, transfer, false);
     }
   }
@@ -586,13 +694,13 @@ class Sim {
   private handleReady(n: SimNode): void {
     for (;;) {
       const node = n.node;
-      if (node === null) return;
+      if (node === null || this.paused(n)) return;
       if (n.held === undefined) {
         if (!node.hasReady()) return;
         const r = node.ready();
         // Committed entries are on disk already: applied before the persist, as the driver does.
         for (const e of r.committedEntries) this.apply(n, e);
-        const leader = node.raft.role === StateRole.leader;
+        const leader = node.status().role === StateRole.leader;
         if (leader && n.sendEarly) r.messages = this.sendEarly(n, r.messages);
         n.held = { r, leader };
       } else {
@@ -623,9 +731,18 @@ class Sim {
 
   /** Persists, sends and advances a held Ready; false if the node crashed on the way. */
   private processReady(n: SimNode, node: RaftNode, r: Ready, ledWhenTaken: boolean): boolean {
-    this.persist(n, r);
+    if (this.faults && r.hardState !== null && (r.entries.length > 0 || r.snapshot !== null) && this.rng.chance(0.003)) {
+      // A crash between the Ready's two writes: one reached the disk, the other did not.
+      const part = this.rng.chance(0.5) ? "entries" : "hardState";
+      this.trace(`crash ${n.id} in the middle of a persist: only its ${part === "entries" ? "entries" : "hard state"} reached the disk`);
+      this.persist(n, r, part);
+      this.result.tornPersists++;
+      this.crash(n);
+      return false;
+    }
+    this.persist(n, r, "all");
     const fault = this.faults ? n.pendingFault : "none";
-    if (this.faults && r.entries.length > 0 && node.raft.role === StateRole.leader && this.churn && fault === "none" && this.rng.chance(0.03)) {
+    if (this.faults && r.entries.length > 0 && node.status().role === StateRole.leader && this.churn && fault === "none" && this.rng.chance(0.03)) {
       n.pendingFault = "oneThenCrash"; // a leader that replicates its new entries to one follower only, then crashes
     }
     if ((this.faults && this.rng.chance(0.002)) || fault === "crash") {
@@ -645,21 +762,33 @@ class Sim {
     if (r.snapshot !== null) this.applySnapshot(n, r);
     // Reads of a Ready taken after the node stepped down are refused, as the
     // driver does (the client retries elsewhere).
-    if (ledWhenTaken) for (const rs of r.readStates) this.answerRead(n, rs.index, new TextDecoder().decode(rs.context));
-    else if (r.readStates.length > 0) this.trace(`node ${n.id} refuses ${r.readStates.length} reads: it no longer leads`);
+    for (const rs of r.readStates) this.answerRead(n, rs.index, new TextDecoder().decode(rs.context), ledWhenTaken);
     node.advance();
     this.check();
     return true;
   }
 
-  private persist(n: SimNode, r: Ready): void {
-    if (r.snapshot !== null) n.storage.applySnapshot(r.snapshot);
-    n.storage.append(r.entries);
-    if (r.hardState !== null) {
+  /**
+   * Writes a Ready's snapshot and entries, then its hard state; `part` says
+   * which of the two writes reached the disk before a crash. A hard state
+   * written with mustSync is synced along with everything written before it;
+   * one written without stays unsynced (a crash drops it) until the next sync.
+   */
+  private persist(n: SimNode, r: Ready, part: "all" | "entries" | "hardState"): void {
+    const snap = r.snapshot;
+    if (snap !== null && snap.meta.index <= n.sm.applied) {
+      this.fail(`node ${n.id} would install a snapshot at ${snap.meta.index}, not past what it applied (${n.sm.applied}): its state would go back`);
+    }
+    if (part !== "hardState") {
+      if (snap !== null) n.storage.applySnapshot(snap);
+      n.storage.append(r.entries);
+    }
+    if (part !== "entries" && r.hardState !== null) {
       const hs = r.hardState;
       if (hs.commit > n.storage.lastIndex()) this.fail(`node ${n.id} persisted commit ${hs.commit} past its log ${n.storage.lastIndex()}`);
       n.storage.setHardState(hs);
     }
+    if (part === "hardState" || (part === "all" && r.mustSync)) n.syncedHardState = n.storage.hardStateNow();
   }
 
   private applySnapshot(n: SimNode, r: Ready): void {
@@ -668,8 +797,11 @@ class Sim {
     const s = decodeState(snap.data);
     const want = this.hashAt[snap.meta.index];
     if (want !== undefined && want !== s.hash) this.fail(`node ${n.id} installed a snapshot at ${snap.meta.index} with a state that differs from the committed one`);
-    n.sm = { applied: snap.meta.index, hash: s.hash, conf: snap.meta.conf };
+    n.sm = { applied: snap.meta.index, hash: s.hash, conf: snap.meta.conf, regs: [...s.regs] };
     this.result.snapshots++;
+    // Writes proposed here at or below the snapshot are never applied here: their client does not learn the outcome.
+    for (const index of [...n.proposals.keys()]) if (index <= snap.meta.index) n.proposals.delete(index);
+    this.releaseReads(n);
   }
 
   private apply(n: SimNode, e: Entry): void {
@@ -688,18 +820,48 @@ class Sim {
     n.sm.hash = mix(n.sm.hash, e.term, text);
     n.sm.applied = e.index;
     if (e.type === EntryType.confChange) n.sm.conf = decodeConfChange(e.data).conf;
+    const w = e.type === EntryType.normal ? decodeWrite(text) : undefined;
+    if (w !== undefined) n.sm.regs[w.key] = w.value;
     const h = this.hashAt[e.index];
     if (h === undefined) this.hashAt[e.index] = n.sm.hash;
     else if (h !== n.sm.hash) this.fail(`node ${n.id} state after ${e.index} differs from the others'`);
+    // The client of a write proposed here learns its outcome: its entry, or another leader's in its place.
+    const p = n.proposals.get(e.index);
+    if (p !== undefined) {
+      n.proposals.delete(e.index);
+      if (p.term === e.term) this.history.complete(p.op);
+      else this.history.fail(p.op);
+    }
+    this.releaseReads(n);
   }
 
-  private answerRead(n: SimNode, index: number, key: string): void {
-    const req = this.reads.get(key);
+  /** A ReadState came out of a Ready: the read is served once the apply reaches its index, unless the node stopped leading meanwhile. */
+  private answerRead(n: SimNode, index: number, ctx: string, ledWhenTaken: boolean): void {
+    const req = this.reads.get(ctx);
     if (req === undefined) return; // a retried context answered twice
-    this.reads.delete(key);
-    if (req.node !== n.id || req.incarnation !== n.incarnation) this.fail(`read ${key} answered by the wrong node`);
-    if (index < req.minIndex) this.fail(`read ${key} at index ${index} misses commit ${req.minIndex} known when it was issued (stale read)`);
+    this.reads.delete(ctx);
+    if (!ledWhenTaken) {
+      // Refused, as the driver does (the client retries elsewhere).
+      this.trace(`node ${n.id} refuses read ${ctx}: it no longer leads`);
+      this.history.fail(req.op);
+      return;
+    }
+    if (req.node !== n.id || req.incarnation !== n.incarnation) this.fail(`read ${ctx} answered by the wrong node`);
+    if (index < req.minIndex) this.fail(`read ${ctx} at index ${index} misses commit ${req.minIndex} known when it was issued (stale read)`);
     this.result.reads++;
+    n.readsAwaitingApply.push({ index, op: req.op, key: req.key });
+    this.releaseReads(n);
+  }
+
+  private releaseReads(n: SimNode): void {
+    const waiting = n.readsAwaitingApply;
+    for (let i = 0; i < waiting.length; ) {
+      const r = waiting[i] as { index: number; op: number; key: number };
+      if (r.index <= n.sm.applied) {
+        this.history.complete(r.op, n.sm.regs[r.key] ?? "");
+        waiting.splice(i, 1);
+      } else i++;
+    }
   }
 
   // ---- invariants ----
@@ -707,14 +869,16 @@ class Sim {
   private check(): void {
     // First the leaders' configurations: a commit may have come from one just put in force.
     for (const id of this.ids) {
-      const r = this.node(id).node?.raft;
+      const r = coreOf(this.node(id));
       if (r !== undefined && r.role === StateRole.leader) this.noteLeaderConf(r.term, r.currentConf().voters);
     }
     for (const id of this.ids) {
       const n = this.node(id);
-      const r = n.node?.raft;
+      const r = coreOf(n);
       if (r === undefined) continue;
       if (r.log.committed > this.maxCommit) this.maxCommit = r.log.committed;
+      if (r.log.committed < n.commitSeen) this.fail(`node ${n.id}'s commit index went back from ${n.commitSeen} to ${r.log.committed}`);
+      n.commitSeen = r.log.committed;
       if (r.log.committed > n.commitChecked) {
         n.commitChecked = r.log.committed;
         this.checkCommitSafety(n, r.log.committed);
@@ -737,7 +901,7 @@ class Sim {
   }
 
   private checkLeaderCompleteness(n: SimNode): void {
-    const log = (n.node as RaftNode).raft.log;
+    const log = inspectCore(n.node as RaftNode).log;
     const first = log.firstIndex();
     const upTo = this.committedTerm.length - 1;
     if (log.lastIndex() < upTo) this.fail(`leader ${n.id} lacks committed entries: last ${log.lastIndex()} < ${upTo}`);
@@ -791,7 +955,7 @@ class Sim {
   }
 
   private viewOf(n: SimNode): LogView {
-    const r = n.node?.raft;
+    const r = coreOf(n);
     if (r === undefined) return this.storageView(n);
     const log = r.log;
     return { snapIndex: log.firstIndex() - 1, lastIndex: log.lastIndex(), term: (i) => log.termOrNone(i) };
@@ -809,28 +973,29 @@ class Sim {
     let best: RaftNode | null = null;
     for (const id of this.ids) {
       const node = this.node(id).node;
-      if (node !== null && node.raft.role === StateRole.leader && (best === null || node.raft.term > best.raft.term)) best = node;
+      if (node !== null && node.status().role === StateRole.leader && (best === null || node.status().term > best.status().term)) best = node;
     }
     return best;
   }
 
   private stableLeader(): SimNode | null {
     const lead = this.anyLeader();
-    if (lead === null || !lead.raft.committedOwnTerm()) return null;
-    return this.node(lead.raft.id);
+    if (lead === null || !inspectCore(lead).committedOwnTerm()) return null;
+    return this.node(lead.status().id);
   }
 
   private describe(): string {
     const lines: string[] = [];
     for (const n of this.nodes.values()) {
-      const r = n.node?.raft;
+      const r = coreOf(n);
       if (r === undefined) {
         lines.push(`  node ${n.id}: down`);
         continue;
       }
       const conf = r.currentConf();
       let line = `  node ${n.id}: role ${r.role} term ${r.term} lead ${r.lead} commit ${r.log.committed} applied ${n.sm.applied} ` +
-        `last ${r.log.lastIndex()} first ${r.log.firstIndex()} voters [${conf.voters}] learners [${conf.learners}]`;
+        `last ${r.log.lastIndex()} first ${r.log.firstIndex()} voters [${conf.voters}] learners [${conf.learners}]` +
+        `${r.cfg.preVote ? " prevote" : ""}${r.cfg.checkQuorum ? " checkquorum" : ""}${this.paused(n) ? ` paused until ${n.pausedUntil}` : ""}`;
       if (r.role === StateRole.leader) {
         for (const [id, pr] of r.tracker.progress) line += `\n    ${id}: ${["probe", "replicate", "snapshot"][pr.state]} match ${pr.match} next ${pr.next} paused ${pr.isPaused()} active ${pr.recentActive}`;
       }
@@ -848,6 +1013,11 @@ class Sim {
   }
 }
 
+/** The protocol state of a node that is up, for the invariant checks. */
+function coreOf(n: SimNode): Raft | undefined {
+  return n.node === null ? undefined : inspectCore(n.node);
+}
+
 function isQuorumOf(voters: readonly NodeId[], has: (id: NodeId) => boolean): boolean {
   let k = 0;
   for (const id of voters) if (has(id)) k++;
@@ -860,10 +1030,27 @@ function mix(h: number, term: number, text: string): number {
   return x;
 }
 
-function encodeState(index: number, hash: number): Uint8Array {
-  return new TextEncoder().encode(JSON.stringify({ index, hash }));
+function encodeState(index: number, hash: number, regs: string[]): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify({ index, hash, regs }));
 }
 
-function decodeState(data: Uint8Array): { index: number; hash: number } {
-  return JSON.parse(new TextDecoder().decode(data)) as { index: number; hash: number };
+function decodeState(data: Uint8Array): { index: number; hash: number; regs: string[] } {
+  return JSON.parse(new TextDecoder().decode(data)) as { index: number; hash: number; regs: string[] };
+}
+
+function emptyRegs(): string[] {
+  return new Array<string>(registerCount).fill("");
+}
+
+/** A client write's entry: `k<key>=<value>;<padding>` (values are unique: w<sequence>). */
+function encodeWrite(key: number, value: string, padding: string): string {
+  return `k${key}=${value};${padding}`;
+}
+
+function decodeWrite(text: string): { key: number; value: string } | undefined {
+  if (!text.startsWith("k")) return undefined;
+  const eq = text.indexOf("=");
+  const end = text.indexOf(";");
+  if (eq < 0 || end < eq) return undefined;
+  return { key: Number(text.slice(1, eq)), value: text.slice(eq + 1, end) };
 }

@@ -12,9 +12,10 @@ import {
   raftUncommittedBytesMax,
 } from "../../src/constants.js";
 import type { RaftConfig } from "../../src/raft/raft.js";
-import { RaftNode } from "../../src/raft/node.js";
+import { inspectCore, RaftNode } from "../../src/raft/node.js";
 import type { Ready } from "../../src/raft/node.js";
 import { MemoryStorage } from "../../src/raft/storage.js";
+import type { MemberProgress } from "../../src/raft/progress.js";
 import type { Entry, Message, NodeId } from "../../src/raft/types.js";
 import { MessageType, newMessage } from "../../src/raft/types.js";
 
@@ -67,10 +68,18 @@ export function newNode(id: NodeId, voters: NodeId[], over: Partial<RaftConfig> 
 
 /** Everything the core wants to send now (flushing batched appends), removed from it. */
 export function drain(n: RaftNode): Message[] {
-  n.raft.flush();
-  const out = n.raft.msgs;
-  n.raft.msgs = [];
+  const core = inspectCore(n);
+  core.flush();
+  const out = core.msgs;
+  core.msgs = [];
   return out;
+}
+
+/** A member's progress on the leader `n` (through the node's API). */
+export function progressOf(n: RaftNode, id: NodeId): MemberProgress {
+  const p = n.progress()?.find((x) => x.id === id);
+  if (p === undefined) throw new Error(`node ${n.status().id} has no progress for ${id} (not the leader, or not a member)`);
+  return p;
 }
 
 export function msg(type: MessageType, from: NodeId, to: NodeId, term: number, fields: Partial<Message> = {}): Message {

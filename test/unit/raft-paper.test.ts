@@ -5,20 +5,21 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { ConfChangeType } from "../../src/raft/confchange.js";
-import { RaftNode } from "../../src/raft/node.js";
+import { inspectCore, RaftNode } from "../../src/raft/node.js";
+import { ProgressState } from "../../src/raft/progress.js";
 import { MemoryStorage } from "../../src/raft/storage.js";
 import type { Message, NodeId } from "../../src/raft/types.js";
 import { MessageType, StateRole } from "../../src/raft/types.js";
-import { Cluster, config, drain, entry, msg, newNode, persist, storageWith } from "./raft-helpers.js";
+import { Cluster, config, drain, entry, msg, newNode, persist, progressOf, storageWith } from "./raft-helpers.js";
 
 const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
 
 /** Makes `n` (a fresh member of `voters`) the leader of term 1 with all votes, and drains its messages. */
 function electLeader(n: RaftNode, voters: NodeId[]): void {
   n.campaign();
-  const term = n.raft.term;
-  for (const v of voters) if (v !== n.raft.id) n.step(msg(MessageType.voteResp, v, n.raft.id, term));
-  assert.is(n.raft.role, StateRole.leader);
+  const term = n.status().term;
+  for (const v of voters) if (v !== n.status().id) n.step(msg(MessageType.voteResp, v, n.status().id, term));
+  assert.is(n.status().role, StateRole.leader);
   drain(n);
 }
 
@@ -42,9 +43,9 @@ for (const role of ["follower", "candidate", "leader"] as const) {
     if (role === "candidate") n.campaign();
     if (role === "leader") electLeader(n, [1, 2, 3]);
     n.step(msg(MessageType.app, 2, 1, 5));
-    assert.is(n.raft.term, 5);
-    assert.is(n.raft.role, StateRole.follower);
-    assert.is(n.raft.lead, 2);
+    assert.is(n.status().term, 5);
+    assert.is(n.status().role, StateRole.follower);
+    assert.is(n.status().lead, 2);
   });
 }
 
@@ -53,17 +54,17 @@ test("§5.1 a request with a stale term is rejected: it changes nothing", () => 
   n.step(msg(MessageType.app, 2, 1, 3));
   drain(n);
   n.step(msg(MessageType.app, 3, 1, 2, { index: 2, logTerm: 2, entries: [entry(3, 2)], commit: 3 }));
-  assert.is(n.raft.term, 3);
-  assert.is(n.raft.log.lastIndex(), 2, "stale append not applied");
-  assert.is(n.raft.lead, 2);
+  assert.is(n.status().term, 3);
+  assert.is(n.status().lastIndex, 2, "stale append not applied");
+  assert.is(n.status().lead, 2);
 });
 
 // ---- §5.2 leader election ----
 
 test("§5.2 servers start up as followers", () => {
   const n = newNode(1, [1, 2, 3]);
-  assert.is(n.raft.role, StateRole.follower);
-  assert.is(n.raft.term, 0);
+  assert.is(n.status().role, StateRole.follower);
+  assert.is(n.status().term, 0);
 });
 
 test("§5.2 a leader sends heartbeats (empty appends) to all followers every heartbeat timeout", () => {
@@ -81,11 +82,11 @@ for (const role of ["follower", "candidate"] as const) {
     const n = newNode(1, [1, 2, 3]);
     if (role === "candidate") n.campaign();
     drain(n);
-    const before = n.raft.term;
+    const before = n.status().term;
     for (let i = 0; i < 2 * 10; i++) n.tick();
-    assert.is(n.raft.term, before + 1);
-    assert.is(n.raft.role, StateRole.candidate);
-    assert.is(n.raft.vote, 1);
+    assert.is(n.status().term, before + 1);
+    assert.is(n.status().role, StateRole.candidate);
+    assert.is(n.status().vote, 1);
     const ms = drain(n);
     assert.equal(ms.map((m) => [m.to, m.type, m.term]), [[2, MessageType.vote, before + 1], [3, MessageType.vote, before + 1]]);
   });
@@ -109,10 +110,10 @@ test("§5.2 a candidate wins with votes from a majority, stays candidate without
     const n = newNode(1, voters);
     n.campaign();
     for (const [id, granted] of Object.entries(c.votes)) {
-      n.step(msg(MessageType.voteResp, Number(id), 1, n.raft.term, { reject: !granted }));
+      n.step(msg(MessageType.voteResp, Number(id), 1, n.status().term, { reject: !granted }));
     }
-    assert.is(n.raft.role, c.role, JSON.stringify(c));
-    assert.is(n.raft.term, 1);
+    assert.is(n.status().role, c.role, JSON.stringify(c));
+    assert.is(n.status().term, 1);
   }
 });
 
@@ -134,7 +135,7 @@ test("§5.2 a follower votes for at most one candidate per term, first come firs
     assert.is(ms.length, 1);
     assert.is(ms[0]?.type, MessageType.voteResp);
     assert.is(ms[0]?.reject, c.reject, JSON.stringify(c));
-    if (!c.reject) assert.is(n.raft.vote, c.from);
+    if (!c.reject) assert.is(n.status().vote, c.from);
   }
 });
 
@@ -143,9 +144,9 @@ test("§5.2 a candidate that receives an append from a leader of its term (or la
     const n = newNode(1, [1, 2, 3]);
     n.campaign();
     n.step(msg(MessageType.app, 2, 1, term));
-    assert.is(n.raft.role, StateRole.follower);
-    assert.is(n.raft.term, term);
-    assert.is(n.raft.lead, 2);
+    assert.is(n.status().role, StateRole.follower);
+    assert.is(n.status().term, term);
+    assert.is(n.status().lead, 2);
   }
 });
 
@@ -154,7 +155,7 @@ test("§5.2 election timeouts are randomized over [et, 2et) so that split votes 
   for (let seed = 1; seed <= 50; seed++) {
     const n = newNode(1, [1, 2, 3], { random: { int: (k: number) => (seed * 7) % k } });
     let ticks = 0;
-    while (n.raft.role === StateRole.follower) {
+    while (n.status().role === StateRole.follower) {
       n.tick();
       ticks++;
     }
@@ -178,7 +179,7 @@ test("§5.2 with randomized timeouts, usually only one follower times out first 
     let first = 0;
     for (let t = 0; t < 20 && first === 0; t++) {
       for (const n of nodes) n.tick();
-      first = nodes.filter((n) => n.raft.role !== StateRole.follower).length;
+      first = nodes.filter((n) => n.status().role !== StateRole.follower).length;
     }
     if (first > 1) conflicts++;
   }
@@ -203,7 +204,7 @@ test("§5.3 the leader appends a proposal to its log and sends it to every follo
     assert.is(m.logTerm, 1);
     assert.equal(m.entries.map((e) => [e.index, e.term]), [[2, 1]]);
   }
-  assert.ok(n.raft.log.committed < index, "not committed before a majority acknowledged it");
+  assert.ok(n.status().commit < index, "not committed before a majority acknowledged it");
 });
 
 test("§5.3 an entry is committed once the leader replicated it on a majority; the commit index goes out in later appends", () => {
@@ -212,12 +213,12 @@ test("§5.3 an entry is committed once the leader replicated it on a majority; t
   electLeader(n, [1, 2, 3]);
   persistNode(n, s);
   n.step(msg(MessageType.appResp, 2, 1, 1, { index: 1 }));
-  assert.is(n.raft.log.committed, 1, "no-op committed by leader + node 2");
+  assert.is(n.status().commit, 1, "no-op committed by leader + node 2");
   n.step(msg(MessageType.appResp, 3, 1, 1, { index: 1 }));
   n.propose(enc("a"));
   persistNode(n, s);
   n.step(msg(MessageType.appResp, 2, 1, 1, { index: 2 }));
-  assert.is(n.raft.log.committed, 2);
+  assert.is(n.status().commit, 2);
   const ms = drain(n);
   assert.ok(ms.some((m) => m.type === MessageType.app && m.to === 3 && m.commit === 2), "commit index broadcast");
 });
@@ -239,7 +240,7 @@ test("§5.3 the leader counts acknowledgments from a majority, including its own
     electLeader(n, voters);
     persistNode(n, s);
     for (const a of c.acks) n.step(msg(MessageType.appResp, a, 1, 1, { index: 1 }));
-    assert.is(n.raft.log.committed >= 1, c.commit, JSON.stringify(c));
+    assert.is(n.status().commit >= 1, c.commit, JSON.stringify(c));
   }
 });
 
@@ -251,7 +252,7 @@ test("§5.3 committing an entry commits all preceding entries, including those o
   n.step(msg(MessageType.voteResp, 2, 1, 3));
   persistNode(n, s);
   n.step(msg(MessageType.appResp, 2, 1, 3, { index: 3 }));
-  assert.is(n.raft.log.committed, 3);
+  assert.is(n.status().commit, 3);
   const r = n.ready();
   assert.equal(r.committedEntries.map((e) => [e.index, e.term]), [[1, 1], [2, 2], [3, 3]]);
 });
@@ -260,7 +261,7 @@ test("§5.3 a follower applies an entry once it learns from the leader's commit 
   const s = storageWith([1, 2, 3]);
   const n = newNode(1, [1, 2, 3], {}, s);
   n.step(msg(MessageType.app, 2, 1, 1, { index: 0, logTerm: 0, entries: [entry(1, 1, "a"), entry(2, 1, "b")], commit: 1 }));
-  assert.is(n.raft.log.committed, 1);
+  assert.is(n.status().commit, 1);
   let r = n.ready();
   assert.equal(r.entries.map((e) => e.index), [1, 2]);
   assert.equal(r.committedEntries, [], "entry 1 is committed but not yet on this node's disk");
@@ -284,16 +285,42 @@ test("§5.3 a leader applies what an acknowledgement commits while its next batc
   const held = n.ready(); // the second batch is being persisted
   assert.equal(held.entries.map((e) => e.index), [second]);
   n.step(msg(MessageType.appResp, 2, 1, 1, { index: second }));
-  assert.is(n.raft.log.committed, first, "the leader counts its own log only up to what it persisted");
+  assert.is(n.status().commit, first, "the leader counts its own log only up to what it persisted");
   assert.equal(n.takeCommitted().map((e) => e.index), [1, first], "committed and on disk: applied without waiting for the held persist");
   assert.equal(n.takeCommitted(), [], "handed out once");
   assert.is(n.status().applied, first);
   persist(held, s);
   n.advance();
-  assert.is(n.raft.log.committed, second, "the held batch commits once persisted");
+  assert.is(n.status().commit, second, "the held batch commits once persisted");
   const r = n.ready();
   assert.equal(r.committedEntries.map((e) => e.index), [second], "the next Ready starts after what takeCommitted handed out");
   n.advance();
+});
+
+test("§5.3 (Log Matching) a follower commits up to the leader's snapshot base only if it holds that entry with the leader's term, and never past it", () => {
+  const s = storageWith([1, 2, 3], [1, 1, 2, 2]);
+  s.setHardState({ term: 2, vote: 0, commit: 0 });
+  const n = newNode(2, [1, 2, 3], {}, s);
+  n.step(msg(MessageType.heartbeat, 1, 2, 2)); // node 2 follows node 1 in term 2
+  drain(n);
+  assert.not.ok(n.commitFromLeaderBase(3, 3, 2), "only the leader it follows can vouch for a commit");
+  assert.not.ok(n.commitFromLeaderBase(1, 3, 1), "its entry at 3 has another term: its log may differ from the leader's up to there");
+  assert.not.ok(n.commitFromLeaderBase(1, 5, 2), "an entry it does not hold");
+  assert.is(n.status().commit, 0);
+  // Its entry at 3 has the leader's term there: its log up to 3 is the leader's, committed.
+  assert.ok(n.commitFromLeaderBase(1, 3, 2));
+  assert.is(n.status().commit, 3, "up to the base, not to its last index 4");
+  let r = n.ready();
+  assert.equal(r.committedEntries.map((e) => e.index), [1, 2, 3]);
+  assert.equal(r.messages, [], "the leader is sent nothing: no message was stepped");
+  n.advance();
+  assert.ok(n.commitFromLeaderBase(1, 2, 1), "an index already committed");
+  assert.is(n.status().commit, 3, "the commit index never goes back");
+  // A node that does not follow (a candidate) learns nothing this way.
+  n.campaign();
+  assert.not.ok(n.commitFromLeaderBase(1, 4, 2));
+  r = n.ready();
+  assert.is(n.status().commit, 3);
 });
 
 test("§5.3 a follower rejects an append whose previous entry (index, term) it does not hold", () => {
@@ -359,7 +386,7 @@ test("§5.3 (Figure 7) a new leader brings every follower's log into agreement w
     c.add(2, fs);
     c.add(3, vs);
     c.campaign(1);
-    assert.is(c.node(1).raft.role, StateRole.leader, `leader elected for follower log ${f}`);
+    assert.is(c.node(1).status().role, StateRole.leader, `leader elected for follower log ${f}`);
     c.stabilize();
     const lead = ls.entries(1, ls.lastIndex() + 1, Infinity).map((e) => `${e.index}/${e.term}`);
     const foll = fs.entries(1, fs.lastIndex() + 1, Infinity).map((e) => `${e.index}/${e.term}`);
@@ -433,16 +460,16 @@ test("§5.4.2 a leader does not commit an entry of an earlier term by counting r
   persistNode(n, s);
   // Follower 2 holds the term-2 entry at index 2 but not yet the term-3 no-op.
   n.step(msg(MessageType.appResp, 2, 1, 3, { index: 2 }));
-  assert.is(n.raft.log.committed, 0, "index 2 (term 2) is on a majority but must not commit by counting");
+  assert.is(n.status().commit, 0, "index 2 (term 2) is on a majority but must not commit by counting");
   n.step(msg(MessageType.appResp, 2, 1, 3, { index: 3 }));
-  assert.is(n.raft.log.committed, 3, "the term-3 no-op commits, and index 2 with it");
+  assert.is(n.status().commit, 3, "the term-3 no-op commits, and index 2 with it");
 });
 
 test("§5.4.2 a new leader appends a no-op entry of its term at once", () => {
   const n = newNode(1, [1, 2, 3], {}, storageWith([1, 2, 3], [1, 1]));
   electLeader(n, [1, 2, 3]);
-  assert.is(n.raft.log.lastIndex(), 3);
-  assert.is(n.raft.log.term(3), n.raft.term);
+  assert.is(n.status().lastIndex, 3);
+  assert.is(inspectCore(n).log.term(3), n.status().term);
 });
 
 // ---- Figure 2: persistence before responding ----
@@ -455,6 +482,58 @@ test("Figure 2: term and vote are persisted (Ready.hardState, mustSync) before t
   assert.ok(r.mustSync);
   assert.is(r.messages[0]?.type, MessageType.voteResp, "the response comes out in the same Ready as the state it depends on");
   n.advance();
+});
+
+test("Figure 2: a vote granted in a term the node already knew is persisted (Ready.hardState, mustSync) before the vote response is sent", () => {
+  const s = storageWith([1, 2, 3], [1, 1]);
+  let n = newNode(1, [1, 2, 3], {}, s);
+  // Candidate 2's log is behind ours: refused, but its term is ours now.
+  n.step(msg(MessageType.vote, 2, 1, 4, { index: 1, logTerm: 1 }));
+  let r = n.ready();
+  assert.equal(r.hardState, { term: 4, vote: 0, commit: 0 });
+  assert.ok(r.messages[0]?.reject);
+  persist(r, s);
+  n.advance();
+  // Candidate 3 asks in that same term: only the vote changes, and it must reach the disk first.
+  n.step(msg(MessageType.vote, 3, 1, 4, { index: 2, logTerm: 1 }));
+  r = n.ready();
+  assert.equal(r.hardState, { term: 4, vote: 3, commit: 0 }, "the vote is in the hard state to persist");
+  assert.ok(r.mustSync, "and synced before the response leaves");
+  assert.equal(r.messages.map((m) => [m.to, m.type, m.reject]), [[3, MessageType.voteResp, false]]);
+  persist(r, s);
+  n.advance();
+  // A crash after the response left: the restarted node remembers its vote and
+  // grants no other in term 4, even to a candidate whose log is up to date.
+  n = newNode(1, [1, 2, 3], {}, s);
+  n.step(msg(MessageType.vote, 2, 1, 4, { index: 2, logTerm: 1 }));
+  r = n.ready();
+  assert.equal(r.messages.map((m) => [m.to, m.type, m.reject]), [[2, MessageType.voteResp, true]], "§5.2: one vote per term");
+});
+
+test("Figure 2: a hard state persists a commit index only over entries on disk before its Ready, so a crash between its writes, in either order, never commits what the node does not hold", () => {
+  // The follower holds a stale suffix 3..5 of term 1; the leader of term 2 replaces it from 3 on and says 3 is committed.
+  const s = storageWith([1, 2, 3], [1, 1, 1, 1, 1]);
+  s.setHardState({ term: 1, vote: 0, commit: 2 });
+  let n = newNode(2, [1, 2, 3], { applied: 2 }, s);
+  n.step(msg(MessageType.app, 1, 2, 2, { index: 2, logTerm: 1, entries: [entry(3, 2, "new")], commit: 3 }));
+  assert.is(n.status().commit, 3);
+  let r = n.ready();
+  assert.equal(r.entries.map((e) => `${e.index}/${e.term}`), ["3/2"]);
+  assert.equal(r.hardState, { term: 2, vote: 0, commit: 2 }, "its commit stays on what is already on disk (index 3 there is still the stale entry)");
+  // The hard state reaches the disk, the entries do not, and the node crashes.
+  if (r.hardState !== null) s.setHardState(r.hardState);
+  n = newNode(2, [1, 2, 3], { applied: 2 }, s);
+  assert.is(n.status().commit, 2, "restarted: the stale entry at 3 is not committed");
+  assert.is(n.hasReady(), false, "and nothing is applied");
+  // Without the crash, the commit follows in the next Ready, once the entry is on disk (no sync needed).
+  n.step(msg(MessageType.app, 1, 2, 2, { index: 2, logTerm: 1, entries: [entry(3, 2, "new")], commit: 3 }));
+  r = n.ready();
+  persist(r, s);
+  n.advance();
+  r = n.ready();
+  assert.equal(r.hardState, { term: 2, vote: 0, commit: 3 });
+  assert.not.ok(r.mustSync);
+  assert.equal(r.committedEntries.map((e) => `${e.index}/${e.term}`), ["3/2"]);
 });
 
 test("Figure 2: a follower's append acknowledgment comes out in the Ready that persists the entries", () => {
@@ -470,14 +549,14 @@ test("Figure 2: a single-node leader does not commit (acknowledge) an entry befo
   const s = storageWith([1]);
   const n = newNode(1, [1], {}, s);
   n.campaign();
-  assert.is(n.raft.role, StateRole.leader);
+  assert.is(n.status().role, StateRole.leader);
   const idx = n.propose(enc("w"));
   let r = n.ready();
   assert.equal(r.committedEntries, [], "nothing is committed in the Ready that carries the entries to persist");
-  assert.is(n.raft.log.committed, 0);
+  assert.is(n.status().commit, 0);
   persist(r, s);
   n.advance();
-  assert.is(n.raft.log.committed, idx, "committed once advance() confirmed the write");
+  assert.is(n.status().commit, idx, "committed once advance() confirmed the write");
   r = n.ready();
   assert.equal(r.committedEntries.map((e) => e.index), [1, 2]);
   n.advance();
@@ -490,9 +569,9 @@ test("§6 (thesis §4.1) a configuration takes effect as soon as its entry is in
   c.campaign(1);
   const r = c.node(1).proposeConfChange({ type: ConfChangeType.addVoter, nodeId: 4 });
   assert.ok("index" in r);
-  assert.equal(c.node(1).raft.tracker.voters, [1, 2, 3, 4], "leader uses the new config at once");
+  assert.equal(c.node(1).status().voters, [1, 2, 3, 4], "leader uses the new config at once");
   c.stabilize();
-  assert.equal(c.node(4).raft.tracker.voters, [1, 2, 3, 4], "the new node learns its config from the entry");
+  assert.equal(c.node(4).status().voters, [1, 2, 3, 4], "the new node learns its config from the entry");
 });
 
 test("§6 (thesis §4.1) a leader refuses a second change while the first is uncommitted: never two in flight", () => {
@@ -515,10 +594,10 @@ test("§6 (raft-dev 2015 fix) a new leader refuses a change until it has committ
   const c = new Cluster([1, 2, 3], {}, [4]);
   c.isolate(1);
   c.campaign(1);
-  assert.is(c.node(1).raft.role, StateRole.candidate);
+  assert.is(c.node(1).status().role, StateRole.candidate);
   // Elect 1 by hand: votes arrive, the no-op has not committed.
-  c.node(1).step(msg(MessageType.voteResp, 2, 1, c.node(1).raft.term));
-  assert.is(c.node(1).raft.role, StateRole.leader);
+  c.node(1).step(msg(MessageType.voteResp, 2, 1, c.node(1).status().term));
+  assert.is(c.node(1).status().role, StateRole.leader);
   const r = c.node(1).proposeConfChange({ type: ConfChangeType.addVoter, nodeId: 4 });
   assert.ok("refused" in r && /own|its term/.test(r.refused), JSON.stringify(r));
 });
@@ -532,8 +611,8 @@ test("§6 a change adds, removes or promotes exactly one node; a node already pr
   c.stabilize();
   assert.ok("index" in c.node(1).proposeConfChange({ type: ConfChangeType.addVoter, nodeId: 4 }), "promote the learner");
   c.stabilize();
-  assert.equal(c.node(3).raft.tracker.voters, [1, 2, 3, 4]);
-  assert.equal(c.node(3).raft.tracker.learners, []);
+  assert.equal(c.node(3).status().voters, [1, 2, 3, 4]);
+  assert.equal(c.node(3).status().learners, []);
 });
 
 test("§6 a learner receives the log but does not count toward commit or elections", () => {
@@ -545,21 +624,21 @@ test("§6 a learner receives the log but does not count toward commit or electio
   assert.is(c.get(4).storage.lastIndex(), c.get(1).storage.lastIndex(), "the learner caught up");
   c.isolate(2);
   c.isolate(3);
-  const before = c.node(1).raft.log.committed;
+  const before = c.node(1).status().commit;
   c.propose(1, "y");
-  assert.is(c.node(1).raft.log.committed, before, "leader + learner are not a quorum of 3 voters");
+  assert.is(c.node(1).status().commit, before, "leader + learner are not a quorum of 3 voters");
   for (let i = 0; i < 40; i++) c.node(4).tick();
-  assert.is(c.node(4).raft.role, StateRole.follower, "a learner never campaigns");
+  assert.is(c.node(4).status().role, StateRole.follower, "a learner never campaigns");
 });
 
 test("§6 (thesis §4.2.2) a leader removed from the configuration steps down once the removal commits", () => {
   const c = new Cluster([1, 2, 3]);
   c.campaign(1);
   c.node(1).proposeConfChange({ type: ConfChangeType.removeNode, nodeId: 1 });
-  assert.is(c.node(1).raft.role, StateRole.leader, "still leads while the change is uncommitted");
+  assert.is(c.node(1).status().role, StateRole.leader, "still leads while the change is uncommitted");
   c.stabilize();
-  assert.is(c.node(1).raft.role, StateRole.follower);
-  assert.equal(c.node(2).raft.tracker.voters, [2, 3]);
+  assert.is(c.node(1).status().role, StateRole.follower);
+  assert.equal(c.node(2).status().voters, [2, 3]);
   c.tickAll(25);
   const leaders = c.leaders();
   assert.is(leaders.length, 1);
@@ -573,7 +652,7 @@ test("§6 (thesis §4.2.3) a removed server that times out cannot disrupt the cl
   c.isolate(3); // 3 never learns it was removed
   c.stabilize();
   c.heal();
-  const term = c.node(1).raft.term;
+  const term = c.node(1).status().term;
   // 3 still believes it is a voter: its campaigns are pre-votes the others reject.
   for (let i = 0; i < 100; i++) {
     c.node(3).tick();
@@ -581,8 +660,8 @@ test("§6 (thesis §4.2.3) a removed server that times out cannot disrupt the cl
     c.tick(2);
     c.stabilize();
   }
-  assert.is(c.node(1).raft.role, StateRole.leader);
-  assert.is(c.node(1).raft.term, term);
+  assert.is(c.node(1).status().role, StateRole.leader);
+  assert.is(c.node(1).status().term, term);
 });
 
 test("§6 a configuration entry that is truncated from a follower's log no longer applies", () => {
@@ -596,11 +675,11 @@ test("§6 a configuration entry that is truncated from a follower's log no longe
   const app = ms.find((m) => m.type === MessageType.app);
   assert.ok(app !== undefined);
   // Follower 2 (a fresh core) takes the entries: the change is in force.
-  n.step({ ...app, index: 0, logTerm: 0, entries: c.node(1).raft.log.slice(1, 3, Infinity) });
-  assert.equal(n.raft.tracker.voters, [1, 2, 3, 4]);
+  n.step({ ...app, index: 0, logTerm: 0, entries: inspectCore(c.node(1)).log.slice(1, 3, Infinity) });
+  assert.equal(n.status().voters, [1, 2, 3, 4]);
   // A later leader overwrites index 2 with another entry: the change is gone.
   n.step(msg(MessageType.app, 3, 2, 5, { index: 1, logTerm: 1, entries: [entry(2, 5)] }));
-  assert.equal(n.raft.tracker.voters, [1, 2, 3]);
+  assert.equal(n.status().voters, [1, 2, 3]);
 });
 
 // ---- §7 log compaction ----
@@ -611,7 +690,7 @@ test("§7 a follower behind the leader's compaction point gets a snapshot and re
   c.isolate(3);
   for (let i = 0; i < 10; i++) c.propose(1, `w${i}`);
   const ls = c.get(1).storage;
-  const applied = c.node(1).raft.log.applied;
+  const applied = c.node(1).status().applied;
   ls.createSnapshot(applied, { voters: [1, 2, 3], learners: [] }, enc(`state@${applied}`));
   ls.compact(applied);
   c.heal();
@@ -621,7 +700,26 @@ test("§7 a follower behind the leader's compaction point gets a snapshot and re
   assert.is(c.get(3).storage.firstIndex(), applied + 1);
   c.propose(1, "after");
   assert.is(c.get(3).storage.lastIndex(), ls.lastIndex(), "appends resume after the snapshot");
-  assert.is(c.node(1).raft.progressOf(3).state, 1, "replicate state");
+  assert.is(progressOf(c.node(1), 3).state, ProgressState.replicate);
+});
+
+test("§7 a follower ignores a snapshot that is not past its commit index: what it committed is never rolled back", () => {
+  // The follower committed and applied 1..8, then compacted its log to a snapshot at 5.
+  const s = storageWith([1, 2, 3], [1, 1, 1, 1, 1, 1, 1, 1]);
+  s.setHardState({ term: 1, vote: 0, commit: 8 });
+  s.createSnapshot(5, { voters: [1, 2, 3], learners: [] }, enc("state@5"));
+  s.compact(5);
+  const n = newNode(2, [1, 2, 3], { applied: 8 }, s);
+  // An older snapshot of the leader's arrives late (a retried transfer), below what the follower
+  // committed and below its own compaction point, so its log cannot show the entry at 3.
+  const old = { meta: { index: 3, term: 1, conf: { voters: [1, 2, 3], learners: [] } }, data: enc("state@3") };
+  n.step(msg(MessageType.snap, 1, 2, 1, { snapshot: old }));
+  const r = n.ready();
+  assert.is(r.snapshot, null, "nothing to install");
+  assert.is(n.status().commit, 8);
+  assert.is(n.status().lastIndex, 8, "the entries after the follower's own snapshot stay");
+  assert.equal(r.messages.map((m) => [m.type, m.index, m.reject]), [[MessageType.appResp, 8, false]], "the leader learns where the follower is");
+  n.advance();
 });
 
 // ---- §8 client interaction: reads ----
@@ -642,7 +740,6 @@ test("§8 (thesis §6.4) a ReadIndex is answered only after a quorum confirms th
   const leader = c.node(1);
   // The read state came out in a Ready handled by the cluster: find it by re-reading through a fresh read.
   assert.ok(leader.readIndex(enc("r2")));
-  leader.raft.flush();
   const hb = drain(leader).filter((m) => m.type === MessageType.heartbeat);
   assert.is(hb.length, 2);
   for (const m of hb) {
@@ -650,7 +747,39 @@ test("§8 (thesis §6.4) a ReadIndex is answered only after a quorum confirms th
     for (const resp of drain(c.node(m.to))) leader.step(resp);
   }
   const rs = leader.ready().readStates;
-  assert.ok(rs.some((x) => new TextDecoder().decode(x.context) === "r2" && x.index === leader.raft.log.committed));
+  assert.ok(rs.some((x) => new TextDecoder().decode(x.context) === "r2" && x.index === leader.status().commit));
+});
+
+test("§8 (thesis §6.4) a read is confirmed only by answers to a heartbeat round sent after it arrived: an answer to an older round confirms only the older reads", () => {
+  const s = storageWith([1, 2, 3]);
+  const n = newNode(1, [1, 2, 3], {}, s);
+  electLeader(n, [1, 2, 3]);
+  persistNode(n, s);
+  n.step(msg(MessageType.appResp, 2, 1, 1, { index: 1 }));
+  assert.is(n.status().commit, 1, "the leader committed its no-op");
+  persistNode(n, s);
+  const round = (ctx: string): Message[] => {
+    assert.ok(n.readIndex(enc(ctx)));
+    const hb = persistNode(n, s).filter((m) => m.type === MessageType.heartbeat);
+    assert.equal(hb.map((m) => new TextDecoder().decode(m.context ?? new Uint8Array(0))), [ctx, ctx]);
+    return hb;
+  };
+  const confirmed = (): string[] => {
+    const r = n.ready();
+    n.advance();
+    return r.readStates.map((x) => new TextDecoder().decode(x.context));
+  };
+  const older = round("r1");
+  round("r2");
+  // Node 2 answers the first round. That proves node 1 led when r1 arrived, not
+  // when r2 did: a newer leader may have committed a write in between, which r2
+  // must see, so r2 waits for answers to its own round.
+  n.step(msg(MessageType.heartbeatResp, 2, 1, 1, { context: older[0]?.context ?? null }));
+  assert.equal(confirmed(), ["r1"]);
+  n.step(msg(MessageType.heartbeatResp, 3, 1, 1, { context: older[1]?.context ?? null }));
+  assert.equal(confirmed(), [], "more answers to the old round confirm nothing newer");
+  n.step(msg(MessageType.heartbeatResp, 3, 1, 1, { context: enc("r2") }));
+  assert.equal(confirmed(), ["r2"]);
 });
 
 test("§8 (thesis §6.4) a new leader answers no read until it has committed an entry of its term", () => {
@@ -659,13 +788,13 @@ test("§8 (thesis §6.4) a new leader answers no read until it has committed an 
   electLeader(n, [1, 2, 3]);
   assert.ok(n.readIndex(enc("early")));
   persistNode(n, s);
-  assert.is(n.raft.readStates.length, 0);
+  assert.is(inspectCore(n).readStates.length, 0);
   n.step(msg(MessageType.appResp, 2, 1, 1, { index: 1 }));
   const hb = drain(n).filter((m) => m.type === MessageType.heartbeat);
   assert.ok(hb.length > 0, "the held read is confirmed once the no-op commits");
   n.step(msg(MessageType.heartbeatResp, 2, 1, 1, { context: hb[0]?.context ?? null }));
-  assert.is(n.raft.readStates.length, 1);
-  assert.is(n.raft.readStates[0]?.index, 1);
+  assert.is(inspectCore(n).readStates.length, 1);
+  assert.is(inspectCore(n).readStates[0]?.index, 1);
 });
 
 test.run();

@@ -7,8 +7,8 @@ import { ConfChangeType } from "../../src/raft/confchange.js";
 import { ProgressState } from "../../src/raft/progress.js";
 import type { Message } from "../../src/raft/types.js";
 import { MessageType, StateRole } from "../../src/raft/types.js";
-import { Cluster, config, drain, entry, msg, newNode, persist, storageWith, text } from "./raft-helpers.js";
-import { RaftNode } from "../../src/raft/node.js";
+import { Cluster, config, drain, entry, msg, newNode, persist, progressOf, storageWith, text } from "./raft-helpers.js";
+import { inspectCore, RaftNode } from "../../src/raft/node.js";
 import { CompactedError, MemoryStorage } from "../../src/raft/storage.js";
 
 const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
@@ -36,19 +36,19 @@ test("Figure 8: an old-term entry on a majority is not committed by a later lead
   // The network loses S1's term-4 entries (its no-op) but delivers the rest.
   c.rewrite = (m: Message): Message => (m.type === MessageType.app ? { ...m, entries: m.entries.filter((e) => e.term !== 4) } : m);
   c.campaign(1);
-  assert.is(c.node(1).raft.role, StateRole.leader);
-  assert.is(c.node(1).raft.term, 4);
+  assert.is(c.node(1).status().role, StateRole.leader);
+  assert.is(c.node(1).status().term, 4);
   c.tickAll(3);
   assert.is(c.get(3).storage.term(base + 1), 2, "S3 now holds the term-2 entry: it is on a majority");
-  assert.ok(c.node(1).raft.log.committed < base + 1, "but S1 must not commit it by counting (§5.4.2)");
+  assert.ok(c.node(1).status().commit < base + 1, "but S1 must not commit it by counting (§5.4.2)");
   // (d) S1 crashes; S5 (last term 3) wins with S2, S3, S4 and overwrites index base+1 everywhere.
   c.crash(1);
   c.rewrite = null;
   c.heal();
   c.isolate(1);
   c.campaign(5); // term 4: S2 and S3 already voted for S1 in term 4
-  if (c.node(5).raft.role !== StateRole.leader) c.campaign(5); // term 5: S2, S3, S4 vote (S5's last term 3 > 2)
-  assert.is(c.node(5).raft.role, StateRole.leader);
+  if (c.node(5).status().role !== StateRole.leader) c.campaign(5); // term 5: S2, S3, S4 vote (S5's last term 3 > 2)
+  assert.is(c.node(5).status().role, StateRole.leader);
   c.tickAll(2);
   for (const id of [2, 3, 4]) assert.is(c.get(id).storage.term(base + 1), 3);
   // No node ever applied the overwritten entry.
@@ -58,13 +58,13 @@ test("Figure 8: an old-term entry on a majority is not committed by a later lead
 function partialPartitionTerms(preVote: boolean, checkQuorum: boolean): { terms: number; leaderKept: boolean } {
   const c = new Cluster([1, 2, 3], { preVote, checkQuorum });
   c.campaign(1);
-  const term = c.node(1).raft.term;
+  const term = c.node(1).status().term;
   // 3 cannot hear the leader but can talk to 2; it misses the writes, so it can never win an election.
   c.cutLink(1, 3);
   c.cutLink(3, 1);
   c.propose(1, "x");
   c.tickAll(200);
-  return { terms: c.node(2).raft.term - term, leaderKept: c.node(1).raft.role === StateRole.leader && c.node(2).raft.lead === 1 };
+  return { terms: c.node(2).status().term - term, leaderKept: c.node(1).status().role === StateRole.leader && c.node(2).status().lead === 1 };
 }
 
 test("a partially partitioned node does not keep forcing elections when PreVote and CheckQuorum are on", () => {
@@ -83,7 +83,7 @@ test("a deposed leader never answers a read: its ReadIndex gets no quorum and is
   c.isolate(1);
   c.campaign(2);
   c.propose(2, "v2");
-  assert.is(c.node(1).raft.role, StateRole.leader, "1 still believes it leads");
+  assert.is(c.node(1).status().role, StateRole.leader, "1 still believes it leads");
   assert.ok(c.node(1).readIndex(enc("stale-read")));
   const reads: number[] = [];
   for (let i = 0; i < 5; i++) {
@@ -108,7 +108,7 @@ test("a deposed leader never answers a read: its ReadIndex gets no quorum and is
     c.stabilize();
   }
   assert.equal(reads, [], "no read state from the deposed leader");
-  assert.is(c.node(1).raft.role, StateRole.follower);
+  assert.is(c.node(1).status().role, StateRole.follower);
 });
 
 test("a deposed leader on the minority side gets no read confirmed from the followers it still reaches", () => {
@@ -121,8 +121,8 @@ test("a deposed leader on the minority side gets no read confirmed from the foll
   }
   c.campaign(3);
   c.propose(3, "v2");
-  assert.is(c.node(3).raft.role, StateRole.leader);
-  assert.is(c.node(1).raft.role, StateRole.leader, "1 has not noticed");
+  assert.is(c.node(3).status().role, StateRole.leader);
+  assert.is(c.node(1).status().role, StateRole.leader, "1 has not noticed");
   assert.ok(c.node(1).readIndex(enc("minority-read")));
   const reads: number[] = [];
   for (let i = 0; i < 5; i++) {
@@ -144,11 +144,11 @@ test("a leader that has not persisted its own entry does not count itself toward
   n.step(msg(MessageType.voteResp, 2, 1, 1));
   drain(n);
   n.step(msg(MessageType.appResp, 2, 1, 1, { index: 1 }));
-  assert.is(n.raft.log.committed, 0, "leader's copy not yet on disk: only one of three");
+  assert.is(n.status().commit, 0, "leader's copy not yet on disk: only one of three");
   const r = n.ready();
   persist(r, s);
   n.advance();
-  assert.is(n.raft.log.committed, 1);
+  assert.is(n.status().commit, 1);
 });
 
 test("a removed node with a higher term does not disrupt the cluster (CheckQuorum lease)", () => {
@@ -160,12 +160,12 @@ test("a removed node with a higher term does not disrupt the cluster (CheckQuoru
   // 3 never heard of its removal; alone, it campaigns over and over and its term climbs.
   for (let i = 0; i < 100; i++) c.tick(3);
   c.stabilize();
-  assert.ok(c.node(3).raft.term > c.node(1).raft.term + 2);
-  const term = c.node(1).raft.term;
+  assert.ok(c.node(3).status().term > c.node(1).status().term + 2);
+  const term = c.node(1).status().term;
   c.heal();
   c.tickAll(60);
-  assert.is(c.node(1).raft.role, StateRole.leader);
-  assert.is(c.node(1).raft.term, term, "the leader was not deposed by the removed node's votes");
+  assert.is(c.node(1).status().role, StateRole.leader);
+  assert.is(c.node(1).status().term, term, "the leader was not deposed by the removed node's votes");
 });
 
 test("CheckQuorum: a leader that hears from no quorum within an election timeout steps down", () => {
@@ -174,21 +174,21 @@ test("CheckQuorum: a leader that hears from no quorum within an election timeout
   c.isolate(1);
   for (let i = 0; i < 10; i++) c.tick(1);
   c.stabilize();
-  assert.is(c.node(1).raft.role, StateRole.leader);
+  assert.is(c.node(1).status().role, StateRole.leader);
   for (let i = 0; i < 10; i++) c.tick(1);
-  assert.is(c.node(1).raft.role, StateRole.follower);
+  assert.is(c.node(1).status().role, StateRole.follower);
 });
 
 test("leadership transfer to an up-to-date follower: TimeoutNow, it wins at once despite the lease", () => {
   const c = new Cluster([1, 2, 3], { checkQuorum: true, preVote: true });
   c.campaign(1);
   c.propose(1, "x");
-  const term = c.node(1).raft.term;
+  const term = c.node(1).status().term;
   assert.ok(c.node(1).transferLeadership(3));
   c.stabilize();
-  assert.is(c.node(3).raft.role, StateRole.leader);
-  assert.is(c.node(3).raft.term, term + 1);
-  assert.is(c.node(1).raft.lead, 3);
+  assert.is(c.node(3).status().role, StateRole.leader);
+  assert.is(c.node(3).status().term, term + 1);
+  assert.is(c.node(1).status().lead, 3);
 });
 
 test("leadership transfer to a lagging follower waits until it has caught up; proposals are dropped meanwhile", () => {
@@ -199,10 +199,10 @@ test("leadership transfer to a lagging follower waits until it has caught up; pr
   c.node(1).transferLeadership(3);
   assert.is(c.node(1).propose(enc("during")), 0, "dropped during the transfer");
   c.stabilize();
-  assert.is(c.node(1).raft.role, StateRole.leader, "no transfer while 3 is unreachable");
+  assert.is(c.node(1).status().role, StateRole.leader, "no transfer while 3 is unreachable");
   c.heal();
   c.tickAll(2);
-  assert.is(c.node(3).raft.role, StateRole.leader);
+  assert.is(c.node(3).status().role, StateRole.leader);
   assert.is(c.get(3).storage.lastIndex() >= 7, true);
 });
 
@@ -213,7 +213,7 @@ test("leadership transfer to an unreachable follower is abandoned after an elect
   c.node(1).transferLeadership(3);
   for (let i = 0; i < 10; i++) c.tick(1);
   c.stabilize();
-  assert.is(c.node(1).raft.leadTransferee, 0);
+  assert.is(inspectCore(c.node(1)).leadTransferee, 0);
   assert.ok(c.node(1).propose(enc("ok")) > 0);
 });
 
@@ -224,7 +224,7 @@ function replicatingLeader(): RaftNode {
   n.step(msg(MessageType.voteResp, 2, 1, 1));
   drain(n);
   n.step(msg(MessageType.appResp, 2, 1, 1, { index: 1 }));
-  assert.is(n.raft.progressOf(2).state, ProgressState.replicate);
+  assert.is(progressOf(n, 2).state, ProgressState.replicate);
   drain(n);
   return n;
 }
@@ -248,7 +248,7 @@ test("flow control: heartbeat responses of ReadIndex rounds nudge a full window 
     n.propose(enc(`p${i}`));
     drain(n);
   }
-  assert.ok(n.raft.progressOf(2).inflights.full(), "the follower's window is full");
+  assert.ok(inspectCore(n).progressOf(2).inflights.full(), "the follower's window is full");
   // Many read rounds, each answered by a heartbeat response with its context, all before the next heartbeat tick.
   const appsAfter = (responses: number): number => {
     let apps = 0;
@@ -260,7 +260,7 @@ test("flow control: heartbeat responses of ReadIndex rounds nudge a full window 
   };
   assert.is(appsAfter(20), 1, "one append for twenty responses in one interval");
   // The next periodic heartbeat allows one more.
-  for (let t = 0; t < n.raft.cfg.heartbeatTicks; t++) n.tick();
+  for (let t = 0; t < inspectCore(n).cfg.heartbeatTicks; t++) n.tick();
   drain(n);
   assert.is(appsAfter(20), 1, "and one per interval after that");
 });
@@ -283,16 +283,15 @@ test("snapshot status: a failed snapshot sends the follower back to probe; it ge
   c.isolate(3);
   for (let i = 0; i < 5; i++) c.propose(1, `w${i}`);
   const ls = c.get(1).storage;
-  const applied = c.node(1).raft.log.applied;
+  const applied = c.node(1).status().applied;
   ls.createSnapshot(applied, { voters: [1, 2, 3], learners: [] }, enc("s"));
   ls.compact(applied);
   c.heal();
   c.dropFilter = (m) => m.type === MessageType.snap;
   c.tickAll(2);
-  const pr = c.node(1).raft.progressOf(3);
-  assert.is(pr.state, ProgressState.snapshot);
+  assert.is(progressOf(c.node(1), 3).state, ProgressState.snapshot);
   c.node(1).reportSnapshot(3, false);
-  assert.is(pr.state, ProgressState.probe);
+  assert.is(progressOf(c.node(1), 3).state, ProgressState.probe);
   c.dropFilter = null;
   c.tickAll(3);
   assert.is(c.get(3).storage.firstIndex(), applied + 1, "snapshot installed on retry");
@@ -306,13 +305,13 @@ test("a follower that installed a snapshot is replicated to at once, without wai
   c.isolate(3);
   for (let i = 0; i < 3; i++) c.propose(1, `w${i}`);
   const ls = c.get(1).storage;
-  const applied = c.node(1).raft.log.applied;
+  const applied = c.node(1).status().applied;
   ls.createSnapshot(applied, { voters: [1, 2, 3], learners: [] }, enc("s"));
   ls.compact(applied);
   c.heal();
   c.tickAll(2);
   assert.is(c.get(3).storage.firstIndex(), applied + 1, "snapshot installed");
-  assert.is(c.node(1).raft.progressOf(3).state, ProgressState.replicate);
+  assert.is(progressOf(c.node(1), 3).state, ProgressState.replicate);
   const index = c.propose(1, "after"); // no tick: only the append itself can carry it
   assert.is(c.get(3).storage.lastIndex(), index);
 });
@@ -325,22 +324,22 @@ test("a leader that removes itself sends the commit as leader and no append afte
   const r = c.node(1).proposeConfChange({ type: ConfChangeType.removeNode, nodeId: 1 });
   assert.ok("index" in r);
   c.stabilize();
-  assert.is(c.node(1).raft.role, StateRole.follower);
-  for (const id of [2, 3]) assert.ok(c.node(id).raft.log.committed >= r.index, `node ${id} learned the removal committed`);
+  assert.is(c.node(1).status().role, StateRole.follower);
+  for (const id of [2, 3]) assert.ok(c.node(id).status().commit >= r.index, `node ${id} learned the removal committed`);
 });
 
 test("crash and restart: term and vote survive, so a node never votes twice in one term", () => {
   const c = new Cluster([1, 2, 3]);
   c.isolate(1);
   c.campaign(1);
-  const term = c.node(1).raft.term;
+  const term = c.node(1).status().term;
   c.heal();
   c.node(2).step(msg(MessageType.vote, 1, 2, term, { index: 0, logTerm: 0 }));
   c.handle(2);
   c.crash(2);
   c.restart(2);
-  assert.is(c.node(2).raft.term, term);
-  assert.is(c.node(2).raft.vote, 1);
+  assert.is(c.node(2).status().term, term);
+  assert.is(c.node(2).status().vote, 1);
   c.node(2).step(msg(MessageType.vote, 3, 2, term, { index: 10, logTerm: 5 }));
   const r = drain(c.node(2));
   assert.ok(r[0]?.reject, "already voted for 1 in this term");
@@ -362,7 +361,7 @@ test("a follower never lets a leader's commit index run past the entries it know
   const n = newNode(2, [1, 2, 3], {}, s);
   // Leader says commit=3 but sends only up to index 1 (prev=0): commit must stop at 1.
   n.step(msg(MessageType.app, 1, 2, 2, { index: 0, logTerm: 0, entries: [{ index: 1, term: 1, type: 0, data: new Uint8Array() }], commit: 3 }));
-  assert.is(n.raft.log.committed, 1);
+  assert.is(n.status().commit, 1);
 });
 
 test("a node that applied and compacted entries whose commit it had not yet persisted restarts (the snapshot point counts as committed)", () => {
@@ -409,7 +408,7 @@ test("a node whose storage lost entries it acknowledged withholds its vote until
   c.campaign(3);
   c.tickAll(30);
   assert.equal(c.leaders(), [], "node 3 cannot win: node 2 withholds its vote, and does not campaign itself");
-  assert.is(c.node(2).raft.withholdingVotes(), true);
+  assert.is(c.node(2).status().votesWithheld, true);
   // Node 1 returns and leads again; node 2 gets the entry back and votes again.
   c.restart(1);
   c.heal();
@@ -417,7 +416,7 @@ test("a node whose storage lost entries it acknowledged withholds its vote until
   const leader = c.leaders()[0];
   assert.ok(leader === 1 || leader === 2, `the leader holds the committed entry (leader ${leader})`);
   assert.ok(c.get(2).storage.lastIndex() >= owed, "node 2 holds the entries it owed again");
-  assert.is(c.node(2).raft.withholdingVotes(), false);
+  assert.is(c.node(2).status().votesWithheld, false);
   assert.equal(text(c.get(2).storage.entries(committed, committed + 1, 1 << 20)[0]!), "acknowledged by 1 and 2 only");
 });
 
@@ -427,7 +426,7 @@ test("a leader whose storage cannot read an entry a follower needs compacts past
   c.isolate(3);
   for (let i = 0; i < 5; i++) c.propose(1, `w${i}`);
   const ls = c.get(1).storage;
-  const applied = c.node(1).raft.log.applied;
+  const applied = c.node(1).status().applied;
   // Entry 3 is damaged on the leader's disk: reading it, the storage compacts past it (it was applied) and says so.
   const entries = ls.entries.bind(ls);
   let compacted = false;

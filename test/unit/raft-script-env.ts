@@ -44,7 +44,7 @@
 // campaigns after exactly `election` ticks without hearing from a leader.
 
 import { ConfChangeType, decodeConfChange } from "../../src/raft/confchange.js";
-import { RaftNode } from "../../src/raft/node.js";
+import { inspectCore, RaftNode } from "../../src/raft/node.js";
 import type { Ready } from "../../src/raft/node.js";
 import { ProgressState, progressStateNames } from "../../src/raft/progress.js";
 import { MemoryStorage } from "../../src/raft/storage.js";
@@ -233,7 +233,7 @@ export class ScriptEnv {
       case "process-ready": for (const id of this.idsOr(p)) this.processReady(id); break;
       case "deliver-msgs": this.deliverMsgs(a); break;
       case "stabilize": this.stabilizeCommand(p); break;
-      case "set-election-timeout": this.live(int(p[0], "set-election-timeout")).raft.randomizedElectionTimeout = int(p[1], "ticks"); break;
+      case "set-election-timeout": inspectCore(this.live(int(p[0], "set-election-timeout"))).randomizedElectionTimeout = int(p[1], "ticks"); break;
       case "partition": this.partition(p.join(" ")); break;
       case "cut": { const [f, t] = ids(p.join(" ")); this.cuts.add(`${f}>${t}`); break; }
       case "heal": this.cuts.clear(); break;
@@ -467,16 +467,16 @@ export class ScriptEnv {
       this.print(`${id}: down`);
       return;
     }
-    const r = n.node.raft;
-    this.print(`${id}: ${roleNames[r.role]} term=${r.term} vote=${r.vote} lead=${r.lead} commit=${r.log.committed} ` +
-      `applied=${n.sm.applied} first=${r.log.firstIndex()} last=${r.log.lastIndex()} ${fmtConf(r.currentConf())}`);
-    if (r.role !== StateRole.leader) return;
-    for (const [pid, pr] of r.tracker.progress) {
-      if (pid === id) continue;
-      let s = `  ${pid}: ${progressStateNames[pr.state]} match=${pr.match} next=${pr.next}`;
+    const st = n.node.status();
+    const first = inspectCore(n.node).log.firstIndex();
+    this.print(`${id}: ${roleNames[st.role]} term=${st.term} vote=${st.vote} lead=${st.lead} commit=${st.commit} ` +
+      `applied=${n.sm.applied} first=${first} last=${st.lastIndex} ${fmtConf({ voters: [...st.voters], learners: [...st.learners] })}`);
+    for (const pr of n.node.progress() ?? []) {
+      if (pr.id === id) continue;
+      let s = `  ${pr.id}: ${progressStateNames[pr.state]} match=${pr.match} next=${pr.next}`;
       if (pr.state === ProgressState.snapshot) s += ` pending-snapshot=${pr.pendingSnapshot}`;
-      if (pr.isPaused()) s += " paused";
-      if (pr.inflights.count > 0) s += ` inflight=${pr.inflights.count}`;
+      if (pr.paused) s += " paused";
+      if (pr.inflightMsgs > 0) s += ` inflight=${pr.inflightMsgs}`;
       this.print(s);
     }
   }
@@ -487,7 +487,7 @@ export class ScriptEnv {
       this.print(`${id}: down`);
       return;
     }
-    const log = node.raft.log;
+    const log = inspectCore(node).log;
     const first = log.firstIndex();
     const entries = log.slice(first, log.lastIndex() + 1, Number.MAX_SAFE_INTEGER);
     const head = first > 1 ? ` (snapshot at ${first - 1}/${log.term(first - 1)})` : "";
