@@ -75,7 +75,20 @@ export interface NodeStatus {
    * committed entries the catalog refused (part of the catalog's state: the
    * same on every node that applied as far).
    */
-  catalog: { leader: number; commitIndex: number; appliedIndex: number; refusals: CatalogRefusalInfo[] };
+  catalog: {
+    leader: number;
+    commitIndex: number;
+    appliedIndex: number;
+    /** The latest catalog snapshot saved on this node (0: none); its log is compacted behind it. */
+    snapshotIndex: number;
+    /** The first meta-log entry this node still holds. */
+    logFirstIndex: number;
+    /** The catalog snapshot this node loaded when it started (0: none). */
+    startSnapshotIndex: number;
+    /** Entries after that snapshot it replayed from its own log at start (up to the last one it held). */
+    startReplayedEntries: number;
+    refusals: CatalogRefusalInfo[];
+  };
   /** Every node of the cluster, this one included. */
   nodes: NodeInfo[];
   /** Sum over the nodes that are up. */

@@ -95,6 +95,7 @@ export function statusDetails(s: NodeStatus): string {
     ["checksums", integritySummary(s.integrity)],
     ["scrub", scrubSchedule(s.integrity.scrub)],
     ["catalog", `entry ${s.catalog.appliedIndex} applied of ${s.catalog.commitIndex} committed, leader ${s.catalog.leader === 0 ? "unknown" : `node ${s.catalog.leader}`}`],
+    ["catalog log", `${s.catalog.snapshotIndex === 0 ? "no snapshot" : `snapshot at entry ${s.catalog.snapshotIndex}`}, entries from ${s.catalog.logFirstIndex} held here`],
     ...(s.catalog.refusals.length === 0 ? [] : [["refused", s.catalog.refusals.map((r) => printable(`entry ${r.index} ${r.kind} (${r.code}): ${r.error}`, logLineCharsMax)).join("\n")] as [string, string]]),
   ]) + "\n\n" + nodeTable(s.nodes);
 }

@@ -2,9 +2,10 @@
 // peer transport, meta group (the catalog), volume I/O, NBD and control API,
 // wired together, and their orderly shutdown (docs/architecture.md).
 //
-// Every node runs the meta group's state machine (src/cluster) by replaying
-// its log; a node hosts the Raft groups of the volumes placed on it, and any
-// node serves any volume over NBD (VolumeIo forwards to the leader).
+// Every node runs the meta group's state machine (src/cluster), rebuilt at
+// start from its latest catalog snapshot and the log after it; a node hosts
+// the Raft groups of the volumes placed on it, and any node serves any volume
+// over NBD (VolumeIo forwards to the leader).
 
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, statfsSync, writeFileSync } from "node:fs";
@@ -32,6 +33,7 @@ import {
   type UpdateVolumeRequest,
   type VolumeInfo,
 } from "../api/types.js";
+import { assert } from "../base/assert.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
 import { failStop, isBug } from "../base/fail-stop.js";
@@ -40,12 +42,15 @@ import { formatSize } from "../base/sizes.js";
 import {
   applyEntry,
   CatalogCommandError,
+  decodeCatalogSnapshot,
+  encodeCatalogSnapshot,
   encodeCommand,
   encodeCommandUnchecked,
   listNames,
   newCatalogState,
   replicaSetFor,
   settingValue,
+  skipEntry,
   validateCommand,
   type ApplyResult,
   type CatalogNode,
@@ -63,6 +68,8 @@ import {
   type GroupView,
 } from "../cluster/index.js";
 import {
+  catalogLogTailEntries,
+  catalogSnapshotEntries,
   checkClusterConstants,
   checkConstants,
   checkReplicationConstants,
@@ -82,7 +89,7 @@ import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType, type ConfChange } from "../raft/confchange.js";
 import { EntryType, type Entry } from "../raft/types.js";
-import { MultiRaft, NotLeaderError, ProposalDroppedError } from "../replication/driver.js";
+import { MultiRaft, NotLeaderError, ProposalDroppedError, type GroupStateMachine } from "../replication/driver.js";
 import { Repairer } from "../replication/repair.js";
 import { Scrubber, type ScrubReport } from "../replication/scrub.js";
 import { VolumeIo } from "../replication/volume-io.js";
@@ -166,7 +173,14 @@ const deleteAskTimeoutMs = 2000;
 const deleteFenceMs = 30_000;
 
 export class Daemon implements Controller {
-  private readonly catalog: CatalogState = newCatalogState();
+  /** Replaced whole when a snapshot is restored (restoreCatalog). */
+  private catalog: CatalogState = newCatalogState();
+  /**
+   * How this node rebuilt its catalog at start: the snapshot it loaded (0:
+   * none), the entries after it it applied from its own log, up to the last
+   * one it held (`replayTo`).
+   */
+  private readonly catalogStart = { snapshotIndex: 0, replayTo: 0, replayedEntries: 0, done: false };
   private readonly metaResults = new Map<number, ApplyResult>();
   private readonly connections = new Map<string, number>();
   /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
@@ -293,8 +307,11 @@ export class Daemon implements Controller {
     });
     const parts = { driver: this.driver, io: this.io, repairer: this.repairer };
     transport.onMessage((from, m) => dispatchPeerMessage(parts, from, m));
-    this.driver.addGroup(metaGroupId, state.metaVoters, { replayAll: true });
+    this.catalogStart.replayTo = this.store.raftState(metaGroupId).lastIndex;
+    this.driver.addGroup(metaGroupId, state.metaVoters, { stateMachine: this.catalogMachine() });
     for (const g of state.hosted.values()) this.driver.addGroup(g.id, g.voters);
+    if (this.catalogStart.snapshotIndex > 0) this.hostFromCatalog();
+    this.countReplayed(this.catalogStart.snapshotIndex);
     this.timers.push(setInterval(() => this.driver.tick(), tickMs));
     this.timers.push(setInterval(() => this.registerSelf(), selfRegisterEveryMs));
     this.timers.push(setInterval(() => this.promoteLearners(), selfRegisterEveryMs));
@@ -340,7 +357,11 @@ export class Daemon implements Controller {
   /** Applies a committed meta entry to the catalog, then acts on what changed for this node. */
   private applyMeta(entry: Entry): void {
     this.store.markApplied(metaGroupId, entry.index);
-    if (entry.type !== EntryType.normal || entry.data.length === 0) return; // config changes are the core's; empty: a leader's no-op
+    this.countReplayed(entry.index);
+    if (entry.type !== EntryType.normal || entry.data.length === 0) {
+      skipEntry(this.catalog, entry.index); // config changes are the core's; empty: a leader's no-op
+      return;
+    }
     const result = applyEntry(this.catalog, entry.data, entry.index);
     this.metaResults.set(entry.index, result);
     if (this.metaResults.size > 1024) this.metaResults.delete(this.metaResults.keys().next().value!);
@@ -354,6 +375,72 @@ export class Daemon implements Controller {
     if (live !== undefined && live.id === v.id && live.nodes.includes(this.nodeId)) this.hostGroup(live, result.kind === "setReplicas");
     if (live === undefined) this.fenced.delete(v.name);
     if (live === undefined && this.state.hosted.has(v.id)) this.unhostGroup(v.id);
+  }
+
+  /** The catalog as the meta group's state machine: snapshots of it, and restoring one (docs/formats/catalog-snapshot.md). */
+  private catalogMachine(): GroupStateMachine {
+    return {
+      snapshotEveryEntries: catalogSnapshotEntries,
+      logTailEntries: catalogLogTailEntries,
+      snapshot: (index) => {
+        assert(this.catalog.appliedIndex === index, () => `the catalog applied entry ${this.catalog.appliedIndex}, not ${index}, when its snapshot was taken`);
+        return encodeCatalogSnapshot(this.catalog);
+      },
+      check: (index, data) => {
+        try {
+          const state = decodeCatalogSnapshot(data);
+          return state.appliedIndex === index ? null : `it holds the catalog as of entry ${state.appliedIndex}, not ${index}`;
+        } catch (e) {
+          return (e as Error).message;
+        }
+      },
+      restore: (index, data, atStart) => this.restoreCatalog(index, data, atStart),
+    };
+  }
+
+  /**
+   * Replaces the catalog with a snapshot's: at start the latest one this node
+   * saved (a damaged or inconsistent one stops the start with the reason),
+   * later one the meta leader sent because this node was behind its log.
+   */
+  private restoreCatalog(index: number, data: Uint8Array, atStart: boolean): void {
+    const state = decodeCatalogSnapshot(data);
+    assert(state.appliedIndex === index, () => `the catalog snapshot at entry ${index} holds entry ${state.appliedIndex}`);
+    this.catalog = state;
+    this.metaResults.clear();
+    if (atStart) {
+      this.catalogStart.snapshotIndex = index;
+      return; // wire() hosts from it once every group this node had is running again
+    }
+    this.catalogStart.done = true;
+    this.log.info(`catalog: installed the meta leader's snapshot at index ${index} (${state.nodes.size} nodes, ${state.volumes.size} volumes)`);
+    this.hostFromCatalog();
+    this.refreshPeers();
+  }
+
+  /**
+   * After a snapshot replaced the catalog, the entries that started or
+   * dropped this node's replicas before it were not applied here: starts a
+   * replica of each volume that lists this node (as a member joining: its
+   * leader sends it a copy), and drops each replica of a volume the catalog
+   * deleted. Volume ids are never reused, so a hosted id below nextVolumeId
+   * that the catalog lacks was deleted; a higher one was created after the
+   * snapshot, and the log after it still creates it.
+   */
+  private hostFromCatalog(): void {
+    for (const v of this.catalog.volumes.values()) if (v.nodes.includes(this.nodeId)) this.hostGroup(v, true);
+    for (const id of [...this.state.hosted.keys()]) if (id < this.catalog.nextVolumeId && this.volumeById(id) === undefined) this.unhostGroup(id);
+  }
+
+  /** Counts the entries a start replays after its catalog snapshot, and logs the count once it reached the last one on disk. */
+  private countReplayed(index: number): void {
+    const s = this.catalogStart;
+    if (s.done) return;
+    if (index > s.snapshotIndex && index <= s.replayTo) s.replayedEntries++;
+    if (index < s.replayTo) return;
+    s.done = true;
+    const from = s.snapshotIndex > 0 ? `loaded the snapshot at index ${s.snapshotIndex}` : "no snapshot";
+    this.log.info(`catalog: ${from}, replayed ${s.replayedEntries} entries (to index ${Math.max(s.replayTo, s.snapshotIndex)})`);
   }
 
   /** Starts this node's replica of a volume: the node state records it durably before the group persists anything. */
@@ -687,6 +774,10 @@ export class Daemon implements Controller {
         leader: this.driver.leader(metaGroupId),
         commitIndex: this.driver.status(metaGroupId)?.commit ?? 0,
         appliedIndex: this.catalogIndex(),
+        snapshotIndex: this.store.stateSnapshot(metaGroupId)?.index ?? 0,
+        logFirstIndex: this.store.raftFirstIndex(metaGroupId),
+        startSnapshotIndex: this.catalogStart.snapshotIndex,
+        startReplayedEntries: this.catalogStart.replayedEntries,
         refusals: this.catalog.refusals.map((r) => ({ ...r })),
       },
       nodes,

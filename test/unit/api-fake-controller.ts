@@ -45,7 +45,7 @@ export class FakeController implements Controller {
       volumeCount: this.volumes.size,
       store: { logBytes: 4096, segments: 1 },
       clusterId: "c0ffee",
-      catalog: { leader: 1, commitIndex: 1, appliedIndex: 1, refusals: this.refusals },
+      catalog: { leader: 1, commitIndex: 1, appliedIndex: 1, snapshotIndex: 0, logFirstIndex: 1, startSnapshotIndex: 0, startReplayedEntries: 1, refusals: this.refusals },
       nodes: [this.node],
       pool: { totalBytes: 10 * 1024 ** 3, usedBytes: 1024 ** 3, freeBytes: 9 * 1024 ** 3 },
       integrity: {

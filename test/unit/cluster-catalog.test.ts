@@ -584,7 +584,7 @@ test("damaged and inconsistent snapshots are refused with the reason", () => {
     assert.throws(() => decodeCatalogSnapshot(bytes), (e: Error) => e instanceof CatalogSnapshotError && re.test(e.message));
   };
   refusedWith(good.subarray(0, 3), /shorter than its 5-byte header/);
-  refusedWith(Uint8Array.of(9, ...good.subarray(1)), /version 9 is not 2/);
+  refusedWith(Uint8Array.of(9, ...good.subarray(1)), /version 9 is not 1/);
   const flipped = Uint8Array.from(good);
   flipped[good.length - 3]! ^= 0x40;
   refusedWith(flipped, /checksum mismatch/);

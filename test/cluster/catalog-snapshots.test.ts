@@ -1,0 +1,107 @@
+// Issue 14, item 6: the meta group's log is compacted behind catalog
+// snapshots (docs/formats/catalog-snapshot.md). A real three-node cluster
+// commits 10,000 catalog entries; a node restarted after that loads its
+// latest snapshot and replays only the entries after it; a node that was down
+// while the others compacted past its log gets the catalog as a Raft snapshot
+// from the leader and ends with the same catalog as the others.
+
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { startCluster, waitUntil, type Cluster } from "../helpers/cluster.js";
+import { catalogLogTailEntries, catalogSnapshotEntries } from "../../src/constants.js";
+import type { ApiClient } from "../../src/api/client.js";
+
+const MiB = 1024 * 1024;
+let c: Cluster;
+
+test.before(async () => {
+  c = await startCluster(3, ["--unsafe-debug-api"]);
+});
+
+test.after(async () => {
+  await c.dispose();
+});
+
+/** Commits `count` catalog entries through `api`, `parallel` at a time; returns the last index. */
+async function commitEntries(api: ApiClient, count: number, parallel = 32): Promise<number> {
+  let next = 0;
+  let last = 0;
+  const worker = async (): Promise<void> => {
+    while (next < count) {
+      const i = next++;
+      const r = await api.debugCatalogPropose({ command: { kind: "setSetting", key: "overcommitPercent", value: 100 + (i % 2) } });
+      last = Math.max(last, r.index);
+    }
+  };
+  await Promise.all(Array.from({ length: parallel }, worker));
+  return last;
+}
+
+test("10,000 catalog entries: every node snapshots its catalog and compacts the meta log behind it", async () => {
+  const last = await commitEntries(c.nodes[0]!.api, 10_000);
+  assert.ok(last >= 10_000, `the log reached index ${last}`);
+  for (const n of c.nodes) {
+    const s = await waitUntil(`${n.host} to apply ${last}`, async () => {
+      const st = (await n.api.status()).catalog;
+      return st.appliedIndex >= last ? st : undefined;
+    });
+    assert.ok(s.snapshotIndex > last - catalogSnapshotEntries - 64, `${n.host}: snapshot at ${s.snapshotIndex}, applied ${s.appliedIndex}`);
+    assert.ok(s.logFirstIndex > 1 && s.logFirstIndex <= s.snapshotIndex - catalogLogTailEntries + 1, `${n.host}: log from ${s.logFirstIndex}`);
+  }
+});
+
+test("a restarted node loads its latest catalog snapshot and replays only the entries after it", async () => {
+  const n = c.nodes[1]!;
+  const before = (await n.api.status()).catalog;
+  assert.is(await n.stop(), 0);
+  await n.start();
+  await c.healthy(45000);
+  const after = await waitUntil("the replay count", async () => {
+    const s = (await n.api.status()).catalog;
+    return /catalog: loaded the snapshot at index \d+, replayed \d+ entries/.test(n.output) ? s : undefined;
+  });
+  const line = /catalog: loaded the snapshot at index (\d+), replayed (\d+) entries \(to index (\d+)\)/.exec(n.output);
+  assert.ok(line, n.output.slice(-2000));
+  const [loaded, replayed, to] = [Number(line![1]), Number(line![2]), Number(line![3])];
+  console.log(`  restart: loaded the snapshot at index ${loaded}, replayed ${replayed} entries (to index ${to}); ${before.appliedIndex} were applied before the stop`);
+  assert.is(after.startSnapshotIndex, loaded);
+  assert.is(after.startReplayedEntries, replayed);
+  assert.ok(loaded >= before.snapshotIndex, "the latest snapshot it saved");
+  assert.is(replayed, to - loaded, "every entry after the snapshot, and no other");
+  assert.ok(replayed < catalogSnapshotEntries + 64, `${replayed} entries replayed of ${before.appliedIndex}`);
+});
+
+test("a node down while the others compacted past its log catches up through a catalog snapshot", async () => {
+  const down = c.nodes[2]!;
+  await c.nodes[0]!.api.createVolume({ name: "gone", sizeBytes: 8 * MiB, repl: 3 });
+  await waitUntil("volume gone on node 3", async () => (await down.api.listVolumes()).some((v) => v.name === "gone"));
+  const at = (await down.api.status()).catalog.appliedIndex;
+  assert.is(await down.stop(), 0);
+  await c.nodes[0]!.api.deleteVolume("gone", { force: true });
+  await c.nodes[0]!.api.createVolume({ name: "while-away", sizeBytes: 8 * MiB, repl: 2 });
+  await commitEntries(c.nodes[0]!.api, catalogSnapshotEntries + catalogLogTailEntries + 200);
+  const leader = await waitUntil("the others to compact past node 3's log", async () => {
+    const s = await Promise.all([0, 1].map((i) => c.nodes[i]!.api.status()));
+    return s.every((x) => x.catalog.logFirstIndex > at + 1) ? s : undefined;
+  });
+  await down.start();
+  await c.healthy(45000);
+  await waitUntil("node 3 to install the leader's snapshot", async () => /catalog: installed the meta leader's snapshot at index \d+/.test(down.output));
+  const target = leader[0]!.catalog.appliedIndex;
+  const [a, b] = await Promise.all([c.nodes[0]!, down].map((n) => waitUntil(`${n.host} to apply ${target}`, async () => {
+    const s = await n.api.status();
+    return s.catalog.appliedIndex >= target ? n : undefined;
+  })));
+  const view = async (api: ApiClient): Promise<unknown> => {
+    const s = await api.status();
+    return { nodes: s.nodes.map((x) => [x.id, x.name, x.capacityBytes, x.draining, x.metaVoter]), refusals: s.catalog.refusals, volumes: (await api.listVolumes()).map((v) => [v.name, v.id, v.sizeBytes, v.repl, v.replicas.map((r) => r.node)]) };
+  };
+  assert.equal(await view(b!.api), await view(a!.api), "node 3's catalog is the leader's");
+  const names = (await down.api.listVolumes()).map((v) => v.name);
+  assert.equal(names, ["while-away"], "the volume created while it was away is there, the one deleted is not");
+  await waitUntil("node 3 to drop its replica of the deleted volume", async () => /replica removed from this node/.test(down.output));
+  for (const n of c.nodes) assert.not.match(n.output, /uncaught|AssertionError/i, `${n.host}'s log`);
+  if (process.env["DEBUG_OUT"]) for (const n of c.nodes) console.log(n.host, n.output.split("\n").filter((l) => /catalog|snapshot|replica/.test(l)).join("\n"));
+});
+
+test.run();
