@@ -161,6 +161,11 @@ export class Store {
     const { disk } = options;
     const log = options.log ?? (() => {});
     if (disk.exists(`${checkpointName}.tmp`)) disk.remove(`${checkpointName}.tmp`);
+    const stateSnapshots = new Map<number, StateSnapshot>();
+    for (const spec of specs) {
+      const saved = spec.sizeBytes === 0 ? readStateSnapshot(disk, spec.groupId) : undefined;
+      if (saved !== undefined) stateSnapshots.set(spec.groupId, saved);
+    }
     const segments = new Map<number, DiskFile>();
     const freeNames: string[] = [];
     for (const name of disk.list()) {
@@ -170,11 +175,6 @@ export class Store {
     }
     const checkpoint: Checkpoint = readCheckpoint(disk) ?? { end: { segmentId: 1, position: 0, commitSeq: 0 }, groups: [] };
     const groups = restoreGroups(specs, checkpoint);
-    const stateSnapshots = new Map<number, StateSnapshot>();
-    for (const spec of specs) {
-      const saved = spec.sizeBytes === 0 ? readStateSnapshot(disk, spec.groupId) : undefined;
-      if (saved !== undefined) stateSnapshots.set(spec.groupId, saved);
-    }
     let poisoned = 0;
     const stale = new Map<number, Set<number>>();
     const ctx: MapContext = {
@@ -208,6 +208,11 @@ export class Store {
       damage.settle(g, ctx);
     }
     for (const line of damage.lines) log(`store: recovery: ${line}`);
+    const lost = lostState(groups, stateSnapshots);
+    if (lost !== undefined) {
+      for (const f of segments.values()) f.close();
+      throw lost;
+    }
     if (scan.torn) {
       const { segmentId, position, endPosition } = scan.torn;
       if (endPosition > position) {
@@ -244,26 +249,17 @@ export class Store {
     store.recountLive();
     await store.releaseEmptySegments();
     for (const [id, saved] of stateSnapshots) await store.adoptStateSnapshot(id, saved);
-    for (const g of store.groups.values()) {
-      if (g.sizeBytes === 0 && g.raft.snapshotIndex > 0 && !stateSnapshots.has(g.id)) {
-        throw new StoreError("EIO", `group ${g.id}: its Raft log is compacted to entry ${g.raft.snapshotIndex}, but the snapshot of its state that compaction needs (the file ${stateSnapshotName(g.id)}) is missing; this node cannot rebuild that state: give it a fresh data dir and let it rejoin`);
-      }
-    }
     return store;
   }
 
   /**
-   * At open: the latest saved snapshot of a group without data. Its log is
-   * never compacted past it. A node that stopped after saving a snapshot
-   * received from its leader and before recording its install in the log
-   * (the log does not hold the snapshot's entry with its term) records the
-   * install now, as it would have.
+   * At open: the latest saved snapshot of a group without data. A node that
+   * stopped after saving a snapshot received from its leader and before
+   * recording its install in the log (the log does not hold the snapshot's
+   * entry with its term) records the install now, as it would have.
    */
   private async adoptStateSnapshot(groupId: number, saved: StateSnapshot): Promise<void> {
     const r = this.group(groupId).raft;
-    if (saved.index < r.snapshotIndex) {
-      throw new StoreError("EIO", `group ${groupId}: its Raft log is compacted to entry ${r.snapshotIndex}, past its saved snapshot at entry ${saved.index}; this node cannot rebuild the state in between: give it a fresh data dir and let it rejoin`);
-    }
     this.stateSnapshots.set(groupId, saved);
     if (r.term(saved.index) === saved.term) return;
     await this.installSnapshot(groupId, saved.index, saved.term, saved.conf);
@@ -1381,6 +1377,24 @@ function fileReader(segments: ReadonlyMap<number, DiskFile>): ReadAt {
     const n = file.readSync(into, at, length, address - id * segmentBytes);
     if (n !== length) throw new StoreError("EIO", `short read from segment ${id}: ${n} of ${length} bytes`);
   };
+}
+
+/**
+ * A group without data whose recovered log is compacted past its saved
+ * snapshot (or that has none) cannot rebuild its state: the error that says
+ * so, or undefined. Compaction never goes past the snapshot, so this is a
+ * damaged or tampered data dir.
+ */
+function lostState(groups: Map<number, Group>, saved: Map<number, StateSnapshot>): StoreError | undefined {
+  for (const g of groups.values()) {
+    if (g.sizeBytes !== 0 || g.raft.snapshotIndex === 0) continue;
+    const s = saved.get(g.id);
+    const what = s === undefined ? `the snapshot of its state that compaction needs (the file ${stateSnapshotName(g.id)}) is missing` : `past its saved snapshot at entry ${s.index}`;
+    if (s === undefined || s.index < g.raft.snapshotIndex) {
+      return new StoreError("EIO", `group ${g.id}: its Raft log is compacted to entry ${g.raft.snapshotIndex}, ${s === undefined ? `but ${what}` : what}; this node cannot rebuild that state: give it a fresh data dir and let it rejoin`);
+    }
+  }
+  return undefined;
 }
 
 /** Replays one record into its group (recovery path; the live counts are recomputed after). */
