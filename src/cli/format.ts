@@ -3,7 +3,7 @@
 import { printable } from "../base/printable.js";
 import { formatSize } from "../base/sizes.js";
 import { logLineCharsMax } from "../constants.js";
-import type { NodeInfo, NodeStatus, ScrubResponse, VolumeInfo } from "../api/types.js";
+import type { NodeInfo, NodeStatus, ScrubResponse, SettingInfo, VolumeInfo } from "../api/types.js";
 
 /** Left-aligned columns separated by two spaces; the last column is not padded. */
 export function table(header: string[], rows: string[][]): string {
@@ -126,6 +126,11 @@ export function nodeTable(nodes: NodeInfo[]): string {
       Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(",") || "-",
     ]);
   return table(header, rows);
+}
+
+export function settingsTable(settings: SettingInfo[]): string {
+  const rows = settings.map((s) => [s.key, JSON.stringify(s.value), s.set ? JSON.stringify(s.defaultValue) : "(default)", s.doc]);
+  return table(["KEY", "VALUE", "DEFAULT", "WHAT"], rows);
 }
 
 export function formatDuration(totalSec: number): string {

@@ -18,6 +18,7 @@ import {
   type CreateVolumeRequest,
   type DeleteVolumeOptions,
   type DebugController,
+  type DrainNodeRequest,
   type DebugProposeRequest,
   type DebugProposeResponse,
   type JoinRequest,
@@ -30,6 +31,8 @@ import {
   type ScrubRequest,
   type ScrubResponse,
   type ScrubVolumeReport,
+  type SetSettingRequest,
+  type SettingInfo,
   type UpdateVolumeRequest,
   type VolumeInfo,
 } from "../api/types.js";
@@ -41,6 +44,7 @@ import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
 import {
   applyEntry,
+  catalogSettings,
   CatalogCommandError,
   decodeCatalogSnapshot,
   encodeCatalogSnapshot,
@@ -558,25 +562,34 @@ export class Daemon implements Controller {
         .finally(() => (this.healthProposal = false));
       return;
     }
-    this.replaceDownReplicas(downMs);
+    this.moveReplicas(downMs);
   }
 
   /**
    * Re-replication, on the meta leader: a replica on a node that has been
-   * down for replaceDownAfterMs moves to another node (setReplicas with
-   * `expect`, one volume at a time); the volume's leader then adds the new
-   * node (a snapshot fills it) and removes the dead one, as for ha-update.
+   * down for replaceDownAfterMs, or on a node being drained, moves to
+   * another node, and a volume with fewer replicas than its count (a node
+   * was removed with --force) gets one more (setReplicas with `expect`, one
+   * volume at a time); the volume's leader then adds the new node (a
+   * snapshot fills it) and removes the old one, as for ha-update.
    */
-  private replaceDownReplicas(downMs: ReadonlyMap<number, number>): void {
+  private moveReplicas(downMs: ReadonlyMap<number, number>): void {
     for (const d of replicaReplacements(this.catalog, downMs, this.options.replaceDownAfterMs ?? replaceDownAfterMsDefault)) {
+      const v = d.volume;
+      const n = d.from === undefined ? undefined : this.catalog.nodes.get(d.from);
+      const why =
+        d.reason === "missing"
+          ? `has ${v.nodes.length} of its ${v.repl} replicas`
+          : d.reason === "draining"
+            ? `has a replica on node ${d.from} (${n?.name ?? "?"}), which is draining`
+            : `has a replica on node ${d.from}, down for ${Math.round((downMs.get(d.from ?? 0) ?? 0) / 1000)} s`;
       if (d.kind === "unplaceable") {
-        if (this.unplaceable.get(d.volume.id) !== d.dead) this.log.warn(`volume ${d.volume.name}: its replica on down node ${d.dead} cannot be replaced: ${d.error}`);
-        this.unplaceable.set(d.volume.id, d.dead);
+        if (this.unplaceable.get(v.id) !== (d.from ?? 0)) this.log.warn(`volume ${v.name} ${why}, and no node can take another: ${d.error}`);
+        this.unplaceable.set(v.id, d.from ?? 0);
         continue;
       }
-      const v = d.volume;
       this.healthProposal = true;
-      this.log.warn(`volume ${v.name}: node ${d.dead} has been down for ${Math.round((downMs.get(d.dead) ?? 0) / 1000)} s; moving its replica to node ${d.command.nodes[d.command.nodes.length - 1]}`);
+      this.log.warn(`volume ${v.name} ${why}: ${d.from === undefined ? "adding" : "moving it to"} a replica on node ${d.command.nodes[d.command.nodes.length - 1]}`);
       this.metaCommand(d.command)
         .then((r) => r.ok || this.log.info(`volume ${v.name}: replica move not applied: ${r.error}`), () => {})
         .finally(() => (this.healthProposal = false));
@@ -828,6 +841,70 @@ export class Daemon implements Controller {
       metaVoter: voters.has(n.id),
       metaLeader: n.id === metaLeader,
     }));
+  }
+
+  /** On the meta leader: marks the node draining (or not); moveReplicas then moves its replicas off, one volume at a time. */
+  async drainNode(ref: string, request: DrainNodeRequest): Promise<NodeInfo> {
+    const leaderApi = await this.metaLeaderApi();
+    if (leaderApi) return leaderApi.drainNode(ref, request);
+    const id = this.nodeByRef(ref);
+    const draining = request.draining ?? true;
+    const result = await this.metaCommand({ kind: "drainNode", id, draining });
+    if (!result.ok) throw catalogError(result);
+    if (result.changed) this.log.info(`node ${id} (${result.node?.name ?? "?"}) ${draining ? "is draining: its replicas move to other nodes" : "is no longer draining"}`);
+    return (await this.listNodes()).find((n) => n.id === id)!;
+  }
+
+  /**
+   * On the meta leader: removes a node that is down from the catalog (the
+   * catalog refuses while it holds replicas, unless forced: they are then
+   * dropped from their replica sets and moveReplicas places new ones), then
+   * from the catalog's Raft group, so it no longer counts toward its quorum.
+   * A node out of the catalog but still in the group (the second step failed)
+   * is removed from the group when asked again by its id.
+   */
+  async removeNode(ref: string, options: { force: boolean }): Promise<void> {
+    const leaderApi = await this.metaLeaderApi();
+    if (leaderApi) return leaderApi.removeNode(ref, options);
+    const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
+    const leftover = members.find((id) => String(id) === ref && !this.catalog.nodes.has(id));
+    const id = leftover ?? this.nodeByRef(ref);
+    const n = this.catalog.nodes.get(id);
+    if (n !== undefined) {
+      if (id === this.nodeId || n.health !== "down") {
+        throw new ApiError(409, "conflict", `node ${id} (${n.name}) is up; stop its daemon first and remove it once pxd node list shows it down (pxd node drain moves its replicas off while it runs)`);
+      }
+      const result = await this.metaCommand({ kind: "removeNode", id, ...(options.force ? { force: true } : {}) });
+      if (!result.ok) throw catalogError(result);
+    }
+    if (members.includes(id)) {
+      try {
+        await this.driver.proposeConfChange(metaGroupId, { type: ConfChangeType.removeNode, nodeId: id });
+      } catch (e) {
+        throw new ApiError(503, "unavailable", `node ${id} left the catalog but is still a member of the catalog's Raft group (${(e as Error).message}); run pxd node remove ${id} again`);
+      }
+    }
+    this.log.info(`node ${id}${n === undefined ? "" : ` (${n.name})`} removed from the cluster`);
+  }
+
+  /** Every setting the catalog knows, with its value here. */
+  async listSettings(): Promise<SettingInfo[]> {
+    return Object.keys(catalogSettings).map((key) => this.settingInfo(key));
+  }
+
+  private settingInfo(key: string): SettingInfo {
+    const spec = catalogSettings[key]!;
+    const value = this.catalog.settings.get(key);
+    return { key, value: value ?? spec.defaultValue, defaultValue: spec.defaultValue, set: value !== undefined, doc: spec.doc };
+  }
+
+  /** On the meta leader: sets a setting (null: back to its default); the catalog refuses an unknown key or a value out of its range (400). */
+  async setSetting(key: string, request: SetSettingRequest): Promise<SettingInfo> {
+    const leaderApi = await this.metaLeaderApi();
+    if (leaderApi) return leaderApi.setSetting(key, request.value);
+    const result = await this.metaCommand({ kind: "setSetting", key, value: request.value });
+    if (!result.ok) throw catalogError(result);
+    return this.settingInfo(key);
   }
 
   async listVolumes(): Promise<VolumeInfo[]> {
