@@ -3,11 +3,14 @@
 // commits 10,000 catalog entries; a node restarted after that loads its
 // latest snapshot and replays only the entries after it; a node that was down
 // while the others compacted past its log gets the catalog as a Raft snapshot
-// from the leader and ends with the same catalog as the others.
+// from the leader and ends with the same catalog as the others; so does a
+// node that joins after the log was compacted.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { join } from "node:path";
 import { startCluster, waitUntil, type Cluster } from "../helpers/cluster.js";
+import { DaemonProcess } from "../helpers/daemon.js";
 import { catalogLogTailEntries, catalogSnapshotEntries } from "../../src/constants.js";
 import type { ApiClient } from "../../src/api/client.js";
 
@@ -115,6 +118,26 @@ test("a node down while the others compacted past its log catches up through a c
   assert.ok(again.startSnapshotIndex >= installed, `loaded ${again.startSnapshotIndex}, installed ${installed}`);
   assert.equal(await view(down.api), await view(c.nodes[0]!.api), "and after the restart");
   for (const n of c.nodes) assert.not.match(n.output, /uncaught|AssertionError/i, `${n.host}'s log`);
+});
+
+test("a node joining after the meta log was compacted gets the catalog as a snapshot and becomes a voter", async () => {
+  const host = c.nodes[0]!.host.replace(/\d+$/, (d) => String(Number(d) + 3));
+  const joiner = new DaemonProcess(join(c.dir, "node4"), host, 10809, 9001, () => {}, 9002);
+  joiner.extraArgs = ["--cluster-secret", c.secret, "--name", "node4", "--join", `${c.nodes[0]!.host}:9001`];
+  try {
+    await joiner.start();
+    await waitUntil("node4 to install the catalog snapshot", async () => /catalog: installed the meta leader's snapshot at index \d+/.test(joiner.output), 30000);
+    const nodes = await waitUntil("node4 to be a voter of the catalog's group", async () => {
+      const n = await c.nodes[0]!.api.listNodes();
+      return n.find((x) => x.name === "node4")?.metaVoter === true ? n : undefined;
+    }, 30000);
+    assert.is(nodes.length, 4);
+    assert.equal((await joiner.api.listVolumes()).map((v) => v.name), ["while-away"]);
+    assert.equal(await joiner.api.listSettings(), await c.nodes[0]!.api.listSettings());
+    assert.not.match(joiner.output, /uncaught|AssertionError/i);
+  } finally {
+    await joiner.dispose();
+  }
 });
 
 test.run();
