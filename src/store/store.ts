@@ -797,7 +797,15 @@ export class Store {
     assert(this.group(groupId).sizeBytes === 0, () => `group ${groupId} holds volume data; its snapshots are its block map`);
     const run = this.stateSaves.then(async () => {
       if ((this.stateSnapshots.get(groupId)?.index ?? 0) >= s.index) return;
-      await writeStateSnapshot(this.disk, groupId, s);
+      try {
+        await writeStateSnapshot(this.disk, groupId, s);
+      } catch (e) {
+        // The disk's own error (a full filesystem, an I/O error) is an expected failure: the caller keeps the log and goes on, or stops the group.
+        if (e instanceof StoreError) throw e;
+        const errno = (e as { code?: unknown }).code;
+        const code = errno === "ENOSPC" || errno === "EDQUOT" || errno === "EFBIG" ? "ENOSPC" : "EIO";
+        throw new StoreError(code, `saving the snapshot of group ${groupId} at entry ${s.index} failed: ${(e as Error).message}`);
+      }
       this.stateSnapshots.set(groupId, { index: s.index, term: s.term, conf: { voters: [...s.conf.voters], learners: [...s.conf.learners] }, data: s.data });
     });
     this.stateSaves = run.catch(() => {});
