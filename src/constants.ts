@@ -323,8 +323,16 @@ export const nodeLabelCharsMax = 63;
 export const nodeBytesMax = 2 ** 52;
 /** Bytes of one encoded catalog command: version byte and msgpack body. Checked before decoding. */
 export const catalogCommandBytesMax = 64 * 1024;
-/** Bytes of one encoded catalog snapshot. Checked before decoding. */
-export const catalogSnapshotBytesMax = 64 * 1024 * 1024;
+/**
+ * Bytes of one encoded catalog snapshot (a full catalog is about 27 MiB; the
+ * check below). Checked before decoding. It travels to a member behind in one
+ * Raft message, so it fits a peer frame.
+ */
+export const catalogSnapshotBytesMax = 32 * 1024 * 1024;
+/** Meta-group entries applied between two catalog snapshots; each node compacts the meta log behind its latest one. */
+export const catalogSnapshotEntries = 1024;
+/** Meta-group entries kept behind the latest catalog snapshot, so a member a little behind catches up from the log, not a snapshot. */
+export const catalogLogTailEntries = 256;
 /** Names listed in one error message before it says "and N more". */
 export const catalogErrorNamesMax = 5;
 /** Refused catalog entries the catalog remembers (the latest), so every node shows the same in pxd status. */
@@ -345,6 +353,8 @@ export function checkClusterConstants(): void {
       catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + volumeReplicasMax * 9) + catalogRefusalsMax * (catalogRefusalCharsMax * 4 + 64),
     "a full catalog fits a snapshot",
   );
+  assert(catalogSnapshotBytesMax + 1024 * 1024 <= peerFrameBytesMax, "a full catalog snapshot travels in one Raft message");
+  assert(catalogLogTailEntries >= 0 && catalogLogTailEntries < catalogSnapshotEntries, "the log kept behind a catalog snapshot is shorter than the interval between two");
   assert(volumeBytesMax <= Number.MAX_SAFE_INTEGER && nodeBytesMax <= Number.MAX_SAFE_INTEGER, "byte counts are exact doubles");
   assert(volumeBytesMax % sectorBytes === 0, "the largest volume is whole sectors");
   assert(Number.isSafeInteger(catalogTimeMsMax) && !Number.isNaN(new Date(catalogTimeMsMax).getTime()), "the latest command time is a valid Date");

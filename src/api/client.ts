@@ -13,6 +13,7 @@ import {
   type CreateVolumeRequest,
   type DeleteVolumeOptions,
   type DebugProposeRequest,
+  type DrainNodeRequest,
   type DebugProposeResponse,
   type JoinRequest,
   type JoinResponse,
@@ -21,6 +22,8 @@ import {
   type NodeStatus,
   type ScrubRequest,
   type ScrubResponse,
+  type SetSettingRequest,
+  type SettingInfo,
   type UpdateVolumeRequest,
   type VolumeInfo,
 } from "./types.js";
@@ -148,6 +151,27 @@ export class ApiClient {
     const body = (await this.json("GET", "/v1/nodes")) as { nodes?: unknown };
     if (!Array.isArray(body.nodes)) throw this.badAnswer("GET /v1/nodes", "it has no nodes array");
     return body.nodes as NodeInfo[];
+  }
+
+  /** Marks the node (name or id) draining, or not (`{ draining: false }`). */
+  async drainNode(node: string, request: DrainNodeRequest = {}): Promise<NodeInfo> {
+    return (await this.json("POST", `/v1/nodes/${encodeURIComponent(node)}/drain`, request)) as NodeInfo;
+  }
+
+  /** Removes a node that is down; `force` also when it still holds replicas. */
+  async removeNode(node: string, options: { force?: boolean } = {}): Promise<void> {
+    await this.call("DELETE", `/v1/nodes/${encodeURIComponent(node)}` + (options.force === true ? "?force=true" : ""));
+  }
+
+  async listSettings(): Promise<SettingInfo[]> {
+    const body = (await this.json("GET", "/v1/settings")) as { settings?: unknown };
+    if (!Array.isArray(body.settings)) throw this.badAnswer("GET /v1/settings", "it has no settings array");
+    return body.settings as SettingInfo[];
+  }
+
+  /** Sets a setting; a null value returns it to its default. */
+  async setSetting(key: string, value: SetSettingRequest["value"]): Promise<SettingInfo> {
+    return (await this.json("PUT", `/v1/settings/${encodeURIComponent(key)}`, { value })) as SettingInfo;
   }
 
   async join(request: JoinRequest): Promise<JoinResponse> {

@@ -14,13 +14,16 @@ import { apiBodyBytesMax, apiBodyDepthMax, logFieldCharsMax } from "../constants
 import { hostPort } from "./client.js";
 import { ApiError, type ApiErrorBody, type Controller, type DebugController } from "./types.js";
 import {
+  checkPathName,
   checkVolumeName,
   jsonNestsDeeper,
   parseCreateVolumeRequest,
   parseDebugProposeRequest,
+  parseDrainNodeRequest,
   parseForceQuery,
   parseJoinRequest,
   parseScrubRequest,
+  parseSetSettingRequest,
   parseUpdateVolumeRequest,
 } from "./validate.js";
 import {
@@ -75,6 +78,11 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
     checkVolumeName(name);
     return name;
   };
+  const pathName = (what: "setting" | "node", params: string[]): string => {
+    const name = params[0] ?? "";
+    checkPathName(what, name);
+    return name;
+  };
   return [
     { pattern: /^\/v1\/status$/, methods: { GET: async () => ({ status: 200, json: await controller.status() }) } },
     {
@@ -111,6 +119,24 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
       methods: { POST: async (_request, params) => ({ status: 200, json: await controller.disconnectVolume(volumeParam(params)) }) },
     },
     { pattern: /^\/v1\/nodes$/, methods: { GET: async () => ({ status: 200, json: { nodes: await controller.listNodes() } }) } },
+    {
+      pattern: /^\/v1\/nodes\/([^/]*)$/,
+      methods: {
+        DELETE: async (request, params) => {
+          await controller.removeNode(pathName("node", params), { force: parseForceQuery(requestQuery(request.url ?? "")) });
+          return { status: 204 };
+        },
+      },
+    },
+    {
+      pattern: /^\/v1\/nodes\/([^/]*)\/drain$/,
+      methods: { POST: async (request, params) => ({ status: 200, json: await controller.drainNode(pathName("node", params), parseDrainNodeRequest(await readJsonBody(request))) }) },
+    },
+    { pattern: /^\/v1\/settings$/, methods: { GET: async () => ({ status: 200, json: { settings: await controller.listSettings() } }) } },
+    {
+      pattern: /^\/v1\/settings\/([^/]*)$/,
+      methods: { PUT: async (request, params) => ({ status: 200, json: await controller.setSetting(pathName("setting", params), parseSetSettingRequest(await readJsonBody(request))) }) },
+    },
     {
       pattern: /^\/v1\/cluster\/join$/,
       methods: { POST: async (request) => ({ status: 200, json: await controller.join(parseJoinRequest(await readJsonBody(request))) }) },
@@ -212,7 +238,7 @@ async function dispatch(table: Route[], request: IncomingMessage): Promise<Reply
     const params = match.slice(1).map((p) => decodePathPart(p ?? ""));
     return handler(request, params);
   }
-  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/volumes/NAME/connections, /v1/volumes/NAME/disconnect, /v1/nodes, /v1/cluster/join, /v1/scrub and /metrics`);
+  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/volumes/NAME/connections, /v1/volumes/NAME/disconnect, /v1/nodes, /v1/nodes/NODE, /v1/nodes/NODE/drain, /v1/settings, /v1/settings/KEY, /v1/cluster/join, /v1/scrub and /metrics`);
 }
 
 function requestPath(url: string): string {

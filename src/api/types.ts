@@ -75,7 +75,20 @@ export interface NodeStatus {
    * committed entries the catalog refused (part of the catalog's state: the
    * same on every node that applied as far).
    */
-  catalog: { leader: number; commitIndex: number; appliedIndex: number; refusals: CatalogRefusalInfo[] };
+  catalog: {
+    leader: number;
+    commitIndex: number;
+    appliedIndex: number;
+    /** The latest catalog snapshot saved on this node (0: none); its log is compacted behind it. */
+    snapshotIndex: number;
+    /** The first meta-log entry this node still holds. */
+    logFirstIndex: number;
+    /** The catalog snapshot this node loaded when it started (0: none). */
+    startSnapshotIndex: number;
+    /** Entries after that snapshot it replayed from its own log at start (up to the last one it held). */
+    startReplayedEntries: number;
+    refusals: CatalogRefusalInfo[];
+  };
   /** Every node of the cluster, this one included. */
   nodes: NodeInfo[];
   /** Sum over the nodes that are up. */
@@ -140,6 +153,26 @@ export interface ScrubRequest {
 
 export interface ScrubResponse {
   nodes: ScrubNodeReport[];
+}
+
+/** A cluster-wide setting, kept in the catalog (GET /v1/settings). */
+export interface SettingInfo {
+  key: string;
+  value: number | string | boolean;
+  defaultValue: number | string | boolean;
+  /** Set by someone (else the value is the default). */
+  set: boolean;
+  doc: string;
+}
+
+/** PUT /v1/settings/KEY: the new value; null returns the setting to its default. */
+export interface SetSettingRequest {
+  value: number | string | boolean | null;
+}
+
+/** POST /v1/nodes/NODE/drain: start (true, the default) or stop draining the node. */
+export interface DrainNodeRequest {
+  draining?: boolean;
 }
 
 /** A committed catalog entry that applied as a refusal. */
@@ -278,4 +311,12 @@ export interface Controller {
   scrub(request: ScrubRequest): Promise<ScrubResponse>;
   /** The last scrub report of each volume on this node (GET /v1/scrub). */
   scrubStatus(): Promise<ScrubResponse>;
+  /** Every setting the catalog knows, with its value. */
+  listSettings(): Promise<SettingInfo[]>;
+  /** Throws ApiError(400) for an unknown key or a value the setting refuses. */
+  setSetting(key: string, request: SetSettingRequest): Promise<SettingInfo>;
+  /** Marks a node (name or id) draining, or not: the meta leader moves its replicas to other nodes, one volume at a time. */
+  drainNode(node: string, request: DrainNodeRequest): Promise<NodeInfo>;
+  /** Removes a node that is down from the catalog and the catalog's group; refused (409) while it holds replicas, unless forced. */
+  removeNode(node: string, options: { force: boolean }): Promise<void>;
 }

@@ -4,7 +4,7 @@
 
 import { volumeSizeSectorProblem } from "../cluster/rules.js";
 import { catalogNameCharsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
-import { ApiError, type CreateVolumeRequest, type DebugProposeRequest, type JoinRequest, type ScrubRequest, type UpdateVolumeRequest } from "./types.js";
+import { ApiError, type CreateVolumeRequest, type DebugProposeRequest, type DrainNodeRequest, type JoinRequest, type ScrubRequest, type SetSettingRequest, type UpdateVolumeRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
 
 /** A volume name is also an NBD export name and a file name in the data dir. */
@@ -182,6 +182,26 @@ export function parseDebugProposeRequest(body: unknown): DebugProposeRequest {
     throw invalid(`field "hex" must be the entry's bytes as an even number of hex digits (not none: an empty entry is the leader's no-op), not ${describe(hex)}`);
   }
   return { hex };
+}
+
+/** A setting key or a node reference (name or id) in a path: what the catalog names can be, checked before it is looked up. */
+export function checkPathName(what: "setting" | "node", name: string): void {
+  if (!volumeNamePattern.test(name)) throw new ApiError(400, "invalid_name", `${what} ${JSON.stringify(name.slice(0, 80))} is not a ${what} name${what === "node" ? " or id" : ""}; ${what === "node" ? "pxd node list shows the nodes" : "pxd settings list shows the settings"}`);
+}
+
+/** PUT /v1/settings/KEY: {"value": V}, V a number, string, boolean or null (the default); the catalog checks it against the setting. */
+export function parseSetSettingRequest(body: unknown): SetSettingRequest {
+  const { value } = objectWithFields(body, ["value"], ` like {"value":150}`);
+  if (value === null || typeof value === "boolean" || typeof value === "number" || (typeof value === "string" && value.length <= catalogNameCharsMax)) return { value };
+  throw invalid(`field "value" must be a number, a string of at most ${catalogNameCharsMax} characters, true, false or null (the default), not ${describe(value)}`);
+}
+
+/** POST /v1/nodes/NODE/drain: {} or {"draining": true|false}. */
+export function parseDrainNodeRequest(body: unknown): DrainNodeRequest {
+  const { draining } = objectWithFields(body, ["draining"], ` like {"draining":false}`);
+  if (draining === undefined) return {};
+  if (typeof draining !== "boolean") throw invalid(`field "draining" must be true or false, not ${describe(draining)}`);
+  return { draining };
 }
 
 /** The `force` query parameter of DELETE /v1/volumes/NAME: absent, empty, true or 1 (yes), false or 0 (no). */

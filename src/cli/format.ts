@@ -3,7 +3,7 @@
 import { printable } from "../base/printable.js";
 import { formatSize } from "../base/sizes.js";
 import { logLineCharsMax } from "../constants.js";
-import type { NodeInfo, NodeStatus, ScrubResponse, VolumeInfo } from "../api/types.js";
+import type { NodeInfo, NodeStatus, ScrubResponse, SettingInfo, VolumeInfo } from "../api/types.js";
 
 /** Left-aligned columns separated by two spaces; the last column is not padded. */
 export function table(header: string[], rows: string[][]): string {
@@ -95,6 +95,7 @@ export function statusDetails(s: NodeStatus): string {
     ["checksums", integritySummary(s.integrity)],
     ["scrub", scrubSchedule(s.integrity.scrub)],
     ["catalog", `entry ${s.catalog.appliedIndex} applied of ${s.catalog.commitIndex} committed, leader ${s.catalog.leader === 0 ? "unknown" : `node ${s.catalog.leader}`}`],
+    ["catalog log", `${s.catalog.snapshotIndex === 0 ? "no snapshot" : `snapshot at entry ${s.catalog.snapshotIndex}`}, entries from ${s.catalog.logFirstIndex} held here`],
     ...(s.catalog.refusals.length === 0 ? [] : [["refused", s.catalog.refusals.map((r) => printable(`entry ${r.index} ${r.kind} (${r.code}): ${r.error}`, logLineCharsMax)).join("\n")] as [string, string]]),
   ]) + "\n\n" + nodeTable(s.nodes);
 }
@@ -125,6 +126,11 @@ export function nodeTable(nodes: NodeInfo[]): string {
       Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(",") || "-",
     ]);
   return table(header, rows);
+}
+
+export function settingsTable(settings: SettingInfo[]): string {
+  const rows = settings.map((s) => [s.key, JSON.stringify(s.value), s.set ? JSON.stringify(s.defaultValue) : "(default)", s.doc]);
+  return table(["KEY", "VALUE", "DEFAULT", "WHAT"], rows);
 }
 
 export function formatDuration(totalSec: number): string {

@@ -8,7 +8,7 @@ import { ApiError } from "../api/types.js";
 import { DaemonUnreachableError } from "../api/client.js";
 import { defaultApiAddress } from "../api/client.js";
 import { CliError, UsageError, exitFailed, exitOk, exitUsage } from "./errors.js";
-import { registerNode, registerScrub, registerStatus, registerVolume } from "./volume.js";
+import { registerNode, registerScrub, registerSettings, registerStatus, registerVolume } from "./volume.js";
 import { registerDaemon } from "./daemon.js";
 import { registerLocalNode } from "./local-node.js";
 
@@ -24,6 +24,7 @@ export function buildProgram(): Command {
   registerStatus(program);
   registerVolume(program);
   registerNode(program);
+  registerSettings(program);
   registerScrub(program);
   registerLocalNode(program);
   registerDaemon(program);

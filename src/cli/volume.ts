@@ -1,11 +1,12 @@
-// pxd status, pxd volume create|list|inspect|ha-update|delete: thin wrappers over ApiClient.
+// pxd status, pxd node list|drain|remove, pxd settings, pxd volume create|list|inspect|ha-update|delete:
+// thin wrappers over ApiClient.
 
 import type { Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import { apiScrubTimeoutMs } from "../api/limits.js";
 import { bandwidthArg, checkName, clientFor, replArg, sizeArg } from "./args.js";
 import { CliError } from "./errors.js";
-import { json, nodeTable, scrubTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
+import { json, nodeTable, scrubTable, settingsTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
 
 interface JsonFlag {
   json?: boolean;
@@ -21,6 +22,63 @@ export function registerNode(program: Command): void {
     .action(async (options: { json?: boolean }, command: Command) => {
       const nodes = await clientFor(command).listNodes();
       console.log(options.json ? json({ nodes }) : nodeTable(nodes));
+    });
+  node
+    .command("drain")
+    .description("move every replica off a node, one volume at a time (placement then skips it); --undo stops draining")
+    .argument("<node>", "node name or id")
+    .option("--undo", "stop draining: placement may use the node again (replicas already moved stay where they are)")
+    .option("--json", "print the API's JSON")
+    .action(async (ref: string, options: { undo?: boolean } & JsonFlag, command: Command) => {
+      const n = await clientFor(command).drainNode(ref, { draining: options.undo !== true });
+      if (options.json) return console.log(json(n));
+      console.log(n.draining ? `node ${n.name} is draining; "pxd volume list" shows its replicas moving to other nodes` : `node ${n.name} is no longer draining`);
+    });
+  node
+    .command("remove")
+    .alias("rm")
+    .description("remove a node that is down from the cluster (stop its daemon first); refused while it holds replicas, unless --force")
+    .argument("<node>", "node name or id")
+    .option("--force", "remove it even though it holds replicas: they are dropped and placed again on other nodes")
+    .action(async (ref: string, options: { force?: boolean }, command: Command) => {
+      await clientFor(command).removeNode(ref, { force: options.force === true });
+      console.log(`node ${ref} removed from the cluster; do not start it again with its data dir (a fresh one can join as a new node)`);
+    });
+}
+
+/** Parses a setting's value as typed: true/false, an integer, else the text. The catalog checks it against the setting. */
+function settingValueArg(text: string): number | string | boolean {
+  if (text === "true" || text === "false") return text === "true";
+  return /^-?\d{1,15}$/.test(text) ? Number(text) : text;
+}
+
+export function registerSettings(program: Command): void {
+  const settings = program.command("settings").description("cluster-wide settings, kept in the catalog");
+  settings
+    .command("list")
+    .alias("ls")
+    .description("list the settings, their values and defaults")
+    .option("--json", "print the API's JSON")
+    .action(async (options: JsonFlag, command: Command) => {
+      const list = await clientFor(command).listSettings();
+      console.log(options.json ? json({ settings: list }) : settingsTable(list));
+    });
+  settings
+    .command("set")
+    .description("set a setting for the whole cluster")
+    .argument("<key>", "setting name (pxd settings list shows them)")
+    .argument("<value>", "the value: a number, true, false, or text")
+    .action(async (key: string, value: string, _options: unknown, command: Command) => {
+      const s = await clientFor(command).setSetting(key, settingValueArg(value));
+      console.log(`${s.key} = ${JSON.stringify(s.value)}`);
+    });
+  settings
+    .command("reset")
+    .description("return a setting to its default")
+    .argument("<key>", "setting name")
+    .action(async (key: string, _options: unknown, command: Command) => {
+      const s = await clientFor(command).setSetting(key, null);
+      console.log(`${s.key} = ${JSON.stringify(s.value)} (the default)`);
     });
 }
 

@@ -138,6 +138,15 @@ export function applyCommand(state: CatalogState, command: unknown, index: numbe
   return outcome.ok ? { ...outcome, index, kind: v.command.kind } : refuse(state, index, v.command.kind, outcome);
 }
 
+/**
+ * An entry of the meta group's log that is not a catalog command (a new
+ * leader's empty entry, a configuration change of the group): it moves only
+ * the applied index, so a snapshot taken after it says it is applied.
+ */
+export function skipEntry(state: CatalogState, index: number): void {
+  if (Number.isSafeInteger(index) && index > state.appliedIndex) state.appliedIndex = index;
+}
+
 /** Decodes a log entry's data and applies it; a malformed entry is refused like an invalid command. */
 export function applyEntry(state: CatalogState, data: Uint8Array, index: number): ApplyResult {
   if (!Number.isSafeInteger(index) || index <= state.appliedIndex) return applyCommand(state, undefined, index);

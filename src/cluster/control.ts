@@ -67,18 +67,26 @@ export function healthChange(
   return undefined;
 }
 
+/**
+ * Why a volume needs a replica placed: its replica on `from` is on a node
+ * down past the wait, or on a node being drained; or it has fewer replicas
+ * than its count (a node was removed with --force), and `from` is undefined.
+ */
+export type ReplacementReason = "down" | "draining" | "missing";
+
 export type ReplacementDecision =
-  | { kind: "move"; volume: CatalogVolume; dead: NodeId; command: Extract<CatalogCommand, { kind: "setReplicas" }> }
-  | { kind: "unplaceable"; volume: CatalogVolume; dead: NodeId; error: string };
+  | { kind: "move"; volume: CatalogVolume; from: NodeId | undefined; reason: ReplacementReason; command: Extract<CatalogCommand, { kind: "setReplicas" }> }
+  | { kind: "unplaceable"; volume: CatalogVolume; from: NodeId | undefined; reason: ReplacementReason; error: string };
 
 /**
  * Re-replication, on the catalog's leader: a volume's replica on a node that
  * has been marked down for `replaceAfterMs` (`downMs`: each node the catalog
- * says is down, and how long this leader has seen it so) moves to another
- * node chosen by placement, guarded by `expect` so that it applies only to
- * the replica set it was decided on. The first volume that needs it, in
- * catalog order; a volume whose replica has nowhere to go is reported and
- * the next one is tried.
+ * says is down, and how long this leader has seen it so; 0: never), or on a
+ * node being drained (at once), moves to another node chosen by placement;
+ * a volume with fewer replicas than its count gets one more. The command is
+ * guarded by `expect` so that it applies only to the replica set it was
+ * decided on. The first volume that needs it, in catalog order; a volume
+ * whose replica has nowhere to go is reported and the next one is tried.
  */
 export function replicaReplacements(
   catalog: CatalogState,
@@ -86,17 +94,23 @@ export function replicaReplacements(
   replaceAfterMs: number,
 ): ReplacementDecision[] {
   const out: ReplacementDecision[] = [];
-  if (replaceAfterMs <= 0) return out;
+  const leaving = (id: NodeId): ReplacementReason | undefined => {
+    const n = catalog.nodes.get(id);
+    if (n === undefined) return undefined;
+    if (n.draining) return "draining";
+    return replaceAfterMs > 0 && n.health === "down" && (downMs.get(id) ?? -1) >= replaceAfterMs ? "down" : undefined;
+  };
   for (const v of catalog.volumes.values()) {
-    const dead = v.nodes.find((id) => (downMs.get(id) ?? -1) >= replaceAfterMs && catalog.nodes.get(id)?.health === "down");
-    if (dead === undefined) continue;
-    const set = replicaSetFor(catalog, v.name, v.nodes.length + 1, [dead]);
+    const from = v.nodes.find((id) => leaving(id) !== undefined);
+    if (from === undefined && v.nodes.length >= v.repl) continue;
+    const reason = from === undefined ? "missing" : leaving(from)!;
+    const set = replicaSetFor(catalog, v.name, v.nodes.length + 1, from === undefined ? [] : [from]);
     if ("error" in set) {
-      out.push({ kind: "unplaceable", volume: v, dead, error: set.error });
+      out.push({ kind: "unplaceable", volume: v, from, reason, error: set.error });
       continue;
     }
-    const nodes = set.nodes.filter((id) => id !== dead);
-    out.push({ kind: "move", volume: v, dead, command: { kind: "setReplicas", name: v.name, nodes, expect: [...v.nodes] } });
+    const nodes = set.nodes.filter((id) => id !== from);
+    out.push({ kind: "move", volume: v, from, reason, command: { kind: "setReplicas", name: v.name, nodes, expect: [...v.nodes] } });
     return out;
   }
   return out;

@@ -1,5 +1,6 @@
-// Snapshots of the catalog, for the meta group's log compaction and for a
-// follower too far behind (docs/formats/catalog-commands.md, "Snapshot").
+// Snapshots of the catalog: what the meta group's log is compacted behind,
+// saved on every node and sent to a member too far behind as the data of a
+// Raft snapshot (docs/formats/catalog-snapshot.md).
 //
 //   u8 version | u32 BE CRC32C of the body | body (msgpack)
 //
@@ -12,12 +13,13 @@
 
 import { Packr } from "msgpackr";
 import { crc32c } from "../base/crc32c.js";
+import { assert } from "../base/assert.js";
 import { catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogSnapshotBytesMax, catalogVolumesMax, volumeReplicasMax } from "../constants.js";
-import { commandKinds, describe, validateCommand, type SettingValue } from "./commands.js";
+import { catalogSettings, commandKinds, describe, validateCommand, type SettingValue } from "./commands.js";
 import { refusalCodes, type CatalogNode, type CatalogRefusal, type CatalogState, type CatalogVolume } from "./catalog.js";
 
-/** 2: the body holds the latest refusals. */
-export const catalogSnapshotVersion = 2;
+/** The first byte of every catalog snapshot; a decoder refuses any other. */
+export const catalogSnapshotVersion = 1;
 const headerBytes = 5;
 
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -39,6 +41,8 @@ export function encodeCatalogSnapshot(state: CatalogState): Uint8Array {
   out[0] = catalogSnapshotVersion;
   new DataView(out.buffer, out.byteOffset, out.byteLength).setUint32(1, crc32c(body) >>> 0);
   out.set(body, headerBytes);
+  // The limits make the largest catalog fit (checkClusterConstants): a bigger one is a bug, never a state to ship.
+  assert(out.length <= catalogSnapshotBytesMax, () => `a catalog snapshot of ${out.length} bytes is over the ${catalogSnapshotBytesMax}-byte bound`);
   return out;
 }
 
@@ -230,7 +234,7 @@ function stateOf(raw: unknown): CatalogState {
     state.volumes.set(v.name, v);
   }
   let lastKey = "";
-  for (const [i, raw] of list(o["settings"], "settings", 1024).entries()) {
+  for (const [i, raw] of list(o["settings"], "settings", Object.keys(catalogSettings).length).entries()) {
     const pair = list(raw, `settings[${i}]`, 2);
     const [key, value] = pair;
     if (pair.length !== 2 || typeof key !== "string" || key <= lastKey || value === null || value === undefined) throw new CatalogSnapshotError(`settings[${i}] must be a [key, value] pair in key order`);

@@ -2,9 +2,10 @@
 // peer transport, meta group (the catalog), volume I/O, NBD and control API,
 // wired together, and their orderly shutdown (docs/architecture.md).
 //
-// Every node runs the meta group's state machine (src/cluster) by replaying
-// its log; a node hosts the Raft groups of the volumes placed on it, and any
-// node serves any volume over NBD (VolumeIo forwards to the leader).
+// Every node runs the meta group's state machine (src/cluster), rebuilt at
+// start from its latest catalog snapshot and the log after it; a node hosts
+// the Raft groups of the volumes placed on it, and any node serves any volume
+// over NBD (VolumeIo forwards to the leader).
 
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, statfsSync, writeFileSync } from "node:fs";
@@ -17,6 +18,7 @@ import {
   type CreateVolumeRequest,
   type DeleteVolumeOptions,
   type DebugController,
+  type DrainNodeRequest,
   type DebugProposeRequest,
   type DebugProposeResponse,
   type JoinRequest,
@@ -29,9 +31,12 @@ import {
   type ScrubRequest,
   type ScrubResponse,
   type ScrubVolumeReport,
+  type SetSettingRequest,
+  type SettingInfo,
   type UpdateVolumeRequest,
   type VolumeInfo,
 } from "../api/types.js";
+import { assert } from "../base/assert.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
 import { failStop, isBug } from "../base/fail-stop.js";
@@ -39,13 +44,17 @@ import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
 import {
   applyEntry,
+  catalogSettings,
   CatalogCommandError,
+  decodeCatalogSnapshot,
+  encodeCatalogSnapshot,
   encodeCommand,
   encodeCommandUnchecked,
   listNames,
   newCatalogState,
   replicaSetFor,
   settingValue,
+  skipEntry,
   validateCommand,
   type ApplyResult,
   type CatalogNode,
@@ -63,6 +72,8 @@ import {
   type GroupView,
 } from "../cluster/index.js";
 import {
+  catalogLogTailEntries,
+  catalogSnapshotEntries,
   checkClusterConstants,
   checkConstants,
   checkReplicationConstants,
@@ -82,7 +93,7 @@ import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType, type ConfChange } from "../raft/confchange.js";
 import { EntryType, type Entry } from "../raft/types.js";
-import { MultiRaft, NotLeaderError, ProposalDroppedError } from "../replication/driver.js";
+import { MultiRaft, NotLeaderError, ProposalDroppedError, type GroupStateMachine } from "../replication/driver.js";
 import { Repairer } from "../replication/repair.js";
 import { Scrubber, type ScrubReport } from "../replication/scrub.js";
 import { VolumeIo } from "../replication/volume-io.js";
@@ -166,7 +177,14 @@ const deleteAskTimeoutMs = 2000;
 const deleteFenceMs = 30_000;
 
 export class Daemon implements Controller {
-  private readonly catalog: CatalogState = newCatalogState();
+  /** Replaced whole when a snapshot is restored (restoreCatalog). */
+  private catalog: CatalogState = newCatalogState();
+  /**
+   * How this node rebuilt its catalog at start: the snapshot it loaded (0:
+   * none), the entries after it it applied from its own log, up to the last
+   * one it held (`replayTo`).
+   */
+  private readonly catalogStart = { snapshotIndex: 0, replayTo: 0, replayedEntries: 0, done: false };
   private readonly metaResults = new Map<number, ApplyResult>();
   private readonly connections = new Map<string, number>();
   /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
@@ -293,8 +311,11 @@ export class Daemon implements Controller {
     });
     const parts = { driver: this.driver, io: this.io, repairer: this.repairer };
     transport.onMessage((from, m) => dispatchPeerMessage(parts, from, m));
-    this.driver.addGroup(metaGroupId, state.metaVoters, { replayAll: true });
+    this.catalogStart.replayTo = this.store.raftState(metaGroupId).lastIndex;
+    this.driver.addGroup(metaGroupId, state.metaVoters, { stateMachine: this.catalogMachine() });
     for (const g of state.hosted.values()) this.driver.addGroup(g.id, g.voters);
+    if (this.catalogStart.snapshotIndex > 0) this.hostFromCatalog();
+    this.countReplayed(this.catalogStart.snapshotIndex);
     this.timers.push(setInterval(() => this.driver.tick(), tickMs));
     this.timers.push(setInterval(() => this.registerSelf(), selfRegisterEveryMs));
     this.timers.push(setInterval(() => this.promoteLearners(), selfRegisterEveryMs));
@@ -340,7 +361,11 @@ export class Daemon implements Controller {
   /** Applies a committed meta entry to the catalog, then acts on what changed for this node. */
   private applyMeta(entry: Entry): void {
     this.store.markApplied(metaGroupId, entry.index);
-    if (entry.type !== EntryType.normal || entry.data.length === 0) return; // config changes are the core's; empty: a leader's no-op
+    this.countReplayed(entry.index);
+    if (entry.type !== EntryType.normal || entry.data.length === 0) {
+      skipEntry(this.catalog, entry.index); // config changes are the core's; empty: a leader's no-op
+      return;
+    }
     const result = applyEntry(this.catalog, entry.data, entry.index);
     this.metaResults.set(entry.index, result);
     if (this.metaResults.size > 1024) this.metaResults.delete(this.metaResults.keys().next().value!);
@@ -354,6 +379,72 @@ export class Daemon implements Controller {
     if (live !== undefined && live.id === v.id && live.nodes.includes(this.nodeId)) this.hostGroup(live, result.kind === "setReplicas");
     if (live === undefined) this.fenced.delete(v.name);
     if (live === undefined && this.state.hosted.has(v.id)) this.unhostGroup(v.id);
+  }
+
+  /** The catalog as the meta group's state machine: snapshots of it, and restoring one (docs/formats/catalog-snapshot.md). */
+  private catalogMachine(): GroupStateMachine {
+    return {
+      snapshotEveryEntries: catalogSnapshotEntries,
+      logTailEntries: catalogLogTailEntries,
+      snapshot: (index) => {
+        assert(this.catalog.appliedIndex === index, () => `the catalog applied entry ${this.catalog.appliedIndex}, not ${index}, when its snapshot was taken`);
+        return encodeCatalogSnapshot(this.catalog);
+      },
+      check: (index, data) => {
+        try {
+          const state = decodeCatalogSnapshot(data);
+          return state.appliedIndex === index ? null : `it holds the catalog as of entry ${state.appliedIndex}, not ${index}`;
+        } catch (e) {
+          return (e as Error).message;
+        }
+      },
+      restore: (index, data, atStart) => this.restoreCatalog(index, data, atStart),
+    };
+  }
+
+  /**
+   * Replaces the catalog with a snapshot's: at start the latest one this node
+   * saved (a damaged or inconsistent one stops the start with the reason),
+   * later one the meta leader sent because this node was behind its log.
+   */
+  private restoreCatalog(index: number, data: Uint8Array, atStart: boolean): void {
+    const state = decodeCatalogSnapshot(data);
+    assert(state.appliedIndex === index, () => `the catalog snapshot at entry ${index} holds entry ${state.appliedIndex}`);
+    this.catalog = state;
+    this.metaResults.clear();
+    if (atStart) {
+      this.catalogStart.snapshotIndex = index;
+      return; // wire() hosts from it once every group this node had is running again
+    }
+    this.catalogStart.done = true;
+    this.log.info(`catalog: installed the meta leader's snapshot at index ${index} (${state.nodes.size} nodes, ${state.volumes.size} volumes)`);
+    this.hostFromCatalog();
+    this.refreshPeers();
+  }
+
+  /**
+   * After a snapshot replaced the catalog, the entries that started or
+   * dropped this node's replicas before it were not applied here: starts a
+   * replica of each volume that lists this node (as a member joining: its
+   * leader sends it a copy), and drops each replica of a volume the catalog
+   * deleted. Volume ids are never reused, so a hosted id below nextVolumeId
+   * that the catalog lacks was deleted; a higher one was created after the
+   * snapshot, and the log after it still creates it.
+   */
+  private hostFromCatalog(): void {
+    for (const v of this.catalog.volumes.values()) if (v.nodes.includes(this.nodeId)) this.hostGroup(v, true);
+    for (const id of [...this.state.hosted.keys()]) if (id < this.catalog.nextVolumeId && this.volumeById(id) === undefined) this.unhostGroup(id);
+  }
+
+  /** Counts the entries a start replays after its catalog snapshot, and logs the count once it reached the last one on disk. */
+  private countReplayed(index: number): void {
+    const s = this.catalogStart;
+    if (s.done) return;
+    if (index > s.snapshotIndex && index <= s.replayTo) s.replayedEntries++;
+    if (index < s.replayTo) return;
+    s.done = true;
+    const from = s.snapshotIndex > 0 ? `loaded the snapshot at index ${s.snapshotIndex}` : "no snapshot";
+    this.log.info(`catalog: ${from}, replayed ${s.replayedEntries} entries (to index ${Math.max(s.replayTo, s.snapshotIndex)})`);
   }
 
   /** Starts this node's replica of a volume: the node state records it durably before the group persists anything. */
@@ -471,25 +562,34 @@ export class Daemon implements Controller {
         .finally(() => (this.healthProposal = false));
       return;
     }
-    this.replaceDownReplicas(downMs);
+    this.moveReplicas(downMs);
   }
 
   /**
    * Re-replication, on the meta leader: a replica on a node that has been
-   * down for replaceDownAfterMs moves to another node (setReplicas with
-   * `expect`, one volume at a time); the volume's leader then adds the new
-   * node (a snapshot fills it) and removes the dead one, as for ha-update.
+   * down for replaceDownAfterMs, or on a node being drained, moves to
+   * another node, and a volume with fewer replicas than its count (a node
+   * was removed with --force) gets one more (setReplicas with `expect`, one
+   * volume at a time); the volume's leader then adds the new node (a
+   * snapshot fills it) and removes the old one, as for ha-update.
    */
-  private replaceDownReplicas(downMs: ReadonlyMap<number, number>): void {
+  private moveReplicas(downMs: ReadonlyMap<number, number>): void {
     for (const d of replicaReplacements(this.catalog, downMs, this.options.replaceDownAfterMs ?? replaceDownAfterMsDefault)) {
+      const v = d.volume;
+      const n = d.from === undefined ? undefined : this.catalog.nodes.get(d.from);
+      const why =
+        d.reason === "missing"
+          ? `has ${v.nodes.length} of its ${v.repl} replicas`
+          : d.reason === "draining"
+            ? `has a replica on node ${d.from} (${n?.name ?? "?"}), which is draining`
+            : `has a replica on node ${d.from}, down for ${Math.round((downMs.get(d.from ?? 0) ?? 0) / 1000)} s`;
       if (d.kind === "unplaceable") {
-        if (this.unplaceable.get(d.volume.id) !== d.dead) this.log.warn(`volume ${d.volume.name}: its replica on down node ${d.dead} cannot be replaced: ${d.error}`);
-        this.unplaceable.set(d.volume.id, d.dead);
+        if (this.unplaceable.get(v.id) !== (d.from ?? 0)) this.log.warn(`volume ${v.name} ${why}, and no node can take another: ${d.error}`);
+        this.unplaceable.set(v.id, d.from ?? 0);
         continue;
       }
-      const v = d.volume;
       this.healthProposal = true;
-      this.log.warn(`volume ${v.name}: node ${d.dead} has been down for ${Math.round((downMs.get(d.dead) ?? 0) / 1000)} s; moving its replica to node ${d.command.nodes[d.command.nodes.length - 1]}`);
+      this.log.warn(`volume ${v.name} ${why}: ${d.from === undefined ? "adding" : "moving it to"} a replica on node ${d.command.nodes[d.command.nodes.length - 1]}`);
       this.metaCommand(d.command)
         .then((r) => r.ok || this.log.info(`volume ${v.name}: replica move not applied: ${r.error}`), () => {})
         .finally(() => (this.healthProposal = false));
@@ -687,6 +787,10 @@ export class Daemon implements Controller {
         leader: this.driver.leader(metaGroupId),
         commitIndex: this.driver.status(metaGroupId)?.commit ?? 0,
         appliedIndex: this.catalogIndex(),
+        snapshotIndex: this.store.stateSnapshot(metaGroupId)?.index ?? 0,
+        logFirstIndex: this.store.raftFirstIndex(metaGroupId),
+        startSnapshotIndex: this.catalogStart.snapshotIndex,
+        startReplayedEntries: this.catalogStart.replayedEntries,
         refusals: this.catalog.refusals.map((r) => ({ ...r })),
       },
       nodes,
@@ -737,6 +841,70 @@ export class Daemon implements Controller {
       metaVoter: voters.has(n.id),
       metaLeader: n.id === metaLeader,
     }));
+  }
+
+  /** On the meta leader: marks the node draining (or not); moveReplicas then moves its replicas off, one volume at a time. */
+  async drainNode(ref: string, request: DrainNodeRequest): Promise<NodeInfo> {
+    const leaderApi = await this.metaLeaderApi();
+    if (leaderApi) return leaderApi.drainNode(ref, request);
+    const id = this.nodeByRef(ref);
+    const draining = request.draining ?? true;
+    const result = await this.metaCommand({ kind: "drainNode", id, draining });
+    if (!result.ok) throw catalogError(result);
+    if (result.changed) this.log.info(`node ${id} (${result.node?.name ?? "?"}) ${draining ? "is draining: its replicas move to other nodes" : "is no longer draining"}`);
+    return (await this.listNodes()).find((n) => n.id === id)!;
+  }
+
+  /**
+   * On the meta leader: removes a node that is down from the catalog (the
+   * catalog refuses while it holds replicas, unless forced: they are then
+   * dropped from their replica sets and moveReplicas places new ones), then
+   * from the catalog's Raft group, so it no longer counts toward its quorum.
+   * A node out of the catalog but still in the group (the second step failed)
+   * is removed from the group when asked again by its id.
+   */
+  async removeNode(ref: string, options: { force: boolean }): Promise<void> {
+    const leaderApi = await this.metaLeaderApi();
+    if (leaderApi) return leaderApi.removeNode(ref, options);
+    const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
+    const leftover = members.find((id) => String(id) === ref && !this.catalog.nodes.has(id));
+    const id = leftover ?? this.nodeByRef(ref);
+    const n = this.catalog.nodes.get(id);
+    if (n !== undefined) {
+      if (id === this.nodeId || n.health !== "down") {
+        throw new ApiError(409, "conflict", `node ${id} (${n.name}) is up; stop its daemon first and remove it once pxd node list shows it down (pxd node drain moves its replicas off while it runs)`);
+      }
+      const result = await this.metaCommand({ kind: "removeNode", id, ...(options.force ? { force: true } : {}) });
+      if (!result.ok) throw catalogError(result);
+    }
+    if (members.includes(id)) {
+      try {
+        await this.driver.proposeConfChange(metaGroupId, { type: ConfChangeType.removeNode, nodeId: id });
+      } catch (e) {
+        throw new ApiError(503, "unavailable", `node ${id} left the catalog but is still a member of the catalog's Raft group (${(e as Error).message}); run pxd node remove ${id} again`);
+      }
+    }
+    this.log.info(`node ${id}${n === undefined ? "" : ` (${n.name})`} removed from the cluster`);
+  }
+
+  /** Every setting the catalog knows, with its value here. */
+  async listSettings(): Promise<SettingInfo[]> {
+    return Object.keys(catalogSettings).map((key) => this.settingInfo(key));
+  }
+
+  private settingInfo(key: string): SettingInfo {
+    const spec = catalogSettings[key]!;
+    const value = this.catalog.settings.get(key);
+    return { key, value: value ?? spec.defaultValue, defaultValue: spec.defaultValue, set: value !== undefined, doc: spec.doc };
+  }
+
+  /** On the meta leader: sets a setting (null: back to its default); the catalog refuses an unknown key or a value out of its range (400). */
+  async setSetting(key: string, request: SetSettingRequest): Promise<SettingInfo> {
+    const leaderApi = await this.metaLeaderApi();
+    if (leaderApi) return leaderApi.setSetting(key, request.value);
+    const result = await this.metaCommand({ kind: "setSetting", key, value: request.value });
+    if (!result.ok) throw catalogError(result);
+    return this.settingInfo(key);
   }
 
   async listVolumes(): Promise<VolumeInfo[]> {

@@ -80,6 +80,28 @@ export interface DriverOptions {
   damaged?(e: ChecksumError): void;
 }
 
+/**
+ * The state machine of a group whose state is kept outside the store (the
+ * meta group's catalog, in memory). Committed entries reach it through
+ * DriverOptions.applyEntry. The driver saves a snapshot of it every
+ * `snapshotEveryEntries` applied entries (Store.saveStateSnapshot) and
+ * compacts the log behind that snapshot, keeping `logTailEntries` entries for
+ * members a little behind. A member behind the compaction point gets the
+ * snapshot as the data of the core's snap message (it is bounded and small,
+ * unlike a volume, which is streamed). At start the group is rebuilt from the
+ * latest saved snapshot and the log after it.
+ */
+export interface GroupStateMachine {
+  snapshotEveryEntries: number;
+  logTailEntries: number;
+  /** The state after applying entry `index`, the last one applied, encoded. */
+  snapshot(index: number): Uint8Array;
+  /** Why `data` is not a snapshot of this state machine at entry `index`, or null. Checked before the core takes a leader's snapshot. */
+  check(index: number, data: Uint8Array): string | null;
+  /** Replaces the state with a snapshot's: at start with the latest saved one, later with one the leader sent. */
+  restore(index: number, data: Uint8Array, atStart: boolean): void;
+}
+
 /** A member of a group as its leader sees it. */
 export interface ReplicaProgress {
   node: NodeId;
@@ -178,8 +200,12 @@ class Group {
    * the one in force at the point it compacts to.
    */
   confPoints: { index: number; conf: ConfState }[] = [];
-  /** The state machine is rebuilt from the whole log at start (the meta group): never compact it. */
-  keepLog = false;
+  /** The state machine of a group without volume data (the meta group); undefined for a volume. */
+  sm: GroupStateMachine | undefined = undefined;
+  /** A snapshot of `sm` is being saved (one at a time). */
+  savingSnapshot = false;
+  /** The index of the last snapshot of `sm` this node tried to save (a failed one is retried only after as many entries again). */
+  snapshotTriedAt = 0;
   lead: NodeId = 0;
   role: StateRole = StateRole.follower;
   /**
@@ -239,7 +265,7 @@ export class MultiRaft {
     this.snapshotSender = new SnapshotSender(ports);
     this.snapshotReceiver = new SnapshotReceiver(ports, (group) => {
       const g = this.groups.get(group);
-      if (g === undefined || g.keepLog || o.volumeBytes === undefined) return undefined;
+      if (g === undefined || g.sm !== undefined || o.volumeBytes === undefined) return undefined;
       return { leader: g.node.status().lead, sizeBytes: o.volumeBytes(group), applied: g.applied };
     });
   }
@@ -247,16 +273,24 @@ export class MultiRaft {
   /**
    * Starts (or restarts from the store) this node's replica of a group whose
    * initial configuration is `voters` (later changes come from the log).
-   * `replayAll` re-applies every committed entry from the start: for state
-   * machines that keep no state of their own on disk (the meta group).
+   * `stateMachine`: a group whose state is not in the store (the meta group)
+   * starts from its latest saved snapshot, restored into it here, and
+   * re-applies every committed entry after it.
    */
-  addGroup(groupId: number, voters: NodeId[], opts: { replayAll?: boolean } = {}): void {
+  addGroup(groupId: number, voters: NodeId[], opts: { stateMachine?: GroupStateMachine } = {}): void {
     assert(!this.groups.has(groupId), `group ${groupId} runs once`);
+    const sm = opts.stateMachine;
+    const saved = sm === undefined ? undefined : this.o.store.stateSnapshot(groupId);
+    if (sm !== undefined && saved !== undefined) {
+      sm.restore(saved.index, saved.data, true);
+      // Whatever the snapshot holds was committed and is applied: the core starts from there.
+      this.o.store.markApplied(groupId, saved.index);
+    }
     const initialConf = { voters: [...voters].sort((a, b) => a - b), learners: [] };
     const storage = new StoreRaftStorage(this.o.store, groupId, initialConf, (index) => this.compactPastDamage(groupId, index));
     this.storages.set(groupId, storage);
     const st = this.o.store.raftState(groupId);
-    const applied = opts.replayAll ? 0 : st.appliedIndex;
+    const applied = sm !== undefined ? (saved?.index ?? 0) : st.appliedIndex;
     // Configurations applied before the restart, after the compaction point: compaction still needs them.
     const confPoints: Group["confPoints"] = [];
     for (const e of this.o.store.raftEntriesOfType(groupId, EntryType.confChange, 0, applied + 1)) {
@@ -265,14 +299,14 @@ export class MultiRaft {
     // Entries applied here whose records are damaged: nothing needs them but a follower, which gets a snapshot instead.
     const damaged = st.damagedApplied.at(-1);
     if (damaged !== undefined) {
-      assert(!opts.replayAll, () => `group ${groupId}: entry ${damaged} of a log replayed from the start is damaged; this node cannot rebuild its state from it`);
-      this.o.store.compactRaftLog(groupId, st.appliedIndex, confAt(confPoints, st.appliedIndex));
-      this.o.log(`replication: group ${groupId}: compacted the Raft log to ${st.appliedIndex}, past damaged entries ${st.damagedApplied.join(", ")}`);
+      assert(damaged <= applied, () => `group ${groupId}: entry ${damaged}, after its saved snapshot (entry ${applied}), is damaged; this node cannot rebuild the group's state from its log`);
+      this.o.store.compactRaftLog(groupId, applied, confAt(confPoints, applied));
+      this.o.log(`replication: group ${groupId}: compacted the Raft log to ${applied}, past damaged entries ${st.damagedApplied.join(", ")}`);
     }
     if (st.recoverUntil > 0) this.o.log(`replication: group ${groupId}: this node lost Raft entries it may have acknowledged; it withholds its vote until its log reaches index ${st.recoverUntil} again`);
     const node = new RaftNode(raftConfig(this.o.nodeId, storage, this.o.random, applied, st.recoverUntil));
     const group = new Group(groupId, node, applied);
-    group.keepLog = opts.replayAll === true;
+    group.sm = sm;
     group.confPoints = confPoints;
     this.groups.set(groupId, group);
     // The only voter need not wait out an election timeout: nobody can compete.
@@ -387,7 +421,8 @@ export class MultiRaft {
   /** A leader's word that every member holds the log up to an index. */
   receiveCompact(from: NodeId, m: CompactEnvelope): void {
     const g = this.groups.get(m.group);
-    if (g === undefined || g.node.status().lead !== from) return;
+    // A group with a state machine compacts behind its own snapshots, whatever its leader does.
+    if (g === undefined || g.sm !== undefined || g.node.status().lead !== from) return;
     this.compact(g, m.index);
   }
 
@@ -404,6 +439,7 @@ export class MultiRaft {
   private compactLogs(): void {
     const retain = this.o.logRetainBytes ?? raftLogRetainBytes;
     for (const g of this.groups.values()) {
+      if (g.sm !== undefined) continue; // compacted behind its snapshots (saveSnapshot)
       const progress = this.progress(g.id);
       if (progress === undefined) {
         g.changes = undefined;
@@ -418,7 +454,7 @@ export class MultiRaft {
       let leavingAt = Infinity;
       let pastPoint = false;
       for (const p of progress) {
-        if (p.active || g.keepLog || this.o.store.raftLogBytesFrom(g.id, p.match + 1) <= retain) safe = Math.min(safe, p.match);
+        if (p.active || this.o.store.raftLogBytesFrom(g.id, p.match + 1) <= retain) safe = Math.min(safe, p.match);
         else leavingAt = Math.min(leavingAt, p.match);
         if (p.match < snapshotIndex) pastPoint = true;
       }
@@ -432,7 +468,7 @@ export class MultiRaft {
       // replaced when no one else needs it: the newer point marks less.
       const base = Math.max(pastPoint ? snapshotIndex : Math.min(leavingAt, g.applied), 1);
       const stale = g.changes !== undefined && g.changes.base < base && !pastPoint && held === Infinity;
-      if (behind && (g.changes === undefined || stale) && !g.keepLog && g.applied >= base) this.startChanges(g, base);
+      if (behind && (g.changes === undefined || stale) && g.applied >= base) this.startChanges(g, base);
       if (!behind && held === Infinity) g.changes = undefined;
       // A change map being filled reads entries after its base from the log: they stay until it is done.
       if (g.changes !== undefined && !g.changes.complete) safe = Math.min(safe, g.changes.base);
@@ -504,16 +540,19 @@ export class MultiRaft {
    */
   private compactPastDamage(groupId: number, index: number): boolean {
     const g = this.groups.get(groupId);
-    if (g === undefined || g.keepLog || index > g.applied) return false;
-    this.o.log(`replication: group ${groupId}: Raft entry ${index} is damaged in this node's log; compacting the log to ${g.applied} (a follower that needs it gets a snapshot)`);
-    this.compact(g, g.applied);
+    if (g === undefined) return false;
+    // A group with a state machine compacts only behind its saved snapshot.
+    const upTo = g.sm === undefined ? g.applied : (this.o.store.stateSnapshot(g.id)?.index ?? 0);
+    if (index > upTo) return false;
+    this.o.log(`replication: group ${groupId}: Raft entry ${index} is damaged in this node's log; compacting the log to ${upTo} (a follower that needs it gets a snapshot)`);
+    this.compact(g, upTo);
     return true;
   }
 
   private compact(g: Group, index: number): void {
-    if (g.keepLog) return;
     const st = this.o.store.raftState(g.id);
-    const upTo = Math.min(index, st.appliedIndex, g.applied) - compactKeepEntries;
+    const saved = g.sm === undefined ? Infinity : (this.o.store.stateSnapshot(g.id)?.index ?? 0);
+    const upTo = Math.min(index, st.appliedIndex, g.applied, saved) - compactKeepEntries;
     if (upTo <= st.snapshotIndex) return;
     const conf = confAt(g.confPoints, upTo);
     let k = -1;
@@ -528,7 +567,15 @@ export class MultiRaft {
     if (g === undefined || envelope.message.to !== this.o.nodeId || envelope.message.from !== from) return;
     const m = envelope.message;
     if (m.type !== MessageType.snap) g.node.step(m);
-    else if (!this.snapshotReceiver.ready(g.id, from, m)) {
+    else if (g.sm !== undefined) {
+      // The state travels in the message: checked whole before the core may take it.
+      const problem = m.snapshot === null ? "no snapshot" : g.sm.check(m.snapshot.meta.index, m.snapshot.data);
+      if (problem !== null) {
+        this.o.log(`snapshot: group ${g.id}: refused the snapshot node ${from} sent: ${problem}`);
+        return;
+      }
+      g.node.step(m);
+    } else if (!this.snapshotReceiver.ready(g.id, from, m)) {
       // A snapshot is taken only once all of its data is durable here (its staging group).
       this.o.log(`snapshot: group ${g.id}: install message from node ${from} before its data; ignored (the leader will send it again)`);
       return;
@@ -670,6 +717,16 @@ export class MultiRaft {
     // it again from the leader, and never below what it applied), so it is not
     // written on its own; it rides along with the next entries or vote.
     if (!rd.mustSync) return Promise.resolve();
+    const snap = rd.snapshot;
+    if (snap === null || g.sm === undefined) return this.persistLog(g, rd);
+    // The leader's snapshot of a state machine is saved before the log
+    // restarts after it: the state it replaces is gone once it does.
+    return this.o.store
+      .saveStateSnapshot(g.id, { index: snap.meta.index, term: snap.meta.term, conf: snap.meta.conf, data: snap.data })
+      .then(() => this.persistLog(g, rd));
+  }
+
+  private persistLog(g: Group, rd: Ready): Promise<void> {
     const storage = this.storages.get(g.id)!;
     // The snapshot's install record goes first: entries of this Ready follow it in the log.
     const meta = rd.snapshot?.meta;
@@ -684,15 +741,17 @@ export class MultiRaft {
     for (const e of rd.entries) storage.remember(e);
     // A volume write carries its blocks' checksums: its record's checksum folds from them (volume-op.ts).
     const entries = rd.entries.map((e) => {
-      const payloadCrc = !g.keepLog && e.type === EntryType.normal ? entryPayloadCrc(e.data) : undefined;
+      const payloadCrc = g.sm === undefined && e.type === EntryType.normal ? entryPayloadCrc(e.data) : undefined;
       return { index: e.index, term: e.term, type: e.type, data: [e.data], payloadCrc };
     });
     const appended = this.o.store.appendRaftEntries(g.id, entries, rd.hardState ?? undefined);
     if (meta === undefined) return appended;
+    const data = rd.snapshot?.data;
     return Promise.all([installed, appended]).then(() => {
+      if (g.sm !== undefined && data !== undefined) g.sm.restore(meta.index, data, false);
+      else this.snapshotReceiver.installed(g.id);
       g.applied = meta.index;
-      this.snapshotReceiver.installed(g.id);
-      this.o.log(`snapshot: group ${g.id}: installed the copy at index ${meta.index}`);
+      this.o.log(`snapshot: group ${g.id}: installed the ${g.sm !== undefined ? `snapshot (${data?.length ?? 0} bytes)` : "copy"} at index ${meta.index}`);
     });
   }
 
@@ -702,9 +761,14 @@ export class MultiRaft {
     const later: Message[] = [];
     for (const m of messages) {
       if (m.type === MessageType.snap) {
-        // The volume's data goes first, in chunks; the message follows the last one.
-        if (g.keepLog || this.o.volumeBytes === undefined) g.node.reportSnapshot(m.to, false);
+        if (g.sm !== undefined) {
+          // A state machine's snapshot is small and travels in the message. Once sent it
+          // counts as delivered: the member's answer moves the leader on, and if the
+          // message is lost the next probe finds the member still behind and sends it again.
+          g.node.reportSnapshot(m.to, this.o.send(m.to, { kind: "raft", group: g.id, message: m }));
+        } else if (this.o.volumeBytes === undefined) g.node.reportSnapshot(m.to, false);
         else {
+          // The volume's data goes first, in chunks; the message follows the last one.
           // A delta for a member that was away (it refuses one whose base it has not applied); a new replica, a learner, holds nothing.
           const changes = g.changes?.complete && !g.node.status().learners.includes(m.to) ? g.changes : undefined;
           this.snapshotSender.start(g.id, this.o.volumeBytes(g.id), m, changes);
@@ -742,6 +806,39 @@ export class MultiRaft {
     for (const e of entries) this.apply(g, e);
     this.releaseReads(g);
     this.storages.get(g.id)?.releaseThrough(this.cachedEntriesDoneThrough(g));
+    if (g.sm === undefined || g.savingSnapshot) return;
+    const last = Math.max(g.snapshotTriedAt, this.o.store.stateSnapshot(g.id)?.index ?? 0);
+    if (g.applied - last >= g.sm.snapshotEveryEntries) this.saveSnapshot(g, g.sm);
+  }
+
+  /**
+   * Saves a snapshot of a group's state machine at its applied index, then
+   * compacts the log behind it, keeping the tail for members a little behind
+   * (each node does this on its own; no member needs another's log for it).
+   */
+  private saveSnapshot(g: Group, sm: GroupStateMachine): void {
+    const index = g.applied;
+    const term = this.o.store.raftTerm(g.id, index);
+    assert(term !== undefined, () => `group ${g.id}: the applied entry ${index} is in the log`);
+    const conf = confAt(g.confPoints, index) ?? this.storages.get(g.id)!.conf();
+    const data = sm.snapshot(index);
+    g.savingSnapshot = true;
+    g.snapshotTriedAt = index;
+    this.o.store.saveStateSnapshot(g.id, { index, term, conf, data }).then(
+      () => {
+        g.savingSnapshot = false;
+        if (this.groups.get(g.id) !== g) return;
+        const before = this.o.store.raftFirstIndex(g.id);
+        this.compact(g, index - sm.logTailEntries);
+        const after = this.o.store.raftFirstIndex(g.id);
+        this.o.log(`snapshot: group ${g.id}: saved a snapshot at index ${index} (${data.length} bytes)${after > before ? `; log compacted to ${after - 1}` : ""}`);
+      },
+      (e: Error) => {
+        // Nothing is compacted: the log still holds everything since the last snapshot.
+        g.savingSnapshot = false;
+        this.o.log(`snapshot: group ${g.id}: could not save a snapshot at index ${index}: ${e.message}`);
+      },
+    );
   }
 
   /** The last index no one here needs from memory: applied, and on a leader held by every follower it streams entries to. */

@@ -36,7 +36,7 @@ export class StoreRaftStorage implements Storage {
   ) {}
 
   /** The configuration at the compaction point: recorded by the store with a compaction or an installed snapshot, else the initial one. */
-  private conf(): ConfState {
+  conf(): ConfState {
     return this.store.raftSnapshotConf(this.groupId) ?? this.initialConf;
   }
 
@@ -129,7 +129,17 @@ export class StoreRaftStorage implements Storage {
     return this.store.raftLastIndex(this.groupId);
   }
 
+  /**
+   * A group without data (the meta group) sends its latest saved snapshot,
+   * data included: its log is compacted only behind it, so it covers the
+   * compacted log. A volume's group sends the compaction point; the driver
+   * streams the volume before the message (snapshot.ts).
+   */
   snapshot(): Snapshot {
+    const saved = this.store.stateSnapshot(this.groupId);
+    if (saved !== undefined) {
+      return { meta: { index: saved.index, term: saved.term, conf: { voters: [...saved.conf.voters], learners: [...saved.conf.learners] } }, data: saved.data };
+    }
     const s = this.store.raftState(this.groupId);
     const conf = this.conf();
     return { meta: { index: s.snapshotIndex, term: s.snapshotTerm, conf: { voters: [...conf.voters], learners: [...conf.learners] } }, data: new Uint8Array(0) };

@@ -32,6 +32,7 @@ import { blockContent, damagedBlocks, mapRange, readContent, wholeBlockCrcs, who
 import { scanLog } from "./recovery.js";
 import { RaftIndex, decodeRaftConf, encodeRaftConf, type RaftConf, type RaftHardState, type RaftIndexEntry } from "./raft-index.js";
 import { checkpointName, isFreeName, parseSegmentName, segmentName } from "./segment-names.js";
+import { readStateSnapshot, stateSnapshotName, writeStateSnapshot, type StateSnapshot } from "./state-snapshot.js";
 
 export interface StoreOptions {
   disk: Disk;
@@ -105,6 +106,10 @@ export class Store {
   private checkpointing: Promise<void> | undefined;
   private maintaining: Promise<void> | undefined;
   private closed = false;
+  /** The latest saved snapshot of each group without data (the meta group), by group id. */
+  private readonly stateSnapshots = new Map<number, StateSnapshot>();
+  /** Snapshot saves, one at a time. */
+  private stateSaves: Promise<void> = Promise.resolve();
   readonly counters = {
     checkpoints: 0,
     gcSegments: 0,
@@ -156,6 +161,11 @@ export class Store {
     const { disk } = options;
     const log = options.log ?? (() => {});
     if (disk.exists(`${checkpointName}.tmp`)) disk.remove(`${checkpointName}.tmp`);
+    const stateSnapshots = new Map<number, StateSnapshot>();
+    for (const spec of specs) {
+      const saved = spec.sizeBytes === 0 ? readStateSnapshot(disk, spec.groupId) : undefined;
+      if (saved !== undefined) stateSnapshots.set(spec.groupId, saved);
+    }
     const segments = new Map<number, DiskFile>();
     const freeNames: string[] = [];
     for (const name of disk.list()) {
@@ -198,6 +208,11 @@ export class Store {
       damage.settle(g, ctx);
     }
     for (const line of damage.lines) log(`store: recovery: ${line}`);
+    const lost = lostState(groups, stateSnapshots);
+    if (lost !== undefined) {
+      for (const f of segments.values()) f.close();
+      throw lost;
+    }
     if (scan.torn) {
       const { segmentId, position, endPosition } = scan.torn;
       if (endPosition > position) {
@@ -233,7 +248,22 @@ export class Store {
     }
     store.recountLive();
     await store.releaseEmptySegments();
+    for (const [id, saved] of stateSnapshots) await store.adoptStateSnapshot(id, saved);
     return store;
+  }
+
+  /**
+   * At open: the latest saved snapshot of a group without data. A node that
+   * stopped after saving a snapshot received from its leader and before
+   * recording its install in the log (the log does not hold the snapshot's
+   * entry with its term) records the install now, as it would have.
+   */
+  private async adoptStateSnapshot(groupId: number, saved: StateSnapshot): Promise<void> {
+    const r = this.group(groupId).raft;
+    this.stateSnapshots.set(groupId, saved);
+    if (r.term(saved.index) === saved.term) return;
+    await this.installSnapshot(groupId, saved.index, saved.term, saved.conf);
+    this.log(`store: group ${groupId}: recorded the install of its snapshot at entry ${saved.index} (the node stopped after saving it)`);
   }
 
   // ---- groups (volumes) ----
@@ -684,6 +714,8 @@ export class Store {
   compactRaftLog(groupId: number, index: number, conf?: RaftConf): void {
     const g = this.group(groupId);
     assert(index <= g.appliedIndex, "only applied entries are compacted");
+    // A group without data is rebuilt from its saved snapshot and the log after it.
+    assert(g.sizeBytes > 0 || index <= (this.stateSnapshots.get(groupId)?.index ?? 0), () => `group ${groupId}'s log is compacted only behind its saved snapshot (compacting to ${index})`);
     g.raft.compact(index, this.unpin, conf);
     g.raft.damagedApplied = g.raft.damagedApplied.filter((i) => i > index);
     this.compactedSinceCheckpoint = true;
@@ -723,7 +755,9 @@ export class Store {
    */
   installSnapshot(groupId: number, index: number, term: number, conf: RaftConf): Promise<void> {
     const g = this.group(groupId);
-    const staging = this.group(stagingIdOf(groupId));
+    // A group without data has nothing to stage: its state is the snapshot it saved first (saveStateSnapshot).
+    if (g.sizeBytes === 0) assert(this.stateSnapshots.get(groupId)?.index === index, () => `group ${groupId} installs the snapshot at ${index} only after saving it`);
+    const staging = g.sizeBytes === 0 ? newGroup({ groupId: stagingIdOf(groupId), sizeBytes: 0 }) : this.group(stagingIdOf(groupId));
     const payload = encodeRaftConf(conf);
     return new Promise((resolve, reject) => {
       this.segmentLog.append({
@@ -749,6 +783,38 @@ export class Store {
         },
       });
     });
+  }
+
+  /**
+   * Saves the state of a group without data (the meta group) as of Raft
+   * entry `s.index`: durable once it resolves, and from then on what the
+   * group's log may be compacted behind (compactRaftLog) and what a follower
+   * installs (installSnapshot after saving the leader's). Saves run one at a
+   * time; one not newer than the snapshot saved by then is skipped, so the
+   * file only moves forward.
+   */
+  saveStateSnapshot(groupId: number, s: StateSnapshot): Promise<void> {
+    assert(this.group(groupId).sizeBytes === 0, () => `group ${groupId} holds volume data; its snapshots are its block map`);
+    const run = this.stateSaves.then(async () => {
+      if ((this.stateSnapshots.get(groupId)?.index ?? 0) >= s.index) return;
+      try {
+        await writeStateSnapshot(this.disk, groupId, s);
+      } catch (e) {
+        // The disk's own error (a full filesystem, an I/O error) is an expected failure: the caller keeps the log and goes on, or stops the group.
+        if (e instanceof StoreError) throw e;
+        const errno = (e as { code?: unknown }).code;
+        const code = errno === "ENOSPC" || errno === "EDQUOT" || errno === "EFBIG" ? "ENOSPC" : "EIO";
+        throw new StoreError(code, `saving the snapshot of group ${groupId} at entry ${s.index} failed: ${(e as Error).message}`);
+      }
+      this.stateSnapshots.set(groupId, { index: s.index, term: s.term, conf: { voters: [...s.conf.voters], learners: [...s.conf.learners] }, data: s.data });
+    });
+    this.stateSaves = run.catch(() => {});
+    return run;
+  }
+
+  /** The latest saved snapshot of a group without data, or undefined (none yet, or a volume's group). */
+  stateSnapshot(groupId: number): StateSnapshot | undefined {
+    return this.stateSnapshots.get(groupId);
   }
 
   /** Bytes of the Raft entries from `fromIndex` (clamped to the log) to the last one. */
@@ -820,6 +886,7 @@ export class Store {
     if (this.closed) return;
     this.closed = true;
     await this.settle();
+    await this.stateSaves;
     await this.segmentLog.whenIdle();
     await this.checkpointing;
     await this.checkpoint();
@@ -1320,6 +1387,24 @@ function fileReader(segments: ReadonlyMap<number, DiskFile>): ReadAt {
   };
 }
 
+/**
+ * A group without data whose recovered log is compacted past its saved
+ * snapshot (or that has none) cannot rebuild its state: the error that says
+ * so, or undefined. Compaction never goes past the snapshot, so this is a
+ * damaged or tampered data dir.
+ */
+function lostState(groups: Map<number, Group>, saved: Map<number, StateSnapshot>): StoreError | undefined {
+  for (const g of groups.values()) {
+    if (g.sizeBytes !== 0 || g.raft.snapshotIndex === 0) continue;
+    const s = saved.get(g.id);
+    const what = s === undefined ? `the snapshot of its state that compaction needs (the file ${stateSnapshotName(g.id)}) is missing` : `past its saved snapshot at entry ${s.index}`;
+    if (s === undefined || s.index < g.raft.snapshotIndex) {
+      return new StoreError("EIO", `group ${g.id}: its Raft log is compacted to entry ${g.raft.snapshotIndex}, ${s === undefined ? `but ${what}` : what}; this node cannot rebuild that state: give it a fresh data dir and let it rejoin`);
+    }
+  }
+  return undefined;
+}
+
 /** Replays one record into its group (recovery path; the live counts are recomputed after). */
 function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: number, payload: Buffer, ctx: MapContext, damage: RecoveryDamage): void {
   const g = groups.get(h.groupId) ?? stagingFor(groups, h.groupId);
@@ -1334,10 +1419,12 @@ function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: numbe
       return;
     }
     // Installing needs every record of the staging group, which precedes this one in the log.
+    // A group without data (the meta group) stages nothing: its state is in its snapshot file.
+    const staged = staging ?? (g.sizeBytes === 0 ? newGroup({ groupId: stagingIdOf(g.id), sizeBytes: 0 }) : undefined);
     const conf = decodeRaftConf(payload, 0);
-    if (staging === undefined || conf === undefined) throw new StoreError("EIO", `snapshot install of group ${g.id} without its staged data or configuration; the log is damaged`);
-    groups.delete(staging.id);
-    installStaged(g, staging, h.index, h.termOrSource, conf.conf, () => {}, () => {});
+    if (staged === undefined || conf === undefined) throw new StoreError("EIO", `snapshot install of group ${g.id} without its staged data or configuration; the log is damaged`);
+    groups.delete(staged.id);
+    installStaged(g, staged, h.index, h.termOrSource, conf.conf, () => {}, () => {});
     return;
   }
   if (h.kind === RecordKind.RaftEntry) {

@@ -6,6 +6,7 @@ import {
   type Controller,
   type CreateVolumeRequest,
   type DeleteVolumeOptions,
+  type DrainNodeRequest,
   type JoinRequest,
   type JoinResponse,
   type NodeConnections,
@@ -13,6 +14,8 @@ import {
   type NodeStatus,
   type ScrubRequest,
   type ScrubResponse,
+  type SetSettingRequest,
+  type SettingInfo,
   type VolumeInfo,
 } from "../../src/api/types.js";
 
@@ -45,7 +48,7 @@ export class FakeController implements Controller {
       volumeCount: this.volumes.size,
       store: { logBytes: 4096, segments: 1 },
       clusterId: "c0ffee",
-      catalog: { leader: 1, commitIndex: 1, appliedIndex: 1, refusals: this.refusals },
+      catalog: { leader: 1, commitIndex: 1, appliedIndex: 1, snapshotIndex: 0, logFirstIndex: 1, startSnapshotIndex: 0, startReplayedEntries: 1, refusals: this.refusals },
       nodes: [this.node],
       pool: { totalBytes: 10 * 1024 ** 3, usedBytes: 1024 ** 3, freeBytes: 9 * 1024 ** 3 },
       integrity: {
@@ -172,6 +175,37 @@ export class FakeController implements Controller {
       blocksUnrepaired: 0,
     });
     return Promise.resolve({ nodes: [{ nodeId: 7, node: "n1", volumes: volumes.map((v) => report(v.name)) }] });
+  }
+
+  readonly settings: SettingInfo[] = [
+    { key: "overcommitPercent", value: 100, defaultValue: 100, set: false, doc: "bytes a node may have promised to volumes, as a percentage of its capacity" },
+    { key: "clusterName", value: "pxd", defaultValue: "pxd", set: false, doc: "a name for people" },
+  ];
+
+  listSettings(): Promise<SettingInfo[]> {
+    this.seen("listSettings");
+    return Promise.resolve(this.settings);
+  }
+
+  setSetting(key: string, request: SetSettingRequest): Promise<SettingInfo> {
+    this.seen(`setSetting ${key} ${JSON.stringify(request.value)}`);
+    const s = this.settings.find((x) => x.key === key);
+    if (s === undefined) return Promise.reject(new ApiError(400, "invalid", `setSetting: unknown setting "${key}"; the settings are ${this.settings.map((x) => x.key).join(", ")}`));
+    s.value = request.value ?? s.defaultValue;
+    s.set = request.value !== null;
+    return Promise.resolve(s);
+  }
+
+  drainNode(node: string, request: DrainNodeRequest): Promise<NodeInfo> {
+    this.seen(`drainNode ${node} ${String(request.draining ?? "-")}`);
+    if (node !== this.node.name && node !== String(this.node.id)) return Promise.reject(new ApiError(404, "not_found", `no node named or numbered "${node}"`));
+    this.node.draining = request.draining ?? true;
+    return Promise.resolve(this.node);
+  }
+
+  removeNode(node: string, options: { force: boolean }): Promise<void> {
+    this.seen(`removeNode ${node}${options.force ? " force" : ""}`);
+    return Promise.reject(new ApiError(409, "conflict", `node ${node} is up; stop its daemon first`));
   }
 
   scrubStatus(): Promise<ScrubResponse> {

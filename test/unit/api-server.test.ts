@@ -147,6 +147,37 @@ test("the debug hook exists only when the daemon serves it; its body is one of c
   }
 });
 
+test("settings and node routes: list and set settings, drain and remove a node, bodies and names checked first", async () => {
+  assert.equal((await ctx.client.listSettings()).map((s) => [s.key, s.value]), [["overcommitPercent", 100], ["clusterName", "pxd"]]);
+  const set = await ctx.client.setSetting("overcommitPercent", 150);
+  assert.equal([set.value, set.set], [150, true]);
+  assert.equal((await ctx.client.setSetting("overcommitPercent", null)).value, 100, "null is the default");
+  const unknown = await rejects(ctx.client.setSetting("bogus", 1), ApiError);
+  assert.equal([unknown.status, unknown.code], [400, "invalid"]);
+  assert.match(unknown.message, /unknown setting "bogus"; the settings are overcommitPercent, clusterName/);
+  for (const [body, message] of [
+    ["{}", /field "value" must be a number, a string .* or null/],
+    ['{"value":[1]}', /field "value" must be .*, not an array/],
+    ['{"value":1,"x":2}', /unknown field "x"; the only field is value/],
+  ] as const) {
+    const r = await raw("PUT", "/v1/settings/clusterName", body, { "Content-Type": "application/json" });
+    assert.is(r.status, 400, body);
+    assert.match(errorOf(r).message, message);
+  }
+  const badKey = await raw("PUT", "/v1/settings/%20x", '{"value":1}');
+  assert.is(badKey.status, 400);
+  assert.match(errorOf(badKey).message, /setting " x" is not a setting name/);
+  assert.is((await ctx.client.drainNode("n1")).draining, true);
+  assert.is((await ctx.client.drainNode("7", { draining: false })).draining, false);
+  const badDrain = await raw("POST", "/v1/nodes/n1/drain", '{"draining":"yes"}');
+  assert.is(badDrain.status, 400);
+  assert.match(errorOf(badDrain).message, /field "draining" must be true or false/);
+  const up = await rejects(ctx.client.removeNode("n1", { force: true }), ApiError);
+  assert.is(up.status, 409);
+  assert.equal(ctx.controller.calls.slice(-3), ["drainNode n1 -", "drainNode 7 false", "removeNode n1 force"]);
+  assert.is((await raw("GET", "/v1/nodes/n1")).status, 405, "a node is listed, not fetched, and removed with DELETE");
+});
+
 test("unknown paths are 404 and wrong methods 405, both with the error body", async () => {
   const missing = await raw("GET", "/v2/status");
   assert.is(missing.status, 404);

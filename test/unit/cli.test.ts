@@ -142,6 +142,27 @@ test("pxd status prints why a node is degraded and the catalog's refused entries
   assert.match(text.stdout, /^\s+entry 11 unknown \(invalid\): unknown catalog command kind "\\x1b\[2J\\u\{202e\}"$/m, "what a log entry carries reaches the terminal escaped");
 });
 
+test("pxd settings list, set and reset; pxd node drain and remove", async () => {
+  const list = await pxd([...host(), "settings", "list"]);
+  assert.is(list.code, 0, list.stderr);
+  assert.match(list.stdout, /^KEY\s+VALUE\s+DEFAULT\s+WHAT$/m);
+  assert.match(list.stdout, /^overcommitPercent\s+100\s+\(default\)\s+bytes a node may/m);
+  const set = await pxd([...host(), "settings", "set", "overcommitPercent", "150"]);
+  assert.equal([set.code, set.stdout], [0, "overcommitPercent = 150\n"]);
+  const text = await pxd([...host(), "settings", "set", "clusterName", "prod"]);
+  assert.is(text.stdout, 'clusterName = "prod"\n', "a value that is not a number or a boolean is text");
+  const reset = await pxd([...host(), "settings", "reset", "overcommitPercent"]);
+  assert.is(reset.stdout, "overcommitPercent = 100 (the default)\n");
+  assertOneLineError(await pxd([...host(), "settings", "set", "bogus", "1"]), 1, /unknown setting "bogus"/);
+  assert.equal(ctx.controller.calls.filter((c) => c.startsWith("setSetting")), ["setSetting overcommitPercent 150", 'setSetting clusterName "prod"', "setSetting overcommitPercent null", "setSetting bogus 1"]);
+  const drain = await pxd([...host(), "node", "drain", "n1"]);
+  assert.equal([drain.code, drain.stdout], [0, 'node n1 is draining; "pxd volume list" shows its replicas moving to other nodes\n']);
+  const undo = await pxd([...host(), "node", "drain", "7", "--undo"]);
+  assert.is(undo.stdout, "node n1 is no longer draining\n");
+  assertOneLineError(await pxd([...host(), "node", "remove", "n1"]), 1, /node n1 is up; stop its daemon first/);
+  assert.equal(ctx.controller.calls.slice(-3), ["drainNode n1 true", "drainNode 7 false", "removeNode n1"]);
+});
+
 test("errors from the daemon are one line on stderr with exit code 1", async () => {
   await ctx.controller.createVolume({ name: "db", sizeBytes: 4096 });
   const exists = await pxd([...host(), "volume", "create", "db", "--size", "1G"]);

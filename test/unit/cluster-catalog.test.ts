@@ -27,6 +27,7 @@ import {
   promisedBytes,
   replicaSetFor,
   settingValue,
+  skipEntry,
   validateCommand,
   type ApplyResult,
   type CatalogCommand,
@@ -575,6 +576,20 @@ test("snapshots round-trip after a long random sequence, and a restored replica 
   assert.equal(again, live);
 });
 
+test("a log entry that is not a command (a leader's empty entry, a configuration change) moves only the applied index, and a snapshot after it says so", () => {
+  const s = cluster(2);
+  const at = s.appliedIndex;
+  const before = contents(s);
+  skipEntry(s, at + 1);
+  skipEntry(s, at + 1);
+  skipEntry(s, at);
+  assert.is(s.appliedIndex, at + 1, "only forward");
+  assert.equal(contents(s), before);
+  assert.is(decodeCatalogSnapshot(encodeCatalogSnapshot(s)).appliedIndex, at + 1);
+  assert.is(apply(s, { kind: "deleteVolume", name: "x" }).index, at + 2, "the next command follows it");
+  assert.is(applyCommand(s, { kind: "deleteVolume", name: "x" }, at + 1).ok, false, "and one at the skipped index is a replay");
+});
+
 test("damaged and inconsistent snapshots are refused with the reason", () => {
   const s = cluster(2);
   must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 2, at: 1 });
@@ -584,7 +599,7 @@ test("damaged and inconsistent snapshots are refused with the reason", () => {
     assert.throws(() => decodeCatalogSnapshot(bytes), (e: Error) => e instanceof CatalogSnapshotError && re.test(e.message));
   };
   refusedWith(good.subarray(0, 3), /shorter than its 5-byte header/);
-  refusedWith(Uint8Array.of(9, ...good.subarray(1)), /version 9 is not 2/);
+  refusedWith(Uint8Array.of(9, ...good.subarray(1)), /version 9 is not 1/);
   const flipped = Uint8Array.from(good);
   flipped[good.length - 3]! ^= 0x40;
   refusedWith(flipped, /checksum mismatch/);

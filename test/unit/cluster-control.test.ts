@@ -112,9 +112,31 @@ test("re-replication: a volume whose replica has nowhere to go is reported, and 
   // "a" is on every node, so its replica on 3 has nowhere to go; "b" can move to 2 or 4.
   const s = markDown(catalogOf(4, [["a", [1, 2, 3, 4]], ["b", [1, 3]]]), 3);
   const got = replicaReplacements(s, new Map([[3, replaceAfterMs]]), replaceAfterMs);
-  assert.equal(got.map((d) => [d.kind, d.volume.name, d.dead]), [["unplaceable", "a", 3], ["move", "b", 3]]);
+  assert.equal(got.map((d) => [d.kind, d.volume.name, d.from, d.reason]), [["unplaceable", "a", 3, "down"], ["move", "b", 3, "down"]]);
   const move = got[1]!;
   if (move.kind === "move") assert.equal(move.command.nodes, [1, 2]);
+});
+
+test("re-replication: a replica on a draining node moves at once, whatever the delay, and only while it drains", () => {
+  const s = catalogOf(3, [["a", [1, 2]]]);
+  must(s, { kind: "drainNode", id: 2 });
+  for (const delay of [replaceAfterMs, 0]) {
+    const [d, ...rest] = replicaReplacements(s, new Map(), delay);
+    assert.is(rest.length, 0);
+    assert.equal(d?.kind === "move" ? [d.from, d.reason, d.command] : d, [2, "draining", { kind: "setReplicas", name: "a", nodes: [1, 3], expect: [1, 2] }], `delay ${delay}`);
+  }
+  must(s, { kind: "drainNode", id: 2, draining: false });
+  assert.equal(replicaReplacements(s, new Map(), replaceAfterMs), []);
+});
+
+test("re-replication: a volume with fewer replicas than its count (a node removed with force) gets one more", () => {
+  const s = catalogOf(4, [["a", [1, 2, 3]]]);
+  must(s, { kind: "removeNode", id: 3, force: true });
+  const [d] = replicaReplacements(s, new Map(), 0);
+  assert.equal(d?.kind === "move" ? [d.from, d.reason, d.command] : d, [undefined, "missing", { kind: "setReplicas", name: "a", nodes: [1, 2, 4], expect: [1, 2] }]);
+  must(s, { kind: "removeNode", id: 4 });
+  const [none] = replicaReplacements(s, new Map(), 0);
+  assert.equal(none?.kind === "unplaceable" ? [none.from, none.reason] : none, [undefined, "missing"], "nowhere to put it: reported");
 });
 
 test("re-replication: one move at a time, even with several volumes on the dead node", () => {
