@@ -121,6 +121,13 @@ export class Progress {
     }
   }
 
+  /** The member's log ends at `index`, below the match counted for it (it lost acknowledged entries): probe from there. */
+  forgetMatch(index: number): void {
+    assert(index < this.match, "only a lower match is forgotten");
+    this.match = index;
+    this.becomeProbe();
+  }
+
   becomeReplicate(): void {
     this.resetState(ProgressState.replicate);
     this.next = this.match + 1;

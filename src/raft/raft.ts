@@ -690,6 +690,17 @@ export class Raft {
   private handleAppendResponse(m: Message, pr: Progress): void {
     pr.recentActive = true;
     if (m.reject) {
+      if (m.index >= pr.match && m.rejectHint < pr.match) {
+        // Asked for an index at or past its match, the follower says its log
+        // ends before it: it lost entries it had acknowledged (pxd's recovery
+        // cuts a log at a damaged record, and the follower withholds its vote
+        // until it has them back). Count only what it holds and resend the rest.
+        // A late rejection from before an earlier catch-up can land here too;
+        // lowering the match then only resends entries the follower has.
+        pr.forgetMatch(m.rejectHint);
+        this.sendAppend(m.from, true);
+        return;
+      }
       let next = m.rejectHint;
       if (m.logTerm > 0) next = this.log.findConflictByTerm(m.rejectHint, m.logTerm).index;
       if (pr.maybeDecrTo(m.index, next)) {

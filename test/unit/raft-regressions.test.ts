@@ -420,6 +420,29 @@ test("a node whose storage lost entries it acknowledged withholds its vote until
   assert.equal(text(c.get(2).storage.entries(committed, committed + 1, 1 << 20)[0]!), "acknowledged by 1 and 2 only");
 });
 
+test("a leader resends the entries a follower lost after acknowledging them (its rejection's hint is below the match the leader counted)", () => {
+  const c = new Cluster([1, 2, 3]);
+  c.campaign(1);
+  for (let i = 0; i < 5; i++) c.propose(1, `w${i}`);
+  const acked = c.get(2).storage.lastIndex();
+  assert.is(c.node(1).progress()?.find((p) => p.id === 2)?.match, acked, "the leader counted node 2's acknowledgement");
+  // Node 2's disk damaged its last two entries: recovery cut its log before them; node 1 stays leader throughout.
+  c.crash(2);
+  const m2 = c.get(2);
+  const cut = new MemoryStorage({ voters: [1, 2, 3], learners: [] });
+  cut.append(m2.storage.entries(1, acked - 1, Number.MAX_SAFE_INTEGER));
+  cut.setHardState({ ...m2.storage.hardStateNow(), commit: acked - 2 });
+  m2.storage = cut;
+  m2.node = new RaftNode(config(2, cut, { votesWithheldUntil: acked }));
+  m2.down = false;
+  c.propose(1, "after the loss");
+  c.tickAll(10);
+  assert.equal(c.leaders(), [1]);
+  assert.is(c.get(2).storage.lastIndex(), c.get(1).storage.lastIndex(), "node 2 holds the leader's whole log again");
+  assert.equal(text(c.get(2).storage.entries(acked, acked + 1, 1 << 20)[0]!), text(c.get(1).storage.entries(acked, acked + 1, 1 << 20)[0]!));
+  assert.is(c.node(2).status().votesWithheld, false);
+});
+
 test("a leader whose storage cannot read an entry a follower needs compacts past it and sends a snapshot instead", () => {
   const c = new Cluster([1, 2, 3]);
   c.campaign(1);
