@@ -15,31 +15,17 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { closeSync, mkdirSync, openSync, writeSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { startCluster, waitUntil, type Cluster } from "../helpers/cluster.js";
 import { CMD, ERR, RawClient } from "../helpers/nbd-raw-client.js";
 import { run, runOk } from "../helpers/run.js";
+import { fillFilesystem } from "../helpers/tmp.js";
 
 const MiB = 1024 * 1024;
 /** VolumeIo's deadline for a request without a leader (src/daemon/daemon.ts forwardDeadlineMs), with room to spare. */
 const deadlineWaitMs = 30_000;
 let c: Cluster;
 let filler = "";
-
-/** Writes zeroes into `path` until the filesystem has no room left; returns the bytes written. */
-function fill(path: string): number {
-  const fd = openSync(path, "w");
-  const chunk = Buffer.alloc(MiB);
-  let bytes = 0;
-  try {
-    for (;;) bytes += writeSync(fd, chunk);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "ENOSPC") throw e;
-  } finally {
-    closeSync(fd);
-  }
-  return bytes;
-}
 
 async function client(node: number, volume: string): Promise<RawClient> {
   const n = c.nodes[node]!;
@@ -105,7 +91,7 @@ test("ENOSPC from the node that holds the only replica reaches a client of anoth
   }, 60_000);
   assert.ok(pair.replicas.find((x) => x.leader)?.node === "node1", "node1 still leads pair after it gained a replica");
 
-  assert.ok(fill(filler) > 0, "the filler took what was left of node1's tmpfs");
+  assert.ok(fillFilesystem(filler) > 0, "the filler took what was left of node1's tmpfs");
   const remote = await client(2, "solo");
   const local = await client(0, "solo");
   try {

@@ -7,30 +7,15 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { closeSync, mkdirSync, openSync, writeSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { DaemonProcess, freePort, pxdEntry } from "../helpers/daemon.js";
 import { waitUntil } from "../helpers/cluster.js";
 import { run, runOk } from "../helpers/run.js";
-import { tempDir } from "../helpers/tmp.js";
+import { fillFilesystem, tempDir } from "../helpers/tmp.js";
 import { ApiError } from "../../src/api/types.js";
 
 const MiB = 1024 * 1024;
-
-/** Writes zeroes into `path` until the filesystem has no room left; returns the bytes written. */
-function fill(path: string): number {
-  const fd = openSync(path, "w");
-  const chunk = Buffer.alloc(MiB);
-  let bytes = 0;
-  try {
-    for (;;) bytes += writeSync(fd, chunk);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "ENOSPC") throw e;
-  } finally {
-    closeSync(fd);
-  }
-  return bytes;
-}
 
 test("a full disk makes the node degraded, with the reasons: nearly full, store stopped, catalog group stopped", async () => {
   const t = tempDir("disk-full");
@@ -45,7 +30,7 @@ test("a full disk makes the node degraded, with the reasons: nearly full, store 
     const fresh = await d.api.status();
     assert.equal([fresh.health, fresh.reasons], ["online", []]);
 
-    const filled = fill(join(mnt, "filler"));
+    const filled = fillFilesystem(join(mnt, "filler"));
     assert.ok(filled > 0, "the filler took what was left");
     const low = await d.api.status();
     assert.is(low.health, "degraded");

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -6,4 +6,19 @@ import { join } from "node:path";
 export function tempDir(prefix: string): { dir: string; remove(): void } {
   const dir = mkdtempSync(join(tmpdir(), `pxd-${prefix}-`));
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Writes zeroes into `path` until the filesystem has no room left; returns the bytes written. */
+export function fillFilesystem(path: string): number {
+  const fd = openSync(path, "w");
+  const chunk = Buffer.alloc(1024 * 1024);
+  let bytes = 0;
+  try {
+    for (;;) bytes += writeSync(fd, chunk);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOSPC") throw e;
+  } finally {
+    closeSync(fd);
+  }
+  return bytes;
 }

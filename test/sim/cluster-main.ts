@@ -4,11 +4,7 @@
 // that replays it, and a closing summary.
 
 import { ClusterSimFailure, runClusterSim, type ClusterSimResult } from "./cluster-sim.js";
-
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-}
+import { arg } from "./args.js";
 
 async function main(): Promise<void> {
   const seed = Number(arg("--seed") ?? 1);

@@ -6,11 +6,7 @@
 
 import { runSim, SimFailure } from "./sim.js";
 import type { SimResult } from "./sim.js";
-
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-}
+import { arg } from "./args.js";
 
 function main(): void {
   const seed = Number(arg("--seed") ?? Math.floor(Date.now() % 1e9));

@@ -4,11 +4,7 @@
 // line per failure with the command that replays it, and a closing summary.
 
 import { runStoreSim, StoreSimFailure, type StoreSimProfile, type StoreSimResult } from "./store-sim.js";
-
-function arg(name: string): string | undefined {
-  const i = process.argv.indexOf(name);
-  return i >= 0 ? process.argv[i + 1] : undefined;
-}
+import { arg } from "./args.js";
 
 async function main(): Promise<void> {
   const seed = Number(arg("--seed") ?? 1);
