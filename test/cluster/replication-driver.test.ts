@@ -9,9 +9,10 @@ import * as assert from "uvu/assert";
 import { Prng } from "../../src/base/prng.js";
 import { startPeerTransport } from "../../src/os/peer-listener.js";
 import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
-import { MultiRaft, NotLeaderError, type RaftEnvelope } from "../../src/replication/driver.js";
-import { Repairer, type RepairDataEnvelope, type RepairGetEnvelope } from "../../src/replication/repair.js";
-import { VolumeIo, type ForwardReply, type ForwardRequest } from "../../src/replication/volume-io.js";
+import { dispatchPeerMessage } from "../../src/replication/dispatch.js";
+import { MultiRaft, NotLeaderError } from "../../src/replication/driver.js";
+import { Repairer } from "../../src/replication/repair.js";
+import { VolumeIo } from "../../src/replication/volume-io.js";
 import { StateRole } from "../../src/raft/types.js";
 import { Store } from "../../src/store/store.js";
 import { crashReplica, waitFor, type Replica } from "../helpers/replica.js";
@@ -61,18 +62,12 @@ async function startReplica(r: Replica, all: Replica[]): Promise<void> {
     send: (to, m) => peer.transport.send(to, m),
     after,
     now: () => performance.now(),
-      random: { int: (n) => Math.floor(Math.random() * n) },
+    random: { int: (n) => prng.int(n) },
     deadlineMs: 5000,
     replicasOf: () => all.map((x) => x.id),
   });
   r.io = io;
-  peer.transport.onMessage((from, m) => {
-    const kind = (m as { kind: string }).kind;
-    if (kind === "raft") driver.receive(from, m as RaftEnvelope);
-    else if (kind === "beats") driver.receiveBeats(from, m);
-    else if (kind === "repair-get" || kind === "repair-data") repairer.receive(from, m as RepairGetEnvelope | RepairDataEnvelope);
-    else io.receive(from, m as ForwardRequest | ForwardReply);
-  });
+  peer.transport.onMessage((from, m) => dispatchPeerMessage({ driver, io, repairer }, from, m));
   driver.addGroup(group, all.map((x) => x.id));
   r.timer = setInterval(() => driver.tick(), tickMs);
 }
