@@ -486,7 +486,11 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   };
   // A last write through the leader commits an entry of its term, so every replica applies everything before it.
   for (let round = 0; round < 600 && !quiet(); round++) {
-    for (const x of nodes.values()) if (!x.up && !x.booting && !x.retired) await boot(x); // a fail-stop while healing
+    for (const x of nodes.values()) {
+      // A node that stopped on a disk error is restarted by its operator once the disk is healthy again.
+      if (x.up && x.store?.failure !== undefined) crash(x);
+      if (!x.up && !x.booting && !x.retired) await boot(x); // or a fail-stop while healing
+    }
     if (round % 50 === 10 && outstanding() === 0) {
       const up = upNodes();
       clientWrite(up[prng.int(up.length)]!);
