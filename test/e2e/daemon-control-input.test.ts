@@ -9,6 +9,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { request } from "node:http";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon.js";
+import { waitUntil } from "../helpers/cluster.js";
 import { joinProof } from "../../src/daemon/daemon.js";
 import type { JoinRequest } from "../../src/api/types.js";
 
@@ -63,7 +64,10 @@ test("a join whose fields carry a terminal escape and a newline is logged as one
   const proven = await post("/v1/cluster/join", { ...fields, proof: joinProof(secret, fields).toString("hex") });
   assert.is(proven.status, 400, "a join the catalog would refuse is a 400, not a 500");
   assert.match(proven.error?.message ?? "", /^the join request is not one the catalog accepts: addNode: field "name" must be .*; fix the joining node's --name, --zone or --listen$/);
-  const lines = d.output.split("\n").filter((l) => l.includes("join refused"));
+  // The log line reaches this process through the daemon's pipe, which may come after the HTTP answer.
+  const refused = (): string[] => d.output.split("\n").filter((l) => l.includes("join refused"));
+  await waitUntil("both refusals in the daemon's log", async () => refused().length >= 2, 5000).catch(() => undefined);
+  const lines = refused();
   assert.is(lines.length, 2, d.output);
   assert.match(lines[0]!, / warn join refused for node 77 \("\\x1b\[31m\\x0aforged" at 127\.0\.0\.99\): wrong cluster secret$/);
   assert.match(lines[1]!, / warn join refused for node 77 \("\\x1b\[31m\\x0aforged" at 127\.0\.0\.99\): addNode: field "name"/);
