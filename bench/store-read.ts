@@ -14,6 +14,7 @@ import { parseArgs } from "node:util";
 import { deferImmediate, NodeDisk } from "../src/os/node-disk.js";
 import { Store } from "../src/store/store.js";
 import { Prng } from "../src/base/prng.js";
+import { replayed, writesTo } from "../test/helpers/store-writes.js";
 
 const MiB = 1 << 20;
 const blockBytes = 4096;
@@ -31,10 +32,10 @@ async function main(): Promise<void> {
     const blocks = volumeBytes / blockBytes;
     const big = Buffer.alloc(MiB);
     for (let i = 0; i < big.length; i++) big[i] = (i * 13) & 0xff;
-    for (let m = 0; m < volumeBytes / MiB; m++) await store.write(1, m * MiB, [big], MiB);
+    for (let m = 0; m < volumeBytes / MiB; m++) await writesTo(store).write(1, m * MiB, [big], MiB);
     const small = Buffer.alloc(blockBytes, 7);
     const writes: Promise<unknown>[] = [];
-    for (let i = 0; i < scatterWrites; i++) writes.push(store.write(1, prng.int(blocks) * blockBytes, [small], blockBytes));
+    for (let i = 0; i < scatterWrites; i++) writes.push(writesTo(store).write(1, prng.int(blocks) * blockBytes, [small], blockBytes));
     await Promise.all(writes);
     const out = Buffer.allocUnsafe(blockBytes);
     const offsets = new Float64Array(readsPerRound);

@@ -7,3 +7,4 @@ export * from "./placement.js";
 export * from "./snapshot.js";
 export * from "./rules.js";
 export * from "./control.js";
+export * from "./state-machine.js";

@@ -43,18 +43,14 @@ import { failStop, isBug } from "../base/fail-stop.js";
 import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
 import {
-  applyEntry,
+  CatalogMachine,
   catalogSettings,
   CatalogCommandError,
-  decodeCatalogSnapshot,
-  encodeCatalogSnapshot,
   encodeCommand,
   encodeCommandUnchecked,
   listNames,
-  newCatalogState,
   replicaSetFor,
   settingValue,
-  skipEntry,
   validateCommand,
   type ApplyResult,
   type CatalogNode,
@@ -72,8 +68,6 @@ import {
   type GroupView,
 } from "../cluster/index.js";
 import {
-  catalogLogTailEntries,
-  catalogSnapshotEntries,
   checkClusterConstants,
   checkConstants,
   checkReplicationConstants,
@@ -93,7 +87,8 @@ import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType, type ConfChange } from "../raft/confchange.js";
 import { EntryType, type Entry } from "../raft/types.js";
-import { MultiRaft, NotLeaderError, ProposalDroppedError, type GroupStateMachine } from "../replication/driver.js";
+import { MultiRaft, NotLeaderError, ProposalDroppedError } from "../replication/driver.js";
+import { VolumeReplica } from "../replication/volume-replica.js";
 import { Repairer } from "../replication/repair.js";
 import { Scrubber, type ScrubReport } from "../replication/scrub.js";
 import { VolumeIo } from "../replication/volume-io.js";
@@ -178,7 +173,15 @@ const deleteFenceMs = 30_000;
 
 export class Daemon implements Controller {
   /** Replaced whole when a snapshot is restored (restoreCatalog). */
-  private catalog: CatalogState = newCatalogState();
+  /** The meta group's state machine; what this node acts on is in `applied` and `restored`. */
+  private readonly catalogMachine = new CatalogMachine({
+    applied: (index, result) => this.appliedMeta(index, result),
+    restored: (index, atStart) => this.restoredCatalog(index, atStart),
+  });
+
+  private get catalog(): CatalogState {
+    return this.catalogMachine.state;
+  }
   /**
    * How this node rebuilt its catalog at start: the snapshot it loaded (0:
    * none), the entries after it it applied from its own log, up to the last
@@ -292,8 +295,6 @@ export class Daemon implements Controller {
       defer: deferImmediate,
       random: { int: (n) => prng.int(n) },
       log: (l) => log.warn(l),
-      applyEntry: (group, entry) => group === metaGroupId && (this.applyMeta(entry), true),
-      volumeBytes: (group) => this.state.hosted.get(group)?.sizeBytes ?? 0,
       damaged: (e) => void this.repairer.repair(e),
       ...(options.logRetainBytes !== undefined ? { logRetainBytes: options.logRetainBytes } : {}),
     });
@@ -312,8 +313,8 @@ export class Daemon implements Controller {
     const parts = { driver: this.driver, io: this.io, repairer: this.repairer };
     transport.onMessage((from, m) => dispatchPeerMessage(parts, from, m));
     this.catalogStart.replayTo = this.store.raftState(metaGroupId).lastIndex;
-    this.driver.addGroup(metaGroupId, state.metaVoters, { stateMachine: this.catalogMachine() });
-    for (const g of state.hosted.values()) this.driver.addGroup(g.id, g.voters);
+    this.driver.addGroup(metaGroupId, state.metaVoters, this.catalogMachine);
+    for (const g of state.hosted.values()) this.driver.addGroup(g.id, g.voters, new VolumeReplica(this.store, g.id, g.sizeBytes));
     if (this.catalogStart.snapshotIndex > 0) this.hostFromCatalog();
     this.countReplayed(this.catalogStart.snapshotIndex);
     this.timers.push(setInterval(() => this.driver.tick(), tickMs));
@@ -358,16 +359,11 @@ export class Daemon implements Controller {
 
   // ---- the meta group ----
 
-  /** Applies a committed meta entry to the catalog, then acts on what changed for this node. */
-  private applyMeta(entry: Entry): void {
-    this.store.markApplied(metaGroupId, entry.index);
-    this.countReplayed(entry.index);
-    if (entry.type !== EntryType.normal || entry.data.length === 0) {
-      skipEntry(this.catalog, entry.index); // config changes are the core's; empty: a leader's no-op
-      return;
-    }
-    const result = applyEntry(this.catalog, entry.data, entry.index);
-    this.metaResults.set(entry.index, result);
+  /** The catalog applied a committed meta entry: acts on what changed for this node. */
+  private appliedMeta(index: number, result: ApplyResult | undefined): void {
+    this.countReplayed(index);
+    if (result === undefined) return; // config changes are the core's; empty: a leader's no-op
+    this.metaResults.set(index, result);
     if (this.metaResults.size > 1024) this.metaResults.delete(this.metaResults.keys().next().value!);
     if (!result.ok) return;
     if (result.node) this.refreshPeers(this.catalog.nodes.has(result.node.id) ? undefined : result.node.id);
@@ -381,36 +377,13 @@ export class Daemon implements Controller {
     if (live === undefined && this.state.hosted.has(v.id)) this.unhostGroup(v.id);
   }
 
-  /** The catalog as the meta group's state machine: snapshots of it, and restoring one (docs/formats/catalog-snapshot.md). */
-  private catalogMachine(): GroupStateMachine {
-    return {
-      snapshotEveryEntries: catalogSnapshotEntries,
-      logTailEntries: catalogLogTailEntries,
-      snapshot: (index) => {
-        assert(this.catalog.appliedIndex === index, () => `the catalog applied entry ${this.catalog.appliedIndex}, not ${index}, when its snapshot was taken`);
-        return encodeCatalogSnapshot(this.catalog);
-      },
-      check: (index, data) => {
-        try {
-          const state = decodeCatalogSnapshot(data);
-          return state.appliedIndex === index ? null : `it holds the catalog as of entry ${state.appliedIndex}, not ${index}`;
-        } catch (e) {
-          return (e as Error).message;
-        }
-      },
-      restore: (index, data, atStart) => this.restoreCatalog(index, data, atStart),
-    };
-  }
-
   /**
-   * Replaces the catalog with a snapshot's: at start the latest one this node
-   * saved (a damaged or inconsistent one stops the start with the reason),
-   * later one the meta leader sent because this node was behind its log.
+   * A snapshot replaced the catalog: at start the latest one this node saved
+   * (a damaged or inconsistent one stops the start with the reason), later
+   * one the meta leader sent because this node was behind its log.
    */
-  private restoreCatalog(index: number, data: Uint8Array, atStart: boolean): void {
-    const state = decodeCatalogSnapshot(data);
-    assert(state.appliedIndex === index, () => `the catalog snapshot at entry ${index} holds entry ${state.appliedIndex}`);
-    this.catalog = state;
+  private restoredCatalog(index: number, atStart: boolean): void {
+    const state = this.catalog;
     this.metaResults.clear();
     if (atStart) {
       this.catalogStart.snapshotIndex = index;
@@ -454,7 +427,7 @@ export class Daemon implements Controller {
     this.store.addGroup({ groupId: v.id, sizeBytes: v.sizeBytes });
     this.state.host(g).then(
       () => {
-        if (this.store.hasGroup(v.id) && !this.driver.hasGroup(v.id)) this.driver.addGroup(v.id, g.voters);
+        if (this.store.hasGroup(v.id) && !this.driver.hasGroup(v.id)) this.driver.addGroup(v.id, g.voters, new VolumeReplica(this.store, v.id, v.sizeBytes));
         const members = joining ? "joining: its leader adds it and sends it a copy" : `replicas on nodes ${g.voters.join(", ")}`;
         this.log.info(`volume ${v.name} (group ${v.id}): replica started here, ${formatSize(v.sizeBytes)}, ${members}`);
       },
@@ -694,10 +667,6 @@ export class Daemon implements Controller {
       const change = next === undefined ? undefined : confChangeOf(next);
       if (change === undefined) continue;
       this.reconciling.add(v.id);
-      if (change.type === ConfChangeType.addLearner && this.io.soleReplica(v.id)) {
-        // Its writes went straight to the store: only a snapshot carries them to the new replica.
-        this.driver.compactToApplied(v.id);
-      }
       const what = `${change.type === ConfChangeType.addLearner ? "add learner" : change.type === ConfChangeType.addVoter ? "promote learner" : "remove node"} ${change.nodeId}`;
       this.driver
         .proposeConfChange(v.id, change)

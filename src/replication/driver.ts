@@ -38,8 +38,10 @@ import { BeatsOutbox, isBeat, parseBeats, type BeatsEnvelope } from "./beats.js"
 import { StoreRaftStorage } from "./raft-storage.js";
 import { SnapshotReceiver, SnapshotSender, type SnapAckEnvelope, type SnapChunkEnvelope } from "./snapshot.js";
 import { ProgressState } from "../raft/progress.js";
-import { decodeOp, decodeTrailer, encodeTrim, encodeWrite, entryPayloadCrc, volumeOpTrailerBytes, VolumeOpKind } from "./volume-op.js";
-import { ChangeMap } from "./changes.js";
+import type { ChangeMap } from "./changes.js";
+import type { GroupStateMachine, InlineSnapshots, StreamedSnapshots } from "./state-machine.js";
+
+export type { GroupStateMachine } from "./state-machine.js";
 
 /** What travels between drivers: a Raft message of one group. */
 export interface RaftEnvelope {
@@ -66,40 +68,11 @@ export interface DriverOptions {
   send(to: NodeId, envelope: RaftEnvelope | CompactEnvelope | SnapChunkEnvelope | SnapAckEnvelope | BeatsEnvelope): boolean;
   /** Raft log kept for a member that is down (default raftLogRetainBytes); past it the member will need a snapshot. */
   logRetainBytes?: number;
-  /** A volume group's size in bytes (what a snapshot copies). */
-  volumeBytes?(groupId: number): number;
   defer(fn: () => void): void;
   random: { int(n: number): number };
   log(line: string): void;
-  /**
-   * Applies a committed entry of a group that does not hold volume data (the
-   * meta group); returns false to let the driver apply it as a volume op.
-   */
-  applyEntry?(groupId: number, entry: Entry): boolean;
   /** Blocks of this node's copy of a volume failed their checksum where the driver read them (a snapshot stream): repair them. */
   damaged?(e: ChecksumError): void;
-}
-
-/**
- * The state machine of a group whose state is kept outside the store (the
- * meta group's catalog, in memory). Committed entries reach it through
- * DriverOptions.applyEntry. The driver saves a snapshot of it every
- * `snapshotEveryEntries` applied entries (Store.saveStateSnapshot) and
- * compacts the log behind that snapshot, keeping `logTailEntries` entries for
- * members a little behind. A member behind the compaction point gets the
- * snapshot as the data of the core's snap message (it is bounded and small,
- * unlike a volume, which is streamed). At start the group is rebuilt from the
- * latest saved snapshot and the log after it.
- */
-export interface GroupStateMachine {
-  snapshotEveryEntries: number;
-  logTailEntries: number;
-  /** The state after applying entry `index`, the last one applied, encoded. */
-  snapshot(index: number): Uint8Array;
-  /** Why `data` is not a snapshot of this state machine at entry `index`, or null. Checked before the core takes a leader's snapshot. */
-  check(index: number, data: Uint8Array): string | null;
-  /** Replaces the state with a snapshot's: at start with the latest saved one, later with one the leader sent. */
-  restore(index: number, data: Uint8Array, atStart: boolean): void;
 }
 
 /** A member of a group as its leader sees it. */
@@ -200,24 +173,17 @@ class Group {
    * the one in force at the point it compacts to.
    */
   confPoints: { index: number; conf: ConfState }[] = [];
-  /** The state machine of a group without volume data (the meta group); undefined for a volume. */
-  sm: GroupStateMachine | undefined = undefined;
-  /** A snapshot of `sm` is being saved (one at a time). */
+  /** An inline snapshot of `sm` is being saved (one at a time). */
   savingSnapshot = false;
   /** The index of the last snapshot of `sm` this node tried to save (a failed one is retried only after as many entries again). */
   snapshotTriedAt = 0;
   lead: NodeId = 0;
   role: StateRole = StateRole.follower;
-  /**
-   * On a leader while a member is away or behind: the volume ranges written
-   * or trimmed since a compaction point the member holds, so the snapshot it
-   * may need later carries only those (compactLogs, SnapshotSender).
-   */
-  changes: ChangeMap | undefined = undefined;
 
   constructor(
     readonly id: number,
     readonly node: RaftNode,
+    readonly sm: GroupStateMachine,
     applied: number,
   ) {
     this.applied = applied;
@@ -243,7 +209,7 @@ export class MultiRaft {
   /** At most one entry per group this node ran. */
   private readonly stopped = new Map<number, string>();
   /** Change maps still reading the ranges of entries applied before they began, oldest first. */
-  private readonly changeScans: { g: Group; changes: ChangeMap; next: number; end: number }[] = [];
+  private readonly changeScans: { g: Group; snaps: StreamedSnapshots; changes: ChangeMap; next: number; end: number }[] = [];
   private changeScanQueued = false;
 
   constructor(private readonly o: DriverOptions) {
@@ -265,24 +231,24 @@ export class MultiRaft {
     this.snapshotSender = new SnapshotSender(ports);
     this.snapshotReceiver = new SnapshotReceiver(ports, (group) => {
       const g = this.groups.get(group);
-      if (g === undefined || g.sm !== undefined || o.volumeBytes === undefined) return undefined;
-      return { leader: g.node.status().lead, sizeBytes: o.volumeBytes(group), applied: g.applied };
+      if (g === undefined || g.sm.snapshots.kind !== "streamed") return undefined;
+      return { leader: g.node.status().lead, sizeBytes: g.sm.snapshots.sizeBytes(), applied: g.applied };
     });
   }
 
   /**
    * Starts (or restarts from the store) this node's replica of a group whose
-   * initial configuration is `voters` (later changes come from the log).
-   * `stateMachine`: a group whose state is not in the store (the meta group)
-   * starts from its latest saved snapshot, restored into it here, and
-   * re-applies every committed entry after it.
+   * initial configuration is `voters` (later changes come from the log),
+   * running `sm`. A state machine with inline snapshots starts from its
+   * latest saved snapshot, restored into it here, and re-applies every
+   * committed entry after it; one in the store from the store's applied index.
    */
-  addGroup(groupId: number, voters: NodeId[], opts: { stateMachine?: GroupStateMachine } = {}): void {
+  addGroup(groupId: number, voters: NodeId[], sm: GroupStateMachine): void {
     assert(!this.groups.has(groupId), `group ${groupId} runs once`);
-    const sm = opts.stateMachine;
-    const saved = sm === undefined ? undefined : this.o.store.stateSnapshot(groupId);
-    if (sm !== undefined && saved !== undefined) {
-      sm.restore(saved.index, saved.data, true);
+    const inline = sm.snapshots.kind === "inline" ? sm.snapshots : undefined;
+    const saved = inline === undefined ? undefined : this.o.store.stateSnapshot(groupId);
+    if (inline !== undefined && saved !== undefined) {
+      inline.restore(saved.index, saved.data, true);
       // Whatever the snapshot holds was committed and is applied: the core starts from there.
       this.o.store.markApplied(groupId, saved.index);
     }
@@ -290,7 +256,7 @@ export class MultiRaft {
     const storage = new StoreRaftStorage(this.o.store, groupId, initialConf, (index) => this.compactPastDamage(groupId, index));
     this.storages.set(groupId, storage);
     const st = this.o.store.raftState(groupId);
-    const applied = sm !== undefined ? (saved?.index ?? 0) : st.appliedIndex;
+    const applied = inline !== undefined ? (saved?.index ?? 0) : st.appliedIndex;
     // Configurations applied before the restart, after the compaction point: compaction still needs them.
     const confPoints: Group["confPoints"] = [];
     for (const e of this.o.store.raftEntriesOfType(groupId, EntryType.confChange, 0, applied + 1)) {
@@ -305,8 +271,7 @@ export class MultiRaft {
     }
     if (st.recoverUntil > 0) this.o.log(`replication: group ${groupId}: this node lost Raft entries it may have acknowledged; it withholds its vote until its log reaches index ${st.recoverUntil} again`);
     const node = new RaftNode(raftConfig(this.o.nodeId, storage, this.o.random, applied, st.recoverUntil));
-    const group = new Group(groupId, node, applied);
-    group.sm = sm;
+    const group = new Group(groupId, node, sm, applied);
     group.confPoints = confPoints;
     this.groups.set(groupId, group);
     // The only voter need not wait out an election timeout: nobody can compete.
@@ -377,16 +342,6 @@ export class MultiRaft {
     this.failAll(g, why);
   }
 
-  /**
-   * Compacts the leader's log up to its applied index now, so a member added
-   * next gets a snapshot: for a group whose only replica wrote straight to the
-   * store (no Raft entries), the log holds none of the volume's data.
-   */
-  compactToApplied(groupId: number): void {
-    const g = this.groups.get(groupId);
-    if (g !== undefined) this.compact(g, g.applied);
-  }
-
   /** Asks the group's leader (this node) to hand leadership to `to` (TimeoutNow once it has caught up). */
   transferLeadership(groupId: number, to: NodeId): boolean {
     const g = this.groups.get(groupId);
@@ -422,7 +377,7 @@ export class MultiRaft {
   receiveCompact(from: NodeId, m: CompactEnvelope): void {
     const g = this.groups.get(m.group);
     // A group with a state machine compacts behind its own snapshots, whatever its leader does.
-    if (g === undefined || g.sm !== undefined || g.node.status().lead !== from) return;
+    if (g === undefined || g.sm.snapshots.kind === "inline" || g.node.status().lead !== from) return;
     this.compact(g, m.index);
   }
 
@@ -439,10 +394,11 @@ export class MultiRaft {
   private compactLogs(): void {
     const retain = this.o.logRetainBytes ?? raftLogRetainBytes;
     for (const g of this.groups.values()) {
-      if (g.sm !== undefined) continue; // compacted behind its snapshots (saveSnapshot)
+      const snaps = g.sm.snapshots;
+      if (snaps.kind === "inline") continue; // compacted behind its snapshots (saveSnapshot)
       const progress = this.progress(g.id);
       if (progress === undefined) {
-        g.changes = undefined;
+        snaps.dropChanges();
         continue;
       }
       const held = this.snapshotSender.holdIndex(g.id);
@@ -467,11 +423,12 @@ export class MultiRaft {
       // single-replica volume gained replicas). A map from an older point is
       // replaced when no one else needs it: the newer point marks less.
       const base = Math.max(pastPoint ? snapshotIndex : Math.min(leavingAt, g.applied), 1);
-      const stale = g.changes !== undefined && g.changes.base < base && !pastPoint && held === Infinity;
-      if (behind && (g.changes === undefined || stale) && g.applied >= base) this.startChanges(g, base);
-      if (!behind && held === Infinity) g.changes = undefined;
+      const changes = snaps.changes;
+      const stale = changes !== undefined && changes.base < base && !pastPoint && held === Infinity;
+      if (behind && (changes === undefined || stale) && g.applied >= base) this.startChanges(g, snaps, base);
+      if (!behind && held === Infinity) snaps.dropChanges();
       // A change map being filled reads entries after its base from the log: they stay until it is done.
-      if (g.changes !== undefined && !g.changes.complete) safe = Math.min(safe, g.changes.base);
+      if (snaps.changes !== undefined && !snaps.changes.complete) safe = Math.min(safe, snaps.changes.base);
       if (safe === Infinity || safe <= snapshotIndex) continue;
       for (const p of progress) if (p.node !== this.o.nodeId) this.o.send(p.node, { kind: "compact", group: g.id, index: safe });
       this.compact(g, safe);
@@ -484,11 +441,10 @@ export class MultiRaft {
    * at or above the compaction point), and are read for their ranges a slice
    * per turn, so a long retained log does not stall the event loop.
    */
-  private startChanges(g: Group, base: number): void {
+  private startChanges(g: Group, snaps: StreamedSnapshots, base: number): void {
     assert(base >= this.o.store.raftState(g.id).snapshotIndex, "the entries after a change map's base are in the log");
-    const changes = new ChangeMap(base, this.o.store.raftTerm(g.id, base) ?? 0);
-    g.changes = changes;
-    this.changeScans.push({ g, changes, next: base + 1, end: g.applied });
+    const changes = snaps.trackChanges(base, this.o.store.raftTerm(g.id, base) ?? 0);
+    this.changeScans.push({ g, snaps, changes, next: base + 1, end: g.applied });
     this.o.log(`snapshot: group ${g.id}: a member is behind; tracking what changes after index ${base}`);
     this.queueChangeScan();
   }
@@ -507,21 +463,20 @@ export class MultiRaft {
     while (budget > 0 && this.changeScans.length > 0) {
       const s = this.changeScans[0]!;
       // Dropped meanwhile (leadership lost, a snapshot installed here, the group gone).
-      if (s.g.changes !== s.changes || !this.groups.has(s.g.id)) {
+      if (s.snaps.changes !== s.changes || !this.groups.has(s.g.id)) {
         this.changeScans.shift();
         continue;
       }
       for (; s.next <= s.end && budget > 0; s.next++, budget--) {
         if (s.next < this.o.store.raftFirstIndex(s.g.id)) {
           // Compacted under it (this node follows another leader now): no map.
-          s.g.changes = undefined;
+          s.snaps.dropChanges();
           break;
         }
-        const e = this.o.store.raftEntryTail(s.g.id, s.next, volumeOpTrailerBytes);
-        const op = e?.type === EntryType.normal ? decodeTrailer(e.tail) : undefined;
-        if (op !== undefined) s.changes.mark(op.offsetBytes, op.lengthBytes);
+        const e = this.o.store.raftEntryTail(s.g.id, s.next, s.snaps.commandTailBytes);
+        if (e?.type === EntryType.normal) s.snaps.markTail(s.changes, e.tail);
       }
-      if (s.g.changes !== s.changes) continue;
+      if (s.snaps.changes !== s.changes) continue;
       if (s.next > s.end) {
         s.changes.complete = true;
         this.changeScans.shift();
@@ -541,8 +496,8 @@ export class MultiRaft {
   private compactPastDamage(groupId: number, index: number): boolean {
     const g = this.groups.get(groupId);
     if (g === undefined) return false;
-    // A group with a state machine compacts only behind its saved snapshot.
-    const upTo = g.sm === undefined ? g.applied : (this.o.store.stateSnapshot(g.id)?.index ?? 0);
+    // A group with inline snapshots compacts only behind its saved snapshot.
+    const upTo = g.sm.snapshots.kind === "streamed" ? g.applied : (this.o.store.stateSnapshot(g.id)?.index ?? 0);
     if (index > upTo) return false;
     this.o.log(`replication: group ${groupId}: Raft entry ${index} is damaged in this node's log; compacting the log to ${upTo} (a follower that needs it gets a snapshot)`);
     this.compact(g, upTo);
@@ -551,7 +506,7 @@ export class MultiRaft {
 
   private compact(g: Group, index: number): void {
     const st = this.o.store.raftState(g.id);
-    const saved = g.sm === undefined ? Infinity : (this.o.store.stateSnapshot(g.id)?.index ?? 0);
+    const saved = g.sm.snapshots.kind === "streamed" ? Infinity : (this.o.store.stateSnapshot(g.id)?.index ?? 0);
     const upTo = Math.min(index, st.appliedIndex, g.applied, saved) - compactKeepEntries;
     if (upTo <= st.snapshotIndex) return;
     const conf = confAt(g.confPoints, upTo);
@@ -566,10 +521,11 @@ export class MultiRaft {
     const g = this.groups.get(envelope.group);
     if (g === undefined || envelope.message.to !== this.o.nodeId || envelope.message.from !== from) return;
     const m = envelope.message;
+    const snaps = g.sm.snapshots;
     if (m.type !== MessageType.snap) g.node.step(m);
-    else if (g.sm !== undefined) {
+    else if (snaps.kind === "inline") {
       // The state travels in the message: checked whole before the core may take it.
-      const problem = m.snapshot === null ? "no snapshot" : g.sm.check(m.snapshot.meta.index, m.snapshot.data);
+      const problem = m.snapshot === null ? "no snapshot" : snaps.check(m.snapshot.meta.index, m.snapshot.data);
       if (problem !== null) {
         this.o.log(`snapshot: group ${g.id}: refused the snapshot node ${from} sent: ${problem}`);
         return;
@@ -607,27 +563,20 @@ export class MultiRaft {
     this.schedule();
   }
 
-  /** Replicates a write; resolves once it is committed and applied here (it is then durable on a quorum). */
-  write(groupId: number, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
-    return this.propose(groupId, encodeWrite(offsetBytes, data, lengthBytes));
-  }
-
-  trim(groupId: number, offsetBytes: number, lengthBytes: number): Promise<void> {
-    return this.propose(groupId, encodeTrim(offsetBytes, lengthBytes));
-  }
-
   /**
    * Resolves when this node may serve a linearizable read of the group: it is
    * the leader, a quorum confirmed it after the read arrived (ReadIndex), and
-   * it has applied up to the index that round returned.
+   * it has applied up to the index that round returned. Undefined when it may
+   * read now (readsHere).
    */
-  readBarrier(groupId: number): Promise<void> {
+  readBarrier(groupId: number): Promise<void> | undefined {
     let g: Group;
     try {
       g = this.mustLead(groupId);
     } catch (e) {
       return Promise.reject(e);
     }
+    if (this.soleVoter(g)) return undefined;
     return new Promise((resolve, reject) => {
       g.pendingReads.push({ term: 0, resolve, reject });
       this.schedule();
@@ -639,10 +588,26 @@ export class MultiRaft {
     for (const g of this.groups.values()) this.failAll(g, new ProposalDroppedError("the node is shutting down"));
   }
 
+  /**
+   * Whether this node may read the group's state now, without a ReadIndex
+   * round: it leads, and it is the only voter, so no other leader can exist
+   * and every write it acknowledged is applied here.
+   */
+  readsHere(groupId: number): boolean {
+    const g = this.groups.get(groupId);
+    return g !== undefined && g.role === StateRole.leader && this.soleVoter(g);
+  }
+
+  /** The group's state machine on this node (undefined: not hosted here). */
+  stateMachine(groupId: number): GroupStateMachine | undefined {
+    return this.groups.get(groupId)?.sm;
+  }
+
   // ---- internals ----
 
-  private propose(groupId: number, data: Uint8Array): Promise<void> {
-    return this.proposeAt(groupId, data).then(() => {});
+  private soleVoter(g: Group): boolean {
+    const voters = g.node.status().voters;
+    return voters.length === 1 && voters[0] === this.o.nodeId && g.node.status().role === StateRole.leader;
   }
 
   private proposeAt(groupId: number, data: Uint8Array): Promise<number> {
@@ -677,39 +642,41 @@ export class MultiRaft {
 
   /** One pass over every group: their persists join one group commit in the store. */
   private processReadies(): void {
-    for (const g of this.groups.values()) {
-      this.startReadRound(g);
-      // A persist is running: commits learned since (a leader's from the
-      // acknowledgements of its previous batch) are applied now, not after
-      // that fdatasync as well.
-      if (g.readyInFlight) {
-        this.applyCommitted(g, g.node.takeCommitted());
-        continue;
-      }
-      if (!g.node.hasReady()) continue;
-      const rd = g.node.ready();
-      g.readyInFlight = true;
-      // Committed entries are already on disk here (the core hands out no
-      // others): applied now, while the new entries' fdatasync runs, so a
-      // write is acknowledged one fsync after it is proposed, not two.
-      this.applyCommitted(g, rd.committedEntries);
-      // A leader's appends and heartbeats go out now, while its own fdatasync
-      // runs (Raft thesis 10.2.1): it counts itself toward a commit only after
-      // advance(), so nothing commits before a quorum has it on disk. Votes and
-      // acknowledgements wait for the persist they promise.
-      rd.messages = this.sendEarly(g, rd.messages);
-      this.persist(g, rd).then(
-        () => this.afterPersist(g, rd),
-        (e: unknown) => {
-          // The store stopped taking writes (no room, a failed write or fdatasync):
-          // nothing this group does is safe any more. Anything else is a bug.
-          if (!(e instanceof StoreError)) failStop(e, `replication: group ${g.id}: persisting its Ready`);
-          this.o.log(`replication: group ${g.id} cannot persist its log, stopping it: ${e.message}`);
-          this.removeGroup(g.id, new GroupStoppedError(e.code, `group ${g.id} stopped on node ${this.o.nodeId}: ${e.message}`));
-          this.stopped.set(g.id, e.message);
-        },
-      );
+    for (const g of this.groups.values()) this.processReady(g);
+  }
+
+  private processReady(g: Group): void {
+    this.startReadRound(g);
+    // A persist is running: commits learned since (a leader's from the
+    // acknowledgements of its previous batch) are applied now, not after
+    // that fdatasync as well.
+    if (g.readyInFlight) {
+      this.applyCommitted(g, g.node.takeCommitted());
+      return;
     }
+    if (!g.node.hasReady()) return;
+    const rd = g.node.ready();
+    g.readyInFlight = true;
+    // Committed entries are already on disk here (the core hands out no
+    // others): applied now, while the new entries' fdatasync runs, so a
+    // write is acknowledged one fsync after it is proposed, not two.
+    this.applyCommitted(g, rd.committedEntries);
+    // A leader's appends and heartbeats go out now, while its own fdatasync
+    // runs (Raft thesis 10.2.1): it counts itself toward a commit only after
+    // advance(), so nothing commits before a quorum has it on disk. Votes and
+    // acknowledgements wait for the persist they promise.
+    rd.messages = this.sendEarly(g, rd.messages);
+    this.persist(g, rd).then(
+      () => this.afterPersist(g, rd),
+      (e: unknown) => {
+        // The store stopped taking writes (no room, a failed write or fdatasync):
+        // nothing this group does is safe any more. Anything else is a bug.
+        if (!(e instanceof StoreError)) failStop(e, `replication: group ${g.id}: persisting its Ready`);
+        this.o.log(`replication: group ${g.id} cannot persist its log, stopping it: ${e.message}`);
+        this.removeGroup(g.id, new GroupStoppedError(e.code, `group ${g.id} stopped on node ${this.o.nodeId}: ${e.message}`));
+        this.stopped.set(g.id, e.message);
+      },
+    );
   }
 
   private persist(g: Group, rd: Ready): Promise<void> {
@@ -718,7 +685,7 @@ export class MultiRaft {
     // written on its own; it rides along with the next entries or vote.
     if (!rd.mustSync) return Promise.resolve();
     const snap = rd.snapshot;
-    if (snap === null || g.sm === undefined) return this.persistLog(g, rd);
+    if (snap === null || g.sm.snapshots.kind !== "inline") return this.persistLog(g, rd);
     // The leader's snapshot of a state machine is saved before the log
     // restarts after it: the state it replaces is gone once it does.
     return this.o.store
@@ -732,26 +699,27 @@ export class MultiRaft {
     const meta = rd.snapshot?.meta;
     let installed: Promise<void> | undefined;
     if (meta !== undefined) {
-      // The volume is replaced wholesale, unmarked: a change map kept from an earlier term as leader no longer says what changed.
-      g.changes = undefined;
+      // The state is replaced wholesale, unmarked: a change map kept from an earlier term as leader no longer says what changed.
+      if (g.sm.snapshots.kind === "streamed") g.sm.snapshots.dropChanges();
       storage.forgetAll();
       installed = this.o.store.installSnapshot(g.id, meta.index, meta.term, meta.conf);
       g.confPoints = [{ index: meta.index, conf: meta.conf }];
     }
     for (const e of rd.entries) storage.remember(e);
-    // A volume write carries its blocks' checksums: its record's checksum folds from them (volume-op.ts).
+    // A command may carry checksums its record's checksum folds from (a volume write's blocks).
     const entries = rd.entries.map((e) => {
-      const payloadCrc = g.sm === undefined && e.type === EntryType.normal ? entryPayloadCrc(e.data) : undefined;
+      const payloadCrc = e.type === EntryType.normal && e.data.length > 0 ? g.sm.commandCrc(e.data) : undefined;
       return { index: e.index, term: e.term, type: e.type, data: [e.data], payloadCrc };
     });
     const appended = this.o.store.appendRaftEntries(g.id, entries, rd.hardState ?? undefined);
     if (meta === undefined) return appended;
     const data = rd.snapshot?.data;
+    const snaps = g.sm.snapshots;
     return Promise.all([installed, appended]).then(() => {
-      if (g.sm !== undefined && data !== undefined) g.sm.restore(meta.index, data, false);
+      if (snaps.kind === "inline") snaps.restore(meta.index, data!, false);
       else this.snapshotReceiver.installed(g.id);
       g.applied = meta.index;
-      this.o.log(`snapshot: group ${g.id}: installed the ${g.sm !== undefined ? `snapshot (${data?.length ?? 0} bytes)` : "copy"} at index ${meta.index}`);
+      this.o.log(`snapshot: group ${g.id}: installed the ${snaps.kind === "inline" ? `snapshot (${data?.length ?? 0} bytes)` : "copy"} at index ${meta.index}`);
     });
   }
 
@@ -759,19 +727,19 @@ export class MultiRaft {
   private sendEarly(g: Group, messages: Message[]): Message[] {
     if (messages.length === 0 || g.node.status().role !== StateRole.leader) return messages;
     const later: Message[] = [];
+    const snaps = g.sm.snapshots;
     for (const m of messages) {
       if (m.type === MessageType.snap) {
-        if (g.sm !== undefined) {
+        if (snaps.kind === "inline") {
           // A state machine's snapshot is small and travels in the message. Once sent it
           // counts as delivered: the member's answer moves the leader on, and if the
           // message is lost the next probe finds the member still behind and sends it again.
           g.node.reportSnapshot(m.to, this.o.send(m.to, { kind: "raft", group: g.id, message: m }));
-        } else if (this.o.volumeBytes === undefined) g.node.reportSnapshot(m.to, false);
-        else {
-          // The volume's data goes first, in chunks; the message follows the last one.
+        } else {
+          // The state's data goes first, in chunks; the message follows the last one.
           // A delta for a member that was away (it refuses one whose base it has not applied); a new replica, a learner, holds nothing.
-          const changes = g.changes?.complete && !g.node.status().learners.includes(m.to) ? g.changes : undefined;
-          this.snapshotSender.start(g.id, this.o.volumeBytes(g.id), m, changes);
+          const changes = snaps.changes?.complete && !g.node.status().learners.includes(m.to) ? snaps.changes : undefined;
+          this.snapshotSender.start(g.id, snaps.sizeBytes(), m, changes);
         }
       } else if (mayPrecedePersist(m.type)) {
         this.sendMessage(g, m);
@@ -806,9 +774,10 @@ export class MultiRaft {
     for (const e of entries) this.apply(g, e);
     this.releaseReads(g);
     this.storages.get(g.id)?.releaseThrough(this.cachedEntriesDoneThrough(g));
-    if (g.sm === undefined || g.savingSnapshot) return;
+    const snaps = g.sm.snapshots;
+    if (snaps.kind !== "inline" || g.savingSnapshot) return;
     const last = Math.max(g.snapshotTriedAt, this.o.store.stateSnapshot(g.id)?.index ?? 0);
-    if (g.applied - last >= g.sm.snapshotEveryEntries) this.saveSnapshot(g, g.sm);
+    if (g.applied - last >= snaps.everyEntries) this.saveSnapshot(g, snaps);
   }
 
   /**
@@ -816,7 +785,7 @@ export class MultiRaft {
    * compacts the log behind it, keeping the tail for members a little behind
    * (each node does this on its own; no member needs another's log for it).
    */
-  private saveSnapshot(g: Group, sm: GroupStateMachine): void {
+  private saveSnapshot(g: Group, sm: InlineSnapshots): void {
     const index = g.applied;
     const term = this.o.store.raftTerm(g.id, index);
     assert(term !== undefined, () => `group ${g.id}: the applied entry ${index} is in the log`);
@@ -870,16 +839,16 @@ export class MultiRaft {
     this.releaseReads(g);
     g.node.advance();
     g.readyInFlight = false;
+    // What the persist made committable (all of it, when this node is the
+    // only voter) is applied and its next entries go to the log now, not a
+    // turn later; the other groups' Readies come in the scheduled pass.
+    this.processReady(g);
     this.schedule();
   }
 
   private apply(g: Group, e: Entry): void {
-    const handled = this.o.applyEntry?.(g.id, e) ?? false;
-    const op = !handled && e.type === EntryType.normal ? decodeOp(e.data) : undefined;
-    if (op?.kind === VolumeOpKind.Write) this.o.store.applyEntryWrite(g.id, e.index, op.offsetBytes, op.lengthBytes, e.data.subarray(0, op.lengthBytes), op.crcs);
-    else if (op?.kind === VolumeOpKind.Trim) this.o.store.applyEntryTrim(g.id, e.index, op.offsetBytes, op.lengthBytes);
-    else this.o.store.markApplied(g.id, e.index);
-    if (op !== undefined && g.changes !== undefined && e.index > g.changes.base) g.changes.mark(op.offsetBytes, op.lengthBytes);
+    g.sm.apply(e.index, e.type === EntryType.normal && e.data.length > 0 ? e.data : null);
+    this.o.store.markApplied(g.id, e.index);
     if (e.type === EntryType.confChange) g.confPoints.push({ index: e.index, conf: decodeConfChange(e.data).conf });
     g.applied = e.index;
     const w = g.proposals.get(e.index);

@@ -156,17 +156,10 @@ export class SnapshotSender {
     if (delta !== undefined) this.counters.snapshotDeltas++;
     const what = delta === undefined ? "a full copy" : `what changed since index ${delta.base} (${delta.changedBlocks} blocks of 4 KiB)`;
     this.p.log(`snapshot: group ${group}: sending ${what} at index ${s.index} to node ${s.to}`);
-    // Writes that reached the store without a Raft entry (a volume that had a
-    // single replica until now) must be in the copy: read only once every
-    // write submitted so far is durable and mapped.
-    this.p.store.flush().then(
-      () => {
-        if (this.streams.get(key) === s) this.pump(s);
-      },
-      () => {
-        if (this.streams.get(key) === s) this.abort(s, "the store failed");
-      },
-    );
+    // Pumped once the driver's pass over the Ready that asked for it is done.
+    queueMicrotask(() => {
+      if (this.streams.get(key) === s) this.pump(s);
+    });
   }
 
   /** The lowest snapshot index being sent in the group: its log must keep every entry after it. */
@@ -366,7 +359,7 @@ export class SnapshotReceiver {
       for (let i = 0; i < c.extents.length; i += 2) {
         const offset = c.extents[i]!;
         const length = c.extents[i + 1]!;
-        writes.push(this.p.store.write(s.stagingId, offset, [c.data.subarray(at, at + length)], length));
+        writes.push(this.p.store.writeStaged(s.stagingId, offset, [c.data.subarray(at, at + length)], length));
         at += length;
       }
       // Unchanged since the base: this node's own data, once its group is at or past the base (no entry after it touched these).
@@ -374,7 +367,7 @@ export class SnapshotReceiver {
       for (let i = 0; i < c.keep.length; i += 2) {
         const offset = c.keep[i]!;
         const length = c.keep[i + 1]!;
-        writes.push(s.baseApplied.then(() => this.p.store.write(stagingId, offset, [this.p.store.read(c.group, offset, length)], length)));
+        writes.push(s.baseApplied.then(() => this.p.store.writeStaged(stagingId, offset, [this.p.store.read(c.group, offset, length)], length)));
       }
     } catch (e) {
       // The store refused (stopped: no room, a failed disk): the leader gives up and tries again later.

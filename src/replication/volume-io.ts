@@ -11,13 +11,12 @@
 import { assert } from "../base/assert.js";
 import { isErrorKind, type ErrorKind } from "../base/error-kind.js";
 import { failStop } from "../base/fail-stop.js";
-import { checksumBlockBytes, recordPayloadBytesMax, sectorBytes } from "../constants.js";
 import type { NodeId } from "../raft/types.js";
 import type { Store, StoreExtent } from "../store/store.js";
 import { GroupStoppedError, MultiRaft, NotLeaderError, ProposalDroppedError } from "./driver.js";
 import { errorKindOf, VolumeIoError } from "./errors.js";
 import type { Repairer } from "./repair.js";
-import { volumeOpOverheadBytes } from "./volume-op.js";
+import { VolumeReplica, type ReplicaPort } from "./volume-replica.js";
 
 export type IoOp = "read" | "write" | "trim" | "zero" | "zero-nohole" | "status";
 
@@ -74,10 +73,6 @@ export interface VolumeIoOptions {
   deadlineMs: number;
 }
 
-/** Data per proposal: whole sectors, leaving room for the block checksums and the trailer in one store record. */
-const proposalBytesMax = recordPayloadBytesMax - 2 * checksumBlockBytes;
-assert(proposalBytesMax + volumeOpOverheadBytes(proposalBytesMax) <= recordPayloadBytesMax && proposalBytesMax % sectorBytes === 0, "a proposal fits one record");
-const zeroes = new Uint8Array(proposalBytesMax);
 const retryDelayMs = 50;
 /**
  * How long one forwarded attempt waits before trying again (the leader may be
@@ -97,60 +92,36 @@ const requestIdSpan = 2 ** 21;
 export class VolumeIo {
   private nextId: number;
   private readonly waiting = new Map<number, { from: NodeId; resolve(r: ForwardReply): void }>();
-  private readonly rmwTails = new Map<number, Promise<void>>();
+  private readonly ports = new Map<number, ReplicaPort>();
 
   constructor(private readonly o: VolumeIoOptions) {
     this.nextId = o.random.int(2 ** 31) * requestIdSpan + 1;
   }
 
   /**
-   * A group whose only replica is on this node needs no consensus: its I/O
-   * goes straight to the store (local Write records, applied once durable),
-   * with the store's own group commit pipeline. Nothing else can lead it.
+   * Reads are served here, synchronously, when the driver says this node may
+   * read now (it leads and is the only voter: no ReadIndex round needed);
+   * else on the leader after a ReadIndex round, here or forwarded.
    */
-  soleReplica(group: number): boolean {
-    return this.sole(group);
-  }
-
-  private sole(group: number): boolean {
-    const voters = this.o.driver.voters(group);
-    return voters.length === 1 && voters[0] === this.o.nodeId && this.o.driver.learners(group).length === 0;
-  }
-
   read(group: number, offsetBytes: number, lengthBytes: number, into?: Buffer): Promise<Buffer> | Buffer {
-    if (this.sole(group)) return this.o.repairer.read(group, offsetBytes, lengthBytes, into);
+    if (this.o.driver.readsHere(group)) return this.o.repairer.read(group, offsetBytes, lengthBytes, into);
     return this.route(group, "read", offsetBytes, lengthBytes, null).then((r) => Buffer.from(r.data!.buffer, r.data!.byteOffset, r.data!.byteLength));
   }
 
   write(group: number, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
-    if (this.sole(group)) return this.o.store.write(group, offsetBytes, data, lengthBytes);
-    const joined = data.length === 1 ? data[0]! : Buffer.concat(data as Uint8Array[], lengthBytes);
-    // On the leader, a write of whole sectors that fits one proposal goes
-    // straight to the driver: route(), serveLocal() and writeLocal() cost a
-    // promise hop each on every write. Leadership lost meanwhile falls back to
-    // route(), which finds the new leader (retrying an unacknowledged write is
-    // safe, see forwardAttemptMs).
-    if (this.o.driver.leader(group) === this.o.nodeId && offsetBytes % sectorBytes === 0 && lengthBytes % sectorBytes === 0 && lengthBytes <= proposalBytesMax) {
-      return this.o.driver.write(group, offsetBytes, [joined], lengthBytes).catch((e: unknown) => {
-        if (!(e instanceof NotLeaderError || e instanceof ProposalDroppedError)) throw e;
-        return this.route(group, "write", offsetBytes, lengthBytes, joined).then(() => {});
-      });
-    }
-    return this.route(group, "write", offsetBytes, lengthBytes, joined).then(() => {});
+    return this.change(group, "write", offsetBytes, lengthBytes, data);
   }
 
   trim(group: number, offsetBytes: number, lengthBytes: number): Promise<void> {
-    if (this.sole(group)) return this.o.store.trim(group, offsetBytes, lengthBytes);
-    return this.route(group, "trim", offsetBytes, lengthBytes, null).then(() => {});
+    return this.change(group, "trim", offsetBytes, lengthBytes, null);
   }
 
   writeZeroes(group: number, offsetBytes: number, lengthBytes: number, noHole: boolean): Promise<void> {
-    if (this.sole(group)) return this.o.store.writeZeroes(group, offsetBytes, lengthBytes, noHole);
-    return this.route(group, noHole ? "zero-nohole" : "zero", offsetBytes, lengthBytes, null).then(() => {});
+    return this.change(group, noHole ? "zero-nohole" : "zero", offsetBytes, lengthBytes, null);
   }
 
   blockStatus(group: number, offsetBytes: number, lengthBytes: number): Promise<StoreExtent[]> | StoreExtent[] {
-    if (this.sole(group)) return this.o.store.blockStatus(group, offsetBytes, lengthBytes);
+    if (this.o.driver.readsHere(group)) return this.o.store.blockStatus(group, offsetBytes, lengthBytes);
     return this.route(group, "status", offsetBytes, lengthBytes, null).then((r) => r.extents!);
   }
 
@@ -168,6 +139,53 @@ export class VolumeIo {
   }
 
   // ---- routing ----
+
+  /**
+   * A change goes straight to this node's replica when this node leads (no
+   * routing promise hops); a leadership lost meanwhile, or another leader,
+   * takes route(), which finds the leader (retrying an unacknowledged write
+   * is safe, see forwardAttemptMs).
+   */
+  private change(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: readonly Uint8Array[] | null): Promise<void> {
+    const joined = () => (data === null ? null : data.length === 1 ? data[0]! : Buffer.concat(data as Uint8Array[], lengthBytes));
+    if (this.o.driver.leader(group) !== this.o.nodeId) return this.route(group, op, offsetBytes, lengthBytes, joined()).then(nothing);
+    return this.changeHere(group, op, offsetBytes, lengthBytes, data).catch((e: unknown) => {
+      if (!(e instanceof NotLeaderError || e instanceof ProposalDroppedError)) throw e;
+      return this.route(group, op, offsetBytes, lengthBytes, joined()).then(nothing);
+    });
+  }
+
+  /** A change on this node's replica, which must lead its group (else NotLeaderError). */
+  private changeHere(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: readonly Uint8Array[] | null): Promise<void> {
+    const replica = this.o.driver.stateMachine(group);
+    if (!(replica instanceof VolumeReplica)) return Promise.reject(new NotLeaderError(group, 0));
+    const port = this.portOf(group);
+    switch (op) {
+      case "write":
+        assert(data !== null, "a write carries its data");
+        return replica.write(port, offsetBytes, data, lengthBytes);
+      case "trim":
+        return replica.trim(port, offsetBytes, lengthBytes);
+      case "zero":
+      case "zero-nohole":
+        return replica.writeZeroes(port, offsetBytes, lengthBytes, op === "zero-nohole");
+      default:
+        throw new Error(`${op} changes nothing`);
+    }
+  }
+
+  private portOf(group: number): ReplicaPort {
+    let port = this.ports.get(group);
+    if (port === undefined) {
+      port = {
+        propose: (command) => this.o.driver.proposeData(group, command),
+        readBarrier: () => this.o.driver.readBarrier(group),
+        read: (offsetBytes, lengthBytes) => this.o.repairer.read(group, offsetBytes, lengthBytes),
+      };
+      this.ports.set(group, port);
+    }
+    return port;
+  }
 
   /** Serves locally when this node leads, else forwards; retries across leader changes until the deadline. */
   private async route(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null): Promise<ForwardReply> {
@@ -251,7 +269,6 @@ export class VolumeIo {
   private async serveLocal(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null): Promise<ForwardReply> {
     const ok = (d: Uint8Array | null = null, extents: StoreExtent[] | null = null): ForwardReply => ({ kind: "fwd-re", id: 0, error: null, data: d, extents });
     try {
-      if (this.sole(group)) return await this.serveSole(group, op, offsetBytes, lengthBytes, data);
       switch (op) {
         case "read":
           await this.o.driver.readBarrier(group);
@@ -259,16 +276,9 @@ export class VolumeIo {
         case "status":
           await this.o.driver.readBarrier(group);
           return ok(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));
-        case "write":
-          assert(data !== null && data.length === lengthBytes, "a write carries its data");
-          await this.writeLocal(group, offsetBytes, data);
-          return ok();
-        case "trim":
-          await this.trimLocal(group, offsetBytes, lengthBytes);
-          return ok();
-        case "zero":
-        case "zero-nohole":
-          await this.zeroLocal(group, offsetBytes, lengthBytes, op === "zero-nohole");
+        default:
+          assert(op !== "write" || (data !== null && data.length === lengthBytes), "a write carries its data");
+          await this.changeHere(group, op, offsetBytes, lengthBytes, data === null ? null : [data]);
           return ok();
       }
     } catch (e) {
@@ -291,68 +301,9 @@ export class VolumeIo {
     if (!this.o.driver.stoppedGroups().has(group)) return undefined;
     return errorKindOf(this.o.store.failure) ?? "EIO";
   }
-
-  private async serveSole(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: Uint8Array | null): Promise<ForwardReply> {
-    const reply = (d: Uint8Array | null, extents: StoreExtent[] | null): ForwardReply => ({ kind: "fwd-re", id: 0, error: null, data: d, extents });
-    if (op === "read") return reply(await this.o.repairer.read(group, offsetBytes, lengthBytes), null);
-    if (op === "status") return reply(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));
-    if (op === "write") await this.o.store.write(group, offsetBytes, [data!], lengthBytes);
-    else if (op === "trim") await this.o.store.trim(group, offsetBytes, lengthBytes);
-    else await this.o.store.writeZeroes(group, offsetBytes, lengthBytes, op === "zero-nohole");
-    return reply(null, null);
-  }
-
-  private async writeLocal(group: number, offsetBytes: number, data: Uint8Array): Promise<void> {
-    const end = offsetBytes + data.length;
-    if (offsetBytes % sectorBytes !== 0 || end % sectorBytes !== 0) return this.readModifyWrite(group, offsetBytes, data);
-    const parts: Promise<void>[] = [];
-    for (let at = 0; at < data.length; at += proposalBytesMax) {
-      const n = Math.min(proposalBytesMax, data.length - at);
-      parts.push(this.o.driver.write(group, offsetBytes + at, [data.subarray(at, at + n)], n));
-    }
-    await Promise.all(parts);
-  }
-
-  /** Partial sectors: read, merge, write whole sectors; one at a time per volume so neighbours do not undo each other. */
-  private readModifyWrite(group: number, offsetBytes: number, data: Uint8Array): Promise<void> {
-    const op = (this.rmwTails.get(group) ?? Promise.resolve()).then(async () => {
-      const from = Math.floor(offsetBytes / sectorBytes) * sectorBytes;
-      const to = Math.ceil((offsetBytes + data.length) / sectorBytes) * sectorBytes;
-      await this.o.driver.readBarrier(group);
-      const merged = await this.o.repairer.read(group, from, to - from);
-      merged.set(data, offsetBytes - from);
-      await this.writeLocal(group, from, merged);
-    });
-    this.rmwTails.set(group, op.catch(() => {}));
-    return op;
-  }
-
-  private async trimLocal(group: number, offsetBytes: number, lengthBytes: number): Promise<void> {
-    const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
-    const to = Math.floor((offsetBytes + lengthBytes) / sectorBytes) * sectorBytes;
-    if (to > from) await this.o.driver.trim(group, from, to - from);
-  }
-
-  private async zeroLocal(group: number, offsetBytes: number, lengthBytes: number, noHole: boolean): Promise<void> {
-    const end = offsetBytes + lengthBytes;
-    const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
-    const to = Math.floor(end / sectorBytes) * sectorBytes;
-    if (to <= from) return this.readModifyWrite(group, offsetBytes, new Uint8Array(lengthBytes));
-    const parts: Promise<void>[] = [];
-    if (noHole) {
-      // Zeroes written as data (the range stays allocated), a bounded chunk at a time.
-      for (let at = from; at < to; at += proposalBytesMax) {
-        const n = Math.min(proposalBytesMax, to - at);
-        parts.push(this.o.driver.write(group, at, [zeroes.subarray(0, n)], n));
-      }
-    } else {
-      parts.push(this.o.driver.trim(group, from, to - from));
-    }
-    if (offsetBytes < from) parts.push(this.readModifyWrite(group, offsetBytes, new Uint8Array(from - offsetBytes)));
-    if (to < end) parts.push(this.readModifyWrite(group, to, new Uint8Array(end - to)));
-    await Promise.all(parts);
-  }
 }
+
+function nothing(): void {}
 
 function withKind(e: ForwardError, kind: ErrorKind | undefined): ForwardError {
   return kind === undefined ? e : { ...e, kind };

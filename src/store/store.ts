@@ -63,8 +63,6 @@ interface Group extends MappedGroup {
   term: number;
   /** Index of the last applied entry. */
   appliedIndex: number;
-  /** Unaligned writes read, merge and write one at a time per group. */
-  rmwTail: Promise<void>;
   dropped: boolean;
   /** The group's Raft log (replicated groups; empty for local ones). */
   raft: RaftIndex;
@@ -419,37 +417,20 @@ export class Store {
     return good;
   }
 
-  /** Resolves when the data is durable and visible to reads. `data` must not change until then. */
-  write(groupId: number, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
-    const g = this.group(groupId);
+  /**
+   * Writes whole sectors of a snapshot's staging group (beginStaging) as
+   * local records; resolves when the data is durable and visible to reads.
+   * `data` must not change until then. A volume's own writes are Raft
+   * entries (appendRaftEntries, applyEntryWrite).
+   */
+  writeStaged(stagingId: number, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
+    assert(isStagingId(stagingId), () => `group ${stagingId} is not a staging group`);
+    const g = this.group(stagingId);
     checkRange(g, offsetBytes, lengthBytes);
     assert(totalBytes(data) === lengthBytes, "write payload matches its length");
+    if (offsetBytes % sectorBytes !== 0 || lengthBytes % sectorBytes !== 0) throw new StoreError("EINVAL", `a staged write is whole sectors, not [${offsetBytes}, +${lengthBytes})`);
     if (lengthBytes === 0) return Promise.resolve();
-    if (offsetBytes % sectorBytes === 0 && lengthBytes % sectorBytes === 0) return this.appendData(g, offsetBytes, data, lengthBytes);
-    return this.readModifyWrite(g, offsetBytes, data, lengthBytes);
-  }
-
-  /** Deallocates the whole sectors inside the range (NBD TRIM is advisory at the edges). */
-  trim(groupId: number, offsetBytes: number, lengthBytes: number): Promise<void> {
-    const g = this.group(groupId);
-    checkRange(g, offsetBytes, lengthBytes);
-    const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
-    const to = Math.floor((offsetBytes + lengthBytes) / sectorBytes) * sectorBytes;
-    return this.appendTrim(g, from, to);
-  }
-
-  /** Zeroes the range: holes for whole sectors (unless noHole), written zeroes at unaligned edges. */
-  writeZeroes(groupId: number, offsetBytes: number, lengthBytes: number, noHole: boolean): Promise<void> {
-    const g = this.group(groupId);
-    checkRange(g, offsetBytes, lengthBytes);
-    const end = offsetBytes + lengthBytes;
-    const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
-    const to = Math.floor(end / sectorBytes) * sectorBytes;
-    if (noHole || to <= from) return this.write(groupId, offsetBytes, zeroList(lengthBytes), lengthBytes);
-    const parts = [this.appendTrim(g, from, to)];
-    if (offsetBytes < from) parts.push(this.write(groupId, offsetBytes, zeroList(from - offsetBytes), from - offsetBytes));
-    if (to < end) parts.push(this.write(groupId, to, zeroList(end - to), end - to));
-    return Promise.all(parts).then(() => {});
+    return this.appendData(g, offsetBytes, data, lengthBytes);
   }
 
   /** Resolves when every write submitted before it is durable (acknowledged writes already are). */
@@ -1013,22 +994,6 @@ export class Store {
     if (moved > 0) this.addLive(address, moved * sectorBytes);
   }
 
-  private readModifyWrite(g: Group, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
-    const op = g.rmwTail.then(() => {
-      const from = Math.floor(offsetBytes / sectorBytes) * sectorBytes;
-      const to = Math.min(g.sizeBytes, Math.ceil((offsetBytes + lengthBytes) / sectorBytes) * sectorBytes);
-      const merged = this.read(g.id, from, to - from);
-      let at = offsetBytes - from;
-      for (const d of data) {
-        merged.set(d, at);
-        at += d.length;
-      }
-      return this.appendData(g, from, [merged], merged.length);
-    });
-    g.rmwTail = op.catch(() => {});
-    return op;
-  }
-
   private addLive(address: number, bytes: number): void {
     const id = Math.floor(address / segmentBytes);
     this.liveBytes.set(id, (this.liveBytes.get(id) ?? 0) + bytes);
@@ -1174,7 +1139,6 @@ function newGroup(spec: GroupSpec, crcsPending = false): Group {
     map: new BlockMap(spec.sizeBytes / sectorBytes),
     term: 1,
     appliedIndex: 0,
-    rmwTail: Promise.resolve(),
     dropped: false,
     raft: new RaftIndex(),
     crcsPending,
@@ -1558,11 +1522,6 @@ export function sliceBuffers(data: readonly Uint8Array[], at: number, length: nu
   return out;
 }
 
-function zeroList(lengthBytes: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  for (let at = 0; at < lengthBytes; at += zeroes.length) out.push(zeroes.subarray(0, Math.min(zeroes.length, lengthBytes - at)));
-  return out;
-}
 
 /**
  * The checksums of the blocks an applied write covers whole: those the entry

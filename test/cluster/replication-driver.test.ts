@@ -17,6 +17,8 @@ import { StateRole } from "../../src/raft/types.js";
 import { Store } from "../../src/store/store.js";
 import { crashReplica, waitFor, type Replica } from "../helpers/replica.js";
 import { tempDir } from "../helpers/tmp.js";
+import { encodeWrite } from "../../src/replication/volume-op.js";
+import { VolumeReplica } from "../../src/replication/volume-replica.js";
 
 const group = 7;
 const volume = { groupId: group, sizeBytes: 16 * 1024 * 1024 };
@@ -68,7 +70,7 @@ async function startReplica(r: Replica, all: Replica[]): Promise<void> {
   });
   r.io = io;
   peer.transport.onMessage((from, m) => dispatchPeerMessage({ driver, io, repairer }, from, m));
-  driver.addGroup(group, all.map((x) => x.id));
+  driver.addGroup(group, all.map((x) => x.id), new VolumeReplica(r.store!, group, volume.sizeBytes));
   r.timer = setInterval(() => driver.tick(), tickMs);
 }
 
@@ -87,7 +89,7 @@ async function writeVia(all: Replica[], offset: number, data: Buffer): Promise<v
   for (let attempt = 0; attempt < 50; attempt++) {
     const l = await waitFor("a leader", () => leaderOf(all));
     try {
-      await l.driver!.write(group, offset, [data], data.length);
+      await l.driver!.proposeData(group, encodeWrite(offset, [data], data.length));
       return;
     } catch (e) {
       if (!(e instanceof NotLeaderError) && (e as Error).name !== "ProposalDroppedError") throw e;

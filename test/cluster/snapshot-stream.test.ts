@@ -24,6 +24,8 @@ import { MessageType, StateRole } from "../../src/raft/types.js";
 import { Store } from "../../src/store/store.js";
 import { crashReplica, waitFor as waitForMs, type Replica } from "../helpers/replica.js";
 import { tempDir } from "../helpers/tmp.js";
+import { encodeTrim, encodeWrite } from "../../src/replication/volume-op.js";
+import { VolumeReplica } from "../../src/replication/volume-replica.js";
 
 const MiB = 1024 * 1024;
 const sectorBytes = 512;
@@ -141,7 +143,6 @@ class TestCluster {
       store: r.store,
       send: (to, env) => this.net.send(r, to, env),
       logRetainBytes,
-      volumeBytes: () => sizeBytes,
       defer: deferImmediate,
       random: { int: (n) => prng.int(n) },
       log: (l) => this.note(r, l),
@@ -155,7 +156,7 @@ class TestCluster {
       else if (env.kind === "snap-ack") driver.receiveSnapAck(from, env);
       else if (env.kind === "beats") driver.receiveBeats(from, env);
     });
-    driver.addGroup(group, this.all.map((x) => x.id));
+    driver.addGroup(group, this.all.map((x) => x.id), new VolumeReplica(r.store!, group, sizeBytes));
     r.timer = setInterval(() => driver.tick(), tickMs);
   }
 
@@ -201,13 +202,13 @@ class TestCluster {
 
   /** Writes through whoever leads, retrying on a leader change as a client would (a retry writes the same bytes). */
   async write(offset: number, data: Buffer): Promise<void> {
-    await this.retry(`write at ${offset}`, (l) => l.driver!.write(group, offset, [data], data.length));
+    await this.retry(`write at ${offset}`, (l) => l.driver!.proposeData(group, encodeWrite(offset, [data], data.length)).then(() => {}));
     data.copy(this.model, offset);
     this.allocated.fill(1, offset / sectorBytes, (offset + data.length) / sectorBytes);
   }
 
   async trim(offset: number, lengthBytes: number): Promise<void> {
-    await this.retry(`trim at ${offset}`, (l) => l.driver!.trim(group, offset, lengthBytes));
+    await this.retry(`trim at ${offset}`, (l) => l.driver!.proposeData(group, encodeTrim(offset, lengthBytes)).then(() => {}));
     this.model.fill(0, offset, offset + lengthBytes);
     this.allocated.fill(0, offset / sectorBytes, (offset + lengthBytes) / sectorBytes);
   }

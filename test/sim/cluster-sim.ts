@@ -41,6 +41,7 @@ import { CorruptionError, StoreError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
 import { commitsInFlightMax } from "../../src/constants.js";
 import { healthyDisk, SimClock, SimDisk } from "./disk.js";
+import { VolumeReplica } from "../../src/replication/volume-replica.js";
 
 const sectorBytes = 512;
 const KiB = 1024;
@@ -249,7 +250,6 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       defer: (fn) => void after(node, gen, 0, fn),
       random: { int: (k) => prng.int(k) },
       log: (l) => log(`node ${node.id}: ${l}`),
-      volumeBytes: () => volumeBytes,
       damaged: (e) => void repairer.repair(e),
     });
     const io = new VolumeIo({
@@ -264,7 +264,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       deadlineMs: 5000,
       replicasOf: () => ids,
     });
-    driver.addGroup(groupId, ids);
+    driver.addGroup(groupId, ids, new VolumeReplica(s, groupId, volumeBytes));
     Object.assign(node, { store: s, driver, io, repairer, up: true });
     const tick = (): void => {
       driver.tick();

@@ -31,6 +31,7 @@ import { ChecksumError, CorruptionError, StoreError } from "../../src/store/erro
 import { Store } from "../../src/store/store.js";
 import { commitsInFlightMax } from "../../src/constants.js";
 import { healthyDisk, SimClock, SimDisk } from "./disk.js";
+import { replayed, writesTo } from "../helpers/store-writes.js";
 
 const sectorBytes = 512;
 const KiB = 1024;
@@ -157,7 +158,7 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
       fail(`Store.open failed: ${(error as Error).stack ?? String(error)}`);
     }
     if (opened === undefined) fail("Store.open never finished (the event queue ran dry)");
-    return opened;
+    return replayed(opened!, volumes.map((v) => v.id));
   };
 
   const noteCounters = (s: Store): void => {
@@ -265,10 +266,10 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
       if (kind === "write") {
         const data = Buffer.allocUnsafe(length);
         for (let i = 0; i < length / sectorBytes; i++) fillSector(data, i * sectorBytes, ver, v.id, offset / sectorBytes + i);
-        p = s.write(v.id, offset, [data], length);
+        p = writesTo(s).write(v.id, offset, [data], length);
       } else {
         zeroVersions.add(ver);
-        p = kind === "trim" ? s.trim(v.id, offset, length) : s.writeZeroes(v.id, offset, length, prng.chance(0.5));
+        p = kind === "trim" ? writesTo(s).trim(v.id, offset, length) : writesTo(s).writeZeroes(v.id, offset, length, prng.chance(0.5));
       }
       r.writes++;
       inFlight++;

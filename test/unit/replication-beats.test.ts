@@ -18,6 +18,8 @@ import { MultiRaft, type DriverOptions } from "../../src/replication/driver.js";
 import { decodeMessage, encodeMessage } from "../../src/replication/frame.js";
 import { Store } from "../../src/store/store.js";
 import { tempDir } from "../helpers/tmp.js";
+import { encodeWrite } from "../../src/replication/volume-op.js";
+import { VolumeReplica } from "../../src/replication/volume-replica.js";
 
 const groupCount = 24;
 const groups = Array.from({ length: groupCount }, (_, i) => i + 1);
@@ -68,7 +70,7 @@ class Net {
         log: (l) => logs.push(l),
       });
       this.nodes.set(id, { id, store, driver, logs });
-      for (const g of groups) driver.addGroup(g, ids);
+      for (const g of groups) driver.addGroup(g, ids, new VolumeReplica(store, g, store.sizeOf(g)));
     }
   }
 
@@ -194,7 +196,7 @@ test("the commit index reaches a follower on a heartbeat item when the commit-on
     const g = groups[3]!;
     // Node 3 gets appends with entries, but not the empty one that only carries the new commit index.
     net.drop = (s) => s.to === 3 && s.envelope.kind === "raft" && s.envelope.message.type === MessageType.app && s.envelope.message.entries.length === 0;
-    await d1.write(g, 0, [Buffer.alloc(4096, 0x5a)], 4096);
+    await d1.proposeData(g, encodeWrite(0, [Buffer.alloc(4096, 0x5a)], 4096));
     await net.settle();
     const commit = d1.status(g)!.commit;
     assert.is(net.node(3).driver.status(g)!.lastIndex, commit, "node 3 holds the entry");

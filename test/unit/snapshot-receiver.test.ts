@@ -15,6 +15,7 @@ import { SnapshotReceiver, type SnapAckEnvelope, type SnapChunkEnvelope } from "
 import { Store } from "../../src/store/store.js";
 import { waitFor } from "../helpers/replica.js";
 import { tempDir } from "../helpers/tmp.js";
+import { replayed, writesTo } from "../helpers/store-writes.js";
 
 const group = 3;
 const sizeBytes = 4 * 1024 * 1024;
@@ -109,9 +110,9 @@ function holds(store: Store, offset: number, length: number, fill: number): bool
 test("a delta: kept extents come from this node's own group, changed ones from the chunk, the rest is a hole", async () => {
   const { store, receiver, acks, done } = await setup(8);
   // What this node holds at its applied index: 0x11 at [0, 64K), 0x22 at [64K, 128K), 0x33 at [1M, 1M + 64K).
-  await store.write(group, 0, [Buffer.alloc(64 * KiB, 0x11)], 64 * KiB);
-  await store.write(group, 64 * KiB, [Buffer.alloc(64 * KiB, 0x22)], 64 * KiB);
-  await store.write(group, 1024 * KiB, [Buffer.alloc(64 * KiB, 0x33)], 64 * KiB);
+  await writesTo(store).write(group, 0, [Buffer.alloc(64 * KiB, 0x11)], 64 * KiB);
+  await writesTo(store).write(group, 64 * KiB, [Buffer.alloc(64 * KiB, 0x22)], 64 * KiB);
+  await writesTo(store).write(group, 1024 * KiB, [Buffer.alloc(64 * KiB, 0x33)], 64 * KiB);
   // The leader: [0, 64K) unchanged since index 5, [64K, 68K) rewritten with 0x44, [68K, 128K) unchanged, [1M, 1M + 64K) trimmed, [2M, 2M + 4K) new.
   const delta: SnapChunkEnvelope = {
     ...chunk(0),
@@ -172,7 +173,7 @@ test("a delta past the applied index waits for this node to apply its own log up
     if (term !== 2) return undefined; // not the leader's entry there
     return new Promise<void>((r) => (release = r));
   });
-  await store.write(group, 0, [Buffer.alloc(64 * KiB, 0x11)], 64 * KiB);
+  await writesTo(store).write(group, 0, [Buffer.alloc(64 * KiB, 0x11)], 64 * KiB);
   const delta: SnapChunkEnvelope = { ...chunk(0), base: 5, baseTerm: 3, extents: [], data: Buffer.alloc(0), keep: [0, 64 * KiB] };
   receiver.onChunk(leader, delta);
   assert.is(acks.at(-1)?.ok, false, "refused: its entry 5 is not the leader's");
@@ -185,7 +186,7 @@ test("a delta past the applied index waits for this node to apply its own log up
   await new Promise((r) => setTimeout(r, 50));
   assert.is(acks.length, 1, "no acknowledgement before the base is applied: kept extents are copied after that");
   // Applying entries 4 and 5 rewrote the first 4 KiB here.
-  await store.write(group, 0, [Buffer.alloc(4 * KiB, 0x66)], 4 * KiB);
+  await writesTo(store).write(group, 0, [Buffer.alloc(4 * KiB, 0x66)], 4 * KiB);
   release();
   await waitFor("the chunk durable", () => acks.length === 2);
   assert.ok(acks[1]!.ok);

@@ -18,12 +18,13 @@ import { ChecksumError } from "../../src/store/errors.js";
 import { Store, type GroupSpec } from "../../src/store/store.js";
 import { segmentName } from "../../src/store/segment-names.js";
 import { tempDir } from "../helpers/tmp.js";
+import { replayed, writesTo } from "../helpers/store-writes.js";
 
 const MiB = 1024 * 1024;
 const group = { groupId: 3, sizeBytes: 16 * MiB };
 
 function open(dir: string, specs: GroupSpec[] = [group], onDamage?: (e: ChecksumError) => void): Promise<Store> {
-  return Store.open({ disk: new NodeDisk(dir), defer: deferImmediate, ...(onDamage ? { onDamage } : {}) }, specs);
+  return Store.open({ disk: new NodeDisk(dir), defer: deferImmediate, ...(onDamage ? { onDamage } : {}) }, specs).then((s) => replayed(s, specs.map((sp) => sp.groupId)));
 }
 
 /** A block whose bytes say which block it is, so it can be found in a segment file. */
@@ -87,9 +88,9 @@ test("a byte changed on disk after a checkpoint is found by every read that touc
   const t = tempDir("cks");
   let store = await open(t.dir);
   const good = marked("seven");
-  await store.write(group.groupId, 6 * 4096, [marked("six")], 4096);
-  await store.write(group.groupId, 7 * 4096, [good], 4096);
-  await store.write(group.groupId, 8 * 4096, [marked("eight")], 4096);
+  await writesTo(store).write(group.groupId, 6 * 4096, [marked("six")], 4096);
+  await writesTo(store).write(group.groupId, 7 * 4096, [good], 4096);
+  await writesTo(store).write(group.groupId, 8 * 4096, [marked("eight")], 4096);
   await store.close(); // a clean stop: the checkpoint covers the data, recovery will not read it again
   flipInFile(join(t.dir, segmentName(1)), good, 1000);
   const damage: ChecksumError[] = [];
@@ -126,19 +127,19 @@ test("partial writes keep the checksums of the blocks they share; a partial writ
     const data = Buffer.alloc(length);
     prng.fill(data);
     data.copy(model, offset);
-    await store.write(group.groupId, offset, [data], length);
+    await writesTo(store).write(group.groupId, offset, [data], length);
   };
   // Sector-aligned pieces of blocks, unaligned bytes, trims and zeroes at odd places.
   for (let i = 0; i < 300; i++) {
     const offset = prng.int(256) * 512 + (i % 3 === 0 ? prng.int(512) : 0);
     const length = 1 + prng.int(3 * 4096);
     if (i % 17 === 0) {
-      await store.trim(group.groupId, offset, length);
+      await writesTo(store).trim(group.groupId, offset, length);
       const from = Math.ceil(offset / 512) * 512;
       const to = Math.floor((offset + length) / 512) * 512;
       if (to > from) model.fill(0, from, to);
     } else if (i % 13 === 0) {
-      await store.writeZeroes(group.groupId, offset, length, false);
+      await writesTo(store).writeZeroes(group.groupId, offset, length, false);
       model.fill(0, offset, offset + length);
     } else await write(offset, length);
   }
@@ -170,9 +171,9 @@ test("a volume whose size is not a whole number of blocks: the last, short block
   const odd = { groupId: 5, sizeBytes: 3 * 4096 + 1536 };
   let store = await open(t.dir, [odd]);
   const tail = marked("tail", 1536);
-  await store.write(odd.groupId, 3 * 4096, [tail], 1536);
-  await store.write(odd.groupId, 0, [Buffer.alloc(odd.sizeBytes, 0x5a)], odd.sizeBytes);
-  await store.write(odd.groupId, 3 * 4096 + 512, [tail.subarray(0, 512)], 512);
+  await writesTo(store).write(odd.groupId, 3 * 4096, [tail], 1536);
+  await writesTo(store).write(odd.groupId, 0, [Buffer.alloc(odd.sizeBytes, 0x5a)], odd.sizeBytes);
+  await writesTo(store).write(odd.groupId, 3 * 4096 + 512, [tail.subarray(0, 512)], 512);
   const want = Buffer.alloc(odd.sizeBytes, 0x5a);
   tail.copy(want, 3 * 4096 + 512, 0, 512);
   assert.ok(store.read(odd.groupId, 0, odd.sizeBytes).equals(want));
@@ -190,12 +191,12 @@ test("GC reports a damaged block and moves it as it is: it still fails its check
   let store = await open(t.dir, [big]);
   const junk = Buffer.alloc(MiB, 1);
   const overwrite = async (times: number): Promise<void> => {
-    for (let i = 0; i < times; i++) await store.write(big.groupId, MiB, [junk], MiB);
+    for (let i = 0; i < times; i++) await writesTo(store).write(big.groupId, MiB, [junk], MiB);
     store.maintain();
     await store.settle();
   };
   const survivor = marked("survivor");
-  await store.write(big.groupId, 0, [survivor], 4096);
+  await writesTo(store).write(big.groupId, 0, [survivor], 4096);
   await overwrite(70); // the survivor's segment is sealed, and all else in it is dead
   await store.close();
   const where = segmentHolding(t.dir, survivor);
@@ -225,21 +226,21 @@ test("a partial write replayed over a block whose old sectors GC freed after the
   const big = { groupId: 9, sizeBytes: 256 * MiB };
   let store = await open(t.dir, [big]);
   const fill = async (fromMiB: number, toMiB: number, byte: number): Promise<void> => {
-    for (let m = fromMiB; m < toMiB; m++) await store.write(big.groupId, m * MiB, [Buffer.alloc(MiB, byte)], MiB);
+    for (let m = fromMiB; m < toMiB; m++) await writesTo(store).write(big.groupId, m * MiB, [Buffer.alloc(MiB, byte)], MiB);
   };
   const first = marked("first block");
   const second = marked("second block");
-  await store.write(big.groupId, 0, [first], 4096);
+  await writesTo(store).write(big.groupId, 0, [first], 4096);
   await fill(1, 70, 1);
-  await store.write(big.groupId, 4096, [second], 4096);
+  await writesTo(store).write(big.groupId, 4096, [second], 4096);
   await fill(70, 130, 1); // segments 1 and 2 full of live data, sealed; GC wants neither
   await store.settle();
   assert.ok(existsSync(join(t.dir, segmentName(3))) && existsSync(join(t.dir, segmentName(1))));
   await store.checkpoint();
   const piece = Buffer.alloc(512, 0xab);
-  await store.write(big.groupId, 0, [piece], 512);
+  await writesTo(store).write(big.groupId, 0, [piece], 512);
   // Segments 1 and 2 now hold one block each: GC moves them and frees both, without a new checkpoint.
-  await store.trim(big.groupId, MiB, 129 * MiB);
+  await writesTo(store).trim(big.groupId, MiB, 129 * MiB);
   store.maintain();
   await store.settle();
   assert.not.ok(existsSync(join(t.dir, segmentName(1))), "GC moved the rest of block 0 and freed its segment, after the checkpoint");
@@ -268,8 +269,8 @@ test("a checkpoint written before block checksums (version 3) is read, and the c
   const prng = new Prng(3);
   const data = Buffer.alloc(64 * 4096);
   prng.fill(data);
-  await store.write(group.groupId, 0, [data], data.length);
-  await store.write(group.groupId, 100 * 4096 + 512, [data.subarray(0, 1024)], 1024);
+  await writesTo(store).write(group.groupId, 0, [data], data.length);
+  await writesTo(store).write(group.groupId, 100 * 4096 + 512, [data.subarray(0, 1024)], 1024);
   await store.close();
   downgradeCheckpoint(join(t.dir, "checkpoint"));
   store = await open(t.dir);

@@ -32,8 +32,8 @@ async function oldState(store: Store): Promise<void> {
 /** The snapshot: 0x5a at [4K, 8K) and 0x6b at [1M, 1M + 64K); everything else a hole. */
 async function stage(store: Store): Promise<void> {
   const s = store.beginStaging(a.groupId);
-  await store.write(s, 4096, [Buffer.alloc(4096, 0x5a)], 4096);
-  await store.write(s, MiB, [Buffer.alloc(65536, 0x6b)], 65536);
+  await store.writeStaged(s, 4096, [Buffer.alloc(4096, 0x5a)], 4096);
+  await store.writeStaged(s, MiB, [Buffer.alloc(65536, 0x6b)], 65536);
 }
 
 /** What the driver does at start: apply the committed entries past the applied index (all are writes here). */
@@ -127,7 +127,7 @@ test("a snapshot started over: recovery installs only the last attempt, not bloc
     await oldState(store);
     // The abandoned attempt staged a block the final snapshot has as a hole.
     const abandoned = store.beginStaging(a.groupId);
-    await store.write(abandoned, 1536 * 1024, [Buffer.alloc(4096, 0xee)], 4096);
+    await store.writeStaged(abandoned, 1536 * 1024, [Buffer.alloc(4096, 0xee)], 4096);
     if (between === "a crash") {
       await store.closeWithoutCheckpoint();
       store = await open(t.dir);

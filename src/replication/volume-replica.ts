@@ -1,0 +1,155 @@
+// A volume replica: the state machine of a volume's Raft group
+// (src/replication/state-machine.ts), and the one place that turns a
+// client's request into volume ops (docs/formats/volume-op.md).
+//
+// Requests (on the group's leader): any byte range. Whole sectors become
+// writes of at most `proposalBytesMax` each; a range with partial sectors is
+// read, merged and written as whole sectors (read-modify-write), one at a
+// time per volume so that neighbours do not undo each other; zeroing is a
+// trim of the whole sectors (or zeroes written as data, NO_HOLE) and a
+// read-modify-write of the edges.
+//
+// Committed ops are applied to the store's block map: a write maps the range
+// to the entry's data where it lies in the log (no copy), a trim unmaps it.
+// While a member is behind, the leader's replica marks every range changed
+// after a point in a change map, so the member's snapshot is a delta.
+
+import { assert } from "../base/assert.js";
+import { checksumBlockBytes, recordPayloadBytesMax, sectorBytes } from "../constants.js";
+import { StoreError } from "../store/errors.js";
+import { sliceBuffers, type Store } from "../store/store.js";
+import { ChangeMap } from "./changes.js";
+import type { GroupStateMachine, StreamedSnapshots } from "./state-machine.js";
+import { decodeOp, decodeTrailer, encodeTrim, encodeWrite, entryPayloadCrc, volumeOpOverheadBytes, volumeOpTrailerBytes, VolumeOpKind } from "./volume-op.js";
+
+/** Data per proposal: whole sectors, leaving room for the block checksums and the trailer in one store record. */
+export const proposalBytesMax = recordPayloadBytesMax - 2 * checksumBlockBytes;
+assert(proposalBytesMax + volumeOpOverheadBytes(proposalBytesMax) <= recordPayloadBytesMax && proposalBytesMax % sectorBytes === 0, "a proposal fits one record");
+const zeroes = new Uint8Array(proposalBytesMax);
+
+/** How a request reaches the group: on its leader, through the driver. */
+export interface ReplicaPort {
+  /** Proposes a volume op; resolves once it is committed and applied here. */
+  propose(command: Uint8Array): Promise<unknown>;
+  /** Resolves once a read here sees every write acknowledged before it. */
+  readBarrier(): Promise<void> | undefined;
+  read(offsetBytes: number, lengthBytes: number): Promise<Buffer> | Buffer;
+}
+
+export class VolumeReplica implements GroupStateMachine {
+  private rmwTail: Promise<void> = Promise.resolve();
+  private changeMap: ChangeMap | undefined = undefined;
+  readonly snapshots: StreamedSnapshots;
+
+  constructor(
+    private readonly store: Store,
+    readonly groupId: number,
+    private readonly sizeBytes: number,
+  ) {
+    const self = this;
+    this.snapshots = {
+      kind: "streamed",
+      sizeBytes: () => this.sizeBytes,
+      get changes() {
+        return self.changeMap;
+      },
+      trackChanges: (base, baseTerm) => (this.changeMap = new ChangeMap(base, baseTerm)),
+      dropChanges: () => {
+        this.changeMap = undefined;
+      },
+      commandTailBytes: volumeOpTrailerBytes,
+      markTail: (changes, tail) => {
+        const op = decodeTrailer(tail);
+        if (op !== undefined) changes.mark(op.offsetBytes, op.lengthBytes);
+      },
+    };
+  }
+
+  // ---- the state machine ----
+
+  apply(index: number, command: Uint8Array | null): void {
+    const op = command === null ? undefined : decodeOp(command);
+    if (op === undefined) return;
+    if (op.kind === VolumeOpKind.Write) this.store.applyEntryWrite(this.groupId, index, op.offsetBytes, op.lengthBytes, command!.subarray(0, op.lengthBytes), op.crcs);
+    else this.store.applyEntryTrim(this.groupId, index, op.offsetBytes, op.lengthBytes);
+    const changes = this.changeMap;
+    if (changes !== undefined && index > changes.base) changes.mark(op.offsetBytes, op.lengthBytes);
+  }
+
+  commandCrc(command: Uint8Array): number | undefined {
+    return entryPayloadCrc(command);
+  }
+
+  // ---- requests, on the leader ----
+
+  /** Resolves once the data is committed and applied. `data` may be reused once it resolves. */
+  write(p: ReplicaPort, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
+    const bad = this.rangeError(offsetBytes, lengthBytes);
+    if (bad !== undefined) return Promise.reject(bad);
+    if (lengthBytes === 0) return Promise.resolve();
+    if (offsetBytes % sectorBytes !== 0 || lengthBytes % sectorBytes !== 0) return this.readModifyWrite(p, offsetBytes, data, lengthBytes);
+    if (lengthBytes <= proposalBytesMax) return p.propose(encodeWrite(offsetBytes, data, lengthBytes)).then(nothing);
+    const parts: Promise<unknown>[] = [];
+    for (let at = 0; at < lengthBytes; at += proposalBytesMax) {
+      const n = Math.min(proposalBytesMax, lengthBytes - at);
+      parts.push(p.propose(encodeWrite(offsetBytes + at, sliceBuffers(data, at, n), n)));
+    }
+    return Promise.all(parts).then(nothing);
+  }
+
+  /** Deallocates the whole sectors inside the range (NBD TRIM is advisory at the edges). */
+  trim(p: ReplicaPort, offsetBytes: number, lengthBytes: number): Promise<void> {
+    const bad = this.rangeError(offsetBytes, lengthBytes);
+    if (bad !== undefined) return Promise.reject(bad);
+    const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
+    const to = Math.floor((offsetBytes + lengthBytes) / sectorBytes) * sectorBytes;
+    return to > from ? p.propose(encodeTrim(from, to - from)).then(nothing) : Promise.resolve();
+  }
+
+  /** Zeroes the range: holes for whole sectors (zeroes written as data with noHole), zeroes merged into partial sectors. */
+  writeZeroes(p: ReplicaPort, offsetBytes: number, lengthBytes: number, noHole: boolean): Promise<void> {
+    const bad = this.rangeError(offsetBytes, lengthBytes);
+    if (bad !== undefined) return Promise.reject(bad);
+    const end = offsetBytes + lengthBytes;
+    const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
+    const to = Math.floor(end / sectorBytes) * sectorBytes;
+    if (to <= from) return this.readModifyWrite(p, offsetBytes, [new Uint8Array(lengthBytes)], lengthBytes);
+    const parts: Promise<unknown>[] = [];
+    if (noHole) {
+      for (let at = from; at < to; at += proposalBytesMax) {
+        const n = Math.min(proposalBytesMax, to - at);
+        parts.push(p.propose(encodeWrite(at, [zeroes.subarray(0, n)], n)));
+      }
+    } else parts.push(p.propose(encodeTrim(from, to - from)));
+    if (offsetBytes < from) parts.push(this.readModifyWrite(p, offsetBytes, [new Uint8Array(from - offsetBytes)], from - offsetBytes));
+    if (to < end) parts.push(this.readModifyWrite(p, to, [new Uint8Array(end - to)], end - to));
+    return Promise.all(parts).then(nothing);
+  }
+
+  /** Partial sectors: read, merge, write whole sectors; one at a time per volume so neighbours do not undo each other. */
+  private readModifyWrite(p: ReplicaPort, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
+    const op = this.rmwTail.then(async () => {
+      const from = Math.floor(offsetBytes / sectorBytes) * sectorBytes;
+      const to = Math.ceil((offsetBytes + lengthBytes) / sectorBytes) * sectorBytes;
+      await p.readBarrier();
+      const merged = await p.read(from, to - from);
+      let at = offsetBytes - from;
+      for (const d of data) {
+        merged.set(d, at);
+        at += d.length;
+      }
+      await this.write(p, from, [merged], merged.length);
+    });
+    this.rmwTail = op.catch(nothing);
+    return op;
+  }
+
+  private rangeError(offsetBytes: number, lengthBytes: number): StoreError | undefined {
+    if (!Number.isSafeInteger(offsetBytes) || !Number.isSafeInteger(lengthBytes) || offsetBytes < 0 || lengthBytes < 0 || offsetBytes + lengthBytes > this.sizeBytes) {
+      return new StoreError("EINVAL", `range [${offsetBytes}, +${lengthBytes}) is outside the volume (${this.sizeBytes} bytes)`);
+    }
+    return undefined;
+  }
+}
+
+function nothing(): void {}
