@@ -334,6 +334,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     });
   };
 
+  let callbackFailure: unknown;
   const checkRead = (buf: Uint8Array, first: number, started: number, ended: number, what: string): void => {
     for (let i = 0; i < buf.length / sectorBytes; i++) {
       const s = first + i;
@@ -394,7 +395,12 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     Promise.resolve(result).then(
       (buf) => {
         open.delete(q);
-        checkRead(buf, first, started, clock.now, `read of [${first}, +${count}) through node ${node.id} from ${started} to ${clock.now} ms`);
+        // A failure found here is thrown by the run loop (runFor), where the caller catches it.
+        try {
+          checkRead(buf, first, started, clock.now, `read of [${first}, +${count}) through node ${node.id} from ${started} to ${clock.now} ms`);
+        } catch (e) {
+          callbackFailure ??= e;
+        }
         r.readsChecked++;
       },
       (e: Error) => {
@@ -406,7 +412,11 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
 
   const runFor = async (ms: number): Promise<void> => {
     const until = clock.now + ms;
-    while (clock.now < until) if (!(await clock.step())) break;
+    while (clock.now < until) {
+      const stepped = await clock.step();
+      if (callbackFailure !== undefined) throw callbackFailure;
+      if (!stepped) break;
+    }
   };
 
   for (const node of nodes.values()) await boot(node);
@@ -521,6 +531,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     const holds = [...copies].map(([k, c]) => `node ${k} write ${versionOf(c, s * sectorBytes, s)}`).join(", ");
     fail(`the replicas diverged after healing: node ${id}'s copy differs from node ${[...copies.keys()][0]}'s at byte ${i} (sector ${s}: ${holds})`);
   }
+  if (callbackFailure !== undefined) throw callbackFailure;
   checkRead(reference, 0, clock.now, clock.now, "the replicas' copy after healing (an acknowledged write lost?)");
   r.simMs = clock.now;
   return r;

@@ -1,6 +1,6 @@
 // Planting a bug in a copy of the compiled code and asking a simulator to
 // find it (test/sim/store-planted.test.ts, cluster-planted.test.ts). The copy
-// (dist/src and dist/test/sim, under dist/planted/NAME) is edited as
+// (dist/src, dist/test/sim and dist/test/helpers, under dist/planted/NAME) is edited as
 // JavaScript; an edit that no longer finds its code fails loudly, so the
 // planted bug is updated with the code it breaks.
 
@@ -25,6 +25,7 @@ function planted(name: string, edits: Edit[]): string {
   rmSync(root, { recursive: true, force: true });
   cpSync(join(dist, "src"), join(root, "src"), { recursive: true });
   cpSync(join(dist, "test", "sim"), join(root, "test", "sim"), { recursive: true });
+  cpSync(join(dist, "test", "helpers"), join(root, "test", "helpers"), { recursive: true });
   for (const e of edits) {
     const path = join(root, e.file);
     const text = readFileSync(path, "utf8");
