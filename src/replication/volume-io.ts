@@ -104,7 +104,7 @@ export class VolumeIo {
    * else on the leader after a ReadIndex round, here or forwarded.
    */
   read(group: number, offsetBytes: number, lengthBytes: number, into?: Buffer): Promise<Buffer> | Buffer {
-    if (this.o.driver.readsHere(group)) return this.o.repairer.read(group, offsetBytes, lengthBytes, into);
+    if (this.readsHere(group)) return this.o.repairer.read(group, offsetBytes, lengthBytes, into);
     return this.route(group, "read", offsetBytes, lengthBytes, null).then((r) => Buffer.from(r.data!.buffer, r.data!.byteOffset, r.data!.byteLength));
   }
 
@@ -121,7 +121,7 @@ export class VolumeIo {
   }
 
   blockStatus(group: number, offsetBytes: number, lengthBytes: number): Promise<StoreExtent[]> | StoreExtent[] {
-    if (this.o.driver.readsHere(group)) return this.o.store.blockStatus(group, offsetBytes, lengthBytes);
+    if (this.readsHere(group)) return this.o.store.blockStatus(group, offsetBytes, lengthBytes);
     return this.route(group, "status", offsetBytes, lengthBytes, null).then((r) => r.extents!);
   }
 
@@ -139,6 +139,21 @@ export class VolumeIo {
   }
 
   // ---- routing ----
+
+  /**
+   * Whether a read of the group is served here without a ReadIndex round:
+   * this node leads and is its only voter (the driver knows), or it holds the
+   * only replica and the group stopped here (its log could not be persisted:
+   * no change can happen anywhere, and every change it acknowledged is applied).
+   */
+  private readsHere(group: number): boolean {
+    return this.o.driver.readsHere(group) || this.stoppedAlone(group);
+  }
+
+  /** Whether the group stopped on this node (its log could not be persisted), which holds its only replica. */
+  private stoppedAlone(group: number): boolean {
+    return this.o.driver.stoppedGroups().has(group) && this.o.replicasOf(group).every((n) => n === this.o.nodeId);
+  }
 
   /**
    * A change goes straight to this node's replica when this node leads (no
@@ -198,6 +213,8 @@ export class VolumeIo {
     for (let attempt = 0; ; attempt++) {
       // The connection was opened on a volume this node's catalog knew; now it knows none: deleted.
       if (!this.o.driver.hasGroup(group) && this.o.replicasOf(group).length === 0) throw new VolumeIoError("ENOENT", `volume group ${group} no longer exists: the volume was deleted`);
+      // Its only replica is here and stopped: no other node can take the change.
+      if (changes && this.stoppedAlone(group)) throw new VolumeIoError(this.stoppedKind(group) ?? "EIO", `volume group ${group} stopped on node ${this.o.nodeId}, its only replica: ${this.o.driver.stoppedGroups().get(group)}`);
       const leader = this.target(group, hint, attempt);
       hint = 0;
       let r: ForwardReply | undefined;
@@ -271,10 +288,10 @@ export class VolumeIo {
     try {
       switch (op) {
         case "read":
-          await this.o.driver.readBarrier(group);
+          if (!this.readsHere(group)) await this.o.driver.readBarrier(group);
           return ok(await this.o.repairer.read(group, offsetBytes, lengthBytes));
         case "status":
-          await this.o.driver.readBarrier(group);
+          if (!this.readsHere(group)) await this.o.driver.readBarrier(group);
           return ok(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));
         default:
           assert(op !== "write" || (data !== null && data.length === lengthBytes), "a write carries its data");
@@ -288,6 +305,8 @@ export class VolumeIo {
 
   /** What a failure of a request served here tells the requester; anything that is no expected failure ends the process. */
   private failure(group: number, e: unknown): ForwardError {
+    // The only replica stopped here: the requester's client gets why at once.
+    if ((e instanceof NotLeaderError || e instanceof ProposalDroppedError) && this.stoppedAlone(group)) return { code: "io", kind: this.stoppedKind(group) ?? "EIO", message: (e as Error).message, leader: 0 };
     if (e instanceof NotLeaderError) return withKind({ code: "not-leader", message: e.message, leader: e.leader }, this.stoppedKind(group));
     if (e instanceof GroupStoppedError) return { code: "retry", kind: e.kind, message: e.message, leader: 0 };
     if (e instanceof ProposalDroppedError) return { code: "retry", message: e.message, leader: 0 };
