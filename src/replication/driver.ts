@@ -179,6 +179,20 @@ class Group {
   snapshotTriedAt = 0;
   lead: NodeId = 0;
   role: StateRole = StateRole.follower;
+  /** The last index handed to the store (by a Ready's persist or an early append). */
+  appendedThrough = 0;
+  /**
+   * Entries [earlyFrom, earlyThrough] of term earlyTerm went to the store as
+   * they were proposed (appendEarly); the Ready that lists them waits for
+   * `earlyDurable` instead of appending them again.
+   */
+  earlyFrom = Infinity;
+  earlyThrough = 0;
+  earlyTerm = 0;
+  earlyDurable: Promise<void> = Promise.resolve();
+  /** Term and vote of the hard state last handed to the store. */
+  hardTerm = 0;
+  hardVote = 0;
 
   constructor(
     readonly id: number,
@@ -272,6 +286,9 @@ export class MultiRaft {
     if (st.recoverUntil > 0) this.o.log(`replication: group ${groupId}: this node lost Raft entries it may have acknowledged; it withholds its vote until its log reaches index ${st.recoverUntil} again`);
     const node = new RaftNode(raftConfig(this.o.nodeId, storage, this.o.random, applied, st.recoverUntil));
     const group = new Group(groupId, node, sm, applied);
+    group.appendedThrough = this.o.store.raftLastIndex(groupId);
+    group.hardTerm = st.hardState.term;
+    group.hardVote = st.hardState.vote;
     group.confPoints = confPoints;
     this.groups.set(groupId, group);
     // The only voter need not wait out an election timeout: nobody can compete.
@@ -620,8 +637,30 @@ export class MultiRaft {
     const index = g.node.propose(data);
     if (index === 0) return Promise.reject(new NotLeaderError(groupId, g.node.status().lead));
     const term = g.node.status().term;
+    if (index === g.appendedThrough + 1 && this.soleVoter(g)) this.appendEarly(g, index, term, data);
     this.schedule();
     return new Promise((resolve, reject) => g.proposals.set(index, { term, resolve: () => resolve(index), reject }));
+  }
+
+  /**
+   * The only voter's own proposal goes to the store at once, not with the
+   * next Ready: it joins the log's next group commit while the previous
+   * Ready's fdatasync runs, so a single-voter group's fdatasyncs overlap as
+   * the log pipelines them (commitsInFlightMax) instead of one per Ready. A
+   * leader may persist its entries before the Ready that lists them (the
+   * core counts them toward a commit only after advance()), and an entry is
+   * handed over only right after the last one, so the log stays in order.
+   */
+  private appendEarly(g: Group, index: number, term: number, data: Uint8Array): void {
+    const payloadCrc = data.length > 0 ? g.sm.commandCrc(data) : undefined;
+    const durable = this.o.store.appendRaftEntries(g.id, [{ index, term, type: EntryType.normal, data: [data], payloadCrc }]);
+    // A failure reaches the Ready that lists the entry (its persist waits on this), which stops the group.
+    durable.catch(() => {});
+    if (g.earlyThrough !== index - 1 || g.earlyTerm !== term) g.earlyFrom = index;
+    g.earlyThrough = index;
+    g.earlyTerm = term;
+    g.earlyDurable = durable;
+    g.appendedThrough = index;
   }
 
   private mustLead(groupId: number): Group {
@@ -706,12 +745,33 @@ export class MultiRaft {
       g.confPoints = [{ index: meta.index, conf: meta.conf }];
     }
     for (const e of rd.entries) storage.remember(e);
+    // Entries appended as they were proposed (appendEarly) are not appended again: same index and term, same entry.
+    const early = (e: Entry): boolean => e.index >= g.earlyFrom && e.index <= g.earlyThrough && e.term === g.earlyTerm;
+    const waitEarly = rd.entries.length > 0 && early(rd.entries[0]!);
     // A command may carry checksums its record's checksum folds from (a volume write's blocks).
-    const entries = rd.entries.map((e) => {
+    const entries = [];
+    for (const e of rd.entries) {
+      if (early(e)) continue;
       const payloadCrc = e.type === EntryType.normal && e.data.length > 0 ? g.sm.commandCrc(e.data) : undefined;
-      return { index: e.index, term: e.term, type: e.type, data: [e.data], payloadCrc };
-    });
-    const appended = this.o.store.appendRaftEntries(g.id, entries, rd.hardState ?? undefined);
+      entries.push({ index: e.index, term: e.term, type: e.type, data: [e.data], payloadCrc });
+    }
+    const last = rd.entries.at(-1)?.index;
+    if (meta !== undefined) g.appendedThrough = meta.index;
+    if (last !== undefined) g.appendedThrough = Math.max(last, g.earlyThrough >= last && g.earlyTerm === rd.entries.at(-1)!.term ? g.earlyThrough : 0);
+    // Listed now, or replaced in the store by entries of another term (a conflicting suffix): no longer early.
+    if (last !== undefined && (last >= g.earlyThrough || entries.some((e) => e.index <= g.earlyThrough))) {
+      g.earlyFrom = Infinity;
+      g.earlyThrough = 0;
+    }
+    // A hard state whose only change is the commit index is not written alone
+    // (it may lag on disk; it rides along with the next entries or vote): when
+    // every entry of the Ready went early, writing it would add a group commit
+    // to the wait for entries already durable or on their way.
+    let hardState = rd.hardState ?? undefined;
+    if (hardState !== undefined && entries.length === 0 && meta === undefined && hardState.term === g.hardTerm && hardState.vote === g.hardVote) hardState = undefined;
+    if (hardState !== undefined) [g.hardTerm, g.hardVote] = [hardState.term, hardState.vote];
+    const written = this.o.store.appendRaftEntries(g.id, entries, hardState);
+    const appended = waitEarly ? Promise.all([g.earlyDurable, written]).then(() => {}) : written;
     if (meta === undefined) return appended;
     const data = rd.snapshot?.data;
     const snaps = g.sm.snapshots;
