@@ -1,0 +1,103 @@
+// The volume replica turns a client's request into volume ops, once for
+// every volume (src/replication/volume-replica.ts): whole sectors split into
+// proposals that fit a record, partial sectors merged by read-modify-write,
+// zeroing as a trim with merged edges. A fake port records what it proposes.
+
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import type { Store } from "../../src/store/store.js";
+import { decodeOp, encodeTrim, encodeWrite, volumeOpTrailerBytes, VolumeOpKind } from "../../src/replication/volume-op.js";
+import { proposalBytesMax, VolumeReplica, type ReplicaPort } from "../../src/replication/volume-replica.js";
+
+const MiB = 1024 * 1024;
+const sizeBytes = 64 * MiB;
+
+function fakePort(content = 0xaa): { port: ReplicaPort; ops: { kind: VolumeOpKind; offsetBytes: number; lengthBytes: number; data: Uint8Array }[]; reads: [number, number][] } {
+  const ops: { kind: VolumeOpKind; offsetBytes: number; lengthBytes: number; data: Uint8Array }[] = [];
+  const reads: [number, number][] = [];
+  const port: ReplicaPort = {
+    propose: (command) => {
+      const op = decodeOp(command)!;
+      ops.push({ kind: op.kind, offsetBytes: op.offsetBytes, lengthBytes: op.lengthBytes, data: command.subarray(0, op.lengthBytes) });
+      return Promise.resolve(ops.length);
+    },
+    readBarrier: () => undefined,
+    read: (offsetBytes, lengthBytes) => {
+      reads.push([offsetBytes, lengthBytes]);
+      return Buffer.alloc(lengthBytes, content);
+    },
+  };
+  return { port, ops, reads };
+}
+
+const replica = (): VolumeReplica => new VolumeReplica(undefined as unknown as Store, 1, sizeBytes);
+
+test("a large aligned write is split into proposals that each fit one record, in order, with no read", async () => {
+  const { port, ops, reads } = fakePort();
+  const data = Buffer.alloc(9 * MiB, 0x11);
+  await replica().write(port, MiB, [data.subarray(0, 100 * 512), data.subarray(100 * 512)], data.length);
+  assert.ok(ops.length === Math.ceil(data.length / proposalBytesMax));
+  let at = MiB;
+  for (const op of ops) {
+    assert.is(op.kind, VolumeOpKind.Write);
+    assert.is(op.offsetBytes, at);
+    assert.ok(op.lengthBytes <= proposalBytesMax && op.lengthBytes % 512 === 0);
+    at += op.lengthBytes;
+  }
+  assert.is(at, MiB + data.length);
+  assert.equal(reads, []);
+});
+
+test("a write of partial sectors reads the sectors around it and proposes them merged", async () => {
+  const { port, ops, reads } = fakePort(0xaa);
+  await replica().write(port, 1000, [Buffer.alloc(300, 0x22)], 300);
+  assert.equal(reads, [[512, 1024]]);
+  assert.is(ops.length, 1);
+  const expected = Buffer.alloc(1024, 0xaa).fill(0x22, 1000 - 512, 1300 - 512);
+  assert.ok(Buffer.from(ops[0]!.data).equals(expected));
+  assert.equal([ops[0]!.offsetBytes, ops[0]!.lengthBytes], [512, 1024]);
+});
+
+test("zeroing is a trim of the whole sectors and zeroes merged into the partial ones; with NO_HOLE zeroes are written", async () => {
+  const a = fakePort(0xaa);
+  await replica().writeZeroes(a.port, 100, 8192, false);
+  const trims = a.ops.filter((o) => o.kind === VolumeOpKind.Trim);
+  assert.equal(trims.map((o) => [o.offsetBytes, o.lengthBytes]), [[512, 7680]]);
+  const edges = a.ops.filter((o) => o.kind === VolumeOpKind.Write).map((o) => [o.offsetBytes, o.lengthBytes, o.data.indexOf(0)]);
+  assert.equal(edges, [[0, 512, 100], [8192, 512, 0]]);
+  const b = fakePort();
+  await replica().writeZeroes(b.port, 0, 3 * MiB, true);
+  assert.ok(b.ops.every((o) => o.kind === VolumeOpKind.Write && o.data.every((x) => x === 0)));
+  assert.is(b.ops.reduce((n, o) => n + o.lengthBytes, 0), 3 * MiB);
+});
+
+test("a trim inside one sector proposes nothing; a range past the end is refused", async () => {
+  const { port, ops } = fakePort();
+  await replica().trim(port, 10, 400);
+  assert.equal(ops, []);
+  try {
+    await replica().write(port, sizeBytes - 512, [Buffer.alloc(1024)], 1024);
+    assert.unreachable("past the end");
+  } catch (e) {
+    assert.match((e as Error).message, /outside the volume/);
+  }
+});
+
+test("the change map: tracked from a base, marked from a command's tail, dropped", () => {
+  const r = replica();
+  const snaps = r.snapshots;
+  assert.is(snaps.kind, "streamed");
+  if (snaps.kind !== "streamed") return;
+  assert.is(snaps.sizeBytes(), sizeBytes);
+  const changes = snaps.trackChanges(7, 2);
+  assert.is(snaps.changes, changes);
+  const w = encodeWrite(8192, [Buffer.alloc(4096)], 4096);
+  snaps.markTail(changes, w.subarray(w.length - snaps.commandTailBytes));
+  const t = encodeTrim(MiB, 2 * 4096);
+  snaps.markTail(changes, t.subarray(t.length - volumeOpTrailerBytes));
+  assert.is(changes.changedBlocks, 3);
+  snaps.dropChanges();
+  assert.is(snaps.changes, undefined);
+});
+
+test.run();
