@@ -36,7 +36,6 @@ import {
   type UpdateVolumeRequest,
   type VolumeInfo,
 } from "../api/types.js";
-import { assert } from "../base/assert.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
 import { failStop, isBug } from "../base/fail-stop.js";
@@ -86,7 +85,6 @@ import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType, type ConfChange } from "../raft/confchange.js";
-import { EntryType, type Entry } from "../raft/types.js";
 import { MultiRaft, NotLeaderError, ProposalDroppedError } from "../replication/driver.js";
 import { VolumeReplica } from "../replication/volume-replica.js";
 import { Repairer } from "../replication/repair.js";

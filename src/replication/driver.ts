@@ -3,8 +3,9 @@
 // Each turn it takes a Ready from every group that has one, hands all their
 // entries and hard states to the store at once (one group commit, one
 // fdatasync for every group), and when that is durable sends the messages,
-// applies committed entries (a write maps the volume range to the entry's
-// data in the log: no copy), answers proposals and reads, then advances.
+// applies committed entries to the group's state machine
+// (src/replication/state-machine.ts: a volume replica or the catalog, which
+// the driver does not tell apart), answers proposals and reads, then advances.
 //
 // Heartbeats and their responses of every group go to each node as one
 // envelope per turn (beats.ts): all groups tick together, so they fall due
