@@ -25,8 +25,8 @@
 //     sector holds is not wholly followed by an acknowledged write;
 //   - the replicas converge: once healed and quiet, every node's copy of the
 //     volume is the same, byte for byte.
-// Not here yet: the catalog, its control loops and membership changes (the
-// daemon runs those), ENOSPC and a checkpoint's Raft pins under GC.
+// The catalog, its control loops and membership changes run in
+// test/sim/catalog-sim.ts.
 
 import { Packr } from "msgpackr";
 import { AssertionError } from "../../src/base/assert.js";
