@@ -714,7 +714,7 @@ export class Store {
     assert(offsetBytes % sectorBytes === 0 && lengthBytes % sectorBytes === 0, "applied writes are whole sectors");
     const sector = offsetBytes / sectorBytes;
     const count = lengthBytes / sectorBytes;
-    mapRange(g, sector, count, e.address, entryBlockCrcs(g.map, sector, count, data, crcs), this.mapCtx);
+    mapRange(g, sector, count, e.address, entryBlockCrcs(g.map, sector, count, data, crcs), this.mapCtx, [data]);
     this.addLive(e.address, lengthBytes);
     g.appliedIndex = Math.max(g.appliedIndex, index);
   }
@@ -1015,7 +1015,7 @@ export class Store {
         payloadCrc,
         done: (address, error) => {
           if (error) return reject(error);
-          if (!g.dropped) this.apply(g, kind, offsetBytes, lengthBytes, source, address, crcs);
+          if (!g.dropped) this.apply(g, kind, offsetBytes, lengthBytes, source, address, crcs, payload);
           resolve();
         },
       });
@@ -1036,8 +1036,8 @@ export class Store {
   /** Counts sectors a block map stopped pointing at as dead (a field, as unpin). */
   private readonly freed = (address: number, sectors: number): void => this.addLive(address, -sectors * sectorBytes);
 
-  private apply(g: Group, kind: RecordKind, offsetBytes: number, lengthBytes: number, source: number, address: number, crcs: Uint32Array | undefined): void {
-    const moved = applyToGroup(g, kind, offsetBytes, lengthBytes, source, address, crcs, this.mapCtx);
+  private apply(g: Group, kind: RecordKind, offsetBytes: number, lengthBytes: number, source: number, address: number, crcs: Uint32Array | undefined, payload: readonly Uint8Array[]): void {
+    const moved = applyToGroup(g, kind, offsetBytes, lengthBytes, source, address, crcs, this.mapCtx, payload);
     if (moved > 0) this.addLive(address, moved * sectorBytes);
   }
 
@@ -1469,7 +1469,7 @@ function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: numbe
   }
   if (h.offsetBytes + h.lengthBytes > g.sizeBytes) return;
   const crcs = h.kind === RecordKind.Write && !g.crcsPending ? wholeBlockCrcs(g.map, h.offsetBytes / sectorBytes, h.lengthBytes / sectorBytes, [payload]) : undefined;
-  applyToGroup(g, h.kind, h.offsetBytes, h.lengthBytes, h.termOrSource, address, crcs, ctx);
+  applyToGroup(g, h.kind, h.offsetBytes, h.lengthBytes, h.termOrSource, address, crcs, ctx, [payload]);
   if (h.kind !== RecordKind.Relocate) {
     g.term = Math.max(g.term, h.termOrSource);
   }
@@ -1485,12 +1485,13 @@ function applyToGroup(
   address: number,
   crcs: Uint32Array | undefined,
   ctx: MapContext,
+  payload?: readonly Uint8Array[],
 ): number {
   const sector = offsetBytes / sectorBytes;
   const count = lengthBytes / sectorBytes;
   switch (kind) {
     case RecordKind.Write:
-      mapRange(g, sector, count, address, crcs, ctx);
+      mapRange(g, sector, count, address, crcs, ctx, payload);
       return count;
     case RecordKind.Trim:
       mapRange(g, sector, count, 0, undefined, ctx);

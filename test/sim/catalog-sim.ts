@@ -134,8 +134,12 @@ export async function runCatalogSim(o: CatalogSimOptions): Promise<CatalogSimRes
   const ops = o.ops ?? 400;
   const ids = Array.from({ length: nodeCount }, (_, i) => i + 1);
   const r: CatalogSimResult = { seed: o.seed, writes: 0, acked: 0, crashes: 0, partitions: 0, moves: 0, messages: 0, dropped: 0, simMs: 0 };
+  /** A failure found in a callback: the run stops at the next step of the clock. */
+  let failure: unknown;
   const fail = (m: string): never => {
-    throw new CatalogSimFailure(o.seed, m);
+    const e = new CatalogSimFailure(o.seed, m);
+    failure ??= e;
+    throw e;
   };
   const nodes = new Map<number, SimNode>();
   for (const id of ids) {
@@ -271,7 +275,11 @@ export async function runCatalogSim(o: CatalogSimOptions): Promise<CatalogSimRes
 
   const runFor = async (ms: number): Promise<void> => {
     const until = clock.now + ms;
-    while (clock.now < until) if (!(await clock.step())) break;
+    while (clock.now < until) {
+      const more = await clock.step();
+      if (failure !== undefined) throw failure;
+      if (!more) break;
+    }
   };
 
   const metaLeader = (): SimNode | undefined => [...nodes.values()].find((x) => x.up && x.driver?.status(metaGroupId)?.role === StateRole.leader);
@@ -353,7 +361,7 @@ export async function runCatalogSim(o: CatalogSimOptions): Promise<CatalogSimRes
       },
       (e: Error) => {
         pending.delete(q);
-        if (e instanceof AssertionError) throw e;
+        if (e instanceof AssertionError) failure ??= e;
       },
     );
   };

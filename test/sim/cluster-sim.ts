@@ -142,8 +142,15 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   const ops = o.ops ?? 500;
   const ids = Array.from({ length: n }, (_, i) => i + 1);
   const r: ClusterSimResult = { seed: o.seed, writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, retired: 0, failStops: 0, simMs: 0 };
+  /** A failure found in a callback (a client's answer): the run stops at the next step of the clock. */
+  let failure: unknown;
   const fail = (m: string): never => {
-    throw new ClusterSimFailure(o.seed, m);
+    const e = new ClusterSimFailure(o.seed, m);
+    failure ??= e;
+    throw e;
+  };
+  const noteFailure = (e: unknown): void => {
+    failure ??= e;
   };
   const nodes = new Map<number, SimNode>();
   /** The one node whose disk rots. */
@@ -374,7 +381,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
         open.delete(q);
         if (e instanceof AssertionError) throw e;
       },
-    );
+    ).catch(noteFailure);
   };
 
   const clientRead = (node: SimNode): void => {
@@ -401,12 +408,16 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
         open.delete(q);
         if (e instanceof AssertionError) throw e;
       },
-    );
+    ).catch(noteFailure);
   };
 
   const runFor = async (ms: number): Promise<void> => {
     const until = clock.now + ms;
-    while (clock.now < until) if (!(await clock.step())) break;
+    while (clock.now < until) {
+      const more = await clock.step();
+      if (failure !== undefined) throw failure;
+      if (!more) break;
+    }
   };
 
   for (const node of nodes.values()) await boot(node);

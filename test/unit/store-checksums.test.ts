@@ -53,11 +53,16 @@ function copyOf(data: Uint8Array): { data: Uint8Array; damaged: number[]; applie
   return { data, damaged: [], applied: 0 };
 }
 
-/** Appends a volume write as Raft entry `index` and applies it, as a replica does; `damage` changes a byte of the entry on the way. */
-async function applyWriteEntry(store: Store, index: number, offset: number, data: Buffer, damage?: number): Promise<void> {
+/**
+ * Appends a volume write as Raft entry `index` and applies it, as a replica
+ * does; `damage` changes a byte of the entry on the way; `between` runs after
+ * the entry is durable and before it is applied.
+ */
+async function applyWriteEntry(store: Store, index: number, offset: number, data: Buffer, damage?: number, between?: () => void): Promise<void> {
   const entry = Buffer.from(encodeWrite(offset, [data], data.length));
   if (damage !== undefined) entry[damage] = entry[damage]! ^ 1;
   await store.appendRaftEntries(group.groupId, [{ index, term: 1, type: 0, data: [entry] }], { term: 1, vote: 1, commit: index });
+  between?.();
   const op = decodeOp(entry)!;
   store.applyEntryWrite(group.groupId, index, op.offsetBytes, op.lengthBytes, entry.subarray(0, op.lengthBytes), op.crcs);
 }
@@ -251,6 +256,19 @@ test("a block a partial write poisoned is mended from a replica at the same appl
   await store.close();
   store = await open(t.dir);
   assert.ok(store.read(group.groupId, 7 * 4096, 4096).equals(right), "the mended checksum is kept");
+  await store.close();
+  t.remove();
+});
+
+test("a partial write whose bytes rot in the log before it is applied: the block's checksum covers the bytes written, not the rot", async () => {
+  const t = tempDir("cks-rot-before-apply");
+  const store = await open(t.dir);
+  const first = marked("five");
+  await applyWriteEntry(store, 1, 5 * 4096, first);
+  const patch = marked("patch-five", 512);
+  await applyWriteEntry(store, 2, 5 * 4096 + 1024, patch, undefined, () => flipInFile(join(t.dir, segmentName(1)), patch, 100));
+  expectDamage(() => store.read(group.groupId, 5 * 4096, 4096), [5], "the block whose new sector rotted");
+  assert.is(store.stats().blocksPoisoned, 0, "the old content was good: nothing to poison");
   await store.close();
   t.remove();
 });
