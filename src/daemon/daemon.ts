@@ -284,6 +284,7 @@ export class Daemon implements Controller {
       volumeGone: (name) => this.fenced.delete(name),
       monotonicMs,
       wallMs: () => Date.now(),
+      after: (ms, fn) => nodeTimers.setTimeout(fn, ms),
       replaceDownAfterMs: options.replaceDownAfterMs ?? replaceDownAfterMsDefault,
       log,
     });
@@ -341,14 +342,10 @@ export class Daemon implements Controller {
    * answer volume requests with a catalog that does not know its own node yet.
    */
   private async untilRegistered(): Promise<void> {
-    for (let waited = 0; !this.catalog.nodes.has(this.nodeId); waited += 50) {
-      if (waited >= registerWaitMs) {
-        this.log.warn(`the catalog does not list this node after ${registerWaitMs} ms (no quorum for the catalog's group?); serving anyway`);
-        return;
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    if (await this.node.whenCatalog((c) => c.nodes.has(this.nodeId), registerWaitMs)) return;
+    this.log.warn(`the catalog does not list this node after ${registerWaitMs} ms (no quorum for the catalog's group?); serving anyway`);
   }
+
 
 
   /**
@@ -413,7 +410,7 @@ export class Daemon implements Controller {
     try {
       const api = await this.metaLeaderApi(1000);
       const target = api === undefined ? (this.driver.status(metaGroupId)?.commit ?? 0) : (await api.status()).catalog.commitIndex;
-      while (this.catalogIndex() < target && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      await this.node.whenCatalog(() => this.catalogIndex() >= target, Math.max(0, deadline - Date.now()));
     } catch (e) {
       this.log.info(`catalog catch-up for an NBD lookup failed, answering from this node's copy: ${(e as Error).message}`);
     }

@@ -90,6 +90,8 @@ export interface ClusterNodePorts {
   monotonicMs(): number;
   wallMs(): number;
   replaceDownAfterMs: number;
+  /** Runs fn after ms on this node's timers; returns a function that cancels it. */
+  after(ms: number, fn: () => void): () => void;
   log: ClusterNodeLogger;
 }
 
@@ -124,6 +126,8 @@ export class ClusterNode {
   private healthProposal = false;
   /** A catalog learner's promotion is in flight. */
   private promoting = false;
+  /** Callers waiting for the catalog to reach a state (whenCatalog); as many as the API and NBD handshakes that wait, each bounded by its timeout. */
+  private readonly catalogWaiters = new Set<() => void>();
 
   constructor(private readonly p: ClusterNodePorts) {}
 
@@ -156,6 +160,31 @@ export class ClusterNode {
   }
 
   /**
+   * Resolves true once the catalog satisfies `ready` (checked after every
+   * entry applied and snapshot restored), or false after `timeoutMs`.
+   */
+  whenCatalog(ready: (c: CatalogState) => boolean, timeoutMs: number): Promise<boolean> {
+    if (ready(this.catalog)) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const check = (): void => {
+        if (!ready(this.catalog)) return;
+        done(true);
+      };
+      const done = (ok: boolean): void => {
+        this.catalogWaiters.delete(check);
+        cancel();
+        resolve(ok);
+      };
+      const cancel = this.p.after(timeoutMs, () => done(false));
+      this.catalogWaiters.add(check);
+    });
+  }
+
+  private catalogChanged(): void {
+    for (const check of [...this.catalogWaiters]) check();
+  }
+
+  /**
    * Proposes an encoded catalog entry on the meta leader (this node) and
    * resolves with how it applied; rejects with NotLeaderError or
    * ProposalDroppedError when the catalog did not take it.
@@ -170,6 +199,11 @@ export class ClusterNode {
 
   /** Applies a committed meta entry to the catalog, then acts on what changed for this node. */
   applyMeta(entry: Entry): void {
+    this.applyMetaEntry(entry);
+    this.catalogChanged();
+  }
+
+  private applyMetaEntry(entry: Entry): void {
     this.p.store.markApplied(metaGroupId, entry.index);
     this.countReplayed(entry.index);
     if (entry.type !== EntryType.normal || entry.data.length === 0) {
@@ -222,6 +256,7 @@ export class ClusterNode {
     assert(state.appliedIndex === index, () => `the catalog snapshot at entry ${index} holds entry ${state.appliedIndex}`);
     this.catalog = state;
     this.metaResults.clear();
+    this.catalogChanged();
     if (atStart) {
       this.catalogStart.snapshotIndex = index;
       return; // wire() hosts from it once every group this node had is running again

@@ -247,6 +247,7 @@ export async function runCatalogSim(o: CatalogSimOptions): Promise<CatalogSimRes
       monotonicMs: now,
       wallMs: now,
       replaceDownAfterMs,
+      after: (ms, fn) => after(node, gen, ms, fn),
       log: { info: nodeLog, warn: nodeLog, error: nodeLog },
     });
     Object.assign(node, { store: s, driver, io, repairer, cluster, up: true });
