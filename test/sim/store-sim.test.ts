@@ -10,7 +10,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { runStoreSim, type StoreSimProfile } from "./store-sim.js";
 
-const seeds: Record<StoreSimProfile, number> = { small: 24, gc: 8 };
+const seeds: Record<StoreSimProfile, number> = { small: 24, gc: 8, raft: 4 };
 
 for (const profile of ["small", "gc"] as const) {
   test(`store simulation: ${seeds[profile]} seeds of the ${profile} profile lose no acknowledged write and never return bytes no write put there`, async () => {
