@@ -58,6 +58,16 @@ export interface ClusterSimOptions {
   flips?: boolean;
   /** With log: at every crash and boot, say where this write is (which Raft entry holds it on each node, and whether the node's volume shows it). */
   traceWrite?: number;
+  /**
+   * Raft log a leader keeps for a member that is down (the driver's
+   * logRetainBytes). Default: drawn per seed, half the seeds the daemon's
+   * default (the log is never compacted past a member here), half 8-64 KiB,
+   * so a member that was down a while catches up by a snapshot: the changes
+   * since it left (a delta) or a full copy. With a small retention, a
+   * crash takes a node only while all are up and keeps it down 2-8 s
+   * (longer than an election timeout, so its leader stops waiting for it).
+   */
+  logRetainBytes?: number;
 }
 
 export interface ClusterSimResult {
@@ -75,6 +85,9 @@ export interface ClusterSimResult {
   retired: number;
   /** Processes ended by a store error at the top of their event loop (then restarted). */
   failStops: number;
+  /** Snapshot streams leaders started, and how many of them were deltas (counted until each leader's process ends). */
+  snapshots: number;
+  snapshotDeltas: number;
   simMs: number;
 }
 
@@ -108,6 +121,8 @@ interface SimNode {
   retired: boolean;
   flipped: boolean;
   skewMs: number;
+  /** A crashed node stays down until then (a long outage); the heal restarts it anyway. */
+  downUntil: number;
   store: Store | undefined;
   driver: MultiRaft | undefined;
   io: VolumeIo | undefined;
@@ -136,12 +151,15 @@ function versionOf(buf: Uint8Array, at: number, s: number): number | undefined {
 
 export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimResult> {
   const prng = new Prng(o.seed * 7 + 3);
+  // Its own generator, so every other draw of a seed is what it was before this option existed.
+  const retainPrng = new Prng(o.seed * 11 + 5);
+  const logRetainBytes = o.logRetainBytes ?? (retainPrng.chance(0.5) ? undefined : 8 * KiB * (1 + retainPrng.int(8)));
   const clock = new SimClock();
   const log = o.log ?? (() => {});
   const n = o.nodes ?? 3;
   const ops = o.ops ?? 500;
   const ids = Array.from({ length: n }, (_, i) => i + 1);
-  const r: ClusterSimResult = { seed: o.seed, writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, retired: 0, failStops: 0, simMs: 0 };
+  const r: ClusterSimResult = { seed: o.seed, writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, retired: 0, failStops: 0, snapshots: 0, snapshotDeltas: 0, simMs: 0 };
   const fail = (m: string): never => {
     throw new ClusterSimFailure(o.seed, m);
   };
@@ -149,7 +167,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   /** The one node whose disk rots. */
   const rotten = 1 + prng.int(n);
   for (const id of ids) {
-    nodes.set(id, { id, disk: new SimDisk(prng, clock, { ...healthyDisk }), gen: 0, up: false, booting: false, retired: false, flipped: false, skewMs: 0, store: undefined, driver: undefined, io: undefined, repairer: undefined });
+    nodes.set(id, { id, disk: new SimDisk(prng, clock, { ...healthyDisk }), gen: 0, up: false, booting: false, retired: false, flipped: false, skewMs: 0, downUntil: 0, store: undefined, driver: undefined, io: undefined, repairer: undefined });
   }
 
   // ---- the network ----
@@ -251,6 +269,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       log: (l) => log(`node ${node.id}: ${l}`),
       volumeBytes: () => volumeBytes,
       damaged: (e) => void repairer.repair(e),
+      ...(logRetainBytes !== undefined ? { logRetainBytes } : {}),
     });
     const io = new VolumeIo({
       nodeId: node.id,
@@ -300,9 +319,17 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     return ` [write ${v}: in entries ${found.join(",") || "none"} of [${rs.firstIndex}, ${rs.lastIndex}], applied ${rs.appliedIndex}, hard state ${JSON.stringify(rs.hardState)}, its first sector shows write ${shows}]`;
   };
 
+  const noteSnapshots = (node: SimNode): void => {
+    const c = node.driver?.snapshotSender.counters;
+    if (c === undefined) return;
+    r.snapshots += c.snapshotsStarted;
+    r.snapshotDeltas += c.snapshotDeltas;
+  };
+
   const crash = (node: SimNode): void => {
     log(`node ${node.id} before the crash:${where(node)}`);
     log(`node ${node.id} crashes at ${clock.now} ms (Raft ${JSON.stringify(node.driver?.status(groupId))})`);
+    noteSnapshots(node);
     node.gen++;
     node.up = false;
     node.booting = false;
@@ -419,9 +446,14 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     else if (dice < 850 && up.length > 0 && outstanding() < 32) clientRead(up[prng.int(up.length)]!);
     else if (dice < 860) {
       const victim = up[prng.int(up.length)];
-      if (victim !== undefined && up.length > 1) crash(victim);
+      // With a small retention, long crashes of one node at a time: a leader keeps writing while a member is away.
+      const skip = logRetainBytes !== undefined && (up.length < n || retainPrng.chance(0.3));
+      if (victim !== undefined && up.length > 1 && !skip) {
+        crash(victim);
+        if (logRetainBytes !== undefined) victim.downUntil = clock.now + 2000 + retainPrng.int(6000);
+      }
     } else if (dice < 900) {
-      const down = [...nodes.values()].filter((x) => !x.up && !x.booting && !x.retired);
+      const down = [...nodes.values()].filter((x) => !x.up && !x.booting && !x.retired && clock.now >= x.downUntil);
       const back = down[prng.int(down.length)];
       if (back !== undefined) await boot(back);
     } else if (dice < 920) {
@@ -522,6 +554,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     fail(`the replicas diverged after healing: node ${id}'s copy differs from node ${[...copies.keys()][0]}'s at byte ${i} (sector ${s}: ${holds})`);
   }
   checkRead(reference, 0, clock.now, clock.now, "the replicas' copy after healing (an acknowledged write lost?)");
+  for (const x of nodes.values()) noteSnapshots(x);
   r.simMs = clock.now;
   return r;
 }
