@@ -22,7 +22,7 @@ async function main(): Promise<void> {
   }
   const started = Date.now();
   let failures = 0;
-  const total: Omit<ClusterSimResult, "seed"> = { writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, retired: 0, failStops: 0, snapshots: 0, snapshotDeltas: 0, simMs: 0 };
+  const total: Omit<ClusterSimResult, "seed"> = { writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, retired: 0, failStops: 0, snapshots: 0, snapshotDeltas: 0, diskFullWindows: 0, writesFailedEnospc: 0, writesFailedOther: 0, simMs: 0 };
   for (let s = seed; s < seed + count && !(firstFailure && failures > 0); s++) {
     if (count >= 1000 && s > seed && (s - seed) % 500 === 0) console.log(`... ${s - seed} seeds run, ${failures} failed, ${((Date.now() - started) / 1000).toFixed(0)}s`);
     try {

@@ -10,7 +10,8 @@
 // partitions between two nodes, both ways or one way; messages lost,
 // duplicated, reordered and delayed (each goes through msgpackr, so only
 // plain data crosses); a slow disk; a disk that fails writes with EIO; bits
-// flipped in one replica's log; a node's monotonic clock jumping ahead. A
+// flipped in one replica's log; a node's monotonic clock jumping ahead; a
+// node's disk full for 1-10 s (see "A full disk" below). A
 // store error that reaches the top of a node's event loop ends that process
 // (fail-stop), which restarts later from its disk. A node whose store
 // refuses to open after bit rot hit a record header stays down (an operator
@@ -25,8 +26,20 @@
 //     sector holds is not wholly followed by an acknowledged write;
 //   - the replicas converge: once healed and quiet, every node's copy of the
 //     volume is the same, byte for byte.
+//
+// A full disk: one node's filesystem has only a few KiB free for 1-10 s of
+// simulated time, half the time copy-on-write (an overwrite of a
+// preallocated segment needs room too). Its checkpoints fail (maintenance
+// stops and resumes later); on a copy-on-write filesystem a log write fails,
+// the store stops and every request through that node fails with an error
+// of an expected kind (errorKindOf), which the checker treats as a write
+// that may or may not have happened. The disk stays full across a crash; a
+// node that cannot open its store while it is full stays down; a stopped
+// store is restarted (as its operator would, after freeing space) only once
+// the space is back. Afterwards the replicas must converge as usual.
+//
 // Not here yet: the catalog, its control loops and membership changes (the
-// daemon runs those), ENOSPC and a checkpoint's Raft pins under GC.
+// daemon runs those).
 
 import { Packr } from "msgpackr";
 import { AssertionError } from "../../src/base/assert.js";
@@ -41,6 +54,7 @@ import { CorruptionError, StoreError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
 import { commitsInFlightMax } from "../../src/constants.js";
 import { healthyDisk, SimClock, SimDisk } from "./disk.js";
+import { errorKindOf } from "../../src/replication/errors.js";
 
 const sectorBytes = 512;
 const KiB = 1024;
@@ -88,6 +102,11 @@ export interface ClusterSimResult {
   /** Snapshot streams leaders started, and how many of them were deltas (counted until each leader's process ends). */
   snapshots: number;
   snapshotDeltas: number;
+  /** Windows of a full disk on one node. */
+  diskFullWindows: number;
+  /** Client writes answered with an error: ENOSPC, and any other kind. */
+  writesFailedEnospc: number;
+  writesFailedOther: number;
   simMs: number;
 }
 
@@ -123,10 +142,17 @@ interface SimNode {
   skewMs: number;
   /** A crashed node stays down until then (a long outage); the heal restarts it anyway. */
   downUntil: number;
+  /** Its disk is full until then (0: not full). */
+  fullUntil: number;
   store: Store | undefined;
   driver: MultiRaft | undefined;
   io: VolumeIo | undefined;
   repairer: Repairer | undefined;
+}
+
+/** An error that says the disk is full: the store's ENOSPC, or the disk's own errno. */
+function isNoSpace(e: unknown): boolean {
+  return (e instanceof StoreError && e.code === "ENOSPC") || (e as { code?: unknown } | undefined)?.code === "ENOSPC";
 }
 
 function fillSector(out: Uint8Array, at: number, v: number, s: number): void {
@@ -153,13 +179,14 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   const prng = new Prng(o.seed * 7 + 3);
   // Its own generator, so every other draw of a seed is what it was before this option existed.
   const retainPrng = new Prng(o.seed * 11 + 5);
+  const fullPrng = new Prng(o.seed * 13 + 9);
   const logRetainBytes = o.logRetainBytes ?? (retainPrng.chance(0.5) ? undefined : 8 * KiB * (1 + retainPrng.int(8)));
   const clock = new SimClock();
   const log = o.log ?? (() => {});
   const n = o.nodes ?? 3;
   const ops = o.ops ?? 500;
   const ids = Array.from({ length: n }, (_, i) => i + 1);
-  const r: ClusterSimResult = { seed: o.seed, writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, retired: 0, failStops: 0, snapshots: 0, snapshotDeltas: 0, simMs: 0 };
+  const r: ClusterSimResult = { seed: o.seed, writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, retired: 0, failStops: 0, snapshots: 0, snapshotDeltas: 0, diskFullWindows: 0, writesFailedEnospc: 0, writesFailedOther: 0, simMs: 0 };
   const fail = (m: string): never => {
     throw new ClusterSimFailure(o.seed, m);
   };
@@ -167,7 +194,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   /** The one node whose disk rots. */
   const rotten = 1 + prng.int(n);
   for (const id of ids) {
-    nodes.set(id, { id, disk: new SimDisk(prng, clock, { ...healthyDisk }), gen: 0, up: false, booting: false, retired: false, flipped: false, skewMs: 0, downUntil: 0, store: undefined, driver: undefined, io: undefined, repairer: undefined });
+    nodes.set(id, { id, disk: new SimDisk(prng, clock, { ...healthyDisk }), gen: 0, up: false, booting: false, retired: false, flipped: false, skewMs: 0, downUntil: 0, fullUntil: 0, store: undefined, driver: undefined, io: undefined, repairer: undefined });
   }
 
   // ---- the network ----
@@ -246,6 +273,10 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       r.retired++;
       return;
     }
+    if (error !== undefined && node.fullUntil > clock.now && isNoSpace(error)) {
+      log(`node ${node.id} stays down: its store cannot open on a full disk (${(error as Error).message})`);
+      return;
+    }
     if (error !== undefined) fail(`node ${node.id}'s store did not open: ${(error as Error).stack ?? String(error)}`);
     if (store === undefined) fail(`node ${node.id}'s store never finished opening`);
     const s = store!;
@@ -319,6 +350,20 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     return ` [write ${v}: in entries ${found.join(",") || "none"} of [${rs.firstIndex}, ${rs.lastIndex}], applied ${rs.appliedIndex}, hard state ${JSON.stringify(rs.hardState)}, its first sector shows write ${shows}]`;
   };
 
+  /** One node's filesystem full for a while (its own generator: the seed's other draws stay as they were). */
+  const fillDisk = (x: SimNode): void => {
+    const copyOnWrite = fullPrng.chance(0.5);
+    x.fullUntil = clock.now + 1000 + fullPrng.int(9000);
+    x.disk.faults = { ...x.disk.faults, capacityBytes: x.disk.usedBytes() + fullPrng.int(16 * KiB), copyOnWrite };
+    r.diskFullWindows++;
+    log(`node ${x.id}'s disk is full until ${x.fullUntil} ms${copyOnWrite ? " (copy-on-write: overwrites need room too)" : ""}`);
+    clock.schedule(() => {
+      if (x.fullUntil > clock.now) return; // a later window, or the heal, owns it now
+      x.disk.faults = { ...x.disk.faults, capacityBytes: healthyDisk.capacityBytes, copyOnWrite: false };
+      log(`node ${x.id}'s disk has room again at ${clock.now} ms`);
+    }, x.fullUntil - clock.now);
+  };
+
   const noteSnapshots = (node: SimNode): void => {
     const c = node.driver?.snapshotSender.counters;
     if (c === undefined) return;
@@ -334,7 +379,8 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     node.up = false;
     node.booting = false;
     node.disk.crash();
-    node.disk.faults = { ...healthyDisk };
+    // A full filesystem stays full across a crash.
+    node.disk.faults = node.fullUntil > clock.now ? { ...healthyDisk, capacityBytes: node.disk.faults.capacityBytes, copyOnWrite: node.disk.faults.copyOnWrite ?? false } : { ...healthyDisk };
     Object.assign(node, { store: undefined, driver: undefined, io: undefined, repairer: undefined });
     r.crashes++;
   };
@@ -400,6 +446,11 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       (e: Error) => {
         open.delete(q);
         if (e instanceof AssertionError) throw e;
+        // Not acknowledged: w.acked stays Infinity, so the checker holds it concurrent with everything after it.
+        const kind = errorKindOf(e);
+        if (kind === undefined) fail(`write ${v} through node ${node.id} failed with an error of no expected kind: ${e.stack ?? String(e)}`);
+        if (kind === "ENOSPC") r.writesFailedEnospc++;
+        else r.writesFailedOther++;
       },
     );
   };
@@ -487,10 +538,13 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     } else if (dice < 980) {
       const x = up[prng.int(up.length)];
       if (x !== undefined) x.skewMs += 1000 + prng.int(60_000);
+    } else if (dice < 985) {
+      const x = up[prng.int(up.length)];
+      if (x !== undefined && x.fullUntil <= clock.now) fillDisk(x);
     }
-    // A node whose store stopped after a disk error is restarted, as its supervisor would.
+    // A node whose store stopped after a disk error is restarted, as its supervisor would (a full disk: once there is room again).
     for (const x of upNodes()) {
-      if (x.store?.failure !== undefined && prng.chance(0.3)) {
+      if (x.store?.failure !== undefined && x.fullUntil <= clock.now && prng.chance(0.3)) {
         crash(x);
         await boot(x);
       }
@@ -504,8 +558,9 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   dup = 0;
   delayMax = 5;
   for (const x of nodes.values()) {
-    if (x.up) x.disk.faults = { ...healthyDisk };
-    else if (!x.booting && !x.retired) await boot(x);
+    x.fullUntil = 0;
+    x.disk.faults = { ...healthyDisk };
+    if (!x.up && !x.booting && !x.retired) await boot(x);
   }
   const quiet = (): boolean => {
     if (outstanding() > 0) return false;
