@@ -190,6 +190,15 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   const fail = (m: string): never => {
     throw new ClusterSimFailure(o.seed, m);
   };
+  /**
+   * The first failure or bug thrown in a client's promise callback: nothing
+   * awaits those, so the run rethrows it from its own loop (else it would end
+   * the process as an unhandled rejection, without the seed's FAIL line).
+   */
+  let escaped: { error: unknown } | undefined;
+  const escape = (e: unknown): void => {
+    escaped ??= { error: e };
+  };
   const nodes = new Map<number, SimNode>();
   /** The one node whose disk rots. */
   const rotten = 1 + prng.int(n);
@@ -263,7 +272,8 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       (s) => (store = s),
       (e) => (error = e ?? new Error("rejected")),
     );
-    await clock.runUntil(() => store !== undefined || error !== undefined || node.gen !== gen);
+    await clock.runUntil(() => store !== undefined || error !== undefined || node.gen !== gen || escaped !== undefined);
+    if (escaped !== undefined) throw escaped.error;
     if (node.gen !== gen) return; // crashed again while opening
     node.booting = false;
     if (error instanceof AssertionError) throw error;
@@ -452,7 +462,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
         if (kind === "ENOSPC") r.writesFailedEnospc++;
         else r.writesFailedOther++;
       },
-    );
+    ).catch(escape);
   };
 
   const clientRead = (node: SimNode): void => {
@@ -479,12 +489,13 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
         open.delete(q);
         if (e instanceof AssertionError) throw e;
       },
-    );
+    ).catch(escape);
   };
 
   const runFor = async (ms: number): Promise<void> => {
     const until = clock.now + ms;
-    while (clock.now < until) if (!(await clock.step())) break;
+    while (clock.now < until && escaped === undefined) if (!(await clock.step())) break;
+    if (escaped !== undefined) throw escaped.error;
   };
 
   for (const node of nodes.values()) await boot(node);
@@ -595,7 +606,8 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     let copy: Buffer | undefined;
     let error: unknown;
     Promise.resolve(x.repairer!.read(groupId, 0, volumeBytes)).then((b) => (copy = b), (e) => (error = e ?? new Error("rejected")));
-    await clock.runUntil(() => copy !== undefined || error !== undefined);
+    await clock.runUntil(() => copy !== undefined || error !== undefined || escaped !== undefined);
+    if (escaped !== undefined) throw escaped.error;
     if (copy === undefined) return fail(`node ${x.id}'s copy could not be read after healing: ${error === undefined ? "the read never finished" : ((error as Error).stack ?? String(error))}`);
     copies.set(x.id, copy);
   }
@@ -610,6 +622,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   }
   checkRead(reference, 0, clock.now, clock.now, "the replicas' copy after healing (an acknowledged write lost?)");
   for (const x of nodes.values()) noteSnapshots(x);
+  if (escaped !== undefined) throw escaped.error;
   r.simMs = clock.now;
   return r;
 }
