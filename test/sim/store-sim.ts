@@ -32,7 +32,10 @@
 // entries and by the entries the last checkpoint lists. After each open the
 // simulator applies the entries past the recovered applied index, as the
 // driver would. Besides the checks above: an acknowledged entry survives a
-// crash, every entry in the recovered log holds the write it was given, and
+// crash, every entry in the recovered log holds the write it was given, every
+// entry the checkpoint file lists lies in a segment file that exists (checked
+// after every step, so a segment freed under the checkpoint is found before a
+// crash has to land in the window before the next checkpoint), and
 // recovery finds no damaged Raft entry (no bits flip in this profile: a
 // damaged entry cuts the log, and a one-node group has no leader to resend it).
 
@@ -40,7 +43,9 @@ import { Prng } from "../../src/base/prng.js";
 import { AssertionError } from "../../src/base/assert.js";
 import { ChecksumError, CorruptionError, StoreError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
-import { commitsInFlightMax } from "../../src/constants.js";
+import { commitsInFlightMax, segmentBytes } from "../../src/constants.js";
+import { readCheckpoint } from "../../src/store/checkpoint.js";
+import { segmentName } from "../../src/store/segment-names.js";
 import { healthyDisk, SimClock, SimDisk } from "./disk.js";
 
 const sectorBytes = 512;
@@ -264,6 +269,24 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
     ackedIndex = Math.min(ackedIndex, rs.lastIndex);
   };
 
+  /**
+   * Profile raft, after every step: each Raft entry the checkpoint file lists
+   * lies in a segment file that exists. Recovery from that checkpoint reads
+   * every one of them, so a segment freed under one makes the next restart
+   * fail, whenever it comes.
+   */
+  const checkCheckpointEntries = (what: string): void => {
+    const c = readCheckpoint(disk);
+    if (c === undefined) return;
+    const files = new Set(disk.list());
+    for (const g of c.groups) {
+      g.raft.entries.forEach((e, i) => {
+        const id = Math.floor(e.address / segmentBytes);
+        if (!files.has(segmentName(id))) fail(`${what}: the checkpoint lists Raft entry ${g.raft.snapshotIndex + 1 + i} of group ${g.groupId} in segment ${id}, which is gone: a restart from it would fail`);
+      });
+    }
+  };
+
   /** Profile raft: a write as a Raft entry, acknowledged once durable and applied. */
   const appendEntry = (s: Store, v: Volume, offset: number, data: Buffer): Promise<void> => {
     const index = nextIndex++;
@@ -405,6 +428,7 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
     }
     // Let the disk and the store make progress.
     for (let k = prng.int(gc ? 8 : 4); k > 0 && clock.now < crashAt; k--) if (!(await clock.step())) break;
+    if (raft) checkCheckpointEntries(`after op ${op}`);
     if (clock.now >= crashAt) {
       crashAt = Infinity;
       noteCounters(store!);
