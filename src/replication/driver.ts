@@ -208,6 +208,8 @@ class Group {
   snapshotTriedAt = 0;
   lead: NodeId = 0;
   role: StateRole = StateRole.follower;
+  /** The term of the last persisted hard state (proposals of older terms are dropped when it moves). */
+  term = 0;
   /**
    * On a leader while a member is away or behind: the volume ranges written
    * or trimmed since a compaction point the member holds, so the snapshot it
@@ -860,6 +862,10 @@ export class MultiRaft {
       this.snapshotReceiver.leaderIs(g.id, g.lead);
       if (g.role !== StateRole.leader) this.failReads(g, new NotLeaderError(g.id, g.lead));
     }
+    if (rd.hardState !== null && rd.hardState.term > g.term) {
+      g.term = rd.hardState.term;
+      this.dropOlderProposals(g);
+    }
     for (const m of rd.messages) this.sendMessage(g, m);
     for (const rs of rd.readStates) {
       const waiters = g.readRounds.get(Buffer.from(rs.context).toString("hex"));
@@ -922,6 +928,21 @@ export class MultiRaft {
     g.readRounds.clear();
     for (const r of g.readsAwaitingApply) for (const w of r.waiters) w.reject(e);
     g.readsAwaitingApply.length = 0;
+  }
+
+  /**
+   * The term moved on: a proposal of an older term not applied yet may never
+   * be. The new leader may have cut its entry from this node's log, and if
+   * nothing is ever proposed at that index again, nothing would answer it.
+   * Its outcome is unknown (the entry may still commit); the caller retries,
+   * which is safe for volume writes and trims (they are idempotent).
+   */
+  private dropOlderProposals(g: Group): void {
+    for (const [index, w] of g.proposals) {
+      if (w.term >= g.term) continue;
+      g.proposals.delete(index);
+      w.reject(new ProposalDroppedError(`entry ${index} of group ${g.id} was proposed in term ${w.term}, and leadership moved on (term ${g.term}) before it was applied; its outcome is unknown, retry the request`));
+    }
   }
 
   private failAll(g: Group, e: Error): void {

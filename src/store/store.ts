@@ -71,6 +71,16 @@ interface Group extends MappedGroup {
 }
 
 /** A Raft entry to persist: its data becomes the record payload, so applied writes can point into it. */
+/** Blocks of a volume as one replica holds them, for another's repair (Store.readForRepair). */
+export interface RepairCopy {
+  /** The blocks, damaged ones as zeroes. */
+  data: Uint8Array;
+  /** The blocks that failed their checksum there. */
+  damaged: number[];
+  /** The Raft index that replica had applied: the bytes are the state after it. */
+  applied: number;
+}
+
 export interface RaftEntryInput {
   index: number;
   term: number;
@@ -343,16 +353,18 @@ export class Store {
   /**
    * Blocks [firstBlock, firstBlock + count) for another replica's repair: the
    * blocks that pass their checksum as they are here, the damaged ones as
-   * zeroes (listed in `damaged`), so no unchecked byte leaves the node.
+   * zeroes (listed in `damaged`), so no unchecked byte leaves the node; and
+   * the Raft index the group has applied here, which these bytes are the
+   * state of.
    */
-  readForRepair(groupId: number, firstBlock: number, count: number): { data: Buffer; damaged: number[] } {
+  readForRepair(groupId: number, firstBlock: number, count: number): { data: Buffer; damaged: number[]; applied: number } {
     const g = this.group(groupId);
     const [from, length] = blockRange(g, firstBlock, count);
     const data = Buffer.allocUnsafe(length);
     readContent(g.map, from / sectorBytes, length / sectorBytes, data, 0, this.mapCtx.readAt);
     const damaged = damagedBlocks(g.map, firstBlock, count, data, 0);
     for (const b of damaged) data.fill(0, (b - firstBlock) * checksumBlockBytes, (b - firstBlock) * checksumBlockBytes + g.map.blockSectorCount(b) * sectorBytes);
-    return { data, damaged };
+    return { data, damaged, applied: g.appliedIndex };
   }
 
   /** Whether any sector of [fromBytes, fromBytes + lengthBytes) holds data (a scrub skips holes). */
@@ -386,24 +398,36 @@ export class Store {
   }
 
   /**
-   * Rewrites damaged blocks from a good copy: `data` holds blocks
-   * [firstBlock, firstBlock + count) as another replica has them. A block
-   * that fails its checksum here and whose bytes in `data` match it is
-   * written anew, as Relocate records from where its sectors are now: they
-   * apply only where the map still points there, so a write that lands
-   * meanwhile is never undone (at run time or in replay). Resolves, once
-   * durable, with the blocks rewritten.
+   * Rewrites damaged blocks from another replica's copy of blocks
+   * [firstBlock, firstBlock + count) (readForRepair there). A damaged block is
+   * taken from the copy when its bytes there match its checksum here, or when
+   * the copy is of the same applied Raft index as this replica is at now and
+   * that replica vouched for the block: the same log prefix gives the same
+   * content. The second way mends a block whose checksum was inverted because
+   * a partial write landed on it while damaged (mapRange), which no copy can
+   * match. A taken block is written anew, as Relocate records from where its
+   * sectors are now: they apply only where the map still points there, so a
+   * write that lands meanwhile is never undone (at run time or in replay).
+   * Once they are durable, a block taken the second way gets the checksum of
+   * its content if that content is exactly the copy (anything else moved it
+   * meanwhile: it stays damaged, and a later repair tries again). Resolves
+   * with the blocks that read good now.
    */
-  async repairBlocks(groupId: number, firstBlock: number, count: number, data: Uint8Array): Promise<number[]> {
+  async repairBlocks(groupId: number, firstBlock: number, count: number, copy: RepairCopy): Promise<number[]> {
     const g = this.group(groupId);
     const [, length] = blockRange(g, firstBlock, count);
-    assert(data.length === length, "repair data holds the blocks whole");
+    assert(copy.data.length === length, "repair data holds the blocks whole");
+    const sameState = copy.applied === g.appliedIndex && copy.applied > 0;
     const writes: Promise<void>[] = [];
     const repaired: number[] = [];
+    const vouched: { block: number; good: Uint8Array }[] = [];
     for (const b of this.checkBlocks(groupId, firstBlock, count)) {
       const at = (b - firstBlock) * checksumBlockBytes;
-      const good = data.subarray(at, at + g.map.blockSectorCount(b) * sectorBytes);
-      if (crc32c(good) !== g.map.blockCrc(b)) continue;
+      const good = copy.data.subarray(at, at + g.map.blockSectorCount(b) * sectorBytes);
+      if (crc32c(good) !== g.map.blockCrc(b)) {
+        if (!sameState || copy.damaged.includes(b)) continue;
+        vouched.push({ block: b, good });
+      }
       repaired.push(b);
       g.map.runs(b * blockSectors, g.map.blockSectorCount(b), (sector, n, address) => {
         if (address === 0) return; // a hole reads as zeroes, which is what the checksum covered
@@ -413,6 +437,10 @@ export class Store {
     }
     await Promise.all(writes);
     if (g.dropped) return [];
+    for (const { block, good } of vouched) {
+      const content = blockContent(g.map, block, this.mapCtx);
+      if (content !== undefined && content.equals(good)) g.map.setBlockCrc(block, crc32c(content));
+    }
     // A write (or GC's copy) may have moved a block meanwhile, so its Relocate did not apply: only what reads good now counts.
     const good = repaired.filter((b) => g.map.blockAllocated(b) && this.checkBlocks(groupId, b, 1).length === 0);
     this.counters.blocksRepaired += good.length;
@@ -686,7 +714,7 @@ export class Store {
     assert(offsetBytes % sectorBytes === 0 && lengthBytes % sectorBytes === 0, "applied writes are whole sectors");
     const sector = offsetBytes / sectorBytes;
     const count = lengthBytes / sectorBytes;
-    mapRange(g, sector, count, e.address, entryBlockCrcs(g.map, sector, count, data, crcs), this.mapCtx);
+    mapRange(g, sector, count, e.address, entryBlockCrcs(g.map, sector, count, data, crcs), this.mapCtx, [data]);
     this.addLive(e.address, lengthBytes);
     g.appliedIndex = Math.max(g.appliedIndex, index);
   }
@@ -987,7 +1015,7 @@ export class Store {
         payloadCrc,
         done: (address, error) => {
           if (error) return reject(error);
-          if (!g.dropped) this.apply(g, kind, offsetBytes, lengthBytes, source, address, crcs);
+          if (!g.dropped) this.apply(g, kind, offsetBytes, lengthBytes, source, address, crcs, payload);
           resolve();
         },
       });
@@ -1008,8 +1036,8 @@ export class Store {
   /** Counts sectors a block map stopped pointing at as dead (a field, as unpin). */
   private readonly freed = (address: number, sectors: number): void => this.addLive(address, -sectors * sectorBytes);
 
-  private apply(g: Group, kind: RecordKind, offsetBytes: number, lengthBytes: number, source: number, address: number, crcs: Uint32Array | undefined): void {
-    const moved = applyToGroup(g, kind, offsetBytes, lengthBytes, source, address, crcs, this.mapCtx);
+  private apply(g: Group, kind: RecordKind, offsetBytes: number, lengthBytes: number, source: number, address: number, crcs: Uint32Array | undefined, payload: readonly Uint8Array[]): void {
+    const moved = applyToGroup(g, kind, offsetBytes, lengthBytes, source, address, crcs, this.mapCtx, payload);
     if (moved > 0) this.addLive(address, moved * sectorBytes);
   }
 
@@ -1441,7 +1469,7 @@ function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: numbe
   }
   if (h.offsetBytes + h.lengthBytes > g.sizeBytes) return;
   const crcs = h.kind === RecordKind.Write && !g.crcsPending ? wholeBlockCrcs(g.map, h.offsetBytes / sectorBytes, h.lengthBytes / sectorBytes, [payload]) : undefined;
-  applyToGroup(g, h.kind, h.offsetBytes, h.lengthBytes, h.termOrSource, address, crcs, ctx);
+  applyToGroup(g, h.kind, h.offsetBytes, h.lengthBytes, h.termOrSource, address, crcs, ctx, [payload]);
   if (h.kind !== RecordKind.Relocate) {
     g.term = Math.max(g.term, h.termOrSource);
   }
@@ -1457,12 +1485,13 @@ function applyToGroup(
   address: number,
   crcs: Uint32Array | undefined,
   ctx: MapContext,
+  payload?: readonly Uint8Array[],
 ): number {
   const sector = offsetBytes / sectorBytes;
   const count = lengthBytes / sectorBytes;
   switch (kind) {
     case RecordKind.Write:
-      mapRange(g, sector, count, address, crcs, ctx);
+      mapRange(g, sector, count, address, crcs, ctx, payload);
       return count;
     case RecordKind.Trim:
       mapRange(g, sector, count, 0, undefined, ctx);

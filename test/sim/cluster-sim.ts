@@ -38,8 +38,8 @@
 // store is restarted (as its operator would, after freeing space) only once
 // the space is back. Afterwards the replicas must converge as usual.
 //
-// Not here yet: the catalog, its control loops and membership changes (the
-// daemon runs those).
+// The catalog, its control loops and membership changes run in
+// test/sim/catalog-sim.ts.
 
 import { Packr } from "msgpackr";
 import { AssertionError } from "../../src/base/assert.js";
@@ -52,7 +52,7 @@ import { VolumeIo } from "../../src/replication/volume-io.js";
 import { decodeOp, VolumeOpKind } from "../../src/replication/volume-op.js";
 import { CorruptionError, StoreError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
-import { commitsInFlightMax } from "../../src/constants.js";
+import { commitsInFlightMax, raftLogRetainBytes } from "../../src/constants.js";
 import { healthyDisk, SimClock, SimDisk } from "./disk.js";
 import { errorKindOf } from "../../src/replication/errors.js";
 
@@ -82,6 +82,8 @@ export interface ClusterSimOptions {
    * (longer than an election timeout, so its leader stops waiting for it).
    */
   logRetainBytes?: number;
+  /** Windows of a full disk (default true; false replays a seed as it ran before they existed, with logRetainBytes at the daemon's default). */
+  diskFull?: boolean;
 }
 
 export interface ClusterSimResult {
@@ -180,24 +182,24 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   // Its own generator, so every other draw of a seed is what it was before this option existed.
   const retainPrng = new Prng(o.seed * 11 + 5);
   const fullPrng = new Prng(o.seed * 13 + 9);
-  const logRetainBytes = o.logRetainBytes ?? (retainPrng.chance(0.5) ? undefined : 8 * KiB * (1 + retainPrng.int(8)));
+  const logRetainBytes = o.logRetainBytes ?? (retainPrng.chance(0.5) ? raftLogRetainBytes : 8 * KiB * (1 + retainPrng.int(8)));
+  /** Members catch up by snapshot: outages are long, one node at a time. */
+  const catchUp = logRetainBytes < raftLogRetainBytes;
   const clock = new SimClock();
   const log = o.log ?? (() => {});
   const n = o.nodes ?? 3;
   const ops = o.ops ?? 500;
   const ids = Array.from({ length: n }, (_, i) => i + 1);
   const r: ClusterSimResult = { seed: o.seed, writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, retired: 0, failStops: 0, snapshots: 0, snapshotDeltas: 0, diskFullWindows: 0, writesFailedEnospc: 0, writesFailedOther: 0, simMs: 0 };
+  /** A failure found in a callback (a client's answer): the run stops at the next step of the clock. */
+  let failure: unknown;
   const fail = (m: string): never => {
-    throw new ClusterSimFailure(o.seed, m);
+    const e = new ClusterSimFailure(o.seed, m);
+    failure ??= e;
+    throw e;
   };
-  /**
-   * The first failure or bug thrown in a client's promise callback: nothing
-   * awaits those, so the run rethrows it from its own loop (else it would end
-   * the process as an unhandled rejection, without the seed's FAIL line).
-   */
-  let escaped: { error: unknown } | undefined;
-  const escape = (e: unknown): void => {
-    escaped ??= { error: e };
+  const noteFailure = (e: unknown): void => {
+    failure ??= e;
   };
   const nodes = new Map<number, SimNode>();
   /** The one node whose disk rots. */
@@ -272,8 +274,8 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       (s) => (store = s),
       (e) => (error = e ?? new Error("rejected")),
     );
-    await clock.runUntil(() => store !== undefined || error !== undefined || node.gen !== gen || escaped !== undefined);
-    if (escaped !== undefined) throw escaped.error;
+    await clock.runUntil(() => store !== undefined || error !== undefined || node.gen !== gen || failure !== undefined);
+    if (failure !== undefined) throw failure;
     if (node.gen !== gen) return; // crashed again while opening
     node.booting = false;
     if (error instanceof AssertionError) throw error;
@@ -310,7 +312,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       log: (l) => log(`node ${node.id}: ${l}`),
       volumeBytes: () => volumeBytes,
       damaged: (e) => void repairer.repair(e),
-      ...(logRetainBytes !== undefined ? { logRetainBytes } : {}),
+      logRetainBytes,
     });
     const io = new VolumeIo({
       nodeId: node.id,
@@ -462,7 +464,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
         if (kind === "ENOSPC") r.writesFailedEnospc++;
         else r.writesFailedOther++;
       },
-    ).catch(escape);
+    ).catch(noteFailure);
   };
 
   const clientRead = (node: SimNode): void => {
@@ -489,13 +491,16 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
         open.delete(q);
         if (e instanceof AssertionError) throw e;
       },
-    ).catch(escape);
+    ).catch(noteFailure);
   };
 
   const runFor = async (ms: number): Promise<void> => {
     const until = clock.now + ms;
-    while (clock.now < until && escaped === undefined) if (!(await clock.step())) break;
-    if (escaped !== undefined) throw escaped.error;
+    while (clock.now < until) {
+      const more = await clock.step();
+      if (failure !== undefined) throw failure;
+      if (!more) break;
+    }
   };
 
   for (const node of nodes.values()) await boot(node);
@@ -509,10 +514,10 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     else if (dice < 860) {
       const victim = up[prng.int(up.length)];
       // With a small retention, long crashes of one node at a time: a leader keeps writing while a member is away.
-      const skip = logRetainBytes !== undefined && (up.length < n || retainPrng.chance(0.3));
+      const skip = catchUp && (up.length < n || retainPrng.chance(0.3));
       if (victim !== undefined && up.length > 1 && !skip) {
         crash(victim);
-        if (logRetainBytes !== undefined) victim.downUntil = clock.now + 2000 + retainPrng.int(6000);
+        if (catchUp) victim.downUntil = clock.now + 2000 + retainPrng.int(6000);
       }
     } else if (dice < 900) {
       const down = [...nodes.values()].filter((x) => !x.up && !x.booting && !x.retired && clock.now >= x.downUntil);
@@ -551,7 +556,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       if (x !== undefined) x.skewMs += 1000 + prng.int(60_000);
     } else if (dice < 985) {
       const x = up[prng.int(up.length)];
-      if (x !== undefined && x.fullUntil <= clock.now) fillDisk(x);
+      if (x !== undefined && x.fullUntil <= clock.now && o.diskFull !== false) fillDisk(x);
     }
     // A node whose store stopped after a disk error is restarted, as its supervisor would (a full disk: once there is room again).
     for (const x of upNodes()) {
@@ -606,8 +611,8 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     let copy: Buffer | undefined;
     let error: unknown;
     Promise.resolve(x.repairer!.read(groupId, 0, volumeBytes)).then((b) => (copy = b), (e) => (error = e ?? new Error("rejected")));
-    await clock.runUntil(() => copy !== undefined || error !== undefined || escaped !== undefined);
-    if (escaped !== undefined) throw escaped.error;
+    await clock.runUntil(() => copy !== undefined || error !== undefined || failure !== undefined);
+    if (failure !== undefined) throw failure;
     if (copy === undefined) return fail(`node ${x.id}'s copy could not be read after healing: ${error === undefined ? "the read never finished" : ((error as Error).stack ?? String(error))}`);
     copies.set(x.id, copy);
   }
@@ -622,7 +627,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   }
   checkRead(reference, 0, clock.now, clock.now, "the replicas' copy after healing (an acknowledged write lost?)");
   for (const x of nodes.values()) noteSnapshots(x);
-  if (escaped !== undefined) throw escaped.error;
+  if (failure !== undefined) throw failure;
   r.simMs = clock.now;
   return r;
 }

@@ -46,10 +46,10 @@ test("planted: GC frees a segment while block maps still point into its upper ha
 // not find them. The raft profile's check after every step reports it ("the
 // checkpoint lists Raft entry I of group 1 in segment N, which is gone"); a
 // crash in that window ends the same way ("segment N holds mapped data").
-// Caught by 20 of seeds 1..60 (first seed 3; `node
-// dist/test/sim/store-main.js --seed 1 --seeds 20 --profile raft`, then
-// `--seed 21 --seeds 40`, on the planted copy); the test runs seeds 1..6,
-// which pass without the plant. About 10 s.
+// Caught by 10 of seeds 1..30 (first seed 3; `node
+// dist/test/sim/store-main.js --seed 1 --seeds 30 --profile raft` on the
+// planted copy); the test runs seeds 1..6, which pass without the plant.
+// About 10 s.
 test("planted: GC frees a segment the last checkpoint's Raft entries still point into", () => {
   expectCaught("gc-ignores-checkpoint-pins", [{ file: "src/store/store.js", find: "if (honourCheckpointPins && this.checkpointPinned.has(id))", replace: "if (false)" }], ...sim("raft", 6));
 });

@@ -1,7 +1,7 @@
 // A long sweep of the cluster simulator over several processes:
 //   npm run sim:sweep -- [--seeds N] [--from S] [--workers K] [--chunk C] [cluster-main options...]
 // Splits seeds S .. S+N-1 (default 1 .. 10,000) into ranges of C seeds
-// (default 50) and runs each range as one cluster-main.js process, K at a
+// (default: about four ranges a worker, at most 50 seeds each) and runs each range as one cluster-main.js process, K at a
 // time (default: one per core). Prints a progress line per finished range,
 // then every failed seed with its FAIL line and replay command, and a last
 // line with the runs, failures, summed counters and wall time. Options it
@@ -31,7 +31,7 @@ interface Outcome {
 }
 
 function options(argv: string[]): { seeds: number; from: number; workers: number; chunk: number; rest: string[] } {
-  const o = { seeds: 10_000, from: 1, workers: availableParallelism(), chunk: 50, rest: [] as string[] };
+  const o = { seeds: 10_000, from: 1, workers: availableParallelism(), chunk: 0, rest: [] as string[] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const keys: Record<string, "seeds" | "from" | "workers" | "chunk" | undefined> = { "--seeds": "seeds", "--from": "from", "--workers": "workers", "--chunk": "chunk" };
@@ -44,6 +44,8 @@ function options(argv: string[]): { seeds: number; from: number; workers: number
     if (!Number.isSafeInteger(v) || v < (key === "from" ? 0 : 1)) throw new Error(`${a} needs a positive integer, not ${argv[i]}`);
     o[key] = v;
   }
+  // Enough ranges that the workers finish together: about four each, at most 50 seeds a range.
+  if (o.chunk === 0) o.chunk = Math.max(1, Math.min(50, Math.ceil(o.seeds / (o.workers * 4))));
   return o;
 }
 
