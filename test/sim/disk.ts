@@ -90,6 +90,12 @@ export interface SimDiskFaults {
   syncEio: number;
   /** Bytes the files may hold in all (the sum of their sizes); a write that grows a file past it fails with ENOSPC. */
   capacityBytes: number;
+  /**
+   * Every write needs its length in free bytes, as on a copy-on-write or
+   * thin-provisioned filesystem, so overwriting a preallocated file can fail
+   * with ENOSPC too (default false: only a write that grows a file needs room).
+   */
+  copyOnWrite?: boolean;
   /** Ticks an operation takes: [min, max]; a slow disk has a large max. */
   latency: [number, number];
 }
@@ -346,7 +352,7 @@ export class SimDisk implements Disk {
       this.counters.eio++;
       return this.complete(() => ioError("EIO", "write error"));
     }
-    const growth = Math.max(0, position + length - inode.visibleSize);
+    const growth = this.faults.copyOnWrite === true ? length : Math.max(0, position + length - inode.visibleSize);
     if (growth > 0 && this.usedBytes() + growth > this.faults.capacityBytes) {
       this.counters.enospc++;
       return this.complete(() => ioError("ENOSPC", "disk full"));
