@@ -12,7 +12,7 @@ import { raftLogRetainBytes } from "../../src/constants.js";
 const seeds = 60;
 
 test(`cluster simulation: ${seeds} seeds lose no acknowledged write, serve no stale read, and converge once healed`, async () => {
-  const total = { acked: 0, readsChecked: 0, crashes: 0, partitions: 0, dropped: 0 };
+  const total = { acked: 0, readsChecked: 0, crashes: 0, partitions: 0, dropped: 0, snapshots: 0, writesFailedEnospc: 0 };
   for (let seed = 1; seed <= seeds; seed++) {
     const r = await runClusterSim({ seed });
     for (const k of Object.keys(total) as (keyof typeof total)[]) total[k] += r[k];
@@ -22,6 +22,9 @@ test(`cluster simulation: ${seeds} seeds lose no acknowledged write, serve no st
   assert.ok(total.readsChecked > seeds * 20, `reads checked ${total.readsChecked}`);
   assert.ok(total.crashes > seeds * 5 && total.partitions > seeds, `crashes ${total.crashes}, partitions ${total.partitions}`);
   assert.ok(total.dropped > 0, `messages dropped ${total.dropped}`);
+  assert.ok(total.snapshots > 0, `snapshots sent ${total.snapshots}`);
+  // A full copy-on-write disk fails log writes: the client is told ENOSPC (NBD_ENOSPC), not EIO.
+  assert.ok(total.writesFailedEnospc > 0, `writes answered ENOSPC ${total.writesFailedEnospc}`);
 });
 
 // Seeds that found a bug, each replayed as it ran then (the fix is named).
