@@ -144,7 +144,11 @@ export interface GroupView {
  * commit index becomes a voter; then a listed node that is not a member
  * joins as a learner (a snapshot fills it); then a member the catalog no
  * longer lists is removed (never the leader itself: it hands leadership on
- * first, `leaveDecision`).
+ * first, `leaveDecision`). The removal does not wait for the new learner to
+ * catch up: a replica moves mostly off a node that is down, and a down voter
+ * kept meanwhile would make the group need every other member, the learner
+ * included once promoted, for a quorum. A drain of a live node so runs with
+ * one copy fewer until the learner is promoted.
  */
 export function nextMemberChange(self: NodeId, wanted: readonly NodeId[], g: GroupView, caughtUpEntries: number): MemberChange | undefined {
   const ready = g.learners.find((l) => {
