@@ -116,8 +116,9 @@ class Inode {
   durable = new Map<number, Uint8Array>();
   durableSize = 0;
   pending: PendingWrite[] = [];
-  /** After each good sync, how far the writes it made durable reached (the log's commit ends, for a segment). */
-  syncEnds: number[] = [];
+  /** Syncs that made something durable, and for each page the count when its content last became durable. */
+  syncs = 0;
+  readonly pageSyncedAt = new Map<number, number>();
 
   get visibleSize(): number {
     let n = this.durableSize;
@@ -170,13 +171,12 @@ class Inode {
   }
 
   sync(): void {
-    let end = 0;
+    if (this.pending.length > 0) this.syncs++;
     for (const w of this.pending) {
       Inode.apply(this.durable, w.position, w.data);
       this.durableSize = Math.max(this.durableSize, w.position + w.data.length);
-      end = Math.max(end, w.position + w.data.length);
+      for (let p = Math.floor(w.position / pageBytes); p * pageBytes < w.position + w.data.length; p++) this.pageSyncedAt.set(p, this.syncs);
     }
-    if (this.pending.length > 0) this.syncEnds.push(end);
     this.pending = [];
   }
 
@@ -296,15 +296,15 @@ export class SimDisk implements Disk {
 
   /**
    * Flips a random bit among the durable bytes a file holds (not its
-   * zero-filled tail), below where the sync `syncsAfter` syncs ago reached:
-   * for a log segment, in a commit with at least that many durable commits
-   * after it. False when there is no such byte.
+   * zero-filled tail) whose content became durable at least `syncsAfter`
+   * syncs ago: for a log segment, in a commit with at least that many
+   * durable commits after it. False when there is no such byte.
    */
   flipSomewhere(name: string, syncsAfter = 0): boolean {
     const inode = this.names.get(name);
     if (inode === undefined) return false;
-    const limit = syncsAfter === 0 ? Infinity : (inode.syncEnds[inode.syncEnds.length - 1 - syncsAfter] ?? 0);
-    const pages = [...inode.durable.keys()].filter((p) => (p + 1) * pageBytes <= limit);
+    // Only pages whose content has been followed by `syncsAfter` more syncs (a segment's zero-fill counts as one sync however far it reaches).
+    const pages = [...inode.durable.keys()].filter((p) => (inode.pageSyncedAt.get(p) ?? 0) + syncsAfter <= inode.syncs);
     if (pages.length === 0) return false;
     const position = pages[this.prng.int(pages.length)]! * pageBytes + this.prng.int(pageBytes);
     return this.flip(name, position, this.prng.int(8));
