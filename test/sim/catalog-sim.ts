@@ -35,10 +35,10 @@ import { dispatchPeerMessage } from "../../src/replication/dispatch.js";
 import { MultiRaft, NotLeaderError, ProposalDroppedError } from "../../src/replication/driver.js";
 import { Repairer } from "../../src/replication/repair.js";
 import { VolumeIo } from "../../src/replication/volume-io.js";
-import { StoreError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
 import { healthyDisk, SimClock, SimDisk } from "./disk.js";
 import { SimNet } from "./net.js";
+import { SimProcesses } from "./process.js";
 
 const sectorBytes = 512;
 const volumeBytes = 256 * 1024;
@@ -148,31 +148,18 @@ export async function runCatalogSim(o: CatalogSimOptions): Promise<CatalogSimRes
 
   // ---- the network ----
   const net = new SimNet(prng, clock, nodes, (dest, from, m) => {
-    if (dest.driver !== undefined) guard(dest, dest.gen, () => dispatchPeerMessage({ driver: dest.driver!, io: dest.io!, repairer: dest.repairer! }, from, m));
+    if (dest.driver === undefined) return false;
+    guard(dest, dest.gen, () => dispatchPeerMessage({ driver: dest.driver!, io: dest.io!, repairer: dest.repairer! }, from, m));
+    return true;
   });
   const send = (from: SimNode, gen: number, to: number, m: unknown): boolean => net.send(from, gen, to, m);
 
-  /** A store error at the top of a node's event loop ends that process (fail-stop); anything else ends the run. */
-  const guard = (node: SimNode, gen: number, fn: () => void): void => {
-    if (node.gen !== gen) return;
-    try {
-      fn();
-    } catch (e) {
-      if (!(e instanceof StoreError) || node.gen !== gen) throw e;
-      log(`node ${node.id} dies: ${e.message}`);
-      crash(node);
-    }
-  };
-
-  const after = (node: SimNode, gen: number, ms: number, fn: () => void): (() => void) => {
-    let cancelled = false;
-    clock.schedule(() => {
-      if (!cancelled) guard(node, gen, fn);
-    }, ms);
-    return () => {
-      cancelled = true;
-    };
-  };
+  const processes = new SimProcesses<SimNode>(clock, (node, e) => {
+    log(`node ${node.id} dies: ${e.message}`);
+    crash(node);
+  });
+  const guard = (node: SimNode, gen: number, fn: () => void): void => processes.guard(node, gen, fn);
+  const after = (node: SimNode, gen: number, ms: number, fn: () => void): (() => void) => processes.after(node, gen, ms, fn);
 
   const every = (node: SimNode, gen: number, ms: number, fn: () => void): void => {
     const turn = (): void => {
@@ -401,13 +388,10 @@ export async function runCatalogSim(o: CatalogSimOptions): Promise<CatalogSimRes
       const back = down[prng.int(down.length)];
       if (back !== undefined) await boot(back);
     } else if (dice < 700) {
-      const a = ids[prng.int(nodeCount)]!;
-      const b = ids[prng.int(nodeCount)]!;
-      if (a !== b) {
-        const both = prng.chance(0.5);
-        net.cut(a, b, both);
+      const cut = net.cutAtRandom(ids);
+      if (cut !== undefined) {
         r.partitions++;
-        log(`partition ${a} -> ${b}${both ? " both ways" : ""} at ${clock.now} ms`);
+        log(`${cut} at ${clock.now} ms`);
       }
     } else if (dice < 740) {
       net.blocked.clear();

@@ -41,7 +41,6 @@
 // The catalog, its control loops and membership changes run in
 // test/sim/catalog-sim.ts.
 
-import { Packr } from "msgpackr";
 import { AssertionError } from "../../src/base/assert.js";
 import { Prng } from "../../src/base/prng.js";
 import { dispatchPeerMessage } from "../../src/replication/dispatch.js";
@@ -54,6 +53,8 @@ import { CorruptionError, StoreError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
 import { commitsInFlightMax, raftLogRetainBytes } from "../../src/constants.js";
 import { healthyDisk, SimClock, SimDisk } from "./disk.js";
+import { SimNet } from "./net.js";
+import { SimProcesses } from "./process.js";
 import { errorKindOf } from "../../src/replication/errors.js";
 
 const sectorBytes = 512;
@@ -61,7 +62,6 @@ const KiB = 1024;
 const groupId = 1;
 const volumeBytes = 512 * KiB;
 const tickMs = 100;
-const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 
 export interface ClusterSimOptions {
   seed: number;
@@ -209,61 +209,20 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   }
 
   // ---- the network ----
-  const blocked = new Set<string>(); // "from>to"
-  let loss = 0;
-  let dup = 0;
-  let delayMax = 5;
-  const send = (from: SimNode, gen: number, to: number, m: unknown): boolean => {
-    if (from.gen !== gen || !from.up) return false;
-    const dest = nodes.get(to);
-    if (dest === undefined || !dest.up || blocked.has(`${from.id}>${to}`)) return false;
-    r.messages++;
-    const bytes = packr.pack(m);
-    if (prng.chance(loss)) {
-      r.dropped++;
-      return true;
-    }
-    const copies = prng.chance(dup) ? 2 : 1;
-    for (let c = 0; c < copies; c++) {
-      clock.schedule(() => {
-        if (!dest.up || dest.driver === undefined || blocked.has(`${from.id}>${to}`)) {
-          r.dropped++;
-          return;
-        }
-        guard(dest, dest.gen, () => dispatchPeerMessage({ driver: dest.driver!, io: dest.io!, repairer: dest.repairer! }, from.id, packr.unpack(bytes)));
-      }, 1 + prng.int(delayMax));
-    }
+  const net = new SimNet(prng, clock, nodes, (dest, from, m) => {
+    if (dest.driver === undefined) return false;
+    guard(dest, dest.gen, () => dispatchPeerMessage({ driver: dest.driver!, io: dest.io!, repairer: dest.repairer! }, from, m));
     return true;
-  };
+  });
+  const send = (from: SimNode, gen: number, to: number, m: unknown): boolean => net.send(from, gen, to, m);
 
-  /**
-   * Runs a callback of one process. A store error that reaches the top of the
-   * event loop ends the process, as it ends the daemon (fail-stop): the node
-   * crashes and restarts later, and recovery works from what is on its disk.
-   * Anything else is a bug in the code under test and ends the run.
-   */
-  const guard = (node: SimNode, gen: number, fn: () => void): void => {
-    if (node.gen !== gen) return;
-    try {
-      fn();
-    } catch (e) {
-      if (!(e instanceof StoreError) || node.gen !== gen) throw e;
-      log(`node ${node.id} dies: ${e.message}`);
-      r.failStops++;
-      crash(node);
-    }
-  };
-
-  /** A timer of one process: it does nothing once that process crashed. */
-  const after = (node: SimNode, gen: number, ms: number, fn: () => void): (() => void) => {
-    let cancelled = false;
-    clock.schedule(() => {
-      if (!cancelled) guard(node, gen, fn);
-    }, ms);
-    return () => {
-      cancelled = true;
-    };
-  };
+  const processes = new SimProcesses<SimNode>(clock, (node, e) => {
+    log(`node ${node.id} dies: ${e.message}`);
+    r.failStops++;
+    crash(node);
+  });
+  const guard = (node: SimNode, gen: number, fn: () => void): void => processes.guard(node, gen, fn);
+  const after = (node: SimNode, gen: number, ms: number, fn: () => void): (() => void) => processes.after(node, gen, ms, fn);
 
   const boot = async (node: SimNode): Promise<void> => {
     const gen = ++node.gen;
@@ -524,21 +483,16 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       const back = down[prng.int(down.length)];
       if (back !== undefined) await boot(back);
     } else if (dice < 920) {
-      const a = ids[prng.int(n)]!;
-      const b = ids[prng.int(n)]!;
-      if (a !== b) {
-        blocked.add(`${a}>${b}`);
-        if (prng.chance(0.5)) blocked.add(`${b}>${a}`);
+      const cut = net.cutAtRandom(ids);
+      if (cut !== undefined) {
         r.partitions++;
-        log(`partition ${a} -> ${b}${blocked.has(`${b}>${a}`) ? " both ways" : ""} at ${clock.now} ms`);
+        log(`${cut} at ${clock.now} ms`);
       }
     } else if (dice < 945) {
-      blocked.clear();
+      net.blocked.clear();
       log(`partitions healed at ${clock.now} ms`);
     } else if (dice < 960) {
-      loss = [0, 0.01, 0.05][prng.int(3)]!;
-      dup = [0, 0.01, 0.05][prng.int(3)]!;
-      delayMax = [5, 20, 100][prng.int(3)]!;
+      net.roughen();
     } else if (dice < 970) {
       const x = up[prng.int(up.length)];
       if (x !== undefined) x.disk.faults = prng.chance(0.5) ? { ...healthyDisk, latency: [1, 150] } : { ...healthyDisk, writeEio: 0.02 };
@@ -569,10 +523,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   }
 
   // ---- heal, converge, check ----
-  blocked.clear();
-  loss = 0;
-  dup = 0;
-  delayMax = 5;
+  net.heal();
   for (const x of nodes.values()) {
     x.fullUntil = 0;
     x.disk.faults = { ...healthyDisk };
@@ -629,5 +580,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   for (const x of nodes.values()) noteSnapshots(x);
   if (failure !== undefined) throw failure;
   r.simMs = clock.now;
+  r.messages = net.messages;
+  r.dropped = net.dropped;
   return r;
 }

@@ -30,8 +30,8 @@ export class SimNet<P extends SimProcess> {
     private readonly prng: Prng,
     private readonly clock: SimClock,
     private readonly nodes: ReadonlyMap<number, P>,
-    /** Hands a message that arrived to its node's process (which may be down by then: check). */
-    private readonly deliver: (dest: P, from: number, m: unknown) => void,
+    /** Hands a message that arrived to its node's process; false when the process cannot take it (it is still starting): dropped. */
+    private readonly deliver: (dest: P, from: number, m: unknown) => boolean,
   ) {}
 
   /** Sends from process `gen` of `from`; false when the transport would say it cannot (the destination is down or cut off). */
@@ -48,11 +48,7 @@ export class SimNet<P extends SimProcess> {
     const copies = this.prng.chance(this.dup) ? 2 : 1;
     for (let c = 0; c < copies; c++) {
       this.clock.schedule(() => {
-        if (!dest.up || this.blocked.has(`${from.id}>${to}`)) {
-          this.dropped++;
-          return;
-        }
-        this.deliver(dest, from.id, packr.unpack(bytes));
+        if (!dest.up || this.blocked.has(`${from.id}>${to}`) || !this.deliver(dest, from.id, packr.unpack(bytes))) this.dropped++;
       }, 1 + this.prng.int(this.delayMax));
     }
     return true;
@@ -62,6 +58,16 @@ export class SimNet<P extends SimProcess> {
   cut(a: number, b: number, bothWays: boolean): void {
     this.blocked.add(`${a}>${b}`);
     if (bothWays) this.blocked.add(`${b}>${a}`);
+  }
+
+  /** Cuts a random link between two of `ids`, one way or both: the cut, for the log, or undefined when both picks were the same node. */
+  cutAtRandom(ids: readonly number[]): string | undefined {
+    const a = ids[this.prng.int(ids.length)]!;
+    const b = ids[this.prng.int(ids.length)]!;
+    if (a === b) return undefined;
+    const both = this.prng.chance(0.5);
+    this.cut(a, b, both);
+    return `partition ${a} -> ${b}${both ? " both ways" : ""}`;
   }
 
   /** Whether a and b can talk both ways (what a peer connection needs). */
