@@ -259,6 +259,11 @@ export class Store {
     store.recountLive();
     await store.releaseEmptySegments();
     for (const [id, saved] of stateSnapshots) await store.adoptStateSnapshot(id, saved);
+    // A group whose Raft log recovery cut owes its vote until the log is back
+    // (recoverUntil). The damaged record that told may not be found again at
+    // the next start (a torn tail after it is cut off, the segment freed), so
+    // the debt is made durable now, in a checkpoint, before the group runs.
+    if ([...store.groups.keys()].some((id) => damage.isCut(id))) await store.checkpoint();
     return store;
   }
 
