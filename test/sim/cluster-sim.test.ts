@@ -34,6 +34,7 @@ const regressions: { seed: number; flips: boolean; bug: string; asNow?: boolean 
   { seed: 5003, flips: true, bug: "the same poisoned block, on the leader: it retried a snapshot to a lagging follower forever" },
   { seed: 424, flips: true, asNow: true, bug: "a follower that had applied the leader's compaction point from its own log refused every copy at that index, and the leader sent it again forever (snapshot: a refusal names the follower's applied index, and counts as installed)" },
   { seed: 3484, flips: true, asNow: true, bug: "a node whose recovery cut its Raft log at rot forgot at its next start that it owed its vote, and helped elect a leader without committed entries (store: a checkpoint right after a cut makes recoverUntil durable)" },
+  { seed: 3158, flips: true, asNow: true, bug: "a leader whose own copy had an unrepairable block could not send the snapshot its followers seemed to need, though one held the log up to its compaction point (core: an append at the compaction point before a snapshot)" },
   { seed: 645, flips: true, asNow: true, bug: "the simulated disk flipped bits in the last commits of a segment whose zero-fill counted as a far-reaching sync (SimDisk: a page's sync count)" },
   { seed: 5441, flips: true, bug: "a partial write's new sectors rotted in the log before it was applied, and the block's recomputed checksum vouched for the rot: a read returned it (mapRange: the checksum covers the bytes in memory)" },
 ];
