@@ -633,14 +633,6 @@ export class Store {
     return out;
   }
 
-  /** Entry `index`'s type and the last `bytes` of its data (a volume op's trailer); undefined when it is compacted, past the end or shorter. */
-  raftEntryTail(groupId: number, index: number, bytes: number): { type: number; tail: Buffer } | undefined {
-    const e = this.group(groupId).raft.get(index);
-    if (e === undefined || e.lengthBytes < bytes) return undefined;
-    const tail = Buffer.allocUnsafe(bytes);
-    if (bytes > 0) this.segmentLog.readSync(e.address + e.lengthBytes - bytes, tail, 0, bytes);
-    return { type: e.type, tail };
-  }
 
   private readRaftEntry(groupId: number, index: number, e: RaftIndexEntry): RaftEntryOutput {
     const data = Buffer.allocUnsafe(e.lengthBytes);
