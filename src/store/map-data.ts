@@ -113,22 +113,33 @@ export function mapRange(g: MappedGroup, sector: number, count: number, address:
 function overlay(content: Buffer, blockFirst: number, sector: number, count: number, data: readonly Uint8Array[]): void {
   const from = Math.max(blockFirst, sector);
   const to = Math.min(blockFirst + content.length / sectorBytes, sector + count);
-  let skip = (from - sector) * sectorBytes;
   let at = (from - blockFirst) * sectorBytes;
-  let left = (to - from) * sectorBytes;
-  for (const piece of data) {
-    if (left === 0) break;
-    if (skip >= piece.length) {
-      skip -= piece.length;
-      continue;
-    }
-    const n = Math.min(piece.length - skip, left);
-    content.set(piece.subarray(skip, skip + n), at);
-    at += n;
-    left -= n;
-    skip = 0;
+  for (const piece of sliceBuffers(data, (from - sector) * sectorBytes, (to - from) * sectorBytes)) {
+    content.set(piece, at);
+    at += piece.length;
   }
 }
+
+/** Views of bytes [at, at + length) of a list of buffers, without copying. */
+export function sliceBuffers(data: readonly Uint8Array[], at: number, length: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let skip = at;
+  let want = length;
+  for (const d of data) {
+    if (want === 0) break;
+    if (skip >= d.length) {
+      skip -= d.length;
+      continue;
+    }
+    const take = Math.min(d.length - skip, want);
+    out.push(d.subarray(skip, skip + take));
+    want -= take;
+    skip = 0;
+  }
+  assert(want === 0, "slice lies inside the buffers");
+  return out;
+}
+
 
 /**
  * A block's content as a read returns it (holes as zeroes), from wherever its

@@ -28,7 +28,7 @@ import type { Defer, Disk, DiskFile } from "./disk.js";
 import { ChecksumError, DamagedEntryError, StoreError } from "./errors.js";
 import { SegmentLog, type LogPosition } from "./log.js";
 import { decodeHeader, payloadBytesOf, payloadMatches, recordHeaderBytesV1, RecordKind, type RecordHeader } from "./record.js";
-import { blockContent, damagedBlocks, mapRange, readContent, wholeBlockCrcs, wholeBlocks, type MapContext, type MappedGroup, type ReadAt } from "./map-data.js";
+import { blockContent, damagedBlocks, mapRange, readContent, sliceBuffers, wholeBlockCrcs, wholeBlocks, type MapContext, type MappedGroup, type ReadAt } from "./map-data.js";
 import { scanLog } from "./recovery.js";
 import { RaftIndex, decodeRaftConf, encodeRaftConf, type RaftConf, type RaftHardState, type RaftIndexEntry } from "./raft-index.js";
 import { checkpointName, isFreeName, parseSegmentName, segmentName } from "./segment-names.js";
@@ -1564,25 +1564,6 @@ function totalBytes(data: readonly Uint8Array[]): number {
   return n;
 }
 
-/** Views of bytes [at, at + length) of a list of buffers, without copying. */
-export function sliceBuffers(data: readonly Uint8Array[], at: number, length: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let skip = at;
-  let want = length;
-  for (const d of data) {
-    if (want === 0) break;
-    if (skip >= d.length) {
-      skip -= d.length;
-      continue;
-    }
-    const take = Math.min(d.length - skip, want);
-    out.push(d.subarray(skip, skip + take));
-    want -= take;
-    skip = 0;
-  }
-  assert(want === 0, "slice lies inside the buffers");
-  return out;
-}
 
 function zeroList(lengthBytes: number): Uint8Array[] {
   const out: Uint8Array[] = [];
