@@ -35,6 +35,8 @@ import {
   type SettingInfo,
   type UpdateVolumeRequest,
   type VolumeInfo,
+  type AttachmentInfo,
+  type AttachRequest,
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
@@ -433,6 +435,53 @@ export class Daemon implements Controller {
     return this.info(now);
   }
 
+  // ---- attachments (pxd volume attach) ----
+
+  /** On the meta leader: records a host's attachment; the catalog refuses a second read-write host of a volume that is not shared (409). */
+  async attachVolume(name: string, request: AttachRequest): Promise<VolumeInfo> {
+    await this.knownVolume(name);
+    const leaderApi = await this.metaLeaderApi();
+    if (leaderApi) return leaderApi.attachVolume(name, request);
+    const result = await this.metaCommand({
+      kind: "attachVolume",
+      name,
+      host: request.host,
+      ...(request.device !== undefined ? { device: request.device } : {}),
+      via: request.via,
+      readOnly: request.readOnly,
+      ...(request.node !== undefined ? { node: request.node } : {}),
+      at: Date.now(),
+    });
+    if (!result.ok) throw catalogError(result);
+    const a = this.mustGet(name).attachments.find((x) => x.host === request.host);
+    this.log.info(`volume ${name} attached on host ${request.host}${a?.device ? ` as ${a.device}` : " (attach under way)"} via ${request.via}${request.readOnly ? ", read-only" : ""}`);
+    return this.info(this.mustGet(name));
+  }
+
+  async detachVolume(name: string, host: string): Promise<void> {
+    await this.knownVolume(name);
+    const leaderApi = await this.metaLeaderApi();
+    if (leaderApi) return leaderApi.detachVolume(name, host);
+    const result = await this.metaCommand({ kind: "detachVolume", name, host });
+    if (!result.ok) throw catalogError(result);
+    if (result.changed) this.log.info(`volume ${name} detached from host ${host}`);
+  }
+
+  async listAttachments(): Promise<AttachmentInfo[]> {
+    return [...this.catalog.volumes.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).flatMap((v) => attachmentInfos(v));
+  }
+
+  /** Nodes that are up, in the order an attach agent should try them: the volume's leader, its other replicas, then the rest. */
+  async volumeServers(name: string): Promise<string[]> {
+    const v = await this.knownVolume(name);
+    const leader = this.driver.leader(v.id);
+    const rank = (id: number): number => (id === leader ? 0 : v.nodes.includes(id) ? 1 : 2);
+    return [...this.catalog.nodes.values()]
+      .filter((n) => n.health === "up")
+      .sort((a, b) => rank(a.id) - rank(b.id) || a.id - b.id)
+      .map((n) => hostPort(n.address, n.nbdPort));
+  }
+
   // ---- NBD exports ----
 
   private registry(): ExportRegistry {
@@ -644,6 +693,7 @@ export class Daemon implements Controller {
       repl: request.repl ?? nodes?.length ?? Number(settingValue(this.catalog, "defaultRepl")),
       ...(nodes !== undefined ? { nodes } : {}),
       ...(request.zones === true ? { zones: true } : {}),
+      ...(request.shared === true ? { shared: true } : {}),
       at: Date.now(),
     });
     if (!result.ok) throw catalogError(result);
@@ -662,13 +712,18 @@ export class Daemon implements Controller {
     const leaderApi = await this.metaLeaderApi();
     if (leaderApi) return leaderApi.deleteVolume(name, options);
     const force = options.force === true;
+    const attached = this.mustGet(name).attachments;
+    if (attached.length > 0 && !force) {
+      const where = listNames(attached.map((a) => `${a.host}${a.device === "" ? "" : ` (${a.device})`}`));
+      throw new ApiError(409, "attached", `volume "${name}" is attached on ${where}; detach it there first ("pxd volume detach ${name}" on that host), or delete it with --force`);
+    }
     const answers = await this.askEveryNode(
       (api) => (force ? api.disconnectVolume(name) : api.volumeConnections(name)),
       () => (force ? this.disconnectHere(name) : this.connectionsHere(name)),
     );
     const busy = busyProblem(name, answers, force);
     if (busy !== undefined) throw new ApiError(409, "busy", busy);
-    const result = await this.metaCommand({ kind: "deleteVolume", name });
+    const result = await this.metaCommand({ kind: "deleteVolume", name, ...(force ? { force: true } : {}) });
     if (!result.ok) throw catalogError(result);
     const closed = answers.reduce((n, a) => n + (a.connections ?? 0), 0);
     const silent = answers.filter((a) => a.connections === undefined).map((a) => a.node);
@@ -927,6 +982,8 @@ export class Daemon implements Controller {
       nbdUri: `nbd://${hostPort(this.options.listen, this.nbdPort)}/${v.name}`,
       connections: this.connections.get(v.name) ?? 0,
       replicas: this.replicas(v, leader),
+      shared: v.shared,
+      attachments: attachmentInfos(v),
       ...(this.store.hasGroup(v.id) ? { log: (({ firstIndex, lastIndex }) => ({ firstIndex, lastIndex }))(this.store.raftState(v.id)) } : {}),
     };
   }
@@ -953,6 +1010,10 @@ export class Daemon implements Controller {
       return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), leader: id === leader };
     });
   }
+}
+
+function attachmentInfos(v: CatalogVolume): AttachmentInfo[] {
+  return v.attachments.map((a) => ({ volume: v.name, host: a.host, device: a.device, via: a.via, readOnly: a.readOnly, node: a.node, since: new Date(a.at).toISOString() }));
 }
 
 function scrubVolumeReport(r: ScrubReport): ScrubVolumeReport {

@@ -1,0 +1,469 @@
+// pxd volume attach|detach|mount|unmount and pxd attachments: a volume as a
+// block device on this host.
+//
+// Two ways in, chosen per attach (--via, or automatically):
+// - kernel: the attach agent (native/pxd-attach) hands TCP connections to the
+//   kernel's nbd driver and stays running to move the device to another node
+//   when its node dies (docs/attach.md);
+// - fuse: where the kernel has no nbd module, nbdfuse serves the export as a
+//   file and a loop device makes it a block device. No failover: the device
+//   uses one node until it is detached.
+//
+// The catalog records every attachment (host, device, via, serving node), so
+// a second host's read-write attach is refused and an attached volume is not
+// deleted by accident. This host's own record of what it started (the agent's
+// or nbdfuse's pid, the loop device, the mount point) is a file per volume in
+// the run dir, so detach and unmount find it again from another shell.
+
+import { execFile, spawn } from "node:child_process";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { hostname } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { InvalidArgumentError, type Command } from "commander";
+import type { ApiClient } from "../api/client.js";
+import type { VolumeInfo } from "../api/types.js";
+import { hostNamePattern } from "../api/validate.js";
+import { checkName, clientFor, intArg } from "./args.js";
+import { CliError, UsageError } from "./errors.js";
+import { attachmentTable, json } from "./format.js";
+
+/** Where this host keeps its attachment records: one JSON file per volume (PXD_RUN_DIR overrides it). */
+const runDir = (): string => process.env["PXD_RUN_DIR"] ?? "/run/pxd/attach";
+/** The attach agent the README's install command builds (`make -C native`). */
+const agentPath = (): string => process.env["PXD_ATTACH_AGENT"] ?? join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "native", "pxd-attach");
+/** How long an attach waits for the agent or nbdfuse to come up. */
+const attachStartMs = 30_000;
+/** How long detach waits for the agent or nbdfuse to exit after it is told to. */
+const detachWaitMs = 15_000;
+/** NBD connections per kernel device: at most what the agent allows. */
+const connectionsMax = 16;
+
+type Via = "kernel" | "fuse";
+
+/** What this host started for one attached volume. */
+interface LocalRecord {
+  volume: string;
+  host: string;
+  via: Via;
+  device: string;
+  /** The agent's pid (kernel) or nbdfuse's (fuse). */
+  pid: number;
+  readOnly: boolean;
+  /** The node serving the connection as HOST:PORT. */
+  server: string;
+  /** fuse only: the directory nbdfuse serves the disk file in. */
+  fuseDir?: string;
+  /** Set by pxd volume mount. */
+  mount?: string;
+  /** The API address the attach used, so detach updates the same cluster. */
+  api: string;
+}
+
+interface AttachOptions {
+  device?: string;
+  connections?: number;
+  readOnly?: boolean;
+  timeout?: number;
+  via?: Via | "auto";
+}
+
+/** This host's name in the catalog: PXD_HOST_NAME, else the system's host name up to its first dot. */
+export function hostName(): string {
+  const name = process.env["PXD_HOST_NAME"] ?? hostname().split(".")[0] ?? "";
+  if (!hostNamePattern.test(name)) throw new UsageError(`this host's name ${JSON.stringify(name)} is not one the catalog takes; set PXD_HOST_NAME to letters, digits, ".", "_", "-" (at most 63)`);
+  return name;
+}
+
+// ---- small process helpers ----
+
+interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function run(cmd: string, args: string[]): Promise<RunResult> {
+  return new Promise((resolvePromise) => {
+    execFile(cmd, args, { encoding: "utf8", maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
+      const code = err === null ? 0 : typeof (err as NodeJS.ErrnoException).code === "number" ? Number((err as NodeJS.ErrnoException).code) : err.message.includes("ENOENT") ? 127 : 1;
+      resolvePromise({ code, stdout, stderr });
+    });
+  });
+}
+
+async function runOk(cmd: string, args: string[], what: string): Promise<string> {
+  const r = await run(cmd, args);
+  if (r.code === 127) throw new CliError(`${what}: ${cmd} is not installed`);
+  if (r.code !== 0) throw new CliError(`${what}: ${cmd} ${args.join(" ")} failed: ${(r.stderr || r.stdout).trim().split("\n").at(-1) ?? `exit ${r.code}`}`);
+  return r.stdout;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+async function until(check: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
+}
+
+async function which(cmd: string): Promise<boolean> {
+  return (await run("sh", ["-c", `command -v ${cmd}`])).code === 0;
+}
+
+// ---- the local records ----
+
+const recordPath = (volume: string): string => join(runDir(), `${volume}.json`);
+
+function readRecord(volume: string): LocalRecord | undefined {
+  try {
+    return JSON.parse(readFileSync(recordPath(volume), "utf8")) as LocalRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+function writeRecord(r: LocalRecord): void {
+  mkdirSync(runDir(), { recursive: true, mode: 0o700 });
+  const tmp = `${recordPath(r.volume)}.tmp`;
+  writeFileSync(tmp, JSON.stringify(r, null, 2) + "\n", { mode: 0o600 });
+  renameSync(tmp, recordPath(r.volume));
+}
+
+function records(): LocalRecord[] {
+  if (!existsSync(runDir())) return [];
+  return readdirSync(runDir())
+    .filter((f) => f.endsWith(".json"))
+    .map((f) => readRecord(f.slice(0, -5)))
+    .filter((r): r is LocalRecord => r !== undefined);
+}
+
+// ---- choosing the way in ----
+
+async function kernelProblem(): Promise<string | undefined> {
+  if (!existsSync(agentPath())) return `the attach agent is not built (${agentPath()}): run "make -C native" (needs build-essential)`;
+  if (existsSync("/sys/module/nbd")) return undefined;
+  const r = await run("modprobe", ["nbd"]);
+  if (r.code === 0 && existsSync("/sys/module/nbd")) return undefined;
+  return "the kernel has no nbd module (modprobe nbd failed)";
+}
+
+async function fuseProblem(): Promise<string | undefined> {
+  for (const [cmd, pkg] of [["nbdfuse", "libnbd-bin"], ["losetup", "mount"], ["fusermount3", "fuse3"]] as const) {
+    if (!(await which(cmd))) return `${cmd} is not installed (apt-get install ${pkg})`;
+  }
+  if (!existsSync("/dev/fuse")) return "/dev/fuse is missing (modprobe fuse)";
+  return undefined;
+}
+
+async function chooseVia(wanted: Via | "auto"): Promise<Via> {
+  if (wanted === "kernel") {
+    const why = await kernelProblem();
+    if (why !== undefined) throw new CliError(`cannot attach via the kernel: ${why}; or attach with --via fuse`);
+    return "kernel";
+  }
+  const fuseWhy = await fuseProblem();
+  if (wanted === "fuse") {
+    if (fuseWhy !== undefined) throw new CliError(`cannot attach via fuse: ${fuseWhy}`);
+    return "fuse";
+  }
+  const kernelWhy = await kernelProblem();
+  if (kernelWhy === undefined) return "kernel";
+  if (fuseWhy !== undefined) throw new CliError(`cannot attach: ${kernelWhy}, and ${fuseWhy}`);
+  console.error(`attaching via fuse (nbdfuse and a loop device; no failover to another node): ${kernelWhy}`);
+  return "fuse";
+}
+
+// ---- attach and detach ----
+
+function deviceIndex(device: string): number {
+  const m = /^(?:\/dev\/)?nbd(\d{1,4})$/.exec(device);
+  if (m === null) throw new UsageError(`--device takes /dev/nbdN, not ${JSON.stringify(device)}`);
+  return Number(m[1]);
+}
+
+/** Starts the agent and waits for its "/dev/nbdN HOST:PORT" line. */
+async function startAgent(volume: VolumeInfo, servers: string[], api: string, clusterId: string, o: AttachOptions): Promise<{ device: string; server: string; pid: number }> {
+  mkdirSync(runDir(), { recursive: true, mode: 0o700 });
+  const logPath = join(runDir(), `${volume.name}.log`);
+  const log = openSync(logPath, "a", 0o600);
+  const args = [
+    "connect",
+    "--export", volume.name,
+    ...servers.flatMap((s) => ["--server", s]),
+    "--nodes-url", `${api}/v1/volumes/${volume.name}/servers`,
+    "--connections", String(o.connections ?? 1),
+    "--timeout", String(o.timeout ?? 60),
+    "--backend", `pxd:${clusterId}:${volume.id}`,
+    ...(o.readOnly ? ["--read-only"] : []),
+    ...(o.device !== undefined ? ["--device", String(deviceIndex(o.device))] : []),
+  ];
+  const child = spawn(agentPath(), args, { detached: true, stdio: ["ignore", "pipe", log] });
+  closeSync(log);
+  const stdout = child.stdout!;
+  let line = "";
+  const done = new Promise<string>((resolveLine, reject) => {
+    stdout.setEncoding("utf8");
+    stdout.on("data", (d: string) => {
+      line += d;
+      if (line.includes("\n")) resolveLine(line.split("\n")[0]!);
+    });
+    child.once("exit", (code) => reject(new CliError(`the attach agent stopped (exit ${code}): ${lastLine(logPath)}`)));
+    child.once("error", (e) => reject(new CliError(`cannot start the attach agent ${agentPath()}: ${e.message}`)));
+    setTimeout(() => reject(new CliError(`the attach agent did not connect within ${attachStartMs / 1000}s; its log: ${logPath}`)), attachStartMs).unref();
+  });
+  try {
+    const first = await done;
+    const [device, server] = first.split(" ");
+    if (device === undefined || server === undefined || !/^\/dev\/nbd\d+$/.test(device)) throw new CliError(`the attach agent said ${JSON.stringify(first)}, not a device`);
+    stdout.destroy();
+    child.unref();
+    return { device, server, pid: child.pid! };
+  } catch (e) {
+    if (child.exitCode === null) child.kill("SIGTERM");
+    throw e;
+  }
+}
+
+function lastLine(path: string): string {
+  try {
+    return readFileSync(path, "utf8").trim().split("\n").at(-1)?.replace(/^[\d:.]+ pxd-attach: /, "").replace(/^pxd-attach: /, "") ?? "";
+  } catch {
+    return "";
+  }
+}
+
+/** nbdfuse serving the export as DIR/disk, then a loop device on it. */
+async function startFuse(volume: VolumeInfo, server: string, o: AttachOptions): Promise<{ device: string; pid: number; fuseDir: string }> {
+  const fuseDir = join(runDir(), `${volume.name}.fuse`);
+  mkdirSync(fuseDir, { recursive: true, mode: 0o700 });
+  const pidFile = join(runDir(), `${volume.name}.nbdfuse.pid`);
+  rmSync(pidFile, { force: true });
+  const logPath = join(runDir(), `${volume.name}.log`);
+  const log = openSync(logPath, "a", 0o600);
+  const child = spawn("nbdfuse", [...(o.readOnly ? ["-r"] : []), "-P", pidFile, join(fuseDir, "disk"), `nbd://${server}/${volume.name}`], { detached: true, stdio: ["ignore", log, log] });
+  closeSync(log);
+  child.unref();
+  const up = await until(() => child.exitCode !== null || (existsSync(pidFile) && existsSync(join(fuseDir, "disk"))), attachStartMs);
+  if (!up || child.exitCode !== null) {
+    if (child.exitCode === null) child.kill("SIGTERM");
+    await run("fusermount3", ["-u", "-z", fuseDir]);
+    rmSync(fuseDir, { recursive: true, force: true });
+    throw new CliError(`nbdfuse did not serve ${volume.name} from ${server}: ${lastLine(logPath) || "no reason given"}`);
+  }
+  try {
+    const device = (await runOk("losetup", ["-f", "--show", ...(o.readOnly ? ["-r"] : []), join(fuseDir, "disk")], "making a loop device")).trim();
+    return { device, pid: child.pid!, fuseDir };
+  } catch (e) {
+    await stopFuse({ fuseDir, pid: child.pid! });
+    throw e;
+  }
+}
+
+async function stopFuse(r: { fuseDir: string; pid: number; device?: string }): Promise<void> {
+  if (r.device !== undefined && r.device !== "") await run("losetup", ["-d", r.device]);
+  await run("fusermount3", ["-u", r.fuseDir]);
+  if (!(await until(() => !alive(r.pid), detachWaitMs))) process.kill(r.pid, "SIGKILL");
+  await run("fusermount3", ["-u", "-z", r.fuseDir]); // only if the first did not
+  rmSync(r.fuseDir, { recursive: true, force: true });
+}
+
+async function stopAgent(r: { pid: number; device: string }): Promise<void> {
+  if (alive(r.pid)) {
+    process.kill(r.pid, "SIGTERM");
+    if (!(await until(() => !alive(r.pid), detachWaitMs))) throw new CliError(`the attach agent (pid ${r.pid}) did not stop within ${detachWaitMs / 1000}s; is ${r.device} still in use?`);
+    return;
+  }
+  // The agent is gone: disconnect the device directly.
+  await run(agentPath(), ["disconnect", String(deviceIndex(r.device))]);
+}
+
+async function nodeNameOf(api: ApiClient, server: string): Promise<string | undefined> {
+  const nodes = await api.listNodes();
+  return nodes.find((n) => `${n.address.includes(":") ? `[${n.address}]` : n.address}:${n.nbdPort}` === server)?.name;
+}
+
+/** Attaches `name` on this host and returns its record; an attachment already here is returned as it is. */
+export async function attachVolume(command: Command, name: string, o: AttachOptions): Promise<{ record: LocalRecord; fresh: boolean }> {
+  if (process.getuid?.() !== 0) throw new CliError("attaching a volume makes a block device, which needs root: run it with sudo");
+  const existing = readRecord(name);
+  if (existing !== undefined) {
+    if (alive(existing.pid)) return { record: existing, fresh: false };
+    throw new CliError(`volume ${name} has a stale attachment here (${existing.device}, its ${existing.via === "kernel" ? "agent" : "nbdfuse"} pid ${existing.pid} is gone): run "pxd volume detach ${name}" first`);
+  }
+  const api = clientFor(command);
+  const host = hostName();
+  const volume = await api.inspectVolume(name);
+  const via = await chooseVia(o.via ?? "auto");
+  const servers = await api.volumeServers(name);
+  if (servers.length === 0) throw new CliError(`no node is up to serve volume ${name}; see "pxd node list"`);
+  const status = await api.status();
+  // Reserve first: the catalog refuses a second read-write host before anything is made here.
+  await api.attachVolume(name, { host, via, readOnly: o.readOnly === true });
+  let made: { device: string; server: string; pid: number; fuseDir?: string } | undefined;
+  try {
+    made = via === "kernel" ? await startAgent(volume, servers, api.address.display, status.clusterId, o) : { ...(await startFuse(volume, servers[0]!, o)), server: servers[0]! };
+    const node = await nodeNameOf(api, made.server);
+    const record: LocalRecord = { volume: name, host, via, device: made.device, pid: made.pid, readOnly: o.readOnly === true, server: made.server, ...(made.fuseDir !== undefined ? { fuseDir: made.fuseDir } : {}), api: api.address.display };
+    writeRecord(record);
+    await api.attachVolume(name, { host, via, readOnly: o.readOnly === true, device: made.device, ...(node !== undefined ? { node } : {}) });
+    return { record, fresh: true };
+  } catch (e) {
+    if (made !== undefined) {
+      if (via === "kernel") await stopAgent(made).catch(() => undefined);
+      else await stopFuse({ fuseDir: made.fuseDir!, pid: made.pid, device: made.device }).catch(() => undefined);
+    }
+    rmSync(recordPath(name), { force: true });
+    await api.detachVolume(name, host).catch(() => undefined);
+    throw e;
+  }
+}
+
+/** The local record a NAME or a DEVICE names. */
+function findRecord(ref: string): LocalRecord | undefined {
+  return ref.startsWith("/dev/") ? records().find((r) => r.device === ref) : readRecord(ref);
+}
+
+async function isMounted(path: string): Promise<boolean> {
+  return (await run("mountpoint", ["-q", path])).code === 0;
+}
+
+export async function detachVolume(command: Command, ref: string): Promise<string> {
+  if (process.getuid?.() !== 0) throw new CliError("detaching a volume removes a block device, which needs root: run it with sudo");
+  const r = findRecord(ref);
+  if (r === undefined) {
+    if (ref.startsWith("/dev/")) throw new CliError(`${ref} is not a pxd attachment on this host; "pxd attachments" lists them`);
+    // Nothing here: clear the catalog's record of this host, if any (a host that lost its run dir).
+    checkName(ref);
+    const api = clientFor(command);
+    const mine = (await api.inspectVolume(ref)).attachments.find((a) => a.host === hostName());
+    if (mine === undefined) throw new CliError(`volume ${ref} is not attached on this host (${hostName()}); "pxd attachments" lists where it is`);
+    await api.detachVolume(ref, mine.host);
+    return `volume ${ref}: nothing was attached here any more; the catalog's record of ${mine.host} is removed`;
+  }
+  if (r.mount !== undefined && (await isMounted(r.mount))) throw new CliError(`${r.device} is mounted at ${r.mount}: run "pxd volume unmount ${r.mount}" (or umount it) first`);
+  if (r.via === "kernel") await stopAgent(r);
+  else await stopFuse({ fuseDir: r.fuseDir ?? join(runDir(), `${r.volume}.fuse`), pid: r.pid, device: r.device });
+  rmSync(recordPath(r.volume), { force: true });
+  rmSync(join(runDir(), `${r.volume}.log`), { force: true });
+  rmSync(join(runDir(), `${r.volume}.nbdfuse.pid`), { force: true });
+  const api = clientFor(command);
+  await api.detachVolume(r.volume, r.host);
+  return `volume ${r.volume} detached (${r.device} is gone)`;
+}
+
+// ---- mount and unmount ----
+
+const filesystems = ["ext4", "xfs"] as const;
+type Filesystem = (typeof filesystems)[number];
+
+function fsArg(text: string): Filesystem {
+  const f = filesystems.find((x) => x === text);
+  if (f === undefined) throw new InvalidArgumentError(`"${text}" is not one of ${filesystems.join(", ")}`);
+  return f;
+}
+
+/** The filesystem on the device, or undefined when blkid finds none (its exit code 2). */
+async function filesystemOn(device: string): Promise<string | undefined> {
+  const r = await run("blkid", ["-p", "-o", "value", "-s", "TYPE", device]);
+  if (r.code === 2) return undefined;
+  if (r.code !== 0) throw new CliError(`blkid ${device} failed (exit ${r.code}): ${r.stderr.trim()}`);
+  return r.stdout.trim() || "unknown";
+}
+
+async function mountVolume(command: Command, name: string, path: string, o: AttachOptions & { fs: Filesystem; mkfsOptions?: string }): Promise<string> {
+  const target = resolve(path);
+  if (await isMounted(target)) throw new CliError(`${target} is already a mount point; pick an empty directory`);
+  const { record, fresh } = await attachVolume(command, name, o);
+  try {
+    if (record.mount !== undefined && (await isMounted(record.mount))) throw new CliError(`volume ${name} is already mounted here at ${record.mount}`);
+    let fs = await filesystemOn(record.device);
+    let made = "";
+    if (fs === undefined) {
+      if (o.readOnly) throw new CliError(`volume ${name} has no filesystem and is attached read-only, so none can be made`);
+      await runOk(`mkfs.${o.fs}`, ["-q", ...(o.mkfsOptions?.split(/\s+/).filter((x) => x !== "") ?? []), record.device], `making ${o.fs} on ${record.device}`);
+      fs = o.fs;
+      made = `, made ${o.fs}`;
+    }
+    mkdirSync(target, { recursive: true });
+    await runOk("mount", [...(o.readOnly ? ["-o", "ro"] : []), record.device, target], `mounting ${record.device}`);
+    writeRecord({ ...record, mount: target });
+    return `volume ${name} mounted at ${target} (${record.device}, ${fs}${made})`;
+  } catch (e) {
+    if (fresh) await detachVolume(command, name).catch(() => undefined);
+    throw e;
+  }
+}
+
+async function unmountVolume(command: Command, path: string): Promise<string> {
+  const target = resolve(path);
+  const r = records().find((x) => x.mount === target);
+  if (r === undefined) throw new CliError(`${target} is not where pxd mounted a volume on this host; "pxd attachments" lists them`);
+  if (await isMounted(target)) await runOk("umount", [target], `unmounting ${target}`);
+  writeRecord({ ...r, mount: undefined } as LocalRecord);
+  await detachVolume(command, r.volume);
+  return `volume ${r.volume} unmounted from ${target} and detached`;
+}
+
+// ---- commander wiring ----
+
+function viaArg(text: string): Via | "auto" {
+  if (text === "kernel" || text === "fuse" || text === "auto") return text;
+  throw new InvalidArgumentError(`"${text}" is not kernel, fuse or auto`);
+}
+
+function attachOptions(c: Command): Command {
+  return c
+    .option("--device <dev>", "the kernel device to use, e.g. /dev/nbd3 (default: the first free one)")
+    .option("--connections <k>", `NBD connections the kernel spreads requests over (1-${connectionsMax})`, intArg(1, connectionsMax))
+    .option("--read-only", "attach read-only (other hosts may attach read-only too)")
+    .option("--timeout <s>", "seconds a request waits for a live node before it fails with EIO (failover must finish within it)", intArg(1, 86_400))
+    .option("--via <how>", "kernel (nbd module and the attach agent), fuse (nbdfuse and a loop device), or auto", viaArg, "auto");
+}
+
+export function registerAttach(volume: Command, program: Command): void {
+  attachOptions(volume.command("attach").description("attach a volume to this host as a block device and print it (root); the agent moves it to another node when its node dies").argument("<name>", "volume name")).action(
+    async (name: string, o: AttachOptions, command: Command) => {
+      const { record, fresh } = await attachVolume(command, checkName(name), o);
+      console.log(fresh ? record.device : `${record.device} (already attached here)`);
+    },
+  );
+  volume
+    .command("detach")
+    .description("detach a volume from this host (root): the device goes away and the catalog forgets the attachment")
+    .argument("<name|device>", "volume name or its device, e.g. /dev/nbd0")
+    .action(async (ref: string, _o: unknown, command: Command) => console.log(await detachVolume(command, ref)));
+  attachOptions(
+    volume
+      .command("mount")
+      .description("attach a volume, make a filesystem if it has none (never over data), and mount it (root)")
+      .argument("<name>", "volume name")
+      .argument("<path>", "where to mount it (made if missing)")
+      .option("--fs <type>", `the filesystem to make when the volume has none: ${filesystems.join(", ")}`, fsArg, "ext4")
+      .option("--mkfs-options <opts>", "more options for mkfs, e.g. \"-E nodiscard\""),
+  ).action(async (name: string, path: string, o: AttachOptions & { fs: Filesystem; mkfsOptions?: string }, command: Command) => console.log(await mountVolume(command, checkName(name), path, o)));
+  volume
+    .command("unmount")
+    .alias("umount")
+    .description("unmount a volume pxd mounted, then detach it (root)")
+    .argument("<path>", "its mount point")
+    .action(async (path: string, _o: unknown, command: Command) => console.log(await unmountVolume(command, path)));
+  program
+    .command("attachments")
+    .description("where each volume is attached: host, device, the node serving it, since when")
+    .option("--json", "print the API's JSON")
+    .action(async (o: { json?: boolean }, command: Command) => {
+      const list = await clientFor(command).listAttachments();
+      console.log(o.json ? json({ attachments: list }) : attachmentTable(list));
+    });
+}
