@@ -180,6 +180,23 @@ export function leaveDecision(self: NodeId, wanted: readonly NodeId[], leader: N
 }
 
 /**
+ * Leadership follows the host: a volume attached read-write on exactly one
+ * host, through a node that holds one of its replicas, is best led by that
+ * node, so the host's reads are served where they arrive and its writes take
+ * one hop fewer (what STORK gives Portworx). On the volume's leader: the node
+ * to hand leadership to, once it is a voter that is connected and holds every
+ * committed entry; undefined when this node should keep it.
+ */
+export function attachmentLeader(self: NodeId, v: CatalogVolume, nodeIdByName: (name: string) => NodeId | undefined, g: GroupView): NodeId | undefined {
+  const writers = v.attachments.filter((a) => !a.readOnly && a.node !== "");
+  if (writers.length !== 1) return undefined;
+  const to = nodeIdByName(writers[0]!.node);
+  if (to === undefined || to === self || !v.nodes.includes(to) || !g.voters.includes(to)) return undefined;
+  const p = g.progress.find((x) => x.node === to);
+  return p !== undefined && p.active && p.match >= g.commit ? to : undefined;
+}
+
+/**
  * On the catalog's leader: a learner of the meta group whose log holds every
  * entry (`lastIndex`) and which is connected becomes a voter, while the group
  * has fewer than `votersMax` voters.

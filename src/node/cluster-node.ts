@@ -16,6 +16,7 @@ import {
   Durations,
   encodeCatalogSnapshot,
   encodeCommand,
+  attachmentLeader,
   healthChange,
   leaveDecision,
   metaLearnerToPromote,
@@ -99,6 +100,8 @@ export interface ClusterNodePorts {
 export const replicaDropGraceMs = 10000;
 /** A learner is promoted to voter once its log is within this many entries of the leader's commit index. */
 export const learnerCaughtUpEntries = 64;
+/** A volume's leader hands leadership to its host's serving node at most this often (a transfer that fails is not retried at once). */
+export const attachLeaderRetryMs = 30_000;
 /** A node the meta leader has had no peer connection to for this long is marked down in the catalog (placement avoids it). */
 export const nodeDownAfterMs = 5000;
 
@@ -116,6 +119,8 @@ export class ClusterNode {
   private readonly unplaceable = new Map<number, number>();
   /** Groups with a configuration change in flight (one at a time per group). */
   private readonly reconciling = new Set<number>();
+  /** When this node last handed each volume's leadership to its host's node (monotonic). */
+  private readonly leaderMoves = new Map<number, number>();
   /** Hosted groups the catalog no longer lists this node for, and for how long (monotonic). */
   private readonly excluded = new Durations<number>();
   /** On the meta leader: how long it has had no connection to each node, on its monotonic clock. */
@@ -437,6 +442,7 @@ export class ClusterNode {
         continue;
       }
       if (this.p.driver.leader(v.id) !== this.p.nodeId || this.reconciling.has(v.id)) continue;
+      this.followAttachment(v, now);
       const next = nextMemberChange(this.p.nodeId, v.nodes, this.groupView(v.id), learnerCaughtUpEntries);
       const change = next === undefined ? undefined : confChangeOf(next);
       if (change === undefined) continue;
@@ -454,6 +460,18 @@ export class ClusterNode {
         )
         .finally(() => this.reconciling.delete(v.id));
     }
+  }
+
+  /** Hands the volume's leadership to the replica node its read-write host attached through; at most once per attachLeaderRetryMs per volume. */
+  private followAttachment(v: CatalogVolume, now: number): void {
+    const byName = (name: string): number | undefined => [...this.catalog.nodes.values()].find((n) => n.name === name)?.id;
+    const to = attachmentLeader(this.p.nodeId, v, byName, this.groupView(v.id));
+    if (to === undefined) return;
+    const last = this.leaderMoves.get(v.id);
+    if (last !== undefined && now - last < attachLeaderRetryMs) return;
+    this.leaderMoves.set(v.id, now);
+    this.p.log.info(`volume ${v.name} (group ${v.id}): handing leadership to node ${to}, which serves the host it is attached to`);
+    this.p.driver.transferLeadership(v.id, to);
   }
 
   /** This node is no longer one of the volume's replicas: hand leadership to a listed voter, then drop the replica after the grace period. */

@@ -4,7 +4,8 @@
 // real three-node cluster: the second host's read-write attach is refused,
 // a delete of an attached volume is refused, a mount never makes a
 // filesystem over data, and detach leaves no loop device, FUSE mount or
-// process behind.
+// process behind. Leadership then follows an attachment to the replica that
+// serves it.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -129,6 +130,14 @@ test("attach via fuse: mount, write, refusals for a second host and a delete, un
     assert.match(await ok(a("volume", "delete", "db")), /deleted/);
     assert.equal(await loopsUnder(t.dir), []);
     assert.equal(fuseMountsUnder(t.dir), []);
+
+    // Leadership follows the host: attached read-write through a replica that does not lead, that replica comes to lead.
+    await ok(a("volume", "create", "near", "--size", "16M", "--repl", "3"));
+    const leader = await c.leaderOf("near");
+    const near = c.others(leader)[0]!;
+    await c.nodes[0]!.api.attachVolume("near", { host: "host-c", via: "kernel", readOnly: false, device: "/dev/nbd0", node: `node${near + 1}` });
+    assert.is(await c.leaderAmong("near", [near], -1, 60_000), near);
+    await c.nodes[0]!.api.detachVolume("near", "host-c");
   } finally {
     await runOk("umount", ["-l", mnt]).catch(() => undefined);
     for (const l of await loopsUnder(t.dir).catch(() => [])) await runOk("losetup", ["-d", l.split(":")[0]!]).catch(() => undefined);
