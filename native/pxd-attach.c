@@ -16,6 +16,9 @@
 //       stdout once the device is connected, closes
 //       stdout, and supervises the device until it is disconnected or the
 //       agent gets SIGTERM/SIGINT (then it disconnects the device).
+//   pxd-attach adopt N --export NAME --server HOST:PORT [...]
+//       Takes over /dev/nbdN after its agent died: reconnects once, in
+//       place of any connection that died meanwhile, then supervises it.
 //   pxd-attach disconnect N
 //   pxd-attach status [N]          one line per device: "nbdN connected|idle"
 //
@@ -730,6 +733,7 @@ static void usage(void) {
           "usage: pxd-attach connect --export NAME --server HOST:PORT [--server HOST:PORT ...]\n"
           "                          [--nodes-url HOST:PORT/PATH] [--device N] [--connections K]\n"
           "                          [--timeout S] [--io-timeout S] [--read-only] [--backend ID] [--debug]\n"
+          "       pxd-attach adopt N --export NAME --server HOST:PORT [...]   (take over a device whose agent died)\n"
           "       pxd-attach disconnect N\n"
           "       pxd-attach status [N]\n");
   exit(1);
@@ -743,8 +747,8 @@ static unsigned parse_uint(const char *s, const char *what, unsigned lo, unsigne
   return (unsigned)v;
 }
 
-static int cmd_connect(int argc, char **argv) {
-  struct config c = { .device = -1, .connections = 1, .timeout_s = 60, .io_timeout_s = 10 };
+static void parse_options(struct config *cfg, int argc, char **argv) {
+  struct config c = *cfg;
   for (int i = 0; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -781,7 +785,28 @@ static int cmd_connect(int argc, char **argv) {
     refresh_servers(&c);
     if (c.nservers == 0) die(3, "no server for \"%s\": the nodes URL gave none", c.export_name);
   }
+  *cfg = c;
+}
 
+static void on_stop_signals(void) {
+  struct sigaction sa = { .sa_handler = on_signal };
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+// The first line on stdout: the device and the server it uses; then stdout
+// is closed so a caller reading it up to EOF is not held.
+static void announce(int index, const struct server *s) {
+  printf("/dev/nbd%d %s:%s\n", index, s->host, s->port);
+  fflush(stdout);
+  int devnull = open("/dev/null", O_WRONLY);
+  if (devnull >= 0) { dup2(devnull, 1); close(devnull); }
+}
+
+static int cmd_connect(int argc, char **argv) {
+  struct config c = { .device = -1, .connections = 1, .timeout_s = 60, .io_timeout_s = 10 };
+  parse_options(&c, argc, argv);
   struct nl nl;
   nl_open(&nl);
   int fds[MAX_CONNECTIONS];
@@ -798,22 +823,39 @@ static int cmd_connect(int argc, char **argv) {
   if (err < 0) die(4, "the kernel refused to connect the device: %s", strerror(-err));
   if (index < 0) die(4, "the kernel did not say which device it connected");
 
-  struct sigaction sa = { .sa_handler = on_signal };
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
-  signal(SIGPIPE, SIG_IGN);
+  on_stop_signals();
   LOG("nbd%d: connected to %s:%s, export \"%s\", %llu bytes, %d connection(s), timeout %us",
       index, c.servers[i].host, c.servers[i].port, c.export_name, (unsigned long long)info.size, c.connections, c.timeout_s);
-  printf("/dev/nbd%d %s:%s\n", index, c.servers[i].host, c.servers[i].port);
-  fflush(stdout);
-  int devnull = open("/dev/null", O_WRONLY);
-  if (devnull >= 0) { dup2(devnull, 1); close(devnull); }
+  announce(index, &c.servers[i]);
+  return supervise(&nl, &c, index, event_fd);
+}
+
+// Takes over a device whose agent died: the kernel may hold dead sockets
+// whose LINK_DEAD nobody heard, so the new agent first reconnects once (the
+// kernel takes the new sockets only in place of dead ones; with none dead it
+// takes none and the probe costs one handshake), then supervises as usual.
+static int cmd_adopt(int argc, char **argv) {
+  if (argc < 1) usage();
+  int index = (int)parse_uint(argv[0], "the device number", 0, 1 << 20);
+  struct config c = { .device = index, .connections = 1, .timeout_s = 60, .io_timeout_s = 10 };
+  parse_options(&c, argc - 1, argv + 1);
+  struct nl nl;
+  nl_open(&nl);
+  struct status_walk w;
+  if (device_status(&nl, index, &w) < 0 || !w.found || !w.connected) die(4, "/dev/nbd%d is not connected: nothing to adopt (attach it with pxd-attach connect)", index);
+  int event_fd = event_socket(&nl);
+  on_stop_signals();
+  c.current = c.nservers - 1; // the probe starts with the first server
+  LOG("nbd%d: adopting the device, export \"%s\"", index, c.export_name);
+  if (failover(&nl, &c, index) < 0) return 0;
+  announce(index, &c.servers[c.current]);
   return supervise(&nl, &c, index, event_fd);
 }
 
 int main(int argc, char **argv) {
   if (argc < 2) usage();
   if (strcmp(argv[1], "connect") == 0) return cmd_connect(argc - 2, argv + 2);
+  if (strcmp(argv[1], "adopt") == 0) return cmd_adopt(argc - 2, argv + 2);
   if (strcmp(argv[1], "disconnect") == 0) {
     if (argc != 3) usage();
     int index = (int)parse_uint(argv[2], "the device number", 0, 1 << 20);

@@ -16,49 +16,25 @@
 // the run dir, so detach and unmount find it again from another shell.
 
 import { execFile, spawn } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, rmSync } from "node:fs";
 import { hostname } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join, resolve } from "node:path";
 import { InvalidArgumentError, type Command } from "commander";
 import type { ApiClient } from "../api/client.js";
 import type { VolumeInfo } from "../api/types.js";
 import { hostNamePattern } from "../api/validate.js";
+import { allRecords, attachAgentPath, attachRunDir, attachStartMs, logPath, lastLogLine, nbdConnected, nbdIndex, processAlive, readRecord, removeRecord, startAgent, writeRecord, type AttachRecord, type AttachVia } from "../os/attachments.js";
 import { checkName, clientFor, intArg } from "./args.js";
 import { CliError, UsageError } from "./errors.js";
 import { attachmentTable, json } from "./format.js";
 
-/** Where this host keeps its attachment records: one JSON file per volume (PXD_RUN_DIR overrides it). */
-const runDir = (): string => process.env["PXD_RUN_DIR"] ?? "/run/pxd/attach";
-/** The attach agent the README's install command builds (`make -C native`). */
-const agentPath = (): string => process.env["PXD_ATTACH_AGENT"] ?? join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "native", "pxd-attach");
-/** How long an attach waits for the agent or nbdfuse to come up. */
-const attachStartMs = 30_000;
 /** How long detach waits for the agent or nbdfuse to exit after it is told to. */
 const detachWaitMs = 15_000;
 /** NBD connections per kernel device: at most what the agent allows. */
 const connectionsMax = 16;
 
-type Via = "kernel" | "fuse";
-
-/** What this host started for one attached volume. */
-interface LocalRecord {
-  volume: string;
-  host: string;
-  via: Via;
-  device: string;
-  /** The agent's pid (kernel) or nbdfuse's (fuse). */
-  pid: number;
-  readOnly: boolean;
-  /** The node serving the connection as HOST:PORT. */
-  server: string;
-  /** fuse only: the directory nbdfuse serves the disk file in. */
-  fuseDir?: string;
-  /** Set by pxd volume mount. */
-  mount?: string;
-  /** The API address the attach used, so detach updates the same cluster. */
-  api: string;
-}
+type Via = AttachVia;
+type LocalRecord = AttachRecord;
 
 interface AttachOptions {
   device?: string;
@@ -99,15 +75,6 @@ async function runOk(cmd: string, args: string[], what: string): Promise<string>
   return r.stdout;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 async function until(check: () => boolean, ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;
   while (!check()) {
@@ -121,37 +88,10 @@ async function which(cmd: string): Promise<boolean> {
   return (await run("sh", ["-c", `command -v ${cmd}`])).code === 0;
 }
 
-// ---- the local records ----
-
-const recordPath = (volume: string): string => join(runDir(), `${volume}.json`);
-
-function readRecord(volume: string): LocalRecord | undefined {
-  try {
-    return JSON.parse(readFileSync(recordPath(volume), "utf8")) as LocalRecord;
-  } catch {
-    return undefined;
-  }
-}
-
-function writeRecord(r: LocalRecord): void {
-  mkdirSync(runDir(), { recursive: true, mode: 0o700 });
-  const tmp = `${recordPath(r.volume)}.tmp`;
-  writeFileSync(tmp, JSON.stringify(r, null, 2) + "\n", { mode: 0o600 });
-  renameSync(tmp, recordPath(r.volume));
-}
-
-function records(): LocalRecord[] {
-  if (!existsSync(runDir())) return [];
-  return readdirSync(runDir())
-    .filter((f) => f.endsWith(".json"))
-    .map((f) => readRecord(f.slice(0, -5)))
-    .filter((r): r is LocalRecord => r !== undefined);
-}
-
 // ---- choosing the way in ----
 
 async function kernelProblem(): Promise<string | undefined> {
-  if (!existsSync(agentPath())) return `the attach agent is not built (${agentPath()}): run "make -C native" (needs build-essential)`;
+  if (!existsSync(attachAgentPath())) return `the attach agent is not built (${attachAgentPath()}): run "make -C native" (needs build-essential)`;
   if (existsSync("/sys/module/nbd")) return undefined;
   const r = await run("modprobe", ["nbd"]);
   if (r.code === 0 && existsSync("/sys/module/nbd")) return undefined;
@@ -187,18 +127,14 @@ async function chooseVia(wanted: Via | "auto"): Promise<Via> {
 // ---- attach and detach ----
 
 function deviceIndex(device: string): number {
-  const m = /^(?:\/dev\/)?nbd(\d{1,4})$/.exec(device);
-  if (m === null) throw new UsageError(`--device takes /dev/nbdN, not ${JSON.stringify(device)}`);
-  return Number(m[1]);
+  const n = nbdIndex(device);
+  if (n === undefined) throw new UsageError(`--device takes /dev/nbdN, not ${JSON.stringify(device)}`);
+  return n;
 }
 
-/** Starts the agent and waits for its "/dev/nbdN HOST:PORT" line. */
-async function startAgent(volume: VolumeInfo, servers: string[], api: string, clusterId: string, o: AttachOptions): Promise<{ device: string; server: string; pid: number }> {
-  mkdirSync(runDir(), { recursive: true, mode: 0o700 });
-  const logPath = join(runDir(), `${volume.name}.log`);
-  const log = openSync(logPath, "a", 0o600);
-  const args = [
-    "connect",
+/** The agent's options: how to reach the volume, and how long a request may wait for a live node. */
+function agentOptions(volume: VolumeInfo, servers: string[], api: string, clusterId: string, o: AttachOptions): string[] {
+  return [
     "--export", volume.name,
     ...servers.flatMap((s) => ["--server", s]),
     "--nodes-url", `${api}/v1/volumes/${volume.name}/servers`,
@@ -206,51 +142,16 @@ async function startAgent(volume: VolumeInfo, servers: string[], api: string, cl
     "--timeout", String(o.timeout ?? 60),
     "--backend", `pxd:${clusterId}:${volume.id}`,
     ...(o.readOnly ? ["--read-only"] : []),
-    ...(o.device !== undefined ? ["--device", String(deviceIndex(o.device))] : []),
   ];
-  const child = spawn(agentPath(), args, { detached: true, stdio: ["ignore", "pipe", log] });
-  closeSync(log);
-  const stdout = child.stdout!;
-  let line = "";
-  const done = new Promise<string>((resolveLine, reject) => {
-    stdout.setEncoding("utf8");
-    stdout.on("data", (d: string) => {
-      line += d;
-      if (line.includes("\n")) resolveLine(line.split("\n")[0]!);
-    });
-    child.once("exit", (code) => reject(new CliError(`the attach agent stopped (exit ${code}): ${lastLine(logPath)}`)));
-    child.once("error", (e) => reject(new CliError(`cannot start the attach agent ${agentPath()}: ${e.message}`)));
-    setTimeout(() => reject(new CliError(`the attach agent did not connect within ${attachStartMs / 1000}s; its log: ${logPath}`)), attachStartMs).unref();
-  });
-  try {
-    const first = await done;
-    const [device, server] = first.split(" ");
-    if (device === undefined || server === undefined || !/^\/dev\/nbd\d+$/.test(device)) throw new CliError(`the attach agent said ${JSON.stringify(first)}, not a device`);
-    stdout.destroy();
-    child.unref();
-    return { device, server, pid: child.pid! };
-  } catch (e) {
-    if (child.exitCode === null) child.kill("SIGTERM");
-    throw e;
-  }
-}
-
-function lastLine(path: string): string {
-  try {
-    return readFileSync(path, "utf8").trim().split("\n").at(-1)?.replace(/^[\d:.]+ pxd-attach: /, "").replace(/^pxd-attach: /, "") ?? "";
-  } catch {
-    return "";
-  }
 }
 
 /** nbdfuse serving the export as DIR/disk, then a loop device on it. */
 async function startFuse(volume: VolumeInfo, server: string, o: AttachOptions): Promise<{ device: string; pid: number; fuseDir: string }> {
-  const fuseDir = join(runDir(), `${volume.name}.fuse`);
+  const fuseDir = join(attachRunDir(), `${volume.name}.fuse`);
   mkdirSync(fuseDir, { recursive: true, mode: 0o700 });
-  const pidFile = join(runDir(), `${volume.name}.nbdfuse.pid`);
+  const pidFile = join(attachRunDir(), `${volume.name}.nbdfuse.pid`);
   rmSync(pidFile, { force: true });
-  const logPath = join(runDir(), `${volume.name}.log`);
-  const log = openSync(logPath, "a", 0o600);
+  const log = openSync(logPath(volume.name), "a", 0o600);
   const child = spawn("nbdfuse", [...(o.readOnly ? ["-r"] : []), "-P", pidFile, join(fuseDir, "disk"), `nbd://${server}/${volume.name}`], { detached: true, stdio: ["ignore", log, log] });
   closeSync(log);
   child.unref();
@@ -259,7 +160,7 @@ async function startFuse(volume: VolumeInfo, server: string, o: AttachOptions): 
     if (child.exitCode === null) child.kill("SIGTERM");
     await run("fusermount3", ["-u", "-z", fuseDir]);
     rmSync(fuseDir, { recursive: true, force: true });
-    throw new CliError(`nbdfuse did not serve ${volume.name} from ${server}: ${lastLine(logPath) || "no reason given"}`);
+    throw new CliError(`nbdfuse did not serve ${volume.name} from ${server}: ${lastLogLine(volume.name) || "no reason given"}`);
   }
   try {
     const device = (await runOk("losetup", ["-f", "--show", ...(o.readOnly ? ["-r"] : []), join(fuseDir, "disk")], "making a loop device")).trim();
@@ -273,19 +174,19 @@ async function startFuse(volume: VolumeInfo, server: string, o: AttachOptions): 
 async function stopFuse(r: { fuseDir: string; pid: number; device?: string }): Promise<void> {
   if (r.device !== undefined && r.device !== "") await run("losetup", ["-d", r.device]);
   await run("fusermount3", ["-u", r.fuseDir]);
-  if (!(await until(() => !alive(r.pid), detachWaitMs))) process.kill(r.pid, "SIGKILL");
+  if (!(await until(() => !processAlive(r.pid), detachWaitMs))) process.kill(r.pid, "SIGKILL");
   await run("fusermount3", ["-u", "-z", r.fuseDir]); // only if the first did not
   rmSync(r.fuseDir, { recursive: true, force: true });
 }
 
 async function stopAgent(r: { pid: number; device: string }): Promise<void> {
-  if (alive(r.pid)) {
+  if (processAlive(r.pid)) {
     process.kill(r.pid, "SIGTERM");
-    if (!(await until(() => !alive(r.pid), detachWaitMs))) throw new CliError(`the attach agent (pid ${r.pid}) did not stop within ${detachWaitMs / 1000}s; is ${r.device} still in use?`);
+    if (!(await until(() => !processAlive(r.pid), detachWaitMs))) throw new CliError(`the attach agent (pid ${r.pid}) did not stop within ${detachWaitMs / 1000}s; is ${r.device} still in use?`);
     return;
   }
   // The agent is gone: disconnect the device directly.
-  await run(agentPath(), ["disconnect", String(deviceIndex(r.device))]);
+  await run(attachAgentPath(), ["disconnect", String(deviceIndex(r.device))]);
 }
 
 async function nodeNameOf(api: ApiClient, server: string): Promise<string | undefined> {
@@ -298,7 +199,17 @@ export async function attachVolume(command: Command, name: string, o: AttachOpti
   if (process.getuid?.() !== 0) throw new CliError("attaching a volume makes a block device, which needs root: run it with sudo");
   const existing = readRecord(name);
   if (existing !== undefined) {
-    if (alive(existing.pid)) return { record: existing, fresh: false };
+    if (processAlive(existing.pid)) return { record: existing, fresh: false };
+    if (existing.via === "kernel" && existing.agentOptions !== undefined && nbdConnected(existing.device)) {
+      // The kernel still has the device; only its agent is gone: a new one adopts it.
+      const agent = await startAgent(name, ["adopt", String(deviceIndex(existing.device)), ...existing.agentOptions]).catch((e: Error) => {
+        throw new CliError(`volume ${name}: ${existing.device} lost its attach agent and a new one did not start: ${e.message}`);
+      });
+      const record = { ...existing, pid: agent.pid };
+      writeRecord(record);
+      console.error(`volume ${name}: ${existing.device} had lost its attach agent (pid ${existing.pid}); a new one (pid ${agent.pid}) took it over`);
+      return { record, fresh: false };
+    }
     throw new CliError(`volume ${name} has a stale attachment here (${existing.device}, its ${existing.via === "kernel" ? "agent" : "nbdfuse"} pid ${existing.pid} is gone): run "pxd volume detach ${name}" first`);
   }
   const api = clientFor(command);
@@ -310,11 +221,30 @@ export async function attachVolume(command: Command, name: string, o: AttachOpti
   const status = await api.status();
   // Reserve first: the catalog refuses a second read-write host before anything is made here.
   await api.attachVolume(name, { host, via, readOnly: o.readOnly === true });
-  let made: { device: string; server: string; pid: number; fuseDir?: string } | undefined;
+  let made: { device: string; server: string; pid: number; fuseDir?: string; agentOptions?: string[] } | undefined;
   try {
-    made = via === "kernel" ? await startAgent(volume, servers, api.address.display, status.clusterId, o) : { ...(await startFuse(volume, servers[0]!, o)), server: servers[0]! };
+    if (via === "kernel") {
+      const options = agentOptions(volume, servers, api.address.display, status.clusterId, o);
+      const agent = await startAgent(name, ["connect", ...(o.device !== undefined ? ["--device", String(deviceIndex(o.device))] : []), ...options]).catch((e: Error) => {
+        throw new CliError(e.message);
+      });
+      made = { ...agent, agentOptions: options };
+    } else {
+      made = { ...(await startFuse(volume, servers[0]!, o)), server: servers[0]! };
+    }
     const node = await nodeNameOf(api, made.server);
-    const record: LocalRecord = { volume: name, host, via, device: made.device, pid: made.pid, readOnly: o.readOnly === true, server: made.server, ...(made.fuseDir !== undefined ? { fuseDir: made.fuseDir } : {}), api: api.address.display };
+    const record: LocalRecord = {
+      volume: name,
+      host,
+      via,
+      device: made.device,
+      pid: made.pid,
+      readOnly: o.readOnly === true,
+      server: made.server,
+      ...(made.agentOptions !== undefined ? { agentOptions: made.agentOptions } : {}),
+      ...(made.fuseDir !== undefined ? { fuseDir: made.fuseDir } : {}),
+      api: api.address.display,
+    };
     writeRecord(record);
     await api.attachVolume(name, { host, via, readOnly: o.readOnly === true, device: made.device, ...(node !== undefined ? { node } : {}) });
     return { record, fresh: true };
@@ -323,7 +253,7 @@ export async function attachVolume(command: Command, name: string, o: AttachOpti
       if (via === "kernel") await stopAgent(made).catch(() => undefined);
       else await stopFuse({ fuseDir: made.fuseDir!, pid: made.pid, device: made.device }).catch(() => undefined);
     }
-    rmSync(recordPath(name), { force: true });
+    removeRecord(name);
     await api.detachVolume(name, host).catch(() => undefined);
     throw e;
   }
@@ -331,7 +261,7 @@ export async function attachVolume(command: Command, name: string, o: AttachOpti
 
 /** The local record a NAME or a DEVICE names. */
 function findRecord(ref: string): LocalRecord | undefined {
-  return ref.startsWith("/dev/") ? records().find((r) => r.device === ref) : readRecord(ref);
+  return ref.startsWith("/dev/") ? allRecords().find((r) => r.device === ref) : readRecord(ref);
 }
 
 async function isMounted(path: string): Promise<boolean> {
@@ -353,10 +283,9 @@ export async function detachVolume(command: Command, ref: string): Promise<strin
   }
   if (r.mount !== undefined && (await isMounted(r.mount))) throw new CliError(`${r.device} is mounted at ${r.mount}: run "pxd volume unmount ${r.mount}" (or umount it) first`);
   if (r.via === "kernel") await stopAgent(r);
-  else await stopFuse({ fuseDir: r.fuseDir ?? join(runDir(), `${r.volume}.fuse`), pid: r.pid, device: r.device });
-  rmSync(recordPath(r.volume), { force: true });
-  rmSync(join(runDir(), `${r.volume}.log`), { force: true });
-  rmSync(join(runDir(), `${r.volume}.nbdfuse.pid`), { force: true });
+  else await stopFuse({ fuseDir: r.fuseDir ?? join(attachRunDir(), `${r.volume}.fuse`), pid: r.pid, device: r.device });
+  removeRecord(r.volume);
+  rmSync(join(attachRunDir(), `${r.volume}.nbdfuse.pid`), { force: true });
   const api = clientFor(command);
   await api.detachVolume(r.volume, r.host);
   return `volume ${r.volume} detached (${r.device} is gone)`;
@@ -407,7 +336,7 @@ async function mountVolume(command: Command, name: string, path: string, o: Atta
 
 async function unmountVolume(command: Command, path: string): Promise<string> {
   const target = resolve(path);
-  const r = records().find((x) => x.mount === target);
+  const r = allRecords().find((x) => x.mount === target);
   if (r === undefined) throw new CliError(`${target} is not where pxd mounted a volume on this host; "pxd attachments" lists them`);
   if (await isMounted(target)) await runOk("umount", [target], `unmounting ${target}`);
   writeRecord({ ...r, mount: undefined } as LocalRecord);

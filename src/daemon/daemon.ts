@@ -75,6 +75,7 @@ import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
+import { releaseSupervisorLock, superviseAgents } from "../os/attachments.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType } from "../raft/confchange.js";
 import { MultiRaft, NotLeaderError, ProposalDroppedError } from "../replication/driver.js";
@@ -143,6 +144,8 @@ const replaceDownAfterMsDefault = 600_000;
 const reconcileEveryMs = 500;
 /** How often the daemon looks whether a scheduled scrub is due. */
 const scrubCheckEveryMs = 60_000;
+/** How often the daemon looks for this host's attach agents that died (docs/attach.md). */
+const agentCheckEveryMs = 5_000;
 /** How long the node a scrub request reached waits for each other node's scrub (a pass over 1 TiB at 32 MiB/s takes 9 hours). */
 const scrubCallTimeoutMs = 24 * 3600 * 1000;
 /** A delete asks every node for its NBD connections to the volume; one that has not answered within this is named in the refusal. */
@@ -162,6 +165,8 @@ export class Daemon implements Controller {
   private readonly fenced = new Map<string, number>();
   private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
   private readonly startedAt = process.hrtime.bigint();
+  /** A turn of superviseAttachAgents is running. */
+  private supervising = false;
   private driver!: MultiRaft;
   private io!: VolumeIo;
   private repairer!: Repairer;
@@ -300,6 +305,7 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => node.detectFailures(), healthCheckEveryMs));
     this.timers.push(setInterval(() => node.reconcileReplicas(), reconcileEveryMs));
     this.timers.push(setInterval(() => this.scrubIfDue(), scrubCheckEveryMs));
+    this.timers.push(setInterval(() => this.superviseAttachAgents(), agentCheckEveryMs));
     await this.untilRegistered();
     const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
     this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
@@ -313,6 +319,7 @@ export class Daemon implements Controller {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       for (const t of this.timers) clearInterval(t);
+      releaseSupervisorLock();
       this.scrubber?.stop();
       const steps: [string, () => Promise<void>][] = [
         ["nbd", async () => this.nbd?.close()],
@@ -861,6 +868,17 @@ export class Daemon implements Controller {
   }
 
   /** The scheduled scrub: everything here, once the interval since the last pass has passed. */
+  /** Starts a new attach agent for each of this host's kernel devices whose agent died (one turn at a time). */
+  private superviseAttachAgents(): void {
+    if (this.supervising) return;
+    this.supervising = true;
+    superviseAgents()
+      .then((done) => {
+        for (const line of done) this.log.warn(line);
+      })
+      .finally(() => (this.supervising = false));
+  }
+
   private scrubIfDue(): void {
     const interval = this.scrubIntervalMs;
     if (interval <= 0 || this.scheduledScrub !== undefined || Date.now() - this.state.scrubbedAt < interval) return;

@@ -1,0 +1,202 @@
+// This host's attachments, as files: what `pxd volume attach` started for
+// each volume (docs/attach.md), and the attach agent it starts. Shared by the
+// CLI, which attaches and detaches, and the daemon, which starts again an
+// agent that died while its device is still connected (`superviseAgents`).
+//
+// The run dir (/run/pxd/attach, or PXD_RUN_DIR) holds NAME.json, the record,
+// and NAME.log, the agent's or nbdfuse's log. The kernel keeps a device
+// connected after its agent dies, with no one to move it to another node; a
+// new agent takes it over with `pxd-attach adopt N`.
+
+import { spawn } from "node:child_process";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** Where this host keeps its attachment records (PXD_RUN_DIR overrides it). */
+export const attachRunDir = (): string => process.env["PXD_RUN_DIR"] ?? "/run/pxd/attach";
+/** The attach agent `npm run build` makes (`make -C native`); PXD_ATTACH_AGENT overrides it. */
+export const attachAgentPath = (): string => process.env["PXD_ATTACH_AGENT"] ?? join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "native", "pxd-attach");
+/** How long an attach waits for the agent (or nbdfuse) to come up. */
+export const attachStartMs = 30_000;
+
+export type AttachVia = "kernel" | "fuse";
+
+/** What this host started for one attached volume. */
+export interface AttachRecord {
+  volume: string;
+  host: string;
+  via: AttachVia;
+  device: string;
+  /** The agent's pid (kernel) or nbdfuse's (fuse). */
+  pid: number;
+  readOnly: boolean;
+  /** The node serving the connection as HOST:PORT, when it attached. */
+  server: string;
+  /** kernel only: the agent's options after its subcommand, so a new agent can adopt the device. */
+  agentOptions?: string[];
+  /** fuse only: the directory nbdfuse serves the disk file in. */
+  fuseDir?: string;
+  /** Set by pxd volume mount. */
+  mount?: string;
+  /** The API address the attach used, so detach updates the same cluster. */
+  api: string;
+}
+
+export const recordPath = (volume: string): string => join(attachRunDir(), `${volume}.json`);
+export const logPath = (volume: string): string => join(attachRunDir(), `${volume}.log`);
+
+export function readRecord(volume: string): AttachRecord | undefined {
+  try {
+    return JSON.parse(readFileSync(recordPath(volume), "utf8")) as AttachRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+export function writeRecord(r: AttachRecord): void {
+  mkdirSync(attachRunDir(), { recursive: true, mode: 0o700 });
+  const tmp = `${recordPath(r.volume)}.tmp`;
+  writeFileSync(tmp, JSON.stringify(r, null, 2) + "\n", { mode: 0o600 });
+  renameSync(tmp, recordPath(r.volume));
+}
+
+/** Removes the record and the log: nothing of a detached volume stays in the run dir. */
+export function removeRecord(volume: string): void {
+  rmSync(recordPath(volume), { force: true });
+  rmSync(logPath(volume), { force: true });
+}
+
+export function allRecords(): AttachRecord[] {
+  if (!existsSync(attachRunDir())) return [];
+  return readdirSync(attachRunDir())
+    .filter((f) => f.endsWith(".json"))
+    .map((f) => readRecord(f.slice(0, -5)))
+    .filter((r): r is AttachRecord => r !== undefined);
+}
+
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** The kernel device's number: /dev/nbd7 is 7. */
+export function nbdIndex(device: string): number | undefined {
+  const m = /^(?:\/dev\/)?nbd(\d{1,4})$/.exec(device);
+  return m === null ? undefined : Number(m[1]);
+}
+
+/** Whether the kernel has the nbd device connected (its sysfs `pid` file exists only then). */
+export function nbdConnected(device: string): boolean {
+  const n = nbdIndex(device);
+  return n !== undefined && existsSync(`/sys/block/nbd${n}/pid`);
+}
+
+/** The last line of the agent's or nbdfuse's log, without its time stamp. */
+export function lastLogLine(volume: string): string {
+  try {
+    return readFileSync(logPath(volume), "utf8").trim().split("\n").at(-1)?.replace(/^[\d:.]+ pxd-attach: /, "").replace(/^pxd-attach: /, "") ?? "";
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * Starts the agent (`connect` with options, or `adopt N` with them), detached
+ * from this process, its log appended to NAME.log, and waits for its first
+ * line, "/dev/nbdN HOST:PORT". Rejects with the log's last line when it stops
+ * first, or after attachStartMs; the agent is then killed.
+ */
+export async function startAgent(volume: string, args: string[]): Promise<{ device: string; server: string; pid: number }> {
+  mkdirSync(attachRunDir(), { recursive: true, mode: 0o700 });
+  const log = openSync(logPath(volume), "a", 0o600);
+  const child = spawn(attachAgentPath(), args, { detached: true, stdio: ["ignore", "pipe", log] });
+  closeSync(log);
+  const stdout = child.stdout!;
+  let text = "";
+  let timer: NodeJS.Timeout | undefined;
+  const first = new Promise<string>((resolve, reject) => {
+    stdout.setEncoding("utf8");
+    stdout.on("data", (d: string) => {
+      text += d;
+      if (text.includes("\n")) resolve(text.split("\n")[0]!);
+    });
+    child.once("exit", (code) => reject(new Error(`the attach agent stopped (exit ${code}): ${lastLogLine(volume)}`)));
+    child.once("error", (e) => reject(new Error(`cannot start the attach agent ${attachAgentPath()}: ${e.message}`)));
+    timer = setTimeout(() => reject(new Error(`the attach agent did not connect within ${attachStartMs / 1000}s; its log: ${logPath(volume)}`)), attachStartMs);
+  });
+  try {
+    const line = await first;
+    const [device, server] = line.split(" ");
+    if (device === undefined || server === undefined || nbdIndex(device) === undefined) throw new Error(`the attach agent said ${JSON.stringify(line)}, not a device`);
+    stdout.destroy();
+    child.unref();
+    return { device, server, pid: child.pid! };
+  } catch (e) {
+    if (child.exitCode === null) child.kill("SIGTERM");
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * The daemon's turn at supervising this host's agents: a kernel attachment
+ * whose agent is gone while the kernel still has its device connected gets a
+ * new agent that adopts the device. One daemon per host does it: the one that
+ * holds `supervisor.pid` in the run dir (a host running several daemons, as
+ * `pxd up` does, would otherwise start several agents for one device).
+ * Returns what it did, one sentence per agent, for the log.
+ */
+export async function superviseAgents(): Promise<string[]> {
+  if (!existsSync(attachRunDir()) || !holdSupervisorLock()) return [];
+  const done: string[] = [];
+  for (const r of allRecords()) {
+    if (r.via !== "kernel" || processAlive(r.pid) || r.agentOptions === undefined || !nbdConnected(r.device)) continue;
+    try {
+      const agent = await startAgent(r.volume, ["adopt", String(nbdIndex(r.device)), ...r.agentOptions]);
+      writeRecord({ ...r, pid: agent.pid });
+      done.push(`volume ${r.volume}: its attach agent (pid ${r.pid}) is gone; a new one (pid ${agent.pid}) adopted ${r.device}`);
+    } catch (e) {
+      done.push(`volume ${r.volume}: its attach agent (pid ${r.pid}) is gone and a new one did not start: ${(e as Error).message}`);
+    }
+  }
+  return done;
+}
+
+const supervisorLockPath = (): string => join(attachRunDir(), "supervisor.pid");
+
+/** At a daemon's close: lets another daemon on this host supervise the agents. */
+export function releaseSupervisorLock(): void {
+  try {
+    if (Number(readFileSync(supervisorLockPath(), "utf8").trim()) === process.pid) rmSync(supervisorLockPath(), { force: true });
+  } catch {
+    // no lock, or not ours
+  }
+}
+
+function holdSupervisorLock(): boolean {
+  const path = supervisorLockPath();
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(path, `${process.pid}\n`, { flag: "wx", mode: 0o600 });
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") return false;
+      let holder = 0;
+      try {
+        holder = Number(readFileSync(path, "utf8").trim());
+      } catch {
+        continue; // removed meanwhile: try to take it
+      }
+      if (holder === process.pid) return true;
+      if (Number.isSafeInteger(holder) && holder > 0 && processAlive(holder)) return false;
+      rmSync(path, { force: true }); // its holder is gone
+    }
+  }
+  return false;
+}
