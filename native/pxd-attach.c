@@ -86,29 +86,37 @@ enum { NBD_CMD_CONNECT = 1, NBD_CMD_DISCONNECT, NBD_CMD_RECONFIGURE, NBD_CMD_LIN
 #define MAX_NAME 4096             // NBD export names are at most 4096 bytes
 
 static int debug_on;
+// One write per line, so a line never mixes with another writer's on a shared console.
 static void logf_(const char *fmt, ...) {
-  va_list ap;
+  char line[1024];
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   struct tm tm;
   gmtime_r(&ts.tv_sec, &tm);
-  fprintf(stderr, "%02d:%02d:%02d.%03ld pxd-attach: ", tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+  int n = snprintf(line, sizeof line, "%02d:%02d:%02d.%03ld pxd-attach: ", tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+  va_list ap;
   va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
+  n += vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
   va_end(ap);
-  fputc('\n', stderr);
-  fflush(stderr);
+  if (n > (int)sizeof line - 2) n = (int)sizeof line - 2;
+  line[n++] = '\n';
+  ssize_t w = write(2, line, (size_t)n);
+  (void)w;
 }
 #define LOG(...) logf_(__VA_ARGS__)
 #define DEBUG(...) do { if (debug_on) logf_(__VA_ARGS__); } while (0)
 
 static void die(int code, const char *fmt, ...) {
+  char line[1024];
+  int n = snprintf(line, sizeof line, "pxd-attach: ");
   va_list ap;
-  fprintf(stderr, "pxd-attach: ");
   va_start(ap, fmt);
-  vfprintf(stderr, fmt, ap);
+  n += vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
   va_end(ap);
-  fputc('\n', stderr);
+  if (n > (int)sizeof line - 2) n = (int)sizeof line - 2;
+  line[n++] = '\n';
+  ssize_t w = write(2, line, (size_t)n);
+  (void)w;
   exit(code);
 }
 
@@ -641,7 +649,7 @@ static void close_all(int *fds, int n) { for (int i = 0; i < n; i++) if (fds[i] 
 // Returns 0 once the device has a live connection again (or is gone), -1 when
 // every server has refused the export for longer than the timeout (the
 // volume was deleted): the device is then disconnected.
-static int failover(struct nl *nl, struct config *c, int index) {
+static int failover(struct nl *nl, struct config *c, int index, int probe) {
   refresh_servers(c);
   int first = (c->current + 1) % c->nservers;
   uint64_t refused_since = 0;
@@ -664,7 +672,8 @@ static int failover(struct nl *nl, struct config *c, int index) {
       close_all(fds, c->connections);
       if (err == 0) {
         c->current = i;
-        LOG("nbd%d: reconnected to %s:%s", index, c->servers[i].host, c->servers[i].port);
+        if (probe) LOG("nbd%d: offered the kernel a connection to %s:%s in place of any dead one", index, c->servers[i].host, c->servers[i].port);
+        else LOG("nbd%d: reconnected to %s:%s", index, c->servers[i].host, c->servers[i].port);
         return 0;
       }
       LOG("nbd%d: the kernel refused the new connection: %s", index, strerror(-err));
@@ -719,7 +728,7 @@ static int supervise(struct nl *nl, struct config *c, int index, int event_fd) {
       LOG("nbd%d: disconnected; the agent exits", index);
       return 0;
     }
-    if (dead && failover(nl, c, index) < 0) return 0;
+    if (dead && failover(nl, c, index, 0) < 0) return 0;
   }
   LOG("nbd%d: stopping: disconnecting the device", index);
   device_disconnect(nl, index);
@@ -847,7 +856,7 @@ static int cmd_adopt(int argc, char **argv) {
   on_stop_signals();
   c.current = c.nservers - 1; // the probe starts with the first server
   LOG("nbd%d: adopting the device, export \"%s\"", index, c.export_name);
-  if (failover(&nl, &c, index) < 0) return 0;
+  if (failover(&nl, &c, index, 1) < 0) return 0;
   announce(index, &c.servers[c.current]);
   return supervise(&nl, &c, index, event_fd);
 }
