@@ -75,7 +75,7 @@ import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
-import { releaseSupervisorLock, superviseAgents } from "../os/attachments.js";
+import { agentCluster, releaseSupervisorLock, superviseAgents, type AttachRecord } from "../os/attachments.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType } from "../raft/confchange.js";
 import { MultiRaft, NotLeaderError, ProposalDroppedError } from "../replication/driver.js";
@@ -873,10 +873,24 @@ export class Daemon implements Controller {
     if (this.supervising) return;
     this.supervising = true;
     superviseAgents()
-      .then((done) => {
-        for (const line of done) this.log.warn(line);
+      .then(async (turn) => {
+        for (const line of turn.said) this.log.warn(line);
+        for (const r of turn.moved) await this.attachmentMoved(r);
       })
       .finally(() => (this.supervising = false));
+  }
+
+  /** An agent of this host failed over to another node: the catalog's attachment says so, and leadership follows it. */
+  private async attachmentMoved(r: AttachRecord): Promise<void> {
+    if (agentCluster(r) !== this.state.clusterId || !this.catalog.volumes.has(r.volume)) return;
+    const node = [...this.catalog.nodes.values()].find((n) => hostPort(n.address, n.nbdPort) === r.server);
+    if (node === undefined) return;
+    try {
+      await this.attachVolume(r.volume, { host: r.host, via: "kernel", readOnly: r.readOnly, device: r.device, node: node.name });
+      this.log.info(`volume ${r.volume}: ${r.device} on host ${r.host} is served by ${node.name} now (its attach agent failed over)`);
+    } catch (e) {
+      this.log.info(`volume ${r.volume}: could not record that ${node.name} serves ${r.device} on host ${r.host} now: ${(e as Error).message}`);
+    }
   }
 
   private scrubIfDue(): void {

@@ -9,7 +9,7 @@
 // new agent takes it over with `pxd-attach adopt N`.
 
 import { spawn } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -144,19 +144,68 @@ export async function startAgent(volume: string, args: string[]): Promise<{ devi
   }
 }
 
+/** Bytes read from the end of an agent's log to find the server it uses now. */
+const logTailBytes = 4096;
+
+/** The server an agent's log says it uses now: its last "connected to" or "reconnected to" line. */
+export function agentServer(volume: string): string | undefined {
+  let tail = "";
+  try {
+    const fd = openSync(logPath(volume), "r");
+    try {
+      const size = fstatSync(fd).size;
+      const buf = Buffer.alloc(Math.min(size, logTailBytes));
+      readSync(fd, buf, 0, buf.length, size - buf.length);
+      tail = buf.toString("utf8");
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return undefined;
+  }
+  let server: string | undefined;
+  for (const m of tail.matchAll(/pxd-attach: nbd\d+: (?:re)?connected to (\S+?)(?:,|$)/gm)) server = m[1];
+  return server;
+}
+
+/** The cluster id in an agent's backend identifier (pxd:CLUSTER:VOLUMEID). */
+export function agentCluster(r: AttachRecord): string | undefined {
+  const at = r.agentOptions?.indexOf("--backend") ?? -1;
+  return at < 0 ? undefined : /^pxd:([^:]+):\d+$/.exec(r.agentOptions![at + 1] ?? "")?.[1];
+}
+
+export interface SupervisorTurn {
+  /** One sentence per agent started again, for the log. */
+  said: string[];
+  /** Attachments whose agent moved to another server since the record was written (the record now says so). */
+  moved: AttachRecord[];
+}
+
 /**
- * The daemon's turn at supervising this host's agents: a kernel attachment
+ * The daemon's turn at supervising this host's agents. A kernel attachment
  * whose agent is gone while the kernel still has its device connected gets a
- * new agent that adopts the device. One daemon per host does it: the one that
- * holds `supervisor.pid` in the run dir (a host running several daemons, as
+ * new agent that adopts the device; one whose agent moved to another server
+ * (a failover) has its record updated and is returned, so the daemon can
+ * tell the catalog. One daemon per host does it: the one that holds
+ * `supervisor.pid` in the run dir (a host running several daemons, as
  * `pxd up` does, would otherwise start several agents for one device).
- * Returns what it did, one sentence per agent, for the log.
  */
-export async function superviseAgents(): Promise<string[]> {
-  if (!existsSync(attachRunDir()) || !holdSupervisorLock()) return [];
-  const done: string[] = [];
+export async function superviseAgents(): Promise<SupervisorTurn> {
+  const turn: SupervisorTurn = { said: [], moved: [] };
+  if (!existsSync(attachRunDir()) || !holdSupervisorLock()) return turn;
+  const done = turn.said;
   for (const r of allRecords()) {
-    if (r.via !== "kernel" || processAlive(r.pid) || r.agentOptions === undefined || !nbdConnected(r.device)) continue;
+    if (r.via !== "kernel") continue;
+    if (processAlive(r.pid)) {
+      const server = agentServer(r.volume);
+      if (server !== undefined && server !== r.server) {
+        const moved = { ...r, server };
+        writeRecord(moved);
+        turn.moved.push(moved);
+      }
+      continue;
+    }
+    if (r.agentOptions === undefined || !nbdConnected(r.device)) continue;
     try {
       const agent = await startAgent(r.volume, ["adopt", String(nbdIndex(r.device)), ...r.agentOptions]);
       writeRecord({ ...r, pid: agent.pid });
@@ -165,7 +214,7 @@ export async function superviseAgents(): Promise<string[]> {
       done.push(`volume ${r.volume}: its attach agent (pid ${r.pid}) is gone and a new one did not start: ${(e as Error).message}`);
     }
   }
-  return done;
+  return turn;
 }
 
 const supervisorLockPath = (): string => join(attachRunDir(), "supervisor.pid");
