@@ -36,7 +36,7 @@ const connectionsMax = 16;
 type Via = AttachVia;
 type LocalRecord = AttachRecord;
 
-interface AttachOptions {
+export interface AttachOptions {
   device?: string;
   connections?: number;
   readOnly?: boolean;
@@ -195,7 +195,7 @@ async function nodeNameOf(api: ApiClient, server: string): Promise<string | unde
 }
 
 /** Attaches `name` on this host and returns its record; an attachment already here is returned as it is. */
-export async function attachVolume(command: Command, name: string, o: AttachOptions): Promise<{ record: LocalRecord; fresh: boolean }> {
+export async function attachVolume(api: ApiClient, name: string, o: AttachOptions): Promise<{ record: LocalRecord; fresh: boolean }> {
   if (process.getuid?.() !== 0) throw new CliError("attaching a volume makes a block device, which needs root: run it with sudo");
   const existing = readRecord(name);
   if (existing !== undefined) {
@@ -212,10 +212,12 @@ export async function attachVolume(command: Command, name: string, o: AttachOpti
     }
     throw new CliError(`volume ${name} has a stale attachment here (${existing.device}, its ${existing.via === "kernel" ? "agent" : "nbdfuse"} pid ${existing.pid} is gone): run "pxd volume detach ${name}" first`);
   }
-  const api = clientFor(command);
   const host = hostName();
   const volume = await api.inspectVolume(name);
   const via = await chooseVia(o.via ?? "auto");
+  if (via === "fuse" && (o.device !== undefined || (o.connections ?? 1) > 1)) {
+    throw new UsageError(`--device and --connections apply to the kernel's nbd devices; attached via fuse the device is the next free /dev/loopN over one connection`);
+  }
   const servers = await api.volumeServers(name);
   if (servers.length === 0) throw new CliError(`no node is up to serve volume ${name}; see "pxd node list"`);
   const status = await api.status();
@@ -268,14 +270,13 @@ async function isMounted(path: string): Promise<boolean> {
   return (await run("mountpoint", ["-q", path])).code === 0;
 }
 
-export async function detachVolume(command: Command, ref: string): Promise<string> {
+export async function detachVolume(api: ApiClient, ref: string): Promise<string> {
   if (process.getuid?.() !== 0) throw new CliError("detaching a volume removes a block device, which needs root: run it with sudo");
   const r = findRecord(ref);
   if (r === undefined) {
     if (ref.startsWith("/dev/")) throw new CliError(`${ref} is not a pxd attachment on this host; "pxd attachments" lists them`);
     // Nothing here: clear the catalog's record of this host, if any (a host that lost its run dir).
     checkName(ref);
-    const api = clientFor(command);
     const mine = (await api.inspectVolume(ref)).attachments.find((a) => a.host === hostName());
     if (mine === undefined) throw new CliError(`volume ${ref} is not attached on this host (${hostName()}); "pxd attachments" lists where it is`);
     await api.detachVolume(ref, mine.host);
@@ -286,15 +287,15 @@ export async function detachVolume(command: Command, ref: string): Promise<strin
   else await stopFuse({ fuseDir: r.fuseDir ?? join(attachRunDir(), `${r.volume}.fuse`), pid: r.pid, device: r.device });
   removeRecord(r.volume);
   rmSync(join(attachRunDir(), `${r.volume}.nbdfuse.pid`), { force: true });
-  const api = clientFor(command);
   await api.detachVolume(r.volume, r.host);
   return `volume ${r.volume} detached (${r.device} is gone)`;
 }
 
 // ---- mount and unmount ----
 
-const filesystems = ["ext4", "xfs"] as const;
-type Filesystem = (typeof filesystems)[number];
+export const filesystems = ["ext4", "xfs"] as const;
+export type Filesystem = (typeof filesystems)[number];
+export type MountOptions = AttachOptions & { fs: Filesystem; mkfsOptions?: string };
 
 function fsArg(text: string): Filesystem {
   const f = filesystems.find((x) => x === text);
@@ -310,10 +311,10 @@ async function filesystemOn(device: string): Promise<string | undefined> {
   return r.stdout.trim() || "unknown";
 }
 
-async function mountVolume(command: Command, name: string, path: string, o: AttachOptions & { fs: Filesystem; mkfsOptions?: string }): Promise<string> {
+export async function mountVolume(api: ApiClient, name: string, path: string, o: MountOptions): Promise<string> {
   const target = resolve(path);
   if (await isMounted(target)) throw new CliError(`${target} is already a mount point; pick an empty directory`);
-  const { record, fresh } = await attachVolume(command, name, o);
+  const { record, fresh } = await attachVolume(api, name, o);
   try {
     if (record.mount !== undefined && (await isMounted(record.mount))) throw new CliError(`volume ${name} is already mounted here at ${record.mount}`);
     let fs = await filesystemOn(record.device);
@@ -329,18 +330,18 @@ async function mountVolume(command: Command, name: string, path: string, o: Atta
     writeRecord({ ...record, mount: target });
     return `volume ${name} mounted at ${target} (${record.device}, ${fs}${made})`;
   } catch (e) {
-    if (fresh) await detachVolume(command, name).catch(() => undefined);
+    if (fresh) await detachVolume(api, name).catch(() => undefined);
     throw e;
   }
 }
 
-async function unmountVolume(command: Command, path: string): Promise<string> {
+export async function unmountVolume(api: ApiClient, path: string): Promise<string> {
   const target = resolve(path);
   const r = allRecords().find((x) => x.mount === target);
   if (r === undefined) throw new CliError(`${target} is not where pxd mounted a volume on this host; "pxd attachments" lists them`);
   if (await isMounted(target)) await runOk("umount", [target], `unmounting ${target}`);
   writeRecord({ ...r, mount: undefined } as LocalRecord);
-  await detachVolume(command, r.volume);
+  await detachVolume(api, r.volume);
   return `volume ${r.volume} unmounted from ${target} and detached`;
 }
 
@@ -363,7 +364,7 @@ function attachOptions(c: Command): Command {
 export function registerAttach(volume: Command, program: Command): void {
   attachOptions(volume.command("attach").description("attach a volume to this host as a block device and print it (root); the agent moves it to another node when its node dies").argument("<name>", "volume name")).action(
     async (name: string, o: AttachOptions, command: Command) => {
-      const { record, fresh } = await attachVolume(command, checkName(name), o);
+      const { record, fresh } = await attachVolume(clientFor(command), checkName(name), o);
       console.log(fresh ? record.device : `${record.device} (already attached here)`);
     },
   );
@@ -371,7 +372,7 @@ export function registerAttach(volume: Command, program: Command): void {
     .command("detach")
     .description("detach a volume from this host (root): the device goes away and the catalog forgets the attachment")
     .argument("<name|device>", "volume name or its device, e.g. /dev/nbd0")
-    .action(async (ref: string, _o: unknown, command: Command) => console.log(await detachVolume(command, ref)));
+    .action(async (ref: string, _o: unknown, command: Command) => console.log(await detachVolume(clientFor(command), ref)));
   attachOptions(
     volume
       .command("mount")
@@ -380,13 +381,13 @@ export function registerAttach(volume: Command, program: Command): void {
       .argument("<path>", "where to mount it (made if missing)")
       .option("--fs <type>", `the filesystem to make when the volume has none: ${filesystems.join(", ")}`, fsArg, "ext4")
       .option("--mkfs-options <opts>", "more options for mkfs, e.g. \"-E nodiscard\""),
-  ).action(async (name: string, path: string, o: AttachOptions & { fs: Filesystem; mkfsOptions?: string }, command: Command) => console.log(await mountVolume(command, checkName(name), path, o)));
+  ).action(async (name: string, path: string, o: MountOptions, command: Command) => console.log(await mountVolume(clientFor(command), checkName(name), path, o)));
   volume
     .command("unmount")
     .alias("umount")
     .description("unmount a volume pxd mounted, then detach it (root)")
     .argument("<path>", "its mount point")
-    .action(async (path: string, _o: unknown, command: Command) => console.log(await unmountVolume(command, path)));
+    .action(async (path: string, _o: unknown, command: Command) => console.log(await unmountVolume(clientFor(command), path)));
   program
     .command("attachments")
     .description("where each volume is attached: host, device, the node serving it, since when")

@@ -478,11 +478,17 @@ export class Daemon implements Controller {
     return [...this.catalog.volumes.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).flatMap((v) => attachmentInfos(v));
   }
 
-  /** Nodes that are up, in the order an attach agent should try them: the volume's leader, its other replicas, then the rest. */
+  /**
+   * Nodes that are up, in the order an attach agent should try them: this
+   * node (the one the attaching host asked, its own daemon when it runs one),
+   * then the volume's leader, its other replicas, and the rest. When this
+   * node holds a replica, the volume's leadership then moves here
+   * (attachmentLeader), so the host's reads are served on its own node.
+   */
   async volumeServers(name: string): Promise<string[]> {
     const v = await this.knownVolume(name);
     const leader = this.driver.leader(v.id);
-    const rank = (id: number): number => (id === leader ? 0 : v.nodes.includes(id) ? 1 : 2);
+    const rank = (id: number): number => (id === this.nodeId ? 0 : id === leader ? 1 : v.nodes.includes(id) ? 2 : 3);
     return [...this.catalog.nodes.values()]
       .filter((n) => n.health === "up")
       .sort((a, b) => rank(a.id) - rank(b.id) || a.id - b.id)

@@ -79,6 +79,9 @@ test("attach via fuse: mount, write, refusals for a second host and a delete, un
     const kernel = await a("volume", "attach", "db", "--via", "kernel");
     assert.is(kernel.code, 1);
     assert.match(kernel.stderr, /cannot attach via the kernel: .*--via fuse/);
+    const device = await a("volume", "attach", "db", "--via", "fuse", "--device", "/dev/nbd3");
+    assert.is(device.code, 2);
+    assert.match(device.stderr, /--device and --connections apply to the kernel's nbd devices/);
     assert.equal(JSON.parse(await ok(a("attachments", "--json"))), { attachments: [] });
 
     // Host A mounts it: fuse chosen automatically, with one line saying why; a fresh volume gets ext4.
