@@ -46,7 +46,7 @@ export interface AttachOptions {
 
 /** This host's name in the catalog: PXD_HOST_NAME, else the system's host name up to its first dot. */
 export function hostName(): string {
-  const name = process.env["PXD_HOST_NAME"] ?? hostname().split(".")[0] ?? "";
+  const name = process.env["PXD_HOST_NAME"] || (hostname().split(".")[0] ?? "");
   if (!hostNamePattern.test(name)) throw new UsageError(`this host's name ${JSON.stringify(name)} is not one the catalog takes; set PXD_HOST_NAME to letters, digits, ".", "_", "-" (at most 63)`);
   return name;
 }
