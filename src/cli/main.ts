@@ -10,10 +10,11 @@ import { defaultApiAddress } from "../api/client.js";
 import { CliError, UsageError, exitFailed, exitOk, exitUsage } from "./errors.js";
 import { registerNode, registerScrub, registerSettings, registerStatus, registerVolume } from "./volume.js";
 import { registerDaemon } from "./daemon.js";
+import { packageVersion } from "../os/package-version.js";
 import { registerLocalNode } from "./local-node.js";
 import { registerDockerPlugin } from "./docker-plugin.js";
 
-export const cliVersion = "0.1.0";
+export const cliVersion = packageVersion;
 
 export function buildProgram(): Command {
   const program = new Command("pxd")

@@ -75,6 +75,7 @@ import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
+import { packageVersion } from "../os/package-version.js";
 import { agentCluster, releaseSupervisorLock, superviseAgents, type AttachRecord } from "../os/attachments.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType } from "../raft/confchange.js";
@@ -122,7 +123,7 @@ export interface Logger {
   error(message: string): void;
 }
 
-const version = "0.2.0";
+const version = packageVersion;
 export { metaGroupId };
 const tickMs = 100;
 const forwardDeadlineMs = 15000;
