@@ -82,6 +82,8 @@ enum { NBD_CMD_CONNECT = 1, NBD_CMD_DISCONNECT, NBD_CMD_RECONFIGURE, NBD_CMD_LIN
 #define MAX_OPTION_REPLY 4096     // longest handshake reply we read
 #define HANDSHAKE_TIMEOUT_MS 3000 // connect plus handshake, per server
 #define HEALTH_CHECK_MS 2000      // STATUS poll when no event arrives
+#define LINK_DEAD_SETTLE_MS 200   // after a dead connection, before reconnecting
+#define BACKLOG_MS 2000           // a death reported this soon after a reconnect predates it
 #define NL_BUF 16384
 #define MAX_NAME 4096             // NBD export names are at most 4096 bytes
 
@@ -446,6 +448,8 @@ struct config {
   int have_nodes_url;
   int device;                  // -1: the kernel picks
   int connections;
+  int offer;                   // sockets the next connect opens: `connections`, or as many as died
+  uint64_t reconnected_at;     // when a failover last gave the kernel new sockets (monotonic ms)
   unsigned timeout_s;          // dead-connection timeout
   unsigned io_timeout_s;       // one request's timeout before its connection is called dead
   int read_only;
@@ -503,11 +507,11 @@ static void refresh_servers(struct config *c) {
   DEBUG("nodes url gave %d servers", count);
 }
 
-// Connects K sockets to one server and handshakes each. Returns 0 with fds
+// Connects c->offer sockets to one server and handshakes each. Returns 0 with fds
 // filled, -1 if the server could not be reached, HS_REFUSED if it refused.
 static int connect_server(const struct config *c, const struct server *s, int *fds, struct export_info *info, char *why, size_t whylen) {
-  for (int i = 0; i < c->connections; i++) fds[i] = -1;
-  for (int i = 0; i < c->connections; i++) {
+  for (int i = 0; i < c->offer; i++) fds[i] = -1;
+  for (int i = 0; i < c->offer; i++) {
     fds[i] = tcp_connect(s, HANDSHAKE_TIMEOUT_MS);
     int rc = fds[i] < 0 ? -1 : 0;
     if (fds[i] < 0) snprintf(why, whylen, "connect: %s", strerror(errno));
@@ -577,7 +581,7 @@ static int device_connect(struct nl *nl, const struct config *c, const int *fds,
   msg_u64(&m, NBD_ATTR_TIMEOUT, c->io_timeout_s);
   msg_u64(&m, NBD_ATTR_DEAD_CONN_TIMEOUT, c->timeout_s);
   if (c->backend[0]) msg_put(&m, NBD_ATTR_BACKEND_IDENTIFIER, c->backend, strlen(c->backend) + 1);
-  put_sockets(&m, fds, c->connections);
+  put_sockets(&m, fds, c->offer);
   *index = c->device;
   return nl_call(nl, &m, on_index, index);
 }
@@ -587,7 +591,7 @@ static int device_reconfigure(struct nl *nl, const struct config *c, int index, 
   msg_begin(&m, nl->family, NLM_F_REQUEST | NLM_F_ACK, NBD_CMD_RECONFIGURE, 0);
   msg_u32(&m, NBD_ATTR_INDEX, (uint32_t)index);
   if (c->backend[0]) msg_put(&m, NBD_ATTR_BACKEND_IDENTIFIER, c->backend, strlen(c->backend) + 1);
-  put_sockets(&m, fds, c->connections);
+  put_sockets(&m, fds, c->offer);
   return nl_call(nl, &m, NULL, NULL);
 }
 
@@ -644,14 +648,21 @@ static void close_all(int *fds, int n) { for (int i = 0; i < n; i++) if (fds[i] 
 
 // Moves the device to a live server: the next one after the current, going
 // round the list (refreshed first) until one takes it, the device is gone,
-// or the agent is told to stop. The kernel replaces only its dead sockets and
-// keeps its own reference to each socket it takes, so all of ours are closed.
+// or the agent is told to stop. It offers `n` new sockets: as many as the
+// kernel reported dead (a probe offers all K). The kernel takes each only in
+// place of a dead socket, and keeps its own reference to each it takes, so
+// all of ours are closed; since every LINK_DEAD follows the socket's death,
+// n reported deaths are n dead sockets, and none offered is left over.
 // Returns 0 once the device has a live connection again (or is gone), -1 when
 // every server has refused the export for longer than the timeout (the
 // volume was deleted): the device is then disconnected.
-static int failover(struct nl *nl, struct config *c, int index, int probe) {
+static int failover(struct nl *nl, struct config *c, int index, int probe, int n) {
+  c->offer = n;
+  // A death reported just after a reconnect is one from before it: the
+  // server just taken is live, so it is tried first.
+  int backlog = c->reconnected_at != 0 && now_ms() - c->reconnected_at < BACKLOG_MS;
   refresh_servers(c);
-  int first = (c->current + 1) % c->nservers;
+  int first = backlog ? c->current : (c->current + 1) % c->nservers;
   uint64_t refused_since = 0;
   for (int round = 0; !stop_requested; round++) {
     int fds[MAX_CONNECTIONS];
@@ -669,11 +680,12 @@ static int failover(struct nl *nl, struct config *c, int index, int probe) {
     }
     if (i >= 0) {
       int err = device_reconfigure(nl, c, index, fds);
-      close_all(fds, c->connections);
+      close_all(fds, c->offer);
       if (err == 0) {
         c->current = i;
+        c->reconnected_at = now_ms();
         if (probe) LOG("nbd%d: offered the kernel a connection to %s:%s in place of any dead one", index, c->servers[i].host, c->servers[i].port);
-        else LOG("nbd%d: reconnected to %s:%s", index, c->servers[i].host, c->servers[i].port);
+        else LOG("nbd%d: reconnected to %s:%s (%d connection%s)", index, c->servers[i].host, c->servers[i].port, n, n == 1 ? "" : "s");
         return 0;
       }
       LOG("nbd%d: the kernel refused the new connection: %s", index, strerror(-err));
@@ -699,28 +711,43 @@ static int event_socket(const struct nl *nl) {
   return fd;
 }
 
-static int supervise(struct nl *nl, struct config *c, int index, int event_fd) {
-  struct nl ev = { .fd = event_fd };
+// Reads the events waiting on the event socket, without blocking; returns
+// how many say a connection of device `index` died.
+static int drain_events(int fd, uint16_t family, int index) {
   static char rbuf[NL_BUF] __attribute__((aligned(4)));
-  uint64_t last_check = now_ms();
-  while (!stop_requested) {
-    struct pollfd p = { .fd = ev.fd, .events = POLLIN };
-    int n = poll(&p, 1, HEALTH_CHECK_MS);
-    int dead = 0;
-    if (n > 0) {
-      ssize_t got = recv(ev.fd, rbuf, sizeof rbuf, MSG_DONTWAIT);
-      size_t left = got > 0 ? (size_t)got : 0;
-      for (struct nlmsghdr *h = (struct nlmsghdr *)rbuf; NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
-        if (h->nlmsg_type != nl->family) continue;
-        struct genlmsghdr *g = (struct genlmsghdr *)NLMSG_DATA(h);
-        if (g->cmd != NBD_CMD_LINK_DEAD) continue;
-        int who = -1;
-        on_index(h, &who);
-        if (who == index) dead = 1;
-      }
-      if (dead) LOG("nbd%d: the kernel reports a dead connection to %s:%s", index, c->servers[c->current].host, c->servers[c->current].port);
+  int dead = 0;
+  for (;;) {
+    ssize_t got = recv(fd, rbuf, sizeof rbuf, MSG_DONTWAIT);
+    if (got <= 0) return dead;
+    size_t left = (size_t)got;
+    for (struct nlmsghdr *h = (struct nlmsghdr *)rbuf; NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
+      if (h->nlmsg_type != family) continue;
+      struct genlmsghdr *g = (struct genlmsghdr *)NLMSG_DATA(h);
+      if (g->cmd != NBD_CMD_LINK_DEAD) continue;
+      int who = -1;
+      on_index(h, &who);
+      if (who == index) dead++;
     }
-    if (!dead && now_ms() - last_check < HEALTH_CHECK_MS) continue;
+  }
+}
+
+static int supervise(struct nl *nl, struct config *c, int index, int event_fd) {
+  uint64_t last_check = now_ms();
+  int dead = 0; // LINK_DEAD events not yet answered with a new socket
+  while (!stop_requested) {
+    struct pollfd p = { .fd = event_fd, .events = POLLIN };
+    if (dead == 0 && poll(&p, 1, HEALTH_CHECK_MS) > 0) {
+      dead += drain_events(event_fd, nl->family, index);
+      if (dead > 0) {
+        LOG("nbd%d: the kernel reports a dead connection to %s:%s", index, c->servers[c->current].host, c->servers[c->current].port);
+        // The other connections to that node die within moments: let the
+        // kernel mark them too, so one reconnect replaces them all.
+        struct timespec settle = { 0, LINK_DEAD_SETTLE_MS * 1000000L };
+        nanosleep(&settle, NULL);
+        dead += drain_events(event_fd, nl->family, index);
+      }
+    }
+    if (dead == 0 && now_ms() - last_check < HEALTH_CHECK_MS) continue;
     last_check = now_ms();
     struct status_walk w;
     int err = device_status(nl, index, &w);
@@ -728,7 +755,12 @@ static int supervise(struct nl *nl, struct config *c, int index, int event_fd) {
       LOG("nbd%d: disconnected; the agent exits", index);
       return 0;
     }
-    if (dead && failover(nl, c, index, 0) < 0) return 0;
+    if (dead == 0) continue;
+    int n = dead < c->connections ? dead : c->connections;
+    if (failover(nl, c, index, 0, n) < 0) return 0;
+    // Deaths reported while it reconnected are answered next.
+    dead += drain_events(event_fd, nl->family, index) - n;
+    if (dead < 0) dead = 0;
   }
   LOG("nbd%d: stopping: disconnecting the device", index);
   device_disconnect(nl, index);
@@ -820,6 +852,7 @@ static int cmd_connect(int argc, char **argv) {
   nl_open(&nl);
   int fds[MAX_CONNECTIONS];
   struct export_info info;
+  c.offer = c.connections;
   int i = connect_any(&c, 0, fds, &info);
   if (i == HS_REFUSED) die(5, "every server refused export \"%s\" (see above)", c.export_name);
   if (i < 0) die(3, "no server for \"%s\" could be reached (see above)", c.export_name);
@@ -827,7 +860,7 @@ static int cmd_connect(int argc, char **argv) {
   int event_fd = event_socket(&nl);
   int index = -1;
   int err = device_connect(&nl, &c, fds, &info, &index);
-  close_all(fds, c.connections);
+  close_all(fds, c.offer);
   if (err == -EBUSY) die(4, "/dev/nbd%d is in use: pick another --device, or leave it out", c.device);
   if (err < 0) die(4, "the kernel refused to connect the device: %s", strerror(-err));
   if (index < 0) die(4, "the kernel did not say which device it connected");
@@ -856,7 +889,7 @@ static int cmd_adopt(int argc, char **argv) {
   on_stop_signals();
   c.current = c.nservers - 1; // the probe starts with the first server
   LOG("nbd%d: adopting the device, export \"%s\"", index, c.export_name);
-  if (failover(&nl, &c, index, 1) < 0) return 0;
+  if (failover(&nl, &c, index, 1, c.connections) < 0) return 0;
   announce(index, &c.servers[c.current]);
   return supervise(&nl, &c, index, event_fd);
 }

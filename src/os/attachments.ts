@@ -164,7 +164,7 @@ export function agentServer(volume: string): string | undefined {
     return undefined;
   }
   let server: string | undefined;
-  for (const m of tail.matchAll(/pxd-attach: nbd\d+: (?:re)?connected to (\S+?)(?:,|$)/gm)) server = m[1];
+  for (const m of tail.matchAll(/pxd-attach: nbd\d+: (?:re)?connected to (\S+?)(?:,| \(|$)/gm)) server = m[1];
   return server;
 }
 

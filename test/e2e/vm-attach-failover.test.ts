@@ -29,11 +29,11 @@ const deadTimeoutS = 20;
 const script = String.raw`
 set -e
 pxd-attach connect --export vm --server 10.0.2.101:10809 --server 10.0.2.102:10809 --server 10.0.2.103:10809 \
-  --timeout ${deadTimeoutS} --io-timeout 5 >/tmp/attached </dev/null &
+  --connections 2 --timeout ${deadTimeoutS} --io-timeout 5 >/tmp/attached </dev/null &
 AGENT=$!
 n=0; while [ ! -s /tmp/attached ]; do n=$((n+1)); [ $n -lt 120 ] || { echo "NO-DEVICE"; exit 2; }; sleep 1; done
 set -- $(cat /tmp/attached); DEV=$1
-echo "ATTACHED $DEV $2"
+echo "ATTACHED $DEV $2"; cat /sys/block/nbd0/pid >/dev/null && echo "SYSFS-PID present"
 mkfs.ext4 -q -F $DEV </dev/null
 mkdir -p /mnt/v
 mount -t ext4 $DEV /mnt/v
@@ -60,7 +60,7 @@ e2fsck -fn $DEV >/tmp/fsck.out 2>&1 </dev/null && echo "E2FSCK-CLEAN" || { cat /
 kill -9 $AGENT; wait $AGENT 2>/dev/null || true
 N=$(echo $DEV | tr -dc 0-9)
 pxd-attach adopt $N --export vm --server 10.0.2.101:10809 --server 10.0.2.102:10809 --server 10.0.2.103:10809 \
-  --timeout ${deadTimeoutS} --io-timeout 5 >/tmp/adopted </dev/null &
+  --connections 2 --timeout ${deadTimeoutS} --io-timeout 5 >/tmp/adopted </dev/null &
 AGENT=$!
 n=0; while [ ! -s /tmp/adopted ]; do n=$((n+1)); [ $n -lt 120 ] || { echo "NOT-ADOPTED"; exit 2; }; sleep 1; done
 echo "ADOPTED $(cat /tmp/adopted)"
@@ -104,6 +104,8 @@ test("kernel attach in a qemu guest: failover when the serving node dies, EIO (n
     const guest = g;
     const attached = await guest.waitFor(/^ATTACHED (\/dev\/nbd\d+) 10\.0\.2\.10(\d):10809$/, 120_000);
     const serving = Number(attached[2]) - 1;
+    // The daemon's supervisor reads a connected device from /sys/block/nbdN/pid (src/os/attachments.ts).
+    await guest.waitFor(/^SYSFS-PID present$/, 10_000);
     await guest.waitFor(/^WRITING$/, 120_000);
     const files = (): number => guest.lines.filter((l) => l.startsWith("FILE ")).length;
     const fileLines = async (n: number, what: string): Promise<void> => {
@@ -118,7 +120,7 @@ test("kernel attach in a qemu guest: failover when the serving node dies, EIO (n
     // The node serving the guest's connection dies.
     await c.nodes[serving]!.kill();
     const before = files();
-    const reconnected = await guest.waitFor(/(\d\d):(\d\d):(\d\d)\.(\d{3}) pxd-attach: nbd0: reconnected to 10\.0\.2\.10\d:10809$/, 90_000);
+    const reconnected = await guest.waitFor(/(\d\d):(\d\d):(\d\d)\.(\d{3}) pxd-attach: nbd0: reconnected to 10\.0\.2\.10\d:10809 \(2 connections\)$/, 90_000);
     const deadAt = guest.lines.map((l) => /(\d\d):(\d\d):(\d\d)\.(\d{3}) pxd-attach: nbd0: the kernel reports a dead connection/.exec(l)).find((m) => m !== null);
     const ms = (m: RegExpMatchArray): number => ((Number(m[1]) * 60 + Number(m[2])) * 60 + Number(m[3])) * 1000 + Number(m[4]);
     const failoverMs = deadAt ? ms(reconnected) - ms(deadAt) : NaN;

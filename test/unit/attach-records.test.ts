@@ -38,7 +38,7 @@ test("the agent's server is its log's last connected or reconnected line; a prob
     [
       "14:28:13.086 pxd-attach: nbd0: connected to 10.0.2.101:10809, export \"db\", 134217728 bytes, 1 connection(s), timeout 20s",
       "14:28:19.957 pxd-attach: nbd0: the kernel reports a dead connection to 10.0.2.101:10809",
-      "14:28:19.998 pxd-attach: nbd0: reconnected to 10.0.2.102:10809",
+      "14:28:19.998 pxd-attach: nbd0: reconnected to 10.0.2.102:10809 (1 connection)",
       "14:28:25.938 pxd-attach: nbd0: offered the kernel a connection to 10.0.2.103:10809 in place of any dead one",
       "",
     ].join("\n"),
