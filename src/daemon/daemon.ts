@@ -874,7 +874,6 @@ export class Daemon implements Controller {
     return [...this.state.hosted.keys()].filter((id) => this.store.hasGroup(id)).sort((a, b) => a - b);
   }
 
-  /** The scheduled scrub: everything here, once the interval since the last pass has passed. */
   /** Starts a new attach agent for each of this host's kernel devices whose agent died (one turn at a time). */
   private superviseAttachAgents(): void {
     if (this.supervising) return;
@@ -900,6 +899,7 @@ export class Daemon implements Controller {
     }
   }
 
+  /** The scheduled scrub: everything here, once the interval since the last pass has passed. */
   private scrubIfDue(): void {
     const interval = this.scrubIntervalMs;
     if (interval <= 0 || this.scheduledScrub !== undefined || Date.now() - this.state.scrubbedAt < interval) return;
