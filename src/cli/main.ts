@@ -11,6 +11,7 @@ import { CliError, UsageError, exitFailed, exitOk, exitUsage } from "./errors.js
 import { registerNode, registerScrub, registerSettings, registerStatus, registerVolume } from "./volume.js";
 import { registerDaemon } from "./daemon.js";
 import { registerLocalNode } from "./local-node.js";
+import { registerCsi } from "./csi.js";
 
 export const cliVersion = "0.1.0";
 
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerScrub(program);
   registerLocalNode(program);
   registerDaemon(program);
+  registerCsi(program);
   return program;
 }
 
