@@ -7,18 +7,20 @@
 // first is still attaching, and attach/mount are not safe to run twice at once.
 
 import { execFile } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, rmdirSync, rmSync, statSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmdirSync, rmSync, statSync } from "node:fs";
 import { statfs } from "node:fs/promises";
 import { dirname } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { ApiClient } from "../api/client.js";
-import { ApiError } from "../api/types.js";
+import { ApiError, type VolumeInfo } from "../api/types.js";
 import { readRecord } from "../os/attachments.js";
 import { attachVolume, detachVolume, mountVolume, unmountVolume } from "./attach.js";
 import { CsiError, checkedMap, readCapability, requirePath, requireVolumeId, topologyNodeKey, topologyZoneKey, volumesPerNodeMax, invalid, type CsiOptions, type Req } from "./csi.js";
 
 /** How long one mount/umount may take before the call fails (the CO retries). */
 const mountCommandMs = 60_000;
+/** Node calls queued behind the one running; more are ABORTED (the spec's "operation pending") and the CO retries. */
+const nodeCallsWaitingMax = 64;
 
 function sh(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve) => {
@@ -35,6 +37,16 @@ async function shOk(cmd: string, args: string[], what: string): Promise<void> {
 
 const isMountPoint = async (path: string): Promise<boolean> => (await sh("mountpoint", ["-q", path])).code === 0;
 
+/** Where a device is mounted on this host (bind mounts of its filesystem included), from /proc/mounts. */
+function mountsOf(device: string): string[] {
+  const unescape = (p: string): string => p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return readFileSync("/proc/mounts", "utf8")
+    .split("\n")
+    .map((l) => l.split(" "))
+    .filter((f) => f[0] === device && f[1] !== undefined)
+    .map((f) => unescape(f[1]!));
+}
+
 /** The one VolumeCapability of a node request; an unsupported one is INVALID_ARGUMENT here. */
 function capabilityOf(req: Req): ReturnType<typeof readCapability>["cap"] {
   if (req["volume_capability"] == null) throw invalid("volume_capability is missing; the request needs it");
@@ -43,9 +55,9 @@ function capabilityOf(req: Req): ReturnType<typeof readCapability>["cap"] {
   return cap;
 }
 
-async function mustExist(api: ApiClient, id: string): Promise<void> {
+async function volumeOrNotFound(api: ApiClient, id: string): Promise<VolumeInfo> {
   try {
-    await api.inspectVolume(id);
+    return await api.inspectVolume(id);
   } catch (e) {
     if (e instanceof ApiError && e.status === 404) throw new CsiError(grpc.status.NOT_FOUND, `volume ${id} does not exist`);
     throw e;
@@ -56,10 +68,13 @@ type Handler = (req: Req) => Promise<object>;
 
 export function nodeService(api: ApiClient, o: CsiOptions): Record<string, Handler> {
   let chain: Promise<unknown> = Promise.resolve();
+  let waiting = 0;
   const serial =
     (h: Handler): Handler =>
     (req) => {
-      const next = chain.then(() => h(req));
+      if (waiting >= nodeCallsWaitingMax) return Promise.reject(new CsiError(grpc.status.ABORTED, `${waiting} node calls are already waiting here; retry when they are done`));
+      waiting++;
+      const next = chain.then(() => h(req)).finally(() => waiting--);
       chain = next.catch(() => undefined);
       return next;
     };
@@ -71,7 +86,7 @@ export function nodeService(api: ApiClient, o: CsiOptions): Record<string, Handl
       const context = checkedMap(req, "volume_context");
       checkedMap(req, "secrets");
       checkedMap(req, "publish_context");
-      await mustExist(api, id);
+      await volumeOrNotFound(api, id);
       const record = readRecord(id);
       if (cap.block) {
         await attachVolume(api, id, { readOnly: cap.readOnly });
@@ -90,6 +105,8 @@ export function nodeService(api: ApiClient, o: CsiOptions): Record<string, Handl
       requirePath(req, "staging_target_path");
       const record = readRecord(id);
       if (record === undefined) return {};
+      const published = mountsOf(record.device).filter((m) => m !== record.mount);
+      if (published.length > 0) throw new CsiError(grpc.status.FAILED_PRECONDITION, `volume ${id} is still published at ${published.join(", ")}; call NodeUnpublishVolume there first`);
       if (record.mount !== undefined) await unmountVolume(api, record.mount);
       else await detachVolume(api, id);
       return {};
@@ -150,8 +167,8 @@ export function nodeService(api: ApiClient, o: CsiOptions): Record<string, Handl
       const id = requireVolumeId(req);
       const path = requirePath(req, "volume_path");
       if (!existsSync(path)) throw new CsiError(grpc.status.NOT_FOUND, `${path} does not exist on this node`);
+      const v = await volumeOrNotFound(api, id);
       if (!statSync(path).isDirectory()) {
-        const v = await api.inspectVolume(id);
         return { usage: [{ unit: "BYTES", total: v.sizeBytes, available: 0, used: 0 }] };
       }
       const s = await statfs(path);

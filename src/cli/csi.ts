@@ -392,6 +392,11 @@ export async function startCsi(api: ApiClient, o: CsiOptions): Promise<() => Pro
     });
 }
 
+function endpointArg(text: string): string {
+  endpointPath(text);
+  return text;
+}
+
 function modeArg(text: string): CsiMode {
   if (text === "controller" || text === "node" || text === "both") return text;
   throw new InvalidArgumentError(`"${text}" is not controller, node or both`);
@@ -406,7 +411,7 @@ export function registerCsi(program: Command): void {
   program
     .command("csi")
     .description("serve the Kubernetes CSI driver (pxd.csi.io) on a Unix socket until SIGTERM; see docs/csi.md")
-    .requiredOption("--endpoint <unix:///path>", "the socket to listen on, e.g. unix:///csi/csi.sock", (t: string) => (endpointPath(t), t))
+    .requiredOption("--endpoint <unix:///path>", "the socket to listen on, e.g. unix:///csi/csi.sock", endpointArg)
     .option("--mode <mode>", "controller, node or both", modeArg, "both")
     .option("--node-id <name>", "this node's id and topology.pxd.io/node value (default: the host name, as pxd attach records it)", labelArg)
     .option("--zone <zone>", "this node's topology.pxd.io/zone value", labelArg)

@@ -162,6 +162,9 @@ test("pxd csi: identity, controller and node services as csi-sanity checks them,
     await expectCode(node["NodeUnstageVolume"]!({ volume_id: "db" }), grpc.status.INVALID_ARGUMENT, /staging_target_path/);
     await expectCode(node["NodeGetVolumeStats"]!({ volume_id: "db", volume_path: join(t.dir, "nowhere") }), grpc.status.NOT_FOUND);
     await expectCode(node["NodeGetVolumeStats"]!({ volume_id: "db" }), grpc.status.INVALID_ARGUMENT, /volume_path/);
+    await expectCode(node["NodeGetVolumeStats"]!({ volume_id: "nosuch", volume_path: t.dir }), grpc.status.NOT_FOUND, /nosuch/);
+    await expectCode(node["NodePublishVolume"]!({ volume_id: "db", staging_target_path: staging, target_path: "/" + "p".repeat(5000), volume_capability: mountCap() }), grpc.status.INVALID_ARGUMENT, /longer than/);
+    await expectCode(node["NodeStageVolume"]!({ volume_id: "db", staging_target_path: `${t.dir}/../x`, volume_capability: mountCap() }), grpc.status.INVALID_ARGUMENT, /absolute path/);
     assert.equal((await identity["Probe"]!({}))["ready"], { value: true }, "the server lives after every bad request");
 
     // ListVolumes pages; a token it did not give out is ABORTED.
@@ -217,6 +220,8 @@ test("pxd csi: identity, controller and node services as csi-sanity checks them,
     await node["NodePublishVolume"]!({ ...publish, target_path: roTarget, readonly: true });
     assert.equal(readFileSync(join(roTarget, "hello")), data);
     assert.throws(() => writeFileSync(join(roTarget, "nope"), "x"), /EROFS|read-only/);
+    await expectCode(node["NodeUnstageVolume"]!({ volume_id: "db", staging_target_path: staging }), grpc.status.FAILED_PRECONDITION, /still published at .*p1\/mount/);
+    assert.equal(readFileSync(join(target, "hello")), data, "a refused unstage leaves the volume in service");
     for (const p of [target, roTarget]) {
       await node["NodeUnpublishVolume"]!({ volume_id: "db", target_path: p });
       await node["NodeUnpublishVolume"]!({ volume_id: "db", target_path: p });

@@ -84,6 +84,18 @@ function volumeOf(c: Obj, path: string): string {
 
 const entrypoint = ["node", "--initial-old-space-size=64", "dist/bin/pxd.js"];
 
+/** A `pxd csi` container: the image's entrypoint, flags `pxd csi --help` (or the global --host) lists, the mode, and its socket. */
+function csiPlugin(workload: Obj, name: string, mode: string): { plugin: Obj; flags: Map<string, string>; socket: string } {
+  const plugin = container(workload, name);
+  assert.equal(plugin["command"], entrypoint);
+  const { words, flags } = flagsOf(plugin["args"]);
+  assert.equal(words, ["csi"]);
+  const known = new Set([...helpFlags("csi"), "--host"]);
+  for (const f of flags.keys()) assert.ok(known.has(f), `pxd csi has no ${f}`);
+  assert.is(flags.get("--mode"), mode);
+  return { plugin, flags, socket: endpointPath(flags.get("--endpoint")!) };
+}
+
 test("every manifest parses, names its kind, and namespaced objects are in namespace pxd", () => {
   assert.ok(docs.length >= 10, `${docs.length} documents`);
   const clusterScoped = new Set(["Namespace", "CSIDriver", "StorageClass", "ClusterRole", "ClusterRoleBinding"]);
@@ -131,15 +143,8 @@ test("DaemonSet: the pxd daemon's flags exist in `pxd daemon --help`, and its po
 
 test("DaemonSet: the node plugin's endpoint is the registrar's --csi-address and, on the host, its --kubelet-registration-path", () => {
   const ds = one("DaemonSet", "pxd-node");
-  const plugin = container(ds, "csi-node");
-  assert.equal(plugin["command"], entrypoint);
-  const { words, flags } = flagsOf(plugin["args"]);
-  assert.equal(words, ["csi"]);
-  const known = new Set([...helpFlags("csi"), "--host"]);
-  for (const f of flags.keys()) assert.ok(known.has(f), `pxd csi has no ${f}`);
-  assert.is(flags.get("--mode"), "node");
+  const { plugin, flags, socket } = csiPlugin(ds, "csi-node", "node");
   assert.is(flags.get("--host"), `$(POD_IP):${defaultApiPort}`);
-  const socket = endpointPath(flags.get("--endpoint")!);
   const registrar = flagsOf(container(ds, "node-driver-registrar")["args"]).flags;
   const reg = container(ds, "node-driver-registrar");
   assert.is(registrar.get("--csi-address"), socket);
@@ -158,12 +163,7 @@ test("DaemonSet: the node plugin's endpoint is the registrar's --csi-address and
 
 test("controller: pxd csi --mode controller and csi-provisioner on one socket; the API service's port", () => {
   const dep = one("Deployment", "pxd-csi-controller");
-  const plugin = container(dep, "csi-controller");
-  assert.equal(plugin["command"], entrypoint);
-  const { words, flags } = flagsOf(plugin["args"]);
-  assert.equal(words, ["csi"]);
-  assert.is(flags.get("--mode"), "controller");
-  const socket = endpointPath(flags.get("--endpoint")!);
+  const { plugin, flags, socket } = csiPlugin(dep, "csi-controller", "controller");
   const prov = container(dep, "csi-provisioner");
   assert.is(flagsOf(prov["args"]).flags.get("--csi-address"), socket);
   assert.is(volumeOf(prov, socket), volumeOf(plugin, socket));
@@ -189,10 +189,11 @@ test("RBAC: every service account a workload uses exists, and the bindings name 
 
 test("the image of deploy/kubernetes carries the proto pxd csi loads and the attach tools", () => {
   const df = readFileSync(join(dir, "Dockerfile"), "utf8");
-  assert.match(df, /^COPY proto \.\/proto$/m);
+  assert.match(df, /^FROM pxd:local$/m, "built on the root Dockerfile's image");
+  assert.ok(readFileSync(join(root, "Dockerfile"), "utf8").includes(`ENTRYPOINT ${JSON.stringify(entrypoint).replace(/","/g, '", "')}`), "the pxd image's entrypoint is what the manifests run");
+  assert.match(df, /^COPY proto \/app\/proto$/m);
   assert.match(df, /nbdfuse/);
-  assert.match(df, /COPY --from=build \/app\/native\/pxd-attach \.\/native\/pxd-attach/);
-  assert.match(df, new RegExp(`ENTRYPOINT ${JSON.stringify(entrypoint).replace(/[[\]]/g, "\\$&").replace(/,/g, ", ")}`));
+  assert.match(df, /^COPY --from=agent \/src\/pxd-attach \/app\/native\/pxd-attach$/m);
   const images = new Set(docs.flatMap(({ doc }) => doc["spec"]?.template?.spec?.containers ?? []).filter((c: Obj) => c["command"]?.includes?.("dist/bin/pxd.js") || /pxd\.js/.test(c["command"]?.at?.(-1) ?? "")).map((c: Obj) => c["image"]));
   assert.equal([...images], ["pxd-csi:local"]);
   assert.match(df, /-t pxd-csi:local/);
