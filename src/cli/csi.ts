@@ -8,7 +8,7 @@
 // a malformed one gets the status code the spec names for it, and nothing
 // that arrives is unbounded (message size, names, parameters, paths).
 
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, lstatSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
@@ -378,8 +378,11 @@ export async function startCsi(api: ApiClient, o: CsiOptions): Promise<() => Pro
   server.addService(pkg.csi.v1["Identity"]!.service, bind(identityService(o.mode)));
   if (o.mode !== "node") server.addService(pkg.csi.v1["Controller"]!.service, bind(controllerService(api)));
   if (o.mode !== "controller") server.addService(pkg.csi.v1["Node"]!.service, bind(nodeService(api, o)));
-  // A socket left by a driver that died would refuse the bind.
-  if (existsSync(path)) rmSync(path, { force: true });
+  // A socket left by a driver that died would refuse the bind; anything else there is not ours to remove.
+  if (existsSync(path)) {
+    if (!lstatSync(path).isSocket()) throw new CliError(`${path} exists and is not a socket; give --endpoint a path of its own`);
+    rmSync(path, { force: true });
+  }
   await new Promise<void>((resolve, reject) => server.bindAsync(`unix://${path}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(new CliError(`cannot listen on ${path}: ${err.message}`)) : resolve())));
   return () =>
     new Promise<void>((resolve) => {

@@ -7,7 +7,7 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { spawn, type ChildProcess } from "node:child_process";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -267,6 +267,27 @@ test("pxd csi: identity, controller and node services as csi-sanity checks them,
     for (const m of mountsUnder(t.dir).reverse()) await runOk("umount", ["-l", m.split(" ")[1]!]).catch(() => undefined);
     for (const l of await loopsUnder(runDir).catch(() => [])) await runOk("losetup", ["-d", l.split(":")[0]!]).catch(() => undefined);
     await c?.dispose();
+    t.remove();
+  }
+});
+
+test("pxd csi: a bad --endpoint or --mode is a usage error, and a file that is not a socket is left alone", async () => {
+  const t = tempDir("csi-args");
+  try {
+    const file = join(t.dir, "data");
+    writeFileSync(file, "keep");
+    const pxd = (...args: string[]) => spawnSync(process.execPath, [pxdEntry, "--host", "127.0.0.1:1", "csi", ...args], { encoding: "utf8", env: { ...process.env, PXD_HOST_NAME: "csi-host" } });
+    const notSocket = pxd("--endpoint", `unix://${file}`);
+    assert.is(notSocket.status, 1);
+    assert.match(notSocket.stderr, /is not a socket; give --endpoint a path of its own/);
+    assert.is(readFileSync(file, "utf8"), "keep");
+    const tcp = pxd("--endpoint", "tcp://127.0.0.1:5000");
+    assert.is(tcp.status, 2);
+    assert.match(tcp.stderr, /is not unix:\/\/\/PATH/);
+    const mode = pxd("--endpoint", `unix://${t.dir}/s.sock`, "--mode", "all");
+    assert.is(mode.status, 2);
+    assert.match(mode.stderr, /not controller, node or both/);
+  } finally {
     t.remove();
   }
 });
