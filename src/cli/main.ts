@@ -13,6 +13,7 @@ import { registerDaemon } from "./daemon.js";
 import { packageVersion } from "../os/package-version.js";
 import { registerLocalNode } from "./local-node.js";
 import { registerDockerPlugin } from "./docker-plugin.js";
+import { registerCsi } from "./csi.js";
 
 export const cliVersion = packageVersion;
 
@@ -31,6 +32,7 @@ export function buildProgram(): Command {
   registerLocalNode(program);
   registerDaemon(program);
   registerDockerPlugin(program);
+  registerCsi(program);
   return program;
 }
 
