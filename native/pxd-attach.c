@@ -70,6 +70,7 @@ enum { NBD_CMD_CONNECT = 1, NBD_CMD_DISCONNECT, NBD_CMD_RECONFIGURE, NBD_CMD_LIN
 #define NBD_REP_ACK 1u
 #define NBD_REP_INFO 3u
 #define NBD_REP_FLAG_ERROR (1u << 31)
+#define NBD_REP_ERR_UNKNOWN (NBD_REP_FLAG_ERROR | 6u)
 #define NBD_INFO_EXPORT 0u
 #define NBD_INFO_BLOCK_SIZE 3u
 #define NBD_TFLAG_READ_ONLY (1u << 1)
@@ -80,6 +81,7 @@ enum { NBD_CMD_CONNECT = 1, NBD_CMD_DISCONNECT, NBD_CMD_RECONFIGURE, NBD_CMD_LIN
 #define MAX_SERVERS 16            // servers from arguments or the nodes URL
 #define MAX_CONNECTIONS 16        // sockets per device
 #define MAX_OPTION_REPLY 4096     // longest handshake reply we read
+#define MAX_OPTION_REPLIES 16     // replies to one NBD_OPT_GO before its ACK
 #define HANDSHAKE_TIMEOUT_MS 3000 // connect plus handshake, per server
 #define HEALTH_CHECK_MS 2000      // STATUS poll when no event arrives
 #define LINK_DEAD_SETTLE_MS 200   // after a dead connection, before reconnecting
@@ -88,37 +90,40 @@ enum { NBD_CMD_CONNECT = 1, NBD_CMD_DISCONNECT, NBD_CMD_RECONFIGURE, NBD_CMD_LIN
 #define MAX_NAME 4096             // NBD export names are at most 4096 bytes
 
 static int debug_on;
-// One write per line, so a line never mixes with another writer's on a shared console.
-static void logf_(const char *fmt, ...) {
+// One write per line, so a line never mixes with another writer's on a
+// shared console. `stamp`: lead with the time of day (the log), or not (die).
+static void vlog(int stamp, const char *fmt, va_list ap) {
   char line[1024];
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  struct tm tm;
-  gmtime_r(&ts.tv_sec, &tm);
-  int n = snprintf(line, sizeof line, "%02d:%02d:%02d.%03ld pxd-attach: ", tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
-  va_list ap;
-  va_start(ap, fmt);
+  int n = 0;
+  if (stamp) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    n = snprintf(line, sizeof line, "%02d:%02d:%02d.%03ld ", tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+  }
+  n += snprintf(line + n, sizeof line - (size_t)n, "pxd-attach: ");
   n += vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
-  va_end(ap);
   if (n > (int)sizeof line - 2) n = (int)sizeof line - 2;
   line[n++] = '\n';
   ssize_t w = write(2, line, (size_t)n);
   (void)w;
 }
+
+static void logf_(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vlog(1, fmt, ap);
+  va_end(ap);
+}
 #define LOG(...) logf_(__VA_ARGS__)
 #define DEBUG(...) do { if (debug_on) logf_(__VA_ARGS__); } while (0)
 
 static void die(int code, const char *fmt, ...) {
-  char line[1024];
-  int n = snprintf(line, sizeof line, "pxd-attach: ");
   va_list ap;
   va_start(ap, fmt);
-  n += vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+  vlog(0, fmt, ap);
   va_end(ap);
-  if (n > (int)sizeof line - 2) n = (int)sizeof line - 2;
-  line[n++] = '\n';
-  ssize_t w = write(2, line, (size_t)n);
-  (void)w;
   exit(code);
 }
 
@@ -197,6 +202,28 @@ static uint8_t attr_u8(const struct nlattr *a) { return attr_len(a) ? *(const ui
 
 typedef void (*reply_fn)(const struct nlmsghdr *h, void *arg);
 
+// The attributes of a generic-netlink message, or 0 when it is too short to
+// have a genl header (NLMSG_OK has already checked nlmsg_len against what
+// was received).
+static int genl_attrs(const struct nlmsghdr *h, const char **p, size_t *len) {
+  if (h->nlmsg_len < NLMSG_HDRLEN + GENL_HDRLEN) return 0;
+  *p = (const char *)NLMSG_DATA(h) + GENL_HDRLEN;
+  *len = h->nlmsg_len - NLMSG_HDRLEN - GENL_HDRLEN;
+  return 1;
+}
+
+// recv that keeps only what the kernel sent (nl_pid 0): another process may
+// send to our port or, with CAP_NET_ADMIN, to the multicast group.
+static ssize_t recv_kernel(int fd, char *buf, size_t size, int flags) {
+  for (;;) {
+    struct sockaddr_nl from;
+    socklen_t fl = sizeof from;
+    ssize_t n = recvfrom(fd, buf, size, flags, (struct sockaddr *)&from, &fl);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 || (fl >= sizeof from && from.nl_pid == 0)) return n;
+  }
+}
+
 // Sends m and reads replies up to the kernel's ACK or error. Returns 0 or
 // -errno; each reply message that is not the ACK goes to on_reply.
 static int nl_call(struct nl *nl, struct msg *m, reply_fn on_reply, void *arg) {
@@ -207,15 +234,13 @@ static int nl_call(struct nl *nl, struct msg *m, reply_fn on_reply, void *arg) {
   if (sendto(nl->fd, m->buf, m->len, 0, (struct sockaddr *)&to, sizeof to) < 0) return -errno;
   static char rbuf[NL_BUF] __attribute__((aligned(4)));
   for (;;) {
-    ssize_t n = recv(nl->fd, rbuf, sizeof rbuf, 0);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
+    ssize_t n = recv_kernel(nl->fd, rbuf, sizeof rbuf, 0);
+    if (n < 0) return -errno;
     size_t left = (size_t)n;
     for (struct nlmsghdr *r = (struct nlmsghdr *)rbuf; NLMSG_OK(r, left); r = NLMSG_NEXT(r, left)) {
       if (r->nlmsg_seq != nl->seq) continue;
       if (r->nlmsg_type == NLMSG_ERROR) {
+        if (r->nlmsg_len < NLMSG_HDRLEN + sizeof(struct nlmsgerr)) return -EPROTO;
         struct nlmsgerr *e = (struct nlmsgerr *)NLMSG_DATA(r);
         return e->error; // 0 is the ACK
       }
@@ -237,8 +262,9 @@ struct family_info { uint16_t id; uint32_t group; };
 
 static void on_family(const struct nlmsghdr *h, void *arg) {
   struct family_info *fi = arg;
-  const char *p = (const char *)NLMSG_DATA(h) + GENL_HDRLEN;
-  size_t len = h->nlmsg_len - NLMSG_HDRLEN - GENL_HDRLEN;
+  const char *p;
+  size_t len;
+  if (!genl_attrs(h, &p, &len)) return;
   const struct nlattr *at[CTRL_ATTR_MAX + 1];
   attrs_parse(p, len, at, CTRL_ATTR_MAX + 1);
   if (at[CTRL_ATTR_FAMILY_ID]) fi->id = attr_u16(at[CTRL_ATTR_FAMILY_ID]);
@@ -375,7 +401,7 @@ static int tcp_connect(const struct server *s, int timeout_ms) {
   return fd;
 }
 
-// The export refused us (no such volume, policy): not worth another server.
+// The server does not know the export (NBD_REP_ERR_UNKNOWN): the volume is gone.
 #define HS_REFUSED -2
 
 // Fixed newstyle handshake ending in NBD_OPT_GO. Returns 0, -1 (connection
@@ -383,9 +409,9 @@ static int tcp_connect(const struct server *s, int timeout_ms) {
 static int handshake(int fd, const char *name, struct export_info *info, char *why, size_t whylen) {
   unsigned char b[18];
   if (read_full(fd, b, 18) < 0) { snprintf(why, whylen, "greeting: %s", strerror(errno)); return -1; }
-  if (memcmp(b, "NBDMAGIC", 8) != 0 || be64(b + 8) != NBD_OPTS_MAGIC) { snprintf(why, whylen, "not a newstyle NBD server"); return HS_REFUSED; }
+  if (memcmp(b, "NBDMAGIC", 8) != 0 || be64(b + 8) != NBD_OPTS_MAGIC) { snprintf(why, whylen, "not a newstyle NBD server"); return -1; }
   uint16_t hflags = be16(b + 16);
-  if (!(hflags & NBD_FLAG_FIXED_NEWSTYLE)) { snprintf(why, whylen, "server lacks fixed newstyle"); return HS_REFUSED; }
+  if (!(hflags & NBD_FLAG_FIXED_NEWSTYLE)) { snprintf(why, whylen, "server lacks fixed newstyle"); return -1; }
   uint32_t cflags = NBD_FLAG_C_FIXED_NEWSTYLE | (hflags & NBD_FLAG_NO_ZEROES ? NBD_FLAG_C_NO_ZEROES : 0);
   size_t nlen = strlen(name);
   unsigned char opt[16 + 4 + MAX_NAME + 2 + 2];
@@ -403,18 +429,20 @@ static int handshake(int fd, const char *name, struct export_info *info, char *w
   info->min_block = 1;
   info->pref_block = 4096;
   info->max_block = 32 * 1024 * 1024;
-  for (;;) {
+  for (int replies = 0;; replies++) {
     unsigned char h[20];
+    if (replies == MAX_OPTION_REPLIES) { snprintf(why, whylen, "more than %d replies to NBD_OPT_GO", MAX_OPTION_REPLIES); return -1; }
     if (read_full(fd, h, 20) < 0) { snprintf(why, whylen, "option reply: %s", strerror(errno)); return -1; }
-    if (be64(h) != NBD_REP_MAGIC) { snprintf(why, whylen, "bad option reply magic"); return HS_REFUSED; }
+    if (be64(h) != NBD_REP_MAGIC) { snprintf(why, whylen, "bad option reply magic"); return -1; }
     uint32_t type = be32(h + 12), len = be32(h + 16);
-    if (len > MAX_OPTION_REPLY) { snprintf(why, whylen, "option reply of %u bytes", len); return HS_REFUSED; }
+    if (len > MAX_OPTION_REPLY) { snprintf(why, whylen, "option reply of %u bytes", len); return -1; }
     unsigned char data[MAX_OPTION_REPLY + 1];
     if (read_full(fd, data, len) < 0) { snprintf(why, whylen, "option reply: %s", strerror(errno)); return -1; }
     data[len] = 0;
     if (type & NBD_REP_FLAG_ERROR) {
       snprintf(why, whylen, "export \"%.200s\" refused: %.250s", name, len ? (char *)data : "no reason given");
-      return HS_REFUSED;
+      // Only "unknown export" says the volume is gone; any other refusal is this server's trouble.
+      return type == NBD_REP_ERR_UNKNOWN ? HS_REFUSED : -1;
     }
     if (type == NBD_REP_ACK) break;
     if (type != NBD_REP_INFO || len < 2) continue;
@@ -429,7 +457,7 @@ static int handshake(int fd, const char *name, struct export_info *info, char *w
       info->max_block = be32(data + 10);
     }
   }
-  if (!have_export) { snprintf(why, whylen, "server sent no export information"); return HS_REFUSED; }
+  if (!have_export) { snprintf(why, whylen, "server sent no export information"); return -1; }
   struct timeval zero = { 0, 0 };
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &zero, sizeof zero);
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &zero, sizeof zero);
@@ -526,14 +554,14 @@ static int connect_server(const struct config *c, const struct server *s, int *f
 
 // Tries every server once, starting with `first`. Returns the server's index,
 // or -1 (all unreachable) / HS_REFUSED.
-static int connect_any(struct config *c, int first, int *fds, struct export_info *info) {
+static int connect_any(struct config *c, int first, int *fds, struct export_info *info, int quiet) {
   int refused = 0;
   for (int k = 0; k < c->nservers; k++) {
     int i = (first + k) % c->nservers;
     char why[512] = "";
     int rc = connect_server(c, &c->servers[i], fds, info, why, sizeof why);
     if (rc == 0) return i;
-    LOG("%s:%s: %s", c->servers[i].host, c->servers[i].port, why);
+    if (!quiet) LOG("%s:%s: %s", c->servers[i].host, c->servers[i].port, why);
     if (rc == HS_REFUSED) refused = 1;
   }
   return refused ? HS_REFUSED : -1;
@@ -553,7 +581,10 @@ static void put_sockets(struct msg *m, const int *fds, int n) {
 
 static void on_index(const struct nlmsghdr *h, void *arg) {
   const struct nlattr *at[NBD_ATTR_BACKEND_IDENTIFIER + 1];
-  attrs_parse((const char *)NLMSG_DATA(h) + GENL_HDRLEN, h->nlmsg_len - NLMSG_HDRLEN - GENL_HDRLEN, at, NBD_ATTR_BACKEND_IDENTIFIER + 1);
+  const char *p;
+  size_t len;
+  if (!genl_attrs(h, &p, &len)) return;
+  attrs_parse(p, len, at, NBD_ATTR_BACKEND_IDENTIFIER + 1);
   if (at[NBD_ATTR_INDEX]) *(int *)arg = (int)attr_u32(at[NBD_ATTR_INDEX]);
 }
 
@@ -607,7 +638,10 @@ struct status_walk { int want; int found; int connected; int print; };
 static void on_status(const struct nlmsghdr *h, void *arg) {
   struct status_walk *w = arg;
   const struct nlattr *at[NBD_ATTR_BACKEND_IDENTIFIER + 1];
-  attrs_parse((const char *)NLMSG_DATA(h) + GENL_HDRLEN, h->nlmsg_len - NLMSG_HDRLEN - GENL_HDRLEN, at, NBD_ATTR_BACKEND_IDENTIFIER + 1);
+  const char *ap;
+  size_t alen;
+  if (!genl_attrs(h, &ap, &alen)) return;
+  attrs_parse(ap, alen, at, NBD_ATTR_BACKEND_IDENTIFIER + 1);
   if (!at[NBD_ATTR_DEVICE_LIST]) return;
   const char *p = attr_data(at[NBD_ATTR_DEVICE_LIST]);
   size_t len = attr_len(at[NBD_ATTR_DEVICE_LIST]);
@@ -667,7 +701,8 @@ static int failover(struct nl *nl, struct config *c, int index, int probe, int n
   for (int round = 0; !stop_requested; round++) {
     int fds[MAX_CONNECTIONS];
     struct export_info info;
-    int i = connect_any(c, first, fds, &info);
+    // Each server's failure is logged on the first round and every 20th, so a long outage does not fill the log.
+    int i = connect_any(c, first, fds, &info, round % 20 != 0);
     if (i == HS_REFUSED) {
       if (refused_since == 0) refused_since = now_ms();
       if (now_ms() - refused_since > (uint64_t)c->timeout_s * 1000) {
@@ -713,15 +748,19 @@ static int event_socket(const struct nl *nl) {
 
 // Reads the events waiting on the event socket, without blocking; returns
 // how many say a connection of device `index` died.
-static int drain_events(int fd, uint16_t family, int index) {
+static int drain_events(int fd, uint16_t family, int index, int *overrun) {
   static char rbuf[NL_BUF] __attribute__((aligned(4)));
   int dead = 0;
   for (;;) {
-    ssize_t got = recv(fd, rbuf, sizeof rbuf, MSG_DONTWAIT);
+    ssize_t got = recv_kernel(fd, rbuf, sizeof rbuf, MSG_DONTWAIT);
+    if (got < 0 && errno == ENOBUFS) {
+      *overrun = 1; // events were dropped: which connections died is not known
+      continue;
+    }
     if (got <= 0) return dead;
     size_t left = (size_t)got;
     for (struct nlmsghdr *h = (struct nlmsghdr *)rbuf; NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
-      if (h->nlmsg_type != family) continue;
+      if (h->nlmsg_type != family || h->nlmsg_len < NLMSG_HDRLEN + GENL_HDRLEN) continue;
       struct genlmsghdr *g = (struct genlmsghdr *)NLMSG_DATA(h);
       if (g->cmd != NBD_CMD_LINK_DEAD) continue;
       int who = -1;
@@ -733,21 +772,22 @@ static int drain_events(int fd, uint16_t family, int index) {
 
 static int supervise(struct nl *nl, struct config *c, int index, int event_fd) {
   uint64_t last_check = now_ms();
-  int dead = 0; // LINK_DEAD events not yet answered with a new socket
+  int dead = 0;    // LINK_DEAD events not yet answered with a new socket
+  int overrun = 0; // the event socket dropped events: offer all K sockets, as a probe
   while (!stop_requested) {
     struct pollfd p = { .fd = event_fd, .events = POLLIN };
-    if (dead == 0 && poll(&p, 1, HEALTH_CHECK_MS) > 0) {
-      dead += drain_events(event_fd, nl->family, index);
-      if (dead > 0) {
-        LOG("nbd%d: the kernel reports a dead connection to %s:%s", index, c->servers[c->current].host, c->servers[c->current].port);
+    if (dead == 0 && !overrun && poll(&p, 1, HEALTH_CHECK_MS) > 0) {
+      dead += drain_events(event_fd, nl->family, index, &overrun);
+      if (dead > 0 || overrun) {
+        LOG("nbd%d: the kernel reports a dead connection to %s:%s%s", index, c->servers[c->current].host, c->servers[c->current].port, overrun ? " (some reports were lost)" : "");
         // The other connections to that node die within moments: let the
         // kernel mark them too, so one reconnect replaces them all.
         struct timespec settle = { 0, LINK_DEAD_SETTLE_MS * 1000000L };
         nanosleep(&settle, NULL);
-        dead += drain_events(event_fd, nl->family, index);
+        dead += drain_events(event_fd, nl->family, index, &overrun);
       }
     }
-    if (dead == 0 && now_ms() - last_check < HEALTH_CHECK_MS) continue;
+    if (dead == 0 && !overrun && now_ms() - last_check < HEALTH_CHECK_MS) continue;
     last_check = now_ms();
     struct status_walk w;
     int err = device_status(nl, index, &w);
@@ -755,11 +795,12 @@ static int supervise(struct nl *nl, struct config *c, int index, int event_fd) {
       LOG("nbd%d: disconnected; the agent exits", index);
       return 0;
     }
-    if (dead == 0) continue;
-    int n = dead < c->connections ? dead : c->connections;
-    if (failover(nl, c, index, 0, n) < 0) return 0;
+    if (dead == 0 && !overrun) continue;
+    int n = overrun || dead > c->connections ? c->connections : dead;
+    if (failover(nl, c, index, overrun, n) < 0) return 0;
+    overrun = 0;
     // Deaths reported while it reconnected are answered next.
-    dead += drain_events(event_fd, nl->family, index) - n;
+    dead += drain_events(event_fd, nl->family, index, &overrun) - n;
     if (dead < 0) dead = 0;
   }
   LOG("nbd%d: stopping: disconnecting the device", index);
@@ -839,7 +880,9 @@ static void on_stop_signals(void) {
 // The first line on stdout: the device and the server it uses; then stdout
 // is closed so a caller reading it up to EOF is not held.
 static void announce(int index, const struct server *s) {
-  printf("/dev/nbd%d %s:%s\n", index, s->host, s->port);
+  if (s == NULL) printf("/dev/nbd%d adopting\n", index);
+  else if (strchr(s->host, ':') != NULL) printf("/dev/nbd%d [%s]:%s\n", index, s->host, s->port);
+  else printf("/dev/nbd%d %s:%s\n", index, s->host, s->port);
   fflush(stdout);
   int devnull = open("/dev/null", O_WRONLY);
   if (devnull >= 0) { dup2(devnull, 1); close(devnull); }
@@ -853,7 +896,7 @@ static int cmd_connect(int argc, char **argv) {
   int fds[MAX_CONNECTIONS];
   struct export_info info;
   c.offer = c.connections;
-  int i = connect_any(&c, 0, fds, &info);
+  int i = connect_any(&c, 0, fds, &info, 0);
   if (i == HS_REFUSED) die(5, "every server refused export \"%s\" (see above)", c.export_name);
   if (i < 0) die(3, "no server for \"%s\" could be reached (see above)", c.export_name);
   c.current = i;
@@ -889,8 +932,10 @@ static int cmd_adopt(int argc, char **argv) {
   on_stop_signals();
   c.current = c.nservers - 1; // the probe starts with the first server
   LOG("nbd%d: adopting the device, export \"%s\"", index, c.export_name);
+  // Announced before the probe: a caller that gives up waiting must not be
+  // left guessing whether the device is looked after.
+  announce(index, NULL);
   if (failover(&nl, &c, index, 1, c.connections) < 0) return 0;
-  announce(index, &c.servers[c.current]);
   return supervise(&nl, &c, index, event_fd);
 }
 

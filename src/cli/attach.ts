@@ -16,14 +16,15 @@
 // the run dir, so detach and unmount find it again from another shell.
 
 import { execFile, spawn } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, rmSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { InvalidArgumentError, type Command } from "commander";
 import type { ApiClient } from "../api/client.js";
 import type { VolumeInfo } from "../api/types.js";
 import { hostNamePattern } from "../api/validate.js";
-import { allRecords, attachAgentPath, attachRunDir, attachStartMs, logPath, lastLogLine, nbdConnected, nbdIndex, processAlive, readRecord, removeRecord, startAgent, writeRecord, type AttachRecord, type AttachVia } from "../os/attachments.js";
+import { adoptDevice, allRecords, attachAgentPath, attachRunDir, attachStartMs, logPath, lastLogLine, deviceUsers, mountedAt, nbdConnected, nbdIndex, processAlive, readRecord, removeRecord, startAgent, writeRecord, type AttachRecord, type AttachVia } from "../os/attachments.js";
+import { hostPort } from "../api/client.js";
 import { checkName, clientFor, intArg } from "./args.js";
 import { CliError, UsageError } from "./errors.js";
 import { attachmentTable, json } from "./format.js";
@@ -186,12 +187,13 @@ async function stopAgent(r: { pid: number; device: string }): Promise<void> {
     return;
   }
   // The agent is gone: disconnect the device directly.
-  await run(attachAgentPath(), ["disconnect", String(deviceIndex(r.device))]);
+  if (!nbdConnected(r.device)) return;
+  const d = await run(attachAgentPath(), ["disconnect", String(deviceIndex(r.device))]);
+  if (d.code !== 0) throw new CliError(`${r.device} is still connected and its agent is gone; disconnecting it failed: ${(d.stderr || d.stdout).trim() || `exit ${d.code}`}`);
 }
 
 async function nodeNameOf(api: ApiClient, server: string): Promise<string | undefined> {
-  const nodes = await api.listNodes();
-  return nodes.find((n) => `${n.address.includes(":") ? `[${n.address}]` : n.address}:${n.nbdPort}` === server)?.name;
+  return (await api.listNodes()).find((n) => hostPort(n.address, n.nbdPort) === server)?.name;
 }
 
 /** Attaches `name` on this host and returns its record; an attachment already here is returned as it is. */
@@ -202,16 +204,48 @@ export async function attachVolume(api: ApiClient, name: string, o: AttachOption
     if (processAlive(existing.pid)) return { record: existing, fresh: false };
     if (existing.via === "kernel" && existing.agentOptions !== undefined && nbdConnected(existing.device)) {
       // The kernel still has the device; only its agent is gone: a new one adopts it.
-      const agent = await startAgent(name, ["adopt", String(deviceIndex(existing.device)), ...existing.agentOptions]).catch((e: Error) => {
+      const record = await adoptDevice(existing).catch((e: Error) => {
         throw new CliError(`volume ${name}: ${existing.device} lost its attach agent and a new one did not start: ${e.message}`);
       });
-      const record = { ...existing, pid: agent.pid };
-      writeRecord(record);
-      console.error(`volume ${name}: ${existing.device} had lost its attach agent (pid ${existing.pid}); a new one (pid ${agent.pid}) took it over`);
+      console.error(`volume ${name}: ${existing.device} had lost its attach agent (pid ${existing.pid}); a new one (pid ${record.pid}) took it over`);
       return { record, fresh: false };
     }
     throw new CliError(`volume ${name} has a stale attachment here (${existing.device}, its ${existing.via === "kernel" ? "agent" : "nbdfuse"} pid ${existing.pid} is gone): run "pxd volume detach ${name}" first`);
   }
+  const unlock = lockAttach(name);
+  try {
+    return await attachFresh(api, name, o);
+  } finally {
+    unlock();
+  }
+}
+
+/**
+ * One attach of a volume at a time on this host: two at once would make two
+ * devices and two agents for one record. A lock file holds the attaching
+ * process's pid; one whose process is gone is taken over.
+ */
+function lockAttach(name: string): () => void {
+  mkdirSync(attachRunDir(), { recursive: true, mode: 0o700 });
+  const path = join(attachRunDir(), `${name}.lock`);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(path, `${process.pid}\n`, { flag: "wx", mode: 0o600 });
+      return () => rmSync(path, { force: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+      const holder = Number(readFileSync(path, "utf8").trim());
+      if (Number.isSafeInteger(holder) && holder > 1 && processAlive(holder)) throw new CliError(`another attach of volume ${name} is under way on this host (pid ${holder}); wait for it, then run "pxd volume attach ${name}" again`);
+      rmSync(path, { force: true });
+    }
+  }
+  throw new CliError(`could not take ${path}; remove it if no attach of ${name} is running`);
+}
+
+async function attachFresh(api: ApiClient, name: string, o: AttachOptions): Promise<{ record: LocalRecord; fresh: boolean }> {
+  const meanwhile = readRecord(name); // attached by the lock's last holder while this one waited
+  if (meanwhile !== undefined && processAlive(meanwhile.pid)) return { record: meanwhile, fresh: false };
+  if (meanwhile !== undefined) throw new CliError(`volume ${name} has a stale attachment here (${meanwhile.device}): run "pxd volume detach ${name}" first`);
   const host = hostName();
   const volume = await api.inspectVolume(name);
   const via = await chooseVia(o.via ?? "auto");
@@ -266,9 +300,6 @@ function findRecord(ref: string): LocalRecord | undefined {
   return ref.startsWith("/dev/") ? allRecords().find((r) => r.device === ref) : readRecord(ref);
 }
 
-async function isMounted(path: string): Promise<boolean> {
-  return (await run("mountpoint", ["-q", path])).code === 0;
-}
 
 export async function detachVolume(api: ApiClient, ref: string): Promise<string> {
   if (process.getuid?.() !== 0) throw new CliError("detaching a volume removes a block device, which needs root: run it with sudo");
@@ -282,7 +313,10 @@ export async function detachVolume(api: ApiClient, ref: string): Promise<string>
     await api.detachVolume(ref, mine.host);
     return `volume ${ref}: nothing was attached here any more; the catalog's record of ${mine.host} is removed`;
   }
-  if (r.mount !== undefined && (await isMounted(r.mount))) throw new CliError(`${r.device} is mounted at ${r.mount}: run "pxd volume unmount ${r.mount}" (or umount it) first`);
+  if (r.mount !== undefined && (mountedAt(r.mount))) throw new CliError(`${r.device} is mounted at ${r.mount}: run "pxd volume unmount ${r.mount}" (or umount it) first`);
+  const users = deviceUsers(r.device);
+  if (users.length > 0) throw new CliError(`${r.device} is in use (${users.join(", ")}): unmount it or stop what holds it first; detaching now would lose what is not yet written`);
+  writeRecord({ ...r, detaching: true }); // the daemon's supervisor leaves it alone from here
   if (r.via === "kernel") await stopAgent(r);
   else await stopFuse({ fuseDir: r.fuseDir ?? join(attachRunDir(), `${r.volume}.fuse`), pid: r.pid, device: r.device });
   removeRecord(r.volume);
@@ -303,20 +337,33 @@ function fsArg(text: string): Filesystem {
   return f;
 }
 
-/** The filesystem on the device, or undefined when blkid finds none (its exit code 2). */
+/**
+ * The filesystem on the device, or undefined when blkid finds none (its exit
+ * code 2). blkid also says 2 for a device it cannot open, so the device must
+ * be a block device that reads, and blkid must have said nothing on stderr:
+ * anything else is an error, never "no filesystem" (mkfs would follow).
+ */
 async function filesystemOn(device: string): Promise<string | undefined> {
+  let isBlock = false;
+  try {
+    isBlock = statSync(device).isBlockDevice();
+  } catch {
+    // missing: refused below
+  }
+  if (!isBlock) throw new CliError(`${device} is not a block device here; nothing was made on it`);
   const r = await run("blkid", ["-p", "-o", "value", "-s", "TYPE", device]);
-  if (r.code === 2) return undefined;
+  if (r.code === 2 && r.stderr.trim() === "") return undefined;
+  if (r.code === 2) throw new CliError(`blkid could not read ${device}: ${r.stderr.trim()}; nothing was made on it`);
   if (r.code !== 0) throw new CliError(`blkid ${device} failed (exit ${r.code}): ${r.stderr.trim()}`);
   return r.stdout.trim() || "unknown";
 }
 
 export async function mountVolume(api: ApiClient, name: string, path: string, o: MountOptions): Promise<string> {
   const target = resolve(path);
-  if (await isMounted(target)) throw new CliError(`${target} is already a mount point; pick an empty directory`);
+  if (mountedAt(target)) throw new CliError(`${target} is already a mount point; pick an empty directory`);
   const { record, fresh } = await attachVolume(api, name, o);
   try {
-    if (record.mount !== undefined && (await isMounted(record.mount))) throw new CliError(`volume ${name} is already mounted here at ${record.mount}`);
+    if (record.mount !== undefined && (mountedAt(record.mount))) throw new CliError(`volume ${name} is already mounted here at ${record.mount}`);
     let fs = await filesystemOn(record.device);
     let made = "";
     if (fs === undefined) {
@@ -339,7 +386,7 @@ export async function unmountVolume(api: ApiClient, path: string): Promise<strin
   const target = resolve(path);
   const r = allRecords().find((x) => x.mount === target);
   if (r === undefined) throw new CliError(`${target} is not where pxd mounted a volume on this host; "pxd attachments" lists them`);
-  if (await isMounted(target)) await runOk("umount", [target], `unmounting ${target}`);
+  if (mountedAt(target)) await runOk("umount", [target], `unmounting ${target}`);
   writeRecord({ ...r, mount: undefined } as LocalRecord);
   await detachVolume(api, r.volume);
   return `volume ${r.volume} unmounted from ${target} and detached`;

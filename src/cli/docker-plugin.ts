@@ -23,6 +23,7 @@ import { parseSize } from "../base/sizes.js";
 import { volumeReplicasMax } from "../constants.js";
 import { filesystems, mountVolume, unmountVolume, type Filesystem } from "./attach.js";
 import { clientFor } from "./args.js";
+import { mountedAt } from "../os/attachments.js";
 
 /** The socket dockerd looks for a plugin named pxd at. */
 export const dockerPluginSocketDefault = "/run/docker/plugins/pxd.sock";
@@ -181,7 +182,8 @@ export class DockerPlugin {
   private async mount(name: string, id: string): Promise<string> {
     const v = this.state.volumes[name] ?? { ids: [] };
     const path = this.mountpoint(name);
-    if (v.ids.length === 0 || !(await mounted(path))) {
+    if (!mountedAt(path)) {
+      v.ids = []; // callers counted before a reboot (or a lost mount) hold nothing now
       await this.inspect(name);
       await mountVolume(this.api, name, path, { fs: v.fs ?? "ext4" });
     }
@@ -197,23 +199,15 @@ export class DockerPlugin {
   private async unmount(name: string, id: string): Promise<void> {
     const v = this.state.volumes[name];
     if (v === undefined || !v.ids.includes(id)) return; // dockerd retries an unmount it does not know finished
-    v.ids = v.ids.filter((x) => x !== id);
-    if (v.ids.length === 0 && (await mounted(this.mountpoint(name)))) await unmountVolume(this.api, this.mountpoint(name));
+    const rest = v.ids.filter((x) => x !== id);
+    // The last caller's ID is dropped only once the volume is unmounted, so a failed unmount can be retried.
+    if (rest.length === 0 && mountedAt(this.mountpoint(name))) await unmountVolume(this.api, this.mountpoint(name));
+    v.ids = rest;
     this.save();
   }
 }
 
 class NotFound extends Error {}
-
-async function mounted(path: string): Promise<boolean> {
-  try {
-    return readFileSync("/proc/self/mountinfo", "utf8")
-      .split("\n")
-      .some((l) => l.split(" ")[4] === path);
-  } catch {
-    return false;
-  }
-}
 
 function volumeName(body: Record<string, unknown>): string {
   const name = body["Name"];

@@ -196,6 +196,9 @@ function nodeOf(raw: unknown, i: number): CatalogNode {
 function volumeOf(raw: unknown, i: number): CatalogVolume {
   const what = `volume record ${i}`;
   const o = obj(raw, what);
+  // A snapshot written before attachments existed has neither field: no volume was shared or attached then.
+  const older = !Object.prototype.hasOwnProperty.call(o, "shared") && !Object.prototype.hasOwnProperty.call(o, "attachments");
+  if (older) Object.assign(o, { shared: false, attachments: [] });
   exactKeys(o, Object.keys(volumeRecord(exampleVolume)), what);
   const c = validateCommand({ kind: "createVolume", name: o["name"], sizeBytes: o["sizeBytes"], repl: o["repl"], at: o["createdAt"] });
   if (!c.ok || c.command.kind !== "createVolume") throw new CatalogSnapshotError(`${what}: ${c.ok ? "not a volume" : c.error}`);

@@ -883,6 +883,7 @@ export class Daemon implements Controller {
         for (const line of turn.said) this.log.warn(line);
         for (const r of turn.moved) await this.attachmentMoved(r);
       })
+      .catch((e: unknown) => this.log.warn(`supervising this host's attach agents failed this turn (the next tries again): ${(e as Error).message}`))
       .finally(() => (this.supervising = false));
   }
 

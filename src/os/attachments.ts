@@ -10,6 +10,7 @@
 
 import { spawn } from "node:child_process";
 import { closeSync, existsSync, fstatSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type Server } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -41,17 +42,34 @@ export interface AttachRecord {
   mount?: string;
   /** The API address the attach used, so detach updates the same cluster. */
   api: string;
+  /** Set by detach before it stops the agent: the supervisor leaves the device alone. */
+  detaching?: boolean;
 }
 
 export const recordPath = (volume: string): string => join(attachRunDir(), `${volume}.json`);
 export const logPath = (volume: string): string => join(attachRunDir(), `${volume}.log`);
 
+/**
+ * The record of `volume`, or undefined when there is none or it is not one
+ * this code wrote: a record's pid is signalled and its fuseDir removed, as
+ * root, so each field is checked first.
+ */
 export function readRecord(volume: string): AttachRecord | undefined {
+  let r: AttachRecord;
   try {
-    return JSON.parse(readFileSync(recordPath(volume), "utf8")) as AttachRecord;
+    r = JSON.parse(readFileSync(recordPath(volume), "utf8")) as AttachRecord;
   } catch {
     return undefined;
   }
+  const ok =
+    typeof r === "object" && r !== null &&
+    r.volume === volume &&
+    Number.isSafeInteger(r.pid) && r.pid > 1 &&
+    (r.via === "kernel" || r.via === "fuse") &&
+    typeof r.device === "string" && /^\/dev\/(nbd|loop)\d{1,4}$/.test(r.device) &&
+    (r.fuseDir === undefined || r.fuseDir === join(attachRunDir(), `${volume}.fuse`)) &&
+    (r.agentOptions === undefined || (Array.isArray(r.agentOptions) && r.agentOptions.every((a) => typeof a === "string")));
+  return ok ? r : undefined;
 }
 
 export function writeRecord(r: AttachRecord): void {
@@ -96,6 +114,46 @@ export function nbdConnected(device: string): boolean {
   return n !== undefined && existsSync(`/sys/block/nbd${n}/pid`);
 }
 
+interface MountEntry {
+  mountpoint: string;
+  source: string;
+}
+
+/** The mounts of this process's namespace (/proc/self/mountinfo, with its octal escapes undone). */
+function mounts(): MountEntry[] {
+  let text = "";
+  try {
+    text = readFileSync("/proc/self/mountinfo", "utf8");
+  } catch {
+    return [];
+  }
+  const unescape = (f: string): string => f.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return text
+    .split("\n")
+    .filter((l) => l !== "")
+    .map((l) => {
+      const fields = l.split(" ");
+      const sep = fields.indexOf("-");
+      return { mountpoint: unescape(fields[4] ?? ""), source: unescape(fields[sep + 2] ?? "") };
+    });
+}
+
+/** Whether something is mounted at `path`. */
+export function mountedAt(path: string): boolean {
+  return mounts().some((m) => m.mountpoint === path);
+}
+
+/** What keeps `device` busy: where it is mounted, and the devices stacked on it (/sys/block/X/holders). */
+export function deviceUsers(device: string): string[] {
+  const users = mounts().filter((m) => m.source === device).map((m) => `mounted at ${m.mountpoint}`);
+  try {
+    for (const h of readdirSync(`/sys/block/${device.replace(/^\/dev\//, "")}/holders`)) users.push(`held by ${h}`);
+  } catch {
+    // no such device in sysfs: nothing holds it
+  }
+  return users;
+}
+
 /** The last line of the agent's or nbdfuse's log, without its time stamp. */
 export function lastLogLine(volume: string): string {
   try {
@@ -112,6 +170,9 @@ export function lastLogLine(volume: string): string {
  * first, or after attachStartMs; the agent is then killed.
  */
 export async function startAgent(volume: string, args: string[]): Promise<{ device: string; server: string; pid: number }> {
+  // An adopting agent that has not announced yet must not disconnect the
+  // device it was to take over (SIGTERM would): it is killed outright.
+  const killWith = args[0] === "adopt" ? "SIGKILL" : "SIGTERM";
   mkdirSync(attachRunDir(), { recursive: true, mode: 0o700 });
   const log = openSync(logPath(volume), "a", 0o600);
   const child = spawn(attachAgentPath(), args, { detached: true, stdio: ["ignore", "pipe", log] });
@@ -137,11 +198,20 @@ export async function startAgent(volume: string, args: string[]): Promise<{ devi
     child.unref();
     return { device, server, pid: child.pid! };
   } catch (e) {
-    if (child.exitCode === null) child.kill("SIGTERM");
+    if (child.exitCode === null) child.kill(killWith);
     throw e;
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** A new agent for a kernel device whose agent died; the record then names it. */
+export async function adoptDevice(r: AttachRecord): Promise<AttachRecord> {
+  if (r.agentOptions === undefined) throw new Error(`the record of ${r.volume} has no agent options`);
+  const agent = await startAgent(r.volume, ["adopt", String(nbdIndex(r.device)), ...r.agentOptions]);
+  const adopted = { ...r, pid: agent.pid };
+  writeRecord(adopted);
+  return adopted;
 }
 
 /** Bytes read from the end of an agent's log to find the server it uses now. */
@@ -186,16 +256,15 @@ export interface SupervisorTurn {
  * whose agent is gone while the kernel still has its device connected gets a
  * new agent that adopts the device; one whose agent moved to another server
  * (a failover) has its record updated and is returned, so the daemon can
- * tell the catalog. One daemon per host does it: the one that holds
- * `supervisor.pid` in the run dir (a host running several daemons, as
- * `pxd up` does, would otherwise start several agents for one device).
+ * tell the catalog. One daemon per host does it: the one that holds the
+ * supervisor lock (a host running several daemons, as `pxd up` does, would
+ * otherwise start several agents for one device).
  */
 export async function superviseAgents(): Promise<SupervisorTurn> {
   const turn: SupervisorTurn = { said: [], moved: [] };
-  if (!existsSync(attachRunDir()) || !holdSupervisorLock()) return turn;
-  const done = turn.said;
+  if (!existsSync(attachRunDir()) || !(await holdSupervisorLock())) return turn;
   for (const r of allRecords()) {
-    if (r.via !== "kernel") continue;
+    if (r.via !== "kernel" || r.detaching === true) continue;
     if (processAlive(r.pid)) {
       const server = agentServer(r.volume);
       if (server !== undefined && server !== r.server) {
@@ -207,45 +276,38 @@ export async function superviseAgents(): Promise<SupervisorTurn> {
     }
     if (r.agentOptions === undefined || !nbdConnected(r.device)) continue;
     try {
-      const agent = await startAgent(r.volume, ["adopt", String(nbdIndex(r.device)), ...r.agentOptions]);
-      writeRecord({ ...r, pid: agent.pid });
-      done.push(`volume ${r.volume}: its attach agent (pid ${r.pid}) is gone; a new one (pid ${agent.pid}) adopted ${r.device}`);
+      const adopted = await adoptDevice(r);
+      turn.said.push(`volume ${r.volume}: its attach agent (pid ${r.pid}) is gone; a new one (pid ${adopted.pid}) adopted ${r.device}`);
     } catch (e) {
-      done.push(`volume ${r.volume}: its attach agent (pid ${r.pid}) is gone and a new one did not start: ${(e as Error).message}`);
+      turn.said.push(`volume ${r.volume}: its attach agent (pid ${r.pid}) is gone and a new one did not start: ${(e as Error).message}`);
     }
   }
   return turn;
 }
 
-const supervisorLockPath = (): string => join(attachRunDir(), "supervisor.pid");
+/**
+ * The supervisor's lock: a Unix socket in the abstract namespace, named after
+ * the run dir. Only one process can bind a name, and the kernel frees it when
+ * that process ends, so there is no stale lock to break (and no race in
+ * breaking one).
+ */
+let supervisorLock: Server | undefined;
+
+function holdSupervisorLock(): Promise<boolean> {
+  if (supervisorLock !== undefined) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once("error", () => resolve(false));
+    server.listen({ path: `\0pxd-attach-supervisor:${attachRunDir()}` }, () => {
+      server.unref();
+      supervisorLock = server;
+      resolve(true);
+    });
+  });
+}
 
 /** At a daemon's close: lets another daemon on this host supervise the agents. */
 export function releaseSupervisorLock(): void {
-  try {
-    if (Number(readFileSync(supervisorLockPath(), "utf8").trim()) === process.pid) rmSync(supervisorLockPath(), { force: true });
-  } catch {
-    // no lock, or not ours
-  }
-}
-
-function holdSupervisorLock(): boolean {
-  const path = supervisorLockPath();
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      writeFileSync(path, `${process.pid}\n`, { flag: "wx", mode: 0o600 });
-      return true;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "EEXIST") return false;
-      let holder = 0;
-      try {
-        holder = Number(readFileSync(path, "utf8").trim());
-      } catch {
-        continue; // removed meanwhile: try to take it
-      }
-      if (holder === process.pid) return true;
-      if (Number.isSafeInteger(holder) && holder > 0 && processAlive(holder)) return false;
-      rmSync(path, { force: true }); // its holder is gone
-    }
-  }
-  return false;
+  supervisorLock?.close();
+  supervisorLock = undefined;
 }

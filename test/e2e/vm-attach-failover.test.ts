@@ -133,7 +133,13 @@ test("kernel attach in a qemu guest: failover when the serving node dies, EIO (n
     await guest.waitFor(/^E2FSCK-CLEAN$/, 120_000);
 
     // The agent dies (SIGKILL) and a new one adopts the device: it serves the rest of the test.
-    await guest.waitFor(/^ADOPTED \/dev\/nbd\d+ 10\.0\.2\.10\d:10809$/, 60_000);
+    await guest.waitFor(/^ADOPTED \/dev\/nbd\d+ adopting$/, 60_000);
+    // Its probe (logged before or after the script's line, whichever comes first).
+    const offered = /pxd-attach: nbd0: offered the kernel a connection to 10\.0\.2\.10\d:10809 in place of any dead one$/;
+    for (const deadline = Date.now() + 60_000; !guest.lines.some((l) => offered.test(l)); ) {
+      if (Date.now() > deadline) throw new Error(`the adopting agent made no probe\n${guest.output()}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
 
     // Every node paused for longer than the dead-connection timeout: EIO, not a hang.
     await guest.waitFor(/^READY-FOR-PAUSE$/);

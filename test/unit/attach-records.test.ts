@@ -2,12 +2,13 @@
 // the server an agent's log says it uses, the cluster in its backend
 // identifier, and the daemon's supervisor turn: a failover the agent logged
 // updates the record, a dead agent of a device the kernel no longer has is
-// left for detach, and one daemon per host holds the supervisor lock.
+// left for detach, one daemon per host holds the supervisor lock, and a
+// record pxd did not write is not trusted.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { spawnSync } from "node:child_process";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { agentCluster, agentServer, readRecord, releaseSupervisorLock, superviseAgents, writeRecord, type AttachRecord } from "../../src/os/attachments.js";
 import { tempDir } from "../helpers/tmp.js";
@@ -61,16 +62,24 @@ test("a supervisor turn: a live agent that failed over updates its record; a dea
   assert.equal((await superviseAgents()).moved, [], "the record says it now: not reported again");
 });
 
-test("one supervisor per host: a live holder of supervisor.pid keeps it; a dead one's lock is taken; release lets go", async () => {
-  const lock = join(t.dir, "supervisor.pid");
-  writeRecord(record("db", process.pid, "10.0.2.101:10809"));
-  writeFileSync(lock, `${process.ppid}\n`);
-  assert.equal((await superviseAgents()).moved, [], "another live process holds the lock");
-  writeFileSync(lock, `${deadPid}\n`);
-  assert.is((await superviseAgents()).moved.length, 1);
-  assert.is(readFileSync(lock, "utf8").trim(), String(process.pid));
+test("one supervisor per host: while this process holds the lock another cannot bind it; release lets it", async () => {
+  await superviseAgents();
+  const name = `\\0pxd-attach-supervisor:${t.dir}`;
+  const tryBind = (): string =>
+    spawnSync(process.execPath, ["-e", `require("net").createServer().once("error",e=>{console.log(e.code);process.exit(0)}).listen({path:"${name}"},()=>{console.log("bound");process.exit(0)})`], { encoding: "utf8" }).stdout.trim();
+  assert.is(tryBind(), "EADDRINUSE");
   releaseSupervisorLock();
-  assert.not.ok(existsSync(lock));
+  await new Promise((r) => setTimeout(r, 50));
+  assert.is(tryBind(), "bound");
+});
+
+test("a record that is not one pxd wrote is ignored: a pid of 0 or 1, another device, a fuseDir outside the run dir", () => {
+  for (const bad of [{ pid: 0 }, { pid: 1 }, { pid: -1 }, { device: "/etc/passwd" }, { fuseDir: "/" }, { volume: "other" }]) {
+    writeFileSync(join(t.dir, "bad.json"), JSON.stringify({ ...record("bad", process.pid), ...bad }));
+    assert.is(readRecord("bad"), undefined, JSON.stringify(bad));
+  }
+  writeFileSync(join(t.dir, "bad.json"), JSON.stringify(record("bad", process.pid)));
+  assert.ok(readRecord("bad") !== undefined);
 });
 
 test.after(() => t.remove());

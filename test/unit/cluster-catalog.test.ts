@@ -651,6 +651,10 @@ test("damaged and inconsistent snapshots are refused with the reason", () => {
   refusedWith(reseal({ ...body, settings: [["bogus", 1]] }), /unknown setting "bogus"/);
   refusedWith(reseal({ ...body, nodes: [{ ...body.nodes[0], health: "sick" }, body.nodes[1]] }), /field "health"/);
   refusedWith(reseal({ ...body, volumes: [{ ...body.volumes[0], zones: 1 }] }), /zones must be true or false/);
+  // A snapshot from before attachments (no shared, no attachments) loads: nothing was shared or attached then.
+  const { shared: _shared, attachments: _attachments, ...older } = body.volumes[0];
+  assert.equal(decodeCatalogSnapshot(reseal({ ...body, volumes: [older] })).volumes.get("db"), s.volumes.get("db"));
+  refusedWith(reseal({ ...body, volumes: [{ ...older, shared: false }] }), /expected id, name, sizeBytes, repl, nodes, zones, shared, attachments, createdAt/);
   refusedWith(reseal([]), /body must be an object/);
   const refusal = { index: 2, kind: "createVolume", code: "invalid", error: "x" };
   refusedWith(reseal({ ...body, refusals: [{ ...refusal, kind: "drop" }] }), /refusal record 0: unknown kind/);
