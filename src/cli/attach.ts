@@ -15,7 +15,7 @@
 // or nbdfuse's pid, the loop device, the mount point) is a file per volume in
 // the run dir, so detach and unmount find it again from another shell.
 
-import { execFile, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
@@ -25,6 +25,7 @@ import type { VolumeInfo } from "../api/types.js";
 import { hostNamePattern } from "../api/validate.js";
 import { adoptDevice, allRecords, attachAgentPath, attachRunDir, attachStartMs, logPath, lastLogLine, deviceUsers, mountedAt, nbdConnected, nbdIndex, processAlive, readRecord, removeRecord, startAgent, writeRecord, type AttachRecord, type AttachVia } from "../os/attachments.js";
 import { hostPort } from "../api/client.js";
+import { runCommand, type CommandResult } from "../os/command.js";
 import { checkName, clientFor, intArg } from "./args.js";
 import { CliError, UsageError } from "./errors.js";
 import { attachmentTable, json } from "./format.js";
@@ -34,15 +35,12 @@ const detachWaitMs = 15_000;
 /** NBD connections per kernel device: at most what the agent allows. */
 const connectionsMax = 16;
 
-type Via = AttachVia;
-type LocalRecord = AttachRecord;
-
 export interface AttachOptions {
   device?: string;
   connections?: number;
   readOnly?: boolean;
   timeout?: number;
-  via?: Via | "auto";
+  via?: AttachVia | "auto";
 }
 
 /** This host's name in the catalog: PXD_HOST_NAME, else the system's host name up to its first dot. */
@@ -54,20 +52,7 @@ export function hostName(): string {
 
 // ---- small process helpers ----
 
-interface RunResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function run(cmd: string, args: string[]): Promise<RunResult> {
-  return new Promise((resolvePromise) => {
-    execFile(cmd, args, { encoding: "utf8", maxBuffer: 1 << 20 }, (err, stdout, stderr) => {
-      const code = err === null ? 0 : typeof (err as NodeJS.ErrnoException).code === "number" ? Number((err as NodeJS.ErrnoException).code) : err.message.includes("ENOENT") ? 127 : 1;
-      resolvePromise({ code, stdout, stderr });
-    });
-  });
-}
+const run = (cmd: string, args: string[]): Promise<CommandResult> => runCommand(cmd, args);
 
 async function runOk(cmd: string, args: string[], what: string): Promise<string> {
   const r = await run(cmd, args);
@@ -107,7 +92,7 @@ async function fuseProblem(): Promise<string | undefined> {
   return undefined;
 }
 
-async function chooseVia(wanted: Via | "auto"): Promise<Via> {
+async function chooseVia(wanted: AttachVia | "auto"): Promise<AttachVia> {
   if (wanted === "kernel") {
     const why = await kernelProblem();
     if (why !== undefined) throw new CliError(`cannot attach via the kernel: ${why}; or attach with --via fuse`);
@@ -197,7 +182,7 @@ async function nodeNameOf(api: ApiClient, server: string): Promise<string | unde
 }
 
 /** Attaches `name` on this host and returns its record; an attachment already here is returned as it is. */
-export async function attachVolume(api: ApiClient, name: string, o: AttachOptions): Promise<{ record: LocalRecord; fresh: boolean }> {
+export async function attachVolume(api: ApiClient, name: string, o: AttachOptions): Promise<{ record: AttachRecord; fresh: boolean }> {
   if (process.getuid?.() !== 0) throw new CliError("attaching a volume makes a block device, which needs root: run it with sudo");
   const existing = readRecord(name);
   if (existing !== undefined) {
@@ -242,7 +227,7 @@ function lockAttach(name: string): () => void {
   throw new CliError(`could not take ${path}; remove it if no attach of ${name} is running`);
 }
 
-async function attachFresh(api: ApiClient, name: string, o: AttachOptions): Promise<{ record: LocalRecord; fresh: boolean }> {
+async function attachFresh(api: ApiClient, name: string, o: AttachOptions): Promise<{ record: AttachRecord; fresh: boolean }> {
   const meanwhile = readRecord(name); // attached by the lock's last holder while this one waited
   if (meanwhile !== undefined && processAlive(meanwhile.pid)) return { record: meanwhile, fresh: false };
   if (meanwhile !== undefined) throw new CliError(`volume ${name} has a stale attachment here (${meanwhile.device}): run "pxd volume detach ${name}" first`);
@@ -269,7 +254,7 @@ async function attachFresh(api: ApiClient, name: string, o: AttachOptions): Prom
       made = { ...(await startFuse(volume, servers[0]!, o)), server: servers[0]! };
     }
     const node = await nodeNameOf(api, made.server);
-    const record: LocalRecord = {
+    const record: AttachRecord = {
       volume: name,
       host,
       via,
@@ -296,7 +281,7 @@ async function attachFresh(api: ApiClient, name: string, o: AttachOptions): Prom
 }
 
 /** The local record a NAME or a DEVICE names. */
-function findRecord(ref: string): LocalRecord | undefined {
+function findRecord(ref: string): AttachRecord | undefined {
   return ref.startsWith("/dev/") ? allRecords().find((r) => r.device === ref) : readRecord(ref);
 }
 
@@ -387,14 +372,14 @@ export async function unmountVolume(api: ApiClient, path: string): Promise<strin
   const r = allRecords().find((x) => x.mount === target);
   if (r === undefined) throw new CliError(`${target} is not where pxd mounted a volume on this host; "pxd attachments" lists them`);
   if (mountedAt(target)) await runOk("umount", [target], `unmounting ${target}`);
-  writeRecord({ ...r, mount: undefined } as LocalRecord);
+  writeRecord({ ...r, mount: undefined } as AttachRecord);
   await detachVolume(api, r.volume);
   return `volume ${r.volume} unmounted from ${target} and detached`;
 }
 
 // ---- commander wiring ----
 
-function viaArg(text: string): Via | "auto" {
+function viaArg(text: string): AttachVia | "auto" {
   if (text === "kernel" || text === "fuse" || text === "auto") return text;
   throw new InvalidArgumentError(`"${text}" is not kernel, fuse or auto`);
 }

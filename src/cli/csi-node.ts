@@ -6,14 +6,14 @@
 // Node calls run one at a time: a CO retries a call that timed out while the
 // first is still attaching, and attach/mount are not safe to run twice at once.
 
-import { execFile } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmdirSync, rmSync, statSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, rmdirSync, rmSync, statSync } from "node:fs";
 import { statfs } from "node:fs/promises";
 import { dirname } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { ApiClient } from "../api/client.js";
 import { ApiError, type VolumeInfo } from "../api/types.js";
-import { readRecord } from "../os/attachments.js";
+import { mountedAt, mountsOf, readRecord } from "../os/attachments.js";
+import { runCommand, type CommandResult } from "../os/command.js";
 import { attachVolume, detachVolume, mountVolume, unmountVolume } from "./attach.js";
 import { CsiError, checkedMap, readCapability, requirePath, requireVolumeId, topologyNodeKey, topologyZoneKey, volumesPerNodeMax, invalid, type CsiOptions, type Req } from "./csi.js";
 
@@ -22,29 +22,11 @@ const mountCommandMs = 60_000;
 /** Node calls queued behind the one running; more are ABORTED (the spec's "operation pending") and the CO retries. */
 const nodeCallsWaitingMax = 64;
 
-function sh(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(cmd, args, { timeout: mountCommandMs, encoding: "utf8" }, (err, _stdout, stderr) => {
-      resolve({ code: err === null ? 0 : typeof err.code === "number" ? err.code : 1, stderr });
-    });
-  });
-}
+const sh = (cmd: string, args: string[]): Promise<CommandResult> => runCommand(cmd, args, mountCommandMs);
 
 async function shOk(cmd: string, args: string[], what: string): Promise<void> {
   const r = await sh(cmd, args);
   if (r.code !== 0) throw new CsiError(grpc.status.INTERNAL, `${what} failed (${cmd} exit ${r.code}): ${r.stderr.trim().slice(0, 500)}`);
-}
-
-const isMountPoint = async (path: string): Promise<boolean> => (await sh("mountpoint", ["-q", path])).code === 0;
-
-/** Where a device is mounted on this host (bind mounts of its filesystem included), from /proc/mounts. */
-function mountsOf(device: string): string[] {
-  const unescape = (p: string): string => p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-  return readFileSync("/proc/mounts", "utf8")
-    .split("\n")
-    .map((l) => l.split(" "))
-    .filter((f) => f[0] === device && f[1] !== undefined)
-    .map((f) => unescape(f[1]!));
 }
 
 /** The one VolumeCapability of a node request; an unsupported one is INVALID_ARGUMENT here. */
@@ -92,7 +74,7 @@ export function nodeService(api: ApiClient, o: CsiOptions): Record<string, Handl
         await attachVolume(api, id, { readOnly: cap.readOnly });
         return {};
       }
-      if (record?.mount !== undefined && (await isMountPoint(record.mount))) {
+      if (record?.mount !== undefined && mountedAt(record.mount)) {
         if (record.mount === staging) return {};
         throw new CsiError(grpc.status.FAILED_PRECONDITION, `volume ${id} is staged here at ${record.mount}, not ${staging}; unstage it there first`);
       }
@@ -122,14 +104,14 @@ export function nodeService(api: ApiClient, o: CsiOptions): Record<string, Handl
       const readOnly = req["readonly"] === true || cap.readOnly;
       const record = readRecord(id);
       if (record === undefined) throw new CsiError(grpc.status.FAILED_PRECONDITION, `volume ${id} is not staged on this host; call NodeStageVolume first`);
-      if (await isMountPoint(target)) return {};
+      if (mountedAt(target)) return {};
       let source: string;
       if (cap.block) {
         source = record.device;
         mkdirSync(dirname(target), { recursive: true });
         if (!existsSync(target)) closeSync(openSync(target, "w"));
       } else {
-        if (record.mount !== staging || !(await isMountPoint(staging))) throw new CsiError(grpc.status.FAILED_PRECONDITION, `volume ${id} is not mounted at ${staging}; call NodeStageVolume with that staging path first`);
+        if (record.mount !== staging || !mountedAt(staging)) throw new CsiError(grpc.status.FAILED_PRECONDITION, `volume ${id} is not mounted at ${staging}; call NodeStageVolume with that staging path first`);
         source = staging;
         mkdirSync(target, { recursive: true });
       }
@@ -147,8 +129,8 @@ export function nodeService(api: ApiClient, o: CsiOptions): Record<string, Handl
       requireVolumeId(req);
       const target = requirePath(req, "target_path");
       // A bind mount may have been made twice by a retried publish: take off every layer.
-      for (let i = 0; i < 8 && (await isMountPoint(target)); i++) await shOk("umount", [target], `unmounting ${target}`);
-      if (await isMountPoint(target)) throw new CsiError(grpc.status.INTERNAL, `${target} is still a mount point after 8 unmounts`);
+      for (let i = 0; i < 8 && mountedAt(target); i++) await shOk("umount", [target], `unmounting ${target}`);
+      if (mountedAt(target)) throw new CsiError(grpc.status.INTERNAL, `${target} is still a mount point after 8 unmounts`);
       if (existsSync(target)) {
         if (statSync(target).isDirectory()) rmdirSync(target);
         else rmSync(target);

@@ -143,9 +143,14 @@ export function mountedAt(path: string): boolean {
   return mounts().some((m) => m.mountpoint === path);
 }
 
+/** Where `device` is mounted (bind mounts of its filesystem included). */
+export function mountsOf(device: string): string[] {
+  return mounts().filter((m) => m.source === device).map((m) => m.mountpoint);
+}
+
 /** What keeps `device` busy: where it is mounted, and the devices stacked on it (/sys/block/X/holders). */
 export function deviceUsers(device: string): string[] {
-  const users = mounts().filter((m) => m.source === device).map((m) => `mounted at ${m.mountpoint}`);
+  const users = mountsOf(device).map((m) => `mounted at ${m}`);
   try {
     for (const h of readdirSync(`/sys/block/${device.replace(/^\/dev\//, "")}/holders`)) users.push(`held by ${h}`);
   } catch {
