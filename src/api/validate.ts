@@ -2,7 +2,7 @@
 // bodies. Pure functions, shared by the server (which answers 400 with the
 // message) and the CLI (which checks before it dials).
 
-import { volumeSizeSectorProblem } from "../cluster/rules.js";
+import { attachDevicePattern, volumeSizeSectorProblem } from "../cluster/rules.js";
 import { catalogNameCharsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
 import { ApiError, type AttachRequest, type CreateVolumeRequest, type DebugProposeRequest, type DrainNodeRequest, type JoinRequest, type ScrubRequest, type SetSettingRequest, type UpdateVolumeRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
@@ -81,7 +81,6 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
 
 /** A host name as the catalog keeps it: the volume name rule. */
 export const hostNamePattern = volumeNamePattern;
-const devicePathPattern = /^\/dev\/[a-z][a-z0-9]{0,30}$/;
 
 /** POST /v1/volumes/NAME/attachments. */
 export function parseAttachRequest(body: unknown): AttachRequest {
@@ -91,7 +90,7 @@ export function parseAttachRequest(body: unknown): AttachRequest {
   if (typeof readOnly !== "boolean") throw invalid(`field "readOnly" must be true or false, not ${describe(readOnly)}`);
   const out: AttachRequest = { host, via, readOnly };
   if (device !== undefined) {
-    if (typeof device !== "string" || !devicePathPattern.test(device)) throw invalid(`field "device" must be a device path like /dev/nbd0, not ${describe(device)}`);
+    if (typeof device !== "string" || !attachDevicePattern.test(device)) throw invalid(`field "device" must be a device path like /dev/nbd0, not ${describe(device)}`);
     out.device = device;
   }
   if (node !== undefined) {

@@ -406,12 +406,17 @@ function createVolume(state: CatalogState, c: CreateVolume): Outcome {
 function deleteVolume(state: CatalogState, c: DeleteVolume): Outcome {
   const v = state.volumes.get(c.name);
   if (v === undefined) return volumeNotFound(c.name);
-  if (v.attachments.length > 0 && c.force !== true) {
-    const hosts = listNames(v.attachments.map((a) => `${a.host}${a.device === "" ? "" : ` (${a.device})`}`));
-    return fail("conflict", `volume ${JSON.stringify(c.name)} is attached on ${hosts}; detach it there first (pxd volume detach ${c.name}), or delete with --force`);
-  }
+  const attached = attachedProblem(v);
+  if (attached !== undefined && c.force !== true) return fail("conflict", attached);
   state.volumes.delete(c.name);
   return { ok: true, changed: true, volume: copyVolume(v) };
+}
+
+/** Why the volume may not be deleted without force: the hosts that have it attached; undefined when none does. */
+export function attachedProblem(v: CatalogVolume): string | undefined {
+  if (v.attachments.length === 0) return undefined;
+  const hosts = listNames(v.attachments.map((a) => `${a.host}${a.device === "" ? "" : ` (${a.device})`}`));
+  return `volume ${JSON.stringify(v.name)} is attached on ${hosts}; detach it there first (pxd volume detach ${v.name} on that host), or delete it with --force`;
 }
 
 function attachVolume(state: CatalogState, c: AttachVolume): Outcome {

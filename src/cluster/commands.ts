@@ -18,7 +18,7 @@ import {
   volumeBytesMax,
   volumeReplicasMax,
 } from "../constants.js";
-import { volumeSizeSectorProblem } from "./rules.js";
+import { attachDevicePattern, volumeSizeSectorProblem } from "./rules.js";
 
 /** The first byte of every encoded command; a decoder refuses any other. */
 export const catalogCommandVersion = 1;
@@ -328,7 +328,6 @@ function pick<T>(fields: Record<string, unknown>): T {
 }
 
 const port = (o: Obj, kind: string, key: string): number => int(o, kind, key, 1, 65_535);
-const devicePattern = /^\/dev\/[a-z][a-z0-9]{0,30}$/;
 
 function via(o: Obj, kind: string): AttachVia {
   const v = get(o, "via");
@@ -405,7 +404,7 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
       kind: k,
       name: name(o, k),
       host: name(o, k, "host"),
-      device: get(o, "device") === undefined ? undefined : str(o, k, "device", devicePattern, 40, "a device path like /dev/nbd0"),
+      device: get(o, "device") === undefined ? undefined : str(o, k, "device", attachDevicePattern, 40, "a device path like /dev/nbd0"),
       via: via(o, k),
       readOnly: bool(o, k, "readOnly") ?? invalidMissing(k, "readOnly"),
       node: get(o, "node") === undefined ? undefined : name(o, k, "node"),

@@ -45,6 +45,7 @@ import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
 import {
   catalogSettings,
+  attachedProblem,
   CatalogCommandError,
   encodeCommand,
   encodeCommandUnchecked,
@@ -726,11 +727,9 @@ export class Daemon implements Controller {
     const leaderApi = await this.metaLeaderApi();
     if (leaderApi) return leaderApi.deleteVolume(name, options);
     const force = options.force === true;
-    const attached = this.mustGet(name).attachments;
-    if (attached.length > 0 && !force) {
-      const where = listNames(attached.map((a) => `${a.host}${a.device === "" ? "" : ` (${a.device})`}`));
-      throw new ApiError(409, "attached", `volume "${name}" is attached on ${where}; detach it there first ("pxd volume detach ${name}" on that host), or delete it with --force`);
-    }
+    // Before the nodes are asked about their clients: an attached volume's refusal names its hosts.
+    const attached = attachedProblem(this.mustGet(name));
+    if (attached !== undefined && !force) throw new ApiError(409, "attached", attached);
     const answers = await this.askEveryNode(
       (api) => (force ? api.disconnectVolume(name) : api.volumeConnections(name)),
       () => (force ? this.disconnectHere(name) : this.connectionsHere(name)),
