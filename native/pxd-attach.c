@@ -180,18 +180,25 @@ static void msg_nest_end(struct msg *m, size_t at) {
   ((struct nlattr *)(m->buf + at))->nla_len = (uint16_t)(m->len - at);
 }
 
+// The next attribute of [*p, *p + *len), or NULL at the end or at one whose
+// length does not fit; *p and *len move past it.
+static const struct nlattr *attr_next(const char **p, size_t *len) {
+  if (*len < NLA_HDRLEN) return NULL;
+  const struct nlattr *a = (const struct nlattr *)*p;
+  if (a->nla_len < NLA_HDRLEN || a->nla_len > *len) return NULL;
+  size_t step = NLA_ALIGN(a->nla_len);
+  if (step > *len) step = *len;
+  *p += step;
+  *len -= step;
+  return a;
+}
+
 // Walks the attributes in [p, p+len) and stores the first of each type < max.
 static void attrs_parse(const char *p, size_t len, const struct nlattr **out, int max) {
   for (int i = 0; i < max; i++) out[i] = NULL;
-  while (len >= NLA_HDRLEN) {
-    const struct nlattr *a = (const struct nlattr *)p;
-    if (a->nla_len < NLA_HDRLEN || a->nla_len > len) break;
+  for (const struct nlattr *a; (a = attr_next(&p, &len)) != NULL;) {
     int t = a->nla_type & NLA_TYPE_MASK;
     if (t < max && !out[t]) out[t] = a;
-    size_t step = NLA_ALIGN(a->nla_len);
-    if (step >= len) break;
-    p += step;
-    len -= step;
   }
 }
 static const char *attr_data(const struct nlattr *a) { return (const char *)a + NLA_HDRLEN; }
@@ -271,18 +278,13 @@ static void on_family(const struct nlmsghdr *h, void *arg) {
   if (!at[CTRL_ATTR_MCAST_GROUPS]) return;
   const char *g = attr_data(at[CTRL_ATTR_MCAST_GROUPS]);
   size_t glen = attr_len(at[CTRL_ATTR_MCAST_GROUPS]);
-  while (glen >= NLA_HDRLEN) {
-    const struct nlattr *item = (const struct nlattr *)g;
-    if (item->nla_len < NLA_HDRLEN || item->nla_len > glen) break;
+  for (const struct nlattr *item; (item = attr_next(&g, &glen)) != NULL;) {
     const struct nlattr *ga[CTRL_ATTR_MCAST_GRP_MAX + 1];
     attrs_parse(attr_data(item), attr_len(item), ga, CTRL_ATTR_MCAST_GRP_MAX + 1);
-    if (ga[CTRL_ATTR_MCAST_GRP_NAME] && ga[CTRL_ATTR_MCAST_GRP_ID] &&
-        strcmp(attr_data(ga[CTRL_ATTR_MCAST_GRP_NAME]), "nbd_mc_group") == 0)
+    const struct nlattr *name = ga[CTRL_ATTR_MCAST_GRP_NAME];
+    if (name && ga[CTRL_ATTR_MCAST_GRP_ID] && attr_len(name) >= sizeof "nbd_mc_group" &&
+        memcmp(attr_data(name), "nbd_mc_group", sizeof "nbd_mc_group") == 0)
       fi->group = attr_u32(ga[CTRL_ATTR_MCAST_GRP_ID]);
-    size_t step = NLA_ALIGN(item->nla_len);
-    if (step >= glen) break;
-    g += step;
-    glen -= step;
   }
 }
 
@@ -645,9 +647,7 @@ static void on_status(const struct nlmsghdr *h, void *arg) {
   if (!at[NBD_ATTR_DEVICE_LIST]) return;
   const char *p = attr_data(at[NBD_ATTR_DEVICE_LIST]);
   size_t len = attr_len(at[NBD_ATTR_DEVICE_LIST]);
-  while (len >= NLA_HDRLEN) {
-    const struct nlattr *item = (const struct nlattr *)p;
-    if (item->nla_len < NLA_HDRLEN || item->nla_len > len) break;
+  for (const struct nlattr *item; (item = attr_next(&p, &len)) != NULL;) {
     const struct nlattr *d[NBD_DEVICE_CONNECTED + 1];
     attrs_parse(attr_data(item), attr_len(item), d, NBD_DEVICE_CONNECTED + 1);
     if (d[NBD_DEVICE_INDEX]) {
@@ -656,10 +656,6 @@ static void on_status(const struct nlmsghdr *h, void *arg) {
       if (w->print) printf("nbd%d %s\n", idx, conn ? "connected" : "idle");
       if (idx == w->want) { w->found = 1; w->connected = conn; }
     }
-    size_t step = NLA_ALIGN(item->nla_len);
-    if (step >= len) break;
-    p += step;
-    len -= step;
   }
 }
 
