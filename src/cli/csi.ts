@@ -8,7 +8,8 @@
 // a malformed one gets the status code the spec names for it, and nothing
 // that arrives is unbounded (message size, names, parameters, paths).
 
-import { existsSync, lstatSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
+import { claimSocketPath } from "../os/unix-socket.js";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
@@ -378,11 +379,9 @@ export async function startCsi(api: ApiClient, o: CsiOptions): Promise<() => Pro
   server.addService(pkg.csi.v1["Identity"]!.service, bind(identityService(o.mode)));
   if (o.mode !== "node") server.addService(pkg.csi.v1["Controller"]!.service, bind(controllerService(api)));
   if (o.mode !== "controller") server.addService(pkg.csi.v1["Node"]!.service, bind(nodeService(api, o)));
-  // A socket left by a driver that died would refuse the bind; anything else there is not ours to remove.
-  if (existsSync(path)) {
-    if (!lstatSync(path).isSocket()) throw new CliError(`${path} exists and is not a socket; give --endpoint a path of its own`);
-    rmSync(path, { force: true });
-  }
+  await claimSocketPath(path, "--endpoint").catch((e: Error) => {
+    throw new CliError(e.message);
+  });
   await new Promise<void>((resolve, reject) => server.bindAsync(`unix://${path}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(new CliError(`cannot listen on ${path}: ${err.message}`)) : resolve())));
   return () =>
     new Promise<void>((resolve) => {

@@ -13,7 +13,6 @@
 
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
 import { join } from "node:path";
 import type { Command } from "commander";
 import type { ApiClient } from "../api/client.js";
@@ -24,6 +23,7 @@ import { volumeReplicasMax } from "../constants.js";
 import { filesystems, mountVolume, unmountVolume, type Filesystem } from "./attach.js";
 import { clientFor } from "./args.js";
 import { mountedAt } from "../os/attachments.js";
+import { claimSocketPath } from "../os/unix-socket.js";
 
 /** The socket dockerd looks for a plugin named pxd at. */
 export const dockerPluginSocketDefault = "/run/docker/plugins/pxd.sock";
@@ -309,17 +309,9 @@ function answer(response: ServerResponse, status: number, body: Record<string, u
   response.end(text);
 }
 
-/** Serves the plugin on a Unix socket; a stale socket file (nothing listening) is replaced, a live one is an error. */
+/** Serves the plugin on a Unix socket (claimSocketPath: a stale one is replaced, a live one or a file is an error). */
 export async function serveDockerPlugin(plugin: DockerPlugin, socketPath: string, log: (line: string) => void): Promise<Server> {
-  if (existsSync(socketPath)) {
-    const live = await new Promise<boolean>((resolve) => {
-      const s = connect(socketPath);
-      s.once("connect", () => (s.destroy(), resolve(true)));
-      s.once("error", () => resolve(false));
-    });
-    if (live) throw new Error(`another plugin serves ${socketPath}; stop it first`);
-    rmSync(socketPath, { force: true });
-  }
+  await claimSocketPath(socketPath, "--socket");
   mkdirSync(join(socketPath, ".."), { recursive: true });
   const server = createServer((request, response) => {
     const method = (request.url ?? "").split("?")[0]!;
