@@ -17,6 +17,9 @@ RUN npm ci --no-audit --no-fund
 COPY tsconfig.json ./
 COPY bin ./bin
 COPY src ./src
+# npm run build also runs native/build.sh, which builds the attach agent where
+# a C compiler is (this image has none, and a node needs no agent).
+COPY native ./native
 # tsconfig.json also includes test/ and bench/; they are not copied, so only
 # src/ and bin/ are compiled.
 RUN npm run build

@@ -311,6 +311,10 @@ export const catalogNodesMax = 1024;
 export const catalogVolumesMax = 65_536;
 /** Replicas of one volume: the voters of its Raft group. */
 export const volumeReplicasMax = 5;
+/** Hosts attached to one volume at once (pxd volume attach; more than one only for a --shared volume or read-only). */
+export const volumeAttachmentsMax = 16;
+/** Attachments in the whole catalog; an attach past it is refused. */
+export const catalogAttachmentsMax = 4096;
 /** Characters of a volume or node name (^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$, as the control API checks). */
 export const catalogNameCharsMax = 63;
 /** Characters of a node address (a host name or an IP literal; DNS names are at most 253). */
@@ -350,7 +354,7 @@ export function checkClusterConstants(): void {
   assert(catalogCommandBytesMax <= raftAppendBytesMax, "a command fits one AppendEntries batch");
   assert(
     catalogSnapshotBytesMax >=
-      catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + volumeReplicasMax * 9) + catalogRefusalsMax * (catalogRefusalCharsMax * 4 + 64),
+      catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + volumeReplicasMax * 9) + catalogAttachmentsMax * (3 * catalogNameCharsMax * 4 + 160) + catalogRefusalsMax * (catalogRefusalCharsMax * 4 + 64),
     "a full catalog fits a snapshot",
   );
   assert(catalogSnapshotBytesMax + 1024 * 1024 <= peerFrameBytesMax, "a full catalog snapshot travels in one Raft message");

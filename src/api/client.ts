@@ -10,6 +10,8 @@ import { request as httpRequest, type IncomingMessage } from "node:http";
 import { defaultApiPort } from "../constants.js";
 import {
   ApiError,
+  type AttachmentInfo,
+  type AttachRequest,
   type CreateVolumeRequest,
   type DeleteVolumeOptions,
   type DebugProposeRequest,
@@ -141,6 +143,26 @@ export class ApiClient {
   /** Closes the answering node's NBD connections to the volume (a forced delete). */
   async disconnectVolume(name: string): Promise<NodeConnections> {
     return (await this.json("POST", `${volumePath(name)}/disconnect`)) as NodeConnections;
+  }
+
+  async attachVolume(name: string, request: AttachRequest): Promise<VolumeInfo> {
+    return (await this.json("POST", `${volumePath(name)}/attachments`, request)) as VolumeInfo;
+  }
+
+  async detachVolume(name: string, host: string): Promise<void> {
+    await this.call("DELETE", `${volumePath(name)}/attachments/${encodeURIComponent(host)}`);
+  }
+
+  async listAttachments(): Promise<AttachmentInfo[]> {
+    const body = (await this.json("GET", "/v1/attachments")) as { attachments?: unknown };
+    if (!Array.isArray(body.attachments)) throw this.badAnswer("GET /v1/attachments", "it has no attachments array");
+    return body.attachments as AttachmentInfo[];
+  }
+
+  /** HOST:PORT of the nodes serving the volume over NBD, best first. */
+  async volumeServers(name: string): Promise<string[]> {
+    const text = (await this.call("GET", `${volumePath(name)}/servers`)).body.toString("utf8");
+    return text.split("\n").filter((l) => l !== "");
   }
 
   async updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo> {

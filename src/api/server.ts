@@ -16,7 +16,9 @@ import { ApiError, type ApiErrorBody, type Controller, type DebugController } fr
 import {
   checkPathName,
   checkVolumeName,
+  hostNamePattern,
   jsonNestsDeeper,
+  parseAttachRequest,
   parseCreateVolumeRequest,
   parseDebugProposeRequest,
   parseDrainNodeRequest,
@@ -114,6 +116,26 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
       pattern: /^\/v1\/volumes\/([^/]*)\/connections$/,
       methods: { GET: async (_request, params) => ({ status: 200, json: await controller.volumeConnections(volumeParam(params)) }) },
     },
+    {
+      pattern: /^\/v1\/volumes\/([^/]*)\/attachments$/,
+      methods: { POST: async (request, params) => ({ status: 200, json: await controller.attachVolume(volumeParam(params), parseAttachRequest(await readJsonBody(request))) }) },
+    },
+    {
+      pattern: /^\/v1\/volumes\/([^/]*)\/attachments\/([^/]*)$/,
+      methods: {
+        DELETE: async (_request, params) => {
+          const host = params[1] ?? "";
+          if (!hostNamePattern.test(host)) throw new ApiError(400, "invalid", `${JSON.stringify(host.slice(0, 80))} is not a host name`);
+          await controller.detachVolume(volumeParam(params), host);
+          return { status: 204 };
+        },
+      },
+    },
+    {
+      pattern: /^\/v1\/volumes\/([^/]*)\/servers$/,
+      methods: { GET: async (_request, params) => ({ status: 200, text: { body: (await controller.volumeServers(volumeParam(params))).map((s) => `${s}\n`).join(""), contentType: "text/plain; charset=utf-8" } }) },
+    },
+    { pattern: /^\/v1\/attachments$/, methods: { GET: async () => ({ status: 200, json: { attachments: await controller.listAttachments() } }) } },
     {
       pattern: /^\/v1\/volumes\/([^/]*)\/disconnect$/,
       methods: { POST: async (_request, params) => ({ status: 200, json: await controller.disconnectVolume(volumeParam(params)) }) },

@@ -236,6 +236,33 @@ export interface VolumeInfo {
   log?: { firstIndex: number; lastIndex: number };
   /** The last scrub of each replica, as its node reports it (inspect only; a node that did not answer is left out). */
   scrub?: (ScrubVolumeReport & { node: string })[];
+  /** Several hosts may attach it read-write at once (created with --shared). */
+  shared: boolean;
+  /** Hosts that have it attached as a block device. */
+  attachments: AttachmentInfo[];
+}
+
+/** One host's attachment of a volume, as the catalog records it. */
+export interface AttachmentInfo {
+  volume: string;
+  host: string;
+  /** The block device on that host; "" while its attach is under way. */
+  device: string;
+  via: "kernel" | "fuse";
+  readOnly: boolean;
+  /** The node serving the host's connection when it attached; "" when not known. */
+  node: string;
+  /** When the host attached (ISO 8601, the host's clock). */
+  since: string;
+}
+
+/** POST /v1/volumes/NAME/attachments: records (or updates) this host's attachment; refused (409) while another host has it read-write. */
+export interface AttachRequest {
+  host: string;
+  device?: string;
+  via: "kernel" | "fuse";
+  readOnly: boolean;
+  node?: string;
 }
 
 /** PATCH /v1/volumes/NAME: what to change (ha-update). */
@@ -251,6 +278,8 @@ export interface CreateVolumeRequest {
   nodes?: string[];
   /** Replicas must sit in distinct zones (without it distinct zones are only preferred). */
   zones?: boolean;
+  /** Several hosts may attach it read-write at once. */
+  shared?: boolean;
 }
 
 /** DELETE /v1/volumes/NAME?force=true: disconnect every NBD client of the volume on every node first. */
@@ -302,6 +331,14 @@ export interface Controller {
   disconnectVolume(name: string): Promise<NodeConnections>;
   /** Changes the replica count; the volume's leader then adds or removes replicas in the background. */
   updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo>;
+  /** Records a host's attachment (forwarded to the meta leader); 409 while another host has the volume read-write and it is not shared. */
+  attachVolume(name: string, request: AttachRequest): Promise<VolumeInfo>;
+  /** Drops a host's attachment; a host without one is not an error. */
+  detachVolume(name: string, host: string): Promise<void>;
+  /** Every attachment in the catalog, by volume then host. */
+  listAttachments(): Promise<AttachmentInfo[]>;
+  /** HOST:PORT of each node that serves the volume over NBD, the ones best to use first (the attach agent's node list). */
+  volumeServers(name: string): Promise<string[]>;
   /** Prometheus text exposition for GET /metrics. */
   metrics(): string;
   listNodes(): Promise<NodeInfo[]>;

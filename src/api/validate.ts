@@ -2,9 +2,9 @@
 // bodies. Pure functions, shared by the server (which answers 400 with the
 // message) and the CLI (which checks before it dials).
 
-import { volumeSizeSectorProblem } from "../cluster/rules.js";
+import { attachDevicePattern, volumeSizeSectorProblem } from "../cluster/rules.js";
 import { catalogNameCharsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
-import { ApiError, type CreateVolumeRequest, type DebugProposeRequest, type DrainNodeRequest, type JoinRequest, type ScrubRequest, type SetSettingRequest, type UpdateVolumeRequest } from "./types.js";
+import { ApiError, type AttachRequest, type CreateVolumeRequest, type DebugProposeRequest, type DrainNodeRequest, type JoinRequest, type ScrubRequest, type SetSettingRequest, type UpdateVolumeRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
 
 /** A volume name is also an NBD export name and a file name in the data dir. */
@@ -47,12 +47,12 @@ export function jsonNestsDeeper(body: Uint8Array, depthMax: number): boolean {
   return false;
 }
 
-const createFields = ["name", "sizeBytes", "repl", "nodes", "zones"];
+const createFields = ["name", "sizeBytes", "repl", "nodes", "zones", "shared"];
 
 /** Checks a parsed JSON body field by field; throws ApiError(400) naming the first wrong field. */
 export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
   const record = objectWithFields(body, createFields, ` like {"name":"demo","sizeBytes":1073741824,"repl":1}`);
-  const { name, sizeBytes, repl, nodes, zones } = record;
+  const { name, sizeBytes, repl, nodes, zones, shared } = record;
   if (typeof name !== "string") throw invalid(`field "name" must be a string, not ${describe(name)}`);
   checkVolumeName(name);
   if (typeof sizeBytes !== "number" || !Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
@@ -71,6 +71,31 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
   if (zones !== undefined) {
     if (typeof zones !== "boolean") throw invalid(`field "zones" must be true or false, not ${describe(zones)}`);
     out.zones = zones;
+  }
+  if (shared !== undefined) {
+    if (typeof shared !== "boolean") throw invalid(`field "shared" must be true or false, not ${describe(shared)}`);
+    out.shared = shared;
+  }
+  return out;
+}
+
+/** A host name as the catalog keeps it: the volume name rule. */
+export const hostNamePattern = volumeNamePattern;
+
+/** POST /v1/volumes/NAME/attachments. */
+export function parseAttachRequest(body: unknown): AttachRequest {
+  const { host, device, via, readOnly, node } = objectWithFields(body, ["host", "device", "via", "readOnly", "node"], ` like {"host":"web1","via":"kernel","readOnly":false}`);
+  if (typeof host !== "string" || !hostNamePattern.test(host)) throw invalid(`field "host" must be a host name (1-63 letters, digits, ".", "_", "-"), not ${describe(host)}`);
+  if (via !== "kernel" && via !== "fuse") throw invalid(`field "via" must be "kernel" or "fuse", not ${describe(via)}`);
+  if (typeof readOnly !== "boolean") throw invalid(`field "readOnly" must be true or false, not ${describe(readOnly)}`);
+  const out: AttachRequest = { host, via, readOnly };
+  if (device !== undefined) {
+    if (typeof device !== "string" || !attachDevicePattern.test(device)) throw invalid(`field "device" must be a device path like /dev/nbd0, not ${describe(device)}`);
+    out.device = device;
+  }
+  if (node !== undefined) {
+    if (typeof node !== "string" || !volumeNamePattern.test(node)) throw invalid(`field "node" must be a node name, not ${describe(node)}`);
+    out.node = node;
   }
   return out;
 }

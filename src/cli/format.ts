@@ -3,7 +3,7 @@
 import { printable } from "../base/printable.js";
 import { formatSize } from "../base/sizes.js";
 import { logLineCharsMax } from "../constants.js";
-import type { NodeInfo, NodeStatus, ScrubResponse, SettingInfo, VolumeInfo } from "../api/types.js";
+import type { AttachmentInfo, NodeInfo, NodeStatus, ScrubResponse, SettingInfo, VolumeInfo } from "../api/types.js";
 
 /** Left-aligned columns separated by two spaces; the last column is not padded. */
 export function table(header: string[], rows: string[][]): string {
@@ -46,6 +46,7 @@ export function volumeDetails(v: VolumeInfo): string {
     ["state", v.state],
     ["allocated", formatSize(v.allocatedBytes)],
     ["connections", String(v.connections)],
+    ["attached", attachmentSummary(v)],
     ["nbd uri", v.nbdUri],
     ["created", v.createdAt],
     ["scrubbed", scrubSummary(v.scrub)],
@@ -147,4 +148,18 @@ export function formatDuration(totalSec: number): string {
 
 export function json(value: unknown): string {
   return JSON.stringify(value, null, 2);
+}
+
+/** A volume's attachments as inspect shows them. */
+export function attachmentSummary(v: VolumeInfo): string {
+  if (v.attachments.length === 0) return v.shared ? "none (shared: hosts may attach it read-write together)" : "none";
+  return v.attachments.map((a) => `${a.host} ${a.device || "(attaching)"} via ${a.via}${a.readOnly ? " ro" : ""}${a.node ? ` from ${a.node}` : ""} since ${a.since}`).join("; ");
+}
+
+export function attachmentTable(list: AttachmentInfo[]): string {
+  if (list.length === 0) return 'no volume is attached anywhere; "pxd volume attach NAME" attaches one here';
+  return table(
+    ["VOLUME", "HOST", "DEVICE", "VIA", "MODE", "NODE", "SINCE"],
+    list.map((a) => [a.volume, a.host, a.device || "(attaching)", a.via, a.readOnly ? "ro" : "rw", a.node || "-", a.since]),
+  );
 }

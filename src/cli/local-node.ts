@@ -225,7 +225,7 @@ function instructions(status: NodeStatus, volume: VolumeInfo, o: UpOptions): str
   const dirHint = o.dataDir === ".pxd" ? "" : ` --data-dir ${o.dataDir}`;
   const commands: [string, string][] = [
     [`nbdinfo ${uri}`, ""],
-    [`nbdfuse /tmp/${volume.name}-mnt/disk ${uri} &`, "# then losetup / mkfs.ext4 / mount"],
+    [`sudo ${pxd}${hostHint} volume mount ${volume.name} /mnt/${volume.name}`, "# ext4 on it: the kernel's nbd, else nbdfuse + a loop device"],
     [`nbd-client ${host} ${port} /dev/nbd0 -N ${volume.name}`, "# with the kernel nbd module"],
   ];
   const width = Math.max(...commands.map(([c]) => c.length));

@@ -10,9 +10,12 @@ import { defaultApiAddress } from "../api/client.js";
 import { CliError, UsageError, exitFailed, exitOk, exitUsage } from "./errors.js";
 import { registerNode, registerScrub, registerSettings, registerStatus, registerVolume } from "./volume.js";
 import { registerDaemon } from "./daemon.js";
+import { packageVersion } from "../os/package-version.js";
 import { registerLocalNode } from "./local-node.js";
+import { registerDockerPlugin } from "./docker-plugin.js";
+import { registerCsi } from "./csi.js";
 
-export const cliVersion = "0.1.0";
+export const cliVersion = packageVersion;
 
 export function buildProgram(): Command {
   const program = new Command("pxd")
@@ -28,6 +31,8 @@ export function buildProgram(): Command {
   registerScrub(program);
   registerLocalNode(program);
   registerDaemon(program);
+  registerDockerPlugin(program);
+  registerCsi(program);
   return program;
 }
 

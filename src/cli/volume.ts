@@ -6,6 +6,7 @@ import { formatSize } from "../base/sizes.js";
 import { apiScrubTimeoutMs } from "../api/limits.js";
 import { bandwidthArg, checkName, clientFor, replArg, sizeArg } from "./args.js";
 import { CliError } from "./errors.js";
+import { registerAttach } from "./attach.js";
 import { json, nodeTable, scrubTable, settingsTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
 
 interface JsonFlag {
@@ -121,8 +122,9 @@ export function registerVolume(program: Command): void {
     .option("-r, --repl <n>", "number of replicas (default 1, or as many as --nodes names)", replArg)
     .option("--nodes <list>", "put the replicas on exactly these nodes: names or ids, comma-separated (pxd node list)")
     .option("--zones", "require the replicas to sit in distinct zones (pxd daemon --zone); without it distinct zones are only preferred")
+    .option("--shared", "let several hosts attach it read-write at once (only for a filesystem made for that, e.g. a cluster filesystem)")
     .option("--json", "print the API's JSON")
-    .action(async (name: string, options: { size: number; repl?: number; nodes?: string; zones?: boolean } & JsonFlag, command: Command) => {
+    .action(async (name: string, options: { size: number; repl?: number; nodes?: string; zones?: boolean; shared?: boolean } & JsonFlag, command: Command) => {
       const nodes = options.nodes?.split(",").map((s) => s.trim()).filter((s) => s !== "");
       const v = await clientFor(command).createVolume({
         name: checkName(name),
@@ -130,10 +132,13 @@ export function registerVolume(program: Command): void {
         ...(options.repl !== undefined ? { repl: options.repl } : {}),
         ...(nodes !== undefined ? { nodes } : {}),
         ...(options.zones ? { zones: true } : {}),
+        ...(options.shared ? { shared: true } : {}),
       });
       if (options.json) return console.log(json(v));
       console.log(`volume "${v.name}" created: ${formatSize(v.sizeBytes)}, ${v.repl} ${v.repl === 1 ? "replica" : "replicas"}, exported at ${v.nbdUri}`);
     });
+
+  registerAttach(volume, program);
 
   volume
     .command("list")
@@ -175,9 +180,9 @@ export function registerVolume(program: Command): void {
   volume
     .command("delete")
     .alias("rm")
-    .description("delete a volume and its data; refused while a node serves it to an NBD client, unless --force")
+    .description("delete a volume and its data; refused while it is attached to a host or a node serves it to an NBD client, unless --force")
     .argument("<name>", "volume name")
-    .option("--force", "delete even while NBD clients use it: every node disconnects them first")
+    .option("--force", "delete even while attached or in use: every node disconnects its NBD clients first")
     .action(async (name: string, options: { force?: boolean }, command: Command) => {
       await clientFor(command).deleteVolume(checkName(name), { force: options.force === true });
       console.log(`volume "${name}" deleted${options.force === true ? " (its NBD clients were disconnected)" : ""}`);

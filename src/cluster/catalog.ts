@@ -10,17 +10,20 @@
 // half-applied command behind. A refusal is itself part of the state: the
 // latest are remembered (`refusals`), the same on every node.
 
-import { catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogVolumesMax, sectorBytes, volumeBytesMax } from "../constants.js";
+import { catalogAttachmentsMax, catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogVolumesMax, sectorBytes, volumeAttachmentsMax, volumeBytesMax } from "../constants.js";
 import {
   catalogSettings,
   commandKindOf,
   decodeEntry,
   validateCommand,
   type AddNode,
+  type AttachVia,
+  type AttachVolume,
   type CatalogCommand,
   type CommandKind,
   type CreateVolume,
   type DeleteVolume,
+  type DetachVolume,
   type DrainNode,
   type NodeHealth,
   type NodeLabels,
@@ -64,7 +67,24 @@ export interface CatalogVolume {
   nodes: number[];
   /** Replicas must sit in distinct zones. */
   zones: boolean;
+  /** Several hosts may attach it read-write at once. */
+  shared: boolean;
+  /** Hosts that have it attached as a block device, in host order. */
+  attachments: CatalogAttachment[];
   createdAt: number;
+}
+
+/** One host's attachment of a volume (pxd volume attach). */
+export interface CatalogAttachment {
+  host: string;
+  /** The block device on the host; "" while the attach is under way. */
+  device: string;
+  via: AttachVia;
+  readOnly: boolean;
+  /** The node serving the host's connection; "" when not known. */
+  node: string;
+  /** When the host attached (its wall clock, ms since the epoch): shown to people, never compared across nodes. */
+  at: number;
 }
 
 export interface CatalogState {
@@ -198,6 +218,10 @@ function dispatch(state: CatalogState, c: CatalogCommand): Outcome {
       return createVolume(state, c);
     case "deleteVolume":
       return deleteVolume(state, c);
+    case "attachVolume":
+      return attachVolume(state, c);
+    case "detachVolume":
+      return detachVolume(state, c);
     case "resizeVolume":
       return resizeVolume(state, c);
     case "setReplicas":
@@ -373,7 +397,7 @@ function placeVolume(state: CatalogState, c: CreateVolume): { ok: true; nodes: n
 function createVolume(state: CatalogState, c: CreateVolume): Outcome {
   const placed = placeVolume(state, c);
   if (!placed.ok) return placed;
-  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, createdAt: c.at };
+  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, shared: c.shared === true, attachments: [], createdAt: c.at };
   state.nextVolumeId++;
   state.volumes.set(volume.name, volume);
   return { ok: true, changed: true, volume: copyVolume(volume) };
@@ -382,8 +406,53 @@ function createVolume(state: CatalogState, c: CreateVolume): Outcome {
 function deleteVolume(state: CatalogState, c: DeleteVolume): Outcome {
   const v = state.volumes.get(c.name);
   if (v === undefined) return volumeNotFound(c.name);
+  const attached = attachedProblem(v);
+  if (attached !== undefined && c.force !== true) return fail("conflict", attached);
   state.volumes.delete(c.name);
   return { ok: true, changed: true, volume: copyVolume(v) };
+}
+
+/** Why the volume may not be deleted without force: the hosts that have it attached; undefined when none does. */
+export function attachedProblem(v: CatalogVolume): string | undefined {
+  if (v.attachments.length === 0) return undefined;
+  const hosts = listNames(v.attachments.map((a) => `${a.host}${a.device === "" ? "" : ` (${a.device})`}`));
+  return `volume ${JSON.stringify(v.name)} is attached on ${hosts}; detach it there first (pxd volume detach ${v.name} on that host), or delete it with --force`;
+}
+
+function attachVolume(state: CatalogState, c: AttachVolume): Outcome {
+  const v = state.volumes.get(c.name);
+  if (v === undefined) return volumeNotFound(c.name);
+  const name = JSON.stringify(c.name);
+  const others = v.attachments.filter((a) => a.host !== c.host);
+  if (!v.shared && !c.readOnly) {
+    const writer = others.find((a) => !a.readOnly);
+    if (writer !== undefined) {
+      return fail("conflict", `volume ${name} is attached read-write on host ${writer.host}${writer.device === "" ? "" : ` as ${writer.device}`}; detach it there first, attach --read-only, or create volumes that several hosts write with --shared`);
+    }
+  }
+  const same = v.attachments.find((a) => a.host === c.host);
+  if (same === undefined) {
+    if (v.attachments.length >= volumeAttachmentsMax) return fail("limit", `volume ${name} is attached on ${v.attachments.length} hosts, the most it may be; detach it somewhere first`);
+    if (attachmentCount(state) >= catalogAttachmentsMax) return fail("limit", `the cluster has ${catalogAttachmentsMax} attachments, the most it holds; detach volumes first`);
+  }
+  const record: CatalogAttachment = { host: c.host, device: c.device ?? "", via: c.via, readOnly: c.readOnly, node: c.node ?? "", at: c.at };
+  v.attachments = [...others, record].sort((x, y) => (x.host < y.host ? -1 : x.host > y.host ? 1 : 0));
+  return { ok: true, changed: true, volume: copyVolume(v) };
+}
+
+function detachVolume(state: CatalogState, c: DetachVolume): Outcome {
+  const v = state.volumes.get(c.name);
+  if (v === undefined) return volumeNotFound(c.name);
+  const kept = v.attachments.filter((a) => a.host !== c.host);
+  const changed = kept.length !== v.attachments.length;
+  v.attachments = kept;
+  return { ok: true, changed, volume: copyVolume(v) };
+}
+
+function attachmentCount(state: CatalogState): number {
+  let n = 0;
+  for (const v of state.volumes.values()) n += v.attachments.length;
+  return n;
 }
 
 function resizeVolume(state: CatalogState, c: ResizeVolume): Outcome {
@@ -455,5 +524,5 @@ export function copyNode(n: CatalogNode): CatalogNode {
 }
 
 export function copyVolume(v: CatalogVolume): CatalogVolume {
-  return { ...v, nodes: [...v.nodes] };
+  return { ...v, nodes: [...v.nodes], attachments: v.attachments.map((a) => ({ ...a })) };
 }

@@ -18,7 +18,7 @@ import {
   volumeBytesMax,
   volumeReplicasMax,
 } from "../constants.js";
-import { volumeSizeSectorProblem } from "./rules.js";
+import { attachDevicePattern, volumeSizeSectorProblem } from "./rules.js";
 
 /** The first byte of every encoded command; a decoder refuses any other. */
 export const catalogCommandVersion = 1;
@@ -79,12 +79,40 @@ export interface CreateVolume {
   nodes?: number[];
   /** Replicas must sit in distinct zones (otherwise distinct zones are only preferred). */
   zones?: boolean;
+  /** Hosts may attach it read-write at the same time (a cluster filesystem's job to coordinate them). */
+  shared?: boolean;
   at: number;
 }
 
 export interface DeleteVolume {
   kind: "deleteVolume";
   name: string;
+  /** Delete even while hosts have it attached; their attachments go with it. */
+  force?: boolean;
+}
+
+export const attachVias = ["kernel", "fuse"] as const;
+export type AttachVia = (typeof attachVias)[number];
+
+/** A host attaches a volume as a block device (pxd volume attach); one attachment per host and volume. */
+export interface AttachVolume {
+  kind: "attachVolume";
+  name: string;
+  /** The attaching host's name. */
+  host: string;
+  /** The block device, e.g. /dev/nbd0; absent while the attach is under way. */
+  device?: string;
+  via: AttachVia;
+  readOnly: boolean;
+  /** The name of the node serving the host's connection. */
+  node?: string;
+  at: number;
+}
+
+export interface DetachVolume {
+  kind: "detachVolume";
+  name: string;
+  host: string;
 }
 
 export interface ResizeVolume {
@@ -117,6 +145,8 @@ export type CatalogCommand =
   | DrainNode
   | CreateVolume
   | DeleteVolume
+  | AttachVolume
+  | DetachVolume
   | ResizeVolume
   | SetReplicas
   | SetSetting;
@@ -298,6 +328,17 @@ function pick<T>(fields: Record<string, unknown>): T {
 }
 
 const port = (o: Obj, kind: string, key: string): number => int(o, kind, key, 1, 65_535);
+
+function via(o: Obj, kind: string): AttachVia {
+  const v = get(o, "via");
+  const found = attachVias.find((x) => x === v);
+  if (found === undefined) throw new Invalid(`${kind}: field "via" must be one of ${attachVias.join(", ")}, not ${describe(v)}`);
+  return found;
+}
+
+function invalidMissing(kind: string, key: string): never {
+  throw new Invalid(`${kind}: field "${key}" must be true or false, not missing`);
+}
 const bytes = (o: Obj, kind: string, key: string): number => int(o, kind, key, 0, nodeBytesMax, " of bytes");
 const optBytes = (o: Obj, kind: string, key: string): number | undefined => optInt(o, kind, key, 0, nodeBytesMax, " of bytes");
 
@@ -306,8 +347,10 @@ const fieldsOf: Record<CommandKind, readonly string[]> = {
   updateNode: ["kind", "id", "at", "freeBytes", "usedBytes", "capacityBytes", "health", "labels"],
   removeNode: ["kind", "id", "force"],
   drainNode: ["kind", "id", "draining"],
-  createVolume: ["kind", "name", "sizeBytes", "repl", "nodes", "zones", "at"],
-  deleteVolume: ["kind", "name"],
+  createVolume: ["kind", "name", "sizeBytes", "repl", "nodes", "zones", "shared", "at"],
+  deleteVolume: ["kind", "name", "force"],
+  attachVolume: ["kind", "name", "host", "device", "via", "readOnly", "node", "at"],
+  detachVolume: ["kind", "name", "host"],
   resizeVolume: ["kind", "name", "sizeBytes"],
   setReplicas: ["kind", "name", "nodes", "repl", "expect"],
   setSetting: ["kind", "key", "value"],
@@ -352,9 +395,22 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
       repl: int(o, k, "repl", 1, volumeReplicasMax),
       nodes: nodeIds(o, k, "nodes", true),
       zones: bool(o, k, "zones"),
+      shared: bool(o, k, "shared"),
       at: at(o, k),
     }),
-  deleteVolume: (o, k) => pick<DeleteVolume>({ kind: k, name: name(o, k) }),
+  deleteVolume: (o, k) => pick<DeleteVolume>({ kind: k, name: name(o, k), force: bool(o, k, "force") }),
+  attachVolume: (o, k) =>
+    pick<AttachVolume>({
+      kind: k,
+      name: name(o, k),
+      host: name(o, k, "host"),
+      device: get(o, "device") === undefined ? undefined : str(o, k, "device", attachDevicePattern, 40, "a device path like /dev/nbd0"),
+      via: via(o, k),
+      readOnly: bool(o, k, "readOnly") ?? invalidMissing(k, "readOnly"),
+      node: get(o, "node") === undefined ? undefined : name(o, k, "node"),
+      at: at(o, k),
+    }),
+  detachVolume: (o, k) => pick<DetachVolume>({ kind: k, name: name(o, k), host: name(o, k, "host") }),
   resizeVolume: (o, k) => pick<ResizeVolume>({ kind: k, name: name(o, k), sizeBytes: volumeSize(o, k) }),
   setReplicas: (o, k) =>
     pick<SetReplicas>({

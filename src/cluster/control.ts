@@ -144,7 +144,11 @@ export interface GroupView {
  * commit index becomes a voter; then a listed node that is not a member
  * joins as a learner (a snapshot fills it); then a member the catalog no
  * longer lists is removed (never the leader itself: it hands leadership on
- * first, `leaveDecision`).
+ * first, `leaveDecision`). The removal does not wait for the new learner to
+ * catch up: a replica moves mostly off a node that is down, and a down voter
+ * kept meanwhile would make the group need every other member, the learner
+ * included once promoted, for a quorum. A drain of a live node so runs with
+ * one copy fewer until the learner is promoted.
  */
 export function nextMemberChange(self: NodeId, wanted: readonly NodeId[], g: GroupView, caughtUpEntries: number): MemberChange | undefined {
   const ready = g.learners.find((l) => {
@@ -173,6 +177,23 @@ export function leaveDecision(self: NodeId, wanted: readonly NodeId[], leader: N
     return to === undefined ? { kind: "wait" } : { kind: "transfer", to };
   }
   return excludedMs >= graceMs ? { kind: "drop" } : { kind: "wait" };
+}
+
+/**
+ * Leadership follows the host: a volume attached read-write on exactly one
+ * host, through a node that holds one of its replicas, is best led by that
+ * node, so the host's reads are served where they arrive and its writes take
+ * one hop fewer (what STORK gives Portworx). On the volume's leader: the node
+ * to hand leadership to, once it is a voter that is connected and holds every
+ * committed entry; undefined when this node should keep it.
+ */
+export function attachmentLeader(self: NodeId, v: CatalogVolume, nodeIdByName: (name: string) => NodeId | undefined, g: GroupView): NodeId | undefined {
+  const writers = v.attachments.filter((a) => !a.readOnly && a.node !== "");
+  if (writers.length !== 1) return undefined;
+  const to = nodeIdByName(writers[0]!.node);
+  if (to === undefined || to === self || !v.nodes.includes(to) || !g.voters.includes(to)) return undefined;
+  const p = g.progress.find((x) => x.node === to);
+  return p !== undefined && p.active && p.match >= g.commit ? to : undefined;
 }
 
 /**

@@ -16,3 +16,6 @@ export function volumeSizeSectorProblem(sizeBytes: number): string | null {
   const nearest = down <= 0 ? `${down + sectorBytes}` : `${down} or ${down + sectorBytes}`;
   return `must be a multiple of ${sectorBytes} bytes (the sector size), not ${sizeBytes}; ${nearest} would do`;
 }
+
+/** An attachment's block device: /dev/ and a kernel device name (nbd0, loop3). */
+export const attachDevicePattern = /^\/dev\/[a-z][a-z0-9]{0,30}$/;

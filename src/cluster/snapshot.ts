@@ -14,9 +14,9 @@
 import { Packr } from "msgpackr";
 import { crc32c } from "../base/crc32c.js";
 import { assert } from "../base/assert.js";
-import { catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogSnapshotBytesMax, catalogVolumesMax, volumeReplicasMax } from "../constants.js";
+import { catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogSnapshotBytesMax, catalogVolumesMax, volumeAttachmentsMax, volumeReplicasMax } from "../constants.js";
 import { catalogSettings, commandKinds, describe, validateCommand, type SettingValue } from "./commands.js";
-import { refusalCodes, type CatalogNode, type CatalogRefusal, type CatalogState, type CatalogVolume } from "./catalog.js";
+import { refusalCodes, type CatalogAttachment, type CatalogNode, type CatalogRefusal, type CatalogState, type CatalogVolume } from "./catalog.js";
 
 /** The first byte of every catalog snapshot; a decoder refuses any other. */
 export const catalogSnapshotVersion = 1;
@@ -130,7 +130,17 @@ function nodeRecord(n: CatalogNode): CatalogNode {
 }
 
 function volumeRecord(v: CatalogVolume): CatalogVolume {
-  return { id: v.id, name: v.name, sizeBytes: v.sizeBytes, repl: v.repl, nodes: [...v.nodes], zones: v.zones, createdAt: v.createdAt };
+  return {
+    id: v.id,
+    name: v.name,
+    sizeBytes: v.sizeBytes,
+    repl: v.repl,
+    nodes: [...v.nodes],
+    zones: v.zones,
+    shared: v.shared,
+    attachments: v.attachments.map((a) => ({ host: a.host, device: a.device, via: a.via, readOnly: a.readOnly, node: a.node, at: a.at })),
+    createdAt: v.createdAt,
+  };
 }
 
 type Obj = Record<string, unknown>;
@@ -186,13 +196,38 @@ function nodeOf(raw: unknown, i: number): CatalogNode {
 function volumeOf(raw: unknown, i: number): CatalogVolume {
   const what = `volume record ${i}`;
   const o = obj(raw, what);
+  // A snapshot written before attachments existed has neither field: no volume was shared or attached then.
+  const older = !Object.prototype.hasOwnProperty.call(o, "shared") && !Object.prototype.hasOwnProperty.call(o, "attachments");
+  if (older) Object.assign(o, { shared: false, attachments: [] });
   exactKeys(o, Object.keys(volumeRecord(exampleVolume)), what);
   const c = validateCommand({ kind: "createVolume", name: o["name"], sizeBytes: o["sizeBytes"], repl: o["repl"], at: o["createdAt"] });
   if (!c.ok || c.command.kind !== "createVolume") throw new CatalogSnapshotError(`${what}: ${c.ok ? "not a volume" : c.error}`);
   const id = count(o["id"], 1, `${what}: id`);
   const nodes = list(o["nodes"], `${what}: nodes`, volumeReplicasMax).map((n, j) => count(n, 1, `${what}: nodes[${j}]`));
   if (typeof o["zones"] !== "boolean") throw new CatalogSnapshotError(`${what}: zones must be true or false, not ${describe(o["zones"])}`);
-  return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], createdAt: c.command.at };
+  if (typeof o["shared"] !== "boolean") throw new CatalogSnapshotError(`${what}: shared must be true or false, not ${describe(o["shared"])}`);
+  const volumeName = c.command.name;
+  const attachments = list(o["attachments"], `${what}: attachments`, volumeAttachmentsMax).map((raw, j) => attachmentOf(raw, volumeName, `${what}: attachments[${j}]`));
+  return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], shared: o["shared"], attachments, createdAt: c.command.at };
+}
+
+/** Checks an attachment's fields with the bounds of the attachVolume command that made it. */
+function attachmentOf(raw: unknown, volume: string, what: string): CatalogAttachment {
+  const o = obj(raw, what);
+  exactKeys(o, ["host", "device", "via", "readOnly", "node", "at"], what);
+  const c = validateCommand({
+    kind: "attachVolume",
+    name: volume,
+    host: o["host"],
+    ...(o["device"] === "" ? {} : { device: o["device"] }),
+    via: o["via"],
+    readOnly: o["readOnly"],
+    ...(o["node"] === "" ? {} : { node: o["node"] }),
+    at: o["at"],
+  });
+  if (!c.ok || c.command.kind !== "attachVolume") throw new CatalogSnapshotError(`${what}: ${c.ok ? "not an attachment" : c.error}`);
+  const a = c.command;
+  return { host: a.host, device: a.device ?? "", via: a.via, readOnly: a.readOnly, node: a.node ?? "", at: a.at };
 }
 
 function refusalOf(raw: unknown, i: number): CatalogRefusal {
@@ -248,5 +283,5 @@ const exampleNode: CatalogNode = {
   id: 1, name: "", address: "", nbdPort: 0, apiPort: 0, peerPort: 0, capacityBytes: 0, freeBytes: 0, usedBytes: 0,
   labels: {}, health: "up", draining: false, addedAt: 0, updatedAt: 0,
 };
-const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, createdAt: 0 };
+const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, shared: false, attachments: [], createdAt: 0 };
 const exampleRefusal: CatalogRefusal = { index: 1, kind: "unknown", code: "invalid", error: "" };

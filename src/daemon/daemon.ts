@@ -35,6 +35,8 @@ import {
   type SettingInfo,
   type UpdateVolumeRequest,
   type VolumeInfo,
+  type AttachmentInfo,
+  type AttachRequest,
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
@@ -42,8 +44,8 @@ import { failStop, isBug } from "../base/fail-stop.js";
 import { Prng } from "../base/prng.js";
 import { formatSize } from "../base/sizes.js";
 import {
-  CatalogMachine,
   catalogSettings,
+  attachedProblem,
   CatalogCommandError,
   encodeCommand,
   encodeCommandUnchecked,
@@ -57,21 +59,12 @@ import {
   type CatalogState,
   type CatalogVolume,
   admitNode,
-  Durations,
-  healthChange,
-  leaveDecision,
-  metaLearnerToPromote,
-  nextMemberChange,
-  type MemberChange,
-  replicaReplacements,
-  type GroupView,
 } from "../cluster/index.js";
 import {
   checkClusterConstants,
   checkConstants,
   checkReplicationConstants,
   logFieldCharsMax,
-  metaVotersMax,
   nodeBytesMax,
   readPoolBufferBytesMax,
   readPoolBufferBytesMin,
@@ -83,18 +76,20 @@ import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
+import { packageVersion } from "../os/package-version.js";
+import { agentCluster, releaseSupervisorLock, superviseAgents, type AttachRecord } from "../os/attachments.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
-import { ConfChangeType, type ConfChange } from "../raft/confchange.js";
+import { ConfChangeType } from "../raft/confchange.js";
 import { MultiRaft, NotLeaderError, ProposalDroppedError } from "../replication/driver.js";
-import { VolumeReplica } from "../replication/volume-replica.js";
 import { Repairer } from "../replication/repair.js";
 import { Scrubber, type ScrubReport } from "../replication/scrub.js";
 import { VolumeIo } from "../replication/volume-io.js";
 import { dispatchPeerMessage } from "../replication/dispatch.js";
 import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
+import { ClusterNode, metaGroupId } from "../node/cluster-node.js";
 import { healthReasons, type HealthFacts } from "./health.js";
-import { NodeState, type HostedGroup } from "./node-state.js";
+import { NodeState } from "./node-state.js";
 import { ReplicatedVolumeExport } from "./volume-export.js";
 
 export interface DaemonOptions {
@@ -129,9 +124,8 @@ export interface Logger {
   error(message: string): void;
 }
 
-const version = "0.2.0";
-/** The meta group's Raft group id; volume ids start at 1. */
-export const metaGroupId = 0;
+const version = packageVersion;
+export { metaGroupId };
 const tickMs = 100;
 const forwardDeadlineMs = 15000;
 const selfRegisterEveryMs = 300;
@@ -150,14 +144,10 @@ const healthCheckEveryMs = 1000;
 const replaceDownAfterMsDefault = 600_000;
 /** How often each node converges the groups it leads to the catalog's replica sets. */
 const reconcileEveryMs = 500;
-/** A replica the catalog no longer lists is dropped after this long (its leader removes it from the group meanwhile). */
-const replicaDropGraceMs = 10000;
-/** A learner is promoted to voter once its log is within this many entries of the leader's commit index. */
-const learnerCaughtUpEntries = 64;
-/** A node the meta leader has had no peer connection to for this long is marked down in the catalog (placement avoids it). */
-const nodeDownAfterMs = 5000;
 /** How often the daemon looks whether a scheduled scrub is due. */
 const scrubCheckEveryMs = 60_000;
+/** How often the daemon looks for this host's attach agents that died (docs/attach.md). */
+const agentCheckEveryMs = 5_000;
 /** How long the node a scrub request reached waits for each other node's scrub (a pass over 1 TiB at 32 MiB/s takes 9 hours). */
 const scrubCallTimeoutMs = 24 * 3600 * 1000;
 /** A delete asks every node for its NBD connections to the volume; one that has not answered within this is named in the refusal. */
@@ -170,34 +160,15 @@ const deleteAskTimeoutMs = 2000;
 const deleteFenceMs = 30_000;
 
 export class Daemon implements Controller {
-  /** Replaced whole when a snapshot is restored (restoreCatalog). */
-  /** The meta group's state machine; what this node acts on is in `applied` and `restored`. */
-  private readonly catalogMachine = new CatalogMachine({
-    applied: (index, result) => this.appliedMeta(index, result),
-    restored: (index, atStart) => this.restoredCatalog(index, atStart),
-  });
-
-  private get catalog(): CatalogState {
-    return this.catalogMachine.state;
-  }
-  /**
-   * How this node rebuilt its catalog at start: the snapshot it loaded (0:
-   * none), the entries after it it applied from its own log, up to the last
-   * one it held (`replayTo`).
-   */
-  private readonly catalogStart = { snapshotIndex: 0, replayTo: 0, replayedEntries: 0, done: false };
-  private readonly metaResults = new Map<number, ApplyResult>();
+  /** The catalog, the replicas it places here and the control loops (src/node). */
+  private node!: ClusterNode;
   private readonly connections = new Map<string, number>();
   /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
   private readonly fenced = new Map<string, number>();
-  /** Volumes whose replica on a down node had nowhere to go (logged once per dead node). */
-  private readonly unplaceable = new Map<number, number>();
-  /** Groups with a configuration change in flight (one at a time per group). */
-  private readonly reconciling = new Set<number>();
-  /** Hosted groups the catalog no longer lists this node for, and for how long (monotonic). */
-  private readonly excluded = new Durations<number>();
   private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
   private readonly startedAt = process.hrtime.bigint();
+  /** A turn of superviseAttachAgents is running. */
+  private supervising = false;
   private driver!: MultiRaft;
   private io!: VolumeIo;
   private repairer!: Repairer;
@@ -270,8 +241,8 @@ export class Daemon implements Controller {
       nodeId: state.nodeId,
       store: this.store,
       send: (to, m) => transport.send(to, m),
-      replicasOf: (group) => this.volumeById(group)?.nodes ?? [],
-      nameOf: (group) => this.volumeById(group)?.name ?? `(group ${group})`,
+      replicasOf: (group) => this.node.volumeById(group)?.nodes ?? [],
+      nameOf: (group) => this.node.volumeById(group)?.name ?? `(group ${group})`,
       after: (ms, fn) => nodeTimers.setTimeout(fn, ms),
       now: () => performance.now(),
       log: (l) => log.warn(l),
@@ -280,7 +251,7 @@ export class Daemon implements Controller {
     this.scrubber = new Scrubber({
       store: this.store,
       repairer: this.repairer,
-      nameOf: (group) => this.volumeById(group)?.name ?? `(group ${group})`,
+      nameOf: (group) => this.node.volumeById(group)?.name ?? `(group ${group})`,
       sleep: (ms) => new Promise((resolve) => (ms <= 0 ? setImmediate(resolve) : setTimeout(resolve, ms))),
       now: () => performance.now(),
       clock: () => Date.now(),
@@ -306,21 +277,34 @@ export class Daemon implements Controller {
       now: () => performance.now(),
       random: { int: (n) => prng.int(n) },
       deadlineMs: forwardDeadlineMs,
-      replicasOf: (group) => this.volumeById(group)?.nodes ?? [],
+      replicasOf: (group) => this.node.volumeById(group)?.nodes ?? [],
     });
+    this.node = new ClusterNode({
+      nodeId: state.nodeId,
+      store: this.store,
+      driver: this.driver,
+      state,
+      self: () => describeSelf(options, state.nodeId, { nbdPort: this.nbdPort, apiPort: this.api?.port ?? options.apiPort }),
+      isConnected: (id) => transport.isConnected(id),
+      setTransportPeers: (peers) => transport.setPeers(peers),
+      volumeGone: (name) => this.fenced.delete(name),
+      monotonicMs,
+      wallMs: () => Date.now(),
+      after: (ms, fn) => nodeTimers.setTimeout(fn, ms),
+      replaceDownAfterMs: options.replaceDownAfterMs ?? replaceDownAfterMsDefault,
+      log,
+    });
+    const node = this.node;
     const parts = { driver: this.driver, io: this.io, repairer: this.repairer };
     transport.onMessage((from, m) => dispatchPeerMessage(parts, from, m));
-    this.catalogStart.replayTo = this.store.raftState(metaGroupId).lastIndex;
-    this.driver.addGroup(metaGroupId, state.metaVoters, this.catalogMachine);
-    for (const g of state.hosted.values()) this.driver.addGroup(g.id, g.voters, new VolumeReplica(this.store, g.id, g.sizeBytes));
-    if (this.catalogStart.snapshotIndex > 0) this.hostFromCatalog();
-    this.countReplayed(this.catalogStart.snapshotIndex);
+    node.start(state.metaVoters);
     this.timers.push(setInterval(() => this.driver.tick(), tickMs));
-    this.timers.push(setInterval(() => this.registerSelf(), selfRegisterEveryMs));
-    this.timers.push(setInterval(() => this.promoteLearners(), selfRegisterEveryMs));
-    this.timers.push(setInterval(() => this.detectFailures(), healthCheckEveryMs));
-    this.timers.push(setInterval(() => this.reconcileReplicas(), reconcileEveryMs));
+    this.timers.push(setInterval(() => node.registerSelf(), selfRegisterEveryMs));
+    this.timers.push(setInterval(() => node.promoteLearners(), selfRegisterEveryMs));
+    this.timers.push(setInterval(() => node.detectFailures(), healthCheckEveryMs));
+    this.timers.push(setInterval(() => node.reconcileReplicas(), reconcileEveryMs));
     this.timers.push(setInterval(() => this.scrubIfDue(), scrubCheckEveryMs));
+    this.timers.push(setInterval(() => this.superviseAttachAgents(), agentCheckEveryMs));
     await this.untilRegistered();
     const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
     this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
@@ -334,6 +318,7 @@ export class Daemon implements Controller {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       for (const t of this.timers) clearInterval(t);
+      releaseSupervisorLock();
       this.scrubber?.stop();
       const steps: [string, () => Promise<void>][] = [
         ["nbd", async () => this.nbd?.close()],
@@ -355,105 +340,9 @@ export class Daemon implements Controller {
     return this.stopping;
   }
 
-  // ---- the meta group ----
-
-  /** The catalog applied a committed meta entry: acts on what changed for this node. */
-  private appliedMeta(index: number, result: ApplyResult | undefined): void {
-    this.countReplayed(index);
-    if (result === undefined) return; // config changes are the core's; empty: a leader's no-op
-    this.metaResults.set(index, result);
-    if (this.metaResults.size > 1024) this.metaResults.delete(this.metaResults.keys().next().value!);
-    if (!result.ok) return;
-    if (result.node) this.refreshPeers(this.catalog.nodes.has(result.node.id) ? undefined : result.node.id);
-    const v = result.volume;
-    if (v === undefined) return;
-    const live = this.catalog.volumes.get(v.name);
-    // A replica added to an existing volume (setReplicas) starts with no configuration: the
-    // group's leader makes it a learner and sends it a snapshot; it must not campaign before.
-    if (live !== undefined && live.id === v.id && live.nodes.includes(this.nodeId)) this.hostGroup(live, result.kind === "setReplicas");
-    if (live === undefined) this.fenced.delete(v.name);
-    if (live === undefined && this.state.hosted.has(v.id)) this.unhostGroup(v.id);
-  }
-
-  /**
-   * A snapshot replaced the catalog: at start the latest one this node saved
-   * (a damaged or inconsistent one stops the start with the reason), later
-   * one the meta leader sent because this node was behind its log.
-   */
-  private restoredCatalog(index: number, atStart: boolean): void {
-    const state = this.catalog;
-    this.metaResults.clear();
-    if (atStart) {
-      this.catalogStart.snapshotIndex = index;
-      return; // wire() hosts from it once every group this node had is running again
-    }
-    this.catalogStart.done = true;
-    this.log.info(`catalog: installed the meta leader's snapshot at index ${index} (${state.nodes.size} nodes, ${state.volumes.size} volumes)`);
-    this.hostFromCatalog();
-    this.refreshPeers();
-  }
-
-  /**
-   * After a snapshot replaced the catalog, the entries that started or
-   * dropped this node's replicas before it were not applied here: starts a
-   * replica of each volume that lists this node (as a member joining: its
-   * leader sends it a copy), and drops each replica of a volume the catalog
-   * deleted. Volume ids are never reused, so a hosted id below nextVolumeId
-   * that the catalog lacks was deleted; a higher one was created after the
-   * snapshot, and the log after it still creates it.
-   */
-  private hostFromCatalog(): void {
-    for (const v of this.catalog.volumes.values()) if (v.nodes.includes(this.nodeId)) this.hostGroup(v, true);
-    for (const id of [...this.state.hosted.keys()]) if (id < this.catalog.nextVolumeId && this.volumeById(id) === undefined) this.unhostGroup(id);
-  }
-
-  /** Counts the entries a start replays after its catalog snapshot, and logs the count once it reached the last one on disk. */
-  private countReplayed(index: number): void {
-    const s = this.catalogStart;
-    if (s.done) return;
-    if (index > s.snapshotIndex && index <= s.replayTo) s.replayedEntries++;
-    if (index < s.replayTo) return;
-    s.done = true;
-    const from = s.snapshotIndex > 0 ? `loaded the snapshot at index ${s.snapshotIndex}` : "no snapshot";
-    this.log.info(`catalog: ${from}, replayed ${s.replayedEntries} entries (to index ${Math.max(s.replayTo, s.snapshotIndex)})`);
-  }
-
-  /** Starts this node's replica of a volume: the node state records it durably before the group persists anything. */
-  private hostGroup(v: CatalogVolume, joining = false): void {
-    if (this.driver.hasGroup(v.id) || this.store.hasGroup(v.id)) return;
-    const g: HostedGroup = { id: v.id, sizeBytes: v.sizeBytes, voters: joining ? [] : [...v.nodes] };
-    this.store.addGroup({ groupId: v.id, sizeBytes: v.sizeBytes });
-    this.state.host(g).then(
-      () => {
-        if (this.store.hasGroup(v.id) && !this.driver.hasGroup(v.id)) this.driver.addGroup(v.id, g.voters, new VolumeReplica(this.store, v.id, v.sizeBytes));
-        const members = joining ? "joining: its leader adds it and sends it a copy" : `replicas on nodes ${g.voters.join(", ")}`;
-        this.log.info(`volume ${v.name} (group ${v.id}): replica started here, ${formatSize(v.sizeBytes)}, ${members}`);
-      },
-      (e: Error) => this.log.error(`volume ${v.name}: cannot record its replica: ${e.message}`),
-    );
-  }
-
-  private unhostGroup(id: number): void {
-    this.driver.removeGroup(id);
-    this.store.dropGroup(id);
-    this.state.unhost(id).catch((e: Error) => this.log.error(`group ${id}: cannot forget it: ${e.message}`));
-    this.log.info(`group ${id}: replica removed from this node`);
-  }
-
-  /**
-   * The peer set grows with the catalog and shrinks only when a node is
-   * removed. At start the catalog is replayed from the meta log only up to
-   * the commit index this node had on disk, which may predate nodes that
-   * joined later; dropping those from the peer set would refuse the very
-   * node that leads the catalog and could teach it the rest.
-   */
-  private refreshPeers(removed?: number): void {
-    const byId = new Map(this.state.peers.map((p) => [p.id, p]));
-    if (removed !== undefined) byId.delete(removed);
-    for (const n of this.catalog.nodes.values()) byId.set(n.id, { id: n.id, host: n.address, port: n.peerPort });
-    const peers = [...byId.values()];
-    this.peer?.transport.setPeers(peers);
-    this.state.setPeers(peers).catch((e: Error) => this.log.error(`cannot record peers: ${e.message}`));
+  /** The catalog as this node has applied it. */
+  private get catalog(): CatalogState {
+    return this.node.catalog;
   }
 
   /**
@@ -461,111 +350,11 @@ export class Daemon implements Controller {
    * answer volume requests with a catalog that does not know its own node yet.
    */
   private async untilRegistered(): Promise<void> {
-    for (let waited = 0; !this.catalog.nodes.has(this.nodeId); waited += 50) {
-      if (waited >= registerWaitMs) {
-        this.log.warn(`the catalog does not list this node after ${registerWaitMs} ms (no quorum for the catalog's group?); serving anyway`);
-        return;
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    if (await this.node.whenCatalog((c) => c.nodes.has(this.nodeId), registerWaitMs)) return;
+    this.log.warn(`the catalog does not list this node after ${registerWaitMs} ms (no quorum for the catalog's group?); serving anyway`);
   }
 
-  /** Until this node is in the catalog, its meta leader proposes it (the bootstrap node registers itself). */
-  private registerSelf(): void {
-    if (this.catalog.nodes.has(this.nodeId) || this.driver.leader(metaGroupId) !== this.nodeId) return;
-    const self = describeSelf(this.options, this.nodeId, { nbdPort: this.nbdPort, apiPort: this.api?.port ?? this.options.apiPort });
-    this.driver.proposeData(metaGroupId, encodeCommand({ kind: "addNode", ...self, at: Date.now() })).catch(() => {});
-  }
 
-  /** On the meta leader: a learner that has caught up becomes a voter while there are fewer than metaVotersMax. */
-  private promoting = false;
-  private promoteLearners(): void {
-    if (this.promoting || this.driver.leader(metaGroupId) !== this.nodeId) return;
-    const ready = metaLearnerToPromote(this.groupView(metaGroupId), this.driver.status(metaGroupId)?.lastIndex ?? 0, metaVotersMax);
-    if (ready === undefined) return;
-    this.promoting = true;
-    this.driver
-      .proposeConfChange(metaGroupId, { type: ConfChangeType.addVoter, nodeId: ready })
-      .then(() => this.log.info(`node ${ready} is now a voter of the catalog's group`))
-      .catch(() => {})
-      .finally(() => (this.promoting = false));
-  }
-
-  /** A group as this node, its leader, sees it (members, commit, progress). */
-  private groupView(groupId: number): GroupView {
-    return {
-      voters: this.driver.voters(groupId),
-      learners: this.driver.learners(groupId),
-      commit: this.driver.status(groupId)?.commit ?? 0,
-      progress: this.driver.progress(groupId) ?? [],
-    };
-  }
-
-  /** On the meta leader: how long it has had no connection to each node, on its monotonic clock. */
-  private readonly unreachable = new Durations<number>();
-  /** On the meta leader: how long it has seen each node marked down in the catalog, on its monotonic clock. */
-  private readonly markedDown = new Durations<number>();
-  private healthProposal = false;
-
-  /**
-   * On the meta leader: the failure detector (healthChange) and, when it has
-   * nothing to change, re-replication (replicaReplacements); one catalog
-   * change at a time.
-   */
-  private detectFailures(): void {
-    if (this.healthProposal || this.driver.leader(metaGroupId) !== this.nodeId) {
-      this.unreachable.clear();
-      this.markedDown.clear();
-      return;
-    }
-    const now = monotonicMs();
-    const nodes = [...this.catalog.nodes.values()];
-    const unreachableMs = this.unreachable.observe(nodes.filter((n) => n.id !== this.nodeId && this.peer?.transport.isConnected(n.id) !== true).map((n) => n.id), now);
-    const downMs = this.markedDown.observe(nodes.filter((n) => n.health === "down").map((n) => n.id), now);
-    const change = healthChange(this.catalog, this.nodeId, unreachableMs, nodeDownAfterMs, Date.now());
-    if (change !== undefined) {
-      const n = this.catalog.nodes.get(change.id)!;
-      this.log.warn(`node ${n.id} (${n.name}) is ${change.health === "down" ? `unreachable for ${nodeDownAfterMs / 1000} s: marking it down` : "reachable again: marking it up"}`);
-      this.healthProposal = true;
-      this.driver
-        .proposeData(metaGroupId, encodeCommand(change))
-        .catch(() => {})
-        .finally(() => (this.healthProposal = false));
-      return;
-    }
-    this.moveReplicas(downMs);
-  }
-
-  /**
-   * Re-replication, on the meta leader: a replica on a node that has been
-   * down for replaceDownAfterMs, or on a node being drained, moves to
-   * another node, and a volume with fewer replicas than its count (a node
-   * was removed with --force) gets one more (setReplicas with `expect`, one
-   * volume at a time); the volume's leader then adds the new node (a
-   * snapshot fills it) and removes the old one, as for ha-update.
-   */
-  private moveReplicas(downMs: ReadonlyMap<number, number>): void {
-    for (const d of replicaReplacements(this.catalog, downMs, this.options.replaceDownAfterMs ?? replaceDownAfterMsDefault)) {
-      const v = d.volume;
-      const n = d.from === undefined ? undefined : this.catalog.nodes.get(d.from);
-      const why =
-        d.reason === "missing"
-          ? `has ${v.nodes.length} of its ${v.repl} replicas`
-          : d.reason === "draining"
-            ? `has a replica on node ${d.from} (${n?.name ?? "?"}), which is draining`
-            : `has a replica on node ${d.from}, down for ${Math.round((downMs.get(d.from ?? 0) ?? 0) / 1000)} s`;
-      if (d.kind === "unplaceable") {
-        if (this.unplaceable.get(v.id) !== (d.from ?? 0)) this.log.warn(`volume ${v.name} ${why}, and no node can take another: ${d.error}`);
-        this.unplaceable.set(v.id, d.from ?? 0);
-        continue;
-      }
-      this.healthProposal = true;
-      this.log.warn(`volume ${v.name} ${why}: ${d.from === undefined ? "adding" : "moving it to"} a replica on node ${d.command.nodes[d.command.nodes.length - 1]}`);
-      this.metaCommand(d.command)
-        .then((r) => r.ok || this.log.info(`volume ${v.name}: replica move not applied: ${r.error}`), () => {})
-        .finally(() => (this.healthProposal = false));
-    }
-  }
 
   /**
    * Proposes a catalog command on the meta leader (this node) and returns how
@@ -585,17 +374,12 @@ export class Daemon implements Controller {
 
   /** Proposes an encoded catalog entry; a leadership lost or a catalog group stopped meanwhile is a 503 that says to retry. */
   private async proposeMeta(data: Uint8Array): Promise<ApplyResult> {
-    let index: number;
     try {
-      index = await this.driver.proposeData(metaGroupId, data);
+      return await this.node.proposeCommand(data);
     } catch (e) {
       if (!(e instanceof NotLeaderError || e instanceof ProposalDroppedError)) throw e;
       throw new ApiError(503, "unavailable", `the catalog did not take the change (${e.message}); retry in a few seconds, and see "pxd status" if it keeps failing`);
     }
-    const result = this.metaResults.get(index);
-    if (result === undefined) throw new ApiError(500, "internal", `catalog entry ${index} applied without a result`);
-    this.metaResults.delete(index);
-    return result;
   }
 
   /**
@@ -634,7 +418,7 @@ export class Daemon implements Controller {
     try {
       const api = await this.metaLeaderApi(1000);
       const target = api === undefined ? (this.driver.status(metaGroupId)?.commit ?? 0) : (await api.status()).catalog.commitIndex;
-      while (this.catalogIndex() < target && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      await this.node.whenCatalog(() => this.catalogIndex() >= target, Math.max(0, deadline - Date.now()));
     } catch (e) {
       this.log.info(`catalog catch-up for an NBD lookup failed, answering from this node's copy: ${(e as Error).message}`);
     }
@@ -642,48 +426,7 @@ export class Daemon implements Controller {
 
   // ---- replica changes (ha-update) ----
 
-  /**
-   * The catalog says which nodes hold each volume; the leader of the volume's
-   * group converges the group's configuration to that, one change at a time:
-   * a node missing from the group joins as a learner (it gets a snapshot), a
-   * learner that has caught up becomes a voter, a member the catalog no longer
-   * lists is removed. A node dropped from a volume hands leadership on and,
-   * after a grace period, drops its replica.
-   */
-  private reconcileReplicas(): void {
-    const now = monotonicMs();
-    const excluded = this.excluded.observe([...this.catalog.volumes.values()].filter((v) => this.driver.hasGroup(v.id) && !v.nodes.includes(this.nodeId)).map((v) => v.id), now);
-    for (const v of this.catalog.volumes.values()) {
-      if (!this.driver.hasGroup(v.id)) continue;
-      const excludedMs = excluded.get(v.id);
-      if (excludedMs !== undefined) {
-        this.leaveGroup(v, excludedMs);
-        continue;
-      }
-      if (this.driver.leader(v.id) !== this.nodeId || this.reconciling.has(v.id)) continue;
-      const next = nextMemberChange(this.nodeId, v.nodes, this.groupView(v.id), learnerCaughtUpEntries);
-      const change = next === undefined ? undefined : confChangeOf(next);
-      if (change === undefined) continue;
-      this.reconciling.add(v.id);
-      const what = `${change.type === ConfChangeType.addLearner ? "add learner" : change.type === ConfChangeType.addVoter ? "promote learner" : "remove node"} ${change.nodeId}`;
-      this.driver
-        .proposeConfChange(v.id, change)
-        .then(
-          () => this.log.info(`volume ${v.name} (group ${v.id}): ${what} done; voters ${this.driver.voters(v.id).join(", ")}, learners ${this.driver.learners(v.id).join(", ") || "none"}`),
-          (e: Error) => this.log.info(`volume ${v.name} (group ${v.id}): ${what} not done yet: ${e.message}`),
-        )
-        .finally(() => this.reconciling.delete(v.id));
-    }
-  }
 
-  /** This node is no longer one of the volume's replicas: hand leadership to a listed voter, then drop the replica after the grace period. */
-  private leaveGroup(v: CatalogVolume, excludedMs: number): void {
-    const d = leaveDecision(this.nodeId, v.nodes, this.driver.leader(v.id), this.driver.voters(v.id), excludedMs, replicaDropGraceMs);
-    if (d.kind === "transfer") this.driver.transferLeadership(v.id, d.to);
-    if (d.kind !== "drop") return;
-    this.log.info(`volume ${v.name} (group ${v.id}): this node is no longer one of its replicas (now on nodes ${v.nodes.join(", ")}); dropping the replica here`);
-    this.unhostGroup(v.id);
-  }
 
   async updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo> {
     const leaderApi = await this.metaLeaderApi();
@@ -696,6 +439,59 @@ export class Daemon implements Controller {
     const now = this.catalog.volumes.get(name)!;
     this.log.info(`volume ${name}: ${request.repl} replicas wanted, on nodes ${now.nodes.join(", ")} (were ${was.join(", ")})`);
     return this.info(now);
+  }
+
+  // ---- attachments (pxd volume attach) ----
+
+  /** On the meta leader: records a host's attachment; the catalog refuses a second read-write host of a volume that is not shared (409). */
+  async attachVolume(name: string, request: AttachRequest): Promise<VolumeInfo> {
+    await this.knownVolume(name);
+    const leaderApi = await this.metaLeaderApi();
+    if (leaderApi) return leaderApi.attachVolume(name, request);
+    const result = await this.metaCommand({
+      kind: "attachVolume",
+      name,
+      host: request.host,
+      ...(request.device !== undefined ? { device: request.device } : {}),
+      via: request.via,
+      readOnly: request.readOnly,
+      ...(request.node !== undefined ? { node: request.node } : {}),
+      at: Date.now(),
+    });
+    if (!result.ok) throw catalogError(result);
+    const a = this.mustGet(name).attachments.find((x) => x.host === request.host);
+    this.log.info(`volume ${name} attached on host ${request.host}${a?.device ? ` as ${a.device}` : " (attach under way)"} via ${request.via}${request.readOnly ? ", read-only" : ""}`);
+    return this.info(this.mustGet(name));
+  }
+
+  async detachVolume(name: string, host: string): Promise<void> {
+    await this.knownVolume(name);
+    const leaderApi = await this.metaLeaderApi();
+    if (leaderApi) return leaderApi.detachVolume(name, host);
+    const result = await this.metaCommand({ kind: "detachVolume", name, host });
+    if (!result.ok) throw catalogError(result);
+    if (result.changed) this.log.info(`volume ${name} detached from host ${host}`);
+  }
+
+  async listAttachments(): Promise<AttachmentInfo[]> {
+    return [...this.catalog.volumes.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).flatMap((v) => attachmentInfos(v));
+  }
+
+  /**
+   * Nodes that are up, in the order an attach agent should try them: this
+   * node (the one the attaching host asked, its own daemon when it runs one),
+   * then the volume's leader, its other replicas, and the rest. When this
+   * node holds a replica, the volume's leadership then moves here
+   * (attachmentLeader), so the host's reads are served on its own node.
+   */
+  async volumeServers(name: string): Promise<string[]> {
+    const v = await this.knownVolume(name);
+    const leader = this.driver.leader(v.id);
+    const rank = (id: number): number => (id === this.nodeId ? 0 : id === leader ? 1 : v.nodes.includes(id) ? 2 : 3);
+    return [...this.catalog.nodes.values()]
+      .filter((n) => n.health === "up")
+      .sort((a, b) => rank(a.id) - rank(b.id) || a.id - b.id)
+      .map((n) => hostPort(n.address, n.nbdPort));
   }
 
   // ---- NBD exports ----
@@ -756,8 +552,8 @@ export class Daemon implements Controller {
         appliedIndex: this.catalogIndex(),
         snapshotIndex: this.store.stateSnapshot(metaGroupId)?.index ?? 0,
         logFirstIndex: this.store.raftFirstIndex(metaGroupId),
-        startSnapshotIndex: this.catalogStart.snapshotIndex,
-        startReplayedEntries: this.catalogStart.replayedEntries,
+        startSnapshotIndex: this.node.catalogStart.snapshotIndex,
+        startReplayedEntries: this.node.catalogStart.replayedEntries,
         refusals: this.catalog.refusals.map((r) => ({ ...r })),
       },
       nodes,
@@ -772,7 +568,7 @@ export class Daemon implements Controller {
 
   /** Groups the driver stopped here (their log could not be persisted), the catalog's apart from the volumes'. */
   private damagedGroups(): Pick<HealthFacts, "volumesDamaged" | "volumesRecovering"> {
-    const name = (id: number): string => (id === metaGroupId ? "the catalog" : (this.volumeById(id)?.name ?? `group ${id}`));
+    const name = (id: number): string => (id === metaGroupId ? "the catalog" : (this.node.volumeById(id)?.name ?? `group ${id}`));
     return {
       volumesDamaged: [...this.repairer.unrepaired()].map(([id, blocks]) => ({ name: name(id), blocks })),
       volumesRecovering: this.driver.withholdingVotes().map(name),
@@ -909,6 +705,7 @@ export class Daemon implements Controller {
       repl: request.repl ?? nodes?.length ?? Number(settingValue(this.catalog, "defaultRepl")),
       ...(nodes !== undefined ? { nodes } : {}),
       ...(request.zones === true ? { zones: true } : {}),
+      ...(request.shared === true ? { shared: true } : {}),
       at: Date.now(),
     });
     if (!result.ok) throw catalogError(result);
@@ -927,13 +724,16 @@ export class Daemon implements Controller {
     const leaderApi = await this.metaLeaderApi();
     if (leaderApi) return leaderApi.deleteVolume(name, options);
     const force = options.force === true;
+    // Before the nodes are asked about their clients: an attached volume's refusal names its hosts.
+    const attached = attachedProblem(this.mustGet(name));
+    if (attached !== undefined && !force) throw new ApiError(409, "attached", attached);
     const answers = await this.askEveryNode(
       (api) => (force ? api.disconnectVolume(name) : api.volumeConnections(name)),
       () => (force ? this.disconnectHere(name) : this.connectionsHere(name)),
     );
     const busy = busyProblem(name, answers, force);
     if (busy !== undefined) throw new ApiError(409, "busy", busy);
-    const result = await this.metaCommand({ kind: "deleteVolume", name });
+    const result = await this.metaCommand({ kind: "deleteVolume", name, ...(force ? { force: true } : {}) });
     if (!result.ok) throw catalogError(result);
     const closed = answers.reduce((n, a) => n + (a.connections ?? 0), 0);
     const silent = answers.filter((a) => a.connections === undefined).map((a) => a.node);
@@ -1001,10 +801,14 @@ export class Daemon implements Controller {
     }
     const leaderApi = await this.metaLeaderApi();
     if (leaderApi) return leaderApi.join(request);
-    const added = await this.metaCommand(admit.command);
+    let added: ApplyResult;
+    try {
+      added = await this.node.admit(admit.command);
+    } catch (e) {
+      if (!(e instanceof NotLeaderError || e instanceof ProposalDroppedError)) throw e;
+      throw new ApiError(503, "unavailable", `the catalog did not take the join (${e.message}); retry in a few seconds`);
+    }
     if (!added.ok) throw catalogError(added);
-    const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
-    if (!members.includes(request.id)) await this.driver.proposeConfChange(metaGroupId, { type: ConfChangeType.addLearner, nodeId: request.id });
     this.log.info(`${who} joined`);
     return {
       clusterId: this.state.clusterId,
@@ -1064,6 +868,32 @@ export class Daemon implements Controller {
   /** The volume groups this node holds a replica of, by id. */
   private hostedVolumes(): number[] {
     return [...this.state.hosted.keys()].filter((id) => this.store.hasGroup(id)).sort((a, b) => a - b);
+  }
+
+  /** Starts a new attach agent for each of this host's kernel devices whose agent died (one turn at a time). */
+  private superviseAttachAgents(): void {
+    if (this.supervising) return;
+    this.supervising = true;
+    superviseAgents()
+      .then(async (turn) => {
+        for (const line of turn.said) this.log.warn(line);
+        for (const r of turn.moved) await this.attachmentMoved(r);
+      })
+      .catch((e: unknown) => this.log.warn(`supervising this host's attach agents failed this turn (the next tries again): ${(e as Error).message}`))
+      .finally(() => (this.supervising = false));
+  }
+
+  /** An agent of this host failed over to another node: the catalog's attachment says so, and leadership follows it. */
+  private async attachmentMoved(r: AttachRecord): Promise<void> {
+    if (agentCluster(r) !== this.state.clusterId || !this.catalog.volumes.has(r.volume)) return;
+    const node = [...this.catalog.nodes.values()].find((n) => hostPort(n.address, n.nbdPort) === r.server);
+    if (node === undefined) return;
+    try {
+      await this.attachVolume(r.volume, { host: r.host, via: "kernel", readOnly: r.readOnly, device: r.device, node: node.name });
+      this.log.info(`volume ${r.volume}: ${r.device} on host ${r.host} is served by ${node.name} now (its attach agent failed over)`);
+    } catch (e) {
+      this.log.info(`volume ${r.volume}: could not record that ${node.name} serves ${r.device} on host ${r.host} now: ${(e as Error).message}`);
+    }
   }
 
   /** The scheduled scrub: everything here, once the interval since the last pass has passed. */
@@ -1156,11 +986,6 @@ export class Daemon implements Controller {
     };
   }
 
-  /** The catalog's volume whose Raft group is `id`. */
-  private volumeById(id: number): CatalogVolume | undefined {
-    for (const v of this.catalog.volumes.values()) if (v.id === id) return v;
-    return undefined;
-  }
 
   /** A node named by its name or its id (as pxd node list shows them). */
   private nodeByRef(ref: string): number {
@@ -1193,6 +1018,8 @@ export class Daemon implements Controller {
       nbdUri: `nbd://${hostPort(this.options.listen, this.nbdPort)}/${v.name}`,
       connections: this.connections.get(v.name) ?? 0,
       replicas: this.replicas(v, leader),
+      shared: v.shared,
+      attachments: attachmentInfos(v),
       ...(this.store.hasGroup(v.id) ? { log: (({ firstIndex, lastIndex }) => ({ firstIndex, lastIndex }))(this.store.raftState(v.id)) } : {}),
     };
   }
@@ -1219,6 +1046,10 @@ export class Daemon implements Controller {
       return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), leader: id === leader };
     });
   }
+}
+
+function attachmentInfos(v: CatalogVolume): AttachmentInfo[] {
+  return v.attachments.map((a) => ({ volume: v.name, host: a.host, device: a.device, via: a.via, readOnly: a.readOnly, node: a.node, since: new Date(a.at).toISOString() }));
 }
 
 function scrubVolumeReport(r: ScrubReport): ScrubVolumeReport {
@@ -1288,11 +1119,6 @@ function clusterSecret(options: DaemonOptions, bootstrapping: boolean): Buffer {
 }
 
 /** The Raft configuration change that makes a member change. */
-function confChangeOf(c: MemberChange): ConfChange {
-  const type = c.kind === "addLearner" ? ConfChangeType.addLearner : c.kind === "promote" ? ConfChangeType.addVoter : ConfChangeType.removeNode;
-  return { type, nodeId: c.node };
-}
-
 export function joinProof(secret: Buffer, fields: Omit<JoinRequest, "proof">): Buffer {
   const canonical = JSON.stringify([fields.id, fields.name, fields.address, fields.nbdPort, fields.apiPort, fields.peerPort, fields.capacityBytes, fields.labels]);
   return createHmac("sha256", secret).update("pxd-join\0").update(canonical).digest();

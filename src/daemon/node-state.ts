@@ -12,19 +12,11 @@
 import { randomInt } from "node:crypto";
 import { ClassicLevel } from "classic-level";
 
-export interface HostedGroup {
-  id: number;
-  sizeBytes: number;
-  voters: number[];
-}
+import type { HostedGroup, HostingState, PeerEntry } from "../node/cluster-node.js";
 
-export interface PeerEntry {
-  id: number;
-  host: string;
-  port: number;
-}
+export type { HostedGroup, PeerEntry };
 
-export class NodeState {
+export class NodeState implements HostingState {
   readonly hosted = new Map<number, HostedGroup>();
   nodeId = 0;
   clusterId = "";

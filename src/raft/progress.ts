@@ -95,6 +95,8 @@ export class Progress {
   recentActive = false;
   /** In probe state: an append is out and we wait for its answer before sending another. */
   probeSent = false;
+  /** In probe state: the append at the compaction point went out (Raft.sendAppend); if it is refused, a snapshot follows. */
+  baseProbed = false;
   /**
    * A heartbeat response may nudge flow control (unpause a probe, free an
    * inflight slot, send an append) once per periodic heartbeat. ReadIndex
@@ -179,6 +181,7 @@ export class Progress {
 
   private resetState(state: ProgressState): void {
     this.probeSent = false;
+    this.baseProbed = false;
     this.pendingSnapshot = 0;
     this.state = state;
     this.inflights.reset();

@@ -705,6 +705,8 @@ export class Raft {
       if (m.logTerm > 0) next = this.log.findConflictByTerm(m.rejectHint, m.logTerm).index;
       if (pr.maybeDecrTo(m.index, next)) {
         if (pr.state === ProgressState.replicate) pr.becomeProbe();
+        // Its log ends (or stops matching) before the compaction point: no append there can take.
+        if (m.rejectHint < this.log.firstIndex() - 1) pr.baseProbed = true;
         this.sendAppend(m.from, true);
       }
       return;
@@ -776,6 +778,15 @@ export class Raft {
     const pr = this.progressOf(to);
     if (pr.isPaused()) return false;
     const log = this.log;
+    if (pr.next - 1 < log.firstIndex() - 1 && pr.state === ProgressState.probe && !pr.baseProbed) {
+      // The entries this follower needs next are compacted, by what the leader
+      // knows of it. It may hold the log up to the compaction point anyway (it
+      // took entries it never learned were committed, or the leader's count
+      // of it is from before a restart): one append at that point asks before
+      // a whole copy is sent, which the leader may not even be able to read.
+      pr.baseProbed = true;
+      pr.next = log.firstIndex();
+    }
     const prevIndex = pr.next - 1;
     if (prevIndex < log.firstIndex() - 1) return this.sendSnapshot(to, pr);
     const prevTerm = log.term(prevIndex);

@@ -33,7 +33,7 @@ import type { RaftConfig } from "../raft/raft.js";
 import type { Storage } from "../raft/storage.js";
 import type { Ready } from "../raft/node.js";
 import { EntryType, MessageType, mayPrecedePersist, StateRole, type ConfState, type Entry, type Message, type NodeId } from "../raft/types.js";
-import { StoreError, type ChecksumError } from "../store/errors.js";
+import { DamagedEntryError, StoreError, type ChecksumError } from "../store/errors.js";
 import type { Store } from "../store/store.js";
 import { BeatsOutbox, isBeat, parseBeats, type BeatsEnvelope } from "./beats.js";
 import { StoreRaftStorage } from "./raft-storage.js";
@@ -92,8 +92,9 @@ export interface ReplicaProgress {
  */
 const compactEveryTicks = 20;
 const compactKeepEntries = 0;
-/** Log entries a change map reads per event-loop turn when it begins (16-byte reads; 65,536 of them took 128 ms). */
+/** Log entries, and bytes of them, a change map reads per event-loop turn when it begins (whole entries, checked). */
 const changeScanEntriesPerTurn = 2048;
+const changeScanBytesPerTurn = 8 * 1024 * 1024;
 
 /** The configuration every pxd Raft group runs with (PreVote and CheckQuorum on; limits from src/constants.ts). */
 export function raftConfig(id: NodeId, storage: Storage, random: { int(n: number): number }, applied = 0, votesWithheldUntil = 0): RaftConfig {
@@ -193,6 +194,8 @@ class Group {
   earlyDurable: Promise<void> = Promise.resolve();
   /** Term and vote of the hard state last handed to the store. */
   hardTerm = 0;
+  /** The term of the last persisted hard state (proposals of older terms are dropped when it moves). */
+  term = 0;
   hardVote = 0;
 
   constructor(
@@ -485,14 +488,26 @@ export class MultiRaft {
         this.changeScans.shift();
         continue;
       }
-      for (; s.next <= s.end && budget > 0; s.next++, budget--) {
+      while (s.next <= s.end && budget > 0) {
         if (s.next < this.o.store.raftFirstIndex(s.g.id)) {
           // Compacted under it (this node follows another leader now): no map.
           s.snaps.dropChanges();
           break;
         }
-        const e = this.o.store.raftEntryTail(s.g.id, s.next, s.snaps.commandTailBytes);
-        if (e?.type === EntryType.normal) s.snaps.markTail(s.changes, e.tail);
+        // Whole entries, checked against their record checksums: a range read
+        // from a rotten entry would leave a block out of every delta.
+        let entries: readonly { index: number; type: number; data: Uint8Array }[];
+        try {
+          entries = this.o.store.raftEntries(s.g.id, s.next, s.end + 1, changeScanBytesPerTurn);
+        } catch (e) {
+          if (!(e instanceof DamagedEntryError)) throw e;
+          this.o.log(`snapshot: group ${s.g.id}: entry ${e.index} is damaged here, so what changed since index ${s.changes.base} cannot be known; a member behind gets a full copy`);
+          s.snaps.dropChanges();
+          break;
+        }
+        for (const e of entries) if (e.type === EntryType.normal && e.data.length > 0) s.snaps.markCommand(s.changes, e.data);
+        s.next += entries.length;
+        budget -= entries.length;
       }
       if (s.snaps.changes !== s.changes) continue;
       if (s.next > s.end) {
@@ -890,6 +905,10 @@ export class MultiRaft {
       this.snapshotReceiver.leaderIs(g.id, g.lead);
       if (g.role !== StateRole.leader) this.failReads(g, new NotLeaderError(g.id, g.lead));
     }
+    if (rd.hardState !== null && rd.hardState.term > g.term) {
+      g.term = rd.hardState.term;
+      this.dropOlderProposals(g);
+    }
     for (const m of rd.messages) this.sendMessage(g, m);
     for (const rs of rd.readStates) {
       const waiters = g.readRounds.get(Buffer.from(rs.context).toString("hex"));
@@ -918,6 +937,21 @@ export class MultiRaft {
     // The entry at this index is ours only if it still has the term we proposed it in.
     if (w.term === e.term) w.resolve();
     else w.reject(new ProposalDroppedError(`entry ${e.index} of group ${g.id} was replaced by a newer leader's log; retry the request`));
+  }
+
+  /**
+   * The term moved on: a proposal of an older term not applied yet may never
+   * be. The new leader may have cut its entry from this node's log, and if
+   * nothing is ever proposed at that index again, nothing would answer it.
+   * Its outcome is unknown (the entry may still commit); the caller retries,
+   * which is safe for volume writes and trims (they are idempotent).
+   */
+  private dropOlderProposals(g: Group): void {
+    for (const [index, w] of g.proposals) {
+      if (w.term >= g.term) continue;
+      g.proposals.delete(index);
+      w.reject(new ProposalDroppedError(`entry ${index} of group ${g.id} was proposed in term ${w.term}, and leadership moved on (term ${g.term}) before it was applied; its outcome is unknown, retry the request`));
+    }
   }
 
   /** Starts one ReadIndex round for every read that arrived since the last one. */

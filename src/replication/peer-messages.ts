@@ -27,7 +27,7 @@ export function peerMessageProblem(m: unknown): string | undefined {
     case "compact":
       return fieldProblem(m, "group", isIndex) ?? fieldProblem(m, "index", isIndex);
     case "snap-ack":
-      return fieldProblem(m, "group", isIndex) ?? fieldProblem(m, "index", isIndex) ?? fieldProblem(m, "seq", isIndex) ?? fieldProblem(m, "ok", isBoolean);
+      return fieldProblem(m, "group", isIndex) ?? fieldProblem(m, "index", isIndex) ?? fieldProblem(m, "seq", isIndex) ?? fieldProblem(m, "ok", isBoolean) ?? (m["applied"] === undefined ? undefined : fieldProblem(m, "applied", isIndex));
     case "fwd":
       return forwardProblem(m);
     case "fwd-re":

@@ -5,10 +5,13 @@
 // it. When a block fails, the Repairer asks the volume's other replicas for
 // it, in turn: each answers with the blocks as it holds them, its own
 // damaged ones zeroed (Store.readForRepair), so nothing unchecked crosses the
-// network. A block is accepted only if its bytes match the checksum *here*:
-// that is the data this replica's block map says the block holds, so a
-// replica at another point of the log (behind or ahead on a write to that
-// block) simply does not match, and is tried again after a short wait.
+// network. A block is accepted if its bytes match the checksum *here* (the
+// data this replica's block map says the block holds), or if the answering
+// replica had applied exactly as much of the Raft log as this one has and
+// vouched for the block (Store.repairBlocks): that mends a block whose
+// checksum a partial write over damage inverted. A replica at another point
+// of the log (behind or ahead on a write to that block) does not match, and
+// is tried again after a short wait.
 // Accepted blocks are rewritten locally (Store.repairBlocks) and the read is
 // served from the good copy. A volume with no other replica cannot be
 // repaired: the read fails with EIO and the damage is logged once a minute
@@ -30,11 +33,13 @@ export interface RepairGetEnvelope {
   count: number;
 }
 
-/** Replica -> requester: the blocks (its damaged ones zeroed), or why not. */
+/** Replica -> requester: the blocks (its damaged ones zeroed and listed, and the Raft index they are the state after), or why not. */
 export interface RepairDataEnvelope {
   kind: "repair-data";
   id: number;
   data: Uint8Array | null;
+  damaged: number[];
+  applied: number;
   error: string | null;
 }
 
@@ -121,14 +126,14 @@ export class Repairer {
   }
 
   private answer(m: RepairGetEnvelope): RepairDataEnvelope {
-    const no = (error: string): RepairDataEnvelope => ({ kind: "repair-data", id: m.id, data: null, error });
+    const no = (error: string): RepairDataEnvelope => ({ kind: "repair-data", id: m.id, data: null, damaged: [], applied: 0, error });
     const store = this.p.store;
     if (!isIndex(m.group) || !isIndex(m.firstBlock) || !isIndex(m.count) || m.count < 1 || m.count * checksumBlockBytes > repairFetchBytesMax) return no("malformed request");
     if (!store.hasGroup(m.group)) return no(`no replica of group ${m.group} here`);
     if (m.firstBlock + m.count > Math.ceil(store.sizeOf(m.group) / checksumBlockBytes)) return no("blocks past the end of the volume");
-    const { data, damaged } = store.readForRepair(m.group, m.firstBlock, m.count);
+    const { data, damaged, applied } = store.readForRepair(m.group, m.firstBlock, m.count);
     if (damaged.length > 0) this.p.log(`repair: ${this.p.nameOf(m.group)}: asked for blocks ${m.firstBlock}+${m.count}; ${damaged.length} of them are damaged here too (sent as zeroes)`);
-    return { kind: "repair-data", id: m.id, data, error: null };
+    return { kind: "repair-data", id: m.id, data, damaged, applied, error: null };
   }
 
   private async repairBlocks(group: number, blocks: number[], cause: ChecksumError): Promise<RepairOutcome> {
@@ -186,14 +191,14 @@ export class Repairer {
       const answer = await this.ask(peer, { kind: "repair-get", id: this.nextId++, group, firstBlock: first, count });
       const want = blocks.filter((b) => b >= first && b < first + count);
       const expected = this.p.store.hasGroup(group) ? Math.min(this.p.store.sizeOf(group), (first + count) * checksumBlockBytes) - first * checksumBlockBytes : -1;
-      if (answer?.data == null || !(answer.data instanceof Uint8Array) || answer.data.length !== expected) {
+      if (answer?.data == null || !(answer.data instanceof Uint8Array) || answer.data.length !== expected || !isIndex(answer.applied) || !Array.isArray(answer.damaged) || answer.damaged.length > count || !answer.damaged.every(isIndex)) {
         left.push(...want);
         continue;
       }
       this.counters.repairBytesFetched += answer.data.length;
       let mended: Set<number>;
       try {
-        mended = new Set(await this.p.store.repairBlocks(group, first, count, answer.data));
+        mended = new Set(await this.p.store.repairBlocks(group, first, count, { data: answer.data, damaged: answer.damaged, applied: answer.applied }));
       } catch (e) {
         // The store stopped taking writes (no room, a failed disk): the good copy cannot be written here.
         if (!(e instanceof StoreError)) failStop(e, `repair: writing blocks of group ${group}`);

@@ -66,6 +66,8 @@ export interface SnapAckEnvelope {
   index: number;
   seq: number;
   ok: boolean;
+  /** On a refusal because the follower applied the group up to `applied`, at or past the copy's index: it needs no copy. */
+  applied?: number;
 }
 
 export interface SnapshotPorts {
@@ -175,6 +177,13 @@ export class SnapshotSender {
     // The group left this node or this node no longer leads it: reading it for the next chunk would fail.
     if (!this.p.stillSending(s.group, s.to)) {
       this.streams.delete(streamKey(s.group, s.to));
+      return;
+    }
+    if (!a.ok && a.applied !== undefined && a.applied >= s.index) {
+      // The follower holds the state the copy would give it (it applied it from its own log meanwhile): as good as installed.
+      this.streams.delete(streamKey(s.group, s.to));
+      this.p.log(`snapshot: group ${s.group}: node ${s.to} already applied up to index ${a.applied}, past the copy at ${s.index}; it needs no copy, the log goes on from there`);
+      this.p.reportSnapshot(s.group, s.to, true);
       return;
     }
     if (!a.ok) return this.abort(s, "the follower refused a chunk");
@@ -326,11 +335,11 @@ export class SnapshotReceiver {
   onChunk(from: NodeId, c: SnapChunkEnvelope): void {
     const info = this.groupInfo(c.group);
     if (info === undefined) return;
-    const refuse = (why: string): void => {
+    const refuse = (why: string, applied?: number): void => {
       this.p.log(`snapshot: group ${c.group}: chunk ${c.seq} from node ${from} refused: ${why}`);
       const s = this.streams.get(c.group);
       if (s !== undefined && s.from === from) s.failed = true;
-      this.p.send(from, { kind: "snap-ack", group: c.group, index: c.index, seq: c.seq, ok: false });
+      this.p.send(from, { kind: "snap-ack", group: c.group, index: c.index, seq: c.seq, ok: false, ...(applied !== undefined ? { applied } : {}) });
     };
     const bad = checkChunk(c, info.sizeBytes);
     if (bad !== undefined) return refuse(bad);
@@ -338,7 +347,7 @@ export class SnapshotReceiver {
     let s = this.streams.get(c.group);
     if (s?.installing) return refuse("a snapshot is being installed");
     // The core never installs a snapshot at or below its commit: such a copy would only linger.
-    if (c.seq === 0 && c.index <= info.applied) return refuse(`this node already applied up to index ${info.applied}`);
+    if (c.seq === 0 && c.index <= info.applied) return refuse(`this node already applied up to index ${info.applied}`, info.applied);
     if (c.seq === 0) {
       // A delta holds only what changed after its base: this node's own blocks are right for the rest only once it applied the base.
       // If it has not (it learned the commit index too late before it went down), its log up to the base may still be the leader's.

@@ -55,8 +55,6 @@ export interface StreamedSnapshots {
   trackChanges(base: number, baseTerm: number): ChangeMap;
   /** Drops the change map (nobody is behind, or the state was replaced). */
   dropChanges(): void;
-  /** Bytes at the end of a command that name what it changes, read back from the log for entries applied before tracking began. */
-  readonly commandTailBytes: number;
-  /** Marks in `changes` what the command ending in `tail` changed. */
-  markTail(changes: ChangeMap, tail: Uint8Array): void;
+  /** Marks in `changes` what a command applied before tracking began changed (read back from the log). */
+  markCommand(changes: ChangeMap, command: Uint8Array): void;
 }

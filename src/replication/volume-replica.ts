@@ -17,10 +17,11 @@
 import { assert } from "../base/assert.js";
 import { checksumBlockBytes, recordPayloadBytesMax, sectorBytes } from "../constants.js";
 import { StoreError } from "../store/errors.js";
-import { sliceBuffers, type Store } from "../store/store.js";
+import { sliceBuffers } from "../store/map-data.js";
+import type { Store } from "../store/store.js";
 import { ChangeMap } from "./changes.js";
 import type { GroupStateMachine, StreamedSnapshots } from "./state-machine.js";
-import { decodeOp, decodeTrailer, encodeTrim, encodeWrite, entryPayloadCrc, volumeOpOverheadBytes, volumeOpTrailerBytes, VolumeOpKind } from "./volume-op.js";
+import { decodeOp, encodeTrim, encodeWrite, entryPayloadCrc, volumeOpOverheadBytes, VolumeOpKind } from "./volume-op.js";
 
 /** Data per proposal: whole sectors, leaving room for the block checksums and the trailer in one store record. */
 export const proposalBytesMax = recordPayloadBytesMax - 2 * checksumBlockBytes;
@@ -57,9 +58,8 @@ export class VolumeReplica implements GroupStateMachine {
       dropChanges: () => {
         this.changeMap = undefined;
       },
-      commandTailBytes: volumeOpTrailerBytes,
-      markTail: (changes, tail) => {
-        const op = decodeTrailer(tail);
+      markCommand: (changes, command) => {
+        const op = decodeOp(command);
         if (op !== undefined) changes.mark(op.offsetBytes, op.lengthBytes);
       },
     };

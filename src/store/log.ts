@@ -216,7 +216,7 @@ export class SegmentLog {
         () => this.commitDurable(commit.seq),
         (e: Error) => {
           if (isBug(e)) failStop(e, "store: a log commit");
-          this.fail(new StoreError("EIO", `log write failed, the store stopped taking writes: ${e.message}`));
+          this.fail(writeFailure(e));
         },
       );
   }
@@ -372,15 +372,24 @@ export class SegmentLog {
   }
 }
 
-/**
- * The store's failure when a new log segment cannot be made: out of room
- * (NBD spec "Error values": EDQUOT and EFBIG count as ENOSPC too), or else a
- * failing disk.
- */
-function segmentFailure(id: number, e: Error): StoreError {
+/** Out of room, as the NBD spec's "Error values" count it (EDQUOT and EFBIG are ENOSPC too). */
+function noRoom(e: Error): boolean {
   const code = (e as { code?: unknown }).code;
-  if (code === "ENOSPC" || code === "EDQUOT" || code === "EFBIG") {
-    return new StoreError("ENOSPC", `cannot start log segment ${id}: ${e.message}; free disk space, then restart the daemon`);
-  }
+  return code === "ENOSPC" || code === "EDQUOT" || code === "EFBIG";
+}
+
+/** The store's failure when a new log segment cannot be made: out of room, or else a failing disk. */
+function segmentFailure(id: number, e: Error): StoreError {
+  if (noRoom(e)) return new StoreError("ENOSPC", `cannot start log segment ${id}: ${e.message}; free disk space, then restart the daemon`);
   return new StoreError("EIO", `cannot start log segment ${id}: ${e.message}; check the disk, then restart the daemon`);
+}
+
+/**
+ * The store's failure when a commit cannot be written or synced: out of room
+ * (a filesystem that allocates on every write, copy-on-write or thin, fails
+ * even a preallocated segment), or else a failing disk.
+ */
+function writeFailure(e: Error): StoreError {
+  if (noRoom(e)) return new StoreError("ENOSPC", `log write failed, the store stopped taking writes: ${e.message}; free disk space, then restart the daemon`);
+  return new StoreError("EIO", `log write failed, the store stopped taking writes: ${e.message}`);
 }

@@ -60,9 +60,12 @@ export function wholeBlockCrcs(map: BlockMap, sector: number, count: number, dat
  * other sectors: its content is read before (checked against its checksum)
  * and after, and its checksum recomputed. If the old content did not match,
  * the new checksum is inverted, so reads of the block fail instead of
- * returning bytes nothing vouches for.
+ * returning bytes nothing vouches for. `data`, when the caller holds the new
+ * bytes in memory, is what the recomputed checksum covers for the range's
+ * own sectors: read back from the log they could already have rotten there,
+ * and the checksum would vouch for the rot.
  */
-export function mapRange(g: MappedGroup, sector: number, count: number, address: number, whole: Uint32Array | undefined, ctx: MapContext): void {
+export function mapRange(g: MappedGroup, sector: number, count: number, address: number, whole: Uint32Array | undefined, ctx: MapContext, data?: readonly Uint8Array[]): void {
   const map = g.map;
   if (count === 0) return;
   const [first, end] = wholeBlocks(map, sector, count);
@@ -99,11 +102,44 @@ export function mapRange(g: MappedGroup, sector: number, count: number, address:
       continue;
     }
     stale?.delete(block);
+    if (data !== undefined && address !== 0) overlay(content, block * blockSectors, sector, count, data);
     const crc = crc32c(content);
     map.setBlockCrc(block, ok ? crc : ~crc >>> 0);
     if (!ok) ctx.poisoned(g, block);
   }
 }
+
+/** Copies the bytes of sectors [sector, sector + count), held in `data`, over a block's content (its first sector `blockFirst`) where they overlap it. */
+function overlay(content: Buffer, blockFirst: number, sector: number, count: number, data: readonly Uint8Array[]): void {
+  const from = Math.max(blockFirst, sector);
+  const to = Math.min(blockFirst + content.length / sectorBytes, sector + count);
+  let at = (from - blockFirst) * sectorBytes;
+  for (const piece of sliceBuffers(data, (from - sector) * sectorBytes, (to - from) * sectorBytes)) {
+    content.set(piece, at);
+    at += piece.length;
+  }
+}
+
+/** Views of bytes [at, at + length) of a list of buffers, without copying. */
+export function sliceBuffers(data: readonly Uint8Array[], at: number, length: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let skip = at;
+  let want = length;
+  for (const d of data) {
+    if (want === 0) break;
+    if (skip >= d.length) {
+      skip -= d.length;
+      continue;
+    }
+    const take = Math.min(d.length - skip, want);
+    out.push(d.subarray(skip, skip + take));
+    want -= take;
+    skip = 0;
+  }
+  assert(want === 0, "slice lies inside the buffers");
+  return out;
+}
+
 
 /**
  * A block's content as a read returns it (holes as zeroes), from wherever its

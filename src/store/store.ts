@@ -28,7 +28,7 @@ import type { Defer, Disk, DiskFile } from "./disk.js";
 import { ChecksumError, DamagedEntryError, StoreError } from "./errors.js";
 import { SegmentLog, type LogPosition } from "./log.js";
 import { decodeHeader, payloadBytesOf, payloadMatches, recordHeaderBytesV1, RecordKind, type RecordHeader } from "./record.js";
-import { blockContent, damagedBlocks, mapRange, readContent, wholeBlockCrcs, wholeBlocks, type MapContext, type MappedGroup, type ReadAt } from "./map-data.js";
+import { blockContent, damagedBlocks, mapRange, readContent, sliceBuffers, wholeBlockCrcs, wholeBlocks, type MapContext, type MappedGroup, type ReadAt } from "./map-data.js";
 import { scanLog } from "./recovery.js";
 import { RaftIndex, decodeRaftConf, encodeRaftConf, type RaftConf, type RaftHardState, type RaftIndexEntry } from "./raft-index.js";
 import { checkpointName, isFreeName, parseSegmentName, segmentName } from "./segment-names.js";
@@ -66,6 +66,16 @@ interface Group extends MappedGroup {
   dropped: boolean;
   /** The group's Raft log (replicated groups; empty for local ones). */
   raft: RaftIndex;
+}
+
+/** Blocks of a volume as one replica holds them, for another's repair (Store.readForRepair). */
+export interface RepairCopy {
+  /** The blocks, damaged ones as zeroes. */
+  data: Uint8Array;
+  /** The blocks that failed their checksum there. */
+  damaged: number[];
+  /** The Raft index that replica had applied: the bytes are the state after it. */
+  applied: number;
 }
 
 /** A Raft entry to persist: its data becomes the record payload, so applied writes can point into it. */
@@ -247,6 +257,11 @@ export class Store {
     store.recountLive();
     await store.releaseEmptySegments();
     for (const [id, saved] of stateSnapshots) await store.adoptStateSnapshot(id, saved);
+    // A group whose Raft log recovery cut owes its vote until the log is back
+    // (recoverUntil). The damaged record that told may not be found again at
+    // the next start (a torn tail after it is cut off, the segment freed), so
+    // the debt is made durable now, in a checkpoint, before the group runs.
+    if ([...store.groups.keys()].some((id) => damage.isCut(id))) await store.checkpoint();
     return store;
   }
 
@@ -341,16 +356,18 @@ export class Store {
   /**
    * Blocks [firstBlock, firstBlock + count) for another replica's repair: the
    * blocks that pass their checksum as they are here, the damaged ones as
-   * zeroes (listed in `damaged`), so no unchecked byte leaves the node.
+   * zeroes (listed in `damaged`), so no unchecked byte leaves the node; and
+   * the Raft index the group has applied here, which these bytes are the
+   * state of.
    */
-  readForRepair(groupId: number, firstBlock: number, count: number): { data: Buffer; damaged: number[] } {
+  readForRepair(groupId: number, firstBlock: number, count: number): { data: Buffer; damaged: number[]; applied: number } {
     const g = this.group(groupId);
     const [from, length] = blockRange(g, firstBlock, count);
     const data = Buffer.allocUnsafe(length);
     readContent(g.map, from / sectorBytes, length / sectorBytes, data, 0, this.mapCtx.readAt);
     const damaged = damagedBlocks(g.map, firstBlock, count, data, 0);
     for (const b of damaged) data.fill(0, (b - firstBlock) * checksumBlockBytes, (b - firstBlock) * checksumBlockBytes + g.map.blockSectorCount(b) * sectorBytes);
-    return { data, damaged };
+    return { data, damaged, applied: g.appliedIndex };
   }
 
   /** Whether any sector of [fromBytes, fromBytes + lengthBytes) holds data (a scrub skips holes). */
@@ -384,24 +401,36 @@ export class Store {
   }
 
   /**
-   * Rewrites damaged blocks from a good copy: `data` holds blocks
-   * [firstBlock, firstBlock + count) as another replica has them. A block
-   * that fails its checksum here and whose bytes in `data` match it is
-   * written anew, as Relocate records from where its sectors are now: they
-   * apply only where the map still points there, so a write that lands
-   * meanwhile is never undone (at run time or in replay). Resolves, once
-   * durable, with the blocks rewritten.
+   * Rewrites damaged blocks from another replica's copy of blocks
+   * [firstBlock, firstBlock + count) (readForRepair there). A damaged block is
+   * taken from the copy when its bytes there match its checksum here, or when
+   * the copy is of the same applied Raft index as this replica is at now and
+   * that replica vouched for the block: the same log prefix gives the same
+   * content. The second way mends a block whose checksum was inverted because
+   * a partial write landed on it while damaged (mapRange), which no copy can
+   * match. A taken block is written anew, as Relocate records from where its
+   * sectors are now: they apply only where the map still points there, so a
+   * write that lands meanwhile is never undone (at run time or in replay).
+   * Once they are durable, a block taken the second way gets the checksum of
+   * its content if that content is exactly the copy (anything else moved it
+   * meanwhile: it stays damaged, and a later repair tries again). Resolves
+   * with the blocks that read good now.
    */
-  async repairBlocks(groupId: number, firstBlock: number, count: number, data: Uint8Array): Promise<number[]> {
+  async repairBlocks(groupId: number, firstBlock: number, count: number, copy: RepairCopy): Promise<number[]> {
     const g = this.group(groupId);
     const [, length] = blockRange(g, firstBlock, count);
-    assert(data.length === length, "repair data holds the blocks whole");
+    assert(copy.data.length === length, "repair data holds the blocks whole");
+    const sameState = copy.applied === g.appliedIndex && copy.applied > 0;
     const writes: Promise<void>[] = [];
     const repaired: number[] = [];
+    const vouched: { block: number; good: Uint8Array }[] = [];
     for (const b of this.checkBlocks(groupId, firstBlock, count)) {
       const at = (b - firstBlock) * checksumBlockBytes;
-      const good = data.subarray(at, at + g.map.blockSectorCount(b) * sectorBytes);
-      if (crc32c(good) !== g.map.blockCrc(b)) continue;
+      const good = copy.data.subarray(at, at + g.map.blockSectorCount(b) * sectorBytes);
+      if (crc32c(good) !== g.map.blockCrc(b)) {
+        if (!sameState || copy.damaged.includes(b)) continue;
+        vouched.push({ block: b, good });
+      }
       repaired.push(b);
       g.map.runs(b * blockSectors, g.map.blockSectorCount(b), (sector, n, address) => {
         if (address === 0) return; // a hole reads as zeroes, which is what the checksum covered
@@ -411,6 +440,10 @@ export class Store {
     }
     await Promise.all(writes);
     if (g.dropped) return [];
+    for (const { block, good } of vouched) {
+      const content = blockContent(g.map, block, this.mapCtx);
+      if (content !== undefined && content.equals(good)) g.map.setBlockCrc(block, crc32c(content));
+    }
     // A write (or GC's copy) may have moved a block meanwhile, so its Relocate did not apply: only what reads good now counts.
     const good = repaired.filter((b) => g.map.blockAllocated(b) && this.checkBlocks(groupId, b, 1).length === 0);
     this.counters.blocksRepaired += good.length;
@@ -581,15 +614,6 @@ export class Store {
     return out;
   }
 
-  /** Entry `index`'s type and the last `bytes` of its data (a volume op's trailer); undefined when it is compacted, past the end or shorter. */
-  raftEntryTail(groupId: number, index: number, bytes: number): { type: number; tail: Buffer } | undefined {
-    const e = this.group(groupId).raft.get(index);
-    if (e === undefined || e.lengthBytes < bytes) return undefined;
-    const tail = Buffer.allocUnsafe(bytes);
-    if (bytes > 0) this.segmentLog.readSync(e.address + e.lengthBytes - bytes, tail, 0, bytes);
-    return { type: e.type, tail };
-  }
-
   private readRaftEntry(groupId: number, index: number, e: RaftIndexEntry): RaftEntryOutput {
     const data = Buffer.allocUnsafe(e.lengthBytes);
     if (e.lengthBytes > 0) this.segmentLog.readSync(e.address, data, 0, e.lengthBytes);
@@ -667,7 +691,7 @@ export class Store {
     assert(offsetBytes % sectorBytes === 0 && lengthBytes % sectorBytes === 0, "applied writes are whole sectors");
     const sector = offsetBytes / sectorBytes;
     const count = lengthBytes / sectorBytes;
-    mapRange(g, sector, count, e.address, entryBlockCrcs(g.map, sector, count, data, crcs), this.mapCtx);
+    mapRange(g, sector, count, e.address, entryBlockCrcs(g.map, sector, count, data, crcs), this.mapCtx, [data]);
     this.addLive(e.address, lengthBytes);
     g.appliedIndex = Math.max(g.appliedIndex, index);
   }
@@ -968,7 +992,7 @@ export class Store {
         payloadCrc,
         done: (address, error) => {
           if (error) return reject(error);
-          if (!g.dropped) this.apply(g, kind, offsetBytes, lengthBytes, source, address, crcs);
+          if (!g.dropped) this.apply(g, kind, offsetBytes, lengthBytes, source, address, crcs, payload);
           resolve();
         },
       });
@@ -989,8 +1013,8 @@ export class Store {
   /** Counts sectors a block map stopped pointing at as dead (a field, as unpin). */
   private readonly freed = (address: number, sectors: number): void => this.addLive(address, -sectors * sectorBytes);
 
-  private apply(g: Group, kind: RecordKind, offsetBytes: number, lengthBytes: number, source: number, address: number, crcs: Uint32Array | undefined): void {
-    const moved = applyToGroup(g, kind, offsetBytes, lengthBytes, source, address, crcs, this.mapCtx);
+  private apply(g: Group, kind: RecordKind, offsetBytes: number, lengthBytes: number, source: number, address: number, crcs: Uint32Array | undefined, payload: readonly Uint8Array[]): void {
+    const moved = applyToGroup(g, kind, offsetBytes, lengthBytes, source, address, crcs, this.mapCtx, payload);
     if (moved > 0) this.addLive(address, moved * sectorBytes);
   }
 
@@ -1405,7 +1429,7 @@ function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: numbe
   }
   if (h.offsetBytes + h.lengthBytes > g.sizeBytes) return;
   const crcs = h.kind === RecordKind.Write && !g.crcsPending ? wholeBlockCrcs(g.map, h.offsetBytes / sectorBytes, h.lengthBytes / sectorBytes, [payload]) : undefined;
-  applyToGroup(g, h.kind, h.offsetBytes, h.lengthBytes, h.termOrSource, address, crcs, ctx);
+  applyToGroup(g, h.kind, h.offsetBytes, h.lengthBytes, h.termOrSource, address, crcs, ctx, [payload]);
   if (h.kind !== RecordKind.Relocate) {
     g.term = Math.max(g.term, h.termOrSource);
   }
@@ -1421,12 +1445,13 @@ function applyToGroup(
   address: number,
   crcs: Uint32Array | undefined,
   ctx: MapContext,
+  payload?: readonly Uint8Array[],
 ): number {
   const sector = offsetBytes / sectorBytes;
   const count = lengthBytes / sectorBytes;
   switch (kind) {
     case RecordKind.Write:
-      mapRange(g, sector, count, address, crcs, ctx);
+      mapRange(g, sector, count, address, crcs, ctx, payload);
       return count;
     case RecordKind.Trim:
       mapRange(g, sector, count, 0, undefined, ctx);
@@ -1502,25 +1527,6 @@ function totalBytes(data: readonly Uint8Array[]): number {
   return n;
 }
 
-/** Views of bytes [at, at + length) of a list of buffers, without copying. */
-export function sliceBuffers(data: readonly Uint8Array[], at: number, length: number): Uint8Array[] {
-  const out: Uint8Array[] = [];
-  let skip = at;
-  let want = length;
-  for (const d of data) {
-    if (want === 0) break;
-    if (skip >= d.length) {
-      skip -= d.length;
-      continue;
-    }
-    const take = Math.min(d.length - skip, want);
-    out.push(d.subarray(skip, skip + take));
-    want -= take;
-    skip = 0;
-  }
-  assert(want === 0, "slice lies inside the buffers");
-  return out;
-}
 
 
 /**

@@ -5,7 +5,8 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { pxdEntry } from "../helpers/daemon.js";
 import { freeBase, nodeHost } from "../helpers/cluster.js";
@@ -42,6 +43,9 @@ test("pxd up, the volume verbs, an NBD client on the printed URI, pxd down", asy
     assert.is(inspected.sizeBytes, 32 * 1024 * 1024);
     await runOk("qemu-io", ["-f", "raw", inspected.nbdUri, "-c", "write -P 0x42 0 1M"]);
     assert.match(await pxd("status"), /online/);
+    const version = (JSON.parse(readFileSync(fileURLToPath(new URL("../../../package.json", import.meta.url)), "utf8")) as { version: string }).version;
+    assert.is((JSON.parse(await pxd("status", "--json")) as { version: string }).version, version, "the daemon's version is the package's");
+    assert.is((await pxd("--version")).trim(), version, "and so is the CLI's");
     await pxd("volume", "delete", "db");
     const gone = await run(process.execPath, [pxdEntry, ...host, "volume", "inspect", "db"]);
     assert.is(gone.code, 1);

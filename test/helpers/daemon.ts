@@ -110,8 +110,11 @@ export class DaemonProcess {
   /** Stops the process (SIGKILL if it hangs) and removes the data dir. */
   async dispose(): Promise<void> {
     const stopped = this.stop();
-    const timeout = new Promise((r) => setTimeout(r, 10000, "timeout"));
-    if ((await Promise.race([stopped, timeout])) === "timeout") await this.kill();
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise((r) => (timer = setTimeout(r, 10000, "timeout")));
+    const first = await Promise.race([stopped, timeout]);
+    clearTimeout(timer); // a pending timer would hold the test process for its 10 s
+    if (first === "timeout") await this.kill();
     this.removeDir();
   }
 }

@@ -10,7 +10,8 @@
 // partitions between two nodes, both ways or one way; messages lost,
 // duplicated, reordered and delayed (each goes through msgpackr, so only
 // plain data crosses); a slow disk; a disk that fails writes with EIO; bits
-// flipped in one replica's log; a node's monotonic clock jumping ahead. A
+// flipped in one replica's log; a node's monotonic clock jumping ahead; a
+// node's disk full for 1-10 s (see "A full disk" below). A
 // store error that reaches the top of a node's event loop ends that process
 // (fail-stop), which restarts later from its disk. A node whose store
 // refuses to open after bit rot hit a record header stays down (an operator
@@ -25,10 +26,21 @@
 //     sector holds is not wholly followed by an acknowledged write;
 //   - the replicas converge: once healed and quiet, every node's copy of the
 //     volume is the same, byte for byte.
-// Not here yet: the catalog, its control loops and membership changes (the
-// daemon runs those), ENOSPC and a checkpoint's Raft pins under GC.
+//
+// A full disk: one node's filesystem has only a few KiB free for 1-10 s of
+// simulated time, half the time copy-on-write (an overwrite of a
+// preallocated segment needs room too). Its checkpoints fail (maintenance
+// stops and resumes later); on a copy-on-write filesystem a log write fails,
+// the store stops and every request through that node fails with an error
+// of an expected kind (errorKindOf), which the checker treats as a write
+// that may or may not have happened. The disk stays full across a crash; a
+// node that cannot open its store while it is full stays down; a stopped
+// store is restarted (as its operator would, after freeing space) only once
+// the space is back. Afterwards the replicas must converge as usual.
+//
+// The catalog, its control loops and membership changes run in
+// test/sim/catalog-sim.ts.
 
-import { Packr } from "msgpackr";
 import { AssertionError } from "../../src/base/assert.js";
 import { Prng } from "../../src/base/prng.js";
 import { dispatchPeerMessage } from "../../src/replication/dispatch.js";
@@ -39,16 +51,18 @@ import { VolumeIo } from "../../src/replication/volume-io.js";
 import { decodeOp, VolumeOpKind } from "../../src/replication/volume-op.js";
 import { CorruptionError, StoreError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
-import { commitsInFlightMax } from "../../src/constants.js";
+import { commitsInFlightMax, raftLogRetainBytes } from "../../src/constants.js";
 import { healthyDisk, SimClock, SimDisk } from "./disk.js";
 import { VolumeReplica } from "../../src/replication/volume-replica.js";
+import { SimNet } from "./net.js";
+import { SimProcesses } from "./process.js";
+import { errorKindOf } from "../../src/replication/errors.js";
 
 const sectorBytes = 512;
 const KiB = 1024;
 const groupId = 1;
 const volumeBytes = 512 * KiB;
 const tickMs = 100;
-const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 
 export interface ClusterSimOptions {
   seed: number;
@@ -59,6 +73,18 @@ export interface ClusterSimOptions {
   flips?: boolean;
   /** With log: at every crash and boot, say where this write is (which Raft entry holds it on each node, and whether the node's volume shows it). */
   traceWrite?: number;
+  /**
+   * Raft log a leader keeps for a member that is down (the driver's
+   * logRetainBytes). Default: drawn per seed, half the seeds the daemon's
+   * default (the log is never compacted past a member here), half 8-64 KiB,
+   * so a member that was down a while catches up by a snapshot: the changes
+   * since it left (a delta) or a full copy. With a small retention, a
+   * crash takes a node only while all are up and keeps it down 2-8 s
+   * (longer than an election timeout, so its leader stops waiting for it).
+   */
+  logRetainBytes?: number;
+  /** Windows of a full disk (default true; false replays a seed as it ran before they existed, with logRetainBytes at the daemon's default). */
+  diskFull?: boolean;
 }
 
 export interface ClusterSimResult {
@@ -76,6 +102,14 @@ export interface ClusterSimResult {
   retired: number;
   /** Processes ended by a store error at the top of their event loop (then restarted). */
   failStops: number;
+  /** Snapshot streams leaders started, and how many of them were deltas (counted until each leader's process ends). */
+  snapshots: number;
+  snapshotDeltas: number;
+  /** Windows of a full disk on one node. */
+  diskFullWindows: number;
+  /** Client writes answered with an error: ENOSPC, and any other kind. */
+  writesFailedEnospc: number;
+  writesFailedOther: number;
   simMs: number;
 }
 
@@ -109,10 +143,19 @@ interface SimNode {
   retired: boolean;
   flipped: boolean;
   skewMs: number;
+  /** A crashed node stays down until then (a long outage); the heal restarts it anyway. */
+  downUntil: number;
+  /** Its disk is full until then (0: not full). */
+  fullUntil: number;
   store: Store | undefined;
   driver: MultiRaft | undefined;
   io: VolumeIo | undefined;
   repairer: Repairer | undefined;
+}
+
+/** An error that says the disk is full: the store's ENOSPC, or the disk's own errno. */
+function isNoSpace(e: unknown): boolean {
+  return (e instanceof StoreError && e.code === "ENOSPC") || (e as { code?: unknown } | undefined)?.code === "ENOSPC";
 }
 
 function fillSector(out: Uint8Array, at: number, v: number, s: number): void {
@@ -137,78 +180,50 @@ function versionOf(buf: Uint8Array, at: number, s: number): number | undefined {
 
 export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimResult> {
   const prng = new Prng(o.seed * 7 + 3);
+  // Its own generator, so every other draw of a seed is what it was before this option existed.
+  const retainPrng = new Prng(o.seed * 11 + 5);
+  const fullPrng = new Prng(o.seed * 13 + 9);
+  const logRetainBytes = o.logRetainBytes ?? (retainPrng.chance(0.5) ? raftLogRetainBytes : 8 * KiB * (1 + retainPrng.int(8)));
+  /** Members catch up by snapshot: outages are long, one node at a time. */
+  const catchUp = logRetainBytes < raftLogRetainBytes;
   const clock = new SimClock();
   const log = o.log ?? (() => {});
   const n = o.nodes ?? 3;
   const ops = o.ops ?? 500;
   const ids = Array.from({ length: n }, (_, i) => i + 1);
-  const r: ClusterSimResult = { seed: o.seed, writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, retired: 0, failStops: 0, simMs: 0 };
+  const r: ClusterSimResult = { seed: o.seed, writes: 0, acked: 0, reads: 0, readsChecked: 0, crashes: 0, partitions: 0, flips: 0, messages: 0, dropped: 0, retired: 0, failStops: 0, snapshots: 0, snapshotDeltas: 0, diskFullWindows: 0, writesFailedEnospc: 0, writesFailedOther: 0, simMs: 0 };
+  /** A failure found in a callback (a client's answer): the run stops at the next step of the clock. */
+  let failure: unknown;
   const fail = (m: string): never => {
-    throw new ClusterSimFailure(o.seed, m);
+    const e = new ClusterSimFailure(o.seed, m);
+    failure ??= e;
+    throw e;
+  };
+  const noteFailure = (e: unknown): void => {
+    failure ??= e;
   };
   const nodes = new Map<number, SimNode>();
   /** The one node whose disk rots. */
   const rotten = 1 + prng.int(n);
   for (const id of ids) {
-    nodes.set(id, { id, disk: new SimDisk(prng, clock, { ...healthyDisk }), gen: 0, up: false, booting: false, retired: false, flipped: false, skewMs: 0, store: undefined, driver: undefined, io: undefined, repairer: undefined });
+    nodes.set(id, { id, disk: new SimDisk(prng, clock, { ...healthyDisk }), gen: 0, up: false, booting: false, retired: false, flipped: false, skewMs: 0, downUntil: 0, fullUntil: 0, store: undefined, driver: undefined, io: undefined, repairer: undefined });
   }
 
   // ---- the network ----
-  const blocked = new Set<string>(); // "from>to"
-  let loss = 0;
-  let dup = 0;
-  let delayMax = 5;
-  const send = (from: SimNode, gen: number, to: number, m: unknown): boolean => {
-    if (from.gen !== gen || !from.up) return false;
-    const dest = nodes.get(to);
-    if (dest === undefined || !dest.up || blocked.has(`${from.id}>${to}`)) return false;
-    r.messages++;
-    const bytes = packr.pack(m);
-    if (prng.chance(loss)) {
-      r.dropped++;
-      return true;
-    }
-    const copies = prng.chance(dup) ? 2 : 1;
-    for (let c = 0; c < copies; c++) {
-      clock.schedule(() => {
-        if (!dest.up || dest.driver === undefined || blocked.has(`${from.id}>${to}`)) {
-          r.dropped++;
-          return;
-        }
-        guard(dest, dest.gen, () => dispatchPeerMessage({ driver: dest.driver!, io: dest.io!, repairer: dest.repairer! }, from.id, packr.unpack(bytes)));
-      }, 1 + prng.int(delayMax));
-    }
+  const net = new SimNet(prng, clock, nodes, (dest, from, m) => {
+    if (dest.driver === undefined) return false;
+    guard(dest, dest.gen, () => dispatchPeerMessage({ driver: dest.driver!, io: dest.io!, repairer: dest.repairer! }, from, m));
     return true;
-  };
+  });
+  const send = (from: SimNode, gen: number, to: number, m: unknown): boolean => net.send(from, gen, to, m);
 
-  /**
-   * Runs a callback of one process. A store error that reaches the top of the
-   * event loop ends the process, as it ends the daemon (fail-stop): the node
-   * crashes and restarts later, and recovery works from what is on its disk.
-   * Anything else is a bug in the code under test and ends the run.
-   */
-  const guard = (node: SimNode, gen: number, fn: () => void): void => {
-    if (node.gen !== gen) return;
-    try {
-      fn();
-    } catch (e) {
-      if (!(e instanceof StoreError) || node.gen !== gen) throw e;
-      log(`node ${node.id} dies: ${e.message}`);
-      r.failStops++;
-      crash(node);
-    }
-  };
-
-  /** A timer of one process: it does nothing once that process crashed. */
-  const after = (node: SimNode, gen: number, ms: number, fn: () => void): (() => void) => {
-    let cancelled = false;
-    clock.schedule(() => {
-      if (!cancelled) guard(node, gen, fn);
-    }, ms);
-    return () => {
-      cancelled = true;
-    };
-  };
+  const processes = new SimProcesses<SimNode>(clock, (node, e) => {
+    log(`node ${node.id} dies: ${e.message}`);
+    r.failStops++;
+    crash(node);
+  });
+  const guard = (node: SimNode, gen: number, fn: () => void): void => processes.guard(node, gen, fn);
+  const after = (node: SimNode, gen: number, ms: number, fn: () => void): (() => void) => processes.after(node, gen, ms, fn);
 
   const boot = async (node: SimNode): Promise<void> => {
     const gen = ++node.gen;
@@ -219,7 +234,8 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       (s) => (store = s),
       (e) => (error = e ?? new Error("rejected")),
     );
-    await clock.runUntil(() => store !== undefined || error !== undefined || node.gen !== gen);
+    await clock.runUntil(() => store !== undefined || error !== undefined || node.gen !== gen || failure !== undefined);
+    if (failure !== undefined) throw failure;
     if (node.gen !== gen) return; // crashed again while opening
     node.booting = false;
     if (error instanceof AssertionError) throw error;
@@ -227,6 +243,10 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       log(`node ${node.id} stays down: its store refuses to open after bit rot (${error.message})`);
       node.retired = true;
       r.retired++;
+      return;
+    }
+    if (error !== undefined && node.fullUntil > clock.now && isNoSpace(error)) {
+      log(`node ${node.id} stays down: its store cannot open on a full disk (${(error as Error).message})`);
       return;
     }
     if (error !== undefined) fail(`node ${node.id}'s store did not open: ${(error as Error).stack ?? String(error)}`);
@@ -251,6 +271,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       random: { int: (k) => prng.int(k) },
       log: (l) => log(`node ${node.id}: ${l}`),
       damaged: (e) => void repairer.repair(e),
+      logRetainBytes,
     });
     const io = new VolumeIo({
       nodeId: node.id,
@@ -300,14 +321,37 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     return ` [write ${v}: in entries ${found.join(",") || "none"} of [${rs.firstIndex}, ${rs.lastIndex}], applied ${rs.appliedIndex}, hard state ${JSON.stringify(rs.hardState)}, its first sector shows write ${shows}]`;
   };
 
+  /** One node's filesystem full for a while (its own generator: the seed's other draws stay as they were). */
+  const fillDisk = (x: SimNode): void => {
+    const copyOnWrite = fullPrng.chance(0.5);
+    x.fullUntil = clock.now + 1000 + fullPrng.int(9000);
+    x.disk.faults = { ...x.disk.faults, capacityBytes: x.disk.usedBytes() + fullPrng.int(16 * KiB), copyOnWrite };
+    r.diskFullWindows++;
+    log(`node ${x.id}'s disk is full until ${x.fullUntil} ms${copyOnWrite ? " (copy-on-write: overwrites need room too)" : ""}`);
+    clock.schedule(() => {
+      if (x.fullUntil > clock.now) return; // a later window, or the heal, owns it now
+      x.disk.faults = { ...x.disk.faults, capacityBytes: healthyDisk.capacityBytes, copyOnWrite: false };
+      log(`node ${x.id}'s disk has room again at ${clock.now} ms`);
+    }, x.fullUntil - clock.now);
+  };
+
+  const noteSnapshots = (node: SimNode): void => {
+    const c = node.driver?.snapshotSender.counters;
+    if (c === undefined) return;
+    r.snapshots += c.snapshotsStarted;
+    r.snapshotDeltas += c.snapshotDeltas;
+  };
+
   const crash = (node: SimNode): void => {
     log(`node ${node.id} before the crash:${where(node)}`);
     log(`node ${node.id} crashes at ${clock.now} ms (Raft ${JSON.stringify(node.driver?.status(groupId))})`);
+    noteSnapshots(node);
     node.gen++;
     node.up = false;
     node.booting = false;
     node.disk.crash();
-    node.disk.faults = { ...healthyDisk };
+    // A full filesystem stays full across a crash.
+    node.disk.faults = node.fullUntil > clock.now ? { ...healthyDisk, capacityBytes: node.disk.faults.capacityBytes, copyOnWrite: node.disk.faults.copyOnWrite ?? false } : { ...healthyDisk };
     Object.assign(node, { store: undefined, driver: undefined, io: undefined, repairer: undefined });
     r.crashes++;
   };
@@ -374,8 +418,13 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       (e: Error) => {
         open.delete(q);
         if (e instanceof AssertionError) throw e;
+        // Not acknowledged: w.acked stays Infinity, so the checker holds it concurrent with everything after it.
+        const kind = errorKindOf(e);
+        if (kind === undefined) fail(`write ${v} through node ${node.id} failed with an error of no expected kind: ${e.stack ?? String(e)}`);
+        if (kind === "ENOSPC") r.writesFailedEnospc++;
+        else r.writesFailedOther++;
       },
-    );
+    ).catch(noteFailure);
   };
 
   const clientRead = (node: SimNode): void => {
@@ -407,15 +456,15 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
         open.delete(q);
         if (e instanceof AssertionError) throw e;
       },
-    );
+    ).catch(noteFailure);
   };
 
   const runFor = async (ms: number): Promise<void> => {
     const until = clock.now + ms;
     while (clock.now < until) {
-      const stepped = await clock.step();
-      if (callbackFailure !== undefined) throw callbackFailure;
-      if (!stepped) break;
+      const more = await clock.step();
+      if (failure !== undefined) throw failure;
+      if (!more) break;
     }
   };
 
@@ -429,27 +478,27 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     else if (dice < 850 && up.length > 0 && outstanding() < 32) clientRead(up[prng.int(up.length)]!);
     else if (dice < 860) {
       const victim = up[prng.int(up.length)];
-      if (victim !== undefined && up.length > 1) crash(victim);
+      // With a small retention, long crashes of one node at a time: a leader keeps writing while a member is away.
+      const skip = catchUp && (up.length < n || retainPrng.chance(0.3));
+      if (victim !== undefined && up.length > 1 && !skip) {
+        crash(victim);
+        if (catchUp) victim.downUntil = clock.now + 2000 + retainPrng.int(6000);
+      }
     } else if (dice < 900) {
-      const down = [...nodes.values()].filter((x) => !x.up && !x.booting && !x.retired);
+      const down = [...nodes.values()].filter((x) => !x.up && !x.booting && !x.retired && clock.now >= x.downUntil);
       const back = down[prng.int(down.length)];
       if (back !== undefined) await boot(back);
     } else if (dice < 920) {
-      const a = ids[prng.int(n)]!;
-      const b = ids[prng.int(n)]!;
-      if (a !== b) {
-        blocked.add(`${a}>${b}`);
-        if (prng.chance(0.5)) blocked.add(`${b}>${a}`);
+      const cut = net.cutAtRandom(ids);
+      if (cut !== undefined) {
         r.partitions++;
-        log(`partition ${a} -> ${b}${blocked.has(`${b}>${a}`) ? " both ways" : ""} at ${clock.now} ms`);
+        log(`${cut} at ${clock.now} ms`);
       }
     } else if (dice < 945) {
-      blocked.clear();
+      net.blocked.clear();
       log(`partitions healed at ${clock.now} ms`);
     } else if (dice < 960) {
-      loss = [0, 0.01, 0.05][prng.int(3)]!;
-      dup = [0, 0.01, 0.05][prng.int(3)]!;
-      delayMax = [5, 20, 100][prng.int(3)]!;
+      net.roughen();
     } else if (dice < 970) {
       const x = up[prng.int(up.length)];
       if (x !== undefined) x.disk.faults = prng.chance(0.5) ? { ...healthyDisk, latency: [1, 150] } : { ...healthyDisk, writeEio: 0.02 };
@@ -465,10 +514,13 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     } else if (dice < 980) {
       const x = up[prng.int(up.length)];
       if (x !== undefined) x.skewMs += 1000 + prng.int(60_000);
+    } else if (dice < 985) {
+      const x = up[prng.int(up.length)];
+      if (x !== undefined && x.fullUntil <= clock.now && o.diskFull !== false) fillDisk(x);
     }
-    // A node whose store stopped after a disk error is restarted, as its supervisor would.
+    // A node whose store stopped after a disk error is restarted, as its supervisor would (a full disk: once there is room again).
     for (const x of upNodes()) {
-      if (x.store?.failure !== undefined && prng.chance(0.3)) {
+      if (x.store?.failure !== undefined && x.fullUntil <= clock.now && prng.chance(0.3)) {
         crash(x);
         await boot(x);
       }
@@ -477,13 +529,11 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   }
 
   // ---- heal, converge, check ----
-  blocked.clear();
-  loss = 0;
-  dup = 0;
-  delayMax = 5;
+  net.heal();
   for (const x of nodes.values()) {
-    if (x.up) x.disk.faults = { ...healthyDisk };
-    else if (!x.booting && !x.retired) await boot(x);
+    x.fullUntil = 0;
+    x.disk.faults = { ...healthyDisk };
+    if (!x.up && !x.booting && !x.retired) await boot(x);
   }
   const quiet = (): boolean => {
     if (outstanding() > 0) return false;
@@ -518,7 +568,8 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     let copy: Buffer | undefined;
     let error: unknown;
     Promise.resolve(x.repairer!.read(groupId, 0, volumeBytes)).then((b) => (copy = b), (e) => (error = e ?? new Error("rejected")));
-    await clock.runUntil(() => copy !== undefined || error !== undefined);
+    await clock.runUntil(() => copy !== undefined || error !== undefined || failure !== undefined);
+    if (failure !== undefined) throw failure;
     if (copy === undefined) return fail(`node ${x.id}'s copy could not be read after healing: ${error === undefined ? "the read never finished" : ((error as Error).stack ?? String(error))}`);
     copies.set(x.id, copy);
   }
@@ -533,6 +584,10 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
   }
   if (callbackFailure !== undefined) throw callbackFailure;
   checkRead(reference, 0, clock.now, clock.now, "the replicas' copy after healing (an acknowledged write lost?)");
+  for (const x of nodes.values()) noteSnapshots(x);
+  if (failure !== undefined) throw failure;
   r.simMs = clock.now;
+  r.messages = net.messages;
+  r.dropped = net.dropped;
   return r;
 }

@@ -90,6 +90,12 @@ export interface SimDiskFaults {
   syncEio: number;
   /** Bytes the files may hold in all (the sum of their sizes); a write that grows a file past it fails with ENOSPC. */
   capacityBytes: number;
+  /**
+   * Every write needs its length in free bytes, as on a copy-on-write or
+   * thin-provisioned filesystem, so overwriting a preallocated file can fail
+   * with ENOSPC too (default false: only a write that grows a file needs room).
+   */
+  copyOnWrite?: boolean;
   /** Ticks an operation takes: [min, max]; a slow disk has a large max. */
   latency: [number, number];
 }
@@ -110,8 +116,9 @@ class Inode {
   durable = new Map<number, Uint8Array>();
   durableSize = 0;
   pending: PendingWrite[] = [];
-  /** After each good sync, how far the writes it made durable reached (the log's commit ends, for a segment). */
-  syncEnds: number[] = [];
+  /** Syncs that made something durable, and for each page the count when its content last became durable. */
+  syncs = 0;
+  readonly pageSyncedAt = new Map<number, number>();
 
   get visibleSize(): number {
     let n = this.durableSize;
@@ -164,13 +171,12 @@ class Inode {
   }
 
   sync(): void {
-    let end = 0;
+    if (this.pending.length > 0) this.syncs++;
     for (const w of this.pending) {
       Inode.apply(this.durable, w.position, w.data);
       this.durableSize = Math.max(this.durableSize, w.position + w.data.length);
-      end = Math.max(end, w.position + w.data.length);
+      for (let p = Math.floor(w.position / pageBytes); p * pageBytes < w.position + w.data.length; p++) this.pageSyncedAt.set(p, this.syncs);
     }
-    if (this.pending.length > 0) this.syncEnds.push(end);
     this.pending = [];
   }
 
@@ -290,15 +296,15 @@ export class SimDisk implements Disk {
 
   /**
    * Flips a random bit among the durable bytes a file holds (not its
-   * zero-filled tail), below where the sync `syncsAfter` syncs ago reached:
-   * for a log segment, in a commit with at least that many durable commits
-   * after it. False when there is no such byte.
+   * zero-filled tail) whose content became durable at least `syncsAfter`
+   * syncs ago: for a log segment, in a commit with at least that many
+   * durable commits after it. False when there is no such byte.
    */
   flipSomewhere(name: string, syncsAfter = 0): boolean {
     const inode = this.names.get(name);
     if (inode === undefined) return false;
-    const limit = syncsAfter === 0 ? Infinity : (inode.syncEnds[inode.syncEnds.length - 1 - syncsAfter] ?? 0);
-    const pages = [...inode.durable.keys()].filter((p) => (p + 1) * pageBytes <= limit);
+    // Only pages whose content has been followed by `syncsAfter` more syncs (a segment's zero-fill counts as one sync however far it reaches).
+    const pages = [...inode.durable.keys()].filter((p) => (inode.pageSyncedAt.get(p) ?? 0) + syncsAfter <= inode.syncs);
     if (pages.length === 0) return false;
     const position = pages[this.prng.int(pages.length)]! * pageBytes + this.prng.int(pageBytes);
     return this.flip(name, position, this.prng.int(8));
@@ -346,7 +352,7 @@ export class SimDisk implements Disk {
       this.counters.eio++;
       return this.complete(() => ioError("EIO", "write error"));
     }
-    const growth = Math.max(0, position + length - inode.visibleSize);
+    const growth = this.faults.copyOnWrite === true ? length : Math.max(0, position + length - inode.visibleSize);
     if (growth > 0 && this.usedBytes() + growth > this.faults.capacityBytes) {
       this.counters.enospc++;
       return this.complete(() => ioError("ENOSPC", "disk full"));

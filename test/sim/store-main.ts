@@ -1,5 +1,5 @@
 // The store simulator's command line (test/sim/store-sim.ts):
-//   node dist/test/sim/store-main.js --seed N [--seeds COUNT] [--profile small|gc] [--verbose] [--first-failure]
+//   node dist/test/sim/store-main.js --seed N [--seeds COUNT] [--profile small|gc|raft] [--verbose] [--first-failure]
 // Runs seeds N .. N+COUNT-1 in each profile (or the one named), prints one
 // line per failure with the command that replays it, and a closing summary.
 
@@ -12,12 +12,12 @@ async function main(): Promise<void> {
   const profileArg = arg("--profile");
   const verbose = process.argv.includes("--verbose");
   const firstFailure = process.argv.includes("--first-failure");
-  if (!Number.isSafeInteger(seed) || !Number.isSafeInteger(count) || count < 1 || (profileArg !== undefined && profileArg !== "small" && profileArg !== "gc")) {
-    console.error("usage: store-main --seed N [--seeds COUNT] [--profile small|gc] [--verbose]");
+  if (!Number.isSafeInteger(seed) || !Number.isSafeInteger(count) || count < 1 || (profileArg !== undefined && profileArg !== "small" && profileArg !== "gc" && profileArg !== "raft")) {
+    console.error("usage: store-main --seed N [--seeds COUNT] [--profile small|gc|raft] [--verbose]");
     process.exitCode = 2;
     return;
   }
-  const profiles: StoreSimProfile[] = profileArg === undefined ? ["small", "gc"] : [profileArg as StoreSimProfile];
+  const profiles: StoreSimProfile[] = profileArg === undefined ? ["small", "gc", "raft"] : [profileArg as StoreSimProfile];
   const started = Date.now();
   let runs = 0;
   let failures = 0;

@@ -1,7 +1,9 @@
 // CI's slice of the store simulation (test/sim/store-sim.ts): seeds of the
 // "small" profile (many small writes, frequent crashes, bit flips, disk
-// errors) and of the "gc" profile (overwrites that seal segments, so
-// checkpoints and GC run between crashes). A failure names its seed;
+// errors), of the "gc" profile (overwrites that seal segments, so
+// checkpoints and GC run between crashes) and of the "raft" profile (the same
+// as Raft entries, with the log compacted behind them, so GC meets segments
+// the log and the last checkpoint pin). A failure names its seed;
 // `node dist/test/sim/store-main.js --seed N --profile P --verbose` replays it
 // with every disk operation and crash decision. The long sweep:
 // `node dist/test/sim/store-main.js --seed 1 --seeds 1000`.
@@ -10,9 +12,9 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { runStoreSim, type StoreSimProfile } from "./store-sim.js";
 
-const seeds: Record<StoreSimProfile, number> = { small: 24, gc: 8 };
+const seeds: Record<StoreSimProfile, number> = { small: 24, gc: 8, raft: 4 };
 
-for (const profile of ["small", "gc"] as const) {
+for (const profile of ["small", "gc", "raft"] as const) {
   test(`store simulation: ${seeds[profile]} seeds of the ${profile} profile lose no acknowledged write and never return bytes no write put there`, async () => {
     const total = { acked: 0, crashes: 0, flips: 0, checksumErrors: 0, diskErrors: 0, checkpoints: 0, gcSegments: 0, sectorsChecked: 0 };
     for (let seed = 1; seed <= seeds[profile]; seed++) {

@@ -26,12 +26,28 @@
 // crashes). Besides crashes at random points, a crash often follows within a
 // few ticks of a segment being freed or a checkpoint installed, where what
 // the store depends on may not be durable yet.
+//
+// Profile "raft" drives the same volume as a replicated group's log would: a
+// write is a Raft entry (appendRaftEntries), applied once durable
+// (applyEntryWrite) and only then acknowledged; the log is compacted behind
+// the applied index now and then, so segments stay pinned by uncompacted
+// entries and by the entries the last checkpoint lists. After each open the
+// simulator applies the entries past the recovered applied index, as the
+// driver would. Besides the checks above: an acknowledged entry survives a
+// crash, every entry in the recovered log holds the write it was given, every
+// entry the checkpoint file lists lies in a segment file that exists (checked
+// after every step, so a segment freed under the checkpoint is found before a
+// crash has to land in the window before the next checkpoint), and
+// recovery finds no damaged Raft entry (no bits flip in this profile: a
+// damaged entry cuts the log, and a one-node group has no leader to resend it).
 
 import { Prng } from "../../src/base/prng.js";
 import { AssertionError } from "../../src/base/assert.js";
 import { ChecksumError, CorruptionError, StoreError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
-import { commitsInFlightMax } from "../../src/constants.js";
+import { commitsInFlightMax, segmentBytes } from "../../src/constants.js";
+import { readCheckpoint } from "../../src/store/checkpoint.js";
+import { segmentName } from "../../src/store/segment-names.js";
 import { healthyDisk, SimClock, SimDisk } from "./disk.js";
 import { replayed, writesTo } from "../helpers/store-writes.js";
 
@@ -39,7 +55,7 @@ const sectorBytes = 512;
 const KiB = 1024;
 const MiB = 1024 * KiB;
 
-export type StoreSimProfile = "small" | "gc";
+export type StoreSimProfile = "small" | "gc" | "raft";
 
 export interface StoreSimOptions {
   seed: number;
@@ -118,7 +134,8 @@ function versionOf(buf: Uint8Array, at: number, g: number, s: number, zeroVersio
 }
 
 export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
-  const prng = new Prng(o.seed * 2 + (o.profile === "gc" ? 1 : 0));
+  // Seeds of the first two profiles replay as they did before "raft" existed.
+  const prng = new Prng(o.profile === "raft" ? o.seed * 2 + 1_000_001 : o.seed * 2 + (o.profile === "gc" ? 1 : 0));
   const clock = new SimClock();
   const disk = new SimDisk(prng, clock, { ...healthyDisk });
   const log = o.log ?? (() => {});
@@ -126,7 +143,9 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
   const fail = (m: string): never => {
     throw new StoreSimFailure(o.seed, o.profile, m);
   };
-  const gc = o.profile === "gc";
+  const raft = o.profile === "raft";
+  /** Large writes over a large volume: segments seal, checkpoints and GC run. */
+  const gc = o.profile === "gc" || raft;
   const ops = o.ops ?? (gc ? 500 : 600);
   const volumes: Volume[] = (gc ? [24 * MiB] : [1 * MiB, 2 * MiB]).map((sizeBytes, i) => ({
     id: i + 1,
@@ -141,6 +160,11 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
   let inFlight = 0;
   const inFlightMax = gc ? 16 : 64;
   let epoch = 0;
+  // Profile raft: the group's log as this process sees it.
+  let nextIndex = 1;
+  let appliedIndex = 0;
+  /** The highest entry acknowledged (durable and applied). */
+  let ackedIndex = 0;
 
   const open = async (): Promise<Store | undefined> => {
     let opened: Store | undefined;
@@ -233,6 +257,62 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
     }
   };
 
+  /**
+   * Profile raft, after an open: checks the recovered log and applies the
+   * entries past the recovered applied index, as the driver does (this
+   * simulated group commits an entry once it is durable here).
+   */
+  const resumeLog = (s: Store, what: string): void => {
+    const v = volumes[0]!;
+    const rs = s.raftState(v.id);
+    if (!v.flipped && (rs.damagedApplied.length > 0 || rs.recoverUntil !== 0 || s.counters.damagedRecords > 0)) {
+      fail(`${what}: recovery found damaged Raft entries with no bit flipped (applied and damaged: [${rs.damagedApplied.join(", ")}], log cut with entries owed up to ${rs.recoverUntil}, ${s.counters.damagedRecords} damaged records)`);
+    }
+    if (rs.lastIndex < ackedIndex && !v.flipped) fail(`${what}: the log ends at ${rs.lastIndex}, but entry ${ackedIndex} was acknowledged`);
+    for (let i = rs.appliedIndex + 1; i <= rs.lastIndex; i++) {
+      const e = s.raftEntries(v.id, i, i + 1, 1 << 30)[0]!;
+      const first = new DataView(e.data.buffer, e.data.byteOffset).getUint32(4, true);
+      for (let k = 0; k < e.data.length / sectorBytes; k++) {
+        if (versionOf(e.data, k * sectorBytes, v.id, first + k, zeroVersions) === undefined) fail(`${what}: Raft entry ${i} holds bytes no write put there (sector ${k} of it)`);
+      }
+      s.applyEntryWrite(v.id, i, first * sectorBytes, e.data.length, e.data);
+    }
+    appliedIndex = rs.lastIndex;
+    nextIndex = rs.lastIndex + 1;
+    ackedIndex = Math.min(ackedIndex, rs.lastIndex);
+  };
+
+  /**
+   * Profile raft, after every step: each Raft entry the checkpoint file lists
+   * lies in a segment file that exists. Recovery from that checkpoint reads
+   * every one of them, so a segment freed under one makes the next restart
+   * fail, whenever it comes.
+   */
+  const checkCheckpointEntries = (what: string): void => {
+    const c = readCheckpoint(disk);
+    if (c === undefined) return;
+    const files = new Set(disk.list());
+    for (const g of c.groups) {
+      g.raft.entries.forEach((e, i) => {
+        const id = Math.floor(e.address / segmentBytes);
+        if (!files.has(segmentName(id))) fail(`${what}: the checkpoint lists Raft entry ${g.raft.snapshotIndex + 1 + i} of group ${g.groupId} in segment ${id}, which is gone: a restart from it would fail`);
+      });
+    }
+  };
+
+  /** Profile raft: a write as a Raft entry, acknowledged once durable and applied. */
+  const appendEntry = (s: Store, v: Volume, offset: number, data: Buffer): Promise<void> => {
+    const index = nextIndex++;
+    const at = epoch;
+    return s.appendRaftEntries(v.id, [{ index, term: 1, type: 0, data: [data] }], { term: 1, vote: 1, commit: index - 1 }).then(() => {
+      // Entries become durable in order; one after a failed one is not applied (the store stopped).
+      if (at !== epoch || index !== appliedIndex + 1) throw new StoreError("EIO", `entry ${index} durable but not applied`);
+      s.applyEntryWrite(v.id, index, offset, data.length, data);
+      appliedIndex = index;
+      ackedIndex = index;
+    });
+  };
+
   const crash = async (why: string): Promise<Store | undefined> => {
     log(`crash (${why}) at tick ${clock.now}`);
     disk.crash();
@@ -243,6 +323,7 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
     disk.faults = { ...healthyDisk };
     const s = await open();
     crashAt = Infinity;
+    if (s !== undefined && raft) resumeLog(s, `after crash ${r.crashes}`);
     if (s !== undefined) collapse(s, `after crash ${r.crashes}`);
     return s;
   };
@@ -257,6 +338,7 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
   let store = await open();
   crashAt = Infinity;
   if (store === undefined) return r;
+  if (raft) resumeLog(store, "at the first open");
 
   for (let op = 0; op < ops && store !== undefined; op++) {
     const s: Store = store;
@@ -268,7 +350,7 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
         continue;
       }
       // A write, a trim or a zeroing: aligned to sectors, inside the volume.
-      const kind = dice < 520 ? "write" : dice < 560 ? "trim" : "zero";
+      const kind = raft || dice < 520 ? "write" : dice < 560 ? "trim" : "zero";
       const lengthMax = gc ? MiB : 64 * KiB;
       const sectors = 1 + prng.int(Math.min(lengthMax, v.sizeBytes) / sectorBytes);
       const length = (gc && kind === "write" && prng.chance(0.9) ? Math.min(MiB, v.sizeBytes) / sectorBytes : sectors) * sectorBytes;
@@ -278,7 +360,7 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
       if (kind === "write") {
         const data = Buffer.allocUnsafe(length);
         for (let i = 0; i < length / sectorBytes; i++) fillSector(data, i * sectorBytes, ver, v.id, offset / sectorBytes + i);
-        p = writesTo(s).write(v.id, offset, [data], length);
+        p = raft ? appendEntry(s, v, offset, data) : writesTo(s).write(v.id, offset, [data], length);
       } else {
         zeroVersions.add(ver);
         p = kind === "trim" ? writesTo(s).trim(v.id, offset, length) : writesTo(s).writeZeroes(v.id, offset, length, prng.chance(0.5));
@@ -334,7 +416,8 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
       const name = segs[prng.int(segs.length)];
       // Only in commits with more than a commit window of durable commits after them: a damaged record
       // inside the last window cannot be told from a torn write, and recovery drops it (a documented limit).
-      if (name !== undefined && disk.flipSomewhere(name, commitsInFlightMax + 1)) {
+      // Not in profile raft: a damaged entry cuts the log, and this one-node group has no leader to resend it.
+      if (!raft && name !== undefined && disk.flipSomewhere(name, commitsInFlightMax + 1)) {
         r.flips++;
         for (const x of volumes) x.flipped = true;
         log(`flipped a bit in ${name}`);
@@ -350,9 +433,15 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
       log(`disk faults: ${JSON.stringify(disk.faults)}`);
     } else if (dice < 880) {
       disk.faults = { ...healthyDisk };
+    } else if (raft && dice < 940) {
+      // Compaction behind the applied index (the driver's, once every member holds the entries);
+      // often it keeps a lagging member's worth, so checkpoints list entries in sealed segments.
+      const to = appliedIndex - (prng.chance(0.5) ? prng.int(4) : prng.int(160));
+      if (s.failure === undefined && to >= s.raftFirstIndex(v.id)) s.compactRaftLog(v.id, to);
     }
     // Let the disk and the store make progress.
     for (let k = prng.int(gc ? 8 : 4); k > 0 && clock.now < crashAt; k--) if (!(await clock.step())) break;
+    if (raft) checkCheckpointEntries(`after op ${op}`);
     if (clock.now >= crashAt) {
       crashAt = Infinity;
       noteCounters(store!);

@@ -3,6 +3,8 @@
 
 import {
   ApiError,
+  type AttachmentInfo,
+  type AttachRequest,
   type Controller,
   type CreateVolumeRequest,
   type DeleteVolumeOptions,
@@ -132,9 +134,36 @@ export class FakeController implements Controller {
       nbdUri: `nbd://127.0.0.1:10809/${request.name}`,
       connections: 0,
       replicas: [{ node: "n1", nodeId: 7, state: "in-sync", leader: true }],
+      shared: request.shared === true,
+      attachments: [],
     };
     this.volumes.set(v.name, v);
     return Promise.resolve(v);
+  }
+
+  attachVolume(name: string, request: AttachRequest): Promise<VolumeInfo> {
+    this.seen(`attachVolume ${name} ${request.host}`);
+    const v = this.volumes.get(name);
+    if (!v) return Promise.reject(new ApiError(404, "not_found", `no volume named "${name}"`));
+    v.attachments = [...v.attachments.filter((a) => a.host !== request.host), { volume: name, host: request.host, device: request.device ?? "", via: request.via, readOnly: request.readOnly, node: request.node ?? "", since: "2026-01-01T00:00:00.000Z" }];
+    return Promise.resolve(v);
+  }
+
+  detachVolume(name: string, host: string): Promise<void> {
+    this.seen(`detachVolume ${name} ${host}`);
+    const v = this.volumes.get(name);
+    if (v) v.attachments = v.attachments.filter((a) => a.host !== host);
+    return Promise.resolve();
+  }
+
+  listAttachments(): Promise<AttachmentInfo[]> {
+    this.seen("listAttachments");
+    return Promise.resolve([...this.volumes.values()].flatMap((v) => v.attachments));
+  }
+
+  volumeServers(name: string): Promise<string[]> {
+    this.seen(`volumeServers ${name}`);
+    return this.volumes.has(name) ? Promise.resolve(["127.0.0.1:10809"]) : Promise.reject(new ApiError(404, "not_found", `no volume named "${name}"`));
   }
 
   deleteVolume(name: string, options: DeleteVolumeOptions = {}): Promise<void> {

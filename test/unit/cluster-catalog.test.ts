@@ -170,7 +170,7 @@ test("removeNode is refused while the node holds replicas, unless forced; force 
 test("createVolume assigns increasing ids that are never reused, and places replicas", () => {
   const s = cluster(3);
   const a = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 42 }).volume!;
-  assert.equal(a, { id: 1, name: "a", sizeBytes: GiB, repl: 2, nodes: [1, 2], zones: false, createdAt: 42 });
+  assert.equal(a, { id: 1, name: "a", sizeBytes: GiB, repl: 2, nodes: [1, 2], zones: false, shared: false, attachments: [], createdAt: 42 });
   must(s, { kind: "deleteVolume", name: "a" });
   const b = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 43 }).volume!;
   assert.is(b.id, 2, "a deleted volume's id (its Raft group) is not reused");
@@ -220,6 +220,30 @@ test("deleteVolume removes it and frees its promised bytes; an unknown name says
   assert.equal(must(s, { kind: "deleteVolume", name: "db" }).volume!.name, "db");
   assert.is(promisedBytes(s).get(1), undefined);
   refused(s, { kind: "deleteVolume", name: "db" }, "not_found", 'volume "db" does not exist; pxd volume list shows the volumes');
+});
+
+test("attachVolume: one read-write host unless shared, read-only hosts beside it, one record per host; detachVolume forgets it; delete is refused while attached unless forced", () => {
+  const s = cluster(1);
+  must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 1, at: 1 });
+  must(s, { kind: "attachVolume", name: "db", host: "web1", via: "kernel", readOnly: false, at: 5 });
+  must(s, { kind: "attachVolume", name: "db", host: "web1", via: "kernel", readOnly: false, device: "/dev/nbd0", node: "n1", at: 6 });
+  assert.equal(s.volumes.get("db")!.attachments, [{ host: "web1", device: "/dev/nbd0", via: "kernel", readOnly: false, node: "n1", at: 6 }]);
+  refused(s, { kind: "attachVolume", name: "db", host: "web2", via: "fuse", readOnly: false, at: 7 }, "conflict", /attached read-write on host web1 as \/dev\/nbd0; detach it there first, attach --read-only, or create volumes that several hosts write with --shared/);
+  must(s, { kind: "attachVolume", name: "db", host: "web2", via: "fuse", readOnly: true, at: 7 });
+  refused(s, { kind: "deleteVolume", name: "db" }, "conflict", /attached on web1 \(\/dev\/nbd0\), web2; detach it there first/);
+  refused(s, { kind: "attachVolume", name: "nosuch", host: "web2", via: "fuse", readOnly: true, at: 7 }, "not_found");
+  refused(s, { kind: "attachVolume", name: "db", host: "web 2", via: "fuse", readOnly: true, at: 7 }, "invalid", /field "host"/);
+  refused(s, { kind: "attachVolume", name: "db", host: "web2", via: "iscsi", readOnly: true, at: 7 }, "invalid", /field "via" must be one of kernel, fuse/);
+  refused(s, { kind: "attachVolume", name: "db", host: "web2", via: "fuse", readOnly: true, device: "/etc/passwd", at: 7 }, "invalid", /field "device"/);
+  assert.is(must(s, { kind: "detachVolume", name: "db", host: "web1" }).changed, true);
+  assert.is(must(s, { kind: "detachVolume", name: "db", host: "web1" }).changed, false);
+  must(s, { kind: "attachVolume", name: "db", host: "web3", via: "kernel", readOnly: false, at: 8 });
+  must(s, { kind: "deleteVolume", name: "db", force: true });
+  must(s, { kind: "createVolume", name: "shared", sizeBytes: GiB, repl: 1, shared: true, at: 9 });
+  must(s, { kind: "attachVolume", name: "shared", host: "a", via: "kernel", readOnly: false, at: 9 });
+  must(s, { kind: "attachVolume", name: "shared", host: "b", via: "kernel", readOnly: false, at: 9 });
+  const back = decodeCatalogSnapshot(encodeCatalogSnapshot(s));
+  assert.equal(back.volumes.get("shared"), s.volumes.get("shared"));
 });
 
 test("resizeVolume grows only, and only where the replicas have room", () => {
@@ -350,7 +374,7 @@ test("field errors name the field, the rule and what was given", () => {
   refused(s, { kind: "createVolume", name: "db", sizeBytes: -1, repl: 1, at: 0 }, "invalid", `createVolume: field "sizeBytes" must be an integer of bytes in [1, ${volumeBytesMax}], not -1`);
   refused(s, { kind: "createVolume", name: "db", sizeBytes: NaN, repl: 1, at: 0 }, "invalid", /field "sizeBytes" must be .* not NaN/);
   refused(s, { kind: "deleteVolume", name: "x".repeat(1000) }, "invalid", /field "name" must be .* \(1-63 characters\), not the string "x{40}…"$/);
-  refused(s, { kind: "deleteVolume", name: "db", force: true }, "invalid", 'deleteVolume: unknown field "force"; the fields are name');
+  refused(s, { kind: "deleteVolume", name: "db", forced: true }, "invalid", 'deleteVolume: unknown field "forced"; the fields are name, force');
   refused(s, { kind: "drop" }, "invalid", /^unknown catalog command kind "drop"; the kinds are addNode, updateNode/);
   refused(s, { kind: "createVolume", name: "db", sizeBytes: 2n ** 70n, repl: 1, at: 0 }, "invalid", /not the 64-bit integer 1180591620717411303424/);
 });
@@ -502,7 +526,8 @@ function randomCommand(rng: Prng): unknown {
   const zones = ["a", "b", "c"];
   const labels = (): Record<string, string> => (rng.chance(0.7) ? { zone: zones[rng.int(3)]!, rack: `r${rng.int(3)}` } : {});
   const ids = (): number[] => Array.from({ length: 1 + rng.int(3) }, () => 1 + rng.int(8));
-  switch (rng.int(13)) {
+  const host = ["h1", "h2", "h3"][rng.int(3)]!;
+  switch (rng.int(16)) {
     case 0:
     case 1:
       return { ...addNodeCmd(id, labels(), (1 + rng.int(20)) * 10 * GiB), at: rng.int(1e9) };
@@ -514,13 +539,18 @@ function randomCommand(rng: Prng): unknown {
       return { kind: "drainNode", id, draining: rng.chance(0.6) };
     case 5:
     case 6:
-      return { kind: "createVolume", name, sizeBytes: size, repl: 1 + rng.int(3), at: rng.int(1e9), ...(rng.chance(0.2) ? { zones: true } : {}), ...(rng.chance(0.15) ? { nodes: ids() } : {}) };
+      return { kind: "createVolume", name, sizeBytes: size, repl: 1 + rng.int(3), at: rng.int(1e9), ...(rng.chance(0.2) ? { zones: true } : {}), ...(rng.chance(0.2) ? { shared: true } : {}), ...(rng.chance(0.15) ? { nodes: ids() } : {}) };
     case 7:
-      return { kind: "deleteVolume", name };
+      return { kind: "deleteVolume", name, ...(rng.chance(0.5) ? { force: true } : {}) };
     case 8:
       return { kind: "resizeVolume", name, sizeBytes: size };
     case 9:
       return { kind: "setReplicas", name, nodes: ids(), ...(rng.chance(0.3) ? { repl: 1 + rng.int(3) } : {}) };
+    case 11:
+    case 12:
+      return { kind: "attachVolume", name, host, via: rng.chance(0.5) ? "kernel" : "fuse", readOnly: rng.chance(0.3), at: rng.int(1e9), ...(rng.chance(0.7) ? { device: `/dev/nbd${rng.int(4)}`, node: `n${id}` } : {}) };
+    case 13:
+      return { kind: "detachVolume", name, host };
     case 10:
       return { kind: "setSetting", key: ["overcommitPercent", "defaultRepl", "clusterName", "bogus"][rng.int(4)], value: rng.chance(0.2) ? null : [100 + rng.int(300), 1 + rng.int(5), "c1"][rng.int(3)] };
     default:
@@ -621,6 +651,10 @@ test("damaged and inconsistent snapshots are refused with the reason", () => {
   refusedWith(reseal({ ...body, settings: [["bogus", 1]] }), /unknown setting "bogus"/);
   refusedWith(reseal({ ...body, nodes: [{ ...body.nodes[0], health: "sick" }, body.nodes[1]] }), /field "health"/);
   refusedWith(reseal({ ...body, volumes: [{ ...body.volumes[0], zones: 1 }] }), /zones must be true or false/);
+  // A snapshot from before attachments (no shared, no attachments) loads: nothing was shared or attached then.
+  const { shared: _shared, attachments: _attachments, ...older } = body.volumes[0];
+  assert.equal(decodeCatalogSnapshot(reseal({ ...body, volumes: [older] })).volumes.get("db"), s.volumes.get("db"));
+  refusedWith(reseal({ ...body, volumes: [{ ...older, shared: false }] }), /expected id, name, sizeBytes, repl, nodes, zones, shared, attachments, createdAt/);
   refusedWith(reseal([]), /body must be an object/);
   const refusal = { index: 2, kind: "createVolume", code: "invalid", error: "x" };
   refusedWith(reseal({ ...body, refusals: [{ ...refusal, kind: "drop" }] }), /refusal record 0: unknown kind/);

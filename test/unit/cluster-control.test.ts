@@ -9,6 +9,7 @@ import * as assert from "uvu/assert";
 import {
   admitNode,
   applyCommand,
+  attachmentLeader,
   Durations,
   healthChange,
   leaveDecision,
@@ -175,6 +176,34 @@ test("leaving: the leader hands leadership to a listed voter; a follower drops i
   assert.equal(leaveDecision(1, [2, 3], 2, [1, 2, 3], grace - 1, grace), { kind: "wait" });
   assert.equal(leaveDecision(1, [2, 3], 2, [1, 2, 3], grace, grace), { kind: "drop" });
   assert.equal(leaveDecision(1, [2, 3], 0, [1, 2, 3], grace, grace), { kind: "drop" }, "no leader known: the grace period still ends");
+});
+
+test("leadership follows the host: a table of (attachments, group as its leader sees it) -> the node to hand leadership to", () => {
+  const g = view([1, 2, 3], [], 100, [[2, 100, true], [3, 100, true]]);
+  const attach = (s: CatalogState, host: string, node: string | undefined, readOnly = false): void =>
+    must(s, { kind: "attachVolume", name: "db", host, via: "kernel", readOnly, device: "/dev/nbd0", ...(node !== undefined ? { node } : {}), at: 1 });
+  const byName = (s: CatalogState) => (name: string) => [...s.nodes.values()].find((n) => n.name === name)?.id;
+  const cases: { name: string; setup: (s: CatalogState) => void; g: GroupView; want: number | undefined }[] = [
+    { name: "not attached: keep it", setup: () => {}, g, want: undefined },
+    { name: "attached through replica n2, caught up: hand it to 2", setup: (s) => attach(s, "h1", "n2"), g, want: 2 },
+    { name: "attached through this node: keep it", setup: (s) => attach(s, "h1", "n1"), g, want: undefined },
+    { name: "attached through n4, which holds no replica: keep it", setup: (s) => attach(s, "h1", "n4"), g, want: undefined },
+    { name: "the serving node is not known: keep it", setup: (s) => attach(s, "h1", undefined), g, want: undefined },
+    { name: "read-only attachment: keep it", setup: (s) => attach(s, "h1", "n2", true), g, want: undefined },
+    { name: "n2 behind the commit index: not yet", setup: (s) => attach(s, "h1", "n2"), g: view([1, 2, 3], [], 100, [[2, 99, true], [3, 100, true]]), want: undefined },
+    { name: "n2 not connected: not yet", setup: (s) => attach(s, "h1", "n2"), g: view([1, 2, 3], [], 100, [[2, 100, false], [3, 100, true]]), want: undefined },
+    { name: "n2 a learner: not yet", setup: (s) => attach(s, "h1", "n2"), g: view([1, 3], [2], 100, [[2, 100, true], [3, 100, true]]), want: undefined },
+  ];
+  for (const c of cases) {
+    const s = catalogOf(4, [["db", [1, 2, 3]]]);
+    c.setup(s);
+    assert.is(attachmentLeader(1, s.volumes.get("db")!, byName(s), c.g), c.want, c.name);
+  }
+  const shared = catalogOf(3);
+  must(shared, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 3, nodes: [1, 2, 3], shared: true, at: 1 });
+  attach(shared, "h1", "n2");
+  attach(shared, "h2", "n3");
+  assert.is(attachmentLeader(1, shared.volumes.get("db")!, byName(shared), g), undefined, "two read-write hosts of a shared volume: keep it");
 });
 
 // ---- the catalog's own group ----

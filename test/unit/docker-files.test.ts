@@ -312,6 +312,35 @@ test("Dockerfile: the health check GETs /v1/status with node alone (no curl), 12
   assert.match(healthcheck, /--interval=\S+ .*--start-period=\S+/);
 });
 
+test("Dockerfile: the build stage copies every file `npm run build` runs", () => {
+  const pkg = JSON.parse(read("package.json")) as { scripts: Record<string, string> };
+  const copied = build.steps.filter((s) => s.op === "COPY" && !s.args.startsWith("--from=")).flatMap((s) => s.args.split(" ").slice(0, -1));
+  const used = pkg.scripts["build"]!.match(/[\w.-]+\/[\w./-]+|[\w-]+\.json/g) ?? [];
+  assert.ok(used.length >= 2, pkg.scripts["build"]);
+  for (const path of used) assert.ok(copied.some((c) => path === c || path.startsWith(`${c.replace(/\/$/, "")}/`)), `the build stage copies ${path}`);
+});
+
+test("deploy/docker-plugin/config.json: a managed plugin whose entrypoint is pxd docker-plugin on the socket dockerd expects, with options the CLI knows", () => {
+  const config = JSON.parse(read("deploy/docker-plugin/config.json")) as {
+    entrypoint: string[];
+    interface: { socket: string; types: string[] };
+    propagatedMount: string;
+    network: { type: string };
+    linux: { capabilities: string[] };
+  };
+  assert.equal(config.interface.types, ["docker.volumedriver/1.0"]);
+  assert.is(config.network.type, "host");
+  assert.ok(config.linux.capabilities.includes("CAP_SYS_ADMIN"));
+  const [bin, verb, ...args] = config.entrypoint;
+  assert.is(verb, "docker-plugin");
+  assert.ok(existsSync(join(root, bin!.replace(/^\/app\//, ""))), `${bin} is the image's bin/pxd`);
+  assert.is(option(args, "--socket"), `/run/docker/plugins/${config.interface.socket}`);
+  assert.is(config.propagatedMount, `${option(args, "--state-dir")}/mounts`);
+  const help = spawnSync(process.execPath, [join(root, "dist/bin/pxd.js"), "docker-plugin", "--help"], { encoding: "utf8" });
+  assert.is(help.status, 0, help.stderr);
+  for (const a of args.filter((x) => x.startsWith("--"))) assert.ok(help.stdout.includes(`${a} <`), `pxd docker-plugin knows ${a}`);
+});
+
 test(".dockerignore keeps node_modules, dist, .pxd and .git out, and no COPY from the context needs them", () => {
   const ignored = read(".dockerignore").split("\n").map((l) => l.trim()).filter((l) => l !== "" && !l.startsWith("#"));
   for (const want of ["node_modules", "dist", ".pxd", ".git"]) assert.ok(ignored.includes(want), `${want} in .dockerignore`);

@@ -24,8 +24,9 @@ const mayImport: Record<string, readonly string[]> = {
   replication: ["base", "constants", "raft", "store"],
   cluster: ["base", "constants"],
   api: ["base", "constants", "cluster"],
+  node: ["base", "constants", "raft", "store", "replication", "cluster"],
   os: ["base", "constants", "raft", "store", "nbd", "replication"],
-  daemon: ["base", "constants", "raft", "store", "nbd", "replication", "cluster", "api", "os"],
+  daemon: ["base", "constants", "raft", "store", "nbd", "replication", "cluster", "node", "api", "os"],
   cli: ["base", "constants", "cluster", "api", "os", "daemon"],
 };
 

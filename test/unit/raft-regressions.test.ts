@@ -469,4 +469,27 @@ test("a leader whose storage cannot read an entry a follower needs compacts past
   assert.is(c.node(3).status().commit, c.node(1).status().commit);
 });
 
+test("a follower the leader counts as behind its compaction point, but which holds the log up to it, gets an append there, not a snapshot", () => {
+  const c = new Cluster([1, 2, 3]);
+  c.campaign(1);
+  for (let i = 0; i < 5; i++) c.propose(1, `e${i}`);
+  c.stabilize();
+  const last = c.node(1).status().lastIndex;
+  assert.is(c.node(3).status().lastIndex, last, "3 holds the whole log");
+  // The leader compacts everything, and its count of 3 is stale: a copy it tried to send failed, and it
+  // knows only an old match (as a leader whose own copy cannot be read for a snapshot would).
+  c.get(1).storage.compact(last);
+  const pr = inspectCore(c.node(1)).progressOf(3);
+  pr.match = 1;
+  pr.becomeSnapshot(last);
+  c.node(1).reportSnapshot(3, false);
+  const sent: Message[] = [];
+  c.rewrite = (m: Message): Message => (sent.push(m), m);
+  c.tick(1, inspectCore(c.node(1)).cfg.heartbeatTicks);
+  c.stabilize();
+  assert.not.ok(sent.some((m) => m.type === MessageType.snap), "no snapshot was sent");
+  assert.ok(sent.some((m) => m.type === MessageType.app && m.to === 3 && m.index === last), "an append at the compaction point asked 3");
+  assert.is(progressOf(c.node(1), 3).match, last, "the leader knows 3 holds the log again");
+});
+
 test.run();

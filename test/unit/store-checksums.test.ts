@@ -19,6 +19,7 @@ import { Store, type GroupSpec } from "../../src/store/store.js";
 import { segmentName } from "../../src/store/segment-names.js";
 import { tempDir } from "../helpers/tmp.js";
 import { replayed, writesTo } from "../helpers/store-writes.js";
+import { decodeOp, encodeWrite } from "../../src/replication/volume-op.js";
 
 const MiB = 1024 * 1024;
 const group = { groupId: 3, sizeBytes: 16 * MiB };
@@ -46,6 +47,25 @@ function flipInFile(file: string, needle: Buffer, into: number): void {
   b[0] = b[0]! ^ 0x10;
   writeSync(fd, b, 0, 1, at + into);
   closeSync(fd);
+}
+
+/** Another replica's copy of blocks that says nothing of its Raft state (only a checksum match takes it). */
+function copyOf(data: Uint8Array): { data: Uint8Array; damaged: number[]; applied: number } {
+  return { data, damaged: [], applied: 0 };
+}
+
+/**
+ * Appends a volume write as Raft entry `index` and applies it, as a replica
+ * does; `damage` changes a byte of the entry on the way; `between` runs after
+ * the entry is durable and before it is applied.
+ */
+async function applyWriteEntry(store: Store, index: number, offset: number, data: Buffer, damage?: number, between?: () => void): Promise<void> {
+  const entry = Buffer.from(encodeWrite(offset, [data], data.length));
+  if (damage !== undefined) entry[damage] = entry[damage]! ^ 1;
+  await store.appendRaftEntries(group.groupId, [{ index, term: 1, type: 0, data: [entry] }], { term: 1, vote: 1, commit: index });
+  between?.();
+  const op = decodeOp(entry)!;
+  store.applyEntryWrite(group.groupId, index, op.offsetBytes, op.lengthBytes, entry.subarray(0, op.lengthBytes), op.crcs);
 }
 
 function expectDamage(f: () => unknown, blocks: number[], what: string): ChecksumError {
@@ -107,8 +127,8 @@ test("a byte changed on disk after a checkpoint is found by every read that touc
   assert.equal(forRepair.damaged, [7]);
   assert.ok(forRepair.data.subarray(4096, 8192).every((x) => x === 0) && forRepair.data.subarray(0, 4096).equals(marked("six")));
   // A copy that does not match the checksum is not taken; the right one is.
-  assert.equal(await store.repairBlocks(group.groupId, 7, 1, marked("not seven")), []);
-  assert.equal(await store.repairBlocks(group.groupId, 7, 1, good), [7]);
+  assert.equal(await store.repairBlocks(group.groupId, 7, 1, copyOf(marked("not seven"))), []);
+  assert.equal(await store.repairBlocks(group.groupId, 7, 1, copyOf(good)), [7]);
   assert.ok(store.read(group.groupId, 7 * 4096, 4096).equals(good));
   // The repair is durable: a crash right after it replays the Relocate.
   await store.closeWithoutCheckpoint();
@@ -208,11 +228,48 @@ test("GC reports a damaged block and moves it as it is: it still fails its check
   assert.ok(damage.length >= 1 && damage.every((e) => e.blocks.length === 1 && e.blocks[0] === 0), "GC reported the damaged block");
   assert.not.ok(existsSync(join(t.dir, where)), "GC moved it and freed the segment (damage it cannot repair does not stall it)");
   expectDamage(() => store.read(big.groupId, 0, 4096), [0], "the moved block still fails its checksum");
-  assert.equal(await store.repairBlocks(big.groupId, 0, 1, survivor), [0]);
+  assert.equal(await store.repairBlocks(big.groupId, 0, 1, copyOf(survivor)), [0]);
   assert.ok(store.read(big.groupId, 0, 4096).equals(survivor));
   await store.close();
   store = await open(t.dir, [big]);
   assert.ok(store.read(big.groupId, 0, 4096).equals(survivor));
+  await store.close();
+  t.remove();
+});
+
+test("a block a partial write poisoned is mended from a replica at the same applied index, and only from one", async () => {
+  const t = tempDir("cks-poison");
+  let store = await open(t.dir);
+  const first = marked("seven");
+  await applyWriteEntry(store, 1, 7 * 4096, first, 100); // block 7 arrives damaged
+  const patch = marked("patch", 512);
+  await applyWriteEntry(store, 2, 7 * 4096 + 512, patch); // a partial write over it: its checksum cannot vouch for the block
+  assert.is(store.stats().blocksPoisoned, 1);
+  const right = Buffer.from(first);
+  patch.copy(right, 512);
+  expectDamage(() => store.read(group.groupId, 7 * 4096, 4096), [7], "the poisoned block");
+  // No copy can match an inverted checksum, so the copy's Raft state decides.
+  assert.equal(await store.repairBlocks(group.groupId, 7, 1, { data: first, damaged: [], applied: 1 }), [], "a copy from before the partial write");
+  assert.equal(await store.repairBlocks(group.groupId, 7, 1, { data: right, damaged: [], applied: 3 }), [], "a copy from a replica ahead");
+  assert.equal(await store.repairBlocks(group.groupId, 7, 1, { data: Buffer.alloc(4096), damaged: [7], applied: 2 }), [], "a copy its replica did not vouch for");
+  assert.equal(await store.repairBlocks(group.groupId, 7, 1, { data: right, damaged: [], applied: 2 }), [7], "a vouched copy at the same index");
+  assert.ok(store.read(group.groupId, 7 * 4096, 4096).equals(right));
+  await store.close();
+  store = await open(t.dir);
+  assert.ok(store.read(group.groupId, 7 * 4096, 4096).equals(right), "the mended checksum is kept");
+  await store.close();
+  t.remove();
+});
+
+test("a partial write whose bytes rot in the log before it is applied: the block's checksum covers the bytes written, not the rot", async () => {
+  const t = tempDir("cks-rot-before-apply");
+  const store = await open(t.dir);
+  const first = marked("five");
+  await applyWriteEntry(store, 1, 5 * 4096, first);
+  const patch = marked("patch-five", 512);
+  await applyWriteEntry(store, 2, 5 * 4096 + 1024, patch, undefined, () => flipInFile(join(t.dir, segmentName(1)), patch, 100));
+  expectDamage(() => store.read(group.groupId, 5 * 4096, 4096), [5], "the block whose new sector rotted");
+  assert.is(store.stats().blocksPoisoned, 0, "the old content was good: nothing to poison");
   await store.close();
   t.remove();
 });

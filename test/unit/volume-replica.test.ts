@@ -6,7 +6,7 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import type { Store } from "../../src/store/store.js";
-import { decodeOp, encodeTrim, encodeWrite, volumeOpTrailerBytes, VolumeOpKind } from "../../src/replication/volume-op.js";
+import { decodeOp, encodeTrim, encodeWrite, VolumeOpKind } from "../../src/replication/volume-op.js";
 import { proposalBytesMax, VolumeReplica, type ReplicaPort } from "../../src/replication/volume-replica.js";
 
 const MiB = 1024 * 1024;
@@ -83,7 +83,7 @@ test("a trim inside one sector proposes nothing; a range past the end is refused
   }
 });
 
-test("the change map: tracked from a base, marked from a command's tail, dropped", () => {
+test("the change map: tracked from a base, marked from a command read back, dropped", () => {
   const r = replica();
   const snaps = r.snapshots;
   assert.is(snaps.kind, "streamed");
@@ -92,9 +92,8 @@ test("the change map: tracked from a base, marked from a command's tail, dropped
   const changes = snaps.trackChanges(7, 2);
   assert.is(snaps.changes, changes);
   const w = encodeWrite(8192, [Buffer.alloc(4096)], 4096);
-  snaps.markTail(changes, w.subarray(w.length - snaps.commandTailBytes));
-  const t = encodeTrim(MiB, 2 * 4096);
-  snaps.markTail(changes, t.subarray(t.length - volumeOpTrailerBytes));
+  snaps.markCommand(changes, w);
+  snaps.markCommand(changes, encodeTrim(MiB, 2 * 4096));
   assert.is(changes.changedBlocks, 3);
   snaps.dropChanges();
   assert.is(snaps.changes, undefined);

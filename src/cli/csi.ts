@@ -1,0 +1,435 @@
+// pxd csi: a Container Storage Interface driver (proto/csi/csi.proto, spec
+// v1.9.0) over gRPC on a Unix socket. The controller service makes and
+// deletes volumes through the control API; the node service attaches them on
+// this host (src/cli/attach.ts) and bind-mounts them where the CO asks.
+// docs/csi.md says what is implemented and what is not.
+//
+// Every request is checked before it is acted on (validate, then dispatch):
+// a malformed one gets the status code the spec names for it, and nothing
+// that arrives is unbounded (message size, names, parameters, paths).
+
+import { rmSync } from "node:fs";
+import { claimSocketPath } from "../os/unix-socket.js";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { InvalidArgumentError, type Command } from "commander";
+import type { ApiClient } from "../api/client.js";
+import { DaemonUnreachableError } from "../api/client.js";
+import { ApiError, type VolumeInfo } from "../api/types.js";
+import { volumeNameProblem } from "../api/validate.js";
+import { volumeBytesMax, volumeReplicasMax } from "../constants.js";
+import { clientFor } from "./args.js";
+import { hostName, filesystems, type Filesystem } from "./attach.js";
+import { CliError, UsageError } from "./errors.js";
+import { nodeService } from "./csi-node.js";
+import { cliVersion } from "./main.js";
+
+export const csiDriverName = "pxd.csi.io";
+export const topologyNodeKey = "topology.pxd.io/node";
+export const topologyZoneKey = "topology.pxd.io/zone";
+
+/** The largest request the server reads: CSI requests are small; secrets and contexts are bounded below too. */
+export const csiMessageBytesMax = 64 * 1024;
+/** Entries in a parameters, context or secrets map. */
+const csiMapEntriesMax = 32;
+const csiMapTextCharsMax = 1024;
+/** A path the CO names (staging, target); a Unix socket's own path is shorter still. */
+export const csiPathCharsMax = 4096;
+const socketPathCharsMax = 107;
+const capabilitiesMax = 16;
+const sectorBytes = 512;
+const defaultVolumeBytes = 1024 * 1024 * 1024;
+/** What NodeGetInfo advertises: each volume here is an nbdfuse or attach-agent process and a device. */
+export const volumesPerNodeMax = 64;
+
+export const knownParameters = ["repl", "zones", "fs"] as const;
+
+const protoPath = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "proto", "csi", "csi.proto");
+
+/** A failure with the gRPC status code the spec names for it. */
+export class CsiError extends Error {
+  constructor(
+    readonly code: grpc.status,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export const invalid = (message: string): CsiError => new CsiError(grpc.status.INVALID_ARGUMENT, message);
+
+// ---- request checks shared by both services ----
+
+export type Req = Record<string, unknown>;
+
+export function requireString(req: Req, field: string, max = csiMapTextCharsMax): string {
+  const v = req[field];
+  if (typeof v !== "string" || v === "") throw invalid(`${field} is missing; the request needs it`);
+  if (v.length > max) throw invalid(`${field} is longer than ${max} characters`);
+  return v;
+}
+
+export function requirePath(req: Req, field: string): string {
+  const p = requireString(req, field, csiPathCharsMax);
+  if (!p.startsWith("/") || p.includes("\0") || p.split("/").includes("..")) throw invalid(`${field} ${JSON.stringify(p.slice(0, 200))} is not an absolute path without ".."`);
+  return p;
+}
+
+/** A volume id is a pxd volume name. */
+export function requireVolumeId(req: Req): string {
+  const id = requireString(req, "volume_id");
+  if (volumeNameProblem(id) !== null) throw new CsiError(grpc.status.NOT_FOUND, `volume ${JSON.stringify(id.slice(0, 80))} does not exist: pxd volume ids are pxd volume names`);
+  return id;
+}
+
+export function checkedMap(req: Req, field: string): Record<string, string> {
+  const m = (req[field] ?? {}) as Record<string, string>;
+  const keys = Object.keys(m);
+  if (keys.length > csiMapEntriesMax) throw invalid(`${field} has ${keys.length} entries; at most ${csiMapEntriesMax} are taken`);
+  for (const k of keys) if (k.length > csiMapTextCharsMax || String(m[k]).length > csiMapTextCharsMax) throw invalid(`${field} entry ${JSON.stringify(k.slice(0, 80))} is longer than ${csiMapTextCharsMax} characters`);
+  return m;
+}
+
+const singleNodeModes = new Set(["SINGLE_NODE_WRITER", "SINGLE_NODE_READER_ONLY", "SINGLE_NODE_SINGLE_WRITER", "SINGLE_NODE_MULTI_WRITER"]);
+const readOnlyModes = new Set(["SINGLE_NODE_READER_ONLY", "MULTI_NODE_READER_ONLY"]);
+
+export interface Capability {
+  block: boolean;
+  fs: Filesystem | undefined;
+  readOnly: boolean;
+}
+
+/** One VolumeCapability, or why pxd cannot give it (null). Throws on a malformed one. */
+export function readCapability(c: unknown): { cap: Capability; unsupported: string | null } {
+  const cap = (c ?? {}) as { access_type?: string; mount?: { fs_type?: string; mount_flags?: string[] }; access_mode?: { mode?: string } | null };
+  if (cap.access_type !== "block" && cap.access_type !== "mount") throw invalid("a volume capability has no access_type; give block or mount");
+  const mode = cap.access_mode?.mode;
+  if (cap.access_mode == null || mode === undefined || mode === "UNKNOWN") throw invalid("a volume capability has no access_mode; give e.g. SINGLE_NODE_WRITER");
+  const fsType = cap.access_type === "mount" ? (cap.mount?.fs_type ?? "") : "";
+  if (fsType.length > 64) throw invalid("mount.fs_type is longer than 64 characters");
+  if ((cap.mount?.mount_flags?.length ?? 0) > csiMapEntriesMax) throw invalid(`mount.mount_flags has more than ${csiMapEntriesMax} entries`);
+  const fs = filesystems.find((f) => f === fsType);
+  const result: Capability = { block: cap.access_type === "block", fs, readOnly: readOnlyModes.has(mode) };
+  if (fsType !== "" && fs === undefined) return { cap: result, unsupported: `fs_type ${JSON.stringify(fsType)} is not one pxd makes; use ${filesystems.join(" or ")}` };
+  if (!singleNodeModes.has(mode) && mode !== "MULTI_NODE_READER_ONLY") return { cap: result, unsupported: `access mode ${mode} is not supported: a pxd volume is written from one host at a time` };
+  return { cap: result, unsupported: null };
+}
+
+export function readCapabilities(req: Req): { caps: Capability[]; unsupported: string | null } {
+  const list = req["volume_capabilities"];
+  if (!Array.isArray(list) || list.length === 0) throw invalid("volume_capabilities is missing; give at least one");
+  if (list.length > capabilitiesMax) throw invalid(`volume_capabilities has ${list.length} entries; at most ${capabilitiesMax} are taken`);
+  const read = list.map(readCapability);
+  return { caps: read.map((r) => r.cap), unsupported: read.find((r) => r.unsupported !== null)?.unsupported ?? null };
+}
+
+/** An error from the control API or the attach code, as the gRPC status that says the same. */
+export function toCsiError(err: unknown): CsiError {
+  if (err instanceof CsiError) return err;
+  if (err instanceof ApiError) {
+    const code =
+      err.status === 404 ? grpc.status.NOT_FOUND
+      : err.status === 400 || err.status === 413 ? grpc.status.INVALID_ARGUMENT
+      : err.code === "placement" ? grpc.status.RESOURCE_EXHAUSTED
+      : err.status === 409 ? grpc.status.FAILED_PRECONDITION
+      : err.status === 503 || err.status === 502 ? grpc.status.UNAVAILABLE
+      : grpc.status.INTERNAL;
+    return new CsiError(code, err.message);
+  }
+  if (err instanceof DaemonUnreachableError) return new CsiError(grpc.status.UNAVAILABLE, err.message);
+  if (err instanceof CliError || err instanceof UsageError) return new CsiError(grpc.status.FAILED_PRECONDITION, err.message);
+  return new CsiError(grpc.status.INTERNAL, err instanceof Error ? err.message : String(err));
+}
+
+type Handler = (req: Req) => Promise<object>;
+
+/** A grpc-js unary handler: never throws, answers every failure with its status code. */
+function unary(h: Handler): grpc.handleUnaryCall<Req, object> {
+  return (call, callback) => {
+    h(call.request ?? {}).then(
+      (res) => callback(null, res),
+      (err: unknown) => {
+        const e = toCsiError(err);
+        callback({ code: e.code, details: e.message });
+      },
+    );
+  };
+}
+
+function unimplemented(why: string): Handler {
+  return () => Promise.reject(new CsiError(grpc.status.UNIMPLEMENTED, why));
+}
+
+// ---- identity ----
+
+function identityService(mode: CsiMode): Record<string, Handler> {
+  return {
+    GetPluginInfo: async () => ({ name: csiDriverName, vendor_version: cliVersion }),
+    GetPluginCapabilities: async () => ({
+      capabilities: [
+        ...(mode === "node" ? [] : [{ service: { type: "CONTROLLER_SERVICE" } }]),
+        { service: { type: "VOLUME_ACCESSIBILITY_CONSTRAINTS" } },
+      ],
+    }),
+    Probe: async () => ({ ready: { value: true } }),
+  };
+}
+
+// ---- controller ----
+
+function roundUpToSector(bytes: number): number {
+  return Math.ceil(bytes / sectorBytes) * sectorBytes;
+}
+
+/** The size to create from a CapacityRange: required rounded up to whole sectors, else 1 GiB (or the limit, when lower). */
+export function sizeFor(range: unknown): { bytes: number; limit: number; required: number } {
+  const r = (range ?? {}) as { required_bytes?: number | string; limit_bytes?: number | string };
+  const required = Number(r.required_bytes ?? 0);
+  const limit = Number(r.limit_bytes ?? 0);
+  if (!Number.isSafeInteger(required) || !Number.isSafeInteger(limit) || required < 0 || limit < 0) throw invalid("capacity_range bytes must be whole numbers of at least zero");
+  if (limit > 0 && required > limit) throw invalid(`capacity_range required_bytes ${required} is above limit_bytes ${limit}`);
+  let bytes = required > 0 ? roundUpToSector(required) : defaultVolumeBytes;
+  if (limit > 0 && bytes > limit) bytes = required > 0 ? bytes : Math.floor(limit / sectorBytes) * sectorBytes;
+  if (bytes === 0 || (limit > 0 && bytes > limit)) throw new CsiError(grpc.status.OUT_OF_RANGE, `no whole number of 512-byte sectors fits capacity_range ${required}..${limit}`);
+  if (bytes > volumeBytesMax) throw new CsiError(grpc.status.OUT_OF_RANGE, `${bytes} bytes is larger than the volume limit of ${volumeBytesMax} bytes`);
+  return { bytes, limit, required };
+}
+
+interface CreateParameters {
+  repl?: number;
+  zones?: boolean;
+  fs?: Filesystem;
+}
+
+export function readParameters(params: Record<string, string>): CreateParameters {
+  const out: CreateParameters = {};
+  for (const [k, v] of Object.entries(params)) {
+    if (k === "repl") {
+      const n = /^\d{1,3}$/.test(v) ? Number(v) : NaN;
+      if (!(n >= 1 && n <= volumeReplicasMax)) throw invalid(`parameter repl "${v}" is not a whole number from 1 to ${volumeReplicasMax}`);
+      out.repl = n;
+    } else if (k === "zones") {
+      if (v !== "true" && v !== "false") throw invalid(`parameter zones "${v}" is not true or false`);
+      out.zones = v === "true";
+    } else if (k === "fs") {
+      const f = filesystems.find((x) => x === v);
+      if (f === undefined) throw invalid(`parameter fs "${v}" is not one of ${filesystems.join(", ")}`);
+      out.fs = f;
+    } else {
+      throw invalid(`parameter ${JSON.stringify(k.slice(0, 80))} is not one pxd knows; the known ones are ${knownParameters.join(", ")}`);
+    }
+  }
+  return out;
+}
+
+function topologyOf(v: VolumeInfo): object[] {
+  return v.replicas.map((r) => ({ segments: { [topologyNodeKey]: r.node } }));
+}
+
+function csiVolume(v: VolumeInfo, context: Record<string, string> = {}): object {
+  return { volume_id: v.name, capacity_bytes: v.sizeBytes, volume_context: context, accessible_topology: topologyOf(v) };
+}
+
+async function findVolume(api: ApiClient, name: string): Promise<VolumeInfo | undefined> {
+  try {
+    return await api.inspectVolume(name);
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) return undefined;
+    throw e;
+  }
+}
+
+function existingFits(v: VolumeInfo, size: { bytes: number; limit: number; required: number }, p: CreateParameters): string | null {
+  if (v.sizeBytes < size.required || (size.limit > 0 && v.sizeBytes > size.limit)) return `volume ${v.name} exists with ${v.sizeBytes} bytes, outside the capacity_range asked for; pick another name or the same size`;
+  if (p.repl !== undefined && v.repl !== p.repl) return `volume ${v.name} exists with ${v.repl} replicas, not ${p.repl}; pick another name`;
+  return null;
+}
+
+function controllerService(api: ApiClient): Record<string, Handler> {
+  const noSnapshots = "pxd has no snapshots yet, so this driver offers none";
+  const noResize = "pxd volumes cannot be resized yet, so this driver does not expand them";
+  const noPublish = "pxd.csi.io needs no ControllerPublish (attachRequired: false): the node plugin attaches in NodeStageVolume";
+  return {
+    CreateVolume: async (req) => {
+      const name = requireString(req, "name");
+      const problem = volumeNameProblem(name);
+      if (problem !== null) throw invalid(problem);
+      const { unsupported } = readCapabilities(req);
+      if (unsupported !== null) throw invalid(unsupported);
+      const params = readParameters(checkedMap(req, "parameters"));
+      checkedMap(req, "secrets");
+      checkedMap(req, "mutable_parameters");
+      if (req["volume_content_source"] != null) throw invalid("volume_content_source is not supported: pxd has no snapshots or clones yet");
+      const size = sizeFor(req["capacity_range"]);
+      const context: Record<string, string> = params.fs !== undefined ? { fs: params.fs } : {};
+      const existing = await findVolume(api, name);
+      if (existing !== undefined) {
+        const misfit = existingFits(existing, size, params);
+        if (misfit !== null) throw new CsiError(grpc.status.ALREADY_EXISTS, misfit);
+        return { volume: csiVolume(existing, context) };
+      }
+      try {
+        const made = await api.createVolume({ name, sizeBytes: size.bytes, ...(params.repl !== undefined ? { repl: params.repl } : {}), ...(params.zones !== undefined ? { zones: params.zones } : {}) });
+        return { volume: csiVolume(made, context) };
+      } catch (e) {
+        // Two CreateVolume calls for one name raced: the loser answers as a repeat would.
+        const now = e instanceof ApiError && e.status === 409 ? await findVolume(api, name) : undefined;
+        if (now === undefined) throw e;
+        const misfit = existingFits(now, size, params);
+        if (misfit !== null) throw new CsiError(grpc.status.ALREADY_EXISTS, misfit);
+        return { volume: csiVolume(now, context) };
+      }
+    },
+    DeleteVolume: async (req) => {
+      const id = requireString(req, "volume_id");
+      checkedMap(req, "secrets");
+      if (volumeNameProblem(id) !== null) return {};
+      const v = await findVolume(api, id);
+      if (v === undefined) return {};
+      if (v.attachments.length > 0) throw new CsiError(grpc.status.FAILED_PRECONDITION, `volume ${id} is attached on ${v.attachments.map((a) => a.host).join(", ")}; unstage it there first`);
+      try {
+        await api.deleteVolume(id);
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 404) return {};
+        throw e;
+      }
+      return {};
+    },
+    ValidateVolumeCapabilities: async (req) => {
+      const id = requireString(req, "volume_id");
+      const { unsupported } = readCapabilities(req);
+      const params = checkedMap(req, "parameters");
+      const context = checkedMap(req, "volume_context");
+      checkedMap(req, "secrets");
+      if (volumeNameProblem(id) !== null || (await findVolume(api, id)) === undefined) throw new CsiError(grpc.status.NOT_FOUND, `volume ${JSON.stringify(id.slice(0, 80))} does not exist`);
+      let paramProblem: string | null = null;
+      try {
+        readParameters(params);
+      } catch (e) {
+        paramProblem = (e as Error).message;
+      }
+      const message = unsupported ?? paramProblem;
+      if (message !== null) return { message };
+      return { confirmed: { volume_context: context, volume_capabilities: req["volume_capabilities"], parameters: params } };
+    },
+    ListVolumes: async (req) => {
+      const max = Number(req["max_entries"] ?? 0);
+      if (!Number.isSafeInteger(max) || max < 0) throw invalid("max_entries must be zero (no limit) or more");
+      const token = String(req["starting_token"] ?? "");
+      const start = token === "" ? 0 : /^\d{1,9}$/.test(token) ? Number(token) : NaN;
+      const all = (await api.listVolumes()).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      if (!(start >= 0 && start <= all.length)) throw new CsiError(grpc.status.ABORTED, `starting_token ${JSON.stringify(token.slice(0, 40))} is not one this driver gave out; list again from the start`);
+      const end = max === 0 ? all.length : Math.min(all.length, start + max);
+      return {
+        entries: all.slice(start, end).map((v) => ({ volume: csiVolume(v), status: { published_node_ids: [] } })),
+        next_token: end < all.length ? String(end) : "",
+      };
+    },
+    GetCapacity: async (req) => {
+      if (Array.isArray(req["volume_capabilities"]) && req["volume_capabilities"].length > 0 && readCapabilities(req).unsupported !== null) return { available_capacity: 0 };
+      checkedMap(req, "parameters");
+      const status = await api.status();
+      return { available_capacity: status.pool.freeBytes, maximum_volume_size: { value: Math.min(volumeBytesMax, status.pool.freeBytes) } };
+    },
+    ControllerGetCapabilities: async () => ({
+      capabilities: ["CREATE_DELETE_VOLUME", "LIST_VOLUMES", "GET_CAPACITY"].map((type) => ({ rpc: { type } })),
+    }),
+    ControllerPublishVolume: unimplemented(noPublish),
+    ControllerUnpublishVolume: unimplemented(noPublish),
+    CreateSnapshot: unimplemented(noSnapshots),
+    DeleteSnapshot: unimplemented(noSnapshots),
+    ListSnapshots: unimplemented(noSnapshots),
+    ControllerExpandVolume: unimplemented(noResize),
+    ControllerGetVolume: unimplemented("ControllerGetVolume is not offered (no VOLUME_CONDITION capability); use ListVolumes"),
+    ControllerModifyVolume: unimplemented("pxd has no mutable volume parameters"),
+  };
+}
+
+// ---- the server and the command ----
+
+export type CsiMode = "controller" | "node" | "both";
+
+export interface CsiOptions {
+  endpoint: string;
+  mode: CsiMode;
+  nodeId: string;
+  zone?: string;
+}
+
+/** The socket path of a unix:///PATH endpoint. */
+export function endpointPath(endpoint: string): string {
+  const m = /^unix:\/\/(\/.+)$/.exec(endpoint);
+  if (m === null) throw new InvalidArgumentError(`"${endpoint}" is not unix:///PATH; the driver listens on a Unix socket, e.g. unix:///csi/csi.sock`);
+  if (m[1]!.length > socketPathCharsMax) throw new InvalidArgumentError(`the socket path is longer than ${socketPathCharsMax} characters, more than a Unix socket takes`);
+  return m[1]!;
+}
+
+function bind(handlers: Record<string, Handler>): grpc.UntypedServiceImplementation {
+  return Object.fromEntries(Object.entries(handlers).map(([k, h]) => [k, unary(h)]));
+}
+
+/** Starts the server; resolves with a function that stops it and removes the socket. */
+export async function startCsi(api: ApiClient, o: CsiOptions): Promise<() => Promise<void>> {
+  const path = endpointPath(o.endpoint);
+  const def = protoLoader.loadSync(protoPath, { keepCase: true, enums: String, longs: Number, defaults: true, oneofs: true });
+  const pkg = grpc.loadPackageDefinition(def) as unknown as { csi: { v1: Record<string, { service: grpc.ServiceDefinition }> } };
+  const server = new grpc.Server({ "grpc.max_receive_message_length": csiMessageBytesMax, "grpc.max_concurrent_streams": 16 });
+  server.addService(pkg.csi.v1["Identity"]!.service, bind(identityService(o.mode)));
+  if (o.mode !== "node") server.addService(pkg.csi.v1["Controller"]!.service, bind(controllerService(api)));
+  if (o.mode !== "controller") server.addService(pkg.csi.v1["Node"]!.service, bind(nodeService(api, o)));
+  await claimSocketPath(path, "--endpoint").catch((e: Error) => {
+    throw new CliError(e.message);
+  });
+  await new Promise<void>((resolve, reject) => server.bindAsync(`unix://${path}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(new CliError(`cannot listen on ${path}: ${err.message}`)) : resolve())));
+  return () =>
+    new Promise<void>((resolve) => {
+      const timer = setTimeout(() => server.forceShutdown(), 5000);
+      server.tryShutdown(() => {
+        clearTimeout(timer);
+        rmSync(path, { force: true });
+        resolve();
+      });
+    });
+}
+
+function endpointArg(text: string): string {
+  endpointPath(text);
+  return text;
+}
+
+function modeArg(text: string): CsiMode {
+  if (text === "controller" || text === "node" || text === "both") return text;
+  throw new InvalidArgumentError(`"${text}" is not controller, node or both`);
+}
+
+function labelArg(text: string): string {
+  if (!/^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$/.test(text)) throw new InvalidArgumentError(`"${text}" is not a topology label value: 1-63 letters, digits, ".", "_", "-", starting and ending with a letter or digit`);
+  return text;
+}
+
+export function registerCsi(program: Command): void {
+  program
+    .command("csi")
+    .description("serve the Kubernetes CSI driver (pxd.csi.io) on a Unix socket until SIGTERM; see docs/csi.md")
+    .requiredOption("--endpoint <unix:///path>", "the socket to listen on, e.g. unix:///csi/csi.sock", endpointArg)
+    .option("--mode <mode>", "controller, node or both", modeArg, "both")
+    .option("--node-id <name>", "this node's id and topology.pxd.io/node value (default: the host name, as pxd attach records it)", labelArg)
+    .option("--zone <zone>", "this node's topology.pxd.io/zone value", labelArg)
+    .action(async (opts: { endpoint: string; mode: CsiMode; nodeId?: string; zone?: string }, command: Command) => {
+      const api = clientFor(command);
+      const o: CsiOptions = { endpoint: opts.endpoint, mode: opts.mode, nodeId: opts.nodeId ?? hostName(), ...(opts.zone !== undefined ? { zone: opts.zone } : {}) };
+      const stop = await startCsi(api, o);
+      console.error(`pxd csi: ${csiDriverName} ${o.mode} serving on ${o.endpoint} (node ${o.nodeId}, control API ${api.address.display})`);
+      await new Promise<void>((resolve) => {
+        const quit = (): void => {
+          process.off("SIGTERM", quit);
+          process.off("SIGINT", quit);
+          void stop().then(resolve);
+        };
+        process.on("SIGTERM", quit);
+        process.on("SIGINT", quit);
+      });
+    });
+}

@@ -1,0 +1,295 @@
+// pxd csi checked the way csi-sanity checks a driver: a real grpc-js client
+// over the Unix socket of a real `pxd csi` process, against a real three-node
+// cluster. Identity, idempotent create and delete, the status code of each
+// malformed request, ListVolumes pages, GetCapacity, topology, and a full
+// node flow on this machine (nbdfuse and a loop device): stage, publish,
+// write through the target, unpublish, unstage, stage again and read it back.
+
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { startCluster, waitUntil, type Cluster } from "../helpers/cluster.js";
+import { pxdEntry } from "../helpers/daemon.js";
+import { runOk } from "../helpers/run.js";
+import { tempDir } from "../helpers/tmp.js";
+
+const MiB = 1024 * 1024;
+const protoPath = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "proto", "csi", "csi.proto");
+
+type Call = (req: object) => Promise<Record<string, any>>;
+type Service = Record<string, Call>;
+
+function clients(socket: string): { identity: Service; controller: Service; node: Service; close(): void } {
+  const def = protoLoader.loadSync(protoPath, { keepCase: true, enums: String, longs: Number, defaults: true, oneofs: true });
+  const v1 = (grpc.loadPackageDefinition(def) as any).csi.v1;
+  const made: grpc.Client[] = [];
+  const wrap = (Ctor: any): Service => {
+    const c = new Ctor(`unix://${socket}`, grpc.credentials.createInsecure());
+    made.push(c);
+    return new Proxy({} as Service, {
+      get: (_t, method: string) => (req: object) =>
+        new Promise((resolve, reject) => c[method](req, { deadline: Date.now() + 120_000 }, (err: Error | null, res: any) => (err ? reject(err) : resolve(res)))),
+    });
+  };
+  return { identity: wrap(v1.Identity), controller: wrap(v1.Controller), node: wrap(v1.Node), close: () => made.forEach((c) => c.close()) };
+}
+
+async function code(p: Promise<unknown>): Promise<{ code: number; details: string }> {
+  try {
+    await p;
+  } catch (e) {
+    const g = e as grpc.ServiceError;
+    return { code: g.code, details: g.details };
+  }
+  return { code: grpc.status.OK, details: "" };
+}
+
+async function expectCode(p: Promise<unknown>, want: grpc.status, pattern?: RegExp): Promise<void> {
+  const got = await code(p);
+  assert.is(grpc.status[got.code], grpc.status[want], got.details);
+  assert.ok(got.details.length > 0, "the status carries a message");
+  if (pattern !== undefined) assert.match(got.details, pattern);
+}
+
+const mountCap = (fs_type = "", mode = "SINGLE_NODE_WRITER") => ({ mount: { fs_type, mount_flags: [] }, access_mode: { mode } });
+const blockCap = (mode = "SINGLE_NODE_WRITER") => ({ block: {}, access_mode: { mode } });
+
+function startCsi(api: string, socket: string, runDir: string): ChildProcess & { output: string } {
+  const child = spawn(process.execPath, [pxdEntry, "--host", api, "csi", "--endpoint", `unix://${socket}`, "--mode", "both", "--node-id", "node1", "--zone", "z1"], {
+    env: { ...process.env, PXD_HOST_NAME: "csi-host", PXD_RUN_DIR: runDir },
+    stdio: ["ignore", "pipe", "pipe"],
+  }) as ChildProcess & { output: string };
+  child.output = "";
+  child.stdout!.on("data", (d: Buffer) => (child.output += d.toString()));
+  child.stderr!.on("data", (d: Buffer) => (child.output += d.toString()));
+  return child;
+}
+
+async function stop(child: ChildProcess): Promise<number | null> {
+  if (child.exitCode !== null) return child.exitCode;
+  const exited = new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
+  child.kill("SIGTERM");
+  return exited;
+}
+
+const loopsUnder = async (dir: string): Promise<string[]> => (await runOk("losetup", ["-a"])).split("\n").filter((l) => l.includes(dir));
+const mountsUnder = (dir: string): string[] => readFileSync("/proc/mounts", "utf8").split("\n").filter((l) => l.includes(dir));
+
+test("pxd csi: identity, controller and node services as csi-sanity checks them, against a real cluster", async () => {
+  const t = tempDir("csi");
+  const socket = join(t.dir, "csi.sock");
+  const runDir = join(t.dir, "run");
+  const staging = join(t.dir, "staging", "db");
+  const target = join(t.dir, "pods", "p1", "mount");
+  const blockTarget = join(t.dir, "pods", "p2", "dev");
+  let c: Cluster | undefined;
+  let csi: (ChildProcess & { output: string }) | undefined;
+  let cl: ReturnType<typeof clients> | undefined;
+  try {
+    c = await startCluster(3);
+    const api = `${c.nodes[0]!.host}:9001`;
+    csi = startCsi(api, socket, runDir);
+    await waitUntil("the CSI socket", async () => existsSync(socket) || (csi!.exitCode !== null ? Promise.reject(new Error(csi!.output)) : false));
+    cl = clients(socket);
+    const { identity, controller, node } = cl;
+
+    // Identity.
+    const info = await identity["GetPluginInfo"]!({});
+    assert.is(info["name"], "pxd.csi.io");
+    assert.is(info["vendor_version"], JSON.parse(readFileSync(join(dirname(protoPath), "..", "..", "package.json"), "utf8")).version);
+    const pcaps = (await identity["GetPluginCapabilities"]!({}))["capabilities"].map((x: any) => x.service.type).sort();
+    assert.equal(pcaps, ["CONTROLLER_SERVICE", "VOLUME_ACCESSIBILITY_CONSTRAINTS"]);
+    assert.equal((await identity["Probe"]!({}))["ready"], { value: true });
+
+    // Controller capabilities: no expand, no snapshots.
+    const ccaps = (await controller["ControllerGetCapabilities"]!({}))["capabilities"].map((x: any) => x.rpc.type).sort();
+    assert.equal(ccaps, ["CREATE_DELETE_VOLUME", "GET_CAPACITY", "LIST_VOLUMES"]);
+    await expectCode(controller["ControllerExpandVolume"]!({ volume_id: "x", capacity_range: { required_bytes: MiB } }), grpc.status.UNIMPLEMENTED, /resize/);
+    await expectCode(controller["CreateSnapshot"]!({ source_volume_id: "x", name: "s" }), grpc.status.UNIMPLEMENTED, /snapshots/);
+    await expectCode(controller["ControllerPublishVolume"]!({ volume_id: "x", node_id: "n" }), grpc.status.UNIMPLEMENTED);
+    await expectCode(node["NodeExpandVolume"]!({ volume_id: "x", volume_path: "/x" }), grpc.status.UNIMPLEMENTED);
+
+    // CreateVolume: sizes rounded up to sectors, idempotent by name, ALREADY_EXISTS on a conflicting size.
+    const made = (await controller["CreateVolume"]!({ name: "db", capacity_range: { required_bytes: 64 * MiB - 100 }, volume_capabilities: [mountCap()], parameters: { repl: "3", fs: "ext4" } }))["volume"];
+    assert.is(made.volume_id, "db");
+    assert.is(made.capacity_bytes, 64 * MiB);
+    assert.equal(made.volume_context, { fs: "ext4" });
+    assert.equal(made.accessible_topology.map((s: any) => s.segments["topology.pxd.io/node"]).sort(), ["node1", "node2", "node3"]);
+    const again = (await controller["CreateVolume"]!({ name: "db", capacity_range: { required_bytes: 64 * MiB - 100 }, volume_capabilities: [mountCap()], parameters: { repl: "3", fs: "ext4" } }))["volume"];
+    assert.is(again.capacity_bytes, 64 * MiB);
+    await expectCode(controller["CreateVolume"]!({ name: "db", capacity_range: { required_bytes: 128 * MiB }, volume_capabilities: [mountCap()] }), grpc.status.ALREADY_EXISTS, /db/);
+    const small = (await controller["CreateVolume"]!({ name: "dflt", volume_capabilities: [blockCap()], parameters: { repl: "1" } }))["volume"];
+    assert.is(small.capacity_bytes, 1024 * MiB, "no capacity_range: 1 GiB");
+    assert.is(small.accessible_topology.length, 1);
+
+    // Malformed requests: the spec's codes, each with a message, and the server lives on.
+    await expectCode(controller["CreateVolume"]!({ volume_capabilities: [mountCap()] }), grpc.status.INVALID_ARGUMENT, /name/);
+    await expectCode(controller["CreateVolume"]!({ name: "nocaps" }), grpc.status.INVALID_ARGUMENT, /volume_capabilities/);
+    await expectCode(controller["CreateVolume"]!({ name: "nomode", volume_capabilities: [{ mount: {} }] }), grpc.status.INVALID_ARGUMENT, /access_mode/);
+    await expectCode(controller["CreateVolume"]!({ name: "badp", volume_capabilities: [mountCap()], parameters: { color: "red" } }), grpc.status.INVALID_ARGUMENT, /repl, zones, fs/);
+    await expectCode(controller["CreateVolume"]!({ name: "badrepl", volume_capabilities: [mountCap()], parameters: { repl: "0" } }), grpc.status.INVALID_ARGUMENT, /repl/);
+    await expectCode(controller["CreateVolume"]!({ name: "bad/name", volume_capabilities: [mountCap()] }), grpc.status.INVALID_ARGUMENT, /volume name/);
+    await expectCode(controller["CreateVolume"]!({ name: "x".repeat(2000), volume_capabilities: [mountCap()] }), grpc.status.INVALID_ARGUMENT);
+    await expectCode(controller["CreateVolume"]!({ name: "multi", volume_capabilities: [mountCap("", "MULTI_NODE_MULTI_WRITER")] }), grpc.status.INVALID_ARGUMENT, /one host/);
+    await expectCode(controller["CreateVolume"]!({ name: "range", capacity_range: { required_bytes: 2 * MiB, limit_bytes: MiB }, volume_capabilities: [mountCap()] }), grpc.status.INVALID_ARGUMENT);
+    await expectCode(controller["CreateVolume"]!({ name: "huge", capacity_range: { required_bytes: 2 ** 52 }, volume_capabilities: [mountCap()] }), grpc.status.OUT_OF_RANGE);
+    const manyParams = Object.fromEntries(Array.from({ length: 100 }, (_, i) => [`k${i}`, "v"]));
+    await expectCode(controller["CreateVolume"]!({ name: "many", volume_capabilities: [mountCap()], parameters: manyParams }), grpc.status.INVALID_ARGUMENT, /at most/);
+    await expectCode(controller["CreateVolume"]!({ name: "big", volume_capabilities: [mountCap()], parameters: { k: "v".repeat(100_000) } }), grpc.status.RESOURCE_EXHAUSTED);
+    await expectCode(controller["DeleteVolume"]!({}), grpc.status.INVALID_ARGUMENT, /volume_id/);
+    await expectCode(controller["ValidateVolumeCapabilities"]!({ volume_id: "db" }), grpc.status.INVALID_ARGUMENT, /volume_capabilities/);
+    await expectCode(controller["ValidateVolumeCapabilities"]!({ volume_id: "nosuch", volume_capabilities: [mountCap()] }), grpc.status.NOT_FOUND);
+    await expectCode(controller["ValidateVolumeCapabilities"]!({ volume_capabilities: [mountCap()] }), grpc.status.INVALID_ARGUMENT);
+    const valid = await controller["ValidateVolumeCapabilities"]!({ volume_id: "db", volume_capabilities: [mountCap("ext4")] });
+    assert.is(valid["confirmed"].volume_capabilities.length, 1);
+    const notValid = await controller["ValidateVolumeCapabilities"]!({ volume_id: "db", volume_capabilities: [mountCap("btrfs")] });
+    assert.is(notValid["confirmed"], null);
+    assert.match(notValid["message"], /btrfs/);
+    await expectCode(node["NodeStageVolume"]!({ staging_target_path: staging, volume_capability: mountCap() }), grpc.status.INVALID_ARGUMENT, /volume_id/);
+    await expectCode(node["NodeStageVolume"]!({ volume_id: "db", volume_capability: mountCap() }), grpc.status.INVALID_ARGUMENT, /staging_target_path/);
+    await expectCode(node["NodeStageVolume"]!({ volume_id: "db", staging_target_path: staging }), grpc.status.INVALID_ARGUMENT, /volume_capability/);
+    await expectCode(node["NodeStageVolume"]!({ volume_id: "nosuch", staging_target_path: staging, volume_capability: mountCap() }), grpc.status.NOT_FOUND);
+    await expectCode(node["NodeStageVolume"]!({ volume_id: "db", staging_target_path: "relative/path", volume_capability: mountCap() }), grpc.status.INVALID_ARGUMENT);
+    await expectCode(node["NodePublishVolume"]!({ volume_id: "db", staging_target_path: staging, volume_capability: mountCap() }), grpc.status.INVALID_ARGUMENT, /target_path/);
+    await expectCode(node["NodePublishVolume"]!({ volume_id: "db", staging_target_path: staging, target_path: target, volume_capability: mountCap() }), grpc.status.FAILED_PRECONDITION, /NodeStageVolume/);
+    await expectCode(node["NodeUnpublishVolume"]!({ volume_id: "db" }), grpc.status.INVALID_ARGUMENT, /target_path/);
+    await expectCode(node["NodeUnstageVolume"]!({ volume_id: "db" }), grpc.status.INVALID_ARGUMENT, /staging_target_path/);
+    await expectCode(node["NodeGetVolumeStats"]!({ volume_id: "db", volume_path: join(t.dir, "nowhere") }), grpc.status.NOT_FOUND);
+    await expectCode(node["NodeGetVolumeStats"]!({ volume_id: "db" }), grpc.status.INVALID_ARGUMENT, /volume_path/);
+    await expectCode(node["NodeGetVolumeStats"]!({ volume_id: "nosuch", volume_path: t.dir }), grpc.status.NOT_FOUND, /nosuch/);
+    await expectCode(node["NodePublishVolume"]!({ volume_id: "db", staging_target_path: staging, target_path: "/" + "p".repeat(5000), volume_capability: mountCap() }), grpc.status.INVALID_ARGUMENT, /longer than/);
+    await expectCode(node["NodeStageVolume"]!({ volume_id: "db", staging_target_path: `${t.dir}/../x`, volume_capability: mountCap() }), grpc.status.INVALID_ARGUMENT, /absolute path/);
+    assert.equal((await identity["Probe"]!({}))["ready"], { value: true }, "the server lives after every bad request");
+
+    // ListVolumes pages; a token it did not give out is ABORTED.
+    for (const n of ["v1", "v2", "v3"]) await controller["CreateVolume"]!({ name: n, capacity_range: { required_bytes: 4 * MiB }, volume_capabilities: [mountCap()], parameters: { repl: "1" } });
+    const seen: string[] = [];
+    let token = "";
+    let pages = 0;
+    do {
+      const page = await controller["ListVolumes"]!({ max_entries: 2, starting_token: token });
+      assert.ok(page["entries"].length <= 2);
+      seen.push(...page["entries"].map((e: any) => e.volume.volume_id));
+      token = page["next_token"];
+      pages++;
+    } while (token !== "" && pages < 10);
+    assert.equal(seen, ["db", "dflt", "v1", "v2", "v3"]);
+    assert.is(pages, 3);
+    assert.is((await controller["ListVolumes"]!({}))["entries"].length, 5);
+    await expectCode(controller["ListVolumes"]!({ starting_token: "bogus" }), grpc.status.ABORTED);
+    await expectCode(controller["ListVolumes"]!({ starting_token: "99" }), grpc.status.ABORTED);
+
+    // GetCapacity: the pool's free bytes.
+    const cap = await controller["GetCapacity"]!({});
+    const pool = (await c.nodes[0]!.api.status()).pool;
+    assert.ok(cap["available_capacity"] > 0 && Math.abs(cap["available_capacity"] - pool.freeBytes) < pool.totalBytes / 10, `${cap["available_capacity"]} vs ${pool.freeBytes}`);
+
+    // DeleteVolume: idempotent, also for ids it never made.
+    for (const n of ["v1", "v2", "v3", "v3", "nosuch", "bad/id"]) await controller["DeleteVolume"]!({ volume_id: n });
+    assert.is((await controller["ListVolumes"]!({}))["entries"].length, 2);
+
+    // Node: info and capabilities.
+    const ni = await node["NodeGetInfo"]!({});
+    assert.is(ni["node_id"], "node1");
+    assert.equal(ni["accessible_topology"].segments, { "topology.pxd.io/node": "node1", "topology.pxd.io/zone": "z1" });
+    assert.ok(ni["max_volumes_per_node"] > 0);
+    assert.equal((await node["NodeGetCapabilities"]!({}))["capabilities"].map((x: any) => x.rpc.type).sort(), ["GET_VOLUME_STATS", "STAGE_UNSTAGE_VOLUME"]);
+
+    // The node flow: stage (makes ext4), publish, write through the target, unpublish, unstage.
+    const stage = { volume_id: "db", staging_target_path: staging, volume_capability: mountCap("", "SINGLE_NODE_WRITER"), volume_context: { fs: "ext4" } };
+    const publish = { volume_id: "db", staging_target_path: staging, target_path: target, volume_capability: mountCap(), readonly: false };
+    await node["NodeStageVolume"]!(stage);
+    await node["NodeStageVolume"]!(stage);
+    await expectCode(controller["DeleteVolume"]!({ volume_id: "db" }), grpc.status.FAILED_PRECONDITION, /attached on csi-host/);
+    await node["NodePublishVolume"]!(publish);
+    await node["NodePublishVolume"]!(publish);
+    const data = randomBytes(300 * 1024);
+    writeFileSync(join(target, "hello"), data, { flush: true });
+    const stats = (await node["NodeGetVolumeStats"]!({ volume_id: "db", volume_path: target }))["usage"];
+    const bytes = stats.find((u: any) => u.unit === "BYTES");
+    assert.ok(bytes.total > 50 * MiB && bytes.total <= 64 * MiB && bytes.used >= data.length, JSON.stringify(stats));
+    assert.ok(stats.find((u: any) => u.unit === "INODES").total > 0);
+    // A second, read-only publish of the same staging.
+    const roTarget = join(t.dir, "pods", "p3", "mount");
+    await node["NodePublishVolume"]!({ ...publish, target_path: roTarget, readonly: true });
+    assert.equal(readFileSync(join(roTarget, "hello")), data);
+    assert.throws(() => writeFileSync(join(roTarget, "nope"), "x"), /EROFS|read-only/);
+    await expectCode(node["NodeUnstageVolume"]!({ volume_id: "db", staging_target_path: staging }), grpc.status.FAILED_PRECONDITION, /still published at .*p1\/mount/);
+    assert.equal(readFileSync(join(target, "hello")), data, "a refused unstage leaves the volume in service");
+    for (const p of [target, roTarget]) {
+      await node["NodeUnpublishVolume"]!({ volume_id: "db", target_path: p });
+      await node["NodeUnpublishVolume"]!({ volume_id: "db", target_path: p });
+      assert.not.ok(existsSync(p));
+    }
+    await node["NodeUnstageVolume"]!({ volume_id: "db", staging_target_path: staging });
+    await node["NodeUnstageVolume"]!({ volume_id: "db", staging_target_path: staging });
+    assert.equal(await loopsUnder(runDir), []);
+    assert.equal(mountsUnder(t.dir), []);
+
+    // Staged again: the filesystem is found (no mkfs over data) and the file reads back.
+    await node["NodeStageVolume"]!(stage);
+    await node["NodePublishVolume"]!(publish);
+    assert.equal(readFileSync(join(target, "hello")), data);
+    await node["NodeUnpublishVolume"]!({ volume_id: "db", target_path: target });
+    await node["NodeUnstageVolume"]!({ volume_id: "db", staging_target_path: staging });
+
+    // Block access: the device bound onto a file at the target.
+    const blockStage = { volume_id: "dflt", staging_target_path: join(t.dir, "staging", "dflt"), volume_capability: blockCap() };
+    await node["NodeStageVolume"]!(blockStage);
+    await node["NodePublishVolume"]!({ ...blockStage, target_path: blockTarget, readonly: false });
+    assert.ok(mountsUnder(blockTarget).length === 1, "the device is bound at the target");
+    const size = Number((await runOk("blockdev", ["--getsize64", blockTarget])).trim());
+    assert.is(size, 1024 * MiB);
+    await node["NodeUnpublishVolume"]!({ volume_id: "dflt", target_path: blockTarget });
+    await node["NodeUnstageVolume"]!(blockStage);
+
+    for (const n of ["db", "dflt", "db"]) await controller["DeleteVolume"]!({ volume_id: n });
+    assert.equal((await controller["ListVolumes"]!({}))["entries"], []);
+    assert.equal(await loopsUnder(runDir), []);
+    assert.equal(mountsUnder(t.dir), []);
+    assert.equal(readdirSync(runDir), [], "no attach record is left");
+    cl.close();
+    cl = undefined;
+    assert.is(await stop(csi), 0, csi.output);
+    assert.not.ok(existsSync(socket), "the socket is removed on SIGTERM");
+  } catch (e) {
+    if (csi !== undefined) console.error(`pxd csi printed:\n${csi.output}`);
+    throw e;
+  } finally {
+    cl?.close();
+    if (csi !== undefined) await stop(csi);
+    for (const m of mountsUnder(t.dir).reverse()) await runOk("umount", ["-l", m.split(" ")[1]!]).catch(() => undefined);
+    for (const l of await loopsUnder(runDir).catch(() => [])) await runOk("losetup", ["-d", l.split(":")[0]!]).catch(() => undefined);
+    await c?.dispose();
+    t.remove();
+  }
+});
+
+test("pxd csi: a bad --endpoint or --mode is a usage error, and a file that is not a socket is left alone", async () => {
+  const t = tempDir("csi-args");
+  try {
+    const file = join(t.dir, "data");
+    writeFileSync(file, "keep");
+    const pxd = (...args: string[]) => spawnSync(process.execPath, [pxdEntry, "--host", "127.0.0.1:1", "csi", ...args], { encoding: "utf8", env: { ...process.env, PXD_HOST_NAME: "csi-host" } });
+    const notSocket = pxd("--endpoint", `unix://${file}`);
+    assert.is(notSocket.status, 1);
+    assert.match(notSocket.stderr, /is not a socket; give --endpoint a path of its own/);
+    assert.is(readFileSync(file, "utf8"), "keep");
+    const tcp = pxd("--endpoint", "tcp://127.0.0.1:5000");
+    assert.is(tcp.status, 2);
+    assert.match(tcp.stderr, /is not unix:\/\/\/PATH/);
+    const mode = pxd("--endpoint", `unix://${t.dir}/s.sock`, "--mode", "all");
+    assert.is(mode.status, 2);
+    assert.match(mode.stderr, /not controller, node or both/);
+  } finally {
+    t.remove();
+  }
+});
+
+test.run();
