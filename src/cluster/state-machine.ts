@@ -56,6 +56,15 @@ export class CatalogMachine {
     this.hooks.applied(index, applyEntry(this.state, command, index));
   }
 
+  /** Catalog commands name no volume range, so the store never keeps one as lost: a damaged one cuts the log. */
+  commandRange(_command: Uint8Array): undefined {
+    return undefined;
+  }
+
+  lost(index: number): void {
+    assert(false, () => `catalog entry ${index} cannot be lost: it names no range`);
+  }
+
   /** Catalog commands carry no checksums: the store hashes them. */
   commandCrc(_command: Uint8Array): number | undefined {
     return undefined;

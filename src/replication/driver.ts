@@ -34,7 +34,7 @@ import type { Storage } from "../raft/storage.js";
 import type { Ready } from "../raft/node.js";
 import { EntryType, MessageType, mayPrecedePersist, StateRole, type ConfState, type Entry, type Message, type NodeId } from "../raft/types.js";
 import { DamagedEntryError, StoreError, type ChecksumError } from "../store/errors.js";
-import type { Store } from "../store/store.js";
+import type { RaftEntryInput, Store } from "../store/store.js";
 import { BeatsOutbox, isBeat, parseBeats, type BeatsEnvelope } from "./beats.js";
 import { StoreRaftStorage } from "./raft-storage.js";
 import { SnapshotReceiver, SnapshotSender, type SnapAckEnvelope, type SnapChunkEnvelope } from "./snapshot.js";
@@ -273,8 +273,8 @@ export class MultiRaft {
     const initialConf = { voters: [...voters].sort((a, b) => a - b), learners: [] };
     const storage = new StoreRaftStorage(this.o.store, groupId, initialConf, (index) => this.compactPastDamage(groupId, index));
     this.storages.set(groupId, storage);
-    const st = this.o.store.raftState(groupId);
-    const applied = inline !== undefined ? (saved?.index ?? 0) : st.appliedIndex;
+    let st = this.o.store.raftState(groupId);
+    let applied = inline !== undefined ? (saved?.index ?? 0) : st.appliedIndex;
     // Configurations applied before the restart, after the compaction point: compaction still needs them.
     const confPoints: Group["confPoints"] = [];
     for (const e of this.o.store.raftEntriesOfType(groupId, EntryType.confChange, 0, applied + 1)) {
@@ -287,6 +287,8 @@ export class MultiRaft {
       this.o.store.compactRaftLog(groupId, applied, confAt(confPoints, applied));
       this.o.log(`replication: group ${groupId}: compacted the Raft log to ${applied}, past damaged entries ${st.damagedApplied.join(", ")}`);
     }
+    applied = this.settleLostEntries(groupId, sm, storage, applied, confPoints);
+    st = this.o.store.raftState(groupId);
     if (st.recoverUntil > 0) this.o.log(`replication: group ${groupId}: this node lost Raft entries it may have acknowledged; it withholds its vote until its log reaches index ${st.recoverUntil} again`);
     const node = new RaftNode(raftConfig(this.o.nodeId, storage, this.o.random, applied, st.recoverUntil));
     const group = new Group(groupId, node, sm, applied);
@@ -298,6 +300,47 @@ export class MultiRaft {
     // The only voter need not wait out an election timeout: nobody can compete.
     if (voters.length === 1 && voters[0] === this.o.nodeId && node.status().lastIndex === 0) node.campaign();
     this.schedule();
+  }
+
+  /**
+   * Entries recovery kept as lost (the record's payload damaged, its header
+   * naming the volume range the entry changed; Store.lostRaftEntries), not
+   * applied yet. The only voter of a group holds the only copy of its log,
+   * and every entry in it will commit (no other node can lead): it applies
+   * its log to the end now, each lost entry as lost (the state machine marks
+   * its range: a volume's blocks there fail their checksums until rewritten),
+   * and compacts the log past them, so no acknowledged write after them is
+   * lost and no member is ever sent one. A replica with peers cuts its log
+   * before the first one instead, and its leader resends them. Returns the
+   * applied index.
+   */
+  private settleLostEntries(groupId: number, sm: GroupStateMachine, storage: StoreRaftStorage, applied: number, confPoints: Group["confPoints"]): number {
+    const lost = this.o.store.lostRaftEntries(groupId);
+    if (lost.length === 0) return applied;
+    const last = this.o.store.raftLastIndex(groupId);
+    let conf = confAt(confPoints, applied) ?? storage.conf();
+    for (const e of this.o.store.raftEntriesOfType(groupId, EntryType.confChange, applied + 1, last + 1)) conf = decodeConfChange(e.data).conf;
+    const sole = conf.voters.length === 1 && conf.voters[0] === this.o.nodeId && conf.learners.length === 0;
+    if (!sole) {
+      this.o.store.cutRaftLog(groupId, lost[0]!.index);
+      this.o.log(`replication: group ${groupId}: Raft entry ${lost[0]!.index} is damaged in this node's log; the log is cut before it, and the group's leader resends it`);
+      return applied;
+    }
+    const ranges = new Map(lost.map((l) => [l.index, l.range]));
+    for (let i = applied + 1; i <= last; i++) {
+      const range = ranges.get(i);
+      if (range !== undefined) sm.lost(i, range);
+      else {
+        const e = this.o.store.raftEntries(groupId, i, i + 1, Infinity)[0]!;
+        sm.apply(i, e.type === EntryType.normal && e.data.length > 0 ? e.data : null);
+        if (e.type === EntryType.confChange) confPoints.push({ index: i, conf: decodeConfChange(e.data).conf });
+      }
+      this.o.store.markApplied(groupId, i);
+    }
+    this.o.store.compactRaftLog(groupId, last, conf);
+    const what = lost.map((l) => `entry ${l.index} (${l.range.lengthBytes} bytes at volume offset ${l.range.offsetBytes})`).join(", ");
+    this.o.log(`DATA DAMAGED: group ${groupId}: this node is the group's only voter and lost ${what} from its log; applied its log to index ${last} with those ranges marked damaged (reads of them fail with EIO until rewritten)`);
+    return last;
   }
 
   hasGroup(groupId: number): boolean {
@@ -668,8 +711,7 @@ export class MultiRaft {
    * handed over only right after the last one, so the log stays in order.
    */
   private appendEarly(g: Group, index: number, term: number, data: Uint8Array): void {
-    const payloadCrc = data.length > 0 ? g.sm.commandCrc(data) : undefined;
-    const durable = this.o.store.appendRaftEntries(g.id, [{ index, term, type: EntryType.normal, data: [data], payloadCrc }]);
+    const durable = this.o.store.appendRaftEntries(g.id, [this.entryInput(g, index, term, EntryType.normal, data)]);
     // A failure reaches the Ready that lists the entry (its persist waits on this), which stops the group.
     durable.catch(() => {});
     if (g.earlyThrough !== index - 1 || g.earlyTerm !== term) g.earlyFrom = index;
@@ -677,6 +719,12 @@ export class MultiRaft {
     g.earlyTerm = term;
     g.earlyDurable = durable;
     g.appendedThrough = index;
+  }
+
+  /** An entry for the store: a command's record carries its checksum when the command has one, and names the range it changes. */
+  private entryInput(g: Group, index: number, term: number, type: number, data: Uint8Array): RaftEntryInput {
+    if (type !== EntryType.normal || data.length === 0) return { index, term, type, data: [data] };
+    return { index, term, type, data: [data], payloadCrc: g.sm.commandCrc(data), range: g.sm.commandRange(data) };
   }
 
   private mustLead(groupId: number): Group {
@@ -768,8 +816,7 @@ export class MultiRaft {
     const entries = [];
     for (const e of rd.entries) {
       if (early(e)) continue;
-      const payloadCrc = e.type === EntryType.normal && e.data.length > 0 ? g.sm.commandCrc(e.data) : undefined;
-      entries.push({ index: e.index, term: e.term, type: e.type, data: [e.data], payloadCrc });
+      entries.push(this.entryInput(g, e.index, e.term, e.type, e.data));
     }
     const last = rd.entries.at(-1)?.index;
     if (meta !== undefined) g.appendedThrough = meta.index;

@@ -26,11 +26,25 @@ export interface GroupStateMachine {
    */
   apply(index: number, command: Uint8Array | null): void;
   /**
+   * Committed entry `index` was lost from this node's log (its record is
+   * damaged) and this node holds the group's only copy: the state machine
+   * records the loss of what it changed, `range` (named by commandRange when
+   * it was written). Applied in order, like apply().
+   */
+  lost(index: number, range: CommandRange): void;
+  /** The volume range a command changes, kept in its record's header so a damaged record still says what it changed (undefined: none). */
+  commandRange(command: Uint8Array): CommandRange | undefined;
+  /**
    * The CRC32C of a command's whole data when it can be folded from
    * checksums the command carries; undefined: the store hashes the data.
    */
   commandCrc(command: Uint8Array): number | undefined;
   readonly snapshots: InlineSnapshots | StreamedSnapshots;
+}
+
+export interface CommandRange {
+  offsetBytes: number;
+  lengthBytes: number;
 }
 
 export interface InlineSnapshots {

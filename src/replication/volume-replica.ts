@@ -20,7 +20,7 @@ import { StoreError } from "../store/errors.js";
 import { sliceBuffers } from "../store/map-data.js";
 import type { Store } from "../store/store.js";
 import { ChangeMap } from "./changes.js";
-import type { GroupStateMachine, StreamedSnapshots } from "./state-machine.js";
+import type { CommandRange, GroupStateMachine, StreamedSnapshots } from "./state-machine.js";
 import { decodeOp, encodeTrim, encodeWrite, entryPayloadCrc, volumeOpOverheadBytes, VolumeOpKind } from "./volume-op.js";
 
 /** Data per proposal: whole sectors, leaving room for the block checksums and the trailer in one store record. */
@@ -74,6 +74,17 @@ export class VolumeReplica implements GroupStateMachine {
     else this.store.applyEntryTrim(this.groupId, index, op.offsetBytes, op.lengthBytes);
     const changes = this.changeMap;
     if (changes !== undefined && index > changes.base) changes.mark(op.offsetBytes, op.lengthBytes);
+  }
+
+  lost(index: number, range: CommandRange): void {
+    this.store.applyLostEntry(this.groupId, index);
+    const changes = this.changeMap;
+    if (changes !== undefined && index > changes.base) changes.mark(range.offsetBytes, range.lengthBytes);
+  }
+
+  commandRange(command: Uint8Array): CommandRange | undefined {
+    const op = decodeOp(command);
+    return op === undefined ? undefined : { offsetBytes: op.offsetBytes, lengthBytes: op.lengthBytes };
   }
 
   commandCrc(command: Uint8Array): number | undefined {

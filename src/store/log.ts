@@ -22,6 +22,8 @@ export interface AppendRequest {
   index: number;
   offsetBytes: number;
   lengthBytes: number;
+  /** RaftEntry: sectors of the volume range it changes (docs/formats/segment-log.md); 0 for every other kind. */
+  rangeSectors: number;
   payload: readonly Uint8Array[];
   /** CRC32C of the payload when the caller has it already (folded from block checksums); else the log computes it. Always set (undefined or not), so every request has one shape. */
   payloadCrc: number | undefined;
@@ -43,7 +45,7 @@ interface Commit {
   durable: boolean;
 }
 
-const sealRecord = { kind: RecordKind.Seal, groupId: 0, termOrSource: 0, index: 0, offsetBytes: 0, lengthBytes: 0 };
+const sealRecord = { kind: RecordKind.Seal, groupId: 0, termOrSource: 0, index: 0, offsetBytes: 0, lengthBytes: 0, rangeSectors: 0 };
 
 /** Where the log ends after the last durable commit. */
 export interface LogPosition {

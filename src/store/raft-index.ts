@@ -11,6 +11,19 @@ export interface RaftIndexEntry {
   /** Log address of the entry's data (the record payload). */
   address: number;
   lengthBytes: number;
+  /**
+   * Recovery found this entry's payload damaged under an intact header that
+   * names the volume range it changed: the entry is kept, and the group's
+   * driver decides (its only voter applies it as lost, a replica with peers
+   * cuts its log there). Never saved: the next open finds the damage again.
+   */
+  lost?: LostRange;
+}
+
+/** The volume range a lost entry changed. */
+export interface LostRange {
+  offsetBytes: number;
+  lengthBytes: number;
 }
 
 /** A Raft configuration as the store keeps it (the same shape as the core's ConfState). */

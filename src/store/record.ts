@@ -7,7 +7,7 @@
 
 import { assert } from "../base/assert.js";
 import { crc32c, crc32cOf } from "../base/crc32c.js";
-import { commitsInFlightMax, recordHeaderBytes, recordPayloadBytesMax, segmentBytes } from "../constants.js";
+import { commitsInFlightMax, recordHeaderBytes, recordPayloadBytesMax, sectorBytes, segmentBytes } from "../constants.js";
 
 export const recordMagic = 0x52445850; // "PXDR"
 /** The version this code writes. */
@@ -50,6 +50,8 @@ export interface RecordHeader {
   index: number;
   offsetBytes: number;
   lengthBytes: number;
+  /** RaftEntry: sectors of the volume range the entry changes, starting at raftRangeOffset(offsetBytes) (0: it names none). */
+  rangeSectors: number;
   /** Version 2: CRC32C of the payload. Version 1: CRC32C of header bytes [0, 60) then the payload. */
   crc: number;
   version: number;
@@ -83,6 +85,8 @@ export interface RecordFields {
   index: number;
   offsetBytes: number;
   lengthBytes: number;
+  /** RaftEntry only: see RecordHeader.rangeSectors. */
+  rangeSectors?: number;
 }
 
 export interface CommitFields {
@@ -113,7 +117,7 @@ export function encodeHeader(r: RecordFields, c: CommitFields, payload: readonly
   writeU64(b, 48, r.offsetBytes);
   b.writeUInt32LE(r.lengthBytes, 56);
   b.writeUInt32LE(payloadCrc ?? crc32cOf(payload), 60);
-  b.writeUInt32LE(0, 64);
+  b.writeUInt32LE(r.rangeSectors ?? 0, 64);
   b.writeUInt32LE(crc32c(b.subarray(0, 68)), 68);
   return b;
 }
@@ -148,6 +152,7 @@ export function decodeHeader(b: Uint8Array, segmentId: number, position: number)
     index: readU64(b, 40),
     offsetBytes: readU64(b, 48),
     lengthBytes: dv.getUint32(56, true),
+    rangeSectors: version === 1 || kind !== RecordKind.RaftEntry ? 0 : dv.getUint32(64, true),
     crc: dv.getUint32(60, true),
     version,
     headerBytes,
@@ -158,6 +163,27 @@ export function decodeHeader(b: Uint8Array, segmentId: number, position: number)
   if (h.batchCount === 0 || h.batchPos >= h.batchCount || h.commitWindow === 0) return undefined;
   if (h.offsetBytes > u64Max) return undefined;
   return h;
+}
+
+/**
+ * A RaftEntry record's offset field holds the entry type plus the byte offset
+ * of the volume range it changes (a multiple of 512, so the type, below 512,
+ * keeps the low bits): the header says what an entry whose payload is lost
+ * had changed.
+ */
+export const raftEntryTypeLimit = sectorBytes;
+
+export function raftOffsetField(type: number, rangeOffsetBytes: number): number {
+  assert(type >= 0 && type < raftEntryTypeLimit && rangeOffsetBytes % sectorBytes === 0, "a Raft entry's type fits below its sector-aligned range offset");
+  return rangeOffsetBytes + type;
+}
+
+export function raftEntryType(offsetField: number): number {
+  return offsetField % raftEntryTypeLimit;
+}
+
+export function raftRangeOffset(offsetField: number): number {
+  return offsetField - (offsetField % raftEntryTypeLimit);
 }
 
 /** Whether a decoded record's payload is what its header's checksum says. */

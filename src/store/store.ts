@@ -27,10 +27,10 @@ import { foldBlockCrcs } from "./checksums.js";
 import type { Defer, Disk, DiskFile } from "./disk.js";
 import { ChecksumError, DamagedEntryError, StoreError } from "./errors.js";
 import { SegmentLog, type LogPosition } from "./log.js";
-import { decodeHeader, payloadBytesOf, payloadMatches, recordHeaderBytesV1, RecordKind, type RecordHeader } from "./record.js";
+import { decodeHeader, payloadBytesOf, payloadMatches, raftEntryType, raftOffsetField, raftRangeOffset, recordHeaderBytesV1, RecordKind, type RecordHeader } from "./record.js";
 import { blockContent, damagedBlocks, mapRange, readContent, sliceBuffers, wholeBlockCrcs, wholeBlocks, type MapContext, type MappedGroup, type ReadAt } from "./map-data.js";
 import { scanLog } from "./recovery.js";
-import { RaftIndex, decodeRaftConf, encodeRaftConf, type RaftConf, type RaftHardState, type RaftIndexEntry } from "./raft-index.js";
+import { RaftIndex, decodeRaftConf, encodeRaftConf, type LostRange, type RaftConf, type RaftHardState, type RaftIndexEntry } from "./raft-index.js";
 import { checkpointName, isFreeName, parseSegmentName, segmentName } from "./segment-names.js";
 import { readStateSnapshot, stateSnapshotName, writeStateSnapshot, type StateSnapshot } from "./state-snapshot.js";
 
@@ -86,6 +86,13 @@ export interface RaftEntryInput {
   data: readonly Uint8Array[];
   /** The CRC32C of the data when the caller has it already (folded from the checksums a volume write carries). */
   payloadCrc?: number;
+  /**
+   * The volume range the entry changes, named in its record's header so a
+   * damaged payload still says what was lost (lostRaftEntries). When the data
+   * is at least the range's length, its first bytes are the range's new
+   * content (a write); otherwise the entry unmaps the range (a trim).
+   */
+  range?: LostRange;
 }
 
 export interface RaftEntryOutput {
@@ -521,8 +528,9 @@ export class Store {
           groupId: g.id,
           termOrSource: e.term,
           index: e.index,
-          offsetBytes: e.type,
+          offsetBytes: raftOffsetField(e.type, e.range?.offsetBytes ?? 0),
           lengthBytes: length,
+          rangeSectors: e.range === undefined ? 0 : e.range.lengthBytes / sectorBytes,
           payload: e.data,
           payloadCrc: e.payloadCrc,
           done: (address, error) => {
@@ -544,6 +552,7 @@ export class Store {
           index: hs.commit,
           offsetBytes: hs.vote,
           lengthBytes: 0,
+          rangeSectors: 0,
           payload: [],
           payloadCrc: undefined,
           done: (_address, error) => {
@@ -712,6 +721,70 @@ export class Store {
     g.appliedIndex = Math.max(g.appliedIndex, index);
   }
 
+  /** Entries recovery kept as lost (RaftIndexEntry.lost) that the group has not applied: the driver settles each before the group starts. */
+  lostRaftEntries(groupId: number): { index: number; range: LostRange }[] {
+    const g = this.group(groupId);
+    const out: { index: number; range: LostRange }[] = [];
+    for (let i = Math.max(g.appliedIndex + 1, g.raft.firstIndex); i <= g.raft.lastIndex; i++) {
+      const lost = g.raft.get(i)!.lost;
+      if (lost !== undefined) out.push({ index: i, range: lost });
+    }
+    return out;
+  }
+
+  /**
+   * Applies a lost entry (lostRaftEntries) as well as its header allows: a
+   * trim (its data shorter than its range) is applied as it was; a write's
+   * range is mapped to its damaged data and its blocks keep checksums that
+   * cannot match, so reads of them fail with EIO until they are rewritten,
+   * instead of returning unchecked bytes. Returns the blocks lost.
+   */
+  applyLostEntry(groupId: number, index: number): number {
+    const g = this.group(groupId);
+    const e = g.raft.get(index);
+    const lost = e?.lost;
+    assert(e !== undefined && lost !== undefined, () => `entry ${index} of group ${groupId} is kept as lost`);
+    checkRange(g, lost.offsetBytes, lost.lengthBytes);
+    if (e.lengthBytes < lost.lengthBytes) {
+      this.applyEntryTrim(groupId, index, lost.offsetBytes, lost.lengthBytes);
+      return 0;
+    }
+    const sector = lost.offsetBytes / sectorBytes;
+    const count = lost.lengthBytes / sectorBytes;
+    g.map.set(sector, count, e.address, this.freed);
+    this.addLive(e.address, lost.lengthBytes);
+    let blocks = 0;
+    for (let b = Math.floor(sector / blockSectors); b < Math.ceil((sector + count) / blockSectors); b++) {
+      const content = blockContent(g.map, b, this.mapCtx);
+      if (content !== undefined) g.map.setBlockCrc(b, ~crc32c(content) >>> 0);
+      blocks++;
+    }
+    this.counters.blocksPoisoned += blocks;
+    g.appliedIndex = Math.max(g.appliedIndex, index);
+    return blocks;
+  }
+
+  /**
+   * Cuts a group's Raft log before `index` (a lost entry of a group with
+   * peers, whose leader resends it): as recovery's cut, this node may have
+   * acknowledged entries up to the last one it held, so it withholds its vote
+   * until its log reaches that index again. The debt is in memory at once
+   * and saved by the next checkpoint, started now; until that checkpoint is
+   * durable the damaged record stays in the log replayed at open (no segment
+   * after the checkpoint's position is collected), so a restart decides
+   * again the same way.
+   */
+  cutRaftLog(groupId: number, index: number): void {
+    const g = this.group(groupId);
+    assert(index > g.appliedIndex, "only entries not applied are cut");
+    const seen = g.raft.lastIndex;
+    g.raft.truncateFrom(index, this.unpin);
+    g.raft.recoverUntil = Math.max(g.raft.recoverUntil, seen);
+    // One that is running now was taken before the cut: the next one saves it.
+    const running = this.checkpointing ?? Promise.resolve();
+    running.then(() => this.checkpoint()).catch(() => {}); // a failed checkpoint leaves the damage to be found again at open
+  }
+
   /**
    * Forgets Raft entries up to `index` (at most the applied index). Their
    * segments stop being pinned; data the block maps still point at stays live.
@@ -772,6 +845,7 @@ export class Store {
         index,
         offsetBytes: 0,
         lengthBytes: payload.length,
+        rangeSectors: 0,
         payload: [payload],
         payloadCrc: undefined,
         done: (_address, error) => {
@@ -978,7 +1052,7 @@ export class Store {
     crcs?: Uint32Array,
     payloadCrc?: number,
   ): Promise<void> {
-    // Local records (a volume with its only replica here) are not Raft entries: index 0.
+    // Staged copies, their trims and GC's relocations are not Raft entries: index 0.
     const index = 0;
     return new Promise((resolve, reject) => {
       this.segmentLog.append({
@@ -988,6 +1062,7 @@ export class Store {
         index,
         offsetBytes,
         lengthBytes,
+        rangeSectors: 0,
         payload,
         payloadCrc,
         done: (address, error) => {
@@ -1232,6 +1307,12 @@ class RecoveryDamage {
     this.lines.push(`group ${g.id}: ${why}; its Raft log now ends at index ${g.raft.lastIndex}`);
   }
 
+  /** A damaged entry whose header names its range stays in the log, marked lost (RaftIndexEntry.lost). */
+  keep(g: Group, index: number, lost: LostRange, where: string): void {
+    this.records++;
+    this.lines.push(`group ${g.id}: Raft entry ${index} is damaged (${where}); it changed ${lost.lengthBytes} bytes at volume offset ${lost.offsetBytes}: kept as lost, the replica's driver decides (an only voter loses those blocks, a replica with peers cuts its log there)`);
+  }
+
   poison(g: Group, blocks: number[]): void {
     this.poisonedBlocks.set(g.id, [...(this.poisonedBlocks.get(g.id) ?? []), ...blocks]);
     this.blocksPoisoned += blocks.length;
@@ -1259,10 +1340,18 @@ function applyDamaged(groups: Map<number, Group>, h: RecordHeader, address: numb
     return;
   }
   switch (h.kind) {
-    case RecordKind.RaftEntry:
+    case RecordKind.RaftEntry: {
       damage.see(g.id, h.index);
-      if (h.index > g.raft.snapshotIndex) damage.cutAt(g, Math.min(h.index, g.raft.lastIndex + 1), `Raft entry ${h.index} is damaged (${where})`);
+      if (h.index <= g.raft.snapshotIndex) return;
+      const lost = lostRangeOf(h);
+      if (lost !== undefined && h.index <= g.raft.lastIndex + 1 && !damage.isCut(g.id)) {
+        g.raft.append(h.index, { term: h.termOrSource, type: raftEntryType(h.offsetBytes), address, lengthBytes: h.lengthBytes, lost }, () => {});
+        damage.keep(g, h.index, lost, where);
+        return;
+      }
+      damage.cutAt(g, Math.min(h.index, g.raft.lastIndex + 1), `Raft entry ${h.index} is damaged (${where})`);
       return;
+    }
     case RecordKind.SnapshotInstall:
       damage.see(g.id, h.index);
       groups.delete(stagingIdOf(g.id));
@@ -1306,9 +1395,16 @@ function checkRestoredEntries(g: Group, readAt: ReadAt, damage: RecoveryDamage):
     const e = g.raft.get(i)!;
     const payload = Buffer.allocUnsafe(e.lengthBytes);
     if (e.lengthBytes > 0) readAt(e.address, payload, 0, e.lengthBytes);
-    if (recordIntact(readAt, e.address, payload)) continue;
+    const header = intactHeaderAt(readAt, e.address, e.lengthBytes);
+    if (header !== undefined && payloadMatches(header.h, header.bytes, payload)) continue;
     const where = `log segment ${Math.floor(e.address / segmentBytes)}`;
     if (i > g.appliedIndex) {
+      const lost = header === undefined ? undefined : lostRangeOf(header.h);
+      if (lost !== undefined) {
+        e.lost = lost;
+        damage.keep(g, i, lost, where);
+        continue;
+      }
       damage.cutAt(g, i, `Raft entry ${i} is damaged (${where})`);
       return;
     }
@@ -1320,17 +1416,28 @@ function checkRestoredEntries(g: Group, readAt: ReadAt, damage: RecoveryDamage):
 
 /** Whether the record whose payload is at `address` (its bytes: `payload`) matches its checksums. */
 function recordIntact(readAt: ReadAt, address: number, payload: Uint8Array): boolean {
+  const header = intactHeaderAt(readAt, address, payload.length);
+  return header !== undefined && payloadMatches(header.h, header.bytes, payload);
+}
+
+/** The header of the record whose payload (`payloadBytes` long) is at `address`, if it decodes (a version 2 header matches its own checksum). */
+function intactHeaderAt(readAt: ReadAt, address: number, payloadBytes: number): { h: RecordHeader; bytes: Buffer } | undefined {
   const segment = Math.floor(address / segmentBytes);
   const base = segment * segmentBytes;
-  const head = Buffer.allocUnsafe(recordHeaderBytes);
   for (const size of [recordHeaderBytes, recordHeaderBytesV1]) {
     if (address - size < base) continue;
-    readAt(address - size, head, 0, size);
-    const h = decodeHeader(head.subarray(0, size), segment, address - size - base);
-    if (h === undefined || h.headerBytes !== size || payloadBytesOf(h.kind, h.lengthBytes) !== payload.length) continue;
-    return payloadMatches(h, head, payload);
+    const bytes = Buffer.allocUnsafe(size);
+    readAt(address - size, bytes, 0, size);
+    const h = decodeHeader(bytes, segment, address - size - base);
+    if (h !== undefined && h.headerBytes === size && payloadBytesOf(h.kind, h.lengthBytes) === payloadBytes) return { h, bytes };
   }
-  return false;
+  return undefined;
+}
+
+/** The volume range a RaftEntry record's header names (undefined: none). */
+function lostRangeOf(h: RecordHeader): LostRange | undefined {
+  if (h.kind !== RecordKind.RaftEntry || h.rangeSectors === 0) return undefined;
+  return { offsetBytes: raftRangeOffset(h.offsetBytes), lengthBytes: h.rangeSectors * sectorBytes };
 }
 
 /**
@@ -1420,7 +1527,7 @@ function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: numbe
     if (h.index <= g.raft.snapshotIndex) return;
     // Past a cut (a damaged entry before it): dropped with the rest of the lost suffix; the leader resends them.
     if (h.index > g.raft.lastIndex + 1 && damage.isCut(g.id)) return;
-    g.raft.append(h.index, { term: h.termOrSource, type: h.offsetBytes, address, lengthBytes: h.lengthBytes }, () => {});
+    g.raft.append(h.index, { term: h.termOrSource, type: raftEntryType(h.offsetBytes), address, lengthBytes: h.lengthBytes }, () => {});
     return;
   }
   if (h.kind === RecordKind.HardState) {

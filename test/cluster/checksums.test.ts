@@ -152,7 +152,7 @@ test("damaged blocks: repaired from a good replica on read and by scrub; EIO on 
   }
 });
 
-test("damage found at start-up after a crash: the node starts, its replicated volume catches up from the others, and its single-replica volume returns no bytes it cannot vouch for", async () => {
+test("damage found at start-up after a crash: the node starts, only the damaged volume's blocks fail, and its replicated volume catches up from the others", async () => {
   const c = await startCluster(3, ["--scrub-interval", "0"]);
   try {
     const n1 = c.nodes[0]!;
@@ -177,16 +177,20 @@ test("damage found at start-up after a crash: the node starts, its replicated vo
     await n2.start();
     await c.healthy();
     assert.match(n2.output, /Raft entry \d+ is damaged \(log segment \d+ byte \d+\)/);
-    assert.match(n2.output, /withholds its vote until its Raft log holds index \d+ again/);
-    // The single replica on node 2 is a one-voter group: its log is cut before
-    // the damaged entry too, and no other replica can resend what was cut, so
-    // it does not serve (docs/architecture.md, "Where the code departs from
-    // DESIGN.md"); a read fails with EIO, it never returns lost or damaged bytes.
-    assert.ok((n2.output.match(/Raft entry \d+ is damaged \(log segment \d+ byte \d+\)/g) ?? []).length >= 2, "both volumes' logs are cut");
+    assert.match(n2.output, /withholds its vote until its log reaches index \d+ again/);
+    // The single replica on node 2 is its group's only voter: the damaged
+    // entry is applied as lost (its header names its range) and every later
+    // acknowledged write is kept.
+    assert.match(n2.output, /DATA DAMAGED: group \d+: this node is the group's only voter and lost entry \d+ \(4096 bytes at volume offset 20480\)/);
+    // Only the damaged write's block fails.
     const read1 = new NbdTarget(n2.host, 10809, "s1");
-    const err = await read1.read(5).then(() => undefined, (e: unknown) => e);
-    assert.instance(err, OpError, "no bytes of s1 are returned");
-    assert.is((err as OpError).errno, 5);
+    for (let b = 0; b < 40; b++) {
+      if (b === 5) {
+        const err = await read1.read(b).then(() => undefined, (e: unknown) => e);
+        assert.instance(err, OpError, "the damaged block of s1 is not returned");
+        assert.is((err as OpError).errno, 5);
+      } else assert.ok((await read1.read(b)).equals(marked("s1", b)), `s1 block ${b}`);
+    }
     read1.close();
     // The replicated volume: node 2 gets back what its log lost; every replica then holds every block, undamaged.
     await waitUntil("s3 in sync on every node", async () => (await n1.api.inspectVolume("s3")).replicas.every((r) => r.state === "in-sync"), 30000);

@@ -41,10 +41,19 @@ export class StoreWrites {
   replay(groupId: number): void {
     const r = this.of(groupId);
     const st = this.store.raftState(groupId);
+    // Entries whose records recovery found damaged are applied as lost, as the driver does for a group's only voter.
+    const lost = new Map(this.store.lostRaftEntries(groupId).map((l) => [l.index, l.range]));
     for (let i = st.appliedIndex + 1; i <= st.lastIndex; i++) {
+      const range = lost.get(i);
+      if (range !== undefined) {
+        r.replica.lost(i, range);
+        this.store.markApplied(groupId, i);
+        continue;
+      }
       const [e] = this.store.raftEntries(groupId, i, i + 1, Infinity);
       this.applied(groupId, r.replica, i, e!.type === EntryType.normal ? e!.data : null);
     }
+    if (st.lastIndex > this.store.raftState(groupId).snapshotIndex) this.store.compactRaftLog(groupId, st.lastIndex);
   }
 
   private of(groupId: number): { replica: VolumeReplica; port: ReplicaPort; next: number } {
@@ -55,8 +64,8 @@ export class StoreWrites {
     entry.port = {
       propose: (command) => {
         const index = entry.next++;
-        const payloadCrc = replica.commandCrc(command);
-        return this.store.appendRaftEntries(groupId, [{ index, term, type: EntryType.normal, data: [command], payloadCrc }]).then(() => this.applied(groupId, replica, index, command));
+        const input = { index, term, type: EntryType.normal, data: [command], payloadCrc: replica.commandCrc(command), range: replica.commandRange(command) };
+        return this.store.appendRaftEntries(groupId, [input]).then(() => this.applied(groupId, replica, index, command));
       },
       readBarrier: () => undefined,
       read: (offsetBytes, lengthBytes) => this.store.read(groupId, offsetBytes, lengthBytes),

@@ -194,7 +194,8 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
       r.refusedAfterFlip = true;
       return undefined;
     }
-    return replayed(opened!, volumes.map((v) => v.id));
+    // Profile raft applies its own entries (resumeLog); the others write volume ops through the volume replica.
+    return raft ? opened : replayed(opened!, volumes.map((v) => v.id));
   };
 
   const noteCounters = (s: Store): void => {
