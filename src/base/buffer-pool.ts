@@ -48,6 +48,34 @@ export class BufferPool {
   }
 }
 
+/**
+ * Small buffers carved from shared slabs, as Node's Buffer pool does for
+ * allocUnsafe below 4 KiB: one ArrayBuffer per `slabBytes` instead of one per
+ * buffer, which the garbage collector then tracks one by one. A slab lives
+ * while any buffer cut from it does; buffers above slabBytes / 8 get their
+ * own (so one long-lived small buffer pins at most a slab).
+ */
+export class SlabAllocator {
+  private slab = new ArrayBuffer(0);
+  private used = 0;
+
+  constructor(readonly slabBytes: number) {
+    assert(slabBytes % 8 === 0 && slabBytes > 0, "a slab is whole 8-byte words");
+  }
+
+  /** A buffer of `length` bytes (uninitialized), 8-byte aligned in its slab. */
+  take(length: number): Buffer {
+    if (length > this.slabBytes / 8) return Buffer.allocUnsafe(length);
+    if (this.used + length > this.slab.byteLength) {
+      this.slab = new ArrayBuffer(this.slabBytes);
+      this.used = 0;
+    }
+    const b = Buffer.from(this.slab, this.used, length);
+    this.used += (length + 7) & ~7;
+    return b;
+  }
+}
+
 function sizeClass(n: number): number {
   return 2 ** Math.ceil(Math.log2(n));
 }

@@ -18,6 +18,8 @@ export interface CatalogHooks {
   restored(index: number, atStart: boolean): void;
 }
 
+const catalogRecord = Object.freeze({ payloadCrc: undefined, range: undefined });
+
 export class CatalogMachine {
   state: CatalogState = newCatalogState();
   readonly snapshots = {
@@ -56,17 +58,12 @@ export class CatalogMachine {
     this.hooks.applied(index, applyEntry(this.state, command, index));
   }
 
-  /** Catalog commands name no volume range, so the store never keeps one as lost: a damaged one cuts the log. */
-  commandRange(_command: Uint8Array): undefined {
-    return undefined;
+  /** Catalog commands carry no checksums (the store hashes them) and name no volume range (a damaged one cuts the log). */
+  commandRecord(_command: Uint8Array): { payloadCrc: undefined; range: undefined } {
+    return catalogRecord;
   }
 
   lost(index: number): void {
     assert(false, () => `catalog entry ${index} cannot be lost: it names no range`);
-  }
-
-  /** Catalog commands carry no checksums: the store hashes them. */
-  commandCrc(_command: Uint8Array): number | undefined {
-    return undefined;
   }
 }

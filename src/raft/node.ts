@@ -115,6 +115,31 @@ export class RaftNode {
     this.raft.campaign();
   }
 
+  /** The role, term and leader known now; unlike status(), these allocate nothing (the driver asks on every proposal). */
+  role(): StateRole {
+    return this.raft.role;
+  }
+
+  term(): number {
+    return this.raft.term;
+  }
+
+  lead(): NodeId {
+    return this.raft.lead;
+  }
+
+  /** Whether `id` is the configuration's only member (one voter, no learners). */
+  onlyMember(id: NodeId): boolean {
+    const voters = this.raft.tracker.voters;
+    return voters.length === 1 && voters[0] === id && this.raft.tracker.learners.length === 0;
+  }
+
+  /** Whether `id` is the configuration's only voter. */
+  soleVoter(id: NodeId): boolean {
+    const voters = this.raft.tracker.voters;
+    return voters.length === 1 && voters[0] === id;
+  }
+
   /** Returns the new entry's index, or 0 if dropped (not the leader, transferring, or over uncommittedBytesMax). */
   propose(data: Uint8Array): number {
     return this.raft.propose(data);

@@ -384,7 +384,14 @@ export class MultiRaft {
 
   /** Proposes opaque data (a meta-group command); resolves with its index once applied here. */
   proposeData(groupId: number, data: Uint8Array): Promise<number> {
-    return this.proposeAt(groupId, data);
+    return new Promise((resolve, reject) => {
+      const index = this.proposeWith(groupId, data, () => resolve(index), reject);
+    });
+  }
+
+  /** Proposes a command (a volume op) on the group's leader, this node; resolves once it is applied here. */
+  propose(groupId: number, data: Uint8Array): Promise<void> {
+    return new Promise((resolve, reject) => void this.proposeWith(groupId, data, resolve, reject));
   }
 
   /** Adds or removes a member, one change at a time; resolves once the change is applied here. */
@@ -681,24 +688,32 @@ export class MultiRaft {
 
   // ---- internals ----
 
-  private soleVoter(g: Group): boolean {
-    const voters = g.node.status().voters;
-    return voters.length === 1 && voters[0] === this.o.nodeId && g.node.status().role === StateRole.leader;
+  /** This node leads the group and no other node is a member (voter or learner). */
+  private onlyMember(g: Group): boolean {
+    return g.node.role() === StateRole.leader && g.node.onlyMember(this.o.nodeId);
   }
 
-  private proposeAt(groupId: number, data: Uint8Array): Promise<number> {
-    let g: Group;
-    try {
-      g = this.mustLead(groupId);
-    } catch (e) {
-      return Promise.reject(e);
+  private soleVoter(g: Group): boolean {
+    return g.node.role() === StateRole.leader && g.node.soleVoter(this.o.nodeId);
+  }
+
+  /** Proposes data on the group's leader (this node): the waiter settles once it is applied here, or never will be. Returns its index, 0 when refused. */
+  private proposeWith(groupId: number, data: Uint8Array, resolve: () => void, reject: (e: Error) => void): number {
+    const g = this.groups.get(groupId);
+    if (g === undefined || g.node.role() !== StateRole.leader) {
+      reject(new NotLeaderError(groupId, g?.node.lead() ?? 0));
+      return 0;
     }
     const index = g.node.propose(data);
-    if (index === 0) return Promise.reject(new NotLeaderError(groupId, g.node.status().lead));
-    const term = g.node.status().term;
+    if (index === 0) {
+      reject(new NotLeaderError(groupId, g.node.lead()));
+      return 0;
+    }
+    const term = g.node.term();
     if (index === g.appendedThrough + 1 && this.soleVoter(g)) this.appendEarly(g, index, term, data);
     this.schedule();
-    return new Promise((resolve, reject) => g.proposals.set(index, { term, resolve: () => resolve(index), reject }));
+    g.proposals.set(index, { term, resolve, reject });
+    return index;
   }
 
   /**
@@ -713,7 +728,7 @@ export class MultiRaft {
   private appendEarly(g: Group, index: number, term: number, data: Uint8Array): void {
     const durable = this.o.store.appendRaftEntries(g.id, [this.entryInput(g, index, term, EntryType.normal, data)]);
     // A failure reaches the Ready that lists the entry (its persist waits on this), which stops the group.
-    durable.catch(() => {});
+    durable.catch(ignore);
     if (g.earlyThrough !== index - 1 || g.earlyTerm !== term) g.earlyFrom = index;
     g.earlyThrough = index;
     g.earlyTerm = term;
@@ -724,13 +739,14 @@ export class MultiRaft {
   /** An entry for the store: a command's record carries its checksum when the command has one, and names the range it changes. */
   private entryInput(g: Group, index: number, term: number, type: number, data: Uint8Array): RaftEntryInput {
     if (type !== EntryType.normal || data.length === 0) return { index, term, type, data: [data] };
-    return { index, term, type, data: [data], payloadCrc: g.sm.commandCrc(data), range: g.sm.commandRange(data) };
+    const record = g.sm.commandRecord(data);
+    return { index, term, type, data: [data], payloadCrc: record.payloadCrc, range: record.range };
   }
 
   private mustLead(groupId: number): Group {
     const g = this.groups.get(groupId);
     if (g === undefined) throw new NotLeaderError(groupId, 0);
-    if (g.node.status().role !== StateRole.leader) throw new NotLeaderError(groupId, g.node.status().lead);
+    if (g.node.role() !== StateRole.leader) throw new NotLeaderError(groupId, g.node.lead());
     return g;
   }
 
@@ -898,6 +914,11 @@ export class MultiRaft {
     this.releaseReads(g);
     this.storages.get(g.id)?.releaseThrough(this.cachedEntriesDoneThrough(g));
     const snaps = g.sm.snapshots;
+    // The group's only member needs no log behind what it applied: compacted
+    // now, not at the next round, the store's Raft index (an object per
+    // entry) stays short instead of holding every write of the last
+    // compactEveryTicks (which the collector then copies and promotes).
+    if (snaps.kind === "streamed" && this.onlyMember(g)) this.compact(g, g.applied);
     if (snaps.kind !== "inline" || g.savingSnapshot) return;
     const last = Math.max(g.snapshotTriedAt, this.o.store.stateSnapshot(g.id)?.index ?? 0);
     if (g.applied - last >= snaps.everyEntries) this.saveSnapshot(g, snaps);
@@ -1041,3 +1062,5 @@ export class MultiRaft {
     this.failReads(g, e);
   }
 }
+
+function ignore(): void {}

@@ -32,19 +32,21 @@ export interface GroupStateMachine {
    * it was written). Applied in order, like apply().
    */
   lost(index: number, range: CommandRange): void;
-  /** The volume range a command changes, kept in its record's header so a damaged record still says what it changed (undefined: none). */
-  commandRange(command: Uint8Array): CommandRange | undefined;
-  /**
-   * The CRC32C of a command's whole data when it can be folded from
-   * checksums the command carries; undefined: the store hashes the data.
-   */
-  commandCrc(command: Uint8Array): number | undefined;
+  /** What a command's store record carries besides its data (one decode per entry). */
+  commandRecord(command: Uint8Array): CommandRecord;
   readonly snapshots: InlineSnapshots | StreamedSnapshots;
 }
 
 export interface CommandRange {
   offsetBytes: number;
   lengthBytes: number;
+}
+
+export interface CommandRecord {
+  /** The CRC32C of the command's whole data when it folds from checksums the command carries; undefined: the store hashes the data. */
+  payloadCrc: number | undefined;
+  /** The volume range the command changes, kept in its record's header so a damaged record still says what it changed (undefined: none). */
+  range: CommandRange | undefined;
 }
 
 export interface InlineSnapshots {

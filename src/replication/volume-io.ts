@@ -193,7 +193,7 @@ export class VolumeIo {
     let port = this.ports.get(group);
     if (port === undefined) {
       port = {
-        propose: (command) => this.o.driver.proposeData(group, command),
+        propose: (command) => this.o.driver.propose(group, command),
         readBarrier: () => this.o.driver.readBarrier(group),
         read: (offsetBytes, lengthBytes) => this.o.repairer.read(group, offsetBytes, lengthBytes),
       };

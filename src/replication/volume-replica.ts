@@ -20,8 +20,8 @@ import { StoreError } from "../store/errors.js";
 import { sliceBuffers } from "../store/map-data.js";
 import type { Store } from "../store/store.js";
 import { ChangeMap } from "./changes.js";
-import type { CommandRange, GroupStateMachine, StreamedSnapshots } from "./state-machine.js";
-import { decodeOp, encodeTrim, encodeWrite, entryPayloadCrc, volumeOpOverheadBytes, VolumeOpKind } from "./volume-op.js";
+import type { CommandRange, CommandRecord, GroupStateMachine, StreamedSnapshots } from "./state-machine.js";
+import { decodeOp, encodeTrim, encodeWrite, opPayloadCrc, volumeOpOverheadBytes, VolumeOpKind } from "./volume-op.js";
 
 /** Data per proposal: whole sectors, leaving room for the block checksums and the trailer in one store record. */
 export const proposalBytesMax = recordPayloadBytesMax - 2 * checksumBlockBytes;
@@ -31,7 +31,7 @@ const zeroes = new Uint8Array(proposalBytesMax);
 /** How a request reaches the group: on its leader, through the driver. */
 export interface ReplicaPort {
   /** Proposes a volume op; resolves once it is committed and applied here. */
-  propose(command: Uint8Array): Promise<unknown>;
+  propose(command: Uint8Array): Promise<void>;
   /** Resolves once a read here sees every write acknowledged before it. */
   readBarrier(): Promise<void> | undefined;
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer> | Buffer;
@@ -82,14 +82,12 @@ export class VolumeReplica implements GroupStateMachine {
     if (changes !== undefined && index > changes.base) changes.mark(range.offsetBytes, range.lengthBytes);
   }
 
-  commandRange(command: Uint8Array): CommandRange | undefined {
+  commandRecord(command: Uint8Array): CommandRecord {
     const op = decodeOp(command);
-    return op === undefined ? undefined : { offsetBytes: op.offsetBytes, lengthBytes: op.lengthBytes };
+    if (op === undefined) return noRecord;
+    return { payloadCrc: opPayloadCrc(op, command), range: { offsetBytes: op.offsetBytes, lengthBytes: op.lengthBytes } };
   }
 
-  commandCrc(command: Uint8Array): number | undefined {
-    return entryPayloadCrc(command);
-  }
 
   // ---- requests, on the leader ----
 
@@ -99,8 +97,8 @@ export class VolumeReplica implements GroupStateMachine {
     if (bad !== undefined) return Promise.reject(bad);
     if (lengthBytes === 0) return Promise.resolve();
     if (offsetBytes % sectorBytes !== 0 || lengthBytes % sectorBytes !== 0) return this.readModifyWrite(p, offsetBytes, data, lengthBytes);
-    if (lengthBytes <= proposalBytesMax) return p.propose(encodeWrite(offsetBytes, data, lengthBytes)).then(nothing);
-    const parts: Promise<unknown>[] = [];
+    if (lengthBytes <= proposalBytesMax) return p.propose(encodeWrite(offsetBytes, data, lengthBytes));
+    const parts: Promise<void>[] = [];
     for (let at = 0; at < lengthBytes; at += proposalBytesMax) {
       const n = Math.min(proposalBytesMax, lengthBytes - at);
       parts.push(p.propose(encodeWrite(offsetBytes + at, sliceBuffers(data, at, n), n)));
@@ -114,7 +112,7 @@ export class VolumeReplica implements GroupStateMachine {
     if (bad !== undefined) return Promise.reject(bad);
     const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
     const to = Math.floor((offsetBytes + lengthBytes) / sectorBytes) * sectorBytes;
-    return to > from ? p.propose(encodeTrim(from, to - from)).then(nothing) : Promise.resolve();
+    return to > from ? p.propose(encodeTrim(from, to - from)) : Promise.resolve();
   }
 
   /** Zeroes the range: holes for whole sectors (zeroes written as data with noHole), zeroes merged into partial sectors. */
@@ -164,3 +162,5 @@ export class VolumeReplica implements GroupStateMachine {
 }
 
 function nothing(): void {}
+
+const noRecord: CommandRecord = Object.freeze({ payloadCrc: undefined, range: undefined });

@@ -64,7 +64,7 @@ export class StoreWrites {
     entry.port = {
       propose: (command) => {
         const index = entry.next++;
-        const input = { index, term, type: EntryType.normal, data: [command], payloadCrc: replica.commandCrc(command), range: replica.commandRange(command) };
+        const input = { index, term, type: EntryType.normal, data: [command], ...replica.commandRecord(command) };
         return this.store.appendRaftEntries(groupId, [input]).then(() => this.applied(groupId, replica, index, command));
       },
       readBarrier: () => undefined,

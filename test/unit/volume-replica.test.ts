@@ -19,7 +19,7 @@ function fakePort(content = 0xaa): { port: ReplicaPort; ops: { kind: VolumeOpKin
     propose: (command) => {
       const op = decodeOp(command)!;
       ops.push({ kind: op.kind, offsetBytes: op.offsetBytes, lengthBytes: op.lengthBytes, data: command.subarray(0, op.lengthBytes) });
-      return Promise.resolve(ops.length);
+      return Promise.resolve();
     },
     readBarrier: () => undefined,
     read: (offsetBytes, lengthBytes) => {
