@@ -158,14 +158,14 @@ test("segments holding uncompacted entries are never collected; after compaction
   t.remove();
 });
 
-/** Flips a bit in the first copy of `needle` in the store's first segment. */
-function damage(dir: string, needle: Buffer): void {
+/** Flips a bit in the first copy of `needle` in the store's first segment, `at` bytes into it. */
+function damage(dir: string, needle: Buffer, into = 99): void {
   const file = join(dir, segmentName(1));
   const bytes = readFileSync(file);
   const at = bytes.indexOf(needle);
   assert.ok(at >= 0, "the entry's data is in segment 1");
   const fd = openSync(file, "r+");
-  writeSync(fd, Buffer.from([bytes[at + 99]! ^ 1]), 0, 1, at + 99);
+  writeSync(fd, Buffer.from([bytes[at + into]! ^ 1]), 0, 1, at + into);
   closeSync(fd);
 }
 
@@ -217,6 +217,56 @@ test("damaged entries the checkpoint lists: one not applied cuts the log, one ap
   // The log is the data: the applied entry's bytes are the volume's, and a read finds them damaged (a replica repairs them).
   assert.throws(() => store.read(a.groupId, 4096, 4096), (e: Error) => e instanceof ChecksumError);
   assert.ok(store.read(a.groupId, 0, 4096).equals(Buffer.alloc(4096, 0x31)));
+  await store.close();
+  t.remove();
+});
+
+test("a damaged entry whose header names its range is kept as lost: applied as lost its blocks fail their checksums, a lost trim still unmaps, later entries are whole; cutRaftLog owes the vote instead", async () => {
+  const t = tempDir("raft");
+  let store = await open(t.dir);
+  // Entries 1..6 of group a: writes of one block each at block i - 1, with their ranges; entry 5 a trim of block 0 (no data).
+  const ranged = (i: number): RaftEntryInput => (i === 5 ? { ...entry(i, 1, 0, 16), range: { offsetBytes: 0, lengthBytes: 4096 } } : { ...entry(i, 1, 0x60 + i), range: { offsetBytes: (i - 1) * 4096, lengthBytes: 4096 } });
+  await store.appendRaftEntries(a.groupId, [1, 2].map(ranged), { term: 1, vote: 1, commit: 2 });
+  for (const i of [1, 2]) applyWrite(store, i, (i - 1) * 4096, 4096);
+  await store.close(); // the checkpoint lists entries 1 and 2, applied
+  store = await open(t.dir);
+  await store.appendRaftEntries(a.groupId, [3, 4, 5, 6].map(ranged), { term: 1, vote: 1, commit: 6 });
+  for (let i = 1; i <= 4; i++) await store.appendRaftEntries(b.groupId, [entry(i, 1, 0x50 + i)]);
+  await store.closeWithoutCheckpoint();
+  damage(t.dir, Buffer.alloc(4096, 0x64)); // entry 4, after the checkpoint
+  store = await open(t.dir);
+  let st = store.raftState(a.groupId);
+  assert.equal([st.lastIndex, st.recoverUntil, st.appliedIndex], [6, 0, 2], "nothing is cut");
+  assert.equal(store.lostRaftEntries(a.groupId), [{ index: 4, range: { offsetBytes: 3 * 4096, lengthBytes: 4096 } }]);
+  // What the driver does for the group's only voter: apply the log to its end, the lost entry as lost.
+  applyWrite(store, 3, 2 * 4096, 4096);
+  assert.is(store.applyLostEntry(a.groupId, 4), 1, "one block lost");
+  store.applyEntryTrim(a.groupId, 5, 0, 4096);
+  applyWrite(store, 6, 5 * 4096, 4096);
+  assert.throws(() => store.read(a.groupId, 3 * 4096, 4096), (e: Error) => e instanceof ChecksumError, "the lost write's block is not returned");
+  assert.ok(store.read(a.groupId, 5 * 4096, 4096).equals(Buffer.alloc(4096, 0x66)), "the write after it is whole");
+  assert.ok(store.read(a.groupId, 0, 4096).equals(Buffer.alloc(4096)), "the trim after it applied");
+  assert.equal(store.lostRaftEntries(a.groupId), []);
+  await store.close();
+  // A lost trim applies as the trim it was.
+  store = await open(t.dir);
+  await store.appendRaftEntries(a.groupId, [{ ...entry(7, 1, 0x77), range: { offsetBytes: 4096, lengthBytes: 4096 } }, { ...entry(8, 1, 0x3c, 16), range: { offsetBytes: 4096, lengthBytes: 4096 } }]);
+  for (let i = 5; i <= 8; i++) await store.appendRaftEntries(b.groupId, [entry(i, 1, 0x50 + i)]);
+  await store.closeWithoutCheckpoint();
+  damage(t.dir, Buffer.alloc(16, 0x3c), 5); // entry 8: its 16 bytes are all it has
+  store = await open(t.dir);
+  assert.equal(store.lostRaftEntries(a.groupId), [{ index: 8, range: { offsetBytes: 4096, lengthBytes: 4096 } }]);
+  applyWrite(store, 7, 4096, 4096);
+  assert.is(store.applyLostEntry(a.groupId, 8), 0, "a trim loses nothing");
+  assert.ok(store.read(a.groupId, 4096, 4096).equals(Buffer.alloc(4096)));
+  // A replica with peers cuts before the lost entry instead, and owes its vote up to the last index it held.
+  await store.appendRaftEntries(a.groupId, [9, 10].map((i) => ({ ...entry(i, 1, 0x70 + i), range: { offsetBytes: 0, lengthBytes: 4096 } })));
+  store.cutRaftLog(a.groupId, 9);
+  st = store.raftState(a.groupId);
+  assert.equal([st.lastIndex, st.recoverUntil], [8, 10]);
+  await store.close();
+  store = await open(t.dir);
+  assert.equal([store.raftState(a.groupId).lastIndex, store.raftState(a.groupId).recoverUntil], [8, 10], "the debt is in the checkpoint");
   await store.close();
   t.remove();
 });
