@@ -14,9 +14,12 @@
 //   - after a crash, every acknowledged write is still there (or a later one);
 //   - a read fails with a ChecksumError only where a bit was flipped;
 //   - the store refuses to open only after a bit flip hit a record header
-//     (the documented refusal: docs/architecture.md, "Checksums and repair"),
-//     and cuts a volume's Raft log only after one hit an entry the
-//     checkpoint does not cover (the run ends at either).
+//     (the documented refusal: docs/architecture.md, "Checksums and repair";
+//     the run ends there). A flip in a volume's entry after the checkpoint
+//     keeps the entry as lost: the volume's writes go through its replica as
+//     its only voter's entries (test/helpers/store-writes.ts), which applies
+//     it as lost, so its blocks fail their checksums and every later write
+//     is kept.
 // Bits flip only in commits followed by more than a commit window of durable
 // commits: damage inside the last window cannot be told from a torn write,
 // and recovery drops it with the tail (docs/formats/segment-log.md).
@@ -184,10 +187,10 @@ export async function runStoreSim(o: StoreSimOptions): Promise<StoreSimResult> {
       fail(`Store.open failed: ${(error as Error).stack ?? String(error)}`);
     }
     if (opened === undefined) fail("Store.open never finished (the event queue ran dry)");
-    // A bit flip in a volume's Raft entry after the checkpoint cuts the volume's
-    // log there: the documented outcome is a group that owes its vote until
-    // another replica resends what was cut, and with no other replica the
-    // writes after it are gone. The run ends there, as after a refused open.
+    // A bit flip that cut a volume's Raft log (an entry naming no range: not
+    // one this simulator writes) leaves a group that owes its vote until
+    // another replica resends what was cut. The run ends there, as after a
+    // refused open.
     const cut = volumes.find((v) => opened!.raftState(v.id).recoverUntil > 0);
     if (cut !== undefined && r.flips > 0) {
       log(`a bit flip cut volume ${cut.id}'s Raft log: it owes its vote until index ${opened!.raftState(cut.id).recoverUntil}`);
