@@ -172,7 +172,7 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
     },
     {
       pattern: /^\/metrics$/,
-      methods: { GET: async () => ({ status: 200, text: { body: controller.metrics(), contentType: prometheusContentType } }) },
+      methods: { GET: async () => ({ status: 200, text: { body: await controller.metrics(), contentType: prometheusContentType } }) },
     },
     ...(debug === undefined
       ? []

@@ -340,7 +340,7 @@ export interface Controller {
   /** HOST:PORT of each node that serves the volume over NBD, the ones best to use first (the attach agent's node list). */
   volumeServers(name: string): Promise<string[]>;
   /** Prometheus text exposition for GET /metrics. */
-  metrics(): string;
+  metrics(): Promise<string>;
   listNodes(): Promise<NodeInfo[]>;
   /** Admits a node (forwarded to the meta leader); throws ApiError(403) for a bad proof. */
   join(request: JoinRequest): Promise<JoinResponse>;

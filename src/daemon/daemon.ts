@@ -91,6 +91,9 @@ import { ClusterNode, metaGroupId } from "../node/cluster-node.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
 import { ReplicatedVolumeExport } from "./volume-export.js";
+import { NodeMetrics, type GroupView, type MetricsView } from "./metrics.js";
+import { metricsVolumesMax, VolumeStats } from "./volume-stats.js";
+import { roleNames } from "../raft/types.js";
 
 export interface DaemonOptions {
   dataDir: string;
@@ -116,6 +119,8 @@ export interface DaemonOptions {
   unsafeDebugApi?: boolean;
   /** An NBD connection idle this long may be closed when a new client needs its slot (default nbdIdleTimeoutMs). */
   nbdIdleTimeoutMs?: number;
+  /** false (--no-metrics): no per-volume I/O counters on the request path; /metrics shows only what the parts count anyway. */
+  metrics?: boolean;
 }
 
 export interface Logger {
@@ -158,11 +163,16 @@ const deleteAskTimeoutMs = 2000;
  * (a delete that never committed).
  */
 const deleteFenceMs = 30_000;
+/** How often each volume's I/O counters are sampled for the console's graphs (VolumeStats.sample). */
+const sampleEveryMs = 1000;
 
 export class Daemon implements Controller {
   /** The catalog, the replicas it places here and the control loops (src/node). */
   private node!: ClusterNode;
   private readonly connections = new Map<string, number>();
+  /** Each volume's NBD I/O through this node, from its first connection here until the catalog drops it; empty with --no-metrics. */
+  private readonly volumeStats = new Map<string, VolumeStats>();
+  private metricsRegistry: NodeMetrics | undefined;
   /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
   private readonly fenced = new Map<string, number>();
   private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
@@ -308,6 +318,8 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => node.reconcileReplicas(), reconcileEveryMs));
     this.timers.push(setInterval(() => this.scrubIfDue(), scrubCheckEveryMs));
     this.timers.push(setInterval(() => this.superviseAttachAgents(), agentCheckEveryMs));
+    this.timers.push(setInterval(() => this.sampleVolumes(), sampleEveryMs));
+    this.metricsRegistry = new NodeMetrics(this.metricsView());
     await this.untilRegistered();
     const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
     this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
@@ -321,6 +333,7 @@ export class Daemon implements Controller {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       for (const t of this.timers) clearInterval(t);
+      this.metricsRegistry?.close();
       releaseSupervisorLock();
       this.scrubber?.stop();
       const steps: [string, () => Promise<void>][] = [
@@ -514,7 +527,7 @@ export class Daemon implements Controller {
         this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
         return new ReplicatedVolumeExport(v, this.io, this.readBuffers, () => {
           this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
-        });
+        }, this.statsFor(name));
       },
     };
   }
@@ -597,7 +610,7 @@ export class Daemon implements Controller {
       nbdPort: n.nbdPort,
       apiPort: n.apiPort,
       peerPort: n.peerPort,
-      health: n.id === this.nodeId || this.peer?.transport.isConnected(n.id) === true ? "up" : "down",
+      health: this.isUp(n.id) ? "up" : "down",
       catalogHealth: n.health,
       capacityBytes: n.capacityBytes,
       freeBytes: n.freeBytes,
@@ -820,42 +833,97 @@ export class Daemon implements Controller {
     };
   }
 
-  metrics(): string {
-    const lines: string[] = [];
-    const exportAll = (prefix: string, type: string, values: Record<string, number>): void => {
-      for (const [k, v] of Object.entries(values)) {
-        const name = `${prefix}${k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}`;
-        lines.push(`# TYPE ${name} ${type}`, `${name} ${v}`);
-      }
+  metrics(): Promise<string> {
+    return this.metricsRegistry?.text() ?? Promise.resolve("");
+  }
+
+  // ---- metrics and the console's samples (src/daemon/metrics.ts, volume-stats.ts) ----
+
+  /** The volume's I/O counters on this node (made at its first NBD connection here); undefined with --no-metrics. */
+  private statsFor(name: string): VolumeStats | undefined {
+    if (this.options.metrics === false) return undefined;
+    let s = this.volumeStats.get(name);
+    if (s === undefined) this.volumeStats.set(name, (s = new VolumeStats(name)));
+    return s;
+  }
+
+  /** Once a second: each volume's sample for the console; a volume the catalog dropped loses its counters (and its series). */
+  private sampleVolumes(): void {
+    const wall = Date.now();
+    const mono = performance.now();
+    for (const [name, s] of this.volumeStats) {
+      if (!this.catalog.volumes.has(name)) this.volumeStats.delete(name);
+      else s.sample(wall, mono);
+    }
+  }
+
+  /** The volumes that carry per-volume series here: those with I/O through this node first, then those with a replica here, at most metricsVolumesMax. */
+  private labelledVolumes(): CatalogVolume[] {
+    const withIo = [...this.volumeStats.keys()].sort().map((n) => this.catalog.volumes.get(n)).filter((v): v is CatalogVolume => v !== undefined);
+    const hosted = this.hostedVolumes().map((id) => this.node.volumeById(id)).filter((v): v is CatalogVolume => v !== undefined && !this.volumeStats.has(v.name));
+    return [...withIo, ...hosted].slice(0, metricsVolumesMax);
+  }
+
+  private groupView(v: CatalogVolume): GroupView | undefined {
+    const s = this.driver.status(v.id);
+    if (s === undefined) return undefined;
+    const progress = this.driver.progress(v.id);
+    return {
+      volume: v.name,
+      role: roleNames[s.role],
+      term: s.term,
+      commitIndex: s.commit,
+      appliedIndex: s.applied,
+      lastIndex: s.lastIndex,
+      ...(progress === undefined
+        ? {}
+        : { memberLag: progress.filter((p) => p.node !== this.nodeId).map((p) => ({ member: this.catalog.nodes.get(p.node)?.name ?? `node-${p.node}`, entries: Math.max(0, s.lastIndex - p.match) })) }),
     };
-    exportAll("pxd_store_", "gauge", this.store.stats());
-    if (this.nbd) {
-      const { idleEvictions, refusedConnections, ...gauges } = this.nbd.server.stats();
-      exportAll("pxd_nbd_", "gauge", gauges);
-      exportAll("pxd_nbd_", "counter", { idleEvictions, refusedConnections });
-    }
-    exportAll("pxd_raft_", "counter", this.driver.snapshotSender.counters);
-    exportAll("pxd_repair_", "counter", this.repairer.counters);
-    exportAll("pxd_", "counter", this.scrubber.counters);
-    lines.push("# TYPE pxd_volumes gauge", `pxd_volumes ${this.catalog.volumes.size}`);
-    for (const v of this.catalog.volumes.values()) {
-      if (this.store.hasGroup(v.id)) lines.push(`pxd_volume_allocated_bytes{volume="${v.name}"} ${this.store.allocatedBytes(v.id)}`);
-      lines.push(`pxd_volume_connections{volume="${v.name}"} ${this.connections.get(v.name) ?? 0}`);
-    }
-    const peers = this.peer?.transport.stats();
-    if (peers) {
-      lines.push("# TYPE pxd_peer_bytes_sent counter", "# TYPE pxd_peer_bytes_received counter", "# TYPE pxd_peer_connected gauge");
-      lines.push("# TYPE pxd_peer_frames_sent counter", "# TYPE pxd_peer_frames_received counter");
-      for (const p of peers.peers) {
-        lines.push(`pxd_peer_bytes_sent{peer="${p.id}"} ${p.bytesSent}`);
-        lines.push(`pxd_peer_bytes_received{peer="${p.id}"} ${p.bytesReceived}`);
-        lines.push(`pxd_peer_frames_sent{peer="${p.id}"} ${p.framesSent}`);
-        lines.push(`pxd_peer_frames_received{peer="${p.id}"} ${p.framesReceived}`);
-        lines.push(`pxd_peer_connected{peer="${p.id}"} ${p.connected ? 1 : 0}`);
-      }
-      lines.push(`pxd_peer_auth_failures ${peers.authFailures}`);
-    }
-    return lines.join("\n") + "\n";
+  }
+
+  private metricsView(): MetricsView {
+    const count = <T>(items: Iterable<T>, key: (x: T) => string): Record<string, number> => {
+      const out: Record<string, number> = {};
+      for (const x of items) out[key(x)] = (out[key(x)] ?? 0) + 1;
+      return out;
+    };
+    return {
+      store: () => this.store.stats(),
+      nbd: () => this.nbd?.server.stats(),
+      peers: () => this.peer?.transport.stats(),
+      snapshots: () => this.driver.snapshotSender.counters,
+      repair: () => this.repairer.counters,
+      scrub: () => this.scrubber.counters,
+      volumes: () =>
+        this.labelledVolumes().map((v) => ({
+          name: v.name,
+          stats: this.volumeStats.get(v.name),
+          allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : undefined,
+          connections: this.connections.get(v.name) ?? 0,
+        })),
+      allStats: () => this.volumeStats.values(),
+      groups: () => this.labelledVolumes().flatMap((v) => this.groupView(v) ?? []),
+      groupRoles: () =>
+        count(
+          this.hostedVolumes().flatMap((id) => this.driver.status(id) ?? []),
+          (s) => roleNames[s.role],
+        ),
+      nodesByHealth: () => ({ up: 0, down: 0, ...count(this.nodeHealth(), (h) => h) }),
+      volumesByState: () => ({ online: 0, damaged: 0, ...count(this.catalog.volumes.values(), (v) => this.volumeState(v)) }),
+    };
+  }
+
+  /** A node is up, as this node sees it, when it is this node or connected to it. */
+  private isUp(id: number): boolean {
+    return id === this.nodeId || this.peer?.transport.isConnected(id) === true;
+  }
+
+  private nodeHealth(): ("up" | "down")[] {
+    return [...this.catalog.nodes.values()].map((n) => (this.isUp(n.id) ? "up" : "down"));
+  }
+
+  private volumeState(v: CatalogVolume): VolumeInfo["state"] {
+    return this.repairer.unrepaired().has(v.id) ? "damaged" : "online";
   }
 
   // ---- scrub (src/replication/scrub.ts) ----
@@ -1016,7 +1084,7 @@ export class Daemon implements Controller {
       sizeBytes: v.sizeBytes,
       repl: v.repl,
       createdAt: new Date(v.createdAt).toISOString(),
-      state: this.repairer.unrepaired().has(v.id) ? "damaged" : "online",
+      state: this.volumeState(v),
       allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : 0,
       nbdUri: `nbd://${hostPort(this.options.listen, this.nbdPort)}/${v.name}`,
       connections: this.connections.get(v.name) ?? 0,

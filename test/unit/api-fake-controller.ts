@@ -242,7 +242,7 @@ export class FakeController implements Controller {
     return Promise.resolve({ nodes: [{ nodeId: 7, node: "n1", volumes: [] }] });
   }
 
-  metrics(): string {
+  async metrics(): Promise<string> {
     this.seen("metrics");
     return `# HELP pxd_volumes Volumes on this node.\n# TYPE pxd_volumes gauge\npxd_volumes ${this.volumes.size}\n`;
   }
