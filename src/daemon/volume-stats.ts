@@ -20,6 +20,16 @@ export const volumeSamplesMax = 120;
 /** At most this many volumes carry per-volume series on one node; the rest count only in the node's totals (docs/metrics.md). */
 export const metricsVolumesMax = 500;
 
+/**
+ * Series one labelled volume adds at most: requests, errors (2 each), bytes
+ * read, written, in flight, allocated, NBD connections (1 each), the latency
+ * histogram (2 x 11), the Raft group's role, term, commit, applied, apply lag
+ * (5) and, on its leader, up to 4 other members' lag. So a node exports at
+ * most metricsVolumesMax x 40 = 20,000 per-volume series, however many
+ * volumes it holds (test/unit/metrics.test.ts counts them).
+ */
+export const metricsSeriesPerVolumeMax = 40;
+
 export type IoOp = 0 | 1;
 export const opRead: IoOp = 0;
 export const opWrite: IoOp = 1;

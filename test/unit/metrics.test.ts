@@ -6,7 +6,7 @@
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { NodeMetrics, type MetricsView } from "../../src/daemon/metrics.js";
-import { latencyBucketsSec, opRead, opWrite, VolumeStats, volumeSamplesMax } from "../../src/daemon/volume-stats.js";
+import { latencyBucketsSec, metricsSeriesPerVolumeMax, opRead, opWrite, VolumeStats, volumeSamplesMax } from "../../src/daemon/volume-stats.js";
 import { dashboardMetrics, parsePrometheus } from "../helpers/prometheus.js";
 
 function viewOf(stats: VolumeStats[]): MetricsView {
@@ -76,6 +76,20 @@ test("a volume's requests land in its counters and latency histogram, and the te
     assert.is(fams.get("pxd_store_segments")!.type, "GAUGE");
     assert.is(Number(fams.get("pxd_raft_group_member_lag_entries")!.metrics[0]!.value), 1);
     assert.is(fams.get("pxd_event_loop_delay_seconds")!.type, "HISTOGRAM");
+  } finally {
+    m.close();
+  }
+});
+
+test("a volume with everything (I/O here, a replica here, the leader of five) adds metricsSeriesPerVolumeMax series", async () => {
+  const s = new VolumeStats("db");
+  const view = viewOf([s]);
+  const members = ["n2", "n3", "n4", "n5"].map((member) => ({ member, entries: 0 }));
+  view.groups = () => [{ volume: "db", role: "leader", term: 2, commitIndex: 10, appliedIndex: 9, lastIndex: 10, memberLag: members }];
+  const m = new NodeMetrics(view);
+  try {
+    const series = (await m.text()).split("\n").filter((l) => l.includes('volume="db"'));
+    assert.is(series.length, metricsSeriesPerVolumeMax);
   } finally {
     m.close();
   }
