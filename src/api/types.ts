@@ -299,6 +299,62 @@ export interface NodeConnections {
   connections: number;
 }
 
+export type ClusterEventKind =
+  | "node-joined"
+  | "node-removed"
+  | "node-down"
+  | "node-up"
+  | "volume-created"
+  | "volume-deleted"
+  | "replica-added"
+  | "replica-removed"
+  | "replica-moved"
+  | "leader-changed";
+
+/** GET /v1/events: something that happened in the cluster, as the answering node saw it. */
+export interface ClusterEvent {
+  /** Numbered from 1 on each node; GET /v1/events?since=SEQ lists the later ones. */
+  seq: number;
+  /** ISO 8601. */
+  at: string;
+  kind: ClusterEventKind;
+  node?: string;
+  volume?: string;
+  message: string;
+}
+
+export interface EventsResponse {
+  /** The answering node's name. */
+  node: string;
+  events: ClusterEvent[];
+}
+
+/** One second of a volume's I/O (GET /v1/volumes/NAME/stats). */
+export interface VolumeSampleInfo {
+  /** ms since the epoch. */
+  at: number;
+  readIops: number;
+  writeIops: number;
+  readBytesPerSec: number;
+  writeBytesPerSec: number;
+  readLatencyMs: number;
+  writeLatencyMs: number;
+  inFlight: number;
+}
+
+/**
+ * GET /v1/volumes/NAME/stats: the volume's I/O of the last two minutes, a
+ * sample a second, summed over the nodes clients use (each node counts the
+ * requests that enter through it); with ?local=true, the answering node's only.
+ */
+export interface VolumeStatsResponse {
+  volume: string;
+  samples: VolumeSampleInfo[];
+  /** Nodes whose samples are in the sum, and those that did not answer. */
+  nodes: string[];
+  silent: string[];
+}
+
 /** Error body of every non-2xx answer: { error: { code, message } }. */
 export interface ApiErrorBody {
   error: { code: string; message: string };
@@ -341,6 +397,10 @@ export interface Controller {
   volumeServers(name: string): Promise<string[]>;
   /** Prometheus text exposition for GET /metrics. */
   metrics(): Promise<string>;
+  /** This node's events after `sinceSeq` (GET /v1/events). */
+  events(sinceSeq: number): Promise<EventsResponse>;
+  /** The volume's recent I/O samples, summed over every node, or this node's only (local). */
+  volumeStats(name: string, local: boolean): Promise<VolumeStatsResponse>;
   listNodes(): Promise<NodeInfo[]>;
   /** Admits a node (forwarded to the meta leader); throws ApiError(403) for a bad proof. */
   join(request: JoinRequest): Promise<JoinResponse>;

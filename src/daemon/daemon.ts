@@ -37,6 +37,9 @@ import {
   type VolumeInfo,
   type AttachmentInfo,
   type AttachRequest,
+  type EventsResponse,
+  type VolumeSampleInfo,
+  type VolumeStatsResponse,
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
@@ -94,6 +97,7 @@ import { ReplicatedVolumeExport } from "./volume-export.js";
 import { NodeMetrics, type GroupView, type MetricsView } from "./metrics.js";
 import { metricsVolumesMax, VolumeStats } from "./volume-stats.js";
 import { roleNames } from "../raft/types.js";
+import { EventRing, type ClusterView } from "./events.js";
 
 export interface DaemonOptions {
   dataDir: string;
@@ -171,8 +175,9 @@ export class Daemon implements Controller {
   private node!: ClusterNode;
   private readonly connections = new Map<string, number>();
   /** Each volume's NBD I/O through this node, from its first connection here until the catalog drops it; empty with --no-metrics. */
-  private readonly volumeStats = new Map<string, VolumeStats>();
+  private readonly ioStats = new Map<string, VolumeStats>();
   private metricsRegistry: NodeMetrics | undefined;
+  private readonly eventRing = new EventRing();
   /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
   private readonly fenced = new Map<string, number>();
   private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
@@ -318,7 +323,7 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => node.reconcileReplicas(), reconcileEveryMs));
     this.timers.push(setInterval(() => this.scrubIfDue(), scrubCheckEveryMs));
     this.timers.push(setInterval(() => this.superviseAttachAgents(), agentCheckEveryMs));
-    this.timers.push(setInterval(() => this.sampleVolumes(), sampleEveryMs));
+    this.timers.push(setInterval(() => this.everySecond(), sampleEveryMs));
     this.metricsRegistry = new NodeMetrics(this.metricsView());
     await this.untilRegistered();
     const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
@@ -842,25 +847,63 @@ export class Daemon implements Controller {
   /** The volume's I/O counters on this node (made at its first NBD connection here); undefined with --no-metrics. */
   private statsFor(name: string): VolumeStats | undefined {
     if (this.options.metrics === false) return undefined;
-    let s = this.volumeStats.get(name);
-    if (s === undefined) this.volumeStats.set(name, (s = new VolumeStats(name)));
+    let s = this.ioStats.get(name);
+    if (s === undefined) this.ioStats.set(name, (s = new VolumeStats(name)));
     return s;
   }
 
-  /** Once a second: each volume's sample for the console; a volume the catalog dropped loses its counters (and its series). */
-  private sampleVolumes(): void {
+  /** Once a second: each volume's sample for the console (a volume the catalog dropped loses its counters and series), and the events since the last turn. */
+  private everySecond(): void {
     const wall = Date.now();
     const mono = performance.now();
-    for (const [name, s] of this.volumeStats) {
-      if (!this.catalog.volumes.has(name)) this.volumeStats.delete(name);
+    for (const [name, s] of this.ioStats) {
+      if (!this.catalog.volumes.has(name)) this.ioStats.delete(name);
       else s.sample(wall, mono);
     }
+    this.eventRing.observe(this.clusterView(), wall);
+  }
+
+  private clusterView(): ClusterView {
+    return {
+      nodes: new Map([...this.catalog.nodes.values()].map((n) => [n.id, { name: n.name, up: this.isUp(n.id) }])),
+      volumes: new Map([...this.catalog.volumes.values()].map((v) => [v.name, { nodes: [...v.nodes], leader: this.driver.hasGroup(v.id) ? this.driver.leader(v.id) : 0 }])),
+    };
+  }
+
+  async events(sinceSeq: number): Promise<EventsResponse> {
+    return { node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, events: this.eventRing.since(sinceSeq) };
+  }
+
+  /** This node's samples of the volume, or every node's summed second by second (a node that does not answer within a second is named in `silent`). */
+  async volumeStats(name: string, local: boolean): Promise<VolumeStatsResponse> {
+    const v = await this.knownVolume(name);
+    const self = this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`;
+    const mine = this.ioStats.get(v.name)?.samples() ?? [];
+    if (local) return { volume: v.name, samples: mine, nodes: [self], silent: [] };
+    const answers = await Promise.all(
+      [...this.catalog.nodes.values()]
+        .filter((n) => n.id !== this.nodeId)
+        .map(async (n) => {
+          try {
+            return { node: n.name, samples: (await nodeApi(n, 1000).volumeStats(v.name, true)).samples };
+          } catch {
+            return { node: n.name, samples: undefined };
+          }
+        }),
+    );
+    const heard = answers.filter((a) => a.samples !== undefined);
+    return {
+      volume: v.name,
+      samples: sumSamples([mine, ...heard.map((a) => a.samples!)]),
+      nodes: [self, ...heard.map((a) => a.node)],
+      silent: answers.filter((a) => a.samples === undefined).map((a) => a.node),
+    };
   }
 
   /** The volumes that carry per-volume series here: those with I/O through this node first, then those with a replica here, at most metricsVolumesMax. */
   private labelledVolumes(): CatalogVolume[] {
-    const withIo = [...this.volumeStats.keys()].sort().map((n) => this.catalog.volumes.get(n)).filter((v): v is CatalogVolume => v !== undefined);
-    const hosted = this.hostedVolumes().map((id) => this.node.volumeById(id)).filter((v): v is CatalogVolume => v !== undefined && !this.volumeStats.has(v.name));
+    const withIo = [...this.ioStats.keys()].sort().map((n) => this.catalog.volumes.get(n)).filter((v): v is CatalogVolume => v !== undefined);
+    const hosted = this.hostedVolumes().map((id) => this.node.volumeById(id)).filter((v): v is CatalogVolume => v !== undefined && !this.ioStats.has(v.name));
     return [...withIo, ...hosted].slice(0, metricsVolumesMax);
   }
 
@@ -897,11 +940,11 @@ export class Daemon implements Controller {
       volumes: () =>
         this.labelledVolumes().map((v) => ({
           name: v.name,
-          stats: this.volumeStats.get(v.name),
+          stats: this.ioStats.get(v.name),
           allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : undefined,
           connections: this.connections.get(v.name) ?? 0,
         })),
-      allStats: () => this.volumeStats.values(),
+      allStats: () => this.ioStats.values(),
       groups: () => this.labelledVolumes().flatMap((v) => this.groupView(v) ?? []),
       groupRoles: () =>
         count(
@@ -1117,6 +1160,30 @@ export class Daemon implements Controller {
       return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), leader: id === leader };
     });
   }
+}
+
+/** Several nodes' samples of one volume as one series: summed per wall-clock second, latencies weighted by each node's IOPS. */
+function sumSamples(perNode: readonly (readonly VolumeSampleInfo[])[]): VolumeSampleInfo[] {
+  const bySecond = new Map<number, VolumeSampleInfo>();
+  for (const samples of perNode) {
+    for (const s of samples) {
+      const sec = Math.round(s.at / 1000);
+      const t = bySecond.get(sec);
+      if (t === undefined) {
+        bySecond.set(sec, { ...s, at: sec * 1000 });
+        continue;
+      }
+      const mean = (a: number, wa: number, b: number, wb: number): number => (wa + wb > 0 ? (a * wa + b * wb) / (wa + wb) : 0);
+      t.readLatencyMs = mean(t.readLatencyMs, t.readIops, s.readLatencyMs, s.readIops);
+      t.writeLatencyMs = mean(t.writeLatencyMs, t.writeIops, s.writeLatencyMs, s.writeIops);
+      t.readIops += s.readIops;
+      t.writeIops += s.writeIops;
+      t.readBytesPerSec += s.readBytesPerSec;
+      t.writeBytesPerSec += s.writeBytesPerSec;
+      t.inFlight += s.inFlight;
+    }
+  }
+  return [...bySecond.values()].sort((a, b) => a.at - b.at);
 }
 
 function attachmentInfos(v: CatalogVolume): AttachmentInfo[] {
