@@ -204,6 +204,7 @@ export class NodeMetrics {
     };
     this.gauge("pxd_nbd_connections", "NBD connections open on this node.", [], () => nbd("connections"));
     this.gauge("pxd_nbd_held_bytes", "Bytes NBD connections hold against the node budget (requests and replies in flight).", [], () => nbd("heldBytes"));
+    this.gauge("pxd_nbd_held_bytes_peak", "The most bytes NBD connections held against the node budget at once since start.", [], () => nbd("heldBytesPeak"));
     this.gauge("pxd_nbd_waiting_connections", "NBD connections waiting for room in the node budget.", [], () => nbd("waitingConnections"));
     this.counter("pxd_nbd_idle_evictions_total", "Idle NBD connections closed to make room for a new client.", [], () => nbd("idleEvictions"));
     this.counter("pxd_nbd_refused_connections_total", "NBD connections refused at a connection cap.", [], () => nbd("refusedConnections"));

@@ -42,7 +42,7 @@ test("a single-replica volume grows to three replicas, survives losing its first
   const three = await waitUntil("three replicas in sync", () => replicasInSync(first, "ha", 3), 60000);
   console.log(`replicas: ${v.replicas[0]!.node} -> ${two.join(", ")} -> ${three.join(", ")}`);
   let installed = 0;
-  for (const n of c.nodes) installed += Number(/^pxd_store_snapshots_installed (\d+)$/m.exec(await n.api.metrics())?.[1] ?? 0);
+  for (const n of c.nodes) installed += Number(/^pxd_store_snapshots_installed_total (\d+)$/m.exec(await n.api.metrics())?.[1] ?? 0);
   assert.ok(installed >= 1, `the first added replica was filled by a snapshot (${installed} installed)`);
 
   // The node that held the only original copy dies: the added replicas hold everything.
