@@ -217,7 +217,21 @@ export interface ReplicaInfo {
   state: "in-sync" | "catching-up" | "down" | "unknown";
   /** For a replica catching up: entries it holds of the leader's log, e.g. "1200/1500". */
   progress?: string;
+  /** A copy of the volume (a Raft snapshot) the leader is sending it: how far, how fast, how long to go. */
+  copy?: CopyProgress;
   leader: boolean;
+}
+
+export interface CopyProgress {
+  /** Bytes of the volume's address space the copy has gone through (holes count: they cost nothing to send). */
+  doneBytes: number;
+  totalBytes: number;
+  /** Average since the leader began this copy; 0 in its first second. */
+  bytesPerSec: number;
+  /** Seconds left at that rate; absent until there is a rate. */
+  etaSec?: number;
+  /** Only what changed while the replica was away (the rest it copies from its own data). */
+  delta: boolean;
 }
 
 export interface VolumeInfo {

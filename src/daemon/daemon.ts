@@ -40,6 +40,7 @@ import {
   type EventsResponse,
   type VolumeSampleInfo,
   type VolumeStatsResponse,
+  type CopyProgress,
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
@@ -178,6 +179,8 @@ export class Daemon implements Controller {
   private readonly ioStats = new Map<string, VolumeStats>();
   private metricsRegistry: NodeMetrics | undefined;
   private readonly eventRing = new EventRing();
+  /** Copies this node sends, by "group/to": where and when it first saw each (for a rate); refreshed once a second. */
+  private copiesSeen = new Map<string, { atMs: number; cursorBytes: number }>();
   /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
   private readonly fenced = new Map<string, number>();
   private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
@@ -861,6 +864,36 @@ export class Daemon implements Controller {
       else s.sample(wall, mono);
     }
     this.eventRing.observe(this.clusterView(), wall);
+    this.trackCopies(mono);
+  }
+
+  /** Keeps the start of each copy this node sends (a copy that ended is forgotten), so progress has a rate. */
+  private trackCopies(monoMs: number): void {
+    const next = new Map<string, { atMs: number; cursorBytes: number }>();
+    for (const id of this.hostedVolumes()) {
+      for (const c of this.driver.snapshotSender.copies(id)) {
+        const key = `${id}/${c.to}`;
+        const seen = this.copiesSeen.get(key);
+        next.set(key, seen !== undefined && seen.cursorBytes <= c.cursorBytes ? seen : { atMs: monoMs, cursorBytes: c.cursorBytes });
+      }
+    }
+    this.copiesSeen = next;
+  }
+
+  /** The copy this node is sending the replica on `to`, if any. */
+  private copyProgress(group: number, to: number): CopyProgress | undefined {
+    const c = this.driver.snapshotSender.copies(group).find((x) => x.to === to);
+    if (c === undefined) return undefined;
+    const seen = this.copiesSeen.get(`${group}/${to}`);
+    const sec = seen === undefined ? 0 : (performance.now() - seen.atMs) / 1000;
+    const bytesPerSec = seen === undefined || sec < 1 ? 0 : (c.cursorBytes - seen.cursorBytes) / sec;
+    return {
+      doneBytes: c.cursorBytes,
+      totalBytes: c.sizeBytes,
+      bytesPerSec,
+      ...(bytesPerSec > 0 ? { etaSec: (c.sizeBytes - c.cursorBytes) / bytesPerSec } : {}),
+      delta: c.delta,
+    };
   }
 
   private clusterView(): ClusterView {
@@ -1157,7 +1190,8 @@ export class Daemon implements Controller {
         state = "catching-up";
         detail = `0/${last}`;
       }
-      return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), leader: id === leader };
+      const copy = state === "catching-up" && leader === this.nodeId ? this.copyProgress(v.id, id) : undefined;
+      return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), ...(copy ? { copy } : {}), leader: id === leader };
     });
   }
 }
