@@ -10,7 +10,7 @@
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, statfsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ApiClient, DaemonUnreachableError, hostPort } from "../api/client.js";
+import { ApiClient, DaemonUnreachableError, hostPort, parseApiAddress } from "../api/client.js";
 import { startApiServer, type ApiServer } from "../api/server.js";
 import {
   ApiError,
@@ -81,6 +81,7 @@ import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { packageVersion } from "../os/package-version.js";
+import { resolveHost } from "../os/resolve.js";
 import { agentCluster, releaseSupervisorLock, superviseAgents, type AttachRecord } from "../os/attachments.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType } from "../raft/confchange.js";
@@ -206,6 +207,8 @@ export class Daemon implements Controller {
     private readonly log: Logger,
     /** Where the store reports damage found in the background (GC); set once the repairer exists. */
     private readonly damage: { report(e: ChecksumError): void },
+    /** The address --listen resolves to: every socket binds there (the catalog keeps the name as given, which the other nodes resolve). */
+    private readonly bindAddress: string,
   ) {}
 
   static async start(options: DaemonOptions, log: Logger): Promise<Daemon> {
@@ -213,6 +216,9 @@ export class Daemon implements Controller {
     checkReplicationConstants();
     checkClusterConstants();
     mkdirSync(options.dataDir, { recursive: true });
+    const bindAddress = await resolveHost(options.listen, "--listen");
+    if (bindAddress !== options.listen) log.info(`--listen ${options.listen} resolves to ${bindAddress}: the NBD, API and peer ports bind there`);
+    if (options.join !== undefined) await resolveHost(parseApiAddress(options.join).host, "--join");
     const state = await NodeState.open(join(options.dataDir, "node"));
     let store: Store | undefined;
     try {
@@ -224,7 +230,7 @@ export class Daemon implements Controller {
       const specs = [{ groupId: metaGroupId, sizeBytes: 0 }, ...[...state.hosted.values()].map((g) => ({ groupId: g.id, sizeBytes: g.sizeBytes }))];
       const damage = { report: (_e: ChecksumError): void => {} };
       store = await Store.open({ disk: new NodeDisk(join(options.dataDir, "store")), defer: deferImmediate, log: (l) => log.info(l), onDamage: (e) => damage.report(e) }, specs);
-      const d = new Daemon(options, state, store, secret, log, damage);
+      const d = new Daemon(options, state, store, secret, log, damage, bindAddress);
       await d.wire();
       return d;
     } catch (e) {
@@ -248,7 +254,7 @@ export class Daemon implements Controller {
       nodeId: state.nodeId,
       clusterId: state.clusterId,
       secret: this.secret,
-      host: options.listen,
+      host: this.bindAddress,
       port: options.peerPort,
       peers: state.peers,
       log,
@@ -330,10 +336,10 @@ export class Daemon implements Controller {
     this.metricsRegistry = new NodeMetrics(this.metricsView());
     await this.untilRegistered();
     const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
-    this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
+    this.nbd = await listenNbd({ host: this.bindAddress, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
     const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
     if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
-    this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, ...(debug ? { debug } : {}), log: (l) => log.info(l) });
+    this.api = await startApiServer({ host: this.bindAddress, port: options.apiPort, controller: this, ...(debug ? { debug } : {}), log: (l) => log.info(l) });
     log.info(`pxd ${version} node ${state.nodeId} of cluster ${state.clusterId}: ${state.hosted.size} volume replicas here, ${this.store.stats().recordsReplayed} log records replayed`);
   }
 
