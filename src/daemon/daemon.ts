@@ -97,7 +97,7 @@ import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
 import { ReplicatedVolumeExport } from "./volume-export.js";
 import { NodeMetrics, type GroupView, type MetricsView } from "./metrics.js";
-import { metricsVolumesMax, VolumeStats } from "./volume-stats.js";
+import { metricsVolumesMax, VolumeStats, volumeStatsIdleSec } from "./volume-stats.js";
 import { roleNames } from "../raft/types.js";
 import { EventRing, type ClusterView } from "./events.js";
 
@@ -861,12 +861,13 @@ export class Daemon implements Controller {
     return s;
   }
 
-  /** Once a second: each volume's sample for the console (a volume the catalog dropped loses its counters and series), and the events since the last turn. */
+  /** Once a second: each volume's sample for the console (a volume the catalog dropped, or idle here for volumeStatsIdleSec, loses its counters and series), and the events since the last turn. */
   private everySecond(): void {
     const wall = Date.now();
     const mono = performance.now();
     for (const [name, s] of this.ioStats) {
-      if (!this.catalog.volumes.has(name)) this.ioStats.delete(name);
+      const idle = (this.connections.get(name) ?? 0) === 0 && s.idleSamples >= volumeStatsIdleSec;
+      if (!this.catalog.volumes.has(name) || idle) this.ioStats.delete(name);
       else s.sample(wall, mono);
     }
     this.eventRing.observe(this.clusterView(), wall);

@@ -141,8 +141,36 @@ function opCounts(c: OpCounters): BucketCounts {
 export class NodeMetrics {
   readonly registry = new Registry();
   private readonly loopDelay: IntervalHistogram;
+  /** The view, each part read once per scrape however many metrics use it (every metric of one scrape sees the same moment). */
+  private readonly view: MetricsView;
+  private scrape = 0;
 
-  constructor(private readonly view: MetricsView) {
+  constructor(view: MetricsView) {
+    const memo = <T>(f: () => T): (() => T) => {
+      let at = -1;
+      let value: T;
+      return () => {
+        if (at !== this.scrape) {
+          value = f();
+          at = this.scrape;
+        }
+        return value;
+      };
+    };
+    this.view = {
+      store: memo(view.store),
+      nbd: memo(view.nbd),
+      peers: memo(view.peers),
+      snapshots: memo(view.snapshots),
+      repair: memo(view.repair),
+      scrub: memo(view.scrub),
+      volumes: memo(view.volumes),
+      allStats: memo(() => [...view.allStats()]),
+      groups: memo(view.groups),
+      groupRoles: memo(view.groupRoles),
+      nodesByHealth: memo(view.nodesByHealth),
+      volumesByState: memo(view.volumesByState),
+    };
     this.loopDelay = monitorEventLoopDelay({ resolution: loopDelayResolutionMs });
     this.loopDelay.enable();
     this.nodeMetrics();
@@ -153,6 +181,7 @@ export class NodeMetrics {
 
   /** The text exposition format (what GET /metrics answers). */
   text(): Promise<string> {
+    this.scrape++;
     return this.registry.metrics();
   }
 

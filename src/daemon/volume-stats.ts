@@ -17,6 +17,14 @@ export const latencyBucketsSec: readonly number[] = [0.0005, 0.001, 0.0025, 0.00
 /** Samples the console's graphs keep per volume: two minutes at one a second. */
 export const volumeSamplesMax = 120;
 
+/**
+ * A volume's counters on a node are dropped after this many seconds without
+ * an NBD connection or a request there, so what they hold is bounded by the
+ * volumes clients use through the node (at most nbdConnectionsMax), not by
+ * the volumes in the catalog. Its series then leave /metrics.
+ */
+export const volumeStatsIdleSec = 600;
+
 /** At most this many volumes carry per-volume series on one node; the rest count only in the node's totals (docs/metrics.md). */
 export const metricsVolumesMax = 500;
 
@@ -73,6 +81,8 @@ export class VolumeStats {
   private readonly ring: VolumeSample[] = [];
   private next = 0;
   private last = { requests: [0, 0], bytes: [0, 0], latency: [0, 0], at: 0 };
+  /** Samples in a row with no request and none in flight. */
+  idleSamples = 0;
 
   constructor(readonly name: string) {}
 
@@ -104,6 +114,8 @@ export class VolumeStats {
     this.last = now;
     if (prev.at === 0) return;
     const sec = Math.max(0.001, (monoMs - prev.at) / 1000);
+    const busy = this.inFlight > 0 || now.requests[0] !== prev.requests[0] || now.requests[1] !== prev.requests[1];
+    this.idleSamples = busy ? 0 : this.idleSamples + 1;
     const d = (k: "requests" | "bytes" | "latency", op: number): number => now[k][op]! - prev[k][op]!;
     const meanMs = (op: number): number => (d("requests", op) > 0 ? (d("latency", op) * 1000) / d("requests", op) : 0);
     const s: VolumeSample = {

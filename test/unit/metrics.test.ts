@@ -109,6 +109,10 @@ test("the console's sample ring keeps the latest volumeSamplesMax seconds, oldes
   assert.is(samples.at(-1)!.writeIops, volumeSamplesMax + 5);
   assert.is(samples.at(-1)!.writeBytesPerSec, (volumeSamplesMax + 5) * 4096);
   assert.ok(Math.abs(samples.at(-1)!.writeLatencyMs - 1) < 1e-9);
+  assert.is(s.idleSamples, 0);
+  s.sample(999_000, 999_000);
+  s.sample(1_000_000, 1_000_000);
+  assert.is(s.idleSamples, 2, "seconds without a request count toward dropping the counters");
 });
 
 test.run();
