@@ -194,29 +194,21 @@ export class NodeMetrics {
   }
 
   private counter(name: string, help: string, labelNames: string[], read: () => Series): void {
-    new Counter({
-      name,
-      help,
-      labelNames,
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const [labels, v] of read()) this.inc(labels, v);
-      },
-    });
+    this.lazy("counter", name, help, labelNames, read);
   }
 
   private gauge(name: string, help: string, labelNames: string[], read: () => Series): void {
-    new Gauge({
-      name,
-      help,
-      labelNames,
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const [labels, v] of read()) this.set(labels, v);
-      },
-    });
+    this.lazy("gauge", name, help, labelNames, read);
+  }
+
+  /** A counter or gauge whose samples are `read()` afresh at each scrape. */
+  private lazy(kind: "counter" | "gauge", name: string, help: string, labelNames: string[], read: () => Series): void {
+    const config = { name, help, labelNames, registers: [this.registry] };
+    if (kind === "counter") {
+      new Counter({ ...config, collect() { this.reset(); for (const [labels, v] of read()) this.inc(labels, v); } });
+    } else {
+      new Gauge({ ...config, collect() { this.reset(); for (const [labels, v] of read()) this.set(labels, v); } });
+    }
   }
 
   private nodeMetrics(): void {

@@ -7,6 +7,8 @@
 // node forwards to the volume's leader counts here, on the node the client
 // talks to, and not again on the leader.
 
+import type { VolumeSampleInfo } from "../api/types.js";
+
 /**
  * Upper bounds of the request latency histogram, in seconds: 8 buckets (plus
  * +Inf) from a page-cache read to a write waiting on a slow fdatasync. Few, so
@@ -60,19 +62,8 @@ export class OpCounters {
   }
 }
 
-/** One second of a volume's I/O as the console graphs it. */
-export interface VolumeSample {
-  /** Wall-clock time of the sample, ms since the epoch. */
-  at: number;
-  readIops: number;
-  writeIops: number;
-  readBytesPerSec: number;
-  writeBytesPerSec: number;
-  /** Mean latency of the requests completed in that second, ms (0 when none). */
-  readLatencyMs: number;
-  writeLatencyMs: number;
-  inFlight: number;
-}
+/** One second of a volume's I/O as the console graphs it (GET /v1/volumes/NAME/stats). */
+export type VolumeSample = VolumeSampleInfo;
 
 export class VolumeStats {
   readonly ops = [new OpCounters(), new OpCounters()] as const;
