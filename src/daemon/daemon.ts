@@ -891,9 +891,12 @@ export class Daemon implements Controller {
   private copyProgress(group: number, to: number): CopyProgress | undefined {
     const c = this.driver.snapshotSender.copies(group).find((x) => x.to === to);
     if (c === undefined) return undefined;
-    const seen = this.copiesSeen.get(`${group}/${to}`);
-    const sec = seen === undefined ? 0 : (performance.now() - seen.atMs) / 1000;
-    const bytesPerSec = seen === undefined || sec < 1 ? 0 : (c.cursorBytes - seen.cursorBytes) / sec;
+    const key = `${group}/${to}`;
+    let seen = this.copiesSeen.get(key);
+    if (seen === undefined || seen.cursorBytes > c.cursorBytes) this.copiesSeen.set(key, (seen = { atMs: performance.now(), cursorBytes: c.cursorBytes }));
+    const sec = (performance.now() - seen.atMs) / 1000;
+    // Under half a second the rate says little: none yet.
+    const bytesPerSec = sec < 0.5 ? 0 : (c.cursorBytes - seen.cursorBytes) / sec;
     return {
       doneBytes: c.cursorBytes,
       totalBytes: c.sizeBytes,
