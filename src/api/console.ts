@@ -42,6 +42,10 @@ canvas { display: block; }
 const script = String.raw`
 "use strict";
 var pollMs = 1000;
+/** The volumes table asks for the IOPS and throughput of at most this many volumes a poll. */
+var statsVolumesMax = 50;
+/** Events the page keeps. */
+var eventsKeptMax = 200;
 var state = { status: null, nodes: [], volumes: [], events: [], eventSeq: 0, stats: {}, volume: null, error: "" };
 
 function el(tag, attrs, children) {
@@ -85,8 +89,8 @@ function poll() {
     state.status = r[0]; state.volumes = r[2].volumes;
     state.nodes = r[1].nodes.sort(function (a, b) { return a.name < b.name ? -1 : a.name > b.name ? 1 : 0; });
     r[3].events.forEach(function (e) { state.events.push(e); state.eventSeq = e.seq; });
-    state.events = state.events.slice(-200);
-    var names = state.volumes.slice(0, 50).map(function (v) { return v.name; });
+    state.events = state.events.slice(-eventsKeptMax);
+    var names = state.volumes.slice(0, statsVolumesMax).map(function (v) { return v.name; });
     var stats = names.map(function (n) { return getJson("/v1/volumes/" + encodeURIComponent(n) + "/stats").catch(function () { return null; }); });
     var detail = name ? getJson("/v1/volumes/" + encodeURIComponent(name)).catch(function () { return null; }) : Promise.resolve(null);
     return Promise.all([Promise.all(stats), detail]).then(function (x) {
