@@ -38,9 +38,7 @@ import {
   type AttachmentInfo,
   type AttachRequest,
   type EventsResponse,
-  type VolumeSampleInfo,
   type VolumeStatsResponse,
-  type CopyProgress,
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
@@ -97,7 +95,8 @@ import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
 import { ReplicatedVolumeExport } from "./volume-export.js";
 import { NodeMetrics, type GroupView, type MetricsView } from "./metrics.js";
-import { metricsVolumesMax, VolumeStats, volumeStatsIdleSec } from "./volume-stats.js";
+import { metricsVolumesMax, sumSamples, VolumeStats, volumeStatsIdleSec } from "./volume-stats.js";
+import { CopyRates } from "./copy-progress.js";
 import { roleNames } from "../raft/types.js";
 import { EventRing, type ClusterView } from "./events.js";
 
@@ -180,8 +179,8 @@ export class Daemon implements Controller {
   private readonly ioStats = new Map<string, VolumeStats>();
   private metricsRegistry: NodeMetrics | undefined;
   private readonly eventRing = new EventRing();
-  /** Copies this node sends, by "group/to": where and when it first saw each (for a rate); refreshed once a second. */
-  private copiesSeen = new Map<string, { atMs: number; cursorBytes: number }>();
+  /** The copies this node streams to replicas, with their rates (set in wire(), where the driver is made). */
+  private copyRates!: CopyRates;
   /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
   private readonly fenced = new Map<string, number>();
   private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
@@ -332,8 +331,9 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => node.reconcileReplicas(), reconcileEveryMs));
     this.timers.push(setInterval(() => this.scrubIfDue(), scrubCheckEveryMs));
     this.timers.push(setInterval(() => this.superviseAttachAgents(), agentCheckEveryMs));
-    this.timers.push(setInterval(() => this.everySecond(), sampleEveryMs));
+    this.copyRates = new CopyRates((group) => this.driver.snapshotSender.copies(group), () => performance.now());
     this.metricsRegistry = new NodeMetrics(this.metricsView());
+    this.timers.push(setInterval(() => this.everySecond(), sampleEveryMs));
     await this.untilRegistered();
     const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
     this.nbd = await listenNbd({ host: this.bindAddress, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
@@ -871,39 +871,7 @@ export class Daemon implements Controller {
       else s.sample(wall, mono);
     }
     this.eventRing.observe(this.clusterView(), wall);
-    this.trackCopies(mono);
-  }
-
-  /** Keeps the start of each copy this node sends (a copy that ended is forgotten), so progress has a rate. */
-  private trackCopies(monoMs: number): void {
-    const next = new Map<string, { atMs: number; cursorBytes: number }>();
-    for (const id of this.hostedVolumes()) {
-      for (const c of this.driver.snapshotSender.copies(id)) {
-        const key = `${id}/${c.to}`;
-        const seen = this.copiesSeen.get(key);
-        next.set(key, seen !== undefined && seen.cursorBytes <= c.cursorBytes ? seen : { atMs: monoMs, cursorBytes: c.cursorBytes });
-      }
-    }
-    this.copiesSeen = next;
-  }
-
-  /** The copy this node is sending the replica on `to`, if any. */
-  private copyProgress(group: number, to: number): CopyProgress | undefined {
-    const c = this.driver.snapshotSender.copies(group).find((x) => x.to === to);
-    if (c === undefined) return undefined;
-    const key = `${group}/${to}`;
-    let seen = this.copiesSeen.get(key);
-    if (seen === undefined || seen.cursorBytes > c.cursorBytes) this.copiesSeen.set(key, (seen = { atMs: performance.now(), cursorBytes: c.cursorBytes }));
-    const sec = (performance.now() - seen.atMs) / 1000;
-    // Under half a second the rate says little: none yet.
-    const bytesPerSec = sec < 0.5 ? 0 : (c.cursorBytes - seen.cursorBytes) / sec;
-    return {
-      doneBytes: c.cursorBytes,
-      totalBytes: c.sizeBytes,
-      bytesPerSec,
-      ...(bytesPerSec > 0 ? { etaSec: (c.sizeBytes - c.cursorBytes) / bytesPerSec } : {}),
-      delta: c.delta,
-    };
+    this.copyRates.track(this.hostedVolumes());
   }
 
   private clusterView(): ClusterView {
@@ -1200,34 +1168,10 @@ export class Daemon implements Controller {
         state = "catching-up";
         detail = `0/${last}`;
       }
-      const copy = state === "catching-up" && leader === this.nodeId ? this.copyProgress(v.id, id) : undefined;
+      const copy = state === "catching-up" && leader === this.nodeId ? this.copyRates.progress(v.id, id) : undefined;
       return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), ...(copy ? { copy } : {}), leader: id === leader };
     });
   }
-}
-
-/** Several nodes' samples of one volume as one series: summed per wall-clock second, latencies weighted by each node's IOPS. */
-function sumSamples(perNode: readonly (readonly VolumeSampleInfo[])[]): VolumeSampleInfo[] {
-  const bySecond = new Map<number, VolumeSampleInfo>();
-  for (const samples of perNode) {
-    for (const s of samples) {
-      const sec = Math.round(s.at / 1000);
-      const t = bySecond.get(sec);
-      if (t === undefined) {
-        bySecond.set(sec, { ...s, at: sec * 1000 });
-        continue;
-      }
-      const mean = (a: number, wa: number, b: number, wb: number): number => (wa + wb > 0 ? (a * wa + b * wb) / (wa + wb) : 0);
-      t.readLatencyMs = mean(t.readLatencyMs, t.readIops, s.readLatencyMs, s.readIops);
-      t.writeLatencyMs = mean(t.writeLatencyMs, t.writeIops, s.writeLatencyMs, s.writeIops);
-      t.readIops += s.readIops;
-      t.writeIops += s.writeIops;
-      t.readBytesPerSec += s.readBytesPerSec;
-      t.writeBytesPerSec += s.writeBytesPerSec;
-      t.inFlight += s.inFlight;
-    }
-  }
-  return [...bySecond.values()].sort((a, b) => a.at - b.at);
 }
 
 function attachmentInfos(v: CatalogVolume): AttachmentInfo[] {

@@ -129,3 +129,27 @@ export class VolumeStats {
     return this.ring.length < volumeSamplesMax ? [...this.ring] : [...this.ring.slice(this.next), ...this.ring.slice(0, this.next)];
   }
 }
+
+/** Several nodes' samples of one volume as one series: summed per wall-clock second, latencies weighted by each node's IOPS. */
+export function sumSamples(perNode: readonly (readonly VolumeSample[])[]): VolumeSample[] {
+  const bySecond = new Map<number, VolumeSample>();
+  const mean = (a: number, wa: number, b: number, wb: number): number => (wa + wb > 0 ? (a * wa + b * wb) / (wa + wb) : 0);
+  for (const samples of perNode) {
+    for (const s of samples) {
+      const sec = Math.round(s.at / 1000);
+      const t = bySecond.get(sec);
+      if (t === undefined) {
+        bySecond.set(sec, { ...s, at: sec * 1000 });
+        continue;
+      }
+      t.readLatencyMs = mean(t.readLatencyMs, t.readIops, s.readLatencyMs, s.readIops);
+      t.writeLatencyMs = mean(t.writeLatencyMs, t.writeIops, s.writeLatencyMs, s.writeIops);
+      t.readIops += s.readIops;
+      t.writeIops += s.writeIops;
+      t.readBytesPerSec += s.readBytesPerSec;
+      t.writeBytesPerSec += s.writeBytesPerSec;
+      t.inFlight += s.inFlight;
+    }
+  }
+  return [...bySecond.values()].sort((a, b) => a.at - b.at);
+}

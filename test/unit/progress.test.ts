@@ -5,6 +5,8 @@ import * as assert from "uvu/assert";
 import { copyText } from "../../src/cli/format.js";
 import { volumeDone } from "../../src/cli/progress.js";
 import type { VolumeInfo } from "../../src/api/types.js";
+import { CopyRates, type CopyAt } from "../../src/daemon/copy-progress.js";
+import { sumSamples, type VolumeSample } from "../../src/daemon/volume-stats.js";
 
 const GiB = 1024 ** 3;
 
@@ -24,6 +26,31 @@ test("a volume is as far as the mean of its replicas: in sync, its copy, or its 
     ],
   } as unknown as VolumeInfo;
   assert.ok(Math.abs(volumeDone(v) - (1 + 0.25 + 0.5) / 3) < 1e-9);
+});
+
+test("a copy's rate counts from where it was first seen; a copy that starts over starts a new count", () => {
+  let now = 0;
+  let copies: CopyAt[] = [{ to: 2, cursorBytes: 0, sizeBytes: 1000, delta: false }];
+  const rates = new CopyRates((group) => (group === 7 ? copies : []), () => now);
+  rates.track([7]);
+  assert.equal(rates.progress(7, 2), { doneBytes: 0, totalBytes: 1000, bytesPerSec: 0, delta: false }, "no rate yet");
+  assert.is(rates.progress(7, 3), undefined, "no copy to node 3");
+  now = 2000;
+  copies = [{ to: 2, cursorBytes: 400, sizeBytes: 1000, delta: false }];
+  rates.track([7]);
+  assert.equal(rates.progress(7, 2), { doneBytes: 400, totalBytes: 1000, bytesPerSec: 200, etaSec: 3, delta: false });
+  copies = [{ to: 2, cursorBytes: 100, sizeBytes: 1000, delta: true }];
+  assert.is(rates.progress(7, 2)!.bytesPerSec, 0, "started over");
+  copies = [];
+  rates.track([7]);
+  assert.is(rates.progress(7, 2), undefined);
+});
+
+test("several nodes' samples of a volume sum second by second, latencies weighted by IOPS", () => {
+  const s = (at: number, writeIops: number, writeLatencyMs: number): VolumeSample => ({ at, readIops: 0, writeIops, readBytesPerSec: 0, writeBytesPerSec: writeIops * 4096, readLatencyMs: 0, writeLatencyMs, inFlight: 1 });
+  const sum = sumSamples([[s(1000, 100, 1), s(2000, 100, 1)], [s(2100, 300, 3), s(3000, 10, 2)]]);
+  assert.equal(sum.map((x) => [x.at, x.writeIops, x.writeLatencyMs, x.inFlight]), [[1000, 100, 1, 1], [2000, 400, 2.5, 2], [3000, 10, 2, 1]]);
+  assert.is(sum[1]!.writeBytesPerSec, 400 * 4096);
 });
 
 test.run();
