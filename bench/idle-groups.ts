@@ -3,7 +3,7 @@
 // leader heartbeats its followers every tick (100 ms), so this is the floor
 // a node pays per volume. Measures, per daemon over a window: CPU time
 // (utime + stime from /proc/PID/stat) and peer message frames and bytes sent
-// (pxd_peer_frames_sent / pxd_peer_bytes_sent in /metrics).
+// (pxd_peer_sent_frames_total / pxd_peer_sent_bytes_total in /metrics).
 //
 //   node dist/bench/idle-groups.js [--volumes 200] [--seconds 30] [--settle 10]
 //
@@ -56,7 +56,7 @@ interface Sample {
 
 async function sample(d: DaemonProcess): Promise<Sample> {
   const text = await d.api.metrics();
-  return { cpuSec: cpuSeconds(d.child!.pid!), framesSent: metricSum(text, "pxd_peer_frames_sent"), bytesSent: metricSum(text, "pxd_peer_bytes_sent") };
+  return { cpuSec: cpuSeconds(d.child!.pid!), framesSent: metricSum(text, "pxd_peer_sent_frames_total"), bytesSent: metricSum(text, "pxd_peer_sent_bytes_total") };
 }
 
 async function createVolumes(c: Cluster, names: string[]): Promise<void> {

@@ -94,7 +94,8 @@ export async function dirUsage(dir: string): Promise<DirUsage> {
  * which the kernel has often just handed out as the NBD port (EADDRINUSE at
  * start); here all three are held open together while they are picked.
  */
-export async function startBenchDaemon(host = "127.0.0.1"): Promise<DaemonProcess> {
+/** `extraArgs`: more `pxd daemon` arguments (e.g. --no-metrics). */
+export async function startBenchDaemon(host = "127.0.0.1", extraArgs: string[] = []): Promise<DaemonProcess> {
   const servers = [createServer(), createServer(), createServer()];
   const ports = await Promise.all(
     servers.map((s) => new Promise<number>((resolve, reject) => {
@@ -105,6 +106,7 @@ export async function startBenchDaemon(host = "127.0.0.1"): Promise<DaemonProces
   await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
   const t = tempDir("daemon");
   const d = new DaemonProcess(t.dir, host, ports[0]!, ports[1]!, t.remove, ports[2]!);
+  d.extraArgs = extraArgs;
   try {
     await d.start();
   } catch (e) {

@@ -28,6 +28,8 @@ import {
   type SettingInfo,
   type UpdateVolumeRequest,
   type VolumeInfo,
+  type EventsResponse,
+  type VolumeStatsResponse,
 } from "./types.js";
 import { apiClientTimeoutMs, apiResponseBytesMax } from "./limits.js";
 
@@ -213,6 +215,18 @@ export class ApiClient {
   /** The fault-injection hook of a daemon started with --unsafe-debug-api. */
   async debugCatalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse> {
     return (await this.json("POST", "/v1/debug/catalog-propose", request)) as DebugProposeResponse;
+  }
+
+  /** The answering node's cluster events after `sinceSeq`. */
+  async events(sinceSeq = 0): Promise<EventsResponse> {
+    const body = (await this.json("GET", `/v1/events?since=${sinceSeq}`)) as EventsResponse;
+    if (!Array.isArray(body.events)) throw this.badAnswer("GET /v1/events", "it has no events array");
+    return body;
+  }
+
+  /** The volume's I/O samples of the last two minutes, over every node (or, local, the answering node's). */
+  async volumeStats(name: string, local = false): Promise<VolumeStatsResponse> {
+    return (await this.json("GET", `${volumePath(name)}/stats${local ? "?local=true" : ""}`)) as VolumeStatsResponse;
   }
 
   /** Prometheus text exposition. */

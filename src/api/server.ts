@@ -12,6 +12,7 @@ import { printable } from "../base/printable.js";
 import { failStop, isBug } from "../base/fail-stop.js";
 import { apiBodyBytesMax, apiBodyDepthMax, logFieldCharsMax } from "../constants.js";
 import { hostPort } from "./client.js";
+import { consolePage } from "./console.js";
 import { ApiError, type ApiErrorBody, type Controller, type DebugController } from "./types.js";
 import {
   checkPathName,
@@ -22,7 +23,9 @@ import {
   parseCreateVolumeRequest,
   parseDebugProposeRequest,
   parseDrainNodeRequest,
+  parseFlagQuery,
   parseForceQuery,
+  parseSinceQuery,
   parseJoinRequest,
   parseScrubRequest,
   parseSetSettingRequest,
@@ -86,6 +89,7 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
     return name;
   };
   return [
+    { pattern: /^\/$/, methods: { GET: async () => ({ status: 200, text: { body: consolePage, contentType: "text/html; charset=utf-8" } }) } },
     { pattern: /^\/v1\/status$/, methods: { GET: async () => ({ status: 200, json: await controller.status() }) } },
     {
       pattern: /^\/v1\/volumes$/,
@@ -171,8 +175,13 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
       },
     },
     {
+      pattern: /^\/v1\/volumes\/([^/]*)\/stats$/,
+      methods: { GET: async (request, params) => ({ status: 200, json: await controller.volumeStats(volumeParam(params), parseFlagQuery(requestQuery(request.url ?? ""), "local")) }) },
+    },
+    { pattern: /^\/v1\/events$/, methods: { GET: async (request) => ({ status: 200, json: await controller.events(parseSinceQuery(requestQuery(request.url ?? ""))) }) } },
+    {
       pattern: /^\/metrics$/,
-      methods: { GET: async () => ({ status: 200, text: { body: controller.metrics(), contentType: prometheusContentType } }) },
+      methods: { GET: async () => ({ status: 200, text: { body: await controller.metrics(), contentType: prometheusContentType } }) },
     },
     ...(debug === undefined
       ? []
@@ -260,7 +269,7 @@ async function dispatch(table: Route[], request: IncomingMessage): Promise<Reply
     const params = match.slice(1).map((p) => decodePathPart(p ?? ""));
     return handler(request, params);
   }
-  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/volumes/NAME/connections, /v1/volumes/NAME/disconnect, /v1/nodes, /v1/nodes/NODE, /v1/nodes/NODE/drain, /v1/settings, /v1/settings/KEY, /v1/cluster/join, /v1/scrub and /metrics`);
+  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/volumes/NAME/connections, /v1/volumes/NAME/disconnect, /v1/nodes, /v1/nodes/NODE, /v1/nodes/NODE/drain, /v1/settings, /v1/settings/KEY, /v1/cluster/join, /v1/scrub, /v1/events, /v1/volumes/NAME/stats, /metrics and / (the web console)`);
 }
 
 function requestPath(url: string): string {

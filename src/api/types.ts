@@ -217,7 +217,21 @@ export interface ReplicaInfo {
   state: "in-sync" | "catching-up" | "down" | "unknown";
   /** For a replica catching up: entries it holds of the leader's log, e.g. "1200/1500". */
   progress?: string;
+  /** A copy of the volume (a Raft snapshot) the leader is sending it: how far, how fast, how long to go. */
+  copy?: CopyProgress;
   leader: boolean;
+}
+
+export interface CopyProgress {
+  /** Bytes of the volume's address space the copy has gone through (holes count: they cost nothing to send). */
+  doneBytes: number;
+  totalBytes: number;
+  /** Average since the leader began this copy; 0 in its first second. */
+  bytesPerSec: number;
+  /** Seconds left at that rate; absent until there is a rate. */
+  etaSec?: number;
+  /** Only what changed while the replica was away (the rest it copies from its own data). */
+  delta: boolean;
 }
 
 export interface VolumeInfo {
@@ -299,6 +313,62 @@ export interface NodeConnections {
   connections: number;
 }
 
+export type ClusterEventKind =
+  | "node-joined"
+  | "node-removed"
+  | "node-down"
+  | "node-up"
+  | "volume-created"
+  | "volume-deleted"
+  | "replica-added"
+  | "replica-removed"
+  | "replica-moved"
+  | "leader-changed";
+
+/** GET /v1/events: something that happened in the cluster, as the answering node saw it. */
+export interface ClusterEvent {
+  /** Numbered from 1 on each node; GET /v1/events?since=SEQ lists the later ones. */
+  seq: number;
+  /** ISO 8601. */
+  at: string;
+  kind: ClusterEventKind;
+  node?: string;
+  volume?: string;
+  message: string;
+}
+
+export interface EventsResponse {
+  /** The answering node's name. */
+  node: string;
+  events: ClusterEvent[];
+}
+
+/** One second of a volume's I/O (GET /v1/volumes/NAME/stats). */
+export interface VolumeSampleInfo {
+  /** ms since the epoch. */
+  at: number;
+  readIops: number;
+  writeIops: number;
+  readBytesPerSec: number;
+  writeBytesPerSec: number;
+  readLatencyMs: number;
+  writeLatencyMs: number;
+  inFlight: number;
+}
+
+/**
+ * GET /v1/volumes/NAME/stats: the volume's I/O of the last two minutes, a
+ * sample a second, summed over the nodes clients use (each node counts the
+ * requests that enter through it); with ?local=true, the answering node's only.
+ */
+export interface VolumeStatsResponse {
+  volume: string;
+  samples: VolumeSampleInfo[];
+  /** Nodes whose samples are in the sum, and those that did not answer. */
+  nodes: string[];
+  silent: string[];
+}
+
 /** Error body of every non-2xx answer: { error: { code, message } }. */
 export interface ApiErrorBody {
   error: { code: string; message: string };
@@ -340,7 +410,11 @@ export interface Controller {
   /** HOST:PORT of each node that serves the volume over NBD, the ones best to use first (the attach agent's node list). */
   volumeServers(name: string): Promise<string[]>;
   /** Prometheus text exposition for GET /metrics. */
-  metrics(): string;
+  metrics(): Promise<string>;
+  /** This node's events after `sinceSeq` (GET /v1/events). */
+  events(sinceSeq: number): Promise<EventsResponse>;
+  /** The volume's recent I/O samples, summed over every node, or this node's only (local). */
+  volumeStats(name: string, local: boolean): Promise<VolumeStatsResponse>;
   listNodes(): Promise<NodeInfo[]>;
   /** Admits a node (forwarded to the meta leader); throws ApiError(403) for a bad proof. */
   join(request: JoinRequest): Promise<JoinResponse>;

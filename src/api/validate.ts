@@ -231,10 +231,24 @@ export function parseDrainNodeRequest(body: unknown): DrainNodeRequest {
 
 /** The `force` query parameter of DELETE /v1/volumes/NAME: absent, empty, true or 1 (yes), false or 0 (no). */
 export function parseForceQuery(query: string): boolean {
-  const values = new URLSearchParams(query).getAll("force");
+  return parseFlagQuery(query, "force");
+}
+
+/** A true/false query parameter (`?force`, `?local=true`); absent: false. */
+export function parseFlagQuery(query: string, name: string): boolean {
+  const values = new URLSearchParams(query).getAll(name);
   if (values.length === 0) return false;
   const v = values.length === 1 ? values[0]! : undefined;
   if (v === "" || v === "true" || v === "1") return true;
   if (v === "false" || v === "0") return false;
-  throw invalid(`query parameter "force" must be true or false (once), not ${values.map((x) => JSON.stringify(x.slice(0, 40))).join(", ")}`);
+  throw invalid(`query parameter "${name}" must be true or false (once), not ${values.map((x) => JSON.stringify(x.slice(0, 40))).join(", ")}`);
+}
+
+/** `?since=SEQ` of GET /v1/events: a whole number, 0 when absent. */
+export function parseSinceQuery(query: string): number {
+  const values = new URLSearchParams(query).getAll("since");
+  if (values.length === 0) return 0;
+  const v = values.length === 1 ? values[0]! : "";
+  if (!/^\d{1,15}$/.test(v)) throw invalid(`query parameter "since" must be one event number (a whole number, as "seq" in an earlier answer), not ${JSON.stringify(v.slice(0, 40))}`);
+  return Number(v);
 }

@@ -46,6 +46,7 @@ export function registerDaemon(program: Command): void {
       `an NBD connection that sent nothing for this long may be closed when a new client needs its slot (default ${nbdIdleTimeoutMs / 1000})`,
       intArg(1, 365 * 24 * 3600),
     )
+    .option("--no-metrics", "keep no per-volume I/O counters (for measuring their cost); /metrics then shows only the node's own counters")
     .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number; nbdIdleTimeout?: number }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
@@ -72,6 +73,7 @@ export function registerDaemon(program: Command): void {
         ...(options.scrubBandwidth !== undefined ? { scrubBandwidthBytesPerSec: options.scrubBandwidth } : {}),
         ...(options.unsafeDebugApi === true ? { unsafeDebugApi: true } : {}),
         ...(options.nbdIdleTimeout !== undefined ? { nbdIdleTimeoutMs: options.nbdIdleTimeout * 1000 } : {}),
+        ...(options.metrics === false ? { metrics: false } : {}),
       });
     });
 }

@@ -14,6 +14,7 @@ import { packageVersion } from "../os/package-version.js";
 import { registerLocalNode } from "./local-node.js";
 import { registerDockerPlugin } from "./docker-plugin.js";
 import { registerCsi } from "./csi.js";
+import { registerEvents } from "./events.js";
 
 export const cliVersion = packageVersion;
 
@@ -29,6 +30,7 @@ export function buildProgram(): Command {
   registerNode(program);
   registerSettings(program);
   registerScrub(program);
+  registerEvents(program);
   registerLocalNode(program);
   registerDaemon(program);
   registerDockerPlugin(program);

@@ -7,6 +7,7 @@ import { apiScrubTimeoutMs } from "../api/limits.js";
 import { bandwidthArg, checkName, clientFor, replArg, sizeArg } from "./args.js";
 import { CliError } from "./errors.js";
 import { registerAttach } from "./attach.js";
+import { waitForReplicas } from "./progress.js";
 import { json, nodeTable, scrubTable, settingsTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
 
 interface JsonFlag {
@@ -168,8 +169,16 @@ export function registerVolume(program: Command): void {
     .argument("<name>", "volume name")
     .requiredOption("-r, --repl <n>", "the new number of replicas", replArg)
     .option("--json", "print the API's JSON")
-    .action(async (name: string, options: { repl: number } & JsonFlag, command: Command) => {
-      const v = await clientFor(command).updateVolume(checkName(name), { repl: options.repl });
+    .option("--wait", "wait until every replica is in sync: a progress bar on a terminal, else one JSON line a second")
+    .action(async (name: string, options: { repl: number; wait?: boolean } & JsonFlag, command: Command) => {
+      const api = clientFor(command);
+      const v = await api.updateVolume(checkName(name), { repl: options.repl });
+      if (options.wait === true) {
+        const done = await waitForReplicas(api, v.name, process.stdout);
+        if (options.json) console.log(json(done));
+        else if (process.stdout.isTTY === true) console.log(`volume "${done.name}": ${done.repl} ${done.repl === 1 ? "replica" : "replicas"} in sync on ${done.replicas.map((r) => r.node).join(", ")}`);
+        return;
+      }
       if (options.json) return console.log(json(v));
       console.log(
         `volume "${v.name}": ${v.repl} ${v.repl === 1 ? "replica" : "replicas"} wanted on ${v.replicas.map((r) => r.node).join(", ")}; ` +

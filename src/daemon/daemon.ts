@@ -10,7 +10,7 @@
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, statfsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { ApiClient, DaemonUnreachableError, hostPort } from "../api/client.js";
+import { ApiClient, DaemonUnreachableError, hostPort, parseApiAddress } from "../api/client.js";
 import { startApiServer, type ApiServer } from "../api/server.js";
 import {
   ApiError,
@@ -37,6 +37,8 @@ import {
   type VolumeInfo,
   type AttachmentInfo,
   type AttachRequest,
+  type EventsResponse,
+  type VolumeStatsResponse,
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
@@ -77,6 +79,7 @@ import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { packageVersion } from "../os/package-version.js";
+import { resolveHost } from "../os/resolve.js";
 import { agentCluster, releaseSupervisorLock, superviseAgents, type AttachRecord } from "../os/attachments.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType } from "../raft/confchange.js";
@@ -91,6 +94,11 @@ import { ClusterNode, metaGroupId } from "../node/cluster-node.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
 import { ReplicatedVolumeExport } from "./volume-export.js";
+import { NodeMetrics, type GroupView, type MetricsView } from "./metrics.js";
+import { metricsVolumesMax, sumSamples, VolumeStats, volumeStatsIdleSec } from "./volume-stats.js";
+import { CopyRates } from "./copy-progress.js";
+import { roleNames } from "../raft/types.js";
+import { EventRing, type ClusterView } from "./events.js";
 
 export interface DaemonOptions {
   dataDir: string;
@@ -116,6 +124,8 @@ export interface DaemonOptions {
   unsafeDebugApi?: boolean;
   /** An NBD connection idle this long may be closed when a new client needs its slot (default nbdIdleTimeoutMs). */
   nbdIdleTimeoutMs?: number;
+  /** false (--no-metrics): no per-volume I/O counters on the request path; /metrics shows only what the parts count anyway. */
+  metrics?: boolean;
 }
 
 export interface Logger {
@@ -158,11 +168,19 @@ const deleteAskTimeoutMs = 2000;
  * (a delete that never committed).
  */
 const deleteFenceMs = 30_000;
+/** How often each volume's I/O counters are sampled for the console's graphs (VolumeStats.sample). */
+const sampleEveryMs = 1000;
 
 export class Daemon implements Controller {
   /** The catalog, the replicas it places here and the control loops (src/node). */
   private node!: ClusterNode;
   private readonly connections = new Map<string, number>();
+  /** Each volume's NBD I/O through this node, from its first connection here until the catalog drops it; empty with --no-metrics. */
+  private readonly ioStats = new Map<string, VolumeStats>();
+  private metricsRegistry: NodeMetrics | undefined;
+  private readonly eventRing = new EventRing();
+  /** The copies this node streams to replicas, with their rates (set in wire(), where the driver is made). */
+  private copyRates!: CopyRates;
   /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
   private readonly fenced = new Map<string, number>();
   private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
@@ -188,6 +206,8 @@ export class Daemon implements Controller {
     private readonly log: Logger,
     /** Where the store reports damage found in the background (GC); set once the repairer exists. */
     private readonly damage: { report(e: ChecksumError): void },
+    /** The address --listen resolves to: every socket binds there (the catalog keeps the name as given, which the other nodes resolve). */
+    private readonly bindAddress: string,
   ) {}
 
   static async start(options: DaemonOptions, log: Logger): Promise<Daemon> {
@@ -195,6 +215,9 @@ export class Daemon implements Controller {
     checkReplicationConstants();
     checkClusterConstants();
     mkdirSync(options.dataDir, { recursive: true });
+    const bindAddress = await resolveHost(options.listen, "--listen");
+    if (bindAddress !== options.listen) log.info(`--listen ${options.listen} resolves to ${bindAddress}: the NBD, API and peer ports bind there`);
+    if (options.join !== undefined) await resolveHost(parseApiAddress(options.join).host, "--join");
     const state = await NodeState.open(join(options.dataDir, "node"));
     let store: Store | undefined;
     try {
@@ -206,7 +229,7 @@ export class Daemon implements Controller {
       const specs = [{ groupId: metaGroupId, sizeBytes: 0 }, ...[...state.hosted.values()].map((g) => ({ groupId: g.id, sizeBytes: g.sizeBytes }))];
       const damage = { report: (_e: ChecksumError): void => {} };
       store = await Store.open({ disk: new NodeDisk(join(options.dataDir, "store")), defer: deferImmediate, log: (l) => log.info(l), onDamage: (e) => damage.report(e) }, specs);
-      const d = new Daemon(options, state, store, secret, log, damage);
+      const d = new Daemon(options, state, store, secret, log, damage, bindAddress);
       await d.wire();
       return d;
     } catch (e) {
@@ -230,7 +253,7 @@ export class Daemon implements Controller {
       nodeId: state.nodeId,
       clusterId: state.clusterId,
       secret: this.secret,
-      host: options.listen,
+      host: this.bindAddress,
       port: options.peerPort,
       peers: state.peers,
       log,
@@ -305,12 +328,15 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => node.reconcileReplicas(), reconcileEveryMs));
     this.timers.push(setInterval(() => this.scrubIfDue(), scrubCheckEveryMs));
     this.timers.push(setInterval(() => this.superviseAttachAgents(), agentCheckEveryMs));
+    this.copyRates = new CopyRates((group) => this.driver.snapshotSender.copies(group), () => performance.now());
+    this.metricsRegistry = new NodeMetrics(this.metricsView());
+    this.timers.push(setInterval(() => this.everySecond(), sampleEveryMs));
     await this.untilRegistered();
     const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
-    this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
+    this.nbd = await listenNbd({ host: this.bindAddress, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
     const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
     if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
-    this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, ...(debug ? { debug } : {}), log: (l) => log.info(l) });
+    this.api = await startApiServer({ host: this.bindAddress, port: options.apiPort, controller: this, ...(debug ? { debug } : {}), log: (l) => log.info(l) });
     log.info(`pxd ${version} node ${state.nodeId} of cluster ${state.clusterId}: ${state.hosted.size} volume replicas here, ${this.store.stats().recordsReplayed} log records replayed`);
   }
 
@@ -318,6 +344,7 @@ export class Daemon implements Controller {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       for (const t of this.timers) clearInterval(t);
+      this.metricsRegistry?.close();
       releaseSupervisorLock();
       this.scrubber?.stop();
       const steps: [string, () => Promise<void>][] = [
@@ -511,7 +538,7 @@ export class Daemon implements Controller {
         this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
         return new ReplicatedVolumeExport(v, this.io, this.readBuffers, () => {
           this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
-        });
+        }, this.statsFor(name));
       },
     };
   }
@@ -594,7 +621,7 @@ export class Daemon implements Controller {
       nbdPort: n.nbdPort,
       apiPort: n.apiPort,
       peerPort: n.peerPort,
-      health: n.id === this.nodeId || this.peer?.transport.isConnected(n.id) === true ? "up" : "down",
+      health: this.isUp(n.id) ? "up" : "down",
       catalogHealth: n.health,
       capacityBytes: n.capacityBytes,
       freeBytes: n.freeBytes,
@@ -817,42 +844,137 @@ export class Daemon implements Controller {
     };
   }
 
-  metrics(): string {
-    const lines: string[] = [];
-    const exportAll = (prefix: string, type: string, values: Record<string, number>): void => {
-      for (const [k, v] of Object.entries(values)) {
-        const name = `${prefix}${k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)}`;
-        lines.push(`# TYPE ${name} ${type}`, `${name} ${v}`);
-      }
+  metrics(): Promise<string> {
+    return this.metricsRegistry?.text() ?? Promise.resolve("");
+  }
+
+  // ---- metrics and the console's samples (src/daemon/metrics.ts, volume-stats.ts) ----
+
+  /** The volume's I/O counters on this node (made at its first NBD connection here); undefined with --no-metrics. */
+  private statsFor(name: string): VolumeStats | undefined {
+    if (this.options.metrics === false) return undefined;
+    let s = this.ioStats.get(name);
+    if (s === undefined) this.ioStats.set(name, (s = new VolumeStats(name)));
+    return s;
+  }
+
+  /** Once a second: each volume's sample for the console (a volume the catalog dropped, or idle here for volumeStatsIdleSec, loses its counters and series), and the events since the last turn. */
+  private everySecond(): void {
+    const wall = Date.now();
+    const mono = performance.now();
+    for (const [name, s] of this.ioStats) {
+      const idle = (this.connections.get(name) ?? 0) === 0 && s.idleSamples >= volumeStatsIdleSec;
+      if (!this.catalog.volumes.has(name) || idle) this.ioStats.delete(name);
+      else s.sample(wall, mono);
+    }
+    this.eventRing.observe(this.clusterView(), wall);
+    this.copyRates.track(this.hostedVolumes());
+  }
+
+  private clusterView(): ClusterView {
+    return {
+      nodes: new Map([...this.catalog.nodes.values()].map((n) => [n.id, { name: n.name, up: this.isUp(n.id) }])),
+      volumes: new Map([...this.catalog.volumes.values()].map((v) => [v.name, { nodes: [...v.nodes], leader: this.driver.hasGroup(v.id) ? this.driver.leader(v.id) : 0 }])),
     };
-    exportAll("pxd_store_", "gauge", this.store.stats());
-    if (this.nbd) {
-      const { idleEvictions, refusedConnections, ...gauges } = this.nbd.server.stats();
-      exportAll("pxd_nbd_", "gauge", gauges);
-      exportAll("pxd_nbd_", "counter", { idleEvictions, refusedConnections });
-    }
-    exportAll("pxd_raft_", "counter", this.driver.snapshotSender.counters);
-    exportAll("pxd_repair_", "counter", this.repairer.counters);
-    exportAll("pxd_", "counter", this.scrubber.counters);
-    lines.push("# TYPE pxd_volumes gauge", `pxd_volumes ${this.catalog.volumes.size}`);
-    for (const v of this.catalog.volumes.values()) {
-      if (this.store.hasGroup(v.id)) lines.push(`pxd_volume_allocated_bytes{volume="${v.name}"} ${this.store.allocatedBytes(v.id)}`);
-      lines.push(`pxd_volume_connections{volume="${v.name}"} ${this.connections.get(v.name) ?? 0}`);
-    }
-    const peers = this.peer?.transport.stats();
-    if (peers) {
-      lines.push("# TYPE pxd_peer_bytes_sent counter", "# TYPE pxd_peer_bytes_received counter", "# TYPE pxd_peer_connected gauge");
-      lines.push("# TYPE pxd_peer_frames_sent counter", "# TYPE pxd_peer_frames_received counter");
-      for (const p of peers.peers) {
-        lines.push(`pxd_peer_bytes_sent{peer="${p.id}"} ${p.bytesSent}`);
-        lines.push(`pxd_peer_bytes_received{peer="${p.id}"} ${p.bytesReceived}`);
-        lines.push(`pxd_peer_frames_sent{peer="${p.id}"} ${p.framesSent}`);
-        lines.push(`pxd_peer_frames_received{peer="${p.id}"} ${p.framesReceived}`);
-        lines.push(`pxd_peer_connected{peer="${p.id}"} ${p.connected ? 1 : 0}`);
-      }
-      lines.push(`pxd_peer_auth_failures ${peers.authFailures}`);
-    }
-    return lines.join("\n") + "\n";
+  }
+
+  async events(sinceSeq: number): Promise<EventsResponse> {
+    return { node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, events: this.eventRing.since(sinceSeq) };
+  }
+
+  /** This node's samples of the volume, or every node's summed second by second (a node that does not answer within a second is named in `silent`). */
+  async volumeStats(name: string, local: boolean): Promise<VolumeStatsResponse> {
+    const v = await this.knownVolume(name);
+    const self = this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`;
+    const mine = this.ioStats.get(v.name)?.samples() ?? [];
+    if (local) return { volume: v.name, samples: mine, nodes: [self], silent: [] };
+    const answers = await Promise.all(
+      [...this.catalog.nodes.values()]
+        .filter((n) => n.id !== this.nodeId)
+        .map(async (n) => {
+          try {
+            return { node: n.name, samples: (await nodeApi(n, 1000).volumeStats(v.name, true)).samples };
+          } catch {
+            return { node: n.name, samples: undefined };
+          }
+        }),
+    );
+    const heard = answers.filter((a) => a.samples !== undefined);
+    return {
+      volume: v.name,
+      samples: sumSamples([mine, ...heard.map((a) => a.samples!)]),
+      nodes: [self, ...heard.map((a) => a.node)],
+      silent: answers.filter((a) => a.samples === undefined).map((a) => a.node),
+    };
+  }
+
+  /** The volumes that carry per-volume series here: those with I/O through this node first, then those with a replica here, at most metricsVolumesMax. */
+  private labelledVolumes(): CatalogVolume[] {
+    const withIo = [...this.ioStats.keys()].sort().map((n) => this.catalog.volumes.get(n)).filter((v): v is CatalogVolume => v !== undefined);
+    const hosted = this.hostedVolumes().map((id) => this.node.volumeById(id)).filter((v): v is CatalogVolume => v !== undefined && !this.ioStats.has(v.name));
+    return [...withIo, ...hosted].slice(0, metricsVolumesMax);
+  }
+
+  private groupView(v: CatalogVolume): GroupView | undefined {
+    const s = this.driver.status(v.id);
+    if (s === undefined) return undefined;
+    const progress = this.driver.progress(v.id);
+    return {
+      volume: v.name,
+      role: roleNames[s.role],
+      term: s.term,
+      commitIndex: s.commit,
+      appliedIndex: s.applied,
+      lastIndex: s.lastIndex,
+      ...(progress === undefined
+        ? {}
+        : { memberLag: progress.filter((p) => p.node !== this.nodeId).map((p) => ({ member: this.catalog.nodes.get(p.node)?.name ?? `node-${p.node}`, entries: Math.max(0, s.lastIndex - p.match) })) }),
+    };
+  }
+
+  private metricsView(): MetricsView {
+    const count = <T>(items: Iterable<T>, key: (x: T) => string): Record<string, number> => {
+      const out: Record<string, number> = {};
+      for (const x of items) out[key(x)] = (out[key(x)] ?? 0) + 1;
+      return out;
+    };
+    return {
+      store: () => this.store.stats(),
+      nbd: () => this.nbd?.server.stats(),
+      peers: () => this.peer?.transport.stats(),
+      snapshots: () => this.driver.snapshotSender.counters,
+      repair: () => this.repairer.counters,
+      scrub: () => this.scrubber.counters,
+      volumes: () =>
+        this.labelledVolumes().map((v) => ({
+          name: v.name,
+          stats: this.ioStats.get(v.name),
+          allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : undefined,
+          connections: this.connections.get(v.name) ?? 0,
+        })),
+      allStats: () => this.ioStats.values(),
+      groups: () => this.labelledVolumes().flatMap((v) => this.groupView(v) ?? []),
+      groupRoles: () =>
+        count(
+          this.hostedVolumes().flatMap((id) => this.driver.status(id) ?? []),
+          (s) => roleNames[s.role],
+        ),
+      nodesByHealth: () => ({ up: 0, down: 0, ...count(this.nodeHealth(), (h) => h) }),
+      volumesByState: () => ({ online: 0, damaged: 0, ...count(this.catalog.volumes.values(), (v) => this.volumeState(v)) }),
+    };
+  }
+
+  /** A node is up, as this node sees it, when it is this node or connected to it. */
+  private isUp(id: number): boolean {
+    return id === this.nodeId || this.peer?.transport.isConnected(id) === true;
+  }
+
+  private nodeHealth(): ("up" | "down")[] {
+    return [...this.catalog.nodes.values()].map((n) => (this.isUp(n.id) ? "up" : "down"));
+  }
+
+  private volumeState(v: CatalogVolume): VolumeInfo["state"] {
+    return this.repairer.unrepaired().has(v.id) ? "damaged" : "online";
   }
 
   // ---- scrub (src/replication/scrub.ts) ----
@@ -1013,7 +1135,7 @@ export class Daemon implements Controller {
       sizeBytes: v.sizeBytes,
       repl: v.repl,
       createdAt: new Date(v.createdAt).toISOString(),
-      state: this.repairer.unrepaired().has(v.id) ? "damaged" : "online",
+      state: this.volumeState(v),
       allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : 0,
       nbdUri: `nbd://${hostPort(this.options.listen, this.nbdPort)}/${v.name}`,
       connections: this.connections.get(v.name) ?? 0,
@@ -1043,7 +1165,8 @@ export class Daemon implements Controller {
         state = "catching-up";
         detail = `0/${last}`;
       }
-      return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), leader: id === leader };
+      const copy = state === "catching-up" && leader === this.nodeId ? this.copyRates.progress(v.id, id) : undefined;
+      return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), ...(copy ? { copy } : {}), leader: id === leader };
     });
   }
 }

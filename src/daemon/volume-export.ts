@@ -7,6 +7,7 @@ import type { CatalogVolume } from "../cluster/catalog.js";
 import { BackendError, type AllocationExtent, type Export } from "../nbd/backend.js";
 import { errorKindOf } from "../replication/errors.js";
 import type { VolumeIo } from "../replication/volume-io.js";
+import { opRead, opWrite, type IoOp, type VolumeStats } from "./volume-stats.js";
 
 /**
  * Expected failures, here or on the node that served the request, keep their
@@ -31,6 +32,8 @@ export class ReplicatedVolumeExport implements Export {
     private readonly io: VolumeIo,
     private readonly readBuffers: BufferPool,
     private readonly onClose: () => void,
+    /** This node's counters of the volume's I/O; undefined with --no-metrics. */
+    private readonly stats?: VolumeStats,
   ) {
     this.description = `pxd volume ${volume.name} (repl ${volume.repl})`;
   }
@@ -44,6 +47,30 @@ export class ReplicatedVolumeExport implements Export {
   }
 
   read(offsetBytes: number, lengthBytes: number): Buffer | Promise<Buffer> {
+    const stats = this.stats;
+    if (stats === undefined) return this.readBuffer(offsetBytes, lengthBytes);
+    const start = stats.begin(performance.now());
+    let r: Buffer | Promise<Buffer>;
+    try {
+      r = this.readBuffer(offsetBytes, lengthBytes);
+    } catch (e) {
+      stats.done(opRead, lengthBytes, start, performance.now(), true);
+      throw e;
+    }
+    if (!(r instanceof Promise)) {
+      stats.done(opRead, lengthBytes, start, performance.now(), false);
+      return r;
+    }
+    return r.then(
+      (b) => (stats.done(opRead, lengthBytes, start, performance.now(), false), b),
+      (e: unknown) => {
+        stats.done(opRead, lengthBytes, start, performance.now(), true);
+        throw e;
+      },
+    );
+  }
+
+  private readBuffer(offsetBytes: number, lengthBytes: number): Buffer | Promise<Buffer> {
     const into = this.readBuffers.take(lengthBytes);
     let r: Buffer | Promise<Buffer>;
     try {
@@ -59,7 +86,7 @@ export class ReplicatedVolumeExport implements Export {
 
   write(offsetBytes: number, data: readonly Buffer[], lengthBytes: number): Promise<void> {
     // A write is acknowledged once committed (fsynced on a quorum): FUA needs nothing more.
-    return guard(() => this.io.write(this.volume.id, offsetBytes, data, lengthBytes));
+    return this.counted(opWrite, lengthBytes, () => this.io.write(this.volume.id, offsetBytes, data, lengthBytes));
   }
 
   /** Every acknowledged write is already durable on a quorum (DESIGN §2). */
@@ -68,13 +95,13 @@ export class ReplicatedVolumeExport implements Export {
   }
 
   trim(offsetBytes: number, lengthBytes: number): Promise<void> {
-    return guard(() => this.io.trim(this.volume.id, offsetBytes, lengthBytes));
+    return this.counted(opWrite, 0, () => this.io.trim(this.volume.id, offsetBytes, lengthBytes));
   }
 
   writeZeroes(offsetBytes: number, lengthBytes: number, _fua: boolean, noHole: boolean, fastZero: boolean): Promise<void> {
     // Zeroing whole sectors is a hole in the map: fast. With NO_HOLE the zeroes are written like data, which is not.
     if (fastZero && noHole) return Promise.reject(new BackendError("ENOTSUP", "zeroing without holes writes data; not fast"));
-    return guard(() => this.io.writeZeroes(this.volume.id, offsetBytes, lengthBytes, noHole));
+    return this.counted(opWrite, 0, () => this.io.writeZeroes(this.volume.id, offsetBytes, lengthBytes, noHole));
   }
 
   blockStatus(offsetBytes: number, lengthBytes: number): AllocationExtent[] | Promise<AllocationExtent[]> {
@@ -84,6 +111,28 @@ export class ReplicatedVolumeExport implements Export {
     } catch (e) {
       return rethrow(e);
     }
+  }
+
+  /** Runs a write-side operation, counted in this node's stats of the volume when it keeps them (`bytes`: what the client sent). */
+  private counted(op: IoOp, bytes: number, run: () => Promise<void>): Promise<void> {
+    const stats = this.stats;
+    if (stats === undefined) return guard(run);
+    const start = stats.begin(performance.now());
+    // One promise per request, as guard() takes: the count and the error's kind in the same callbacks.
+    let p: Promise<void>;
+    try {
+      p = run();
+    } catch (e) {
+      stats.done(op, bytes, start, performance.now(), true);
+      return Promise.reject(asBackendError(e));
+    }
+    return p.then(
+      () => stats.done(op, bytes, start, performance.now(), false),
+      (e: unknown) => {
+        stats.done(op, bytes, start, performance.now(), true);
+        throw asBackendError(e);
+      },
+    );
   }
 
   release(buffer: Buffer): void {

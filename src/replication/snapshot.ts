@@ -164,6 +164,13 @@ export class SnapshotSender {
     });
   }
 
+  /** Copies under way in the group, for progress reports (read-only): the follower, how far through the volume's bytes the copy is, and whether it sends only changes. */
+  copies(group: number): { to: NodeId; cursorBytes: number; sizeBytes: number; delta: boolean }[] {
+    const out: { to: NodeId; cursorBytes: number; sizeBytes: number; delta: boolean }[] = [];
+    for (const s of this.streams.values()) if (s.group === group) out.push({ to: s.to, cursorBytes: s.cursor, sizeBytes: s.sizeBytes, delta: s.changes !== undefined });
+    return out;
+  }
+
   /** The lowest snapshot index being sent in the group: its log must keep every entry after it. */
   holdIndex(group: number): number {
     let min = Infinity;

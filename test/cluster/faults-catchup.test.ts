@@ -1,7 +1,7 @@
 // Delta catch-up: a follower that was down for a short time gets only what it
 // missed. The volume is large (512 MiB) and a good part of it is written
 // before the follower stops, so a full copy would stand out in the peer byte
-// counters (GET /metrics: pxd_peer_bytes_sent{peer="<node id>"}): the bytes
+// counters (GET /metrics: pxd_peer_sent_bytes_total{peer="<node id>"}): the bytes
 // the other nodes send it while it catches up must be close to what was
 // written while it was away, and far below what the volume holds.
 
@@ -49,7 +49,7 @@ async function fill(node: DaemonProcess, volume: string, firstMiB: number, mib: 
 async function bytesSentTo(from: DaemonProcess[], toId: number): Promise<number> {
   let sum = 0;
   for (const n of from) {
-    const m = new RegExp(`^pxd_peer_bytes_sent\\{peer="${toId}"\\} (\\d+)$`, "m").exec(await n.api.metrics());
+    const m = new RegExp(`^pxd_peer_sent_bytes_total\\{peer="${toId}"\\} (\\d+)$`, "m").exec(await n.api.metrics());
     sum += Number(m?.[1] ?? 0);
   }
   return sum;

@@ -87,7 +87,7 @@ async function awayAndBack(name: string, pick: (leader: number) => number): Prom
   const leader = ai === first ? await c.leaderAmong(name, c.others(ai)) : first;
   await waitUntil("the leader sees the member down", async () => (await c.nodes[leader]!.api.inspectVolume(name)).replicas.find((r) => r.nodeId === aid)?.state === "down", 20000);
   const counters = async (): Promise<number[]> =>
-    Promise.all(["pxd_raft_snapshots_started", "pxd_raft_snapshot_deltas", "pxd_raft_snapshot_bytes_sent", "pxd_raft_snapshot_bytes_kept"].map((m) => metric(c.nodes[leader]!, m)));
+    Promise.all(["pxd_raft_snapshots_started_total", "pxd_raft_snapshot_deltas_total", "pxd_raft_snapshot_sent_bytes_total", "pxd_raft_snapshot_kept_bytes_total"].map((m) => metric(c.nodes[leader]!, m)));
   const before = await counters();
 
   // Far more than --log-retain 2M while it is away, a MiB of what it had rewritten, and a hole punched in what it had.
@@ -100,7 +100,7 @@ async function awayAndBack(name: string, pick: (leader: number) => number): Prom
   await away.start();
   await waitUntil("the member back in sync", () => inSync(leader), 60000);
   const [started, deltas, bytes, kept] = (await counters()).map((x, i) => x - before[i]!) as [number, number, number, number];
-  const installed = await metric(away, "pxd_store_snapshots_installed");
+  const installed = await metric(away, "pxd_store_snapshots_installed_total");
   console.log(
     `${name}: node ${ai + 1} back from node ${leader + 1}: ${started} snapshot(s) started (${deltas} deltas), ${(bytes / MiB).toFixed(2)} MiB of volume data sent, ${(kept / MiB).toFixed(2)} MiB kept from its own copy, ${installed} installed`,
   );

@@ -96,7 +96,7 @@ test("idle connections filling every slot: one over an address's cap is refused,
   fresh.push(await freshClientReads("127.0.0.3")); // the node is full again: the next idle longest makes room
   assert.ok(await idle[1]!.waitClosed());
   assert.not.ok(busy.some((c) => c.closed), "busy connections are never evicted");
-  assert.is(await nbdGauge("idle_evictions"), 2);
+  assert.is(await nbdGauge("idle_evictions_total"), 2);
   assert.match(daemon.output, /refused, 64 connections from 127\.0\.0\.2 \(limit 64\)/);
   assert.match(daemon.output, /idle for \d+ ms; closed to make room for 127\.0\.0\.9/);
   for (const c of [...busy, ...idle, ...fresh]) c.destroy();

@@ -19,6 +19,8 @@ import {
   type SetSettingRequest,
   type SettingInfo,
   type VolumeInfo,
+  type EventsResponse,
+  type VolumeStatsResponse,
 } from "../../src/api/types.js";
 
 export class FakeController implements Controller {
@@ -242,7 +244,19 @@ export class FakeController implements Controller {
     return Promise.resolve({ nodes: [{ nodeId: 7, node: "n1", volumes: [] }] });
   }
 
-  metrics(): string {
+  async events(sinceSeq: number): Promise<EventsResponse> {
+    this.seen("events");
+    const all: EventsResponse["events"] = [{ seq: 1, at: new Date(0).toISOString(), kind: "volume-created", volume: "db", message: "volume db was created, replicas on n1" }];
+    return { node: "n1", events: all.filter((e) => e.seq > sinceSeq) };
+  }
+
+  async volumeStats(name: string, _local: boolean): Promise<VolumeStatsResponse> {
+    this.seen("volumeStats");
+    if (!this.volumes.has(name)) throw new ApiError(404, "not_found", `no volume named "${name}"; list them with "pxd volume list"`);
+    return { volume: name, samples: [], nodes: ["n1"], silent: [] };
+  }
+
+  async metrics(): Promise<string> {
     this.seen("metrics");
     return `# HELP pxd_volumes Volumes on this node.\n# TYPE pxd_volumes gauge\npxd_volumes ${this.volumes.size}\n`;
   }

@@ -485,4 +485,28 @@ async function freePort(): Promise<number> {
   return port;
 }
 
+test("GET / is the web console: one HTML page whose script parses and fetches only this API", async () => {
+  const r = await raw("GET", "/");
+  assert.is(r.status, 200);
+  assert.is(r.headers["content-type"], "text/html; charset=utf-8");
+  const script = /<script>([\s\S]*)<\/script>/.exec(r.body)?.[1] ?? "";
+  assert.ok(script.length > 1000);
+  new Function(script); // a syntax error throws here
+  assert.not.match(r.body, /https?:\/\//, "nothing from elsewhere");
+  for (const path of ["/v1/status", "/v1/nodes", "/v1/volumes", "/v1/events?since="]) assert.ok(script.includes(`"${path}`), `it polls ${path}`);
+});
+
+test("GET /v1/events and /v1/volumes/NAME/stats: since is checked, an unknown volume is a 404 that says what to do", async () => {
+  assert.equal((await ctx.client.events(0)).events.map((e) => e.kind), ["volume-created"]);
+  assert.equal((await ctx.client.events(1)).events, []);
+  const bad = await raw("GET", "/v1/events?since=-1");
+  assert.is(bad.status, 400);
+  assert.match(errorOf(bad).message, /"since" must be one event number/);
+  assert.is((await raw("GET", "/v1/events?since=1&since=2")).status, 400);
+  const missing = await raw("GET", "/v1/volumes/nope/stats");
+  assert.is(missing.status, 404);
+  assert.match(errorOf(missing).message, /pxd volume list/);
+  assert.is((await raw("GET", "/v1/volumes/x/stats?local=maybe")).status, 400);
+});
+
 test.run();

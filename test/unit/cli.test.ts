@@ -324,4 +324,12 @@ async function freePort(): Promise<number> {
   return port;
 }
 
+test("pxd events lists the node's events, one a line, or one JSON object a line", async () => {
+  const text = await pxd([...host(), "events"]);
+  assert.is(text.code, 0, text.stderr);
+  assert.is(text.stdout, "1970-01-01T00:00:00.000Z  volume-created  volume db was created, replicas on n1\n");
+  const json = await pxd([...host(), "events", "--json"]);
+  assert.equal(JSON.parse(json.stdout), { seq: 1, at: "1970-01-01T00:00:00.000Z", kind: "volume-created", volume: "db", message: "volume db was created, replicas on n1" });
+});
+
 test.run();
