@@ -12,7 +12,11 @@ import {
   ApiError,
   type AttachmentInfo,
   type AttachRequest,
+  type AuditResponse,
+  type CreateTokenRequest,
   type CreateVolumeRequest,
+  type RevokeTokenRequest,
+  type TokenInfo,
   type DeleteVolumeOptions,
   type DebugProposeRequest,
   type DrainNodeRequest,
@@ -91,6 +95,8 @@ export interface ApiClientOptions {
   timeoutMs?: number;
   /** Tried once when nothing listens at the address (the CLI's default: a local `pxd up` cluster). */
   fallbackAddress?: string;
+  /** The API token sent as `Authorization: Bearer` (docs/security.md), or where to read it before each request; without one only the public routes answer. */
+  token?: string | (() => string | undefined);
 }
 
 interface RawAnswer {
@@ -106,9 +112,12 @@ export class ApiClient {
   address: ApiAddress;
   private readonly timeoutMs: number;
   private fallback: ApiAddress | undefined;
+  /** Sent with every request; settable, so a test helper can hand its clients a token once the daemon made one. */
+  token: string | (() => string | undefined) | undefined;
 
   constructor(address: string = defaultApiAddress, options: ApiClientOptions = {}) {
     this.address = parseApiAddress(address);
+    this.token = options.token;
     this.timeoutMs = options.timeoutMs ?? apiClientTimeoutMs;
     this.fallback = options.fallbackAddress === undefined ? undefined : parseApiAddress(options.fallbackAddress);
   }
@@ -210,6 +219,26 @@ export class ApiClient {
     return (await this.json("GET", "/v1/scrub")) as ScrubResponse;
   }
 
+  /** The cluster's id; public. */
+  async clusterId(): Promise<string> {
+    const body = (await this.json("GET", "/v1/cluster/id")) as { clusterId?: unknown };
+    if (typeof body.clusterId !== "string") throw this.badAnswer("GET /v1/cluster/id", "it has no clusterId");
+    return body.clusterId;
+  }
+
+  async createToken(request: CreateTokenRequest): Promise<TokenInfo> {
+    return (await this.json("POST", "/v1/auth/tokens", request)) as TokenInfo;
+  }
+
+  async revokeToken(request: RevokeTokenRequest): Promise<{ id: string; revoked: boolean }> {
+    return (await this.json("POST", "/v1/auth/revocations", request)) as { id: string; revoked: boolean };
+  }
+
+  /** Audit records at or after sinceMs, from every node (or only the answering one). */
+  async audit(sinceMs: number, options: { local?: boolean } = {}): Promise<AuditResponse> {
+    return (await this.json("GET", `/v1/audit?since=${Math.max(0, Math.floor(sinceMs))}${options.local === true ? "&local=true" : ""}`)) as AuditResponse;
+  }
+
   /** The fault-injection hook of a daemon started with --unsafe-debug-api. */
   async debugCatalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse> {
     return (await this.json("POST", "/v1/debug/catalog-propose", request)) as DebugProposeResponse;
@@ -280,6 +309,8 @@ export class ApiClient {
         else resolve(answer as RawAnswer);
       };
       const headers: Record<string, string | number> = { Accept: "application/json" };
+      const token = typeof this.token === "function" ? this.token() : this.token;
+      if (token !== undefined && token !== "") headers["Authorization"] = `Bearer ${token}`;
       if (body) {
         headers["Content-Type"] = "application/json";
         headers["Content-Length"] = body.length;

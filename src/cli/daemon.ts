@@ -25,7 +25,8 @@ export function registerDaemon(program: Command): void {
     .option("--api-port <port>", "control API port", port, defaultApiPort)
     .option("--peer-port <port>", "peer (Raft) port", port, defaultPeerPort)
     .option("--join <addr>", "join the cluster of the node whose control API is at ADDR[:PORT] (first start only)")
-    .option("--cluster-secret <secret>", "the cluster's shared secret (or PXD_CLUSTER_SECRET); a new cluster makes one in DIR/cluster.secret")
+    .option("--cluster-secret-file <file>", "a file holding the cluster's shared secret (or set PXD_CLUSTER_SECRET); a new cluster makes one in DIR/cluster.secret, a joined node keeps it there")
+    .option("--cluster-secret <secret>", "the secret itself (shown by ps: prefer PXD_CLUSTER_SECRET or --cluster-secret-file)")
     .option("--name <name>", "this node's name in the cluster (default node-ID)")
     .option("--zone <zone>", "this node's zone label, for spreading replicas")
     .option(
@@ -46,7 +47,7 @@ export function registerDaemon(program: Command): void {
       `an NBD connection that sent nothing for this long may be closed when a new client needs its slot (default ${nbdIdleTimeoutMs / 1000})`,
       intArg(1, 365 * 24 * 3600),
     )
-    .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number; nbdIdleTimeout?: number }) => {
+    .action(async (options: DaemonOptions & { clusterSecret?: string; clusterSecretFile?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number; nbdIdleTimeout?: number }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
         daemon = await import("../daemon/main.js");
@@ -64,6 +65,7 @@ export function registerDaemon(program: Command): void {
         peerPort: options.peerPort,
         ...(options.join !== undefined ? { join: options.join } : {}),
         ...(options.clusterSecret !== undefined ? { secret: options.clusterSecret } : {}),
+        ...(options.clusterSecretFile !== undefined ? { secretFile: options.clusterSecretFile } : {}),
         ...(options.name !== undefined ? { name: options.name } : {}),
         ...(options.zone !== undefined ? { zone: options.zone } : {}),
         ...(options.logRetain !== undefined ? { logRetainBytes: options.logRetain } : {}),

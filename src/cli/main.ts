@@ -14,6 +14,8 @@ import { packageVersion } from "../os/package-version.js";
 import { registerLocalNode } from "./local-node.js";
 import { registerDockerPlugin } from "./docker-plugin.js";
 import { registerCsi } from "./csi.js";
+import { registerAuth } from "./auth.js";
+import { localClusterTokenFile } from "./args.js";
 
 export const cliVersion = packageVersion;
 
@@ -22,6 +24,7 @@ export function buildProgram(): Command {
     .description("pxd: distributed block storage exported over NBD")
     .version(cliVersion)
     .option("--host <addr>", `daemon control API as ADDR[:PORT] (env PXD_HOST, default ${defaultApiAddress})`)
+    .option("--token <token>", `API token (shown by ps: prefer env PXD_TOKEN or PXD_TOKEN_FILE; default: ${localClusterTokenFile}, which pxd up writes)`)
     .exitOverride()
     .showSuggestionAfterError(true);
   registerStatus(program);
@@ -29,6 +32,7 @@ export function buildProgram(): Command {
   registerNode(program);
   registerSettings(program);
   registerScrub(program);
+  registerAuth(program);
   registerLocalNode(program);
   registerDaemon(program);
   registerDockerPlugin(program);

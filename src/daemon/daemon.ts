@@ -8,7 +8,7 @@
 // over NBD (VolumeIo forwards to the leader).
 
 import { createHmac, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, statfsSync, writeFileSync } from "node:fs";
+import { mkdirSync, statfsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ApiClient, DaemonUnreachableError, hostPort } from "../api/client.js";
 import { startApiServer, type ApiServer } from "../api/server.js";
@@ -37,7 +37,12 @@ import {
   type VolumeInfo,
   type AttachmentInfo,
   type AttachRequest,
+  type Caller,
+  type CreateTokenRequest,
+  type RevokeTokenRequest,
+  type TokenInfo,
 } from "../api/types.js";
+import { readClaims } from "../api/token.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
 import { failStop, isBug } from "../base/fail-stop.js";
@@ -64,6 +69,7 @@ import {
   checkClusterConstants,
   checkConstants,
   checkReplicationConstants,
+  apiTokenTtlMsMax,
   logFieldCharsMax,
   nodeBytesMax,
   readPoolBufferBytesMax,
@@ -74,6 +80,8 @@ import {
 } from "../constants.js";
 import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
+import { adminTokenFile, clusterSecretFile, readCredentialFile, writeCredentialFile } from "../os/credentials.js";
+import { privateFileMode } from "../os/private-files.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { packageVersion } from "../os/package-version.js";
@@ -88,6 +96,7 @@ import { dispatchPeerMessage } from "../replication/dispatch.js";
 import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
 import { ClusterNode, metaGroupId } from "../node/cluster-node.js";
+import { Access, checkReach, mayReach, ownerFor } from "./access.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
 import { ReplicatedVolumeExport } from "./volume-export.js";
@@ -100,8 +109,10 @@ export interface DaemonOptions {
   peerPort: number;
   /** API address (HOST[:PORT]) of a member of the cluster to join; absent: bootstrap a new cluster (or restart). */
   join?: string;
-  /** The cluster secret; else PXD_CLUSTER_SECRET, else DIR/cluster.secret (made when bootstrapping). */
+  /** The cluster secret; else PXD_CLUSTER_SECRET, else DIR/cluster.secret (made when bootstrapping, kept by a join). */
   secret?: string;
+  /** A file holding the cluster secret (instead of `secret`, which a command line would show to ps). */
+  secretFile?: string;
   name?: string;
   zone?: string;
   /** Raft log kept for a replica that is down before it will need a full copy (default raftLogRetainBytes). */
@@ -179,6 +190,7 @@ export class Daemon implements Controller {
   private api: ApiServer | undefined;
   private timers: NodeJS.Timeout[] = [];
   private stopping: Promise<void> | undefined;
+  private access!: Access;
 
   private constructor(
     readonly options: DaemonOptions,
@@ -201,8 +213,13 @@ export class Daemon implements Controller {
       // The node proposes this description itself (addNode) from a timer: refuse it here, where it can say which option to fix.
       const self = validateCommand({ kind: "addNode", ...describeSelf(options, state.nodeId), at: 0 });
       if (!self.ok) throw new Error(`this node's description is not one the catalog accepts (${self.error}); fix --name, --zone or --listen`);
-      const secret = clusterSecret(options, state.clusterId === "" && options.join === undefined);
+      const bootstrapping = state.clusterId === "" && options.join === undefined;
+      const secret = clusterSecret(options, state.clusterId !== "", bootstrapping);
       if (state.clusterId === "") await enterCluster(options, state, secret, log);
+      else if (options.join !== undefined) await checkSameCluster(options.join, state.clusterId, options.dataDir, log);
+      // A member keeps the secret it joined with, so a restart needs only --data-dir (and a bootstrap's first admin token goes beside it).
+      keepClusterSecret(options.dataDir, secret);
+      if (bootstrapping) writeFirstAdminToken(options.dataDir, secret, log);
       const specs = [{ groupId: metaGroupId, sizeBytes: 0 }, ...[...state.hosted.values()].map((g) => ({ groupId: g.id, sizeBytes: g.sizeBytes }))];
       const damage = { report: (_e: ChecksumError): void => {} };
       store = await Store.open({ disk: new NodeDisk(join(options.dataDir, "store")), defer: deferImmediate, log: (l) => log.info(l), onDamage: (e) => damage.report(e) }, specs);
@@ -298,6 +315,7 @@ export class Daemon implements Controller {
       log,
     });
     const node = this.node;
+    this.access = new Access(this.secret, () => `node-${state.nodeId}`, () => this.catalog.revokedTokens, () => Date.now());
     const parts = { driver: this.driver, io: this.io, repairer: this.repairer };
     transport.onMessage((from, m) => dispatchPeerMessage(parts, from, m));
     node.start(state.metaVoters);
@@ -313,7 +331,7 @@ export class Daemon implements Controller {
     this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
     const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
     if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
-    this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, ...(debug ? { debug } : {}), log: (l) => log.info(l) });
+    this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, auth: this.access, ...(debug ? { debug } : {}), log: (l) => log.info(l) });
     log.info(`pxd ${version} node ${state.nodeId} of cluster ${state.clusterId}: ${state.hosted.size} volume replicas here, ${this.store.stats().recordsReplayed} log records replayed`);
   }
 
@@ -390,7 +408,7 @@ export class Daemon implements Controller {
    * election there is briefly no leader: wait for one (bounded) before
    * answering 503.
    */
-  private async metaLeaderApi(timeoutMs = 20000): Promise<ApiClient | undefined> {
+  private async metaLeaderApi(caller: Caller | undefined, timeoutMs = 20000): Promise<ApiClient | undefined> {
     for (let waited = 0; this.driver.leader(metaGroupId) === 0 && waited < metaLeaderWaitMs; waited += 50) {
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -400,7 +418,13 @@ export class Daemon implements Controller {
     if (leader === 0 || n === undefined) {
       throw new ApiError(503, "unavailable", "the cluster's catalog has no leader right now (is a majority of its nodes down?); retry in a few seconds");
     }
-    return nodeApi(n, timeoutMs);
+    // A forwarded request carries its caller's own token, so the leader checks the same caller; the node's own requests carry the node's.
+    return this.nodeApi(n, timeoutMs, caller?.token);
+  }
+
+  /** The control API of another node of the cluster, with the caller's token, else this node's own. */
+  private nodeApi(n: CatalogNode, timeoutMs: number, token?: string): ApiClient {
+    return new ApiClient(hostPort(n.address, n.apiPort), { timeoutMs, token: token ?? this.access.nodeToken() });
   }
 
   /**
@@ -419,7 +443,7 @@ export class Daemon implements Controller {
   private async catalogCatchUp(): Promise<void> {
     const deadline = Date.now() + catalogCatchUpMs;
     try {
-      const api = await this.metaLeaderApi(1000);
+      const api = await this.metaLeaderApi(undefined, 1000);
       const target = api === undefined ? (this.driver.status(metaGroupId)?.commit ?? 0) : (await api.status()).catalog.commitIndex;
       await this.node.whenCatalog(() => this.catalogIndex() >= target, Math.max(0, deadline - Date.now()));
     } catch (e) {
@@ -431,8 +455,9 @@ export class Daemon implements Controller {
 
 
 
-  async updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo> {
-    const leaderApi = await this.metaLeaderApi();
+  async updateVolume(name: string, request: UpdateVolumeRequest, caller: Caller): Promise<VolumeInfo> {
+    checkReach(caller, await this.knownVolume(name));
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.updateVolume(name, request);
     const was = [...this.mustGet(name).nodes];
     const set = replicaSetFor(this.catalog, name, request.repl);
@@ -447,9 +472,9 @@ export class Daemon implements Controller {
   // ---- attachments (pxd volume attach) ----
 
   /** On the meta leader: records a host's attachment; the catalog refuses a second read-write host of a volume that is not shared (409). */
-  async attachVolume(name: string, request: AttachRequest): Promise<VolumeInfo> {
-    await this.knownVolume(name);
-    const leaderApi = await this.metaLeaderApi();
+  async attachVolume(name: string, request: AttachRequest, caller: Caller): Promise<VolumeInfo> {
+    checkReach(caller, await this.knownVolume(name));
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.attachVolume(name, request);
     const result = await this.metaCommand({
       kind: "attachVolume",
@@ -467,17 +492,17 @@ export class Daemon implements Controller {
     return this.info(this.mustGet(name));
   }
 
-  async detachVolume(name: string, host: string): Promise<void> {
-    await this.knownVolume(name);
-    const leaderApi = await this.metaLeaderApi();
+  async detachVolume(name: string, host: string, caller: Caller): Promise<void> {
+    checkReach(caller, await this.knownVolume(name));
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.detachVolume(name, host);
     const result = await this.metaCommand({ kind: "detachVolume", name, host });
     if (!result.ok) throw catalogError(result);
     if (result.changed) this.log.info(`volume ${name} detached from host ${host}`);
   }
 
-  async listAttachments(): Promise<AttachmentInfo[]> {
-    return [...this.catalog.volumes.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).flatMap((v) => attachmentInfos(v));
+  async listAttachments(caller: Caller): Promise<AttachmentInfo[]> {
+    return [...this.catalog.volumes.values()].filter((v) => mayReach(caller, v)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).flatMap((v) => attachmentInfos(v));
   }
 
   /**
@@ -610,8 +635,8 @@ export class Daemon implements Controller {
   }
 
   /** On the meta leader: marks the node draining (or not); moveReplicas then moves its replicas off, one volume at a time. */
-  async drainNode(ref: string, request: DrainNodeRequest): Promise<NodeInfo> {
-    const leaderApi = await this.metaLeaderApi();
+  async drainNode(ref: string, request: DrainNodeRequest, caller?: Caller): Promise<NodeInfo> {
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.drainNode(ref, request);
     const id = this.nodeByRef(ref);
     const draining = request.draining ?? true;
@@ -629,8 +654,8 @@ export class Daemon implements Controller {
    * A node out of the catalog but still in the group (the second step failed)
    * is removed from the group when asked again by its id.
    */
-  async removeNode(ref: string, options: { force: boolean }): Promise<void> {
-    const leaderApi = await this.metaLeaderApi();
+  async removeNode(ref: string, options: { force: boolean }, caller?: Caller): Promise<void> {
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.removeNode(ref, options);
     const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
     const leftover = members.find((id) => String(id) === ref && !this.catalog.nodes.has(id));
@@ -665,21 +690,22 @@ export class Daemon implements Controller {
   }
 
   /** On the meta leader: sets a setting (null: back to its default); the catalog refuses an unknown key or a value out of its range (400). */
-  async setSetting(key: string, request: SetSettingRequest): Promise<SettingInfo> {
-    const leaderApi = await this.metaLeaderApi();
+  async setSetting(key: string, request: SetSettingRequest, caller?: Caller): Promise<SettingInfo> {
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.setSetting(key, request.value);
     const result = await this.metaCommand({ kind: "setSetting", key, value: request.value });
     if (!result.ok) throw catalogError(result);
     return this.settingInfo(key);
   }
 
-  async listVolumes(): Promise<VolumeInfo[]> {
-    return [...this.catalog.volumes.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((v) => this.info(v));
+  async listVolumes(caller: Caller): Promise<VolumeInfo[]> {
+    return [...this.catalog.volumes.values()].filter((v) => mayReach(caller, v)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((v) => this.info(v));
   }
 
   /** Replica states come from the volume's leader, which tracks every replica's progress; asked when it is another node. */
-  async inspectVolume(name: string): Promise<VolumeInfo> {
+  async inspectVolume(name: string, caller: Caller): Promise<VolumeInfo> {
     const v = await this.knownVolume(name);
+    checkReach(caller, v);
     const [info, scrub] = await Promise.all([this.replicaStates(v), this.replicaScrubs(v)]);
     return { ...info, scrub };
   }
@@ -690,15 +716,16 @@ export class Daemon implements Controller {
     const n = this.catalog.nodes.get(leader);
     if (leader === this.nodeId || n === undefined || !this.driver.hasGroup(v.id)) return mine;
     try {
-      const remote = await nodeApi(n, 2000).inspectVolume(v.name);
+      const remote = await this.nodeApi(n, 2000).inspectVolume(v.name);
       return { ...mine, replicas: remote.replicas, allocatedBytes: remote.allocatedBytes, ...(remote.log ? { log: remote.log } : {}) };
     } catch {
       return mine; // the leader did not answer: what this node knows
     }
   }
 
-  async createVolume(request: CreateVolumeRequest): Promise<VolumeInfo> {
-    const leaderApi = await this.metaLeaderApi();
+  async createVolume(request: CreateVolumeRequest, caller: Caller): Promise<VolumeInfo> {
+    const owner = ownerFor(caller, request.owner);
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.createVolume(request);
     const nodes = request.nodes?.map((ref) => this.nodeByRef(ref));
     const result = await this.metaCommand({
@@ -709,6 +736,7 @@ export class Daemon implements Controller {
       ...(nodes !== undefined ? { nodes } : {}),
       ...(request.zones === true ? { zones: true } : {}),
       ...(request.shared === true ? { shared: true } : {}),
+      owner,
       at: Date.now(),
     });
     if (!result.ok) throw catalogError(result);
@@ -722,9 +750,9 @@ export class Daemon implements Controller {
    * refuses while any does or does not answer; forced, has every node
    * disconnect its clients first. Then the catalog drops the volume.
    */
-  async deleteVolume(name: string, options: DeleteVolumeOptions = {}): Promise<void> {
-    await this.knownVolume(name);
-    const leaderApi = await this.metaLeaderApi();
+  async deleteVolume(name: string, options: DeleteVolumeOptions, caller: Caller): Promise<void> {
+    checkReach(caller, await this.knownVolume(name));
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.deleteVolume(name, options);
     const force = options.force === true;
     // Before the nodes are asked about their clients: an attached volume's refusal names its hosts.
@@ -743,12 +771,15 @@ export class Daemon implements Controller {
     this.log.info(`volume ${name} deleted${force ? `; --force closed ${closed} NBD connection(s)${silent.length > 0 ? `, and ${listNames(silent)} did not answer` : ""}` : ""}`);
   }
 
-  async volumeConnections(name: string): Promise<NodeConnections> {
+  async volumeConnections(name: string, caller: Caller): Promise<NodeConnections> {
+    const v = this.catalog.volumes.get(name);
+    if (v !== undefined) checkReach(caller, v);
     return this.connectionsHere(name);
   }
 
-  async disconnectVolume(name: string): Promise<NodeConnections> {
-    await this.knownVolume(name).catch(() => undefined); // a name this node does not know has no connections and needs no fence
+  async disconnectVolume(name: string, caller: Caller): Promise<NodeConnections> {
+    const v = await this.knownVolume(name).catch(() => undefined); // a name this node does not know has no connections and needs no fence
+    if (v !== undefined) checkReach(caller, v);
     return this.disconnectHere(name);
   }
 
@@ -769,7 +800,7 @@ export class Daemon implements Controller {
       [...this.catalog.nodes.values()].map(async (n) => {
         if (n.id === this.nodeId) return { node: n.name, connections: local().connections };
         try {
-          return { node: n.name, connections: (await remote(nodeApi(n, deleteAskTimeoutMs))).connections };
+          return { node: n.name, connections: (await remote(this.nodeApi(n, deleteAskTimeoutMs))).connections };
         } catch (e) {
           const why = e instanceof DaemonUnreachableError ? e.code : e instanceof ApiError ? `${e.status} ${e.code}` : (e as Error).message;
           return { node: n.name, error: why };
@@ -780,7 +811,7 @@ export class Daemon implements Controller {
 
   /** The fault-injection hook: an entry committed as given, unvalidated, on the catalog's leader. */
   private async debugCatalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse> {
-    const leaderApi = await this.metaLeaderApi();
+    const leaderApi = await this.metaLeaderApi(undefined);
     if (leaderApi) return leaderApi.debugCatalogPropose(request);
     const data = request.hex !== undefined ? Buffer.from(request.hex, "hex") : encodeCommandUnchecked(request.command);
     const r = await this.proposeMeta(data);
@@ -802,7 +833,7 @@ export class Daemon implements Controller {
       this.log.warn(`join refused for ${who}: ${admit.error}`);
       throw new ApiError(400, "invalid", `the join request is not one the catalog accepts: ${admit.error}; fix the joining node's --name, --zone or --listen`);
     }
-    const leaderApi = await this.metaLeaderApi();
+    const leaderApi = await this.metaLeaderApi(undefined);
     if (leaderApi) return leaderApi.join(request);
     let added: ApplyResult;
     try {
@@ -818,6 +849,28 @@ export class Daemon implements Controller {
       metaVoters: this.state.metaVoters,
       peers: [...this.catalog.nodes.values()].map((n) => ({ id: n.id, host: n.address, port: n.peerPort })),
     };
+  }
+
+  clusterId(): string {
+    return this.state.clusterId;
+  }
+
+  /** Any node signs: every node holds the key. */
+  async createToken(request: CreateTokenRequest, caller: Caller): Promise<TokenInfo> {
+    const made = this.access.create(request);
+    this.log.info(`token ${made.id} made for "${made.name}" (${made.role}, until ${made.expiresAt}) by "${caller.name}"`);
+    return made;
+  }
+
+  /** On the meta leader: the catalog remembers the revocation until the token expires (or the longest token lifetime, when the expiry is not given). */
+  async revokeToken(request: RevokeTokenRequest, caller: Caller): Promise<{ id: string; revoked: boolean }> {
+    const leaderApi = await this.metaLeaderApi(caller);
+    if (leaderApi) return leaderApi.revokeToken(request);
+    const at = Date.now();
+    const result = await this.metaCommand({ kind: "revokeToken", id: request.id, expiresAt: request.expiresAt ?? at + apiTokenTtlMsMax, at });
+    if (!result.ok) throw catalogError(result);
+    this.log.info(`token ${request.id} revoked by "${caller.name}"`);
+    return { id: request.id, revoked: result.changed };
   }
 
   metrics(): string {
@@ -892,7 +945,7 @@ export class Daemon implements Controller {
     const node = [...this.catalog.nodes.values()].find((n) => hostPort(n.address, n.nbdPort) === r.server);
     if (node === undefined) return;
     try {
-      await this.attachVolume(r.volume, { host: r.host, via: "kernel", readOnly: r.readOnly, device: r.device, node: node.name });
+      await this.attachVolume(r.volume, { host: r.host, via: "kernel", readOnly: r.readOnly, device: r.device, node: node.name }, this.access.nodeCaller());
       this.log.info(`volume ${r.volume}: ${r.device} on host ${r.host} is served by ${node.name} now (its attach agent failed over)`);
     } catch (e) {
       this.log.info(`volume ${r.volume}: could not record that ${node.name} serves ${r.device} on host ${r.host} now: ${(e as Error).message}`);
@@ -933,7 +986,7 @@ export class Daemon implements Controller {
         const n = this.catalog.nodes.get(id);
         const name = n?.name ?? `node-${id}`;
         try {
-          const r = id === this.nodeId ? await this.scrub({ ...request, local: true }) : n === undefined ? undefined : await nodeApi(n, scrubCallTimeoutMs).scrub({ ...request, local: true });
+          const r = id === this.nodeId ? await this.scrub({ ...request, local: true }) : n === undefined ? undefined : await this.nodeApi(n, scrubCallTimeoutMs).scrub({ ...request, local: true });
           return r?.nodes[0] ?? { nodeId: id, node: name, volumes: [], error: "the node is not in the catalog" };
         } catch (e) {
           return { nodeId: id, node: name, volumes: [], error: (e as Error).message };
@@ -958,7 +1011,7 @@ export class Daemon implements Controller {
         const n = this.catalog.nodes.get(id);
         if (n === undefined) return [];
         try {
-          const status = id === this.nodeId ? await this.scrubStatus() : await nodeApi(n, 1000).scrubStatus();
+          const status = id === this.nodeId ? await this.scrubStatus() : await this.nodeApi(n, 1000).scrubStatus();
           return (status.nodes[0]?.volumes ?? []).filter((r) => r.volume === v.name).map((r) => ({ node: n.name, ...r }));
         } catch {
           return [];
@@ -1022,6 +1075,7 @@ export class Daemon implements Controller {
       connections: this.connections.get(v.name) ?? 0,
       replicas: this.replicas(v, leader),
       shared: v.shared,
+      owner: v.owner,
       attachments: attachmentInfos(v),
       ...(this.store.hasGroup(v.id) ? { log: (({ firstIndex, lastIndex }) => ({ firstIndex, lastIndex }))(this.store.raftState(v.id)) } : {}),
     };
@@ -1068,11 +1122,6 @@ function scrubVolumeReport(r: ScrubReport): ScrubVolumeReport {
   };
 }
 
-/** The control API of another node of the cluster. */
-function nodeApi(n: CatalogNode, timeoutMs: number): ApiClient {
-  return new ApiClient(hostPort(n.address, n.apiPort), { timeoutMs });
-}
-
 /** Why a volume may not be deleted now, or undefined: a node serves it (unless forced) or did not answer (unless forced). */
 function busyProblem(name: string, answers: readonly { node: string; connections?: number; error?: string }[], force: boolean): string | undefined {
   if (force) return undefined;
@@ -1106,19 +1155,68 @@ function describeSelf(options: DaemonOptions, nodeId: number, bound?: { nbdPort:
   };
 }
 
-/** The cluster secret: flag, environment, or the file a bootstrapping node writes. */
-function clusterSecret(options: DaemonOptions, bootstrapping: boolean): Buffer {
-  const given = options.secret ?? process.env["PXD_CLUSTER_SECRET"];
-  const file = join(options.dataDir, "cluster.secret");
-  if (given !== undefined && given !== "") {
-    if (Buffer.byteLength(given) < 16) throw new Error("the cluster secret must be at least 16 bytes; pick a longer --cluster-secret");
+/** The first admin token's lifetime: the longest a token may have. */
+const firstAdminTokenTtlMs = apiTokenTtlMsMax;
+
+/**
+ * The cluster secret: PXD_CLUSTER_SECRET, --cluster-secret-file or
+ * --cluster-secret, else the one this data dir keeps. A data dir that is a
+ * member of a cluster refuses another secret: it would not prove this node to
+ * its cluster, and a node is never moved to another cluster.
+ */
+function clusterSecret(options: DaemonOptions, member: boolean, bootstrapping: boolean): Buffer {
+  const file = join(options.dataDir, clusterSecretFile);
+  const given = givenSecret(options);
+  const kept = readCredentialFile(file, "the cluster secret");
+  if (given !== undefined) {
+    if (Buffer.byteLength(given) < 16) throw new Error("the cluster secret must be at least 16 bytes; pick a longer one");
+    if (member && kept !== undefined && kept !== given) {
+      throw new Error(`the data dir ${options.dataDir} belongs to a cluster whose secret (in ${file}) is not the one given; start this node without a secret (it keeps its own), or with an empty --data-dir to join another cluster`);
+    }
     return Buffer.from(given);
   }
-  if (existsSync(file)) return Buffer.from(readFileSync(file, "utf8").trim());
-  if (!bootstrapping) throw new Error(`no cluster secret: pass --cluster-secret (or PXD_CLUSTER_SECRET) with the secret of the cluster to join`);
-  const made = randomBytes(24).toString("hex");
-  writeFileSync(file, made + "\n", { mode: 0o600 });
-  return Buffer.from(made);
+  if (kept !== undefined && kept !== "") return Buffer.from(kept);
+  if (!bootstrapping) throw new Error(`no cluster secret: set PXD_CLUSTER_SECRET (or pass --cluster-secret-file FILE) with the secret of the cluster to join`);
+  return Buffer.from(randomBytes(24).toString("hex"));
+}
+
+function givenSecret(options: DaemonOptions): string | undefined {
+  if (options.secretFile !== undefined) {
+    const text = readCredentialFile(options.secretFile, "the cluster secret");
+    if (text === undefined) throw new Error(`--cluster-secret-file ${options.secretFile} does not exist; give the file that holds the cluster's secret (its first node's DIR/${clusterSecretFile})`);
+    return text;
+  }
+  const given = options.secret ?? process.env["PXD_CLUSTER_SECRET"];
+  return given === undefined || given === "" ? undefined : given;
+}
+
+/** Writes the secret to the data dir once this node is in its cluster (replacing one a failed join left). */
+function keepClusterSecret(dataDir: string, secret: Buffer): void {
+  const file = join(dataDir, clusterSecretFile);
+  if (readCredentialFile(file, "the cluster secret") === secret.toString()) return;
+  writeFileSync(file, secret.toString() + "\n", { mode: privateFileMode });
+}
+
+/** The first admin token, beside the data (0600) and in the log once: the way in to a new cluster's API. */
+function writeFirstAdminToken(dataDir: string, secret: Buffer, log: Logger): void {
+  const file = join(dataDir, adminTokenFile);
+  const made = new Access(secret, () => "admin", () => new Map(), () => Date.now()).mint("admin", "admin", firstAdminTokenTtlMs);
+  if (!writeCredentialFile(file, made.token)) return;
+  log.info(`the first admin token (valid until ${made.expiresAt}; also in ${file}, readable only by this user): ${made.token}`);
+}
+
+/** A node restarted with --join: its data dir must belong to the cluster it names (asked without a token; a member that does not answer is only logged). */
+async function checkSameCluster(join: string, clusterId: string, dataDir: string, log: Logger): Promise<void> {
+  let theirs: string;
+  try {
+    theirs = await new ApiClient(join, { timeoutMs: 5000 }).clusterId();
+  } catch (e) {
+    log.warn(`could not ask ${join} for its cluster id (${(e as Error).message}); restarting in this data dir's cluster ${clusterId}`);
+    return;
+  }
+  if (theirs !== clusterId) {
+    throw new Error(`the data dir ${dataDir} belongs to cluster ${clusterId}, but ${join} is in cluster ${theirs}; to join ${join}'s cluster start this node with an empty --data-dir, or leave out --join to restart it in its own cluster`);
+  }
 }
 
 /** The Raft configuration change that makes a member change. */
@@ -1131,7 +1229,7 @@ export function joinProof(secret: Buffer, fields: Omit<JoinRequest, "proof">): B
 async function enterCluster(options: DaemonOptions, state: NodeState, secret: Buffer, log: Logger): Promise<void> {
   if (options.join === undefined) {
     await state.setCluster(randomUUID(), [state.nodeId]);
-    log.info(`bootstrapped a new cluster ${state.clusterId} with node ${state.nodeId}; the cluster secret is in ${join(options.dataDir, "cluster.secret")}`);
+    log.info(`bootstrapped a new cluster ${state.clusterId} with node ${state.nodeId}; the cluster secret is in ${join(options.dataDir, clusterSecretFile)}`);
     return;
   }
   const fields = describeSelf(options, state.nodeId);

@@ -7,6 +7,7 @@ import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { ApiClient } from "../../src/api/client.js";
 import { tempDir } from "./tmp.js";
+import { testAdminToken, testClusterSecret } from "./auth.js";
 
 export const pxdEntry = fileURLToPath(new URL("../../bin/pxd.js", import.meta.url));
 
@@ -27,6 +28,8 @@ export class DaemonProcess {
   readonly api: ApiClient;
   /** More `pxd daemon` arguments (--join, --cluster-secret, --name ...). */
   extraArgs: string[] = [];
+  /** The daemon's environment: the test process's, with its cluster secret in PXD_CLUSTER_SECRET (set it to undefined to start without). */
+  env: NodeJS.ProcessEnv = { ...process.env, PXD_CLUSTER_SECRET: testClusterSecret };
   peerPort: number;
   private exited: Promise<number | null> = Promise.resolve(null);
 
@@ -38,7 +41,7 @@ export class DaemonProcess {
     private readonly removeDir: () => void,
     peerPort = apiPort + 1,
   ) {
-    this.api = new ApiClient(`${host}:${apiPort}`);
+    this.api = new ApiClient(`${host}:${apiPort}`, { token: testAdminToken });
     this.peerPort = peerPort;
   }
 
@@ -52,7 +55,7 @@ export class DaemonProcess {
     const child = spawn(
       process.execPath,
       [...daemonNodeFlags, pxdEntry, "daemon", "--data-dir", this.dataDir, "--listen", this.host, "--nbd-port", String(this.nbdPort), "--api-port", String(this.apiPort), "--peer-port", String(this.peerPort), ...this.extraArgs],
-      { stdio: ["ignore", "pipe", "pipe"] },
+      { stdio: ["ignore", "pipe", "pipe"], env: this.env },
     );
     this.child = child;
     const collect = (d: Buffer): void => {
