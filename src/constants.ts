@@ -355,6 +355,10 @@ export const catalogRevokedTokensMax = 4096;
 export const apiTokenIdChars = 16;
 /** Longest lifetime of an API token (a year and a day); what a revocation is kept for when the token's expiry is not known. */
 export const apiTokenTtlMsMax = 366 * 24 * 3600 * 1000;
+/** Bytes of a node's audit log file before it is rotated to audit.log.1 (the one older file kept): at most twice this on disk. */
+export const auditFileBytesMax = 8 * 1024 * 1024;
+/** Audit records one node returns to one read (the newest; --since narrows): about 300 bytes each. */
+export const auditRecordsReadMax = 2000;
 
 /** The cluster limits agree with each other and with the layers they carry (called at start and by tests). */
 export function checkClusterConstants(): void {

@@ -19,6 +19,7 @@ import {
   hostNamePattern,
   jsonNestsDeeper,
   parseAttachRequest,
+  parseAuditQuery,
   parseCreateTokenRequest,
   parseCreateVolumeRequest,
   parseRevokeTokenRequest,
@@ -213,6 +214,11 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
       methods: { POST: async (request, _params, caller) => ({ status: 201, json: await controller.createToken(parseCreateTokenRequest(await readJsonBody(request)), caller) }) },
     },
     {
+      pattern: /^\/v1\/audit$/,
+      need: { GET: "admin" },
+      methods: { GET: async (request, _params, caller) => ({ status: 200, json: await controller.audit(parseAuditQuery(requestQuery(request.url ?? "")), caller) }) },
+    },
+    {
       pattern: /^\/v1\/auth\/revocations$/,
       need: { POST: "admin" },
       methods: { POST: async (request, _params, caller) => ({ status: 200, json: await controller.revokeToken(parseRevokeTokenRequest(await readJsonBody(request)), caller) }) },
@@ -327,7 +333,7 @@ function remoteAddress(request: IncomingMessage): string {
 }
 
 /** The request's caller, or the 401 / 403 that says what to do. */
-function authorize(request: IncomingMessage, need: Need, auth: Authenticator | undefined, what: string): Caller | undefined {
+function authorize(request: IncomingMessage, need: Need, auth: Authenticator | undefined, what: string, seen: { caller?: Caller }): Caller | undefined {
   if (need === "public") return undefined;
   if (auth === undefined) return anyone;
   const header = request.headers["authorization"];
@@ -338,6 +344,7 @@ function authorize(request: IncomingMessage, need: Need, auth: Authenticator | u
   const v = auth.verify(m[1]!);
   if (!v.ok) throw new ApiError(401, "unauthorized", `${v.why}; get a new token from an admin (pxd auth token create) and pass it with --token, PXD_TOKEN or PXD_TOKEN_FILE`);
   const caller: Caller = { tokenId: v.claims.id, name: v.claims.name, role: v.claims.role, token: m[1]!, address: remoteAddress(request) };
+  seen.caller = caller; // known from here on, also to the audit record of a 403
   const allowed = rolesFor[need];
   if (!allowed.includes(caller.role)) {
     throw new ApiError(403, "forbidden", `the token of "${caller.name}" has the role ${caller.role}, which may not ${what}; that needs a token with the role ${allowed.filter((r) => r !== "read-only").join(" or ")} (an admin makes one with "pxd auth token create --role ${allowed.includes("user") ? "user" : "admin"}")`);
@@ -357,12 +364,11 @@ async function dispatch(table: Route[], request: IncomingMessage, auth: Authenti
       throw new ApiError(405, "method_not_allowed", `${method} is not allowed on ${path}; use ${allowed}`);
     }
     const need = route.need?.[method] ?? (method === "GET" ? "read" : "write");
-    const caller = authorize(request, need, auth, `${method} ${printable(path, 80)}`);
-    if (caller !== undefined) seen.caller = caller;
+    const caller = authorize(request, need, auth, `${method} ${printable(path, 80)}`, seen);
     const params = match.slice(1).map((p) => decodePathPart(p ?? ""));
     return handler(request, params, caller ?? nobody);
   }
-  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/volumes/NAME/connections, /v1/volumes/NAME/disconnect, /v1/nodes, /v1/nodes/NODE, /v1/nodes/NODE/drain, /v1/settings, /v1/settings/KEY, /v1/cluster/join, /v1/cluster/id, /v1/auth/tokens, /v1/auth/revocations, /v1/scrub and /metrics`);
+  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/volumes/NAME/connections, /v1/volumes/NAME/disconnect, /v1/nodes, /v1/nodes/NODE, /v1/nodes/NODE/drain, /v1/settings, /v1/settings/KEY, /v1/cluster/join, /v1/cluster/id, /v1/auth/tokens, /v1/auth/revocations, /v1/audit, /v1/scrub and /metrics`);
 }
 
 function requestPath(url: string): string {

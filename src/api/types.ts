@@ -442,4 +442,6 @@ export interface Controller {
   createToken(request: CreateTokenRequest, caller: Caller): Promise<TokenInfo>;
   /** Records the revocation in the catalog, so every node refuses the token (admin). */
   revokeToken(request: RevokeTokenRequest, caller: Caller): Promise<{ id: string; revoked: boolean }>;
+  /** Audit records at or after a time: this node's, or every node's (admin). */
+  audit(query: AuditQuery, caller: Caller): Promise<AuditResponse>;
 }

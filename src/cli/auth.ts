@@ -7,8 +7,9 @@ import { parseTtl, readClaims } from "../api/token.js";
 import { tokenIdPattern } from "../cluster/rules.js";
 import { clusterSecretFile, readCredentialFile } from "../os/credentials.js";
 import { Access } from "../daemon/access.js";
-import { clientFor } from "./args.js";
-import { UsageError } from "./errors.js";
+import { clientFor, durationArg } from "./args.js";
+import { CliError, UsageError } from "./errors.js";
+import { json, table } from "./format.js";
 
 interface CreateOptions {
   role: Role;
@@ -48,6 +49,23 @@ export function registerAuth(program: Command): void {
       if (!tokenIdPattern.test(id)) throw new UsageError(`"${ref.slice(0, 40)}" is neither a token id (16 hex digits, as pxd auth token create printed it) nor a pxd token`);
       const r = await clientFor(command).revokeToken({ id, ...(claims !== undefined ? { expiresAt: claims.exp } : {}) });
       console.log(r.revoked ? `token ${id} is revoked on every node` : `token ${id} was revoked already`);
+    });
+}
+
+export function registerAudit(program: Command): void {
+  program
+    .command("audit")
+    .description("who changed what, and which tokens were refused, from every node's audit log (admin)")
+    .option("--since <duration>", "only records this recent, e.g. 30m, 24h, 7d (default: everything kept)", durationArg)
+    .option("--local", "only the answering node's records")
+    .option("--json", "print the records as JSON")
+    .action(async (o: { since?: number; local?: boolean; json?: boolean }, command: Command) => {
+      const r = await clientFor(command).audit(o.since === undefined ? 0 : Date.now() - o.since, { local: o.local === true });
+      const records = r.nodes.flatMap((n) => n.records).sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : 0));
+      if (o.json === true) console.log(json(r));
+      else console.log(table(["AT", "NODE", "WHO", "ROLE", "FROM", "REQUEST", "STATUS", "ERROR"], records.map((x) => [x.at, x.node, x.who || "-", x.role || "-", x.from, `${x.method} ${x.path}`, String(x.status), x.error ?? ""])));
+      const problems = r.nodes.flatMap((n) => [...(n.error !== undefined ? [`${n.node} did not answer: ${n.error}`] : []), ...(n.chainBroken !== undefined ? [`${n.node}'s audit log does not verify: ${n.chainBroken}`] : [])]);
+      if (problems.length > 0) throw new CliError(problems.join("; "));
     });
 }
 

@@ -14,7 +14,7 @@ import { packageVersion } from "../os/package-version.js";
 import { registerLocalNode } from "./local-node.js";
 import { registerDockerPlugin } from "./docker-plugin.js";
 import { registerCsi } from "./csi.js";
-import { registerAuth } from "./auth.js";
+import { registerAudit, registerAuth } from "./auth.js";
 import { localClusterTokenFile } from "./args.js";
 
 export const cliVersion = packageVersion;
@@ -33,6 +33,7 @@ export function buildProgram(): Command {
   registerSettings(program);
   registerScrub(program);
   registerAuth(program);
+  registerAudit(program);
   registerLocalNode(program);
   registerDaemon(program);
   registerDockerPlugin(program);

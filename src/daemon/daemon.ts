@@ -38,6 +38,8 @@ import {
   type AttachmentInfo,
   type AttachRequest,
   type Caller,
+  type AuditQuery,
+  type AuditResponse,
   type CreateTokenRequest,
   type RevokeTokenRequest,
   type TokenInfo,
@@ -97,6 +99,7 @@ import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
 import { ClusterNode, metaGroupId } from "../node/cluster-node.js";
 import { Access, checkReach, mayReach, ownerFor } from "./access.js";
+import { AuditLog } from "./audit-log.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
 import { ReplicatedVolumeExport } from "./volume-export.js";
@@ -139,6 +142,8 @@ const version = packageVersion;
 export { metaGroupId };
 const tickMs = 100;
 const forwardDeadlineMs = 15000;
+/** How long pxd audit waits for each other node's records. */
+const auditAskTimeoutMs = 5000;
 const selfRegisterEveryMs = 300;
 const joinAttemptsMax = 60;
 const registerWaitMs = 10000;
@@ -191,6 +196,7 @@ export class Daemon implements Controller {
   private timers: NodeJS.Timeout[] = [];
   private stopping: Promise<void> | undefined;
   private access!: Access;
+  private auditLog!: AuditLog;
 
   private constructor(
     readonly options: DaemonOptions,
@@ -316,6 +322,7 @@ export class Daemon implements Controller {
     });
     const node = this.node;
     this.access = new Access(this.secret, () => `node-${state.nodeId}`, () => this.catalog.revokedTokens, () => Date.now());
+    this.auditLog = new AuditLog(options.dataDir, this.secret, options.name ?? `node-${state.nodeId}`, (l) => log.warn(l));
     const parts = { driver: this.driver, io: this.io, repairer: this.repairer };
     transport.onMessage((from, m) => dispatchPeerMessage(parts, from, m));
     node.start(state.metaVoters);
@@ -331,7 +338,12 @@ export class Daemon implements Controller {
     this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
     const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
     if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
-    this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this, auth: this.access, ...(debug ? { debug } : {}), log: (l) => log.info(l) });
+    this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this,
+      auth: this.access,
+      audit: (e) => this.auditLog.append(e, Date.now()),
+      ...(debug ? { debug } : {}),
+      log: (l) => log.info(l),
+    });
     log.info(`pxd ${version} node ${state.nodeId} of cluster ${state.clusterId}: ${state.hosted.size} volume replicas here, ${this.store.stats().recordsReplayed} log records replayed`);
   }
 
@@ -871,6 +883,23 @@ export class Daemon implements Controller {
     if (!result.ok) throw catalogError(result);
     this.log.info(`token ${request.id} revoked by "${caller.name}"`);
     return { id: request.id, revoked: result.changed };
+  }
+
+  /** This node's audit records, or every node's (each asked with this node's token; one that does not answer has `error`). */
+  async audit(query: AuditQuery, _caller: Caller): Promise<AuditResponse> {
+    const here = (): AuditResponse["nodes"][number] => ({ node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, ...this.auditLog.read(query.sinceMs) });
+    if (query.local) return { nodes: [here()] };
+    const nodes = await Promise.all(
+      [...this.catalog.nodes.values()].map(async (n) => {
+        if (n.id === this.nodeId) return here();
+        try {
+          return (await this.nodeApi(n, auditAskTimeoutMs).audit(query.sinceMs, { local: true })).nodes[0] ?? { node: n.name, records: [], error: "it sent no records" };
+        } catch (e) {
+          return { node: n.name, records: [], error: (e as Error).message };
+        }
+      }),
+    );
+    return { nodes };
   }
 
   metrics(): string {

@@ -10,7 +10,9 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { request } from "node:http";
 import { ApiClient } from "../../src/api/client.js";
-import { ApiError } from "../../src/api/types.js";
+import { ApiError, type AuditResponse } from "../../src/api/types.js";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { newTokenId, signToken, tokenKey } from "../../src/api/token.js";
 import { startCluster, waitUntil, type Cluster } from "../helpers/cluster.js";
 import { pxdEntry } from "../helpers/daemon.js";
@@ -169,6 +171,42 @@ test("pxd auth token create makes a token that works; pxd auth token revoke thro
   const noToken = await run(process.execPath, [pxdEntry, ...host(0), "volume", "list"], { env: { ...process.env, PXD_TOKEN: "" }, cwd: c.dir });
   assert.is(noToken.code, 1);
   assert.match(noToken.stderr, /needs an API token/);
+});
+
+test("every change and every refused token is in the audit log, with who, from where, what and the result; pxd audit shows every node's, and a changed record fails the check", async () => {
+  const admin = client(1, tokenFor("admin", "root"));
+  await admin.createVolume({ name: "audited", sizeBytes: 1 << 20 });
+  await raw(0, "DELETE", "/v1/volumes/audited"); // no token: 401
+  await raw(0, "DELETE", "/v1/volumes/audited", tokenFor("read-only", "peeker")); // 403
+  await admin.deleteVolume("audited");
+  const host = ["--host", `${c.nodes[0]!.host}:${c.nodes[0]!.apiPort}`];
+  const out = await run(process.execPath, [pxdEntry, ...host, "audit", "--since", "1h", "--json"]);
+  assert.is(out.code, 0, out.stderr);
+  const r = JSON.parse(out.stdout) as AuditResponse;
+  assert.equal(r.nodes.map((n) => n.node).sort(), ["node1", "node2"]);
+  const all = r.nodes.flatMap((n) => n.records);
+  const create = all.filter((x) => x.method === "POST" && x.path === "/v1/volumes" && x.who === "root");
+  assert.ok(create.some((x) => x.node === "node2" && x.status === 201 && x.role === "admin" && /^127\.0\.0\.\d+:\d+$/.test(x.from)), JSON.stringify(create));
+  const anonymous = all.find((x) => x.node === "node1" && x.method === "DELETE" && x.path === "/v1/volumes/audited" && x.status === 401);
+  assert.ok(anonymous !== undefined && anonymous.who === "" && /needs an API token/.test(anonymous.error ?? ""), JSON.stringify(anonymous));
+  const refused = all.find((x) => x.node === "node1" && x.status === 403 && x.who === "peeker");
+  assert.ok(refused !== undefined && /role read-only/.test(refused.error ?? ""));
+  assert.ok(all.some((x) => x.method === "DELETE" && x.path === "/v1/volumes/audited" && x.status === 204 && x.who === "root"));
+  assert.not.ok(all.some((x) => x.method === "GET" && x.status === 200), "reads that succeed are not audited");
+  assert.ok(r.nodes.every((n) => n.chainBroken === undefined));
+  const table = await run(process.execPath, [pxdEntry, ...host, "audit", "--local"]);
+  assert.match(table.stdout, /^AT +NODE +WHO +ROLE +FROM +REQUEST +STATUS +ERROR$/m);
+  assert.match(table.stdout, /node1 +- +- +127\.0\.0\.\d+:\d+ +DELETE \/v1\/volumes\/audited +401 +.*needs an API token/);
+
+  // Someone with the file but not the key rewrites who did it: the check says where.
+  const file = join(c.nodes[0]!.dataDir, "audit.log");
+  writeFileSync(file, readFileSync(file, "utf8").replace('"who":"peeker"', '"who":"nobody"'));
+  const forged = await run(process.execPath, [pxdEntry, ...host, "audit", "--local"]);
+  assert.is(forged.code, 1);
+  assert.match(forged.stderr, /node1's audit log does not verify: record \d+: its MAC does not follow from the record before it \(the log was altered\)/);
+  assert.is((await run(process.execPath, [pxdEntry, "--host", `${c.nodes[1]!.host}:9001`, "audit", "--local"])).code, 0, "node2's log is untouched");
+  const user = await raw(0, "GET", "/v1/audit", tokenFor("user", "alice"));
+  assert.is(user.status, 403, "only admins read the audit log");
 });
 
 test.run();

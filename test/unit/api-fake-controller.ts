@@ -5,6 +5,7 @@ import {
   ApiError,
   type AttachmentInfo,
   type AttachRequest,
+  type AuditResponse,
   type Caller,
   type Controller,
   type CreateTokenRequest,
@@ -106,6 +107,11 @@ export class FakeController implements Controller {
   createToken(request: CreateTokenRequest, caller: Caller): Promise<TokenInfo> {
     this.seen(`createToken ${request.role} ${request.name ?? "-"} by ${caller.name}`);
     return Promise.resolve({ token: "pxd1.fake.token", id: "0123456789abcdef", name: request.name ?? request.role, role: request.role, expiresAt: "2026-01-02T00:00:00.000Z" });
+  }
+
+  audit(): Promise<AuditResponse> {
+    this.seen("audit");
+    return Promise.resolve({ nodes: [] });
   }
 
   revokeToken(request: RevokeTokenRequest): Promise<{ id: string; revoked: boolean }> {
