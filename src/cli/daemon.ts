@@ -4,13 +4,14 @@
 // through the API client, except here, where it *is* the daemon process. The
 // import is dynamic so that every other command loads none of the daemon.
 
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { defaultApiPort, defaultNbdPort, defaultPeerPort, nbdIdleTimeoutMs } from "../constants.js";
 import { intArg, byteCountArg, durationArg } from "./args.js";
 import { CliError } from "./errors.js";
 
 // The contract with src/daemon/main.ts; a type-only import, erased at run time.
 import type { DaemonOptions } from "../daemon/daemon.js";
+import type { NbdTlsMode } from "../os/nbd-tls.js";
 
 type RunDaemon = (options: DaemonOptions) => Promise<void>;
 
@@ -47,7 +48,10 @@ export function registerDaemon(program: Command): void {
       `an NBD connection that sent nothing for this long may be closed when a new client needs its slot (default ${nbdIdleTimeoutMs / 1000})`,
       intArg(1, 365 * 24 * 3600),
     )
-    .action(async (options: DaemonOptions & { clusterSecret?: string; clusterSecretFile?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number; nbdIdleTimeout?: number }) => {
+    .addOption(new Option("--nbd-tls <mode>", "NBD STARTTLS: off; on (offered to clients that ask); require (a TCP client must upgrade before anything else)").choices(["off", "on", "require"]).default("off"))
+    .option("--nbd-tls-dir <dir>", "X.509 for NBD TLS: DIR/server-cert.pem, DIR/server-key.pem, and DIR/ca-cert.pem to require client certificates it signed")
+    .option("--nbd-tls-psk <file>", "pre-shared keys for NBD TLS: identity:hexkey lines (gnutls psktool's format)")
+    .action(async (options: Omit<DaemonOptions, "nbdTls"> & { nbdTls?: string; nbdTlsDir?: string; nbdTlsPsk?: string; clusterSecret?: string; clusterSecretFile?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number; nbdIdleTimeout?: number }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
         daemon = await import("../daemon/main.js");
@@ -74,6 +78,11 @@ export function registerDaemon(program: Command): void {
         ...(options.scrubBandwidth !== undefined ? { scrubBandwidthBytesPerSec: options.scrubBandwidth } : {}),
         ...(options.unsafeDebugApi === true ? { unsafeDebugApi: true } : {}),
         ...(options.nbdIdleTimeout !== undefined ? { nbdIdleTimeoutMs: options.nbdIdleTimeout * 1000 } : {}),
+        nbdTls: {
+          mode: (options.nbdTls ?? "off") as NbdTlsMode,
+          ...(options.nbdTlsDir !== undefined ? { certDir: options.nbdTlsDir } : {}),
+          ...(options.nbdTlsPsk !== undefined ? { pskFile: options.nbdTlsPsk } : {}),
+        },
       });
     });
 }

@@ -82,6 +82,7 @@ import {
 } from "../constants.js";
 import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
+import { loadNbdTls, type NbdTls, type NbdTlsConfig } from "../os/nbd-tls.js";
 import { adminTokenFile, clusterSecretFile, readCredentialFile, writeCredentialFile } from "../os/credentials.js";
 import { privateFileMode } from "../os/private-files.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
@@ -130,6 +131,8 @@ export interface DaemonOptions {
   unsafeDebugApi?: boolean;
   /** An NBD connection idle this long may be closed when a new client needs its slot (default nbdIdleTimeoutMs). */
   nbdIdleTimeoutMs?: number;
+  /** NBD STARTTLS: off (default), on (offered), require (TCP clients must upgrade); with a certificate dir and/or a PSK file. */
+  nbdTls?: NbdTlsConfig;
 }
 
 export interface Logger {
@@ -196,6 +199,7 @@ export class Daemon implements Controller {
   private timers: NodeJS.Timeout[] = [];
   private stopping: Promise<void> | undefined;
   private access!: Access;
+  private nbdTls: NbdTls | undefined;
   private auditLog!: AuditLog;
 
   private constructor(
@@ -212,6 +216,8 @@ export class Daemon implements Controller {
     checkConstants();
     checkReplicationConstants();
     checkClusterConstants();
+    // TLS material is read before anything else, so a wrong path stops the start at once, with what to fix.
+    const nbdTls = loadNbdTls(options.nbdTls ?? { mode: "off" });
     mkdirSync(options.dataDir, { recursive: true });
     const state = await NodeState.open(join(options.dataDir, "node"));
     let store: Store | undefined;
@@ -230,6 +236,7 @@ export class Daemon implements Controller {
       const damage = { report: (_e: ChecksumError): void => {} };
       store = await Store.open({ disk: new NodeDisk(join(options.dataDir, "store")), defer: deferImmediate, log: (l) => log.info(l), onDamage: (e) => damage.report(e) }, specs);
       const d = new Daemon(options, state, store, secret, log, damage);
+      d.nbdTls = nbdTls;
       await d.wire();
       return d;
     } catch (e) {
@@ -335,7 +342,7 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => this.superviseAttachAgents(), agentCheckEveryMs));
     await this.untilRegistered();
     const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
-    this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
+    this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits, ...(this.nbdTls !== undefined ? { tls: this.nbdTls } : {}) });
     const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
     if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
     this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this,

@@ -44,7 +44,22 @@ export interface NbdSocket {
   end(): void;
   /** Close now, dropping what is queued. */
   destroy(): void;
+  /**
+   * What this connection offers for NBD_OPT_STARTTLS (spec "TLS support"):
+   * off (NOTLS), optional (SELECTIVETLS with no TLS-only export) or required
+   * (FORCEDTLS). Absent: off.
+   */
+  readonly tls?: NbdTlsPolicy;
+  /**
+   * Upgrades the connection to TLS in place, after the NBD_REP_ACK was
+   * written: from now on data, drain and writes go through TLS. `secured`
+   * runs once, with who the peer proved to be (a certificate's subject or a
+   * PSK identity), or with the reason the TLS handshake failed.
+   */
+  startTls?(secured: (result: { ok: true; peer: string } | { ok: false; error: string }) => void): void;
 }
+
+export type NbdTlsPolicy = "off" | "optional" | "required";
 
 /** What the socket adapter calls back into; returned by NbdServer.accept(). */
 export interface NbdSocketEvents {
