@@ -6,7 +6,8 @@
 // place that imports node:net-level modules; the API server imports
 // node:http itself because the HTTP protocol is what this file is about.
 
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage, type ServerOptions, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { printable } from "../base/printable.js";
 import { failStop, isBug } from "../base/fail-stop.js";
@@ -55,6 +56,8 @@ export interface ApiServerOptions {
    * always passes one.
    */
   auth?: Authenticator;
+  /** Serve HTTPS with this certificate and key (PEM): the node's, signed by the cluster CA. */
+  tls?: { certPem: string; keyPem: string };
   /** Told of every request that changes something (any method but GET) and of every refused token (401, 403). */
   audit?: (event: AuditEvent) => void;
   /** One line per event worth an operator's eye: unexpected errors (500s). */
@@ -251,15 +254,17 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
 export function startApiServer(options: ApiServerOptions): Promise<ApiServer> {
   const table = routes(options.controller, options.debug);
   let closing: Promise<void> | null = null;
-  const server = createServer(
-    {
-      headersTimeout: apiHeadersTimeoutMs,
-      requestTimeout: apiRequestTimeoutMs,
-      keepAliveTimeout: apiKeepAliveTimeoutMs,
-      connectionsCheckingInterval: apiConnectionsCheckMs,
-    },
-    (request, response) => void serve(table, request, response, options, () => closing !== null),
-  );
+  const httpOptions: ServerOptions = {
+    headersTimeout: apiHeadersTimeoutMs,
+    requestTimeout: apiRequestTimeoutMs,
+    keepAliveTimeout: apiKeepAliveTimeoutMs,
+    connectionsCheckingInterval: apiConnectionsCheckMs,
+  };
+  const handle = (request: IncomingMessage, response: ServerResponse): void => void serve(table, request, response, options, () => closing !== null);
+  const server =
+    options.tls === undefined
+      ? createServer(httpOptions, handle)
+      : createHttpsServer({ ...httpOptions, cert: options.tls.certPem, key: options.tls.keyPem, minVersion: "TLSv1.2" }, handle);
   server.maxRequestsPerSocket = apiRequestsPerSocketMax;
 
   const close = (): Promise<void> => {

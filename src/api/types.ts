@@ -49,6 +49,8 @@ export interface JoinResponse {
   /** The meta group's initial voters: the joining node starts its meta replica from them. */
   metaVoters: number[];
   peers: { id: number; host: string; port: number }[];
+  /** The cluster CA: its certificate, and its key sealed under a key derived from the cluster secret (src/os/cluster-ca.ts); absent when the cluster has none. */
+  ca?: { certPem: string; sealedKey: string };
 }
 
 export interface NodeStatus {

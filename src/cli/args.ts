@@ -7,6 +7,7 @@ import { volumeNameProblem } from "../api/validate.js";
 import { volumeSizeSectorProblem } from "../cluster/rules.js";
 import { volumeBytesMax, volumeReplicasMax } from "../constants.js";
 import { formatSize } from "../base/sizes.js";
+import { readFileSync } from "node:fs";
 import { adminTokenFile, readCredentialFile } from "../os/credentials.js";
 import { UsageError } from "./errors.js";
 
@@ -109,11 +110,24 @@ export function tokenFor(command: Command): string | (() => string | undefined) 
   return readCredentialFile(localClusterTokenFile, "an API token");
 }
 
+/** The CA a daemon's HTTPS certificate must chain to (--api-tls): --ca FILE, else PXD_CA_FILE; undefined: plain HTTP, or the system's roots for an https:// address. */
+export function caFor(command: Command): string | undefined {
+  const file = command.optsWithGlobals<{ ca?: string }>().ca ?? process.env["PXD_CA_FILE"];
+  if (file === undefined || file === "") return undefined;
+  try {
+    return readFileSync(file, "utf8");
+  } catch (e) {
+    throw new UsageError(`cannot read the CA certificate ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); give the cluster's DIR/tls/ca-cert.pem`);
+  }
+}
+
 /** `timeoutMs`: how long to wait for an answer (commands that wait for work, like pxd scrub, give a long one). */
 export function clientFor(command: Command, timeoutMs?: number): ApiClient {
   const explicit = command.optsWithGlobals<{ host?: string }>().host !== undefined || !!process.env["PXD_HOST"];
   const token = tokenFor(command);
+  const ca = caFor(command);
   return new ApiClient(apiAddress(command), {
+    ...(ca !== undefined ? { ca } : {}),
     ...(explicit ? {} : { fallbackAddress: localClusterApiAddress }),
     ...(timeoutMs !== undefined ? { timeoutMs } : {}),
     ...(token !== undefined ? { token } : {}),

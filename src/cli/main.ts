@@ -24,6 +24,7 @@ export function buildProgram(): Command {
     .description("pxd: distributed block storage exported over NBD")
     .version(cliVersion)
     .option("--host <addr>", `daemon control API as ADDR[:PORT] (env PXD_HOST, default ${defaultApiAddress})`)
+    .option("--ca <file>", "the cluster's CA certificate, to reach a daemon started with --api-tls over HTTPS (env PXD_CA_FILE; a node has it in DIR/tls/ca-cert.pem)")
     .option("--token <token>", `API token (shown by ps: prefer env PXD_TOKEN or PXD_TOKEN_FILE; default: ${localClusterTokenFile}, which pxd up writes)`)
     .exitOverride()
     .showSuggestionAfterError(true);

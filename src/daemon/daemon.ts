@@ -83,6 +83,7 @@ import {
 import type { ExportRegistry } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { loadNbdTls, type NbdTls, type NbdTlsConfig } from "../os/nbd-tls.js";
+import { keepClusterCa, makeClusterCa, nodeCertificate, readClusterCa, sealCa, unsealCa } from "../os/cluster-ca.js";
 import { adminTokenFile, clusterSecretFile, readCredentialFile, writeCredentialFile } from "../os/credentials.js";
 import { privateFileMode } from "../os/private-files.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
@@ -133,6 +134,8 @@ export interface DaemonOptions {
   nbdIdleTimeoutMs?: number;
   /** NBD STARTTLS: off (default), on (offered), require (TCP clients must upgrade); with a certificate dir and/or a PSK file. */
   nbdTls?: NbdTlsConfig;
+  /** Serve the control API over HTTPS with this node's certificate from the cluster CA; the node then speaks HTTPS to the other nodes too. */
+  apiTls?: boolean;
 }
 
 export interface Logger {
@@ -199,6 +202,8 @@ export class Daemon implements Controller {
   private timers: NodeJS.Timeout[] = [];
   private stopping: Promise<void> | undefined;
   private access!: Access;
+  /** The cluster CA's certificate, which the API clients of this node trust (with --api-tls). */
+  private apiCa: string | undefined;
   private nbdTls: NbdTls | undefined;
   private auditLog!: AuditLog;
 
@@ -228,10 +233,11 @@ export class Daemon implements Controller {
       const bootstrapping = state.clusterId === "" && options.join === undefined;
       const secret = clusterSecret(options, state.clusterId !== "", bootstrapping);
       if (state.clusterId === "") await enterCluster(options, state, secret, log);
-      else if (options.join !== undefined) await checkSameCluster(options.join, state.clusterId, options.dataDir, log);
+      else if (options.join !== undefined) await checkSameCluster(joinAddress(options), state.clusterId, options.dataDir, log);
       // A member keeps the secret it joined with, so a restart needs only --data-dir (and a bootstrap's first admin token goes beside it).
       keepClusterSecret(options.dataDir, secret);
       if (bootstrapping) writeFirstAdminToken(options.dataDir, secret, log);
+      if (bootstrapping) await makeCaAtBootstrap(options.dataDir, state.clusterId, log);
       const specs = [{ groupId: metaGroupId, sizeBytes: 0 }, ...[...state.hosted.values()].map((g) => ({ groupId: g.id, sizeBytes: g.sizeBytes }))];
       const damage = { report: (_e: ChecksumError): void => {} };
       store = await Store.open({ disk: new NodeDisk(join(options.dataDir, "store")), defer: deferImmediate, log: (l) => log.info(l), onDamage: (e) => damage.report(e) }, specs);
@@ -345,7 +351,9 @@ export class Daemon implements Controller {
     this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits, ...(this.nbdTls !== undefined ? { tls: this.nbdTls } : {}) });
     const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
     if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
-    this.api = await startApiServer({ host: options.listen, port: options.apiPort, controller: this,
+    const apiTls = options.apiTls === true ? await nodeCertificate(options.dataDir, options.listen, options.name ?? `node-${state.nodeId}`) : undefined;
+    this.apiCa = apiTls?.caPem;
+    this.api = await startApiServer({ host: options.listen, port: options.apiPort, ...(apiTls !== undefined ? { tls: apiTls } : {}), controller: this,
       auth: this.access,
       audit: (e) => this.auditLog.append(e, Date.now()),
       ...(debug ? { debug } : {}),
@@ -443,7 +451,7 @@ export class Daemon implements Controller {
 
   /** The control API of another node of the cluster, with the caller's token, else this node's own. */
   private nodeApi(n: CatalogNode, timeoutMs: number, token?: string): ApiClient {
-    return new ApiClient(hostPort(n.address, n.apiPort), { timeoutMs, token: token ?? this.access.nodeToken() });
+    return new ApiClient(hostPort(n.address, n.apiPort), { timeoutMs, token: token ?? this.access.nodeToken(), ...(this.apiCa !== undefined ? { ca: this.apiCa } : {}) });
   }
 
   /**
@@ -863,10 +871,12 @@ export class Daemon implements Controller {
     }
     if (!added.ok) throw catalogError(added);
     this.log.info(`${who} joined`);
+    const ca = readClusterCa(this.options.dataDir);
     return {
       clusterId: this.state.clusterId,
       metaVoters: this.state.metaVoters,
       peers: [...this.catalog.nodes.values()].map((n) => ({ id: n.id, host: n.address, port: n.peerPort })),
+      ...(ca !== undefined ? { ca: sealCa(ca, this.secret) } : {}),
     };
   }
 
@@ -1241,11 +1251,27 @@ function writeFirstAdminToken(dataDir: string, secret: Buffer, log: Logger): voi
   log.info(`the first admin token (valid until ${made.expiresAt}; also in ${file}, readable only by this user): ${made.token}`);
 }
 
+/** --join's address; a node that serves HTTPS (--api-tls) expects the member it joins to do the same. */
+function joinAddress(options: DaemonOptions): string {
+  const given = options.join ?? "";
+  return options.apiTls === true && !/^https?:\/\//.test(given) ? `https://${given}` : given;
+}
+
+/** The cluster CA, made once by the bootstrapping node; without openssl the cluster has none (and --api-tls is refused later, saying why). */
+async function makeCaAtBootstrap(dataDir: string, clusterId: string, log: Logger): Promise<void> {
+  try {
+    await makeClusterCa(dataDir, clusterId);
+    log.info(`made the cluster CA in ${join(dataDir, "tls")}; joining nodes get it`);
+  } catch (e) {
+    log.warn(`no cluster CA: ${(e as Error).message}; --api-tls will not be available in this cluster`);
+  }
+}
+
 /** A node restarted with --join: its data dir must belong to the cluster it names (asked without a token; a member that does not answer is only logged). */
 async function checkSameCluster(join: string, clusterId: string, dataDir: string, log: Logger): Promise<void> {
   let theirs: string;
   try {
-    theirs = await new ApiClient(join, { timeoutMs: 5000 }).clusterId();
+    theirs = await new ApiClient(join, { timeoutMs: 5000, insecureTls: true }).clusterId();
   } catch (e) {
     log.warn(`could not ask ${join} for its cluster id (${(e as Error).message}); restarting in this data dir's cluster ${clusterId}`);
     return;
@@ -1269,7 +1295,8 @@ async function enterCluster(options: DaemonOptions, state: NodeState, secret: Bu
     return;
   }
   const fields = describeSelf(options, state.nodeId);
-  const client = new ApiClient(options.join, { timeoutMs: 30000 });
+  // Over HTTPS the joining node has no CA yet to check the member with: the answer's CA is authenticated by its seal under the cluster secret instead.
+  const client = new ApiClient(joinAddress(options), { timeoutMs: 30000, insecureTls: true });
   const request = { ...fields, proof: joinProof(secret, fields).toString("hex") };
   let resp: JoinResponse | undefined;
   for (let attempt = 1; resp === undefined; attempt++) {
@@ -1282,6 +1309,7 @@ async function enterCluster(options: DaemonOptions, state: NodeState, secret: Bu
       await new Promise((r) => setTimeout(r, 500));
     }
   }
+  if (resp.ca !== undefined) keepClusterCa(options.dataDir, unsealCa(resp.ca, secret));
   await state.setPeers(resp.peers);
   await state.setCluster(resp.clusterId, resp.metaVoters);
   log.info(`joined cluster ${resp.clusterId} through ${options.join} as node ${state.nodeId}`);

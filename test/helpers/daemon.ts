@@ -25,7 +25,7 @@ export async function freePort(host = "127.0.0.1"): Promise<number> {
 export class DaemonProcess {
   child: ChildProcess | undefined;
   output = "";
-  readonly api: ApiClient;
+  private client: { tls: boolean; api: ApiClient } | undefined;
   /** More `pxd daemon` arguments (--join, --cluster-secret, --name ...). */
   extraArgs: string[] = [];
   /** The daemon's environment: the test process's, with its cluster secret in PXD_CLUSTER_SECRET (set it to undefined to start without). */
@@ -41,8 +41,17 @@ export class DaemonProcess {
     private readonly removeDir: () => void,
     peerPort = apiPort + 1,
   ) {
-    this.api = new ApiClient(`${host}:${apiPort}`, { token: testAdminToken });
     this.peerPort = peerPort;
+  }
+
+  /** The daemon's API as the test's admin; over HTTPS (without checking its certificate) when the daemon runs with --api-tls. */
+  get api(): ApiClient {
+    const tls = this.extraArgs.includes("--api-tls");
+    if (this.client?.tls !== tls) {
+      const address = `${tls ? "https://" : ""}${this.host}:${this.apiPort}`;
+      this.client = { tls, api: new ApiClient(address, { token: testAdminToken, ...(tls ? { insecureTls: true } : {}) }) };
+    }
+    return this.client.api;
   }
 
   uri(volume: string): string {
