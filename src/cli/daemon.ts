@@ -49,6 +49,7 @@ export function registerDaemon(program: Command): void {
       intArg(1, 365 * 24 * 3600),
     )
     .option("--api-tls", "serve the control API over HTTPS with this node's certificate from the cluster CA (DIR/tls); clients trust DIR/tls/ca-cert.pem (PXD_CA_FILE)")
+    .option("--peer-tls", "run the peer transport over TLS: this node's certificate from the cluster CA, every peer's checked against it (give it to every node)")
     .addOption(new Option("--nbd-tls <mode>", "NBD STARTTLS: off; on (offered to clients that ask); require (a TCP client must upgrade before anything else)").choices(["off", "on", "require"]).default("off"))
     .option("--nbd-tls-dir <dir>", "X.509 for NBD TLS: DIR/server-cert.pem, DIR/server-key.pem, and DIR/ca-cert.pem to require client certificates it signed")
     .option("--nbd-tls-psk <file>", "pre-shared keys for NBD TLS: identity:hexkey lines (gnutls psktool's format)")
@@ -80,6 +81,7 @@ export function registerDaemon(program: Command): void {
         ...(options.unsafeDebugApi === true ? { unsafeDebugApi: true } : {}),
         ...(options.nbdIdleTimeout !== undefined ? { nbdIdleTimeoutMs: options.nbdIdleTimeout * 1000 } : {}),
         ...(options.apiTls === true ? { apiTls: true } : {}),
+        ...(options.peerTls === true ? { peerTls: true } : {}),
         nbdTls: {
           mode: (options.nbdTls ?? "off") as NbdTlsMode,
           ...(options.nbdTlsDir !== undefined ? { certDir: options.nbdTlsDir } : {}),

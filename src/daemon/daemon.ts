@@ -136,6 +136,8 @@ export interface DaemonOptions {
   nbdTls?: NbdTlsConfig;
   /** Serve the control API over HTTPS with this node's certificate from the cluster CA; the node then speaks HTTPS to the other nodes too. */
   apiTls?: boolean;
+  /** Run the peer transport over TLS, this node's certificate from the cluster CA, every peer's checked against it. */
+  peerTls?: boolean;
 }
 
 export interface Logger {
@@ -262,7 +264,10 @@ export class Daemon implements Controller {
 
   private async wire(): Promise<void> {
     const { options, state, log } = this;
+    const wantsCert = options.apiTls === true || options.peerTls === true;
+    const cert = wantsCert ? await nodeCertificate(options.dataDir, options.listen, options.name ?? `node-${state.nodeId}`) : undefined;
     this.peer = await startPeerTransport({
+      ...(options.peerTls === true && cert !== undefined ? { tls: cert } : {}),
       nodeId: state.nodeId,
       clusterId: state.clusterId,
       secret: this.secret,
@@ -351,7 +356,7 @@ export class Daemon implements Controller {
     this.nbd = await listenNbd({ host: options.listen, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits, ...(this.nbdTls !== undefined ? { tls: this.nbdTls } : {}) });
     const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
     if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
-    const apiTls = options.apiTls === true ? await nodeCertificate(options.dataDir, options.listen, options.name ?? `node-${state.nodeId}`) : undefined;
+    const apiTls = options.apiTls === true ? cert : undefined;
     this.apiCa = apiTls?.caPem;
     this.api = await startApiServer({ host: options.listen, port: options.apiPort, ...(apiTls !== undefined ? { tls: apiTls } : {}), controller: this,
       auth: this.access,
