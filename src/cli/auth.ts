@@ -6,7 +6,7 @@ import { roles, type Role, type TokenInfo } from "../api/types.js";
 import { parseTtl, readClaims } from "../api/token.js";
 import { tokenIdPattern } from "../cluster/rules.js";
 import { clusterSecretFile, readCredentialFile } from "../os/credentials.js";
-import { Access } from "../daemon/access.js";
+import { offlineAccess } from "../daemon/access.js";
 import { clientFor, durationArg } from "./args.js";
 import { CliError, UsageError } from "./errors.js";
 import { json, table } from "./format.js";
@@ -81,5 +81,5 @@ function signOffline(dataDir: string, o: CreateOptions, ttlMs: number): TokenInf
   const file = join(dataDir, clusterSecretFile);
   const secret = readCredentialFile(file, "the cluster secret");
   if (secret === undefined) throw new UsageError(`${file} does not exist; --data-dir takes the data dir of a node of the cluster`);
-  return new Access(Buffer.from(secret), () => "", () => new Map(), () => Date.now()).mint(o.role, o.name ?? o.role, ttlMs);
+  return offlineAccess(secret).mint(o.role, o.name ?? o.role, ttlMs);
 }

@@ -19,7 +19,7 @@ import { Option, type Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import { apiTokenTtlMsMax, defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
 import { adminTokenFile, clusterSecretFile, readCredentialFile, writeCredentialFile } from "../os/credentials.js";
-import { Access } from "../daemon/access.js";
+import { offlineAccess } from "../daemon/access.js";
 import { ApiClient, DaemonUnreachableError, defaultApiAddress } from "../api/client.js";
 import { ApiError, type NodeStatus, type VolumeInfo } from "../api/types.js";
 import { checkName, intArg, localClusterApiAddress, localClusterTokenFile, replArg, sizeArg } from "./args.js";
@@ -142,7 +142,7 @@ async function up(o: UpOptions): Promise<void> {
  */
 function localAdminToken(dataDir: string, secret: string): string {
   const file = join(dataDir, adminTokenFile);
-  const access = new Access(Buffer.from(secret), () => "admin", () => new Map(), () => Date.now());
+  const access = offlineAccess(secret);
   const kept = readCredentialFile(file, "an API token");
   if (kept !== undefined && access.verify(kept).ok) return kept;
   rmSync(file, { force: true });

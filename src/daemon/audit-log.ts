@@ -131,43 +131,38 @@ function parseLine(line: string): { mac: string; record: AuditRecord } | undefin
   }
 }
 
-/** Cuts a last line without its newline (a write a crash cut short); returns the bytes dropped. */
-function dropTornTail(path: string): number {
-  if (!existsSync(path)) return 0;
-  const fd = openSync(path, "r");
-  let keep: number;
-  let size: number;
-  try {
-    size = fstatSync(fd).size;
-    const bytes = Math.min(size, tailBytesMax);
-    const buf = Buffer.alloc(bytes);
-    readSync(fd, buf, 0, bytes, size - bytes);
-    if (bytes === 0 || buf[bytes - 1] === 0x0a) return 0;
-    const nl = buf.lastIndexOf(0x0a);
-    keep = nl < 0 ? size - bytes : size - bytes + nl + 1;
-  } finally {
-    closeSync(fd);
-  }
-  truncateSync(path, keep);
-  return size - keep;
-}
-
-/** The last whole record of the file (a torn last line after a crash is skipped), read from its tail. */
-function lastRecord(path: string): { seq: number; mac: string } | undefined {
-  if (!existsSync(path)) return undefined;
+/** The last tailBytesMax bytes of the file (all of a smaller one), and where they start. */
+function readTail(path: string): { tail: Buffer; start: number; size: number } {
   const fd = openSync(path, "r");
   try {
     const size = fstatSync(fd).size;
     const bytes = Math.min(size, tailBytesMax);
-    const buf = Buffer.alloc(bytes);
-    readSync(fd, buf, 0, bytes, size - bytes);
-    const lines = buf.toString("utf8").split("\n").filter((l) => l !== "");
-    for (let i = lines.length - 1; i >= 0; i--) {
-      const p = parseLine(lines[i]!);
-      if (p !== undefined) return { seq: p.record.seq, mac: p.mac };
-    }
-    return undefined;
+    const tail = Buffer.alloc(bytes);
+    readSync(fd, tail, 0, bytes, size - bytes);
+    return { tail, start: size - bytes, size };
   } finally {
     closeSync(fd);
   }
+}
+
+/** Cuts a last line without its newline (a write a crash cut short); returns the bytes dropped. */
+function dropTornTail(path: string): number {
+  if (!existsSync(path)) return 0;
+  const { tail, start, size } = readTail(path);
+  if (tail.length === 0 || tail[tail.length - 1] === 0x0a) return 0;
+  const nl = tail.lastIndexOf(0x0a);
+  const keep = nl < 0 ? start : start + nl + 1;
+  truncateSync(path, keep);
+  return size - keep;
+}
+
+/** The last whole record of the file, read from its tail. */
+function lastRecord(path: string): { seq: number; mac: string } | undefined {
+  if (!existsSync(path)) return undefined;
+  const lines = readTail(path).tail.toString("utf8").split("\n").filter((l) => l !== "");
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const p = parseLine(lines[i]!);
+    if (p !== undefined) return { seq: p.record.seq, mac: p.mac };
+  }
+  return undefined;
 }

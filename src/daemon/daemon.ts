@@ -100,7 +100,7 @@ import { dispatchPeerMessage } from "../replication/dispatch.js";
 import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
 import { ClusterNode, metaGroupId } from "../node/cluster-node.js";
-import { Access, checkReach, mayReach, ownerFor } from "./access.js";
+import { Access, checkReach, mayReach, offlineAccess, ownerFor } from "./access.js";
 import { AuditLog } from "./audit-log.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
@@ -1251,7 +1251,7 @@ function keepClusterSecret(dataDir: string, secret: Buffer): void {
 /** The first admin token, beside the data (0600) and in the log once: the way in to a new cluster's API. */
 function writeFirstAdminToken(dataDir: string, secret: Buffer, log: Logger): void {
   const file = join(dataDir, adminTokenFile);
-  const made = new Access(secret, () => "admin", () => new Map(), () => Date.now()).mint("admin", "admin", firstAdminTokenTtlMs);
+  const made = offlineAccess(secret).mint("admin", "admin", firstAdminTokenTtlMs);
   if (!writeCredentialFile(file, made.token)) return;
   log.info(`the first admin token (valid until ${made.expiresAt}; also in ${file}, readable only by this user): ${made.token}`);
 }

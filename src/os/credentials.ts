@@ -16,6 +16,11 @@ export const credentialFileBytesMax = 4096;
 
 /** The file's text, trimmed; undefined when it does not exist. Throws a sentence for one that is too large or unreadable. */
 export function readCredentialFile(path: string, what: string): string | undefined {
+  return readSmallFile(path, what, credentialFileBytesMax)?.trim();
+}
+
+/** A file of at most bytesMax bytes (its size is checked before it is read); undefined when it does not exist. */
+export function readSmallFile(path: string, what: string, bytesMax: number): string | undefined {
   let fd: number;
   try {
     fd = openSync(path, "r");
@@ -26,10 +31,10 @@ export function readCredentialFile(path: string, what: string): string | undefin
   }
   try {
     const size = fstatSync(fd).size;
-    if (size > credentialFileBytesMax) throw new Error(`${path} is ${size} bytes, too large for ${what} (at most ${credentialFileBytesMax}); check the path`);
+    if (size > bytesMax) throw new Error(`${path} is ${size} bytes, too large for ${what} (at most ${bytesMax}); check the path`);
     const buf = Buffer.alloc(size);
     const got = readSync(fd, buf, 0, size, 0);
-    return buf.subarray(0, got).toString("utf8").trim();
+    return buf.subarray(0, got).toString("utf8");
   } finally {
     closeSync(fd);
   }

@@ -7,7 +7,8 @@
 // client certificates are to be checked, DIR/ca-cert.pem; a PSK file has one
 // `identity:hexkey` line per client (gnutls psktool's format).
 
-import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { readSmallFile } from "./credentials.js";
 import { join } from "node:path";
 import { createSecureContext, DEFAULT_CIPHERS, TLSSocket, type SecureContext } from "node:tls";
 import type { Socket } from "node:net";
@@ -112,16 +113,8 @@ function readCertDir(dir: string): { cert: Buffer; key: Buffer; ca?: Buffer } {
 
 /** identity:hexkey lines; refuses a file that is too large, a malformed line, or more than nbdPskEntriesMax entries. */
 export function readPskFile(path: string): Map<string, Buffer> {
-  const fd = openSync(path, "r");
-  let text: string;
-  try {
-    const size = fstatSync(fd).size;
-    if (size > pskFileBytesMax) throw new Error(`--nbd-tls-psk ${path} is ${size} bytes, more than a PSK file of ${nbdPskEntriesMax} entries needs; check the path`);
-    const buf = Buffer.alloc(size);
-    text = buf.subarray(0, readSync(fd, buf, 0, size, 0)).toString("utf8");
-  } finally {
-    closeSync(fd);
-  }
+  const text = readSmallFile(path, `a PSK file of at most ${nbdPskEntriesMax} entries`, pskFileBytesMax);
+  if (text === undefined) throw new Error(`--nbd-tls-psk ${path} does not exist; give a file of identity:hexkey lines`);
   const keys = new Map<string, Buffer>();
   for (const [i, raw] of text.split("\n").entries()) {
     const line = raw.trim();

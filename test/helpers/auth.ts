@@ -6,12 +6,12 @@
 // own tokens (tokenFor).
 
 import { randomBytes } from "node:crypto";
-import { Access } from "../../src/daemon/access.js";
+import { offlineAccess } from "../../src/daemon/access.js";
 import type { Role } from "../../src/api/types.js";
 
 export const testClusterSecret = randomBytes(16).toString("hex");
 
-const access = new Access(Buffer.from(testClusterSecret), () => "test", () => new Map(), () => Date.now());
+const access = offlineAccess(testClusterSecret);
 
 /** A token of the test secret: what a client of that role and name would hold. */
 export function tokenFor(role: Role, name: string = role, ttlMs = 24 * 3600 * 1000): string {
