@@ -52,6 +52,7 @@ export function registerDaemon(program: Command): void {
     .option("--peer-tls", "run the peer transport over TLS: this node's certificate from the cluster CA, every peer's checked against it (give it to every node)")
     .addOption(new Option("--nbd-tls <mode>", "NBD STARTTLS: off; on (offered to clients that ask); require (a TCP client must upgrade before anything else)").choices(["off", "on", "require"]).default("off"))
     .option("--nbd-tls-dir <dir>", "X.509 for NBD TLS: DIR/server-cert.pem, DIR/server-key.pem, and DIR/ca-cert.pem to require client certificates it signed")
+    .option("--nbd-tls-owners", "with --nbd-tls require: a TCP client reaches only the volumes whose owner (the API token name that created them) is the identity it proved over TLS (its certificate's CN, or its PSK identity); the Unix socket reaches all")
     .option("--nbd-tls-psk <file>", "pre-shared keys for NBD TLS: identity:hexkey lines (gnutls psktool's format)")
     .action(async (options: Omit<DaemonOptions, "nbdTls"> & { nbdTls?: string; nbdTlsDir?: string; nbdTlsPsk?: string; clusterSecret?: string; clusterSecretFile?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number; nbdIdleTimeout?: number }) => {
       let daemon: { runDaemon: RunDaemon };
@@ -82,6 +83,7 @@ export function registerDaemon(program: Command): void {
         ...(options.nbdIdleTimeout !== undefined ? { nbdIdleTimeoutMs: options.nbdIdleTimeout * 1000 } : {}),
         ...(options.apiTls === true ? { apiTls: true } : {}),
         ...(options.peerTls === true ? { peerTls: true } : {}),
+        ...(options.nbdTlsOwners === true ? { nbdTlsOwners: true } : {}),
         nbdTls: {
           mode: (options.nbdTls ?? "off") as NbdTlsMode,
           ...(options.nbdTlsDir !== undefined ? { certDir: options.nbdTlsDir } : {}),

@@ -80,7 +80,7 @@ import {
   scrubBandwidthBytesPerSecDefault,
   scrubIntervalMsDefault,
 } from "../constants.js";
-import type { ExportRegistry } from "../nbd/backend.js";
+import type { ExportRegistry, NbdClient } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { loadNbdTls, type NbdTls, type NbdTlsConfig } from "../os/nbd-tls.js";
 import { keepClusterCa, makeClusterCa, nodeCertificate, readClusterCa, sealCa, unsealCa } from "../os/cluster-ca.js";
@@ -138,6 +138,8 @@ export interface DaemonOptions {
   apiTls?: boolean;
   /** Run the peer transport over TLS, this node's certificate from the cluster CA, every peer's checked against it. */
   peerTls?: boolean;
+  /** A TCP NBD client reaches only the volumes whose owner is the identity it proved over TLS (needs nbdTls require); the Unix socket reaches all. */
+  nbdTlsOwners?: boolean;
 }
 
 export interface Logger {
@@ -225,6 +227,9 @@ export class Daemon implements Controller {
     checkClusterConstants();
     // TLS material is read before anything else, so a wrong path stops the start at once, with what to fix.
     const nbdTls = loadNbdTls(options.nbdTls ?? { mode: "off" });
+    if (options.nbdTlsOwners === true && options.nbdTls?.mode !== "require") {
+      throw new Error("--nbd-tls-owners needs --nbd-tls require: a client that has not proved an identity over TLS could reach no volume");
+    }
     mkdirSync(options.dataDir, { recursive: true });
     const state = await NodeState.open(join(options.dataDir, "node"));
     let store: Store | undefined;
@@ -558,16 +563,18 @@ export class Daemon implements Controller {
 
   private registry(): ExportRegistry {
     const defaultName = (): string | undefined => (this.catalog.volumes.size === 1 ? [...this.catalog.volumes.keys()][0] : undefined);
+    // With --nbd-tls-owners a TCP client reaches the volumes its TLS identity owns; the same answer as "no such export" otherwise.
+    const reaches = (v: CatalogVolume, client: NbdClient): boolean => this.options.nbdTlsOwners !== true || client.local || (client.identity !== undefined && client.identity === v.owner);
     return {
-      list: () => [...this.catalog.volumes.values()].map((v) => ({ name: v.name, description: `pxd volume ${v.name}` })),
+      list: (client) => [...this.catalog.volumes.values()].filter((v) => reaches(v, client)).map((v) => ({ name: v.name, description: `pxd volume ${v.name}` })),
       defaultName,
       catchUp: (name) => {
         const known = name !== undefined && (name === "" ? defaultName() !== undefined : this.catalog.volumes.has(name));
         return known ? undefined : this.catalogCatchUp();
       },
-      open: (name) => {
+      open: (name, client) => {
         const v = this.catalog.volumes.get(name);
-        if (v === undefined || (this.fenced.get(name) ?? 0) > Date.now()) return undefined;
+        if (v === undefined || !reaches(v, client) || (this.fenced.get(name) ?? 0) > Date.now()) return undefined;
         this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
         return new ReplicatedVolumeExport(v, this.io, this.readBuffers, () => {
           this.connections.set(name, (this.connections.get(name) ?? 1) - 1);

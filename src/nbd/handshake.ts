@@ -5,7 +5,7 @@
 // (INFO, GO, EXPORT_NAME): a client that never gets that far costs nothing.
 
 import { assert } from "../base/assert.js";
-import type { Export, ExportRegistry } from "./backend.js";
+import type { Export, ExportRegistry, NbdClient } from "./backend.js";
 import type { NbdLimits, NbdTlsPolicy } from "./ports.js";
 import * as w from "./wire.js";
 
@@ -43,6 +43,8 @@ export interface HandshakeHost {
   readonly limits: NbdLimits;
   /** What this connection offers for STARTTLS; absent: off. */
   readonly tls?: NbdTlsPolicy;
+  /** The connection came through the local Unix socket. */
+  readonly local: boolean;
   send(b: Buffer): void;
 }
 
@@ -94,6 +96,8 @@ export class Handshake {
   private held: Buffer | undefined;
   /** TLS runs on this connection (after STARTTLS and a completed TLS handshake). */
   private secure = false;
+  /** Who the client proved to be over TLS. */
+  private identity: string | undefined;
 
   constructor(private readonly host: HandshakeHost) {}
 
@@ -118,9 +122,14 @@ export class Handshake {
   }
 
   /** The TLS handshake after a "starttls" step completed: options go on, over TLS. */
-  secured(): void {
+  secured(identity: string | undefined): void {
     assert(!this.secure && this.state === "header", "secured follows a starttls step");
     this.secure = true;
+    this.identity = identity;
+  }
+
+  private get client(): NbdClient {
+    return { identity: this.identity, local: this.host.local };
   }
 
   /** After a "wait" settled: answers the held option from what the registry knows now. */
@@ -326,7 +335,7 @@ export class Handshake {
   /** Spec "NBD_OPT_LIST": no data allowed; one NBD_REP_SERVER per export, then ACK. */
   private optList(data: Buffer): OptionReply | undefined {
     if (data.length !== 0) return { type: w.NBD_REP_ERR_INVALID, message: "NBD_OPT_LIST carries no data" };
-    for (const e of this.host.registry.list()) {
+    for (const e of this.host.registry.list(this.client)) {
       this.host.send(w.encodeOptionReply(w.NBD_OPT_LIST, w.NBD_REP_SERVER, w.encodeRepServer(e.name, e.description)));
     }
     return undefined;
@@ -388,7 +397,7 @@ export class Handshake {
   private openExport(requestedName: string): Export | undefined {
     const name = requestedName === "" ? this.host.registry.defaultName() : requestedName;
     if (name === undefined) return undefined;
-    const exp = this.host.registry.open(name);
+    const exp = this.host.registry.open(name, this.client);
     if (exp !== undefined) assertExportSane(exp, this.host.limits);
     return exp;
   }

@@ -56,10 +56,13 @@ export interface NbdSocket {
    * runs once, with who the peer proved to be (a certificate's subject or a
    * PSK identity), or with the reason the TLS handshake failed.
    */
-  startTls?(secured: (result: { ok: true; peer: string } | { ok: false; error: string }) => void): void;
+  startTls?(secured: (result: NbdTlsResult) => void): void;
 }
 
 export type NbdTlsPolicy = "off" | "optional" | "required";
+
+/** How a TLS upgrade ended: who the client proved to be (a checked certificate's subject CN, or a PSK identity; undefined when it proved nothing) and a phrase for the log; or why it failed. */
+export type NbdTlsResult = { ok: true; identity: string | undefined; peer: string } | { ok: false; error: string };
 
 /** What the socket adapter calls back into; returned by NbdServer.accept(). */
 export interface NbdSocketEvents {

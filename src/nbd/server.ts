@@ -10,7 +10,7 @@ import { NodeBudget, type BudgetHolder } from "./budget.js";
 import { assert } from "../base/assert.js";
 import { failStop } from "../base/fail-stop.js";
 import { Handshake, type HandshakeStep } from "./handshake.js";
-import { resolveNbdLimits, type NbdLimits, type NbdLog, type NbdSocket, type NbdSocketEvents, type NbdTimers } from "./ports.js";
+import { resolveNbdLimits, type NbdLimits, type NbdLog, type NbdSocket, type NbdSocketEvents, type NbdTimers, type NbdTlsResult } from "./ports.js";
 import { Transmission } from "./transmission.js";
 
 export interface NbdServerOptions {
@@ -252,7 +252,7 @@ class Connection implements BudgetHolder {
 
   start(): void {
     const limits = this.server.limits;
-    const hs = new Handshake({ registry: this.server.options.registry, limits, send: this.send, ...(this.socket.tls !== undefined ? { tls: this.socket.tls } : {}) });
+    const hs = new Handshake({ registry: this.server.options.registry, limits, send: this.send, local: this.socket.clientAddress === undefined, ...(this.socket.tls !== undefined ? { tls: this.socket.tls } : {}) });
     this.handshake = hs;
     this.cancelHandshakeTimer = this.server.options.timers.setTimeout(
       () => this.destroy(`no transmission after ${limits.handshakeTimeoutMs} ms, closing`),
@@ -386,11 +386,11 @@ class Connection implements BudgetHolder {
     this.socket.startTls((r) => this.turn(this.onSecured, r));
   }
 
-  private readonly onSecured = (r: { ok: true; peer: string } | { ok: false; error: string }): void => {
+  private readonly onSecured = (r: NbdTlsResult): void => {
     this.upgrading = false;
     if (!r.ok) return this.destroy(`TLS handshake failed: ${r.error}`);
     this.server.options.log.info(`nbd ${this.socket.peer}: TLS established with ${r.peer}`);
-    this.handshake?.secured();
+    this.handshake?.secured(r.identity);
   };
 
   /** Queues reply bytes; outside a socket event they are flushed once per event-loop turn (DESIGN.md section 9). */

@@ -12,7 +12,7 @@ import { readSmallFile } from "./credentials.js";
 import { join } from "node:path";
 import { createSecureContext, DEFAULT_CIPHERS, TLSSocket, type SecureContext } from "node:tls";
 import type { Socket } from "node:net";
-import type { NbdTlsPolicy } from "../nbd/ports.js";
+import type { NbdTlsPolicy, NbdTlsResult } from "../nbd/ports.js";
 
 /** Lines of a PSK file (one client each). */
 export const nbdPskEntriesMax = 1024;
@@ -36,7 +36,7 @@ export interface NbdTls {
   /** The policy of a TCP connection (a Unix-socket client is local and private to the daemon's user: TLS is offered, never required). */
   policy(unix: boolean): NbdTlsPolicy;
   /** Upgrades an accepted socket, as the server side of a TLS handshake. */
-  upgrade(raw: Socket, secured: (r: { ok: true; peer: string } | { ok: false; error: string }) => void): TLSSocket;
+  upgrade(raw: Socket, secured: (r: NbdTlsResult) => void): TLSSocket;
   /** One line for the log: what is offered. */
   describe: string;
 }
@@ -57,10 +57,10 @@ export function loadNbdTls(config: NbdTlsConfig): NbdTls | undefined {
     minVersion: "TLSv1.2",
   });
   const checkClients = x509?.ca !== undefined;
-  const upgrade = (raw: Socket, secured: (r: { ok: true; peer: string } | { ok: false; error: string }) => void): TLSSocket => {
+  const upgrade = (raw: Socket, secured: (r: NbdTlsResult) => void): TLSSocket => {
     let identity: string | undefined;
     let done = false;
-    const finish = (r: { ok: true; peer: string } | { ok: false; error: string }): void => {
+    const finish = (r: NbdTlsResult): void => {
       if (done) return;
       done = true;
       secured(r);
@@ -79,7 +79,7 @@ export function loadNbdTls(config: NbdTlsConfig): NbdTls | undefined {
           }
         : {}),
     });
-    t.once("secure", () => finish({ ok: true, peer: peerOf(t, identity) }));
+    t.once("secure", () => finish({ ok: true, ...peerOf(t, identity, checkClients) }));
     t.on("error", (e: Error) => finish({ ok: false, error: e.message.trim() }));
     t.once("close", () => finish({ ok: false, error: "the client closed the connection" }));
     return t;
@@ -92,11 +92,12 @@ export function loadNbdTls(config: NbdTlsConfig): NbdTls | undefined {
   };
 }
 
-function peerOf(t: TLSSocket, identity: string | undefined): string {
-  if (identity !== undefined) return `PSK identity "${identity}"`;
-  const cert = t.getPeerCertificate();
-  const subject = cert?.subject?.CN;
-  return subject !== undefined && subject !== "" ? `the certificate of "${subject}"` : "no client certificate";
+/** The identity a client proved: its PSK identity, or the CN of a certificate the CA checked (none when client certificates are not asked for). */
+function peerOf(t: TLSSocket, pskIdentity: string | undefined, checked: boolean): { identity: string | undefined; peer: string } {
+  if (pskIdentity !== undefined) return { identity: pskIdentity, peer: `PSK identity "${pskIdentity}"` };
+  const cn = checked ? t.getPeerCertificate()?.subject?.CN : undefined;
+  const name = typeof cn === "string" && cn !== "" ? cn : undefined;
+  return name !== undefined ? { identity: name, peer: `the certificate of "${name}"` } : { identity: undefined, peer: "no client certificate" };
 }
 
 function readCertDir(dir: string): { cert: Buffer; key: Buffer; ca?: Buffer } {

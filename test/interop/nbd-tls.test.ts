@@ -154,4 +154,23 @@ test("a mode without material, or a PSK file that is not one, stops the start wi
   await d.start();
 });
 
+test("--nbd-tls-owners: a client reaches only the volumes its certificate's name owns, and lists only those; the Unix socket reaches all", async () => {
+  d.extraArgs = ["--nbd-tls", "require", "--nbd-tls-dir", dir("server"), "--nbd-tls-owners"];
+  await d.restart();
+  await d.api.createVolume({ name: "alices", sizeBytes: 1 << 20, owner: "alice" });
+  const mine = await runOk("nbdinfo", [`nbds://127.0.0.1:${d.nbdPort}/alices?tls-certificates=${dir("alice")}`]);
+  assert.match(mine, /export-size: 1048576/);
+  const theirs = await run("nbdinfo", [uri(`tls-certificates=${dir("alice")}`)]);
+  assert.is.not(theirs.code, 0, "v belongs to the test's admin, not to alice");
+  const listed = await runOk("nbdinfo", ["--list", "--json", `nbds://127.0.0.1:${d.nbdPort}/?tls-certificates=${dir("alice")}`]);
+  assert.equal((JSON.parse(listed) as { exports: { "export-name": string }[] }).exports.map((e) => e["export-name"]), ["alices"]);
+  const local = await runOk("nbdinfo", ["--list", "--json", `nbd+unix:///?socket=${join(d.dataDir, "nbd.sock")}`]);
+  assert.equal((JSON.parse(local) as { exports: { "export-name": string }[] }).exports.map((e) => e["export-name"]).sort(), ["alices", "v"]);
+  d.extraArgs = ["--nbd-tls", "on", "--nbd-tls-dir", dir("server"), "--nbd-tls-owners"];
+  await d.stop();
+  assert.match(await d.start().then(() => "started", (e: Error) => e.message), /--nbd-tls-owners needs --nbd-tls require/);
+  d.extraArgs = [];
+  await d.start();
+});
+
 test.run();
