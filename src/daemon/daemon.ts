@@ -7,8 +7,8 @@
 // the Raft groups of the volumes placed on it, and any node serves any volume
 // over NBD (VolumeIo forwards to the leader).
 
-import { createHmac, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
-import { mkdirSync, statfsSync, writeFileSync } from "node:fs";
+import { createHmac, randomUUID, timingSafeEqual } from "node:crypto";
+import { mkdirSync, statfsSync } from "node:fs";
 import { join } from "node:path";
 import { ApiClient, DaemonUnreachableError, hostPort } from "../api/client.js";
 import { startApiServer, type ApiServer } from "../api/server.js";
@@ -44,7 +44,6 @@ import {
   type RevokeTokenRequest,
   type TokenInfo,
 } from "../api/types.js";
-import { readClaims } from "../api/token.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
 import { failStop, isBug } from "../base/fail-stop.js";
@@ -83,9 +82,8 @@ import {
 import type { ExportRegistry, NbdClient } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { loadNbdTls, type NbdTls, type NbdTlsConfig } from "../os/nbd-tls.js";
-import { keepClusterCa, makeClusterCa, nodeCertificate, readClusterCa, sealCa, unsealCa } from "../os/cluster-ca.js";
-import { adminTokenFile, clusterSecretFile, readCredentialFile, writeCredentialFile } from "../os/credentials.js";
-import { privateFileMode } from "../os/private-files.js";
+import { keepClusterCa, nodeCertificate, readClusterCa, sealCa, unsealCa } from "../os/cluster-ca.js";
+import { clusterSecretFile } from "../os/credentials.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { packageVersion } from "../os/package-version.js";
@@ -100,7 +98,8 @@ import { dispatchPeerMessage } from "../replication/dispatch.js";
 import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
 import { ClusterNode, metaGroupId } from "../node/cluster-node.js";
-import { Access, checkReach, mayReach, offlineAccess, ownerFor } from "./access.js";
+import { Access, checkReach, mayReach, ownerFor } from "./access.js";
+import { checkSameCluster, clusterSecret, joinAddress, keepClusterSecret, makeCaAtBootstrap, writeFirstAdminToken } from "./node-credentials.js";
 import { AuditLog } from "./audit-log.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
@@ -1211,86 +1210,6 @@ function describeSelf(options: DaemonOptions, nodeId: number, bound?: { nbdPort:
     capacityBytes: Math.min(nodeBytesMax, fsStat.blocks * fsStat.bsize),
     labels: options.zone ? { zone: options.zone } : {},
   };
-}
-
-/** The first admin token's lifetime: the longest a token may have. */
-const firstAdminTokenTtlMs = apiTokenTtlMsMax;
-
-/**
- * The cluster secret: PXD_CLUSTER_SECRET, --cluster-secret-file or
- * --cluster-secret, else the one this data dir keeps. A data dir that is a
- * member of a cluster refuses another secret: it would not prove this node to
- * its cluster, and a node is never moved to another cluster.
- */
-function clusterSecret(options: DaemonOptions, member: boolean, bootstrapping: boolean): Buffer {
-  const file = join(options.dataDir, clusterSecretFile);
-  const given = givenSecret(options);
-  const kept = readCredentialFile(file, "the cluster secret");
-  if (given !== undefined) {
-    if (Buffer.byteLength(given) < 16) throw new Error("the cluster secret must be at least 16 bytes; pick a longer one");
-    if (member && kept !== undefined && kept !== given) {
-      throw new Error(`the data dir ${options.dataDir} belongs to a cluster whose secret (in ${file}) is not the one given; start this node without a secret (it keeps its own), or with an empty --data-dir to join another cluster`);
-    }
-    return Buffer.from(given);
-  }
-  if (kept !== undefined && kept !== "") return Buffer.from(kept);
-  if (!bootstrapping) throw new Error(`no cluster secret: set PXD_CLUSTER_SECRET (or pass --cluster-secret-file FILE) with the secret of the cluster to join`);
-  return Buffer.from(randomBytes(24).toString("hex"));
-}
-
-function givenSecret(options: DaemonOptions): string | undefined {
-  if (options.secretFile !== undefined) {
-    const text = readCredentialFile(options.secretFile, "the cluster secret");
-    if (text === undefined) throw new Error(`--cluster-secret-file ${options.secretFile} does not exist; give the file that holds the cluster's secret (its first node's DIR/${clusterSecretFile})`);
-    return text;
-  }
-  const given = options.secret ?? process.env["PXD_CLUSTER_SECRET"];
-  return given === undefined || given === "" ? undefined : given;
-}
-
-/** Writes the secret to the data dir once this node is in its cluster (replacing one a failed join left). */
-function keepClusterSecret(dataDir: string, secret: Buffer): void {
-  const file = join(dataDir, clusterSecretFile);
-  if (readCredentialFile(file, "the cluster secret") === secret.toString()) return;
-  writeFileSync(file, secret.toString() + "\n", { mode: privateFileMode });
-}
-
-/** The first admin token, beside the data (0600) and in the log once: the way in to a new cluster's API. */
-function writeFirstAdminToken(dataDir: string, secret: Buffer, log: Logger): void {
-  const file = join(dataDir, adminTokenFile);
-  const made = offlineAccess(secret).mint("admin", "admin", firstAdminTokenTtlMs);
-  if (!writeCredentialFile(file, made.token)) return;
-  log.info(`the first admin token (valid until ${made.expiresAt}; also in ${file}, readable only by this user): ${made.token}`);
-}
-
-/** --join's address; a node that serves HTTPS (--api-tls) expects the member it joins to do the same. */
-function joinAddress(options: DaemonOptions): string {
-  const given = options.join ?? "";
-  return options.apiTls === true && !/^https?:\/\//.test(given) ? `https://${given}` : given;
-}
-
-/** The cluster CA, made once by the bootstrapping node; without openssl the cluster has none (and --api-tls is refused later, saying why). */
-async function makeCaAtBootstrap(dataDir: string, clusterId: string, log: Logger): Promise<void> {
-  try {
-    await makeClusterCa(dataDir, clusterId);
-    log.info(`made the cluster CA in ${join(dataDir, "tls")}; joining nodes get it`);
-  } catch (e) {
-    log.warn(`no cluster CA: ${(e as Error).message}; --api-tls will not be available in this cluster`);
-  }
-}
-
-/** A node restarted with --join: its data dir must belong to the cluster it names (asked without a token; a member that does not answer is only logged). */
-async function checkSameCluster(join: string, clusterId: string, dataDir: string, log: Logger): Promise<void> {
-  let theirs: string;
-  try {
-    theirs = await new ApiClient(join, { timeoutMs: 5000, insecureTls: true }).clusterId();
-  } catch (e) {
-    log.warn(`could not ask ${join} for its cluster id (${(e as Error).message}); restarting in this data dir's cluster ${clusterId}`);
-    return;
-  }
-  if (theirs !== clusterId) {
-    throw new Error(`the data dir ${dataDir} belongs to cluster ${clusterId}, but ${join} is in cluster ${theirs}; to join ${join}'s cluster start this node with an empty --data-dir, or leave out --join to restart it in its own cluster`);
-  }
 }
 
 /** The Raft configuration change that makes a member change. */
