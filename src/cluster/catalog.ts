@@ -520,7 +520,7 @@ function revokeToken(state: CatalogState, c: RevokeToken): Outcome {
   }
   const known = state.revokedTokens.get(c.id);
   if (known === undefined && kept.length >= catalogRevokedTokensMax) {
-    return fail("limit", `${kept.length} revoked tokens that have not expired are remembered, the most the catalog holds; wait for some to expire, or give the cluster a new secret to end every token at once`);
+    return fail("limit", `${kept.length} revoked tokens that have not expired are remembered, the most the catalog holds; wait for some to expire (each is kept only until its token expires; revoke with the token itself, not its id, to keep it no longer than that)`);
   }
   kept.push([c.id, Math.max(known ?? 0, c.expiresAt)]);
   state.revokedTokens = new Map(kept.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0)));
