@@ -83,6 +83,7 @@ function wrapKey(clusterSecret: Buffer): Buffer {
 export function sealCa(ca: ClusterCa, clusterSecret: Buffer): SealedCa {
   const iv = randomBytes(12);
   const c = createCipheriv("aes-256-gcm", wrapKey(clusterSecret), iv);
+  c.setAAD(Buffer.from(ca.certPem, "utf8")); // the certificate travels in clear, authenticated with the key
   const body = Buffer.concat([c.update(ca.keyPem, "utf8"), c.final()]);
   return { certPem: ca.certPem, sealedKey: Buffer.concat([iv, c.getAuthTag(), body]).toString("hex") };
 }
@@ -93,6 +94,7 @@ export function unsealCa(sealed: SealedCa, clusterSecret: Buffer): ClusterCa {
   if (raw.length < 29) throw new Error("the join answer's sealed CA key is too short");
   const d = createDecipheriv("aes-256-gcm", wrapKey(clusterSecret), raw.subarray(0, 12));
   d.setAuthTag(raw.subarray(12, 28));
+  d.setAAD(Buffer.from(sealed.certPem, "utf8"));
   try {
     return { certPem: sealed.certPem, keyPem: Buffer.concat([d.update(raw.subarray(28)), d.final()]).toString("utf8") };
   } catch {
