@@ -45,9 +45,10 @@ VOLUME /data
 # NBD, control API, peer (Raft) transport.
 EXPOSE 10809 9001 9002
 # The control API answers GET /v1/status once the node has started (joined,
-# registered, listening). It listens on --listen only, so when that is not
+# registered, listening); without a token the answer is a 401, which says as
+# much (docs/security.md). It listens on --listen only, so when that is not
 # 0.0.0.0 set PXD_HOST (ADDR[:PORT], also what the pxd CLI uses) to reach it.
 HEALTHCHECK --interval=5s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["node", "-e", "const a=process.env.PXD_HOST||'127.0.0.1:9001';fetch('http://'+(a.includes(':')?a:a+':9001')+'/v1/status',{signal:AbortSignal.timeout(4000)}).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+  CMD ["node", "-e", "const a=process.env.PXD_HOST||'127.0.0.1:9001';fetch('http://'+(a.includes(':')?a:a+':9001')+'/v1/status',{signal:AbortSignal.timeout(4000)}).then(r=>process.exit(r.ok||r.status===401?0:1),()=>process.exit(1))"]
 ENTRYPOINT ["node", "--initial-old-space-size=64", "dist/bin/pxd.js"]
 CMD ["daemon", "--data-dir", "/data", "--listen", "0.0.0.0"]

@@ -345,6 +345,20 @@ export const catalogRefusalsMax = 16;
 export const catalogRefusalCharsMax = 1024;
 /** Latest time (ms since the epoch) a command may carry: the largest a JavaScript Date holds (ECMA-262 "Time Values"). */
 export const catalogTimeMsMax = 8.64e15;
+/**
+ * Revoked API tokens the catalog remembers at once. An entry is dropped once
+ * its token has expired, so the list holds at most the revocations of one
+ * longest token lifetime (apiTokenTtlMsMax); a revoke past it is refused.
+ */
+export const catalogRevokedTokensMax = 4096;
+/** Characters of an API token's id: 16 hex digits (8 random bytes). */
+export const apiTokenIdChars = 16;
+/** Longest lifetime of an API token (a year and a day); what a revocation is kept for when the token's expiry is not known. */
+export const apiTokenTtlMsMax = 366 * 24 * 3600 * 1000;
+/** Bytes of a node's audit log file before it is rotated to audit.log.1 (the one older file kept): at most twice this on disk. */
+export const auditFileBytesMax = 8 * 1024 * 1024;
+/** Audit records one node returns to one read (the newest; --since narrows): about 300 bytes each. */
+export const auditRecordsReadMax = 2000;
 
 /** The cluster limits agree with each other and with the layers they carry (called at start and by tests). */
 export function checkClusterConstants(): void {
@@ -354,7 +368,7 @@ export function checkClusterConstants(): void {
   assert(catalogCommandBytesMax <= raftAppendBytesMax, "a command fits one AppendEntries batch");
   assert(
     catalogSnapshotBytesMax >=
-      catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + volumeReplicasMax * 9) + catalogAttachmentsMax * (3 * catalogNameCharsMax * 4 + 160) + catalogRefusalsMax * (catalogRefusalCharsMax * 4 + 64),
+      catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + volumeReplicasMax * 9) + catalogAttachmentsMax * (3 * catalogNameCharsMax * 4 + 160) + catalogRefusalsMax * (catalogRefusalCharsMax * 4 + 64) + catalogRevokedTokensMax * (apiTokenIdChars + 16),
     "a full catalog fits a snapshot",
   );
   assert(catalogSnapshotBytesMax + 1024 * 1024 <= peerFrameBytesMax, "a full catalog snapshot travels in one Raft message");

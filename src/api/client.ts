@@ -7,12 +7,17 @@
 // node:http itself; it is the HTTP side of the API layer.
 
 import { request as httpRequest, type IncomingMessage } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { defaultApiPort } from "../constants.js";
 import {
   ApiError,
   type AttachmentInfo,
   type AttachRequest,
+  type AuditResponse,
+  type CreateTokenRequest,
   type CreateVolumeRequest,
+  type RevokeTokenRequest,
+  type TokenInfo,
   type DeleteVolumeOptions,
   type DebugProposeRequest,
   type DrainNodeRequest,
@@ -51,6 +56,8 @@ export class DaemonUnreachableError extends Error {
 export interface ApiAddress {
   host: string;
   port: number;
+  /** Given as https://HOST[:PORT]. */
+  https: boolean;
   /** "host:port", IPv6 in brackets; what messages show. */
   display: string;
 }
@@ -58,7 +65,9 @@ export interface ApiAddress {
 /** Parses ADDR[:PORT] ("127.0.0.1", "node1:9001", "[::1]:9001", "http://h:p"); throws an Error saying what is wrong. */
 export function parseApiAddress(text: string): ApiAddress {
   let rest = text.trim();
+  const https = rest.startsWith("https://");
   if (rest.startsWith("http://")) rest = rest.slice("http://".length).replace(/\/+$/, "");
+  if (https) rest = rest.slice("https://".length).replace(/\/+$/, "");
   let host: string;
   let portText: string | undefined;
   const bracketed = /^\[([0-9A-Fa-f:.]+)\](?::(.*))?$/.exec(rest);
@@ -80,7 +89,7 @@ export function parseApiAddress(text: string): ApiAddress {
     port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
     if (!(port >= 1 && port <= 65535)) throw new Error(`"${text}" has no valid port; use HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:${defaultApiPort}`);
   }
-  return { host, port, display: hostPort(host, port) };
+  return { host, port, https, display: `${https ? "https://" : ""}${hostPort(host, port)}` };
 }
 
 /** "host:port" for an address and a port, an IPv6 literal in brackets. */
@@ -93,6 +102,16 @@ export interface ApiClientOptions {
   timeoutMs?: number;
   /** Tried once when nothing listens at the address (the CLI's default: a local `pxd up` cluster). */
   fallbackAddress?: string;
+  /** The API token sent as `Authorization: Bearer` (docs/security.md), or where to read it before each request; without one only the public routes answer. */
+  token?: string | (() => string | undefined);
+  /**
+   * Speak HTTPS and trust this CA (PEM): the cluster's (docs/security.md,
+   * "The cluster CA"). An https:// address without a CA uses the system's
+   * roots; `insecureTls` skips the check (only a join, whose answer the
+   * cluster secret authenticates).
+   */
+  ca?: string;
+  insecureTls?: boolean;
 }
 
 interface RawAnswer {
@@ -108,9 +127,17 @@ export class ApiClient {
   address: ApiAddress;
   private readonly timeoutMs: number;
   private fallback: ApiAddress | undefined;
+  /** Sent with every request; settable, so a test helper can hand its clients a token once the daemon made one. */
+  token: string | (() => string | undefined) | undefined;
+
+  private readonly ca: string | undefined;
+  private readonly insecureTls: boolean;
 
   constructor(address: string = defaultApiAddress, options: ApiClientOptions = {}) {
     this.address = parseApiAddress(address);
+    this.token = options.token;
+    this.ca = options.ca;
+    this.insecureTls = options.insecureTls === true;
     this.timeoutMs = options.timeoutMs ?? apiClientTimeoutMs;
     this.fallback = options.fallbackAddress === undefined ? undefined : parseApiAddress(options.fallbackAddress);
   }
@@ -212,6 +239,26 @@ export class ApiClient {
     return (await this.json("GET", "/v1/scrub")) as ScrubResponse;
   }
 
+  /** The cluster's id; public. */
+  async clusterId(): Promise<string> {
+    const body = (await this.json("GET", "/v1/cluster/id")) as { clusterId?: unknown };
+    if (typeof body.clusterId !== "string") throw this.badAnswer("GET /v1/cluster/id", "it has no clusterId");
+    return body.clusterId;
+  }
+
+  async createToken(request: CreateTokenRequest): Promise<TokenInfo> {
+    return (await this.json("POST", "/v1/auth/tokens", request)) as TokenInfo;
+  }
+
+  async revokeToken(request: RevokeTokenRequest): Promise<{ id: string; revoked: boolean }> {
+    return (await this.json("POST", "/v1/auth/revocations", request)) as { id: string; revoked: boolean };
+  }
+
+  /** Audit records at or after sinceMs, from every node (or only the answering one). */
+  async audit(sinceMs: number, options: { local?: boolean } = {}): Promise<AuditResponse> {
+    return (await this.json("GET", `/v1/audit?since=${Math.max(0, Math.floor(sinceMs))}${options.local === true ? "&local=true" : ""}`)) as AuditResponse;
+  }
+
   /** The fault-injection hook of a daemon started with --unsafe-debug-api. */
   async debugCatalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse> {
     return (await this.json("POST", "/v1/debug/catalog-propose", request)) as DebugProposeResponse;
@@ -294,12 +341,17 @@ export class ApiClient {
         else resolve(answer as RawAnswer);
       };
       const headers: Record<string, string | number> = { Accept: "application/json" };
+      const token = typeof this.token === "function" ? this.token() : this.token;
+      if (token !== undefined && token !== "") headers["Authorization"] = `Bearer ${token}`;
       if (body) {
         headers["Content-Type"] = "application/json";
         headers["Content-Length"] = body.length;
       }
       // agent: false gives each call its own connection, closed after the answer, so a CLI process exits at once.
-      const req = httpRequest({ host, port, method, path, headers, agent: false });
+      const tls = this.address.https || this.ca !== undefined;
+      const req = tls
+        ? httpsRequest({ host, port, method, path, headers, agent: false, ...(this.ca !== undefined ? { ca: this.ca } : {}), ...(this.insecureTls ? { rejectUnauthorized: false } : {}) })
+        : httpRequest({ host, port, method, path, headers, agent: false });
       const timer = setTimeout(() => {
         const seconds = (this.timeoutMs / 1000).toFixed(1).replace(/\.0$/, "");
         finish(new DaemonUnreachableError(display, "ETIMEDOUT", `the pxd daemon at ${display} did not answer ${method} ${path} within ${seconds}s; check that it is running and look at its log`));
@@ -320,6 +372,9 @@ export class ApiClient {
         code,
         `cannot reach the pxd daemon at ${display} (${code}); start it with "pxd daemon" or "npm start", or point --host / PXD_HOST at a running one`,
       );
+    }
+    if (/CERT|SELF_SIGNED|UNABLE_TO|ERR_SSL|ERR_TLS|EPROTO|HOSTNAME|IP_MISMATCH/.test(code)) {
+      return new DaemonUnreachableError(display, code, `the TLS connection to the pxd daemon at ${display} failed (${code}: ${err.message}); give the cluster's CA certificate (DIR/tls/ca-cert.pem of a node) with PXD_CA_FILE or --ca, and use https:// only with a daemon started with --api-tls`);
     }
     return new DaemonUnreachableError(display, code, `the connection to the pxd daemon at ${display} failed before it answered (${code}: ${err.message}); check its log`);
   }

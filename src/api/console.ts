@@ -46,7 +46,7 @@ var pollMs = 1000;
 var statsVolumesMax = 50;
 /** Events the page keeps. */
 var eventsKeptMax = 200;
-var state = { status: null, nodes: [], volumes: [], events: [], eventSeq: 0, stats: {}, volume: null, error: "" };
+var state = { status: null, nodes: [], volumes: [], events: [], eventSeq: 0, stats: {}, volume: null, error: "", needToken: false };
 
 function el(tag, attrs, children) {
   var e = document.createElement(tag);
@@ -66,13 +66,43 @@ function size(n) {
 
 function num(n, digits) { return n === undefined || n === null ? "-" : Number(n).toFixed(digits || 0); }
 
+// The API wants a token (docs/security.md): the page takes one from its
+// address once (http://NODE:9001/#token=TOKEN, then drops it from the
+// address) or from the form it shows after a 401 or 403, keeps it for this
+// browser tab only (sessionStorage), and sends it as a bearer token.
+var tokenKey = "pxd-token";
+(function () {
+  var m = /^#token=(.+)$/.exec(location.hash);
+  if (!m) return;
+  sessionStorage.setItem(tokenKey, decodeURIComponent(m[1]));
+  history.replaceState(null, "", location.pathname + "#/");
+})();
+
 function getJson(path) {
-  return fetch(path, { cache: "no-store" }).then(function (r) {
+  var token = sessionStorage.getItem(tokenKey);
+  var headers = token ? { Authorization: "Bearer " + token } : {};
+  return fetch(path, { cache: "no-store", headers: headers }).then(function (r) {
     return r.json().then(function (body) {
+      if (r.status === 401 || r.status === 403) state.needToken = true;
       if (!r.ok) throw new Error((body && body.error && body.error.message) || ("HTTP " + r.status));
       return body;
     });
   });
+}
+
+function tokenForm() {
+  var input = el("input", { type: "password", id: "token", size: "60", placeholder: "pxd1.…" });
+  var form = el("form", { id: "token-form" }, [
+    el("span", { text: "This console reads the API with a token: make one with \"pxd auth token create --role read-only\" and paste it here. " }),
+    input,
+    el("button", { type: "submit", text: "use it" }),
+  ]);
+  form.addEventListener("submit", function (e) {
+    e.preventDefault();
+    sessionStorage.setItem(tokenKey, input.value.trim());
+    state.needToken = false;
+  });
+  return form;
 }
 
 function selected() {
@@ -98,6 +128,7 @@ function poll() {
       x[0].forEach(function (s, i) { if (s) state.stats[names[i]] = s; });
       state.volume = x[1];
       state.error = "";
+      state.needToken = false;
     });
   }).catch(function (e) {
     state.error = "this node's API did not answer (" + e.message + "); showing what it said last";
@@ -219,6 +250,10 @@ function render() {
   var head = document.getElementById("summary");
   head.textContent = s ? ("node " + s.nodeId + " at " + s.listen + ", " + s.health + (s.reasons.length ? ": " + s.reasons.join("; ") : "") + ", pxd " + s.version) : "";
   document.getElementById("error").textContent = state.error;
+  // The token form stays put between polls (a render replaces only <main>), so typing is not lost.
+  var form = document.getElementById("token-form");
+  if (state.needToken && !form) document.querySelector("header").appendChild(tokenForm());
+  if (!state.needToken && form) form.remove();
   var main = document.getElementById("main");
   main.replaceChildren();
   var name = selected();

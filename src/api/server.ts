@@ -6,21 +6,25 @@
 // place that imports node:net-level modules; the API server imports
 // node:http itself because the HTTP protocol is what this file is about.
 
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage, type ServerOptions, type ServerResponse } from "node:http";
+import { createServer as createHttpsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { printable } from "../base/printable.js";
 import { failStop, isBug } from "../base/fail-stop.js";
 import { apiBodyBytesMax, apiBodyDepthMax, logFieldCharsMax } from "../constants.js";
 import { hostPort } from "./client.js";
 import { consolePage } from "./console.js";
-import { ApiError, type ApiErrorBody, type Controller, type DebugController } from "./types.js";
+import { ApiError, type ApiErrorBody, type AuditEvent, type Authenticator, type Caller, type Controller, type DebugController, type Role } from "./types.js";
 import {
   checkPathName,
   checkVolumeName,
   hostNamePattern,
   jsonNestsDeeper,
   parseAttachRequest,
+  parseAuditQuery,
+  parseCreateTokenRequest,
   parseCreateVolumeRequest,
+  parseRevokeTokenRequest,
   parseDebugProposeRequest,
   parseDrainNodeRequest,
   parseFlagQuery,
@@ -48,6 +52,17 @@ export interface ApiServerOptions {
   controller: Controller;
   /** Fault-injection hooks (`pxd daemon --unsafe-debug-api`); without them their routes do not exist (404). */
   debug?: DebugController;
+  /**
+   * Checks the bearer token of every request but the public routes (join,
+   * cluster id, a volume's servers). Without one, every request is served as
+   * an admin: only the HTTP layer's own tests start a server so; the daemon
+   * always passes one.
+   */
+  auth?: Authenticator;
+  /** Serve HTTPS with this certificate and key (PEM): the node's, signed by the cluster CA. */
+  tls?: { certPem: string; keyPem: string };
+  /** Told of every request that changes something (any method but GET) and of every refused token (401, 403). */
+  audit?: (event: AuditEvent) => void;
   /** One line per event worth an operator's eye: unexpected errors (500s). */
   log: (line: string) => void;
 }
@@ -68,12 +83,32 @@ interface Reply {
   text?: { body: string; contentType: string };
 }
 
-type Handler = (request: IncomingMessage, params: string[]) => Promise<Reply>;
+type Handler = (request: IncomingMessage, params: string[], caller: Caller) => Promise<Reply>;
+
+/**
+ * What a route asks of the caller: public (no token: the join has its own
+ * proof), read (any role), write (user or admin; the daemon checks that a
+ * user owns the volume), admin.
+ */
+type Need = "public" | "read" | "write" | "admin";
 
 interface Route {
   pattern: RegExp;
   methods: Record<string, Handler>;
+  /** Per method; absent: GET reads, every other method writes. */
+  need?: Record<string, Need>;
 }
+
+const rolesFor: Record<Exclude<Need, "public">, readonly Role[]> = {
+  read: ["admin", "user", "read-only"],
+  write: ["admin", "user"],
+  admin: ["admin"],
+};
+
+/** The caller of a request served without an Authenticator (the HTTP layer's own tests). */
+const anyone: Caller = { tokenId: "", name: "admin", role: "admin", token: "", address: "" };
+/** The caller of a public route: no token, and nothing a role would allow. */
+const nobody: Caller = { tokenId: "", name: "", role: "read-only", token: "", address: "" };
 
 export const prometheusContentType = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -89,48 +124,49 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
     return name;
   };
   return [
-    { pattern: /^\/$/, methods: { GET: async () => ({ status: 200, text: { body: consolePage, contentType: "text/html; charset=utf-8" } }) } },
+    // The console page holds no data; what it shows it reads from the routes below, with the token the user gives it.
+    { pattern: /^\/$/, methods: { GET: async () => ({ status: 200, text: { body: consolePage, contentType: "text/html; charset=utf-8" } }) }, need: { GET: "public" } },
     { pattern: /^\/v1\/status$/, methods: { GET: async () => ({ status: 200, json: await controller.status() }) } },
     {
       pattern: /^\/v1\/volumes$/,
       methods: {
-        GET: async () => ({ status: 200, json: { volumes: await controller.listVolumes() } }),
-        POST: async (request) => {
+        GET: async (_request, _params, caller) => ({ status: 200, json: { volumes: await controller.listVolumes(caller) } }),
+        POST: async (request, _params, caller) => {
           const create = parseCreateVolumeRequest(await readJsonBody(request));
-          return { status: 201, json: await controller.createVolume(create) };
+          return { status: 201, json: await controller.createVolume(create, caller) };
         },
       },
     },
     {
       pattern: /^\/v1\/volumes\/([^/]*)$/,
       methods: {
-        GET: async (_request, params) => ({ status: 200, json: await controller.inspectVolume(volumeParam(params)) }),
-        DELETE: async (request, params) => {
+        GET: async (_request, params, caller) => ({ status: 200, json: await controller.inspectVolume(volumeParam(params), caller) }),
+        DELETE: async (request, params, caller) => {
           const name = volumeParam(params);
-          await controller.deleteVolume(name, { force: parseForceQuery(requestQuery(request.url ?? "")) });
+          await controller.deleteVolume(name, { force: parseForceQuery(requestQuery(request.url ?? "")) }, caller);
           return { status: 204 };
         },
-        PATCH: async (request, params) => {
+        PATCH: async (request, params, caller) => {
           const name = volumeParam(params);
-          return { status: 200, json: await controller.updateVolume(name, parseUpdateVolumeRequest(await readJsonBody(request))) };
+          return { status: 200, json: await controller.updateVolume(name, parseUpdateVolumeRequest(await readJsonBody(request)), caller) };
         },
       },
     },
     {
       pattern: /^\/v1\/volumes\/([^/]*)\/connections$/,
-      methods: { GET: async (_request, params) => ({ status: 200, json: await controller.volumeConnections(volumeParam(params)) }) },
+      methods: { GET: async (_request, params, caller) => ({ status: 200, json: await controller.volumeConnections(volumeParam(params), caller) }) },
     },
     {
       pattern: /^\/v1\/volumes\/([^/]*)\/attachments$/,
-      methods: { POST: async (request, params) => ({ status: 200, json: await controller.attachVolume(volumeParam(params), parseAttachRequest(await readJsonBody(request))) }) },
+      methods: { POST: async (request, params, caller) => ({ status: 200, json: await controller.attachVolume(volumeParam(params), parseAttachRequest(await readJsonBody(request)), caller) }) },
     },
     {
       pattern: /^\/v1\/volumes\/([^/]*)\/attachments\/([^/]*)$/,
       methods: {
-        DELETE: async (_request, params) => {
+        DELETE: async (_request, params, caller) => {
           const host = params[1] ?? "";
           if (!hostNamePattern.test(host)) throw new ApiError(400, "invalid", `${JSON.stringify(host.slice(0, 80))} is not a host name`);
-          await controller.detachVolume(volumeParam(params), host);
+          await controller.detachVolume(volumeParam(params), host, caller);
           return { status: 204 };
         },
       },
@@ -138,37 +174,67 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
     {
       pattern: /^\/v1\/volumes\/([^/]*)\/servers$/,
       methods: { GET: async (_request, params) => ({ status: 200, text: { body: (await controller.volumeServers(volumeParam(params))).map((s) => `${s}\n`).join(""), contentType: "text/plain; charset=utf-8" } }) },
+      // The attach agent (native/pxd-attach.c) asks it without a token for as long as a device lives; it lists the nodes' NBD addresses, no volume data.
+      need: { GET: "public" },
     },
-    { pattern: /^\/v1\/attachments$/, methods: { GET: async () => ({ status: 200, json: { attachments: await controller.listAttachments() } }) } },
+    { pattern: /^\/v1\/attachments$/, methods: { GET: async (_request, _params, caller) => ({ status: 200, json: { attachments: await controller.listAttachments(caller) } }) } },
     {
       pattern: /^\/v1\/volumes\/([^/]*)\/disconnect$/,
-      methods: { POST: async (_request, params) => ({ status: 200, json: await controller.disconnectVolume(volumeParam(params)) }) },
+      methods: { POST: async (_request, params, caller) => ({ status: 200, json: await controller.disconnectVolume(volumeParam(params), caller) }) },
     },
     { pattern: /^\/v1\/nodes$/, methods: { GET: async () => ({ status: 200, json: { nodes: await controller.listNodes() } }) } },
     {
       pattern: /^\/v1\/nodes\/([^/]*)$/,
+      need: { DELETE: "admin" },
       methods: {
-        DELETE: async (request, params) => {
-          await controller.removeNode(pathName("node", params), { force: parseForceQuery(requestQuery(request.url ?? "")) });
+        DELETE: async (request, params, caller) => {
+          await controller.removeNode(pathName("node", params), { force: parseForceQuery(requestQuery(request.url ?? "")) }, caller);
           return { status: 204 };
         },
       },
     },
     {
       pattern: /^\/v1\/nodes\/([^/]*)\/drain$/,
-      methods: { POST: async (request, params) => ({ status: 200, json: await controller.drainNode(pathName("node", params), parseDrainNodeRequest(await readJsonBody(request))) }) },
+      need: { POST: "admin" },
+      methods: { POST: async (request, params, caller) => ({ status: 200, json: await controller.drainNode(pathName("node", params), parseDrainNodeRequest(await readJsonBody(request)), caller) }) },
     },
     { pattern: /^\/v1\/settings$/, methods: { GET: async () => ({ status: 200, json: { settings: await controller.listSettings() } }) } },
     {
       pattern: /^\/v1\/settings\/([^/]*)$/,
-      methods: { PUT: async (request, params) => ({ status: 200, json: await controller.setSetting(pathName("setting", params), parseSetSettingRequest(await readJsonBody(request))) }) },
+      need: { PUT: "admin" },
+      methods: { PUT: async (request, params, caller) => ({ status: 200, json: await controller.setSetting(pathName("setting", params), parseSetSettingRequest(await readJsonBody(request)), caller) }) },
     },
     {
       pattern: /^\/v1\/cluster\/join$/,
+      // The join proves the cluster secret itself (an HMAC of the request, src/replication/auth.ts).
+      need: { POST: "public" },
       methods: { POST: async (request) => ({ status: 200, json: await controller.join(parseJoinRequest(await readJsonBody(request))) }) },
     },
     {
+      // A node restarted with --join checks that its data dir belongs to the cluster it names.
+      pattern: /^\/v1\/cluster\/id$/,
+      need: { GET: "public" },
+      methods: { GET: async () => ({ status: 200, json: { clusterId: controller.clusterId() } }) },
+    },
+    {
+      pattern: /^\/v1\/auth\/tokens$/,
+      need: { POST: "admin" },
+      methods: { POST: async (request, _params, caller) => ({ status: 201, json: await controller.createToken(parseCreateTokenRequest(await readJsonBody(request)), caller) }) },
+    },
+    {
+      pattern: /^\/v1\/audit$/,
+      need: { GET: "admin" },
+      methods: { GET: async (request, _params, caller) => ({ status: 200, json: await controller.audit(parseAuditQuery(requestQuery(request.url ?? "")), caller) }) },
+    },
+    {
+      pattern: /^\/v1\/auth\/revocations$/,
+      need: { POST: "admin" },
+      methods: { POST: async (request, _params, caller) => ({ status: 200, json: await controller.revokeToken(parseRevokeTokenRequest(await readJsonBody(request)), caller) }) },
+    },
+
+    {
       pattern: /^\/v1\/scrub$/,
+      need: { POST: "admin" },
       methods: {
         GET: async () => ({ status: 200, json: await controller.scrubStatus() }),
         POST: async (request) => ({ status: 200, json: await controller.scrub(parseScrubRequest(await readJsonBody(request))) }),
@@ -176,7 +242,7 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
     },
     {
       pattern: /^\/v1\/volumes\/([^/]*)\/stats$/,
-      methods: { GET: async (request, params) => ({ status: 200, json: await controller.volumeStats(volumeParam(params), parseFlagQuery(requestQuery(request.url ?? ""), "local")) }) },
+      methods: { GET: async (request, params, caller) => ({ status: 200, json: await controller.volumeStats(volumeParam(params), parseFlagQuery(requestQuery(request.url ?? ""), "local"), caller) }) },
     },
     { pattern: /^\/v1\/events$/, methods: { GET: async (request) => ({ status: 200, json: await controller.events(parseSinceQuery(requestQuery(request.url ?? ""))) }) } },
     {
@@ -188,6 +254,7 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
       : [
           {
             pattern: /^\/v1\/debug\/catalog-propose$/,
+            need: { POST: "admin" as const },
             methods: { POST: async (request: IncomingMessage) => ({ status: 200, json: await debug.catalogPropose(parseDebugProposeRequest(await readJsonBody(request))) }) },
           },
         ]),
@@ -197,15 +264,17 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
 export function startApiServer(options: ApiServerOptions): Promise<ApiServer> {
   const table = routes(options.controller, options.debug);
   let closing: Promise<void> | null = null;
-  const server = createServer(
-    {
-      headersTimeout: apiHeadersTimeoutMs,
-      requestTimeout: apiRequestTimeoutMs,
-      keepAliveTimeout: apiKeepAliveTimeoutMs,
-      connectionsCheckingInterval: apiConnectionsCheckMs,
-    },
-    (request, response) => void serve(table, request, response, options.log, () => closing !== null),
-  );
+  const httpOptions: ServerOptions = {
+    headersTimeout: apiHeadersTimeoutMs,
+    requestTimeout: apiRequestTimeoutMs,
+    keepAliveTimeout: apiKeepAliveTimeoutMs,
+    connectionsCheckingInterval: apiConnectionsCheckMs,
+  };
+  const handle = (request: IncomingMessage, response: ServerResponse): void => void serve(table, request, response, options, () => closing !== null);
+  const server =
+    options.tls === undefined
+      ? createServer(httpOptions, handle)
+      : createHttpsServer({ ...httpOptions, cert: options.tls.certPem, key: options.tls.keyPem, minVersion: "TLSv1.2" }, handle);
   server.maxRequestsPerSocket = apiRequestsPerSocketMax;
 
   const close = (): Promise<void> => {
@@ -241,21 +310,64 @@ async function serve(
   table: Route[],
   request: IncomingMessage,
   response: ServerResponse,
-  log: (line: string) => void,
+  options: ApiServerOptions,
   closing: () => boolean,
 ): Promise<void> {
   let reply: Reply;
+  const seen: { caller?: Caller } = {};
   try {
-    reply = await dispatch(table, request);
+    reply = await dispatch(table, request, options.auth, seen);
   } catch (err) {
-    reply = errorReply(err, request, log);
+    reply = errorReply(err, request, options.log);
   }
   // Once close() has begun, no connection is kept for another request.
   if (closing()) response.setHeader("Connection", "close");
   send(response, reply);
+  if (options.audit !== undefined && (request.method !== "GET" || reply.status === 401 || reply.status === 403)) {
+    options.audit(auditEvent(request, reply, seen.caller));
+  }
 }
 
-async function dispatch(table: Route[], request: IncomingMessage): Promise<Reply> {
+function auditEvent(request: IncomingMessage, reply: Reply, caller: Caller | undefined): AuditEvent {
+  const error = reply.status >= 400 ? (reply.json as ApiErrorBody | undefined)?.error?.message : undefined;
+  return {
+    who: caller?.name ?? "",
+    tokenId: caller?.tokenId ?? "",
+    role: caller?.role ?? "",
+    from: remoteAddress(request),
+    method: printable(request.method ?? "", 16),
+    path: printable(request.url ?? "", logFieldCharsMax),
+    status: reply.status,
+    ...(error !== undefined ? { error: printable(error, logFieldCharsMax) } : {}),
+  };
+}
+
+function remoteAddress(request: IncomingMessage): string {
+  const s = request.socket;
+  return s.remoteAddress === undefined ? "" : hostPort(s.remoteAddress, s.remotePort ?? 0);
+}
+
+/** The request's caller, or the 401 / 403 that says what to do. */
+function authorize(request: IncomingMessage, need: Need, auth: Authenticator | undefined, what: string, seen: { caller?: Caller }): Caller | undefined {
+  if (need === "public") return undefined;
+  if (auth === undefined) return anyone;
+  const header = request.headers["authorization"];
+  const m = typeof header === "string" ? /^Bearer +(\S+)$/.exec(header) : null;
+  if (m === null) {
+    throw new ApiError(401, "unauthorized", `${what} needs an API token: pass --token, or set PXD_TOKEN or PXD_TOKEN_FILE (an admin makes one with "pxd auth token create"; the first admin token is in the bootstrap node's data dir, admin.token)`);
+  }
+  const v = auth.verify(m[1]!);
+  if (!v.ok) throw new ApiError(401, "unauthorized", `${v.why}; get a new token from an admin (pxd auth token create) and pass it with --token, PXD_TOKEN or PXD_TOKEN_FILE`);
+  const caller: Caller = { tokenId: v.claims.id, name: v.claims.name, role: v.claims.role, token: m[1]!, address: remoteAddress(request) };
+  seen.caller = caller; // known from here on, also to the audit record of a 403
+  const allowed = rolesFor[need];
+  if (!allowed.includes(caller.role)) {
+    throw new ApiError(403, "forbidden", `the token of "${caller.name}" has the role ${caller.role}, which may not ${what}; that needs a token with the role ${allowed.filter((r) => r !== "read-only").join(" or ")} (an admin makes one with "pxd auth token create --role ${allowed.includes("user") ? "user" : "admin"}")`);
+  }
+  return caller;
+}
+
+async function dispatch(table: Route[], request: IncomingMessage, auth: Authenticator | undefined, seen: { caller?: Caller }): Promise<Reply> {
   const path = requestPath(request.url ?? "");
   for (const route of table) {
     const match = route.pattern.exec(path);
@@ -266,10 +378,12 @@ async function dispatch(table: Route[], request: IncomingMessage): Promise<Reply
       const allowed = Object.keys(route.methods).join(", ");
       throw new ApiError(405, "method_not_allowed", `${method} is not allowed on ${path}; use ${allowed}`);
     }
+    const need = route.need?.[method] ?? (method === "GET" ? "read" : "write");
+    const caller = authorize(request, need, auth, `${method} ${printable(path, 80)}`, seen);
     const params = match.slice(1).map((p) => decodePathPart(p ?? ""));
-    return handler(request, params);
+    return handler(request, params, caller ?? nobody);
   }
-  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/volumes/NAME/connections, /v1/volumes/NAME/disconnect, /v1/nodes, /v1/nodes/NODE, /v1/nodes/NODE/drain, /v1/settings, /v1/settings/KEY, /v1/cluster/join, /v1/scrub, /v1/events, /v1/volumes/NAME/stats, /metrics and / (the web console)`);
+  throw new ApiError(404, "not_found", `no such API path ${JSON.stringify(path)}; the API has /v1/status, /v1/volumes, /v1/volumes/NAME, /v1/volumes/NAME/connections, /v1/volumes/NAME/disconnect, /v1/nodes, /v1/nodes/NODE, /v1/nodes/NODE/drain, /v1/settings, /v1/settings/KEY, /v1/cluster/join, /v1/cluster/id, /v1/auth/tokens, /v1/auth/revocations, /v1/audit, /v1/scrub, /v1/events, /v1/volumes/NAME/stats, /metrics and / (the web console)`);
 }
 
 function requestPath(url: string): string {
@@ -319,8 +433,8 @@ function send(response: ServerResponse, reply: Reply): void {
   }
   const body = Buffer.from(JSON.stringify(reply.json) + "\n", "utf8");
   const headers: Record<string, string | number> = { "Content-Type": "application/json; charset=utf-8", "Content-Length": body.length };
-  // A body we refused to read is still on the wire; close rather than parse it as the next request.
-  if (reply.status === 413) headers["Connection"] = "close";
+  // A body we refused to read (too large, or before the caller was known) is still on the wire; close rather than parse it as the next request.
+  if (reply.status === 413 || reply.status === 401 || reply.status === 403) headers["Connection"] = "close";
   response.writeHead(reply.status, headers);
   response.end(body);
 }

@@ -49,6 +49,8 @@ export interface JoinResponse {
   /** The meta group's initial voters: the joining node starts its meta replica from them. */
   metaVoters: number[];
   peers: { id: number; host: string; port: number }[];
+  /** The cluster CA: its certificate, and its key sealed under a key derived from the cluster secret (src/os/cluster-ca.ts); absent when the cluster has none. */
+  ca?: { certPem: string; sealedKey: string };
 }
 
 export interface NodeStatus {
@@ -252,6 +254,8 @@ export interface VolumeInfo {
   scrub?: (ScrubVolumeReport & { node: string })[];
   /** Several hosts may attach it read-write at once (created with --shared). */
   shared: boolean;
+  /** The token name that created it; "" for a volume from before owners (only admins reach it). */
+  owner: string;
   /** Hosts that have it attached as a block device. */
   attachments: AttachmentInfo[];
 }
@@ -294,6 +298,8 @@ export interface CreateVolumeRequest {
   zones?: boolean;
   /** Several hosts may attach it read-write at once. */
   shared?: boolean;
+  /** Who owns it (admin only; default: the caller's token name). */
+  owner?: string;
 }
 
 /** DELETE /v1/volumes/NAME?force=true: disconnect every NBD client of the volume on every node first. */
@@ -369,6 +375,82 @@ export interface VolumeStatsResponse {
   silent: string[];
 }
 
+/** What an API token may do (docs/security.md, "Roles"). */
+export const roles = ["admin", "user", "read-only"] as const;
+export type Role = (typeof roles)[number];
+
+/** Who sent a request: its checked token's claims, the token itself (forwarded as it is, so the meta leader sees the same caller), and where it came from. */
+export interface Caller {
+  tokenId: string;
+  name: string;
+  role: Role;
+  token: string;
+  /** The peer address of the request ("ip:port"). */
+  address: string;
+}
+
+/** POST /v1/auth/tokens (admin): a new token; name defaults to the role, ttlSec to a day. */
+export interface CreateTokenRequest {
+  role: Role;
+  name?: string;
+  ttlSec?: number;
+}
+
+export interface TokenInfo {
+  token: string;
+  id: string;
+  name: string;
+  role: Role;
+  /** ISO 8601. */
+  expiresAt: string;
+}
+
+/** POST /v1/auth/revocations (admin): no node accepts the token any more; expiresAt (ms) bounds how long that is remembered, absent: the longest token lifetime. */
+export interface RevokeTokenRequest {
+  id: string;
+  expiresAt?: number;
+}
+
+/** One record of a node's audit log (docs/formats/audit-log.md). */
+export interface AuditRecord {
+  /** Sequence number on its node, from 1; continues across rotations. */
+  seq: number;
+  /** ISO 8601, the node's clock. */
+  at: string;
+  /** The node that wrote it. */
+  node: string;
+  /** The token's holder and id; "" when the request had no valid token. */
+  who: string;
+  tokenId: string;
+  role: string;
+  /** The request's peer address. */
+  from: string;
+  method: string;
+  path: string;
+  status: number;
+  /** The error sentence of a refused or failed request. */
+  error?: string;
+}
+
+/** GET /v1/audit?since=MS[&local=true]: records at or after `since`, from every node (or only the answering one). */
+export interface AuditResponse {
+  nodes: { node: string; records: AuditRecord[]; error?: string; chainBroken?: string }[];
+}
+
+/** Checks a bearer token (the daemon: signature, expiry, the catalog's revocations). */
+export interface Authenticator {
+  verify(token: string): { ok: true; claims: { id: string; name: string; role: Role } } | { ok: false; why: string };
+}
+
+/** What the API server tells the audit log of one request (the daemon adds the time, its node and the chain). */
+export type AuditEvent = Omit<AuditRecord, "seq" | "at" | "node">;
+
+/** GET /v1/audit query: since (ms since the epoch), local (only the answering node). */
+export interface AuditQuery {
+  sinceMs: number;
+  local: boolean;
+}
+
 /** Error body of every non-2xx answer: { error: { code, message } }. */
 export interface ApiErrorBody {
   error: { code: string; message: string };
@@ -388,25 +470,25 @@ export class ApiError extends Error {
 
 export interface Controller {
   status(): Promise<NodeStatus>;
-  listVolumes(): Promise<VolumeInfo[]>;
+  listVolumes(caller: Caller): Promise<VolumeInfo[]>;
   /** Throws ApiError(404, "not_found") for an unknown name. */
-  inspectVolume(name: string): Promise<VolumeInfo>;
+  inspectVolume(name: string, caller: Caller): Promise<VolumeInfo>;
   /** Throws ApiError(409, "exists") or ApiError(400, "invalid") with a message saying what to do. */
-  createVolume(request: CreateVolumeRequest): Promise<VolumeInfo>;
+  createVolume(request: CreateVolumeRequest, caller: Caller): Promise<VolumeInfo>;
   /** Refused (409 busy) while any node serves the volume or does not answer, unless forced; forced, every node disconnects its clients first. */
-  deleteVolume(name: string, options?: DeleteVolumeOptions): Promise<void>;
+  deleteVolume(name: string, options: DeleteVolumeOptions, caller: Caller): Promise<void>;
   /** This node's NBD connections to the volume (0 for a name it does not know). */
-  volumeConnections(name: string): Promise<NodeConnections>;
+  volumeConnections(name: string, caller: Caller): Promise<NodeConnections>;
   /** Closes this node's NBD connections to the volume and keeps new ones out while its delete runs. */
-  disconnectVolume(name: string): Promise<NodeConnections>;
+  disconnectVolume(name: string, caller: Caller): Promise<NodeConnections>;
   /** Changes the replica count; the volume's leader then adds or removes replicas in the background. */
-  updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo>;
+  updateVolume(name: string, request: UpdateVolumeRequest, caller: Caller): Promise<VolumeInfo>;
   /** Records a host's attachment (forwarded to the meta leader); 409 while another host has the volume read-write and it is not shared. */
-  attachVolume(name: string, request: AttachRequest): Promise<VolumeInfo>;
+  attachVolume(name: string, request: AttachRequest, caller: Caller): Promise<VolumeInfo>;
   /** Drops a host's attachment; a host without one is not an error. */
-  detachVolume(name: string, host: string): Promise<void>;
+  detachVolume(name: string, host: string, caller: Caller): Promise<void>;
   /** Every attachment in the catalog, by volume then host. */
-  listAttachments(): Promise<AttachmentInfo[]>;
+  listAttachments(caller: Caller): Promise<AttachmentInfo[]>;
   /** HOST:PORT of each node that serves the volume over NBD, the ones best to use first (the attach agent's node list). */
   volumeServers(name: string): Promise<string[]>;
   /** Prometheus text exposition for GET /metrics. */
@@ -414,7 +496,8 @@ export interface Controller {
   /** This node's events after `sinceSeq` (GET /v1/events). */
   events(sinceSeq: number): Promise<EventsResponse>;
   /** The volume's recent I/O samples, summed over every node, or this node's only (local). */
-  volumeStats(name: string, local: boolean): Promise<VolumeStatsResponse>;
+  /** A user's token reaches only its own volumes' samples, as for inspect. */
+  volumeStats(name: string, local: boolean, caller: Caller): Promise<VolumeStatsResponse>;
   listNodes(): Promise<NodeInfo[]>;
   /** Admits a node (forwarded to the meta leader); throws ApiError(403) for a bad proof. */
   join(request: JoinRequest): Promise<JoinResponse>;
@@ -425,9 +508,17 @@ export interface Controller {
   /** Every setting the catalog knows, with its value. */
   listSettings(): Promise<SettingInfo[]>;
   /** Throws ApiError(400) for an unknown key or a value the setting refuses. */
-  setSetting(key: string, request: SetSettingRequest): Promise<SettingInfo>;
+  setSetting(key: string, request: SetSettingRequest, caller: Caller): Promise<SettingInfo>;
   /** Marks a node (name or id) draining, or not: the meta leader moves its replicas to other nodes, one volume at a time. */
-  drainNode(node: string, request: DrainNodeRequest): Promise<NodeInfo>;
+  drainNode(node: string, request: DrainNodeRequest, caller: Caller): Promise<NodeInfo>;
   /** Removes a node that is down from the catalog and the catalog's group; refused (409) while it holds replicas, unless forced. */
-  removeNode(node: string, options: { force: boolean }): Promise<void>;
+  removeNode(node: string, options: { force: boolean }, caller: Caller): Promise<void>;
+  /** The cluster's id (public: a restarted node checks it belongs to the cluster it names with --join). */
+  clusterId(): string;
+  /** Signs a new token (admin). */
+  createToken(request: CreateTokenRequest, caller: Caller): Promise<TokenInfo>;
+  /** Records the revocation in the catalog, so every node refuses the token (admin). */
+  revokeToken(request: RevokeTokenRequest, caller: Caller): Promise<{ id: string; revoked: boolean }>;
+  /** Audit records at or after a time: this node's, or every node's (admin). */
+  audit(query: AuditQuery, caller: Caller): Promise<AuditResponse>;
 }

@@ -2,9 +2,9 @@
 // bodies. Pure functions, shared by the server (which answers 400 with the
 // message) and the CLI (which checks before it dials).
 
-import { attachDevicePattern, volumeSizeSectorProblem } from "../cluster/rules.js";
-import { catalogNameCharsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
-import { ApiError, type AttachRequest, type CreateVolumeRequest, type DebugProposeRequest, type DrainNodeRequest, type JoinRequest, type ScrubRequest, type SetSettingRequest, type UpdateVolumeRequest } from "./types.js";
+import { attachDevicePattern, tokenIdPattern, volumeSizeSectorProblem } from "../cluster/rules.js";
+import { apiTokenIdChars, apiTokenTtlMsMax, catalogNameCharsMax, catalogTimeMsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
+import { ApiError, roles, type AuditQuery, type CreateTokenRequest, type RevokeTokenRequest, type AttachRequest, type CreateVolumeRequest, type DebugProposeRequest, type DrainNodeRequest, type JoinRequest, type ScrubRequest, type SetSettingRequest, type UpdateVolumeRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
 
 /** A volume name is also an NBD export name and a file name in the data dir. */
@@ -47,12 +47,12 @@ export function jsonNestsDeeper(body: Uint8Array, depthMax: number): boolean {
   return false;
 }
 
-const createFields = ["name", "sizeBytes", "repl", "nodes", "zones", "shared"];
+const createFields = ["name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner"];
 
 /** Checks a parsed JSON body field by field; throws ApiError(400) naming the first wrong field. */
 export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
   const record = objectWithFields(body, createFields, ` like {"name":"demo","sizeBytes":1073741824,"repl":1}`);
-  const { name, sizeBytes, repl, nodes, zones, shared } = record;
+  const { name, sizeBytes, repl, nodes, zones, shared, owner } = record;
   if (typeof name !== "string") throw invalid(`field "name" must be a string, not ${describe(name)}`);
   checkVolumeName(name);
   if (typeof sizeBytes !== "number" || !Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
@@ -75,6 +75,10 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
   if (shared !== undefined) {
     if (typeof shared !== "boolean") throw invalid(`field "shared" must be true or false, not ${describe(shared)}`);
     out.shared = shared;
+  }
+  if (owner !== undefined) {
+    if (typeof owner !== "string" || !volumeNamePattern.test(owner)) throw invalid(`field "owner" must be a token name (1-63 letters, digits, ".", "_" or "-"), not ${describe(owner)}`);
+    out.owner = owner;
   }
   return out;
 }
@@ -251,4 +255,44 @@ export function parseSinceQuery(query: string): number {
   const v = values.length === 1 ? values[0]! : "";
   if (!/^\d{1,15}$/.test(v)) throw invalid(`query parameter "since" must be one event number (a whole number, as "seq" in an earlier answer), not ${JSON.stringify(v.slice(0, 40))}`);
   return Number(v);
+}
+
+/** POST /v1/auth/tokens: {"role": R, "name"?: WHO, "ttlSec"?: N}. */
+export function parseCreateTokenRequest(body: unknown): CreateTokenRequest {
+  const { role, name, ttlSec } = objectWithFields(body, ["role", "name", "ttlSec"], ` like {"role":"user","name":"alice","ttlSec":86400}`);
+  const r = roles.find((x) => x === role);
+  if (r === undefined) throw invalid(`field "role" must be one of ${roles.join(", ")}, not ${describe(role)}`);
+  const out: CreateTokenRequest = { role: r };
+  if (name !== undefined) {
+    if (typeof name !== "string" || !volumeNamePattern.test(name)) throw invalid(`field "name" must be 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit, not ${describe(name)}`);
+    out.name = name;
+  }
+  if (ttlSec !== undefined) {
+    const ttlSecMax = apiTokenTtlMsMax / 1000;
+    if (typeof ttlSec !== "number" || !Number.isSafeInteger(ttlSec) || ttlSec < 1 || ttlSec > ttlSecMax) throw invalid(`field "ttlSec" must be a whole number of seconds from 1 to ${ttlSecMax}, not ${describe(ttlSec)}`);
+    out.ttlSec = ttlSec;
+  }
+  return out;
+}
+
+/** POST /v1/auth/revocations: {"id": ID, "expiresAt"?: MS}. */
+export function parseRevokeTokenRequest(body: unknown): RevokeTokenRequest {
+  const { id, expiresAt } = objectWithFields(body, ["id", "expiresAt"], ` like {"id":"0123456789abcdef"}`);
+  if (typeof id !== "string" || !tokenIdPattern.test(id)) throw invalid(`field "id" must be a token id (${apiTokenIdChars} lower-case hex digits, as pxd auth token create printed it), not ${describe(id)}`);
+  const out: RevokeTokenRequest = { id };
+  if (expiresAt !== undefined) {
+    if (typeof expiresAt !== "number" || !Number.isSafeInteger(expiresAt) || expiresAt < 0 || expiresAt > catalogTimeMsMax) throw invalid(`field "expiresAt" must be a time in ms since the epoch, not ${describe(expiresAt)}`);
+    out.expiresAt = expiresAt;
+  }
+  return out;
+}
+
+/** GET /v1/audit?since=MS&local=true. */
+export function parseAuditQuery(query: string): AuditQuery {
+  const q = new URLSearchParams(query);
+  const since = q.get("since") ?? "0";
+  if (!/^\d{1,16}$/.test(since)) throw invalid(`query parameter "since" must be a time in ms since the epoch, not ${JSON.stringify(since.slice(0, 40))}`);
+  const local = q.get("local");
+  if (local !== null && local !== "true" && local !== "false") throw invalid(`query parameter "local" must be true or false, not ${JSON.stringify(local.slice(0, 40))}`);
+  return { sinceMs: Number(since), local: local === "true" };
 }

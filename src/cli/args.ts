@@ -7,6 +7,8 @@ import { volumeNameProblem } from "../api/validate.js";
 import { volumeSizeSectorProblem } from "../cluster/rules.js";
 import { volumeBytesMax, volumeReplicasMax } from "../constants.js";
 import { formatSize } from "../base/sizes.js";
+import { readFileSync } from "node:fs";
+import { adminTokenFile, readCredentialFile } from "../os/credentials.js";
 import { UsageError } from "./errors.js";
 
 /** A volume size: above zero, at most volumeBytesMax, whole 512-byte sectors (what the catalog accepts). */
@@ -81,8 +83,53 @@ export function apiAddress(command: Command): string {
 /** Where `pxd up` puts the first node of its local cluster; the CLI tries it when nothing answers at the default. */
 export const localClusterApiAddress = "127.0.0.11:9001";
 
+/** The token file `pxd up` writes (relative to where it ran, like its data dir): the CLI uses it when given no other token. */
+export const localClusterTokenFile = `.pxd/${adminTokenFile}`;
+
+/**
+ * Where the API token comes from: --token, else PXD_TOKEN, else the file
+ * PXD_TOKEN_FILE names (read again for every request, so a long-running
+ * plugin sees a replaced token), else `pxd up`'s token file in the current
+ * directory. Undefined: no token (only public routes answer).
+ */
+export function tokenFor(command: Command): string | (() => string | undefined) | undefined {
+  const flag = command.optsWithGlobals<{ token?: string }>().token;
+  if (flag !== undefined && flag !== "") return flag;
+  const env = process.env["PXD_TOKEN"];
+  if (env !== undefined && env !== "") return env;
+  const file = process.env["PXD_TOKEN_FILE"];
+  if (file !== undefined && file !== "") {
+    const read = (): string => {
+      const text = readCredentialFile(file, "an API token");
+      if (text === undefined) throw new UsageError(`PXD_TOKEN_FILE names ${file}, which does not exist; point it at a file holding a token from "pxd auth token create"`);
+      return text;
+    };
+    read(); // a wrong path is said at once, not at the first request
+    return read;
+  }
+  return readCredentialFile(localClusterTokenFile, "an API token");
+}
+
+/** The CA a daemon's HTTPS certificate must chain to (--api-tls): --ca FILE, else PXD_CA_FILE; undefined: plain HTTP, or the system's roots for an https:// address. */
+export function caFor(command: Command): string | undefined {
+  const file = command.optsWithGlobals<{ ca?: string }>().ca ?? process.env["PXD_CA_FILE"];
+  if (file === undefined || file === "") return undefined;
+  try {
+    return readFileSync(file, "utf8");
+  } catch (e) {
+    throw new UsageError(`cannot read the CA certificate ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); give the cluster's DIR/tls/ca-cert.pem`);
+  }
+}
+
 /** `timeoutMs`: how long to wait for an answer (commands that wait for work, like pxd scrub, give a long one). */
 export function clientFor(command: Command, timeoutMs?: number): ApiClient {
   const explicit = command.optsWithGlobals<{ host?: string }>().host !== undefined || !!process.env["PXD_HOST"];
-  return new ApiClient(apiAddress(command), { ...(explicit ? {} : { fallbackAddress: localClusterApiAddress }), ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
+  const token = tokenFor(command);
+  const ca = caFor(command);
+  return new ApiClient(apiAddress(command), {
+    ...(ca !== undefined ? { ca } : {}),
+    ...(explicit ? {} : { fallbackAddress: localClusterApiAddress }),
+    ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+    ...(token !== undefined ? { token } : {}),
+  });
 }

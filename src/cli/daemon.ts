@@ -4,13 +4,14 @@
 // through the API client, except here, where it *is* the daemon process. The
 // import is dynamic so that every other command loads none of the daemon.
 
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { defaultApiPort, defaultNbdPort, defaultPeerPort, nbdIdleTimeoutMs } from "../constants.js";
 import { intArg, byteCountArg, durationArg } from "./args.js";
 import { CliError } from "./errors.js";
 
 // The contract with src/daemon/main.ts; a type-only import, erased at run time.
 import type { DaemonOptions } from "../daemon/daemon.js";
+import type { NbdTlsMode } from "../os/nbd-tls.js";
 
 type RunDaemon = (options: DaemonOptions) => Promise<void>;
 
@@ -25,7 +26,8 @@ export function registerDaemon(program: Command): void {
     .option("--api-port <port>", "control API port", port, defaultApiPort)
     .option("--peer-port <port>", "peer (Raft) port", port, defaultPeerPort)
     .option("--join <addr>", "join the cluster of the node whose control API is at ADDR[:PORT] (first start only)")
-    .option("--cluster-secret <secret>", "the cluster's shared secret (or PXD_CLUSTER_SECRET); a new cluster makes one in DIR/cluster.secret")
+    .option("--cluster-secret-file <file>", "a file holding the cluster's shared secret (or set PXD_CLUSTER_SECRET); a new cluster makes one in DIR/cluster.secret, a joined node keeps it there")
+    .option("--cluster-secret <secret>", "the secret itself (shown by ps: prefer PXD_CLUSTER_SECRET or --cluster-secret-file)")
     .option("--name <name>", "this node's name in the cluster (default node-ID)")
     .option("--zone <zone>", "this node's zone label, for spreading replicas")
     .option(
@@ -46,8 +48,14 @@ export function registerDaemon(program: Command): void {
       `an NBD connection that sent nothing for this long may be closed when a new client needs its slot (default ${nbdIdleTimeoutMs / 1000})`,
       intArg(1, 365 * 24 * 3600),
     )
+    .option("--api-tls", "serve the control API over HTTPS with this node's certificate from the cluster CA (DIR/tls); clients trust DIR/tls/ca-cert.pem (PXD_CA_FILE)")
+    .option("--peer-tls", "run the peer transport over TLS: this node's certificate from the cluster CA, every peer's checked against it (give it to every node)")
+    .addOption(new Option("--nbd-tls <mode>", "NBD STARTTLS: off; on (offered to clients that ask); require (a TCP client must upgrade before anything else)").choices(["off", "on", "require"]).default("off"))
+    .option("--nbd-tls-dir <dir>", "X.509 for NBD TLS: DIR/server-cert.pem, DIR/server-key.pem, and DIR/ca-cert.pem to require client certificates it signed")
+    .option("--nbd-tls-owners", "with --nbd-tls require: a TCP client reaches only the volumes whose owner (the API token name that created them) is the identity it proved over TLS (its certificate's CN, or its PSK identity); the Unix socket reaches all")
+    .option("--nbd-tls-psk <file>", "pre-shared keys for NBD TLS: identity:hexkey lines (gnutls psktool's format)")
     .option("--no-metrics", "keep no per-volume I/O counters (for measuring their cost); /metrics then shows only the node's own counters")
-    .action(async (options: DaemonOptions & { clusterSecret?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number; nbdIdleTimeout?: number }) => {
+    .action(async (options: Omit<DaemonOptions, "nbdTls"> & { nbdTls?: string; nbdTlsDir?: string; nbdTlsPsk?: string; clusterSecret?: string; clusterSecretFile?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number; nbdIdleTimeout?: number }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
         daemon = await import("../daemon/main.js");
@@ -65,6 +73,7 @@ export function registerDaemon(program: Command): void {
         peerPort: options.peerPort,
         ...(options.join !== undefined ? { join: options.join } : {}),
         ...(options.clusterSecret !== undefined ? { secret: options.clusterSecret } : {}),
+        ...(options.clusterSecretFile !== undefined ? { secretFile: options.clusterSecretFile } : {}),
         ...(options.name !== undefined ? { name: options.name } : {}),
         ...(options.zone !== undefined ? { zone: options.zone } : {}),
         ...(options.logRetain !== undefined ? { logRetainBytes: options.logRetain } : {}),
@@ -74,6 +83,14 @@ export function registerDaemon(program: Command): void {
         ...(options.unsafeDebugApi === true ? { unsafeDebugApi: true } : {}),
         ...(options.nbdIdleTimeout !== undefined ? { nbdIdleTimeoutMs: options.nbdIdleTimeout * 1000 } : {}),
         ...(options.metrics === false ? { metrics: false } : {}),
+        ...(options.apiTls === true ? { apiTls: true } : {}),
+        ...(options.peerTls === true ? { peerTls: true } : {}),
+        ...(options.nbdTlsOwners === true ? { nbdTlsOwners: true } : {}),
+        nbdTls: {
+          mode: (options.nbdTls ?? "off") as NbdTlsMode,
+          ...(options.nbdTlsDir !== undefined ? { certDir: options.nbdTlsDir } : {}),
+          ...(options.nbdTlsPsk !== undefined ? { pskFile: options.nbdTlsPsk } : {}),
+        },
       });
     });
 }

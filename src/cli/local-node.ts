@@ -1,7 +1,7 @@
 // pxd up / pxd down: start and stop a local cluster in the background, the
 // newcomer's way in (npm start runs "pxd up"): three nodes on 127.0.0.11-13
-// with the standard ports, a shared secret in DIR/cluster.secret, and a
-// replicated volume.
+// with the standard ports, a shared secret in DIR/cluster.secret, an admin
+// token in DIR/admin.token that the CLI finds by itself, and a replicated volume.
 //
 // Layering exception (DESIGN.md section 7): this is the one CLI file that
 // touches node:fs and node:child_process, because starting a detached
@@ -17,10 +17,12 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Option, type Command } from "commander";
 import { formatSize } from "../base/sizes.js";
-import { defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
+import { apiTokenTtlMsMax, defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
+import { adminTokenFile, clusterSecretFile, readCredentialFile, writeCredentialFile } from "../os/credentials.js";
+import { offlineAccess } from "../daemon/access.js";
 import { ApiClient, DaemonUnreachableError, defaultApiAddress } from "../api/client.js";
 import { ApiError, type NodeStatus, type VolumeInfo } from "../api/types.js";
-import { checkName, intArg, localClusterApiAddress, replArg, sizeArg } from "./args.js";
+import { checkName, intArg, localClusterApiAddress, localClusterTokenFile, replArg, sizeArg } from "./args.js";
 import { CliError } from "./errors.js";
 
 /** How long pxd up waits for a freshly started daemon to answer /v1/status. */
@@ -107,14 +109,15 @@ function nodeAddress(first: string, index: number): string {
 async function up(o: UpOptions): Promise<void> {
   if (!isLoopback(o.address)) throw new CliError(`pxd up starts nodes only on this machine's loopback addresses (127.x.x.x), not ${o.address}; start remote nodes with "pxd daemon"`);
   mkdirSync(o.dataDir, { recursive: true, mode: privateDirMode });
-  const secretFile = join(o.dataDir, "cluster.secret");
-  if (!existsSync(secretFile)) writeFileSync(secretFile, randomBytes(24).toString("hex") + "\n", { mode: 0o600 });
-  const secret = readFileSync(secretFile, "utf8").trim();
+  const secretFile = join(o.dataDir, clusterSecretFile);
+  writeCredentialFile(secretFile, randomBytes(24).toString("hex"));
+  const secret = readCredentialFile(secretFile, "the cluster secret") ?? "";
+  const token = localAdminToken(o.dataDir, secret);
   const first = `${nodeAddress(o.address, 0)}:${o.apiPort}`;
-  const firstClient = new ApiClient(first, { timeoutMs: 5000 });
+  const firstClient = new ApiClient(first, { timeoutMs: 5000, token });
   for (let i = 0; i < o.nodes; i++) {
     const host = nodeAddress(o.address, i);
-    const client = i === 0 ? firstClient : new ApiClient(`${host}:${o.apiPort}`, { timeoutMs: 5000 });
+    const client = i === 0 ? firstClient : new ApiClient(`${host}:${o.apiPort}`, { timeoutMs: 5000, token });
     if ((await statusOrNull(client)) !== null) continue;
     const paths = nodePaths(o.dataDir, i);
     let pid = runningDaemonPid(paths.pid);
@@ -129,6 +132,23 @@ async function up(o: UpOptions): Promise<void> {
   const status = await waitForCluster(firstClient, o.nodes);
   const volume = await ensureVolume(firstClient, o.volume, o.size, o.repl ?? Math.min(3, o.nodes));
   console.log(instructions(status, volume, o));
+}
+
+/**
+ * The admin token pxd up keeps in DIR/admin.token (0600), signed with the
+ * cluster secret it made; the CLI finds it there (localClusterTokenFile) when
+ * run from the same directory. A token that no longer verifies (expired, or
+ * of an older secret) is replaced.
+ */
+function localAdminToken(dataDir: string, secret: string): string {
+  const file = join(dataDir, adminTokenFile);
+  const access = offlineAccess(secret);
+  const kept = readCredentialFile(file, "an API token");
+  if (kept !== undefined && access.verify(kept).ok) return kept;
+  rmSync(file, { force: true });
+  const made = access.mint("admin", "admin", apiTokenTtlMsMax).token;
+  writeCredentialFile(file, made);
+  return made;
 }
 
 /** Waits until the first node sees every node up (bounded); returns its status. */
@@ -234,6 +254,9 @@ function instructions(status: NodeStatus, volume: VolumeInfo, o: UpOptions): str
     `volume "${volume.name}" (${formatSize(volume.sizeBytes)}, ${volume.repl} replica${volume.repl === 1 ? "" : "s"}) is exported at ${uri} (and on every node)`,
     ...commands.map(([c, note]) => `  ${note ? `${c.padEnd(width)}   ${note}` : c}`),
     `see it with: ${pxd}${hostHint} status, ${pxd}${hostHint} volume inspect ${volume.name}`,
+    o.dataDir === ".pxd"
+      ? `the CLI finds the admin token in ${localClusterTokenFile} when run from this directory; elsewhere: export PXD_TOKEN_FILE=${resolve(o.dataDir, adminTokenFile)}`
+      : `the admin token is in ${join(o.dataDir, adminTokenFile)}: export PXD_TOKEN_FILE=${resolve(o.dataDir, adminTokenFile)}`,
     `stop it with: ${inRepo && o.dataDir === ".pxd" ? "npm run stop (or ./bin/pxd down)" : `${pxd} down${dirHint}`}`,
   ].join("\n");
 }

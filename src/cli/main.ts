@@ -15,6 +15,8 @@ import { registerLocalNode } from "./local-node.js";
 import { registerDockerPlugin } from "./docker-plugin.js";
 import { registerCsi } from "./csi.js";
 import { registerEvents } from "./events.js";
+import { registerAudit, registerAuth } from "./auth.js";
+import { localClusterTokenFile } from "./args.js";
 
 export const cliVersion = packageVersion;
 
@@ -23,6 +25,8 @@ export function buildProgram(): Command {
     .description("pxd: distributed block storage exported over NBD")
     .version(cliVersion)
     .option("--host <addr>", `daemon control API as ADDR[:PORT] (env PXD_HOST, default ${defaultApiAddress})`)
+    .option("--ca <file>", "the cluster's CA certificate, to reach a daemon started with --api-tls over HTTPS (env PXD_CA_FILE; a node has it in DIR/tls/ca-cert.pem)")
+    .option("--token <token>", `API token (shown by ps: prefer env PXD_TOKEN or PXD_TOKEN_FILE; default: ${localClusterTokenFile}, which pxd up writes)`)
     .exitOverride()
     .showSuggestionAfterError(true);
   registerStatus(program);
@@ -31,6 +35,8 @@ export function buildProgram(): Command {
   registerSettings(program);
   registerScrub(program);
   registerEvents(program);
+  registerAuth(program);
+  registerAudit(program);
   registerLocalNode(program);
   registerDaemon(program);
   registerDockerPlugin(program);

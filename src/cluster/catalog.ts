@@ -10,7 +10,7 @@
 // half-applied command behind. A refusal is itself part of the state: the
 // latest are remembered (`refusals`), the same on every node.
 
-import { catalogAttachmentsMax, catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogVolumesMax, sectorBytes, volumeAttachmentsMax, volumeBytesMax } from "../constants.js";
+import { catalogAttachmentsMax, catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogRevokedTokensMax, catalogVolumesMax, sectorBytes, volumeAttachmentsMax, volumeBytesMax } from "../constants.js";
 import {
   catalogSettings,
   commandKindOf,
@@ -29,6 +29,7 @@ import {
   type NodeLabels,
   type RemoveNode,
   type ResizeVolume,
+  type RevokeToken,
   type SetReplicas,
   type SetSetting,
   type SettingValue,
@@ -71,6 +72,8 @@ export interface CatalogVolume {
   shared: boolean;
   /** Hosts that have it attached as a block device, in host order. */
   attachments: CatalogAttachment[];
+  /** Who created it (an API token's name); "" for a volume from before owners, which only admins reach. */
+  owner: string;
   createdAt: number;
 }
 
@@ -98,6 +101,8 @@ export interface CatalogState {
   settings: Map<string, SettingValue>;
   /** The latest refused entries, oldest first, at most catalogRefusalsMax. */
   refusals: CatalogRefusal[];
+  /** Revoked API tokens: id -> when the token expires (ms since the epoch), in id order, at most catalogRevokedTokensMax. */
+  revokedTokens: Map<string, number>;
 }
 
 /** A committed entry the catalog refused: what pxd status shows, the same on every node. */
@@ -112,7 +117,7 @@ export interface CatalogRefusal {
 }
 
 export function newCatalogState(): CatalogState {
-  return { appliedIndex: 0, nextVolumeId: 1, nodes: new Map(), volumes: new Map(), settings: new Map(), refusals: [] };
+  return { appliedIndex: 0, nextVolumeId: 1, nodes: new Map(), volumes: new Map(), settings: new Map(), refusals: [], revokedTokens: new Map() };
 }
 
 export type CatalogErrorCode =
@@ -228,6 +233,8 @@ function dispatch(state: CatalogState, c: CatalogCommand): Outcome {
       return setReplicas(state, c);
     case "setSetting":
       return setSetting(state, c);
+    case "revokeToken":
+      return revokeToken(state, c);
   }
 }
 
@@ -397,7 +404,7 @@ function placeVolume(state: CatalogState, c: CreateVolume): { ok: true; nodes: n
 function createVolume(state: CatalogState, c: CreateVolume): Outcome {
   const placed = placeVolume(state, c);
   if (!placed.ok) return placed;
-  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, shared: c.shared === true, attachments: [], createdAt: c.at };
+  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, shared: c.shared === true, attachments: [], owner: c.owner ?? "", createdAt: c.at };
   state.nextVolumeId++;
   state.volumes.set(volume.name, volume);
   return { ok: true, changed: true, volume: copyVolume(volume) };
@@ -498,6 +505,26 @@ function setSetting(state: CatalogState, c: SetSetting): Outcome {
   if (c.value === null) state.settings.delete(c.key);
   else state.settings = insertSorted(state.settings, c.key, c.value);
   return { ok: true, changed: before !== c.value && !(before === undefined && c.value === null) };
+}
+
+/**
+ * Remembers a revoked token until it expires. Revocations whose token expired
+ * by the command's time are dropped first (time comes from the command, so
+ * every node drops the same ones); the list stays within catalogRevokedTokensMax.
+ */
+function revokeToken(state: CatalogState, c: RevokeToken): Outcome {
+  const kept = [...state.revokedTokens].filter(([, expiresAt]) => expiresAt > c.at);
+  if (c.expiresAt <= c.at) {
+    state.revokedTokens = new Map(kept);
+    return { ok: true, changed: false };
+  }
+  const known = state.revokedTokens.get(c.id);
+  if (known === undefined && kept.length >= catalogRevokedTokensMax) {
+    return fail("limit", `${kept.length} revoked tokens that have not expired are remembered, the most the catalog holds; wait for some to expire (each is kept only until its token expires; revoke with the token itself, not its id, to keep it no longer than that)`);
+  }
+  kept.push([c.id, Math.max(known ?? 0, c.expiresAt)]);
+  state.revokedTokens = new Map(kept.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0)));
+  return { ok: true, changed: known === undefined };
 }
 
 function sameIds(a: readonly number[], b: readonly number[]): boolean {

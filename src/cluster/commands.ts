@@ -8,6 +8,7 @@
 
 import { Packr } from "msgpackr";
 import {
+  apiTokenIdChars,
   catalogCommandBytesMax,
   catalogNameCharsMax,
   catalogTimeMsMax,
@@ -18,7 +19,7 @@ import {
   volumeBytesMax,
   volumeReplicasMax,
 } from "../constants.js";
-import { attachDevicePattern, volumeSizeSectorProblem } from "./rules.js";
+import { attachDevicePattern, tokenIdPattern, volumeSizeSectorProblem } from "./rules.js";
 
 /** The first byte of every encoded command; a decoder refuses any other. */
 export const catalogCommandVersion = 1;
@@ -81,6 +82,8 @@ export interface CreateVolume {
   zones?: boolean;
   /** Hosts may attach it read-write at the same time (a cluster filesystem's job to coordinate them). */
   shared?: boolean;
+  /** The name of the API token's holder that created it (docs/security.md); a `user` token reaches only its own volumes. */
+  owner?: string;
   at: number;
 }
 
@@ -138,6 +141,16 @@ export interface SetSetting {
   value: SettingValue | null;
 }
 
+/** An API token no node may accept any more (pxd auth token revoke), remembered until it expires. */
+export interface RevokeToken {
+  kind: "revokeToken";
+  /** The token's id (apiTokenIdChars hex digits). */
+  id: string;
+  /** When the token expires (ms since the epoch): the revocation is dropped after it. */
+  expiresAt: number;
+  at: number;
+}
+
 export type CatalogCommand =
   | AddNode
   | UpdateNode
@@ -149,7 +162,8 @@ export type CatalogCommand =
   | DetachVolume
   | ResizeVolume
   | SetReplicas
-  | SetSetting;
+  | SetSetting
+  | RevokeToken;
 
 export type CommandKind = CatalogCommand["kind"];
 
@@ -347,13 +361,14 @@ const fieldsOf: Record<CommandKind, readonly string[]> = {
   updateNode: ["kind", "id", "at", "freeBytes", "usedBytes", "capacityBytes", "health", "labels"],
   removeNode: ["kind", "id", "force"],
   drainNode: ["kind", "id", "draining"],
-  createVolume: ["kind", "name", "sizeBytes", "repl", "nodes", "zones", "shared", "at"],
+  createVolume: ["kind", "name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", "at"],
   deleteVolume: ["kind", "name", "force"],
   attachVolume: ["kind", "name", "host", "device", "via", "readOnly", "node", "at"],
   detachVolume: ["kind", "name", "host"],
   resizeVolume: ["kind", "name", "sizeBytes"],
   setReplicas: ["kind", "name", "nodes", "repl", "expect"],
   setSetting: ["kind", "key", "value"],
+  revokeToken: ["kind", "id", "expiresAt", "at"],
 };
 
 export const commandKinds = Object.keys(fieldsOf) as CommandKind[];
@@ -396,6 +411,7 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
       nodes: nodeIds(o, k, "nodes", true),
       zones: bool(o, k, "zones"),
       shared: bool(o, k, "shared"),
+      owner: get(o, "owner") === undefined ? undefined : name(o, k, "owner"),
       at: at(o, k),
     }),
   deleteVolume: (o, k) => pick<DeleteVolume>({ kind: k, name: name(o, k), force: bool(o, k, "force") }),
@@ -433,6 +449,13 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
     }
     return { kind: "setSetting", key, value: value as SettingValue | null };
   },
+  revokeToken: (o, k) =>
+    pick<RevokeToken>({
+      kind: k,
+      id: str(o, k, "id", tokenIdPattern, apiTokenIdChars, `${apiTokenIdChars} lower-case hex digits`),
+      expiresAt: int(o, k, "expiresAt", 0, catalogTimeMsMax, " (milliseconds since the epoch)"),
+      at: at(o, k),
+    }),
 };
 
 export type Validated = { ok: true; command: CatalogCommand } | { ok: false; error: string };

@@ -3,7 +3,7 @@
 // same words; the catalog's validator (commands.ts) keeps them for every
 // entry it applies. Imports only the limits: the CLI loads this.
 
-import { sectorBytes } from "../constants.js";
+import { apiTokenIdChars, sectorBytes } from "../constants.js";
 
 /**
  * Why a volume size is not whole sectors, or null when it is. The store maps
@@ -19,3 +19,6 @@ export function volumeSizeSectorProblem(sizeBytes: number): string | null {
 
 /** An attachment's block device: /dev/ and a kernel device name (nbd0, loop3). */
 export const attachDevicePattern = /^\/dev\/[a-z][a-z0-9]{0,30}$/;
+
+/** An API token's id (src/api/token.ts): what a revokeToken command names. */
+export const tokenIdPattern = new RegExp(`^[0-9a-f]{${apiTokenIdChars}}$`);

@@ -14,7 +14,7 @@
 import { Packr } from "msgpackr";
 import { crc32c } from "../base/crc32c.js";
 import { assert } from "../base/assert.js";
-import { catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogSnapshotBytesMax, catalogVolumesMax, volumeAttachmentsMax, volumeReplicasMax } from "../constants.js";
+import { catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogRevokedTokensMax, catalogSnapshotBytesMax, catalogVolumesMax, volumeAttachmentsMax, volumeReplicasMax } from "../constants.js";
 import { catalogSettings, commandKinds, describe, validateCommand, type SettingValue } from "./commands.js";
 import { refusalCodes, type CatalogAttachment, type CatalogNode, type CatalogRefusal, type CatalogState, type CatalogVolume } from "./catalog.js";
 
@@ -36,6 +36,7 @@ export function encodeCatalogSnapshot(state: CatalogState): Uint8Array {
     volumes: [...state.volumes.values()].sort((a, b) => a.id - b.id).map(volumeRecord),
     settings: [...state.settings.entries()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)),
     refusals: state.refusals.map(refusalRecord),
+    revokedTokens: [...state.revokedTokens.entries()],
   });
   const out = new Uint8Array(headerBytes + body.length);
   out[0] = catalogSnapshotVersion;
@@ -139,6 +140,7 @@ function volumeRecord(v: CatalogVolume): CatalogVolume {
     zones: v.zones,
     shared: v.shared,
     attachments: v.attachments.map((a) => ({ host: a.host, device: a.device, via: a.via, readOnly: a.readOnly, node: a.node, at: a.at })),
+    owner: v.owner,
     createdAt: v.createdAt,
   };
 }
@@ -199,8 +201,11 @@ function volumeOf(raw: unknown, i: number): CatalogVolume {
   // A snapshot written before attachments existed has neither field: no volume was shared or attached then.
   const older = !Object.prototype.hasOwnProperty.call(o, "shared") && !Object.prototype.hasOwnProperty.call(o, "attachments");
   if (older) Object.assign(o, { shared: false, attachments: [] });
+  // Nor one written before volume owners: such a volume has none, and only admins reach it.
+  if (!Object.prototype.hasOwnProperty.call(o, "owner")) o["owner"] = "";
   exactKeys(o, Object.keys(volumeRecord(exampleVolume)), what);
-  const c = validateCommand({ kind: "createVolume", name: o["name"], sizeBytes: o["sizeBytes"], repl: o["repl"], at: o["createdAt"] });
+  const owner = o["owner"] === "" ? {} : { owner: o["owner"] };
+  const c = validateCommand({ kind: "createVolume", name: o["name"], sizeBytes: o["sizeBytes"], repl: o["repl"], ...owner, at: o["createdAt"] });
   if (!c.ok || c.command.kind !== "createVolume") throw new CatalogSnapshotError(`${what}: ${c.ok ? "not a volume" : c.error}`);
   const id = count(o["id"], 1, `${what}: id`);
   const nodes = list(o["nodes"], `${what}: nodes`, volumeReplicasMax).map((n, j) => count(n, 1, `${what}: nodes[${j}]`));
@@ -208,7 +213,7 @@ function volumeOf(raw: unknown, i: number): CatalogVolume {
   if (typeof o["shared"] !== "boolean") throw new CatalogSnapshotError(`${what}: shared must be true or false, not ${describe(o["shared"])}`);
   const volumeName = c.command.name;
   const attachments = list(o["attachments"], `${what}: attachments`, volumeAttachmentsMax).map((raw, j) => attachmentOf(raw, volumeName, `${what}: attachments[${j}]`));
-  return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], shared: o["shared"], attachments, createdAt: c.command.at };
+  return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], shared: o["shared"], attachments, owner: c.command.owner ?? "", createdAt: c.command.at };
 }
 
 /** Checks an attachment's fields with the bounds of the attachVolume command that made it. */
@@ -244,7 +249,9 @@ function refusalOf(raw: unknown, i: number): CatalogRefusal {
 
 function stateOf(raw: unknown): CatalogState {
   const o = obj(raw, "catalog snapshot body");
-  exactKeys(o, ["appliedIndex", "nextVolumeId", "nodes", "volumes", "settings", "refusals"], "catalog snapshot body");
+  // A snapshot written before token revocations has no revokedTokens: none were revoked then.
+  if (!Object.prototype.hasOwnProperty.call(o, "revokedTokens")) o["revokedTokens"] = [];
+  exactKeys(o, ["appliedIndex", "nextVolumeId", "nodes", "volumes", "settings", "refusals", "revokedTokens"], "catalog snapshot body");
   const state: CatalogState = {
     appliedIndex: count(o["appliedIndex"], 0, "appliedIndex"),
     nextVolumeId: count(o["nextVolumeId"], 1, "nextVolumeId"),
@@ -252,7 +259,18 @@ function stateOf(raw: unknown): CatalogState {
     volumes: new Map(),
     settings: new Map(),
     refusals: list(o["refusals"], "refusals", catalogRefusalsMax).map(refusalOf),
+    revokedTokens: new Map(),
   };
+  let lastToken = "";
+  for (const [i, raw] of list(o["revokedTokens"], "revokedTokens", catalogRevokedTokensMax).entries()) {
+    const pair = list(raw, `revokedTokens[${i}]`, 2);
+    const r = validateCommand({ kind: "revokeToken", id: pair[0], expiresAt: pair[1], at: 0 });
+    if (pair.length !== 2 || !r.ok || r.command.kind !== "revokeToken" || r.command.id <= lastToken) {
+      throw new CatalogSnapshotError(`revokedTokens[${i}] must be an [id, expiresAt] pair in id order${r.ok ? "" : ` (${r.error})`}`);
+    }
+    lastToken = r.command.id;
+    state.revokedTokens.set(r.command.id, r.command.expiresAt);
+  }
   let lastId = 0;
   for (const [i, raw] of list(o["nodes"], "nodes", catalogNodesMax).entries()) {
     const n = nodeOf(raw, i);
@@ -283,5 +301,5 @@ const exampleNode: CatalogNode = {
   id: 1, name: "", address: "", nbdPort: 0, apiPort: 0, peerPort: 0, capacityBytes: 0, freeBytes: 0, usedBytes: 0,
   labels: {}, health: "up", draining: false, addedAt: 0, updatedAt: 0,
 };
-const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, shared: false, attachments: [], createdAt: 0 };
+const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, shared: false, attachments: [], owner: "", createdAt: 0 };
 const exampleRefusal: CatalogRefusal = { index: 1, kind: "unknown", code: "invalid", error: "" };

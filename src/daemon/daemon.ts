@@ -7,8 +7,8 @@
 // the Raft groups of the volumes placed on it, and any node serves any volume
 // over NBD (VolumeIo forwards to the leader).
 
-import { createHmac, randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, statfsSync, writeFileSync } from "node:fs";
+import { createHmac, randomUUID, timingSafeEqual } from "node:crypto";
+import { mkdirSync, statfsSync } from "node:fs";
 import { join } from "node:path";
 import { ApiClient, DaemonUnreachableError, hostPort, parseApiAddress } from "../api/client.js";
 import { startApiServer, type ApiServer } from "../api/server.js";
@@ -39,6 +39,12 @@ import {
   type AttachRequest,
   type EventsResponse,
   type VolumeStatsResponse,
+  type Caller,
+  type AuditQuery,
+  type AuditResponse,
+  type CreateTokenRequest,
+  type RevokeTokenRequest,
+  type TokenInfo,
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
@@ -66,6 +72,7 @@ import {
   checkClusterConstants,
   checkConstants,
   checkReplicationConstants,
+  apiTokenTtlMsMax,
   logFieldCharsMax,
   nodeBytesMax,
   readPoolBufferBytesMax,
@@ -74,8 +81,11 @@ import {
   scrubBandwidthBytesPerSecDefault,
   scrubIntervalMsDefault,
 } from "../constants.js";
-import type { ExportRegistry } from "../nbd/backend.js";
+import type { ExportRegistry, NbdClient } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
+import { loadNbdTls, type NbdTls, type NbdTlsConfig } from "../os/nbd-tls.js";
+import { keepClusterCa, nodeCertificate, readClusterCa, sealCa, unsealCa } from "../os/cluster-ca.js";
+import { clusterSecretFile } from "../os/credentials.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { packageVersion } from "../os/package-version.js";
@@ -91,6 +101,9 @@ import { dispatchPeerMessage } from "../replication/dispatch.js";
 import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
 import { ClusterNode, metaGroupId } from "../node/cluster-node.js";
+import { Access, checkReach, mayReach, ownerFor } from "./access.js";
+import { checkSameCluster, clusterSecret, joinAddress, keepClusterSecret, makeCaAtBootstrap, writeFirstAdminToken } from "./node-credentials.js";
+import { AuditLog } from "./audit-log.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
 import { ReplicatedVolumeExport } from "./volume-export.js";
@@ -108,8 +121,10 @@ export interface DaemonOptions {
   peerPort: number;
   /** API address (HOST[:PORT]) of a member of the cluster to join; absent: bootstrap a new cluster (or restart). */
   join?: string;
-  /** The cluster secret; else PXD_CLUSTER_SECRET, else DIR/cluster.secret (made when bootstrapping). */
+  /** The cluster secret; else PXD_CLUSTER_SECRET, else DIR/cluster.secret (made when bootstrapping, kept by a join). */
   secret?: string;
+  /** A file holding the cluster secret (instead of `secret`, which a command line would show to ps). */
+  secretFile?: string;
   name?: string;
   zone?: string;
   /** Raft log kept for a replica that is down before it will need a full copy (default raftLogRetainBytes). */
@@ -126,6 +141,14 @@ export interface DaemonOptions {
   nbdIdleTimeoutMs?: number;
   /** false (--no-metrics): no per-volume I/O counters on the request path; /metrics shows only what the parts count anyway. */
   metrics?: boolean;
+  /** NBD STARTTLS: off (default), on (offered), require (TCP clients must upgrade); with a certificate dir and/or a PSK file. */
+  nbdTls?: NbdTlsConfig;
+  /** Serve the control API over HTTPS with this node's certificate from the cluster CA; the node then speaks HTTPS to the other nodes too. */
+  apiTls?: boolean;
+  /** Run the peer transport over TLS, this node's certificate from the cluster CA, every peer's checked against it. */
+  peerTls?: boolean;
+  /** A TCP NBD client reaches only the volumes whose owner is the identity it proved over TLS (needs nbdTls require); the Unix socket reaches all. */
+  nbdTlsOwners?: boolean;
 }
 
 export interface Logger {
@@ -138,6 +161,8 @@ const version = packageVersion;
 export { metaGroupId };
 const tickMs = 100;
 const forwardDeadlineMs = 15000;
+/** How long pxd audit waits for each other node's records. */
+const auditAskTimeoutMs = 5000;
 const selfRegisterEveryMs = 300;
 const joinAttemptsMax = 60;
 const registerWaitMs = 10000;
@@ -197,6 +222,11 @@ export class Daemon implements Controller {
   private api: ApiServer | undefined;
   private timers: NodeJS.Timeout[] = [];
   private stopping: Promise<void> | undefined;
+  private access!: Access;
+  /** The cluster CA's certificate, which the API clients of this node trust (with --api-tls). */
+  private apiCa: string | undefined;
+  private nbdTls: NbdTls | undefined;
+  private auditLog!: AuditLog;
 
   private constructor(
     readonly options: DaemonOptions,
@@ -214,6 +244,11 @@ export class Daemon implements Controller {
     checkConstants();
     checkReplicationConstants();
     checkClusterConstants();
+    // TLS material is read before anything else, so a wrong path stops the start at once, with what to fix.
+    const nbdTls = loadNbdTls(options.nbdTls ?? { mode: "off" });
+    if (options.nbdTlsOwners === true && options.nbdTls?.mode !== "require") {
+      throw new Error("--nbd-tls-owners needs --nbd-tls require: a client that has not proved an identity over TLS could reach no volume");
+    }
     mkdirSync(options.dataDir, { recursive: true });
     const bindAddress = await resolveHost(options.listen, "--listen");
     if (bindAddress !== options.listen) log.info(`--listen ${options.listen} resolves to ${bindAddress}: the NBD, API and peer ports bind there`);
@@ -224,12 +259,19 @@ export class Daemon implements Controller {
       // The node proposes this description itself (addNode) from a timer: refuse it here, where it can say which option to fix.
       const self = validateCommand({ kind: "addNode", ...describeSelf(options, state.nodeId), at: 0 });
       if (!self.ok) throw new Error(`this node's description is not one the catalog accepts (${self.error}); fix --name, --zone or --listen`);
-      const secret = clusterSecret(options, state.clusterId === "" && options.join === undefined);
+      const bootstrapping = state.clusterId === "" && options.join === undefined;
+      const secret = clusterSecret(options, state.clusterId !== "", bootstrapping);
       if (state.clusterId === "") await enterCluster(options, state, secret, log);
+      else if (options.join !== undefined) await checkSameCluster(joinAddress(options), state.clusterId, options.dataDir, log);
+      // A member keeps the secret it joined with, so a restart needs only --data-dir (and a bootstrap's first admin token goes beside it).
+      keepClusterSecret(options.dataDir, secret);
+      if (bootstrapping) writeFirstAdminToken(options.dataDir, secret, log);
+      if (bootstrapping) await makeCaAtBootstrap(options.dataDir, state.clusterId, log);
       const specs = [{ groupId: metaGroupId, sizeBytes: 0 }, ...[...state.hosted.values()].map((g) => ({ groupId: g.id, sizeBytes: g.sizeBytes }))];
       const damage = { report: (_e: ChecksumError): void => {} };
       store = await Store.open({ disk: new NodeDisk(join(options.dataDir, "store")), defer: deferImmediate, log: (l) => log.info(l), onDamage: (e) => damage.report(e) }, specs);
       const d = new Daemon(options, state, store, secret, log, damage, bindAddress);
+      d.nbdTls = nbdTls;
       await d.wire();
       return d;
     } catch (e) {
@@ -249,7 +291,10 @@ export class Daemon implements Controller {
 
   private async wire(): Promise<void> {
     const { options, state, log } = this;
+    const wantsCert = options.apiTls === true || options.peerTls === true;
+    const cert = wantsCert ? await nodeCertificate(options.dataDir, options.listen, options.name ?? `node-${state.nodeId}`) : undefined;
     this.peer = await startPeerTransport({
+      ...(options.peerTls === true && cert !== undefined ? { tls: cert } : {}),
       nodeId: state.nodeId,
       clusterId: state.clusterId,
       secret: this.secret,
@@ -318,6 +363,8 @@ export class Daemon implements Controller {
       log,
     });
     const node = this.node;
+    this.access = new Access(this.secret, () => `node-${state.nodeId}`, () => this.catalog.revokedTokens, () => Date.now());
+    this.auditLog = new AuditLog(options.dataDir, this.secret, options.name ?? `node-${state.nodeId}`, (l) => log.warn(l));
     const parts = { driver: this.driver, io: this.io, repairer: this.repairer };
     transport.onMessage((from, m) => dispatchPeerMessage(parts, from, m));
     node.start(state.metaVoters);
@@ -333,10 +380,17 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => this.everySecond(), sampleEveryMs));
     await this.untilRegistered();
     const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
-    this.nbd = await listenNbd({ host: this.bindAddress, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits });
+    this.nbd = await listenNbd({ host: this.bindAddress, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits, ...(this.nbdTls !== undefined ? { tls: this.nbdTls } : {}) });
     const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
     if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
-    this.api = await startApiServer({ host: this.bindAddress, port: options.apiPort, controller: this, ...(debug ? { debug } : {}), log: (l) => log.info(l) });
+    const apiTls = options.apiTls === true ? cert : undefined;
+    this.apiCa = apiTls?.caPem;
+    this.api = await startApiServer({ host: this.bindAddress, port: options.apiPort, ...(apiTls !== undefined ? { tls: apiTls } : {}), controller: this,
+      auth: this.access,
+      audit: (e) => this.auditLog.append(e, Date.now()),
+      ...(debug ? { debug } : {}),
+      log: (l) => log.info(l),
+    });
     log.info(`pxd ${version} node ${state.nodeId} of cluster ${state.clusterId}: ${state.hosted.size} volume replicas here, ${this.store.stats().recordsReplayed} log records replayed`);
   }
 
@@ -414,7 +468,7 @@ export class Daemon implements Controller {
    * election there is briefly no leader: wait for one (bounded) before
    * answering 503.
    */
-  private async metaLeaderApi(timeoutMs = 20000): Promise<ApiClient | undefined> {
+  private async metaLeaderApi(caller: Caller | undefined, timeoutMs = 20000): Promise<ApiClient | undefined> {
     for (let waited = 0; this.driver.leader(metaGroupId) === 0 && waited < metaLeaderWaitMs; waited += 50) {
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -424,7 +478,13 @@ export class Daemon implements Controller {
     if (leader === 0 || n === undefined) {
       throw new ApiError(503, "unavailable", "the cluster's catalog has no leader right now (is a majority of its nodes down?); retry in a few seconds");
     }
-    return nodeApi(n, timeoutMs);
+    // A forwarded request carries its caller's own token, so the leader checks the same caller; the node's own requests carry the node's.
+    return this.nodeApi(n, timeoutMs, caller?.token);
+  }
+
+  /** The control API of another node of the cluster, with the caller's token, else this node's own. */
+  private nodeApi(n: CatalogNode, timeoutMs: number, token?: string): ApiClient {
+    return new ApiClient(hostPort(n.address, n.apiPort), { timeoutMs, token: token ?? this.access.nodeToken(), ...(this.apiCa !== undefined ? { ca: this.apiCa } : {}) });
   }
 
   /**
@@ -443,7 +503,7 @@ export class Daemon implements Controller {
   private async catalogCatchUp(): Promise<void> {
     const deadline = Date.now() + catalogCatchUpMs;
     try {
-      const api = await this.metaLeaderApi(1000);
+      const api = await this.metaLeaderApi(undefined, 1000);
       const target = api === undefined ? (this.driver.status(metaGroupId)?.commit ?? 0) : (await api.status()).catalog.commitIndex;
       await this.node.whenCatalog(() => this.catalogIndex() >= target, Math.max(0, deadline - Date.now()));
     } catch (e) {
@@ -455,8 +515,9 @@ export class Daemon implements Controller {
 
 
 
-  async updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo> {
-    const leaderApi = await this.metaLeaderApi();
+  async updateVolume(name: string, request: UpdateVolumeRequest, caller: Caller): Promise<VolumeInfo> {
+    checkReach(caller, await this.knownVolume(name));
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.updateVolume(name, request);
     const was = [...this.mustGet(name).nodes];
     const set = replicaSetFor(this.catalog, name, request.repl);
@@ -471,9 +532,9 @@ export class Daemon implements Controller {
   // ---- attachments (pxd volume attach) ----
 
   /** On the meta leader: records a host's attachment; the catalog refuses a second read-write host of a volume that is not shared (409). */
-  async attachVolume(name: string, request: AttachRequest): Promise<VolumeInfo> {
-    await this.knownVolume(name);
-    const leaderApi = await this.metaLeaderApi();
+  async attachVolume(name: string, request: AttachRequest, caller: Caller): Promise<VolumeInfo> {
+    checkReach(caller, await this.knownVolume(name));
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.attachVolume(name, request);
     const result = await this.metaCommand({
       kind: "attachVolume",
@@ -491,17 +552,17 @@ export class Daemon implements Controller {
     return this.info(this.mustGet(name));
   }
 
-  async detachVolume(name: string, host: string): Promise<void> {
-    await this.knownVolume(name);
-    const leaderApi = await this.metaLeaderApi();
+  async detachVolume(name: string, host: string, caller: Caller): Promise<void> {
+    checkReach(caller, await this.knownVolume(name));
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.detachVolume(name, host);
     const result = await this.metaCommand({ kind: "detachVolume", name, host });
     if (!result.ok) throw catalogError(result);
     if (result.changed) this.log.info(`volume ${name} detached from host ${host}`);
   }
 
-  async listAttachments(): Promise<AttachmentInfo[]> {
-    return [...this.catalog.volumes.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).flatMap((v) => attachmentInfos(v));
+  async listAttachments(caller: Caller): Promise<AttachmentInfo[]> {
+    return [...this.catalog.volumes.values()].filter((v) => mayReach(caller, v)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).flatMap((v) => attachmentInfos(v));
   }
 
   /**
@@ -525,16 +586,18 @@ export class Daemon implements Controller {
 
   private registry(): ExportRegistry {
     const defaultName = (): string | undefined => (this.catalog.volumes.size === 1 ? [...this.catalog.volumes.keys()][0] : undefined);
+    // With --nbd-tls-owners a TCP client reaches the volumes its TLS identity owns; the same answer as "no such export" otherwise.
+    const reaches = (v: CatalogVolume, client: NbdClient): boolean => this.options.nbdTlsOwners !== true || client.local || (client.identity !== undefined && client.identity === v.owner);
     return {
-      list: () => [...this.catalog.volumes.values()].map((v) => ({ name: v.name, description: `pxd volume ${v.name}` })),
+      list: (client) => [...this.catalog.volumes.values()].filter((v) => reaches(v, client)).map((v) => ({ name: v.name, description: `pxd volume ${v.name}` })),
       defaultName,
       catchUp: (name) => {
         const known = name !== undefined && (name === "" ? defaultName() !== undefined : this.catalog.volumes.has(name));
         return known ? undefined : this.catalogCatchUp();
       },
-      open: (name) => {
+      open: (name, client) => {
         const v = this.catalog.volumes.get(name);
-        if (v === undefined || (this.fenced.get(name) ?? 0) > Date.now()) return undefined;
+        if (v === undefined || !reaches(v, client) || (this.fenced.get(name) ?? 0) > Date.now()) return undefined;
         this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
         return new ReplicatedVolumeExport(v, this.io, this.readBuffers, () => {
           this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
@@ -634,8 +697,8 @@ export class Daemon implements Controller {
   }
 
   /** On the meta leader: marks the node draining (or not); moveReplicas then moves its replicas off, one volume at a time. */
-  async drainNode(ref: string, request: DrainNodeRequest): Promise<NodeInfo> {
-    const leaderApi = await this.metaLeaderApi();
+  async drainNode(ref: string, request: DrainNodeRequest, caller?: Caller): Promise<NodeInfo> {
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.drainNode(ref, request);
     const id = this.nodeByRef(ref);
     const draining = request.draining ?? true;
@@ -653,8 +716,8 @@ export class Daemon implements Controller {
    * A node out of the catalog but still in the group (the second step failed)
    * is removed from the group when asked again by its id.
    */
-  async removeNode(ref: string, options: { force: boolean }): Promise<void> {
-    const leaderApi = await this.metaLeaderApi();
+  async removeNode(ref: string, options: { force: boolean }, caller?: Caller): Promise<void> {
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.removeNode(ref, options);
     const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
     const leftover = members.find((id) => String(id) === ref && !this.catalog.nodes.has(id));
@@ -689,21 +752,22 @@ export class Daemon implements Controller {
   }
 
   /** On the meta leader: sets a setting (null: back to its default); the catalog refuses an unknown key or a value out of its range (400). */
-  async setSetting(key: string, request: SetSettingRequest): Promise<SettingInfo> {
-    const leaderApi = await this.metaLeaderApi();
+  async setSetting(key: string, request: SetSettingRequest, caller?: Caller): Promise<SettingInfo> {
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.setSetting(key, request.value);
     const result = await this.metaCommand({ kind: "setSetting", key, value: request.value });
     if (!result.ok) throw catalogError(result);
     return this.settingInfo(key);
   }
 
-  async listVolumes(): Promise<VolumeInfo[]> {
-    return [...this.catalog.volumes.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((v) => this.info(v));
+  async listVolumes(caller: Caller): Promise<VolumeInfo[]> {
+    return [...this.catalog.volumes.values()].filter((v) => mayReach(caller, v)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((v) => this.info(v));
   }
 
   /** Replica states come from the volume's leader, which tracks every replica's progress; asked when it is another node. */
-  async inspectVolume(name: string): Promise<VolumeInfo> {
+  async inspectVolume(name: string, caller: Caller): Promise<VolumeInfo> {
     const v = await this.knownVolume(name);
+    checkReach(caller, v);
     const [info, scrub] = await Promise.all([this.replicaStates(v), this.replicaScrubs(v)]);
     return { ...info, scrub };
   }
@@ -714,15 +778,16 @@ export class Daemon implements Controller {
     const n = this.catalog.nodes.get(leader);
     if (leader === this.nodeId || n === undefined || !this.driver.hasGroup(v.id)) return mine;
     try {
-      const remote = await nodeApi(n, 2000).inspectVolume(v.name);
+      const remote = await this.nodeApi(n, 2000).inspectVolume(v.name);
       return { ...mine, replicas: remote.replicas, allocatedBytes: remote.allocatedBytes, ...(remote.log ? { log: remote.log } : {}) };
     } catch {
       return mine; // the leader did not answer: what this node knows
     }
   }
 
-  async createVolume(request: CreateVolumeRequest): Promise<VolumeInfo> {
-    const leaderApi = await this.metaLeaderApi();
+  async createVolume(request: CreateVolumeRequest, caller: Caller): Promise<VolumeInfo> {
+    const owner = ownerFor(caller, request.owner);
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.createVolume(request);
     const nodes = request.nodes?.map((ref) => this.nodeByRef(ref));
     const result = await this.metaCommand({
@@ -733,6 +798,7 @@ export class Daemon implements Controller {
       ...(nodes !== undefined ? { nodes } : {}),
       ...(request.zones === true ? { zones: true } : {}),
       ...(request.shared === true ? { shared: true } : {}),
+      owner,
       at: Date.now(),
     });
     if (!result.ok) throw catalogError(result);
@@ -746,9 +812,9 @@ export class Daemon implements Controller {
    * refuses while any does or does not answer; forced, has every node
    * disconnect its clients first. Then the catalog drops the volume.
    */
-  async deleteVolume(name: string, options: DeleteVolumeOptions = {}): Promise<void> {
-    await this.knownVolume(name);
-    const leaderApi = await this.metaLeaderApi();
+  async deleteVolume(name: string, options: DeleteVolumeOptions, caller: Caller): Promise<void> {
+    checkReach(caller, await this.knownVolume(name));
+    const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.deleteVolume(name, options);
     const force = options.force === true;
     // Before the nodes are asked about their clients: an attached volume's refusal names its hosts.
@@ -767,12 +833,15 @@ export class Daemon implements Controller {
     this.log.info(`volume ${name} deleted${force ? `; --force closed ${closed} NBD connection(s)${silent.length > 0 ? `, and ${listNames(silent)} did not answer` : ""}` : ""}`);
   }
 
-  async volumeConnections(name: string): Promise<NodeConnections> {
+  async volumeConnections(name: string, caller: Caller): Promise<NodeConnections> {
+    const v = this.catalog.volumes.get(name);
+    if (v !== undefined) checkReach(caller, v);
     return this.connectionsHere(name);
   }
 
-  async disconnectVolume(name: string): Promise<NodeConnections> {
-    await this.knownVolume(name).catch(() => undefined); // a name this node does not know has no connections and needs no fence
+  async disconnectVolume(name: string, caller: Caller): Promise<NodeConnections> {
+    const v = await this.knownVolume(name).catch(() => undefined); // a name this node does not know has no connections and needs no fence
+    if (v !== undefined) checkReach(caller, v);
     return this.disconnectHere(name);
   }
 
@@ -793,7 +862,7 @@ export class Daemon implements Controller {
       [...this.catalog.nodes.values()].map(async (n) => {
         if (n.id === this.nodeId) return { node: n.name, connections: local().connections };
         try {
-          return { node: n.name, connections: (await remote(nodeApi(n, deleteAskTimeoutMs))).connections };
+          return { node: n.name, connections: (await remote(this.nodeApi(n, deleteAskTimeoutMs))).connections };
         } catch (e) {
           const why = e instanceof DaemonUnreachableError ? e.code : e instanceof ApiError ? `${e.status} ${e.code}` : (e as Error).message;
           return { node: n.name, error: why };
@@ -804,7 +873,7 @@ export class Daemon implements Controller {
 
   /** The fault-injection hook: an entry committed as given, unvalidated, on the catalog's leader. */
   private async debugCatalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse> {
-    const leaderApi = await this.metaLeaderApi();
+    const leaderApi = await this.metaLeaderApi(undefined);
     if (leaderApi) return leaderApi.debugCatalogPropose(request);
     const data = request.hex !== undefined ? Buffer.from(request.hex, "hex") : encodeCommandUnchecked(request.command);
     const r = await this.proposeMeta(data);
@@ -826,7 +895,7 @@ export class Daemon implements Controller {
       this.log.warn(`join refused for ${who}: ${admit.error}`);
       throw new ApiError(400, "invalid", `the join request is not one the catalog accepts: ${admit.error}; fix the joining node's --name, --zone or --listen`);
     }
-    const leaderApi = await this.metaLeaderApi();
+    const leaderApi = await this.metaLeaderApi(undefined);
     if (leaderApi) return leaderApi.join(request);
     let added: ApplyResult;
     try {
@@ -837,11 +906,52 @@ export class Daemon implements Controller {
     }
     if (!added.ok) throw catalogError(added);
     this.log.info(`${who} joined`);
+    const ca = readClusterCa(this.options.dataDir);
     return {
       clusterId: this.state.clusterId,
       metaVoters: this.state.metaVoters,
       peers: [...this.catalog.nodes.values()].map((n) => ({ id: n.id, host: n.address, port: n.peerPort })),
+      ...(ca !== undefined ? { ca: sealCa(ca, this.secret) } : {}),
     };
+  }
+
+  clusterId(): string {
+    return this.state.clusterId;
+  }
+
+  /** Any node signs: every node holds the key. */
+  async createToken(request: CreateTokenRequest, caller: Caller): Promise<TokenInfo> {
+    const made = this.access.create(request);
+    this.log.info(`token ${made.id} made for "${made.name}" (${made.role}, until ${made.expiresAt}) by "${caller.name}"`);
+    return made;
+  }
+
+  /** On the meta leader: the catalog remembers the revocation until the token expires (or the longest token lifetime, when the expiry is not given). */
+  async revokeToken(request: RevokeTokenRequest, caller: Caller): Promise<{ id: string; revoked: boolean }> {
+    const leaderApi = await this.metaLeaderApi(caller);
+    if (leaderApi) return leaderApi.revokeToken(request);
+    const at = Date.now();
+    const result = await this.metaCommand({ kind: "revokeToken", id: request.id, expiresAt: request.expiresAt ?? at + apiTokenTtlMsMax, at });
+    if (!result.ok) throw catalogError(result);
+    this.log.info(`token ${request.id} revoked by "${caller.name}"`);
+    return { id: request.id, revoked: result.changed };
+  }
+
+  /** This node's audit records, or every node's (each asked with this node's token; one that does not answer has `error`). */
+  async audit(query: AuditQuery, _caller: Caller): Promise<AuditResponse> {
+    const here = (): AuditResponse["nodes"][number] => ({ node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, ...this.auditLog.read(query.sinceMs) });
+    if (query.local) return { nodes: [here()] };
+    const nodes = await Promise.all(
+      [...this.catalog.nodes.values()].map(async (n) => {
+        if (n.id === this.nodeId) return here();
+        try {
+          return (await this.nodeApi(n, auditAskTimeoutMs).audit(query.sinceMs, { local: true })).nodes[0] ?? { node: n.name, records: [], error: "it sent no records" };
+        } catch (e) {
+          return { node: n.name, records: [], error: (e as Error).message };
+        }
+      }),
+    );
+    return { nodes };
   }
 
   metrics(): Promise<string> {
@@ -883,8 +993,9 @@ export class Daemon implements Controller {
   }
 
   /** This node's samples of the volume, or every node's summed second by second (a node that does not answer within a second is named in `silent`). */
-  async volumeStats(name: string, local: boolean): Promise<VolumeStatsResponse> {
+  async volumeStats(name: string, local: boolean, caller: Caller): Promise<VolumeStatsResponse> {
     const v = await this.knownVolume(name);
+    checkReach(caller, v);
     const self = this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`;
     const mine = this.ioStats.get(v.name)?.samples() ?? [];
     if (local) return { volume: v.name, samples: mine, nodes: [self], silent: [] };
@@ -893,7 +1004,7 @@ export class Daemon implements Controller {
         .filter((n) => n.id !== this.nodeId)
         .map(async (n) => {
           try {
-            return { node: n.name, samples: (await nodeApi(n, 1000).volumeStats(v.name, true)).samples };
+            return { node: n.name, samples: (await this.nodeApi(n, 1000).volumeStats(v.name, true)).samples };
           } catch {
             return { node: n.name, samples: undefined };
           }
@@ -1011,7 +1122,7 @@ export class Daemon implements Controller {
     const node = [...this.catalog.nodes.values()].find((n) => hostPort(n.address, n.nbdPort) === r.server);
     if (node === undefined) return;
     try {
-      await this.attachVolume(r.volume, { host: r.host, via: "kernel", readOnly: r.readOnly, device: r.device, node: node.name });
+      await this.attachVolume(r.volume, { host: r.host, via: "kernel", readOnly: r.readOnly, device: r.device, node: node.name }, this.access.nodeCaller());
       this.log.info(`volume ${r.volume}: ${r.device} on host ${r.host} is served by ${node.name} now (its attach agent failed over)`);
     } catch (e) {
       this.log.info(`volume ${r.volume}: could not record that ${node.name} serves ${r.device} on host ${r.host} now: ${(e as Error).message}`);
@@ -1052,7 +1163,7 @@ export class Daemon implements Controller {
         const n = this.catalog.nodes.get(id);
         const name = n?.name ?? `node-${id}`;
         try {
-          const r = id === this.nodeId ? await this.scrub({ ...request, local: true }) : n === undefined ? undefined : await nodeApi(n, scrubCallTimeoutMs).scrub({ ...request, local: true });
+          const r = id === this.nodeId ? await this.scrub({ ...request, local: true }) : n === undefined ? undefined : await this.nodeApi(n, scrubCallTimeoutMs).scrub({ ...request, local: true });
           return r?.nodes[0] ?? { nodeId: id, node: name, volumes: [], error: "the node is not in the catalog" };
         } catch (e) {
           return { nodeId: id, node: name, volumes: [], error: (e as Error).message };
@@ -1077,7 +1188,7 @@ export class Daemon implements Controller {
         const n = this.catalog.nodes.get(id);
         if (n === undefined) return [];
         try {
-          const status = id === this.nodeId ? await this.scrubStatus() : await nodeApi(n, 1000).scrubStatus();
+          const status = id === this.nodeId ? await this.scrubStatus() : await this.nodeApi(n, 1000).scrubStatus();
           return (status.nodes[0]?.volumes ?? []).filter((r) => r.volume === v.name).map((r) => ({ node: n.name, ...r }));
         } catch {
           return [];
@@ -1141,6 +1252,7 @@ export class Daemon implements Controller {
       connections: this.connections.get(v.name) ?? 0,
       replicas: this.replicas(v, leader),
       shared: v.shared,
+      owner: v.owner,
       attachments: attachmentInfos(v),
       ...(this.store.hasGroup(v.id) ? { log: (({ firstIndex, lastIndex }) => ({ firstIndex, lastIndex }))(this.store.raftState(v.id)) } : {}),
     };
@@ -1188,11 +1300,6 @@ function scrubVolumeReport(r: ScrubReport): ScrubVolumeReport {
   };
 }
 
-/** The control API of another node of the cluster. */
-function nodeApi(n: CatalogNode, timeoutMs: number): ApiClient {
-  return new ApiClient(hostPort(n.address, n.apiPort), { timeoutMs });
-}
-
 /** Why a volume may not be deleted now, or undefined: a node serves it (unless forced) or did not answer (unless forced). */
 function busyProblem(name: string, answers: readonly { node: string; connections?: number; error?: string }[], force: boolean): string | undefined {
   if (force) return undefined;
@@ -1226,21 +1333,6 @@ function describeSelf(options: DaemonOptions, nodeId: number, bound?: { nbdPort:
   };
 }
 
-/** The cluster secret: flag, environment, or the file a bootstrapping node writes. */
-function clusterSecret(options: DaemonOptions, bootstrapping: boolean): Buffer {
-  const given = options.secret ?? process.env["PXD_CLUSTER_SECRET"];
-  const file = join(options.dataDir, "cluster.secret");
-  if (given !== undefined && given !== "") {
-    if (Buffer.byteLength(given) < 16) throw new Error("the cluster secret must be at least 16 bytes; pick a longer --cluster-secret");
-    return Buffer.from(given);
-  }
-  if (existsSync(file)) return Buffer.from(readFileSync(file, "utf8").trim());
-  if (!bootstrapping) throw new Error(`no cluster secret: pass --cluster-secret (or PXD_CLUSTER_SECRET) with the secret of the cluster to join`);
-  const made = randomBytes(24).toString("hex");
-  writeFileSync(file, made + "\n", { mode: 0o600 });
-  return Buffer.from(made);
-}
-
 /** The Raft configuration change that makes a member change. */
 export function joinProof(secret: Buffer, fields: Omit<JoinRequest, "proof">): Buffer {
   const canonical = JSON.stringify([fields.id, fields.name, fields.address, fields.nbdPort, fields.apiPort, fields.peerPort, fields.capacityBytes, fields.labels]);
@@ -1251,11 +1343,12 @@ export function joinProof(secret: Buffer, fields: Omit<JoinRequest, "proof">): B
 async function enterCluster(options: DaemonOptions, state: NodeState, secret: Buffer, log: Logger): Promise<void> {
   if (options.join === undefined) {
     await state.setCluster(randomUUID(), [state.nodeId]);
-    log.info(`bootstrapped a new cluster ${state.clusterId} with node ${state.nodeId}; the cluster secret is in ${join(options.dataDir, "cluster.secret")}`);
+    log.info(`bootstrapped a new cluster ${state.clusterId} with node ${state.nodeId}; the cluster secret is in ${join(options.dataDir, clusterSecretFile)}`);
     return;
   }
   const fields = describeSelf(options, state.nodeId);
-  const client = new ApiClient(options.join, { timeoutMs: 30000 });
+  // Over HTTPS the joining node has no CA yet to check the member with: the answer's CA is authenticated by its seal under the cluster secret instead.
+  const client = new ApiClient(joinAddress(options), { timeoutMs: 30000, insecureTls: true });
   const request = { ...fields, proof: joinProof(secret, fields).toString("hex") };
   let resp: JoinResponse | undefined;
   for (let attempt = 1; resp === undefined; attempt++) {
@@ -1268,6 +1361,7 @@ async function enterCluster(options: DaemonOptions, state: NodeState, secret: Bu
       await new Promise((r) => setTimeout(r, 500));
     }
   }
+  if (resp.ca !== undefined) keepClusterCa(options.dataDir, unsealCa(resp.ca, secret));
   await state.setPeers(resp.peers);
   await state.setCluster(resp.clusterId, resp.metaVoters);
   log.info(`joined cluster ${resp.clusterId} through ${options.join} as node ${state.nodeId}`);

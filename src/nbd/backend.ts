@@ -64,10 +64,21 @@ export interface Export {
 }
 
 /** What the NBD server asks of the daemon: the exports that exist right now. */
+/**
+ * Who asks, as far as the connection shows it: the identity its client proved
+ * over TLS (a checked certificate's subject CN, or a PSK identity; undefined
+ * without), and whether it came through the local Unix socket.
+ */
+export interface NbdClient {
+  readonly identity: string | undefined;
+  readonly local: boolean;
+}
+
 export interface ExportRegistry {
-  list(): readonly { name: string; description: string }[];
-  /** Opens an export for one connection; undefined when no such export exists. */
-  open(name: string): Export | undefined;
+  /** The exports this client may see (NBD_OPT_LIST). */
+  list(client: NbdClient): readonly { name: string; description: string }[];
+  /** Opens an export for one connection; undefined when no such export exists, or this client may not have it (the same answer: the name is not revealed). */
+  open(name: string, client: NbdClient): Export | undefined;
   /** The export served to a client that asks for the empty name, if any. */
   defaultName(): string | undefined;
   /**

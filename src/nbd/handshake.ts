@@ -5,8 +5,8 @@
 // (INFO, GO, EXPORT_NAME): a client that never gets that far costs nothing.
 
 import { assert } from "../base/assert.js";
-import type { Export, ExportRegistry } from "./backend.js";
-import type { NbdLimits } from "./ports.js";
+import type { Export, ExportRegistry, NbdClient } from "./backend.js";
+import type { NbdLimits, NbdTlsPolicy } from "./ports.js";
 import * as w from "./wire.js";
 
 /** What the handshake settled; the transmission phase serves exactly this. */
@@ -29,11 +29,22 @@ export type HandshakeStep =
    * read nothing more, and once `until` settles call resume() and go on
    * feeding the held bytes.
    */
-  | { kind: "wait"; until: Promise<void>; restAt: number };
+  | { kind: "wait"; until: Promise<void>; restAt: number }
+  /**
+   * NBD_OPT_STARTTLS was acknowledged: once the ACK is written, upgrade the
+   * connection and call secured(); bytes of `chunk` from `restAt` on came in
+   * plaintext after the option and must not be read (spec "FORCEDTLS mode":
+   * all further data is sent and received over TLS).
+   */
+  | { kind: "starttls"; restAt: number };
 
 export interface HandshakeHost {
   readonly registry: ExportRegistry;
   readonly limits: NbdLimits;
+  /** What this connection offers for STARTTLS; absent: off. */
+  readonly tls?: NbdTlsPolicy;
+  /** The connection came through the local Unix socket. */
+  readonly local: boolean;
   send(b: Buffer): void;
 }
 
@@ -83,6 +94,10 @@ export class Handshake {
   private caughtUp = false;
   /** The option data that waits for the registry to catch up. */
   private held: Buffer | undefined;
+  /** TLS runs on this connection (after STARTTLS and a completed TLS handshake). */
+  private secure = false;
+  /** Who the client proved to be over TLS. */
+  private identity: string | undefined;
 
   constructor(private readonly host: HandshakeHost) {}
 
@@ -99,11 +114,22 @@ export class Handshake {
       const step = this.consume(chunk, pos);
       pos = step.pos;
       if (step.result.kind !== "more") {
-        return step.result.kind === "go" || step.result.kind === "wait" ? { ...step.result, restAt: pos } : step.result;
+        return step.result.kind === "go" || step.result.kind === "wait" || step.result.kind === "starttls" ? { ...step.result, restAt: pos } : step.result;
       }
       assert(pos > before, "handshake makes progress");
     }
     return { kind: "more" };
+  }
+
+  /** The TLS handshake after a "starttls" step completed: options go on, over TLS. */
+  secured(identity: string | undefined): void {
+    assert(!this.secure && this.state === "header", "secured follows a starttls step");
+    this.secure = true;
+    this.identity = identity;
+  }
+
+  private get client(): NbdClient {
+    return { identity: this.identity, local: this.host.local };
   }
 
   /** After a "wait" settled: answers the held option from what the registry knows now. */
@@ -207,6 +233,8 @@ export class Handshake {
   }
 
   private dispatchOption(data: Buffer): HandshakeStep {
+    const tlsFirst = this.tlsRequiredFirst();
+    if (tlsFirst !== undefined) return tlsFirst;
     const wait = this.catchUpFor(data);
     if (wait !== undefined) return wait;
     switch (this.option) {
@@ -228,10 +256,34 @@ export class Handshake {
       case w.NBD_OPT_SET_META_CONTEXT:
         return this.answer(this.optMetaContext(data));
       case w.NBD_OPT_STARTTLS:
-        return this.answer({ type: w.NBD_REP_ERR_UNSUP, message: "TLS is not supported yet" });
+        return this.optStartTls(data);
       default:
         return this.answer({ type: w.NBD_REP_ERR_UNSUP, message: `option ${this.option} is not supported` });
     }
+  }
+
+  /**
+   * Spec "FORCEDTLS mode": before TLS, every option but STARTTLS and ABORT is
+   * refused with NBD_REP_ERR_TLS_REQD, and EXPORT_NAME, which cannot fail,
+   * ends the session. Checked before anything else, so a client that has not
+   * upgraded learns nothing and makes the registry do nothing.
+   */
+  private tlsRequiredFirst(): HandshakeStep | undefined {
+    if (this.host.tls !== "required" || this.secure) return undefined;
+    if (this.option === w.NBD_OPT_STARTTLS || this.option === w.NBD_OPT_ABORT) return undefined;
+    if (this.option === w.NBD_OPT_EXPORT_NAME) return close("NBD_OPT_EXPORT_NAME before STARTTLS on a server that requires TLS");
+    return this.answer({ type: w.NBD_REP_ERR_TLS_REQD, message: "this server requires TLS: send NBD_OPT_STARTTLS first (nbds:// with libnbd, -x with nbd-client)" });
+  }
+
+  /** Spec "NBD_OPT_STARTTLS": no data; ACK, then the TLS handshake; never twice, never on a server without TLS. */
+  private optStartTls(data: Buffer): HandshakeStep {
+    if (this.host.tls === undefined || this.host.tls === "off") {
+      return this.answer({ type: w.NBD_REP_ERR_POLICY, message: "TLS is off on this server (pxd daemon --nbd-tls on|require turns it on)" });
+    }
+    if (this.secure) return this.answer({ type: w.NBD_REP_ERR_INVALID, message: "TLS is already running on this connection" });
+    if (data.length !== 0) return this.answer({ type: w.NBD_REP_ERR_INVALID, message: "NBD_OPT_STARTTLS carries no data" });
+    this.reply(w.NBD_REP_ACK);
+    return { kind: "starttls", restAt: 0 };
   }
 
   /**
@@ -283,7 +335,7 @@ export class Handshake {
   /** Spec "NBD_OPT_LIST": no data allowed; one NBD_REP_SERVER per export, then ACK. */
   private optList(data: Buffer): OptionReply | undefined {
     if (data.length !== 0) return { type: w.NBD_REP_ERR_INVALID, message: "NBD_OPT_LIST carries no data" };
-    for (const e of this.host.registry.list()) {
+    for (const e of this.host.registry.list(this.client)) {
       this.host.send(w.encodeOptionReply(w.NBD_OPT_LIST, w.NBD_REP_SERVER, w.encodeRepServer(e.name, e.description)));
     }
     return undefined;
@@ -345,7 +397,7 @@ export class Handshake {
   private openExport(requestedName: string): Export | undefined {
     const name = requestedName === "" ? this.host.registry.defaultName() : requestedName;
     if (name === undefined) return undefined;
-    const exp = this.host.registry.open(name);
+    const exp = this.host.registry.open(name, this.client);
     if (exp !== undefined) assertExportSane(exp, this.host.limits);
     return exp;
   }

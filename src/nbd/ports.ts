@@ -44,7 +44,25 @@ export interface NbdSocket {
   end(): void;
   /** Close now, dropping what is queued. */
   destroy(): void;
+  /**
+   * What this connection offers for NBD_OPT_STARTTLS (spec "TLS support"):
+   * off (NOTLS), optional (SELECTIVETLS with no TLS-only export) or required
+   * (FORCEDTLS). Absent: off.
+   */
+  readonly tls?: NbdTlsPolicy;
+  /**
+   * Upgrades the connection to TLS in place, after the NBD_REP_ACK was
+   * written: from now on data, drain and writes go through TLS. `secured`
+   * runs once, with who the peer proved to be (a certificate's subject or a
+   * PSK identity), or with the reason the TLS handshake failed.
+   */
+  startTls?(secured: (result: NbdTlsResult) => void): void;
 }
+
+export type NbdTlsPolicy = "off" | "optional" | "required";
+
+/** How a TLS upgrade ended: who the client proved to be (a checked certificate's subject CN, or a PSK identity; undefined when it proved nothing) and a phrase for the log; or why it failed. */
+export type NbdTlsResult = { ok: true; identity: string | undefined; peer: string } | { ok: false; error: string };
 
 /** What the socket adapter calls back into; returned by NbdServer.accept(). */
 export interface NbdSocketEvents {

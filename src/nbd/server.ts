@@ -7,9 +7,10 @@
 import { nbdQueuedBufferOverheadBytes } from "../constants.js";
 import type { ExportRegistry } from "./backend.js";
 import { NodeBudget, type BudgetHolder } from "./budget.js";
+import { assert } from "../base/assert.js";
 import { failStop } from "../base/fail-stop.js";
 import { Handshake, type HandshakeStep } from "./handshake.js";
-import { resolveNbdLimits, type NbdLimits, type NbdLog, type NbdSocket, type NbdSocketEvents, type NbdTimers } from "./ports.js";
+import { resolveNbdLimits, type NbdLimits, type NbdLog, type NbdSocket, type NbdSocketEvents, type NbdTimers, type NbdTlsResult } from "./ports.js";
 import { Transmission } from "./transmission.js";
 
 export interface NbdServerOptions {
@@ -208,6 +209,8 @@ class Connection implements BudgetHolder {
     this.flush();
   };
   private cancelHandshakeTimer: (() => void) | undefined;
+  /** Between a STARTTLS ACK and the end of the TLS handshake. */
+  private upgrading = false;
   private ending = false;
   private closed = false;
 
@@ -249,7 +252,7 @@ class Connection implements BudgetHolder {
 
   start(): void {
     const limits = this.server.limits;
-    const hs = new Handshake({ registry: this.server.options.registry, limits, send: this.send });
+    const hs = new Handshake({ registry: this.server.options.registry, limits, send: this.send, local: this.socket.clientAddress === undefined, ...(this.socket.tls !== undefined ? { tls: this.socket.tls } : {}) });
     this.handshake = hs;
     this.cancelHandshakeTimer = this.server.options.timers.setTimeout(
       () => this.destroy(`no transmission after ${limits.handshakeTimeoutMs} ms, closing`),
@@ -303,6 +306,8 @@ class Connection implements BudgetHolder {
   // Arrow fields, made once per connection, so a socket event allocates no closure.
   private readonly onData = (chunk: Buffer): void => {
     if (this.ending) return;
+    // The socket adapter hands over nothing between the STARTTLS ACK and the end of the TLS handshake; a client's bytes there are not NBD.
+    if (this.upgrading) return this.destroy("sent data before the TLS handshake completed; closing");
     if (this.transmission !== undefined) return this.transmission.feed(chunk);
     if (this.heldInput !== undefined) {
       this.heldInput.push(chunk); // a paused socket may still hand over what it had read
@@ -333,6 +338,7 @@ class Connection implements BudgetHolder {
 
   private afterHandshakeStep(step: HandshakeStep, chunk: Buffer): void {
     if (step.kind === "more") return;
+    if (step.kind === "starttls") return this.startTls(step.restAt < chunk.length);
     if (step.kind === "wait") {
       this.socket.pause();
       this.heldInput = [chunk.subarray(step.restAt)];
@@ -365,6 +371,27 @@ class Connection implements BudgetHolder {
     });
     if (step.restAt < chunk.length) this.transmission.feed(chunk.subarray(step.restAt));
   }
+
+  /**
+   * After the STARTTLS ACK: bytes the client sent behind the option in
+   * plaintext are an injection or downgrade attempt (CVE-2021-3716 in other
+   * servers), so the connection closes; otherwise the ACK leaves in clear and
+   * the socket upgrades.
+   */
+  private startTls(plaintextAfter: boolean): void {
+    if (plaintextAfter) return this.destroy("sent data after NBD_OPT_STARTTLS before the TLS handshake (a downgrade or injection attempt); closing");
+    assert(this.socket.startTls !== undefined, "STARTTLS is acknowledged only on a socket that can upgrade");
+    this.flush();
+    this.upgrading = true;
+    this.socket.startTls((r) => this.turn(this.onSecured, r));
+  }
+
+  private readonly onSecured = (r: NbdTlsResult): void => {
+    this.upgrading = false;
+    if (!r.ok) return this.destroy(`TLS handshake failed: ${r.error}`);
+    this.server.options.log.info(`nbd ${this.socket.peer}: TLS established with ${r.peer}`);
+    this.handshake?.secured(r.identity);
+  };
 
   /** Queues reply bytes; outside a socket event they are flushed once per event-loop turn (DESIGN.md section 9). */
   private readonly send = (b: Buffer, written?: () => void): void => {

@@ -5,9 +5,10 @@
 import { lstatSync, unlinkSync } from "node:fs";
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import type { ExportRegistry } from "../nbd/backend.js";
-import type { NbdLimits, NbdLog, NbdSocket, NbdTimers } from "../nbd/ports.js";
+import type { NbdLimits, NbdLog, NbdSocket, NbdSocketEvents, NbdTimers } from "../nbd/ports.js";
 import { NbdServer } from "../nbd/server.js";
 import { nodeTimers } from "./timers.js";
+import type { NbdTls } from "./nbd-tls.js";
 
 /** TCP keepalive probe delay: finds clients that vanished without a FIN. */
 const keepAliveDelayMs = 30_000;
@@ -22,6 +23,8 @@ export interface ListenNbdOptions {
   registry: ExportRegistry;
   log: NbdLog;
   limits?: Partial<NbdLimits>;
+  /** STARTTLS (src/os/nbd-tls.ts); absent: NOTLS. */
+  tls?: NbdTls;
 }
 
 export interface NbdListener {
@@ -35,7 +38,7 @@ export interface NbdListener {
 
 export async function listenNbd(opts: ListenNbdOptions): Promise<NbdListener> {
   const server = new NbdServer({ registry: opts.registry, log: opts.log, timers: nodeNbdTimers, limits: opts.limits });
-  const onSocket = (s: Socket): void => attach(server, s);
+  const onSocket = (s: Socket): void => attach(server, s, opts.tls);
   const tcp = createServer({ noDelay: true }, onSocket);
   await listen(tcp, () => tcp.listen(opts.port, opts.host));
   const addr = tcp.address() as AddressInfo;
@@ -49,7 +52,7 @@ export async function listenNbd(opts: ListenNbdOptions): Promise<NbdListener> {
       throw err;
     });
   }
-  opts.log.info(`nbd: listening on ${addr.address}:${addr.port}${opts.unixPath ? ` and ${opts.unixPath}` : ""}`);
+  opts.log.info(`nbd: listening on ${addr.address}:${addr.port}${opts.unixPath ? ` and ${opts.unixPath}` : ""}${opts.tls ? `; ${opts.tls.describe}` : ""}`);
   return {
     address: { host: addr.address, port: addr.port },
     unixPath: opts.unixPath,
@@ -86,11 +89,14 @@ function removeStaleSocket(path: string): void {
   }
 }
 
-function attach(server: NbdServer, s: Socket): void {
-  const peer = s.remoteAddress !== undefined ? `${s.remoteAddress}:${s.remotePort}` : `unix#${s.localAddress ?? ""}`;
-  s.on("error", () => {
+function attach(server: NbdServer, raw: Socket, tls: NbdTls | undefined): void {
+  const peer = raw.remoteAddress !== undefined ? `${raw.remoteAddress}:${raw.remotePort}` : `unix#${raw.localAddress ?? ""}`;
+  raw.on("error", () => {
     // 'close' always follows; the server learns of it there.
   });
+  // The stream the connection reads and writes: the raw socket, then its TLS wrapper after STARTTLS.
+  let s: Socket = raw;
+  let events: NbdSocketEvents | undefined;
   const sock: NbdSocket = {
     peer,
     // A Unix-socket client has no remote address; it is exempt from the per-address cap.
@@ -111,12 +117,28 @@ function attach(server: NbdServer, s: Socket): void {
     resume: () => s.resume(),
     end: () => s.end(),
     destroy: () => s.destroy(),
+    ...(tls !== undefined
+      ? {
+          tls: tls.policy(raw.remoteAddress === undefined),
+          startTls(secured) {
+            const ev = events;
+            if (ev === undefined) return;
+            // Nothing more is read in plaintext: TLS takes the raw socket's bytes from here.
+            raw.off("data", ev.data);
+            raw.off("drain", ev.drain);
+            const t = tls.upgrade(raw, secured);
+            t.on("data", ev.data);
+            t.on("drain", ev.drain);
+            s = t;
+          },
+        }
+      : {}),
   };
-  const events = server.accept(sock);
+  events = server.accept(sock);
   if (events === undefined) return;
-  s.setNoDelay(true);
-  s.setKeepAlive(true, keepAliveDelayMs);
-  s.on("data", events.data);
-  s.on("drain", events.drain);
-  s.on("close", events.closed);
+  raw.setNoDelay(true);
+  raw.setKeepAlive(true, keepAliveDelayMs);
+  raw.on("data", events.data);
+  raw.on("drain", events.drain);
+  raw.on("close", events.closed);
 }

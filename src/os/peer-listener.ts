@@ -5,6 +5,7 @@
 
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { createConnection, createServer, type AddressInfo, type Server, type Socket, isIP } from "node:net";
+import { connect as tlsConnect, createServer as createTlsServer } from "node:tls";
 import type { NodeId } from "../raft/types.js";
 import type { PeerAddress, PeerCrypto, PeerLimits, PeerLog, PeerNetwork, PeerSocket, PeerSocketEvents, PeerTimers } from "../replication/ports.js";
 import { PeerTransport } from "../replication/transport.js";
@@ -25,14 +26,28 @@ export const nodePeerTimers: PeerTimers = {
   random: () => Math.random(),
 };
 
-/** Dials from `localAddress` when given (a node bound to 127.0.0.12 also dials from it). */
-export function nodePeerNetwork(localAddress?: string): PeerNetwork {
+/** This node's certificate and key and the cluster CA (PEM), for peer links over TLS with both sides checked. */
+export interface PeerTls {
+  certPem: string;
+  keyPem: string;
+  caPem: string;
+}
+
+/** Dials from `localAddress` when given (a node bound to 127.0.0.12 also dials from it); over TLS when `tls` is given. */
+export function nodePeerNetwork(localAddress?: string, tls?: PeerTls): PeerNetwork {
   return {
     dial(host, port, events) {
       // Only an IP literal can be a source address (a --listen host name cannot).
       const from = localAddress !== undefined && isIP(localAddress) !== 0 ? localAddress : undefined;
-      const s = createConnection({ host, port, localAddress: from, noDelay: true, keepAlive: true, keepAliveInitialDelay: keepAliveDelayMs });
-      s.once("connect", () => events.connected());
+      const common = { host, port, localAddress: from, noDelay: true, keepAlive: true, keepAliveInitialDelay: keepAliveDelayMs };
+      if (tls === undefined) {
+        const s = createConnection(common);
+        s.once("connect", () => events.connected());
+        return wrapSocket(s, `${host}:${port}`, events);
+      }
+      // The peer's certificate must chain to the cluster CA and name the address dialled; ours goes the other way.
+      const s = tlsConnect({ ...common, ca: tls.caPem, cert: tls.certPem, key: tls.keyPem, minVersion: "TLSv1.3", ...(isIP(host) === 0 ? { servername: host } : {}) });
+      s.once("secureConnect", () => events.connected());
       return wrapSocket(s, `${host}:${port}`, events);
     },
   };
@@ -76,6 +91,8 @@ export interface StartPeerTransportOptions {
   peers?: PeerAddress[];
   log: PeerLog;
   limits?: Partial<PeerLimits>;
+  /** Peer links over TLS, both sides checked against the cluster CA; absent: plain TCP (frames authenticated with the secret at connection start). */
+  tls?: PeerTls;
 }
 
 export interface PeerListener {
@@ -92,13 +109,26 @@ export async function startPeerTransport(opts: StartPeerTransportOptions): Promi
     nodeId: opts.nodeId,
     clusterId: opts.clusterId,
     secret: opts.secret,
-    network: nodePeerNetwork(wildcard ? undefined : opts.host),
+    network: nodePeerNetwork(wildcard ? undefined : opts.host, opts.tls),
     timers: nodePeerTimers,
     crypto: nodePeerCrypto,
     log: opts.log,
     limits: opts.limits,
   });
-  const server = createServer({ noDelay: true }, (s) => accept(transport, s));
+  const tls = opts.tls;
+  const server: Server =
+    tls === undefined
+      ? createServer({ noDelay: true }, (s) => accept(transport, s))
+      : createTlsServer({ noDelay: true, cert: tls.certPem, key: tls.keyPem, ca: tls.caPem, requestCert: true, rejectUnauthorized: true, minVersion: "TLSv1.3" }, (s) => accept(transport, s));
+  // A peer whose certificate the cluster CA did not sign (or that has none) never reaches the transport.
+  // The TLS socket of a failed handshake may have lost its address by then: remember it from the raw connection.
+  const remotes = new WeakMap<object, string>();
+  server.on("connection", (raw: Socket) => remotes.set(raw, `${raw.remoteAddress ?? "?"}:${raw.remotePort ?? 0}`));
+  server.on("tlsClientError", (e: Error, s: Socket) => {
+    const parent = (s as unknown as { _parent?: object })._parent;
+    const from = s.remoteAddress !== undefined ? `${s.remoteAddress}:${s.remotePort ?? 0}` : (parent !== undefined ? remotes.get(parent) : undefined) ?? "a peer";
+    opts.log.warn(`peer: TLS handshake from ${from} refused: ${e.message.trim().split("\n")[0]} (a certificate the cluster CA did not sign, on either side)`);
+  });
   try {
     await listen(server, opts.host, opts.port);
   } catch (e) {
@@ -106,7 +136,7 @@ export async function startPeerTransport(opts: StartPeerTransportOptions): Promi
     throw e;
   }
   const addr = server.address() as AddressInfo;
-  opts.log.info(`peer: node ${opts.nodeId} listening on ${addr.address}:${addr.port}`);
+  opts.log.info(`peer: node ${opts.nodeId} listening on ${addr.address}:${addr.port}${tls !== undefined ? " over TLS (peers' certificates checked against the cluster CA)" : ""}`);
   if (opts.peers !== undefined) transport.setPeers(opts.peers);
   return {
     transport,

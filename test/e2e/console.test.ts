@@ -43,7 +43,13 @@ test("the console shows the cluster map and a volume's live graph while fio writ
   // Writes through the second node for up to 60 s (killed when the test ends).
   fio = spawn("fio", ["--name=console", "--ioengine=nbd", `--uri=${second.uri("web")}`, "--rw=randwrite", "--bs=4k", "--iodepth=8", "--size=32M", "--time_based", "--runtime=60"], { stdio: "ignore" });
 
+  // Without a token the page asks for one; a read-only token in the address is taken and dropped from it.
   await page.goto(`http://${first.host}:9001/`);
+  await page.waitForSelector("#token-form", { timeout: 15000 });
+  const readOnly = await first.api.createToken({ role: "read-only", name: "console-test" });
+  await page.goto("about:blank");
+  await page.goto(`http://${first.host}:9001/#token=${encodeURIComponent(readOnly.token)}`);
+  assert.not.match(page.url(), /token=/, "the token leaves the address");
   for (const n of ["node1", "node2", "node3"]) await page.waitForSelector(`.node[data-node="${n}"][data-health="up"]`, { timeout: 15000 });
   assert.match((await page.textContent("#nodes")) ?? "", /catalog leader/);
   await page.waitForSelector('#volumes tr[data-volume="web"]', { timeout: 15000 });

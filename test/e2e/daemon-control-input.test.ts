@@ -12,6 +12,7 @@ import { startDaemon, type DaemonProcess } from "../helpers/daemon.js";
 import { waitUntil } from "../helpers/cluster.js";
 import { joinProof } from "../../src/daemon/daemon.js";
 import type { JoinRequest } from "../../src/api/types.js";
+import { testAdminToken } from "../helpers/auth.js";
 
 let d: DaemonProcess;
 
@@ -25,7 +26,7 @@ test.after(async () => {
 
 function post(path: string, body: unknown, method = "POST"): Promise<{ status: number; error: { code: string; message: string } | undefined }> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: d.host, port: d.apiPort, method, path, headers: { "Content-Type": "application/json" } }, (res) => {
+    const req = request({ host: d.host, port: d.apiPort, method, path, headers: { "Content-Type": "application/json", Authorization: `Bearer ${testAdminToken}` } }, (res) => {
       let text = "";
       res.on("data", (c: Buffer) => (text += c.toString()));
       res.on("end", () => resolve({ status: res.statusCode ?? 0, error: text ? (JSON.parse(text) as { error?: { code: string; message: string } }).error : undefined }));

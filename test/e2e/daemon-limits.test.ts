@@ -6,6 +6,7 @@
 // reads the right bytes, and the daemon says what it did in its log.
 
 import { readFileSync } from "node:fs";
+import { testAdminToken } from "../helpers/auth.js";
 import { request } from "node:http";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -105,7 +106,7 @@ test("idle connections filling every slot: one over an address's cap is refused,
 
 function post(body: Buffer): Promise<number> {
   return new Promise((resolve) => {
-    const headers = { "Content-Type": "application/json", "Content-Length": body.length };
+    const headers = { "Content-Type": "application/json", "Content-Length": body.length, Authorization: `Bearer ${testAdminToken}` };
     const req = request({ host: "127.0.0.1", port: daemon.apiPort, method: "POST", path: "/v1/volumes", headers, agent: false }, (res) => {
       res.resume();
       res.on("end", () => resolve(res.statusCode ?? 0));

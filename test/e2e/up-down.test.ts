@@ -21,7 +21,10 @@ test("pxd up, the volume verbs, an NBD client on the printed URI, pxd down", asy
   const host = ["--host", `${first}:9001`];
   const upArgs = ["up", "--address", first];
   const dataDir = join(t.dir, ".pxd");
-  const pxd = (...args: string[]): Promise<string> => runOk(process.execPath, [pxdEntry, ...host, ...args]);
+  // Run where pxd up ran and without the test's own token: the CLI finds the token pxd up wrote (.pxd/admin.token) by itself.
+  const { PXD_TOKEN: _token, ...env } = process.env;
+  const where = { cwd: t.dir, env };
+  const pxd = (...args: string[]): Promise<string> => runOk(process.execPath, [pxdEntry, ...host, ...args], where);
   try {
     const out = await pxd(...upArgs, "--data-dir", dataDir, "--size", "64M");
     const uri = `nbd://${first}:${nbdPort}/demo`;
@@ -34,7 +37,7 @@ test("pxd up, the volume verbs, an NBD client on the printed URI, pxd down", asy
     assert.is(info.exports[0]!["export-size"], 64 * 1024 * 1024);
 
     assert.match(await pxd("volume", "create", "db", "--size", "32M"), /db/);
-    const dup = await run(process.execPath, [pxdEntry, ...host, "volume", "create", "db", "--size", "32M"]);
+    const dup = await run(process.execPath, [pxdEntry, ...host, "volume", "create", "db", "--size", "32M"], where);
     assert.is(dup.code, 1);
     assert.match(dup.stderr, /already exists/);
     const list = JSON.parse(await pxd("volume", "list", "--json")) as { volumes: { name: string }[] };
@@ -47,7 +50,7 @@ test("pxd up, the volume verbs, an NBD client on the printed URI, pxd down", asy
     assert.is((JSON.parse(await pxd("status", "--json")) as { version: string }).version, version, "the daemon's version is the package's");
     assert.is((await pxd("--version")).trim(), version, "and so is the CLI's");
     await pxd("volume", "delete", "db");
-    const gone = await run(process.execPath, [pxdEntry, ...host, "volume", "inspect", "db"]);
+    const gone = await run(process.execPath, [pxdEntry, ...host, "volume", "inspect", "db"], where);
     assert.is(gone.code, 1);
     assert.match(gone.stderr, /no volume named "db"/);
 

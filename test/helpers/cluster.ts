@@ -2,10 +2,10 @@
 // standard ports (DESIGN §1: distinct loopback addresses, so nftables rules on
 // address pairs can cut links), one bootstrapping and the others joining.
 
-import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { DaemonProcess } from "./daemon.js";
 import { tempDir } from "./tmp.js";
+import { testClusterSecret } from "./auth.js";
 
 export interface Cluster {
   nodes: DaemonProcess[];
@@ -75,7 +75,7 @@ export interface ClusterOptions {
 /** `daemonArgs`: more `pxd daemon` arguments for every node (e.g. --log-retain). */
 export async function startCluster(size = 3, daemonArgs: string[] = [], options: ClusterOptions = {}): Promise<Cluster> {
   const t = tempDir("cluster");
-  const secret = randomBytes(16).toString("hex");
+  const secret = testClusterSecret;
   const nodes: DaemonProcess[] = [];
   const base = await freeBase(size);
   const cleanups: (() => Promise<void>)[] = [];

@@ -7,6 +7,7 @@ import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 import { ApiClient } from "../../src/api/client.js";
 import { tempDir } from "./tmp.js";
+import { testAdminToken, testClusterSecret } from "./auth.js";
 
 export const pxdEntry = fileURLToPath(new URL("../../bin/pxd.js", import.meta.url));
 
@@ -24,9 +25,11 @@ export async function freePort(host = "127.0.0.1"): Promise<number> {
 export class DaemonProcess {
   child: ChildProcess | undefined;
   output = "";
-  readonly api: ApiClient;
+  private client: { tls: boolean; api: ApiClient } | undefined;
   /** More `pxd daemon` arguments (--join, --cluster-secret, --name ...). */
   extraArgs: string[] = [];
+  /** The daemon's environment: the test process's, with its cluster secret in PXD_CLUSTER_SECRET (set it to undefined to start without). */
+  env: NodeJS.ProcessEnv = { ...process.env, PXD_CLUSTER_SECRET: testClusterSecret };
   peerPort: number;
   private exited: Promise<number | null> = Promise.resolve(null);
 
@@ -38,8 +41,17 @@ export class DaemonProcess {
     private readonly removeDir: () => void,
     peerPort = apiPort + 1,
   ) {
-    this.api = new ApiClient(`${host}:${apiPort}`);
     this.peerPort = peerPort;
+  }
+
+  /** The daemon's API as the test's admin; over HTTPS (without checking its certificate) when the daemon runs with --api-tls. */
+  get api(): ApiClient {
+    const tls = this.extraArgs.includes("--api-tls");
+    if (this.client?.tls !== tls) {
+      const address = `${tls ? "https://" : ""}${this.host}:${this.apiPort}`;
+      this.client = { tls, api: new ApiClient(address, { token: testAdminToken, ...(tls ? { insecureTls: true } : {}) }) };
+    }
+    return this.client.api;
   }
 
   uri(volume: string): string {
@@ -52,7 +64,7 @@ export class DaemonProcess {
     const child = spawn(
       process.execPath,
       [...daemonNodeFlags, pxdEntry, "daemon", "--data-dir", this.dataDir, "--listen", this.host, "--nbd-port", String(this.nbdPort), "--api-port", String(this.apiPort), "--peer-port", String(this.peerPort), ...this.extraArgs],
-      { stdio: ["ignore", "pipe", "pipe"] },
+      { stdio: ["ignore", "pipe", "pipe"], env: this.env },
     );
     this.child = child;
     const collect = (d: Buffer): void => {

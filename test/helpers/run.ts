@@ -8,9 +8,16 @@ export interface RunResult {
   stderr: string;
 }
 
-export function run(cmd: string, args: string[], opts: { input?: Buffer; timeoutMs?: number } = {}): Promise<RunResult> {
+export interface RunOptions {
+  input?: Buffer;
+  timeoutMs?: number;
+  env?: NodeJS.ProcessEnv;
+  cwd?: string;
+}
+
+export function run(cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"] });
+    const child = spawn(cmd, args, { stdio: ["pipe", "pipe", "pipe"], ...(opts.env ? { env: opts.env } : {}), ...(opts.cwd ? { cwd: opts.cwd } : {}) });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
@@ -26,7 +33,7 @@ export function run(cmd: string, args: string[], opts: { input?: Buffer; timeout
 }
 
 /** Runs and throws with the program's output unless it exits 0. */
-export async function runOk(cmd: string, args: string[], opts: { input?: Buffer; timeoutMs?: number } = {}): Promise<string> {
+export async function runOk(cmd: string, args: string[], opts: RunOptions = {}): Promise<string> {
   const r = await run(cmd, args, opts);
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")} exited ${r.code}:\n${r.stdout}\n${r.stderr}`);
   return r.stdout;

@@ -5,7 +5,12 @@ import {
   ApiError,
   type AttachmentInfo,
   type AttachRequest,
+  type AuditResponse,
+  type Caller,
   type Controller,
+  type CreateTokenRequest,
+  type RevokeTokenRequest,
+  type TokenInfo,
   type CreateVolumeRequest,
   type DeleteVolumeOptions,
   type DrainNodeRequest,
@@ -97,6 +102,25 @@ export class FakeController implements Controller {
     return Promise.resolve([this.node]);
   }
 
+  clusterId(): string {
+    return "c0ffee";
+  }
+
+  createToken(request: CreateTokenRequest, caller: Caller): Promise<TokenInfo> {
+    this.seen(`createToken ${request.role} ${request.name ?? "-"} by ${caller.name}`);
+    return Promise.resolve({ token: "pxd1.fake.token", id: "0123456789abcdef", name: request.name ?? request.role, role: request.role, expiresAt: "2026-01-02T00:00:00.000Z" });
+  }
+
+  audit(): Promise<AuditResponse> {
+    this.seen("audit");
+    return Promise.resolve({ nodes: [] });
+  }
+
+  revokeToken(request: RevokeTokenRequest): Promise<{ id: string; revoked: boolean }> {
+    this.seen(`revokeToken ${request.id}`);
+    return Promise.resolve({ id: request.id, revoked: true });
+  }
+
   join(request: JoinRequest): Promise<JoinResponse> {
     this.seen(`join ${request.id}`);
     if (request.proof !== "good") return Promise.reject(new ApiError(403, "forbidden", "the join request does not prove the cluster secret"));
@@ -133,6 +157,7 @@ export class FakeController implements Controller {
       createdAt: "2026-01-01T00:00:00.000Z",
       state: "online",
       allocatedBytes: 0,
+      owner: "admin",
       nbdUri: `nbd://127.0.0.1:10809/${request.name}`,
       connections: 0,
       replicas: [{ node: "n1", nodeId: 7, state: "in-sync", leader: true }],

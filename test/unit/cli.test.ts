@@ -2,7 +2,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createServer } from "node:http";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -235,7 +235,9 @@ test("pxd up against a running node creates the volume once and prints how to us
   assert.match(lines[4] ?? "", /^ {2}nbd-client 127\.0\.0\.1 10809 \/dev\/nbd0 -N demo +# with the kernel nbd module$/);
   assert.is(lines[3]?.indexOf("#"), lines[4]?.indexOf("#"));
   assert.is(lines[5], `see it with: pxd --host ${ctx.server.address} status, pxd --host ${ctx.server.address} volume inspect demo`);
-  assert.is(lines[6], `stop it with: pxd down --data-dir ${dataDir}`);
+  assert.is(lines[6], `the admin token is in ${dataDir}/admin.token: export PXD_TOKEN_FILE=${dataDir}/admin.token`);
+  assert.is(lines[7], `stop it with: pxd down --data-dir ${dataDir}`);
+  assert.is(statSync(join(dataDir, "admin.token")).mode & 0o777, 0o600, "pxd up's token is the user's alone");
   assert.is(ctx.controller.volumes.get("demo")?.sizeBytes, 2 * 1024 ** 3);
   assert.not.ok(existsSync(join(dataDir, "node1", "daemon.pid")), "no daemon was started: one answered");
 

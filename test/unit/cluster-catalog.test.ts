@@ -33,7 +33,7 @@ import {
   type CatalogCommand,
   type CatalogState,
 } from "../../src/cluster/index.js";
-import { catalogCommandBytesMax, catalogNodesMax, catalogRefusalsMax, catalogTimeMsMax, checkClusterConstants, volumeBytesMax } from "../../src/constants.js";
+import { catalogCommandBytesMax, catalogNodesMax, catalogRefusalsMax, catalogRevokedTokensMax, catalogTimeMsMax, checkClusterConstants, volumeBytesMax } from "../../src/constants.js";
 
 const GiB = 1024 ** 3;
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
@@ -170,7 +170,7 @@ test("removeNode is refused while the node holds replicas, unless forced; force 
 test("createVolume assigns increasing ids that are never reused, and places replicas", () => {
   const s = cluster(3);
   const a = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 42 }).volume!;
-  assert.equal(a, { id: 1, name: "a", sizeBytes: GiB, repl: 2, nodes: [1, 2], zones: false, shared: false, attachments: [], createdAt: 42 });
+  assert.equal(a, { id: 1, name: "a", sizeBytes: GiB, repl: 2, nodes: [1, 2], zones: false, shared: false, attachments: [], owner: "", createdAt: 42 });
   must(s, { kind: "deleteVolume", name: "a" });
   const b = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 43 }).volume!;
   assert.is(b.id, 2, "a deleted volume's id (its Raft group) is not reused");
@@ -642,7 +642,7 @@ test("damaged and inconsistent snapshots are refused with the reason", () => {
     return withCrc(out); // the real checksum, so only the content is wrong
   };
   const body = packr.unpack(good.subarray(5)) as Record<string, any>;
-  refusedWith(reseal({ ...body, extra: 1 }), /expected appliedIndex, nextVolumeId, nodes, volumes, settings, refusals/);
+  refusedWith(reseal({ ...body, extra: 1 }), /expected appliedIndex, nextVolumeId, nodes, volumes, settings, refusals, revokedTokens/);
   refusedWith(reseal({ ...body, nextVolumeId: 1 }), /has id 1, not below the next id 1/);
   refusedWith(reseal({ ...body, volumes: [{ ...body.volumes[0], nodes: [1, 3] }] }), /replica on node 3, which is not in the catalog/);
   refusedWith(reseal({ ...body, nodes: [{ ...body.nodes[0], name: "" }, body.nodes[1]] }), /node record 0: addNode: field "name"/);
@@ -654,7 +654,16 @@ test("damaged and inconsistent snapshots are refused with the reason", () => {
   // A snapshot from before attachments (no shared, no attachments) loads: nothing was shared or attached then.
   const { shared: _shared, attachments: _attachments, ...older } = body.volumes[0];
   assert.equal(decodeCatalogSnapshot(reseal({ ...body, volumes: [older] })).volumes.get("db"), s.volumes.get("db"));
-  refusedWith(reseal({ ...body, volumes: [{ ...older, shared: false }] }), /expected id, name, sizeBytes, repl, nodes, zones, shared, attachments, createdAt/);
+  refusedWith(reseal({ ...body, volumes: [{ ...older, shared: false }] }), /expected id, name, sizeBytes, repl, nodes, zones, shared, attachments, owner, createdAt/);
+  // Nor one from before owners and revocations: no volume had an owner (only admins reach it), no token was revoked.
+  const { owner: _owner, ...unowned } = body.volumes[0];
+  const { revokedTokens: _revoked, ...unrevoked } = body;
+  const fromBefore = decodeCatalogSnapshot(reseal({ ...unrevoked, volumes: [unowned] }));
+  assert.equal(fromBefore.volumes.get("db")?.owner, "");
+  assert.equal(fromBefore.revokedTokens.size, 0);
+  refusedWith(reseal({ ...body, volumes: [{ ...body.volumes[0], owner: "bad name" }] }), /field "owner"/);
+  refusedWith(reseal({ ...body, revokedTokens: [["xyz", 5]] }), /revokedTokens\[0\] must be an \[id, expiresAt\] pair/);
+  refusedWith(reseal({ ...body, revokedTokens: [["00000000000000bb", 5], ["00000000000000aa", 5]] }), /in id order/);
   refusedWith(reseal([]), /body must be an object/);
   const refusal = { index: 2, kind: "createVolume", code: "invalid", error: "x" };
   refusedWith(reseal({ ...body, refusals: [{ ...refusal, kind: "drop" }] }), /refusal record 0: unknown kind/);
@@ -663,6 +672,28 @@ test("damaged and inconsistent snapshots are refused with the reason", () => {
   refusedWith(reseal({ ...body, refusals: [{ ...refusal, index: 99 }] }), /after the applied index/);
   refusedWith(reseal({ ...body, refusals: Array(17).fill(refusal) }), /refusals must be a list of at most 16/);
   assert.equal(decodeCatalogSnapshot(reseal(body)), s, "the resealed original decodes");
+});
+
+test("a volume keeps the owner its create named; revoked tokens are remembered until they expire, within a bound, and survive a snapshot", () => {
+  const s = cluster(2);
+  must(s, { kind: "createVolume", name: "mine", sizeBytes: GiB, repl: 1, owner: "alice", at: 1 });
+  assert.is(s.volumes.get("mine")?.owner, "alice");
+  refused(s, { kind: "createVolume", name: "x", sizeBytes: GiB, repl: 1, owner: "no way", at: 1 }, "invalid");
+  const id = (n: number): string => n.toString(16).padStart(16, "0");
+  assert.ok(must(s, { kind: "revokeToken", id: id(1), expiresAt: 100, at: 10 }).changed);
+  assert.not.ok(must(s, { kind: "revokeToken", id: id(1), expiresAt: 100, at: 11 }).changed, "a second revoke changes nothing");
+  must(s, { kind: "revokeToken", id: id(2), expiresAt: 1000, at: 12 });
+  assert.equal([...s.revokedTokens.keys()], [id(1), id(2)]);
+  // A later command drops what expired by its time: every node drops the same.
+  must(s, { kind: "revokeToken", id: id(3), expiresAt: 2000, at: 500 });
+  assert.equal([...s.revokedTokens.keys()], [id(2), id(3)]);
+  refused(s, { kind: "revokeToken", id: "not-hex", expiresAt: 1, at: 1 }, "invalid");
+  assert.equal(decodeCatalogSnapshot(encodeCatalogSnapshot(s)), s);
+  for (let i = s.revokedTokens.size; i < catalogRevokedTokensMax; i++) must(s, { kind: "revokeToken", id: id(1000 + i), expiresAt: 10_000, at: 600 });
+  const full = refused(s, { kind: "revokeToken", id: id(99_999), expiresAt: 10_000, at: 600 }, "limit");
+  assert.match(full, /wait for some to expire/);
+  must(s, { kind: "revokeToken", id: id(99_999), expiresAt: 20_000, at: 10_000 }); // by then the others expired
+  assert.equal([...s.revokedTokens.keys()], [id(99_999)]);
 });
 
 function withCrc(out: Uint8Array): Uint8Array {

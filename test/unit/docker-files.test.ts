@@ -15,6 +15,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
+import { offlineAccess } from "../../src/daemon/access.js";
 import { ApiClient } from "../../src/api/client.js";
 import { defaultApiPort, defaultNbdPort, defaultPeerPort, peerSecretBytesMin } from "../../src/constants.js";
 import { freeBase, nodeHost, waitUntil } from "../helpers/cluster.js";
@@ -586,7 +587,9 @@ test(`the compose command lines start a 3-node cluster (container addresses -> $
   }
   const last = ordered[ordered.length - 1]!;
   await waitUntil(`${last.name} healthy`, async () => healthy(healthEnv.get(last.name)!), 20000);
-  const apis = svc.map((s) => new ApiClient(healthEnv.get(s.name)!["PXD_HOST"]!));
+  // An admin token of the compose file's secret, as an operator would make with pxd auth token create --data-dir.
+  const token = (env: Record<string, string>): string => offlineAccess(env["PXD_CLUSTER_SECRET"]!).mint("admin", "admin", 3_600_000).token;
+  const apis = svc.map((s) => new ApiClient(healthEnv.get(s.name)!["PXD_HOST"]!, { token: token(healthEnv.get(s.name)!) }));
   const dump = (): string => [...logs].map(([n, l]) => `--- ${n}\n${l}`).join("\n");
   try {
     await waitUntil("three nodes up in every node's /v1/status", async () => {

@@ -73,10 +73,10 @@ test("EXPORT_NAME with and without NO_ZEROES", async () => {
   }
 });
 
-test("STARTTLS and unknown options get ERR_UNSUP; negotiation continues", async () => {
+test("STARTTLS on a server without TLS gets ERR_POLICY (spec \"NOTLS mode\"), unknown options ERR_UNSUP; negotiation continues", async () => {
   const c = await RawClient.connect(t.port);
   await c.greet();
-  assert.is((await c.option(OPT.STARTTLS))[0]?.type, REP.ERR_UNSUP);
+  assert.is((await c.option(OPT.STARTTLS))[0]?.type, REP.ERR_POLICY);
   const unknown = await c.option(77, Buffer.from("payload"));
   assert.is(unknown[0]?.type, REP.ERR_UNSUP);
   assert.is(unknown[0]?.option, 77);
