@@ -67,7 +67,7 @@ function size(n) {
 function num(n, digits) { return n === undefined || n === null ? "-" : Number(n).toFixed(digits || 0); }
 
 // The API wants a token (docs/security.md): the page takes one from its
-// address once (http://NODE:9001/#token=TOKEN, then drops it from the
+// address once (NODE:9001/#token=TOKEN, then drops it from the
 // address) or from the form it shows after a 401 or 403, keeps it for this
 // browser tab only (sessionStorage), and sends it as a bearer token.
 var tokenKey = "pxd-token";
