@@ -253,7 +253,7 @@ function instructions(status: NodeStatus, volume: VolumeInfo, o: UpOptions): str
     `pxd is running: ${up.length} node${up.length === 1 ? "" : "s"} (${addresses}), data and logs in ${o.dataDir}/node*`,
     `volume "${volume.name}" (${formatSize(volume.sizeBytes)}, ${volume.repl} replica${volume.repl === 1 ? "" : "s"}) is exported at ${uri} (and on every node)`,
     ...commands.map(([c, note]) => `  ${note ? `${c.padEnd(width)}   ${note}` : c}`),
-    `see it with: ${pxd}${hostHint} status, ${pxd}${hostHint} volume inspect ${volume.name}`,
+    `see it with: ${pxd}${hostHint} status, ${pxd}${hostHint} volume inspect ${volume.name}, or the web console at http://${api}/ (it asks for a token: ${pxd}${hostHint} auth token create --role read-only)`,
     o.dataDir === ".pxd"
       ? `the CLI finds the admin token in ${localClusterTokenFile} when run from this directory; elsewhere: export PXD_TOKEN_FILE=${resolve(o.dataDir, adminTokenFile)}`
       : `the admin token is in ${join(o.dataDir, adminTokenFile)}: export PXD_TOKEN_FILE=${resolve(o.dataDir, adminTokenFile)}`,

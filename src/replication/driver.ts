@@ -724,16 +724,33 @@ export class MultiRaft {
    * leader may persist its entries before the Ready that lists them (the
    * core counts them toward a commit only after advance()), and an entry is
    * handed over only right after the last one, so the log stays in order.
+   * Once durable it is committed (applyEarly), without waiting for a Ready.
    */
   private appendEarly(g: Group, index: number, term: number, data: Uint8Array): void {
     const durable = this.o.store.appendRaftEntries(g.id, [this.entryInput(g, index, term, EntryType.normal, data)]);
     // A failure reaches the Ready that lists the entry (its persist waits on this), which stops the group.
-    durable.catch(ignore);
+    durable.then(() => this.applyEarly(g, index, term, data), ignore);
     if (g.earlyThrough !== index - 1 || g.earlyTerm !== term) g.earlyFrom = index;
     g.earlyThrough = index;
     g.earlyTerm = term;
     g.earlyDurable = durable;
     g.appendedThrough = index;
+  }
+
+  /**
+   * An early-appended entry is durable here. While this node leads in the
+   * term it was proposed in and is the group's only voter, that is a quorum:
+   * the entry is committed (the core would say so after the Ready that lists
+   * it, a fdatasync later when that Ready waits on a newer entry's commit), so
+   * it is applied and acknowledged now, if everything before it is applied.
+   * The core hands it out later as committed, and applyCommitted skips it.
+   * Otherwise (another entry before it waits for the core, the term moved,
+   * a voter was added) the core commits it as usual.
+   */
+  private applyEarly(g: Group, index: number, term: number, data: Uint8Array): void {
+    if (index !== g.applied + 1 || this.groups.get(g.id) !== g || g.node.term() !== term || !this.soleVoter(g)) return;
+    this.apply(g, { index, term, type: EntryType.normal, data });
+    this.releaseReads(g);
   }
 
   /** An entry for the store: a command's record carries its checksum when the command has one, and names the range it changes. */
@@ -910,7 +927,9 @@ export class MultiRaft {
 
   private applyCommitted(g: Group, entries: readonly Entry[]): void {
     if (entries.length === 0) return;
-    for (const e of entries) this.apply(g, e);
+    // An entry at or below the applied index was applied as it became durable (applyEarly).
+    for (const e of entries) if (e.index > g.applied) this.apply(g, e);
+    const handed = entries[entries.length - 1]!.index;
     this.releaseReads(g);
     this.storages.get(g.id)?.releaseThrough(this.cachedEntriesDoneThrough(g));
     const snaps = g.sm.snapshots;
@@ -918,7 +937,9 @@ export class MultiRaft {
     // now, not at the next round, the store's Raft index (an object per
     // entry) stays short instead of holding every write of the last
     // compactEveryTicks (which the collector then copies and promotes).
-    if (snaps.kind === "streamed" && this.onlyMember(g)) this.compact(g, g.applied);
+    // Only as far as the core has handed out as committed: an entry applied
+    // early may still be in the core's unstable log, to be listed in a Ready.
+    if (snaps.kind === "streamed" && this.onlyMember(g)) this.compact(g, handed);
     if (snaps.kind !== "inline" || g.savingSnapshot) return;
     const last = Math.max(g.snapshotTriedAt, this.o.store.stateSnapshot(g.id)?.index ?? 0);
     if (g.applied - last >= snaps.everyEntries) this.saveSnapshot(g, snaps);

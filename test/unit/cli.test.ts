@@ -234,7 +234,7 @@ test("pxd up against a running node creates the volume once and prints how to us
   assert.match(lines[3] ?? "", new RegExp(`^ {2}sudo pxd --host ${ctx.server.address.replace(/\./g, "\\.")} volume mount demo /mnt/demo +# ext4 on it`));
   assert.match(lines[4] ?? "", /^ {2}nbd-client 127\.0\.0\.1 10809 \/dev\/nbd0 -N demo +# with the kernel nbd module$/);
   assert.is(lines[3]?.indexOf("#"), lines[4]?.indexOf("#"));
-  assert.is(lines[5], `see it with: pxd --host ${ctx.server.address} status, pxd --host ${ctx.server.address} volume inspect demo`);
+  assert.is(lines[5], `see it with: pxd --host ${ctx.server.address} status, pxd --host ${ctx.server.address} volume inspect demo, or the web console at http://${ctx.server.address}/ (it asks for a token: pxd --host ${ctx.server.address} auth token create --role read-only)`);
   assert.is(lines[6], `the admin token is in ${dataDir}/admin.token: export PXD_TOKEN_FILE=${dataDir}/admin.token`);
   assert.is(lines[7], `stop it with: pxd down --data-dir ${dataDir}`);
   assert.is(statSync(join(dataDir, "admin.token")).mode & 0o777, 0o600, "pxd up's token is the user's alone");
