@@ -311,6 +311,12 @@ export const catalogNodesMax = 1024;
 export const catalogVolumesMax = 65_536;
 /** Replicas of one volume: the voters of its Raft group. */
 export const volumeReplicasMax = 5;
+/** Snapshots of one volume at once (pxd snapshot create past it is refused). */
+export const volumeSnapshotsMax = 64;
+/** Snapshots in the whole catalog; a snapshot past it is refused. */
+export const catalogSnapshotsMax = 4096;
+/** The largest snapshot id: ids are never reused within a volume, and a snapshot's store group id (src/store/store.ts) holds it in 20 bits. */
+export const snapshotIdMax = 2 ** 20 - 1;
 /** Hosts attached to one volume at once (pxd volume attach; more than one only for a --shared volume or read-only). */
 export const volumeAttachmentsMax = 16;
 /** Attachments in the whole catalog; an attach past it is refused. */
@@ -368,7 +374,7 @@ export function checkClusterConstants(): void {
   assert(catalogCommandBytesMax <= raftAppendBytesMax, "a command fits one AppendEntries batch");
   assert(
     catalogSnapshotBytesMax >=
-      catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + volumeReplicasMax * 9) + catalogAttachmentsMax * (3 * catalogNameCharsMax * 4 + 160) + catalogRefusalsMax * (catalogRefusalCharsMax * 4 + 64) + catalogRevokedTokensMax * (apiTokenIdChars + 16),
+      catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + volumeReplicasMax * 9) + catalogAttachmentsMax * (3 * catalogNameCharsMax * 4 + 160) + catalogRefusalsMax * (catalogRefusalCharsMax * 4 + 64) + catalogRevokedTokensMax * (apiTokenIdChars + 16) + catalogSnapshotsMax * (catalogNameCharsMax * 4 + 64),
     "a full catalog fits a snapshot",
   );
   assert(catalogSnapshotBytesMax + 1024 * 1024 <= peerFrameBytesMax, "a full catalog snapshot travels in one Raft message");

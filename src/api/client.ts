@@ -32,6 +32,11 @@ import {
   type SetSettingRequest,
   type SettingInfo,
   type UpdateVolumeRequest,
+  type CreateSnapshotRequest,
+  type RollbackRequest,
+  type RollbackResult,
+  type SnapshotHolding,
+  type SnapshotInfo,
   type VolumeInfo,
   type EventsResponse,
   type VolumeStatsResponse,
@@ -192,6 +197,35 @@ export class ApiClient {
   async volumeServers(name: string): Promise<string[]> {
     const text = (await this.call("GET", `${volumePath(name)}/servers`)).body.toString("utf8");
     return text.split("\n").filter((l) => l !== "");
+  }
+
+  async createSnapshot(volume: string, request: CreateSnapshotRequest): Promise<SnapshotInfo> {
+    return (await this.json("POST", `${volumePath(volume)}/snapshots`, request)) as SnapshotInfo;
+  }
+
+  /** A volume's snapshots, or every volume's (volume undefined). */
+  async listSnapshots(volume?: string): Promise<SnapshotInfo[]> {
+    const path = volume === undefined ? "/v1/snapshots" : `${volumePath(volume)}/snapshots`;
+    const body = (await this.json("GET", path)) as { snapshots?: unknown };
+    if (!Array.isArray(body.snapshots)) throw this.badAnswer(`GET ${path}`, "it has no snapshots array");
+    return body.snapshots as SnapshotInfo[];
+  }
+
+  async inspectSnapshot(volume: string, snapshot: string): Promise<SnapshotInfo> {
+    return (await this.json("GET", snapshotPath(volume, snapshot))) as SnapshotInfo;
+  }
+
+  /** Whether the answering node holds the snapshot, and its space there. */
+  async snapshotHolding(volume: string, snapshot: string): Promise<SnapshotHolding> {
+    return (await this.json("GET", `${snapshotPath(volume, snapshot)}?local=true`)) as SnapshotHolding;
+  }
+
+  async deleteSnapshot(volume: string, snapshot: string): Promise<void> {
+    await this.call("DELETE", snapshotPath(volume, snapshot));
+  }
+
+  async rollbackVolume(volume: string, request: RollbackRequest): Promise<RollbackResult> {
+    return (await this.json("POST", `${volumePath(volume)}/rollback`, request)) as RollbackResult;
   }
 
   async updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo> {
@@ -410,4 +444,8 @@ function readAnswer(response: IncomingMessage, display: string, finish: (err: Er
 
 function volumePath(name: string): string {
   return `/v1/volumes/${encodeURIComponent(name)}`;
+}
+
+function snapshotPath(volume: string, snapshot: string): string {
+  return `${volumePath(volume)}/snapshots/${encodeURIComponent(snapshot)}`;
 }

@@ -18,6 +18,9 @@ import { ApiError, type ApiErrorBody, type AuditEvent, type Authenticator, type 
 import {
   checkPathName,
   checkVolumeName,
+  parseCreateSnapshotRequest,
+  parseRollbackRequest,
+  snapshotNameProblem,
   hostNamePattern,
   jsonNestsDeeper,
   parseAttachRequest,
@@ -118,6 +121,12 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
     checkVolumeName(name);
     return name;
   };
+  const snapshotParam = (params: string[]): string => {
+    const name = params[1] ?? "";
+    const problem = snapshotNameProblem(name);
+    if (problem !== null) throw new ApiError(400, "invalid_name", problem);
+    return name;
+  };
   const pathName = (what: "setting" | "node", params: string[]): string => {
     const name = params[0] ?? "";
     checkPathName(what, name);
@@ -151,6 +160,35 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
           return { status: 200, json: await controller.updateVolume(name, parseUpdateVolumeRequest(await readJsonBody(request)), caller) };
         },
       },
+    },
+    {
+      pattern: /^\/v1\/volumes\/([^/]*)\/snapshots$/,
+      methods: {
+        GET: async (_request, params, caller) => ({ status: 200, json: { snapshots: await controller.listSnapshots(volumeParam(params), caller) } }),
+        POST: async (request, params, caller) => {
+          const name = volumeParam(params);
+          return { status: 201, json: await controller.createSnapshot(name, parseCreateSnapshotRequest(await readJsonBody(request)), caller) };
+        },
+      },
+    },
+    {
+      pattern: /^\/v1\/volumes\/([^/]*)\/snapshots\/([^/]*)$/,
+      methods: {
+        GET: async (request, params, caller) => {
+          const [volume, snapshot] = [volumeParam(params), snapshotParam(params)];
+          if (parseFlagQuery(requestQuery(request.url ?? ""), "local")) return { status: 200, json: await controller.snapshotHolding(volume, snapshot, caller) };
+          return { status: 200, json: await controller.inspectSnapshot(volume, snapshot, caller) };
+        },
+        DELETE: async (_request, params, caller) => {
+          await controller.deleteSnapshot(volumeParam(params), snapshotParam(params), caller);
+          return { status: 204 };
+        },
+      },
+    },
+    { pattern: /^\/v1\/snapshots$/, methods: { GET: async (_request, _params, caller) => ({ status: 200, json: { snapshots: await controller.listSnapshots(undefined, caller) } }) } },
+    {
+      pattern: /^\/v1\/volumes\/([^/]*)\/rollback$/,
+      methods: { POST: async (request, params, caller) => ({ status: 200, json: await controller.rollbackVolume(volumeParam(params), parseRollbackRequest(await readJsonBody(request)), caller) }) },
     },
     {
       pattern: /^\/v1\/volumes\/([^/]*)\/connections$/,

@@ -260,6 +260,51 @@ export interface VolumeInfo {
   attachments: AttachmentInfo[];
 }
 
+/** A snapshot of a volume (pxd snapshot): read-only, exported over NBD as VOLUME@NAME. */
+export interface SnapshotInfo {
+  volume: string;
+  name: string;
+  id: number;
+  /** When it was taken (ISO 8601, the catalog leader's clock). */
+  createdAt: string;
+  /** The volume's size when it was taken. */
+  sizeBytes: number;
+  nbdUri: string;
+  /** Inspect only: the nodes that hold it (a replica copied in after it was taken does not), and its space as the first of them counts it. */
+  holders?: string[];
+  /** Bytes it maps. */
+  allocatedBytes?: number;
+  /** Bytes only it maps: what deleting it frees. */
+  exclusiveBytes?: number;
+}
+
+/** POST /v1/volumes/NAME/snapshots */
+export interface CreateSnapshotRequest {
+  name: string;
+}
+
+/** POST /v1/volumes/NAME/rollback */
+export interface RollbackRequest {
+  snapshot: string;
+}
+
+export interface RollbackResult {
+  volume: string;
+  snapshot: string;
+  /** What the rollback proposed: bytes written from the snapshot, bytes trimmed (where it has holes). */
+  writtenBytes: number;
+  trimmedBytes: number;
+}
+
+/** A node's own view of a snapshot (GET .../snapshots/NAME?local=true): whether it holds it, and its space here. */
+export interface SnapshotHolding {
+  node: string;
+  held: boolean;
+  sizeBytes?: number;
+  allocatedBytes?: number;
+  exclusiveBytes?: number;
+}
+
 /** One host's attachment of a volume, as the catalog records it. */
 export interface AttachmentInfo {
   volume: string;
@@ -483,6 +528,16 @@ export interface Controller {
   disconnectVolume(name: string, caller: Caller): Promise<NodeConnections>;
   /** Changes the replica count; the volume's leader then adds or removes replicas in the background. */
   updateVolume(name: string, request: UpdateVolumeRequest, caller: Caller): Promise<VolumeInfo>;
+  /** Takes a snapshot (forwarded to the meta leader): 409 when the name is taken or the volume has the most snapshots it may. */
+  createSnapshot(volume: string, request: CreateSnapshotRequest, caller: Caller): Promise<SnapshotInfo>;
+  /** The volume's snapshots, or every reachable volume's (volume undefined). */
+  listSnapshots(volume: string | undefined, caller: Caller): Promise<SnapshotInfo[]>;
+  inspectSnapshot(volume: string, snapshot: string, caller: Caller): Promise<SnapshotInfo>;
+  /** Whether this node holds the snapshot, and its space here (what inspect asks each replica node). */
+  snapshotHolding(volume: string, snapshot: string, caller: Caller): Promise<SnapshotHolding>;
+  deleteSnapshot(volume: string, snapshot: string, caller: Caller): Promise<void>;
+  /** Makes the volume what the snapshot holds; refused (409) while the volume is attached or served to an NBD client. */
+  rollbackVolume(volume: string, request: RollbackRequest, caller: Caller): Promise<RollbackResult>;
   /** Records a host's attachment (forwarded to the meta leader); 409 while another host has the volume read-write and it is not shared. */
   attachVolume(name: string, request: AttachRequest, caller: Caller): Promise<VolumeInfo>;
   /** Drops a host's attachment; a host without one is not an error. */

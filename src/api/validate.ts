@@ -4,7 +4,7 @@
 
 import { attachDevicePattern, tokenIdPattern, volumeSizeSectorProblem } from "../cluster/rules.js";
 import { apiTokenIdChars, apiTokenTtlMsMax, catalogNameCharsMax, catalogTimeMsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
-import { ApiError, roles, type AuditQuery, type CreateTokenRequest, type RevokeTokenRequest, type AttachRequest, type CreateVolumeRequest, type DebugProposeRequest, type DrainNodeRequest, type JoinRequest, type ScrubRequest, type SetSettingRequest, type UpdateVolumeRequest } from "./types.js";
+import { ApiError, roles, type AuditQuery, type CreateTokenRequest, type RevokeTokenRequest, type AttachRequest, type CreateVolumeRequest, type DebugProposeRequest, type DrainNodeRequest, type JoinRequest, type ScrubRequest, type SetSettingRequest, type UpdateVolumeRequest, type CreateSnapshotRequest, type RollbackRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
 
 /** A volume name is also an NBD export name and a file name in the data dir. */
@@ -108,6 +108,29 @@ export function parseAttachRequest(body: unknown): AttachRequest {
 export function parseUpdateVolumeRequest(body: unknown): UpdateVolumeRequest {
   const { repl } = objectWithFields(body, ["repl"], ` like {"repl":3}`);
   return { repl: replField(repl) };
+}
+
+export function parseCreateSnapshotRequest(body: unknown): CreateSnapshotRequest {
+  const { name } = objectWithFields(body, ["name"], ` like {"name":"before-upgrade"}`);
+  return { name: snapshotNameField("name", name) };
+}
+
+export function parseRollbackRequest(body: unknown): RollbackRequest {
+  const { snapshot } = objectWithFields(body, ["snapshot"], ` like {"snapshot":"before-upgrade"}`);
+  return { snapshot: snapshotNameField("snapshot", snapshot) };
+}
+
+/** A snapshot's name follows the volume name rule (it is the part after "@" of its NBD export name). */
+export function snapshotNameProblem(name: string): string | null {
+  const problem = volumeNameProblem(name);
+  return problem === null ? null : problem.replace(/^volume name/, "snapshot name");
+}
+
+function snapshotNameField(field: string, v: unknown): string {
+  if (typeof v !== "string") throw invalid(`field "${field}" must be a snapshot name (a string), not ${describe(v)}`);
+  const problem = snapshotNameProblem(v);
+  if (problem !== null) throw invalid(problem);
+  return v;
 }
 
 function replField(repl: unknown): number {

@@ -8,7 +8,7 @@
 export const errorKinds = [
   /** No room: a replica's disk is full (its store stopped for lack of space). NBD_ENOSPC. */
   "ENOSPC",
-  /** The volume takes no writes. Reserved: pxd has no read-only volumes yet. NBD_EPERM. */
+  /** The export takes no writes (a volume snapshot, VOLUME@SNAPSHOT). NBD_EPERM. */
   "EROFS",
   /** The data could not be read or written: a disk error, damaged blocks with no good copy, no leader within the deadline. NBD_EIO. */
   "EIO",

@@ -7,6 +7,7 @@ import { apiScrubTimeoutMs } from "../api/limits.js";
 import { bandwidthArg, checkName, clientFor, replArg, sizeArg } from "./args.js";
 import { CliError } from "./errors.js";
 import { registerAttach } from "./attach.js";
+import { registerSnapshot } from "./snapshot.js";
 import { waitForReplicas } from "./progress.js";
 import { json, nodeTable, scrubTable, settingsTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
 
@@ -140,6 +141,7 @@ export function registerVolume(program: Command): void {
     });
 
   registerAttach(volume, program);
+  registerSnapshot(program, volume);
 
   volume
     .command("list")

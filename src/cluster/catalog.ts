@@ -10,13 +10,14 @@
 // half-applied command behind. A refusal is itself part of the state: the
 // latest are remembered (`refusals`), the same on every node.
 
-import { catalogAttachmentsMax, catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogRevokedTokensMax, catalogVolumesMax, sectorBytes, volumeAttachmentsMax, volumeBytesMax } from "../constants.js";
+import { catalogAttachmentsMax, catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogRevokedTokensMax, catalogSnapshotsMax, catalogVolumesMax, sectorBytes, volumeAttachmentsMax, volumeBytesMax, volumeSnapshotsMax } from "../constants.js";
 import {
   catalogSettings,
   commandKindOf,
   decodeEntry,
   validateCommand,
   type AddNode,
+  type AddSnapshot,
   type AttachVia,
   type AttachVolume,
   type CatalogCommand,
@@ -28,6 +29,7 @@ import {
   type NodeHealth,
   type NodeLabels,
   type RemoveNode,
+  type RemoveSnapshot,
   type ResizeVolume,
   type RevokeToken,
   type SetReplicas,
@@ -74,6 +76,19 @@ export interface CatalogVolume {
   attachments: CatalogAttachment[];
   /** Who created it (an API token's name); "" for a volume from before owners, which only admins reach. */
   owner: string;
+  createdAt: number;
+  /** Its snapshots, in id order (pxd snapshot create). */
+  snapshots: CatalogSnapshot[];
+  /** The id the next snapshot takes at least: ids are never reused. */
+  nextSnapshotId: number;
+}
+
+/** A snapshot of a volume (its group took it: an entry of the volume's own Raft log). */
+export interface CatalogSnapshot {
+  id: number;
+  name: string;
+  /** The volume's size when it was taken. */
+  sizeBytes: number;
   createdAt: number;
 }
 
@@ -235,6 +250,10 @@ function dispatch(state: CatalogState, c: CatalogCommand): Outcome {
       return setSetting(state, c);
     case "revokeToken":
       return revokeToken(state, c);
+    case "addSnapshot":
+      return addSnapshot(state, c);
+    case "removeSnapshot":
+      return removeSnapshot(state, c);
   }
 }
 
@@ -404,7 +423,7 @@ function placeVolume(state: CatalogState, c: CreateVolume): { ok: true; nodes: n
 function createVolume(state: CatalogState, c: CreateVolume): Outcome {
   const placed = placeVolume(state, c);
   if (!placed.ok) return placed;
-  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, shared: c.shared === true, attachments: [], owner: c.owner ?? "", createdAt: c.at };
+  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, shared: c.shared === true, attachments: [], owner: c.owner ?? "", createdAt: c.at, snapshots: [], nextSnapshotId: 1 };
   state.nextVolumeId++;
   state.volumes.set(volume.name, volume);
   return { ok: true, changed: true, volume: copyVolume(volume) };
@@ -483,6 +502,37 @@ function resizeVolume(state: CatalogState, c: ResizeVolume): Outcome {
   return { ok: true, changed: true, volume: copyVolume(v) };
 }
 
+function snapshotCount(state: CatalogState): number {
+  let n = 0;
+  for (const v of state.volumes.values()) n += v.snapshots.length;
+  return n;
+}
+
+function addSnapshot(state: CatalogState, c: AddSnapshot): Outcome {
+  const v = state.volumes.get(c.name);
+  if (v === undefined) return volumeNotFound(c.name);
+  const same = v.snapshots.find((x) => x.name === c.snapshot);
+  if (same !== undefined) {
+    if (same.id === c.id) return { ok: true, changed: false, volume: copyVolume(v) };
+    return fail("exists", `volume ${v.name} has a snapshot named ${JSON.stringify(c.snapshot)} already; pick another name or delete it first`);
+  }
+  if (c.id < v.nextSnapshotId) return fail("conflict", `snapshot id ${c.id} of volume ${v.name} was used before (the next is ${v.nextSnapshotId}); retry`);
+  if (v.snapshots.length >= volumeSnapshotsMax) return fail("limit", `volume ${v.name} has ${v.snapshots.length} snapshots, the most it may; delete some first (pxd snapshot list ${v.name})`);
+  if (snapshotCount(state) >= catalogSnapshotsMax) return fail("limit", `the cluster holds ${catalogSnapshotsMax} snapshots, the most the catalog keeps; delete some first`);
+  v.snapshots = [...v.snapshots, { id: c.id, name: c.snapshot, sizeBytes: c.sizeBytes, createdAt: c.at }];
+  v.nextSnapshotId = c.id + 1;
+  return { ok: true, changed: true, volume: copyVolume(v) };
+}
+
+function removeSnapshot(state: CatalogState, c: RemoveSnapshot): Outcome {
+  const v = state.volumes.get(c.name);
+  if (v === undefined) return volumeNotFound(c.name);
+  const kept = v.snapshots.filter((x) => x.name !== c.snapshot);
+  const changed = kept.length !== v.snapshots.length;
+  v.snapshots = kept;
+  return { ok: true, changed, volume: copyVolume(v) };
+}
+
 function setReplicas(state: CatalogState, c: SetReplicas): Outcome {
   const v = state.volumes.get(c.name);
   if (v === undefined) return volumeNotFound(c.name);
@@ -551,5 +601,5 @@ export function copyNode(n: CatalogNode): CatalogNode {
 }
 
 export function copyVolume(v: CatalogVolume): CatalogVolume {
-  return { ...v, nodes: [...v.nodes], attachments: v.attachments.map((a) => ({ ...a })) };
+  return { ...v, nodes: [...v.nodes], attachments: v.attachments.map((a) => ({ ...a })), snapshots: v.snapshots.map((x) => ({ ...x })) };
 }

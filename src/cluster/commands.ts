@@ -16,6 +16,7 @@ import {
   nodeBytesMax,
   nodeLabelCharsMax,
   nodeLabelsMax,
+  snapshotIdMax,
   volumeBytesMax,
   volumeReplicasMax,
 } from "../constants.js";
@@ -151,6 +152,28 @@ export interface RevokeToken {
   at: number;
 }
 
+/**
+ * A snapshot of a volume, recorded once the volume's group has taken it (an
+ * entry of the volume's own log, docs/architecture.md "Snapshots"). Its id is
+ * the volume's next unused one or higher.
+ */
+export interface AddSnapshot {
+  kind: "addSnapshot";
+  /** The volume's name. */
+  name: string;
+  snapshot: string;
+  id: number;
+  /** The volume's size when it was taken. */
+  sizeBytes: number;
+  at: number;
+}
+
+export interface RemoveSnapshot {
+  kind: "removeSnapshot";
+  name: string;
+  snapshot: string;
+}
+
 export type CatalogCommand =
   | AddNode
   | UpdateNode
@@ -163,7 +186,9 @@ export type CatalogCommand =
   | ResizeVolume
   | SetReplicas
   | SetSetting
-  | RevokeToken;
+  | RevokeToken
+  | AddSnapshot
+  | RemoveSnapshot;
 
 export type CommandKind = CatalogCommand["kind"];
 
@@ -369,6 +394,8 @@ const fieldsOf: Record<CommandKind, readonly string[]> = {
   setReplicas: ["kind", "name", "nodes", "repl", "expect"],
   setSetting: ["kind", "key", "value"],
   revokeToken: ["kind", "id", "expiresAt", "at"],
+  addSnapshot: ["kind", "name", "snapshot", "id", "sizeBytes", "at"],
+  removeSnapshot: ["kind", "name", "snapshot"],
 };
 
 export const commandKinds = Object.keys(fieldsOf) as CommandKind[];
@@ -456,6 +483,16 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
       expiresAt: int(o, k, "expiresAt", 0, catalogTimeMsMax, " (milliseconds since the epoch)"),
       at: at(o, k),
     }),
+  addSnapshot: (o, k) =>
+    pick<AddSnapshot>({
+      kind: k,
+      name: name(o, k),
+      snapshot: name(o, k, "snapshot"),
+      id: int(o, k, "id", 1, snapshotIdMax),
+      sizeBytes: volumeSize(o, k),
+      at: at(o, k),
+    }),
+  removeSnapshot: (o, k) => pick<RemoveSnapshot>({ kind: k, name: name(o, k), snapshot: name(o, k, "snapshot") }),
 };
 
 export type Validated = { ok: true; command: CatalogCommand } | { ok: false; error: string };

@@ -14,9 +14,9 @@
 import { Packr } from "msgpackr";
 import { crc32c } from "../base/crc32c.js";
 import { assert } from "../base/assert.js";
-import { catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogRevokedTokensMax, catalogSnapshotBytesMax, catalogVolumesMax, volumeAttachmentsMax, volumeReplicasMax } from "../constants.js";
+import { catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogRevokedTokensMax, catalogSnapshotBytesMax, catalogSnapshotsMax, catalogVolumesMax, snapshotIdMax, volumeAttachmentsMax, volumeReplicasMax, volumeSnapshotsMax } from "../constants.js";
 import { catalogSettings, commandKinds, describe, validateCommand, type SettingValue } from "./commands.js";
-import { refusalCodes, type CatalogAttachment, type CatalogNode, type CatalogRefusal, type CatalogState, type CatalogVolume } from "./catalog.js";
+import { refusalCodes, type CatalogAttachment, type CatalogNode, type CatalogRefusal, type CatalogSnapshot, type CatalogState, type CatalogVolume } from "./catalog.js";
 
 /** The first byte of every catalog snapshot; a decoder refuses any other. */
 export const catalogSnapshotVersion = 1;
@@ -142,6 +142,8 @@ function volumeRecord(v: CatalogVolume): CatalogVolume {
     attachments: v.attachments.map((a) => ({ host: a.host, device: a.device, via: a.via, readOnly: a.readOnly, node: a.node, at: a.at })),
     owner: v.owner,
     createdAt: v.createdAt,
+    snapshots: v.snapshots.map((x) => ({ id: x.id, name: x.name, sizeBytes: x.sizeBytes, createdAt: x.createdAt })),
+    nextSnapshotId: v.nextSnapshotId,
   };
 }
 
@@ -203,6 +205,8 @@ function volumeOf(raw: unknown, i: number): CatalogVolume {
   if (older) Object.assign(o, { shared: false, attachments: [] });
   // Nor one written before volume owners: such a volume has none, and only admins reach it.
   if (!Object.prototype.hasOwnProperty.call(o, "owner")) o["owner"] = "";
+  // Nor one written before volume snapshots: it had none.
+  if (!Object.prototype.hasOwnProperty.call(o, "snapshots") && !Object.prototype.hasOwnProperty.call(o, "nextSnapshotId")) Object.assign(o, { snapshots: [], nextSnapshotId: 1 });
   exactKeys(o, Object.keys(volumeRecord(exampleVolume)), what);
   const owner = o["owner"] === "" ? {} : { owner: o["owner"] };
   const c = validateCommand({ kind: "createVolume", name: o["name"], sizeBytes: o["sizeBytes"], repl: o["repl"], ...owner, at: o["createdAt"] });
@@ -213,7 +217,24 @@ function volumeOf(raw: unknown, i: number): CatalogVolume {
   if (typeof o["shared"] !== "boolean") throw new CatalogSnapshotError(`${what}: shared must be true or false, not ${describe(o["shared"])}`);
   const volumeName = c.command.name;
   const attachments = list(o["attachments"], `${what}: attachments`, volumeAttachmentsMax).map((raw, j) => attachmentOf(raw, volumeName, `${what}: attachments[${j}]`));
-  return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], shared: o["shared"], attachments, owner: c.command.owner ?? "", createdAt: c.command.at };
+  const snapshots = list(o["snapshots"], `${what}: snapshots`, volumeSnapshotsMax).map((raw, j) => snapshotOf(raw, volumeName, `${what}: snapshots[${j}]`));
+  const nextSnapshotId = count(o["nextSnapshotId"], 1, `${what}: nextSnapshotId`);
+  for (const [j, x] of snapshots.entries()) {
+    if (j > 0 && x.id <= snapshots[j - 1]!.id) throw new CatalogSnapshotError(`${what}: snapshots are not in increasing id order at ${x.id}`);
+    if (x.id >= nextSnapshotId) throw new CatalogSnapshotError(`${what}: snapshot id ${x.id} is not below nextSnapshotId ${nextSnapshotId}`);
+    if (snapshots.findIndex((y) => y.name === x.name) !== j) throw new CatalogSnapshotError(`${what}: snapshot name ${JSON.stringify(x.name)} appears twice`);
+  }
+  if (nextSnapshotId > snapshotIdMax + 1) throw new CatalogSnapshotError(`${what}: nextSnapshotId ${nextSnapshotId} is over ${snapshotIdMax + 1}`);
+  return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], shared: o["shared"], attachments, owner: c.command.owner ?? "", createdAt: c.command.at, snapshots, nextSnapshotId };
+}
+
+/** Checks a snapshot record with the bounds of the addSnapshot command that made it. */
+function snapshotOf(raw: unknown, volume: string, what: string): CatalogSnapshot {
+  const o = obj(raw, what);
+  exactKeys(o, ["id", "name", "sizeBytes", "createdAt"], what);
+  const c = validateCommand({ kind: "addSnapshot", name: volume, snapshot: o["name"], id: o["id"], sizeBytes: o["sizeBytes"], at: o["createdAt"] });
+  if (!c.ok || c.command.kind !== "addSnapshot") throw new CatalogSnapshotError(`${what}: ${c.ok ? "not a snapshot" : c.error}`);
+  return { id: c.command.id, name: c.command.snapshot, sizeBytes: c.command.sizeBytes, createdAt: c.command.at };
 }
 
 /** Checks an attachment's fields with the bounds of the attachVolume command that made it. */
@@ -279,12 +300,15 @@ function stateOf(raw: unknown): CatalogState {
     state.nodes.set(n.id, n);
   }
   lastId = 0;
+  let snapshotsSeen = 0;
   for (const [i, raw] of list(o["volumes"], "volumes", catalogVolumesMax).entries()) {
     const v = volumeOf(raw, i);
     if (v.id <= lastId) throw new CatalogSnapshotError(`volume records are not in increasing id order at ${v.id}`);
     if (state.volumes.has(v.name)) throw new CatalogSnapshotError(`volume name ${JSON.stringify(v.name)} appears twice`);
     lastId = v.id;
     state.volumes.set(v.name, v);
+    snapshotsSeen += v.snapshots.length;
+    if (snapshotsSeen > catalogSnapshotsMax) throw new CatalogSnapshotError(`the volumes hold more than ${catalogSnapshotsMax} snapshots`);
   }
   let lastKey = "";
   for (const [i, raw] of list(o["settings"], "settings", Object.keys(catalogSettings).length).entries()) {
@@ -301,5 +325,5 @@ const exampleNode: CatalogNode = {
   id: 1, name: "", address: "", nbdPort: 0, apiPort: 0, peerPort: 0, capacityBytes: 0, freeBytes: 0, usedBytes: 0,
   labels: {}, health: "up", draining: false, addedAt: 0, updatedAt: 0,
 };
-const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, shared: false, attachments: [], owner: "", createdAt: 0 };
+const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, shared: false, attachments: [], owner: "", createdAt: 0, snapshots: [], nextSnapshotId: 1 };
 const exampleRefusal: CatalogRefusal = { index: 1, kind: "unknown", code: "invalid", error: "" };

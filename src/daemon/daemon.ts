@@ -45,6 +45,11 @@ import {
   type CreateTokenRequest,
   type RevokeTokenRequest,
   type TokenInfo,
+  type CreateSnapshotRequest,
+  type RollbackRequest,
+  type RollbackResult,
+  type SnapshotHolding,
+  type SnapshotInfo,
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
@@ -106,7 +111,8 @@ import { checkSameCluster, clusterSecret, joinAddress, keepClusterSecret, makeCa
 import { AuditLog } from "./audit-log.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
-import { ReplicatedVolumeExport } from "./volume-export.js";
+import { ReplicatedVolumeExport, SnapshotExport } from "./volume-export.js";
+import { Snapshots } from "./snapshots.js";
 import { NodeMetrics, type GroupView, type MetricsView } from "./metrics.js";
 import { metricsVolumesMax, sumSamples, VolumeStats, volumeStatsIdleSec } from "./volume-stats.js";
 import { CopyRates } from "./copy-progress.js";
@@ -214,6 +220,7 @@ export class Daemon implements Controller {
   private supervising = false;
   private driver!: MultiRaft;
   private io!: VolumeIo;
+  private snapshots!: Snapshots;
   private repairer!: Repairer;
   private scrubber!: Scrubber;
   private scheduledScrub: Promise<unknown> | undefined;
@@ -346,6 +353,21 @@ export class Daemon implements Controller {
       random: { int: (n) => prng.int(n) },
       deadlineMs: forwardDeadlineMs,
       replicasOf: (group) => this.node.volumeById(group)?.nodes ?? [],
+    });
+    this.snapshots = new Snapshots({
+      nodeId: state.nodeId,
+      catalog: () => this.catalog,
+      store: this.store,
+      io: this.io,
+      driver: this.driver,
+      knownVolume: (name) => this.knownVolume(name),
+      metaLeaderApi: (caller) => this.metaLeaderApi(caller),
+      nodeApi: (n, timeoutMs, token) => this.nodeApi(n, timeoutMs, token),
+      metaCommand: (c) => this.metaCommand(c),
+      catalogError,
+      inUse: (v) => this.inUse(v),
+      nbdUri: (name) => `nbd://${hostPort(this.options.listen, this.nbdPort)}/${name}`,
+      log: (line) => log.info(line),
     });
     this.node = new ClusterNode({
       nodeId: state.nodeId,
@@ -596,6 +618,8 @@ export class Daemon implements Controller {
         return known ? undefined : this.catalogCatchUp();
       },
       open: (name, client) => {
+        const at = name.indexOf("@");
+        if (at > 0) return this.openSnapshot(name.slice(0, at), name.slice(at + 1), client, reaches);
         const v = this.catalog.volumes.get(name);
         if (v === undefined || !reaches(v, client) || (this.fenced.get(name) ?? 0) > Date.now()) return undefined;
         this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
@@ -604,6 +628,18 @@ export class Daemon implements Controller {
         }, this.statsFor(name));
       },
     };
+  }
+
+  /** A snapshot's read-only export (VOLUME@SNAPSHOT); its connections count under that name, not the volume's. */
+  private openSnapshot(volume: string, snapshot: string, client: NbdClient, reaches: (v: CatalogVolume, client: NbdClient) => boolean): SnapshotExport | undefined {
+    const v = this.catalog.volumes.get(volume);
+    const s = v?.snapshots.find((x) => x.name === snapshot);
+    if (v === undefined || s === undefined || !reaches(v, client)) return undefined;
+    const name = `${volume}@${snapshot}`;
+    this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
+    return new SnapshotExport(v, s, this.snapshots.sizeHere(v, s) ?? s.sizeBytes, this.io, this.readBuffers, () => {
+      this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
+    });
   }
 
   // ---- Controller (control API) ----
@@ -831,6 +867,43 @@ export class Daemon implements Controller {
     const closed = answers.reduce((n, a) => n + (a.connections ?? 0), 0);
     const silent = answers.filter((a) => a.connections === undefined).map((a) => a.node);
     this.log.info(`volume ${name} deleted${force ? `; --force closed ${closed} NBD connection(s)${silent.length > 0 ? `, and ${listNames(silent)} did not answer` : ""}` : ""}`);
+  }
+
+  // ---- snapshots (src/daemon/snapshots.ts) ----
+
+  createSnapshot(volume: string, request: CreateSnapshotRequest, caller: Caller): Promise<SnapshotInfo> {
+    return this.snapshots.create(volume, request, caller);
+  }
+
+  listSnapshots(volume: string | undefined, caller: Caller): Promise<SnapshotInfo[]> {
+    return this.snapshots.list(volume, caller);
+  }
+
+  inspectSnapshot(volume: string, snapshot: string, caller: Caller): Promise<SnapshotInfo> {
+    return this.snapshots.inspect(volume, snapshot, caller);
+  }
+
+  snapshotHolding(volume: string, snapshot: string, caller: Caller): Promise<SnapshotHolding> {
+    return this.snapshots.holdingHere(volume, snapshot, caller);
+  }
+
+  deleteSnapshot(volume: string, snapshot: string, caller: Caller): Promise<void> {
+    return this.snapshots.delete(volume, snapshot, caller);
+  }
+
+  rollbackVolume(volume: string, request: RollbackRequest, caller: Caller): Promise<RollbackResult> {
+    return this.snapshots.rollback(volume, request, caller);
+  }
+
+  /** Why the volume may not change under its clients now: attached to a host, or served over NBD by a node (or a node did not answer). */
+  private async inUse(v: CatalogVolume): Promise<string | undefined> {
+    const attached = attachedProblem(v);
+    if (attached !== undefined) return attached;
+    const answers = await this.askEveryNode(
+      (api) => api.volumeConnections(v.name),
+      () => this.connectionsHere(v.name),
+    );
+    return busyProblem(v.name, answers, false);
   }
 
   async volumeConnections(name: string, caller: Caller): Promise<NodeConnections> {

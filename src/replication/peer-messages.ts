@@ -12,10 +12,11 @@
 // not know is ignored (a newer peer's).
 
 import { EntryType, MessageType } from "../raft/types.js";
+import { volumeOpTrailerBytes } from "./volume-op.js";
 
 const messageTypes: readonly unknown[] = Object.values(MessageType);
 const entryTypes: readonly unknown[] = Object.values(EntryType);
-const forwardOps: readonly unknown[] = ["read", "write", "trim", "zero", "zero-nohole", "status"];
+const forwardOps: readonly unknown[] = ["read", "write", "trim", "zero", "zero-nohole", "status", "snapshot", "snap-read", "snap-status"];
 const forwardCodes: readonly unknown[] = ["not-leader", "retry", "io"];
 
 /** Why the message is malformed, or undefined when its shape is right. Never throws. */
@@ -78,6 +79,7 @@ function forwardProblem(m: Record<string, unknown>): string | undefined {
   if (p !== undefined) return p;
   if (!forwardOps.includes(m.op)) return `op ${show(m.op)} is not a volume operation`;
   if (m.op === "write") return m.data instanceof Uint8Array && m.data.length === m.lengthBytes ? undefined : "a write without lengthBytes of data";
+  if (m.op === "snapshot") return m.data instanceof Uint8Array && m.data.length === volumeOpTrailerBytes ? undefined : "a snapshot request without its operation";
   return m.data === null ? undefined : `a ${String(m.op)} with data`;
 }
 

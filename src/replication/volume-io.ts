@@ -16,9 +16,16 @@ import type { Store, StoreExtent } from "../store/store.js";
 import { GroupStoppedError, MultiRaft, NotLeaderError, ProposalDroppedError } from "./driver.js";
 import { errorKindOf, VolumeIoError } from "./errors.js";
 import type { Repairer } from "./repair.js";
+import { snapshotGroupId } from "../store/store.js";
+import { decodeSnapshotOp, encodeSnapshotOp, type SnapshotOp } from "./volume-op.js";
 import { VolumeReplica, type ReplicaPort } from "./volume-replica.js";
 
-export type IoOp = "read" | "write" | "trim" | "zero" | "zero-nohole" | "status";
+/**
+ * "snapshot": a snapshot operation (its entry data, volume-op.ts), proposed on
+ * the leader; "snap-read" and "snap-status": a read of a volume snapshot the
+ * answering node holds (group: the snapshot's group id).
+ */
+export type IoOp = "read" | "write" | "trim" | "zero" | "zero-nohole" | "status" | "snapshot" | "snap-read" | "snap-status";
 
 export interface ForwardRequest {
   kind: "fwd";
@@ -125,6 +132,58 @@ export class VolumeIo {
     return this.route(group, "status", offsetBytes, lengthBytes, null).then((r) => r.extents!);
   }
 
+  /** Takes or drops a snapshot of a volume group on its leader (here or forwarded); retried like a write (the operation is idempotent). */
+  snapshot(group: number, op: SnapshotOp): Promise<void> {
+    return this.change(group, "snapshot", 0, 0, [encodeSnapshotOp(op)]);
+  }
+
+  /**
+   * Rolls the volume back to a snapshot (VolumeReplica.rollback) on this
+   * node, which must lead its group (else NotLeaderError) and hold the
+   * snapshot (else ENOENT, saying so).
+   */
+  rollback(group: number, snapshotId: number): Promise<{ writtenBytes: number; trimmedBytes: number }> {
+    const replica = this.o.driver.stateMachine(group);
+    if (!(replica instanceof VolumeReplica) || this.o.driver.leader(group) !== this.o.nodeId) return Promise.reject(new NotLeaderError(group, this.o.driver.leader(group)));
+    if (!this.o.store.hasGroup(snapshotGroupId(group, snapshotId))) {
+      return Promise.reject(new VolumeIoError("ENOENT", `this node (${this.o.nodeId}) leads volume group ${group} but does not hold that snapshot: its replica was copied in after the snapshot was taken`));
+    }
+    return replica.rollback(this.portOf(group), snapshotId);
+  }
+
+  /**
+   * Reads a volume snapshot: here when this node holds it (a snapshot never
+   * changes: no leader, no barrier), else from a replica of the volume that
+   * holds it, asked in turn.
+   */
+  readSnapshot(group: number, snapshotId: number, offsetBytes: number, lengthBytes: number, into?: Buffer): Promise<Buffer> | Buffer {
+    const id = snapshotGroupId(group, snapshotId);
+    if (this.o.store.hasGroup(id)) return this.o.store.read(id, offsetBytes, lengthBytes, into);
+    return this.fromSnapshotHolder(group, id, "snap-read", offsetBytes, lengthBytes).then((r) => Buffer.from(r.data!.buffer, r.data!.byteOffset, r.data!.byteLength));
+  }
+
+  snapshotStatus(group: number, snapshotId: number, offsetBytes: number, lengthBytes: number): Promise<StoreExtent[]> | StoreExtent[] {
+    const id = snapshotGroupId(group, snapshotId);
+    if (this.o.store.hasGroup(id)) return this.o.store.blockStatus(id, offsetBytes, lengthBytes);
+    return this.fromSnapshotHolder(group, id, "snap-status", offsetBytes, lengthBytes).then((r) => r.extents!);
+  }
+
+  /** Asks the volume's other replicas in turn for a snapshot read; the first that holds it answers. */
+  private async fromSnapshotHolder(group: number, id: number, op: IoOp, offsetBytes: number, lengthBytes: number): Promise<ForwardReply> {
+    const deadline = this.now() + this.o.deadlineMs;
+    const holders = this.o.replicasOf(group).filter((n) => n !== this.o.nodeId);
+    const why: string[] = [];
+    for (const n of holders) {
+      if (this.now() >= deadline) break;
+      const r = await this.forward(n, id, op, offsetBytes, lengthBytes, null, Math.min(deadline, this.now() + forwardAttemptMs));
+      if (r === undefined) why.push(`node ${n} did not answer`);
+      else if (r.error === null) return r;
+      else if (r.error.code === "io" && r.error.kind !== "ENOENT") throw new VolumeIoError(isErrorKind(r.error.kind) ? r.error.kind : "EIO", r.error.message);
+      else why.push(r.error.message);
+    }
+    throw new VolumeIoError("EIO", `no replica of volume group ${group} could serve its snapshot read (${why.join("; ") || "no other replica"})`);
+  }
+
   /** A forwarded request or reply from a peer. */
   receive(from: NodeId, m: ForwardRequest | ForwardReply): void {
     if (m.kind === "fwd-re") {
@@ -184,6 +243,11 @@ export class VolumeIo {
       case "zero":
       case "zero-nohole":
         return replica.writeZeroes(port, offsetBytes, lengthBytes, op === "zero-nohole");
+      case "snapshot": {
+        const s = data?.length === 1 ? decodeSnapshotOp(data[0]!) : undefined;
+        if (s === undefined) return Promise.reject(new VolumeIoError("EINVAL", "a snapshot request carries no snapshot operation"));
+        return replica.snapshot(port, s);
+      }
       default:
         throw new Error(`${op} changes nothing`);
     }
@@ -208,7 +272,7 @@ export class VolumeIo {
     let last = "no leader is known";
     /** Why a replica could not take a change, if one said (its store stopped: no room): the client's error at the deadline. A read finds no leader: EIO. */
     let cause: ErrorKind | undefined;
-    const changes = op !== "read" && op !== "status";
+    const changes = op !== "read" && op !== "status" && op !== "snap-read" && op !== "snap-status";
     let hint: NodeId = 0;
     for (let attempt = 0; ; attempt++) {
       // The connection was opened on a volume this node's catalog knew; now it knows none: deleted.
@@ -287,6 +351,10 @@ export class VolumeIo {
     const ok = (d: Uint8Array | null = null, extents: StoreExtent[] | null = null): ForwardReply => ({ kind: "fwd-re", id: 0, error: null, data: d, extents });
     try {
       switch (op) {
+        case "snap-read":
+        case "snap-status":
+          if (!this.o.store.hasGroup(group)) return { kind: "fwd-re", id: 0, error: { code: "io", kind: "ENOENT", message: `node ${this.o.nodeId} does not hold that snapshot`, leader: 0 }, data: null, extents: null };
+          return op === "snap-read" ? ok(this.o.store.read(group, offsetBytes, lengthBytes)) : ok(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));
         case "read":
           if (!this.readsHere(group)) await this.o.driver.readBarrier(group);
           return ok(await this.o.repairer.read(group, offsetBytes, lengthBytes));

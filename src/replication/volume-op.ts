@@ -26,6 +26,10 @@ export const enum VolumeOpKind {
   Write = 1,
   /** Deallocate whole sectors (TRIM, WRITE_ZEROES); no data. */
   Trim = 2,
+  /** Take a snapshot of the volume (its id in the offset field); no data. */
+  SnapshotCreate = 4,
+  /** Drop a snapshot (its id in the offset field); no data. */
+  SnapshotDelete = 5,
 }
 
 export const volumeOpTrailerBytes = 16;
@@ -130,26 +134,34 @@ function crcsAt(data: Uint8Array, at: number, count: number): Uint32Array {
 /**
  * The CRC32C of a volume entry's whole data (its record payload) folded from
  * the checksums it carries, when its data is exactly the whole blocks they
- * cover; undefined otherwise (the store then hashes it). Only for entries of a
- * volume's group: other data is not a volume op, whatever its last bytes say.
+ * cover; undefined otherwise (the store then hashes it).
  */
-export function entryPayloadCrc(data: Uint8Array): number | undefined {
-  const op = decodeOp(data);
-  return op === undefined ? undefined : opPayloadCrc(op, data);
-}
-
-/** entryPayloadCrc for an entry decoded already. */
 export function opPayloadCrc(op: VolumeOp, data: Uint8Array): number | undefined {
   if (op.crcs === undefined || op.crcs.length === 0) return undefined;
   if (op.offsetBytes % checksumBlockBytes !== 0 || op.lengthBytes !== op.crcs.length * checksumBlockBytes) return undefined;
   return crc32c(data.subarray(op.lengthBytes), foldBlockCrcs(op.crcs, 0, op.crcs.length, checksumBlockBytes));
 }
 
-/** The operation named by an entry's last 16 bytes, read without its data; undefined when they are not a trailer. */
-export function decodeTrailer(trailer: Uint8Array): VolumeOp | undefined {
-  if (trailer.length !== volumeOpTrailerBytes) return undefined;
-  const kind = trailer[0]!;
-  const version = trailer[1]!;
-  if ((version !== 1 && version !== opVersion) || (kind !== VolumeOpKind.Write && kind !== VolumeOpKind.Trim)) return undefined;
-  return { kind, offsetBytes: u32(trailer, 12) * 0x100000000 + u32(trailer, 8), lengthBytes: u32(trailer, 4), crcs: undefined };
+/** A snapshot operation: what a volume's group applies at one log index on every replica. */
+export interface SnapshotOp {
+  kind: VolumeOpKind.SnapshotCreate | VolumeOpKind.SnapshotDelete;
+  snapshotId: number;
+}
+
+/** Entry data for a snapshot operation: the trailer alone, the snapshot id where a write has its offset. */
+export function encodeSnapshotOp(op: SnapshotOp): Uint8Array {
+  assert(Number.isSafeInteger(op.snapshotId) && op.snapshotId > 0 && op.snapshotId < 2 ** 32, "a snapshot id fits the trailer");
+  const out = Buffer.allocUnsafe(volumeOpTrailerBytes);
+  writeTrailer(out, 0, { kind: op.kind, offsetBytes: op.snapshotId, lengthBytes: 0, crcs: undefined }, 0);
+  return out;
+}
+
+/** The snapshot operation an entry carries; undefined for any other entry (decodeOp reads those). */
+export function decodeSnapshotOp(data: Uint8Array): SnapshotOp | undefined {
+  if (data.length !== volumeOpTrailerBytes || data[1] !== opVersion) return undefined;
+  const kind = data[0]!;
+  if (kind !== VolumeOpKind.SnapshotCreate && kind !== VolumeOpKind.SnapshotDelete) return undefined;
+  if ((data[2]! | data[3]!) !== 0 || u32(data, 4) !== 0 || u32(data, 12) !== 0) return undefined;
+  const snapshotId = u32(data, 8);
+  return snapshotId === 0 ? undefined : { kind, snapshotId };
 }

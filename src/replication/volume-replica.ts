@@ -16,17 +16,19 @@
 
 import { assert } from "../base/assert.js";
 import { checksumBlockBytes, recordPayloadBytesMax, sectorBytes } from "../constants.js";
-import { StoreError } from "../store/errors.js";
+import { ChecksumError, StoreError } from "../store/errors.js";
 import { sliceBuffers } from "../store/map-data.js";
 import type { Store } from "../store/store.js";
 import { ChangeMap } from "./changes.js";
 import type { CommandRange, CommandRecord, GroupStateMachine, StreamedSnapshots } from "./state-machine.js";
-import { decodeOp, encodeTrim, encodeWrite, opPayloadCrc, volumeOpOverheadBytes, VolumeOpKind } from "./volume-op.js";
+import { decodeOp, decodeSnapshotOp, encodeSnapshotOp, encodeTrim, encodeWrite, opPayloadCrc, volumeOpOverheadBytes, VolumeOpKind, type SnapshotOp } from "./volume-op.js";
 
 /** Data per proposal: whole sectors, leaving room for the block checksums and the trailer in one store record. */
 export const proposalBytesMax = recordPayloadBytesMax - 2 * checksumBlockBytes;
 assert(proposalBytesMax + volumeOpOverheadBytes(proposalBytesMax) <= recordPayloadBytesMax && proposalBytesMax % sectorBytes === 0, "a proposal fits one record");
 const zeroes = new Uint8Array(proposalBytesMax);
+/** Rollback proposals in flight at once: up to 32 MiB of entries. */
+const rollbackProposalsMax = 8;
 
 /** How a request reaches the group: on its leader, through the driver. */
 export interface ReplicaPort {
@@ -69,7 +71,12 @@ export class VolumeReplica implements GroupStateMachine {
 
   apply(index: number, command: Uint8Array | null): void {
     const op = command === null ? undefined : decodeOp(command);
-    if (op === undefined) return;
+    if (op === undefined) {
+      const s = command === null ? undefined : decodeSnapshotOp(command);
+      if (s?.kind === VolumeOpKind.SnapshotCreate) this.store.takeSnapshot(this.groupId, s.snapshotId, index);
+      else if (s?.kind === VolumeOpKind.SnapshotDelete) this.store.dropSnapshot(this.groupId, s.snapshotId, index);
+      return;
+    }
     if (op.kind === VolumeOpKind.Write) this.store.applyEntryWrite(this.groupId, index, op.offsetBytes, op.lengthBytes, command!.subarray(0, op.lengthBytes), op.crcs);
     else this.store.applyEntryTrim(this.groupId, index, op.offsetBytes, op.lengthBytes);
     const changes = this.changeMap;
@@ -133,6 +140,64 @@ export class VolumeReplica implements GroupStateMachine {
     if (offsetBytes < from) parts.push(this.readModifyWrite(p, offsetBytes, [new Uint8Array(from - offsetBytes)], from - offsetBytes));
     if (to < end) parts.push(this.readModifyWrite(p, to, [new Uint8Array(end - to)], end - to));
     return Promise.all(parts).then(nothing);
+  }
+
+  /** Takes or drops a snapshot: one entry, applied by every replica at the same index. Resolves once applied here. */
+  snapshot(p: ReplicaPort, op: SnapshotOp): Promise<void> {
+    return p.propose(encodeSnapshotOp(op));
+  }
+
+  /**
+   * Makes the volume what snapshot `snapshotId` holds, on the leader that
+   * holds it: every range where the two differ is written from the snapshot
+   * (or trimmed where it has a hole) as ordinary entries, at most
+   * `rollbackProposalsMax` in flight. So every replica ends the same, whether
+   * or not it holds the snapshot itself, and the cost is what changed since
+   * the snapshot (a range whose bytes are the snapshot's already, at another
+   * place in the log, is read and compared, not written). It is not atomic:
+   * an interrupted rollback leaves part of the volume rolled back, and
+   * running it again finishes it. Resolves with the bytes written and trimmed.
+   */
+  async rollback(p: ReplicaPort, snapshotId: number): Promise<{ writtenBytes: number; trimmedBytes: number }> {
+    const runs: { sector: number; count: number; hole: boolean }[] = [];
+    this.store.snapshotDiff(this.groupId, snapshotId, (sector, count, hole) => {
+      for (let done = 0; done < count; ) {
+        const n = Math.min(count - done, proposalBytesMax / sectorBytes);
+        runs.push({ sector: sector + done, count: n, hole });
+        done += n;
+      }
+    });
+    let writtenBytes = 0;
+    let trimmedBytes = 0;
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < runs.length) {
+        const r = runs[next++]!;
+        const offset = r.sector * sectorBytes;
+        const length = r.count * sectorBytes;
+        if (r.hole) {
+          await p.propose(encodeTrim(offset, length));
+          trimmedBytes += length;
+        } else {
+          const data = this.store.readSnapshot(this.groupId, snapshotId, offset, length);
+          if (this.holds(offset, data)) continue; // the same bytes elsewhere in the log (an earlier rollback wrote them)
+          await p.propose(encodeWrite(offset, [data], length));
+          writtenBytes += length;
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: rollbackProposalsMax }, worker));
+    return { writtenBytes, trimmedBytes };
+  }
+
+  /** Whether the volume holds `data` at `offset` here now (a damaged block does not). */
+  private holds(offsetBytes: number, data: Buffer): boolean {
+    try {
+      return this.store.read(this.groupId, offsetBytes, data.length).equals(data);
+    } catch (e) {
+      if (e instanceof ChecksumError) return false;
+      throw e;
+    }
   }
 
   /** Partial sectors: read, merge, write whole sectors; one at a time per volume so neighbours do not undo each other. */

@@ -34,8 +34,65 @@ export class BlockMap {
   readonly crcs = new Map<number, Uint32Array>();
   /** Sectors that hold data (not holes). */
   allocatedSectors = 0;
+  /**
+   * Chunks this map may share with another (a volume snapshot's map and its
+   * volume's, cloneShared): copied before this map changes them, so a change
+   * to one map never shows in the other.
+   */
+  private readonly shared = new Set<number>();
 
   constructor(readonly sectorCount: number) {}
+
+  /**
+   * A map with the same content that shares every chunk with this one until
+   * either changes it (copy on write, per chunk): taking a volume snapshot
+   * costs a pointer per written chunk, and memory grows only with the chunks
+   * written after it.
+   */
+  cloneShared(): BlockMap {
+    const m = new BlockMap(this.sectorCount);
+    for (const [ci, chunk] of this.chunks) {
+      m.chunks.set(ci, chunk);
+      m.crcs.set(ci, this.crcs.get(ci)!);
+      m.shared.add(ci);
+      this.shared.add(ci);
+    }
+    m.allocatedSectors = this.allocatedSectors;
+    return m;
+  }
+
+  /** Shares chunk `ci` with `other` when both hold the same content there (a restart restores every map apart); returns whether it did. */
+  shareChunkWith(other: BlockMap, ci: number): boolean {
+    const mine = this.chunks.get(ci);
+    const theirs = other.chunks.get(ci);
+    if (mine === undefined || theirs === undefined || mine === theirs) return mine !== undefined && mine === theirs;
+    const myCrcs = this.crcs.get(ci)!;
+    const theirCrcs = other.crcs.get(ci)!;
+    for (let i = 0; i < chunkSectors; i++) if (mine[i] !== theirs[i]) return false;
+    for (let i = 0; i < chunkBlocks; i++) if (myCrcs[i] !== theirCrcs[i]) return false;
+    this.chunks.set(ci, theirs);
+    this.crcs.set(ci, theirCrcs);
+    this.shared.add(ci);
+    other.shared.add(ci);
+    return true;
+  }
+
+  /** Whether chunk `ci` is the very same array in both maps (shared, not copied). */
+  sharesChunk(other: BlockMap, ci: number): boolean {
+    const c = this.chunks.get(ci);
+    return c !== undefined && c === other.chunks.get(ci);
+  }
+
+  /** Chunk `ci` to change in place: a private copy first if it may be shared. */
+  private own(ci: number): Float64Array | undefined {
+    const chunk = this.chunks.get(ci);
+    if (chunk === undefined || !this.shared.has(ci)) return chunk;
+    this.shared.delete(ci);
+    const copy = chunk.slice();
+    this.chunks.set(ci, copy);
+    this.crcs.set(ci, this.crcs.get(ci)!.slice());
+    return copy;
+  }
 
   get blockCount(): number {
     return Math.ceil(this.sectorCount / blockSectors);
@@ -48,7 +105,9 @@ export class BlockMap {
   }
 
   setBlockCrc(block: number, crc: number): void {
-    const c = this.crcs.get(Math.floor(block / chunkBlocks));
+    const ci = Math.floor(block / chunkBlocks);
+    this.own(ci);
+    const c = this.crcs.get(ci);
     assert(c !== undefined, "a checksum is kept only for a block that holds data");
     c[block % chunkBlocks] = crc;
   }
@@ -72,6 +131,7 @@ export class BlockMap {
     assert(crcs.length === chunkBlocks && chunk.length === chunkSectors, "a restored chunk is whole");
     this.chunks.set(index, chunk);
     this.crcs.set(index, crcs);
+    this.shared.delete(index);
     for (let i = 0; i < chunk.length; i++) if (chunk[i] !== 0) this.allocatedSectors++;
   }
 
@@ -193,7 +253,7 @@ export class BlockMap {
     while (s < end) {
       const ci = s >>> chunkShift;
       const chunkEnd = Math.min(end, (ci + 1) * chunkSectors);
-      let chunk = this.chunks.get(ci);
+      let chunk = this.own(ci);
       if (chunk === undefined) {
         if (address === 0) {
           s = chunkEnd; // clearing a range that holds nothing
@@ -224,6 +284,7 @@ export class BlockMap {
       if (address === 0 && isEmpty(chunk)) {
         this.chunks.delete(ci);
         this.crcs.delete(ci);
+        this.shared.delete(ci);
       }
     }
     if (freedCount > 0) freed(freedStart, freedCount);

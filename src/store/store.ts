@@ -19,6 +19,7 @@ import {
   checkpointLogBytes,
   sectorBytes,
   segmentBytes,
+  snapshotIdMax,
   volumeBytesMax,
 } from "../constants.js";
 import { BlockMap, blockSectors, chunkBlocks, chunkSectors } from "./block-map.js";
@@ -116,6 +117,13 @@ export class Store {
   /** Segments the last durable checkpoint's Raft indexes point into; GC waits for a newer checkpoint. */
   private checkpointPinned = new Set<number>();
   private compactedSinceCheckpoint = false;
+  /**
+   * A volume snapshot was taken or dropped since the last checkpoint. GC
+   * waits for the next one: a snapshot exists on disk only in a checkpoint
+   * (before it, its volume's log makes it again), and a GC copy of its data
+   * must be replayed into it, never lost because recovery did not know it.
+   */
+  private snapshotsChanged = false;
   private checkpointEnd: LogPosition;
   private bytesAtCheckpoint = 0;
   private checkpointing: Promise<void> | undefined;
@@ -297,6 +305,7 @@ export class Store {
   dropGroup(groupId: number): void {
     const g = this.groups.get(groupId);
     if (g === undefined) return;
+    if (!isSnapshotId(groupId) && !isStagingId(groupId)) for (const s of this.snapshotIds(groupId)) this.dropGroup(snapshotGroupId(groupId, s));
     g.dropped = true;
     this.groups.delete(groupId);
     for (const e of g.raft.all()) this.unpin(e);
@@ -307,6 +316,122 @@ export class Store {
 
   hasGroup(groupId: number): boolean {
     return this.groups.has(groupId);
+  }
+
+  // ---- volume snapshots (docs/architecture.md, "Snapshots") ----
+
+  /**
+   * Takes snapshot `snapshotId` of a volume group as it is after applying
+   * entry `index` (the entry that asks for it): a read-only group whose block
+   * map shares every chunk with the volume's until either changes it. Nothing
+   * is written: the entry is in the group's Raft log, and a restart before the
+   * next checkpoint applies it again. A snapshot of that id that is there
+   * already (an earlier attempt the catalog never recorded) is replaced.
+   */
+  takeSnapshot(groupId: number, snapshotId: number, index: number): void {
+    const g = this.group(groupId);
+    const id = snapshotGroupId(groupId, snapshotId);
+    this.dropGroup(id);
+    const s = newGroup({ groupId: id, sizeBytes: g.sizeBytes });
+    s.map = g.map.cloneShared();
+    s.term = g.term;
+    s.appliedIndex = index;
+    this.groups.set(id, s);
+    s.map.runs(0, s.map.sectorCount, (_s, n, address) => {
+      if (address !== 0) this.addLive(address, n * sectorBytes);
+    });
+    this.snapshotsChanged = true;
+    g.appliedIndex = Math.max(g.appliedIndex, index);
+  }
+
+  /** Drops a volume's snapshot (none there is no error); entry `index` asked for it. Its data becomes garbage for GC. */
+  dropSnapshot(groupId: number, snapshotId: number, index: number): void {
+    const g = this.group(groupId);
+    const id = snapshotGroupId(groupId, snapshotId);
+    if (this.groups.has(id)) {
+      this.dropGroup(id);
+      this.snapshotsChanged = true;
+    }
+    g.appliedIndex = Math.max(g.appliedIndex, index);
+  }
+
+  /** The snapshot ids this node holds of a volume group, ascending. */
+  snapshotIds(groupId: number): number[] {
+    const ids: number[] = [];
+    for (const id of this.groups.keys()) {
+      if (!isSnapshotId(id)) continue;
+      const [volume, snapshot] = snapshotParts(id);
+      if (volume === groupId) ids.push(snapshot);
+    }
+    return ids.sort((a, b) => a - b);
+  }
+
+  /** Reads a snapshot of a volume group (checked like any read: a damaged block throws ChecksumError). */
+  readSnapshot(groupId: number, snapshotId: number, offsetBytes: number, lengthBytes: number, out?: Buffer): Buffer {
+    return this.read(snapshotGroupId(groupId, snapshotId), offsetBytes, lengthBytes, out);
+  }
+
+  /**
+   * Calls `visit` for the maximal runs of sectors where a volume and its
+   * snapshot differ (they map different data; `hole`: the snapshot has none
+   * there, or the volume grew past the snapshot's size). Chunks the two still
+   * share are skipped without a look.
+   */
+  snapshotDiff(groupId: number, snapshotId: number, visit: (sector: number, count: number, hole: boolean) => void): void {
+    const v = this.group(groupId).map;
+    const s = this.group(snapshotGroupId(groupId, snapshotId)).map;
+    const indexes = [...new Set([...v.chunks.keys(), ...s.chunks.keys()])].sort((a, b) => a - b);
+    let runSector = -1;
+    let runCount = 0;
+    let runHole = false;
+    const flush = (): void => {
+      if (runCount > 0) visit(runSector, runCount, runHole);
+      runCount = 0;
+    };
+    for (const ci of indexes) {
+      if (v.sharesChunk(s, ci)) continue;
+      const vc = v.chunks.get(ci);
+      const sc = s.chunks.get(ci);
+      const first = ci * chunkSectors;
+      const end = Math.min(v.sectorCount, first + chunkSectors);
+      for (let sector = first; sector < end; sector++) {
+        const i = sector - first;
+        const theirs = sc === undefined || sector >= s.sectorCount ? 0 : sc[i]!;
+        const mine = vc === undefined ? 0 : vc[i]!;
+        if (mine === theirs) {
+          flush();
+          continue;
+        }
+        const hole = theirs === 0;
+        if (runCount > 0 && (runSector + runCount !== sector || runHole !== hole)) flush();
+        if (runCount === 0) {
+          runSector = sector;
+          runHole = hole;
+        }
+        runCount++;
+      }
+    }
+    flush();
+  }
+
+  /**
+   * A snapshot's space: the bytes it maps, and the bytes only it maps (neither
+   * its volume nor another of the volume's snapshots points at the same data
+   * for the same sector): what deleting it would free.
+   */
+  snapshotUsage(groupId: number, snapshotId: number): { allocatedBytes: number; exclusiveBytes: number } {
+    const s = this.group(snapshotGroupId(groupId, snapshotId));
+    const others = [groupId, ...this.snapshotIds(groupId).filter((x) => x !== snapshotId).map((x) => snapshotGroupId(groupId, x))].map((id) => this.group(id).map);
+    let exclusive = 0;
+    for (const [ci, chunk] of s.map.chunks) {
+      if (others.some((m) => s.map.sharesChunk(m, ci))) continue;
+      const theirs = others.map((m) => m.chunks.get(ci));
+      for (let i = 0; i < chunk.length; i++) {
+        const a = chunk[i]!;
+        if (a !== 0 && !theirs.some((c) => c !== undefined && c[i] === a)) exclusive++;
+      }
+    }
+    return { allocatedBytes: s.map.allocatedSectors * sectorBytes, exclusiveBytes: exclusive * sectorBytes };
   }
 
   sizeOf(groupId: number): number {
@@ -929,6 +1054,7 @@ export class Store {
     }));
     const pinned = checkpointPins(groups);
     this.compactedSinceCheckpoint = false;
+    this.snapshotsChanged = false;
     this.checkpointing = writeCheckpoint(this.disk, { end, groups })
       .then(() => {
         this.checkpointPinned = pinned;
@@ -1116,9 +1242,10 @@ export class Store {
       const candidates = this.gcCandidates(Infinity, false);
       const eligible = this.gcCandidates(this.checkpointEnd.segmentId, true);
       const stale = appendedSince > 0 || this.compactedSinceCheckpoint;
-      if (appendedSince >= checkpointLogBytes || (eligible.length === 0 && candidates.length > 0 && stale)) {
+      if (appendedSince >= checkpointLogBytes || (eligible.length === 0 && candidates.length > 0 && stale) || (this.snapshotsChanged && candidates.length > 0)) {
         await this.checkpoint();
       }
+      if (this.snapshotsChanged && candidates.length > 0) continue; // taken or dropped while the checkpoint was written
       const victim = this.gcCandidates(this.checkpointEnd.segmentId, true)[0];
       if (victim === undefined) return;
       // A segment GC could not empty would be chosen again at once: stop until the next round.
@@ -1248,7 +1375,7 @@ function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map
   const groups = new Map<number, Group>();
   for (const spec of specs) groups.set(spec.groupId, newGroup(spec));
   for (const saved of checkpoint.groups) {
-    const g = groups.get(saved.groupId) ?? stagingFor(groups, saved.groupId);
+    const g = groups.get(saved.groupId) ?? stagingFor(groups, saved.groupId) ?? snapshotFor(groups, saved.groupId, saved.sizeBytes);
     if (g === undefined) continue; // deleted from the catalog since
     g.term = saved.lastTerm;
     g.appliedIndex = saved.lastIndex;
@@ -1260,6 +1387,7 @@ function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map
       g.map.restoreChunk(index, chunk, saved.crcs?.get(index) ?? new Uint32Array(chunkBlocks));
     }
   }
+  shareSnapshotChunks(groups);
   return groups;
 }
 
@@ -1582,7 +1710,65 @@ function stagingIdOf(groupId: number): number {
 }
 
 function isStagingId(id: number): boolean {
-  return id >= stagingBase;
+  return id >= stagingBase && id < snapshotBase;
+}
+
+/**
+ * A volume snapshot's group id: snapshotBase + snapshot id * 2^32 + the
+ * volume's group id. It holds a block map and no Raft log; only the volume's
+ * own group's entries create and drop it (Store.takeSnapshot).
+ */
+const snapshotBase = 2 ** 42;
+const volumeGroupIdSpan = 2 ** 32;
+
+export function snapshotGroupId(groupId: number, snapshotId: number): number {
+  assert(Number.isSafeInteger(groupId) && groupId > 0 && groupId < volumeGroupIdSpan, "a volume's group id is below 2^32");
+  assert(Number.isSafeInteger(snapshotId) && snapshotId > 0 && snapshotId <= snapshotIdMax, "a snapshot id is in [1, snapshotIdMax]");
+  return snapshotBase + snapshotId * volumeGroupIdSpan + groupId;
+}
+
+function isSnapshotId(id: number): boolean {
+  return id >= snapshotBase;
+}
+
+/** [volume group id, snapshot id] of a snapshot's group id. */
+function snapshotParts(id: number): [number, number] {
+  const rest = id - snapshotBase;
+  return [rest % volumeGroupIdSpan, Math.floor(rest / volumeGroupIdSpan)];
+}
+
+/** Restore: a snapshot group saved in the checkpoint, kept while its volume exists. */
+function snapshotFor(groups: Map<number, Group>, id: number, sizeBytes: number): Group | undefined {
+  if (!isSnapshotId(id) || !groups.has(snapshotParts(id)[0])) return undefined;
+  const g = newGroup({ groupId: id, sizeBytes });
+  groups.set(id, g);
+  return g;
+}
+
+/**
+ * Restore: each map comes back apart; chunks a snapshot holds as its volume
+ * (or the snapshot before it) does are shared again, so a restart does not
+ * multiply the maps' memory by the number of snapshots.
+ */
+function shareSnapshotChunks(groups: Map<number, Group>): void {
+  const byVolume = new Map<number, Group[]>();
+  for (const g of groups.values()) {
+    if (!isSnapshotId(g.id)) continue;
+    const [volume] = snapshotParts(g.id);
+    let list = byVolume.get(volume);
+    if (list === undefined) byVolume.set(volume, (list = []));
+    list.push(g);
+  }
+  for (const [volume, snapshots] of byVolume) {
+    const v = groups.get(volume)!;
+    snapshots.sort((a, b) => a.id - b.id);
+    for (let i = 0; i < snapshots.length; i++) {
+      const s = snapshots[i]!;
+      for (const ci of [...s.map.chunks.keys()]) {
+        if (!s.map.shareChunkWith(v.map, ci) && i > 0) s.map.shareChunkWith(snapshots[i - 1]!.map, ci);
+      }
+    }
+  }
 }
 
 function baseOfStaging(id: number): number {

@@ -10,6 +10,7 @@
 import { EntryType } from "../../src/raft/types.js";
 import type { Store } from "../../src/store/store.js";
 import { VolumeReplica, type ReplicaPort } from "../../src/replication/volume-replica.js";
+import type { SnapshotOp } from "../../src/replication/volume-op.js";
 
 const term = 1;
 
@@ -31,6 +32,17 @@ export class StoreWrites {
   writeZeroes(groupId: number, offsetBytes: number, lengthBytes: number, noHole: boolean): Promise<void> {
     const r = this.of(groupId);
     return r.replica.writeZeroes(r.port, offsetBytes, lengthBytes, noHole);
+  }
+
+  /** Takes or drops a snapshot through the volume's log, as its group's leader does. */
+  snapshot(groupId: number, op: SnapshotOp): Promise<void> {
+    const r = this.of(groupId);
+    return r.replica.snapshot(r.port, op);
+  }
+
+  rollback(groupId: number, snapshotId: number): Promise<{ writtenBytes: number; trimmedBytes: number }> {
+    const r = this.of(groupId);
+    return r.replica.rollback(r.port, snapshotId);
   }
 
   /**

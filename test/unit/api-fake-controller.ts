@@ -26,6 +26,11 @@ import {
   type VolumeInfo,
   type EventsResponse,
   type VolumeStatsResponse,
+  type CreateSnapshotRequest,
+  type RollbackRequest,
+  type RollbackResult,
+  type SnapshotHolding,
+  type SnapshotInfo,
 } from "../../src/api/types.js";
 
 export class FakeController implements Controller {
@@ -186,6 +191,48 @@ export class FakeController implements Controller {
   listAttachments(): Promise<AttachmentInfo[]> {
     this.seen("listAttachments");
     return Promise.resolve([...this.volumes.values()].flatMap((v) => v.attachments));
+  }
+
+  readonly snapshots: SnapshotInfo[] = [];
+
+  createSnapshot(volume: string, request: CreateSnapshotRequest): Promise<SnapshotInfo> {
+    this.seen(`createSnapshot ${volume} ${request.name}`);
+    const v = this.volumes.get(volume);
+    if (v === undefined) return Promise.reject(new ApiError(404, "not_found", `no volume named "${volume}"`));
+    if (this.snapshots.some((s) => s.volume === volume && s.name === request.name)) return Promise.reject(new ApiError(409, "exists", `volume ${volume} has a snapshot named "${request.name}" already`));
+    const s: SnapshotInfo = { volume, name: request.name, id: this.snapshots.length + 1, createdAt: "2026-01-01T00:00:00.000Z", sizeBytes: v.sizeBytes, nbdUri: `nbd://127.0.0.1:10809/${volume}@${request.name}` };
+    this.snapshots.push(s);
+    return Promise.resolve(s);
+  }
+
+  listSnapshots(volume: string | undefined): Promise<SnapshotInfo[]> {
+    this.seen(`listSnapshots ${volume ?? "*"}`);
+    return Promise.resolve(this.snapshots.filter((s) => volume === undefined || s.volume === volume));
+  }
+
+  inspectSnapshot(volume: string, snapshot: string): Promise<SnapshotInfo> {
+    this.seen(`inspectSnapshot ${volume} ${snapshot}`);
+    const s = this.snapshots.find((x) => x.volume === volume && x.name === snapshot);
+    return s === undefined ? Promise.reject(new ApiError(404, "not_found", `volume ${volume} has no snapshot named "${snapshot}"`)) : Promise.resolve({ ...s, holders: ["n1"], allocatedBytes: 4096, exclusiveBytes: 0 });
+  }
+
+  snapshotHolding(volume: string, snapshot: string): Promise<SnapshotHolding> {
+    this.seen(`snapshotHolding ${volume} ${snapshot}`);
+    return Promise.resolve({ node: "n1", held: this.snapshots.some((x) => x.volume === volume && x.name === snapshot) });
+  }
+
+  deleteSnapshot(volume: string, snapshot: string): Promise<void> {
+    this.seen(`deleteSnapshot ${volume} ${snapshot}`);
+    const i = this.snapshots.findIndex((x) => x.volume === volume && x.name === snapshot);
+    if (i < 0) return Promise.reject(new ApiError(404, "not_found", `volume ${volume} has no snapshot named "${snapshot}"`));
+    this.snapshots.splice(i, 1);
+    return Promise.resolve();
+  }
+
+  rollbackVolume(volume: string, request: RollbackRequest): Promise<RollbackResult> {
+    this.seen(`rollbackVolume ${volume} ${request.snapshot}`);
+    if (!this.snapshots.some((x) => x.volume === volume && x.name === request.snapshot)) return Promise.reject(new ApiError(404, "not_found", `volume ${volume} has no snapshot named "${request.snapshot}"`));
+    return Promise.resolve({ volume, snapshot: request.snapshot, writtenBytes: 0, trimmedBytes: 0 });
   }
 
   volumeServers(name: string): Promise<string[]> {

@@ -8,7 +8,7 @@ import * as assert from "uvu/assert";
 import { crc32c } from "../../src/base/crc32c.js";
 import { Prng } from "../../src/base/prng.js";
 import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
-import { decodeOp, decodeTrailer, encodeTrim, encodeWrite, entryPayloadCrc, VolumeOpKind } from "../../src/replication/volume-op.js";
+import { decodeOp, decodeSnapshotOp, encodeSnapshotOp, encodeTrim, encodeWrite, opPayloadCrc, VolumeOpKind } from "../../src/replication/volume-op.js";
 import { ChecksumError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
 import { tempDir } from "../helpers/tmp.js";
@@ -19,6 +19,12 @@ function random(n: number, seed = 1): Buffer {
   return b;
 }
 
+/** The whole entry's checksum as the record would carry it without hashing the data, or undefined. */
+function entryPayloadCrc(e: Uint8Array): number | undefined {
+  const op = decodeOp(e);
+  return op === undefined ? undefined : opPayloadCrc(op, e);
+}
+
 test("a write of whole blocks carries each block's checksum, and its whole checksum folds from them", () => {
   const data = random(3 * 4096);
   const e = encodeWrite(8192, [data.subarray(0, 100), data.subarray(100)], data.length);
@@ -27,7 +33,6 @@ test("a write of whole blocks carries each block's checksum, and its whole check
   assert.equal([op?.offsetBytes, op?.lengthBytes], [8192, 3 * 4096]);
   assert.equal([...(op?.crcs ?? [])], [0, 1, 2].map((k) => crc32c(data.subarray(k * 4096, (k + 1) * 4096))));
   assert.is(entryPayloadCrc(e), crc32c(e), "the record's checksum without a pass over the data");
-  assert.equal(decodeTrailer(e.subarray(e.length - 16)), { kind: VolumeOpKind.Write, offsetBytes: 8192, lengthBytes: 3 * 4096, crcs: undefined });
 });
 
 test("a write not made of whole blocks carries the checksums of the blocks it covers whole, and its record is hashed", () => {
@@ -57,6 +62,21 @@ test("trims, version 1 writes, and data that is not a volume op", () => {
   bad.writeUInt16LE(2, bad.length - 14);
   assert.is(decodeOp(bad), undefined);
   assert.is(decodeOp(new Uint8Array(10)), undefined);
+});
+
+test("snapshot operations are trailers alone, which only decodeSnapshotOp reads", () => {
+  const create = encodeSnapshotOp({ kind: VolumeOpKind.SnapshotCreate, snapshotId: 7 });
+  assert.equal(decodeSnapshotOp(create), { kind: VolumeOpKind.SnapshotCreate, snapshotId: 7 });
+  assert.equal(decodeSnapshotOp(encodeSnapshotOp({ kind: VolumeOpKind.SnapshotDelete, snapshotId: 2 ** 20 - 1 })), { kind: VolumeOpKind.SnapshotDelete, snapshotId: 2 ** 20 - 1 });
+  assert.is(decodeOp(create), undefined, "no range: the write path never sees it");
+  assert.is(decodeSnapshotOp(encodeTrim(4096, 8192)), undefined);
+  assert.is(decodeSnapshotOp(encodeWrite(0, [random(4096)], 4096)), undefined);
+  const zeroId = Buffer.from(create);
+  zeroId.writeUInt32LE(0, 8);
+  assert.is(decodeSnapshotOp(zeroId), undefined);
+  const withLength = Buffer.from(create);
+  withLength.writeUInt32LE(512, 4);
+  assert.is(decodeSnapshotOp(withLength), undefined);
 });
 
 test("a replica stores the checksums the leader computed: bytes that changed on the way fail the read", async () => {

@@ -1,0 +1,119 @@
+// pxd snapshot create|list|inspect|delete and pxd volume rollback: thin
+// wrappers over ApiClient (docs/architecture.md, "Snapshots").
+
+import type { Command } from "commander";
+import { formatSize } from "../base/sizes.js";
+import type { SnapshotInfo } from "../api/types.js";
+import { snapshotNameProblem } from "../api/validate.js";
+import { checkName, clientFor } from "./args.js";
+import { UsageError } from "./errors.js";
+import { fields, json, table } from "./format.js";
+
+interface JsonFlag {
+  json?: boolean;
+}
+
+/** A rollback proposes what changed since the snapshot: it may take minutes on a large volume. */
+const rollbackTimeoutMs = 30 * 60 * 1000;
+
+/** "VOLUME@SNAPSHOT", as the NBD export is named, checked. */
+function snapshotRef(ref: string): { volume: string; snapshot: string } {
+  const at = ref.indexOf("@");
+  if (at < 0) throw new UsageError(`${JSON.stringify(ref)} names no snapshot; write VOLUME@SNAPSHOT (pxd snapshot list shows them)`);
+  return { volume: checkName(ref.slice(0, at)), snapshot: checkSnapshotName(ref.slice(at + 1)) };
+}
+
+function checkSnapshotName(name: string): string {
+  const problem = snapshotNameProblem(name);
+  if (problem !== null) throw new UsageError(problem);
+  return name;
+}
+
+/** A default snapshot name from the time, UTC: snap-20261206-194500. */
+function defaultSnapshotName(now: Date): string {
+  const iso = now.toISOString(); // 2026-12-06T19:45:00.123Z
+  return `snap-${iso.slice(0, 10).replaceAll("-", "")}-${iso.slice(11, 19).replaceAll(":", "")}`;
+}
+
+export function snapshotTable(list: SnapshotInfo[]): string {
+  return table(
+    ["VOLUME", "SNAPSHOT", "SIZE", "CREATED", "NBD-URI"],
+    list.map((s) => [s.volume, s.name, formatSize(s.sizeBytes), s.createdAt, s.nbdUri]),
+  );
+}
+
+export function snapshotDetails(s: SnapshotInfo): string {
+  return fields([
+    ["snapshot", `${s.volume}@${s.name}`],
+    ["id", String(s.id)],
+    ["size", formatSize(s.sizeBytes)],
+    ["created", s.createdAt],
+    ["held on", s.holders === undefined ? "-" : s.holders.length === 0 ? "no node answered that it holds it" : s.holders.join(", ")],
+    ["data", s.allocatedBytes === undefined ? "-" : formatSize(s.allocatedBytes)],
+    ["only here", s.exclusiveBytes === undefined ? "-" : `${formatSize(s.exclusiveBytes)} (what deleting it frees)`],
+    ["nbd uri", `${s.nbdUri} (read-only)`],
+  ]);
+}
+
+export function registerSnapshot(program: Command, volume: Command): void {
+  const snapshot = program.command("snapshot").description("take, list, inspect and delete volume snapshots (read-only, exported over NBD as VOLUME@SNAPSHOT)");
+
+  snapshot
+    .command("create")
+    .description("take a crash-consistent snapshot of a volume: every replica takes it at the same point of the volume's log; no data is copied")
+    .argument("<volume>", "volume name")
+    .argument("[name]", "snapshot name (default: snap-YYYYMMDD-HHMMSS, UTC)")
+    .option("--json", "print the API's JSON")
+    .action(async (volumeName: string, name: string | undefined, options: JsonFlag, command: Command) => {
+      const s = await clientFor(command).createSnapshot(checkName(volumeName), { name: checkSnapshotName(name ?? defaultSnapshotName(new Date())) });
+      if (options.json) return console.log(json(s));
+      console.log(`snapshot "${s.volume}@${s.name}" taken: ${formatSize(s.sizeBytes)}, read-only at ${s.nbdUri}`);
+    });
+
+  snapshot
+    .command("list")
+    .alias("ls")
+    .description("list snapshots, of one volume or of all")
+    .argument("[volume]", "volume name")
+    .option("--json", "print the API's JSON: { snapshots: [...] }")
+    .action(async (volumeName: string | undefined, options: JsonFlag, command: Command) => {
+      const list = await clientFor(command).listSnapshots(volumeName === undefined ? undefined : checkName(volumeName));
+      if (options.json) return console.log(json({ snapshots: list }));
+      if (list.length === 0) return console.log(`no snapshots${volumeName ? ` of ${volumeName}` : ""}; take one with "pxd snapshot create ${volumeName ?? "VOLUME"}"`);
+      console.log(snapshotTable(list));
+    });
+
+  snapshot
+    .command("inspect")
+    .description("show one snapshot: the nodes that hold it, its data and the bytes only it holds")
+    .argument("<snapshot>", "VOLUME@SNAPSHOT")
+    .option("--json", "print the API's JSON")
+    .action(async (ref: string, options: JsonFlag, command: Command) => {
+      const { volume: v, snapshot: s } = snapshotRef(ref);
+      const info = await clientFor(command).inspectSnapshot(v, s);
+      console.log(options.json ? json(info) : snapshotDetails(info));
+    });
+
+  snapshot
+    .command("delete")
+    .alias("rm")
+    .description("delete a snapshot; the data only it holds is freed by the store's GC")
+    .argument("<snapshot>", "VOLUME@SNAPSHOT")
+    .action(async (ref: string, _options: unknown, command: Command) => {
+      const { volume: v, snapshot: s } = snapshotRef(ref);
+      await clientFor(command).deleteSnapshot(v, s);
+      console.log(`snapshot "${v}@${s}" deleted`);
+    });
+
+  volume
+    .command("rollback")
+    .description("make a volume hold what one of its snapshots holds; refused while the volume is attached or served to an NBD client")
+    .argument("<volume>", "volume name")
+    .argument("<snapshot>", "snapshot name (pxd snapshot list VOLUME)")
+    .option("--json", "print the API's JSON")
+    .action(async (volumeName: string, snapshotName: string, options: JsonFlag, command: Command) => {
+      const r = await clientFor(command, rollbackTimeoutMs).rollbackVolume(checkName(volumeName), { snapshot: checkSnapshotName(snapshotName) });
+      if (options.json) return console.log(json(r));
+      console.log(`volume "${r.volume}" rolled back to snapshot "${r.snapshot}": ${formatSize(r.writtenBytes)} rewritten, ${formatSize(r.trimmedBytes)} trimmed`);
+    });
+}

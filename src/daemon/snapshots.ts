@@ -1,0 +1,197 @@
+// Volume snapshots through the control API (docs/architecture.md,
+// "Snapshots"). A snapshot is taken by an entry of the volume's own Raft group,
+// so every replica takes it at the same log index; then the catalog records
+// its name. Creating and deleting run on the catalog's leader, one at a time
+// per volume; a rollback runs on the volume's leader, which holds the
+// snapshot and proposes the differences as ordinary writes.
+
+import type { ApiClient } from "../api/client.js";
+import { ApiError, type Caller, type CreateSnapshotRequest, type RollbackRequest, type RollbackResult, type SnapshotHolding, type SnapshotInfo } from "../api/types.js";
+import { errorKindOf } from "../replication/errors.js";
+import type { ApplyResult, CatalogCommand, CatalogNode, CatalogSnapshot, CatalogState, CatalogVolume } from "../cluster/index.js";
+import { volumeSnapshotsMax } from "../constants.js";
+import { NotLeaderError } from "../replication/driver.js";
+import type { MultiRaft } from "../replication/driver.js";
+import { VolumeOpKind } from "../replication/volume-op.js";
+import type { VolumeIo } from "../replication/volume-io.js";
+import { snapshotGroupId, type Store } from "../store/store.js";
+import { checkReach, mayReach } from "./access.js";
+
+/** How long a forwarded rollback may run: it proposes what changed since the snapshot, which may be the whole volume. */
+const rollbackCallTimeoutMs = 30 * 60 * 1000;
+/** How long inspect waits for each replica node's account of a snapshot. */
+const holdingAskTimeoutMs = 2000;
+
+export interface SnapshotContext {
+  readonly nodeId: number;
+  /** The catalog as this node has applied it now. */
+  catalog(): CatalogState;
+  readonly store: Store;
+  readonly io: VolumeIo;
+  readonly driver: MultiRaft;
+  knownVolume(name: string): Promise<CatalogVolume>;
+  metaLeaderApi(caller: Caller): Promise<ApiClient | undefined>;
+  nodeApi(n: CatalogNode, timeoutMs: number, token?: string): ApiClient;
+  metaCommand(command: CatalogCommand): Promise<ApplyResult>;
+  catalogError(r: Extract<ApplyResult, { ok: false }>): ApiError;
+  /** Why the volume may not change under its clients now (attached, or served over NBD by a node, or a node did not answer), or undefined. */
+  inUse(volume: CatalogVolume): Promise<string | undefined>;
+  /** The NBD URI of an export on this node. */
+  nbdUri(exportName: string): string;
+  log(line: string): void;
+}
+
+export class Snapshots {
+  /** Snapshot changes of each volume, one at a time (on the catalog's leader): the next id is read, used, then recorded. */
+  private readonly queues = new Map<string, Promise<unknown>>();
+
+  constructor(private readonly c: SnapshotContext) {}
+
+  async create(volume: string, request: CreateSnapshotRequest, caller: Caller): Promise<SnapshotInfo> {
+    checkReach(caller, await this.c.knownVolume(volume));
+    const leaderApi = await this.c.metaLeaderApi(caller);
+    if (leaderApi) return leaderApi.createSnapshot(volume, request);
+    return this.serially(volume, async () => {
+      const v = this.mustGet(volume);
+      if (v.snapshots.some((s) => s.name === request.name)) throw new ApiError(409, "exists", `volume ${volume} has a snapshot named ${JSON.stringify(request.name)} already; pick another name or delete it first`);
+      if (v.snapshots.length >= volumeSnapshotsMax) throw new ApiError(409, "limit", `volume ${volume} has ${v.snapshots.length} snapshots, the most it may; delete some first (pxd snapshot list ${volume})`);
+      const id = v.nextSnapshotId;
+      await this.groupOp(v, VolumeOpKind.SnapshotCreate, id, `take snapshot ${request.name}`);
+      const result = await this.c.metaCommand({ kind: "addSnapshot", name: volume, snapshot: request.name, id, sizeBytes: v.sizeBytes, at: Date.now() });
+      if (!result.ok) throw this.c.catalogError(result);
+      this.c.log(`volume ${volume}: snapshot ${request.name} taken (id ${id})`);
+      return this.info(this.mustGet(volume), this.mustSnapshot(this.mustGet(volume), request.name));
+    });
+  }
+
+  async list(volume: string | undefined, caller: Caller): Promise<SnapshotInfo[]> {
+    const volumes = volume === undefined ? [...this.c.catalog().volumes.values()].filter((v) => mayReach(caller, v)) : [await this.c.knownVolume(volume)];
+    if (volume !== undefined) checkReach(caller, volumes[0]!);
+    return volumes.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).flatMap((v) => v.snapshots.map((s) => this.info(v, s)));
+  }
+
+  /** The snapshot, with the nodes that hold it and its space as the first of them counts it. */
+  async inspect(volume: string, snapshot: string, caller: Caller): Promise<SnapshotInfo> {
+    const v = await this.c.knownVolume(volume);
+    checkReach(caller, v);
+    const s = this.mustSnapshot(v, snapshot);
+    const answers = await Promise.all(
+      v.nodes.map(async (id): Promise<SnapshotHolding | undefined> => {
+        if (id === this.c.nodeId) return this.holding(v, s);
+        const n = this.c.catalog().nodes.get(id);
+        if (n === undefined) return undefined;
+        return this.c.nodeApi(n, holdingAskTimeoutMs, caller.token).snapshotHolding(volume, snapshot).catch(() => undefined);
+      }),
+    );
+    const holders = answers.filter((a): a is SnapshotHolding => a?.held === true);
+    const first = holders[0];
+    return {
+      ...this.info(v, s),
+      holders: holders.map((h) => h.node),
+      ...(first?.allocatedBytes !== undefined ? { allocatedBytes: first.allocatedBytes } : {}),
+      ...(first?.exclusiveBytes !== undefined ? { exclusiveBytes: first.exclusiveBytes } : {}),
+    };
+  }
+
+  async holdingHere(volume: string, snapshot: string, caller: Caller): Promise<SnapshotHolding> {
+    const v = await this.c.knownVolume(volume);
+    checkReach(caller, v);
+    return this.holding(v, this.mustSnapshot(v, snapshot));
+  }
+
+  async delete(volume: string, snapshot: string, caller: Caller): Promise<void> {
+    checkReach(caller, await this.c.knownVolume(volume));
+    const leaderApi = await this.c.metaLeaderApi(caller);
+    if (leaderApi) return leaderApi.deleteSnapshot(volume, snapshot);
+    await this.serially(volume, async () => {
+      const v = this.mustGet(volume);
+      const s = this.mustSnapshot(v, snapshot);
+      await this.groupOp(v, VolumeOpKind.SnapshotDelete, s.id, `drop snapshot ${snapshot}`);
+      const result = await this.c.metaCommand({ kind: "removeSnapshot", name: volume, snapshot });
+      if (!result.ok) throw this.c.catalogError(result);
+      this.c.log(`volume ${volume}: snapshot ${snapshot} deleted (id ${s.id})`);
+    });
+  }
+
+  /**
+   * Runs on the volume's leader (forwarded there from any node): refused
+   * while the volume is in use, then the differences are proposed.
+   */
+  async rollback(volume: string, request: RollbackRequest, caller: Caller): Promise<RollbackResult> {
+    const v = await this.c.knownVolume(volume);
+    checkReach(caller, v);
+    const s = this.mustSnapshot(v, request.snapshot);
+    const leader = this.c.driver.hasGroup(v.id) ? this.c.driver.leader(v.id) : 0;
+    if (leader !== this.c.nodeId) {
+      const target = leader !== 0 ? leader : this.c.driver.hasGroup(v.id) ? 0 : v.nodes[0];
+      const n = target === undefined || target === 0 ? undefined : this.c.catalog().nodes.get(target);
+      if (n === undefined) throw new ApiError(503, "unavailable", `volume ${volume} has no leader right now; retry in a few seconds`);
+      return this.c.nodeApi(n, rollbackCallTimeoutMs, caller.token).rollbackVolume(volume, request);
+    }
+    const busy = await this.c.inUse(v);
+    if (busy !== undefined) throw new ApiError(409, "busy", `${busy}; a rollback changes the volume under its clients, so detach it and disconnect them first`);
+    this.c.log(`volume ${volume}: rolling back to snapshot ${s.name} (id ${s.id})`);
+    try {
+      const done = await this.c.io.rollback(v.id, s.id);
+      this.c.log(`volume ${volume}: rolled back to snapshot ${s.name}: ${done.writtenBytes} bytes written, ${done.trimmedBytes} trimmed`);
+      return { volume, snapshot: s.name, ...done };
+    } catch (e) {
+      if (e instanceof NotLeaderError) throw new ApiError(503, "unavailable", `volume ${volume}'s leadership moved during the rollback (${e.message}); run it again to finish it`);
+      const kind = errorKindOf(e);
+      if (kind === "ENOENT") throw new ApiError(409, "not_held", (e as Error).message);
+      if (kind !== undefined) throw new ApiError(503, "unavailable", `the rollback of volume ${volume} stopped: ${(e as Error).message}; run it again to finish it`);
+      throw e;
+    }
+  }
+
+  /** The snapshot's group id and size when this node holds it (a SnapshotExport reads it here), else undefined. */
+  sizeHere(v: CatalogVolume, s: CatalogSnapshot): number | undefined {
+    const id = snapshotGroupId(v.id, s.id);
+    return this.c.store.hasGroup(id) ? this.c.store.sizeOf(id) : undefined;
+  }
+
+  private holding(v: CatalogVolume, s: CatalogSnapshot): SnapshotHolding {
+    const node = this.c.catalog().nodes.get(this.c.nodeId)?.name ?? `node-${this.c.nodeId}`;
+    const size = this.sizeHere(v, s);
+    if (size === undefined) return { node, held: false };
+    return { node, held: true, sizeBytes: size, ...this.c.store.snapshotUsage(v.id, s.id) };
+  }
+
+  /** A snapshot entry through the volume's group, on its leader wherever it is; idempotent, so retried across leader changes. */
+  private async groupOp(v: CatalogVolume, kind: VolumeOpKind.SnapshotCreate | VolumeOpKind.SnapshotDelete, snapshotId: number, what: string): Promise<void> {
+    try {
+      await this.c.io.snapshot(v.id, { kind, snapshotId });
+    } catch (e) {
+      const kind = errorKindOf(e);
+      if (kind === undefined) throw e;
+      throw new ApiError(503, "unavailable", `volume ${v.name}'s group did not ${what}: ${(e as Error).message}; retry in a few seconds`);
+    }
+  }
+
+  private serially<T>(volume: string, run: () => Promise<T>): Promise<T> {
+    const before = this.queues.get(volume) ?? Promise.resolve();
+    const mine = before.catch(() => undefined).then(run);
+    const tail = mine.catch(() => undefined);
+    this.queues.set(volume, tail);
+    void tail.then(() => {
+      if (this.queues.get(volume) === tail) this.queues.delete(volume);
+    });
+    return mine;
+  }
+
+  private mustGet(name: string): CatalogVolume {
+    const v = this.c.catalog().volumes.get(name);
+    if (v === undefined) throw new ApiError(404, "not_found", `no volume named "${name}"; see "pxd volume list"`);
+    return v;
+  }
+
+  private mustSnapshot(v: CatalogVolume, name: string): CatalogSnapshot {
+    const s = v.snapshots.find((x) => x.name === name);
+    if (s === undefined) throw new ApiError(404, "not_found", `volume ${v.name} has no snapshot named "${name}"; see "pxd snapshot list ${v.name}"`);
+    return s;
+  }
+
+  private info(v: CatalogVolume, s: CatalogSnapshot): SnapshotInfo {
+    return { volume: v.name, name: s.name, id: s.id, createdAt: new Date(s.createdAt).toISOString(), sizeBytes: s.sizeBytes, nbdUri: this.c.nbdUri(`${v.name}@${s.name}`) };
+  }
+}
