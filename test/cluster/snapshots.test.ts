@@ -1,0 +1,101 @@
+// Volume snapshots on a real 3-node cluster: taken through the volume's Raft
+// group, readable as a read-only NBD export VOLUME@SNAPSHOT from any node
+// (held or not), kept across a SIGKILL, the only space they hold counted by
+// inspect, a rollback refused while a client is connected and then making the
+// volume what the snapshot holds; deleted, the export is gone.
+
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { fileURLToPath } from "node:url";
+import { startCluster, waitUntil, type Cluster } from "../helpers/cluster.js";
+import { run, runOk } from "../helpers/run.js";
+import { ApiError } from "../../src/api/types.js";
+import { RawClient } from "../helpers/nbd-raw-client.js";
+
+const pxd = fileURLToPath(new URL("../../bin/pxd.js", import.meta.url));
+const MiB = 1024 * 1024;
+let c: Cluster;
+
+test.before(async () => {
+  c = await startCluster(4);
+});
+test.after(async () => {
+  await c?.dispose();
+});
+
+function cli(at: number, ...args: string[]): Promise<string> {
+  return runOk(process.execPath, [pxd, "--host", `${c.nodes[at]!.host}:9001`, ...args]);
+}
+
+/** qemu-io's output for the commands; a failed check prints "Pattern verification failed". */
+function qemuIo(uri: string, ...commands: string[]): Promise<string> {
+  // A snapshot's export is read-only: qemu opens it only read-only (-r).
+  return runOk("qemu-io", ["-f", "raw", ...(uri.includes("@") ? ["-r"] : []), uri, ...commands.flatMap((x) => ["-c", x])]);
+}
+
+const before = ["read -P 0x41 0 4M", "read -P 0x42 6M 1M", "read -P 0 7M 9M"];
+const after = ["read -P 0x41 0 1M", "read -P 0x51 1M 1M", "read -P 0x41 2M 2M", "read -P 0x42 6M 1M", "read -P 0x52 10M 2M"];
+
+test("a snapshot is the volume as it was, from every node, through a kill, until it is rolled back to and deleted", async () => {
+  const v = await c.nodes[0]!.api.createVolume({ name: "sv", sizeBytes: 16 * MiB, repl: 3, nodes: ["node1", "node2", "node3"] });
+  assert.is(v.replicas.length, 3);
+  await qemuIo(c.nodes[0]!.uri("sv"), "write -P 0x41 0 4M", "write -P 0x42 6M 1M");
+  const out = await cli(1, "snapshot", "create", "sv", "s1");
+  assert.match(out, /snapshot "sv@s1" taken/);
+  await qemuIo(c.nodes[2]!.uri("sv"), "write -P 0x51 1M 1M", "write -P 0x52 10M 2M");
+
+  // Every node serves both: the three replicas from their own copy, node 4 (no replica) from theirs.
+  for (const n of c.nodes) {
+    assert.not.match(await qemuIo(n.uri("sv@s1"), ...before), /fail/i, `${n.host} reads the snapshot as it was`);
+    assert.not.match(await qemuIo(n.uri("sv"), ...after), /fail/i, `${n.host} reads the volume as it is`);
+  }
+  const refused = await run("qemu-io", ["-f", "raw", c.nodes[0]!.uri("sv@s1"), "-c", "write -P 0x99 0 4k"]);
+  assert.ok(refused.code !== 0 && /Permission denied|read-only/i.test(refused.stdout + refused.stderr), `a writer cannot open the snapshot: ${refused.stdout} ${refused.stderr}`);
+
+  const info = await c.nodes[3]!.api.inspectSnapshot("sv", "s1");
+  assert.equal(info.holders?.sort(), ["node1", "node2", "node3"]);
+  assert.is(info.allocatedBytes, 5 * MiB);
+  assert.is(info.exclusiveBytes, MiB, "only the overwritten MiB is the snapshot's alone");
+  assert.match(await cli(3, "snapshot", "list"), /sv\s+s1\s+16\.0 MiB/);
+
+  // A SIGKILLed replica comes back with the snapshot (its checkpoint or its log).
+  await c.nodes[1]!.kill();
+  await c.nodes[1]!.start();
+  await c.healthy();
+  assert.not.match(await qemuIo(c.nodes[1]!.uri("sv@s1"), ...before), /fail/i, "the restarted node reads the snapshot");
+  // It applies the volume's log again once its leader tells it the commit index.
+  await waitUntil("the restarted node holds the snapshot", async () => (await c.nodes[1]!.api.snapshotHolding("sv", "s1")).held);
+
+  // A rollback is refused while a client has the volume open, then makes it the snapshot.
+  const client = await RawClient.connect(c.nodes[3]!.nbdPort, c.nodes[3]!.host);
+  await client.greet();
+  await client.negotiate("sv");
+  const busy = await c.nodes[2]!.api.rollbackVolume("sv", { snapshot: "s1" }).catch((e: unknown) => e);
+  assert.ok(busy instanceof ApiError && busy.status === 409 && /in use/.test(busy.message), String(busy));
+  client.destroy();
+  await waitUntil("no client on sv", async () => (await Promise.all(c.nodes.map((n) => n.api.volumeConnections("sv")))).every((x) => x.connections === 0));
+  const rolled = await c.nodes[2]!.api.rollbackVolume("sv", { snapshot: "s1" });
+  assert.equal([rolled.writtenBytes, rolled.trimmedBytes], [MiB, 2 * MiB]);
+  for (const n of c.nodes.slice(0, 3)) assert.not.match(await qemuIo(n.uri("sv"), ...before), /fail/i, `${n.host} reads the rolled-back volume`);
+
+  await cli(0, "snapshot", "delete", "sv@s1");
+  assert.equal(await c.nodes[0]!.api.listSnapshots("sv"), []);
+  const gone = await run("nbdinfo", ["--size", c.nodes[0]!.uri("sv@s1")]);
+  assert.ok(gone.code !== 0, "the export is gone");
+  await waitUntil("every replica dropped it", async () => (await Promise.all(c.nodes.slice(0, 3).map((n) => n.api.snapshotHolding("sv", "s1").catch(() => ({ held: false }))))).every((h) => !h.held));
+});
+
+test("names are checked, and taken names refused with a sentence", async () => {
+  await c.nodes[0]!.api.createVolume({ name: "sw", sizeBytes: 4 * MiB, repl: 1 });
+  await c.nodes[0]!.api.createSnapshot("sw", { name: "a" });
+  const again = await c.nodes[1]!.api.createSnapshot("sw", { name: "a" }).catch((e: unknown) => e);
+  assert.ok(again instanceof ApiError && again.status === 409 && /already/.test(again.message), String(again));
+  const bad = await run(process.execPath, [pxd, "--host", `${c.nodes[0]!.host}:9001`, "snapshot", "create", "sw", "no@pe"]);
+  assert.ok(bad.code !== 0 && /snapshot name/.test(bad.stderr), bad.stderr);
+  const missing = await c.nodes[0]!.api.inspectSnapshot("sw", "zz").catch((e: unknown) => e);
+  assert.ok(missing instanceof ApiError && missing.status === 404, String(missing));
+  await c.nodes[0]!.api.deleteVolume("sw");
+  assert.equal(await c.nodes[0]!.api.listSnapshots(), (await c.nodes[0]!.api.listSnapshots()).filter((s) => s.volume !== "sw"));
+});
+
+test.run();
