@@ -170,7 +170,7 @@ test("removeNode is refused while the node holds replicas, unless forced; force 
 test("createVolume assigns increasing ids that are never reused, and places replicas", () => {
   const s = cluster(3);
   const a = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 42 }).volume!;
-  assert.equal(a, { id: 1, name: "a", sizeBytes: GiB, repl: 2, nodes: [1, 2], zones: false, shared: false, attachments: [], owner: "", createdAt: 42 });
+  assert.equal(a, { id: 1, name: "a", sizeBytes: GiB, repl: 2, nodes: [1, 2], zones: false, shared: false, attachments: [], owner: "", createdAt: 42, snapshots: [], nextSnapshotId: 1 });
   must(s, { kind: "deleteVolume", name: "a" });
   const b = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 43 }).volume!;
   assert.is(b.id, 2, "a deleted volume's id (its Raft group) is not reused");
@@ -244,6 +244,29 @@ test("attachVolume: one read-write host unless shared, read-only hosts beside it
   must(s, { kind: "attachVolume", name: "shared", host: "b", via: "kernel", readOnly: false, at: 9 });
   const back = decodeCatalogSnapshot(encodeCatalogSnapshot(s));
   assert.equal(back.volumes.get("shared"), s.volumes.get("shared"));
+});
+
+test("addSnapshot records a volume's snapshot once, never reuses an id, keeps the bounds; removeSnapshot and deleteVolume drop it", () => {
+  const s = cluster(2);
+  must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 2, at: 1 });
+  const v = must(s, { kind: "addSnapshot", name: "db", snapshot: "s1", id: 1, sizeBytes: GiB, at: 5 }).volume!;
+  assert.equal([v.snapshots, v.nextSnapshotId], [[{ id: 1, name: "s1", sizeBytes: GiB, createdAt: 5 }], 2]);
+  assert.is(must(s, { kind: "addSnapshot", name: "db", snapshot: "s1", id: 1, sizeBytes: GiB, at: 6 }).changed, false, "the same snapshot again");
+  refused(s, { kind: "addSnapshot", name: "db", snapshot: "s1", id: 2, sizeBytes: GiB, at: 6 }, "exists", 'volume db has a snapshot named "s1" already; pick another name or delete it first');
+  refused(s, { kind: "addSnapshot", name: "db", snapshot: "s2", id: 1, sizeBytes: GiB, at: 6 }, "conflict", "snapshot id 1 of volume db was used before (the next is 2); retry");
+  refused(s, { kind: "addSnapshot", name: "nope", snapshot: "s2", id: 3, sizeBytes: GiB, at: 6 }, "not_found");
+  refused(s, { kind: "addSnapshot", name: "db", snapshot: "a@b", id: 3, sizeBytes: GiB, at: 6 }, "invalid");
+  must(s, { kind: "addSnapshot", name: "db", snapshot: "s3", id: 5, sizeBytes: GiB, at: 7 });
+  const back = decodeCatalogSnapshot(encodeCatalogSnapshot(s));
+  assert.equal(back.volumes.get("db"), s.volumes.get("db"));
+  assert.is(must(s, { kind: "removeSnapshot", name: "db", snapshot: "s1" }).changed, true);
+  assert.is(must(s, { kind: "removeSnapshot", name: "db", snapshot: "s1" }).changed, false);
+  refused(s, { kind: "addSnapshot", name: "db", snapshot: "s1", id: 4, sizeBytes: GiB, at: 8 }, "conflict");
+  assert.equal(s.volumes.get("db")!.snapshots.map((x) => x.name), ["s3"]);
+  for (let i = 0; i < 63; i++) must(s, { kind: "addSnapshot", name: "db", snapshot: `m${i}`, id: 6 + i, sizeBytes: GiB, at: 9 });
+  refused(s, { kind: "addSnapshot", name: "db", snapshot: "one-more", id: 100, sizeBytes: GiB, at: 9 }, "limit");
+  must(s, { kind: "deleteVolume", name: "db" });
+  assert.is(checkCatalogInvariants(s), null);
 });
 
 test("resizeVolume grows only, and only where the replicas have room", () => {
