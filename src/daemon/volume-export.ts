@@ -71,17 +71,7 @@ export class ReplicatedVolumeExport implements Export {
   }
 
   private readBuffer(offsetBytes: number, lengthBytes: number): Buffer | Promise<Buffer> {
-    const into = this.readBuffers.take(lengthBytes);
-    let r: Buffer | Promise<Buffer>;
-    try {
-      r = this.io.read(this.volume.id, offsetBytes, lengthBytes, into);
-    } catch (e) {
-      this.readBuffers.give(into);
-      return rethrow(e);
-    }
-    if (r === into) return r; // served here, synchronously, into a pooled buffer
-    this.readBuffers.give(into);
-    return (r as Promise<Buffer>).catch(rethrow);
+    return pooledRead(this.readBuffers, lengthBytes, (into) => this.io.read(this.volume.id, offsetBytes, lengthBytes, into));
   }
 
   write(offsetBytes: number, data: readonly Buffer[], lengthBytes: number): Promise<void> {
@@ -146,6 +136,25 @@ export class ReplicatedVolumeExport implements Export {
   }
 }
 
+/**
+ * A read into a pooled buffer: served here, synchronously, it returns that
+ * buffer (the NBD server gives it back once sent); served elsewhere, the
+ * buffer goes back at once and the answer's own is returned.
+ */
+function pooledRead(pool: BufferPool, lengthBytes: number, read: (into: Buffer) => Buffer | Promise<Buffer>): Buffer | Promise<Buffer> {
+  const into = pool.take(lengthBytes);
+  let r: Buffer | Promise<Buffer>;
+  try {
+    r = read(into);
+  } catch (e) {
+    pool.give(into);
+    return rethrow(e);
+  }
+  if (r === into) return r;
+  pool.give(into);
+  return (r as Promise<Buffer>).catch(rethrow);
+}
+
 function rethrow(e: unknown): never {
   throw asBackendError(e);
 }
@@ -185,17 +194,7 @@ export class SnapshotExport implements Export {
   }
 
   read(offsetBytes: number, lengthBytes: number): Buffer | Promise<Buffer> {
-    const into = this.readBuffers.take(lengthBytes);
-    let r: Buffer | Promise<Buffer>;
-    try {
-      r = this.io.readSnapshot(this.volume.id, this.snapshot.id, offsetBytes, lengthBytes, into);
-    } catch (e) {
-      this.readBuffers.give(into);
-      return rethrow(e);
-    }
-    if (r === into) return r;
-    this.readBuffers.give(into);
-    return (r as Promise<Buffer>).catch(rethrow);
+    return pooledRead(this.readBuffers, lengthBytes, (into) => this.io.readSnapshot(this.volume.id, this.snapshot.id, offsetBytes, lengthBytes, into));
   }
 
   release(buffer: Buffer): void {
