@@ -315,6 +315,10 @@ export const volumeReplicasMax = 5;
 export const volumeSnapshotsMax = 64;
 /** Snapshots in the whole catalog; a snapshot past it is refused. */
 export const catalogSnapshotsMax = 4096;
+/** Shortest interval of a volume's snapshot schedule (pxd snapshot schedule --every). */
+export const snapshotEveryMsMin = 60 * 1000;
+/** Longest interval of a snapshot schedule: a year. */
+export const snapshotEveryMsMax = 366 * 24 * 3600 * 1000;
 /** The largest snapshot id: ids are never reused within a volume, and a snapshot's store group id (src/store/store.ts) holds it in 20 bits. */
 export const snapshotIdMax = 2 ** 20 - 1;
 /** Hosts attached to one volume at once (pxd volume attach; more than one only for a --shared volume or read-only). */

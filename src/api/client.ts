@@ -37,6 +37,7 @@ import {
   type RollbackResult,
   type SnapshotHolding,
   type SnapshotInfo,
+  type SnapshotScheduleRequest,
   type VolumeInfo,
   type EventsResponse,
   type VolumeStatsResponse,
@@ -222,6 +223,10 @@ export class ApiClient {
 
   async deleteSnapshot(volume: string, snapshot: string): Promise<void> {
     await this.call("DELETE", snapshotPath(volume, snapshot));
+  }
+
+  async setSnapshotSchedule(volume: string, request: SnapshotScheduleRequest): Promise<VolumeInfo> {
+    return (await this.json("PUT", `${volumePath(volume)}/snapshot-schedule`, request)) as VolumeInfo;
   }
 
   async rollbackVolume(volume: string, request: RollbackRequest): Promise<RollbackResult> {

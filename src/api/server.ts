@@ -20,6 +20,7 @@ import {
   checkVolumeName,
   parseCreateSnapshotRequest,
   parseRollbackRequest,
+  parseSnapshotScheduleRequest,
   snapshotNameProblem,
   hostNamePattern,
   jsonNestsDeeper,
@@ -184,6 +185,10 @@ function routes(controller: Controller, debug: DebugController | undefined): Rou
           return { status: 204 };
         },
       },
+    },
+    {
+      pattern: /^\/v1\/volumes\/([^/]*)\/snapshot-schedule$/,
+      methods: { PUT: async (request, params, caller) => ({ status: 200, json: await controller.setSnapshotSchedule(volumeParam(params), parseSnapshotScheduleRequest(await readJsonBody(request)), caller) }) },
     },
     { pattern: /^\/v1\/snapshots$/, methods: { GET: async (_request, _params, caller) => ({ status: 200, json: { snapshots: await controller.listSnapshots(undefined, caller) } }) } },
     {

@@ -258,6 +258,10 @@ export interface VolumeInfo {
   owner: string;
   /** Hosts that have it attached as a block device. */
   attachments: AttachmentInfo[];
+  /** Its snapshot schedule (pxd snapshot schedule), absent when it has none. */
+  snapshotSchedule?: { everySec: number; keep: number };
+  /** How many snapshots it has. */
+  snapshots: number;
 }
 
 /** A snapshot of a volume (pxd snapshot): read-only, exported over NBD as VOLUME@NAME. */
@@ -281,6 +285,12 @@ export interface SnapshotInfo {
 /** POST /v1/volumes/NAME/snapshots */
 export interface CreateSnapshotRequest {
   name: string;
+}
+
+/** PUT /v1/volumes/NAME/snapshot-schedule: a snapshot every everySec (0: none), the newest `keep` scheduled ones kept. */
+export interface SnapshotScheduleRequest {
+  everySec: number;
+  keep: number;
 }
 
 /** POST /v1/volumes/NAME/rollback */
@@ -536,6 +546,8 @@ export interface Controller {
   /** Whether this node holds the snapshot, and its space here (what inspect asks each replica node). */
   snapshotHolding(volume: string, snapshot: string, caller: Caller): Promise<SnapshotHolding>;
   deleteSnapshot(volume: string, snapshot: string, caller: Caller): Promise<void>;
+  /** Sets or clears the volume's snapshot schedule (forwarded to the meta leader). */
+  setSnapshotSchedule(volume: string, request: SnapshotScheduleRequest, caller: Caller): Promise<VolumeInfo>;
   /** Makes the volume what the snapshot holds; refused (409) while the volume is attached or served to an NBD client. */
   rollbackVolume(volume: string, request: RollbackRequest, caller: Caller): Promise<RollbackResult>;
   /** Records a host's attachment (forwarded to the meta leader); 409 while another host has the volume read-write and it is not shared. */

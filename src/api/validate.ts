@@ -3,8 +3,8 @@
 // message) and the CLI (which checks before it dials).
 
 import { attachDevicePattern, tokenIdPattern, volumeSizeSectorProblem } from "../cluster/rules.js";
-import { apiTokenIdChars, apiTokenTtlMsMax, catalogNameCharsMax, catalogTimeMsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
-import { ApiError, roles, type AuditQuery, type CreateTokenRequest, type RevokeTokenRequest, type AttachRequest, type CreateVolumeRequest, type DebugProposeRequest, type DrainNodeRequest, type JoinRequest, type ScrubRequest, type SetSettingRequest, type UpdateVolumeRequest, type CreateSnapshotRequest, type RollbackRequest } from "./types.js";
+import { apiTokenIdChars, apiTokenTtlMsMax, catalogNameCharsMax, catalogTimeMsMax, snapshotEveryMsMax, snapshotEveryMsMin, volumeBytesMax, volumeReplicasMax, volumeSnapshotsMax } from "../constants.js";
+import { ApiError, roles, type AuditQuery, type CreateTokenRequest, type RevokeTokenRequest, type AttachRequest, type CreateVolumeRequest, type DebugProposeRequest, type DrainNodeRequest, type JoinRequest, type ScrubRequest, type SetSettingRequest, type UpdateVolumeRequest, type CreateSnapshotRequest, type RollbackRequest, type SnapshotScheduleRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
 
 /** A volume name is also an NBD export name and a file name in the data dir. */
@@ -113,6 +113,19 @@ export function parseUpdateVolumeRequest(body: unknown): UpdateVolumeRequest {
 export function parseCreateSnapshotRequest(body: unknown): CreateSnapshotRequest {
   const { name } = objectWithFields(body, ["name"], ` like {"name":"before-upgrade"}`);
   return { name: snapshotNameField("name", name) };
+}
+
+export function parseSnapshotScheduleRequest(body: unknown): SnapshotScheduleRequest {
+  const { everySec, keep } = objectWithFields(body, ["everySec", "keep"], ` like {"everySec":3600,"keep":24}`);
+  const minSec = snapshotEveryMsMin / 1000;
+  const maxSec = snapshotEveryMsMax / 1000;
+  if (typeof everySec !== "number" || !Number.isSafeInteger(everySec) || (everySec !== 0 && (everySec < minSec || everySec > maxSec))) {
+    throw invalid(`field "everySec" must be 0 (no schedule) or whole seconds from ${minSec} to ${maxSec}, not ${describe(everySec)}`);
+  }
+  if (typeof keep !== "number" || !Number.isSafeInteger(keep) || keep < (everySec === 0 ? 0 : 1) || keep > volumeSnapshotsMax) {
+    throw invalid(`field "keep" must be a count from 1 to ${volumeSnapshotsMax} (the most snapshots a volume has), not ${describe(keep)}`);
+  }
+  return { everySec, keep };
 }
 
 export function parseRollbackRequest(body: unknown): RollbackRequest {

@@ -64,6 +64,7 @@ export function volumeDetails(v: VolumeInfo): string {
     ["attached", attachmentSummary(v)],
     ["nbd uri", v.nbdUri],
     ["created", v.createdAt],
+    ["snapshots", `${v.snapshots ?? 0}${v.snapshotSchedule ? `; one every ${formatDuration(v.snapshotSchedule.everySec)}, the newest ${v.snapshotSchedule.keep} kept` : ""} (pxd snapshot list ${v.name})`],
     ["scrubbed", scrubSummary(v.scrub)],
   ]);
 }

@@ -5,9 +5,10 @@ import type { Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import type { SnapshotInfo } from "../api/types.js";
 import { snapshotNameProblem } from "../api/validate.js";
-import { checkName, clientFor } from "./args.js";
+import { checkName, clientFor, durationArg, intArg } from "./args.js";
+import { volumeSnapshotsMax } from "../constants.js";
 import { UsageError } from "./errors.js";
-import { fields, json, table } from "./format.js";
+import { fields, formatDuration, json, table } from "./format.js";
 
 interface JsonFlag {
   json?: boolean;
@@ -103,6 +104,24 @@ export function registerSnapshot(program: Command, volume: Command): void {
       const { volume: v, snapshot: s } = snapshotRef(ref);
       await clientFor(command).deleteSnapshot(v, s);
       console.log(`snapshot "${v}@${s}" deleted`);
+    });
+
+  snapshot
+    .command("schedule")
+    .description("take a snapshot of a volume on a schedule and keep the newest ones it took (named auto-YYYYMMDD-HHMMSS; snapshots taken by hand are never dropped)")
+    .argument("<volume>", "volume name")
+    .option("--every <duration>", "how often: a whole number with m, h or d (at least 1m), e.g. 1h", durationArg)
+    .option("--keep <n>", `how many scheduled snapshots to keep (1-${volumeSnapshotsMax})`, intArg(1, volumeSnapshotsMax, `a volume has at most ${volumeSnapshotsMax} snapshots`))
+    .option("--off", "stop taking scheduled snapshots (those taken stay)")
+    .option("--json", "print the API's JSON (the volume)")
+    .action(async (volumeName: string, options: { every?: number; keep?: number; off?: boolean } & JsonFlag, command: Command) => {
+      if (options.off !== true && options.every === undefined) throw new UsageError("give --every DURATION (and --keep N), or --off");
+      if (options.off === true && (options.every !== undefined || options.keep !== undefined)) throw new UsageError("--off takes no --every or --keep");
+      const everySec = options.off === true ? 0 : Math.floor(options.every! / 1000);
+      const request = { everySec, keep: options.off === true ? 0 : (options.keep ?? 7) };
+      const v = await clientFor(command).setSnapshotSchedule(checkName(volumeName), request);
+      if (options.json) return console.log(json(v));
+      console.log(v.snapshotSchedule === undefined ? `volume "${v.name}": no scheduled snapshots` : `volume "${v.name}": a snapshot every ${formatDuration(v.snapshotSchedule.everySec)}, the newest ${v.snapshotSchedule.keep} kept`);
     });
 
   volume

@@ -34,6 +34,7 @@ import {
   type RevokeToken,
   type SetReplicas,
   type SetSetting,
+  type SetSnapshotSchedule,
   type SettingValue,
   type UpdateNode,
 } from "./commands.js";
@@ -81,6 +82,9 @@ export interface CatalogVolume {
   snapshots: CatalogSnapshot[];
   /** The id the next snapshot takes at least: ids are never reused. */
   nextSnapshotId: number;
+  /** A snapshot every this many ms, on the catalog's leader (0: no schedule); the newest `snapshotKeep` scheduled ones are kept. */
+  snapshotEveryMs: number;
+  snapshotKeep: number;
 }
 
 /** A snapshot of a volume (its group took it: an entry of the volume's own Raft log). */
@@ -254,6 +258,8 @@ function dispatch(state: CatalogState, c: CatalogCommand): Outcome {
       return addSnapshot(state, c);
     case "removeSnapshot":
       return removeSnapshot(state, c);
+    case "setSnapshotSchedule":
+      return setSnapshotSchedule(state, c);
   }
 }
 
@@ -423,7 +429,7 @@ function placeVolume(state: CatalogState, c: CreateVolume): { ok: true; nodes: n
 function createVolume(state: CatalogState, c: CreateVolume): Outcome {
   const placed = placeVolume(state, c);
   if (!placed.ok) return placed;
-  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, shared: c.shared === true, attachments: [], owner: c.owner ?? "", createdAt: c.at, snapshots: [], nextSnapshotId: 1 };
+  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, shared: c.shared === true, attachments: [], owner: c.owner ?? "", createdAt: c.at, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0 };
   state.nextVolumeId++;
   state.volumes.set(volume.name, volume);
   return { ok: true, changed: true, volume: copyVolume(volume) };
@@ -530,6 +536,15 @@ function removeSnapshot(state: CatalogState, c: RemoveSnapshot): Outcome {
   const kept = v.snapshots.filter((x) => x.name !== c.snapshot);
   const changed = kept.length !== v.snapshots.length;
   v.snapshots = kept;
+  return { ok: true, changed, volume: copyVolume(v) };
+}
+
+function setSnapshotSchedule(state: CatalogState, c: SetSnapshotSchedule): Outcome {
+  const v = state.volumes.get(c.name);
+  if (v === undefined) return volumeNotFound(c.name);
+  const changed = v.snapshotEveryMs !== c.everyMs || v.snapshotKeep !== c.keep;
+  v.snapshotEveryMs = c.everyMs;
+  v.snapshotKeep = c.keep;
   return { ok: true, changed, volume: copyVolume(v) };
 }
 

@@ -16,7 +16,10 @@ import {
   nodeBytesMax,
   nodeLabelCharsMax,
   nodeLabelsMax,
+  snapshotEveryMsMax,
+  snapshotEveryMsMin,
   snapshotIdMax,
+  volumeSnapshotsMax,
   volumeBytesMax,
   volumeReplicasMax,
 } from "../constants.js";
@@ -168,6 +171,14 @@ export interface AddSnapshot {
   at: number;
 }
 
+/** Takes a snapshot of the volume every `everyMs` and keeps the newest `keep` of those it took (named auto-...); everyMs 0: none. */
+export interface SetSnapshotSchedule {
+  kind: "setSnapshotSchedule";
+  name: string;
+  everyMs: number;
+  keep: number;
+}
+
 export interface RemoveSnapshot {
   kind: "removeSnapshot";
   name: string;
@@ -188,7 +199,8 @@ export type CatalogCommand =
   | SetSetting
   | RevokeToken
   | AddSnapshot
-  | RemoveSnapshot;
+  | RemoveSnapshot
+  | SetSnapshotSchedule;
 
 export type CommandKind = CatalogCommand["kind"];
 
@@ -396,6 +408,7 @@ const fieldsOf: Record<CommandKind, readonly string[]> = {
   revokeToken: ["kind", "id", "expiresAt", "at"],
   addSnapshot: ["kind", "name", "snapshot", "id", "sizeBytes", "at"],
   removeSnapshot: ["kind", "name", "snapshot"],
+  setSnapshotSchedule: ["kind", "name", "everyMs", "keep"],
 };
 
 export const commandKinds = Object.keys(fieldsOf) as CommandKind[];
@@ -493,6 +506,12 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
       at: at(o, k),
     }),
   removeSnapshot: (o, k) => pick<RemoveSnapshot>({ kind: k, name: name(o, k), snapshot: name(o, k, "snapshot") }),
+  setSnapshotSchedule: (o, k) => {
+    const everyMs = int(o, k, "everyMs", 0, snapshotEveryMsMax, " of milliseconds");
+    if (everyMs !== 0 && everyMs < snapshotEveryMsMin) throw new Invalid(`${k}: field "everyMs" must be 0 (no schedule) or at least ${snapshotEveryMsMin} (a minute), not ${everyMs}`);
+    const keep = int(o, k, "keep", everyMs === 0 ? 0 : 1, volumeSnapshotsMax);
+    return pick<SetSnapshotSchedule>({ kind: k, name: name(o, k), everyMs, keep });
+  },
 };
 
 export type Validated = { ok: true; command: CatalogCommand } | { ok: false; error: string };

@@ -18,6 +18,35 @@ import { validateCommand, type CatalogCommand } from "./commands.js";
 
 type NodeId = number;
 
+/** Names of the snapshots a schedule takes: auto-YYYYMMDD-HHMMSS (UTC); only these count toward its keep. */
+export const autoSnapshotPrefix = "auto-";
+
+export function autoSnapshotName(wallMs: number): string {
+  const iso = new Date(wallMs).toISOString(); // 2026-12-06T19:45:00.123Z
+  return `${autoSnapshotPrefix}${iso.slice(0, 10).replaceAll("-", "")}-${iso.slice(11, 19).replaceAll(":", "")}`;
+}
+
+/**
+ * Snapshot schedules, on the catalog's leader: `elapsedMs` is, per volume
+ * with a schedule, how long since the leader last took its scheduled
+ * snapshot (or began counting). Returns the volumes due one now, and the
+ * scheduled snapshots past each volume's keep, oldest first, counting the
+ * one about to be taken. Snapshots taken by hand are never dropped.
+ */
+export function snapshotSchedule(catalog: CatalogState, elapsedMs: ReadonlyMap<string, number>): { take: string[]; drop: { volume: string; snapshot: string }[] } {
+  const take: string[] = [];
+  const drop: { volume: string; snapshot: string }[] = [];
+  for (const v of catalog.volumes.values()) {
+    if (v.snapshotEveryMs === 0) continue;
+    const due = (elapsedMs.get(v.name) ?? 0) >= v.snapshotEveryMs;
+    if (due) take.push(v.name);
+    const auto = v.snapshots.filter((s) => s.name.startsWith(autoSnapshotPrefix)).sort((a, b) => a.id - b.id);
+    const excess = auto.length + (due ? 1 : 0) - v.snapshotKeep;
+    for (const s of auto.slice(0, Math.max(0, excess))) drop.push({ volume: v.name, snapshot: s.name });
+  }
+  return { take, drop };
+}
+
 /**
  * How long each key has been in some condition, on one node's monotonic
  * clock: `observe` with the keys in the condition now; a key that leaves it

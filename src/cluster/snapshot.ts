@@ -144,6 +144,8 @@ function volumeRecord(v: CatalogVolume): CatalogVolume {
     createdAt: v.createdAt,
     snapshots: v.snapshots.map((x) => ({ id: x.id, name: x.name, sizeBytes: x.sizeBytes, createdAt: x.createdAt })),
     nextSnapshotId: v.nextSnapshotId,
+    snapshotEveryMs: v.snapshotEveryMs,
+    snapshotKeep: v.snapshotKeep,
   };
 }
 
@@ -206,7 +208,7 @@ function volumeOf(raw: unknown, i: number): CatalogVolume {
   // Nor one written before volume owners: such a volume has none, and only admins reach it.
   if (!Object.prototype.hasOwnProperty.call(o, "owner")) o["owner"] = "";
   // Nor one written before volume snapshots: it had none.
-  if (!Object.prototype.hasOwnProperty.call(o, "snapshots") && !Object.prototype.hasOwnProperty.call(o, "nextSnapshotId")) Object.assign(o, { snapshots: [], nextSnapshotId: 1 });
+  if (!Object.prototype.hasOwnProperty.call(o, "snapshots") && !Object.prototype.hasOwnProperty.call(o, "nextSnapshotId")) Object.assign(o, { snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0 });
   exactKeys(o, Object.keys(volumeRecord(exampleVolume)), what);
   const owner = o["owner"] === "" ? {} : { owner: o["owner"] };
   const c = validateCommand({ kind: "createVolume", name: o["name"], sizeBytes: o["sizeBytes"], repl: o["repl"], ...owner, at: o["createdAt"] });
@@ -225,7 +227,9 @@ function volumeOf(raw: unknown, i: number): CatalogVolume {
     if (snapshots.findIndex((y) => y.name === x.name) !== j) throw new CatalogSnapshotError(`${what}: snapshot name ${JSON.stringify(x.name)} appears twice`);
   }
   if (nextSnapshotId > snapshotIdMax + 1) throw new CatalogSnapshotError(`${what}: nextSnapshotId ${nextSnapshotId} is over ${snapshotIdMax + 1}`);
-  return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], shared: o["shared"], attachments, owner: c.command.owner ?? "", createdAt: c.command.at, snapshots, nextSnapshotId };
+  const schedule = validateCommand({ kind: "setSnapshotSchedule", name: volumeName, everyMs: o["snapshotEveryMs"], keep: o["snapshotKeep"] });
+  if (!schedule.ok || schedule.command.kind !== "setSnapshotSchedule") throw new CatalogSnapshotError(`${what}: ${schedule.ok ? "not a schedule" : schedule.error}`);
+  return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], shared: o["shared"], attachments, owner: c.command.owner ?? "", createdAt: c.command.at, snapshots, nextSnapshotId, snapshotEveryMs: schedule.command.everyMs, snapshotKeep: schedule.command.keep };
 }
 
 /** Checks a snapshot record with the bounds of the addSnapshot command that made it. */
@@ -325,5 +329,5 @@ const exampleNode: CatalogNode = {
   id: 1, name: "", address: "", nbdPort: 0, apiPort: 0, peerPort: 0, capacityBytes: 0, freeBytes: 0, usedBytes: 0,
   labels: {}, health: "up", draining: false, addedAt: 0, updatedAt: 0,
 };
-const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, shared: false, attachments: [], owner: "", createdAt: 0, snapshots: [], nextSnapshotId: 1 };
+const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, shared: false, attachments: [], owner: "", createdAt: 0, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0 };
 const exampleRefusal: CatalogRefusal = { index: 1, kind: "unknown", code: "invalid", error: "" };

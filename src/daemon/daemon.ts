@@ -50,6 +50,7 @@ import {
   type RollbackResult,
   type SnapshotHolding,
   type SnapshotInfo,
+  type SnapshotScheduleRequest,
 } from "../api/types.js";
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
@@ -187,6 +188,8 @@ const replaceDownAfterMsDefault = 600_000;
 const reconcileEveryMs = 500;
 /** How often the daemon looks whether a scheduled scrub is due. */
 const scrubCheckEveryMs = 60_000;
+/** How often the catalog's leader looks at the volumes' snapshot schedules (a schedule is at least a minute). */
+const snapshotScheduleCheckEveryMs = 10_000;
 /** How often the daemon looks for this host's attach agents that died (docs/attach.md). */
 const agentCheckEveryMs = 5_000;
 /** How long the node a scrub request reached waits for each other node's scrub (a pass over 1 TiB at 32 MiB/s takes 9 hours). */
@@ -397,6 +400,7 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => node.reconcileReplicas(), reconcileEveryMs));
     this.timers.push(setInterval(() => this.scrubIfDue(), scrubCheckEveryMs));
     this.timers.push(setInterval(() => this.superviseAttachAgents(), agentCheckEveryMs));
+    this.timers.push(setInterval(() => this.runSnapshotSchedules(), snapshotScheduleCheckEveryMs));
     this.copyRates = new CopyRates((group) => this.driver.snapshotSender.copies(group), () => performance.now());
     this.metricsRegistry = new NodeMetrics(this.metricsView());
     this.timers.push(setInterval(() => this.everySecond(), sampleEveryMs));
@@ -895,6 +899,21 @@ export class Daemon implements Controller {
     return this.snapshots.rollback(volume, request, caller);
   }
 
+  /** One schedule pass at a time: a slow snapshot (a leader election) does not stack passes. */
+  private schedulesRunning = false;
+
+  private runSnapshotSchedules(): void {
+    if (this.schedulesRunning) return;
+    this.schedulesRunning = true;
+    void this.snapshots.runSchedules(this.driver.leader(metaGroupId) === this.nodeId, monotonicMs(), Date.now()).finally(() => {
+      this.schedulesRunning = false;
+    });
+  }
+
+  setSnapshotSchedule(volume: string, request: SnapshotScheduleRequest, caller: Caller): Promise<VolumeInfo> {
+    return this.snapshots.setSchedule(volume, request, caller).then((v) => this.info(v));
+  }
+
   /** Why the volume may not change under its clients now: attached to a host, or served over NBD by a node (or a node did not answer). */
   private async inUse(v: CatalogVolume): Promise<string | undefined> {
     const attached = attachedProblem(v);
@@ -1327,6 +1346,8 @@ export class Daemon implements Controller {
       shared: v.shared,
       owner: v.owner,
       attachments: attachmentInfos(v),
+      snapshots: v.snapshots.length,
+      ...(v.snapshotEveryMs > 0 ? { snapshotSchedule: { everySec: v.snapshotEveryMs / 1000, keep: v.snapshotKeep } } : {}),
       ...(this.store.hasGroup(v.id) ? { log: (({ firstIndex, lastIndex }) => ({ firstIndex, lastIndex }))(this.store.raftState(v.id)) } : {}),
     };
   }

@@ -6,10 +6,11 @@
 // snapshot and proposes the differences as ordinary writes.
 
 import type { ApiClient } from "../api/client.js";
-import { ApiError, type Caller, type CreateSnapshotRequest, type RollbackRequest, type RollbackResult, type SnapshotHolding, type SnapshotInfo } from "../api/types.js";
+import { ApiError, type Caller, type SnapshotScheduleRequest, type CreateSnapshotRequest, type RollbackRequest, type RollbackResult, type SnapshotHolding, type SnapshotInfo } from "../api/types.js";
 import { errorKindOf } from "../replication/errors.js";
 import type { ApplyResult, CatalogCommand, CatalogNode, CatalogSnapshot, CatalogState, CatalogVolume } from "../cluster/index.js";
 import { volumeSnapshotsMax } from "../constants.js";
+import { autoSnapshotName, snapshotSchedule } from "../cluster/control.js";
 import { NotLeaderError } from "../replication/driver.js";
 import type { MultiRaft } from "../replication/driver.js";
 import { VolumeOpKind } from "../replication/volume-op.js";
@@ -44,6 +45,8 @@ export interface SnapshotContext {
 export class Snapshots {
   /** Snapshot changes of each volume, one at a time (on the catalog's leader): the next id is read, used, then recorded. */
   private readonly queues = new Map<string, Promise<unknown>>();
+  /** Per scheduled volume: when (this node's monotonic ms) this leader began counting its interval. */
+  private readonly since = new Map<string, number>();
 
   constructor(private readonly c: SnapshotContext) {}
 
@@ -51,6 +54,12 @@ export class Snapshots {
     checkReach(caller, await this.c.knownVolume(volume));
     const leaderApi = await this.c.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.createSnapshot(volume, request);
+    return this.take(volume, request.name);
+  }
+
+  /** On the catalog's leader: takes a snapshot through the volume's group, then records it. */
+  take(volume: string, name: string): Promise<SnapshotInfo> {
+    const request = { name };
     return this.serially(volume, async () => {
       const v = this.mustGet(volume);
       if (v.snapshots.some((s) => s.name === request.name)) throw new ApiError(409, "exists", `volume ${volume} has a snapshot named ${JSON.stringify(request.name)} already; pick another name or delete it first`);
@@ -103,7 +112,12 @@ export class Snapshots {
     checkReach(caller, await this.c.knownVolume(volume));
     const leaderApi = await this.c.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.deleteSnapshot(volume, snapshot);
-    await this.serially(volume, async () => {
+    await this.drop(volume, snapshot);
+  }
+
+  /** On the catalog's leader: drops a snapshot through the volume's group, then from the catalog. */
+  drop(volume: string, snapshot: string): Promise<void> {
+    return this.serially(volume, async () => {
       const v = this.mustGet(volume);
       const s = this.mustSnapshot(v, snapshot);
       await this.groupOp(v, VolumeOpKind.SnapshotDelete, s.id, `drop snapshot ${snapshot}`);
@@ -111,6 +125,47 @@ export class Snapshots {
       if (!result.ok) throw this.c.catalogError(result);
       this.c.log(`volume ${volume}: snapshot ${snapshot} deleted (id ${s.id})`);
     });
+  }
+
+  /** Sets (everySec 0: clears) the volume's snapshot schedule, on the catalog's leader. */
+  async setSchedule(volume: string, request: SnapshotScheduleRequest, caller: Caller): Promise<CatalogVolume> {
+    checkReach(caller, await this.c.knownVolume(volume));
+    const leaderApi = await this.c.metaLeaderApi(caller);
+    if (leaderApi) {
+      await leaderApi.setSnapshotSchedule(volume, request);
+      return this.c.knownVolume(volume);
+    }
+    const result = await this.c.metaCommand({ kind: "setSnapshotSchedule", name: volume, everyMs: request.everySec * 1000, keep: request.everySec === 0 ? 0 : request.keep });
+    if (!result.ok) throw this.c.catalogError(result);
+    this.c.log(`volume ${volume}: ${request.everySec === 0 ? "no snapshot schedule" : `a snapshot every ${request.everySec} s, the newest ${request.keep} kept`}`);
+    return this.mustGet(volume);
+  }
+
+  /**
+   * On the catalog's leader, every `scheduleCheckEveryMs`: takes the
+   * snapshots volume schedules ask for and drops the scheduled ones past
+   * their count (control.ts snapshotSchedule). Intervals run on this node's
+   * monotonic clock from when it began leading or last took one: a leader
+   * change delays a scheduled snapshot by at most one interval, never takes
+   * one early.
+   */
+  async runSchedules(leading: boolean, nowMs: number, wallMs: number): Promise<void> {
+    if (!leading) return this.since.clear();
+    const catalog = this.c.catalog();
+    const elapsed = new Map<string, number>();
+    for (const v of catalog.volumes.values()) {
+      if (v.snapshotEveryMs === 0) continue;
+      if (!this.since.has(v.name)) this.since.set(v.name, nowMs);
+      elapsed.set(v.name, nowMs - this.since.get(v.name)!);
+    }
+    for (const name of this.since.keys()) if (!elapsed.has(name)) this.since.delete(name);
+    const due = snapshotSchedule(catalog, elapsed);
+    // Drops first: a volume at its snapshot limit makes room for the one it takes.
+    for (const d of due.drop) await this.drop(d.volume, d.snapshot).catch((e: Error) => this.c.log(`volume ${d.volume}: scheduled snapshot ${d.snapshot} not dropped: ${e.message}`));
+    for (const volume of due.take) {
+      this.since.set(volume, nowMs);
+      await this.take(volume, autoSnapshotName(wallMs)).catch((e: Error) => this.c.log(`volume ${volume}: scheduled snapshot not taken: ${e.message}`));
+    }
   }
 
   /**

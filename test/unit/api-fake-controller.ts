@@ -31,6 +31,7 @@ import {
   type RollbackResult,
   type SnapshotHolding,
   type SnapshotInfo,
+  type SnapshotScheduleRequest,
 } from "../../src/api/types.js";
 
 export class FakeController implements Controller {
@@ -162,6 +163,7 @@ export class FakeController implements Controller {
       createdAt: "2026-01-01T00:00:00.000Z",
       state: "online",
       allocatedBytes: 0,
+      snapshots: 0,
       owner: "admin",
       nbdUri: `nbd://127.0.0.1:10809/${request.name}`,
       connections: 0,
@@ -227,6 +229,15 @@ export class FakeController implements Controller {
     if (i < 0) return Promise.reject(new ApiError(404, "not_found", `volume ${volume} has no snapshot named "${snapshot}"`));
     this.snapshots.splice(i, 1);
     return Promise.resolve();
+  }
+
+  setSnapshotSchedule(volume: string, request: SnapshotScheduleRequest): Promise<VolumeInfo> {
+    this.seen(`setSnapshotSchedule ${volume} ${request.everySec} ${request.keep}`);
+    const v = this.volumes.get(volume);
+    if (v === undefined) return Promise.reject(new ApiError(404, "not_found", `no volume named "${volume}"`));
+    if (request.everySec === 0) delete v.snapshotSchedule;
+    else v.snapshotSchedule = { ...request };
+    return Promise.resolve(v);
   }
 
   rollbackVolume(volume: string, request: RollbackRequest): Promise<RollbackResult> {

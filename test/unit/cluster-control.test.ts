@@ -17,6 +17,8 @@ import {
   newCatalogState,
   nextMemberChange,
   replicaReplacements,
+  autoSnapshotName,
+  snapshotSchedule,
   type CatalogCommand,
   type CatalogState,
   type GroupView,
@@ -45,6 +47,32 @@ function markDown(s: CatalogState, ...ids: number[]): CatalogState {
   for (const id of ids) must(s, { kind: "updateNode", id, health: "down", at: 2 });
   return s;
 }
+
+// ---- snapshot schedules ----
+
+test("snapshot schedules: a volume is due once its interval has passed on the leader's clock; the oldest scheduled snapshots past keep go, hand-taken ones never", () => {
+  const s = catalogOf(1, [["a", [1]], ["b", [1]], ["c", [1]]]);
+  must(s, { kind: "setSnapshotSchedule", name: "a", everyMs: 3_600_000, keep: 2 });
+  must(s, { kind: "setSnapshotSchedule", name: "b", everyMs: 60_000, keep: 1 });
+  let id = 1;
+  const add = (volume: string, name: string): void => must(s, { kind: "addSnapshot", name: volume, snapshot: name, id: id++, sizeBytes: GiB, at: 1 });
+  add("a", "auto-20261206-100000");
+  add("a", "by-hand");
+  add("a", "auto-20261206-110000");
+  add("b", "auto-20261206-110000");
+  add("c", "auto-20261206-110000"); // no schedule: never dropped
+  const cases: [Map<string, number>, ReturnType<typeof snapshotSchedule>][] = [
+    [new Map([["a", 3_599_999], ["b", 59_999]]), { take: [], drop: [] }],
+    [new Map([["a", 3_600_000], ["b", 0]]), { take: ["a"], drop: [{ volume: "a", snapshot: "auto-20261206-100000" }] }],
+    [new Map([["a", 0], ["b", 60_000], ["c", 10 ** 9]]), { take: ["b"], drop: [{ volume: "b", snapshot: "auto-20261206-110000" }] }],
+    [new Map(), { take: [], drop: [] }],
+  ];
+  for (const [elapsed, want] of cases) assert.equal(snapshotSchedule(s, elapsed), want, JSON.stringify([...elapsed]));
+  // keep lowered below what is there: the excess goes at the next pass, oldest first.
+  must(s, { kind: "setSnapshotSchedule", name: "a", everyMs: 3_600_000, keep: 1 });
+  assert.equal(snapshotSchedule(s, new Map()).drop, [{ volume: "a", snapshot: "auto-20261206-100000" }]);
+  assert.is(autoSnapshotName(Date.UTC(2026, 11, 6, 19, 45, 7)), "auto-20261206-194507");
+});
 
 // ---- Durations ----
 
