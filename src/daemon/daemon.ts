@@ -910,8 +910,11 @@ export class Daemon implements Controller {
     });
   }
 
-  setSnapshotSchedule(volume: string, request: SnapshotScheduleRequest, caller: Caller): Promise<VolumeInfo> {
-    return this.snapshots.setSchedule(volume, request, caller).then((v) => this.info(v));
+  async setSnapshotSchedule(volume: string, request: SnapshotScheduleRequest, caller: Caller): Promise<VolumeInfo> {
+    checkReach(caller, await this.knownVolume(volume));
+    const leaderApi = await this.metaLeaderApi(caller);
+    if (leaderApi) return leaderApi.setSnapshotSchedule(volume, request);
+    return this.info(await this.snapshots.setSchedule(volume, request));
   }
 
   /** Why the volume may not change under its clients now: attached to a host, or served over NBD by a node (or a node did not answer). */

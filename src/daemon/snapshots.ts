@@ -127,14 +127,8 @@ export class Snapshots {
     });
   }
 
-  /** Sets (everySec 0: clears) the volume's snapshot schedule, on the catalog's leader. */
-  async setSchedule(volume: string, request: SnapshotScheduleRequest, caller: Caller): Promise<CatalogVolume> {
-    checkReach(caller, await this.c.knownVolume(volume));
-    const leaderApi = await this.c.metaLeaderApi(caller);
-    if (leaderApi) {
-      await leaderApi.setSnapshotSchedule(volume, request);
-      return this.c.knownVolume(volume);
-    }
+  /** Sets (everySec 0: clears) the volume's snapshot schedule; on the catalog's leader. */
+  async setSchedule(volume: string, request: SnapshotScheduleRequest): Promise<CatalogVolume> {
     const result = await this.c.metaCommand({ kind: "setSnapshotSchedule", name: volume, everyMs: request.everySec * 1000, keep: request.everySec === 0 ? 0 : request.keep });
     if (!result.ok) throw this.c.catalogError(result);
     this.c.log(`volume ${volume}: ${request.everySec === 0 ? "no snapshot schedule" : `a snapshot every ${request.everySec} s, the newest ${request.keep} kept`}`);

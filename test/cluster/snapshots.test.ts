@@ -94,6 +94,13 @@ test("names are checked, and taken names refused with a sentence", async () => {
   assert.ok(bad.code !== 0 && /snapshot name/.test(bad.stderr), bad.stderr);
   const missing = await c.nodes[0]!.api.inspectSnapshot("sw", "zz").catch((e: unknown) => e);
   assert.ok(missing instanceof ApiError && missing.status === 404, String(missing));
+  const scheduled = await cli(2, "snapshot", "schedule", "sw", "--every", "1h", "--keep", "24");
+  assert.match(scheduled, /a snapshot every 1h 0m 0s, the newest 24 kept/);
+  assert.equal((await c.nodes[1]!.api.inspectVolume("sw")).snapshotSchedule, { everySec: 3600, keep: 24 });
+  const tooOften = await run(process.execPath, [pxd, "--host", `${c.nodes[0]!.host}:9001`, "snapshot", "schedule", "sw", "--every", "10s"]);
+  assert.ok(tooOften.code !== 0 && /everySec/.test(tooOften.stderr), tooOften.stderr);
+  await cli(0, "snapshot", "schedule", "sw", "--off");
+  assert.is((await c.nodes[0]!.api.inspectVolume("sw")).snapshotSchedule, undefined);
   await c.nodes[0]!.api.deleteVolume("sw");
   assert.equal(await c.nodes[0]!.api.listSnapshots(), (await c.nodes[0]!.api.listSnapshots()).filter((s) => s.volume !== "sw"));
 });
