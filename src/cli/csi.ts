@@ -17,8 +17,8 @@ import * as protoLoader from "@grpc/proto-loader";
 import { InvalidArgumentError, type Command } from "commander";
 import type { ApiClient } from "../api/client.js";
 import { DaemonUnreachableError } from "../api/client.js";
-import { ApiError, type VolumeInfo } from "../api/types.js";
-import { volumeNameProblem } from "../api/validate.js";
+import { ApiError, type SnapshotInfo, type VolumeInfo } from "../api/types.js";
+import { snapshotNameProblem, volumeNameProblem } from "../api/validate.js";
 import { volumeBytesMax, volumeReplicasMax } from "../constants.js";
 import { clientFor } from "./args.js";
 import { hostName, filesystems, type Filesystem } from "./attach.js";
@@ -247,8 +247,37 @@ function existingFits(v: VolumeInfo, size: { bytes: number; limit: number; requi
   return null;
 }
 
+/** A CSI snapshot id: VOLUME@SNAPSHOT, the snapshot's NBD export name. */
+function snapshotIdOf(s: SnapshotInfo): string {
+  return `${s.volume}@${s.name}`;
+}
+
+/** The volume and snapshot names of a snapshot id, or undefined for an id this driver never gives out. */
+function parseSnapshotId(id: string): { volume: string; snapshot: string } | undefined {
+  const at = id.indexOf("@");
+  if (at < 0) return undefined;
+  const volume = id.slice(0, at);
+  const snapshot = id.slice(at + 1);
+  return volumeNameProblem(volume) === null && snapshotNameProblem(snapshot) === null ? { volume, snapshot } : undefined;
+}
+
+function csiSnapshot(s: SnapshotInfo): object {
+  const ms = Date.parse(s.createdAt);
+  return { size_bytes: s.sizeBytes, snapshot_id: snapshotIdOf(s), source_volume_id: s.volume, creation_time: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 }, ready_to_use: true };
+}
+
+/** ListVolumes and ListSnapshots pages: a starting token is the index of the first entry, as this driver gave it out. */
+function page<T>(req: Req, all: T[]): { items: T[]; next: string } {
+  const max = Number(req["max_entries"] ?? 0);
+  if (!Number.isSafeInteger(max) || max < 0) throw invalid("max_entries must be zero (no limit) or more");
+  const token = String(req["starting_token"] ?? "");
+  const start = token === "" ? 0 : /^\d{1,9}$/.test(token) ? Number(token) : NaN;
+  if (!(start >= 0 && start <= all.length)) throw new CsiError(grpc.status.ABORTED, `starting_token ${JSON.stringify(token.slice(0, 40))} is not one this driver gave out; list again from the start`);
+  const end = max === 0 ? all.length : Math.min(all.length, start + max);
+  return { items: all.slice(start, end), next: end < all.length ? String(end) : "" };
+}
+
 function controllerService(api: ApiClient): Record<string, Handler> {
-  const noSnapshots = "pxd has no snapshots yet, so this driver offers none";
   const noResize = "pxd volumes cannot be resized yet, so this driver does not expand them";
   const noPublish = "pxd.csi.io needs no ControllerPublish (attachRequired: false): the node plugin attaches in NodeStageVolume";
   return {
@@ -261,7 +290,7 @@ function controllerService(api: ApiClient): Record<string, Handler> {
       const params = readParameters(checkedMap(req, "parameters"));
       checkedMap(req, "secrets");
       checkedMap(req, "mutable_parameters");
-      if (req["volume_content_source"] != null) throw invalid("volume_content_source is not supported: pxd has no snapshots or clones yet");
+      if (req["volume_content_source"] != null) throw invalid("volume_content_source is not supported yet: pxd cannot make a volume from a snapshot through CSI (pxd volume clone does it by hand)");
       const size = sizeFor(req["capacity_range"]);
       const context: Record<string, string> = params.fs !== undefined ? { fs: params.fs } : {};
       const existing = await findVolume(api, name);
@@ -315,17 +344,8 @@ function controllerService(api: ApiClient): Record<string, Handler> {
       return { confirmed: { volume_context: context, volume_capabilities: req["volume_capabilities"], parameters: params } };
     },
     ListVolumes: async (req) => {
-      const max = Number(req["max_entries"] ?? 0);
-      if (!Number.isSafeInteger(max) || max < 0) throw invalid("max_entries must be zero (no limit) or more");
-      const token = String(req["starting_token"] ?? "");
-      const start = token === "" ? 0 : /^\d{1,9}$/.test(token) ? Number(token) : NaN;
-      const all = (await api.listVolumes()).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-      if (!(start >= 0 && start <= all.length)) throw new CsiError(grpc.status.ABORTED, `starting_token ${JSON.stringify(token.slice(0, 40))} is not one this driver gave out; list again from the start`);
-      const end = max === 0 ? all.length : Math.min(all.length, start + max);
-      return {
-        entries: all.slice(start, end).map((v) => ({ volume: csiVolume(v), status: { published_node_ids: [] } })),
-        next_token: end < all.length ? String(end) : "",
-      };
+      const { items, next } = page(req, (await api.listVolumes()).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)));
+      return { entries: items.map((v) => ({ volume: csiVolume(v), status: { published_node_ids: [] } })), next_token: next };
     },
     GetCapacity: async (req) => {
       if (Array.isArray(req["volume_capabilities"]) && req["volume_capabilities"].length > 0 && readCapabilities(req).unsupported !== null) return { available_capacity: 0 };
@@ -334,13 +354,54 @@ function controllerService(api: ApiClient): Record<string, Handler> {
       return { available_capacity: status.pool.freeBytes, maximum_volume_size: { value: Math.min(volumeBytesMax, status.pool.freeBytes) } };
     },
     ControllerGetCapabilities: async () => ({
-      capabilities: ["CREATE_DELETE_VOLUME", "LIST_VOLUMES", "GET_CAPACITY"].map((type) => ({ rpc: { type } })),
+      capabilities: ["CREATE_DELETE_VOLUME", "LIST_VOLUMES", "GET_CAPACITY", "CREATE_DELETE_SNAPSHOT", "LIST_SNAPSHOTS"].map((type) => ({ rpc: { type } })),
     }),
     ControllerPublishVolume: unimplemented(noPublish),
     ControllerUnpublishVolume: unimplemented(noPublish),
-    CreateSnapshot: unimplemented(noSnapshots),
-    DeleteSnapshot: unimplemented(noSnapshots),
-    ListSnapshots: unimplemented(noSnapshots),
+    CreateSnapshot: async (req) => {
+      const volume = requireString(req, "source_volume_id");
+      const name = requireString(req, "name");
+      checkedMap(req, "secrets");
+      checkedMap(req, "parameters");
+      if (volumeNameProblem(volume) !== null || (await findVolume(api, volume)) === undefined) throw new CsiError(grpc.status.NOT_FOUND, `volume ${JSON.stringify(volume.slice(0, 80))} does not exist`);
+      const problem = snapshotNameProblem(name);
+      if (problem !== null) throw invalid(problem);
+      // Idempotent by name: the same name on the same volume is that snapshot; on another volume it is taken.
+      const same = (await api.listSnapshots()).find((x) => x.name === name);
+      if (same !== undefined) {
+        if (same.volume !== volume) throw new CsiError(grpc.status.ALREADY_EXISTS, `snapshot name ${name} is taken by a snapshot of volume ${same.volume}`);
+        return { snapshot: csiSnapshot(same) };
+      }
+      try {
+        return { snapshot: csiSnapshot(await api.createSnapshot(volume, { name })) };
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 409 && e.code === "limit") throw new CsiError(grpc.status.RESOURCE_EXHAUSTED, e.message);
+        throw e;
+      }
+    },
+    DeleteSnapshot: async (req) => {
+      const id = requireString(req, "snapshot_id");
+      checkedMap(req, "secrets");
+      const ref = parseSnapshotId(id);
+      if (ref === undefined) return {};
+      try {
+        await api.deleteSnapshot(ref.volume, ref.snapshot);
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 404) return {};
+        throw e;
+      }
+      return {};
+    },
+    ListSnapshots: async (req) => {
+      const byId = String(req["snapshot_id"] ?? "");
+      const bySource = String(req["source_volume_id"] ?? "");
+      checkedMap(req, "secrets");
+      let all = (await api.listSnapshots()).sort((a, b) => (snapshotIdOf(a) < snapshotIdOf(b) ? -1 : snapshotIdOf(a) > snapshotIdOf(b) ? 1 : 0));
+      if (byId !== "") all = all.filter((x) => snapshotIdOf(x) === byId);
+      if (bySource !== "") all = all.filter((x) => x.volume === bySource);
+      const { items, next } = page(req, all);
+      return { entries: items.map((x) => ({ snapshot: csiSnapshot(x) })), next_token: next };
+    },
     ControllerExpandVolume: unimplemented(noResize),
     ControllerGetVolume: unimplemented("ControllerGetVolume is not offered (no VOLUME_CONDITION capability); use ListVolumes"),
     ControllerModifyVolume: unimplemented("pxd has no mutable volume parameters"),

@@ -107,11 +107,11 @@ test("pxd csi: identity, controller and node services as csi-sanity checks them,
     assert.equal(pcaps, ["CONTROLLER_SERVICE", "VOLUME_ACCESSIBILITY_CONSTRAINTS"]);
     assert.equal((await identity["Probe"]!({}))["ready"], { value: true });
 
-    // Controller capabilities: no expand, no snapshots.
+    // Controller capabilities: no expand; snapshots.
     const ccaps = (await controller["ControllerGetCapabilities"]!({}))["capabilities"].map((x: any) => x.rpc.type).sort();
-    assert.equal(ccaps, ["CREATE_DELETE_VOLUME", "GET_CAPACITY", "LIST_VOLUMES"]);
+    assert.equal(ccaps, ["CREATE_DELETE_SNAPSHOT", "CREATE_DELETE_VOLUME", "GET_CAPACITY", "LIST_SNAPSHOTS", "LIST_VOLUMES"]);
     await expectCode(controller["ControllerExpandVolume"]!({ volume_id: "x", capacity_range: { required_bytes: MiB } }), grpc.status.UNIMPLEMENTED, /resize/);
-    await expectCode(controller["CreateSnapshot"]!({ source_volume_id: "x", name: "s" }), grpc.status.UNIMPLEMENTED, /snapshots/);
+    await expectCode(controller["CreateSnapshot"]!({ source_volume_id: "x", name: "s" }), grpc.status.NOT_FOUND, /does not exist/);
     await expectCode(controller["ControllerPublishVolume"]!({ volume_id: "x", node_id: "n" }), grpc.status.UNIMPLEMENTED);
     await expectCode(node["NodeExpandVolume"]!({ volume_id: "x", volume_path: "/x" }), grpc.status.UNIMPLEMENTED);
 
@@ -166,6 +166,25 @@ test("pxd csi: identity, controller and node services as csi-sanity checks them,
     await expectCode(node["NodePublishVolume"]!({ volume_id: "db", staging_target_path: staging, target_path: "/" + "p".repeat(5000), volume_capability: mountCap() }), grpc.status.INVALID_ARGUMENT, /longer than/);
     await expectCode(node["NodeStageVolume"]!({ volume_id: "db", staging_target_path: `${t.dir}/../x`, volume_capability: mountCap() }), grpc.status.INVALID_ARGUMENT, /absolute path/);
     assert.equal((await identity["Probe"]!({}))["ready"], { value: true }, "the server lives after every bad request");
+
+    // Snapshots: idempotent by name, a name on another volume is ALREADY_EXISTS, listed by id and source, deleted twice without error.
+    await expectCode(controller["CreateSnapshot"]!({ source_volume_id: "db" }), grpc.status.INVALID_ARGUMENT, /name/);
+    await expectCode(controller["CreateSnapshot"]!({ source_volume_id: "db", name: "a@b" }), grpc.status.INVALID_ARGUMENT, /snapshot name/);
+    const snap = (await controller["CreateSnapshot"]!({ source_volume_id: "db", name: "snapshot-1" }))["snapshot"];
+    assert.equal([snap.snapshot_id, snap.source_volume_id, snap.size_bytes, snap.ready_to_use], ["db@snapshot-1", "db", 64 * MiB, true]);
+    assert.equal((await controller["CreateSnapshot"]!({ source_volume_id: "db", name: "snapshot-1" }))["snapshot"].snapshot_id, "db@snapshot-1");
+    await controller["CreateVolume"]!({ name: "other", capacity_range: { required_bytes: 4 * MiB }, volume_capabilities: [mountCap()], parameters: { repl: "1" } });
+    await expectCode(controller["CreateSnapshot"]!({ source_volume_id: "other", name: "snapshot-1" }), grpc.status.ALREADY_EXISTS, /taken/);
+    await controller["CreateSnapshot"]!({ source_volume_id: "other", name: "snapshot-2" });
+    assert.equal((await controller["ListSnapshots"]!({ source_volume_id: "db" }))["entries"].map((e: any) => e.snapshot.snapshot_id), ["db@snapshot-1"]);
+    assert.equal((await controller["ListSnapshots"]!({ snapshot_id: "other@snapshot-2" }))["entries"].length, 1);
+    const firstPage = await controller["ListSnapshots"]!({ max_entries: 1 });
+    assert.equal([firstPage["entries"].length, firstPage["next_token"]], [1, "1"]);
+    await expectCode(controller["ListSnapshots"]!({ starting_token: "x" }), grpc.status.ABORTED);
+    for (const id of ["other@snapshot-2", "other@snapshot-2", "nosuch@x", "not-an-id"]) await controller["DeleteSnapshot"]!({ snapshot_id: id });
+    await expectCode(controller["DeleteSnapshot"]!({}), grpc.status.INVALID_ARGUMENT, /snapshot_id/);
+    await controller["DeleteVolume"]!({ volume_id: "other" });
+    assert.equal((await controller["ListSnapshots"]!({}))["entries"].map((e: any) => e.snapshot.snapshot_id), ["db@snapshot-1"]);
 
     // ListVolumes pages; a token it did not give out is ABORTED.
     for (const n of ["v1", "v2", "v3"]) await controller["CreateVolume"]!({ name: n, capacity_range: { required_bytes: 4 * MiB }, volume_capabilities: [mountCap()], parameters: { repl: "1" } });
