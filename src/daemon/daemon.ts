@@ -903,6 +903,7 @@ export class Daemon implements Controller {
   private schedulesRunning = false;
 
   private runSnapshotSchedules(): void {
+    this.snapshots.dropUnlisted();
     if (this.schedulesRunning) return;
     this.schedulesRunning = true;
     void this.snapshots.runSchedules(this.driver.leader(metaGroupId) === this.nodeId, monotonicMs(), Date.now()).finally(() => {

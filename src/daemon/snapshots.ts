@@ -136,6 +136,24 @@ export class Snapshots {
   }
 
   /**
+   * On every node: drops the snapshots this node holds that the catalog no
+   * longer lists (deleted while this replica was away and then filled by a
+   * copy, which carries no snapshot operations). Only ids below the
+   * volume's nextSnapshotId: a higher one may be a snapshot being taken now,
+   * which the catalog records only after every replica has it.
+   */
+  dropUnlisted(): void {
+    for (const v of this.c.catalog().volumes.values()) {
+      if (!this.c.store.hasGroup(v.id)) continue;
+      for (const id of this.c.store.snapshotIds(v.id)) {
+        if (id >= v.nextSnapshotId || v.snapshots.some((s) => s.id === id)) continue;
+        this.c.store.dropSnapshot(v.id, id);
+        this.c.log(`volume ${v.name}: dropped snapshot id ${id}, which the catalog no longer lists`);
+      }
+    }
+  }
+
+  /**
    * On the catalog's leader, every `scheduleCheckEveryMs`: takes the
    * snapshots volume schedules ask for and drops the scheduled ones past
    * their count (control.ts snapshotSchedule). Intervals run on this node's

@@ -344,15 +344,19 @@ export class Store {
     g.appliedIndex = Math.max(g.appliedIndex, index);
   }
 
-  /** Drops a volume's snapshot (none there is no error); entry `index` asked for it. Its data becomes garbage for GC. */
-  dropSnapshot(groupId: number, snapshotId: number, index: number): void {
+  /**
+   * Drops a volume's snapshot (none there is no error); entry `index` asked
+   * for it, or none (undefined) when the node finds a snapshot the catalog
+   * no longer lists. Its data becomes garbage for GC.
+   */
+  dropSnapshot(groupId: number, snapshotId: number, index?: number): void {
     const g = this.group(groupId);
     const id = snapshotGroupId(groupId, snapshotId);
     if (this.groups.has(id)) {
       this.dropGroup(id);
       this.snapshotsChanged = true;
     }
-    g.appliedIndex = Math.max(g.appliedIndex, index);
+    if (index !== undefined) g.appliedIndex = Math.max(g.appliedIndex, index);
   }
 
   /** The snapshot ids this node holds of a volume group, ascending. */
