@@ -1,11 +1,12 @@
-// pxd status, pxd node list|drain|remove, pxd settings, pxd volume create|list|inspect|ha-update|delete:
+// pxd status, pxd node list|drain|remove, pxd settings, pxd volume create|list|inspect|update|ha-update|delete:
 // thin wrappers over ApiClient.
 
 import type { Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import { apiScrubTimeoutMs } from "../api/limits.js";
+import type { UpdateVolumeRequest } from "../api/types.js";
 import { bandwidthArg, checkName, clientFor, replArg, sizeArg } from "./args.js";
-import { CliError } from "./errors.js";
+import { CliError, UsageError } from "./errors.js";
 import { registerAttach } from "./attach.js";
 import { waitForReplicas } from "./progress.js";
 import { json, nodeTable, scrubTable, settingsTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
@@ -113,7 +114,7 @@ export function registerStatus(program: Command): void {
 }
 
 export function registerVolume(program: Command): void {
-  const volume = program.command("volume").description("create, list, inspect, ha-update and delete volumes");
+  const volume = program.command("volume").description("create, list, inspect, update, ha-update and delete volumes");
 
   volume
     .command("create")
@@ -161,6 +162,23 @@ export function registerVolume(program: Command): void {
     .action(async (name: string, options: JsonFlag, command: Command) => {
       const v = await clientFor(command).inspectVolume(checkName(name));
       console.log(options.json ? json(v) : volumeDetails(v));
+    });
+
+  volume
+    .command("update")
+    .description("change a volume's settings online; at least one option")
+    .argument("<name>", "volume name")
+    .option("-s, --size <size>", "grow the volume to this size, K/M/G/T suffix (powers of 1024), e.g. 20G; shrinking is refused. NBD clients see it on their next handshake", sizeArg)
+    .option("--json", "print the API's JSON")
+    .action(async (name: string, options: { size?: number } & JsonFlag, command: Command) => {
+      const request: UpdateVolumeRequest = {
+        ...(options.size !== undefined ? { sizeBytes: options.size } : {}),
+      };
+      if (Object.keys(request).length === 0) throw new UsageError(`nothing to change; give --size (e.g. pxd volume update ${name} --size 20G)`);
+      const v = await clientFor(command).updateVolume(checkName(name), request);
+      if (options.json) return console.log(json(v));
+      const changes = [...(request.sizeBytes !== undefined ? [`size ${formatSize(v.sizeBytes)} (new NBD connections see it; grow the filesystem on it, e.g. resize2fs)`] : [])];
+      console.log(`volume "${v.name}" updated: ${changes.join(", ")}`);
     });
 
   volume

@@ -15,7 +15,7 @@ import { EntryType, MessageType } from "../raft/types.js";
 
 const messageTypes: readonly unknown[] = Object.values(MessageType);
 const entryTypes: readonly unknown[] = Object.values(EntryType);
-const forwardOps: readonly unknown[] = ["read", "write", "trim", "zero", "zero-nohole", "status"];
+const forwardOps: readonly unknown[] = ["read", "write", "trim", "zero", "zero-nohole", "status", "resize"];
 const forwardCodes: readonly unknown[] = ["not-leader", "retry", "io"];
 
 /** Why the message is malformed, or undefined when its shape is right. Never throws. */

@@ -18,7 +18,8 @@ import { errorKindOf, VolumeIoError } from "./errors.js";
 import type { Repairer } from "./repair.js";
 import { VolumeReplica, type ReplicaPort } from "./volume-replica.js";
 
-export type IoOp = "read" | "write" | "trim" | "zero" | "zero-nohole" | "status";
+/** A resize carries the new size in offsetBytes, and length 0. */
+export type IoOp = "read" | "write" | "trim" | "zero" | "zero-nohole" | "status" | "resize";
 
 export interface ForwardRequest {
   kind: "fwd";
@@ -120,6 +121,15 @@ export class VolumeIo {
     return this.change(group, noHole ? "zero-nohole" : "zero", offsetBytes, lengthBytes, null);
   }
 
+  /**
+   * Grows the volume to `sizeBytes` through its group's log, on its leader
+   * (here or forwarded, retried across leader changes like a write: a resize
+   * applied twice grows once). Resolves once the leader applied it.
+   */
+  resize(group: number, sizeBytes: number): Promise<void> {
+    return this.change(group, "resize", sizeBytes, 0, null);
+  }
+
   blockStatus(group: number, offsetBytes: number, lengthBytes: number): Promise<StoreExtent[]> | StoreExtent[] {
     if (this.readsHere(group)) return this.o.store.blockStatus(group, offsetBytes, lengthBytes);
     return this.route(group, "status", offsetBytes, lengthBytes, null).then((r) => r.extents!);
@@ -184,6 +194,8 @@ export class VolumeIo {
       case "zero":
       case "zero-nohole":
         return replica.writeZeroes(port, offsetBytes, lengthBytes, op === "zero-nohole");
+      case "resize":
+        return replica.resize(port, offsetBytes);
       default:
         throw new Error(`${op} changes nothing`);
     }

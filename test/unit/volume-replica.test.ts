@@ -30,7 +30,7 @@ function fakePort(content = 0xaa): { port: ReplicaPort; ops: { kind: VolumeOpKin
   return { port, ops, reads };
 }
 
-const replica = (): VolumeReplica => new VolumeReplica(undefined as unknown as Store, 1, sizeBytes);
+const replica = (): VolumeReplica => new VolumeReplica({ sizeOf: () => sizeBytes } as unknown as Store, 1);
 
 test("a large aligned write is split into proposals that each fit one record, in order, with no read", async () => {
   const { port, ops, reads } = fakePort();
