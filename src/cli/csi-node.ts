@@ -14,8 +14,8 @@ import type { ApiClient } from "../api/client.js";
 import { ApiError, type VolumeInfo } from "../api/types.js";
 import { mountedAt, mountsOf, readRecord } from "../os/attachments.js";
 import { runCommand, type CommandResult } from "../os/command.js";
-import { attachVolume, detachVolume, mountVolume, unmountVolume } from "./attach.js";
-import { CsiError, checkedMap, readCapability, requirePath, requireVolumeId, topologyNodeKey, topologyZoneKey, volumesPerNodeMax, invalid, type CsiOptions, type Req } from "./csi.js";
+import { attachVolume, detachVolume, filesystemOn, mountVolume, unmountVolume } from "./attach.js";
+import { CsiError, checkedMap, readCapability, requirePath, requireVolumeId, sizeFor, topologyNodeKey, topologyZoneKey, volumesPerNodeMax, invalid, type CsiOptions, type Req } from "./csi.js";
 
 /** How long one mount/umount may take before the call fails (the CO retries). */
 const mountCommandMs = 60_000;
@@ -47,6 +47,43 @@ async function volumeOrNotFound(api: ApiClient, id: string): Promise<VolumeInfo>
 }
 
 type Handler = (req: Req) => Promise<object>;
+
+async function deviceBytes(device: string): Promise<number> {
+  const r = await sh("blockdev", ["--getsize64", device]);
+  const n = Number(r.stdout.trim());
+  if (r.code !== 0 || !Number.isSafeInteger(n)) throw new CsiError(grpc.status.INTERNAL, `reading the size of ${device} failed (blockdev exit ${r.code}): ${r.stderr.trim().slice(0, 500)}`);
+  return n;
+}
+
+/**
+ * NodeExpandVolume: the filesystem on the staged device grows to fill it
+ * (resize2fs, or xfs_growfs on its mount); a block volume needs nothing. The
+ * device shows the volume's new size only when it was attached after the
+ * resize (the plugin advertises OFFLINE expansion): a device that is still
+ * smaller than asked is FAILED_PRECONDITION, saying so.
+ */
+async function expandOnNode(req: Req): Promise<object> {
+  const id = requireVolumeId(req);
+  requirePath(req, "volume_path");
+  checkedMap(req, "secrets");
+  const cap = req["volume_capability"] == null ? undefined : capabilityOf(req);
+  const required = req["capacity_range"] == null ? 0 : sizeFor(req["capacity_range"]).required;
+  const record = readRecord(id);
+  if (record === undefined) throw new CsiError(grpc.status.NOT_FOUND, `volume ${id} is not staged on this host; call NodeStageVolume first`);
+  const bytes = await deviceBytes(record.device);
+  if (bytes < required) {
+    throw new CsiError(grpc.status.FAILED_PRECONDITION, `${record.device} still shows ${bytes} bytes, less than the ${required} asked for: it was attached before the volume grew; unstage and stage volume ${id} again (e.g. restart the pod) to see the new size`);
+  }
+  if (cap?.block === true || record.mount === undefined) return { capacity_bytes: bytes };
+  const fs = await filesystemOn(record.device);
+  if (fs === "ext4") {
+    const r = await sh("resize2fs", [record.device]);
+    const why = /Permission denied/.test(r.stderr) ? "; growing a mounted ext4 needs CAP_SYS_RESOURCE: run the node plugin privileged" : "";
+    if (r.code !== 0) throw new CsiError(grpc.status.INTERNAL, `growing ext4 on ${record.device} failed (resize2fs exit ${r.code}): ${r.stderr.trim().slice(0, 500)}${why}`);
+  } else if (fs === "xfs") await shOk("xfs_growfs", [record.mount], `growing xfs at ${record.mount}`);
+  else throw new CsiError(grpc.status.FAILED_PRECONDITION, `${record.device} holds ${fs ?? "no filesystem"}, which this driver does not grow; it grows ext4 and xfs`);
+  return { capacity_bytes: bytes };
+}
 
 export function nodeService(api: ApiClient, o: CsiOptions): Record<string, Handler> {
   let chain: Promise<unknown> = Promise.resolve();
@@ -143,7 +180,7 @@ export function nodeService(api: ApiClient, o: CsiOptions): Record<string, Handl
       accessible_topology: { segments: { [topologyNodeKey]: o.nodeId, ...(o.zone !== undefined ? { [topologyZoneKey]: o.zone } : {}) } },
     }),
     NodeGetCapabilities: async () => ({
-      capabilities: ["STAGE_UNSTAGE_VOLUME", "GET_VOLUME_STATS"].map((type) => ({ rpc: { type } })),
+      capabilities: ["STAGE_UNSTAGE_VOLUME", "GET_VOLUME_STATS", "EXPAND_VOLUME"].map((type) => ({ rpc: { type } })),
     }),
     NodeGetVolumeStats: async (req) => {
       const id = requireVolumeId(req);
@@ -161,6 +198,6 @@ export function nodeService(api: ApiClient, o: CsiOptions): Record<string, Handl
         ],
       };
     },
-    NodeExpandVolume: () => Promise.reject(new CsiError(grpc.status.UNIMPLEMENTED, "pxd volumes cannot be resized yet, so this driver does not expand them")),
+    NodeExpandVolume: serial((req) => expandOnNode(req)),
   };
 }
