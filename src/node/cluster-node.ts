@@ -31,6 +31,7 @@ import { metaVotersMax } from "../constants.js";
 import { ConfChangeType, type ConfChange } from "../raft/confchange.js";
 import type { NodeId } from "../raft/types.js";
 import { NotLeaderError, ProposalDroppedError, type MultiRaft } from "../replication/driver.js";
+import { encodeResize } from "../replication/volume-op.js";
 import { VolumeReplica } from "../replication/volume-replica.js";
 import type { Store } from "../store/store.js";
 
@@ -133,6 +134,8 @@ export class ClusterNode {
   private readonly reconciling = new Set<number>();
   /** When this node last handed each volume's leadership to its host's node (monotonic). */
   private readonly leaderMoves = new Map<number, number>();
+  /** Groups with a resize proposed by growGroup in flight. */
+  private readonly resizing = new Set<number>();
   /** Groups this node leads that are larger than the catalog says, and for how long (monotonic). */
   private readonly sizeBehind = new Durations<number>();
   /** Volumes whose size this node asked the catalog to record, and when (monotonic): one request in flight, retried after catalogSizeBehindMs. */
@@ -458,6 +461,7 @@ export class ClusterNode {
    * asked again later.
    */
   private catalogSize(v: CatalogVolume, behindMs: number | undefined, now: number): void {
+    if (this.p.store.sizeOf(v.id) < v.sizeBytes) return this.growGroup(v);
     const grow = this.p.growCatalog;
     if (grow === undefined || behindMs === undefined || behindMs < catalogSizeBehindMs) return;
     const asked = this.sizeAsked.get(v.id);
@@ -472,6 +476,23 @@ export class ClusterNode {
         this.p.log.warn(`volume ${v.name}: the catalog did not record ${formatSize(size)} yet (${e.message}); asked again in ${catalogSizeBehindMs / 1000} s`);
       },
     );
+  }
+
+  /**
+   * The catalog says the volume is larger than its group, which the API's
+   * resize never leaves (the group grows first), but a catalog entry
+   * committed by other means can (an older pxd, the fault-injection hook):
+   * the catalog's size is what is wanted, so the group's leader proposes the
+   * resize. One at a time per group.
+   */
+  private growGroup(v: CatalogVolume): void {
+    if (this.resizing.has(v.id)) return;
+    this.resizing.add(v.id);
+    this.p.log.warn(`volume ${v.name} (group ${v.id}): the catalog says ${formatSize(v.sizeBytes)} but the group is ${formatSize(this.p.store.sizeOf(v.id))}; growing the group`);
+    this.p.driver
+      .propose(v.id, encodeResize(v.sizeBytes))
+      .then(() => this.p.log.info(`volume ${v.name} (group ${v.id}): grown to ${formatSize(v.sizeBytes)}`), this.notTaken(`growing volume ${v.name} to ${formatSize(v.sizeBytes)}`))
+      .finally(() => this.resizing.delete(v.id));
   }
 
   /** Hands the volume's leadership to the replica node its read-write host attached through; at most once per attachLeaderRetryMs per volume. */

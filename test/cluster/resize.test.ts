@@ -5,7 +5,9 @@
 // data past the old end survives a leader kill and a SIGKILL of every node
 // (each replica applies the resize again from its log); shrinking is refused.
 // A follower away during a resize, past --log-retain, comes back through a
-// snapshot that carries the new size, and ends with the same bytes.
+// snapshot that carries the new size, and ends with the same bytes. A catalog
+// that says more than the group (an entry committed through the
+// fault-injection hook) is converged to: the group's leader grows the group.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -23,7 +25,7 @@ const MiB = 1024 * 1024;
 let c: Cluster;
 
 test.before(async () => {
-  c = await startCluster(3, ["--log-retain", "2M"]);
+  c = await startCluster(3, ["--log-retain", "2M", "--unsafe-debug-api"]);
 });
 
 test.after(async () => {
@@ -163,6 +165,26 @@ test("a follower away while the volume grew comes back through a snapshot of the
   }
   for (const n of c.nodes) await n.start();
   await c.healthy();
+});
+
+test("a catalog entry that grows a volume without its group: the group's leader grows the group", async () => {
+  const name = "cat";
+  await c.nodes[0]!.api.createVolume({ name, sizeBytes: 8 * MiB, repl: 3 });
+  const leader = await c.leaderOf(name);
+  const r = await c.nodes[1]!.api.debugCatalogPropose({ command: { kind: "resizeVolume", name, sizeBytes: 16 * MiB } });
+  assert.ok(r.ok, "the catalog took it");
+  const data = randomBytes(MiB);
+  await waitUntil("a write past the old end taken", async () => {
+    const t = new NbdTarget(c.nodes[leader]!.host, c.nodes[leader]!.nbdPort, name, MiB, 5000);
+    try {
+      await t.write(12, data);
+      return true;
+    } finally {
+      t.close();
+    }
+  }, 10000);
+  await readBack(c.nodes[(leader + 1) % 3]!, name, new Map([[12, data]]), "grown by the group's leader");
+  assert.match(c.nodes[leader]!.output, /the catalog says 16\.0 MiB but the group is 8\.00 MiB; growing the group/);
 });
 
 test.run();
