@@ -12,13 +12,15 @@ import { dirname } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { ApiClient } from "../api/client.js";
 import { ApiError, type VolumeInfo } from "../api/types.js";
-import { mountedAt, mountsOf, readRecord } from "../os/attachments.js";
+import { askAgentToResize, mountedAt, mountsOf, readRecord } from "../os/attachments.js";
 import { runCommand, type CommandResult } from "../os/command.js";
 import { attachVolume, detachVolume, filesystemOn, mountVolume, unmountVolume } from "./attach.js";
 import { CsiError, checkedMap, readCapability, requirePath, requireVolumeId, sizeFor, topologyNodeKey, topologyZoneKey, volumesPerNodeMax, invalid, type CsiOptions, type Req } from "./csi.js";
 
 /** How long one mount/umount may take before the call fails (the CO retries). */
 const mountCommandMs = 60_000;
+/** How long NodeExpandVolume waits for a kernel device's agent to grow it. */
+const agentResizeWaitMs = 5000;
 /** Node calls queued behind the one running; more are ABORTED (the spec's "operation pending") and the CO retries. */
 const nodeCallsWaitingMax = 64;
 
@@ -57,10 +59,11 @@ async function deviceBytes(device: string): Promise<number> {
 
 /**
  * NodeExpandVolume: the filesystem on the staged device grows to fill it
- * (resize2fs, or xfs_growfs on its mount); a block volume needs nothing. The
- * device shows the volume's new size only when it was attached after the
- * resize (the plugin advertises OFFLINE expansion): a device that is still
- * smaller than asked is FAILED_PRECONDITION, saying so.
+ * (resize2fs, or xfs_growfs on its mount); a block volume needs nothing. A
+ * kernel device grows in place (its attach agent is asked, and waited for up
+ * to agentResizeWaitMs); a fuse one shows the new size only once attached
+ * again (so the plugin advertises OFFLINE expansion): a device still smaller
+ * than asked is FAILED_PRECONDITION, saying so.
  */
 async function expandOnNode(req: Req): Promise<object> {
   const id = requireVolumeId(req);
@@ -70,7 +73,14 @@ async function expandOnNode(req: Req): Promise<object> {
   const required = req["capacity_range"] == null ? 0 : sizeFor(req["capacity_range"]).required;
   const record = readRecord(id);
   if (record === undefined) throw new CsiError(grpc.status.NOT_FOUND, `volume ${id} is not staged on this host; call NodeStageVolume first`);
-  const bytes = await deviceBytes(record.device);
+  let bytes = await deviceBytes(record.device);
+  // A kernel device grows in place once its agent asks the server (it does every 10 s; a SIGHUP asks now).
+  if (bytes < required && askAgentToResize(id) !== undefined) {
+    for (let waited = 0; bytes < required && waited < agentResizeWaitMs; waited += 250) {
+      await new Promise((r) => setTimeout(r, 250));
+      bytes = await deviceBytes(record.device);
+    }
+  }
   if (bytes < required) {
     throw new CsiError(grpc.status.FAILED_PRECONDITION, `${record.device} still shows ${bytes} bytes, less than the ${required} asked for: it was attached before the volume grew; unstage and stage volume ${id} again (e.g. restart the pod) to see the new size`);
   }

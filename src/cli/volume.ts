@@ -8,6 +8,7 @@ import type { UpdateVolumeRequest } from "../api/types.js";
 import { bandwidthArg, checkName, clientFor, replArg, sizeArg } from "./args.js";
 import { CliError, UsageError } from "./errors.js";
 import { registerAttach } from "./attach.js";
+import { askAgentToResize } from "../os/attachments.js";
 import { waitForReplicas } from "./progress.js";
 import { json, nodeTable, scrubTable, settingsTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
 
@@ -176,8 +177,10 @@ export function registerVolume(program: Command): void {
       };
       if (Object.keys(request).length === 0) throw new UsageError(`nothing to change; give --size (e.g. pxd volume update ${name} --size 20G)`);
       const v = await clientFor(command).updateVolume(checkName(name), request);
+      const device = request.sizeBytes !== undefined ? askAgentToResize(v.name) : undefined;
       if (options.json) return console.log(json(v));
-      const changes = [...(request.sizeBytes !== undefined ? [`size ${formatSize(v.sizeBytes)} (new NBD connections see it; grow the filesystem on it, e.g. resize2fs)`] : [])];
+      const seen = device !== undefined ? `${device} here grows in place` : "new NBD connections see it, and a kernel device attached with pxd volume attach within 10 s";
+      const changes = [...(request.sizeBytes !== undefined ? [`size ${formatSize(v.sizeBytes)} (${seen}; then grow the filesystem on it, e.g. resize2fs)`] : [])];
       console.log(`volume "${v.name}" updated: ${changes.join(", ")}`);
     });
 
