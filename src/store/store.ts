@@ -1248,9 +1248,7 @@ function checkpointPins(groups: readonly { raft: { entries: readonly RaftIndexEn
 
 function newGroup(spec: GroupSpec, crcsPending = false): Group {
   // Size 0: a group that holds only a Raft log (the meta group).
-  if (!Number.isSafeInteger(spec.sizeBytes) || spec.sizeBytes < 0 || spec.sizeBytes % sectorBytes !== 0 || spec.sizeBytes > volumeBytesMax) {
-    throw new StoreError("EINVAL", `volume size ${spec.sizeBytes} must be a multiple of ${sectorBytes} bytes up to ${volumeBytesMax}`);
-  }
+  if (spec.sizeBytes !== 0) checkSize(spec.sizeBytes);
   return {
     id: spec.groupId,
     sizeBytes: spec.sizeBytes,
@@ -1658,6 +1656,7 @@ function installStaged(
   g.appliedIndex = index;
 }
 
+/** A volume's size: whole sectors, above 0, at most volumeBytesMax. */
 function checkSize(sizeBytes: number): void {
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % sectorBytes !== 0 || sizeBytes > volumeBytesMax) {
     throw new StoreError("EINVAL", `volume size ${sizeBytes} must be a positive multiple of ${sectorBytes} bytes up to ${volumeBytesMax}`);
