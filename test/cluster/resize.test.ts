@@ -167,6 +167,20 @@ test("a follower away while the volume grew comes back through a snapshot of the
   await c.healthy();
 });
 
+test("a one-replica volume on each node grows: the meta leader forwards the resize to the node that holds it", async () => {
+  for (const [i, n] of c.nodes.entries()) {
+    const name = `one${i + 1}`;
+    await c.nodes[0]!.api.createVolume({ name, sizeBytes: 8 * MiB, nodes: [`node${i + 1}`] });
+    await waitUntil(`${name} has a leader`, async () => (await n.api.inspectVolume(name)).replicas.some((r) => r.leader), 10000);
+    assert.is((await c.nodes[(i + 1) % 3]!.api.updateVolume(name, { sizeBytes: 24 * MiB })).sizeBytes, 24 * MiB);
+    // Each node's catalog learns the size with the entry's commit, a heartbeat after the meta leader's.
+    const via = c.nodes[(i + 2) % 3]!;
+    await waitUntil(`${via.host} sees 24 MiB`, async () => (await via.api.inspectVolume(name)).sizeBytes === 24 * MiB, 10000);
+    const data = await fill(via, name, 20, 1);
+    await readBack(n, name, data, `${name}, past the old end`);
+  }
+});
+
 test("a catalog entry that grows a volume without its group: the group's leader grows the group", async () => {
   const name = "cat";
   await c.nodes[0]!.api.createVolume({ name, sizeBytes: 8 * MiB, repl: 3 });
