@@ -7,6 +7,10 @@
 // holds requests for up to the dead-connection timeout and sends them again
 // on the new connection, so a failover within that timeout is invisible to
 // the filesystem. Requests still waiting when the timeout ends fail with EIO.
+// A volume grown online grows the device in place: every SIZE_CHECK_MS, or
+// at once on SIGHUP, the agent asks its server the export's size (one more
+// handshake) and sets a larger one with NBD_CMD_RECONFIGURE and
+// NBD_ATTR_SIZE_BYTES (Linux 5.1 on); it never shrinks the device.
 //
 // Usage:
 //   pxd-attach connect --export NAME --server HOST:PORT [--server ...]
@@ -15,7 +19,8 @@
 //       Prints "/dev/nbdN HOST:PORT" (the device, the server it uses) on
 //       stdout once the device is connected, closes
 //       stdout, and supervises the device until it is disconnected or the
-//       agent gets SIGTERM/SIGINT (then it disconnects the device).
+//       agent gets SIGTERM/SIGINT (then it disconnects the device). SIGHUP:
+//       check the export's size now.
 //   pxd-attach adopt N --export NAME --server HOST:PORT [...]
 //       Takes over /dev/nbdN after its agent died: reconnects once, in
 //       place of any connection that died meanwhile, then supervises it.
@@ -84,6 +89,7 @@ enum { NBD_CMD_CONNECT = 1, NBD_CMD_DISCONNECT, NBD_CMD_RECONFIGURE, NBD_CMD_LIN
 #define MAX_OPTION_REPLIES 16     // replies to one NBD_OPT_GO before its ACK
 #define HANDSHAKE_TIMEOUT_MS 3000 // connect plus handshake, per server
 #define HEALTH_CHECK_MS 2000      // STATUS poll when no event arrives
+#define SIZE_CHECK_MS 10000       // asks the server the export's size (a volume grown online)
 #define LINK_DEAD_SETTLE_MS 200   // after a dead connection, before reconnecting
 #define BACKLOG_MS 2000           // a death reported this soon after a reconnect predates it
 #define NL_BUF 16384
@@ -628,6 +634,52 @@ static int device_reconfigure(struct nl *nl, const struct config *c, int index, 
   return nl_call(nl, &m, NULL, NULL);
 }
 
+static int device_resize(struct nl *nl, int index, uint64_t size) {
+  struct msg m;
+  msg_begin(&m, nl->family, NLM_F_REQUEST | NLM_F_ACK, NBD_CMD_RECONFIGURE, 0);
+  msg_u32(&m, NBD_ATTR_INDEX, (uint32_t)index);
+  msg_u64(&m, NBD_ATTR_SIZE_BYTES, size);
+  return nl_call(nl, &m, NULL, NULL);
+}
+
+// The device's size as the kernel has it (sysfs counts 512-byte sectors); 0 when unknown.
+static uint64_t device_bytes(int index) {
+  char path[64];
+  snprintf(path, sizeof path, "/sys/block/nbd%d/size", index);
+  FILE *f = fopen(path, "r");
+  if (!f) return 0;
+  unsigned long long sectors = 0;
+  int ok = fscanf(f, "%llu", &sectors) == 1;
+  fclose(f);
+  return ok ? (uint64_t)sectors * 512 : 0;
+}
+
+// Asks the server the device uses for the export's size (a handshake on a
+// connection closed at once) and grows the device to it when it is larger:
+// a volume grown online. Never shrinks; a refusal is logged once per size.
+static void check_size(struct nl *nl, const struct config *c, int index) {
+  static uint64_t refused_size;
+  const struct server *s = &c->servers[c->current];
+  struct export_info info;
+  char why[512] = "";
+  int fd = tcp_connect(s, HANDSHAKE_TIMEOUT_MS);
+  int rc = fd < 0 ? -1 : handshake(fd, c->export_name, &info, why, sizeof why);
+  if (fd >= 0) close(fd);
+  if (rc != 0) {
+    DEBUG("nbd%d: size check at %s:%s: %s", index, s->host, s->port, fd < 0 ? strerror(errno) : why);
+    return;
+  }
+  uint64_t now = device_bytes(index);
+  if (now == 0 || info.size <= now || info.size == refused_size) return;
+  int err = device_resize(nl, index, info.size);
+  if (err < 0) {
+    refused_size = info.size;
+    LOG("nbd%d: export \"%s\" grew to %llu bytes, but the kernel refused the new size: %s; detach and attach again to see it", index, c->export_name, (unsigned long long)info.size, strerror(-err));
+    return;
+  }
+  LOG("nbd%d: export \"%s\" grew from %llu to %llu bytes; the device has the new size", index, c->export_name, (unsigned long long)now, (unsigned long long)info.size);
+}
+
 static int device_disconnect(struct nl *nl, int index) {
   struct msg m;
   msg_begin(&m, nl->family, NLM_F_REQUEST | NLM_F_ACK, NBD_CMD_DISCONNECT, 0);
@@ -673,6 +725,8 @@ static int device_status(struct nl *nl, int index, struct status_walk *w) {
 
 static volatile sig_atomic_t stop_requested;
 static void on_signal(int sig) { (void)sig; stop_requested = 1; }
+static volatile sig_atomic_t size_check_requested;
+static void on_hup(int sig) { (void)sig; size_check_requested = 1; }
 
 static void close_all(int *fds, int n) { for (int i = 0; i < n; i++) if (fds[i] >= 0) close(fds[i]); }
 
@@ -768,6 +822,7 @@ static int drain_events(int fd, uint16_t family, int index, int *overrun) {
 
 static int supervise(struct nl *nl, struct config *c, int index, int event_fd) {
   uint64_t last_check = now_ms();
+  uint64_t last_size_check = now_ms();
   int dead = 0;    // LINK_DEAD events not yet answered with a new socket
   int overrun = 0; // the event socket dropped events: offer all K sockets, as a probe
   while (!stop_requested) {
@@ -782,6 +837,11 @@ static int supervise(struct nl *nl, struct config *c, int index, int event_fd) {
         nanosleep(&settle, NULL);
         dead += drain_events(event_fd, nl->family, index, &overrun);
       }
+    }
+    if (dead == 0 && !overrun && (size_check_requested || now_ms() - last_size_check >= SIZE_CHECK_MS)) {
+      size_check_requested = 0;
+      check_size(nl, c, index);
+      last_size_check = now_ms();
     }
     if (dead == 0 && !overrun && now_ms() - last_check < HEALTH_CHECK_MS) continue;
     last_check = now_ms();
@@ -870,6 +930,8 @@ static void on_stop_signals(void) {
   struct sigaction sa = { .sa_handler = on_signal };
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
+  struct sigaction hup = { .sa_handler = on_hup }; // no SA_RESTART: it wakes the supervisor's poll
+  sigaction(SIGHUP, &hup, NULL);
   signal(SIGPIPE, SIG_IGN);
 }
 

@@ -338,9 +338,12 @@ export interface AttachRequest {
   node?: string;
 }
 
-/** PATCH /v1/volumes/NAME: what to change (ha-update). */
+/** PATCH /v1/volumes/NAME: what to change (pxd volume update, ha-update); at least one field. */
 export interface UpdateVolumeRequest {
-  repl: number;
+  /** The replica count (ha-update). */
+  repl?: number;
+  /** Grow the volume to this size (whole sectors); the same size changes nothing, a smaller one is refused (409). */
+  sizeBytes?: number;
 }
 
 export interface CreateVolumeRequest {

@@ -55,13 +55,7 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
   const { name, sizeBytes, repl, nodes, zones, shared, owner } = record;
   if (typeof name !== "string") throw invalid(`field "name" must be a string, not ${describe(name)}`);
   checkVolumeName(name);
-  if (typeof sizeBytes !== "number" || !Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
-    throw invalid(`field "sizeBytes" must be a positive integer number of bytes, not ${describe(sizeBytes)}`);
-  }
-  if (sizeBytes > volumeBytesMax) throw invalid(`field "sizeBytes" is ${sizeBytes}, larger than the volume limit ${volumeBytesMax} (64 TiB)`);
-  const sectors = volumeSizeSectorProblem(sizeBytes);
-  if (sectors !== null) throw invalid(`field "sizeBytes" ${sectors}`);
-  const out: CreateVolumeRequest = { name, sizeBytes };
+  const out: CreateVolumeRequest = { name, sizeBytes: sizeField(sizeBytes) };
   if (repl !== undefined) out.repl = replField(repl);
   if (nodes !== undefined) {
     const ok = Array.isArray(nodes) && nodes.length >= 1 && nodes.length <= volumeReplicasMax && nodes.every((n) => typeof n === "string" && n.length >= 1 && n.length <= catalogNameCharsMax);
@@ -104,10 +98,27 @@ export function parseAttachRequest(body: unknown): AttachRequest {
   return out;
 }
 
-/** PATCH /v1/volumes/NAME: {"repl": N}. */
+const updateFields = ["repl", "sizeBytes"];
+
+/** PATCH /v1/volumes/NAME: {"repl": N}, {"sizeBytes": N} or both. */
 export function parseUpdateVolumeRequest(body: unknown): UpdateVolumeRequest {
-  const { repl } = objectWithFields(body, ["repl"], ` like {"repl":3}`);
-  return { repl: replField(repl) };
+  const { repl, sizeBytes } = objectWithFields(body, updateFields, ` like {"repl":3} or {"sizeBytes":21474836480}`);
+  const out: UpdateVolumeRequest = {};
+  if (repl !== undefined) out.repl = replField(repl);
+  if (sizeBytes !== undefined) out.sizeBytes = sizeField(sizeBytes);
+  if (Object.keys(out).length === 0) throw invalid(`the body names nothing to change; give at least one of the fields ${updateFields.join(", ")}`);
+  return out;
+}
+
+/** A volume size: what create takes, and what update grows a volume to. */
+function sizeField(sizeBytes: unknown): number {
+  if (typeof sizeBytes !== "number" || !Number.isSafeInteger(sizeBytes) || sizeBytes <= 0) {
+    throw invalid(`field "sizeBytes" must be a positive integer number of bytes, not ${describe(sizeBytes)}`);
+  }
+  if (sizeBytes > volumeBytesMax) throw invalid(`field "sizeBytes" is ${sizeBytes}, larger than the volume limit ${volumeBytesMax} (64 TiB)`);
+  const sectors = volumeSizeSectorProblem(sizeBytes);
+  if (sectors !== null) throw invalid(`field "sizeBytes" ${sectors}`);
+  return sizeBytes;
 }
 
 export function parseCreateSnapshotRequest(body: unknown): CreateSnapshotRequest {

@@ -328,7 +328,7 @@ function fsArg(text: string): Filesystem {
  * be a block device that reads, and blkid must have said nothing on stderr:
  * anything else is an error, never "no filesystem" (mkfs would follow).
  */
-async function filesystemOn(device: string): Promise<string | undefined> {
+export async function filesystemOn(device: string): Promise<string | undefined> {
   let isBlock = false;
   try {
     isBlock = statSync(device).isBlockDevice();

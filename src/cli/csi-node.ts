@@ -12,13 +12,15 @@ import { dirname } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import type { ApiClient } from "../api/client.js";
 import { ApiError, type VolumeInfo } from "../api/types.js";
-import { mountedAt, mountsOf, readRecord } from "../os/attachments.js";
+import { askAgentToResize, mountedAt, mountsOf, readRecord } from "../os/attachments.js";
 import { runCommand, type CommandResult } from "../os/command.js";
-import { attachVolume, detachVolume, mountVolume, unmountVolume } from "./attach.js";
-import { CsiError, checkedMap, readCapability, requirePath, requireVolumeId, topologyNodeKey, topologyZoneKey, volumesPerNodeMax, invalid, type CsiOptions, type Req } from "./csi.js";
+import { attachVolume, detachVolume, filesystemOn, mountVolume, unmountVolume } from "./attach.js";
+import { CsiError, checkedMap, readCapability, requirePath, requireVolumeId, sizeFor, topologyNodeKey, topologyZoneKey, volumesPerNodeMax, invalid, type CsiOptions, type Req } from "./csi.js";
 
 /** How long one mount/umount may take before the call fails (the CO retries). */
 const mountCommandMs = 60_000;
+/** How long NodeExpandVolume waits for a kernel device's agent to grow it. */
+const agentResizeWaitMs = 5000;
 /** Node calls queued behind the one running; more are ABORTED (the spec's "operation pending") and the CO retries. */
 const nodeCallsWaitingMax = 64;
 
@@ -47,6 +49,51 @@ async function volumeOrNotFound(api: ApiClient, id: string): Promise<VolumeInfo>
 }
 
 type Handler = (req: Req) => Promise<object>;
+
+async function deviceBytes(device: string): Promise<number> {
+  const r = await sh("blockdev", ["--getsize64", device]);
+  const n = Number(r.stdout.trim());
+  if (r.code !== 0 || !Number.isSafeInteger(n)) throw new CsiError(grpc.status.INTERNAL, `reading the size of ${device} failed (blockdev exit ${r.code}): ${r.stderr.trim().slice(0, 500)}`);
+  return n;
+}
+
+/**
+ * NodeExpandVolume: the filesystem on the staged device grows to fill it
+ * (resize2fs, or xfs_growfs on its mount); a block volume needs nothing. A
+ * kernel device grows in place (its attach agent is asked, and waited for up
+ * to agentResizeWaitMs); a fuse one shows the new size only once attached
+ * again (so the plugin advertises OFFLINE expansion): a device still smaller
+ * than asked is FAILED_PRECONDITION, saying so.
+ */
+async function expandOnNode(req: Req): Promise<object> {
+  const id = requireVolumeId(req);
+  requirePath(req, "volume_path");
+  checkedMap(req, "secrets");
+  const cap = req["volume_capability"] == null ? undefined : capabilityOf(req);
+  const required = req["capacity_range"] == null ? 0 : sizeFor(req["capacity_range"]).required;
+  const record = readRecord(id);
+  if (record === undefined) throw new CsiError(grpc.status.NOT_FOUND, `volume ${id} is not staged on this host; call NodeStageVolume first`);
+  let bytes = await deviceBytes(record.device);
+  // A kernel device grows in place once its agent asks the server (it does every 10 s; a SIGHUP asks now).
+  if (bytes < required && askAgentToResize(id) !== undefined) {
+    for (let waited = 0; bytes < required && waited < agentResizeWaitMs; waited += 250) {
+      await new Promise((r) => setTimeout(r, 250));
+      bytes = await deviceBytes(record.device);
+    }
+  }
+  if (bytes < required) {
+    throw new CsiError(grpc.status.FAILED_PRECONDITION, `${record.device} still shows ${bytes} bytes, less than the ${required} asked for: it was attached before the volume grew; unstage and stage volume ${id} again (e.g. restart the pod) to see the new size`);
+  }
+  if (cap?.block === true || record.mount === undefined) return { capacity_bytes: bytes };
+  const fs = await filesystemOn(record.device);
+  if (fs === "ext4") {
+    const r = await sh("resize2fs", [record.device]);
+    const why = /Permission denied/.test(r.stderr) ? "; growing a mounted ext4 needs CAP_SYS_RESOURCE: run the node plugin privileged" : "";
+    if (r.code !== 0) throw new CsiError(grpc.status.INTERNAL, `growing ext4 on ${record.device} failed (resize2fs exit ${r.code}): ${r.stderr.trim().slice(0, 500)}${why}`);
+  } else if (fs === "xfs") await shOk("xfs_growfs", [record.mount], `growing xfs at ${record.mount}`);
+  else throw new CsiError(grpc.status.FAILED_PRECONDITION, `${record.device} holds ${fs ?? "no filesystem"}, which this driver does not grow; it grows ext4 and xfs`);
+  return { capacity_bytes: bytes };
+}
 
 export function nodeService(api: ApiClient, o: CsiOptions): Record<string, Handler> {
   let chain: Promise<unknown> = Promise.resolve();
@@ -143,7 +190,7 @@ export function nodeService(api: ApiClient, o: CsiOptions): Record<string, Handl
       accessible_topology: { segments: { [topologyNodeKey]: o.nodeId, ...(o.zone !== undefined ? { [topologyZoneKey]: o.zone } : {}) } },
     }),
     NodeGetCapabilities: async () => ({
-      capabilities: ["STAGE_UNSTAGE_VOLUME", "GET_VOLUME_STATS"].map((type) => ({ rpc: { type } })),
+      capabilities: ["STAGE_UNSTAGE_VOLUME", "GET_VOLUME_STATS", "EXPAND_VOLUME"].map((type) => ({ rpc: { type } })),
     }),
     NodeGetVolumeStats: async (req) => {
       const id = requireVolumeId(req);
@@ -161,6 +208,6 @@ export function nodeService(api: ApiClient, o: CsiOptions): Record<string, Handl
         ],
       };
     },
-    NodeExpandVolume: () => Promise.reject(new CsiError(grpc.status.UNIMPLEMENTED, "pxd volumes cannot be resized yet, so this driver does not expand them")),
+    NodeExpandVolume: serial((req) => expandOnNode(req)),
   };
 }

@@ -171,6 +171,8 @@ function identityService(mode: CsiMode): Record<string, Handler> {
       capabilities: [
         ...(mode === "node" ? [] : [{ service: { type: "CONTROLLER_SERVICE" } }]),
         { service: { type: "VOLUME_ACCESSIBILITY_CONSTRAINTS" } },
+        // OFFLINE: a device attached before a resize keeps its size until it is staged again (docs/csi.md).
+        { volume_expansion: { type: "OFFLINE" } },
       ],
     }),
     Probe: async () => ({ ready: { value: true } }),
@@ -247,6 +249,36 @@ function existingFits(v: VolumeInfo, size: { bytes: number; limit: number; requi
   return null;
 }
 
+/**
+ * ControllerExpandVolume: grows the volume to required_bytes (rounded up to
+ * whole sectors). A volume already inside the capacity range is left as it is
+ * (a repeated call); one larger than limit_bytes cannot be shrunk: OUT_OF_RANGE.
+ * A filesystem on it is grown by NodeExpandVolume once the device shows the
+ * new size.
+ */
+async function expandVolume(api: ApiClient, req: Req): Promise<object> {
+  const id = requireVolumeId(req);
+  checkedMap(req, "secrets");
+  if (req["capacity_range"] == null) throw invalid("capacity_range is missing; give required_bytes, the size to grow to");
+  const cap = req["volume_capability"] == null ? undefined : readCapability(req["volume_capability"]).cap;
+  const size = sizeFor(req["capacity_range"]);
+  const v = await findVolume(api, id);
+  if (v === undefined) throw new CsiError(grpc.status.NOT_FOUND, `volume ${id} does not exist`);
+  const nodeExpansion = cap === undefined || !cap.block;
+  if (size.limit > 0 && v.sizeBytes > size.limit) {
+    throw new CsiError(grpc.status.OUT_OF_RANGE, `volume ${id} is ${v.sizeBytes} bytes, above limit_bytes ${size.limit}; shrinking a volume is not supported`);
+  }
+  if (v.sizeBytes >= size.required) return { capacity_bytes: v.sizeBytes, node_expansion_required: nodeExpansion };
+  try {
+    const grown = await api.updateVolume(id, { sizeBytes: size.bytes });
+    return { capacity_bytes: grown.sizeBytes, node_expansion_required: nodeExpansion };
+  } catch (e) {
+    // Grown meanwhile past what this call asks (another resize raced it): shrinking is what the daemon refused.
+    if (e instanceof ApiError && e.code === "conflict") throw new CsiError(grpc.status.OUT_OF_RANGE, e.message);
+    throw e;
+  }
+}
+
 /** A CSI snapshot id: VOLUME@SNAPSHOT, the snapshot's NBD export name. */
 function snapshotIdOf(s: SnapshotInfo): string {
   return `${s.volume}@${s.name}`;
@@ -278,7 +310,6 @@ function page<T>(req: Req, all: T[]): { items: T[]; next: string } {
 }
 
 function controllerService(api: ApiClient): Record<string, Handler> {
-  const noResize = "pxd volumes cannot be resized yet, so this driver does not expand them";
   const noPublish = "pxd.csi.io needs no ControllerPublish (attachRequired: false): the node plugin attaches in NodeStageVolume";
   return {
     CreateVolume: async (req) => {
@@ -354,7 +385,7 @@ function controllerService(api: ApiClient): Record<string, Handler> {
       return { available_capacity: status.pool.freeBytes, maximum_volume_size: { value: Math.min(volumeBytesMax, status.pool.freeBytes) } };
     },
     ControllerGetCapabilities: async () => ({
-      capabilities: ["CREATE_DELETE_VOLUME", "LIST_VOLUMES", "GET_CAPACITY", "CREATE_DELETE_SNAPSHOT", "LIST_SNAPSHOTS"].map((type) => ({ rpc: { type } })),
+      capabilities: ["CREATE_DELETE_VOLUME", "LIST_VOLUMES", "GET_CAPACITY", "EXPAND_VOLUME", "CREATE_DELETE_SNAPSHOT", "LIST_SNAPSHOTS"].map((type) => ({ rpc: { type } })),
     }),
     ControllerPublishVolume: unimplemented(noPublish),
     ControllerUnpublishVolume: unimplemented(noPublish),
@@ -402,7 +433,7 @@ function controllerService(api: ApiClient): Record<string, Handler> {
       const { items, next } = page(req, all);
       return { entries: items.map((x) => ({ snapshot: csiSnapshot(x) })), next_token: next };
     },
-    ControllerExpandVolume: unimplemented(noResize),
+    ControllerExpandVolume: (req) => expandVolume(api, req),
     ControllerGetVolume: unimplemented("ControllerGetVolume is not offered (no VOLUME_CONDITION capability); use ListVolumes"),
     ControllerModifyVolume: unimplemented("pxd has no mutable volume parameters"),
   };

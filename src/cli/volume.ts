@@ -1,13 +1,15 @@
-// pxd status, pxd node list|drain|remove, pxd settings, pxd volume create|list|inspect|ha-update|delete:
+// pxd status, pxd node list|drain|remove, pxd settings, pxd volume create|list|inspect|update|ha-update|delete:
 // thin wrappers over ApiClient.
 
 import type { Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import { apiScrubTimeoutMs } from "../api/limits.js";
+import type { UpdateVolumeRequest } from "../api/types.js";
 import { bandwidthArg, checkName, clientFor, replArg, sizeArg } from "./args.js";
-import { CliError } from "./errors.js";
+import { CliError, UsageError } from "./errors.js";
 import { registerAttach } from "./attach.js";
 import { registerSnapshot } from "./snapshot.js";
+import { askAgentToResize } from "../os/attachments.js";
 import { waitForReplicas } from "./progress.js";
 import { json, nodeTable, scrubTable, settingsTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
 
@@ -114,7 +116,7 @@ export function registerStatus(program: Command): void {
 }
 
 export function registerVolume(program: Command): void {
-  const volume = program.command("volume").description("create, list, inspect, ha-update and delete volumes");
+  const volume = program.command("volume").description("create, list, inspect, update, ha-update and delete volumes");
 
   volume
     .command("create")
@@ -163,6 +165,25 @@ export function registerVolume(program: Command): void {
     .action(async (name: string, options: JsonFlag, command: Command) => {
       const v = await clientFor(command).inspectVolume(checkName(name));
       console.log(options.json ? json(v) : volumeDetails(v));
+    });
+
+  volume
+    .command("update")
+    .description("change a volume's settings online; at least one option")
+    .argument("<name>", "volume name")
+    .option("-s, --size <size>", "grow the volume to this size, K/M/G/T suffix (powers of 1024), e.g. 20G; shrinking is refused. NBD clients see it on their next handshake", sizeArg)
+    .option("--json", "print the API's JSON")
+    .action(async (name: string, options: { size?: number } & JsonFlag, command: Command) => {
+      const request: UpdateVolumeRequest = {
+        ...(options.size !== undefined ? { sizeBytes: options.size } : {}),
+      };
+      if (Object.keys(request).length === 0) throw new UsageError(`nothing to change; give --size (e.g. pxd volume update ${name} --size 20G)`);
+      const v = await clientFor(command).updateVolume(checkName(name), request);
+      const device = request.sizeBytes !== undefined ? askAgentToResize(v.name) : undefined;
+      if (options.json) return console.log(json(v));
+      const seen = device !== undefined ? `${device} here grows in place` : "new NBD connections see it, and a kernel device attached with pxd volume attach within 10 s";
+      const changes = [...(request.sizeBytes !== undefined ? [`size ${formatSize(v.sizeBytes)} (${seen}; then grow the filesystem on it, e.g. resize2fs)`] : [])];
+      console.log(`volume "${v.name}" updated: ${changes.join(", ")}`);
     });
 
   volume

@@ -164,7 +164,7 @@ export type ApplyResult =
   | { ok: true; index: number; kind: CatalogCommand["kind"]; changed: boolean; node?: CatalogNode; volume?: CatalogVolume }
   | { ok: false; index: number; code: CatalogErrorCode; error: string };
 
-type Refused = { ok: false; code: RefusalCode; error: string };
+export type Refused = { ok: false; code: RefusalCode; error: string };
 type Outcome = { ok: true; changed: boolean; node?: CatalogNode; volume?: CatalogVolume } | Refused;
 
 /**
@@ -488,24 +488,37 @@ function attachmentCount(state: CatalogState): number {
 }
 
 function resizeVolume(state: CatalogState, c: ResizeVolume): Outcome {
-  const v = state.volumes.get(c.name);
-  if (v === undefined) return volumeNotFound(c.name);
-  const name = JSON.stringify(c.name);
-  if (c.sizeBytes < v.sizeBytes) {
-    return fail("conflict", `volume ${name} is ${formatSize(v.sizeBytes)} and can only grow (asked for ${formatSize(c.sizeBytes)}); create a new volume and copy the data to shrink`);
-  }
+  const refused = resizeRefusal(state, c.name, c.sizeBytes);
+  if (refused !== undefined) return refused;
+  const v = state.volumes.get(c.name)!;
   if (c.sizeBytes === v.sizeBytes) return { ok: true, changed: false, volume: copyVolume(v) };
-  const growth = c.sizeBytes - v.sizeBytes;
+  v.sizeBytes = c.sizeBytes;
+  return { ok: true, changed: true, volume: copyVolume(v) };
+}
+
+/**
+ * Why the catalog would refuse to grow the volume to `sizeBytes` now, or
+ * undefined: the rule resizeVolume applies, for the API to check before it
+ * grows the volume's group (docs/architecture.md, "Resize").
+ */
+export function resizeRefusal(state: CatalogState, volume: string, sizeBytes: number): Refused | undefined {
+  const v = state.volumes.get(volume);
+  if (v === undefined) return fail("not_found", `volume ${JSON.stringify(volume)} does not exist; pxd volume list shows the volumes`);
+  const name = JSON.stringify(volume);
+  if (sizeBytes < v.sizeBytes) {
+    return fail("conflict", `volume ${name} is ${formatSize(v.sizeBytes)} (${v.sizeBytes} bytes) and shrinking a volume is not supported (asked for ${formatSize(sizeBytes)}); create a new volume and copy the data to shrink`);
+  }
+  const growth = sizeBytes - v.sizeBytes;
+  if (growth === 0) return undefined;
   const percent = overcommitPercent(state);
   for (const p of placementNodes(state)) {
     if (!v.nodes.includes(p.id)) continue;
     const room = roomBytes(p, percent);
     if (room < growth) {
-      return fail("placement", `cannot grow volume ${name} to ${formatSize(c.sizeBytes)}: its replica on node ${p.id} (${p.name}) has ${formatSize(Math.max(0, room))} unpromised and needs ${formatSize(growth)} more; add capacity, move the replica or raise the setting overcommitPercent`);
+      return fail("placement", `cannot grow volume ${name} to ${formatSize(sizeBytes)}: its replica on node ${p.id} (${p.name}) has ${formatSize(Math.max(0, room))} unpromised and needs ${formatSize(growth)} more; add capacity, move the replica or raise the setting overcommitPercent`);
     }
   }
-  v.sizeBytes = c.sizeBytes;
-  return { ok: true, changed: true, volume: copyVolume(v) };
+  return undefined;
 }
 
 function snapshotCount(state: CatalogState): number {

@@ -65,6 +65,7 @@ import {
   encodeCommandUnchecked,
   listNames,
   replicaSetFor,
+  resizeRefusal,
   settingValue,
   validateCommand,
   type ApplyResult,
@@ -100,6 +101,7 @@ import { agentCluster, releaseSupervisorLock, superviseAgents, type AttachRecord
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType } from "../raft/confchange.js";
 import { MultiRaft, NotLeaderError, ProposalDroppedError } from "../replication/driver.js";
+import { errorKindOf } from "../replication/errors.js";
 import { Repairer } from "../replication/repair.js";
 import { Scrubber, type ScrubReport } from "../replication/scrub.js";
 import { VolumeIo } from "../replication/volume-io.js";
@@ -381,6 +383,7 @@ export class Daemon implements Controller {
       isConnected: (id) => transport.isConnected(id),
       setTransportPeers: (peers) => transport.setPeers(peers),
       volumeGone: (name) => this.fenced.delete(name),
+      growCatalog: (name, sizeBytes) => this.growCatalog(name, sizeBytes),
       monotonicMs,
       wallMs: () => Date.now(),
       after: (ms, fn) => nodeTimers.setTimeout(fn, ms),
@@ -541,18 +544,57 @@ export class Daemon implements Controller {
 
 
 
+  /** On the meta leader: a resize (first, so new replicas are placed with the new size counted), then a replica count. */
   async updateVolume(name: string, request: UpdateVolumeRequest, caller: Caller): Promise<VolumeInfo> {
     checkReach(caller, await this.knownVolume(name));
     const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.updateVolume(name, request);
+    if (request.sizeBytes !== undefined) await this.resizeVolume(name, request.sizeBytes);
+    if (request.repl !== undefined) await this.setRepl(name, request.repl);
+    return this.info(this.mustGet(name));
+  }
+
+  private async setRepl(name: string, repl: number): Promise<void> {
     const was = [...this.mustGet(name).nodes];
-    const set = replicaSetFor(this.catalog, name, request.repl);
+    const set = replicaSetFor(this.catalog, name, repl);
     if ("error" in set) throw new ApiError(409, "placement", set.error);
-    const result = await this.metaCommand({ kind: "setReplicas", name, nodes: set.nodes, repl: request.repl, expect: was });
+    const result = await this.metaCommand({ kind: "setReplicas", name, nodes: set.nodes, repl, expect: was });
     if (!result.ok) throw catalogError(result);
-    const now = this.catalog.volumes.get(name)!;
-    this.log.info(`volume ${name}: ${request.repl} replicas wanted, on nodes ${now.nodes.join(", ")} (were ${was.join(", ")})`);
-    return this.info(now);
+    this.log.info(`volume ${name}: ${repl} replicas wanted, on nodes ${this.mustGet(name).nodes.join(", ")} (were ${was.join(", ")})`);
+  }
+
+  /**
+   * On the meta leader: grows a volume (docs/architecture.md, "Resize"). The
+   * volume's group takes the resize first, so every replica grows at one log
+   * index; then the catalog records the size, and only then do NBD handshakes
+   * and inspect show it, so a client never sees a size its replicas refuse.
+   * The catalog's rule (grow only, room on every replica's node) is checked
+   * before the group grows. A stop in between leaves the group larger than
+   * the catalog: the group's leader then asks for the catalog's change
+   * itself (ClusterNode.reconcileReplicas, growCatalog).
+   */
+  private async resizeVolume(name: string, sizeBytes: number): Promise<void> {
+    const v = this.mustGet(name);
+    const refused = resizeRefusal(this.catalog, name, sizeBytes);
+    if (refused !== undefined) throw catalogError(refused);
+    if (sizeBytes === v.sizeBytes) return;
+    try {
+      await this.io.resize(v.id, sizeBytes);
+    } catch (e) {
+      const kind = errorKindOf(e);
+      if (kind === undefined) throw e;
+      throw new ApiError(503, "unavailable", `volume "${name}" did not grow: its replicas did not take the resize (${kind}: ${(e as Error).message}); retry, and see "pxd volume inspect ${name}" if it keeps failing`);
+    }
+    const result = await this.metaCommand({ kind: "resizeVolume", name, sizeBytes });
+    if (!result.ok) throw catalogError(result);
+    this.log.info(`volume ${name}: grown from ${formatSize(v.sizeBytes)} to ${formatSize(sizeBytes)}`);
+  }
+
+  /** A volume group's leader found its group larger than the catalog says (a resize stopped between the two): asks the meta leader to record it. */
+  private async growCatalog(name: string, sizeBytes: number): Promise<void> {
+    const api = await this.metaLeaderApi(undefined);
+    if (api === undefined) await this.resizeVolume(name, sizeBytes);
+    else await api.updateVolume(name, { sizeBytes });
   }
 
   // ---- attachments (pxd volume attach) ----
@@ -627,7 +669,11 @@ export class Daemon implements Controller {
         const v = this.catalog.volumes.get(name);
         if (v === undefined || !reaches(v, client) || (this.fenced.get(name) ?? 0) > Date.now()) return undefined;
         this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
-        return new ReplicatedVolumeExport(v, this.io, this.readBuffers, () => {
+        const sizeNow = (): number => {
+          const now = this.catalog.volumes.get(name);
+          return now !== undefined && now.id === v.id ? now.sizeBytes : v.sizeBytes;
+        };
+        return new ReplicatedVolumeExport(v, sizeNow, this.io, this.readBuffers, () => {
           this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
         }, this.statsFor(name));
       },
@@ -1411,7 +1457,7 @@ function busyProblem(name: string, answers: readonly { node: string; connections
   return `volume "${name}" is in use: ${what}; disconnect the clients (nbd-client -d, or stop nbdfuse/qemu) and try again, or delete it with --force, which disconnects them`;
 }
 
-function catalogError(r: Extract<ApplyResult, { ok: false }>): ApiError {
+function catalogError(r: Pick<Extract<ApplyResult, { ok: false }>, "code" | "error">): ApiError {
   const status = r.code === "not_found" ? 404 : r.code === "exists" || r.code === "conflict" || r.code === "limit" ? 409 : 400;
   return new ApiError(status, r.code, r.error);
 }

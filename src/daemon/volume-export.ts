@@ -29,6 +29,8 @@ export class ReplicatedVolumeExport implements Export {
 
   constructor(
     private readonly volume: CatalogVolume,
+    /** The volume's size in the catalog now: it grows while a client is connected (a resize). */
+    private readonly sizeNow: () => number,
     private readonly io: VolumeIo,
     private readonly readBuffers: BufferPool,
     private readonly onClose: () => void,
@@ -42,8 +44,13 @@ export class ReplicatedVolumeExport implements Export {
     return this.volume.name;
   }
 
+  /**
+   * The handshake tells the client the size of the moment; requests are
+   * checked against the size now, so a client told of a resize (a kernel
+   * device reconfigured in place) may use the new end on the same connection.
+   */
   get sizeBytes(): number {
-    return this.volume.sizeBytes;
+    return this.sizeNow();
   }
 
   read(offsetBytes: number, lengthBytes: number): Buffer | Promise<Buffer> {

@@ -8,7 +8,7 @@
 // the same on simulated time.
 
 import { assert } from "../base/assert.js";
-import { failStop } from "../base/fail-stop.js";
+import { failStop, isBug } from "../base/fail-stop.js";
 import { formatSize } from "../base/sizes.js";
 import {
   CatalogMachine,
@@ -31,6 +31,7 @@ import { metaVotersMax } from "../constants.js";
 import { ConfChangeType, type ConfChange } from "../raft/confchange.js";
 import type { NodeId } from "../raft/types.js";
 import { NotLeaderError, ProposalDroppedError, type MultiRaft } from "../replication/driver.js";
+import { encodeResize } from "../replication/volume-op.js";
 import { VolumeReplica } from "../replication/volume-replica.js";
 import type { Store } from "../store/store.js";
 
@@ -82,6 +83,13 @@ export interface ClusterNodePorts {
   setTransportPeers(peers: PeerEntry[]): void;
   /** The catalog deleted a volume (the daemon lifts its NBD fence). */
   volumeGone(name: string): void;
+  /**
+   * This node leads a volume's group, which is larger than the catalog says
+   * (a resize stopped after the group took it): asks the meta leader to
+   * record the size (the API's resize, which finds the group grown already).
+   * Undefined in the simulation: nothing there resizes.
+   */
+  growCatalog?(name: string, sizeBytes: number): Promise<void>;
   /** This node's monotonic clock, for every duration; the wall clock only for timestamps written into the catalog. */
   monotonicMs(): number;
   wallMs(): number;
@@ -97,6 +105,8 @@ export const replicaDropGraceMs = 10000;
 export const learnerCaughtUpEntries = 64;
 /** A volume's leader hands leadership to its host's serving node at most this often (a transfer that fails is not retried at once). */
 export const attachLeaderRetryMs = 30_000;
+/** A volume group larger than the catalog says for this long (a resize stopped half-way) has its leader ask the catalog to record its size; at most once per this long. */
+export const catalogSizeBehindMs = 5000;
 /** A node the meta leader has had no peer connection to for this long is marked down in the catalog (placement avoids it). */
 export const nodeDownAfterMs = 5000;
 
@@ -124,6 +134,12 @@ export class ClusterNode {
   private readonly reconciling = new Set<number>();
   /** When this node last handed each volume's leadership to its host's node (monotonic). */
   private readonly leaderMoves = new Map<number, number>();
+  /** Groups with a resize proposed by growGroup in flight. */
+  private readonly resizing = new Set<number>();
+  /** Groups this node leads that are larger than the catalog says, and for how long (monotonic). */
+  private readonly sizeBehind = new Durations<number>();
+  /** Volumes whose size this node asked the catalog to record, and when (monotonic): one request in flight, retried after catalogSizeBehindMs. */
+  private readonly sizeAsked = new Map<number, number>();
   /** Hosted groups the catalog no longer lists this node for, and for how long (monotonic). */
   private readonly excluded = new Durations<number>();
   /** On the meta leader: how long it has had no connection to each node, on its monotonic clock. */
@@ -148,7 +164,7 @@ export class ClusterNode {
   start(metaVoters: readonly NodeId[]): void {
     this.catalogStart.replayTo = this.p.store.raftState(metaGroupId).lastIndex;
     this.p.driver.addGroup(metaGroupId, [...metaVoters], this.catalogMachine);
-    for (const g of this.p.state.hosted.values()) this.p.driver.addGroup(g.id, g.voters, new VolumeReplica(this.p.store, g.id, g.sizeBytes));
+    for (const g of this.p.state.hosted.values()) this.p.driver.addGroup(g.id, g.voters, new VolumeReplica(this.p.store, g.id));
     if (this.catalogStart.snapshotIndex > 0) this.hostFromCatalog();
     this.countReplayed(this.catalogStart.snapshotIndex);
   }
@@ -278,7 +294,7 @@ export class ClusterNode {
     this.p.store.addGroup({ groupId: v.id, sizeBytes: v.sizeBytes });
     this.p.state.host(g).then(
       () => {
-        if (this.p.store.hasGroup(v.id) && !this.p.driver.hasGroup(v.id)) this.p.driver.addGroup(v.id, g.voters, new VolumeReplica(this.p.store, v.id, v.sizeBytes));
+        if (this.p.store.hasGroup(v.id) && !this.p.driver.hasGroup(v.id)) this.p.driver.addGroup(v.id, g.voters, new VolumeReplica(this.p.store, v.id));
         const members = joining ? "joining: its leader adds it and sends it a copy" : `replicas on nodes ${g.voters.join(", ")}`;
         this.p.log.info(`volume ${v.name} (group ${v.id}): replica started here, ${formatSize(v.sizeBytes)}, ${members}`);
       },
@@ -408,6 +424,9 @@ export class ClusterNode {
   reconcileReplicas(): void {
     const now = this.p.monotonicMs();
     const excluded = this.excluded.observe([...this.catalog.volumes.values()].filter((v) => this.p.driver.hasGroup(v.id) && !v.nodes.includes(this.p.nodeId)).map((v) => v.id), now);
+    const grown = [...this.catalog.volumes.values()].filter((v) => this.p.driver.leader(v.id) === this.p.nodeId && this.p.store.hasGroup(v.id) && this.p.store.sizeOf(v.id) > v.sizeBytes);
+    const behind = this.sizeBehind.observe(grown.map((v) => v.id), now);
+    for (const id of this.sizeAsked.keys()) if (!behind.has(id)) this.sizeAsked.delete(id);
     for (const v of this.catalog.volumes.values()) {
       if (!this.p.driver.hasGroup(v.id)) continue;
       const excludedMs = excluded.get(v.id);
@@ -415,7 +434,9 @@ export class ClusterNode {
         this.leaveGroup(v, excludedMs);
         continue;
       }
-      if (this.p.driver.leader(v.id) !== this.p.nodeId || this.reconciling.has(v.id)) continue;
+      if (this.p.driver.leader(v.id) !== this.p.nodeId) continue;
+      this.catalogSize(v, behind.get(v.id), now);
+      if (this.reconciling.has(v.id)) continue;
       this.followAttachment(v, now);
       const next = nextMemberChange(this.p.nodeId, v.nodes, this.groupView(v.id), learnerCaughtUpEntries);
       const change = next === undefined ? undefined : confChangeOf(next);
@@ -430,6 +451,48 @@ export class ClusterNode {
         )
         .finally(() => this.reconciling.delete(v.id));
     }
+  }
+
+  /**
+   * The group this node leads has been larger than the catalog's size for
+   * catalogSizeBehindMs: a resize stopped after the group took it (the meta
+   * leader died in between). The catalog is brought up to the group, one
+   * request at a time per volume; a refusal (no room any more) is logged and
+   * asked again later.
+   */
+  private catalogSize(v: CatalogVolume, behindMs: number | undefined, now: number): void {
+    if (this.p.store.sizeOf(v.id) < v.sizeBytes) return this.growGroup(v);
+    const grow = this.p.growCatalog;
+    if (grow === undefined || behindMs === undefined || behindMs < catalogSizeBehindMs) return;
+    const asked = this.sizeAsked.get(v.id);
+    if (asked !== undefined && now - asked < catalogSizeBehindMs) return;
+    this.sizeAsked.set(v.id, now);
+    const size = this.p.store.sizeOf(v.id);
+    this.p.log.warn(`volume ${v.name} (group ${v.id}): its replicas are ${formatSize(size)} but the catalog says ${formatSize(v.sizeBytes)} (a resize stopped half-way); asking the catalog to record ${formatSize(size)}`);
+    grow(v.name, size).then(
+      () => this.p.log.info(`volume ${v.name}: the catalog now records ${formatSize(size)}`),
+      (e: Error) => {
+        if (isBug(e)) failStop(e, `control loop: recording the size of volume ${v.name}`);
+        this.p.log.warn(`volume ${v.name}: the catalog did not record ${formatSize(size)} yet (${e.message}); asked again in ${catalogSizeBehindMs / 1000} s`);
+      },
+    );
+  }
+
+  /**
+   * The catalog says the volume is larger than its group, which the API's
+   * resize never leaves (the group grows first), but a catalog entry
+   * committed by other means can (an older pxd, the fault-injection hook):
+   * the catalog's size is what is wanted, so the group's leader proposes the
+   * resize. One at a time per group.
+   */
+  private growGroup(v: CatalogVolume): void {
+    if (this.resizing.has(v.id)) return;
+    this.resizing.add(v.id);
+    this.p.log.warn(`volume ${v.name} (group ${v.id}): the catalog says ${formatSize(v.sizeBytes)} but the group is ${formatSize(this.p.store.sizeOf(v.id))}; growing the group`);
+    this.p.driver
+      .propose(v.id, encodeResize(v.sizeBytes))
+      .then(() => this.p.log.info(`volume ${v.name} (group ${v.id}): grown to ${formatSize(v.sizeBytes)}`), this.notTaken(`growing volume ${v.name} to ${formatSize(v.sizeBytes)}`))
+      .finally(() => this.resizing.delete(v.id));
   }
 
   /** Hands the volume's leadership to the replica node its read-write host attached through; at most once per attachLeaderRetryMs per volume. */

@@ -93,6 +93,18 @@ export function allRecords(): AttachRecord[] {
     .filter((r): r is AttachRecord => r !== undefined);
 }
 
+/**
+ * Tells this host's attach agent of the volume to check the export's size
+ * now (SIGHUP; it also checks every 10 s): a kernel device grows in place.
+ * Returns the device, or undefined when no live agent here has the volume.
+ */
+export function askAgentToResize(volume: string): string | undefined {
+  const r = readRecord(volume);
+  if (r === undefined || r.via !== "kernel" || !processAlive(r.pid)) return undefined;
+  process.kill(r.pid, "SIGHUP");
+  return r.device;
+}
+
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);

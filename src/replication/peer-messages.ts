@@ -16,7 +16,7 @@ import { volumeOpTrailerBytes } from "./volume-op.js";
 
 const messageTypes: readonly unknown[] = Object.values(MessageType);
 const entryTypes: readonly unknown[] = Object.values(EntryType);
-const forwardOps: readonly unknown[] = ["read", "write", "trim", "zero", "zero-nohole", "status", "snapshot", "snap-read", "snap-status"];
+const forwardOps: readonly unknown[] = ["read", "write", "trim", "zero", "zero-nohole", "status", "resize", "snapshot", "snap-read", "snap-status"];
 const forwardCodes: readonly unknown[] = ["not-leader", "retry", "io"];
 
 /** Why the message is malformed, or undefined when its shape is right. Never throws. */

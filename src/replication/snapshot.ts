@@ -34,7 +34,7 @@
 // entries (it does not compact its log past a snapshot being sent).
 
 import { failStop, isBug } from "../base/fail-stop.js";
-import { raftAppendBytesMax, sectorBytes, snapshotChunkBytes, snapshotChunkExtentsMax, snapshotChunkKeepBytes, snapshotWindowChunks } from "../constants.js";
+import { raftAppendBytesMax, sectorBytes, snapshotChunkBytes, snapshotChunkExtentsMax, snapshotChunkKeepBytes, snapshotWindowChunks, volumeBytesMax } from "../constants.js";
 import type { Message, NodeId } from "../raft/types.js";
 import { ChecksumError, StoreError } from "../store/errors.js";
 import type { Store } from "../store/store.js";
@@ -57,6 +57,12 @@ export interface SnapChunkEnvelope {
   /** Allocated extents [offset, length] pairs (bytes) unchanged since `base`: the follower copies its own. */
   keep: number[];
   last: boolean;
+  /**
+   * The volume's size on the leader when the stream began (at least its size
+   * at the snapshot's index: volumes only grow); the follower's staging group
+   * takes it. Absent from an older leader: the follower's own size.
+   */
+  sizeBytes?: number;
 }
 
 /** Follower -> leader: chunks up to `seq` are durable (ok), or the stream is refused. */
@@ -307,6 +313,7 @@ export class SnapshotSender {
       data: parts.length === 1 ? parts[0]! : Buffer.concat(parts),
       keep,
       last: s.cursor >= s.sizeBytes,
+      sizeBytes: s.sizeBytes,
     };
   }
 }
@@ -356,11 +363,12 @@ export class SnapshotReceiver {
     // The core never installs a snapshot at or below its commit: such a copy would only linger.
     if (c.seq === 0 && c.index <= info.applied) return refuse(`this node already applied up to index ${info.applied}`, info.applied);
     if (c.seq === 0) {
+      // The staging group takes the leader's size when it is larger (the volume grew while this replica was away).
       // A delta holds only what changed after its base: this node's own blocks are right for the rest only once it applied the base.
       // If it has not (it learned the commit index too late before it went down), its log up to the base may still be the leader's.
       const baseApplied = c.base <= info.applied ? Promise.resolve() : this.p.catchUp?.(c.group, from, c.base, c.baseTerm);
       if (baseApplied === undefined) return refuse(`a copy of the changes since index ${c.base}, but this node applied only up to ${info.applied} and does not hold the leader's entry ${c.base}; it needs a full copy`);
-      s = { from, index: c.index, term: c.term, base: c.base, baseApplied, stagingId: this.p.store.beginStaging(c.group), nextSeq: 0, ended: false, complete: false, failed: false, installing: false };
+      s = { from, index: c.index, term: c.term, base: c.base, baseApplied, stagingId: this.p.store.beginStaging(c.group, Math.max(info.sizeBytes, c.sizeBytes ?? 0)), nextSeq: 0, ended: false, complete: false, failed: false, installing: false };
       this.streams.set(c.group, s);
     }
     if (s === undefined || s.failed || s.from !== from || s.index !== c.index || s.term !== c.term || s.base !== c.base || s.nextSeq !== c.seq) {
@@ -452,8 +460,10 @@ function isIndex(n: unknown): n is number {
 }
 
 /** Bounds and shape of a chunk from the network, before anything is allocated or written. */
-function checkChunk(c: SnapChunkEnvelope, sizeBytes: number): string | undefined {
+function checkChunk(c: SnapChunkEnvelope, ownSizeBytes: number): string | undefined {
   if (!isIndex(c.index) || !isIndex(c.term) || !isIndex(c.seq) || typeof c.last !== "boolean") return "malformed header";
+  if (c.sizeBytes !== undefined && (!isIndex(c.sizeBytes) || c.sizeBytes === 0 || c.sizeBytes % sectorBytes !== 0 || c.sizeBytes > volumeBytesMax)) return "volume size not whole sectors up to the volume limit";
+  const sizeBytes = Math.max(ownSizeBytes, c.sizeBytes ?? 0);
   if (!(c.data instanceof Uint8Array) || c.data.length > Math.max(snapshotChunkBytes, raftAppendBytesMax)) return "data missing or too large";
   if (!isIndex(c.base) || !isIndex(c.baseTerm)) return "malformed base";
   const data = checkExtents(c.extents, sizeBytes);

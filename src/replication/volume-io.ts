@@ -21,11 +21,12 @@ import { decodeSnapshotOp, encodeSnapshotOp, type SnapshotOp } from "./volume-op
 import { VolumeReplica, type ReplicaPort } from "./volume-replica.js";
 
 /**
+ * "resize": grow the volume (the new size in offsetBytes, length 0);
  * "snapshot": a snapshot operation (its entry data, volume-op.ts), proposed on
  * the leader; "snap-read" and "snap-status": a read of a volume snapshot the
  * answering node holds (group: the snapshot's group id).
  */
-export type IoOp = "read" | "write" | "trim" | "zero" | "zero-nohole" | "status" | "snapshot" | "snap-read" | "snap-status";
+export type IoOp = "read" | "write" | "trim" | "zero" | "zero-nohole" | "status" | "resize" | "snapshot" | "snap-read" | "snap-status";
 
 export interface ForwardRequest {
   kind: "fwd";
@@ -125,6 +126,15 @@ export class VolumeIo {
 
   writeZeroes(group: number, offsetBytes: number, lengthBytes: number, noHole: boolean): Promise<void> {
     return this.change(group, noHole ? "zero-nohole" : "zero", offsetBytes, lengthBytes, null);
+  }
+
+  /**
+   * Grows the volume to `sizeBytes` through its group's log, on its leader
+   * (here or forwarded, retried across leader changes like a write: a resize
+   * applied twice grows once). Resolves once the leader applied it.
+   */
+  resize(group: number, sizeBytes: number): Promise<void> {
+    return this.change(group, "resize", sizeBytes, 0, null);
   }
 
   blockStatus(group: number, offsetBytes: number, lengthBytes: number): Promise<StoreExtent[]> | StoreExtent[] {
@@ -243,6 +253,8 @@ export class VolumeIo {
       case "zero":
       case "zero-nohole":
         return replica.writeZeroes(port, offsetBytes, lengthBytes, op === "zero-nohole");
+      case "resize":
+        return replica.resize(port, offsetBytes);
       case "snapshot": {
         const s = data?.length === 1 ? decodeSnapshotOp(data[0]!) : undefined;
         if (s === undefined) return Promise.reject(new VolumeIoError("EINVAL", "a snapshot request carries no snapshot operation"));

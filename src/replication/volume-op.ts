@@ -8,24 +8,30 @@
 // little-endian), computed once by the leader from the entry it proposes.
 // Every replica takes them for its block map instead of hashing the data
 // again, and folds them into the record's payload checksum
-// (entryPayloadCrc): a replicated 4 KiB write is hashed once in the cluster,
+// (opPayloadCrc): a replicated 4 KiB write is hashed once in the cluster,
 // not once per replica, and what every replica stores is checked against
 // what the leader took in (docs/architecture.md, "Checksums and repair").
 //
 // Trailer (16 bytes, little-endian): u8 op, u8 version, u16 block checksum
 // count (version 1: 0), u32 length, u64 offset. Version 1 writes (no
 // checksums) are still applied; the replica then computes them.
+//
+// A resize (op 3) is a trailer alone whose u64 is the volume's new size and
+// whose length is 0: every replica grows its block map at the same log index,
+// so a write past the old end is ordered after it on every replica.
 
 import { assert } from "../base/assert.js";
 import { SlabAllocator } from "../base/buffer-pool.js";
 import { crc32c } from "../base/crc32c.js";
-import { checksumBlockBytes } from "../constants.js";
+import { checksumBlockBytes, sectorBytes, volumeBytesMax } from "../constants.js";
 import { blockCrcsOf, foldBlockCrcs } from "../store/checksums.js";
 
 export const enum VolumeOpKind {
   Write = 1,
   /** Deallocate whole sectors (TRIM, WRITE_ZEROES); no data. */
   Trim = 2,
+  /** Grow the volume to the size in the offset field (never shrinks); no data. */
+  Resize = 3,
   /** Take a snapshot of the volume (its id in the offset field); no data. */
   SnapshotCreate = 4,
   /** Drop a snapshot (its id in the offset field); no data. */
@@ -86,6 +92,25 @@ export function encodeTrim(offsetBytes: number, lengthBytes: number): Uint8Array
   return out;
 }
 
+/** Entry data that grows the volume to `sizeBytes` (whole sectors; a replica already that large or larger is left as it is). */
+export function encodeResize(sizeBytes: number): Uint8Array {
+  assert(volumeSizeOk(sizeBytes), () => `a resize to ${sizeBytes} bytes is whole sectors up to the volume limit`);
+  const out = Buffer.allocUnsafe(volumeOpTrailerBytes);
+  writeTrailer(out, 0, { kind: VolumeOpKind.Resize, offsetBytes: sizeBytes, lengthBytes: 0, crcs: undefined }, 0);
+  return out;
+}
+
+/** A size a volume may have: whole sectors, at least one, at most volumeBytesMax. */
+export function volumeSizeOk(sizeBytes: number): boolean {
+  return Number.isSafeInteger(sizeBytes) && sizeBytes > 0 && sizeBytes % sectorBytes === 0 && sizeBytes <= volumeBytesMax;
+}
+
+/** The new size a resize op carries. */
+export function resizeBytesOf(op: VolumeOp): number {
+  assert(op.kind === VolumeOpKind.Resize, "only a resize carries a size");
+  return op.offsetBytes;
+}
+
 function writeTrailer(b: Buffer, at: number, op: VolumeOp, crcCount: number): void {
   b[at] = op.kind;
   b[at + 1] = opVersion;
@@ -106,16 +131,23 @@ export function decodeOp(data: Uint8Array): VolumeOp | undefined {
   const at = data.length - volumeOpTrailerBytes;
   const kind = data[at]!;
   const version = data[at + 1]!;
-  if ((version !== 1 && version !== opVersion) || (kind !== VolumeOpKind.Write && kind !== VolumeOpKind.Trim)) return undefined;
+  if (!knownOp(kind, version)) return undefined;
   const crcCount = version === 1 ? 0 : data[at + 2]! | (data[at + 3]! << 8);
   const lengthBytes = u32(data, at + 4);
   const offsetBytes = u32(data, at + 12) * 0x100000000 + u32(data, at + 8);
+  if (kind === VolumeOpKind.Resize) return at === 0 && crcCount === 0 && lengthBytes === 0 && volumeSizeOk(offsetBytes) ? { kind, offsetBytes, lengthBytes, crcs: undefined } : undefined;
   if (kind !== VolumeOpKind.Write) return crcCount === 0 ? { kind, offsetBytes, lengthBytes, crcs: undefined } : undefined;
   if (lengthBytes + 4 * crcCount !== at) return undefined;
   if (version === 1) return { kind, offsetBytes, lengthBytes, crcs: undefined };
   const first = Math.ceil(offsetBytes / checksumBlockBytes);
   if (crcCount !== Math.max(0, Math.floor((offsetBytes + lengthBytes) / checksumBlockBytes) - first)) return undefined;
   return { kind, offsetBytes, lengthBytes, crcs: crcsAt(data, lengthBytes, crcCount) };
+}
+
+/** Ops and versions this code applies: writes and trims of version 1 or 2, resizes of version 2. */
+function knownOp(kind: number, version: number): boolean {
+  if (version !== 1 && version !== opVersion) return false;
+  return kind === VolumeOpKind.Write || kind === VolumeOpKind.Trim || (kind === VolumeOpKind.Resize && version === opVersion);
 }
 
 function u32(b: Uint8Array, at: number): number {

@@ -10,18 +10,21 @@
 // read-modify-write of the edges.
 //
 // Committed ops are applied to the store's block map: a write maps the range
-// to the entry's data where it lies in the log (no copy), a trim unmaps it.
+// to the entry's data where it lies in the log (no copy), a trim unmaps it, a
+// resize grows the map. The volume's size is the store's: what this replica
+// applied, so a write past the old end is refused until the resize before it
+// in the log is applied here.
 // While a member is behind, the leader's replica marks every range changed
 // after a point in a change map, so the member's snapshot is a delta.
 
 import { assert } from "../base/assert.js";
-import { checksumBlockBytes, recordPayloadBytesMax, sectorBytes } from "../constants.js";
+import { checksumBlockBytes, recordPayloadBytesMax, sectorBytes, volumeBytesMax } from "../constants.js";
 import { ChecksumError, StoreError } from "../store/errors.js";
 import { sliceBuffers } from "../store/map-data.js";
 import type { Store } from "../store/store.js";
 import { ChangeMap } from "./changes.js";
 import type { CommandRange, CommandRecord, GroupStateMachine, StreamedSnapshots } from "./state-machine.js";
-import { decodeOp, decodeSnapshotOp, encodeSnapshotOp, encodeTrim, encodeWrite, opPayloadCrc, volumeOpOverheadBytes, VolumeOpKind, type SnapshotOp } from "./volume-op.js";
+import { decodeOp, decodeSnapshotOp, encodeResize, encodeSnapshotOp, encodeTrim, encodeWrite, opPayloadCrc, resizeBytesOf, volumeOpOverheadBytes, VolumeOpKind, volumeSizeOk, type SnapshotOp } from "./volume-op.js";
 
 /** Data per proposal: whole sectors, leaving room for the block checksums and the trailer in one store record. */
 export const proposalBytesMax = recordPayloadBytesMax - 2 * checksumBlockBytes;
@@ -47,7 +50,6 @@ export class VolumeReplica implements GroupStateMachine {
   constructor(
     private readonly store: Store,
     readonly groupId: number,
-    private readonly sizeBytes: number,
   ) {
     const self = this;
     this.snapshots = {
@@ -62,9 +64,14 @@ export class VolumeReplica implements GroupStateMachine {
       },
       markCommand: (changes, command) => {
         const op = decodeOp(command);
-        if (op !== undefined) changes.mark(op.offsetBytes, op.lengthBytes);
+        if (op !== undefined && op.kind !== VolumeOpKind.Resize) changes.mark(op.offsetBytes, op.lengthBytes);
       },
     };
+  }
+
+  /** The volume's size as this replica applied it. */
+  get sizeBytes(): number {
+    return this.store.sizeOf(this.groupId);
   }
 
   // ---- the state machine ----
@@ -75,6 +82,11 @@ export class VolumeReplica implements GroupStateMachine {
       const s = command === null ? undefined : decodeSnapshotOp(command);
       if (s?.kind === VolumeOpKind.SnapshotCreate) this.store.takeSnapshot(this.groupId, s.snapshotId, index);
       else if (s?.kind === VolumeOpKind.SnapshotDelete) this.store.dropSnapshot(this.groupId, s.snapshotId, index);
+      return;
+    }
+    if (op.kind === VolumeOpKind.Resize) {
+      // No block changes: a snapshot (delta or full) carries the size itself.
+      this.store.applyEntryResize(this.groupId, index, resizeBytesOf(op));
       return;
     }
     if (op.kind === VolumeOpKind.Write) this.store.applyEntryWrite(this.groupId, index, op.offsetBytes, op.lengthBytes, command!.subarray(0, op.lengthBytes), op.crcs);
@@ -91,15 +103,29 @@ export class VolumeReplica implements GroupStateMachine {
 
   commandRecord(command: Uint8Array): CommandRecord {
     const op = decodeOp(command);
-    if (op === undefined) return noRecord;
+    if (op === undefined || op.kind === VolumeOpKind.Resize) return noRecord;
     return { payloadCrc: opPayloadCrc(op, command), range: { offsetBytes: op.offsetBytes, lengthBytes: op.lengthBytes } };
   }
 
 
   // ---- requests, on the leader ----
 
+  /**
+   * Grows the volume to `sizeBytes` through the log, so every replica grows at
+   * the same index; resolves once committed and applied here. A volume as
+   * large or larger is left as it is (a retried resize, or one a snapshot
+   * already brought): the caller checks for shrinking against the catalog.
+   */
+  async resize(p: ReplicaPort, sizeBytes: number): Promise<void> {
+    if (!volumeSizeOk(sizeBytes)) throw new StoreError("EINVAL", `a volume size is a positive multiple of ${sectorBytes} bytes up to ${volumeBytesMax}, not ${sizeBytes}`);
+    if (sizeBytes <= this.sizeBytes) await p.readBarrier();
+    if (sizeBytes <= this.sizeBytes) return;
+    await p.propose(encodeResize(sizeBytes));
+  }
+
   /** Resolves once the data is committed and applied. `data` may be reused once it resolves. */
   write(p: ReplicaPort, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
+    if (this.pastEnd(offsetBytes, lengthBytes)) return this.afterBarrier(p, offsetBytes, lengthBytes, () => this.write(p, offsetBytes, data, lengthBytes));
     const bad = this.rangeError(offsetBytes, lengthBytes);
     if (bad !== undefined) return Promise.reject(bad);
     if (lengthBytes === 0) return Promise.resolve();
@@ -115,6 +141,7 @@ export class VolumeReplica implements GroupStateMachine {
 
   /** Deallocates the whole sectors inside the range (NBD TRIM is advisory at the edges). */
   trim(p: ReplicaPort, offsetBytes: number, lengthBytes: number): Promise<void> {
+    if (this.pastEnd(offsetBytes, lengthBytes)) return this.afterBarrier(p, offsetBytes, lengthBytes, () => this.trim(p, offsetBytes, lengthBytes));
     const bad = this.rangeError(offsetBytes, lengthBytes);
     if (bad !== undefined) return Promise.reject(bad);
     const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
@@ -124,6 +151,7 @@ export class VolumeReplica implements GroupStateMachine {
 
   /** Zeroes the range: holes for whole sectors (zeroes written as data with noHole), zeroes merged into partial sectors. */
   writeZeroes(p: ReplicaPort, offsetBytes: number, lengthBytes: number, noHole: boolean): Promise<void> {
+    if (this.pastEnd(offsetBytes, lengthBytes)) return this.afterBarrier(p, offsetBytes, lengthBytes, () => this.writeZeroes(p, offsetBytes, lengthBytes, noHole));
     const bad = this.rangeError(offsetBytes, lengthBytes);
     if (bad !== undefined) return Promise.reject(bad);
     const end = offsetBytes + lengthBytes;
@@ -216,6 +244,25 @@ export class VolumeReplica implements GroupStateMachine {
     });
     this.rmwTail = op.catch(nothing);
     return op;
+  }
+
+  /** A well-formed range that ends past the size this replica applied. */
+  private pastEnd(offsetBytes: number, lengthBytes: number): boolean {
+    return Number.isSafeInteger(offsetBytes) && Number.isSafeInteger(lengthBytes) && offsetBytes >= 0 && lengthBytes >= 0 && offsetBytes + lengthBytes > this.sizeBytes;
+  }
+
+  /**
+   * A change past the end of the volume as applied here. A newly elected
+   * leader may not have applied a committed resize yet, which the catalog
+   * (and so the client's NBD handshake) shows only once it is committed: once
+   * this node applied everything committed before the request (a ReadIndex
+   * round), the range is checked again, and refused if still past the end.
+   */
+  private async afterBarrier(p: ReplicaPort, offsetBytes: number, lengthBytes: number, then: () => Promise<void>): Promise<void> {
+    await p.readBarrier();
+    const bad = this.rangeError(offsetBytes, lengthBytes);
+    if (bad !== undefined) throw bad;
+    return then();
   }
 
   private rangeError(offsetBytes: number, lengthBytes: number): StoreError | undefined {

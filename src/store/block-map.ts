@@ -41,7 +41,22 @@ export class BlockMap {
    */
   private readonly shared = new Set<number>();
 
-  constructor(readonly sectorCount: number) {}
+  constructor(private sectors: number) {}
+
+  /** Sectors in the volume; grows with the volume (grow), never shrinks. */
+  get sectorCount(): number {
+    return this.sectors;
+  }
+
+  /**
+   * Extends the volume to `sectorCount` sectors of holes. The caller fixes the
+   * checksum of a short last block that holds data (it now reads with zeroes
+   * after the old end).
+   */
+  grow(sectorCount: number): void {
+    assert(Number.isSafeInteger(sectorCount) && sectorCount >= this.sectors, "a block map only grows");
+    this.sectors = sectorCount;
+  }
 
   /**
    * A map with the same content that shares every chunk with this one until

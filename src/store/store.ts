@@ -59,7 +59,8 @@ export interface StoreExtent {
 
 interface Group extends MappedGroup {
   readonly id: number;
-  readonly sizeBytes: number;
+  /** Grows with a committed resize (growGroup), never shrinks. */
+  sizeBytes: number;
   map: BlockMap;
   term: number;
   /** Index of the last applied entry. */
@@ -844,6 +845,20 @@ export class Store {
     g.appliedIndex = Math.max(g.appliedIndex, index);
   }
 
+  /**
+   * Applies a committed resize: the volume grows to `sizeBytes` (whole
+   * sectors, at most volumeBytesMax); a group as large or larger stays as it
+   * is, so a resize applied again (after a snapshot that already had it)
+   * changes nothing. The size is saved by the next checkpoint; until then the
+   * Raft log holds the entry, and the driver applies it again after a restart.
+   */
+  applyEntryResize(groupId: number, index: number, sizeBytes: number): void {
+    const g = this.group(groupId);
+    checkSize(sizeBytes);
+    growGroup(g, sizeBytes);
+    g.appliedIndex = Math.max(g.appliedIndex, index);
+  }
+
   /** Records that entries up to `index` are applied (entries with no effect on the volume). */
   markApplied(groupId: number, index: number): void {
     const g = this.group(groupId);
@@ -933,21 +948,25 @@ export class Store {
 
   /**
    * Starts receiving a snapshot of `groupId` into an empty staging group of
-   * the same size (any earlier unfinished one is dropped); returns its id.
-   * Writes to it are ordinary local writes. The group itself stays as it was,
-   * a consistent if lagging replica, until installSnapshot swaps them.
+   * `sizeBytes` (the leader's size, at least the group's own: a volume only
+   * grows), dropping any earlier unfinished one; returns its id. Writes to it
+   * are ordinary local writes. The group itself stays as it was, a consistent
+   * if lagging replica, until installSnapshot swaps them and takes the size.
    */
-  beginStaging(groupId: number): number {
+  beginStaging(groupId: number, sizeBytes = this.sizeOf(groupId)): number {
     const g = this.group(groupId);
+    checkSize(sizeBytes);
+    const size = Math.max(g.sizeBytes, sizeBytes);
     const id = stagingIdOf(groupId);
     this.dropGroup(id);
-    const staging = newGroup({ groupId: id, sizeBytes: g.sizeBytes });
+    const staging = newGroup({ groupId: id, sizeBytes: size });
     this.groups.set(id, staging);
     // The log says the staging group starts empty: an earlier attempt's
     // records (before a restart, or in a checkpoint) would otherwise replay
     // into this one, and recovery would install its blocks where this copy
-    // has holes. A failed log fails the chunk writes queued behind it too.
-    this.appendTrim(staging, 0, g.sizeBytes).catch(() => {});
+    // has holes. The trim's end is the staging group's size for recovery
+    // (replayStagingSize). A failed log fails the chunk writes queued behind it too.
+    this.appendTrim(staging, 0, size).catch(() => {});
     return id;
   }
 
@@ -1360,9 +1379,7 @@ function checkpointPins(groups: readonly { raft: { entries: readonly RaftIndexEn
 
 function newGroup(spec: GroupSpec, crcsPending = false): Group {
   // Size 0: a group that holds only a Raft log (the meta group).
-  if (!Number.isSafeInteger(spec.sizeBytes) || spec.sizeBytes < 0 || spec.sizeBytes % sectorBytes !== 0 || spec.sizeBytes > volumeBytesMax) {
-    throw new StoreError("EINVAL", `volume size ${spec.sizeBytes} must be a multiple of ${sectorBytes} bytes up to ${volumeBytesMax}`);
-  }
+  if (spec.sizeBytes !== 0) checkSize(spec.sizeBytes);
   return {
     id: spec.groupId,
     sizeBytes: spec.sizeBytes,
@@ -1381,6 +1398,8 @@ function restoreGroups(specs: readonly GroupSpec[], checkpoint: Checkpoint): Map
   for (const saved of checkpoint.groups) {
     const g = groups.get(saved.groupId) ?? stagingFor(groups, saved.groupId) ?? snapshotFor(groups, saved.groupId, saved.sizeBytes);
     if (g === undefined) continue; // deleted from the catalog since
+    // The node state keeps the size a replica started with; the checkpoint the size its applied resizes left.
+    growGroup(g, saved.sizeBytes);
     g.term = saved.lastTerm;
     g.appliedIndex = saved.lastIndex;
     g.raft = RaftIndex.restore(saved.raft.snapshotIndex, saved.raft.snapshotTerm, saved.raft.hardState, [...saved.raft.entries], saved.raft.conf);
@@ -1666,6 +1685,7 @@ function applyRecord(groups: Map<number, Group>, h: RecordHeader, address: numbe
     g.raft.hardState = { term: h.termOrSource, vote: h.offsetBytes, commit: h.index };
     return;
   }
+  replayStagingSize(g, h);
   if (h.offsetBytes + h.lengthBytes > g.sizeBytes) return;
   const crcs = h.kind === RecordKind.Write && !g.crcsPending ? wholeBlockCrcs(g.map, h.offsetBytes / sectorBytes, h.lengthBytes / sectorBytes, [payload]) : undefined;
   applyToGroup(g, h.kind, h.offsetBytes, h.lengthBytes, h.termOrSource, address, crcs, ctx, [payload]);
@@ -1779,6 +1799,17 @@ function baseOfStaging(id: number): number {
   return id - stagingBase;
 }
 
+/**
+ * Recovery: a staging group is as large as the trim that began it
+ * (beginStaging), which may be larger than its group (the leader's volume had
+ * grown); its records after that trim lie inside it.
+ */
+function replayStagingSize(g: Group, h: RecordHeader): void {
+  if (!isStagingId(g.id) || h.kind !== RecordKind.Trim) return;
+  const end = h.offsetBytes + h.lengthBytes;
+  if (end > g.sizeBytes && end <= volumeBytesMax && end % sectorBytes === 0) growGroup(g, end);
+}
+
 /** Recovery: the staging group of an existing group, made on its first record. */
 function stagingFor(groups: Map<number, Group>, id: number): Group | undefined {
   if (!isStagingId(id)) return undefined;
@@ -1802,7 +1833,10 @@ function installStaged(
   g.map.runs(0, g.map.sectorCount, (_s, n, address) => {
     if (address !== 0) freed(address, n);
   });
+  // The copy is of the leader's volume, which may have grown since this group last applied a resize.
+  growGroup(staging, g.sizeBytes);
   g.map = staging.map;
+  g.sizeBytes = staging.sizeBytes;
   for (const e of g.raft.all()) unpin(e);
   const hs = g.raft.hardState;
   const owed = g.raft.recoverUntil;
@@ -1810,6 +1844,33 @@ function installStaged(
   g.raft.recoverUntil = owed;
   g.raft.settleRecovery();
   g.appliedIndex = index;
+}
+
+/** A volume's size: whole sectors, above 0, at most volumeBytesMax. */
+function checkSize(sizeBytes: number): void {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % sectorBytes !== 0 || sizeBytes > volumeBytesMax) {
+    throw new StoreError("EINVAL", `volume size ${sizeBytes} must be a positive multiple of ${sectorBytes} bytes up to ${volumeBytesMax}`);
+  }
+}
+
+/**
+ * Grows a group's volume to `sizeBytes` (no change when it is that large
+ * already). The blocks past the old end are holes. A short last block that
+ * holds data now covers zeroes after the old end, which its checksum
+ * (of the block's content as a read returns it) must include.
+ */
+function growGroup(g: Group, sizeBytes: number): void {
+  if (sizeBytes <= g.sizeBytes) return;
+  const oldSectors = g.map.sectorCount;
+  const last = Math.floor(oldSectors / blockSectors);
+  const shortLast = oldSectors % blockSectors !== 0 && g.map.blockAllocated(last);
+  const oldCrc = shortLast ? g.map.blockCrc(last) : 0;
+  g.map.grow(sizeBytes / sectorBytes);
+  g.sizeBytes = sizeBytes;
+  if (!shortLast) return;
+  const added = (g.map.blockSectorCount(last) - (oldSectors - last * blockSectors)) * sectorBytes;
+  // A damaged block stays damaged: its inverted checksum extended over zeroes still fails.
+  g.map.setBlockCrc(last, crc32c(new Uint8Array(added), oldCrc));
 }
 
 function checkRange(g: Group, offsetBytes: number, lengthBytes: number): void {

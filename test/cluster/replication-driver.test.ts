@@ -70,7 +70,7 @@ async function startReplica(r: Replica, all: Replica[]): Promise<void> {
   });
   r.io = io;
   peer.transport.onMessage((from, m) => dispatchPeerMessage({ driver, io, repairer }, from, m));
-  driver.addGroup(group, all.map((x) => x.id), new VolumeReplica(r.store!, group, volume.sizeBytes));
+  driver.addGroup(group, all.map((x) => x.id), new VolumeReplica(r.store!, group));
   r.timer = setInterval(() => driver.tick(), tickMs);
 }
 

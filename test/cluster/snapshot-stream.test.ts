@@ -156,7 +156,7 @@ class TestCluster {
       else if (env.kind === "snap-ack") driver.receiveSnapAck(from, env);
       else if (env.kind === "beats") driver.receiveBeats(from, env);
     });
-    driver.addGroup(group, this.all.map((x) => x.id), new VolumeReplica(r.store!, group, sizeBytes));
+    driver.addGroup(group, this.all.map((x) => x.id), new VolumeReplica(r.store!, group));
     r.timer = setInterval(() => driver.tick(), tickMs);
   }
 

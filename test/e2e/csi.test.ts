@@ -71,6 +71,12 @@ function startCsi(api: string, socket: string, runDir: string): ChildProcess & {
   return child;
 }
 
+/** Whether this process may grow a mounted ext4 (CAP_SYS_RESOURCE, bit 24 of CapEff). */
+function hasCapSysResource(): boolean {
+  const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "utf8"));
+  return m !== null && (BigInt(`0x${m[1]}`) & (1n << 24n)) !== 0n;
+}
+
 async function stop(child: ChildProcess): Promise<number | null> {
   if (child.exitCode !== null) return child.exitCode;
   const exited = new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
@@ -103,17 +109,21 @@ test("pxd csi: identity, controller and node services as csi-sanity checks them,
     const info = await identity["GetPluginInfo"]!({});
     assert.is(info["name"], "pxd.csi.io");
     assert.is(info["vendor_version"], JSON.parse(readFileSync(join(dirname(protoPath), "..", "..", "package.json"), "utf8")).version);
-    const pcaps = (await identity["GetPluginCapabilities"]!({}))["capabilities"].map((x: any) => x.service.type).sort();
+    const pcaps = (await identity["GetPluginCapabilities"]!({}))["capabilities"].filter((x: any) => x.service).map((x: any) => x.service.type).sort();
     assert.equal(pcaps, ["CONTROLLER_SERVICE", "VOLUME_ACCESSIBILITY_CONSTRAINTS"]);
+    const expansion = (await identity["GetPluginCapabilities"]!({}))["capabilities"].find((x: any) => x.volume_expansion);
+    assert.is(expansion.volume_expansion.type, "OFFLINE", "a device attached before a resize keeps its size until staged again");
     assert.equal((await identity["Probe"]!({}))["ready"], { value: true });
 
-    // Controller capabilities: no expand; snapshots.
+    // Controller capabilities: expand and snapshots.
     const ccaps = (await controller["ControllerGetCapabilities"]!({}))["capabilities"].map((x: any) => x.rpc.type).sort();
-    assert.equal(ccaps, ["CREATE_DELETE_SNAPSHOT", "CREATE_DELETE_VOLUME", "GET_CAPACITY", "LIST_SNAPSHOTS", "LIST_VOLUMES"]);
-    await expectCode(controller["ControllerExpandVolume"]!({ volume_id: "x", capacity_range: { required_bytes: MiB } }), grpc.status.UNIMPLEMENTED, /resize/);
+    assert.equal(ccaps, ["CREATE_DELETE_SNAPSHOT", "CREATE_DELETE_VOLUME", "EXPAND_VOLUME", "GET_CAPACITY", "LIST_SNAPSHOTS", "LIST_VOLUMES"]);
+    await expectCode(controller["ControllerExpandVolume"]!({ volume_id: "x", capacity_range: { required_bytes: MiB } }), grpc.status.NOT_FOUND, /x does not exist/);
+    await expectCode(controller["ControllerExpandVolume"]!({ volume_id: "x" }), grpc.status.INVALID_ARGUMENT, /capacity_range/);
     await expectCode(controller["CreateSnapshot"]!({ source_volume_id: "x", name: "s" }), grpc.status.NOT_FOUND, /does not exist/);
     await expectCode(controller["ControllerPublishVolume"]!({ volume_id: "x", node_id: "n" }), grpc.status.UNIMPLEMENTED);
-    await expectCode(node["NodeExpandVolume"]!({ volume_id: "x", volume_path: "/x" }), grpc.status.UNIMPLEMENTED);
+    await expectCode(node["NodeExpandVolume"]!({ volume_id: "x", volume_path: "/x" }), grpc.status.NOT_FOUND, /not staged on this host/);
+    await expectCode(node["NodeExpandVolume"]!({ volume_id: "x" }), grpc.status.INVALID_ARGUMENT, /volume_path/);
 
     // CreateVolume: sizes rounded up to sectors, idempotent by name, ALREADY_EXISTS on a conflicting size.
     const made = (await controller["CreateVolume"]!({ name: "db", capacity_range: { required_bytes: 64 * MiB - 100 }, volume_capabilities: [mountCap()], parameters: { repl: "3", fs: "ext4" } }))["volume"];
@@ -218,7 +228,7 @@ test("pxd csi: identity, controller and node services as csi-sanity checks them,
     assert.is(ni["node_id"], "node1");
     assert.equal(ni["accessible_topology"].segments, { "topology.pxd.io/node": "node1", "topology.pxd.io/zone": "z1" });
     assert.ok(ni["max_volumes_per_node"] > 0);
-    assert.equal((await node["NodeGetCapabilities"]!({}))["capabilities"].map((x: any) => x.rpc.type).sort(), ["GET_VOLUME_STATS", "STAGE_UNSTAGE_VOLUME"]);
+    assert.equal((await node["NodeGetCapabilities"]!({}))["capabilities"].map((x: any) => x.rpc.type).sort(), ["EXPAND_VOLUME", "GET_VOLUME_STATS", "STAGE_UNSTAGE_VOLUME"]);
 
     // The node flow: stage (makes ext4), publish, write through the target, unpublish, unstage.
     const stage = { volume_id: "db", staging_target_path: staging, volume_capability: mountCap("", "SINGLE_NODE_WRITER"), volume_context: { fs: "ext4" } };
@@ -251,10 +261,32 @@ test("pxd csi: identity, controller and node services as csi-sanity checks them,
     assert.equal(await loopsUnder(runDir), []);
     assert.equal(mountsUnder(t.dir), []);
 
-    // Staged again: the filesystem is found (no mkfs over data) and the file reads back.
+    // Expanded while not staged (OFFLINE): grown once, a repeat or a smaller size changes nothing, a limit below the size cannot shrink it.
+    const grown = await controller["ControllerExpandVolume"]!({ volume_id: "db", capacity_range: { required_bytes: 96 * MiB - 100 }, volume_capability: mountCap() });
+    assert.equal([grown["capacity_bytes"], grown["node_expansion_required"]], [96 * MiB, true]);
+    assert.is((await controller["ControllerExpandVolume"]!({ volume_id: "db", capacity_range: { required_bytes: 96 * MiB } }))["capacity_bytes"], 96 * MiB);
+    assert.is((await controller["ControllerExpandVolume"]!({ volume_id: "db", capacity_range: { required_bytes: 32 * MiB } }))["capacity_bytes"], 96 * MiB);
+    await expectCode(controller["ControllerExpandVolume"]!({ volume_id: "db", capacity_range: { required_bytes: 32 * MiB, limit_bytes: 64 * MiB } }), grpc.status.OUT_OF_RANGE, /shrinking a volume is not supported/);
+    assert.is((await c.nodes[1]!.api.inspectVolume("db")).sizeBytes, 96 * MiB);
+
+    // Staged again: the filesystem is found (no mkfs over data), the file reads back, NodeExpandVolume grows ext4 to the new size.
     await node["NodeStageVolume"]!(stage);
     await node["NodePublishVolume"]!(publish);
     assert.equal(readFileSync(join(target, "hello")), data);
+    const expand = node["NodeExpandVolume"]!({ volume_id: "db", volume_path: target, staging_target_path: staging, capacity_range: { required_bytes: 96 * MiB }, volume_capability: mountCap() });
+    if (hasCapSysResource()) {
+      assert.is((await expand)["capacity_bytes"], 96 * MiB);
+      const grownFs = (await node["NodeGetVolumeStats"]!({ volume_id: "db", volume_path: target }))["usage"].find((u: any) => u.unit === "BYTES");
+      assert.ok(grownFs.total > 80 * MiB && grownFs.total <= 96 * MiB, `ext4 grew with the volume: ${grownFs.total} bytes`);
+    } else {
+      // Growing a mounted ext4 (EXT4_IOC_RESIZE_FS) needs CAP_SYS_RESOURCE, which a node plugin has and this sandbox does not.
+      await expectCode(expand, grpc.status.INTERNAL, /resize2fs exit 1.*Permission denied/s);
+      console.log("NodeExpandVolume: resize2fs of a mounted ext4 needs CAP_SYS_RESOURCE, which this process lacks: checked that it ran and said so");
+    }
+    assert.equal(readFileSync(join(target, "hello")), data);
+    // Grown again while staged: this host's device keeps its size until it is staged again.
+    await controller["ControllerExpandVolume"]!({ volume_id: "db", capacity_range: { required_bytes: 128 * MiB } });
+    await expectCode(node["NodeExpandVolume"]!({ volume_id: "db", volume_path: target, capacity_range: { required_bytes: 128 * MiB } }), grpc.status.FAILED_PRECONDITION, /attached before the volume grew; unstage and stage/);
     await node["NodeUnpublishVolume"]!({ volume_id: "db", target_path: target });
     await node["NodeUnstageVolume"]!({ volume_id: "db", staging_target_path: staging });
 

@@ -71,7 +71,7 @@ export class StoreWrites {
   private of(groupId: number): { replica: VolumeReplica; port: ReplicaPort; next: number } {
     let r = this.replicas.get(groupId);
     if (r !== undefined) return r;
-    const replica = new VolumeReplica(this.store, groupId, this.store.sizeOf(groupId));
+    const replica = new VolumeReplica(this.store, groupId);
     const entry = { replica, next: this.store.raftLastIndex(groupId) + 1, port: undefined as unknown as ReplicaPort };
     entry.port = {
       propose: (command) => {

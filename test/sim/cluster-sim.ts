@@ -285,7 +285,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       deadlineMs: 5000,
       replicasOf: () => ids,
     });
-    driver.addGroup(groupId, ids, new VolumeReplica(s, groupId, volumeBytes));
+    driver.addGroup(groupId, ids, new VolumeReplica(s, groupId));
     Object.assign(node, { store: s, driver, io, repairer, up: true });
     const tick = (): void => {
       driver.tick();

@@ -267,11 +267,12 @@ export class FakeController implements Controller {
     return Promise.resolve({ nodeId: 7, node: "n1", connections: 0 });
   }
 
-  updateVolume(name: string, request: { repl: number }): Promise<VolumeInfo> {
-    this.seen(`updateVolume ${name} ${request.repl}`);
+  updateVolume(name: string, request: { repl?: number; sizeBytes?: number }): Promise<VolumeInfo> {
+    this.seen(`updateVolume ${name} ${request.repl}${request.sizeBytes !== undefined ? ` size ${request.sizeBytes}` : ""}`);
     const v = this.volumes.get(name);
     if (v === undefined) return Promise.reject(new ApiError(404, "not_found", `no volume named "${name}"`));
-    v.repl = request.repl;
+    if (request.repl !== undefined) v.repl = request.repl;
+    if (request.sizeBytes !== undefined) v.sizeBytes = request.sizeBytes;
     return Promise.resolve(v);
   }
 

@@ -163,6 +163,16 @@ test("pxd settings list, set and reset; pxd node drain and remove", async () => 
   assert.equal(ctx.controller.calls.slice(-3), ["drainNode n1 true", "drainNode 7 false", "removeNode n1"]);
 });
 
+test("pxd volume update --size grows a volume; without an option it is a usage error", async () => {
+  await ctx.controller.createVolume({ name: "grow", sizeBytes: 1024 ** 3 });
+  const r = await pxd([...host(), "volume", "update", "grow", "--size", "20G"]);
+  assert.is(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^volume "grow" updated: size 20\.0 GiB \(new NBD connections see it/);
+  assert.ok(ctx.controller.calls.includes(`updateVolume grow undefined size ${20 * 1024 ** 3}`));
+  assertOneLineError(await pxd([...host(), "volume", "update", "grow"]), 2, /nothing to change; give --size/);
+  assertOneLineError(await pxd([...host(), "volume", "update", "grow", "--size", "1000"]), 2, /not 1000; 512 or 1024 would do/);
+});
+
 test("errors from the daemon are one line on stderr with exit code 1", async () => {
   await ctx.controller.createVolume({ name: "db", sizeBytes: 4096 });
   const exists = await pxd([...host(), "volume", "create", "db", "--size", "1G"]);

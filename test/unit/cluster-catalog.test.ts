@@ -274,7 +274,7 @@ test("resizeVolume grows only, and only where the replicas have room", () => {
   must(s, { kind: "createVolume", name: "db", sizeBytes: 10 * GiB, repl: 2, at: 1 });
   assert.is(must(s, { kind: "resizeVolume", name: "db", sizeBytes: 20 * GiB }).volume!.sizeBytes, 20 * GiB);
   assert.is(must(s, { kind: "resizeVolume", name: "db", sizeBytes: 20 * GiB }).changed, false);
-  refused(s, { kind: "resizeVolume", name: "db", sizeBytes: 5 * GiB }, "conflict", 'volume "db" is 20.0 GiB and can only grow (asked for 5.00 GiB); create a new volume and copy the data to shrink');
+  refused(s, { kind: "resizeVolume", name: "db", sizeBytes: 5 * GiB }, "conflict", 'volume "db" is 20.0 GiB (21474836480 bytes) and shrinking a volume is not supported (asked for 5.00 GiB); create a new volume and copy the data to shrink');
   refused(
     s,
     { kind: "resizeVolume", name: "db", sizeBytes: 200 * GiB },

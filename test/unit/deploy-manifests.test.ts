@@ -111,13 +111,13 @@ test("CSIDriver: the name GetPluginInfo answers, no attach step, persistent volu
   assert.equal(d["spec"].volumeLifecycleModes, ["Persistent"]);
 });
 
-test("StorageClasses: provisioner pxd.csi.io, parameters CreateVolume takes, no expansion", () => {
+test("StorageClasses: provisioner pxd.csi.io, parameters CreateVolume takes, expansion", () => {
   const classes = ofKind("StorageClass");
   assert.ok(classes.length >= 2);
   assert.ok(classes.some((s) => s["parameters"].repl === "3" && s["parameters"].zones === "true"), "an example with zones");
   for (const s of classes) {
     assert.is(s["provisioner"], csiDriverName);
-    assert.is(s["allowVolumeExpansion"], false, "pxd cannot resize volumes");
+    assert.is(s["allowVolumeExpansion"], true, "csi-resizer grows pxd volumes");
     readParameters(s["parameters"]);
   }
 });
@@ -164,9 +164,11 @@ test("DaemonSet: the node plugin's endpoint is the registrar's --csi-address and
 test("controller: pxd csi --mode controller and csi-provisioner on one socket; the API service's port", () => {
   const dep = one("Deployment", "pxd-csi-controller");
   const { plugin, flags, socket } = csiPlugin(dep, "csi-controller", "controller");
-  const prov = container(dep, "csi-provisioner");
-  assert.is(flagsOf(prov["args"]).flags.get("--csi-address"), socket);
-  assert.is(volumeOf(prov, socket), volumeOf(plugin, socket));
+  for (const sidecar of ["csi-provisioner", "csi-resizer"]) {
+    const c = container(dep, sidecar);
+    assert.is(flagsOf(c["args"]).flags.get("--csi-address"), socket, sidecar);
+    assert.is(volumeOf(c, socket), volumeOf(plugin, socket), sidecar);
+  }
   assert.not.ok(dep["spec"].template.spec.containers.some((c: Obj) => /csi-attacher/.test(c["image"])), "no csi-attacher: attachRequired is false");
   const svc = one("Service", "pxd-api");
   assert.is(flags.get("--host"), `${svc["metadata"].name}.${svc["metadata"].namespace}.svc:${svc["spec"].ports[0].port}`);
@@ -185,6 +187,10 @@ test("RBAC: every service account a workload uses exists, and the bindings name 
   const rules = one("ClusterRole", "pxd-csi-provisioner")["rules"] as Obj[];
   const can = (resource: string, verb: string): boolean => rules.some((r) => r["resources"].includes(resource) && r["verbs"].includes(verb));
   for (const [r, v] of [["persistentvolumes", "create"], ["persistentvolumes", "delete"], ["persistentvolumeclaims", "update"], ["storageclasses", "get"], ["csinodes", "get"], ["nodes", "get"], ["events", "create"]] as const) assert.ok(can(r, v), `${v} ${r}`);
+  const resizer = one("ClusterRole", "pxd-csi-resizer")["rules"] as Obj[];
+  for (const [r, v] of [["persistentvolumes", "patch"], ["persistentvolumeclaims/status", "patch"], ["persistentvolumeclaims", "watch"]] as const) {
+    assert.ok(resizer.some((x) => x["resources"].includes(r) && x["verbs"].includes(v)), `the resizer may ${v} ${r}`);
+  }
 });
 
 test("the image of deploy/kubernetes carries the proto pxd csi loads and the attach tools", () => {

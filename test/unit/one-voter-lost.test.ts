@@ -21,7 +21,7 @@ const block = (i: number): Buffer => Buffer.alloc(4096, 0x40 + i);
 async function start(dir: string, lines: string[]): Promise<{ store: Store; driver: MultiRaft; port: ReplicaPort; replica: VolumeReplica; tick: NodeJS.Timeout }> {
   const store = await Store.open({ disk: new NodeDisk(dir), defer: deferImmediate, log: (l) => lines.push(l) }, [volume]);
   const driver = new MultiRaft({ nodeId: 1, store, send: () => true, defer: deferImmediate, random: { int: () => 0 }, log: (l) => lines.push(l) });
-  const replica = new VolumeReplica(store, volume.groupId, volume.sizeBytes);
+  const replica = new VolumeReplica(store, volume.groupId);
   driver.addGroup(volume.groupId, [1], replica);
   const tick = setInterval(() => driver.tick(), 10);
   tick.unref(); // a failed assertion ends the test instead of leaving the driver ticking

@@ -70,7 +70,7 @@ class Net {
         log: (l) => logs.push(l),
       });
       this.nodes.set(id, { id, store, driver, logs });
-      for (const g of groups) driver.addGroup(g, ids, new VolumeReplica(store, g, store.sizeOf(g)));
+      for (const g of groups) driver.addGroup(g, ids, new VolumeReplica(store, g));
     }
   }
 

@@ -8,7 +8,7 @@ import * as assert from "uvu/assert";
 import { crc32c } from "../../src/base/crc32c.js";
 import { Prng } from "../../src/base/prng.js";
 import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
-import { decodeOp, decodeSnapshotOp, encodeSnapshotOp, encodeTrim, encodeWrite, opPayloadCrc, VolumeOpKind } from "../../src/replication/volume-op.js";
+import { decodeOp, decodeSnapshotOp, encodeResize, encodeSnapshotOp, encodeTrim, encodeWrite, opPayloadCrc, resizeBytesOf, VolumeOpKind } from "../../src/replication/volume-op.js";
 import { ChecksumError } from "../../src/store/errors.js";
 import { Store } from "../../src/store/store.js";
 import { tempDir } from "../helpers/tmp.js";
@@ -43,6 +43,24 @@ test("a write not made of whole blocks carries the checksums of the blocks it co
   const small = encodeWrite(512, [data.subarray(0, 512)], 512);
   assert.equal([...(decodeOp(small)?.crcs ?? [])], []);
   assert.is(entryPayloadCrc(small), undefined);
+});
+
+test("a resize is a trailer alone carrying the new size; one not in whole sectors or past the volume limit is not a volume op", () => {
+  const e = encodeResize(20 * 1024 ** 3);
+  assert.is(e.length, 16);
+  const op = decodeOp(e)!;
+  assert.is(op.kind, VolumeOpKind.Resize);
+  assert.is(resizeBytesOf(op), 20 * 1024 ** 3);
+  assert.is(entryPayloadCrc(e), undefined);
+  const bad = (size: number): Buffer => {
+    const b = Buffer.from(e);
+    b.writeUInt32LE(size % 0x100000000, 8);
+    b.writeUInt32LE(Math.floor(size / 0x100000000), 12);
+    return b;
+  };
+  for (const size of [0, 1000, 2 ** 50]) assert.is(decodeOp(bad(size)), undefined, `size ${size}`);
+  assert.is(decodeOp(Buffer.concat([Buffer.alloc(8), e])), undefined, "a resize carries no data");
+  assert.throws(() => encodeResize(513));
 });
 
 test("trims, version 1 writes, and data that is not a volume op", () => {

@@ -30,7 +30,41 @@ function fakePort(content = 0xaa): { port: ReplicaPort; ops: { kind: VolumeOpKin
   return { port, ops, reads };
 }
 
-const replica = (): VolumeReplica => new VolumeReplica(undefined as unknown as Store, 1, sizeBytes);
+const replica = (): VolumeReplica => new VolumeReplica({ sizeOf: () => sizeBytes } as unknown as Store, 1);
+
+test("a resize is proposed only to grow; a write past the end waits for a ReadIndex round, then goes on if a resize was applied meanwhile, else is refused", async () => {
+  let size = sizeBytes;
+  const r = new VolumeReplica({ sizeOf: () => size } as unknown as Store, 1);
+  const { port, ops } = fakePort();
+  let barriers = 0;
+  port.readBarrier = () => {
+    barriers++;
+    return Promise.resolve();
+  };
+  await r.resize(port, sizeBytes);
+  await r.resize(port, sizeBytes / 2);
+  assert.is(ops.length, 0, "as large or larger already: nothing proposed (the caller refuses shrinking)");
+  assert.is(barriers, 2, "after a ReadIndex round: a resize committed elsewhere is applied here first");
+  await r.resize(port, 2 * sizeBytes);
+  assert.equal(ops.map((o) => [o.kind, o.offsetBytes]), [[VolumeOpKind.Resize, 2 * sizeBytes]]);
+  await r.resize(port, 1000).then(
+    () => assert.unreachable("a size not in whole sectors"),
+    (e: Error) => assert.match(e.message, /positive multiple of 512 bytes/),
+  );
+  ops.length = 0;
+  barriers = 0;
+  await r.write(port, sizeBytes, [Buffer.alloc(4096)], 4096).then(
+    () => assert.unreachable("past the end"),
+    (e: Error) => assert.match(e.message, /outside the volume/),
+  );
+  assert.is(barriers, 1);
+  port.readBarrier = () => {
+    size = 2 * sizeBytes; // the resize committed by the leader before: applied here once the round is done
+    return Promise.resolve();
+  };
+  await r.write(port, sizeBytes, [Buffer.alloc(4096)], 4096);
+  assert.equal(ops.map((o) => [o.kind, o.offsetBytes]), [[VolumeOpKind.Write, sizeBytes]]);
+});
 
 test("a large aligned write is split into proposals that each fit one record, in order, with no read", async () => {
   const { port, ops, reads } = fakePort();
