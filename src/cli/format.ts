@@ -65,7 +65,20 @@ export function volumeDetails(v: VolumeInfo): string {
     ["nbd uri", v.nbdUri],
     ["created", v.createdAt],
     ["scrubbed", scrubSummary(v.scrub)],
+    ["qos", qosText(v.qos)],
+    ...(v.throttle !== undefined ? [["waited", waitedText(v.throttle)] as [string, string]] : []),
   ]);
+}
+
+/** A volume's limits: "at most 500 IOPS and 100 MiB/s (bursts of 1 s)", or "no limits". */
+export function qosText(q: VolumeInfo["qos"]): string {
+  const parts = [q.maxIops > 0 ? `${q.maxIops} IOPS` : "", q.maxBandwidthBytesPerSec > 0 ? `${formatSize(q.maxBandwidthBytesPerSec)}/s` : ""].filter((p) => p !== "");
+  return parts.length === 0 ? "no limits" : `at most ${parts.join(" and ")} on each node its clients use (bursts of ${q.burstSec} s)`;
+}
+
+/** What the limits and the node's fair share held back, on the node asked. */
+function waitedText(t: NonNullable<VolumeInfo["throttle"]>): string {
+  return `on ${t.node}: ${t.throttledRequests} requests held by the limits for ${t.throttleWaitSec.toFixed(1)} s, ${t.queuedRequests} queued for the node's fair share for ${t.queueWaitSec.toFixed(1)} s`;
 }
 
 /** Each replica's last scrub, on one line: "node1 2026-12-06T04:00:00Z 0 damaged, node2 never". */

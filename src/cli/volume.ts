@@ -1,17 +1,41 @@
-// pxd status, pxd node list|drain|remove, pxd settings, pxd volume create|list|inspect|ha-update|delete:
+// pxd status, pxd node list|drain|remove, pxd settings, pxd volume create|list|inspect|update|ha-update|delete:
 // thin wrappers over ApiClient.
 
 import type { Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import { apiScrubTimeoutMs } from "../api/limits.js";
-import { bandwidthArg, checkName, clientFor, replArg, sizeArg } from "./args.js";
+import { qosBurstSecMax } from "../constants.js";
+import type { UpdateVolumeRequest } from "../api/types.js";
+import { bandwidthArg, checkName, clientFor, intArg, iopsLimitArg, rateLimitArg, replArg, sizeArg } from "./args.js";
 import { CliError } from "./errors.js";
 import { registerAttach } from "./attach.js";
 import { waitForReplicas } from "./progress.js";
-import { json, nodeTable, scrubTable, settingsTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
+import { json, nodeTable, qosText, scrubTable, settingsTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
 
 interface JsonFlag {
   json?: boolean;
+}
+
+/** The QoS flags of volume create and volume update (docs/architecture.md, "QoS and rebuild limits"). */
+interface QosFlags {
+  maxIops?: number;
+  maxBandwidth?: number;
+  burstSeconds?: number;
+}
+
+function qosOptions(c: Command): Command {
+  return c
+    .option("--max-iops <n>", "at most this many requests a second, reads and writes together, on each node the volume's clients use (0 or none: no limit)", iopsLimitArg)
+    .option("--max-bandwidth <size>", "at most this many bytes a second, read and written together, e.g. 100M (0 or none: no limit)", rateLimitArg)
+    .option("--burst-seconds <s>", "seconds of the limits an idle volume saves up and may then spend at once (default 1)", intArg(1, qosBurstSecMax));
+}
+
+function qosRequest(o: QosFlags): Pick<UpdateVolumeRequest, "maxIops" | "maxBandwidthBytesPerSec" | "burstSec"> {
+  return {
+    ...(o.maxIops !== undefined ? { maxIops: o.maxIops } : {}),
+    ...(o.maxBandwidth !== undefined ? { maxBandwidthBytesPerSec: o.maxBandwidth } : {}),
+    ...(o.burstSeconds !== undefined ? { burstSec: o.burstSeconds } : {}),
+  };
 }
 
 export function registerNode(program: Command): void {
@@ -115,7 +139,7 @@ export function registerStatus(program: Command): void {
 export function registerVolume(program: Command): void {
   const volume = program.command("volume").description("create, list, inspect, ha-update and delete volumes");
 
-  volume
+  qosOptions(volume
     .command("create")
     .description("create a volume, exported over NBD under its name")
     .argument("<name>", "volume name: letters, digits, '.', '_', '-'; at most 63")
@@ -123,9 +147,9 @@ export function registerVolume(program: Command): void {
     .option("-r, --repl <n>", "number of replicas (default 1, or as many as --nodes names)", replArg)
     .option("--nodes <list>", "put the replicas on exactly these nodes: names or ids, comma-separated (pxd node list)")
     .option("--zones", "require the replicas to sit in distinct zones (pxd daemon --zone); without it distinct zones are only preferred")
-    .option("--shared", "let several hosts attach it read-write at once (only for a filesystem made for that, e.g. a cluster filesystem)")
+    .option("--shared", "let several hosts attach it read-write at once (only for a filesystem made for that, e.g. a cluster filesystem)"))
     .option("--json", "print the API's JSON")
-    .action(async (name: string, options: { size: number; repl?: number; nodes?: string; zones?: boolean; shared?: boolean } & JsonFlag, command: Command) => {
+    .action(async (name: string, options: { size: number; repl?: number; nodes?: string; zones?: boolean; shared?: boolean } & QosFlags & JsonFlag, command: Command) => {
       const nodes = options.nodes?.split(",").map((s) => s.trim()).filter((s) => s !== "");
       const v = await clientFor(command).createVolume({
         name: checkName(name),
@@ -134,6 +158,7 @@ export function registerVolume(program: Command): void {
         ...(nodes !== undefined ? { nodes } : {}),
         ...(options.zones ? { zones: true } : {}),
         ...(options.shared ? { shared: true } : {}),
+        ...qosRequest(options),
       });
       if (options.json) return console.log(json(v));
       console.log(`volume "${v.name}" created: ${formatSize(v.sizeBytes)}, ${v.repl} ${v.repl === 1 ? "replica" : "replicas"}, exported at ${v.nbdUri}`);
@@ -161,6 +186,19 @@ export function registerVolume(program: Command): void {
     .action(async (name: string, options: JsonFlag, command: Command) => {
       const v = await clientFor(command).inspectVolume(checkName(name));
       console.log(options.json ? json(v) : volumeDetails(v));
+    });
+
+  qosOptions(volume
+    .command("update")
+    .description("change a volume's QoS limits; the nodes its clients use apply them from their next request")
+    .argument("<name>", "volume name"))
+    .option("--json", "print the API's JSON")
+    .action(async (name: string, options: QosFlags & JsonFlag, command: Command) => {
+      const request = qosRequest(options);
+      if (Object.keys(request).length === 0) throw new CliError(`nothing to change; give --max-iops, --max-bandwidth or --burst-seconds (pxd volume update --help)`);
+      const v = await clientFor(command).updateVolume(checkName(name), request);
+      if (options.json) return console.log(json(v));
+      console.log(`volume "${v.name}": ${qosText(v.qos)}`);
     });
 
   volume

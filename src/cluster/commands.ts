@@ -16,6 +16,10 @@ import {
   nodeBytesMax,
   nodeLabelCharsMax,
   nodeLabelsMax,
+  qosBandwidthBytesMax,
+  qosBandwidthBytesMin,
+  qosBurstSecMax,
+  qosIopsMax,
   volumeBytesMax,
   volumeReplicasMax,
 } from "../constants.js";
@@ -84,7 +88,32 @@ export interface CreateVolume {
   shared?: boolean;
   /** The name of the API token's holder that created it (docs/security.md); a `user` token reaches only its own volumes. */
   owner?: string;
+  /** QoS limits (VolumeQos); absent: none, and a burst of qosBurstSecDefault. */
+  maxIops?: number;
+  maxBandwidthBytes?: number;
+  burstSec?: number;
   at: number;
+}
+
+/**
+ * A volume's QoS limits, enforced on each node where its NBD requests enter
+ * (src/daemon/qos.ts): requests a second and bytes a second, reads and writes
+ * together (0: no limit), and the seconds of them an idle volume may save up
+ * and spend at once.
+ */
+export interface VolumeQos {
+  maxIops: number;
+  maxBandwidthBytes: number;
+  burstSec: number;
+}
+
+/** Sets a volume's QoS limits: an absent field keeps its value, 0 removes a limit. */
+export interface SetVolumeQos {
+  kind: "setVolumeQos";
+  name: string;
+  maxIops?: number;
+  maxBandwidthBytes?: number;
+  burstSec?: number;
 }
 
 export interface DeleteVolume {
@@ -163,7 +192,8 @@ export type CatalogCommand =
   | ResizeVolume
   | SetReplicas
   | SetSetting
-  | RevokeToken;
+  | RevokeToken
+  | SetVolumeQos;
 
 export type CommandKind = CatalogCommand["kind"];
 
@@ -353,6 +383,16 @@ function via(o: Obj, kind: string): AttachVia {
 function invalidMissing(kind: string, key: string): never {
   throw new Invalid(`${kind}: field "${key}" must be true or false, not missing`);
 }
+/** 0 (no limit), else at least qosBandwidthBytesMin: a lower rate would take minutes per request. */
+function optBandwidth(o: Obj, kind: string): number | undefined {
+  const v = optInt(o, kind, "maxBandwidthBytes", 0, qosBandwidthBytesMax, " of bytes a second");
+  if (v !== undefined && v > 0 && v < qosBandwidthBytesMin) {
+    throw new Invalid(`${kind}: field "maxBandwidthBytes" must be 0 (no limit) or at least ${qosBandwidthBytesMin} bytes a second, not ${v}`);
+  }
+  return v;
+}
+const optIops = (o: Obj, kind: string): number | undefined => optInt(o, kind, "maxIops", 0, qosIopsMax, " of requests a second");
+const optBurst = (o: Obj, kind: string): number | undefined => optInt(o, kind, "burstSec", 1, qosBurstSecMax, " of seconds");
 const bytes = (o: Obj, kind: string, key: string): number => int(o, kind, key, 0, nodeBytesMax, " of bytes");
 const optBytes = (o: Obj, kind: string, key: string): number | undefined => optInt(o, kind, key, 0, nodeBytesMax, " of bytes");
 
@@ -361,7 +401,7 @@ const fieldsOf: Record<CommandKind, readonly string[]> = {
   updateNode: ["kind", "id", "at", "freeBytes", "usedBytes", "capacityBytes", "health", "labels"],
   removeNode: ["kind", "id", "force"],
   drainNode: ["kind", "id", "draining"],
-  createVolume: ["kind", "name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", "at"],
+  createVolume: ["kind", "name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", "maxIops", "maxBandwidthBytes", "burstSec", "at"],
   deleteVolume: ["kind", "name", "force"],
   attachVolume: ["kind", "name", "host", "device", "via", "readOnly", "node", "at"],
   detachVolume: ["kind", "name", "host"],
@@ -369,6 +409,7 @@ const fieldsOf: Record<CommandKind, readonly string[]> = {
   setReplicas: ["kind", "name", "nodes", "repl", "expect"],
   setSetting: ["kind", "key", "value"],
   revokeToken: ["kind", "id", "expiresAt", "at"],
+  setVolumeQos: ["kind", "name", "maxIops", "maxBandwidthBytes", "burstSec"],
 };
 
 export const commandKinds = Object.keys(fieldsOf) as CommandKind[];
@@ -412,6 +453,9 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
       zones: bool(o, k, "zones"),
       shared: bool(o, k, "shared"),
       owner: get(o, "owner") === undefined ? undefined : name(o, k, "owner"),
+      maxIops: optIops(o, k),
+      maxBandwidthBytes: optBandwidth(o, k),
+      burstSec: optBurst(o, k),
       at: at(o, k),
     }),
   deleteVolume: (o, k) => pick<DeleteVolume>({ kind: k, name: name(o, k), force: bool(o, k, "force") }),
@@ -456,6 +500,13 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
       expiresAt: int(o, k, "expiresAt", 0, catalogTimeMsMax, " (milliseconds since the epoch)"),
       at: at(o, k),
     }),
+  setVolumeQos: (o, k) => {
+    const c = pick<SetVolumeQos>({ kind: k, name: name(o, k), maxIops: optIops(o, k), maxBandwidthBytes: optBandwidth(o, k), burstSec: optBurst(o, k) });
+    if (c.maxIops === undefined && c.maxBandwidthBytes === undefined && c.burstSec === undefined) {
+      throw new Invalid(`${k}: name at least one of maxIops, maxBandwidthBytes, burstSec`);
+    }
+    return c;
+  },
 };
 
 export type Validated = { ok: true; command: CatalogCommand } | { ok: false; error: string };

@@ -66,6 +66,7 @@ import {
   type CatalogCommand,
   type CatalogState,
   type CatalogVolume,
+  type VolumeQos,
   admitNode,
 } from "../cluster/index.js";
 import {
@@ -78,6 +79,8 @@ import {
   readPoolBufferBytesMax,
   readPoolBufferBytesMin,
   readPoolBytesMax,
+  ioNodeRequestsInFlightMax,
+  resyncBandwidthBytesPerSecDefault,
   scrubBandwidthBytesPerSecDefault,
   scrubIntervalMsDefault,
 } from "../constants.js";
@@ -98,6 +101,7 @@ import { Repairer } from "../replication/repair.js";
 import { Scrubber, type ScrubReport } from "../replication/scrub.js";
 import { VolumeIo } from "../replication/volume-io.js";
 import { dispatchPeerMessage } from "../replication/dispatch.js";
+import type { ResyncPacer } from "../replication/snapshot.js";
 import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
 import { ClusterNode, metaGroupId } from "../node/cluster-node.js";
@@ -107,6 +111,7 @@ import { AuditLog } from "./audit-log.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
 import { ReplicatedVolumeExport } from "./volume-export.js";
+import { NodeAdmission, resyncPacer } from "./qos.js";
 import { NodeMetrics, type GroupView, type MetricsView } from "./metrics.js";
 import { metricsVolumesMax, sumSamples, VolumeStats, volumeStatsIdleSec } from "./volume-stats.js";
 import { CopyRates } from "./copy-progress.js";
@@ -135,6 +140,8 @@ export interface DaemonOptions {
   scrubIntervalMs?: number;
   /** The scrub's average read rate (default scrubBandwidthBytesPerSecDefault). */
   scrubBandwidthBytesPerSec?: number;
+  /** Bytes a second every volume copy this node sends takes together (0: no limit; default resyncBandwidthBytesPerSecDefault). */
+  resyncBandwidthBytesPerSec?: number;
   /** Fault injection for tests: serve POST /v1/debug/catalog-propose, which commits catalog entries without validation. */
   unsafeDebugApi?: boolean;
   /** An NBD connection idle this long may be closed when a new client needs its slot (default nbdIdleTimeoutMs). */
@@ -202,6 +209,8 @@ export class Daemon implements Controller {
   private readonly connections = new Map<string, number>();
   /** Each volume's NBD I/O through this node, from its first connection here until the catalog drops it; empty with --no-metrics. */
   private readonly ioStats = new Map<string, VolumeStats>();
+  /** Each volume's QoS limits and the node's fair share between volumes, where NBD requests enter (src/daemon/qos.ts). */
+  private readonly admission = new NodeAdmission({ now: monotonicMs, after: (ms, fn) => nodeTimers.setTimeout(fn, ms) }, ioNodeRequestsInFlightMax, (name) => this.catalog.volumes.get(name)?.qos);
   private metricsRegistry: NodeMetrics | undefined;
   private readonly eventRing = new EventRing();
   /** The copies this node streams to replicas, with their rates (set in wire(), where the driver is made). */
@@ -334,6 +343,7 @@ export class Daemon implements Controller {
       log: (l) => log.warn(l),
       damaged: (e) => void this.repairer.repair(e),
       ...(options.logRetainBytes !== undefined ? { logRetainBytes: options.logRetainBytes } : {}),
+      ...resyncOption(options.resyncBandwidthBytesPerSec ?? resyncBandwidthBytesPerSecDefault),
     });
     this.io = new VolumeIo({
       nodeId: state.nodeId,
@@ -399,6 +409,7 @@ export class Daemon implements Controller {
     this.stopping ??= (async () => {
       for (const t of this.timers) clearInterval(t);
       this.metricsRegistry?.close();
+      this.admission.close();
       releaseSupervisorLock();
       this.scrubber?.stop();
       const steps: [string, () => Promise<void>][] = [
@@ -519,14 +530,31 @@ export class Daemon implements Controller {
     checkReach(caller, await this.knownVolume(name));
     const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.updateVolume(name, request);
+    if (request.maxIops !== undefined || request.maxBandwidthBytesPerSec !== undefined || request.burstSec !== undefined) await this.setVolumeQos(name, request);
+    if (request.repl !== undefined) await this.setRepl(name, request.repl);
+    return this.info(this.mustGet(name));
+  }
+
+  private async setRepl(name: string, repl: number): Promise<void> {
     const was = [...this.mustGet(name).nodes];
-    const set = replicaSetFor(this.catalog, name, request.repl);
+    const set = replicaSetFor(this.catalog, name, repl);
     if ("error" in set) throw new ApiError(409, "placement", set.error);
-    const result = await this.metaCommand({ kind: "setReplicas", name, nodes: set.nodes, repl: request.repl, expect: was });
+    const result = await this.metaCommand({ kind: "setReplicas", name, nodes: set.nodes, repl, expect: was });
     if (!result.ok) throw catalogError(result);
-    const now = this.catalog.volumes.get(name)!;
-    this.log.info(`volume ${name}: ${request.repl} replicas wanted, on nodes ${now.nodes.join(", ")} (were ${was.join(", ")})`);
-    return this.info(now);
+    const now = this.mustGet(name);
+    this.log.info(`volume ${name}: ${repl} replicas wanted, on nodes ${now.nodes.join(", ")} (were ${was.join(", ")})`);
+  }
+
+  private async setVolumeQos(name: string, request: UpdateVolumeRequest): Promise<void> {
+    const result = await this.metaCommand({
+      kind: "setVolumeQos",
+      name,
+      ...(request.maxIops !== undefined ? { maxIops: request.maxIops } : {}),
+      ...(request.maxBandwidthBytesPerSec !== undefined ? { maxBandwidthBytes: request.maxBandwidthBytesPerSec } : {}),
+      ...(request.burstSec !== undefined ? { burstSec: request.burstSec } : {}),
+    });
+    if (!result.ok) throw catalogError(result);
+    if (result.changed) this.log.info(`volume ${name}: QoS ${describeQos(this.mustGet(name).qos)}`);
   }
 
   // ---- attachments (pxd volume attach) ----
@@ -601,7 +629,7 @@ export class Daemon implements Controller {
         this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
         return new ReplicatedVolumeExport(v, this.io, this.readBuffers, () => {
           this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
-        }, this.statsFor(name));
+        }, this.admission.gate(name), this.statsFor(name));
       },
     };
   }
@@ -769,7 +797,9 @@ export class Daemon implements Controller {
     const v = await this.knownVolume(name);
     checkReach(caller, v);
     const [info, scrub] = await Promise.all([this.replicaStates(v), this.replicaScrubs(v)]);
-    return { ...info, scrub };
+    const waited = this.admission.counters(v.name);
+    const node = this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`;
+    return { ...info, scrub, ...(waited !== undefined ? { throttle: { node, ...waited } } : {}) };
   }
 
   private async replicaStates(v: CatalogVolume): Promise<VolumeInfo> {
@@ -799,6 +829,9 @@ export class Daemon implements Controller {
       ...(request.zones === true ? { zones: true } : {}),
       ...(request.shared === true ? { shared: true } : {}),
       owner,
+      ...(request.maxIops !== undefined ? { maxIops: request.maxIops } : {}),
+      ...(request.maxBandwidthBytesPerSec !== undefined ? { maxBandwidthBytes: request.maxBandwidthBytesPerSec } : {}),
+      ...(request.burstSec !== undefined ? { burstSec: request.burstSec } : {}),
       at: Date.now(),
     });
     if (!result.ok) throw catalogError(result);
@@ -977,6 +1010,8 @@ export class Daemon implements Controller {
       if (!this.catalog.volumes.has(name) || idle) this.ioStats.delete(name);
       else s.sample(wall, mono);
     }
+    // A volume's throttle lives as long as its counters, or its connections here with --no-metrics.
+    this.admission.prune((name) => this.catalog.volumes.has(name) && (this.ioStats.has(name) || (this.connections.get(name) ?? 0) > 0));
     this.eventRing.observe(this.clusterView(), wall);
     this.copyRates.track(this.hostedVolumes());
   }
@@ -1060,10 +1095,12 @@ export class Daemon implements Controller {
         this.labelledVolumes().map((v) => ({
           name: v.name,
           stats: this.ioStats.get(v.name),
+          admission: this.admission.counters(v.name),
           allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : undefined,
           connections: this.connections.get(v.name) ?? 0,
         })),
       allStats: () => this.ioStats.values(),
+      admission: () => this.admission.load,
       groups: () => this.labelledVolumes().flatMap((v) => this.groupView(v) ?? []),
       groupRoles: () =>
         count(
@@ -1254,6 +1291,7 @@ export class Daemon implements Controller {
       shared: v.shared,
       owner: v.owner,
       attachments: attachmentInfos(v),
+      qos: { maxIops: v.qos.maxIops, maxBandwidthBytesPerSec: v.qos.maxBandwidthBytes, burstSec: v.qos.burstSec },
       ...(this.store.hasGroup(v.id) ? { log: (({ firstIndex, lastIndex }) => ({ firstIndex, lastIndex }))(this.store.raftState(v.id)) } : {}),
     };
   }
@@ -1281,6 +1319,19 @@ export class Daemon implements Controller {
       return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), ...(copy ? { copy } : {}), leader: id === leader };
     });
   }
+}
+
+/** The driver's rebuild pacer at this rate (0: none). */
+function resyncOption(bytesPerSec: number): { resync?: ResyncPacer } {
+  const pacer = resyncPacer({ now: monotonicMs, after: (ms, fn) => nodeTimers.setTimeout(fn, ms) }, bytesPerSec);
+  return pacer === undefined ? {} : { resync: pacer };
+}
+
+/** A volume's limits for a log line. */
+function describeQos(q: VolumeQos): string {
+  if (q.maxIops === 0 && q.maxBandwidthBytes === 0) return "no limits";
+  const parts = [q.maxIops > 0 ? `${q.maxIops} IOPS` : "", q.maxBandwidthBytes > 0 ? `${formatSize(q.maxBandwidthBytes)}/s` : ""].filter((x) => x !== "");
+  return `at most ${parts.join(" and ")}, bursts of ${q.burstSec} s`;
 }
 
 function attachmentInfos(v: CatalogVolume): AttachmentInfo[] {

@@ -96,7 +96,7 @@ test("raw routes answer with the documented status codes and content types", asy
   assert.is((JSON.parse(patched.body) as { repl: number }).repl, 3);
   const badPatch = await raw("PATCH", "/v1/volumes/a", JSON.stringify({ repl: 3, size: 1 }));
   assert.is(badPatch.status, 400);
-  assert.match((JSON.parse(badPatch.body) as { error: { message: string } }).error.message, /unknown field "size"; the only field is repl/);
+  assert.match((JSON.parse(badPatch.body) as { error: { message: string } }).error.message, /unknown field "size"; the fields are repl, maxIops, maxBandwidthBytesPerSec, burstSec/);
   assert.match((await raw("PATCH", "/v1/volumes/a", JSON.stringify({ repl: 9 }))).body, /replica count from 1 to 5 \(the most a volume has\), not 9/);
   const del = await raw("DELETE", "/v1/volumes/a");
   assert.is(del.status, 204);
