@@ -170,10 +170,15 @@ export const ioFairRequestCostBytes = 4096;
 /**
  * Bytes a second every volume copy this node sends (a new replica's full
  * copy, a returning replica's delta) takes together, unless `pxd daemon
- * --resync-bandwidth` says otherwise: docs/bench.md ("Rebuild limits")
- * measures what a rebuild at this rate leaves client writes.
+ * --resync-bandwidth` says otherwise. The rate measured to leave client 4 KiB
+ * QD32 writes 70% of their rate during a rebuild where both nodes share one
+ * disk and two cores (docs/bench.md, "QoS and rebuild limits"; 64 MiB/s left
+ * them 40%); 1 GiB takes 32 s, 1 TiB 9 hours: raise it where nodes have
+ * their own disks.
  */
-export const resyncBandwidthBytesPerSecDefault = 128 * 1024 * 1024;
+export const resyncBandwidthBytesPerSecDefault = 32 * 1024 * 1024;
+/** Seconds of the rebuild bandwidth its bucket holds: what timers firing late on a busy event loop may make up. */
+export const resyncBurstSec = 0.1;
 
 // ---- raft (src/raft) ----
 /** A follower campaigns after a randomized timeout in [electionTicks, 2 * electionTicks). */

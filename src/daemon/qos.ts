@@ -17,7 +17,7 @@
 import { assert } from "../base/assert.js";
 import { TokenBucket } from "../base/token-bucket.js";
 import type { VolumeQos } from "../cluster/commands.js";
-import { ioFairQuantumBytes, ioFairRequestCostBytes, qosQueuedRequestsMax, snapshotChunkBytes } from "../constants.js";
+import { ioFairQuantumBytes, ioFairRequestCostBytes, qosQueuedRequestsMax, resyncBurstSec, snapshotChunkBytes } from "../constants.js";
 import type { ResyncPacer } from "../replication/snapshot.js";
 
 export interface QosClock {
@@ -313,12 +313,14 @@ export class NodeAdmission {
 
 /**
  * The node's rebuild bandwidth (pxd daemon --resync-bandwidth): one token
- * bucket that every copy this node sends draws from, holding one chunk, so
- * the copies together keep to the rate over any second; undefined for no limit.
+ * bucket that every copy this node sends draws from, so the copies together
+ * keep to the rate. It holds resyncBurstSec of the rate (at least a chunk):
+ * a timer that fires late on a busy event loop loses nothing, and no second
+ * sends more than 1.1 times the rate.
  */
 export function resyncPacer(clock: QosClock, bytesPerSec: number): ResyncPacer | undefined {
   if (bytesPerSec <= 0) return undefined;
-  const bucket = new TokenBucket(bytesPerSec, snapshotChunkBytes, clock.now());
+  const bucket = new TokenBucket(bytesPerSec, Math.max(snapshotChunkBytes, bytesPerSec * resyncBurstSec), clock.now());
   return {
     waitMs: () => bucket.waitMs(snapshotChunkBytes, clock.now()),
     sent: (bytes) => bucket.take(bytes, clock.now()),

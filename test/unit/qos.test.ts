@@ -258,6 +258,13 @@ test("resync pacer: copies together keep to the rate; one chunk may go at once",
   assert.is(p.waitMs(), 125);
   clock.t = 125;
   assert.is(p.waitMs(), 0);
+  // A faster limit holds a tenth of a second of it: 12.8 chunks at 128 MiB/s, which a late timer may spend at once.
+  const fast = resyncPacer(clock, 128 * snapshotChunkBytes)!;
+  for (let i = 0; i < 12; i++) {
+    assert.is(fast.waitMs(), 0);
+    fast.sent(snapshotChunkBytes);
+  }
+  assert.ok(fast.waitMs() > 0);
 });
 
 test.run();
