@@ -40,6 +40,8 @@ start_node() {
 stop_nodes() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; PIDS=(); rm -rf "$D"/n* "$D"/log*; }
 api() { local n=$1 method=$2 path=$3; shift 3; curl -sf -H "Authorization: Bearer $(cat "$D/n1/admin.token")" -X"$method" "localhost:2${n}001$path" "$@"; }
 uri() { echo "nbd://127.0.0.1:2${1}809/$2"; }
+# volume NAME [JSON FIELDS]: a 1 GiB volume on node 1.
+volume() { api 1 POST /v1/volumes -d "{\"name\":\"$1\",\"sizeBytes\":1073741824${2:+,$2}}" >/dev/null; }
 # fio_json OUT JOB...: each JOB is "name uri qd [connections]"; random 4 KiB writes, SEC seconds after RAMP (2) s.
 fio_json() {
   local out=$1; shift
@@ -60,8 +62,7 @@ for (const j of r.jobs) {
 part_limit() {
   echo "limit: volume lim at --max-iops $IOPS, volume free unlimited, 4 KiB random writes at QD32, ${SEC} s each"
   start_node 1
-  api 1 POST /v1/volumes -d "{\"name\":\"lim\",\"sizeBytes\":1073741824,\"maxIops\":$IOPS}" >/dev/null
-  api 1 POST /v1/volumes -d '{"name":"free","sizeBytes":1073741824}' >/dev/null
+  volume lim "\"maxIops\":$IOPS"; volume free
   fio_json "$D/solo.json" "lim $(uri 1 lim) 32"; report "$D/solo.json" "alone:"
   fio_json "$D/solo.json" "free $(uri 1 free) 32"; report "$D/solo.json" "alone:"
   fio_json "$D/both.json" "lim $(uri 1 lim) 32" "free $(uri 1 free) 32"; report "$D/both.json" "together:"
@@ -72,8 +73,7 @@ part_limit() {
 part_fair() {
   echo "fair: volume small at QD1 alone, then beside volume big at QD32 (4 KiB random writes, ${SEC} s)"
   start_node 1
-  api 1 POST /v1/volumes -d '{"name":"big","sizeBytes":1073741824}' >/dev/null
-  api 1 POST /v1/volumes -d '{"name":"small","sizeBytes":1073741824}' >/dev/null
+  volume big; volume small
   fio_json "$D/solo.json" "small $(uri 1 small) 1"; report "$D/solo.json" "alone:"
   fio_json "$D/both.json" "small $(uri 1 small) 1" "big $(uri 1 big) 32"; report "$D/both.json" "together:"
   # Deeper than the node's ioNodeRequestsInFlightMax (64): 4 connections at QD64, so the fair share queues.
@@ -86,8 +86,7 @@ rebuild_run() {
   local label=$1; shift
   start_node 1 "$@"
   start_node 2 --join 127.0.0.1:21001 --cluster-secret-file "$D/n1/cluster.secret" "$@"
-  api 1 POST /v1/volumes -d '{"name":"client","sizeBytes":1073741824,"nodes":["n1"]}' >/dev/null
-  api 1 POST /v1/volumes -d '{"name":"copy","sizeBytes":1073741824,"nodes":["n1"]}' >/dev/null
+  volume client '"nodes":["n1"]'; volume copy '"nodes":["n1"]'
   fio --name=fill --ioengine=nbd --uri="$(uri 1 copy)" --rw=write --bs=1M --iodepth=8 --size=1G --output-format=terse >/dev/null
   SEC=5 RAMP=1 fio_json "$D/alone.json" "client $(uri 1 client) 32"; report "$D/alone.json" "no rebuild:"
   api 1 PATCH /v1/volumes/copy -d '{"repl":2}' >/dev/null

@@ -149,6 +149,8 @@ export const qosBandwidthBytesMin = 4096;
 /** Seconds of a volume's limits its token buckets hold (--burst-seconds): what an idle volume may then spend at once. */
 export const qosBurstSecDefault = 1;
 export const qosBurstSecMax = 3600;
+/** The longest a volume's throttle sleeps before it looks at its limits again (a limit raised or removed frees its queue within this). */
+export const qosLimitRecheckMs = 1000;
 /**
  * Requests every NBD connection of a node may have waiting, for a volume's
  * limit or for the node's fair share: what the NBD layer lets in at most, so

@@ -17,7 +17,7 @@
 import { assert } from "../base/assert.js";
 import { TokenBucket } from "../base/token-bucket.js";
 import type { VolumeQos } from "../cluster/commands.js";
-import { ioFairQuantumBytes, ioFairRequestCostBytes, qosQueuedRequestsMax, resyncBurstSec, snapshotChunkBytes } from "../constants.js";
+import { ioFairQuantumBytes, ioFairRequestCostBytes, qosLimitRecheckMs, qosQueuedRequestsMax, resyncBurstSec, snapshotChunkBytes } from "../constants.js";
 import type { ResyncPacer } from "../replication/snapshot.js";
 
 export interface QosClock {
@@ -92,7 +92,8 @@ export class VolumeThrottle {
         this.shape(q, now);
         const wait = this.waitMs(head.bytes, now);
         if (wait > 0) {
-          this.cancelTimer = this.clock.after(Math.ceil(wait), () => this.drain());
+          // Looked at again at least once a second, so a limit raised or removed meanwhile frees the queue soon.
+          this.cancelTimer = this.clock.after(Math.min(Math.ceil(wait), qosLimitRecheckMs), () => this.drain());
           return;
         }
         this.take(head.bytes, now);

@@ -126,6 +126,18 @@ test("throttle: removing the limit lets every waiting request go at the next tur
   assert.is(t.admit(0), undefined);
 });
 
+test("throttle: a request waiting long under a low limit goes within a second once the limit is removed", async () => {
+  const clock = new FakeClock();
+  const mib = 1024 * 1024;
+  let q = limits({ maxBandwidthBytes: mib });
+  const t = new VolumeThrottle(clock, () => q);
+  const went = await runThrottled(clock, t, 2, 32 * mib, 10); // the second would wait 31 s
+  assert.is(went.length, 1);
+  q = limits({});
+  await clock.advanceTo(1010);
+  assert.is(went.length, 2);
+});
+
 test("throttle: a changed limit applies from the next request", async () => {
   const clock = new FakeClock();
   let q = limits({ maxIops: 100 });
