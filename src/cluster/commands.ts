@@ -225,6 +225,11 @@ export const catalogSettings: Readonly<Record<string, SettingSpec>> = Object.fre
     defaultValue: 1,
     check: intSetting(1, volumeReplicasMax),
   },
+  resyncBandwidthBytesPerSec: {
+    doc: "bytes a second the volume copies each node sends take together, e.g. 67108864 for 64 MiB (0: no limit; -1: each node's pxd daemon --resync-bandwidth)",
+    defaultValue: -1,
+    check: intSetting(-1, qosBandwidthBytesMax),
+  },
   clusterName: {
     doc: "a name for people (pxd status prints it)",
     defaultValue: "pxd",

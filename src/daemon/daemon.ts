@@ -101,7 +101,6 @@ import { Repairer } from "../replication/repair.js";
 import { Scrubber, type ScrubReport } from "../replication/scrub.js";
 import { VolumeIo } from "../replication/volume-io.js";
 import { dispatchPeerMessage } from "../replication/dispatch.js";
-import type { ResyncPacer } from "../replication/snapshot.js";
 import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
 import { ClusterNode, metaGroupId } from "../node/cluster-node.js";
@@ -343,7 +342,7 @@ export class Daemon implements Controller {
       log: (l) => log.warn(l),
       damaged: (e) => void this.repairer.repair(e),
       ...(options.logRetainBytes !== undefined ? { logRetainBytes: options.logRetainBytes } : {}),
-      ...resyncOption(options.resyncBandwidthBytesPerSec ?? resyncBandwidthBytesPerSecDefault),
+      resync: resyncPacer({ now: monotonicMs, after: (ms, fn) => nodeTimers.setTimeout(fn, ms) }, () => this.resyncBandwidth),
     });
     this.io = new VolumeIo({
       nodeId: state.nodeId,
@@ -1131,6 +1130,12 @@ export class Daemon implements Controller {
     return this.options.scrubIntervalMs ?? scrubIntervalMsDefault;
   }
 
+  /** Bytes a second this node's volume copies take together (0: no limit): the catalog's setting, else --resync-bandwidth. */
+  private get resyncBandwidth(): number {
+    const v = settingValue(this.catalog, "resyncBandwidthBytesPerSec");
+    return typeof v === "number" && v >= 0 ? v : (this.options.resyncBandwidthBytesPerSec ?? resyncBandwidthBytesPerSecDefault);
+  }
+
   private get scrubBandwidth(): number {
     return this.options.scrubBandwidthBytesPerSec ?? scrubBandwidthBytesPerSecDefault;
   }
@@ -1319,12 +1324,6 @@ export class Daemon implements Controller {
       return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), ...(copy ? { copy } : {}), leader: id === leader };
     });
   }
-}
-
-/** The driver's rebuild pacer at this rate (0: none). */
-function resyncOption(bytesPerSec: number): { resync?: ResyncPacer } {
-  const pacer = resyncPacer({ now: monotonicMs, after: (ms, fn) => nodeTimers.setTimeout(fn, ms) }, bytesPerSec);
-  return pacer === undefined ? {} : { resync: pacer };
 }
 
 /** A volume's limits for a log line. */

@@ -313,18 +313,26 @@ export class NodeAdmission {
 }
 
 /**
- * The node's rebuild bandwidth (pxd daemon --resync-bandwidth): one token
- * bucket that every copy this node sends draws from, so the copies together
- * keep to the rate. It holds resyncBurstSec of the rate (at least a chunk):
- * a timer that fires late on a busy event loop loses nothing, and no second
- * sends more than 1.1 times the rate.
+ * The node's rebuild bandwidth (pxd daemon --resync-bandwidth, or the
+ * catalog's resyncBandwidthBytesPerSec setting): one token bucket that every
+ * copy this node sends draws from, so the copies together keep to the rate,
+ * read again before each chunk (0: no limit). The bucket holds
+ * resyncBurstSec of the rate (at least a chunk): a timer that fires late on a
+ * busy event loop loses nothing, and no second sends more than 1.1 times it.
  */
-export function resyncPacer(clock: QosClock, bytesPerSec: number): ResyncPacer | undefined {
-  if (bytesPerSec <= 0) return undefined;
-  const bucket = new TokenBucket(bytesPerSec, Math.max(snapshotChunkBytes, bytesPerSec * resyncBurstSec), clock.now());
+export function resyncPacer(clock: QosClock, bytesPerSec: () => number): ResyncPacer {
+  let bucket: TokenBucket | undefined;
+  const current = (): TokenBucket | undefined => {
+    const rate = bytesPerSec();
+    if (rate <= 0) return (bucket = undefined);
+    const capacity = Math.max(snapshotChunkBytes, rate * resyncBurstSec);
+    if (bucket === undefined) bucket = new TokenBucket(rate, capacity, clock.now());
+    else if (bucket.rate !== rate) bucket.configure(rate, capacity, clock.now());
+    return bucket;
+  };
   return {
-    waitMs: () => bucket.waitMs(snapshotChunkBytes, clock.now()),
-    sent: (bytes) => bucket.take(bytes, clock.now()),
+    waitMs: () => current()?.waitMs(snapshotChunkBytes, clock.now()) ?? 0,
+    sent: (bytes) => current()?.take(bytes, clock.now()),
     after: (ms, fn) => clock.after(ms, fn),
   };
 }

@@ -335,10 +335,14 @@ test("setSetting validates key and value; null returns to the default", () => {
   assert.is(must(s, { kind: "setSetting", key: "defaultRepl", value: 3 }).changed, false);
   must(s, { kind: "setSetting", key: "defaultRepl", value: null });
   assert.is(settingValue(s, "defaultRepl"), 1);
-  refused(s, { kind: "setSetting", key: "replicas", value: 3 }, "invalid", 'setSetting: unknown setting "replicas"; the settings are overcommitPercent, defaultRepl, clusterName');
+  refused(s, { kind: "setSetting", key: "replicas", value: 3 }, "invalid", 'setSetting: unknown setting "replicas"; the settings are overcommitPercent, defaultRepl, resyncBandwidthBytesPerSec, clusterName');
   refused(s, { kind: "setSetting", key: "defaultRepl", value: 9 }, "invalid", 'setSetting: setting "defaultRepl" must be an integer in [1, 5], not 9');
   refused(s, { kind: "setSetting", key: "overcommitPercent", value: "200" }, "invalid", /must be an integer in \[100, 10000\], not the string "200"/);
   refused(s, { kind: "setSetting", key: "toString", value: 1 }, "invalid", /unknown setting "toString"/);
+  // The rebuild bandwidth: -1 (each node's flag) by default, 0 for no limit.
+  assert.is(settingValue(s, "resyncBandwidthBytesPerSec"), -1);
+  must(s, { kind: "setSetting", key: "resyncBandwidthBytesPerSec", value: 0 });
+  refused(s, { kind: "setSetting", key: "resyncBandwidthBytesPerSec", value: -2 }, "invalid", /must be an integer in \[-1, 1099511627776\], not -2/);
 });
 
 // ---- hostile input ----

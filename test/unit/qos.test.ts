@@ -261,22 +261,29 @@ test("node admission: a volume's limit, then the fair share; counters per volume
   assert.is(a.counters("slow"), undefined);
 });
 
-test("resync pacer: copies together keep to the rate; one chunk may go at once", () => {
+test("resync pacer: copies together keep to the rate; one chunk may go at once; the rate is read before each chunk", () => {
   const clock = new FakeClock();
-  const p = resyncPacer(clock, 8 * snapshotChunkBytes)!;
-  assert.is(resyncPacer(clock, 0), undefined);
+  let rate = 8 * snapshotChunkBytes;
+  const p = resyncPacer(clock, () => rate);
   assert.is(p.waitMs(), 0);
   p.sent(snapshotChunkBytes);
   assert.is(p.waitMs(), 125);
   clock.t = 125;
   assert.is(p.waitMs(), 0);
   // A faster limit holds a tenth of a second of it: 12.8 chunks at 128 MiB/s, which a late timer may spend at once.
-  const fast = resyncPacer(clock, 128 * snapshotChunkBytes)!;
+  const fast = resyncPacer(clock, () => 128 * snapshotChunkBytes);
   for (let i = 0; i < 12; i++) {
     assert.is(fast.waitMs(), 0);
     fast.sent(snapshotChunkBytes);
   }
   assert.ok(fast.waitMs() > 0);
+  // No limit (0): nothing waits; a new rate applies from the next chunk.
+  p.sent(snapshotChunkBytes);
+  rate = 0;
+  assert.is(p.waitMs(), 0);
+  rate = 4 * snapshotChunkBytes;
+  p.sent(snapshotChunkBytes);
+  assert.is(p.waitMs(), 250);
 });
 
 test.run();
