@@ -3,6 +3,7 @@
 import { printable } from "../base/printable.js";
 import { formatSize } from "../base/sizes.js";
 import { logLineCharsMax } from "../constants.js";
+import { qosSummary } from "../cluster/rules.js";
 import type { AttachmentInfo, CopyProgress, NodeInfo, NodeStatus, ScrubResponse, SettingInfo, VolumeInfo } from "../api/types.js";
 
 /** Left-aligned columns separated by two spaces; the last column is not padded. */
@@ -70,10 +71,10 @@ export function volumeDetails(v: VolumeInfo): string {
   ]);
 }
 
-/** A volume's limits: "at most 500 IOPS and 100 MiB/s (bursts of 1 s)", or "no limits". */
+/** A volume's limits: "at most 500 IOPS and 100 MiB/s (bursts of 1 s) on each node its clients use", or "no limits". */
 export function qosText(q: VolumeInfo["qos"]): string {
-  const parts = [q.maxIops > 0 ? `${q.maxIops} IOPS` : "", q.maxBandwidthBytesPerSec > 0 ? `${formatSize(q.maxBandwidthBytesPerSec)}/s` : ""].filter((p) => p !== "");
-  return parts.length === 0 ? "no limits" : `at most ${parts.join(" and ")} on each node its clients use (bursts of ${q.burstSec} s)`;
+  const text = qosSummary(q.maxIops, q.maxBandwidthBytesPerSec, q.burstSec);
+  return q.maxIops > 0 || q.maxBandwidthBytesPerSec > 0 ? `${text} on each node its clients use` : text;
 }
 
 /** What the limits and the node's fair share held back, on the node asked. */

@@ -66,7 +66,7 @@ import {
   type CatalogCommand,
   type CatalogState,
   type CatalogVolume,
-  type VolumeQos,
+  qosSummary,
   admitNode,
 } from "../cluster/index.js";
 import {
@@ -553,7 +553,7 @@ export class Daemon implements Controller {
       ...(request.burstSec !== undefined ? { burstSec: request.burstSec } : {}),
     });
     if (!result.ok) throw catalogError(result);
-    if (result.changed) this.log.info(`volume ${name}: QoS ${describeQos(this.mustGet(name).qos)}`);
+    if (result.changed) this.log.info(`volume ${name}: QoS ${((q) => qosSummary(q.maxIops, q.maxBandwidthBytes, q.burstSec))(this.mustGet(name).qos)}`);
   }
 
   // ---- attachments (pxd volume attach) ----
@@ -1324,13 +1324,6 @@ export class Daemon implements Controller {
       return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), ...(copy ? { copy } : {}), leader: id === leader };
     });
   }
-}
-
-/** A volume's limits for a log line. */
-function describeQos(q: VolumeQos): string {
-  if (q.maxIops === 0 && q.maxBandwidthBytes === 0) return "no limits";
-  const parts = [q.maxIops > 0 ? `${q.maxIops} IOPS` : "", q.maxBandwidthBytes > 0 ? `${formatSize(q.maxBandwidthBytes)}/s` : ""].filter((x) => x !== "");
-  return `at most ${parts.join(" and ")}, bursts of ${q.burstSec} s`;
 }
 
 function attachmentInfos(v: CatalogVolume): AttachmentInfo[] {

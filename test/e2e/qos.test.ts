@@ -56,7 +56,7 @@ test("a volume limited to 200 IOPS holds fio back: counted as throttled, and no 
   assert.ok(t.requests >= 300 && t.requests <= 600, `throttled ${t.requests}`);
   assert.ok(t.waitSec > 1, `waited ${t.waitSec} s`);
   const inspect = await pxd("volume", "inspect", "lim");
-  assert.match(inspect, /qos\s+at most 200 IOPS on each node its clients use \(bursts of 1 s\)/);
+  assert.match(inspect, /qos\s+at most 200 IOPS \(bursts of 1 s\) on each node its clients use/);
   assert.match(inspect, /waited\s+on \S+: \d+ requests held by the limits/);
   const json = JSON.parse(await pxd("volume", "inspect", "lim", "--json")) as { throttle: { throttledRequests: number } };
   assert.ok(json.throttle.throttledRequests >= 300);
