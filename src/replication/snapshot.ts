@@ -32,6 +32,9 @@
 // writes and trims are idempotent physical redo: a block ends up with the
 // last write to it, whichever state the chunk caught. The leader keeps those
 // entries (it does not compact its log past a snapshot being sent).
+//
+// Every copy a node sends draws its chunks from one rate (the `pace` port,
+// pxd daemon --resync-bandwidth), so a rebuild leaves client I/O the rest.
 
 import { failStop, isBug } from "../base/fail-stop.js";
 import { raftAppendBytesMax, sectorBytes, snapshotChunkBytes, snapshotChunkExtentsMax, snapshotChunkKeepBytes, snapshotWindowChunks } from "../constants.js";
