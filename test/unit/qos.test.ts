@@ -10,6 +10,12 @@ import { TokenBucket } from "../../src/base/token-bucket.js";
 import type { VolumeQos } from "../../src/cluster/commands.js";
 import { ioFairQuantumBytes, ioFairRequestCostBytes, snapshotChunkBytes } from "../../src/constants.js";
 import { FairQueue, IoScheduler, NodeAdmission, resyncPacer, VolumeThrottle, type QosClock } from "../../src/daemon/qos.js";
+import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
+import { MessageType, newMessage } from "../../src/raft/types.js";
+import { SnapshotSender, type SnapChunkEnvelope } from "../../src/replication/snapshot.js";
+import { Store } from "../../src/store/store.js";
+import { writesTo } from "../helpers/store-writes.js";
+import { tempDir } from "../helpers/tmp.js";
 
 /** A clock that moves only when told; timers fire in time order, each followed by the promise callbacks it set off. */
 class FakeClock implements QosClock {
@@ -284,6 +290,43 @@ test("resync pacer: copies together keep to the rate; one chunk may go at once; 
   rate = 4 * snapshotChunkBytes;
   p.sent(snapshotChunkBytes);
   assert.is(p.waitMs(), 250);
+});
+
+test("a volume copy draws each chunk from the node's rebuild pacer: 8 MiB at 2 MiB/s, one 1 MiB chunk each 500 ms after the first", async () => {
+  const mib = 1024 * 1024;
+  const group = 5;
+  const t = tempDir("qos-sender");
+  const store = await Store.open({ disk: new NodeDisk(t.dir), defer: deferImmediate }, [{ groupId: group, sizeBytes: 8 * mib }]);
+  try {
+    await writesTo(store).write(group, 0, [Buffer.alloc(8 * mib, 0x5a)], 8 * mib);
+    const clock = new FakeClock();
+    const sent: { seq: number; at: number; bytes: number }[] = [];
+    const sender: SnapshotSender = new SnapshotSender({
+      store,
+      send: (to, env) => {
+        const c = env as SnapChunkEnvelope;
+        if (c.kind !== "snap-chunk") return true;
+        sent.push({ seq: c.seq, at: clock.now(), bytes: c.data.length });
+        // The follower acknowledges at once: only the pacer holds the copy back.
+        queueMicrotask(() => sender.onAck(to, { kind: "snap-ack", group, index: c.index, seq: c.seq, ok: true }));
+        return true;
+      },
+      reportSnapshot: () => {},
+      stillSending: () => true,
+      pace: resyncPacer(clock, () => 2 * mib),
+      log: () => {},
+    });
+    const m = newMessage(MessageType.snap, 1, 2, 2);
+    m.snapshot = { meta: { index: 10, term: 2, conf: { voters: [1, 2], learners: [] } }, data: new Uint8Array(0) };
+    sender.start(group, 8 * mib, m);
+    await clock.advanceTo(5000);
+    assert.equal(sent.map((x) => x.bytes), new Array<number>(8).fill(mib));
+    assert.equal(sent.map((x) => x.at), [0, 500, 1000, 1500, 2000, 2500, 3000, 3500]);
+    assert.equal(sender.copies(group)[0]?.cursorBytes, 8 * mib);
+  } finally {
+    await store.close();
+    t.remove();
+  }
 });
 
 test.run();
