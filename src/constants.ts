@@ -139,6 +139,49 @@ export const nbdBlockStatusExtentsMax = 64 * 1024;
 /** After shutdown() starts, connections still open after this are destroyed. */
 export const nbdShutdownGraceMs = 10_000;
 
+// ---- QoS and rebuild limits (src/daemon/qos.ts, src/replication/snapshot.ts) ----
+/** The most IOPS a volume's limit may name (pxd volume create/update --max-iops). */
+export const qosIopsMax = 10_000_000;
+/** The most bytes a second a volume's limit may name (--max-bandwidth): 1 TiB/s. */
+export const qosBandwidthBytesMax = 1024 ** 4;
+/** The least bytes a second a volume's bandwidth limit may name: one 4 KiB block a second. */
+export const qosBandwidthBytesMin = 4096;
+/** Seconds of a volume's limits its token buckets hold (--burst-seconds): what an idle volume may then spend at once. */
+export const qosBurstSecDefault = 1;
+export const qosBurstSecMax = 3600;
+/** The longest a volume's throttle sleeps before it looks at its limits again (a limit raised or removed frees its queue within this). */
+export const qosLimitRecheckMs = 1000;
+/**
+ * Requests every NBD connection of a node may have waiting, for a volume's
+ * limit or for the node's fair share: what the NBD layer lets in at most, so
+ * the queues need no bound of their own (asserted where they grow).
+ */
+export const qosQueuedRequestsMax = nbdConnectionsMax * nbdRequestsInFlightMax;
+/**
+ * Volume requests a node runs at once, from every NBD connection; the rest
+ * wait in one queue per volume, taken in deficit round-robin (fair in bytes)
+ * so one volume's deep queue never holds another volume's request behind it
+ * for more than one turn. Above what one client at QD32 (fio, the kernel's
+ * default of 128 is split over a few volumes) keeps busy.
+ */
+export const ioNodeRequestsInFlightMax = 64;
+/** Bytes a volume's queue is credited per round of the node's fair share. */
+export const ioFairQuantumBytes = 128 * 1024;
+/** What a request costs in the fair share beyond its data: the fixed cost of a 4 KiB write, so small requests are not free. */
+export const ioFairRequestCostBytes = 4096;
+/**
+ * Bytes a second every volume copy this node sends (a new replica's full
+ * copy, a returning replica's delta) takes together, unless `pxd daemon
+ * --resync-bandwidth` says otherwise. The rate measured to leave client 4 KiB
+ * QD32 writes 70% of their rate during a rebuild where both nodes share one
+ * disk and two cores (docs/bench.md, "QoS and rebuild limits"; 64 MiB/s left
+ * them 40%); 1 GiB takes 32 s, 1 TiB 9 hours: raise it where nodes have
+ * their own disks.
+ */
+export const resyncBandwidthBytesPerSecDefault = 32 * 1024 * 1024;
+/** Seconds of the rebuild bandwidth its bucket holds: what timers firing late on a busy event loop may make up. */
+export const resyncBurstSec = 0.1;
+
 // ---- raft (src/raft) ----
 /** A follower campaigns after a randomized timeout in [electionTicks, 2 * electionTicks). */
 export const raftElectionTicks = 10;
@@ -338,11 +381,11 @@ export const nodeBytesMax = 2 ** 52;
 /** Bytes of one encoded catalog command: version byte and msgpack body. Checked before decoding. */
 export const catalogCommandBytesMax = 64 * 1024;
 /**
- * Bytes of one encoded catalog snapshot (a full catalog is about 27 MiB; the
+ * Bytes of one encoded catalog snapshot (a full catalog is about 35 MiB; the
  * check below). Checked before decoding. It travels to a member behind in one
  * Raft message, so it fits a peer frame.
  */
-export const catalogSnapshotBytesMax = 32 * 1024 * 1024;
+export const catalogSnapshotBytesMax = 40 * 1024 * 1024;
 /** Meta-group entries applied between two catalog snapshots; each node compacts the meta log behind its latest one. */
 export const catalogSnapshotEntries = 1024;
 /** Meta-group entries kept behind the latest catalog snapshot, so a member a little behind catches up from the log, not a snapshot. */
@@ -378,7 +421,7 @@ export function checkClusterConstants(): void {
   assert(catalogCommandBytesMax <= raftAppendBytesMax, "a command fits one AppendEntries batch");
   assert(
     catalogSnapshotBytesMax >=
-      catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + volumeReplicasMax * 9) + catalogAttachmentsMax * (3 * catalogNameCharsMax * 4 + 160) + catalogRefusalsMax * (catalogRefusalCharsMax * 4 + 64) + catalogRevokedTokensMax * (apiTokenIdChars + 16) + catalogSnapshotsMax * (catalogNameCharsMax * 4 + 64),
+      catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + 64 + 32 + volumeReplicasMax * 9) + catalogAttachmentsMax * (3 * catalogNameCharsMax * 4 + 160) + catalogRefusalsMax * (catalogRefusalCharsMax * 4 + 64) + catalogRevokedTokensMax * (apiTokenIdChars + 16) + catalogSnapshotsMax * (catalogNameCharsMax * 4 + 64),
     "a full catalog fits a snapshot",
   );
   assert(catalogSnapshotBytesMax + 1024 * 1024 <= peerFrameBytesMax, "a full catalog snapshot travels in one Raft message");
@@ -399,4 +442,7 @@ export function checkConstants(): void {
   assert(checkpointLogBytes >= segmentBytes, "checkpoints are at most one per segment");
   assert(gcLiveRatioMax > 0 && gcLiveRatioMax < 1, "gc threshold is a ratio");
   assert(gcSpaceAmpMax >= 1, "gc space amplification bound is at least 1");
+  assert(ioNodeRequestsInFlightMax >= 1 && ioNodeRequestsInFlightMax <= qosQueuedRequestsMax, "the node runs at least one volume request at once");
+  assert(ioFairQuantumBytes >= ioFairRequestCostBytes, "a fair-share round pays for at least one small request");
+  assert(qosBandwidthBytesMin <= qosBandwidthBytesMax && qosBurstSecDefault >= 1 && qosBurstSecDefault <= qosBurstSecMax, "QoS bounds are ordered");
 }

@@ -262,6 +262,10 @@ export interface VolumeInfo {
   snapshotSchedule?: { everySec: number; keep: number };
   /** How many snapshots it has. */
   snapshots: number;
+  /** Its QoS limits, on each node its requests enter (0: none). */
+  qos: VolumeQosInfo;
+  /** Its requests that waited for the limits or the node's fair share, on the node that answered (inspect only; absent with --no-metrics or before its first request there). */
+  throttle?: VolumeThrottleInfo;
 }
 
 /** A snapshot of a volume (pxd snapshot): read-only, exported over NBD as VOLUME@NAME. */
@@ -315,6 +319,25 @@ export interface SnapshotHolding {
   exclusiveBytes?: number;
 }
 
+export interface VolumeQosInfo {
+  /** Requests a second, reads and writes together. */
+  maxIops: number;
+  /** Bytes a second, read and written together. */
+  maxBandwidthBytesPerSec: number;
+  /** Seconds of the limits an idle volume saves up and may spend at once. */
+  burstSec: number;
+}
+
+export interface VolumeThrottleInfo {
+  node: string;
+  /** Requests that waited for the volume's limits, and the seconds they waited in all. */
+  throttledRequests: number;
+  throttleWaitSec: number;
+  /** Requests that waited for a slot in the node's fair share between volumes, and the seconds they waited. */
+  queuedRequests: number;
+  queueWaitSec: number;
+}
+
 /** One host's attachment of a volume, as the catalog records it. */
 export interface AttachmentInfo {
   volume: string;
@@ -338,12 +361,15 @@ export interface AttachRequest {
   node?: string;
 }
 
-/** PATCH /v1/volumes/NAME: what to change (pxd volume update, ha-update); at least one field. */
+/** PATCH /v1/volumes/NAME: what to change (ha-update: repl; volume update: the size and the QoS limits, 0 removing one); at least one field. */
 export interface UpdateVolumeRequest {
   /** The replica count (ha-update). */
   repl?: number;
   /** Grow the volume to this size (whole sectors); the same size changes nothing, a smaller one is refused (409). */
   sizeBytes?: number;
+  maxIops?: number;
+  maxBandwidthBytesPerSec?: number;
+  burstSec?: number;
 }
 
 export interface CreateVolumeRequest {
@@ -358,6 +384,10 @@ export interface CreateVolumeRequest {
   shared?: boolean;
   /** Who owns it (admin only; default: the caller's token name). */
   owner?: string;
+  /** QoS limits (0 or absent: none). */
+  maxIops?: number;
+  maxBandwidthBytesPerSec?: number;
+  burstSec?: number;
 }
 
 /** DELETE /v1/volumes/NAME?force=true: disconnect every NBD client of the volume on every node first. */

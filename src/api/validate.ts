@@ -3,7 +3,7 @@
 // message) and the CLI (which checks before it dials).
 
 import { attachDevicePattern, tokenIdPattern, volumeSizeSectorProblem } from "../cluster/rules.js";
-import { apiTokenIdChars, apiTokenTtlMsMax, catalogNameCharsMax, catalogTimeMsMax, snapshotEveryMsMax, snapshotEveryMsMin, volumeBytesMax, volumeReplicasMax, volumeSnapshotsMax } from "../constants.js";
+import { apiTokenIdChars, apiTokenTtlMsMax, catalogNameCharsMax, catalogTimeMsMax, qosBandwidthBytesMax, qosBandwidthBytesMin, qosBurstSecMax, qosIopsMax, snapshotEveryMsMax, snapshotEveryMsMin, volumeBytesMax, volumeReplicasMax, volumeSnapshotsMax } from "../constants.js";
 import { ApiError, roles, type AuditQuery, type CreateTokenRequest, type RevokeTokenRequest, type AttachRequest, type CreateVolumeRequest, type DebugProposeRequest, type DrainNodeRequest, type JoinRequest, type ScrubRequest, type SetSettingRequest, type UpdateVolumeRequest, type CreateSnapshotRequest, type RollbackRequest, type SnapshotScheduleRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
 
@@ -47,7 +47,8 @@ export function jsonNestsDeeper(body: Uint8Array, depthMax: number): boolean {
   return false;
 }
 
-const createFields = ["name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner"];
+const qosFields = ["maxIops", "maxBandwidthBytesPerSec", "burstSec"] as const;
+const createFields = ["name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", ...qosFields];
 
 /** Checks a parsed JSON body field by field; throws ApiError(400) naming the first wrong field. */
 export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
@@ -74,6 +75,27 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
     if (typeof owner !== "string" || !volumeNamePattern.test(owner)) throw invalid(`field "owner" must be a token name (1-63 letters, digits, ".", "_" or "-"), not ${describe(owner)}`);
     out.owner = owner;
   }
+  return { ...out, ...qosFieldsOf(record) };
+}
+
+/** The QoS fields of a create or update body, each checked; absent ones stay absent. */
+function qosFieldsOf(record: Record<string, unknown>): Pick<CreateVolumeRequest, (typeof qosFields)[number]> {
+  const out: Pick<CreateVolumeRequest, (typeof qosFields)[number]> = {};
+  const { maxIops, maxBandwidthBytesPerSec, burstSec } = record;
+  const whole = (v: unknown, min: number, max: number): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= min && v <= max;
+  if (maxIops !== undefined) {
+    if (!whole(maxIops, 0, qosIopsMax)) throw invalid(`field "maxIops" must be a whole number of requests a second from 0 (no limit) to ${qosIopsMax}, not ${describe(maxIops)}`);
+    out.maxIops = maxIops;
+  }
+  if (maxBandwidthBytesPerSec !== undefined) {
+    const ok = whole(maxBandwidthBytesPerSec, 0, qosBandwidthBytesMax) && (maxBandwidthBytesPerSec === 0 || maxBandwidthBytesPerSec >= qosBandwidthBytesMin);
+    if (!ok) throw invalid(`field "maxBandwidthBytesPerSec" must be 0 (no limit) or a whole number of bytes a second from ${qosBandwidthBytesMin} to ${qosBandwidthBytesMax}, not ${describe(maxBandwidthBytesPerSec)}`);
+    out.maxBandwidthBytesPerSec = maxBandwidthBytesPerSec;
+  }
+  if (burstSec !== undefined) {
+    if (!whole(burstSec, 1, qosBurstSecMax)) throw invalid(`field "burstSec" must be a whole number of seconds from 1 to ${qosBurstSecMax}, not ${describe(burstSec)}`);
+    out.burstSec = burstSec;
+  }
   return out;
 }
 
@@ -98,14 +120,14 @@ export function parseAttachRequest(body: unknown): AttachRequest {
   return out;
 }
 
-const updateFields = ["repl", "sizeBytes"];
+const updateFields = ["repl", "sizeBytes", ...qosFields];
 
-/** PATCH /v1/volumes/NAME: {"repl": N}, {"sizeBytes": N} or both. */
+/** PATCH /v1/volumes/NAME: any of repl, sizeBytes and the QoS fields; at least one. */
 export function parseUpdateVolumeRequest(body: unknown): UpdateVolumeRequest {
-  const { repl, sizeBytes } = objectWithFields(body, updateFields, ` like {"repl":3} or {"sizeBytes":21474836480}`);
-  const out: UpdateVolumeRequest = {};
-  if (repl !== undefined) out.repl = replField(repl);
-  if (sizeBytes !== undefined) out.sizeBytes = sizeField(sizeBytes);
+  const record = objectWithFields(body, updateFields, ` like {"repl":3}, {"sizeBytes":21474836480} or {"maxIops":500}`);
+  const out: UpdateVolumeRequest = { ...qosFieldsOf(record) };
+  if (record["repl"] !== undefined) out.repl = replField(record["repl"]);
+  if (record["sizeBytes"] !== undefined) out.sizeBytes = sizeField(record["sizeBytes"]);
   if (Object.keys(out).length === 0) throw invalid(`the body names nothing to change; give at least one of the fields ${updateFields.join(", ")}`);
   return out;
 }

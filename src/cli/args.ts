@@ -5,7 +5,7 @@ import { parseSize } from "../base/sizes.js";
 import { ApiClient, defaultApiAddress, parseApiAddress } from "../api/client.js";
 import { volumeNameProblem } from "../api/validate.js";
 import { volumeSizeSectorProblem } from "../cluster/rules.js";
-import { volumeBytesMax, volumeReplicasMax } from "../constants.js";
+import { qosBandwidthBytesMax, qosBandwidthBytesMin, qosIopsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
 import { formatSize } from "../base/sizes.js";
 import { readFileSync } from "node:fs";
 import { adminTokenFile, readCredentialFile } from "../os/credentials.js";
@@ -47,6 +47,25 @@ export function durationArg(text: string): number {
 export function bandwidthArg(text: string): number {
   const bytes = byteCountArg(text);
   if (bytes < 1024 * 1024) throw new InvalidArgumentError(`"${text}" is below 1M a second; a scrub that slow would take days`);
+  return bytes;
+}
+
+/** A requests-a-second limit (--max-iops): a whole number; 0 or "none" removes it. */
+export function iopsLimitArg(text: string): number {
+  const t = text.trim();
+  if (t === "none") return 0;
+  const n = /^\d{1,9}$/.test(t) ? Number(t) : NaN;
+  if (!(n >= 0 && n <= qosIopsMax)) throw new InvalidArgumentError(`"${text}" is not a whole number of requests a second from 1 to ${qosIopsMax}, or 0 or none for no limit`);
+  return n;
+}
+
+/** A bytes-a-second limit (--max-bandwidth, --resync-bandwidth) with a K/M/G suffix, e.g. 100M; 0 or "none" removes it. */
+export function rateLimitArg(text: string): number {
+  if (text.trim() === "none") return 0;
+  const bytes = byteCountArg(text);
+  if (bytes !== 0 && (bytes < qosBandwidthBytesMin || bytes > qosBandwidthBytesMax)) {
+    throw new InvalidArgumentError(`"${text}" is ${bytes} bytes a second; a limit is from ${formatSize(qosBandwidthBytesMin)} to ${formatSize(qosBandwidthBytesMax)} a second (e.g. 100M), or 0 or none for no limit`);
+  }
   return bytes;
 }
 

@@ -5,8 +5,8 @@
 // import is dynamic so that every other command loads none of the daemon.
 
 import { Option, type Command } from "commander";
-import { defaultApiPort, defaultNbdPort, defaultPeerPort, nbdIdleTimeoutMs } from "../constants.js";
-import { intArg, byteCountArg, durationArg } from "./args.js";
+import { defaultApiPort, defaultNbdPort, defaultPeerPort, nbdIdleTimeoutMs, resyncBandwidthBytesPerSecDefault } from "../constants.js";
+import { intArg, byteCountArg, durationArg, rateLimitArg } from "./args.js";
 import { CliError } from "./errors.js";
 
 // The contract with src/daemon/main.ts; a type-only import, erased at run time.
@@ -42,6 +42,7 @@ export function registerDaemon(program: Command): void {
     )
     .option("--scrub-interval <duration>", "scrub everything on this node this long after the last scrub finished, e.g. 7d, 24h, 30m (default 7d; 0: never)", durationArg)
     .option("--scrub-bandwidth <size>", "bytes a second the scrub reads at most, e.g. 32M (default 32M)", byteCountArg)
+    .option("--resync-bandwidth <size>", `bytes a second all volume copies this node sends (new replicas, replicas back from away) take together, e.g. 200M (default ${resyncBandwidthBytesPerSecDefault / 1024 / 1024}M; 0 or none: no limit)`, rateLimitArg)
     .option("--unsafe-debug-api", "fault injection for tests: serve POST /v1/debug/catalog-propose, which commits catalog entries without validation; never on a cluster that holds data")
     .option(
       "--nbd-idle-timeout <seconds>",
@@ -55,7 +56,7 @@ export function registerDaemon(program: Command): void {
     .option("--nbd-tls-owners", "with --nbd-tls require: a TCP client reaches only the volumes whose owner (the API token name that created them) is the identity it proved over TLS (its certificate's CN, or its PSK identity); the Unix socket reaches all")
     .option("--nbd-tls-psk <file>", "pre-shared keys for NBD TLS: identity:hexkey lines (gnutls psktool's format)")
     .option("--no-metrics", "keep no per-volume I/O counters (for measuring their cost); /metrics then shows only the node's own counters")
-    .action(async (options: Omit<DaemonOptions, "nbdTls"> & { nbdTls?: string; nbdTlsDir?: string; nbdTlsPsk?: string; clusterSecret?: string; clusterSecretFile?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number; nbdIdleTimeout?: number }) => {
+    .action(async (options: Omit<DaemonOptions, "nbdTls"> & { nbdTls?: string; nbdTlsDir?: string; nbdTlsPsk?: string; clusterSecret?: string; clusterSecretFile?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number; resyncBandwidth?: number; nbdIdleTimeout?: number }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
         daemon = await import("../daemon/main.js");
@@ -80,6 +81,7 @@ export function registerDaemon(program: Command): void {
         ...(options.replaceDownAfter !== undefined ? { replaceDownAfterMs: options.replaceDownAfter * 1000 } : {}),
         ...(options.scrubInterval !== undefined ? { scrubIntervalMs: options.scrubInterval } : {}),
         ...(options.scrubBandwidth !== undefined ? { scrubBandwidthBytesPerSec: options.scrubBandwidth } : {}),
+        ...(options.resyncBandwidth !== undefined ? { resyncBandwidthBytesPerSec: options.resyncBandwidth } : {}),
         ...(options.unsafeDebugApi === true ? { unsafeDebugApi: true } : {}),
         ...(options.nbdIdleTimeout !== undefined ? { nbdIdleTimeoutMs: options.nbdIdleTimeout * 1000 } : {}),
         ...(options.metrics === false ? { metrics: false } : {}),

@@ -3,6 +3,7 @@
 import { printable } from "../base/printable.js";
 import { formatSize } from "../base/sizes.js";
 import { logLineCharsMax } from "../constants.js";
+import { qosSummary } from "../cluster/rules.js";
 import type { AttachmentInfo, CopyProgress, NodeInfo, NodeStatus, ScrubResponse, SettingInfo, VolumeInfo } from "../api/types.js";
 
 /** Left-aligned columns separated by two spaces; the last column is not padded. */
@@ -66,7 +67,20 @@ export function volumeDetails(v: VolumeInfo): string {
     ["created", v.createdAt],
     ["snapshots", `${v.snapshots ?? 0}${v.snapshotSchedule ? `; one every ${formatDuration(v.snapshotSchedule.everySec)}, the newest ${v.snapshotSchedule.keep} kept` : ""} (pxd snapshot list ${v.name})`],
     ["scrubbed", scrubSummary(v.scrub)],
+    ["qos", qosText(v.qos)],
+    ...(v.throttle !== undefined ? [["waited", waitedText(v.throttle)] as [string, string]] : []),
   ]);
+}
+
+/** A volume's limits: "at most 500 IOPS and 100 MiB/s (bursts of 1 s) on each node its clients use", or "no limits". */
+export function qosText(q: VolumeInfo["qos"]): string {
+  const text = qosSummary(q.maxIops, q.maxBandwidthBytesPerSec, q.burstSec);
+  return q.maxIops > 0 || q.maxBandwidthBytesPerSec > 0 ? `${text} on each node its clients use` : text;
+}
+
+/** What the limits and the node's fair share held back, on the node asked. */
+function waitedText(t: NonNullable<VolumeInfo["throttle"]>): string {
+  return `on ${t.node}: ${t.throttledRequests} requests held by the limits for ${t.throttleWaitSec.toFixed(1)} s, ${t.queuedRequests} queued for the node's fair share for ${t.queueWaitSec.toFixed(1)} s`;
 }
 
 /** Each replica's last scrub, on one line: "node1 2026-12-06T04:00:00Z 0 damaged, node2 never". */

@@ -4,17 +4,40 @@
 import type { Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import { apiScrubTimeoutMs } from "../api/limits.js";
+import { qosBurstSecMax, volumeSnapshotsMax } from "../constants.js";
 import type { UpdateVolumeRequest } from "../api/types.js";
-import { bandwidthArg, checkName, clientFor, replArg, sizeArg } from "./args.js";
+import { bandwidthArg, checkName, clientFor, durationArg, intArg, iopsLimitArg, rateLimitArg, replArg, sizeArg } from "./args.js";
 import { CliError, UsageError } from "./errors.js";
 import { registerAttach } from "./attach.js";
 import { registerSnapshot } from "./snapshot.js";
 import { askAgentToResize } from "../os/attachments.js";
 import { waitForReplicas } from "./progress.js";
-import { json, nodeTable, scrubTable, settingsTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
+import { formatDuration, json, nodeTable, qosText, scrubTable, settingsTable, statusDetails, volumeDetails, volumeTable } from "./format.js";
 
 interface JsonFlag {
   json?: boolean;
+}
+
+/** The QoS flags of volume create and volume update (docs/architecture.md, "QoS and rebuild limits"). */
+interface QosFlags {
+  maxIops?: number;
+  maxBandwidth?: number;
+  burstSeconds?: number;
+}
+
+function qosOptions(c: Command): Command {
+  return c
+    .option("--max-iops <n>", "at most this many requests a second, reads and writes together, on each node the volume's clients use (0 or none: no limit)", iopsLimitArg)
+    .option("--max-bandwidth <size>", "at most this many bytes a second, read and written together, e.g. 100M (0 or none: no limit)", rateLimitArg)
+    .option("--burst-seconds <s>", "seconds of the limits an idle volume saves up and may then spend at once (default 1)", intArg(1, qosBurstSecMax));
+}
+
+function qosRequest(o: QosFlags): Pick<UpdateVolumeRequest, "maxIops" | "maxBandwidthBytesPerSec" | "burstSec"> {
+  return {
+    ...(o.maxIops !== undefined ? { maxIops: o.maxIops } : {}),
+    ...(o.maxBandwidth !== undefined ? { maxBandwidthBytesPerSec: o.maxBandwidth } : {}),
+    ...(o.burstSeconds !== undefined ? { burstSec: o.burstSeconds } : {}),
+  };
 }
 
 export function registerNode(program: Command): void {
@@ -118,7 +141,7 @@ export function registerStatus(program: Command): void {
 export function registerVolume(program: Command): void {
   const volume = program.command("volume").description("create, list, inspect, update, ha-update and delete volumes");
 
-  volume
+  qosOptions(volume
     .command("create")
     .description("create a volume, exported over NBD under its name")
     .argument("<name>", "volume name: letters, digits, '.', '_', '-'; at most 63")
@@ -126,9 +149,9 @@ export function registerVolume(program: Command): void {
     .option("-r, --repl <n>", "number of replicas (default 1, or as many as --nodes names)", replArg)
     .option("--nodes <list>", "put the replicas on exactly these nodes: names or ids, comma-separated (pxd node list)")
     .option("--zones", "require the replicas to sit in distinct zones (pxd daemon --zone); without it distinct zones are only preferred")
-    .option("--shared", "let several hosts attach it read-write at once (only for a filesystem made for that, e.g. a cluster filesystem)")
+    .option("--shared", "let several hosts attach it read-write at once (only for a filesystem made for that, e.g. a cluster filesystem)"))
     .option("--json", "print the API's JSON")
-    .action(async (name: string, options: { size: number; repl?: number; nodes?: string; zones?: boolean; shared?: boolean } & JsonFlag, command: Command) => {
+    .action(async (name: string, options: { size: number; repl?: number; nodes?: string; zones?: boolean; shared?: boolean } & QosFlags & JsonFlag, command: Command) => {
       const nodes = options.nodes?.split(",").map((s) => s.trim()).filter((s) => s !== "");
       const v = await clientFor(command).createVolume({
         name: checkName(name),
@@ -137,6 +160,7 @@ export function registerVolume(program: Command): void {
         ...(nodes !== undefined ? { nodes } : {}),
         ...(options.zones ? { zones: true } : {}),
         ...(options.shared ? { shared: true } : {}),
+        ...qosRequest(options),
       });
       if (options.json) return console.log(json(v));
       console.log(`volume "${v.name}" created: ${formatSize(v.sizeBytes)}, ${v.repl} ${v.repl === 1 ? "replica" : "replicas"}, exported at ${v.nbdUri}`);
@@ -167,23 +191,37 @@ export function registerVolume(program: Command): void {
       console.log(options.json ? json(v) : volumeDetails(v));
     });
 
-  volume
+  qosOptions(volume
     .command("update")
-    .description("change a volume's settings online; at least one option")
-    .argument("<name>", "volume name")
+    .description("change a volume's settings online: its size, its QoS limits, its snapshot schedule; at least one option")
+    .argument("<name>", "volume name"))
     .option("-s, --size <size>", "grow the volume to this size, K/M/G/T suffix (powers of 1024), e.g. 20G; shrinking is refused. NBD clients see it on their next handshake", sizeArg)
+    .option("--snapshot-every <duration>", "take a snapshot this often (at least 1m, e.g. 1h; 0: stop), as pxd snapshot schedule does", durationArg)
+    .option("--snapshot-keep <n>", `keep this many scheduled snapshots (1-${volumeSnapshotsMax}, default 7)`, intArg(1, volumeSnapshotsMax, `a volume has at most ${volumeSnapshotsMax} snapshots`))
     .option("--json", "print the API's JSON")
-    .action(async (name: string, options: { size?: number } & JsonFlag, command: Command) => {
+    .action(async (name: string, options: { size?: number; snapshotEvery?: number; snapshotKeep?: number } & QosFlags & JsonFlag, command: Command) => {
       const request: UpdateVolumeRequest = {
         ...(options.size !== undefined ? { sizeBytes: options.size } : {}),
+        ...qosRequest(options),
       };
-      if (Object.keys(request).length === 0) throw new UsageError(`nothing to change; give --size (e.g. pxd volume update ${name} --size 20G)`);
-      const v = await clientFor(command).updateVolume(checkName(name), request);
-      const device = request.sizeBytes !== undefined ? askAgentToResize(v.name) : undefined;
+      const schedule = options.snapshotEvery !== undefined || options.snapshotKeep !== undefined;
+      if (Object.keys(request).length === 0 && !schedule) throw new UsageError(`nothing to change; give --size, --max-iops, --max-bandwidth, --burst-seconds or --snapshot-every (e.g. pxd volume update ${name} --size 20G)`);
+      if (options.snapshotKeep !== undefined && options.snapshotEvery === undefined) throw new UsageError("--snapshot-keep needs --snapshot-every (the schedule it keeps snapshots of)");
+      const api = clientFor(command);
+      let v = Object.keys(request).length > 0 ? await api.updateVolume(checkName(name), request) : undefined;
+      if (schedule) {
+        const everySec = Math.floor(options.snapshotEvery! / 1000);
+        v = await api.setSnapshotSchedule(checkName(name), { everySec, keep: everySec === 0 ? 0 : (options.snapshotKeep ?? 7) });
+      }
+      const device = request.sizeBytes !== undefined ? askAgentToResize(v!.name) : undefined;
       if (options.json) return console.log(json(v));
       const seen = device !== undefined ? `${device} here grows in place` : "new NBD connections see it, and a kernel device attached with pxd volume attach within 10 s";
-      const changes = [...(request.sizeBytes !== undefined ? [`size ${formatSize(v.sizeBytes)} (${seen}; then grow the filesystem on it, e.g. resize2fs)`] : [])];
-      console.log(`volume "${v.name}" updated: ${changes.join(", ")}`);
+      const changes = [
+        ...(request.sizeBytes !== undefined ? [`size ${formatSize(v!.sizeBytes)} (${seen}; then grow the filesystem on it, e.g. resize2fs)`] : []),
+        ...(Object.keys(qosRequest(options)).length > 0 ? [qosText(v!.qos)] : []),
+        ...(schedule ? [v!.snapshotSchedule === undefined ? "no scheduled snapshots" : `a snapshot every ${formatDuration(v!.snapshotSchedule.everySec)}, the newest ${v!.snapshotSchedule.keep} kept`] : []),
+      ];
+      console.log(`volume "${v!.name}" updated: ${changes.join("; ")}`);
     });
 
   volume

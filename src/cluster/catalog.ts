@@ -10,7 +10,7 @@
 // half-applied command behind. A refusal is itself part of the state: the
 // latest are remembered (`refusals`), the same on every node.
 
-import { catalogAttachmentsMax, catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogRevokedTokensMax, catalogSnapshotsMax, catalogVolumesMax, sectorBytes, volumeAttachmentsMax, volumeBytesMax, volumeSnapshotsMax } from "../constants.js";
+import { catalogAttachmentsMax, catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogRevokedTokensMax, catalogSnapshotsMax, catalogVolumesMax, qosBurstSecDefault, sectorBytes, volumeAttachmentsMax, volumeBytesMax, volumeSnapshotsMax } from "../constants.js";
 import {
   catalogSettings,
   commandKindOf,
@@ -36,7 +36,9 @@ import {
   type SetSetting,
   type SetSnapshotSchedule,
   type SettingValue,
+  type SetVolumeQos,
   type UpdateNode,
+  type VolumeQos,
 } from "./commands.js";
 import { formatSize } from "../base/sizes.js";
 import { listNames, place, roomBytes, type PlacementNode } from "./placement.js";
@@ -77,6 +79,8 @@ export interface CatalogVolume {
   attachments: CatalogAttachment[];
   /** Who created it (an API token's name); "" for a volume from before owners, which only admins reach. */
   owner: string;
+  /** Its QoS limits on each node its requests enter (zeroes: none). */
+  qos: VolumeQos;
   createdAt: number;
   /** Its snapshots, in id order (pxd snapshot create). */
   snapshots: CatalogSnapshot[];
@@ -95,6 +99,9 @@ export interface CatalogSnapshot {
   sizeBytes: number;
   createdAt: number;
 }
+
+/** What a volume created without limits has. */
+export const noQos: Readonly<VolumeQos> = Object.freeze({ maxIops: 0, maxBandwidthBytes: 0, burstSec: qosBurstSecDefault });
 
 /** One host's attachment of a volume (pxd volume attach). */
 export interface CatalogAttachment {
@@ -260,6 +267,8 @@ function dispatch(state: CatalogState, c: CatalogCommand): Outcome {
       return removeSnapshot(state, c);
     case "setSnapshotSchedule":
       return setSnapshotSchedule(state, c);
+    case "setVolumeQos":
+      return setVolumeQos(state, c);
   }
 }
 
@@ -429,10 +438,24 @@ function placeVolume(state: CatalogState, c: CreateVolume): { ok: true; nodes: n
 function createVolume(state: CatalogState, c: CreateVolume): Outcome {
   const placed = placeVolume(state, c);
   if (!placed.ok) return placed;
-  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, shared: c.shared === true, attachments: [], owner: c.owner ?? "", createdAt: c.at, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0 };
+  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, shared: c.shared === true, attachments: [], owner: c.owner ?? "", qos: qosOf(noQos, c), createdAt: c.at, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0 };
   state.nextVolumeId++;
   state.volumes.set(volume.name, volume);
   return { ok: true, changed: true, volume: copyVolume(volume) };
+}
+
+/** `base` with the fields the command names. */
+function qosOf(base: VolumeQos, c: { maxIops?: number; maxBandwidthBytes?: number; burstSec?: number }): VolumeQos {
+  return { maxIops: c.maxIops ?? base.maxIops, maxBandwidthBytes: c.maxBandwidthBytes ?? base.maxBandwidthBytes, burstSec: c.burstSec ?? base.burstSec };
+}
+
+function setVolumeQos(state: CatalogState, c: SetVolumeQos): Outcome {
+  const v = state.volumes.get(c.name);
+  if (v === undefined) return volumeNotFound(c.name);
+  const qos = qosOf(v.qos, c);
+  const changed = qos.maxIops !== v.qos.maxIops || qos.maxBandwidthBytes !== v.qos.maxBandwidthBytes || qos.burstSec !== v.qos.burstSec;
+  v.qos = qos;
+  return { ok: true, changed, volume: copyVolume(v) };
 }
 
 function deleteVolume(state: CatalogState, c: DeleteVolume): Outcome {
@@ -629,5 +652,5 @@ export function copyNode(n: CatalogNode): CatalogNode {
 }
 
 export function copyVolume(v: CatalogVolume): CatalogVolume {
-  return { ...v, nodes: [...v.nodes], attachments: v.attachments.map((a) => ({ ...a })), snapshots: v.snapshots.map((x) => ({ ...x })) };
+  return { ...v, nodes: [...v.nodes], attachments: v.attachments.map((a) => ({ ...a })), qos: { ...v.qos }, snapshots: v.snapshots.map((x) => ({ ...x })) };
 }

@@ -20,6 +20,10 @@ import {
   snapshotEveryMsMin,
   snapshotIdMax,
   volumeSnapshotsMax,
+  qosBandwidthBytesMax,
+  qosBandwidthBytesMin,
+  qosBurstSecMax,
+  qosIopsMax,
   volumeBytesMax,
   volumeReplicasMax,
 } from "../constants.js";
@@ -88,7 +92,32 @@ export interface CreateVolume {
   shared?: boolean;
   /** The name of the API token's holder that created it (docs/security.md); a `user` token reaches only its own volumes. */
   owner?: string;
+  /** QoS limits (VolumeQos); absent: none, and a burst of qosBurstSecDefault. */
+  maxIops?: number;
+  maxBandwidthBytes?: number;
+  burstSec?: number;
   at: number;
+}
+
+/**
+ * A volume's QoS limits, enforced on each node where its NBD requests enter
+ * (src/daemon/qos.ts): requests a second and bytes a second, reads and writes
+ * together (0: no limit), and the seconds of them an idle volume may save up
+ * and spend at once.
+ */
+export interface VolumeQos {
+  maxIops: number;
+  maxBandwidthBytes: number;
+  burstSec: number;
+}
+
+/** Sets a volume's QoS limits: an absent field keeps its value, 0 removes a limit. */
+export interface SetVolumeQos {
+  kind: "setVolumeQos";
+  name: string;
+  maxIops?: number;
+  maxBandwidthBytes?: number;
+  burstSec?: number;
 }
 
 export interface DeleteVolume {
@@ -200,7 +229,8 @@ export type CatalogCommand =
   | RevokeToken
   | AddSnapshot
   | RemoveSnapshot
-  | SetSnapshotSchedule;
+  | SetSnapshotSchedule
+  | SetVolumeQos;
 
 export type CommandKind = CatalogCommand["kind"];
 
@@ -231,6 +261,11 @@ export const catalogSettings: Readonly<Record<string, SettingSpec>> = Object.fre
     doc: "replica count of a volume created without --repl",
     defaultValue: 1,
     check: intSetting(1, volumeReplicasMax),
+  },
+  resyncBandwidthBytesPerSec: {
+    doc: "bytes a second the volume copies each node sends take together, e.g. 67108864 for 64 MiB (0: no limit; -1: each node's pxd daemon --resync-bandwidth)",
+    defaultValue: -1,
+    check: intSetting(-1, qosBandwidthBytesMax),
   },
   clusterName: {
     doc: "a name for people (pxd status prints it)",
@@ -390,6 +425,16 @@ function via(o: Obj, kind: string): AttachVia {
 function invalidMissing(kind: string, key: string): never {
   throw new Invalid(`${kind}: field "${key}" must be true or false, not missing`);
 }
+/** 0 (no limit), else at least qosBandwidthBytesMin: a lower rate would take minutes per request. */
+function optBandwidth(o: Obj, kind: string): number | undefined {
+  const v = optInt(o, kind, "maxBandwidthBytes", 0, qosBandwidthBytesMax, " of bytes a second");
+  if (v !== undefined && v > 0 && v < qosBandwidthBytesMin) {
+    throw new Invalid(`${kind}: field "maxBandwidthBytes" must be 0 (no limit) or at least ${qosBandwidthBytesMin} bytes a second, not ${v}`);
+  }
+  return v;
+}
+const optIops = (o: Obj, kind: string): number | undefined => optInt(o, kind, "maxIops", 0, qosIopsMax, " of requests a second");
+const optBurst = (o: Obj, kind: string): number | undefined => optInt(o, kind, "burstSec", 1, qosBurstSecMax, " of seconds");
 const bytes = (o: Obj, kind: string, key: string): number => int(o, kind, key, 0, nodeBytesMax, " of bytes");
 const optBytes = (o: Obj, kind: string, key: string): number | undefined => optInt(o, kind, key, 0, nodeBytesMax, " of bytes");
 
@@ -398,7 +443,7 @@ const fieldsOf: Record<CommandKind, readonly string[]> = {
   updateNode: ["kind", "id", "at", "freeBytes", "usedBytes", "capacityBytes", "health", "labels"],
   removeNode: ["kind", "id", "force"],
   drainNode: ["kind", "id", "draining"],
-  createVolume: ["kind", "name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", "at"],
+  createVolume: ["kind", "name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", "maxIops", "maxBandwidthBytes", "burstSec", "at"],
   deleteVolume: ["kind", "name", "force"],
   attachVolume: ["kind", "name", "host", "device", "via", "readOnly", "node", "at"],
   detachVolume: ["kind", "name", "host"],
@@ -409,6 +454,7 @@ const fieldsOf: Record<CommandKind, readonly string[]> = {
   addSnapshot: ["kind", "name", "snapshot", "id", "sizeBytes", "at"],
   removeSnapshot: ["kind", "name", "snapshot"],
   setSnapshotSchedule: ["kind", "name", "everyMs", "keep"],
+  setVolumeQos: ["kind", "name", "maxIops", "maxBandwidthBytes", "burstSec"],
 };
 
 export const commandKinds = Object.keys(fieldsOf) as CommandKind[];
@@ -452,6 +498,9 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
       zones: bool(o, k, "zones"),
       shared: bool(o, k, "shared"),
       owner: get(o, "owner") === undefined ? undefined : name(o, k, "owner"),
+      maxIops: optIops(o, k),
+      maxBandwidthBytes: optBandwidth(o, k),
+      burstSec: optBurst(o, k),
       at: at(o, k),
     }),
   deleteVolume: (o, k) => pick<DeleteVolume>({ kind: k, name: name(o, k), force: bool(o, k, "force") }),
@@ -511,6 +560,13 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
     if (everyMs !== 0 && everyMs < snapshotEveryMsMin) throw new Invalid(`${k}: field "everyMs" must be 0 (no schedule) or at least ${snapshotEveryMsMin} (a minute), not ${everyMs}`);
     const keep = int(o, k, "keep", everyMs === 0 ? 0 : 1, volumeSnapshotsMax);
     return pick<SetSnapshotSchedule>({ kind: k, name: name(o, k), everyMs, keep });
+  },
+  setVolumeQos: (o, k) => {
+    const c = pick<SetVolumeQos>({ kind: k, name: name(o, k), maxIops: optIops(o, k), maxBandwidthBytes: optBandwidth(o, k), burstSec: optBurst(o, k) });
+    if (c.maxIops === undefined && c.maxBandwidthBytes === undefined && c.burstSec === undefined) {
+      throw new Invalid(`${k}: name at least one of maxIops, maxBandwidthBytes, burstSec`);
+    }
+    return c;
   },
 };
 

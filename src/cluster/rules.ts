@@ -3,6 +3,7 @@
 // same words; the catalog's validator (commands.ts) keeps them for every
 // entry it applies. Imports only the limits: the CLI loads this.
 
+import { formatSize } from "../base/sizes.js";
 import { apiTokenIdChars, sectorBytes } from "../constants.js";
 
 /**
@@ -22,3 +23,9 @@ export const attachDevicePattern = /^\/dev\/[a-z][a-z0-9]{0,30}$/;
 
 /** An API token's id (src/api/token.ts): what a revokeToken command names. */
 export const tokenIdPattern = new RegExp(`^[0-9a-f]{${apiTokenIdChars}}$`);
+
+/** A volume's QoS limits in words, for logs and the CLI: "at most 200 IOPS and 1.00 MiB/s (bursts of 1 s)", or "no limits". */
+export function qosSummary(maxIops: number, maxBandwidthBytes: number, burstSec: number): string {
+  const parts = [maxIops > 0 ? `${maxIops} IOPS` : "", maxBandwidthBytes > 0 ? `${formatSize(maxBandwidthBytes)}/s` : ""].filter((p) => p !== "");
+  return parts.length === 0 ? "no limits" : `at most ${parts.join(" and ")} (bursts of ${burstSec} s)`;
+}

@@ -16,7 +16,7 @@ import { crc32c } from "../base/crc32c.js";
 import { assert } from "../base/assert.js";
 import { catalogNodesMax, catalogRefusalCharsMax, catalogRefusalsMax, catalogRevokedTokensMax, catalogSnapshotBytesMax, catalogSnapshotsMax, catalogVolumesMax, snapshotIdMax, volumeAttachmentsMax, volumeReplicasMax, volumeSnapshotsMax } from "../constants.js";
 import { catalogSettings, commandKinds, describe, validateCommand, type SettingValue } from "./commands.js";
-import { refusalCodes, type CatalogAttachment, type CatalogNode, type CatalogRefusal, type CatalogSnapshot, type CatalogState, type CatalogVolume } from "./catalog.js";
+import { noQos, refusalCodes, type CatalogAttachment, type CatalogNode, type CatalogRefusal, type CatalogSnapshot, type CatalogState, type CatalogVolume } from "./catalog.js";
 
 /** The first byte of every catalog snapshot; a decoder refuses any other. */
 export const catalogSnapshotVersion = 1;
@@ -141,6 +141,7 @@ function volumeRecord(v: CatalogVolume): CatalogVolume {
     shared: v.shared,
     attachments: v.attachments.map((a) => ({ host: a.host, device: a.device, via: a.via, readOnly: a.readOnly, node: a.node, at: a.at })),
     owner: v.owner,
+    qos: { maxIops: v.qos.maxIops, maxBandwidthBytes: v.qos.maxBandwidthBytes, burstSec: v.qos.burstSec },
     createdAt: v.createdAt,
     snapshots: v.snapshots.map((x) => ({ id: x.id, name: x.name, sizeBytes: x.sizeBytes, createdAt: x.createdAt })),
     nextSnapshotId: v.nextSnapshotId,
@@ -209,9 +210,13 @@ function volumeOf(raw: unknown, i: number): CatalogVolume {
   if (!Object.prototype.hasOwnProperty.call(o, "owner")) o["owner"] = "";
   // Nor one written before volume snapshots: it had none.
   if (!Object.prototype.hasOwnProperty.call(o, "snapshots") && !Object.prototype.hasOwnProperty.call(o, "nextSnapshotId")) Object.assign(o, { snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0 });
+  // Nor one written before QoS limits: such a volume has none.
+  if (!Object.prototype.hasOwnProperty.call(o, "qos")) o["qos"] = { ...noQos };
   exactKeys(o, Object.keys(volumeRecord(exampleVolume)), what);
   const owner = o["owner"] === "" ? {} : { owner: o["owner"] };
-  const c = validateCommand({ kind: "createVolume", name: o["name"], sizeBytes: o["sizeBytes"], repl: o["repl"], ...owner, at: o["createdAt"] });
+  const qos = obj(o["qos"], `${what}: qos`);
+  exactKeys(qos, Object.keys(noQos), `${what}: qos`);
+  const c = validateCommand({ kind: "createVolume", name: o["name"], sizeBytes: o["sizeBytes"], repl: o["repl"], ...owner, maxIops: qos["maxIops"], maxBandwidthBytes: qos["maxBandwidthBytes"], burstSec: qos["burstSec"], at: o["createdAt"] });
   if (!c.ok || c.command.kind !== "createVolume") throw new CatalogSnapshotError(`${what}: ${c.ok ? "not a volume" : c.error}`);
   const id = count(o["id"], 1, `${what}: id`);
   const nodes = list(o["nodes"], `${what}: nodes`, volumeReplicasMax).map((n, j) => count(n, 1, `${what}: nodes[${j}]`));
@@ -229,7 +234,7 @@ function volumeOf(raw: unknown, i: number): CatalogVolume {
   if (nextSnapshotId > snapshotIdMax + 1) throw new CatalogSnapshotError(`${what}: nextSnapshotId ${nextSnapshotId} is over ${snapshotIdMax + 1}`);
   const schedule = validateCommand({ kind: "setSnapshotSchedule", name: volumeName, everyMs: o["snapshotEveryMs"], keep: o["snapshotKeep"] });
   if (!schedule.ok || schedule.command.kind !== "setSnapshotSchedule") throw new CatalogSnapshotError(`${what}: ${schedule.ok ? "not a schedule" : schedule.error}`);
-  return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], shared: o["shared"], attachments, owner: c.command.owner ?? "", createdAt: c.command.at, snapshots, nextSnapshotId, snapshotEveryMs: schedule.command.everyMs, snapshotKeep: schedule.command.keep };
+  return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], shared: o["shared"], attachments, owner: c.command.owner ?? "", qos: { maxIops: c.command.maxIops ?? 0, maxBandwidthBytes: c.command.maxBandwidthBytes ?? 0, burstSec: c.command.burstSec ?? noQos.burstSec }, createdAt: c.command.at, snapshots, nextSnapshotId, snapshotEveryMs: schedule.command.everyMs, snapshotKeep: schedule.command.keep };
 }
 
 /** Checks a snapshot record with the bounds of the addSnapshot command that made it. */
@@ -329,5 +334,5 @@ const exampleNode: CatalogNode = {
   id: 1, name: "", address: "", nbdPort: 0, apiPort: 0, peerPort: 0, capacityBytes: 0, freeBytes: 0, usedBytes: 0,
   labels: {}, health: "up", draining: false, addedAt: 0, updatedAt: 0,
 };
-const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, shared: false, attachments: [], owner: "", createdAt: 0, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0 };
+const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, shared: false, attachments: [], owner: "", qos: { ...noQos }, createdAt: 0, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0 };
 const exampleRefusal: CatalogRefusal = { index: 1, kind: "unknown", code: "invalid", error: "" };

@@ -73,6 +73,7 @@ import {
   type CatalogCommand,
   type CatalogState,
   type CatalogVolume,
+  qosSummary,
   admitNode,
 } from "../cluster/index.js";
 import {
@@ -85,6 +86,8 @@ import {
   readPoolBufferBytesMax,
   readPoolBufferBytesMin,
   readPoolBytesMax,
+  ioNodeRequestsInFlightMax,
+  resyncBandwidthBytesPerSecDefault,
   scrubBandwidthBytesPerSecDefault,
   scrubIntervalMsDefault,
 } from "../constants.js";
@@ -116,6 +119,7 @@ import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
 import { ReplicatedVolumeExport, SnapshotExport } from "./volume-export.js";
 import { Snapshots } from "./snapshots.js";
+import { NodeAdmission, resyncPacer } from "./qos.js";
 import { NodeMetrics, type GroupView, type MetricsView } from "./metrics.js";
 import { metricsVolumesMax, sumSamples, VolumeStats, volumeStatsIdleSec } from "./volume-stats.js";
 import { CopyRates } from "./copy-progress.js";
@@ -144,6 +148,8 @@ export interface DaemonOptions {
   scrubIntervalMs?: number;
   /** The scrub's average read rate (default scrubBandwidthBytesPerSecDefault). */
   scrubBandwidthBytesPerSec?: number;
+  /** Bytes a second every volume copy this node sends takes together (0: no limit; default resyncBandwidthBytesPerSecDefault). */
+  resyncBandwidthBytesPerSec?: number;
   /** Fault injection for tests: serve POST /v1/debug/catalog-propose, which commits catalog entries without validation. */
   unsafeDebugApi?: boolean;
   /** An NBD connection idle this long may be closed when a new client needs its slot (default nbdIdleTimeoutMs). */
@@ -213,6 +219,8 @@ export class Daemon implements Controller {
   private readonly connections = new Map<string, number>();
   /** Each volume's NBD I/O through this node, from its first connection here until the catalog drops it; empty with --no-metrics. */
   private readonly ioStats = new Map<string, VolumeStats>();
+  /** Each volume's QoS limits and the node's fair share between volumes, where NBD requests enter (src/daemon/qos.ts). */
+  private readonly admission = new NodeAdmission({ now: monotonicMs, after: (ms, fn) => nodeTimers.setTimeout(fn, ms) }, ioNodeRequestsInFlightMax, (name) => this.catalog.volumes.get(name)?.qos);
   private metricsRegistry: NodeMetrics | undefined;
   private readonly eventRing = new EventRing();
   /** The copies this node streams to replicas, with their rates (set in wire(), where the driver is made). */
@@ -346,6 +354,7 @@ export class Daemon implements Controller {
       log: (l) => log.warn(l),
       damaged: (e) => void this.repairer.repair(e),
       ...(options.logRetainBytes !== undefined ? { logRetainBytes: options.logRetainBytes } : {}),
+      resync: resyncPacer({ now: monotonicMs, after: (ms, fn) => nodeTimers.setTimeout(fn, ms) }, () => this.resyncBandwidth),
     });
     this.io = new VolumeIo({
       nodeId: state.nodeId,
@@ -428,6 +437,7 @@ export class Daemon implements Controller {
     this.stopping ??= (async () => {
       for (const t of this.timers) clearInterval(t);
       this.metricsRegistry?.close();
+      this.admission.close();
       releaseSupervisorLock();
       this.scrubber?.stop();
       const steps: [string, () => Promise<void>][] = [
@@ -550,6 +560,7 @@ export class Daemon implements Controller {
     const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return leaderApi.updateVolume(name, request);
     if (request.sizeBytes !== undefined) await this.resizeVolume(name, request.sizeBytes);
+    if (request.maxIops !== undefined || request.maxBandwidthBytesPerSec !== undefined || request.burstSec !== undefined) await this.setVolumeQos(name, request);
     if (request.repl !== undefined) await this.setRepl(name, request.repl);
     return this.info(this.mustGet(name));
   }
@@ -595,6 +606,18 @@ export class Daemon implements Controller {
     const api = await this.metaLeaderApi(undefined);
     if (api === undefined) await this.resizeVolume(name, sizeBytes);
     else await api.updateVolume(name, { sizeBytes });
+  }
+
+  private async setVolumeQos(name: string, request: UpdateVolumeRequest): Promise<void> {
+    const result = await this.metaCommand({
+      kind: "setVolumeQos",
+      name,
+      ...(request.maxIops !== undefined ? { maxIops: request.maxIops } : {}),
+      ...(request.maxBandwidthBytesPerSec !== undefined ? { maxBandwidthBytes: request.maxBandwidthBytesPerSec } : {}),
+      ...(request.burstSec !== undefined ? { burstSec: request.burstSec } : {}),
+    });
+    if (!result.ok) throw catalogError(result);
+    if (result.changed) this.log.info(`volume ${name}: QoS ${((q) => qosSummary(q.maxIops, q.maxBandwidthBytes, q.burstSec))(this.mustGet(name).qos)}`);
   }
 
   // ---- attachments (pxd volume attach) ----
@@ -675,7 +698,7 @@ export class Daemon implements Controller {
         };
         return new ReplicatedVolumeExport(v, sizeNow, this.io, this.readBuffers, () => {
           this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
-        }, this.statsFor(name));
+        }, this.admission.gate(name), this.statsFor(name));
       },
     };
   }
@@ -855,7 +878,9 @@ export class Daemon implements Controller {
     const v = await this.knownVolume(name);
     checkReach(caller, v);
     const [info, scrub] = await Promise.all([this.replicaStates(v), this.replicaScrubs(v)]);
-    return { ...info, scrub };
+    const waited = this.admission.counters(v.name);
+    const node = this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`;
+    return { ...info, scrub, ...(waited !== undefined ? { throttle: { node, ...waited } } : {}) };
   }
 
   private async replicaStates(v: CatalogVolume): Promise<VolumeInfo> {
@@ -885,6 +910,9 @@ export class Daemon implements Controller {
       ...(request.zones === true ? { zones: true } : {}),
       ...(request.shared === true ? { shared: true } : {}),
       owner,
+      ...(request.maxIops !== undefined ? { maxIops: request.maxIops } : {}),
+      ...(request.maxBandwidthBytesPerSec !== undefined ? { maxBandwidthBytes: request.maxBandwidthBytesPerSec } : {}),
+      ...(request.burstSec !== undefined ? { burstSec: request.burstSec } : {}),
       at: Date.now(),
     });
     if (!result.ok) throw catalogError(result);
@@ -1119,6 +1147,8 @@ export class Daemon implements Controller {
       if (!this.catalog.volumes.has(name) || idle) this.ioStats.delete(name);
       else s.sample(wall, mono);
     }
+    // A volume's throttle lives as long as its counters, or its connections here with --no-metrics.
+    this.admission.prune((name) => this.catalog.volumes.has(name) && (this.ioStats.has(name) || (this.connections.get(name) ?? 0) > 0));
     this.eventRing.observe(this.clusterView(), wall);
     this.copyRates.track(this.hostedVolumes());
   }
@@ -1202,10 +1232,12 @@ export class Daemon implements Controller {
         this.labelledVolumes().map((v) => ({
           name: v.name,
           stats: this.ioStats.get(v.name),
+          admission: this.admission.counters(v.name),
           allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : undefined,
           connections: this.connections.get(v.name) ?? 0,
         })),
       allStats: () => this.ioStats.values(),
+      admission: () => this.admission.load,
       groups: () => this.labelledVolumes().flatMap((v) => this.groupView(v) ?? []),
       groupRoles: () =>
         count(
@@ -1234,6 +1266,12 @@ export class Daemon implements Controller {
 
   private get scrubIntervalMs(): number {
     return this.options.scrubIntervalMs ?? scrubIntervalMsDefault;
+  }
+
+  /** Bytes a second this node's volume copies take together (0: no limit): the catalog's setting, else --resync-bandwidth. */
+  private get resyncBandwidth(): number {
+    const v = settingValue(this.catalog, "resyncBandwidthBytesPerSec");
+    return typeof v === "number" && v >= 0 ? v : (this.options.resyncBandwidthBytesPerSec ?? resyncBandwidthBytesPerSecDefault);
   }
 
   private get scrubBandwidth(): number {
@@ -1398,6 +1436,7 @@ export class Daemon implements Controller {
       attachments: attachmentInfos(v),
       snapshots: v.snapshots.length,
       ...(v.snapshotEveryMs > 0 ? { snapshotSchedule: { everySec: v.snapshotEveryMs / 1000, keep: v.snapshotKeep } } : {}),
+      qos: { maxIops: v.qos.maxIops, maxBandwidthBytesPerSec: v.qos.maxBandwidthBytes, burstSec: v.qos.burstSec },
       ...(this.store.hasGroup(v.id) ? { log: (({ firstIndex, lastIndex }) => ({ firstIndex, lastIndex }))(this.store.raftState(v.id)) } : {}),
     };
   }

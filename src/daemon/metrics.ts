@@ -10,6 +10,7 @@ import { monitorEventLoopDelay, type IntervalHistogram } from "node:perf_hooks";
 import { Counter, Gauge, Histogram, Registry, type LabelValues } from "prom-client";
 import type { NbdStats } from "../nbd/server.js";
 import type { PeerTransportStats } from "../replication/transport.js";
+import type { AdmissionCounters } from "./qos.js";
 import { latencyBucketsSec, opNames, type OpCounters, type VolumeStats } from "./volume-stats.js";
 
 /** A Raft group as this node sees it (the driver's public status and, on the leader, progress). */
@@ -33,9 +34,11 @@ export interface MetricsView {
   repair(): Record<string, number>;
   scrub(): Record<string, number>;
   /** The volumes that carry per-volume series here (at most metricsVolumesMax), with their I/O counters if they had I/O here. */
-  volumes(): { name: string; stats: VolumeStats | undefined; allocatedBytes: number | undefined; connections: number }[];
+  volumes(): { name: string; stats: VolumeStats | undefined; admission: AdmissionCounters | undefined; allocatedBytes: number | undefined; connections: number }[];
   /** Every volume's I/O counters on this node, labelled or not: the node's totals. */
   allStats(): Iterable<VolumeStats>;
+  /** Volume requests running on this node and waiting for a slot (the fair share between volumes). */
+  admission(): { inFlight: number; waiting: number };
   groups(): GroupView[];
   /** Every volume group on this node by role, labelled or not. */
   groupRoles(): Record<string, number>;
@@ -166,6 +169,7 @@ export class NodeMetrics {
       scrub: memo(view.scrub),
       volumes: memo(view.volumes),
       allStats: memo(() => [...view.allStats()]),
+      admission: memo(view.admission),
       groups: memo(view.groups),
       groupRoles: memo(view.groupRoles),
       nodesByHealth: memo(view.nodesByHealth),
@@ -275,6 +279,12 @@ export class NodeMetrics {
     };
     this.counter("pxd_node_volume_requests_total", "NBD requests for every volume through this node, labelled or not.", ["op"], total((c) => c.requests));
     this.counter("pxd_node_volume_bytes_total", "Bytes read and written for every volume through this node.", ["op"], total((c) => c.bytes));
+    const admitted = (f: (a: AdmissionCounters) => number): (() => Series) => () =>
+      v.volumes().flatMap(({ name, admission }) => (admission === undefined ? [] : [[{ volume: name }, f(admission)] as [LabelValues<string>, number]]));
+    this.counter("pxd_volume_throttled_requests_total", "NBD requests for the volume through this node that waited for its QoS limits (--max-iops, --max-bandwidth).", ["volume"], admitted((a) => a.throttledRequests));
+    this.counter("pxd_volume_throttle_wait_seconds_total", "Seconds NBD requests for the volume through this node waited for its QoS limits, summed.", ["volume"], admitted((a) => a.throttleWaitSec));
+    this.gauge("pxd_node_io_in_flight_requests", "Volume requests running on this node (at most ioNodeRequestsInFlightMax; the rest wait for the fair share).", [], () => [[{}, v.admission().inFlight]]);
+    this.gauge("pxd_node_io_waiting_requests", "Volume requests waiting on this node for a slot of the fair share between volumes.", [], () => [[{}, v.admission().waiting]]);
   }
 
   private raftMetrics(): void {

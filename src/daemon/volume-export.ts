@@ -7,6 +7,7 @@ import type { CatalogSnapshot, CatalogVolume } from "../cluster/catalog.js";
 import { BackendError, type AllocationExtent, type Export } from "../nbd/backend.js";
 import { errorKindOf } from "../replication/errors.js";
 import type { VolumeIo } from "../replication/volume-io.js";
+import type { VolumeGate } from "./qos.js";
 import { opRead, opWrite, type IoOp, type VolumeStats } from "./volume-stats.js";
 
 /**
@@ -34,6 +35,8 @@ export class ReplicatedVolumeExport implements Export {
     private readonly io: VolumeIo,
     private readonly readBuffers: BufferPool,
     private readonly onClose: () => void,
+    /** The volume's limits and the node's fair share (src/daemon/qos.ts). */
+    private readonly gate: VolumeGate,
     /** This node's counters of the volume's I/O; undefined with --no-metrics. */
     private readonly stats?: VolumeStats,
   ) {
@@ -54,27 +57,7 @@ export class ReplicatedVolumeExport implements Export {
   }
 
   read(offsetBytes: number, lengthBytes: number): Buffer | Promise<Buffer> {
-    const stats = this.stats;
-    if (stats === undefined) return this.readBuffer(offsetBytes, lengthBytes);
-    const start = stats.begin(performance.now());
-    let r: Buffer | Promise<Buffer>;
-    try {
-      r = this.readBuffer(offsetBytes, lengthBytes);
-    } catch (e) {
-      stats.done(opRead, lengthBytes, start, performance.now(), true);
-      throw e;
-    }
-    if (!(r instanceof Promise)) {
-      stats.done(opRead, lengthBytes, start, performance.now(), false);
-      return r;
-    }
-    return r.then(
-      (b) => (stats.done(opRead, lengthBytes, start, performance.now(), false), b),
-      (e: unknown) => {
-        stats.done(opRead, lengthBytes, start, performance.now(), true);
-        throw e;
-      },
-    );
+    return this.run(opRead, lengthBytes, lengthBytes, () => this.readBuffer(offsetBytes, lengthBytes));
   }
 
   private readBuffer(offsetBytes: number, lengthBytes: number): Buffer | Promise<Buffer> {
@@ -83,7 +66,7 @@ export class ReplicatedVolumeExport implements Export {
 
   write(offsetBytes: number, data: readonly Buffer[], lengthBytes: number): Promise<void> {
     // A write is acknowledged once committed (fsynced on a quorum): FUA needs nothing more.
-    return this.counted(opWrite, lengthBytes, () => this.io.write(this.volume.id, offsetBytes, data, lengthBytes));
+    return this.runAsync(opWrite, lengthBytes, lengthBytes, () => this.io.write(this.volume.id, offsetBytes, data, lengthBytes));
   }
 
   /** Every acknowledged write is already durable on a quorum (DESIGN §2). */
@@ -91,14 +74,15 @@ export class ReplicatedVolumeExport implements Export {
     return Promise.resolve();
   }
 
+  /** Trims and zeroing move no data: one request against the IOPS limit, nothing against bandwidth. */
   trim(offsetBytes: number, lengthBytes: number): Promise<void> {
-    return this.counted(opWrite, 0, () => this.io.trim(this.volume.id, offsetBytes, lengthBytes));
+    return this.runAsync(opWrite, 0, 0, () => this.io.trim(this.volume.id, offsetBytes, lengthBytes));
   }
 
   writeZeroes(offsetBytes: number, lengthBytes: number, _fua: boolean, noHole: boolean, fastZero: boolean): Promise<void> {
     // Zeroing whole sectors is a hole in the map: fast. With NO_HOLE the zeroes are written like data, which is not.
     if (fastZero && noHole) return Promise.reject(new BackendError("ENOTSUP", "zeroing without holes writes data; not fast"));
-    return this.counted(opWrite, 0, () => this.io.writeZeroes(this.volume.id, offsetBytes, lengthBytes, noHole));
+    return this.runAsync(opWrite, 0, noHole ? lengthBytes : 0, () => this.io.writeZeroes(this.volume.id, offsetBytes, lengthBytes, noHole));
   }
 
   blockStatus(offsetBytes: number, lengthBytes: number): AllocationExtent[] | Promise<AllocationExtent[]> {
@@ -110,26 +94,54 @@ export class ReplicatedVolumeExport implements Export {
     }
   }
 
-  /** Runs a write-side operation, counted in this node's stats of the volume when it keeps them (`bytes`: what the client sent). */
-  private counted(op: IoOp, bytes: number, run: () => Promise<void>): Promise<void> {
-    const stats = this.stats;
-    if (stats === undefined) return guard(run);
-    const start = stats.begin(performance.now());
-    // One promise per request, as guard() takes: the count and the error's kind in the same callbacks.
-    let p: Promise<void>;
+  /** A write-side request: never throws, rejects instead. */
+  private runAsync(op: IoOp, bytes: number, costBytes: number, serve: () => Promise<void>): Promise<void> {
     try {
-      p = run();
+      // serve() returns a promise, so run() does too.
+      return this.run(op, bytes, costBytes, serve) as Promise<void>;
     } catch (e) {
-      stats.done(op, bytes, start, performance.now(), true);
       return Promise.reject(asBackendError(e));
     }
-    return p.then(
-      () => stats.done(op, bytes, start, performance.now(), false),
+  }
+
+  /**
+   * Admits a request (the volume's limits, then the node's fair share:
+   * src/daemon/qos.ts; it may wait there), serves it, and counts it in this
+   * node's stats of the volume when it keeps them (`bytes`: what the client
+   * moved; the latency includes the wait). `costBytes`: what it costs the
+   * bandwidth limit. Served at once, a synchronous result stays synchronous.
+   */
+  private run<T>(op: IoOp, bytes: number, costBytes: number, serve: () => T | Promise<T>): T | Promise<T> {
+    const start = this.stats === undefined ? 0 : this.stats.begin(performance.now());
+    const wait = this.gate.admit(costBytes);
+    if (wait === undefined) return this.served(op, bytes, start, serve);
+    return wait.then(() => this.served(op, bytes, start, serve));
+  }
+
+  private served<T>(op: IoOp, bytes: number, start: number, serve: () => T | Promise<T>): T | Promise<T> {
+    let r: T | Promise<T>;
+    try {
+      r = serve();
+    } catch (e) {
+      this.end(op, bytes, start, true);
+      throw asBackendError(e);
+    }
+    if (!(r instanceof Promise)) {
+      this.end(op, bytes, start, false);
+      return r;
+    }
+    return r.then(
+      (v) => (this.end(op, bytes, start, false), v),
       (e: unknown) => {
-        stats.done(op, bytes, start, performance.now(), true);
+        this.end(op, bytes, start, true);
         throw asBackendError(e);
       },
     );
+  }
+
+  private end(op: IoOp, bytes: number, start: number, failed: boolean): void {
+    this.gate.done();
+    this.stats?.done(op, bytes, start, performance.now(), failed);
   }
 
   release(buffer: Buffer): void {
@@ -164,15 +176,6 @@ function pooledRead(pool: BufferPool, lengthBytes: number, read: (into: Buffer) 
 
 function rethrow(e: unknown): never {
   throw asBackendError(e);
-}
-
-/** Runs an operation that may throw synchronously (the store checks ranges up front) or reject. */
-function guard(op: () => Promise<void>): Promise<void> {
-  try {
-    return op().catch(rethrow);
-  } catch (e) {
-    return Promise.reject(asBackendError(e));
-  }
 }
 
 /**

@@ -37,7 +37,7 @@ import { DamagedEntryError, StoreError, type ChecksumError } from "../store/erro
 import type { RaftEntryInput, Store } from "../store/store.js";
 import { BeatsOutbox, isBeat, parseBeats, type BeatsEnvelope } from "./beats.js";
 import { StoreRaftStorage } from "./raft-storage.js";
-import { SnapshotReceiver, SnapshotSender, type SnapAckEnvelope, type SnapChunkEnvelope } from "./snapshot.js";
+import { SnapshotReceiver, SnapshotSender, type ResyncPacer, type SnapAckEnvelope, type SnapChunkEnvelope } from "./snapshot.js";
 import { ProgressState } from "../raft/progress.js";
 import type { ChangeMap } from "./changes.js";
 import type { GroupStateMachine, InlineSnapshots, StreamedSnapshots } from "./state-machine.js";
@@ -74,6 +74,8 @@ export interface DriverOptions {
   log(line: string): void;
   /** Blocks of this node's copy of a volume failed their checksum where the driver read them (a snapshot stream): repair them. */
   damaged?(e: ChecksumError): void;
+  /** The node's rebuild bandwidth, shared by every volume copy it sends; absent: no limit. */
+  resync?: ResyncPacer;
 }
 
 /** A member of a group as its leader sees it. */
@@ -244,6 +246,7 @@ export class MultiRaft {
       },
       catchUp: (group: number, leader: NodeId, index: number, term: number) => this.catchUp(group, leader, index, term),
       damaged: (e: ChecksumError) => o.damaged?.(e),
+      ...(o.resync !== undefined ? { pace: o.resync } : {}),
       log: (line: string) => o.log(line),
     };
     this.snapshotSender = new SnapshotSender(ports);

@@ -32,6 +32,9 @@
 // writes and trims are idempotent physical redo: a block ends up with the
 // last write to it, whichever state the chunk caught. The leader keeps those
 // entries (it does not compact its log past a snapshot being sent).
+//
+// Every copy a node sends draws its chunks from one rate (the `pace` port,
+// pxd daemon --resync-bandwidth), so a rebuild leaves client I/O the rest.
 
 import { failStop, isBug } from "../base/fail-stop.js";
 import { raftAppendBytesMax, sectorBytes, snapshotChunkBytes, snapshotChunkExtentsMax, snapshotChunkKeepBytes, snapshotWindowChunks, volumeBytesMax } from "../constants.js";
@@ -91,7 +94,19 @@ export interface SnapshotPorts {
   catchUp?(group: number, leader: NodeId, index: number, term: number): Promise<void> | undefined;
   /** Blocks of this node's copy failed their checksum while being read for a snapshot: repair them (the stream is given up meanwhile). */
   damaged?(e: ChecksumError): void;
+  /** The node's rebuild bandwidth, shared by every copy it sends (pxd daemon --resync-bandwidth); absent: no limit. */
+  pace?: ResyncPacer;
   log(line: string): void;
+}
+
+/** Paces the chunks of every copy a node sends to one rate (docs/architecture.md, "QoS and rebuild limits"). */
+export interface ResyncPacer {
+  /** Milliseconds until the next chunk may go (0: now). */
+  waitMs(): number;
+  /** A chunk of `bytes` of volume data went. */
+  sent(bytes: number): void;
+  /** Runs fn once after ms; returns a function that cancels it. */
+  after(ms: number, fn: () => void): () => void;
 }
 
 /** Ticks a stream waits for an acknowledgement (or, after the last chunk, for the follower to install) before it gives up. */
@@ -116,6 +131,8 @@ interface OutStream {
   lastSeq: number;
   finalSent: boolean;
   idleTicks: number;
+  /** Waiting for the node's rebuild bandwidth: cancels the timer that pumps it again. */
+  paced: (() => void) | undefined;
 }
 
 /** A leader streams at most one snapshot per group and follower. */
@@ -158,6 +175,7 @@ export class SnapshotSender {
       lastSeq: -1,
       finalSent: false,
       idleTicks: 0,
+      paced: undefined,
     };
     this.streams.set(key, s);
     this.counters.snapshotsStarted++;
@@ -223,12 +241,15 @@ export class SnapshotSender {
         this.streams.delete(streamKey(s.group, s.to));
         continue;
       }
-      if (++s.idleTicks > streamStallTicks) this.abort(s, s.finalSent ? "the follower did not install it" : "no acknowledgement");
+      // A stream waiting for the node's rebuild bandwidth is not stalled: its follower has nothing to acknowledge.
+      if (s.paced === undefined && ++s.idleTicks > streamStallTicks) this.abort(s, s.finalSent ? "the follower did not install it" : "no acknowledgement");
     }
   }
 
   private abort(s: OutStream, why: string): void {
     this.streams.delete(streamKey(s.group, s.to));
+    s.paced?.();
+    s.paced = undefined;
     // Refused (the follower applied less than the base) or lost: a full copy next time is always right.
     if (s.changes !== undefined) this.fullNext.add(streamKey(s.group, s.to));
     this.counters.snapshotsFailed++;
@@ -236,9 +257,19 @@ export class SnapshotSender {
     this.p.reportSnapshot(s.group, s.to, false);
   }
 
-  /** Sends chunks while the window has room. */
+  /** Sends chunks while the window has room and the node's rebuild bandwidth allows. */
   private pump(s: OutStream): void {
+    if (s.paced !== undefined) return; // its timer pumps it
     while (s.lastSeq < 0 && s.nextSeq - s.acked < snapshotWindowChunks) {
+      const waitMs = this.p.pace?.waitMs() ?? 0;
+      if (waitMs > 0) {
+        s.paced = this.p.pace!.after(Math.ceil(waitMs), () => {
+          s.paced = undefined;
+          s.idleTicks = 0;
+          if (this.streams.get(streamKey(s.group, s.to)) === s) this.pump(s);
+        });
+        return;
+      }
       let chunk: SnapChunkEnvelope;
       try {
         chunk = this.nextChunk(s);
@@ -254,6 +285,7 @@ export class SnapshotSender {
       }
       if (!this.p.send(s.to, chunk)) return this.abort(s, "the peer is unreachable");
       this.counters.snapshotBytesSent += chunk.data.length;
+      this.p.pace?.sent(chunk.data.length);
       if (chunk.last) s.lastSeq = chunk.seq;
     }
   }

@@ -12,6 +12,7 @@ import {
   type RevokeTokenRequest,
   type TokenInfo,
   type CreateVolumeRequest,
+  type UpdateVolumeRequest,
   type DeleteVolumeOptions,
   type DrainNodeRequest,
   type JoinRequest,
@@ -170,6 +171,7 @@ export class FakeController implements Controller {
       replicas: [{ node: "n1", nodeId: 7, state: "in-sync", leader: true }],
       shared: request.shared === true,
       attachments: [],
+      qos: { maxIops: request.maxIops ?? 0, maxBandwidthBytesPerSec: request.maxBandwidthBytesPerSec ?? 0, burstSec: request.burstSec ?? 1 },
     };
     this.volumes.set(v.name, v);
     return Promise.resolve(v);
@@ -267,12 +269,15 @@ export class FakeController implements Controller {
     return Promise.resolve({ nodeId: 7, node: "n1", connections: 0 });
   }
 
-  updateVolume(name: string, request: { repl?: number; sizeBytes?: number }): Promise<VolumeInfo> {
+  updateVolume(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo> {
     this.seen(`updateVolume ${name} ${request.repl}${request.sizeBytes !== undefined ? ` size ${request.sizeBytes}` : ""}`);
     const v = this.volumes.get(name);
     if (v === undefined) return Promise.reject(new ApiError(404, "not_found", `no volume named "${name}"`));
     if (request.repl !== undefined) v.repl = request.repl;
     if (request.sizeBytes !== undefined) v.sizeBytes = request.sizeBytes;
+    if (request.maxIops !== undefined) v.qos.maxIops = request.maxIops;
+    if (request.maxBandwidthBytesPerSec !== undefined) v.qos.maxBandwidthBytesPerSec = request.maxBandwidthBytesPerSec;
+    if (request.burstSec !== undefined) v.qos.burstSec = request.burstSec;
     return Promise.resolve(v);
   }
 

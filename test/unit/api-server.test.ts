@@ -96,8 +96,8 @@ test("raw routes answer with the documented status codes and content types", asy
   assert.is((JSON.parse(patched.body) as { repl: number }).repl, 3);
   const badPatch = await raw("PATCH", "/v1/volumes/a", JSON.stringify({ repl: 3, size: 1 }));
   assert.is(badPatch.status, 400);
-  assert.match((JSON.parse(badPatch.body) as { error: { message: string } }).error.message, /unknown field "size"; the fields are repl, sizeBytes/);
-  assert.match((await raw("PATCH", "/v1/volumes/a", JSON.stringify({}))).body, /names nothing to change; give at least one of the fields repl, sizeBytes/);
+  assert.match((JSON.parse(badPatch.body) as { error: { message: string } }).error.message, /unknown field "size"; the fields are repl, sizeBytes, maxIops, maxBandwidthBytesPerSec, burstSec/);
+  assert.match((await raw("PATCH", "/v1/volumes/a", JSON.stringify({}))).body, /names nothing to change; give at least one of the fields repl, sizeBytes, maxIops, maxBandwidthBytesPerSec, burstSec/);
   assert.match((await raw("PATCH", "/v1/volumes/a", JSON.stringify({ sizeBytes: 1000 }))).body, /sizeBytes.* must be a multiple of 512 bytes \(the sector size\), not 1000/);
   assert.match((await raw("PATCH", "/v1/volumes/a", JSON.stringify({ repl: 9 }))).body, /replica count from 1 to 5 \(the most a volume has\), not 9/);
   const del = await raw("DELETE", "/v1/volumes/a");

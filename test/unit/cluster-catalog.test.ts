@@ -170,7 +170,7 @@ test("removeNode is refused while the node holds replicas, unless forced; force 
 test("createVolume assigns increasing ids that are never reused, and places replicas", () => {
   const s = cluster(3);
   const a = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 42 }).volume!;
-  assert.equal(a, { id: 1, name: "a", sizeBytes: GiB, repl: 2, nodes: [1, 2], zones: false, shared: false, attachments: [], owner: "", createdAt: 42, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0 });
+  assert.equal(a, { id: 1, name: "a", sizeBytes: GiB, repl: 2, nodes: [1, 2], zones: false, shared: false, attachments: [], owner: "", qos: { maxIops: 0, maxBandwidthBytes: 0, burstSec: 1 }, createdAt: 42, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0 });
   must(s, { kind: "deleteVolume", name: "a" });
   const b = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 43 }).volume!;
   assert.is(b.id, 2, "a deleted volume's id (its Raft group) is not reused");
@@ -285,6 +285,24 @@ test("resizeVolume grows only, and only where the replicas have room", () => {
   refused(s, { kind: "resizeVolume", name: "nope", sizeBytes: GiB }, "not_found");
 });
 
+test("QoS limits: set at create, changed field by field by setVolumeQos (0 removes one), checked, and kept by a snapshot", () => {
+  const s = cluster(2);
+  const v = must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 1, maxIops: 200, at: 1 }).volume!;
+  assert.equal(v.qos, { maxIops: 200, maxBandwidthBytes: 0, burstSec: 1 });
+  const r = must(s, { kind: "setVolumeQos", name: "db", maxBandwidthBytes: 100 * 1024 * 1024, burstSec: 5 });
+  assert.is(r.changed, true);
+  assert.equal(s.volumes.get("db")!.qos, { maxIops: 200, maxBandwidthBytes: 100 * 1024 * 1024, burstSec: 5 });
+  assert.is(must(s, { kind: "setVolumeQos", name: "db", maxIops: 200 }).changed, false);
+  must(s, { kind: "setVolumeQos", name: "db", maxIops: 0 });
+  assert.equal(s.volumes.get("db")!.qos, { maxIops: 0, maxBandwidthBytes: 100 * 1024 * 1024, burstSec: 5 });
+  assert.equal(decodeCatalogSnapshot(encodeCatalogSnapshot(s)).volumes.get("db")!.qos, s.volumes.get("db")!.qos);
+  refused(s, { kind: "setVolumeQos", name: "nope", maxIops: 1 }, "not_found");
+  refused(s, { kind: "setVolumeQos", name: "db" }, "invalid", "setVolumeQos: name at least one of maxIops, maxBandwidthBytes, burstSec");
+  refused(s, { kind: "setVolumeQos", name: "db", maxBandwidthBytes: 100 }, "invalid", 'setVolumeQos: field "maxBandwidthBytes" must be 0 (no limit) or at least 4096 bytes a second, not 100');
+  refused(s, { kind: "setVolumeQos", name: "db", burstSec: 0 }, "invalid", /field "burstSec" must be an integer of seconds in \[1, 3600\]/);
+  refused(s, { kind: "createVolume", name: "x", sizeBytes: GiB, repl: 1, maxIops: 1.5, at: 1 }, "invalid", /field "maxIops"/);
+});
+
 test("setReplicas replaces the replica set, checks the nodes, and honours expect as compare-and-set", () => {
   const s = cluster(4);
   must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 2, at: 1 });
@@ -340,10 +358,14 @@ test("setSetting validates key and value; null returns to the default", () => {
   assert.is(must(s, { kind: "setSetting", key: "defaultRepl", value: 3 }).changed, false);
   must(s, { kind: "setSetting", key: "defaultRepl", value: null });
   assert.is(settingValue(s, "defaultRepl"), 1);
-  refused(s, { kind: "setSetting", key: "replicas", value: 3 }, "invalid", 'setSetting: unknown setting "replicas"; the settings are overcommitPercent, defaultRepl, clusterName');
+  refused(s, { kind: "setSetting", key: "replicas", value: 3 }, "invalid", 'setSetting: unknown setting "replicas"; the settings are overcommitPercent, defaultRepl, resyncBandwidthBytesPerSec, clusterName');
   refused(s, { kind: "setSetting", key: "defaultRepl", value: 9 }, "invalid", 'setSetting: setting "defaultRepl" must be an integer in [1, 5], not 9');
   refused(s, { kind: "setSetting", key: "overcommitPercent", value: "200" }, "invalid", /must be an integer in \[100, 10000\], not the string "200"/);
   refused(s, { kind: "setSetting", key: "toString", value: 1 }, "invalid", /unknown setting "toString"/);
+  // The rebuild bandwidth: -1 (each node's flag) by default, 0 for no limit.
+  assert.is(settingValue(s, "resyncBandwidthBytesPerSec"), -1);
+  must(s, { kind: "setSetting", key: "resyncBandwidthBytesPerSec", value: 0 });
+  refused(s, { kind: "setSetting", key: "resyncBandwidthBytesPerSec", value: -2 }, "invalid", /must be an integer in \[-1, 1099511627776\], not -2/);
 });
 
 // ---- hostile input ----
@@ -677,7 +699,7 @@ test("damaged and inconsistent snapshots are refused with the reason", () => {
   // A snapshot from before attachments (no shared, no attachments) loads: nothing was shared or attached then.
   const { shared: _shared, attachments: _attachments, ...older } = body.volumes[0];
   assert.equal(decodeCatalogSnapshot(reseal({ ...body, volumes: [older] })).volumes.get("db"), s.volumes.get("db"));
-  refusedWith(reseal({ ...body, volumes: [{ ...older, shared: false }] }), /expected id, name, sizeBytes, repl, nodes, zones, shared, attachments, owner, createdAt/);
+  refusedWith(reseal({ ...body, volumes: [{ ...older, shared: false }] }), /expected id, name, sizeBytes, repl, nodes, zones, shared, attachments, owner, qos, createdAt/);
   // Nor one from before owners and revocations: no volume had an owner (only admins reach it), no token was revoked.
   const { owner: _owner, ...unowned } = body.volumes[0];
   const { revokedTokens: _revoked, ...unrevoked } = body;
@@ -685,6 +707,11 @@ test("damaged and inconsistent snapshots are refused with the reason", () => {
   assert.equal(fromBefore.volumes.get("db")?.owner, "");
   assert.equal(fromBefore.revokedTokens.size, 0);
   refusedWith(reseal({ ...body, volumes: [{ ...body.volumes[0], owner: "bad name" }] }), /field "owner"/);
+  // Nor one from before QoS limits: no volume had any.
+  const { qos: _qos, ...unlimited } = body.volumes[0];
+  assert.equal(decodeCatalogSnapshot(reseal({ ...body, volumes: [unlimited] })).volumes.get("db")?.qos, { maxIops: 0, maxBandwidthBytes: 0, burstSec: 1 });
+  refusedWith(reseal({ ...body, volumes: [{ ...body.volumes[0], qos: { maxIops: -1, maxBandwidthBytes: 0, burstSec: 1 } }] }), /field "maxIops"/);
+  refusedWith(reseal({ ...body, volumes: [{ ...body.volumes[0], qos: { maxIops: 1 } }] }), /qos has fields maxIops; expected maxIops, maxBandwidthBytes, burstSec/);
   refusedWith(reseal({ ...body, revokedTokens: [["xyz", 5]] }), /revokedTokens\[0\] must be an \[id, expiresAt\] pair/);
   refusedWith(reseal({ ...body, revokedTokens: [["00000000000000bb", 5], ["00000000000000aa", 5]] }), /in id order/);
   refusedWith(reseal([]), /body must be an object/);
