@@ -63,7 +63,7 @@ test("a volume limited to 200 IOPS holds fio back: counted as throttled, and no 
 });
 
 test("pxd volume update --max-iops none removes the limit: nothing more is held", async () => {
-  assert.match(await pxd("volume", "update", "lim", "--max-iops", "none"), /volume "lim": no limits/);
+  assert.match(await pxd("volume", "update", "lim", "--max-iops", "none"), /volume "lim" updated: no limits/);
   const before = await throttled("lim");
   await fio("lim", 600);
   assert.equal(await throttled("lim"), before);
@@ -81,7 +81,7 @@ test("a bandwidth limit set by volume update survives a restart of the daemon", 
   const bad = await pxd("volume", "update", "lim", "--max-bandwidth", "10").then(() => "", (e: Error) => e.message);
   assert.match(bad, /a limit is from 4\.00 KiB to 1\.00 TiB a second/);
   const none = await pxd("volume", "update", "lim").then(() => "", (e: Error) => e.message);
-  assert.match(none, /nothing to change; give --max-iops, --max-bandwidth or --burst-seconds/);
+  assert.match(none, /nothing to change; give --size, --max-iops, --max-bandwidth, --burst-seconds or --snapshot-every/);
 });
 
 test.run();
