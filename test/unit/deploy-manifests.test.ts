@@ -98,7 +98,7 @@ function csiPlugin(workload: Obj, name: string, mode: string): { plugin: Obj; fl
 
 test("every manifest parses, names its kind, and namespaced objects are in namespace pxd", () => {
   assert.ok(docs.length >= 10, `${docs.length} documents`);
-  const clusterScoped = new Set(["Namespace", "CSIDriver", "StorageClass", "ClusterRole", "ClusterRoleBinding"]);
+  const clusterScoped = new Set(["Namespace", "CSIDriver", "StorageClass", "ClusterRole", "ClusterRoleBinding", "VolumeSnapshotClass"]);
   for (const { file, doc } of docs) {
     assert.ok(typeof doc["apiVersion"] === "string" && typeof doc["kind"] === "string" && typeof doc["metadata"]?.name === "string", file);
     if (!clusterScoped.has(doc["kind"])) assert.is(doc["metadata"].namespace, "pxd", `${file}: ${doc["kind"]} ${doc["metadata"].name}`);
@@ -164,7 +164,7 @@ test("DaemonSet: the node plugin's endpoint is the registrar's --csi-address and
 test("controller: pxd csi --mode controller and csi-provisioner on one socket; the API service's port", () => {
   const dep = one("Deployment", "pxd-csi-controller");
   const { plugin, flags, socket } = csiPlugin(dep, "csi-controller", "controller");
-  for (const sidecar of ["csi-provisioner", "csi-resizer"]) {
+  for (const sidecar of ["csi-provisioner", "csi-resizer", "csi-snapshotter"]) {
     const c = container(dep, sidecar);
     assert.is(flagsOf(c["args"]).flags.get("--csi-address"), socket, sidecar);
     assert.is(volumeOf(c, socket), volumeOf(plugin, socket), sidecar);
@@ -191,6 +191,11 @@ test("RBAC: every service account a workload uses exists, and the bindings name 
   for (const [r, v] of [["persistentvolumes", "patch"], ["persistentvolumeclaims/status", "patch"], ["persistentvolumeclaims", "watch"]] as const) {
     assert.ok(resizer.some((x) => x["resources"].includes(r) && x["verbs"].includes(v)), `the resizer may ${v} ${r}`);
   }
+  const snapshotter = one("ClusterRole", "pxd-csi-snapshotter")["rules"] as Obj[];
+  for (const [r, v] of [["volumesnapshotcontents", "update"], ["volumesnapshotcontents/status", "patch"], ["volumesnapshotclasses", "list"]] as const) {
+    assert.ok(snapshotter.some((x) => x["resources"].includes(r) && x["verbs"].includes(v)), `the snapshotter may ${v} ${r}`);
+  }
+  assert.is(one("VolumeSnapshotClass", "pxd-snapshots")["driver"], "pxd.csi.io", "the snapshot class names the driver");
 });
 
 test("the image of deploy/kubernetes carries the proto pxd csi loads and the attach tools", () => {
