@@ -10,6 +10,7 @@ import { Prng } from "../../src/base/prng.js";
 import { NodeDisk, deferImmediate } from "../../src/os/node-disk.js";
 import { VolumeOpKind } from "../../src/replication/volume-op.js";
 import { snapshotGroupId, Store } from "../../src/store/store.js";
+import { segmentBytes } from "../../src/constants.js";
 import { replayed, writesTo } from "../helpers/store-writes.js";
 import { tempDir } from "../helpers/tmp.js";
 
@@ -175,6 +176,37 @@ test("GC waits for a checkpoint that holds a new snapshot before it moves the sn
   store = await open(t.dir, [spec]);
   assertReads(store, snapshotGroupId(spec.groupId, 1), before, "snapshot after GC and a crash");
   assertReads(store, spec.groupId, image, "volume after GC and a crash");
+  await store.close();
+  t.remove();
+});
+
+test("space: ten snapshots of a 256 MiB volume with 10% rewritten between them hold about the rewritten data, not ten copies", async () => {
+  const t = tempDir("snap");
+  const spec = { groupId: 9, sizeBytes: 256 * MiB };
+  const store = await open(t.dir, [spec]);
+  const w = writesTo(store);
+  const prng = new Prng(6);
+  const write = async (at: number, length: number): Promise<void> => {
+    const ps: Promise<void>[] = [];
+    for (let x = at; x < at + length; x += MiB) ps.push(w.write(spec.groupId, x, [random(prng, MiB)], MiB));
+    await Promise.all(ps);
+  };
+  await write(0, spec.sizeBytes);
+  const rewrite = 25 * MiB + 616 * 1024; // 10% of the volume, whole KiB
+  const rewritten = Math.floor(rewrite / MiB) * MiB;
+  for (let i = 1; i <= 10; i++) {
+    await w.snapshot(spec.groupId, take(i));
+    await write((i * 23 * MiB) % (spec.sizeBytes - rewritten), rewritten);
+  }
+  await store.settle();
+  // On disk: the sealed and head segments (free files, kept for reuse, hold nothing).
+  const segments = store.stats().segments!;
+  const disk = segments * segmentBytes;
+  const bound = spec.sizeBytes + 10 * rewritten + 2 * segmentBytes; // plus the head segment and one partly filled
+  console.log(`${segments} segments (${disk / MiB} MiB) for a 256 MiB volume and 10 snapshots with ${rewritten / MiB} MiB rewritten between them (bound ${bound / MiB} MiB; ten copies would be ${(11 * spec.sizeBytes) / MiB} MiB)`);
+  assert.ok(disk <= bound, `${disk} bytes of segments, over the volume plus what was rewritten (${bound})`);
+  const exclusive = store.snapshotIds(spec.groupId).reduce((n, id) => n + store.snapshotUsage(spec.groupId, id).exclusiveBytes, 0);
+  assert.ok(exclusive <= 10 * rewritten, `what only the snapshots hold (${exclusive}) is at most what was rewritten`);
   await store.close();
   t.remove();
 });
