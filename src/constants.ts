@@ -157,6 +157,38 @@ export const raftReadIndexPendingMax = 4096;
 /** Committed entry bytes handed to the application in one Ready. */
 export const raftCommittedBytesMax = 64 * 1024 * 1024;
 
+// ---- nbd client (src/nbd/client.ts) and backup (src/backup) ----
+/** Requests one NBD client connection keeps in flight; more wait for a slot. */
+export const nbdClientRequestsInFlightMax = 16;
+/** Largest option reply a client reads in the handshake (export info, meta contexts, error strings); a longer one closes the connection. */
+export const nbdClientOptionReplyBytesMax = 64 * 1024;
+/** Option replies to one option (NBD_REP_INFO, NBD_REP_META_CONTEXT, ...) before the final one; more is a broken server. */
+export const nbdClientOptionRepliesMax = 64;
+/** Largest READ or WRITE one client request carries, whatever larger the server allows (its NBD_INFO_BLOCK_SIZE maximum may be lower). */
+export const nbdClientPayloadBytesMax = 32 * 1024 * 1024;
+/** Block status descriptors the client takes in one reply chunk. */
+export const nbdClientExtentsMax = 64 * 1024;
+/** No byte from the server for this long while a request waits: the connection is dropped and the requests fail. */
+export const nbdClientReplyTimeoutMs = 60_000;
+/**
+ * Bytes a backup chunk covers. 4 MiB: large enough that a 1 TiB volume is a
+ * 256 Ki-entry manifest (about 17 MiB of JSON) and the per-object cost of S3
+ * (a PUT, a HEAD) stays small; small enough that a changed 4 KiB block costs
+ * at most one 4 MiB upload, and that chunks in flight fit a few tens of MiB.
+ */
+export const backupChunkBytes = 4 * 1024 * 1024;
+/** The chunk sizes a manifest may name (read from a target, so untrusted). */
+export const backupChunkBytesMin = 64 * 1024;
+export const backupChunkBytesMax = 64 * 1024 * 1024;
+/** Chunks read, compressed and uploaded (or fetched, checked and written) at once by one backup or restore. */
+export const backupChunksInFlight = 4;
+/** Largest manifest read from a target: every chunk of the largest volume at the smallest chunk size would not fit, so a manifest's chunk count is bounded too. */
+export const backupManifestBytesMax = 256 * 1024 * 1024;
+/** Largest stored chunk read from a target: deflate's worst case adds 5 bytes per 16 KiB block. */
+export const backupStoredChunkBytesMax = backupChunkBytesMax + backupChunkBytesMax / 1024 + 1024;
+/** Manifests one list, verify or delete reads. */
+export const backupManifestsMax = 100_000;
+
 // ---- daemon / api ----
 export const defaultNbdPort = 10809;
 export const defaultApiPort = 9001;
@@ -389,4 +421,8 @@ export function checkConstants(): void {
   assert(checkpointLogBytes >= segmentBytes, "checkpoints are at most one per segment");
   assert(gcLiveRatioMax > 0 && gcLiveRatioMax < 1, "gc threshold is a ratio");
   assert(gcSpaceAmpMax >= 1, "gc space amplification bound is at least 1");
+  assert(backupChunkBytes >= backupChunkBytesMin && backupChunkBytes <= backupChunkBytesMax && backupChunkBytes % sectorBytes === 0, "the backup chunk size is one a manifest may name, in whole sectors");
+  assert(backupChunkBytes <= nbdClientPayloadBytesMax, "a backup chunk is at most one NBD request");
+  assert(backupChunkBytes * backupChunksInFlight * 2 <= 256 * 1024 * 1024, "chunks in flight, read and compressed, stay under 256 MiB");
+  assert(nbdClientPayloadBytesMax <= nbdPayloadBytesMax, "the client asks no more than pxd's own server takes");
 }
