@@ -7,7 +7,7 @@
 // nbdClientReplyTimeoutMs while a request waits is dropped.
 
 import { existsSync, readFileSync } from "node:fs";
-import { connect, type Socket } from "node:net";
+import { connect, isIP, type Socket } from "node:net";
 import { join } from "node:path";
 import { connect as tlsConnect } from "node:tls";
 import { nbdClientReplyTimeoutMs } from "../constants.js";
@@ -79,7 +79,8 @@ export async function connectNbd(server: string, o: NbdConnectOptions): Promise<
               raw.removeAllListeners("data");
               raw.removeAllListeners("close");
               raw.removeAllListeners("error");
-              const t = tlsConnect({ socket: raw, ca: tls.ca, ...(tls.cert !== undefined ? { cert: tls.cert, key: tls.key } : {}), servername: host, checkServerIdentity: () => undefined });
+              // The server's certificate must chain to ca-cert.pem and name the host dialled (a DNS name or an IP SAN); SNI only for a name (RFC 6066).
+              const t = tlsConnect({ socket: raw, host, ca: tls.ca, ...(tls.cert !== undefined ? { cert: tls.cert, key: tls.key } : {}), ...(isIP(host) === 0 ? { servername: host } : {}) });
               current = t;
               t.once("secureConnect", () => {
                 wire(t);
