@@ -184,7 +184,7 @@ export const backupChunkBytesMax = 64 * 1024 * 1024;
 export const backupChunksInFlight = 4;
 /** Largest manifest read from a target: every chunk of the largest volume at the smallest chunk size would not fit, so a manifest's chunk count is bounded too. */
 export const backupManifestBytesMax = 256 * 1024 * 1024;
-/** Largest stored chunk read from a target: deflate's worst case adds 5 bytes per 16 KiB block. */
+/** Largest stored chunk read from a target: brotli's worst case adds a few bytes per 64 KiB of input. */
 export const backupStoredChunkBytesMax = backupChunkBytesMax + backupChunkBytesMax / 1024 + 1024;
 /** Manifests one list, verify or delete reads. */
 export const backupManifestsMax = 100_000;

@@ -20,7 +20,7 @@ export interface Manifest {
   /** ISO 8601, UTC. */
   createdAt: string;
   chunkBytes: number;
-  compression: "deflate";
+  compression: "brotli";
   hash: "sha256";
   /** One per chunk of the volume, in order: the SHA-256 (hex) of its bytes, or null when it reads as zeros. */
   chunks: Array<string | null>;
@@ -100,7 +100,7 @@ export function parseManifest(data: Buffer, key: string): Manifest {
   if (typeof sizeBytes !== "number" || !Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes > volumeBytesMax || sizeBytes % sectorBytes !== 0) throw bad(`size ${String(sizeBytes)} is not a volume size`);
   if (typeof createdAt !== "string" || !isoPattern.test(createdAt)) throw bad("bad createdAt");
   if (typeof chunkBytes !== "number" || !Number.isSafeInteger(chunkBytes) || chunkBytes < backupChunkBytesMin || chunkBytes > backupChunkBytesMax || chunkBytes % sectorBytes !== 0) throw bad(`chunk size ${String(chunkBytes)} is outside [${backupChunkBytesMin}, ${backupChunkBytesMax}] or not whole sectors`);
-  if (compression !== "deflate") throw bad(`compression ${JSON.stringify(compression)} is not "deflate"`);
+  if (compression !== "brotli") throw bad(`compression ${JSON.stringify(compression)} is not "brotli"`);
   if (hash !== "sha256") throw bad(`hash ${JSON.stringify(hash)} is not "sha256"`);
   if (!Array.isArray(chunks) || chunks.length !== chunkCount(sizeBytes, chunkBytes)) throw bad(`it lists ${Array.isArray(chunks) ? chunks.length : "no"} chunks; ${chunkCount(sizeBytes, chunkBytes)} cover ${sizeBytes} bytes`);
   for (let i = 0; i < chunks.length; i++) {

@@ -7,7 +7,7 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { deflateSync } from "node:zlib";
+import { brotliCompressSync } from "node:zlib";
 import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startDaemon, pxdEntry, type DaemonProcess } from "../helpers/daemon.js";
@@ -109,14 +109,14 @@ test("incremental backups to file:// restore each moment's bytes; a corrupt chun
     assert.is(ok.code, 0, ok.stderr);
     assert.match(ok.stdout, /is whole: 5 distinct chunks/);
 
-    // Corrupt the chunk only backup 2 has for chunk 2: valid deflate, other bytes.
+    // Corrupt the chunk only backup 2 has for chunk 2: valid brotli, other bytes.
     const manifest2 = JSON.parse(readFileSync(join(t.dir, "target", "backups", "src", `${b2.backup.split("/")[1]}.json`), "utf8")) as { chunks: Array<string | null> };
     const hash = manifest2.chunks[2]!;
     const chunkPath = join(t.dir, "target", "chunks", hash.slice(0, 2), hash);
     const good = readFileSync(chunkPath);
     const bad = Buffer.from(state2.subarray(2 * 4 * MiB, 3 * 4 * MiB));
     bad.writeUInt8(bad[100]! ^ 1, 100);
-    writeFileSync(chunkPath, deflateSync(bad));
+    writeFileSync(chunkPath, brotliCompressSync(bad));
     const v = await pxd(d, ["backup", "verify", url, b2.backup]);
     assert.is(v.code, 1, "verify fails");
     assert.ok(v.stdout.includes(`chunks/${hash.slice(0, 2)}/${hash}`) && v.stderr.includes(hash), `verify names the chunk:\n${v.stdout}${v.stderr}`);

@@ -1,0 +1,64 @@
+// pxd backup's throughput: one daemon, a 256 MiB repl-1 volume filled with
+// random bytes (incompressible: the worst case for compression) by nbdcopy,
+// then per round, with the real CLI: a first backup to an empty file://
+// target (every chunk read, hashed, compressed, written and fsynced), a
+// second backup of the unchanged volume (read and hashed only: every chunk is
+// there), and a restore into a new volume (fetched, checked, written over
+// NBD). MiB/s is the volume's size over the CLI's own wall time for the work
+// (its JSON "seconds", from the NBD connection to the manifest).
+//
+//   node dist/bench/backup-bench.js [--rounds 3] [--chunks-in-flight 4]
+//
+// Progress goes to stderr, the table (markdown) to stdout. See docs/formats/backup.md.
+
+import { mkdirSync } from "node:fs";
+import { loadavg } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { startDaemon, pxdEntry } from "../test/helpers/daemon.js";
+import { run, runOk } from "../test/helpers/run.js";
+import { tempDir } from "../test/helpers/tmp.js";
+import { log, runBench } from "./lib/proc.js";
+import "../test/helpers/auth.js";
+
+const MiB = 1024 * 1024;
+const volumeBytes = 256 * MiB;
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { rounds: { type: "string", default: "3" }, "chunks-in-flight": { type: "string", default: "4" } } });
+  const rounds = Number(values.rounds);
+  const inFlight = values["chunks-in-flight"]!;
+  const t = tempDir("backup-bench");
+  const d = await startDaemon();
+  try {
+    await d.api.createVolume({ name: "src", sizeBytes: volumeBytes });
+    const image = join(t.dir, "random.img");
+    await runOk("sh", ["-c", `head -c ${volumeBytes} /dev/urandom > ${image}`]);
+    await runOk("nbdcopy", ["--", image, d.uri("src")]);
+    const cli = async (args: string[]): Promise<{ seconds: number }> => {
+      const r = await run(process.execPath, [pxdEntry, ...args, "--json", "--chunks-in-flight", inFlight], { env: { ...process.env, PXD_HOST: `127.0.0.1:${d.apiPort}` }, timeoutMs: 600_000 });
+      if (r.code !== 0) throw new Error(`pxd ${args.join(" ")}: ${r.stderr}`);
+      return JSON.parse(r.stdout) as { seconds: number };
+    };
+    const rows: string[] = [];
+    for (let round = 1; round <= rounds; round++) {
+      const target = join(t.dir, `target-${round}`);
+      mkdirSync(target);
+      const url = `file://${target}`;
+      const full = await cli(["backup", "create", "src", "--to", url]);
+      const again = await cli(["backup", "create", "src", "--to", url]);
+      const restore = await cli(["backup", "restore", url, "src/latest", `copy-${round}`]);
+      await d.api.deleteVolume(`copy-${round}`);
+      const rate = (s: { seconds: number }): string => (volumeBytes / MiB / s.seconds).toFixed(0);
+      log(`round ${round}: first ${rate(full)}, unchanged ${rate(again)}, restore ${rate(restore)} MiB/s`);
+      rows.push(`| ${round} | ${rate(full)} | ${rate(again)} | ${rate(restore)} |`);
+    }
+    console.log(`256 MiB of random bytes, chunks in flight ${inFlight}, load average at the end ${loadavg()[0]!.toFixed(1)}\n`);
+    console.log("| round | first backup MiB/s | unchanged backup MiB/s | restore MiB/s |\n|---|---|---|---|\n" + rows.join("\n"));
+  } finally {
+    await d.dispose();
+    t.remove();
+  }
+}
+
+runBench(main);
