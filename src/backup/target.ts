@@ -5,7 +5,7 @@
 // get is bounded by the caller's `bytesMax` before anything is read.
 
 import { fileTarget } from "./file-target.js";
-import { s3Target, type S3Options } from "./s3-target.js";
+import type { S3Options } from "./s3-target.js";
 
 export interface BackupTarget {
   /** The URL as given, for messages. */
@@ -38,6 +38,7 @@ export type TargetOptions = S3Options;
 
 export async function openTarget(url: string, o: TargetOptions = {}): Promise<BackupTarget> {
   if (url.startsWith("file://")) return fileTarget(url);
-  if (url.startsWith("s3://")) return s3Target(url, o);
+  // Loaded only for s3://: the AWS SDK takes longer to load than the rest of the CLI.
+  if (url.startsWith("s3://")) return (await import("./s3-target.js")).s3Target(url, o);
   throw new TargetUrlError(`${JSON.stringify(url)} is not a backup target; use file:///DIR (any mounted filesystem) or s3://BUCKET/PREFIX`);
 }
