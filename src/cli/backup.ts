@@ -108,6 +108,7 @@ async function create(api: ApiClient, volume: string, url: string, o: IoFlags & 
       bar.end();
       console.log(o.json ? json(s) : createdText(s));
     } finally {
+      bar.end();
       client.close();
     }
   });
@@ -118,13 +119,14 @@ async function restore(api: ApiClient, url: string, ref: string, name: string, o
     const m = await findBackup(t, ref);
     await api.createVolume({ name, sizeBytes: m.sizeBytes, ...(o.repl !== undefined ? { repl: o.repl } : {}) });
     let client: NbdClient | undefined;
+    const bar = byteProgress(process.stderr, `restore ${m.volume}/${m.id} to ${name}`);
     try {
       client = await connectTo(api, name, name, o);
-      const bar = byteProgress(process.stderr, `restore ${m.volume}/${m.id} to ${name}`);
       const s = await restoreBackup({ client, target: t, manifest: m, fresh: true, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update });
       bar.end();
       console.log(o.json ? json({ ...s, volume: name }) : `backup ${s.backup} restored to volume ${name}: ${formatSize(s.sizeBytes)}, ${s.chunks - s.zeroChunks} chunks written and checked, ${s.zeroChunks} zero; ${s.seconds.toFixed(1)} s, ${mibPerSec(s.sizeBytes, s.seconds)} MiB/s`);
     } catch (e) {
+      bar.end();
       client?.close();
       client = undefined;
       const gone = await api.deleteVolume(name, { force: true }).then(
@@ -157,8 +159,7 @@ async function verify(url: string, ref: string, o: IoFlags): Promise<void> {
   await withTarget(url, o, async (t) => {
     const m = await findBackup(t, ref);
     const bar = byteProgress(process.stderr, `verify ${m.volume}/${m.id}`);
-    const s = await verifyBackup(t, m, { ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update });
-    bar.end();
+    const s = await verifyBackup(t, m, { ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update }).finally(() => bar.end());
     if (o.json) console.log(json(s));
     else for (const b of s.bad) console.log(`bad: ${b.error}`);
     if (s.bad.length > 0) throw new CliError(`backup ${s.backup} is damaged: ${s.bad.length} of its ${s.checkedChunks} distinct chunks are missing or corrupt (${s.bad.slice(0, 5).map((b) => b.key).join(", ")}${s.bad.length > 5 ? ", ..." : ""}); restore an older backup, or make a new one`);

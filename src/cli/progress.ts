@@ -51,7 +51,7 @@ const jsonProgressMs = 1000;
 
 export interface ByteProgress {
   update(doneBytes: number, totalBytes: number): void;
-  /** Ends the bar's line (a terminal) or writes the last line. */
+  /** Ends the bar's line (a terminal) or writes the last line; once, whatever more calls come (a failure's cleanup calls it too). */
   end(): void;
 }
 
@@ -65,6 +65,7 @@ export function byteProgress(out: { isTTY?: boolean; write(s: string): unknown }
   const started = Date.now();
   let last = { doneBytes: 0, totalBytes: 0 };
   let shownMs = 0;
+  let ended = false;
   const rate = (): number => Math.round((last.doneBytes / 1048576 / Math.max(0.001, (Date.now() - started) / 1000)) * 10) / 10;
   const draw = (final: boolean): void => {
     const done = last.totalBytes > 0 ? last.doneBytes / last.totalBytes : 1;
@@ -83,6 +84,8 @@ export function byteProgress(out: { isTTY?: boolean; write(s: string): unknown }
       }
     },
     end() {
+      if (ended) return;
+      ended = true;
       draw(true);
     },
   };
