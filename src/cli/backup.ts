@@ -117,11 +117,19 @@ async function create(api: ApiClient, volume: string, url: string, o: IoFlags & 
 async function restore(api: ApiClient, url: string, ref: string, name: string, o: IoFlags & { repl?: number }): Promise<void> {
   await withTarget(url, o, async (t) => {
     const m = await findBackup(t, ref);
-    await api.createVolume({ name, sizeBytes: m.sizeBytes, ...(o.repl !== undefined ? { repl: o.repl } : {}) });
     let client: NbdClient | undefined;
+    // Ctrl-C or a TERM ends the NBD connection, so the restore fails and deletes the volume it made (a second one kills at once).
+    let interrupted: string | undefined;
+    const interrupt = (signal: NodeJS.Signals): void => {
+      interrupted = `interrupted by ${signal}`;
+      client?.closed(interrupted);
+    };
+    process.once("SIGINT", interrupt).once("SIGTERM", interrupt);
+    await api.createVolume({ name, sizeBytes: m.sizeBytes, ...(o.repl !== undefined ? { repl: o.repl } : {}) });
     const bar = byteProgress(process.stderr, `restore ${m.volume}/${m.id} to ${name}`);
     try {
       client = await connectTo(api, name, name, o);
+      if (interrupted !== undefined) throw new CliError(interrupted);
       const s = await restoreBackup({ client, target: t, manifest: m, fresh: true, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update });
       bar.end();
       console.log(o.json ? json({ ...s, volume: name }) : `backup ${s.backup} restored to volume ${name}: ${formatSize(s.sizeBytes)}, ${s.chunks - s.zeroChunks} chunks written and checked, ${s.zeroChunks} zero; ${s.seconds.toFixed(1)} s, ${mibPerSec(s.sizeBytes, s.seconds)} MiB/s`);
@@ -136,6 +144,7 @@ async function restore(api: ApiClient, url: string, ref: string, name: string, o
       throw new CliError(`restore of ${m.volume}/${m.id} failed: ${(e as Error).message}; nothing of it is kept: ${gone}`);
     } finally {
       client?.close();
+      process.off("SIGINT", interrupt).off("SIGTERM", interrupt);
     }
   });
 }
