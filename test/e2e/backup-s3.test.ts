@@ -1,6 +1,7 @@
 // pxd backup over s3:// against a real S3-protocol server (s3rver, from npm,
 // in this process, storing in a temp dir): two backups, the second uploading
-// only what changed, a restore with the source's bytes, verify, a corrupt
+// only what changed, a restore on another cluster with the source's bytes
+// (a volume moved between clusters), verify, a corrupt
 // object named, delete; and the S3 errors a user meets (no bucket, wrong
 // credentials, an endpoint that is down) as one sentence each.
 //
@@ -85,10 +86,17 @@ test("backups over s3:// are incremental, restore the source's bytes, and a corr
     assert.is(list.code, 0, list.stderr);
     assert.ok(list.stdout.includes(b1.backup) && list.stdout.includes(b2.backup), list.stdout);
 
-    const r = await pxd(d, ["backup", "restore", url, "db/latest", "db-copy", "--s3-endpoint", s3.endpoint]);
-    assert.is(r.code, 0, r.stderr);
-    const cmp = await run("qemu-img", ["compare", "-f", "raw", "-F", "raw", d.uri("db"), d.uri("db-copy")]);
-    assert.is(cmp.code, 0, `the restored volume has the source's bytes: ${cmp.stdout}${cmp.stderr}`);
+    // Restored on another cluster (a second daemon that bootstrapped its own): a volume moved between clusters.
+    const other = await startDaemon();
+    try {
+      assert.is.not(await other.api.clusterId(), await d.api.clusterId());
+      const r = await pxd(other, ["backup", "restore", url, "db/latest", "db-copy", "--s3-endpoint", s3.endpoint]);
+      assert.is(r.code, 0, r.stderr);
+      const cmp = await run("qemu-img", ["compare", "-f", "raw", "-F", "raw", d.uri("db"), other.uri("db-copy")]);
+      assert.is(cmp.code, 0, `the restored volume has the source's bytes: ${cmp.stdout}${cmp.stderr}`);
+    } finally {
+      await other.dispose();
+    }
 
     const v = await pxd(d, ["backup", "verify", url, b2.backup, "--s3-endpoint", s3.endpoint]);
     assert.is(v.code, 0, v.stderr);
