@@ -182,8 +182,16 @@ export const backupChunkBytesMin = 64 * 1024;
 export const backupChunkBytesMax = 64 * 1024 * 1024;
 /** Chunks read, compressed and uploaded (or fetched, checked and written) at once by one backup or restore. */
 export const backupChunksInFlight = 4;
-/** Largest manifest read from a target: every chunk of the largest volume at the smallest chunk size would not fit, so a manifest's chunk count is bounded too. */
+/**
+ * Largest manifest read from a target (JSON.parse needs it whole, as one
+ * string). A volume above about 16 TiB gets larger chunks so its manifest
+ * fits (chunkBytesFor in src/backup/manifest.ts).
+ */
 export const backupManifestBytesMax = 256 * 1024 * 1024;
+/** Bytes one chunk's entry takes in a manifest at most: a quoted 64-digit hash, a comma, a newline, an indent. */
+export const backupManifestEntryBytes = 70;
+/** Chunk bytes one backup or restore holds at once (read, compressed, fetched): chunks in flight are cut to fit it when chunks are larger than backupChunkBytes. */
+export const backupBytesInFlightMax = 32 * 1024 * 1024;
 /** Largest stored chunk read from a target: brotli's worst case adds a few bytes per 64 KiB of input. */
 export const backupStoredChunkBytesMax = backupChunkBytesMax + backupChunkBytesMax / 1024 + 1024;
 /** Manifests one list, verify or delete reads. */
@@ -423,6 +431,8 @@ export function checkConstants(): void {
   assert(gcSpaceAmpMax >= 1, "gc space amplification bound is at least 1");
   assert(backupChunkBytes >= backupChunkBytesMin && backupChunkBytes <= backupChunkBytesMax && backupChunkBytes % sectorBytes === 0, "the backup chunk size is one a manifest may name, in whole sectors");
   assert(backupChunkBytes <= nbdClientPayloadBytesMax, "a backup chunk is at most one NBD request");
-  assert(backupChunkBytes * backupChunksInFlight * 2 <= 256 * 1024 * 1024, "chunks in flight, read and compressed, stay under 256 MiB");
+  assert(backupChunkBytes * backupChunksInFlight * 2 <= backupBytesInFlightMax, "the default chunks in flight, read and compressed, fit the bound");
+  assert(backupChunkBytesMax * 2 <= 4 * backupBytesInFlightMax, "one largest chunk, read and compressed, is at most four times the bound");
+  assert((volumeBytesMax / backupChunkBytesMax) * backupManifestEntryBytes + 64 * 1024 <= backupManifestBytesMax, "the largest volume's manifest fits at the largest chunk size");
   assert(nbdClientPayloadBytesMax <= nbdPayloadBytesMax, "the client asks no more than pxd's own server takes");
 }

@@ -14,9 +14,9 @@ import { createHash, randomBytes } from "node:crypto";
 import { promisify } from "node:util";
 import { brotliCompress, brotliDecompress, constants as zlibConstants } from "node:zlib";
 import { assert } from "../base/assert.js";
-import { backupChunkBytes, backupChunksInFlight, backupManifestBytesMax, backupManifestsMax, backupStoredChunkBytesMax } from "../constants.js";
+import { backupBytesInFlightMax, backupChunkBytes, backupChunksInFlight, backupManifestBytesMax, backupManifestsMax, backupStoredChunkBytesMax } from "../constants.js";
 import type { NbdClient } from "../nbd/client.js";
-import { chunkCount, chunkKey, chunkLength, encodeManifest, manifestKey, newBackupId, parseManifest, parseRef, refOfKey, type Manifest } from "./manifest.js";
+import { chunkBytesFor, chunkCount, chunkKey, chunkLength, encodeManifest, manifestKey, newBackupId, parseManifest, parseRef, refOfKey, type Manifest } from "./manifest.js";
 import type { BackupTarget } from "./target.js";
 
 const compress = promisify(brotliCompress);
@@ -49,6 +49,11 @@ export async function eachBounded(count: number, inFlight: number, work: (i: num
   };
   await Promise.all(Array.from({ length: Math.min(inFlight, count) }, worker));
   if (failed !== undefined) throw failed;
+}
+
+/** Chunks in flight: as asked, else backupChunksInFlight, cut so that larger chunks stay within backupBytesInFlightMax. */
+function inFlight(chunkBytes: number, asked: number | undefined): number {
+  return asked ?? Math.max(1, Math.min(backupChunksInFlight, Math.floor(backupBytesInFlightMax / 2 / chunkBytes)));
 }
 
 export function sha256Hex(data: Buffer): string {
@@ -116,7 +121,7 @@ export async function createBackup(o: CreateOptions): Promise<CreateSummary> {
   const started = process.hrtime.bigint();
   const sizeBytes = o.client.export.sizeBytes;
   if (sizeBytes === 0) throw new Error(`export ${o.exportName} is empty; nothing to back up`);
-  const chunkBytes = o.chunkBytes ?? backupChunkBytes;
+  const chunkBytes = o.chunkBytes ?? chunkBytesFor(sizeBytes);
   const m: Manifest = {
     format: "pxd-backup",
     version: 1,
@@ -135,7 +140,7 @@ export async function createBackup(o: CreateOptions): Promise<CreateSummary> {
   /** Hashes this run has stored or found, so a chunk repeated in the volume is looked up once. */
   const known = new Map<string, Promise<void>>();
   let doneBytes = 0;
-  await eachBounded(m.chunks.length, o.chunksInFlight ?? backupChunksInFlight, async (i) => {
+  await eachBounded(m.chunks.length, inFlight(chunkBytes, o.chunksInFlight), async (i) => {
     const offsetBytes = i * chunkBytes;
     const lengthBytes = chunkLength(m, i);
     const hash = await readChunk(o.client, offsetBytes, lengthBytes, s);
@@ -288,7 +293,7 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreSummary> 
   if (o.client.export.readOnly) throw new Error("the export to restore into is read-only");
   const s: RestoreSummary = { backup: `${m.volume}/${m.id}`, sizeBytes: m.sizeBytes, chunks: m.chunks.length, zeroChunks: 0, writtenBytes: 0, seconds: 0 };
   let doneBytes = 0;
-  await eachBounded(m.chunks.length, o.chunksInFlight ?? backupChunksInFlight, async (i) => {
+  await eachBounded(m.chunks.length, inFlight(m.chunkBytes, o.chunksInFlight), async (i) => {
     const offsetBytes = i * m.chunkBytes;
     const lengthBytes = chunkLength(m, i);
     if (m.chunks[i] === null) {
@@ -324,7 +329,7 @@ export async function verifyBackup(target: BackupTarget, m: Manifest, o: { chunk
   const s: VerifySummary = { backup: `${m.volume}/${m.id}`, chunks: m.chunks.length, checkedChunks: 0, bad: [] };
   const totalBytes = indexes.reduce((sum, i) => sum + chunkLength(m, i), 0);
   let doneBytes = 0;
-  await eachBounded(indexes.length, o.chunksInFlight ?? backupChunksInFlight, async (n) => {
+  await eachBounded(indexes.length, inFlight(m.chunkBytes, o.chunksInFlight), async (n) => {
     const i = indexes[n]!;
     try {
       await fetchChunk(target, m, i);

@@ -5,7 +5,7 @@
 // one its key names, before anything uses it.
 
 import { volumeNameProblem } from "../api/validate.js";
-import { backupChunkBytesMax, backupChunkBytesMin, sectorBytes, volumeBytesMax } from "../constants.js";
+import { backupChunkBytes, backupChunkBytesMax, backupChunkBytesMin, backupManifestBytesMax, backupManifestEntryBytes, sectorBytes, volumeBytesMax } from "../constants.js";
 
 export const manifestFormat = "pxd-backup";
 export const manifestVersion = 1;
@@ -69,6 +69,17 @@ export function parseRef(text: string): { volume: string | undefined; id: string
 
 export function chunkCount(sizeBytes: number, chunkBytes: number): number {
   return Math.ceil(sizeBytes / chunkBytes);
+}
+
+/**
+ * The chunk size for a volume: backupChunkBytes, doubled while the manifest
+ * would not fit backupManifestBytesMax (above about 16 TiB), so that every
+ * backup made can be read back.
+ */
+export function chunkBytesFor(sizeBytes: number): number {
+  let chunkBytes = backupChunkBytes;
+  while (chunkCount(sizeBytes, chunkBytes) * backupManifestEntryBytes + 64 * 1024 > backupManifestBytesMax && chunkBytes < backupChunkBytesMax) chunkBytes *= 2;
+  return chunkBytes;
 }
 
 /** Bytes of chunk `index`: chunkBytes, or less for the last one. */

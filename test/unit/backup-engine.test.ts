@@ -13,10 +13,11 @@ import { connect as netConnect } from "node:net";
 import { join } from "node:path";
 import { brotliCompressSync, constants as zc } from "node:zlib";
 import { createBackup, eachBounded, fetchChunk, restoreBackup, sha256Hex } from "../../src/backup/engine.js";
-import { chunkKey, encodeManifest, manifestKey, newBackupId, parseManifest, parseRef, type Manifest } from "../../src/backup/manifest.js";
+import { chunkBytesFor, chunkKey, encodeManifest, manifestKey, newBackupId, parseManifest, parseRef, type Manifest } from "../../src/backup/manifest.js";
 import { openTarget, TargetUrlError } from "../../src/backup/target.js";
 import { connectNbd } from "../../src/os/nbd-client-socket.js";
 import { freePort } from "../helpers/daemon.js";
+import { backupManifestEntryBytes, volumeBytesMax } from "../../src/constants.js";
 import { pattern } from "../helpers/nbd-raw-client.js";
 import { tempDir } from "../helpers/tmp.js";
 
@@ -51,6 +52,15 @@ test("a manifest round-trips, and each wrong field is refused by name", () => {
   }
   assert.throws(() => parseManifest(Buffer.from("{"), key), /not JSON/);
   assert.throws(() => parseManifest(encodeManifest(m), manifestKey("other", m.id)), /names backup db\/.*not the one its key names/, "a manifest copied under another backup's key");
+});
+
+test("chunks grow for volumes whose manifest would not fit, and an entry takes at most backupManifestEntryBytes", () => {
+  assert.is(chunkBytesFor(MiB), 4 * MiB);
+  assert.is(chunkBytesFor(8 * 1024 ** 4), 4 * MiB, "8 TiB: 2 Mi chunks, a 140 MiB manifest");
+  assert.is(chunkBytesFor(16 * 1024 ** 4), 8 * MiB);
+  assert.is(chunkBytesFor(volumeBytesMax), 32 * MiB);
+  const bytes = (n: number): number => encodeManifest(manifest({ sizeBytes: 4096 * 4 * MiB, chunks: Array.from({ length: n }, (_, i) => sha256Hex(Buffer.from([i & 0xff, i >> 8]))) })).length;
+  assert.is((bytes(2000) - bytes(1000)) / 1000, backupManifestEntryBytes);
 });
 
 test("backup names: VOLUME/ID, VOLUME/latest, ID; ids sort by time", () => {
