@@ -249,7 +249,9 @@ export async function fetchChunk(target: BackupTarget, m: Manifest, index: numbe
   const hash = m.chunks[index];
   assert(typeof hash === "string", "only a data chunk is fetched");
   const lengthBytes = chunkLength(m, index);
-  const packed = await target.get(chunkKey(hash), backupStoredChunkBytesMax).catch((e: Error) => {
+  // What brotli can make of lengthBytes at worst, with room to spare (backupStoredChunkBytesMax for the largest chunk).
+  const storedBytesMax = Math.min(backupStoredChunkBytesMax, lengthBytes + Math.ceil(lengthBytes / 1024) + 1024);
+  const packed = await target.get(chunkKey(hash), storedBytesMax).catch((e: Error) => {
     throw new BadChunkError(hash, index, `cannot be read: ${e.message}`);
   });
   if (packed === undefined) throw new BadChunkError(hash, index, "is missing");
