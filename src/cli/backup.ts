@@ -100,6 +100,7 @@ function targetOptions(c: Command): Command {
 
 async function create(api: ApiClient, volume: string, url: string, o: IoFlags & { snapshot?: string }): Promise<void> {
   const exportName = backupSource(volume, o.snapshot);
+  if (o.snapshot === undefined) console.error(`reading the live volume ${volume}: the backup is consistent only if nothing writes to it meanwhile (--snapshot NAME reads a snapshot)`);
   await withTarget(url, o, async (t) => {
     const client = await connectTo(api, volume, exportName, o);
     const bar = byteProgress(process.stderr, `backup ${exportName}`);
