@@ -17,7 +17,7 @@ import { assert } from "../base/assert.js";
 import { backupBytesInFlightMax, backupChunkBytes, backupChunksInFlight, backupManifestBytesMax, backupManifestsMax, backupStoredChunkBytesMax } from "../constants.js";
 import type { NbdClient } from "../nbd/client.js";
 import { chunkBytesFor, chunkCount, chunkKey, chunkLength, encodeManifest, manifestKey, newBackupId, parseManifest, parseRef, refOfKey, type Manifest } from "./manifest.js";
-import type { BackupTarget } from "./target.js";
+import { ObjectTooLargeError, type BackupTarget } from "./target.js";
 
 const compress = promisify(brotliCompress);
 const decompress = promisify(brotliDecompress);
@@ -251,8 +251,9 @@ export async function fetchChunk(target: BackupTarget, m: Manifest, index: numbe
   const lengthBytes = chunkLength(m, index);
   // What brotli can make of lengthBytes at worst, with room to spare (backupStoredChunkBytesMax for the largest chunk).
   const storedBytesMax = Math.min(backupStoredChunkBytesMax, lengthBytes + Math.ceil(lengthBytes / 1024) + 1024);
+  // An object too large is a bad chunk; a target that cannot be reached is not (the error goes up as it is).
   const packed = await target.get(chunkKey(hash), storedBytesMax).catch((e: Error) => {
-    throw new BadChunkError(hash, index, `cannot be read: ${e.message}`);
+    throw e instanceof ObjectTooLargeError ? new BadChunkError(hash, index, `is too large: ${e.message}`) : e;
   });
   if (packed === undefined) throw new BadChunkError(hash, index, "is missing");
   let data: Buffer;

@@ -9,7 +9,7 @@ import { existsSync, statSync } from "node:fs";
 import { mkdir, open, opendir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { checkKey, TargetUrlError, type BackupTarget } from "./target.js";
+import { checkKey, ObjectTooLargeError, TargetUrlError, type BackupTarget } from "./target.js";
 
 const tempMark = ".tmp-";
 
@@ -63,9 +63,9 @@ export function fileTarget(url: string): BackupTarget {
         if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
         throw e;
       }
-      if (size > bytesMax) throw new Error(`${path} is ${size} bytes, above the ${bytesMax} it may hold`);
+      if (size > bytesMax) throw new ObjectTooLargeError(`${path} is ${size} bytes, above the ${bytesMax} it may hold`);
       const data = await readFile(path);
-      if (data.length > bytesMax) throw new Error(`${path} grew to ${data.length} bytes while read, above the ${bytesMax} it may hold`);
+      if (data.length > bytesMax) throw new ObjectTooLargeError(`${path} grew to ${data.length} bytes while read, above the ${bytesMax} it may hold`);
       return data;
     },
     async exists(key) {

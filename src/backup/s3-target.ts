@@ -9,7 +9,7 @@
 // failing then is said in one sentence naming what to check.
 
 import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from "@aws-sdk/client-s3";
-import { checkKey, TargetUrlError, type BackupTarget } from "./target.js";
+import { checkKey, ObjectTooLargeError, TargetUrlError, type BackupTarget } from "./target.js";
 
 export interface S3Options {
   s3Endpoint?: string;
@@ -76,7 +76,7 @@ export function s3Target(url: string, o: S3Options): BackupTarget {
       const destroy = (): void => (body as unknown as { destroy?: () => void }).destroy?.();
       if (r.ContentLength !== undefined && r.ContentLength > bytesMax) {
         destroy();
-        throw new Error(`${key} in ${where} is ${r.ContentLength} bytes, above the ${bytesMax} it may hold`);
+        throw new ObjectTooLargeError(`${key} in ${where} is ${r.ContentLength} bytes, above the ${bytesMax} it may hold`);
       }
       const parts: Buffer[] = [];
       let bytes = 0;
@@ -84,7 +84,7 @@ export function s3Target(url: string, o: S3Options): BackupTarget {
         bytes += part.length;
         if (bytes > bytesMax) {
           destroy();
-          throw new Error(`${key} in ${where} is more than the ${bytesMax} bytes it may hold`);
+          throw new ObjectTooLargeError(`${key} in ${where} is more than the ${bytesMax} bytes it may hold`);
         }
         parts.push(Buffer.from(part.buffer, part.byteOffset, part.length));
       }

@@ -29,6 +29,11 @@ export function checkKey(key: string): void {
   if (!keyPattern.test(key) || key.length > 512) throw new Error(`bad backup target key ${JSON.stringify(key)}`);
 }
 
+/** An object is larger than the caller's bound: the target holds something that is not what its key says. */
+export class ObjectTooLargeError extends Error {
+  override name = "ObjectTooLargeError";
+}
+
 /** A target URL the user gave is wrong or names nothing usable: the CLI reports it as a usage error. */
 export class TargetUrlError extends Error {
   override name = "TargetUrlError";
