@@ -194,6 +194,8 @@ export const backupManifestEntryBytes = 70;
 export const backupBytesInFlightMax = 32 * 1024 * 1024;
 /** Largest stored chunk read from a target: brotli's worst case adds a few bytes per 64 KiB of input. */
 export const backupStoredChunkBytesMax = backupChunkBytesMax + backupChunkBytesMax / 1024 + 1024;
+/** NBD connections one backup or restore uses when a connection fails (a node died): the work starts over on another node each time. */
+export const backupConnectionAttempts = 3;
 /** Manifests one list, verify or delete reads. */
 export const backupManifestsMax = 100_000;
 

@@ -15,7 +15,7 @@ import { promisify } from "node:util";
 import { brotliCompress, brotliDecompress, constants as zlibConstants } from "node:zlib";
 import { assert } from "../base/assert.js";
 import { backupBytesInFlightMax, backupChunkBytes, backupChunksInFlight, backupManifestBytesMax, backupManifestsMax, backupStoredChunkBytesMax } from "../constants.js";
-import type { NbdClient } from "../nbd/client.js";
+import { NbdProtocolError, type NbdClient } from "../nbd/client.js";
 import { chunkBytesFor, chunkCount, chunkKey, chunkLength, encodeManifest, manifestKey, newBackupId, parseManifest, parseRef, refOfKey, type Manifest } from "./manifest.js";
 import { ObjectTooLargeError, type BackupTarget } from "./target.js";
 
@@ -82,6 +82,28 @@ async function readsAsZeros(client: NbdClient, offsetBytes: number, lengthBytes:
     }
   }
   return true;
+}
+
+/**
+ * Runs `work` over a connection `connect` makes (attempt 1, 2, ...), and
+ * again over a new one each time the connection itself fails
+ * (NbdProtocolError: the node died, the connection was cut), at most
+ * `attempts` in all and while `again` agrees. Any node serves any volume, so
+ * the next connection may go to another node. The work starts over: a backup
+ * finds the chunks it uploaded in the target and does not send them again, a
+ * restore writes the same bytes again.
+ */
+export async function overConnections<T>(attempts: number, connect: (attempt: number) => Promise<NbdClient>, work: (client: NbdClient) => Promise<T>, again: (why: Error, attempt: number) => boolean): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    const client = await connect(attempt);
+    try {
+      return await work(client);
+    } catch (e) {
+      if (!(e instanceof NbdProtocolError) || attempt >= attempts || !again(e, attempt)) throw e;
+    } finally {
+      client.close();
+    }
+  }
 }
 
 // ---- create ----

@@ -7,10 +7,10 @@
 import type { Command } from "commander";
 import type { ApiClient } from "../api/client.js";
 import { formatSize } from "../base/sizes.js";
-import { createBackup, deleteBackup, findBackup, listBackups, restoreBackup, verifyBackup, type CreateSummary } from "../backup/engine.js";
+import { createBackup, deleteBackup, findBackup, listBackups, overConnections, restoreBackup, verifyBackup, type CreateSummary } from "../backup/engine.js";
 import type { Manifest } from "../backup/manifest.js";
 import { openTarget, TargetUrlError, type BackupTarget } from "../backup/target.js";
-import { backupChunksInFlight } from "../constants.js";
+import { backupChunksInFlight, backupConnectionAttempts } from "../constants.js";
 import { connectNbd, NbdProtocolError, NbdRefusedError, type NbdClient } from "../os/nbd-client-socket.js";
 import { packageVersion } from "../os/package-version.js";
 import { checkName, clientFor, intArg, replArg } from "./args.js";
@@ -56,10 +56,16 @@ async function withTarget<T>(url: string, o: TargetFlags, f: (t: BackupTarget) =
   }
 }
 
-/** An NBD connection to `exportName` on the first node of `volume`'s servers that takes one. */
-async function connectTo(api: ApiClient, volume: string, exportName: string, o: IoFlags): Promise<NbdClient> {
-  const servers = await api.volumeServers(volume);
-  if (servers.length === 0) throw new CliError(`no node is up to serve volume ${volume}; see "pxd node list"`);
+/**
+ * An NBD connection to `exportName` on a node of `volume`'s servers that
+ * takes one: from the first for attempt 1, from the next for attempt 2 (the
+ * first may be the node that just died), and so on.
+ */
+async function connectTo(api: ApiClient, volume: string, exportName: string, o: IoFlags, attempt = 1): Promise<NbdClient> {
+  const listed = await api.volumeServers(volume);
+  if (listed.length === 0) throw new CliError(`no node is up to serve volume ${volume}; see "pxd node list"`);
+  const from = (attempt - 1) % listed.length;
+  const servers = [...listed.slice(from), ...listed.slice(0, from)];
   const failures: string[] = [];
   for (const server of servers) {
     try {
@@ -71,6 +77,12 @@ async function connectTo(api: ApiClient, volume: string, exportName: string, o: 
     }
   }
   throw new CliError(`no node took an NBD connection for ${exportName}: ${failures.join("; ")}`);
+}
+
+/** Says on stderr that the work starts over on another connection. */
+function startingOver(what: string, e: Error, attempt: number): true {
+  console.error(`${what}: ${e.message}; starting over on ${attempt < backupConnectionAttempts ? "another" : "the last"} connection (${attempt + 1} of ${backupConnectionAttempts})`);
+  return true;
 }
 
 function mibPerSec(bytes: number, seconds: number): string {
@@ -102,15 +114,19 @@ async function create(api: ApiClient, volume: string, url: string, o: IoFlags & 
   const exportName = backupSource(volume, o.snapshot);
   if (o.snapshot === undefined) console.error(`reading the live volume ${volume}: the backup is consistent only if nothing writes to it meanwhile (--snapshot NAME reads a snapshot)`);
   await withTarget(url, o, async (t) => {
-    const client = await connectTo(api, volume, exportName, o);
     const bar = byteProgress(process.stderr, `backup ${exportName}`);
     try {
-      const s = await createBackup({ client, target: t, volume, exportName, snapshot: o.snapshot, pxdVersion: packageVersion, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update });
+      const s = await overConnections(
+        backupConnectionAttempts,
+        (attempt) => connectTo(api, volume, exportName, o, attempt),
+        (client) => createBackup({ client, target: t, volume, exportName, snapshot: o.snapshot, pxdVersion: packageVersion, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update }),
+        (e, attempt) => startingOver(`backup of ${exportName}`, e, attempt) && bar.restart(),
+      );
       bar.end();
       console.log(o.json ? json(s) : createdText(s));
-    } finally {
+    } catch (e) {
       bar.end();
-      client.close();
+      throw new CliError(`backup of ${exportName} failed: ${(e as Error).message}; no manifest was written, so it is not listed: run it again (the chunks it uploaded are kept and not sent twice)`);
     }
   });
 }
@@ -126,12 +142,23 @@ async function restore(api: ApiClient, url: string, ref: string, name: string, o
       client?.closed(interrupted);
     };
     process.once("SIGINT", interrupt).once("SIGTERM", interrupt);
-    await api.createVolume({ name, sizeBytes: m.sizeBytes, ...(o.repl !== undefined ? { repl: o.repl } : {}) });
+    await api.createVolume({ name, sizeBytes: m.sizeBytes, ...(o.repl !== undefined ? { repl: o.repl } : {}) }).catch((e: unknown) => {
+      process.off("SIGINT", interrupt).off("SIGTERM", interrupt);
+      throw e;
+    });
     const bar = byteProgress(process.stderr, `restore ${m.volume}/${m.id} to ${name}`);
     try {
-      client = await connectTo(api, name, name, o);
-      if (interrupted !== undefined) throw new CliError(interrupted);
-      const s = await restoreBackup({ client, target: t, manifest: m, fresh: true, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update });
+      const connect = async (attempt: number): Promise<NbdClient> => {
+        client = await connectTo(api, name, name, o, attempt);
+        if (interrupted !== undefined) throw new CliError(interrupted);
+        return client;
+      };
+      const s = await overConnections(
+        backupConnectionAttempts,
+        connect,
+        (c) => restoreBackup({ client: c, target: t, manifest: m, fresh: true, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update }),
+        (e, attempt) => interrupted === undefined && startingOver(`restore into ${name}`, e, attempt) && bar.restart(),
+      );
       bar.end();
       console.log(o.json ? json({ ...s, volume: name }) : `backup ${s.backup} restored to volume ${name}: ${formatSize(s.sizeBytes)}, ${s.chunks - s.zeroChunks} chunks written and checked, ${s.zeroChunks} zero; ${s.seconds.toFixed(1)} s, ${mibPerSec(s.sizeBytes, s.seconds)} MiB/s`);
     } catch (e) {

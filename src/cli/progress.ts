@@ -51,6 +51,8 @@ const jsonProgressMs = 1000;
 
 export interface ByteProgress {
   update(doneBytes: number, totalBytes: number): void;
+  /** Starts the count again from zero (the work starts over); returns true, to sit in a condition. */
+  restart(): true;
   /** Ends the bar's line (a terminal) or writes the last line; once, whatever more calls come (a failure's cleanup calls it too). */
   end(): void;
 }
@@ -82,6 +84,11 @@ export function byteProgress(out: { isTTY?: boolean; write(s: string): unknown }
         shownMs = now;
         draw(false);
       }
+    },
+    restart() {
+      if (out.isTTY === true) out.write("\n");
+      last = { doneBytes: 0, totalBytes: last.totalBytes };
+      return true;
     },
     end() {
       if (ended) return;

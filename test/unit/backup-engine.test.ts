@@ -12,7 +12,7 @@ import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { join } from "node:path";
 import { brotliCompressSync, constants as zc } from "node:zlib";
-import { createBackup, eachBounded, fetchChunk, restoreBackup, sha256Hex } from "../../src/backup/engine.js";
+import { createBackup, eachBounded, fetchChunk, overConnections, restoreBackup, sha256Hex } from "../../src/backup/engine.js";
 import { chunkBytesFor, chunkKey, encodeManifest, manifestKey, newBackupId, parseManifest, parseRef, type Manifest } from "../../src/backup/manifest.js";
 import { openTarget, TargetUrlError } from "../../src/backup/target.js";
 import { connectNbd } from "../../src/os/nbd-client-socket.js";
@@ -131,15 +131,19 @@ test("eachBounded keeps at most N in flight and stops at the first failure", asy
 });
 
 async function nbdkitMemory(size: string): Promise<{ server: string; stop(): void }> {
+  return nbdkit(["memory", `size=${size}`]);
+}
+
+async function nbdkit(args: string[]): Promise<{ server: string; stop(): void }> {
   const port = await freePort();
-  const child = spawn("nbdkit", ["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", String(port), "memory", `size=${size}`], { stdio: "ignore" });
+  const child = spawn("nbdkit", ["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", String(port), ...args], { stdio: "ignore" });
   for (let i = 0; i < 200; i++) {
     const up = await new Promise<boolean>((resolve) => {
       const s = netConnect({ host: "127.0.0.1", port });
       s.once("connect", () => (s.destroy(), resolve(true)));
       s.once("error", () => resolve(false));
     });
-    if (up) return { server: `127.0.0.1:${port}`, stop: () => child.kill("SIGTERM") };
+    if (up) return { server: `127.0.0.1:${port}`, stop: () => child.kill("SIGKILL") };
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error("nbdkit did not start");
@@ -176,6 +180,51 @@ test("a backup of one nbdkit disk restores into another that is not fresh; a chu
   } finally {
     a.stop();
     b.stop();
+    t.remove();
+  }
+});
+
+test("a connection that dies mid-backup: the backup starts over on the next one and is whole", async () => {
+  const t = tempDir("engine-retry");
+  // Two servers of the same bytes (nbdkit's pattern plugin), the first slow so that it dies mid-way.
+  const a = await nbdkit(["--filter=delay", "pattern", "size=32M", "rdelay=100ms"]);
+  const b = await nbdkit(["pattern", "size=32M"]);
+  const c = await nbdkitMemory("32M");
+  try {
+    const target = await openTarget(`file://${t.dir}`);
+    const tries: string[] = [];
+    const s = await overConnections(
+      3,
+      async (attempt) => (await connectNbd(attempt === 1 ? a.server : b.server, { exportName: "" })).client,
+      (client) => createBackup({ client, target, volume: "p", exportName: "", snapshot: undefined, pxdVersion: "test", progress: () => a.stop() }),
+      (e) => (tries.push(e.message), true),
+    );
+    assert.is(tries.length, 1, "one more connection");
+    assert.match(tries[0]!, /closed the connection|failed/);
+    assert.is(s.chunks, 8);
+    assert.ok(s.reusedChunks >= 1, "what the first pass uploaded is found, not sent again");
+    const id = s.backup.split("/")[1]!;
+    const m = parseManifest((await target.get(manifestKey("p", id), MiB))!, manifestKey("p", id));
+    const dst = await connectNbd(c.server, { exportName: "" });
+    await restoreBackup({ client: dst.client, target, manifest: m, fresh: true });
+    const src = await connectNbd(b.server, { exportName: "" });
+    assert.ok((await dst.client.read(0, 32 * MiB)).equals(await src.client.read(0, 32 * MiB)), "the backup holds the whole pattern");
+    const refused = await overConnections(
+      3,
+      async () => (await connectNbd(c.server, { exportName: "" })).client,
+      async (client) => {
+        client.closed("cut");
+        return client.read(0, 512);
+      },
+      () => false,
+    ).catch((e: Error) => e);
+    assert.match(String(refused), /cut/, "no retry when `again` says no");
+    dst.client.close();
+    src.client.close();
+  } finally {
+    a.stop();
+    b.stop();
+    c.stop();
     t.remove();
   }
 });
