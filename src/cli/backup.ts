@@ -56,14 +56,19 @@ async function withTarget<T>(url: string, o: TargetFlags, f: (t: BackupTarget) =
   }
 }
 
+/** The nodes that serve `volume`, asked once: the API's node is first, and it may be the one that dies. */
+async function nbdServers(api: ApiClient, volume: string): Promise<string[]> {
+  const servers = await api.volumeServers(volume);
+  if (servers.length === 0) throw new CliError(`no node is up to serve volume ${volume}; see "pxd node list"`);
+  return servers;
+}
+
 /**
- * An NBD connection to `exportName` on a node of `volume`'s servers that
- * takes one: from the first for attempt 1, from the next for attempt 2 (the
- * first may be the node that just died), and so on.
+ * An NBD connection to `exportName` on one of `listed` that takes one: from
+ * the first for attempt 1, from the next for attempt 2 (the first may be the
+ * node that just died), and so on.
  */
-async function connectTo(api: ApiClient, volume: string, exportName: string, o: IoFlags, attempt = 1): Promise<NbdClient> {
-  const listed = await api.volumeServers(volume);
-  if (listed.length === 0) throw new CliError(`no node is up to serve volume ${volume}; see "pxd node list"`);
+async function connectTo(listed: string[], exportName: string, o: IoFlags, attempt = 1): Promise<NbdClient> {
   const from = (attempt - 1) % listed.length;
   const servers = [...listed.slice(from), ...listed.slice(0, from)];
   const failures: string[] = [];
@@ -114,11 +119,12 @@ async function create(api: ApiClient, volume: string, url: string, o: IoFlags & 
   const exportName = backupSource(volume, o.snapshot);
   if (o.snapshot === undefined) console.error(`reading the live volume ${volume}: the backup is consistent only if nothing writes to it meanwhile (--snapshot NAME reads a snapshot)`);
   await withTarget(url, o, async (t) => {
+    const servers = await nbdServers(api, volume);
     const bar = byteProgress(process.stderr, `backup ${exportName}`);
     try {
       const s = await overConnections(
         backupConnectionAttempts,
-        (attempt) => connectTo(api, volume, exportName, o, attempt),
+        (attempt) => connectTo(servers, exportName, o, attempt),
         (client) => createBackup({ client, target: t, volume, exportName, snapshot: o.snapshot, pxdVersion: packageVersion, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update }),
         (e, attempt) => startingOver(`backup of ${exportName}`, e, attempt) && bar.restart(),
       );
@@ -148,8 +154,9 @@ async function restore(api: ApiClient, url: string, ref: string, name: string, o
     });
     const bar = byteProgress(process.stderr, `restore ${m.volume}/${m.id} to ${name}`);
     try {
+      const servers = await nbdServers(api, name);
       const connect = async (attempt: number): Promise<NbdClient> => {
-        client = await connectTo(api, name, name, o, attempt);
+        client = await connectTo(servers, name, o, attempt);
         if (interrupted !== undefined) throw new CliError(interrupted);
         return client;
       };
