@@ -7,16 +7,14 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { spawn } from "node:child_process";
 import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
-import { connect as netConnect } from "node:net";
 import { join } from "node:path";
 import { brotliCompressSync, constants as zc } from "node:zlib";
 import { createBackup, eachBounded, fetchChunk, overConnections, restoreBackup, sha256Hex } from "../../src/backup/engine.js";
 import { chunkBytesFor, chunkKey, encodeManifest, manifestKey, newBackupId, parseManifest, parseRef, type Manifest } from "../../src/backup/manifest.js";
 import { openTarget, TargetUrlError } from "../../src/backup/target.js";
 import { connectNbd } from "../../src/os/nbd-client-socket.js";
-import { freePort } from "../helpers/daemon.js";
+import { startNbdkit, type NbdkitServer } from "../helpers/nbdkit.js";
 import { backupManifestEntryBytes, volumeBytesMax } from "../../src/constants.js";
 import { pattern } from "../helpers/nbd-raw-client.js";
 import { tempDir } from "../helpers/tmp.js";
@@ -130,23 +128,8 @@ test("eachBounded keeps at most N in flight and stops at the first failure", asy
   assert.ok(started < 10, `no new work after the failure (${started} started)`);
 });
 
-async function nbdkitMemory(size: string): Promise<{ server: string; stop(): void }> {
-  return nbdkit(["memory", `size=${size}`]);
-}
-
-async function nbdkit(args: string[]): Promise<{ server: string; stop(): void }> {
-  const port = await freePort();
-  const child = spawn("nbdkit", ["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", String(port), ...args], { stdio: "ignore" });
-  for (let i = 0; i < 200; i++) {
-    const up = await new Promise<boolean>((resolve) => {
-      const s = netConnect({ host: "127.0.0.1", port });
-      s.once("connect", () => (s.destroy(), resolve(true)));
-      s.once("error", () => resolve(false));
-    });
-    if (up) return { server: `127.0.0.1:${port}`, stop: () => child.kill("SIGKILL") };
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error("nbdkit did not start");
+function nbdkitMemory(size: string): Promise<NbdkitServer> {
+  return startNbdkit(["memory", `size=${size}`]);
 }
 
 test("a backup of one nbdkit disk restores into another that is not fresh; a chunk is checked by length and hash", async () => {
@@ -187,8 +170,8 @@ test("a backup of one nbdkit disk restores into another that is not fresh; a chu
 test("a connection that dies mid-backup: the backup starts over on the next one and is whole", async () => {
   const t = tempDir("engine-retry");
   // Two servers of the same bytes (nbdkit's pattern plugin), the first slow so that it dies mid-way.
-  const a = await nbdkit(["--filter=delay", "pattern", "size=32M", "rdelay=100ms"]);
-  const b = await nbdkit(["pattern", "size=32M"]);
+  const a = await startNbdkit(["--filter=delay", "pattern", "size=32M", "rdelay=100ms"]);
+  const b = await startNbdkit(["pattern", "size=32M"]);
   const c = await nbdkitMemory("32M");
   try {
     const target = await openTarget(`file://${t.dir}`);

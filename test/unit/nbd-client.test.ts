@@ -10,33 +10,15 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { spawn, type ChildProcess } from "node:child_process";
-import { connect as netConnect, createServer, type Server, type Socket } from "node:net";
+import { createServer, type Server, type Socket } from "node:net";
 import { connectNbd, NbdProtocolError, NbdRequestError } from "../../src/os/nbd-client-socket.js";
-import { freePort } from "../helpers/daemon.js";
+import { startNbdkit } from "../helpers/nbdkit.js";
 import { pattern } from "../helpers/nbd-raw-client.js";
 
 const MiB = 1024 * 1024;
 
-async function nbdkit(args: string[]): Promise<{ server: string; stop(): void }> {
-  const port = await freePort();
-  const child: ChildProcess = spawn("nbdkit", ["-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", String(port), ...args], { stdio: ["ignore", "ignore", "inherit"] });
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const up = await new Promise<boolean>((resolve) => {
-      const s = netConnect({ host: "127.0.0.1", port });
-      s.once("connect", () => (s.destroy(), resolve(true)));
-      s.once("error", () => resolve(false));
-    });
-    if (up) break;
-    if (Date.now() > deadline || child.exitCode !== null) throw new Error("nbdkit did not start");
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return { server: `127.0.0.1:${port}`, stop: () => child.kill("SIGTERM") };
-}
-
 test("against nbdkit memory: handshake, read/write, zero, trim, flush, base:allocation", async () => {
-  const k = await nbdkit(["memory", "size=64M"]);
+  const k = await startNbdkit(["memory", "size=64M"]);
   try {
     const { client, info } = await connectNbd(k.server, { exportName: "" });
     assert.is(info.sizeBytes, 64 * MiB);
@@ -66,7 +48,7 @@ test("against nbdkit memory: handshake, read/write, zero, trim, flush, base:allo
 });
 
 test("a server's smaller maximum payload splits reads and writes; many requests in flight stay within their bound", async () => {
-  const k = await nbdkit(["--filter=blocksize-policy", "memory", "size=16M", "blocksize-minimum=512", "blocksize-preferred=4096", "blocksize-maximum=1M", "blocksize-error-policy=error"]);
+  const k = await startNbdkit(["--filter=blocksize-policy", "memory", "size=16M", "blocksize-minimum=512", "blocksize-preferred=4096", "blocksize-maximum=1M", "blocksize-error-policy=error"]);
   try {
     const { client, info } = await connectNbd(k.server, { exportName: "", requestsInFlightMax: 3 });
     assert.is(info.payloadBytesMax, MiB, "the server's maximum is taken");
@@ -83,7 +65,7 @@ test("a server's smaller maximum payload splits reads and writes; many requests 
 });
 
 test("without base:allocation (nbdkit noextents) the client says so, and reads still work", async () => {
-  const k = await nbdkit(["--filter=noextents", "memory", "size=1M"]);
+  const k = await startNbdkit(["--filter=noextents", "memory", "size=1M"]);
   try {
     const { client, info } = await connectNbd(k.server, { exportName: "" });
     assert.is(info.blockStatus, true, "noextents still offers the context, reporting everything as data");
@@ -100,7 +82,7 @@ test("without base:allocation (nbdkit noextents) the client says so, and reads s
 });
 
 test("an error reply fails only its request; the connection goes on", async () => {
-  const k = await nbdkit(["--filter=error", "memory", "size=1M", "error=EIO", "error-pwrite-rate=100%"]);
+  const k = await startNbdkit(["--filter=error", "memory", "size=1M", "error=EIO", "error-pwrite-rate=100%"]);
   try {
     const { client } = await connectNbd(k.server, { exportName: "" });
     const e = await client.write(0, Buffer.alloc(4096, 1)).catch((x: Error) => x);
