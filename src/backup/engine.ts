@@ -144,13 +144,14 @@ export async function createBackup(o: CreateOptions): Promise<CreateSummary> {
   const sizeBytes = o.client.export.sizeBytes;
   if (sizeBytes === 0) throw new Error(`export ${o.exportName} is empty; nothing to back up`);
   const chunkBytes = o.chunkBytes ?? chunkBytesFor(sizeBytes);
+  const now = o.now ?? new Date();
   const m: Manifest = {
     format: "pxd-backup",
     version: 1,
-    id: newBackupId(o.now ?? new Date(), randomBytes(3).toString("hex")),
+    id: newBackupId(now, randomBytes(3).toString("hex")),
     volume: o.volume,
     sizeBytes,
-    createdAt: (o.now ?? new Date()).toISOString(),
+    createdAt: now.toISOString(),
     chunkBytes,
     compression: "brotli",
     hash: "sha256",

@@ -13,7 +13,7 @@ export const manifestVersion = 1;
 export interface Manifest {
   format: typeof manifestFormat;
   version: typeof manifestVersion;
-  /** YYYYMMDDTHHMMSSZ-xxxxxx: sorts by time. */
+  /** YYYYMMDDTHHMMSSmmmZ-xxxxxx (UTC, to the millisecond): sorts by time, also for two backups in one second. */
   id: string;
   volume: string;
   sizeBytes: number;
@@ -29,13 +29,13 @@ export interface Manifest {
   source: { export: string; snapshot: string | null };
 }
 
-const idPattern = /^\d{8}T\d{6}Z-[0-9a-f]{6}$/;
+const idPattern = /^\d{8}T\d{9}Z-[0-9a-f]{6}$/;
 const hashPattern = /^[0-9a-f]{64}$/;
 const isoPattern = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$/;
 const shortText = /^[\x20-\x7e]{0,256}$/;
 
 export function newBackupId(now: Date, random: string): string {
-  const stamp = now.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+  const stamp = now.toISOString().replace(/[-:.]/g, "");
   const id = `${stamp}-${random}`;
   if (!idPattern.test(id)) throw new Error(`bad backup id ${id}`);
   return id;

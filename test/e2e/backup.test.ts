@@ -176,7 +176,7 @@ test("bad input: a missing volume, a target that is not there, restore over an e
     const over = await pxd(d, ["backup", "restore", url, b.backup, "v"]);
     assert.is(over.code, 1);
     assert.match(over.stderr, /exists/);
-    const gone = await pxd(d, ["backup", "restore", url, "v/20200101T000000Z-000000", "w"]);
+    const gone = await pxd(d, ["backup", "restore", url, "v/20200101T000000000Z-000000", "w"]);
     assert.is(gone.code, 1);
     assert.match(gone.stderr, /not in/);
     const snap = await pxd(d, ["backup", "create", "v", "--to", url, "--snapshot", "s1"]);

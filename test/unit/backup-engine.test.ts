@@ -22,7 +22,7 @@ import { tempDir } from "../helpers/tmp.js";
 const MiB = 1024 * 1024;
 
 function manifest(over: Partial<Manifest> = {}): Manifest {
-  return { format: "pxd-backup", version: 1, id: "20261206T195317Z-60948b", volume: "db", sizeBytes: 9 * MiB, createdAt: "2026-12-06T19:53:17.730Z", chunkBytes: 4 * MiB, compression: "brotli", hash: "sha256", chunks: ["a".repeat(64), null, "b".repeat(64)], pxdVersion: "0.1.0", source: { export: "db", snapshot: null }, ...over };
+  return { format: "pxd-backup", version: 1, id: "20261206T195317730Z-60948b", volume: "db", sizeBytes: 9 * MiB, createdAt: "2026-12-06T19:53:17.730Z", chunkBytes: 4 * MiB, compression: "brotli", hash: "sha256", chunks: ["a".repeat(64), null, "b".repeat(64)], pxdVersion: "0.1.0", source: { export: "db", snapshot: null }, ...over };
 }
 
 test("a manifest round-trips, and each wrong field is refused by name", () => {
@@ -62,12 +62,12 @@ test("chunks grow for volumes whose manifest would not fit, and an entry takes a
 });
 
 test("backup names: VOLUME/ID, VOLUME/latest, ID; ids sort by time", () => {
-  assert.equal(parseRef("db/20261206T195317Z-60948b"), { volume: "db", id: "20261206T195317Z-60948b" });
+  assert.equal(parseRef("db/20261206T195317730Z-60948b"), { volume: "db", id: "20261206T195317730Z-60948b" });
   assert.equal(parseRef("db/latest"), { volume: "db", id: "latest" });
-  assert.equal(parseRef("20261206T195317Z-60948b"), { volume: undefined, id: "20261206T195317Z-60948b" });
+  assert.equal(parseRef("20261206T195317730Z-60948b"), { volume: undefined, id: "20261206T195317730Z-60948b" });
   assert.type(parseRef("latest"), "string");
   assert.type(parseRef("../etc/passwd"), "string");
-  assert.is(newBackupId(new Date("2026-01-02T03:04:05.678Z"), "abcdef"), "20260102T030405Z-abcdef");
+  assert.is(newBackupId(new Date("2026-01-02T03:04:05.678Z"), "abcdef"), "20260102T030405678Z-abcdef");
   assert.is(chunkKey("ab".repeat(32)), `chunks/ab/${"ab".repeat(32)}`);
 });
 
