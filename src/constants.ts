@@ -423,6 +423,12 @@ export function checkClusterConstants(): void {
 export function checkConstants(): void {
   assert(apiBodyDepthMax >= 2, "a join request's labels nest two deep");
   assert(nbdConnectionsPerAddressMax * 4 <= nbdConnectionsMax, "one client address takes at most a quarter of the NBD slots");
+  assert(backupChunkBytes >= backupChunkBytesMin && backupChunkBytes <= backupChunkBytesMax && backupChunkBytes % sectorBytes === 0, "the backup chunk size is one a manifest may name, in whole sectors");
+  assert(backupChunkBytes <= nbdClientPayloadBytesMax, "a backup chunk is at most one NBD request");
+  assert(backupChunkBytes * backupChunksInFlight * 2 <= backupBytesInFlightMax, "the default chunks in flight, read and compressed, fit the bound");
+  assert(backupChunkBytesMax * 2 <= 4 * backupBytesInFlightMax, "one largest chunk, read and compressed, is at most four times the bound");
+  assert((volumeBytesMax / backupChunkBytesMax) * backupManifestEntryBytes + 64 * 1024 <= backupManifestBytesMax, "the largest volume's manifest fits at the largest chunk size");
+  assert(nbdClientPayloadBytesMax <= nbdPayloadBytesMax, "the client asks no more than pxd's own server takes");
   assert(segmentBytes % sectorBytes === 0, "segments hold whole sectors");
   assert(checksumBlockBytes % sectorBytes === 0 && recordPayloadBytesMax % checksumBlockBytes === 0, "checksum blocks are whole sectors and records hold whole blocks");
   assert(recordPayloadBytesMax + 2 * recordHeaderBytes < segmentBytes, "a record fits a segment with its seal");
@@ -431,10 +437,4 @@ export function checkConstants(): void {
   assert(checkpointLogBytes >= segmentBytes, "checkpoints are at most one per segment");
   assert(gcLiveRatioMax > 0 && gcLiveRatioMax < 1, "gc threshold is a ratio");
   assert(gcSpaceAmpMax >= 1, "gc space amplification bound is at least 1");
-  assert(backupChunkBytes >= backupChunkBytesMin && backupChunkBytes <= backupChunkBytesMax && backupChunkBytes % sectorBytes === 0, "the backup chunk size is one a manifest may name, in whole sectors");
-  assert(backupChunkBytes <= nbdClientPayloadBytesMax, "a backup chunk is at most one NBD request");
-  assert(backupChunkBytes * backupChunksInFlight * 2 <= backupBytesInFlightMax, "the default chunks in flight, read and compressed, fit the bound");
-  assert(backupChunkBytesMax * 2 <= 4 * backupBytesInFlightMax, "one largest chunk, read and compressed, is at most four times the bound");
-  assert((volumeBytesMax / backupChunkBytesMax) * backupManifestEntryBytes + 64 * 1024 <= backupManifestBytesMax, "the largest volume's manifest fits at the largest chunk size");
-  assert(nbdClientPayloadBytesMax <= nbdPayloadBytesMax, "the client asks no more than pxd's own server takes");
 }
