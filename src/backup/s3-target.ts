@@ -36,6 +36,13 @@ function explain(e: unknown, what: string, where: string): Error {
   return new Error(`${what}: cannot reach ${where} after ${s3Attempts} attempts (${err.code ?? err.name}: ${err.message}); check --s3-endpoint or PXD_S3_ENDPOINT and the network`);
 }
 
+/**
+ * The SDK warns on every run under Node 20 that its releases from 2027 need
+ * Node 22; package.json pins the release this was tested with, so the
+ * warning says nothing a user of pxd can act on.
+ */
+process.env["AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED"] ??= "true";
+
 export function s3Target(url: string, o: S3Options): BackupTarget {
   const m = /^s3:\/\/([^/]+)(?:\/(.*))?$/.exec(url);
   const bucket = m?.[1] ?? "";
