@@ -200,6 +200,48 @@ export const raftReadIndexPendingMax = 4096;
 /** Committed entry bytes handed to the application in one Ready. */
 export const raftCommittedBytesMax = 64 * 1024 * 1024;
 
+// ---- nbd client (src/nbd/client.ts) and backup (src/backup) ----
+/** Requests one NBD client connection keeps in flight; more wait for a slot. */
+export const nbdClientRequestsInFlightMax = 16;
+/** Largest option reply a client reads in the handshake (export info, meta contexts, error strings); a longer one closes the connection. */
+export const nbdClientOptionReplyBytesMax = 64 * 1024;
+/** Option replies to one option (NBD_REP_INFO, NBD_REP_META_CONTEXT, ...) before the final one; more is a broken server. */
+export const nbdClientOptionRepliesMax = 64;
+/** Largest READ or WRITE one client request carries, whatever larger the server allows (its NBD_INFO_BLOCK_SIZE maximum may be lower). */
+export const nbdClientPayloadBytesMax = 32 * 1024 * 1024;
+/** Block status descriptors the client takes in one reply chunk. */
+export const nbdClientExtentsMax = 64 * 1024;
+/** No byte from the server for this long while a request waits: the connection is dropped and the requests fail. */
+export const nbdClientReplyTimeoutMs = 60_000;
+/**
+ * Bytes a backup chunk covers. 4 MiB: large enough that a 1 TiB volume is a
+ * 256 Ki-entry manifest (about 17 MiB of JSON) and the per-object cost of S3
+ * (a PUT, a HEAD) stays small; small enough that a changed 4 KiB block costs
+ * at most one 4 MiB upload, and that chunks in flight fit a few tens of MiB.
+ */
+export const backupChunkBytes = 4 * 1024 * 1024;
+/** The chunk sizes a manifest may name (read from a target, so untrusted). */
+export const backupChunkBytesMin = 64 * 1024;
+export const backupChunkBytesMax = 64 * 1024 * 1024;
+/** Chunks read, compressed and uploaded (or fetched, checked and written) at once by one backup or restore. */
+export const backupChunksInFlight = 4;
+/**
+ * Largest manifest read from a target (JSON.parse needs it whole, as one
+ * string). A volume above about 16 TiB gets larger chunks so its manifest
+ * fits (chunkBytesFor in src/backup/manifest.ts).
+ */
+export const backupManifestBytesMax = 256 * 1024 * 1024;
+/** Bytes one chunk's entry takes in a manifest at most: a quoted 64-digit hash, a comma, a newline, an indent. */
+export const backupManifestEntryBytes = 70;
+/** Chunk bytes one backup or restore holds at once (read, compressed, fetched): chunks in flight are cut to fit it when chunks are larger than backupChunkBytes. */
+export const backupBytesInFlightMax = 32 * 1024 * 1024;
+/** Largest stored chunk read from a target: brotli's worst case adds a few bytes per 64 KiB of input. */
+export const backupStoredChunkBytesMax = backupChunkBytesMax + backupChunkBytesMax / 1024 + 1024;
+/** NBD connections one backup or restore uses when a connection fails (a node died): the work starts over on another node each time. */
+export const backupConnectionAttempts = 3;
+/** Manifests one list, verify or delete reads. */
+export const backupManifestsMax = 100_000;
+
 // ---- daemon / api ----
 export const defaultNbdPort = 10809;
 export const defaultApiPort = 9001;
@@ -434,6 +476,12 @@ export function checkClusterConstants(): void {
 export function checkConstants(): void {
   assert(apiBodyDepthMax >= 2, "a join request's labels nest two deep");
   assert(nbdConnectionsPerAddressMax * 4 <= nbdConnectionsMax, "one client address takes at most a quarter of the NBD slots");
+  assert(backupChunkBytes >= backupChunkBytesMin && backupChunkBytes <= backupChunkBytesMax && backupChunkBytes % sectorBytes === 0, "the backup chunk size is one a manifest may name, in whole sectors");
+  assert(backupChunkBytes <= nbdClientPayloadBytesMax, "a backup chunk is at most one NBD request");
+  assert(backupChunkBytes * backupChunksInFlight * 2 <= backupBytesInFlightMax, "the default chunks in flight, read and compressed, fit the bound");
+  assert(backupChunkBytesMax * 2 <= 4 * backupBytesInFlightMax, "one largest chunk, read and compressed, is at most four times the bound");
+  assert((volumeBytesMax / backupChunkBytesMax) * backupManifestEntryBytes + 64 * 1024 <= backupManifestBytesMax, "the largest volume's manifest fits at the largest chunk size");
+  assert(nbdClientPayloadBytesMax <= nbdPayloadBytesMax, "the client asks no more than pxd's own server takes");
   assert(segmentBytes % sectorBytes === 0, "segments hold whole sectors");
   assert(checksumBlockBytes % sectorBytes === 0 && recordPayloadBytesMax % checksumBlockBytes === 0, "checksum blocks are whole sectors and records hold whole blocks");
   assert(recordPayloadBytesMax + 2 * recordHeaderBytes < segmentBytes, "a record fits a segment with its seal");

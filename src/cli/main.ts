@@ -17,6 +17,7 @@ import { registerCsi } from "./csi.js";
 import { registerEvents } from "./events.js";
 import { registerAudit, registerAuth } from "./auth.js";
 import { localClusterTokenFile } from "./args.js";
+import { registerBackup } from "./backup.js";
 
 export const cliVersion = packageVersion;
 
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   registerSettings(program);
   registerScrub(program);
   registerEvents(program);
+  registerBackup(program);
   registerAuth(program);
   registerAudit(program);
   registerLocalNode(program);

@@ -45,3 +45,55 @@ export async function waitForReplicas(api: ApiClient, name: string, out: { isTTY
     await new Promise((r) => setTimeout(r, progressPollMs));
   }
 }
+
+/** How often a byte count's progress is written when it is not a terminal. */
+const jsonProgressMs = 1000;
+
+export interface ByteProgress {
+  update(doneBytes: number, totalBytes: number): void;
+  /** Starts the count again from zero (the work starts over); returns true, to sit in a condition. */
+  restart(): true;
+  /** Ends the bar's line (a terminal) or writes the last line; once, whatever more calls come (a failure's cleanup calls it too). */
+  end(): void;
+}
+
+/**
+ * Progress of work over a byte count (a backup, a restore): on a terminal a
+ * bar redrawn in place, else one JSON object a second, `{"what", "doneBytes",
+ * "totalBytes", "done", "mibPerSec"}`. `pxd backup` draws it on stderr, so
+ * that stdout holds only the result.
+ */
+export function byteProgress(out: { isTTY?: boolean; write(s: string): unknown }, what: string): ByteProgress {
+  const started = Date.now();
+  let last = { doneBytes: 0, totalBytes: 0 };
+  let shownMs = 0;
+  let ended = false;
+  const rate = (): number => Math.round((last.doneBytes / 1048576 / Math.max(0.001, (Date.now() - started) / 1000)) * 10) / 10;
+  const draw = (final: boolean): void => {
+    const done = last.totalBytes > 0 ? last.doneBytes / last.totalBytes : 1;
+    if (out.isTTY === true) {
+      const filled = Math.round(done * barChars);
+      out.write(`\r\x1b[2K${what} [${"#".repeat(filled)}${"-".repeat(barChars - filled)}] ${String(Math.floor(done * 100)).padStart(3)}%  ${rate()} MiB/s${final ? "\n" : ""}`);
+    } else out.write(JSON.stringify({ what, doneBytes: last.doneBytes, totalBytes: last.totalBytes, done: Math.round(done * 1000) / 1000, mibPerSec: rate() }) + "\n");
+  };
+  return {
+    update(doneBytes, totalBytes) {
+      last = { doneBytes, totalBytes };
+      const now = Date.now();
+      if (now - shownMs >= (out.isTTY === true ? 100 : jsonProgressMs)) {
+        shownMs = now;
+        draw(false);
+      }
+    },
+    restart() {
+      if (out.isTTY === true) out.write("\n");
+      last = { doneBytes: 0, totalBytes: last.totalBytes };
+      return true;
+    },
+    end() {
+      if (ended) return;
+      ended = true;
+      draw(true);
+    },
+  };
+}

@@ -1,9 +1,10 @@
-// How the CLI tells progress: a copy's line, and how far a volume's replicas are.
+// How the CLI tells progress: a copy's line, how far a volume's replicas are,
+// and a byte count's bar or JSON lines (pxd backup).
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { copyText } from "../../src/cli/format.js";
-import { volumeDone } from "../../src/cli/progress.js";
+import { byteProgress, volumeDone } from "../../src/cli/progress.js";
 import type { VolumeInfo } from "../../src/api/types.js";
 import { CopyRates, type CopyAt } from "../../src/daemon/copy-progress.js";
 import { sumSamples, type VolumeSample } from "../../src/daemon/volume-stats.js";
@@ -51,6 +52,27 @@ test("several nodes' samples of a volume sum second by second, latencies weighte
   const sum = sumSamples([[s(1000, 100, 1), s(2000, 100, 1)], [s(2100, 300, 3), s(3000, 10, 2)]]);
   assert.equal(sum.map((x) => [x.at, x.writeIops, x.writeLatencyMs, x.inFlight]), [[1000, 100, 1, 1], [2000, 400, 2.5, 2], [3000, 10, 2, 1]]);
   assert.is(sum[1]!.writeBytesPerSec, 400 * 4096);
+});
+
+test("a byte count is a JSON line a second off a terminal, a bar redrawn in place on one; the last line once", () => {
+  const lines: string[] = [];
+  const json = byteProgress({ isTTY: false, write: (t: string) => lines.push(t) }, "backup v");
+  json.update(1, 4);
+  json.update(2, 4); // within the second: not written
+  json.end();
+  json.end();
+  assert.is(lines.length, 2);
+  const last = JSON.parse(lines[1]!) as { what: string; doneBytes: number; totalBytes: number; done: number };
+  assert.equal([last.what, last.doneBytes, last.totalBytes, last.done], ["backup v", 2, 4, 0.5]);
+  const drawn: string[] = [];
+  const bar = byteProgress({ isTTY: true, write: (t: string) => drawn.push(t) }, "restore");
+  bar.update(3, 4);
+  assert.ok(bar.restart());
+  bar.update(4, 4);
+  bar.end();
+  assert.match(drawn[0]!, /^\r\x1b\[2Krestore \[#{23}-{7}\]  75%/);
+  assert.is(drawn[1], "\n", "starting over keeps the old bar's line");
+  assert.match(drawn.at(-1)!, /100%.*\n$/);
 });
 
 test.run();

@@ -1,0 +1,215 @@
+// The backup engine's parts in process: the manifest refuses every field that
+// is wrong (read from a target, it is untrusted), backup names parse, the
+// file target writes whole objects and keeps keys inside its directory, and
+// a backup of an nbdkit memory disk restores into another one that is not
+// fresh (zero chunks are then written as zeros), with a chunk read back
+// bounded by its length.
+
+import { test } from "uvu";
+import * as assert from "uvu/assert";
+import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { brotliCompressSync, constants as zc } from "node:zlib";
+import { createBackup, eachBounded, fetchChunk, overConnections, restoreBackup, sha256Hex } from "../../src/backup/engine.js";
+import { chunkBytesFor, chunkKey, encodeManifest, manifestKey, newBackupId, parseManifest, parseRef, type Manifest } from "../../src/backup/manifest.js";
+import { openTarget, TargetUrlError } from "../../src/backup/target.js";
+import { connectNbd } from "../../src/os/nbd-client-socket.js";
+import { startNbdkit, type NbdkitServer } from "../helpers/nbdkit.js";
+import { backupManifestEntryBytes, volumeBytesMax } from "../../src/constants.js";
+import { pattern } from "../helpers/nbd-raw-client.js";
+import { tempDir } from "../helpers/tmp.js";
+
+const MiB = 1024 * 1024;
+
+function manifest(over: Partial<Manifest> = {}): Manifest {
+  return { format: "pxd-backup", version: 1, id: "20261206T195317730Z-60948b", volume: "db", sizeBytes: 9 * MiB, createdAt: "2026-12-06T19:53:17.730Z", chunkBytes: 4 * MiB, compression: "brotli", hash: "sha256", chunks: ["a".repeat(64), null, "b".repeat(64)], pxdVersion: "0.1.0", source: { export: "db", snapshot: null }, ...over };
+}
+
+test("a manifest round-trips, and each wrong field is refused by name", () => {
+  const m = manifest();
+  const key = manifestKey(m.volume, m.id);
+  assert.equal(parseManifest(encodeManifest(m), key), m);
+  const bad: Array<[Record<string, unknown>, RegExp]> = [
+    [{ format: "other" }, /format/],
+    [{ version: 2 }, /version 2; this pxd reads version 1/],
+    [{ id: "../x" }, /bad id/],
+    [{ volume: "a/b" }, /bad volume name/],
+    [{ sizeBytes: 9 * MiB + 1 }, /not a volume size/],
+    [{ sizeBytes: 2 ** 60 }, /not a volume size/],
+    [{ chunkBytes: 1024 }, /chunk size 1024/],
+    [{ compression: "gzip" }, /compression/],
+    [{ chunks: ["a".repeat(64), null] }, /lists 2 chunks; 3 cover/],
+    [{ chunks: ["A".repeat(64), null, null] }, /chunk 0 is neither/],
+    [{ chunks: [1, null, null] }, /chunk 0 is neither/],
+    [{ source: { export: "db\n", snapshot: null } }, /bad source/],
+    [{ createdAt: "yesterday" }, /createdAt/],
+  ];
+  for (const [over, why] of bad) {
+    const text = Buffer.from(JSON.stringify({ ...m, ...over }));
+    assert.throws(() => parseManifest(text, key), why, JSON.stringify(over));
+  }
+  assert.throws(() => parseManifest(Buffer.from("{"), key), /not JSON/);
+  assert.throws(() => parseManifest(encodeManifest(m), manifestKey("other", m.id)), /names backup db\/.*not the one its key names/, "a manifest copied under another backup's key");
+});
+
+test("chunks grow for volumes whose manifest would not fit, and an entry takes at most backupManifestEntryBytes", () => {
+  assert.is(chunkBytesFor(MiB), 4 * MiB);
+  assert.is(chunkBytesFor(8 * 1024 ** 4), 4 * MiB, "8 TiB: 2 Mi chunks, a 140 MiB manifest");
+  assert.is(chunkBytesFor(16 * 1024 ** 4), 8 * MiB);
+  assert.is(chunkBytesFor(volumeBytesMax), 32 * MiB);
+  const bytes = (n: number): number => encodeManifest(manifest({ sizeBytes: 4096 * 4 * MiB, chunks: Array.from({ length: n }, (_, i) => sha256Hex(Buffer.from([i & 0xff, i >> 8]))) })).length;
+  assert.is((bytes(2000) - bytes(1000)) / 1000, backupManifestEntryBytes);
+});
+
+test("backup names: VOLUME/ID, VOLUME/latest, ID; ids sort by time", () => {
+  assert.equal(parseRef("db/20261206T195317730Z-60948b"), { volume: "db", id: "20261206T195317730Z-60948b" });
+  assert.equal(parseRef("db/latest"), { volume: "db", id: "latest" });
+  assert.equal(parseRef("20261206T195317730Z-60948b"), { volume: undefined, id: "20261206T195317730Z-60948b" });
+  assert.type(parseRef("latest"), "string");
+  assert.type(parseRef("../etc/passwd"), "string");
+  assert.is(newBackupId(new Date("2026-01-02T03:04:05.678Z"), "abcdef"), "20260102T030405678Z-abcdef");
+  assert.is(chunkKey("ab".repeat(32)), `chunks/ab/${"ab".repeat(32)}`);
+});
+
+test("file target: whole objects, bounded reads, listings without temporary files, keys stay inside", async () => {
+  const t = tempDir("file-target");
+  try {
+    await openTarget(`file://${t.dir}/missing`).then(
+      () => assert.unreachable(),
+      (e: Error) => assert.instance(e, TargetUrlError),
+    );
+    const target = await openTarget(`file://${t.dir}`);
+    await target.put("chunks/ab/x", Buffer.from("hello"));
+    await target.put("chunks/ab/x", Buffer.from("hello again"));
+    assert.is((await target.get("chunks/ab/x", 100))!.toString(), "hello again");
+    assert.is(await target.get("chunks/ab/none", 100), undefined);
+    await target.get("chunks/ab/x", 5).then(
+      () => assert.unreachable(),
+      (e: Error) => assert.match(e.message, /11 bytes, above the 5/),
+    );
+    writeFileSync(join(t.dir, "chunks", "ab", "y.tmp-1-abcd"), "half");
+    assert.equal(await target.list("chunks/", 10), ["chunks/ab/x"], "a temporary file is not listed");
+    await target.list("chunks/", 0).then(
+      () => assert.unreachable(),
+      (e: Error) => assert.match(e.message, /more than 0 objects/),
+    );
+    assert.is(await target.exists("chunks/ab/x"), true);
+    await target.delete("chunks/ab/x");
+    await target.delete("chunks/ab/x");
+    assert.is(await target.exists("chunks/ab/x"), false);
+    for (const key of ["../x", "a/../../x", "/etc/passwd", "a//b", "."]) {
+      await target.put(key, Buffer.from("no")).then(
+        () => assert.unreachable(key),
+        (e: Error) => assert.match(e.message, /bad backup target key/),
+      );
+    }
+    assert.equal(readdirSync(t.dir).sort(), ["chunks"]);
+  } finally {
+    t.remove();
+  }
+});
+
+test("eachBounded keeps at most N in flight and stops at the first failure", async () => {
+  let now = 0;
+  let most = 0;
+  await eachBounded(20, 3, async () => {
+    most = Math.max(most, ++now);
+    await new Promise((r) => setTimeout(r, 2));
+    now--;
+  });
+  assert.is(most, 3);
+  let started = 0;
+  const e = await eachBounded(100, 2, async (i) => {
+    started++;
+    if (i === 3) throw new Error("boom");
+    await new Promise((r) => setTimeout(r, 1));
+  }).catch((x: Error) => x);
+  assert.match(String(e), /boom/);
+  assert.ok(started < 10, `no new work after the failure (${started} started)`);
+});
+
+function nbdkitMemory(size: string): Promise<NbdkitServer> {
+  return startNbdkit(["memory", `size=${size}`]);
+}
+
+test("a backup of one nbdkit disk restores into another that is not fresh; a chunk is checked by length and hash", async () => {
+  const t = tempDir("engine");
+  const a = await nbdkitMemory("10M"); // 3 chunks of 4 MiB, the last 2 MiB
+  const b = await nbdkitMemory("10M");
+  try {
+    mkdirSync(join(t.dir, "target"));
+    const target = await openTarget(`file://${t.dir}/target`);
+    const src = await connectNbd(a.server, { exportName: "" });
+    const data = pattern(2 * MiB, 4);
+    await src.client.write(8 * MiB, data);
+    const s = await createBackup({ client: src.client, target, volume: "disk", exportName: "", snapshot: undefined, pxdVersion: "test" });
+    assert.equal([s.chunks, s.zeroChunks, s.uploadedChunks], [3, 2, 1]);
+    const dst = await connectNbd(b.server, { exportName: "" });
+    await dst.client.write(0, Buffer.alloc(MiB, 0xee)); // old data the restore must zero
+    const m = parseManifest((await target.get(manifestKey("disk", s.backup.split("/")[1]!), MiB))!, manifestKey("disk", s.backup.split("/")[1]!));
+    assert.is(m.chunks[2], sha256Hex(data));
+    const r = await restoreBackup({ client: dst.client, target, manifest: m, fresh: false });
+    assert.is(r.writtenBytes, 2 * MiB);
+    assert.ok((await dst.client.read(0, 10 * MiB)).equals(await src.client.read(0, 10 * MiB)), "the same bytes, old data zeroed");
+    // A stored chunk that decompresses to more than its length is refused without inflating it all.
+    await target.put(chunkKey(m.chunks[2]!), brotliCompressSync(Buffer.alloc(64 * MiB), { params: { [zc.BROTLI_PARAM_QUALITY]: 1 } }));
+    const e = await fetchChunk(target, m, 2).catch((x: Error) => x);
+    assert.match(String(e), /does not decompress to 2097152 bytes/);
+    await target.put(chunkKey(m.chunks[2]!), Buffer.alloc(3 * MiB));
+    const big = await fetchChunk(target, m, 2).catch((x: Error) => x);
+    assert.match(String(big), /is too large: .* is 3145728 bytes, above the 2100224 it may hold/, "an object larger than its chunk could compress to is not read");
+    src.client.close();
+    dst.client.close();
+  } finally {
+    a.stop();
+    b.stop();
+    t.remove();
+  }
+});
+
+test("a connection that dies mid-backup: the backup starts over on the next one and is whole", async () => {
+  const t = tempDir("engine-retry");
+  // Two servers of the same bytes (nbdkit's pattern plugin), the first slow so that it dies mid-way.
+  const a = await startNbdkit(["--filter=delay", "pattern", "size=32M", "rdelay=100ms"]);
+  const b = await startNbdkit(["pattern", "size=32M"]);
+  const c = await nbdkitMemory("32M");
+  try {
+    const target = await openTarget(`file://${t.dir}`);
+    const tries: string[] = [];
+    const s = await overConnections(
+      3,
+      async (attempt) => (await connectNbd(attempt === 1 ? a.server : b.server, { exportName: "" })).client,
+      (client) => createBackup({ client, target, volume: "p", exportName: "", snapshot: undefined, pxdVersion: "test", progress: () => a.stop() }),
+      (e) => (tries.push(e.message), true),
+    );
+    assert.is(tries.length, 1, "one more connection");
+    assert.match(tries[0]!, /closed the connection|failed/);
+    assert.is(s.chunks, 8);
+    assert.ok(s.reusedChunks >= 1, "what the first pass uploaded is found, not sent again");
+    const id = s.backup.split("/")[1]!;
+    const m = parseManifest((await target.get(manifestKey("p", id), MiB))!, manifestKey("p", id));
+    const dst = await connectNbd(c.server, { exportName: "" });
+    await restoreBackup({ client: dst.client, target, manifest: m, fresh: true });
+    const src = await connectNbd(b.server, { exportName: "" });
+    assert.ok((await dst.client.read(0, 32 * MiB)).equals(await src.client.read(0, 32 * MiB)), "the backup holds the whole pattern");
+    const refused = await overConnections(
+      3,
+      async () => (await connectNbd(c.server, { exportName: "" })).client,
+      async (client) => {
+        client.closed("cut");
+        return client.read(0, 512);
+      },
+      () => false,
+    ).catch((e: Error) => e);
+    assert.match(String(refused), /cut/, "no retry when `again` says no");
+    dst.client.close();
+    src.client.close();
+  } finally {
+    a.stop();
+    b.stop();
+    c.stop();
+    t.remove();
+  }
+});
+
+test.run();
