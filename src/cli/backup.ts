@@ -115,9 +115,29 @@ function targetOptions(c: Command): Command {
     .option("--json", "print the result as JSON");
 }
 
-async function create(api: ApiClient, volume: string, url: string, o: IoFlags & { snapshot?: string }): Promise<void> {
-  const exportName = backupSource(volume, o.snapshot);
-  if (o.snapshot === undefined) console.error(`reading the live volume ${volume}: the backup is consistent only if nothing writes to it meanwhile (--snapshot NAME reads a snapshot)`);
+/**
+ * `pxd backup create`: from the snapshot named, or the live volume with
+ * --live, or else from a snapshot taken for it (backup-TIME) and deleted
+ * once the backup is made or has failed.
+ */
+async function create(api: ApiClient, volume: string, url: string, o: IoFlags & { snapshot?: string; live?: boolean }): Promise<void> {
+  if (o.snapshot !== undefined || o.live === true) return createFrom(api, volume, url, o, o.snapshot);
+  const temp = `backup-${new Date().toISOString().replace(/[-:]/g, "").replace(".", "").slice(0, 18)}`;
+  try {
+    await api.createSnapshot(volume, { name: temp });
+  } catch (e) {
+    throw new CliError(`could not take a snapshot of ${volume} to back up (${(e as Error).message}); name one with --snapshot, or read the live volume with --live`);
+  }
+  try {
+    await createFrom(api, volume, url, o, temp);
+  } finally {
+    await api.deleteSnapshot(volume, temp).catch((e: Error) => console.error(`the snapshot ${volume}@${temp} taken for the backup was not deleted (${e.message}); delete it with "pxd snapshot delete ${volume}@${temp}"`));
+  }
+}
+
+async function createFrom(api: ApiClient, volume: string, url: string, o: IoFlags, snapshot: string | undefined): Promise<void> {
+  const exportName = backupSource(volume, snapshot);
+  if (snapshot === undefined) console.error(`reading the live volume ${volume}: the backup is consistent only if nothing writes to it meanwhile`);
   await withTarget(url, o, async (t) => {
     const servers = await nbdServers(api, volume);
     const bar = byteProgress(process.stderr, `backup ${exportName}`);
@@ -125,7 +145,7 @@ async function create(api: ApiClient, volume: string, url: string, o: IoFlags & 
       const s = await overConnections(
         backupConnectionAttempts,
         (attempt) => connectTo(servers, exportName, o, attempt),
-        (client) => createBackup({ client, target: t, volume, exportName, snapshot: o.snapshot, pxdVersion: packageVersion, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update }),
+        (client) => createBackup({ client, target: t, volume, exportName, snapshot, pxdVersion: packageVersion, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update }),
         (e, attempt) => startingOver(`backup of ${exportName}`, e, attempt) && bar.restart(),
       );
       bar.end();
@@ -233,11 +253,15 @@ function friendly<A extends unknown[]>(f: (...a: A) => Promise<void>): (...a: A)
 export function registerBackup(program: Command): void {
   const backup = program.command("backup").description("incremental backups of volumes to a directory (file:///DIR) or an S3 bucket (s3://BUCKET/PREFIX)");
   targetOptions(ioOptions(backup.command("create")))
-    .description("back up a volume: only chunks the target does not hold are uploaded. Without --snapshot the live volume is read, which is consistent only if nothing writes to it meanwhile")
+    .description("back up a volume from a snapshot (one taken for it and deleted after, unless --snapshot names one): only chunks the target does not hold are uploaded")
     .argument("<volume>", "volume name")
     .requiredOption("--to <url>", "file:///DIR or s3://BUCKET/PREFIX")
-    .option("--snapshot <name>", "read the snapshot VOLUME@NAME instead of the live volume")
-    .action(friendly(async (volume: string, o: IoFlags & { to: string; snapshot?: string }, command: Command) => create(clientFor(command), checkName(volume), o.to, o)));
+    .option("--snapshot <name>", "read the snapshot VOLUME@NAME (pxd snapshot list)")
+    .option("--live", "read the live volume instead of a snapshot: consistent only if nothing writes to it meanwhile")
+    .action(friendly(async (volume: string, o: IoFlags & { to: string; snapshot?: string; live?: boolean }, command: Command) => {
+      if (o.snapshot !== undefined && o.live === true) throw new UsageError("give --snapshot or --live, not both");
+      return create(clientFor(command), checkName(volume), o.to, o);
+    }));
   targetOptions(backup.command("list").alias("ls"))
     .description("list the backups in a target, oldest first")
     .argument("<url>", "file:///DIR or s3://BUCKET/PREFIX")

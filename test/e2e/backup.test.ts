@@ -84,6 +84,10 @@ test("incremental backups to file:// restore each moment's bytes; a corrupt chun
     assert.is(b1.reusedChunks, 1, "chunk 6 is chunk 5 again");
     assert.is(b1.readBytes, 5 * 4 * MiB, "holes are skipped by base:allocation, not read");
     assert.is(chunkFiles(join(t.dir, "target")).length, 4);
+    // Read from a snapshot taken for the backup, and deleted after it.
+    const m1 = JSON.parse(readFileSync(join(t.dir, "target", "backups", "src", `${b1.backup.split("/")[1]}.json`), "utf8")) as { source: { export: string; snapshot: string } };
+    assert.match(m1.source.export, /^src@backup-\d{8}T\d{9}$/);
+    assert.equal(await d.api.listSnapshots("src"), [], "the backup's snapshot is gone");
 
     // Change 4 KiB in chunk 2 and 8 KiB in the hole at chunk 9.
     await writeBlocks(d, "src", state, [[2 * 4 * MiB, 4096, 0x44], [9 * 4 * MiB + MiB, 8192, 0x55]]);
