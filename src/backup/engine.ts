@@ -401,3 +401,45 @@ export async function deleteBackup(target: BackupTarget, m: Manifest): Promise<D
   await eachBounded(doomed.length, backupChunksInFlight, async (n) => target.delete(chunkKey(doomed[n]!)));
   return { backup: `${m.volume}/${m.id}`, deletedChunks: doomed.length, keptChunks: distinct - doomed.length };
 }
+
+// ---- copy (pxd volume clone) ----
+
+export interface CopySummary {
+  sizeBytes: number;
+  /** Bytes read and written. */
+  copiedBytes: number;
+  /** Bytes that read as zeros (holes by base:allocation, or zeros read) and were not written: the target is a new volume, all holes. */
+  zeroBytes: number;
+  seconds: number;
+}
+
+/**
+ * Copies an export into another of at least its size that reads as zeros
+ * (a volume just made), chunk by chunk, `chunksInFlight` at once: a chunk
+ * the source says is a hole, or that reads as zeros, is not written. Then a
+ * FLUSH, so the copy is durable when this resolves.
+ */
+export async function copyExport(o: { source: NbdClient; target: NbdClient; chunksInFlight?: number; progress?: Progress }): Promise<CopySummary> {
+  const started = process.hrtime.bigint();
+  const sizeBytes = o.source.export.sizeBytes;
+  assert(o.target.export.sizeBytes >= sizeBytes, "the copy fits its target");
+  const s: CopySummary = { sizeBytes, copiedBytes: 0, zeroBytes: 0, seconds: 0 };
+  const count = Math.ceil(sizeBytes / backupChunkBytes);
+  let done = 0;
+  await eachBounded(count, inFlight(backupChunkBytes, o.chunksInFlight), async (i) => {
+    const at = i * backupChunkBytes;
+    const length = Math.min(backupChunkBytes, sizeBytes - at);
+    const holes = o.source.export.blockStatus && (await readsAsZeros(o.source, at, length));
+    const data = holes ? undefined : await o.source.read(at, length);
+    if (data === undefined || isZero(data)) s.zeroBytes += length;
+    else {
+      await o.target.write(at, data);
+      s.copiedBytes += length;
+    }
+    done += length;
+    o.progress?.(done, sizeBytes);
+  });
+  await o.target.flush();
+  s.seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  return s;
+}

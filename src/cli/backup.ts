@@ -7,7 +7,7 @@
 import type { Command } from "commander";
 import type { ApiClient } from "../api/client.js";
 import { formatSize } from "../base/sizes.js";
-import { createBackup, deleteBackup, findBackup, listBackups, overConnections, restoreBackup, verifyBackup, type CreateSummary } from "../backup/engine.js";
+import { copyExport, createBackup, deleteBackup, findBackup, listBackups, overConnections, restoreBackup, verifyBackup, type CreateSummary } from "../backup/engine.js";
 import type { Manifest } from "../backup/manifest.js";
 import { openTarget, TargetUrlError, type BackupTarget } from "../backup/target.js";
 import { backupChunksInFlight, backupConnectionAttempts } from "../constants.js";
@@ -23,7 +23,7 @@ interface TargetFlags {
   s3Region?: string;
 }
 
-interface IoFlags extends TargetFlags {
+export interface IoFlags extends TargetFlags {
   nbdTlsDir?: string;
   chunksInFlight?: number;
   json?: boolean;
@@ -102,7 +102,7 @@ function createdText(s: CreateSummary): string {
   );
 }
 
-function ioOptions(c: Command): Command {
+export function ioOptions(c: Command): Command {
   return c
     .option("--nbd-tls-dir <dir>", "connect to NBD over TLS with DIR/ca-cert.pem (and client-cert.pem, client-key.pem if the daemon checks clients); needed when daemons run --nbd-tls require")
     .option("--chunks-in-flight <n>", `chunks read, compressed and sent at once (default ${backupChunksInFlight})`, intArg(1, 64));
@@ -202,6 +202,47 @@ async function restore(api: ApiClient, url: string, ref: string, name: string, o
       process.off("SIGINT", interrupt).off("SIGTERM", interrupt);
     }
   });
+}
+
+/**
+ * `pxd volume clone VOL@SNAP NEW`: a new volume of the snapshot's size,
+ * filled by a copy over NBD from the snapshot's export (holes are not
+ * written), with progress; a clone that fails deletes the volume it made.
+ */
+export async function cloneVolume(api: ApiClient, volume: string, snapshot: string, name: string, o: IoFlags & { repl?: number; nodes?: string[] }): Promise<void> {
+  const s = await api.inspectSnapshot(volume, snapshot);
+  await api.createVolume({ name, sizeBytes: s.sizeBytes, ...(o.repl !== undefined ? { repl: o.repl } : {}), ...(o.nodes !== undefined ? { nodes: o.nodes } : {}) });
+  const source = `${volume}@${snapshot}`;
+  const bar = byteProgress(process.stderr, `clone ${source} to ${name}`);
+  try {
+    const [from, to] = [await nbdServers(api, volume), await nbdServers(api, name)];
+    const done = await overConnections(
+      backupConnectionAttempts,
+      (attempt) => connectTo(from, source, o, attempt),
+      async (src) => {
+        const dst = await connectTo(to, name, o);
+        try {
+          return await copyExport({ source: src, target: dst, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update });
+        } finally {
+          dst.close();
+        }
+      },
+      (e, attempt) => startingOver(`clone of ${source}`, e, attempt) && bar.restart(),
+    );
+    bar.end();
+    console.log(
+      o.json
+        ? json({ volume: name, source, ...done })
+        : `volume ${name} cloned from ${source}: ${formatSize(done.sizeBytes)}, ${formatSize(done.copiedBytes)} copied, ${formatSize(done.zeroBytes)} of holes not written; ${done.seconds.toFixed(1)} s, ${mibPerSec(done.copiedBytes, done.seconds)} MiB/s`,
+    );
+  } catch (e) {
+    bar.end();
+    const gone = await api.deleteVolume(name, { force: true }).then(
+      () => `volume ${name} was deleted again`,
+      (d: Error) => `deleting volume ${name} failed too (${d.message}); delete it with "pxd volume delete ${name} --force"`,
+    );
+    throw new CliError(`clone of ${source} failed: ${(e as Error).message}; ${gone}`);
+  }
 }
 
 function manifestRow(m: Manifest): Record<string, unknown> {

@@ -5,7 +5,8 @@ import type { Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import type { SnapshotInfo } from "../api/types.js";
 import { snapshotNameProblem } from "../api/validate.js";
-import { checkName, clientFor, durationArg, intArg } from "./args.js";
+import { checkName, clientFor, durationArg, intArg, replArg } from "./args.js";
+import { cloneVolume, ioOptions, type IoFlags } from "./backup.js";
 import { volumeSnapshotsMax } from "../constants.js";
 import { UsageError } from "./errors.js";
 import { fields, formatDuration, json, table } from "./format.js";
@@ -122,6 +123,20 @@ export function registerSnapshot(program: Command, volume: Command): void {
       const v = await clientFor(command).setSnapshotSchedule(checkName(volumeName), request);
       if (options.json) return console.log(json(v));
       console.log(v.snapshotSchedule === undefined ? `volume "${v.name}": no scheduled snapshots` : `volume "${v.name}": a snapshot every ${formatDuration(v.snapshotSchedule.everySec)}, the newest ${v.snapshotSchedule.keep} kept`);
+    });
+
+  ioOptions(volume.command("clone"))
+    .description("make a new volume from a snapshot: a copy of its data (holes are not copied), with progress; a clone that fails is deleted")
+    .argument("<snapshot>", "VOLUME@SNAPSHOT")
+    .argument("<name>", "the new volume's name")
+    .option("-r, --repl <n>", "number of replicas (default 1)", replArg)
+    .option("--nodes <list>", "put the replicas on exactly these nodes: names or ids, comma-separated")
+    .option("--json", "print the result as JSON")
+    .action(async (ref: string, name: string, options: IoFlags & { repl?: number; nodes?: string }, command: Command) => {
+      const { volume: v, snapshot: s } = snapshotRef(ref);
+      const nodes = options.nodes?.split(",").map((x) => x.trim()).filter((x) => x !== "");
+      const { nodes: _list, ...rest } = options;
+      await cloneVolume(clientFor(command), v, s, checkName(name), { ...rest, ...(nodes !== undefined ? { nodes } : {}) });
     });
 
   volume

@@ -58,6 +58,16 @@ test("a snapshot is the volume as it was, from every node, through a kill, until
   assert.is(info.exclusiveBytes, MiB, "only the overwritten MiB is the snapshot's alone");
   assert.match(await cli(3, "snapshot", "list"), /sv\s+s1\s+16\.0 MiB/);
 
+  // A clone: a new writable volume with the snapshot's bytes, through a node that holds no replica of the source.
+  const cloned = await cli(3, "volume", "clone", "sv@s1", "svc", "--repl", "2", "--json");
+  const c1 = JSON.parse(cloned) as { copiedBytes: number; zeroBytes: number; sizeBytes: number };
+  assert.equal([c1.sizeBytes, c1.copiedBytes, c1.zeroBytes], [16 * MiB, 8 * MiB, 8 * MiB], "the chunks holding data are copied, the holes are not");
+  assert.not.match(await qemuIo(c.nodes[0]!.uri("svc"), ...before, "write -P 0x61 0 1M", "read -P 0x61 0 1M"), /fail/i, "the clone holds the snapshot's bytes and takes writes");
+  assert.not.match(await qemuIo(c.nodes[0]!.uri("sv@s1"), ...before), /fail/i, "the snapshot is unchanged by the clone's writes");
+  const taken = await run(process.execPath, [pxd, "--host", `${c.nodes[0]!.host}:9001`, "volume", "clone", "sv@s1", "svc"]);
+  assert.ok(taken.code !== 0 && /already exists/.test(taken.stderr), taken.stderr);
+  await c.nodes[0]!.api.deleteVolume("svc");
+
   // A SIGKILLed replica comes back with the snapshot (its checkpoint or its log).
   await c.nodes[1]!.kill();
   await c.nodes[1]!.start();
