@@ -4,7 +4,8 @@
 // routes and `pxd daemon --help`, and then the compose file's own command
 // lines are run: the runtime stage's files are laid out as the Dockerfile's
 // COPY lines say, and the three services start as real daemon processes with
-// their container addresses replaced by 127.0.0.11-13 and /data by temp dirs.
+// their service names (the addresses they listen on) resolved to free loopback
+// addresses and /data replaced by temp dirs.
 // They must start, join, see each other and replicate a volume.
 
 import { daemonNodeFlags } from "../../src/os/node-flags.js";
@@ -225,11 +226,10 @@ function service(name: string): Service {
   const envMap = asMap(s["environment"], `services.${name}.environment`);
   const environment: Record<string, string> = {};
   for (const [k, v] of Object.entries(envMap)) environment[k] = String(v);
-  const networks = asMap(s["networks"], `services.${name}.networks`);
-  const nets = Object.values(networks);
-  if (nets.length !== 1) throw new Error(`services.${name} is on ${nets.length} networks`);
-  const address = asMap(nets[0], `services.${name}.networks.*`)["ipv4_address"];
-  if (typeof address !== "string") throw new Error(`services.${name} has no ipv4_address`);
+  const networks = asStrings(s["networks"], `services.${name}.networks`);
+  if (networks.length !== 1) throw new Error(`services.${name} is on ${networks.length} networks`);
+  // The address a node listens on and advertises: its service name, which Docker's DNS resolves on the compose network.
+  const address = name;
   const dependsOn: Record<string, string> = {};
   if (s["depends_on"] !== undefined) {
     for (const [dep, v] of Object.entries(asMap(s["depends_on"], `services.${name}.depends_on`))) {
@@ -398,18 +398,13 @@ test("compose: three services pxd1 (bootstraps), pxd2 and pxd3 (join pxd1), each
   for (const s of svc.slice(1)) assert.is(option(s.command, "--join"), `${first.address}:${defaultApiPort}`, `${s.name} joins pxd1's API`);
 });
 
-test("compose: each node listens on (and so advertises) its own fixed address on the pxd network", () => {
-  const net = asMap(asMap(compose["networks"], "networks")["pxd"], "networks.pxd");
-  const config = asList(asMap(net["ipam"], "ipam")["config"], "ipam.config");
-  const subnet = String(asMap(config[0], "ipam.config[0]")["subnet"]);
-  const m = /^(\d+\.\d+\.\d+)\.0\/24$/.exec(subnet);
-  assert.ok(m, `subnet ${subnet} is a /24`);
-  const addresses = svc.map((s) => s.address);
-  assert.is(new Set(addresses).size, 3, "distinct addresses");
+test("compose: each node listens on (and so advertises) its service name, which Docker's DNS resolves on the pxd network: no fixed addresses", () => {
+  assert.equal(Object.keys(asMap(compose["networks"], "networks")), ["pxd"]);
+  assert.is(asMap(asMap(compose["networks"], "networks")["pxd"], "networks.pxd")["ipam"], undefined, "no subnet to collide with the host's");
   for (const s of svc) {
-    assert.is(option(s.command, "--listen"), s.address, `${s.name} --listen is its ipv4_address`);
-    assert.ok(s.address.startsWith(`${m![1]}.`), `${s.address} in ${subnet}`);
-    assert.is(s.environment["PXD_HOST"], `${s.address}:${defaultApiPort}`, `${s.name} PXD_HOST (CLI and health check)`);
+    assert.equal(asStrings(asMap(services[s.name], s.name)["networks"], "networks"), ["pxd"]);
+    assert.is(option(s.command, "--listen"), s.name, `${s.name} --listen is its service name`);
+    assert.is(s.environment["PXD_HOST"], `${s.name}:${defaultApiPort}`, `${s.name} PXD_HOST (CLI and health check)`);
   }
 });
 
@@ -547,13 +542,14 @@ test("the runtime files run: `pxd daemon --help` knows every option the image an
   assert.match(shim.stdout, /daemon/);
 });
 
-test(`the compose command lines start a 3-node cluster (container addresses -> ${testHosts.join(", ")}) that joins and replicates`, async () => {
+test(`the compose command lines start a 3-node cluster (service names -> ${testHosts.join(", ")}) that joins and replicates`, async () => {
   const ordered = startOrder(svc);
+  // Docker's DNS, here: a service name (alone, or before :PORT) becomes its loopback address.
   const hostOf = new Map(svc.map((s, i) => [s.address, testHosts[i]!]));
   const local = (v: string): string => {
-    let out = v;
-    for (const [from, to] of hostOf) out = out.split(from).join(to);
-    return out;
+    const [host, ...port] = v.split(":");
+    const to = hostOf.get(host!);
+    return to === undefined ? v : [to, ...port].join(":");
   };
   for (const host of hostOf.values()) {
     for (const port of [defaultNbdPort, defaultApiPort, defaultPeerPort]) {
@@ -575,7 +571,7 @@ test(`the compose command lines start a 3-node cluster (container addresses -> $
     // The shell has no PXD_CLUSTER_SECRET here: the compose default applies.
     for (const [k, v] of Object.entries(s.environment)) env[k] = local(interpolate(v, {}));
     healthEnv.set(s.name, env);
-    const args = s.command.map((a) => (a === "/data" ? join(tmp.dir, s.name) : local(a)));
+    const args = s.command.map((a, i) => (a === "/data" ? join(tmp.dir, s.name) : ["--listen", "--join"].includes(s.command[i - 1]!) ? local(a) : a));
     const childEnv = imageEnv(env);
     const child = spawn(process.execPath, [...entrypoint.slice(1), ...args], { cwd: app, env: childEnv, stdio: ["ignore", "pipe", "pipe"] });
     children.push(child);
