@@ -7,7 +7,7 @@
 import type { Command } from "commander";
 import type { ApiClient } from "../api/client.js";
 import { formatSize } from "../base/sizes.js";
-import { copyExport, createBackup, deleteBackup, findBackup, listBackups, overConnections, restoreBackup, verifyBackup, type CreateSummary } from "../backup/engine.js";
+import { copyExport, type CopySummary, type Progress, createBackup, deleteBackup, findBackup, listBackups, overConnections, restoreBackup, verifyBackup, type CreateSummary } from "../backup/engine.js";
 import type { Manifest } from "../backup/manifest.js";
 import { openTarget, TargetUrlError, type BackupTarget } from "../backup/target.js";
 import { backupChunksInFlight, backupConnectionAttempts } from "../constants.js";
@@ -205,6 +205,31 @@ async function restore(api: ApiClient, url: string, ref: string, name: string, o
 }
 
 /**
+ * Copies snapshot VOLUME@SNAPSHOT into volume `name` (made by the caller,
+ * at least the snapshot's size, never written yet): over NBD from a node
+ * that serves the snapshot to one that serves the volume, starting over on
+ * another connection when one fails. Writing the snapshot's bytes again is
+ * harmless, so a copy that stopped may be run again from the start.
+ */
+export async function copySnapshot(api: ApiClient, volume: string, snapshot: string, name: string, o: IoFlags, progress?: Progress, restart?: () => void): Promise<CopySummary> {
+  const source = `${volume}@${snapshot}`;
+  const [from, to] = [await nbdServers(api, volume), await nbdServers(api, name)];
+  return overConnections(
+    backupConnectionAttempts,
+    (attempt) => connectTo(from, source, o, attempt),
+    async (src) => {
+      const dst = await connectTo(to, name, o);
+      try {
+        return await copyExport({ source: src, target: dst, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), ...(progress !== undefined ? { progress } : {}) });
+      } finally {
+        dst.close();
+      }
+    },
+    (e, attempt) => startingOver(`copy of ${source}`, e, attempt) && (restart?.(), true),
+  );
+}
+
+/**
  * `pxd volume clone VOL@SNAP NEW`: a new volume of the snapshot's size,
  * filled by a copy over NBD from the snapshot's export (holes are not
  * written), with progress; a clone that fails deletes the volume it made.
@@ -215,20 +240,7 @@ export async function cloneVolume(api: ApiClient, volume: string, snapshot: stri
   const source = `${volume}@${snapshot}`;
   const bar = byteProgress(process.stderr, `clone ${source} to ${name}`);
   try {
-    const [from, to] = [await nbdServers(api, volume), await nbdServers(api, name)];
-    const done = await overConnections(
-      backupConnectionAttempts,
-      (attempt) => connectTo(from, source, o, attempt),
-      async (src) => {
-        const dst = await connectTo(to, name, o);
-        try {
-          return await copyExport({ source: src, target: dst, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update });
-        } finally {
-          dst.close();
-        }
-      },
-      (e, attempt) => startingOver(`clone of ${source}`, e, attempt) && bar.restart(),
-    );
+    const done = await copySnapshot(api, volume, snapshot, name, o, bar.update, () => bar.restart());
     bar.end();
     console.log(
       o.json

@@ -22,6 +22,7 @@ import { snapshotNameProblem, volumeNameProblem } from "../api/validate.js";
 import { volumeBytesMax, volumeReplicasMax } from "../constants.js";
 import { clientFor } from "./args.js";
 import { hostName, filesystems, type Filesystem } from "./attach.js";
+import { copySnapshot } from "./backup.js";
 import { CliError, UsageError } from "./errors.js";
 import { nodeService } from "./csi-node.js";
 import { cliVersion } from "./main.js";
@@ -309,7 +310,78 @@ function page<T>(req: Req, all: T[]): { items: T[]; next: string } {
   return { items: all.slice(start, end), next: end < all.length ? String(end) : "" };
 }
 
+/** How long CreateVolume waits for a snapshot's copy before it answers ABORTED (the provisioner asks again, and is answered once the copy is done). */
+const csiCopyWaitMs = 5000;
+/** Snapshot copies this controller runs or holds the outcome of at once; past it CreateVolume from a snapshot is RESOURCE_EXHAUSTED. */
+const csiCopiesMax = 16;
+
+interface SnapshotCopy {
+  snapshotId: string;
+  done: boolean;
+  error?: Error;
+  doneBytes: number;
+  totalBytes: number;
+}
+
+/**
+ * CreateVolume with a snapshot as its content source: a volume of at least
+ * the snapshot's size, filled by a copy of it over NBD (pxd volume clone's
+ * copy) that runs in this process. The call waits up to csiCopyWaitMs;
+ * a longer copy answers ABORTED with its progress, and a later call for the
+ * same name answers with the volume once it is done. A volume that exists
+ * without a copy under way here (this process restarted during one, or the
+ * call is a repeat after success) is copied into again: the snapshot's bytes
+ * written again, harmless, as no pod has used a volume CreateVolume has not
+ * answered for. A copy that fails deletes the volume.
+ */
+async function fromSnapshot(api: ApiClient, copies: Map<string, SnapshotCopy>, name: string, snapshotId: string, size: { bytes: number; limit: number; required: number }, params: CreateParameters, context: Record<string, string>): Promise<object> {
+  const ref = parseSnapshotId(snapshotId);
+  const snap = ref === undefined ? undefined : await api.inspectSnapshot(ref.volume, ref.snapshot).catch((e: unknown) => (e instanceof ApiError && e.status === 404 ? undefined : Promise.reject(e)));
+  if (ref === undefined || snap === undefined) throw new CsiError(grpc.status.NOT_FOUND, `snapshot ${JSON.stringify(snapshotId.slice(0, 140))} does not exist`);
+  if (size.limit > 0 && size.limit < snap.sizeBytes) throw new CsiError(grpc.status.OUT_OF_RANGE, `snapshot ${snapshotId} is ${snap.sizeBytes} bytes, more than limit_bytes ${size.limit}`);
+  const bytes = Math.max(size.bytes, snap.sizeBytes);
+  const answer = (v: VolumeInfo): object => ({ volume: { ...csiVolume(v, context), content_source: { snapshot: { snapshot_id: snapshotId } } } });
+  let job = copies.get(name);
+  if (job !== undefined && job.snapshotId !== snapshotId) throw new CsiError(grpc.status.ALREADY_EXISTS, `volume ${name} is being made from snapshot ${job.snapshotId}, not ${snapshotId}`);
+  if (job === undefined) {
+    if (copies.size >= csiCopiesMax) throw new CsiError(grpc.status.RESOURCE_EXHAUSTED, `${copies.size} volumes are being filled from snapshots, the most this controller runs at once; ask again later`);
+    const existing = await findVolume(api, name);
+    if (existing !== undefined) {
+      const misfit = existingFits(existing, { ...size, required: bytes }, params);
+      if (misfit !== null) throw new CsiError(grpc.status.ALREADY_EXISTS, misfit);
+    } else {
+      await api.createVolume({ name, sizeBytes: bytes, ...(params.repl !== undefined ? { repl: params.repl } : {}), ...(params.zones !== undefined ? { zones: params.zones } : {}) });
+    }
+    const started: SnapshotCopy = { snapshotId, done: false, doneBytes: 0, totalBytes: snap.sizeBytes };
+    copies.set(name, started);
+    job = started;
+    void copySnapshot(api, ref.volume, ref.snapshot, name, {}, (d, t) => {
+      started.doneBytes = d;
+      started.totalBytes = t;
+    }).then(
+      () => void (started.done = true),
+      async (e: Error) => {
+        started.error = e;
+        started.done = true;
+        await api.deleteVolume(name, { force: true }).catch(() => {});
+      },
+    );
+  }
+  const deadline = Date.now() + csiCopyWaitMs;
+  while (!job.done && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+  if (!job.done) {
+    throw new CsiError(grpc.status.ABORTED, `volume ${name} is being filled from snapshot ${snapshotId}: ${Math.floor((100 * job.doneBytes) / Math.max(1, job.totalBytes))}% copied; ask again`);
+  }
+  copies.delete(name);
+  if (job.error !== undefined) throw new CsiError(grpc.status.INTERNAL, `filling volume ${name} from snapshot ${snapshotId} failed (${job.error.message}); the volume was deleted, ask again to start over`);
+  const v = await findVolume(api, name);
+  if (v === undefined) throw new CsiError(grpc.status.INTERNAL, `volume ${name} was filled from snapshot ${snapshotId} and then disappeared; ask again`);
+  return answer(v);
+}
+
 function controllerService(api: ApiClient): Record<string, Handler> {
+  /** Snapshot copies under way (CreateVolume from a snapshot), by volume name. */
+  const copies = new Map<string, SnapshotCopy>();
   const noPublish = "pxd.csi.io needs no ControllerPublish (attachRequired: false): the node plugin attaches in NodeStageVolume";
   return {
     CreateVolume: async (req) => {
@@ -321,9 +393,13 @@ function controllerService(api: ApiClient): Record<string, Handler> {
       const params = readParameters(checkedMap(req, "parameters"));
       checkedMap(req, "secrets");
       checkedMap(req, "mutable_parameters");
-      if (req["volume_content_source"] != null) throw invalid("volume_content_source is not supported yet: pxd cannot make a volume from a snapshot through CSI (pxd volume clone does it by hand)");
       const size = sizeFor(req["capacity_range"]);
       const context: Record<string, string> = params.fs !== undefined ? { fs: params.fs } : {};
+      const source = req["volume_content_source"] as { snapshot?: { snapshot_id?: unknown }; volume?: unknown } | null | undefined;
+      if (source != null) {
+        if (source.snapshot == null) throw invalid("volume_content_source: only a snapshot is taken (take a snapshot of the volume to copy, then make a volume from it)");
+        return fromSnapshot(api, copies, name, String(source.snapshot.snapshot_id ?? ""), size, params, context);
+      }
       const existing = await findVolume(api, name);
       if (existing !== undefined) {
         const misfit = existingFits(existing, size, params);

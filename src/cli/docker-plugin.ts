@@ -16,12 +16,13 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync 
 import { join } from "node:path";
 import type { Command } from "commander";
 import type { ApiClient } from "../api/client.js";
-import { ApiError, type VolumeInfo } from "../api/types.js";
-import { volumeNameProblem } from "../api/validate.js";
+import { ApiError, type SnapshotInfo, type VolumeInfo } from "../api/types.js";
+import { snapshotNameProblem, volumeNameProblem } from "../api/validate.js";
 import { parseSize } from "../base/sizes.js";
 import { volumeReplicasMax } from "../constants.js";
 import { filesystems, mountVolume, unmountVolume, type Filesystem } from "./attach.js";
 import { clientFor } from "./args.js";
+import { copySnapshot } from "./backup.js";
 import { mountedAt } from "../os/attachments.js";
 import { claimSocketPath } from "../os/unix-socket.js";
 
@@ -38,7 +39,7 @@ const mountIdsMax = 1024;
 /** Characters of a caller ID (dockerd sends 64 hex digits). */
 const mountIdCharsMax = 256;
 
-const createOptions = ["size", "repl", "zones", "nodes", "fs"] as const;
+const createOptions = ["size", "repl", "zones", "nodes", "fs", "snapshot"] as const;
 const mimeType = "application/vnd.docker.plugins.v1+json";
 
 interface VolumeState {
@@ -46,6 +47,8 @@ interface VolumeState {
   ids: string[];
   /** The filesystem to make when it has none (the Create option fs). */
   fs?: Filesystem;
+  /** VOLUME@SNAPSHOT being copied into it (the Create option snapshot): set until the copy is done, so a Create after a restart copies again. */
+  filling?: string;
 }
 
 interface PluginState {
@@ -146,7 +149,9 @@ export class DockerPlugin {
 
   private async create(name: string, rawOpts: unknown): Promise<void> {
     const opts = createOpts(rawOpts);
-    const sizeBytes = opts.size === undefined ? defaultSizeBytes : sizeOption(opts.size);
+    const source = opts.snapshot === undefined ? undefined : await this.snapshotOption(opts.snapshot);
+    const sizeBytes = opts.size === undefined ? (source?.sizeBytes ?? defaultSizeBytes) : sizeOption(opts.size);
+    if (source !== undefined && sizeBytes < source.sizeBytes) throw new Refusal(`option size ${opts.size} is smaller than snapshot ${opts.snapshot} (${source.sizeBytes} bytes); leave out size, or give at least that`);
     const repl = opts.repl === undefined ? undefined : replOption(opts.repl);
     const fs = opts.fs === undefined ? undefined : fsOption(opts.fs);
     const existing = await this.api.inspectVolume(name).catch((e: unknown) => {
@@ -166,9 +171,42 @@ export class DockerPlugin {
       });
     }
     if (fs !== undefined) {
-      this.state.volumes[name] = { ids: this.state.volumes[name]?.ids ?? [], fs };
+      this.state.volumes[name] = { ...this.state.volumes[name], ids: this.state.volumes[name]?.ids ?? [], fs };
       this.save();
     }
+    // A new volume from a snapshot is filled before Create answers; one whose copy a restart cut short is filled again.
+    const filling = existing === undefined ? opts.snapshot : this.state.volumes[name]?.filling;
+    if (filling !== undefined) await this.fill(name, filling, existing === undefined);
+  }
+
+  /** The snapshot a Create option names (VOLUME@SNAPSHOT), which must exist. */
+  private async snapshotOption(ref: string): Promise<SnapshotInfo> {
+    const at = ref.indexOf("@");
+    const [volume, snapshot] = [ref.slice(0, at), ref.slice(at + 1)];
+    if (at < 0 || volumeNameProblem(volume) !== null || snapshotNameProblem(snapshot) !== null) throw new Refusal(`option snapshot must be VOLUME@SNAPSHOT (pxd snapshot list), not ${JSON.stringify(ref.slice(0, 140))}`);
+    return this.api.inspectSnapshot(volume, snapshot).catch((e: unknown) => {
+      if (e instanceof ApiError && e.status === 404) throw new Refusal(`snapshot ${ref} does not exist; pxd snapshot list shows the snapshots`);
+      throw e;
+    });
+  }
+
+  /** Copies VOLUME@SNAPSHOT into the volume (pxd volume clone's copy); a copy that fails deletes a volume this Create made. */
+  private async fill(name: string, ref: string, made: boolean): Promise<void> {
+    const at = ref.indexOf("@");
+    this.state.volumes[name] = { ...this.state.volumes[name], ids: this.state.volumes[name]?.ids ?? [], filling: ref };
+    this.save();
+    try {
+      await copySnapshot(this.api, ref.slice(0, at), ref.slice(at + 1), name, {});
+    } catch (e) {
+      if (made) {
+        await this.api.deleteVolume(name, { force: true }).catch(() => {});
+        delete this.state.volumes[name];
+        this.save();
+      }
+      throw new Refusal(`filling volume ${name} from snapshot ${ref} failed (${(e as Error).message})${made ? "; the volume was deleted, create it again" : "; create it again to retry"}`);
+    }
+    delete this.state.volumes[name]!.filling;
+    this.save();
   }
 
   private async remove(name: string): Promise<void> {

@@ -196,6 +196,20 @@ test("pxd csi: identity, controller and node services as csi-sanity checks them,
     await controller["DeleteVolume"]!({ volume_id: "other" });
     assert.equal((await controller["ListSnapshots"]!({}))["entries"].map((e: any) => e.snapshot.snapshot_id), ["db@snapshot-1"]);
 
+    // A volume from a snapshot: the snapshot's bytes copied in (larger than the snapshot is fine), idempotent by name.
+    await runOk("qemu-io", ["-f", "raw", c.nodes[1]!.uri("db"), "-c", "write -P 0x5a 1M 2M"]);
+    await controller["CreateSnapshot"]!({ source_volume_id: "db", name: "snapshot-3" });
+    const fromSnap = { name: "fromsnap", capacity_range: { required_bytes: 96 * MiB }, volume_capabilities: [mountCap()], parameters: { repl: "2" }, volume_content_source: { snapshot: { snapshot_id: "db@snapshot-3" } } };
+    const restored = (await controller["CreateVolume"]!(fromSnap))["volume"];
+    assert.equal([restored.volume_id, restored.capacity_bytes, restored.content_source.snapshot.snapshot_id], ["fromsnap", 96 * MiB, "db@snapshot-3"]);
+    assert.not.match(await runOk("qemu-io", ["-f", "raw", c.nodes[2]!.uri("fromsnap"), "-c", "read -P 0 0 1M", "-c", "read -P 0x5a 1M 2M", "-c", "read -P 0 64M 32M"]), /fail/i, "the snapshot's bytes, then zeroes");
+    assert.is((await controller["CreateVolume"]!(fromSnap))["volume"].volume_id, "fromsnap", "asked again: the same volume");
+    await expectCode(controller["CreateVolume"]!({ ...fromSnap, name: "nosnap", volume_content_source: { snapshot: { snapshot_id: "db@nope" } } }), grpc.status.NOT_FOUND, /does not exist/);
+    await expectCode(controller["CreateVolume"]!({ ...fromSnap, name: "small", capacity_range: { required_bytes: MiB, limit_bytes: MiB } }), grpc.status.OUT_OF_RANGE, /limit_bytes/);
+    await expectCode(controller["CreateVolume"]!({ ...fromSnap, name: "vclone", volume_content_source: { volume: { volume_id: "db" } } }), grpc.status.INVALID_ARGUMENT, /only a snapshot/);
+    await controller["DeleteVolume"]!({ volume_id: "fromsnap" });
+    await controller["DeleteSnapshot"]!({ snapshot_id: "db@snapshot-3" });
+
     // ListVolumes pages; a token it did not give out is ABORTED.
     for (const n of ["v1", "v2", "v3"]) await controller["CreateVolume"]!({ name: n, capacity_range: { required_bytes: 4 * MiB }, volume_capabilities: [mountCap()], parameters: { repl: "1" } });
     const seen: string[] = [];

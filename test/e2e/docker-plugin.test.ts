@@ -78,7 +78,7 @@ test("docker-plugin: the VolumeDriver protocol through create, two mounts across
 
     const unknown = await call("VolumeDriver.Create", { Name: "pg", Opts: { sise: "1G" } });
     assert.is(unknown.status, 500);
-    assert.match(String(unknown.body["Err"]), /unknown option "sise"; the options are size, repl, zones, nodes, fs/);
+    assert.match(String(unknown.body["Err"]), /unknown option "sise"; the options are size, repl, zones, nodes, fs, snapshot/);
     const badName = await call("VolumeDriver.Create", { Name: "../etc", Opts: {} });
     assert.match(String(badName.body["Err"]), /is not a valid volume name/);
 
@@ -117,6 +117,18 @@ test("docker-plugin: the VolumeDriver protocol through create, two mounts across
     assert.equal(await c.nodes[0]!.api.listAttachments(), [], "and detached it");
     assert.not.ok((await runOk("losetup", ["-a"])).includes(t.dir), "no loop device is left");
 
+    // A volume from a snapshot of pg: its files are there.
+    await c.nodes[0]!.api.createSnapshot("pg", { name: "s" });
+    assert.match(String((await call("VolumeDriver.Create", { Name: "pg2", Opts: { snapshot: "pg@nope" } })).body["Err"]), /snapshot pg@nope does not exist/);
+    assert.match(String((await call("VolumeDriver.Create", { Name: "pg2", Opts: { snapshot: "pg@s", size: "1M" } })).body["Err"]), /smaller than snapshot pg@s/);
+    assert.equal((await call("VolumeDriver.Create", { Name: "pg2", Opts: { snapshot: "pg@s" } })).body, { Err: "" });
+    assert.is((await c.nodes[0]!.api.inspectVolume("pg2")).sizeBytes, 64 * 1024 * 1024, "the snapshot's size");
+    const m3 = await call("VolumeDriver.Mount", { Name: "pg2", ID: "c".repeat(64) });
+    assert.is(m3.status, 200, JSON.stringify(m3.body));
+    assert.is(readFileSync(join(String(m3.body["Mountpoint"]), "PG_VERSION"), "utf8"), "16\n", "the snapshot's files");
+    assert.equal((await call("VolumeDriver.Unmount", { Name: "pg2", ID: "c".repeat(64) })).body, { Err: "" });
+    assert.equal((await call("VolumeDriver.Remove", { Name: "pg2" })).body, { Err: "" });
+
     assert.equal((await call("VolumeDriver.Remove", { Name: "pg" })).body, { Err: "" });
     assert.is((await c.nodes[0]!.api.listVolumes()).length, 0);
     assert.is((await call("VolumeDriver.Snapshot", {})).status, 404);
@@ -124,6 +136,7 @@ test("docker-plugin: the VolumeDriver protocol through create, two mounts across
     agent.destroy();
     if (plugin) await stopPlugin(plugin);
     await runOk("umount", ["-l", join(stateDir, "mounts", "pg")]).catch(() => undefined);
+    await runOk("umount", ["-l", join(stateDir, "mounts", "pg2")]).catch(() => undefined);
     await c?.dispose();
     t.remove();
   }
