@@ -11,7 +11,7 @@
 
 import { parseArgs } from "node:util";
 import { runFio, type FioResult } from "./lib/fio.js";
-import { log, onCleanup, positiveOption, runBench } from "./lib/proc.js";
+import { log, median, onCleanup, positiveOption, runBench } from "./lib/proc.js";
 import { startBenchDaemon, waitForStoreSettle } from "./lib/pxd.js";
 import type { DaemonProcess } from "../test/helpers/daemon.js";
 
@@ -23,11 +23,6 @@ interface Side {
   runs: FioResult[];
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { runtime: { type: "string", default: "8" }, rounds: { type: "string", default: "4" } } });

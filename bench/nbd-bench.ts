@@ -21,7 +21,7 @@ import { startCluster, type Cluster } from "../test/helpers/cluster.js";
 import type { DaemonProcess } from "../test/helpers/daemon.js";
 import { fioVersion, runFio, runFioDurableFile, type FioResult, type FioSpec } from "./lib/fio.js";
 import { Nbdkit, nbdkitVersion } from "./lib/nbdkit.js";
-import { cpuSeconds, log, machineJiffies, mainThreadSchedNs, onCleanup, pinToCpus, positiveOption, procStatusKiB, runBench } from "./lib/proc.js";
+import { cpuSeconds, log, machineJiffies, mainThreadSchedNs, median, onCleanup, pinToCpus, positiveOption, procStatusKiB, runBench } from "./lib/proc.js";
 import { freeSegmentsMax } from "../src/constants.js";
 import { dirUsage, startBenchDaemon, storeSnapshot, waitForStoreSettle, type DirUsage, type Settled } from "./lib/pxd.js";
 
@@ -163,11 +163,6 @@ function parseOptions(): Options {
 
 // ---- small pure helpers ----
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
 
 function metricOf(job: BenchJob | JobResult, r: { iops: number; bytesPerSec: number }): number {
   return job.metric === "iops" ? r.iops : r.bytesPerSec / MiB;

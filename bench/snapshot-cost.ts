@@ -15,16 +15,11 @@
 
 import { parseArgs } from "node:util";
 import { runFio, type FioResult } from "./lib/fio.js";
-import { log, onCleanup, positiveOption, runBench } from "./lib/proc.js";
+import { log, median, onCleanup, positiveOption, runBench } from "./lib/proc.js";
 import { startBenchDaemon, waitForStoreSettle } from "./lib/pxd.js";
 
 const volumeBytes = 256 * 1024 * 1024;
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { runtime: { type: "string", default: "8" }, rounds: { type: "string", default: "4" } } });

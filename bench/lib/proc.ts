@@ -195,3 +195,10 @@ export function pinToCpus(cpuList: string): void {
     throw new Error(`cannot pin the bench to CPUs ${cpuList} with taskset (util-linux): ${stderr || (e as Error).message}`);
   }
 }
+
+/** The median of some measurements (the mean of the middle two for an even count). */
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
