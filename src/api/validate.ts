@@ -172,6 +172,19 @@ export function snapshotNameProblem(name: string): string | null {
   return problem === null ? null : problem.replace(/^volume name/, "snapshot name");
 }
 
+/**
+ * A snapshot's reference, VOLUME@SNAPSHOT (its NBD export name, and its CSI
+ * snapshot id): both names, or why it is not one.
+ */
+export function parseSnapshotRef(ref: string): { volume: string; snapshot: string } | { problem: string } {
+  const at = ref.indexOf("@");
+  if (at < 0) return { problem: `${JSON.stringify(ref.slice(0, 140))} names no snapshot; write VOLUME@SNAPSHOT (pxd snapshot list shows them)` };
+  const volume = ref.slice(0, at);
+  const snapshot = ref.slice(at + 1);
+  const problem = volumeNameProblem(volume) ?? snapshotNameProblem(snapshot);
+  return problem === null ? { volume, snapshot } : { problem };
+}
+
 function snapshotNameField(field: string, v: unknown): string {
   if (typeof v !== "string") throw invalid(`field "${field}" must be a snapshot name (a string), not ${describe(v)}`);
   const problem = snapshotNameProblem(v);

@@ -18,7 +18,7 @@ import { InvalidArgumentError, type Command } from "commander";
 import type { ApiClient } from "../api/client.js";
 import { DaemonUnreachableError } from "../api/client.js";
 import { ApiError, type SnapshotInfo, type VolumeInfo } from "../api/types.js";
-import { snapshotNameProblem, volumeNameProblem } from "../api/validate.js";
+import { parseSnapshotRef, snapshotNameProblem, volumeNameProblem } from "../api/validate.js";
 import { volumeBytesMax, volumeReplicasMax } from "../constants.js";
 import { clientFor } from "./args.js";
 import { hostName, filesystems, type Filesystem } from "./attach.js";
@@ -287,11 +287,8 @@ function snapshotIdOf(s: SnapshotInfo): string {
 
 /** The volume and snapshot names of a snapshot id, or undefined for an id this driver never gives out. */
 function parseSnapshotId(id: string): { volume: string; snapshot: string } | undefined {
-  const at = id.indexOf("@");
-  if (at < 0) return undefined;
-  const volume = id.slice(0, at);
-  const snapshot = id.slice(at + 1);
-  return volumeNameProblem(volume) === null && snapshotNameProblem(snapshot) === null ? { volume, snapshot } : undefined;
+  const r = parseSnapshotRef(id);
+  return "problem" in r ? undefined : r;
 }
 
 function csiSnapshot(s: SnapshotInfo): object {

@@ -17,7 +17,7 @@ import { join } from "node:path";
 import type { Command } from "commander";
 import type { ApiClient } from "../api/client.js";
 import { ApiError, type SnapshotInfo, type VolumeInfo } from "../api/types.js";
-import { snapshotNameProblem, volumeNameProblem } from "../api/validate.js";
+import { parseSnapshotRef, volumeNameProblem } from "../api/validate.js";
 import { parseSize } from "../base/sizes.js";
 import { volumeReplicasMax } from "../constants.js";
 import { filesystems, mountVolume, unmountVolume, type Filesystem } from "./attach.js";
@@ -181,10 +181,9 @@ export class DockerPlugin {
 
   /** The snapshot a Create option names (VOLUME@SNAPSHOT), which must exist. */
   private async snapshotOption(ref: string): Promise<SnapshotInfo> {
-    const at = ref.indexOf("@");
-    const [volume, snapshot] = [ref.slice(0, at), ref.slice(at + 1)];
-    if (at < 0 || volumeNameProblem(volume) !== null || snapshotNameProblem(snapshot) !== null) throw new Refusal(`option snapshot must be VOLUME@SNAPSHOT (pxd snapshot list), not ${JSON.stringify(ref.slice(0, 140))}`);
-    return this.api.inspectSnapshot(volume, snapshot).catch((e: unknown) => {
+    const r = parseSnapshotRef(ref);
+    if ("problem" in r) throw new Refusal(`option snapshot: ${r.problem}`);
+    return this.api.inspectSnapshot(r.volume, r.snapshot).catch((e: unknown) => {
       if (e instanceof ApiError && e.status === 404) throw new Refusal(`snapshot ${ref} does not exist; pxd snapshot list shows the snapshots`);
       throw e;
     });
@@ -192,11 +191,12 @@ export class DockerPlugin {
 
   /** Copies VOLUME@SNAPSHOT into the volume (pxd volume clone's copy); a copy that fails deletes a volume this Create made. */
   private async fill(name: string, ref: string, made: boolean): Promise<void> {
-    const at = ref.indexOf("@");
+    const r = parseSnapshotRef(ref);
+    if ("problem" in r) throw new Refusal(`volume ${name}: the snapshot it is filled from: ${r.problem}`);
     this.state.volumes[name] = { ...this.state.volumes[name], ids: this.state.volumes[name]?.ids ?? [], filling: ref };
     this.save();
     try {
-      await copySnapshot(this.api, ref.slice(0, at), ref.slice(at + 1), name, {});
+      await copySnapshot(this.api, r.volume, r.snapshot, name, {});
     } catch (e) {
       if (made) {
         await this.api.deleteVolume(name, { force: true }).catch(() => {});

@@ -4,10 +4,11 @@
 import type { Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import type { SnapshotInfo } from "../api/types.js";
-import { snapshotNameProblem } from "../api/validate.js";
+import { parseSnapshotRef, snapshotNameProblem } from "../api/validate.js";
 import { checkName, clientFor, durationArg, intArg, replArg } from "./args.js";
 import { cloneVolume, ioOptions, type IoFlags } from "./backup.js";
 import { volumeSnapshotsMax } from "../constants.js";
+import { timedSnapshotName } from "../cluster/control.js";
 import { UsageError } from "./errors.js";
 import { fields, formatDuration, json, table } from "./format.js";
 
@@ -20,9 +21,9 @@ const rollbackTimeoutMs = 30 * 60 * 1000;
 
 /** "VOLUME@SNAPSHOT", as the NBD export is named, checked. */
 function snapshotRef(ref: string): { volume: string; snapshot: string } {
-  const at = ref.indexOf("@");
-  if (at < 0) throw new UsageError(`${JSON.stringify(ref)} names no snapshot; write VOLUME@SNAPSHOT (pxd snapshot list shows them)`);
-  return { volume: checkName(ref.slice(0, at)), snapshot: checkSnapshotName(ref.slice(at + 1)) };
+  const r = parseSnapshotRef(ref);
+  if ("problem" in r) throw new UsageError(r.problem);
+  return r;
 }
 
 function checkSnapshotName(name: string): string {
@@ -31,11 +32,6 @@ function checkSnapshotName(name: string): string {
   return name;
 }
 
-/** A default snapshot name from the time, UTC: snap-20261206-194500. */
-function defaultSnapshotName(now: Date): string {
-  const iso = now.toISOString(); // 2026-12-06T19:45:00.123Z
-  return `snap-${iso.slice(0, 10).replaceAll("-", "")}-${iso.slice(11, 19).replaceAll(":", "")}`;
-}
 
 export function snapshotTable(list: SnapshotInfo[]): string {
   return table(
@@ -67,7 +63,7 @@ export function registerSnapshot(program: Command, volume: Command): void {
     .argument("[name]", "snapshot name (default: snap-YYYYMMDD-HHMMSS, UTC)")
     .option("--json", "print the API's JSON")
     .action(async (volumeName: string, name: string | undefined, options: JsonFlag, command: Command) => {
-      const s = await clientFor(command).createSnapshot(checkName(volumeName), { name: checkSnapshotName(name ?? defaultSnapshotName(new Date())) });
+      const s = await clientFor(command).createSnapshot(checkName(volumeName), { name: checkSnapshotName(name ?? timedSnapshotName("snap-", Date.now())) });
       if (options.json) return console.log(json(s));
       console.log(`snapshot "${s.volume}@${s.name}" taken: ${formatSize(s.sizeBytes)}, read-only at ${s.nbdUri}`);
     });

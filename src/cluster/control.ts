@@ -21,9 +21,14 @@ type NodeId = number;
 /** Names of the snapshots a schedule takes: auto-YYYYMMDD-HHMMSS (UTC); only these count toward its keep. */
 export const autoSnapshotPrefix = "auto-";
 
-export function autoSnapshotName(wallMs: number): string {
+/** A snapshot name from a time, UTC, to the second: PREFIX + YYYYMMDD-HHMMSS. */
+export function timedSnapshotName(prefix: string, wallMs: number): string {
   const iso = new Date(wallMs).toISOString(); // 2026-12-06T19:45:00.123Z
-  return `${autoSnapshotPrefix}${iso.slice(0, 10).replaceAll("-", "")}-${iso.slice(11, 19).replaceAll(":", "")}`;
+  return `${prefix}${iso.slice(0, 10).replaceAll("-", "")}-${iso.slice(11, 19).replaceAll(":", "")}`;
+}
+
+export function autoSnapshotName(wallMs: number): string {
+  return timedSnapshotName(autoSnapshotPrefix, wallMs);
 }
 
 /**

@@ -375,6 +375,7 @@ export class Daemon implements Controller {
       io: this.io,
       driver: this.driver,
       knownVolume: (name) => this.knownVolume(name),
+      mustGet: (name) => this.mustGet(name),
       metaLeaderApi: (caller) => this.metaLeaderApi(caller),
       nodeApi: (n, timeoutMs, token) => this.nodeApi(n, timeoutMs, token),
       metaCommand: (c) => this.metaCommand(c),

@@ -31,6 +31,8 @@ export interface SnapshotContext {
   readonly io: VolumeIo;
   readonly driver: MultiRaft;
   knownVolume(name: string): Promise<CatalogVolume>;
+  /** The volume this node's catalog has, else ApiError 404. */
+  mustGet(name: string): CatalogVolume;
   metaLeaderApi(caller: Caller): Promise<ApiClient | undefined>;
   nodeApi(n: CatalogNode, timeoutMs: number, token?: string): ApiClient;
   metaCommand(command: CatalogCommand): Promise<ApplyResult>;
@@ -247,9 +249,7 @@ export class Snapshots {
   }
 
   private mustGet(name: string): CatalogVolume {
-    const v = this.c.catalog().volumes.get(name);
-    if (v === undefined) throw new ApiError(404, "not_found", `no volume named "${name}"; see "pxd volume list"`);
-    return v;
+    return this.c.mustGet(name);
   }
 
   private mustSnapshot(v: CatalogVolume, name: string): CatalogSnapshot {

@@ -101,7 +101,7 @@ export class BlockMap {
   /** Chunk `ci` to change in place: a private copy first if it may be shared. */
   private own(ci: number): Float64Array | undefined {
     const chunk = this.chunks.get(ci);
-    if (chunk === undefined || !this.shared.has(ci)) return chunk;
+    if (chunk === undefined || this.shared.size === 0 || !this.shared.has(ci)) return chunk;
     this.shared.delete(ci);
     const copy = chunk.slice();
     this.chunks.set(ci, copy);
