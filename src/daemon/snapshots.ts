@@ -145,9 +145,13 @@ export class Snapshots {
    * which the catalog records only after every replica has it.
    */
   dropUnlisted(): void {
-    for (const v of this.c.catalog().volumes.values()) {
-      if (!this.c.store.hasGroup(v.id)) continue;
-      for (const id of this.c.store.snapshotIds(v.id)) {
+    const held = this.c.store.heldSnapshots();
+    if (held.size === 0) return;
+    const byId = new Map([...this.c.catalog().volumes.values()].map((v) => [v.id, v] as const));
+    for (const [group, ids] of held) {
+      const v = byId.get(group);
+      if (v === undefined) continue; // the volume's group goes with its own reconcile
+      for (const id of ids) {
         if (id >= v.nextSnapshotId || v.snapshots.some((s) => s.id === id)) continue;
         this.c.store.dropSnapshot(v.id, id);
         this.c.log(`volume ${v.name}: dropped snapshot id ${id}, which the catalog no longer lists`);

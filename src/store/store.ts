@@ -362,13 +362,20 @@ export class Store {
 
   /** The snapshot ids this node holds of a volume group, ascending. */
   snapshotIds(groupId: number): number[] {
-    const ids: number[] = [];
+    return (this.heldSnapshots().get(groupId) ?? []).sort((a, b) => a - b);
+  }
+
+  /** Every snapshot this node holds, as volume group id -> snapshot ids, in one pass over the groups. */
+  heldSnapshots(): Map<number, number[]> {
+    const held = new Map<number, number[]>();
     for (const id of this.groups.keys()) {
       if (!isSnapshotId(id)) continue;
       const [volume, snapshot] = snapshotParts(id);
-      if (volume === groupId) ids.push(snapshot);
+      const ids = held.get(volume);
+      if (ids === undefined) held.set(volume, [snapshot]);
+      else ids.push(snapshot);
     }
-    return ids.sort((a, b) => a - b);
+    return held;
   }
 
   /** Reads a snapshot of a volume group (checked like any read: a damaged block throws ChecksumError). */
