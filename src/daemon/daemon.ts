@@ -731,7 +731,7 @@ export class Daemon implements Controller {
     this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
     return new SnapshotExport(v, s, this.snapshots.sizeHere(v, s) ?? s.sizeBytes, this.io, this.readBuffers, () => {
       this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
-    });
+    }, this.admission.gate(volume));
   }
 
   // ---- Controller (control API) ----
