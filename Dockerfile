@@ -27,7 +27,8 @@ RUN npm run build
 # ---- runtime: production dependencies, the compiled code, the bin/pxd shim ----
 FROM node:20-bookworm-slim AS runtime
 ENV NODE_ENV=production \
-    NODE_OPTIONS=--enable-source-maps
+    NODE_OPTIONS=--enable-source-maps \
+    PXD_CA_FILE=/data/tls/ca-cert.pem
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
@@ -46,9 +47,12 @@ VOLUME /data
 EXPOSE 10809 9001 9002
 # The control API answers GET /v1/status once the node has started (joined,
 # registered, listening); without a token the answer is a 401, which says as
-# much (docs/security.md). It listens on --listen only, so when that is not
+# much (docs/security.md). It serves HTTPS with the node's certificate from the
+# cluster CA, which the node keeps in /data/tls/ca-cert.pem (PXD_CA_FILE, which
+# the pxd CLI in the image uses too); http://ADDR in PXD_HOST for a node run
+# with --api-plain-http. It listens on --listen only, so when that is not
 # 0.0.0.0 set PXD_HOST (ADDR[:PORT], also what the pxd CLI uses) to reach it.
 HEALTHCHECK --interval=5s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["node", "-e", "const a=process.env.PXD_HOST||'127.0.0.1:9001';fetch('http://'+(a.includes(':')?a:a+':9001')+'/v1/status',{signal:AbortSignal.timeout(4000)}).then(r=>process.exit(r.ok||r.status===401?0:1),()=>process.exit(1))"]
+  CMD ["node", "-e", "const fs=require('fs'),a=process.env.PXD_HOST||'127.0.0.1:9001',f=process.env.PXD_CA_FILE||'',u=new URL(/^https?:[/][/]/.test(a)?a:'https://'+(a.includes(':')?a:a+':9001'));require(u.protocol.slice(0,-1)).get(new URL('/v1/status',u),{ca:f&&fs.existsSync(f)?fs.readFileSync(f):undefined,timeout:4000},r=>process.exit(r.statusCode===200||r.statusCode===401?0:1)).on('error',()=>process.exit(1)).on('timeout',()=>process.exit(1))"]
 ENTRYPOINT ["node", "--initial-old-space-size=64", "dist/bin/pxd.js"]
 CMD ["daemon", "--data-dir", "/data", "--listen", "0.0.0.0"]

@@ -20,8 +20,8 @@ node "$ROOT/dist/bin/pxd.js" daemon --data-dir "$D/data" --listen 127.0.0.1 \
   --nbd-port $PORT_NBD --api-port $PORT_API --peer-port $PORT_PEER > "$D/log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$D"' EXIT
-for _ in $(seq 100); do curl -sf localhost:$PORT_API/v1/status >/dev/null 2>&1 && break; sleep 0.2; done
-curl -sf -XPOST localhost:$PORT_API/v1/volumes -d '{"name":"v","sizeBytes":1073741824}' >/dev/null
+for _ in $(seq 100); do curl -s --cacert "$D/data/tls/ca-cert.pem" -o /dev/null -w "%{http_code}" https://127.0.0.1:$PORT_API/v1/status 2>/dev/null | grep -q "200\|401" >/dev/null 2>&1 && break; sleep 0.2; done
+curl -sf --cacert "$D/data/tls/ca-cert.pem" -H "Authorization: Bearer $(cat "$D/data/admin.token")" -XPOST https://127.0.0.1:$PORT_API/v1/volumes -d '{"name":"v","sizeBytes":1073741824}' >/dev/null
 URI=nbd://127.0.0.1:$PORT_NBD/v
 fio --name=fill --ioengine=nbd --uri=$URI --rw=write --bs=1M --iodepth=8 --size=1G --output-format=terse >/dev/null
 fio --name=scatter --ioengine=nbd --uri=$URI --rw=randwrite --bs=4k --iodepth=32 --size=1G --time_based --runtime=4 --output-format=terse >/dev/null

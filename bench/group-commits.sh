@@ -16,12 +16,12 @@ D=$(mktemp -d /tmp/pxd-c-XXXX)
 node "$ROOT/dist/bin/pxd.js" daemon --data-dir "$D/data" --listen 127.0.0.1 --nbd-port 20809 --api-port 20001 --peer-port 20002 > "$D/log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$D"' EXIT
-for _ in $(seq 100); do curl -s -o /dev/null -w "%{http_code}" localhost:20001/v1/status 2>/dev/null | grep -q "200\|401" && break; sleep 0.2; done
+for _ in $(seq 100); do curl -s --cacert "$D/data/tls/ca-cert.pem" -o /dev/null -w "%{http_code}" https://127.0.0.1:20001/v1/status 2>/dev/null | grep -q "200\|401" && break; sleep 0.2; done
 AUTH=(); [ -f "$D/data/admin.token" ] && AUTH=(-H "Authorization: Bearer $(cat $D/data/admin.token)")
-curl -sf "${AUTH[@]}" -XPOST localhost:20001/v1/volumes -d '{"name":"v","sizeBytes":1073741824}' >/dev/null
+curl -sf --cacert "$D/data/tls/ca-cert.pem" "${AUTH[@]}" -XPOST https://127.0.0.1:20001/v1/volumes -d '{"name":"v","sizeBytes":1073741824}' >/dev/null
 URI=nbd://127.0.0.1:20809/v
 fio --name=fill --ioengine=nbd --uri=$URI --rw=write --bs=1M --iodepth=8 --size=256M --output-format=terse >/dev/null
-m() { curl -s "${AUTH[@]}" localhost:20001/metrics | grep -E "^pxd_store_(commits|records_committed|group_commits)(_total)? " ; }
+m() { curl -s --cacert "$D/data/tls/ca-cert.pem" "${AUTH[@]}" https://127.0.0.1:20001/metrics | grep -E "^pxd_store_(commits|records_committed|group_commits)(_total)? " ; }
 m > $D/m0
 fio --name=t --ioengine=nbd --uri=$URI --rw=randwrite --bs=4k --iodepth=${QD:-32} --size=1G --time_based --runtime=6 --output-format=json --output="$D/out.json" >/dev/null
 m > $D/m1

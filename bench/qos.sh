@@ -34,11 +34,11 @@ start_node() {
   local n=$1; shift
   $PXD daemon --data-dir "$D/n$n" --listen 127.0.0.1 --name "n$n" --nbd-port "2${n}809" --api-port "2${n}001" --peer-port "2${n}002" "$@" > "$D/log$n" 2>&1 &
   PIDS+=($!)
-  for _ in $(seq 150); do curl -s -o /dev/null -w "%{http_code}" "localhost:2${n}001/v1/status" 2>/dev/null | grep -q "200\|401" && return; sleep 0.2; done
+  for _ in $(seq 150); do curl -s --cacert "$D/n$n/tls/ca-cert.pem" -o /dev/null -w "%{http_code}" "https://127.0.0.1:2${n}001/v1/status" 2>/dev/null | grep -q "200\|401" && return; sleep 0.2; done
   echo "node $n did not start:"; cat "$D/log$n"; exit 1
 }
 stop_nodes() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; PIDS=(); rm -rf "$D"/n* "$D"/log*; }
-api() { local n=$1 method=$2 path=$3; shift 3; curl -sf -H "Authorization: Bearer $(cat "$D/n1/admin.token")" -X"$method" "localhost:2${n}001$path" "$@"; }
+api() { local n=$1 method=$2 path=$3; shift 3; curl -sf --cacert "$D/n1/tls/ca-cert.pem" -H "Authorization: Bearer $(cat "$D/n1/admin.token")" -X"$method" "https://127.0.0.1:2${n}001$path" "$@"; }
 uri() { echo "nbd://127.0.0.1:2${1}809/$2"; }
 # volume NAME [JSON FIELDS]: a 1 GiB volume on node 1.
 volume() { api 1 POST /v1/volumes -d "{\"name\":\"$1\",\"sizeBytes\":1073741824${2:+,$2}}" >/dev/null; }

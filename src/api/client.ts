@@ -64,6 +64,8 @@ export interface ApiAddress {
   port: number;
   /** Given as https://HOST[:PORT]. */
   https: boolean;
+  /** Given as http://HOST[:PORT]: plain HTTP even when a CA is known (a node started with --api-plain-http). */
+  plain: boolean;
   /** "host:port", IPv6 in brackets; what messages show. */
   display: string;
 }
@@ -72,7 +74,8 @@ export interface ApiAddress {
 export function parseApiAddress(text: string): ApiAddress {
   let rest = text.trim();
   const https = rest.startsWith("https://");
-  if (rest.startsWith("http://")) rest = rest.slice("http://".length).replace(/\/+$/, "");
+  const plain = rest.startsWith("http://");
+  if (plain) rest = rest.slice("http://".length).replace(/\/+$/, "");
   if (https) rest = rest.slice("https://".length).replace(/\/+$/, "");
   let host: string;
   let portText: string | undefined;
@@ -95,7 +98,7 @@ export function parseApiAddress(text: string): ApiAddress {
     port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
     if (!(port >= 1 && port <= 65535)) throw new Error(`"${text}" has no valid port; use HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:${defaultApiPort}`);
   }
-  return { host, port, https, display: `${https ? "https://" : ""}${hostPort(host, port)}` };
+  return { host, port, https, plain, display: `${https ? "https://" : plain ? "http://" : ""}${hostPort(host, port)}` };
 }
 
 /** "host:port" for an address and a port, an IPv6 literal in brackets. */
@@ -112,11 +115,13 @@ export interface ApiClientOptions {
   token?: string | (() => string | undefined);
   /**
    * Speak HTTPS and trust this CA (PEM): the cluster's (docs/security.md,
-   * "The cluster CA"). An https:// address without a CA uses the system's
-   * roots; `insecureTls` skips the check (only a join, whose answer the
-   * cluster secret authenticates).
+   * "The cluster CA"), or where to read it before each request (a node that
+   * is still making it). An address given as http:// stays plain; an
+   * https:// address without a CA uses the system's roots; `insecureTls`
+   * skips the check (only a join, whose answer the cluster secret
+   * authenticates, and the cluster id a restarted member compares).
    */
-  ca?: string;
+  ca?: string | (() => string | undefined);
   insecureTls?: boolean;
 }
 
@@ -136,7 +141,7 @@ export class ApiClient {
   /** Sent with every request; settable, so a test helper can hand its clients a token once the daemon made one. */
   token: string | (() => string | undefined) | undefined;
 
-  private readonly ca: string | undefined;
+  private readonly ca: string | (() => string | undefined) | undefined;
   private readonly insecureTls: boolean;
 
   constructor(address: string = defaultApiAddress, options: ApiClientOptions = {}) {
@@ -146,6 +151,11 @@ export class ApiClient {
     this.insecureTls = options.insecureTls === true;
     this.timeoutMs = options.timeoutMs ?? apiClientTimeoutMs;
     this.fallback = options.fallbackAddress === undefined ? undefined : parseApiAddress(options.fallbackAddress);
+  }
+
+  /** Whether requests go over HTTPS: an https:// address, or a CA given and no http:// address. */
+  speaksTls(): boolean {
+    return this.address.https || (!this.address.plain && this.ca !== undefined);
   }
 
   async status(): Promise<NodeStatus> {
@@ -387,9 +397,9 @@ export class ApiClient {
         headers["Content-Length"] = body.length;
       }
       // agent: false gives each call its own connection, closed after the answer, so a CLI process exits at once.
-      const tls = this.address.https || this.ca !== undefined;
-      const req = tls
-        ? httpsRequest({ host, port, method, path, headers, agent: false, ...(this.ca !== undefined ? { ca: this.ca } : {}), ...(this.insecureTls ? { rejectUnauthorized: false } : {}) })
+      const ca = typeof this.ca === "function" ? this.ca() : this.ca;
+      const req = this.speaksTls()
+        ? httpsRequest({ host, port, method, path, headers, agent: false, ...(ca !== undefined ? { ca } : {}), ...(this.insecureTls ? { rejectUnauthorized: false } : {}) })
         : httpRequest({ host, port, method, path, headers, agent: false });
       const timer = setTimeout(() => {
         const seconds = (this.timeoutMs / 1000).toFixed(1).replace(/\.0$/, "");
@@ -412,11 +422,20 @@ export class ApiClient {
         `cannot reach the pxd daemon at ${display} (${code}); start it with "pxd daemon" or "npm start", or point --host / PXD_HOST at a running one`,
       );
     }
+    if (code === "ERR_SSL_WRONG_VERSION_NUMBER" || /wrong version number|packet length too long/.test(err.message)) {
+      const { host, port } = this.address;
+      return new DaemonUnreachableError(display, code, `the API at ${display} answers in plain HTTP, not HTTPS (its node runs with --api-plain-http); use --host http://${hostPort(host, port)} (PXD_HOST too)`);
+    }
     if (/CERT|SELF_SIGNED|UNABLE_TO|ERR_SSL|ERR_TLS|EPROTO|HOSTNAME|IP_MISMATCH/.test(code)) {
-      return new DaemonUnreachableError(display, code, `the TLS connection to the pxd daemon at ${display} failed (${code}: ${err.message}); give the cluster's CA certificate (DIR/tls/ca-cert.pem of a node) with PXD_CA_FILE or --ca, and use https:// only with a daemon started with --api-tls`);
+      return new DaemonUnreachableError(display, code, `${httpsApiHint(display)} (this client does not trust it: ${code})`);
     }
     return new DaemonUnreachableError(display, code, `the connection to the pxd daemon at ${display} failed before it answered (${code}: ${err.message}); check its log`);
   }
+}
+
+/** What to do when a client does not trust (or did not speak) HTTPS to a node's API: one sentence the server's refusal shares. */
+export function httpsApiHint(display: string): string {
+  return `the API at ${display} serves HTTPS with the cluster's CA; give its CA with --ca FILE or PXD_CA_FILE (DIR/tls/ca-cert.pem on a node)`;
 }
 
 function readAnswer(response: IncomingMessage, display: string, finish: (err: Error | null, answer?: RawAnswer) => void): void {

@@ -8,11 +8,12 @@
 
 import { createServer, type IncomingMessage, type ServerOptions, type ServerResponse } from "node:http";
 import { createServer as createHttpsServer } from "node:https";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
+import type { Server as HttpsServer } from "node:https";
 import { printable } from "../base/printable.js";
 import { failStop, isBug } from "../base/fail-stop.js";
 import { apiBodyBytesMax, apiBodyDepthMax, logFieldCharsMax } from "../constants.js";
-import { hostPort } from "./client.js";
+import { hostPort, httpsApiHint } from "./client.js";
 import { consolePage } from "./console.js";
 import { ApiError, type ApiErrorBody, type AuditEvent, type Authenticator, type Caller, type Controller, type DebugController, type Role } from "./types.js";
 import {
@@ -317,7 +318,7 @@ export function startApiServer(options: ApiServerOptions): Promise<ApiServer> {
   const server =
     options.tls === undefined
       ? createServer(httpOptions, handle)
-      : createHttpsServer({ ...httpOptions, cert: options.tls.certPem, key: options.tls.keyPem, minVersion: "TLSv1.2" }, handle);
+      : refusePlainHttp(createHttpsServer({ ...httpOptions, cert: options.tls.certPem, key: options.tls.keyPem, minVersion: "TLSv1.2" }, handle));
   server.maxRequestsPerSocket = apiRequestsPerSocketMax;
 
   const close = (): Promise<void> => {
@@ -347,6 +348,41 @@ export function startApiServer(options: ApiServerOptions): Promise<ApiServer> {
       resolve({ address: hostPort(bound.address, bound.port), port: bound.port, close });
     });
   });
+}
+
+/**
+ * A client that speaks plain HTTP to the HTTPS port gets a plain HTTP 400
+ * that says what to do, instead of a TLS alert it cannot show: the first
+ * byte of a connection tells a TLS ClientHello (a handshake record, 0x16,
+ * RFC 8446 section 5.1) from a request line. One chunk is read, no more; a
+ * connection that sends nothing is cut after apiHeadersTimeoutMs.
+ */
+function refusePlainHttp(server: HttpsServer): HttpsServer {
+  const tlsListeners = server.listeners("connection") as ((socket: Socket) => void)[];
+  server.removeAllListeners("connection");
+  server.on("connection", (socket: Socket) => {
+    // No other listener is on the socket until it is handed on: a reset must not become an uncaught error.
+    socket.on("error", () => socket.destroy());
+    socket.setTimeout(apiHeadersTimeoutMs, () => socket.destroy());
+    socket.once("readable", () => {
+      const first = socket.read(1) as Buffer | null;
+      if (first === null) return; // closed before a byte
+      socket.setTimeout(0);
+      socket.unshift(first);
+      if (first[0] === 0x16) {
+        for (const l of tlsListeners) l.call(server, socket);
+        return;
+      }
+      const address = server.address() as AddressInfo | null;
+      const where = `https://${address === null ? "HOST:PORT" : hostPort(socket.localAddress ?? address.address, address.port)}`;
+      const body: ApiErrorBody = { error: { code: "https_required", message: `${httpsApiHint(where)}, and use ${where}` } };
+      const text = JSON.stringify(body);
+      socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(text)}\r\nConnection: close\r\n\r\n${text}`);
+      socket.setTimeout(apiHeadersTimeoutMs, () => socket.destroy());
+      socket.resume(); // what the client still sends is read and dropped until it closes
+    });
+  });
+  return server;
 }
 
 async function serve(

@@ -7,8 +7,7 @@ import { volumeNameProblem } from "../api/validate.js";
 import { volumeSizeSectorProblem } from "../cluster/rules.js";
 import { qosBandwidthBytesMax, qosBandwidthBytesMin, qosIopsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
 import { formatSize } from "../base/sizes.js";
-import { readFileSync } from "node:fs";
-import { adminTokenFile, readCredentialFile } from "../os/credentials.js";
+import { adminTokenFile, caFileBytesMax, localCaFile, readCredentialFile, readSmallFile } from "../os/credentials.js";
 import { UsageError } from "./errors.js";
 
 /** A volume size: above zero, at most volumeBytesMax, whole 512-byte sectors (what the catalog accepts). */
@@ -129,15 +128,26 @@ export function tokenFor(command: Command): string | (() => string | undefined) 
   return readCredentialFile(localClusterTokenFile, "an API token");
 }
 
-/** The CA a daemon's HTTPS certificate must chain to (--api-tls): --ca FILE, else PXD_CA_FILE; undefined: plain HTTP, or the system's roots for an https:// address. */
+/** The cluster CA `pxd up` copies beside its token (relative to where it ran): the CLI trusts it when given no other CA. */
+export const localClusterCaFile = `.pxd/${localCaFile}`;
+
+/**
+ * The CA a daemon's HTTPS certificate must chain to: --ca FILE, else
+ * PXD_CA_FILE, else `pxd up`'s copy in the current directory. With one, an
+ * address without a scheme is reached over HTTPS; undefined: plain HTTP, or
+ * the system's roots for an https:// address.
+ */
 export function caFor(command: Command): string | undefined {
-  const file = command.optsWithGlobals<{ ca?: string }>().ca ?? process.env["PXD_CA_FILE"];
-  if (file === undefined || file === "") return undefined;
+  const given = command.optsWithGlobals<{ ca?: string }>().ca ?? process.env["PXD_CA_FILE"];
+  const file = given === undefined || given === "" ? localClusterCaFile : given;
+  let text: string | undefined;
   try {
-    return readFileSync(file, "utf8");
+    text = readSmallFile(file, "a CA certificate", caFileBytesMax);
   } catch (e) {
-    throw new UsageError(`cannot read the CA certificate ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); give the cluster's DIR/tls/ca-cert.pem`);
+    throw new UsageError(`${(e as Error).message}; give the cluster's DIR/tls/ca-cert.pem`);
   }
+  if (text === undefined && file !== localClusterCaFile) throw new UsageError(`the CA certificate ${file} does not exist; give the cluster's DIR/tls/ca-cert.pem (from a node's data dir)`);
+  return text;
 }
 
 /** `timeoutMs`: how long to wait for an answer (commands that wait for work, like pxd scrub, give a long one). */

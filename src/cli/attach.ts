@@ -25,6 +25,7 @@ import type { VolumeInfo } from "../api/types.js";
 import { hostNamePattern } from "../api/validate.js";
 import { adoptDevice, allRecords, attachAgentPath, attachRunDir, attachStartMs, logPath, lastLogLine, deviceUsers, mountedAt, nbdConnected, nbdIndex, processAlive, readRecord, removeRecord, startAgent, writeRecord, type AttachRecord, type AttachVia } from "../os/attachments.js";
 import { hostPort } from "../api/client.js";
+import { connectNbd, NbdRefusedError } from "../os/nbd-client-socket.js";
 import { runCommand, type CommandResult } from "../os/command.js";
 import { checkName, clientFor, intArg } from "./args.js";
 import { CliError, UsageError } from "./errors.js";
@@ -118,12 +119,17 @@ function deviceIndex(device: string): number {
   return n;
 }
 
-/** The agent's options: how to reach the volume, and how long a request may wait for a live node. */
-function agentOptions(volume: VolumeInfo, servers: string[], api: string, clusterId: string, o: AttachOptions): string[] {
+/**
+ * The agent's options: how to reach the volume, and how long a request may
+ * wait for a live node. The agent asks the API for the volume's servers in
+ * plain HTTP only: with an HTTPS API (the default) it keeps the list it is
+ * given (docs/attach.md).
+ */
+function agentOptions(volume: VolumeInfo, servers: string[], api: ApiClient, clusterId: string, o: AttachOptions): string[] {
   return [
     "--export", volume.name,
     ...servers.flatMap((s) => ["--server", s]),
-    "--nodes-url", `${api}/v1/volumes/${volume.name}/servers`,
+    ...(api.speaksTls() ? [] : ["--nodes-url", `${hostPort(api.address.host, api.address.port)}/v1/volumes/${volume.name}/servers`]),
     "--connections", String(o.connections ?? 1),
     "--timeout", String(o.timeout ?? 60),
     "--backend", `pxd:${clusterId}:${volume.id}`,
@@ -239,13 +245,14 @@ async function attachFresh(api: ApiClient, name: string, o: AttachOptions): Prom
   }
   const servers = await api.volumeServers(name);
   if (servers.length === 0) throw new CliError(`no node is up to serve volume ${name}; see "pxd node list"`);
+  await refuseNbdTlsRequired(name, servers[0]!);
   const status = await api.status();
   // Reserve first: the catalog refuses a second read-write host before anything is made here.
   await api.attachVolume(name, { host, via, readOnly: o.readOnly === true });
   let made: { device: string; server: string; pid: number; fuseDir?: string; agentOptions?: string[] } | undefined;
   try {
     if (via === "kernel") {
-      const options = agentOptions(volume, servers, api.address.display, status.clusterId, o);
+      const options = agentOptions(volume, servers, api, status.clusterId, o);
       const agent = await startAgent(name, ["connect", ...(o.device !== undefined ? ["--device", String(deviceIndex(o.device))] : []), ...options]).catch((e: Error) => {
         throw new CliError(e.message);
       });
@@ -277,6 +284,22 @@ async function attachFresh(api: ApiClient, name: string, o: AttachOptions): Prom
     removeRecord(name);
     await api.detachVolume(name, host).catch(() => undefined);
     throw e;
+  }
+}
+
+/**
+ * The kernel's NBD driver and nbdfuse here speak no TLS: a node that requires
+ * it (--nbd-tls require) would refuse the device's every connection, so the
+ * attach stops before anything is made. One handshake, closed at once.
+ */
+async function refuseNbdTlsRequired(name: string, server: string): Promise<void> {
+  try {
+    (await connectNbd(server, { exportName: name })).client.close();
+  } catch (e) {
+    if (e instanceof NbdRefusedError && e.tlsRequired) {
+      throw new CliError(`cannot attach ${name}: the node at ${server} requires TLS on NBD (--nbd-tls require), and the kernel's NBD driver and nbdfuse speak none; run the nodes with --nbd-tls on (TLS offered, not required) to attach, or reach the volume with a TLS client (qemu, nbdcopy, pxd backup)`);
+    }
+    // Anything else (a node that just died) is for the agent's own failover to meet.
   }
 }
 

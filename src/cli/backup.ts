@@ -11,7 +11,7 @@ import { copyExport, type CopySummary, type Progress, createBackup, deleteBackup
 import type { Manifest } from "../backup/manifest.js";
 import { openTarget, TargetUrlError, type BackupTarget } from "../backup/target.js";
 import { backupChunksInFlight, backupConnectionAttempts } from "../constants.js";
-import { connectNbd, NbdProtocolError, NbdRefusedError, type NbdClient } from "../os/nbd-client-socket.js";
+import { connectNbd, nbdPsk, NbdProtocolError, NbdRefusedError, type NbdClient, type NbdConnectOptions } from "../os/nbd-client-socket.js";
 import { packageVersion } from "../os/package-version.js";
 import { checkName, clientFor, intArg, replArg } from "./args.js";
 import { CliError, UsageError } from "./errors.js";
@@ -25,6 +25,8 @@ interface TargetFlags {
 
 export interface IoFlags extends TargetFlags {
   nbdTlsDir?: string;
+  nbdTlsPsk?: string;
+  nbdTlsUsername?: string;
   chunksInFlight?: number;
   json?: boolean;
 }
@@ -72,9 +74,10 @@ async function connectTo(listed: string[], exportName: string, o: IoFlags, attem
   const from = (attempt - 1) % listed.length;
   const servers = [...listed.slice(from), ...listed.slice(0, from)];
   const failures: string[] = [];
+  const tls = nbdTls(o);
   for (const server of servers) {
     try {
-      const { client } = await connectNbd(server, { exportName, ...(o.nbdTlsDir !== undefined ? { tlsDir: o.nbdTlsDir } : {}) });
+      const { client } = await connectNbd(server, { exportName, ...tls });
       return client;
     } catch (e) {
       if (e instanceof NbdRefusedError) throw new CliError(`NBD at ${server}: ${e.message}`);
@@ -82,6 +85,19 @@ async function connectTo(listed: string[], exportName: string, o: IoFlags, attem
     }
   }
   throw new CliError(`no node took an NBD connection for ${exportName}: ${failures.join("; ")}`);
+}
+
+/** The NBD TLS material the flags name: a certificate dir, or a PSK (its file read here, so a wrong one is said before any work). */
+function nbdTls(o: IoFlags): Pick<NbdConnectOptions, "tlsDir" | "psk"> {
+  if (o.nbdTlsDir !== undefined && o.nbdTlsPsk !== undefined) throw new UsageError("give --nbd-tls-dir or --nbd-tls-psk, not both");
+  if (o.nbdTlsUsername !== undefined && o.nbdTlsPsk === undefined) throw new UsageError("--nbd-tls-username names an identity of --nbd-tls-psk FILE; give the file too");
+  if (o.nbdTlsDir !== undefined) return { tlsDir: o.nbdTlsDir };
+  if (o.nbdTlsPsk === undefined) return {};
+  try {
+    return { psk: nbdPsk(o.nbdTlsPsk, o.nbdTlsUsername) };
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }
 
 /** Says on stderr that the work starts over on another connection. */
@@ -105,6 +121,8 @@ function createdText(s: CreateSummary): string {
 export function ioOptions(c: Command): Command {
   return c
     .option("--nbd-tls-dir <dir>", "connect to NBD over TLS with DIR/ca-cert.pem (and client-cert.pem, client-key.pem if the daemon checks clients); needed when daemons run --nbd-tls require")
+    .option("--nbd-tls-psk <file>", "connect to NBD over TLS with a pre-shared key from FILE (identity:hexkey lines, psktool's format, as the daemon's --nbd-tls-psk)")
+    .option("--nbd-tls-username <identity>", "the PSK identity to use from --nbd-tls-psk FILE (default: its only one)")
     .option("--chunks-in-flight <n>", `chunks read, compressed and sent at once (default ${backupChunksInFlight})`, intArg(1, 64));
 }
 
@@ -121,6 +139,7 @@ function targetOptions(c: Command): Command {
  * once the backup is made or has failed.
  */
 async function create(api: ApiClient, volume: string, url: string, o: IoFlags & { snapshot?: string; live?: boolean }): Promise<void> {
+  nbdTls(o); // a wrong TLS flag is said before a snapshot is taken
   if (o.snapshot !== undefined || o.live === true) return createFrom(api, volume, url, o, o.snapshot);
   const temp = `backup-${new Date().toISOString().replace(/[-:]/g, "").replace(".", "").slice(0, 18)}`;
   try {
@@ -158,6 +177,7 @@ async function createFrom(api: ApiClient, volume: string, url: string, o: IoFlag
 }
 
 async function restore(api: ApiClient, url: string, ref: string, name: string, o: IoFlags & { repl?: number }): Promise<void> {
+  nbdTls(o); // before the volume is made
   await withTarget(url, o, async (t) => {
     const m = await findBackup(t, ref);
     let client: NbdClient | undefined;
@@ -235,6 +255,7 @@ export async function copySnapshot(api: ApiClient, volume: string, snapshot: str
  * written), with progress; a clone that fails deletes the volume it made.
  */
 export async function cloneVolume(api: ApiClient, volume: string, snapshot: string, name: string, o: IoFlags & { repl?: number; nodes?: string[] }): Promise<void> {
+  nbdTls(o); // before the volume is made
   const s = await api.inspectSnapshot(volume, snapshot);
   await api.createVolume({ name, sizeBytes: s.sizeBytes, ...(o.repl !== undefined ? { repl: o.repl } : {}), ...(o.nodes !== undefined ? { nodes: o.nodes } : {}) });
   const source = `${volume}@${snapshot}`;

@@ -49,8 +49,12 @@ export function registerDaemon(program: Command): void {
       `an NBD connection that sent nothing for this long may be closed when a new client needs its slot (default ${nbdIdleTimeoutMs / 1000})`,
       intArg(1, 365 * 24 * 3600),
     )
-    .option("--api-tls", "serve the control API over HTTPS with this node's certificate from the cluster CA (DIR/tls); clients trust DIR/tls/ca-cert.pem (PXD_CA_FILE)")
-    .option("--peer-tls", "run the peer transport over TLS: this node's certificate from the cluster CA, every peer's checked against it (give it to every node)")
+    .option("--api-plain-http", "serve the control API in plain HTTP, for local trials only (tokens travel in clear); by default it is HTTPS with this node's certificate from the cluster CA (DIR/tls), which clients trust with PXD_CA_FILE=DIR/tls/ca-cert.pem (give it to every node)")
+    .option("--tls-name <names>", "more host names or IPs for this node's certificate, comma-separated, besides --listen: names API clients dial instead (e.g. a Kubernetes Service, pxd-api.pxd.svc)", (v: string) => v.split(",").map((x) => x.trim()).filter((x) => x !== ""))
+    .option("--peer-plain", "run the peer transport in plain TCP, for local trials only; by default it is TLS, this node's certificate from the cluster CA and every peer's checked against it (give it to every node)")
+    // What older scripts pass: TLS is the default now.
+    .addOption(new Option("--api-tls", "HTTPS, the default (kept for older scripts)").hideHelp())
+    .addOption(new Option("--peer-tls", "TLS, the default (kept for older scripts)").hideHelp())
     .addOption(new Option("--nbd-tls <mode>", "NBD STARTTLS: off; on (offered to clients that ask); require (a TCP client must upgrade before anything else)").choices(["off", "on", "require"]).default("off"))
     .option("--nbd-tls-dir <dir>", "X.509 for NBD TLS: DIR/server-cert.pem, DIR/server-key.pem, and DIR/ca-cert.pem to require client certificates it signed")
     .option("--nbd-tls-owners", "with --nbd-tls require: a TCP client reaches only the volumes whose owner (the API token name that created them) is the identity it proved over TLS (its certificate's CN, or its PSK identity); the Unix socket reaches all")
@@ -85,8 +89,9 @@ export function registerDaemon(program: Command): void {
         ...(options.unsafeDebugApi === true ? { unsafeDebugApi: true } : {}),
         ...(options.nbdIdleTimeout !== undefined ? { nbdIdleTimeoutMs: options.nbdIdleTimeout * 1000 } : {}),
         ...(options.metrics === false ? { metrics: false } : {}),
-        ...(options.apiTls === true ? { apiTls: true } : {}),
-        ...(options.peerTls === true ? { peerTls: true } : {}),
+        ...(options.apiPlainHttp === true ? { apiPlainHttp: true } : {}),
+        ...(options.peerPlain === true ? { peerPlain: true } : {}),
+        ...(options.tlsNames !== undefined ? { tlsNames: options.tlsNames } : {}),
         ...(options.nbdTlsOwners === true ? { nbdTlsOwners: true } : {}),
         nbdTls: {
           mode: (options.nbdTls ?? "off") as NbdTlsMode,

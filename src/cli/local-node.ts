@@ -18,11 +18,12 @@ import { fileURLToPath } from "node:url";
 import { Option, type Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import { apiTokenTtlMsMax, defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
-import { adminTokenFile, clusterSecretFile, readCredentialFile, writeCredentialFile } from "../os/credentials.js";
+import { adminTokenFile, caFileBytesMax, clusterSecretFile, localCaFile, readCredentialFile, readSmallFile, writeCredentialFile } from "../os/credentials.js";
+import { tlsDirName } from "../os/cluster-ca.js";
 import { offlineAccess } from "../daemon/access.js";
 import { ApiClient, DaemonUnreachableError, defaultApiAddress } from "../api/client.js";
 import { ApiError, type NodeStatus, type VolumeInfo } from "../api/types.js";
-import { checkName, intArg, localClusterApiAddress, localClusterTokenFile, replArg, sizeArg } from "./args.js";
+import { checkName, intArg, localClusterApiAddress, localClusterCaFile, localClusterTokenFile, replArg, sizeArg } from "./args.js";
 import { CliError } from "./errors.js";
 
 /** How long pxd up waits for a freshly started daemon to answer /v1/status. */
@@ -114,10 +115,12 @@ async function up(o: UpOptions): Promise<void> {
   const secret = readCredentialFile(secretFile, "the cluster secret") ?? "";
   const token = localAdminToken(o.dataDir, secret);
   const first = `${nodeAddress(o.address, 0)}:${o.apiPort}`;
-  const firstClient = new ApiClient(first, { timeoutMs: 5000, token });
+  // The first node makes the cluster's CA as it bootstraps; every node's HTTPS certificate chains to it.
+  const ca = (): string | undefined => readSmallFile(join(nodePaths(o.dataDir, 0).dir, tlsDirName, localCaFile), "a CA certificate", caFileBytesMax);
+  const firstClient = new ApiClient(`https://${first}`, { timeoutMs: 5000, token, ca });
   for (let i = 0; i < o.nodes; i++) {
     const host = nodeAddress(o.address, i);
-    const client = i === 0 ? firstClient : new ApiClient(`${host}:${o.apiPort}`, { timeoutMs: 5000, token });
+    const client = i === 0 ? firstClient : new ApiClient(`https://${host}:${o.apiPort}`, { timeoutMs: 5000, token, ca });
     if ((await statusOrNull(client)) !== null) continue;
     const paths = nodePaths(o.dataDir, i);
     let pid = runningDaemonPid(paths.pid);
@@ -129,6 +132,7 @@ async function up(o: UpOptions): Promise<void> {
     }
     await waitForDaemon(client, paths, pid, exited);
   }
+  keepLocalCa(o.dataDir, ca());
   const status = await waitForCluster(firstClient, o.nodes);
   const volume = await ensureVolume(firstClient, o.volume, o.size, o.repl ?? Math.min(3, o.nodes));
   console.log(instructions(status, volume, o));
@@ -149,6 +153,12 @@ function localAdminToken(dataDir: string, secret: string): string {
   const made = access.mint("admin", "admin", apiTokenTtlMsMax).token;
   writeCredentialFile(file, made);
   return made;
+}
+
+/** A copy of the cluster's CA certificate beside the token, where the CLI run from the same directory finds it (localClusterCaFile). */
+function keepLocalCa(dataDir: string, pem: string | undefined): void {
+  if (pem === undefined) throw new CliError(`the first node answers but made no CA in ${join(nodePaths(dataDir, 0).dir, tlsDirName)}; see its log`);
+  writeFileSync(join(dataDir, localCaFile), pem, { mode: privateFileMode });
 }
 
 /** Waits until the first node sees every node up (bounded); returns its status. */
@@ -253,10 +263,10 @@ function instructions(status: NodeStatus, volume: VolumeInfo, o: UpOptions): str
     `pxd is running: ${up.length} node${up.length === 1 ? "" : "s"} (${addresses}), data and logs in ${o.dataDir}/node*`,
     `volume "${volume.name}" (${formatSize(volume.sizeBytes)}, ${volume.repl} replica${volume.repl === 1 ? "" : "s"}) is exported at ${uri} (and on every node)`,
     ...commands.map(([c, note]) => `  ${note ? `${c.padEnd(width)}   ${note}` : c}`),
-    `see it with: ${pxd}${hostHint} status, ${pxd}${hostHint} volume inspect ${volume.name}, or the web console at http://${api}/ (it asks for a token: ${pxd}${hostHint} auth token create --role read-only)`,
+    `see it with: ${pxd}${hostHint} status, ${pxd}${hostHint} volume inspect ${volume.name}, or the web console at https://${api}/ (the cluster's own CA signed its certificate: trust ${join(o.dataDir, localCaFile)} in the browser or accept the warning; it asks for a token: ${pxd}${hostHint} auth token create --role read-only)`,
     o.dataDir === ".pxd"
-      ? `the CLI finds the admin token in ${localClusterTokenFile} when run from this directory; elsewhere: export PXD_TOKEN_FILE=${resolve(o.dataDir, adminTokenFile)}`
-      : `the admin token is in ${join(o.dataDir, adminTokenFile)}: export PXD_TOKEN_FILE=${resolve(o.dataDir, adminTokenFile)}`,
+      ? `the CLI finds the admin token in ${localClusterTokenFile} and the CA in ${localClusterCaFile} when run from this directory; elsewhere: export PXD_TOKEN_FILE=${resolve(o.dataDir, adminTokenFile)} PXD_CA_FILE=${resolve(o.dataDir, localCaFile)}`
+      : `the admin token and the CA are in ${o.dataDir}: export PXD_TOKEN_FILE=${resolve(o.dataDir, adminTokenFile)} PXD_CA_FILE=${resolve(o.dataDir, localCaFile)}`,
     `stop it with: ${inRepo && o.dataDir === ".pxd" ? "npm run stop (or ./bin/pxd down)" : `${pxd} down${dirHint}`}`,
   ].join("\n");
 }

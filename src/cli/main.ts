@@ -16,7 +16,7 @@ import { registerDockerPlugin } from "./docker-plugin.js";
 import { registerCsi } from "./csi.js";
 import { registerEvents } from "./events.js";
 import { registerAudit, registerAuth } from "./auth.js";
-import { localClusterTokenFile } from "./args.js";
+import { localClusterCaFile, localClusterTokenFile } from "./args.js";
 import { registerBackup } from "./backup.js";
 
 export const cliVersion = packageVersion;
@@ -25,8 +25,8 @@ export function buildProgram(): Command {
   const program = new Command("pxd")
     .description("pxd: distributed block storage exported over NBD")
     .version(cliVersion)
-    .option("--host <addr>", `daemon control API as ADDR[:PORT] (env PXD_HOST, default ${defaultApiAddress})`)
-    .option("--ca <file>", "the cluster's CA certificate, to reach a daemon started with --api-tls over HTTPS (env PXD_CA_FILE; a node has it in DIR/tls/ca-cert.pem)")
+    .option("--host <addr>", `daemon control API as [https://|http://]ADDR[:PORT] (env PXD_HOST, default ${defaultApiAddress}); HTTPS when a CA is known, http:// for a node started with --api-plain-http`)
+    .option("--ca <file>", `the cluster's CA certificate, which the daemons' HTTPS certificates chain to (env PXD_CA_FILE; a node has it in DIR/tls/ca-cert.pem; default: ${localClusterCaFile}, which pxd up writes)`)
     .option("--token <token>", `API token (shown by ps: prefer env PXD_TOKEN or PXD_TOKEN_FILE; default: ${localClusterTokenFile}, which pxd up writes)`)
     .exitOverride()
     .showSuggestionAfterError(true);

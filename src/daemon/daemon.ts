@@ -113,7 +113,7 @@ import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
 import { ClusterNode, metaGroupId } from "../node/cluster-node.js";
 import { Access, checkReach, mayReach, ownerFor } from "./access.js";
-import { checkSameCluster, clusterSecret, joinAddress, keepClusterSecret, makeCaAtBootstrap, writeFirstAdminToken } from "./node-credentials.js";
+import { checkSameCluster, clusterSecret, joinAddress, keepClusterSecret, makeCaAtBootstrap, usesTls, writeFirstAdminToken } from "./node-credentials.js";
 import { AuditLog } from "./audit-log.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
@@ -158,10 +158,16 @@ export interface DaemonOptions {
   metrics?: boolean;
   /** NBD STARTTLS: off (default), on (offered), require (TCP clients must upgrade); with a certificate dir and/or a PSK file. */
   nbdTls?: NbdTlsConfig;
-  /** Serve the control API over HTTPS with this node's certificate from the cluster CA; the node then speaks HTTPS to the other nodes too. */
-  apiTls?: boolean;
-  /** Run the peer transport over TLS, this node's certificate from the cluster CA, every peer's checked against it. */
-  peerTls?: boolean;
+  /**
+   * The control API in plain HTTP (--api-plain-http, local trials only); by
+   * default it is HTTPS with this node's certificate from the cluster CA, and
+   * the node speaks HTTPS to the other nodes too.
+   */
+  apiPlainHttp?: boolean;
+  /** More names (or IPs) this node's certificate carries besides --listen: what API clients dial instead, e.g. a Kubernetes Service (--tls-name). */
+  tlsNames?: string[];
+  /** The peer transport in plain TCP (--peer-plain, local trials only); by default TLS, this node's certificate from the cluster CA, every peer's checked against it. */
+  peerPlain?: boolean;
   /** A TCP NBD client reaches only the volumes whose owner is the identity it proved over TLS (needs nbdTls require); the Unix socket reaches all. */
   nbdTlsOwners?: boolean;
 }
@@ -243,7 +249,7 @@ export class Daemon implements Controller {
   private timers: NodeJS.Timeout[] = [];
   private stopping: Promise<void> | undefined;
   private access!: Access;
-  /** The cluster CA's certificate, which the API clients of this node trust (with --api-tls). */
+  /** The cluster CA's certificate, which the API clients of this node trust (undefined with --api-plain-http). */
   private apiCa: string | undefined;
   private nbdTls: NbdTls | undefined;
   private auditLog!: AuditLog;
@@ -282,11 +288,11 @@ export class Daemon implements Controller {
       const bootstrapping = state.clusterId === "" && options.join === undefined;
       const secret = clusterSecret(options, state.clusterId !== "", bootstrapping);
       if (state.clusterId === "") await enterCluster(options, state, secret, log);
-      else if (options.join !== undefined) await checkSameCluster(joinAddress(options), state.clusterId, options.dataDir, log);
+      else if (options.join !== undefined) await checkSameCluster(options, state.clusterId, log);
       // A member keeps the secret it joined with, so a restart needs only --data-dir (and a bootstrap's first admin token goes beside it).
       keepClusterSecret(options.dataDir, secret);
       if (bootstrapping) writeFirstAdminToken(options.dataDir, secret, log);
-      if (bootstrapping) await makeCaAtBootstrap(options.dataDir, state.clusterId, log);
+      if (bootstrapping) await makeCaAtBootstrap(options.dataDir, state.clusterId, usesTls(options), log);
       const specs = [{ groupId: metaGroupId, sizeBytes: 0 }, ...[...state.hosted.values()].map((g) => ({ groupId: g.id, sizeBytes: g.sizeBytes }))];
       const damage = { report: (_e: ChecksumError): void => {} };
       store = await Store.open({ disk: new NodeDisk(join(options.dataDir, "store")), defer: deferImmediate, log: (l) => log.info(l), onDamage: (e) => damage.report(e) }, specs);
@@ -311,10 +317,9 @@ export class Daemon implements Controller {
 
   private async wire(): Promise<void> {
     const { options, state, log } = this;
-    const wantsCert = options.apiTls === true || options.peerTls === true;
-    const cert = wantsCert ? await nodeCertificate(options.dataDir, options.listen, options.name ?? `node-${state.nodeId}`) : undefined;
+    const cert = usesTls(options) ? await nodeCertificate(options.dataDir, options.listen, options.name ?? `node-${state.nodeId}`, options.tlsNames ?? []) : undefined;
     this.peer = await startPeerTransport({
-      ...(options.peerTls === true && cert !== undefined ? { tls: cert } : {}),
+      ...(options.peerPlain !== true && cert !== undefined ? { tls: cert } : {}),
       nodeId: state.nodeId,
       clusterId: state.clusterId,
       secret: this.secret,
@@ -429,7 +434,7 @@ export class Daemon implements Controller {
     this.nbd = await listenNbd({ host: this.bindAddress, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits, ...(this.nbdTls !== undefined ? { tls: this.nbdTls } : {}) });
     const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
     if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
-    const apiTls = options.apiTls === true ? cert : undefined;
+    const apiTls = options.apiPlainHttp !== true ? cert : undefined;
     this.apiCa = apiTls?.caPem;
     this.api = await startApiServer({ host: this.bindAddress, port: options.apiPort, ...(apiTls !== undefined ? { tls: apiTls } : {}), controller: this,
       auth: this.access,

@@ -65,32 +65,45 @@ export function writeFirstAdminToken(dataDir: string, secret: Buffer, log: Logge
   log.info(`the first admin token (valid until ${made.expiresAt}; also in ${file}, readable only by this user): ${made.token}`);
 }
 
-/** --join's address; a node that serves HTTPS (--api-tls) expects the member it joins to do the same. */
-export function joinAddress(options: DaemonOptions): string {
-  const given = options.join ?? "";
-  return options.apiTls === true && !/^https?:\/\//.test(given) ? `https://${given}` : given;
+/** Whether the node needs its certificate: the API or the peer transport runs over TLS (the default). */
+export function usesTls(options: DaemonOptions): boolean {
+  return options.apiPlainHttp !== true || options.peerPlain !== true;
 }
 
-/** The cluster CA, made once by the bootstrapping node; without openssl the cluster has none (and --api-tls is refused later, saying why). */
-export async function makeCaAtBootstrap(dataDir: string, clusterId: string, log: Logger): Promise<void> {
+/** --join's address; a node that serves HTTPS (the default) expects the member it joins to do the same. */
+export function joinAddress(options: DaemonOptions): string {
+  const given = options.join ?? "";
+  if (/^https?:\/\//.test(given)) return given;
+  return `${options.apiPlainHttp === true ? "http" : "https"}://${given}`;
+}
+
+/**
+ * The cluster CA, made once by the bootstrapping node. Without openssl a node
+ * that runs TLS (the default) cannot start; one started with
+ * --api-plain-http --peer-plain makes a cluster without a CA, logged.
+ */
+export async function makeCaAtBootstrap(dataDir: string, clusterId: string, tls: boolean, log: Logger): Promise<void> {
   try {
     await makeClusterCa(dataDir, clusterId);
     log.info(`made the cluster CA in ${join(dataDir, "tls")}; joining nodes get it`);
   } catch (e) {
-    log.warn(`no cluster CA: ${(e as Error).message}; --api-tls will not be available in this cluster`);
+    const why = (e as Error).message;
+    if (tls) throw new Error(`cannot make the cluster CA (${why}); the API and the peer transport run over TLS with its certificates. Fix that and start again with an empty --data-dir, or, for a local trial only, with --api-plain-http --peer-plain`);
+    log.warn(`no cluster CA: ${why}; every node of this cluster must run with --api-plain-http --peer-plain`);
   }
 }
 
-/** A node restarted with --join: its data dir must belong to the cluster it names (asked without a token; a member that does not answer is only logged). */
-export async function checkSameCluster(join: string, clusterId: string, dataDir: string, log: Logger): Promise<void> {
+/** A node restarted with --join: its data dir must belong to the cluster it names (asked without a token, and without checking the member's certificate: only its answer is compared; a member that does not answer is only logged). */
+export async function checkSameCluster(options: DaemonOptions, clusterId: string, log: Logger): Promise<void> {
+  const join = options.join ?? "";
   let theirs: string;
   try {
-    theirs = await new ApiClient(join, { timeoutMs: 5000, insecureTls: true }).clusterId();
+    theirs = await new ApiClient(joinAddress(options), { timeoutMs: 5000, insecureTls: true }).clusterId();
   } catch (e) {
     log.warn(`could not ask ${join} for its cluster id (${(e as Error).message}); restarting in this data dir's cluster ${clusterId}`);
     return;
   }
   if (theirs !== clusterId) {
-    throw new Error(`the data dir ${dataDir} belongs to cluster ${clusterId}, but ${join} is in cluster ${theirs}; to join ${join}'s cluster start this node with an empty --data-dir, or leave out --join to restart it in its own cluster`);
+    throw new Error(`the data dir ${options.dataDir} belongs to cluster ${clusterId}, but ${join} is in cluster ${theirs}; to join ${join}'s cluster start this node with an empty --data-dir, or leave out --join to restart it in its own cluster`);
   }
 }

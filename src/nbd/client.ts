@@ -95,6 +95,13 @@ export class NbdProtocolError extends Error {
 /** The server refused the handshake in a way the user can act on (no such export, TLS required). */
 export class NbdRefusedError extends Error {
   override name = "NbdRefusedError";
+  constructor(
+    message: string,
+    /** The server requires TLS and this client asked for none (NBD_REP_ERR_TLS_REQD). */
+    readonly tlsRequired = false,
+  ) {
+    super(message);
+  }
 }
 
 /** The server answered one request with an error (spec "Error values"); the connection goes on. */
@@ -373,7 +380,8 @@ export class NbdClient {
 
   private refuseIfTlsRequired(r: OptionReply): void {
     if (r.type !== NBD_REP_ERR_TLS_REQD) return;
-    throw this.fail(new NbdRefusedError(this.options.tls === "off" ? "the server requires TLS on NBD (pxd daemon --nbd-tls require): give --nbd-tls-dir DIR with ca-cert.pem, client-cert.pem and client-key.pem" : `the server still requires TLS after STARTTLS${serverSaid(r)}`));
+    if (this.options.tls === "off") throw this.fail(new NbdRefusedError("the server requires TLS on NBD (pxd daemon --nbd-tls require): give --nbd-tls-dir DIR with ca-cert.pem, client-cert.pem and client-key.pem, or --nbd-tls-psk FILE with a key the daemon knows", true));
+    throw this.fail(new NbdRefusedError(`the server still requires TLS after STARTTLS${serverSaid(r)}`));
   }
 
   /** Sends one option and reads its replies: `each` sees every non-final one; the final one (ACK or an error) is returned. */

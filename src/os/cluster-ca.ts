@@ -9,6 +9,7 @@
 import { createCipheriv, createDecipheriv, createHmac, randomBytes } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { isIP } from "node:net";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import { runCommand } from "./command.js";
 
@@ -57,15 +58,41 @@ export function keepClusterCa(dataDir: string, ca: ClusterCa): void {
   writeFileSync(join(dir, "ca-cert.pem"), ca.certPem, { mode: 0o600 });
 }
 
-/** This node's key and certificate for `address` (an IP or a host name), signed by the cluster CA; made once, kept in DIR/tls. */
-export async function nodeCertificate(dataDir: string, address: string, name: string): Promise<{ certPem: string; keyPem: string; caPem: string }> {
+/** Names a node certificate carries at most besides the --listen address (--tls-name). */
+export const nodeCertNamesMax = 16;
+const certNamePattern = /^[A-Za-z0-9.:-]{1,253}$/;
+
+/** The subjectAltName entries of a certificate for these addresses (IPs or host names); throws a sentence for one openssl would misread. */
+export function subjectAltNames(addresses: string[]): string {
+  return addresses
+    .map((a) => {
+      if (!certNamePattern.test(a) || (isIP(a) === 0 && a.includes(":"))) throw new Error(`"${a}" is not an IP address or a host name a certificate can carry`);
+      return `${isIP(a) !== 0 ? "IP" : "DNS"}:${a}`;
+    })
+    .join(",");
+}
+
+/** The names a certificate for --listen ADDRESS carries: the address, or for a wildcard (every interface) the loopback and this host's name, which clients on the host dial. */
+function listenNames(address: string): string[] {
+  if (address !== "0.0.0.0" && address !== "::") return [address];
+  return ["127.0.0.1", "localhost", ...(certNamePattern.test(hostname()) ? [hostname()] : [])];
+}
+
+/**
+ * This node's key and certificate for `address` (an IP or a host name) and
+ * any `moreNames` (a Service name its clients use, --tls-name), signed by the
+ * cluster CA; made once, kept in DIR/tls, made again when the names change.
+ */
+export async function nodeCertificate(dataDir: string, address: string, name: string, moreNames: string[] = []): Promise<{ certPem: string; keyPem: string; caPem: string }> {
   const dir = tlsDir(dataDir);
   const ca = readClusterCa(dataDir);
-  if (ca === undefined) throw new Error(`no cluster CA in ${dir}; a node gets it when it bootstraps a cluster or joins one with this pxd`);
+  if (ca === undefined) throw new Error(`no cluster CA in ${dir}, so no certificate for the API's HTTPS and the peers' TLS; a node gets the CA when it bootstraps a cluster or joins one with this pxd. A cluster made without one (no openssl, or an older pxd) runs in clear: start every node with --api-plain-http --peer-plain`);
   const cert = join(dir, "node-cert.pem");
   const key = join(dir, "node-key.pem");
   const san = join(dir, "node-san.txt");
-  const wanted = `subjectAltName=${isIP(address) !== 0 ? "IP" : "DNS"}:${address}\nextendedKeyUsage=serverAuth,clientAuth\n`;
+  if (moreNames.length > nodeCertNamesMax) throw new Error(`at most ${nodeCertNamesMax} --tls-name names, not ${moreNames.length}`);
+  const names = [...new Set([...listenNames(address), ...moreNames])];
+  const wanted = `subjectAltName=${subjectAltNames(names)}\nextendedKeyUsage=serverAuth,clientAuth\n`;
   // A certificate for another address (the node moved) is made again.
   if (!existsSync(cert) || !existsSync(san) || readFileSync(san, "utf8") !== wanted) {
     writeFileSync(san, wanted, { mode: 0o600 });

@@ -11,6 +11,11 @@ export const clusterSecretFile = "cluster.secret";
 /** Where a bootstrapping node writes the first admin token (0600); pxd up writes its own beside its node dirs. */
 export const adminTokenFile = "admin.token";
 
+/** Where `pxd up` copies its cluster's CA certificate, beside the admin token (a node's own is DIR/tls/ca-cert.pem). */
+export const localCaFile = "ca-cert.pem";
+/** A CA certificate file read by a client (a PEM certificate or a short chain). */
+export const caFileBytesMax = 64 * 1024;
+
 /** The longest credential file read: a token (at most 1024 characters) or a secret, with room for a newline and spaces. */
 export const credentialFileBytesMax = 4096;
 

@@ -1,8 +1,9 @@
-// The peer transport over TLS (pxd daemon --peer-tls, docs/security.md): both
-// sides present a certificate of the cluster CA and check the other's; Raft
-// runs over it (a 2-replica volume gets a leader and an in-sync follower); a
-// node whose certificate comes from another CA is refused by its peer, and
-// let in again once it has the cluster's.
+// The peer transport over TLS, the default (docs/security.md): both sides
+// present a certificate of the cluster CA and check the other's; Raft runs
+// over it (a 2-replica volume gets a leader and an in-sync follower); a node
+// whose certificate comes from another CA is refused by its peer, and let in
+// again once it has the cluster's. The cluster is started with the flags
+// older scripts pass (--peer-tls, --api-tls), which name the default.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -15,7 +16,7 @@ let c: Cluster;
 let other: DaemonProcess;
 
 test.before(async () => {
-  c = await startCluster(2, ["--peer-tls"]);
+  c = await startCluster(2, ["--peer-tls", "--api-tls"]);
   other = await startDaemon("127.0.0.1"); // another cluster, with a CA of its own
 });
 

@@ -8,7 +8,7 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { request } from "node:http";
+import { request } from "node:https";
 import { ApiClient } from "../../src/api/client.js";
 import { ApiError, type AuditResponse } from "../../src/api/types.js";
 import { readFileSync, writeFileSync } from "node:fs";
@@ -34,7 +34,7 @@ function raw(node: number, method: string, path: string, token?: string, body?: 
   return new Promise((resolve, reject) => {
     const headers: Record<string, string> = { "Content-Type": "application/json" };
     if (token !== undefined) headers["Authorization"] = `Bearer ${token}`;
-    const req = request({ host: d.host, port: d.apiPort, method, path, headers, agent: false }, (res) => {
+    const req = request({ host: d.host, port: d.apiPort, method, path, headers, agent: false, ca: readFileSync(d.caFile) }, (res) => {
       let text = "";
       res.on("data", (b: Buffer) => (text += b.toString()));
       res.on("end", () => {
@@ -52,7 +52,7 @@ function raw(node: number, method: string, path: string, token?: string, body?: 
   });
 }
 
-const client = (node: number, token: string): ApiClient => new ApiClient(`${c.nodes[node]!.host}:${c.nodes[node]!.apiPort}`, { token });
+const client = (node: number, token: string): ApiClient => new ApiClient(`${c.nodes[node]!.host}:${c.nodes[node]!.apiPort}`, { token, ca: readFileSync(c.nodes[node]!.caFile, "utf8") });
 
 async function refusedWith(p: Promise<unknown>, status: number): Promise<string> {
   try {

@@ -5,16 +5,16 @@
 // a delete of an attached volume is refused, a mount never makes a
 // filesystem over data, and detach leaves no loop device, FUSE mount or
 // process behind. Leadership then follows an attachment to the replica that
-// serves it.
+// serves it. A node that requires NBD TLS is refused at once, with what to do.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, readdirSync, writeSync } from "node:fs";
+import { closeSync, existsSync, fsyncSync, openSync, readFileSync, readdirSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { startCluster, type Cluster } from "../helpers/cluster.js";
-import { pxdEntry } from "../helpers/daemon.js";
+import { pxdEntry, startDaemon } from "../helpers/daemon.js";
 import { runOk } from "../helpers/run.js";
 import { tempDir } from "../helpers/tmp.js";
 
@@ -146,6 +146,25 @@ test("attach via fuse: mount, write, refusals for a second host and a delete, un
     for (const l of await loopsUnder(t.dir).catch(() => [])) await runOk("losetup", ["-d", l.split(":")[0]!]).catch(() => undefined);
     for (const m of fuseMountsUnder(t.dir)) await runOk("fusermount3", ["-u", "-z", m.split(" ")[1]!]).catch(() => undefined);
     await c?.dispose();
+    t.remove();
+  }
+});
+
+test("attach against a node that requires NBD TLS stops before anything is made, saying what to do", async () => {
+  const t = tempDir("attach-tls");
+  const keys = join(t.dir, "keys.psk");
+  writeFileSync(keys, `alice:${"a1".repeat(32)}\n`);
+  const d = await startDaemon("127.0.0.1", ["--nbd-tls", "require", "--nbd-tls-psk", keys]);
+  try {
+    await d.api.createVolume({ name: "t", sizeBytes: 8 * MiB });
+    const a = cliAs(`127.0.0.1:${d.apiPort}`, "host-t", join(t.dir, "run"));
+    const r = await a("volume", "attach", "t");
+    assert.is(r.code, 1, r.stderr);
+    assert.match(r.stderr, /^error: cannot attach t: the node at 127\.0\.0\.1:\d+ requires TLS on NBD \(--nbd-tls require\), and the kernel's NBD driver and nbdfuse speak none; run the nodes with --nbd-tls on/m);
+    assert.equal((await d.api.inspectVolume("t")).attachments, [], "nothing reserved in the catalog");
+    assert.equal(await loopsUnder(t.dir), []);
+  } finally {
+    await d.dispose();
     t.remove();
   }
 });

@@ -1,11 +1,13 @@
 // pxd backup against a daemon that requires NBD TLS (--nbd-tls require,
 // X.509 made with the openssl CLI): refused without --nbd-tls-dir, with a
 // sentence; with it, a backup and a restore over TLS, the data written and
-// read back by nbdcopy (libnbd, gnutls) over TLS too.
+// read back by nbdcopy (libnbd, gnutls) over TLS too. The same with
+// pre-shared keys (--nbd-tls-psk on both sides, psktool's file format),
+// and a clone of a snapshot over PSK; a wrong key is refused.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startDaemon, pxdEntry, type DaemonProcess } from "../helpers/daemon.js";
 import { run, runOk, type RunResult } from "../helpers/run.js";
@@ -61,6 +63,51 @@ test("a daemon that requires NBD TLS: refused without --nbd-tls-dir, with a sent
     const out = readFileSync(join(t.dir, "out.bin"));
     assert.ok(out.subarray(0, MiB).equals(data) && out.subarray(MiB).equals(Buffer.alloc(7 * MiB)), "the restored volume holds what was written, over TLS both ways");
     assert.match(d.output, /TLS established with the certificate of "backup"/);
+  } finally {
+    await d.dispose();
+    t.remove();
+  }
+});
+
+test("a daemon that requires NBD TLS with PSK: backup, restore and clone with --nbd-tls-psk; a wrong key or no TLS refused", async () => {
+  const t = tempDir("backup-psk");
+  const keys = join(t.dir, "keys.psk");
+  const alice = "a1".repeat(32);
+  writeFileSync(keys, `alice:${alice}\nbob:${"b2".repeat(32)}\n`);
+  writeFileSync(join(t.dir, "alice.psk"), `alice:${alice}\n`);
+  writeFileSync(join(t.dir, "wrong.psk"), `alice:${"c3".repeat(32)}\n`);
+  const d = await startDaemon("127.0.0.1", ["--nbd-tls", "require", "--nbd-tls-psk", keys]);
+  const url = `file://${join(t.dir, "target")}`;
+  mkdirSync(join(t.dir, "target"));
+  try {
+    await d.api.createVolume({ name: "p", sizeBytes: 4 * MiB });
+    const data = pattern(MiB, 9);
+    writeFileSync(join(t.dir, "in.bin"), data);
+    await runOk("nbdcopy", ["--", join(t.dir, "in.bin"), `nbds://alice@127.0.0.1:${d.nbdPort}/p?tls-psk-file=${keys}`]);
+    const plain = await pxd(d, ["backup", "create", "p", "--to", url, "--live"]);
+    assert.is(plain.code, 1, plain.stderr);
+    assert.match(plain.stderr, /requires TLS on NBD .* or --nbd-tls-psk FILE/);
+    const wrong = await pxd(d, ["backup", "create", "p", "--to", url, "--live", "--nbd-tls-psk", join(t.dir, "wrong.psk")]);
+    assert.is(wrong.code, 1, "a key the daemon does not hold for alice");
+    assert.match(wrong.stderr, /TLS with the NBD server at 127\.0\.0\.1:\d+ failed/);
+    const many = await pxd(d, ["backup", "create", "p", "--to", url, "--live", "--nbd-tls-psk", keys]);
+    assert.is(many.code, 2);
+    assert.match(many.stderr, /holds 2 identities; name the one to use with --nbd-tls-username/);
+    const psk = ["--nbd-tls-psk", keys, "--nbd-tls-username", "alice"];
+    const made = await pxd(d, ["backup", "create", "p", "--to", url, "--live", "--json", ...psk]);
+    assert.is(made.code, 0, made.stderr);
+    const b = JSON.parse(made.stdout) as { backup: string };
+    const r = await pxd(d, ["backup", "restore", url, b.backup, "q", "--nbd-tls-psk", join(t.dir, "alice.psk")]);
+    assert.is(r.code, 0, r.stderr);
+    await d.api.createSnapshot("p", { name: "s1" });
+    const c = await pxd(d, ["volume", "clone", "p@s1", "pc", ...psk]);
+    assert.is(c.code, 0, c.stderr);
+    for (const v of ["q", "pc"]) {
+      await runOk("nbdcopy", ["--", `nbds://alice@127.0.0.1:${d.nbdPort}/${v}?tls-psk-file=${keys}`, join(t.dir, `${v}.bin`)]);
+      const out = readFileSync(join(t.dir, `${v}.bin`));
+      assert.ok(out.subarray(0, MiB).equals(data) && out.subarray(MiB).equals(Buffer.alloc(3 * MiB)), `${v} holds what was written to p`);
+    }
+    assert.match(d.output, /TLS established with PSK identity "alice"/);
   } finally {
     await d.dispose();
     t.remove();

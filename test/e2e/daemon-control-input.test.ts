@@ -7,7 +7,7 @@ import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { request } from "node:http";
+import { request } from "node:https";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon.js";
 import { waitUntil } from "../helpers/cluster.js";
 import { joinProof } from "../../src/daemon/daemon.js";
@@ -26,7 +26,7 @@ test.after(async () => {
 
 function post(path: string, body: unknown, method = "POST"): Promise<{ status: number; error: { code: string; message: string } | undefined }> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: d.host, port: d.apiPort, method, path, headers: { "Content-Type": "application/json", Authorization: `Bearer ${testAdminToken}` } }, (res) => {
+    const req = request({ host: d.host, port: d.apiPort, method, path, ca: readFileSync(d.caFile), headers: { "Content-Type": "application/json", Authorization: `Bearer ${testAdminToken}` } }, (res) => {
       let text = "";
       res.on("data", (c: Buffer) => (text += c.toString()));
       res.on("end", () => resolve({ status: res.statusCode ?? 0, error: text ? (JSON.parse(text) as { error?: { code: string; message: string } }).error : undefined }));

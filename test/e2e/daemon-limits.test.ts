@@ -7,7 +7,7 @@
 
 import { readFileSync } from "node:fs";
 import { testAdminToken } from "../helpers/auth.js";
-import { request } from "node:http";
+import { request } from "node:https";
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { apiBodyBytesMax, nbdConnectionsMax, nbdConnectionsPerAddressMax, nbdNodeBytesInFlightMax } from "../../src/constants.js";
@@ -107,7 +107,7 @@ test("idle connections filling every slot: one over an address's cap is refused,
 function post(body: Buffer): Promise<number> {
   return new Promise((resolve) => {
     const headers = { "Content-Type": "application/json", "Content-Length": body.length, Authorization: `Bearer ${testAdminToken}` };
-    const req = request({ host: "127.0.0.1", port: daemon.apiPort, method: "POST", path: "/v1/volumes", headers, agent: false }, (res) => {
+    const req = request({ host: "127.0.0.1", port: daemon.apiPort, method: "POST", path: "/v1/volumes", headers, agent: false, ca: readFileSync(daemon.caFile) }, (res) => {
       res.resume();
       res.on("end", () => resolve(res.statusCode ?? 0));
     });

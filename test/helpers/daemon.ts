@@ -4,6 +4,8 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { daemonNodeFlags } from "../../src/os/node-flags.js";
 import { createServer } from "node:net";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ApiClient } from "../../src/api/client.js";
 import { tempDir } from "./tmp.js";
@@ -44,14 +46,23 @@ export class DaemonProcess {
     this.peerPort = peerPort;
   }
 
-  /** The daemon's API as the test's admin; over HTTPS (without checking its certificate) when the daemon runs with --api-tls. */
+  /** The daemon's API as the test's admin: HTTPS checked against the cluster CA in its data dir (the default), plain HTTP with --api-plain-http. */
   get api(): ApiClient {
-    const tls = this.extraArgs.includes("--api-tls");
+    const tls = !this.extraArgs.includes("--api-plain-http");
     if (this.client?.tls !== tls) {
-      const address = `${tls ? "https://" : ""}${this.host}:${this.apiPort}`;
-      this.client = { tls, api: new ApiClient(address, { token: testAdminToken, ...(tls ? { insecureTls: true } : {}) }) };
+      const address = `${tls ? "https" : "http"}://${this.host}:${this.apiPort}`;
+      this.client = { tls, api: new ApiClient(address, { token: testAdminToken, ...(tls ? { ca: () => this.ca() } : {}) }) };
     }
     return this.client.api;
+  }
+
+  /** DIR/tls/ca-cert.pem: the CA the node made at bootstrap or received at its join (read for each request: a test may replace it). */
+  get caFile(): string {
+    return join(this.dataDir, "tls", "ca-cert.pem");
+  }
+
+  private ca(): string | undefined {
+    return existsSync(this.caFile) ? readFileSync(this.caFile, "utf8") : undefined;
   }
 
   uri(volume: string): string {
@@ -78,6 +89,8 @@ export class DaemonProcess {
     for (;;) {
       try {
         await this.api.status();
+        // CLI processes a test spawns inherit PXD_CA_FILE, as they inherit PXD_TOKEN (helpers/auth.ts): the CA of the cluster started last.
+        if (!this.extraArgs.includes("--api-plain-http")) process.env["PXD_CA_FILE"] = this.caFile;
         return;
       } catch {
         if (child.exitCode !== null) throw new Error(`daemon exited with ${child.exitCode}:\n${this.output}`);
@@ -127,6 +140,7 @@ export class DaemonProcess {
     const first = await Promise.race([stopped, timeout]);
     clearTimeout(timer); // a pending timer would hold the test process for its 10 s
     if (first === "timeout") await this.kill();
+    if (process.env["PXD_CA_FILE"] === this.caFile) delete process.env["PXD_CA_FILE"];
     this.removeDir();
   }
 }

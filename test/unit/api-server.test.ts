@@ -468,12 +468,12 @@ test("the client times out on a daemon that never answers, and refuses oversized
 });
 
 test("daemon addresses parse as HOST[:PORT] with IPv6 in brackets", () => {
-  assert.equal(parseApiAddress("127.0.0.1"), { host: "127.0.0.1", port: 9001, display: "127.0.0.1:9001", https: false });
-  assert.equal(parseApiAddress("node1:9101"), { host: "node1", port: 9101, display: "node1:9101", https: false });
-  assert.equal(parseApiAddress("[::1]:9101"), { host: "::1", port: 9101, display: "[::1]:9101", https: false });
-  assert.equal(parseApiAddress("::1"), { host: "::1", port: 9001, display: "[::1]:9001", https: false });
-  assert.equal(parseApiAddress("http://10.0.0.1:80/"), { host: "10.0.0.1", port: 80, display: "10.0.0.1:80", https: false });
-  assert.equal(parseApiAddress("https://10.0.0.1"), { host: "10.0.0.1", port: 9001, display: "https://10.0.0.1:9001", https: true });
+  assert.equal(parseApiAddress("127.0.0.1"), { host: "127.0.0.1", port: 9001, display: "127.0.0.1:9001", https: false, plain: false });
+  assert.equal(parseApiAddress("node1:9101"), { host: "node1", port: 9101, display: "node1:9101", https: false, plain: false });
+  assert.equal(parseApiAddress("[::1]:9101"), { host: "::1", port: 9101, display: "[::1]:9101", https: false, plain: false });
+  assert.equal(parseApiAddress("::1"), { host: "::1", port: 9001, display: "[::1]:9001", https: false, plain: false });
+  assert.equal(parseApiAddress("http://10.0.0.1:80/"), { host: "10.0.0.1", port: 80, display: "http://10.0.0.1:80", https: false, plain: true });
+  assert.equal(parseApiAddress("https://10.0.0.1"), { host: "10.0.0.1", port: 9001, display: "https://10.0.0.1:9001", https: true, plain: false });
   assert.throws(() => parseApiAddress("host:0"), /valid port/);
   assert.throws(() => parseApiAddress("host:http"), /valid port/);
   assert.throws(() => parseApiAddress(":9001"), /not a daemon address/);

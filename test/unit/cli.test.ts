@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import type { AddressInfo } from "node:net";
 import { startApiServer, type ApiServer } from "../../src/api/server.js";
 import { FakeController } from "./api-fake-controller.js";
+import { makeClusterCa, nodeCertificate } from "../../src/os/cluster-ca.js";
 
 // dist/test/unit/cli.test.js -> the repository's bin/pxd, the shim a user runs.
 const pxdBin = fileURLToPath(new URL("../../../bin/pxd", import.meta.url));
@@ -45,6 +46,7 @@ test.after.each(async () => {
 function pxd(args: string[], env: Record<string, string> = {}): Promise<Run> {
   const childEnv: NodeJS.ProcessEnv = { ...process.env, ...env };
   if (!("PXD_HOST" in env)) delete childEnv["PXD_HOST"];
+  if (!("PXD_CA_FILE" in env)) delete childEnv["PXD_CA_FILE"];
   return new Promise((resolve, reject) => {
     const child = spawn(pxdBin, args, { env: childEnv, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
@@ -233,6 +235,11 @@ test("PXD_HOST picks the daemon, and --host wins over it", async () => {
 
 test("pxd up against a running node creates the volume once and prints how to use it", async () => {
   const dataDir = join(ctx.tmp, "d");
+  // A node of pxd up's cluster serves HTTPS with a certificate from the CA its data dir holds.
+  const nodeDir = join(dataDir, "node1");
+  await makeClusterCa(nodeDir, "test");
+  await ctx.server.close();
+  ctx.server = await startApiServer({ host: "127.0.0.1", port: 0, controller: ctx.controller, log: () => {}, tls: await nodeCertificate(nodeDir, "127.0.0.1", "node1") });
   const [address, port] = ctx.server.address.split(":");
   const up = (...more: string[]) => pxd(["up", "--nodes", "1", "--address", address!, "--api-port", port!, "--data-dir", dataDir, ...more]);
   const first = await up("--size", "2G");
@@ -244,8 +251,14 @@ test("pxd up against a running node creates the volume once and prints how to us
   assert.match(lines[3] ?? "", new RegExp(`^ {2}sudo pxd --host ${ctx.server.address.replace(/\./g, "\\.")} volume mount demo /mnt/demo +# ext4 on it`));
   assert.match(lines[4] ?? "", /^ {2}nbd-client 127\.0\.0\.1 10809 \/dev\/nbd0 -N demo +# with the kernel nbd module$/);
   assert.is(lines[3]?.indexOf("#"), lines[4]?.indexOf("#"));
-  assert.is(lines[5], `see it with: pxd --host ${ctx.server.address} status, pxd --host ${ctx.server.address} volume inspect demo, or the web console at http://${ctx.server.address}/ (it asks for a token: pxd --host ${ctx.server.address} auth token create --role read-only)`);
-  assert.is(lines[6], `the admin token is in ${dataDir}/admin.token: export PXD_TOKEN_FILE=${dataDir}/admin.token`);
+  assert.is(lines[5], `see it with: pxd --host ${ctx.server.address} status, pxd --host ${ctx.server.address} volume inspect demo, or the web console at https://${ctx.server.address}/ (the cluster's own CA signed its certificate: trust ${dataDir}/ca-cert.pem in the browser or accept the warning; it asks for a token: pxd --host ${ctx.server.address} auth token create --role read-only)`);
+  assert.is(lines[6], `the admin token and the CA are in ${dataDir}: export PXD_TOKEN_FILE=${dataDir}/admin.token PXD_CA_FILE=${dataDir}/ca-cert.pem`);
+  assert.is(readFileSync(join(dataDir, "ca-cert.pem"), "utf8"), readFileSync(join(nodeDir, "tls", "ca-cert.pem"), "utf8"), "pxd up keeps a copy of the CA beside its token");
+  // The CLI trusts that copy when told where it is, and reaches the node over HTTPS without a scheme.
+  const listed = await pxd(["--host", ctx.server.address, "volume", "list"], { PXD_CA_FILE: join(dataDir, "ca-cert.pem") });
+  assert.is(listed.code, 0, listed.stderr);
+  const untrusted = await pxd(["--host", ctx.server.address, "volume", "list"]);
+  assertOneLineError(untrusted, 1, `the API at https://${ctx.server.address} serves HTTPS with the cluster's CA; give its CA with --ca FILE or PXD_CA_FILE (DIR/tls/ca-cert.pem on a node), and use https://${ctx.server.address}`);
   assert.is(lines[7], `stop it with: pxd down --data-dir ${dataDir}`);
   assert.is(statSync(join(dataDir, "admin.token")).mode & 0o777, 0o600, "pxd up's token is the user's alone");
   assert.is(ctx.controller.volumes.get("demo")?.sizeBytes, 2 * 1024 ** 3);

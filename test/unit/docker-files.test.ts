@@ -306,7 +306,8 @@ test("Dockerfile: the health check GETs /v1/status with node alone (no curl), 12
   const paths = script.match(/\/v1\/[A-Za-z0-9/_-]*|\/metrics/g) ?? [];
   assert.equal(paths, ["/v1/status"]);
   assert.match(script, new RegExp(`127\\.0\\.0\\.1:${defaultApiPort}`));
-  assert.match(script, /fetch\(/);
+  assert.match(script, /\.get\(/);
+  assert.match(script, /PXD_CA_FILE/, "HTTPS checked against the cluster CA the node keeps");
   assert.not.match(script, /method/); // fetch's default: GET
   // The route exists on the server: GET /v1/status is in src/api/server.ts (and the live test below calls it).
   assert.match(read("src/api/server.ts"), /pattern: \/\^\\\/v1\\\/status\$\/, methods: \{ GET:/);
@@ -570,6 +571,8 @@ test(`the compose command lines start a 3-node cluster (service names -> ${testH
     const env: Record<string, string> = {};
     // The shell has no PXD_CLUSTER_SECRET here: the compose default applies.
     for (const [k, v] of Object.entries(s.environment)) env[k] = local(interpolate(v, {}));
+    // The image's PXD_CA_FILE names /data, the node's data dir: here, the service's directory.
+    env["PXD_CA_FILE"] = (envOf(runtime)["PXD_CA_FILE"] ?? "").replace(/^\/data\//, `${join(tmp.dir, s.name)}/`);
     healthEnv.set(s.name, env);
     const args = s.command.map((a, i) => (a === "/data" ? join(tmp.dir, s.name) : ["--listen", "--join"].includes(s.command[i - 1]!) ? local(a) : a));
     const childEnv = imageEnv(env);
@@ -585,7 +588,7 @@ test(`the compose command lines start a 3-node cluster (service names -> ${testH
   await waitUntil(`${last.name} healthy`, async () => healthy(healthEnv.get(last.name)!), 20000);
   // An admin token of the compose file's secret, as an operator would make with pxd auth token create --data-dir.
   const token = (env: Record<string, string>): string => offlineAccess(env["PXD_CLUSTER_SECRET"]!).mint("admin", "admin", 3_600_000).token;
-  const apis = svc.map((s) => new ApiClient(healthEnv.get(s.name)!["PXD_HOST"]!, { token: token(healthEnv.get(s.name)!) }));
+  const apis = svc.map((s) => new ApiClient(healthEnv.get(s.name)!["PXD_HOST"]!, { token: token(healthEnv.get(s.name)!), ca: readFileSync(healthEnv.get(s.name)!["PXD_CA_FILE"]!, "utf8") }));
   const dump = (): string => [...logs].map(([n, l]) => `--- ${n}\n${l}`).join("\n");
   try {
     await waitUntil("three nodes up in every node's /v1/status", async () => {
