@@ -7,7 +7,8 @@
 // node:http itself; it is the HTTP side of the API layer.
 
 import { request as httpRequest, type IncomingMessage } from "node:http";
-import { request as httpsRequest } from "node:https";
+import { request as httpsRequest, type RequestOptions as HttpsRequestOptions } from "node:https";
+import { createSecureContext, type ConnectionOptions, type SecureContext } from "node:tls";
 import { defaultApiPort } from "../constants.js";
 import {
   ApiError,
@@ -125,6 +126,32 @@ export interface ApiClientOptions {
   insecureTls?: boolean;
 }
 
+/**
+ * TLS contexts by CA text, made once: a context per call parsed the CA each
+ * time (about 2 ms of CPU a call). At most tlsContextsMax (a process trusts
+ * one or two CAs).
+ */
+const tlsContexts = new Map<string, SecureContext>();
+const tlsContextsMax = 8;
+/** The last session ticket each server (address and CA) gave, at most tlsSessionsMax: a call resumes it. */
+const tlsSessions = new Map<string, Buffer>();
+const tlsSessionsMax = 256;
+
+function secureContextFor(ca: string): SecureContext {
+  let c = tlsContexts.get(ca);
+  if (c === undefined) {
+    if (tlsContexts.size >= tlsContextsMax) tlsContexts.clear();
+    c = createSecureContext(ca !== "" ? { ca } : {});
+    tlsContexts.set(ca, c);
+  }
+  return c;
+}
+
+function rememberSession(key: string, ticket: Buffer): void {
+  if (!tlsSessions.has(key) && tlsSessions.size >= tlsSessionsMax) tlsSessions.clear();
+  tlsSessions.set(key, ticket);
+}
+
 interface RawAnswer {
   status: number;
   statusMessage: string;
@@ -143,6 +170,11 @@ export class ApiClient {
 
   private readonly ca: string | (() => string | undefined) | undefined;
   private readonly insecureTls: boolean;
+
+  /** The CA this call trusts ("" for the system's roots). */
+  private caNow(): string {
+    return (typeof this.ca === "function" ? this.ca() : this.ca) ?? "";
+  }
 
   constructor(address: string = defaultApiAddress, options: ApiClientOptions = {}) {
     this.address = parseApiAddress(address);
@@ -397,10 +429,18 @@ export class ApiClient {
         headers["Content-Length"] = body.length;
       }
       // agent: false gives each call its own connection, closed after the answer, so a CLI process exits at once.
-      const ca = typeof this.ca === "function" ? this.ca() : this.ca;
-      const req = this.speaksTls()
-        ? httpsRequest({ host, port, method, path, headers, agent: false, ...(ca !== undefined ? { ca } : {}), ...(this.insecureTls ? { rejectUnauthorized: false } : {}) })
-        : httpRequest({ host, port, method, path, headers, agent: false });
+      let req: ReturnType<typeof httpRequest>;
+      if (this.speaksTls()) {
+        const ca = this.caNow();
+        const resume = `${display} ${ca}`;
+        const session = tlsSessions.get(resume);
+        // https.request hands these to tls.connect (ConnectionOptions); its own RequestOptions type does not name them.
+        const tlsOptions = { secureContext: secureContextFor(ca), ...(session !== undefined ? { session } : {}) };
+        const options: HttpsRequestOptions & ConnectionOptions = { host, port, method, path, headers, agent: false, ...tlsOptions, ...(this.insecureTls ? { rejectUnauthorized: false } : {}) };
+        req = httpsRequest(options);
+        // The server's session ticket: the next call to it resumes the session (no certificate exchange or signature).
+        req.on("socket", (socket) => socket.on("session", (ticket: Buffer) => rememberSession(resume, ticket)));
+      } else req = httpRequest({ host, port, method, path, headers, agent: false });
       const timer = setTimeout(() => {
         const seconds = (this.timeoutMs / 1000).toFixed(1).replace(/\.0$/, "");
         finish(new DaemonUnreachableError(display, "ETIMEDOUT", `the pxd daemon at ${display} did not answer ${method} ${path} within ${seconds}s; check that it is running and look at its log`));
