@@ -70,6 +70,9 @@ export function registerDaemon(program: Command): void {
         throw new CliError(`this build of pxd has no daemon (${e.message.replace(/^Cannot find module /, "").split(" imported")[0]} is missing); rebuild with "npm run build"`);
       }
       const { runDaemon } = daemon;
+      const o = options as typeof options & { apiTls?: boolean; peerTls?: boolean };
+      if (o.apiTls === true && options.apiPlainHttp === true) throw new CliError("--api-tls and --api-plain-http ask for opposite things; give one (HTTPS is the default)");
+      if (o.peerTls === true && options.peerPlain === true) throw new CliError("--peer-tls and --peer-plain ask for opposite things; give one (TLS is the default)");
       await runDaemon({
         dataDir: options.dataDir,
         listen: options.listen,
