@@ -236,7 +236,9 @@ export async function copySnapshot(api: ApiClient, volume: string, snapshot: str
  */
 export async function cloneVolume(api: ApiClient, volume: string, snapshot: string, name: string, o: IoFlags & { repl?: number; nodes?: string[] }): Promise<void> {
   const s = await api.inspectSnapshot(volume, snapshot);
-  await api.createVolume({ name, sizeBytes: s.sizeBytes, ...(o.repl !== undefined ? { repl: o.repl } : {}), ...(o.nodes !== undefined ? { nodes: o.nodes } : {}) });
+  // A clone of an encrypted volume is encrypted too, with a key of its own.
+  const encrypted = (await api.inspectVolume(volume)).encrypted;
+  await api.createVolume({ name, sizeBytes: s.sizeBytes, ...(encrypted ? { encrypted: true } : {}), ...(o.repl !== undefined ? { repl: o.repl } : {}), ...(o.nodes !== undefined ? { nodes: o.nodes } : {}) });
   const source = `${volume}@${snapshot}`;
   const bar = byteProgress(process.stderr, `clone ${source} to ${name}`);
   try {

@@ -16,7 +16,8 @@ import type { Store, StoreExtent } from "../store/store.js";
 import { GroupStoppedError, MultiRaft, NotLeaderError, ProposalDroppedError } from "./driver.js";
 import { errorKindOf, VolumeIoError } from "./errors.js";
 import type { Repairer } from "./repair.js";
-import { snapshotGroupId } from "../store/store.js";
+import { snapshotGroupId, volumeGroupOf } from "../store/store.js";
+import { decryptedRead, type MissingKey, type VolumeCipher } from "./volume-cipher.js";
 import { decodeSnapshotOp, encodeSnapshotOp, type SnapshotOp } from "./volume-op.js";
 import { VolumeReplica, type ReplicaPort } from "./volume-replica.js";
 
@@ -79,6 +80,14 @@ export interface VolumeIoOptions {
   replicasOf(group: number): NodeId[];
   /** How long a request may wait for a leader before it fails. */
   deadlineMs: number;
+  /**
+   * A volume group's cipher: undefined for a plain volume, MissingKey where
+   * this node cannot open an encrypted one's key. Writes are encrypted on the
+   * leader before they are proposed and reads decrypted where the store is
+   * read, so only these two places, on the node that serves the request, see
+   * plaintext (docs/architecture.md, "Encryption at rest").
+   */
+  cipherOf(group: number): VolumeCipher | MissingKey | undefined;
 }
 
 const retryDelayMs = 50;
@@ -112,7 +121,7 @@ export class VolumeIo {
    * else on the leader after a ReadIndex round, here or forwarded.
    */
   read(group: number, offsetBytes: number, lengthBytes: number, into?: Buffer): Promise<Buffer> | Buffer {
-    if (this.readsHere(group)) return this.o.repairer.read(group, offsetBytes, lengthBytes, into);
+    if (this.readsHere(group)) return this.plainRead(group, offsetBytes, lengthBytes, into, (o, n, i) => this.o.repairer.read(group, o, n, i));
     return this.route(group, "read", offsetBytes, lengthBytes, null).then((r) => Buffer.from(r.data!.buffer, r.data!.byteOffset, r.data!.byteLength));
   }
 
@@ -168,7 +177,7 @@ export class VolumeIo {
    */
   readSnapshot(group: number, snapshotId: number, offsetBytes: number, lengthBytes: number, into?: Buffer): Promise<Buffer> | Buffer {
     const id = snapshotGroupId(group, snapshotId);
-    if (this.o.store.hasGroup(id)) return this.o.store.read(id, offsetBytes, lengthBytes, into);
+    if (this.o.store.hasGroup(id)) return this.plainRead(group, offsetBytes, lengthBytes, into, (o, n, i) => this.o.store.read(id, o, n, i));
     return this.fromSnapshotHolder(group, id, "snap-read", offsetBytes, lengthBytes).then((r) => Buffer.from(r.data!.buffer, r.data!.byteOffset, r.data!.byteLength));
   }
 
@@ -192,6 +201,24 @@ export class VolumeIo {
       else why.push(r.error.message);
     }
     throw new VolumeIoError("EIO", `no replica of volume group ${group} could serve its snapshot read (${why.join("; ") || "no other replica"})`);
+  }
+
+  /**
+   * A read of a volume (or its snapshot) from this node's store: ciphertext
+   * decrypted, the covering data units read for a range that cuts one.
+   * Throws EIO, saying why, where this node has no key for the volume.
+   */
+  private plainRead(group: number, offsetBytes: number, lengthBytes: number, into: Buffer | undefined, readRaw: (offsetBytes: number, lengthBytes: number, into?: Buffer) => Buffer | Promise<Buffer>): Buffer | Promise<Buffer> {
+    const cipher = this.cipher(group);
+    if (cipher === undefined) return readRaw(offsetBytes, lengthBytes, into);
+    return decryptedRead(cipher, offsetBytes, lengthBytes, into, readRaw);
+  }
+
+  /** The volume group's cipher, undefined for a plain volume; throws EIO where this node has no key for it. */
+  private cipher(group: number): VolumeCipher | undefined {
+    const c = this.o.cipherOf(group);
+    if (c !== undefined && "missing" in c) throw new VolumeIoError("EIO", c.missing);
+    return c;
   }
 
   /** A forwarded request or reply from a peer. */
@@ -243,7 +270,14 @@ export class VolumeIo {
   private changeHere(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: readonly Uint8Array[] | null): Promise<void> {
     const replica = this.o.driver.stateMachine(group);
     if (!(replica instanceof VolumeReplica)) return Promise.reject(new NotLeaderError(group, 0));
-    const port = this.portOf(group);
+    try {
+      return this.changeOn(replica, this.portOf(group), op, offsetBytes, lengthBytes, data);
+    } catch (e) {
+      return Promise.reject(e); // the volume's key is missing here (EIO), or a bug: the caller decides
+    }
+  }
+
+  private changeOn(replica: VolumeReplica, port: ReplicaPort, op: IoOp, offsetBytes: number, lengthBytes: number, data: readonly Uint8Array[] | null): Promise<void> {
     switch (op) {
       case "write":
         assert(data !== null, "a write carries its data");
@@ -272,6 +306,7 @@ export class VolumeIo {
         propose: (command) => this.o.driver.propose(group, command),
         readBarrier: () => this.o.driver.readBarrier(group),
         read: (offsetBytes, lengthBytes) => this.o.repairer.read(group, offsetBytes, lengthBytes),
+        cipher: () => this.cipher(group),
       };
       this.ports.set(group, port);
     }
@@ -366,10 +401,11 @@ export class VolumeIo {
         case "snap-read":
         case "snap-status":
           if (!this.o.store.hasGroup(group)) return { kind: "fwd-re", id: 0, error: { code: "io", kind: "ENOENT", message: `node ${this.o.nodeId} does not hold that snapshot`, leader: 0 }, data: null, extents: null };
-          return op === "snap-read" ? ok(this.o.store.read(group, offsetBytes, lengthBytes)) : ok(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));
+          if (op === "snap-status") return ok(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));
+          return ok(await this.plainRead(volumeGroupOf(group), offsetBytes, lengthBytes, undefined, (o, n) => this.o.store.read(group, o, n)));
         case "read":
           if (!this.readsHere(group)) await this.o.driver.readBarrier(group);
-          return ok(await this.o.repairer.read(group, offsetBytes, lengthBytes));
+          return ok(await this.plainRead(group, offsetBytes, lengthBytes, undefined, (o, n) => this.o.repairer.read(group, o, n)));
         case "status":
           if (!this.readsHere(group)) await this.o.driver.readBarrier(group);
           return ok(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));

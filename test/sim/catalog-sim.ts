@@ -218,6 +218,7 @@ export async function runCatalogSim(o: CatalogSimOptions): Promise<CatalogSimRes
       random: { int: (k) => prng.int(k) },
       deadlineMs: 5000,
       replicasOf,
+      cipherOf: () => undefined,
     });
     cluster = new ClusterNode({
       nodeId: node.id,

@@ -26,6 +26,7 @@ function fakePort(content = 0xaa): { port: ReplicaPort; ops: { kind: VolumeOpKin
       reads.push([offsetBytes, lengthBytes]);
       return Buffer.alloc(lengthBytes, content);
     },
+    cipher: () => undefined,
   };
   return { port, ops, reads };
 }
