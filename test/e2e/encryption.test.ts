@@ -6,12 +6,13 @@
 // holes, trims and zeroed ranges read as zeroes; a sub-4 KiB write is merged
 // with its unit; the snapshot export and a clone decrypt; a restart reads the
 // same bytes; a daemon started without the key refuses the export with a
-// sentence and refuses to create an encrypted volume.
+// sentence and refuses to create an encrypted volume. A backup of it holds
+// no plaintext and restores on another cluster that has the same key.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { randomBytes } from "node:crypto";
-import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { pxdEntry, startDaemon, type DaemonProcess } from "../helpers/daemon.js";
 import { run, runOk } from "../helpers/run.js";
@@ -85,6 +86,28 @@ test("an encrypted volume's plaintext is nowhere on disk, reads back through res
     assert.is(clone.code, 0, clone.stderr);
     assert.is((await d.api.inspectVolume("sec2")).encrypted, true);
     assert.ok((await readVolume(d, "sec2", t.dir)).equals(want), "the clone holds the snapshot's bytes");
+
+    // A backup of the encrypted volume is encrypted; another cluster with the same cluster key restores it, one without the key is told what to give.
+    const url = `file://${t.dir}/target`;
+    mkdirSync(join(t.dir, "target"));
+    const key = readFileSync(keyFile, "utf8").trim();
+    const pxd = (node: DaemonProcess, args: string[], env: NodeJS.ProcessEnv = {}) => run(process.execPath, [pxdEntry, ...args], { env: { ...process.env, PXD_HOST: `127.0.0.1:${node.apiPort}`, ...env }, timeoutMs: 60_000 });
+    const made = await pxd(d, ["backup", "create", "sec", "--to", url], { PXD_CLUSTER_KEY: key });
+    assert.is(made.code, 0, made.stderr);
+    const stored = holding(join(t.dir, "target"), "SECRET-PLAINTEXT-OF-SEC-");
+    assert.equal(stored, [], "the backup target holds no plaintext");
+    const other = await startDaemon("127.0.0.1", ["--cluster-key-file", keyFile]);
+    try {
+      const refused = await pxd(other, ["backup", "restore", url, "sec/latest", "back"]);
+      assert.is.not(refused.code, 0);
+      assert.match(refused.stderr, /backup sec\/\S+ is encrypted: set PXD_CLUSTER_KEY or give --cluster-key-file FILE/);
+      const restored = await pxd(other, ["backup", "restore", url, "sec/latest", "back", "--cluster-key-file", keyFile]);
+      assert.is(restored.code, 0, restored.stderr);
+      assert.is((await other.api.inspectVolume("back")).encrypted, true, "a restored encrypted backup is an encrypted volume");
+      assert.ok((await readVolume(other, "back", t.dir)).equals(want), "another cluster with the same key restores the same bytes");
+    } finally {
+      await other.dispose();
+    }
 
     await d.restart();
     assert.ok((await readVolume(d, "sec", t.dir)).equals(want), "after a restart the volume reads the same");
