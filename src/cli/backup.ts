@@ -261,6 +261,11 @@ export async function copySnapshot(api: ApiClient, volume: string, snapshot: str
   );
 }
 
+/** What a volume made from `volume`'s snapshot asks for: encrypted too (with a key of its own) when `volume` is. */
+export async function encryptedLike(api: ApiClient, volume: string): Promise<{ encrypted?: true }> {
+  return (await api.inspectVolume(volume)).encrypted ? { encrypted: true } : {};
+}
+
 /**
  * `pxd volume clone VOL@SNAP NEW`: a new volume of the snapshot's size,
  * filled by a copy over NBD from the snapshot's export (holes are not
@@ -268,9 +273,7 @@ export async function copySnapshot(api: ApiClient, volume: string, snapshot: str
  */
 export async function cloneVolume(api: ApiClient, volume: string, snapshot: string, name: string, o: IoFlags & { repl?: number; nodes?: string[] }): Promise<void> {
   const s = await api.inspectSnapshot(volume, snapshot);
-  // A clone of an encrypted volume is encrypted too, with a key of its own.
-  const encrypted = (await api.inspectVolume(volume)).encrypted;
-  await api.createVolume({ name, sizeBytes: s.sizeBytes, ...(encrypted ? { encrypted: true } : {}), ...(o.repl !== undefined ? { repl: o.repl } : {}), ...(o.nodes !== undefined ? { nodes: o.nodes } : {}) });
+  await api.createVolume({ name, sizeBytes: s.sizeBytes, ...(await encryptedLike(api, volume)), ...(o.repl !== undefined ? { repl: o.repl } : {}), ...(o.nodes !== undefined ? { nodes: o.nodes } : {}) });
   const source = `${volume}@${snapshot}`;
   const bar = byteProgress(process.stderr, `clone ${source} to ${name}`);
   try {

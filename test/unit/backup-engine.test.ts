@@ -15,7 +15,7 @@ import { brotliCompressSync, constants as zc } from "node:zlib";
 import { chainFor, codecOf, createBackup, eachBounded, fetchChunk, overConnections, restoreBackup, sha256Hex } from "../../src/backup/engine.js";
 import { plainCodec } from "../../src/backup/chunk-codec.js";
 import { chunkBytesFor, chunkKey, encodeManifest, manifestKey, newBackupId, parseManifest, parseRef, type Manifest } from "../../src/backup/manifest.js";
-import { openTarget, TargetUrlError } from "../../src/backup/target.js";
+import { openTarget, TargetUrlError, type BackupTarget } from "../../src/backup/target.js";
 import { connectNbd } from "../../src/os/nbd-client-socket.js";
 import { startNbdkit, type NbdkitServer } from "../helpers/nbdkit.js";
 import { backupManifestEntryBytes, volumeBytesMax } from "../../src/constants.js";
@@ -138,13 +138,24 @@ function nbdkitMemory(size: string): Promise<NbdkitServer> {
   return startNbdkit(["memory", `size=${size}`]);
 }
 
-test("a backup of one nbdkit disk restores into another that is not fresh; a chunk is checked by length and hash", async () => {
+/** Two nbdkit memory disks of `size` and a file:// target in a temp dir, for `work`; all removed after. */
+async function withTwoDisks(size: string, work: (target: BackupTarget, dir: string, a: NbdkitServer, b: NbdkitServer) => Promise<void>): Promise<void> {
   const t = tempDir("engine");
-  const a = await nbdkitMemory("10M"); // 3 chunks of 4 MiB, the last 2 MiB
-  const b = await nbdkitMemory("10M");
+  const a = await nbdkitMemory(size);
+  const b = await nbdkitMemory(size);
   try {
     mkdirSync(join(t.dir, "target"));
-    const target = await openTarget(`file://${t.dir}/target`);
+    await work(await openTarget(`file://${t.dir}/target`), t.dir, a, b);
+  } finally {
+    a.stop();
+    b.stop();
+    t.remove();
+  }
+}
+
+test("a backup of one nbdkit disk restores into another that is not fresh; a chunk is checked by length and hash", async () => {
+  // 3 chunks of 4 MiB, the last 2 MiB
+  await withTwoDisks("10M", async (target, _dir, a, b) => {
     const src = await connectNbd(a.server, { exportName: "" });
     const data = pattern(2 * MiB, 4);
     await src.client.write(8 * MiB, data);
@@ -166,20 +177,11 @@ test("a backup of one nbdkit disk restores into another that is not fresh; a chu
     assert.match(String(big), /is too large: .* is 3145728 bytes, above the 2100224 it may hold/, "an object larger than its chunk could compress to is not read");
     src.client.close();
     dst.client.close();
-  } finally {
-    a.stop();
-    b.stop();
-    t.remove();
-  }
+  });
 });
 
 test("an encrypted backup holds no plaintext and no plain hash, dedupes within its chain, restores with the cluster key and is refused without it", async () => {
-  const t = tempDir("engine-enc");
-  const a = await nbdkitMemory("12M");
-  const b = await nbdkitMemory("12M");
-  try {
-    mkdirSync(join(t.dir, "target"));
-    const target = await openTarget(`file://${t.dir}/target`);
+  await withTwoDisks("12M", async (target, dir, a, b) => {
     const keys = new StaticKeySource(randomBytes(32), "the test key");
     const src = await connectNbd(a.server, { exportName: "" });
     const text = Buffer.alloc(4 * MiB);
@@ -192,7 +194,7 @@ test("an encrypted backup holds no plaintext and no plain hash, dedupes within i
     const m = parseManifest((await target.get(manifestKey("sec", id), MiB))!, manifestKey("sec", id));
     assert.is(m.version, 2);
     assert.is.not(m.chunks[0], sha256Hex(text), "a chunk is not named by the plain hash of its bytes");
-    const objects = readdirSync(join(t.dir, "target", "chunks"), { recursive: true, withFileTypes: true }).filter((d) => d.isFile());
+    const objects = readdirSync(join(dir, "target", "chunks"), { recursive: true, withFileTypes: true }).filter((d) => d.isFile());
     for (const f of objects) assert.not.ok(readFileSync(join(f.parentPath, f.name)).includes(Buffer.from("BACKUP-PLAINTEXT-MARKER")), "no plaintext in the target");
     const again = await createBackup({ client: src.client, target, volume: "sec", exportName: "", snapshot: undefined, pxdVersion: "test", chain: await chainFor(target, "sec", keys) });
     assert.equal([again.uploadedChunks, again.reusedChunks], [0, 2], "the next backup joins the chain: nothing new uploaded");
@@ -209,11 +211,7 @@ test("an encrypted backup holds no plaintext and no plain hash, dedupes within i
     assert.match(String(await fetchChunk(target, m, 0, codecOf(m, keys)).catch((x: Error) => x)), /does not open with this backup chain's key/);
     src.client.close();
     dst.client.close();
-  } finally {
-    a.stop();
-    b.stop();
-    t.remove();
-  }
+  });
 });
 
 test("a connection that dies mid-backup: the backup starts over on the next one and is whole", async () => {
