@@ -375,7 +375,7 @@ export class Daemon implements Controller {
       random: { int: (n) => prng.int(n) },
       deadlineMs: forwardDeadlineMs,
       replicasOf: (group) => this.node.volumeById(group)?.nodes ?? [],
-      cipherOf: (group) => this.volumeKeys.cipherOf(this.node.volumeById(group)),
+      cipherOf: (group) => this.volumeKeys.cipherOf(group, (id) => this.node.volumeById(id)),
     });
     this.snapshots = new Snapshots({
       nodeId: state.nodeId,
@@ -717,8 +717,8 @@ export class Daemon implements Controller {
 
   /** An encrypted volume's export on a node that cannot open its key: refused with the reason (never ciphertext served as data), and logged. */
   private keyRefusal(v: CatalogVolume, exportName: string, client: NbdClient): ExportRefusal | undefined {
-    const c = this.volumeKeys.cipherOf(v);
-    if (c === undefined || !("missing" in c)) return undefined;
+    const c = this.volumeKeys.cipherOf(v.id, () => v);
+    if (c === null || c === undefined || !("missing" in c)) return undefined;
     const who = client.local ? "a local client" : client.identity !== undefined ? `client ${printable(client.identity, logFieldCharsMax)}` : "a TCP client";
     this.log.warn(`NBD: export ${printable(exportName, logFieldCharsMax)} refused to ${who}: ${c.missing}`);
     return { refused: c.missing };

@@ -21,8 +21,12 @@ export function volumeKeyAad(clusterId: string, volume: string): string {
 }
 
 export class VolumeKeys {
-  /** By volume id: the record it was unwrapped from and what came of it. */
-  private readonly opened = new Map<number, { wrappedKey: string; cipher: VolumeCipher | MissingKey }>();
+  /**
+   * By volume group id: its cipher, why it cannot be opened here, or null for
+   * a plain volume. Kept: a volume's encryption never changes and ids are
+   * never reused. Bounded: cleared when full, and filled again as used.
+   */
+  private readonly byGroup = new Map<number, VolumeCipher | MissingKey | null>();
 
   constructor(
     private readonly source: KeySource | undefined,
@@ -30,10 +34,6 @@ export class VolumeKeys {
     private readonly clusterId: () => string,
     private readonly warn: (message: string) => void,
   ) {}
-
-  get hasKey(): boolean {
-    return this.source !== undefined;
-  }
 
   /** A new volume's encryption record; refused (400) on a node without the cluster key. */
   newEncryption(volume: string): VolumeEncryption {
@@ -45,16 +45,20 @@ export class VolumeKeys {
     return { cipher: xtsCipherName, wrappedKey };
   }
 
-  /** The volume's cipher: undefined for a plain volume, MissingKey (logged once) where this node cannot open its key. */
-  cipherOf(v: CatalogVolume | undefined): VolumeCipher | MissingKey | undefined {
-    if (v === undefined || v.encryption === null) return undefined;
-    const known = this.opened.get(v.id);
-    if (known !== undefined && known.wrappedKey === v.encryption.wrappedKey) return known.cipher;
-    const cipher = this.open(v, v.encryption);
-    // Bounded: deleted volumes' entries go when it is full, and live ones are opened again as they are used.
-    if (this.opened.size >= catalogVolumesMax) this.opened.clear();
-    this.opened.set(v.id, { wrappedKey: v.encryption.wrappedKey, cipher });
-    if ("missing" in cipher) this.warn(cipher.missing);
+  /**
+   * The cipher of volume group `group` (`lookup` finds it in the catalog, only
+   * the first time): null for a plain volume, MissingKey (logged once) where
+   * this node cannot open its key, undefined while the catalog does not know it.
+   */
+  cipherOf(group: number, lookup: (group: number) => CatalogVolume | undefined): VolumeCipher | MissingKey | null | undefined {
+    const known = this.byGroup.get(group);
+    if (known !== undefined) return known;
+    const v = lookup(group);
+    if (v === undefined) return undefined;
+    const cipher = v.encryption === null ? null : this.open(v, v.encryption);
+    if (this.byGroup.size >= catalogVolumesMax) this.byGroup.clear();
+    this.byGroup.set(group, cipher);
+    if (cipher !== null && "missing" in cipher) this.warn(cipher.missing);
     return cipher;
   }
 

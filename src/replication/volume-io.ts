@@ -14,7 +14,7 @@ import { failStop } from "../base/fail-stop.js";
 import type { NodeId } from "../raft/types.js";
 import type { Store, StoreExtent } from "../store/store.js";
 import { GroupStoppedError, MultiRaft, NotLeaderError, ProposalDroppedError } from "./driver.js";
-import { errorKindOf, VolumeIoError } from "./errors.js";
+import { CatalogLagError, errorKindOf, VolumeIoError } from "./errors.js";
 import type { Repairer } from "./repair.js";
 import { snapshotGroupId, volumeGroupOf } from "../store/store.js";
 import { decryptedRead, type MissingKey, type VolumeCipher } from "./volume-cipher.js";
@@ -81,13 +81,14 @@ export interface VolumeIoOptions {
   /** How long a request may wait for a leader before it fails. */
   deadlineMs: number;
   /**
-   * A volume group's cipher: undefined for a plain volume, MissingKey where
-   * this node cannot open an encrypted one's key. Writes are encrypted on the
+   * A volume group's cipher: null for a plain volume, MissingKey where this
+   * node cannot open an encrypted one's key, undefined while this node's
+   * catalog does not know the volume (CatalogLagError: asked again). Writes are encrypted on the
    * leader before they are proposed and reads decrypted where the store is
    * read, so only these two places, on the node that serves the request, see
    * plaintext (docs/architecture.md, "Encryption at rest").
    */
-  cipherOf(group: number): VolumeCipher | MissingKey | undefined;
+  cipherOf(group: number): VolumeCipher | MissingKey | null | undefined;
 }
 
 const retryDelayMs = 50;
@@ -217,7 +218,9 @@ export class VolumeIo {
   /** The volume group's cipher, undefined for a plain volume; throws EIO where this node has no key for it. */
   private cipher(group: number): VolumeCipher | undefined {
     const c = this.o.cipherOf(group);
-    if (c !== undefined && "missing" in c) throw new VolumeIoError("EIO", c.missing);
+    if (c === null) return undefined;
+    if (c === undefined) throw new CatalogLagError(group);
+    if ("missing" in c) throw new VolumeIoError("EIO", c.missing);
     return c;
   }
 
@@ -425,7 +428,7 @@ export class VolumeIo {
     if ((e instanceof NotLeaderError || e instanceof ProposalDroppedError) && this.stoppedAlone(group)) return { code: "io", kind: this.stoppedKind(group) ?? "EIO", message: (e as Error).message, leader: 0 };
     if (e instanceof NotLeaderError) return withKind({ code: "not-leader", message: e.message, leader: e.leader }, this.stoppedKind(group));
     if (e instanceof GroupStoppedError) return { code: "retry", kind: e.kind, message: e.message, leader: 0 };
-    if (e instanceof ProposalDroppedError) return { code: "retry", message: e.message, leader: 0 };
+    if (e instanceof ProposalDroppedError || e instanceof CatalogLagError) return { code: "retry", message: e.message, leader: 0 };
     const kind = errorKindOf(e);
     if (kind === undefined) return failStop(e, `volume I/O: serving a request of group ${group}`);
     return { code: "io", kind, message: (e as Error).message, leader: 0 };

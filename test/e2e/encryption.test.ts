@@ -7,13 +7,15 @@
 // with its unit; the snapshot export and a clone decrypt; a restart reads the
 // same bytes; a daemon started without the key refuses the export with a
 // sentence and refuses to create an encrypted volume. A backup of it holds
-// no plaintext and restores on another cluster that has the same key.
+// no plaintext and restores on another cluster that has the same key. On a
+// 3-node cluster no node's files (followers' included) hold the plaintext.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { startCluster, waitUntil } from "../helpers/cluster.js";
 import { pxdEntry, startDaemon, type DaemonProcess } from "../helpers/daemon.js";
 import { run, runOk } from "../helpers/run.js";
 import { tempDir } from "../helpers/tmp.js";
@@ -135,6 +137,30 @@ test("an encrypted volume's plaintext is nowhere on disk, reads back through res
     }
   } finally {
     await d.dispose();
+    t.remove();
+  }
+});
+
+test("on a 3-node cluster no node's data dir holds an encrypted volume's plaintext, while every node holds a plain volume's", async () => {
+  const t = tempDir("encryption-cluster");
+  const keyFile = join(t.dir, "cluster.key");
+  writeFileSync(keyFile, randomBytes(32), { mode: 0o600 }); // raw bytes this time
+  const c = await startCluster(3, ["--cluster-key-file", keyFile]);
+  try {
+    const [n1, n2, n3] = c.nodes as [DaemonProcess, DaemonProcess, DaemonProcess];
+    await n1.api.createVolume({ name: "sec", sizeBytes, repl: 3, encrypted: true });
+    await n1.api.createVolume({ name: "plain", sizeBytes, repl: 3 });
+    const secret = marked("CLUSTER-SECRET-OF-SEC-", MiB);
+    writeFileSync(join(t.dir, "secret.bin"), secret);
+    writeFileSync(join(t.dir, "open.bin"), marked("CLUSTER-PLAIN-PATTERN-", MiB));
+    // Written through one node and read through another: wherever the leader is, requests are forwarded to it.
+    await runOk("qemu-io", ["-f", "raw", n2.uri("sec"), "-c", `write -s ${join(t.dir, "secret.bin")} 0 ${MiB}`]);
+    await runOk("qemu-io", ["-f", "raw", n2.uri("plain"), "-c", `write -s ${join(t.dir, "open.bin")} 0 ${MiB}`]);
+    assert.ok((await readVolume(n3, "sec", t.dir)).subarray(0, MiB).equals(secret));
+    await waitUntil("the plain volume's pattern on every node", async () => c.nodes.every((n) => holding(n.dataDir, "CLUSTER-PLAIN-PATTERN-").length > 0));
+    for (const n of c.nodes) assert.equal(holding(n.dataDir, "CLUSTER-SECRET-OF-SEC-"), [], `node ${n.host} holds the plaintext`);
+  } finally {
+    await c.dispose();
     t.remove();
   }
 });
