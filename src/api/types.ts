@@ -319,6 +319,8 @@ export interface SnapshotHolding {
   sizeBytes?: number;
   allocatedBytes?: number;
   exclusiveBytes?: number;
+  /** The index of the volume's Raft entry that took it. */
+  index?: number;
 }
 
 export interface VolumeQosInfo {

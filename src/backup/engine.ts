@@ -11,6 +11,7 @@
 // default) are read, compressed, uploaded, fetched or written at once.
 
 import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
 import { promisify } from "node:util";
 import { brotliCompress, brotliDecompress, constants as zlibConstants } from "node:zlib";
 import { assert } from "../base/assert.js";
@@ -179,17 +180,27 @@ export interface CreateSummary {
 }
 
 export async function createBackup(o: CreateOptions): Promise<CreateSummary> {
-  const started = process.hrtime.bigint();
   const sizeBytes = o.client.export.sizeBytes;
   if (sizeBytes === 0) throw new Error(`export ${o.exportName} is empty; nothing to back up`);
-  const chunkBytes = o.chunkBytes ?? chunkBytesFor(sizeBytes);
   const now = o.now ?? new Date();
+  const id = newBackupId(now, randomBytes(3).toString("hex"));
+  const lock = await takeLock(o.target, "backup", id, "delete");
+  try {
+    return await backupUnderLock(o, id, now, sizeBytes);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function backupUnderLock(o: CreateOptions, id: string, now: Date, sizeBytes: number): Promise<CreateSummary> {
+  const started = process.hrtime.bigint();
+  const chunkBytes = o.chunkBytes ?? chunkBytesFor(sizeBytes);
   const codec = o.chain?.codec ?? plainCodec;
   const m: Manifest = {
     format: "pxd-backup",
     version: o.chain === undefined ? manifestVersion : encryptedManifestVersion,
     ...(o.chain !== undefined ? { encryption: o.chain.encryption } : {}),
-    id: newBackupId(now, randomBytes(3).toString("hex")),
+    id,
     volume: o.volume,
     sizeBytes,
     createdAt: now.toISOString(),
@@ -434,11 +445,20 @@ export interface DeleteSummary {
  * Removes the manifest, then those of its chunks no other manifest
  * references. Every other manifest is read first: one that cannot be read
  * might reference any chunk, so the delete is refused before anything is
- * removed. Run no backup to the same target meanwhile: it may count on a
- * chunk this removes. Chunks left by a backup that never finished (no
- * manifest) are not touched.
+ * removed. It is refused while a backup to the same target runs (locks,
+ * below): that backup may count on a chunk this removes. Chunks left by a
+ * backup that never finished (no manifest) are not touched.
  */
 export async function deleteBackup(target: BackupTarget, m: Manifest): Promise<DeleteSummary> {
+  const lock = await takeLock(target, "delete", m.id, "backup");
+  try {
+    return await deleteUnderLock(target, m);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function deleteUnderLock(target: BackupTarget, m: Manifest): Promise<DeleteSummary> {
   const key = manifestKey(m.volume, m.id);
   const all = await listBackups(target);
   const broken = all.broken.filter((b) => b.key !== key);
@@ -450,6 +470,81 @@ export async function deleteBackup(target: BackupTarget, m: Manifest): Promise<D
   const doomed = [...mine];
   await eachBounded(doomed.length, backupChunksInFlight, async (n) => target.delete(chunkKey(doomed[n]!)));
   return { backup: `${m.volume}/${m.id}`, deletedChunks: doomed.length, keptChunks: distinct - doomed.length };
+}
+
+// ---- locks: a delete never removes a chunk a running backup counts on ----
+
+/**
+ * A backup counts on the chunks it finds in the target until its manifest
+ * is written; a delete removes chunks no manifest names. So the two never
+ * run at once on a target: each writes its lock object (locks/KIND-ID), then
+ * lists the other kind's, and gives up (removing its own) when one is
+ * fresh. Whichever writes second sees the first (the targets' reads follow
+ * their writes). A lock is rewritten every lockRefreshMs while its work
+ * runs; one older than lockStaleMs was left by a client that died and is
+ * ignored (its age is judged by this host's clock against the writer's).
+ */
+const lockRefreshMs = 60 * 1000;
+const lockStaleMs = 10 * 60 * 1000;
+/** Locks one listing reads at most: more is not a target pxd made. */
+const locksMax = 10_000;
+/** Bytes of a lock object read at most. */
+const lockBytesMax = 4096;
+
+type LockKind = "backup" | "delete";
+
+interface LockBody {
+  kind: LockKind;
+  id: string;
+  host: string;
+  pid: number;
+  at: string;
+}
+
+function lockKey(kind: LockKind, id: string): string {
+  return `locks/${kind}-${id}`;
+}
+
+async function takeLock(target: BackupTarget, kind: LockKind, id: string, excludes: LockKind): Promise<{ release(): Promise<void> }> {
+  const key = lockKey(kind, id);
+  const write = (): Promise<void> => target.put(key, Buffer.from(JSON.stringify({ kind, id, host: hostname(), pid: process.pid, at: new Date().toISOString() } satisfies LockBody)));
+  await write();
+  const release = async (): Promise<void> => {
+    clearInterval(refresh);
+    await target.delete(key).catch(() => {});
+  };
+  const refresh = setInterval(() => void write().catch(() => {}), lockRefreshMs);
+  refresh.unref();
+  try {
+    const other = await freshLock(target, excludes);
+    if (other !== undefined) {
+      const what = excludes === "delete" ? "a backup delete" : "a backup";
+      throw new Error(`${what} is running on ${target.url} (${other.kind} ${other.id} by ${other.host} pid ${other.pid}, lock written ${other.at}); ${kind === "backup" ? "back up" : "delete"} once it is done (a lock not rewritten for ${lockStaleMs / 60000} minutes is taken as left by a client that died)`);
+    }
+  } catch (e) {
+    await release();
+    throw e;
+  }
+  return { release };
+}
+
+/** A lock of `kind` written less than lockStaleMs ago, if any. */
+async function freshLock(target: BackupTarget, kind: LockKind): Promise<LockBody | undefined> {
+  for (const key of await target.list("locks/", locksMax)) {
+    if (!key.startsWith(`locks/${kind}-`)) continue;
+    const raw = await target.get(key, lockBytesMax).catch(() => undefined);
+    let body: Partial<LockBody> | undefined;
+    try {
+      body = raw === undefined ? undefined : (JSON.parse(raw.toString("utf8")) as Partial<LockBody>);
+    } catch {
+      body = undefined;
+    }
+    const at = typeof body?.at === "string" ? Date.parse(body.at) : NaN;
+    // A lock that cannot be read is taken as fresh: it may be one being written.
+    if (!Number.isFinite(at)) return { kind, id: key.slice(`locks/${kind}-`.length), host: "?", pid: 0, at: "?" };
+    if (Date.now() - at < lockStaleMs) return { kind, id: String(body!.id), host: String(body!.host), pid: Number(body!.pid), at: body!.at! };
+  }
+  return undefined;
 }
 
 // ---- copy (pxd volume clone) ----

@@ -353,6 +353,8 @@ export class Daemon implements Controller {
       clock: () => Date.now(),
       log: (l) => log.warn(l),
     });
+    // Every copy this node sends (volume copies, snapshot copies it makes) shares one rebuild bandwidth.
+    const resync = resyncPacer({ now: monotonicMs, after: (ms, fn) => nodeTimers.setTimeout(fn, ms) }, () => this.resyncBandwidth);
     this.driver = new MultiRaft({
       nodeId: state.nodeId,
       store: this.store,
@@ -362,7 +364,7 @@ export class Daemon implements Controller {
       log: (l) => log.warn(l),
       damaged: (e) => void this.repairer.repair(e),
       ...(options.logRetainBytes !== undefined ? { logRetainBytes: options.logRetainBytes } : {}),
-      resync: resyncPacer({ now: monotonicMs, after: (ms, fn) => nodeTimers.setTimeout(fn, ms) }, () => this.resyncBandwidth),
+      resync,
     });
     this.io = new VolumeIo({
       nodeId: state.nodeId,
@@ -391,6 +393,11 @@ export class Daemon implements Controller {
       catalogError,
       inUse: (v) => this.inUse(v),
       nbdUri: (name) => `nbd://${hostPort(this.options.listen, this.nbdPort)}/${name}`,
+      forwarded: (change) => this.forwarded(change),
+      paceCopy: async (bytes) => {
+        for (let wait = resync.waitMs(); wait > 0; wait = resync.waitMs()) await new Promise<void>((resolve) => resync.after(wait, resolve));
+        resync.sent(bytes);
+      },
       log: (line) => log.info(line),
     });
     this.node = new ClusterNode({
@@ -549,6 +556,17 @@ export class Daemon implements Controller {
     return this.store.raftState(metaGroupId).appliedIndex;
   }
 
+  /**
+   * A catalog change forwarded to the catalog's leader, answered once this
+   * node's catalog has it too: the caller's next request here sees its own
+   * change (a volume it deleted is not listed).
+   */
+  private async forwarded<T>(change: Promise<T>): Promise<T> {
+    const result = await change;
+    await this.catalogCatchUp();
+    return result;
+  }
+
   private async catalogCatchUp(): Promise<void> {
     const deadline = Date.now() + catalogCatchUpMs;
     try {
@@ -556,7 +574,7 @@ export class Daemon implements Controller {
       const target = api === undefined ? (this.driver.status(metaGroupId)?.commit ?? 0) : (await api.status()).catalog.commitIndex;
       await this.node.whenCatalog(() => this.catalogIndex() >= target, Math.max(0, deadline - Date.now()));
     } catch (e) {
-      this.log.info(`catalog catch-up for an NBD lookup failed, answering from this node's copy: ${(e as Error).message}`);
+      this.log.info(`catalog catch-up failed, answering from this node's copy: ${(e as Error).message}`);
     }
   }
 
@@ -568,7 +586,7 @@ export class Daemon implements Controller {
   async updateVolume(name: string, request: UpdateVolumeRequest, caller: Caller): Promise<VolumeInfo> {
     checkReach(caller, await this.knownVolume(name));
     const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return leaderApi.updateVolume(name, request);
+    if (leaderApi) return this.forwarded(leaderApi.updateVolume(name, request));
     if (request.sizeBytes !== undefined) await this.resizeVolume(name, request.sizeBytes);
     if (request.maxIops !== undefined || request.maxBandwidthBytesPerSec !== undefined || request.burstSec !== undefined) await this.setVolumeQos(name, request);
     if (request.repl !== undefined) await this.setRepl(name, request.repl);
@@ -636,7 +654,7 @@ export class Daemon implements Controller {
   async attachVolume(name: string, request: AttachRequest, caller: Caller): Promise<VolumeInfo> {
     checkReach(caller, await this.knownVolume(name));
     const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return leaderApi.attachVolume(name, request);
+    if (leaderApi) return this.forwarded(leaderApi.attachVolume(name, request));
     const result = await this.metaCommand({
       kind: "attachVolume",
       name,
@@ -656,7 +674,7 @@ export class Daemon implements Controller {
   async detachVolume(name: string, host: string, caller: Caller): Promise<void> {
     checkReach(caller, await this.knownVolume(name));
     const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return leaderApi.detachVolume(name, host);
+    if (leaderApi) return this.forwarded(leaderApi.detachVolume(name, host));
     const result = await this.metaCommand({ kind: "detachVolume", name, host });
     if (!result.ok) throw catalogError(result);
     if (result.changed) this.log.info(`volume ${name} detached from host ${host}`);
@@ -735,7 +753,7 @@ export class Daemon implements Controller {
     this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
     return new SnapshotExport(v, s, this.snapshots.sizeHere(v, s) ?? s.sizeBytes, this.io, this.readBuffers, () => {
       this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
-    });
+    }, this.admission.gate(volume));
   }
 
   // ---- Controller (control API) ----
@@ -831,7 +849,7 @@ export class Daemon implements Controller {
   /** On the meta leader: marks the node draining (or not); moveReplicas then moves its replicas off, one volume at a time. */
   async drainNode(ref: string, request: DrainNodeRequest, caller?: Caller): Promise<NodeInfo> {
     const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return leaderApi.drainNode(ref, request);
+    if (leaderApi) return this.forwarded(leaderApi.drainNode(ref, request));
     const id = this.nodeByRef(ref);
     const draining = request.draining ?? true;
     const result = await this.metaCommand({ kind: "drainNode", id, draining });
@@ -850,7 +868,7 @@ export class Daemon implements Controller {
    */
   async removeNode(ref: string, options: { force: boolean }, caller?: Caller): Promise<void> {
     const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return leaderApi.removeNode(ref, options);
+    if (leaderApi) return this.forwarded(leaderApi.removeNode(ref, options));
     const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
     const leftover = members.find((id) => String(id) === ref && !this.catalog.nodes.has(id));
     const id = leftover ?? this.nodeByRef(ref);
@@ -886,7 +904,7 @@ export class Daemon implements Controller {
   /** On the meta leader: sets a setting (null: back to its default); the catalog refuses an unknown key or a value out of its range (400). */
   async setSetting(key: string, request: SetSettingRequest, caller?: Caller): Promise<SettingInfo> {
     const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return leaderApi.setSetting(key, request.value);
+    if (leaderApi) return this.forwarded(leaderApi.setSetting(key, request.value));
     const result = await this.metaCommand({ kind: "setSetting", key, value: request.value });
     if (!result.ok) throw catalogError(result);
     return this.settingInfo(key);
@@ -922,7 +940,7 @@ export class Daemon implements Controller {
   async createVolume(request: CreateVolumeRequest, caller: Caller): Promise<VolumeInfo> {
     const owner = ownerFor(caller, request.owner);
     const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return leaderApi.createVolume(request);
+    if (leaderApi) return this.forwarded(leaderApi.createVolume(request));
     const nodes = request.nodes?.map((ref) => this.nodeByRef(ref));
     const result = await this.metaCommand({
       kind: "createVolume",
@@ -953,7 +971,7 @@ export class Daemon implements Controller {
   async deleteVolume(name: string, options: DeleteVolumeOptions, caller: Caller): Promise<void> {
     checkReach(caller, await this.knownVolume(name));
     const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return leaderApi.deleteVolume(name, options);
+    if (leaderApi) return this.forwarded(leaderApi.deleteVolume(name, options));
     const force = options.force === true;
     // Before the nodes are asked about their clients: an attached volume's refusal names its hosts.
     const attached = attachedProblem(this.mustGet(name));
@@ -1002,6 +1020,7 @@ export class Daemon implements Controller {
 
   private runSnapshotSchedules(): void {
     this.snapshots.dropUnlisted();
+    void this.snapshots.copyMissing();
     if (this.schedulesRunning) return;
     this.schedulesRunning = true;
     void this.snapshots.runSchedules(this.driver.leader(metaGroupId) === this.nodeId, monotonicMs(), Date.now()).finally(() => {
@@ -1012,7 +1031,7 @@ export class Daemon implements Controller {
   async setSnapshotSchedule(volume: string, request: SnapshotScheduleRequest, caller: Caller): Promise<VolumeInfo> {
     checkReach(caller, await this.knownVolume(volume));
     const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return leaderApi.setSnapshotSchedule(volume, request);
+    if (leaderApi) return this.forwarded(leaderApi.setSnapshotSchedule(volume, request));
     return this.info(await this.snapshots.setSchedule(volume, request));
   }
 
@@ -1068,7 +1087,7 @@ export class Daemon implements Controller {
   /** The fault-injection hook: an entry committed as given, unvalidated, on the catalog's leader. */
   private async debugCatalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse> {
     const leaderApi = await this.metaLeaderApi(undefined);
-    if (leaderApi) return leaderApi.debugCatalogPropose(request);
+    if (leaderApi) return this.forwarded(leaderApi.debugCatalogPropose(request));
     const data = request.hex !== undefined ? Buffer.from(request.hex, "hex") : encodeCommandUnchecked(request.command);
     const r = await this.proposeMeta(data);
     this.log.warn(`unsafe debug API: catalog entry ${r.index} committed without validation; ${r.ok ? "it applied" : `refused (${r.code}): ${r.error}`}`);
@@ -1123,7 +1142,7 @@ export class Daemon implements Controller {
   /** On the meta leader: the catalog remembers the revocation until the token expires (or the longest token lifetime, when the expiry is not given). */
   async revokeToken(request: RevokeTokenRequest, caller: Caller): Promise<{ id: string; revoked: boolean }> {
     const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return leaderApi.revokeToken(request);
+    if (leaderApi) return this.forwarded(leaderApi.revokeToken(request));
     const at = Date.now();
     const result = await this.metaCommand({ kind: "revokeToken", id: request.id, expiresAt: request.expiresAt ?? at + apiTokenTtlMsMax, at });
     if (!result.ok) throw catalogError(result);

@@ -9,19 +9,36 @@ import type { ApiClient } from "../api/client.js";
 import { ApiError, type Caller, type SnapshotScheduleRequest, type CreateSnapshotRequest, type RollbackRequest, type RollbackResult, type SnapshotHolding, type SnapshotInfo } from "../api/types.js";
 import { errorKindOf } from "../replication/errors.js";
 import type { ApplyResult, CatalogCommand, CatalogNode, CatalogSnapshot, CatalogState, CatalogVolume } from "../cluster/index.js";
-import { volumeSnapshotsMax } from "../constants.js";
+import { checksumBlockBytes, volumeSnapshotsMax } from "../constants.js";
 import { autoSnapshotName, snapshotSchedule } from "../cluster/control.js";
 import { NotLeaderError } from "../replication/driver.js";
 import type { MultiRaft } from "../replication/driver.js";
 import { VolumeOpKind } from "../replication/volume-op.js";
 import type { VolumeIo } from "../replication/volume-io.js";
 import { snapshotGroupId, type Store } from "../store/store.js";
+import { ChecksumError } from "../store/errors.js";
+import { isBug } from "../base/fail-stop.js";
 import { checkReach, mayReach } from "./access.js";
 
 /** How long a forwarded rollback may run: it proposes what changed since the snapshot, which may be the whole volume. */
 const rollbackCallTimeoutMs = 30 * 60 * 1000;
 /** How long inspect waits for each replica node's account of a snapshot. */
 const holdingAskTimeoutMs = 2000;
+/** Bytes of a snapshot a copy (copyMissing) reads from its holder and compares at a time. */
+const snapshotCopyStepBytes = 1024 * 1024;
+
+/** [offset, length] runs of `block`-byte blocks where `theirs` differs from `ours` (all of it when ours is undefined). */
+export function differingRuns(theirs: Uint8Array, ours: Uint8Array | undefined, block: number): [number, number][] {
+  const runs: [number, number][] = [];
+  for (let off = 0; off < theirs.length; off += block) {
+    const end = Math.min(theirs.length, off + block);
+    if (ours !== undefined && Buffer.compare(theirs.subarray(off, end), ours.subarray(off, end)) === 0) continue;
+    const last = runs[runs.length - 1];
+    if (last !== undefined && last[0] + last[1] === off) last[1] += end - off;
+    else runs.push([off, end - off]);
+  }
+  return runs;
+}
 
 export interface SnapshotContext {
   readonly nodeId: number;
@@ -41,6 +58,10 @@ export interface SnapshotContext {
   inUse(volume: CatalogVolume): Promise<string | undefined>;
   /** The NBD URI of an export on this node. */
   nbdUri(exportName: string): string;
+  /** A catalog change forwarded to the catalog's leader, resolved once this node's catalog has it too. */
+  forwarded<T>(change: Promise<T>): Promise<T>;
+  /** Waits until this node's rebuild bandwidth lets `bytes` more of a copy go. */
+  paceCopy(bytes: number): Promise<void>;
   log(line: string): void;
 }
 
@@ -55,7 +76,7 @@ export class Snapshots {
   async create(volume: string, request: CreateSnapshotRequest, caller: Caller): Promise<SnapshotInfo> {
     checkReach(caller, await this.c.knownVolume(volume));
     const leaderApi = await this.c.metaLeaderApi(caller);
-    if (leaderApi) return leaderApi.createSnapshot(volume, request);
+    if (leaderApi) return this.c.forwarded(leaderApi.createSnapshot(volume, request));
     return this.take(volume, request.name);
   }
 
@@ -113,7 +134,7 @@ export class Snapshots {
   async delete(volume: string, snapshot: string, caller: Caller): Promise<void> {
     checkReach(caller, await this.c.knownVolume(volume));
     const leaderApi = await this.c.metaLeaderApi(caller);
-    if (leaderApi) return leaderApi.deleteSnapshot(volume, snapshot);
+    if (leaderApi) return this.c.forwarded(leaderApi.deleteSnapshot(volume, snapshot));
     await this.drop(volume, snapshot);
   }
 
@@ -156,6 +177,88 @@ export class Snapshots {
         this.c.store.dropSnapshot(v.id, id);
         this.c.log(`volume ${v.name}: dropped snapshot id ${id}, which the catalog no longer lists`);
       }
+    }
+  }
+
+  /**
+   * On every node, beside dropUnlisted: copies the snapshots the catalog
+   * lists for a volume this node replicates that it never took, because it
+   * was filled by a copy of the volume made past the entry that took them (a
+   * replica added or replaced later). Without this a snapshot would live
+   * only on the replicas that were there when it was taken, and be lost once
+   * they have all been replaced. One copy at a time per node, at the node's
+   * rebuild bandwidth; the copy starts as a copy-on-write clone of the
+   * volume here, and only the blocks where the snapshot differs are written.
+   */
+  async copyMissing(): Promise<void> {
+    if (this.copying) return;
+    this.copying = true;
+    try {
+      const held = this.c.store.heldSnapshots();
+      for (const v of this.c.catalog().volumes.values()) {
+        if (v.snapshots.length === 0 || !v.nodes.includes(this.c.nodeId) || !this.c.driver.hasGroup(v.id) || !this.c.store.hasGroup(v.id)) continue;
+        const mine = held.get(v.id) ?? [];
+        for (const s of v.snapshots) {
+          if (mine.includes(s.id)) continue;
+          const from = await this.holderOf(v, s);
+          // This replica applies the entry that takes it when it reaches it.
+          if (from === undefined || this.c.store.raftState(v.id).appliedIndex < from.index) continue;
+          await this.copyFrom(v, s, from);
+        }
+      }
+    } finally {
+      this.copying = false;
+    }
+  }
+
+  /** A snapshot copy is running here (copyMissing). */
+  private copying = false;
+
+  /** Another replica node that holds the snapshot, with the index that took it; undefined when none answers that it does. */
+  private async holderOf(v: CatalogVolume, s: CatalogSnapshot): Promise<{ node: string; index: number } | undefined> {
+    for (const id of v.nodes) {
+      const n = id === this.c.nodeId ? undefined : this.c.catalog().nodes.get(id);
+      if (n === undefined) continue;
+      const h = await this.c.nodeApi(n, holdingAskTimeoutMs).snapshotHolding(v.name, s.name).catch(() => undefined);
+      if (h?.held === true && h.index !== undefined) return { node: h.node, index: h.index };
+    }
+    return undefined;
+  }
+
+  private async copyFrom(v: CatalogVolume, s: CatalogSnapshot, from: { node: string; index: number }): Promise<void> {
+    const store = this.c.store;
+    this.c.log(`volume ${v.name}: copying snapshot ${s.name} (id ${s.id}, ${s.sizeBytes} bytes) from ${from.node}: this replica was filled past the entry that took it`);
+    const staging = store.beginSnapshotCopy(v.id, s.id, s.sizeBytes);
+    let written = 0;
+    try {
+      for (let at = 0; at < s.sizeBytes; at += snapshotCopyStepBytes) {
+        const n = Math.min(snapshotCopyStepBytes, s.sizeBytes - at);
+        await this.c.paceCopy(n);
+        // Holes there are holes here (not zeroes written as data), then the data is compared.
+        let hole = at;
+        for (const e of await this.c.io.snapshotStatus(v.id, s.id, at, n)) {
+          if (e.hole && store.blockStatus(staging, hole, e.lengthBytes).some((x) => !x.hole)) await store.trimStaged(staging, hole, e.lengthBytes);
+          hole += e.lengthBytes;
+        }
+        const theirs = await this.c.io.readSnapshot(v.id, s.id, at, n);
+        let ours: Buffer | undefined;
+        try {
+          ours = store.read(staging, at, n);
+        } catch (e) {
+          if (!(e instanceof ChecksumError)) throw e;
+          ours = undefined; // a damaged block here: the whole step is written from the holder's copy
+        }
+        for (const [off, len] of differingRuns(theirs, ours, checksumBlockBytes)) {
+          await store.writeStaged(staging, at + off, [theirs.subarray(off, off + len)], len);
+          written += len;
+        }
+      }
+      await store.finishSnapshotCopy(v.id, s.id, from.index);
+      this.c.log(`volume ${v.name}: copied snapshot ${s.name} from ${from.node}: ${written} of its ${s.sizeBytes} bytes differed from the volume here and were written`);
+    } catch (e) {
+      store.dropSnapshotCopy();
+      if (isBug(e)) throw e;
+      this.c.log(`volume ${v.name}: the copy of snapshot ${s.name} stopped (${(e as Error).message}); it starts over on the next pass`);
     }
   }
 
@@ -227,7 +330,7 @@ export class Snapshots {
     const node = this.c.catalog().nodes.get(this.c.nodeId)?.name ?? `node-${this.c.nodeId}`;
     const size = this.sizeHere(v, s);
     if (size === undefined) return { node, held: false };
-    return { node, held: true, sizeBytes: size, ...this.c.store.snapshotUsage(v.id, s.id) };
+    return { node, held: true, sizeBytes: size, ...this.c.store.snapshotUsage(v.id, s.id), index: this.c.store.snapshotIndex(v.id, s.id) };
   }
 
   /** A snapshot entry through the volume's group, on its leader wherever it is; idempotent, so retried across leader changes. */

@@ -198,13 +198,30 @@ export class SnapshotExport implements Export {
     private readonly io: VolumeIo,
     private readonly readBuffers: BufferPool,
     private readonly onClose: () => void,
+    /** The volume's gate: a snapshot's reads count against its volume's limits and the node's fair share. */
+    private readonly gate: VolumeGate,
   ) {
     this.name = `${volume.name}@${snapshot.name}`;
     this.description = `pxd snapshot ${snapshot.name} of volume ${volume.name} (read-only)`;
   }
 
   read(offsetBytes: number, lengthBytes: number): Buffer | Promise<Buffer> {
-    return pooledRead(this.readBuffers, lengthBytes, (into) => this.io.readSnapshot(this.volume.id, this.snapshot.id, offsetBytes, lengthBytes, into));
+    const serve = (): Buffer | Promise<Buffer> => {
+      let r: Buffer | Promise<Buffer>;
+      try {
+        r = pooledRead(this.readBuffers, lengthBytes, (into) => this.io.readSnapshot(this.volume.id, this.snapshot.id, offsetBytes, lengthBytes, into));
+      } catch (e) {
+        this.gate.done();
+        throw e;
+      }
+      if (!(r instanceof Promise)) {
+        this.gate.done();
+        return r;
+      }
+      return r.finally(() => this.gate.done());
+    };
+    const wait = this.gate.admit(lengthBytes);
+    return wait === undefined ? serve() : wait.then(serve);
   }
 
   release(buffer: Buffer): void {

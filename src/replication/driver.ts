@@ -70,6 +70,14 @@ export interface DriverOptions {
   /** Raft log kept for a member that is down (default raftLogRetainBytes); past it the member will need a snapshot. */
   logRetainBytes?: number;
   defer(fn: () => void): void;
+  /**
+   * Runs what follows a log write the driver waited for (a persist's
+   * completion). Whatever it throws ends this node: a committed entry found
+   * damaged when it is read back to be applied (the restart cuts the log
+   * there, withholds the node's vote, and the leader resends it), or a bug.
+   * Default: the fail-stop handler; the simulator ends the node's incarnation.
+   */
+  resume?(fn: () => void): void;
   random: { int(n: number): number };
   log(line: string): void;
   /** Blocks of this node's copy of a volume failed their checksum where the driver read them (a snapshot stream): repair them. */
@@ -806,7 +814,7 @@ export class MultiRaft {
     // acknowledgements wait for the persist they promise.
     rd.messages = this.sendEarly(g, rd.messages);
     this.persist(g, rd).then(
-      () => this.afterPersist(g, rd),
+      () => this.resume(() => this.afterPersist(g, rd)),
       (e: unknown) => {
         // The store stopped taking writes (no room, a failed write or fdatasync):
         // nothing this group does is safe any more. Anything else is a bug.
@@ -816,6 +824,15 @@ export class MultiRaft {
         this.stopped.set(g.id, e.message);
       },
     );
+  }
+
+  private resume(fn: () => void): void {
+    if (this.o.resume !== undefined) return this.o.resume(fn);
+    try {
+      fn();
+    } catch (e) {
+      failStop(e, `replication: node ${this.o.nodeId}: after a log write${e instanceof DamagedEntryError ? " (a committed entry is damaged in this node's log; the restart cuts the log before it, and the leader resends it)" : ""}`);
+    }
   }
 
   private persist(g: Group, rd: Ready): Promise<void> {

@@ -11,6 +11,7 @@
 import { assert } from "../base/assert.js";
 import { isErrorKind, type ErrorKind } from "../base/error-kind.js";
 import { failStop } from "../base/fail-stop.js";
+import { catalogSnapshotsMax } from "../constants.js";
 import type { NodeId } from "../raft/types.js";
 import type { Store, StoreExtent } from "../store/store.js";
 import { GroupStoppedError, MultiRaft, NotLeaderError, ProposalDroppedError } from "./driver.js";
@@ -111,6 +112,8 @@ export class VolumeIo {
   private nextId: number;
   private readonly waiting = new Map<number, { from: NodeId; resolve(r: ForwardReply): void }>();
   private readonly ports = new Map<number, ReplicaPort>();
+  /** The node that last served a snapshot this node does not hold, by the snapshot's group id (at most catalogSnapshotsMax). */
+  private readonly snapshotHolders = new Map<number, NodeId>();
 
   constructor(private readonly o: VolumeIoOptions) {
     this.nextId = o.random.int(2 ** 31) * requestIdSpan + 1;
@@ -188,16 +191,26 @@ export class VolumeIo {
     return this.fromSnapshotHolder(group, id, "snap-status", offsetBytes, lengthBytes).then((r) => r.extents!);
   }
 
-  /** Asks the volume's other replicas in turn for a snapshot read; the first that holds it answers. */
+  /**
+   * Asks the volume's other replicas in turn for a snapshot read; the first
+   * that holds it answers, and is asked first next time.
+   */
   private async fromSnapshotHolder(group: number, id: number, op: IoOp, offsetBytes: number, lengthBytes: number): Promise<ForwardReply> {
     const deadline = this.now() + this.o.deadlineMs;
-    const holders = this.o.replicasOf(group).filter((n) => n !== this.o.nodeId);
+    const last = this.snapshotHolders.get(id);
+    const holders = this.o.replicasOf(group).filter((n) => n !== this.o.nodeId).sort((a, b) => Number(b === last) - Number(a === last));
     const why: string[] = [];
     for (const n of holders) {
       if (this.now() >= deadline) break;
       const r = await this.forward(n, id, op, offsetBytes, lengthBytes, null, Math.min(deadline, this.now() + forwardAttemptMs));
       if (r === undefined) why.push(`node ${n} did not answer`);
-      else if (r.error === null) return r;
+      else if (r.error === null) {
+        if (last !== n) {
+          if (this.snapshotHolders.size >= catalogSnapshotsMax) this.snapshotHolders.clear();
+          this.snapshotHolders.set(id, n);
+        }
+        return r;
+      }
       else if (r.error.code === "io" && r.error.kind !== "ENOENT") throw new VolumeIoError(isErrorKind(r.error.kind) ? r.error.kind : "EIO", r.error.message);
       else why.push(r.error.message);
     }

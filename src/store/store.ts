@@ -128,6 +128,8 @@ export class Store {
   private checkpointEnd: LogPosition;
   private bytesAtCheckpoint = 0;
   private checkpointing: Promise<void> | undefined;
+  /** The snapshot a copy is being made of (beginSnapshotCopy), if any. */
+  private copyingSnapshot: { groupId: number; snapshotId: number } | undefined;
   private maintaining: Promise<void> | undefined;
   private closed = false;
   /** The latest saved snapshot of each group without data (the meta group), by group id. */
@@ -358,6 +360,73 @@ export class Store {
       this.snapshotsChanged = true;
     }
     if (index !== undefined) g.appliedIndex = Math.max(g.appliedIndex, index);
+  }
+
+  /**
+   * Starts a copy of a volume's snapshot that this node never took: it was
+   * filled by a copy of the volume past the entry that took it. The copy is
+   * a staging group (dropped by a restart, like any unfinished copy) that
+   * begins as a copy-on-write clone of the volume's map as it is now, or
+   * empty when the snapshot's size differs; the copier writes the blocks
+   * where the snapshot differs (writeStaged) and then finishSnapshotCopy
+   * makes it the snapshot. One at a time: a new one drops the last. Returns
+   * the staging group's id.
+   */
+  beginSnapshotCopy(groupId: number, snapshotId: number, sizeBytes: number): number {
+    const g = this.group(groupId);
+    checkSize(sizeBytes);
+    const id = stagingIdOf(snapshotCopyBase);
+    this.dropGroup(id);
+    const staging = newGroup({ groupId: id, sizeBytes });
+    if (sizeBytes === g.sizeBytes) {
+      staging.map = g.map.cloneShared();
+      staging.map.runs(0, staging.map.sectorCount, (_s, n, address) => {
+        if (address !== 0) this.addLive(address, n * sectorBytes);
+      });
+    }
+    this.groups.set(id, staging);
+    this.copyingSnapshot = { groupId, snapshotId };
+    return id;
+  }
+
+  /**
+   * Makes the finished copy (beginSnapshotCopy; every staged write resolved)
+   * snapshot `snapshotId` of the volume, as its group took it at `index`,
+   * and resolves once a checkpoint holds it: no log record names it, so
+   * until then a restart would not have it (and the copy starts over).
+   */
+  async finishSnapshotCopy(groupId: number, snapshotId: number, index: number): Promise<void> {
+    const stagingId = stagingIdOf(snapshotCopyBase);
+    const staging = this.groups.get(stagingId);
+    const copying = this.copyingSnapshot;
+    if (staging === undefined || copying?.groupId !== groupId || copying.snapshotId !== snapshotId) {
+      throw new StoreError("EIO", `the copy of snapshot ${snapshotId} of group ${groupId} was dropped before it finished`);
+    }
+    this.group(groupId); // the volume is still here
+    const id = snapshotGroupId(groupId, snapshotId);
+    this.dropGroup(id);
+    this.groups.delete(stagingId);
+    this.copyingSnapshot = undefined;
+    // The staging group's data and live bytes pass to the snapshot as they are.
+    const s = newGroup({ groupId: id, sizeBytes: staging.sizeBytes });
+    s.map = staging.map;
+    s.appliedIndex = index;
+    this.groups.set(id, s);
+    this.snapshotsChanged = true;
+    // A checkpoint already running began before the snapshot was there.
+    await this.checkpointing?.catch(() => {});
+    await this.checkpoint();
+  }
+
+  /** Drops an unfinished snapshot copy (beginSnapshotCopy), if any. */
+  dropSnapshotCopy(): void {
+    this.dropGroup(stagingIdOf(snapshotCopyBase));
+    this.copyingSnapshot = undefined;
+  }
+
+  /** The index of the entry that took a snapshot this node holds (for a copied one, the index it was taken at where it was copied from). */
+  snapshotIndex(groupId: number, snapshotId: number): number {
+    return this.group(snapshotGroupId(groupId, snapshotId)).appliedIndex;
   }
 
   /** The snapshot ids this node holds of a volume group, ascending. */
@@ -608,6 +677,15 @@ export class Store {
     if (offsetBytes % sectorBytes !== 0 || lengthBytes % sectorBytes !== 0) throw new StoreError("EINVAL", `a staged write is whole sectors, not [${offsetBytes}, +${lengthBytes})`);
     if (lengthBytes === 0) return Promise.resolve();
     return this.appendData(g, offsetBytes, data, lengthBytes);
+  }
+
+  /** Deallocates whole sectors of a staging group (a hole in the copy being made); resolves when durable. */
+  trimStaged(stagingId: number, offsetBytes: number, lengthBytes: number): Promise<void> {
+    assert(isStagingId(stagingId), () => `group ${stagingId} is not a staging group`);
+    const g = this.group(stagingId);
+    checkRange(g, offsetBytes, lengthBytes);
+    if (offsetBytes % sectorBytes !== 0 || lengthBytes % sectorBytes !== 0) throw new StoreError("EINVAL", `a staged trim is whole sectors, not [${offsetBytes}, +${lengthBytes})`);
+    return this.appendTrim(g, offsetBytes, offsetBytes + lengthBytes);
   }
 
   /** Resolves when every write submitted before it is durable (acknowledged writes already are). */
@@ -1739,6 +1817,13 @@ function stagingIdOf(groupId: number): number {
   assert(groupId < stagingBase, "a staging group has no staging group");
   return groupId + stagingBase;
 }
+
+/**
+ * The base of the one staging group a snapshot copy uses
+ * (beginSnapshotCopy): no volume has this id, so recovery, which keeps a
+ * staging group only while its base group exists, drops the copy's records.
+ */
+const snapshotCopyBase = stagingBase - 1;
 
 function isStagingId(id: number): boolean {
   return id >= stagingBase && id < snapshotBase;

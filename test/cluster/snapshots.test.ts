@@ -2,7 +2,8 @@
 // group, readable as a read-only NBD export VOLUME@SNAPSHOT from any node
 // (held or not), kept across a SIGKILL, the only space they hold counted by
 // inspect, a rollback refused while a client is connected and then making the
-// volume what the snapshot holds; deleted, the export is gone.
+// volume what the snapshot holds; deleted, the export is gone. A replica
+// added after a snapshot was taken copies it from a holder.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -93,6 +94,31 @@ test("a snapshot is the volume as it was, from every node, through a kill, until
   const gone = await run("nbdinfo", ["--size", c.nodes[0]!.uri("sv@s1")]);
   assert.ok(gone.code !== 0, "the export is gone");
   await waitUntil("every replica dropped it", async () => (await Promise.all(c.nodes.slice(0, 3).map((n) => n.api.snapshotHolding("sv", "s1").catch(() => ({ held: false }))))).every((h) => !h.held));
+});
+
+test("a replica added after a snapshot copies it from a holder (only the blocks that differ), keeps it through a kill, and serves it once the original holder is gone", async () => {
+  await c.nodes[0]!.api.createVolume({ name: "sa", sizeBytes: 16 * MiB, repl: 1, nodes: ["node1"] });
+  await qemuIo(c.nodes[0]!.uri("sa"), "write -P 0x41 0 4M", "write -P 0x42 6M 1M");
+  await cli(0, "snapshot", "create", "sa", "s1");
+  await qemuIo(c.nodes[0]!.uri("sa"), "write -P 0x51 1M 1M", "write -P 0x52 10M 2M");
+  await cli(0, "volume", "ha-update", "sa", "--repl", "2");
+  // The added replica is filled by a copy of the volume as it is now, past the entry that took s1: it copies s1 itself.
+  const added = await waitUntil("a second replica", async () => (await c.nodes[0]!.api.inspectVolume("sa")).replicas.map((r) => r.node).find((n) => n !== "node1"), 60000);
+  const at = Number(/^node(\d+)$/.exec(added)![1]) - 1;
+  const holding = await waitUntil(`${added} holds s1`, async () => {
+    const h = await c.nodes[at]!.api.snapshotHolding("sa", "s1");
+    return h.held ? h : undefined;
+  }, 60000);
+  assert.is(holding.exclusiveBytes, MiB, "the copy shares every block the volume still holds as it was: only the overwritten MiB is its own");
+  // The only original holder goes; the added replica, killed and restarted, still has s1 (a checkpoint holds it) and serves it.
+  await c.nodes[0]!.kill();
+  await c.nodes[at]!.kill();
+  await c.nodes[at]!.start();
+  assert.ok((await c.nodes[at]!.api.snapshotHolding("sa", "s1")).held, "the copy survives a SIGKILL");
+  assert.not.match(await qemuIo(c.nodes[at]!.uri("sa@s1"), ...before), /fail/i, `${added} serves the snapshot as it was`);
+  await c.nodes[0]!.start();
+  await c.healthy();
+  await c.nodes[0]!.api.deleteVolume("sa");
 });
 
 test("names are checked, and taken names refused with a sentence", async () => {

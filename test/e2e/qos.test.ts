@@ -2,7 +2,8 @@
 // holds requests back (the daemon's counters say so, and the run takes at
 // least as long as the limit allows; the rate itself is measured in
 // bench/qos.sh, not here), `pxd volume update --max-iops none` removes it, and
-// limits survive a restart (the catalog keeps them).
+// limits survive a restart (the catalog keeps them), and a snapshot's reads
+// count against its volume's limits.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -82,6 +83,21 @@ test("a bandwidth limit set by volume update survives a restart of the daemon", 
   assert.match(bad, /a limit is from 4\.00 KiB to 1\.00 TiB a second/);
   const none = await pxd("volume", "update", "lim").then(() => "", (e: Error) => e.message);
   assert.match(none, /nothing to change; give --size, --max-iops, --max-bandwidth, --burst-seconds or --snapshot-every/);
+});
+
+test("a snapshot's reads count against its volume's limits", async () => {
+  await daemon.api.createSnapshot("lim", { name: "s" });
+  const before = await throttled("lim");
+  const started = performance.now();
+  const out = await runOk("fio", [
+    "--name=snap", "--ioengine=nbd", `--uri=${daemon.uri("lim@s")}`, "--readonly",
+    "--rw=read", "--bs=64k", "--size=32M", "--iodepth=16", "--number_ios=48", "--output-format=json",
+  ], { timeoutMs: 60000 });
+  const sec = (performance.now() - started) / 1000;
+  assert.is((JSON.parse(out.slice(out.indexOf("{"))) as { jobs: { error: number }[] }).jobs[0]!.error, 0);
+  // 3 MiB at 1 MiB/s with at most 1 MiB saved: at least 2 s.
+  assert.ok(sec >= 1.9, `3 MiB of the snapshot at 1 MiB/s took ${sec.toFixed(2)} s`);
+  assert.ok((await throttled("lim")).requests > before.requests, "held by the volume's limit");
 });
 
 test.run();

@@ -203,6 +203,7 @@ export async function runCatalogSim(o: CatalogSimOptions): Promise<CatalogSimRes
       store: s,
       send: (to, env) => send(node, gen, to, env),
       defer: (fn) => void after(node, gen, 0, fn),
+      resume: (fn) => guard(node, gen, fn),
       random: { int: (k) => prng.int(k) },
       log: nodeLog,
       damaged: (e) => void repairer.repair(e),

@@ -38,6 +38,9 @@ const regressions: { seed: number; flips: boolean; bug: string; asNow?: boolean 
   { seed: 5629, flips: true, asNow: true, bug: "a change map read its entries' ranges from the log unchecked; a rotten range left a block out of a delta and the replicas diverged (driver: the scan reads whole entries, checked, and a damaged one means full copies)" },
   { seed: 645, flips: true, asNow: true, bug: "the simulated disk flipped bits in the last commits of a segment whose zero-fill counted as a far-reaching sync (SimDisk: a page's sync count)" },
   { seed: 5441, flips: true, bug: "a partial write's new sectors rotted in the log before it was applied, and the block's recomputed checksum vouched for the rot: a read returned it (mapRange: the checksum covers the bytes in memory)" },
+  { seed: 2580, flips: true, asNow: true, bug: "a committed entry found rotten when it was read back to be applied, after a log write, escaped the persist's callback (driver: resume hands it to the node's fail-stop; the restart cuts the log there)" },
+  { seed: 9651, flips: true, asNow: true, bug: "the same escape on another path of the same callback" },
+  { seed: 2954, flips: true, asNow: true, bug: "the simulator took a leader whose new entry a majority held but had not counted as committed for a quiet cluster, and read copies that had not applied it yet (quiet: the leader's commit reaches its last index)" },
 ];
 
 test("cluster simulation: the seeds that found bugs pass", async () => {

@@ -268,6 +268,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       store: s,
       send: (to, env) => send(node, gen, to, env),
       defer: (fn) => void after(node, gen, 0, fn),
+      resume: (fn) => guard(node, gen, fn),
       random: { int: (k) => prng.int(k) },
       log: (l) => log(`node ${node.id}: ${l}`),
       damaged: (e) => void repairer.repair(e),
@@ -542,7 +543,10 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
     if (st.some((s) => s === undefined)) return false;
     const leaders = st.filter((s) => s!.role === StateRole.leader);
     if (leaders.length !== 1) return false;
+    // Everything in the leader's log is committed: an entry of its term that a
+    // majority holds but whose commit the leader has not counted yet is not quiet.
     const commit = leaders[0]!.commit;
+    if (commit !== leaders[0]!.lastIndex) return false;
     return st.every((s) => s!.applied === commit && s!.commit === commit && s!.lastIndex === leaders[0]!.lastIndex);
   };
   // A last write through the leader commits an entry of its term, so every replica applies everything before it.

@@ -3,7 +3,8 @@
 // file target writes whole objects and keeps keys inside its directory, and
 // a backup of an nbdkit memory disk restores into another one that is not
 // fresh (zero chunks are then written as zeros), with a chunk read back
-// bounded by its length.
+// bounded by its length. A backup and a delete never run at once on one
+// target (locks).
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -12,7 +13,7 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { StaticKeySource } from "../../src/os/cluster-key.js";
 import { join } from "node:path";
 import { brotliCompressSync, constants as zc } from "node:zlib";
-import { chainFor, codecOf, createBackup, eachBounded, fetchChunk, overConnections, restoreBackup, sha256Hex } from "../../src/backup/engine.js";
+import { chainFor, codecOf, createBackup, deleteBackup, eachBounded, fetchChunk, findBackup, listBackups, overConnections, restoreBackup, sha256Hex } from "../../src/backup/engine.js";
 import { plainCodec } from "../../src/backup/chunk-codec.js";
 import { chunkBytesFor, chunkKey, encodeManifest, manifestKey, newBackupId, parseManifest, parseRef, type Manifest } from "../../src/backup/manifest.js";
 import { openTarget, TargetUrlError, type BackupTarget } from "../../src/backup/target.js";
@@ -212,6 +213,40 @@ test("an encrypted backup holds no plaintext and no plain hash, dedupes within i
     src.client.close();
     dst.client.close();
   });
+});
+
+test("a backup and a delete never run at once on a target: each refuses while the other's lock is fresh, and takes a stale one as a dead client's", async () => {
+  const t = tempDir("engine");
+  const a = await nbdkitMemory("8M");
+  try {
+    mkdirSync(join(t.dir, "target"));
+    const target = await openTarget(`file://${t.dir}/target`);
+    const src = await connectNbd(a.server, { exportName: "" });
+    await src.client.write(0, pattern(MiB, 7));
+    const backup = (): ReturnType<typeof createBackup> => createBackup({ client: src.client, target, volume: "disk", exportName: "", snapshot: undefined, pxdVersion: "test" });
+    const first = await backup();
+    const m = await findBackup(target, first.backup);
+    assert.equal(await target.list("locks/", 10), [], "a finished backup leaves no lock");
+    // Another client's delete is running: a backup would count on chunks it may remove.
+    const lock = (kind: string, at: Date): Promise<void> => target.put(`locks/${kind}-x1`, Buffer.from(JSON.stringify({ kind, id: "x1", host: "other", pid: 42, at: at.toISOString() })));
+    await lock("delete", new Date());
+    assert.match(String(await backup().catch((e: Error) => e)), /a backup delete is running on .* \(delete x1 by other pid 42/);
+    await target.delete("locks/delete-x1");
+    // Another client's backup is running: the delete is refused and removes nothing.
+    await lock("backup", new Date());
+    assert.match(String(await deleteBackup(target, m).catch((e: Error) => e)), /a backup is running on .* \(backup x1 by other pid 42/);
+    assert.ok(await target.exists(chunkKey(m.chunks[0]!)), "no chunk removed");
+    assert.equal((await listBackups(target)).manifests.length, 1, "no manifest removed");
+    // A lock not rewritten for ten minutes was left by a client that died.
+    await lock("backup", new Date(Date.now() - 11 * 60 * 1000));
+    const d = await deleteBackup(target, m);
+    assert.is(d.deletedChunks, 1);
+    assert.equal(await target.list("locks/", 10), ["locks/backup-x1"], "the delete leaves no lock of its own");
+    src.client.close();
+  } finally {
+    a.stop();
+    t.remove();
+  }
 });
 
 test("a connection that dies mid-backup: the backup starts over on the next one and is whole", async () => {

@@ -106,6 +106,43 @@ test("a crash before any checkpoint: the volume's log takes the snapshot again a
   t.remove();
 });
 
+test("a snapshot copy (a replica that missed the entry): only differing blocks are written, a crash before it finishes leaves nothing, a finished one is kept", async () => {
+  const t = tempDir("snap");
+  const spec = { groupId: 5, sizeBytes: 8 * MiB };
+  let store = await open(t.dir, [spec]);
+  const w = writesTo(store);
+  const prng = new Prng(3);
+  // The volume here as it is now; the snapshot (elsewhere) differs in one MiB and has a hole where the volume has data.
+  const volume = random(prng, spec.sizeBytes);
+  await w.write(spec.groupId, 0, [volume], volume.length);
+  const snapshot = Buffer.from(volume);
+  random(prng, MiB).copy(snapshot, 2 * MiB);
+  snapshot.fill(0, 6 * MiB, 7 * MiB);
+  const copyInto = async (s: Store): Promise<number> => {
+    const staging = s.beginSnapshotCopy(spec.groupId, 9, spec.sizeBytes);
+    await s.writeStaged(staging, 2 * MiB, [snapshot.subarray(2 * MiB, 3 * MiB)], MiB);
+    await s.trimStaged(staging, 6 * MiB, MiB);
+    return staging;
+  };
+  await copyInto(store);
+  await store.closeWithoutCheckpoint(); // a crash before finishSnapshotCopy
+  store = await open(t.dir, [spec]);
+  assert.equal(store.snapshotIds(spec.groupId), [], "an unfinished copy is dropped by the restart");
+  assertReads(store, spec.groupId, volume, "the volume after the dropped copy");
+  await copyInto(store);
+  await store.finishSnapshotCopy(spec.groupId, 9, 41);
+  assert.equal(store.snapshotIds(spec.groupId), [9]);
+  assert.equal(store.snapshotUsage(spec.groupId, 9), { allocatedBytes: 7 * MiB, exclusiveBytes: MiB }, "only the differing MiB is the copy's own");
+  await store.closeWithoutCheckpoint(); // finishSnapshotCopy resolved after its checkpoint: nothing else holds it
+  store = await open(t.dir, [spec]);
+  assert.equal(store.snapshotIds(spec.groupId), [9]);
+  assert.is(store.snapshotIndex(spec.groupId, 9), 41);
+  assertReads(store, snapshotGroupId(spec.groupId, 9), snapshot, "the copied snapshot after a crash");
+  assertReads(store, spec.groupId, volume, "the volume after a crash");
+  await store.close();
+  t.remove();
+});
+
 test("GC moves a snapshot's data and never loses it, also across a crash right after", async () => {
   const t = tempDir("snap");
   const spec = { groupId: 5, sizeBytes: 48 * MiB };

@@ -5,7 +5,7 @@
 #   $PXD_VM_CACHE/vmlinuz             Debian 12's kernel (linux-image-6.1.0-NN-amd64)
 #   $PXD_VM_CACHE/vmlinux             the same, uncompressed ELF: qemu boots it (PVH) 2x faster
 #   $PXD_VM_CACHE/initramfs.cpio.gz   busybox-static, that kernel's nbd/virtio-net/ext4
-#                                     modules, mkfs.ext4/e2fsck/blkid with their libs, /init
+#                                     modules, mkfs.ext4/e2fsck/resize2fs/blkid with their libs, /init
 #   $PXD_VM_CACHE/guest.env           KERNEL_VERSION=, KERNEL_IMAGE= (the file to boot), ...
 #
 # Cached: a second run that finds the files built by this same script does
@@ -36,6 +36,7 @@ need flock util-linux
 need ldd libc-bin
 need mkfs.ext4 e2fsprogs
 need e2fsck e2fsprogs
+need resize2fs e2fsprogs
 need blkid util-linux
 need apt-get apt
 need dpkg-deb dpkg
@@ -192,6 +193,7 @@ copy_with_libs "$(command -v mke2fs)" /sbin/mke2fs
 for t in mkfs.ext4 mkfs.ext2 mkfs.ext3; do rm -f "$root/sbin/$t"; ln -s mke2fs "$root/sbin/$t"; done
 copy_with_libs "$(command -v e2fsck)" /sbin/e2fsck
 rm -f "$root/sbin/fsck.ext4"; ln -s e2fsck "$root/sbin/fsck.ext4"
+copy_with_libs "$(command -v resize2fs)" /sbin/resize2fs # grows a mounted ext4 (test/e2e/vm-attach-resize.test.ts)
 copy_with_libs "$(command -v blkid)" /sbin/blkid # the real one: busybox's applet link replaced
 [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$root/etc/"
 
