@@ -73,8 +73,9 @@ export function coveringUnits(offsetBytes: number, lengthBytes: number): { from:
 
 /**
  * A plaintext read of [offset, +length) from a store read of the covering
- * units: decrypted, then the asked range into `into` (when given) or a view.
- * `readRaw` reads ciphertext; synchronous stays synchronous.
+ * units, decrypted. Served synchronously, the answer is in `into` when given
+ * (the caller's pooled buffer); served later (a repair), it is a buffer of
+ * its own, never `into`, which the caller has taken back by then.
  */
 export function decryptedRead(
   cipher: VolumeCipher,
@@ -85,15 +86,13 @@ export function decryptedRead(
 ): Buffer | Promise<Buffer> {
   const { from, to } = coveringUnits(offsetBytes, lengthBytes);
   const aligned = from === offsetBytes && to === offsetBytes + lengthBytes;
-  const done = (raw: Buffer): Buffer => {
-    cipher.decryptInPlace(from, raw);
-    if (aligned) return raw;
-    const part = raw.subarray(offsetBytes - from, offsetBytes - from + lengthBytes);
-    if (into === undefined) return part;
-    assert(into.length === lengthBytes, "a read's buffer is as long as the read");
-    into.set(part);
-    return into;
-  };
+  const plain = (raw: Buffer): Buffer => cipher.decryptInPlace(from, raw).subarray(offsetBytes - from, offsetBytes - from + lengthBytes);
   const r = aligned ? readRaw(from, to - from, into) : readRaw(from, to - from);
-  return r instanceof Promise ? r.then(done) : done(r);
+  if (r instanceof Promise) return r.then(plain);
+  const part = plain(r);
+  if (aligned) return r; // decrypted in place: `into` when given
+  if (into === undefined) return part;
+  assert(into.length === lengthBytes, "a read's buffer is as long as the read");
+  into.set(part);
+  return into;
 }
