@@ -41,7 +41,7 @@ async function main(): Promise<void> {
   driver.addGroup(volume.groupId, [1], replica);
   const tick = setInterval(() => driver.tick(), 10);
   while (!driver.readsHere(volume.groupId)) await new Promise((r) => setTimeout(r, 10));
-  const port: ReplicaPort = { propose: (c) => driver.propose(volume.groupId, c), readBarrier: () => undefined, read: (o, l) => store.read(volume.groupId, o, l) };
+  const port: ReplicaPort = { propose: (c) => driver.propose(volume.groupId, c), readBarrier: () => undefined, read: (o, l) => store.read(volume.groupId, o, l), cipher: () => undefined };
   const data = Buffer.alloc(4096, 0x5a);
   let seed = 12345;
   const next = (): number => {

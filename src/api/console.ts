@@ -221,7 +221,7 @@ function volumePage(name) {
   ]));
   var limits = v.qos && (v.qos.maxIops || v.qos.maxBandwidthBytesPerSec) ? "QoS: " + (v.qos.maxIops ? v.qos.maxIops + " IOPS " : "") + (v.qos.maxBandwidthBytesPerSec ? size(v.qos.maxBandwidthBytesPerSec) + "/s " : "") + "on each node" : "no QoS limits";
   var every = v.snapshotSchedule ? ", one every " + Math.round(v.snapshotSchedule.everySec / 60) + " min, the newest " + v.snapshotSchedule.keep + " kept" : "";
-  out.appendChild(el("p", { id: "volume-settings", class: "muted", text: (v.snapshots || 0) + " snapshot(s)" + every + "; " + limits }));
+  out.appendChild(el("p", { id: "volume-settings", class: "muted", text: (v.snapshots || 0) + " snapshot(s)" + every + "; " + limits + (v.encrypted ? "; encrypted at rest (AES-256-XTS)" : "") }));
   var behind = v.replicas.filter(function (r) { return r.state === "catching-up"; });
   if (behind.length) {
     out.appendChild(el("ul", { id: "progress" }, behind.map(function (r) {

@@ -254,6 +254,8 @@ export interface VolumeInfo {
   scrub?: (ScrubVolumeReport & { node: string })[];
   /** Several hosts may attach it read-write at once (created with --shared). */
   shared: boolean;
+  /** Its data is encrypted at rest (created with --encrypted). */
+  encrypted: boolean;
   /** The token name that created it; "" for a volume from before owners (only admins reach it). */
   owner: string;
   /** Hosts that have it attached as a block device. */
@@ -390,6 +392,8 @@ export interface CreateVolumeRequest {
   maxIops?: number;
   maxBandwidthBytesPerSec?: number;
   burstSec?: number;
+  /** Encrypt its data at rest with a key of its own, wrapped by the cluster key (the meta leader must have one). */
+  encrypted?: boolean;
 }
 
 /** DELETE /v1/volumes/NAME?force=true: disconnect every NBD client of the volume on every node first. */

@@ -2,7 +2,7 @@
 // bodies. Pure functions, shared by the server (which answers 400 with the
 // message) and the CLI (which checks before it dials).
 
-import { attachDevicePattern, tokenIdPattern, volumeSizeSectorProblem } from "../cluster/rules.js";
+import { attachDevicePattern, encryptedSizeProblem, tokenIdPattern, volumeSizeSectorProblem } from "../cluster/rules.js";
 import { apiTokenIdChars, apiTokenTtlMsMax, catalogNameCharsMax, catalogTimeMsMax, qosBandwidthBytesMax, qosBandwidthBytesMin, qosBurstSecMax, qosIopsMax, snapshotEveryMsMax, snapshotEveryMsMin, volumeBytesMax, volumeReplicasMax, volumeSnapshotsMax } from "../constants.js";
 import { ApiError, roles, type AuditQuery, type CreateTokenRequest, type RevokeTokenRequest, type AttachRequest, type CreateVolumeRequest, type DebugProposeRequest, type DrainNodeRequest, type JoinRequest, type ScrubRequest, type SetSettingRequest, type UpdateVolumeRequest, type CreateSnapshotRequest, type RollbackRequest, type SnapshotScheduleRequest } from "./types.js";
 import { volumeNameCharsMax } from "./limits.js";
@@ -48,12 +48,12 @@ export function jsonNestsDeeper(body: Uint8Array, depthMax: number): boolean {
 }
 
 const qosFields = ["maxIops", "maxBandwidthBytesPerSec", "burstSec"] as const;
-const createFields = ["name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", ...qosFields];
+const createFields = ["name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", "encrypted", ...qosFields];
 
 /** Checks a parsed JSON body field by field; throws ApiError(400) naming the first wrong field. */
 export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
   const record = objectWithFields(body, createFields, ` like {"name":"demo","sizeBytes":1073741824,"repl":1}`);
-  const { name, sizeBytes, repl, nodes, zones, shared, owner } = record;
+  const { name, sizeBytes, repl, nodes, zones, shared, owner, encrypted } = record;
   if (typeof name !== "string") throw invalid(`field "name" must be a string, not ${describe(name)}`);
   checkVolumeName(name);
   const out: CreateVolumeRequest = { name, sizeBytes: sizeField(sizeBytes) };
@@ -70,6 +70,12 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
   if (shared !== undefined) {
     if (typeof shared !== "boolean") throw invalid(`field "shared" must be true or false, not ${describe(shared)}`);
     out.shared = shared;
+  }
+  if (encrypted !== undefined) {
+    if (typeof encrypted !== "boolean") throw invalid(`field "encrypted" must be true or false, not ${describe(encrypted)}`);
+    const problem = encrypted ? encryptedSizeProblem(out.sizeBytes) : null;
+    if (problem !== null) throw invalid(`field "sizeBytes" ${problem}`);
+    out.encrypted = encrypted;
   }
   if (owner !== undefined) {
     if (typeof owner !== "string" || !volumeNamePattern.test(owner)) throw invalid(`field "owner" must be a token name (1-63 letters, digits, ".", "_" or "-"), not ${describe(owner)}`);

@@ -10,14 +10,16 @@
 // Work is bounded: `chunksInFlight` chunks (backupChunksInFlight by
 // default) are read, compressed, uploaded, fetched or written at once.
 
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
 import { promisify } from "node:util";
 import { brotliCompress, brotliDecompress, constants as zlibConstants } from "node:zlib";
 import { assert } from "../base/assert.js";
 import { backupBytesInFlightMax, backupChunkBytes, backupChunksInFlight, backupManifestBytesMax, backupManifestsMax, backupStoredChunkBytesMax } from "../constants.js";
 import { NbdProtocolError, type NbdClient } from "../nbd/client.js";
-import { chunkBytesFor, chunkCount, chunkKey, chunkLength, encodeManifest, manifestKey, newBackupId, parseManifest, parseRef, refOfKey, type Manifest } from "./manifest.js";
+import type { KeySource } from "../os/cluster-key.js";
+import { encryptedCodec, newChain, openChain, plainCodec, sealedOverheadBytes, type BackupEncryption, type ChunkCodec } from "./chunk-codec.js";
+import { chunkBytesFor, chunkCount, chunkKey, chunkLength, encodeManifest, encryptedManifestVersion, manifestKey, manifestVersion, newBackupId, parseManifest, parseRef, refOfKey, type Manifest } from "./manifest.js";
 import { ObjectTooLargeError, type BackupTarget } from "./target.js";
 
 const compress = promisify(brotliCompress);
@@ -57,8 +59,43 @@ function inFlight(chunkBytes: number, asked: number | undefined): number {
   return asked ?? Math.max(1, Math.min(backupChunksInFlight, Math.floor(backupBytesInFlightMax / 2 / chunkBytes)));
 }
 
-export function sha256Hex(data: Buffer): string {
-  return createHash("sha256").update(data).digest("hex");
+export { sha256Hex } from "./chunk-codec.js";
+
+/**
+ * How a backup's chunks are named and stored: plain, or, for a manifest
+ * that says it is encrypted, with its chain key unwrapped by `keys` (the
+ * cluster key). Without the key, or with another, a sentence saying what to give.
+ */
+export function codecOf(m: Manifest, keys: KeySource | undefined): ChunkCodec {
+  if (m.encryption === undefined) return plainCodec;
+  const what = `backup ${m.volume}/${m.id} is encrypted`;
+  if (keys === undefined) throw new Error(`${what}: set PXD_CLUSTER_KEY or give --cluster-key-file FILE with the cluster key of the cluster that made it`);
+  try {
+    return encryptedCodec(openChain(keys, m.volume, m.encryption));
+  } catch (e) {
+    throw new Error(`${what} and its key does not open: ${(e as Error).message}; give the cluster key of the cluster that made it`);
+  }
+}
+
+/**
+ * The chain an encrypted backup of `volume` joins: the key of the newest
+ * encrypted backup of the volume in the target that opens with `keys`, so
+ * its unchanged chunks have the same names and are not uploaded again; else
+ * a new chain.
+ */
+export async function chainFor(target: BackupTarget, volume: string, keys: KeySource): Promise<{ codec: ChunkCodec; encryption: BackupEncryption }> {
+  const keysNewestFirst = (await manifestKeys(target, volume)).reverse();
+  for (const k of keysNewestFirst) {
+    const m = await readManifest(target, k.volume, k.id).catch(() => undefined);
+    if (m?.encryption === undefined) continue;
+    try {
+      return { codec: encryptedCodec(openChain(keys, volume, m.encryption)), encryption: m.encryption };
+    } catch {
+      break; // made under another cluster key: a new chain
+    }
+  }
+  const chain = newChain(keys, volume);
+  return { codec: encryptedCodec(chain.key), encryption: chain.encryption };
 }
 
 const zeros = Buffer.alloc(backupChunkBytes);
@@ -120,6 +157,8 @@ export interface CreateOptions {
   chunksInFlight?: number;
   progress?: Progress;
   now?: Date;
+  /** An encrypted backup (of an encrypted volume): its chain (chainFor); absent: plain. */
+  chain?: { codec: ChunkCodec; encryption: BackupEncryption };
 }
 
 export interface CreateSummary {
@@ -156,9 +195,11 @@ export async function createBackup(o: CreateOptions): Promise<CreateSummary> {
 async function backupUnderLock(o: CreateOptions, id: string, now: Date, sizeBytes: number): Promise<CreateSummary> {
   const started = process.hrtime.bigint();
   const chunkBytes = o.chunkBytes ?? chunkBytesFor(sizeBytes);
+  const codec = o.chain?.codec ?? plainCodec;
   const m: Manifest = {
     format: "pxd-backup",
-    version: 1,
+    version: o.chain === undefined ? manifestVersion : encryptedManifestVersion,
+    ...(o.chain !== undefined ? { encryption: o.chain.encryption } : {}),
     id,
     volume: o.volume,
     sizeBytes,
@@ -177,13 +218,13 @@ async function backupUnderLock(o: CreateOptions, id: string, now: Date, sizeByte
   await eachBounded(m.chunks.length, inFlight(chunkBytes, o.chunksInFlight), async (i) => {
     const offsetBytes = i * chunkBytes;
     const lengthBytes = chunkLength(m, i);
-    const hash = await readChunk(o.client, offsetBytes, lengthBytes, s);
+    const hash = await readChunk(o.client, offsetBytes, lengthBytes, s, codec);
     if (hash === null) s.zeroChunks++;
     else {
       m.chunks[i] = hash.hash;
       let stored = known.get(hash.hash);
       if (stored === undefined) {
-        stored = storeChunk(o.target, hash.hash, hash.data, s);
+        stored = storeChunk(o.target, hash.hash, hash.data, s, codec);
         known.set(hash.hash, stored);
       } else s.reusedChunks++;
       await stored;
@@ -199,24 +240,25 @@ async function backupUnderLock(o: CreateOptions, id: string, now: Date, sizeByte
   return s;
 }
 
-async function readChunk(client: NbdClient, offsetBytes: number, lengthBytes: number, s: CreateSummary): Promise<{ hash: string; data: Buffer } | null> {
+async function readChunk(client: NbdClient, offsetBytes: number, lengthBytes: number, s: CreateSummary, codec: ChunkCodec): Promise<{ hash: string; data: Buffer } | null> {
   if (client.export.blockStatus && (await readsAsZeros(client, offsetBytes, lengthBytes))) return null;
   const data = await client.read(offsetBytes, lengthBytes);
   s.readBytes += lengthBytes;
   if (isZero(data)) return null;
-  return { hash: sha256Hex(data), data };
+  return { hash: codec.name(data), data };
 }
 
-async function storeChunk(target: BackupTarget, hash: string, data: Buffer, s: CreateSummary): Promise<void> {
+async function storeChunk(target: BackupTarget, hash: string, data: Buffer, s: CreateSummary, codec: ChunkCodec): Promise<void> {
   const key = chunkKey(hash);
   if (await target.exists(key)) {
     s.reusedChunks++;
     return;
   }
   const packed = await compress(data, { params: { [zlibConstants.BROTLI_PARAM_QUALITY]: brotliQuality, [zlibConstants.BROTLI_PARAM_SIZE_HINT]: data.length } });
-  await target.put(key, packed);
+  const stored = codec.seal(packed);
+  await target.put(key, stored);
   s.uploadedChunks++;
-  s.uploadedBytes += packed.length;
+  s.uploadedBytes += stored.length;
 }
 
 // ---- reading what a target holds ----
@@ -278,27 +320,33 @@ export class BadChunkError extends Error {
   }
 }
 
-/** Fetches chunk `index` and checks it; only bytes whose SHA-256 is the manifest's come back. */
-export async function fetchChunk(target: BackupTarget, m: Manifest, index: number): Promise<Buffer> {
+/** Fetches chunk `index` and checks it; only bytes whose name (plain: SHA-256) is the manifest's come back. */
+export async function fetchChunk(target: BackupTarget, m: Manifest, index: number, codec: ChunkCodec): Promise<Buffer> {
   const hash = m.chunks[index];
   assert(typeof hash === "string", "only a data chunk is fetched");
   const lengthBytes = chunkLength(m, index);
   // What brotli can make of lengthBytes at worst, with room to spare (backupStoredChunkBytesMax for the largest chunk).
-  const storedBytesMax = Math.min(backupStoredChunkBytesMax, lengthBytes + Math.ceil(lengthBytes / 1024) + 1024);
+  const storedBytesMax = Math.min(backupStoredChunkBytesMax, lengthBytes + Math.ceil(lengthBytes / 1024) + 1024) + (codec === plainCodec ? 0 : sealedOverheadBytes);
   // An object too large is a bad chunk; a target that cannot be reached is not (the error goes up as it is).
   const packed = await target.get(chunkKey(hash), storedBytesMax).catch((e: Error) => {
     throw e instanceof ObjectTooLargeError ? new BadChunkError(hash, index, `is too large: ${e.message}`) : e;
   });
   if (packed === undefined) throw new BadChunkError(hash, index, "is missing");
   let data: Buffer;
+  let opened: Buffer;
   try {
-    data = await decompress(packed, { maxOutputLength: lengthBytes });
+    opened = codec.open(packed);
+  } catch (e) {
+    throw new BadChunkError(hash, index, (e as Error).message);
+  }
+  try {
+    data = await decompress(opened, { maxOutputLength: lengthBytes });
   } catch (e) {
     throw new BadChunkError(hash, index, `does not decompress to ${lengthBytes} bytes (${(e as Error).message})`);
   }
   if (data.length !== lengthBytes) throw new BadChunkError(hash, index, `holds ${data.length} bytes, not ${lengthBytes}`);
-  const got = sha256Hex(data);
-  if (got !== hash) throw new BadChunkError(hash, index, `is corrupt: its SHA-256 is ${got}`);
+  const got = codec.name(data);
+  if (got !== hash) throw new BadChunkError(hash, index, `is corrupt: its ${codec === plainCodec ? "SHA-256" : "keyed hash"} is ${got}`);
   return data;
 }
 
@@ -308,6 +356,8 @@ export interface RestoreOptions {
   client: NbdClient;
   target: BackupTarget;
   manifest: Manifest;
+  /** How its chunks are stored (codecOf). */
+  codec: ChunkCodec;
   /** The export reads as zeros everywhere (a volume just created): zero chunks are not written. */
   fresh: boolean;
   chunksInFlight?: number;
@@ -337,7 +387,7 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreSummary> 
       s.zeroChunks++;
       if (!o.fresh) await o.client.zero(offsetBytes, lengthBytes);
     } else {
-      await o.client.write(offsetBytes, await fetchChunk(o.target, m, i));
+      await o.client.write(offsetBytes, await fetchChunk(o.target, m, i, o.codec));
       s.writtenBytes += lengthBytes;
     }
     doneBytes += lengthBytes;
@@ -357,7 +407,7 @@ export interface VerifySummary {
 }
 
 /** Fetches and checks every distinct data chunk of the backup; never stops at the first bad one. */
-export async function verifyBackup(target: BackupTarget, m: Manifest, o: { chunksInFlight?: number; progress?: Progress } = {}): Promise<VerifySummary> {
+export async function verifyBackup(target: BackupTarget, m: Manifest, codec: ChunkCodec, o: { chunksInFlight?: number; progress?: Progress } = {}): Promise<VerifySummary> {
   const first = new Map<string, number>();
   m.chunks.forEach((h, i) => {
     if (h !== null && !first.has(h)) first.set(h, i);
@@ -369,7 +419,7 @@ export async function verifyBackup(target: BackupTarget, m: Manifest, o: { chunk
   await eachBounded(indexes.length, inFlight(m.chunkBytes, o.chunksInFlight), async (n) => {
     const i = indexes[n]!;
     try {
-      await fetchChunk(target, m, i);
+      await fetchChunk(target, m, i, codec);
     } catch (e) {
       if (!(e instanceof BadChunkError)) throw e;
       s.bad.push({ index: i, key: chunkKey(e.hash), error: e.message });

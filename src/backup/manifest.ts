@@ -5,14 +5,17 @@
 // one its key names, before anything uses it.
 
 import { volumeNameProblem } from "../api/validate.js";
+import type { BackupEncryption } from "./chunk-codec.js";
 import { backupChunkBytes, backupChunkBytesMax, backupChunkBytesMin, backupManifestBytesMax, backupManifestEntryBytes, sectorBytes, volumeBytesMax } from "../constants.js";
 
 export const manifestFormat = "pxd-backup";
+/** A plain backup's manifest is version 1 (older pxd reads it); an encrypted one's is 2, which an older pxd refuses instead of restoring ciphertext. */
 export const manifestVersion = 1;
+export const encryptedManifestVersion = 2;
 
 export interface Manifest {
   format: typeof manifestFormat;
-  version: typeof manifestVersion;
+  version: typeof manifestVersion | typeof encryptedManifestVersion;
   /** YYYYMMDDTHHMMSSmmmZ-xxxxxx (UTC, to the millisecond): sorts by time, also for two backups in one second. */
   id: string;
   volume: string;
@@ -22,11 +25,13 @@ export interface Manifest {
   chunkBytes: number;
   compression: "brotli";
   hash: "sha256";
-  /** One per chunk of the volume, in order: the SHA-256 (hex) of its bytes, or null when it reads as zeros. */
+  /** One per chunk of the volume, in order: its name (plain: the SHA-256 of its bytes; encrypted: a keyed hash, chunk-codec.ts) in hex, or null when it reads as zeros. */
   chunks: Array<string | null>;
   pxdVersion: string;
   /** What was read: the export name, and the snapshot when there was one. */
   source: { export: string; snapshot: string | null };
+  /** Version 2 only: the backup is encrypted, its chain key wrapped by the cluster key (chunk-codec.ts). */
+  encryption?: BackupEncryption;
 }
 
 const idPattern = /^\d{8}T\d{9}Z-[0-9a-f]{6}$/;
@@ -103,7 +108,10 @@ export function parseManifest(data: Buffer, key: string): Manifest {
   if (typeof v !== "object" || v === null || Array.isArray(v)) throw bad("not an object");
   const o = v as Record<string, unknown>;
   if (o["format"] !== manifestFormat) throw bad(`format is ${JSON.stringify(o["format"])}, not "${manifestFormat}"`);
-  if (o["version"] !== manifestVersion) throw bad(`version ${JSON.stringify(o["version"])}; this pxd reads version ${manifestVersion} (a newer pxd wrote it?)`);
+  const version = o["version"];
+  if (version !== manifestVersion && version !== encryptedManifestVersion) throw bad(`version ${JSON.stringify(version)}; this pxd reads versions ${manifestVersion} and ${encryptedManifestVersion} (a newer pxd wrote it?)`);
+  const encryption = version === encryptedManifestVersion ? encryptionOf(o["encryption"], bad) : undefined;
+  if (version === manifestVersion && o["encryption"] !== undefined) throw bad(`a version ${manifestVersion} manifest has no encryption`);
   const { id, volume, sizeBytes, createdAt, chunkBytes, compression, hash, chunks, pxdVersion, source } = o;
   if (typeof id !== "string" || !idPattern.test(id)) throw bad("bad id");
   if (typeof volume !== "string" || volumeNameProblem(volume) !== null) throw bad("bad volume name");
@@ -116,11 +124,22 @@ export function parseManifest(data: Buffer, key: string): Manifest {
   if (!Array.isArray(chunks) || chunks.length !== chunkCount(sizeBytes, chunkBytes)) throw bad(`it lists ${Array.isArray(chunks) ? chunks.length : "no"} chunks; ${chunkCount(sizeBytes, chunkBytes)} cover ${sizeBytes} bytes`);
   for (let i = 0; i < chunks.length; i++) {
     const c: unknown = chunks[i];
-    if (c !== null && (typeof c !== "string" || !hashPattern.test(c))) throw bad(`chunk ${i} is neither a SHA-256 in hex nor null`);
+    if (c !== null && (typeof c !== "string" || !hashPattern.test(c))) throw bad(`chunk ${i} is neither a 256-bit hash in hex nor null`);
   }
   if (typeof pxdVersion !== "string" || !shortText.test(pxdVersion)) throw bad("bad pxdVersion");
   if (typeof source !== "object" || source === null) throw bad("no source");
   const s = source as Record<string, unknown>;
   if (typeof s["export"] !== "string" || !shortText.test(s["export"]) || (s["snapshot"] !== null && (typeof s["snapshot"] !== "string" || !shortText.test(s["snapshot"])))) throw bad("bad source");
-  return { format: manifestFormat, version: manifestVersion, id, volume, sizeBytes, createdAt, chunkBytes, compression, hash, chunks: chunks as Array<string | null>, pxdVersion, source: { export: s["export"], snapshot: s["snapshot"] as string | null } };
+  return { format: manifestFormat, version, ...(encryption !== undefined ? { encryption } : {}), id, volume, sizeBytes, createdAt, chunkBytes, compression, hash, chunks: chunks as Array<string | null>, pxdVersion, source: { export: s["export"], snapshot: s["snapshot"] as string | null } };
+}
+
+const wrappedKeyPattern = /^[0-9a-f]{2,512}$/;
+
+function encryptionOf(v: unknown, bad: (why: string) => Error): BackupEncryption {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw bad("a version 2 manifest names its encryption");
+  const e = v as Record<string, unknown>;
+  if (Object.keys(e).length !== 3 || e["cipher"] !== "aes-256-gcm" || e["chunkNames"] !== "hmac-sha256") throw bad(`its encryption is not {"cipher":"aes-256-gcm","chunkNames":"hmac-sha256","wrappedKey":...}`);
+  const wrappedKey = e["wrappedKey"];
+  if (typeof wrappedKey !== "string" || !wrappedKeyPattern.test(wrappedKey)) throw bad("its wrapped key is not hex");
+  return { cipher: "aes-256-gcm", chunkNames: "hmac-sha256", wrappedKey };
 }

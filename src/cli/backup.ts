@@ -7,7 +7,9 @@
 import type { Command } from "commander";
 import type { ApiClient } from "../api/client.js";
 import { formatSize } from "../base/sizes.js";
-import { copyExport, type CopySummary, type Progress, createBackup, deleteBackup, findBackup, listBackups, overConnections, restoreBackup, verifyBackup, type CreateSummary } from "../backup/engine.js";
+import { chainFor, codecOf, copyExport, type CopySummary, type Progress, createBackup, deleteBackup, findBackup, listBackups, overConnections, restoreBackup, verifyBackup, type CreateSummary } from "../backup/engine.js";
+import type { ChunkCodec } from "../backup/chunk-codec.js";
+import { clusterKeySource, type KeySource } from "../os/cluster-key.js";
 import type { Manifest } from "../backup/manifest.js";
 import { openTarget, TargetUrlError, type BackupTarget } from "../backup/target.js";
 import { backupChunksInFlight, backupConnectionAttempts } from "../constants.js";
@@ -27,6 +29,7 @@ export interface IoFlags extends TargetFlags {
   nbdTlsDir?: string;
   nbdTlsPsk?: string;
   nbdTlsUsername?: string;
+  clusterKeyFile?: string;
   chunksInFlight?: number;
   json?: boolean;
 }
@@ -106,6 +109,29 @@ function startingOver(what: string, e: Error, attempt: number): true {
   return true;
 }
 
+/** The cluster key from --cluster-key-file or PXD_CLUSTER_KEY, for encrypted backups; undefined when neither is given. */
+function clusterKey(o: IoFlags): KeySource | undefined {
+  try {
+    return clusterKeySource(o.clusterKeyFile);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+/** How the backup's chunks open (codecOf), as a sentence for the user when they cannot. */
+function codecFor(m: Manifest, o: IoFlags): ChunkCodec {
+  try {
+    return codecOf(m, clusterKey(o));
+  } catch (e) {
+    throw new CliError((e as Error).message);
+  }
+}
+
+/** Options of the commands that read or write encrypted backups. */
+function keyOption(c: Command): Command {
+  return c.option("--cluster-key-file <file>", "the cluster key (32 bytes, raw or hex; or set PXD_CLUSTER_KEY): backups of encrypted volumes are encrypted with a key it wraps");
+}
+
 function mibPerSec(bytes: number, seconds: number): string {
   return (bytes / 1048576 / Math.max(seconds, 0.001)).toFixed(1);
 }
@@ -157,14 +183,19 @@ async function create(api: ApiClient, volume: string, url: string, o: IoFlags & 
 async function createFrom(api: ApiClient, volume: string, url: string, o: IoFlags, snapshot: string | undefined): Promise<void> {
   const exportName = backupSource(volume, snapshot);
   if (snapshot === undefined) console.error(`reading the live volume ${volume}: the backup is consistent only if nothing writes to it meanwhile`);
+  // An encrypted volume's backup is encrypted too: never plaintext in a target.
+  const encrypted = (await api.inspectVolume(volume)).encrypted;
+  const keys = encrypted ? clusterKey(o) : undefined;
+  if (encrypted && keys === undefined) throw new CliError(`volume ${volume} is encrypted, so its backup is too, with a key the cluster key wraps: set PXD_CLUSTER_KEY or give --cluster-key-file FILE`);
   await withTarget(url, o, async (t) => {
+    const chain = keys === undefined ? undefined : await chainFor(t, volume, keys);
     const servers = await nbdServers(api, volume);
     const bar = byteProgress(process.stderr, `backup ${exportName}`);
     try {
       const s = await overConnections(
         backupConnectionAttempts,
         (attempt) => connectTo(servers, exportName, o, attempt),
-        (client) => createBackup({ client, target: t, volume, exportName, snapshot, pxdVersion: packageVersion, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update }),
+        (client) => createBackup({ client, target: t, volume, exportName, snapshot, pxdVersion: packageVersion, ...(chain !== undefined ? { chain } : {}), ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update }),
         (e, attempt) => startingOver(`backup of ${exportName}`, e, attempt) && bar.restart(),
       );
       bar.end();
@@ -180,6 +211,7 @@ async function restore(api: ApiClient, url: string, ref: string, name: string, o
   nbdTls(o); // before the volume is made
   await withTarget(url, o, async (t) => {
     const m = await findBackup(t, ref);
+    const codec = codecFor(m, o);
     let client: NbdClient | undefined;
     // Ctrl-C or a TERM ends the NBD connection, so the restore fails and deletes the volume it made (a second one kills at once).
     let interrupted: string | undefined;
@@ -188,7 +220,7 @@ async function restore(api: ApiClient, url: string, ref: string, name: string, o
       client?.closed(interrupted);
     };
     process.once("SIGINT", interrupt).once("SIGTERM", interrupt);
-    await api.createVolume({ name, sizeBytes: m.sizeBytes, ...(o.repl !== undefined ? { repl: o.repl } : {}) }).catch((e: unknown) => {
+    await api.createVolume({ name, sizeBytes: m.sizeBytes, ...(m.encryption !== undefined ? { encrypted: true } : {}), ...(o.repl !== undefined ? { repl: o.repl } : {}) }).catch((e: unknown) => {
       process.off("SIGINT", interrupt).off("SIGTERM", interrupt);
       throw e;
     });
@@ -203,7 +235,7 @@ async function restore(api: ApiClient, url: string, ref: string, name: string, o
       const s = await overConnections(
         backupConnectionAttempts,
         connect,
-        (c) => restoreBackup({ client: c, target: t, manifest: m, fresh: true, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update }),
+        (c) => restoreBackup({ client: c, target: t, manifest: m, codec, fresh: true, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update }),
         (e, attempt) => interrupted === undefined && startingOver(`restore into ${name}`, e, attempt) && bar.restart(),
       );
       bar.end();
@@ -249,6 +281,11 @@ export async function copySnapshot(api: ApiClient, volume: string, snapshot: str
   );
 }
 
+/** What a volume made from `volume`'s snapshot asks for: encrypted too (with a key of its own) when `volume` is. */
+export async function encryptedLike(api: ApiClient, volume: string): Promise<{ encrypted?: true }> {
+  return (await api.inspectVolume(volume)).encrypted ? { encrypted: true } : {};
+}
+
 /**
  * `pxd volume clone VOL@SNAP NEW`: a new volume of the snapshot's size,
  * filled by a copy over NBD from the snapshot's export (holes are not
@@ -257,7 +294,7 @@ export async function copySnapshot(api: ApiClient, volume: string, snapshot: str
 export async function cloneVolume(api: ApiClient, volume: string, snapshot: string, name: string, o: IoFlags & { repl?: number; nodes?: string[] }): Promise<void> {
   nbdTls(o); // before the volume is made
   const s = await api.inspectSnapshot(volume, snapshot);
-  await api.createVolume({ name, sizeBytes: s.sizeBytes, ...(o.repl !== undefined ? { repl: o.repl } : {}), ...(o.nodes !== undefined ? { nodes: o.nodes } : {}) });
+  await api.createVolume({ name, sizeBytes: s.sizeBytes, ...(await encryptedLike(api, volume)), ...(o.repl !== undefined ? { repl: o.repl } : {}), ...(o.nodes !== undefined ? { nodes: o.nodes } : {}) });
   const source = `${volume}@${snapshot}`;
   const bar = byteProgress(process.stderr, `clone ${source} to ${name}`);
   try {
@@ -297,7 +334,7 @@ async function verify(url: string, ref: string, o: IoFlags): Promise<void> {
   await withTarget(url, o, async (t) => {
     const m = await findBackup(t, ref);
     const bar = byteProgress(process.stderr, `verify ${m.volume}/${m.id}`);
-    const s = await verifyBackup(t, m, { ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update }).finally(() => bar.end());
+    const s = await verifyBackup(t, m, codecFor(m, o), { ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), progress: bar.update }).finally(() => bar.end());
     if (o.json) console.log(json(s));
     else for (const b of s.bad) console.log(`bad: ${b.error}`);
     if (s.bad.length > 0) throw new CliError(`backup ${s.backup} is damaged: ${s.bad.length} of its ${s.checkedChunks} distinct chunks are missing or corrupt (${s.bad.slice(0, 5).map((b) => b.key).join(", ")}${s.bad.length > 5 ? ", ..." : ""}); restore an older backup, or make a new one`);
@@ -326,7 +363,7 @@ function friendly<A extends unknown[]>(f: (...a: A) => Promise<void>): (...a: A)
 
 export function registerBackup(program: Command): void {
   const backup = program.command("backup").description("incremental backups of volumes to a directory (file:///DIR) or an S3 bucket (s3://BUCKET/PREFIX)");
-  targetOptions(ioOptions(backup.command("create")))
+  keyOption(targetOptions(ioOptions(backup.command("create"))))
     .description("back up a volume from a snapshot (one taken for it and deleted after, unless --snapshot names one): only chunks the target does not hold are uploaded")
     .argument("<volume>", "volume name")
     .requiredOption("--to <url>", "file:///DIR or s3://BUCKET/PREFIX")
@@ -341,14 +378,14 @@ export function registerBackup(program: Command): void {
     .argument("<url>", "file:///DIR or s3://BUCKET/PREFIX")
     .option("--volume <name>", "only this volume's backups")
     .action(friendly(async (url: string, o: TargetFlags & { volume?: string; json?: boolean }) => list(url, o)));
-  targetOptions(ioOptions(backup.command("restore")))
+  keyOption(targetOptions(ioOptions(backup.command("restore"))))
     .description("restore a backup into a new volume of its size; every chunk is checked against its SHA-256 before it is written, and a failed restore deletes the volume it made")
     .argument("<url>", "file:///DIR or s3://BUCKET/PREFIX")
     .argument("<backup>", "VOLUME/ID (pxd backup list), VOLUME/latest, or ID")
     .argument("<newvol>", "name of the volume to create")
     .option("-r, --repl <n>", "replicas of the new volume (default: the cluster's defaultRepl)", replArg)
     .action(friendly(async (url: string, ref: string, name: string, o: IoFlags & { repl?: number }, command: Command) => restore(clientFor(command), url, ref, checkName(name), o)));
-  targetOptions(ioOptions(backup.command("verify")))
+  keyOption(targetOptions(ioOptions(backup.command("verify"))))
     .description("check that every chunk of a backup is present and has the right SHA-256; exits 1 naming the bad ones")
     .argument("<url>", "file:///DIR or s3://BUCKET/PREFIX")
     .argument("<backup>", "VOLUME/ID, VOLUME/latest, or ID")

@@ -22,7 +22,7 @@ import { parseSnapshotRef, snapshotNameProblem, volumeNameProblem } from "../api
 import { volumeBytesMax, volumeReplicasMax } from "../constants.js";
 import { clientFor } from "./args.js";
 import { hostName, filesystems, type Filesystem } from "./attach.js";
-import { copySnapshot } from "./backup.js";
+import { copySnapshot, encryptedLike } from "./backup.js";
 import { CliError, UsageError } from "./errors.js";
 import { nodeService } from "./csi-node.js";
 import { cliVersion } from "./main.js";
@@ -347,7 +347,7 @@ async function fromSnapshot(api: ApiClient, copies: Map<string, SnapshotCopy>, n
       const misfit = existingFits(existing, { ...size, required: bytes }, params);
       if (misfit !== null) throw new CsiError(grpc.status.ALREADY_EXISTS, misfit);
     } else {
-      await api.createVolume({ name, sizeBytes: bytes, ...(params.repl !== undefined ? { repl: params.repl } : {}), ...(params.zones !== undefined ? { zones: params.zones } : {}) });
+      await api.createVolume({ name, sizeBytes: bytes, ...(await encryptedLike(api, ref.volume)), ...(params.repl !== undefined ? { repl: params.repl } : {}), ...(params.zones !== undefined ? { zones: params.zones } : {}) });
     }
     const started: SnapshotCopy = { snapshotId, done: false, doneBytes: 0, totalBytes: snap.sizeBytes };
     copies.set(name, started);

@@ -28,6 +28,7 @@ export function registerDaemon(program: Command): void {
     .option("--join <addr>", "join the cluster of the node whose control API is at ADDR[:PORT] (first start only)")
     .option("--cluster-secret-file <file>", "a file holding the cluster's shared secret (or set PXD_CLUSTER_SECRET); a new cluster makes one in DIR/cluster.secret, a joined node keeps it there")
     .option("--cluster-secret <secret>", "the secret itself (shown by ps: prefer PXD_CLUSTER_SECRET or --cluster-secret-file)")
+    .option("--cluster-key-file <file>", "a file holding the cluster key (32 bytes, raw or as 64 hex digits; or set PXD_CLUSTER_KEY) that wraps encrypted volumes' keys; give every node the same one")
     .option("--name <name>", "this node's name in the cluster (default node-ID)")
     .option("--zone <zone>", "this node's zone label, for spreading replicas")
     .option(
@@ -60,7 +61,7 @@ export function registerDaemon(program: Command): void {
     .option("--nbd-tls-owners", "with --nbd-tls require: a TCP client reaches only the volumes whose owner (the API token name that created them) is the identity it proved over TLS (its certificate's CN, or its PSK identity); the Unix socket reaches all")
     .option("--nbd-tls-psk <file>", "pre-shared keys for NBD TLS: identity:hexkey lines (gnutls psktool's format)")
     .option("--no-metrics", "keep no per-volume I/O counters (for measuring their cost); /metrics then shows only the node's own counters")
-    .action(async (options: Omit<DaemonOptions, "nbdTls"> & { nbdTls?: string; nbdTlsDir?: string; nbdTlsPsk?: string; clusterSecret?: string; clusterSecretFile?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number; resyncBandwidth?: number; nbdIdleTimeout?: number }) => {
+    .action(async (options: Omit<DaemonOptions, "nbdTls"> & { nbdTls?: string; nbdTlsDir?: string; nbdTlsPsk?: string; clusterSecret?: string; clusterSecretFile?: string; clusterKeyFile?: string; logRetain?: number; replaceDownAfter?: number; scrubInterval?: number; scrubBandwidth?: number; resyncBandwidth?: number; nbdIdleTimeout?: number }) => {
       let daemon: { runDaemon: RunDaemon };
       try {
         daemon = await import("../daemon/main.js");
@@ -82,6 +83,7 @@ export function registerDaemon(program: Command): void {
         ...(options.join !== undefined ? { join: options.join } : {}),
         ...(options.clusterSecret !== undefined ? { secret: options.clusterSecret } : {}),
         ...(options.clusterSecretFile !== undefined ? { secretFile: options.clusterSecretFile } : {}),
+        ...(options.clusterKeyFile !== undefined ? { clusterKeyFile: options.clusterKeyFile } : {}),
         ...(options.name !== undefined ? { name: options.name } : {}),
         ...(options.zone !== undefined ? { zone: options.zone } : {}),
         ...(options.logRetain !== undefined ? { logRetainBytes: options.logRetain } : {}),

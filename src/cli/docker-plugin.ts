@@ -22,7 +22,7 @@ import { parseSize } from "../base/sizes.js";
 import { volumeReplicasMax } from "../constants.js";
 import { filesystems, mountVolume, unmountVolume, type Filesystem } from "./attach.js";
 import { clientFor } from "./args.js";
-import { copySnapshot } from "./backup.js";
+import { copySnapshot, encryptedLike } from "./backup.js";
 import { mountedAt } from "../os/attachments.js";
 import { claimSocketPath } from "../os/unix-socket.js";
 
@@ -165,6 +165,7 @@ export class DockerPlugin {
       await this.api.createVolume({
         name,
         sizeBytes,
+        ...(source !== undefined ? await encryptedLike(this.api, source.volume) : {}),
         ...(repl !== undefined ? { repl } : {}),
         ...(opts.nodes !== undefined ? { nodes: opts.nodes.split(",").map((s) => s.trim()).filter((s) => s !== "") } : {}),
         ...(opts.zones !== undefined ? { zones: boolOption("zones", opts.zones) } : {}),

@@ -63,6 +63,7 @@ export function volumeDetails(v: VolumeInfo): string {
     ["allocated", formatSize(v.allocatedBytes)],
     ["connections", String(v.connections)],
     ["attached", attachmentSummary(v)],
+    ["encrypted", v.encrypted ? "yes (AES-256-XTS, its key wrapped by the cluster key)" : "no"],
     ["nbd uri", v.nbdUri],
     ["created", v.createdAt],
     ["snapshots", `${v.snapshots ?? 0}${v.snapshotSchedule ? `; one every ${formatDuration(v.snapshotSchedule.everySec)}, the newest ${v.snapshotSchedule.keep} kept` : ""} (pxd snapshot list ${v.name})`],

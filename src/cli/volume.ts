@@ -149,9 +149,10 @@ export function registerVolume(program: Command): void {
     .option("-r, --repl <n>", "number of replicas (default 1, or as many as --nodes names)", replArg)
     .option("--nodes <list>", "put the replicas on exactly these nodes: names or ids, comma-separated (pxd node list)")
     .option("--zones", "require the replicas to sit in distinct zones (pxd daemon --zone); without it distinct zones are only preferred")
-    .option("--shared", "let several hosts attach it read-write at once (only for a filesystem made for that, e.g. a cluster filesystem)"))
+    .option("--shared", "let several hosts attach it read-write at once (only for a filesystem made for that, e.g. a cluster filesystem)")
+    .option("--encrypted", "encrypt its data at rest (AES-256-XTS) with a key of its own, wrapped by the cluster key: every node needs --cluster-key-file or PXD_CLUSTER_KEY; the size must be a multiple of 4K"))
     .option("--json", "print the API's JSON")
-    .action(async (name: string, options: { size: number; repl?: number; nodes?: string; zones?: boolean; shared?: boolean } & QosFlags & JsonFlag, command: Command) => {
+    .action(async (name: string, options: { size: number; repl?: number; nodes?: string; zones?: boolean; shared?: boolean; encrypted?: boolean } & QosFlags & JsonFlag, command: Command) => {
       const nodes = options.nodes?.split(",").map((s) => s.trim()).filter((s) => s !== "");
       const v = await clientFor(command).createVolume({
         name: checkName(name),
@@ -160,10 +161,11 @@ export function registerVolume(program: Command): void {
         ...(nodes !== undefined ? { nodes } : {}),
         ...(options.zones ? { zones: true } : {}),
         ...(options.shared ? { shared: true } : {}),
+        ...(options.encrypted ? { encrypted: true } : {}),
         ...qosRequest(options),
       });
       if (options.json) return console.log(json(v));
-      console.log(`volume "${v.name}" created: ${formatSize(v.sizeBytes)}, ${v.repl} ${v.repl === 1 ? "replica" : "replicas"}, exported at ${v.nbdUri}`);
+      console.log(`volume "${v.name}" created: ${formatSize(v.sizeBytes)}, ${v.repl} ${v.repl === 1 ? "replica" : "replicas"}${v.encrypted ? ", encrypted" : ""}, exported at ${v.nbdUri}`);
     });
 
   registerAttach(volume, program);

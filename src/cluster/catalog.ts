@@ -38,11 +38,12 @@ import {
   type SettingValue,
   type SetVolumeQos,
   type UpdateNode,
+  type VolumeEncryption,
   type VolumeQos,
 } from "./commands.js";
 import { formatSize } from "../base/sizes.js";
 import { listNames, place, roomBytes, type PlacementNode } from "./placement.js";
-import { volumeSizeSectorProblem } from "./rules.js";
+import { encryptedSizeProblem, volumeSizeSectorProblem } from "./rules.js";
 
 export interface CatalogNode {
   id: number;
@@ -89,6 +90,8 @@ export interface CatalogVolume {
   /** A snapshot every this many ms, on the catalog's leader (0: no schedule); the newest `snapshotKeep` scheduled ones are kept. */
   snapshotEveryMs: number;
   snapshotKeep: number;
+  /** Its cipher and wrapped data key; null for a plain volume (docs/architecture.md, "Encryption at rest"). */
+  encryption: VolumeEncryption | null;
 }
 
 /** A snapshot of a volume (its group took it: an entry of the volume's own Raft log). */
@@ -438,7 +441,7 @@ function placeVolume(state: CatalogState, c: CreateVolume): { ok: true; nodes: n
 function createVolume(state: CatalogState, c: CreateVolume): Outcome {
   const placed = placeVolume(state, c);
   if (!placed.ok) return placed;
-  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, shared: c.shared === true, attachments: [], owner: c.owner ?? "", qos: qosOf(noQos, c), createdAt: c.at, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0 };
+  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, shared: c.shared === true, attachments: [], owner: c.owner ?? "", qos: qosOf(noQos, c), createdAt: c.at, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0, encryption: c.encryption ?? null };
   state.nextVolumeId++;
   state.volumes.set(volume.name, volume);
   return { ok: true, changed: true, volume: copyVolume(volume) };
@@ -533,6 +536,8 @@ export function resizeRefusal(state: CatalogState, volume: string, sizeBytes: nu
   }
   const growth = sizeBytes - v.sizeBytes;
   if (growth === 0) return undefined;
+  const unitProblem = v.encryption === null ? null : encryptedSizeProblem(sizeBytes);
+  if (unitProblem !== null) return fail("invalid", `cannot grow volume ${name}: the new size ${unitProblem}`);
   const percent = overcommitPercent(state);
   for (const p of placementNodes(state)) {
     if (!v.nodes.includes(p.id)) continue;
@@ -652,5 +657,5 @@ export function copyNode(n: CatalogNode): CatalogNode {
 }
 
 export function copyVolume(v: CatalogVolume): CatalogVolume {
-  return { ...v, nodes: [...v.nodes], attachments: v.attachments.map((a) => ({ ...a })), qos: { ...v.qos }, snapshots: v.snapshots.map((x) => ({ ...x })) };
+  return { ...v, nodes: [...v.nodes], attachments: v.attachments.map((a) => ({ ...a })), qos: { ...v.qos }, snapshots: v.snapshots.map((x) => ({ ...x })), encryption: v.encryption === null ? null : { ...v.encryption } };
 }

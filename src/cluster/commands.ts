@@ -27,7 +27,7 @@ import {
   volumeBytesMax,
   volumeReplicasMax,
 } from "../constants.js";
-import { attachDevicePattern, tokenIdPattern, volumeSizeSectorProblem } from "./rules.js";
+import { attachDevicePattern, encryptedSizeProblem, tokenIdPattern, volumeCiphers, volumeSizeSectorProblem, wrappedVolumeKeyChars } from "./rules.js";
 
 /** The first byte of every encoded command; a decoder refuses any other. */
 export const catalogCommandVersion = 1;
@@ -96,7 +96,20 @@ export interface CreateVolume {
   maxIops?: number;
   maxBandwidthBytes?: number;
   burstSec?: number;
+  /** Absent: a plain volume. Its size is then whole 4 KiB units. */
+  encryption?: VolumeEncryption;
   at: number;
+}
+
+/**
+ * An encrypted volume's cipher and its data key, wrapped by the cluster key
+ * (AES-256-GCM, the cluster id and volume name as additional data): the key
+ * is never in the catalog in clear (docs/architecture.md, "Encryption at rest").
+ */
+export interface VolumeEncryption {
+  cipher: (typeof volumeCiphers)[number];
+  /** Lower-case hex, wrappedVolumeKeyChars long. */
+  wrappedKey: string;
 }
 
 /**
@@ -415,6 +428,19 @@ function pick<T>(fields: Record<string, unknown>): T {
 
 const port = (o: Obj, kind: string, key: string): number => int(o, kind, key, 1, 65_535);
 
+const wrappedKeyPattern = new RegExp(`^[0-9a-f]{${wrappedVolumeKeyChars}}$`);
+
+function encryption(o: Obj, kind: string): VolumeEncryption | undefined {
+  const v = get(o, "encryption");
+  if (v === undefined) return undefined;
+  if (!isPlainObject(v) || Object.keys(v).length !== 2) throw new Invalid(`${kind}: field "encryption" must be an object of "cipher" and "wrappedKey", not ${describe(v)}`);
+  const cipher = volumeCiphers.find((x) => x === get(v, "cipher"));
+  if (cipher === undefined) throw new Invalid(`${kind}: field "encryption.cipher" must be one of ${volumeCiphers.join(", ")}, not ${describe(get(v, "cipher"))}`);
+  const wrappedKey = get(v, "wrappedKey");
+  if (typeof wrappedKey !== "string" || !wrappedKeyPattern.test(wrappedKey)) throw new Invalid(`${kind}: field "encryption.wrappedKey" must be ${wrappedVolumeKeyChars} lower-case hex digits, not ${describe(wrappedKey)}`);
+  return { cipher, wrappedKey };
+}
+
 function via(o: Obj, kind: string): AttachVia {
   const v = get(o, "via");
   const found = attachVias.find((x) => x === v);
@@ -443,7 +469,7 @@ const fieldsOf: Record<CommandKind, readonly string[]> = {
   updateNode: ["kind", "id", "at", "freeBytes", "usedBytes", "capacityBytes", "health", "labels"],
   removeNode: ["kind", "id", "force"],
   drainNode: ["kind", "id", "draining"],
-  createVolume: ["kind", "name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", "maxIops", "maxBandwidthBytes", "burstSec", "at"],
+  createVolume: ["kind", "name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", "maxIops", "maxBandwidthBytes", "burstSec", "encryption", "at"],
   deleteVolume: ["kind", "name", "force"],
   attachVolume: ["kind", "name", "host", "device", "via", "readOnly", "node", "at"],
   detachVolume: ["kind", "name", "host"],
@@ -488,8 +514,8 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
   },
   removeNode: (o, k) => pick<RemoveNode>({ kind: k, id: nodeId(o, k), force: bool(o, k, "force") }),
   drainNode: (o, k) => pick<DrainNode>({ kind: k, id: nodeId(o, k), draining: bool(o, k, "draining") }),
-  createVolume: (o, k) =>
-    pick<CreateVolume>({
+  createVolume: (o, k) => {
+    const c = pick<CreateVolume>({
       kind: k,
       name: name(o, k),
       sizeBytes: volumeSize(o, k),
@@ -501,8 +527,13 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
       maxIops: optIops(o, k),
       maxBandwidthBytes: optBandwidth(o, k),
       burstSec: optBurst(o, k),
+      encryption: encryption(o, k),
       at: at(o, k),
-    }),
+    });
+    const problem = c.encryption === undefined ? null : encryptedSizeProblem(c.sizeBytes);
+    if (problem !== null) throw new Invalid(`${k}: field "sizeBytes" ${problem}`);
+    return c;
+  },
   deleteVolume: (o, k) => pick<DeleteVolume>({ kind: k, name: name(o, k), force: bool(o, k, "force") }),
   attachVolume: (o, k) =>
     pick<AttachVolume>({

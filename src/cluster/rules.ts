@@ -18,6 +18,20 @@ export function volumeSizeSectorProblem(sizeBytes: number): string | null {
   return `must be a multiple of ${sectorBytes} bytes (the sector size), not ${sizeBytes}; ${nearest} would do`;
 }
 
+/** An encrypted volume's data unit (src/replication/volume-cipher.ts): its size is whole units. */
+export const encryptedUnitBytes = 4096;
+/** The ciphers a volume may be encrypted with. */
+export const volumeCiphers = ["aes-256-xts"] as const;
+/** A wrapped 512-bit volume key: version, 12-byte nonce, 64 bytes, 16-byte tag, as hex (src/os/cluster-key.ts). */
+export const wrappedVolumeKeyChars = 2 * (1 + 12 + 64 + 16);
+
+/** Why a size does not suit an encrypted volume (whole 4 KiB data units), or null when it does. */
+export function encryptedSizeProblem(sizeBytes: number): string | null {
+  if (sizeBytes % encryptedUnitBytes === 0) return null;
+  const up = sizeBytes + encryptedUnitBytes - (sizeBytes % encryptedUnitBytes);
+  return `is ${sizeBytes} bytes, and an encrypted volume's size is a multiple of ${encryptedUnitBytes} bytes (its data unit); ${up} would do`;
+}
+
 /** An attachment's block device: /dev/ and a kernel device name (nbd0, loop3). */
 export const attachDevicePattern = /^\/dev\/[a-z][a-z0-9]{0,30}$/;
 

@@ -91,7 +91,7 @@ import {
   scrubBandwidthBytesPerSecDefault,
   scrubIntervalMsDefault,
 } from "../constants.js";
-import type { ExportRegistry, NbdClient } from "../nbd/backend.js";
+import type { ExportRefusal, ExportRegistry, NbdClient } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { loadNbdTls, type NbdTls, type NbdTlsConfig } from "../os/nbd-tls.js";
 import { keepClusterCa, nodeCertificate, readClusterCa, sealCa, unsealCa } from "../os/cluster-ca.js";
@@ -118,6 +118,8 @@ import { AuditLog } from "./audit-log.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
 import { ReplicatedVolumeExport, SnapshotExport } from "./volume-export.js";
+import { VolumeKeys } from "./volume-keys.js";
+import { clusterKeySource } from "../os/cluster-key.js";
 import { Snapshots } from "./snapshots.js";
 import { NodeAdmission, resyncPacer } from "./qos.js";
 import { NodeMetrics, type GroupView, type MetricsView } from "./metrics.js";
@@ -170,6 +172,8 @@ export interface DaemonOptions {
   peerPlain?: boolean;
   /** A TCP NBD client reaches only the volumes whose owner is the identity it proved over TLS (needs nbdTls require); the Unix socket reaches all. */
   nbdTlsOwners?: boolean;
+  /** A file holding the cluster key (32 bytes, raw or hex) that wraps encrypted volumes' keys; else PXD_CLUSTER_KEY; else none (no encrypted volumes here). */
+  clusterKeyFile?: string;
 }
 
 export interface Logger {
@@ -253,6 +257,7 @@ export class Daemon implements Controller {
   private apiCa: string | undefined;
   private nbdTls: NbdTls | undefined;
   private auditLog!: AuditLog;
+  private volumeKeys!: VolumeKeys;
 
   private constructor(
     readonly options: DaemonOptions,
@@ -272,6 +277,7 @@ export class Daemon implements Controller {
     checkClusterConstants();
     // TLS material is read before anything else, so a wrong path stops the start at once, with what to fix.
     const nbdTls = loadNbdTls(options.nbdTls ?? { mode: "off" });
+    const keySource = clusterKeySource(options.clusterKeyFile);
     if (options.nbdTlsOwners === true && options.nbdTls?.mode !== "require") {
       throw new Error("--nbd-tls-owners needs --nbd-tls require: a client that has not proved an identity over TLS could reach no volume");
     }
@@ -298,6 +304,8 @@ export class Daemon implements Controller {
       store = await Store.open({ disk: new NodeDisk(join(options.dataDir, "store")), defer: deferImmediate, log: (l) => log.info(l), onDamage: (e) => damage.report(e) }, specs);
       const d = new Daemon(options, state, store, secret, log, damage, bindAddress);
       d.nbdTls = nbdTls;
+      d.volumeKeys = new VolumeKeys(keySource, state.nodeId, () => state.clusterId, (m) => log.warn(m));
+      if (keySource !== undefined) log.info(`cluster key from ${keySource.description}: encrypted volumes are served here`);
       await d.wire();
       return d;
     } catch (e) {
@@ -374,6 +382,7 @@ export class Daemon implements Controller {
       random: { int: (n) => prng.int(n) },
       deadlineMs: forwardDeadlineMs,
       replicasOf: (group) => this.node.volumeById(group)?.nodes ?? [],
+      cipherOf: (group) => this.volumeKeys.cipherOf(group, (id) => this.node.volumeById(id)),
     });
     this.snapshots = new Snapshots({
       nodeId: state.nodeId,
@@ -715,6 +724,8 @@ export class Daemon implements Controller {
         if (at > 0) return this.openSnapshot(name.slice(0, at), name.slice(at + 1), client, reaches);
         const v = this.catalog.volumes.get(name);
         if (v === undefined || !reaches(v, client) || (this.fenced.get(name) ?? 0) > Date.now()) return undefined;
+        const refused = this.keyRefusal(v, name, client);
+        if (refused !== undefined) return refused;
         this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
         const sizeNow = (): number => {
           const now = this.catalog.volumes.get(name);
@@ -727,12 +738,23 @@ export class Daemon implements Controller {
     };
   }
 
+  /** An encrypted volume's export on a node that cannot open its key: refused with the reason (never ciphertext served as data), and logged. */
+  private keyRefusal(v: CatalogVolume, exportName: string, client: NbdClient): ExportRefusal | undefined {
+    const c = this.volumeKeys.cipherOf(v.id, () => v);
+    if (c === null || c === undefined || !("missing" in c)) return undefined;
+    const who = client.local ? "a local client" : client.identity !== undefined ? `client ${printable(client.identity, logFieldCharsMax)}` : "a TCP client";
+    this.log.warn(`NBD: export ${printable(exportName, logFieldCharsMax)} refused to ${who}: ${c.missing}`);
+    return { refused: c.missing };
+  }
+
   /** A snapshot's read-only export (VOLUME@SNAPSHOT); its connections count under that name, not the volume's. */
-  private openSnapshot(volume: string, snapshot: string, client: NbdClient, reaches: (v: CatalogVolume, client: NbdClient) => boolean): SnapshotExport | undefined {
+  private openSnapshot(volume: string, snapshot: string, client: NbdClient, reaches: (v: CatalogVolume, client: NbdClient) => boolean): SnapshotExport | ExportRefusal | undefined {
     const v = this.catalog.volumes.get(volume);
     const s = v?.snapshots.find((x) => x.name === snapshot);
     if (v === undefined || s === undefined || !reaches(v, client)) return undefined;
     const name = `${volume}@${snapshot}`;
+    const refused = this.keyRefusal(v, name, client);
+    if (refused !== undefined) return refused;
     this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
     return new SnapshotExport(v, s, this.snapshots.sizeHere(v, s) ?? s.sizeBytes, this.io, this.readBuffers, () => {
       this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
@@ -937,11 +959,12 @@ export class Daemon implements Controller {
       ...(request.maxIops !== undefined ? { maxIops: request.maxIops } : {}),
       ...(request.maxBandwidthBytesPerSec !== undefined ? { maxBandwidthBytes: request.maxBandwidthBytesPerSec } : {}),
       ...(request.burstSec !== undefined ? { burstSec: request.burstSec } : {}),
+      ...(request.encrypted === true ? { encryption: this.volumeKeys.newEncryption(request.name) } : {}),
       at: Date.now(),
     });
     if (!result.ok) throw catalogError(result);
     const v = this.catalog.volumes.get(request.name)!;
-    this.log.info(`volume ${v.name} created: ${formatSize(v.sizeBytes)}, id ${v.id}, replicas on nodes ${v.nodes.join(", ")}`);
+    this.log.info(`volume ${v.name} created: ${formatSize(v.sizeBytes)}, id ${v.id}, replicas on nodes ${v.nodes.join(", ")}${v.encryption !== null ? `, encrypted (${v.encryption.cipher})` : ""}`);
     return this.info(v);
   }
 
@@ -1457,6 +1480,7 @@ export class Daemon implements Controller {
       connections: this.connections.get(v.name) ?? 0,
       replicas: this.replicas(v, leader),
       shared: v.shared,
+      encrypted: v.encryption !== null,
       owner: v.owner,
       attachments: attachmentInfos(v),
       snapshots: v.snapshots.length,

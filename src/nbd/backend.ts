@@ -74,11 +74,21 @@ export interface NbdClient {
   readonly local: boolean;
 }
 
+/** An export that exists but is not served here: why, for the client (NBD_REP_ERR_POLICY) and the log. */
+export interface ExportRefusal {
+  refused: string;
+}
+
 export interface ExportRegistry {
   /** The exports this client may see (NBD_OPT_LIST). */
   list(client: NbdClient): readonly { name: string; description: string }[];
-  /** Opens an export for one connection; undefined when no such export exists, or this client may not have it (the same answer: the name is not revealed). */
-  open(name: string, client: NbdClient): Export | undefined;
+  /**
+   * Opens an export for one connection; undefined when no such export exists,
+   * or this client may not have it (the same answer: the name is not
+   * revealed); a refusal when it exists but this server cannot serve it now,
+   * with the sentence the client is told.
+   */
+  open(name: string, client: NbdClient): Export | ExportRefusal | undefined;
   /** The export served to a client that asks for the empty name, if any. */
   defaultName(): string | undefined;
   /**

@@ -5,7 +5,7 @@
 // (INFO, GO, EXPORT_NAME): a client that never gets that far costs nothing.
 
 import { assert } from "../base/assert.js";
-import type { Export, ExportRegistry, NbdClient } from "./backend.js";
+import type { Export, ExportRefusal, ExportRegistry, NbdClient } from "./backend.js";
 import type { NbdLimits, NbdTlsPolicy } from "./ports.js";
 import * as w from "./wire.js";
 
@@ -326,6 +326,7 @@ export class Handshake {
     const name = data.toString("utf8");
     const exp = this.openExport(name);
     if (exp === undefined) return close(`NBD_OPT_EXPORT_NAME for unknown export "${name}"`);
+    if ("refused" in exp) return close(`NBD_OPT_EXPORT_NAME for export "${name}", refused: ${exp.refused}`);
     const n = this.negotiate(exp, name);
     this.host.send(w.encodeExportNameReply(exp.sizeBytes, n.transmissionFlags, this.noZeroes));
     this.state = "done";
@@ -353,6 +354,8 @@ export class Handshake {
     if ("type" in req) return this.answer(req);
     const exp = this.openExport(req.name);
     if (exp === undefined) return this.answer({ type: w.NBD_REP_ERR_UNKNOWN, message: `no export named "${req.name}"` });
+    // Spec "NBD_REP_ERR_POLICY": the server is unwilling to export it; the message says why.
+    if ("refused" in exp) return this.answer({ type: w.NBD_REP_ERR_POLICY, message: exp.refused });
     const n = this.negotiate(exp, req.name);
     this.sendInfos(exp, n.transmissionFlags, req.infos);
     this.reply(w.NBD_REP_ACK);
@@ -394,11 +397,11 @@ export class Handshake {
     return undefined;
   }
 
-  private openExport(requestedName: string): Export | undefined {
+  private openExport(requestedName: string): Export | ExportRefusal | undefined {
     const name = requestedName === "" ? this.host.registry.defaultName() : requestedName;
     if (name === undefined) return undefined;
     const exp = this.host.registry.open(name, this.client);
-    if (exp !== undefined) assertExportSane(exp, this.host.limits);
+    if (exp !== undefined && !("refused" in exp)) assertExportSane(exp, this.host.limits);
     return exp;
   }
 

@@ -26,6 +26,11 @@ export function readCredentialFile(path: string, what: string): string | undefin
 
 /** A file of at most bytesMax bytes (its size is checked before it is read); undefined when it does not exist. */
 export function readSmallFile(path: string, what: string, bytesMax: number): string | undefined {
+  return readSmallFileBytes(path, what, bytesMax)?.toString("utf8");
+}
+
+/** readSmallFile's bytes, for a file that may hold binary (a raw key). */
+export function readSmallFileBytes(path: string, what: string, bytesMax: number): Buffer | undefined {
   let fd: number;
   try {
     fd = openSync(path, "r");
@@ -39,7 +44,7 @@ export function readSmallFile(path: string, what: string, bytesMax: number): str
     if (size > bytesMax) throw new Error(`${path} is ${size} bytes, too large for ${what} (at most ${bytesMax}); check the path`);
     const buf = Buffer.alloc(size);
     const got = readSync(fd, buf, 0, size, 0);
-    return buf.subarray(0, got).toString("utf8");
+    return buf.subarray(0, got);
   } finally {
     closeSync(fd);
   }

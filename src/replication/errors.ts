@@ -28,3 +28,16 @@ export function errorKindOf(e: unknown): ErrorKind | undefined {
   if (e instanceof VolumeIoError) return e.kind;
   return undefined;
 }
+
+/**
+ * This node does not know yet whether a volume is encrypted (its catalog has
+ * not applied the volume's creation: a node just restarted): a forwarded
+ * request is asked again (the sender retries until its deadline), never
+ * served as plaintext.
+ */
+export class CatalogLagError extends VolumeIoError {
+  constructor(group: number) {
+    super("EIO", `volume group ${group} is not in this node's catalog yet, so whether it is encrypted is not known here; asked again`);
+    this.name = "CatalogLagError";
+  }
+}

@@ -15,9 +15,10 @@ import { catalogSnapshotsMax } from "../constants.js";
 import type { NodeId } from "../raft/types.js";
 import type { Store, StoreExtent } from "../store/store.js";
 import { GroupStoppedError, MultiRaft, NotLeaderError, ProposalDroppedError } from "./driver.js";
-import { errorKindOf, VolumeIoError } from "./errors.js";
+import { CatalogLagError, errorKindOf, VolumeIoError } from "./errors.js";
 import type { Repairer } from "./repair.js";
-import { snapshotGroupId } from "../store/store.js";
+import { snapshotGroupId, volumeGroupOf } from "../store/store.js";
+import { decryptedRead, type MissingKey, type VolumeCipher } from "./volume-cipher.js";
 import { decodeSnapshotOp, encodeSnapshotOp, type SnapshotOp } from "./volume-op.js";
 import { VolumeReplica, type ReplicaPort } from "./volume-replica.js";
 
@@ -80,6 +81,15 @@ export interface VolumeIoOptions {
   replicasOf(group: number): NodeId[];
   /** How long a request may wait for a leader before it fails. */
   deadlineMs: number;
+  /**
+   * A volume group's cipher: null for a plain volume, MissingKey where this
+   * node cannot open an encrypted one's key, undefined while this node's
+   * catalog does not know the volume (CatalogLagError: asked again). Writes are encrypted on the
+   * leader before they are proposed and reads decrypted where the store is
+   * read, so only these two places, on the node that serves the request, see
+   * plaintext (docs/architecture.md, "Encryption at rest").
+   */
+  cipherOf(group: number): VolumeCipher | MissingKey | null | undefined;
 }
 
 const retryDelayMs = 50;
@@ -115,7 +125,7 @@ export class VolumeIo {
    * else on the leader after a ReadIndex round, here or forwarded.
    */
   read(group: number, offsetBytes: number, lengthBytes: number, into?: Buffer): Promise<Buffer> | Buffer {
-    if (this.readsHere(group)) return this.o.repairer.read(group, offsetBytes, lengthBytes, into);
+    if (this.readsHere(group)) return this.plainRead(group, offsetBytes, lengthBytes, into, (o, n, i) => this.o.repairer.read(group, o, n, i));
     return this.route(group, "read", offsetBytes, lengthBytes, null).then((r) => Buffer.from(r.data!.buffer, r.data!.byteOffset, r.data!.byteLength));
   }
 
@@ -171,7 +181,7 @@ export class VolumeIo {
    */
   readSnapshot(group: number, snapshotId: number, offsetBytes: number, lengthBytes: number, into?: Buffer): Promise<Buffer> | Buffer {
     const id = snapshotGroupId(group, snapshotId);
-    if (this.o.store.hasGroup(id)) return this.o.store.read(id, offsetBytes, lengthBytes, into);
+    if (this.o.store.hasGroup(id)) return this.plainRead(group, offsetBytes, lengthBytes, into, (o, n, i) => this.o.store.read(id, o, n, i));
     return this.fromSnapshotHolder(group, id, "snap-read", offsetBytes, lengthBytes).then((r) => Buffer.from(r.data!.buffer, r.data!.byteOffset, r.data!.byteLength));
   }
 
@@ -205,6 +215,26 @@ export class VolumeIo {
       else why.push(r.error.message);
     }
     throw new VolumeIoError("EIO", `no replica of volume group ${group} could serve its snapshot read (${why.join("; ") || "no other replica"})`);
+  }
+
+  /**
+   * A read of a volume (or its snapshot) from this node's store: ciphertext
+   * decrypted, the covering data units read for a range that cuts one.
+   * Throws EIO, saying why, where this node has no key for the volume.
+   */
+  private plainRead(group: number, offsetBytes: number, lengthBytes: number, into: Buffer | undefined, readRaw: (offsetBytes: number, lengthBytes: number, into?: Buffer) => Buffer | Promise<Buffer>): Buffer | Promise<Buffer> {
+    const cipher = this.cipher(group);
+    if (cipher === undefined) return readRaw(offsetBytes, lengthBytes, into);
+    return decryptedRead(cipher, offsetBytes, lengthBytes, into, readRaw);
+  }
+
+  /** The volume group's cipher, undefined for a plain volume; throws EIO where this node has no key for it. */
+  private cipher(group: number): VolumeCipher | undefined {
+    const c = this.o.cipherOf(group);
+    if (c === null) return undefined;
+    if (c === undefined) throw new CatalogLagError(group);
+    if ("missing" in c) throw new VolumeIoError("EIO", c.missing);
+    return c;
   }
 
   /** A forwarded request or reply from a peer. */
@@ -256,7 +286,14 @@ export class VolumeIo {
   private changeHere(group: number, op: IoOp, offsetBytes: number, lengthBytes: number, data: readonly Uint8Array[] | null): Promise<void> {
     const replica = this.o.driver.stateMachine(group);
     if (!(replica instanceof VolumeReplica)) return Promise.reject(new NotLeaderError(group, 0));
-    const port = this.portOf(group);
+    try {
+      return this.changeOn(replica, this.portOf(group), op, offsetBytes, lengthBytes, data);
+    } catch (e) {
+      return Promise.reject(e); // the volume's key is missing here (EIO), or a bug: the caller decides
+    }
+  }
+
+  private changeOn(replica: VolumeReplica, port: ReplicaPort, op: IoOp, offsetBytes: number, lengthBytes: number, data: readonly Uint8Array[] | null): Promise<void> {
     switch (op) {
       case "write":
         assert(data !== null, "a write carries its data");
@@ -285,6 +322,7 @@ export class VolumeIo {
         propose: (command) => this.o.driver.propose(group, command),
         readBarrier: () => this.o.driver.readBarrier(group),
         read: (offsetBytes, lengthBytes) => this.o.repairer.read(group, offsetBytes, lengthBytes),
+        cipher: () => this.cipher(group),
       };
       this.ports.set(group, port);
     }
@@ -379,10 +417,11 @@ export class VolumeIo {
         case "snap-read":
         case "snap-status":
           if (!this.o.store.hasGroup(group)) return { kind: "fwd-re", id: 0, error: { code: "io", kind: "ENOENT", message: `node ${this.o.nodeId} does not hold that snapshot`, leader: 0 }, data: null, extents: null };
-          return op === "snap-read" ? ok(this.o.store.read(group, offsetBytes, lengthBytes)) : ok(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));
+          if (op === "snap-status") return ok(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));
+          return ok(await this.plainRead(volumeGroupOf(group), offsetBytes, lengthBytes, undefined, (o, n) => this.o.store.read(group, o, n)));
         case "read":
           if (!this.readsHere(group)) await this.o.driver.readBarrier(group);
-          return ok(await this.o.repairer.read(group, offsetBytes, lengthBytes));
+          return ok(await this.plainRead(group, offsetBytes, lengthBytes, undefined, (o, n) => this.o.repairer.read(group, o, n)));
         case "status":
           if (!this.readsHere(group)) await this.o.driver.readBarrier(group);
           return ok(null, this.o.store.blockStatus(group, offsetBytes, lengthBytes));
@@ -402,7 +441,7 @@ export class VolumeIo {
     if ((e instanceof NotLeaderError || e instanceof ProposalDroppedError) && this.stoppedAlone(group)) return { code: "io", kind: this.stoppedKind(group) ?? "EIO", message: (e as Error).message, leader: 0 };
     if (e instanceof NotLeaderError) return withKind({ code: "not-leader", message: e.message, leader: e.leader }, this.stoppedKind(group));
     if (e instanceof GroupStoppedError) return { code: "retry", kind: e.kind, message: e.message, leader: 0 };
-    if (e instanceof ProposalDroppedError) return { code: "retry", message: e.message, leader: 0 };
+    if (e instanceof ProposalDroppedError || e instanceof CatalogLagError) return { code: "retry", message: e.message, leader: 0 };
     const kind = errorKindOf(e);
     if (kind === undefined) return failStop(e, `volume I/O: serving a request of group ${group}`);
     return { code: "io", kind, message: (e as Error).message, leader: 0 };

@@ -7,7 +7,10 @@
 // read, merged and written as whole sectors (read-modify-write), one at a
 // time per volume so that neighbours do not undo each other; zeroing is a
 // trim of the whole sectors (or zeroes written as data, NO_HOLE) and a
-// read-modify-write of the edges.
+// read-modify-write of the edges. An encrypted volume's unit is its 4 KiB
+// data unit instead of the sector: its data is encrypted here, once, before
+// it is proposed, so the log, every replica's store and everything copied
+// from them hold only ciphertext (src/replication/volume-cipher.ts).
 //
 // Committed ops are applied to the store's block map: a write maps the range
 // to the entry's data where it lies in the log (no copy), a trim unmaps it, a
@@ -23,12 +26,13 @@ import { ChecksumError, StoreError } from "../store/errors.js";
 import { sliceBuffers } from "../store/map-data.js";
 import type { Store } from "../store/store.js";
 import { ChangeMap } from "./changes.js";
+import { cipherUnitBytes, type VolumeCipher } from "./volume-cipher.js";
 import type { CommandRange, CommandRecord, GroupStateMachine, StreamedSnapshots } from "./state-machine.js";
 import { decodeOp, decodeSnapshotOp, encodeResize, encodeSnapshotOp, encodeTrim, encodeWrite, opPayloadCrc, resizeBytesOf, volumeOpOverheadBytes, VolumeOpKind, volumeSizeOk, type SnapshotOp } from "./volume-op.js";
 
 /** Data per proposal: whole sectors, leaving room for the block checksums and the trailer in one store record. */
 export const proposalBytesMax = recordPayloadBytesMax - 2 * checksumBlockBytes;
-assert(proposalBytesMax + volumeOpOverheadBytes(proposalBytesMax) <= recordPayloadBytesMax && proposalBytesMax % sectorBytes === 0, "a proposal fits one record");
+assert(proposalBytesMax + volumeOpOverheadBytes(proposalBytesMax) <= recordPayloadBytesMax && proposalBytesMax % cipherUnitBytes === 0, "a proposal fits one record and is whole data units");
 const zeroes = new Uint8Array(proposalBytesMax);
 /** Rollback proposals in flight at once: up to 32 MiB of entries. */
 const rollbackProposalsMax = 8;
@@ -40,6 +44,8 @@ export interface ReplicaPort {
   /** Resolves once a read here sees every write acknowledged before it. */
   readBarrier(): Promise<void> | undefined;
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer> | Buffer;
+  /** The volume's cipher; undefined for a plain volume. Throws (EIO, saying why) where this node has no key for an encrypted one. */
+  cipher(): VolumeCipher | undefined;
 }
 
 export class VolumeReplica implements GroupStateMachine {
@@ -129,7 +135,10 @@ export class VolumeReplica implements GroupStateMachine {
     const bad = this.rangeError(offsetBytes, lengthBytes);
     if (bad !== undefined) return Promise.reject(bad);
     if (lengthBytes === 0) return Promise.resolve();
-    if (offsetBytes % sectorBytes !== 0 || lengthBytes % sectorBytes !== 0) return this.readModifyWrite(p, offsetBytes, data, lengthBytes);
+    const cipher = p.cipher();
+    const unit = unitOf(cipher);
+    if (offsetBytes % unit !== 0 || lengthBytes % unit !== 0) return this.readModifyWrite(p, offsetBytes, data, lengthBytes, unit);
+    if (cipher !== undefined) data = [cipher.encrypt(offsetBytes, data, lengthBytes)];
     if (lengthBytes <= proposalBytesMax) return p.propose(encodeWrite(offsetBytes, data, lengthBytes));
     const parts: Promise<void>[] = [];
     for (let at = 0; at < lengthBytes; at += proposalBytesMax) {
@@ -139,34 +148,36 @@ export class VolumeReplica implements GroupStateMachine {
     return Promise.all(parts).then(nothing);
   }
 
-  /** Deallocates the whole sectors inside the range (NBD TRIM is advisory at the edges). */
+  /** Deallocates the whole sectors (an encrypted volume's whole units) inside the range (NBD TRIM is advisory at the edges). */
   trim(p: ReplicaPort, offsetBytes: number, lengthBytes: number): Promise<void> {
     if (this.pastEnd(offsetBytes, lengthBytes)) return this.afterBarrier(p, offsetBytes, lengthBytes, () => this.trim(p, offsetBytes, lengthBytes));
     const bad = this.rangeError(offsetBytes, lengthBytes);
     if (bad !== undefined) return Promise.reject(bad);
-    const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
-    const to = Math.floor((offsetBytes + lengthBytes) / sectorBytes) * sectorBytes;
+    const unit = unitOf(p.cipher());
+    const from = Math.ceil(offsetBytes / unit) * unit;
+    const to = Math.floor((offsetBytes + lengthBytes) / unit) * unit;
     return to > from ? p.propose(encodeTrim(from, to - from)) : Promise.resolve();
   }
 
-  /** Zeroes the range: holes for whole sectors (zeroes written as data with noHole), zeroes merged into partial sectors. */
+  /** Zeroes the range: holes for whole sectors or units (zeroes written as data with noHole, encrypted on an encrypted volume), zeroes merged into partial ones. */
   writeZeroes(p: ReplicaPort, offsetBytes: number, lengthBytes: number, noHole: boolean): Promise<void> {
     if (this.pastEnd(offsetBytes, lengthBytes)) return this.afterBarrier(p, offsetBytes, lengthBytes, () => this.writeZeroes(p, offsetBytes, lengthBytes, noHole));
     const bad = this.rangeError(offsetBytes, lengthBytes);
     if (bad !== undefined) return Promise.reject(bad);
     const end = offsetBytes + lengthBytes;
-    const from = Math.ceil(offsetBytes / sectorBytes) * sectorBytes;
-    const to = Math.floor(end / sectorBytes) * sectorBytes;
-    if (to <= from) return this.readModifyWrite(p, offsetBytes, [new Uint8Array(lengthBytes)], lengthBytes);
+    const unit = unitOf(p.cipher());
+    const from = Math.ceil(offsetBytes / unit) * unit;
+    const to = Math.floor(end / unit) * unit;
+    if (to <= from) return this.readModifyWrite(p, offsetBytes, [new Uint8Array(lengthBytes)], lengthBytes, unit);
     const parts: Promise<unknown>[] = [];
     if (noHole) {
       for (let at = from; at < to; at += proposalBytesMax) {
         const n = Math.min(proposalBytesMax, to - at);
-        parts.push(p.propose(encodeWrite(at, [zeroes.subarray(0, n)], n)));
+        parts.push(this.write(p, at, [zeroes.subarray(0, n)], n));
       }
     } else parts.push(p.propose(encodeTrim(from, to - from)));
-    if (offsetBytes < from) parts.push(this.readModifyWrite(p, offsetBytes, [new Uint8Array(from - offsetBytes)], from - offsetBytes));
-    if (to < end) parts.push(this.readModifyWrite(p, to, [new Uint8Array(end - to)], end - to));
+    if (offsetBytes < from) parts.push(this.readModifyWrite(p, offsetBytes, [new Uint8Array(from - offsetBytes)], from - offsetBytes, unit));
+    if (to < end) parts.push(this.readModifyWrite(p, to, [new Uint8Array(end - to)], end - to, unit));
     return Promise.all(parts).then(nothing);
   }
 
@@ -228,13 +239,14 @@ export class VolumeReplica implements GroupStateMachine {
     }
   }
 
-  /** Partial sectors: read, merge, write whole sectors; one at a time per volume so neighbours do not undo each other. */
-  private readModifyWrite(p: ReplicaPort, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number): Promise<void> {
+  /** Partial units: read (and decrypt), merge, write whole units; one at a time per volume so neighbours do not undo each other. */
+  private readModifyWrite(p: ReplicaPort, offsetBytes: number, data: readonly Uint8Array[], lengthBytes: number, unit: number): Promise<void> {
     const op = this.rmwTail.then(async () => {
-      const from = Math.floor(offsetBytes / sectorBytes) * sectorBytes;
-      const to = Math.ceil((offsetBytes + lengthBytes) / sectorBytes) * sectorBytes;
+      const from = Math.floor(offsetBytes / unit) * unit;
+      const to = Math.ceil((offsetBytes + lengthBytes) / unit) * unit;
       await p.readBarrier();
       const merged = await p.read(from, to - from);
+      p.cipher()?.decryptInPlace(from, merged);
       let at = offsetBytes - from;
       for (const d of data) {
         merged.set(d, at);
@@ -274,5 +286,10 @@ export class VolumeReplica implements GroupStateMachine {
 }
 
 function nothing(): void {}
+
+/** A volume's write granularity: the sector, or an encrypted volume's data unit. */
+function unitOf(cipher: VolumeCipher | undefined): number {
+  return cipher === undefined ? sectorBytes : cipherUnitBytes;
+}
 
 const noRecord: CommandRecord = Object.freeze({ payloadCrc: undefined, range: undefined });

@@ -1843,6 +1843,11 @@ export function snapshotGroupId(groupId: number, snapshotId: number): number {
   return snapshotBase + snapshotId * volumeGroupIdSpan + groupId;
 }
 
+/** The volume group a group id belongs to: itself, or a snapshot's volume. */
+export function volumeGroupOf(id: number): number {
+  return isSnapshotId(id) ? snapshotParts(id)[0] : id;
+}
+
 function isSnapshotId(id: number): boolean {
   return id >= snapshotBase;
 }

@@ -67,6 +67,7 @@ async function startReplica(r: Replica, all: Replica[]): Promise<void> {
     random: { int: (n) => prng.int(n) },
     deadlineMs: 5000,
     replicasOf: () => all.map((x) => x.id),
+    cipherOf: () => null,
   });
   r.io = io;
   peer.transport.onMessage((from, m) => dispatchPeerMessage({ driver, io, repairer }, from, m));

@@ -81,6 +81,7 @@ export class StoreWrites {
       },
       readBarrier: () => undefined,
       read: (offsetBytes, lengthBytes) => this.store.read(groupId, offsetBytes, lengthBytes),
+      cipher: () => undefined,
     };
     this.replicas.set(groupId, entry);
     return entry;

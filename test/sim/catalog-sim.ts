@@ -219,6 +219,7 @@ export async function runCatalogSim(o: CatalogSimOptions): Promise<CatalogSimRes
       random: { int: (k) => prng.int(k) },
       deadlineMs: 5000,
       replicasOf,
+      cipherOf: () => null,
     });
     cluster = new ClusterNode({
       nodeId: node.id,

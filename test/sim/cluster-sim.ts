@@ -285,6 +285,7 @@ export async function runClusterSim(o: ClusterSimOptions): Promise<ClusterSimRes
       random: { int: (k) => prng.int(k) },
       deadlineMs: 5000,
       replicasOf: () => ids,
+      cipherOf: () => null,
     });
     driver.addGroup(groupId, ids, new VolumeReplica(s, groupId));
     Object.assign(node, { store: s, driver, io, repairer, up: true });

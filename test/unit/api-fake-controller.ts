@@ -170,6 +170,7 @@ export class FakeController implements Controller {
       connections: 0,
       replicas: [{ node: "n1", nodeId: 7, state: "in-sync", leader: true }],
       shared: request.shared === true,
+      encrypted: request.encrypted === true,
       attachments: [],
       qos: { maxIops: request.maxIops ?? 0, maxBandwidthBytesPerSec: request.maxBandwidthBytesPerSec ?? 0, burstSec: request.burstSec ?? 1 },
     };

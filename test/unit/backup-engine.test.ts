@@ -8,12 +8,15 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { StaticKeySource } from "../../src/os/cluster-key.js";
 import { join } from "node:path";
 import { brotliCompressSync, constants as zc } from "node:zlib";
-import { createBackup, deleteBackup, eachBounded, fetchChunk, findBackup, listBackups, overConnections, restoreBackup, sha256Hex } from "../../src/backup/engine.js";
+import { chainFor, codecOf, createBackup, deleteBackup, eachBounded, fetchChunk, findBackup, listBackups, overConnections, restoreBackup, sha256Hex } from "../../src/backup/engine.js";
+import { plainCodec } from "../../src/backup/chunk-codec.js";
 import { chunkBytesFor, chunkKey, encodeManifest, manifestKey, newBackupId, parseManifest, parseRef, type Manifest } from "../../src/backup/manifest.js";
-import { openTarget, TargetUrlError } from "../../src/backup/target.js";
+import { openTarget, TargetUrlError, type BackupTarget } from "../../src/backup/target.js";
 import { connectNbd } from "../../src/os/nbd-client-socket.js";
 import { startNbdkit, type NbdkitServer } from "../helpers/nbdkit.js";
 import { backupManifestEntryBytes, volumeBytesMax } from "../../src/constants.js";
@@ -32,7 +35,10 @@ test("a manifest round-trips, and each wrong field is refused by name", () => {
   assert.equal(parseManifest(encodeManifest(m), key), m);
   const bad: Array<[Record<string, unknown>, RegExp]> = [
     [{ format: "other" }, /format/],
-    [{ version: 2 }, /version 2; this pxd reads version 1/],
+    [{ version: 3 }, /version 3; this pxd reads versions 1 and 2/],
+    [{ version: 2 }, /a version 2 manifest names its encryption/],
+    [{ encryption: { cipher: "aes-256-gcm", chunkNames: "hmac-sha256", wrappedKey: "00" } }, /a version 1 manifest has no encryption/],
+    [{ version: 2, encryption: { cipher: "none", chunkNames: "hmac-sha256", wrappedKey: "00" } }, /its encryption is not/],
     [{ id: "../x" }, /bad id/],
     [{ volume: "a/b" }, /bad volume name/],
     [{ sizeBytes: 9 * MiB + 1 }, /not a volume size/],
@@ -133,13 +139,24 @@ function nbdkitMemory(size: string): Promise<NbdkitServer> {
   return startNbdkit(["memory", `size=${size}`]);
 }
 
-test("a backup of one nbdkit disk restores into another that is not fresh; a chunk is checked by length and hash", async () => {
+/** Two nbdkit memory disks of `size` and a file:// target in a temp dir, for `work`; all removed after. */
+async function withTwoDisks(size: string, work: (target: BackupTarget, dir: string, a: NbdkitServer, b: NbdkitServer) => Promise<void>): Promise<void> {
   const t = tempDir("engine");
-  const a = await nbdkitMemory("10M"); // 3 chunks of 4 MiB, the last 2 MiB
-  const b = await nbdkitMemory("10M");
+  const a = await nbdkitMemory(size);
+  const b = await nbdkitMemory(size);
   try {
     mkdirSync(join(t.dir, "target"));
-    const target = await openTarget(`file://${t.dir}/target`);
+    await work(await openTarget(`file://${t.dir}/target`), t.dir, a, b);
+  } finally {
+    a.stop();
+    b.stop();
+    t.remove();
+  }
+}
+
+test("a backup of one nbdkit disk restores into another that is not fresh; a chunk is checked by length and hash", async () => {
+  // 3 chunks of 4 MiB, the last 2 MiB
+  await withTwoDisks("10M", async (target, _dir, a, b) => {
     const src = await connectNbd(a.server, { exportName: "" });
     const data = pattern(2 * MiB, 4);
     await src.client.write(8 * MiB, data);
@@ -149,23 +166,53 @@ test("a backup of one nbdkit disk restores into another that is not fresh; a chu
     await dst.client.write(0, Buffer.alloc(MiB, 0xee)); // old data the restore must zero
     const m = parseManifest((await target.get(manifestKey("disk", s.backup.split("/")[1]!), MiB))!, manifestKey("disk", s.backup.split("/")[1]!));
     assert.is(m.chunks[2], sha256Hex(data));
-    const r = await restoreBackup({ client: dst.client, target, manifest: m, fresh: false });
+    const r = await restoreBackup({ client: dst.client, target, manifest: m, codec: plainCodec, fresh: false });
     assert.is(r.writtenBytes, 2 * MiB);
     assert.ok((await dst.client.read(0, 10 * MiB)).equals(await src.client.read(0, 10 * MiB)), "the same bytes, old data zeroed");
     // A stored chunk that decompresses to more than its length is refused without inflating it all.
     await target.put(chunkKey(m.chunks[2]!), brotliCompressSync(Buffer.alloc(64 * MiB), { params: { [zc.BROTLI_PARAM_QUALITY]: 1 } }));
-    const e = await fetchChunk(target, m, 2).catch((x: Error) => x);
+    const e = await fetchChunk(target, m, 2, plainCodec).catch((x: Error) => x);
     assert.match(String(e), /does not decompress to 2097152 bytes/);
     await target.put(chunkKey(m.chunks[2]!), Buffer.alloc(3 * MiB));
-    const big = await fetchChunk(target, m, 2).catch((x: Error) => x);
+    const big = await fetchChunk(target, m, 2, plainCodec).catch((x: Error) => x);
     assert.match(String(big), /is too large: .* is 3145728 bytes, above the 2100224 it may hold/, "an object larger than its chunk could compress to is not read");
     src.client.close();
     dst.client.close();
-  } finally {
-    a.stop();
-    b.stop();
-    t.remove();
-  }
+  });
+});
+
+test("an encrypted backup holds no plaintext and no plain hash, dedupes within its chain, restores with the cluster key and is refused without it", async () => {
+  await withTwoDisks("12M", async (target, dir, a, b) => {
+    const keys = new StaticKeySource(randomBytes(32), "the test key");
+    const src = await connectNbd(a.server, { exportName: "" });
+    const text = Buffer.alloc(4 * MiB);
+    for (let at = 0; at < text.length; ) at += text.write("BACKUP-PLAINTEXT-MARKER;", at, "latin1");
+    await src.client.write(0, text);
+    await src.client.write(8 * MiB, text); // the same chunk twice: stored once
+    const first = await createBackup({ client: src.client, target, volume: "sec", exportName: "", snapshot: undefined, pxdVersion: "test", chain: await chainFor(target, "sec", keys) });
+    assert.equal([first.chunks, first.zeroChunks, first.uploadedChunks, first.reusedChunks], [3, 1, 1, 1]);
+    const id = first.backup.split("/")[1]!;
+    const m = parseManifest((await target.get(manifestKey("sec", id), MiB))!, manifestKey("sec", id));
+    assert.is(m.version, 2);
+    assert.is.not(m.chunks[0], sha256Hex(text), "a chunk is not named by the plain hash of its bytes");
+    const objects = readdirSync(join(dir, "target", "chunks"), { recursive: true, withFileTypes: true }).filter((d) => d.isFile());
+    for (const f of objects) assert.not.ok(readFileSync(join(f.parentPath, f.name)).includes(Buffer.from("BACKUP-PLAINTEXT-MARKER")), "no plaintext in the target");
+    const again = await createBackup({ client: src.client, target, volume: "sec", exportName: "", snapshot: undefined, pxdVersion: "test", chain: await chainFor(target, "sec", keys) });
+    assert.equal([again.uploadedChunks, again.reusedChunks], [0, 2], "the next backup joins the chain: nothing new uploaded");
+
+    assert.throws(() => codecOf(m, undefined), /backup sec\/\S+ is encrypted: set PXD_CLUSTER_KEY or give --cluster-key-file FILE/);
+    assert.throws(() => codecOf(m, new StaticKeySource(randomBytes(32), "another key")), /is encrypted and its key does not open: the wrapped key does not open with another key/);
+    const dst = await connectNbd(b.server, { exportName: "" });
+    await restoreBackup({ client: dst.client, target, manifest: m, codec: codecOf(m, new StaticKeySource(keys["key"] as Buffer, "the same key from elsewhere")), fresh: true });
+    assert.ok((await dst.client.read(0, 12 * MiB)).equals(await src.client.read(0, 12 * MiB)), "the same bytes");
+    // A sealed chunk changed by one byte does not open.
+    const stored = (await target.get(chunkKey(m.chunks[0]!), 8 * MiB))!;
+    stored[40] = stored[40]! ^ 1;
+    await target.put(chunkKey(m.chunks[0]!), stored);
+    assert.match(String(await fetchChunk(target, m, 0, codecOf(m, keys)).catch((x: Error) => x)), /does not open with this backup chain's key/);
+    src.client.close();
+    dst.client.close();
+  });
 });
 
 test("a backup and a delete never run at once on a target: each refuses while the other's lock is fresh, and takes a stale one as a dead client's", async () => {
@@ -224,7 +271,7 @@ test("a connection that dies mid-backup: the backup starts over on the next one 
     const id = s.backup.split("/")[1]!;
     const m = parseManifest((await target.get(manifestKey("p", id), MiB))!, manifestKey("p", id));
     const dst = await connectNbd(c.server, { exportName: "" });
-    await restoreBackup({ client: dst.client, target, manifest: m, fresh: true });
+    await restoreBackup({ client: dst.client, target, manifest: m, codec: plainCodec, fresh: true });
     const src = await connectNbd(b.server, { exportName: "" });
     assert.ok((await dst.client.read(0, 32 * MiB)).equals(await src.client.read(0, 32 * MiB)), "the backup holds the whole pattern");
     const refused = await overConnections(

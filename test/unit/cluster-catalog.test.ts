@@ -170,7 +170,7 @@ test("removeNode is refused while the node holds replicas, unless forced; force 
 test("createVolume assigns increasing ids that are never reused, and places replicas", () => {
   const s = cluster(3);
   const a = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 42 }).volume!;
-  assert.equal(a, { id: 1, name: "a", sizeBytes: GiB, repl: 2, nodes: [1, 2], zones: false, shared: false, attachments: [], owner: "", qos: { maxIops: 0, maxBandwidthBytes: 0, burstSec: 1 }, createdAt: 42, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0 });
+  assert.equal(a, { id: 1, name: "a", sizeBytes: GiB, repl: 2, nodes: [1, 2], zones: false, shared: false, attachments: [], owner: "", qos: { maxIops: 0, maxBandwidthBytes: 0, burstSec: 1 }, createdAt: 42, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0, encryption: null });
   must(s, { kind: "deleteVolume", name: "a" });
   const b = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 43 }).volume!;
   assert.is(b.id, 2, "a deleted volume's id (its Raft group) is not reused");
@@ -266,6 +266,21 @@ test("addSnapshot records a volume's snapshot once, never reuses an id, keeps th
   for (let i = 0; i < 63; i++) must(s, { kind: "addSnapshot", name: "db", snapshot: `m${i}`, id: 6 + i, sizeBytes: GiB, at: 9 });
   refused(s, { kind: "addSnapshot", name: "db", snapshot: "one-more", id: 100, sizeBytes: GiB, at: 9 }, "limit");
   must(s, { kind: "deleteVolume", name: "db" });
+  assert.is(checkCatalogInvariants(s), null);
+});
+
+test("an encrypted volume keeps its cipher and wrapped key through a snapshot; a bad record or a size that is not whole 4 KiB units is refused", () => {
+  const s = cluster(2);
+  const encryption = { cipher: "aes-256-xts", wrappedKey: "01" + "ab".repeat(92) };
+  assert.equal(must(s, { kind: "createVolume", name: "sec", sizeBytes: GiB, repl: 1, encryption, at: 1 }).volume!.encryption, encryption);
+  const back = decodeCatalogSnapshot(encodeCatalogSnapshot(s));
+  assert.equal(back.volumes.get("sec"), s.volumes.get("sec"));
+  refused(s, { kind: "createVolume", name: "x", sizeBytes: GiB, repl: 1, encryption: { ...encryption, cipher: "aes-128-ecb" }, at: 1 }, "invalid", /field "encryption.cipher" must be one of aes-256-xts/);
+  refused(s, { kind: "createVolume", name: "x", sizeBytes: GiB, repl: 1, encryption: { ...encryption, wrappedKey: "00" }, at: 1 }, "invalid", /field "encryption.wrappedKey" must be 186 lower-case hex digits/);
+  refused(s, { kind: "createVolume", name: "x", sizeBytes: GiB, repl: 1, encryption: { ...encryption, extra: 1 }, at: 1 }, "invalid", /must be an object of "cipher" and "wrappedKey"/);
+  refused(s, { kind: "createVolume", name: "x", sizeBytes: GiB + 512, repl: 1, encryption, at: 1 }, "invalid", /an encrypted volume's size is a multiple of 4096 bytes \(its data unit\); 1073745920 would do/);
+  refused(s, { kind: "resizeVolume", name: "sec", sizeBytes: 2 * GiB + 512 }, "invalid", /cannot grow volume "sec": the new size is 2147484160 bytes, and an encrypted volume's size is a multiple of 4096 bytes/);
+  must(s, { kind: "resizeVolume", name: "sec", sizeBytes: 2 * GiB });
   assert.is(checkCatalogInvariants(s), null);
 });
 

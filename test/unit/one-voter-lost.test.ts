@@ -27,7 +27,7 @@ async function start(dir: string, lines: string[]): Promise<{ store: Store; driv
   tick.unref(); // a failed assertion ends the test instead of leaving the driver ticking
   for (let i = 0; i < 500 && !driver.readsHere(volume.groupId); i++) await new Promise((r) => setTimeout(r, 10));
   assert.ok(driver.readsHere(volume.groupId), "the only voter leads");
-  const port: ReplicaPort = { propose: (c) => driver.propose(volume.groupId, c), readBarrier: () => undefined, read: (o, l) => store.read(volume.groupId, o, l) };
+  const port: ReplicaPort = { propose: (c) => driver.propose(volume.groupId, c), readBarrier: () => undefined, read: (o, l) => store.read(volume.groupId, o, l), cipher: () => undefined };
   return { store, driver, port, replica, tick };
 }
 

@@ -8,6 +8,7 @@ import * as assert from "uvu/assert";
 import type { Store } from "../../src/store/store.js";
 import { decodeOp, encodeTrim, encodeWrite, VolumeOpKind } from "../../src/replication/volume-op.js";
 import { proposalBytesMax, VolumeReplica, type ReplicaPort } from "../../src/replication/volume-replica.js";
+import { VolumeCipher } from "../../src/replication/volume-cipher.js";
 
 const MiB = 1024 * 1024;
 const sizeBytes = 64 * MiB;
@@ -26,6 +27,7 @@ function fakePort(content = 0xaa): { port: ReplicaPort; ops: { kind: VolumeOpKin
       reads.push([offsetBytes, lengthBytes]);
       return Buffer.alloc(lengthBytes, content);
     },
+    cipher: () => undefined,
   };
   return { port, ops, reads };
 }
@@ -131,6 +133,36 @@ test("the change map: tracked from a base, marked from a command read back, drop
   assert.is(changes.changedBlocks, 3);
   snaps.dropChanges();
   assert.is(snaps.changes, undefined);
+});
+
+
+test("an encrypted volume: data is proposed encrypted; a write inside a 4 KiB unit merges with the decrypted unit; trims and zeroing keep whole units", async () => {
+  // A stand-in cipher: XOR with the unit's index + 1, enough to see what was encrypted where.
+  const units = {
+    encrypt: (unit: number, d: Uint8Array) => Buffer.from(d.map((b) => b ^ ((unit + 1) & 0xff))),
+    decrypt: (unit: number, d: Uint8Array) => Buffer.from(d.map((b) => b ^ ((unit + 1) & 0xff))),
+  };
+  const cipher = new VolumeCipher(units);
+  const { port, ops, reads } = fakePort(0x07); // the store holds 0x07 everywhere (ciphertext)
+  port.cipher = () => cipher;
+  const r = replica();
+  await r.write(port, 8192, [Buffer.alloc(4096, 0x41)], 4096);
+  assert.equal(ops.map((o) => [o.offsetBytes, o.lengthBytes]), [[8192, 4096]]);
+  assert.ok(ops[0]!.data.every((b) => b === (0x41 ^ 3)), "unit 2's plaintext proposed encrypted");
+  assert.equal(reads, [], "a whole unit needs no read");
+  ops.length = 0;
+  await r.write(port, 4096 + 512, [Buffer.alloc(512, 0x5a)], 512);
+  assert.equal(reads, [[4096, 4096]], "the unit around a sector is read");
+  assert.equal(ops.map((o) => [o.offsetBytes, o.lengthBytes]), [[4096, 4096]]);
+  const plain = Buffer.from(ops[0]!.data.map((b) => b ^ 2));
+  assert.ok(plain.subarray(0, 512).every((b) => b === (0x07 ^ 2)) && plain.subarray(512, 1024).every((b) => b === 0x5a) && plain.subarray(1024).every((b) => b === (0x07 ^ 2)), "merged with the decrypted unit, then encrypted");
+  ops.length = 0;
+  await r.trim(port, 512, 3 * 4096);
+  assert.equal(ops.map((o) => [o.kind, o.offsetBytes, o.lengthBytes]), [[VolumeOpKind.Trim, 4096, 2 * 4096]], "only the whole units inside");
+  ops.length = 0;
+  reads.length = 0;
+  await r.writeZeroes(port, 4096 - 512, 4096 + 1024, false);
+  assert.equal(ops.map((o) => [o.kind, o.offsetBytes, o.lengthBytes]).sort((a, b) => a[1]! - b[1]!), [[VolumeOpKind.Write, 0, 4096], [VolumeOpKind.Trim, 4096, 4096], [VolumeOpKind.Write, 8192, 4096]]);
 });
 
 test.run();
