@@ -7,7 +7,7 @@ import { volumeNameProblem } from "../api/validate.js";
 import { volumeSizeSectorProblem } from "../cluster/rules.js";
 import { qosBandwidthBytesMax, qosBandwidthBytesMin, qosIopsMax, volumeBytesMax, volumeReplicasMax } from "../constants.js";
 import { formatSize } from "../base/sizes.js";
-import { adminTokenFile, caFileBytesMax, localCaFile, readCredentialFile, readSmallFile } from "../os/credentials.js";
+import { adminTokenFile, caFileBytesMax, localCaFile, localClusterKeyFile, readCredentialFile, readSmallFile } from "../os/credentials.js";
 import { UsageError } from "./errors.js";
 
 /** A volume size: above zero, at most volumeBytesMax, whole 512-byte sectors (what the catalog accepts). */
@@ -103,6 +103,8 @@ export const localClusterApiAddress = "127.0.0.11:9001";
 
 /** The token file `pxd up` writes (relative to where it ran, like its data dir): the CLI uses it when given no other token. */
 export const localClusterTokenFile = `.pxd/${adminTokenFile}`;
+/** The local `pxd up` cluster's cluster key, which backups of its encrypted volumes use when run from its directory. */
+export const localClusterKeyPath = `.pxd/${localClusterKeyFile}`;
 
 /**
  * Where the API token comes from: --token, else PXD_TOKEN, else the file

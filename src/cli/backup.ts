@@ -4,6 +4,7 @@
 // over NBD on a node the API names (volumeServers, as attach finds one), the
 // chunks go straight between this process and the target.
 
+import { existsSync } from "node:fs";
 import type { Command } from "commander";
 import type { ApiClient } from "../api/client.js";
 import { formatSize } from "../base/sizes.js";
@@ -15,7 +16,7 @@ import { openTarget, TargetUrlError, type BackupTarget } from "../backup/target.
 import { backupChunksInFlight, backupConnectionAttempts } from "../constants.js";
 import { connectNbd, nbdPsk, NbdProtocolError, NbdRefusedError, type NbdClient, type NbdConnectOptions } from "../os/nbd-client-socket.js";
 import { packageVersion } from "../os/package-version.js";
-import { checkName, clientFor, intArg, replArg } from "./args.js";
+import { checkName, clientFor, intArg, localClusterKeyPath, replArg } from "./args.js";
 import { CliError, UsageError } from "./errors.js";
 import { json, table } from "./format.js";
 import { byteProgress } from "./progress.js";
@@ -109,10 +110,14 @@ function startingOver(what: string, e: Error, attempt: number): true {
   return true;
 }
 
-/** The cluster key from --cluster-key-file or PXD_CLUSTER_KEY, for encrypted backups; undefined when neither is given. */
+/**
+ * The cluster key from --cluster-key-file or PXD_CLUSTER_KEY, else the local
+ * `pxd up` cluster's (.pxd/cluster.key) when run from its directory, for
+ * encrypted backups; undefined when there is none.
+ */
 function clusterKey(o: IoFlags): KeySource | undefined {
   try {
-    return clusterKeySource(o.clusterKeyFile);
+    return clusterKeySource(o.clusterKeyFile) ?? (existsSync(localClusterKeyPath) ? clusterKeySource(localClusterKeyPath) : undefined);
   } catch (e) {
     throw new UsageError((e as Error).message);
   }

@@ -18,7 +18,8 @@ import { fileURLToPath } from "node:url";
 import { Option, type Command } from "commander";
 import { formatSize } from "../base/sizes.js";
 import { apiTokenTtlMsMax, defaultApiPort, defaultNbdPort, defaultPeerPort } from "../constants.js";
-import { adminTokenFile, caFileBytesMax, clusterSecretFile, localCaFile, readCredentialFile, readSmallFile, writeCredentialFile } from "../os/credentials.js";
+import { adminTokenFile, caFileBytesMax, clusterSecretFile, localCaFile, localClusterKeyFile, readCredentialFile, readSmallFile, writeCredentialFile } from "../os/credentials.js";
+import { clusterKeyEnv } from "../os/cluster-key.js";
 import { tlsDirName } from "../os/cluster-ca.js";
 import { offlineAccess } from "../daemon/access.js";
 import { ApiClient, DaemonUnreachableError, defaultApiAddress } from "../api/client.js";
@@ -114,6 +115,10 @@ async function up(o: UpOptions): Promise<void> {
   writeCredentialFile(secretFile, randomBytes(24).toString("hex"));
   const secret = readCredentialFile(secretFile, "the cluster secret") ?? "";
   const token = localAdminToken(o.dataDir, secret);
+  // A cluster key for encrypted volumes, made once; PXD_CLUSTER_KEY in the environment, if set, is the key instead (the daemons inherit it).
+  const keyFile = resolve(o.dataDir, localClusterKeyFile);
+  if (!existsSync(keyFile)) writeCredentialFile(keyFile, randomBytes(32).toString("hex"));
+  const keyArgs = process.env[clusterKeyEnv] ? [] : ["--cluster-key-file", keyFile];
   const first = `${nodeAddress(o.address, 0)}:${o.apiPort}`;
   // The first node makes the cluster's CA as it bootstraps; every node's HTTPS certificate chains to it.
   const ca = (): string | undefined => readSmallFile(join(nodePaths(o.dataDir, 0).dir, tlsDirName, localCaFile), "a CA certificate", caFileBytesMax);
@@ -126,7 +131,7 @@ async function up(o: UpOptions): Promise<void> {
     let pid = runningDaemonPid(paths.pid);
     let exited: (() => string | null) | null = null;
     if (pid === null) {
-      const args = ["--data-dir", resolve(paths.dir), "--listen", host, "--api-port", String(o.apiPort), "--nbd-port", String(o.nbdPort), "--peer-port", String(o.peerPort), "--name", `node${i + 1}`];
+      const args = ["--data-dir", resolve(paths.dir), "--listen", host, "--api-port", String(o.apiPort), "--nbd-port", String(o.nbdPort), "--peer-port", String(o.peerPort), "--name", `node${i + 1}`, ...keyArgs];
       if (i > 0) args.push("--join", first);
       [pid, exited] = startDaemon(paths, args, secret);
     }

@@ -10,6 +10,8 @@ import { privateFileMode } from "./private-files.js";
 export const clusterSecretFile = "cluster.secret";
 /** Where a bootstrapping node writes the first admin token (0600); pxd up writes its own beside its node dirs. */
 export const adminTokenFile = "admin.token";
+/** The cluster key `pxd up` makes for its local cluster (encrypted volumes), 0600 beside its admin token. */
+export const localClusterKeyFile = "cluster.key";
 
 /** Where `pxd up` copies its cluster's CA certificate, beside the admin token (a node's own is DIR/tls/ca-cert.pem). */
 export const localCaFile = "ca-cert.pem";

@@ -5,7 +5,7 @@
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 import { pxdEntry } from "../helpers/daemon.js";
@@ -50,6 +50,12 @@ test("pxd up, the volume verbs, an NBD client on the printed URI, pxd down", asy
     assert.is((JSON.parse(await pxd("status", "--json")) as { version: string }).version, version, "the daemon's version is the package's");
     assert.is((await pxd("--version")).trim(), version, "and so is the CLI's");
     await pxd("volume", "delete", "db");
+    // pxd up made a cluster key (0600) and gave it to its nodes: an encrypted volume works without setting anything.
+    const { PXD_CLUSTER_KEY: _key, ...noKeyEnv } = env;
+    assert.match(await runOk(process.execPath, [pxdEntry, ...host, "volume", "create", "vault", "--size", "4M", "--encrypted"], { cwd: t.dir, env: noKeyEnv }), /vault/);
+    assert.is(statSync(join(dataDir, "cluster.key")).mode & 0o777, 0o600);
+    await runOk("qemu-io", ["-f", "raw", `nbd://${first}:${nbdPort}/vault`, "-c", "write -P 0x77 0 64k", "-c", "read -P 0x77 0 64k"]);
+    await pxd("volume", "delete", "vault");
     const gone = await run(process.execPath, [pxdEntry, ...host, "volume", "inspect", "db"], where);
     assert.is(gone.code, 1);
     assert.match(gone.stderr, /no volume named "db"/);
