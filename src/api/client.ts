@@ -127,13 +127,12 @@ export interface ApiClientOptions {
 }
 
 /**
- * TLS contexts by CA text, made once: a context per call parsed the CA each
- * time (about 2 ms of CPU a call). At most tlsContextsMax (a process trusts
- * one or two CAs).
+ * TLS contexts by CA text, made once per process: making one parses the CA,
+ * about 2 ms of CPU. At most tlsContextsMax (a process trusts one or two CAs).
  */
 const tlsContexts = new Map<string, SecureContext>();
 const tlsContextsMax = 8;
-/** The last session ticket each server (address and CA) gave, at most tlsSessionsMax: a call resumes it. */
+/** The newest TLS ticket each server (address and CA) issued, at most tlsSessionsMax: the next call to it resumes with it. */
 const tlsSessions = new Map<string, Buffer>();
 const tlsSessionsMax = 256;
 

@@ -20,6 +20,45 @@ function asBackendError(e: unknown): unknown {
   return kind === undefined ? e : new BackendError(kind, (e as Error).message);
 }
 
+/**
+ * Admits a request through its volume's gate (the volume's limits, then the
+ * node's fair share: src/daemon/qos.ts; it may wait there), serves it, and
+ * frees the gate when it ends, calling `ended(failed)` then too. `costBytes`:
+ * what it costs the bandwidth limit. Served at once, a synchronous result
+ * stays synchronous; failures keep their kind (asBackendError).
+ */
+function gated<T>(gate: VolumeGate, costBytes: number, serve: () => T | Promise<T>, ended?: (failed: boolean) => void): T | Promise<T> {
+  const served = (): T | Promise<T> => {
+    let r: T | Promise<T>;
+    try {
+      r = serve();
+    } catch (e) {
+      gate.done();
+      ended?.(true);
+      throw asBackendError(e);
+    }
+    if (!(r instanceof Promise)) {
+      gate.done();
+      ended?.(false);
+      return r;
+    }
+    return r.then(
+      (v) => {
+        gate.done();
+        ended?.(false);
+        return v;
+      },
+      (e: unknown) => {
+        gate.done();
+        ended?.(true);
+        throw asBackendError(e);
+      },
+    );
+  };
+  const wait = gate.admit(costBytes);
+  return wait === undefined ? served() : wait.then(served);
+}
+
 export class ReplicatedVolumeExport implements Export {
   readonly description: string;
   readonly readOnly = false;
@@ -105,43 +144,15 @@ export class ReplicatedVolumeExport implements Export {
   }
 
   /**
-   * Admits a request (the volume's limits, then the node's fair share:
-   * src/daemon/qos.ts; it may wait there), serves it, and counts it in this
-   * node's stats of the volume when it keeps them (`bytes`: what the client
-   * moved; the latency includes the wait). `costBytes`: what it costs the
-   * bandwidth limit. Served at once, a synchronous result stays synchronous.
+   * A request through the volume's gate (gated), counted in this node's
+   * stats of the volume when it keeps them (`bytes`: what the client moved;
+   * the latency includes the wait).
    */
   private run<T>(op: IoOp, bytes: number, costBytes: number, serve: () => T | Promise<T>): T | Promise<T> {
-    const start = this.stats === undefined ? 0 : this.stats.begin(performance.now());
-    const wait = this.gate.admit(costBytes);
-    if (wait === undefined) return this.served(op, bytes, start, serve);
-    return wait.then(() => this.served(op, bytes, start, serve));
-  }
-
-  private served<T>(op: IoOp, bytes: number, start: number, serve: () => T | Promise<T>): T | Promise<T> {
-    let r: T | Promise<T>;
-    try {
-      r = serve();
-    } catch (e) {
-      this.end(op, bytes, start, true);
-      throw asBackendError(e);
-    }
-    if (!(r instanceof Promise)) {
-      this.end(op, bytes, start, false);
-      return r;
-    }
-    return r.then(
-      (v) => (this.end(op, bytes, start, false), v),
-      (e: unknown) => {
-        this.end(op, bytes, start, true);
-        throw asBackendError(e);
-      },
-    );
-  }
-
-  private end(op: IoOp, bytes: number, start: number, failed: boolean): void {
-    this.gate.done();
-    this.stats?.done(op, bytes, start, performance.now(), failed);
+    const stats = this.stats;
+    if (stats === undefined) return gated(this.gate, costBytes, serve);
+    const start = stats.begin(performance.now());
+    return gated(this.gate, costBytes, serve, (failed) => stats.done(op, bytes, start, performance.now(), failed));
   }
 
   release(buffer: Buffer): void {
@@ -206,22 +217,7 @@ export class SnapshotExport implements Export {
   }
 
   read(offsetBytes: number, lengthBytes: number): Buffer | Promise<Buffer> {
-    const serve = (): Buffer | Promise<Buffer> => {
-      let r: Buffer | Promise<Buffer>;
-      try {
-        r = pooledRead(this.readBuffers, lengthBytes, (into) => this.io.readSnapshot(this.volume.id, this.snapshot.id, offsetBytes, lengthBytes, into));
-      } catch (e) {
-        this.gate.done();
-        throw e;
-      }
-      if (!(r instanceof Promise)) {
-        this.gate.done();
-        return r;
-      }
-      return r.finally(() => this.gate.done());
-    };
-    const wait = this.gate.admit(lengthBytes);
-    return wait === undefined ? serve() : wait.then(serve);
+    return gated(this.gate, lengthBytes, () => pooledRead(this.readBuffers, lengthBytes, (into) => this.io.readSnapshot(this.volume.id, this.snapshot.id, offsetBytes, lengthBytes, into)));
   }
 
   release(buffer: Buffer): void {
