@@ -423,11 +423,16 @@ export const nodeBytesMax = 2 ** 52;
 /** Bytes of one encoded catalog command: version byte and msgpack body. Checked before decoding. */
 export const catalogCommandBytesMax = 64 * 1024;
 /**
- * Bytes of one encoded catalog snapshot (a full catalog is about 35 MiB; the
+ * Bytes of one encoded catalog snapshot (a full catalog is about 62 MiB; the
  * check below). Checked before decoding. It travels to a member behind in one
  * Raft message, so it fits a peer frame.
  */
-export const catalogSnapshotBytesMax = 40 * 1024 * 1024;
+export const catalogSnapshotBytesMax = 62 * 1024 * 1024;
+
+/** Bytes an encrypted volume's `encryption` record adds to a catalog snapshot at most (its keys, the cipher name, 186 hex digits of wrapped key). */
+export const catalogVolumeEncryptionBytesMax = 256;
+/** Bytes a clone's `source` record adds to a catalog snapshot at most (its keys, two ids, up to volumeReplicasMax seed ids). */
+export const catalogCloneSourceBytesMax = 128;
 /** Meta-group entries applied between two catalog snapshots; each node compacts the meta log behind its latest one. */
 export const catalogSnapshotEntries = 1024;
 /** Meta-group entries kept behind the latest catalog snapshot, so a member a little behind catches up from the log, not a snapshot. */
@@ -463,7 +468,7 @@ export function checkClusterConstants(): void {
   assert(catalogCommandBytesMax <= raftAppendBytesMax, "a command fits one AppendEntries batch");
   assert(
     catalogSnapshotBytesMax >=
-      catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + 64 + 32 + volumeReplicasMax * 9) + catalogAttachmentsMax * (3 * catalogNameCharsMax * 4 + 160) + catalogRefusalsMax * (catalogRefusalCharsMax * 4 + 64) + catalogRevokedTokensMax * (apiTokenIdChars + 16) + catalogSnapshotsMax * (catalogNameCharsMax * 4 + 64),
+      catalogNodesMax * 4 * 1024 + catalogVolumesMax * (catalogNameCharsMax * 4 + 64 + 64 + 32 + volumeReplicasMax * 9 + catalogVolumeEncryptionBytesMax + catalogCloneSourceBytesMax) + catalogAttachmentsMax * (3 * catalogNameCharsMax * 4 + 160) + catalogRefusalsMax * (catalogRefusalCharsMax * 4 + 64) + catalogRevokedTokensMax * (apiTokenIdChars + 16) + catalogSnapshotsMax * (catalogNameCharsMax * 4 + 64),
     "a full catalog fits a snapshot",
   );
   assert(catalogSnapshotBytesMax + 1024 * 1024 <= peerFrameBytesMax, "a full catalog snapshot travels in one Raft message");

@@ -256,6 +256,8 @@ export interface VolumeInfo {
   shared: boolean;
   /** Its data is encrypted at rest (created with --encrypted). */
   encrypted: boolean;
+  /** The snapshot it was cloned from, as VOLUME@SNAPSHOT (absent: made empty). */
+  clonedFrom?: string;
   /** The token name that created it; "" for a volume from before owners (only admins reach it). */
   owner: string;
   /** Hosts that have it attached as a block device. */
@@ -394,6 +396,12 @@ export interface CreateVolumeRequest {
   burstSec?: number;
   /** Encrypt its data at rest with a key of its own, wrapped by the cluster key (the meta leader must have one). */
   encrypted?: boolean;
+  /**
+   * Make it a clone of this snapshot (pxd volume clone): sizeBytes must be the
+   * snapshot's, and it is encrypted exactly when the source is. Its replicas on
+   * nodes holding the snapshot share its extents; others are filled by a copy.
+   */
+  clone?: { volume: string; snapshot: string };
 }
 
 /** DELETE /v1/volumes/NAME?force=true: disconnect every NBD client of the volume on every node first. */

@@ -48,12 +48,12 @@ export function jsonNestsDeeper(body: Uint8Array, depthMax: number): boolean {
 }
 
 const qosFields = ["maxIops", "maxBandwidthBytesPerSec", "burstSec"] as const;
-const createFields = ["name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", "encrypted", ...qosFields];
+const createFields = ["name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", "encrypted", "clone", ...qosFields];
 
 /** Checks a parsed JSON body field by field; throws ApiError(400) naming the first wrong field. */
 export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
   const record = objectWithFields(body, createFields, ` like {"name":"demo","sizeBytes":1073741824,"repl":1}`);
-  const { name, sizeBytes, repl, nodes, zones, shared, owner, encrypted } = record;
+  const { name, sizeBytes, repl, nodes, zones, shared, owner, encrypted, clone } = record;
   if (typeof name !== "string") throw invalid(`field "name" must be a string, not ${describe(name)}`);
   checkVolumeName(name);
   const out: CreateVolumeRequest = { name, sizeBytes: sizeField(sizeBytes) };
@@ -80,6 +80,16 @@ export function parseCreateVolumeRequest(body: unknown): CreateVolumeRequest {
   if (owner !== undefined) {
     if (typeof owner !== "string" || !volumeNamePattern.test(owner)) throw invalid(`field "owner" must be a token name (1-63 letters, digits, ".", "_" or "-"), not ${describe(owner)}`);
     out.owner = owner;
+  }
+  if (clone !== undefined) {
+    const c = clone as Record<string, unknown>;
+    const ok = typeof clone === "object" && clone !== null && Object.keys(clone).length === 2 && typeof c["volume"] === "string" && typeof c["snapshot"] === "string";
+    if (!ok) throw invalid(`field "clone" must be an object like {"volume":"db","snapshot":"s1"}, not ${describe(clone)}`);
+    const from = { volume: c["volume"] as string, snapshot: c["snapshot"] as string };
+    checkVolumeName(from.volume);
+    checkVolumeName(from.snapshot);
+    if (out.encrypted !== undefined) throw invalid(`a clone is encrypted exactly when its source is; leave out field "encrypted"`);
+    out.clone = from;
   }
   return { ...out, ...qosFieldsOf(record) };
 }

@@ -291,35 +291,6 @@ export async function encryptedLike(api: ApiClient, volume: string): Promise<{ e
   return (await api.inspectVolume(volume)).encrypted ? { encrypted: true } : {};
 }
 
-/**
- * `pxd volume clone VOL@SNAP NEW`: a new volume of the snapshot's size,
- * filled by a copy over NBD from the snapshot's export (holes are not
- * written), with progress; a clone that fails deletes the volume it made.
- */
-export async function cloneVolume(api: ApiClient, volume: string, snapshot: string, name: string, o: IoFlags & { repl?: number; nodes?: string[] }): Promise<void> {
-  nbdTls(o); // before the volume is made
-  const s = await api.inspectSnapshot(volume, snapshot);
-  await api.createVolume({ name, sizeBytes: s.sizeBytes, ...(await encryptedLike(api, volume)), ...(o.repl !== undefined ? { repl: o.repl } : {}), ...(o.nodes !== undefined ? { nodes: o.nodes } : {}) });
-  const source = `${volume}@${snapshot}`;
-  const bar = byteProgress(process.stderr, `clone ${source} to ${name}`);
-  try {
-    const done = await copySnapshot(api, volume, snapshot, name, o, bar.update, () => bar.restart());
-    bar.end();
-    console.log(
-      o.json
-        ? json({ volume: name, source, ...done })
-        : `volume ${name} cloned from ${source}: ${formatSize(done.sizeBytes)}, ${formatSize(done.copiedBytes)} copied, ${formatSize(done.zeroBytes)} of holes not written; ${done.seconds.toFixed(1)} s, ${mibPerSec(done.copiedBytes, done.seconds)} MiB/s`,
-    );
-  } catch (e) {
-    bar.end();
-    const gone = await api.deleteVolume(name, { force: true }).then(
-      () => `volume ${name} was deleted again`,
-      (d: Error) => `deleting volume ${name} failed too (${d.message}); delete it with "pxd volume delete ${name} --force"`,
-    );
-    throw new CliError(`clone of ${source} failed: ${(e as Error).message}; ${gone}`);
-  }
-}
-
 function manifestRow(m: Manifest): Record<string, unknown> {
   const { chunks, ...rest } = m;
   return { backup: `${m.volume}/${m.id}`, ...rest, chunkCount: chunks.length, dataChunks: chunks.filter((c) => c !== null).length };

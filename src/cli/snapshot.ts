@@ -6,7 +6,8 @@ import { formatSize } from "../base/sizes.js";
 import type { SnapshotInfo } from "../api/types.js";
 import { parseSnapshotRef, snapshotNameProblem } from "../api/validate.js";
 import { checkName, clientFor, durationArg, intArg, replArg } from "./args.js";
-import { cloneVolume, ioOptions, type IoFlags } from "./backup.js";
+import type { ApiClient } from "../api/client.js";
+import { waitForReplicas } from "./progress.js";
 import { volumeSnapshotsMax } from "../constants.js";
 import { timedSnapshotName } from "../cluster/control.js";
 import { UsageError } from "./errors.js";
@@ -32,6 +33,27 @@ function checkSnapshotName(name: string): string {
   return name;
 }
 
+
+/**
+ * `pxd volume clone VOL@SNAP NEW`: the cluster makes the clone (its replicas
+ * on nodes holding the snapshot start from it, sharing its extents); the
+ * CLI then waits, with progress on stderr, until replicas elsewhere have
+ * their copy, unless --no-wait.
+ */
+async function cloneVolume(api: ApiClient, volume: string, snapshot: string, name: string, o: { repl?: number; nodes?: string[] | undefined; wait: boolean; json?: boolean }): Promise<void> {
+  const started = Date.now();
+  const snap = await api.inspectSnapshot(volume, snapshot);
+  const source = `${volume}@${snapshot}`;
+  const made = await api.createVolume({ name, sizeBytes: snap.sizeBytes, clone: { volume, snapshot }, ...(o.repl !== undefined ? { repl: o.repl } : {}), ...(o.nodes !== undefined ? { nodes: o.nodes } : {}) });
+  const v = o.wait ? await waitForReplicas(api, name, process.stderr) : made;
+  const seconds = (Date.now() - started) / 1000;
+  const holders = new Set(snap.holders ?? []);
+  const shared = v.replicas.filter((r) => holders.has(r.node)).map((r) => r.node);
+  const copied = v.replicas.filter((r) => !holders.has(r.node)).map((r) => r.node);
+  if (o.json) return console.log(json({ volume: name, source, sizeBytes: v.sizeBytes, sharedOn: shared, copiedTo: copied, inSync: v.replicas.every((r) => r.state === "in-sync"), seconds }));
+  const rest = copied.length === 0 ? "" : o.wait ? `; copied to ${copied.join(", ")}` : `; being copied to ${copied.join(", ")} ("pxd volume inspect ${name}" shows the copy)`;
+  console.log(`volume ${name} cloned from ${source}: ${formatSize(v.sizeBytes)}, sharing the snapshot's data on ${shared.join(", ") || "no node"}${rest}; ${seconds.toFixed(1)} s`);
+}
 
 export function snapshotTable(list: SnapshotInfo[]): string {
   return table(
@@ -121,18 +143,19 @@ export function registerSnapshot(program: Command, volume: Command): void {
       console.log(v.snapshotSchedule === undefined ? `volume "${v.name}": no scheduled snapshots` : `volume "${v.name}": a snapshot every ${formatDuration(v.snapshotSchedule.everySec)}, the newest ${v.snapshotSchedule.keep} kept`);
     });
 
-  ioOptions(volume.command("clone"))
-    .description("make a new volume from a snapshot: a copy of its data (holes are not copied), with progress; a clone that fails is deleted")
+  volume
+    .command("clone")
+    .description("make a new volume from a snapshot: its replicas on nodes that hold the snapshot share its data (nothing is copied), others are filled by a copy, with progress")
     .argument("<snapshot>", "VOLUME@SNAPSHOT")
     .argument("<name>", "the new volume's name")
-    .option("-r, --repl <n>", "number of replicas (default 1)", replArg)
-    .option("--nodes <list>", "put the replicas on exactly these nodes: names or ids, comma-separated")
+    .option("-r, --repl <n>", "number of replicas (default: the setting defaultRepl)", replArg)
+    .option("--nodes <list>", "put the replicas on exactly these nodes: names or ids, comma-separated; at least one must hold the snapshot")
+    .option("--no-wait", "return once the clone is made, without waiting for copies to other nodes")
     .option("--json", "print the result as JSON")
-    .action(async (ref: string, name: string, options: IoFlags & { repl?: number; nodes?: string }, command: Command) => {
+    .action(async (ref: string, name: string, options: { repl?: number; nodes?: string; wait: boolean } & JsonFlag, command: Command) => {
       const { volume: v, snapshot: s } = snapshotRef(ref);
       const nodes = options.nodes?.split(",").map((x) => x.trim()).filter((x) => x !== "");
-      const { nodes: _list, ...rest } = options;
-      await cloneVolume(clientFor(command), v, s, checkName(name), { ...rest, ...(nodes !== undefined ? { nodes } : {}) });
+      await cloneVolume(clientFor(command), v, s, checkName(name), { ...options, ...(nodes !== undefined ? { nodes } : { nodes: undefined }) });
     });
 
   volume

@@ -21,6 +21,7 @@ import {
   type AttachVia,
   type AttachVolume,
   type CatalogCommand,
+  type CloneSource,
   type CommandKind,
   type CreateVolume,
   type DeleteVolume,
@@ -92,6 +93,8 @@ export interface CatalogVolume {
   snapshotKeep: number;
   /** Its cipher and wrapped data key; null for a plain volume (docs/architecture.md, "Encryption at rest"). */
   encryption: VolumeEncryption | null;
+  /** The snapshot it was cloned from and the nodes that started it from there; null for a volume made empty. */
+  source: CloneSource | null;
 }
 
 /** A snapshot of a volume (its group took it: an entry of the volume's own Raft log). */
@@ -438,10 +441,56 @@ function placeVolume(state: CatalogState, c: CreateVolume): { ok: true; nodes: n
   return "error" in placed ? fail("placement", placed.error) : { ok: true, nodes: placed.nodes };
 }
 
+/**
+ * A clone's replica set: the seeds (nodes that hold the source snapshot and
+ * start the clone from it) and, up to `repl`, nodes placed as for any volume.
+ * The source and its snapshot must still be there, the seeds still among the
+ * source's replicas (a replica dropped since may have dropped the snapshot
+ * with it), and an encrypted source's clone encrypted (with its key, rewrapped:
+ * the extents are shared as they are).
+ */
+function placeClone(state: CatalogState, c: CreateVolume, s: CloneSource): { ok: true; nodes: number[] } | Refused {
+  const src = [...state.volumes.values()].find((v) => v.id === s.volumeId);
+  if (src === undefined) return fail("not_found", `the clone's source volume (id ${s.volumeId}) was deleted`);
+  const snap = src.snapshots.find((x) => x.id === s.snapshotId);
+  if (snap === undefined) return fail("not_found", `the clone's source snapshot (id ${s.snapshotId} of volume ${src.name}) was deleted`);
+  const from = `${src.name}@${snap.name}`;
+  if (c.sizeBytes !== snap.sizeBytes) return fail("invalid", `a clone of ${from} is its size, ${formatSize(snap.sizeBytes)} (${snap.sizeBytes} bytes), not ${c.sizeBytes} bytes; grow it after the clone with pxd volume update --size`);
+  if ((src.encryption === null) !== (c.encryption === undefined)) return fail("invalid", `a clone of ${from} is ${src.encryption === null ? "plain" : "encrypted"}, as its source`);
+  if (c.zones === true) return fail("invalid", `a clone starts on the nodes that hold ${from}; it cannot also ask for distinct zones`);
+  const gone = s.seeds.filter((n) => !src.nodes.includes(n));
+  if (gone.length > 0) return fail("conflict", `node(s) ${gone.join(", ")} no longer hold replicas of volume ${src.name}; try the clone again`);
+  if (s.seeds.length > c.repl) return fail("invalid", `a clone of ${c.repl} replica(s) cannot start on ${s.seeds.length} nodes`);
+  let nodes = c.nodes;
+  if (nodes === undefined) {
+    const others = placementNodes(state).filter((n) => !s.seeds.includes(n.id));
+    const more = c.repl - s.seeds.length;
+    const request = { volume: c.name, sizeBytes: c.sizeBytes, repl: more, overcommitPercent: overcommitPercent(state) };
+    const placed = more === 0 ? { nodes: [] } : place(others, request);
+    if ("error" in placed) return fail("placement", placed.error);
+    nodes = [...s.seeds, ...placed.nodes];
+  } else if (s.seeds.some((n) => !nodes!.includes(n))) {
+    return fail("invalid", `the clone's seeds (nodes ${s.seeds.join(", ")}) must be among its nodes (${nodes.join(", ")})`);
+  }
+  return placeVolume(state, { ...c, nodes });
+}
+
+/** A clone's source as people name it, VOLUME@SNAPSHOT, while both are there; else what is left of it. */
+export function cloneSourceName(state: CatalogState, s: CloneSource): string {
+  const src = [...state.volumes.values()].find((v) => v.id === s.volumeId);
+  const snap = src?.snapshots.find((x) => x.id === s.snapshotId);
+  if (snap !== undefined) return `${src!.name}@${snap.name}`;
+  return src === undefined ? `a deleted volume's snapshot (volume id ${s.volumeId}, snapshot id ${s.snapshotId})` : `a deleted snapshot of ${src.name} (id ${s.snapshotId})`;
+}
+
+function copySource(s: CloneSource): CloneSource {
+  return { ...s, seeds: [...s.seeds] };
+}
+
 function createVolume(state: CatalogState, c: CreateVolume): Outcome {
-  const placed = placeVolume(state, c);
+  const placed = c.source === undefined ? placeVolume(state, c) : placeClone(state, c, c.source);
   if (!placed.ok) return placed;
-  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, shared: c.shared === true, attachments: [], owner: c.owner ?? "", qos: qosOf(noQos, c), createdAt: c.at, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0, encryption: c.encryption ?? null };
+  const volume: CatalogVolume = { id: state.nextVolumeId, name: c.name, sizeBytes: c.sizeBytes, repl: c.repl, nodes: placed.nodes, zones: c.zones === true, shared: c.shared === true, attachments: [], owner: c.owner ?? "", qos: qosOf(noQos, c), createdAt: c.at, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0, encryption: c.encryption ?? null, source: c.source === undefined ? null : copySource(c.source) };
   state.nextVolumeId++;
   state.volumes.set(volume.name, volume);
   return { ok: true, changed: true, volume: copyVolume(volume) };
@@ -657,5 +706,5 @@ export function copyNode(n: CatalogNode): CatalogNode {
 }
 
 export function copyVolume(v: CatalogVolume): CatalogVolume {
-  return { ...v, nodes: [...v.nodes], attachments: v.attachments.map((a) => ({ ...a })), qos: { ...v.qos }, snapshots: v.snapshots.map((x) => ({ ...x })), encryption: v.encryption === null ? null : { ...v.encryption } };
+  return { ...v, nodes: [...v.nodes], attachments: v.attachments.map((a) => ({ ...a })), qos: { ...v.qos }, snapshots: v.snapshots.map((x) => ({ ...x })), encryption: v.encryption === null ? null : { ...v.encryption }, source: v.source === null ? null : copySource(v.source) };
 }

@@ -98,7 +98,23 @@ export interface CreateVolume {
   burstSec?: number;
   /** Absent: a plain volume. Its size is then whole 4 KiB units. */
   encryption?: VolumeEncryption;
+  /** A clone of a snapshot (pxd volume clone): its replicas on `source.seeds` start as the snapshot, sharing its extents. */
+  source?: CloneSource;
   at: number;
+}
+
+/**
+ * Where a clone starts: snapshot `snapshotId` of volume `volumeId` (ids, not
+ * names: a catalog of clones must still fit its snapshot bound). Each seed is
+ * a node holding a replica of the source volume and the snapshot; the clone's
+ * group starts on the seeds from the snapshot's block map (copy-on-write:
+ * nothing is copied), with the seeds as its voters. Its other replicas join
+ * as learners and are filled by a copy from the group's leader.
+ */
+export interface CloneSource {
+  volumeId: number;
+  snapshotId: number;
+  seeds: number[];
 }
 
 /**
@@ -441,6 +457,19 @@ function encryption(o: Obj, kind: string): VolumeEncryption | undefined {
   return { cipher, wrappedKey };
 }
 
+function cloneSource(o: Obj, kind: string): CloneSource | undefined {
+  const v = get(o, "source");
+  if (v === undefined) return undefined;
+  const keys = ["volumeId", "snapshotId", "seeds"];
+  if (!isPlainObject(v) || Object.keys(v).length !== keys.length || !keys.every((key) => get(v, key) !== undefined)) {
+    throw new Invalid(`${kind}: field "source" must be an object of ${keys.map((key) => `"${key}"`).join(", ")}, not ${describe(v)}`);
+  }
+  const what = `${kind}: source`;
+  const seeds = nodeIds(v, what, "seeds", false)!;
+  if (new Set(seeds).size !== seeds.length) throw new Invalid(`${what}: field "seeds" names a node twice`);
+  return { volumeId: int(v, what, "volumeId", 1, Number.MAX_SAFE_INTEGER), snapshotId: int(v, what, "snapshotId", 1, snapshotIdMax), seeds };
+}
+
 function via(o: Obj, kind: string): AttachVia {
   const v = get(o, "via");
   const found = attachVias.find((x) => x === v);
@@ -469,7 +498,7 @@ const fieldsOf: Record<CommandKind, readonly string[]> = {
   updateNode: ["kind", "id", "at", "freeBytes", "usedBytes", "capacityBytes", "health", "labels"],
   removeNode: ["kind", "id", "force"],
   drainNode: ["kind", "id", "draining"],
-  createVolume: ["kind", "name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", "maxIops", "maxBandwidthBytes", "burstSec", "encryption", "at"],
+  createVolume: ["kind", "name", "sizeBytes", "repl", "nodes", "zones", "shared", "owner", "maxIops", "maxBandwidthBytes", "burstSec", "encryption", "source", "at"],
   deleteVolume: ["kind", "name", "force"],
   attachVolume: ["kind", "name", "host", "device", "via", "readOnly", "node", "at"],
   detachVolume: ["kind", "name", "host"],
@@ -528,6 +557,7 @@ const validators: Record<CommandKind, (o: Obj, k: string) => CatalogCommand> = {
       maxBandwidthBytes: optBandwidth(o, k),
       burstSec: optBurst(o, k),
       encryption: encryption(o, k),
+      source: cloneSource(o, k),
       at: at(o, k),
     });
     const problem = c.encryption === undefined ? null : encryptedSizeProblem(c.sizeBytes);

@@ -202,15 +202,23 @@ export type LeaveDecision = { kind: "transfer"; to: NodeId } | { kind: "drop" } 
 /**
  * A node the catalog no longer lists for a volume it hosts: while it leads
  * the group it hands leadership to a listed voter (whose reconcile then
- * removes it); once it has been excluded for `graceMs` without leading, it
- * drops its replica.
+ * removes it). Otherwise it keeps its replica while it may still be needed:
+ * removing a member takes a quorum of the configuration before the change,
+ * so the last removal from a group of two needs the leaving node's own
+ * acknowledgement, and a node that dropped its replica first would leave
+ * the group without a quorum for good. It drops its replica once it has
+ * been excluded for `graceMs` and either is no longer in the configuration
+ * it knows, or has known no leader for `graceMs` (a removed member does not
+ * hear of its removal: the leader stops sending to it, so it sees no leader).
  */
-export function leaveDecision(self: NodeId, wanted: readonly NodeId[], leader: NodeId, voters: readonly NodeId[], excludedMs: number, graceMs: number): LeaveDecision {
-  if (leader === self) {
-    const to = voters.find((n) => n !== self && wanted.includes(n));
+export function leaveDecision(self: NodeId, wanted: readonly NodeId[], g: { leader: NodeId; voters: readonly NodeId[]; learners: readonly NodeId[] }, excludedMs: number, leaderlessMs: number, graceMs: number): LeaveDecision {
+  if (g.leader === self) {
+    const to = g.voters.find((n) => n !== self && wanted.includes(n));
     return to === undefined ? { kind: "wait" } : { kind: "transfer", to };
   }
-  return excludedMs >= graceMs ? { kind: "drop" } : { kind: "wait" };
+  if (excludedMs < graceMs) return { kind: "wait" };
+  const member = g.voters.includes(self) || g.learners.includes(self);
+  return !member || leaderlessMs >= graceMs ? { kind: "drop" } : { kind: "wait" };
 }
 
 /**

@@ -148,6 +148,7 @@ function volumeRecord(v: CatalogVolume): CatalogVolume {
     snapshotEveryMs: v.snapshotEveryMs,
     snapshotKeep: v.snapshotKeep,
     encryption: v.encryption === null ? null : { cipher: v.encryption.cipher, wrappedKey: v.encryption.wrappedKey },
+    source: v.source === null ? null : { volumeId: v.source.volumeId, snapshotId: v.source.snapshotId, seeds: [...v.source.seeds] },
   };
 }
 
@@ -215,11 +216,13 @@ function volumeOf(raw: unknown, i: number): CatalogVolume {
   if (!Object.prototype.hasOwnProperty.call(o, "qos")) o["qos"] = { ...noQos };
   // Nor one written before encryption at rest: such a volume is plain.
   if (!Object.prototype.hasOwnProperty.call(o, "encryption")) o["encryption"] = null;
+  // Nor one written before clones shared their snapshot's extents: every volume was made empty.
+  if (!Object.prototype.hasOwnProperty.call(o, "source")) o["source"] = null;
   exactKeys(o, Object.keys(volumeRecord(exampleVolume)), what);
   const owner = o["owner"] === "" ? {} : { owner: o["owner"] };
   const qos = obj(o["qos"], `${what}: qos`);
   exactKeys(qos, Object.keys(noQos), `${what}: qos`);
-  const c = validateCommand({ kind: "createVolume", name: o["name"], sizeBytes: o["sizeBytes"], repl: o["repl"], ...owner, maxIops: qos["maxIops"], maxBandwidthBytes: qos["maxBandwidthBytes"], burstSec: qos["burstSec"], ...(o["encryption"] === null ? {} : { encryption: o["encryption"] }), at: o["createdAt"] });
+  const c = validateCommand({ kind: "createVolume", name: o["name"], sizeBytes: o["sizeBytes"], repl: o["repl"], ...owner, maxIops: qos["maxIops"], maxBandwidthBytes: qos["maxBandwidthBytes"], burstSec: qos["burstSec"], ...(o["encryption"] === null ? {} : { encryption: o["encryption"] }), ...(o["source"] === null ? {} : { source: o["source"] }), at: o["createdAt"] });
   if (!c.ok || c.command.kind !== "createVolume") throw new CatalogSnapshotError(`${what}: ${c.ok ? "not a volume" : c.error}`);
   const id = count(o["id"], 1, `${what}: id`);
   const nodes = list(o["nodes"], `${what}: nodes`, volumeReplicasMax).map((n, j) => count(n, 1, `${what}: nodes[${j}]`));
@@ -237,7 +240,7 @@ function volumeOf(raw: unknown, i: number): CatalogVolume {
   if (nextSnapshotId > snapshotIdMax + 1) throw new CatalogSnapshotError(`${what}: nextSnapshotId ${nextSnapshotId} is over ${snapshotIdMax + 1}`);
   const schedule = validateCommand({ kind: "setSnapshotSchedule", name: volumeName, everyMs: o["snapshotEveryMs"], keep: o["snapshotKeep"] });
   if (!schedule.ok || schedule.command.kind !== "setSnapshotSchedule") throw new CatalogSnapshotError(`${what}: ${schedule.ok ? "not a schedule" : schedule.error}`);
-  return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], shared: o["shared"], attachments, owner: c.command.owner ?? "", qos: { maxIops: c.command.maxIops ?? 0, maxBandwidthBytes: c.command.maxBandwidthBytes ?? 0, burstSec: c.command.burstSec ?? noQos.burstSec }, createdAt: c.command.at, snapshots, nextSnapshotId, snapshotEveryMs: schedule.command.everyMs, snapshotKeep: schedule.command.keep, encryption: c.command.encryption ?? null };
+  return { id, name: c.command.name, sizeBytes: c.command.sizeBytes, repl: c.command.repl, nodes, zones: o["zones"], shared: o["shared"], attachments, owner: c.command.owner ?? "", qos: { maxIops: c.command.maxIops ?? 0, maxBandwidthBytes: c.command.maxBandwidthBytes ?? 0, burstSec: c.command.burstSec ?? noQos.burstSec }, createdAt: c.command.at, snapshots, nextSnapshotId, snapshotEveryMs: schedule.command.everyMs, snapshotKeep: schedule.command.keep, encryption: c.command.encryption ?? null, source: c.command.source ?? null };
 }
 
 /** Checks a snapshot record with the bounds of the addSnapshot command that made it. */
@@ -337,5 +340,5 @@ const exampleNode: CatalogNode = {
   id: 1, name: "", address: "", nbdPort: 0, apiPort: 0, peerPort: 0, capacityBytes: 0, freeBytes: 0, usedBytes: 0,
   labels: {}, health: "up", draining: false, addedAt: 0, updatedAt: 0,
 };
-const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, shared: false, attachments: [], owner: "", qos: { ...noQos }, createdAt: 0, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0, encryption: null };
+const exampleVolume: CatalogVolume = { id: 1, name: "", sizeBytes: 0, repl: 1, nodes: [], zones: false, shared: false, attachments: [], owner: "", qos: { ...noQos }, createdAt: 0, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0, encryption: null, source: null };
 const exampleRefusal: CatalogRefusal = { index: 1, kind: "unknown", code: "invalid", error: "" };

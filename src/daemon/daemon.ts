@@ -73,6 +73,9 @@ import {
   type CatalogCommand,
   type CatalogState,
   type CatalogVolume,
+  type CloneSource,
+  type VolumeEncryption,
+  cloneSourceName,
   qosSummary,
   admitNode,
 } from "../cluster/index.js";
@@ -399,6 +402,7 @@ export class Daemon implements Controller {
       inUse: (v) => this.inUse(v),
       nbdUri: (name) => `nbd://${hostPort(this.options.listen, this.nbdPort)}/${name}`,
       forwarded: (change) => this.forwarded(change),
+      rewrapKey: (v, name) => this.volumeKeys.rewrapFor(v, name),
       paceCopy: async (bytes) => {
         for (let wait = resync.waitMs(); wait > 0; wait = resync.waitMs()) await new Promise<void>((resolve) => resync.after(wait, resolve));
         resync.sent(bytes);
@@ -929,17 +933,28 @@ export class Daemon implements Controller {
     return { ...info, scrub, ...(waited !== undefined ? { throttle: { node, ...waited } } : {}) };
   }
 
+  /**
+   * The volume with its replicas' states as its group's leader sees them: on
+   * a node in the group, asked of the leader it knows (none known: what
+   * this node knows); on another node, asked of the first replica node that
+   * answers, which asks its leader in turn. A node in the group never asks
+   * one that is not its leader, so the questions cannot go round in a loop.
+   */
   private async replicaStates(v: CatalogVolume): Promise<VolumeInfo> {
     const mine = this.info(v);
     const leader = this.driver.leader(v.id);
-    const n = this.catalog.nodes.get(leader);
-    if (leader === this.nodeId || n === undefined || !this.driver.hasGroup(v.id)) return mine;
-    try {
-      const remote = await this.nodeApi(n, 2000).inspectVolume(v.name);
-      return { ...mine, replicas: remote.replicas, allocatedBytes: remote.allocatedBytes, ...(remote.log ? { log: remote.log } : {}) };
-    } catch {
-      return mine; // the leader did not answer: what this node knows
+    const ask = !this.driver.hasGroup(v.id) ? v.nodes.filter((id) => id !== this.nodeId) : leader === this.nodeId ? [] : [leader];
+    for (const id of ask) {
+      const n = this.catalog.nodes.get(id);
+      if (n === undefined) continue;
+      try {
+        const remote = await this.nodeApi(n, 2000).inspectVolume(v.name);
+        return { ...mine, replicas: remote.replicas, allocatedBytes: remote.allocatedBytes, ...(remote.log ? { log: remote.log } : {}) };
+      } catch {
+        // that node did not answer: the next one, or what this node knows
+      }
     }
+    return mine;
   }
 
   async createVolume(request: CreateVolumeRequest, caller: Caller): Promise<VolumeInfo> {
@@ -947,11 +962,18 @@ export class Daemon implements Controller {
     const leaderApi = await this.metaLeaderApi(caller);
     if (leaderApi) return this.forwarded(leaderApi.createVolume(request));
     const nodes = request.nodes?.map((ref) => this.nodeByRef(ref));
+    const repl = request.repl ?? nodes?.length ?? Number(settingValue(this.catalog, "defaultRepl"));
+    const c = request.clone;
+    const create = (source?: CloneSource, encryption?: VolumeEncryption): Promise<VolumeInfo> => this.createVolumeHere(request, owner, repl, nodes, source, encryption);
+    return c === undefined ? create() : this.snapshots.clone(c.volume, c.snapshot, request.name, repl, nodes, caller, create);
+  }
+
+  private async createVolumeHere(request: CreateVolumeRequest, owner: string, repl: number, nodes: number[] | undefined, source?: CloneSource, encryption?: VolumeEncryption): Promise<VolumeInfo> {
     const result = await this.metaCommand({
       kind: "createVolume",
       name: request.name,
       sizeBytes: request.sizeBytes,
-      repl: request.repl ?? nodes?.length ?? Number(settingValue(this.catalog, "defaultRepl")),
+      repl,
       ...(nodes !== undefined ? { nodes } : {}),
       ...(request.zones === true ? { zones: true } : {}),
       ...(request.shared === true ? { shared: true } : {}),
@@ -959,12 +981,14 @@ export class Daemon implements Controller {
       ...(request.maxIops !== undefined ? { maxIops: request.maxIops } : {}),
       ...(request.maxBandwidthBytesPerSec !== undefined ? { maxBandwidthBytes: request.maxBandwidthBytesPerSec } : {}),
       ...(request.burstSec !== undefined ? { burstSec: request.burstSec } : {}),
-      ...(request.encrypted === true ? { encryption: this.volumeKeys.newEncryption(request.name) } : {}),
+      ...(request.encrypted === true ? { encryption: this.volumeKeys.newEncryption(request.name) } : encryption !== undefined ? { encryption } : {}),
+      ...(source !== undefined ? { source } : {}),
       at: Date.now(),
     });
     if (!result.ok) throw catalogError(result);
     const v = this.catalog.volumes.get(request.name)!;
-    this.log.info(`volume ${v.name} created: ${formatSize(v.sizeBytes)}, id ${v.id}, replicas on nodes ${v.nodes.join(", ")}${v.encryption !== null ? `, encrypted (${v.encryption.cipher})` : ""}`);
+    const from = source === undefined ? "" : `, a clone of ${request.clone!.volume}@${request.clone!.snapshot} started on nodes ${source.seeds.join(", ")}`;
+    this.log.info(`volume ${v.name} created: ${formatSize(v.sizeBytes)}, id ${v.id}, replicas on nodes ${v.nodes.join(", ")}${from}${v.encryption !== null ? `, encrypted (${v.encryption.cipher})` : ""}`);
     return this.info(v);
   }
 
@@ -1481,6 +1505,7 @@ export class Daemon implements Controller {
       replicas: this.replicas(v, leader),
       shared: v.shared,
       encrypted: v.encryption !== null,
+      ...(v.source !== null ? { clonedFrom: cloneSourceName(this.catalog, v.source) } : {}),
       owner: v.owner,
       attachments: attachmentInfos(v),
       snapshots: v.snapshots.length,

@@ -8,7 +8,7 @@
 import type { ApiClient } from "../api/client.js";
 import { ApiError, type Caller, type SnapshotScheduleRequest, type CreateSnapshotRequest, type RollbackRequest, type RollbackResult, type SnapshotHolding, type SnapshotInfo } from "../api/types.js";
 import { errorKindOf } from "../replication/errors.js";
-import type { ApplyResult, CatalogCommand, CatalogNode, CatalogSnapshot, CatalogState, CatalogVolume } from "../cluster/index.js";
+import type { ApplyResult, CatalogCommand, CatalogNode, CatalogSnapshot, CatalogState, CatalogVolume, CloneSource, VolumeEncryption } from "../cluster/index.js";
 import { checksumBlockBytes, volumeSnapshotsMax } from "../constants.js";
 import { autoSnapshotName, snapshotSchedule } from "../cluster/control.js";
 import { NotLeaderError } from "../replication/driver.js";
@@ -60,6 +60,8 @@ export interface SnapshotContext {
   nbdUri(exportName: string): string;
   /** A catalog change forwarded to the catalog's leader, resolved once this node's catalog has it too. */
   forwarded<T>(change: Promise<T>): Promise<T>;
+  /** An encrypted volume's data key, wrapped for a clone of it named `name` (the key is bound to the volume's name). */
+  rewrapKey(v: CatalogVolume, name: string): VolumeEncryption;
   /** Waits until this node's rebuild bandwidth lets `bytes` more of a copy go. */
   paceCopy(bytes: number): Promise<void>;
   log(line: string): void;
@@ -107,15 +109,7 @@ export class Snapshots {
     const v = await this.c.knownVolume(volume);
     checkReach(caller, v);
     const s = this.mustSnapshot(v, snapshot);
-    const answers = await Promise.all(
-      v.nodes.map(async (id): Promise<SnapshotHolding | undefined> => {
-        if (id === this.c.nodeId) return this.holding(v, s);
-        const n = this.c.catalog().nodes.get(id);
-        if (n === undefined) return undefined;
-        return this.c.nodeApi(n, holdingAskTimeoutMs, caller.token).snapshotHolding(volume, snapshot).catch(() => undefined);
-      }),
-    );
-    const holders = answers.filter((a): a is SnapshotHolding => a?.held === true);
+    const holders = (await this.holdings(v, s, caller.token)).map(([, h]) => h);
     const first = holders[0];
     return {
       ...this.info(v, s),
@@ -123,6 +117,43 @@ export class Snapshots {
       ...(first?.allocatedBytes !== undefined ? { allocatedBytes: first.allocatedBytes } : {}),
       ...(first?.exclusiveBytes !== undefined ? { exclusiveBytes: first.exclusiveBytes } : {}),
     };
+  }
+
+  /** Each replica node of the volume that answers that it holds the snapshot, with its account, in the volume's node order. */
+  private async holdings(v: CatalogVolume, s: CatalogSnapshot, token: string | undefined): Promise<[number, SnapshotHolding][]> {
+    const answers = await Promise.all(
+      v.nodes.map(async (id): Promise<SnapshotHolding | undefined> => {
+        if (id === this.c.nodeId) return this.holding(v, s);
+        const n = this.c.catalog().nodes.get(id);
+        if (n === undefined) return undefined;
+        return this.c.nodeApi(n, holdingAskTimeoutMs, token).snapshotHolding(v.name, s.name).catch(() => undefined);
+      }),
+    );
+    return v.nodes.flatMap((id, i) => (answers[i]?.held === true ? [[id, answers[i]!] as [number, SnapshotHolding]] : []));
+  }
+
+  /**
+   * On the catalog's leader: makes volume `name` a clone of `volume`@`snapshot`.
+   * The seeds are the source's replica nodes that answer that they hold the
+   * snapshot (among `nodes` when the caller chose them), at most `repl`; they
+   * start the clone from it, sharing its extents. `create` proposes the
+   * volume; it runs in the source's snapshot queue, so a delete of the
+   * snapshot through this node waits until the clone is in the catalog.
+   */
+  clone<T>(volume: string, snapshot: string, name: string, repl: number, nodes: number[] | undefined, caller: Caller, create: (source: CloneSource, encryption: VolumeEncryption | undefined) => Promise<T>): Promise<T> {
+    return this.serially(volume, async () => {
+      const v = this.mustGet(volume);
+      checkReach(caller, v);
+      const s = this.mustSnapshot(v, snapshot);
+      const held = (await this.holdings(v, s, caller.token)).map(([id]) => id);
+      const from = `${volume}@${snapshot}`;
+      const names = (ids: number[]): string => ids.map((id) => this.c.catalog().nodes.get(id)?.name ?? `node-${id}`).join(", ");
+      if (held.length === 0) throw new ApiError(503, "unavailable", `no node holding ${from} answers (its volume's replicas are on ${names(v.nodes)}); bring one back and retry`);
+      const seeds = (nodes === undefined ? held : held.filter((id) => nodes.includes(id))).slice(0, repl);
+      if (seeds.length === 0) throw new ApiError(409, "conflict", `none of the nodes given (${names(nodes!)}) holds ${from}, which is on ${names(held)}; a clone starts on at least one of them`);
+      const source: CloneSource = { volumeId: v.id, snapshotId: s.id, seeds };
+      return create(source, v.encryption === null ? undefined : this.c.rewrapKey(v, name));
+    });
   }
 
   async holdingHere(volume: string, snapshot: string, caller: Caller): Promise<SnapshotHolding> {

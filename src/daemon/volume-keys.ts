@@ -45,6 +45,21 @@ export class VolumeKeys {
     return { cipher: xtsCipherName, wrappedKey };
   }
 
+  /** Volume `v`'s data key wrapped for a clone of it named `name` (the same key: the clone shares its extents as they are); refused (400) on a node without the key. */
+  rewrapFor(v: CatalogVolume, name: string): VolumeEncryption {
+    const e = v.encryption;
+    assert(e !== null, "only an encrypted volume's key is rewrapped");
+    const refuse = (why: string): ApiError => new ApiError(400, "invalid", `a clone of volume "${v.name}" is encrypted with its key, and node ${this.nodeId}, which leads the catalog, ${why}; start every node with --cluster-key-file FILE or ${clusterKeyEnv} set to the cluster key`);
+    if (this.source === undefined) throw refuse("has no cluster key");
+    let key: Buffer;
+    try {
+      key = this.source.unwrap(e.wrappedKey, volumeKeyAad(this.clusterId(), v.name));
+    } catch (err) {
+      throw refuse(`cannot open its key (${(err as Error).message})`);
+    }
+    return { cipher: e.cipher, wrappedKey: this.source.wrap(key, volumeKeyAad(this.clusterId(), name)) };
+  }
+
   /**
    * The cipher of volume group `group` (`lookup` finds it in the catalog, only
    * the first time): null for a plain volume, MissingKey (logged once) where

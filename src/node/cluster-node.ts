@@ -13,6 +13,7 @@ import { formatSize } from "../base/sizes.js";
 import {
   CatalogMachine,
   Durations,
+  cloneSourceName,
   encodeCommand,
   attachmentLeader,
   healthChange,
@@ -142,6 +143,8 @@ export class ClusterNode {
   private readonly sizeAsked = new Map<number, number>();
   /** Hosted groups the catalog no longer lists this node for, and for how long (monotonic). */
   private readonly excluded = new Durations<number>();
+  /** Groups this node is leaving that it knows no leader of, and for how long. */
+  private readonly leaderless = new Durations<number>();
   /** On the meta leader: how long it has had no connection to each node, on its monotonic clock. */
   private readonly unreachable = new Durations<number>();
   /** On the meta leader: how long it has seen each node marked down in the catalog, on its monotonic clock. */
@@ -238,7 +241,9 @@ export class ClusterNode {
     const live = this.catalog.volumes.get(v.name);
     // A replica added to an existing volume (setReplicas) starts with no configuration: the
     // group's leader makes it a learner and sends it a snapshot; it must not campaign before.
-    if (live !== undefined && live.id === v.id && live.nodes.includes(this.p.nodeId)) this.hostGroup(live, result.kind === "setReplicas");
+    const seed = result.kind === "createVolume" && live?.source?.seeds.includes(this.p.nodeId) === true;
+    if (live !== undefined && live.id === v.id && seed) this.hostClone(live);
+    else if (live !== undefined && live.id === v.id && live.nodes.includes(this.p.nodeId)) this.hostGroup(live, result.kind === "setReplicas" || live.source !== null);
     if (live === undefined) this.p.volumeGone(v.name);
     if (live === undefined && this.p.state.hosted.has(v.id)) this.unhostGroup(v.id);
   }
@@ -300,6 +305,35 @@ export class ClusterNode {
       },
       (e: Error) => this.p.log.error(`volume ${v.name}: cannot record its replica: ${e.message}`),
     );
+  }
+
+  /**
+   * Starts this node's replica of a clone it seeds (CloneSource): the store
+   * starts the group from its copy of the snapshot, durably, before the node
+   * state records it, so a restart has either both or neither (the catalog
+   * entry, replayed, then starts it again). A seed without the snapshot (it
+   * dropped it after the clone was asked for) joins as other replicas do and
+   * gets a copy from a seed that has it.
+   */
+  private hostClone(v: CatalogVolume): void {
+    const s = v.source!;
+    if (this.p.driver.hasGroup(v.id) || this.p.store.hasGroup(v.id)) return;
+    const from = cloneSourceName(this.catalog, s);
+    if (!this.p.store.hasGroup(s.volumeId) || !this.p.store.snapshotIds(s.volumeId).includes(s.snapshotId)) {
+      this.p.log.warn(`volume ${v.name} (group ${v.id}): this node was to start it from ${from}, which it no longer holds; it joins and gets a copy instead`);
+      return this.hostGroup(v, true);
+    }
+    const g: HostedGroup = { id: v.id, sizeBytes: v.sizeBytes, voters: [...s.seeds] };
+    this.p.store
+      .cloneFromSnapshot(v.id, s.volumeId, s.snapshotId, { voters: [...s.seeds].sort((a, b) => a - b), learners: [] })
+      .then(() => this.p.state.host(g))
+      .then(
+        () => {
+          if (this.p.store.hasGroup(v.id) && !this.p.driver.hasGroup(v.id)) this.p.driver.addGroup(v.id, g.voters, new VolumeReplica(this.p.store, v.id));
+          this.p.log.info(`volume ${v.name} (group ${v.id}): replica started here from snapshot ${from} (its extents shared, nothing copied), ${formatSize(v.sizeBytes)}; started on nodes ${s.seeds.join(", ")}`);
+        },
+        (e: Error) => this.p.log.error(`volume ${v.name}: cannot start its replica from ${from}: ${e.message}`),
+      );
   }
 
   unhostGroup(id: number): void {
@@ -424,6 +458,7 @@ export class ClusterNode {
   reconcileReplicas(): void {
     const now = this.p.monotonicMs();
     const excluded = this.excluded.observe([...this.catalog.volumes.values()].filter((v) => this.p.driver.hasGroup(v.id) && !v.nodes.includes(this.p.nodeId)).map((v) => v.id), now);
+    const leaderless = this.leaderless.observe([...excluded.keys()].filter((id) => this.p.driver.leader(id) === 0), now);
     const grown = [...this.catalog.volumes.values()].filter((v) => this.p.driver.leader(v.id) === this.p.nodeId && this.p.store.hasGroup(v.id) && this.p.store.sizeOf(v.id) > v.sizeBytes);
     const behind = this.sizeBehind.observe(grown.map((v) => v.id), now);
     for (const id of this.sizeAsked.keys()) if (!behind.has(id)) this.sizeAsked.delete(id);
@@ -431,7 +466,7 @@ export class ClusterNode {
       if (!this.p.driver.hasGroup(v.id)) continue;
       const excludedMs = excluded.get(v.id);
       if (excludedMs !== undefined) {
-        this.leaveGroup(v, excludedMs);
+        this.leaveGroup(v, excludedMs, leaderless.get(v.id) ?? 0);
         continue;
       }
       if (this.p.driver.leader(v.id) !== this.p.nodeId) continue;
@@ -508,8 +543,9 @@ export class ClusterNode {
   }
 
   /** This node is no longer one of the volume's replicas: hand leadership to a listed voter, then drop the replica after the grace period. */
-  private leaveGroup(v: CatalogVolume, excludedMs: number): void {
-    const d = leaveDecision(this.p.nodeId, v.nodes, this.p.driver.leader(v.id), this.p.driver.voters(v.id), excludedMs, replicaDropGraceMs);
+  private leaveGroup(v: CatalogVolume, excludedMs: number, leaderlessMs: number): void {
+    const group = { leader: this.p.driver.leader(v.id), voters: this.p.driver.voters(v.id), learners: this.p.driver.learners(v.id) };
+    const d = leaveDecision(this.p.nodeId, v.nodes, group, excludedMs, leaderlessMs, replicaDropGraceMs);
     if (d.kind === "transfer") this.p.driver.transferLeadership(v.id, d.to);
     if (d.kind !== "drop") return;
     this.p.log.info(`volume ${v.name} (group ${v.id}): this node is no longer one of its replicas (now on nodes ${v.nodes.join(", ")}); dropping the replica here`);

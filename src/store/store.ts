@@ -418,6 +418,33 @@ export class Store {
     await this.checkpoint();
   }
 
+  /**
+   * Starts volume group `groupId` as a clone of snapshot `snapshotId` of group
+   * `sourceId` (pxd volume clone, on a node that holds the snapshot): its map
+   * shares every chunk with the snapshot's, copy-on-write, so nothing is
+   * copied. The group's Raft log begins compacted at entry 1 of term 1 with
+   * configuration `conf`: the clone's state is that entry's, the same on every
+   * node that starts it this way, and a member that joins without it is behind
+   * the compaction point, so its leader sends it a copy. Resolves once a
+   * checkpoint holds the group; a restart before then does not have it.
+   */
+  async cloneFromSnapshot(groupId: number, sourceId: number, snapshotId: number, conf: RaftConf): Promise<void> {
+    assert(!this.groups.has(groupId), "group ids are not reused");
+    const s = this.group(snapshotGroupId(sourceId, snapshotId));
+    const g = newGroup({ groupId, sizeBytes: s.sizeBytes });
+    g.map = s.map.cloneShared();
+    g.map.runs(0, g.map.sectorCount, (_s, n, address) => {
+      if (address !== 0) this.addLive(address, n * sectorBytes);
+    });
+    g.term = cloneStartTerm;
+    g.appliedIndex = cloneStartIndex;
+    g.raft = RaftIndex.restore(cloneStartIndex, cloneStartTerm, { term: cloneStartTerm, vote: 0, commit: cloneStartIndex }, [], { voters: [...conf.voters], learners: [...conf.learners] });
+    this.groups.set(groupId, g);
+    // A checkpoint already running began before the group was there.
+    await this.checkpointing?.catch(() => {});
+    await this.checkpoint();
+  }
+
   /** Drops an unfinished snapshot copy (beginSnapshotCopy), if any. */
   dropSnapshotCopy(): void {
     this.dropGroup(stagingIdOf(snapshotCopyBase));
@@ -1824,6 +1851,13 @@ function stagingIdOf(groupId: number): number {
  * staging group only while its base group exists, drops the copy's records.
  */
 const snapshotCopyBase = stagingBase - 1;
+
+/**
+ * Where a clone's Raft log begins (Store.cloneFromSnapshot): compacted at
+ * entry 1 of term 1, the snapshot's state. Elections then start at term 2.
+ */
+const cloneStartIndex = 1;
+const cloneStartTerm = 1;
 
 function isStagingId(id: number): boolean {
   return id >= stagingBase && id < snapshotBase;

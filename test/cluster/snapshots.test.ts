@@ -1,8 +1,9 @@
 // Volume snapshots on a real 3-node cluster: taken through the volume's Raft
 // group, readable as a read-only NBD export VOLUME@SNAPSHOT from any node
 // (held or not), kept across a SIGKILL, the only space they hold counted by
-// inspect, a rollback refused while a client is connected and then making the
-// volume what the snapshot holds; deleted, the export is gone. A replica
+// inspect, cloned (the clone's replicas on holders share its extents, others
+// get a copy), a rollback refused while a client is connected and then making
+// the volume what the snapshot holds; deleted, the export is gone. A replica
 // added after a snapshot was taken copies it from a holder.
 
 import { test } from "uvu";
@@ -59,15 +60,42 @@ test("a snapshot is the volume as it was, from every node, through a kill, until
   assert.is(info.exclusiveBytes, MiB, "only the overwritten MiB is the snapshot's alone");
   assert.match(await cli(3, "snapshot", "list"), /sv\s+s1\s+16\.0 MiB/);
 
-  // A clone: a new writable volume with the snapshot's bytes, through a node that holds no replica of the source.
+  // A clone, asked through a node that holds no replica of the source: its two replicas start on nodes holding s1, sharing its extents; nothing is copied.
+  const appended = async (): Promise<number[]> => Promise.all(c.nodes.map(async (n) => Number(/^pxd_store_log_appended_bytes_total (\d+)$/m.exec(await n.api.metrics())![1])));
+  const appendedBefore = await appended();
   const cloned = await cli(3, "volume", "clone", "sv@s1", "svc", "--repl", "2", "--json");
-  const c1 = JSON.parse(cloned) as { copiedBytes: number; zeroBytes: number; sizeBytes: number };
-  assert.equal([c1.sizeBytes, c1.copiedBytes, c1.zeroBytes], [16 * MiB, 8 * MiB, 8 * MiB], "the chunks holding data are copied, the holes are not");
-  assert.not.match(await qemuIo(c.nodes[0]!.uri("svc"), ...before, "write -P 0x61 0 1M", "read -P 0x61 0 1M"), /fail/i, "the clone holds the snapshot's bytes and takes writes");
+  const c1 = JSON.parse(cloned) as { sizeBytes: number; sharedOn: string[]; copiedTo: string[]; inSync: boolean };
+  assert.is(c1.sizeBytes, 16 * MiB);
+  assert.is(c1.sharedOn.length, 2, cloned);
+  assert.equal([c1.copiedTo, c1.inSync], [[], true], cloned);
+  const svc = await c.nodes[3]!.api.inspectVolume("svc");
+  assert.is(svc.clonedFrom, "sv@s1");
+  assert.not.match(await qemuIo(c.nodes[3]!.uri("svc"), ...before), /fail/i, "the clone holds the snapshot's bytes");
+  const appendedAfter = await appended();
+  for (const [i, n] of c.nodes.entries()) assert.ok(appendedAfter[i]! - appendedBefore[i]! < MiB, `${n.host} wrote ${appendedAfter[i]! - appendedBefore[i]!} bytes for a clone of 5 MiB of data: none of it copied`);
+  assert.not.match(await qemuIo(c.nodes[0]!.uri("svc"), "write -P 0x61 0 1M", "read -P 0x61 0 1M", "read -P 0x41 1M 3M"), /fail/i, "the clone takes writes");
   assert.not.match(await qemuIo(c.nodes[0]!.uri("sv@s1"), ...before), /fail/i, "the snapshot is unchanged by the clone's writes");
+  // A seed killed and restarted has the clone as it was written (its checkpoint, then its log).
+  const seed = Number(/^node(\d+)$/.exec(c1.sharedOn[0]!)![1]) - 1;
+  await c.nodes[seed]!.kill();
+  await c.nodes[seed]!.start();
+  await c.healthy();
+  await waitUntil("the clone's replicas in sync again", async () => (await c.nodes[3]!.api.inspectVolume("svc")).replicas.every((r) => r.state === "in-sync"), 60000);
+  assert.not.match(await qemuIo(c.nodes[seed]!.uri("svc"), "read -P 0x61 0 1M", "read -P 0x41 1M 3M", "read -P 0x42 6M 1M", "read -P 0 7M 9M"), /fail/i, "the restarted seed's clone reads back");
   const taken = await run(process.execPath, [pxd, "--host", `${c.nodes[0]!.host}:9001`, "volume", "clone", "sv@s1", "svc"]);
   assert.ok(taken.code !== 0 && /already exists/.test(taken.stderr), taken.stderr);
   await c.nodes[0]!.api.deleteVolume("svc");
+
+  // A clone with a replica on a node without the snapshot: the seed starts it, node4 gets a copy (5 MiB of data), with progress lines.
+  const mixed = await run(process.execPath, [pxd, "--host", `${c.nodes[3]!.host}:9001`, "volume", "clone", "sv@s1", "svm", "--nodes", "node1,node4"]);
+  assert.is(mixed.code, 0, mixed.stderr);
+  assert.match(mixed.stdout, /sharing the snapshot's data on node1; copied to node4/);
+  assert.match(mixed.stderr, /"settled":true/, "progress as JSON lines when stderr is no terminal");
+  assert.match(await c.nodes[3]!.api.metrics(), /pxd_volume_allocated_bytes\{volume="svm"\} 5242880/, "node4's replica holds the snapshot's 5 MiB");
+  assert.not.match(await qemuIo(c.nodes[3]!.uri("svm"), ...before), /fail/i);
+  const none = await run(process.execPath, [pxd, "--host", `${c.nodes[3]!.host}:9001`, "volume", "clone", "sv@s1", "svn", "--nodes", "node4"]);
+  assert.ok(none.code !== 0 && /none of the nodes given \(node4\) holds sv@s1, which is on node1, node2, node3/.test(none.stderr), none.stderr);
+  await c.nodes[0]!.api.deleteVolume("svm");
 
   // A SIGKILLed replica comes back with the snapshot (its checkpoint or its log).
   await c.nodes[1]!.kill();
@@ -76,6 +104,7 @@ test("a snapshot is the volume as it was, from every node, through a kill, until
   assert.not.match(await qemuIo(c.nodes[1]!.uri("sv@s1"), ...before), /fail/i, "the restarted node reads the snapshot");
   // It applies the volume's log again once its leader tells it the commit index.
   await waitUntil("the restarted node holds the snapshot", async () => (await c.nodes[1]!.api.snapshotHolding("sv", "s1")).held);
+  await waitUntil("sv has a leader again", async () => (await c.nodes[2]!.api.inspectVolume("sv")).replicas.some((r) => r.leader));
 
   // A rollback is refused while a client has the volume open, then makes it the snapshot.
   const client = await RawClient.connect(c.nodes[3]!.nbdPort, c.nodes[3]!.host);

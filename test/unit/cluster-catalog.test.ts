@@ -170,7 +170,7 @@ test("removeNode is refused while the node holds replicas, unless forced; force 
 test("createVolume assigns increasing ids that are never reused, and places replicas", () => {
   const s = cluster(3);
   const a = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 42 }).volume!;
-  assert.equal(a, { id: 1, name: "a", sizeBytes: GiB, repl: 2, nodes: [1, 2], zones: false, shared: false, attachments: [], owner: "", qos: { maxIops: 0, maxBandwidthBytes: 0, burstSec: 1 }, createdAt: 42, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0, encryption: null });
+  assert.equal(a, { id: 1, name: "a", sizeBytes: GiB, repl: 2, nodes: [1, 2], zones: false, shared: false, attachments: [], owner: "", qos: { maxIops: 0, maxBandwidthBytes: 0, burstSec: 1 }, createdAt: 42, snapshots: [], nextSnapshotId: 1, snapshotEveryMs: 0, snapshotKeep: 0, encryption: null, source: null });
   must(s, { kind: "deleteVolume", name: "a" });
   const b = must(s, { kind: "createVolume", name: "a", sizeBytes: GiB, repl: 2, at: 43 }).volume!;
   assert.is(b.id, 2, "a deleted volume's id (its Raft group) is not reused");
@@ -266,6 +266,32 @@ test("addSnapshot records a volume's snapshot once, never reuses an id, keeps th
   for (let i = 0; i < 63; i++) must(s, { kind: "addSnapshot", name: "db", snapshot: `m${i}`, id: 6 + i, sizeBytes: GiB, at: 9 });
   refused(s, { kind: "addSnapshot", name: "db", snapshot: "one-more", id: 100, sizeBytes: GiB, at: 9 }, "limit");
   must(s, { kind: "deleteVolume", name: "db" });
+  assert.is(checkCatalogInvariants(s), null);
+});
+
+test("a clone starts on its seeds (replicas of the source that hold the snapshot) plus placed nodes; a gone source, snapshot or seed, another size, a plain clone of an encrypted source are refused", () => {
+  const s = cluster(4);
+  must(s, { kind: "createVolume", name: "db", sizeBytes: GiB, repl: 2, nodes: [1, 2], at: 1 });
+  const db = s.volumes.get("db")!;
+  must(s, { kind: "addSnapshot", name: "db", snapshot: "s1", id: 1, sizeBytes: GiB, at: 2 });
+  const source = { volumeId: db.id, snapshotId: 1, seeds: [2] };
+  const c = must(s, { kind: "createVolume", name: "c1", sizeBytes: GiB, repl: 3, source, at: 3 }).volume!;
+  assert.equal(c.nodes.slice(0, 1), [2], "the seed first");
+  assert.is(c.nodes.length, 3);
+  assert.ok(!c.nodes.slice(1).includes(2), "placed nodes besides the seed");
+  assert.equal(c.source, source);
+  const back = decodeCatalogSnapshot(encodeCatalogSnapshot(s));
+  assert.equal(back.volumes.get("c1"), s.volumes.get("c1"), "the source survives a catalog snapshot");
+  assert.equal(must(s, { kind: "createVolume", name: "c2", sizeBytes: GiB, repl: 2, nodes: [2, 4], source, at: 3 }).volume!.nodes, [2, 4]);
+  refused(s, { kind: "createVolume", name: "c3", sizeBytes: GiB, repl: 2, nodes: [3, 4], source, at: 3 }, "invalid", /the clone's seeds \(nodes 2\) must be among its nodes/);
+  refused(s, { kind: "createVolume", name: "c3", sizeBytes: 2 * GiB, repl: 1, source, at: 3 }, "invalid", /a clone of db@s1 is its size, 1\.00 GiB/);
+  refused(s, { kind: "createVolume", name: "c3", sizeBytes: GiB, repl: 1, source: { ...source, seeds: [3] }, at: 3 }, "conflict", "node(s) 3 no longer hold replicas of volume db; try the clone again");
+  refused(s, { kind: "createVolume", name: "c3", sizeBytes: GiB, repl: 1, source: { ...source, seeds: [1, 2] }, at: 3 }, "invalid", "a clone of 1 replica(s) cannot start on 2 nodes");
+  refused(s, { kind: "createVolume", name: "c3", sizeBytes: GiB, repl: 1, source: { ...source, snapshotId: 7 }, at: 3 }, "not_found", "the clone's source snapshot (id 7 of volume db) was deleted");
+  refused(s, { kind: "createVolume", name: "c3", sizeBytes: GiB, repl: 1, source, encryption: { cipher: "aes-256-xts", wrappedKey: "01" + "ab".repeat(92) }, at: 3 }, "invalid", "a clone of db@s1 is plain, as its source");
+  refused(s, { kind: "createVolume", name: "c3", sizeBytes: GiB, repl: 1, source: { ...source, seeds: [2, 2] }, at: 3 }, "invalid", /names a node twice/);
+  must(s, { kind: "deleteVolume", name: "db" });
+  refused(s, { kind: "createVolume", name: "c3", sizeBytes: GiB, repl: 1, source, at: 3 }, "not_found", `the clone's source volume (id ${db.id}) was deleted`);
   assert.is(checkCatalogInvariants(s), null);
 });
 

@@ -197,13 +197,20 @@ test("reconcile: a table of (catalog's replica set, group as its leader sees it)
   }
 });
 
-test("leaving: the leader hands leadership to a listed voter; a follower drops its replica after the grace period only", () => {
+test("leaving: the leader hands leadership to a listed voter; a follower keeps its replica while a leader may still need its vote to remove it", () => {
   const grace = 10_000;
-  assert.equal(leaveDecision(1, [2, 3], 1, [1, 2, 3], 0, grace), { kind: "transfer", to: 2 });
-  assert.equal(leaveDecision(1, [4], 1, [1, 2, 3], 99_999, grace), { kind: "wait" }, "no listed voter to hand to yet");
-  assert.equal(leaveDecision(1, [2, 3], 2, [1, 2, 3], grace - 1, grace), { kind: "wait" });
-  assert.equal(leaveDecision(1, [2, 3], 2, [1, 2, 3], grace, grace), { kind: "drop" });
-  assert.equal(leaveDecision(1, [2, 3], 0, [1, 2, 3], grace, grace), { kind: "drop" }, "no leader known: the grace period still ends");
+  const g = (leader: number, voters: number[], learners: number[] = []) => ({ leader, voters, learners });
+  const cases: { name: string; args: Parameters<typeof leaveDecision>; want: ReturnType<typeof leaveDecision> }[] = [
+    { name: "leading: hand it to a listed voter", args: [1, [2, 3], g(1, [1, 2, 3]), 0, 0, grace], want: { kind: "transfer", to: 2 } },
+    { name: "leading, no listed voter to hand to yet", args: [1, [4], g(1, [1, 2, 3]), 99_999, 0, grace], want: { kind: "wait" } },
+    { name: "a follower within the grace period", args: [1, [2, 3], g(2, [1, 2, 3]), grace - 1, grace, grace], want: { kind: "wait" } },
+    { name: "still a voter with a leader: the leader's removal may need this node's acknowledgement", args: [1, [2], g(2, [1, 2]), 99_999, 0, grace], want: { kind: "wait" } },
+    { name: "still a voter, no leader for less than the grace period (an election)", args: [1, [2], g(0, [1, 2]), 99_999, grace - 1, grace], want: { kind: "wait" } },
+    { name: "still a voter, no leader for the grace period: removed without hearing of it", args: [1, [2, 3], g(0, [1, 2, 3]), grace, grace, grace], want: { kind: "drop" } },
+    { name: "no longer in the configuration it knows", args: [1, [2, 3], g(2, [2, 3]), grace, 0, grace], want: { kind: "drop" } },
+    { name: "a learner is a member too", args: [1, [2, 3], g(2, [2, 3], [1]), grace, 0, grace], want: { kind: "wait" } },
+  ];
+  for (const c of cases) assert.equal(leaveDecision(...c.args), c.want, c.name);
 });
 
 test("leadership follows the host: a table of (attachments, group as its leader sees it) -> the node to hand leadership to", () => {

@@ -2,7 +2,8 @@
 // snapshot shares its volume's block map chunk by chunk until either changes,
 // keeps its content across a checkpointed restart and across a crash before
 // any checkpoint (the volume's log takes it again), keeps what GC would move,
-// and a rollback rewrites only what changed since it.
+// starts a clone that shares its extents, and a rollback rewrites only what
+// changed since it.
 
 import { test } from "uvu";
 import * as assert from "uvu/assert";
@@ -139,6 +140,48 @@ test("a snapshot copy (a replica that missed the entry): only differing blocks a
   assert.is(store.snapshotIndex(spec.groupId, 9), 41);
   assertReads(store, snapshotGroupId(spec.groupId, 9), snapshot, "the copied snapshot after a crash");
   assertReads(store, spec.groupId, volume, "the volume after a crash");
+  await store.close();
+  t.remove();
+});
+
+test("a clone starts from a snapshot sharing its extents (nothing written but a checkpoint), its Raft log compacted at entry 1; a crash keeps it, and it changes apart from the snapshot", async () => {
+  const t = tempDir("snap");
+  const spec = { groupId: 5, sizeBytes: 8 * MiB };
+  const clone = { groupId: 6, sizeBytes: 8 * MiB };
+  let store = await open(t.dir, [spec]);
+  let w = writesTo(store);
+  const prng = new Prng(4);
+  const taken = random(prng, spec.sizeBytes);
+  taken.fill(0, 4 * MiB, 5 * MiB);
+  await w.write(spec.groupId, 0, [taken], taken.length);
+  await w.trim(spec.groupId, 4 * MiB, MiB);
+  await w.snapshot(spec.groupId, take(9));
+  const later = random(prng, MiB);
+  await w.write(spec.groupId, 0, [later], MiB);
+  const appended = store.stats()["logBytesAppended"]!;
+  await store.cloneFromSnapshot(clone.groupId, spec.groupId, 9, { voters: [1, 2], learners: [] });
+  assert.is(store.stats()["logBytesAppended"]! - appended, 0, "no data is written for a clone");
+  assertReads(store, clone.groupId, taken, "the clone is the snapshot");
+  assert.equal(store.blockStatus(clone.groupId, 4 * MiB, MiB), [{ lengthBytes: MiB, hole: true }], "a hole in the snapshot is one in the clone");
+  const st = store.raftState(clone.groupId);
+  assert.equal([st.snapshotIndex, st.lastIndex, st.appliedIndex, st.hardState.term], [1, 1, 1, 1]);
+  assert.equal(store.raftSnapshotConf(clone.groupId), { voters: [1, 2], learners: [] });
+  await store.closeWithoutCheckpoint(); // cloneFromSnapshot resolved after its checkpoint
+  store = await open(t.dir, [spec, clone]);
+  w = writesTo(store);
+  assertReads(store, clone.groupId, taken, "the clone after a crash");
+  assert.equal(store.raftSnapshotConf(clone.groupId), { voters: [1, 2], learners: [] });
+  const own = random(prng, MiB);
+  await w.write(clone.groupId, 2 * MiB, [own], MiB);
+  await store.closeWithoutCheckpoint(); // the clone's own write is in its log (entry 2)
+  store = await open(t.dir, [spec, clone]);
+  const want = Buffer.from(taken);
+  own.copy(want, 2 * MiB);
+  assertReads(store, clone.groupId, want, "the clone's own write after a crash");
+  assertReads(store, snapshotGroupId(spec.groupId, 9), taken, "the snapshot is not changed by the clone's write");
+  const volume = Buffer.from(taken);
+  later.copy(volume, 0);
+  assertReads(store, spec.groupId, volume, "the volume is not changed by the clone's write");
   await store.close();
   t.remove();
 });
