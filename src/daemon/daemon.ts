@@ -572,6 +572,16 @@ export class Daemon implements Controller {
     return result;
   }
 
+  /**
+   * A request the catalog's leader serves: forwarded there with the caller's
+   * token (`remote`, answered as forwarded() does) when another node leads,
+   * else served here (`local`).
+   */
+  private async onMetaLeader<T>(caller: Caller | undefined, remote: (api: ApiClient) => Promise<T>, local: () => Promise<T>): Promise<T> {
+    const leaderApi = await this.metaLeaderApi(caller);
+    return leaderApi ? this.forwarded(remote(leaderApi)) : local();
+  }
+
   private async catalogCatchUp(): Promise<void> {
     const deadline = Date.now() + catalogCatchUpMs;
     try {
@@ -590,8 +600,10 @@ export class Daemon implements Controller {
   /** On the meta leader: a resize (first, so new replicas are placed with the new size counted), then a replica count. */
   async updateVolume(name: string, request: UpdateVolumeRequest, caller: Caller): Promise<VolumeInfo> {
     checkReach(caller, await this.knownVolume(name));
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.updateVolume(name, request));
+    return this.onMetaLeader(caller, (api) => api.updateVolume(name, request), () => this.updateVolumeOnLeader(name, request));
+  }
+
+  private async updateVolumeOnLeader(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo> {
     if (request.sizeBytes !== undefined) await this.resizeVolume(name, request.sizeBytes);
     if (request.maxIops !== undefined || request.maxBandwidthBytesPerSec !== undefined || request.burstSec !== undefined) await this.setVolumeQos(name, request);
     if (request.repl !== undefined) await this.setRepl(name, request.repl);
@@ -658,31 +670,31 @@ export class Daemon implements Controller {
   /** On the meta leader: records a host's attachment; the catalog refuses a second read-write host of a volume that is not shared (409). */
   async attachVolume(name: string, request: AttachRequest, caller: Caller): Promise<VolumeInfo> {
     checkReach(caller, await this.knownVolume(name));
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.attachVolume(name, request));
-    const result = await this.metaCommand({
-      kind: "attachVolume",
-      name,
-      host: request.host,
-      ...(request.device !== undefined ? { device: request.device } : {}),
-      via: request.via,
-      readOnly: request.readOnly,
-      ...(request.node !== undefined ? { node: request.node } : {}),
-      at: Date.now(),
+    return this.onMetaLeader(caller, (api) => api.attachVolume(name, request), async () => {
+      const result = await this.metaCommand({
+        kind: "attachVolume",
+        name,
+        host: request.host,
+        ...(request.device !== undefined ? { device: request.device } : {}),
+        via: request.via,
+        readOnly: request.readOnly,
+        ...(request.node !== undefined ? { node: request.node } : {}),
+        at: Date.now(),
+      });
+      if (!result.ok) throw catalogError(result);
+      const a = this.mustGet(name).attachments.find((x) => x.host === request.host);
+      this.log.info(`volume ${name} attached on host ${request.host}${a?.device ? ` as ${a.device}` : " (attach under way)"} via ${request.via}${request.readOnly ? ", read-only" : ""}`);
+      return this.info(this.mustGet(name));
     });
-    if (!result.ok) throw catalogError(result);
-    const a = this.mustGet(name).attachments.find((x) => x.host === request.host);
-    this.log.info(`volume ${name} attached on host ${request.host}${a?.device ? ` as ${a.device}` : " (attach under way)"} via ${request.via}${request.readOnly ? ", read-only" : ""}`);
-    return this.info(this.mustGet(name));
   }
 
   async detachVolume(name: string, host: string, caller: Caller): Promise<void> {
     checkReach(caller, await this.knownVolume(name));
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.detachVolume(name, host));
-    const result = await this.metaCommand({ kind: "detachVolume", name, host });
-    if (!result.ok) throw catalogError(result);
-    if (result.changed) this.log.info(`volume ${name} detached from host ${host}`);
+    return this.onMetaLeader(caller, (api) => api.detachVolume(name, host), async () => {
+      const result = await this.metaCommand({ kind: "detachVolume", name, host });
+      if (!result.ok) throw catalogError(result);
+      if (result.changed) this.log.info(`volume ${name} detached from host ${host}`);
+    });
   }
 
   async listAttachments(caller: Caller): Promise<AttachmentInfo[]> {
@@ -853,14 +865,14 @@ export class Daemon implements Controller {
 
   /** On the meta leader: marks the node draining (or not); moveReplicas then moves its replicas off, one volume at a time. */
   async drainNode(ref: string, request: DrainNodeRequest, caller?: Caller): Promise<NodeInfo> {
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.drainNode(ref, request));
-    const id = this.nodeByRef(ref);
-    const draining = request.draining ?? true;
-    const result = await this.metaCommand({ kind: "drainNode", id, draining });
-    if (!result.ok) throw catalogError(result);
-    if (result.changed) this.log.info(`node ${id} (${result.node?.name ?? "?"}) ${draining ? "is draining: its replicas move to other nodes" : "is no longer draining"}`);
-    return (await this.listNodes()).find((n) => n.id === id)!;
+    return this.onMetaLeader(caller, (api) => api.drainNode(ref, request), async () => {
+      const id = this.nodeByRef(ref);
+      const draining = request.draining ?? true;
+      const result = await this.metaCommand({ kind: "drainNode", id, draining });
+      if (!result.ok) throw catalogError(result);
+      if (result.changed) this.log.info(`node ${id} (${result.node?.name ?? "?"}) ${draining ? "is draining: its replicas move to other nodes" : "is no longer draining"}`);
+      return (await this.listNodes()).find((n) => n.id === id)!;
+    });
   }
 
   /**
@@ -872,27 +884,27 @@ export class Daemon implements Controller {
    * is removed from the group when asked again by its id.
    */
   async removeNode(ref: string, options: { force: boolean }, caller?: Caller): Promise<void> {
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.removeNode(ref, options));
-    const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
-    const leftover = members.find((id) => String(id) === ref && !this.catalog.nodes.has(id));
-    const id = leftover ?? this.nodeByRef(ref);
-    const n = this.catalog.nodes.get(id);
-    if (n !== undefined) {
-      if (id === this.nodeId || n.health !== "down") {
-        throw new ApiError(409, "conflict", `node ${id} (${n.name}) is up; stop its daemon first and remove it once pxd node list shows it down (pxd node drain moves its replicas off while it runs)`);
+    return this.onMetaLeader(caller, (api) => api.removeNode(ref, options), async () => {
+      const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
+      const leftover = members.find((id) => String(id) === ref && !this.catalog.nodes.has(id));
+      const id = leftover ?? this.nodeByRef(ref);
+      const n = this.catalog.nodes.get(id);
+      if (n !== undefined) {
+        if (id === this.nodeId || n.health !== "down") {
+          throw new ApiError(409, "conflict", `node ${id} (${n.name}) is up; stop its daemon first and remove it once pxd node list shows it down (pxd node drain moves its replicas off while it runs)`);
+        }
+        const result = await this.metaCommand({ kind: "removeNode", id, ...(options.force ? { force: true } : {}) });
+        if (!result.ok) throw catalogError(result);
       }
-      const result = await this.metaCommand({ kind: "removeNode", id, ...(options.force ? { force: true } : {}) });
-      if (!result.ok) throw catalogError(result);
-    }
-    if (members.includes(id)) {
-      try {
-        await this.driver.proposeConfChange(metaGroupId, { type: ConfChangeType.removeNode, nodeId: id });
-      } catch (e) {
-        throw new ApiError(503, "unavailable", `node ${id} left the catalog but is still a member of the catalog's Raft group (${(e as Error).message}); run pxd node remove ${id} again`);
+      if (members.includes(id)) {
+        try {
+          await this.driver.proposeConfChange(metaGroupId, { type: ConfChangeType.removeNode, nodeId: id });
+        } catch (e) {
+          throw new ApiError(503, "unavailable", `node ${id} left the catalog but is still a member of the catalog's Raft group (${(e as Error).message}); run pxd node remove ${id} again`);
+        }
       }
-    }
-    this.log.info(`node ${id}${n === undefined ? "" : ` (${n.name})`} removed from the cluster`);
+      this.log.info(`node ${id}${n === undefined ? "" : ` (${n.name})`} removed from the cluster`);
+    });
   }
 
   /** Every setting the catalog knows, with its value here. */
@@ -908,11 +920,11 @@ export class Daemon implements Controller {
 
   /** On the meta leader: sets a setting (null: back to its default); the catalog refuses an unknown key or a value out of its range (400). */
   async setSetting(key: string, request: SetSettingRequest, caller?: Caller): Promise<SettingInfo> {
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.setSetting(key, request.value));
-    const result = await this.metaCommand({ kind: "setSetting", key, value: request.value });
-    if (!result.ok) throw catalogError(result);
-    return this.settingInfo(key);
+    return this.onMetaLeader(caller, (api) => api.setSetting(key, request.value), async () => {
+      const result = await this.metaCommand({ kind: "setSetting", key, value: request.value });
+      if (!result.ok) throw catalogError(result);
+      return this.settingInfo(key);
+    });
   }
 
   async listVolumes(caller: Caller): Promise<VolumeInfo[]> {
@@ -944,8 +956,10 @@ export class Daemon implements Controller {
 
   async createVolume(request: CreateVolumeRequest, caller: Caller): Promise<VolumeInfo> {
     const owner = ownerFor(caller, request.owner);
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.createVolume(request));
+    return this.onMetaLeader(caller, (api) => api.createVolume(request), () => this.createVolumeOnLeader(request, owner));
+  }
+
+  private async createVolumeOnLeader(request: CreateVolumeRequest, owner: string): Promise<VolumeInfo> {
     const nodes = request.nodes?.map((ref) => this.nodeByRef(ref));
     const result = await this.metaCommand({
       kind: "createVolume",
@@ -975,8 +989,10 @@ export class Daemon implements Controller {
    */
   async deleteVolume(name: string, options: DeleteVolumeOptions, caller: Caller): Promise<void> {
     checkReach(caller, await this.knownVolume(name));
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.deleteVolume(name, options));
+    return this.onMetaLeader(caller, (api) => api.deleteVolume(name, options), () => this.deleteVolumeOnLeader(name, options));
+  }
+
+  private async deleteVolumeOnLeader(name: string, options: DeleteVolumeOptions): Promise<void> {
     const force = options.force === true;
     // Before the nodes are asked about their clients: an attached volume's refusal names its hosts.
     const attached = attachedProblem(this.mustGet(name));
@@ -1035,9 +1051,7 @@ export class Daemon implements Controller {
 
   async setSnapshotSchedule(volume: string, request: SnapshotScheduleRequest, caller: Caller): Promise<VolumeInfo> {
     checkReach(caller, await this.knownVolume(volume));
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.setSnapshotSchedule(volume, request));
-    return this.info(await this.snapshots.setSchedule(volume, request));
+    return this.onMetaLeader(caller, (api) => api.setSnapshotSchedule(volume, request), async () => this.info(await this.snapshots.setSchedule(volume, request)));
   }
 
   /** Why the volume may not change under its clients now: attached to a host, or served over NBD by a node (or a node did not answer). */
@@ -1091,12 +1105,12 @@ export class Daemon implements Controller {
 
   /** The fault-injection hook: an entry committed as given, unvalidated, on the catalog's leader. */
   private async debugCatalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse> {
-    const leaderApi = await this.metaLeaderApi(undefined);
-    if (leaderApi) return this.forwarded(leaderApi.debugCatalogPropose(request));
-    const data = request.hex !== undefined ? Buffer.from(request.hex, "hex") : encodeCommandUnchecked(request.command);
-    const r = await this.proposeMeta(data);
-    this.log.warn(`unsafe debug API: catalog entry ${r.index} committed without validation; ${r.ok ? "it applied" : `refused (${r.code}): ${r.error}`}`);
-    return r.ok ? { index: r.index, ok: true } : { index: r.index, ok: false, code: r.code, error: r.error };
+    return this.onMetaLeader(undefined, (api) => api.debugCatalogPropose(request), async () => {
+      const data = request.hex !== undefined ? Buffer.from(request.hex, "hex") : encodeCommandUnchecked(request.command);
+      const r = await this.proposeMeta(data);
+      this.log.warn(`unsafe debug API: catalog entry ${r.index} committed without validation; ${r.ok ? "it applied" : `refused (${r.code}): ${r.error}`}`);
+      return r.ok ? { index: r.index, ok: true } : { index: r.index, ok: false, code: r.code, error: r.error };
+    });
   }
 
   async join(request: JoinRequest): Promise<JoinResponse> {
@@ -1113,6 +1127,7 @@ export class Daemon implements Controller {
       this.log.warn(`join refused for ${who}: ${admit.error}`);
       throw new ApiError(400, "invalid", `the join request is not one the catalog accepts: ${admit.error}; fix the joining node's --name, --zone or --listen`);
     }
+    // Not onMetaLeader: the joining node never asks this one again, so the leader's answer goes back without this node's catalog catching up.
     const leaderApi = await this.metaLeaderApi(undefined);
     if (leaderApi) return leaderApi.join(request);
     let added: ApplyResult;
@@ -1146,13 +1161,13 @@ export class Daemon implements Controller {
 
   /** On the meta leader: the catalog remembers the revocation until the token expires (or the longest token lifetime, when the expiry is not given). */
   async revokeToken(request: RevokeTokenRequest, caller: Caller): Promise<{ id: string; revoked: boolean }> {
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.revokeToken(request));
-    const at = Date.now();
-    const result = await this.metaCommand({ kind: "revokeToken", id: request.id, expiresAt: request.expiresAt ?? at + apiTokenTtlMsMax, at });
-    if (!result.ok) throw catalogError(result);
-    this.log.info(`token ${request.id} revoked by "${caller.name}"`);
-    return { id: request.id, revoked: result.changed };
+    return this.onMetaLeader(caller, (api) => api.revokeToken(request), async () => {
+      const at = Date.now();
+      const result = await this.metaCommand({ kind: "revokeToken", id: request.id, expiresAt: request.expiresAt ?? at + apiTokenTtlMsMax, at });
+      if (!result.ok) throw catalogError(result);
+      this.log.info(`token ${request.id} revoked by "${caller.name}"`);
+      return { id: request.id, revoked: result.changed };
+    });
   }
 
   /** This node's audit records, or every node's (each asked with this node's token; one that does not answer has `error`). */
