@@ -27,10 +27,8 @@ import {
   type NodeInfo,
   type NodeStatus,
   type ReplicaInfo,
-  type ScrubNodeReport,
   type ScrubRequest,
   type ScrubResponse,
-  type ScrubVolumeReport,
   type SetSettingRequest,
   type SettingInfo,
   type UpdateVolumeRequest,
@@ -106,7 +104,8 @@ import { ConfChangeType } from "../raft/confchange.js";
 import { MultiRaft, NotLeaderError, ProposalDroppedError } from "../replication/driver.js";
 import { errorKindOf } from "../replication/errors.js";
 import { Repairer } from "../replication/repair.js";
-import { Scrubber, type ScrubReport } from "../replication/scrub.js";
+import { Scrubber } from "../replication/scrub.js";
+import { ScrubControl } from "./scrub-control.js";
 import { VolumeIo } from "../replication/volume-io.js";
 import { dispatchPeerMessage } from "../replication/dispatch.js";
 import type { ChecksumError } from "../store/errors.js";
@@ -210,8 +209,6 @@ const scrubCheckEveryMs = 60_000;
 const snapshotScheduleCheckEveryMs = 10_000;
 /** How often the daemon looks for this host's attach agents that died (docs/attach.md). */
 const agentCheckEveryMs = 5_000;
-/** How long the node a scrub request reached waits for each other node's scrub (a pass over 1 TiB at 32 MiB/s takes 9 hours). */
-const scrubCallTimeoutMs = 24 * 3600 * 1000;
 /** A delete asks every node for its NBD connections to the volume; one that has not answered within this is named in the refusal. */
 const deleteAskTimeoutMs = 2000;
 /**
@@ -245,8 +242,7 @@ export class Daemon implements Controller {
   private io!: VolumeIo;
   private snapshots!: Snapshots;
   private repairer!: Repairer;
-  private scrubber!: Scrubber;
-  private scheduledScrub: Promise<unknown> | undefined;
+  private scrubs!: ScrubControl;
   private peer: PeerListener | undefined;
   private nbd: NbdListener | undefined;
   private api: ApiServer | undefined;
@@ -349,7 +345,7 @@ export class Daemon implements Controller {
       log: (l) => log.warn(l),
     });
     this.damage.report = (e) => void this.repairer.repair(e);
-    this.scrubber = new Scrubber({
+    const scrubber = new Scrubber({
       store: this.store,
       repairer: this.repairer,
       nameOf: (group) => this.node.volumeById(group)?.name ?? `(group ${group})`,
@@ -357,6 +353,21 @@ export class Daemon implements Controller {
       now: () => performance.now(),
       clock: () => Date.now(),
       log: (l) => log.warn(l),
+    });
+    this.scrubs = new ScrubControl(scrubber, {
+      nodeId: state.nodeId,
+      intervalMs: options.scrubIntervalMs ?? scrubIntervalMsDefault,
+      bandwidthBytesPerSec: options.scrubBandwidthBytesPerSec ?? scrubBandwidthBytesPerSecDefault,
+      catalog: () => this.catalog,
+      selfName: () => this.selfName(),
+      knownVolume: (name) => this.knownVolume(name),
+      hostedVolumes: () => this.hostedVolumes(),
+      hasGroup: (id) => this.store.hasGroup(id),
+      nodeApi: (n, timeoutMs) => this.nodeApi(n, timeoutMs),
+      scrubbedAt: () => state.scrubbedAt,
+      setScrubbedAt: (ms) => state.setScrubbedAt(ms),
+      wallMs: () => Date.now(),
+      log,
     });
     // Every copy this node sends (volume copies, snapshot copies it makes) shares one rebuild bandwidth.
     const resync = resyncPacer({ now: monotonicMs, after: (ms, fn) => nodeTimers.setTimeout(fn, ms) }, () => this.resyncBandwidth);
@@ -432,7 +443,7 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => node.promoteLearners(), selfRegisterEveryMs));
     this.timers.push(setInterval(() => node.detectFailures(), healthCheckEveryMs));
     this.timers.push(setInterval(() => node.reconcileReplicas(), reconcileEveryMs));
-    this.timers.push(setInterval(() => this.scrubIfDue(), scrubCheckEveryMs));
+    this.timers.push(setInterval(() => this.scrubs.runIfDue(), scrubCheckEveryMs));
     this.timers.push(setInterval(() => this.superviseAttachAgents(), agentCheckEveryMs));
     this.timers.push(setInterval(() => this.runSnapshotSchedules(), snapshotScheduleCheckEveryMs));
     this.copyRates = new CopyRates((group) => this.driver.snapshotSender.copies(group), () => performance.now());
@@ -461,7 +472,7 @@ export class Daemon implements Controller {
       this.metricsRegistry?.close();
       this.admission.close();
       releaseSupervisorLock();
-      this.scrubber?.stop();
+      this.scrubs?.stop();
       const steps: [string, () => Promise<void>][] = [
         ["nbd", async () => this.nbd?.close()],
         ["api", async () => this.api?.close()],
@@ -819,7 +830,12 @@ export class Daemon implements Controller {
         usedBytes: up.reduce((a, n) => a + n.usedBytes, 0),
         freeBytes: up.reduce((a, n) => a + n.freeBytes, 0),
       },
-      integrity: this.integrity(),
+      integrity: {
+        checksumErrors: this.store.counters.checksumErrors,
+        blocksRepaired: this.repairer.counters.blocksRepaired,
+        blocksUnrepaired: this.repairer.counters.blocksUnrepaired,
+        scrub: this.scrubs.summary(),
+      },
     };
   }
 
@@ -935,9 +951,9 @@ export class Daemon implements Controller {
   async inspectVolume(name: string, caller: Caller): Promise<VolumeInfo> {
     const v = await this.knownVolume(name);
     checkReach(caller, v);
-    const [info, scrub] = await Promise.all([this.replicaStates(v), this.replicaScrubs(v)]);
+    const [info, scrub] = await Promise.all([this.replicaStates(v), this.scrubs.replicaScrubs(v)]);
     const waited = this.admission.counters(v.name);
-    const node = this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`;
+    const node = this.selfName();
     return { ...info, scrub, ...(waited !== undefined ? { throttle: { node, ...waited } } : {}) };
   }
 
@@ -1078,7 +1094,7 @@ export class Daemon implements Controller {
   }
 
   private connectionsHere(name: string): NodeConnections {
-    return { nodeId: this.nodeId, node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, connections: this.connections.get(name) ?? 0 };
+    return { nodeId: this.nodeId, node: this.selfName(), connections: this.connections.get(name) ?? 0 };
   }
 
   /** Closes this node's NBD connections to the volume; a volume the catalog knows is fenced so no client reopens it before the delete applies. */
@@ -1172,7 +1188,7 @@ export class Daemon implements Controller {
 
   /** This node's audit records, or every node's (each asked with this node's token; one that does not answer has `error`). */
   async audit(query: AuditQuery, _caller: Caller): Promise<AuditResponse> {
-    const here = (): AuditResponse["nodes"][number] => ({ node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, ...this.auditLog.read(query.sinceMs) });
+    const here = (): AuditResponse["nodes"][number] => ({ node: this.selfName(), ...this.auditLog.read(query.sinceMs) });
     if (query.local) return { nodes: [here()] };
     const nodes = await Promise.all(
       [...this.catalog.nodes.values()].map(async (n) => {
@@ -1185,6 +1201,16 @@ export class Daemon implements Controller {
       }),
     );
     return { nodes };
+  }
+
+  // ---- scrub (src/daemon/scrub-control.ts) ----
+
+  scrub(request: ScrubRequest): Promise<ScrubResponse> {
+    return this.scrubs.scrub(request);
+  }
+
+  scrubStatus(): Promise<ScrubResponse> {
+    return this.scrubs.status();
   }
 
   metrics(): Promise<string> {
@@ -1290,7 +1316,7 @@ export class Daemon implements Controller {
       peers: () => this.peer?.transport.stats(),
       snapshots: () => this.driver.snapshotSender.counters,
       repair: () => this.repairer.counters,
-      scrub: () => this.scrubber.counters,
+      scrub: () => this.scrubs.counters,
       volumes: () =>
         this.labelledVolumes().map((v) => ({
           name: v.name,
@@ -1312,6 +1338,11 @@ export class Daemon implements Controller {
     };
   }
 
+  /** This node's name in the catalog. */
+  private selfName(): string {
+    return this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`;
+  }
+
   /** A node is up, as this node sees it, when it is this node or connected to it. */
   private isUp(id: number): boolean {
     return id === this.nodeId || this.peer?.transport.isConnected(id) === true;
@@ -1325,20 +1356,10 @@ export class Daemon implements Controller {
     return this.repairer.unrepaired().has(v.id) ? "damaged" : "online";
   }
 
-  // ---- scrub (src/replication/scrub.ts) ----
-
-  private get scrubIntervalMs(): number {
-    return this.options.scrubIntervalMs ?? scrubIntervalMsDefault;
-  }
-
   /** Bytes a second this node's volume copies take together (0: no limit): the catalog's setting, else --resync-bandwidth. */
   private get resyncBandwidth(): number {
     const v = settingValue(this.catalog, "resyncBandwidthBytesPerSec");
     return typeof v === "number" && v >= 0 ? v : (this.options.resyncBandwidthBytesPerSec ?? resyncBandwidthBytesPerSecDefault);
-  }
-
-  private get scrubBandwidth(): number {
-    return this.options.scrubBandwidthBytesPerSec ?? scrubBandwidthBytesPerSecDefault;
   }
 
   /** The volume groups this node holds a replica of, by id. */
@@ -1371,97 +1392,6 @@ export class Daemon implements Controller {
       this.log.info(`volume ${r.volume}: could not record that ${node.name} serves ${r.device} on host ${r.host} now: ${(e as Error).message}`);
     }
   }
-
-  /** The scheduled scrub: everything here, once the interval since the last pass has passed. */
-  private scrubIfDue(): void {
-    const interval = this.scrubIntervalMs;
-    if (interval <= 0 || this.scheduledScrub !== undefined || Date.now() - this.state.scrubbedAt < interval) return;
-    this.log.info(`scrub: the scheduled pass over this node's ${this.hostedVolumes().length} volume replica(s) begins (at most ${formatSize(this.scrubBandwidth)}/s)`);
-    this.scheduledScrub = this.scrubber
-      .scrub(this.hostedVolumes(), this.scrubBandwidth)
-      .then(async (reports) => {
-        if (reports.some((r) => r.interrupted)) return;
-        await this.state.setScrubbedAt(Date.now());
-        const bytes = reports.reduce((a, r) => a + r.bytesScrubbed, 0);
-        const damaged = reports.reduce((a, r) => a + r.blocksDamaged, 0);
-        this.log.info(`scrub: the scheduled pass is done: ${formatSize(bytes)} checked, ${damaged} damaged block(s) found`);
-      })
-      .catch((e: Error) => {
-        if (isBug(e)) failStop(e, "scrub: the scheduled pass");
-        this.log.error(`scrub: the scheduled pass failed: ${e.message}`);
-      })
-      .finally(() => (this.scheduledScrub = undefined));
-  }
-
-  async scrub(request: ScrubRequest): Promise<ScrubResponse> {
-    const v = request.volume === undefined ? undefined : await this.knownVolume(request.volume);
-    if (request.local === true) {
-      const groups = v === undefined ? this.hostedVolumes() : this.store.hasGroup(v.id) ? [v.id] : [];
-      const reports = await this.scrubber.scrub(groups, request.bandwidthBytesPerSec ?? this.scrubBandwidth);
-      return { nodes: [this.scrubNodeReport(reports)] };
-    }
-    const targets = v === undefined ? [...this.catalog.nodes.keys()] : v.nodes;
-    const nodes = await Promise.all(
-      targets.map(async (id): Promise<ScrubNodeReport> => {
-        const n = this.catalog.nodes.get(id);
-        const name = n?.name ?? `node-${id}`;
-        try {
-          const r = id === this.nodeId ? await this.scrub({ ...request, local: true }) : n === undefined ? undefined : await this.nodeApi(n, scrubCallTimeoutMs).scrub({ ...request, local: true });
-          return r?.nodes[0] ?? { nodeId: id, node: name, volumes: [], error: "the node is not in the catalog" };
-        } catch (e) {
-          return { nodeId: id, node: name, volumes: [], error: (e as Error).message };
-        }
-      }),
-    );
-    return { nodes };
-  }
-
-  async scrubStatus(): Promise<ScrubResponse> {
-    return { nodes: [this.scrubNodeReport(this.scrubber.status())] };
-  }
-
-  private scrubNodeReport(reports: ScrubReport[]): ScrubNodeReport {
-    return { nodeId: this.nodeId, node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, volumes: reports.map(scrubVolumeReport) };
-  }
-
-  /** Each replica's last scrub, from its node (a node that does not answer within a second is left out). */
-  private async replicaScrubs(v: CatalogVolume): Promise<NonNullable<VolumeInfo["scrub"]>> {
-    const out = await Promise.all(
-      v.nodes.map(async (id) => {
-        const n = this.catalog.nodes.get(id);
-        if (n === undefined) return [];
-        try {
-          const status = id === this.nodeId ? await this.scrubStatus() : await this.nodeApi(n, 1000).scrubStatus();
-          return (status.nodes[0]?.volumes ?? []).filter((r) => r.volume === v.name).map((r) => ({ node: n.name, ...r }));
-        } catch {
-          return [];
-        }
-      }),
-    );
-    return out.flat();
-  }
-
-  private integrity(): NodeStatus["integrity"] {
-    const c = this.scrubber.counters;
-    const interval = this.scrubIntervalMs;
-    return {
-      checksumErrors: this.store.counters.checksumErrors,
-      blocksRepaired: this.repairer.counters.blocksRepaired,
-      blocksUnrepaired: this.repairer.counters.blocksUnrepaired,
-      scrub: {
-        intervalSec: Math.round(interval / 1000),
-        bandwidthBytesPerSec: this.scrubBandwidth,
-        lastPassAt: new Date(this.state.scrubbedAt).toISOString(),
-        nextPassAt: interval > 0 ? new Date(this.state.scrubbedAt + interval).toISOString() : null,
-        running: this.scrubber.status().some((r) => r.finishedAt === undefined),
-        bytesScrubbed: c.scrubBytes,
-        blocksDamaged: c.scrubBlocksDamaged,
-        blocksRepaired: c.scrubBlocksRepaired,
-        blocksUnrepaired: c.scrubBlocksUnrepaired,
-      },
-    };
-  }
-
 
   /** A node named by its name or its id (as pxd node list shows them). */
   private nodeByRef(ref: string): number {
@@ -1532,19 +1462,6 @@ export class Daemon implements Controller {
 
 function attachmentInfos(v: CatalogVolume): AttachmentInfo[] {
   return v.attachments.map((a) => ({ volume: v.name, host: a.host, device: a.device, via: a.via, readOnly: a.readOnly, node: a.node, since: new Date(a.at).toISOString() }));
-}
-
-function scrubVolumeReport(r: ScrubReport): ScrubVolumeReport {
-  return {
-    volume: r.volume,
-    startedAt: new Date(r.startedAt).toISOString(),
-    ...(r.finishedAt !== undefined ? { finishedAt: new Date(r.finishedAt).toISOString() } : {}),
-    interrupted: r.interrupted,
-    bytesScrubbed: r.bytesScrubbed,
-    blocksDamaged: r.blocksDamaged,
-    blocksRepaired: r.blocksRepaired,
-    blocksUnrepaired: r.blocksUnrepaired,
-  };
 }
 
 /** Why a volume may not be deleted now, or undefined: a node serves it (unless forced) or did not answer (unless forced). */
