@@ -121,11 +121,7 @@ import { VolumeKeys } from "./volume-keys.js";
 import { clusterKeySource } from "../os/cluster-key.js";
 import { Snapshots } from "./snapshots.js";
 import { NodeAdmission, resyncPacer } from "./qos.js";
-import { NodeMetrics, type GroupView, type MetricsView } from "./metrics.js";
-import { metricsVolumesMax, sumSamples, VolumeStats, volumeStatsIdleSec } from "./volume-stats.js";
-import { CopyRates } from "./copy-progress.js";
-import { roleNames } from "../raft/types.js";
-import { EventRing, type ClusterView } from "./events.js";
+import { NodeObserver } from "./node-observer.js";
 
 export interface DaemonOptions {
   dataDir: string;
@@ -224,14 +220,10 @@ export class Daemon implements Controller {
   /** The catalog, the replicas it places here and the control loops (src/node). */
   private node!: ClusterNode;
   private readonly connections = new Map<string, number>();
-  /** Each volume's NBD I/O through this node, from its first connection here until the catalog drops it; empty with --no-metrics. */
-  private readonly ioStats = new Map<string, VolumeStats>();
   /** Each volume's QoS limits and the node's fair share between volumes, where NBD requests enter (src/daemon/qos.ts). */
   private readonly admission = new NodeAdmission({ now: monotonicMs, after: (ms, fn) => nodeTimers.setTimeout(fn, ms) }, ioNodeRequestsInFlightMax, (name) => this.catalog.volumes.get(name)?.qos);
-  private metricsRegistry: NodeMetrics | undefined;
-  private readonly eventRing = new EventRing();
-  /** The copies this node streams to replicas, with their rates (set in wire(), where the driver is made). */
-  private copyRates!: CopyRates;
+  /** /metrics, the console's samples, events and copy progress (src/daemon/node-observer.ts). */
+  private observer!: NodeObserver;
   /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
   private readonly fenced = new Map<string, number>();
   private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
@@ -446,9 +438,34 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => this.scrubs.runIfDue(), scrubCheckEveryMs));
     this.timers.push(setInterval(() => this.superviseAttachAgents(), agentCheckEveryMs));
     this.timers.push(setInterval(() => this.runSnapshotSchedules(), snapshotScheduleCheckEveryMs));
-    this.copyRates = new CopyRates((group) => this.driver.snapshotSender.copies(group), () => performance.now());
-    this.metricsRegistry = new NodeMetrics(this.metricsView());
-    this.timers.push(setInterval(() => this.everySecond(), sampleEveryMs));
+    this.observer = new NodeObserver({
+      nodeId: state.nodeId,
+      countIo: options.metrics !== false,
+      catalog: () => this.catalog,
+      selfName: () => this.selfName(),
+      knownVolume: (name) => this.knownVolume(name),
+      nodeApi: (n, timeoutMs) => this.nodeApi(n, timeoutMs),
+      hostedVolumes: () => this.hostedVolumes(),
+      volumeById: (id) => node.volumeById(id),
+      connections: (name) => this.connections.get(name) ?? 0,
+      isUp: (id) => this.isUp(id),
+      volumeState: (v) => this.volumeState(v),
+      allocatedBytes: (id) => (this.store.hasGroup(id) ? this.store.allocatedBytes(id) : undefined),
+      copies: (group) => this.driver.snapshotSender.copies(group),
+      groups: this.driver,
+      admission: this.admission,
+      parts: {
+        store: () => this.store.stats(),
+        nbd: () => this.nbd?.server.stats(),
+        peers: () => this.peer?.transport.stats(),
+        snapshots: () => this.driver.snapshotSender.counters,
+        repair: () => this.repairer.counters,
+        scrub: () => this.scrubs.counters,
+      },
+      wallMs: () => Date.now(),
+      monoMs: () => performance.now(),
+    });
+    this.timers.push(setInterval(() => this.observer.everySecond(), sampleEveryMs));
     await this.untilRegistered();
     const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
     this.nbd = await listenNbd({ host: this.bindAddress, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits, ...(this.nbdTls !== undefined ? { tls: this.nbdTls } : {}) });
@@ -469,7 +486,7 @@ export class Daemon implements Controller {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       for (const t of this.timers) clearInterval(t);
-      this.metricsRegistry?.close();
+      this.observer?.close();
       this.admission.close();
       releaseSupervisorLock();
       this.scrubs?.stop();
@@ -756,7 +773,7 @@ export class Daemon implements Controller {
         };
         return new ReplicatedVolumeExport(v, sizeNow, this.io, this.readBuffers, () => {
           this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
-        }, this.admission.gate(name), this.statsFor(name));
+        }, this.admission.gate(name), this.observer.statsFor(name));
       },
     };
   }
@@ -1203,6 +1220,20 @@ export class Daemon implements Controller {
     return { nodes };
   }
 
+  // ---- metrics, events, the console's samples (src/daemon/node-observer.ts) ----
+
+  metrics(): Promise<string> {
+    return this.observer.metrics();
+  }
+
+  events(sinceSeq: number): Promise<EventsResponse> {
+    return this.observer.events(sinceSeq);
+  }
+
+  volumeStats(name: string, local: boolean, caller: Caller): Promise<VolumeStatsResponse> {
+    return this.observer.volumeStats(name, local, caller);
+  }
+
   // ---- scrub (src/daemon/scrub-control.ts) ----
 
   scrub(request: ScrubRequest): Promise<ScrubResponse> {
@@ -1213,131 +1244,6 @@ export class Daemon implements Controller {
     return this.scrubs.status();
   }
 
-  metrics(): Promise<string> {
-    return this.metricsRegistry?.text() ?? Promise.resolve("");
-  }
-
-  // ---- metrics and the console's samples (src/daemon/metrics.ts, volume-stats.ts) ----
-
-  /** The volume's I/O counters on this node (made at its first NBD connection here); undefined with --no-metrics. */
-  private statsFor(name: string): VolumeStats | undefined {
-    if (this.options.metrics === false) return undefined;
-    let s = this.ioStats.get(name);
-    if (s === undefined) this.ioStats.set(name, (s = new VolumeStats(name)));
-    return s;
-  }
-
-  /** Once a second: each volume's sample for the console (a volume the catalog dropped, or idle here for volumeStatsIdleSec, loses its counters and series), and the events since the last turn. */
-  private everySecond(): void {
-    const wall = Date.now();
-    const mono = performance.now();
-    for (const [name, s] of this.ioStats) {
-      const idle = (this.connections.get(name) ?? 0) === 0 && s.idleSamples >= volumeStatsIdleSec;
-      if (!this.catalog.volumes.has(name) || idle) this.ioStats.delete(name);
-      else s.sample(wall, mono);
-    }
-    // A volume's throttle lives as long as its counters, or its connections here with --no-metrics.
-    this.admission.prune((name) => this.catalog.volumes.has(name) && (this.ioStats.has(name) || (this.connections.get(name) ?? 0) > 0));
-    this.eventRing.observe(this.clusterView(), wall);
-    this.copyRates.track(this.hostedVolumes());
-  }
-
-  private clusterView(): ClusterView {
-    return {
-      nodes: new Map([...this.catalog.nodes.values()].map((n) => [n.id, { name: n.name, up: this.isUp(n.id) }])),
-      volumes: new Map([...this.catalog.volumes.values()].map((v) => [v.name, { nodes: [...v.nodes], leader: this.driver.hasGroup(v.id) ? this.driver.leader(v.id) : 0 }])),
-    };
-  }
-
-  async events(sinceSeq: number): Promise<EventsResponse> {
-    return { node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, events: this.eventRing.since(sinceSeq) };
-  }
-
-  /** This node's samples of the volume, or every node's summed second by second (a node that does not answer within a second is named in `silent`). */
-  async volumeStats(name: string, local: boolean, caller: Caller): Promise<VolumeStatsResponse> {
-    const v = await this.knownVolume(name);
-    checkReach(caller, v);
-    const self = this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`;
-    const mine = this.ioStats.get(v.name)?.samples() ?? [];
-    if (local) return { volume: v.name, samples: mine, nodes: [self], silent: [] };
-    const answers = await Promise.all(
-      [...this.catalog.nodes.values()]
-        .filter((n) => n.id !== this.nodeId)
-        .map(async (n) => {
-          try {
-            return { node: n.name, samples: (await this.nodeApi(n, 1000).volumeStats(v.name, true)).samples };
-          } catch {
-            return { node: n.name, samples: undefined };
-          }
-        }),
-    );
-    const heard = answers.filter((a) => a.samples !== undefined);
-    return {
-      volume: v.name,
-      samples: sumSamples([mine, ...heard.map((a) => a.samples!)]),
-      nodes: [self, ...heard.map((a) => a.node)],
-      silent: answers.filter((a) => a.samples === undefined).map((a) => a.node),
-    };
-  }
-
-  /** The volumes that carry per-volume series here: those with I/O through this node first, then those with a replica here, at most metricsVolumesMax. */
-  private labelledVolumes(): CatalogVolume[] {
-    const withIo = [...this.ioStats.keys()].sort().map((n) => this.catalog.volumes.get(n)).filter((v): v is CatalogVolume => v !== undefined);
-    const hosted = this.hostedVolumes().map((id) => this.node.volumeById(id)).filter((v): v is CatalogVolume => v !== undefined && !this.ioStats.has(v.name));
-    return [...withIo, ...hosted].slice(0, metricsVolumesMax);
-  }
-
-  private groupView(v: CatalogVolume): GroupView | undefined {
-    const s = this.driver.status(v.id);
-    if (s === undefined) return undefined;
-    const progress = this.driver.progress(v.id);
-    return {
-      volume: v.name,
-      role: roleNames[s.role],
-      term: s.term,
-      commitIndex: s.commit,
-      appliedIndex: s.applied,
-      lastIndex: s.lastIndex,
-      ...(progress === undefined
-        ? {}
-        : { memberLag: progress.filter((p) => p.node !== this.nodeId).map((p) => ({ member: this.catalog.nodes.get(p.node)?.name ?? `node-${p.node}`, entries: Math.max(0, s.lastIndex - p.match) })) }),
-    };
-  }
-
-  private metricsView(): MetricsView {
-    const count = <T>(items: Iterable<T>, key: (x: T) => string): Record<string, number> => {
-      const out: Record<string, number> = {};
-      for (const x of items) out[key(x)] = (out[key(x)] ?? 0) + 1;
-      return out;
-    };
-    return {
-      store: () => this.store.stats(),
-      nbd: () => this.nbd?.server.stats(),
-      peers: () => this.peer?.transport.stats(),
-      snapshots: () => this.driver.snapshotSender.counters,
-      repair: () => this.repairer.counters,
-      scrub: () => this.scrubs.counters,
-      volumes: () =>
-        this.labelledVolumes().map((v) => ({
-          name: v.name,
-          stats: this.ioStats.get(v.name),
-          admission: this.admission.counters(v.name),
-          allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : undefined,
-          connections: this.connections.get(v.name) ?? 0,
-        })),
-      allStats: () => this.ioStats.values(),
-      admission: () => this.admission.load,
-      groups: () => this.labelledVolumes().flatMap((v) => this.groupView(v) ?? []),
-      groupRoles: () =>
-        count(
-          this.hostedVolumes().flatMap((id) => this.driver.status(id) ?? []),
-          (s) => roleNames[s.role],
-        ),
-      nodesByHealth: () => ({ up: 0, down: 0, ...count(this.nodeHealth(), (h) => h) }),
-      volumesByState: () => ({ online: 0, damaged: 0, ...count(this.catalog.volumes.values(), (v) => this.volumeState(v)) }),
-    };
-  }
-
   /** This node's name in the catalog. */
   private selfName(): string {
     return this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`;
@@ -1346,10 +1252,6 @@ export class Daemon implements Controller {
   /** A node is up, as this node sees it, when it is this node or connected to it. */
   private isUp(id: number): boolean {
     return id === this.nodeId || this.peer?.transport.isConnected(id) === true;
-  }
-
-  private nodeHealth(): ("up" | "down")[] {
-    return [...this.catalog.nodes.values()].map((n) => (this.isUp(n.id) ? "up" : "down"));
   }
 
   private volumeState(v: CatalogVolume): VolumeInfo["state"] {
@@ -1454,7 +1356,7 @@ export class Daemon implements Controller {
         state = "catching-up";
         detail = `0/${last}`;
       }
-      const copy = state === "catching-up" && leader === this.nodeId ? this.copyRates.progress(v.id, id) : undefined;
+      const copy = state === "catching-up" && leader === this.nodeId ? this.observer.copyProgress(v.id, id) : undefined;
       return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), ...(copy ? { copy } : {}), leader: id === leader };
     });
   }
