@@ -50,7 +50,6 @@ import {
   type SnapshotInfo,
   type SnapshotScheduleRequest,
 } from "../api/types.js";
-import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
 import { failStop, isBug } from "../base/fail-stop.js";
 import { Prng } from "../base/prng.js";
@@ -81,15 +80,11 @@ import {
   apiTokenTtlMsMax,
   logFieldCharsMax,
   nodeBytesMax,
-  readPoolBufferBytesMax,
-  readPoolBufferBytesMin,
-  readPoolBytesMax,
   ioNodeRequestsInFlightMax,
   resyncBandwidthBytesPerSecDefault,
   scrubBandwidthBytesPerSecDefault,
   scrubIntervalMsDefault,
 } from "../constants.js";
-import type { ExportRefusal, ExportRegistry, NbdClient } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { loadNbdTls, type NbdTls, type NbdTlsConfig } from "../os/nbd-tls.js";
 import { keepClusterCa, nodeCertificate, readClusterCa, sealCa, unsealCa } from "../os/cluster-ca.js";
@@ -116,7 +111,7 @@ import { checkSameCluster, clusterSecret, joinAddress, keepClusterSecret, makeCa
 import { AuditLog } from "./audit-log.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
-import { ReplicatedVolumeExport, SnapshotExport } from "./volume-export.js";
+import { NbdExports } from "./nbd-exports.js";
 import { VolumeKeys } from "./volume-keys.js";
 import { clusterKeySource } from "../os/cluster-key.js";
 import { Snapshots } from "./snapshots.js";
@@ -207,26 +202,18 @@ const snapshotScheduleCheckEveryMs = 10_000;
 const agentCheckEveryMs = 5_000;
 /** A delete asks every node for its NBD connections to the volume; one that has not answered within this is named in the refusal. */
 const deleteAskTimeoutMs = 2000;
-/**
- * After a forced delete disconnected a volume's clients on this node, new
- * connections to it are refused until the catalog drops it, or this long
- * (a delete that never committed).
- */
-const deleteFenceMs = 30_000;
 /** How often each volume's I/O counters are sampled for the console's graphs (VolumeStats.sample). */
 const sampleEveryMs = 1000;
 
 export class Daemon implements Controller {
   /** The catalog, the replicas it places here and the control loops (src/node). */
   private node!: ClusterNode;
-  private readonly connections = new Map<string, number>();
   /** Each volume's QoS limits and the node's fair share between volumes, where NBD requests enter (src/daemon/qos.ts). */
   private readonly admission = new NodeAdmission({ now: monotonicMs, after: (ms, fn) => nodeTimers.setTimeout(fn, ms) }, ioNodeRequestsInFlightMax, (name) => this.catalog.volumes.get(name)?.qos);
   /** /metrics, the console's samples, events and copy progress (src/daemon/node-observer.ts). */
   private observer!: NodeObserver;
-  /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
-  private readonly fenced = new Map<string, number>();
-  private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
+  /** What this node serves over NBD, and its connections (src/daemon/nbd-exports.ts). */
+  private exports!: NbdExports;
   private readonly startedAt = process.hrtime.bigint();
   /** A turn of superviseAttachAgents is running. */
   private supervising = false;
@@ -416,7 +403,7 @@ export class Daemon implements Controller {
       self: () => describeSelf(options, state.nodeId, { nbdPort: this.nbdPort, apiPort: this.api?.port ?? options.apiPort }),
       isConnected: (id) => transport.isConnected(id),
       setTransportPeers: (peers) => transport.setPeers(peers),
-      volumeGone: (name) => this.fenced.delete(name),
+      volumeGone: (name) => this.exports.volumeGone(name),
       growCatalog: (name, sizeBytes) => this.growCatalog(name, sizeBytes),
       monotonicMs,
       wallMs: () => Date.now(),
@@ -438,6 +425,19 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => this.scrubs.runIfDue(), scrubCheckEveryMs));
     this.timers.push(setInterval(() => this.superviseAttachAgents(), agentCheckEveryMs));
     this.timers.push(setInterval(() => this.runSnapshotSchedules(), snapshotScheduleCheckEveryMs));
+    this.exports = new NbdExports({
+      tlsOwners: options.nbdTlsOwners === true,
+      io: this.io,
+      volumeKeys: this.volumeKeys,
+      catalog: () => this.catalog,
+      catalogCatchUp: () => this.catalogCatchUp(),
+      snapshotSizeHere: (v, s) => this.snapshots.sizeHere(v, s),
+      gate: (volume) => this.admission.gate(volume),
+      statsFor: (volume) => this.observer.statsFor(volume),
+      closeExport: (name, why) => this.nbd?.server.closeExport(name, why) ?? 0,
+      wallMs: () => Date.now(),
+      log,
+    });
     this.observer = new NodeObserver({
       nodeId: state.nodeId,
       countIo: options.metrics !== false,
@@ -447,7 +447,7 @@ export class Daemon implements Controller {
       nodeApi: (n, timeoutMs) => this.nodeApi(n, timeoutMs),
       hostedVolumes: () => this.hostedVolumes(),
       volumeById: (id) => node.volumeById(id),
-      connections: (name) => this.connections.get(name) ?? 0,
+      connections: (name) => this.exports.connections(name),
       isUp: (id) => this.isUp(id),
       volumeState: (v) => this.volumeState(v),
       allocatedBytes: (id) => (this.store.hasGroup(id) ? this.store.allocatedBytes(id) : undefined),
@@ -468,7 +468,7 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => this.observer.everySecond(), sampleEveryMs));
     await this.untilRegistered();
     const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
-    this.nbd = await listenNbd({ host: this.bindAddress, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits, ...(this.nbdTls !== undefined ? { tls: this.nbdTls } : {}) });
+    this.nbd = await listenNbd({ host: this.bindAddress, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.exports.registry(), log, limits: nbdLimits, ...(this.nbdTls !== undefined ? { tls: this.nbdTls } : {}) });
     const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
     if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
     const apiTls = options.apiPlainHttp !== true ? cert : undefined;
@@ -744,61 +744,6 @@ export class Daemon implements Controller {
       .filter((n) => n.health === "up")
       .sort((a, b) => rank(a.id) - rank(b.id) || a.id - b.id)
       .map((n) => hostPort(n.address, n.nbdPort));
-  }
-
-  // ---- NBD exports ----
-
-  private registry(): ExportRegistry {
-    const defaultName = (): string | undefined => (this.catalog.volumes.size === 1 ? [...this.catalog.volumes.keys()][0] : undefined);
-    // With --nbd-tls-owners a TCP client reaches the volumes its TLS identity owns; the same answer as "no such export" otherwise.
-    const reaches = (v: CatalogVolume, client: NbdClient): boolean => this.options.nbdTlsOwners !== true || client.local || (client.identity !== undefined && client.identity === v.owner);
-    return {
-      list: (client) => [...this.catalog.volumes.values()].filter((v) => reaches(v, client)).map((v) => ({ name: v.name, description: `pxd volume ${v.name}` })),
-      defaultName,
-      catchUp: (name) => {
-        const known = name !== undefined && (name === "" ? defaultName() !== undefined : this.catalog.volumes.has(name));
-        return known ? undefined : this.catalogCatchUp();
-      },
-      open: (name, client) => {
-        const at = name.indexOf("@");
-        if (at > 0) return this.openSnapshot(name.slice(0, at), name.slice(at + 1), client, reaches);
-        const v = this.catalog.volumes.get(name);
-        if (v === undefined || !reaches(v, client) || (this.fenced.get(name) ?? 0) > Date.now()) return undefined;
-        const refused = this.keyRefusal(v, name, client);
-        if (refused !== undefined) return refused;
-        this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
-        const sizeNow = (): number => {
-          const now = this.catalog.volumes.get(name);
-          return now !== undefined && now.id === v.id ? now.sizeBytes : v.sizeBytes;
-        };
-        return new ReplicatedVolumeExport(v, sizeNow, this.io, this.readBuffers, () => {
-          this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
-        }, this.admission.gate(name), this.observer.statsFor(name));
-      },
-    };
-  }
-
-  /** An encrypted volume's export on a node that cannot open its key: refused with the reason (never ciphertext served as data), and logged. */
-  private keyRefusal(v: CatalogVolume, exportName: string, client: NbdClient): ExportRefusal | undefined {
-    const c = this.volumeKeys.cipherOf(v.id, () => v);
-    if (c === null || c === undefined || !("missing" in c)) return undefined;
-    const who = client.local ? "a local client" : client.identity !== undefined ? `client ${printable(client.identity, logFieldCharsMax)}` : "a TCP client";
-    this.log.warn(`NBD: export ${printable(exportName, logFieldCharsMax)} refused to ${who}: ${c.missing}`);
-    return { refused: c.missing };
-  }
-
-  /** A snapshot's read-only export (VOLUME@SNAPSHOT); its connections count under that name, not the volume's. */
-  private openSnapshot(volume: string, snapshot: string, client: NbdClient, reaches: (v: CatalogVolume, client: NbdClient) => boolean): SnapshotExport | ExportRefusal | undefined {
-    const v = this.catalog.volumes.get(volume);
-    const s = v?.snapshots.find((x) => x.name === snapshot);
-    if (v === undefined || s === undefined || !reaches(v, client)) return undefined;
-    const name = `${volume}@${snapshot}`;
-    const refused = this.keyRefusal(v, name, client);
-    if (refused !== undefined) return refused;
-    this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
-    return new SnapshotExport(v, s, this.snapshots.sizeHere(v, s) ?? s.sizeBytes, this.io, this.readBuffers, () => {
-      this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
-    }, this.admission.gate(volume));
   }
 
   // ---- Controller (control API) ----
@@ -1111,13 +1056,12 @@ export class Daemon implements Controller {
   }
 
   private connectionsHere(name: string): NodeConnections {
-    return { nodeId: this.nodeId, node: this.selfName(), connections: this.connections.get(name) ?? 0 };
+    return { nodeId: this.nodeId, node: this.selfName(), connections: this.exports.connections(name) };
   }
 
-  /** Closes this node's NBD connections to the volume; a volume the catalog knows is fenced so no client reopens it before the delete applies. */
+  /** Closes this node's NBD connections to the volume, and fences it until the delete applies (NbdExports.disconnect). */
   private disconnectHere(name: string): NodeConnections {
-    if (this.catalog.volumes.has(name)) this.fenced.set(name, Date.now() + deleteFenceMs);
-    const closed = this.nbd?.server.closeExport(name, `volume ${name} is being deleted (--force): disconnected`) ?? 0;
+    const closed = this.exports.disconnect(name);
     return { ...this.connectionsHere(name), connections: closed };
   }
 
@@ -1324,7 +1268,7 @@ export class Daemon implements Controller {
       state: this.volumeState(v),
       allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : 0,
       nbdUri: `nbd://${hostPort(this.options.listen, this.nbdPort)}/${v.name}`,
-      connections: this.connections.get(v.name) ?? 0,
+      connections: this.exports.connections(v.name),
       replicas: this.replicas(v, leader),
       shared: v.shared,
       encrypted: v.encryption !== null,
