@@ -7,7 +7,7 @@
 // the Raft groups of the volumes placed on it, and any node serves any volume
 // over NBD (VolumeIo forwards to the leader).
 
-import { createHmac, randomUUID, timingSafeEqual } from "node:crypto";
+import { timingSafeEqual } from "node:crypto";
 import { mkdirSync, statfsSync } from "node:fs";
 import { join } from "node:path";
 import { ApiClient, DaemonUnreachableError, hostPort, parseApiAddress } from "../api/client.js";
@@ -79,7 +79,6 @@ import {
   checkReplicationConstants,
   apiTokenTtlMsMax,
   logFieldCharsMax,
-  nodeBytesMax,
   ioNodeRequestsInFlightMax,
   resyncBandwidthBytesPerSecDefault,
   scrubBandwidthBytesPerSecDefault,
@@ -87,8 +86,7 @@ import {
 } from "../constants.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { loadNbdTls, type NbdTls, type NbdTlsConfig } from "../os/nbd-tls.js";
-import { keepClusterCa, nodeCertificate, readClusterCa, sealCa, unsealCa } from "../os/cluster-ca.js";
-import { clusterSecretFile } from "../os/credentials.js";
+import { nodeCertificate, readClusterCa, sealCa } from "../os/cluster-ca.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { packageVersion } from "../os/package-version.js";
@@ -107,11 +105,12 @@ import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
 import { ClusterNode, metaGroupId } from "../node/cluster-node.js";
 import { Access, checkReach, mayReach, ownerFor } from "./access.js";
-import { checkSameCluster, clusterSecret, joinAddress, keepClusterSecret, makeCaAtBootstrap, usesTls, writeFirstAdminToken } from "./node-credentials.js";
+import { checkSameCluster, clusterSecret, keepClusterSecret, makeCaAtBootstrap, usesTls, writeFirstAdminToken } from "./node-credentials.js";
 import { AuditLog } from "./audit-log.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
 import { NbdExports } from "./nbd-exports.js";
+import { describeSelf, enterCluster, joinProof } from "./cluster-join.js";
 import { VolumeKeys } from "./volume-keys.js";
 import { clusterKeySource } from "../os/cluster-key.js";
 import { Snapshots } from "./snapshots.js";
@@ -179,7 +178,6 @@ const forwardDeadlineMs = 15000;
 /** How long pxd audit waits for each other node's records. */
 const auditAskTimeoutMs = 5000;
 const selfRegisterEveryMs = 300;
-const joinAttemptsMax = 60;
 const registerWaitMs = 10000;
 /** How long an API write waits for the catalog's group to elect a leader before answering 503. */
 const metaLeaderWaitMs = 5000;
@@ -1326,53 +1324,4 @@ function busyProblem(name: string, answers: readonly { node: string; connections
 function catalogError(r: Pick<Extract<ApplyResult, { ok: false }>, "code" | "error">): ApiError {
   const status = r.code === "not_found" ? 404 : r.code === "exists" || r.code === "conflict" || r.code === "limit" ? 409 : 400;
   return new ApiError(status, r.code, r.error);
-}
-
-/** This node as the catalog lists it (addNode), with the ports it bound when they are known. */
-function describeSelf(options: DaemonOptions, nodeId: number, bound?: { nbdPort: number; apiPort: number }): Omit<JoinRequest, "proof"> {
-  const fsStat = statfsSync(options.dataDir);
-  return {
-    id: nodeId,
-    name: options.name ?? `node-${nodeId}`,
-    address: options.listen,
-    nbdPort: bound?.nbdPort ?? options.nbdPort,
-    apiPort: bound?.apiPort ?? options.apiPort,
-    peerPort: options.peerPort,
-    capacityBytes: Math.min(nodeBytesMax, fsStat.blocks * fsStat.bsize),
-    labels: options.zone ? { zone: options.zone } : {},
-  };
-}
-
-/** The Raft configuration change that makes a member change. */
-export function joinProof(secret: Buffer, fields: Omit<JoinRequest, "proof">): Buffer {
-  const canonical = JSON.stringify([fields.id, fields.name, fields.address, fields.nbdPort, fields.apiPort, fields.peerPort, fields.capacityBytes, fields.labels]);
-  return createHmac("sha256", secret).update("pxd-join\0").update(canonical).digest();
-}
-
-/** A new node: bootstrap a cluster of one, or ask a member to let it in. */
-async function enterCluster(options: DaemonOptions, state: NodeState, secret: Buffer, log: Logger): Promise<void> {
-  if (options.join === undefined) {
-    await state.setCluster(randomUUID(), [state.nodeId]);
-    log.info(`bootstrapped a new cluster ${state.clusterId} with node ${state.nodeId}; the cluster secret is in ${join(options.dataDir, clusterSecretFile)}`);
-    return;
-  }
-  const fields = describeSelf(options, state.nodeId);
-  // Over HTTPS the joining node has no CA yet to check the member with: the answer's CA is authenticated by its seal under the cluster secret instead.
-  const client = new ApiClient(joinAddress(options), { timeoutMs: 30000, insecureTls: true });
-  const request = { ...fields, proof: joinProof(secret, fields).toString("hex") };
-  let resp: JoinResponse | undefined;
-  for (let attempt = 1; resp === undefined; attempt++) {
-    try {
-      resp = await client.join(request);
-    } catch (e) {
-      // The member may be starting, or electing its catalog's leader: wait a little, a bounded number of times.
-      const retryable = (e instanceof ApiError && e.status === 503) || e instanceof DaemonUnreachableError;
-      if (!retryable || attempt >= joinAttemptsMax) throw e;
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
-  if (resp.ca !== undefined) keepClusterCa(options.dataDir, unsealCa(resp.ca, secret));
-  await state.setPeers(resp.peers);
-  await state.setCluster(resp.clusterId, resp.metaVoters);
-  log.info(`joined cluster ${resp.clusterId} through ${options.join} as node ${state.nodeId}`);
 }
