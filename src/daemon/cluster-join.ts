@@ -12,7 +12,7 @@ import { ApiError, type JoinRequest, type JoinResponse } from "../api/types.js";
 import { nodeBytesMax } from "../constants.js";
 import { keepClusterCa, unsealCa } from "../os/cluster-ca.js";
 import { clusterSecretFile } from "../os/credentials.js";
-import type { DaemonOptions, Logger } from "./daemon.js";
+import type { DaemonOptions, Logger } from "./daemon-options.js";
 import { joinAddress } from "./node-credentials.js";
 import type { NodeState } from "./node-state.js";
 
