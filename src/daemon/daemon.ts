@@ -6,6 +6,12 @@
 // start from its latest catalog snapshot and the log after it; a node hosts
 // the Raft groups of the volumes placed on it, and any node serves any volume
 // over NBD (VolumeIo forwards to the leader).
+//
+// Daemon implements the control API's Controller. A catalog change is made on
+// the catalog's leader, forwarded there from any other node (onMetaLeader);
+// snapshots, scrubs, what is served over NBD, and metrics, events and samples
+// are the parts' (snapshots.ts, scrub-control.ts, nbd-exports.ts,
+// node-observer.ts), each given what it needs of the node as an interface.
 
 import { timingSafeEqual } from "node:crypto";
 import { mkdirSync, statfsSync } from "node:fs";
