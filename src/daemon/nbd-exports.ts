@@ -47,7 +47,8 @@ export interface ExportsContext {
 }
 
 export class NbdExports {
-  private readonly open = new Map<string, number>();
+  /** Open NBD connections by export name. */
+  private readonly connectionCount = new Map<string, number>();
   /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
   private readonly fenced = new Map<string, number>();
   private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
@@ -56,7 +57,7 @@ export class NbdExports {
 
   /** NBD connections open to the export (a volume, or VOLUME@SNAPSHOT) on this node. */
   connections(exportName: string): number {
-    return this.open.get(exportName) ?? 0;
+    return this.connectionCount.get(exportName) ?? 0;
   }
 
   /** Closes this node's NBD connections to the volume; a volume the catalog knows is fenced so no client reopens it before the delete applies. */
@@ -89,13 +90,13 @@ export class NbdExports {
         if (v === undefined || !reaches(v, client) || (this.fenced.get(name) ?? 0) > c.wallMs()) return undefined;
         const refused = this.keyRefusal(v, name, client);
         if (refused !== undefined) return refused;
-        this.open.set(name, (this.open.get(name) ?? 0) + 1);
+        this.connectionCount.set(name, (this.connectionCount.get(name) ?? 0) + 1);
         const sizeNow = (): number => {
           const now = c.catalog().volumes.get(name);
           return now !== undefined && now.id === v.id ? now.sizeBytes : v.sizeBytes;
         };
         return new ReplicatedVolumeExport(v, sizeNow, c.io, this.readBuffers, () => {
-          this.open.set(name, (this.open.get(name) ?? 1) - 1);
+          this.connectionCount.set(name, (this.connectionCount.get(name) ?? 1) - 1);
         }, c.gate(name), c.statsFor(name));
       },
     };
@@ -119,9 +120,9 @@ export class NbdExports {
     const name = `${volume}@${snapshot}`;
     const refused = this.keyRefusal(v, name, client);
     if (refused !== undefined) return refused;
-    this.open.set(name, (this.open.get(name) ?? 0) + 1);
+    this.connectionCount.set(name, (this.connectionCount.get(name) ?? 0) + 1);
     return new SnapshotExport(v, s, c.snapshotSizeHere(v, s) ?? s.sizeBytes, c.io, this.readBuffers, () => {
-      this.open.set(name, (this.open.get(name) ?? 1) - 1);
+      this.connectionCount.set(name, (this.connectionCount.get(name) ?? 1) - 1);
     }, c.gate(volume));
   }
 }
