@@ -10,7 +10,7 @@ import { intArg, byteCountArg, durationArg, rateLimitArg } from "./args.js";
 import { CliError } from "./errors.js";
 
 // The contract with src/daemon/main.ts; a type-only import, erased at run time.
-import type { DaemonOptions } from "../daemon/daemon.js";
+import type { DaemonOptions } from "../daemon/daemon-options.js";
 import type { NbdTlsMode } from "../os/nbd-tls.js";
 
 type RunDaemon = (options: DaemonOptions) => Promise<void>;

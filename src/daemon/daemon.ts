@@ -6,8 +6,14 @@
 // start from its latest catalog snapshot and the log after it; a node hosts
 // the Raft groups of the volumes placed on it, and any node serves any volume
 // over NBD (VolumeIo forwards to the leader).
+//
+// Daemon implements the control API's Controller. A catalog change is made on
+// the catalog's leader, forwarded there from any other node (onMetaLeader);
+// snapshots, scrubs, what is served over NBD, and metrics, events and samples
+// are the parts' (snapshots.ts, scrub-control.ts, nbd-exports.ts,
+// node-observer.ts), each given what it needs of the node as an interface.
 
-import { createHmac, randomUUID, timingSafeEqual } from "node:crypto";
+import { timingSafeEqual } from "node:crypto";
 import { mkdirSync, statfsSync } from "node:fs";
 import { join } from "node:path";
 import { ApiClient, DaemonUnreachableError, hostPort, parseApiAddress } from "../api/client.js";
@@ -27,10 +33,8 @@ import {
   type NodeInfo,
   type NodeStatus,
   type ReplicaInfo,
-  type ScrubNodeReport,
   type ScrubRequest,
   type ScrubResponse,
-  type ScrubVolumeReport,
   type SetSettingRequest,
   type SettingInfo,
   type UpdateVolumeRequest,
@@ -52,7 +56,6 @@ import {
   type SnapshotInfo,
   type SnapshotScheduleRequest,
 } from "../api/types.js";
-import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
 import { failStop, isBug } from "../base/fail-stop.js";
 import { Prng } from "../base/prng.js";
@@ -85,20 +88,14 @@ import {
   checkReplicationConstants,
   apiTokenTtlMsMax,
   logFieldCharsMax,
-  nodeBytesMax,
-  readPoolBufferBytesMax,
-  readPoolBufferBytesMin,
-  readPoolBytesMax,
   ioNodeRequestsInFlightMax,
   resyncBandwidthBytesPerSecDefault,
   scrubBandwidthBytesPerSecDefault,
   scrubIntervalMsDefault,
 } from "../constants.js";
-import type { ExportRefusal, ExportRegistry, NbdClient } from "../nbd/backend.js";
 import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
-import { loadNbdTls, type NbdTls, type NbdTlsConfig } from "../os/nbd-tls.js";
-import { keepClusterCa, nodeCertificate, readClusterCa, sealCa, unsealCa } from "../os/cluster-ca.js";
-import { clusterSecretFile } from "../os/credentials.js";
+import { loadNbdTls, type NbdTls } from "../os/nbd-tls.js";
+import { nodeCertificate, readClusterCa, sealCa } from "../os/cluster-ca.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { packageVersion } from "../os/package-version.js";
@@ -109,81 +106,26 @@ import { ConfChangeType } from "../raft/confchange.js";
 import { MultiRaft, NotLeaderError, ProposalDroppedError } from "../replication/driver.js";
 import { errorKindOf } from "../replication/errors.js";
 import { Repairer } from "../replication/repair.js";
-import { Scrubber, type ScrubReport } from "../replication/scrub.js";
+import { Scrubber } from "../replication/scrub.js";
+import { ScrubControl } from "./scrub-control.js";
 import { VolumeIo } from "../replication/volume-io.js";
 import { dispatchPeerMessage } from "../replication/dispatch.js";
 import type { ChecksumError } from "../store/errors.js";
 import { Store } from "../store/store.js";
 import { ClusterNode, metaGroupId } from "../node/cluster-node.js";
 import { Access, checkReach, mayReach, ownerFor } from "./access.js";
-import { checkSameCluster, clusterSecret, joinAddress, keepClusterSecret, makeCaAtBootstrap, usesTls, writeFirstAdminToken } from "./node-credentials.js";
+import { checkSameCluster, clusterSecret, keepClusterSecret, makeCaAtBootstrap, usesTls, writeFirstAdminToken } from "./node-credentials.js";
 import { AuditLog } from "./audit-log.js";
 import { healthReasons, type HealthFacts } from "./health.js";
 import { NodeState } from "./node-state.js";
-import { ReplicatedVolumeExport, SnapshotExport } from "./volume-export.js";
+import { NbdExports } from "./nbd-exports.js";
+import type { DaemonOptions, Logger } from "./daemon-options.js";
+import { describeSelf, enterCluster, joinProof } from "./cluster-join.js";
 import { VolumeKeys } from "./volume-keys.js";
 import { clusterKeySource } from "../os/cluster-key.js";
 import { Snapshots } from "./snapshots.js";
 import { NodeAdmission, resyncPacer } from "./qos.js";
-import { NodeMetrics, type GroupView, type MetricsView } from "./metrics.js";
-import { metricsVolumesMax, sumSamples, VolumeStats, volumeStatsIdleSec } from "./volume-stats.js";
-import { CopyRates } from "./copy-progress.js";
-import { roleNames } from "../raft/types.js";
-import { EventRing, type ClusterView } from "./events.js";
-
-export interface DaemonOptions {
-  dataDir: string;
-  listen: string;
-  nbdPort: number;
-  apiPort: number;
-  peerPort: number;
-  /** API address (HOST[:PORT]) of a member of the cluster to join; absent: bootstrap a new cluster (or restart). */
-  join?: string;
-  /** The cluster secret; else PXD_CLUSTER_SECRET, else DIR/cluster.secret (made when bootstrapping, kept by a join). */
-  secret?: string;
-  /** A file holding the cluster secret (instead of `secret`, which a command line would show to ps). */
-  secretFile?: string;
-  name?: string;
-  zone?: string;
-  /** Raft log kept for a replica that is down before it will need a full copy (default raftLogRetainBytes). */
-  logRetainBytes?: number;
-  /** When this node leads the catalog: replicas on a node marked down this long are replaced on another node (0: never; default 600 s). */
-  replaceDownAfterMs?: number;
-  /** A scrub of everything here runs this long after the last one finished (0: never; default scrubIntervalMsDefault). */
-  scrubIntervalMs?: number;
-  /** The scrub's average read rate (default scrubBandwidthBytesPerSecDefault). */
-  scrubBandwidthBytesPerSec?: number;
-  /** Bytes a second every volume copy this node sends takes together (0: no limit; default resyncBandwidthBytesPerSecDefault). */
-  resyncBandwidthBytesPerSec?: number;
-  /** Fault injection for tests: serve POST /v1/debug/catalog-propose, which commits catalog entries without validation. */
-  unsafeDebugApi?: boolean;
-  /** An NBD connection idle this long may be closed when a new client needs its slot (default nbdIdleTimeoutMs). */
-  nbdIdleTimeoutMs?: number;
-  /** false (--no-metrics): no per-volume I/O counters on the request path; /metrics shows only what the parts count anyway. */
-  metrics?: boolean;
-  /** NBD STARTTLS: off (default), on (offered), require (TCP clients must upgrade); with a certificate dir and/or a PSK file. */
-  nbdTls?: NbdTlsConfig;
-  /**
-   * The control API in plain HTTP (--api-plain-http, local trials only); by
-   * default it is HTTPS with this node's certificate from the cluster CA, and
-   * the node speaks HTTPS to the other nodes too.
-   */
-  apiPlainHttp?: boolean;
-  /** More names (or IPs) this node's certificate carries besides --listen: what API clients dial instead, e.g. a Kubernetes Service (--tls-name). */
-  tlsNames?: string[];
-  /** The peer transport in plain TCP (--peer-plain, local trials only); by default TLS, this node's certificate from the cluster CA, every peer's checked against it. */
-  peerPlain?: boolean;
-  /** A TCP NBD client reaches only the volumes whose owner is the identity it proved over TLS (needs nbdTls require); the Unix socket reaches all. */
-  nbdTlsOwners?: boolean;
-  /** A file holding the cluster key (32 bytes, raw or hex) that wraps encrypted volumes' keys; else PXD_CLUSTER_KEY; else none (no encrypted volumes here). */
-  clusterKeyFile?: string;
-}
-
-export interface Logger {
-  info(message: string): void;
-  warn(message: string): void;
-  error(message: string): void;
-}
+import { NodeObserver } from "./node-observer.js";
 
 const version = packageVersion;
 export { metaGroupId };
@@ -192,7 +134,6 @@ const forwardDeadlineMs = 15000;
 /** How long pxd audit waits for each other node's records. */
 const auditAskTimeoutMs = 5000;
 const selfRegisterEveryMs = 300;
-const joinAttemptsMax = 60;
 const registerWaitMs = 10000;
 /** How long an API write waits for the catalog's group to elect a leader before answering 503. */
 const metaLeaderWaitMs = 5000;
@@ -213,34 +154,20 @@ const scrubCheckEveryMs = 60_000;
 const snapshotScheduleCheckEveryMs = 10_000;
 /** How often the daemon looks for this host's attach agents that died (docs/attach.md). */
 const agentCheckEveryMs = 5_000;
-/** How long the node a scrub request reached waits for each other node's scrub (a pass over 1 TiB at 32 MiB/s takes 9 hours). */
-const scrubCallTimeoutMs = 24 * 3600 * 1000;
 /** A delete asks every node for its NBD connections to the volume; one that has not answered within this is named in the refusal. */
 const deleteAskTimeoutMs = 2000;
-/**
- * After a forced delete disconnected a volume's clients on this node, new
- * connections to it are refused until the catalog drops it, or this long
- * (a delete that never committed).
- */
-const deleteFenceMs = 30_000;
 /** How often each volume's I/O counters are sampled for the console's graphs (VolumeStats.sample). */
 const sampleEveryMs = 1000;
 
 export class Daemon implements Controller {
   /** The catalog, the replicas it places here and the control loops (src/node). */
   private node!: ClusterNode;
-  private readonly connections = new Map<string, number>();
-  /** Each volume's NBD I/O through this node, from its first connection here until the catalog drops it; empty with --no-metrics. */
-  private readonly ioStats = new Map<string, VolumeStats>();
   /** Each volume's QoS limits and the node's fair share between volumes, where NBD requests enter (src/daemon/qos.ts). */
   private readonly admission = new NodeAdmission({ now: monotonicMs, after: (ms, fn) => nodeTimers.setTimeout(fn, ms) }, ioNodeRequestsInFlightMax, (name) => this.catalog.volumes.get(name)?.qos);
-  private metricsRegistry: NodeMetrics | undefined;
-  private readonly eventRing = new EventRing();
-  /** The copies this node streams to replicas, with their rates (set in wire(), where the driver is made). */
-  private copyRates!: CopyRates;
-  /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
-  private readonly fenced = new Map<string, number>();
-  private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
+  /** /metrics, the console's samples, events and copy progress (src/daemon/node-observer.ts). */
+  private observer!: NodeObserver;
+  /** What this node serves over NBD, and its connections (src/daemon/nbd-exports.ts). */
+  private exports!: NbdExports;
   private readonly startedAt = process.hrtime.bigint();
   /** A turn of superviseAttachAgents is running. */
   private supervising = false;
@@ -248,8 +175,7 @@ export class Daemon implements Controller {
   private io!: VolumeIo;
   private snapshots!: Snapshots;
   private repairer!: Repairer;
-  private scrubber!: Scrubber;
-  private scheduledScrub: Promise<unknown> | undefined;
+  private scrubs!: ScrubControl;
   private peer: PeerListener | undefined;
   private nbd: NbdListener | undefined;
   private api: ApiServer | undefined;
@@ -352,7 +278,7 @@ export class Daemon implements Controller {
       log: (l) => log.warn(l),
     });
     this.damage.report = (e) => void this.repairer.repair(e);
-    this.scrubber = new Scrubber({
+    const scrubber = new Scrubber({
       store: this.store,
       repairer: this.repairer,
       nameOf: (group) => this.node.volumeById(group)?.name ?? `(group ${group})`,
@@ -360,6 +286,21 @@ export class Daemon implements Controller {
       now: () => performance.now(),
       clock: () => Date.now(),
       log: (l) => log.warn(l),
+    });
+    this.scrubs = new ScrubControl(scrubber, {
+      nodeId: state.nodeId,
+      intervalMs: options.scrubIntervalMs ?? scrubIntervalMsDefault,
+      bandwidthBytesPerSec: options.scrubBandwidthBytesPerSec ?? scrubBandwidthBytesPerSecDefault,
+      catalog: () => this.catalog,
+      selfName: () => this.selfName(),
+      knownVolume: (name) => this.knownVolume(name),
+      hostedVolumes: () => this.hostedVolumes(),
+      hasGroup: (id) => this.store.hasGroup(id),
+      nodeApi: (n, timeoutMs) => this.nodeApi(n, timeoutMs),
+      scrubbedAt: () => state.scrubbedAt,
+      setScrubbedAt: (ms) => state.setScrubbedAt(ms),
+      wallMs: () => Date.now(),
+      log,
     });
     // Every copy this node sends (volume copies, snapshot copies it makes) shares one rebuild bandwidth.
     const resync = resyncPacer({ now: monotonicMs, after: (ms, fn) => nodeTimers.setTimeout(fn, ms) }, () => this.resyncBandwidth);
@@ -417,7 +358,7 @@ export class Daemon implements Controller {
       self: () => describeSelf(options, state.nodeId, { nbdPort: this.nbdPort, apiPort: this.api?.port ?? options.apiPort }),
       isConnected: (id) => transport.isConnected(id),
       setTransportPeers: (peers) => transport.setPeers(peers),
-      volumeGone: (name) => this.fenced.delete(name),
+      volumeGone: (name) => this.exports.volumeGone(name),
       growCatalog: (name, sizeBytes) => this.growCatalog(name, sizeBytes),
       monotonicMs,
       wallMs: () => Date.now(),
@@ -436,15 +377,53 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => node.promoteLearners(), selfRegisterEveryMs));
     this.timers.push(setInterval(() => node.detectFailures(), healthCheckEveryMs));
     this.timers.push(setInterval(() => node.reconcileReplicas(), reconcileEveryMs));
-    this.timers.push(setInterval(() => this.scrubIfDue(), scrubCheckEveryMs));
+    this.timers.push(setInterval(() => this.scrubs.runIfDue(), scrubCheckEveryMs));
     this.timers.push(setInterval(() => this.superviseAttachAgents(), agentCheckEveryMs));
     this.timers.push(setInterval(() => this.runSnapshotSchedules(), snapshotScheduleCheckEveryMs));
-    this.copyRates = new CopyRates((group) => this.driver.snapshotSender.copies(group), () => performance.now());
-    this.metricsRegistry = new NodeMetrics(this.metricsView());
-    this.timers.push(setInterval(() => this.everySecond(), sampleEveryMs));
+    this.exports = new NbdExports({
+      tlsOwners: options.nbdTlsOwners === true,
+      io: this.io,
+      volumeKeys: this.volumeKeys,
+      catalog: () => this.catalog,
+      catalogCatchUp: () => this.catalogCatchUp(),
+      snapshotSizeHere: (v, s) => this.snapshots.sizeHere(v, s),
+      gate: (volume) => this.admission.gate(volume),
+      statsFor: (volume) => this.observer.statsFor(volume),
+      closeExport: (name, why) => this.nbd?.server.closeExport(name, why) ?? 0,
+      wallMs: () => Date.now(),
+      log,
+    });
+    this.observer = new NodeObserver({
+      nodeId: state.nodeId,
+      countIo: options.metrics !== false,
+      catalog: () => this.catalog,
+      selfName: () => this.selfName(),
+      knownVolume: (name) => this.knownVolume(name),
+      nodeApi: (n, timeoutMs) => this.nodeApi(n, timeoutMs),
+      hostedVolumes: () => this.hostedVolumes(),
+      volumeById: (id) => node.volumeById(id),
+      connections: (name) => this.exports.connections(name),
+      isUp: (id) => this.isUp(id),
+      volumeState: (v) => this.volumeState(v),
+      allocatedBytes: (id) => (this.store.hasGroup(id) ? this.store.allocatedBytes(id) : undefined),
+      copies: (group) => this.driver.snapshotSender.copies(group),
+      groups: this.driver,
+      admission: this.admission,
+      parts: {
+        store: () => this.store.stats(),
+        nbd: () => this.nbd?.server.stats(),
+        peers: () => this.peer?.transport.stats(),
+        snapshots: () => this.driver.snapshotSender.counters,
+        repair: () => this.repairer.counters,
+        scrub: () => this.scrubs.counters,
+      },
+      wallMs: () => Date.now(),
+      monoMs: () => performance.now(),
+    });
+    this.timers.push(setInterval(() => this.observer.everySecond(), sampleEveryMs));
     await this.untilRegistered();
     const nbdLimits = options.nbdIdleTimeoutMs !== undefined ? { idleTimeoutMs: options.nbdIdleTimeoutMs } : {};
-    this.nbd = await listenNbd({ host: this.bindAddress, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.registry(), log, limits: nbdLimits, ...(this.nbdTls !== undefined ? { tls: this.nbdTls } : {}) });
+    this.nbd = await listenNbd({ host: this.bindAddress, port: options.nbdPort, unixPath: join(options.dataDir, "nbd.sock"), registry: this.exports.registry(), log, limits: nbdLimits, ...(this.nbdTls !== undefined ? { tls: this.nbdTls } : {}) });
     const debug: DebugController | undefined = options.unsafeDebugApi === true ? { catalogPropose: (r) => this.debugCatalogPropose(r) } : undefined;
     if (debug !== undefined) log.warn("--unsafe-debug-api: POST /v1/debug/catalog-propose commits catalog entries without validation; a fault-injection hook for tests, never for a cluster that holds data");
     const apiTls = options.apiPlainHttp !== true ? cert : undefined;
@@ -462,10 +441,10 @@ export class Daemon implements Controller {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       for (const t of this.timers) clearInterval(t);
-      this.metricsRegistry?.close();
+      this.observer?.close();
       this.admission.close();
       releaseSupervisorLock();
-      this.scrubber?.stop();
+      this.scrubs?.stop();
       const steps: [string, () => Promise<void>][] = [
         ["nbd", async () => this.nbd?.close()],
         ["api", async () => this.api?.close()],
@@ -576,6 +555,16 @@ export class Daemon implements Controller {
     return result;
   }
 
+  /**
+   * A request the catalog's leader serves: forwarded there with the caller's
+   * token (`remote`, answered as forwarded() does) when another node leads,
+   * else served here (`local`).
+   */
+  private async onMetaLeader<T>(caller: Caller | undefined, remote: (api: ApiClient) => Promise<T>, local: () => Promise<T>): Promise<T> {
+    const leaderApi = await this.metaLeaderApi(caller);
+    return leaderApi ? this.forwarded(remote(leaderApi)) : local();
+  }
+
   private async catalogCatchUp(): Promise<void> {
     const deadline = Date.now() + catalogCatchUpMs;
     try {
@@ -594,8 +583,10 @@ export class Daemon implements Controller {
   /** On the meta leader: a resize (first, so new replicas are placed with the new size counted), then a replica count. */
   async updateVolume(name: string, request: UpdateVolumeRequest, caller: Caller): Promise<VolumeInfo> {
     checkReach(caller, await this.knownVolume(name));
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.updateVolume(name, request));
+    return this.onMetaLeader(caller, (api) => api.updateVolume(name, request), () => this.updateVolumeOnLeader(name, request));
+  }
+
+  private async updateVolumeOnLeader(name: string, request: UpdateVolumeRequest): Promise<VolumeInfo> {
     if (request.sizeBytes !== undefined) await this.resizeVolume(name, request.sizeBytes);
     if (request.maxIops !== undefined || request.maxBandwidthBytesPerSec !== undefined || request.burstSec !== undefined) await this.setVolumeQos(name, request);
     if (request.repl !== undefined) await this.setRepl(name, request.repl);
@@ -662,31 +653,31 @@ export class Daemon implements Controller {
   /** On the meta leader: records a host's attachment; the catalog refuses a second read-write host of a volume that is not shared (409). */
   async attachVolume(name: string, request: AttachRequest, caller: Caller): Promise<VolumeInfo> {
     checkReach(caller, await this.knownVolume(name));
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.attachVolume(name, request));
-    const result = await this.metaCommand({
-      kind: "attachVolume",
-      name,
-      host: request.host,
-      ...(request.device !== undefined ? { device: request.device } : {}),
-      via: request.via,
-      readOnly: request.readOnly,
-      ...(request.node !== undefined ? { node: request.node } : {}),
-      at: Date.now(),
+    return this.onMetaLeader(caller, (api) => api.attachVolume(name, request), async () => {
+      const result = await this.metaCommand({
+        kind: "attachVolume",
+        name,
+        host: request.host,
+        ...(request.device !== undefined ? { device: request.device } : {}),
+        via: request.via,
+        readOnly: request.readOnly,
+        ...(request.node !== undefined ? { node: request.node } : {}),
+        at: Date.now(),
+      });
+      if (!result.ok) throw catalogError(result);
+      const a = this.mustGet(name).attachments.find((x) => x.host === request.host);
+      this.log.info(`volume ${name} attached on host ${request.host}${a?.device ? ` as ${a.device}` : " (attach under way)"} via ${request.via}${request.readOnly ? ", read-only" : ""}`);
+      return this.info(this.mustGet(name));
     });
-    if (!result.ok) throw catalogError(result);
-    const a = this.mustGet(name).attachments.find((x) => x.host === request.host);
-    this.log.info(`volume ${name} attached on host ${request.host}${a?.device ? ` as ${a.device}` : " (attach under way)"} via ${request.via}${request.readOnly ? ", read-only" : ""}`);
-    return this.info(this.mustGet(name));
   }
 
   async detachVolume(name: string, host: string, caller: Caller): Promise<void> {
     checkReach(caller, await this.knownVolume(name));
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.detachVolume(name, host));
-    const result = await this.metaCommand({ kind: "detachVolume", name, host });
-    if (!result.ok) throw catalogError(result);
-    if (result.changed) this.log.info(`volume ${name} detached from host ${host}`);
+    return this.onMetaLeader(caller, (api) => api.detachVolume(name, host), async () => {
+      const result = await this.metaCommand({ kind: "detachVolume", name, host });
+      if (!result.ok) throw catalogError(result);
+      if (result.changed) this.log.info(`volume ${name} detached from host ${host}`);
+    });
   }
 
   async listAttachments(caller: Caller): Promise<AttachmentInfo[]> {
@@ -708,61 +699,6 @@ export class Daemon implements Controller {
       .filter((n) => n.health === "up")
       .sort((a, b) => rank(a.id) - rank(b.id) || a.id - b.id)
       .map((n) => hostPort(n.address, n.nbdPort));
-  }
-
-  // ---- NBD exports ----
-
-  private registry(): ExportRegistry {
-    const defaultName = (): string | undefined => (this.catalog.volumes.size === 1 ? [...this.catalog.volumes.keys()][0] : undefined);
-    // With --nbd-tls-owners a TCP client reaches the volumes its TLS identity owns; the same answer as "no such export" otherwise.
-    const reaches = (v: CatalogVolume, client: NbdClient): boolean => this.options.nbdTlsOwners !== true || client.local || (client.identity !== undefined && client.identity === v.owner);
-    return {
-      list: (client) => [...this.catalog.volumes.values()].filter((v) => reaches(v, client)).map((v) => ({ name: v.name, description: `pxd volume ${v.name}` })),
-      defaultName,
-      catchUp: (name) => {
-        const known = name !== undefined && (name === "" ? defaultName() !== undefined : this.catalog.volumes.has(name));
-        return known ? undefined : this.catalogCatchUp();
-      },
-      open: (name, client) => {
-        const at = name.indexOf("@");
-        if (at > 0) return this.openSnapshot(name.slice(0, at), name.slice(at + 1), client, reaches);
-        const v = this.catalog.volumes.get(name);
-        if (v === undefined || !reaches(v, client) || (this.fenced.get(name) ?? 0) > Date.now()) return undefined;
-        const refused = this.keyRefusal(v, name, client);
-        if (refused !== undefined) return refused;
-        this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
-        const sizeNow = (): number => {
-          const now = this.catalog.volumes.get(name);
-          return now !== undefined && now.id === v.id ? now.sizeBytes : v.sizeBytes;
-        };
-        return new ReplicatedVolumeExport(v, sizeNow, this.io, this.readBuffers, () => {
-          this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
-        }, this.admission.gate(name), this.statsFor(name));
-      },
-    };
-  }
-
-  /** An encrypted volume's export on a node that cannot open its key: refused with the reason (never ciphertext served as data), and logged. */
-  private keyRefusal(v: CatalogVolume, exportName: string, client: NbdClient): ExportRefusal | undefined {
-    const c = this.volumeKeys.cipherOf(v.id, () => v);
-    if (c === null || c === undefined || !("missing" in c)) return undefined;
-    const who = client.local ? "a local client" : client.identity !== undefined ? `client ${printable(client.identity, logFieldCharsMax)}` : "a TCP client";
-    this.log.warn(`NBD: export ${printable(exportName, logFieldCharsMax)} refused to ${who}: ${c.missing}`);
-    return { refused: c.missing };
-  }
-
-  /** A snapshot's read-only export (VOLUME@SNAPSHOT); its connections count under that name, not the volume's. */
-  private openSnapshot(volume: string, snapshot: string, client: NbdClient, reaches: (v: CatalogVolume, client: NbdClient) => boolean): SnapshotExport | ExportRefusal | undefined {
-    const v = this.catalog.volumes.get(volume);
-    const s = v?.snapshots.find((x) => x.name === snapshot);
-    if (v === undefined || s === undefined || !reaches(v, client)) return undefined;
-    const name = `${volume}@${snapshot}`;
-    const refused = this.keyRefusal(v, name, client);
-    if (refused !== undefined) return refused;
-    this.connections.set(name, (this.connections.get(name) ?? 0) + 1);
-    return new SnapshotExport(v, s, this.snapshots.sizeHere(v, s) ?? s.sizeBytes, this.io, this.readBuffers, () => {
-      this.connections.set(name, (this.connections.get(name) ?? 1) - 1);
-    }, this.admission.gate(volume));
   }
 
   // ---- Controller (control API) ----
@@ -811,7 +747,12 @@ export class Daemon implements Controller {
         usedBytes: up.reduce((a, n) => a + n.usedBytes, 0),
         freeBytes: up.reduce((a, n) => a + n.freeBytes, 0),
       },
-      integrity: this.integrity(),
+      integrity: {
+        checksumErrors: this.store.counters.checksumErrors,
+        blocksRepaired: this.repairer.counters.blocksRepaired,
+        blocksUnrepaired: this.repairer.counters.blocksUnrepaired,
+        scrub: this.scrubs.summary(),
+      },
     };
   }
 
@@ -857,14 +798,14 @@ export class Daemon implements Controller {
 
   /** On the meta leader: marks the node draining (or not); moveReplicas then moves its replicas off, one volume at a time. */
   async drainNode(ref: string, request: DrainNodeRequest, caller?: Caller): Promise<NodeInfo> {
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.drainNode(ref, request));
-    const id = this.nodeByRef(ref);
-    const draining = request.draining ?? true;
-    const result = await this.metaCommand({ kind: "drainNode", id, draining });
-    if (!result.ok) throw catalogError(result);
-    if (result.changed) this.log.info(`node ${id} (${result.node?.name ?? "?"}) ${draining ? "is draining: its replicas move to other nodes" : "is no longer draining"}`);
-    return (await this.listNodes()).find((n) => n.id === id)!;
+    return this.onMetaLeader(caller, (api) => api.drainNode(ref, request), async () => {
+      const id = this.nodeByRef(ref);
+      const draining = request.draining ?? true;
+      const result = await this.metaCommand({ kind: "drainNode", id, draining });
+      if (!result.ok) throw catalogError(result);
+      if (result.changed) this.log.info(`node ${id} (${result.node?.name ?? "?"}) ${draining ? "is draining: its replicas move to other nodes" : "is no longer draining"}`);
+      return (await this.listNodes()).find((n) => n.id === id)!;
+    });
   }
 
   /**
@@ -876,27 +817,27 @@ export class Daemon implements Controller {
    * is removed from the group when asked again by its id.
    */
   async removeNode(ref: string, options: { force: boolean }, caller?: Caller): Promise<void> {
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.removeNode(ref, options));
-    const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
-    const leftover = members.find((id) => String(id) === ref && !this.catalog.nodes.has(id));
-    const id = leftover ?? this.nodeByRef(ref);
-    const n = this.catalog.nodes.get(id);
-    if (n !== undefined) {
-      if (id === this.nodeId || n.health !== "down") {
-        throw new ApiError(409, "conflict", `node ${id} (${n.name}) is up; stop its daemon first and remove it once pxd node list shows it down (pxd node drain moves its replicas off while it runs)`);
+    return this.onMetaLeader(caller, (api) => api.removeNode(ref, options), async () => {
+      const members = [...this.driver.voters(metaGroupId), ...this.driver.learners(metaGroupId)];
+      const leftover = members.find((id) => String(id) === ref && !this.catalog.nodes.has(id));
+      const id = leftover ?? this.nodeByRef(ref);
+      const n = this.catalog.nodes.get(id);
+      if (n !== undefined) {
+        if (id === this.nodeId || n.health !== "down") {
+          throw new ApiError(409, "conflict", `node ${id} (${n.name}) is up; stop its daemon first and remove it once pxd node list shows it down (pxd node drain moves its replicas off while it runs)`);
+        }
+        const result = await this.metaCommand({ kind: "removeNode", id, ...(options.force ? { force: true } : {}) });
+        if (!result.ok) throw catalogError(result);
       }
-      const result = await this.metaCommand({ kind: "removeNode", id, ...(options.force ? { force: true } : {}) });
-      if (!result.ok) throw catalogError(result);
-    }
-    if (members.includes(id)) {
-      try {
-        await this.driver.proposeConfChange(metaGroupId, { type: ConfChangeType.removeNode, nodeId: id });
-      } catch (e) {
-        throw new ApiError(503, "unavailable", `node ${id} left the catalog but is still a member of the catalog's Raft group (${(e as Error).message}); run pxd node remove ${id} again`);
+      if (members.includes(id)) {
+        try {
+          await this.driver.proposeConfChange(metaGroupId, { type: ConfChangeType.removeNode, nodeId: id });
+        } catch (e) {
+          throw new ApiError(503, "unavailable", `node ${id} left the catalog but is still a member of the catalog's Raft group (${(e as Error).message}); run pxd node remove ${id} again`);
+        }
       }
-    }
-    this.log.info(`node ${id}${n === undefined ? "" : ` (${n.name})`} removed from the cluster`);
+      this.log.info(`node ${id}${n === undefined ? "" : ` (${n.name})`} removed from the cluster`);
+    });
   }
 
   /** Every setting the catalog knows, with its value here. */
@@ -912,11 +853,11 @@ export class Daemon implements Controller {
 
   /** On the meta leader: sets a setting (null: back to its default); the catalog refuses an unknown key or a value out of its range (400). */
   async setSetting(key: string, request: SetSettingRequest, caller?: Caller): Promise<SettingInfo> {
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.setSetting(key, request.value));
-    const result = await this.metaCommand({ kind: "setSetting", key, value: request.value });
-    if (!result.ok) throw catalogError(result);
-    return this.settingInfo(key);
+    return this.onMetaLeader(caller, (api) => api.setSetting(key, request.value), async () => {
+      const result = await this.metaCommand({ kind: "setSetting", key, value: request.value });
+      if (!result.ok) throw catalogError(result);
+      return this.settingInfo(key);
+    });
   }
 
   async listVolumes(caller: Caller): Promise<VolumeInfo[]> {
@@ -927,9 +868,9 @@ export class Daemon implements Controller {
   async inspectVolume(name: string, caller: Caller): Promise<VolumeInfo> {
     const v = await this.knownVolume(name);
     checkReach(caller, v);
-    const [info, scrub] = await Promise.all([this.replicaStates(v), this.replicaScrubs(v)]);
+    const [info, scrub] = await Promise.all([this.replicaStates(v), this.scrubs.replicaScrubs(v)]);
     const waited = this.admission.counters(v.name);
-    const node = this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`;
+    const node = this.selfName();
     return { ...info, scrub, ...(waited !== undefined ? { throttle: { node, ...waited } } : {}) };
   }
 
@@ -959,8 +900,10 @@ export class Daemon implements Controller {
 
   async createVolume(request: CreateVolumeRequest, caller: Caller): Promise<VolumeInfo> {
     const owner = ownerFor(caller, request.owner);
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.createVolume(request));
+    return this.onMetaLeader(caller, (api) => api.createVolume(request), () => this.createVolumeOnLeader(request, owner));
+  }
+
+  private async createVolumeOnLeader(request: CreateVolumeRequest, owner: string): Promise<VolumeInfo> {
     const nodes = request.nodes?.map((ref) => this.nodeByRef(ref));
     const repl = request.repl ?? nodes?.length ?? Number(settingValue(this.catalog, "defaultRepl"));
     const c = request.clone;
@@ -999,8 +942,10 @@ export class Daemon implements Controller {
    */
   async deleteVolume(name: string, options: DeleteVolumeOptions, caller: Caller): Promise<void> {
     checkReach(caller, await this.knownVolume(name));
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.deleteVolume(name, options));
+    return this.onMetaLeader(caller, (api) => api.deleteVolume(name, options), () => this.deleteVolumeOnLeader(name, options));
+  }
+
+  private async deleteVolumeOnLeader(name: string, options: DeleteVolumeOptions): Promise<void> {
     const force = options.force === true;
     // Before the nodes are asked about their clients: an attached volume's refusal names its hosts.
     const attached = attachedProblem(this.mustGet(name));
@@ -1059,9 +1004,7 @@ export class Daemon implements Controller {
 
   async setSnapshotSchedule(volume: string, request: SnapshotScheduleRequest, caller: Caller): Promise<VolumeInfo> {
     checkReach(caller, await this.knownVolume(volume));
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.setSnapshotSchedule(volume, request));
-    return this.info(await this.snapshots.setSchedule(volume, request));
+    return this.onMetaLeader(caller, (api) => api.setSnapshotSchedule(volume, request), async () => this.info(await this.snapshots.setSchedule(volume, request)));
   }
 
   /** Why the volume may not change under its clients now: attached to a host, or served over NBD by a node (or a node did not answer). */
@@ -1088,13 +1031,12 @@ export class Daemon implements Controller {
   }
 
   private connectionsHere(name: string): NodeConnections {
-    return { nodeId: this.nodeId, node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, connections: this.connections.get(name) ?? 0 };
+    return { nodeId: this.nodeId, node: this.selfName(), connections: this.exports.connections(name) };
   }
 
-  /** Closes this node's NBD connections to the volume; a volume the catalog knows is fenced so no client reopens it before the delete applies. */
+  /** Closes this node's NBD connections to the volume, and fences it until the delete applies (NbdExports.disconnect). */
   private disconnectHere(name: string): NodeConnections {
-    if (this.catalog.volumes.has(name)) this.fenced.set(name, Date.now() + deleteFenceMs);
-    const closed = this.nbd?.server.closeExport(name, `volume ${name} is being deleted (--force): disconnected`) ?? 0;
+    const closed = this.exports.disconnect(name);
     return { ...this.connectionsHere(name), connections: closed };
   }
 
@@ -1115,12 +1057,12 @@ export class Daemon implements Controller {
 
   /** The fault-injection hook: an entry committed as given, unvalidated, on the catalog's leader. */
   private async debugCatalogPropose(request: DebugProposeRequest): Promise<DebugProposeResponse> {
-    const leaderApi = await this.metaLeaderApi(undefined);
-    if (leaderApi) return this.forwarded(leaderApi.debugCatalogPropose(request));
-    const data = request.hex !== undefined ? Buffer.from(request.hex, "hex") : encodeCommandUnchecked(request.command);
-    const r = await this.proposeMeta(data);
-    this.log.warn(`unsafe debug API: catalog entry ${r.index} committed without validation; ${r.ok ? "it applied" : `refused (${r.code}): ${r.error}`}`);
-    return r.ok ? { index: r.index, ok: true } : { index: r.index, ok: false, code: r.code, error: r.error };
+    return this.onMetaLeader(undefined, (api) => api.debugCatalogPropose(request), async () => {
+      const data = request.hex !== undefined ? Buffer.from(request.hex, "hex") : encodeCommandUnchecked(request.command);
+      const r = await this.proposeMeta(data);
+      this.log.warn(`unsafe debug API: catalog entry ${r.index} committed without validation; ${r.ok ? "it applied" : `refused (${r.code}): ${r.error}`}`);
+      return r.ok ? { index: r.index, ok: true } : { index: r.index, ok: false, code: r.code, error: r.error };
+    });
   }
 
   async join(request: JoinRequest): Promise<JoinResponse> {
@@ -1137,6 +1079,7 @@ export class Daemon implements Controller {
       this.log.warn(`join refused for ${who}: ${admit.error}`);
       throw new ApiError(400, "invalid", `the join request is not one the catalog accepts: ${admit.error}; fix the joining node's --name, --zone or --listen`);
     }
+    // Not onMetaLeader: the joining node never asks this one again, so the leader's answer goes back without this node's catalog catching up.
     const leaderApi = await this.metaLeaderApi(undefined);
     if (leaderApi) return leaderApi.join(request);
     let added: ApplyResult;
@@ -1170,18 +1113,18 @@ export class Daemon implements Controller {
 
   /** On the meta leader: the catalog remembers the revocation until the token expires (or the longest token lifetime, when the expiry is not given). */
   async revokeToken(request: RevokeTokenRequest, caller: Caller): Promise<{ id: string; revoked: boolean }> {
-    const leaderApi = await this.metaLeaderApi(caller);
-    if (leaderApi) return this.forwarded(leaderApi.revokeToken(request));
-    const at = Date.now();
-    const result = await this.metaCommand({ kind: "revokeToken", id: request.id, expiresAt: request.expiresAt ?? at + apiTokenTtlMsMax, at });
-    if (!result.ok) throw catalogError(result);
-    this.log.info(`token ${request.id} revoked by "${caller.name}"`);
-    return { id: request.id, revoked: result.changed };
+    return this.onMetaLeader(caller, (api) => api.revokeToken(request), async () => {
+      const at = Date.now();
+      const result = await this.metaCommand({ kind: "revokeToken", id: request.id, expiresAt: request.expiresAt ?? at + apiTokenTtlMsMax, at });
+      if (!result.ok) throw catalogError(result);
+      this.log.info(`token ${request.id} revoked by "${caller.name}"`);
+      return { id: request.id, revoked: result.changed };
+    });
   }
 
   /** This node's audit records, or every node's (each asked with this node's token; one that does not answer has `error`). */
   async audit(query: AuditQuery, _caller: Caller): Promise<AuditResponse> {
-    const here = (): AuditResponse["nodes"][number] => ({ node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, ...this.auditLog.read(query.sinceMs) });
+    const here = (): AuditResponse["nodes"][number] => ({ node: this.selfName(), ...this.auditLog.read(query.sinceMs) });
     if (query.local) return { nodes: [here()] };
     const nodes = await Promise.all(
       [...this.catalog.nodes.values()].map(async (n) => {
@@ -1196,129 +1139,33 @@ export class Daemon implements Controller {
     return { nodes };
   }
 
+  // ---- metrics, events, the console's samples (src/daemon/node-observer.ts) ----
+
   metrics(): Promise<string> {
-    return this.metricsRegistry?.text() ?? Promise.resolve("");
+    return this.observer.metrics();
   }
 
-  // ---- metrics and the console's samples (src/daemon/metrics.ts, volume-stats.ts) ----
-
-  /** The volume's I/O counters on this node (made at its first NBD connection here); undefined with --no-metrics. */
-  private statsFor(name: string): VolumeStats | undefined {
-    if (this.options.metrics === false) return undefined;
-    let s = this.ioStats.get(name);
-    if (s === undefined) this.ioStats.set(name, (s = new VolumeStats(name)));
-    return s;
+  events(sinceSeq: number): Promise<EventsResponse> {
+    return this.observer.events(sinceSeq);
   }
 
-  /** Once a second: each volume's sample for the console (a volume the catalog dropped, or idle here for volumeStatsIdleSec, loses its counters and series), and the events since the last turn. */
-  private everySecond(): void {
-    const wall = Date.now();
-    const mono = performance.now();
-    for (const [name, s] of this.ioStats) {
-      const idle = (this.connections.get(name) ?? 0) === 0 && s.idleSamples >= volumeStatsIdleSec;
-      if (!this.catalog.volumes.has(name) || idle) this.ioStats.delete(name);
-      else s.sample(wall, mono);
-    }
-    // A volume's throttle lives as long as its counters, or its connections here with --no-metrics.
-    this.admission.prune((name) => this.catalog.volumes.has(name) && (this.ioStats.has(name) || (this.connections.get(name) ?? 0) > 0));
-    this.eventRing.observe(this.clusterView(), wall);
-    this.copyRates.track(this.hostedVolumes());
+  volumeStats(name: string, local: boolean, caller: Caller): Promise<VolumeStatsResponse> {
+    return this.observer.volumeStats(name, local, caller);
   }
 
-  private clusterView(): ClusterView {
-    return {
-      nodes: new Map([...this.catalog.nodes.values()].map((n) => [n.id, { name: n.name, up: this.isUp(n.id) }])),
-      volumes: new Map([...this.catalog.volumes.values()].map((v) => [v.name, { nodes: [...v.nodes], leader: this.driver.hasGroup(v.id) ? this.driver.leader(v.id) : 0 }])),
-    };
+  // ---- scrub (src/daemon/scrub-control.ts) ----
+
+  scrub(request: ScrubRequest): Promise<ScrubResponse> {
+    return this.scrubs.scrub(request);
   }
 
-  async events(sinceSeq: number): Promise<EventsResponse> {
-    return { node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, events: this.eventRing.since(sinceSeq) };
+  scrubStatus(): Promise<ScrubResponse> {
+    return this.scrubs.status();
   }
 
-  /** This node's samples of the volume, or every node's summed second by second (a node that does not answer within a second is named in `silent`). */
-  async volumeStats(name: string, local: boolean, caller: Caller): Promise<VolumeStatsResponse> {
-    const v = await this.knownVolume(name);
-    checkReach(caller, v);
-    const self = this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`;
-    const mine = this.ioStats.get(v.name)?.samples() ?? [];
-    if (local) return { volume: v.name, samples: mine, nodes: [self], silent: [] };
-    const answers = await Promise.all(
-      [...this.catalog.nodes.values()]
-        .filter((n) => n.id !== this.nodeId)
-        .map(async (n) => {
-          try {
-            return { node: n.name, samples: (await this.nodeApi(n, 1000).volumeStats(v.name, true)).samples };
-          } catch {
-            return { node: n.name, samples: undefined };
-          }
-        }),
-    );
-    const heard = answers.filter((a) => a.samples !== undefined);
-    return {
-      volume: v.name,
-      samples: sumSamples([mine, ...heard.map((a) => a.samples!)]),
-      nodes: [self, ...heard.map((a) => a.node)],
-      silent: answers.filter((a) => a.samples === undefined).map((a) => a.node),
-    };
-  }
-
-  /** The volumes that carry per-volume series here: those with I/O through this node first, then those with a replica here, at most metricsVolumesMax. */
-  private labelledVolumes(): CatalogVolume[] {
-    const withIo = [...this.ioStats.keys()].sort().map((n) => this.catalog.volumes.get(n)).filter((v): v is CatalogVolume => v !== undefined);
-    const hosted = this.hostedVolumes().map((id) => this.node.volumeById(id)).filter((v): v is CatalogVolume => v !== undefined && !this.ioStats.has(v.name));
-    return [...withIo, ...hosted].slice(0, metricsVolumesMax);
-  }
-
-  private groupView(v: CatalogVolume): GroupView | undefined {
-    const s = this.driver.status(v.id);
-    if (s === undefined) return undefined;
-    const progress = this.driver.progress(v.id);
-    return {
-      volume: v.name,
-      role: roleNames[s.role],
-      term: s.term,
-      commitIndex: s.commit,
-      appliedIndex: s.applied,
-      lastIndex: s.lastIndex,
-      ...(progress === undefined
-        ? {}
-        : { memberLag: progress.filter((p) => p.node !== this.nodeId).map((p) => ({ member: this.catalog.nodes.get(p.node)?.name ?? `node-${p.node}`, entries: Math.max(0, s.lastIndex - p.match) })) }),
-    };
-  }
-
-  private metricsView(): MetricsView {
-    const count = <T>(items: Iterable<T>, key: (x: T) => string): Record<string, number> => {
-      const out: Record<string, number> = {};
-      for (const x of items) out[key(x)] = (out[key(x)] ?? 0) + 1;
-      return out;
-    };
-    return {
-      store: () => this.store.stats(),
-      nbd: () => this.nbd?.server.stats(),
-      peers: () => this.peer?.transport.stats(),
-      snapshots: () => this.driver.snapshotSender.counters,
-      repair: () => this.repairer.counters,
-      scrub: () => this.scrubber.counters,
-      volumes: () =>
-        this.labelledVolumes().map((v) => ({
-          name: v.name,
-          stats: this.ioStats.get(v.name),
-          admission: this.admission.counters(v.name),
-          allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : undefined,
-          connections: this.connections.get(v.name) ?? 0,
-        })),
-      allStats: () => this.ioStats.values(),
-      admission: () => this.admission.load,
-      groups: () => this.labelledVolumes().flatMap((v) => this.groupView(v) ?? []),
-      groupRoles: () =>
-        count(
-          this.hostedVolumes().flatMap((id) => this.driver.status(id) ?? []),
-          (s) => roleNames[s.role],
-        ),
-      nodesByHealth: () => ({ up: 0, down: 0, ...count(this.nodeHealth(), (h) => h) }),
-      volumesByState: () => ({ online: 0, damaged: 0, ...count(this.catalog.volumes.values(), (v) => this.volumeState(v)) }),
-    };
+  /** This node's name in the catalog. */
+  private selfName(): string {
+    return this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`;
   }
 
   /** A node is up, as this node sees it, when it is this node or connected to it. */
@@ -1326,28 +1173,14 @@ export class Daemon implements Controller {
     return id === this.nodeId || this.peer?.transport.isConnected(id) === true;
   }
 
-  private nodeHealth(): ("up" | "down")[] {
-    return [...this.catalog.nodes.values()].map((n) => (this.isUp(n.id) ? "up" : "down"));
-  }
-
   private volumeState(v: CatalogVolume): VolumeInfo["state"] {
     return this.repairer.unrepaired().has(v.id) ? "damaged" : "online";
-  }
-
-  // ---- scrub (src/replication/scrub.ts) ----
-
-  private get scrubIntervalMs(): number {
-    return this.options.scrubIntervalMs ?? scrubIntervalMsDefault;
   }
 
   /** Bytes a second this node's volume copies take together (0: no limit): the catalog's setting, else --resync-bandwidth. */
   private get resyncBandwidth(): number {
     const v = settingValue(this.catalog, "resyncBandwidthBytesPerSec");
     return typeof v === "number" && v >= 0 ? v : (this.options.resyncBandwidthBytesPerSec ?? resyncBandwidthBytesPerSecDefault);
-  }
-
-  private get scrubBandwidth(): number {
-    return this.options.scrubBandwidthBytesPerSec ?? scrubBandwidthBytesPerSecDefault;
   }
 
   /** The volume groups this node holds a replica of, by id. */
@@ -1381,97 +1214,6 @@ export class Daemon implements Controller {
     }
   }
 
-  /** The scheduled scrub: everything here, once the interval since the last pass has passed. */
-  private scrubIfDue(): void {
-    const interval = this.scrubIntervalMs;
-    if (interval <= 0 || this.scheduledScrub !== undefined || Date.now() - this.state.scrubbedAt < interval) return;
-    this.log.info(`scrub: the scheduled pass over this node's ${this.hostedVolumes().length} volume replica(s) begins (at most ${formatSize(this.scrubBandwidth)}/s)`);
-    this.scheduledScrub = this.scrubber
-      .scrub(this.hostedVolumes(), this.scrubBandwidth)
-      .then(async (reports) => {
-        if (reports.some((r) => r.interrupted)) return;
-        await this.state.setScrubbedAt(Date.now());
-        const bytes = reports.reduce((a, r) => a + r.bytesScrubbed, 0);
-        const damaged = reports.reduce((a, r) => a + r.blocksDamaged, 0);
-        this.log.info(`scrub: the scheduled pass is done: ${formatSize(bytes)} checked, ${damaged} damaged block(s) found`);
-      })
-      .catch((e: Error) => {
-        if (isBug(e)) failStop(e, "scrub: the scheduled pass");
-        this.log.error(`scrub: the scheduled pass failed: ${e.message}`);
-      })
-      .finally(() => (this.scheduledScrub = undefined));
-  }
-
-  async scrub(request: ScrubRequest): Promise<ScrubResponse> {
-    const v = request.volume === undefined ? undefined : await this.knownVolume(request.volume);
-    if (request.local === true) {
-      const groups = v === undefined ? this.hostedVolumes() : this.store.hasGroup(v.id) ? [v.id] : [];
-      const reports = await this.scrubber.scrub(groups, request.bandwidthBytesPerSec ?? this.scrubBandwidth);
-      return { nodes: [this.scrubNodeReport(reports)] };
-    }
-    const targets = v === undefined ? [...this.catalog.nodes.keys()] : v.nodes;
-    const nodes = await Promise.all(
-      targets.map(async (id): Promise<ScrubNodeReport> => {
-        const n = this.catalog.nodes.get(id);
-        const name = n?.name ?? `node-${id}`;
-        try {
-          const r = id === this.nodeId ? await this.scrub({ ...request, local: true }) : n === undefined ? undefined : await this.nodeApi(n, scrubCallTimeoutMs).scrub({ ...request, local: true });
-          return r?.nodes[0] ?? { nodeId: id, node: name, volumes: [], error: "the node is not in the catalog" };
-        } catch (e) {
-          return { nodeId: id, node: name, volumes: [], error: (e as Error).message };
-        }
-      }),
-    );
-    return { nodes };
-  }
-
-  async scrubStatus(): Promise<ScrubResponse> {
-    return { nodes: [this.scrubNodeReport(this.scrubber.status())] };
-  }
-
-  private scrubNodeReport(reports: ScrubReport[]): ScrubNodeReport {
-    return { nodeId: this.nodeId, node: this.catalog.nodes.get(this.nodeId)?.name ?? `node-${this.nodeId}`, volumes: reports.map(scrubVolumeReport) };
-  }
-
-  /** Each replica's last scrub, from its node (a node that does not answer within a second is left out). */
-  private async replicaScrubs(v: CatalogVolume): Promise<NonNullable<VolumeInfo["scrub"]>> {
-    const out = await Promise.all(
-      v.nodes.map(async (id) => {
-        const n = this.catalog.nodes.get(id);
-        if (n === undefined) return [];
-        try {
-          const status = id === this.nodeId ? await this.scrubStatus() : await this.nodeApi(n, 1000).scrubStatus();
-          return (status.nodes[0]?.volumes ?? []).filter((r) => r.volume === v.name).map((r) => ({ node: n.name, ...r }));
-        } catch {
-          return [];
-        }
-      }),
-    );
-    return out.flat();
-  }
-
-  private integrity(): NodeStatus["integrity"] {
-    const c = this.scrubber.counters;
-    const interval = this.scrubIntervalMs;
-    return {
-      checksumErrors: this.store.counters.checksumErrors,
-      blocksRepaired: this.repairer.counters.blocksRepaired,
-      blocksUnrepaired: this.repairer.counters.blocksUnrepaired,
-      scrub: {
-        intervalSec: Math.round(interval / 1000),
-        bandwidthBytesPerSec: this.scrubBandwidth,
-        lastPassAt: new Date(this.state.scrubbedAt).toISOString(),
-        nextPassAt: interval > 0 ? new Date(this.state.scrubbedAt + interval).toISOString() : null,
-        running: this.scrubber.status().some((r) => r.finishedAt === undefined),
-        bytesScrubbed: c.scrubBytes,
-        blocksDamaged: c.scrubBlocksDamaged,
-        blocksRepaired: c.scrubBlocksRepaired,
-        blocksUnrepaired: c.scrubBlocksUnrepaired,
-      },
-    };
-  }
-
-
   /** A node named by its name or its id (as pxd node list shows them). */
   private nodeByRef(ref: string): number {
     for (const n of this.catalog.nodes.values()) if (n.name === ref || String(n.id) === ref) return n.id;
@@ -1501,7 +1243,7 @@ export class Daemon implements Controller {
       state: this.volumeState(v),
       allocatedBytes: this.store.hasGroup(v.id) ? this.store.allocatedBytes(v.id) : 0,
       nbdUri: `nbd://${hostPort(this.options.listen, this.nbdPort)}/${v.name}`,
-      connections: this.connections.get(v.name) ?? 0,
+      connections: this.exports.connections(v.name),
       replicas: this.replicas(v, leader),
       shared: v.shared,
       encrypted: v.encryption !== null,
@@ -1534,7 +1276,7 @@ export class Daemon implements Controller {
         state = "catching-up";
         detail = `0/${last}`;
       }
-      const copy = state === "catching-up" && leader === this.nodeId ? this.copyRates.progress(v.id, id) : undefined;
+      const copy = state === "catching-up" && leader === this.nodeId ? this.observer.copyProgress(v.id, id) : undefined;
       return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), ...(copy ? { copy } : {}), leader: id === leader };
     });
   }
@@ -1542,19 +1284,6 @@ export class Daemon implements Controller {
 
 function attachmentInfos(v: CatalogVolume): AttachmentInfo[] {
   return v.attachments.map((a) => ({ volume: v.name, host: a.host, device: a.device, via: a.via, readOnly: a.readOnly, node: a.node, since: new Date(a.at).toISOString() }));
-}
-
-function scrubVolumeReport(r: ScrubReport): ScrubVolumeReport {
-  return {
-    volume: r.volume,
-    startedAt: new Date(r.startedAt).toISOString(),
-    ...(r.finishedAt !== undefined ? { finishedAt: new Date(r.finishedAt).toISOString() } : {}),
-    interrupted: r.interrupted,
-    bytesScrubbed: r.bytesScrubbed,
-    blocksDamaged: r.blocksDamaged,
-    blocksRepaired: r.blocksRepaired,
-    blocksUnrepaired: r.blocksUnrepaired,
-  };
 }
 
 /** Why a volume may not be deleted now, or undefined: a node serves it (unless forced) or did not answer (unless forced). */
@@ -1573,53 +1302,4 @@ function busyProblem(name: string, answers: readonly { node: string; connections
 function catalogError(r: Pick<Extract<ApplyResult, { ok: false }>, "code" | "error">): ApiError {
   const status = r.code === "not_found" ? 404 : r.code === "exists" || r.code === "conflict" || r.code === "limit" ? 409 : 400;
   return new ApiError(status, r.code, r.error);
-}
-
-/** This node as the catalog lists it (addNode), with the ports it bound when they are known. */
-function describeSelf(options: DaemonOptions, nodeId: number, bound?: { nbdPort: number; apiPort: number }): Omit<JoinRequest, "proof"> {
-  const fsStat = statfsSync(options.dataDir);
-  return {
-    id: nodeId,
-    name: options.name ?? `node-${nodeId}`,
-    address: options.listen,
-    nbdPort: bound?.nbdPort ?? options.nbdPort,
-    apiPort: bound?.apiPort ?? options.apiPort,
-    peerPort: options.peerPort,
-    capacityBytes: Math.min(nodeBytesMax, fsStat.blocks * fsStat.bsize),
-    labels: options.zone ? { zone: options.zone } : {},
-  };
-}
-
-/** The Raft configuration change that makes a member change. */
-export function joinProof(secret: Buffer, fields: Omit<JoinRequest, "proof">): Buffer {
-  const canonical = JSON.stringify([fields.id, fields.name, fields.address, fields.nbdPort, fields.apiPort, fields.peerPort, fields.capacityBytes, fields.labels]);
-  return createHmac("sha256", secret).update("pxd-join\0").update(canonical).digest();
-}
-
-/** A new node: bootstrap a cluster of one, or ask a member to let it in. */
-async function enterCluster(options: DaemonOptions, state: NodeState, secret: Buffer, log: Logger): Promise<void> {
-  if (options.join === undefined) {
-    await state.setCluster(randomUUID(), [state.nodeId]);
-    log.info(`bootstrapped a new cluster ${state.clusterId} with node ${state.nodeId}; the cluster secret is in ${join(options.dataDir, clusterSecretFile)}`);
-    return;
-  }
-  const fields = describeSelf(options, state.nodeId);
-  // Over HTTPS the joining node has no CA yet to check the member with: the answer's CA is authenticated by its seal under the cluster secret instead.
-  const client = new ApiClient(joinAddress(options), { timeoutMs: 30000, insecureTls: true });
-  const request = { ...fields, proof: joinProof(secret, fields).toString("hex") };
-  let resp: JoinResponse | undefined;
-  for (let attempt = 1; resp === undefined; attempt++) {
-    try {
-      resp = await client.join(request);
-    } catch (e) {
-      // The member may be starting, or electing its catalog's leader: wait a little, a bounded number of times.
-      const retryable = (e instanceof ApiError && e.status === 503) || e instanceof DaemonUnreachableError;
-      if (!retryable || attempt >= joinAttemptsMax) throw e;
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
-  if (resp.ca !== undefined) keepClusterCa(options.dataDir, unsealCa(resp.ca, secret));
-  await state.setPeers(resp.peers);
-  await state.setCluster(resp.clusterId, resp.metaVoters);
-  log.info(`joined cluster ${resp.clusterId} through ${options.join} as node ${state.nodeId}`);
 }

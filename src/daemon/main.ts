@@ -1,7 +1,8 @@
 // `pxd daemon`: runs one node in the foreground until SIGTERM or SIGINT.
 
 import { mkdirSync } from "node:fs";
-import { Daemon, type DaemonOptions, type Logger } from "./daemon.js";
+import { Daemon } from "./daemon.js";
+import type { DaemonOptions, Logger } from "./daemon-options.js";
 import { missingDaemonNodeFlags } from "../os/node-flags.js";
 import { makePrivate } from "../os/private-files.js";
 import { printable } from "../base/printable.js";

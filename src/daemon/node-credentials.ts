@@ -13,7 +13,7 @@ import { makeClusterCa } from "../os/cluster-ca.js";
 import { adminTokenFile, clusterSecretFile, readCredentialFile, writeCredentialFile } from "../os/credentials.js";
 import { privateFileMode } from "../os/private-files.js";
 import { offlineAccess } from "./access.js";
-import type { DaemonOptions, Logger } from "./daemon.js";
+import type { DaemonOptions, Logger } from "./daemon-options.js";
 
 /** The first admin token's lifetime: the longest a token may have. */
 const firstAdminTokenTtlMs = apiTokenTtlMsMax;

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { request } from "node:https";
 import { startDaemon, type DaemonProcess } from "../helpers/daemon.js";
 import { waitUntil } from "../helpers/cluster.js";
-import { joinProof } from "../../src/daemon/daemon.js";
+import { joinProof } from "../../src/daemon/cluster-join.js";
 import type { JoinRequest } from "../../src/api/types.js";
 import { testAdminToken } from "../helpers/auth.js";
 
