@@ -900,10 +900,10 @@ export class Daemon implements Controller {
 
   async createVolume(request: CreateVolumeRequest, caller: Caller): Promise<VolumeInfo> {
     const owner = ownerFor(caller, request.owner);
-    return this.onMetaLeader(caller, (api) => api.createVolume(request), () => this.createVolumeOnLeader(request, owner));
+    return this.onMetaLeader(caller, (api) => api.createVolume(request), () => this.createVolumeOnLeader(request, owner, caller));
   }
 
-  private async createVolumeOnLeader(request: CreateVolumeRequest, owner: string): Promise<VolumeInfo> {
+  private async createVolumeOnLeader(request: CreateVolumeRequest, owner: string, caller: Caller): Promise<VolumeInfo> {
     const nodes = request.nodes?.map((ref) => this.nodeByRef(ref));
     const repl = request.repl ?? nodes?.length ?? Number(settingValue(this.catalog, "defaultRepl"));
     const c = request.clone;
