@@ -66,6 +66,7 @@ export function volumeDetails(v: VolumeInfo): string {
     ["encrypted", v.encrypted ? "yes (AES-256-XTS, its key wrapped by the cluster key)" : "no"],
     ["nbd uri", v.nbdUri],
     ["created", v.createdAt],
+    ...(v.clonedFrom !== undefined ? [["cloned from", v.clonedFrom] as [string, string]] : []),
     ["snapshots", `${v.snapshots ?? 0}${v.snapshotSchedule ? `; one every ${formatDuration(v.snapshotSchedule.everySec)}, the newest ${v.snapshotSchedule.keep} kept` : ""} (pxd snapshot list ${v.name})`],
     ["scrubbed", scrubSummary(v.scrub)],
     ["qos", qosText(v.qos)],

@@ -70,6 +70,7 @@ test("a snapshot is the volume as it was, from every node, through a kill, until
   assert.equal([c1.copiedTo, c1.inSync], [[], true], cloned);
   const svc = await c.nodes[3]!.api.inspectVolume("svc");
   assert.is(svc.clonedFrom, "sv@s1");
+  assert.match(await cli(3, "volume", "inspect", "svc"), /cloned from\s+sv@s1/);
   assert.not.match(await qemuIo(c.nodes[3]!.uri("svc"), ...before), /fail/i, "the clone holds the snapshot's bytes");
   const appendedAfter = await appended();
   for (const [i, n] of c.nodes.entries()) assert.ok(appendedAfter[i]! - appendedBefore[i]! < MiB, `${n.host} wrote ${appendedAfter[i]! - appendedBefore[i]!} bytes for a clone of 5 MiB of data: none of it copied`);
