@@ -8,7 +8,7 @@ import { existsSync } from "node:fs";
 import type { Command } from "commander";
 import type { ApiClient } from "../api/client.js";
 import { formatSize } from "../base/sizes.js";
-import { chainFor, codecOf, copyExport, type CopySummary, type Progress, createBackup, deleteBackup, findBackup, listBackups, overConnections, restoreBackup, verifyBackup, type CreateSummary } from "../backup/engine.js";
+import { chainFor, codecOf, createBackup, deleteBackup, findBackup, listBackups, overConnections, restoreBackup, verifyBackup, type CreateSummary } from "../backup/engine.js";
 import type { ChunkCodec } from "../backup/chunk-codec.js";
 import { clusterKeySource, type KeySource } from "../os/cluster-key.js";
 import type { Manifest } from "../backup/manifest.js";
@@ -259,36 +259,6 @@ async function restore(api: ApiClient, url: string, ref: string, name: string, o
       process.off("SIGINT", interrupt).off("SIGTERM", interrupt);
     }
   });
-}
-
-/**
- * Copies snapshot VOLUME@SNAPSHOT into volume `name` (made by the caller,
- * at least the snapshot's size, never written yet): over NBD from a node
- * that serves the snapshot to one that serves the volume, starting over on
- * another connection when one fails. Writing the snapshot's bytes again is
- * harmless, so a copy that stopped may be run again from the start.
- */
-export async function copySnapshot(api: ApiClient, volume: string, snapshot: string, name: string, o: IoFlags, progress?: Progress, restart?: () => void): Promise<CopySummary> {
-  const source = `${volume}@${snapshot}`;
-  const [from, to] = [await nbdServers(api, volume), await nbdServers(api, name)];
-  return overConnections(
-    backupConnectionAttempts,
-    (attempt) => connectTo(from, source, o, attempt),
-    async (src) => {
-      const dst = await connectTo(to, name, o);
-      try {
-        return await copyExport({ source: src, target: dst, ...(o.chunksInFlight !== undefined ? { chunksInFlight: o.chunksInFlight } : {}), ...(progress !== undefined ? { progress } : {}) });
-      } finally {
-        dst.close();
-      }
-    },
-    (e, attempt) => startingOver(`copy of ${source}`, e, attempt) && (restart?.(), true),
-  );
-}
-
-/** What a volume made from `volume`'s snapshot asks for: encrypted too (with a key of its own) when `volume` is. */
-export async function encryptedLike(api: ApiClient, volume: string): Promise<{ encrypted?: true }> {
-  return (await api.inspectVolume(volume)).encrypted ? { encrypted: true } : {};
 }
 
 function manifestRow(m: Manifest): Record<string, unknown> {

@@ -20,9 +20,9 @@ import { DaemonUnreachableError } from "../api/client.js";
 import { ApiError, type SnapshotInfo, type VolumeInfo } from "../api/types.js";
 import { parseSnapshotRef, snapshotNameProblem, volumeNameProblem } from "../api/validate.js";
 import { volumeBytesMax, volumeReplicasMax } from "../constants.js";
+import { encryptedUnitBytes } from "../cluster/rules.js";
 import { clientFor } from "./args.js";
 import { hostName, filesystems, type Filesystem } from "./attach.js";
-import { copySnapshot, encryptedLike } from "./backup.js";
 import { CliError, UsageError } from "./errors.js";
 import { nodeService } from "./csi-node.js";
 import { cliVersion } from "./main.js";
@@ -307,78 +307,56 @@ function page<T>(req: Req, all: T[]): { items: T[]; next: string } {
   return { items: all.slice(start, end), next: end < all.length ? String(end) : "" };
 }
 
-/** How long CreateVolume waits for a snapshot's copy before it answers ABORTED (the provisioner asks again, and is answered once the copy is done). */
-const csiCopyWaitMs = 5000;
-/** Snapshot copies this controller runs or holds the outcome of at once; past it CreateVolume from a snapshot is RESOURCE_EXHAUSTED. */
-const csiCopiesMax = 16;
-
-interface SnapshotCopy {
-  snapshotId: string;
-  done: boolean;
-  error?: Error;
-  doneBytes: number;
-  totalBytes: number;
-}
-
 /**
- * CreateVolume with a snapshot as its content source: a volume of at least
- * the snapshot's size, filled by a copy of it over NBD (pxd volume clone's
- * copy) that runs in this process. The call waits up to csiCopyWaitMs;
- * a longer copy answers ABORTED with its progress, and a later call for the
- * same name answers with the volume once it is done. A volume that exists
- * without a copy under way here (this process restarted during one, or the
- * call is a repeat after success) is copied into again: the snapshot's bytes
- * written again, harmless, as no pod has used a volume CreateVolume has not
- * answered for. A copy that fails deletes the volume.
+ * CreateVolume with a snapshot as its content source: a clone of the
+ * snapshot made inside the cluster (docs/architecture.md, "Clones"; no byte
+ * goes through this process), usable as soon as it is made, then grown when
+ * required_bytes asks for more than the snapshot's size. A volume of the
+ * name that exists answers when it is a clone of this snapshot that fits the
+ * request; one smaller than asked (a call that ended before its resize) is
+ * grown first.
  */
-async function fromSnapshot(api: ApiClient, copies: Map<string, SnapshotCopy>, name: string, snapshotId: string, size: { bytes: number; limit: number; required: number }, params: CreateParameters, context: Record<string, string>): Promise<object> {
+async function fromSnapshot(api: ApiClient, name: string, snapshotId: string, size: { bytes: number; limit: number; required: number }, params: CreateParameters, context: Record<string, string>): Promise<object> {
   const ref = parseSnapshotId(snapshotId);
   const snap = ref === undefined ? undefined : await api.inspectSnapshot(ref.volume, ref.snapshot).catch((e: unknown) => (e instanceof ApiError && e.status === 404 ? undefined : Promise.reject(e)));
   if (ref === undefined || snap === undefined) throw new CsiError(grpc.status.NOT_FOUND, `snapshot ${JSON.stringify(snapshotId.slice(0, 140))} does not exist`);
   if (size.limit > 0 && size.limit < snap.sizeBytes) throw new CsiError(grpc.status.OUT_OF_RANGE, `snapshot ${snapshotId} is ${snap.sizeBytes} bytes, more than limit_bytes ${size.limit}`);
-  const bytes = Math.max(size.bytes, snap.sizeBytes);
-  const answer = (v: VolumeInfo): object => ({ volume: { ...csiVolume(v, context), content_source: { snapshot: { snapshot_id: snapshotId } } } });
-  let job = copies.get(name);
-  if (job !== undefined && job.snapshotId !== snapshotId) throw new CsiError(grpc.status.ALREADY_EXISTS, `volume ${name} is being made from snapshot ${job.snapshotId}, not ${snapshotId}`);
-  if (job === undefined) {
-    if (copies.size >= csiCopiesMax) throw new CsiError(grpc.status.RESOURCE_EXHAUSTED, `${copies.size} volumes are being filled from snapshots, the most this controller runs at once; ask again later`);
-    const existing = await findVolume(api, name);
-    if (existing !== undefined) {
-      const misfit = existingFits(existing, { ...size, required: bytes }, params);
-      if (misfit !== null) throw new CsiError(grpc.status.ALREADY_EXISTS, misfit);
-    } else {
-      await api.createVolume({ name, sizeBytes: bytes, ...(await encryptedLike(api, ref.volume)), ...(params.repl !== undefined ? { repl: params.repl } : {}), ...(params.zones !== undefined ? { zones: params.zones } : {}) });
-    }
-    const started: SnapshotCopy = { snapshotId, done: false, doneBytes: 0, totalBytes: snap.sizeBytes };
-    copies.set(name, started);
-    job = started;
-    void copySnapshot(api, ref.volume, ref.snapshot, name, {}, (d, t) => {
-      started.doneBytes = d;
-      started.totalBytes = t;
-    }).then(
-      () => void (started.done = true),
-      async (e: Error) => {
-        started.error = e;
-        started.done = true;
-        await api.deleteVolume(name, { force: true }).catch(() => {});
-      },
-    );
+  if (params.zones === true) throw invalid(`parameter zones "true" cannot be used with a snapshot source: a volume from a snapshot starts on the nodes that hold the snapshot, whatever their zones; use a StorageClass without zones`);
+  // No required_bytes: the snapshot's size, not the 1 GiB default of an empty volume.
+  const bytes = size.required > 0 ? Math.max(size.bytes, snap.sizeBytes) : snap.sizeBytes;
+  let v = (await findVolume(api, name)) ?? (await newClone(api, name, snap, params));
+  if (v.clonedFrom !== snapshotId) throw new CsiError(grpc.status.ALREADY_EXISTS, `volume ${name} exists and is not a clone of snapshot ${snapshotId}${v.clonedFrom !== undefined ? ` but of ${v.clonedFrom}` : ""}; pick another name`);
+  if (v.sizeBytes < bytes) v = await growClone(api, v, bytes, size.limit);
+  const misfit = existingFits(v, { ...size, required: bytes }, params);
+  if (misfit !== null) throw new CsiError(grpc.status.ALREADY_EXISTS, misfit);
+  return { volume: { ...csiVolume(v, context), content_source: { snapshot: { snapshot_id: snapshotId } } } };
+}
+
+/** A clone of the snapshot at its size (the API makes clones no other size); a race with another call for the name answers with that call's volume. */
+async function newClone(api: ApiClient, name: string, snap: SnapshotInfo, params: CreateParameters): Promise<VolumeInfo> {
+  try {
+    return await api.createVolume({ name, sizeBytes: snap.sizeBytes, clone: { volume: snap.volume, snapshot: snap.name }, ...(params.repl !== undefined ? { repl: params.repl } : {}) });
+  } catch (e) {
+    const now = e instanceof ApiError && e.status === 409 ? await findVolume(api, name) : undefined;
+    if (now === undefined) throw e;
+    return now;
   }
-  const deadline = Date.now() + csiCopyWaitMs;
-  while (!job.done && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-  if (!job.done) {
-    throw new CsiError(grpc.status.ABORTED, `volume ${name} is being filled from snapshot ${snapshotId}: ${Math.floor((100 * job.doneBytes) / Math.max(1, job.totalBytes))}% copied; ask again`);
+}
+
+/** Grows a clone to at least `bytes`: whole 4 KiB units when it is encrypted (as its source is), if limit_bytes leaves room for them. */
+async function growClone(api: ApiClient, v: VolumeInfo, bytes: number, limit: number): Promise<VolumeInfo> {
+  const units = v.encrypted ? Math.ceil(bytes / encryptedUnitBytes) * encryptedUnitBytes : bytes;
+  try {
+    return await api.updateVolume(v.name, { sizeBytes: limit > 0 && units > limit ? bytes : units });
+  } catch (e) {
+    // Grown meanwhile past this size by another call: shrinking is what the daemon refused.
+    const now = e instanceof ApiError && e.code === "conflict" ? await findVolume(api, v.name) : undefined;
+    if (now === undefined) throw e;
+    return now;
   }
-  copies.delete(name);
-  if (job.error !== undefined) throw new CsiError(grpc.status.INTERNAL, `filling volume ${name} from snapshot ${snapshotId} failed (${job.error.message}); the volume was deleted, ask again to start over`);
-  const v = await findVolume(api, name);
-  if (v === undefined) throw new CsiError(grpc.status.INTERNAL, `volume ${name} was filled from snapshot ${snapshotId} and then disappeared; ask again`);
-  return answer(v);
 }
 
 function controllerService(api: ApiClient): Record<string, Handler> {
-  /** Snapshot copies under way (CreateVolume from a snapshot), by volume name. */
-  const copies = new Map<string, SnapshotCopy>();
   const noPublish = "pxd.csi.io needs no ControllerPublish (attachRequired: false): the node plugin attaches in NodeStageVolume";
   return {
     CreateVolume: async (req) => {
@@ -395,7 +373,7 @@ function controllerService(api: ApiClient): Record<string, Handler> {
       const source = req["volume_content_source"] as { snapshot?: { snapshot_id?: unknown }; volume?: unknown } | null | undefined;
       if (source != null) {
         if (source.snapshot == null) throw invalid("volume_content_source: only a snapshot is taken (take a snapshot of the volume to copy, then make a volume from it)");
-        return fromSnapshot(api, copies, name, String(source.snapshot.snapshot_id ?? ""), size, params, context);
+        return fromSnapshot(api, name, String(source.snapshot.snapshot_id ?? ""), size, params, context);
       }
       const existing = await findVolume(api, name);
       if (existing !== undefined) {

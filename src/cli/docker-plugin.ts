@@ -22,7 +22,6 @@ import { parseSize } from "../base/sizes.js";
 import { volumeReplicasMax } from "../constants.js";
 import { filesystems, mountVolume, unmountVolume, type Filesystem } from "./attach.js";
 import { clientFor } from "./args.js";
-import { copySnapshot, encryptedLike } from "./backup.js";
 import { mountedAt } from "../os/attachments.js";
 import { claimSocketPath } from "../os/unix-socket.js";
 
@@ -47,8 +46,6 @@ interface VolumeState {
   ids: string[];
   /** The filesystem to make when it has none (the Create option fs). */
   fs?: Filesystem;
-  /** VOLUME@SNAPSHOT being copied into it (the Create option snapshot): set until the copy is done, so a Create after a restart copies again. */
-  filling?: string;
 }
 
 interface PluginState {
@@ -82,7 +79,9 @@ export class DockerPlugin {
   private load(): PluginState {
     if (!existsSync(this.statePath)) return { volumes: {} };
     const parsed = JSON.parse(readFileSync(this.statePath, "utf8")) as PluginState;
-    return { volumes: parsed.volumes ?? {} };
+    // Only the fields VolumeState names are kept (a state file may hold others, e.g. "filling", which nothing reads now).
+    const volumes = Object.entries(parsed.volumes ?? {}).map(([name, v]): [string, VolumeState] => [name, { ids: v.ids ?? [], ...(v.fs !== undefined ? { fs: v.fs } : {}) }]);
+    return { volumes: Object.fromEntries(volumes) };
   }
 
   private save(): void {
@@ -154,30 +153,30 @@ export class DockerPlugin {
     if (source !== undefined && sizeBytes < source.sizeBytes) throw new Refusal(`option size ${opts.size} is smaller than snapshot ${opts.snapshot} (${source.sizeBytes} bytes); leave out size, or give at least that`);
     const repl = opts.repl === undefined ? undefined : replOption(opts.repl);
     const fs = opts.fs === undefined ? undefined : fsOption(opts.fs);
+    const zones = opts.zones === undefined ? undefined : boolOption("zones", opts.zones);
+    if (source !== undefined && zones === true) throw new Refusal(`option zones cannot be used with option snapshot: a volume from a snapshot starts on the nodes that hold the snapshot, whatever their zones; leave out zones`);
     const existing = await this.api.inspectVolume(name).catch((e: unknown) => {
       if (e instanceof ApiError && e.status === 404) return undefined;
       throw e;
     });
     if (existing !== undefined) {
       // dockerd creates a named volume again on every `docker run -v NAME:...`: the same volume is not an error.
-      if (opts.size !== undefined && existing.sizeBytes !== sizeBytes) throw new Refusal(`volume ${name} exists with ${existing.sizeBytes} bytes, not ${sizeBytes}; use another name, or leave out size`);
+      const sourceRef = source === undefined ? undefined : `${source.volume}@${source.name}`;
+      const grow = sourceRef !== undefined && existing.clonedFrom === sourceRef && existing.sizeBytes < sizeBytes; // a Create that ended before its resize
+      if (opts.size !== undefined && existing.sizeBytes !== sizeBytes && !grow) throw new Refusal(`volume ${name} exists with ${existing.sizeBytes} bytes, not ${sizeBytes}; use another name, or leave out size`);
+      if (sourceRef !== undefined && existing.clonedFrom !== sourceRef) throw new Refusal(`volume ${name} exists and is not a clone of snapshot ${sourceRef}; use another name, or leave out snapshot`);
+      if (grow) await this.api.updateVolume(name, { sizeBytes });
+    } else if (source !== undefined) {
+      // A clone is made inside the cluster at the snapshot's size (docs/architecture.md, "Clones"), then grown when size says more.
+      await this.api.createVolume({ name, sizeBytes: source.sizeBytes, clone: { volume: source.volume, snapshot: source.name }, ...(repl !== undefined ? { repl } : {}), ...(opts.nodes !== undefined ? { nodes: nodeList(opts.nodes) } : {}) });
+      if (sizeBytes > source.sizeBytes) await this.api.updateVolume(name, { sizeBytes });
     } else {
-      await this.api.createVolume({
-        name,
-        sizeBytes,
-        ...(source !== undefined ? await encryptedLike(this.api, source.volume) : {}),
-        ...(repl !== undefined ? { repl } : {}),
-        ...(opts.nodes !== undefined ? { nodes: opts.nodes.split(",").map((s) => s.trim()).filter((s) => s !== "") } : {}),
-        ...(opts.zones !== undefined ? { zones: boolOption("zones", opts.zones) } : {}),
-      });
+      await this.api.createVolume({ name, sizeBytes, ...(repl !== undefined ? { repl } : {}), ...(opts.nodes !== undefined ? { nodes: nodeList(opts.nodes) } : {}), ...(zones !== undefined ? { zones } : {}) });
     }
     if (fs !== undefined) {
       this.state.volumes[name] = { ...this.state.volumes[name], ids: this.state.volumes[name]?.ids ?? [], fs };
       this.save();
     }
-    // A new volume from a snapshot is filled before Create answers; one whose copy a restart cut short is filled again.
-    const filling = existing === undefined ? opts.snapshot : this.state.volumes[name]?.filling;
-    if (filling !== undefined) await this.fill(name, filling, existing === undefined);
   }
 
   /** The snapshot a Create option names (VOLUME@SNAPSHOT), which must exist. */
@@ -188,26 +187,6 @@ export class DockerPlugin {
       if (e instanceof ApiError && e.status === 404) throw new Refusal(`snapshot ${ref} does not exist; pxd snapshot list shows the snapshots`);
       throw e;
     });
-  }
-
-  /** Copies VOLUME@SNAPSHOT into the volume (pxd volume clone's copy); a copy that fails deletes a volume this Create made. */
-  private async fill(name: string, ref: string, made: boolean): Promise<void> {
-    const r = parseSnapshotRef(ref);
-    if ("problem" in r) throw new Refusal(`volume ${name}: the snapshot it is filled from: ${r.problem}`);
-    this.state.volumes[name] = { ...this.state.volumes[name], ids: this.state.volumes[name]?.ids ?? [], filling: ref };
-    this.save();
-    try {
-      await copySnapshot(this.api, r.volume, r.snapshot, name, {});
-    } catch (e) {
-      if (made) {
-        await this.api.deleteVolume(name, { force: true }).catch(() => {});
-        delete this.state.volumes[name];
-        this.save();
-      }
-      throw new Refusal(`filling volume ${name} from snapshot ${ref} failed (${(e as Error).message})${made ? "; the volume was deleted, create it again" : "; create it again to retry"}`);
-    }
-    delete this.state.volumes[name]!.filling;
-    this.save();
   }
 
   private async remove(name: string): Promise<void> {
@@ -273,6 +252,14 @@ function createOpts(raw: unknown): Partial<Record<(typeof createOptions)[number]
     out[known] = v;
   }
   return out;
+}
+
+/** The option nodes: a comma-separated list of node names. */
+function nodeList(text: string): string[] {
+  return text
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
 }
 
 function sizeOption(text: string): number {

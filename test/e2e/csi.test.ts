@@ -196,18 +196,28 @@ test("pxd csi: identity, controller and node services as csi-sanity checks them,
     await controller["DeleteVolume"]!({ volume_id: "other" });
     assert.equal((await controller["ListSnapshots"]!({}))["entries"].map((e: any) => e.snapshot.snapshot_id), ["db@snapshot-1"]);
 
-    // A volume from a snapshot: the snapshot's bytes copied in (larger than the snapshot is fine), idempotent by name.
+    // A volume from a snapshot: a clone of it, grown to the size asked (larger than the snapshot is fine), the snapshot's bytes there at once; idempotent by name.
     await runOk("qemu-io", ["-f", "raw", c.nodes[1]!.uri("db"), "-c", "write -P 0x5a 1M 2M"]);
     await controller["CreateSnapshot"]!({ source_volume_id: "db", name: "snapshot-3" });
     const fromSnap = { name: "fromsnap", capacity_range: { required_bytes: 96 * MiB }, volume_capabilities: [mountCap()], parameters: { repl: "2" }, volume_content_source: { snapshot: { snapshot_id: "db@snapshot-3" } } };
     const restored = (await controller["CreateVolume"]!(fromSnap))["volume"];
     assert.equal([restored.volume_id, restored.capacity_bytes, restored.content_source.snapshot.snapshot_id], ["fromsnap", 96 * MiB, "db@snapshot-3"]);
     assert.not.match(await runOk("qemu-io", ["-f", "raw", c.nodes[2]!.uri("fromsnap"), "-c", "read -P 0 0 1M", "-c", "read -P 0x5a 1M 2M", "-c", "read -P 0 64M 32M"]), /fail/i, "the snapshot's bytes, then zeroes");
+    const cloned = await c.nodes[0]!.api.inspectVolume("fromsnap");
+    assert.equal([cloned.clonedFrom, cloned.sizeBytes, cloned.repl], ["db@snapshot-3", 96 * MiB, 2], "a clone of the snapshot, grown to required_bytes");
     assert.is((await controller["CreateVolume"]!(fromSnap))["volume"].volume_id, "fromsnap", "asked again: the same volume");
+    const asIs = (await controller["CreateVolume"]!({ ...fromSnap, name: "asis", capacity_range: {} }))["volume"];
+    assert.equal([asIs.capacity_bytes, (await c.nodes[0]!.api.inspectVolume("asis")).clonedFrom], [64 * MiB, "db@snapshot-3"], "no required_bytes: the snapshot's size");
+    // A clone left at the snapshot's size (a call that ended before its resize) is grown by the next call.
+    await c.nodes[0]!.api.createVolume({ name: "half", sizeBytes: 64 * MiB, clone: { volume: "db", snapshot: "snapshot-3" }, repl: 2 });
+    assert.is((await controller["CreateVolume"]!({ ...fromSnap, name: "half" }))["volume"].capacity_bytes, 96 * MiB);
+    assert.is((await c.nodes[0]!.api.inspectVolume("half")).sizeBytes, 96 * MiB);
+    await expectCode(controller["CreateVolume"]!({ ...fromSnap, name: "db", capacity_range: { required_bytes: 64 * MiB } }), grpc.status.ALREADY_EXISTS, /not a clone of snapshot db@snapshot-3/);
+    await expectCode(controller["CreateVolume"]!({ ...fromSnap, name: "zoned", parameters: { zones: "true" } }), grpc.status.INVALID_ARGUMENT, /zones .* snapshot/);
     await expectCode(controller["CreateVolume"]!({ ...fromSnap, name: "nosnap", volume_content_source: { snapshot: { snapshot_id: "db@nope" } } }), grpc.status.NOT_FOUND, /does not exist/);
     await expectCode(controller["CreateVolume"]!({ ...fromSnap, name: "small", capacity_range: { required_bytes: MiB, limit_bytes: MiB } }), grpc.status.OUT_OF_RANGE, /limit_bytes/);
     await expectCode(controller["CreateVolume"]!({ ...fromSnap, name: "vclone", volume_content_source: { volume: { volume_id: "db" } } }), grpc.status.INVALID_ARGUMENT, /only a snapshot/);
-    await controller["DeleteVolume"]!({ volume_id: "fromsnap" });
+    for (const n of ["fromsnap", "asis", "half"]) await controller["DeleteVolume"]!({ volume_id: n });
     await controller["DeleteSnapshot"]!({ snapshot_id: "db@snapshot-3" });
 
     // ListVolumes pages; a token it did not give out is ABORTED.

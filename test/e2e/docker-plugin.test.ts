@@ -100,11 +100,16 @@ test("docker-plugin: the VolumeDriver protocol through create, two mounts across
     writeFileSync(join(mountpoint, "PG_VERSION"), "16\n");
     assert.equal((await call("VolumeDriver.Path", { Name: "pg" })).body, { Mountpoint: mountpoint, Err: "" });
 
-    // The plugin restarts; the second container's mount finds the first's.
+    // The plugin restarts; the second container's mount finds the first's. A field the plugin does not keep ("filling") is dropped.
     await stopPlugin(plugin);
+    const statePath = join(stateDir, "state.json");
+    const saved = JSON.parse(readFileSync(statePath, "utf8")) as { volumes: Record<string, Record<string, unknown>> };
+    saved.volumes["pg"]!["filling"] = "pg@gone";
+    writeFileSync(statePath, JSON.stringify(saved));
     plugin = await startPlugin(api, socketPath, stateDir, runDir);
     const m2 = await call("VolumeDriver.Mount", { Name: "pg", ID: "b".repeat(64) });
     assert.equal(m2.body, { Mountpoint: mountpoint, Err: "" });
+    assert.equal(JSON.parse(readFileSync(statePath, "utf8")).volumes["pg"], { ids: ["a".repeat(64), "b".repeat(64)], fs: "ext4" });
     assert.is(readFileSync(join(mountpoint, "PG_VERSION"), "utf8"), "16\n");
     const busy = await call("VolumeDriver.Remove", { Name: "pg" });
     assert.match(String(busy.body["Err"]), /mounted for 2 container\(s\) here; stop them first/);
@@ -117,17 +122,23 @@ test("docker-plugin: the VolumeDriver protocol through create, two mounts across
     assert.equal(await c.nodes[0]!.api.listAttachments(), [], "and detached it");
     assert.not.ok((await runOk("losetup", ["-a"])).includes(t.dir), "no loop device is left");
 
-    // A volume from a snapshot of pg: its files are there.
+    // A volume from a snapshot of pg: a clone of it, of its size or larger, its files there; zones refused with it.
     await c.nodes[0]!.api.createSnapshot("pg", { name: "s" });
     assert.match(String((await call("VolumeDriver.Create", { Name: "pg2", Opts: { snapshot: "pg@nope" } })).body["Err"]), /snapshot pg@nope does not exist/);
     assert.match(String((await call("VolumeDriver.Create", { Name: "pg2", Opts: { snapshot: "pg@s", size: "1M" } })).body["Err"]), /smaller than snapshot pg@s/);
-    assert.equal((await call("VolumeDriver.Create", { Name: "pg2", Opts: { snapshot: "pg@s" } })).body, { Err: "" });
-    assert.is((await c.nodes[0]!.api.inspectVolume("pg2")).sizeBytes, 64 * 1024 * 1024, "the snapshot's size");
-    const m3 = await call("VolumeDriver.Mount", { Name: "pg2", ID: "c".repeat(64) });
-    assert.is(m3.status, 200, JSON.stringify(m3.body));
-    assert.is(readFileSync(join(String(m3.body["Mountpoint"]), "PG_VERSION"), "utf8"), "16\n", "the snapshot's files");
-    assert.equal((await call("VolumeDriver.Unmount", { Name: "pg2", ID: "c".repeat(64) })).body, { Err: "" });
-    assert.equal((await call("VolumeDriver.Remove", { Name: "pg2" })).body, { Err: "" });
+    assert.match(String((await call("VolumeDriver.Create", { Name: "pg2", Opts: { snapshot: "pg@s", zones: "true" } })).body["Err"]), /option zones cannot be used with option snapshot/);
+    assert.match(String((await call("VolumeDriver.Create", { Name: "pg", Opts: { snapshot: "pg@s" } })).body["Err"]), /volume pg exists and is not a clone of snapshot pg@s/);
+    for (const [name, opts, sizeBytes] of [["pg2", { snapshot: "pg@s" }, 64 * 1024 * 1024], ["pg3", { snapshot: "pg@s", size: "96M" }, 96 * 1024 * 1024]] as const) {
+      assert.equal((await call("VolumeDriver.Create", { Name: name, Opts: opts })).body, { Err: "" });
+      assert.equal((await call("VolumeDriver.Create", { Name: name, Opts: opts })).body, { Err: "" }, "created again: the same volume");
+      const made = await c.nodes[0]!.api.inspectVolume(name);
+      assert.equal([made.sizeBytes, made.clonedFrom], [sizeBytes, "pg@s"], `${name}: a clone of the snapshot, of its size or option size`);
+      const m = await call("VolumeDriver.Mount", { Name: name, ID: "c".repeat(64) });
+      assert.is(m.status, 200, JSON.stringify(m.body));
+      assert.is(readFileSync(join(String(m.body["Mountpoint"]), "PG_VERSION"), "utf8"), "16\n", "the snapshot's files");
+      assert.equal((await call("VolumeDriver.Unmount", { Name: name, ID: "c".repeat(64) })).body, { Err: "" });
+      assert.equal((await call("VolumeDriver.Remove", { Name: name })).body, { Err: "" });
+    }
 
     assert.equal((await call("VolumeDriver.Remove", { Name: "pg" })).body, { Err: "" });
     assert.is((await c.nodes[0]!.api.listVolumes()).length, 0);
@@ -137,6 +148,7 @@ test("docker-plugin: the VolumeDriver protocol through create, two mounts across
     if (plugin) await stopPlugin(plugin);
     await runOk("umount", ["-l", join(stateDir, "mounts", "pg")]).catch(() => undefined);
     await runOk("umount", ["-l", join(stateDir, "mounts", "pg2")]).catch(() => undefined);
+    await runOk("umount", ["-l", join(stateDir, "mounts", "pg3")]).catch(() => undefined);
     await c?.dispose();
     t.remove();
   }
