@@ -45,6 +45,8 @@ export interface HostedGroup {
   sizeBytes: number;
   /** The voters the group started with (empty: it joins, and its leader adds it). */
   voters: number[];
+  /** A clone this node seeds: the snapshot it starts from. A restart that finds the group without its first state (it stopped before the store's checkpoint held it) starts it from there again. */
+  clone?: { volumeId: number; snapshotId: number };
 }
 
 /** A peer's address, as the node state records it. */
@@ -145,6 +147,8 @@ export class ClusterNode {
   private readonly excluded = new Durations<number>();
   /** Groups this node is leaving that it knows no leader of, and for how long. */
   private readonly leaderless = new Durations<number>();
+  /** Clone replicas being started from their snapshot here (hostClone, seedClone). */
+  private readonly seeding = new Set<number>();
   /** On the meta leader: how long it has had no connection to each node, on its monotonic clock. */
   private readonly unreachable = new Durations<number>();
   /** On the meta leader: how long it has seen each node marked down in the catalog, on its monotonic clock. */
@@ -167,7 +171,10 @@ export class ClusterNode {
   start(metaVoters: readonly NodeId[]): void {
     this.catalogStart.replayTo = this.p.store.raftState(metaGroupId).lastIndex;
     this.p.driver.addGroup(metaGroupId, [...metaVoters], this.catalogMachine);
-    for (const g of this.p.state.hosted.values()) this.p.driver.addGroup(g.id, g.voters, new VolumeReplica(this.p.store, g.id));
+    for (const g of this.p.state.hosted.values()) {
+      if (g.clone !== undefined && this.unseeded(g.id)) this.seedClone(g, `group ${g.id}`);
+      else this.p.driver.addGroup(g.id, g.voters, new VolumeReplica(this.p.store, g.id));
+    }
     if (this.catalogStart.snapshotIndex > 0) this.hostFromCatalog();
     this.countReplayed(this.catalogStart.snapshotIndex);
   }
@@ -308,32 +315,67 @@ export class ClusterNode {
   }
 
   /**
-   * Starts this node's replica of a clone it seeds (CloneSource): the store
-   * starts the group from its copy of the snapshot, durably, before the node
-   * state records it, so a restart has either both or neither (the catalog
-   * entry, replayed, then starts it again). A seed without the snapshot (it
+   * Starts this node's replica of a clone it seeds (CloneSource). The node
+   * state records the replica first, marked as a clone of the snapshot; then
+   * the store starts the group from its copy of the snapshot and a checkpoint
+   * holds it (seedClone). A restart in between finds the group without its
+   * first state and seeds it again (start). A seed without the snapshot (it
    * dropped it after the clone was asked for) joins as other replicas do and
    * gets a copy from a seed that has it.
    */
   private hostClone(v: CatalogVolume): void {
     const s = v.source!;
-    if (this.p.driver.hasGroup(v.id) || this.p.store.hasGroup(v.id)) return;
-    const from = cloneSourceName(this.catalog, s);
-    if (!this.p.store.hasGroup(s.volumeId) || !this.p.store.snapshotIds(s.volumeId).includes(s.snapshotId)) {
-      this.p.log.warn(`volume ${v.name} (group ${v.id}): this node was to start it from ${from}, which it no longer holds; it joins and gets a copy instead`);
+    if (this.p.driver.hasGroup(v.id) || this.p.store.hasGroup(v.id) || this.seeding.has(v.id)) return;
+    if (!this.holdsSnapshot(s.volumeId, s.snapshotId)) {
+      this.p.log.warn(`volume ${v.name} (group ${v.id}): this node was to start it from ${cloneSourceName(this.catalog, s)}, which it no longer holds; it joins and gets a copy instead`);
       return this.hostGroup(v, true);
     }
-    const g: HostedGroup = { id: v.id, sizeBytes: v.sizeBytes, voters: [...s.seeds] };
-    this.p.store
-      .cloneFromSnapshot(v.id, s.volumeId, s.snapshotId, { voters: [...s.seeds].sort((a, b) => a - b), learners: [] })
-      .then(() => this.p.state.host(g))
-      .then(
-        () => {
-          if (this.p.store.hasGroup(v.id) && !this.p.driver.hasGroup(v.id)) this.p.driver.addGroup(v.id, g.voters, new VolumeReplica(this.p.store, v.id));
-          this.p.log.info(`volume ${v.name} (group ${v.id}): replica started here from snapshot ${from} (its extents shared, nothing copied), ${formatSize(v.sizeBytes)}; started on nodes ${s.seeds.join(", ")}`);
-        },
-        (e: Error) => this.p.log.error(`volume ${v.name}: cannot start its replica from ${from}: ${e.message}`),
-      );
+    const g: HostedGroup = { id: v.id, sizeBytes: v.sizeBytes, voters: [...s.seeds], clone: { volumeId: s.volumeId, snapshotId: s.snapshotId } };
+    this.seeding.add(v.id);
+    this.p.state.host(g).then(
+      () => this.seedClone(g, `volume ${v.name} (group ${v.id})`),
+      (e: Error) => {
+        this.seeding.delete(v.id);
+        this.p.log.error(`volume ${v.name}: cannot record its replica: ${e.message}`);
+      },
+    );
+  }
+
+  /** The store has the group as Store.open made it from the node state alone: no checkpoint or log record of it. */
+  private unseeded(id: number): boolean {
+    const st = this.p.store.raftState(id);
+    return st.snapshotIndex === 0 && st.lastIndex === 0;
+  }
+
+  private holdsSnapshot(volumeId: number, snapshotId: number): boolean {
+    return this.p.store.hasGroup(volumeId) && this.p.store.snapshotIds(volumeId).includes(snapshotId);
+  }
+
+  /** Starts a recorded clone replica from its snapshot (Store.cloneFromSnapshot), then runs its group; without the snapshot here, it runs as a member joining. */
+  private seedClone(g: HostedGroup, what: string): void {
+    const c = g.clone!;
+    if (!this.p.state.hosted.has(g.id)) return void this.seeding.delete(g.id); // dropped while it was being recorded
+    this.seeding.add(g.id);
+    if (this.p.store.hasGroup(g.id)) this.p.store.dropGroup(g.id); // Store.open's empty group from the node state
+    const run = (voters: number[]): void => {
+      this.seeding.delete(g.id);
+      if (!this.p.driver.hasGroup(g.id) && this.p.state.hosted.has(g.id)) this.p.driver.addGroup(g.id, voters, new VolumeReplica(this.p.store, g.id));
+    };
+    if (!this.holdsSnapshot(c.volumeId, c.snapshotId)) {
+      this.p.log.warn(`${what}: its snapshot (id ${c.snapshotId} of group ${c.volumeId}) is not here any more; it joins and gets a copy instead`);
+      this.p.store.addGroup({ groupId: g.id, sizeBytes: g.sizeBytes });
+      return run([]);
+    }
+    this.p.store.cloneFromSnapshot(g.id, c.volumeId, c.snapshotId, { voters: [...g.voters].sort((a, b) => a - b), learners: [] }).then(
+      () => {
+        run(g.voters);
+        this.p.log.info(`${what}: replica started here from snapshot id ${c.snapshotId} of group ${c.volumeId} (its extents shared, nothing copied), ${formatSize(g.sizeBytes)}; started on nodes ${g.voters.join(", ")}`);
+      },
+      (e: Error) => {
+        this.seeding.delete(g.id);
+        this.p.log.error(`${what}: cannot start its replica from its snapshot: ${e.message}`);
+      },
+    );
   }
 
   unhostGroup(id: number): void {
