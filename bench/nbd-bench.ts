@@ -36,6 +36,8 @@ interface Options {
   skipExtra: boolean;
   /** all: every job, the repl-3 cluster on its jobs; only: just the cluster's jobs (and no extra checks); skip: no cluster. */
   cluster: "all" | "only" | "skip";
+  /** The cluster's peers without TLS (--peer-plain on every node). */
+  peerPlain: boolean;
   jsonFile: string | undefined;
   /** taskset CPU list the bench and everything it starts are confined to; all CPUs when absent. */
   cpus: string | undefined;
@@ -139,13 +141,14 @@ function parseOptions(): Options {
       "skip-extra": { type: "boolean", default: false },
       cluster: { type: "boolean", default: false },
       "skip-cluster": { type: "boolean", default: false },
+      "peer-plain": { type: "boolean", default: false },
       json: { type: "string" },
       cpus: { type: "string" },
       help: { type: "boolean", default: false },
     },
   });
   if (values.help) {
-    process.stdout.write("usage: npm run bench -- [--runtime SEC] [--rounds N] [--only REGEX] [--skip-extra] [--cluster | --skip-cluster] [--cpus LIST] [--json FILE]\n");
+    process.stdout.write("usage: npm run bench -- [--runtime SEC] [--rounds N] [--only REGEX] [--skip-extra] [--cluster | --skip-cluster] [--peer-plain] [--cpus LIST] [--json FILE]\n");
     process.exit(0);
   }
   if (values.cluster && values["skip-cluster"]) throw new Error("--cluster runs only the cluster's jobs, --skip-cluster none of them: pick one");
@@ -156,6 +159,7 @@ function parseOptions(): Options {
     only: values.only === undefined ? undefined : new RegExp(values.only, "i"),
     skipExtra: values["skip-extra"] || cluster === "only",
     cluster,
+    peerPlain: values["peer-plain"],
     jsonFile: values.json,
     cpus: values.cpus,
   };
@@ -377,7 +381,8 @@ async function compare(selected: BenchJob[], opts: Options): Promise<{ results: 
         return { results, clusterHosts: [] };
       }
       log("starting a 3-node pxd cluster on loopback (127.0.0.11-13, or the next free 127.0.0.x1-x3)");
-      const c = await startCluster(3);
+      // Peers speak verified TLS by default, as `pxd daemon` does; --peer-plain measures the cluster without it.
+      const c = await startCluster(3, opts.peerPlain ? ["--peer-plain"] : []);
       log(`cluster up on ${c.nodes.map((n) => n.host).join(", ")}`);
       const releaseCluster = onCleanup("pxd cluster", () => c.dispose());
       try {
