@@ -308,8 +308,9 @@ export class MultiRaft {
     group.hardVote = st.hardState.vote;
     group.confPoints = confPoints;
     this.groups.set(groupId, group);
-    // The only voter need not wait out an election timeout: nobody can compete.
-    if (voters.length === 1 && voters[0] === this.o.nodeId && node.status().lastIndex === 0) node.campaign();
+    // The only voter of a new group (empty, or a clone's, compacted at entry 1 of term 1) need not wait out an election timeout: nobody can compete.
+    const st0 = node.status();
+    if (voters.length === 1 && voters[0] === this.o.nodeId && st0.lastIndex <= 1 && st0.term <= 1) node.campaign();
     this.schedule();
   }
 
