@@ -301,7 +301,7 @@ export class ClusterNode {
 
   /** Starts this node's replica of a volume: the node state records it durably before the group persists anything. */
   private hostGroup(v: CatalogVolume, joining = false): void {
-    if (this.p.driver.hasGroup(v.id) || this.p.store.hasGroup(v.id)) return;
+    if (this.p.driver.hasGroup(v.id) || this.p.store.hasGroup(v.id) || this.seeding.has(v.id)) return;
     const g: HostedGroup = { id: v.id, sizeBytes: v.sizeBytes, voters: joining ? [] : [...v.nodes] };
     this.p.store.addGroup({ groupId: v.id, sizeBytes: v.sizeBytes });
     this.p.state.host(g).then(
