@@ -9,9 +9,10 @@
 //
 // Daemon implements the control API's Controller. A catalog change is made on
 // the catalog's leader, forwarded there from any other node (onMetaLeader);
-// snapshots, scrubs, what is served over NBD, and metrics, events and samples
-// are the parts' (snapshots.ts, scrub-control.ts, nbd-exports.ts,
-// node-observer.ts), each given what it needs of the node as an interface.
+// snapshots, attachments, scrubs, what is served over NBD, and metrics,
+// events and samples are the parts' (snapshots.ts, volume-attachments.ts,
+// scrub-control.ts, nbd-exports.ts, node-observer.ts), each given what it
+// needs of the node as an interface.
 
 import { timingSafeEqual } from "node:crypto";
 import { mkdirSync, statfsSync } from "node:fs";
@@ -100,7 +101,8 @@ import { deferImmediate, NodeDisk } from "../os/node-disk.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { packageVersion } from "../os/package-version.js";
 import { resolveHost } from "../os/resolve.js";
-import { agentCluster, releaseSupervisorLock, superviseAgents, type AttachRecord } from "../os/attachments.js";
+import { releaseSupervisorLock } from "../os/attachments.js";
+import { attachmentInfos, VolumeAttachments } from "./volume-attachments.js";
 import { startPeerTransport, type PeerListener } from "../os/peer-listener.js";
 import { ConfChangeType } from "../raft/confchange.js";
 import { MultiRaft, NotLeaderError, ProposalDroppedError } from "../replication/driver.js";
@@ -169,8 +171,7 @@ export class Daemon implements Controller {
   /** What this node serves over NBD, and its connections (src/daemon/nbd-exports.ts). */
   private exports!: NbdExports;
   private readonly startedAt = process.hrtime.bigint();
-  /** A turn of superviseAttachAgents is running. */
-  private supervising = false;
+  private attachments!: VolumeAttachments;
   private driver!: MultiRaft;
   private io!: VolumeIo;
   private snapshots!: Snapshots;
@@ -328,6 +329,20 @@ export class Daemon implements Controller {
       replicasOf: (group) => this.node.volumeById(group)?.nodes ?? [],
       cipherOf: (group) => this.volumeKeys.cipherOf(group, (id) => this.node.volumeById(id)),
     });
+    this.attachments = new VolumeAttachments({
+      nodeId: state.nodeId,
+      catalog: () => this.catalog,
+      clusterId: () => this.state.clusterId,
+      knownVolume: (name) => this.knownVolume(name),
+      mustGet: (name) => this.mustGet(name),
+      onMetaLeader: (caller, remote, local) => this.onMetaLeader(caller, remote, local),
+      metaCommand: (command) => this.metaCommand(command),
+      catalogError,
+      leaderOf: (group) => this.driver.leader(group),
+      info: (v) => this.info(v),
+      nodeCaller: () => this.access.nodeCaller(),
+      log,
+    });
     this.snapshots = new Snapshots({
       nodeId: state.nodeId,
       catalog: () => this.catalog,
@@ -378,7 +393,7 @@ export class Daemon implements Controller {
     this.timers.push(setInterval(() => node.detectFailures(), healthCheckEveryMs));
     this.timers.push(setInterval(() => node.reconcileReplicas(), reconcileEveryMs));
     this.timers.push(setInterval(() => this.scrubs.runIfDue(), scrubCheckEveryMs));
-    this.timers.push(setInterval(() => this.superviseAttachAgents(), agentCheckEveryMs));
+    this.timers.push(setInterval(() => this.attachments.supervise(), agentCheckEveryMs));
     this.timers.push(setInterval(() => this.runSnapshotSchedules(), snapshotScheduleCheckEveryMs));
     this.exports = new NbdExports({
       tlsOwners: options.nbdTlsOwners === true,
@@ -650,55 +665,20 @@ export class Daemon implements Controller {
 
   // ---- attachments (pxd volume attach) ----
 
-  /** On the meta leader: records a host's attachment; the catalog refuses a second read-write host of a volume that is not shared (409). */
-  async attachVolume(name: string, request: AttachRequest, caller: Caller): Promise<VolumeInfo> {
-    checkReach(caller, await this.knownVolume(name));
-    return this.onMetaLeader(caller, (api) => api.attachVolume(name, request), async () => {
-      const result = await this.metaCommand({
-        kind: "attachVolume",
-        name,
-        host: request.host,
-        ...(request.device !== undefined ? { device: request.device } : {}),
-        via: request.via,
-        readOnly: request.readOnly,
-        ...(request.node !== undefined ? { node: request.node } : {}),
-        at: Date.now(),
-      });
-      if (!result.ok) throw catalogError(result);
-      const a = this.mustGet(name).attachments.find((x) => x.host === request.host);
-      this.log.info(`volume ${name} attached on host ${request.host}${a?.device ? ` as ${a.device}` : " (attach under way)"} via ${request.via}${request.readOnly ? ", read-only" : ""}`);
-      return this.info(this.mustGet(name));
-    });
+  attachVolume(name: string, request: AttachRequest, caller: Caller): Promise<VolumeInfo> {
+    return this.attachments.attach(name, request, caller);
   }
 
-  async detachVolume(name: string, host: string, caller: Caller): Promise<void> {
-    checkReach(caller, await this.knownVolume(name));
-    return this.onMetaLeader(caller, (api) => api.detachVolume(name, host), async () => {
-      const result = await this.metaCommand({ kind: "detachVolume", name, host });
-      if (!result.ok) throw catalogError(result);
-      if (result.changed) this.log.info(`volume ${name} detached from host ${host}`);
-    });
+  detachVolume(name: string, host: string, caller: Caller): Promise<void> {
+    return this.attachments.detach(name, host, caller);
   }
 
   async listAttachments(caller: Caller): Promise<AttachmentInfo[]> {
-    return [...this.catalog.volumes.values()].filter((v) => mayReach(caller, v)).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).flatMap((v) => attachmentInfos(v));
+    return this.attachments.list(caller);
   }
 
-  /**
-   * Nodes that are up, in the order an attach agent should try them: this
-   * node (the one the attaching host asked, its own daemon when it runs one),
-   * then the volume's leader, its other replicas, and the rest. When this
-   * node holds a replica, the volume's leadership then moves here
-   * (attachmentLeader), so the host's reads are served on its own node.
-   */
-  async volumeServers(name: string): Promise<string[]> {
-    const v = await this.knownVolume(name);
-    const leader = this.driver.leader(v.id);
-    const rank = (id: number): number => (id === this.nodeId ? 0 : id === leader ? 1 : v.nodes.includes(id) ? 2 : 3);
-    return [...this.catalog.nodes.values()]
-      .filter((n) => n.health === "up")
-      .sort((a, b) => rank(a.id) - rank(b.id) || a.id - b.id)
-      .map((n) => hostPort(n.address, n.nbdPort));
+  volumeServers(name: string): Promise<string[]> {
+    return this.attachments.servers(name);
   }
 
   // ---- Controller (control API) ----
@@ -1188,32 +1168,6 @@ export class Daemon implements Controller {
     return [...this.state.hosted.keys()].filter((id) => this.store.hasGroup(id)).sort((a, b) => a - b);
   }
 
-  /** Starts a new attach agent for each of this host's kernel devices whose agent died (one turn at a time). */
-  private superviseAttachAgents(): void {
-    if (this.supervising) return;
-    this.supervising = true;
-    superviseAgents()
-      .then(async (turn) => {
-        for (const line of turn.said) this.log.warn(line);
-        for (const r of turn.moved) await this.attachmentMoved(r);
-      })
-      .catch((e: unknown) => this.log.warn(`supervising this host's attach agents failed this turn (the next tries again): ${(e as Error).message}`))
-      .finally(() => (this.supervising = false));
-  }
-
-  /** An agent of this host failed over to another node: the catalog's attachment says so, and leadership follows it. */
-  private async attachmentMoved(r: AttachRecord): Promise<void> {
-    if (agentCluster(r) !== this.state.clusterId || !this.catalog.volumes.has(r.volume)) return;
-    const node = [...this.catalog.nodes.values()].find((n) => hostPort(n.address, n.nbdPort) === r.server);
-    if (node === undefined) return;
-    try {
-      await this.attachVolume(r.volume, { host: r.host, via: "kernel", readOnly: r.readOnly, device: r.device, node: node.name }, this.access.nodeCaller());
-      this.log.info(`volume ${r.volume}: ${r.device} on host ${r.host} is served by ${node.name} now (its attach agent failed over)`);
-    } catch (e) {
-      this.log.info(`volume ${r.volume}: could not record that ${node.name} serves ${r.device} on host ${r.host} now: ${(e as Error).message}`);
-    }
-  }
-
   /** A node named by its name or its id (as pxd node list shows them). */
   private nodeByRef(ref: string): number {
     for (const n of this.catalog.nodes.values()) if (n.name === ref || String(n.id) === ref) return n.id;
@@ -1280,10 +1234,6 @@ export class Daemon implements Controller {
       return { node: name, nodeId: id, state, ...(detail ? { progress: detail } : {}), ...(copy ? { copy } : {}), leader: id === leader };
     });
   }
-}
-
-function attachmentInfos(v: CatalogVolume): AttachmentInfo[] {
-  return v.attachments.map((a) => ({ volume: v.name, host: a.host, device: a.device, via: a.via, readOnly: a.readOnly, node: a.node, since: new Date(a.at).toISOString() }));
 }
 
 /** Why a volume may not be deleted now, or undefined: a node serves it (unless forced) or did not answer (unless forced). */
