@@ -155,7 +155,7 @@ export function registerSnapshot(program: Command, volume: Command): void {
     .action(async (ref: string, name: string, options: { repl?: number; nodes?: string; wait: boolean } & JsonFlag, command: Command) => {
       const { volume: v, snapshot: s } = snapshotRef(ref);
       const nodes = options.nodes?.split(",").map((x) => x.trim()).filter((x) => x !== "");
-      await cloneVolume(clientFor(command), v, s, checkName(name), { ...options, ...(nodes !== undefined ? { nodes } : { nodes: undefined }) });
+      await cloneVolume(clientFor(command), v, s, checkName(name), { ...options, nodes });
     });
 
   volume

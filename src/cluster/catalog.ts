@@ -450,7 +450,7 @@ function placeVolume(state: CatalogState, c: CreateVolume): { ok: true; nodes: n
  * the extents are shared as they are).
  */
 function placeClone(state: CatalogState, c: CreateVolume, s: CloneSource): { ok: true; nodes: number[] } | Refused {
-  const src = [...state.volumes.values()].find((v) => v.id === s.volumeId);
+  const src = volumeWithId(state, s.volumeId);
   if (src === undefined) return fail("not_found", `the clone's source volume (id ${s.volumeId}) was deleted`);
   const snap = src.snapshots.find((x) => x.id === s.snapshotId);
   if (snap === undefined) return fail("not_found", `the clone's source snapshot (id ${s.snapshotId} of volume ${src.name}) was deleted`);
@@ -475,9 +475,15 @@ function placeClone(state: CatalogState, c: CreateVolume, s: CloneSource): { ok:
   return placeVolume(state, { ...c, nodes });
 }
 
+/** The volume whose Raft group is `id` (the catalog keys volumes by name). */
+export function volumeWithId(state: CatalogState, id: number): CatalogVolume | undefined {
+  for (const v of state.volumes.values()) if (v.id === id) return v;
+  return undefined;
+}
+
 /** A clone's source as people name it, VOLUME@SNAPSHOT, while both are there; else what is left of it. */
 export function cloneSourceName(state: CatalogState, s: CloneSource): string {
-  const src = [...state.volumes.values()].find((v) => v.id === s.volumeId);
+  const src = volumeWithId(state, s.volumeId);
   const snap = src?.snapshots.find((x) => x.id === s.snapshotId);
   if (snap !== undefined) return `${src!.name}@${snap.name}`;
   return src === undefined ? `a deleted volume's snapshot (volume id ${s.volumeId}, snapshot id ${s.snapshotId})` : `a deleted snapshot of ${src.name} (id ${s.snapshotId})`;

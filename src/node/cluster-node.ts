@@ -14,6 +14,7 @@ import {
   CatalogMachine,
   Durations,
   cloneSourceName,
+  volumeWithId,
   encodeCommand,
   attachmentLeader,
   healthChange,
@@ -596,8 +597,7 @@ export class ClusterNode {
 
   /** The catalog's volume whose Raft group is `id`. */
   volumeById(id: number): CatalogVolume | undefined {
-    for (const v of this.catalog.volumes.values()) if (v.id === id) return v;
-    return undefined;
+    return volumeWithId(this.catalog, id);
   }
 
   /** A proposal of a control loop the catalog or a group did not take (leadership moved, the group stopped): logged; the loop tries again on its next turn. */

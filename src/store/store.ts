@@ -336,13 +336,10 @@ export class Store {
     const id = snapshotGroupId(groupId, snapshotId);
     this.dropGroup(id);
     const s = newGroup({ groupId: id, sizeBytes: g.sizeBytes });
-    s.map = g.map.cloneShared();
+    this.shareMap(s, g);
     s.term = g.term;
     s.appliedIndex = index;
     this.groups.set(id, s);
-    s.map.runs(0, s.map.sectorCount, (_s, n, address) => {
-      if (address !== 0) this.addLive(address, n * sectorBytes);
-    });
     this.snapshotsChanged = true;
     g.appliedIndex = Math.max(g.appliedIndex, index);
   }
@@ -378,12 +375,7 @@ export class Store {
     const id = stagingIdOf(snapshotCopyBase);
     this.dropGroup(id);
     const staging = newGroup({ groupId: id, sizeBytes });
-    if (sizeBytes === g.sizeBytes) {
-      staging.map = g.map.cloneShared();
-      staging.map.runs(0, staging.map.sectorCount, (_s, n, address) => {
-        if (address !== 0) this.addLive(address, n * sectorBytes);
-      });
-    }
+    if (sizeBytes === g.sizeBytes) this.shareMap(staging, g);
     this.groups.set(id, staging);
     this.copyingSnapshot = { groupId, snapshotId };
     return id;
@@ -413,9 +405,7 @@ export class Store {
     s.appliedIndex = index;
     this.groups.set(id, s);
     this.snapshotsChanged = true;
-    // A checkpoint already running began before the snapshot was there.
-    await this.checkpointing?.catch(() => {});
-    await this.checkpoint();
+    await this.checkpointFromNow();
   }
 
   /**
@@ -432,15 +422,24 @@ export class Store {
     assert(!this.groups.has(groupId), "group ids are not reused");
     const s = this.group(snapshotGroupId(sourceId, snapshotId));
     const g = newGroup({ groupId, sizeBytes: s.sizeBytes });
-    g.map = s.map.cloneShared();
-    g.map.runs(0, g.map.sectorCount, (_s, n, address) => {
-      if (address !== 0) this.addLive(address, n * sectorBytes);
-    });
+    this.shareMap(g, s);
     g.term = cloneStartTerm;
     g.appliedIndex = cloneStartIndex;
     g.raft = RaftIndex.restore(cloneStartIndex, cloneStartTerm, { term: cloneStartTerm, vote: 0, commit: cloneStartIndex }, [], { voters: [...conf.voters], learners: [...conf.learners] });
     this.groups.set(groupId, g);
-    // A checkpoint already running began before the group was there.
+    await this.checkpointFromNow();
+  }
+
+  /** `g`'s map becomes a copy-on-write clone of `from`'s, every chunk shared (nothing written); the data it points at counts as live once more. */
+  private shareMap(g: Group, from: Group): void {
+    g.map = from.map.cloneShared();
+    g.map.runs(0, g.map.sectorCount, (_s, n, address) => {
+      if (address !== 0) this.addLive(address, n * sectorBytes);
+    });
+  }
+
+  /** Resolves once a checkpoint begun after this call is written (one already running began before what the caller just changed). */
+  private async checkpointFromNow(): Promise<void> {
     await this.checkpointing?.catch(() => {});
     await this.checkpoint();
   }
