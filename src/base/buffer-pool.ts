@@ -76,6 +76,7 @@ export class SlabAllocator {
   }
 }
 
+/** The power of two at or above n (n ≥ 1, below 2^31). */
 function sizeClass(n: number): number {
-  return 2 ** Math.ceil(Math.log2(n));
+  return n <= 1 ? 1 : 2 ** (32 - Math.clz32(n - 1));
 }

@@ -47,6 +47,9 @@ export function nodePeerNetwork(localAddress?: string, tls?: PeerTls): PeerNetwo
       }
       // The peer's certificate must chain to the cluster CA and name the address dialled; ours goes the other way.
       const s = tlsConnect({ ...common, ca: tls.caPem, cert: tls.certPem, key: tls.keyPem, minVersion: "TLSv1.3", ...(isIP(host) === 0 ? { servername: host } : {}) });
+      // tls.connect hands noDelay and keepAlive to no socket: without these the dialed link runs Nagle's algorithm.
+      s.setNoDelay(true);
+      s.setKeepAlive(true, keepAliveDelayMs);
       s.once("secureConnect", () => events.connected());
       return wrapSocket(s, `${host}:${port}`, events);
     },
