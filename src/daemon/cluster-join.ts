@@ -4,17 +4,21 @@
 // of the description the catalog will list; the member answers with the
 // cluster's id, the catalog's voters, the peers and the sealed cluster CA.
 
-import { createHmac, randomUUID } from "node:crypto";
+import { createHmac, randomUUID, timingSafeEqual } from "node:crypto";
 import { statfsSync } from "node:fs";
 import { join } from "node:path";
 import { ApiClient, DaemonUnreachableError } from "../api/client.js";
 import { ApiError, type JoinRequest, type JoinResponse } from "../api/types.js";
-import { nodeBytesMax } from "../constants.js";
-import { keepClusterCa, unsealCa } from "../os/cluster-ca.js";
+import { printable } from "../base/printable.js";
+import { admitNode, type ApplyResult, type CatalogCommand, type CatalogState } from "../cluster/index.js";
+import { logFieldCharsMax, nodeBytesMax } from "../constants.js";
+import { keepClusterCa, readClusterCa, sealCa, unsealCa } from "../os/cluster-ca.js";
+import { NotLeaderError, ProposalDroppedError } from "../replication/driver.js";
 import { clusterSecretFile } from "../os/credentials.js";
 import type { DaemonOptions, Logger } from "./daemon-options.js";
 import { joinAddress } from "./node-credentials.js";
 import type { NodeState } from "./node-state.js";
+import { catalogError, type MetaLeader } from "./meta-leader.js";
 
 /** How many times a new node asks the member it joins through (every 500 ms) while that member answers 503 or cannot be reached. */
 const joinAttemptsMax = 60;
@@ -66,4 +70,54 @@ export async function enterCluster(options: DaemonOptions, state: NodeState, sec
   await state.setPeers(resp.peers);
   await state.setCluster(resp.clusterId, resp.metaVoters);
   log.info(`joined cluster ${resp.clusterId} through ${options.join} as node ${state.nodeId}`);
+}
+
+/** What a member needs to answer a new node's join. */
+export interface JoinAnswerContext {
+  readonly secret: Buffer;
+  readonly dataDir: string;
+  clusterId(): string;
+  metaVoters(): number[];
+  /** The catalog as this node has applied it now. */
+  catalog(): CatalogState;
+  readonly meta: Pick<MetaLeader, "metaLeaderApi">;
+  /** Proposes the new node's addNode here, the catalog's leader (ClusterNode.admit). */
+  admit(command: Extract<CatalogCommand, { kind: "addNode" }>): Promise<ApplyResult>;
+  log: { info(line: string): void; warn(line: string): void };
+}
+
+/** A member's answer to a node asking to join: the proof checked, the node added to the catalog on its leader. */
+export async function answerJoin(c: JoinAnswerContext, request: JoinRequest): Promise<JoinResponse> {
+  const { proof, ...fields } = request;
+  const expected = joinProof(c.secret, fields);
+  const given = Buffer.from(typeof proof === "string" ? proof : "", "hex");
+  const who = `node ${request.id} ("${printable(request.name, logFieldCharsMax)}" at ${printable(request.address, logFieldCharsMax)})`;
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+    c.log.warn(`join refused for ${who}: wrong cluster secret`);
+    throw new ApiError(403, "forbidden", "the join request does not prove the cluster secret; start the node with the cluster's --cluster-secret");
+  }
+  const admit = admitNode(fields, Date.now());
+  if ("error" in admit) {
+    c.log.warn(`join refused for ${who}: ${admit.error}`);
+    throw new ApiError(400, "invalid", `the join request is not one the catalog accepts: ${admit.error}; fix the joining node's --name, --zone or --listen`);
+  }
+  // Not onMetaLeader: the joining node never asks this one again, so the leader's answer goes back without this node's catalog catching up.
+  const leaderApi = await c.meta.metaLeaderApi(undefined);
+  if (leaderApi) return leaderApi.join(request);
+  let added: ApplyResult;
+  try {
+    added = await c.admit(admit.command);
+  } catch (e) {
+    if (!(e instanceof NotLeaderError || e instanceof ProposalDroppedError)) throw e;
+    throw new ApiError(503, "unavailable", `the catalog did not take the join (${e.message}); retry in a few seconds`);
+  }
+  if (!added.ok) throw catalogError(added);
+  c.log.info(`${who} joined`);
+  const ca = readClusterCa(c.dataDir);
+  return {
+    clusterId: c.clusterId(),
+    metaVoters: c.metaVoters(),
+    peers: [...c.catalog().nodes.values()].map((n) => ({ id: n.id, host: n.address, port: n.peerPort })),
+    ...(ca !== undefined ? { ca: sealCa(ca, c.secret) } : {}),
+  };
 }

@@ -5,10 +5,9 @@
 // per volume; a rollback runs on the volume's leader, which holds the
 // snapshot and proposes the differences as ordinary writes.
 
-import type { ApiClient } from "../api/client.js";
 import { ApiError, type Caller, type SnapshotScheduleRequest, type CreateSnapshotRequest, type RollbackRequest, type RollbackResult, type SnapshotHolding, type SnapshotInfo } from "../api/types.js";
 import { errorKindOf } from "../replication/errors.js";
-import type { ApplyResult, CatalogCommand, CatalogNode, CatalogSnapshot, CatalogState, CatalogVolume, CloneSource, VolumeEncryption } from "../cluster/index.js";
+import type { CatalogSnapshot, CatalogState, CatalogVolume, CloneSource, VolumeEncryption } from "../cluster/index.js";
 import { checksumBlockBytes, volumeSnapshotsMax } from "../constants.js";
 import { autoSnapshotName, snapshotSchedule } from "../cluster/control.js";
 import { NotLeaderError } from "../replication/driver.js";
@@ -19,6 +18,7 @@ import { snapshotGroupId, type Store } from "../store/store.js";
 import { ChecksumError } from "../store/errors.js";
 import { isBug } from "../base/fail-stop.js";
 import { checkReach, mayReach } from "./access.js";
+import { catalogError, type MetaLeader } from "./meta-leader.js";
 
 /** How long a forwarded rollback may run: it proposes what changed since the snapshot, which may be the whole volume. */
 const rollbackCallTimeoutMs = 30 * 60 * 1000;
@@ -47,19 +47,12 @@ export interface SnapshotContext {
   readonly store: Store;
   readonly io: VolumeIo;
   readonly driver: MultiRaft;
-  knownVolume(name: string): Promise<CatalogVolume>;
-  /** The volume this node's catalog has, else ApiError 404. */
-  mustGet(name: string): CatalogVolume;
-  metaLeaderApi(caller: Caller): Promise<ApiClient | undefined>;
-  nodeApi(n: CatalogNode, timeoutMs: number, token?: string): ApiClient;
-  metaCommand(command: CatalogCommand): Promise<ApplyResult>;
-  catalogError(r: Extract<ApplyResult, { ok: false }>): ApiError;
+  /** The volume as the catalog knows it, the catalog's leader and the other nodes' APIs; a change forwarded to the leader is answered once this node's catalog has it too (forwarded). */
+  readonly meta: Pick<MetaLeader, "knownVolume" | "mustGet" | "metaLeaderApi" | "nodeApi" | "metaCommand" | "forwarded">;
   /** Why the volume may not change under its clients now (attached, or served over NBD by a node, or a node did not answer), or undefined. */
   inUse(volume: CatalogVolume): Promise<string | undefined>;
   /** The NBD URI of an export on this node. */
   nbdUri(exportName: string): string;
-  /** A catalog change forwarded to the catalog's leader, resolved once this node's catalog has it too. */
-  forwarded<T>(change: Promise<T>): Promise<T>;
   /** An encrypted volume's data key, wrapped for a clone of it named `name` (the key is bound to the volume's name). */
   rewrapKey(v: CatalogVolume, name: string): VolumeEncryption;
   /** Waits until this node's rebuild bandwidth lets `bytes` more of a copy go. */
@@ -76,9 +69,9 @@ export class Snapshots {
   constructor(private readonly c: SnapshotContext) {}
 
   async create(volume: string, request: CreateSnapshotRequest, caller: Caller): Promise<SnapshotInfo> {
-    checkReach(caller, await this.c.knownVolume(volume));
-    const leaderApi = await this.c.metaLeaderApi(caller);
-    if (leaderApi) return this.c.forwarded(leaderApi.createSnapshot(volume, request));
+    checkReach(caller, await this.c.meta.knownVolume(volume));
+    const leaderApi = await this.c.meta.metaLeaderApi(caller);
+    if (leaderApi) return this.c.meta.forwarded(leaderApi.createSnapshot(volume, request));
     return this.take(volume, request.name);
   }
 
@@ -91,22 +84,22 @@ export class Snapshots {
       if (v.snapshots.length >= volumeSnapshotsMax) throw new ApiError(409, "limit", `volume ${volume} has ${v.snapshots.length} snapshots, the most it may; delete some first (pxd snapshot list ${volume})`);
       const id = v.nextSnapshotId;
       await this.groupOp(v, VolumeOpKind.SnapshotCreate, id, `take snapshot ${request.name}`);
-      const result = await this.c.metaCommand({ kind: "addSnapshot", name: volume, snapshot: request.name, id, sizeBytes: v.sizeBytes, at: Date.now() });
-      if (!result.ok) throw this.c.catalogError(result);
+      const result = await this.c.meta.metaCommand({ kind: "addSnapshot", name: volume, snapshot: request.name, id, sizeBytes: v.sizeBytes, at: Date.now() });
+      if (!result.ok) throw catalogError(result);
       this.c.log(`volume ${volume}: snapshot ${request.name} taken (id ${id})`);
       return this.info(this.mustGet(volume), this.mustSnapshot(this.mustGet(volume), request.name));
     });
   }
 
   async list(volume: string | undefined, caller: Caller): Promise<SnapshotInfo[]> {
-    const volumes = volume === undefined ? [...this.c.catalog().volumes.values()].filter((v) => mayReach(caller, v)) : [await this.c.knownVolume(volume)];
+    const volumes = volume === undefined ? [...this.c.catalog().volumes.values()].filter((v) => mayReach(caller, v)) : [await this.c.meta.knownVolume(volume)];
     if (volume !== undefined) checkReach(caller, volumes[0]!);
     return volumes.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).flatMap((v) => v.snapshots.map((s) => this.info(v, s)));
   }
 
   /** The snapshot, with the nodes that hold it and its space as the first of them counts it. */
   async inspect(volume: string, snapshot: string, caller: Caller): Promise<SnapshotInfo> {
-    const v = await this.c.knownVolume(volume);
+    const v = await this.c.meta.knownVolume(volume);
     checkReach(caller, v);
     const s = this.mustSnapshot(v, snapshot);
     const holders = (await this.holdings(v, s, caller.token)).map(([, h]) => h);
@@ -126,7 +119,7 @@ export class Snapshots {
         if (id === this.c.nodeId) return this.holding(v, s);
         const n = this.c.catalog().nodes.get(id);
         if (n === undefined) return undefined;
-        return this.c.nodeApi(n, holdingAskTimeoutMs, token).snapshotHolding(v.name, s.name).catch(() => undefined);
+        return this.c.meta.nodeApi(n, holdingAskTimeoutMs, token).snapshotHolding(v.name, s.name).catch(() => undefined);
       }),
     );
     return v.nodes.flatMap((id, i) => (answers[i]?.held === true ? [[id, answers[i]!] as [number, SnapshotHolding]] : []));
@@ -157,15 +150,15 @@ export class Snapshots {
   }
 
   async holdingHere(volume: string, snapshot: string, caller: Caller): Promise<SnapshotHolding> {
-    const v = await this.c.knownVolume(volume);
+    const v = await this.c.meta.knownVolume(volume);
     checkReach(caller, v);
     return this.holding(v, this.mustSnapshot(v, snapshot));
   }
 
   async delete(volume: string, snapshot: string, caller: Caller): Promise<void> {
-    checkReach(caller, await this.c.knownVolume(volume));
-    const leaderApi = await this.c.metaLeaderApi(caller);
-    if (leaderApi) return this.c.forwarded(leaderApi.deleteSnapshot(volume, snapshot));
+    checkReach(caller, await this.c.meta.knownVolume(volume));
+    const leaderApi = await this.c.meta.metaLeaderApi(caller);
+    if (leaderApi) return this.c.meta.forwarded(leaderApi.deleteSnapshot(volume, snapshot));
     await this.drop(volume, snapshot);
   }
 
@@ -175,16 +168,16 @@ export class Snapshots {
       const v = this.mustGet(volume);
       const s = this.mustSnapshot(v, snapshot);
       await this.groupOp(v, VolumeOpKind.SnapshotDelete, s.id, `drop snapshot ${snapshot}`);
-      const result = await this.c.metaCommand({ kind: "removeSnapshot", name: volume, snapshot });
-      if (!result.ok) throw this.c.catalogError(result);
+      const result = await this.c.meta.metaCommand({ kind: "removeSnapshot", name: volume, snapshot });
+      if (!result.ok) throw catalogError(result);
       this.c.log(`volume ${volume}: snapshot ${snapshot} deleted (id ${s.id})`);
     });
   }
 
   /** Sets (everySec 0: clears) the volume's snapshot schedule; on the catalog's leader. */
   async setSchedule(volume: string, request: SnapshotScheduleRequest): Promise<CatalogVolume> {
-    const result = await this.c.metaCommand({ kind: "setSnapshotSchedule", name: volume, everyMs: request.everySec * 1000, keep: request.everySec === 0 ? 0 : request.keep });
-    if (!result.ok) throw this.c.catalogError(result);
+    const result = await this.c.meta.metaCommand({ kind: "setSnapshotSchedule", name: volume, everyMs: request.everySec * 1000, keep: request.everySec === 0 ? 0 : request.keep });
+    if (!result.ok) throw catalogError(result);
     this.c.log(`volume ${volume}: ${request.everySec === 0 ? "no snapshot schedule" : `a snapshot every ${request.everySec} s, the newest ${request.keep} kept`}`);
     return this.mustGet(volume);
   }
@@ -250,7 +243,7 @@ export class Snapshots {
     for (const id of v.nodes) {
       const n = id === this.c.nodeId ? undefined : this.c.catalog().nodes.get(id);
       if (n === undefined) continue;
-      const h = await this.c.nodeApi(n, holdingAskTimeoutMs).snapshotHolding(v.name, s.name).catch(() => undefined);
+      const h = await this.c.meta.nodeApi(n, holdingAskTimeoutMs).snapshotHolding(v.name, s.name).catch(() => undefined);
       if (h?.held === true && h.index !== undefined) return { node: h.node, index: h.index };
     }
     return undefined;
@@ -325,7 +318,7 @@ export class Snapshots {
    * while the volume is in use, then the differences are proposed.
    */
   async rollback(volume: string, request: RollbackRequest, caller: Caller): Promise<RollbackResult> {
-    const v = await this.c.knownVolume(volume);
+    const v = await this.c.meta.knownVolume(volume);
     checkReach(caller, v);
     const s = this.mustSnapshot(v, request.snapshot);
     const leader = this.c.driver.hasGroup(v.id) ? this.c.driver.leader(v.id) : 0;
@@ -333,7 +326,7 @@ export class Snapshots {
       const target = leader !== 0 ? leader : this.c.driver.hasGroup(v.id) ? 0 : v.nodes[0];
       const n = target === undefined || target === 0 ? undefined : this.c.catalog().nodes.get(target);
       if (n === undefined) throw new ApiError(503, "unavailable", `volume ${volume} has no leader right now; retry in a few seconds`);
-      return this.c.nodeApi(n, rollbackCallTimeoutMs, caller.token).rollbackVolume(volume, request);
+      return this.c.meta.nodeApi(n, rollbackCallTimeoutMs, caller.token).rollbackVolume(volume, request);
     }
     const busy = await this.c.inUse(v);
     if (busy !== undefined) throw new ApiError(409, "busy", `${busy}; a rollback changes the volume under its clients, so detach it and disconnect them first`);
@@ -387,7 +380,7 @@ export class Snapshots {
   }
 
   private mustGet(name: string): CatalogVolume {
-    return this.c.mustGet(name);
+    return this.c.meta.mustGet(name);
   }
 
   private mustSnapshot(v: CatalogVolume, name: string): CatalogSnapshot {

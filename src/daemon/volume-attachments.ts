@@ -6,11 +6,12 @@
 // whose failovers the catalog then records so that the volume's leadership
 // follows the host.
 
-import { hostPort, type ApiClient } from "../api/client.js";
-import type { ApiError, AttachmentInfo, AttachRequest, Caller, VolumeInfo } from "../api/types.js";
-import type { ApplyResult, CatalogCommand, CatalogState, CatalogVolume } from "../cluster/index.js";
+import { hostPort } from "../api/client.js";
+import type { AttachmentInfo, AttachRequest, Caller, VolumeInfo } from "../api/types.js";
+import type { CatalogState, CatalogVolume } from "../cluster/index.js";
 import { agentCluster, superviseAgents, type AttachRecord } from "../os/attachments.js";
 import { checkReach, mayReach } from "./access.js";
+import { catalogError, type MetaLeader } from "./meta-leader.js";
 
 export interface AttachmentsContext {
   readonly nodeId: number;
@@ -18,14 +19,8 @@ export interface AttachmentsContext {
   catalog(): CatalogState;
   /** The cluster this node belongs to (an agent of another cluster's is not this node's business). */
   clusterId(): string;
-  /** The volume, after this node's catalog caught up with the leader if it did not know the name; else ApiError 404. */
-  knownVolume(name: string): Promise<CatalogVolume>;
-  /** The volume this node's catalog has, else ApiError 404. */
-  mustGet(name: string): CatalogVolume;
-  /** `local` on the catalog's leader, else `remote` forwarded to it. */
-  onMetaLeader<T>(caller: Caller | undefined, remote: (api: ApiClient) => Promise<T>, local: () => Promise<T>): Promise<T>;
-  metaCommand(command: CatalogCommand): Promise<ApplyResult>;
-  catalogError(r: Extract<ApplyResult, { ok: false }>): ApiError;
+  /** The volume as the catalog knows it, and changes made on the catalog's leader. */
+  readonly meta: Pick<MetaLeader, "knownVolume" | "mustGet" | "onMetaLeader" | "metaCommand">;
   /** The volume's leader as this node knows it (0: none known). */
   leaderOf(groupId: number): number;
   info(v: CatalogVolume): VolumeInfo;
@@ -42,9 +37,9 @@ export class VolumeAttachments {
 
   /** On the meta leader: records a host's attachment; the catalog refuses a second read-write host of a volume that is not shared (409). */
   async attach(name: string, request: AttachRequest, caller: Caller): Promise<VolumeInfo> {
-    checkReach(caller, await this.c.knownVolume(name));
-    return this.c.onMetaLeader(caller, (api) => api.attachVolume(name, request), async () => {
-      const result = await this.c.metaCommand({
+    checkReach(caller, await this.c.meta.knownVolume(name));
+    return this.c.meta.onMetaLeader(caller, (api) => api.attachVolume(name, request), async () => {
+      const result = await this.c.meta.metaCommand({
         kind: "attachVolume",
         name,
         host: request.host,
@@ -54,18 +49,18 @@ export class VolumeAttachments {
         ...(request.node !== undefined ? { node: request.node } : {}),
         at: Date.now(),
       });
-      if (!result.ok) throw this.c.catalogError(result);
-      const a = this.c.mustGet(name).attachments.find((x) => x.host === request.host);
+      if (!result.ok) throw catalogError(result);
+      const a = this.c.meta.mustGet(name).attachments.find((x) => x.host === request.host);
       this.c.log.info(`volume ${name} attached on host ${request.host}${a?.device ? ` as ${a.device}` : " (attach under way)"} via ${request.via}${request.readOnly ? ", read-only" : ""}`);
-      return this.c.info(this.c.mustGet(name));
+      return this.c.info(this.c.meta.mustGet(name));
     });
   }
 
   async detach(name: string, host: string, caller: Caller): Promise<void> {
-    checkReach(caller, await this.c.knownVolume(name));
-    return this.c.onMetaLeader(caller, (api) => api.detachVolume(name, host), async () => {
-      const result = await this.c.metaCommand({ kind: "detachVolume", name, host });
-      if (!result.ok) throw this.c.catalogError(result);
+    checkReach(caller, await this.c.meta.knownVolume(name));
+    return this.c.meta.onMetaLeader(caller, (api) => api.detachVolume(name, host), async () => {
+      const result = await this.c.meta.metaCommand({ kind: "detachVolume", name, host });
+      if (!result.ok) throw catalogError(result);
       if (result.changed) this.c.log.info(`volume ${name} detached from host ${host}`);
     });
   }
@@ -82,7 +77,7 @@ export class VolumeAttachments {
    * (attachmentLeader), so the host's reads are served on its own node.
    */
   async servers(name: string): Promise<string[]> {
-    const v = await this.c.knownVolume(name);
+    const v = await this.c.meta.knownVolume(name);
     const leader = this.c.leaderOf(v.id);
     const rank = (id: number): number => (id === this.c.nodeId ? 0 : id === leader ? 1 : v.nodes.includes(id) ? 2 : 3);
     return [...this.c.catalog().nodes.values()]
