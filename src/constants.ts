@@ -258,6 +258,15 @@ export const readPoolBufferBytesMax = 32 * 1024 * 1024;
 /** Bytes of idle read buffers kept for reuse. */
 export const readPoolBytesMax = 64 * 1024 * 1024;
 /**
+ * A read of at least this many bytes, of whole blocks into a pooled buffer,
+ * has its checksums checked on the daemon's checksum thread
+ * (src/os/crc-verifier.ts) while the event loop serves other requests; its
+ * pooled buffer is a SharedArrayBuffer. Smaller reads are checked inline:
+ * for them the hand-off would cost more than the checksum (about 1 µs per
+ * 4 KiB). How much it gives: docs/bench.md, "Repl 1 reads".
+ */
+export const verifyOffThreadBytesMin = 256 * 1024;
+/**
  * Largest JSON body the control API accepts. The largest legitimate body is a
  * join request: with every string at its longest and every character one
  * JSON writes as \uXXXX, 14,840 bytes (test/unit/api-server.test.ts); a

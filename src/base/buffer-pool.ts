@@ -7,7 +7,7 @@
 import { assert } from "./assert.js";
 
 export class BufferPool {
-  private readonly free = new Map<number, ArrayBuffer[]>();
+  private readonly free = new Map<number, ArrayBufferLike[]>();
   private pooledBytes = 0;
   taken = 0;
   reused = 0;
@@ -16,6 +16,8 @@ export class BufferPool {
     readonly bytesMin: number,
     readonly bytesMax: number,
     readonly pooledBytesMax: number,
+    /** Buffers of at least this size are SharedArrayBuffers, which another thread can read (src/os/crc-verifier.ts). */
+    readonly sharedBytesMin = Infinity,
   ) {
     assert(bytesMin > 0 && bytesMin <= bytesMax, "pool size classes are ordered");
   }
@@ -32,13 +34,13 @@ export class BufferPool {
       this.pooledBytes -= size;
       return Buffer.from(ab, 0, length);
     }
-    return Buffer.from(new ArrayBuffer(size), 0, length);
+    return Buffer.from(size >= this.sharedBytesMin ? new SharedArrayBuffer(size) : new ArrayBuffer(size), 0, length);
   }
 
   /** Gives back a buffer from take(); the caller must not touch it afterwards. */
   give(buf: Buffer): void {
     const ab = buf.buffer;
-    if (!(ab instanceof ArrayBuffer) || buf.byteOffset !== 0 || ab.byteLength !== sizeClass(ab.byteLength)) return;
+    if (!(ab instanceof (ab.byteLength >= this.sharedBytesMin ? SharedArrayBuffer : ArrayBuffer)) || buf.byteOffset !== 0 || ab.byteLength !== sizeClass(ab.byteLength)) return;
     if (ab.byteLength < this.bytesMin || ab.byteLength > sizeClass(this.bytesMax)) return;
     if (this.pooledBytes + ab.byteLength > this.pooledBytesMax) return;
     let list = this.free.get(ab.byteLength);

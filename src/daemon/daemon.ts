@@ -72,6 +72,7 @@ import { listenNbd, type NbdListener } from "../os/nbd-listener.js";
 import { loadNbdTls, type NbdTls } from "../os/nbd-tls.js";
 import { nodeCertificate } from "../os/cluster-ca.js";
 import { deferImmediate, NodeDisk } from "../os/node-disk.js";
+import { CrcWorker } from "../os/crc-verifier.js";
 import { monotonicMs, nodeTimers } from "../os/timers.js";
 import { packageVersion } from "../os/package-version.js";
 import { resolveHost } from "../os/resolve.js";
@@ -174,6 +175,8 @@ export class Daemon implements Controller {
     private readonly damage: { report(e: ChecksumError): void },
     /** The address --listen resolves to: every socket binds there (the catalog keeps the name as given, which the other nodes resolve). */
     private readonly bindAddress: string,
+    /** The store's checksum thread for large reads (src/os/crc-verifier.ts). */
+    private readonly crcs: CrcWorker,
   ) {}
 
   static async start(options: DaemonOptions, log: Logger): Promise<Daemon> {
@@ -192,6 +195,7 @@ export class Daemon implements Controller {
     if (options.join !== undefined) await resolveHost(parseApiAddress(options.join).host, "--join");
     const state = await NodeState.open(join(options.dataDir, "node"));
     let store: Store | undefined;
+    let crcs: CrcWorker | undefined;
     try {
       // The node proposes this description itself (addNode) from a timer: refuse it here, where it can say which option to fix.
       const self = validateCommand({ kind: "addNode", ...describeSelf(options, state.nodeId), at: 0 });
@@ -206,8 +210,10 @@ export class Daemon implements Controller {
       if (bootstrapping) await makeCaAtBootstrap(options.dataDir, state.clusterId, usesTls(options), log);
       const specs = [{ groupId: metaGroupId, sizeBytes: 0 }, ...[...state.hosted.values()].map((g) => ({ groupId: g.id, sizeBytes: g.sizeBytes }))];
       const damage = { report: (_e: ChecksumError): void => {} };
-      store = await Store.open({ disk: new NodeDisk(join(options.dataDir, "store")), defer: deferImmediate, log: (l) => log.info(l), onDamage: (e) => damage.report(e) }, specs);
-      const d = new Daemon(options, state, store, secret, log, damage, bindAddress);
+      // Large reads' checksums are checked on their own thread (verifyOffThreadBytesMin); its failure is a bug.
+      crcs = new CrcWorker((e) => failStop(e, "the checksum thread failed"));
+      store = await Store.open({ disk: new NodeDisk(join(options.dataDir, "store")), defer: deferImmediate, log: (l) => log.info(l), onDamage: (e) => damage.report(e), verifier: crcs }, specs);
+      const d = new Daemon(options, state, store, secret, log, damage, bindAddress, crcs);
       d.nbdTls = nbdTls;
       d.volumeKeys = new VolumeKeys(keySource, state.nodeId, () => state.clusterId, (m) => log.warn(m));
       if (keySource !== undefined) log.info(`cluster key from ${keySource.description}: encrypted volumes are served here`);
@@ -215,6 +221,7 @@ export class Daemon implements Controller {
       return d;
     } catch (e) {
       await store?.close().catch(() => {});
+      await crcs?.close();
       await state.close();
       throw e;
     }
@@ -517,6 +524,7 @@ export class Daemon implements Controller {
         ["raft", async () => this.driver?.close()],
         ["peers", async () => this.peer?.close()],
         ["store", () => this.store.close()],
+        ["checksum thread", () => this.crcs.close()],
         ["node state", () => this.state.close()],
       ];
       for (const [what, step] of steps) {

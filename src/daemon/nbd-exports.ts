@@ -9,7 +9,7 @@
 import { BufferPool } from "../base/buffer-pool.js";
 import { printable } from "../base/printable.js";
 import type { CatalogSnapshot, CatalogState, CatalogVolume } from "../cluster/index.js";
-import { logFieldCharsMax, readPoolBufferBytesMax, readPoolBufferBytesMin, readPoolBytesMax } from "../constants.js";
+import { logFieldCharsMax, readPoolBufferBytesMax, readPoolBufferBytesMin, readPoolBytesMax, verifyOffThreadBytesMin } from "../constants.js";
 import type { ExportRefusal, ExportRegistry, NbdClient } from "../nbd/backend.js";
 import type { VolumeIo } from "../replication/volume-io.js";
 import type { VolumeGate } from "./qos.js";
@@ -51,7 +51,7 @@ export class NbdExports {
   private readonly connectionCount = new Map<string, number>();
   /** Volumes a forced delete is disconnecting: no NBD client may open them until this time (ms); at most one per catalog volume. */
   private readonly fenced = new Map<string, number>();
-  private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax);
+  private readonly readBuffers = new BufferPool(readPoolBufferBytesMin, readPoolBufferBytesMax, readPoolBytesMax, verifyOffThreadBytesMin);
 
   constructor(private readonly c: ExportsContext) {}
 

@@ -167,9 +167,10 @@ export class ReplicatedVolumeExport implements Export {
 }
 
 /**
- * A read into a pooled buffer: served here, synchronously, it returns that
- * buffer (the NBD server gives it back once sent); served elsewhere, the
- * buffer goes back at once and the answer's own is returned.
+ * A read into a pooled buffer: served here it returns that buffer, at once
+ * or once another thread has checked it (Store.readOffThread), and the NBD
+ * server gives it back once sent; served elsewhere (or repaired first), the
+ * buffer goes back once the read settles and the answer's own is returned.
  */
 function pooledRead(pool: BufferPool, lengthBytes: number, read: (into: Buffer) => Buffer | Promise<Buffer>): Buffer | Promise<Buffer> {
   const into = pool.take(lengthBytes);
@@ -181,8 +182,21 @@ function pooledRead(pool: BufferPool, lengthBytes: number, read: (into: Buffer) 
     return rethrow(e);
   }
   if (r === into) return r;
-  pool.give(into);
-  return (r as Promise<Buffer>).catch(rethrow);
+  if (!(r instanceof Promise)) {
+    pool.give(into);
+    return r;
+  }
+  return r.then(
+    (b) => {
+      // Not `into`'s memory (a reply from another node, or a repaired read's fresh buffer): `into` goes back now.
+      if (b.buffer !== into.buffer) pool.give(into);
+      return b;
+    },
+    (e: unknown) => {
+      pool.give(into);
+      return rethrow(e);
+    },
+  );
 }
 
 function rethrow(e: unknown): never {

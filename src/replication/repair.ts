@@ -87,16 +87,22 @@ export class Repairer {
    * Reads like Store.read. Blocks that fail their checksum are repaired from
    * another replica first; the read then returns the good copy, or throws the
    * ChecksumError (EIO) if some block had none. Synchronous when nothing is
-   * damaged (the common case costs nothing extra); only then is the result
-   * `into` (after a repair it is a fresh buffer: the caller may have reused
-   * `into` once this returned a promise).
+   * damaged (the common case costs nothing extra), except a large read that
+   * the store checks on another thread (Store.readOffThread), whose promise
+   * resolves to `into`; after a repair the result is a fresh buffer. The
+   * caller leaves `into` alone until a promise settles.
    */
   read(group: number, offsetBytes: number, lengthBytes: number, into?: Buffer): Buffer | Promise<Buffer> {
-    try {
-      return this.p.store.read(group, offsetBytes, lengthBytes, into);
-    } catch (e) {
+    const again = (e: unknown): Promise<Buffer> => {
       if (!(e instanceof ChecksumError)) throw e;
       return this.repair(e).then(() => this.p.store.read(group, offsetBytes, lengthBytes));
+    };
+    try {
+      // A large read may be checked on another thread (Store.readOffThread): its damage arrives as a rejection.
+      const r = this.p.store.readOffThread(group, offsetBytes, lengthBytes, into);
+      return r instanceof Promise ? r.catch(again) : r;
+    } catch (e) {
+      return again(e);
     }
   }
 

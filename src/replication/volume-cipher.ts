@@ -88,7 +88,12 @@ export function decryptedRead(
   const aligned = from === offsetBytes && to === offsetBytes + lengthBytes;
   const plain = (raw: Buffer): Buffer => cipher.decryptInPlace(from, raw).subarray(offsetBytes - from, offsetBytes - from + lengthBytes);
   const r = aligned ? readRaw(from, to - from, into) : readRaw(from, to - from);
-  if (r instanceof Promise) return r.then(plain);
+  if (r instanceof Promise) {
+    return r.then((raw) => {
+      const part = plain(raw);
+      return aligned ? raw : part; // aligned, `part` is all of `raw`: `into` itself when the read resolved to it
+    });
+  }
   const part = plain(r);
   if (aligned) return r; // decrypted in place: `into` when given
   if (into === undefined) return part;

@@ -7,6 +7,7 @@ import { assert } from "../base/assert.js";
 import { crc32c } from "../base/crc32c.js";
 import { checksumBlockBytes, sectorBytes } from "../constants.js";
 import { blockSectors, type BlockMap, type FreedRun } from "./block-map.js";
+import { blockFields, type BlockChecks } from "./block-checks.js";
 import { appendBlockCrc, blockCrcsOf } from "./checksums.js";
 
 /** What mapRange needs of a volume group. */
@@ -173,13 +174,11 @@ export function readContent(map: BlockMap, sector: number, count: number, out: U
 }
 
 /**
- * The blocks among [firstBlock, firstBlock + blockCount) that hold data and
- * whose bytes in `buf` (from `at`) do not match their checksum. A run of
- * blocks holding data costs one pass over its bytes: its expected checksum is
- * folded from the blocks' own; only a run that fails is checked block by block.
+ * Calls visit(b, e, expected, bytes) for each run [b, e) of blocks that hold
+ * data among [firstBlock, firstBlock + blockCount): its expected checksum,
+ * folded from the blocks' own, and its length in bytes.
  */
-export function damagedBlocks(map: BlockMap, firstBlock: number, blockCount: number, buf: Uint8Array, at: number): number[] {
-  const bad: number[] = [];
+function forEachDataRun(map: BlockMap, firstBlock: number, blockCount: number, visit: (b: number, e: number, expected: number, bytes: number) => void): void {
   const endBlock = firstBlock + blockCount;
   for (let b = firstBlock; b < endBlock; ) {
     if (!map.blockAllocated(b)) {
@@ -194,16 +193,39 @@ export function damagedBlocks(map: BlockMap, firstBlock: number, blockCount: num
       expected = appendBlockCrc(expected, map.blockCrc(e), n);
       bytes += n;
     }
+    visit(b, e, expected, bytes);
+    b = e;
+  }
+}
+
+/**
+ * The blocks among [firstBlock, firstBlock + blockCount) that hold data and
+ * whose bytes in `buf` (from `at`) do not match their checksum. A run of
+ * blocks holding data costs one pass over its bytes: its expected checksum is
+ * folded from the blocks' own; only a run that fails is checked block by block.
+ */
+export function damagedBlocks(map: BlockMap, firstBlock: number, blockCount: number, buf: Uint8Array, at: number): number[] {
+  const bad: number[] = [];
+  forEachDataRun(map, firstBlock, blockCount, (b, e, expected, bytes) => {
     const from = at + (b - firstBlock) * checksumBlockBytes;
     // A read of whole blocks that all hold data is checked over its buffer as it is: no view to make.
     const run = from === 0 && bytes === buf.length ? buf : buf.subarray(from, from + bytes);
-    if (crc32c(run) !== expected) {
-      for (let k = b; k < e; k++) {
-        const p = at + (k - firstBlock) * checksumBlockBytes;
-        if (crc32c(buf.subarray(p, p + map.blockSectorCount(k) * sectorBytes)) !== map.blockCrc(k)) bad.push(k);
-      }
+    if (crc32c(run) === expected) return;
+    for (let k = b; k < e; k++) {
+      const p = at + (k - firstBlock) * checksumBlockBytes;
+      if (crc32c(buf.subarray(p, p + map.blockSectorCount(k) * sectorBytes)) !== map.blockCrc(k)) bad.push(k);
     }
-    b = e;
-  }
+  });
   return bad;
+}
+
+/** damagedBlocks' checks for blocks read into a buffer at `at`, taken now to run later (failedBlocks, src/store/block-checks.ts). */
+export function blockChecks(map: BlockMap, firstBlock: number, blockCount: number, at: number): BlockChecks {
+  const runs: number[] = [];
+  const blocks: number[] = [];
+  forEachDataRun(map, firstBlock, blockCount, (b, e, expected, bytes) => {
+    runs.push(at + (b - firstBlock) * checksumBlockBytes, bytes, expected, blocks.length / blockFields, e - b);
+    for (let k = b; k < e; k++) blocks.push(at + (k - firstBlock) * checksumBlockBytes, map.blockSectorCount(k) * sectorBytes, map.blockCrc(k), k, map.get(k * blockSectors));
+  });
+  return { runs: Float64Array.from(runs), blocks: Float64Array.from(blocks) };
 }

@@ -20,8 +20,10 @@ import {
   sectorBytes,
   segmentBytes,
   snapshotIdMax,
+  verifyOffThreadBytesMin,
   volumeBytesMax,
 } from "../constants.js";
+import { checkedAddress, type BlockVerifier } from "./block-checks.js";
 import { BlockMap, blockSectors, chunkBlocks, chunkSectors } from "./block-map.js";
 import { readCheckpoint, writeCheckpoint, type Checkpoint } from "./checkpoint.js";
 import { foldBlockCrcs } from "./checksums.js";
@@ -29,7 +31,7 @@ import type { Defer, Disk, DiskFile } from "./disk.js";
 import { ChecksumError, DamagedEntryError, StoreError } from "./errors.js";
 import { SegmentLog, type LogPosition } from "./log.js";
 import { decodeHeader, payloadBytesOf, payloadMatches, raftEntryType, raftOffsetField, raftRangeOffset, recordHeaderBytesV1, RecordKind, type RecordHeader } from "./record.js";
-import { blockContent, damagedBlocks, mapRange, readContent, sliceBuffers, wholeBlockCrcs, wholeBlocks, type MapContext, type MappedGroup, type ReadAt } from "./map-data.js";
+import { blockChecks, blockContent, damagedBlocks, mapRange, readContent, sliceBuffers, wholeBlockCrcs, wholeBlocks, type MapContext, type MappedGroup, type ReadAt } from "./map-data.js";
 import { scanLog } from "./recovery.js";
 import { RaftIndex, decodeRaftConf, encodeRaftConf, type LostRange, type RaftConf, type RaftHardState, type RaftIndexEntry } from "./raft-index.js";
 import { checkpointName, isFreeName, parseSegmentName, segmentName } from "./segment-names.js";
@@ -45,6 +47,8 @@ export interface StoreOptions {
    * Reads throw a ChecksumError instead.
    */
   onDamage?: (e: ChecksumError) => void;
+  /** Checks large reads off the event loop (readOffThread); without one every read is checked inline. */
+  verifier?: BlockVerifier;
 }
 
 export interface GroupSpec {
@@ -161,6 +165,8 @@ export class Store {
     checkpointEnd: LogPosition,
     log: (line: string) => void,
     onDamage: (e: ChecksumError) => void,
+    /** Checks large reads on another thread (readOffThread). */
+    private readonly verifier: BlockVerifier | undefined,
   ) {
     this.checkpointEnd = checkpointEnd;
     this.log = log;
@@ -261,7 +267,7 @@ export class Store {
     await disk.syncDir();
     await segmentLog.rollover();
     segmentLog.prepareSpare();
-    const store = new Store(disk, segmentLog, checkpoint.end, log, options.onDamage ?? (() => {}));
+    const store = new Store(disk, segmentLog, checkpoint.end, log, options.onDamage ?? (() => {}), options.verifier);
     store.counters.blocksPoisoned = poisoned + damage.blocksPoisoned;
     store.counters.damagedRecords = damage.records;
     store.checkpointPinned = checkpointPins(checkpoint.groups);
@@ -578,6 +584,32 @@ export class Store {
     this.readBlocks(g, from, whole, 0, whole.length);
     whole.copy(out, 0, offsetBytes - from, end - from);
     return out;
+  }
+
+  /**
+   * As read(), but a read of at least verifyOffThreadBytesMin of whole blocks
+   * into a SharedArrayBuffer has its blocks checked by the store's verifier,
+   * on another thread: the bytes and the checksums they must match are taken
+   * now, so a write that lands before the check answers changes neither. The
+   * promise rejects with ChecksumError for damaged blocks; `out` must be left
+   * alone until it settles. Every other read is read() as it is.
+   */
+  readOffThread(groupId: number, offsetBytes: number, lengthBytes: number, out?: Buffer): Buffer | Promise<Buffer> {
+    const verifier = this.verifier;
+    if (verifier === undefined || out === undefined || lengthBytes < verifyOffThreadBytesMin || !(out.buffer instanceof SharedArrayBuffer)) return this.read(groupId, offsetBytes, lengthBytes, out);
+    const g = this.group(groupId);
+    checkRange(g, offsetBytes, lengthBytes);
+    assert(out.length === lengthBytes, "read buffer matches the length");
+    const end = offsetBytes + lengthBytes;
+    if (offsetBytes % checksumBlockBytes !== 0 || (end % checksumBlockBytes !== 0 && end !== g.sizeBytes)) return this.read(groupId, offsetBytes, lengthBytes, out);
+    readContent(g.map, offsetBytes / sectorBytes, lengthBytes / sectorBytes, out, 0, this.mapCtx.readAt);
+    const checks = blockChecks(g.map, offsetBytes / checksumBlockBytes, Math.ceil(lengthBytes / checksumBlockBytes), 0);
+    if (checks.runs.length === 0) return out;
+    return verifier.check(out, checks).then((bad) => {
+      if (bad.length === 0) return out;
+      this.counters.checksumErrors++;
+      throw new ChecksumError(groupId, bad, bad.map((b) => checkedAddress(checks, b)), checksumBlockBytes, segmentBytes);
+    });
   }
 
   /** Reads whole blocks [fromBytes, fromBytes + lengthBytes) into out at `at`, checked; throws ChecksumError for damaged ones. */

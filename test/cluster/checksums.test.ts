@@ -120,6 +120,15 @@ test("damaged blocks: repaired from a good replica on read and by scrub; EIO on 
       assert.is((e as OpError).errno, 5, "EIO");
     }
     read1.close();
+    // A 1 MiB read across it is checked on the daemon's checksum thread (verifyOffThreadBytesMin): EIO as well.
+    const large1 = new NbdTarget(n1.host, 10809, "r1", MiB);
+    const largeErr = await large1.read(0).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    assert.instance(largeErr, OpError, "the 1 MiB read across the damaged block failed");
+    assert.is((largeErr as OpError).errno, 5, "EIO");
+    large1.close();
     assert.match(n1.output, /DATA DAMAGED: volume r1: 1 block\(s\) of 4096 bytes fail their checksum and cannot be repaired \(it has no other replica\); the first at volume offset 8192, log segment \d+ byte \d+/);
     const health = await n1.api.status();
     assert.is(health.health, "degraded");

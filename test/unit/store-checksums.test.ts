@@ -17,6 +17,7 @@ import { blockCrcsOf, foldBlockCrcs } from "../../src/store/checksums.js";
 import { ChecksumError } from "../../src/store/errors.js";
 import { Store, type GroupSpec } from "../../src/store/store.js";
 import { segmentName } from "../../src/store/segment-names.js";
+import { flipInFile } from "../helpers/flip.js";
 import { tempDir } from "../helpers/tmp.js";
 import { replayed, writesTo } from "../helpers/store-writes.js";
 import { decodeOp, encodeWrite } from "../../src/replication/volume-op.js";
@@ -34,19 +35,6 @@ function marked(tag: string, bytes = checksumBlockBytes): Buffer {
   const text = Buffer.from(`pxd-test-block ${tag} `);
   for (let at = 0; at + text.length <= bytes; at += text.length) text.copy(b, at);
   return b;
-}
-
-/** Flips one bit of the first copy of `needle` in a file, `into` bytes into it. */
-function flipInFile(file: string, needle: Buffer, into: number): void {
-  const whole = readFileSync(file);
-  const at = whole.indexOf(needle);
-  assert.ok(at >= 0, `the data is in ${file}`);
-  const fd = openSync(file, "r+");
-  const b = Buffer.alloc(1);
-  readSync(fd, b, 0, 1, at + into);
-  b[0] = b[0]! ^ 0x10;
-  writeSync(fd, b, 0, 1, at + into);
-  closeSync(fd);
 }
 
 /** Another replica's copy of blocks that says nothing of its Raft state (only a checksum match takes it). */
