@@ -83,6 +83,15 @@ test("XTS keeps a unit's length, depends on its place, and a zero unit reads as 
   assert.ok(answer.equals(Buffer.alloc(300, 0x41)) && later.equals(Buffer.alloc(300, 0xee)));
   const whole = await decryptedRead(c, 4096, 8192, later, () => Promise.resolve(Buffer.from(ct)));
   assert.ok(whole.equals(plain));
+  // Read into `into` and checked on another thread (Store.readOffThread): it resolves to `into` itself, decrypted in place,
+  // so the read pool keeps the buffer with the answer instead of taking it back while it is sent.
+  const pooled = Buffer.alloc(8192);
+  const inPlace = await decryptedRead(c, 4096, 8192, pooled, (_o, _n, i) => {
+    i!.set(ct);
+    return Promise.resolve(i!);
+  });
+  assert.is(inPlace, pooled);
+  assert.ok(pooled.equals(plain));
 });
 
 test.run();
