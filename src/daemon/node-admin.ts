@@ -103,21 +103,25 @@ export class NodeAdmin {
     };
   }
 
-  /** Groups the driver stopped here (their log could not be persisted), the catalog's apart from the volumes'. */
+  /** A group as health reasons name it: its volume, or the catalog. */
+  private groupName(id: number): string {
+    return id === metaGroupId ? "the catalog" : (this.c.volumeById(id)?.name ?? `group ${id}`);
+  }
+
+  /** Volume blocks no replica could repair here, and groups withholding their votes after damage found at start-up. */
   private damagedGroups(): Pick<HealthFacts, "volumesDamaged" | "volumesRecovering"> {
-    const name = (id: number): string => (id === metaGroupId ? "the catalog" : (this.c.volumeById(id)?.name ?? `group ${id}`));
     return {
-      volumesDamaged: [...this.c.repairer.unrepaired()].map(([id, blocks]) => ({ name: name(id), blocks })),
-      volumesRecovering: this.c.driver.withholdingVotes().map(name),
+      volumesDamaged: [...this.c.repairer.unrepaired()].map(([id, blocks]) => ({ name: this.groupName(id), blocks })),
+      volumesRecovering: this.c.driver.withholdingVotes().map((id) => this.groupName(id)),
     };
   }
 
+  /** Groups the driver stopped here (their log could not be persisted), the catalog's apart from the volumes'. */
   private stoppedGroups(): Pick<HealthFacts, "catalogStopped" | "volumesStopped"> {
-    const byId = new Map([...this.c.catalog().volumes.values()].map((v) => [v.id, v.name]));
     const stopped = [...this.c.driver.stoppedGroups()];
     return {
       catalogStopped: stopped.find(([id]) => id === metaGroupId)?.[1],
-      volumesStopped: stopped.filter(([id]) => id !== metaGroupId).map(([id, why]) => ({ name: byId.get(id) ?? `group ${id}`, why })),
+      volumesStopped: stopped.filter(([id]) => id !== metaGroupId).map(([id, why]) => ({ name: this.groupName(id), why })),
     };
   }
 

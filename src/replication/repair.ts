@@ -93,17 +93,19 @@ export class Repairer {
    * caller leaves `into` alone until a promise settles.
    */
   read(group: number, offsetBytes: number, lengthBytes: number, into?: Buffer): Buffer | Promise<Buffer> {
-    const again = (e: unknown): Promise<Buffer> => {
-      if (!(e instanceof ChecksumError)) throw e;
-      return this.repair(e).then(() => this.p.store.read(group, offsetBytes, lengthBytes));
-    };
     try {
       // A large read may be checked on another thread (Store.readOffThread): its damage arrives as a rejection.
       const r = this.p.store.readOffThread(group, offsetBytes, lengthBytes, into);
-      return r instanceof Promise ? r.catch(again) : r;
+      return r instanceof Promise ? r.catch((e: unknown) => this.readRepaired(e, group, offsetBytes, lengthBytes)) : r;
     } catch (e) {
-      return again(e);
+      return this.readRepaired(e, group, offsetBytes, lengthBytes);
     }
+  }
+
+  /** After a read found damage (any other error goes on): the blocks repaired, the range read again into a fresh buffer. */
+  private readRepaired(e: unknown, group: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    if (!(e instanceof ChecksumError)) throw e;
+    return this.repair(e).then(() => this.p.store.read(group, offsetBytes, lengthBytes));
   }
 
   /** Repairs what a ChecksumError names (any caller: a read, GC, a snapshot stream, the scrub). */

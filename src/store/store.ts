@@ -596,19 +596,19 @@ export class Store {
    */
   readOffThread(groupId: number, offsetBytes: number, lengthBytes: number, out?: Buffer): Buffer | Promise<Buffer> {
     const verifier = this.verifier;
+    // The cheap tests first: every small read goes on to read() from here.
     if (verifier === undefined || out === undefined || lengthBytes < verifyOffThreadBytesMin || !(out.buffer instanceof SharedArrayBuffer)) return this.read(groupId, offsetBytes, lengthBytes, out);
     const g = this.group(groupId);
-    checkRange(g, offsetBytes, lengthBytes);
-    assert(out.length === lengthBytes, "read buffer matches the length");
     const end = offsetBytes + lengthBytes;
     if (offsetBytes % checksumBlockBytes !== 0 || (end % checksumBlockBytes !== 0 && end !== g.sizeBytes)) return this.read(groupId, offsetBytes, lengthBytes, out);
+    checkRange(g, offsetBytes, lengthBytes);
+    assert(out.length === lengthBytes, "read buffer matches the length");
     readContent(g.map, offsetBytes / sectorBytes, lengthBytes / sectorBytes, out, 0, this.mapCtx.readAt);
     const checks = blockChecks(g.map, offsetBytes / checksumBlockBytes, Math.ceil(lengthBytes / checksumBlockBytes), 0);
     if (checks.runs.length === 0) return out;
     return verifier.check(out, checks).then((bad) => {
       if (bad.length === 0) return out;
-      this.counters.checksumErrors++;
-      throw new ChecksumError(groupId, bad, bad.map((b) => checkedAddress(checks, b)), checksumBlockBytes, segmentBytes);
+      throw this.readDamage(groupId, bad, (b) => checkedAddress(checks, b));
     });
   }
 
@@ -618,8 +618,13 @@ export class Store {
     const firstBlock = fromBytes / checksumBlockBytes;
     const bad = damagedBlocks(g.map, firstBlock, Math.ceil(lengthBytes / checksumBlockBytes), out, at);
     if (bad.length === 0) return;
+    throw this.readDamage(g.id, bad, (b) => g.map.get(b * blockSectors));
+  }
+
+  /** A read's damaged blocks as the error it throws, counted; `address`: where each block's data is in the log. */
+  private readDamage(groupId: number, bad: number[], address: (block: number) => number): ChecksumError {
     this.counters.checksumErrors++;
-    throw new ChecksumError(g.id, bad, bad.map((b) => g.map.get(b * blockSectors)), checksumBlockBytes, segmentBytes);
+    return new ChecksumError(groupId, bad, bad.map(address), checksumBlockBytes, segmentBytes);
   }
 
   // ---- damaged blocks (src/replication/repair.ts) ----
